@@ -1,0 +1,34 @@
+# `make demo` and `make test` set up a fresh machine by themselves (see README.md).
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+DEMO_DIR ?= otx-demo
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m otx._torchvision_fix
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/otx data make-sample $(DEMO_DIR)/data
+	$(VENV)/bin/otx train --config recipe/anomaly_segmentation/padim.yaml --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace
+	$(VENV)/bin/otx test --config recipe/anomaly_segmentation/padim.yaml --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace
+	$(VENV)/bin/otx predict --config recipe/anomaly_segmentation/padim.yaml --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(DEMO_DIR) otx-workspace .pytest_cache

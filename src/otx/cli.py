@@ -1,0 +1,261 @@
+"""``otx`` command line: a thin jsonargparse layer over ``otx.engine.Engine``.
+
+Every recipe key is a constructor argument (``--model.init_args.backbone resnet18``,
+``--data.batch_size 8``); ``--config recipe/<task>/<model>.yaml`` resolves to the recipes
+shipped with otx, any other path to that file. Errors end in one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from rich.console import Console
+from rich.table import Table
+
+from otx import __version__
+from otx.errors import OTXError
+
+RECIPE_PREFIXES = ("recipe/", "recipes/")
+TASKS = ("classification", "detection", "segmentation")
+VERBS = ("train", "test", "predict")
+
+
+def recipes_dir() -> Path:
+    """The folder of the recipes shipped with otx."""
+    return Path(__file__).parent / "recipes"
+
+
+def list_recipes() -> list[str]:
+    """Shipped recipes as ``recipe/<task>/<model>.yaml`` names."""
+    root = recipes_dir()
+    return sorted(f"recipe/{p.relative_to(root).as_posix()}" for p in root.rglob("*.yaml"))
+
+
+def resolve_recipe(path: str) -> str:
+    """Map ``recipe/...`` (or ``recipes/...``) to a shipped recipe unless such a local file exists."""
+    if Path(path).exists():
+        return path
+    for prefix in RECIPE_PREFIXES:
+        if path.startswith(prefix):
+            candidate = recipes_dir() / path[len(prefix) :]
+            if candidate.exists():
+                return str(candidate)
+            raise OTXError(f"no recipe '{path}'; shipped recipes: {', '.join(list_recipes())}")
+    raise OTXError(f"config file '{path}' does not exist")
+
+
+def _resolve_config_args(argv: list[str]) -> list[str]:
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolve_recipe(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + resolve_recipe(arg.split("=", 1)[1])
+    return out
+
+
+def _verb_parser(verb: str) -> ArgumentParser:
+    from otx.data.datamodule import AnomalyDataModule
+    from otx.models.base import AnomalyModel
+
+    parser = ArgumentParser(description=f"otx {verb}", exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="recipe: recipe/<task>/<model>.yaml or a YAML path")
+    parser.add_argument("--task", type=Literal["classification", "detection", "segmentation"], default="segmentation")
+    parser.add_subclass_arguments(AnomalyModel, "model", required=False, help="the model core (class_path/init_args)")
+    parser.add_class_arguments(AnomalyDataModule, "data", help="data settings")
+    parser.add_argument("--data_root", type=str | None, default=None, help="MVTec-layout folder (sets data.data_root)")
+    parser.add_argument("--work_dir", type=str, default="otx-workspace", help="where run folders go")
+    parser.add_argument("--max_epochs", type=int | None, default=None, help="training epochs (model default if unset)")
+    parser.add_argument("--seed", type=int, default=42, help="global seed")
+    if verb != "train":
+        parser.add_argument("--checkpoint", type=str | None, default=None, help="model.ckpt (default: latest train)")
+    if verb == "predict":
+        parser.add_argument("--source", type=str | None, default=None, help="image file, folder or glob to predict")
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    """The full ``otx`` parser with its sub-commands."""
+    parser = ArgumentParser(prog="otx", description="otx: anomaly detection training toolkit", exit_on_error=False)
+    parser.add_argument("--version", action="version", version=f"otx {__version__}")
+    commands = parser.add_subcommands(dest="command", required=True)
+    for verb in VERBS:
+        commands.add_subcommand(verb, _verb_parser(verb), help=f"{verb} a model")
+    find = ArgumentParser(description="list recipes, models and backbones", exit_on_error=False)
+    find.add_argument("--what", type=Literal["all", "recipes", "models", "backbones"], default="all")
+    commands.add_subcommand("find", find, help="list recipes, models and backbones")
+    data = ArgumentParser(description="dataset utilities", exit_on_error=False)
+    commands.add_subcommand("data", data, help="dataset utilities")
+    data_commands = data.add_subcommands(dest="data_command", required=True)
+    sample = ArgumentParser(description="write the built-in synthetic MVTec-format dataset", exit_on_error=False)
+    sample.add_argument("out_dir", type=str, help="folder to write (one sub-folder per category)")
+    sample.add_argument("--categories", type=list[str] | None, default=None, help="subset of categories")
+    sample.add_argument("--seed", type=int, default=0)
+    data_commands.add_subcommand("make-sample", sample, help="write the synthetic sample dataset")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for name in (
+        "lightning",
+        "lightning.pytorch",
+        "lightning.fabric",
+        "lightning.pytorch.utilities.rank_zero",
+        "anomalib",
+        "timm",
+        "nncf",
+        "datumaro",
+    ):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Console) -> None:
+    from otx.data.datamodule import AnomalyDataModule
+    from otx.engine import Engine
+
+    if cfg.data_root:
+        cfg.data.data_root = cfg.data_root
+    data = AnomalyDataModule(**cfg.data.as_dict())
+    config = parser.dump(cfg, skip_none=False, format="parser_mode")  # validated, resolved
+    import yaml
+
+    resolved: dict[str, Any] = yaml.safe_load(config)
+    model = None
+    if verb == "train":
+        if cfg.model is None:
+            raise OTXError("no model: pass --config recipe/<task>/<model>.yaml or --model otx.models.Padim")
+        model = _instantiate_model(cfg.model)
+    engine = Engine(
+        model=model,
+        data=data,
+        task=cfg.task,
+        work_dir=cfg.work_dir,
+        max_epochs=cfg.max_epochs,
+        seed=cfg.seed,
+        config=resolved,
+        console=console,
+    )
+    if verb == "train":
+        engine.train()
+    elif verb == "test":
+        engine.test(checkpoint=cfg.checkpoint)
+    else:
+        engine.predict(source=cfg.source, checkpoint=cfg.checkpoint)
+
+
+def _instantiate_model(spec: Namespace) -> Any:
+    """Build the model from its class_path/init_args (errors stay one-line ``OTXError``)."""
+    import importlib
+
+    module_name, _, class_name = spec.class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    init_args = spec.init_args.as_dict() if isinstance(spec.init_args, Namespace) else dict(spec.init_args or {})
+    return cls(**init_args)
+
+
+def _find(what: str, console: Console) -> None:
+    from otx.models.backbones import BACKBONES, weight_status
+
+    if what in ("all", "recipes"):
+        console.print("[bold]recipes[/] (use with --config):")
+        for name in list_recipes():
+            console.print(f"  {name}")
+    if what in ("all", "models"):
+        console.print("[bold]models[/] (--model CLASS_PATH):")
+        console.print("  otx.models.Padim   PaDiM, one pass, no gradient training")
+        console.print("  otx.models.Stfpm   STFPM, student-teacher, trained by SGD")
+        console.print(f"[bold]tasks[/] (--task): {', '.join(TASKS)}")
+    if what in ("all", "backbones"):
+        table = Table(title="backbones (--model.init_args.backbone NAME)")
+        for column in ("name", "timm model", "ImageNet weights"):
+            table.add_column(column)
+        for spec in BACKBONES.values():
+            table.add_row(spec.name, spec.timm_name, weight_status(spec))
+        console.print(table)
+
+
+def _make_sample(cfg: Namespace, console: Console) -> None:
+    from otx.data.sample import make_sample_dataset
+
+    try:
+        roots = make_sample_dataset(cfg.out_dir, categories=cfg.categories, seed=cfg.seed)
+    except ValueError as exc:
+        raise OTXError(str(exc)) from exc
+    for root in roots:
+        console.print(f"wrote {root}")
+
+
+_PARSER_PATTERNS = (
+    (re.compile(r"class_path '([\w.]+)': Option '(\w+)' is not accepted"), "{1}: unknown option '{2}'"),
+    (re.compile(r"does not accept option '([\w.]+)'"), "unknown key '{1}'"),
+    (re.compile(r"Key '([\w.]+)' is not expected"), "unknown key '{1}'"),
+    (re.compile(r"No action for key \"?'?([\w.]+)"), "unknown key '{1}'"),
+)
+
+
+def _parser_error_line(exc: BaseException) -> str:
+    """Condense jsonargparse's multi-line messages to what is wrong and how to see valid keys."""
+    text = " ".join(str(exc).split())
+    for pattern, template in _PARSER_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            what = template.format(*([match.group(0)] + list(match.groups())))
+            return f"{what} (misspelled?); `otx <command> --config RECIPE --print_config` lists the valid keys"
+    return text[:400]
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = " ".join(lines) if lines else exc.__class__.__name__
+    return text[:600]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``otx`` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    console = Console()
+    errors = Console(stderr=True)
+    _quiet_libraries()
+    os.environ.setdefault("TQDM_DISABLE", "0")
+    try:
+        parser = build_parser()
+        cfg = parser.parse_args(_resolve_config_args(argv))
+        command = cfg.command
+        if command in VERBS:
+            _run_verb(command, cfg[command], parser._subcommands_action._name_parser_map[command], console)
+        elif command == "find":
+            _find(cfg.find.what, console)
+        elif command == "data":
+            _make_sample(cfg.data["make-sample"], console)
+    except OTXError as exc:
+        errors.print(f"[bold red]error[/]: {_one_line(exc)}", highlight=False, soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        errors.print("interrupted; earlier runs are unchanged")
+        return 130
+    except Exception as exc:  # jsonargparse reports bad arguments as ArgumentError / ValueError
+        cause = exc
+        while cause.__cause__ is not None and not isinstance(cause, OTXError):
+            cause = cause.__cause__
+        if isinstance(cause, OTXError):
+            errors.print(f"[bold red]error[/]: {_one_line(cause)}", highlight=False, soft_wrap=True)
+            return 1
+        if exc.__class__.__name__ in ("ArgumentError", "ParserError", "NSKeyError"):
+            errors.print(f"[bold red]error[/]: {_parser_error_line(exc)}", highlight=False, soft_wrap=True)
+            return 2
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

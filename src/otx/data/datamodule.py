@@ -1,0 +1,156 @@
+"""Torch datasets and the datamodule that turns an MVTec-layout folder into train/val/test loaders."""
+
+from __future__ import annotations
+
+import glob
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from otx.data.dataset import MvtecIndex, Sample, count_kinds, index_mvtec, split_validation
+from otx.data.io import IMAGE_EXTENSIONS, read_image, read_mask
+from otx.errors import OTXDataError
+
+log = logging.getLogger(__name__)
+
+
+class AnomalyDataset(Dataset):
+    """Images resized to the model's input size as float ``[3, H, W]`` in [0, 1], with masks.
+
+    A file that fails to decode does not raise inside a worker process (where the message
+    would drown in a traceback): the item carries an ``error`` string that the consumer turns
+    into one clear ``OTXDataError``.
+    """
+
+    def __init__(self, samples: list[Sample], input_size: tuple[int, int]) -> None:
+        self.samples = samples
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        height, width = self.input_size
+        error = ""
+        try:
+            image = read_image(sample.path)
+            orig_hw = image.shape[:2]
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+            mask = np.zeros((height, width), dtype=bool)
+            if sample.mask_path:
+                full = read_mask(sample.mask_path)
+                mask = cv2.resize(full.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+        except OTXDataError as exc:
+            error = str(exc)
+            image = np.zeros((height, width, 3), np.uint8)
+            mask = np.zeros((height, width), dtype=bool)
+            orig_hw = (height, width)
+        return {
+            "image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0),
+            "mask": torch.from_numpy(mask),
+            "label": sample.label,
+            "index": index,
+            "orig_size": torch.tensor(orig_hw),
+            "error": error,
+        }
+
+
+def raise_batch_errors(batch: dict[str, Any]) -> None:
+    """Raise the first decode error carried by a batch, as one ``OTXDataError`` line."""
+    for error in batch["error"]:
+        if error:
+            raise OTXDataError(error)
+
+
+class AnomalyDataModule:
+    """MVTec-format data: ``train/good`` for training, a validation split for thresholds, a test split.
+
+    Args:
+        data_root: folder in MVTec AD layout.
+        val_split: fraction of each test folder used for validation when the data has no ``val/``.
+        seed: seed of the validation split (the same seed always gives the same split).
+        batch_size: images per batch for training and inference.
+        num_workers: data-loading worker processes.
+        check_files: read every image header and check masks before starting (recommended).
+    """
+
+    def __init__(
+        self,
+        data_root: str | None = None,
+        val_split: float = 0.5,
+        seed: int = 42,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        check_files: bool = True,
+    ) -> None:
+        self.data_root = data_root
+        self.val_split = val_split
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.check_files = check_files
+        self.input_size: tuple[int, int] = (256, 256)
+        self.index: MvtecIndex | None = None
+        self.splits: dict[str, list[Sample]] = {}
+
+    def setup(self) -> None:
+        """Index and check the folder, then form the train, val and test splits."""
+        if self.data_root is None:
+            raise OTXDataError("no data given; pass --data_root DIR (a folder in MVTec AD layout)")
+        self.index = index_mvtec(self.data_root, check_files=self.check_files)
+        subsets = self.index.subsets
+        test = subsets.get("test", [])
+        if "val" in subsets and subsets["val"]:
+            val = [s for s in subsets["val"] if s.label >= 0]
+            log.info("using the data's own val/ folder (%d images) for thresholds", len(val))
+        else:
+            val, test = split_validation(test, self.val_split, self.seed)
+        self.splits = {"train": subsets["train"], "val": val, "test": test}
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the data has a ``ground_truth/`` folder (pixel masks)."""
+        return bool(self.index and self.index.has_masks)
+
+    def split_summary(self) -> dict[str, dict[str, Any]]:
+        """Number of images of each kind per split (written to metrics.json)."""
+        return {name: count_kinds(samples) for name, samples in self.splits.items()}
+
+    def dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """A loader over one split (``train``, ``val``, ``test``)."""
+        return self.loader(self.splits[split], shuffle=shuffle)
+
+    def loader(self, samples: list[Sample], shuffle: bool = False) -> DataLoader:
+        """A loader over any list of samples, at the model's input size."""
+        workers = min(self.num_workers, max(len(samples) // max(self.batch_size, 1), 0))
+        return DataLoader(
+            AnomalyDataset(samples, self.input_size),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )
+
+
+def samples_from_source(source: str | Path) -> list[Sample]:
+    """Images to predict from a file, a folder (searched recursively) or a glob pattern."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+        if not files and not any(ch in text for ch in "*?["):
+            raise OTXDataError(f"source '{text}' does not exist; pass an image file, a folder or a glob pattern")
+    if not files:
+        raise OTXDataError(f"no images found at '{text}' (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return [Sample(str(f), -1, "unknown") for f in files]

@@ -1,0 +1,185 @@
+"""MVTec AD layout indexed through Datumaro, checked up front, split into train/val/test.
+
+Layout::
+
+    <root>/train/good/*                        normal training images
+    <root>/val/{good,<defect>}/*               optional: validation split for thresholds
+    <root>/test/good/*  <root>/test/<defect>/*  test images
+    <root>/test/unknown/*                       predicted, left out of metrics
+    <root>/ground_truth/<defect>/<name>_mask.png   optional pixel masks
+
+Datumaro's MVTec extractor enumerates the images and their folder labels; mask paths follow
+its naming (``MvtecPath``). Masks are read lazily by the dataset, not at indexing time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from datumaro.plugins.data_formats.mvtec.base import MvtecClassificationBase
+from datumaro.plugins.data_formats.mvtec.format import MvtecPath
+
+from otx.data.io import IMAGE_EXTENSIONS, image_size
+from otx.errors import OTXDataError
+
+log = logging.getLogger(__name__)
+
+GOOD = "good"
+UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of the dataset.
+
+    ``label`` is 0 (normal), 1 (anomalous) or -1 (unknown: predicted, never scored);
+    ``defect`` is the folder name (``good``, a defect type or ``unknown``).
+    """
+
+    path: str
+    label: int
+    defect: str
+    mask_path: str | None = None
+
+
+@dataclass
+class MvtecIndex:
+    """The indexed dataset: samples per subset folder, and whether pixel masks exist."""
+
+    root: Path
+    subsets: dict[str, list[Sample]]
+    has_masks: bool
+
+    def fingerprint(self) -> str:
+        """Short hash of the training file names and sizes (identifies the training data)."""
+        digest = hashlib.sha256()
+        for sample in self.subsets.get("train", []):
+            path = Path(sample.path)
+            digest.update(f"{path.relative_to(self.root)}:{path.stat().st_size}\n".encode())
+        return digest.hexdigest()[:16]
+
+
+def _label_of(defect: str) -> int:
+    return 0 if defect == GOOD else (-1 if defect == UNKNOWN else 1)
+
+
+def _index_subset(folder: Path, mask_dir: Path | None) -> list[Sample]:
+    extractor = MvtecClassificationBase(str(folder), merge_policy=None)
+    samples = []
+    for item in extractor:
+        path = Path(item.media.path)
+        defect = path.parent.name
+        if path.parent.parent.resolve() != folder.resolve():
+            continue  # nested deeper than <subset>/<defect>/<image>: not MVTec layout
+        mask_path = None
+        if mask_dir is not None and defect not in (GOOD, UNKNOWN):
+            candidate = mask_dir / defect / f"{path.stem}{MvtecPath.MASK_POSTFIX}{MvtecPath.MASK_EXT}"
+            mask_path = str(candidate) if candidate.exists() else None
+        samples.append(Sample(str(path), _label_of(defect), defect, mask_path))
+    return sorted(samples, key=lambda s: s.path)
+
+
+def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
+    """Index an MVTec-layout folder and check it; every problem raises one clear ``OTXDataError``.
+
+    Checks: the root and ``train/good`` exist and hold images; with ``check_files``, every image
+    header is readable, every mask belongs to an image, and every mask has its image's size.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise OTXDataError(
+            f"data root '{root}' does not exist or is not a folder; pass --data_root pointing to a folder "
+            "in MVTec AD layout (train/good, test/good, test/<defect>) or run `otx data make-sample DIR`"
+        )
+    train_good = root / "train" / GOOD
+    if not train_good.is_dir():
+        raise OTXDataError(f"'{train_good}' is missing; training needs normal images in <data_root>/train/good")
+    mask_dir = root / MvtecPath.MASK_DIR
+    has_masks = mask_dir.is_dir()
+    subsets: dict[str, list[Sample]] = {}
+    for name in ("train", "val", "test"):
+        if (root / name).is_dir():
+            subsets[name] = _index_subset(root / name, mask_dir if has_masks else None)
+    train = [s for s in subsets.get("train", []) if s.defect == GOOD]
+    if not train:
+        raise OTXDataError(
+            f"no images in '{train_good}' (looked for {', '.join(IMAGE_EXTENSIONS)}); add normal training images"
+        )
+    others = sorted({s.defect for s in subsets["train"]} - {GOOD})
+    if others:
+        log.warning("ignoring train/%s: training uses train/good only", ", train/".join(others))
+    subsets["train"] = train
+    if check_files:
+        _check_files(root, subsets, mask_dir if has_masks else None)
+    return MvtecIndex(root=root, subsets=subsets, has_masks=has_masks)
+
+
+def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | None) -> None:
+    sizes = {}
+    for samples in subsets.values():
+        for sample in samples:
+            sizes[sample.path] = image_size(sample.path)
+    if mask_dir is None:
+        return
+    by_mask = {s.mask_path: s for samples in subsets.values() for s in samples if s.mask_path}
+    for mask in sorted(mask_dir.glob("*/*")):
+        if mask.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        sample = by_mask.get(str(mask))
+        if sample is None:
+            stem = mask.stem.removesuffix(MvtecPath.MASK_POSTFIX)
+            raise OTXDataError(
+                f"mask '{mask}' has no image: expected test/{mask.parent.name}/{stem}.<ext> (or under val/); "
+                "remove the mask or add its image"
+            )
+        mask_hw, image_hw = image_size(mask), sizes[sample.path]
+        if mask_hw != image_hw:
+            raise OTXDataError(
+                f"mask '{mask}' is {mask_hw[1]}x{mask_hw[0]} but its image '{sample.path}' is "
+                f"{image_hw[1]}x{image_hw[0]} (width x height); masks must have their image's size"
+            )
+
+
+def split_validation(test: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split test samples into (validation, test), stratified by defect type and seeded.
+
+    ``unknown`` samples always stay in the test part. Each defect type with at least two images
+    gives at least one to each side.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise OTXDataError(f"val_split must be between 0 and 1 (exclusive), got {fraction}")
+    rng = np.random.default_rng(seed)
+    val, rest = [], []
+    by_defect: dict[str, list[Sample]] = {}
+    for sample in test:
+        by_defect.setdefault(sample.defect, []).append(sample)
+    for defect in sorted(by_defect):
+        group = by_defect[defect]
+        if defect == UNKNOWN:
+            rest.extend(group)
+            continue
+        order = rng.permutation(len(group))
+        n_val = int(round(len(group) * fraction))
+        if len(group) >= 2:
+            n_val = min(max(n_val, 1), len(group) - 1)
+        val.extend(group[i] for i in sorted(order[:n_val]))
+        rest.extend(group[i] for i in sorted(order[n_val:]))
+    return val, rest
+
+
+def count_kinds(samples: list[Sample]) -> dict[str, int]:
+    """Images per folder (``good``, each defect type, ``unknown``) plus normal/anomalous totals."""
+    counts = Counter(s.defect for s in samples)
+    summary = {
+        "normal": counts.get(GOOD, 0),
+        "anomalous": sum(v for k, v in counts.items() if k not in (GOOD, UNKNOWN)),
+    }
+    if counts.get(UNKNOWN):
+        summary["unknown"] = counts[UNKNOWN]
+    summary["by_folder"] = dict(sorted(counts.items()))  # type: ignore[assignment]
+    return summary

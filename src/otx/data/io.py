@@ -1,0 +1,77 @@
+"""Reading images and masks of any size, mode and bit depth into one canonical form."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from otx.errors import OTXDataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Scale any integer or float image to uint8 (16-bit by its full range, float by [0, 1] when it fits)."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    as_float = array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.floating) and as_float.min() >= 0.0 and as_float.max() <= 1.0:
+        as_float = as_float * 255.0
+    return np.clip(as_float, 0, 255).astype(np.uint8)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an ``H x W x 3`` RGB ``uint8`` array.
+
+    Grayscale becomes three equal channels, the alpha channel is dropped, 16-bit and float
+    images are scaled to 8 bits. Raises ``OTXDataError`` naming the file if it cannot be decoded.
+    """
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if array is None:
+        try:
+            with Image.open(path) as pil:
+                array = np.asarray(pil.convert("RGB") if pil.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV") else pil)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise OTXDataError(f"cannot decode image '{path}' ({exc}); replace or remove the file") from exc
+        if array.ndim == 3 and array.shape[2] >= 3:
+            array = array[..., 2::-1] if array.shape[2] == 3 else array[..., [2, 1, 0, 3]]  # to BGR(A) like cv2
+    array = _to_uint8(np.asarray(array))
+    if array.ndim == 2:
+        return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
+    if array.shape[2] == 1:
+        return cv2.cvtColor(array[..., 0], cv2.COLOR_GRAY2RGB)
+    if array.shape[2] == 4:
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a ground-truth mask as an ``H x W`` bool array (any non-zero pixel is anomalous)."""
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise OTXDataError(f"cannot decode mask '{path}'; replace or remove the file")
+    if array.ndim == 3:
+        array = array.max(axis=2)
+    return array > 0
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """Return ``(height, width)`` from the file header, without decoding pixels.
+
+    Raises ``OTXDataError`` naming the file when it is not a readable image.
+    """
+    try:
+        with Image.open(path) as pil:
+            width, height = pil.size
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise OTXDataError(
+            f"cannot read image '{path}' ({exc.__class__.__name__}); replace or remove the file"
+        ) from exc
+    return height, width

@@ -1,0 +1,437 @@
+"""``Engine``: the one facade over training, testing and prediction (the CLI is a thin layer on it).
+
+Example::
+
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.models import Padim
+
+    engine = Engine(model=Padim(), data=AnomalyDataModule("datasets/bottle"), task="segmentation")
+    engine.train()                  # fits, learns thresholds on the validation split, saves model.ckpt
+    metrics = engine.test()         # metrics.json on the test split
+    predictions = engine.predict()  # predictions.json and mask PNGs
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import os
+import resource
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+from torch.utils.data import DataLoader
+
+from otx import __version__
+from otx.data.datamodule import AnomalyDataModule, raise_batch_errors, samples_from_source
+from otx.data.dataset import Sample
+from otx.data.io import read_mask
+from otx.errors import OTXConfigError, OTXError
+from otx.metrics import box_ap, gt_boxes_from_mask, image_metrics, pixel_metrics
+from otx.models.base import AnomalyModel
+from otx.tasks import Prediction, TaskAdapter, get_adapter
+from otx.workdir import Run, WorkDir, atomic_write_bytes
+
+log = logging.getLogger("otx")
+
+CHECKPOINT_NAME = "model.ckpt"
+
+
+def _peak_memory_mb() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024.0, 1)
+
+
+def _class_path(obj: object) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
+    """Rebuild a trained model from an otx checkpoint; return it and the checkpoint's metadata."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise OTXError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH or run `otx train` first")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+        module_name, _, class_name = ckpt["model"]["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        model = cls.without_weights(**ckpt["model"]["init_args"])
+        model.load_state_dict(ckpt["state_dict"])
+    except OTXError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
+        raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc})") from exc
+    model.eval()
+    return model, ckpt
+
+
+class Engine:
+    """Train, test and predict with one model on one dataset for one task.
+
+    Args:
+        model: the model core (``Padim``, ``Stfpm``, ...); optional for test/predict from a checkpoint.
+        data: an ``AnomalyDataModule`` or a data root path.
+        task: ``classification``, ``detection`` or ``segmentation``.
+        work_dir: where run folders, checkpoints and results go.
+        max_epochs: training epochs; None takes the model's default.
+        seed: global seed for training.
+        config: the resolved configuration to save with each run (the CLI passes it).
+        console: where summaries and progress go (a ``rich`` console).
+    """
+
+    def __init__(
+        self,
+        model: AnomalyModel | None = None,
+        data: AnomalyDataModule | str | Path | None = None,
+        task: str = "segmentation",
+        work_dir: str | Path = "otx-workspace",
+        max_epochs: int | None = None,
+        seed: int = 42,
+        config: dict[str, Any] | None = None,
+        console: Console | None = None,
+    ) -> None:
+        self.model = model
+        self.data = data if isinstance(data, AnomalyDataModule) else AnomalyDataModule(str(data) if data else None)
+        self.adapter: TaskAdapter = get_adapter(task)
+        self.task = self.adapter.task
+        self.workdir = WorkDir(work_dir)
+        self.max_epochs = max_epochs
+        self.seed = seed
+        self.config = config or {}
+        self.console = console or Console(stderr=True)
+
+    # --- verbs -------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Fit the model on ``train/good``, learn thresholds on the validation split, save the checkpoint.
+
+        Returns the training summary (also written as ``metrics.json`` in the run folder), with
+        the checkpoint path under ``checkpoint``.
+        """
+        if self.model is None:
+            raise OTXConfigError("no model given; pass a model (e.g. --config recipe/anomaly_segmentation/padim.yaml)")
+        model = self.model
+        return self._run("train", lambda run: self._train(run, model))
+
+    def test(self, checkpoint: str | Path | None = None) -> dict[str, Any]:
+        """Evaluate on the test split; returns (and writes) the metrics."""
+        return self._run("test", lambda run: self._test(run, checkpoint))
+
+    def predict(self, source: str | Path | None = None, checkpoint: str | Path | None = None) -> list[Prediction]:
+        """Predict on ``source`` (file, folder or glob) or, without it, on the data's test images."""
+        return self._run("predict", lambda run: self._predict(run, source, checkpoint))
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def _run(self, command: str, body: Any) -> Any:
+        run = self.workdir.new_run(command)
+        ok = False
+        try:
+            result = body(run)
+            ok = True
+            return result
+        finally:
+            if not ok:
+                log.error("%s failed; earlier runs in %s are unchanged", command, self.workdir.root)
+            run.close(ok)
+
+    def _save_config(self, run: Run, model: AnomalyModel, extra: dict[str, Any] | None = None) -> None:
+        config = dict(self.config)
+        config.setdefault("task", self.task.value)
+        config.setdefault("model", {"class_path": _class_path(model), "init_args": dict(model.hparams)})
+        config.setdefault("data", {k: getattr(self.data, k) for k in ("data_root", "val_split", "seed", "batch_size")})
+        config.update(extra or {})
+        run.write_config(config)
+
+    def _setup_data(self, model: AnomalyModel) -> None:
+        self.data.input_size = model.input_size
+        self.data.setup()
+
+    def _train(self, run: Run, model: AnomalyModel) -> dict[str, Any]:
+        L.seed_everything(self.seed, verbose=False)
+        self._setup_data(model)
+        self._save_config(run, model)
+        splits = self.data.splits
+        epochs = self.max_epochs or model.default_max_epochs
+        self.console.print(
+            f"[bold]otx train[/]: {type(model).__name__} ({model.spec.name}, {model.weights_source}) on "
+            f"{len(splits['train'])} normal images, {epochs} epoch(s), task {self.task.value}"
+        )
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=L.pytorch.loggers.CSVLogger(str(run.path), name="logs", version=""),
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            log_every_n_steps=max(1, min(50, len(splits["train"]) // max(self.data.batch_size, 1))),
+            default_root_dir=str(run.path),
+            deterministic=False,
+        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
+            trainer.fit(model, train_dataloaders=self.data.dataloader("train", shuffle=True))
+        if trainer.interrupted:
+            raise OTXError("training was interrupted; no checkpoint was written")
+        timings["fit_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        if not splits["val"]:
+            raise OTXError(
+                "no validation images: thresholds need test/ (or val/) images; add test/good and test/<defect> folders"
+            )
+        outputs = self._collect(model, splits["val"], "validation")
+        masks = outputs["masks"] if self.data.has_masks else None
+        model.postprocessor.fit(
+            outputs["scores"], outputs["labels"], outputs["maps"], masks, model.image_threshold, model.pixel_threshold
+        )
+        timings["thresholds_s"] = time.perf_counter() - start
+        val_metrics = self._evaluate(model, outputs, splits["val"], with_boxes=False)
+        checkpoint = run.path / CHECKPOINT_NAME
+        self._save_checkpoint(model, checkpoint)
+        summary = {
+            "command": "train",
+            "task": self.task.value,
+            "model": type(model).__name__,
+            "backbone": model.spec.name,
+            "weights": model.weights_source,
+            "epochs": epochs,
+            "checkpoint": str(checkpoint),
+            "validation_metrics": val_metrics,
+            "thresholds": model.postprocessor.stats(),
+            "splits": self.data.split_summary(),
+            "timing_s": {k: round(v, 2) for k, v in timings.items()},
+            "peak_memory_mb": _peak_memory_mb(),
+            "otx_version": __version__,
+        }
+        run.write_json("metrics.json", summary)
+        self._print_summary("train", run, val_metrics, "validation", extra={"checkpoint": str(checkpoint)})
+        return summary
+
+    def _save_checkpoint(self, model: AnomalyModel, path: Path) -> None:
+        ckpt = {
+            "otx_version": __version__,
+            "task": self.task.value,
+            "model": {"class_path": _class_path(model), "init_args": dict(model.hparams)},
+            "state_dict": model.state_dict(),
+            "data": {
+                "data_root": str(Path(self.data.data_root).resolve()) if self.data.data_root else None,
+                "val_split": self.data.val_split,
+                "seed": self.data.seed,
+                "fingerprint": self.data.index.fingerprint() if self.data.index else None,
+                "has_masks": self.data.has_masks,
+            },
+            "thresholds": model.postprocessor.stats(),
+            "weights_source": model.weights_source,
+        }
+        buffer = io.BytesIO()
+        torch.save(ckpt, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def _load(self, checkpoint: str | Path | None) -> tuple[AnomalyModel, dict[str, Any]]:
+        if checkpoint is None:
+            latest = self.workdir.latest("train")
+            if latest is None or not (latest / CHECKPOINT_NAME).exists():
+                raise OTXError(
+                    f"no trained model in '{self.workdir.root}'; run `otx train` there first or pass --checkpoint PATH"
+                )
+            checkpoint = latest / CHECKPOINT_NAME
+        model, ckpt = load_checkpoint(checkpoint)
+        data_info = ckpt.get("data", {})
+        if self.data.data_root is None:
+            self.data.data_root = data_info.get("data_root")
+        same_data = self.data.data_root and data_info.get("data_root") == str(Path(self.data.data_root).resolve())
+        if same_data and (self.data.val_split, self.data.seed) != (data_info.get("val_split"), data_info.get("seed")):
+            log.warning("using the checkpoint's validation split (val_split/seed) so that test images stay unseen")
+            self.data.val_split, self.data.seed = data_info["val_split"], data_info["seed"]
+        self.console.print(f"checkpoint: {checkpoint}")
+        return model, ckpt
+
+    def _test(self, run: Run, checkpoint: str | Path | None) -> dict[str, Any]:
+        model, ckpt = self._load(checkpoint)
+        self._setup_data(model)
+        self._save_config(run, model, {"checkpoint": str(checkpoint or "latest")})
+        test = self.data.splits["test"]
+        scored = [s for s in test if s.label >= 0]
+        if not scored:
+            raise OTXError("no labelled test images (test/good, test/<defect>); nothing to evaluate")
+        start = time.perf_counter()
+        outputs = self._collect(model, test, "test")
+        infer_s = time.perf_counter() - start
+        predictions = self._to_predictions(model, outputs, test)
+        keep = np.array([s.label >= 0 for s in test])
+        start = time.perf_counter()
+        scored_outputs = {k: v[torch.from_numpy(keep)] for k, v in outputs.items()}
+        metrics = self._evaluate(
+            model,
+            scored_outputs,
+            scored,
+            with_boxes=True,
+            predictions=[p for p, k in zip(predictions, keep, strict=True) if k],
+        )
+        metrics_s = time.perf_counter() - start
+        result = {
+            "command": "test",
+            "task": self.task.value,
+            "model": type(model).__name__,
+            "backbone": model.spec.name,
+            "checkpoint": str(checkpoint or self.workdir.latest("train")),
+            "metrics": metrics,
+            "splits": self.data.split_summary(),
+            "thresholds": model.postprocessor.stats(),
+            "timing_s": {"inference_s": round(infer_s, 2), "metrics_s": round(metrics_s, 2)},
+            "peak_memory_mb": _peak_memory_mb(),
+            "otx_version": __version__,
+        }
+        run.write_json("metrics.json", result)
+        run.write_json("predictions.json", [p.to_json() for p in predictions])
+        self._print_summary("test", run, metrics, "test")
+        return result
+
+    def _predict(self, run: Run, source: str | Path | None, checkpoint: str | Path | None) -> list[Prediction]:
+        model, _ = self._load(checkpoint)
+        if source is not None:
+            samples = samples_from_source(source)
+        else:
+            self._setup_data(model)
+            samples = self.data.splits["test"]
+        self._save_config(run, model, {"source": str(source) if source else None})
+        self.data.input_size = model.input_size
+        root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
+        out_dir = run.path / "predictions"
+        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        predictions: list[Prediction] = []
+        for batch_outputs, batch_samples in self._batches(model, samples, "predict"):
+            batch_preds = self._to_predictions(model, batch_outputs, batch_samples)
+            for pred in batch_preds:
+                if pred.pred_mask is not None:
+                    rel = Path(pred.image_path).relative_to(root).with_suffix("")
+                    name = "__".join(rel.parts) + "_mask.png"
+                    cv2.imwrite(str(out_dir / "masks" / name), pred.pred_mask.astype(np.uint8) * 255)
+                pred.anomaly_map = None  # maps are large; keep the mask and boxes only
+            predictions.extend(batch_preds)
+        run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
+        n_anomalous = sum(p.pred_label for p in predictions)
+        self._print_summary(
+            "predict",
+            run,
+            {"images": len(predictions), "anomalous": n_anomalous, "normal": len(predictions) - n_anomalous},
+            "predictions",
+            extra={"predictions": str(out_dir / "predictions.json")},
+        )
+        return predictions
+
+    # --- inference ----------------------------------------------------------------------------
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+
+    def _batches(
+        self, model: AnomalyModel, samples: list[Sample], desc: str
+    ) -> Iterator[tuple[dict[str, torch.Tensor], list[Sample]]]:
+        """Raw outputs batch by batch: ``maps``, ``scores``, ``labels``, ``masks``, ``orig_sizes``."""
+        model.eval()
+        loader: DataLoader = self.data.loader(samples)
+        with self._progress() as progress, torch.inference_mode():
+            bar = progress.add_task(f"{desc:<10}", total=len(samples))
+            for batch in loader:
+                raise_batch_errors(batch)
+                maps, scores = model(batch["image"])
+                indices = batch["index"].tolist()
+                yield (
+                    {
+                        "maps": maps.float(),
+                        "scores": scores.float(),
+                        "labels": batch["label"],
+                        "masks": batch["mask"],
+                        "orig_sizes": batch["orig_size"],
+                    },
+                    [samples[i] for i in indices],
+                )
+                progress.advance(bar, len(indices))
+
+    def _collect(self, model: AnomalyModel, samples: list[Sample], desc: str) -> dict[str, torch.Tensor]:
+        parts: dict[str, list[torch.Tensor]] = {}
+        for outputs, _ in self._batches(model, samples, desc):
+            for key, value in outputs.items():
+                parts.setdefault(key, []).append(value)
+        return {key: torch.cat(values) for key, values in parts.items()}
+
+    def _to_predictions(
+        self, model: AnomalyModel, outputs: dict[str, torch.Tensor], samples: list[Sample]
+    ) -> list[Prediction]:
+        normalized = model.postprocessor(outputs["maps"], outputs["scores"])
+        numpy_out = {k: v.numpy() for k, v in normalized.items()}
+        return self.adapter.predictions(numpy_out, [s.path for s in samples], outputs["orig_sizes"].numpy())
+
+    def _evaluate(
+        self,
+        model: AnomalyModel,
+        outputs: dict[str, torch.Tensor],
+        samples: list[Sample],
+        with_boxes: bool,
+        predictions: list[Prediction] | None = None,
+    ) -> dict[str, float]:
+        labels = outputs["labels"].numpy()
+        pred_labels = (outputs["scores"] >= model.postprocessor.image_threshold).numpy()
+        metrics = image_metrics(outputs["scores"].numpy(), labels, pred_labels)
+        if not self.adapter.pixel_level:
+            return metrics
+        if not self.data.has_masks:
+            if not getattr(self, "_warned_no_masks", False):
+                self.console.print(
+                    "[yellow]note[/]: the data has no ground_truth/ folder: pixel and box metrics are unavailable"
+                )
+                self._warned_no_masks = True
+            return metrics
+        # Anomalous images without a mask file cannot be scored per pixel: leave them out.
+        usable = torch.tensor([s.label == 0 or s.mask_path is not None for s in samples])
+        maps, masks = outputs["maps"][usable], outputs["masks"][usable]
+        metrics.update(pixel_metrics(maps, masks, maps >= model.postprocessor.pixel_threshold))
+        if with_boxes and self.adapter.box_level and predictions is not None:
+            gt_boxes, pred_boxes, box_scores = [], [], []
+            for sample, pred, use in zip(samples, predictions, usable.tolist(), strict=True):
+                if not use:
+                    continue
+                gt = read_mask(sample.mask_path) if sample.mask_path else None
+                gt_boxes.append(gt_boxes_from_mask(gt) if gt is not None else np.zeros((0, 4), np.float32))
+                pred_boxes.append(pred.pred_boxes)
+                box_scores.append(pred.box_scores)
+            metrics.update(box_ap(gt_boxes, pred_boxes, box_scores))
+        return metrics
+
+    def _print_summary(
+        self, command: str, run: Run, metrics: dict[str, Any], title: str, extra: dict[str, str] | None = None
+    ) -> None:
+        table = Table(title=f"otx {command}: {title} ({self.task.value})", show_lines=False)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in metrics.items():
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        self.console.print(table)
+        for key, value in (extra or {}).items():
+            self.console.print(f"{key}: {value}")
+        self.console.print(f"run folder: {run.path}")

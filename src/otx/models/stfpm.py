@@ -1,0 +1,98 @@
+"""STFPM core: a student network learns to mimic a frozen pretrained teacher on normal images.
+
+Wraps anomalib's ``STFPMModel`` (forward pass, anomaly map) and ``STFPMLoss``; only the
+construction differs, so that the teacher's ImageNet weights resolve offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from anomalib.models.components import TimmFeatureExtractor
+from anomalib.models.image.stfpm.anomaly_map import AnomalyMapGenerator
+from anomalib.models.image.stfpm.loss import STFPMLoss
+from anomalib.models.image.stfpm.torch_model import STFPMModel
+from torch import nn
+
+from otx.models.backbones import BackboneSpec
+from otx.models.base import AnomalyModel
+
+
+class _OfflineSTFPMModel(STFPMModel):
+    """anomalib's STFPMModel, built without its hard-wired teacher download (weights are loaded by otx)."""
+
+    def __init__(self, layers: list[str], backbone: str) -> None:
+        nn.Module.__init__(self)
+        self.tiler = None
+        self.backbone = backbone
+        self.teacher_model = TimmFeatureExtractor(backbone=backbone, pre_trained=False, layers=layers).eval()
+        self.student_model = TimmFeatureExtractor(
+            backbone=backbone, pre_trained=False, layers=layers, requires_grad=True
+        )
+        for parameter in self.teacher_model.parameters():
+            parameter.requires_grad = False
+        self.anomaly_map_generator = AnomalyMapGenerator()
+
+
+class Stfpm(AnomalyModel):
+    """STFPM (Wang et al., 2021): student-teacher feature pyramid matching, trained by SGD.
+
+    Args:
+        backbone: backbone name (teacher and student share the architecture).
+        layers: feature layers; None takes the backbone's defaults.
+        input_size: ``[height, width]`` the images are resized to.
+        pretrained: load ImageNet weights into the teacher.
+        weights: a local weights file for the teacher.
+        image_threshold: manual raw image threshold; None learns it on validation.
+        pixel_threshold: manual raw pixel threshold; None learns it on validation.
+        lr: SGD learning rate (anomalib's default 0.4).
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        seed: seed of the student's random initialisation.
+    """
+
+    default_max_epochs = 10
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: list[str] | None = None,
+        input_size: tuple[int, int] = (256, 256),
+        pretrained: bool = True,
+        weights: str | None = None,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+        lr: float = 0.4,
+        momentum: float = 0.9,
+        weight_decay: float = 0.001,
+        seed: int = 0,
+    ) -> None:
+        self.lr, self.momentum, self.weight_decay, self.seed = lr, momentum, weight_decay, seed
+        super().__init__(backbone, layers, input_size, pretrained, weights, image_threshold, pixel_threshold)
+        self.save_hyperparameters()
+        self.loss = STFPMLoss()
+
+    @staticmethod
+    def default_layers(spec: BackboneSpec) -> tuple[str, ...]:  # noqa: D102
+        return spec.stfpm_layers
+
+    def build_core(self) -> nn.Module:  # noqa: D102
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            return _OfflineSTFPMModel(layers=self.layers, backbone=self.spec.timm_name)
+
+    def pretrained_modules(self) -> list[nn.Module]:  # noqa: D102
+        return [self.model.teacher_model.feature_extractor]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        del batch_idx
+        teacher_features, student_features = self.model(self.normalize_input(batch["image"]))
+        loss = self.loss(teacher_features, student_features)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
+        return torch.optim.SGD(
+            self.model.student_model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )

@@ -1,0 +1,152 @@
+"""Post-processing shared by every task, by torch inference and by exported models.
+
+Raw model outputs (an anomaly map and an image score, in the model's own units) become
+normalised scores in [0, 1] where 0.5 is the decision boundary: ``min-max`` normalisation
+around the learned thresholds, as anomalib does it. The thresholds are F1-adaptive on the
+validation split or set by hand. ``PostProcessor`` is an ``nn.Module`` so that the
+thresholds and statistics travel inside checkpoints and exported graphs.
+
+The same ``normalize`` serves torch tensors and numpy arrays, so an OpenVINO output that
+left the graph un-normalised is finished by exactly the same code.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
+
+_EPS = 1e-12
+
+
+def normalize(values: ArrayT, threshold: float, vmin: float, vmax: float) -> ArrayT:
+    """Map raw scores to [0, 1] so that ``threshold`` lands on 0.5 (min-max around the threshold)."""
+    span = max(float(vmax) - float(vmin), _EPS)
+    return ((values - float(threshold)) / span + 0.5).clip(0.0, 1.0)
+
+
+def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
+    """Return the score threshold ``t`` that maximises F1 of ``scores >= t`` against binary ``labels``.
+
+    Candidate thresholds are the distinct scores. With no positive label (nothing anomalous to
+    separate) the threshold is the largest score, so every validation image counts as normal.
+    """
+    scores_t = torch.as_tensor(scores).flatten().double()
+    labels_t = torch.as_tensor(labels).flatten().bool()
+    if scores_t.numel() == 0:
+        raise ValueError("cannot compute a threshold from zero scores")
+    n_pos = int(labels_t.sum())
+    if n_pos == 0:
+        return float(scores_t.max())
+    order = torch.argsort(scores_t, descending=True)
+    sorted_scores = scores_t[order]
+    tp = torch.cumsum(labels_t[order].double(), 0)
+    fp = torch.arange(1, tp.numel() + 1, dtype=torch.float64) - tp
+    # Only the last position of each run of equal scores is a reachable operating point.
+    last = torch.ones_like(sorted_scores, dtype=torch.bool)
+    last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
+    tp, fp, thresholds = tp[last], fp[last], sorted_scores[last]
+    precision = tp / (tp + fp)
+    recall = tp / n_pos
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(_EPS)
+    return float(thresholds[int(torch.argmax(f1))])
+
+
+class PostProcessor(nn.Module):
+    """Thresholds and normalisation statistics, fitted on the validation split.
+
+    ``forward`` turns raw ``(anomaly_map, pred_score)`` into normalised score, label, map and
+    mask; it is traced into exported graphs. All statistics are buffers, saved in checkpoints.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"):
+            self.register_buffer(name, torch.tensor(float("nan")))
+
+    @property
+    def is_fitted(self) -> bool:
+        """True once thresholds and statistics hold numbers."""
+        return bool(torch.isfinite(self.image_threshold)) and bool(torch.isfinite(self.pixel_max))
+
+    def fit(
+        self,
+        scores: torch.Tensor,
+        labels: torch.Tensor,
+        maps: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+    ) -> None:
+        """Learn thresholds (F1-adaptive unless given) and min/max from validation outputs.
+
+        Args:
+            scores: raw image scores, shape ``[N]``.
+            labels: 1 for anomalous, 0 for normal images, shape ``[N]``.
+            maps: raw anomaly maps, shape ``[N, H, W]``.
+            masks: ground-truth masks at the maps' size, or None when the data has none; the
+                pixel threshold then equals the image threshold (both are in the same units).
+            image_threshold: manual raw image threshold, or None for F1-adaptive.
+            pixel_threshold: manual raw pixel threshold, or None for F1-adaptive.
+        """
+        img_t = image_threshold if image_threshold is not None else f1_adaptive_threshold(scores, labels)
+        if pixel_threshold is not None:
+            pix_t = pixel_threshold
+        elif masks is not None and bool(masks.any()):
+            pix_t = f1_adaptive_threshold(maps, masks)
+        else:
+            pix_t = img_t
+        self.image_threshold.fill_(img_t)
+        self.pixel_threshold.fill_(pix_t)
+        self.image_min.fill_(float(scores.min()))
+        self.image_max.fill_(float(scores.max()))
+        self.pixel_min.fill_(float(maps.min()))
+        self.pixel_max.fill_(float(maps.max()))
+
+    def forward(self, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalise raw outputs; ``anomaly_map`` is ``[B, H, W]`` or ``[B, 1, H, W]``, ``pred_score`` ``[B]``."""
+        if anomaly_map.dim() == 4:
+            anomaly_map = anomaly_map[:, 0]
+        score = self._normalize(pred_score, self.image_threshold, self.image_min, self.image_max)
+        amap = self._normalize(anomaly_map, self.pixel_threshold, self.pixel_min, self.pixel_max)
+        return {
+            "pred_score": score,
+            "pred_label": score >= 0.5,
+            "anomaly_map": amap,
+            "pred_mask": amap >= 0.5,
+        }
+
+    @staticmethod
+    def _normalize(x: torch.Tensor, threshold: torch.Tensor, vmin: torch.Tensor, vmax: torch.Tensor) -> torch.Tensor:
+        # Tensor arithmetic (not float()) so that tracing keeps the statistics as graph constants.
+        return ((x - threshold) / (vmax - vmin).clamp_min(_EPS) + 0.5).clamp(0.0, 1.0)
+
+    def stats(self) -> dict[str, float]:
+        """The fitted statistics as plain floats (for metadata and metrics.json)."""
+        return {name: float(buf) for name, buf in self.named_buffers()}
+
+
+def mask_to_boxes(mask: np.ndarray, score_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes around the 8-connected components of a binary mask.
+
+    Returns ``(boxes, scores)``: boxes as ``[K, 4]`` float ``x1, y1, x2, y2`` with exclusive
+    ends (a one-pixel component at (x, y) is ``[x, y, x+1, y+1]``), and each box's score, the
+    maximum of ``score_map`` inside its component (1.0 for every box without a map).
+    """
+    mask_u8 = np.ascontiguousarray(mask, dtype=np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask_u8, connectivity=8)
+    if n <= 1:
+        return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    x, y, w, h = (stats[1:, i].astype(np.float32) for i in range(4))
+    boxes = np.stack([x, y, x + w, y + h], axis=1)
+    if score_map is None:
+        return boxes, np.ones(n - 1, np.float32)
+    flat_labels = labels.ravel()
+    maxima = np.full(n, -np.inf, dtype=np.float64)
+    np.maximum.at(maxima, flat_labels, score_map.ravel().astype(np.float64))
+    return boxes, maxima[1:].astype(np.float32)

@@ -1,0 +1,93 @@
+"""Prediction objects and the task adapter base shared by torch and exported-model inference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+class AnomalyTask(StrEnum):
+    """The three anomaly tasks."""
+
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    SEGMENTATION = "segmentation"
+
+
+@dataclass
+class Prediction:
+    """What a model says about one image, at the image's original size.
+
+    ``pred_score`` is normalised to [0, 1] with 0.5 the decision boundary; ``pred_label`` is
+    True for anomalous. Maps, masks and boxes are filled by the tasks that produce them.
+    """
+
+    image_path: str
+    pred_score: float
+    pred_label: bool
+    anomaly_map: np.ndarray | None = None
+    pred_mask: np.ndarray | None = None
+    pred_boxes: np.ndarray | None = None
+    box_scores: np.ndarray | None = None
+    error: str = ""
+
+    @property
+    def label_name(self) -> str:
+        """``anomalous`` or ``normal``."""
+        return "anomalous" if self.pred_label else "normal"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready record (maps and masks are written as files, not inline)."""
+        record: dict[str, Any] = {
+            "image": self.image_path,
+            "score": round(float(self.pred_score), 6),
+            "label": self.label_name,
+        }
+        if self.pred_boxes is not None and self.box_scores is not None:
+            record["boxes"] = [
+                {"xyxy": [round(float(v), 2) for v in box], "score": round(float(score), 6)}
+                for box, score in zip(self.pred_boxes, self.box_scores, strict=True)
+            ]
+        if self.error:
+            record["error"] = self.error
+        return record
+
+
+def resize_map(anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Resize a model-resolution map to an image's original ``(height, width)`` (bilinear)."""
+    height, width = int(size_hw[0]), int(size_hw[1])
+    if anomaly_map.shape == (height, width):
+        return anomaly_map.astype(np.float32, copy=False)
+    return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+class TaskAdapter:
+    """Turns normalised model outputs (numpy, any source) into ``Prediction`` objects for one task."""
+
+    task: AnomalyTask = AnomalyTask.CLASSIFICATION
+    pixel_level: bool = False
+    box_level: bool = False
+
+    def predictions(self, outputs: dict[str, np.ndarray], paths: list[str], orig_sizes: np.ndarray) -> list[Prediction]:
+        """Build predictions from a batch of normalised outputs.
+
+        Args:
+            outputs: ``pred_score [B]``, ``pred_label [B]`` and, for pixel tasks, ``anomaly_map [B, h, w]``
+                normalised so that 0.5 is the pixel threshold.
+            paths: image path per item.
+            orig_sizes: ``[B, 2]`` original ``(height, width)`` per item.
+        """
+        results = []
+        for i, path in enumerate(paths):
+            pred = Prediction(path, float(outputs["pred_score"][i]), bool(outputs["pred_label"][i]))
+            if self.pixel_level:
+                self.finish(pred, resize_map(outputs["anomaly_map"][i], tuple(orig_sizes[i])))
+            results.append(pred)
+        return results
+
+    def finish(self, prediction: Prediction, anomaly_map: np.ndarray) -> None:
+        """Add the task's pixel-level outputs from the full-size normalised map."""

@@ -1,0 +1,16 @@
+"""Anomaly segmentation: score, label, anomaly map and defect mask."""
+
+import numpy as np
+
+from otx.tasks.base import AnomalyTask, Prediction, TaskAdapter
+
+
+class SegmentationAdapter(TaskAdapter):
+    """Keeps the full-size normalised anomaly map and its mask (map >= 0.5)."""
+
+    task = AnomalyTask.SEGMENTATION
+    pixel_level = True
+
+    def finish(self, prediction: Prediction, anomaly_map: np.ndarray) -> None:  # noqa: D102
+        prediction.anomaly_map = anomaly_map
+        prediction.pred_mask = anomaly_map >= 0.5

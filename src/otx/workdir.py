@@ -1,0 +1,134 @@
+"""The work directory: one run folder per command, atomic writes, pointers to the latest runs.
+
+Layout::
+
+    <work_dir>/
+      latest.json                       {"train": "<run folder>", "test": ..., ...}
+      20261121-231502-train/
+        config.yaml  model.ckpt  metrics.json  otx.log  logs/
+      20261121-231733-test/
+        config.yaml  metrics.json  predictions/predictions.json  otx.log
+
+A run never touches another run's folder; ``latest.json`` is replaced atomically and only
+after a command succeeds, so a failed or interrupted run leaves earlier results as they were.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from otx.errors import OTXError
+
+LATEST = "latest.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (NaN becomes null)."""
+    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=2).encode())
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item"):
+        return _jsonable(obj.item())
+    return obj
+
+
+class WorkDir:
+    """The work directory shared by all commands."""
+
+    def __init__(self, root: str | Path = "otx-workspace") -> None:
+        self.root = Path(root).expanduser()
+
+    def new_run(self, command: str) -> Run:
+        """Create a new, empty run folder for ``command``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for attempt in range(1000):
+            name = f"{stamp}-{command}" + (f"-{attempt}" if attempt else "")
+            try:
+                (self.root / name).mkdir()
+            except FileExistsError:
+                continue
+            return Run(self, self.root / name, command)
+        raise OTXError(f"cannot create a run folder in '{self.root}'")
+
+    def latest(self, command: str) -> Path | None:
+        """The folder of the latest successful run of ``command``, if any."""
+        pointers = self._pointers()
+        name = pointers.get(command)
+        if name and (self.root / name).is_dir():
+            return self.root / name
+        return None
+
+    def _pointers(self) -> dict[str, str]:
+        path = self.root / LATEST
+        if not path.exists():
+            return {}
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def mark_latest(self, run: Run) -> None:
+        """Point ``latest.json`` at ``run`` for its command (atomic)."""
+        pointers = self._pointers()
+        pointers[run.command] = run.path.name
+        atomic_write_json(self.root / LATEST, pointers)
+
+
+class Run:
+    """One command's run folder, with a log file handler attached while it is open."""
+
+    def __init__(self, workdir: WorkDir, path: Path, command: str) -> None:
+        self.workdir = workdir
+        self.path = path
+        self.command = command
+        self._handler = logging.FileHandler(path / "otx.log")
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("otx").addHandler(self._handler)
+
+    def write_config(self, config: dict[str, Any]) -> Path:
+        """Save the resolved configuration of this run."""
+        path = self.path / "config.yaml"
+        atomic_write_bytes(path, yaml.safe_dump(_jsonable(config), sort_keys=False).encode())
+        return path
+
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Write a JSON file into the run folder."""
+        path = self.path / name
+        atomic_write_json(path, obj)
+        return path
+
+    def close(self, success: bool) -> None:
+        """Detach the log and, on success, make this the latest run of its command."""
+        logging.getLogger("otx").removeHandler(self._handler)
+        self._handler.close()
+        if success:
+            self.workdir.mark_latest(self)
