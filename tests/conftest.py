@@ -1,0 +1,52 @@
+"""Shared fixtures: the synthetic sample dataset and a trained PADIM checkpoint, made once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Tests never download: a missing backbone must fail fast instead of trying the network.
+os.environ.setdefault("OTX_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in synthetic dataset (three categories); treat as read-only."""
+    from otx.data.sample import make_sample_dataset
+
+    out = tmp_path_factory.mktemp("sample")
+    make_sample_dataset(out)
+    return out
+
+
+@pytest.fixture
+def dataset_copy(sample_root: Path, tmp_path: Path):
+    """A writable copy of one category, for tests that damage the data."""
+
+    def copy(category: str = "bottle_like") -> Path:
+        target = tmp_path / category
+        shutil.copytree(sample_root / category, target)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def trained_padim(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A PADIM segmentation model trained through the Engine on bottle_like."""
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.models import Padim
+
+    work_dir = tmp_path_factory.mktemp("ws")
+    engine = Engine(
+        model=Padim(input_size=(128, 128)),
+        data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
+        task="segmentation",
+        work_dir=work_dir,
+    )
+    summary = engine.train()
+    return {"work_dir": work_dir, "summary": summary, "checkpoint": Path(summary["checkpoint"])}

