@@ -29,7 +29,9 @@ def run_otx(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
 
 
 def test_six_recipes_ship_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,8 +123,19 @@ def test_bad_input_one_line(case: str, workspace: Path, dataset_copy, tmp_path: 
     data_root = tmp_path / "nowhere" if how is None else (damaged(dataset_copy, how) if how else dataset_copy())
     before = digest(workspace)
     env = {"TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_CACHE": str(tmp_path / "hf")}
-    result = run_otx("train", "--config", RECIPE, "--data_root", str(data_root), "--work_dir", str(workspace),
-                     *SMALL, *extra, cwd=tmp_path, env=env)
+    result = run_otx(
+        "train",
+        "--config",
+        RECIPE,
+        "--data_root",
+        str(data_root),
+        "--work_dir",
+        str(workspace),
+        *SMALL,
+        *extra,
+        cwd=tmp_path,
+        env=env,
+    )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr

@@ -126,8 +126,9 @@ def test_truncated_training_image_stops_training_with_its_name(dataset_copy, tmp
     root = dataset_copy()
     bad = root / "train" / "good" / "011.png"
     bad.write_bytes(bad.read_bytes()[:150])
-    engine = Engine(model=Padim(input_size=(64, 64)), data=AnomalyDataModule(str(root), num_workers=2),
-                    work_dir=tmp_path)
+    engine = Engine(
+        model=Padim(input_size=(64, 64)), data=AnomalyDataModule(str(root), num_workers=2), work_dir=tmp_path
+    )
     with pytest.raises(OTXError, match="011.png"):
         engine.train()
     assert not list(tmp_path.glob("*/model.ckpt"))
