@@ -17,11 +17,19 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
+DEMO_RECIPE ?= recipe/anomaly_segmentation/padim.yaml
+DEMO_ARGS = --config $(DEMO_RECIPE) --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace
+
 demo: install
 	$(VENV)/bin/otx data make-sample $(DEMO_DIR)/data
-	$(VENV)/bin/otx train --config recipe/anomaly_segmentation/padim.yaml --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace
-	$(VENV)/bin/otx test --config recipe/anomaly_segmentation/padim.yaml --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace
-	$(VENV)/bin/otx predict --config recipe/anomaly_segmentation/padim.yaml --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace
+	$(VENV)/bin/otx train $(DEMO_ARGS)
+	$(VENV)/bin/otx predict $(DEMO_ARGS)
+	$(VENV)/bin/otx test $(DEMO_ARGS)
+	@echo
+	@echo "demo outputs in $(DEMO_DIR)/workspace (latest.json names the latest run of each command):"
+	@ls -1d $(DEMO_DIR)/workspace/*-*/ | sed 's/^/  /'
+	@echo "  test metrics: $$(ls -1d $(DEMO_DIR)/workspace/*-test | tail -1)/metrics.json"
+	@echo "  predicted masks: $$(ls -1d $(DEMO_DIR)/workspace/*-predict | tail -1)/predictions/masks/"
 
 test: install
 	$(PY) -m pytest -q

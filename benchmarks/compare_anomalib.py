@@ -369,8 +369,8 @@ def markdown_table(summary: dict[str, Any], s: Settings, repeats: int, init_chec
         "for PADIM: no optimiser step; otx always writes one) and, for "
         "STFPM, runs validation after every epoch (otx once after training). Its metrics are computed on "
         "min-max-normalised scores clamped to [0, 1] (ties can move AUROC slightly); otx's on raw scores.",
-        "Resizing differs slightly: anomalib resizes float tensors (bilinear, antialias), otx uint8 images "
-        "(cv2 INTER_AREA). train s = model construction + weights + data indexing + fit + thresholds + checkpoint.",
+        "Both resize float tensors the same way (bilinear, antialias; masks nearest). "
+        "train s = model construction + weights + data indexing + fit + thresholds + checkpoint.",
     ]
     return "\n".join(lines + notes)
 

@@ -148,3 +148,17 @@ def test_stfpm_trains_by_gradient_descent(sample_root: Path, tmp_path: Path) -> 
     assert len(losses) == 3 and losses[-1] < losses[0]
     metrics = engine.test()["metrics"]
     assert 0.0 <= metrics["image_AUROC"] <= 1.0 and "AUPRO" in metrics
+
+
+def test_predict_reports_and_skips_an_undecodable_image(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    folder = root / "test" / "good"
+    bad = folder / "001.png"
+    bad.write_bytes(bad.read_bytes()[:120])  # truncated: header readable, pixels not
+    predictions = Engine(work_dir=tmp_path).predict(source=folder, checkpoint=trained_padim["checkpoint"])
+    assert len(predictions) == 12
+    broken = [p for p in predictions if p.error]
+    assert len(broken) == 1 and broken[0].image_path.endswith("001.png") and "001.png" in broken[0].error
+    assert all(np.isfinite(p.pred_score) for p in predictions if not p.error)
+    records = json.loads(next(tmp_path.glob("*-predict/predictions/predictions.json")).read_text())
+    assert sum("error" in r for r in records) == 1

@@ -8,7 +8,6 @@ shipped with otx, any other path to that file. Errors end in one line and a non-
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import warnings
@@ -226,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     errors = Console(stderr=True)
     _quiet_libraries()
-    os.environ.setdefault("TQDM_DISABLE", "0")
+    warn = logging.StreamHandler(sys.stderr)
+    warn.setLevel(logging.WARNING)
+    warn.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.getLogger("otx").addHandler(warn)
     try:
         parser = build_parser()
         cfg = parser.parse_args(_resolve_config_args(argv))

@@ -137,20 +137,20 @@ class Engine:
     # --- plumbing ------------------------------------------------------------------------------
     def _run(self, command: str, body: Any) -> Any:
         run = self.workdir.new_run(command)
+        log.info("otx %s %s: task %s, work_dir %s", command, __version__, self.task.value, self.workdir.root)
         ok = False
         try:
             result = body(run)
             ok = True
             return result
         finally:
-            if not ok:
-                log.error("%s failed; earlier runs in %s are unchanged", command, self.workdir.root)
+            log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
             run.close(ok)
 
     def _save_config(self, run: Run, model: AnomalyModel, extra: dict[str, Any] | None = None) -> None:
         config = dict(self.config)
         config.setdefault("task", self.task.value)
-        config.setdefault("model", {"class_path": _class_path(model), "init_args": dict(model.hparams)})
+        config["model"] = {"class_path": _class_path(model), "init_args": dict(model.hparams)}  # what actually ran
         config.setdefault("data", {k: getattr(self.data, k) for k in ("data_root", "val_split", "seed", "batch_size")})
         config.update(extra or {})
         run.write_config(config)
@@ -191,6 +191,7 @@ class Engine:
         if trainer.interrupted:
             raise OTXError("training was interrupted; no checkpoint was written")
         timings["fit_s"] = time.perf_counter() - start
+        log.info("fit took %.1f s", timings["fit_s"])
         start = time.perf_counter()
         if not splits["val"]:
             raise OTXError(
@@ -202,6 +203,7 @@ class Engine:
             outputs["scores"], outputs["labels"], outputs["maps"], masks, model.image_threshold, model.pixel_threshold
         )
         timings["thresholds_s"] = time.perf_counter() - start
+        log.info("thresholds: %s", model.postprocessor.stats())
         val_metrics = self._evaluate(model, outputs, splits["val"], with_boxes=False)
         checkpoint = run.path / CHECKPOINT_NAME
         self._save_checkpoint(model, checkpoint)
@@ -244,7 +246,7 @@ class Engine:
         torch.save(ckpt, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
-    def _load(self, checkpoint: str | Path | None) -> tuple[AnomalyModel, dict[str, Any]]:
+    def _load(self, checkpoint: str | Path | None) -> tuple[AnomalyModel, Path]:
         if checkpoint is None:
             latest = self.workdir.latest("train")
             if latest is None or not (latest / CHECKPOINT_NAME).exists():
@@ -261,12 +263,12 @@ class Engine:
             log.warning("using the checkpoint's validation split (val_split/seed) so that test images stay unseen")
             self.data.val_split, self.data.seed = data_info["val_split"], data_info["seed"]
         self.console.print(f"checkpoint: {checkpoint}")
-        return model, ckpt
+        return model, Path(checkpoint)
 
     def _test(self, run: Run, checkpoint: str | Path | None) -> dict[str, Any]:
-        model, ckpt = self._load(checkpoint)
+        model, checkpoint = self._load(checkpoint)
         self._setup_data(model)
-        self._save_config(run, model, {"checkpoint": str(checkpoint or "latest")})
+        self._save_config(run, model, {"checkpoint": str(checkpoint)})
         test = self.data.splits["test"]
         scored = [s for s in test if s.label >= 0]
         if not scored:
@@ -291,7 +293,7 @@ class Engine:
             "task": self.task.value,
             "model": type(model).__name__,
             "backbone": model.spec.name,
-            "checkpoint": str(checkpoint or self.workdir.latest("train")),
+            "checkpoint": str(checkpoint),
             "metrics": metrics,
             "splits": self.data.split_summary(),
             "thresholds": model.postprocessor.stats(),
@@ -305,21 +307,25 @@ class Engine:
         return result
 
     def _predict(self, run: Run, source: str | Path | None, checkpoint: str | Path | None) -> list[Prediction]:
-        model, _ = self._load(checkpoint)
+        model, checkpoint = self._load(checkpoint)
         if source is not None:
             samples = samples_from_source(source)
         else:
             self._setup_data(model)
             samples = self.data.splits["test"]
-        self._save_config(run, model, {"source": str(source) if source else None})
+        self._save_config(run, model, {"checkpoint": str(checkpoint), "source": str(source) if source else None})
         self.data.input_size = model.input_size
         root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
         out_dir = run.path / "predictions"
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
         predictions: list[Prediction] = []
-        for batch_outputs, batch_samples in self._batches(model, samples, "predict"):
+        for batch_outputs, batch_samples, errors in self._batches(model, samples, "predict", skip_errors=True):
             batch_preds = self._to_predictions(model, batch_outputs, batch_samples)
-            for pred in batch_preds:
+            for pred, error in zip(batch_preds, errors, strict=True):
+                if error:  # reported and skipped; the rest of the folder is predicted
+                    log.warning("skipped: %s", error)
+                    pred.error, pred.pred_score, pred.pred_label = error, float("nan"), False
+                    pred.anomaly_map = pred.pred_mask = pred.pred_boxes = pred.box_scores = None
                 if pred.pred_mask is not None:
                     rel = Path(pred.image_path).relative_to(root).with_suffix("")
                     name = "__".join(rel.parts) + "_mask.png"
@@ -328,10 +334,14 @@ class Engine:
             predictions.extend(batch_preds)
         run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
         n_anomalous = sum(p.pred_label for p in predictions)
+        n_skipped = sum(bool(p.error) for p in predictions)
+        counts = {"images": len(predictions), "anomalous": n_anomalous, "normal": len(predictions) - n_anomalous}
+        if n_skipped:
+            counts.update(normal=counts["normal"] - n_skipped, skipped=n_skipped)
         self._print_summary(
             "predict",
             run,
-            {"images": len(predictions), "anomalous": n_anomalous, "normal": len(predictions) - n_anomalous},
+            counts,
             "predictions",
             extra={"predictions": str(out_dir / "predictions.json")},
         )
@@ -350,15 +360,20 @@ class Engine:
         )
 
     def _batches(
-        self, model: AnomalyModel, samples: list[Sample], desc: str
-    ) -> Iterator[tuple[dict[str, torch.Tensor], list[Sample]]]:
-        """Raw outputs batch by batch: ``maps``, ``scores``, ``labels``, ``masks``, ``orig_sizes``."""
+        self, model: AnomalyModel, samples: list[Sample], desc: str, skip_errors: bool = False
+    ) -> Iterator[tuple[dict[str, torch.Tensor], list[Sample], list[str]]]:
+        """Raw outputs batch by batch: ``maps``, ``scores``, ``labels``, ``masks``, ``orig_sizes``.
+
+        An image that fails to decode stops with one ``OTXDataError`` line, or, with
+        ``skip_errors``, comes back with its error message (and meaningless outputs).
+        """
         model.eval()
         loader: DataLoader = self.data.loader(samples)
         with self._progress() as progress, torch.inference_mode():
             bar = progress.add_task(f"{desc:<10}", total=len(samples))
             for batch in loader:
-                raise_batch_errors(batch)
+                if not skip_errors:
+                    raise_batch_errors(batch)
                 maps, scores = model(batch["image"])
                 indices = batch["index"].tolist()
                 yield (
@@ -370,12 +385,13 @@ class Engine:
                         "orig_sizes": batch["orig_size"],
                     },
                     [samples[i] for i in indices],
+                    list(batch["error"]),
                 )
                 progress.advance(bar, len(indices))
 
     def _collect(self, model: AnomalyModel, samples: list[Sample], desc: str) -> dict[str, torch.Tensor]:
         parts: dict[str, list[torch.Tensor]] = {}
-        for outputs, _ in self._batches(model, samples, desc):
+        for outputs, _, _ in self._batches(model, samples, desc):
             for key, value in outputs.items():
                 parts.setdefault(key, []).append(value)
         return {key: torch.cat(values) for key, values in parts.items()}

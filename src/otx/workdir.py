@@ -112,7 +112,10 @@ class Run:
         self.command = command
         self._handler = logging.FileHandler(path / "otx.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("otx").addHandler(self._handler)
+        self._handler.setLevel(logging.INFO)
+        logger = logging.getLogger("otx")
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self._handler)
 
     def write_config(self, config: dict[str, Any]) -> Path:
         """Save the resolved configuration of this run."""

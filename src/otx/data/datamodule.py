@@ -7,9 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from otx.data.dataset import MvtecIndex, Sample, count_kinds, index_mvtec, split_validation
@@ -17,6 +16,19 @@ from otx.data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from otx.errors import OTXDataError
 
 log = logging.getLogger(__name__)
+
+
+def resize_image(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Resize a float ``[3, H, W]`` image: bilinear with antialiasing, as torchvision's ``Resize`` on tensors.
+
+    This is the resize anomalib's pre-processor applies, so a model sees the same pixels in both tools.
+    """
+    return F.interpolate(image[None], size=size_hw, mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def resize_mask(mask: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Resize a bool ``[H, W]`` mask with nearest neighbour (as torchvision does for masks)."""
+    return F.interpolate(mask[None, None].float(), size=size_hw, mode="nearest")[0, 0] > 0.5
 
 
 class AnomalyDataset(Dataset):
@@ -41,19 +53,18 @@ class AnomalyDataset(Dataset):
         try:
             image = read_image(sample.path)
             orig_hw = image.shape[:2]
-            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-            mask = np.zeros((height, width), dtype=bool)
+            tensor = resize_image(torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0), self.input_size)
+            mask = torch.zeros((height, width), dtype=torch.bool)
             if sample.mask_path:
-                full = read_mask(sample.mask_path)
-                mask = cv2.resize(full.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+                mask = resize_mask(torch.from_numpy(read_mask(sample.mask_path)), self.input_size)
         except OTXDataError as exc:
             error = str(exc)
-            image = np.zeros((height, width, 3), np.uint8)
-            mask = np.zeros((height, width), dtype=bool)
+            tensor = torch.zeros((3, height, width))
+            mask = torch.zeros((height, width), dtype=torch.bool)
             orig_hw = (height, width)
         return {
-            "image": torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0),
-            "mask": torch.from_numpy(mask),
+            "image": tensor,
+            "mask": mask,
             "label": sample.label,
             "index": index,
             "orig_size": torch.tensor(orig_hw),

@@ -1,0 +1,100 @@
+"""Train and test shipped recipes on one dataset through the ``otx`` CLI; print a markdown table.
+
+Each recipe runs as ``otx train`` then ``otx test`` in its own subprocess, exactly as a user would
+type them; wall times are measured around each command, and peak memory is the command's own maximum
+resident set (``wait4``; the largest of the process and its data-loading workers, not their sum).
+
+Usage::
+
+    .venv/bin/python benchmarks/run_recipes.py --data_root ../shared/data/magnetic_tile \\
+        --work_dir /tmp/otx-recipes --out benchmarks/results/recipes_magnetic_tile.json \\
+        [--recipes recipe/anomaly_segmentation/padim.yaml ...] [--extra "--max_epochs 3"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from otx.cli import list_recipes
+
+METRICS = ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1", "AUPRO", "box_AP", "box_AP50")
+
+
+def run(cmd: list[str]) -> tuple[float, float]:
+    """Run one command; return its wall time (s) and peak resident memory (MB), its workers included."""
+    with tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{err.read().decode()[-2000:]}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_root", required=True)
+    parser.add_argument("--work_dir", default="/tmp/otx-recipes")
+    parser.add_argument("--recipes", nargs="*", default=None, help="default: all shipped recipes")
+    parser.add_argument("--extra", default="", help="extra CLI arguments for every train, e.g. '--max_epochs 3'")
+    parser.add_argument("--stfpm_extra", default="", help="extra train arguments for STFPM recipes only")
+    parser.add_argument("--out", default="benchmarks/results/recipes.json")
+    args = parser.parse_args()
+
+    otx = [sys.executable, "-m", "otx.cli"]
+    rows = []
+    for recipe in args.recipes or list_recipes():
+        name = recipe.removeprefix("recipe/").removesuffix(".yaml")
+        work_dir = Path(args.work_dir) / name.replace("/", "_")
+        extra = shlex.split(args.extra) + (shlex.split(args.stfpm_extra) if "stfpm" in name else [])
+        train = [*otx, "train", "--config", recipe, "--data_root", args.data_root, "--work_dir", str(work_dir), *extra]
+        test = [*otx, "test", "--config", recipe, "--work_dir", str(work_dir)]
+        print(f"{name}: {shlex.join(train[2:])}", file=sys.stderr, flush=True)
+        train_s, train_mb = run(train)
+        test_s, test_mb = run(test)
+        result = json.loads(sorted(work_dir.glob("*-test/metrics.json"))[-1].read_text())
+        train_info = json.loads(sorted(work_dir.glob("*-train/metrics.json"))[-1].read_text())
+        rows.append(
+            {
+                "recipe": recipe,
+                "train_args": shlex.join(extra),
+                "epochs": train_info["epochs"],
+                "metrics": result["metrics"],
+                "splits": result["splits"],
+                "train_s": round(train_s, 1),
+                "test_s": round(test_s, 1),
+                "train_peak_mb": round(train_mb),
+                "test_peak_mb": round(test_mb),
+            }
+        )
+        print(json.dumps(rows[-1]["metrics"]), file=sys.stderr, flush=True)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2))
+    header = ["recipe", "epochs", *METRICS, "train s", "test s", "train peak MB", "test peak MB"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        values = [row["metrics"].get(m) for m in METRICS]
+        cells = [f"{v:.3f}" if isinstance(v, float) else "–" for v in values]
+        print(
+            f"| {row['recipe'].removeprefix('recipe/')} | {row['epochs']} | "
+            + " | ".join(cells)
+            + f" | {row['train_s']} | {row['test_s']} | {row['train_peak_mb']} | {row['test_peak_mb']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

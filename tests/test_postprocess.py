@@ -1,0 +1,78 @@
+"""Shared post-processing: normalisation around thresholds, labels, masks, boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from otx.postprocess import PostProcessor, f1_adaptive_threshold, mask_to_boxes, normalize
+
+
+def fitted(image_threshold: float | None = None, pixel_threshold: float | None = None) -> PostProcessor:
+    torch.manual_seed(0)
+    scores = torch.cat([torch.rand(20) * 5, torch.rand(20) * 5 + 4])
+    labels = torch.cat([torch.zeros(20), torch.ones(20)]).long()
+    maps = torch.rand(40, 16, 16) * 3
+    maps[20:, 4:8, 4:8] += 5
+    masks = torch.zeros(40, 16, 16, dtype=torch.bool)
+    masks[20:, 4:8, 4:8] = True
+    post = PostProcessor()
+    post.fit(scores, labels, maps, masks, image_threshold, pixel_threshold)
+    return post
+
+
+def test_threshold_maps_to_half_and_labels_agree_with_raw_threshold() -> None:
+    post = fitted()
+    stats = post.stats()
+    raw_scores = torch.linspace(stats["image_min"] - 1, stats["image_max"] + 1, 101)
+    raw_maps = torch.linspace(stats["pixel_min"] - 1, stats["pixel_max"] + 1, 101).reshape(1, 101, 1).repeat(101, 1, 1)
+    out = post(raw_maps, raw_scores)
+    assert torch.equal(out["pred_label"], raw_scores >= stats["image_threshold"])
+    assert torch.equal(out["pred_mask"], raw_maps >= stats["pixel_threshold"])
+    at_threshold = post(torch.full((1, 1, 1), stats["pixel_threshold"]), torch.tensor([stats["image_threshold"]]))
+    assert float(at_threshold["pred_score"]) == 0.5 and float(at_threshold["anomaly_map"]) == 0.5
+    assert float(out["pred_score"].min()) == 0.0 and float(out["pred_score"].max()) == 1.0
+    # Monotonic: normalisation never reorders scores.
+    assert torch.all(out["pred_score"][1:] >= out["pred_score"][:-1])
+
+
+def test_numpy_and_torch_normalisation_agree() -> None:
+    values = np.linspace(-3, 9, 50, dtype=np.float32)
+    np.testing.assert_allclose(
+        normalize(values, 2.0, -1.0, 7.0), normalize(torch.from_numpy(values), 2.0, -1.0, 7.0).numpy(), atol=1e-7
+    )
+
+
+def test_adaptive_thresholds_are_the_f1_optima() -> None:
+    post = fitted()
+    torch.manual_seed(0)
+    scores = torch.cat([torch.rand(20) * 5, torch.rand(20) * 5 + 4])
+    labels = torch.cat([torch.zeros(20), torch.ones(20)]).long()
+    assert post.stats()["image_threshold"] == f1_adaptive_threshold(scores, labels)
+
+
+def test_manual_thresholds_win_over_adaptive() -> None:
+    post = fitted(image_threshold=3.25, pixel_threshold=1.5)
+    assert post.stats()["image_threshold"] == 3.25 and post.stats()["pixel_threshold"] == 1.5
+
+
+def test_no_masks_pixel_threshold_follows_image_threshold() -> None:
+    post = PostProcessor()
+    post.fit(torch.tensor([1.0, 2.0, 5.0, 6.0]), torch.tensor([0, 0, 1, 1]), torch.rand(4, 8, 8), None)
+    assert post.stats()["pixel_threshold"] == post.stats()["image_threshold"] == 5.0
+
+
+def test_mask_to_boxes_scores_each_component_by_its_maximum() -> None:
+    score_map = np.zeros((20, 30), np.float32)
+    mask = np.zeros((20, 30), bool)
+    mask[2:5, 3:9] = True
+    score_map[2:5, 3:9] = 0.6
+    score_map[3, 4] = 0.9
+    mask[10:18, 20:22] = True
+    score_map[10:18, 20:22] = 0.7
+    boxes, scores = mask_to_boxes(mask, score_map)
+    order = np.argsort(boxes[:, 0])
+    np.testing.assert_array_equal(boxes[order], [[3, 2, 9, 5], [20, 10, 22, 18]])
+    np.testing.assert_allclose(scores[order], [0.9, 0.7])
+    empty_boxes, empty_scores = mask_to_boxes(np.zeros((5, 5), bool))
+    assert empty_boxes.shape == (0, 4) and empty_scores.shape == (0,)
