@@ -113,6 +113,7 @@ class Engine:
         self.seed = seed
         self.config = config or {}
         self.console = console or Console(stderr=True)
+        self._warned_no_masks = False
 
     # --- verbs -------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -417,7 +418,7 @@ class Engine:
         if not self.adapter.pixel_level:
             return metrics
         if not self.data.has_masks:
-            if not getattr(self, "_warned_no_masks", False):
+            if not self._warned_no_masks:
                 self.console.print(
                     "[yellow]note[/]: the data has no ground_truth/ folder: pixel and box metrics are unavailable"
                 )
