@@ -165,6 +165,10 @@ class Engine:
         self._setup_data(model)
         self._save_config(run, model)
         splits = self.data.splits
+        if not splits["val"]:  # checked before training, not after it
+            raise OTXError(
+                "no validation images: thresholds need test/ (or val/) images; add test/good and test/<defect> folders"
+            )
         epochs = self.max_epochs or model.default_max_epochs
         self.console.print(
             f"[bold]otx train[/]: {type(model).__name__} ({model.spec.name}, {model.weights_source}) on "
@@ -194,10 +198,6 @@ class Engine:
         timings["fit_s"] = time.perf_counter() - start
         log.info("fit took %.1f s", timings["fit_s"])
         start = time.perf_counter()
-        if not splits["val"]:
-            raise OTXError(
-                "no validation images: thresholds need test/ (or val/) images; add test/good and test/<defect> folders"
-            )
         outputs = self._collect(model, splits["val"], "validation")
         masks = outputs["masks"] if self.data.has_masks else None
         model.postprocessor.fit(
