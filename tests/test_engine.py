@@ -162,3 +162,13 @@ def test_predict_reports_and_skips_an_undecodable_image(trained_padim: dict, dat
     assert all(np.isfinite(p.pred_score) for p in predictions if not p.error)
     records = json.loads(next(tmp_path.glob("*-predict/predictions/predictions.json")).read_text())
     assert sum("error" in r for r in records) == 1
+
+
+def test_no_validation_images_is_refused_before_training(dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    shutil.rmtree(root / "test")
+    shutil.rmtree(root / "ground_truth")
+    engine = Engine(model=Padim(input_size=(64, 64)), data=str(root), work_dir=tmp_path)
+    with pytest.raises(OTXError, match="no validation images"):
+        engine.train()
+    assert not list(tmp_path.glob("*/logs"))  # training never started
