@@ -152,6 +152,17 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         engine.predict(source=cfg.source, checkpoint=cfg.checkpoint)
 
 
+def _warnings_to_stderr() -> None:
+    """Show otx's warnings on stderr, once per process however often ``main`` runs."""
+    logger = logging.getLogger("otx")
+    if not any(getattr(handler, "otx_cli", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.otx_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
 def _instantiate_model(spec: Namespace) -> Any:
     """Build the model from its class_path/init_args (errors stay one-line ``OTXError``)."""
     import importlib
@@ -227,10 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     errors = Console(stderr=True)
     _quiet_libraries()
-    warn = logging.StreamHandler(sys.stderr)
-    warn.setLevel(logging.WARNING)
-    warn.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    logging.getLogger("otx").addHandler(warn)
+    _warnings_to_stderr()
     try:
         parser = build_parser()
         cfg = parser.parse_args(_resolve_config_args(argv))

@@ -309,13 +309,13 @@ class Engine:
 
     def _predict(self, run: Run, source: str | Path | None, checkpoint: str | Path | None) -> list[Prediction]:
         model, checkpoint = self._load(checkpoint)
+        self.data.input_size = model.input_size
         if source is not None:
             samples = samples_from_source(source)
         else:
-            self._setup_data(model)
+            self.data.setup()
             samples = self.data.splits["test"]
         self._save_config(run, model, {"checkpoint": str(checkpoint), "source": str(source) if source else None})
-        self.data.input_size = model.input_size
         root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
         out_dir = run.path / "predictions"
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
