@@ -4,10 +4,11 @@ Wraps anomalib's ``PadimModel`` (feature extraction, random channel selection, M
 anomaly map). One part is replaced: anomalib keeps every training embedding in a memory bank
 and then estimates each position's covariance in a Python loop over positions (strided reads of
 the whole bank, 4096 times at 256x256). ``StreamingGaussian`` accumulates the same statistics
-batch by batch with one batched matrix product, so memory no longer grows with the number of
-training images and the fit takes seconds instead of minutes (docs/architecture.md has the
-measurement). It writes the same ``mean`` / ``inv_covariance`` buffers, with the same
-regularisation, so anomalib's anomaly-map code runs unchanged.
+chunk by chunk with batched matrix products and inverts with one thread, so memory no longer
+grows with the number of training images (docs/architecture.md has the measurements; PADIM
+train time on magnetic_tile is 0.77x anomalib's). It writes the same ``mean`` /
+``inv_covariance`` buffers, with the same regularisation, so anomalib's anomaly-map code runs
+unchanged.
 """
 
 from __future__ import annotations
