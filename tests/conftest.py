@@ -50,3 +50,48 @@ def trained_padim(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     )
     summary = engine.train()
     return {"work_dir": work_dir, "summary": summary, "checkpoint": Path(summary["checkpoint"])}
+
+
+@pytest.fixture(scope="session")
+def trained_stfpm(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """An STFPM model trained one epoch through the Engine on bottle_like (enough for parity checks)."""
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.models import Stfpm
+
+    work_dir = tmp_path_factory.mktemp("ws_stfpm")
+    engine = Engine(
+        model=Stfpm(input_size=(128, 128)),
+        data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
+        task="segmentation",
+        work_dir=work_dir,
+        max_epochs=1,
+    )
+    summary = engine.train()
+    return {"work_dir": work_dir, "summary": summary, "checkpoint": Path(summary["checkpoint"])}
+
+
+@pytest.fixture(scope="session")
+def exported(trained_padim: dict, trained_stfpm: dict, sample_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Export (once per session) a trained model for a task and format; returns the model file."""
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+
+    cache: dict[tuple[str, str, str, str], Path] = {}
+    trained = {"padim": trained_padim, "stfpm": trained_stfpm}
+
+    def export(
+        model: str = "padim", task: str = "segmentation", fmt: str = "OPENVINO", precision: str = "FP32"
+    ) -> Path:
+        key = (model, task, fmt, precision)
+        if key not in cache:
+            engine = Engine(
+                data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
+                task=task,
+                work_dir=tmp_path_factory.mktemp(f"export_{model}_{task}_{fmt}_{precision}"),
+            )
+            summary = engine.export(trained[model]["checkpoint"], export_format=fmt, precision=precision)
+            cache[key] = Path(summary["exported_model"])
+        return cache[key]
+
+    return export

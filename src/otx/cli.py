@@ -23,7 +23,7 @@ from otx.errors import OTXError
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
 TASKS = ("classification", "detection", "segmentation")
-VERBS = ("train", "test", "predict")
+VERBS = ("train", "test", "predict", "export")
 
 
 def recipes_dir() -> Path:
@@ -66,7 +66,12 @@ def _verb_parser(verb: str) -> ArgumentParser:
 
     parser = ArgumentParser(description=f"otx {verb}", exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile, help="recipe: recipe/<task>/<model>.yaml or a YAML path")
-    parser.add_argument("--task", type=Literal["classification", "detection", "segmentation"], default="segmentation")
+    parser.add_argument(
+        "--task",
+        type=Literal["classification", "detection", "segmentation"] | None,
+        default=None,
+        help="task; default: the recipe's, else the checkpoint's / exported model's (segmentation for train)",
+    )
     parser.add_subclass_arguments(AnomalyModel, "model", required=False, help="the model core (class_path/init_args)")
     parser.add_class_arguments(AnomalyDataModule, "data", help="data settings")
     parser.add_argument("--data_root", type=str | None, default=None, help="MVTec-layout folder (sets data.data_root)")
@@ -74,9 +79,18 @@ def _verb_parser(verb: str) -> ArgumentParser:
     parser.add_argument("--max_epochs", type=int | None, default=None, help="training epochs (model default if unset)")
     parser.add_argument("--seed", type=int, default=42, help="global seed")
     if verb != "train":
-        parser.add_argument("--checkpoint", type=str | None, default=None, help="model.ckpt (default: latest train)")
+        what = "model.ckpt" if verb == "export" else "model.ckpt, or an exported .xml / .onnx"
+        parser.add_argument("--checkpoint", type=str | None, default=None, help=f"{what} (default: latest train)")
+    if verb in ("test", "predict"):
+        parser.add_argument("--device", type=str, default="AUTO", help="OpenVINO device for exported models")
     if verb == "predict":
         parser.add_argument("--source", type=str | None, default=None, help="image file, folder or glob to predict")
+    if verb == "export":
+        parser.add_argument("--format", type=Literal["OPENVINO", "ONNX"], default="OPENVINO", help="OPENVINO or ONNX")
+        parser.add_argument("--precision", type=Literal["FP32", "FP16"], default="FP32", help="FP32 or FP16 (IR)")
+        parser.add_argument(
+            "--export_demo_package", type=bool, default=False, help="also write demo_package.zip (model + script)"
+        )
     return parser
 
 
@@ -143,11 +157,19 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         seed=cfg.seed,
         config=resolved,
         console=console,
+        device=cfg.get("device", "AUTO"),
     )
     if verb == "train":
         engine.train()
     elif verb == "test":
         engine.test(checkpoint=cfg.checkpoint)
+    elif verb == "export":
+        engine.export(
+            checkpoint=cfg.checkpoint,
+            export_format=cfg.format,
+            precision=cfg.precision,
+            demo_package=cfg.export_demo_package,
+        )
     else:
         engine.predict(source=cfg.source, checkpoint=cfg.checkpoint)
 

@@ -10,6 +10,8 @@ Example::
     engine.train()                  # fits, learns thresholds on the validation split, saves model.ckpt
     metrics = engine.test()         # metrics.json on the test split
     predictions = engine.predict()  # predictions.json and mask PNGs
+    xml = engine.export()["exported_model"]        # OpenVINO IR with pre- and post-processing inside
+    engine.test(checkpoint=xml)     # the same metrics from the exported model, through OpenVINO
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from otx import __version__
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors, samples_from_source
 from otx.data.dataset import Sample
 from otx.data.io import read_mask
+from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
 from otx.errors import OTXConfigError, OTXError
 from otx.metrics import box_ap, gt_boxes_from_mask, image_metrics, pixel_metrics
 from otx.models.base import AnomalyModel
+from otx.scoring import OpenVINOScorer, Scorer, TorchScorer, as_numpy
 from otx.tasks import Prediction, TaskAdapter, get_adapter
 from otx.workdir import Run, WorkDir, atomic_write_bytes
 
@@ -85,35 +89,43 @@ class Engine:
     Args:
         model: the model core (``Padim``, ``Stfpm``, ...); optional for test/predict from a checkpoint.
         data: an ``AnomalyDataModule`` or a data root path.
-        task: ``classification``, ``detection`` or ``segmentation``.
+        task: ``classification``, ``detection`` or ``segmentation``; None trains for segmentation
+            and otherwise takes the task the checkpoint or exported model was made for.
         work_dir: where run folders, checkpoints and results go.
         max_epochs: training epochs; None takes the model's default.
         seed: global seed for training.
         config: the resolved configuration to save with each run (the CLI passes it).
         console: where summaries and progress go (a ``rich`` console).
+        device: OpenVINO device for exported models (``AUTO``, ``CPU``, ``GPU``, ``NPU``).
     """
 
     def __init__(
         self,
         model: AnomalyModel | None = None,
         data: AnomalyDataModule | str | Path | None = None,
-        task: str = "segmentation",
+        task: str | None = None,
         work_dir: str | Path = "otx-workspace",
         max_epochs: int | None = None,
         seed: int = 42,
         config: dict[str, Any] | None = None,
         console: Console | None = None,
+        device: str = "AUTO",
     ) -> None:
         self.model = model
         self.data = data if isinstance(data, AnomalyDataModule) else AnomalyDataModule(str(data) if data else None)
-        self.adapter: TaskAdapter = get_adapter(task)
-        self.task = self.adapter.task
+        self._task_given = task is not None
+        self._use_task(task or "segmentation")
+        self.device = device
         self.workdir = WorkDir(work_dir)
         self.max_epochs = max_epochs
         self.seed = seed
         self.config = config or {}
         self.console = console or Console(stderr=True)
         self._warned_no_masks = False
+
+    def _use_task(self, task: str) -> None:
+        self.adapter: TaskAdapter = get_adapter(task)
+        self.task = self.adapter.task
 
     # --- verbs -------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
@@ -132,8 +144,32 @@ class Engine:
         return self._run("test", lambda run: self._test(run, checkpoint))
 
     def predict(self, source: str | Path | None = None, checkpoint: str | Path | None = None) -> list[Prediction]:
-        """Predict on ``source`` (file, folder or glob) or, without it, on the data's test images."""
+        """Predict on ``source`` (file, folder or glob) or, without it, on the data's test images.
+
+        ``checkpoint`` may be a ``model.ckpt`` or an exported ``.xml`` / ``.onnx`` (run by OpenVINO
+        on ``device``); the default is the latest training run's checkpoint. The same holds for ``test``.
+        """
         return self._run("predict", lambda run: self._predict(run, source, checkpoint))
+
+    def export(
+        self,
+        checkpoint: str | Path | None = None,
+        export_format: str = "OPENVINO",
+        precision: str = "FP32",
+        demo_package: bool = False,
+    ) -> dict[str, Any]:
+        """Export a checkpoint (default: the latest training run's) to OpenVINO IR or ONNX.
+
+        Writes ``exported_model.xml/.bin`` or ``exported_model.onnx`` into a new run folder, checks
+        the export against torch on one image, and with ``demo_package`` adds a zip that predicts
+        on a folder with only openvino, numpy and opencv installed. Returns the export summary.
+        """
+        from otx.deploy.export import check_export_args
+
+        fmt, prec = check_export_args(export_format, precision)  # before any run folder exists
+        if demo_package and fmt != "OPENVINO":
+            raise OTXConfigError("the demo package holds an OpenVINO IR; export with --format OPENVINO")
+        return self._run("export", lambda run: self._export(run, checkpoint, fmt, prec, demo_package))
 
     # --- plumbing ------------------------------------------------------------------------------
     def _run(self, command: str, body: Any) -> Any:
@@ -148,22 +184,23 @@ class Engine:
             log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
             run.close(ok)
 
-    def _save_config(self, run: Run, model: AnomalyModel, extra: dict[str, Any] | None = None) -> None:
+    def _save_config(self, run: Run, scorer: Scorer, extra: dict[str, Any] | None = None) -> None:
         config = dict(self.config)
-        config.setdefault("task", self.task.value)
-        config["model"] = {"class_path": _class_path(model), "init_args": dict(model.hparams)}  # what actually ran
+        config["task"] = self.task.value
+        config["model"] = scorer.model_entry()  # what actually ran
         config.setdefault("data", {k: getattr(self.data, k) for k in ("data_root", "val_split", "seed", "batch_size")})
         config.update(extra or {})
         run.write_config(config)
 
-    def _setup_data(self, model: AnomalyModel) -> None:
-        self.data.input_size = model.input_size
+    def _setup_data(self, scorer: Scorer) -> None:
+        self.data.input_size = scorer.input_size
         self.data.setup()
 
     def _train(self, run: Run, model: AnomalyModel) -> dict[str, Any]:
         L.seed_everything(self.seed, verbose=False)
-        self._setup_data(model)
-        self._save_config(run, model)
+        scorer = TorchScorer(model)
+        self._setup_data(scorer)
+        self._save_config(run, scorer)
         splits = self.data.splits
         if not splits["val"]:  # checked before training, not after it
             raise OTXError(
@@ -198,14 +235,14 @@ class Engine:
         timings["fit_s"] = time.perf_counter() - start
         log.info("fit took %.1f s", timings["fit_s"])
         start = time.perf_counter()
-        outputs = self._collect(model, splits["val"], "validation")
+        outputs = self._collect(scorer, splits["val"], "validation")
         masks = outputs["masks"] if self.data.has_masks else None
         model.postprocessor.fit(
             outputs["scores"], outputs["labels"], outputs["maps"], masks, model.image_threshold, model.pixel_threshold
         )
         timings["thresholds_s"] = time.perf_counter() - start
         log.info("thresholds: %s", model.postprocessor.stats())
-        val_metrics = self._evaluate(model, outputs, splits["val"], with_boxes=False)
+        val_metrics = self._evaluate(scorer, outputs, splits["val"], with_boxes=False)
         checkpoint = run.path / CHECKPOINT_NAME
         self._save_checkpoint(model, checkpoint)
         summary = {
@@ -247,42 +284,77 @@ class Engine:
         torch.save(ckpt, buffer)
         atomic_write_bytes(path, buffer.getvalue())
 
-    def _load(self, checkpoint: str | Path | None) -> tuple[AnomalyModel, Path]:
-        if checkpoint is None:
-            latest = self.workdir.latest("train")
-            if latest is None or not (latest / CHECKPOINT_NAME).exists():
-                raise OTXError(
-                    f"no trained model in '{self.workdir.root}'; run `otx train` there first or pass --checkpoint PATH"
-                )
-            checkpoint = latest / CHECKPOINT_NAME
-        model, ckpt = load_checkpoint(checkpoint)
-        data_info = ckpt.get("data", {})
-        if self.data.data_root is None:
-            self.data.data_root = data_info.get("data_root")
-        same_data = self.data.data_root and data_info.get("data_root") == str(Path(self.data.data_root).resolve())
-        if same_data and (self.data.val_split, self.data.seed) != (data_info.get("val_split"), data_info.get("seed")):
-            log.warning("using the checkpoint's validation split (val_split/seed) so that test images stay unseen")
-            self.data.val_split, self.data.seed = data_info["val_split"], data_info["seed"]
-        self.console.print(f"checkpoint: {checkpoint}")
-        return model, Path(checkpoint)
+    def _latest_checkpoint(self) -> Path:
+        latest = self.workdir.latest("train")
+        if latest is None or not (latest / CHECKPOINT_NAME).exists():
+            raise OTXError(
+                f"no trained model in '{self.workdir.root}'; run `otx train` there first or pass --checkpoint PATH"
+            )
+        return latest / CHECKPOINT_NAME
+
+    def _load(self, checkpoint: str | Path | None) -> Scorer:
+        """A scorer for a checkpoint or an exported model; sets the task from it unless one was given."""
+        checkpoint = Path(checkpoint) if checkpoint is not None else self._latest_checkpoint()
+        if is_exported_model(checkpoint):
+            scorer: Scorer = OpenVINOScorer(
+                OpenVINOInferencer(checkpoint, device=self.device, task=self.task.value if self._task_given else None)
+            )
+            info = scorer.inferencer.info.raw
+            data_info = {"val_split": info.get("data_val_split"), "seed": info.get("data_seed"), "root": None}
+            self.console.print(
+                f"exported model: {checkpoint} (OpenVINO {scorer.inferencer.device}, "
+                f"{scorer.inferencer.inference_precision})"
+            )
+        else:
+            model, ckpt = load_checkpoint(checkpoint)
+            scorer = TorchScorer(model, checkpoint, ckpt.get("task"))
+            data_info = ckpt.get("data", {})
+            data_info = {"val_split": data_info.get("val_split"), "seed": data_info.get("seed"), **data_info}
+            if self.data.data_root is None:
+                self.data.data_root = data_info.get("data_root")
+            self.console.print(f"checkpoint: {checkpoint}")
+        if not self._task_given and scorer.task:
+            self._use_task(scorer.task)
+        self._split_from = data_info
+        return scorer
+
+    def _setup_eval_data(self) -> None:
+        """Index the data with the validation split the model was calibrated with, so test images stay unseen."""
+        self.data.setup()
+        info = self._split_from
+        stored = (info.get("val_split"), info.get("seed"))
+        if None in stored or self.data.index is None:
+            return
+        stored = (float(stored[0]), int(stored[1]))
+        root = info.get("data_root")
+        same = (root and str(Path(self.data.data_root).resolve()) == root) or (
+            info.get("fingerprint") and info.get("fingerprint") == self.data.index.fingerprint()
+        )
+        if same and (self.data.val_split, self.data.seed) != stored:
+            log.warning("using the model's validation split (val_split/seed) so that test images stay unseen")
+            self.data.val_split, self.data.seed = stored
+            self.data.setup()
 
     def _test(self, run: Run, checkpoint: str | Path | None) -> dict[str, Any]:
-        model, checkpoint = self._load(checkpoint)
-        self._setup_data(model)
-        self._save_config(run, model, {"checkpoint": str(checkpoint)})
+        scorer = self._load(checkpoint)
+        if self.data.data_root is None:
+            raise OTXError("no data to test on; pass --data_root DIR (a folder in MVTec AD layout)")
+        self.data.input_size = scorer.input_size
+        self._setup_eval_data()
+        self._save_config(run, scorer, {"checkpoint": str(scorer.source)})
         test = self.data.splits["test"]
         scored = [s for s in test if s.label >= 0]
         if not scored:
             raise OTXError("no labelled test images (test/good, test/<defect>); nothing to evaluate")
         start = time.perf_counter()
-        outputs = self._collect(model, test, "test")
+        outputs = self._collect(scorer, test, "test")
         infer_s = time.perf_counter() - start
-        predictions = self._to_predictions(model, outputs, test)
+        predictions = self._to_predictions(scorer, outputs, test)
         keep = np.array([s.label >= 0 for s in test])
         start = time.perf_counter()
         scored_outputs = {k: v[torch.from_numpy(keep)] for k, v in outputs.items()}
         metrics = self._evaluate(
-            model,
+            scorer,
             scored_outputs,
             scored,
             with_boxes=True,
@@ -292,12 +364,13 @@ class Engine:
         result = {
             "command": "test",
             "task": self.task.value,
-            "model": type(model).__name__,
-            "backbone": model.spec.name,
-            "checkpoint": str(checkpoint),
+            "model": scorer.name,
+            "backbone": scorer.backbone,
+            "checkpoint": str(scorer.source),
+            "runtime": self._runtime(scorer),
             "metrics": metrics,
             "splits": self.data.split_summary(),
-            "thresholds": model.postprocessor.stats(),
+            "thresholds": scorer.stats(),
             "timing_s": {"inference_s": round(infer_s, 2), "metrics_s": round(metrics_s, 2)},
             "peak_memory_mb": _peak_memory_mb(),
             "otx_version": __version__,
@@ -308,20 +381,22 @@ class Engine:
         return result
 
     def _predict(self, run: Run, source: str | Path | None, checkpoint: str | Path | None) -> list[Prediction]:
-        model, checkpoint = self._load(checkpoint)
-        self.data.input_size = model.input_size
+        scorer = self._load(checkpoint)
+        self.data.input_size = scorer.input_size
         if source is not None:
             samples = samples_from_source(source)
+        elif self.data.data_root is None:
+            raise OTXError("nothing to predict; pass --source (an image, folder or glob) or --data_root DIR")
         else:
-            self.data.setup()
+            self._setup_eval_data()
             samples = self.data.splits["test"]
-        self._save_config(run, model, {"checkpoint": str(checkpoint), "source": str(source) if source else None})
+        self._save_config(run, scorer, {"checkpoint": str(scorer.source), "source": str(source) if source else None})
         root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
         out_dir = run.path / "predictions"
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
         predictions: list[Prediction] = []
-        for batch_outputs, batch_samples, errors in self._batches(model, samples, "predict", skip_errors=True):
-            batch_preds = self._to_predictions(model, batch_outputs, batch_samples)
+        for batch_outputs, batch_samples, errors in self._batches(scorer, samples, "predict", skip_errors=True):
+            batch_preds = self._to_predictions(scorer, batch_outputs, batch_samples)
             for pred, error in zip(batch_preds, errors, strict=True):
                 if error:  # reported and skipped; the rest of the folder is predicted
                     log.warning("skipped: %s", error)
@@ -336,7 +411,11 @@ class Engine:
         run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
         n_anomalous = sum(p.pred_label for p in predictions)
         n_skipped = sum(bool(p.error) for p in predictions)
-        counts = {"images": len(predictions), "anomalous": n_anomalous, "normal": len(predictions) - n_anomalous}
+        counts: dict[str, Any] = {
+            "images": len(predictions),
+            "anomalous": n_anomalous,
+            "normal": len(predictions) - n_anomalous,
+        }
         if n_skipped:
             counts.update(normal=counts["normal"] - n_skipped, skipped=n_skipped)
         self._print_summary(
@@ -347,6 +426,56 @@ class Engine:
             extra={"predictions": str(out_dir / "predictions.json")},
         )
         return predictions
+
+    def _export(
+        self, run: Run, checkpoint: str | Path | None, export_format: str, precision: str, demo_package: bool
+    ) -> dict[str, Any]:
+        from otx.deploy.export import compare_with_torch, export_model
+        from otx.deploy.package import write_demo_package
+
+        checkpoint = Path(checkpoint) if checkpoint is not None else self._latest_checkpoint()
+        if is_exported_model(checkpoint):
+            raise OTXError(f"'{checkpoint}' is already exported; pass the model.ckpt it came from")
+        model, ckpt = load_checkpoint(checkpoint)
+        if not self._task_given and ckpt.get("task"):
+            self._use_task(ckpt["task"])
+        scorer = TorchScorer(model, checkpoint, ckpt.get("task"))
+        self._save_config(run, scorer, {"checkpoint": str(checkpoint), "format": export_format, "precision": precision})
+        self.console.print(f"checkpoint: {checkpoint}")
+        start = time.perf_counter()
+        path = export_model(model, run.path, self.task.value, export_format, precision, data=ckpt.get("data"))
+        export_s = time.perf_counter() - start
+        # Check the file that was written, through OpenVINO, against torch on one image of another size.
+        height, width = model.input_size
+        probe = np.random.default_rng(0).random((3, height + 37, width + 21), dtype=np.float32)
+        check = compare_with_torch(model, OpenVINOInferencer(path, device="CPU"), probe)
+        summary: dict[str, Any] = {
+            "command": "export",
+            "task": self.task.value,
+            "model": type(model).__name__,
+            "backbone": model.spec.name,
+            "checkpoint": str(checkpoint),
+            "format": export_format,
+            "precision": precision,
+            "exported_model": str(path),
+            "check_against_torch": check,
+            "timing_s": {"export_s": round(export_s, 2)},
+            "otx_version": __version__,
+        }
+        if demo_package:
+            summary["demo_package"] = str(write_demo_package(path, run.path / "demo_package.zip"))
+        run.write_json("metrics.json", summary)
+        shown = {k: f"{v:.2e}" if k.startswith("max_") else v for k, v in check.items()}
+        extra = {k: summary[k] for k in ("exported_model", "demo_package") if k in summary}
+        self._print_summary("export", run, shown, f"{export_format} {precision} vs torch", extra=extra)
+        return summary
+
+    @staticmethod
+    def _runtime(scorer: Scorer) -> dict[str, str]:
+        if isinstance(scorer, OpenVINOScorer):
+            inf = scorer.inferencer
+            return {"runtime": "openvino", "device": inf.device, "inference_precision": inf.inference_precision}
+        return {"runtime": "torch", "device": "cpu"}
 
     # --- inference ----------------------------------------------------------------------------
     def _progress(self) -> Progress:
@@ -361,26 +490,25 @@ class Engine:
         )
 
     def _batches(
-        self, model: AnomalyModel, samples: list[Sample], desc: str, skip_errors: bool = False
+        self, scorer: Scorer, samples: list[Sample], desc: str, skip_errors: bool = False
     ) -> Iterator[tuple[dict[str, torch.Tensor], list[Sample], list[str]]]:
         """Raw outputs batch by batch: ``maps``, ``scores``, ``labels``, ``masks``, ``orig_sizes``.
 
         An image that fails to decode stops with one ``OTXDataError`` line, or, with
         ``skip_errors``, comes back with its error message (and meaningless outputs).
         """
-        model.eval()
-        loader: DataLoader = self.data.loader(samples)
-        with self._progress() as progress, torch.inference_mode():
+        loader: DataLoader = self.data.loader(samples, resize=scorer.resize_in_loader)
+        with self._progress() as progress:
             bar = progress.add_task(f"{desc:<10}", total=len(samples))
             for batch in loader:
                 if not skip_errors:
                     raise_batch_errors(batch)
-                maps, scores = model(batch["image"])
+                maps, scores = scorer.run(batch["image"])
                 indices = batch["index"].tolist()
                 yield (
                     {
-                        "maps": maps.float(),
-                        "scores": scores.float(),
+                        "maps": maps,
+                        "scores": scores,
                         "labels": batch["label"],
                         "masks": batch["mask"],
                         "orig_sizes": batch["orig_size"],
@@ -390,30 +518,30 @@ class Engine:
                 )
                 progress.advance(bar, len(indices))
 
-    def _collect(self, model: AnomalyModel, samples: list[Sample], desc: str) -> dict[str, torch.Tensor]:
+    def _collect(self, scorer: Scorer, samples: list[Sample], desc: str) -> dict[str, torch.Tensor]:
         parts: dict[str, list[torch.Tensor]] = {}
-        for outputs, _, _ in self._batches(model, samples, desc):
+        for outputs, _, _ in self._batches(scorer, samples, desc):
             for key, value in outputs.items():
                 parts.setdefault(key, []).append(value)
         return {key: torch.cat(values) for key, values in parts.items()}
 
     def _to_predictions(
-        self, model: AnomalyModel, outputs: dict[str, torch.Tensor], samples: list[Sample]
+        self, scorer: Scorer, outputs: dict[str, torch.Tensor], samples: list[Sample]
     ) -> list[Prediction]:
-        normalized = model.postprocessor(outputs["maps"], outputs["scores"])
-        numpy_out = {k: v.numpy() for k, v in normalized.items()}
-        return self.adapter.predictions(numpy_out, [s.path for s in samples], outputs["orig_sizes"].numpy())
+        normalized = as_numpy(scorer.normalize(outputs["maps"], outputs["scores"]))
+        return self.adapter.predictions(normalized, [s.path for s in samples], outputs["orig_sizes"].numpy())
 
     def _evaluate(
         self,
-        model: AnomalyModel,
+        scorer: Scorer,
         outputs: dict[str, torch.Tensor],
         samples: list[Sample],
         with_boxes: bool,
         predictions: list[Prediction] | None = None,
     ) -> dict[str, float]:
         labels = outputs["labels"].numpy()
-        pred_labels = (outputs["scores"] >= model.postprocessor.image_threshold).numpy()
+        image_threshold, pixel_threshold = scorer.thresholds
+        pred_labels = (outputs["scores"] >= image_threshold).numpy()
         metrics = image_metrics(outputs["scores"].numpy(), labels, pred_labels)
         if not self.adapter.pixel_level:
             return metrics
@@ -427,7 +555,7 @@ class Engine:
         # Anomalous images without a mask file cannot be scored per pixel: leave them out.
         usable = torch.tensor([s.label == 0 or s.mask_path is not None for s in samples])
         maps, masks = outputs["maps"][usable], outputs["masks"][usable]
-        metrics.update(pixel_metrics(maps, masks, maps >= model.postprocessor.pixel_threshold))
+        metrics.update(pixel_metrics(maps, masks, maps >= pixel_threshold))
         if with_boxes and self.adapter.box_level and predictions is not None:
             gt_boxes, pred_boxes, box_scores = [], [], []
             for sample, pred, use in zip(samples, predictions, usable.tolist(), strict=True):

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from otx.data.dataset import MvtecIndex, Sample, count_kinds, index_mvtec, split_validation
 from otx.data.io import IMAGE_EXTENSIONS, read_image, read_mask
@@ -32,16 +32,20 @@ def resize_mask(mask: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
 
 
 class AnomalyDataset(Dataset):
-    """Images resized to the model's input size as float ``[3, H, W]`` in [0, 1], with masks.
+    """Images as float ``[3, H, W]`` in [0, 1], resized to the model's input size, with masks.
+
+    With ``resize_images=False`` images keep their own size (exported models resize inside their
+    graph); masks are always at the input size, where pixel metrics are computed.
 
     A file that fails to decode does not raise inside a worker process (where the message
     would drown in a traceback): the item carries an ``error`` string that the consumer turns
     into one clear ``OTXDataError``.
     """
 
-    def __init__(self, samples: list[Sample], input_size: tuple[int, int]) -> None:
+    def __init__(self, samples: list[Sample], input_size: tuple[int, int], resize_images: bool = True) -> None:
         self.samples = samples
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.resize_images = resize_images
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -53,7 +57,9 @@ class AnomalyDataset(Dataset):
         try:
             image = read_image(sample.path)
             orig_hw = image.shape[:2]
-            tensor = resize_image(torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0), self.input_size)
+            tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
+            if self.resize_images:
+                tensor = resize_image(tensor, self.input_size)
             mask = torch.zeros((height, width), dtype=torch.bool)
             if sample.mask_path:
                 mask = resize_mask(torch.from_numpy(read_mask(sample.mask_path)), self.input_size)
@@ -137,17 +143,29 @@ class AnomalyDataModule:
         """A loader over one split (``train``, ``val``, ``test``)."""
         return self.loader(self.splits[split], shuffle=shuffle)
 
-    def loader(self, samples: list[Sample], shuffle: bool = False) -> DataLoader:
-        """A loader over any list of samples, at the model's input size."""
+    def loader(self, samples: list[Sample], shuffle: bool = False, resize: bool = True) -> DataLoader:
+        """A loader over any list of samples; images at the model's input size unless ``resize`` is False.
+
+        Without resizing, a batch's ``image`` is a list of tensors of each image's own size.
+        """
         workers = min(self.num_workers, max(len(samples) // max(self.batch_size, 1), 0))
         return DataLoader(
-            AnomalyDataset(samples, self.input_size),
+            AnomalyDataset(samples, self.input_size, resize_images=resize),
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=workers,
             persistent_workers=False,
             generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            collate_fn=None if resize else _collate_keep_images,
         )
+
+
+def _collate_keep_images(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Default collation for everything but ``image``, which stays a list (sizes differ)."""
+    images = [item.pop("image") for item in items]
+    batch = default_collate(items)
+    batch["image"] = images
+    return batch
 
 
 def samples_from_source(source: str | Path) -> list[Sample]:

@@ -20,6 +20,19 @@ from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_
 from otx.postprocess import PostProcessor
 
 
+def core_outputs(core: nn.Module, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run an anomalib torch model in eval mode; return ``(anomaly_map [B, H, W], pred_score [B])``.
+
+    Shared by ``AnomalyModel.forward`` and the export graph (``otx.deploy.graph``), so that both
+    compute exactly the same thing.
+    """
+    out = core(normalized)
+    anomaly_map = out.anomaly_map
+    if anomaly_map.dim() == 4:
+        anomaly_map = anomaly_map[:, 0]
+    return anomaly_map, out.pred_score.reshape(-1)
+
+
 class AnomalyModel(L.LightningModule):
     """Base of the model cores.
 
@@ -84,11 +97,7 @@ class AnomalyModel(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(anomaly_map [B, H, W], pred_score [B])`` for images in [0, 1] at ``input_size``."""
-        out = self.model(self.normalize_input(images))
-        anomaly_map = out.anomaly_map
-        if anomaly_map.dim() == 4:
-            anomaly_map = anomaly_map[:, 0]
-        return anomaly_map, out.pred_score.reshape(-1)
+        return core_outputs(self.model, self.normalize_input(images))
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Stop with one clear line when a training image failed to decode."""

@@ -1,0 +1,135 @@
+"""Predict with an otx-exported anomaly model; needs only openvino, numpy and opencv.
+
+Usage:
+    python predict.py IMAGES [--model model/exported_model.xml] [--device CPU] [--output results]
+
+IMAGES is an image file, a folder (searched recursively) or a glob pattern. Writes
+``results.json`` (score in [0, 1] with 0.5 the threshold, label, boxes for detection models) and,
+for segmentation and detection models, one mask PNG per image. Reproduces ``otx predict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openvino as ov
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def find_images(source: str) -> list[Path]:
+    """Image files at a file path, in a folder (recursively) or matching a glob."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
+    return sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS)
+
+
+def read_rgb(path: Path) -> np.ndarray | None:
+    """H x W x 3 RGB uint8, as otx reads images (16-bit scaled, gray repeated, alpha dropped)."""
+    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if array is None:
+        return None
+    if array.dtype == np.uint16:
+        array = (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif array.dtype != np.uint8:
+        array = np.clip(array.astype(np.float32), 0, 255).astype(np.uint8)
+    if array.ndim == 2 or array.shape[2] == 1:
+        return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2RGB)
+    if array.shape[2] == 4:
+        return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
+
+
+def boxes_of(mask: np.ndarray, score_map: np.ndarray) -> list[dict]:
+    """One box per 8-connected component of the mask, scored by the map's maximum inside it."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    boxes = []
+    for k in range(1, count):
+        x, y, w, h = (float(v) for v in stats[k, :4])
+        boxes.append({"xyxy": [x, y, x + w, y + h], "score": round(float(score_map[labels == k].max()), 6)})
+    return boxes
+
+
+def main() -> int:
+    """Predict on the images named on the command line; return the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("images", help="image file, folder or glob pattern")
+    parser.add_argument("--model", default=str(Path(__file__).parent / "model" / "exported_model.xml"))
+    parser.add_argument("--device", default="CPU", help="CPU, GPU, NPU or AUTO")
+    parser.add_argument("--precision", default="f32", help="inference precision hint (f32, bf16, f16)")
+    parser.add_argument("--output", default="results", help="folder for results.json and masks")
+    args = parser.parse_args()
+
+    core = ov.Core()
+    if args.device.split(".")[0] not in (
+        "AUTO",
+        *core.available_devices,
+        *(d.split(".")[0] for d in core.available_devices),
+    ):
+        print(
+            f"error: device {args.device} not available (available: {', '.join(core.available_devices)})",
+            file=sys.stderr,
+        )
+        return 1
+    model = core.read_model(args.model)
+    task = model.get_rt_info(["model_info", "task"]).astype(str)
+    if "INFERENCE_PRECISION_HINT" in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
+        core.set_property("CPU", {"INFERENCE_PRECISION_HINT": args.precision})
+    compiled = core.compile_model(model, args.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
+    names = [next(iter(o.get_names())) for o in compiled.outputs]
+    score_at, map_at = names.index("pred_score"), names.index("anomaly_map")
+
+    paths = find_images(args.images)
+    if not paths:
+        print(f"error: no images found at {args.images}", file=sys.stderr)
+        return 1
+    out_dir = Path(args.output)
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    results: dict[int, dict] = {}
+
+    def done(request: ov.InferRequest, item: tuple[int, Path, tuple[int, int]]) -> None:
+        index, path, (height, width) = item
+        score = float(request.get_output_tensor(score_at).data.reshape(-1)[0])
+        record: dict = {
+            "image": str(path),
+            "score": round(score, 6),
+            "label": "anomalous" if score >= 0.5 else "normal",
+        }
+        if task in ("segmentation", "detection"):
+            small = request.get_output_tensor(map_at).data[0, 0]
+            full = cv2.resize(small.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+            mask = full >= 0.5
+            cv2.imwrite(str(out_dir / "masks" / f"{index:05d}_{path.stem}_mask.png"), mask.astype(np.uint8) * 255)
+            if task == "detection":
+                record["boxes"] = boxes_of(mask, full)
+        results[index] = record
+
+    queue = ov.AsyncInferQueue(compiled)
+    queue.set_callback(done)
+    for index, path in enumerate(paths):
+        image = read_rgb(path)
+        if image is None:
+            results[index] = {"image": str(path), "error": "cannot decode image"}
+            print(f"skipped {path}: cannot decode image", file=sys.stderr)
+            continue
+        tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
+        queue.start_async({0: tensor}, userdata=(index, path, image.shape[:2]))
+    queue.wait_all()
+    records = [results[i] for i in range(len(paths))]
+    (out_dir / "results.json").write_text(json.dumps(records, indent=1))
+    anomalous = sum(r.get("label") == "anomalous" for r in records)
+    print(f"{len(records)} images, {anomalous} anomalous; results in {out_dir / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Export a trained model to OpenVINO IR or ONNX, with pre- and post-processing inside the graph."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from otx.deploy.graph import INPUT_NAME, OUTPUT_NAMES, ExportGraph
+from otx.deploy.metadata import build_model_info, write_ir_info, write_onnx_info
+from otx.errors import OTXConfigError, OTXError
+from otx.models.base import AnomalyModel
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("OPENVINO", "ONNX")
+PRECISIONS = ("FP32", "FP16")
+EXPORT_NAME = "exported_model"
+ONNX_OPSET = 17
+
+
+def check_export_args(export_format: str, precision: str) -> tuple[str, str]:
+    """Normalise and validate ``format`` and ``precision``; one clear line when wrong."""
+    fmt, prec = export_format.upper(), precision.upper()
+    if fmt not in FORMATS:
+        raise OTXConfigError(f"unknown export format '{export_format}'; choose one of {', '.join(FORMATS)}")
+    if prec not in PRECISIONS:
+        raise OTXConfigError(f"unknown precision '{precision}'; choose FP32 or FP16 (INT8 comes from `otx optimize`)")
+    if fmt == "ONNX" and prec == "FP16":
+        raise OTXConfigError(
+            "FP16 applies to OpenVINO IR; export ONNX as FP32 (--precision FP32) or use --format OPENVINO"
+        )
+    return fmt, prec
+
+
+def export_model(
+    model: AnomalyModel,
+    out_dir: Path,
+    task: str,
+    export_format: str = "OPENVINO",
+    precision: str = "FP32",
+    data: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``exported_model.xml/.bin`` (OPENVINO) or ``exported_model.onnx`` (ONNX) into ``out_dir``.
+
+    The graph takes float32 RGB images in [0, 1] of any batch size and any height and width,
+    resizes them as training did, normalises, runs the model and the post-processor, and
+    returns ``pred_score``, ``pred_label``, ``anomaly_map`` and ``pred_mask``. Metadata for
+    openvino-model-api and for otx goes under ``model_info`` (``data`` is the checkpoint's data
+    record: fingerprint, validation split and seed). Returns the model file's path.
+    """
+    fmt, prec = check_export_args(export_format, precision)
+    if not model.postprocessor.is_fitted:
+        raise OTXError("the model has no thresholds yet; train it (otx train) before exporting")
+    model = model.eval()
+    info = build_model_info(
+        model_name=type(model).__name__,
+        class_path=f"{type(model).__module__}.{type(model).__qualname__}",
+        backbone=model.spec.name,
+        layers=list(model.layers),
+        input_size=model.input_size,
+        task=task,
+        stats=model.postprocessor.stats(),
+        precision=prec,
+        export_format=fmt,
+        data=data,
+        weights_source=model.weights_source,
+    )
+    graph = ExportGraph(model, matmul_resize=fmt == "ONNX").eval()
+    height, width = model.input_size
+    # An example larger than the input size, so that tracing goes through a real resize.
+    example = torch.rand(1, 3, height + height // 2, width + width // 2)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tmp_dir = Path(tmp)
+        if fmt == "OPENVINO":
+            files = _export_openvino(graph, example, tmp_dir, info, prec == "FP16")
+        else:
+            files = _export_onnx(graph, example, tmp_dir, info)
+        for file in files:  # only complete exports reach out_dir
+            shutil.move(str(file), out_dir / file.name)
+    path = out_dir / files[0].name
+    log.info("exported %s (%s, %s) to %s", type(model).__name__, fmt, prec, path)
+    return path
+
+
+def _export_openvino(
+    graph: ExportGraph, example: torch.Tensor, tmp_dir: Path, info: dict[str, str], fp16: bool
+) -> list[Path]:
+    import openvino as ov
+
+    with torch.no_grad():
+        ov_model = ov.convert_model(
+            graph, example_input=example, input=[(INPUT_NAME, ov.PartialShape([-1, 3, -1, -1]), ov.Type.f32)]
+        )
+    for output, name in zip(ov_model.outputs, OUTPUT_NAMES, strict=True):
+        output.get_tensor().set_names({name})
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.inputs[0].get_node().set_layout(ov.Layout("NCHW"))
+    write_ir_info(ov_model, info)
+    xml = tmp_dir / f"{EXPORT_NAME}.xml"
+    ov.save_model(ov_model, str(xml), compress_to_fp16=fp16)
+    return [xml, xml.with_suffix(".bin")]
+
+
+def _export_onnx(graph: ExportGraph, example: torch.Tensor, tmp_dir: Path, info: dict[str, str]) -> list[Path]:
+    import onnx
+
+    path = tmp_dir / f"{EXPORT_NAME}.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (example,),
+            str(path),
+            dynamo=False,  # the TorchScript exporter: no onnxscript dependency, dynamic axes as given
+            input_names=[INPUT_NAME],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+            opset_version=ONNX_OPSET,
+        )
+    onnx_model = onnx.load(str(path))
+    write_onnx_info(onnx_model, info)
+    onnx.save(onnx_model, str(path))
+    return [path]
+
+
+def compare_with_torch(model: AnomalyModel, exported: Any, image: np.ndarray) -> dict[str, float]:
+    """Largest differences between torch and an ``OpenVINOInferencer`` on one float ``[3, H, W]`` image."""
+    graph = ExportGraph(model).eval()
+    with torch.no_grad():
+        expected = [t.numpy() for t in graph(torch.from_numpy(image)[None])]
+    got = exported.infer([image])
+    return {
+        "max_score_diff": float(np.abs(got["pred_score"] - expected[0]).max()),
+        "max_map_diff": float(np.abs(got["anomaly_map"] - expected[2][:, 0]).max()),
+        "label_agreement": float(np.mean(got["pred_label"] == expected[1])),
+    }

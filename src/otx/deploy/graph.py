@@ -1,0 +1,77 @@
+"""The graph that export writes: resize, normalisation, the model core and the post-processor.
+
+``ExportGraph`` takes images of any size and batch (float32 ``[B, 3, H, W]``, RGB, values in
+[0, 1]) and returns the four outputs that openvino-model-api's anomaly wrapper and anomalib's
+exports use: ``pred_score [B]``, ``pred_label [B]`` (bool), ``anomaly_map [B, 1, h, w]`` and
+``pred_mask [B, 1, h, w]`` (bool), normalised so that 0.5 is the threshold, at ``h, w`` = the
+model's input size. The resize is the training pipeline's (bilinear with antialiasing), so the
+exported model sees exactly the pixels the trained model saw.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from otx.models.base import AnomalyModel, core_outputs
+
+OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
+INPUT_NAME = "image"
+
+
+class ExportGraph(nn.Module):
+    """Plain ``nn.Module`` view of a trained model for tracing (no Lightning attributes).
+
+    Args:
+        model: a trained model whose post-processor is fitted.
+        matmul_resize: spell the resize as matrix products (for ONNX, see ``resize_antialias_matmul``).
+    """
+
+    def __init__(self, model: AnomalyModel, matmul_resize: bool = False) -> None:
+        super().__init__()
+        self.matmul_resize = matmul_resize
+        self.core = model.model
+        self.postprocessor = model.postprocessor
+        self.input_size = tuple(model.input_size)
+        self.register_buffer("mean", model.mean.detach().clone())
+        self.register_buffer("std", model.std.detach().clone())
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised ``(pred_score, pred_label, anomaly_map, pred_mask)`` for images in [0, 1] of any size."""
+        if self.matmul_resize:
+            resized = resize_antialias_matmul(image, self.input_size)
+        else:
+            resized = F.interpolate(image, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
+        anomaly_map, pred_score = core_outputs(self.core, (resized - self.mean) / self.std)
+        out = self.postprocessor(anomaly_map, pred_score)
+        return out["pred_score"], out["pred_label"], out["anomaly_map"][:, None], out["pred_mask"][:, None]
+
+
+def _antialias_weights(n_in: torch.Tensor, n_out: int) -> torch.Tensor:
+    """``[n_out, n_in]`` weights of torch's antialiased bilinear resize along one axis.
+
+    The same filter as ``F.interpolate(..., mode="bilinear", antialias=True)`` (PIL's): a triangle
+    of half-width ``max(scale, 1)`` centred on each output pixel, normalised to sum 1. Written with
+    shape-dependent tensor ops so that it stays dynamic in a traced graph.
+    """
+    n_in_f = n_in.to(torch.float32)
+    scale = n_in_f / float(n_out)
+    support = torch.clamp(scale, min=1.0)
+    centers = (torch.arange(n_out, dtype=torch.float32) + 0.5) * scale
+    positions = torch.arange(n_in, dtype=torch.float32) + 0.5
+    weights = torch.clamp(1.0 - torch.abs((positions[None, :] - centers[:, None]) / support), min=0.0)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def resize_antialias_matmul(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear resize as two matrix products (``W_h @ image @ W_w^T``).
+
+    Numerically equal to ``F.interpolate(..., antialias=True)`` (tested to 1e-5). Used in ONNX
+    exports: ONNX's ``Resize`` with ``antialias=1`` defines a different filter than torch's, and
+    OpenVINO's ONNX reader differs from both, so the resize is spelled out with MatMul.
+    """
+    shape = torch._shape_as_tensor(image)
+    rows = _antialias_weights(shape[2], size_hw[0])
+    cols = _antialias_weights(shape[3], size_hw[1])
+    return torch.matmul(torch.matmul(rows, image), cols.transpose(0, 1))

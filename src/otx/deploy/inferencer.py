@@ -1,0 +1,292 @@
+"""``OpenVINOInferencer``: run an exported otx model (IR or ONNX) through OpenVINO.
+
+Example::
+
+    from otx.deploy import OpenVINOInferencer
+
+    inferencer = OpenVINOInferencer("otx-workspace/<run>-export/exported_model.xml", device="CPU")
+    for prediction in inferencer.predict("images/"):   # a file, a folder, a glob or numpy arrays
+        print(prediction.image_path, prediction.label_name, prediction.pred_score)
+
+Predictions are the same ``Prediction`` objects as torch inference returns, finished by the same
+task adapters (full-size map and mask for segmentation, boxes for detection).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otx.deploy.metadata import ModelInfo, read_ir_info, read_onnx_info
+from otx.errors import OTXConfigError, OTXDataError, OTXError
+from otx.tasks import Prediction, TaskAdapter, get_adapter
+
+log = logging.getLogger(__name__)
+
+MODEL_SUFFIXES = (".xml", ".onnx")
+DEVICES = ("AUTO", "CPU", "GPU", "NPU")
+PRECISION_HINTS = ("f32", "bf16", "f16", "default")
+CHUNK = 32  # images decoded ahead of the request queue by ``predict``
+
+
+def is_exported_model(path: str | Path) -> bool:
+    """True for paths that name an IR (.xml) or ONNX file."""
+    return Path(path).suffix.lower() in MODEL_SUFFIXES
+
+
+def check_model_path(path: str | Path) -> Path:
+    """Refuse, with one line each, a missing file, an unknown suffix and an .xml without its .bin."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise OTXError(f"model '{path}' does not exist; pass the .xml or .onnx written by `otx export`")
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise OTXError(f"'{path}' is not an exported model; pass an OpenVINO .xml or an .onnx file")
+    if suffix == ".xml" and not path.with_suffix(".bin").is_file():
+        raise OTXError(
+            f"'{path}' has no weights file '{path.with_suffix('.bin').name}' beside it; copy the .bin with the .xml"
+        )
+    return path
+
+
+def to_input(image: np.ndarray) -> np.ndarray:
+    """An image as the graph's input: float32 ``[3, H, W]`` RGB in [0, 1].
+
+    Accepts ``H x W x 3`` RGB ``uint8`` (as ``otx.data.io.read_image`` returns), ``H x W``
+    grayscale, or float arrays already in [0, 1] (``H x W x 3`` or ``3 x H x W``).
+    """
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3:
+        raise OTXDataError(f"an image must be H x W x 3 (RGB) or H x W; got shape {array.shape}")
+    if array.shape[0] == 3 and array.shape[2] != 3:  # already CHW (see image_hw)
+        chw = array
+    elif array.shape[2] in (3, 4):
+        chw = array[..., :3].transpose(2, 0, 1)
+    else:
+        raise OTXDataError(f"an image must have 3 channels (RGB); got shape {array.shape}")
+    if chw.dtype == np.uint8:
+        return np.ascontiguousarray(chw, dtype=np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(chw, dtype=np.float32)
+
+
+def image_hw(image: np.ndarray) -> tuple[int, int]:
+    """``(height, width)`` of an image array in any layout ``to_input`` accepts."""
+    shape = np.shape(image)
+    if len(shape) == 3 and shape[0] == 3 and shape[2] != 3:
+        return int(shape[1]), int(shape[2])
+    return int(shape[0]), int(shape[1])
+
+
+class OpenVINOInferencer:
+    """Load an exported otx model and run it on a device with an asynchronous request queue.
+
+    Args:
+        path: the exported ``.xml`` (with its ``.bin``) or ``.onnx``.
+        device: ``AUTO``, ``CPU``, ``GPU`` (or ``GPU.1``), ``NPU``.
+        precision_hint: inference precision: ``f32`` (default: reproduces the trained model;
+            OpenVINO would otherwise run FP32 models in bf16 on CPUs with AMX), ``bf16``, ``f16``,
+            or ``default`` for the device's own choice.
+        num_requests: parallel inference requests; 0 takes the device's optimal number.
+        task: override the task stored in the model (``classification``, ``detection``, ``segmentation``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "AUTO",
+        precision_hint: str = "f32",
+        num_requests: int = 0,
+        task: str | None = None,
+    ) -> None:
+        import openvino as ov
+
+        self.path = check_model_path(path)
+        self.device = device.upper()
+        if precision_hint not in PRECISION_HINTS:
+            raise OTXConfigError(
+                f"unknown precision hint '{precision_hint}'; choose one of {', '.join(PRECISION_HINTS)}"
+            )
+        self.core = ov.Core()
+        self._check_device()
+        try:
+            self.model = self.core.read_model(str(self.path))
+        except Exception as exc:  # noqa: BLE001 - any unreadable model becomes one line
+            raise OTXError(f"OpenVINO cannot read '{self.path}' ({_first_line(exc)}); re-export it") from exc
+        raw = read_ir_info(self.model) if self.path.suffix.lower() == ".xml" else read_onnx_info(self.path)
+        self.info = ModelInfo.parse(raw, self.path)
+        self.adapter: TaskAdapter = get_adapter(task or self.info.task)
+        self.static_input = self.device.startswith("NPU")  # NPUs compile static shapes only
+        if self.static_input:
+            self.model.reshape({0: [1, 3, *self.info.input_size]})
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
+        if precision_hint != "default":
+            for dev in self._physical_devices():
+                if "INFERENCE_PRECISION_HINT" in self.core.get_property(dev, "SUPPORTED_PROPERTIES"):
+                    self.core.set_property(dev, {"INFERENCE_PRECISION_HINT": precision_hint})
+        try:
+            self.compiled = self.core.compile_model(self.model, self.device, config)
+        except Exception as exc:  # noqa: BLE001
+            raise OTXError(f"OpenVINO cannot compile '{self.path}' for {self.device} ({_first_line(exc)})") from exc
+        self.output_index = {name: self._output_position(name) for name in ("pred_score", "anomaly_map")}
+        if num_requests <= 0:
+            num_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.num_requests = max(1, num_requests)
+        self.queue = ov.AsyncInferQueue(self.compiled, self.num_requests)
+        self.queue.set_callback(self._on_done)
+        self._results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    # --- set-up -----------------------------------------------------------------------------
+    def _physical_devices(self) -> list[str]:
+        if self.device in ("AUTO",) or self.device.startswith(("AUTO:", "MULTI", "HETERO")):
+            return [d for d in self.core.available_devices if not d.startswith("GNA")]
+        return [self.device]
+
+    def _check_device(self) -> None:
+        available = self.core.available_devices
+        base = self.device.split(":")[0]
+        if base in ("AUTO", "MULTI", "HETERO"):
+            if not available:
+                raise OTXError("OpenVINO finds no inference device on this machine")
+            return
+        names = {d for d in available} | {d.split(".")[0] for d in available}
+        if self.device not in names:
+            raise OTXError(
+                f"device '{self.device}' is not available on this machine (available: {', '.join(available)}); "
+                "pass --device with one of them or AUTO"
+            )
+
+    def _output_position(self, name: str) -> int:
+        for i, output in enumerate(self.compiled.outputs):
+            if name in output.get_names():
+                return i
+        raise OTXError(f"'{self.path}' has no output '{name}'; it was not exported by otx, re-export it")
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision the device actually runs (e.g. ``f32``, ``bf16``), or ``unknown``."""
+        try:
+            return _type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        except Exception:  # noqa: BLE001 - AUTO and some plugins do not report it
+            for dev in self._physical_devices():
+                try:
+                    return _type_name(self.core.get_property(dev, "INFERENCE_PRECISION_HINT"))
+                except Exception:  # noqa: BLE001
+                    continue
+        return "unknown"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` the model resizes images to."""
+        return self.info.input_size
+
+    # --- inference ----------------------------------------------------------------------------
+    def _on_done(self, request: Any, index: int) -> None:
+        score = request.get_output_tensor(self.output_index["pred_score"]).data
+        amap = request.get_output_tensor(self.output_index["anomaly_map"]).data
+        self._results[index] = (score.reshape(-1).copy(), amap.reshape(amap.shape[0], *amap.shape[-2:]).copy())
+
+    def _prepare(self, image: np.ndarray) -> np.ndarray:
+        tensor = to_input(image)
+        if self.static_input and tensor.shape[1:] != self.info.input_size:
+            import cv2
+
+            height, width = self.info.input_size
+            hwc = cv2.resize(tensor.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_AREA)
+            tensor = np.ascontiguousarray(hwc.transpose(2, 0, 1))
+        return tensor[None]
+
+    def infer(self, images: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+        """Normalised outputs for images of any size, one request each, run asynchronously.
+
+        Returns ``pred_score [N]``, ``pred_label [N]``, ``anomaly_map [N, h, w]`` and
+        ``pred_mask [N, h, w]`` at the model's input size, in the order of ``images``.
+        """
+        self._results = {}
+        count = 0
+        for index, image in enumerate(images):
+            self.queue.start_async({0: self._prepare(image)}, userdata=index)
+            count += 1
+        self.queue.wait_all()
+        if count == 0:
+            height, width = self.info.input_size
+            return {
+                "pred_score": np.zeros(0, np.float32),
+                "pred_label": np.zeros(0, bool),
+                "anomaly_map": np.zeros((0, height, width), np.float32),
+                "pred_mask": np.zeros((0, height, width), bool),
+            }
+        scores = np.concatenate([self._results[i][0] for i in range(count)])
+        maps = np.concatenate([self._results[i][1] for i in range(count)])
+        self._results = {}
+        # Label and mask are recomputed from score and map exactly as the graph does (>= 0.5).
+        return {"pred_score": scores, "pred_label": scores >= 0.5, "anomaly_map": maps, "pred_mask": maps >= 0.5}
+
+    def predict(self, source: str | Path | np.ndarray | Sequence[np.ndarray]) -> list[Prediction]:
+        """Predict on a file, a folder, a glob, one image array or a list of arrays.
+
+        Files that cannot be decoded are reported in ``Prediction.error`` (score NaN) and skipped;
+        the others are predicted. Arrays are RGB (see ``to_input``).
+        """
+        if isinstance(source, np.ndarray) or (
+            isinstance(source, list | tuple) and source and isinstance(source[0], np.ndarray)
+        ):
+            arrays = [source] if isinstance(source, np.ndarray) else list(source)
+            names = [f"array_{i}" for i in range(len(arrays))]
+            return self._predict_arrays(names, arrays)
+        from otx.data.datamodule import samples_from_source
+
+        paths = [s.path for s in samples_from_source(str(source))]
+        predictions: list[Prediction] = []
+        for start in range(0, len(paths), CHUNK):
+            predictions.extend(self._predict_paths(paths[start : start + CHUNK]))
+        return predictions
+
+    def _predict_paths(self, paths: list[str]) -> list[Prediction]:
+        from otx.data.io import read_image
+
+        images: list[np.ndarray] = []
+        errors: dict[int, str] = {}
+        for i, path in enumerate(paths):
+            try:
+                images.append(read_image(path))
+            except OTXDataError as exc:
+                log.warning("skipped: %s", exc)
+                errors[i] = str(exc)
+        good = [p for i, p in enumerate(paths) if i not in errors]
+        done = iter(self._predict_arrays(good, images))
+        return [
+            Prediction(p, float("nan"), False, error=errors[i]) if i in errors else next(done)
+            for i, p in enumerate(paths)
+        ]
+
+    def _predict_arrays(self, names: list[str], arrays: list[np.ndarray]) -> list[Prediction]:
+        outputs = self.infer(arrays)
+        sizes = np.array([image_hw(a) for a in arrays], dtype=np.int64).reshape(-1, 2)
+        return self.adapter.predictions(outputs, names, sizes)
+
+    def batches(self, images: Iterable[np.ndarray], batch: int = CHUNK) -> Iterator[dict[str, np.ndarray]]:
+        """``infer`` over an iterable in chunks of ``batch`` images (keeps memory flat)."""
+        chunk: list[np.ndarray] = []
+        for image in images:
+            chunk.append(image)
+            if len(chunk) == batch:
+                yield self.infer(chunk)
+                chunk = []
+        if chunk:
+            yield self.infer(chunk)
+
+
+def _type_name(value: Any) -> str:
+    """``f32`` for ``openvino.Type.f32`` (and plain strings unchanged)."""
+    return value.to_string() if hasattr(value, "to_string") else str(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else exc.__class__.__name__

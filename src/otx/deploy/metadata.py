@@ -1,0 +1,178 @@
+"""Metadata that travels inside exported models (IR ``rt_info`` and ONNX ``metadata_props``).
+
+Everything lives under ``model_info``, the section openvino-model-api reads: its anomaly wrapper's
+keys (``model_type``, ``task``, ``labels``, ``image_threshold``, ``pixel_threshold``,
+``normalization_scale``, ``image_shape``, ``mean_values``, ``scale_values``, ``resize_type``, ...)
+and otx's own (``otx_version``, ``otx_model``, ``otx_backbone``, ``input_size``, the post-processor's
+statistics, a fingerprint of the training data, the precision and any quantisation). Values are
+strings, lists joined by spaces, as model_api's ONNX adapter writes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from otx import __version__
+from otx.errors import OTXError
+
+SECTION = "model_info"
+LABELS = ("Normal", "Anomaly")
+# Keys every otx export carries; a model without them was not exported by otx.
+REQUIRED = ("otx_version", "otx_model", "task", "input_size", "image_threshold", "pixel_threshold")
+INPUT_CONTRACT = "float32 NCHW RGB in [0,1], any batch, height and width; bilinear antialiased resize inside"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    return str(value)
+
+
+def build_model_info(
+    *,
+    model_name: str,
+    class_path: str,
+    backbone: str,
+    layers: list[str],
+    input_size: tuple[int, int],
+    task: str,
+    stats: dict[str, float],
+    precision: str,
+    export_format: str,
+    data: dict[str, Any] | None,
+    weights_source: str,
+) -> dict[str, str]:
+    """The ``model_info`` entries for one export (all values as strings).
+
+    ``data`` is the checkpoint's data record (fingerprint of the training files, validation split
+    and seed), so that ``otx test`` on the exported model evaluates on the same unseen images.
+    """
+    data = data or {}
+    info: dict[str, Any] = {
+        # openvino-model-api's AnomalyDetection wrapper
+        "model_type": "AnomalyDetection",
+        "task": task,
+        "labels": list(LABELS),
+        "image_threshold": stats["image_threshold"],
+        "pixel_threshold": stats["pixel_threshold"],
+        "normalization_scale": stats["image_max"] - stats["image_min"],
+        "image_shape": list(input_size),
+        "mean_values": [0, 0, 0],
+        "scale_values": [255, 255, 255],  # the wrapper feeds uint8 pixels / 255, as the graph expects
+        "reverse_input_channels": False,
+        "resize_type": "standard",
+        # otx
+        "otx_version": __version__,
+        "otx_model": model_name,
+        "otx_model_class": class_path,
+        "otx_backbone": backbone,
+        "otx_layers": list(layers),
+        "input_size": list(input_size),
+        "otx_input": INPUT_CONTRACT,
+        "otx_outputs": ["pred_score", "pred_label", "anomaly_map", "pred_mask"],
+        "otx_precision": precision,
+        "otx_format": export_format,
+        "otx_quantization": "none",
+        "image_min": stats["image_min"],
+        "image_max": stats["image_max"],
+        "pixel_min": stats["pixel_min"],
+        "pixel_max": stats["pixel_max"],
+        "data_fingerprint": data.get("fingerprint") or "unknown",
+        "data_val_split": data.get("val_split", 0.5),
+        "data_seed": data.get("seed", 42),
+        "weights_source": weights_source,
+    }
+    return {key: _text(value) for key, value in info.items()}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The parsed ``model_info`` of an otx export."""
+
+    raw: dict[str, str]
+
+    @classmethod
+    def parse(cls, raw: dict[str, str], source: str | Path) -> ModelInfo:
+        """Check that ``raw`` is otx metadata; raise one clear line otherwise."""
+        missing = [key for key in REQUIRED if key not in raw]
+        if missing:
+            raise OTXError(
+                f"'{source}' has no otx metadata (missing model_info {', '.join(missing)}); "
+                "export it with `otx export` (models from other tools cannot be used here)"
+            )
+        return cls(dict(raw))
+
+    @property
+    def task(self) -> str:
+        """``classification``, ``detection`` or ``segmentation``."""
+        return self.raw["task"]
+
+    @property
+    def model_name(self) -> str:
+        """The model core (``Padim``, ``Stfpm``)."""
+        return self.raw["otx_model"]
+
+    @property
+    def backbone(self) -> str:
+        """The backbone name."""
+        return self.raw.get("otx_backbone", "unknown")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` the graph resizes to."""
+        height, width = (int(v) for v in self.raw["input_size"].split())
+        return height, width
+
+    @property
+    def quantization(self) -> str:
+        """``none`` for FP32/FP16 exports, otherwise the quantisation scheme."""
+        return self.raw.get("otx_quantization", "none")
+
+    @property
+    def precision(self) -> str:
+        """``FP32``, ``FP16`` or ``INT8``."""
+        return self.raw.get("otx_precision", "FP32")
+
+    def stats(self) -> dict[str, float]:
+        """Raw thresholds and normalisation statistics, as in a checkpoint's ``thresholds``."""
+        keys = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
+        return {key: float(self.raw[key]) for key in keys if key in self.raw}
+
+
+def write_ir_info(ov_model: Any, info: dict[str, str]) -> None:
+    """Store ``info`` in an ``openvino.Model``'s ``rt_info`` under ``model_info``."""
+    for key, value in info.items():
+        ov_model.set_rt_info(value, [SECTION, key])
+
+
+def read_ir_info(ov_model: Any) -> dict[str, str]:
+    """``model_info`` of an ``openvino.Model`` as plain strings (empty when absent)."""
+    if not ov_model.has_rt_info([SECTION]):
+        return {}
+    section = ov_model.get_rt_info([SECTION])
+    try:
+        keys = list(section.astype(dict).keys())
+    except Exception:  # noqa: BLE001 - older OpenVINO: fall back to the known keys
+        keys = [k for k in (*REQUIRED, "otx_quantization", "otx_precision") if ov_model.has_rt_info([SECTION, k])]
+    return {key: str(ov_model.get_rt_info([SECTION, key]).astype(str)) for key in keys}
+
+
+def write_onnx_info(onnx_model: Any, info: dict[str, str]) -> None:
+    """Store ``info`` in ONNX ``metadata_props`` as ``"model_info <key>"`` (model_api's ONNX form)."""
+    for key, value in info.items():
+        entry = onnx_model.metadata_props.add()
+        entry.key = f"{SECTION} {key}"
+        entry.value = value
+
+
+def read_onnx_info(path: str | Path) -> dict[str, str]:
+    """``model_info`` of an ONNX file, read without loading its weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    prefix = f"{SECTION} "
+    return {p.key[len(prefix) :]: p.value for p in model.metadata_props if p.key.startswith(prefix)}

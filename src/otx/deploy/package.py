@@ -1,0 +1,56 @@
+"""The demo package: an exported model, a requirements file and a standalone prediction script, zipped."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+from otx import __version__
+from otx.workdir import atomic_write_bytes
+
+DEMO_DIR = Path(__file__).parent / "demo"
+
+README = """# otx demo package
+
+An anomaly model exported by otx {version} ({model_file}), with everything needed to run it on a
+folder of images where only OpenVINO, NumPy and OpenCV are installed (no torch, no otx).
+
+    python -m venv venv && . venv/bin/activate
+    pip install -r requirements.txt
+    python predict.py path/to/images --device CPU --output results
+
+`results.json` holds one record per image: `score` in [0, 1] (0.5 is the learned threshold),
+`label` (`normal` / `anomalous`) and, for detection models, `boxes`. Segmentation and detection
+models also write a mask PNG per image to `results/masks/`. The model's metadata (task,
+thresholds, input size, training data fingerprint) is in the `model_info` section of the .xml.
+"""
+
+
+def requirements() -> str:
+    """Pinned requirements of the demo script (the OpenVINO that exported the model)."""
+    import cv2
+    import numpy
+    import openvino
+
+    ov_version = openvino.__version__.split("-")[0]
+    return (
+        f"openvino=={ov_version}\n"
+        f"numpy>={numpy.__version__.split('.')[0]}.0\n"
+        f"opencv-python-headless>={cv2.__version__.split('.')[0]}.0\n"
+    )
+
+
+def write_demo_package(model_path: Path, zip_path: Path) -> Path:
+    """Zip ``model/<name>.xml/.bin``, ``predict.py``, ``requirements.txt`` and a README into ``zip_path``."""
+    if model_path.suffix.lower() != ".xml":
+        raise ValueError("the demo package needs an OpenVINO IR (.xml)")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.write(model_path, f"model/{model_path.name}")
+        archive.write(model_path.with_suffix(".bin"), f"model/{model_path.with_suffix('.bin').name}")
+        archive.write(DEMO_DIR / "predict.py", "predict.py")
+        archive.writestr("requirements.txt", requirements())
+        archive.writestr("README.md", README.format(version=__version__, model_file=model_path.name))
+    atomic_write_bytes(zip_path, buffer.getvalue())
+    return zip_path

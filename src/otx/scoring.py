@@ -1,0 +1,110 @@
+"""What ``Engine`` runs images through: a torch model (checkpoint) or an exported model (OpenVINO).
+
+Both give the Engine the same things: outputs per batch, how to normalise them, the thresholds in
+the outputs' units and a description for metrics.json. A torch model returns raw scores (metrics
+are computed on them); an exported model returns the normalised scores its graph computes, with
+0.5 as the threshold.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from otx.deploy.inferencer import OpenVINOInferencer
+from otx.models.base import AnomalyModel
+
+
+class TorchScorer:
+    """A trained ``AnomalyModel`` (from training or a checkpoint)."""
+
+    runtime = "torch"
+    resize_in_loader = True  # the data loader resizes; the model takes batches at input_size
+
+    def __init__(self, model: AnomalyModel, source: Path | None = None, task: str | None = None) -> None:
+        self.model = model
+        self.source = source
+        self.task = task
+        self.name = type(model).__name__
+        self.backbone = model.spec.name
+        self.input_size = model.input_size
+
+    def run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw ``(maps [B, h, w], scores [B])``."""
+        self.model.eval()  # training leaves the model in train mode
+        with torch.inference_mode():
+            maps, scores = self.model(images)
+        return maps.float(), scores.float()
+
+    def normalize(self, maps: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised score, label, map and mask (the post-processor)."""
+        with torch.inference_mode():
+            return self.model.postprocessor(maps, scores)
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        """Image and pixel thresholds in the units ``run`` returns."""
+        post = self.model.postprocessor
+        return float(post.image_threshold), float(post.pixel_threshold)
+
+    def stats(self) -> dict[str, float]:
+        """Thresholds and normalisation statistics (raw units)."""
+        return self.model.postprocessor.stats()
+
+    def model_entry(self) -> dict[str, Any]:
+        """The ``model`` entry of config.yaml."""
+        cls = type(self.model)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self.model.hparams)}
+
+
+class OpenVINOScorer:
+    """An exported model (IR or ONNX) run by ``OpenVINOInferencer``."""
+
+    runtime = "openvino"
+    resize_in_loader = False  # images go in at their own size; the graph resizes them
+
+    def __init__(self, inferencer: OpenVINOInferencer) -> None:
+        self.inferencer = inferencer
+        self.source = inferencer.path
+        self.task = inferencer.info.task
+        self.name = inferencer.info.model_name
+        self.backbone = inferencer.info.backbone
+        self.input_size = inferencer.info.input_size
+
+    def run(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised ``(maps [B, h, w], scores [B])`` for images of any size."""
+        out = self.inferencer.infer([image.numpy() for image in images])
+        return torch.from_numpy(out["anomaly_map"]), torch.from_numpy(out["pred_score"])
+
+    def normalize(self, maps: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The graph already normalised: labels and masks at 0.5, as inside the graph."""
+        return {"pred_score": scores, "pred_label": scores >= 0.5, "anomaly_map": maps, "pred_mask": maps >= 0.5}
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        """0.5 for both: the outputs are normalised around the learned thresholds."""
+        return 0.5, 0.5
+
+    def stats(self) -> dict[str, float]:
+        """Raw thresholds and statistics from the model's metadata."""
+        return self.inferencer.info.stats()
+
+    def model_entry(self) -> dict[str, Any]:
+        """The ``model`` entry of config.yaml: the exported file and its metadata."""
+        return {
+            "exported_model": str(self.source),
+            "device": self.inferencer.device,
+            "inference_precision": self.inferencer.inference_precision,
+            "model_info": dict(self.inferencer.info.raw),
+        }
+
+
+Scorer = TorchScorer | OpenVINOScorer
+
+
+def as_numpy(outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Tensors to numpy arrays (for the task adapters)."""
+    return {key: value.numpy() for key, value in outputs.items()}

@@ -1,0 +1,307 @@
+"""Export and OpenVINO inference: exported models reproduce the trained ones, and bad input gets one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+import torch.nn.functional as F
+
+from otx.data import AnomalyDataModule
+from otx.deploy import OpenVINOInferencer
+from otx.deploy.graph import resize_antialias_matmul
+from otx.deploy.metadata import read_onnx_info
+from otx.engine import Engine
+from otx.errors import OTXError
+from otx.tasks import Prediction
+from test_cli import run_otx
+
+SCORE_TOL = 1e-3  # normalised score difference allowed between torch and the exported model
+FP16_SCORE_TOL = 5e-3  # measured 3e-4 on the sample data; FP16 weights round to 11 significant bits
+FP16_MASK_IOU = 0.95  # measured 0.983 at worst (pixels on the boundary of small masks flip)
+
+
+def torch_predictions(trained: dict, task: str, source: Path, tmp_path: Path) -> list[Prediction]:
+    engine = Engine(data=AnomalyDataModule(num_workers=0), task=task, work_dir=tmp_path / "torch")
+    return engine.predict(source=source, checkpoint=trained["checkpoint"])
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def assert_same_predictions(
+    expected: list[Prediction], got: list[Prediction], task: str, score_tol: float, min_iou: float = 0.99
+) -> None:
+    assert [p.image_path for p in expected] == [p.image_path for p in got]
+    scores_e = np.array([p.pred_score for p in expected])
+    scores_g = np.array([p.pred_score for p in got])
+    assert np.abs(scores_e - scores_g).max() <= score_tol
+    labels_e = np.array([p.pred_label for p in expected])
+    labels_g = np.array([p.pred_label for p in got])
+    decided = np.abs(scores_e - 0.5) > score_tol  # a score within the tolerance of 0.5 may land either side
+    assert decided.mean() > 0.9
+    assert (labels_e[decided] == labels_g[decided]).all()
+    if task == "classification":
+        assert all(p.pred_mask is None for p in got)
+        return
+    for e, g in zip(expected, got, strict=True):
+        assert e.pred_mask.shape == g.pred_mask.shape
+        assert mask_iou(e.pred_mask, g.pred_mask) >= min_iou
+    if task == "detection":
+        for e, g in zip(expected, got, strict=True):
+            assert len(e.pred_boxes) == len(g.pred_boxes)
+            for box in e.pred_boxes:
+                assert max((box_iou(box, other) for other in g.pred_boxes), default=0.0) >= 0.9
+
+
+@pytest.mark.parametrize("model", ["padim", "stfpm"])
+@pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
+def test_ir_reproduces_torch(
+    model: str, task: str, exported, trained_padim: dict, trained_stfpm: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    trained = {"padim": trained_padim, "stfpm": trained_stfpm}[model]
+    source = sample_root / "bottle_like" / "test"
+    expected = torch_predictions(trained, task, source, tmp_path)
+    got = OpenVINOInferencer(exported(model, task), device="CPU").predict(source)
+    assert sum(p.pred_label for p in expected) > 0  # the comparison covers anomalous and normal images
+    assert_same_predictions(expected, got, task, SCORE_TOL)
+
+
+def test_onnx_reproduces_torch(exported, trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    source = sample_root / "carpet_like" / "test"  # another category: sizes and content the model never saw
+    expected = torch_predictions(trained_padim, "detection", source, tmp_path)
+    got = OpenVINOInferencer(exported("padim", "detection", "ONNX"), device="CPU").predict(source)
+    assert_same_predictions(expected, got, "detection", SCORE_TOL)
+
+
+def test_fp16_ir_within_stated_tolerance(exported, trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    source = sample_root / "bottle_like" / "test"
+    expected = torch_predictions(trained_padim, "segmentation", source, tmp_path)
+    path = exported("padim", "segmentation", "OPENVINO", "FP16")
+    assert path.with_suffix(".bin").stat().st_size < 0.6 * exported("padim").with_suffix(".bin").stat().st_size
+    got = OpenVINOInferencer(path, device="CPU").predict(source)
+    assert_same_predictions(expected, got, "segmentation", FP16_SCORE_TOL, FP16_MASK_IOU)
+
+
+def test_matmul_resize_equals_torch_antialias() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(300, 200), (64, 90), (129, 127), (31, 500), (128, 128)]:
+        image = torch.rand(2, 3, height, width, generator=generator)
+        for size in [(128, 128), (100, 160)]:
+            expected = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
+            assert torch.allclose(resize_antialias_matmul(image, size), expected, atol=1e-5)
+
+
+def test_dynamic_batch_and_any_size(exported) -> None:
+    inferencer = OpenVINOInferencer(exported("padim"), device="CPU")
+    rng = np.random.default_rng(0)
+    images = rng.random((3, 3, 150, 170), dtype=np.float32)
+    one_by_one = inferencer.infer(list(images))
+    request = inferencer.compiled.create_infer_request()
+    batched = request.infer({0: images})
+    scores = batched[inferencer.compiled.output("pred_score")]
+    assert scores.shape == (3,)
+    np.testing.assert_allclose(scores, one_by_one["pred_score"], atol=1e-5)
+    assert one_by_one["anomaly_map"].shape == (3, 128, 128)
+    # Other sizes in one call: each request resizes inside the graph.
+    mixed = inferencer.infer(
+        [rng.random((3, 90, 300), dtype=np.float32), (rng.random((64, 64, 3)) * 255).astype(np.uint8)]
+    )
+    assert mixed["pred_score"].shape == (2,)
+
+
+def test_metadata_for_model_api_and_otx(exported, trained_padim: dict) -> None:
+    model = ov.Core().read_model(exported("padim", "detection"))
+    info = {key: model.get_rt_info(["model_info", key]).astype(str) for key in ("model_type", "task", "labels")}
+    assert info == {"model_type": "AnomalyDetection", "task": "detection", "labels": "Normal Anomaly"}
+    thresholds = trained_padim["summary"]["thresholds"]
+    stored = float(model.get_rt_info(["model_info", "image_threshold"]).astype(str))
+    assert stored == pytest.approx(thresholds["image_threshold"], rel=1e-6)
+    scale = float(model.get_rt_info(["model_info", "normalization_scale"]).astype(str))
+    assert scale == pytest.approx(thresholds["image_max"] - thresholds["image_min"], rel=1e-6)
+    for key in ("otx_version", "otx_model", "otx_backbone", "input_size", "data_fingerprint"):
+        assert model.has_rt_info(["model_info", key]), key
+    assert model.get_rt_info(["model_info", "input_size"]).astype(str) == "128 128"
+    assert [sorted(o.get_names())[0] for o in model.outputs] == ["pred_score", "pred_label", "anomaly_map", "pred_mask"]
+    assert model.inputs[0].get_partial_shape().to_string() == "[?,3,?,?]"
+    onnx_info = read_onnx_info(exported("padim", "detection", "ONNX"))
+    assert onnx_info["model_type"] == "AnomalyDetection" and onnx_info["otx_model"] == "Padim"
+
+
+def test_otx_test_on_the_ir_matches_the_checkpoint(
+    exported, trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    data = str(sample_root / "bottle_like")
+    xml = exported("padim", "detection")
+    from_ckpt = run_otx(
+        "test",
+        "--checkpoint",
+        str(trained_padim["checkpoint"]),
+        "--data_root",
+        data,
+        "--task",
+        "detection",
+        "--work_dir",
+        str(tmp_path / "a"),
+        "--data.num_workers",
+        "0",
+        cwd=tmp_path,
+    )
+    from_ir = run_otx(
+        "test",
+        "--checkpoint",
+        str(xml),
+        "--data_root",
+        data,
+        "--work_dir",
+        str(tmp_path / "b"),
+        "--device",
+        "CPU",
+        "--data.num_workers",
+        "0",
+        cwd=tmp_path,
+    )
+    assert from_ckpt.returncode == 0, from_ckpt.stderr
+    assert from_ir.returncode == 0, from_ir.stderr
+    a = json.loads(next((tmp_path / "a").glob("*-test/metrics.json")).read_text())
+    b = json.loads(next((tmp_path / "b").glob("*-test/metrics.json")).read_text())
+    assert b["task"] == "detection"  # taken from the exported model
+    assert b["runtime"] == {"runtime": "openvino", "device": "CPU", "inference_precision": "f32"}
+    assert a["splits"] == b["splits"]
+    for key in ("image_AUROC", "pixel_AUROC", "AUPRO", "image_F1"):
+        assert abs(a["metrics"][key] - b["metrics"][key]) <= 0.002, key
+    preds_a = json.loads(next((tmp_path / "a").glob("*-test/predictions.json")).read_text())
+    preds_b = json.loads(next((tmp_path / "b").glob("*-test/predictions.json")).read_text())
+    assert [p["label"] for p in preds_a] == [p["label"] for p in preds_b]
+
+
+def test_otx_predict_on_the_ir_skips_an_undecodable_image(exported, dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    bad = root / "test" / "good" / "broken.png"
+    bad.write_bytes(b"not an image")
+    result = run_otx(
+        "predict",
+        "--checkpoint",
+        str(exported("padim")),
+        "--source",
+        str(root / "test"),
+        "--work_dir",
+        str(tmp_path / "ws"),
+        "--device",
+        "CPU",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "broken.png" in result.stderr
+    records = json.loads(next((tmp_path / "ws").glob("*-predict/predictions/predictions.json")).read_text())
+    errors = [r for r in records if "error" in r]
+    assert [Path(r["image"]).name for r in errors] == ["broken.png"]
+    assert len(records) - len(errors) == len(list((root / "test").rglob("*.png"))) - 1
+    masks = list((tmp_path / "ws").glob("*-predict/predictions/masks/*.png"))
+    assert len(masks) == len(records) - 1
+
+
+def test_export_writes_a_run_folder_with_a_check(exported) -> None:
+    xml = exported("stfpm", "segmentation")
+    summary = json.loads((xml.parent / "metrics.json").read_text())
+    assert summary["check_against_torch"]["max_score_diff"] < 1e-4
+    assert summary["check_against_torch"]["label_agreement"] == 1.0
+    assert (xml.parent / "config.yaml").exists() and xml.with_suffix(".bin").exists()
+    assert not list(xml.parent.glob(".export-*"))  # the temporary folder is gone
+
+
+# --- bad input: one clear line and a non-zero exit ------------------------------------------------------------
+def error_line(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode != 0
+    assert lines and lines[-1].startswith("error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[-1]
+
+
+def test_missing_model_file(tmp_path: Path, sample_root: Path) -> None:
+    line = error_line(
+        run_otx("predict", "--checkpoint", str(tmp_path / "nope.xml"), "--source", str(sample_root), cwd=tmp_path)
+    )
+    assert "does not exist" in line
+
+
+def test_xml_without_bin(exported, tmp_path: Path, sample_root: Path) -> None:
+    shutil.copy(exported("padim"), tmp_path / "lonely.xml")
+    line = error_line(
+        run_otx("predict", "--checkpoint", str(tmp_path / "lonely.xml"), "--source", str(sample_root), cwd=tmp_path)
+    )
+    assert "lonely.bin" in line
+
+
+def test_ir_without_otx_metadata(tmp_path: Path, sample_root: Path) -> None:
+    foreign = ov.convert_model(torch.nn.Conv2d(3, 1, 3).eval(), example_input=torch.rand(1, 3, 32, 32))
+    ov.save_model(foreign, tmp_path / "foreign.xml")
+    line = error_line(
+        run_otx(
+            "test",
+            "--checkpoint",
+            str(tmp_path / "foreign.xml"),
+            "--data_root",
+            str(sample_root / "bottle_like"),
+            cwd=tmp_path,
+        )
+    )
+    assert "no otx metadata" in line
+
+
+def test_device_that_does_not_exist(exported, tmp_path: Path, sample_root: Path) -> None:
+    if "NPU" in ov.Core().available_devices:
+        pytest.skip("this machine has an NPU")
+    line = error_line(
+        run_otx(
+            "predict",
+            "--checkpoint",
+            str(exported("padim")),
+            "--source",
+            str(sample_root),
+            "--device",
+            "NPU",
+            cwd=tmp_path,
+        )
+    )
+    assert "device 'NPU' is not available" in line
+    with pytest.raises(OTXError, match="not available"):
+        OpenVINOInferencer(exported("padim"), device="GPU.7")
+
+
+def test_export_refusals(trained_padim: dict, tmp_path: Path) -> None:
+    ckpt = str(trained_padim["checkpoint"])
+    line = error_line(
+        run_otx(
+            "export",
+            "--checkpoint",
+            ckpt,
+            "--format",
+            "ONNX",
+            "--precision",
+            "FP16",
+            "--work_dir",
+            str(tmp_path / "w"),
+            cwd=tmp_path,
+        )
+    )
+    assert "FP16 applies to OpenVINO IR" in line
+    assert not (tmp_path / "w").exists() or not list((tmp_path / "w").glob("*-export"))
+    line = error_line(run_otx("export", "--checkpoint", ckpt, "--format", "TFLITE", cwd=tmp_path))
+    assert "format" in line.lower()
