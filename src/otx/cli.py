@@ -83,6 +83,12 @@ def _verb_parser(verb: str) -> ArgumentParser:
         parser.add_argument("--checkpoint", type=str | None, default=None, help=f"{what} (default: latest train)")
     if verb in ("test", "predict"):
         parser.add_argument("--device", type=str, default="AUTO", help="OpenVINO device for exported models")
+        parser.add_argument(
+            "--inference_precision",
+            type=Literal["f32", "bf16", "f16", "default"],
+            default="f32",
+            help="OpenVINO inference precision for exported models (f32 reproduces the trained model)",
+        )
     if verb == "predict":
         parser.add_argument("--source", type=str | None, default=None, help="image file, folder or glob to predict")
     if verb == "export":
@@ -158,6 +164,7 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         config=resolved,
         console=console,
         device=cfg.get("device", "AUTO"),
+        inference_precision=cfg.get("inference_precision", "f32"),
     )
     if verb == "train":
         engine.train()

@@ -97,6 +97,8 @@ class Engine:
         config: the resolved configuration to save with each run (the CLI passes it).
         console: where summaries and progress go (a ``rich`` console).
         device: OpenVINO device for exported models (``AUTO``, ``CPU``, ``GPU``, ``NPU``).
+        inference_precision: OpenVINO inference precision for exported models: ``f32`` (reproduces
+            the trained model), ``bf16``, ``f16`` or ``default`` (the device's choice).
     """
 
     def __init__(
@@ -110,12 +112,14 @@ class Engine:
         config: dict[str, Any] | None = None,
         console: Console | None = None,
         device: str = "AUTO",
+        inference_precision: str = "f32",
     ) -> None:
         self.model = model
         self.data = data if isinstance(data, AnomalyDataModule) else AnomalyDataModule(str(data) if data else None)
         self._task_given = task is not None
         self._use_task(task or "segmentation")
         self.device = device
+        self.inference_precision = inference_precision
         self.workdir = WorkDir(work_dir)
         self.max_epochs = max_epochs
         self.seed = seed
@@ -297,7 +301,12 @@ class Engine:
         checkpoint = Path(checkpoint) if checkpoint is not None else self._latest_checkpoint()
         if is_exported_model(checkpoint):
             scorer: Scorer = OpenVINOScorer(
-                OpenVINOInferencer(checkpoint, device=self.device, task=self.task.value if self._task_given else None)
+                OpenVINOInferencer(
+                    checkpoint,
+                    device=self.device,
+                    precision_hint=self.inference_precision,
+                    task=self.task.value if self._task_given else None,
+                )
             )
             info = scorer.inferencer.info.raw
             data_info = {"val_split": info.get("data_val_split"), "seed": info.get("data_seed"), "root": None}

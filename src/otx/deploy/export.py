@@ -72,7 +72,7 @@ def export_model(
         data=data,
         weights_source=model.weights_source,
     )
-    graph = ExportGraph(model, matmul_resize=fmt == "ONNX").eval()
+    graph = ExportGraph(model).eval()
     height, width = model.input_size
     # An example larger than the input size, so that tracing goes through a real resize.
     example = torch.rand(1, 3, height + height // 2, width + width // 2)
