@@ -25,11 +25,15 @@ demo: install
 	$(VENV)/bin/otx train $(DEMO_ARGS)
 	$(VENV)/bin/otx predict $(DEMO_ARGS)
 	$(VENV)/bin/otx test $(DEMO_ARGS)
+	$(VENV)/bin/otx export --work_dir $(DEMO_DIR)/workspace --export_demo_package true
+	$(VENV)/bin/otx test --checkpoint $$(ls -1d $(DEMO_DIR)/workspace/*-export | tail -1)/exported_model.xml \
+		--data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace --device CPU
 	@echo
 	@echo "demo outputs in $(DEMO_DIR)/workspace (latest.json names the latest run of each command):"
 	@ls -1d $(DEMO_DIR)/workspace/*-*/ | sed 's/^/  /'
 	@echo "  test metrics: $$(ls -1d $(DEMO_DIR)/workspace/*-test | tail -1)/metrics.json"
 	@echo "  predicted masks: $$(ls -1d $(DEMO_DIR)/workspace/*-predict | tail -1)/predictions/masks/"
+	@echo "  OpenVINO IR: $$(ls -1d $(DEMO_DIR)/workspace/*-export | tail -1)/exported_model.xml (and demo_package.zip)"
 
 test: install
 	$(PY) -m pytest -q

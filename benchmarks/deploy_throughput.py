@@ -11,6 +11,8 @@ random channel selection), input size 256x256, same device (CPU) and the same in
 - **otx raw inference**: ``OpenVINOInferencer.infer`` on the same images already decoded.
 - **anomalib end-to-end**: anomalib's ``OpenVINOInferencer.predict(path)`` per file on anomalib's own
   export (``Engine.export(export_type=OPENVINO)``), writing a mask PNG per image and a JSON list.
+  Its masks stay at the model's input size (its inferencer does not resize them back), so it does
+  less work per image than otx, which writes masks at each image's own size.
 - **anomalib raw inference**: its compiled model called on the same images already pre-processed.
 
 Usage::
@@ -73,6 +75,9 @@ def settings(args: argparse.Namespace) -> cmp.Settings:
 
 
 def train_and_export_otx(s: cmp.Settings, args: argparse.Namespace) -> tuple[Path, Path]:
+    done = sorted((args.work_dir / "otx").glob("*-export/exported_model.xml"))
+    if done:  # a previous run of this script in the same work_dir
+        return sorted((args.work_dir / "otx").glob("*-train/model.ckpt"))[-1], done[-1]
     quiet = Console(stderr=True, quiet=True)
     data = AnomalyDataModule(str(s.data_root), batch_size=16, num_workers=2)
     engine = Engine(cmp.build_otx_model("padim", s), data, "segmentation", args.work_dir / "otx", console=quiet)
@@ -82,6 +87,9 @@ def train_and_export_otx(s: cmp.Settings, args: argparse.Namespace) -> tuple[Pat
 
 
 def train_and_export_anomalib(s: cmp.Settings, args: argparse.Namespace) -> Path:
+    done = sorted((args.work_dir / "anomalib" / "export").rglob("*.xml"))
+    if done:
+        return done[-1]
     L.seed_everything(cmp.SEED, verbose=False)
     model = cmp.build_anomalib_model("padim", s)
     datamodule = cmp._anomalib_datamodule(s)
@@ -115,7 +123,7 @@ def anomalib_end_to_end(xml: Path, files: list[Path], out_dir: Path, precision: 
     records = []
     for i, path in enumerate(files):
         result = inferencer.predict(path)
-        mask = np.asarray(result.pred_mask).reshape(result.pred_mask.shape[-2:]).astype(np.uint8) * 255
+        mask = np.squeeze(np.asarray(result.pred_mask)).astype(np.uint8) * 255  # at the model's input size
         cv2.imwrite(str(out_dir / f"{i:05d}_mask.png"), mask)
         records.append({"image": str(path), "score": float(np.asarray(result.pred_score).reshape(-1)[0])})
     (out_dir / "predictions.json").write_text(json.dumps(records))

@@ -305,3 +305,29 @@ def test_export_refusals(trained_padim: dict, tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists() or not list((tmp_path / "w").glob("*-export"))
     line = error_line(run_otx("export", "--checkpoint", ckpt, "--format", "TFLITE", cwd=tmp_path))
     assert "format" in line.lower()
+
+
+def test_predict_accepts_arrays_files_and_globs(exported, sample_root: Path) -> None:
+    from otx.data.io import read_image
+
+    inferencer = OpenVINOInferencer(exported("padim", "detection"), device="CPU")
+    files = sorted((sample_root / "bottle_like" / "test" / "scratch").glob("*.png"))[:3]
+    from_files = inferencer.predict(str(sample_root / "bottle_like" / "test" / "scratch" / "00[0-2].png"))
+    from_arrays = inferencer.predict([read_image(f) for f in files])
+    assert [p.image_path for p in from_files] == [str(f) for f in files]
+    assert [p.image_path for p in from_arrays] == ["array_0", "array_1", "array_2"]
+    for a, b in zip(from_files, from_arrays, strict=True):
+        assert a.pred_score == pytest.approx(b.pred_score, abs=1e-6)
+        assert a.pred_mask.shape == read_image(a.image_path).shape[:2]
+        np.testing.assert_array_equal(a.pred_boxes, b.pred_boxes)
+    single = inferencer.predict(read_image(files[0]))
+    assert len(single) == 1 and single[0].pred_score == pytest.approx(from_files[0].pred_score, abs=1e-6)
+
+
+def test_export_refuses_an_exported_model_and_a_missing_checkpoint(exported, tmp_path: Path) -> None:
+    line = error_line(
+        run_otx("export", "--checkpoint", str(exported("padim")), "--work_dir", str(tmp_path), cwd=tmp_path)
+    )
+    assert "already exported" in line
+    line = error_line(run_otx("export", "--work_dir", str(tmp_path / "empty"), cwd=tmp_path))
+    assert "no trained model" in line

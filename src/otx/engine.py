@@ -309,7 +309,11 @@ class Engine:
                 )
             )
             info = scorer.inferencer.info.raw
-            data_info = {"val_split": info.get("data_val_split"), "seed": info.get("data_seed"), "root": None}
+            data_info = {
+                "val_split": info.get("data_val_split"),
+                "seed": info.get("data_seed"),
+                "fingerprint": info.get("data_fingerprint"),
+            }
             self.console.print(
                 f"exported model: {checkpoint} (OpenVINO {scorer.inferencer.device}, "
                 f"{scorer.inferencer.inference_precision})"

@@ -127,8 +127,15 @@ class OpenVINOInferencer:
         config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
         if precision_hint != "default":
             for dev in self._physical_devices():
-                if "INFERENCE_PRECISION_HINT" in self.core.get_property(dev, "SUPPORTED_PROPERTIES"):
+                if "INFERENCE_PRECISION_HINT" not in self.core.get_property(dev, "SUPPORTED_PROPERTIES"):
+                    continue
+                try:
                     self.core.set_property(dev, {"INFERENCE_PRECISION_HINT": precision_hint})
+                except Exception as exc:  # noqa: BLE001 - e.g. bf16 on a device without it
+                    raise OTXConfigError(
+                        f"{dev} cannot run at inference precision {precision_hint} ({_first_line(exc)}); "
+                        "choose f32 or default"
+                    ) from exc
         try:
             self.compiled = self.core.compile_model(self.model, self.device, config)
         except Exception as exc:  # noqa: BLE001
