@@ -32,6 +32,8 @@ demo: install
 	@echo "demo outputs in $(DEMO_DIR)/workspace (latest.json names the latest run of each command):"
 	@ls -1d $(DEMO_DIR)/workspace/*-*/ | sed 's/^/  /'
 	@echo "  test metrics: $$(ls -1d $(DEMO_DIR)/workspace/*-test | tail -1)/metrics.json"
+	@echo "  test report (open in a browser): $$(ls -1d $(DEMO_DIR)/workspace/*-test | tail -1)/report.html"
+	@echo "  overlays (heat map, mask and ground-truth outlines): $$(ls -1d $(DEMO_DIR)/workspace/*-predict | tail -1)/predictions/overlays/"
 	@echo "  predicted masks: $$(ls -1d $(DEMO_DIR)/workspace/*-predict | tail -1)/predictions/masks/"
 	@echo "  OpenVINO IR: $$(ls -1d $(DEMO_DIR)/workspace/*-export | tail -1)/exported_model.xml (and demo_package.zip)"
 

@@ -144,7 +144,7 @@ def test_stfpm_trains_by_gradient_descent(sample_root: Path, tmp_path: Path) -> 
     )
     summary = engine.train()
     with (Path(summary["checkpoint"]).parent / "logs" / "metrics.csv").open() as handle:
-        losses = [float(row["train_loss"]) for row in csv.DictReader(handle) if row.get("train_loss")]
+        losses = [float(row["train_loss_epoch"]) for row in csv.DictReader(handle) if row.get("train_loss_epoch")]
     assert len(losses) == 3 and losses[-1] < losses[0]
     metrics = engine.test()["metrics"]
     assert 0.0 <= metrics["image_AUROC"] <= 1.0 and "AUPRO" in metrics

@@ -339,3 +339,20 @@ def test_gt_boxes_from_mask_joins_diagonal_neighbours() -> None:
         assert boxes.shape == (3, 4)
         assert {tuple(float(v) for v in b) for b in boxes} == expected
     assert gt_boxes_from_mask(np.zeros((8, 8), bool)).shape == (0, 4)
+
+
+def test_curves_match_scikit_learn() -> None:
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    from otx.metrics import curves
+
+    rng = np.random.default_rng(3)
+    labels = rng.random(400) < 0.3
+    scores = np.round(rng.normal(labels * 1.5, 1.0), 1)  # rounding makes ties
+    got = curves(scores, labels)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(got["fpr"], fpr, atol=1e-12)
+    np.testing.assert_allclose(got["tpr"], tpr, atol=1e-12)
+    precision, recall, _ = precision_recall_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(got["precision"], precision, atol=1e-12)
+    np.testing.assert_allclose(got["recall"], recall, atol=1e-12)

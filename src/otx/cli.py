@@ -91,6 +91,7 @@ def _verb_parser(verb: str) -> ArgumentParser:
         )
     if verb == "predict":
         parser.add_argument("--source", type=str | None, default=None, help="image file, folder or glob to predict")
+        parser.add_argument("--visualize", type=bool, default=True, help="write an overlay per image (false to skip)")
     if verb == "export":
         parser.add_argument("--format", type=Literal["OPENVINO", "ONNX"], default="OPENVINO", help="OPENVINO or ONNX")
         parser.add_argument("--precision", type=Literal["FP32", "FP16"], default="FP32", help="FP32 or FP16 (IR)")
@@ -178,7 +179,7 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
             demo_package=cfg.export_demo_package,
         )
     else:
-        engine.predict(source=cfg.source, checkpoint=cfg.checkpoint)
+        engine.predict(source=cfg.source, checkpoint=cfg.checkpoint, visualize=cfg.visualize)
 
 
 def _warnings_to_stderr() -> None:

@@ -39,13 +39,15 @@ from torch.utils.data import DataLoader
 from otx import __version__
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors, samples_from_source
 from otx.data.dataset import Sample
-from otx.data.io import read_mask
+from otx.data.io import read_image, read_mask
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
 from otx.errors import OTXConfigError, OTXError
 from otx.metrics import box_ap, gt_boxes_from_mask, image_metrics, pixel_metrics
 from otx.models.base import AnomalyModel
+from otx.report import ReportInput, write_report
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer, as_numpy
 from otx.tasks import Prediction, TaskAdapter, get_adapter
+from otx.visualize import overlay, write_overlay
 from otx.workdir import Run, WorkDir, atomic_write_bytes
 
 log = logging.getLogger("otx")
@@ -81,6 +83,16 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc})") from exc
     model.eval()
     return model, ckpt
+
+
+class _EpochTimer(L.Callback):
+    """Log each training epoch's wall time (``time/epoch_s``) to the CSV and TensorBoard logs."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        pl_module.log("time/epoch_s", time.perf_counter() - self._start, on_step=False, on_epoch=True)
 
 
 class Engine:
@@ -147,13 +159,17 @@ class Engine:
         """Evaluate on the test split; returns (and writes) the metrics."""
         return self._run("test", lambda run: self._test(run, checkpoint))
 
-    def predict(self, source: str | Path | None = None, checkpoint: str | Path | None = None) -> list[Prediction]:
+    def predict(
+        self, source: str | Path | None = None, checkpoint: str | Path | None = None, visualize: bool = True
+    ) -> list[Prediction]:
         """Predict on ``source`` (file, folder or glob) or, without it, on the data's test images.
 
         ``checkpoint`` may be a ``model.ckpt`` or an exported ``.xml`` / ``.onnx`` (run by OpenVINO
         on ``device``); the default is the latest training run's checkpoint. The same holds for ``test``.
+        With ``visualize``, an overlay per image goes to ``predictions/overlays/`` (heat map, mask
+        outline or boxes, label and score, and the ground-truth outline where the data has one).
         """
-        return self._run("predict", lambda run: self._predict(run, source, checkpoint))
+        return self._run("predict", lambda run: self._predict(run, source, checkpoint, visualize))
 
     def export(
         self,
@@ -221,7 +237,11 @@ class Engine:
             max_epochs=epochs,
             accelerator="cpu",
             devices=1,
-            logger=L.pytorch.loggers.CSVLogger(str(run.path), name="logs", version=""),
+            logger=[
+                L.pytorch.loggers.CSVLogger(str(run.path), name="logs", version=""),
+                L.pytorch.loggers.TensorBoardLogger(str(run.path), name="logs", version="", default_hp_metric=False),
+            ],
+            callbacks=[_EpochTimer()],
             enable_checkpointing=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
@@ -246,6 +266,9 @@ class Engine:
         )
         timings["thresholds_s"] = time.perf_counter() - start
         log.info("thresholds: %s", model.postprocessor.stats())
+        for logger in trainer.loggers:  # timings for every model, also those without a loss
+            logger.log_metrics({f"time/{k}": v for k, v in timings.items()}, step=trainer.global_step)
+            logger.save()
         val_metrics = self._evaluate(scorer, outputs, splits["val"], with_boxes=False)
         checkpoint = run.path / CHECKPOINT_NAME
         self._save_checkpoint(model, checkpoint)
@@ -388,12 +411,31 @@ class Engine:
             "peak_memory_mb": _peak_memory_mb(),
             "otx_version": __version__,
         }
+        scored_predictions = [p for p, k in zip(predictions, keep, strict=True) if k]
+        report = write_report(
+            run.path,
+            ReportInput(
+                task=self.task.value,
+                model=scorer.name,
+                backbone=scorer.backbone,
+                source=str(scorer.source),
+                runtime=result["runtime"],
+                metrics=metrics,
+                splits=result["splits"],
+                samples=scored,
+                predictions=scored_predictions,
+                scores=scored_outputs["scores"].numpy(),
+            ),
+        )
+        result["report"] = str(report)
         run.write_json("metrics.json", result)
         run.write_json("predictions.json", [p.to_json() for p in predictions])
-        self._print_summary("test", run, metrics, "test")
+        self._print_summary("test", run, metrics, "test", extra={"report": str(report)})
         return result
 
-    def _predict(self, run: Run, source: str | Path | None, checkpoint: str | Path | None) -> list[Prediction]:
+    def _predict(
+        self, run: Run, source: str | Path | None, checkpoint: str | Path | None, visualize: bool = True
+    ) -> list[Prediction]:
         scorer = self._load(checkpoint)
         self.data.input_size = scorer.input_size
         if source is not None:
@@ -410,15 +452,17 @@ class Engine:
         predictions: list[Prediction] = []
         for batch_outputs, batch_samples, errors in self._batches(scorer, samples, "predict", skip_errors=True):
             batch_preds = self._to_predictions(scorer, batch_outputs, batch_samples)
-            for pred, error in zip(batch_preds, errors, strict=True):
+            for pred, sample, error in zip(batch_preds, batch_samples, errors, strict=True):
                 if error:  # reported and skipped; the rest of the folder is predicted
                     log.warning("skipped: %s", error)
                     pred.error, pred.pred_score, pred.pred_label = error, float("nan"), False
                     pred.anomaly_map = pred.pred_mask = pred.pred_boxes = pred.box_scores = None
+                stem = "__".join(Path(pred.image_path).relative_to(root).with_suffix("").parts)
                 if pred.pred_mask is not None:
-                    rel = Path(pred.image_path).relative_to(root).with_suffix("")
-                    name = "__".join(rel.parts) + "_mask.png"
-                    cv2.imwrite(str(out_dir / "masks" / name), pred.pred_mask.astype(np.uint8) * 255)
+                    cv2.imwrite(str(out_dir / "masks" / f"{stem}_mask.png"), pred.pred_mask.astype(np.uint8) * 255)
+                if visualize and not error:
+                    gt = read_mask(sample.mask_path) if sample.mask_path else None
+                    write_overlay(out_dir / "overlays" / f"{stem}.png", overlay(read_image(pred.image_path), pred, gt))
                 pred.anomaly_map = None  # maps are large; keep the mask and boxes only
             predictions.extend(batch_preds)
         run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
@@ -431,13 +475,10 @@ class Engine:
         }
         if n_skipped:
             counts.update(normal=counts["normal"] - n_skipped, skipped=n_skipped)
-        self._print_summary(
-            "predict",
-            run,
-            counts,
-            "predictions",
-            extra={"predictions": str(out_dir / "predictions.json")},
-        )
+        extra = {"predictions": str(out_dir / "predictions.json")}
+        if visualize:
+            extra["overlays"] = str(out_dir / "overlays")
+        self._print_summary("predict", run, counts, "predictions", extra=extra)
         return predictions
 
     def _export(

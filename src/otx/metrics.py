@@ -103,6 +103,31 @@ def roc_auc(scores: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[fl
     return area2 / (2.0 * n_pos * n_neg)
 
 
+def curves(scores: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[float]) -> dict[str, np.ndarray]:
+    """ROC and precision-recall curves of binary ``labels`` ranked by ``scores`` (for plots).
+
+    Returns ``fpr``/``tpr`` (starting at 0, 0) and ``precision``/``recall`` (ending at recall 0,
+    precision 1), one point per distinct score, as scikit-learn's ``roc_curve`` and
+    ``precision_recall_curve`` define them (checked against them in the tests).
+    """
+    score = _scores_array(scores)
+    label = _labels_array(labels)
+    order = np.argsort(-score, kind="stable")
+    sorted_scores, sorted_labels = score[order], label[order]
+    last = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]  # last index of each run of equal scores
+    tp = np.cumsum(sorted_labels)[last].astype(np.float64)
+    fp = np.cumsum(~sorted_labels)[last].astype(np.float64)
+    n_pos, n_neg = max(tp[-1], 1.0), max(fp[-1], 1.0)
+    precision = tp / np.maximum(tp + fp, 1.0)
+    recall = tp / n_pos
+    return {
+        "fpr": np.r_[0.0, fp / n_neg],
+        "tpr": np.r_[0.0, recall],
+        "precision": np.r_[precision[::-1], 1.0],
+        "recall": np.r_[recall[::-1], 0.0],
+    }
+
+
 def f1_at(pred: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[float]) -> float:
     """F1 score of binary predictions against binary labels.
 

@@ -1,0 +1,213 @@
+"""The HTML report of ``otx test``: one self-contained file, plus the plots as PNG files.
+
+``report.html`` embeds every image as a data URI, so it opens offline in any browser and can be
+mailed as one file. It holds the metrics table, ROC and precision-recall curves, the histogram of
+normalised image scores of normal and anomalous images with the threshold drawn, metrics per
+defect type, and the worst false positives and false negatives as overlays. Plots come from
+matplotlib (its object API, no global pyplot state), overlays from ``otx.visualize``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from otx import __version__
+from otx.data.dataset import Sample
+from otx.data.io import read_image, read_mask
+from otx.metrics import curves, roc_auc
+from otx.tasks import Prediction
+from otx.visualize import overlay, write_overlay
+
+REPORT_NAME = "report.html"
+PLOTS_DIR = "report"
+WORST = 4  # false positives and false negatives shown
+
+
+@dataclass
+class ReportInput:
+    """What ``otx test`` knows after scoring the test split."""
+
+    task: str
+    model: str
+    backbone: str
+    source: str
+    runtime: dict[str, str]
+    metrics: dict[str, float]
+    splits: dict[str, Any]
+    samples: list[Sample]  # labelled test images (label 0 or 1)
+    predictions: list[Prediction]  # normalised, at original size, one per sample
+    scores: np.ndarray  # image scores used for the metrics (raw for torch, normalised for exports)
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _roc_pr(scores: np.ndarray, labels: np.ndarray, image_auroc: float) -> tuple[bytes, bytes]:
+    c = curves(scores, labels)
+    roc = Figure(figsize=(4.2, 4.0))
+    ax = roc.add_subplot()
+    ax.plot(c["fpr"], c["tpr"], color="tab:red", lw=2, label=f"image AUROC {image_auroc:.4f}")
+    ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (images)", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower right")
+    pr = Figure(figsize=(4.2, 4.0))
+    ax = pr.add_subplot()
+    ax.plot(c["recall"], c["precision"], color="tab:blue", lw=2)
+    ax.axhline(labels.mean(), color="gray", lw=1, ls="--", label=f"anomalous share {labels.mean():.2f}")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (images)", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    return _png(roc), _png(pr)
+
+
+def _histogram(normalized: np.ndarray, labels: np.ndarray) -> bytes:
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.add_subplot()
+    bins = np.linspace(0.0, 1.0, 41)
+    ax.hist(normalized[~labels], bins=bins, alpha=0.65, color="tab:green", label=f"normal ({(~labels).sum()})")
+    ax.hist(normalized[labels], bins=bins, alpha=0.65, color="tab:red", label=f"anomalous ({labels.sum()})")
+    ax.axvline(0.5, color="black", lw=2, ls="--", label="threshold (0.5)")
+    ax.set(xlabel="normalised image score", ylabel="images", title="Image scores on the test split")
+    ax.legend()
+    return _png(fig)
+
+
+def _per_defect(data: ReportInput, labels: np.ndarray) -> list[dict[str, Any]]:
+    good = np.array([s.label == 0 for s in data.samples])
+    predicted = np.array([p.pred_label for p in data.predictions])
+    normalized = np.array([p.pred_score for p in data.predictions])
+    rows = []
+    for defect in sorted({s.defect for s in data.samples}):
+        kind = np.array([s.defect == defect for s in data.samples])
+        row: dict[str, Any] = {
+            "defect": defect,
+            "images": int(kind.sum()),
+            "mean score": float(normalized[kind].mean()),
+        }
+        if defect == "good":
+            row["flagged anomalous"] = float(predicted[kind].mean())
+        else:
+            row["detected"] = float(predicted[kind].mean())
+            both = kind | good
+            if good.any():
+                row["AUROC vs good"] = roc_auc(data.scores[both], labels[both])
+        rows.append(row)
+    return rows
+
+
+def _worst(data: ReportInput, labels: np.ndarray, out_dir: Path) -> dict[str, list[tuple[str, bytes]]]:
+    normalized = np.array([p.pred_score for p in data.predictions])
+    predicted = np.array([p.pred_label for p in data.predictions])
+    false_pos = [i for i in np.argsort(-normalized) if not labels[i] and predicted[i]][:WORST]
+    false_neg = [i for i in np.argsort(normalized) if labels[i] and not predicted[i]][:WORST]
+    found: dict[str, list[tuple[str, bytes]]] = {}
+    for kind, indices in (("false_positives", false_pos), ("false_negatives", false_neg)):
+        found[kind] = []
+        for rank, i in enumerate(indices):
+            sample, pred = data.samples[i], data.predictions[i]
+            gt = read_mask(sample.mask_path) if sample.mask_path else None
+            canvas = overlay(read_image(sample.path), pred, gt)
+            path = out_dir / f"{kind}_{rank + 1}.png"
+            write_overlay(path, canvas)
+            found[kind].append((f"{Path(sample.path).parent.name}/{Path(sample.path).name}", path.read_bytes()))
+    return found
+
+
+def _img(data: bytes, alt: str, width: int | None = None) -> str:
+    size = f' width="{width}"' if width else ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"{size}>'
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for row in rows:
+        cells = []
+        for c in columns:
+            value = row.get(c, "")
+            if isinstance(value, dict):
+                value = ", ".join(f"{k} {v}" for k, v in value.items())
+            cells.append(f"<td>{value:.4f}</td>" if isinstance(value, float) else f"<td>{html.escape(str(value))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }
+table { border-collapse: collapse; margin: 8px 0 16px; }
+td, th { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
+.plots img { margin-right: 12px; vertical-align: top; }
+.cases figure { display: inline-block; margin: 0 12px 12px 0; }
+.cases figcaption { font-size: 12px; color: #555; }
+.legend { font-size: 13px; color: #444; }
+"""
+
+
+def write_report(run_dir: Path, data: ReportInput) -> Path:
+    """Write ``report.html`` and ``report/*.png`` into ``run_dir``; return the HTML's path."""
+    out_dir = run_dir / PLOTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = np.array([s.label == 1 for s in data.samples])
+    normalized = np.array([p.pred_score for p in data.predictions])
+    plots: dict[str, bytes] = {}
+    if labels.any() and not labels.all():
+        plots["roc.png"], plots["precision_recall.png"] = _roc_pr(data.scores, labels, data.metrics["image_AUROC"])
+    plots["score_histogram.png"] = _histogram(normalized, labels)
+    for name, content in plots.items():
+        (out_dir / name).write_bytes(content)
+    worst = _worst(data, labels, out_dir)
+    metric_rows = [{"metric": k, "value": float(v)} for k, v in data.metrics.items()]
+    split_rows = [{"split": name, **counts} for name, counts in data.splits.items()]
+    sections = [
+        f"<h1>otx test report: {html.escape(data.model)} ({html.escape(data.backbone)}), {html.escape(data.task)}</h1>",
+        f"<p>model: <code>{html.escape(data.source)}</code><br>runtime: "
+        f"{html.escape(', '.join(f'{k} {v}' for k, v in data.runtime.items()))}<br>otx {__version__}</p>",
+        "<h2>Metrics (test split)</h2>",
+        _table(metric_rows),
+        "<h2>Images per split</h2>",
+        _table(split_rows),
+        "<h2>Curves and score distribution</h2>",
+        '<div class="plots">' + "".join(_img(content, name) for name, content in plots.items()) + "</div>",
+        "<h2>Per defect type</h2>",
+        '<p class="legend">detected: share of the type\'s images labelled anomalous; flagged anomalous: share '
+        "of good images labelled anomalous; AUROC vs good: the type's images against the good ones.</p>",
+        _table(_per_defect(data, labels)),
+    ]
+    legend = (
+        '<p class="legend">Overlays: heat map of the anomaly map (blue normal, red anomalous), predicted mask '
+        "outline in white or boxes in yellow, ground truth outline in green, label and normalised score.</p>"
+    )
+    for kind, title in (("false_positives", "Worst false positives"), ("false_negatives", "Worst false negatives")):
+        sections.append(f"<h2>{title}</h2>")
+        if not worst[kind]:
+            sections.append("<p>none</p>")
+            continue
+        sections.append(legend)
+        figures = "".join(
+            f"<figure>{_img(content, name, 260)}<figcaption>{html.escape(name)}</figcaption></figure>"
+            for name, content in worst[kind]
+        )
+        sections.append(f'<div class="cases">{figures}</div>')
+    page = (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>otx test report</title><style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>"
+    )
+    path = run_dir / REPORT_NAME
+    path.write_text(page, encoding="utf-8")
+    return path

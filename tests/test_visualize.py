@@ -1,0 +1,182 @@
+"""Overlays from otx predict, the HTML report from otx test (opened in a real headless browser), training logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from otx.data import AnomalyDataModule
+from otx.data.io import read_mask
+from otx.engine import Engine
+
+ARTIFACTS = Path(os.environ.get("OTX_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
+
+
+def predict_with_overlays(trained: dict, sample_root: Path, tmp_path: Path, task: str, checkpoint=None) -> Path:
+    engine = Engine(
+        data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0), task=task, work_dir=tmp_path
+    )
+    engine.predict(checkpoint=checkpoint or trained["checkpoint"])  # the test split: ground truth is known
+    return next(tmp_path.glob("*-predict/predictions/overlays"))
+
+
+def defect_and_good(sample_root: Path) -> tuple[Path, Path, Path]:
+    test = sample_root / "bottle_like" / "test"
+    defect = sorted((test / "contamination").glob("*.png"))
+    good = sorted((test / "good").glob("*.png"))
+    return defect, good, sample_root / "bottle_like" / "ground_truth" / "contamination"
+
+
+def redness(overlay_path: Path) -> np.ndarray:
+    """Red minus blue of an overlay: the heat map is red where the model sees a defect, blue elsewhere."""
+    drawn = cv2.cvtColor(cv2.imread(str(overlay_path)), cv2.COLOR_BGR2RGB).astype(np.float32)
+    return drawn[..., 0] - drawn[..., 2]
+
+
+def test_overlay_shows_the_defect_region(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    overlays = predict_with_overlays(trained_padim, sample_root, tmp_path, "segmentation")
+    names = {p.name for p in overlays.glob("*.png")}
+    defects, goods, gt_dir = defect_and_good(sample_root)
+    good = next(p for p in goods if f"good__{p.stem}.png" in names)
+    good_red = redness(overlays / f"good__{good.stem}.png")
+    checked = 0
+    for image in defects:
+        name = f"contamination__{image.stem}.png"
+        if name not in names:  # in the validation half of the split
+            continue
+        mask = read_mask(gt_dir / f"{image.stem}_mask.png")
+        inside = cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+        frame = np.zeros_like(mask)
+        frame[12:-6, 6:-6] = True  # away from the border frame and the text banner
+        outside = frame & ~cv2.dilate(mask.astype(np.uint8), np.ones((21, 21), np.uint8)).astype(bool)
+        red = redness(overlays / name)
+        assert red.shape == good_red.shape == mask.shape
+        # Inside the ground truth the defective image's overlay is hot, the good image's is not ...
+        assert red[inside].mean() > good_red[inside].mean() + 60, name
+        assert red[inside].mean() > red[outside].mean() + 60, name
+        # ... and away from the defect both look alike (cold).
+        assert abs(red[outside].mean() - good_red[outside].mean()) < 40, name
+        checked += 1
+    assert checked >= 2
+
+
+def test_overlays_for_detection_from_torch_and_from_the_ir(
+    trained_padim: dict, exported, sample_root: Path, tmp_path: Path
+) -> None:
+    from_torch = predict_with_overlays(trained_padim, sample_root, tmp_path / "a", "detection")
+    from_ir = predict_with_overlays(
+        trained_padim, sample_root, tmp_path / "b", "detection", exported("padim", "detection")
+    )
+    names = sorted(p.name for p in from_torch.glob("*.png"))
+    assert names == sorted(p.name for p in from_ir.glob("*.png"))
+    records = json.loads((from_torch.parent / "predictions.json").read_text())
+    assert len(names) == len(records)
+    for name in names:
+        a = cv2.imread(str(from_torch / name)).astype(np.int16)
+        b = cv2.imread(str(from_ir / name)).astype(np.int16)
+        assert a.shape == b.shape
+        assert (np.abs(a - b) > 40).mean() < 0.01, name  # the same drawing up to rounding of the heat map
+
+
+def test_visualize_false_writes_no_overlays(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    engine = Engine(data=AnomalyDataModule(num_workers=0), task="classification", work_dir=tmp_path)
+    engine.predict(
+        source=sample_root / "bottle_like" / "test" / "good", checkpoint=trained_padim["checkpoint"], visualize=False
+    )
+    assert not list(tmp_path.glob("*-predict/predictions/overlays"))
+
+
+def test_training_writes_csv_and_tensorboard_logs(trained_stfpm: dict) -> None:
+    logs = trained_stfpm["checkpoint"].parent / "logs"
+    rows = (logs / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert {"train_loss_step", "train_loss_epoch", "time/epoch_s", "time/fit_s"} <= set(header)
+    events = list(logs.glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for event in events:
+        accumulator = EventAccumulator(str(event))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"train_loss_step", "time/fit_s"} <= tags
+
+
+# --- the report in a real browser --------------------------------------------------------------------------
+def chromium() -> tuple[str, str]:
+    """Paths of chromium and chromedriver, installing the Debian packages where they are missing."""
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if all(found):
+        return found  # type: ignore[return-value]
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip("chromium is missing and cannot be installed here (needs apt-get as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=900)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    found = shutil.which("chromium"), shutil.which("chromedriver")
+    if not all(found):
+        reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+        print(f"chromium could not be installed: {reason}")
+        pytest.skip(f"chromium could not be installed: {reason}")
+    return found  # type: ignore[return-value]
+
+
+def test_report_opens_in_a_headless_browser(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    engine = Engine(data=AnomalyDataModule(str(sample_root / "carpet_like"), num_workers=0), work_dir=tmp_path)
+    result = engine.test(checkpoint=trained_padim["checkpoint"])  # another category: false positives and negatives
+    report = Path(result["report"])
+    plots = sorted(p.name for p in (report.parent / "report").glob("*.png"))
+    assert {"roc.png", "precision_recall.png", "score_histogram.png"} <= set(plots)
+    text = report.read_text()
+    for needle in (
+        "image_AUROC",
+        "Per defect type",
+        "Worst false positives",
+        "Worst false negatives",
+        "score_histogram",
+    ):
+        assert needle in text
+    assert 'src="http' not in text and "src='http" not in text  # self-contained
+
+    browser, driver_path = chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,2400",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get(report.as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);"
+        )
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "report.png"))
+    finally:
+        driver.quit()
+    assert not errors, errors
+    assert len(images) >= 4  # three plots and at least one worst case
+    for alt, complete, width, height in images:
+        assert complete and width > 0 and height > 0, alt
+    assert (ARTIFACTS / "report.png").stat().st_size > 10_000
