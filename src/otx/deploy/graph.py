@@ -47,16 +47,20 @@ def _antialias_weights(n_in: torch.Tensor, n_out: int) -> torch.Tensor:
     """``[n_out, n_in]`` weights of torch's antialiased bilinear resize along one axis.
 
     The same filter as ``F.interpolate(..., mode="bilinear", antialias=True)`` (PIL's): a triangle
-    of half-width ``max(scale, 1)`` centred on each output pixel, normalised to sum 1. Written with
-    shape-dependent tensor ops so that it stays dynamic in a traced graph.
+    of half-width ``max(scale, 1)`` input pixels centred on each output pixel, normalised to sum 1.
+    Everything up to the last division is integer arithmetic (distances and the half-width scaled
+    by ``2 * n_out``), so that the weights stay exact when a device runs the graph in bf16, whose
+    8-bit mantissa cannot even hold pixel positions above 256. Written with shape-dependent
+    tensor ops so that it stays dynamic in a traced graph.
     """
-    n_in_f = n_in.to(torch.float32)
-    scale = n_in_f / float(n_out)
-    support = torch.clamp(scale, min=1.0)
-    centers = (torch.arange(n_out, dtype=torch.float32) + 0.5) * scale
-    positions = torch.arange(n_in, dtype=torch.float32) + 0.5
-    weights = torch.clamp(1.0 - torch.abs((positions[None, :] - centers[:, None]) / support), min=0.0)
-    return weights / weights.sum(dim=1, keepdim=True)
+    n_in = n_in.to(torch.int64)
+    outputs = torch.arange(n_out, dtype=torch.int64)
+    inputs = torch.arange(n_in, dtype=torch.int64)
+    # (input centre - output centre) * 2 * n_out, and the filter's half-width on the same scale
+    distance = (2 * inputs[None, :] + 1) * n_out - (2 * outputs[:, None] + 1) * n_in
+    half_width = 2 * torch.clamp(n_in, min=n_out)
+    weights = torch.clamp(half_width - torch.abs(distance), min=0)
+    return weights.to(torch.float32) / weights.sum(dim=1, keepdim=True).to(torch.float32)
 
 
 def resize_antialias_matmul(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
