@@ -331,33 +331,24 @@ class Engine:
                     task=self.task.value if self._task_given else None,
                 )
             )
-            info = scorer.inferencer.info.raw
-            data_info = {
-                "val_split": info.get("data_val_split"),
-                "seed": info.get("data_seed"),
-                "fingerprint": info.get("data_fingerprint"),
-            }
             self.console.print(
                 f"exported model: {checkpoint} (OpenVINO {scorer.inferencer.device}, "
                 f"{scorer.inferencer.inference_precision})"
             )
         else:
             model, ckpt = load_checkpoint(checkpoint)
-            scorer = TorchScorer(model, checkpoint, ckpt.get("task"))
-            data_info = ckpt.get("data", {})
-            data_info = {"val_split": data_info.get("val_split"), "seed": data_info.get("seed"), **data_info}
+            scorer = TorchScorer(model, checkpoint, ckpt.get("task"), ckpt.get("data"))
             if self.data.data_root is None:
-                self.data.data_root = data_info.get("data_root")
+                self.data.data_root = scorer.data_info.get("data_root")
             self.console.print(f"checkpoint: {checkpoint}")
         if not self._task_given and scorer.task:
             self._use_task(scorer.task)
-        self._split_from = data_info
         return scorer
 
-    def _setup_eval_data(self) -> None:
+    def _setup_eval_data(self, scorer: Scorer) -> None:
         """Index the data with the validation split the model was calibrated with, so test images stay unseen."""
         self.data.setup()
-        info = self._split_from
+        info = scorer.data_info
         stored = (info.get("val_split"), info.get("seed"))
         if None in stored or self.data.index is None:
             return
@@ -376,7 +367,7 @@ class Engine:
         if self.data.data_root is None:
             raise OTXError("no data to test on; pass --data_root DIR (a folder in MVTec AD layout)")
         self.data.input_size = scorer.input_size
-        self._setup_eval_data()
+        self._setup_eval_data(scorer)
         self._save_config(run, scorer, {"checkpoint": str(scorer.source)})
         test = self.data.splits["test"]
         scored = [s for s in test if s.label >= 0]
@@ -443,7 +434,7 @@ class Engine:
         elif self.data.data_root is None:
             raise OTXError("nothing to predict; pass --source (an image, folder or glob) or --data_root DIR")
         else:
-            self._setup_eval_data()
+            self._setup_eval_data(scorer)
             samples = self.data.splits["test"]
         self._save_config(run, scorer, {"checkpoint": str(scorer.source), "source": str(source) if source else None})
         root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))

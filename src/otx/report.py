@@ -84,10 +84,10 @@ def _histogram(normalized: np.ndarray, labels: np.ndarray) -> bytes:
     return _png(fig)
 
 
-def _per_defect(data: ReportInput, labels: np.ndarray) -> list[dict[str, Any]]:
-    good = np.array([s.label == 0 for s in data.samples])
-    predicted = np.array([p.pred_label for p in data.predictions])
-    normalized = np.array([p.pred_score for p in data.predictions])
+def _per_defect(
+    data: ReportInput, labels: np.ndarray, normalized: np.ndarray, predicted: np.ndarray
+) -> list[dict[str, Any]]:
+    good = ~labels
     rows = []
     for defect in sorted({s.defect for s in data.samples}):
         kind = np.array([s.defect == defect for s in data.samples])
@@ -107,9 +107,9 @@ def _per_defect(data: ReportInput, labels: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def _worst(data: ReportInput, labels: np.ndarray, out_dir: Path) -> dict[str, list[tuple[str, bytes]]]:
-    normalized = np.array([p.pred_score for p in data.predictions])
-    predicted = np.array([p.pred_label for p in data.predictions])
+def _worst(
+    data: ReportInput, labels: np.ndarray, normalized: np.ndarray, predicted: np.ndarray, out_dir: Path
+) -> dict[str, list[tuple[str, bytes]]]:
     false_pos = [i for i in np.argsort(-normalized) if not labels[i] and predicted[i]][:WORST]
     false_neg = [i for i in np.argsort(normalized) if labels[i] and not predicted[i]][:WORST]
     found: dict[str, list[tuple[str, bytes]]] = {}
@@ -165,13 +165,14 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = np.array([s.label == 1 for s in data.samples])
     normalized = np.array([p.pred_score for p in data.predictions])
+    predicted = np.array([p.pred_label for p in data.predictions])
     plots: dict[str, bytes] = {}
     if labels.any() and not labels.all():
         plots["roc.png"], plots["precision_recall.png"] = _roc_pr(data.scores, labels, data.metrics["image_AUROC"])
     plots["score_histogram.png"] = _histogram(normalized, labels)
     for name, content in plots.items():
         (out_dir / name).write_bytes(content)
-    worst = _worst(data, labels, out_dir)
+    worst = _worst(data, labels, normalized, predicted, out_dir)
     metric_rows = [{"metric": k, "value": float(v)} for k, v in data.metrics.items()]
     split_rows = [{"split": name, **counts} for name, counts in data.splits.items()]
     sections = [
@@ -187,7 +188,7 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         "<h2>Per defect type</h2>",
         '<p class="legend">detected: share of the type\'s images labelled anomalous; flagged anomalous: share '
         "of good images labelled anomalous; AUROC vs good: the type's images against the good ones.</p>",
-        _table(_per_defect(data, labels)),
+        _table(_per_defect(data, labels, normalized, predicted)),
     ]
     legend = (
         '<p class="legend">Overlays: heat map of the anomaly map (blue normal, red anomalous), predicted mask '

@@ -24,10 +24,17 @@ class TorchScorer:
     runtime = "torch"
     resize_in_loader = True  # the data loader resizes; the model takes batches at input_size
 
-    def __init__(self, model: AnomalyModel, source: Path | None = None, task: str | None = None) -> None:
+    def __init__(
+        self,
+        model: AnomalyModel,
+        source: Path | None = None,
+        task: str | None = None,
+        data_info: dict[str, Any] | None = None,
+    ) -> None:
         self.model = model
         self.source = source
         self.task = task
+        self.data_info = dict(data_info or {})  # the checkpoint's data record (root, split, fingerprint)
         self.name = type(model).__name__
         self.backbone = model.spec.name
         self.input_size = model.input_size
@@ -70,6 +77,12 @@ class OpenVINOScorer:
         self.inferencer = inferencer
         self.source = inferencer.path
         self.task = inferencer.info.task
+        raw = inferencer.info.raw
+        self.data_info = {  # the training data record carried in the metadata
+            "val_split": raw.get("data_val_split"),
+            "seed": raw.get("data_seed"),
+            "fingerprint": raw.get("data_fingerprint"),
+        }
         self.name = inferencer.info.model_name
         self.backbone = inferencer.info.backbone
         self.input_size = inferencer.info.input_size

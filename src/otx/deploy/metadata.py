@@ -153,11 +153,7 @@ def read_ir_info(ov_model: Any) -> dict[str, str]:
     """``model_info`` of an ``openvino.Model`` as plain strings (empty when absent)."""
     if not ov_model.has_rt_info([SECTION]):
         return {}
-    section = ov_model.get_rt_info([SECTION])
-    try:
-        keys = list(section.astype(dict).keys())
-    except Exception:  # noqa: BLE001 - older OpenVINO: fall back to the known keys
-        keys = [k for k in (*REQUIRED, "otx_quantization", "otx_precision") if ov_model.has_rt_info([SECTION, k])]
+    keys = list(ov_model.get_rt_info([SECTION]).astype(dict).keys())
     return {key: str(ov_model.get_rt_info([SECTION, key]).astype(str)) for key in keys}
 
 
