@@ -34,41 +34,36 @@ def dataset_copy(sample_root: Path, tmp_path: Path):
     return copy
 
 
-@pytest.fixture(scope="session")
-def trained_padim(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A PADIM segmentation model trained through the Engine on bottle_like."""
+def _train(sample_root: Path, work_dir: Path, model, max_epochs: int | None = None) -> dict:
+    """Train ``model`` through the Engine on bottle_like (segmentation); the training summary and paths."""
     from otx.data import AnomalyDataModule
     from otx.engine import Engine
-    from otx.models import Padim
 
-    work_dir = tmp_path_factory.mktemp("ws")
     engine = Engine(
-        model=Padim(input_size=(128, 128)),
+        model=model,
         data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
         task="segmentation",
         work_dir=work_dir,
+        max_epochs=max_epochs,
     )
     summary = engine.train()
     return {"work_dir": work_dir, "summary": summary, "checkpoint": Path(summary["checkpoint"])}
+
+
+@pytest.fixture(scope="session")
+def trained_padim(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A PADIM segmentation model trained through the Engine on bottle_like."""
+    from otx.models import Padim
+
+    return _train(sample_root, tmp_path_factory.mktemp("ws"), Padim(input_size=(128, 128)))
 
 
 @pytest.fixture(scope="session")
 def trained_stfpm(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """An STFPM model trained one epoch through the Engine on bottle_like (enough for parity checks)."""
-    from otx.data import AnomalyDataModule
-    from otx.engine import Engine
     from otx.models import Stfpm
 
-    work_dir = tmp_path_factory.mktemp("ws_stfpm")
-    engine = Engine(
-        model=Stfpm(input_size=(128, 128)),
-        data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
-        task="segmentation",
-        work_dir=work_dir,
-        max_epochs=1,
-    )
-    summary = engine.train()
-    return {"work_dir": work_dir, "summary": summary, "checkpoint": Path(summary["checkpoint"])}
+    return _train(sample_root, tmp_path_factory.mktemp("ws_stfpm"), Stfpm(input_size=(128, 128)), max_epochs=1)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ from otx.engine import Engine
 from otx.errors import OTXError
 from otx.tasks import Prediction
 from test_cli import run_otx
+from test_metrics import _iou as box_iou
 
 SCORE_TOL = 1e-3  # normalised score difference allowed between torch and the exported model
 FP16_SCORE_TOL = 5e-3  # measured 3e-4 on the sample data; FP16 weights round to 11 significant bits
@@ -34,14 +35,6 @@ def torch_predictions(trained: dict, task: str, source: Path, tmp_path: Path) ->
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
 
 
 def assert_same_predictions(
