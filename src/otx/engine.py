@@ -394,7 +394,7 @@ class Engine:
             "model": scorer.name,
             "backbone": scorer.backbone,
             "checkpoint": str(scorer.source),
-            "runtime": self._runtime(scorer),
+            "runtime": scorer.runtime_info(),
             "metrics": metrics,
             "splits": self.data.split_summary(),
             "thresholds": scorer.stats(),
@@ -514,13 +514,6 @@ class Engine:
         extra = {k: summary[k] for k in ("exported_model", "demo_package") if k in summary}
         self._print_summary("export", run, shown, f"{export_format} {precision} vs torch", extra=extra)
         return summary
-
-    @staticmethod
-    def _runtime(scorer: Scorer) -> dict[str, str]:
-        if isinstance(scorer, OpenVINOScorer):
-            inf = scorer.inferencer
-            return {"runtime": "openvino", "device": inf.device, "inference_precision": inf.inference_precision}
-        return {"runtime": "torch", "device": "cpu"}
 
     # --- inference ----------------------------------------------------------------------------
     def _progress(self) -> Progress:

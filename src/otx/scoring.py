@@ -61,6 +61,10 @@ class TorchScorer:
         """Thresholds and normalisation statistics (raw units)."""
         return self.model.postprocessor.stats()
 
+    def runtime_info(self) -> dict[str, str]:
+        """Where the model ran (for metrics.json and the report)."""
+        return {"runtime": self.runtime, "device": "cpu"}
+
     def model_entry(self) -> dict[str, Any]:
         """The ``model`` entry of config.yaml."""
         cls = type(self.model)
@@ -104,6 +108,11 @@ class OpenVINOScorer:
     def stats(self) -> dict[str, float]:
         """Raw thresholds and statistics from the model's metadata."""
         return self.inferencer.info.stats()
+
+    def runtime_info(self) -> dict[str, str]:
+        """Where the model ran: OpenVINO, the device and the inference precision actually used."""
+        inf = self.inferencer
+        return {"runtime": self.runtime, "device": inf.device, "inference_precision": inf.inference_precision}
 
     def model_entry(self) -> dict[str, Any]:
         """The ``model`` entry of config.yaml: the exported file and its metadata."""

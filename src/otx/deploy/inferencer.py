@@ -15,7 +15,7 @@ task adapters (full-size map and mask for segmentation, boxes for detection).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,17 +276,6 @@ class OpenVINOInferencer:
         outputs = self.infer(arrays)
         sizes = np.array([image_hw(a) for a in arrays], dtype=np.int64).reshape(-1, 2)
         return self.adapter.predictions(outputs, names, sizes)
-
-    def batches(self, images: Iterable[np.ndarray], batch: int = CHUNK) -> Iterator[dict[str, np.ndarray]]:
-        """``infer`` over an iterable in chunks of ``batch`` images (keeps memory flat)."""
-        chunk: list[np.ndarray] = []
-        for image in images:
-            chunk.append(image)
-            if len(chunk) == batch:
-                yield self.infer(chunk)
-                chunk = []
-        if chunk:
-            yield self.infer(chunk)
 
 
 def _type_name(value: Any) -> str:
