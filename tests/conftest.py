@@ -60,10 +60,13 @@ def trained_padim(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 @pytest.fixture(scope="session")
 def trained_stfpm(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """An STFPM model trained one epoch through the Engine on bottle_like (enough for parity checks)."""
+    """An STFPM model trained through the Engine on bottle_like; 10 epochs reach image AUROC 1.0 there.
+
+    (One epoch sufficed for export parity but left AUROC near 0.5, too weak to test that INT8 keeps accuracy.)
+    """
     from otx.models import Stfpm
 
-    return _train(sample_root, tmp_path_factory.mktemp("ws_stfpm"), Stfpm(input_size=(128, 128)), max_epochs=1)
+    return _train(sample_root, tmp_path_factory.mktemp("ws_stfpm"), Stfpm(input_size=(128, 128)), max_epochs=10)
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,16 @@ from otx import __version__
 from otx.errors import OTXError
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
+VERB_HELP = {
+    "train": "train a model on train/good; learn thresholds on the validation split",
+    "test": "evaluate a checkpoint or exported model on the test split (metrics, report)",
+    "predict": "predict on images (masks, boxes, overlays)",
+    "export": "export a checkpoint to OpenVINO IR or ONNX",
+    "optimize": "quantise to INT8 with NNCF, calibrated on training images",
+    "benchmark": "latency and throughput in torch and OpenVINO (FP32, FP16, INT8)",
+}
 TASKS = ("classification", "detection", "segmentation")
-VERBS = ("train", "test", "predict", "export")
+VERBS = ("train", "test", "predict", "export", "optimize", "benchmark")
 
 
 def recipes_dir() -> Path:
@@ -80,8 +88,9 @@ def _verb_parser(verb: str) -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=42, help="global seed")
     if verb != "train":
         what = "model.ckpt" if verb == "export" else "model.ckpt, or an exported .xml / .onnx"
-        parser.add_argument("--checkpoint", type=str | None, default=None, help=f"{what} (default: latest train)")
-    if verb in ("test", "predict"):
+        default = "latest export or train" if verb == "optimize" else "latest train"
+        parser.add_argument("--checkpoint", type=str | None, default=None, help=f"{what} (default: {default})")
+    if verb in ("test", "predict", "benchmark"):
         parser.add_argument("--device", type=str, default="AUTO", help="OpenVINO device for exported models")
         parser.add_argument(
             "--inference_precision",
@@ -89,6 +98,23 @@ def _verb_parser(verb: str) -> ArgumentParser:
             default="f32",
             help="OpenVINO inference precision for exported models (f32 reproduces the trained model)",
         )
+    if verb == "optimize":
+        parser.add_argument(
+            "--subset_size", type=int, default=300, help="train/good images that calibrate INT8 (all if fewer)"
+        )
+        parser.add_argument(
+            "--max_drop",
+            type=float | None,
+            default=None,
+            help="accuracy control: largest allowed validation AUROC drop (e.g. 0.01); default: the model's scheme",
+        )
+    if verb == "benchmark":
+        parser.add_argument(
+            "--models", type=list[str] | None, default=None, help="exported .xml/.onnx files to time (besides the ckpt)"
+        )
+        parser.add_argument("--num_images", type=int, default=100, help="test images to time (synthetic if no data)")
+        parser.add_argument("--warmup", type=int, default=10, help="untimed runs first")
+        parser.add_argument("--repeats", type=int, default=3, help="throughput passes (the median is reported)")
     if verb == "predict":
         parser.add_argument("--source", type=str | None, default=None, help="image file, folder or glob to predict")
         parser.add_argument("--visualize", type=bool, default=True, help="write an overlay per image (false to skip)")
@@ -107,7 +133,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otx {__version__}")
     commands = parser.add_subcommands(dest="command", required=True)
     for verb in VERBS:
-        commands.add_subcommand(verb, _verb_parser(verb), help=f"{verb} a model")
+        commands.add_subcommand(verb, _verb_parser(verb), help=VERB_HELP[verb])
     find = ArgumentParser(description="list recipes, models and backbones", exit_on_error=False)
     find.add_argument("--what", type=Literal["all", "recipes", "models", "backbones"], default="all")
     commands.add_subcommand("find", find, help="list recipes, models and backbones")
@@ -171,6 +197,16 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         engine.train()
     elif verb == "test":
         engine.test(checkpoint=cfg.checkpoint)
+    elif verb == "optimize":
+        engine.optimize(checkpoint=cfg.checkpoint, subset_size=cfg.subset_size, max_drop=cfg.max_drop)
+    elif verb == "benchmark":
+        engine.benchmark(
+            checkpoint=cfg.checkpoint,
+            models=cfg.models,
+            num_images=cfg.num_images,
+            warmup=cfg.warmup,
+            repeats=cfg.repeats,
+        )
     elif verb == "export":
         engine.export(
             checkpoint=cfg.checkpoint,

@@ -41,7 +41,7 @@ from otx.data.datamodule import AnomalyDataModule, raise_batch_errors, samples_f
 from otx.data.dataset import Sample
 from otx.data.io import read_image, read_mask
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
-from otx.errors import OTXConfigError, OTXError
+from otx.errors import OTXConfigError, OTXDataError, OTXError
 from otx.metrics import box_ap, gt_boxes_from_mask, image_metrics, pixel_metrics
 from otx.models.base import AnomalyModel
 from otx.report import ReportInput, write_report
@@ -191,6 +191,51 @@ class Engine:
             raise OTXConfigError("the demo package holds an OpenVINO IR; export with --format OPENVINO")
         return self._run("export", lambda run: self._export(run, checkpoint, fmt, prec, demo_package))
 
+    def optimize(
+        self,
+        checkpoint: str | Path | None = None,
+        subset_size: int = 300,
+        max_drop: float | None = None,
+    ) -> dict[str, Any]:
+        """Quantise a model to INT8 with NNCF, calibrated on training images only; keeps its accuracy.
+
+        ``checkpoint`` is an exported ``.xml`` / ``.onnx`` or a ``model.ckpt`` (exported to an FP32
+        IR first); the default is the newest of the latest export and the latest training run.
+        ``subset_size`` training images (``train/good``, all if fewer) calibrate the quantisers.
+        With ``max_drop``, NNCF's accuracy control keeps the validation AUROC within ``max_drop``
+        of the FP32 model's. Writes ``optimized_model.xml/.bin`` (with the source's metadata and
+        post-processing, marked INT8) into a new run folder; returns the summary.
+        """
+        from otx.deploy.optimize import check_max_drop
+
+        check_max_drop(max_drop)
+        if subset_size < 1:
+            raise OTXConfigError(f"subset_size must be at least 1 (got {subset_size}); the default is 300")
+        return self._run("optimize", lambda run: self._optimize(run, checkpoint, subset_size, max_drop))
+
+    def benchmark(
+        self,
+        checkpoint: str | Path | None = None,
+        models: list[str | Path] | None = None,
+        num_images: int = 100,
+        warmup: int = 10,
+        repeats: int = 3,
+    ) -> dict[str, Any]:
+        """Latency (batch 1, median and p95) and throughput of a model in torch and in OpenVINO.
+
+        With a ``model.ckpt`` (default: the latest training run's), it times the checkpoint in
+        torch, exports and times an FP32 and an FP16 IR, and times the latest ``otx optimize``
+        result when it comes from the same trained model. ``models`` adds (or, without a
+        checkpoint, gives) exported ``.xml`` / ``.onnx`` files. Images are the data's test
+        images (``num_images`` of them) or synthetic ones when no data is given. OpenVINO runs
+        on ``device`` at ``inference_precision``; each row reports the precision actually used.
+        Prints one table and writes it to ``metrics.json``; returns it.
+        """
+        for name, value, least in (("num_images", num_images, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
+            if value < least:
+                raise OTXConfigError(f"{name} must be at least {least} (got {value})")
+        return self._run("benchmark", lambda run: self._benchmark(run, checkpoint, models, num_images, warmup, repeats))
+
     # --- plumbing ------------------------------------------------------------------------------
     def _run(self, command: str, body: Any) -> Any:
         run = self.workdir.new_run(command)
@@ -204,10 +249,10 @@ class Engine:
             log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
             run.close(ok)
 
-    def _save_config(self, run: Run, scorer: Scorer, extra: dict[str, Any] | None = None) -> None:
+    def _save_config(self, run: Run, model_entry: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
         config = dict(self.config)
         config["task"] = self.task.value
-        config["model"] = scorer.model_entry()  # what actually ran
+        config["model"] = model_entry  # what actually ran
         config.setdefault("data", {k: getattr(self.data, k) for k in ("data_root", "val_split", "seed", "batch_size")})
         config.update(extra or {})
         run.write_config(config)
@@ -220,7 +265,7 @@ class Engine:
         L.seed_everything(self.seed, verbose=False)
         scorer = TorchScorer(model)
         self._setup_data(scorer)
-        self._save_config(run, scorer)
+        self._save_config(run, scorer.model_entry())
         splits = self.data.splits
         if not splits["val"]:  # checked before training, not after it
             raise OTXError(
@@ -345,10 +390,13 @@ class Engine:
             self._use_task(scorer.task)
         return scorer
 
-    def _setup_eval_data(self, scorer: Scorer) -> None:
-        """Index the data with the validation split the model was calibrated with, so test images stay unseen."""
+    def _setup_eval_data(self, info: dict[str, Any]) -> None:
+        """Index the data with the validation split the model was calibrated with, so test images stay unseen.
+
+        ``info`` is the model's data record (a scorer's ``data_info``): validation split, seed,
+        data root and fingerprint of the training files.
+        """
         self.data.setup()
-        info = scorer.data_info
         stored = (info.get("val_split"), info.get("seed"))
         if None in stored or self.data.index is None:
             return
@@ -367,8 +415,8 @@ class Engine:
         if self.data.data_root is None:
             raise OTXError("no data to test on; pass --data_root DIR (a folder in MVTec AD layout)")
         self.data.input_size = scorer.input_size
-        self._setup_eval_data(scorer)
-        self._save_config(run, scorer, {"checkpoint": str(scorer.source)})
+        self._setup_eval_data(scorer.data_info)
+        self._save_config(run, scorer.model_entry(), {"checkpoint": str(scorer.source)})
         test = self.data.splits["test"]
         scored = [s for s in test if s.label >= 0]
         if not scored:
@@ -434,9 +482,11 @@ class Engine:
         elif self.data.data_root is None:
             raise OTXError("nothing to predict; pass --source (an image, folder or glob) or --data_root DIR")
         else:
-            self._setup_eval_data(scorer)
+            self._setup_eval_data(scorer.data_info)
             samples = self.data.splits["test"]
-        self._save_config(run, scorer, {"checkpoint": str(scorer.source), "source": str(source) if source else None})
+        self._save_config(
+            run, scorer.model_entry(), {"checkpoint": str(scorer.source), "source": str(source) if source else None}
+        )
         root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
         out_dir = run.path / "predictions"
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
@@ -485,7 +535,9 @@ class Engine:
         if not self._task_given and ckpt.get("task"):
             self._use_task(ckpt["task"])
         scorer = TorchScorer(model, checkpoint, ckpt.get("task"))
-        self._save_config(run, scorer, {"checkpoint": str(checkpoint), "format": export_format, "precision": precision})
+        self._save_config(
+            run, scorer.model_entry(), {"checkpoint": str(checkpoint), "format": export_format, "precision": precision}
+        )
         self.console.print(f"checkpoint: {checkpoint}")
         start = time.perf_counter()
         path = export_model(model, run.path, self.task.value, export_format, precision, data=ckpt.get("data"))
@@ -514,6 +566,266 @@ class Engine:
         extra = {k: summary[k] for k in ("exported_model", "demo_package") if k in summary}
         self._print_summary("export", run, shown, f"{export_format} {precision} vs torch", extra=extra)
         return summary
+
+    def _optimize_source(self, checkpoint: str | Path | None) -> Path:
+        """The model to quantise: the given one, else the newer of the latest export and training run."""
+        if checkpoint is not None:
+            return Path(checkpoint)
+        export, train = self.workdir.latest("export"), self.workdir.latest("train")
+        if export is not None and (train is None or export.name > train.name):
+            for name in ("exported_model.xml", "exported_model.onnx"):
+                if (export / name).is_file():
+                    return export / name
+        return self._latest_checkpoint()
+
+    def _optimize(self, run: Run, checkpoint: str | Path | None, subset_size: int, max_drop: float | None) -> dict:
+        import nncf
+
+        from otx.data.datamodule import AnomalyDataset
+        from otx.deploy.export import export_model
+        from otx.deploy.optimize import (
+            ValidationData,
+            choose_calibration,
+            quantize,
+            read_exported,
+            save_optimized,
+            validation_metric,
+        )
+
+        source = self._optimize_source(checkpoint)
+        data_record: dict[str, Any] = {}
+        if not is_exported_model(source):  # a checkpoint: export the FP32 IR first, into this run
+            model, ckpt = load_checkpoint(source)
+            data_record = ckpt.get("data") or {}
+            task = self.task.value if self._task_given else ckpt.get("task", self.task.value)
+            self.console.print(f"checkpoint: {source} (exporting an FP32 IR first)")
+            source = export_model(model, run.path, task, data=data_record)
+        ov_model, info, source = read_exported(source)
+        if not self._task_given:
+            self._use_task(info.task)
+        if self.data.data_root is None:
+            self.data.data_root = data_record.get("data_root")
+        if self.data.data_root is None:
+            raise OTXDataError(
+                "INT8 calibration needs the training images; pass --data_root DIR (the folder with train/good)"
+            )
+        raw = info.raw
+        self.data.input_size = info.input_size
+        fingerprint = raw.get("data_fingerprint")
+        self._setup_eval_data(
+            {
+                "val_split": raw.get("data_val_split"),
+                "seed": raw.get("data_seed"),
+                "fingerprint": fingerprint,
+                "data_root": data_record.get("data_root"),
+            }
+        )
+        if self.data.index and fingerprint not in (None, "unknown") and fingerprint != self.data.index.fingerprint():
+            log.warning(
+                "the model was trained on other files than '%s' holds; calibrating on them anyway", self.data.data_root
+            )
+        train = self.data.splits["train"]
+        chosen = choose_calibration(train, subset_size, self.seed)
+        calibration = AnomalyDataset(chosen, info.input_size, resize_images=False)
+        val = [s for s in self.data.splits["val"] if s.label >= 0]
+        validation = None
+        if {0, 1} <= {s.label for s in val}:
+            use_masks = self.data.has_masks and self.adapter.pixel_level
+            validation = ValidationData(AnomalyDataset(val, info.input_size, resize_images=False), use_masks)
+        elif max_drop is not None:
+            raise OTXDataError(
+                "accuracy control needs normal and anomalous validation images; add test/good and test/<defect> "
+                "folders (or val/), or leave out --max_drop"
+            )
+        self._save_config(
+            run,
+            {"exported_model": str(source), "model_info": dict(info.raw)},
+            {"checkpoint": str(source), "subset_size": subset_size, "max_drop": max_drop},
+        )
+        self.console.print(
+            f"[bold]otx optimize[/]: {info.model_name} ({info.backbone}) from {source}, calibrating on "
+            f"{len(chosen)} of {len(train)} train/good images"
+            + (f", accuracy control (max drop {max_drop}) on {len(val)} validation images" if max_drop else "")
+        )
+        quantized, record = quantize(ov_model, info, calibration, validation, max_drop)
+        summary: dict[str, Any] = {
+            "command": "optimize",
+            "task": self.task.value,
+            "model": info.model_name,
+            "backbone": info.backbone,
+            "source_model": str(source),
+            "scheme": record["scheme"],
+            "scheme_summary": record["scheme_summary"],
+            "calibration_images": len(chosen),
+            "train_images": len(train),
+            "fake_quantize_nodes": record["fake_quantize_nodes"],
+            "timing_s": {"quantize_s": record["quantize_s"]},
+            "nncf_version": nncf.__version__,
+            "otx_version": __version__,
+        }
+        if validation is not None:
+            start = time.perf_counter()
+            before, after = validation_metric(ov_model, validation), validation_metric(quantized, validation)
+            summary["validation"] = {
+                "metric": "mean of image and pixel AUROC" if validation.use_masks else "image AUROC",
+                "images": len(val),
+                "fp32": round(before, 4),
+                "int8": round(after, 4),
+                "drop": round(before - after, 4),
+            }
+            summary["timing_s"]["validation_s"] = round(time.perf_counter() - start, 1)
+        if max_drop is not None:
+            summary["max_drop"] = max_drop
+        path = save_optimized(
+            quantized,
+            info,
+            run.path,
+            {
+                "otx_quantization": record["scheme"] + ("+accuracy-control" if max_drop is not None else ""),
+                "otx_quantization_summary": record["scheme_summary"],
+                "otx_calibration": f"{len(chosen)} of {len(train)} train/good images (seed {self.seed})",
+                "otx_nncf_version": nncf.__version__,
+                "otx_quantized_from": Path(source).name,
+                **({"otx_max_drop": str(max_drop)} if max_drop is not None else {}),
+            },
+        )
+        summary["optimized_model"] = str(path)
+        run.write_json("metrics.json", summary)
+        shown: dict[str, Any] = {"scheme": record["scheme"], "calibration images": len(chosen)}
+        if "validation" in summary:
+            v = summary["validation"]
+            shown.update({f"FP32 {v['metric']}": v["fp32"], f"INT8 {v['metric']}": v["int8"], "drop": v["drop"]})
+        title = "INT8 vs FP32 on the validation split" if validation is not None else "INT8"
+        self._print_summary("optimize", run, shown, title, extra={"optimized_model": str(path)})
+        return summary
+
+    def _benchmark_plan(
+        self, run: Run, checkpoint: str | Path | None, models: list[str | Path] | None
+    ) -> tuple[list[tuple[str, Any]], AnomalyModel | None, dict[str, Any]]:
+        """``(label, model or path)`` to time, the torch model (if any) and its checkpoint record."""
+        from otx.deploy.export import export_model
+        from otx.deploy.inferencer import check_model_path
+        from otx.deploy.metadata import read_model_info
+
+        exported = [check_model_path(m) for m in models or []]
+        if checkpoint is not None and is_exported_model(checkpoint):
+            exported.insert(0, check_model_path(checkpoint))
+            checkpoint = None
+        elif checkpoint is None and not exported:
+            checkpoint = self._latest_checkpoint()
+        plan: list[tuple[str, Any]] = []
+        model, ckpt = None, {}
+        if checkpoint is not None:
+            model, ckpt = load_checkpoint(checkpoint)
+            if not self._task_given and ckpt.get("task"):
+                self._use_task(ckpt["task"])
+            self.console.print(f"checkpoint: {checkpoint} (exporting FP32 and FP16 IRs to time them)")
+            plan.append(("torch FP32", model))
+            for precision in ("FP32", "FP16"):
+                out = run.path / f"exported_{precision.lower()}"
+                path = export_model(model, out, self.task.value, "OPENVINO", precision, data=ckpt.get("data"))
+                plan.append((f"OpenVINO {precision}", path))
+            latest = self.workdir.latest("optimize")
+            int8 = latest / "optimized_model.xml" if latest is not None else None
+            if not models and int8 is not None and int8.is_file():
+                stats, mine = read_model_info(int8).stats(), ckpt.get("thresholds", {})
+                if all(
+                    np.isclose(stats.get(k, np.nan), mine.get(k, np.inf))
+                    for k in ("image_threshold", "pixel_threshold")
+                ):
+                    plan.append(("OpenVINO INT8", int8))
+                else:
+                    log.warning("the latest optimized model (%s) comes from another trained model; not timed", int8)
+            elif not models:
+                self.console.print("no INT8 model: run `otx optimize` first (or pass --models optimized_model.xml)")
+        for path in exported:
+            plan.append((f"OpenVINO {read_model_info(path).precision} ({path.name})", path))
+        return plan, model, ckpt
+
+    def _benchmark_images(self, ckpt: dict[str, Any], input_size: tuple[int, int], count: int) -> tuple[list, str]:
+        """``count`` test images spread over the test split (decoded), or synthetic ones without data."""
+        from otx.deploy.benchmark import synthetic_images
+
+        if self.data.data_root is None:
+            self.data.data_root = (ckpt.get("data") or {}).get("data_root")
+        if self.data.data_root is None or not Path(self.data.data_root).is_dir():
+            return synthetic_images(count, input_size), f"{count} synthetic images at {input_size[0]}x{input_size[1]}"
+        self.data.setup()
+        test = self.data.splits["test"] or self.data.splits["train"]
+        picks = np.linspace(0, len(test) - 1, num=min(count, len(test))).round().astype(int)
+        images = [read_image(test[i].path) for i in sorted(set(picks.tolist()))]
+        return images, f"{len(images)} images of {self.data.data_root} at their own sizes"
+
+    def _benchmark(
+        self,
+        run: Run,
+        checkpoint: str | Path | None,
+        models: list[str | Path] | None,
+        num_images: int,
+        warmup: int,
+        repeats: int,
+    ) -> dict[str, Any]:
+        import platform
+
+        from otx.deploy.benchmark import benchmark_openvino, benchmark_torch
+        from otx.deploy.metadata import read_model_info
+
+        plan, model, ckpt = self._benchmark_plan(run, checkpoint, models)
+        first = plan[0][1]
+        input_size = first.input_size if model is not None else read_model_info(first).input_size
+        images, described = self._benchmark_images(ckpt, input_size, num_images)
+        self._save_config(
+            run,
+            {"timed": [str(target) if isinstance(target, Path) else label for label, target in plan]},
+            {"num_images": num_images, "warmup": warmup, "repeats": repeats},
+        )
+        self.console.print(
+            f"[bold]otx benchmark[/]: {len(plan)} model(s) on {described}; OpenVINO on {self.device} at "
+            f"{self.inference_precision}, warm-up {warmup}, {repeats} throughput repeats"
+        )
+        rows = []
+        for label, target in plan:
+            self.console.print(f"  timing {label} ...")
+            if isinstance(target, Path):
+                row = benchmark_openvino(target, images, self.device, self.inference_precision, warmup, repeats)
+                row["path"] = str(target)
+            else:
+                row = benchmark_torch(target, images, warmup, repeats)
+            rows.append({"model": label, **row})
+        reference = next((r for r in rows if r["model"] == "OpenVINO FP32"), None)
+        for row in rows:
+            if reference is not None:
+                row["throughput_vs_fp32_ir"] = row["throughput_img_s"] / reference["throughput_img_s"]
+        result = {
+            "command": "benchmark",
+            "task": self.task.value,
+            "images": described,
+            "device_requested": self.device,
+            "inference_precision_requested": self.inference_precision,
+            "warmup": warmup,
+            "repeats": repeats,
+            "rows": rows,
+            "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+            "otx_version": __version__,
+        }
+        run.write_json("metrics.json", result)
+        self._print_benchmark(rows, run)
+        return result
+
+    def _print_benchmark(self, rows: list[dict[str, Any]], run: Run) -> None:
+        table = Table(title=f"otx benchmark ({self.task.value}; latency batch 1, throughput with parallel requests)")
+        for column in ("model", "device", "precision", "median ms", "p95 ms", "images/s"):
+            table.add_column(column, justify="left" if column in ("model", "device") else "right")
+        if any("throughput_vs_fp32_ir" in r for r in rows):
+            table.add_column("x FP32 IR", justify="right")
+        for r in rows:
+            cells = [r["model"], r["device"], r["inference_precision"]]
+            cells += [f"{r['latency_ms_median']:.2f}", f"{r['latency_ms_p95']:.2f}", f"{r['throughput_img_s']:.1f}"]
+            if "throughput_vs_fp32_ir" in r:
+                cells.append(f"{r['throughput_vs_fp32_ir']:.2f}x")
+            table.add_row(*cells)
+        self.console.print(table)
+        self.console.print(f"run folder: {run.path}")
 
     # --- inference ----------------------------------------------------------------------------
     def _progress(self) -> Progress:

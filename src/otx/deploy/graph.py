@@ -29,18 +29,33 @@ class ExportGraph(nn.Module):
 
     def __init__(self, model: AnomalyModel) -> None:
         super().__init__()
+        self.resize = AntialiasResize(tuple(model.input_size))
         self.core = model.model
         self.postprocessor = model.postprocessor
-        self.input_size = tuple(model.input_size)
         self.register_buffer("mean", model.mean.detach().clone())
         self.register_buffer("std", model.std.detach().clone())
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised ``(pred_score, pred_label, anomaly_map, pred_mask)`` for images in [0, 1] of any size."""
-        resized = resize_antialias_matmul(image, self.input_size)
+        resized = self.resize(image)
         anomaly_map, pred_score = core_outputs(self.core, (resized - self.mean) / self.std)
         out = self.postprocessor(anomaly_map, pred_score)
         return out["pred_score"], out["pred_label"], out["anomaly_map"][:, None], out["pred_mask"][:, None]
+
+
+class AntialiasResize(nn.Module):
+    """``resize_antialias_matmul`` as a module, so its nodes carry the ``resize`` name in exported graphs.
+
+    ``otx optimize`` keeps them in float by that name (``otx.deploy.optimize``).
+    """
+
+    def __init__(self, size_hw: tuple[int, int]) -> None:
+        super().__init__()
+        self.size_hw = (int(size_hw[0]), int(size_hw[1]))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Images of any size resized to ``size_hw``."""
+        return resize_antialias_matmul(image, self.size_hw)
 
 
 def _antialias_weights(n_in: torch.Tensor, n_out: int) -> torch.Tensor:

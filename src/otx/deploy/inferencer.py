@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from otx.deploy.metadata import ModelInfo, read_ir_info, read_onnx_info
+from otx.deploy.metadata import read_model_info
 from otx.errors import OTXConfigError, OTXDataError, OTXError
 from otx.tasks import Prediction, TaskAdapter, get_adapter
 
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 MODEL_SUFFIXES = (".xml", ".onnx")
 DEVICES = ("AUTO", "CPU", "GPU", "NPU")
 PRECISION_HINTS = ("f32", "bf16", "f16", "default")
+PERFORMANCE_HINTS = ("THROUGHPUT", "LATENCY")
 CHUNK = 32  # images decoded ahead of the request queue by ``predict``
 
 
@@ -94,6 +95,7 @@ class OpenVINOInferencer:
             or ``default`` for the device's own choice.
         num_requests: parallel inference requests; 0 takes the device's optimal number.
         task: override the task stored in the model (``classification``, ``detection``, ``segmentation``).
+        performance_hint: OpenVINO's ``THROUGHPUT`` (parallel requests; the default) or ``LATENCY``.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class OpenVINOInferencer:
         precision_hint: str = "f32",
         num_requests: int = 0,
         task: str | None = None,
+        performance_hint: str = "THROUGHPUT",
     ) -> None:
         import openvino as ov
 
@@ -118,13 +121,16 @@ class OpenVINOInferencer:
             self.model = self.core.read_model(str(self.path))
         except Exception as exc:  # noqa: BLE001 - any unreadable model becomes one line
             raise OTXError(f"OpenVINO cannot read '{self.path}' ({_first_line(exc)}); re-export it") from exc
-        raw = read_ir_info(self.model) if self.path.suffix.lower() == ".xml" else read_onnx_info(self.path)
-        self.info = ModelInfo.parse(raw, self.path)
+        self.info = read_model_info(self.path, self.model)
         self.adapter: TaskAdapter = get_adapter(task or self.info.task)
         self.static_input = self.device.startswith("NPU")  # NPUs compile static shapes only
         if self.static_input:
             self.model.reshape({0: [1, 3, *self.info.input_size]})
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "THROUGHPUT"}
+        if performance_hint not in PERFORMANCE_HINTS:
+            raise OTXConfigError(
+                f"unknown performance hint '{performance_hint}'; choose one of {', '.join(PERFORMANCE_HINTS)}"
+            )
+        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
         if precision_hint != "default":
             for dev in self._physical_devices():
                 if "INFERENCE_PRECISION_HINT" not in self.core.get_property(dev, "SUPPORTED_PROPERTIES"):
@@ -188,6 +194,14 @@ class OpenVINOInferencer:
         return "unknown"
 
     @property
+    def execution_devices(self) -> str:
+        """The device(s) the model actually runs on (what ``AUTO`` chose), e.g. ``CPU``."""
+        try:
+            return ",".join(str(d) for d in self.compiled.get_property("EXECUTION_DEVICES"))
+        except Exception:  # noqa: BLE001 - plugins without the property
+            return self.device
+
+    @property
     def input_size(self) -> tuple[int, int]:
         """``(height, width)`` the model resizes images to."""
         return self.info.input_size
@@ -198,7 +212,8 @@ class OpenVINOInferencer:
         amap = request.get_output_tensor(self.output_index["anomaly_map"]).data
         self._results[index] = (score.reshape(-1).copy(), amap.reshape(amap.shape[0], *amap.shape[-2:]).copy())
 
-    def _prepare(self, image: np.ndarray) -> np.ndarray:
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """An image as this model's input tensor ``[1, 3, H, W]`` (host resize only for static-shape devices)."""
         tensor = to_input(image)
         if self.static_input and tensor.shape[1:] != self.info.input_size:
             import cv2
@@ -217,7 +232,7 @@ class OpenVINOInferencer:
         self._results = {}
         count = 0
         for index, image in enumerate(images):
-            self.queue.start_async({0: self._prepare(image)}, userdata=index)
+            self.queue.start_async({0: self.prepare(image)}, userdata=index)
             count += 1
         self.queue.wait_all()
         if count == 0:

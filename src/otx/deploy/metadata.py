@@ -172,3 +172,18 @@ def read_onnx_info(path: str | Path) -> dict[str, str]:
     model = onnx.load(str(path), load_external_data=False)
     prefix = f"{SECTION} "
     return {p.key[len(prefix) :]: p.value for p in model.metadata_props if p.key.startswith(prefix)}
+
+
+def read_model_info(path: str | Path, ov_model: Any | None = None) -> ModelInfo:
+    """The checked ``model_info`` of an exported ``.xml`` (its ``rt_info``) or ``.onnx``.
+
+    Pass ``ov_model`` when the IR is already read, to avoid reading it twice.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        return ModelInfo.parse(read_onnx_info(path), path)
+    if ov_model is None:
+        import openvino as ov
+
+        ov_model = ov.Core().read_model(str(path))
+    return ModelInfo.parse(read_ir_info(ov_model), path)

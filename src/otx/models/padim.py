@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from anomalib.models.components import GaussianBlur2d
 from anomalib.models.image.padim.torch_model import PadimModel
 from torch import nn
 
@@ -94,6 +96,35 @@ class StreamingGaussian:
         return mean, inv_covariance
 
 
+class SeparableGaussianBlur(nn.Module):
+    """anomalib's ``GaussianBlur2d`` computed as two 1-D convolutions (same result, 16x fewer operations).
+
+    PADIM smooths its anomaly map with a 33x33 Gaussian (sigma 4); as one 2-D convolution it was
+    the most expensive node of the exported graph (11.6 of 30 ms per image on this 2-core CPU).
+    A Gaussian kernel is the outer product of two 1-D kernels, so the blur is a 33x1 and a 1x33
+    convolution after the same reflect padding. The 2-D ``kernel`` buffer is kept (same state dict
+    as anomalib's module); the 1-D kernels are its row and column sums, exact because the kernel
+    is normalised to sum 1.
+    """
+
+    def __init__(self, blur: GaussianBlur2d) -> None:
+        super().__init__()
+        if blur.padding != "same":
+            raise ValueError("SeparableGaussianBlur supports 'same' padding only")
+        self.register_buffer("kernel", blur.kernel.detach().clone())
+        self.channels = blur.channels
+        self.border_type = blur.border_type
+        self.padding_shape = list(blur.padding_shape)
+
+    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        """Blur ``[B, C, H, W]`` maps; output of the same shape."""
+        padded = F.pad(input_tensor, self.padding_shape, mode=self.border_type)
+        column = self.kernel.sum(dim=-1, keepdim=True)  # [C, 1, k, 1]
+        row = self.kernel.sum(dim=-2, keepdim=True)  # [C, 1, 1, k]
+        vertical = F.conv2d(padded, column, groups=self.channels)
+        return F.conv2d(vertical, row, groups=self.channels)
+
+
 class Padim(AnomalyModel):
     """PaDiM (Defard et al., 2020) on a pretrained backbone; no gradient training, one epoch.
 
@@ -137,11 +168,13 @@ class Padim(AnomalyModel):
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             try:
-                return PadimModel(
+                core = PadimModel(
                     backbone=self.spec.timm_name, layers=self.layers, pre_trained=False, n_features=n_features
                 )
             except ValueError as exc:
                 raise OTXConfigError(f"PADIM: {exc}") from exc
+        core.anomaly_map_generator.blur = SeparableGaussianBlur(core.anomaly_map_generator.blur)
+        return core
 
     def pretrained_modules(self) -> list[nn.Module]:  # noqa: D102
         return [self.model.feature_extractor.feature_extractor]

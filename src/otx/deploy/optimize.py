@@ -1,0 +1,294 @@
+"""``otx optimize``: INT8 post-training quantisation of exported models with NNCF, keeping their accuracy.
+
+An anomaly model scores what it has never seen. Calibration sees normal images only, so any
+quantiser placed on a tensor whose range grows with the anomaly (the anomaly map, the image
+score, the normalisation around the thresholds) clips exactly the values that tell defects from
+normal images: that is how a fully quantised PaDiM collapses to one score (and how an STFPM
+whose product of layer maps was quantised gave every defective sample image the same score).
+Each model therefore has a scheme, found by measurement on magnetic_tile (``docs/benchmarks.md``),
+that keeps nodes in float (an NNCF ignored scope, computed on the graph: named nodes plus
+everything downstream of the anomaly map); everything else (the backbones, and for PADIM the
+Mahalanobis product) runs in INT8. Every scheme keeps in float:
+
+- the in-graph resize (its weights are computed from the input's shape),
+- the anomaly map from where the scheme says, the image score, and everything after them,
+- the post-processor (thresholds, normalisation, clipping).
+
+Calibration uses training images only (``train/good``: normal images the model was fitted on),
+never validation or test images. ``max_drop`` switches to NNCF's quantisation with accuracy
+control: the validation split the model's thresholds were learned on measures the metric
+(image AUROC, averaged with pixel AUROC where the data has masks), and the quantisers that cost
+most are reverted to float until the drop is at most ``max_drop``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otx.data.dataset import Sample
+from otx.deploy.inferencer import check_model_path
+from otx.deploy.metadata import ModelInfo, read_model_info, write_ir_info
+from otx.errors import OTXConfigError, OTXDataError, OTXError
+
+log = logging.getLogger(__name__)
+
+OPTIMIZED_NAME = "optimized_model"
+DEFAULT_SUBSET_SIZE = 300
+# Nodes every scheme keeps in float: the resize (``__module.resize``; ``aten::matmul`` in exports
+# made before it was a named module) and the post-processor.
+ALWAYS_FLOAT = (r"^__module\.resize/.*", r"^aten::matmul/.*", r"^__module\.postprocessor.*")
+_QUANTIZED_TYPES = {"FakeQuantize", "FakeConvert"}
+_LOW_BIT_TYPES = {"i8", "u8", "i4", "u4", "nf4", "f8e4m3", "f8e5m2"}
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """Which parts of one model run in INT8 and which stay in float.
+
+    ``float_patterns`` name nodes kept in float (regexes on node names); every node computed
+    from the output of a node matching ``float_after`` is float too, whatever its name (in-place
+    torch ops such as STFPM's product of layer maps lose their module's name when traced).
+    """
+
+    name: str
+    summary: str
+    float_patterns: tuple[str, ...]
+    float_after: tuple[str, ...]
+
+    def float_nodes(self, ov_model: Any) -> set[str]:
+        """Names of the nodes of ``ov_model`` that stay in float (NNCF's ignored scope)."""
+        patterns = [re.compile(p) for p in (*ALWAYS_FLOAT, *self.float_patterns)]
+        after = [re.compile(p) for p in self.float_after]
+        names: set[str] = set()
+        stack = []
+        for op in ov_model.get_ordered_ops():
+            name = op.get_friendly_name()
+            if any(p.match(name) for p in patterns):
+                names.add(name)
+            if any(p.match(name) for p in after):
+                stack.append(op)
+        seen: set[str] = set()
+        while stack:  # everything downstream of the float_after nodes
+            op = stack.pop()
+            for output in op.outputs():
+                for target in output.get_target_inputs():
+                    node = target.get_node()
+                    if node.get_friendly_name() not in seen:
+                        seen.add(node.get_friendly_name())
+                        stack.append(node)
+        return names | {name for name in seen if not name.startswith("Result")}
+
+
+SCHEMES: dict[str, Scheme] = {
+    # Backbone and the Mahalanobis product in INT8. Measured on magnetic_tile: image AUROC -0.002
+    # and 1.8x the FP32 IR's throughput; with the product in FP32 (backbone only) 1.3x, because
+    # the product reads a 164 MB inverse-covariance tensor per image. What follows the product
+    # (square root, upsampling, blur, score) and the post-processing stay float.
+    "Padim": Scheme(
+        name="padim-int8",
+        summary="backbone and Mahalanobis product INT8; upsampling, blur, score and post-processing float",
+        float_patterns=(r"^__module\.core\.anomaly_map_generator(?!/aten::matmul/MatMul$).*",),
+        float_after=(r"^__module\.core\.anomaly_map_generator/aten::matmul/MatMul$",),
+    ),
+    # Teacher and student in INT8; their feature comparison, the product of the layer maps (in
+    # INT8 its calibration range capped every defect's score at one value) and the score in float.
+    "Stfpm": Scheme(
+        name="stfpm-int8",
+        summary="teacher and student INT8; feature distances, anomaly map, score and post-processing float",
+        float_patterns=(r"^__module\.core\.anomaly_map_generator.*",),
+        float_after=(r"^__module\.core\.anomaly_map_generator.*",),
+    ),
+}
+GENERIC = Scheme(
+    name="generic-int8",
+    summary="model core INT8; anomaly map, score and post-processing float",
+    float_patterns=(r".*anomaly_map_generator.*",),
+    float_after=(r".*anomaly_map_generator.*",),
+)
+
+
+def scheme_for(info: ModelInfo) -> Scheme:
+    """The quantisation scheme of the model an export came from (a generic one for unknown models)."""
+    scheme = SCHEMES.get(info.model_name)
+    if scheme is None:
+        log.warning("no INT8 scheme measured for %s; using the generic one (%s)", info.model_name, GENERIC.summary)
+        return GENERIC
+    return scheme
+
+
+def is_quantized(ov_model: Any) -> bool:
+    """True when the graph holds quantisers or low-bit weights (the output of NNCF or of another tool)."""
+    for op in ov_model.get_ops():
+        kind = op.get_type_name()
+        if kind in _QUANTIZED_TYPES:
+            return True
+        if kind == "Constant" and op.get_output_element_type(0).get_type_name() in _LOW_BIT_TYPES:
+            return True
+    return False
+
+
+def read_exported(path: str | Path) -> tuple[Any, ModelInfo, Path]:
+    """Read an otx export (.xml or .onnx) for quantisation; refuse foreign and already-quantised models.
+
+    Returns the ``openvino.Model`` (ONNX metadata copied into its ``rt_info``), its ``ModelInfo`` and the path.
+    """
+    import openvino as ov
+
+    path = check_model_path(path)
+    try:
+        ov_model = ov.Core().read_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable model becomes one line
+        raise OTXError(f"OpenVINO cannot read '{path}' ({' '.join(str(exc).split())[:200]}); re-export it") from exc
+    info = read_model_info(path, ov_model)
+    if path.suffix.lower() == ".onnx":  # the IR written from it carries the same metadata
+        write_ir_info(ov_model, info.raw)
+    if info.quantization != "none" or info.precision == "INT8" or is_quantized(ov_model):
+        raise OTXError(
+            f"'{path}' is already quantised ({info.precision}, {info.quantization}); "
+            "optimize the FP32 export it came from (otx export), not an INT8 model"
+        )
+    return ov_model, info, path
+
+
+def choose_calibration(samples: Sequence[Sample], subset_size: int, seed: int) -> list[Sample]:
+    """``subset_size`` training images (all if fewer), drawn with ``seed``, in file order."""
+    if subset_size < 1:
+        raise OTXConfigError(f"subset_size must be at least 1 (got {subset_size}); the default is 300")
+    if not samples:
+        raise OTXDataError("no training images to calibrate on; INT8 calibration reads train/good under --data_root")
+    if len(samples) <= subset_size:
+        return list(samples)
+    picks = np.random.default_rng(seed).choice(len(samples), size=subset_size, replace=False)
+    return [samples[i] for i in sorted(picks.tolist())]
+
+
+def _as_input(item: dict[str, Any]) -> np.ndarray:
+    """A dataset item's image as the graph's input ``[1, 3, H, W]``; a decode error becomes one line."""
+    if item["error"]:
+        raise OTXDataError(item["error"])
+    return item["image"].numpy()[None]
+
+
+@dataclass
+class ValidationData:
+    """The validation split as the accuracy-controlled mode sees it (images at their own size)."""
+
+    items: Any  # an AnomalyDataset with resize_images=False
+    use_masks: bool
+
+    def metric(self, compiled: Any, items: Any) -> tuple[float, None]:
+        """NNCF's validation function: image AUROC (mean with pixel AUROC where masks exist)."""
+        from otx.metrics import roc_auc
+
+        scores, labels, maps, masks = [], [], [], []
+        for item in items:
+            out = compiled(_as_input(item))
+            scores.append(float(np.asarray(out["pred_score"]).reshape(-1)[0]))
+            labels.append(int(item["label"]))
+            if self.use_masks:
+                maps.append(np.asarray(out["anomaly_map"]).reshape(item["mask"].shape))
+                masks.append(item["mask"].numpy())
+        image_auroc = roc_auc(scores, labels)
+        if not self.use_masks:
+            return image_auroc, None
+        return 0.5 * (image_auroc + roc_auc(np.stack(maps), np.stack(masks))), None
+
+
+def quantize(
+    ov_model: Any,
+    info: ModelInfo,
+    calibration: Any,
+    validation: ValidationData | None = None,
+    max_drop: float | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Quantise an otx export with its model's scheme; with ``max_drop``, under accuracy control.
+
+    ``calibration`` is a sequence of dataset items (train/good images at their own size).
+    Returns the quantised ``openvino.Model`` and a record of what was done.
+    """
+    import nncf
+
+    scheme = scheme_for(info)
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(max(level, logging.WARNING))  # NNCF lists every node it leaves alone at INFO
+    try:
+        return _quantize(nncf, ov_model, scheme, calibration, validation, max_drop)
+    finally:
+        nncf_log.setLevel(level)
+
+
+def _quantize(
+    nncf: Any,
+    ov_model: Any,
+    scheme: Scheme,
+    calibration: Any,
+    validation: ValidationData | None,
+    max_drop: float | None,
+) -> tuple[Any, dict[str, Any]]:
+    dataset = nncf.Dataset(calibration, _as_input)
+    ignored = nncf.IgnoredScope(names=sorted(scheme.float_nodes(ov_model)), validate=False)
+    record: dict[str, Any] = {"scheme": scheme.name, "scheme_summary": scheme.summary}
+    start = time.perf_counter()
+    if max_drop is None:
+        quantized = nncf.quantize(ov_model, dataset, subset_size=len(calibration), ignored_scope=ignored)
+    else:
+        if validation is None:
+            raise OTXConfigError("accuracy control (max_drop) needs the validation split; pass --data_root DIR")
+        quantized = nncf.quantize_with_accuracy_control(
+            ov_model,
+            dataset,
+            nncf.Dataset(validation.items),
+            validation.metric,
+            max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            subset_size=len(calibration),
+            ignored_scope=ignored,
+        )
+        record["max_drop"] = max_drop
+    record["quantize_s"] = round(time.perf_counter() - start, 1)
+    record["fake_quantize_nodes"] = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    if record["fake_quantize_nodes"] == 0:
+        raise OTXError("NNCF inserted no quantisers into the model; nothing would run in INT8")
+    return quantized, record
+
+
+def validation_metric(ov_model: Any, validation: ValidationData) -> float:
+    """The accuracy-control metric of a model on the validation split, at f32 inference precision."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return validation.metric(compiled, validation.items)[0]
+
+
+def save_optimized(ov_model: Any, info: ModelInfo, out_dir: Path, record: dict[str, str]) -> Path:
+    """Write ``optimized_model.xml/.bin`` with the source's metadata, marked as INT8, atomically."""
+    import openvino as ov
+
+    meta = dict(info.raw)
+    meta.update(otx_precision="INT8", otx_format="OPENVINO", otx_quantization=record["otx_quantization"])
+    meta.update({key: value for key, value in record.items() if key.startswith("otx_")})
+    write_ir_info(ov_model, meta)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".optimize-") as tmp:
+        xml = Path(tmp) / f"{OPTIMIZED_NAME}.xml"
+        ov.save_model(ov_model, str(xml), compress_to_fp16=False)
+        for file in (xml, xml.with_suffix(".bin")):
+            shutil.move(str(file), out_dir / file.name)
+    return out_dir / f"{OPTIMIZED_NAME}.xml"
+
+
+def check_max_drop(max_drop: float | None) -> None:
+    """``max_drop`` is an absolute metric drop in (0, 1)."""
+    if max_drop is not None and not 0.0 < max_drop < 1.0:
+        raise OTXConfigError(f"max_drop is an absolute AUROC drop between 0 and 1 (got {max_drop}); e.g. 0.01")

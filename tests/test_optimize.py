@@ -1,0 +1,191 @@
+"""otx optimize (NNCF INT8) and otx benchmark: accuracy kept, schemes respected, bad input refused in one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from otx.data import AnomalyDataModule
+from otx.data.dataset import Sample
+from otx.deploy.metadata import read_model_info
+from otx.deploy.optimize import SCHEMES, choose_calibration
+from otx.engine import Engine
+from otx.errors import OTXError
+from test_cli import run_otx
+
+
+def engine_for(sample_root: Path, work_dir: Path, category: str = "bottle_like") -> Engine:
+    return Engine(data=AnomalyDataModule(str(sample_root / category), num_workers=0), work_dir=work_dir)
+
+
+@pytest.fixture(scope="module")
+def optimized(exported, sample_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """INT8 models (once per module) of the segmentation exports, with the optimize summary."""
+    cache: dict[str, dict] = {}
+
+    def make(model: str = "padim") -> dict:
+        if model not in cache:
+            work_dir = tmp_path_factory.mktemp(f"optimize_{model}")
+            cache[model] = engine_for(sample_root, work_dir).optimize(checkpoint=exported(model))
+        return cache[model]
+
+    return make
+
+
+def consumers(op: ov.Node) -> list[ov.Node]:
+    return [target.get_node() for output in op.outputs() for target in output.get_target_inputs()]
+
+
+@pytest.mark.parametrize("model", ["padim", "stfpm"])
+def test_int8_keeps_metadata_and_accuracy(model: str, optimized, exported, sample_root: Path, tmp_path: Path) -> None:
+    summary = optimized(model)
+    xml = Path(summary["optimized_model"])
+    assert xml.name == "optimized_model.xml" and xml.with_suffix(".bin").is_file()
+    source, info = read_model_info(exported(model)), read_model_info(xml)
+    assert info.precision == "INT8" and info.quantization == SCHEMES[source.model_name].name
+    for key in ("image_threshold", "pixel_threshold", "image_min", "image_max", "task", "otx_model", "model_type"):
+        assert info.raw[key] == source.raw[key], key
+    n_train = summary["train_images"]
+    assert summary["calibration_images"] == min(300, n_train)
+    assert info.raw["otx_calibration"].startswith(f"{min(300, n_train)} of {n_train} train/good images")
+    # Both models on the test split (images the calibration never saw): same metrics within 0.01.
+    fp32 = engine_for(sample_root, tmp_path / "fp32").test(checkpoint=exported(model))["metrics"]
+    int8 = engine_for(sample_root, tmp_path / "int8").test(checkpoint=xml)["metrics"]
+    for metric in ("image_AUROC", "pixel_AUROC"):
+        assert abs(int8[metric] - fp32[metric]) <= 0.01, (metric, fp32[metric], int8[metric])
+    # The optimize run measured the drop on the validation split and wrote it down.
+    assert abs(summary["validation"]["drop"]) <= 0.05
+
+
+@pytest.mark.parametrize("model", ["padim", "stfpm"])
+def test_scheme_keeps_resize_anomaly_map_and_postprocessing_float(model: str, exported, optimized) -> None:
+    source = ov.Core().read_model(exported(model))
+    float_nodes = SCHEMES["Padim" if model == "padim" else "Stfpm"].float_nodes(source)
+    # The float scope covers, by graph structure, everything from the anomaly map to the outputs.
+    names = {op.get_friendly_name() for op in source.get_ops()}
+    for must in ("__module.postprocessor", "__module.resize", "__module.core/aten::amax"):
+        assert any(n.startswith(must) for n in float_nodes & names), must
+    ov_model = ov.Core().read_model(optimized(model)["optimized_model"])
+    quantized_inputs = set()
+    for op in ov_model.get_ops():
+        if op.get_type_name() == "FakeQuantize":
+            quantized_inputs.update(c.get_friendly_name() for c in consumers(op))
+    assert quantized_inputs
+    assert not quantized_inputs & float_nodes  # no quantiser feeds a node the scheme keeps in float
+    if model == "padim":  # the Mahalanobis product (a 164 MB tensor at 256x256) is INT8, the blur is not
+        assert "__module.core.anomaly_map_generator/aten::matmul/MatMul" in quantized_inputs
+    else:  # STFPM's product of layer maps has no module name; it is float by structure
+        products = [n for n in float_nodes if n.startswith("Multiply_")]
+        assert products and not set(products) & quantized_inputs
+
+
+def test_calibration_draws_only_from_the_given_training_images() -> None:
+    train = [Sample(f"train/good/{i:03d}.png", 0, "good") for i in range(500)]
+    chosen = choose_calibration(train, 300, seed=1)
+    assert len(chosen) == 300 and len({s.path for s in chosen}) == 300
+    assert set(chosen) <= set(train) and chosen == sorted(chosen, key=lambda s: s.path)
+    assert choose_calibration(train, 300, seed=1) == chosen  # reproducible
+    assert choose_calibration(train[:40], 300, seed=1) == train[:40]  # all when fewer
+    with pytest.raises(OTXError, match="train/good"):
+        choose_calibration([], 300, seed=1)
+
+
+def test_optimize_from_checkpoint_exports_first_and_uses_subset_size(trained_padim: dict, tmp_path: Path) -> None:
+    engine = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path)  # data root from the checkpoint
+    summary = engine.optimize(checkpoint=trained_padim["checkpoint"], subset_size=7)
+    run = Path(summary["optimized_model"]).parent
+    assert (run / "exported_model.xml").is_file()  # the FP32 IR it quantised, kept beside the INT8 one
+    assert summary["calibration_images"] == 7
+    assert read_model_info(summary["optimized_model"]).raw["otx_calibration"].startswith("7 of ")
+    # The default source is then the newest model: a later optimize finds the latest training run.
+    assert json.loads((tmp_path / "latest.json").read_text())["optimize"].endswith(run.name)
+
+
+def test_accuracy_control_keeps_the_drop_within_max_drop(exported, sample_root: Path, tmp_path: Path) -> None:
+    summary = engine_for(sample_root, tmp_path).optimize(checkpoint=exported("padim"), subset_size=30, max_drop=0.02)
+    assert summary["max_drop"] == 0.02
+    assert summary["validation"]["drop"] <= 0.02
+    info = read_model_info(summary["optimized_model"])
+    assert info.quantization == "padim-int8+accuracy-control" and info.raw["otx_max_drop"] == "0.02"
+
+
+def test_refuses_an_int8_model(optimized, sample_root: Path, tmp_path: Path) -> None:
+    int8 = optimized("padim")["optimized_model"]
+    with pytest.raises(OTXError, match="already quantised"):
+        engine_for(sample_root, tmp_path).optimize(checkpoint=int8)
+    result = run_otx("optimize", "--checkpoint", int8, "--data_root", str(sample_root / "bottle_like"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "already quantised" in result.stderr
+    assert Path(int8).is_file()  # nothing written before is touched
+
+
+def test_refuses_an_ir_from_another_tool(sample_root: Path, tmp_path: Path) -> None:
+    import openvino.opset13 as ops
+
+    image = ops.parameter([1, 3, 64, 64], np.float32, name="image")
+    foreign = ov.Model([ops.relu(image)], [image], "not_otx")
+    path = tmp_path / "foreign.xml"
+    ov.save_model(foreign, str(path))
+    result = run_otx(
+        "optimize", "--checkpoint", str(path), "--data_root", str(sample_root / "bottle_like"), cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "no otx metadata" in result.stderr
+
+
+def test_refuses_data_without_training_images(exported, dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    shutil.rmtree(root / "train" / "good")
+    (root / "train" / "good").mkdir()
+    result = run_otx("optimize", "--checkpoint", str(exported("padim")), "--data_root", str(root), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "train/good" in result.stderr
+    result = run_otx("optimize", "--checkpoint", str(exported("padim")), cwd=tmp_path)  # an IR and no data at all
+    assert result.returncode == 1 and "--data_root" in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def test_refuses_bad_settings(exported, sample_root: Path, tmp_path: Path) -> None:
+    engine = engine_for(sample_root, tmp_path)
+    with pytest.raises(OTXError, match="max_drop"):
+        engine.optimize(checkpoint=exported("padim"), max_drop=1.5)
+    with pytest.raises(OTXError, match="subset_size"):
+        engine.optimize(checkpoint=exported("padim"), subset_size=0)
+    assert not list(tmp_path.glob("*-optimize"))  # refused before any run folder exists
+
+
+def test_benchmark_times_torch_fp32_fp16_and_int8(trained_padim: dict, optimized, tmp_path: Path) -> None:
+    int8 = Path(optimized("padim")["optimized_model"])
+    engine = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path, device="CPU")
+    result = engine.benchmark(checkpoint=trained_padim["checkpoint"], models=[int8], num_images=4, warmup=1, repeats=2)
+    rows = {row["model"].split(" (")[0]: row for row in result["rows"]}
+    assert list(rows) == ["torch FP32", "OpenVINO FP32", "OpenVINO FP16", "OpenVINO INT8"]
+    for row in rows.values():
+        assert 0 < row["latency_ms_median"] <= row["latency_ms_p95"]
+        assert row["throughput_img_s"] > 0
+    for name in ("OpenVINO FP32", "OpenVINO FP16", "OpenVINO INT8"):
+        assert rows[name]["inference_precision"] == "f32" and rows[name]["device"] == "CPU"
+        assert len(rows[name]["throughput_runs"]) == 2
+    assert rows["OpenVINO FP32"]["throughput_vs_fp32_ir"] == 1.0
+    assert rows["OpenVINO INT8"]["quantization"] == "padim-int8"
+    assert "images of" in result["images"]  # the checkpoint's data: real test images
+    saved = json.loads((Path(engine.workdir.latest("benchmark")) / "metrics.json").read_text())
+    assert [r["model"] for r in saved["rows"]] == [r["model"] for r in result["rows"]]
+
+
+def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Path) -> None:
+    int8 = optimized("padim")["optimized_model"]
+    result = run_otx(
+        "benchmark", "--checkpoint", int8, "--device", "CPU", "--num_images", "3", "--warmup", "1", "--repeats", "1",
+        "--work_dir", str(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "OpenVINO INT8" in result.stdout and "images/s" in result.stdout
+    saved = json.loads(next(tmp_path.glob("*-benchmark/metrics.json")).read_text())
+    assert saved["images"].startswith("3 synthetic images") and len(saved["rows"]) == 1
+    result = run_otx("benchmark", "--checkpoint", int8, "--num_images", "0", cwd=tmp_path)
+    assert result.returncode == 1 and "num_images" in result.stderr
