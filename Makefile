@@ -28,6 +28,9 @@ demo: install
 	$(VENV)/bin/otx export --work_dir $(DEMO_DIR)/workspace --export_demo_package true
 	$(VENV)/bin/otx test --checkpoint $$(ls -1d $(DEMO_DIR)/workspace/*-export | tail -1)/exported_model.xml \
 		--data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace --device CPU
+	$(VENV)/bin/otx optimize --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace
+	$(VENV)/bin/otx benchmark --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace \
+		--device CPU --num_images 20
 	@echo
 	@echo "demo outputs in $(DEMO_DIR)/workspace (latest.json names the latest run of each command):"
 	@ls -1d $(DEMO_DIR)/workspace/*-*/ | sed 's/^/  /'
@@ -36,6 +39,8 @@ demo: install
 	@echo "  overlays (heat map, mask and ground-truth outlines): $$(ls -1d $(DEMO_DIR)/workspace/*-predict | tail -1)/predictions/overlays/"
 	@echo "  predicted masks: $$(ls -1d $(DEMO_DIR)/workspace/*-predict | tail -1)/predictions/masks/"
 	@echo "  OpenVINO IR: $$(ls -1d $(DEMO_DIR)/workspace/*-export | tail -1)/exported_model.xml (and demo_package.zip)"
+	@echo "  INT8 IR: $$(ls -1d $(DEMO_DIR)/workspace/*-optimize | tail -1)/optimized_model.xml"
+	@echo "  latency and throughput (torch, FP32, FP16, INT8): $$(ls -1d $(DEMO_DIR)/workspace/*-benchmark | tail -1)/metrics.json"
 
 test: install
 	$(PY) -m pytest -q

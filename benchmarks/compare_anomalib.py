@@ -300,6 +300,24 @@ def otx_split(s: Settings) -> tuple[list[Sample], list[Sample]]:
 
 
 # --- reporting ---------------------------------------------------------------------------------
+def split_settings(data_root: Path, work_dir: Path, stfpm_epochs: int) -> Settings:
+    """Settings for EfficientNet-Lite0 at batch 16 with otx's validation/test split of ``data_root`` fixed."""
+    s = Settings(
+        data_root=data_root.resolve(),
+        spec=get_backbone("efficientnet_lite0"),
+        stfpm_epochs=stfpm_epochs,
+        batch_size=16,
+        num_workers=2,
+        work_dir=work_dir,
+        split="otx",
+        verbose=False,
+    )
+    val, test = otx_split(s)
+    s.val_paths = frozenset(_resolved(x.path) for x in val)
+    s.test_paths = frozenset(_resolved(x.path) for x in test)
+    return s
+
+
 def _median(values: list[float]) -> float:
     clean = [v for v in values if v == v]  # drop NaN
     return statistics.median(clean) if clean else float("nan")

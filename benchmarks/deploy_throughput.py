@@ -54,24 +54,10 @@ from otx.data.datamodule import samples_from_source
 from otx.data.io import read_image
 from otx.deploy import OpenVINOInferencer
 from otx.engine import Engine
-from otx.models.backbones import get_backbone
 
 
 def settings(args: argparse.Namespace) -> cmp.Settings:
-    s = cmp.Settings(
-        data_root=args.data_root.resolve(),
-        spec=get_backbone("efficientnet_lite0"),
-        stfpm_epochs=1,
-        batch_size=16,
-        num_workers=2,
-        work_dir=args.work_dir,
-        split="otx",
-        verbose=False,
-    )
-    val, test = cmp.otx_split(s)
-    s.val_paths = frozenset(cmp._resolved(x.path) for x in val)
-    s.test_paths = frozenset(cmp._resolved(x.path) for x in test)
-    return s
+    return cmp.split_settings(args.data_root, args.work_dir, stfpm_epochs=1)
 
 
 def train_and_export_otx(s: cmp.Settings, args: argparse.Namespace) -> tuple[Path, Path]:

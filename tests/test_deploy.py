@@ -324,3 +324,13 @@ def test_export_refuses_an_exported_model_and_a_missing_checkpoint(exported, tmp
     assert "already exported" in line
     line = error_line(run_otx("export", "--work_dir", str(tmp_path / "empty"), cwd=tmp_path))
     assert "no trained model" in line
+
+
+def test_inferencer_is_freed_when_dropped(exported) -> None:
+    import weakref
+
+    inferencer = OpenVINOInferencer(exported("padim"), device="CPU")
+    inferencer.infer([np.zeros((64, 64, 3), np.uint8)])
+    ref = weakref.ref(inferencer)
+    del inferencer  # no reference cycle: the compiled model goes now, not when the cycle collector runs
+    assert ref() is None

@@ -100,3 +100,22 @@ def test_padim_and_stfpm_outputs_have_input_size() -> None:
         assert anomaly_map.shape == (2, 96, 128) and score.shape == (2,)
         assert torch.isfinite(anomaly_map).all()
         torch.testing.assert_close(score, anomaly_map.amax(dim=(1, 2)))
+
+
+def test_separable_blur_equals_anomalib_blur() -> None:
+    from anomalib.models.components import GaussianBlur2d
+    from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator
+
+    from otx.models.padim import SeparableGaussianBlur
+
+    reference = AnomalyMapGenerator(sigma=4).blur  # PADIM's: 33x33, reflect padding
+    separable = SeparableGaussianBlur(reference)
+    maps = torch.rand(3, 1, 64, 80, generator=torch.Generator().manual_seed(0)) * 300  # distances run to hundreds
+    expected = reference(maps)
+    assert torch.allclose(separable(maps), expected, rtol=1e-5, atol=1e-4)
+    assert separable.state_dict().keys() == reference.state_dict().keys()  # checkpoints load either way
+    padim = Padim(input_size=(64, 64), pretrained=False)
+    assert isinstance(padim.model.anomaly_map_generator.blur, SeparableGaussianBlur)
+    other = GaussianBlur2d(sigma=(2.0, 2.0), channels=2)
+    two = torch.rand(1, 2, 40, 40)
+    assert torch.allclose(SeparableGaussianBlur(other)(two), other(two), atol=1e-5)

@@ -41,7 +41,7 @@ def consumers(op: ov.Node) -> list[ov.Node]:
     return [target.get_node() for output in op.outputs() for target in output.get_target_inputs()]
 
 
-@pytest.mark.parametrize("model", ["padim", "stfpm"])
+@pytest.mark.parametrize("model", ["padim", "stfpm10"])
 def test_int8_keeps_metadata_and_accuracy(model: str, optimized, exported, sample_root: Path, tmp_path: Path) -> None:
     summary = optimized(model)
     xml = Path(summary["optimized_model"])
@@ -62,7 +62,7 @@ def test_int8_keeps_metadata_and_accuracy(model: str, optimized, exported, sampl
     assert abs(summary["validation"]["drop"]) <= 0.05
 
 
-@pytest.mark.parametrize("model", ["padim", "stfpm"])
+@pytest.mark.parametrize("model", ["padim", "stfpm10"])
 def test_scheme_keeps_resize_anomaly_map_and_postprocessing_float(model: str, exported, optimized) -> None:
     source = ov.Core().read_model(exported(model))
     float_nodes = SCHEMES["Padim" if model == "padim" else "Stfpm"].float_nodes(source)
@@ -136,6 +136,11 @@ def test_refuses_an_ir_from_another_tool(sample_root: Path, tmp_path: Path) -> N
     )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "no otx metadata" in result.stderr
+
+
+def test_refuses_onnx_with_the_way_out(exported, sample_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(OTXError, match="OpenVINO IR"):
+        engine_for(sample_root, tmp_path).optimize(checkpoint=exported("padim", "detection", "ONNX"))
 
 
 def test_refuses_data_without_training_images(exported, dataset_copy, tmp_path: Path) -> None:

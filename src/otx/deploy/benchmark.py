@@ -43,8 +43,6 @@ def benchmark_openvino(
     repeats: int = 3,
 ) -> dict[str, Any]:
     """Latency (batch 1) and throughput (asynchronous requests) of an exported model."""
-    import openvino as ov
-
     latency_model = OpenVINOInferencer(path, device, precision_hint, num_requests=1, performance_hint="LATENCY")
     inputs = [latency_model.prepare(image) for image in images]
     request = latency_model.compiled.create_infer_request()
@@ -66,8 +64,23 @@ def benchmark_openvino(
     }
     del request, latency_model
     model = OpenVINOInferencer(path, device, precision_hint, performance_hint="THROUGHPUT")
-    queue = ov.AsyncInferQueue(model.compiled, model.num_requests)  # no callback: outputs are not copied
-    for x in _cycle(inputs, max(warmup, model.num_requests)):
+    rates = throughput_passes(model.compiled, inputs, model.num_requests, warmup, repeats)
+    row.update(
+        throughput_img_s=statistics.median(rates),
+        throughput_runs=[round(r, 2) for r in rates],
+        requests=model.num_requests,
+    )
+    return row
+
+
+def throughput_passes(
+    compiled: Any, inputs: Sequence[np.ndarray], requests: int, warmup: int, repeats: int
+) -> list[float]:
+    """Images per second of ``repeats`` passes over ``inputs`` through an asynchronous request queue."""
+    import openvino as ov
+
+    queue = ov.AsyncInferQueue(compiled, requests)  # no callback: outputs are not copied
+    for x in _cycle(inputs, max(warmup, requests)):
         queue.start_async({0: x})
     queue.wait_all()
     rates = []
@@ -77,12 +90,7 @@ def benchmark_openvino(
             queue.start_async({0: x})
         queue.wait_all()
         rates.append(len(inputs) / (time.perf_counter() - start))
-    row.update(
-        throughput_img_s=statistics.median(rates),
-        throughput_runs=[round(r, 2) for r in rates],
-        requests=model.num_requests,
-    )
-    return row
+    return rates
 
 
 def benchmark_torch(model: Any, images: Sequence[np.ndarray], warmup: int = 10, repeats: int = 3) -> dict[str, Any]:
@@ -105,7 +113,7 @@ def benchmark_torch(model: Any, images: Sequence[np.ndarray], warmup: int = 10, 
     return {
         "runtime": "torch",
         "device": "cpu",
-        "inference_precision": str(next(model.parameters()).dtype).replace("torch.float32", "f32"),
+        "inference_precision": "f32",  # otx's torch models run in float32
         "model_precision": "FP32",
         "quantization": "none",
         "latency_ms_median": statistics.median(durations) * 1000.0,

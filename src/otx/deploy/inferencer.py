@@ -14,6 +14,7 @@ task adapters (full-size map and mask for segmentation, boxes for detection).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -151,8 +152,11 @@ class OpenVINOInferencer:
             num_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.num_requests = max(1, num_requests)
         self.queue = ov.AsyncInferQueue(self.compiled, self.num_requests)
-        self.queue.set_callback(self._on_done)
         self._results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # A plain function holding the results dict, not a bound method: a queue whose callback
+        # references the inferencer forms a cycle that keeps the compiled model (weights and
+        # request buffers) alive until Python's cycle collector happens to run.
+        self.queue.set_callback(functools.partial(_store_outputs, self._results, self.output_index))
 
     # --- set-up -----------------------------------------------------------------------------
     def _physical_devices(self) -> list[str]:
@@ -207,11 +211,6 @@ class OpenVINOInferencer:
         return self.info.input_size
 
     # --- inference ----------------------------------------------------------------------------
-    def _on_done(self, request: Any, index: int) -> None:
-        score = request.get_output_tensor(self.output_index["pred_score"]).data
-        amap = request.get_output_tensor(self.output_index["anomaly_map"]).data
-        self._results[index] = (score.reshape(-1).copy(), amap.reshape(amap.shape[0], *amap.shape[-2:]).copy())
-
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """An image as this model's input tensor ``[1, 3, H, W]`` (host resize only for static-shape devices)."""
         tensor = to_input(image)
@@ -229,7 +228,7 @@ class OpenVINOInferencer:
         Returns ``pred_score [N]``, ``pred_label [N]``, ``anomaly_map [N, h, w]`` and
         ``pred_mask [N, h, w]`` at the model's input size, in the order of ``images``.
         """
-        self._results = {}
+        self._results.clear()
         count = 0
         for index, image in enumerate(images):
             self.queue.start_async({0: self.prepare(image)}, userdata=index)
@@ -245,7 +244,7 @@ class OpenVINOInferencer:
             }
         scores = np.concatenate([self._results[i][0] for i in range(count)])
         maps = np.concatenate([self._results[i][1] for i in range(count)])
-        self._results = {}
+        self._results.clear()
         # Label and mask are recomputed from score and map exactly as the graph does (>= 0.5).
         return {"pred_score": scores, "pred_label": scores >= 0.5, "anomaly_map": maps, "pred_mask": maps >= 0.5}
 
@@ -291,6 +290,15 @@ class OpenVINOInferencer:
         outputs = self.infer(arrays)
         sizes = np.array([image_hw(a) for a in arrays], dtype=np.int64).reshape(-1, 2)
         return self.adapter.predictions(outputs, names, sizes)
+
+
+def _store_outputs(
+    results: dict[int, tuple[np.ndarray, np.ndarray]], index: dict[str, int], request: Any, userdata: int
+) -> None:
+    """Request-queue callback: keep a copy of the score and map of request ``userdata``."""
+    score = request.get_output_tensor(index["pred_score"]).data
+    amap = request.get_output_tensor(index["anomaly_map"]).data
+    results[userdata] = (score.reshape(-1).copy(), amap.reshape(amap.shape[0], *amap.shape[-2:]).copy())
 
 
 def _type_name(value: Any) -> str:

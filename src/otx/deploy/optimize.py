@@ -64,6 +64,7 @@ class Scheme:
     summary: str
     float_patterns: tuple[str, ...]
     float_after: tuple[str, ...]
+    fast_bias_correction: bool = True  # False: NNCF's full bias correction (slower, more accurate)
 
     def float_nodes(self, ov_model: Any) -> set[str]:
         """Names of the nodes of ``ov_model`` that stay in float (NNCF's ignored scope)."""
@@ -102,11 +103,13 @@ SCHEMES: dict[str, Scheme] = {
     ),
     # Teacher and student in INT8; their feature comparison, the product of the layer maps (in
     # INT8 its calibration range capped every defect's score at one value) and the score in float.
+    # Full bias correction: on magnetic_tile image AUROC -0.023 with the fast one, +0.008 with it.
     "Stfpm": Scheme(
         name="stfpm-int8",
         summary="teacher and student INT8; feature distances, anomaly map, score and post-processing float",
         float_patterns=(r"^__module\.core\.anomaly_map_generator.*",),
         float_after=(r"^__module\.core\.anomaly_map_generator.*",),
+        fast_bias_correction=False,
     ),
 }
 GENERIC = Scheme(
@@ -138,20 +141,23 @@ def is_quantized(ov_model: Any) -> bool:
 
 
 def read_exported(path: str | Path) -> tuple[Any, ModelInfo, Path]:
-    """Read an otx export (.xml or .onnx) for quantisation; refuse foreign and already-quantised models.
+    """Read an otx IR for quantisation; refuse ONNX, foreign and already-quantised models in one line each.
 
-    Returns the ``openvino.Model`` (ONNX metadata copied into its ``rt_info``), its ``ModelInfo`` and the path.
+    Returns the ``openvino.Model``, its ``ModelInfo`` and the path.
     """
     import openvino as ov
 
     path = check_model_path(path)
+    if path.suffix.lower() == ".onnx":  # its node names differ, so the schemes' float scopes would not apply
+        raise OTXConfigError(
+            f"'{path}' is ONNX; INT8 optimisation takes the OpenVINO IR: pass the model.ckpt or an "
+            "`otx export --format OPENVINO` .xml"
+        )
     try:
         ov_model = ov.Core().read_model(str(path))
     except Exception as exc:  # noqa: BLE001 - any unreadable model becomes one line
         raise OTXError(f"OpenVINO cannot read '{path}' ({' '.join(str(exc).split())[:200]}); re-export it") from exc
     info = read_model_info(path, ov_model)
-    if path.suffix.lower() == ".onnx":  # the IR written from it carries the same metadata
-        write_ir_info(ov_model, info.raw)
     if info.quantization != "none" or info.precision == "INT8" or is_quantized(ov_model):
         raise OTXError(
             f"'{path}' is already quantised ({info.precision}, {info.quantization}); "
@@ -241,7 +247,13 @@ def _quantize(
     record: dict[str, Any] = {"scheme": scheme.name, "scheme_summary": scheme.summary}
     start = time.perf_counter()
     if max_drop is None:
-        quantized = nncf.quantize(ov_model, dataset, subset_size=len(calibration), ignored_scope=ignored)
+        quantized = nncf.quantize(
+            ov_model,
+            dataset,
+            subset_size=len(calibration),
+            fast_bias_correction=scheme.fast_bias_correction,
+            ignored_scope=ignored,
+        )
     else:
         if validation is None:
             raise OTXConfigError("accuracy control (max_drop) needs the validation split; pass --data_root DIR")
@@ -253,6 +265,7 @@ def _quantize(
             max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE,
             subset_size=len(calibration),
+            fast_bias_correction=scheme.fast_bias_correction,
             ignored_scope=ignored,
         )
         record["max_drop"] = max_drop

@@ -1,0 +1,325 @@
+"""INT8 against FP32, and otx's INT8 against anomalib 2.7's INT8_PTQ, on one dataset, in one run.
+
+For PADIM and STFPM (EfficientNet-Lite0, 256x256, the segmentation recipes' settings):
+
+1. otx trains the model once (or takes ``--padim_ckpt`` / ``--stfpm_ckpt``).
+2. For each task, otx exports the FP32 IR, ``otx optimize`` quantises it (default settings: 300
+   train/good images, the model's scheme), and ``otx test`` evaluates both on the test split.
+3. Throughput and latency of both IRs (``otx.deploy.benchmark``: the test images at their own
+   sizes, CPU, f32 inference precision, batch 1, the device's optimal number of parallel requests;
+   FP32 and INT8 alternate pass by pass, medians of ``--repeats`` passes).
+4. anomalib 2.7 gets the *same trained weights*: its Lightning model is built with the same
+   backbone, layers, channel selection and pre-processing (``compare_anomalib.build_anomalib_model``),
+   the trained state dict is loaded into it, anomalib's validation pass fits its own thresholds on
+   the same validation split, and anomalib exports an FP32 IR and an ``INT8_PTQ`` IR (anomalib
+   calibrates on its validation loader). Both are evaluated on the same test images (image AUROC
+   from ``pred_score``, pixel AUROC from ``anomaly_map`` against the masks at 256x256) and timed
+   the same way on their own pre-processed inputs.
+
+Usage::
+
+    .venv/bin/python benchmarks/optimize_int8.py --data_root ../shared/data/magnetic_tile \
+        --work_dir /tmp/otx-int8 --stfpm_epochs 10 --repeats 5 --out benchmarks/results/optimize_int8.json
+"""
+
+from __future__ import annotations
+
+# ruff: noqa: E402 - warnings are silenced before the noisy imports below.
+import warnings
+
+warnings.filterwarnings("ignore")
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+sys.path.insert(0, str(Path(__file__).parent))
+import compare_anomalib as cmp  # noqa: I001 - the sibling benchmark builds anomalib's identical models
+
+from anomalib.deploy import CompressionType, ExportType
+from anomalib.deploy import OpenVINOInferencer as AnomalibInferencer
+from anomalib.engine import Engine as AnomalibEngine
+
+from otx.data import AnomalyDataModule
+from otx.data.datamodule import resize_mask
+from otx.data.io import read_image, read_mask
+from otx.deploy.benchmark import benchmark_openvino, throughput_passes
+from otx.engine import Engine, load_checkpoint
+from otx.metrics import roc_auc
+
+TASKS = ("classification", "detection", "segmentation")
+METRICS = ("image_AUROC", "pixel_AUROC", "image_F1", "pixel_F1", "AUPRO", "box_AP")
+QUIET = Console(stderr=True, quiet=True)
+
+
+def settings(args: argparse.Namespace) -> cmp.Settings:
+    return cmp.split_settings(args.data_root, args.work_dir, args.stfpm_epochs)
+
+
+def engine(args: argparse.Namespace, name: str, task: str, model: Any = None) -> Engine:
+    data = AnomalyDataModule(str(args.data_root), batch_size=16, num_workers=2)
+    return Engine(model=model, data=data, task=task, work_dir=args.work_dir / name, console=QUIET, device="CPU")
+
+
+def train_otx(name: str, s: cmp.Settings, args: argparse.Namespace) -> Path:
+    given = getattr(args, f"{name}_ckpt")
+    if given:
+        return Path(given)
+    start = time.perf_counter()
+    e = engine(args, name, "segmentation", cmp.build_otx_model(name, s))
+    e.max_epochs = s.epochs(name)
+    checkpoint = Path(e.train()["checkpoint"])
+    print(f"{name}: otx trained in {time.perf_counter() - start:.0f} s ({s.epochs(name)} epochs)", flush=True)
+    return checkpoint
+
+
+def test_images(s: cmp.Settings) -> tuple[list[Any], list[Any]]:
+    _, test = cmp.otx_split(s)
+    return [read_image(x.path) for x in test], test
+
+
+def anomalib_exports(name: str, checkpoint: Path, s: cmp.Settings, args: argparse.Namespace) -> dict[str, Path]:
+    """anomalib's FP32 and INT8_PTQ IRs of the same trained weights."""
+    root = args.work_dir / name / "anomalib"
+    done = {kind: root / kind / "weights" / "openvino" / "model.xml" for kind in ("fp32", "int8_ptq")}
+    if all(p.is_file() for p in done.values()):
+        return done
+    trained, _ = load_checkpoint(checkpoint)
+    theirs = cmp.build_anomalib_model(name, s)
+    theirs.model.load_state_dict(trained.model.state_dict(), strict=True)
+    if hasattr(theirs, "_is_fitted"):  # PADIM: the Gaussian is in the loaded state; do not refit on validation
+        theirs._is_fitted = torch.tensor([True])
+    datamodule = cmp._anomalib_datamodule(s)
+    ae = AnomalibEngine(accelerator="cpu", devices=1, logger=False, default_root_dir=root, enable_progress_bar=False)
+    ae.validate(model=theirs, datamodule=datamodule, verbose=False)  # anomalib's thresholds on the same split
+    for kind, compression in (("fp32", None), ("int8_ptq", CompressionType.INT8_PTQ)):
+        start = time.perf_counter()
+        ae.export(
+            model=theirs,
+            export_type=ExportType.OPENVINO,
+            export_root=root / kind,
+            compression_type=compression,
+            datamodule=datamodule,
+        )
+        print(f"{name}: anomalib export {kind} in {time.perf_counter() - start:.0f} s", flush=True)
+    return done
+
+
+def anomalib_metrics(xml: Path, images: list[Any], samples: list[Any], input_size: tuple[int, int]) -> dict:
+    inferencer = AnomalibInferencer(xml, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": ""})
+    scores, maps, labels, masks = [], [], [], []
+    for image, sample in zip(images, samples, strict=True):
+        out = inferencer.predict(image.copy())
+        scores.append(float(np.asarray(out.pred_score).reshape(-1)[0]))
+        maps.append(np.asarray(out.anomaly_map, dtype=np.float32).reshape(input_size))
+        labels.append(sample.label)
+        mask = read_mask(sample.mask_path) if sample.mask_path else np.zeros(image.shape[:2], np.uint8)
+        masks.append(resize_mask(torch.from_numpy(mask), input_size).numpy())
+    return {"image_AUROC": roc_auc(scores, labels), "pixel_AUROC": roc_auc(np.stack(maps), np.stack(masks))}
+
+
+def anomalib_throughput(xml: Path, images: list[Any], warmup: int, repeats: int) -> dict[str, Any]:
+    import openvino as ov
+
+    inferencer = AnomalibInferencer(xml, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": ""})
+    inputs = [inferencer.pre_process(image.copy()) for image in images]
+    core = ov.Core()
+    model = core.read_model(str(xml))
+    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"})
+    requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    rates = throughput_passes(compiled, inputs, requests, warmup, repeats)
+    return {
+        "throughput_img_s": statistics.median(rates),
+        "throughput_runs": [round(r, 2) for r in rates],
+        "input": str(model.input(0).get_partial_shape()),
+    }
+
+
+def anomalib_in_child(xml: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Evaluate and time one of anomalib's IRs in a child process (OpenVINO may crash compiling it)."""
+    out = xml.with_suffix(".otx-eval.json")
+    out.unlink(missing_ok=True)
+    command = [sys.executable, __file__, "--data_root", str(args.data_root), "--repeats", str(args.repeats)]
+    command += ["--eval_anomalib_ir", str(xml), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0 or not out.is_file():
+        reason = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        tail = " ".join(done.stderr.strip().splitlines()[-1:])[:200]
+        return {
+            "error": f"OpenVINO could not run it ({reason}; {tail})",
+            "image_AUROC": None,
+            "pixel_AUROC": None,
+            "throughput_img_s": None,
+        }
+    return json.loads(out.read_text())
+
+
+def eval_anomalib_ir(args: argparse.Namespace) -> int:
+    s = settings(args)
+    images, samples = test_images(s)
+    result = {
+        **anomalib_metrics(args.eval_anomalib_ir, images, samples, cmp.INPUT_SIZE),
+        **anomalib_throughput(args.eval_anomalib_ir, images, 10, args.repeats),
+    }
+    args.out.write_text(json.dumps(result))
+    return 0
+
+
+def alternating_speed(models: dict[str, Path], images: list[Any], repeats: int) -> dict[str, dict[str, Any]]:
+    """``otx.deploy.benchmark`` of each model, one pass at a time, alternating models and their order.
+
+    Each repeat times every model once (latency pass and throughput pass); the figures are medians
+    over the repeats, so slow phases of a noisy machine hit both models alike.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
+    names = list(models)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            runs[name].append(benchmark_openvino(models[name], images, "CPU", "f32", warmup=10, repeats=1))
+    speed = {}
+    for name, rows in runs.items():
+        speed[name] = {
+            **rows[0],
+            "throughput_img_s": statistics.median(r["throughput_img_s"] for r in rows),
+            "throughput_runs": [round(r["throughput_img_s"], 2) for r in rows],
+            "latency_ms_median": statistics.median(r["latency_ms_median"] for r in rows),
+            "latency_ms_p95": statistics.median(r["latency_ms_p95"] for r in rows),
+        }
+    return speed
+
+
+def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list[Any], samples: list[Any]) -> dict:
+    checkpoint = train_otx(name, s, args)
+    rows = []
+    for task in TASKS:
+        fp32 = Path(engine(args, name, task).export(checkpoint)["exported_model"])
+        optimized = engine(args, name, task).optimize(checkpoint=fp32)
+        int8 = Path(optimized["optimized_model"])
+        m32 = engine(args, name, task).test(checkpoint=fp32)["metrics"]
+        m8 = engine(args, name, task).test(checkpoint=int8)["metrics"]
+        speed = alternating_speed({"fp32": fp32, "int8": int8}, images, args.repeats)
+        row = {
+            "model": name,
+            "task": task,
+            "fp32": {k: m32[k] for k in METRICS if k in m32},
+            "int8": {k: m8[k] for k in METRICS if k in m8},
+            "speed": speed,
+            "throughput_ratio": speed["int8"]["throughput_img_s"] / speed["fp32"]["throughput_img_s"],
+            "latency_ratio": speed["fp32"]["latency_ms_median"] / speed["int8"]["latency_ms_median"],
+            "optimize": {k: optimized[k] for k in ("scheme", "calibration_images", "validation", "timing_s")},
+        }
+        rows.append(row)
+        print(
+            f"{name} {task}: image AUROC {row['fp32']['image_AUROC']:.4f} -> {row['int8']['image_AUROC']:.4f}, "
+            f"pixel AUROC {row['fp32'].get('pixel_AUROC', float('nan')):.4f} -> "
+            f"{row['int8'].get('pixel_AUROC', float('nan')):.4f}, throughput "
+            f"{speed['fp32']['throughput_img_s']:.1f} -> {speed['int8']['throughput_img_s']:.1f} img/s "
+            f"({row['throughput_ratio']:.2f}x)",
+            flush=True,
+        )
+    exports = anomalib_exports(name, checkpoint, s, args)
+    theirs = {kind: anomalib_in_child(xml, args) for kind, xml in exports.items()}
+    for kind, result in theirs.items():
+        print(f"{name} anomalib {kind}: {result}", flush=True)
+    return {"rows": rows, "anomalib": theirs, "checkpoint": str(checkpoint)}
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "crashed" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        "| model | task | image AUROC FP32 / INT8 | pixel AUROC FP32 / INT8 | image F1 FP32 / INT8 "
+        "| img/s FP32 / INT8 | INT8 / FP32 | latency ms FP32 / INT8 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results.values():
+        for r in result["rows"]:
+            a, b, sp = r["fp32"], r["int8"], r["speed"]
+            pixel = f"{a['pixel_AUROC']:.4f} / {b['pixel_AUROC']:.4f}" if "pixel_AUROC" in a else "-"
+            lines.append(
+                f"| {r['model']} | {r['task']} | {a['image_AUROC']:.4f} / {b['image_AUROC']:.4f} | {pixel} "
+                f"| {a['image_F1']:.4f} / {b['image_F1']:.4f} "
+                f"| {sp['fp32']['throughput_img_s']:.1f} / {sp['int8']['throughput_img_s']:.1f} "
+                f"| {r['throughput_ratio']:.2f}x "
+                f"| {sp['fp32']['latency_ms_median']:.1f} / {sp['int8']['latency_ms_median']:.1f} |"
+            )
+    lines += [
+        "",
+        "| model | tool | image AUROC FP32 / INT8 | pixel AUROC FP32 / INT8 | img/s FP32 / INT8 | INT8 / FP32 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, result in results.items():
+        seg = next(r for r in result["rows"] if r["task"] == "segmentation")
+        ours = (seg["fp32"], seg["int8"], seg["speed"]["fp32"], seg["speed"]["int8"])
+        theirs = result["anomalib"]
+        lines.append(
+            f"| {name} | otx | {ours[0]['image_AUROC']:.4f} / {ours[1]['image_AUROC']:.4f} "
+            f"| {ours[0]['pixel_AUROC']:.4f} / {ours[1]['pixel_AUROC']:.4f} "
+            f"| {ours[2]['throughput_img_s']:.1f} / {ours[3]['throughput_img_s']:.1f} "
+            f"| {ours[3]['throughput_img_s'] / ours[2]['throughput_img_s']:.2f}x |"
+        )
+        f, i = theirs["fp32"], theirs["int8_ptq"]
+        ratio = (
+            f"{i['throughput_img_s'] / f['throughput_img_s']:.2f}x"
+            if i["throughput_img_s"] and f["throughput_img_s"]
+            else "-"
+        )
+        lines.append(
+            f"| {name} | anomalib 2.7 (INT8_PTQ) | {_num(f['image_AUROC'])} / {_num(i['image_AUROC'])} "
+            f"| {_num(f['pixel_AUROC'])} / {_num(i['pixel_AUROC'])} "
+            f"| {_num(f['throughput_img_s'], 1)} / {_num(i['throughput_img_s'], 1)} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_root", type=Path, required=True)
+    parser.add_argument("--work_dir", type=Path, default=Path("/tmp/otx-int8"))
+    parser.add_argument("--models", nargs="+", default=["padim", "stfpm"], choices=["padim", "stfpm"])
+    parser.add_argument("--stfpm_epochs", type=int, default=10)
+    parser.add_argument("--padim_ckpt", default=None, help="reuse a trained otx PADIM checkpoint")
+    parser.add_argument("--stfpm_ckpt", default=None, help="reuse a trained otx STFPM checkpoint")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--eval_anomalib_ir", type=Path, default=None, help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args()
+    if args.eval_anomalib_ir:
+        return eval_anomalib_ir(args)
+    logging.getLogger("otx").setLevel(logging.ERROR)
+    cmp._quiet_logging(False)
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    s = settings(args)
+    images, samples = test_images(s)
+    print(f"{len(images)} test images of {args.data_root}", flush=True)
+    results = {name: run_model(name, s, args, images, samples) for name in args.models}
+    table = markdown(results)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        summary = {
+            "data_root": str(args.data_root),
+            "test_images": len(images),
+            "machine": platform.processor() or platform.machine(),
+            "results": results,
+            "table": table,
+        }
+        args.out.write_text(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
