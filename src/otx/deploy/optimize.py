@@ -43,7 +43,6 @@ from otx.errors import OTXConfigError, OTXDataError, OTXError
 log = logging.getLogger(__name__)
 
 OPTIMIZED_NAME = "optimized_model"
-DEFAULT_SUBSET_SIZE = 300
 # Nodes every scheme keeps in float: the resize (``__module.resize``; ``aten::matmul`` in exports
 # made before it was a named module) and the post-processor.
 ALWAYS_FLOAT = (r"^__module\.resize/.*", r"^aten::matmul/.*", r"^__module\.postprocessor.*")
@@ -92,7 +91,7 @@ class Scheme:
 
 SCHEMES: dict[str, Scheme] = {
     # Backbone and the Mahalanobis product in INT8. Measured on magnetic_tile: image AUROC -0.002
-    # and 1.8x the FP32 IR's throughput; with the product in FP32 (backbone only) 1.3x, because
+    # and 1.6-1.8x the FP32 IR's throughput; with the product in FP32 (backbone only) 1.3x, because
     # the product reads a 164 MB inverse-covariance tensor per image. What follows the product
     # (square root, upsampling, blur, score) and the post-processing stay float.
     "Padim": Scheme(
