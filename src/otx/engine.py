@@ -738,8 +738,7 @@ class Engine:
                     log.warning("the latest optimized model (%s) comes from another trained model; not timed", int8)
             elif not models:
                 self.console.print("no INT8 model: run `otx optimize` first (or pass --models optimized_model.xml)")
-        for path in exported:
-            plan.append((f"OpenVINO {read_model_info(path).precision} ({path.name})", path))
+        plan.extend((f"({path.name})", path) for path in exported)  # labelled with the precision once timed
         return plan, model, ckpt
 
     def _benchmark_images(self, ckpt: dict[str, Any], input_size: tuple[int, int], count: int) -> tuple[list, str]:
@@ -789,6 +788,8 @@ class Engine:
             if isinstance(target, Path):
                 row = benchmark_openvino(target, images, self.device, self.inference_precision, warmup, repeats)
                 row["path"] = str(target)
+                if label.startswith("("):  # a given model file: its precision comes from its metadata
+                    label = f"OpenVINO {row['model_precision']} {label}"
             else:
                 row = benchmark_torch(target, images, warmup, repeats)
             rows.append({"model": label, **row})
