@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from anomalib.models.components.stats import MultiVariateGaussian
 
 from otx.errors import OTXConfigError, OTXWeightsError
@@ -119,3 +120,43 @@ def test_separable_blur_equals_anomalib_blur() -> None:
     other = GaussianBlur2d(sigma=(2.0, 2.0), channels=2)
     two = torch.rand(1, 2, 40, 40)
     assert torch.allclose(SeparableGaussianBlur(other)(two), other(two), atol=1e-5)
+
+
+def test_matrix_upsampling_equals_interpolate() -> None:
+    from otx.models.upsample import upsample_bilinear
+
+    generator = torch.Generator().manual_seed(0)
+    for height, width in [(64, 64), (32, 32), (16, 16), (1, 1), (5, 7), (300, 200)]:
+        maps = torch.rand(2, 3, height, width, generator=generator)
+        for size in [(256, 256), (96, 128), (7, 5)]:
+            expected = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+            # Integer ratios are exact; others differ by torch's float32 rounding of the source positions.
+            exact = size[0] % height == 0 and size[1] % width == 0
+            assert torch.allclose(upsample_bilinear(maps, size), expected, atol=3e-7 if exact else 3e-5)
+
+
+def test_anomaly_map_generators_equal_anomalib() -> None:
+    from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator as AnomalibPadimMap
+    from anomalib.models.image.stfpm.anomaly_map import AnomalyMapGenerator as AnomalibStfpmMap
+
+    from otx.models.padim import PadimMapGenerator
+    from otx.models.stfpm import StfpmMapGenerator
+
+    generator = torch.Generator().manual_seed(0)
+    # STFPM: three layers at strides 4, 8, 16 of a 128x96 input.
+    teacher = {f"l{i}": torch.rand(2, 8 * (i + 1), 32 // 2**i, 24 // 2**i, generator=generator) for i in range(3)}
+    student = {k: v + 0.3 * torch.rand(v.shape, generator=generator) for k, v in teacher.items()}
+    ours = StfpmMapGenerator()(teacher_features=teacher, student_features=student, image_size=(128, 96))
+    expected = AnomalibStfpmMap()(teacher_features=teacher, student_features=student, image_size=(128, 96))
+    assert ours.shape == expected.shape == (2, 1, 128, 96)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-7)
+    assert isinstance(Stfpm(input_size=(64, 64), pretrained=False).model.anomaly_map_generator, StfpmMapGenerator)
+    # PADIM: Mahalanobis distances of a 16x12 embedding, upsampled to 64x48 and blurred.
+    embedding = torch.rand(2, 6, 16, 12, generator=generator)
+    mean = torch.rand(6, 16 * 12, generator=generator)
+    inv_covariance = torch.eye(6).repeat(16 * 12, 1, 1) * 2
+    kwargs = {"embedding": embedding, "mean": mean, "inv_covariance": inv_covariance, "image_size": (64, 48)}
+    torch.testing.assert_close(PadimMapGenerator()(**kwargs), AnomalibPadimMap()(**kwargs), rtol=1e-5, atol=1e-5)
+    padim = Padim(input_size=(64, 64), pretrained=False)
+    assert isinstance(padim.model.anomaly_map_generator, PadimMapGenerator)
+    assert padim.model.anomaly_map_generator.state_dict().keys() == AnomalibPadimMap().state_dict().keys()

@@ -1,7 +1,9 @@
 """STFPM core: a student network learns to mimic a frozen pretrained teacher on normal images.
 
-Wraps anomalib's ``STFPMModel`` (forward pass, anomaly map) and ``STFPMLoss``; only the
-construction differs, so that the teacher's ImageNet weights resolve offline.
+Wraps anomalib's ``STFPMModel`` (forward pass, anomaly map) and ``STFPMLoss``. The construction
+differs, so that the teacher's ImageNet weights resolve offline, and the anomaly map upsamples
+its layer maps with matrix products (``otx.models.upsample``) instead of ``F.interpolate``: the
+same values, about ten times faster in OpenVINO.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from anomalib.models.components import TimmFeatureExtractor
 from anomalib.models.image.stfpm.anomaly_map import AnomalyMapGenerator
 from anomalib.models.image.stfpm.loss import STFPMLoss
@@ -17,6 +20,38 @@ from torch import nn
 
 from otx.models.backbones import BackboneSpec
 from otx.models.base import AnomalyModel
+from otx.models.upsample import upsample_bilinear
+
+
+class StfpmMapGenerator(AnomalyMapGenerator):
+    """anomalib's STFPM anomaly map (product over layers of the upsampled feature distances).
+
+    The same computation as anomalib's generator, with ``upsample_bilinear`` in place of
+    ``F.interpolate`` and the product taken without an all-ones start map.
+    """
+
+    def compute_layer_map(
+        self, teacher_features: torch.Tensor, student_features: torch.Tensor, image_size: tuple[int, int] | torch.Size
+    ) -> torch.Tensor:
+        """Half the squared distance of the channel-normalised features, upsampled to ``image_size``."""
+        distance = F.normalize(teacher_features) - F.normalize(student_features)
+        layer_map = 0.5 * torch.norm(distance, p=2, dim=-3, keepdim=True) ** 2
+        return upsample_bilinear(layer_map, image_size)
+
+    def compute_anomaly_map(
+        self,
+        teacher_features: dict[str, torch.Tensor],
+        student_features: dict[str, torch.Tensor],
+        image_size: tuple[int, int] | torch.Size,
+    ) -> torch.Tensor:
+        """``[B, 1, H, W]`` product of the layer maps."""
+        anomaly_map = None
+        for layer in teacher_features:
+            layer_map = self.compute_layer_map(teacher_features[layer], student_features[layer], image_size)
+            anomaly_map = layer_map if anomaly_map is None else anomaly_map * layer_map
+        if anomaly_map is None:
+            raise ValueError("STFPM needs at least one feature layer")
+        return anomaly_map
 
 
 class _OfflineSTFPMModel(STFPMModel):
@@ -32,7 +67,7 @@ class _OfflineSTFPMModel(STFPMModel):
         )
         for parameter in self.teacher_model.parameters():
             parameter.requires_grad = False
-        self.anomaly_map_generator = AnomalyMapGenerator()
+        self.anomaly_map_generator = StfpmMapGenerator()
 
 
 class Stfpm(AnomalyModel):
