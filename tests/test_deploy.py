@@ -335,3 +335,46 @@ def test_inferencer_is_freed_when_dropped(exported) -> None:
     ref = weakref.ref(inferencer)
     del inferencer  # no reference cycle: the compiled model goes now, not when the cycle collector runs
     assert ref() is None
+
+
+def test_normalisation_folded_into_the_stems_equals_the_normalised_core() -> None:
+    from otx.deploy.graph import NormalizedStem, fold_input_normalization
+    from otx.models import Padim, Stfpm
+    from otx.models.base import core_outputs
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 96, 128, generator=generator)
+    padim = Padim(backbone="resnet18", input_size=(96, 128), pretrained=False)
+    padim.on_train_epoch_start()
+    padim.training_step({"image": torch.rand(4, 3, 96, 128, generator=generator), "error": [""] * 4}, 0)
+    padim.on_train_epoch_end()
+    stfpm = Stfpm(input_size=(96, 128), pretrained=False)  # efficientnet_lite0: TensorFlow "same" padding
+    for model, stems in ((padim, 1), (stfpm, 2)):
+        model.eval()
+        folded = fold_input_normalization(model.model, model.mean, model.std, (96, 128))
+        assert folded is not None and folded is not model.model
+        assert sum(isinstance(m, NormalizedStem) for m in folded.modules()) == stems
+        assert not any(isinstance(m, NormalizedStem) for m in model.model.modules())  # the model is unchanged
+        with torch.no_grad():
+            want = core_outputs(model.model, model.normalize_input(images))
+            got = core_outputs(folded, images)
+        for a, b in zip(want, got, strict=True):
+            assert torch.allclose(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()))
+
+
+def test_normalisation_stays_separate_when_the_core_reads_the_input_elsewhere() -> None:
+    from types import SimpleNamespace
+
+    from otx.deploy.graph import fold_input_normalization
+
+    class ReadsInputTwice(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> SimpleNamespace:
+            anomaly_map = self.conv(x).mean(dim=1) + x.mean(dim=1)  # the input itself, besides the conv
+            return SimpleNamespace(anomaly_map=anomaly_map, pred_score=anomaly_map.amax(dim=(1, 2)))
+
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert fold_input_normalization(ReadsInputTwice().eval(), mean, std, (32, 32)) is None

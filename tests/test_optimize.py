@@ -79,9 +79,26 @@ def test_scheme_keeps_resize_anomaly_map_and_postprocessing_float(model: str, ex
     assert not quantized_inputs & float_nodes  # no quantiser feeds a node the scheme keeps in float
     if model == "padim":  # the Mahalanobis product (a 164 MB tensor at 256x256) is INT8, the blur is not
         assert "__module.core.anomaly_map_generator/aten::matmul/MatMul" in quantized_inputs
-    else:  # STFPM's product of layer maps has no module name; it is float by structure
+    else:  # traced ops downstream of the anomaly map that lost their module name are float by structure
         products = [n for n in float_nodes if n.startswith("Multiply_")]
         assert products and not set(products) & quantized_inputs
+    # The stems (3 input channels) read [0, 1] images, the normalisation folded into them
+    # (``otx.deploy.graph.NormalizedStem``): their quantisers are unsigned, so the CPU runs them in
+    # INT8, and cover [0, 1], not only the calibration images' brightest pixel.
+    stems = [
+        op
+        for op in ov_model.get_ops()
+        if op.get_type_name() == "Convolution" and op.get_input_partial_shape(1).get_shape()[1] == 3
+    ]
+    assert len(stems) == (1 if model == "padim" else 2)  # STFPM: teacher and student
+    for stem in stems:
+        source_op = stem.input_value(0).get_node()
+        while source_op.get_type_name() == "Pad":
+            source_op = source_op.input_value(0).get_node()
+        assert source_op.get_type_name() == "FakeQuantize"
+        bounds = [float(np.max(source_op.input_value(k).get_node().get_data())) for k in range(1, 5)]
+        assert bounds == [0.0, 1.0, 0.0, 1.0]
+    assert optimized(model)["image_quantizers"] == len(stems)
 
 
 def test_calibration_draws_only_from_the_given_training_images() -> None:

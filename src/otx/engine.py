@@ -659,6 +659,7 @@ class Engine:
             "calibration_images": len(chosen),
             "train_images": len(train),
             "fake_quantize_nodes": record["fake_quantize_nodes"],
+            "image_quantizers": record["image_quantizers"],
             "timing_s": {"quantize_s": record["quantize_s"]},
             "nncf_version": nncf.__version__,
             "otx_version": __version__,

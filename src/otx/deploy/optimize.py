@@ -269,10 +269,41 @@ def _quantize(
         )
         record["max_drop"] = max_drop
     record["quantize_s"] = round(time.perf_counter() - start, 1)
+    record["image_quantizers"] = full_range_image_quantizers(quantized)
     record["fake_quantize_nodes"] = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     if record["fake_quantize_nodes"] == 0:
         raise OTXError("NNCF inserted no quantisers into the model; nothing would run in INT8")
     return quantized, record
+
+
+def full_range_image_quantizers(ov_model: Any) -> int:
+    """Give the quantisers on the stems' inputs the range [0, 1]; returns how many were set.
+
+    Exported graphs feed the backbones' first convolutions [0, 1] images (the normalisation is
+    folded into them, ``otx.deploy.graph.NormalizedStem``). Calibrated on normal training images,
+    NNCF's quantiser there covers only their brightest pixel (0.88 on magnetic_tile), so brighter
+    test pixels, often the defect itself, were clipped: PADIM lost 0.017 image AUROC. [0, 1] in
+    255 steps is the 8-bit image's own grid.
+    """
+    import openvino as ov
+
+    count = 0
+    for op in ov_model.get_ops():
+        if op.get_type_name() != "Convolution" or op.get_input_partial_shape(1)[1] != 3:
+            continue
+        source = op.input_value(0).get_node()
+        while source.get_type_name() == "Pad":
+            source = source.input_value(0).get_node()
+        if source.get_type_name() != "FakeQuantize" or source.get_attributes()["levels"] != 256:
+            continue
+        if float(np.min(source.input_value(1).get_node().get_data())) < 0.0:
+            continue  # a signed input: not an image in [0, 1]
+        for index, value in ((1, 0.0), (2, 1.0), (3, 0.0), (4, 1.0)):
+            bound = source.input_value(index)
+            constant = ov.opset13.constant(np.full(bound.get_shape(), value, dtype=np.float32))
+            source.input(index).replace_source_output(constant.output(0))
+        count += 1
+    return count
 
 
 def validation_metric(ov_model: Any, validation: ValidationData) -> float:
