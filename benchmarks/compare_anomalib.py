@@ -188,8 +188,12 @@ def _no_stfpm_teacher_download() -> Iterator[None]:
         anomalib_stfpm_torch.TimmFeatureExtractor = original  # type: ignore[misc]
 
 
-def build_anomalib_model(model: str, s: Settings) -> AnomalibPadim | AnomalibStfpm:
-    """anomalib's Padim / Stfpm with otx's backbone, layers, weights, pre-processing and seed."""
+def build_anomalib_model(model: str, s: Settings, layers: list[str] | None = None) -> AnomalibPadim | AnomalibStfpm:
+    """anomalib's Padim / Stfpm with otx's backbone, layers, weights, pre-processing and seed.
+
+    ``layers`` overrides the backbone's default feature layers (to match a given otx checkpoint).
+    """
+    layers = list(layers) if layers is not None else s.layers(model)
     pre_processor = PreProcessor(
         transform=Compose([Resize(INPUT_SIZE, antialias=True), Normalize(mean=s.spec.mean, std=s.spec.std)])
     )
@@ -208,14 +212,14 @@ def build_anomalib_model(model: str, s: Settings) -> AnomalibPadim | AnomalibStf
         if model == "padim":
             core = AnomalibPadim(
                 backbone=s.spec.timm_name,
-                layers=s.layers(model),
+                layers=layers,
                 pre_trained=False,
                 n_features=s.spec.padim_n_features,
                 **common,
             )
         else:
             with _no_stfpm_teacher_download():
-                core = AnomalibStfpm(backbone=s.spec.timm_name, layers=s.layers(model), **common)
+                core = AnomalibStfpm(backbone=s.spec.timm_name, layers=layers, **common)
     state, _ = resolve_weights(s.spec, s.weights)
     pretrained = core.model.feature_extractor if model == "padim" else core.model.teacher_model
     load_into(pretrained.feature_extractor, state, s.spec.name)

@@ -96,7 +96,7 @@ def anomalib_exports(name: str, checkpoint: Path, s: cmp.Settings, args: argpars
     if all(p.is_file() for p in done.values()):
         return done
     trained, _ = load_checkpoint(checkpoint)
-    theirs = cmp.build_anomalib_model(name, s)
+    theirs = cmp.build_anomalib_model(name, s, layers=list(trained.layers))  # the checkpoint's layers
     theirs.model.load_state_dict(trained.model.state_dict(), strict=True)
     if hasattr(theirs, "_is_fitted"):  # PADIM: the Gaussian is in the loaded state; do not refit on validation
         theirs._is_fitted = torch.tensor([True])
