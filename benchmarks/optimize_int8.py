@@ -13,8 +13,13 @@ For PADIM and STFPM (EfficientNet-Lite0, 256x256, the segmentation recipes' sett
    the trained state dict is loaded into it, anomalib's validation pass fits its own thresholds on
    the same validation split, and anomalib exports an FP32 IR and an ``INT8_PTQ`` IR (anomalib
    calibrates on its validation loader). Both are evaluated on the same test images (image AUROC
-   from ``pred_score``, pixel AUROC from ``anomaly_map`` against the masks at 256x256) and timed
-   the same way on their own pre-processed inputs.
+   from ``pred_score``, pixel AUROC from ``anomaly_map`` against the masks at 256x256) through
+   anomalib's inferencer, once on the images as they are and once on images pre-resized with the
+   training pipeline's resize (anomalib's IR resizes without antialiasing).
+5. Head to head: otx's FP32 and INT8 segmentation IRs and anomalib's two IRs are timed in one
+   loop, one pass of each per repeat in alternating order (the same timing for all four: fresh
+   compilation, latency pass, throughput pass, each IR on its own pre-processed inputs), so that
+   the machine's slow phases hit all of them alike.
 
 Usage::
 
@@ -37,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +58,9 @@ from anomalib.deploy import OpenVINOInferencer as AnomalibInferencer
 from anomalib.engine import Engine as AnomalibEngine
 
 from otx.data import AnomalyDataModule
-from otx.data.datamodule import resize_mask
+from otx.data.datamodule import resize_image, resize_mask
 from otx.data.io import read_image, read_mask
-from otx.deploy.benchmark import benchmark_openvino, throughput_passes
+from otx.deploy.benchmark import benchmark_openvino, latency_pass, percentile_ms, throughput_passes
 from otx.engine import Engine, load_checkpoint
 from otx.metrics import roc_auc
 
@@ -116,38 +122,86 @@ def anomalib_exports(name: str, checkpoint: Path, s: cmp.Settings, args: argpars
     return done
 
 
-def anomalib_metrics(xml: Path, images: list[Any], samples: list[Any], input_size: tuple[int, int]) -> dict:
+def anomalib_outputs(
+    xml: Path, images: list[Any], input_size: tuple[int, int], presize: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised ``pred_score [N]`` and ``anomaly_map [N, h, w]`` of one of anomalib's IRs, through its inferencer.
+
+    With ``presize`` each image is first resized to the input size with the training pipeline's
+    resize (``otx.data.datamodule.resize_image``, bilinear with antialiasing), so the IR sees the
+    pixels the model was trained on; its own ``Interpolate`` (bilinear without antialiasing) then
+    maps 256x256 to itself.
+    """
     inferencer = AnomalibInferencer(xml, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": ""})
-    scores, maps, labels, masks = [], [], [], []
-    for image, sample in zip(images, samples, strict=True):
+    scores, maps = [], []
+    for image in images:
+        if presize:
+            chw = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)
+            # clamped: a float rounded above 1.0 would make anomalib's pre_process divide by 255 again
+            image = resize_image(chw, input_size).clamp(0.0, 1.0).permute(1, 2, 0).numpy()
         out = inferencer.predict(image.copy())
         scores.append(float(np.asarray(out.pred_score).reshape(-1)[0]))
         maps.append(np.asarray(out.anomaly_map, dtype=np.float32).reshape(input_size))
-        labels.append(sample.label)
+    return np.asarray(scores, dtype=np.float64), np.stack(maps)
+
+
+def anomalib_metrics(
+    xml: Path, images: list[Any], samples: list[Any], input_size: tuple[int, int], presize: bool = False
+) -> dict:
+    """Image AUROC (``pred_score``) and pixel AUROC (``anomaly_map`` against the masks at the input size)."""
+    scores, maps = anomalib_outputs(xml, images, input_size, presize)
+    masks = test_masks(images, samples, input_size)
+    return {"image_AUROC": roc_auc(scores, [s.label for s in samples]), "pixel_AUROC": roc_auc(maps, masks)}
+
+
+def test_masks(images: list[Any], samples: list[Any], input_size: tuple[int, int]) -> np.ndarray:
+    """Ground-truth masks ``[N, h, w]`` (bool) at the input size, where pixel AUROC is computed (as ``otx test``)."""
+    masks = []
+    for image, sample in zip(images, samples, strict=True):
         mask = read_mask(sample.mask_path) if sample.mask_path else np.zeros(image.shape[:2], np.uint8)
         masks.append(resize_mask(torch.from_numpy(mask), input_size).numpy())
-    return {"image_AUROC": roc_auc(scores, labels), "pixel_AUROC": roc_auc(np.stack(maps), np.stack(masks))}
+    return np.stack(masks)
 
 
-def anomalib_throughput(xml: Path, images: list[Any], warmup: int, repeats: int) -> dict[str, Any]:
+def anomalib_inputs(images: list[Any]) -> list[np.ndarray]:
+    """The images as anomalib's inferencer feeds them to its IR: float ``[1, 3, H, W]`` in [0, 1]."""
+    return [AnomalibInferencer.pre_process(image.copy()) for image in images]
+
+
+def benchmark_plain_ir(xml: Path, inputs: list[np.ndarray], warmup: int = 10) -> dict[str, Any]:
+    """One latency pass and one throughput pass of an IR without otx metadata (anomalib's).
+
+    The same timing as ``otx.deploy.benchmark.benchmark_openvino`` with ``repeats=1``: CPU, f32
+    inference precision, a fresh compilation with the ``LATENCY`` hint (one request at a time) and
+    one with the ``THROUGHPUT`` hint (the device's optimal number of asynchronous requests).
+    """
     import openvino as ov
 
-    inferencer = AnomalibInferencer(xml, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": ""})
-    inputs = [inferencer.pre_process(image.copy()) for image in images]
     core = ov.Core()
     model = core.read_model(str(xml))
-    compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"})
+    config = {"INFERENCE_PRECISION_HINT": "f32", "CACHE_DIR": ""}
+    latency = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+    durations = latency_pass(latency, inputs, warmup)
+    del latency
+    compiled = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
     requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    rates = throughput_passes(compiled, inputs, requests, warmup, repeats)
+    rates = throughput_passes(compiled, inputs, requests, warmup, 1)
     return {
+        "runtime": "openvino",
+        "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+        "latency_ms_median": statistics.median(durations) * 1000.0,
+        "latency_ms_p95": percentile_ms(durations, 95),
         "throughput_img_s": statistics.median(rates),
-        "throughput_runs": [round(r, 2) for r in rates],
+        "requests": requests,
         "input": str(model.input(0).get_partial_shape()),
     }
 
 
 def anomalib_in_child(xml: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate and time one of anomalib's IRs in a child process (OpenVINO may crash compiling it)."""
+    """Evaluate one of anomalib's IRs in a child process (OpenVINO may crash compiling it).
+
+    The child also runs one timing pass, so that the parent only times IRs known to compile.
+    """
     out = xml.with_suffix(".otx-eval.json")
     out.unlink(missing_ok=True)
     command = [sys.executable, __file__, "--data_root", str(args.data_root), "--repeats", str(args.repeats)]
@@ -156,12 +210,7 @@ def anomalib_in_child(xml: Path, args: argparse.Namespace) -> dict[str, Any]:
     if done.returncode != 0 or not out.is_file():
         reason = f"signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
         tail = " ".join(done.stderr.strip().splitlines()[-1:])[:200]
-        return {
-            "error": f"OpenVINO could not run it ({reason}; {tail})",
-            "image_AUROC": None,
-            "pixel_AUROC": None,
-            "throughput_img_s": None,
-        }
+        return {"error": f"OpenVINO could not run it ({reason}; {tail})", "image_AUROC": None, "pixel_AUROC": None}
     return json.loads(out.read_text())
 
 
@@ -170,23 +219,24 @@ def eval_anomalib_ir(args: argparse.Namespace) -> int:
     images, samples = test_images(s)
     result = {
         **anomalib_metrics(args.eval_anomalib_ir, images, samples, cmp.INPUT_SIZE),
-        **anomalib_throughput(args.eval_anomalib_ir, images, 10, args.repeats),
+        "presized": anomalib_metrics(args.eval_anomalib_ir, images, samples, cmp.INPUT_SIZE, presize=True),
+        "check_pass": benchmark_plain_ir(args.eval_anomalib_ir, anomalib_inputs(images[:20]), warmup=2),
     }
     args.out.write_text(json.dumps(result))
     return 0
 
 
-def alternating_speed(models: dict[str, Path], images: list[Any], repeats: int) -> dict[str, dict[str, Any]]:
-    """``otx.deploy.benchmark`` of each model, one pass at a time, alternating models and their order.
+def alternating_speed(timers: dict[str, Callable[[], dict[str, Any]]], repeats: int) -> dict[str, dict[str, Any]]:
+    """One timing pass of each model per repeat, alternating the models and their order.
 
-    Each repeat times every model once (latency pass and throughput pass); the figures are medians
-    over the repeats, so slow phases of a noisy machine hit both models alike.
+    Each timer runs one latency pass and one throughput pass on a fresh compilation; the figures
+    are medians over the repeats, so slow phases of a noisy machine hit every model alike.
     """
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in models}
-    names = list(models)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in timers}
+    names = list(timers)
     for repeat in range(repeats):
         for name in names if repeat % 2 == 0 else names[::-1]:
-            runs[name].append(benchmark_openvino(models[name], images, "CPU", "f32", warmup=10, repeats=1))
+            runs[name].append(timers[name]())
     speed = {}
     for name, rows in runs.items():
         speed[name] = {
@@ -199,6 +249,22 @@ def alternating_speed(models: dict[str, Path], images: list[Any], repeats: int) 
     return speed
 
 
+def otx_timer(path: Path, images: list[Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: benchmark_openvino(path, images, "CPU", "f32", warmup=10, repeats=1)
+
+
+def head_to_head(
+    ours: dict[str, Path], theirs: dict[str, Path], results: dict[str, dict], images: list[Any], repeats: int
+) -> dict[str, dict[str, Any]]:
+    """otx's FP32 and INT8 segmentation IRs and anomalib's FP32 and INT8_PTQ IRs, timed in one loop."""
+    timers = {f"otx_{kind}": otx_timer(path, images) for kind, path in ours.items()}
+    inputs = anomalib_inputs(images)
+    for kind, xml in theirs.items():
+        if results[kind].get("image_AUROC") is not None:  # it compiled and ran in the child process
+            timers[f"anomalib_{kind}"] = lambda xml=xml: benchmark_plain_ir(xml, inputs)
+    return alternating_speed(timers, repeats)
+
+
 def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list[Any], samples: list[Any]) -> dict:
     checkpoint = train_otx(name, s, args)
     rows = []
@@ -208,7 +274,7 @@ def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list
         int8 = Path(optimized["optimized_model"])
         m32 = engine(args, name, task).test(checkpoint=fp32)["metrics"]
         m8 = engine(args, name, task).test(checkpoint=int8)["metrics"]
-        speed = alternating_speed({"fp32": fp32, "int8": int8}, images, args.repeats)
+        speed = alternating_speed({"fp32": otx_timer(fp32, images), "int8": otx_timer(int8, images)}, args.repeats)
         row = {
             "model": name,
             "task": task,
@@ -218,6 +284,7 @@ def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list
             "throughput_ratio": speed["int8"]["throughput_img_s"] / speed["fp32"]["throughput_img_s"],
             "latency_ratio": speed["fp32"]["latency_ms_median"] / speed["int8"]["latency_ms_median"],
             "optimize": {k: optimized[k] for k in ("scheme", "calibration_images", "validation", "timing_s")},
+            "paths": {"fp32": fp32, "int8": int8},
         }
         rows.append(row)
         print(
@@ -232,7 +299,13 @@ def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list
     theirs = {kind: anomalib_in_child(xml, args) for kind, xml in exports.items()}
     for kind, result in theirs.items():
         print(f"{name} anomalib {kind}: {result}", flush=True)
-    return {"rows": rows, "anomalib": theirs, "checkpoint": str(checkpoint)}
+    seg = next(r for r in rows if r["task"] == "segmentation")
+    speed = head_to_head(seg["paths"], exports, theirs, images, args.repeats)
+    for label, row in speed.items():
+        print(f"{name} {label}: {row['throughput_img_s']:.1f} img/s, {row['latency_ms_median']:.1f} ms", flush=True)
+    for row in rows:
+        row.pop("paths", None)
+    return {"rows": rows, "anomalib": theirs, "head_to_head": speed, "checkpoint": str(checkpoint)}
 
 
 def _num(value: float | None, digits: int = 4) -> str:
@@ -258,30 +331,26 @@ def markdown(results: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| model | tool | image AUROC FP32 / INT8 | pixel AUROC FP32 / INT8 | img/s FP32 / INT8 | INT8 / FP32 |",
-        "|---|---|---|---|---|---|",
+        "| model | IR | image AUROC | pixel AUROC | image / pixel AUROC, pre-resized input | img/s | latency ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, result in results.items():
         seg = next(r for r in result["rows"] if r["task"] == "segmentation")
-        ours = (seg["fp32"], seg["int8"], seg["speed"]["fp32"], seg["speed"]["int8"])
-        theirs = result["anomalib"]
-        lines.append(
-            f"| {name} | otx | {ours[0]['image_AUROC']:.4f} / {ours[1]['image_AUROC']:.4f} "
-            f"| {ours[0]['pixel_AUROC']:.4f} / {ours[1]['pixel_AUROC']:.4f} "
-            f"| {ours[2]['throughput_img_s']:.1f} / {ours[3]['throughput_img_s']:.1f} "
-            f"| {ours[3]['throughput_img_s'] / ours[2]['throughput_img_s']:.2f}x |"
-        )
-        f, i = theirs["fp32"], theirs["int8_ptq"]
-        ratio = (
-            f"{i['throughput_img_s'] / f['throughput_img_s']:.2f}x"
-            if i["throughput_img_s"] and f["throughput_img_s"]
-            else "-"
-        )
-        lines.append(
-            f"| {name} | anomalib 2.7 (INT8_PTQ) | {_num(f['image_AUROC'])} / {_num(i['image_AUROC'])} "
-            f"| {_num(f['pixel_AUROC'])} / {_num(i['pixel_AUROC'])} "
-            f"| {_num(f['throughput_img_s'], 1)} / {_num(i['throughput_img_s'], 1)} | {ratio} |"
-        )
+        speed = result["head_to_head"]
+        for kind in ("fp32", "int8"):
+            sp = speed[f"otx_{kind}"]
+            lines.append(
+                f"| {name} | otx {kind.upper()} | {seg[kind]['image_AUROC']:.4f} | {seg[kind]['pixel_AUROC']:.4f} "
+                f"| (the IR resizes as in training) | {sp['throughput_img_s']:.1f} | {sp['latency_ms_median']:.1f} |"
+            )
+        for kind, label in (("fp32", "FP32"), ("int8_ptq", "INT8_PTQ")):
+            m, sp = result["anomalib"][kind], speed.get(f"anomalib_{kind}")
+            pre = m.get("presized", {})
+            lines.append(
+                f"| {name} | anomalib 2.7 {label} | {_num(m['image_AUROC'])} | {_num(m['pixel_AUROC'])} "
+                f"| {_num(pre.get('image_AUROC'))} / {_num(pre.get('pixel_AUROC'))} "
+                f"| {_num(sp and sp['throughput_img_s'], 1)} | {_num(sp and sp['latency_ms_median'], 1)} |"
+            )
     return "\n".join(lines)
 
 

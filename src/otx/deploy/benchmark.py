@@ -45,14 +45,7 @@ def benchmark_openvino(
     """Latency (batch 1) and throughput (asynchronous requests) of an exported model."""
     latency_model = OpenVINOInferencer(path, device, precision_hint, num_requests=1, performance_hint="LATENCY")
     inputs = [latency_model.prepare(image) for image in images]
-    request = latency_model.compiled.create_infer_request()
-    for x in _cycle(inputs, warmup):
-        request.infer({0: x})
-    durations = []
-    for x in inputs:
-        start = time.perf_counter()
-        request.infer({0: x})
-        durations.append(time.perf_counter() - start)
+    durations = latency_pass(latency_model.compiled, inputs, warmup)
     row = {
         "runtime": "openvino",
         "device": latency_model.execution_devices,
@@ -62,7 +55,7 @@ def benchmark_openvino(
         "latency_ms_median": statistics.median(durations) * 1000.0,
         "latency_ms_p95": percentile_ms(durations, 95),
     }
-    del request, latency_model
+    del latency_model
     model = OpenVINOInferencer(path, device, precision_hint, performance_hint="THROUGHPUT")
     rates = throughput_passes(model.compiled, inputs, model.num_requests, warmup, repeats)
     row.update(
@@ -71,6 +64,19 @@ def benchmark_openvino(
         requests=model.num_requests,
     )
     return row
+
+
+def latency_pass(compiled: Any, inputs: Sequence[np.ndarray], warmup: int) -> list[float]:
+    """Seconds per input, one synchronous request at a time, after ``warmup`` untimed requests."""
+    request = compiled.create_infer_request()
+    for x in _cycle(inputs, warmup):
+        request.infer({0: x})
+    durations = []
+    for x in inputs:
+        start = time.perf_counter()
+        request.infer({0: x})
+        durations.append(time.perf_counter() - start)
+    return durations
 
 
 def throughput_passes(
