@@ -188,7 +188,7 @@ def benchmark_plain_ir(xml: Path, inputs: list[np.ndarray], warmup: int = 10) ->
     rates = throughput_passes(compiled, inputs, requests, warmup, 1)
     return {
         "runtime": "openvino",
-        "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT")),
+        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
         "latency_ms_median": statistics.median(durations) * 1000.0,
         "latency_ms_p95": percentile_ms(durations, 95),
         "throughput_img_s": statistics.median(rates),
