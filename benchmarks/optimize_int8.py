@@ -146,12 +146,16 @@ def anomalib_outputs(
 
 
 def anomalib_metrics(
-    xml: Path, images: list[Any], samples: list[Any], input_size: tuple[int, int], presize: bool = False
+    xml: Path,
+    images: list[Any],
+    labels: list[int],
+    masks: np.ndarray,
+    input_size: tuple[int, int],
+    presize: bool = False,
 ) -> dict:
-    """Image AUROC (``pred_score``) and pixel AUROC (``anomaly_map`` against the masks at the input size)."""
+    """Image AUROC (``pred_score``) and pixel AUROC (``anomaly_map`` against ``masks`` at the input size)."""
     scores, maps = anomalib_outputs(xml, images, input_size, presize)
-    masks = test_masks(images, samples, input_size)
-    return {"image_AUROC": roc_auc(scores, [s.label for s in samples]), "pixel_AUROC": roc_auc(maps, masks)}
+    return {"image_AUROC": roc_auc(scores, labels), "pixel_AUROC": roc_auc(maps, masks)}
 
 
 def test_masks(images: list[Any], samples: list[Any], input_size: tuple[int, int]) -> np.ndarray:
@@ -204,7 +208,7 @@ def anomalib_in_child(xml: Path, args: argparse.Namespace) -> dict[str, Any]:
     """
     out = xml.with_suffix(".otx-eval.json")
     out.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--data_root", str(args.data_root), "--repeats", str(args.repeats)]
+    command = [sys.executable, __file__, "--data_root", str(args.data_root)]
     command += ["--eval_anomalib_ir", str(xml), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0 or not out.is_file():
@@ -217,9 +221,10 @@ def anomalib_in_child(xml: Path, args: argparse.Namespace) -> dict[str, Any]:
 def eval_anomalib_ir(args: argparse.Namespace) -> int:
     s = settings(args)
     images, samples = test_images(s)
+    labels, masks = [sample.label for sample in samples], test_masks(images, samples, cmp.INPUT_SIZE)
     result = {
-        **anomalib_metrics(args.eval_anomalib_ir, images, samples, cmp.INPUT_SIZE),
-        "presized": anomalib_metrics(args.eval_anomalib_ir, images, samples, cmp.INPUT_SIZE, presize=True),
+        **anomalib_metrics(args.eval_anomalib_ir, images, labels, masks, cmp.INPUT_SIZE),
+        "presized": anomalib_metrics(args.eval_anomalib_ir, images, labels, masks, cmp.INPUT_SIZE, presize=True),
         "check_pass": benchmark_plain_ir(args.eval_anomalib_ir, anomalib_inputs(images[:20]), warmup=2),
     }
     args.out.write_text(json.dumps(result))
