@@ -172,6 +172,9 @@ def main() -> int:
     )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    for name in ("otx_fp32", "otx_int8", "anomalib_fp32", "anomalib_int8"):
+        if not getattr(args, name).is_file():
+            parser.error(f"--{name}: no file {getattr(args, name)} (pass the .xml that optimize_int8.py wrote)")
     s = cmp.split_settings(args.data_root, Path("/tmp/otx-int8-fidelity"), 10)
     images, samples = oi.test_images(s)
     labels = np.array([sample.label for sample in samples], dtype=bool)
