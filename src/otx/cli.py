@@ -8,8 +8,11 @@ shipped with otx, any other path to that file. Errors end in one line and a non-
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -110,11 +113,22 @@ def _verb_parser(verb: str) -> ArgumentParser:
         )
     if verb == "benchmark":
         parser.add_argument(
-            "--models", type=list[str] | None, default=None, help="exported .xml/.onnx files to time (besides the ckpt)"
+            "--models",
+            type=str,
+            nargs="+",
+            default=None,
+            help="exported .xml/.onnx files to time (besides the ckpt): --models a.xml b.onnx",
         )
         parser.add_argument("--num_images", type=int, default=100, help="test images to time (synthetic if no data)")
         parser.add_argument("--warmup", type=int, default=10, help="untimed runs first")
         parser.add_argument("--repeats", type=int, default=3, help="throughput passes (the median is reported)")
+    if verb in ("test", "predict"):
+        parser.add_argument(
+            "--allow_errors",
+            type=bool,
+            default=False,
+            help="exit 0 even when some images cannot be read (they are labelled 'error'; default: exit 1)",
+        )
     if verb == "predict":
         parser.add_argument("--source", type=str | None, default=None, help="image file, folder or glob to predict")
         parser.add_argument("--visualize", type=bool, default=True, help="write an overlay per image (false to skip)")
@@ -165,7 +179,8 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Console) -> None:
+def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Console) -> int:
+    """Run one verb; return the exit code (1 when test or predict met unreadable images)."""
     from otx.data.datamodule import AnomalyDataModule
     from otx.engine import Engine
 
@@ -193,10 +208,11 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         device=cfg.get("device", "AUTO"),
         inference_precision=cfg.get("inference_precision", "f32"),
     )
+    failed = 0
     if verb == "train":
         engine.train()
     elif verb == "test":
-        engine.test(checkpoint=cfg.checkpoint)
+        failed = len(engine.test(checkpoint=cfg.checkpoint)["errors"])
     elif verb == "optimize":
         engine.optimize(checkpoint=cfg.checkpoint, subset_size=cfg.subset_size, max_drop=cfg.max_drop)
     elif verb == "benchmark":
@@ -215,7 +231,18 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
             demo_package=cfg.export_demo_package,
         )
     else:
-        engine.predict(source=cfg.source, checkpoint=cfg.checkpoint, visualize=cfg.visualize)
+        predictions = engine.predict(source=cfg.source, checkpoint=cfg.checkpoint, visualize=cfg.visualize)
+        failed = sum(p.label_name == "error" for p in predictions)
+    if failed and not cfg.allow_errors:
+        where = "predictions.json" if verb == "test" else "predictions/predictions.json"
+        Console(stderr=True).print(
+            f"[bold red]error[/]: {failed} image(s) could not be read; they are labelled 'error' in {where} of the "
+            "run folder, the others were written (--allow_errors true exits 0)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    return 0
 
 
 def _warnings_to_stderr() -> None:
@@ -298,6 +325,28 @@ def _one_line(exc: BaseException) -> str:
     return text[:600]
 
 
+_STOPPING: list[str] = []  # the signal being handled, once one arrived
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """SIGINT / SIGTERM: say so at once, then unwind (a second signal ends the process at once)."""
+    del frame
+    name = signal.Signals(signum).name
+    if _STOPPING:
+        os._exit(128 + signum)
+    _STOPPING.append(name)
+    sys.stderr.write(f"otx: {name} received, stopping; earlier runs and latest.json stay as they were\n")
+    sys.stderr.flush()
+    raise KeyboardInterrupt(name)
+
+
+def _install_signal_handlers() -> None:
+    _STOPPING.clear()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``otx`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -305,12 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     errors = Console(stderr=True)
     _quiet_libraries()
     _warnings_to_stderr()
+    _install_signal_handlers()
     try:
         parser = build_parser()
         cfg = parser.parse_args(_resolve_config_args(argv))
         command = cfg.command
         if command in VERBS:
-            _run_verb(command, cfg[command], parser._subcommands_action._name_parser_map[command], console)
+            return _run_verb(command, cfg[command], parser._subcommands_action._name_parser_map[command], console)
         elif command == "find":
             _find(cfg.find.what, console)
         elif command == "data":
@@ -319,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         errors.print(f"[bold red]error[/]: {_one_line(exc)}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        errors.print("interrupted; earlier runs are unchanged")
+        if not _STOPPING:
+            errors.print("interrupted; earlier runs and latest.json stay as they were")
         return 130
     except Exception as exc:  # jsonargparse reports bad arguments as ArgumentError / ValueError
         cause = exc
@@ -331,7 +382,15 @@ def main(argv: list[str] | None = None) -> int:
         if exc.__class__.__name__ in ("ArgumentError", "ParserError", "NSKeyError"):
             errors.print(f"[bold red]error[/]: {_parser_error_line(exc)}", highlight=False, soft_wrap=True)
             return 2
-        raise
+        if os.environ.get("OTX_DEBUG"):
+            raise
+        errors.print(
+            f"[bold red]error[/]: internal error ({type(exc).__name__}: {_one_line(exc)[:300]}); this is a bug in otx: "
+            "the run's otx.log has the traceback (OTX_DEBUG=1 shows it here)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
     return 0
 
 

@@ -40,13 +40,14 @@ from otx import __version__
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors, samples_from_source
 from otx.data.dataset import Sample
 from otx.data.io import read_image, read_mask
-from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
+from otx.deploy.inferencer import PRECISION_HINTS, OpenVINOInferencer, is_exported_model
 from otx.errors import OTXConfigError, OTXDataError, OTXError
 from otx.metrics import box_ap, gt_boxes_from_mask, image_metrics, pixel_metrics
 from otx.models.base import AnomalyModel
 from otx.report import ReportInput, write_report
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer, as_numpy
 from otx.tasks import Prediction, TaskAdapter, get_adapter
+from otx.validate import check_bool, check_choice, check_int, check_path
 from otx.visualize import overlay, write_overlay
 from otx.workdir import Run, WorkDir, atomic_write_bytes
 
@@ -59,6 +60,12 @@ def _peak_memory_mb() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return round(max(own, children) / 1024.0, 1)
+
+
+def prediction_counts(predictions: list[Prediction]) -> dict[str, int]:
+    """Images by label: ``images``, ``anomalous``, ``normal`` and ``error`` (could not be read)."""
+    names = [p.label_name for p in predictions]
+    return {"images": len(names), **{label: names.count(label) for label in ("anomalous", "normal", "error")}}
 
 
 def _class_path(obj: object) -> str:
@@ -126,15 +133,28 @@ class Engine:
         device: str = "AUTO",
         inference_precision: str = "f32",
     ) -> None:
+        if model is not None and not isinstance(model, AnomalyModel):
+            what = (
+                f"the class {model.__name__}; pass an instance, e.g. {model.__name__}()"
+                if isinstance(model, type)
+                else f"{model!r}"
+            )
+            raise OTXConfigError(f"model must be an otx model such as otx.models.Padim() (got {what})")
         self.model = model
+        if data is not None and not isinstance(data, AnomalyDataModule | str | Path):
+            raise OTXConfigError(f"data must be an AnomalyDataModule or a data root path (got {data!r})")
         self.data = data if isinstance(data, AnomalyDataModule) else AnomalyDataModule(str(data) if data else None)
+        if task is not None and not isinstance(task, str):
+            raise OTXConfigError(f"task must be one of classification, detection, segmentation (got {task!r})")
         self._task_given = task is not None
         self._use_task(task or "segmentation")
+        if not isinstance(device, str) or not device.strip():
+            raise OTXConfigError(f"device must be an OpenVINO device name such as CPU, GPU or AUTO (got {device!r})")
         self.device = device
-        self.inference_precision = inference_precision
-        self.workdir = WorkDir(work_dir)
-        self.max_epochs = max_epochs
-        self.seed = seed
+        self.inference_precision = check_choice("inference_precision", inference_precision, PRECISION_HINTS)
+        self.workdir = WorkDir(check_path("work_dir", work_dir))
+        self.max_epochs = check_int("max_epochs", max_epochs, minimum=1, optional=True)
+        self.seed = check_int("seed", seed, minimum=0)
         self.config = config or {}
         self.console = console or Console(stderr=True)
         self._warned_no_masks = False
@@ -156,7 +176,11 @@ class Engine:
         return self._run("train", lambda run: self._train(run, model))
 
     def test(self, checkpoint: str | Path | None = None) -> dict[str, Any]:
-        """Evaluate on the test split; returns (and writes) the metrics."""
+        """Evaluate on the test split; returns (and writes) the metrics.
+
+        Images that cannot be read are listed under ``errors`` (label ``error``), not scored.
+        """
+        check_path("checkpoint", checkpoint, optional=True)
         return self._run("test", lambda run: self._test(run, checkpoint))
 
     def predict(
@@ -169,6 +193,9 @@ class Engine:
         With ``visualize``, an overlay per image goes to ``predictions/overlays/`` (heat map, mask
         outline or boxes, label and score, and the ground-truth outline where the data has one).
         """
+        check_path("source", source, optional=True)
+        check_path("checkpoint", checkpoint, optional=True)
+        check_bool("visualize", visualize)
         return self._run("predict", lambda run: self._predict(run, source, checkpoint, visualize))
 
     def export(
@@ -186,6 +213,8 @@ class Engine:
         """
         from otx.deploy.export import check_export_args
 
+        check_path("checkpoint", checkpoint, optional=True)
+        check_bool("demo_package", demo_package)
         fmt, prec = check_export_args(export_format, precision)  # before any run folder exists
         if demo_package and fmt != "OPENVINO":
             raise OTXConfigError("the demo package holds an OpenVINO IR; export with --format OPENVINO")
@@ -208,9 +237,9 @@ class Engine:
         """
         from otx.deploy.optimize import check_max_drop
 
+        check_path("checkpoint", checkpoint, optional=True)
         check_max_drop(max_drop)
-        if subset_size < 1:
-            raise OTXConfigError(f"subset_size must be at least 1 (got {subset_size}); the default is 300")
+        check_int("subset_size", subset_size, minimum=1)
         return self._run("optimize", lambda run: self._optimize(run, checkpoint, subset_size, max_drop))
 
     def benchmark(
@@ -232,8 +261,12 @@ class Engine:
         Prints one table and writes it to ``metrics.json``; returns it.
         """
         for name, value, least in (("num_images", num_images, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
-            if value < least:
-                raise OTXConfigError(f"{name} must be at least {least} (got {value})")
+            check_int(name, value, minimum=least)
+        check_path("checkpoint", checkpoint, optional=True)
+        if models is not None and (isinstance(models, str | Path) or not isinstance(models, list | tuple)):
+            raise OTXConfigError(f"models must be a list of exported model paths (got {models!r})")
+        for model_path in models or []:
+            check_path("models", model_path)
         return self._run("benchmark", lambda run: self._benchmark(run, checkpoint, models, num_images, warmup, repeats))
 
     # --- plumbing ------------------------------------------------------------------------------
@@ -245,6 +278,17 @@ class Engine:
             result = body(run)
             ok = True
             return result
+        except KeyboardInterrupt as exc:
+            log.error(
+                "%s failed: interrupted (%s); earlier runs and latest.json are unchanged", command, exc or "SIGINT"
+            )
+            raise
+        except OTXError as exc:
+            log.error("%s failed: %s", command, exc)
+            raise
+        except Exception as exc:
+            log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc)
+            raise
         finally:
             log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
             run.close(ok)
@@ -298,13 +342,17 @@ class Engine:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
-            trainer.fit(model, train_dataloaders=self.data.dataloader("train", shuffle=True))
+            try:
+                trainer.fit(model, train_dataloaders=self.data.dataloader("train", shuffle=True))
+            except SystemExit as exc:  # Lightning ends an interrupted fit with sys.exit(1) after its clean-up
+                interrupt = exc.__context__ if isinstance(exc.__context__, KeyboardInterrupt) else None
+                raise KeyboardInterrupt(str(interrupt or "") or "SIGINT") from exc
         if trainer.interrupted:
             raise OTXError("training was interrupted; no checkpoint was written")
         timings["fit_s"] = time.perf_counter() - start
         log.info("fit took %.1f s", timings["fit_s"])
         start = time.perf_counter()
-        outputs = self._collect(scorer, splits["val"], "validation")
+        outputs, _ = self._collect(scorer, splits["val"], "validation")
         masks = outputs["masks"] if self.data.has_masks else None
         model.postprocessor.fit(
             outputs["scores"], outputs["labels"], outputs["maps"], masks, model.image_threshold, model.pixel_threshold
@@ -418,14 +466,23 @@ class Engine:
         self._setup_eval_data(scorer.data_info)
         self._save_config(run, scorer.model_entry(), {"checkpoint": str(scorer.source)})
         test = self.data.splits["test"]
-        scored = [s for s in test if s.label >= 0]
-        if not scored:
+        if not any(s.label >= 0 for s in test):
             raise OTXError("no labelled test images (test/good, test/<defect>); nothing to evaluate")
         start = time.perf_counter()
-        outputs = self._collect(scorer, test, "test")
+        outputs, errors = self._collect(scorer, test, "test", skip_errors=True)
         infer_s = time.perf_counter() - start
         predictions = self._to_predictions(scorer, outputs, test)
-        keep = np.array([s.label >= 0 for s in test])
+        for i, error in enumerate(errors):
+            if error:  # no decision, and left out of the metrics (listed in metrics.json and the report)
+                log.warning("not scored: %s", error)
+                predictions[i] = Prediction.failed(predictions[i].image_path, error)
+        keep = np.array([s.label >= 0 and not e for s, e in zip(test, errors, strict=True)])
+        if not keep.any():
+            raise OTXDataError(
+                f"none of the labelled test images could be read (first: {next(e for e in errors if e)}); "
+                "replace or remove the files"
+            )
+        scored = [s for s, k in zip(test, keep, strict=True) if k]
         start = time.perf_counter()
         scored_outputs = {k: v[torch.from_numpy(keep)] for k, v in outputs.items()}
         metrics = self._evaluate(
@@ -446,6 +503,8 @@ class Engine:
             "metrics": metrics,
             "splits": self.data.split_summary(),
             "thresholds": scorer.stats(),
+            "counts": prediction_counts(predictions),
+            "errors": [{"image": p.image_path, "error": p.error} for p in predictions if p.error],
             "timing_s": {"inference_s": round(infer_s, 2), "metrics_s": round(metrics_s, 2)},
             "peak_memory_mb": _peak_memory_mb(),
             "otx_version": __version__,
@@ -464,6 +523,7 @@ class Engine:
                 samples=scored,
                 predictions=scored_predictions,
                 scores=scored_outputs["scores"].numpy(),
+                errors=result["errors"],
             ),
         )
         result["report"] = str(report)
@@ -491,31 +551,47 @@ class Engine:
         out_dir = run.path / "predictions"
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
         predictions: list[Prediction] = []
+        start = time.perf_counter()
         for batch_outputs, batch_samples, errors in self._batches(scorer, samples, "predict", skip_errors=True):
             batch_preds = self._to_predictions(scorer, batch_outputs, batch_samples)
-            for pred, sample, error in zip(batch_preds, batch_samples, errors, strict=True):
-                if error:  # reported and skipped; the rest of the folder is predicted
-                    log.warning("skipped: %s", error)
-                    pred.error, pred.pred_score, pred.pred_label = error, float("nan"), False
-                    pred.anomaly_map = pred.pred_mask = pred.pred_boxes = pred.box_scores = None
+            for i, (pred, sample, error) in enumerate(zip(batch_preds, batch_samples, errors, strict=True)):
+                if error:  # no decision for an unreadable image; the rest of the folder is predicted
+                    log.warning("not predicted: %s", error)
+                    batch_preds[i] = Prediction.failed(pred.image_path, error)
+                    continue
                 stem = "__".join(Path(pred.image_path).relative_to(root).with_suffix("").parts)
                 if pred.pred_mask is not None:
                     cv2.imwrite(str(out_dir / "masks" / f"{stem}_mask.png"), pred.pred_mask.astype(np.uint8) * 255)
-                if visualize and not error:
+                if visualize:
                     gt = read_mask(sample.mask_path) if sample.mask_path else None
                     write_overlay(out_dir / "overlays" / f"{stem}.png", overlay(read_image(pred.image_path), pred, gt))
                 pred.anomaly_map = None  # maps are large; keep the mask and boxes only
             predictions.extend(batch_preds)
+        predict_s = time.perf_counter() - start
         run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
-        n_anomalous = sum(p.pred_label for p in predictions)
-        n_skipped = sum(bool(p.error) for p in predictions)
-        counts: dict[str, Any] = {
-            "images": len(predictions),
-            "anomalous": n_anomalous,
-            "normal": len(predictions) - n_anomalous,
+        counts = prediction_counts(predictions)
+        failed = [p for p in predictions if p.label_name == "error"]
+        summary = {
+            "command": "predict",
+            "task": self.task.value,
+            "model": scorer.name,
+            "backbone": scorer.backbone,
+            "checkpoint": str(scorer.source),
+            "runtime": scorer.runtime_info(),
+            "source": str(source) if source is not None else str(self.data.data_root),
+            "counts": counts,
+            "errors": [{"image": p.image_path, "error": p.error} for p in failed],
+            "timing_s": {"predict_s": round(predict_s, 2)},
+            "images_per_s": round(len(predictions) / predict_s, 2) if predict_s > 0 else None,
+            "peak_memory_mb": _peak_memory_mb(),
+            "otx_version": __version__,
         }
-        if n_skipped:
-            counts.update(normal=counts["normal"] - n_skipped, skipped=n_skipped)
+        run.write_json("metrics.json", summary)
+        if len(failed) == len(predictions):
+            raise OTXDataError(
+                f"none of the {len(predictions)} image(s) could be read (first: {failed[0].error}); "
+                f"nothing was predicted, latest.json is unchanged (details: {out_dir / 'predictions.json'})"
+            )
         extra = {"predictions": str(out_dir / "predictions.json")}
         if visualize:
             extra["overlays"] = str(out_dir / "overlays")
@@ -542,6 +618,7 @@ class Engine:
         start = time.perf_counter()
         path = export_model(model, run.path, self.task.value, export_format, precision, data=ckpt.get("data"))
         export_s = time.perf_counter() - start
+        decisions = self._check_fp16(model, ckpt, path) if precision == "FP16" else None
         # Check the file that was written, through OpenVINO, against torch on one image of another size.
         height, width = model.input_size
         probe = np.random.default_rng(0).random((3, height + 37, width + 21), dtype=np.float32)
@@ -559,37 +636,91 @@ class Engine:
             "timing_s": {"export_s": round(export_s, 2)},
             "otx_version": __version__,
         }
+        if decisions is not None:
+            summary["decisions"] = decisions
+            summary["thresholds"] = decisions["stats"]
         if demo_package:
             summary["demo_package"] = str(write_demo_package(path, run.path / "demo_package.zip"))
         run.write_json("metrics.json", summary)
         shown = {k: f"{v:.2e}" if k.startswith("max_") else v for k, v in check.items()}
         extra = {k: summary[k] for k in ("exported_model", "demo_package") if k in summary}
+        if decisions is not None:
+            self._print_decisions("export", "FP16", run, summary, {})
         self._print_summary("export", run, shown, f"{export_format} {precision} vs torch", extra=extra)
         return summary
 
+    def _validation_data(self, data_info: dict[str, Any], input_size: tuple[int, int]) -> Any:
+        """The labelled validation split the model's thresholds were learned on, as ``ValidationData``.
+
+        None when the data has no validation images. ``data_info`` is the model's data record.
+        """
+        from otx.data.datamodule import AnomalyDataset
+        from otx.deploy.optimize import ValidationData
+
+        self.data.input_size = input_size
+        self._setup_eval_data(data_info)
+        val = [s for s in self.data.splits["val"] if s.label >= 0]
+        if not val:
+            return None
+        use_masks = self.data.has_masks and self.adapter.pixel_level
+        return ValidationData(AnomalyDataset(val, input_size, resize_images=False), use_masks)
+
+    def _check_fp16(self, model: AnomalyModel, ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+        """Check an FP16 IR's decisions against the FP32 model's on the validation split; recalibrate it."""
+        import openvino as ov
+
+        from otx.deploy.calibrate import with_raw_outputs
+        from otx.deploy.export import save_ir, to_openvino
+        from otx.deploy.metadata import read_ir_info, with_stats
+        from otx.deploy.optimize import keep_decisions
+
+        data_info = ckpt.get("data") or {}
+        if self.data.data_root is None:
+            self.data.data_root = data_info.get("data_root")
+        if self.data.data_root is None or not Path(self.data.data_root).is_dir():
+            log.warning("the FP16 model's decisions were not checked: the training data is not at hand (--data_root)")
+            return {"checked": False, "reason": "no data", "stats": model.postprocessor.stats()}
+        validation = self._validation_data(data_info, model.input_size)
+        stats = model.postprocessor.stats()
+        if validation is not None:
+            validation.set_reference(with_raw_outputs(to_openvino(model)), stats)
+        fp16 = ov.Core().read_model(str(path))
+        info = read_ir_info(fp16)
+        final, record = keep_decisions(with_raw_outputs(fp16), validation, stats)
+        if record.get("recalibrated"):  # rewrite the IR with the recalibrated post-processor
+            meta = with_stats(info, record["stats"])
+            meta["otx_recalibrated"] = ",".join(record["recalibrated"])
+            save_ir(final, meta, path, fp16=True)
+        return record
+
     def _optimize_source(self, checkpoint: str | Path | None) -> Path:
-        """The model to quantise: the given one, else the newer of the latest export and training run."""
+        """The model to quantise: the given one, else the newer of the latest IR export and training run.
+
+        ONNX exports are passed over (INT8 takes the OpenVINO IR): the latest export folder that
+        holds an ``exported_model.xml`` counts, whether or not it is the latest export.
+        """
         if checkpoint is not None:
             return Path(checkpoint)
-        export, train = self.workdir.latest("export"), self.workdir.latest("train")
-        if export is not None and (train is None or export.name > train.name):
-            for name in ("exported_model.xml", "exported_model.onnx"):
-                if (export / name).is_file():
-                    return export / name
+        train = self.workdir.latest("train")
+        exports = sorted(self.workdir.root.glob("*-export*/exported_model.xml"), key=lambda p: p.parent.name)
+        if exports and exports[-1].with_suffix(".bin").is_file():
+            export = exports[-1]
+            if train is None or export.parent.name > train.name:
+                return export
         return self._latest_checkpoint()
 
     def _optimize(self, run: Run, checkpoint: str | Path | None, subset_size: int, max_drop: float | None) -> dict:
         import nncf
 
         from otx.data.datamodule import AnomalyDataset
+        from otx.deploy.calibrate import with_raw_outputs
         from otx.deploy.export import export_model
         from otx.deploy.optimize import (
-            ValidationData,
             choose_calibration,
+            keep_decisions,
             quantize,
             read_exported,
             save_optimized,
-            validation_metric,
         )
 
         source = self._optimize_source(checkpoint)
@@ -610,16 +741,14 @@ class Engine:
                 "INT8 calibration needs the training images; pass --data_root DIR (the folder with train/good)"
             )
         raw = info.raw
-        self.data.input_size = info.input_size
         fingerprint = raw.get("data_fingerprint")
-        self._setup_eval_data(
-            {
-                "val_split": raw.get("data_val_split"),
-                "seed": raw.get("data_seed"),
-                "fingerprint": fingerprint,
-                "data_root": data_record.get("data_root"),
-            }
-        )
+        data_info = {
+            "val_split": raw.get("data_val_split"),
+            "seed": raw.get("data_seed"),
+            "fingerprint": fingerprint,
+            "data_root": data_record.get("data_root"),
+        }
+        validation = self._validation_data(data_info, info.input_size)
         if self.data.index and fingerprint not in (None, "unknown") and fingerprint != self.data.index.fingerprint():
             log.warning(
                 "the model was trained on other files than '%s' holds; calibrating on them anyway", self.data.data_root
@@ -627,12 +756,8 @@ class Engine:
         train = self.data.splits["train"]
         chosen = choose_calibration(train, subset_size, self.seed)
         calibration = AnomalyDataset(chosen, info.input_size, resize_images=False)
-        val = [s for s in self.data.splits["val"] if s.label >= 0]
-        validation = None
-        if {0, 1} <= {s.label for s in val}:
-            use_masks = self.data.has_masks and self.adapter.pixel_level
-            validation = ValidationData(AnomalyDataset(val, info.input_size, resize_images=False), use_masks)
-        elif max_drop is not None:
+        val_labels = {s.label for s in validation.items.samples} if validation is not None else set()
+        if max_drop is not None and not {0, 1} <= val_labels:
             raise OTXDataError(
                 "accuracy control needs normal and anomalous validation images; add test/good and test/<defect> "
                 "folders (or val/), or leave out --max_drop"
@@ -642,63 +767,98 @@ class Engine:
             {"exported_model": str(source), "model_info": dict(info.raw)},
             {"checkpoint": str(source), "subset_size": subset_size, "max_drop": max_drop},
         )
+        n_val = len(validation.items) if validation is not None else 0
         self.console.print(
             f"[bold]otx optimize[/]: {info.model_name} ({info.backbone}) from {source}, calibrating on "
             f"{len(chosen)} of {len(train)} train/good images"
-            + (f", accuracy control (max drop {max_drop}) on {len(val)} validation images" if max_drop else "")
+            + (f", accuracy control (max drop {max_drop}) on {n_val} validation images" if max_drop else "")
         )
-        quantized, record = quantize(ov_model, info, calibration, validation, max_drop)
+        reference = with_raw_outputs(ov_model)
+        if validation is not None:
+            start = time.perf_counter()
+            validation.set_reference(reference, info.stats())
+            log.info("FP32 outputs on %d validation images in %.1f s", n_val, time.perf_counter() - start)
+        quantized, record = quantize(reference, info, calibration, validation, max_drop)
+        quantized, decisions = keep_decisions(quantized, validation, info.stats())
+        quantization = record["scheme"] + ("+accuracy-control" if max_drop is not None else "")
         summary: dict[str, Any] = {
             "command": "optimize",
             "task": self.task.value,
             "model": info.model_name,
             "backbone": info.backbone,
             "source_model": str(source),
-            "scheme": record["scheme"],
-            "scheme_summary": record["scheme_summary"],
+            "scheme": quantization,
+            "scheme_summary": record["scheme_summary"]
+            + (f"; NNCF accuracy control, max drop {max_drop}" if max_drop is not None else ""),
             "calibration_images": len(chosen),
             "train_images": len(train),
             "fake_quantize_nodes": record["fake_quantize_nodes"],
             "image_quantizers": record["image_quantizers"],
-            "timing_s": {"quantize_s": record["quantize_s"]},
+            "decisions": decisions,
+            "thresholds": decisions["stats"],
+            "timing_s": {"quantize_s": record["quantize_s"], "check_s": decisions.get("check_s")},
             "nncf_version": nncf.__version__,
             "otx_version": __version__,
         }
-        if validation is not None:
-            start = time.perf_counter()
-            before, after = validation_metric(ov_model, validation), validation_metric(quantized, validation)
-            summary["validation"] = {
-                "metric": "mean of image and pixel AUROC" if validation.use_masks else "image AUROC",
-                "images": len(val),
-                "fp32": round(before, 4),
-                "int8": round(after, 4),
-                "drop": round(before - after, 4),
-            }
-            summary["timing_s"]["validation_s"] = round(time.perf_counter() - start, 1)
         if max_drop is not None:
             summary["max_drop"] = max_drop
+            summary["max_drop_met"] = decisions["drop"] <= max_drop
         path = save_optimized(
             quantized,
             info,
             run.path,
             {
-                "otx_quantization": record["scheme"] + ("+accuracy-control" if max_drop is not None else ""),
-                "otx_quantization_summary": record["scheme_summary"],
+                "otx_quantization": quantization,
+                "otx_quantization_summary": summary["scheme_summary"],
                 "otx_calibration": f"{len(chosen)} of {len(train)} train/good images (seed {self.seed})",
                 "otx_nncf_version": nncf.__version__,
                 "otx_quantized_from": Path(source).name,
+                "otx_recalibrated": ",".join(decisions.get("recalibrated", [])) or "none",
                 **({"otx_max_drop": str(max_drop)} if max_drop is not None else {}),
             },
+            stats=decisions["stats"],
         )
         summary["optimized_model"] = str(path)
         run.write_json("metrics.json", summary)
-        shown: dict[str, Any] = {"scheme": record["scheme"], "calibration images": len(chosen)}
-        if "validation" in summary:
-            v = summary["validation"]
-            shown.update({f"FP32 {v['metric']}": v["fp32"], f"INT8 {v['metric']}": v["int8"], "drop": v["drop"]})
-        title = "INT8 vs FP32 on the validation split" if validation is not None else "INT8"
-        self._print_summary("optimize", run, shown, title, extra={"optimized_model": str(path)})
+        self._print_decisions("optimize", "INT8", run, summary, extra={"optimized_model": str(path)})
+        if max_drop is not None and not summary["max_drop_met"]:
+            log.warning(
+                "the INT8 model drops %.4f on the validation split, more than --max_drop %s (written anyway)",
+                decisions["drop"],
+                max_drop,
+            )
         return summary
+
+    def _print_decisions(
+        self, command: str, name: str, run: Run, summary: dict[str, Any], extra: dict[str, str]
+    ) -> None:
+        """The scheme, and FP32 against the converted model on the validation split.
+
+        Before and after recalibration: AUROC, F1 at the thresholds and label agreement with FP32.
+        """
+        decisions = summary["decisions"]
+        if "scheme" in summary:
+            self.console.print(f"scheme: {summary['scheme']} ({summary['scheme_summary']})")
+        if not decisions.get("checked"):
+            self.console.print(
+                f"[yellow]warning[/]: no validation images; {name}'s decisions were not checked against FP32"
+            )
+            self._print_summary(command, run, {}, name, extra=extra)
+            return
+        table = Table(title=f"otx {command}: {name} vs FP32 on {decisions['images']} validation images")
+        rows = decisions["table"]
+        columns = {"fp32": "FP32", "candidate_fp32_thresholds": f"{name}, FP32 thresholds", "candidate": name}
+        table.add_column("metric")
+        for title in columns.values():
+            table.add_column(title, justify="right")
+        for key in rows["fp32"]:
+            table.add_row(key, *(f"{rows[c].get(key, float('nan')):.4f}" for c in columns))
+        self.console.print(table)
+        recalibrated = ", ".join(decisions["recalibrated"]) or "none (the FP32 thresholds keep the decisions)"
+        self.console.print(f"recalibrated thresholds: {recalibrated}")
+        for key, value in extra.items():
+            self.console.print(f"{key}: {value}")
+        self.console.print(f"run folder: {run.path}")
 
     def _benchmark_plan(
         self, run: Run, checkpoint: str | Path | None, models: list[str | Path] | None
@@ -870,12 +1030,17 @@ class Engine:
                 )
                 progress.advance(bar, len(indices))
 
-    def _collect(self, scorer: Scorer, samples: list[Sample], desc: str) -> dict[str, torch.Tensor]:
+    def _collect(
+        self, scorer: Scorer, samples: list[Sample], desc: str, skip_errors: bool = False
+    ) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """All raw outputs of ``samples`` and, per sample, its decode error ("" when read)."""
         parts: dict[str, list[torch.Tensor]] = {}
-        for outputs, _, _ in self._batches(scorer, samples, desc):
+        errors: list[str] = []
+        for outputs, _, batch_errors in self._batches(scorer, samples, desc, skip_errors=skip_errors):
             for key, value in outputs.items():
                 parts.setdefault(key, []).append(value)
-        return {key: torch.cat(values) for key, values in parts.items()}
+            errors.extend(batch_errors)
+        return {key: torch.cat(values) for key, values in parts.items()}, errors
 
     def _to_predictions(
         self, scorer: Scorer, outputs: dict[str, torch.Tensor], samples: list[Sample]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ class ReportInput:
     samples: list[Sample]  # labelled test images (label 0 or 1)
     predictions: list[Prediction]  # normalised, at original size, one per sample
     scores: np.ndarray  # image scores used for the metrics (raw for torch, normalised for exports)
+    errors: list[dict[str, str]] = field(default_factory=list)  # images that could not be read
+    warnings: list[str] = field(default_factory=list)  # where the numbers could mislead
 
 
 def _png(fig: Figure) -> bytes:
@@ -156,6 +158,7 @@ th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 .cases figure { display: inline-block; margin: 0 12px 12px 0; }
 .cases figcaption { font-size: 12px; color: #555; }
 .legend { font-size: 13px; color: #444; }
+.warn { color: #a40000; }
 """
 
 
@@ -179,6 +182,24 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         f"<h1>otx test report: {html.escape(data.model)} ({html.escape(data.backbone)}), {html.escape(data.task)}</h1>",
         f"<p>model: <code>{html.escape(data.source)}</code><br>runtime: "
         f"{html.escape(', '.join(f'{k} {v}' for k, v in data.runtime.items()))}<br>otx {__version__}</p>",
+        *(
+            [
+                '<h2 class="warn">Warnings</h2><ul class="warn">'
+                + "".join(f"<li>{html.escape(w)}</li>" for w in data.warnings)
+                + "</ul>"
+            ]
+            if data.warnings
+            else []
+        ),
+        *(
+            [
+                f'<h2 class="warn">Images that could not be read ({len(data.errors)}): label "error", '
+                "not in the metrics</h2>",
+                _table([{"image": e["image"], "label": "error", "reason": e["error"]} for e in data.errors]),
+            ]
+            if data.errors
+            else []
+        ),
         "<h2>Metrics (test split)</h2>",
         _table(metric_rows),
         "<h2>Images per split</h2>",

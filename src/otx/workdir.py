@@ -30,11 +30,23 @@ from otx.errors import OTXError
 LATEST = "latest.json"
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never a half-written file)."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (never a half-written file).
+
+    The file gets the permissions a plain ``open`` would give (``0o666`` less the umask), not the
+    private ``0o600`` of the temporary file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -67,16 +79,22 @@ class WorkDir:
         self.root = Path(root).expanduser()
 
     def new_run(self, command: str) -> Run:
-        """Create a new, empty run folder for ``command``."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        """Create a new, empty run folder for ``command``; one ``OTXError`` line when it cannot."""
+        hint = "pass --work_dir a folder you can write to"
+        if self.root.exists() and not self.root.is_dir():
+            raise OTXError(f"work_dir '{self.root}' is a file, not a folder; {hint}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        for attempt in range(1000):
-            name = f"{stamp}-{command}" + (f"-{attempt}" if attempt else "")
-            try:
-                (self.root / name).mkdir()
-            except FileExistsError:
-                continue
-            return Run(self, self.root / name, command)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for attempt in range(1000):
+                name = f"{stamp}-{command}" + (f"-{attempt}" if attempt else "")
+                try:
+                    (self.root / name).mkdir()
+                except FileExistsError:
+                    continue
+                return Run(self, self.root / name, command)
+        except OSError as exc:
+            raise OTXError(f"cannot create a run folder in work_dir '{self.root}' ({exc.strerror}); {hint}") from exc
         raise OTXError(f"cannot create a run folder in '{self.root}'")
 
     def latest(self, command: str) -> Path | None:

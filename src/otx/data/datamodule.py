@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from otx.data.dataset import MvtecIndex, Sample, count_kinds, index_mvtec, split_validation
 from otx.data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from otx.errors import OTXDataError
+from otx.validate import check_bool, check_int, check_number, check_path
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,12 @@ class AnomalyDataModule:
         num_workers: int = 2,
         check_files: bool = True,
     ) -> None:
-        self.data_root = data_root
-        self.val_split = val_split
-        self.seed = seed
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.check_files = check_files
+        self.data_root = str(check_path("data_root", data_root, optional=True)) if data_root is not None else None
+        self.val_split = check_number("val_split", val_split, low=0.0, high=1.0, open_interval=True)
+        self.seed = check_int("seed", seed, minimum=0)
+        self.batch_size = check_int("batch_size", batch_size, minimum=1)
+        self.num_workers = check_int("num_workers", num_workers, minimum=0)
+        self.check_files = check_bool("check_files", check_files)
         self.input_size: tuple[int, int] = (256, 256)
         self.index: MvtecIndex | None = None
         self.splits: dict[str, list[Sample]] = {}

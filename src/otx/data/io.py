@@ -53,13 +53,33 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a ground-truth mask as an ``H x W`` bool array (any non-zero pixel is anomalous)."""
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise OTXDataError(f"cannot decode mask '{path}'; replace or remove the file")
-    if array.ndim == 3:
-        array = array.max(axis=2)
-    return array > 0
+    """Read a ground-truth mask as an ``H x W`` bool array (True: defect).
+
+    Every mode reads to the same binary mask: a pixel is a defect when its colour is not black,
+    that is when any colour channel is non-zero (grayscale 0/255 as in MVTec AD, 0/1 label masks,
+    16-bit, RGB, palette masks by their palette colours, 1-bit). Soft or noisy values (antialiased
+    edges, JPEG artefacts) count as defect wherever they are above 0. An alpha channel (RGBA, LA,
+    palette transparency) is ignored unless it is the only channel that varies, as in masks drawn
+    as transparency over one flat colour: then a pixel is a defect where its alpha is above 0.
+    """
+    try:
+        with Image.open(path) as pil:
+            if pil.mode == "P" or pil.mode == "PA":
+                pil = pil.convert("RGBA")
+            elif pil.mode == "1":
+                pil = pil.convert("L")
+            array = np.asarray(pil)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise OTXDataError(f"cannot decode mask '{path}' ({exc}); replace or remove the file") from exc
+    if array.ndim == 2:
+        return array > 0
+    channels = array.shape[2]
+    if channels in (2, 4):  # LA or RGBA: colour channels, then alpha
+        colour, alpha = array[..., : channels - 1], array[..., channels - 1]
+        if colour.min() == colour.max() and alpha.min() != alpha.max():
+            return alpha > 0
+        return colour.max(axis=2) > 0
+    return array.max(axis=2) > 0
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

@@ -27,6 +27,10 @@ ONNX_OPSET = 17
 
 def check_export_args(export_format: str, precision: str) -> tuple[str, str]:
     """Normalise and validate ``format`` and ``precision``; one clear line when wrong."""
+    if not isinstance(export_format, str):
+        raise OTXConfigError(f"export_format must be one of {', '.join(FORMATS)} (got {export_format!r})")
+    if not isinstance(precision, str):
+        raise OTXConfigError(f"precision must be 'FP32' or 'FP16' (got {precision!r}); INT8 comes from `otx optimize`")
     fmt, prec = export_format.upper(), precision.upper()
     if fmt not in FORMATS:
         raise OTXConfigError(f"unknown export format '{export_format}'; choose one of {', '.join(FORMATS)}")
@@ -72,42 +76,62 @@ def export_model(
         data=data,
         weights_source=model.weights_source,
     )
-    graph = ExportGraph(model).eval()
-    height, width = model.input_size
-    # An example larger than the input size, so that tracing goes through a real resize.
-    example = torch.rand(1, 3, height + height // 2, width + width // 2)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        tmp_dir = Path(tmp)
-        if fmt == "OPENVINO":
-            files = _export_openvino(graph, example, tmp_dir, info, prec == "FP16")
-        else:
-            files = _export_onnx(graph, example, tmp_dir, info)
-        for file in files:  # only complete exports reach out_dir
-            shutil.move(str(file), out_dir / file.name)
-    path = out_dir / files[0].name
+    if fmt == "OPENVINO":
+        path = save_ir(to_openvino(model), info, out_dir / f"{EXPORT_NAME}.xml", fp16=prec == "FP16")
+    else:
+        graph = ExportGraph(model).eval()
+        height, width = model.input_size
+        example = torch.rand(1, 3, height + height // 2, width + width // 2)  # larger: a real resize is traced
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=".export-") as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            files = _export_onnx(graph, example, Path(tmp), info)
+            for file in files:  # only complete exports reach out_dir
+                shutil.move(str(file), out_dir / file.name)
+        path = out_dir / files[0].name
     log.info("exported %s (%s, %s) to %s", type(model).__name__, fmt, prec, path)
     return path
 
 
-def _export_openvino(
-    graph: ExportGraph, example: torch.Tensor, tmp_dir: Path, info: dict[str, str], fp16: bool
-) -> list[Path]:
+def to_openvino(model: AnomalyModel) -> Any:
+    """The traced ``ExportGraph`` of a trained model as an in-memory ``openvino.Model`` (no metadata)."""
     import openvino as ov
 
-    with torch.no_grad():
+    graph = ExportGraph(model.eval()).eval()
+    height, width = model.input_size
+    # An example larger than the input size, so that tracing goes through a real resize.
+    example = torch.rand(1, 3, height + height // 2, width + width // 2)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         ov_model = ov.convert_model(
             graph, example_input=example, input=[(INPUT_NAME, ov.PartialShape([-1, 3, -1, -1]), ov.Type.f32)]
         )
+    name_io(ov_model)
+    return ov_model
+
+
+def save_ir(ov_model: Any, info: dict[str, str], path: Path, fp16: bool = False) -> Path:
+    """Write ``path`` (.xml) and its .bin with ``info`` as ``model_info``; both appear at once or not at all."""
+    import openvino as ov
+
+    write_ir_info(ov_model, info)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".save-") as tmp:
+        xml = Path(tmp) / path.name
+        ov.save_model(ov_model, str(xml), compress_to_fp16=fp16)
+        for file in (xml, xml.with_suffix(".bin")):
+            shutil.move(str(file), path.parent / file.name)
+    return path
+
+
+def name_io(ov_model: Any) -> None:
+    """Give an exported ``openvino.Model`` otx's input and output names and the NCHW input layout."""
+    import openvino as ov
+
     for output, name in zip(ov_model.outputs, OUTPUT_NAMES, strict=True):
         output.get_tensor().set_names({name})
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
     ov_model.inputs[0].get_node().set_layout(ov.Layout("NCHW"))
-    write_ir_info(ov_model, info)
-    xml = tmp_dir / f"{EXPORT_NAME}.xml"
-    ov.save_model(ov_model, str(xml), compress_to_fp16=fp16)
-    return [xml, xml.with_suffix(".bin")]
 
 
 def _export_onnx(graph: ExportGraph, example: torch.Tensor, tmp_dir: Path, info: dict[str, str]) -> list[Path]:

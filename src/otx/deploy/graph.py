@@ -53,8 +53,33 @@ class ExportGraph(nn.Module):
         resized = self.resize(image)
         core_input = (resized - self.mean) / self.std if self.normalize else resized
         anomaly_map, pred_score = core_outputs(self.core, core_input)
-        out = self.postprocessor(anomaly_map, pred_score)
-        return out["pred_score"], out["pred_label"], out["anomaly_map"][:, None], out["pred_mask"][:, None]
+        return graph_outputs(self.postprocessor, anomaly_map, pred_score)
+
+
+def graph_outputs(
+    postprocessor: nn.Module, anomaly_map: torch.Tensor, pred_score: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The exported outputs (``OUTPUT_NAMES`` order) from raw map and score: the graph's tail."""
+    out = postprocessor(anomaly_map, pred_score)
+    return out["pred_score"], out["pred_label"], out["anomaly_map"][:, None], out["pred_mask"][:, None]
+
+
+class ExportHead(nn.Module):
+    """The tail of ``ExportGraph`` alone: raw ``(anomaly_map, pred_score)`` in, the four outputs out.
+
+    ``otx.deploy.calibrate`` traces it with recalibrated statistics and splices it onto a model's
+    raw outputs, so a recalibrated export runs the very post-processing code of every export.
+    """
+
+    def __init__(self, postprocessor: nn.Module) -> None:
+        super().__init__()
+        self.postprocessor = postprocessor
+
+    def forward(
+        self, anomaly_map: torch.Tensor, pred_score: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised outputs from raw ones."""
+        return graph_outputs(self.postprocessor, anomaly_map, pred_score)
 
 
 class NormalizedStem(nn.Module):

@@ -251,8 +251,9 @@ class OpenVINOInferencer:
     def predict(self, source: str | Path | np.ndarray | Sequence[np.ndarray]) -> list[Prediction]:
         """Predict on a file, a folder, a glob, one image array or a list of arrays.
 
-        Files that cannot be decoded are reported in ``Prediction.error`` (score NaN) and skipped;
-        the others are predicted. Arrays are RGB (see ``to_input``).
+        A file that cannot be decoded gets no decision: its ``Prediction`` has ``label_name``
+        ``"error"``, ``pred_label`` None and the reason in ``error``; the others are predicted.
+        Arrays are RGB (see ``to_input``).
         """
         if isinstance(source, np.ndarray) or (
             isinstance(source, list | tuple) and source and isinstance(source[0], np.ndarray)
@@ -277,14 +278,11 @@ class OpenVINOInferencer:
             try:
                 images.append(read_image(path))
             except OTXDataError as exc:
-                log.warning("skipped: %s", exc)
+                log.warning("not predicted: %s", exc)
                 errors[i] = str(exc)
         good = [p for i, p in enumerate(paths) if i not in errors]
         done = iter(self._predict_arrays(good, images))
-        return [
-            Prediction(p, float("nan"), False, error=errors[i]) if i in errors else next(done)
-            for i, p in enumerate(paths)
-        ]
+        return [Prediction.failed(p, errors[i]) if i in errors else next(done) for i, p in enumerate(paths)]
 
     def _predict_arrays(self, names: list[str], arrays: list[np.ndarray]) -> list[Prediction]:
         outputs = self.infer(arrays)

@@ -143,6 +143,14 @@ class ModelInfo:
         return {key: float(self.raw[key]) for key in keys if key in self.raw}
 
 
+def with_stats(raw: dict[str, str], stats: dict[str, float]) -> dict[str, str]:
+    """``model_info`` entries with new thresholds and statistics (and model_api's normalisation scale)."""
+    updated = dict(raw)
+    updated.update({key: _text(float(value)) for key, value in stats.items()})
+    updated["normalization_scale"] = _text(float(stats["image_max"]) - float(stats["image_min"]))
+    return updated
+
+
 def write_ir_info(ov_model: Any, info: dict[str, str]) -> None:
     """Store ``info`` in an ``openvino.Model``'s ``rt_info`` under ``model_info``."""
     for key, value in info.items():

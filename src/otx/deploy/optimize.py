@@ -15,18 +15,19 @@ Mahalanobis product) runs in INT8. Every scheme keeps in float:
 - the post-processor (thresholds, normalisation, clipping).
 
 Calibration uses training images only (``train/good``: normal images the model was fitted on),
-never validation or test images. ``max_drop`` switches to NNCF's quantisation with accuracy
-control: the validation split the model's thresholds were learned on measures the metric
-(image AUROC, averaged with pixel AUROC where the data has masks), and the quantisers that cost
-most are reverted to float until the drop is at most ``max_drop``.
+never validation or test images. After quantisation the INT8 model's decisions are checked on the
+validation split against the FP32 model's and its thresholds recalibrated where that keeps them
+(``otx.deploy.calibrate``). ``max_drop`` switches to NNCF's quantisation with accuracy control:
+on the validation split the thresholds were learned on, the largest drop from FP32 of image
+AUROC and image F1 at the (recalibrated) thresholds, and of pixel AUROC and F1 where the data
+has masks, is measured, and the quantisers that cost most are reverted to float until it is at
+most ``max_drop``.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,9 +37,20 @@ from typing import Any
 import numpy as np
 
 from otx.data.dataset import Sample
+from otx.deploy.calibrate import (
+    Decisions,
+    RawOutputs,
+    calibrate_decisions,
+    compile_f32,
+    level_metrics,
+    raw_outputs,
+    reference_labels,
+    replace_postprocessor,
+)
 from otx.deploy.inferencer import check_model_path
-from otx.deploy.metadata import ModelInfo, read_model_info, write_ir_info
+from otx.deploy.metadata import ModelInfo, read_model_info, with_stats
 from otx.errors import OTXConfigError, OTXDataError, OTXError
+from otx.postprocess import normalize
 
 log = logging.getLogger(__name__)
 
@@ -186,27 +198,59 @@ def _as_input(item: dict[str, Any]) -> np.ndarray:
 
 @dataclass
 class ValidationData:
-    """The validation split as the accuracy-controlled mode sees it (images at their own size)."""
+    """The validation split the thresholds were learned on, and the FP32 model's outputs on it.
+
+    ``items`` are dataset items at their own size (the graph resizes); ``use_masks``: pixel
+    AUROC and F1 count (the data has masks and the task is pixel-level). ``reference`` and
+    ``stats`` are the FP32 model's raw outputs and statistics (``set_reference``); every
+    comparison and the accuracy control measure against them.
+    """
 
     items: Any  # an AnomalyDataset with resize_images=False
     use_masks: bool
+    reference: RawOutputs | None = None
+    stats: dict[str, float] | None = None
 
-    def metric(self, compiled: Any, items: Any) -> tuple[float, None]:
-        """NNCF's validation function: image AUROC (mean with pixel AUROC where masks exist)."""
-        from otx.metrics import roc_auc
+    def set_reference(self, ov_model: Any, stats: dict[str, float]) -> None:
+        """Run the FP32 model (with raw outputs) over the split once and keep what it says."""
+        self.reference, self.stats = raw_outputs(compile_f32(ov_model), self.items), dict(stats)
 
-        scores, labels, maps, masks = [], [], [], []
-        for item in items:
-            out = compiled(_as_input(item))
-            scores.append(float(np.asarray(out["pred_score"]).reshape(-1)[0]))
-            labels.append(int(item["label"]))
-            if self.use_masks:
-                maps.append(np.asarray(out["anomaly_map"]).reshape(item["mask"].shape))
-                masks.append(item["mask"].numpy())
-        image_auroc = roc_auc(scores, labels)
-        if not self.use_masks:
-            return image_auroc, None
-        return 0.5 * (image_auroc + roc_auc(np.stack(maps), np.stack(masks))), None
+    def compare(self, outputs: RawOutputs) -> tuple[Decisions, dict[str, dict[str, float]]]:
+        """Recalibrate a candidate's statistics where that keeps FP32's decisions; figures before and after.
+
+        ``outputs`` may cover any subset of the split (NNCF validates on subsets): the FP32
+        outputs of the same items are compared. Per level: AUROC, F1 at the thresholds and
+        agreement with the FP32 labels.
+        """
+        assert self.reference is not None and self.stats is not None, "set_reference first"
+        reference = self.reference.take(outputs.indices)
+        labels = reference_labels(reference, self.stats)
+        decisions = calibrate_decisions(reference, outputs, self.stats)
+        table = {
+            "fp32": level_metrics(reference, self.stats, labels, self.use_masks),
+            "candidate_fp32_thresholds": level_metrics(outputs, self.stats, labels, self.use_masks),
+            "candidate": level_metrics(outputs, decisions.stats, labels, self.use_masks),
+        }
+        return decisions, table
+
+    def drop(self, table: dict[str, dict[str, float]]) -> float:
+        """The largest drop from FP32 of image AUROC, image F1 (and pixel AUROC and F1 with masks)."""
+        keys = [k for k in ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1") if k in table["fp32"]]
+        return max([0.0, *(table["fp32"][k] - table["candidate"][k] for k in keys)])
+
+    def metric(self, compiled: Any, items: Any) -> tuple[float, list[float]]:
+        """NNCF's validation function: ``1 - drop`` after recalibration (1.0 for the FP32 model itself).
+
+        Per item (NNCF ranks quantisers by them): one minus the distance of the item's normalised
+        score from the FP32 model's.
+        """
+        outputs = raw_outputs(compiled, items)
+        decisions, table = self.compare(outputs)
+        assert self.reference is not None and self.stats is not None
+        reference = self.reference.take(outputs.indices)
+        mine = normalize(outputs.scores, *(decisions.stats[f"image_{k}"] for k in ("threshold", "min", "max")))
+        fp32 = normalize(reference.scores, *(self.stats[f"image_{k}"] for k in ("threshold", "min", "max")))
+        return 1.0 - self.drop(table), (1.0 - np.abs(mine - fp32)).tolist()
 
 
 def quantize(
@@ -254,12 +298,12 @@ def _quantize(
             ignored_scope=ignored,
         )
     else:
-        if validation is None:
+        if validation is None or validation.reference is None:
             raise OTXConfigError("accuracy control (max_drop) needs the validation split; pass --data_root DIR")
         quantized = nncf.quantize_with_accuracy_control(
             ov_model,
             dataset,
-            nncf.Dataset(validation.items),
+            nncf.Dataset(validation.items, _as_input),
             validation.metric,
             max_drop=max_drop,
             drop_type=nncf.DropType.ABSOLUTE,
@@ -306,32 +350,52 @@ def full_range_image_quantizers(ov_model: Any) -> int:
     return count
 
 
-def validation_metric(ov_model: Any, validation: ValidationData) -> float:
-    """The accuracy-control metric of a model on the validation split, at f32 inference precision."""
-    import openvino as ov
+def keep_decisions(
+    candidate: Any, validation: ValidationData | None, stats: dict[str, float]
+) -> tuple[Any, dict[str, Any]]:
+    """Check a candidate's decisions against the FP32 model's on the validation split; recalibrate.
 
-    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return validation.metric(compiled, validation.items)[0]
+    ``candidate`` is an INT8 or FP16 model with raw outputs (``with_raw_outputs``), ``stats`` the
+    FP32 model's statistics. Returns the model to save (the four outputs of an export, its
+    post-processor recalibrated where that keeps FP32's decisions) and a record: the statistics,
+    the levels recalibrated, and per level AUROC, F1 at the thresholds and label agreement of the
+    FP32 model and of the candidate before and after recalibration.
+    """
+    if validation is None or validation.reference is None:
+        log.warning("no validation images: the decisions of the converted model were not checked against FP32")
+        return replace_postprocessor(candidate, stats), {"checked": False, "stats": dict(stats)}
+    start = time.perf_counter()
+    decisions, table = validation.compare(raw_outputs(compile_f32(candidate), validation.items))
+    record = {
+        "checked": True,
+        "images": len(validation.reference.scores),
+        "recalibrated": decisions.recalibrated,
+        "stats": decisions.stats,
+        "table": {name: {k: round(v, 4) for k, v in row.items()} for name, row in table.items()},
+        "drop": round(validation.drop(table), 4),
+        "check_s": round(time.perf_counter() - start, 1),
+    }
+    return replace_postprocessor(candidate, decisions.stats), record
 
 
-def save_optimized(ov_model: Any, info: ModelInfo, out_dir: Path, record: dict[str, str]) -> Path:
-    """Write ``optimized_model.xml/.bin`` with the source's metadata, marked as INT8, atomically."""
-    import openvino as ov
+def save_optimized(
+    ov_model: Any, info: ModelInfo, out_dir: Path, record: dict[str, str], stats: dict[str, float] | None = None
+) -> Path:
+    """Write ``optimized_model.xml/.bin`` with the source's metadata, marked as INT8, atomically.
 
-    meta = dict(info.raw)
+    ``stats``: the thresholds and statistics of the model's post-processor, where recalibrated.
+    """
+    from otx.deploy.export import save_ir
+
+    meta = with_stats(info.raw, stats) if stats is not None else dict(info.raw)
     meta.update(otx_precision="INT8", otx_format="OPENVINO", otx_quantization=record["otx_quantization"])
     meta.update({key: value for key, value in record.items() if key.startswith("otx_")})
-    write_ir_info(ov_model, meta)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".optimize-") as tmp:
-        xml = Path(tmp) / f"{OPTIMIZED_NAME}.xml"
-        ov.save_model(ov_model, str(xml), compress_to_fp16=False)
-        for file in (xml, xml.with_suffix(".bin")):
-            shutil.move(str(file), out_dir / file.name)
-    return out_dir / f"{OPTIMIZED_NAME}.xml"
+    return save_ir(ov_model, meta, out_dir / f"{OPTIMIZED_NAME}.xml")
 
 
 def check_max_drop(max_drop: float | None) -> None:
     """``max_drop`` is an absolute metric drop in (0, 1)."""
+    if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, int | float)):
+        raise OTXConfigError(f"max_drop must be a number between 0 and 1 (got {max_drop!r}); e.g. 0.01")
     if max_drop is not None and not 0.0 < max_drop < 1.0:
-        raise OTXConfigError(f"max_drop is an absolute AUROC drop between 0 and 1 (got {max_drop}); e.g. 0.01")
+        raise OTXConfigError(f"max_drop is an absolute AUROC / F1 drop between 0 and 1 (got {max_drop}); e.g. 0.01")

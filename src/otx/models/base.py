@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from otx.data.datamodule import raise_batch_errors
+from otx.errors import OTXConfigError
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
 from otx.postprocess import PostProcessor
+from otx.validate import check_bool, check_number, check_path, check_size
 
 
 def core_outputs(core: nn.Module, normalized: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,13 +61,18 @@ class AnomalyModel(L.LightningModule):
         pixel_threshold: float | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(backbone, str):
+            raise OTXConfigError(f"backbone must be a backbone name such as 'efficientnet_lite0' (got {backbone!r})")
         self.spec: BackboneSpec = get_backbone(backbone)
+        if layers is not None and (isinstance(layers, str) or not all(isinstance(x, str) for x in layers)):
+            raise OTXConfigError(f"layers must be a list of layer names, e.g. ['blocks.2'] (got {layers!r})")
         self.layers = list(layers) if layers else list(self.default_layers(self.spec))
         check_layers(self.spec, self.layers)
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.pretrained = pretrained
-        self.image_threshold = image_threshold
-        self.pixel_threshold = pixel_threshold
+        self.input_size = check_size("input_size", list(input_size) if isinstance(input_size, tuple) else input_size)
+        self.pretrained = check_bool("pretrained", pretrained)
+        check_path("weights", weights, optional=True)
+        self.image_threshold = check_number("image_threshold", image_threshold, optional=True)
+        self.pixel_threshold = check_number("pixel_threshold", pixel_threshold, optional=True)
         self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
         self.model = self.build_core()

@@ -27,6 +27,7 @@ from otx.errors import OTXConfigError
 from otx.models.backbones import BackboneSpec
 from otx.models.base import AnomalyModel
 from otx.models.upsample import upsample_bilinear
+from otx.validate import check_int
 
 
 class StreamingGaussian:
@@ -173,8 +174,8 @@ class Padim(AnomalyModel):
         pixel_threshold: float | None = None,
         seed: int = 0,
     ) -> None:
-        self.n_features = n_features
-        self.seed = seed
+        self.n_features = check_int("n_features", n_features, minimum=1, optional=True)
+        self.seed = check_int("seed", seed, minimum=0)
         super().__init__(backbone, layers, input_size, pretrained, weights, image_threshold, pixel_threshold)
         self.save_hyperparameters()
 

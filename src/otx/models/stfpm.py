@@ -21,6 +21,7 @@ from torch import nn
 from otx.models.backbones import BackboneSpec
 from otx.models.base import AnomalyModel
 from otx.models.upsample import upsample_bilinear
+from otx.validate import check_int, check_number
 
 
 class StfpmMapGenerator(AnomalyMapGenerator):
@@ -103,7 +104,10 @@ class Stfpm(AnomalyModel):
         weight_decay: float = 0.001,
         seed: int = 0,
     ) -> None:
-        self.lr, self.momentum, self.weight_decay, self.seed = lr, momentum, weight_decay, seed
+        self.lr = check_number("lr", lr, low=0.0, open_interval=True)
+        self.momentum = check_number("momentum", momentum, low=0.0, high=1.0)
+        self.weight_decay = check_number("weight_decay", weight_decay, low=0.0)
+        self.seed = check_int("seed", seed, minimum=0)
         super().__init__(backbone, layers, input_size, pretrained, weights, image_threshold, pixel_threshold)
         self.save_hyperparameters()
         self.loss = STFPMLoss()

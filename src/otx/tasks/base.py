@@ -24,27 +24,37 @@ class Prediction:
 
     ``pred_score`` is normalised to [0, 1] with 0.5 the decision boundary; ``pred_label`` is
     True for anomalous. Maps, masks and boxes are filled by the tasks that produce them.
+
+    An image that could not be read has no decision: ``error`` holds the reason, ``pred_label``
+    is None, ``pred_score`` NaN and ``label_name`` ``"error"`` (never ``"normal"``).
     """
 
     image_path: str
     pred_score: float
-    pred_label: bool
+    pred_label: bool | None
     anomaly_map: np.ndarray | None = None
     pred_mask: np.ndarray | None = None
     pred_boxes: np.ndarray | None = None
     box_scores: np.ndarray | None = None
     error: str = ""
 
+    @classmethod
+    def failed(cls, image_path: str, error: str) -> Prediction:
+        """The record of an image that could not be read: no score, no label, the reason."""
+        return cls(image_path, float("nan"), None, error=error or "unreadable image")
+
     @property
     def label_name(self) -> str:
-        """``anomalous`` or ``normal``."""
+        """``anomalous``, ``normal``, or ``error`` for an image that could not be read."""
+        if self.error or self.pred_label is None:
+            return "error"
         return "anomalous" if self.pred_label else "normal"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready record (maps and masks are written as files, not inline)."""
         record: dict[str, Any] = {
             "image": self.image_path,
-            "score": round(float(self.pred_score), 6),
+            "score": None if self.label_name == "error" else round(float(self.pred_score), 6),
             "label": self.label_name,
         }
         if self.pred_boxes is not None and self.box_scores is not None:

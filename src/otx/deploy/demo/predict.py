@@ -6,6 +6,9 @@ Usage:
 IMAGES is an image file, a folder (searched recursively) or a glob pattern. Writes
 ``results.json`` (score in [0, 1] with 0.5 the threshold, label, boxes for detection models) and,
 for segmentation and detection models, one mask PNG per image. Reproduces ``otx predict``.
+
+An image that cannot be decoded gets ``"label": "error"`` with the reason, never a normal/anomalous
+label; the exit code is then 1 (``--allow_errors`` gives 0 when at least one image was predicted).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def main() -> int:
     parser.add_argument("--device", default="CPU", help="CPU, GPU, NPU or AUTO")
     parser.add_argument("--precision", default="f32", help="inference precision hint (f32, bf16, f16)")
     parser.add_argument("--output", default="results", help="folder for results.json and masks")
+    parser.add_argument("--allow_errors", action="store_true", help="exit 0 even if some images cannot be read")
     args = parser.parse_args()
 
     core = ov.Core()
@@ -118,16 +122,23 @@ def main() -> int:
     for index, path in enumerate(paths):
         image = read_rgb(path)
         if image is None:
-            results[index] = {"image": str(path), "error": "cannot decode image"}
-            print(f"skipped {path}: cannot decode image", file=sys.stderr)
+            results[index] = {"image": str(path), "score": None, "label": "error", "error": "cannot decode image"}
+            print(f"not predicted: {path}: cannot decode image", file=sys.stderr)
             continue
         tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
         queue.start_async({0: tensor}, userdata=(index, path, image.shape[:2]))
     queue.wait_all()
     records = [results[i] for i in range(len(paths))]
     (out_dir / "results.json").write_text(json.dumps(records, indent=1))
-    anomalous = sum(r.get("label") == "anomalous" for r in records)
-    print(f"{len(records)} images, {anomalous} anomalous; results in {out_dir / 'results.json'}")
+    anomalous = sum(r["label"] == "anomalous" for r in records)
+    failed = sum(r["label"] == "error" for r in records)
+    print(f"{len(records)} images, {anomalous} anomalous, {failed} unreadable; results in {out_dir / 'results.json'}")
+    if failed == len(records):
+        print("error: no image could be read", file=sys.stderr)
+        return 1
+    if failed and not args.allow_errors:
+        print(f"error: {failed} image(s) could not be read (label 'error' in results.json)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,0 +1,261 @@
+"""Keep an exported model's decisions when its arithmetic changes (INT8, FP16).
+
+Quantisation keeps the ranking of the scores (AUROC) but may shift or stretch them: PADIM's INT8
+Mahalanobis distances on the sample data moved enough that the normalised scores crossed the 0.5
+boundary and most defective images became "normal" (image F1 0.857 -> 0.667) while AUROC held.
+So every INT8 model, and every FP16 export, is checked on the validation split the thresholds
+were learned on, against the FP32 model:
+
+1. Both models run on the validation images; each reports its *raw* outputs (the inputs of its
+   post-processor: anomaly map and image score, in the model's own units) besides the usual ones.
+2. For image scores and for pixels apart, two sets of statistics are compared by how many
+   decisions agree with the FP32 model's: the FP32 statistics as they are, and statistics
+   recalibrated on the candidate's own raw outputs: min and max of its validation outputs (as
+   training sets them) and the threshold that agrees best with the FP32 labels (among equally
+   good ones, the nearest to where the FP32 threshold sits within the FP32 min-max range).
+3. The recalibrated statistics are kept only where they agree better; the candidate's
+   post-processor is then replaced by ``ExportHead`` traced with them (the code of every export),
+   spliced onto its raw outputs.
+
+The labels are the FP32 model's, not the ground truth: the aim is the same decisions, and pixel
+decisions can be checked even where the data has no masks. Ground truth enters only the figures
+reported beside them (AUROC and F1 at the thresholds, per level).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from otx.errors import OTXError
+
+log = logging.getLogger(__name__)
+
+RAW_MAP, RAW_SCORE = "otx_raw_map", "otx_raw_score"
+# Post-processor nodes: ``__module.postprocessor/...`` in ExportGraph and ExportHead alike.
+POSTPROCESSOR = re.compile(r"^__module\.postprocessor\b")
+PIXEL_SAMPLE = 2_000_000  # validation pixels compared per level (a seeded sample beyond that)
+STAT_KEYS = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
+
+
+def postprocessor_inputs(ov_model: Any) -> tuple[Any, Any]:
+    """The raw ``(anomaly_map, pred_score)`` outputs that feed an otx export's post-processor."""
+    names = {op.get_friendly_name() for op in ov_model.get_ops() if POSTPROCESSOR.match(op.get_friendly_name())}
+    sources: dict[tuple[str, int], Any] = {}
+    constant: dict[str, bool] = {}  # computed from constants only (e.g. FP16 weights and their Convert)
+    for op in ov_model.get_ordered_ops():
+        name = op.get_friendly_name()
+        inputs = [value.get_node().get_friendly_name() for value in op.input_values()]
+        constant[name] = op.get_type_name() == "Constant" or (bool(inputs) and all(constant[i] for i in inputs))
+        if name not in names:
+            continue
+        for value in op.input_values():
+            node = value.get_node()
+            if not constant[node.get_friendly_name()] and node.get_friendly_name() not in names:
+                sources[(node.get_friendly_name(), value.get_index())] = value
+    by_rank = {value.get_partial_shape().rank.get_length(): value for value in sources.values()}
+    score = by_rank.pop(1, None)
+    if len(sources) != 2 or score is None or len(by_rank) != 1:
+        raise OTXError(
+            "cannot find the post-processor's inputs in this model (not an otx export, or made by an older "
+            "otx); re-export it with `otx export`"
+        )
+    return next(iter(by_rank.values())), score
+
+
+def with_raw_outputs(ov_model: Any) -> Any:
+    """A copy of an export with two more outputs, ``otx_raw_map`` and ``otx_raw_score``."""
+    model = ov_model.clone()
+    raw_map, raw_score = postprocessor_inputs(model)
+    for value, name in ((raw_map, RAW_MAP), (raw_score, RAW_SCORE)):
+        output = model.add_outputs([value])[0]
+        output.get_tensor().add_names({name})
+    return model
+
+
+@dataclass
+class RawOutputs:
+    """A model's raw validation outputs, with the items' ground truth.
+
+    ``scores [N]`` and ``maps [N, h, w]`` (float32), ``labels [N]`` and ``masks [N, h, w]`` (bool),
+    and each item's index in its dataset (``indices [N]``).
+    """
+
+    scores: np.ndarray
+    maps: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    indices: np.ndarray
+
+    def take(self, indices: np.ndarray) -> RawOutputs:
+        """The outputs of the items with these dataset indices, in that order."""
+        position = {int(index): i for i, index in enumerate(self.indices)}
+        rows = np.array([position[int(index)] for index in indices], dtype=np.int64)
+        return RawOutputs(self.scores[rows], self.maps[rows], self.labels[rows], self.masks[rows], self.indices[rows])
+
+
+def raw_outputs(compiled: Any, items: Any) -> RawOutputs:
+    """Run a compiled model with raw outputs (``with_raw_outputs``) over dataset items."""
+    scores, maps, labels, masks, indices = [], [], [], [], []
+    for item in items:
+        if item["error"]:
+            raise OTXError(item["error"])
+        out = compiled(item["image"].numpy()[None])
+        scores.append(float(np.asarray(out[RAW_SCORE]).reshape(-1)[0]))
+        raw_map = np.asarray(out[RAW_MAP], dtype=np.float32)
+        maps.append(raw_map.reshape(raw_map.shape[-2:]))
+        labels.append(int(item["label"]) == 1)
+        masks.append(np.asarray(item["mask"], dtype=bool).reshape(maps[-1].shape))
+        indices.append(int(item["index"]))
+    return RawOutputs(
+        np.asarray(scores, np.float32), np.stack(maps), np.asarray(labels), np.stack(masks), np.asarray(indices)
+    )
+
+
+def compile_f32(ov_model: Any) -> Any:
+    """Compile for the CPU at f32 inference precision (what the comparison must see)."""
+    import openvino as ov
+
+    return ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def best_threshold(values: np.ndarray, reference: np.ndarray, prior: float) -> tuple[float, float]:
+    """The threshold ``t`` on ``values`` whose labels ``values >= t`` agree best with ``reference``.
+
+    Returns ``(t, agreement)``. Candidates are the values themselves (a threshold anywhere between
+    two consecutive values gives the same labels as the upper one); among equally good ones, the
+    one nearest to ``prior``.
+    """
+    order = np.argsort(values, kind="stable")
+    v, ref = values[order].astype(np.float64), reference[order].astype(bool)
+    n = v.size
+    # Threshold at v[k] (k = 0..n-1) labels v[k:] anomalous; k = n labels nothing anomalous.
+    normal_below = np.concatenate([[0], np.cumsum(~ref)])  # reference-normal among v[:k]
+    anomalous_from = np.concatenate([np.cumsum(ref[::-1])[::-1], [0]])  # reference-anomalous among v[k:]
+    agree = normal_below + anomalous_from
+    # Only the first of a run of equal values is a real split point.
+    valid = np.ones(n + 1, bool)
+    valid[1:n] = v[1:] != v[:-1]
+    candidates = np.concatenate([v, [np.nextafter(v[-1], np.inf)]])
+    best = agree[valid].max()
+    ties = np.flatnonzero(valid & (agree == best))
+    pick = ties[np.argmin(np.abs(candidates[ties] - prior))]
+    return float(candidates[pick]), float(best) / n
+
+
+def _sample_pixels(maps: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
+    flat = maps.reshape(-1)
+    if flat.size <= limit:
+        return np.arange(flat.size)
+    return np.sort(np.random.default_rng(seed).choice(flat.size, size=limit, replace=False))
+
+
+@dataclass
+class Decisions:
+    """The outcome of ``calibrate_decisions``: the statistics to use and what they were chosen on."""
+
+    stats: dict[str, float]
+    recalibrated: list[str] = field(default_factory=list)  # "image", "pixel": levels whose statistics changed
+    agreement_kept: dict[str, float] = field(default_factory=dict)  # per level, with the FP32 statistics
+    agreement: dict[str, float] = field(default_factory=dict)  # per level, with the chosen statistics
+
+
+def calibrate_decisions(reference: RawOutputs, candidate: RawOutputs, stats: dict[str, float]) -> Decisions:
+    """Statistics for ``candidate`` whose validation decisions agree best with ``reference``'s.
+
+    ``stats`` are the reference's raw thresholds and min/max (``PostProcessor.stats()``).
+    """
+    chosen = dict(stats)
+    result = Decisions(stats=chosen)
+    pixels = _sample_pixels(reference.maps, PIXEL_SAMPLE)
+    levels = {
+        "image": (reference.scores, candidate.scores),
+        "pixel": (reference.maps.reshape(-1)[pixels], candidate.maps.reshape(-1)[pixels]),
+    }
+    for level, (ref, cand) in levels.items():
+        threshold, vmin, vmax = (stats[f"{level}_{key}"] for key in ("threshold", "min", "max"))
+        ref_labels = ref >= threshold
+        kept = float(np.mean((cand >= threshold) == ref_labels))
+        cmin, cmax = float(cand.min()), float(cand.max())
+        prior = cmin + (threshold - vmin) / max(vmax - vmin, 1e-12) * (cmax - cmin)
+        new_threshold, agreement = best_threshold(cand, ref_labels, prior)
+        result.agreement_kept[level] = kept
+        if agreement > kept:
+            chosen.update({f"{level}_threshold": new_threshold, f"{level}_min": cmin, f"{level}_max": cmax})
+            result.recalibrated.append(level)
+            result.agreement[level] = agreement
+        else:
+            result.agreement[level] = kept
+    return result
+
+
+def replace_postprocessor(ov_model: Any, stats: dict[str, float]) -> Any:
+    """A new model: ``ov_model``'s raw outputs followed by ``ExportHead`` with ``stats``.
+
+    ``ov_model`` is an otx export (with or without ``with_raw_outputs``); the result has exactly
+    the four outputs of an export, named as ``otx export`` names them (metadata is the caller's).
+    """
+    import openvino as ov
+
+    from otx.deploy.export import name_io
+    from otx.deploy.graph import ExportHead
+    from otx.postprocess import PostProcessor
+
+    model = ov_model.clone()
+    raw_map, raw_score = postprocessor_inputs(model)
+    post = PostProcessor()
+    for key in STAT_KEYS:
+        getattr(post, key).fill_(float(stats[key]))
+    rank = raw_map.get_partial_shape().rank.get_length()
+    example = (torch.rand(1, *([1] if rank == 4 else []), 8, 8), torch.rand(1))
+    with torch.no_grad():
+        head = ov.convert_model(
+            ExportHead(post).eval(),
+            example_input=example,
+            input=[ov.PartialShape([-1] * rank), ov.PartialShape([-1])],
+        )
+    for parameter, source in zip(head.get_parameters(), (raw_map, raw_score), strict=True):
+        for target in parameter.output(0).get_target_inputs():
+            target.replace_source_output(source)
+    spliced = ov.Model(head.get_results(), model.get_parameters(), model.get_friendly_name())
+    name_io(spliced)
+    return spliced
+
+
+def level_metrics(
+    outputs: RawOutputs, stats: dict[str, float], reference_labels: dict[str, np.ndarray], use_masks: bool
+) -> dict[str, float]:
+    """AUROC, F1 at the thresholds and agreement with the reference labels, image and pixel level.
+
+    ``reference_labels`` holds the FP32 model's ``image`` labels ``[N]`` and ``pixel`` labels (of
+    the pixels ``_sample_pixels`` picks). AUROC and F1 need normal and anomalous images (pixels).
+    """
+    from otx.metrics import f1_at, roc_auc
+
+    image_pred = outputs.scores >= stats["image_threshold"]
+    figures = {}
+    if outputs.labels.any() and not outputs.labels.all():
+        figures["image_AUROC"] = roc_auc(outputs.scores, outputs.labels)
+        figures["image_F1"] = f1_at(image_pred, outputs.labels)
+    figures["image_label_agreement"] = float(np.mean(image_pred == reference_labels["image"]))
+    pixels = _sample_pixels(outputs.maps, PIXEL_SAMPLE)
+    pixel_pred = outputs.maps.reshape(-1)[pixels] >= stats["pixel_threshold"]
+    if use_masks and outputs.masks.any() and not outputs.masks.all():
+        figures["pixel_AUROC"] = roc_auc(outputs.maps, outputs.masks)
+        figures["pixel_F1"] = f1_at(outputs.maps >= stats["pixel_threshold"], outputs.masks)
+    figures["pixel_label_agreement"] = float(np.mean(pixel_pred == reference_labels["pixel"]))
+    return figures
+
+
+def reference_labels(outputs: RawOutputs, stats: dict[str, float]) -> dict[str, np.ndarray]:
+    """The reference model's image labels and sampled pixel labels (see ``level_metrics``)."""
+    pixels = _sample_pixels(outputs.maps, PIXEL_SAMPLE)
+    return {
+        "image": outputs.scores >= stats["image_threshold"],
+        "pixel": outputs.maps.reshape(-1)[pixels] >= stats["pixel_threshold"],
+    }

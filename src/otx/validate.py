@@ -1,0 +1,100 @@
+"""Argument checks that end in one ``OTXConfigError`` line naming the argument and what it expects.
+
+The command line gets types checked by its parser; the Python API gets them here, so that
+``Engine(model=Padim)`` or ``engine.export(precision=16)`` say what is wrong instead of failing
+deep inside with a traceback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from otx.errors import OTXConfigError
+
+
+def _got(value: Any) -> str:
+    return f"got {value!r}" if not isinstance(value, type) else f"got the class {value.__name__}"
+
+
+def check_int(name: str, value: Any, minimum: int | None = None, optional: bool = False) -> int | None:
+    """An integer (not a bool), at least ``minimum``; None passes when ``optional``."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise OTXConfigError(f"{name} must be an integer{_at_least(minimum)} ({_got(value)})")
+    if minimum is not None and value < minimum:
+        raise OTXConfigError(f"{name} must be an integer{_at_least(minimum)} ({_got(value)})")
+    return value
+
+
+def _at_least(minimum: int | None) -> str:
+    return f" >= {minimum}" if minimum is not None else ""
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    optional: bool = False,
+    open_interval: bool = False,
+) -> float | None:
+    """A finite real number within ``[low, high]`` (``(low, high)`` with ``open_interval``)."""
+    if value is None and optional:
+        return None
+    bounds = _bounds(low, high, open_interval)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise OTXConfigError(f"{name} must be a finite number{bounds} ({_got(value)})")
+    too_low = low is not None and (value <= low if open_interval else value < low)
+    too_high = high is not None and (value >= high if open_interval else value > high)
+    if too_low or too_high:
+        raise OTXConfigError(f"{name} must be a number{bounds} ({_got(value)})")
+    return float(value)
+
+
+def _bounds(low: float | None, high: float | None, open_interval: bool) -> str:
+    if low is not None and high is not None:
+        return f" strictly between {low} and {high}" if open_interval else f" between {low} and {high}"
+    if low is not None:
+        return f" {'>' if open_interval else '>='} {low}"
+    if high is not None:
+        return f" {'<' if open_interval else '<='} {high}"
+    return ""
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``True`` or ``False`` (numbers and strings are refused: ``"false"`` is truthy)."""
+    if not isinstance(value, bool):
+        raise OTXConfigError(f"{name} must be True or False ({_got(value)})")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str], case_insensitive: bool = True) -> str:
+    """One of ``choices`` (strings; compared case-insensitively unless told otherwise)."""
+    if isinstance(value, str):
+        for choice in choices:
+            if value == choice or (case_insensitive and value.lower() == choice.lower()):
+                return choice
+    raise OTXConfigError(f"{name} must be one of {', '.join(map(str, choices))} ({_got(value)})")
+
+
+def check_path(name: str, value: Any, optional: bool = False) -> Path | None:
+    """A path given as ``str`` or ``os.PathLike`` (existence is checked where it is used)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str | Path) or (isinstance(value, str) and not value.strip()):
+        raise OTXConfigError(f"{name} must be a path (str or pathlib.Path) ({_got(value)})")
+    return Path(value).expanduser()
+
+
+def check_size(name: str, value: Any, minimum: int = 32) -> tuple[int, int]:
+    """``[height, width]``: two integers, each at least ``minimum``."""
+    if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+        raise OTXConfigError(f"{name} must be [height, width], two integers >= {minimum} ({_got(value)})")
+    for side in value:
+        if isinstance(side, bool) or not isinstance(side, int) or side < minimum:
+            raise OTXConfigError(f"{name} must be [height, width], two integers >= {minimum} ({_got(value)})")
+    return int(value[0]), int(value[1])
