@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from otx import __version__
@@ -171,6 +172,7 @@ def _quiet_libraries() -> None:
         "lightning.pytorch",
         "lightning.fabric",
         "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.trainer.connectors.signal_connector",  # "Received SIGTERM" (otx says it once)
         "anomalib",
         "timm",
         "nncf",
@@ -245,13 +247,26 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record arrives."""
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        del value
+
+
 def _warnings_to_stderr() -> None:
     """Show otx's warnings on stderr, once per process however often ``main`` runs."""
     logger = logging.getLogger("otx")
     if not any(getattr(handler, "otx_cli", False) for handler in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setLevel(logging.WARNING)
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        handler.addFilter(lambda record: not getattr(record, "file_only", False))
         handler.otx_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
 
@@ -292,10 +307,15 @@ def _find(what: str, console: Console) -> None:
 def _make_sample(cfg: Namespace, console: Console) -> None:
     from otx.data.sample import make_sample_dataset
 
+    out_dir = Path(cfg.out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OTXError(f"'{out_dir}' is a file; pass a folder for the sample data (created if missing)")
     try:
-        roots = make_sample_dataset(cfg.out_dir, categories=cfg.categories, seed=cfg.seed)
+        roots = make_sample_dataset(out_dir, categories=cfg.categories, seed=cfg.seed)
     except ValueError as exc:
         raise OTXError(str(exc)) from exc
+    except OSError as exc:
+        raise OTXError(f"cannot write the sample data to '{out_dir}' ({exc.strerror}); pass a writable folder") from exc
     for root in roots:
         console.print(f"wrote {root}")
 
@@ -308,15 +328,57 @@ _PARSER_PATTERNS = (
 )
 
 
+_TYPE_WORDS = {
+    "NoneType": "null",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a text",
+    "list": "a list such as [a,b]",
+    "tuple": "a list such as [a,b]",
+}
+_PARSER_KEY = re.compile(r'Parser key "([\w.\-]+)"')
+_GIVEN = re.compile(r"(?:Got value|Given value): (.*?)(?: Given value type:|$)")
+
+
+def _expected(text: str) -> str:
+    """What jsonargparse's message says the key accepts, in words (``null or an integer``)."""
+    words: list[str] = []
+    for literal in re.findall(r"Literal\[([^\]]*)\]", text):
+        words.append("one of " + ", ".join(v.strip(" '\"") for v in literal.split(",")))
+    for name in re.findall(r"<class '(\w+)'>", text):
+        words.append(_TYPE_WORDS.get(name, name))
+    if "list[" in text:
+        words.append(_TYPE_WORDS["list"])
+    words = list(dict.fromkeys(words))
+    return " or ".join(words) if words else "another value"
+
+
+def _bad_value_line(text: str) -> str | None:
+    """``--key expects ... (got 'value')`` from a type error, also one nested in a model's init_args."""
+    keys = list(_PARSER_KEY.finditer(text))
+    if not keys:
+        return None
+    key = keys[-1].group(1)
+    if len(keys) > 1 and "class_path" in text:
+        key = f"{keys[0].group(1)}.init_args.{key}"
+    segment = text[keys[-1].end() :]
+    given = _GIVEN.search(segment)
+    if given is None:
+        return None
+    expected = _expected(re.split(r"Given value type:|Got value:|Given value:", segment)[0])
+    return f"--{key} expects {expected} (got {given.group(1).strip()!r}); `otx <command> --help` lists the options"
+
+
 def _parser_error_line(exc: BaseException) -> str:
-    """Condense jsonargparse's multi-line messages to what is wrong and how to see valid keys."""
+    """Condense jsonargparse's multi-line messages to what is wrong and how to fix it."""
     text = " ".join(str(exc).split())
     for pattern, template in _PARSER_PATTERNS:
         match = pattern.search(text)
         if match:
             what = template.format(*([match.group(0)] + list(match.groups())))
             return f"{what} (misspelled?); `otx <command> --config RECIPE --print_config` lists the valid keys"
-    return text[:400]
+    return _bad_value_line(text) or text[:400]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -366,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         elif command == "data":
             _make_sample(cfg.data["make-sample"], console)
     except OTXError as exc:
-        errors.print(f"[bold red]error[/]: {_one_line(exc)}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]error[/]: {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
         if not _STOPPING:
@@ -377,15 +439,18 @@ def main(argv: list[str] | None = None) -> int:
         while cause.__cause__ is not None and not isinstance(cause, OTXError):
             cause = cause.__cause__
         if isinstance(cause, OTXError):
-            errors.print(f"[bold red]error[/]: {_one_line(cause)}", highlight=False, soft_wrap=True)
+            errors.print(f"[bold red]error[/]: {escape(_one_line(cause))}", highlight=False, soft_wrap=True)
             return 1
         if exc.__class__.__name__ in ("ArgumentError", "ParserError", "NSKeyError"):
-            errors.print(f"[bold red]error[/]: {_parser_error_line(exc)}", highlight=False, soft_wrap=True)
+            line = _parser_error_line(exc)
+            if argv and argv[0] in (*VERBS, "find", "data"):
+                line = line.replace("otx <command>", f"otx {argv[0]}")
+            errors.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
             return 2
         if os.environ.get("OTX_DEBUG"):
             raise
         errors.print(
-            f"[bold red]error[/]: internal error ({type(exc).__name__}: {_one_line(exc)[:300]}); this is a bug in otx: "
+            f"[bold red]error[/]: internal error ({type(exc).__name__}: {escape(_one_line(exc)[:300])}); a bug in otx: "
             "the run's otx.log has the traceback (OTX_DEBUG=1 shows it here)",
             highlight=False,
             soft_wrap=True,

@@ -37,6 +37,7 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from otx import __version__
+from otx.checks import image_profile, profile_warnings, threshold_warnings
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors, samples_from_source
 from otx.data.dataset import Sample
 from otx.data.io import read_image, read_mask
@@ -54,6 +55,8 @@ from otx.workdir import Run, WorkDir, atomic_write_bytes
 log = logging.getLogger("otx")
 
 CHECKPOINT_NAME = "model.ckpt"
+# Log records for the run's otx.log only: the console already shows the error line.
+FILE_ONLY = {"file_only": True}
 
 
 def _peak_memory_mb() -> float:
@@ -76,6 +79,8 @@ def _class_path(obj: object) -> str:
 def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
     """Rebuild a trained model from an otx checkpoint; return it and the checkpoint's metadata."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise OTXError(f"checkpoint '{path}' is a folder; pass the model.ckpt file (or an exported .xml / .onnx)")
     if not path.is_file():
         raise OTXError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH or run `otx train` first")
     try:
@@ -87,7 +92,10 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
     except OTXError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
-        raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc})") from exc
+        raise OTXError(
+            f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc}); pass the model.ckpt "
+            "written by `otx train` (or an exported .xml / .onnx)"
+        ) from exc
     model.eval()
     return model, ckpt
 
@@ -158,6 +166,7 @@ class Engine:
         self.config = config or {}
         self.console = console or Console(stderr=True)
         self._warned_no_masks = False
+        self._warnings: list[str] = []
 
     def _use_task(self, task: str) -> None:
         self.adapter: TaskAdapter = get_adapter(task)
@@ -270,7 +279,14 @@ class Engine:
         return self._run("benchmark", lambda run: self._benchmark(run, checkpoint, models, num_images, warmup, repeats))
 
     # --- plumbing ------------------------------------------------------------------------------
+    def _warn(self, message: str) -> None:
+        """A warning where the numbers would mislead: logged now, and listed in the run's metrics.json."""
+        if message not in self._warnings:
+            self._warnings.append(message)
+            log.warning(message)
+
     def _run(self, command: str, body: Any) -> Any:
+        self._warnings = []
         run = self.workdir.new_run(command)
         log.info("otx %s %s: task %s, work_dir %s", command, __version__, self.task.value, self.workdir.root)
         ok = False
@@ -280,14 +296,14 @@ class Engine:
             return result
         except KeyboardInterrupt as exc:
             log.error(
-                "%s failed: interrupted (%s); earlier runs and latest.json are unchanged", command, exc or "SIGINT"
+                "%s failed: interrupted (%s); earlier runs are unchanged", command, exc or "SIGINT", extra=FILE_ONLY
             )
             raise
         except OTXError as exc:
-            log.error("%s failed: %s", command, exc)
+            log.error("%s failed: %s", command, exc, extra=FILE_ONLY)
             raise
         except Exception as exc:
-            log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc)
+            log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc, extra=FILE_ONLY)
             raise
         finally:
             log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
@@ -363,8 +379,17 @@ class Engine:
             logger.log_metrics({f"time/{k}": v for k, v in timings.items()}, step=trainer.global_step)
             logger.save()
         val_metrics = self._evaluate(scorer, outputs, splits["val"], with_boxes=False)
+        stats = model.postprocessor.stats()
+        labels = outputs["labels"].numpy() == 1
+        found = threshold_warnings(outputs["scores"].numpy(), labels, stats["image_threshold"], "image", "validation")
+        pixel_truth = outputs["masks"].numpy() if masks is not None else None
+        found += threshold_warnings(
+            outputs["maps"].numpy(), pixel_truth, stats["pixel_threshold"], "pixel", "validation"
+        )
+        for message in found:
+            self._warn(message)
         checkpoint = run.path / CHECKPOINT_NAME
-        self._save_checkpoint(model, checkpoint)
+        self._save_checkpoint(model, checkpoint, image_profile(s.path for s in splits["train"]))
         summary = {
             "command": "train",
             "task": self.task.value,
@@ -378,13 +403,14 @@ class Engine:
             "splits": self.data.split_summary(),
             "timing_s": {k: round(v, 2) for k, v in timings.items()},
             "peak_memory_mb": _peak_memory_mb(),
+            "warnings": list(self._warnings),
             "otx_version": __version__,
         }
         run.write_json("metrics.json", summary)
         self._print_summary("train", run, val_metrics, "validation", extra={"checkpoint": str(checkpoint)})
         return summary
 
-    def _save_checkpoint(self, model: AnomalyModel, path: Path) -> None:
+    def _save_checkpoint(self, model: AnomalyModel, path: Path, profile: dict[str, Any]) -> None:
         ckpt = {
             "otx_version": __version__,
             "task": self.task.value,
@@ -396,6 +422,7 @@ class Engine:
                 "seed": self.data.seed,
                 "fingerprint": self.data.index.fingerprint() if self.data.index else None,
                 "has_masks": self.data.has_masks,
+                "profile": profile,
             },
             "thresholds": model.postprocessor.stats(),
             "weights_source": model.weights_source,
@@ -436,6 +463,15 @@ class Engine:
             self.console.print(f"checkpoint: {checkpoint}")
         if not self._task_given and scorer.task:
             self._use_task(scorer.task)
+        recipe = self.config.get("model") if isinstance(self.config.get("model"), dict) else None
+        if recipe and recipe.get("class_path"):
+            name = str(recipe["class_path"]).rpartition(".")[2]
+            backbone = (recipe.get("init_args") or {}).get("backbone")
+            if name != scorer.name or (backbone and backbone != scorer.backbone):
+                self._warn(
+                    f"the recipe's model is {name} ({backbone or 'default backbone'}) but {checkpoint} holds "
+                    f"{scorer.name} ({scorer.backbone}); using the model in the file"
+                )
         return scorer
 
     def _setup_eval_data(self, info: dict[str, Any]) -> None:
@@ -457,6 +493,13 @@ class Engine:
             log.warning("using the model's validation split (val_split/seed) so that test images stay unseen")
             self.data.val_split, self.data.seed = stored
             self.data.setup()
+        fingerprint = info.get("fingerprint")
+        if not same and fingerprint not in (None, "unknown"):
+            self._warn(
+                f"the data at {self.data.data_root} is not the data the model was trained on (its train/good files "
+                f"differ: fingerprint {self.data.index.fingerprint()}, the model's {fingerprint}); thresholds were "
+                "learned on other images, and test images may include some the model was fitted on"
+            )
 
     def _test(self, run: Run, checkpoint: str | Path | None) -> dict[str, Any]:
         scorer = self._load(checkpoint)
@@ -476,6 +519,8 @@ class Engine:
             if error:  # no decision, and left out of the metrics (listed in metrics.json and the report)
                 log.warning("not scored: %s", error)
                 predictions[i] = Prediction.failed(predictions[i].image_path, error)
+        for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in test], "test"):
+            self._warn(message)
         keep = np.array([s.label >= 0 and not e for s, e in zip(test, errors, strict=True)])
         if not keep.any():
             raise OTXDataError(
@@ -493,6 +538,10 @@ class Engine:
             predictions=[p for p, k in zip(predictions, keep, strict=True) if k],
         )
         metrics_s = time.perf_counter() - start
+        image_threshold, pixel_threshold = scorer.thresholds
+        labels = scored_outputs["labels"].numpy() == 1
+        for message in threshold_warnings(scored_outputs["scores"].numpy(), labels, image_threshold, "image", "test"):
+            self._warn(message)
         result = {
             "command": "test",
             "task": self.task.value,
@@ -507,6 +556,7 @@ class Engine:
             "errors": [{"image": p.image_path, "error": p.error} for p in predictions if p.error],
             "timing_s": {"inference_s": round(infer_s, 2), "metrics_s": round(metrics_s, 2)},
             "peak_memory_mb": _peak_memory_mb(),
+            "warnings": list(self._warnings),
             "otx_version": __version__,
         }
         scored_predictions = [p for p, k in zip(predictions, keep, strict=True) if k]
@@ -524,6 +574,7 @@ class Engine:
                 predictions=scored_predictions,
                 scores=scored_outputs["scores"].numpy(),
                 errors=result["errors"],
+                warnings=result["warnings"],
             ),
         )
         result["report"] = str(report)
@@ -547,6 +598,8 @@ class Engine:
         self._save_config(
             run, scorer.model_entry(), {"checkpoint": str(scorer.source), "source": str(source) if source else None}
         )
+        for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in samples], "input"):
+            self._warn(message)
         root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
         out_dir = run.path / "predictions"
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
@@ -584,6 +637,7 @@ class Engine:
             "timing_s": {"predict_s": round(predict_s, 2)},
             "images_per_s": round(len(predictions) / predict_s, 2) if predict_s > 0 else None,
             "peak_memory_mb": _peak_memory_mb(),
+            "warnings": list(self._warnings),
             "otx_version": __version__,
         }
         run.write_json("metrics.json", summary)
@@ -889,7 +943,7 @@ class Engine:
             latest = self.workdir.latest("optimize")
             int8 = latest / "optimized_model.xml" if latest is not None else None
             if not models and int8 is not None and int8.is_file():
-                stats, mine = read_model_info(int8).stats(), ckpt.get("thresholds", {})
+                stats, mine = read_model_info(int8).source_stats(), ckpt.get("thresholds", {})
                 if all(
                     np.isclose(stats.get(k, np.nan), mine.get(k, np.inf))
                     for k in ("image_threshold", "pixel_threshold")

@@ -86,6 +86,7 @@ class OpenVINOScorer:
             "val_split": raw.get("data_val_split"),
             "seed": raw.get("data_seed"),
             "fingerprint": raw.get("data_fingerprint"),
+            "profile": inferencer.info.profile,
         }
         self.name = inferencer.info.model_name
         self.backbone = inferencer.info.backbone

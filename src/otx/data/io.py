@@ -76,7 +76,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     channels = array.shape[2]
     if channels in (2, 4):  # LA or RGBA: colour channels, then alpha
         colour, alpha = array[..., : channels - 1], array[..., channels - 1]
-        if colour.min() == colour.max() and alpha.min() != alpha.max():
+        flat = colour.reshape(-1, channels - 1)
+        if (flat.min(axis=0) == flat.max(axis=0)).all() and alpha.min() != alpha.max():
             return alpha > 0
         return colour.max(axis=2) > 0
     return array.max(axis=2) > 0

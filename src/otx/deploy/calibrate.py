@@ -13,9 +13,12 @@ were learned on, against the FP32 model:
    recalibrated on the candidate's own raw outputs: min and max of its validation outputs (as
    training sets them) and the threshold that agrees best with the FP32 labels (among equally
    good ones, the nearest to where the FP32 threshold sits within the FP32 min-max range).
-3. The recalibrated statistics are kept only where they agree better; the candidate's
-   post-processor is then replaced by ``ExportHead`` traced with them (the code of every export),
-   spliced onto its raw outputs.
+   Validation values that lie on the FP32 threshold (within 1e-4 of the value range: the
+   F1-adaptive threshold is one of them) have no sure label, as even torch and the FP32 IR can
+   disagree there by float rounding; they are left out of every agreement.
+3. The recalibrated statistics are used only where they agree better (by one image, or by 0.01 %
+   of the pixels); the candidate's post-processor is then replaced by ``ExportHead`` traced with
+   the statistics (the code of every export), spliced onto its raw outputs.
 
 The labels are the FP32 model's, not the ground truth: the aim is the same decisions, and pixel
 decisions can be checked even where the data has no masks. Ground truth enters only the figures
@@ -40,6 +43,10 @@ RAW_MAP, RAW_SCORE = "otx_raw_map", "otx_raw_score"
 # Post-processor nodes: ``__module.postprocessor/...`` in ExportGraph and ExportHead alike.
 POSTPROCESSOR = re.compile(r"^__module\.postprocessor\b")
 PIXEL_SAMPLE = 2_000_000  # validation pixels compared per level (a seeded sample beyond that)
+MARGIN = 1e-3  # of the value range: how far above a value a recalibrated threshold sits, at least
+BOUNDARY = 1e-4  # of the FP32 value range: reference values this close to the threshold have no sure label
+# Agreement a recalibration must add to be used: any image; for pixels 0.01 % (fewer is float noise).
+MIN_GAIN = {"image": 0.0, "pixel": 1e-4}
 STAT_KEYS = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
 
 
@@ -127,25 +134,36 @@ def compile_f32(ov_model: Any) -> Any:
 def best_threshold(values: np.ndarray, reference: np.ndarray, prior: float) -> tuple[float, float]:
     """The threshold ``t`` on ``values`` whose labels ``values >= t`` agree best with ``reference``.
 
-    Returns ``(t, agreement)``. Candidates are the values themselves (a threshold anywhere between
-    two consecutive values gives the same labels as the upper one); among equally good ones, the
-    one nearest to ``prior``.
+    Returns ``(t, agreement)``. Every threshold in ``(v[k-1], v[k]]`` (consecutive distinct sorted
+    values) gives the same labels; among the intervals with the best agreement, ``t`` is the point
+    nearest to ``prior``, or, where ``prior`` lies below an interval, a little above its lower end
+    (``MARGIN`` of the value range, at most half the interval), so that no value sits on it.
     """
     order = np.argsort(values, kind="stable")
     v, ref = values[order].astype(np.float64), reference[order].astype(bool)
     n = v.size
-    # Threshold at v[k] (k = 0..n-1) labels v[k:] anomalous; k = n labels nothing anomalous.
+    # Threshold in (v[k-1], v[k]] (k = 0..n-1) labels v[k:] anomalous; k = n labels nothing anomalous.
     normal_below = np.concatenate([[0], np.cumsum(~ref)])  # reference-normal among v[:k]
     anomalous_from = np.concatenate([np.cumsum(ref[::-1])[::-1], [0]])  # reference-anomalous among v[k:]
     agree = normal_below + anomalous_from
-    # Only the first of a run of equal values is a real split point.
-    valid = np.ones(n + 1, bool)
+    valid = np.ones(n + 1, bool)  # only the first of a run of equal values starts an interval
     valid[1:n] = v[1:] != v[:-1]
-    candidates = np.concatenate([v, [np.nextafter(v[-1], np.inf)]])
+    span = max(float(v[-1] - v[0]), 1e-12)
+    lower = np.concatenate([[v[0] - span], v])  # interval k is (lower[k], upper[k]]
+    upper = np.concatenate([v, [v[-1] + span]])
     best = agree[valid].max()
     ties = np.flatnonzero(valid & (agree == best))
-    pick = ties[np.argmin(np.abs(candidates[ties] - prior))]
-    return float(candidates[pick]), float(best) / n
+    picks = []
+    for k in ties:
+        lo, hi = lower[k], upper[k]
+        if prior > hi:
+            picks.append(hi)
+        elif prior > lo:
+            picks.append(prior)
+        else:
+            picks.append(lo + min(MARGIN * span, 0.5 * (hi - lo)))
+    picks_arr = np.asarray(picks)
+    return float(picks_arr[np.argmin(np.abs(picks_arr - prior))]), float(best) / n
 
 
 def _sample_pixels(maps: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
@@ -179,18 +197,20 @@ def calibrate_decisions(reference: RawOutputs, candidate: RawOutputs, stats: dic
     }
     for level, (ref, cand) in levels.items():
         threshold, vmin, vmax = (stats[f"{level}_{key}"] for key in ("threshold", "min", "max"))
-        ref_labels = ref >= threshold
-        kept = float(np.mean((cand >= threshold) == ref_labels))
-        cmin, cmax = float(cand.min()), float(cand.max())
+        ref_labels, sure = sure_labels(ref, stats, level)
+        kept = _agreement(cand >= threshold, ref_labels, sure)
+        result.agreement_kept[level] = kept
+        result.agreement[level] = kept
+        if not sure.any() or kept == 1.0:
+            continue
+        cmin, cmax = float(cand.min()), float(cand.max())  # the min-max of all values, as training takes it
+        ref_labels, cand = ref_labels[sure], cand[sure]
         prior = cmin + (threshold - vmin) / max(vmax - vmin, 1e-12) * (cmax - cmin)
         new_threshold, agreement = best_threshold(cand, ref_labels, prior)
-        result.agreement_kept[level] = kept
-        if agreement > kept:
+        if agreement - kept > MIN_GAIN[level]:
             chosen.update({f"{level}_threshold": new_threshold, f"{level}_min": cmin, f"{level}_max": cmax})
             result.recalibrated.append(level)
             result.agreement[level] = agreement
-        else:
-            result.agreement[level] = kept
     return result
 
 
@@ -242,20 +262,36 @@ def level_metrics(
     if outputs.labels.any() and not outputs.labels.all():
         figures["image_AUROC"] = roc_auc(outputs.scores, outputs.labels)
         figures["image_F1"] = f1_at(image_pred, outputs.labels)
-    figures["image_label_agreement"] = float(np.mean(image_pred == reference_labels["image"]))
+    figures["image_label_agreement"] = _agreement(image_pred, *reference_labels["image"])
     pixels = _sample_pixels(outputs.maps, PIXEL_SAMPLE)
     pixel_pred = outputs.maps.reshape(-1)[pixels] >= stats["pixel_threshold"]
     if use_masks and outputs.masks.any() and not outputs.masks.all():
         figures["pixel_AUROC"] = roc_auc(outputs.maps, outputs.masks)
         figures["pixel_F1"] = f1_at(outputs.maps >= stats["pixel_threshold"], outputs.masks)
-    figures["pixel_label_agreement"] = float(np.mean(pixel_pred == reference_labels["pixel"]))
+    figures["pixel_label_agreement"] = _agreement(pixel_pred, *reference_labels["pixel"])
     return figures
 
 
-def reference_labels(outputs: RawOutputs, stats: dict[str, float]) -> dict[str, np.ndarray]:
-    """The reference model's image labels and sampled pixel labels (see ``level_metrics``)."""
+def _agreement(predicted: np.ndarray, reference: np.ndarray, sure: np.ndarray) -> float:
+    """Share of the items with a sure reference label (``sure_labels``) whose labels agree."""
+    return float(np.mean(predicted[sure] == reference[sure])) if sure.any() else 1.0
+
+
+def sure_labels(values: np.ndarray, stats: dict[str, float], level: str) -> tuple[np.ndarray, np.ndarray]:
+    """A reference model's labels of ``values`` at ``level`` (``image``/``pixel``), and which are sure.
+
+    Values on the threshold (the F1-adaptive threshold is a validation score) get either label from
+    float noise alone, even between FP32 runtimes: within ``BOUNDARY`` of the value range of the
+    threshold, a label is not sure and is left out of every agreement.
+    """
+    threshold, vmin, vmax = (stats[f"{level}_{key}"] for key in ("threshold", "min", "max"))
+    return values >= threshold, np.abs(values - threshold) > BOUNDARY * max(vmax - vmin, 1e-12)
+
+
+def reference_labels(outputs: RawOutputs, stats: dict[str, float]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The reference model's image labels and sampled pixel labels, with which are sure (``sure_labels``)."""
     pixels = _sample_pixels(outputs.maps, PIXEL_SAMPLE)
     return {
-        "image": outputs.scores >= stats["image_threshold"],
-        "pixel": outputs.maps.reshape(-1)[pixels] >= stats["pixel_threshold"],
+        "image": sure_labels(outputs.scores, stats, "image"),
+        "pixel": sure_labels(outputs.maps.reshape(-1)[pixels], stats, "pixel"),
     }

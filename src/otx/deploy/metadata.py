@@ -84,9 +84,21 @@ def build_model_info(
         "data_fingerprint": data.get("fingerprint") or "unknown",
         "data_val_split": data.get("val_split", 0.5),
         "data_seed": data.get("seed", 42),
+        **_profile_entries(data.get("profile")),
         "weights_source": weights_source,
     }
     return {key: _text(value) for key, value in info.items()}
+
+
+def _profile_entries(profile: dict[str, Any] | None) -> dict[str, Any]:
+    """The training images' channels and size range (``otx.checks.image_profile``) as metadata."""
+    if not profile:
+        return {}
+    return {
+        "otx_train_channels": profile["channels"],
+        "otx_train_height": profile["height"],
+        "otx_train_width": profile["width"],
+    }
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,20 @@ class ModelInfo:
         """``FP32``, ``FP16`` or ``INT8``."""
         return self.raw.get("otx_precision", "FP32")
 
+    @property
+    def profile(self) -> dict[str, Any] | None:
+        """The training images' channels and size range, as ``otx.checks.image_profile`` gives them."""
+        if "otx_train_channels" not in self.raw:
+            return None
+        height = [int(v) for v in self.raw["otx_train_height"].split()]
+        width = [int(v) for v in self.raw["otx_train_width"].split()]
+        return {"channels": self.raw["otx_train_channels"], "height": height, "width": width}
+
+    def source_stats(self) -> dict[str, float]:
+        """The trained model's statistics: those before any recalibration (INT8, FP16), else ``stats()``."""
+        stats = self.stats()
+        return {key: float(self.raw.get(f"otx_source_{key}", value)) for key, value in stats.items()}
+
     def stats(self) -> dict[str, float]:
         """Raw thresholds and normalisation statistics, as in a checkpoint's ``thresholds``."""
         keys = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
@@ -146,6 +172,9 @@ class ModelInfo:
 def with_stats(raw: dict[str, str], stats: dict[str, float]) -> dict[str, str]:
     """``model_info`` entries with new thresholds and statistics (and model_api's normalisation scale)."""
     updated = dict(raw)
+    for key in stats:  # the trained model's own values stay on record (they identify it)
+        if key in raw:
+            updated.setdefault(f"otx_source_{key}", raw[key])
     updated.update({key: _text(float(value)) for key, value in stats.items()})
     updated["normalization_scale"] = _text(float(stats["image_max"]) - float(stats["image_min"]))
     return updated

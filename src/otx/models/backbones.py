@@ -1,6 +1,6 @@
 """Backbones and where their ImageNet weights come from, offline first.
 
-Weights resolve in this order (DESIGN.md, "Weights offline"):
+Weights resolve in this order (README, "Backbone weights offline"):
 
 1. an explicit file given as ``weights`` in the model config;
 2. the local caches: the Hugging Face hub cache used by timm (``HF_HOME``) and the torch hub

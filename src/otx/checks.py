@@ -1,0 +1,136 @@
+"""Warnings where the numbers would mislead: a model that learned nothing, inputs unlike the training data.
+
+Each check returns plain sentences; the Engine logs them (stderr and ``otx.log``) and writes them to
+``metrics.json`` (``warnings``) and the test report. None of them stops a run.
+
+- ``threshold_warnings``: an AUROC near chance (0.5) and a threshold at the edge of the scores,
+  where the model flags every image (or pixel) as anomalous, or none.
+- ``image_profile`` / ``profile_warnings``: the training images' channels (grayscale or colour,
+  from the file headers) and size range, recorded at training time, against the images a model
+  is tested or predicted on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+CHANCE_MARGIN = 0.1  # AUROC within this of 0.5 is "near chance"
+SIZE_FACTOR = 2.0  # images more than this factor smaller or larger than every training image
+GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+def threshold_warnings(
+    scores: np.ndarray, labels: np.ndarray | None, threshold: float, what: str, split: str
+) -> list[str]:
+    """Warnings about one level (``what``: ``image`` or ``pixel``) on one split.
+
+    ``scores`` are raw scores (or map values), ``labels`` their ground truth (None: unknown),
+    ``threshold`` the decision threshold in the same units.
+    """
+    from otx.metrics import roc_auc
+
+    found: list[str] = []
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if scores.size == 0:
+        return found
+    plural = "images" if what == "image" else "pixels"
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1).astype(bool)
+        if labels.any() and not labels.all():
+            auroc = roc_auc(scores, labels)
+            if abs(auroc - 0.5) < CHANCE_MARGIN:
+                found.append(
+                    f"{split} {what} AUROC is {auroc:.3f}, near chance (0.5): the model barely tells anomalous "
+                    f"from normal {plural}; its labels are not reliable (train longer, or try another model)"
+                )
+    flagged = float(np.mean(scores >= threshold))
+    if flagged == 1.0:
+        found.append(
+            f"the {what} threshold ({threshold:.6g}) is at or below every {split} score: this model flags every "
+            f"{what if what == 'pixel' else 'image'} as anomalous"
+        )
+    elif flagged == 0.0:
+        found.append(
+            f"the {what} threshold ({threshold:.6g}) is above every {split} score: this model flags nothing as "
+            "anomalous"
+        )
+    return found
+
+
+def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
+    """Channels and size range of images, read from their headers.
+
+    Returns ``channels`` (``gray``, ``color`` or ``mixed``), ``height`` and ``width`` as
+    ``[min, max]`` and the number of ``images`` (empty when none could be read).
+    """
+    gray = color = 0
+    heights: list[int] = []
+    widths: list[int] = []
+    for path in paths:
+        try:
+            with Image.open(path) as pil:
+                mode, (width, height) = pil.mode, pil.size
+        except (OSError, ValueError):
+            continue  # unreadable files are reported where they are decoded
+        if mode in GRAY_MODES:
+            gray += 1
+        else:
+            color += 1
+        heights.append(height)
+        widths.append(width)
+    if not heights:
+        return {}
+    channels = "gray" if not color else ("color" if not gray else "mixed")
+    return {
+        "channels": channels,
+        "height": [min(heights), max(heights)],
+        "width": [min(widths), max(widths)],
+        "images": len(heights),
+    }
+
+
+def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str) -> list[str]:
+    """Warnings when the images at ``paths`` differ clearly from the training images' profile."""
+    if not train or not paths:
+        return []
+    found: list[str] = []
+    gray_trained = train.get("channels") == "gray"
+    color_trained = train.get("channels") == "color"
+    counts = {"gray": 0, "color": 0}
+    smaller = larger = 0
+    (h_min, h_max), (w_min, w_max) = train["height"], train["width"]
+    for path in paths:
+        try:
+            with Image.open(path) as pil:
+                mode, (width, height) = pil.mode, pil.size
+        except (OSError, ValueError):
+            continue
+        counts["gray" if mode in GRAY_MODES else "color"] += 1
+        if height * SIZE_FACTOR < h_min or width * SIZE_FACTOR < w_min:
+            smaller += 1
+        elif height > h_max * SIZE_FACTOR or width > w_max * SIZE_FACTOR:
+            larger += 1
+    total = len(paths)
+    if gray_trained and counts["color"]:
+        found.append(
+            f"{counts['color']} of {total} {where} images are colour, but the model was trained on grayscale images: "
+            "its scores on them are not comparable (convert them, or train on such images)"
+        )
+    if color_trained and counts["gray"]:
+        found.append(
+            f"{counts['gray']} of {total} {where} images are grayscale, but the model was trained on colour images: "
+            "its scores on them are not comparable"
+        )
+    size_range = f"{h_min}-{h_max} x {w_min}-{w_max} (height x width)"
+    for count, how in ((smaller, "smaller"), (larger, "larger")):
+        if count:
+            found.append(
+                f"{count} of {total} {where} images are more than {SIZE_FACTOR:g}x {how} than the training images "
+                f"({size_range}): defects change size with them, so scores shift"
+            )
+    return found

@@ -1,0 +1,300 @@
+"""Every verb with invalid values for each kind of option: one ``error:`` line, a non-zero exit, no traceback.
+
+Each case runs the real command line (``otx.cli.main``, in this process for speed) against a copy
+of a workspace holding a trained model, and checks that nothing already written changed. The
+table in ``docs/bad-input.md`` lists every case with its message and exit code; this suite fails
+when the table is stale (``OTX_WRITE_BAD_INPUT_DOC=1 pytest tests/test_bad_input.py`` rewrites it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from otx.cli import main
+from otx.errors import OTXConfigError
+
+RECIPE = "recipe/anomaly_segmentation/padim.yaml"
+STFPM = "recipe/anomaly_segmentation/stfpm.yaml"
+DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"
+SMALL = ["--model.init_args.input_size", "[96,96]", "--data.num_workers", "0"]
+
+# (case id, kind, arguments, expected part of the message, exit code). Placeholders: {data} the
+# sample data, {ws} the workspace, {ckpt} its checkpoint, {xml} an FP32 IR, {file} a text file,
+# {missing} a path that does not exist, {unwritable} a folder that cannot be created.
+CASES: list[tuple[str, str, list[str], str, int]] = [
+    # train
+    ("train-batch-size-type", "wrong type", ["train", "--config", RECIPE, "--data.batch_size", "abc"], "batch_size", 2),
+    ("train-epochs-type", "wrong type", ["train", "--config", RECIPE, "--max_epochs", "two"], "max_epochs", 2),
+    ("train-batch-size-0", "out of range", ["train", "--config", RECIPE, "--data.batch_size", "0"], "batch_size", 1),
+    ("train-workers-neg", "out of range", ["train", "--config", RECIPE, "--data.num_workers", "-1"], "num_workers", 1),
+    ("train-val-split", "out of range", ["train", "--config", RECIPE, "--data.val_split", "1.5"], "val_split", 1),
+    ("train-epochs-0", "out of range", ["train", "--config", RECIPE, "--max_epochs", "0"], "max_epochs", 1),
+    ("train-seed-neg", "out of range", ["train", "--config", RECIPE, "--seed", "-1"], "seed", 1),
+    (
+        "train-input-size",
+        "out of range",
+        ["train", "--config", RECIPE, "--model.init_args.input_size", "[0,0]"],
+        "input_size",
+        1,
+    ),
+    (
+        "train-n-features",
+        "out of range",
+        ["train", "--config", RECIPE, "--model.init_args.n_features", "0"],
+        "n_features",
+        1,
+    ),
+    ("train-lr", "out of range", ["train", "--config", STFPM, "--model.init_args.lr", "-0.1"], "lr must be", 1),
+    ("train-task", "wrong value", ["train", "--config", RECIPE, "--task", "segmentaton"], "task", 2),
+    (
+        "train-backbone",
+        "wrong value",
+        ["train", "--config", RECIPE, "--model.init_args.backbone", "resnet_18"],
+        "resnet_18",
+        1,
+    ),
+    ("train-config-missing", "missing path", ["train", "--config", "{missing}.yaml"], "does not exist", 1),
+    (
+        "train-root-missing",
+        "missing path",
+        ["train", "--config", RECIPE, "--data_root", "{missing}"],
+        "does not exist",
+        1,
+    ),
+    (
+        "train-weights-missing",
+        "missing path",
+        ["train", "--config", RECIPE, "--model.init_args.weights", "{missing}.pth"],
+        "does not exist",
+        1,
+    ),
+    ("train-root-file", "path is a file", ["train", "--config", RECIPE, "--data_root", "{file}"], "not a folder", 1),
+    ("train-workdir-file", "path is a file", ["train", "--config", RECIPE, "--work_dir", "{file}"], "is a file", 1),
+    (
+        "train-workdir-unwritable",
+        "unwritable folder",
+        ["train", "--config", RECIPE, "--work_dir", "{unwritable}"],
+        "cannot create",
+        1,
+    ),
+    # test
+    ("test-checkpoint-missing", "missing path", ["test", "--checkpoint", "{missing}.ckpt"], "does not exist", 1),
+    ("test-checkpoint-folder", "path is a folder", ["test", "--checkpoint", "{data}"], "is a folder", 1),
+    ("test-checkpoint-file", "wrong file", ["test", "--checkpoint", "{file}"], "not a readable otx checkpoint", 1),
+    ("test-root-file", "path is a file", ["test", "--data_root", "{file}"], "not a folder", 1),
+    ("test-workdir-file", "path is a file", ["test", "--work_dir", "{file}"], "is a file", 1),
+    ("test-batch-size-0", "out of range", ["test", "--data.batch_size", "0"], "batch_size", 1),
+    (
+        "test-precision",
+        "wrong value",
+        ["test", "--checkpoint", "{xml}", "--inference_precision", "f64"],
+        "inference_precision",
+        2,
+    ),
+    ("test-device", "wrong value", ["test", "--checkpoint", "{xml}", "--device", "TPU"], "device 'TPU'", 1),
+    ("test-allow-errors-type", "wrong type", ["test", "--allow_errors", "maybe"], "allow_errors", 2),
+    # predict
+    ("predict-source-missing", "missing path", ["predict", "--source", "{missing}"], "does not exist", 1),
+    ("predict-source-empty", "no images", ["predict", "--source", "{empty}"], "no images found", 1),
+    ("predict-checkpoint-missing", "missing path", ["predict", "--checkpoint", "{missing}.xml"], "does not exist", 1),
+    ("predict-visualize-type", "wrong type", ["predict", "--visualize", "maybe"], "visualize", 2),
+    ("predict-workdir-unwritable", "unwritable folder", ["predict", "--work_dir", "{unwritable}"], "cannot create", 1),
+    ("predict-workers-type", "wrong type", ["predict", "--data.num_workers", "x"], "num_workers", 2),
+    # export
+    ("export-format", "wrong value", ["export", "--format", "TFLITE"], "format", 2),
+    ("export-precision", "wrong value", ["export", "--precision", "INT4"], "precision", 2),
+    ("export-onnx-fp16", "wrong combination", ["export", "--format", "ONNX", "--precision", "FP16"], "FP16", 1),
+    ("export-already-exported", "wrong file", ["export", "--checkpoint", "{xml}"], "already exported", 1),
+    ("export-checkpoint-missing", "missing path", ["export", "--checkpoint", "{missing}.ckpt"], "does not exist", 1),
+    ("export-demo-type", "wrong type", ["export", "--export_demo_package", "maybe"], "export_demo_package", 2),
+    ("export-workdir-file", "path is a file", ["export", "--work_dir", "{file}"], "is a file", 1),
+    # optimize
+    ("optimize-subset-0", "out of range", ["optimize", "--subset_size", "0"], "subset_size", 1),
+    ("optimize-subset-type", "wrong type", ["optimize", "--subset_size", "many"], "subset_size", 2),
+    ("optimize-max-drop", "out of range", ["optimize", "--max_drop", "2"], "max_drop", 1),
+    ("optimize-checkpoint-missing", "missing path", ["optimize", "--checkpoint", "{missing}.xml"], "does not exist", 1),
+    (
+        "optimize-checkpoint-file",
+        "wrong file",
+        ["optimize", "--checkpoint", "{file}"],
+        "not a readable otx checkpoint",
+        1,
+    ),
+    ("optimize-root-missing", "missing path", ["optimize", "--data_root", "{missing}"], "does not exist", 1),
+    (
+        "optimize-workdir-unwritable",
+        "unwritable folder",
+        ["optimize", "--work_dir", "{unwritable}"],
+        "cannot create",
+        1,
+    ),
+    # benchmark
+    ("benchmark-images-0", "out of range", ["benchmark", "--num_images", "0"], "num_images", 1),
+    ("benchmark-warmup-neg", "out of range", ["benchmark", "--warmup", "-1"], "warmup", 1),
+    ("benchmark-repeats-type", "wrong type", ["benchmark", "--repeats", "x"], "repeats", 2),
+    (
+        "benchmark-models-missing",
+        "missing path",
+        ["benchmark", "--models", "{xml}", "{missing}.onnx"],
+        "does not exist",
+        1,
+    ),
+    ("benchmark-models-file", "wrong file", ["benchmark", "--models", "{file}"], "not an exported model", 1),
+    ("benchmark-device", "wrong value", ["benchmark", "--models", "{xml}", "--device", "TPU"], "device 'TPU'", 1),
+    # find, data
+    ("find-what", "wrong value", ["find", "--what", "gadgets"], "what", 2),
+    ("sample-out-file", "path is a file", ["data", "make-sample", "{file}"], "is a file", 1),
+    ("sample-category", "wrong value", ["data", "make-sample", "{missing}", "--categories", "[nope]"], "nope", 1),
+    ("sample-seed-type", "wrong type", ["data", "make-sample", "{missing}", "--seed", "x"], "seed", 2),
+]
+RESULTS: dict[str, tuple[str, int]] = {}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A folder that cannot be created: under sysfs (root) or under a read-only folder (other users)."""
+    candidate = Path("/sys/otx-unwritable-workspace")
+    try:
+        candidate.mkdir()
+    except OSError:
+        return candidate
+    candidate.rmdir()
+    if os.geteuid() == 0:
+        pytest.skip("no unwritable location on this machine")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    return locked / "ws"
+
+
+@pytest.fixture(scope="module")
+def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("bad_input")
+    (base / "notes.txt").write_text("not a model, not a folder\n")
+    (base / "empty").mkdir()
+    return {
+        "data": str(sample_root / "bottle_like"),
+        "ckpt": str(trained_padim["checkpoint"]),
+        "xml": str(exported("padim")),
+        "file": str(base / "notes.txt"),
+        "empty": str(base / "empty"),
+        "base": base,
+        "trained": trained_padim["work_dir"],
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    name, _, args, expected, code = case
+    workspace = tmp_path / "ws"
+    shutil.copytree(setting["trained"], workspace)
+    values = {
+        **{k: v for k, v in setting.items() if isinstance(v, str)},
+        "ws": str(workspace),
+        "missing": str(tmp_path / "missing"),
+        "unwritable": str(_unwritable(tmp_path)) if "{unwritable}" in args else "",
+    }
+    argv = [arg.format(**values) for arg in args]
+    if argv[0] not in ("find", "data") and "--work_dir" not in argv:
+        argv += ["--work_dir", str(workspace)]
+    if argv[0] == "train":
+        for key, value in [*zip(SMALL[::2], SMALL[1::2], strict=True), ("--data_root", values["data"])]:
+            if key not in argv:
+                argv += [key, value]
+    before = _digest(workspace)
+    rc = main(argv)
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert "Traceback" not in captured.out + captured.err
+    assert rc == code, (rc, captured.err)
+    assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
+    assert expected in lines[0], lines[0]
+    assert "internal error" not in lines[0]
+    after = _digest(workspace)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing already written changed
+    message = lines[0]
+    for key in ("missing", "ws", "file", "empty", "xml", "ckpt", "data", "unwritable"):
+        if values[key]:
+            message = message.replace(values[key], "{" + key + "}")
+    RESULTS[name] = (message, rc)
+
+
+def test_docs_list_every_case() -> None:
+    if len(RESULTS) != len(CASES):
+        pytest.skip("run the whole suite to check the table")
+    rows = ["| case | kind | command | message | exit |", "| --- | --- | --- | --- | --- |"]
+    for name, kind, args, _, _ in CASES:
+        message, code = RESULTS[name]
+        command = "otx " + " ".join(args)
+        rows.append(f"| {name} | {kind} | `{command}` | {message.replace('|', '/')} | {code} |")
+    table = "\n".join(rows) + "\n"
+    if os.environ.get("OTX_WRITE_BAD_INPUT_DOC"):
+        head = DOC.read_text().split("<!-- cases -->")[0] if DOC.exists() else "# Bad input\n\n"
+        DOC.write_text(head + "<!-- cases -->\n" + table)
+    text = DOC.read_text()
+    missing = [row for row in rows[2:] if row.split(" | ")[0] + " |" not in text or row not in text]
+    assert not missing, f"docs/bad-input.md is stale for {len(missing)} case(s), e.g. {missing[0]}"
+
+
+# --- the Python API: a typed argument error names the argument and what it expects ------------------
+
+
+def test_engine_refuses_a_model_class_instead_of_an_instance(sample_root: Path, tmp_path: Path) -> None:
+    from otx.engine import Engine
+    from otx.models import Padim
+
+    with pytest.raises(OTXConfigError, match=r"model must be .*the class Padim; pass an instance, e.g. Padim\(\)"):
+        Engine(model=Padim, data=sample_root / "bottle_like", work_dir=tmp_path)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("call", "pattern"),
+    [
+        (lambda e: e.export(precision=16), r"precision must be 'FP32' or 'FP16' \(got 16\)"),
+        (lambda e: e.export(export_format=None), r"export_format must be one of OPENVINO, ONNX"),
+        (lambda e: e.optimize(max_drop="1%"), r"max_drop must be a number"),
+        (lambda e: e.optimize(subset_size=2.5), r"subset_size must be an integer >= 1 \(got 2.5\)"),
+        (lambda e: e.benchmark(models="a.xml"), r"models must be a list"),
+        (lambda e: e.benchmark(repeats=0), r"repeats must be an integer >= 1 \(got 0\)"),
+        (lambda e: e.predict(visualize="no"), r"visualize must be True or False \(got 'no'\)"),
+        (lambda e: e.test(checkpoint=3), r"checkpoint must be a path"),
+    ],
+)
+def test_engine_verbs_name_the_bad_argument(call, pattern: str, sample_root: Path, tmp_path: Path) -> None:
+    from otx.engine import Engine
+
+    engine = Engine(data=sample_root / "bottle_like", work_dir=tmp_path / "ws")
+    with pytest.raises(OTXConfigError, match=pattern):
+        call(engine)
+    assert not (tmp_path / "ws").exists() or not any((tmp_path / "ws").iterdir())  # refused before any run folder
+
+
+@pytest.mark.parametrize(
+    ("build", "pattern"),
+    [
+        (lambda: __import__("otx.engine").engine.Engine(max_epochs=0), r"max_epochs must be an integer >= 1"),
+        (lambda: __import__("otx.engine").engine.Engine(work_dir=5), r"work_dir must be a path"),
+        (
+            lambda: __import__("otx.engine").engine.Engine(inference_precision="fp64"),
+            r"inference_precision must be one of",
+        ),
+        (lambda: __import__("otx.engine").engine.Engine(task=3), r"task must be one of"),
+        (lambda: __import__("otx.data").data.AnomalyDataModule(batch_size=0), r"batch_size must be an integer >= 1"),
+        (lambda: __import__("otx.data").data.AnomalyDataModule(val_split=1), r"val_split must be a number strictly"),
+        (lambda: __import__("otx.models").models.Padim(input_size=(0, 0)), r"input_size must be \[height, width\]"),
+        (lambda: __import__("otx.models").models.Padim(pretrained="yes"), r"pretrained must be True or False"),
+        (lambda: __import__("otx.models").models.Stfpm(lr=0), r"lr must be a number > 0"),
+    ],
+)
+def test_constructors_name_the_bad_argument(build, pattern: str) -> None:
+    with pytest.raises(OTXConfigError, match=pattern):
+        build()

@@ -1,0 +1,448 @@
+"""Results a quality line can trust: no silent failure, no silent drift (one test per item, CLI where it applies)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openvino as ov
+import pytest
+from PIL import Image
+
+from otx.cli import main
+from otx.data import AnomalyDataModule
+from otx.data.datamodule import AnomalyDataset
+from otx.data.io import read_mask
+from otx.deploy import OpenVINOInferencer
+from otx.deploy.calibrate import best_threshold, postprocessor_inputs, replace_postprocessor
+from otx.engine import Engine
+from otx.postprocess import normalize
+
+RECIPE = "recipe/anomaly_segmentation/padim.yaml"
+
+
+def corrupt(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:120])  # header readable, pixels not
+
+
+def latest(work_dir: Path) -> dict:
+    return json.loads((work_dir / "latest.json").read_text())
+
+
+# --- 1. unreadable input gets no normal/anomalous label -------------------------------------------------
+
+
+def test_predict_labels_an_unreadable_image_error_and_exits_1(
+    trained_padim: dict, dataset_copy, tmp_path: Path, capsys
+) -> None:
+    folder = dataset_copy() / "test" / "good"
+    corrupt(folder / "001.png")
+    work_dir = tmp_path / "ws"
+    args = ["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--source", str(folder)]
+    assert main([*args, "--work_dir", str(work_dir), "--visualize", "false"]) == 1
+    err = capsys.readouterr().err
+    assert "1 image(s) could not be read" in err and "Traceback" not in err
+    run = work_dir / latest(work_dir)["predict"]  # the others were written: the run counts
+    records = {Path(r["image"]).name: r for r in json.loads((run / "predictions/predictions.json").read_text())}
+    assert len(records) == 12
+    assert records["001.png"]["label"] == "error" and records["001.png"]["score"] is None
+    assert "001.png" in records["001.png"]["error"]
+    assert {r["label"] for name, r in records.items() if name != "001.png"} <= {"normal", "anomalous"}
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["counts"]["error"] == 1 and metrics["counts"]["images"] == 12
+    assert metrics["counts"]["normal"] + metrics["counts"]["anomalous"] == 11
+    assert metrics["errors"][0]["image"].endswith("001.png") and metrics["timing_s"]["predict_s"] > 0
+    # The option for pipelines that want exit 0.
+    assert main([*args, "--work_dir", str(work_dir), "--visualize", "false", "--allow_errors", "true"]) == 0
+
+
+def test_a_run_where_nothing_could_be_read_does_not_move_latest(
+    trained_padim: dict, dataset_copy, tmp_path: Path, capsys
+) -> None:
+    folder = dataset_copy() / "test" / "good"
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    assert main(["predict", "--work_dir", str(work_dir), "--source", str(folder / "002.png")]) == 0
+    before = latest(work_dir)
+    for path in folder.glob("*.png"):
+        corrupt(path)
+    assert main(["predict", "--work_dir", str(work_dir), "--source", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert "none of the 12 image(s) could be read" in err
+    assert latest(work_dir) == before
+
+
+def test_inferencer_gives_no_label_to_an_unreadable_image(exported, dataset_copy) -> None:
+    folder = dataset_copy() / "test" / "good"
+    corrupt(folder / "003.png")
+    predictions = OpenVINOInferencer(exported("padim"), device="CPU").predict(folder)
+    broken = [p for p in predictions if p.image_path.endswith("003.png")][0]
+    assert broken.label_name == "error" and broken.pred_label is None and "003.png" in broken.error
+    assert broken.to_json()["label"] == "error" and broken.to_json()["score"] is None
+    assert all(p.label_name in ("normal", "anomalous") for p in predictions if p is not broken)
+
+
+def test_demo_package_labels_an_unreadable_image_error(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:
+    folder = dataset_copy() / "test" / "good"
+    corrupt(folder / "004.png")
+    (folder / "005.png").write_bytes(b"not an image at all")
+    summary = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path / "ws").export(
+        trained_padim["checkpoint"], demo_package=True
+    )
+    with zipfile.ZipFile(summary["demo_package"]) as archive:
+        archive.extractall(tmp_path / "demo")
+    command = [sys.executable, str(tmp_path / "demo" / "predict.py"), str(folder), "--output", str(tmp_path / "out")]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    records = {Path(r["image"]).name: r for r in json.loads((tmp_path / "out" / "results.json").read_text())}
+    assert run.returncode == 1 and "could not be read" in run.stderr
+    for name in ("005.png",):  # cv2 cannot decode it
+        assert records[name]["label"] == "error" and records[name]["score"] is None
+    assert sum(r["label"] == "error" for r in records.values()) >= 1
+    allowed = subprocess.run([*command, "--allow_errors"], capture_output=True, text=True, timeout=300)
+    assert allowed.returncode == 0
+
+
+def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
+    trained_padim: dict, dataset_copy, tmp_path: Path, capsys
+) -> None:
+    root = dataset_copy()
+    data = AnomalyDataModule(str(root))
+    data.setup()  # the split the model was calibrated with (default seed and fraction)
+    bad = Path(data.splits["test"][3].path)
+    corrupt(bad)
+    work_dir = tmp_path / "ws"
+    args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root)]
+    assert main([*args, "--work_dir", str(work_dir)]) == 1
+    run = work_dir / latest(work_dir)["test"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["errors"][0]["image"] == str(bad) and metrics["counts"]["error"] == 1
+    records = {r["image"]: r for r in json.loads((run / "predictions.json").read_text())}
+    assert records[str(bad)]["label"] == "error"
+    report = (run / "report.html").read_text()
+    assert "could not be read (1)" in report and bad.name in report
+    scored = sum(metrics["splits"]["test"][k] for k in ("normal", "anomalous"))
+    assert metrics["counts"]["normal"] + metrics["counts"]["anomalous"] == scored - 1
+
+
+# --- 2. INT8 and FP16 keep the decisions ------------------------------------------------------------------
+
+
+def test_best_threshold_agrees_best_and_stays_near_the_prior() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        values = np.round(rng.normal(size=rng.integers(1, 40)), 1)  # ties on purpose
+        reference = rng.random(values.size) < 0.4
+        prior = float(rng.normal())
+        threshold, agreement = best_threshold(values, reference, prior)
+        assert agreement == pytest.approx(np.mean((values >= threshold) == reference))
+        # Brute force over every distinct labelling (independent of the implementation's bookkeeping).
+        cuts = np.concatenate([np.unique(values), [values.max() + 1.0]])
+        assert agreement == pytest.approx(max(np.mean((values >= c) == reference) for c in cuts)), trial
+
+
+def test_replaced_postprocessor_equals_the_export_and_follows_new_statistics(exported, sample_root: Path) -> None:
+    path = exported("padim")
+    model = ov.Core().read_model(str(path))
+    info = OpenVINOInferencer(path, device="CPU").info
+    stats = info.stats()
+    image = np.random.default_rng(1).random((1, 3, 150, 170), dtype=np.float32)
+    core = ov.Core()
+    original = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(image)
+    same = core.compile_model(replace_postprocessor(model, stats), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(image)
+    for name in ("pred_score", "anomaly_map"):
+        np.testing.assert_allclose(np.asarray(same[name]), np.asarray(original[name]), atol=1e-6)
+    # With other statistics: the normalisation formula applied to the raw outputs (independently computed).
+    raw_map, raw_score = postprocessor_inputs(model)
+    raw = core.compile_model(ov.Model([raw_map, raw_score], model.get_parameters()), "CPU")(image)
+    shifted = {**stats, "image_threshold": stats["image_threshold"] * 0.9, "pixel_max": stats["pixel_max"] * 2}
+    got = core.compile_model(replace_postprocessor(model, shifted), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(image)
+    score = np.clip(
+        (np.asarray(raw[1]) - shifted["image_threshold"]) / (stats["image_max"] - stats["image_min"]) + 0.5, 0, 1
+    )
+    np.testing.assert_allclose(np.asarray(got["pred_score"]), score, atol=1e-5)
+    expected_map = normalize(np.asarray(raw[0]), shifted["pixel_threshold"], shifted["pixel_min"], shifted["pixel_max"])
+    np.testing.assert_allclose(np.asarray(got["anomaly_map"]).reshape(expected_map.shape), expected_map, atol=1e-5)
+    assert [next(iter(o.get_names())) for o in replace_postprocessor(model, stats).outputs] == [
+        "pred_score",
+        "pred_label",
+        "anomaly_map",
+        "pred_mask",
+    ]
+
+
+@pytest.mark.parametrize("model", ["padim", "stfpm10"])
+def test_int8_keeps_the_fp32_decisions_on_the_test_split(
+    model: str, exported, sample_root: Path, tmp_path: Path
+) -> None:
+    work_dir = tmp_path / "ws"
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    summary = Engine(data=data, work_dir=work_dir).optimize(checkpoint=exported(model))
+    decisions = summary["decisions"]
+    assert decisions["checked"] and decisions["images"] == 14
+    table = decisions["table"]
+    for level in ("image", "pixel"):  # recalibration never lowers the agreement it was chosen on
+        assert (
+            table["candidate"][f"{level}_label_agreement"]
+            >= table["candidate_fp32_thresholds"][f"{level}_label_agreement"]
+        )
+    # On the test split (never seen by calibration nor recalibration): F1 within 0.02, >= 98 % same labels.
+    runs = {}
+    for name, path in (("fp32", exported(model)), ("int8", Path(summary["optimized_model"]))):
+        engine = Engine(data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0), work_dir=work_dir)
+        result = engine.test(checkpoint=path)
+        records = json.loads((Path(result["report"]).parent / "predictions.json").read_text())
+        runs[name] = (result["metrics"], {r["image"]: r["label"] for r in records})
+    (fp32, fp32_labels), (int8, int8_labels) = runs["fp32"], runs["int8"]
+    assert abs(int8["image_F1"] - fp32["image_F1"]) <= 0.02
+    agreement = np.mean([int8_labels[k] == v for k, v in fp32_labels.items()])
+    assert agreement >= 0.98, agreement
+    # metrics.json says what was done and with which thresholds; the IR carries them.
+    info = OpenVINOInferencer(summary["optimized_model"], device="CPU").info
+    assert info.stats() == pytest.approx(decisions["stats"], rel=1e-6)
+    assert info.raw["otx_recalibrated"] == (",".join(decisions["recalibrated"]) or "none")
+
+
+def test_fp16_export_checks_its_decisions(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    engine = Engine(data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0), work_dir=tmp_path)
+    summary = engine.export(trained_padim["checkpoint"], precision="FP16")
+    decisions = summary["decisions"]
+    assert decisions["checked"] and decisions["table"]["candidate"]["image_label_agreement"] == 1.0
+    assert decisions["table"]["candidate"]["image_F1"] >= decisions["table"]["fp32"]["image_F1"] - 0.02
+
+
+def test_max_drop_bounds_f1_as_well_as_auroc(exported, sample_root: Path, tmp_path: Path) -> None:
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    summary = Engine(data=data, work_dir=tmp_path).optimize(checkpoint=exported("padim"), max_drop=0.02)
+    table = summary["decisions"]["table"]
+    assert summary["scheme"].endswith("+accuracy-control") and "accuracy control" in summary["scheme_summary"]
+    for key in ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1"):
+        assert table["fp32"][key] - table["candidate"][key] <= 0.02 + 1e-9, key
+    assert summary["max_drop_met"]
+
+
+# --- 3. masks of every mode read as the same binary mask ------------------------------------------------
+
+
+def _mask() -> np.ndarray:
+    mask = np.zeros((24, 32), bool)
+    mask[4:10, 5:20] = True
+    mask[15:22, 25:30] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["L", "L01", "1", "I;16", "RGB", "RGB-red", "RGBA-opaque", "RGBA-alpha-only", "LA", "LA-alpha-only", "P", "soft"],
+)
+def test_masks_of_every_mode_read_the_same(mode: str, tmp_path: Path) -> None:
+    mask = _mask()
+    u8 = mask.astype(np.uint8) * 255
+    zeros, full = np.zeros_like(u8), np.full_like(u8, 255)
+    images = {
+        "L": lambda: Image.fromarray(u8, "L"),
+        "L01": lambda: Image.fromarray(mask.astype(np.uint8), "L"),  # label masks: 0 and 1
+        "1": lambda: Image.fromarray(mask).convert("1"),
+        "I;16": lambda: Image.fromarray(mask.astype(np.uint16) * 65535),
+        "RGB": lambda: Image.fromarray(np.stack([u8] * 3, -1), "RGB"),
+        "RGB-red": lambda: Image.fromarray(np.stack([u8, zeros, zeros], -1), "RGB"),
+        "RGBA-opaque": lambda: Image.fromarray(np.stack([u8, u8, u8, full], -1), "RGBA"),
+        "RGBA-alpha-only": lambda: Image.fromarray(np.stack([full, zeros, zeros, u8], -1), "RGBA"),
+        "LA": lambda: Image.fromarray(np.stack([u8, full], -1), "LA"),
+        "LA-alpha-only": lambda: Image.fromarray(np.stack([zeros, u8], -1), "LA"),
+        "P": lambda: Image.fromarray(np.stack([u8] * 3, -1), "RGB").convert("P", palette=Image.Palette.ADAPTIVE),
+        "soft": lambda: Image.fromarray(cv2.GaussianBlur(u8, (0, 0), 1.0), "L"),  # antialiased edges
+    }
+    path = tmp_path / "m_mask.png"
+    image = images[mode]()
+    image.save(path)
+    # What counts as defect in a soft mask: every pixel above 0 (README, Data), here a wider region.
+    expected = np.asarray(image) > 0 if mode == "soft" else mask
+    assert mode != "soft" or expected.sum() > mask.sum()
+    np.testing.assert_array_equal(read_mask(path), expected)
+
+
+def test_an_rgba_mask_gives_the_mask_of_the_grayscale_mask(dataset_copy) -> None:
+    root = dataset_copy()
+    data = AnomalyDataModule(str(root), num_workers=0)
+    data.setup()
+    samples = [s for s in data.splits["test"] if s.mask_path]
+    before = [AnomalyDataset([s], (64, 64))[0]["mask"] for s in samples]
+    for s in samples:  # the same masks, as RGBA with an opaque alpha channel
+        gray = np.asarray(Image.open(s.mask_path))
+        Image.fromarray(np.stack([gray, gray, gray, np.full_like(gray, 255)], -1), "RGBA").save(s.mask_path)
+    after = [AnomalyDataset([s], (64, 64))[0]["mask"] for s in samples]
+    assert all(bool((a == b).all()) for a, b in zip(before, after, strict=True))
+    assert any(bool(a.any()) for a in after) and not all(bool(a.all()) for a in after)
+
+
+# --- 5. warnings where the numbers would mislead ---------------------------------------------------------
+
+
+def test_warnings_for_a_model_that_learned_nothing_and_for_other_data(dataset_copy, tmp_path: Path, capsys) -> None:
+    root = dataset_copy()
+    goods = sorted((root / "test" / "good").glob("*.png"))
+    for i, path in enumerate(sorted((root / "test").glob("*/*.png"))):  # defects replaced by normal images
+        if path.parent.name != "good":
+            shutil.copy(goods[i % len(goods)], path)
+    work_dir = tmp_path / "ws"
+    small = ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]
+    assert main(["train", "--config", RECIPE, "--data_root", str(root), "--work_dir", str(work_dir), *small]) == 0
+    err = capsys.readouterr().err
+    train = json.loads((work_dir / latest(work_dir)["train"] / "metrics.json").read_text())
+    assert any("near chance" in w and "validation image AUROC" in w for w in train["warnings"]), train["warnings"]
+    assert "near chance" in err
+    # A recipe naming another model, on data the model was not trained on: both said in test's summary.
+    other = dataset_copy("carpet_like")
+    stfpm = "recipe/anomaly_segmentation/stfpm.yaml"
+    main(["test", "--config", stfpm, "--data_root", str(other), "--work_dir", str(work_dir), "--data.num_workers", "0"])
+    test = json.loads((work_dir / latest(work_dir)["test"] / "metrics.json").read_text())
+    assert any("the recipe's model is Stfpm" in w and "holds Padim" in w for w in test["warnings"])
+    assert any("is not the data the model was trained on" in w for w in test["warnings"])
+    report = (work_dir / latest(work_dir)["test"] / "report.html").read_text()
+    assert "the recipe&#x27;s model is Stfpm" in report
+
+
+def test_manual_threshold_above_every_score_warns_that_nothing_is_flagged(dataset_copy, tmp_path: Path) -> None:
+    from otx.models import Padim
+
+    engine = Engine(
+        model=Padim(input_size=(64, 64), image_threshold=1e9),
+        data=AnomalyDataModule(str(dataset_copy()), num_workers=0),
+        work_dir=tmp_path,
+    )
+    warnings = engine.train()["warnings"]
+    assert any("image threshold" in w and "flags nothing" in w for w in warnings), warnings
+
+
+def test_a_grayscale_model_warns_about_colour_images(dataset_copy, tmp_path: Path, capsys) -> None:
+    root = dataset_copy()
+    colour = tmp_path / "colour"
+    shutil.copytree(root / "test" / "good", colour)
+    for path in root.rglob("*.png"):
+        if "ground_truth" not in path.parts:
+            Image.open(path).convert("L").save(path)
+    work_dir = tmp_path / "ws"
+    small = ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]
+    assert main(["train", "--config", RECIPE, "--data_root", str(root), "--work_dir", str(work_dir), *small]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--work_dir", str(work_dir), "--source", str(colour), "--visualize", "false"]) == 0
+    err = capsys.readouterr().err
+    metrics = json.loads((work_dir / latest(work_dir)["predict"] / "metrics.json").read_text())
+    assert any("12 of 12 input images are colour" in w and "grayscale" in w for w in metrics["warnings"])
+    assert "trained on grayscale images" in err
+    # The same from the exported model (the training images' profile travels in its metadata).
+    assert main(["export", "--work_dir", str(work_dir)]) == 0
+    xml = work_dir / latest(work_dir)["export"] / "exported_model.xml"
+    capsys.readouterr()
+    assert main(["predict", "--work_dir", str(work_dir), "--checkpoint", str(xml), "--source", str(colour)]) == 0
+    assert "trained on grayscale images" in capsys.readouterr().err
+
+
+# --- 6. interruption and failed runs ----------------------------------------------------------------------
+
+
+def _otx(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "OTX_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "otx.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_training_at_once_and_keeps_earlier_runs(
+    signum: int, trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    before = (work_dir / "latest.json").read_bytes()
+    args = [
+        "train",
+        "--config",
+        "recipe/anomaly_segmentation/stfpm.yaml",
+        "--data_root",
+        str(sample_root / "bottle_like"),
+    ]
+    args += ["--work_dir", str(work_dir), "--max_epochs", "50", "--model.init_args.input_size", "[96,96]"]
+    earlier = set(work_dir.glob("*-train"))
+    process = _otx(args, tmp_path)  # two data-loading workers (the recipe's default)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # until the first epoch has ended: training is under way
+        if any((run / "logs" / "metrics.csv").exists() for run in set(work_dir.glob("*-train")) - earlier):
+            break
+        time.sleep(0.5)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signum)
+    sent = time.monotonic()
+    out, err = process.communicate(timeout=60)
+    stopped = time.monotonic() - sent
+    name = signal.Signals(signum).name
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert process.returncode == 130 and "Traceback" not in err
+    assert lines == [f"otx: {name} received, stopping; earlier runs and latest.json stay as they were"], err
+    assert stopped < 30, stopped  # seconds, not the rest of 50 epochs
+    assert (work_dir / "latest.json").read_bytes() == before
+    runs = sorted(work_dir.glob("*-train"))
+    log = (runs[-1] / "otx.log").read_text()
+    assert f"train failed: interrupted ({name})" in log and not (runs[-1] / "model.ckpt").exists()
+
+
+def test_every_failed_run_says_why_in_its_log(trained_padim: dict, tmp_path: Path) -> None:
+    work_dir = tmp_path / "ws"
+    assert main(["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--source", str(tmp_path / "none"),
+                 "--work_dir", str(work_dir)]) == 1  # fmt: skip
+    log = next(work_dir.glob("*-predict/otx.log")).read_text()
+    assert "predict failed: source" in log and "does not exist" in log
+
+
+# --- 7. umask, predict's metrics.json, optimize's default source, --models a b ------------------------------
+
+
+def test_run_files_follow_the_umask(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        work_dir = tmp_path / "ws"
+        assert main(["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root",
+                     str(sample_root / "bottle_like"), "--work_dir", str(work_dir)]) == 0  # fmt: skip
+    finally:
+        os.umask(old)
+    run = next(work_dir.glob("*-test"))
+    for path in (run / "metrics.json", run / "config.yaml", run / "predictions.json", work_dir / "latest.json"):
+        assert path.stat().st_mode & 0o777 == 0o640, (path, oct(path.stat().st_mode))
+
+
+def test_optimize_without_a_path_takes_the_latest_ir_not_a_later_onnx(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    assert main(["export", "--work_dir", str(work_dir)]) == 0
+    time.sleep(1.1)  # run folders are named by the second
+    assert main(["export", "--work_dir", str(work_dir), "--format", "ONNX"]) == 0
+    ir = work_dir / latest(work_dir)["export"]
+    assert (ir / "exported_model.onnx").exists()  # the latest export is the ONNX one
+    data = ["--data_root", str(sample_root / "bottle_like")]  # an exported model needs it (docs/deploy.md)
+    assert main(["optimize", "--work_dir", str(work_dir), "--subset_size", "8", *data]) == 0
+    summary = json.loads((work_dir / latest(work_dir)["optimize"] / "metrics.json").read_text())
+    assert summary["source_model"].endswith("exported_model.xml")
+
+
+def test_benchmark_models_as_documented(exported, tmp_path: Path, capsys) -> None:
+    xml, onnx = exported("padim"), exported("padim", "segmentation", "ONNX")
+    args = ["benchmark", "--models", str(xml), str(onnx), "--num_images", "2", "--warmup", "1", "--repeats", "1"]
+    assert main([*args, "--work_dir", str(tmp_path)]) == 0
+    rows = json.loads(next(tmp_path.glob("*-benchmark/metrics.json")).read_text())["rows"]
+    assert [Path(r["path"]).name for r in rows] == ["exported_model.xml", "exported_model.onnx"]
