@@ -131,10 +131,22 @@ def test_optimize_from_checkpoint_exports_first_and_uses_subset_size(trained_pad
     assert json.loads((tmp_path / "latest.json").read_text())["optimize"].endswith(run.name)
 
 
-def test_accuracy_control_keeps_the_drop_within_max_drop(exported, sample_root: Path, tmp_path: Path) -> None:
-    summary = engine_for(sample_root, tmp_path).optimize(checkpoint=exported("padim"), subset_size=30, max_drop=0.02)
-    assert summary["max_drop"] == 0.02
-    assert summary["decisions"]["drop"] <= 0.02 and summary["max_drop_met"]
+def test_accuracy_control_bounds_the_auroc_and_f1_drop(exported, sample_root: Path, tmp_path: Path) -> None:
+    # Through the command line, in its own process: NNCF's accuracy control compiles and ranks
+    # models in threads, and after the rest of this suite has run in one process it crashed that
+    # process (a segmentation fault inside native code, not reproduced alone or from the CLI).
+    data_root = str(sample_root / "bottle_like")
+    result = run_otx(
+        "optimize", "--checkpoint", str(exported("padim")), "--data_root", data_root, "--subset_size", "30",
+        "--max_drop", "0.02", "--work_dir", str(tmp_path), "--data.num_workers", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(next(tmp_path.glob("*-optimize/metrics.json")).read_text())
+    assert summary["max_drop"] == 0.02 and summary["max_drop_met"]
+    assert summary["scheme"] == "padim-int8+accuracy-control" and "accuracy control" in summary["scheme_summary"]
+    table = summary["decisions"]["table"]
+    for key in ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1"):
+        assert table["fp32"][key] - table["candidate"][key] <= 0.02 + 1e-9, key
     info = read_model_info(summary["optimized_model"])
     assert info.quantization == "padim-int8+accuracy-control" and info.raw["otx_max_drop"] == "0.02"
 

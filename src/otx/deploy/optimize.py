@@ -381,6 +381,7 @@ def keep_decisions(
         "checked": True,
         "images": len(validation.reference.scores),
         "recalibrated": decisions.recalibrated,
+        "cross_validated": decisions.cross_validated,
         "stats": decisions.stats,
         "table": {name: {k: round(v, 4) for k, v in row.items()} for name, row in table.items()},
         "drop": round(validation.drop(table), 4),
