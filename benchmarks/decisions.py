@@ -116,8 +116,8 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "details": details}, indent=1))
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps({"rows": rows, "details": details}, indent=1))
     print("\n| model | task | IR | image AUROC | image F1 | pixel AUROC | pixel F1 | labels = FP32 IR | recalibrated |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
