@@ -62,6 +62,15 @@ def threshold_warnings(
     return found
 
 
+def _header(path: str | Path) -> tuple[bool, int, int] | None:
+    """``(grayscale, height, width)`` from an image file's header; None when it cannot be read."""
+    try:
+        with Image.open(path) as pil:
+            return pil.mode in GRAY_MODES, pil.size[1], pil.size[0]
+    except (OSError, ValueError):
+        return None
+
+
 def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
     """Channels and size range of images, read from their headers.
 
@@ -72,12 +81,11 @@ def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
     heights: list[int] = []
     widths: list[int] = []
     for path in paths:
-        try:
-            with Image.open(path) as pil:
-                mode, (width, height) = pil.mode, pil.size
-        except (OSError, ValueError):
+        header = _header(path)
+        if header is None:
             continue  # unreadable files are reported where they are decoded
-        if mode in GRAY_MODES:
+        is_gray, height, width = header
+        if is_gray:
             gray += 1
         else:
             color += 1
@@ -105,12 +113,11 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
     smaller = larger = 0
     (h_min, h_max), (w_min, w_max) = train["height"], train["width"]
     for path in paths:
-        try:
-            with Image.open(path) as pil:
-                mode, (width, height) = pil.mode, pil.size
-        except (OSError, ValueError):
+        header = _header(path)
+        if header is None:
             continue
-        counts["gray" if mode in GRAY_MODES else "color"] += 1
+        is_gray, height, width = header
+        counts["gray" if is_gray else "color"] += 1
         if height * SIZE_FACTOR < h_min or width * SIZE_FACTOR < w_min:
             smaller += 1
         elif height > h_max * SIZE_FACTOR or width > w_max * SIZE_FACTOR:

@@ -30,6 +30,7 @@ reported beside them (AUROC and F1 at the thresholds, per level).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass, field
@@ -191,11 +192,18 @@ def cross_validated(
     return kept / n, recalibrated / n
 
 
-def _sample_pixels(maps: np.ndarray, limit: int, seed: int = 0) -> np.ndarray:
-    flat = maps.reshape(-1)
-    if flat.size <= limit:
-        return np.arange(flat.size)
-    return np.sort(np.random.default_rng(seed).choice(flat.size, size=limit, replace=False))
+def _sample_pixels(maps: np.ndarray, limit: int) -> np.ndarray:
+    """The seeded pixel sample every comparison of maps of this size uses (drawn once per size)."""
+    return _pixel_indices(int(maps.size), limit)
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_indices(size: int, limit: int) -> np.ndarray:
+    if size <= limit:
+        return np.arange(size)
+    indices = np.sort(np.random.default_rng(0).choice(size, size=limit, replace=False))
+    indices.flags.writeable = False  # shared between callers
+    return indices
 
 
 @dataclass
