@@ -377,6 +377,31 @@ def _otx(args: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
+_STOP_IN_FINALISER = """
+import os, signal, sys, time
+from otx import cli
+cli._install_signal_handlers()
+class Finalised:
+    def __del__(self):  # Python swallows what a finaliser raises (as at fork in DataLoader workers)
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(10000))
+try:
+    item = Finalised()
+    del item
+    for _ in range(200):
+        time.sleep(0.01)
+    print("kept running")
+except KeyboardInterrupt as stop:
+    print("stopped by", stop)
+"""
+
+
+def test_a_stop_that_arrives_inside_a_finaliser_still_stops_without_a_traceback() -> None:
+    done = subprocess.run([sys.executable, "-c", _STOP_IN_FINALISER], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "stopped by SIGTERM", (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "SIGTERM received" in done.stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_training_at_once_and_keeps_earlier_runs(
     signum: int, trained_padim: dict, sample_root: Path, tmp_path: Path

@@ -7,6 +7,7 @@ shipped with otx, any other path to that file. Errors end in one line and a non-
 
 from __future__ import annotations
 
+import _thread
 import logging
 import os
 import re
@@ -388,12 +389,16 @@ def _one_line(exc: BaseException) -> str:
 
 
 _STOPPING: list[str] = []  # the signal being handled, once one arrived
+_REDELIVERED: list[int] = []  # [pending, attempts]: a stop Python swallowed, sent again
 
 
 def _on_signal(signum: int, frame: Any) -> None:
     """SIGINT / SIGTERM: say so at once, then unwind (a second signal ends the process at once)."""
     del frame
     name = signal.Signals(signum).name
+    if _REDELIVERED and _REDELIVERED[0] and signum == signal.SIGINT:  # our own delivery (see _unraisable)
+        _REDELIVERED[0] = 0
+        raise KeyboardInterrupt(_STOPPING[0])
     if _STOPPING:
         os._exit(128 + signum)
     _STOPPING.append(name)
@@ -402,11 +407,34 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(name)
 
 
+def _unraisable(unraisable: Any) -> None:
+    """A stop raised inside a finaliser or an at-fork callback is swallowed by Python: send it again.
+
+    Python prints such exceptions ("Exception ignored in ...") and carries on, so the stop would be
+    lost behind a traceback. It is delivered once more, from a timer thread so that it arrives after
+    this hook has returned, and then unwinds from ordinary code.
+    """
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _STOPPING:
+        if not _REDELIVERED:
+            _REDELIVERED.extend([0, 0])
+        _REDELIVERED[0], _REDELIVERED[1] = 1, _REDELIVERED[1] + 1
+        if _REDELIVERED[1] > 50:  # swallowed every time: stop without unwinding
+            os._exit(130)
+        threading.Timer(0.05, _thread.interrupt_main, args=(signal.SIGINT,)).start()
+        return
+    _DEFAULT_UNRAISABLE(unraisable)
+
+
+_DEFAULT_UNRAISABLE = sys.unraisablehook
+
+
 def _install_signal_handlers() -> None:
     _STOPPING.clear()
+    _REDELIVERED.clear()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
+        sys.unraisablehook = _unraisable
 
 
 def main(argv: list[str] | None = None) -> int:
