@@ -115,7 +115,7 @@ class Settings:
 
     def layers(self, model: str) -> list[str]:
         """Feature layers of ``model`` for the backbone (otx's defaults, given to both tools)."""
-        return list(self.spec.padim_layers if model == "padim" else self.spec.stfpm_layers)
+        return list((OtxPadim if model == "padim" else OtxStfpm).layers_by_backbone[self.spec.name])
 
 
 @dataclass
@@ -214,7 +214,7 @@ def build_anomalib_model(model: str, s: Settings, layers: list[str] | None = Non
                 backbone=s.spec.timm_name,
                 layers=layers,
                 pre_trained=False,
-                n_features=s.spec.padim_n_features,
+                n_features=OtxPadim.n_features_by_backbone[s.spec.name],
                 **common,
             )
         else:
@@ -519,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             "data_root": str(data_root),
             "timm_backbone": spec.timm_name,
             "layers": {m: s.layers(m) for m in args.models},
-            "padim_n_features": spec.padim_n_features,
+            "padim_n_features": OtxPadim.n_features_by_backbone[spec.name],
             "input_size": list(INPUT_SIZE),
             "mean": list(spec.mean),
             "std": list(spec.std),

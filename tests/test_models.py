@@ -8,10 +8,12 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import yaml
 from anomalib.models.components.stats import MultiVariateGaussian
 
+from otx.cli import list_recipes, recipes_dir
 from otx.errors import OTXConfigError, OTXWeightsError
-from otx.models import Padim, Stfpm
+from otx.models import Padim, Stfpm, available_models, model_class
 from otx.models.backbones import BACKBONES, get_backbone, resolve_weights
 from otx.models.padim import StreamingGaussian
 
@@ -160,3 +162,31 @@ def test_anomaly_map_generators_equal_anomalib() -> None:
     padim = Padim(input_size=(64, 64), pretrained=False)
     assert isinstance(padim.model.anomaly_map_generator, PadimMapGenerator)
     assert padim.model.anomaly_map_generator.state_dict().keys() == AnomalibPadimMap().state_dict().keys()
+
+
+@pytest.mark.parametrize("name", sorted(available_models()))
+def test_every_model_is_complete_in_its_own_module(name: str) -> None:
+    """A model class carries its per-backbone layers, its INT8 scheme and its three recipes."""
+    from otx.models.backbones import BACKBONES, check_layers
+
+    cls = model_class(name)
+    for spec in BACKBONES.values():
+        check_layers(spec, list(cls.default_layers(spec)))  # every default layer exists in the backbone
+    assert cls.int8_scheme.name.startswith(name.lower()) and cls.int8_scheme.float_patterns
+    recipes = [r for r in list_recipes() if r.endswith(f"/{name.lower()}.yaml")]
+    tasks = [f"anomaly_{task}" for task in ("classification", "detection", "segmentation")]
+    assert sorted(r.split("/")[1] for r in recipes) == tasks
+    for recipe in recipes:
+        config = yaml.safe_load((recipes_dir() / recipe.split("/", 1)[1]).read_text())
+        assert config["model"]["class_path"].rpartition(".")[2] == name
+
+
+def test_a_model_defined_elsewhere_is_found_and_unknown_names_get_one_line() -> None:
+    class Shifted(Padim):
+        """A PADIM variant defined outside otx.models."""
+
+    assert model_class("Shifted") is Shifted
+    with pytest.raises(OTXConfigError, match=r"unknown model 'Padm'; did you mean Padim\?"):
+        model_class("Padm")
+    with pytest.raises(OTXConfigError, match="no default layers for backbone 'resnet18'"):
+        type("Bare", (Padim,), {"layers_by_backbone": {}})(backbone="resnet18", pretrained=False)

@@ -13,9 +13,10 @@ import pytest
 from otx.data import AnomalyDataModule
 from otx.data.dataset import Sample
 from otx.deploy.metadata import read_model_info
-from otx.deploy.optimize import SCHEMES, choose_calibration
+from otx.deploy.optimize import choose_calibration
 from otx.engine import Engine
 from otx.errors import OTXError
+from otx.models import model_class
 from test_cli import run_otx
 
 
@@ -47,7 +48,7 @@ def test_int8_keeps_metadata_and_accuracy(model: str, optimized, exported, sampl
     xml = Path(summary["optimized_model"])
     assert xml.name == "optimized_model.xml" and xml.with_suffix(".bin").is_file()
     source, info = read_model_info(exported(model)), read_model_info(xml)
-    assert info.precision == "INT8" and info.quantization == SCHEMES[source.model_name].name
+    assert info.precision == "INT8" and info.quantization == model_class(source.model_name).int8_scheme.name
     for key in ("task", "otx_model", "model_type", "data_fingerprint", "input_size"):
         assert info.raw[key] == source.raw[key], key
     # Thresholds: the FP32 model's where they keep its decisions, recalibrated per level otherwise;
@@ -72,7 +73,7 @@ def test_int8_keeps_metadata_and_accuracy(model: str, optimized, exported, sampl
 @pytest.mark.parametrize("model", ["padim", "stfpm10"])
 def test_scheme_keeps_resize_anomaly_map_and_postprocessing_float(model: str, exported, optimized) -> None:
     source = ov.Core().read_model(exported(model))
-    float_nodes = SCHEMES["Padim" if model == "padim" else "Stfpm"].float_nodes(source)
+    float_nodes = model_class("Padim" if model == "padim" else "Stfpm").int8_scheme.float_nodes(source)
     # The float scope covers, by graph structure, everything from the anomaly map to the outputs.
     names = {op.get_friendly_name() for op in source.get_ops()}
     for must in ("__module.postprocessor", "__module.resize", "__module.core/aten::amax"):

@@ -283,7 +283,7 @@ def _instantiate_model(spec: Namespace) -> Any:
 
 
 def _find(what: str, console: Console) -> None:
-    from otx.models import AnomalyModel
+    from otx.models import available_models
     from otx.models.backbones import BACKBONES, weight_status
 
     if what in ("all", "recipes"):
@@ -292,9 +292,9 @@ def _find(what: str, console: Console) -> None:
             console.print(f"  {name}")
     if what in ("all", "models"):
         console.print("[bold]models[/] (--model CLASS_PATH):")
-        for cls in AnomalyModel.__subclasses__():
+        for name, cls in available_models().items():
             summary = (cls.__doc__ or "").strip().splitlines()[0]
-            console.print(f"  otx.models.{cls.__name__:<8} {summary}")
+            console.print(f"  otx.models.{name:<8} {summary}")
         console.print(f"[bold]tasks[/] (--task): {', '.join(TASKS)}")
     if what in ("all", "backbones"):
         table = Table(title="backbones (--model.init_args.backbone NAME)")

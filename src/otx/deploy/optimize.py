@@ -27,7 +27,6 @@ most ``max_drop``.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from otx.deploy.calibrate import (
 from otx.deploy.inferencer import check_model_path
 from otx.deploy.metadata import ModelInfo, read_model_info, with_stats
 from otx.errors import OTXConfigError, OTXDataError, OTXError
+from otx.models.quantization import GENERIC, Scheme
 from otx.postprocess import normalize
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ log = logging.getLogger(__name__)
 OPTIMIZED_NAME = "optimized_model"
 # Nodes every scheme keeps in float: the resize (``__module.resize``; ``aten::matmul`` in exports
 # made before it was a named module) and the post-processor.
-ALWAYS_FLOAT = (r"^__module\.resize/.*", r"^aten::matmul/.*", r"^__module\.postprocessor.*")
 _QUANTIZED_TYPES = {"FakeQuantize", "FakeConvert"}
 # CPUs without VNNI (AVX2 only, e.g. this project's AMD EPYC machines) multiply u8 x s8 pairs into
 # int16 and saturate: with 8-bit weights in every layer, PADIM's INT8 image AUROC on magnetic_tile
@@ -67,82 +66,15 @@ OVERFLOW_FIX_SUMMARY = "7-bit weights in every layer (no int16 saturation on CPU
 _LOW_BIT_TYPES = {"i8", "u8", "i4", "u4", "nf4", "f8e4m3", "f8e5m2"}
 
 
-@dataclass(frozen=True)
-class Scheme:
-    """Which parts of one model run in INT8 and which stay in float.
-
-    ``float_patterns`` name nodes kept in float (regexes on node names); every node computed
-    from the output of a node matching ``float_after`` is float too, whatever its name (in-place
-    torch ops such as STFPM's product of layer maps lose their module's name when traced).
-    """
-
-    name: str
-    summary: str
-    float_patterns: tuple[str, ...]
-    float_after: tuple[str, ...]
-    fast_bias_correction: bool = True  # False: NNCF's full bias correction (slower, more accurate)
-
-    def float_nodes(self, ov_model: Any) -> set[str]:
-        """Names of the nodes of ``ov_model`` that stay in float (NNCF's ignored scope)."""
-        patterns = [re.compile(p) for p in (*ALWAYS_FLOAT, *self.float_patterns)]
-        after = [re.compile(p) for p in self.float_after]
-        names: set[str] = set()
-        stack = []
-        for op in ov_model.get_ordered_ops():
-            name = op.get_friendly_name()
-            if any(p.match(name) for p in patterns):
-                names.add(name)
-            if any(p.match(name) for p in after):
-                stack.append(op)
-        seen: set[str] = set()
-        while stack:  # everything downstream of the float_after nodes
-            op = stack.pop()
-            for output in op.outputs():
-                for target in output.get_target_inputs():
-                    node = target.get_node()
-                    if node.get_friendly_name() not in seen:
-                        seen.add(node.get_friendly_name())
-                        stack.append(node)
-        return names | {name for name in seen if not name.startswith("Result")}
-
-
-SCHEMES: dict[str, Scheme] = {
-    # Backbone in INT8; the Mahalanobis product and all that follows in float. With the product in
-    # INT8 too (1.6-1.8x the FP32 IR's throughput on a VNNI CPU, against 1.3x), magnetic_tile's test
-    # labels at the FP32 threshold agreed with FP32's for 94 % of the images on an AVX2 CPU (image
-    # AUROC 0.964 against 0.968); backbone only: 99 % (AUROC 0.969). Decisions come first.
-    "Padim": Scheme(
-        name="padim-int8",
-        summary="backbone INT8; Mahalanobis distance, upsampling, blur, score and post-processing float",
-        float_patterns=(r"^__module\.core\.anomaly_map_generator.*",),
-        float_after=(r"^__module\.core\.anomaly_map_generator.*",),
-    ),
-    # Teacher and student in INT8; their feature comparison, the product of the layer maps (in
-    # INT8 its calibration range capped every defect's score at one value) and the score in float.
-    # Full bias correction: on magnetic_tile image AUROC -0.023 with the fast one, +0.008 with it.
-    "Stfpm": Scheme(
-        name="stfpm-int8",
-        summary="teacher and student INT8; feature distances, anomaly map, score and post-processing float",
-        float_patterns=(r"^__module\.core\.anomaly_map_generator.*",),
-        float_after=(r"^__module\.core\.anomaly_map_generator.*",),
-        fast_bias_correction=False,
-    ),
-}
-GENERIC = Scheme(
-    name="generic-int8",
-    summary="model core INT8; anomaly map, score and post-processing float",
-    float_patterns=(r".*anomaly_map_generator.*",),
-    float_after=(r".*anomaly_map_generator.*",),
-)
-
-
 def scheme_for(info: ModelInfo) -> Scheme:
-    """The quantisation scheme of the model an export came from (a generic one for unknown models)."""
-    scheme = SCHEMES.get(info.model_name)
-    if scheme is None:
-        log.warning("no INT8 scheme measured for %s; using the generic one (%s)", info.model_name, GENERIC.summary)
+    """The quantisation scheme of the model class an export came from (``int8_scheme`` on the class)."""
+    from otx.models import model_class
+
+    try:
+        return model_class(info.model_name).int8_scheme
+    except OTXError:
+        log.warning("no INT8 scheme known for %s; using the generic one (%s)", info.model_name, GENERIC.summary)
         return GENERIC
-    return scheme
 
 
 def is_quantized(ov_model: Any) -> bool:

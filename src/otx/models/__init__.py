@@ -1,7 +1,57 @@
-"""Model cores. Each is a LightningModule subclass of ``AnomalyModel``; recipes name them by class_path."""
+"""Model cores. Each is a LightningModule subclass of ``AnomalyModel``; recipes name them by class_path.
 
+A model is one module of this package (plus its three recipes): ``available_models`` finds every
+``AnomalyModel`` subclass defined in the package's modules, so nothing else lists models.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+
+from otx.errors import OTXConfigError
 from otx.models.base import AnomalyModel
 from otx.models.padim import Padim
 from otx.models.stfpm import Stfpm
 
-__all__ = ["AnomalyModel", "Padim", "Stfpm"]
+__all__ = ["AnomalyModel", "Padim", "Stfpm", "available_models", "model_class"]
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def available_models() -> dict[str, type[AnomalyModel]]:
+    """Every model class by class name: those in this package's modules and any imported subclass."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    return {cls.__name__: cls for cls in _subclasses(AnomalyModel) if _public(cls)}
+
+
+def _public(cls: type) -> bool:
+    return not cls.__name__.startswith("_") and "<locals>" not in cls.__qualname__
+
+
+def model_class(name: str) -> type[AnomalyModel]:
+    """The model class called ``name`` (``Padim``); an unknown name raises one line with the known ones."""
+    models = available_models()
+    if name in models:
+        return models[name]
+    for cls in _subclasses(AnomalyModel):  # also a class defined in a function (not listed)
+        if cls.__name__ == name:
+            return cls
+    close = difflib.get_close_matches(name, list(models), n=2)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise OTXConfigError(f"unknown model '{name}'; {hint}known models: {', '.join(models)} (`otx find --what models`)")
+
+
+def __getattr__(name: str) -> type[AnomalyModel]:
+    """``otx.models.<ClassName>`` for every model, also those not imported above."""
+    models = available_models()
+    if name in models:
+        return models[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

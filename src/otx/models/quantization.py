@@ -1,0 +1,63 @@
+"""How a model is quantised to INT8: which of its nodes stay in float.
+
+Each model class names its scheme (``AnomalyModel.int8_scheme``); ``otx optimize`` reads it
+from the model an export came from. This module has no heavy imports: models import it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Nodes of every export that stay in float: the input resize, matrix-product upsampling and the
+# post-processor (thresholds and normalisation must compare in the units they were fitted in).
+ALWAYS_FLOAT = (r"^__module\.resize/.*", r"^aten::matmul/.*", r"^__module\.postprocessor.*")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """Which parts of one model run in INT8 and which stay in float.
+
+    ``float_patterns`` name nodes kept in float (regexes on node names); every node computed
+    from the output of a node matching ``float_after`` is float too, whatever its name (in-place
+    torch ops such as STFPM's product of layer maps lose their module's name when traced).
+    """
+
+    name: str
+    summary: str
+    float_patterns: tuple[str, ...]
+    float_after: tuple[str, ...]
+    fast_bias_correction: bool = True  # False: NNCF's full bias correction (slower, more accurate)
+
+    def float_nodes(self, ov_model: Any) -> set[str]:
+        """Names of the nodes of ``ov_model`` that stay in float (NNCF's ignored scope)."""
+        patterns = [re.compile(p) for p in (*ALWAYS_FLOAT, *self.float_patterns)]
+        after = [re.compile(p) for p in self.float_after]
+        names: set[str] = set()
+        stack = []
+        for op in ov_model.get_ordered_ops():
+            name = op.get_friendly_name()
+            if any(p.match(name) for p in patterns):
+                names.add(name)
+            if any(p.match(name) for p in after):
+                stack.append(op)
+        seen: set[str] = set()
+        while stack:  # everything downstream of the float_after nodes
+            op = stack.pop()
+            for output in op.outputs():
+                for target in output.get_target_inputs():
+                    node = target.get_node()
+                    if node.get_friendly_name() not in seen:
+                        seen.add(node.get_friendly_name())
+                        stack.append(node)
+        return names | {name for name in seen if not name.startswith("Result")}
+
+
+# The scheme of a model class that names none: the core in INT8, the anomaly map onwards in float.
+GENERIC = Scheme(
+    name="generic-int8",
+    summary="model core INT8; anomaly map, score and post-processing float",
+    float_patterns=(r".*anomaly_map_generator.*",),
+    float_after=(r".*anomaly_map_generator.*",),
+)
