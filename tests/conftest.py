@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -51,56 +52,79 @@ def _train(sample_root: Path, work_dir: Path, model, max_epochs: int | None = No
 
 
 @pytest.fixture(scope="session")
-def trained_padim(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained(sample_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Train any model class by name once per session (input 128x128); ``max_epochs`` None: the model's default."""
+    from otx.models import model_class
+
+    cache: dict[tuple[str, int | None], dict] = {}
+
+    def train(name: str, max_epochs: int | None = 1) -> dict:
+        key = (name, max_epochs)
+        if key not in cache:
+            work_dir = tmp_path_factory.mktemp(f"ws_{name.lower()}{max_epochs or ''}")
+            cache[key] = _train(sample_root, work_dir, model_class(name)(input_size=(128, 128)), max_epochs)
+        return cache[key]
+
+    return train
+
+
+@pytest.fixture(scope="session")
+def trained_padim(trained) -> dict:
     """A PADIM segmentation model trained through the Engine on bottle_like."""
-    from otx.models import Padim
-
-    return _train(sample_root, tmp_path_factory.mktemp("ws"), Padim(input_size=(128, 128)))
+    return trained("Padim", 1)
 
 
 @pytest.fixture(scope="session")
-def trained_stfpm(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained_stfpm(trained) -> dict:
     """An STFPM model trained one epoch through the Engine on bottle_like (enough for parity checks)."""
-    from otx.models import Stfpm
-
-    return _train(sample_root, tmp_path_factory.mktemp("ws_stfpm"), Stfpm(input_size=(128, 128)), max_epochs=1)
+    return trained("Stfpm", 1)
 
 
 @pytest.fixture(scope="session")
-def trained_stfpm10(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained_stfpm10(trained) -> dict:
     """STFPM trained 10 epochs on bottle_like: image AUROC 1.0 there (one epoch leaves it near 0.5,
     too weak to show that INT8 keeps accuracy)."""
-    from otx.models import Stfpm
-
-    return _train(sample_root, tmp_path_factory.mktemp("ws_stfpm10"), Stfpm(input_size=(128, 128)), max_epochs=10)
+    return trained("Stfpm", 10)
 
 
 @pytest.fixture(scope="session")
 def exported(
-    trained_padim: dict,
-    trained_stfpm: dict,
+    trained,
     sample_root: Path,
     tmp_path_factory: pytest.TempPathFactory,
     request: pytest.FixtureRequest,
 ):
-    """Export (once per session) a trained model (padim, stfpm, stfpm10) for a task and format; returns the file."""
+    """Export (once per session) a trained model for a task and format; returns the file.
+
+    ``model`` is a class name or its lower-case form with the epochs appended (padim, stfpm10):
+    one epoch unless given.
+    """
     from otx.data import AnomalyDataModule
     from otx.engine import Engine
+    from otx.models import available_models
+
+    names = {name.lower(): name for name in available_models()}
+
+    def resolve(model: str) -> tuple[str, int]:
+        match = re.fullmatch(r"([A-Za-z_]+?)(\d*)", model)
+        if match is None or match.group(1).lower() not in names:
+            raise ValueError(f"no model {model!r}")
+        return names[match.group(1).lower()], int(match.group(2) or 1)
 
     cache: dict[tuple[str, str, str, str], Path] = {}
-    trained = {"padim": trained_padim, "stfpm": trained_stfpm}
 
     def export(
         model: str = "padim", task: str = "segmentation", fmt: str = "OPENVINO", precision: str = "FP32"
     ) -> Path:
-        key = (model, task, fmt, precision)
+        name, epochs = resolve(model)
+        key = (f"{name}{epochs}", task, fmt, precision)
         if key not in cache:
             engine = Engine(
                 data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
                 task=task,
                 work_dir=tmp_path_factory.mktemp(f"export_{model}_{task}_{fmt}_{precision}"),
             )
-            source = trained[model] if model in trained else request.getfixturevalue(f"trained_{model}")  # lazy
+            source = trained(name, epochs)
             summary = engine.export(source["checkpoint"], export_format=fmt, precision=precision)
             cache[key] = Path(summary["exported_model"])
         return cache[key]

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,17 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
+from helpers import run_otx
 from otx.cli import list_recipes, main, resolve_recipe
 
 RECIPE = "recipe/anomaly_segmentation/padim.yaml"
 SMALL = ["--model.init_args.input_size", "[96, 96]", "--data.num_workers", "0"]
-
-
-def run_otx(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = {**os.environ, "OTX_OFFLINE": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "otx.cli", *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=600
-    )
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -49,7 +40,8 @@ def test_print_config_shows_overrides(capsys: pytest.CaptureFixture) -> None:
     assert exit_info.value.code == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["init_args"]["backbone"] == "resnet18"
-    assert config["task"] == "segmentation" and config["max_epochs"] == 1
+    assert config["task"] == "segmentation" and config["trainer"]["max_epochs"] == 1
+    assert config["trainer"]["accelerator"] == "auto" and config["max_epochs"] is None
 
 
 def test_find_lists_recipes_and_backbones(capsys: pytest.CaptureFixture) -> None:

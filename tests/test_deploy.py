@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import box_iou, run_otx
 from otx.data import AnomalyDataModule
 from otx.deploy import OpenVINOInferencer
 from otx.deploy.graph import resize_antialias
 from otx.deploy.metadata import read_onnx_info
 from otx.engine import Engine
 from otx.errors import OTXError
+from otx.models import available_models
 from otx.tasks import Prediction
-from test_cli import run_otx
-from test_metrics import _iou as box_iou
 
 SCORE_TOL = 1e-3  # normalised score difference allowed between torch and the exported model
 FP16_SCORE_TOL = 5e-3  # measured 3e-4 on the sample data; FP16 weights round to 11 significant bits
@@ -62,12 +62,10 @@ def assert_same_predictions(
                 assert max((box_iou(box, other) for other in g.pred_boxes), default=0.0) >= 0.9
 
 
-@pytest.mark.parametrize("model", ["padim", "stfpm"])
+@pytest.mark.parametrize("model", sorted(available_models()))  # every model, found from the code
 @pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
-def test_ir_reproduces_torch(
-    model: str, task: str, exported, trained_padim: dict, trained_stfpm: dict, sample_root: Path, tmp_path: Path
-) -> None:
-    trained = {"padim": trained_padim, "stfpm": trained_stfpm}[model]
+def test_ir_reproduces_torch(model: str, task: str, exported, trained, sample_root: Path, tmp_path: Path) -> None:
+    trained = trained(model, 1)
     source = sample_root / "bottle_like" / "test"
     expected = torch_predictions(trained, task, source, tmp_path)
     got = OpenVINOInferencer(exported(model, task), device="CPU").predict(source)

@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import f1_score, roc_auc_score
 
+from helpers import box_iou, reference_ap
 from otx.metrics import aupro, box_ap, f1_at, gt_boxes_from_mask, image_metrics, pixel_metrics, roc_auc
 from otx.postprocess import f1_adaptive_threshold
 
@@ -222,43 +223,6 @@ def test_image_and_pixel_metric_dicts() -> None:
 _COCO_IOUS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
-
-
-def _reference_ap(gts: list[np.ndarray], dets: list[np.ndarray], scores: list[np.ndarray], thr: float) -> float:
-    """101-point interpolated AP, greedy matching by descending score within each image (COCO style)."""
-    records = []  # (score, is_tp)
-    n_gt = sum(len(g) for g in gts)
-    for g, d, s in zip(gts, dets, scores, strict=True):
-        matched = np.zeros(len(g), bool)
-        for j in np.argsort(-s, kind="stable")[:100]:
-            best, best_iou = -1, thr
-            for k in range(len(g)):
-                iou = _iou(d[j], g[k])
-                if not matched[k] and iou >= best_iou:
-                    best, best_iou = k, iou
-            if best >= 0:
-                matched[best] = True
-            records.append((float(s[j]), best >= 0))
-    records.sort(key=lambda r: -r[0])
-    tp = np.cumsum([r[1] for r in records])
-    fp = np.cumsum([not r[1] for r in records])
-    recall = tp / n_gt
-    precision = tp / (tp + fp)
-    for i in range(len(precision) - 1, 0, -1):  # precision envelope
-        precision[i - 1] = max(precision[i - 1], precision[i])
-    total = 0.0
-    for r in np.linspace(0.0, 1.0, 101):
-        idx = int(np.searchsorted(recall, r, side="left"))
-        total += precision[idx] if idx < len(precision) else 0.0
-    return total / 101
-
-
 def test_box_ap_perfect_predictions() -> None:
     gts = [
         np.array([[10, 10, 30, 40], [50, 5, 60, 20]], np.float32),
@@ -277,7 +241,7 @@ def test_box_ap_perfect_predictions() -> None:
 def test_box_ap_shift_between_iou_050_and_055() -> None:
     gt = np.array([[10.0, 10.0, 20.0, 20.0]])
     pred = gt + np.array([3.0, 0.0, 3.0, 0.0])  # overlap 7 x 10, union 130 -> IoU 7/13 = 0.538
-    iou = _iou(pred[0], gt[0])
+    iou = box_iou(pred[0], gt[0])
     assert 0.5 < iou < 0.55
     # One GT, one detection: AP is 1 at every IoU threshold the match passes and 0 elsewhere.
     expected_ap = float(np.mean([1.0 if iou >= t else 0.0 for t in _COCO_IOUS]))
@@ -306,8 +270,8 @@ def test_box_ap50_matches_hand_written_reference(seed: int) -> None:
         scores.append(rng.random(len(d)))
     res = box_ap(gts, dets, scores)
     assert 0.0 < res["box_AP50"] < 1.0
-    assert res["box_AP50"] == pytest.approx(_reference_ap(gts, dets, scores, 0.5), abs=1e-9)
-    ap_all = np.mean([_reference_ap(gts, dets, scores, t) for t in _COCO_IOUS])
+    assert res["box_AP50"] == pytest.approx(reference_ap(gts, dets, scores, 0.5), abs=1e-9)
+    ap_all = np.mean([reference_ap(gts, dets, scores, t) for t in _COCO_IOUS])
     assert res["box_AP"] == pytest.approx(ap_all, abs=1e-9)
 
 
@@ -320,7 +284,7 @@ def test_box_ap_degenerate_cases() -> None:
     gt = np.array([[0.0, 0.0, 10.0, 10.0]])
     res = box_ap([gt, empty], [gt, np.array([[20.0, 20.0, 30.0, 30.0]])], [np.array([0.5]), np.array([0.9])])
     assert res["box_AP50"] == pytest.approx(
-        _reference_ap([gt, empty], [gt, gt + 20], [np.array([0.5]), np.array([0.9])], 0.5)
+        reference_ap([gt, empty], [gt, gt + 20], [np.array([0.5]), np.array([0.9])], 0.5)
     )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
+from helpers import run_otx
 from otx.data import AnomalyDataModule
 from otx.data.dataset import Sample
 from otx.deploy.metadata import read_model_info
@@ -17,7 +18,6 @@ from otx.deploy.optimize import choose_calibration
 from otx.engine import Engine
 from otx.errors import OTXError
 from otx.models import model_class
-from test_cli import run_otx
 
 
 def engine_for(sample_root: Path, work_dir: Path, category: str = "bottle_like") -> Engine:

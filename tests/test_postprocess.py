@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
+from sklearn.metrics import f1_score
 
-from otx.postprocess import PostProcessor, f1_adaptive_threshold, mask_to_boxes, normalize
+from otx.postprocess import PostProcessor, mask_to_boxes, normalize
 
 
 def fitted(image_threshold: float | None = None, pixel_threshold: float | None = None) -> PostProcessor:
@@ -43,12 +45,27 @@ def test_numpy_and_torch_normalisation_agree() -> None:
     )
 
 
+def _best_f1(values: np.ndarray, truth: np.ndarray) -> float:
+    """The highest F1 any threshold reaches, by brute force over every distinct value (scikit-learn)."""
+    return max(f1_score(truth, values >= t) for t in np.unique(values))
+
+
 def test_adaptive_thresholds_are_the_f1_optima() -> None:
     post = fitted()
     torch.manual_seed(0)
-    scores = torch.cat([torch.rand(20) * 5, torch.rand(20) * 5 + 4])
-    labels = torch.cat([torch.zeros(20), torch.ones(20)]).long()
-    assert post.stats()["image_threshold"] == f1_adaptive_threshold(scores, labels)
+    scores = torch.cat([torch.rand(20) * 5, torch.rand(20) * 5 + 4]).numpy()
+    labels = np.r_[np.zeros(20), np.ones(20)].astype(bool)
+    maps = (torch.rand(40, 16, 16) * 3).numpy()
+    maps[20:, 4:8, 4:8] += 5
+    masks = np.zeros((40, 16, 16), bool)
+    masks[20:, 4:8, 4:8] = True
+    stats = post.stats()
+    assert f1_score(labels, scores >= stats["image_threshold"]) == pytest.approx(_best_f1(scores, labels))
+    pixel_f1 = f1_score(masks.ravel(), maps.ravel() >= stats["pixel_threshold"])
+    assert pixel_f1 == pytest.approx(_best_f1(maps.ravel()[::7], masks.ravel()[::7]), abs=0.02)  # on a subsample
+    assert f1_score(masks.ravel(), maps.ravel() >= stats["pixel_threshold"]) >= max(
+        f1_score(masks.ravel(), maps.ravel() >= t) for t in np.quantile(maps, np.linspace(0.5, 0.99, 50))
+    )
 
 
 def test_manual_thresholds_win_over_adaptive() -> None:

@@ -89,7 +89,21 @@ def _verb_parser(verb: str) -> ArgumentParser:
     parser.add_class_arguments(AnomalyDataModule, "data", help="data settings")
     parser.add_argument("--data_root", type=str | None, default=None, help="MVTec-layout folder (sets data.data_root)")
     parser.add_argument("--work_dir", type=str, default="otx-workspace", help="where run folders go")
-    parser.add_argument("--max_epochs", type=int | None, default=None, help="training epochs (model default if unset)")
+    parser.add_argument(
+        "--max_epochs", type=int | None, default=None, help="training epochs (shortcut for --trainer.max_epochs)"
+    )
+    from otx.training import TrainerSettings
+
+    parser.add_class_arguments(  # every verb reads recipes; only train uses this section
+        TrainerSettings, "trainer", help="lightning.Trainer arguments for otx train (--trainer.accelerator gpu ...)"
+    )
+    if verb == "train":
+        parser.add_argument(
+            "--resume",
+            type=bool | str,
+            default=False,
+            help="continue an interrupted training: true (the newest in --work_dir) or its run folder / last.ckpt",
+        )
     parser.add_argument("--seed", type=int, default=42, help="global seed")
     if verb != "train":
         what = "model.ckpt" if verb == "export" else "model.ckpt, or an exported .xml / .onnx"
@@ -199,8 +213,12 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         if cfg.model is None:
             raise OTXError("no model: pass --config recipe/<task>/<model>.yaml or --model otx.models.Padim")
         model = _instantiate_model(cfg.model)
+    trainer = None
+    if verb == "train" and cfg.get("trainer") is not None:
+        trainer = {k: v for k, v in cfg.trainer.as_dict().items() if v is not None}
     engine = Engine(
         model=model,
+        trainer=trainer,
         data=data,
         task=cfg.task,
         work_dir=cfg.work_dir,
@@ -213,7 +231,7 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     )
     failed = 0
     if verb == "train":
-        engine.train()
+        engine.train(resume=cfg.resume)
     elif verb == "test":
         failed = len(engine.test(checkpoint=cfg.checkpoint)["errors"])
     elif verb == "optimize":

@@ -20,6 +20,7 @@ import importlib
 import io
 import logging
 import os
+import re
 import resource
 import time
 import warnings
@@ -48,6 +49,7 @@ from otx.models.base import AnomalyModel
 from otx.report import ReportInput, write_report
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer, as_numpy
 from otx.tasks import Prediction, TaskAdapter, get_adapter
+from otx.training import build_trainer, merge_settings, resume_checkpoint, with_epoch_shuffle
 from otx.validate import check_bool, check_choice, check_int, check_path
 from otx.visualize import overlay, write_overlay
 from otx.workdir import Run, WorkDir, atomic_write_bytes
@@ -76,15 +78,45 @@ def _class_path(obj: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+# Version of the model.ckpt layout; a reader refuses newer ones with one line. Files without the
+# key were written before it existed, with the same layout as version 1.
+CHECKPOINT_SCHEMA = 1
+
+
 def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
-    """Rebuild a trained model from an otx checkpoint; return it and the checkpoint's metadata."""
+    """Rebuild a trained model from an otx checkpoint; return it and the checkpoint's metadata.
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain values only, no
+    code runs while loading.
+    """
     path = Path(path).expanduser()
     if path.is_dir():
         raise OTXError(f"checkpoint '{path}' is a folder; pass the model.ckpt file (or an exported .xml / .onnx)")
     if not path.is_file():
         raise OTXError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH or run `otx train` first")
+    hint = "pass the model.ckpt written by `otx train` (or an exported .xml / .onnx)"
     try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        reason = (
+            f"it holds a Python object ({unsafe.group(1)}) that otx does not load, for safety"
+            if unsafe
+            else f"not a PyTorch checkpoint file: {exc.__class__.__name__}"
+        )
+        raise OTXError(f"'{path}' is not a readable otx checkpoint ({reason}); {hint}") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
+        what = "a Lightning training checkpoint" if isinstance(ckpt, dict) and "loops" in ckpt else "not otx's"
+        raise OTXError(f"'{path}' is {what} (no model/state_dict entries); {hint}")
+    schema = ckpt.get("schema", 1)
+    if not isinstance(schema, int) or schema < 1:
+        raise OTXError(f"'{path}' has an unknown checkpoint schema {schema!r}; {hint}")
+    if schema > CHECKPOINT_SCHEMA:
+        raise OTXError(
+            f"'{path}' was written by a newer otx ({ckpt.get('otx_version', '?')}, checkpoint schema {schema}; this "
+            f"otx {__version__} reads up to {CHECKPOINT_SCHEMA}); upgrade otx (pip install -U otx)"
+        )
+    try:
         module_name, _, class_name = ckpt["model"]["class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)
         model = cls.without_weights(**ckpt["model"]["init_args"])
@@ -92,22 +124,9 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
     except OTXError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
-        raise OTXError(
-            f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc}); pass the model.ckpt "
-            "written by `otx train` (or an exported .xml / .onnx)"
-        ) from exc
+        raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc}); {hint}") from exc
     model.eval()
     return model, ckpt
-
-
-class _EpochTimer(L.Callback):
-    """Log each training epoch's wall time (``time/epoch_s``) to the CSV and TensorBoard logs."""
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        pl_module.log("time/epoch_s", time.perf_counter() - self._start, on_step=False, on_epoch=True)
 
 
 class Engine:
@@ -119,13 +138,17 @@ class Engine:
         task: ``classification``, ``detection`` or ``segmentation``; None trains for segmentation
             and otherwise takes the task the checkpoint or exported model was made for.
         work_dir: where run folders, checkpoints and results go.
-        max_epochs: training epochs; None takes the model's default.
+        max_epochs: training epochs; None takes ``trainer``'s, else the model's default (a shortcut
+            for ``trainer={"max_epochs": n}``).
         seed: global seed for training.
         config: the resolved configuration to save with each run (the CLI passes it).
         console: where summaries and progress go (a ``rich`` console).
         device: OpenVINO device for exported models (``AUTO``, ``CPU``, ``GPU``, ``NPU``).
         inference_precision: OpenVINO inference precision for exported models: ``f32`` (reproduces
             the trained model), ``bf16``, ``f16`` or ``default`` (the device's choice).
+        trainer: ``lightning.Trainer`` arguments for training (a recipe's ``trainer:`` section:
+            accelerator, devices, precision, max_epochs, callbacks ...) over the model's defaults
+            (``default_trainer``); the accelerator defaults to ``auto``.
     """
 
     def __init__(
@@ -140,6 +163,7 @@ class Engine:
         console: Console | None = None,
         device: str = "AUTO",
         inference_precision: str = "f32",
+        trainer: dict[str, Any] | None = None,
     ) -> None:
         if model is not None and not isinstance(model, AnomalyModel):
             what = (
@@ -162,6 +186,9 @@ class Engine:
         self.inference_precision = check_choice("inference_precision", inference_precision, PRECISION_HINTS)
         self.workdir = WorkDir(check_path("work_dir", work_dir))
         self.max_epochs = check_int("max_epochs", max_epochs, minimum=1, optional=True)
+        if trainer is not None and not isinstance(trainer, dict):
+            raise OTXConfigError(f"trainer must be a dict of lightning.Trainer arguments (got {trainer!r})")
+        self.trainer = dict(trainer or {})
         self.seed = check_int("seed", seed, minimum=0)
         self.config = config or {}
         self.console = console or Console(stderr=True)
@@ -173,16 +200,23 @@ class Engine:
         self.task = self.adapter.task
 
     # --- verbs -------------------------------------------------------------------------------
-    def train(self) -> dict[str, Any]:
+    def train(self, resume: bool | str | Path = False) -> dict[str, Any]:
         """Fit the model on ``train/good``, learn thresholds on the validation split, save the checkpoint.
 
+        Thresholds and normalisation statistics are fitted in Lightning's validation loop (after
+        every validated epoch; with a monitored ``ModelCheckpoint`` in ``trainer.callbacks``, for
+        the best epoch's weights). ``resume`` continues an interrupted multi-epoch training: True
+        takes the newest interrupted run in ``work_dir``, a path names its folder or ``last.ckpt``.
         Returns the training summary (also written as ``metrics.json`` in the run folder), with
         the checkpoint path under ``checkpoint``.
         """
         if self.model is None:
             raise OTXConfigError("no model given; pass a model (e.g. --config recipe/anomaly_segmentation/padim.yaml)")
+        if not isinstance(resume, bool | str | Path):
+            raise OTXConfigError(f"resume must be True, False or a path (got {resume!r})")
         model = self.model
-        return self._run("train", lambda run: self._train(run, model))
+        start = resume_checkpoint(resume, self.workdir.root) if resume is not False else None
+        return self._run("train", lambda run: self._train(run, model, start))
 
     def test(self, checkpoint: str | Path | None = None) -> dict[str, Any]:
         """Evaluate on the test split; returns (and writes) the metrics.
@@ -321,60 +355,54 @@ class Engine:
         self.data.input_size = scorer.input_size
         self.data.setup()
 
-    def _train(self, run: Run, model: AnomalyModel) -> dict[str, Any]:
+    def _train(self, run: Run, model: AnomalyModel, resume: Path | None) -> dict[str, Any]:
         L.seed_everything(self.seed, verbose=False)
         scorer = TorchScorer(model)
         self._setup_data(scorer)
-        self._save_config(run, scorer.model_entry())
+        settings = merge_settings(model.default_trainer, self.trainer, {"max_epochs": self.max_epochs})
+        self._save_config(run, scorer.model_entry(), extra={"trainer": settings})
         splits = self.data.splits
         if not splits["val"]:  # checked before training, not after it
             raise OTXError(
                 "no validation images: thresholds need test/ (or val/) images; add test/good and test/<defect> folders"
             )
-        epochs = self.max_epochs or model.default_max_epochs
+        steps = max(1, min(50, len(splits["train"]) // max(self.data.batch_size, 1)))
+        trainer, roles = build_trainer(settings, run.path, steps)
+        epochs = trainer.max_epochs
         self.console.print(
             f"[bold]otx train[/]: {type(model).__name__} ({model.spec.name}, {model.weights_source}) on "
-            f"{len(splits['train'])} normal images, {epochs} epoch(s), task {self.task.value}"
+            f"{len(splits['train'])} normal images, up to {epochs} epoch(s), task {self.task.value}, "
+            f"{type(trainer.accelerator).__name__.removesuffix('Accelerator').lower()} x{trainer.num_devices}"
+            + (f", resuming {resume}" if resume else "")
         )
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=[
-                L.pytorch.loggers.CSVLogger(str(run.path), name="logs", version=""),
-                L.pytorch.loggers.TensorBoardLogger(str(run.path), name="logs", version="", default_hp_metric=False),
-            ],
-            callbacks=[_EpochTimer()],
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            log_every_n_steps=max(1, min(50, len(splits["train"]) // max(self.data.batch_size, 1))),
-            default_root_dir=str(run.path),
-            deterministic=False,
-        )
+        train_loader = with_epoch_shuffle(self.data.dataloader("train", shuffle=True), self.data.seed)
+        val_loader = self.data.dataloader("val")
+        model.validation_outputs = None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
             try:
-                trainer.fit(model, train_dataloaders=self.data.dataloader("train", shuffle=True))
+                trainer.fit(model, train_loader, val_loader, ckpt_path=resume, weights_only=True)
             except SystemExit as exc:  # Lightning ends an interrupted fit with sys.exit(1) after its clean-up
                 interrupt = exc.__context__ if isinstance(exc.__context__, KeyboardInterrupt) else None
                 raise KeyboardInterrupt(str(interrupt or "") or "SIGINT") from exc
-        if trainer.interrupted:
-            raise OTXError("training was interrupted; no checkpoint was written")
+            if trainer.interrupted:
+                raise OTXError("training was interrupted; no checkpoint was written")
+            best = roles["best"]
+            best_epoch = None
+            if best is not None and best.best_model_path:  # the best epoch's weights, then its thresholds
+                state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+                model.load_state_dict(state["state_dict"])
+                best_epoch = int(state["epoch"]) + 1
+                model.validation_outputs = None
+            if model.validation_outputs is None or model.validated_step != trainer.global_step:
+                trainer.validate(model, val_loader, verbose=False)
         timings["fit_s"] = time.perf_counter() - start
-        log.info("fit took %.1f s", timings["fit_s"])
-        start = time.perf_counter()
-        outputs, _ = self._collect(scorer, splits["val"], "validation")
+        log.info("fit (with validation) took %.1f s; thresholds: %s", timings["fit_s"], model.postprocessor.stats())
+        outputs = model.validation_outputs
         masks = outputs["masks"] if self.data.has_masks else None
-        model.postprocessor.fit(
-            outputs["scores"], outputs["labels"], outputs["maps"], masks, model.image_threshold, model.pixel_threshold
-        )
-        timings["thresholds_s"] = time.perf_counter() - start
-        log.info("thresholds: %s", model.postprocessor.stats())
         for logger in trainer.loggers:  # timings for every model, also those without a loss
             logger.log_metrics({f"time/{k}": v for k, v in timings.items()}, step=trainer.global_step)
             logger.save()
@@ -396,7 +424,17 @@ class Engine:
             "model": type(model).__name__,
             "backbone": model.spec.name,
             "weights": model.weights_source,
-            "epochs": epochs,
+            "epochs": trainer.current_epoch,
+            "max_epochs": epochs,
+            "stopped_early": trainer.current_epoch < epochs,
+            "best_epoch": best_epoch,
+            "validation_curve": roles["curve"].epochs,
+            "trainer": {
+                "accelerator": type(trainer.accelerator).__name__,
+                "devices": trainer.num_devices,
+                "precision": trainer.precision,
+            },
+            "resumed_from": str(resume) if resume else None,
             "checkpoint": str(checkpoint),
             "validation_metrics": val_metrics,
             "thresholds": model.postprocessor.stats(),
@@ -412,6 +450,7 @@ class Engine:
 
     def _save_checkpoint(self, model: AnomalyModel, path: Path, profile: dict[str, Any]) -> None:
         ckpt = {
+            "schema": CHECKPOINT_SCHEMA,
             "otx_version": __version__,
             "task": self.task.value,
             "model": {"class_path": _class_path(model), "init_args": dict(model.hparams)},

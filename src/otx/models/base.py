@@ -49,7 +49,8 @@ class AnomalyModel(L.LightningModule):
         pixel_threshold: manual raw pixel threshold; None learns it (F1-adaptive) on validation.
     """
 
-    default_max_epochs: ClassVar[int] = 1
+    # lightning.Trainer arguments of this model (a recipe's trainer: section overrides them).
+    default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 1}
     # Feature layers per backbone name, used when the config gives none (each model measures its own).
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Which nodes stay in float when `otx optimize` quantises an export of this model.
@@ -87,6 +88,8 @@ class AnomalyModel(L.LightningModule):
             for module in self.pretrained_modules():
                 load_into(module, state, self.spec.name)
         self.postprocessor = PostProcessor()
+        self.validation_outputs: dict[str, torch.Tensor] | None = None  # the last validation epoch's
+        self.validated_step = -1
 
     # --- to be provided by each core -------------------------------------------------------
     @classmethod
@@ -123,6 +126,63 @@ class AnomalyModel(L.LightningModule):
 
     def configure_optimizers(self) -> Any:  # noqa: D102 - models without gradient training return None
         return None
+
+    # --- validation loop: thresholds and normalisation statistics -----------------------------
+    def on_validation_epoch_start(self) -> None:
+        """Start collecting this epoch's validation outputs."""
+        self._validation_parts: list[dict[str, torch.Tensor]] = []
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Raw outputs of one validation batch (a decode error stops with one line)."""
+        del batch_idx
+        raise_batch_errors(batch)
+        maps, scores = self(batch["image"])
+        self._validation_parts.append(
+            {
+                "maps": maps.float().cpu(),
+                "scores": scores.float().cpu(),
+                "labels": torch.as_tensor(batch["label"]).cpu(),
+                "masks": batch["mask"].cpu(),
+                "orig_sizes": batch["orig_size"].cpu(),
+                "index": torch.as_tensor(batch["index"]).cpu(),
+            }
+        )
+
+    def on_validation_epoch_end(self) -> None:
+        """Fit thresholds and min/max on the validation outputs; log the validation metrics.
+
+        The outputs stay in ``validation_outputs`` (in the split's order) for the training summary.
+        Logged: ``val/image_AUROC``, ``val/image_F1`` and, with masks, ``val/pixel_AUROC``
+        (what recipes may monitor for early stopping and the best checkpoint).
+        """
+        from otx.metrics import image_metrics, roc_auc
+
+        parts = getattr(self, "_validation_parts", [])
+        if not parts:
+            return
+        outputs = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        order = torch.argsort(outputs.pop("index"))
+        outputs = {key: value[order] for key, value in outputs.items()}
+        self.validation_outputs = outputs
+        self.validated_step = self.global_step
+        self.validated_epoch = self.current_epoch
+        self._validation_parts = []
+        self.postprocessor.fit(
+            outputs["scores"],
+            outputs["labels"],
+            outputs["maps"],
+            outputs["masks"],
+            self.image_threshold,
+            self.pixel_threshold,
+        )
+        labels = outputs["labels"].numpy()
+        predicted = (outputs["scores"] >= float(self.postprocessor.image_threshold)).numpy()
+        logged = image_metrics(outputs["scores"].numpy(), labels, predicted)
+        if bool(outputs["masks"].any()):
+            logged["pixel_AUROC"] = roc_auc(outputs["maps"].numpy(), outputs["masks"].numpy())
+        for key, value in logged.items():
+            if value == value:  # AUROC is NaN when the split has one class only
+                self.log(f"val/{key}", float(value), on_epoch=True, prog_bar=key == "image_AUROC")
 
     @classmethod
     def without_weights(cls, **init_args: Any) -> AnomalyModel:

@@ -160,7 +160,7 @@ class Padim(AnomalyModel):
         seed: seed of the random channel selection.
     """
 
-    default_max_epochs = 1
+    default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 1}
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
         "resnet18": ("layer1", "layer2", "layer3"),
@@ -225,6 +225,16 @@ class Padim(AnomalyModel):
             features = self.model.feature_extractor(self.normalize_input(batch["image"]))
             self._gaussian.update(self.model.generate_embedding(features))
 
-    def on_train_epoch_end(self) -> None:  # noqa: D102
-        self.model.gaussian.mean, self.model.gaussian.inv_covariance = self._gaussian.finalize()
-        self._gaussian.reset()
+    def _finish_fit(self) -> None:
+        gaussian = getattr(self, "_gaussian", None)
+        if gaussian is not None and gaussian.count:
+            self.model.gaussian.mean, self.model.gaussian.inv_covariance = gaussian.finalize()
+            gaussian.reset()
+
+    def on_validation_epoch_start(self) -> None:
+        """Lightning validates before ``on_train_epoch_end``: the Gaussian is finished here first."""
+        self._finish_fit()
+        super().on_validation_epoch_start()
+
+    def on_train_epoch_end(self) -> None:  # noqa: D102 - when no validation ran this epoch
+        self._finish_fit()

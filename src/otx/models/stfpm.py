@@ -88,7 +88,7 @@ class Stfpm(AnomalyModel):
         seed: seed of the student's random initialisation.
     """
 
-    default_max_epochs = 10
+    default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 10}
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
         "resnet18": ("layer1", "layer2", "layer3"),

@@ -1,0 +1,284 @@
+"""How `otx train` drives Lightning: the recipe's ``trainer:`` section, callbacks, resuming.
+
+A recipe's ``trainer:`` section holds ``lightning.Trainer`` arguments (accelerator, devices,
+precision, max_epochs, callbacks by ``class_path`` ...). The model class gives the defaults
+(``AnomalyModel.default_trainer``), the recipe and the command line override them
+(``--trainer.accelerator gpu``). otx adds what every run needs: its loggers in the run folder,
+the epoch timer, a checkpoint of the last epoch for ``--resume`` (multi-epoch models) and a
+sampler whose shuffle depends on the seed and the epoch only, so that a resumed training sees
+the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Sampler
+
+from otx.errors import OTXConfigError, OTXError
+
+LAST_CHECKPOINT = "last.ckpt"
+CHECKPOINT_DIR = "checkpoints"
+# Trainer arguments otx sets itself: a recipe that gives them would break the run folder's layout.
+_OWNED = ("logger", "default_root_dir", "enable_checkpointing", "num_sanity_val_steps")
+
+
+class TrainerSettings:
+    """The ``trainer:`` section of a recipe (``lightning.Trainer`` arguments; None keeps the model's default).
+
+    Args:
+        accelerator: ``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``gpu``, ``cuda``,
+            ``xpu``, ``mps``.
+        devices: how many devices (or which: ``[0, 1]``); ``auto`` for all.
+        strategy: ``auto``, ``ddp`` ... (see docs/architecture.md).
+        num_nodes: machines in a distributed run.
+        precision: ``32-true``, ``16-mixed``, ``bf16-mixed`` ...
+        max_epochs: cap on training epochs.
+        check_val_every_n_epoch: validate (and refit thresholds) every n epochs.
+        callbacks: Lightning callbacks as ``{class_path: ..., init_args: {...}}`` (early stopping,
+            a monitored ``ModelCheckpoint`` that keeps the best epoch ...).
+        deterministic: ``torch.use_deterministic_algorithms`` for the run.
+        gradient_clip_val: clip gradients at this norm.
+        accumulate_grad_batches: batches per optimiser step.
+    """
+
+    def __init__(
+        self,
+        accelerator: str | None = None,
+        devices: int | str | list[int] | None = None,
+        strategy: str | None = None,
+        num_nodes: int | None = None,
+        precision: str | int | None = None,
+        max_epochs: int | None = None,
+        check_val_every_n_epoch: int | None = None,
+        callbacks: list[dict[str, Any]] | None = None,
+        deterministic: bool | None = None,
+        gradient_clip_val: float | None = None,
+        accumulate_grad_batches: int | None = None,
+    ) -> None:
+        self.values = {k: v for k, v in locals().items() if k not in ("self", "__class__") and v is not None}
+
+
+def merge_settings(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """Trainer settings, later layers overriding earlier ones (None values are not set)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if value is not None:
+                merged[key] = value
+    return merged
+
+
+def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
+    """Callbacks from ``{class_path, init_args}`` entries (instances pass through); one line per mistake."""
+    callbacks = []
+    for spec in specs:
+        if isinstance(spec, L.Callback):
+            callbacks.append(spec)
+            continue
+        if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
+            raise OTXConfigError(
+                f"trainer.callbacks entries need a class_path, e.g. {{class_path: "
+                f"lightning.pytorch.callbacks.EarlyStopping, init_args: {{monitor: val/image_AUROC}}}} (got {spec!r})"
+            )
+        path = spec["class_path"]
+        if "." not in path:
+            path = f"lightning.pytorch.callbacks.{path}"
+        module_name, _, class_name = path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as exc:
+            raise OTXConfigError(f"trainer.callbacks: no class '{spec['class_path']}' ({exc})") from exc
+        try:
+            callbacks.append(cls(**(spec.get("init_args") or {})))
+        except (TypeError, ValueError) as exc:
+            raise OTXConfigError(f"trainer.callbacks: {class_name}: {exc}") from exc
+    return callbacks
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends on the seed and the epoch only (Lightning calls ``set_epoch``).
+
+    Epoch e's order is the one a ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
+    gives in its e-th epoch (per epoch it draws the workers' base seed, then a ``RandomSampler``
+    draws two permutations, the second empty-sliced), recomputed from the epoch number, so a
+    training resumed at epoch e sees the batches an uninterrupted one sees.
+    """
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):  # the earlier epochs' draws (microseconds each)
+            self._draw(generator)
+            torch.randperm(self.length, generator=generator)
+        return iter(self._draw(generator))
+
+    def _draw(self, generator: torch.Generator) -> list[int]:
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's worker base seed
+        return torch.randperm(self.length, generator=generator).tolist()
+
+
+def with_epoch_shuffle(loader: DataLoader, seed: int) -> DataLoader:
+    """The same loader with an ``EpochShuffleSampler`` in place of its sampler."""
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=EpochShuffleSampler(len(loader.dataset), seed),  # type: ignore[arg-type]
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        persistent_workers=False,
+    )
+
+
+class EpochTimer(L.Callback):
+    """Log each training epoch's wall time (``time/epoch_s``) to the CSV and TensorBoard logs."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        pl_module.log("time/epoch_s", time.perf_counter() - self._start, on_step=False, on_epoch=True)
+
+
+class ValidationCurve(L.Callback):
+    """The validation metrics of every validated epoch, for the training summary."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, float]] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        # Lightning validates before on_train_epoch_end, after the module has logged its metrics
+        if getattr(pl_module, "validated_epoch", None) != trainer.current_epoch:
+            return
+        row: dict[str, float] = {"epoch": trainer.current_epoch + 1}
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("val/"):
+                row[key[4:]] = round(float(value), 6)
+        self.epochs.append(row)
+
+
+def monitored_checkpoint(callbacks: list[L.Callback]) -> ModelCheckpoint | None:
+    """The recipe's ``ModelCheckpoint`` that keeps the best epoch by a monitored metric, if any."""
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.monitor:
+            return callback
+    return None
+
+
+def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: int) -> tuple[L.Trainer, dict]:
+    """A ``lightning.Trainer`` for one training run; returns it and the helper callbacks by role.
+
+    Raises one ``OTXConfigError`` line for arguments Lightning refuses (an accelerator the machine
+    does not have, an unknown strategy, more devices than there are).
+    """
+    settings = dict(settings)
+    owned = [key for key in _OWNED if key in settings]
+    if owned:
+        raise OTXConfigError(f"trainer.{owned[0]} is set by otx (run folder logs and checkpoints); remove it")
+    callbacks = instantiate_callbacks(settings.pop("callbacks", None) or [])
+    checkpoints = run_path / CHECKPOINT_DIR
+    best = monitored_checkpoint(callbacks)
+    if best is not None and best.dirpath is None:
+        best.dirpath = str(checkpoints)
+    if int(settings.get("max_epochs") or 1) > 1:
+        # The state at the end of each epoch, for --resume. Saved after the epoch has ended (not
+        # at validation end, which Lightning counts as mid-epoch and would replay on resuming).
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(checkpoints),
+                filename="epoch{epoch}",
+                auto_insert_metric_name=False,
+                save_last="link",  # last.ckpt links to the newest epoch's file (one copy on disk)
+                save_top_k=1,
+                save_on_train_epoch_end=True,
+            )
+        )
+    curve = ValidationCurve()
+    callbacks += [EpochTimer(), curve]
+    settings.setdefault("accelerator", "auto")
+    settings.setdefault("devices", 1)
+    try:
+        trainer = L.Trainer(
+            logger=[
+                L.pytorch.loggers.CSVLogger(str(run_path), name="logs", version=""),
+                L.pytorch.loggers.TensorBoardLogger(str(run_path), name="logs", version="", default_hp_metric=False),
+            ],
+            callbacks=callbacks,
+            enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=log_every_n_steps,
+            default_root_dir=str(run_path),
+            **settings,
+        )
+    except TypeError as exc:
+        raise OTXConfigError(f"trainer: {exc}; `otx train --help` lists the trainer options") from exc
+    except Exception as exc:  # Lightning's MisconfigurationException and ValueError: one line
+        if (
+            not isinstance(exc, ValueError | RuntimeError | ImportError)
+            and "Misconfiguration" not in type(exc).__name__
+        ):
+            raise
+        message = " ".join(str(exc).split())
+        if any(word in message for word in ("accelerator", "backend", "device", "Requirement")):
+            message += f" (accelerator {settings.get('accelerator')!r}, devices {settings.get('devices')!r}); "
+            message += "--trainer.accelerator cpu runs anywhere"
+        raise OTXConfigError(f"trainer: {message}") from exc
+    if trainer.num_devices * trainer.num_nodes > 1:
+        raise OTXConfigError(
+            f"trainer: otx trains on one device for now (got devices {settings.get('devices')!r}, "
+            f"num_nodes {trainer.num_nodes}); pass --trainer.devices 1"
+        )
+    return trainer, {"best": best, "curve": curve}
+
+
+def _newest_state(run: Path) -> Path | None:
+    """A run folder's ``last.ckpt``, or its newest ``epoch{N}.ckpt`` (if stopped before the link was made)."""
+    folder = run / CHECKPOINT_DIR
+    if (folder / LAST_CHECKPOINT).is_file():
+        return folder / LAST_CHECKPOINT
+    epochs = [(int(p.stem[5:]), p) for p in folder.glob("epoch*.ckpt") if p.stem[5:].isdigit()]
+    return max(epochs)[1] if epochs else None
+
+
+def resume_checkpoint(resume: bool | str | Path, workdir_root: Path) -> Path:
+    """The training state to resume from: ``True`` takes the newest interrupted training in the work dir.
+
+    A path may be a ``.ckpt`` file or a training run folder.
+    """
+    if resume is True:
+        runs = sorted(p for p in workdir_root.glob("*-train*") if p.is_dir() and not (p / "model.ckpt").exists())
+        states = [state for state in map(_newest_state, runs) if state is not None]
+        if not states:
+            raise OTXError(
+                f"nothing to resume in '{workdir_root}': no interrupted training run with a saved epoch "
+                f"({CHECKPOINT_DIR}/{LAST_CHECKPOINT}; only multi-epoch trainings save one); pass --resume PATH"
+            )
+        return states[-1]
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        state = _newest_state(path)
+        if state is None:
+            raise OTXError(f"cannot resume: '{path}' has no saved epoch ({CHECKPOINT_DIR}/{LAST_CHECKPOINT})")
+        path = state
+    if not path.is_file():
+        raise OTXError(f"cannot resume: '{path}' does not exist; pass a run folder with {CHECKPOINT_DIR}/ or a .ckpt")
+    return path

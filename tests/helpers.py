@@ -1,0 +1,56 @@
+"""Helpers shared by several test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def run_otx(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real ``otx`` command line in a fresh interpreter (offline)."""
+    full_env = {**os.environ, "OTX_OFFLINE": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "otx.cli", *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=600
+    )
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two ``[x1, y1, x2, y2]`` boxes, from first principles."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def reference_ap(gts: list[np.ndarray], dets: list[np.ndarray], scores: list[np.ndarray], thr: float) -> float:
+    """101-point interpolated AP, greedy matching by descending score within each image (COCO style)."""
+    records = []  # (score, is_tp)
+    n_gt = sum(len(g) for g in gts)
+    for g, d, s in zip(gts, dets, scores, strict=True):
+        matched = np.zeros(len(g), bool)
+        for j in np.argsort(-s, kind="stable")[:100]:
+            best, best_iou = -1, thr
+            for k in range(len(g)):
+                iou = box_iou(d[j], g[k])
+                if not matched[k] and iou >= best_iou:
+                    best, best_iou = k, iou
+            if best >= 0:
+                matched[best] = True
+            records.append((float(s[j]), best >= 0))
+    records.sort(key=lambda r: -r[0])
+    tp = np.cumsum([r[1] for r in records])
+    fp = np.cumsum([not r[1] for r in records])
+    recall = tp / n_gt
+    precision = tp / (tp + fp)
+    for i in range(len(precision) - 1, 0, -1):  # precision envelope
+        precision[i - 1] = max(precision[i - 1], precision[i])
+    total = 0.0
+    for r in np.linspace(0.0, 1.0, 101):
+        idx = int(np.searchsorted(recall, r, side="left"))
+        total += precision[idx] if idx < len(precision) else 0.0
+    return total / 101

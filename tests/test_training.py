@@ -1,0 +1,140 @@
+"""Training inside Lightning: the trainer section, early stopping with the best epoch, resuming, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import run_otx
+from otx.data import AnomalyDataModule
+from otx.engine import CHECKPOINT_SCHEMA, Engine, load_checkpoint
+from otx.errors import OTXError
+from otx.metrics import roc_auc
+from otx.models import Stfpm
+from otx.training import EpochShuffleSampler
+
+PADIM = "recipe/anomaly_segmentation/padim.yaml"
+STFPM = "recipe/anomaly_segmentation/stfpm.yaml"
+SMALL = ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]
+
+
+def _summary(work_dir: Path) -> dict:
+    latest = json.loads((work_dir / "latest.json").read_text())["train"]
+    return json.loads((work_dir / latest / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("accelerator", [["--trainer.accelerator", "cpu", "--trainer.devices", "1"], []])
+def test_trainer_section_from_the_command_line(accelerator: list[str], sample_root: Path, tmp_path: Path) -> None:
+    args = ["train", "--config", PADIM, "--data_root", str(sample_root / "bottle_like"), "--work_dir", "ws"]
+    done = run_otx(*args, *SMALL, *accelerator, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = _summary(tmp_path / "ws")
+    assert summary["trainer"]["accelerator"] == "CPUAccelerator" and summary["trainer"]["devices"] == 1
+    assert summary["epochs"] == 1 and summary["validation_curve"][0]["epoch"] == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_accelerator_without_a_gpu_is_one_line(sample_root: Path, tmp_path: Path) -> None:
+    args = ["train", "--config", PADIM, "--data_root", str(sample_root / "bottle_like"), "--work_dir", "ws"]
+    done = run_otx(*args, *SMALL, "--trainer.accelerator", "gpu", cwd=tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: trainer:") and "gpu" in lines[0], done.stderr
+    assert not (tmp_path / "ws" / "latest.json").exists()
+
+
+def test_early_stopping_keeps_the_best_epoch_and_its_thresholds(sample_root: Path, tmp_path: Path) -> None:
+    monitor = {"monitor": "val/image_AUROC", "mode": "max"}
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {**monitor, "patience": 2}},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {**monitor, "filename": "best"}},
+    ]
+    engine = Engine(
+        model=Stfpm(input_size=(64, 64), lr=1.0),  # a high rate: the curve goes up and down
+        data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
+        work_dir=tmp_path / "ws",
+        trainer={"max_epochs": 8, "callbacks": callbacks},
+    )
+    summary = engine.train()
+    curve = [row["image_AUROC"] for row in summary["validation_curve"]]
+    assert len(curve) == summary["epochs"] <= 8
+    best = max(range(len(curve)), key=lambda i: (curve[i], -i))  # the first maximum
+    assert summary["best_epoch"] == best + 1
+    if summary["stopped_early"]:  # stopped once `patience` epochs brought no improvement
+        assert len(curve) == best + 1 + 2
+    # the kept weights are the best epoch's: validating them again gives that epoch's AUROC
+    model, ckpt = load_checkpoint(summary["checkpoint"])
+    loader = engine.data.dataloader("val")
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            scores.append(model(batch["image"])[1])
+            labels.append(batch["label"])
+    auroc = roc_auc(torch.cat(scores).numpy(), torch.cat(labels).numpy())
+    assert auroc == pytest.approx(curve[best], abs=1e-6)
+    assert summary["validation_metrics"]["image_AUROC"] == pytest.approx(curve[best], abs=1e-6)
+    assert ckpt["schema"] == CHECKPOINT_SCHEMA
+
+
+def _stfpm_args(sample_root: Path, work_dir: str, *extra: str) -> list[str]:
+    args = ["train", "--config", STFPM, "--data_root", str(sample_root / "bottle_like"), "--work_dir", work_dir]
+    return [*args, *SMALL, "--trainer.max_epochs", "4", "--trainer.callbacks", "[]", *extra]
+
+
+def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tmp_path: Path) -> None:
+    """SIGINT after the second epoch, then --resume true: the same weights and thresholds as one run."""
+    whole = run_otx(*_stfpm_args(sample_root, "whole"), cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    command = [sys.executable, "-m", "otx.cli", *_stfpm_args(sample_root, "parts")]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((tmp_path / "parts").glob("*-train/checkpoints/epoch1.ckpt")):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert not (tmp_path / "parts" / "latest.json").exists()
+    resumed = run_otx(*_stfpm_args(sample_root, "parts", "--resume", "true"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _summary(tmp_path / "whole"), _summary(tmp_path / "parts")
+    assert b["resumed_from"] and b["epochs"] == a["epochs"] == 4
+    # Same seed, same per-epoch shuffles, optimiser state restored: equal up to float summation order.
+    model_a, _ = load_checkpoint(tmp_path / a["checkpoint"])
+    model_b, _ = load_checkpoint(tmp_path / b["checkpoint"])
+    for key, value in model_a.state_dict().items():
+        torch.testing.assert_close(model_b.state_dict()[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for key, value in a["thresholds"].items():
+        assert b["thresholds"][key] == pytest.approx(value, rel=1e-5), key
+    for key, value in a["validation_metrics"].items():
+        assert b["validation_metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_epoch_shuffle_depends_on_seed_and_epoch_only() -> None:
+    reference = torch.utils.data.DataLoader(range(50), shuffle=True, generator=torch.Generator().manual_seed(7))
+    orders = [[int(x) for x in reference] for _ in range(4)]  # what the training loader drew before
+    sampler = EpochShuffleSampler(50, seed=7)
+    for epoch in (3, 0, 2, 1):  # any order of epochs, as after resuming
+        sampler.set_epoch(epoch)
+        assert list(sampler) == orders[epoch]
+    assert orders[0] != orders[1] and sorted(orders[1]) == list(range(50))
+
+
+def test_checkpoints_load_safely_and_refuse_newer_schemas(trained_padim: dict, tmp_path: Path) -> None:
+    ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=True)  # plain data only
+    assert ckpt["schema"] == CHECKPOINT_SCHEMA
+    newer = tmp_path / "newer.ckpt"
+    torch.save({**ckpt, "schema": CHECKPOINT_SCHEMA + 1}, newer)
+    with pytest.raises(OTXError, match=r"written by a newer otx .* upgrade otx"):
+        load_checkpoint(newer)
+    unsafe = tmp_path / "unsafe.ckpt"
+    torch.save({**ckpt, "extra": EpochShuffleSampler(3, 0)}, unsafe)  # an arbitrary object: refused, not run
+    with pytest.raises(OTXError, match=r"holds a Python object \(otx.training.EpochShuffleSampler\).* for safety"):
+        load_checkpoint(unsafe)
