@@ -130,3 +130,21 @@ def exported(
         return cache[key]
 
     return export
+
+
+@pytest.fixture(scope="session")
+def optimized(exported, sample_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """INT8 models (once per session) of the segmentation exports, with the optimize summary."""
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+
+    cache: dict[str, dict] = {}
+
+    def make(model: str = "padim") -> dict:
+        if model not in cache:
+            data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+            engine = Engine(data=data, work_dir=tmp_path_factory.mktemp(f"optimize_{model}"))
+            cache[model] = engine.optimize(checkpoint=exported(model))
+        return cache[model]
+
+    return make

@@ -54,3 +54,21 @@ def reference_ap(gts: list[np.ndarray], dets: list[np.ndarray], scores: list[np.
         idx = int(np.searchsorted(recall, r, side="left"))
         total += precision[idx] if idx < len(precision) else 0.0
     return total / 101
+
+
+def run_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``otx.cli.main`` in this process (seconds faster than ``run_otx``), capturing its output."""
+    import contextlib
+    import io
+
+    from otx.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(["otx", *args], code, out.getvalue(), err.getvalue())

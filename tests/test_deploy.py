@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import box_iou, run_otx
+from helpers import box_iou, run_main, run_otx
 from otx.data import AnomalyDataModule
 from otx.deploy import OpenVINOInferencer
 from otx.deploy.graph import resize_antialias
@@ -228,7 +228,7 @@ def error_line(result) -> str:
 
 def test_missing_model_file(tmp_path: Path, sample_root: Path) -> None:
     line = error_line(
-        run_otx("predict", "--checkpoint", str(tmp_path / "nope.xml"), "--source", str(sample_root), cwd=tmp_path)
+        run_main("predict", "--checkpoint", str(tmp_path / "nope.xml"), "--source", str(sample_root), cwd=tmp_path)
     )
     assert "does not exist" in line
 
@@ -236,7 +236,7 @@ def test_missing_model_file(tmp_path: Path, sample_root: Path) -> None:
 def test_xml_without_bin(exported, tmp_path: Path, sample_root: Path) -> None:
     shutil.copy(exported("padim"), tmp_path / "lonely.xml")
     line = error_line(
-        run_otx("predict", "--checkpoint", str(tmp_path / "lonely.xml"), "--source", str(sample_root), cwd=tmp_path)
+        run_main("predict", "--checkpoint", str(tmp_path / "lonely.xml"), "--source", str(sample_root), cwd=tmp_path)
     )
     assert "lonely.bin" in line
 
@@ -245,7 +245,7 @@ def test_ir_without_otx_metadata(tmp_path: Path, sample_root: Path) -> None:
     foreign = ov.convert_model(torch.nn.Conv2d(3, 1, 3).eval(), example_input=torch.rand(1, 3, 32, 32))
     ov.save_model(foreign, tmp_path / "foreign.xml")
     line = error_line(
-        run_otx(
+        run_main(
             "test",
             "--checkpoint",
             str(tmp_path / "foreign.xml"),
@@ -261,7 +261,7 @@ def test_device_that_does_not_exist(exported, tmp_path: Path, sample_root: Path)
     if "NPU" in ov.Core().available_devices:
         pytest.skip("this machine has an NPU")
     line = error_line(
-        run_otx(
+        run_main(
             "predict",
             "--checkpoint",
             str(exported("padim")),
@@ -280,7 +280,7 @@ def test_device_that_does_not_exist(exported, tmp_path: Path, sample_root: Path)
 def test_export_refusals(trained_padim: dict, tmp_path: Path) -> None:
     ckpt = str(trained_padim["checkpoint"])
     line = error_line(
-        run_otx(
+        run_main(
             "export",
             "--checkpoint",
             ckpt,
@@ -295,7 +295,7 @@ def test_export_refusals(trained_padim: dict, tmp_path: Path) -> None:
     )
     assert "FP16 applies to OpenVINO IR" in line
     assert not (tmp_path / "w").exists() or not list((tmp_path / "w").glob("*-export"))
-    line = error_line(run_otx("export", "--checkpoint", ckpt, "--format", "TFLITE", cwd=tmp_path))
+    line = error_line(run_main("export", "--checkpoint", ckpt, "--format", "TFLITE", cwd=tmp_path))
     assert "format" in line.lower()
 
 
@@ -318,10 +318,10 @@ def test_predict_accepts_arrays_files_and_globs(exported, sample_root: Path) -> 
 
 def test_export_refuses_an_exported_model_and_a_missing_checkpoint(exported, tmp_path: Path) -> None:
     line = error_line(
-        run_otx("export", "--checkpoint", str(exported("padim")), "--work_dir", str(tmp_path), cwd=tmp_path)
+        run_main("export", "--checkpoint", str(exported("padim")), "--work_dir", str(tmp_path), cwd=tmp_path)
     )
     assert "already exported" in line
-    line = error_line(run_otx("export", "--work_dir", str(tmp_path / "empty"), cwd=tmp_path))
+    line = error_line(run_main("export", "--work_dir", str(tmp_path / "empty"), cwd=tmp_path))
     assert "no trained model" in line
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import openvino as ov
 import pytest
 
-from helpers import run_otx
+from helpers import run_main, run_otx
 from otx.data import AnomalyDataModule
 from otx.data.dataset import Sample
 from otx.deploy.metadata import read_model_info
@@ -22,20 +22,6 @@ from otx.models import model_class
 
 def engine_for(sample_root: Path, work_dir: Path, category: str = "bottle_like") -> Engine:
     return Engine(data=AnomalyDataModule(str(sample_root / category), num_workers=0), work_dir=work_dir)
-
-
-@pytest.fixture(scope="module")
-def optimized(exported, sample_root: Path, tmp_path_factory: pytest.TempPathFactory):
-    """INT8 models (once per module) of the segmentation exports, with the optimize summary."""
-    cache: dict[str, dict] = {}
-
-    def make(model: str = "padim") -> dict:
-        if model not in cache:
-            work_dir = tmp_path_factory.mktemp(f"optimize_{model}")
-            cache[model] = engine_for(sample_root, work_dir).optimize(checkpoint=exported(model))
-        return cache[model]
-
-    return make
 
 
 def consumers(op: ov.Node) -> list[ov.Node]:
@@ -156,7 +142,7 @@ def test_refuses_an_int8_model(optimized, sample_root: Path, tmp_path: Path) -> 
     int8 = optimized("padim")["optimized_model"]
     with pytest.raises(OTXError, match="already quantised"):
         engine_for(sample_root, tmp_path).optimize(checkpoint=int8)
-    result = run_otx("optimize", "--checkpoint", int8, "--data_root", str(sample_root / "bottle_like"), cwd=tmp_path)
+    result = run_main("optimize", "--checkpoint", int8, "--data_root", str(sample_root / "bottle_like"), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "already quantised" in result.stderr
     assert Path(int8).is_file()  # nothing written before is touched
@@ -169,7 +155,7 @@ def test_refuses_an_ir_from_another_tool(sample_root: Path, tmp_path: Path) -> N
     foreign = ov.Model([ops.relu(image)], [image], "not_otx")
     path = tmp_path / "foreign.xml"
     ov.save_model(foreign, str(path))
-    result = run_otx(
+    result = run_main(
         "optimize", "--checkpoint", str(path), "--data_root", str(sample_root / "bottle_like"), cwd=tmp_path
     )
     assert result.returncode == 1
@@ -185,10 +171,10 @@ def test_refuses_data_without_training_images(exported, dataset_copy, tmp_path: 
     root = dataset_copy()
     shutil.rmtree(root / "train" / "good")
     (root / "train" / "good").mkdir()
-    result = run_otx("optimize", "--checkpoint", str(exported("padim")), "--data_root", str(root), cwd=tmp_path)
+    result = run_main("optimize", "--checkpoint", str(exported("padim")), "--data_root", str(root), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "train/good" in result.stderr
-    result = run_otx("optimize", "--checkpoint", str(exported("padim")), cwd=tmp_path)  # an IR and no data at all
+    result = run_main("optimize", "--checkpoint", str(exported("padim")), cwd=tmp_path)  # an IR and no data at all
     assert result.returncode == 1 and "--data_root" in result.stderr and result.stderr.strip().count("\n") == 0
 
 
@@ -222,7 +208,7 @@ def test_benchmark_times_torch_fp32_fp16_and_int8(trained_padim: dict, optimized
 
 def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Path) -> None:
     int8 = optimized("padim")["optimized_model"]
-    result = run_otx(
+    result = run_main(
         "benchmark", "--checkpoint", int8, "--device", "CPU", "--num_images", "3", "--warmup", "1", "--repeats", "1",
         "--work_dir", str(tmp_path), cwd=tmp_path,
     )  # fmt: skip
@@ -230,5 +216,5 @@ def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Pa
     assert "OpenVINO INT8" in result.stdout and "images/s" in result.stdout
     saved = json.loads(next(tmp_path.glob("*-benchmark/metrics.json")).read_text())
     assert saved["images"].startswith("3 synthetic images") and len(saved["rows"]) == 1
-    result = run_otx("benchmark", "--checkpoint", int8, "--num_images", "0", cwd=tmp_path)
+    result = run_main("benchmark", "--checkpoint", int8, "--num_images", "0", cwd=tmp_path)
     assert result.returncode == 1 and "num_images" in result.stderr

@@ -71,7 +71,7 @@ def test_early_stopping_keeps_the_best_epoch_and_its_thresholds(sample_root: Pat
         assert len(curve) == best + 1 + 2
     # the kept weights are the best epoch's: validating them again gives that epoch's AUROC
     model, ckpt = load_checkpoint(summary["checkpoint"])
-    loader = engine.data.dataloader("val")
+    loader = engine.data.dataloader("val", model.preprocessor)
     scores, labels = [], []
     with torch.no_grad():
         for batch in loader:

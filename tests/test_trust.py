@@ -206,11 +206,10 @@ def test_replaced_postprocessor_equals_the_export_and_follows_new_statistics(exp
 
 @pytest.mark.parametrize("model", ["padim", "stfpm10"])
 def test_int8_keeps_the_fp32_decisions_on_the_test_split(
-    model: str, exported, sample_root: Path, tmp_path: Path
+    model: str, exported, optimized, sample_root: Path, tmp_path: Path
 ) -> None:
     work_dir = tmp_path / "ws"
-    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
-    summary = Engine(data=data, work_dir=work_dir).optimize(checkpoint=exported(model))
+    summary = optimized(model)
     decisions = summary["decisions"]
     assert decisions["checked"] and decisions["images"] == 14
     table = decisions["table"]

@@ -46,6 +46,7 @@ from otx.deploy.inferencer import PRECISION_HINTS, OpenVINOInferencer, is_export
 from otx.errors import OTXConfigError, OTXDataError, OTXError
 from otx.metrics import box_ap, gt_boxes_from_mask, image_metrics, pixel_metrics
 from otx.models.base import AnomalyModel
+from otx.preprocess import PreProcessor
 from otx.report import ReportInput, write_report
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer, as_numpy
 from otx.tasks import Prediction, TaskAdapter, get_adapter
@@ -351,14 +352,10 @@ class Engine:
         config.update(extra or {})
         run.write_config(config)
 
-    def _setup_data(self, scorer: Scorer) -> None:
-        self.data.input_size = scorer.input_size
-        self.data.setup()
-
     def _train(self, run: Run, model: AnomalyModel, resume: Path | None) -> dict[str, Any]:
         L.seed_everything(self.seed, verbose=False)
         scorer = TorchScorer(model)
-        self._setup_data(scorer)
+        self.data.setup()
         settings = merge_settings(model.default_trainer, self.trainer, {"max_epochs": self.max_epochs})
         self._save_config(run, scorer.model_entry(), extra={"trainer": settings})
         splits = self.data.splits
@@ -377,8 +374,8 @@ class Engine:
         )
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        train_loader = with_epoch_shuffle(self.data.dataloader("train", shuffle=True), self.data.seed)
-        val_loader = self.data.dataloader("val")
+        train_loader = with_epoch_shuffle(self.data.dataloader("train", model.preprocessor, True), self.data.seed)
+        val_loader = self.data.dataloader("val", model.preprocessor)
         model.validation_outputs = None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -544,7 +541,6 @@ class Engine:
         scorer = self._load(checkpoint)
         if self.data.data_root is None:
             raise OTXError("no data to test on; pass --data_root DIR (a folder in MVTec AD layout)")
-        self.data.input_size = scorer.input_size
         self._setup_eval_data(scorer.data_info)
         self._save_config(run, scorer.model_entry(), {"checkpoint": str(scorer.source)})
         test = self.data.splits["test"]
@@ -626,7 +622,6 @@ class Engine:
         self, run: Run, source: str | Path | None, checkpoint: str | Path | None, visualize: bool = True
     ) -> list[Prediction]:
         scorer = self._load(checkpoint)
-        self.data.input_size = scorer.input_size
         if source is not None:
             samples = samples_from_source(source)
         elif self.data.data_root is None:
@@ -742,7 +737,7 @@ class Engine:
         self._print_summary("export", run, shown, f"{export_format} {precision} vs torch", extra=extra)
         return summary
 
-    def _validation_data(self, data_info: dict[str, Any], input_size: tuple[int, int]) -> Any:
+    def _validation_data(self, data_info: dict[str, Any], preprocess: PreProcessor) -> Any:
         """The labelled validation split the model's thresholds were learned on, as ``ValidationData``.
 
         None when the data has no validation images. ``data_info`` is the model's data record.
@@ -750,13 +745,12 @@ class Engine:
         from otx.data.datamodule import AnomalyDataset
         from otx.deploy.optimize import ValidationData
 
-        self.data.input_size = input_size
         self._setup_eval_data(data_info)
         val = [s for s in self.data.splits["val"] if s.label >= 0]
         if not val:
             return None
         use_masks = self.data.has_masks and self.adapter.pixel_level
-        return ValidationData(AnomalyDataset(val, input_size, resize_images=False), use_masks)
+        return ValidationData(AnomalyDataset(val, preprocess, resize_images=False), use_masks)
 
     def _check_fp16(self, model: AnomalyModel, ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
         """Check an FP16 IR's decisions against the FP32 model's on the validation split; recalibrate it."""
@@ -773,7 +767,7 @@ class Engine:
         if self.data.data_root is None or not Path(self.data.data_root).is_dir():
             log.warning("the FP16 model's decisions were not checked: the training data is not at hand (--data_root)")
             return {"checked": False, "reason": "no data", "stats": model.postprocessor.stats()}
-        validation = self._validation_data(data_info, model.input_size)
+        validation = self._validation_data(data_info, model.preprocessor)
         stats = model.postprocessor.stats()
         if validation is not None:
             validation.set_reference(with_raw_outputs(to_openvino(model)), stats)
@@ -841,14 +835,15 @@ class Engine:
             "fingerprint": fingerprint,
             "data_root": data_record.get("data_root"),
         }
-        validation = self._validation_data(data_info, info.input_size)
+        preprocess = PreProcessor(info.input_size)  # masks at the map size; the graph resizes the images
+        validation = self._validation_data(data_info, preprocess)
         if self.data.index and fingerprint not in (None, "unknown") and fingerprint != self.data.index.fingerprint():
             log.warning(
                 "the model was trained on other files than '%s' holds; calibrating on them anyway", self.data.data_root
             )
         train = self.data.splits["train"]
         chosen = choose_calibration(train, subset_size, self.seed)
-        calibration = AnomalyDataset(chosen, info.input_size, resize_images=False)
+        calibration = AnomalyDataset(chosen, preprocess, resize_images=False)
         val_labels = {s.label for s in validation.items.samples} if validation is not None else set()
         if max_drop is not None and not {0, 1} <= val_labels:
             raise OTXDataError(
@@ -1102,7 +1097,7 @@ class Engine:
         An image that fails to decode stops with one ``OTXDataError`` line, or, with
         ``skip_errors``, comes back with its error message (and meaningless outputs).
         """
-        loader: DataLoader = self.data.loader(samples, resize=scorer.resize_in_loader)
+        loader: DataLoader = self.data.loader(samples, scorer.preprocessor, resize=scorer.resize_in_loader)
         with self._progress() as progress:
             bar = progress.add_task(f"{desc:<10}", total=len(samples))
             for batch in loader:

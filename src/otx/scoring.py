@@ -16,6 +16,7 @@ import torch
 
 from otx.deploy.inferencer import OpenVINOInferencer
 from otx.models.base import AnomalyModel
+from otx.preprocess import PreProcessor
 
 
 class TorchScorer:
@@ -38,6 +39,7 @@ class TorchScorer:
         self.name = type(model).__name__
         self.backbone = model.spec.name
         self.input_size = model.input_size
+        self.preprocessor = model.preprocessor
 
     def run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(maps [B, h, w], scores [B])``."""
@@ -91,6 +93,7 @@ class OpenVINOScorer:
         self.name = inferencer.info.model_name
         self.backbone = inferencer.info.backbone
         self.input_size = inferencer.info.input_size
+        self.preprocessor = PreProcessor(self.input_size)  # for masks: the graph pre-processes images itself
 
     def run(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised ``(maps [B, h, w], scores [B])`` for images of any size."""

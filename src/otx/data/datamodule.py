@@ -8,44 +8,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from otx.data.dataset import MvtecIndex, Sample, count_kinds, index_mvtec, split_validation
 from otx.data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from otx.errors import OTXDataError
+from otx.preprocess import PreProcessor, resize_image, resize_mask  # noqa: F401 - re-exported
 from otx.validate import check_bool, check_int, check_number, check_path
 
 log = logging.getLogger(__name__)
 
 
-def resize_image(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """Resize a float ``[3, H, W]`` image: bilinear with antialiasing, as torchvision's ``Resize`` on tensors.
-
-    This is the resize anomalib's pre-processor applies, so a model sees the same pixels in both tools.
-    """
-    return F.interpolate(image[None], size=size_hw, mode="bilinear", antialias=True, align_corners=False)[0]
-
-
-def resize_mask(mask: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """Resize a bool ``[H, W]`` mask with nearest neighbour (as torchvision does for masks)."""
-    return F.interpolate(mask[None, None].float(), size=size_hw, mode="nearest")[0, 0] > 0.5
-
-
 class AnomalyDataset(Dataset):
-    """Images as float ``[3, H, W]`` in [0, 1], resized to the model's input size, with masks.
+    """Images as float ``[3, H, W]`` in [0, 1], pre-processed by the model's ``PreProcessor``, with masks.
 
-    With ``resize_images=False`` images keep their own size (exported models resize inside their
-    graph); masks are always at the input size, where pixel metrics are computed.
+    With ``resize_images=False`` images keep their own size (exported models pre-process inside
+    their graph); masks are always at the pre-processor's ``map_size``, where pixel metrics are
+    computed. ``preprocess`` may also be an ``[height, width]`` (the ``resize`` mode).
 
     A file that fails to decode does not raise inside a worker process (where the message
     would drown in a traceback): the item carries an ``error`` string that the consumer turns
     into one clear ``OTXDataError``.
     """
 
-    def __init__(self, samples: list[Sample], input_size: tuple[int, int], resize_images: bool = True) -> None:
+    def __init__(
+        self, samples: list[Sample], preprocess: PreProcessor | tuple[int, int], resize_images: bool = True
+    ) -> None:
         self.samples = samples
-        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.preprocess = preprocess if isinstance(preprocess, PreProcessor) else PreProcessor(preprocess)
         self.resize_images = resize_images
 
     def __len__(self) -> int:
@@ -53,17 +43,17 @@ class AnomalyDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
-        height, width = self.input_size
+        height, width = self.preprocess.map_size
         error = ""
         try:
             image = read_image(sample.path)
             orig_hw = image.shape[:2]
             tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
             if self.resize_images:
-                tensor = resize_image(tensor, self.input_size)
+                tensor = self.preprocess.image(tensor)
             mask = torch.zeros((height, width), dtype=torch.bool)
             if sample.mask_path:
-                mask = resize_mask(torch.from_numpy(read_mask(sample.mask_path)), self.input_size)
+                mask = self.preprocess.mask(torch.from_numpy(read_mask(sample.mask_path)))
         except OTXDataError as exc:
             error = str(exc)
             tensor = torch.zeros((3, height, width))
@@ -113,7 +103,6 @@ class AnomalyDataModule:
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
         self.check_files = check_bool("check_files", check_files)
-        self.input_size: tuple[int, int] = (256, 256)
         self.index: MvtecIndex | None = None
         self.splits: dict[str, list[Sample]] = {}
 
@@ -140,18 +129,21 @@ class AnomalyDataModule:
         """Number of images of each kind per split (written to metrics.json)."""
         return {name: count_kinds(samples) for name, samples in self.splits.items()}
 
-    def dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
-        """A loader over one split (``train``, ``val``, ``test``)."""
-        return self.loader(self.splits[split], shuffle=shuffle)
+    def dataloader(self, split: str, preprocess: PreProcessor, shuffle: bool = False) -> DataLoader:
+        """A loader over one split (``train``, ``val``, ``test``), pre-processed by the model's ``preprocess``."""
+        return self.loader(self.splits[split], preprocess, shuffle=shuffle)
 
-    def loader(self, samples: list[Sample], shuffle: bool = False, resize: bool = True) -> DataLoader:
-        """A loader over any list of samples; images at the model's input size unless ``resize`` is False.
+    def loader(
+        self, samples: list[Sample], preprocess: PreProcessor, shuffle: bool = False, resize: bool = True
+    ) -> DataLoader:
+        """A loader over any list of samples, pre-processed by ``preprocess`` unless ``resize`` is False.
 
-        Without resizing, a batch's ``image`` is a list of tensors of each image's own size.
+        Without it, a batch's ``image`` is a list of tensors of each image's own size (masks are
+        still at the pre-processor's map size).
         """
         workers = min(self.num_workers, max(len(samples) // max(self.batch_size, 1), 0))
         return DataLoader(
-            AnomalyDataset(samples, self.input_size, resize_images=resize),
+            AnomalyDataset(samples, preprocess, resize_images=resize),
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=workers,

@@ -20,6 +20,7 @@ from otx.errors import OTXConfigError
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
 from otx.models.quantization import GENERIC, Scheme
 from otx.postprocess import PostProcessor
+from otx.preprocess import PreProcessor
 from otx.validate import check_bool, check_number, check_path, check_size
 
 
@@ -87,6 +88,7 @@ class AnomalyModel(L.LightningModule):
             state, self.weights_source = resolve_weights(self.spec, weights)
             for module in self.pretrained_modules():
                 load_into(module, state, self.spec.name)
+        self.preprocessor = PreProcessor(self.input_size)  # data pipeline, torch inference and export alike
         self.postprocessor = PostProcessor()
         self.validation_outputs: dict[str, torch.Tensor] | None = None  # the last validation epoch's
         self.validated_step = -1
