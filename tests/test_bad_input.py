@@ -18,6 +18,8 @@ import pytest
 from otx.cli import main
 from otx.errors import OTXConfigError
 
+pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
+
 RECIPE = "recipe/anomaly_segmentation/padim.yaml"
 STFPM = "recipe/anomaly_segmentation/stfpm.yaml"
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-input.md"

@@ -15,6 +15,8 @@ import yaml
 from helpers import run_otx
 from otx.cli import list_recipes, main, resolve_recipe
 
+pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
+
 RECIPE = "recipe/anomaly_segmentation/padim.yaml"
 SMALL = ["--model.init_args.input_size", "[96, 96]", "--data.num_workers", "0"]
 

@@ -22,6 +22,8 @@ from otx.errors import OTXError
 from otx.models import available_models
 from otx.tasks import Prediction
 
+pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
+
 SCORE_TOL = 1e-3  # normalised score difference allowed between torch and the exported model
 FP16_SCORE_TOL = 5e-3  # measured 3e-4 on the sample data; FP16 weights round to 11 significant bits
 FP16_MASK_IOU = 0.95  # measured 0.983 at worst (pixels on the boundary of small masks flip)

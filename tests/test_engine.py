@@ -19,6 +19,8 @@ from otx.engine import Engine, load_checkpoint
 from otx.errors import OTXDataError, OTXError
 from otx.models import Padim, Stfpm
 
+pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
+
 
 def test_train_writes_checkpoint_config_and_split_counts(trained_padim: dict) -> None:
     summary = trained_padim["summary"]

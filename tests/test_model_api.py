@@ -24,6 +24,8 @@ from otx.data import AnomalyDataModule
 from otx.deploy import OpenVINOInferencer
 from otx.engine import Engine
 
+pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
+
 MODEL_API_VERSION = "0.4.7"
 HERE = Path(__file__).parent
 

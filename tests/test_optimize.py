@@ -19,6 +19,8 @@ from otx.engine import Engine
 from otx.errors import OTXError
 from otx.models import model_class
 
+pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
+
 
 def engine_for(sample_root: Path, work_dir: Path, category: str = "bottle_like") -> Engine:
     return Engine(data=AnomalyDataModule(str(sample_root / category), num_workers=0), work_dir=work_dir)

@@ -20,6 +20,8 @@ from otx.metrics import roc_auc
 from otx.models import Stfpm
 from otx.training import EpochShuffleSampler
 
+pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
+
 PADIM = "recipe/anomaly_segmentation/padim.yaml"
 STFPM = "recipe/anomaly_segmentation/stfpm.yaml"
 SMALL = ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]

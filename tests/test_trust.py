@@ -27,6 +27,8 @@ from otx.deploy.calibrate import best_threshold, postprocessor_inputs, replace_p
 from otx.engine import Engine
 from otx.postprocess import normalize
 
+pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
+
 RECIPE = "recipe/anomaly_segmentation/padim.yaml"
 
 

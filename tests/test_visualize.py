@@ -16,6 +16,8 @@ from otx.data import AnomalyDataModule
 from otx.data.io import read_mask
 from otx.engine import Engine
 
+pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
+
 ARTIFACTS = Path(os.environ.get("OTX_TEST_ARTIFACTS", Path(__file__).parent.parent / "test-artifacts"))
 
 
