@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 
 from helpers import run_otx
 from otx.data import AnomalyDataModule
@@ -58,6 +59,7 @@ def test_early_stopping_keeps_the_best_epoch_and_its_thresholds(sample_root: Pat
         {"class_path": "lightning.pytorch.callbacks.EarlyStopping", "init_args": {**monitor, "patience": 2}},
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {**monitor, "filename": "best"}},
     ]
+    callbacks[0] = EarlyStopping(**monitor, patience=2)  # the Python API also takes instances
     engine = Engine(
         model=Stfpm(input_size=(64, 64), lr=1.0),  # a high rate: the curve goes up and down
         data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
@@ -83,6 +85,8 @@ def test_early_stopping_keeps_the_best_epoch_and_its_thresholds(sample_root: Pat
     assert auroc == pytest.approx(curve[best], abs=1e-6)
     assert summary["validation_metrics"]["image_AUROC"] == pytest.approx(curve[best], abs=1e-6)
     assert ckpt["schema"] == CHECKPOINT_SCHEMA
+    config = (Path(summary["checkpoint"]).parent / "config.yaml").read_text()
+    assert "class_path: lightning.pytorch.callbacks.early_stopping.EarlyStopping" in config
 
 
 def _stfpm_args(sample_root: Path, work_dir: str, *extra: str) -> list[str]:

@@ -50,7 +50,7 @@ from otx.preprocess import PreProcessor
 from otx.report import ReportInput, write_report
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer, as_numpy
 from otx.tasks import Prediction, TaskAdapter, get_adapter
-from otx.training import build_trainer, merge_settings, resume_checkpoint, with_epoch_shuffle
+from otx.training import build_trainer, describe_settings, merge_settings, resume_checkpoint, with_epoch_shuffle
 from otx.validate import check_bool, check_choice, check_int, check_path
 from otx.visualize import overlay, write_overlay
 from otx.workdir import Run, WorkDir, atomic_write_bytes
@@ -357,7 +357,7 @@ class Engine:
         scorer = TorchScorer(model)
         self.data.setup()
         settings = merge_settings(model.default_trainer, self.trainer, {"max_epochs": self.max_epochs})
-        self._save_config(run, scorer.model_entry(), extra={"trainer": settings})
+        self._save_config(run, scorer.model_entry(), extra={"trainer": describe_settings(settings)})
         splits = self.data.splits
         if not splits["val"]:  # checked before training, not after it
             raise OTXError(

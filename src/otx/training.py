@@ -76,6 +76,19 @@ def merge_settings(*layers: dict[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
+def describe_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Trainer settings as plain data for config.yaml (callback instances by their class path)."""
+    described = dict(settings)
+    if described.get("callbacks"):
+        described["callbacks"] = [
+            spec
+            if not isinstance(spec, L.Callback)
+            else {"class_path": f"{type(spec).__module__}.{type(spec).__qualname__}"}
+            for spec in described["callbacks"]
+        ]
+    return described
+
+
 def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
     """Callbacks from ``{class_path, init_args}`` entries (instances pass through); one line per mistake."""
     callbacks = []
