@@ -15,11 +15,11 @@ from lightning.pytorch.callbacks import EarlyStopping
 
 from helpers import run_otx
 from otx.data import AnomalyDataModule
+from otx.data.datamodule import EpochShuffleSampler
 from otx.engine import CHECKPOINT_SCHEMA, Engine, load_checkpoint
 from otx.errors import OTXError
 from otx.metrics import roc_auc
 from otx.models import Stfpm
-from otx.training import EpochShuffleSampler
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
 
@@ -142,5 +142,7 @@ def test_checkpoints_load_safely_and_refuse_newer_schemas(trained_padim: dict, t
         load_checkpoint(newer)
     unsafe = tmp_path / "unsafe.ckpt"
     torch.save({**ckpt, "extra": EpochShuffleSampler(3, 0)}, unsafe)  # an arbitrary object: refused, not run
-    with pytest.raises(OTXError, match=r"holds a Python object \(otx.training.EpochShuffleSampler\).* for safety"):
+    with pytest.raises(
+        OTXError, match=r"holds a Python object \(otx.data.datamodule.EpochShuffleSampler\).* for safety"
+    ):
         load_checkpoint(unsafe)

@@ -50,7 +50,7 @@ from otx.preprocess import PreProcessor
 from otx.report import ReportInput, write_report
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer, as_numpy
 from otx.tasks import Prediction, TaskAdapter, get_adapter
-from otx.training import build_trainer, describe_settings, merge_settings, resume_checkpoint, with_epoch_shuffle
+from otx.training import build_trainer, describe_settings, merge_settings, resume_checkpoint
 from otx.validate import check_bool, check_choice, check_int, check_path
 from otx.visualize import overlay, write_overlay
 from otx.workdir import Run, WorkDir, atomic_write_bytes
@@ -374,7 +374,7 @@ class Engine:
         )
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        train_loader = with_epoch_shuffle(self.data.dataloader("train", model.preprocessor, True), self.data.seed)
+        train_loader = self.data.dataloader("train", model.preprocessor, shuffle=True)
         val_loader = self.data.dataloader("val", model.preprocessor)
         model.validation_outputs = None
         with warnings.catch_warnings():

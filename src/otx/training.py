@@ -4,23 +4,20 @@ A recipe's ``trainer:`` section holds ``lightning.Trainer`` arguments (accelerat
 precision, max_epochs, callbacks by ``class_path`` ...). The model class gives the defaults
 (``AnomalyModel.default_trainer``), the recipe and the command line override them
 (``--trainer.accelerator gpu``). otx adds what every run needs: its loggers in the run folder,
-the epoch timer, a checkpoint of the last epoch for ``--resume`` (multi-epoch models) and a
-sampler whose shuffle depends on the seed and the epoch only, so that a resumed training sees
-the same batches as an uninterrupted one.
+the epoch timer and a checkpoint of the last epoch for ``--resume`` (multi-epoch models; the
+training loader's ``EpochShuffleSampler`` makes a resumed training see the batches an
+uninterrupted one sees).
 """
 
 from __future__ import annotations
 
 import importlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch.utils.data import DataLoader, Sampler
 
 from otx.errors import OTXConfigError, OTXError
 
@@ -63,7 +60,10 @@ class TrainerSettings:
         gradient_clip_val: float | None = None,
         accumulate_grad_batches: int | None = None,
     ) -> None:
-        self.values = {k: v for k, v in locals().items() if k not in ("self", "__class__") and v is not None}
+        # Only the signature is used: it types the CLI's --trainer.* options; the parsed section
+        # reaches Engine(trainer=...) as a dict.
+        del accelerator, devices, strategy, num_nodes, precision, max_epochs, check_val_every_n_epoch
+        del callbacks, deterministic, gradient_clip_val, accumulate_grad_batches
 
 
 def merge_settings(*layers: dict[str, Any] | None) -> dict[str, Any]:
@@ -116,51 +116,6 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
     return callbacks
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """A random order that depends on the seed and the epoch only (Lightning calls ``set_epoch``).
-
-    Epoch e's order is the one a ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
-    gives in its e-th epoch (per epoch it draws the workers' base seed, then a ``RandomSampler``
-    draws two permutations, the second empty-sliced), recomputed from the epoch number, so a
-    training resumed at epoch e sees the batches an uninterrupted one sees.
-    """
-
-    def __init__(self, length: int, seed: int) -> None:
-        self.length = length
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the order of ``epoch``."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed)
-        for _ in range(self.epoch):  # the earlier epochs' draws (microseconds each)
-            self._draw(generator)
-            torch.randperm(self.length, generator=generator)
-        return iter(self._draw(generator))
-
-    def _draw(self, generator: torch.Generator) -> list[int]:
-        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's worker base seed
-        return torch.randperm(self.length, generator=generator).tolist()
-
-
-def with_epoch_shuffle(loader: DataLoader, seed: int) -> DataLoader:
-    """The same loader with an ``EpochShuffleSampler`` in place of its sampler."""
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=EpochShuffleSampler(len(loader.dataset), seed),  # type: ignore[arg-type]
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        persistent_workers=False,
-    )
-
-
 class EpochTimer(L.Callback):
     """Log each training epoch's wall time (``time/epoch_s``) to the CSV and TensorBoard logs."""
 
@@ -179,7 +134,7 @@ class ValidationCurve(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         # Lightning validates before on_train_epoch_end, after the module has logged its metrics
-        if getattr(pl_module, "validated_epoch", None) != trainer.current_epoch:
+        if pl_module.validated_epoch != trainer.current_epoch:
             return
         row: dict[str, float] = {"epoch": trainer.current_epoch + 1}
         for key, value in trainer.callback_metrics.items():

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import glob
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from otx.data.dataset import MvtecIndex, Sample, count_kinds, index_mvtec, split_validation
 from otx.data.io import IMAGE_EXTENSIONS, read_image, read_mask
@@ -74,6 +75,39 @@ def raise_batch_errors(batch: dict[str, Any]) -> None:
     for error in batch["error"]:
         if error:
             raise OTXDataError(error)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A random order that depends on the seed and the epoch only (Lightning calls ``set_epoch``).
+
+    Epoch e's order is the one a ``DataLoader(shuffle=True, generator=Generator().manual_seed(seed))``
+    gives in its e-th epoch (per epoch it draws the workers' base seed, then a ``RandomSampler``
+    draws two permutations, the second empty-sliced), recomputed from the epoch number, so a
+    training resumed at epoch e sees the batches an uninterrupted one sees.
+    """
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the order of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.epoch):  # the earlier epochs' draws (microseconds each)
+            self._draw(generator)
+            torch.randperm(self.length, generator=generator)
+        return iter(self._draw(generator))
+
+    def _draw(self, generator: torch.Generator) -> list[int]:
+        torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader's worker base seed
+        return torch.randperm(self.length, generator=generator).tolist()
 
 
 class AnomalyDataModule:
@@ -145,10 +179,9 @@ class AnomalyDataModule:
         return DataLoader(
             AnomalyDataset(samples, preprocess, resize_images=resize),
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(samples), self.seed) if shuffle else None,  # resumable shuffle
             num_workers=workers,
             persistent_workers=False,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             collate_fn=None if resize else _collate_keep_images,
         )
 

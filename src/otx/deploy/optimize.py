@@ -55,8 +55,6 @@ from otx.postprocess import normalize
 log = logging.getLogger(__name__)
 
 OPTIMIZED_NAME = "optimized_model"
-# Nodes every scheme keeps in float: the resize (``__module.resize``; ``aten::matmul`` in exports
-# made before it was a named module) and the post-processor.
 _QUANTIZED_TYPES = {"FakeQuantize", "FakeConvert"}
 # CPUs without VNNI (AVX2 only, e.g. this project's AMD EPYC machines) multiply u8 x s8 pairs into
 # int16 and saturate: with 8-bit weights in every layer, PADIM's INT8 image AUROC on magnetic_tile

@@ -91,7 +91,7 @@ class AnomalyModel(L.LightningModule):
         self.preprocessor = PreProcessor(self.input_size)  # data pipeline, torch inference and export alike
         self.postprocessor = PostProcessor()
         self.validation_outputs: dict[str, torch.Tensor] | None = None  # the last validation epoch's
-        self.validated_step = -1
+        self.validated_step = self.validated_epoch = -1  # the step and epoch those outputs come from
 
     # --- to be provided by each core -------------------------------------------------------
     @classmethod

@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-# Nodes of every export that stay in float: the input resize, matrix-product upsampling and the
-# post-processor (thresholds and normalisation must compare in the units they were fitted in).
+# Nodes every scheme keeps in float: the resize (``__module.resize``; ``aten::matmul`` in exports
+# made before it was a named module) and the post-processor (thresholds and normalisation must
+# compare in the units they were fitted in).
 ALWAYS_FLOAT = (r"^__module\.resize/.*", r"^aten::matmul/.*", r"^__module\.postprocessor.*")
 
 
