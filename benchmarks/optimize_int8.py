@@ -61,7 +61,8 @@ from otx.data import AnomalyDataModule
 from otx.data.datamodule import resize_image, resize_mask
 from otx.data.io import read_image, read_mask
 from otx.deploy.benchmark import benchmark_openvino, latency_pass, percentile_ms, throughput_passes
-from otx.engine import Engine, load_checkpoint
+from otx.checkpoint import load_checkpoint
+from otx.engine import Engine
 from otx.metrics import roc_auc
 
 TASKS = ("classification", "detection", "segmentation")

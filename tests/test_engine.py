@@ -14,8 +14,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from helpers import reference_ap
+from otx.checkpoint import load_checkpoint
 from otx.data import AnomalyDataModule
-from otx.engine import Engine, load_checkpoint
+from otx.engine import Engine
 from otx.errors import OTXDataError, OTXError
 from otx.models import Padim, Stfpm
 
@@ -204,3 +205,38 @@ def test_no_validation_images_is_refused_before_training(dataset_copy, tmp_path:
     with pytest.raises(OTXError, match="no validation images"):
         engine.train()
     assert not list(tmp_path.glob("*/logs"))  # training never started
+
+
+def test_a_verb_leaves_the_engine_and_its_data_as_they_were(trained_padim: dict, sample_root: Path) -> None:
+    """The task and the data settings a checkpoint brings stay inside the verb (they are values, not state)."""
+    data = AnomalyDataModule(num_workers=0, val_split=0.3, seed=7)  # no root: the checkpoint's data is used
+    engine = Engine(data=data, work_dir=trained_padim["work_dir"])
+    before = (engine.task, data.data_root, data.val_split, data.seed, data.index, data.splits)
+    result = engine.test(checkpoint=trained_padim["checkpoint"])
+    assert (engine.task, data.data_root, data.val_split, data.seed, data.index, data.splits) == before
+    assert engine.task is None and data.data_root is None
+    # The verb used the checkpoint's task and its validation split (0.5, seed 42), not the given 0.3 / 7.
+    assert result.task == "segmentation"
+    assert result.splits["test"]["normal"] == 6
+    # The same engine then runs another task on the same checkpoint without carrying the first one over.
+    classified = Engine(data=data, work_dir=trained_padim["work_dir"], task="classification").test(
+        checkpoint=trained_padim["checkpoint"]
+    )
+    assert classified.task == "classification" and set(classified.metrics) == {"image_AUROC", "image_F1"}
+    assert classified.metrics["image_AUROC"] == pytest.approx(result.metrics["image_AUROC"], abs=1e-12)
+
+
+def test_results_are_typed_and_are_their_metrics_json(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    from otx.results import TestResult, TrainResult
+
+    summary = trained_padim["summary"]
+    assert isinstance(summary, TrainResult)
+    assert summary.checkpoint == summary["checkpoint"] == str(trained_padim["checkpoint"])
+    written = json.loads((trained_padim["checkpoint"].parent / "metrics.json").read_text())
+    assert json.loads(json.dumps(summary.to_json())) == written
+    assert list(summary) == list(written) and written["command"] == "train"
+    assert summary.run_folder == trained_padim["checkpoint"].parent and "run_folder" not in written
+    engine = Engine(data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0), work_dir=tmp_path)
+    result = engine.test(checkpoint=summary.checkpoint)
+    assert isinstance(result, TestResult)
+    assert json.loads(json.dumps(result.to_json())) == json.loads((result.run_folder / "metrics.json").read_text())

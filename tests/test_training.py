@@ -13,10 +13,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from helpers import run_otx
+from helpers import run_main, run_otx
+from otx.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint
 from otx.data import AnomalyDataModule
 from otx.data.datamodule import EpochShuffleSampler
-from otx.engine import CHECKPOINT_SCHEMA, Engine, load_checkpoint
+from otx.engine import Engine
 from otx.errors import OTXError
 from otx.metrics import roc_auc
 from otx.models import Stfpm
@@ -36,7 +37,7 @@ def _summary(work_dir: Path) -> dict:
 @pytest.mark.parametrize("accelerator", [["--trainer.accelerator", "cpu", "--trainer.devices", "1"], []])
 def test_trainer_section_from_the_command_line(accelerator: list[str], sample_root: Path, tmp_path: Path) -> None:
     args = ["train", "--config", PADIM, "--data_root", str(sample_root / "bottle_like"), "--work_dir", "ws"]
-    done = run_otx(*args, *SMALL, *accelerator, cwd=tmp_path)
+    done = run_main(*args, *SMALL, *accelerator, cwd=tmp_path)  # the real command line, in this process
     assert done.returncode == 0, done.stderr
     summary = _summary(tmp_path / "ws")
     assert summary["trainer"]["accelerator"] == "CPUAccelerator" and summary["trainer"]["devices"] == 1
@@ -46,7 +47,7 @@ def test_trainer_section_from_the_command_line(accelerator: list[str], sample_ro
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_a_gpu_accelerator_without_a_gpu_is_one_line(sample_root: Path, tmp_path: Path) -> None:
     args = ["train", "--config", PADIM, "--data_root", str(sample_root / "bottle_like"), "--work_dir", "ws"]
-    done = run_otx(*args, *SMALL, "--trainer.accelerator", "gpu", cwd=tmp_path)
+    done = run_main(*args, *SMALL, "--trainer.accelerator", "gpu", cwd=tmp_path)
     lines = [line for line in done.stderr.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert len(lines) == 1 and lines[0].startswith("error: trainer:") and "gpu" in lines[0], done.stderr

@@ -57,18 +57,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (NaN becomes null)."""
-    atomic_write_bytes(path, json.dumps(_jsonable(obj), indent=2).encode())
+    atomic_write_bytes(path, json.dumps(jsonable(obj), indent=2).encode())
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` with only JSON values: NaN and infinities as None, numpy scalars as Python numbers."""
     if isinstance(obj, float):
         return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if hasattr(obj, "item"):
-        return _jsonable(obj.item())
+        return jsonable(obj.item())
     return obj
 
 
@@ -138,7 +139,7 @@ class Run:
     def write_config(self, config: dict[str, Any]) -> Path:
         """Save the resolved configuration of this run."""
         path = self.path / "config.yaml"
-        atomic_write_bytes(path, yaml.safe_dump(_jsonable(config), sort_keys=False).encode())
+        atomic_write_bytes(path, yaml.safe_dump(jsonable(config), sort_keys=False).encode())
         return path
 
     def write_json(self, name: str, obj: Any) -> Path:

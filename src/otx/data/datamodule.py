@@ -140,6 +140,16 @@ class AnomalyDataModule:
         self.index: MvtecIndex | None = None
         self.splits: dict[str, list[Sample]] = {}
 
+    def replace(self, **changes: Any) -> AnomalyDataModule:
+        """A new data module with the same settings but ``changes`` (``data_root``, ``val_split``, ``seed`` ...).
+
+        The copy is not set up; this module is left as it is.
+        """
+        settings = {
+            k: getattr(self, k) for k in ("data_root", "val_split", "seed", "batch_size", "num_workers", "check_files")
+        }
+        return AnomalyDataModule(**{**settings, **changes})
+
     def setup(self) -> None:
         """Index and check the folder, then form the train, val and test splits."""
         if self.data_root is None:

@@ -1,0 +1,106 @@
+"""The ``model.ckpt`` file: a versioned, weights-only record of a trained model.
+
+Written by ``otx train`` (``save_checkpoint``), read by every other verb (``load_checkpoint``).
+It holds the model's class path and constructor arguments, its state dict (weights, fitted
+statistics, post-processor), the task it was trained for and a record of its training data
+(root, validation split, fingerprint, image profile). It is not a Lightning training checkpoint:
+those (``last.ckpt``, ``epochN.ckpt``) only serve ``otx train --resume``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from otx import __version__
+from otx.errors import OTXError
+from otx.models.base import AnomalyModel
+from otx.workdir import WorkDir, atomic_write_bytes
+
+CHECKPOINT_NAME = "model.ckpt"
+# Version of the model.ckpt layout; a reader refuses newer ones with one line. Files without the
+# key were written before it existed, with the same layout as version 1.
+CHECKPOINT_SCHEMA = 1
+
+_HINT = "pass the model.ckpt written by `otx train` (or an exported .xml / .onnx)"
+
+
+def class_path(obj: object) -> str:
+    """``module.Class`` of an object (how checkpoints and config.yaml name classes)."""
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def save_checkpoint(model: AnomalyModel, path: Path, task: str, data: dict[str, Any]) -> None:
+    """Write ``model`` (weights and fitted post-processor) atomically, with its task and data record."""
+    ckpt = {
+        "schema": CHECKPOINT_SCHEMA,
+        "otx_version": __version__,
+        "task": task,
+        "model": {"class_path": class_path(model), "init_args": dict(model.hparams)},
+        "state_dict": model.state_dict(),
+        "data": data,
+        "thresholds": model.postprocessor.stats(),
+        "weights_source": model.weights_source,
+    }
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
+    """Rebuild a trained model from an otx checkpoint; return it and the checkpoint's metadata.
+
+    The file is read with ``torch.load(weights_only=True)``: tensors and plain values only, no
+    code runs while loading.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OTXError(f"checkpoint '{path}' is a folder; pass the model.ckpt file (or an exported .xml / .onnx)")
+    if not path.is_file():
+        raise OTXError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH or run `otx train` first")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
+        unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        reason = (
+            f"it holds a Python object ({unsafe.group(1)}) that otx does not load, for safety"
+            if unsafe
+            else f"not a PyTorch checkpoint file: {exc.__class__.__name__}"
+        )
+        raise OTXError(f"'{path}' is not a readable otx checkpoint ({reason}); {_HINT}") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
+        what = "a Lightning training checkpoint" if isinstance(ckpt, dict) and "loops" in ckpt else "not otx's"
+        raise OTXError(f"'{path}' is {what} (no model/state_dict entries); {_HINT}")
+    schema = ckpt.get("schema", 1)
+    if not isinstance(schema, int) or schema < 1:
+        raise OTXError(f"'{path}' has an unknown checkpoint schema {schema!r}; {_HINT}")
+    if schema > CHECKPOINT_SCHEMA:
+        raise OTXError(
+            f"'{path}' was written by a newer otx ({ckpt.get('otx_version', '?')}, checkpoint schema {schema}; this "
+            f"otx {__version__} reads up to {CHECKPOINT_SCHEMA}); upgrade otx (pip install -U otx)"
+        )
+    try:
+        module_name, _, class_name = ckpt["model"]["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        model = cls.without_weights(**ckpt["model"]["init_args"])
+        model.load_state_dict(ckpt["state_dict"])
+    except OTXError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
+        raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc}); {_HINT}") from exc
+    model.eval()
+    return model, ckpt
+
+
+def latest_checkpoint(workdir: WorkDir) -> Path:
+    """The latest training run's ``model.ckpt`` in ``workdir``; one line when there is none."""
+    latest = workdir.latest("train")
+    if latest is None or not (latest / CHECKPOINT_NAME).exists():
+        raise OTXError(f"no trained model in '{workdir.root}'; run `otx train` there first or pass --checkpoint PATH")
+    return latest / CHECKPOINT_NAME

@@ -1,0 +1,118 @@
+"""Console rendering of the verbs' results (``rich`` tables); the verbs themselves only compute.
+
+``render(console, result)`` prints the summary of any ``otx.results`` result; ``progress`` is the
+bar the verbs show over long loops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from otx.results import BenchmarkResult, ExportResult, OptimizeResult, PredictResult, Result, TestResult, TrainResult
+from otx.scoring import OpenVINOScorer, Scorer
+
+
+def progress(console: Console) -> Progress:
+    """A progress bar with count, elapsed and remaining time."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def describe_loaded(scorer: Scorer) -> str:
+    """One line naming the model a verb runs (and, for an exported one, where OpenVINO runs it)."""
+    if isinstance(scorer, OpenVINOScorer):
+        inf = scorer.inferencer
+        return f"exported model: {scorer.source} (OpenVINO {inf.device}, {inf.inference_precision})"
+    return f"checkpoint: {scorer.source}"
+
+
+def render(console: Console, result: Result) -> None:
+    """Print the summary of a verb's result."""
+    if isinstance(result, TrainResult):
+        _summary(console, result, result.validation_metrics, "validation", {"checkpoint": result.checkpoint})
+    elif isinstance(result, TestResult):
+        _summary(console, result, result.metrics, "test", {"report": result.report})
+    elif isinstance(result, PredictResult):
+        extra = {"predictions": result.predictions_file}
+        if result.overlays:
+            extra["overlays"] = result.overlays
+        _summary(console, result, result.counts, "predictions", extra)
+    elif isinstance(result, ExportResult):
+        if result.decisions is not None:
+            _decisions(console, result, "FP16", {})
+        check = {k: f"{v:.2e}" if k.startswith("max_") else v for k, v in result.check_against_torch.items()}
+        extra = {"exported_model": result.exported_model}
+        if result.demo_package:
+            extra["demo_package"] = result.demo_package
+        _summary(console, result, check, f"{result.format} {result.precision} vs torch", extra)
+    elif isinstance(result, OptimizeResult):
+        console.print(f"scheme: {result.scheme} ({result.scheme_summary})")
+        _decisions(console, result, "INT8", {"optimized_model": result.optimized_model})
+    elif isinstance(result, BenchmarkResult):
+        _benchmark(console, result)
+
+
+def _summary(console: Console, result: Result, metrics: dict[str, Any], title: str, extra: dict[str, str]) -> None:
+    table = Table(title=f"otx {result.command}: {title} ({result.task})", show_lines=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    for key, value in extra.items():
+        console.print(f"{key}: {value}")
+    console.print(f"run folder: {result.run_folder}")
+
+
+def _decisions(console: Console, result: ExportResult | OptimizeResult, name: str, extra: dict[str, str]) -> None:
+    """FP32 against the converted model on the validation split, before and after recalibration.
+
+    AUROC, F1 at the thresholds and label agreement with FP32.
+    """
+    decisions = result.decisions or {}
+    if not decisions.get("checked"):
+        console.print(f"[yellow]warning[/]: no validation images; {name}'s decisions were not checked against FP32")
+        _summary(console, result, {}, name, extra)
+        return
+    table = Table(title=f"otx {result.command}: {name} vs FP32 on {decisions['images']} validation images")
+    rows = decisions["table"]
+    columns = {"fp32": "FP32", "candidate_fp32_thresholds": f"{name}, FP32 thresholds", "candidate": name}
+    table.add_column("metric")
+    for title in columns.values():
+        table.add_column(title, justify="right")
+    for key in rows["fp32"]:
+        table.add_row(key, *(f"{rows[c].get(key, float('nan')):.4f}" for c in columns))
+    console.print(table)
+    recalibrated = ", ".join(decisions["recalibrated"]) or "none (the FP32 thresholds keep the decisions)"
+    console.print(f"recalibrated thresholds: {recalibrated}")
+    for key, value in extra.items():
+        console.print(f"{key}: {value}")
+    console.print(f"run folder: {result.run_folder}")
+
+
+def _benchmark(console: Console, result: BenchmarkResult) -> None:
+    rows = result.rows
+    table = Table(title=f"otx benchmark ({result.task}; latency batch 1, throughput with parallel requests)")
+    for column in ("model", "device", "precision", "median ms", "p95 ms", "images/s"):
+        table.add_column(column, justify="left" if column in ("model", "device") else "right")
+    if any("throughput_vs_fp32_ir" in r for r in rows):
+        table.add_column("x FP32 IR", justify="right")
+    for r in rows:
+        cells = [r["model"], r["device"], r["inference_precision"]]
+        cells += [f"{r['latency_ms_median']:.2f}", f"{r['latency_ms_p95']:.2f}", f"{r['throughput_img_s']:.1f}"]
+        if "throughput_vs_fp32_ir" in r:
+            cells.append(f"{r['throughput_vs_fp32_ir']:.2f}x")
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"run folder: {result.run_folder}")

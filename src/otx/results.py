@@ -1,0 +1,177 @@
+"""Typed results of the verbs: what ``Engine.train/test/export/optimize/benchmark`` return.
+
+Each is a dataclass (attribute access, type hints) that is also a read-only mapping over its
+``metrics.json`` form, so ``result.checkpoint`` and ``result["checkpoint"]`` give the same value.
+``to_json()`` is exactly what the verb writes to the run folder's ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+from otx import __version__
+from otx.tasks import Prediction
+from otx.workdir import jsonable
+
+# Field metadata: left out of metrics.json altogether, or only when None.
+NOT_IN_JSON = {"json": False}
+OMIT_NONE = {"omit_none": True}
+
+
+@dataclasses.dataclass(kw_only=True)
+class Result(Mapping[str, Any]):
+    """Base of the verbs' results: ``command``, ``task``, the run folder and the otx version."""
+
+    command: ClassVar[str] = ""
+    task: str
+    run_folder: Path | None = dataclasses.field(default=None, metadata=NOT_IN_JSON)
+    otx_version: str = __version__
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``metrics.json`` record (JSON values only: NaN as None): ``command``, the fields, the version."""
+        return jsonable(self._record())
+
+    def _record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"command": self.command}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "otx_version" or not f.metadata.get("json", True):
+                continue
+            if value is None and f.metadata.get("omit_none"):
+                continue
+            out[f.name] = value
+        out["otx_version"] = self.otx_version
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        return self._record()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._record())
+
+    def __len__(self) -> int:
+        return len(self._record())
+
+
+@dataclasses.dataclass(kw_only=True)
+class TrainResult(Result):
+    """``otx train``: the checkpoint, the training curve and the validation metrics at the thresholds."""
+
+    command: ClassVar[str] = "train"
+    model: str
+    backbone: str
+    weights: str
+    epochs: int
+    max_epochs: int
+    stopped_early: bool
+    best_epoch: int | None
+    validation_curve: list[dict[str, Any]]
+    trainer: dict[str, Any]
+    resumed_from: str | None
+    checkpoint: str
+    validation_metrics: dict[str, float]
+    thresholds: dict[str, float]
+    splits: dict[str, dict[str, Any]]
+    timing_s: dict[str, float]
+    peak_memory_mb: float
+    warnings: list[str]
+
+
+@dataclasses.dataclass(kw_only=True)
+class TestResult(Result):
+    """``otx test``: metrics on the test split, unreadable images, the HTML report."""
+
+    __test__ = False  # not a pytest test class
+    command: ClassVar[str] = "test"
+    model: str
+    backbone: str
+    checkpoint: str
+    runtime: dict[str, str]
+    metrics: dict[str, float]
+    splits: dict[str, dict[str, Any]]
+    thresholds: dict[str, float]
+    counts: dict[str, int]
+    errors: list[dict[str, str]]
+    timing_s: dict[str, float]
+    peak_memory_mb: float
+    warnings: list[str]
+    report: str
+
+
+@dataclasses.dataclass(kw_only=True)
+class PredictResult(Result):
+    """``otx predict``: the predictions (not in metrics.json: they go to predictions.json) and counts."""
+
+    command: ClassVar[str] = "predict"
+    predictions: list[Prediction] = dataclasses.field(default_factory=list, metadata=NOT_IN_JSON)
+    model: str
+    backbone: str
+    checkpoint: str
+    runtime: dict[str, str]
+    source: str
+    counts: dict[str, int]
+    errors: list[dict[str, str]]
+    timing_s: dict[str, float]
+    images_per_s: float | None
+    peak_memory_mb: float
+    warnings: list[str]
+    predictions_file: str
+    overlays: str | None = dataclasses.field(default=None, metadata=OMIT_NONE)
+
+
+@dataclasses.dataclass(kw_only=True)
+class ExportResult(Result):
+    """``otx export``: the exported file and its check against torch (FP16: its decisions too)."""
+
+    command: ClassVar[str] = "export"
+    model: str
+    backbone: str
+    checkpoint: str
+    format: str
+    precision: str
+    exported_model: str
+    check_against_torch: dict[str, Any]
+    timing_s: dict[str, float]
+    decisions: dict[str, Any] | None = dataclasses.field(default=None, metadata=OMIT_NONE)
+    thresholds: dict[str, float] | None = dataclasses.field(default=None, metadata=OMIT_NONE)
+    demo_package: str | None = dataclasses.field(default=None, metadata=OMIT_NONE)
+
+
+@dataclasses.dataclass(kw_only=True)
+class OptimizeResult(Result):
+    """``otx optimize``: the INT8 model, the scheme used and its decisions against FP32."""
+
+    command: ClassVar[str] = "optimize"
+    model: str
+    backbone: str
+    source_model: str
+    scheme: str
+    scheme_summary: str
+    calibration_images: int
+    train_images: int
+    fake_quantize_nodes: int
+    image_quantizers: int
+    decisions: dict[str, Any]
+    thresholds: dict[str, float]
+    timing_s: dict[str, float | None]
+    nncf_version: str
+    max_drop: float | None = dataclasses.field(default=None, metadata=OMIT_NONE)
+    max_drop_met: bool | None = dataclasses.field(default=None, metadata=OMIT_NONE)
+    optimized_model: str = ""
+
+
+@dataclasses.dataclass(kw_only=True)
+class BenchmarkResult(Result):
+    """``otx benchmark``: one row per timed model (latency, throughput, precision actually used)."""
+
+    command: ClassVar[str] = "benchmark"
+    images: str
+    device_requested: str
+    inference_precision_requested: str
+    warmup: int
+    repeats: int
+    rows: list[dict[str, Any]]
+    machine: dict[str, Any]

@@ -1,0 +1,135 @@
+"""``otx benchmark``: latency and throughput of a model in torch and OpenVINO (FP32, FP16, INT8)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otx.checkpoint import latest_checkpoint, load_checkpoint
+from otx.data.io import read_image
+from otx.deploy.inferencer import is_exported_model
+from otx.models.base import AnomalyModel
+from otx.results import BenchmarkResult
+from otx.verbs.context import VerbContext, write_result
+from otx.verbs.resolve import data_root_for
+from otx.workdir import Run
+
+log = logging.getLogger("otx")
+
+
+def plan(
+    ctx: VerbContext, run: Run, checkpoint: str | Path | None, models: list[str | Path] | None
+) -> tuple[list[tuple[str, Any]], AnomalyModel | None, dict[str, Any]]:
+    """``(label, model or path)`` to time, the torch model (if any) and its checkpoint record."""
+    from otx.deploy.export import export_model
+    from otx.deploy.inferencer import check_model_path
+    from otx.deploy.metadata import read_model_info
+
+    exported = [check_model_path(m) for m in models or []]
+    if checkpoint is not None and is_exported_model(checkpoint):
+        exported.insert(0, check_model_path(checkpoint))
+        checkpoint = None
+    elif checkpoint is None and not exported:
+        checkpoint = latest_checkpoint(ctx.workdir)
+    targets: list[tuple[str, Any]] = []
+    model, ckpt = None, {}
+    if checkpoint is not None:
+        model, ckpt = load_checkpoint(checkpoint)
+        task = ctx.adapter(ckpt.get("task")).task.value
+        ctx.console.print(f"checkpoint: {checkpoint} (exporting FP32 and FP16 IRs to time them)")
+        targets.append(("torch FP32", model))
+        for precision in ("FP32", "FP16"):
+            out = run.path / f"exported_{precision.lower()}"
+            path = export_model(model, out, task, "OPENVINO", precision, data=ckpt.get("data"))
+            targets.append((f"OpenVINO {precision}", path))
+        latest = ctx.workdir.latest("optimize")
+        int8 = latest / "optimized_model.xml" if latest is not None else None
+        if not models and int8 is not None and int8.is_file():
+            stats, mine = read_model_info(int8).source_stats(), ckpt.get("thresholds", {})
+            if all(
+                np.isclose(stats.get(k, np.nan), mine.get(k, np.inf)) for k in ("image_threshold", "pixel_threshold")
+            ):
+                targets.append(("OpenVINO INT8", int8))
+            else:
+                log.warning("the latest optimized model (%s) comes from another trained model; not timed", int8)
+        elif not models:
+            ctx.console.print("no INT8 model: run `otx optimize` first (or pass --models optimized_model.xml)")
+    targets.extend((f"({path.name})", path) for path in exported)  # labelled with the precision once timed
+    return targets, model, ckpt
+
+
+def images_to_time(ctx: VerbContext, ckpt: dict[str, Any], input_size: tuple[int, int], count: int) -> tuple[list, str]:
+    """``count`` test images spread over the test split (decoded), or synthetic ones without data."""
+    from otx.deploy.benchmark import synthetic_images
+
+    root = data_root_for(ctx, ckpt.get("data") or {})
+    if root is None:
+        return synthetic_images(count, input_size), f"{count} synthetic images at {input_size[0]}x{input_size[1]}"
+    data = ctx.data.replace(data_root=root)
+    data.setup()
+    test = data.splits["test"] or data.splits["train"]
+    picks = np.linspace(0, len(test) - 1, num=min(count, len(test))).round().astype(int)
+    images = [read_image(test[i].path) for i in sorted(set(picks.tolist()))]
+    return images, f"{len(images)} images of {root} at their own sizes"
+
+
+def run(
+    ctx: VerbContext,
+    run: Run,
+    checkpoint: str | Path | None,
+    models: list[str | Path] | None,
+    num_images: int,
+    warmup: int,
+    repeats: int,
+) -> BenchmarkResult:
+    """Time every model of the plan on the same images; rows also say the precision actually used."""
+    from otx.deploy.benchmark import benchmark_openvino, benchmark_torch
+    from otx.deploy.metadata import read_model_info
+
+    targets, model, ckpt = plan(ctx, run, checkpoint, models)
+    first = targets[0][1]
+    input_size = first.input_size if model is not None else read_model_info(first).input_size
+    task = ctx.adapter(ckpt.get("task") if model is not None else read_model_info(first).task).task.value
+    images, described = images_to_time(ctx, ckpt, input_size, num_images)
+    ctx.save_config(
+        run,
+        task,
+        {"timed": [str(target) if isinstance(target, Path) else label for label, target in targets]},
+        {"num_images": num_images, "warmup": warmup, "repeats": repeats},
+    )
+    ctx.console.print(
+        f"[bold]otx benchmark[/]: {len(targets)} model(s) on {described}; OpenVINO on {ctx.device} at "
+        f"{ctx.inference_precision}, warm-up {warmup}, {repeats} throughput repeats"
+    )
+    rows = []
+    for label, target in targets:
+        ctx.console.print(f"  timing {label} ...")
+        if isinstance(target, Path):
+            row = benchmark_openvino(target, images, ctx.device, ctx.inference_precision, warmup, repeats)
+            row["path"] = str(target)
+            if label.startswith("("):  # a given model file: its precision comes from its metadata
+                label = f"OpenVINO {row['model_precision']} {label}"
+        else:
+            row = benchmark_torch(target, images, warmup, repeats)
+        rows.append({"model": label, **row})
+    reference = next((r for r in rows if r["model"] == "OpenVINO FP32"), None)
+    for row in rows:
+        if reference is not None:
+            row["throughput_vs_fp32_ir"] = row["throughput_img_s"] / reference["throughput_img_s"]
+    result = BenchmarkResult(
+        task=task,
+        images=described,
+        device_requested=ctx.device,
+        inference_precision_requested=ctx.inference_precision,
+        warmup=warmup,
+        repeats=repeats,
+        rows=rows,
+        machine={"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+    )
+    write_result(run, result)
+    return result

@@ -1,0 +1,137 @@
+"""What a verb runs with (``VerbContext``) and the run-folder plumbing every verb shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+
+from otx import __version__
+from otx.data.datamodule import AnomalyDataModule
+from otx.errors import OTXError
+from otx.results import Result
+from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
+from otx.workdir import Run, WorkDir
+
+log = logging.getLogger("otx")
+
+# Log records for the run's otx.log only: the console already shows the error line.
+FILE_ONLY = {"file_only": True}
+
+R = TypeVar("R")
+
+
+@dataclasses.dataclass
+class VerbContext:
+    """The settings one verb call runs with, and the warnings it gathers.
+
+    A fresh context is made for every call, so nothing a verb learns (the task of a loaded
+    model, the data the model was trained on) outlives it.
+
+    Args:
+        console: where progress and summaries go.
+        workdir: the work directory (run folders, ``latest.json``).
+        data: the data module given by the user (a verb that needs other settings makes a copy).
+        task: the task given by the user, or None to take the model's.
+        device: OpenVINO device for exported models.
+        inference_precision: OpenVINO inference precision for exported models.
+        seed: seed for training and calibration subsets.
+        config: the resolved configuration to save with the run (the CLI's).
+    """
+
+    console: Console
+    workdir: WorkDir
+    data: AnomalyDataModule
+    task: AnomalyTask | None
+    device: str
+    inference_precision: str
+    seed: int
+    config: dict[str, Any]
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    notes: set[str] = dataclasses.field(default_factory=set)
+
+    def adapter(self, model_task: str | None = None) -> TaskAdapter:
+        """The task adapter: the given task, else the model's, else segmentation."""
+        return get_adapter(self.task or model_task or AnomalyTask.SEGMENTATION)
+
+    def warn(self, message: str) -> None:
+        """A warning where the numbers would mislead: logged now, and listed in the run's metrics.json."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+            log.warning(message)
+
+    def note_once(self, key: str, message: str) -> None:
+        """A console note shown once per verb call."""
+        if key not in self.notes:
+            self.notes.add(key)
+            self.console.print(message)
+
+    def save_config(
+        self,
+        run: Run,
+        task: str,
+        model_entry: dict[str, Any],
+        extra: dict[str, Any] | None = None,
+        data: AnomalyDataModule | None = None,
+    ) -> None:
+        """config.yaml of the run: the given configuration with what actually ran."""
+        config = dict(self.config)
+        config["task"] = task
+        config["model"] = model_entry  # what actually ran
+        data = data or self.data
+        config.setdefault("data", {k: getattr(data, k) for k in ("data_root", "val_split", "seed", "batch_size")})
+        config.update(extra or {})
+        run.write_config(config)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process and its children, in MB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, children) / 1024.0, 1)
+
+
+def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: Callable[[R], None] | None = None) -> R:
+    """Run ``body`` in a new run folder; log it; render the result; close the run (latest.json on success).
+
+    A failure is logged to the run's otx.log (the console gets the one-line error from the CLI)
+    and re-raised; the run folder is closed as failed, so ``latest.json`` keeps the last good run.
+    """
+    run = ctx.workdir.new_run(command)
+    log.info("otx %s %s: task %s, work_dir %s", command, __version__, ctx.task or "from the model", ctx.workdir.root)
+    ok = False
+    try:
+        result = body(run)
+        if isinstance(result, Result):
+            result.run_folder = run.path
+        if render is not None:
+            render(result)
+        ok = True
+        return result
+    except KeyboardInterrupt as exc:
+        log.error("%s failed: interrupted (%s); earlier runs are unchanged", command, exc or "SIGINT", extra=FILE_ONLY)
+        raise
+    except OTXError as exc:
+        log.error("%s failed: %s", command, exc, extra=FILE_ONLY)
+        raise
+    except Exception as exc:
+        log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc, extra=FILE_ONLY)
+        raise
+    finally:
+        log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
+        run.close(ok)
+
+
+def write_result(run: Run, result: Result) -> None:
+    """The result as the run's metrics.json."""
+    run.write_json("metrics.json", result.to_json())
+
+
+def as_path(value: str | Path | None) -> Path | None:
+    """``Path(value)`` or None."""
+    return Path(value) if value is not None else None

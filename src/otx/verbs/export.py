@@ -1,0 +1,97 @@
+"""``otx export``: a checkpoint to OpenVINO IR or ONNX with pre- and post-processing inside, checked against torch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otx.checkpoint import latest_checkpoint, load_checkpoint
+from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
+from otx.errors import OTXError
+from otx.models.base import AnomalyModel
+from otx.results import ExportResult
+from otx.scoring import TorchScorer
+from otx.verbs.context import VerbContext, write_result
+from otx.verbs.resolve import eval_data, validation_set
+from otx.workdir import Run
+
+log = logging.getLogger("otx")
+
+
+def run(
+    ctx: VerbContext, run: Run, checkpoint: str | Path | None, export_format: str, precision: str, demo_package: bool
+) -> ExportResult:
+    """Export; an FP16 IR's decisions are checked against FP32 on the validation split (and recalibrated)."""
+    from otx.deploy.export import compare_with_torch, export_model
+    from otx.deploy.package import write_demo_package
+
+    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(ctx.workdir)
+    if is_exported_model(path):
+        raise OTXError(f"'{path}' is already exported; pass the model.ckpt it came from")
+    model, ckpt = load_checkpoint(path)
+    adapter = ctx.adapter(ckpt.get("task"))
+    task = adapter.task.value
+    ctx.save_config(
+        run,
+        task,
+        TorchScorer(model).model_entry(),
+        {"checkpoint": str(path), "format": export_format, "precision": precision},
+    )
+    ctx.console.print(f"checkpoint: {path}")
+    start = time.perf_counter()
+    exported = export_model(model, run.path, task, export_format, precision, data=ckpt.get("data"))
+    export_s = time.perf_counter() - start
+    decisions = check_fp16(ctx, model, ckpt, exported, adapter.pixel_level) if precision == "FP16" else None
+    # Check the file that was written, through OpenVINO, against torch on one image of another size.
+    height, width = model.input_size
+    probe = np.random.default_rng(0).random((3, height + 37, width + 21), dtype=np.float32)
+    check = compare_with_torch(model, OpenVINOInferencer(exported, device="CPU"), probe)
+    result = ExportResult(
+        task=task,
+        model=type(model).__name__,
+        backbone=model.spec.name,
+        checkpoint=str(path),
+        format=export_format,
+        precision=precision,
+        exported_model=str(exported),
+        check_against_torch=check,
+        timing_s={"export_s": round(export_s, 2)},
+        decisions=decisions,
+        thresholds=decisions["stats"] if decisions is not None else None,
+        demo_package=str(write_demo_package(exported, run.path / "demo_package.zip")) if demo_package else None,
+    )
+    write_result(run, result)
+    return result
+
+
+def check_fp16(
+    ctx: VerbContext, model: AnomalyModel, ckpt: dict[str, Any], path: Path, pixel_level: bool
+) -> dict[str, Any]:
+    """Check an FP16 IR's decisions against the FP32 model's on the validation split; recalibrate it."""
+    import openvino as ov
+
+    from otx.deploy.calibrate import with_raw_outputs
+    from otx.deploy.export import save_ir, to_openvino
+    from otx.deploy.metadata import read_ir_info, with_stats
+    from otx.deploy.optimize import keep_decisions
+
+    data = eval_data(ctx, ckpt.get("data") or {})
+    if data is None:
+        log.warning("the FP16 model's decisions were not checked: the training data is not at hand (--data_root)")
+        return {"checked": False, "reason": "no data", "stats": model.postprocessor.stats()}
+    validation = validation_set(data, pixel_level, model.preprocessor)
+    stats = model.postprocessor.stats()
+    if validation is not None:
+        validation.set_reference(with_raw_outputs(to_openvino(model)), stats)
+    fp16 = ov.Core().read_model(str(path))
+    info = read_ir_info(fp16)
+    final, record = keep_decisions(with_raw_outputs(fp16), validation, stats)
+    if record.get("recalibrated"):  # rewrite the IR with the recalibrated post-processor
+        meta = with_stats(info, record["stats"])
+        meta["otx_recalibrated"] = ",".join(record["recalibrated"])
+        save_ir(final, meta, path, fp16=True)
+    return record

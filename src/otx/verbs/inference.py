@@ -1,0 +1,126 @@
+"""Images through a scorer, batch by batch: raw outputs, predictions and metrics (test, predict, train)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
+from otx.data.dataset import Sample
+from otx.data.io import read_mask
+from otx.metrics import box_ap, gt_boxes_from_mask, image_metrics, pixel_metrics
+from otx.render import progress
+from otx.scoring import Scorer, as_numpy
+from otx.tasks import Prediction, TaskAdapter
+from otx.verbs.context import VerbContext
+
+Outputs = dict[str, torch.Tensor]
+
+
+def batches(
+    ctx: VerbContext,
+    data: AnomalyDataModule,
+    scorer: Scorer,
+    samples: list[Sample],
+    desc: str,
+    skip_errors: bool = False,
+) -> Iterator[tuple[Outputs, list[Sample], list[str]]]:
+    """Raw outputs batch by batch: ``maps``, ``scores``, ``labels``, ``masks``, ``orig_sizes``.
+
+    An image that fails to decode stops with one ``OTXDataError`` line, or, with
+    ``skip_errors``, comes back with its error message (and meaningless outputs).
+    """
+    loader: DataLoader = data.loader(samples, scorer.preprocessor, resize=scorer.resize_in_loader)
+    with progress(ctx.console) as bars:
+        bar = bars.add_task(f"{desc:<10}", total=len(samples))
+        for batch in loader:
+            if not skip_errors:
+                raise_batch_errors(batch)
+            maps, scores = scorer.run(batch["image"])
+            indices = batch["index"].tolist()
+            yield (
+                {
+                    "maps": maps,
+                    "scores": scores,
+                    "labels": batch["label"],
+                    "masks": batch["mask"],
+                    "orig_sizes": batch["orig_size"],
+                },
+                [samples[i] for i in indices],
+                list(batch["error"]),
+            )
+            bars.advance(bar, len(indices))
+
+
+def collect(
+    ctx: VerbContext,
+    data: AnomalyDataModule,
+    scorer: Scorer,
+    samples: list[Sample],
+    desc: str,
+    skip_errors: bool = False,
+) -> tuple[Outputs, list[str]]:
+    """All raw outputs of ``samples`` and, per sample, its decode error ("" when read)."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    errors: list[str] = []
+    for outputs, _, batch_errors in batches(ctx, data, scorer, samples, desc, skip_errors=skip_errors):
+        for key, value in outputs.items():
+            parts.setdefault(key, []).append(value)
+        errors.extend(batch_errors)
+    return {key: torch.cat(values) for key, values in parts.items()}, errors
+
+
+def to_predictions(adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, samples: list[Sample]) -> list[Prediction]:
+    """Task predictions (label, score, map, mask, boxes at each image's own size) from raw outputs."""
+    normalized = as_numpy(scorer.normalize(outputs["maps"], outputs["scores"]))
+    return adapter.predictions(normalized, [s.path for s in samples], outputs["orig_sizes"].numpy())
+
+
+def evaluate(
+    ctx: VerbContext,
+    adapter: TaskAdapter,
+    has_masks: bool,
+    thresholds: tuple[float, float],
+    outputs: Outputs,
+    samples: list[Sample],
+    predictions: list[Prediction] | None = None,
+) -> dict[str, float]:
+    """Image metrics, and for pixel-level tasks with masks, pixel (and with ``predictions``, box) metrics.
+
+    ``thresholds`` (image, pixel) are in the units of ``outputs``.
+    """
+    labels = outputs["labels"].numpy()
+    image_threshold, pixel_threshold = thresholds
+    pred_labels = (outputs["scores"] >= image_threshold).numpy()
+    metrics = image_metrics(outputs["scores"].numpy(), labels, pred_labels)
+    if not adapter.pixel_level:
+        return metrics
+    if not has_masks:
+        ctx.note_once(
+            "no masks", "[yellow]note[/]: the data has no ground_truth/ folder: pixel and box metrics are unavailable"
+        )
+        return metrics
+    # Anomalous images without a mask file cannot be scored per pixel: leave them out.
+    usable = torch.tensor([s.label == 0 or s.mask_path is not None for s in samples])
+    maps, masks = outputs["maps"][usable], outputs["masks"][usable]
+    metrics.update(pixel_metrics(maps, masks, maps >= pixel_threshold))
+    if adapter.box_level and predictions is not None:
+        gt_boxes, pred_boxes, box_scores = [], [], []
+        for sample, pred, use in zip(samples, predictions, usable.tolist(), strict=True):
+            if not use:
+                continue
+            gt = read_mask(sample.mask_path) if sample.mask_path else None
+            gt_boxes.append(gt_boxes_from_mask(gt) if gt is not None else np.zeros((0, 4), np.float32))
+            pred_boxes.append(pred.pred_boxes)
+            box_scores.append(pred.box_scores)
+        metrics.update(box_ap(gt_boxes, pred_boxes, box_scores))
+    return metrics
+
+
+def prediction_counts(predictions: list[Prediction]) -> dict[str, int]:
+    """Images by label: ``images``, ``anomalous``, ``normal`` and ``error`` (could not be read)."""
+    names = [p.label_name for p in predictions]
+    return {"images": len(names), **{label: names.count(label) for label in ("anomalous", "normal", "error")}}

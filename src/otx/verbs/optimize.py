@@ -1,0 +1,150 @@
+"""``otx optimize``: INT8 with NNCF, calibrated on training images, decisions kept against FP32."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from otx.checkpoint import latest_checkpoint, load_checkpoint
+from otx.deploy.inferencer import is_exported_model
+from otx.errors import OTXDataError
+from otx.preprocess import PreProcessor
+from otx.results import OptimizeResult
+from otx.verbs.context import VerbContext, write_result
+from otx.verbs.resolve import eval_data, validation_set
+from otx.workdir import Run, WorkDir
+
+log = logging.getLogger("otx")
+
+
+def source_model(workdir: WorkDir, checkpoint: str | Path | None) -> Path:
+    """The model to quantise: the given one, else the newer of the latest IR export and training run.
+
+    ONNX exports are passed over (INT8 takes the OpenVINO IR): the latest export folder that
+    holds an ``exported_model.xml`` counts, whether or not it is the latest export.
+    """
+    if checkpoint is not None:
+        return Path(checkpoint)
+    train = workdir.latest("train")
+    exports = sorted(workdir.root.glob("*-export*/exported_model.xml"), key=lambda p: p.parent.name)
+    if exports and exports[-1].with_suffix(".bin").is_file():
+        export = exports[-1]
+        if train is None or export.parent.name > train.name:
+            return export
+    return latest_checkpoint(workdir)
+
+
+def run(
+    ctx: VerbContext, run: Run, checkpoint: str | Path | None, subset_size: int, max_drop: float | None
+) -> OptimizeResult:
+    """Quantise; ``max_drop`` turns on NNCF's accuracy control on the validation split."""
+    import nncf
+
+    from otx.data.datamodule import AnomalyDataset
+    from otx.deploy.calibrate import with_raw_outputs
+    from otx.deploy.export import export_model
+    from otx.deploy.optimize import choose_calibration, keep_decisions, quantize, read_exported, save_optimized
+
+    source = source_model(ctx.workdir, checkpoint)
+    data_record: dict[str, Any] = {}
+    if not is_exported_model(source):  # a checkpoint: export the FP32 IR first, into this run
+        model, ckpt = load_checkpoint(source)
+        data_record = ckpt.get("data") or {}
+        ctx.console.print(f"checkpoint: {source} (exporting an FP32 IR first)")
+        source = export_model(model, run.path, ctx.adapter(ckpt.get("task")).task.value, data=data_record)
+    ov_model, info, source = read_exported(source)
+    adapter = ctx.adapter(info.task)
+    raw = info.raw
+    fingerprint = raw.get("data_fingerprint")
+    data_info = {
+        "val_split": raw.get("data_val_split"),
+        "seed": raw.get("data_seed"),
+        "fingerprint": fingerprint,
+        "data_root": data_record.get("data_root"),
+    }
+    data = eval_data(ctx, data_info)
+    if data is None:
+        raise OTXDataError(
+            "INT8 calibration needs the training images; pass --data_root DIR (the folder with train/good)"
+        )
+    preprocess = PreProcessor(info.input_size)  # masks at the map size; the graph resizes the images
+    validation = validation_set(data, adapter.pixel_level, preprocess)
+    if data.index and fingerprint not in (None, "unknown") and fingerprint != data.index.fingerprint():
+        log.warning("the model was trained on other files than '%s' holds; calibrating on them anyway", data.data_root)
+    train = data.splits["train"]
+    chosen = choose_calibration(train, subset_size, ctx.seed)
+    calibration = AnomalyDataset(chosen, preprocess, resize_images=False)
+    val_labels = {s.label for s in validation.items.samples} if validation is not None else set()
+    if max_drop is not None and not {0, 1} <= val_labels:
+        raise OTXDataError(
+            "accuracy control needs normal and anomalous validation images; add test/good and test/<defect> "
+            "folders (or val/), or leave out --max_drop"
+        )
+    ctx.save_config(
+        run,
+        adapter.task.value,
+        {"exported_model": str(source), "model_info": dict(info.raw)},
+        {"checkpoint": str(source), "subset_size": subset_size, "max_drop": max_drop},
+        data=data,
+    )
+    n_val = len(validation.items) if validation is not None else 0
+    ctx.console.print(
+        f"[bold]otx optimize[/]: {info.model_name} ({info.backbone}) from {source}, calibrating on "
+        f"{len(chosen)} of {len(train)} train/good images"
+        + (f", accuracy control (max drop {max_drop}) on {n_val} validation images" if max_drop else "")
+    )
+    reference = with_raw_outputs(ov_model)
+    if validation is not None:
+        start = time.perf_counter()
+        validation.set_reference(reference, info.stats())
+        log.info("FP32 outputs on %d validation images in %.1f s", n_val, time.perf_counter() - start)
+    quantized, record = quantize(reference, info, calibration, validation, max_drop)
+    quantized, decisions = keep_decisions(quantized, validation, info.stats())
+    quantization = record["scheme"] + ("+accuracy-control" if max_drop is not None else "")
+    scheme_summary = record["scheme_summary"] + (
+        f"; NNCF accuracy control, max drop {max_drop}" if max_drop is not None else ""
+    )
+    path = save_optimized(
+        quantized,
+        info,
+        run.path,
+        {
+            "otx_quantization": quantization,
+            "otx_quantization_summary": scheme_summary,
+            "otx_calibration": f"{len(chosen)} of {len(train)} train/good images (seed {ctx.seed})",
+            "otx_nncf_version": nncf.__version__,
+            "otx_quantized_from": Path(source).name,
+            "otx_recalibrated": ",".join(decisions.get("recalibrated", [])) or "none",
+            **({"otx_max_drop": str(max_drop)} if max_drop is not None else {}),
+        },
+        stats=decisions["stats"],
+    )
+    result = OptimizeResult(
+        task=adapter.task.value,
+        model=info.model_name,
+        backbone=info.backbone,
+        source_model=str(source),
+        scheme=quantization,
+        scheme_summary=scheme_summary,
+        calibration_images=len(chosen),
+        train_images=len(train),
+        fake_quantize_nodes=record["fake_quantize_nodes"],
+        image_quantizers=record["image_quantizers"],
+        decisions=decisions,
+        thresholds=decisions["stats"],
+        timing_s={"quantize_s": record["quantize_s"], "check_s": decisions.get("check_s")},
+        nncf_version=nncf.__version__,
+        max_drop=max_drop,
+        max_drop_met=decisions["drop"] <= max_drop if max_drop is not None else None,
+        optimized_model=str(path),
+    )
+    write_result(run, result)
+    if max_drop is not None and not result.max_drop_met:
+        log.warning(
+            "the INT8 model drops %.4f on the validation split, more than --max_drop %s (written anyway)",
+            decisions["drop"],
+            max_drop,
+        )
+    return result

@@ -1,0 +1,102 @@
+"""``otx predict``: labels, masks, boxes and overlays for a file, folder or glob (or the test split)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from otx.checks import profile_warnings
+from otx.data.datamodule import samples_from_source
+from otx.data.io import read_image, read_mask
+from otx.errors import OTXDataError, OTXError
+from otx.results import PredictResult
+from otx.tasks import Prediction
+from otx.verbs.context import VerbContext, peak_memory_mb, write_result
+from otx.verbs.inference import batches, prediction_counts, to_predictions
+from otx.verbs.resolve import eval_data, resolve_model
+from otx.visualize import overlay, write_overlay
+from otx.workdir import Run
+
+log = logging.getLogger("otx")
+
+
+def run(
+    ctx: VerbContext, run: Run, source: str | Path | None, checkpoint: str | Path | None, visualize: bool
+) -> PredictResult:
+    """Predict every image; an unreadable one gets the label ``error`` and the rest are still predicted.
+
+    Writes ``predictions/predictions.json``, mask PNGs and (with ``visualize``) overlays; raises
+    one ``OTXDataError`` line after writing when no image could be read (``latest.json`` unchanged).
+    """
+    scorer = resolve_model(ctx, checkpoint)
+    adapter = ctx.adapter(scorer.task)
+    if source is not None:
+        samples = samples_from_source(source)
+        data = ctx.data
+    else:
+        found = eval_data(ctx, scorer.data_info)
+        if found is None:
+            raise OTXError("nothing to predict; pass --source (an image, folder or glob) or --data_root DIR")
+        data = found
+        samples = data.splits["test"]
+    ctx.save_config(
+        run,
+        adapter.task.value,
+        scorer.model_entry(),
+        {"checkpoint": str(scorer.source), "source": str(source) if source else None},
+        data=data,
+    )
+    for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in samples], "input"):
+        ctx.warn(message)
+    root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
+    out_dir = run.path / "predictions"
+    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    predictions: list[Prediction] = []
+    start = time.perf_counter()
+    for outputs, batch_samples, errors in batches(ctx, data, scorer, samples, "predict", skip_errors=True):
+        batch_preds = to_predictions(adapter, scorer, outputs, batch_samples)
+        for i, (pred, sample, error) in enumerate(zip(batch_preds, batch_samples, errors, strict=True)):
+            if error:  # no decision for an unreadable image; the rest of the folder is predicted
+                log.warning("not predicted: %s", error)
+                batch_preds[i] = Prediction.failed(pred.image_path, error)
+                continue
+            stem = "__".join(Path(pred.image_path).relative_to(root).with_suffix("").parts)
+            if pred.pred_mask is not None:
+                cv2.imwrite(str(out_dir / "masks" / f"{stem}_mask.png"), pred.pred_mask.astype(np.uint8) * 255)
+            if visualize:
+                gt = read_mask(sample.mask_path) if sample.mask_path else None
+                write_overlay(out_dir / "overlays" / f"{stem}.png", overlay(read_image(pred.image_path), pred, gt))
+            pred.anomaly_map = None  # maps are large; keep the mask and boxes only
+        predictions.extend(batch_preds)
+    predict_s = time.perf_counter() - start
+    run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
+    failed = [p for p in predictions if p.label_name == "error"]
+    result = PredictResult(
+        task=adapter.task.value,
+        predictions=predictions,
+        model=scorer.name,
+        backbone=scorer.backbone,
+        checkpoint=str(scorer.source),
+        runtime=scorer.runtime_info(),
+        source=str(source) if source is not None else str(data.data_root),
+        counts=prediction_counts(predictions),
+        errors=[{"image": p.image_path, "error": p.error} for p in failed],
+        timing_s={"predict_s": round(predict_s, 2)},
+        images_per_s=round(len(predictions) / predict_s, 2) if predict_s > 0 else None,
+        peak_memory_mb=peak_memory_mb(),
+        warnings=list(ctx.warnings),
+        predictions_file=str(out_dir / "predictions.json"),
+        overlays=str(out_dir / "overlays") if visualize else None,
+    )
+    write_result(run, result)
+    if len(failed) == len(predictions):
+        raise OTXDataError(
+            f"none of the {len(predictions)} image(s) could be read (first: {failed[0].error}); "
+            f"nothing was predicted, latest.json is unchanged (details: {result.predictions_file})"
+        )
+    return result

@@ -1,0 +1,112 @@
+"""A model from a checkpoint or an exported file, and the data to evaluate it on, resolved as values.
+
+Nothing here changes the engine or the user's data module: the task a verb runs for comes
+from ``VerbContext.adapter(scorer.task)``, and a verb that needs the model's own data settings
+(its data root, its validation split) gets a new ``AnomalyDataModule``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from otx.checkpoint import latest_checkpoint, load_checkpoint
+from otx.data.datamodule import AnomalyDataModule, AnomalyDataset
+from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
+from otx.errors import OTXError
+from otx.preprocess import PreProcessor
+from otx.render import describe_loaded
+from otx.scoring import OpenVINOScorer, Scorer, TorchScorer
+from otx.verbs.context import VerbContext
+
+log = logging.getLogger("otx")
+
+
+def resolve_model(ctx: VerbContext, checkpoint: str | Path | None) -> Scorer:
+    """A scorer for a checkpoint or an exported model (default: the latest training run's checkpoint)."""
+    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(ctx.workdir)
+    if is_exported_model(path):
+        inferencer = OpenVINOInferencer(
+            path, device=ctx.device, precision_hint=ctx.inference_precision, task=ctx.task.value if ctx.task else None
+        )
+        scorer: Scorer = OpenVINOScorer(inferencer)
+    else:
+        model, ckpt = load_checkpoint(path)
+        scorer = TorchScorer(model, path, ckpt.get("task"), ckpt.get("data"))
+    ctx.console.print(describe_loaded(scorer))
+    recipe = ctx.config.get("model") if isinstance(ctx.config.get("model"), dict) else None
+    if recipe and recipe.get("class_path"):
+        name = str(recipe["class_path"]).rpartition(".")[2]
+        backbone = (recipe.get("init_args") or {}).get("backbone")
+        if name != scorer.name or (backbone and backbone != scorer.backbone):
+            ctx.warn(
+                f"the recipe's model is {name} ({backbone or 'default backbone'}) but {path} holds "
+                f"{scorer.name} ({scorer.backbone}); using the model in the file"
+            )
+    return scorer
+
+
+def data_root_for(ctx: VerbContext, info: dict[str, Any]) -> str | None:
+    """The data to use: the given data root, else the one the model was trained on (if it still exists)."""
+    if ctx.data.data_root is not None:
+        return ctx.data.data_root
+    root = info.get("data_root")
+    return root if root and Path(root).is_dir() else None
+
+
+def eval_data(ctx: VerbContext, info: dict[str, Any]) -> AnomalyDataModule | None:
+    """The data set up with the validation split the model was calibrated with, so test images stay unseen.
+
+    ``info`` is the model's data record (a scorer's ``data_info``: validation split, seed, data
+    root and fingerprint of the training files). None when there is no data to use. A new data
+    module is returned; the one in ``ctx`` is left as it is.
+    """
+    root = data_root_for(ctx, info)
+    if root is None:
+        return None
+    data = ctx.data.replace(data_root=root)
+    data.setup()
+    stored = (info.get("val_split"), info.get("seed"))
+    if None in stored or data.index is None:
+        return data
+    stored = (float(stored[0]), int(stored[1]))
+    recorded = info.get("data_root")
+    fingerprint = info.get("fingerprint")
+    same = (recorded and str(Path(root).resolve()) == recorded) or (
+        fingerprint and fingerprint == data.index.fingerprint()
+    )
+    if same and (data.val_split, data.seed) != stored:
+        log.warning("using the model's validation split (val_split/seed) so that test images stay unseen")
+        data = data.replace(val_split=stored[0], seed=stored[1])
+        data.setup()
+    if not same and fingerprint not in (None, "unknown"):
+        ctx.warn(
+            f"the data at {root} is not the data the model was trained on (its train/good files "
+            f"differ: fingerprint {data.index.fingerprint()}, the model's {fingerprint}); thresholds were "
+            "learned on other images, and test images may include some the model was fitted on"
+        )
+    return data
+
+
+def require_data(data: AnomalyDataModule | None, what: str) -> AnomalyDataModule:
+    """``data``, or one line saying that ``what`` needs a data root."""
+    if data is None:
+        raise OTXError(f"{what}; pass --data_root DIR (a folder in MVTec AD layout)")
+    return data
+
+
+def validation_set(data: AnomalyDataModule | None, pixel_level: bool, preprocess: PreProcessor) -> Any:
+    """The labelled validation split the model's thresholds were learned on, as ``ValidationData``.
+
+    None without data or validation images. Images stay at their own size (exported graphs
+    resize them); masks come at the pre-processor's map size when ``pixel_level`` and the data has them.
+    """
+    from otx.deploy.optimize import ValidationData
+
+    if data is None:
+        return None
+    val = [s for s in data.splits["val"] if s.label >= 0]
+    if not val:
+        return None
+    return ValidationData(AnomalyDataset(val, preprocess, resize_images=False), data.has_masks and pixel_level)

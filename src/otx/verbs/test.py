@@ -1,0 +1,99 @@
+"""``otx test``: metrics on the test split (unreadable images listed, not scored) and the HTML report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from otx.checks import profile_warnings, threshold_warnings
+from otx.errors import OTXDataError, OTXError
+from otx.report import ReportInput, write_report
+from otx.results import TestResult
+from otx.tasks import Prediction
+from otx.verbs.context import VerbContext, peak_memory_mb, write_result
+from otx.verbs.inference import collect, evaluate, prediction_counts, to_predictions
+from otx.verbs.resolve import eval_data, require_data, resolve_model
+from otx.workdir import Run
+
+log = logging.getLogger("otx")
+
+
+def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None) -> TestResult:
+    """Evaluate a checkpoint or exported model on the test split; write metrics.json, predictions.json, report."""
+    scorer = resolve_model(ctx, checkpoint)
+    adapter = ctx.adapter(scorer.task)
+    data = require_data(eval_data(ctx, scorer.data_info), "no data to test on")
+    ctx.save_config(run, adapter.task.value, scorer.model_entry(), {"checkpoint": str(scorer.source)}, data=data)
+    test = data.splits["test"]
+    if not any(s.label >= 0 for s in test):
+        raise OTXError("no labelled test images (test/good, test/<defect>); nothing to evaluate")
+    start = time.perf_counter()
+    outputs, errors = collect(ctx, data, scorer, test, "test", skip_errors=True)
+    infer_s = time.perf_counter() - start
+    predictions = to_predictions(adapter, scorer, outputs, test)
+    for i, error in enumerate(errors):
+        if error:  # no decision, and left out of the metrics (listed in metrics.json and the report)
+            log.warning("not scored: %s", error)
+            predictions[i] = Prediction.failed(predictions[i].image_path, error)
+    for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in test], "test"):
+        ctx.warn(message)
+    keep = np.array([s.label >= 0 and not e for s, e in zip(test, errors, strict=True)])
+    if not keep.any():
+        raise OTXDataError(
+            f"none of the labelled test images could be read (first: {next(e for e in errors if e)}); "
+            "replace or remove the files"
+        )
+    scored = [s for s, k in zip(test, keep, strict=True) if k]
+    scored_predictions = [p for p, k in zip(predictions, keep, strict=True) if k]
+    scored_outputs = {k: v[torch.from_numpy(keep)] for k, v in outputs.items()}
+    start = time.perf_counter()
+    metrics = evaluate(
+        ctx, adapter, data.has_masks, scorer.thresholds, scored_outputs, scored, predictions=scored_predictions
+    )
+    metrics_s = time.perf_counter() - start
+    labels = scored_outputs["labels"].numpy() == 1
+    image_threshold = scorer.thresholds[0]
+    for message in threshold_warnings(scored_outputs["scores"].numpy(), labels, image_threshold, "image", "test"):
+        ctx.warn(message)
+    errors_list = [{"image": p.image_path, "error": p.error} for p in predictions if p.error]
+    splits = data.split_summary()
+    report = write_report(
+        run.path,
+        ReportInput(
+            task=adapter.task.value,
+            model=scorer.name,
+            backbone=scorer.backbone,
+            source=str(scorer.source),
+            runtime=scorer.runtime_info(),
+            metrics=metrics,
+            splits=splits,
+            samples=scored,
+            predictions=scored_predictions,
+            scores=scored_outputs["scores"].numpy(),
+            errors=errors_list,
+            warnings=list(ctx.warnings),
+        ),
+    )
+    result = TestResult(
+        task=adapter.task.value,
+        model=scorer.name,
+        backbone=scorer.backbone,
+        checkpoint=str(scorer.source),
+        runtime=scorer.runtime_info(),
+        metrics=metrics,
+        splits=splits,
+        thresholds=scorer.stats(),
+        counts=prediction_counts(predictions),
+        errors=errors_list,
+        timing_s={"inference_s": round(infer_s, 2), "metrics_s": round(metrics_s, 2)},
+        peak_memory_mb=peak_memory_mb(),
+        warnings=list(ctx.warnings),
+        report=str(report),
+    )
+    write_result(run, result)
+    run.write_json("predictions.json", [p.to_json() for p in predictions])
+    return result

@@ -1,0 +1,133 @@
+"""``otx train``: fit on ``train/good`` inside Lightning, fit thresholds in its validation loop, save model.ckpt."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from otx.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from otx.checks import image_profile, threshold_warnings
+from otx.errors import OTXError
+from otx.models.base import AnomalyModel
+from otx.results import TrainResult
+from otx.scoring import TorchScorer
+from otx.training import build_trainer, describe_settings, merge_settings
+from otx.verbs.context import VerbContext, peak_memory_mb, write_result
+from otx.verbs.inference import evaluate
+from otx.workdir import Run
+
+log = logging.getLogger("otx")
+
+
+def run(
+    ctx: VerbContext,
+    run: Run,
+    model: AnomalyModel,
+    trainer_args: dict[str, Any],
+    max_epochs: int | None,
+    resume: Path | None,
+) -> TrainResult:
+    """Train ``model`` on the context's data; ``trainer_args`` go over the model's ``default_trainer``.
+
+    ``resume`` is a Lightning state (``last.ckpt`` / ``epochN.ckpt``) to continue from.
+    """
+    L.seed_everything(ctx.seed, verbose=False)
+    adapter = ctx.adapter()
+    data = ctx.data
+    data.setup()
+    settings = merge_settings(model.default_trainer, trainer_args, {"max_epochs": max_epochs})
+    ctx.save_config(run, adapter.task.value, TorchScorer(model).model_entry(), {"trainer": describe_settings(settings)})
+    splits = data.splits
+    if not splits["val"]:  # checked before training, not after it
+        raise OTXError(
+            "no validation images: thresholds need test/ (or val/) images; add test/good and test/<defect> folders"
+        )
+    steps = max(1, min(50, len(splits["train"]) // max(data.batch_size, 1)))
+    trainer, roles = build_trainer(settings, run.path, steps)
+    epochs = trainer.max_epochs
+    ctx.console.print(
+        f"[bold]otx train[/]: {type(model).__name__} ({model.spec.name}, {model.weights_source}) on "
+        f"{len(splits['train'])} normal images, up to {epochs} epoch(s), task {adapter.task.value}, "
+        f"{type(trainer.accelerator).__name__.removesuffix('Accelerator').lower()} x{trainer.num_devices}"
+        + (f", resuming {resume}" if resume else "")
+    )
+    start = time.perf_counter()
+    train_loader = data.dataloader("train", model.preprocessor, shuffle=True)
+    val_loader = data.dataloader("val", model.preprocessor)
+    model.validation_outputs = None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
+        try:
+            trainer.fit(model, train_loader, val_loader, ckpt_path=resume, weights_only=True)
+        except SystemExit as exc:  # Lightning ends an interrupted fit with sys.exit(1) after its clean-up
+            interrupt = exc.__context__ if isinstance(exc.__context__, KeyboardInterrupt) else None
+            raise KeyboardInterrupt(str(interrupt or "") or "SIGINT") from exc
+        if trainer.interrupted:
+            raise OTXError("training was interrupted; no checkpoint was written")
+        best = roles["best"]
+        best_epoch = None
+        if best is not None and best.best_model_path:  # the best epoch's weights, then its thresholds
+            state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["state_dict"])
+            best_epoch = int(state["epoch"]) + 1
+            model.validation_outputs = None
+        if model.validation_outputs is None or model.validated_step != trainer.global_step:
+            trainer.validate(model, val_loader, verbose=False)
+    timings = {"fit_s": time.perf_counter() - start}
+    stats = model.postprocessor.stats()
+    log.info("fit (with validation) took %.1f s; thresholds: %s", timings["fit_s"], stats)
+    outputs = model.validation_outputs
+    for logger in trainer.loggers:  # timings for every model, also those without a loss
+        logger.log_metrics({f"time/{k}": v for k, v in timings.items()}, step=trainer.global_step)
+        logger.save()
+    thresholds = (stats["image_threshold"], stats["pixel_threshold"])
+    val_metrics = evaluate(ctx, adapter, data.has_masks, thresholds, outputs, splits["val"])
+    labels = outputs["labels"].numpy() == 1
+    found = threshold_warnings(outputs["scores"].numpy(), labels, stats["image_threshold"], "image", "validation")
+    pixel_truth = outputs["masks"].numpy() if data.has_masks else None
+    found += threshold_warnings(outputs["maps"].numpy(), pixel_truth, stats["pixel_threshold"], "pixel", "validation")
+    for message in found:
+        ctx.warn(message)
+    checkpoint = run.path / CHECKPOINT_NAME
+    record = {
+        "data_root": str(Path(data.data_root).resolve()) if data.data_root else None,
+        "val_split": data.val_split,
+        "seed": data.seed,
+        "fingerprint": data.index.fingerprint() if data.index else None,
+        "has_masks": data.has_masks,
+        "profile": image_profile(s.path for s in splits["train"]),
+    }
+    save_checkpoint(model, checkpoint, adapter.task.value, record)
+    result = TrainResult(
+        task=adapter.task.value,
+        model=type(model).__name__,
+        backbone=model.spec.name,
+        weights=model.weights_source,
+        epochs=trainer.current_epoch,
+        max_epochs=epochs,
+        stopped_early=trainer.current_epoch < epochs,
+        best_epoch=best_epoch,
+        validation_curve=roles["curve"].epochs,
+        trainer={
+            "accelerator": type(trainer.accelerator).__name__,
+            "devices": trainer.num_devices,
+            "precision": trainer.precision,
+        },
+        resumed_from=str(resume) if resume else None,
+        checkpoint=str(checkpoint),
+        validation_metrics=val_metrics,
+        thresholds=stats,
+        splits=data.split_summary(),
+        timing_s={k: round(v, 2) for k, v in timings.items()},
+        peak_memory_mb=peak_memory_mb(),
+        warnings=list(ctx.warnings),
+    )
+    write_result(run, result)
+    return result
