@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import run_otx
+from helpers import run_main, run_otx
 from otx.cli import list_recipes, main, resolve_recipe
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
@@ -144,7 +144,7 @@ def test_misspelled_key_in_a_recipe_file(tmp_path: Path) -> None:
     recipe["data"]["batchsize"] = 4
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    result = run_otx("train", "--config", str(path), "--data_root", str(tmp_path), cwd=tmp_path)
+    result = run_main("train", "--config", str(path), "--data_root", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "batchsize" in lines[0]

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import box_iou, run_main, run_otx
+from helpers import box_iou, run_main
 from otx.data import AnomalyDataModule
 from otx.deploy import OpenVINOInferencer
 from otx.deploy.graph import resize_antialias
@@ -142,7 +142,7 @@ def test_otx_test_on_the_ir_matches_the_checkpoint(
 ) -> None:
     data = str(sample_root / "bottle_like")
     xml = exported("padim", "detection")
-    from_ckpt = run_otx(
+    from_ckpt = run_main(
         "test",
         "--checkpoint",
         str(trained_padim["checkpoint"]),
@@ -156,7 +156,7 @@ def test_otx_test_on_the_ir_matches_the_checkpoint(
         "0",
         cwd=tmp_path,
     )
-    from_ir = run_otx(
+    from_ir = run_main(
         "test",
         "--checkpoint",
         str(xml),
@@ -188,7 +188,7 @@ def test_otx_predict_on_the_ir_skips_an_undecodable_image(exported, dataset_copy
     root = dataset_copy()
     bad = root / "test" / "good" / "broken.png"
     bad.write_bytes(b"not an image")
-    result = run_otx(
+    result = run_main(
         "predict",
         "--checkpoint",
         str(exported("padim")),

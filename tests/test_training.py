@@ -13,7 +13,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from helpers import run_main, run_otx
+from helpers import run_main
 from otx.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint
 from otx.data import AnomalyDataModule
 from otx.data.datamodule import EpochShuffleSampler
@@ -97,7 +97,7 @@ def _stfpm_args(sample_root: Path, work_dir: str, *extra: str) -> list[str]:
 
 def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tmp_path: Path) -> None:
     """SIGINT after the second epoch, then --resume true: the same weights and thresholds as one run."""
-    whole = run_otx(*_stfpm_args(sample_root, "whole"), cwd=tmp_path)
+    whole = run_main(*_stfpm_args(sample_root, "whole"), cwd=tmp_path)  # the command line, in this process
     assert whole.returncode == 0, whole.stderr
     command = [sys.executable, "-m", "otx.cli", *_stfpm_args(sample_root, "parts")]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -109,7 +109,7 @@ def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tm
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err
     assert not (tmp_path / "parts" / "latest.json").exists()
-    resumed = run_otx(*_stfpm_args(sample_root, "parts", "--resume", "true"), cwd=tmp_path)
+    resumed = run_main(*_stfpm_args(sample_root, "parts", "--resume", "true"), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     a, b = _summary(tmp_path / "whole"), _summary(tmp_path / "parts")
     assert b["resumed_from"] and b["epochs"] == a["epochs"] == 4
