@@ -1,8 +1,9 @@
 """Typed results of the verbs: what ``Engine.train/test/export/optimize/benchmark`` return.
 
 Each is a dataclass (attribute access, type hints) that is also a read-only mapping over its
-``metrics.json`` form, so ``result.checkpoint`` and ``result["checkpoint"]`` give the same value.
-``to_json()`` is exactly what the verb writes to the run folder's ``metrics.json``.
+``metrics.json`` form, so ``result.checkpoint`` and ``result["checkpoint"]`` give the same value,
+and a result equals the dict of its items (mapping equality). ``to_json()`` is exactly what the
+verb writes to the run folder's ``metrics.json``: use it (not the result) with ``json.dumps``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ NOT_IN_JSON = {"json": False}
 OMIT_NONE = {"omit_none": True}
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, eq=False)
 class Result(Mapping[str, Any]):
     """Base of the verbs' results: ``command``, ``task``, the run folder and the otx version."""
 
@@ -56,7 +57,7 @@ class Result(Mapping[str, Any]):
         return len(self._record())
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, eq=False)
 class TrainResult(Result):
     """``otx train``: the checkpoint, the training curve and the validation metrics at the thresholds."""
 
@@ -80,7 +81,7 @@ class TrainResult(Result):
     warnings: list[str]
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, eq=False)
 class TestResult(Result):
     """``otx test``: metrics on the test split, unreadable images, the HTML report."""
 
@@ -101,7 +102,7 @@ class TestResult(Result):
     report: str
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, eq=False)
 class PredictResult(Result):
     """``otx predict``: the predictions (not in metrics.json: they go to predictions.json) and counts."""
 
@@ -122,7 +123,7 @@ class PredictResult(Result):
     overlays: str | None = dataclasses.field(default=None, metadata=OMIT_NONE)
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, eq=False)
 class ExportResult(Result):
     """``otx export``: the exported file and its check against torch (FP16: its decisions too)."""
 
@@ -140,7 +141,7 @@ class ExportResult(Result):
     demo_package: str | None = dataclasses.field(default=None, metadata=OMIT_NONE)
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, eq=False)
 class OptimizeResult(Result):
     """``otx optimize``: the INT8 model, the scheme used and its decisions against FP32."""
 
@@ -163,7 +164,7 @@ class OptimizeResult(Result):
     optimized_model: str = ""
 
 
-@dataclasses.dataclass(kw_only=True)
+@dataclasses.dataclass(kw_only=True, eq=False)
 class BenchmarkResult(Result):
     """``otx benchmark``: one row per timed model (latency, throughput, precision actually used)."""
 

@@ -148,7 +148,7 @@ class AnomalyDataModule:
         settings = {
             k: getattr(self, k) for k in ("data_root", "val_split", "seed", "batch_size", "num_workers", "check_files")
         }
-        return AnomalyDataModule(**{**settings, **changes})
+        return type(self)(**{**settings, **changes})
 
     def setup(self) -> None:
         """Index and check the folder, then form the train, val and test splits."""

@@ -67,7 +67,7 @@ def images_to_time(ctx: VerbContext, ckpt: dict[str, Any], input_size: tuple[int
     """``count`` test images spread over the test split (decoded), or synthetic ones without data."""
     from otx.deploy.benchmark import synthetic_images
 
-    root = data_root_for(ctx, ckpt.get("data") or {})
+    root = data_root_for(ctx, ckpt.get("data") or {}, must_exist=True)
     if root is None:
         return synthetic_images(count, input_size), f"{count} synthetic images at {input_size[0]}x{input_size[1]}"
     data = ctx.data.replace(data_root=root)

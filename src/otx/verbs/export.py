@@ -79,7 +79,7 @@ def check_fp16(
     from otx.deploy.metadata import read_ir_info, with_stats
     from otx.deploy.optimize import keep_decisions
 
-    data = eval_data(ctx, ckpt.get("data") or {})
+    data = eval_data(ctx, ckpt.get("data") or {}, must_exist=True)
     if data is None:
         log.warning("the FP16 model's decisions were not checked: the training data is not at hand (--data_root)")
         return {"checked": False, "reason": "no data", "stats": model.postprocessor.stats()}

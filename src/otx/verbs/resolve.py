@@ -47,22 +47,26 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None) -> Scorer:
     return scorer
 
 
-def data_root_for(ctx: VerbContext, info: dict[str, Any]) -> str | None:
-    """The data to use: the given data root, else the one the model was trained on (if it still exists)."""
-    if ctx.data.data_root is not None:
-        return ctx.data.data_root
-    root = info.get("data_root")
-    return root if root and Path(root).is_dir() else None
+def data_root_for(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) -> str | None:
+    """The data to use: the given data root, else the one the model was trained on.
+
+    None when there is neither, or, with ``must_exist``, when the chosen folder is not there
+    (callers that can do without data). Otherwise a missing folder fails later with its own line.
+    """
+    root = ctx.data.data_root if ctx.data.data_root is not None else info.get("data_root")
+    if root is None or (must_exist and not Path(root).is_dir()):
+        return None
+    return str(root)
 
 
-def eval_data(ctx: VerbContext, info: dict[str, Any]) -> AnomalyDataModule | None:
+def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) -> AnomalyDataModule | None:
     """The data set up with the validation split the model was calibrated with, so test images stay unseen.
 
     ``info`` is the model's data record (a scorer's ``data_info``: validation split, seed, data
-    root and fingerprint of the training files). None when there is no data to use. A new data
-    module is returned; the one in ``ctx`` is left as it is.
+    root and fingerprint of the training files). None when there is no data to use (see
+    ``data_root_for``). A new data module is returned; the one in ``ctx`` is left as it is.
     """
-    root = data_root_for(ctx, info)
+    root = data_root_for(ctx, info, must_exist)
     if root is None:
         return None
     data = ctx.data.replace(data_root=root)
