@@ -289,7 +289,7 @@ def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list
             "speed": speed,
             "throughput_ratio": speed["int8"]["throughput_img_s"] / speed["fp32"]["throughput_img_s"],
             "latency_ratio": speed["fp32"]["latency_ms_median"] / speed["int8"]["latency_ms_median"],
-            "optimize": {k: optimized[k] for k in ("scheme", "calibration_images", "validation", "timing_s")},
+            "optimize": {k: optimized[k] for k in ("scheme", "calibration_images", "decisions", "timing_s")},
             "paths": {"fp32": fp32, "int8": int8},
         }
         rows.append(row)
