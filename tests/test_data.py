@@ -173,3 +173,23 @@ def test_mask_without_image(dataset_copy) -> None:
     cv2.imwrite(str(defect_dir / "999_mask.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(OTXDataError, match="999_mask.png' has no image"):
         index_mvtec(root)
+
+
+def test_replace_gives_a_new_module_and_leaves_this_one(sample_root: Path) -> None:
+    class Mine(AnomalyDataModule):
+        pass
+
+    data = Mine(str(sample_root / "bottle_like"), val_split=0.3, seed=1, batch_size=4, num_workers=0)
+    data.setup()
+    splits = {name: list(samples) for name, samples in data.splits.items()}
+    other = data.replace(val_split=0.5, seed=2)
+    assert type(other) is Mine and other is not data
+    assert (other.data_root, other.batch_size, other.num_workers) == (data.data_root, 4, 0)
+    assert (other.val_split, other.seed, other.index, other.splits) == (0.5, 2, None, {})
+    other.setup()
+    assert (data.val_split, data.seed) == (0.3, 1) and data.splits == splits  # this one unchanged
+    # The copy forms its own split: the same one a module built with those settings forms.
+    fresh = AnomalyDataModule(str(sample_root / "bottle_like"), val_split=0.5, seed=2, num_workers=0)
+    fresh.setup()
+    assert [s.path for s in other.splits["val"]] == [s.path for s in fresh.splits["val"]]
+    assert [s.path for s in other.splits["val"]] != [s.path for s in data.splits["val"]]
