@@ -12,6 +12,7 @@ uninterrupted one sees).
 from __future__ import annotations
 
 import importlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,16 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from otx.errors import OTXConfigError, OTXError
+
+
+class _NoAdvert(logging.Filter):
+    """Drops Lightning's advert for a hosted logging service, printed at every ``Trainer()``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvert())
 
 LAST_CHECKPOINT = "last.ckpt"
 CHECKPOINT_DIR = "checkpoints"
