@@ -13,14 +13,16 @@ import importlib
 import io
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from otx import __version__
 from otx.errors import OTXError
-from otx.models.base import AnomalyModel
 from otx.workdir import WorkDir, atomic_write_bytes
+
+if TYPE_CHECKING:  # the models import this module's users; kept light for training.py and scoring.py
+    from otx.models.base import AnomalyModel
 
 CHECKPOINT_NAME = "model.ckpt"
 # Version of the model.ckpt layout; a reader refuses newer ones with one line. Files without the
@@ -31,9 +33,14 @@ _HINT = "pass the model.ckpt written by `otx train` (or an exported .xml / .onnx
 
 
 def class_path(obj: object) -> str:
-    """``module.Class`` of an object (how checkpoints and config.yaml name classes)."""
+    """``module.Class`` of an object (how checkpoints, export metadata and config.yaml name classes)."""
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def model_entry(model: AnomalyModel) -> dict[str, Any]:
+    """``{class_path, init_args}``: what rebuilds ``model`` (the checkpoint's and config.yaml's ``model``)."""
+    return {"class_path": class_path(model), "init_args": dict(model.hparams)}
 
 
 def save_checkpoint(model: AnomalyModel, path: Path, task: str, data: dict[str, Any]) -> None:
@@ -42,7 +49,7 @@ def save_checkpoint(model: AnomalyModel, path: Path, task: str, data: dict[str, 
         "schema": CHECKPOINT_SCHEMA,
         "otx_version": __version__,
         "task": task,
-        "model": {"class_path": class_path(model), "init_args": dict(model.hparams)},
+        "model": model_entry(model),
         "state_dict": model.state_dict(),
         "data": data,
         "thresholds": model.postprocessor.stats(),

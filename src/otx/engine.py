@@ -51,7 +51,7 @@ __all__ = ["CHECKPOINT_NAME", "CHECKPOINT_SCHEMA", "Engine", "load_checkpoint", 
 
 log = logging.getLogger("otx")
 
-R = TypeVar("R")
+R = TypeVar("R", bound=Result)
 
 
 class Engine:
@@ -253,9 +253,4 @@ class Engine:
     def _run(self, command: str, body: Callable[[VerbContext, Run], R]) -> R:
         """Run a verb with a fresh context in a new run folder; print its result."""
         ctx = self._context()
-
-        def show(result: R) -> None:
-            if isinstance(result, Result):
-                render(self.console, result)
-
-        return run_verb(ctx, command, lambda run: body(ctx, run), show)
+        return run_verb(ctx, command, lambda run: body(ctx, run), lambda result: render(self.console, result))

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from otx.checkpoint import model_entry
 from otx.deploy.inferencer import OpenVINOInferencer
 from otx.models.base import AnomalyModel
 from otx.preprocess import PreProcessor
@@ -69,8 +70,7 @@ class TorchScorer:
 
     def model_entry(self) -> dict[str, Any]:
         """The ``model`` entry of config.yaml."""
-        cls = type(self.model)
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(self.model.hparams)}
+        return model_entry(self.model)
 
 
 class OpenVINOScorer:

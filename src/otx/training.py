@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from otx.checkpoint import class_path
 from otx.errors import OTXConfigError, OTXError
 
 
@@ -92,9 +93,7 @@ def describe_settings(settings: dict[str, Any]) -> dict[str, Any]:
     described = dict(settings)
     if described.get("callbacks"):
         described["callbacks"] = [
-            spec
-            if not isinstance(spec, L.Callback)
-            else {"class_path": f"{type(spec).__module__}.{type(spec).__qualname__}"}
+            spec if not isinstance(spec, L.Callback) else {"class_path": class_path(spec)}
             for spec in described["callbacks"]
         ]
     return described

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from otx.checkpoint import class_path
 from otx.deploy.graph import INPUT_NAME, OUTPUT_NAMES, ExportGraph
 from otx.deploy.metadata import build_model_info, write_ir_info, write_onnx_info
 from otx.errors import OTXConfigError, OTXError
@@ -65,7 +66,7 @@ def export_model(
     model = model.eval()
     info = build_model_info(
         model_name=type(model).__name__,
-        class_path=f"{type(model).__module__}.{type(model).__qualname__}",
+        class_path=class_path(model),
         backbone=model.spec.name,
         layers=list(model.layers),
         input_size=model.input_size,

@@ -23,7 +23,7 @@ log = logging.getLogger("otx")
 # Log records for the run's otx.log only: the console already shows the error line.
 FILE_ONLY = {"file_only": True}
 
-R = TypeVar("R")
+R = TypeVar("R", bound=Result)
 
 
 @dataclasses.dataclass
@@ -96,7 +96,7 @@ def peak_memory_mb() -> float:
     return round(max(own, children) / 1024.0, 1)
 
 
-def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: Callable[[R], None] | None = None) -> R:
+def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: Callable[[R], None]) -> R:
     """Run ``body`` in a new run folder; log it; render the result; close the run (latest.json on success).
 
     A failure is logged to the run's otx.log (the console gets the one-line error from the CLI)
@@ -107,10 +107,8 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
     ok = False
     try:
         result = body(run)
-        if isinstance(result, Result):
-            result.run_folder = run.path
-        if render is not None:
-            render(result)
+        result.run_folder = run.path
+        render(result)
         ok = True
         return result
     except KeyboardInterrupt as exc:

@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from otx.checkpoint import latest_checkpoint, load_checkpoint
+from otx.checkpoint import latest_checkpoint, load_checkpoint, model_entry
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
 from otx.errors import OTXError
 from otx.models.base import AnomalyModel
 from otx.results import ExportResult
-from otx.scoring import TorchScorer
 from otx.verbs.context import VerbContext, write_result
 from otx.verbs.resolve import eval_data, validation_set
 from otx.workdir import Run
@@ -38,7 +37,7 @@ def run(
     ctx.save_config(
         run,
         task,
-        TorchScorer(model).model_entry(),
+        model_entry(model),
         {"checkpoint": str(path), "format": export_format, "precision": precision},
     )
     ctx.console.print(f"checkpoint: {path}")

@@ -11,12 +11,11 @@ from typing import Any
 import lightning as L
 import torch
 
-from otx.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
 from otx.checks import image_profile, threshold_warnings
 from otx.errors import OTXError
 from otx.models.base import AnomalyModel
 from otx.results import TrainResult
-from otx.scoring import TorchScorer
 from otx.training import build_trainer, describe_settings, merge_settings
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import evaluate
@@ -42,7 +41,7 @@ def run(
     data = ctx.data
     data.setup()
     settings = merge_settings(model.default_trainer, trainer_args, {"max_epochs": max_epochs})
-    ctx.save_config(run, adapter.task.value, TorchScorer(model).model_entry(), {"trainer": describe_settings(settings)})
+    ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
     splits = data.splits
     if not splits["val"]:  # checked before training, not after it
         raise OTXError(
