@@ -98,8 +98,22 @@ def test_f1_adaptive_threshold_is_best_over_all_candidates(seed: int, ties: bool
         scores = np.round(scores / 4)
     best = max(f1_score(labels, scores >= t, zero_division=0) for t in np.unique(scores))
     threshold = f1_adaptive_threshold(torch.from_numpy(scores), torch.from_numpy(labels))
-    assert threshold in set(np.unique(scores).tolist())
     assert f1_score(labels, scores >= threshold, zero_division=0) == pytest.approx(best, abs=1e-12)
+    # The middle of the optimal interval: halfway between the two distinct scores around it.
+    above, below = scores[scores >= threshold].min(), scores[scores < threshold].max()
+    assert threshold == pytest.approx((above + below) / 2, abs=1e-12)
+
+
+def test_f1_adaptive_threshold_leaves_a_margin_on_both_sides() -> None:
+    # Separable classes: every threshold in (0.4, 0.9] has F1 1; the middle of that gap is the one
+    # a slightly less anomalous image or a little arithmetic noise does not flip.
+    scores = np.array([0.1, 0.2, 0.4, 0.9, 1.3, 2.0])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    assert f1_adaptive_threshold(torch.from_numpy(scores), torch.from_numpy(labels)) == pytest.approx(0.65)
+    # When the optimum keeps every image, no lower score exists: the threshold is the lowest score.
+    assert f1_adaptive_threshold(torch.tensor([0.5, 0.7]), torch.tensor([1, 1])) == pytest.approx(0.5)
+    # No anomalous image: the largest score, so every validation image is normal.
+    assert f1_adaptive_threshold(torch.tensor([0.5, 0.7]), torch.tensor([0, 0])) == pytest.approx(0.7)
 
 
 # --------------------------------------------------------------------------- AUPRO

@@ -13,9 +13,10 @@ were learned on, against the FP32 model:
    recalibrated on the candidate's own raw outputs: min and max of its validation outputs (as
    training sets them) and the threshold that agrees best with the FP32 labels (among equally
    good ones, the nearest to where the FP32 threshold sits within the FP32 min-max range).
-   Validation values that lie on the FP32 threshold (within 1e-4 of the value range: the
-   F1-adaptive threshold is one of them) have no sure label, as even torch and the FP32 IR can
-   disagree there by float rounding; they are left out of every agreement.
+   Validation values that lie on the FP32 threshold (within 1e-4 of the value range: a manual
+   threshold, or an F1-adaptive one at the lowest score, can equal one) have no sure label, as
+   even torch and the FP32 IR can disagree there by float rounding; they are left out of every
+   agreement.
 3. The recalibrated statistics are used only where they agree better (by one image, or by 0.01 %
    of the pixels), also in 5-fold cross-validation on the validation split: where the
    disagreements are per-image noise rather than a shift, a threshold fitted to them agrees worse
@@ -318,7 +319,7 @@ def _agreement(predicted: np.ndarray, reference: np.ndarray, sure: np.ndarray) -
 def sure_labels(values: np.ndarray, stats: dict[str, float], level: str) -> tuple[np.ndarray, np.ndarray]:
     """A reference model's labels of ``values`` at ``level`` (``image``/``pixel``), and which are sure.
 
-    Values on the threshold (the F1-adaptive threshold is a validation score) get either label from
+    Values on the threshold (a manual threshold may equal a validation score) get either label from
     float noise alone, even between FP32 runtimes: within ``BOUNDARY`` of the value range of the
     threshold, a label is not sure and is left out of every agreement.
     """
