@@ -1,4 +1,4 @@
-"""Train and test anomalib's own PADIM / STFPM and otx's on the same data, in one process, and compare.
+"""Train and test anomalib's own PADIM / STFPM / PatchCore and otx's on the same data, and compare.
 
 Both tools get the same MVTec-layout folder, the same timm backbone with the same ImageNet
 weights (otx's offline ``resolve_weights``; anomalib's hard-wired STFPM teacher download is
@@ -13,7 +13,9 @@ Timed per tool: train (model construction incl. weight loading, data indexing, f
 thresholds, checkpoint) and test (inference and metrics on the test half). Anomalib's
 visualizer (result images), logger and, unless ``--verbose``, progress bars are off.
 ``--repeats N`` alternates the order (anomalib first on even repeats, otx first on odd
-ones) and reports medians.
+ones) and reports medians. ``--isolate`` runs each tool's train+test in a fresh process of its own and
+records that process's peak resident memory (data-loader workers not included, for either tool).
+PatchCore: both tools get the same coreset ratio (``--coreset_ratio``) and 9 neighbours.
 
 Usage::
 
@@ -55,6 +57,7 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine as AnomalibEngine
 from anomalib.metrics import AUPRO, AUROC, Evaluator, F1Score
 from anomalib.models import Padim as AnomalibPadim
+from anomalib.models import Patchcore as AnomalibPatchcore
 from anomalib.models import Stfpm as AnomalibStfpm
 from anomalib.pre_processing import PreProcessor
 from rich.console import Console
@@ -65,6 +68,7 @@ from otx.data.dataset import Sample
 from otx.engine import Engine as OtxEngine
 from otx.errors import OTXError
 from otx.models import Padim as OtxPadim
+from otx.models import Patchcore as OtxPatchcore
 from otx.models import Stfpm as OtxStfpm
 from otx.models.backbones import BackboneSpec, get_backbone, load_into, resolve_weights
 
@@ -74,6 +78,8 @@ VAL_SPLIT = 0.5
 INPUT_SIZE = (256, 256)
 METRICS = ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1", "AUPRO")
 TIMES = ("train_s", "test_s", "total_s")
+OTX_CLASSES = {"padim": OtxPadim, "stfpm": OtxStfpm, "patchcore": OtxPatchcore}
+LABELS = {"padim": "PADIM", "stfpm": "STFPM", "patchcore": "PatchCore"}
 # anomalib's metric names (prefix + class name) -> otx's names
 ANOMALIB_METRIC_NAMES = {
     "image_AUROC": "image_AUROC",
@@ -106,16 +112,17 @@ class Settings:
     split: str
     verbose: bool
     weights: str | None = None
+    coreset_ratio: float = 0.01
     val_paths: frozenset[str] = field(default_factory=frozenset)
     test_paths: frozenset[str] = field(default_factory=frozenset)
 
     def epochs(self, model: str) -> int:
         """Training epochs of ``model`` (the same for both tools)."""
-        return 1 if model == "padim" else self.stfpm_epochs
+        return self.stfpm_epochs if model == "stfpm" else 1
 
     def layers(self, model: str) -> list[str]:
         """Feature layers of ``model`` for the backbone (otx's defaults, given to both tools)."""
-        return list((OtxPadim if model == "padim" else OtxStfpm).layers_by_backbone[self.spec.name])
+        return list(OTX_CLASSES[model].layers_by_backbone[self.spec.name])
 
 
 @dataclass
@@ -131,6 +138,7 @@ class RunResult:
     total_s: float
     metrics: dict[str, float]
     splits: dict[str, int]
+    peak_rss_mb: float | None = None  # with --isolate: the run's own process
 
 
 def _resolved(path: str | Path) -> str:
@@ -138,10 +146,12 @@ def _resolved(path: str | Path) -> str:
 
 
 # --- otx ---------------------------------------------------------------------------------------
-def build_otx_model(model: str, s: Settings) -> OtxPadim | OtxStfpm:
+def build_otx_model(model: str, s: Settings) -> OtxPadim | OtxStfpm | OtxPatchcore:
     """otx's model with its defaults for the backbone (weights resolved offline inside)."""
-    cls = OtxPadim if model == "padim" else OtxStfpm
-    return cls(backbone=s.spec.name, layers=s.layers(model), input_size=INPUT_SIZE, weights=s.weights, seed=MODEL_SEED)
+    common = {"backbone": s.spec.name, "layers": s.layers(model), "input_size": INPUT_SIZE, "weights": s.weights}
+    if model == "patchcore":
+        return OtxPatchcore(**common, coreset_ratio=s.coreset_ratio, num_neighbors=9)
+    return OTX_CLASSES[model](**common, seed=MODEL_SEED)
 
 
 def run_otx(model: str, s: Settings, work_dir: Path) -> tuple[float, float, dict[str, float], dict[str, int]]:
@@ -188,7 +198,9 @@ def _no_stfpm_teacher_download() -> Iterator[None]:
         anomalib_stfpm_torch.TimmFeatureExtractor = original  # type: ignore[misc]
 
 
-def build_anomalib_model(model: str, s: Settings, layers: list[str] | None = None) -> AnomalibPadim | AnomalibStfpm:
+def build_anomalib_model(
+    model: str, s: Settings, layers: list[str] | None = None
+) -> AnomalibPadim | AnomalibStfpm | AnomalibPatchcore:
     """anomalib's Padim / Stfpm with otx's backbone, layers, weights, pre-processing and seed.
 
     ``layers`` overrides the backbone's default feature layers (to match a given otx checkpoint).
@@ -217,11 +229,20 @@ def build_anomalib_model(model: str, s: Settings, layers: list[str] | None = Non
                 n_features=OtxPadim.n_features_by_backbone[s.spec.name],
                 **common,
             )
+        elif model == "patchcore":
+            core = AnomalibPatchcore(
+                backbone=s.spec.timm_name,
+                layers=layers,
+                pre_trained=False,
+                coreset_sampling_ratio=s.coreset_ratio,
+                num_neighbors=9,
+                **common,
+            )
         else:
             with _no_stfpm_teacher_download():
                 core = AnomalibStfpm(backbone=s.spec.timm_name, layers=layers, **common)
     state, _ = resolve_weights(s.spec, s.weights)
-    pretrained = core.model.feature_extractor if model == "padim" else core.model.teacher_model
+    pretrained = core.model.teacher_model if model == "stfpm" else core.model.feature_extractor
     load_into(pretrained.feature_extractor, state, s.spec.name)
     return core
 
@@ -354,22 +375,32 @@ def _fmt(value: float, digits: int) -> str:
     return "n/a" if value != value else f"{value:.{digits}f}"
 
 
-def markdown_table(summary: dict[str, Any], s: Settings, repeats: int, init_checks: dict[str, Any]) -> str:
+def markdown_table(
+    summary: dict[str, Any], s: Settings, repeats: int, init_checks: dict[str, Any], args_first: str = "anomalib"
+) -> str:
     """The comparison as a markdown table plus the caveats."""
     head = ["model", "tool", "image AUROC", "image F1", "pixel AUROC", "pixel F1", "AUPRO", "train s", "test s"]
     head.append("train+test s")
+    with_peak = any("peak_rss_mb" in entry.get(tool, {}) for entry in summary.values() for tool in ("anomalib", "otx"))
+    if with_peak:
+        head.append("peak MB")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for model, entry in summary.items():
-        label = f"{'PADIM' if model == 'padim' else 'STFPM'} ({s.epochs(model)} ep)"
+        label = f"{LABELS[model]} ({s.epochs(model)} ep)"
         for tool in ("anomalib", "otx"):
             if tool not in entry:
                 continue
             row = entry[tool]
             cells = [label, tool, *(_fmt(row[k], 3) for k in METRICS), *(_fmt(row[k], 1) for k in TIMES)]
+            if with_peak:
+                cells.append(_fmt(row.get("peak_rss_mb", float("nan")), 0))
             lines.append("| " + " | ".join(cells) + " |")
         if "ratio_otx_over_anomalib" in entry:
             ratio = entry["ratio_otx_over_anomalib"]
             cells = [label, "**otx / anomalib**", *[""] * len(METRICS), *(f"{_fmt(ratio[k], 2)}x" for k in TIMES)]
+            if with_peak:
+                peaks = [entry[t].get("peak_rss_mb", float("nan")) for t in ("otx", "anomalib")]
+                cells.append(f"{_fmt(peaks[0] / peaks[1], 2)}x" if peaks[1] else "n/a")
             lines.append("| " + " | ".join(cells) + " |")
     split_note = (
         "anomalib scored exactly otx's test half (otx's seeded validation split imposed on anomalib's MVTecAD)"
@@ -384,7 +415,7 @@ def markdown_table(summary: dict[str, Any], s: Settings, repeats: int, init_chec
         f"Data: `{s.data_root}`; backbone `{s.spec.name}` (timm `{s.spec.timm_name}`), same ImageNet weights, "
         f"{INPUT_SIZE[0]}x{INPUT_SIZE[1]} input, mean/std {s.spec.mean}/{s.spec.std}, batch {s.batch_size}, "
         f"{s.num_workers} workers, CPU, {torch.get_num_threads()} torch threads; medians of {repeats} run(s), "
-        "order alternating (anomalib first on even repeats).",
+        f"order alternating ({args_first} first on even repeats).",
         f"Initial weights / PADIM channels ({init_note}).",
         f"Split: {split_note}; thresholds from the validation half (50% of test/).",
         f"anomalib: disabled {', '.join(ANOMALIB_DISABLED)}; it still writes its STFPM checkpoint (2.7 skips it "
@@ -395,6 +426,32 @@ def markdown_table(summary: dict[str, Any], s: Settings, repeats: int, init_chec
         "train s = model construction + weights + data indexing + fit + thresholds + checkpoint.",
     ]
     return "\n".join(lines + notes)
+
+
+# --- isolation: one process per run, its peak memory -----------------------------------------------
+def _child(tool: str, model: str, s: Settings, work_dir: Path, verbose: bool, queue: Any) -> None:
+    import resource
+
+    _quiet_logging(verbose)
+    runner = run_anomalib if tool == "anomalib" else run_otx
+    with _maybe_silenced(verbose):
+        out = runner(model, s, work_dir)
+    queue.put((*out, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0))  # KB on Linux
+
+
+def _isolated(
+    tool: str, model: str, s: Settings, work_dir: Path, verbose: bool
+) -> tuple[float, float, dict[str, float], dict[str, int], float]:
+    """Run one tool's train+test in a fresh (spawned) process; its results and peak RSS in MB."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(tool, model, s, work_dir, verbose, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -429,7 +486,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_root", required=True, type=Path, help="MVTec-layout category folder")
-    parser.add_argument("--models", nargs="+", default=["padim", "stfpm"], choices=["padim", "stfpm"])
+    parser.add_argument("--models", nargs="+", default=["padim", "stfpm"], choices=["padim", "stfpm", "patchcore"])
+    parser.add_argument("--coreset_ratio", type=float, default=0.01, help="PatchCore's coreset ratio, for both tools")
+    parser.add_argument("--first", choices=["anomalib", "otx"], default="anomalib", help="which tool runs first")
+    parser.add_argument("--isolate", action="store_true", help="each run in its own process; records peak memory")
     parser.add_argument("--backbone", default="efficientnet_lite0", help="otx backbone name")
     parser.add_argument("--stfpm_epochs", type=int, default=10, help="STFPM epochs, for both tools")
     parser.add_argument("--repeats", type=int, default=1, help="timing repeats (order alternates); medians")
@@ -475,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
         split=args.split,
         verbose=args.verbose,
         weights=args.weights,
+        coreset_ratio=args.coreset_ratio,
     )
     val, test = otx_split(s)
     s.val_paths = frozenset(_resolved(x.path) for x in val)
@@ -495,24 +556,36 @@ def main(argv: list[str] | None = None) -> int:
             init_checks[model] = check_same_init(model, s)
         log.info("%s: initial weights identical in both tools: %s", model, init_checks[model]["same_initial_weights"])
         for repeat in range(args.repeats):
-            order = ["anomalib", "otx"] if repeat % 2 == 0 else ["otx", "anomalib"]
+            order = ["anomalib", "otx"] if (repeat + (args.first == "otx")) % 2 == 0 else ["otx", "anomalib"]
             for position, tool in enumerate(order):
                 work_dir = s.work_dir / model / tool / f"repeat{repeat}"
                 log.info("%s repeat %d/%d: %s ...", model, repeat + 1, args.repeats, tool)
                 _quiet_logging(args.verbose)
-                with _maybe_silenced(args.verbose):
-                    train_s, test_s, metrics, splits = runners[tool](model, s, work_dir)
-                result = RunResult(model, tool, repeat, position, train_s, test_s, train_s + test_s, metrics, splits)
+                peak = None
+                if args.isolate:
+                    train_s, test_s, metrics, splits, peak = _isolated(tool, model, s, work_dir, args.verbose)
+                else:
+                    with _maybe_silenced(args.verbose):
+                        train_s, test_s, metrics, splits = runners[tool](model, s, work_dir)
+                result = RunResult(
+                    model, tool, repeat, position, train_s, test_s, train_s + test_s, metrics, splits, peak
+                )
                 runs.append(result)
                 log.info(
-                    "  train %.1fs, test %.1fs, %s",
+                    "  train %.1fs, test %.1fs, peak %s MB, %s",
                     train_s,
                     test_s,
+                    f"{peak:.0f}" if peak else "n/a",
                     ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
                 )
 
     summary = summarise(runs, args.models)
-    table = markdown_table(summary, s, args.repeats, init_checks)
+    for model, entry in summary.items():  # peak memory per tool (--isolate)
+        for tool in ("anomalib", "otx"):
+            peaks = [r.peak_rss_mb for r in runs if r.model == model and r.tool == tool and r.peak_rss_mb]
+            if tool in entry and peaks:
+                entry[tool]["peak_rss_mb"] = _median(peaks)
+    table = markdown_table(summary, s, args.repeats, init_checks, args.first)
     report = {
         "config": {
             **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -520,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             "timm_backbone": spec.timm_name,
             "layers": {m: s.layers(m) for m in args.models},
             "padim_n_features": OtxPadim.n_features_by_backbone[spec.name],
+            "coreset_ratio": args.coreset_ratio,
             "input_size": list(INPUT_SIZE),
             "mean": list(spec.mean),
             "std": list(spec.std),

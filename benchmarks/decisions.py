@@ -28,7 +28,7 @@ from otx.deploy.calibrate import replace_postprocessor
 from otx.deploy.export import save_ir
 from otx.deploy.metadata import read_ir_info, read_model_info
 from otx.engine import Engine
-from otx.models import Padim, Stfpm
+from otx.models import model_class
 
 TASKS = ("classification", "detection", "segmentation")
 
@@ -63,9 +63,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_root", required=True)
     parser.add_argument("--work_dir", default="/tmp/decisions")
-    parser.add_argument("--models", nargs="+", default=["padim", "stfpm"])
+    parser.add_argument("--models", nargs="+", default=["padim", "stfpm"], help="padim, stfpm, patchcore")
     parser.add_argument("--padim_ckpt", default=None)
     parser.add_argument("--stfpm_ckpt", default=None)
+    parser.add_argument("--patchcore_ckpt", default=None)
     parser.add_argument("--stfpm_epochs", type=int, default=None, help="default: the recipe's (10)")
     parser.add_argument("--out", default="benchmarks/results/decisions.json")
     args = parser.parse_args()
@@ -75,7 +76,7 @@ def main() -> None:
     for name in args.models:
         ckpt = getattr(args, f"{name}_ckpt")
         if ckpt is None:
-            core = Padim() if name == "padim" else Stfpm()
+            core = model_class({"padim": "Padim", "stfpm": "Stfpm", "patchcore": "Patchcore"}[name])()
             epochs = args.stfpm_epochs if name == "stfpm" else None
             start = time.perf_counter()
             summary = engine(args.data_root, work / name, "segmentation", core, epochs).train()

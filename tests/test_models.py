@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -190,3 +191,81 @@ def test_a_model_defined_elsewhere_is_found_and_unknown_names_get_one_line() -> 
         model_class("Padm")
     with pytest.raises(OTXConfigError, match="no default layers for backbone 'resnet18'"):
         type("Bare", (Padim,), {"layers_by_backbone": {}})(backbone="resnet18", pretrained=False)
+
+
+# --------------------------------------------------------------------------- PatchCore
+
+
+@pytest.mark.parametrize("num_neighbors", [1, 9])
+def test_patchcore_scores_equal_anomalib_for_the_same_memory_bank(num_neighbors: int) -> None:
+    from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+    from otx.models.patchcore import PatchcoreCore
+
+    torch.manual_seed(0)
+    ours = PatchcoreCore(["blocks.2", "blocks.4"], "tf_efficientnet_lite0", num_neighbors).eval()
+    theirs = PatchcoreModel(
+        layers=["blocks.2", "blocks.4"], backbone="tf_efficientnet_lite0", pre_trained=False, num_neighbors=9
+    ).eval()
+    theirs.num_neighbors = num_neighbors
+    train, test = torch.rand(3, 3, 96, 128), torch.rand(4, 3, 96, 128)
+    embedding = ours.embed(train)
+    bank = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])[::5].clone()
+    ours.memory_bank = bank
+    theirs.load_state_dict(ours.state_dict(), strict=False)  # same backbone weights and bank (no scorer in theirs)
+    got, expected = ours(test), theirs(test)
+    torch.testing.assert_close(got.pred_score, expected.pred_score, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.anomaly_map, expected.anomaly_map, rtol=1e-4, atol=1e-4)
+    # A bank entry scores (close to) zero: the training images themselves are normal.
+    assert float(ours(train[:1]).anomaly_map.min()) < float(got.anomaly_map.min())
+
+
+def test_greedy_k_center_picks_the_farthest_point_each_step() -> None:
+    from otx.models.patchcore import greedy_k_center
+
+    points = np.random.default_rng(0).standard_normal((400, 12)).astype(np.float32)
+    chosen = greedy_k_center(points, 25).tolist()
+    assert len(set(chosen)) == 25
+    assert chosen[0] == int(np.linalg.norm(points - points.mean(0), axis=1).argmax())
+    for step in range(1, 25):  # brute force, float64: the farthest point from the centres chosen so far
+        distance = np.linalg.norm(points[:, None].astype(np.float64) - points[chosen[:step]][None], axis=2).min(1)
+        assert chosen[step] == int(distance.argmax()), step
+    assert greedy_k_center(points[:5], 9).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_streaming_coreset_keeps_rare_patches_and_bounds_memory() -> None:
+    from otx.models.patchcore import StreamingCoreset
+
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((60, 16)) * 10
+    # 8 "images" of 16x16 patches: 50 common kinds of patch everywhere, 10 rare kinds (3 patches each, one image).
+    images = []
+    for i in range(8):
+        kinds = rng.integers(0, 50, 256)
+        kinds[:3] = 50 + i  # a rare kind, in this image only
+        images.append(centres[kinds] + rng.standard_normal((256, 16)) * 0.1)
+    images[0][3:6] = centres[58] + rng.standard_normal((3, 16)) * 0.1
+    images[1][3:6] = centres[59] + rng.standard_normal((3, 16)) * 0.1
+    patches = np.stack(images).astype(np.float32)  # [8, 256, 16]
+    coreset = StreamingCoreset(ratio=0.05, oversample=4.0)
+    for batch in (patches[:5], patches[5:]):
+        coreset.update(torch.from_numpy(batch).transpose(1, 2).reshape(len(batch), 16, 16, 16))
+    assert coreset.count == 8 * 256
+    assert coreset.candidates == 8 * int(np.ceil(0.2 * 256))  # only the candidates are held, not every patch
+    bank = coreset.finalize().numpy()
+    assert bank.shape == (int(np.ceil(0.05 * 8 * 256)), 16)
+    kinds_present = {k for k in range(60) if (np.linalg.norm(patches.reshape(-1, 16) - centres[k], axis=1) < 1).any()}
+    covered = {k for k in kinds_present if (np.linalg.norm(bank - centres[k], axis=1) < 1).any()}
+    assert covered == kinds_present  # every kind of patch, the rare ones too, has a bank entry
+    # Every training patch lies close to the bank (within twice the noise scale of its kind).
+    nearest = np.sqrt(((patches.reshape(-1, 1, 16) - bank[None]) ** 2).sum(-1)).min(1)
+    assert nearest.max() < 2.0
+
+
+def test_patchcore_refuses_bad_settings_in_one_line() -> None:
+    with pytest.raises(OTXConfigError, match="coreset_ratio must be a number > 0"):
+        model_class("Patchcore")(coreset_ratio=0, pretrained=False)
+    with pytest.raises(OTXConfigError, match="coreset_ratio must be a number between 0.0 and 1.0"):
+        model_class("Patchcore")(coreset_ratio=1.5, pretrained=False)
+    with pytest.raises(OTXConfigError, match="num_neighbors"):
+        model_class("Patchcore")(num_neighbors=0, pretrained=False)

@@ -206,7 +206,7 @@ def test_replaced_postprocessor_equals_the_export_and_follows_new_statistics(exp
     ]
 
 
-@pytest.mark.parametrize("model", ["padim", "stfpm10"])
+@pytest.mark.parametrize("model", ["padim", "stfpm10", "patchcore"])
 def test_int8_keeps_the_fp32_decisions_on_the_test_split(
     model: str, exported, optimized, sample_root: Path, tmp_path: Path
 ) -> None:
