@@ -41,6 +41,7 @@ import io
 import json
 import logging
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -449,8 +450,13 @@ def _isolated(
     queue = context.Queue()
     process = context.Process(target=_child, args=(tool, model, s, work_dir, verbose, queue))
     process.start()
-    result = queue.get()
-    process.join()
+    try:
+        result = queue.get()
+        process.join()
+    finally:  # stopped (Ctrl-C, SIGTERM): the child must not run on alone
+        if process.is_alive():
+            process.terminate()
+            process.join(10)
     return result
 
 
@@ -512,6 +518,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; print the markdown table, write the JSON."""
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so that --isolate's child is stopped too
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     _quiet_logging(args.verbose)
     log.setLevel(logging.INFO)
