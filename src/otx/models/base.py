@@ -129,9 +129,21 @@ class AnomalyModel(L.LightningModule):
     def configure_optimizers(self) -> Any:  # noqa: D102 - models without gradient training return None
         return None
 
+    def finish_fit(self) -> None:
+        """Turn what the epoch's ``training_step`` calls accumulated into the model's statistics.
+
+        For models fitted in one pass (PADIM's Gaussian, PatchCore's memory bank); a no-op for
+        models trained by gradient. Called before validation (Lightning validates before
+        ``on_train_epoch_end``) and at the epoch's end when no validation ran; must be idempotent.
+        """
+
+    def on_train_epoch_end(self) -> None:  # noqa: D102 - when no validation ran this epoch
+        self.finish_fit()
+
     # --- validation loop: thresholds and normalisation statistics -----------------------------
     def on_validation_epoch_start(self) -> None:
-        """Start collecting this epoch's validation outputs."""
+        """Finish fitting (``finish_fit``), then start collecting this epoch's validation outputs."""
+        self.finish_fit()
         self._validation_parts: list[dict[str, torch.Tensor]] = []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

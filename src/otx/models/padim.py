@@ -225,16 +225,8 @@ class Padim(AnomalyModel):
             features = self.model.feature_extractor(self.normalize_input(batch["image"]))
             self._gaussian.update(self.model.generate_embedding(features))
 
-    def _finish_fit(self) -> None:
+    def finish_fit(self) -> None:  # noqa: D102
         gaussian = getattr(self, "_gaussian", None)
         if gaussian is not None and gaussian.count:
             self.model.gaussian.mean, self.model.gaussian.inv_covariance = gaussian.finalize()
             gaussian.reset()
-
-    def on_validation_epoch_start(self) -> None:
-        """Lightning validates before ``on_train_epoch_end``: the Gaussian is finished here first."""
-        self._finish_fit()
-        super().on_validation_epoch_start()
-
-    def on_train_epoch_end(self) -> None:  # noqa: D102 - when no validation ran this epoch
-        self._finish_fit()

@@ -49,13 +49,6 @@ log = logging.getLogger("otx")
 SELECTION_DIMS = 256
 
 
-def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``|x_i - y_j|^2`` for ``x [..., n, d]`` and ``y [..., m, d]``, as anomalib's ``euclidean_dist`` squares it."""
-    x_norm = x.pow(2).sum(dim=-1, keepdim=True)
-    y_norm = y.pow(2).sum(dim=-1, keepdim=True)
-    return (x_norm - 2 * torch.matmul(x, y.transpose(-2, -1)) + y_norm.transpose(-2, -1)).clamp_min(0)
-
-
 def greedy_k_center(points: np.ndarray, k: int) -> np.ndarray:
     """Greedy k-centre selection among ``points [n, d]``; returns ``k`` indices (all when ``k >= n``).
 
@@ -180,9 +173,10 @@ class MemoryBankScorer(nn.Module):
         score = patch_scores.gather(1, worst).squeeze(1)
         nearest = memory_bank[locations.gather(1, worst).squeeze(1)]  # [B, D]: its nearest bank entry
         neighbours = min(self.num_neighbors, memory_bank.shape[0])
-        support = squared_distances(nearest, memory_bank).topk(neighbours, dim=-1, largest=False).indices  # [B, k]
+        distance = PatchcoreModel.euclidean_dist  # anomalib's, batched over leading dims
+        support = distance(nearest, memory_bank).topk(neighbours, dim=-1, largest=False).indices  # [B, k]
         feature = patches.gather(1, worst.unsqueeze(2).expand(-1, -1, patches.shape[2]))  # [B, 1, D]
-        distances = squared_distances(feature, memory_bank[support]).sqrt().squeeze(1)  # [B, k]
+        distances = distance(feature, memory_bank[support]).squeeze(1)  # [B, k]
         weights = 1 - F.softmax(distances, dim=1)[:, 0]
         return patch_scores, weights * score
 
@@ -302,7 +296,7 @@ class Patchcore(AnomalyModel):
         del batch_idx
         self._coreset.update(self.model.embed(self.normalize_input(batch["image"])))
 
-    def _finish_fit(self) -> None:
+    def finish_fit(self) -> None:  # noqa: D102
         coreset = getattr(self, "_coreset", None)
         if coreset is None or not coreset.count:
             return
@@ -318,11 +312,3 @@ class Patchcore(AnomalyModel):
             candidates,
             time.perf_counter() - start,
         )
-
-    def on_validation_epoch_start(self) -> None:
-        """Lightning validates before ``on_train_epoch_end``: the memory bank is selected here first."""
-        self._finish_fit()
-        super().on_validation_epoch_start()
-
-    def on_train_epoch_end(self) -> None:  # noqa: D102 - when no validation ran this epoch
-        self._finish_fit()
