@@ -86,7 +86,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ),
     ("train-accelerator", "wrong value", ["train", "--config", RECIPE, "--trainer.accelerator", "tpu"], "tpu", 1),
     ("train-strategy", "wrong value", ["train", "--config", RECIPE, "--trainer.strategy", "nope"], "strategy", 1),
-    ("train-devices", "out of range", ["train", "--config", RECIPE, "--trainer.devices", "3"], "one device", 1),
+    (
+        "train-devices",
+        "out of range",
+        ["train", "--config", RECIPE, "--trainer.accelerator", "cpu", "--trainer.devices", "4096"],
+        "more processes than this machine has CPU cores",
+        1,
+    ),
+    (
+        "train-strategy-spawn",
+        "wrong value",
+        ["train", "--config", RECIPE, "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"],
+        "pass --trainer.strategy ddp",
+        1,
+    ),
     (
         "train-trainer-epochs-type",
         "wrong type",
@@ -131,6 +144,9 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ),
     ("test-device", "wrong value", ["test", "--checkpoint", "{xml}", "--device", "TPU"], "device 'TPU'", 1),
     ("test-allow-errors-type", "wrong type", ["test", "--allow_errors", "maybe"], "allow_errors", 2),
+    ("test-devices-0", "out of range", ["test", "--devices", "0"], "devices must be", 1),
+    ("test-devices-cpu", "out of range", ["test", "--devices", "4096"], "more processes than this machine has", 1),
+    ("predict-num-nodes-type", "wrong type", ["predict", "--num_nodes", "two"], "num_nodes", 2),
     # predict
     ("predict-source-missing", "missing path", ["predict", "--source", "{missing}"], "does not exist", 1),
     ("predict-source-empty", "no images", ["predict", "--source", "{empty}"], "no images found", 1),

@@ -62,15 +62,40 @@ def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
     train = run_otx("train", *common, cwd=tmp_path)
     assert train.returncode == 0, train.stderr
     assert "image_AUROC" in train.stdout and "model.ckpt" in train.stdout
-    test = run_otx("test", "--config", RECIPE, "--work_dir", "ws", cwd=tmp_path)  # data root from the checkpoint
+    # test in one process (one thread, as each of two processes gets), then in two: the same files
+    one_thread = {"OMP_NUM_THREADS": "1"}
+    checkpoint = ["--checkpoint", str(next((tmp_path / "ws").glob("*-train/model.ckpt")))]  # data root: the ckpt's
+    test = run_otx("test", "--config", RECIPE, "--work_dir", "ws", *checkpoint, cwd=tmp_path, env=one_thread)
     assert test.returncode == 0, test.stderr
-    metrics = json.loads(next((tmp_path / "ws").glob("*-test/metrics.json")).read_text())
+    (one,) = list((tmp_path / "ws").glob("*-test"))
+    metrics = json.loads((one / "metrics.json").read_text())
     assert {"image_AUROC", "pixel_AUROC", "AUPRO"} <= set(metrics["metrics"])
-    predict = run_otx("predict", "--config", RECIPE, "--work_dir", "ws", "--source", str(data / "test"), cwd=tmp_path)
+    two_processes = run_otx(
+        "test", "--config", RECIPE, "--work_dir", "ws2", *checkpoint, "--devices", "2", cwd=tmp_path
+    )
+    assert two_processes.returncode == 0, two_processes.stderr
+    (two,) = list((tmp_path / "ws2").glob("*-test"))  # one run folder: the second process wrote nothing
+    details = ("timing_s", "peak_memory_mb", "report")
+    assert {k: v for k, v in metrics.items() if k not in details} == {
+        k: v for k, v in json.loads((two / "metrics.json").read_text()).items() if k not in details
+    }
+    assert (one / "predictions.json").read_text() == (two / "predictions.json").read_text()
+    # predict on the test images split between two processes: the predictions of `otx test`, all masks
+    predict = run_otx(
+        "predict", "--config", RECIPE, "--work_dir", "ws", "--source", str(data / "test"), "--devices", "2",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert predict.returncode == 0, predict.stderr
     run = next((tmp_path / "ws").glob("*-predict"))
-    assert len(json.loads((run / "predictions" / "predictions.json").read_text())) == 28
-    assert len(list((run / "predictions" / "masks").glob("*.png"))) == 28
+    predictions = json.loads((run / "predictions" / "predictions.json").read_text())
+    assert len(predictions) == 28 and len(list((run / "predictions" / "masks").glob("*.png"))) == 28
+
+    def key(p: dict) -> tuple[str, ...]:  # the same file under /tmp or its resolved path
+        return Path(p["image"]).parts[-2:]
+
+    by_image = {key(p): {**p, "image": None} for p in json.loads((one / "predictions.json").read_text())}
+    shared = [p for p in predictions if key(p) in by_image]  # the test split's images (the rest validate)
+    assert len(shared) == len(by_image) and all(by_image[key(p)] == {**p, "image": None} for p in shared)
     resolved = yaml.safe_load(next((tmp_path / "ws").glob("*-train/config.yaml")).read_text())
     assert resolved["model"]["init_args"]["input_size"] == [96, 96]
 

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from otx import __version__
+from otx.distributed import secondary
 from otx.errors import OTXError
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
@@ -140,6 +141,12 @@ def _verb_parser(verb: str) -> ArgumentParser:
         parser.add_argument("--repeats", type=int, default=3, help="throughput passes (the median is reported)")
     if verb in ("test", "predict"):
         parser.add_argument(
+            "--devices", type=int, default=1, help="processes that share the images (docs/scale.md; CPU, gloo)"
+        )
+        parser.add_argument(
+            "--num_nodes", type=int, default=1, help="machines, each started by torchrun / SLURM (docs/scale.md)"
+        )
+        parser.add_argument(
             "--allow_errors",
             type=bool,
             default=False,
@@ -233,7 +240,8 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     if verb == "train":
         engine.train(resume=cfg.resume)
     elif verb == "test":
-        failed = len(engine.test(checkpoint=cfg.checkpoint)["errors"])
+        tested = engine.test(checkpoint=cfg.checkpoint, devices=cfg.devices, num_nodes=cfg.num_nodes)
+        failed = len(tested["errors"]) if tested is not None else 0  # None: a process of rank > 0
     elif verb == "optimize":
         engine.optimize(checkpoint=cfg.checkpoint, subset_size=cfg.subset_size, max_drop=cfg.max_drop)
     elif verb == "benchmark":
@@ -252,8 +260,14 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
             demo_package=cfg.export_demo_package,
         )
     else:
-        predictions = engine.predict(source=cfg.source, checkpoint=cfg.checkpoint, visualize=cfg.visualize)
-        failed = sum(p.label_name == "error" for p in predictions)
+        predictions = engine.predict(
+            source=cfg.source,
+            checkpoint=cfg.checkpoint,
+            visualize=cfg.visualize,
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+        )
+        failed = sum(p.label_name == "error" for p in predictions or [])
     if failed and not cfg.allow_errors:
         where = "predictions.json" if verb == "test" else "predictions/predictions.json"
         Console(stderr=True).print(
@@ -283,7 +297,7 @@ def _warnings_to_stderr() -> None:
     logger = logging.getLogger("otx")
     if not any(getattr(handler, "otx_cli", False) for handler in logger.handlers):
         handler = _StderrHandler()
-        handler.setLevel(logging.WARNING)
+        handler.setLevel(logging.ERROR if secondary() else logging.WARNING)  # rank 0 gives the warnings
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         handler.addFilter(lambda record: not getattr(record, "file_only", False))
         handler.otx_cli = True  # type: ignore[attr-defined]
@@ -458,7 +472,7 @@ def _install_signal_handlers() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``otx`` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    console = Console()
+    console = Console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
     errors = Console(stderr=True)
     _quiet_libraries()
     _warnings_to_stderr()

@@ -30,6 +30,7 @@ from rich.console import Console
 from otx.checkpoint import CHECKPOINT_NAME, CHECKPOINT_SCHEMA, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule
 from otx.deploy.inferencer import PRECISION_HINTS
+from otx.distributed import secondary
 from otx.errors import OTXConfigError
 from otx.models.base import AnomalyModel
 from otx.render import render
@@ -115,10 +116,10 @@ class Engine:
         self.trainer = dict(trainer or {})
         self.seed = check_int("seed", seed, minimum=0)
         self.config = config or {}
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, quiet=secondary())  # rank > 0 prints nothing
 
     # --- verbs -------------------------------------------------------------------------------
-    def train(self, resume: bool | str | Path = False) -> TrainResult:
+    def train(self, resume: bool | str | Path = False) -> TrainResult | None:
         """Fit the model on ``train/good``, learn thresholds on the validation split, save the checkpoint.
 
         Thresholds and normalisation statistics are fitted in Lightning's validation loop (after
@@ -126,7 +127,9 @@ class Engine:
         the best epoch's weights). ``resume`` continues an interrupted multi-epoch training: True
         takes the newest interrupted run in ``work_dir``, a path names its folder or ``last.ckpt``.
         Returns a ``TrainResult`` (also the run folder's ``metrics.json``); ``.checkpoint`` is
-        the written ``model.ckpt``.
+        the written ``model.ckpt``. With ``trainer={"devices": N, "strategy": "ddp"}`` (or
+        ``num_nodes``) the fit runs in several processes (``docs/scale.md``); processes of rank > 0
+        return None.
         """
         if self.model is None:
             raise OTXConfigError("no model given; pass a model (e.g. --config recipe/anomaly_segmentation/padim.yaml)")
@@ -135,20 +138,34 @@ class Engine:
         model = self.model
         start = resume_checkpoint(resume, self.workdir.root) if resume is not False else None
         return self._run(
-            "train", lambda ctx, run: train_verb.run(ctx, run, model, self.trainer, self.max_epochs, start)
+            "train",
+            lambda ctx, run: train_verb.run(ctx, run, model, self.trainer, self.max_epochs, start),
+            distributed=True,
         )
 
-    def test(self, checkpoint: str | Path | None = None) -> TestResult:
+    def test(self, checkpoint: str | Path | None = None, devices: int = 1, num_nodes: int = 1) -> TestResult | None:
         """Evaluate on the test split; returns a ``TestResult`` (``.metrics``; also metrics.json and a report).
 
         Images that cannot be read are listed under ``errors`` (label ``error``), not scored.
+        ``devices`` x ``num_nodes`` > 1 splits the images between processes (``docs/scale.md``; the
+        first starts the others by running the same command, so call it from a script or the CLI);
+        the result is the one of a single process. Processes of rank > 0 return None.
         """
         check_path("checkpoint", checkpoint, optional=True)
-        return self._run("test", lambda ctx, run: test_verb.run(ctx, run, checkpoint))
+        check_int("devices", devices, minimum=1)
+        check_int("num_nodes", num_nodes, minimum=1)
+        return self._run(
+            "test", lambda ctx, run: test_verb.run(ctx, run, checkpoint, devices, num_nodes), distributed=True
+        )
 
     def predict(
-        self, source: str | Path | None = None, checkpoint: str | Path | None = None, visualize: bool = True
-    ) -> list[Prediction]:
+        self,
+        source: str | Path | None = None,
+        checkpoint: str | Path | None = None,
+        visualize: bool = True,
+        devices: int = 1,
+        num_nodes: int = 1,
+    ) -> list[Prediction] | None:
         """Predict on ``source`` (file, folder or glob) or, without it, on the data's test images.
 
         ``checkpoint`` may be a ``model.ckpt`` or an exported ``.xml`` / ``.onnx`` (run by OpenVINO
@@ -156,12 +173,20 @@ class Engine:
         With ``visualize``, an overlay per image goes to ``predictions/overlays/`` (heat map, mask
         outline or boxes, label and score, and the ground-truth outline where the data has one).
         Returns the predictions; counts and unreadable images are in the run's ``metrics.json``.
+        ``devices`` and ``num_nodes`` split the images between processes as in ``test`` (rank > 0
+        returns None).
         """
         check_path("source", source, optional=True)
         check_path("checkpoint", checkpoint, optional=True)
         check_bool("visualize", visualize)
-        result = self._run("predict", lambda ctx, run: predict_verb.run(ctx, run, source, checkpoint, visualize))
-        return result.predictions
+        check_int("devices", devices, minimum=1)
+        check_int("num_nodes", num_nodes, minimum=1)
+        result = self._run(
+            "predict",
+            lambda ctx, run: predict_verb.run(ctx, run, source, checkpoint, visualize, devices, num_nodes),
+            distributed=True,
+        )
+        return result.predictions if result is not None else None
 
     def export(
         self,
@@ -169,7 +194,7 @@ class Engine:
         export_format: str = "OPENVINO",
         precision: str = "FP32",
         demo_package: bool = False,
-    ) -> ExportResult:
+    ) -> ExportResult | None:
         """Export a checkpoint (default: the latest training run's) to OpenVINO IR or ONNX.
 
         Writes ``exported_model.xml/.bin`` or ``exported_model.onnx`` into a new run folder, checks
@@ -190,7 +215,7 @@ class Engine:
         checkpoint: str | Path | None = None,
         subset_size: int = 300,
         max_drop: float | None = None,
-    ) -> OptimizeResult:
+    ) -> OptimizeResult | None:
         """Quantise a model to INT8 with NNCF, calibrated on training images only; keeps its accuracy.
 
         ``checkpoint`` is an exported ``.xml`` / ``.onnx`` or a ``model.ckpt`` (exported to an FP32
@@ -214,7 +239,7 @@ class Engine:
         num_images: int = 100,
         warmup: int = 10,
         repeats: int = 3,
-    ) -> BenchmarkResult:
+    ) -> BenchmarkResult | None:
         """Latency (batch 1, median and p95) and throughput of a model in torch and in OpenVINO.
 
         With a ``model.ckpt`` (default: the latest training run's), it times the checkpoint in
@@ -250,7 +275,14 @@ class Engine:
             config=self.config,
         )
 
-    def _run(self, command: str, body: Callable[[VerbContext, Run], R]) -> R:
-        """Run a verb with a fresh context in a new run folder; print its result."""
+    def _run(self, command: str, body: Callable[[VerbContext, Run], R], distributed: bool = False) -> R | None:
+        """Run a verb with a fresh context in a new run folder; print its result.
+
+        In a process of rank > 0 of a distributed run, only the verbs that take part (train, test,
+        predict: ``distributed``) run, and return None; rank 0 returns the result.
+        """
+        if secondary() and not distributed:
+            log.info("otx %s: skipped in a process of rank > 0 (rank 0 runs it)", command)
+            return None
         ctx = self._context()
         return run_verb(ctx, command, lambda run: body(ctx, run), lambda result: render(self.console, result))

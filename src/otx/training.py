@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from otx.checkpoint import class_path
+from otx.distributed import SUPPORTED_STRATEGIES, check_cpu_processes, check_strategy, ddp_strategy
 from otx.errors import OTXConfigError, OTXError
 
 
@@ -36,7 +38,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvert()
 LAST_CHECKPOINT = "last.ckpt"
 CHECKPOINT_DIR = "checkpoints"
 # Trainer arguments otx sets itself: a recipe that gives them would break the run folder's layout.
-_OWNED = ("logger", "default_root_dir", "enable_checkpointing", "num_sanity_val_steps")
+_OWNED = ("logger", "default_root_dir", "enable_checkpointing", "num_sanity_val_steps", "use_distributed_sampler")
 
 
 class TrainerSettings:
@@ -46,8 +48,8 @@ class TrainerSettings:
         accelerator: ``auto`` (a GPU when there is one, else the CPU), ``cpu``, ``gpu``, ``cuda``,
             ``xpu``, ``mps``.
         devices: how many devices (or which: ``[0, 1]``); ``auto`` for all.
-        strategy: ``auto``, ``ddp`` ... (see docs/architecture.md).
-        num_nodes: machines in a distributed run.
+        strategy: ``auto`` or ``ddp`` (several processes: each runs the whole command; docs/scale.md).
+        num_nodes: machines in a distributed run (each started by torchrun, SLURM or by hand; docs/scale.md).
         precision: ``32-true``, ``16-mixed``, ``bf16-mixed`` ...
         max_epochs: cap on training epochs.
         check_val_every_n_epoch: validate (and refit thresholds) every n epochs.
@@ -193,6 +195,10 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
     callbacks += [EpochTimer(), curve]
     settings.setdefault("accelerator", "auto")
     settings.setdefault("devices", 1)
+    strategy = settings.get("strategy")
+    several = settings["devices"] not in (1, "1", [0]) or int(settings.get("num_nodes") or 1) > 1
+    if several and (strategy is None or strategy in SUPPORTED_STRATEGIES):
+        settings["strategy"] = ddp_strategy(strategy)  # DDP without per-forward collectives (otx.distributed)
     try:
         trainer = L.Trainer(
             logger=[
@@ -205,6 +211,7 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
             num_sanity_val_steps=0,
             log_every_n_steps=log_every_n_steps,
             default_root_dir=str(run_path),
+            use_distributed_sampler=False,  # otx shards the loaders itself (exact splits, otx.distributed)
             **settings,
         )
     except TypeError as exc:
@@ -220,11 +227,9 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
             message += f" (accelerator {settings.get('accelerator')!r}, devices {settings.get('devices')!r}); "
             message += "--trainer.accelerator cpu runs anywhere"
         raise OTXConfigError(f"trainer: {message}") from exc
-    if trainer.num_devices * trainer.num_nodes > 1:
-        raise OTXConfigError(
-            f"trainer: otx trains on one device for now (got devices {settings.get('devices')!r}, "
-            f"num_nodes {trainer.num_nodes}); pass --trainer.devices 1"
-        )
+    check_strategy(strategy, trainer.world_size)
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        check_cpu_processes("cpu", trainer.num_devices)
     return trainer, {"best": best, "curve": curve}
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from otx.distributed import secondary
 from otx.errors import OTXError
 
 LATEST = "latest.json"
@@ -81,6 +83,8 @@ class WorkDir:
 
     def new_run(self, command: str) -> Run:
         """Create a new, empty run folder for ``command``; one ``OTXError`` line when it cannot."""
+        if secondary():  # a process of rank > 0 in a distributed run: rank 0 writes the run folder
+            return Run(self, Path(tempfile.mkdtemp(prefix=f"otx-{command}-rank-")), command, scratch=True)
         hint = "pass --work_dir a folder you can write to"
         if self.root.exists() and not self.root.is_dir():
             raise OTXError(f"work_dir '{self.root}' is a file, not a folder; {hint}")
@@ -125,10 +129,11 @@ class WorkDir:
 class Run:
     """One command's run folder, with a log file handler attached while it is open."""
 
-    def __init__(self, workdir: WorkDir, path: Path, command: str) -> None:
+    def __init__(self, workdir: WorkDir, path: Path, command: str, scratch: bool = False) -> None:
         self.workdir = workdir
         self.path = path
         self.command = command
+        self.scratch = scratch  # a secondary process's folder, removed on close
         self._handler = logging.FileHandler(path / "otx.log")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._handler.setLevel(logging.INFO)
@@ -152,5 +157,7 @@ class Run:
         """Detach the log and, on success, make this the latest run of its command."""
         logging.getLogger("otx").removeHandler(self._handler)
         self._handler.close()
-        if success:
+        if self.scratch:
+            shutil.rmtree(self.path, ignore_errors=True)
+        elif success:
             self.workdir.mark_latest(self)

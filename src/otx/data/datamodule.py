@@ -13,11 +13,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from otx.data.dataset import MvtecIndex, Sample, count_kinds, index_mvtec, split_validation
 from otx.data.io import IMAGE_EXTENSIONS, read_image, read_mask
+from otx.distributed import ShardSampler
 from otx.errors import OTXDataError
 from otx.preprocess import PreProcessor, resize_image, resize_mask  # noqa: F401 - re-exported
 from otx.validate import check_bool, check_int, check_number, check_path
 
 log = logging.getLogger(__name__)
+
+# (rank, world size, padding): a process's share of a loader's order in a distributed run
+# (padding: "none", "repeat" or "mark", see otx.distributed.ShardSampler).
+Shard = tuple[int, int, str]
 
 
 class AnomalyDataset(Dataset):
@@ -43,6 +48,9 @@ class AnomalyDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        padding = index < 0  # a place holder of a distributed split (otx.distributed.ShardSampler)
+        if padding:
+            index = -index - 1
         sample = self.samples[index]
         height, width = self.preprocess.map_size
         error = ""
@@ -64,7 +72,7 @@ class AnomalyDataset(Dataset):
             "image": tensor,
             "mask": mask,
             "label": sample.label,
-            "index": index,
+            "index": -index - 1 if padding else index,
             "orig_size": torch.tensor(orig_hw),
             "error": error,
         }
@@ -173,23 +181,37 @@ class AnomalyDataModule:
         """Number of images of each kind per split (written to metrics.json)."""
         return {name: count_kinds(samples) for name, samples in self.splits.items()}
 
-    def dataloader(self, split: str, preprocess: PreProcessor, shuffle: bool = False) -> DataLoader:
+    def dataloader(
+        self, split: str, preprocess: PreProcessor, shuffle: bool = False, shard: Shard | None = None
+    ) -> DataLoader:
         """A loader over one split (``train``, ``val``, ``test``), pre-processed by the model's ``preprocess``."""
-        return self.loader(self.splits[split], preprocess, shuffle=shuffle)
+        return self.loader(self.splits[split], preprocess, shuffle=shuffle, shard=shard)
 
     def loader(
-        self, samples: list[Sample], preprocess: PreProcessor, shuffle: bool = False, resize: bool = True
+        self,
+        samples: list[Sample],
+        preprocess: PreProcessor,
+        shuffle: bool = False,
+        resize: bool = True,
+        shard: Shard | None = None,
     ) -> DataLoader:
         """A loader over any list of samples, pre-processed by ``preprocess`` unless ``resize`` is False.
 
         Without it, a batch's ``image`` is a list of tensors of each image's own size (masks are
-        still at the pre-processor's map size).
+        still at the pre-processor's map size). ``shard`` ``(rank, world, pad)`` gives this
+        process its share of the order (``otx.distributed.ShardSampler``).
         """
-        workers = min(self.num_workers, max(len(samples) // max(self.batch_size, 1), 0))
+        order: Any = EpochShuffleSampler(len(samples), self.seed) if shuffle else None  # resumable shuffle
+        if shard is not None and shard[1] > 1:
+            order = ShardSampler(order if order is not None else range(len(samples)), *shard, block=self.batch_size)
+            samples_here = len(order)
+        else:
+            samples_here = len(samples)
+        workers = min(self.num_workers, max(samples_here // max(self.batch_size, 1), 0))
         return DataLoader(
             AnomalyDataset(samples, preprocess, resize_images=resize),
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(samples), self.seed) if shuffle else None,  # resumable shuffle
+            sampler=order,
             num_workers=workers,
             persistent_workers=False,
             collate_fn=None if resize else _collate_keep_images,

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from otx import distributed
 from otx.data.datamodule import raise_batch_errors
 from otx.errors import OTXConfigError
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
@@ -56,6 +57,10 @@ class AnomalyModel(L.LightningModule):
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {}
     # Which nodes stay in float when `otx optimize` quantises an export of this model.
     int8_scheme: ClassVar[Scheme] = GENERIC
+    # Fitted in one pass without gradients (statistics, memory bank): in a distributed run each
+    # process sees every one of its training images once and `finish_fit` joins the processes'
+    # statistics exactly; False: trained by gradient (Lightning's DDP averages the gradients).
+    fits_in_one_pass: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -88,6 +93,8 @@ class AnomalyModel(L.LightningModule):
             state, self.weights_source = resolve_weights(self.spec, weights)
             for module in self.pretrained_modules():
                 load_into(module, state, self.spec.name)
+        # One-pass models return no loss: manual optimisation (no optimiser) is what DDP accepts then.
+        self.automatic_optimization = not self.fits_in_one_pass
         self.preprocessor = PreProcessor(self.input_size)  # data pipeline, torch inference and export alike
         self.postprocessor = PostProcessor()
         self.validation_outputs: dict[str, torch.Tensor] | None = None  # the last validation epoch's
@@ -142,14 +149,23 @@ class AnomalyModel(L.LightningModule):
 
     # --- validation loop: thresholds and normalisation statistics -----------------------------
     def on_validation_epoch_start(self) -> None:
-        """Finish fitting (``finish_fit``), then start collecting this epoch's validation outputs."""
+        """Finish fitting (``finish_fit``), then start collecting this epoch's validation outputs.
+
+        In a distributed run of a model trained by gradient, every process first takes rank 0's
+        buffers (batch-norm statistics), so that all validate the model rank 0 saves.
+        """
         self.finish_fit()
+        if not self.fits_in_one_pass:
+            distributed.broadcast_buffers(self)
         self._validation_parts: list[dict[str, torch.Tensor]] = []
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Raw outputs of one validation batch (a decode error stops with one line)."""
         del batch_idx
         raise_batch_errors(batch)
+        batch = distributed.drop_padding(batch)  # a distributed split's place holder is not validated
+        if batch is None:
+            return
         maps, scores = self(batch["image"])
         self._validation_parts.append(
             {
@@ -172,11 +188,11 @@ class AnomalyModel(L.LightningModule):
         from otx.metrics import image_metrics, roc_auc
 
         parts = getattr(self, "_validation_parts", [])
+        # every process's outputs, by image index (a distributed run's split is exact: no repeats)
+        parts = [part for process in distributed.gather(parts) for part in process]
         if not parts:
             return
-        outputs = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-        order = torch.argsort(outputs.pop("index"))
-        outputs = {key: value[order] for key, value in outputs.items()}
+        outputs = distributed.join_by_index(parts)
         self.validation_outputs = outputs
         self.validated_step = self.global_step
         self.validated_epoch = self.current_epoch
@@ -196,7 +212,8 @@ class AnomalyModel(L.LightningModule):
             logged["pixel_AUROC"] = roc_auc(outputs["maps"].numpy(), outputs["masks"].numpy())
         for key, value in logged.items():
             if value == value:  # AUROC is NaN when the split has one class only
-                self.log(f"val/{key}", float(value), on_epoch=True, prog_bar=key == "image_AUROC")
+                # the same value in every process (computed on the gathered outputs)
+                self.log(f"val/{key}", float(value), on_epoch=True, prog_bar=key == "image_AUROC", sync_dist=True)
 
     @classmethod
     def without_weights(cls, **init_args: Any) -> AnomalyModel:

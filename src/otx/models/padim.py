@@ -23,6 +23,7 @@ from anomalib.models.image.padim.anomaly_map import AnomalyMapGenerator
 from anomalib.models.image.padim.torch_model import PadimModel
 from torch import nn
 
+from otx import distributed
 from otx.errors import OTXConfigError
 from otx.models.base import AnomalyModel
 from otx.models.quantization import Scheme
@@ -35,10 +36,13 @@ class StreamingGaussian:
 
     Batches are buffered into chunks of ``chunk`` images so that each batched matrix product has
     a long inner dimension (writing the ``[P, C, C]`` sums once per chunk, not once per batch).
-    Sums are taken around a shift (the first batch's mean per position) to avoid cancellation.
+    Sums are taken around a shift (the first batch's mean per position) to avoid cancellation,
+    and accumulated in float64: the covariance of a few dozen images is near-singular, and its
+    regularised inverse turned float32 rounding (which depends on the order of the images) into
+    relative differences of 1e-3 between a one-process and a two-process fit of the sample data.
     """
 
-    def __init__(self, chunk: int = 128) -> None:
+    def __init__(self, chunk: int = 64) -> None:
         self.chunk = chunk
         self.reset()
 
@@ -57,8 +61,8 @@ class StreamingGaussian:
         x = embedding.detach().float().reshape(batch, channels, height * width).permute(2, 0, 1)  # [P, B, C]
         if self.shift is None:
             self.shift = x.mean(dim=1, keepdim=True)
-            self.sum = torch.zeros(height * width, channels, dtype=torch.float64)
-            self.sum_outer = torch.zeros(height * width, channels, channels)
+            self.sum = torch.zeros(height * width, channels, dtype=torch.float64, device=x.device)
+            self.sum_outer = torch.zeros(height * width, channels, channels, dtype=torch.float64, device=x.device)
         self._pending.append(x - self.shift)
         self._pending_count += batch
         self.count += batch
@@ -68,23 +72,37 @@ class StreamingGaussian:
     def _flush(self) -> None:
         if not self._pending or self.sum is None or self.sum_outer is None:
             return
-        centred = torch.cat(self._pending, dim=1)  # [P, N, C]
+        centred = torch.cat(self._pending, dim=1).double()  # [P, N, C]
         self._pending, self._pending_count = [], 0
-        self.sum += centred.sum(dim=1, dtype=torch.float64)
+        self.sum += centred.sum(dim=1)
         self.sum_outer.baddbmm_(centred.transpose(1, 2), centred)
 
     def finalize(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``mean [C, P]`` and ``inv_covariance [P, C, C]`` as anomalib's MultiVariateGaussian does.
 
         The covariance is unbiased and regularised with ``0.01 * I`` and then ``1e-5 * I``, as there.
+        In a distributed run (an initialised process group) every process calls it: the count, the
+        sum and the scatter matrix about the common mean are summed over the processes, so each
+        gets the statistics of all training images, as one process would (to rounding).
         """
         self._flush()
-        if self.count < 2 or self.sum is None or self.sum_outer is None or self.shift is None:
+        if self.sum is None or self.sum_outer is None or self.shift is None:
+            raise ValueError("PADIM saw no training images")
+        count = distributed.all_sum(torch.tensor([float(self.count)], dtype=torch.float64, device=self.sum.device))
+        n = int(count.item())
+        if n < 2:
             raise ValueError("PADIM needs at least two training images")
-        n = self.count
-        centred_mean = self.sum / n  # [P, C] float64
-        covariance = self.sum_outer.double()
-        covariance -= n * centred_mean.unsqueeze(2) * centred_mean.unsqueeze(1)
+        shift = self.shift[:, 0, :].double()  # [P, C]
+        total = distributed.all_sum(self.sum + self.count * shift)  # sum of all embeddings, float64
+        mean = total / n
+        # scatter about the common mean from the sums about this process's shift:
+        # S2 + S1 d^T + d S1^T + count d d^T, with d = shift - mean (one process: S2 - n m m^T)
+        offset = shift - mean
+        covariance, self.sum_outer = self.sum_outer, None  # finished in place: no second [P, C, C] copy
+        covariance.baddbmm_(self.sum.unsqueeze(2), offset.unsqueeze(1))  # in place: no [P, C, C] temporaries
+        covariance.baddbmm_(offset.unsqueeze(2), self.sum.unsqueeze(1))
+        covariance.baddbmm_(offset.unsqueeze(2), offset.unsqueeze(1), alpha=self.count)
+        covariance = distributed.all_sum(covariance)
         covariance /= n - 1
         identity = torch.eye(covariance.shape[-1], dtype=covariance.dtype)
         covariance += (0.01 + 1e-5) * identity
@@ -96,8 +114,7 @@ class StreamingGaussian:
             inv_covariance = torch.linalg.inv(covariance).float()
         finally:
             torch.set_num_threads(threads)
-        mean = (self.shift[:, 0, :] + centred_mean.float()).T.contiguous()
-        return mean, inv_covariance
+        return mean.float().T.contiguous(), inv_covariance
 
 
 class SeparableGaussianBlur(nn.Module):
@@ -161,6 +178,7 @@ class Padim(AnomalyModel):
     """
 
     default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 1}
+    fits_in_one_pass = True
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
         "resnet18": ("layer1", "layer2", "layer3"),
@@ -221,12 +239,15 @@ class Padim(AnomalyModel):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:  # noqa: D102
         del batch_idx
+        batch = distributed.drop_padding(batch)  # each training image counts once in a distributed fit
+        if batch is None:
+            return
         with torch.no_grad():
             features = self.model.feature_extractor(self.normalize_input(batch["image"]))
             self._gaussian.update(self.model.generate_embedding(features))
 
-    def finish_fit(self) -> None:  # noqa: D102
+    def finish_fit(self) -> None:  # noqa: D102 - every process of a distributed run calls it (a collective)
         gaussian = getattr(self, "_gaussian", None)
-        if gaussian is not None and gaussian.count:
+        if gaussian is not None:
+            self._gaussian = None
             self.model.gaussian.mean, self.model.gaussian.inv_covariance = gaussian.finalize()
-            gaussian.reset()

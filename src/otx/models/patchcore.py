@@ -36,6 +36,7 @@ from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
+from otx import distributed
 from otx.errors import OTXConfigError
 from otx.models.base import AnomalyModel
 from otx.models.padim import SeparableGaussianBlur
@@ -99,6 +100,7 @@ class StreamingCoreset:
         self.oversample = oversample
         self.seed = seed
         self.count = 0
+        self._images: list[int] = []  # the index of each image the candidates come from
         self._candidates: list[np.ndarray] = []  # full embeddings
         self._projected: list[np.ndarray] = []  # the same in the selection space
         self._projection: np.ndarray | None = None
@@ -114,30 +116,49 @@ class StreamingCoreset:
             )
         return patches @ self._projection
 
-    def update(self, embedding: torch.Tensor) -> None:
-        """Add a batch of embeddings ``[B, D, h, w]``; keeps each image's greedy k-centre candidates."""
+    def update(self, embedding: torch.Tensor, indices: list[int] | None = None) -> None:
+        """Add a batch of embeddings ``[B, D, h, w]``; keeps each image's greedy k-centre candidates.
+
+        ``indices`` identify the images (their position in the training set): candidates are
+        joined in that order, so the bank does not depend on the batch order or on how images
+        were split between processes. None numbers the images in the order they arrive.
+        """
         patches = embedding.detach().float().flatten(2).transpose(1, 2).cpu().numpy()  # [B, P, D]
         per_image = patches.shape[1]
         self.count += patches.shape[0] * per_image
+        if indices is None:
+            indices = list(range(len(self._images), len(self._images) + patches.shape[0]))
         keep = max(1, math.ceil(min(1.0, self.oversample * self.ratio) * per_image))
-        for image in patches:  # one image at a time: it stays in cache
+        for index, image in zip(indices, patches, strict=True):  # one image at a time: it stays in cache
             projected = self._selection_space(image)
             chosen = greedy_k_center(projected, keep)
+            self._images.append(int(index))
             self._candidates.append(image[chosen])
             self._projected.append(projected[chosen])
 
     @property
     def candidates(self) -> int:
-        """How many candidate patches are held."""
+        """How many candidate patches this process holds."""
         return sum(c.shape[0] for c in self._candidates)
 
     def finalize(self) -> torch.Tensor:
-        """The memory bank ``[M, D]``: ``ceil(ratio * patches seen)`` greedy k-centres of the candidates."""
-        if not self._candidates:
+        """The memory bank ``[M, D]``: ``ceil(ratio * patches seen)`` greedy k-centres of the candidates.
+
+        In a distributed run every process calls it: the candidates of all processes are gathered
+        (in image order) and each process selects the same bank, the one a single process selects.
+        """
+        held = (self.count, self._images, self._candidates, self._projected)
+        self._images, self._candidates, self._projected = [], [], []
+        counts, images, candidate_parts, projected_parts = zip(*distributed.gather(held), strict=True)
+        count = self.count = sum(counts)  # patches seen by all processes
+        order = np.argsort(np.concatenate([np.asarray(i, dtype=np.int64) for i in images]), kind="stable")
+        if not len(order):
             raise ValueError("PatchCore saw no training images")
-        candidates, projected = np.concatenate(self._candidates), np.concatenate(self._projected)
-        self._candidates, self._projected = [], []
-        size = max(1, math.ceil(self.ratio * self.count))
+        candidates = [part for process in candidate_parts for part in process]
+        projected = [part for process in projected_parts for part in process]
+        candidates = np.concatenate([candidates[i] for i in order])
+        projected = np.concatenate([projected[i] for i in order])
+        size = max(1, math.ceil(self.ratio * count))
         if size < candidates.shape[0]:
             candidates = candidates[greedy_k_center(projected, size)]
         return torch.from_numpy(np.ascontiguousarray(candidates))
@@ -231,6 +252,7 @@ class Patchcore(AnomalyModel):
     """
 
     default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 1}
+    fits_in_one_pass = True
     # Two middle layers (strides 8 and 16), as the paper's layer2 + layer3 of a ResNet.
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.2", "blocks.4"),
@@ -294,11 +316,15 @@ class Patchcore(AnomalyModel):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:  # noqa: D102
         del batch_idx
-        self._coreset.update(self.model.embed(self.normalize_input(batch["image"])))
+        batch = distributed.drop_padding(batch)  # each training image counts once in a distributed fit
+        if batch is None:
+            return
+        embedding = self.model.embed(self.normalize_input(batch["image"]))
+        self._coreset.update(embedding, torch.as_tensor(batch["index"]).tolist())
 
-    def finish_fit(self) -> None:  # noqa: D102
+    def finish_fit(self) -> None:  # noqa: D102 - every process of a distributed run calls it (a collective)
         coreset = getattr(self, "_coreset", None)
-        if coreset is None or not coreset.count:
+        if coreset is None:
             return
         start = time.perf_counter()
         candidates = coreset.candidates

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from otx import __version__
 from otx.data.datamodule import AnomalyDataModule
+from otx.distributed import SecondaryRankDone
 from otx.errors import OTXError
 from otx.results import Result
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
@@ -96,11 +97,13 @@ def peak_memory_mb() -> float:
     return round(max(own, children) / 1024.0, 1)
 
 
-def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: Callable[[R], None]) -> R:
+def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: Callable[[R], None]) -> R | None:
     """Run ``body`` in a new run folder; log it; render the result; close the run (latest.json on success).
 
     A failure is logged to the run's otx.log (the console gets the one-line error from the CLI)
     and re-raised; the run folder is closed as failed, so ``latest.json`` keeps the last good run.
+    In a secondary process of a distributed run (rank > 0) the verb ends with its share of the
+    work done (``SecondaryRankDone``) and returns None: rank 0 writes and returns the result.
     """
     run = ctx.workdir.new_run(command)
     log.info("otx %s %s: task %s, work_dir %s", command, __version__, ctx.task or "from the model", ctx.workdir.root)
@@ -111,6 +114,9 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
         render(result)
         ok = True
         return result
+    except SecondaryRankDone:
+        ok = True
+        return None
     except KeyboardInterrupt as exc:
         log.error("%s failed: interrupted (%s); earlier runs are unchanged", command, exc or "SIGINT", extra=FILE_ONLY)
         raise

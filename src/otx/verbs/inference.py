@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from otx import distributed
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
 from otx.data.dataset import Sample
 from otx.data.io import read_mask
@@ -31,11 +32,16 @@ def batches(
     """Raw outputs batch by batch: ``maps``, ``scores``, ``labels``, ``masks``, ``orig_sizes``.
 
     An image that fails to decode stops with one ``OTXDataError`` line, or, with
-    ``skip_errors``, comes back with its error message (and meaningless outputs).
+    ``skip_errors``, comes back with its error message (and meaningless outputs). In a
+    distributed run (``otx.distributed.launch``) each process gets its share of ``samples``
+    (every image once); ``outputs["index"]`` is each image's position in ``samples``.
     """
-    loader: DataLoader = data.loader(samples, scorer.preprocessor, resize=scorer.resize_in_loader)
+    rank, world = distributed.rank_and_world()
+    loader: DataLoader = data.loader(
+        samples, scorer.preprocessor, resize=scorer.resize_in_loader, shard=(rank, world, "none")
+    )
     with progress(ctx.console) as bars:
-        bar = bars.add_task(f"{desc:<10}", total=len(samples))
+        bar = bars.add_task(f"{desc:<10}", total=len(loader.sampler))
         for batch in loader:
             if not skip_errors:
                 raise_batch_errors(batch)
@@ -48,6 +54,7 @@ def batches(
                     "labels": batch["label"],
                     "masks": batch["mask"],
                     "orig_sizes": batch["orig_size"],
+                    "index": torch.as_tensor(batch["index"]),
                 },
                 [samples[i] for i in indices],
                 list(batch["error"]),
@@ -63,14 +70,24 @@ def collect(
     desc: str,
     skip_errors: bool = False,
 ) -> tuple[Outputs, list[str]]:
-    """All raw outputs of ``samples`` and, per sample, its decode error ("" when read)."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    errors: list[str] = []
+    """All raw outputs of ``samples`` (in their order) and, per sample, its decode error ("" when read).
+
+    In a distributed run the processes' outputs are gathered in every process, then the
+    processes of rank > 0 end their share of the verb (``SecondaryRankDone``): rank 0 goes on
+    with exactly the outputs one process would have.
+    """
+    parts: list[Outputs] = []
+    errors: dict[int, str] = {}
     for outputs, _, batch_errors in batches(ctx, data, scorer, samples, desc, skip_errors=skip_errors):
-        for key, value in outputs.items():
-            parts.setdefault(key, []).append(value)
-        errors.extend(batch_errors)
-    return {key: torch.cat(values) for key, values in parts.items()}, errors
+        parts.append({key: value.cpu() for key, value in outputs.items()})
+        errors.update(zip(outputs["index"].tolist(), batch_errors, strict=True))
+    gathered = distributed.gather((parts, errors))
+    if distributed.rank_and_world()[0] != 0:
+        raise distributed.SecondaryRankDone
+    parts = [part for process_parts, _ in gathered for part in process_parts]
+    for _, process_errors in gathered:
+        errors.update(process_errors)
+    return distributed.join_by_index(parts), [errors[i] for i in range(len(samples))]
 
 
 def to_predictions(adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, samples: list[Sample]) -> list[Prediction]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from otx import distributed
 from otx.checks import profile_warnings
 from otx.data.datamodule import samples_from_source
 from otx.data.io import read_image, read_mask
@@ -26,14 +27,24 @@ log = logging.getLogger("otx")
 
 
 def run(
-    ctx: VerbContext, run: Run, source: str | Path | None, checkpoint: str | Path | None, visualize: bool
+    ctx: VerbContext,
+    run: Run,
+    source: str | Path | None,
+    checkpoint: str | Path | None,
+    visualize: bool,
+    devices: int = 1,
+    num_nodes: int = 1,
 ) -> PredictResult:
     """Predict every image; an unreadable one gets the label ``error`` and the rest are still predicted.
+
+    With ``devices`` x ``num_nodes`` > 1 the images are split between that many processes
+    (``otx.distributed.launch``); rank 0 writes the same files one process writes.
 
     Writes ``predictions/predictions.json``, mask PNGs and (with ``visualize``) overlays; raises
     one ``OTXDataError`` line after writing when no image could be read (``latest.json`` unchanged).
     """
-    scorer = resolve_model(ctx, checkpoint)
+    scorer = resolve_model(ctx, checkpoint)  # a missing model is reported before other processes start
+    distributed.launch(devices, num_nodes)
     adapter = ctx.adapter(scorer.task)
     if source is not None:
         samples = samples_from_source(source)
@@ -54,11 +65,14 @@ def run(
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in samples], "input"):
         ctx.warn(message)
     root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
-    out_dir = run.path / "predictions"
+    # rank 0's folder: in a distributed run every process writes its images' masks and overlays there
+    out_dir = distributed.broadcast(run.path / "predictions")
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     predictions: list[Prediction] = []
+    positions: list[int] = []
     start = time.perf_counter()
     for outputs, batch_samples, errors in batches(ctx, data, scorer, samples, "predict", skip_errors=True):
+        positions.extend(outputs["index"].tolist())
         batch_preds = to_predictions(adapter, scorer, outputs, batch_samples)
         for i, (pred, sample, error) in enumerate(zip(batch_preds, batch_samples, errors, strict=True)):
             if error:  # no decision for an unreadable image; the rest of the folder is predicted
@@ -73,6 +87,11 @@ def run(
                 write_overlay(out_dir / "overlays" / f"{stem}.png", overlay(read_image(pred.image_path), pred, gt))
             pred.anomaly_map = None  # maps are large; keep the mask and boxes only
         predictions.extend(batch_preds)
+    gathered = distributed.gather((positions, predictions))  # every process's predictions, in input order
+    if distributed.rank_and_world()[0] != 0:
+        raise distributed.SecondaryRankDone
+    by_position = {i: p for process in gathered for i, p in zip(*process, strict=True)}
+    predictions = [by_position[i] for i in range(len(samples))]
     predict_s = time.perf_counter() - start
     run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
     failed = [p for p in predictions if p.label_name == "error"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from otx import distributed
 from otx.checks import profile_warnings, threshold_warnings
 from otx.errors import OTXDataError, OTXError
 from otx.report import ReportInput, write_report
@@ -22,9 +23,14 @@ from otx.workdir import Run
 log = logging.getLogger("otx")
 
 
-def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None) -> TestResult:
-    """Evaluate a checkpoint or exported model on the test split; write metrics.json, predictions.json, report."""
-    scorer = resolve_model(ctx, checkpoint)
+def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int = 1, num_nodes: int = 1) -> TestResult:
+    """Evaluate a checkpoint or exported model on the test split; write metrics.json, predictions.json, report.
+
+    With ``devices`` x ``num_nodes`` > 1 the test images are split between that many processes
+    (``otx.distributed.launch``); rank 0 computes the metrics on all outputs and writes the files.
+    """
+    scorer = resolve_model(ctx, checkpoint)  # a missing model is reported before other processes start
+    distributed.launch(devices, num_nodes)
     adapter = ctx.adapter(scorer.task)
     data = require_data(eval_data(ctx, scorer.data_info), "no data to test on")
     ctx.save_config(run, adapter.task.value, scorer.model_entry(), {"checkpoint": str(scorer.source)}, data=data)

@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from otx import distributed
 from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
 from otx.checks import image_profile, threshold_warnings
 from otx.errors import OTXError
@@ -49,16 +50,24 @@ def run(
         )
     steps = max(1, min(50, len(splits["train"]) // max(data.batch_size, 1)))
     trainer, roles = build_trainer(settings, run.path, steps)
+    rank, world = trainer.global_rank, trainer.world_size
+    if len(splits["train"]) < world:
+        raise OTXError(f"{len(splits['train'])} training image(s) cannot be split between {world} processes; use fewer")
     epochs = trainer.max_epochs
     ctx.console.print(
         f"[bold]otx train[/]: {type(model).__name__} ({model.spec.name}, {model.weights_source}) on "
         f"{len(splits['train'])} normal images, up to {epochs} epoch(s), task {adapter.task.value}, "
         f"{type(trainer.accelerator).__name__.removesuffix('Accelerator').lower()} x{trainer.num_devices}"
+        + (f" x {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else "")
         + (f", resuming {resume}" if resume else "")
     )
     start = time.perf_counter()
-    train_loader = data.dataloader("train", model.preprocessor, shuffle=True)
-    val_loader = data.dataloader("val", model.preprocessor)
+    # Each process gets its share: every training image once for one-pass models (exact statistics),
+    # equal padded shares for gradient training; validation images once each (gathered by index).
+    train_loader = data.dataloader(
+        "train", model.preprocessor, shuffle=True, shard=(rank, world, "mark" if model.fits_in_one_pass else "repeat")
+    )
+    val_loader = data.dataloader("val", model.preprocessor, shard=(rank, world, "mark"))
     model.validation_outputs = None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -72,13 +81,17 @@ def run(
             raise OTXError("training was interrupted; no checkpoint was written")
         best = roles["best"]
         best_epoch = None
-        if best is not None and best.best_model_path:  # the best epoch's weights, then its thresholds
-            state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        best_path = distributed.broadcast(best.best_model_path if best is not None else None)
+        if best_path:  # the best epoch's weights (read by rank 0, sent to all), then its thresholds
+            state = torch.load(best_path, map_location="cpu", weights_only=True) if rank == 0 else None
+            state = distributed.broadcast(state)
             model.load_state_dict(state["state_dict"])
             best_epoch = int(state["epoch"]) + 1
             model.validation_outputs = None
         if model.validation_outputs is None or model.validated_step != trainer.global_step:
             trainer.validate(model, val_loader, verbose=False)
+    if rank != 0:  # every process has the same weights and thresholds now; rank 0 writes them
+        raise distributed.SecondaryRankDone
     timings = {"fit_s": time.perf_counter() - start}
     stats = model.postprocessor.stats()
     log.info("fit (with validation) took %.1f s; thresholds: %s", timings["fit_s"], stats)

@@ -1,0 +1,270 @@
+"""Several processes: which one this is, how images are split between them, how results are joined.
+
+otx runs distributed through Lightning: ``otx train --trainer.devices N --trainer.strategy ddp``
+(the ``Trainer`` launches the other processes by running the same command again), ``otx test`` /
+``otx predict --devices N`` (Lightning ``Fabric``, the same launcher), or processes started by
+``torchrun`` / SLURM (``--trainer.num_nodes M``; Lightning reads their environment). The
+collectives are ``torch.distributed``'s on Lightning's process group (``gloo`` on CPUs).
+
+What makes the results exact (docs/scale.md):
+
+- ``ShardSampler`` splits a loader's order between processes. One-pass models (PADIM, PatchCore)
+  and evaluation get each image exactly once, with no padding; models trained by gradient get
+  the padded split of ``DistributedSampler`` (every process must make the same number of steps).
+- Validation and test outputs are gathered with each image's index, sorted and de-duplicated, so
+  thresholds and metrics are computed on exactly the outputs one process would have.
+- Only the process of global rank 0 writes into the work directory; the others run in a scratch
+  run folder that is removed when the verb ends (``secondary``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from otx.errors import OTXConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI asks `secondary()` before loading it
+    import torch
+
+T = TypeVar("T")
+
+# Environment variables with which launchers (Lightning, torchrun, SLURM) tell a process its rank.
+_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+# Lightning strategies that run the work in child processes whose state is lost to the caller,
+# or that shard the model itself: otx's verbs need every process to run the verb (strategy ddp).
+SUPPORTED_STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+
+
+class SecondaryRankDone(Exception):  # noqa: N818 - not an error: the end of a secondary process's share
+    """Raised in a process of rank > 0 when its share of a distributed verb is done (rank 0 writes)."""
+
+
+def secondary() -> bool:
+    """Whether a launcher started this process as one of rank > 0 (it must not write into the work dir).
+
+    Read from the environment, so it is known before any process group exists.
+    """
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) != 0:
+            return True
+    return False
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world size)`` of the initialised process group; ``(0, 1)`` without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather(obj: T) -> list[T]:
+    """Every process's ``obj``, in rank order (pickled; tensors should be on the CPU); ``[obj]`` alone."""
+    _, world = rank_and_world()
+    if world == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast(obj: T, src: int = 0) -> T:
+    """Process ``src``'s ``obj`` in every process; ``obj`` itself without a process group."""
+    _, world = rank_and_world()
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``tensor`` over all processes (in place; ``tensor`` alone without a group)."""
+    _, world = rank_and_world()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def join_by_index(parts: list[dict[str, torch.Tensor]], key: str = "index") -> dict[str, torch.Tensor]:
+    """Concatenate output dicts (one per batch or process), sort by ``key`` and drop repeated indices.
+
+    Repeats are the samples a padded split gave to two processes; what is left is exactly what
+    one process would have produced, in the data's order. ``key`` is removed.
+    """
+    import torch
+
+    outputs = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+    order = torch.argsort(outputs.pop(key), stable=True)
+    index = torch.cat([part[key] for part in parts])[order]
+    keep = torch.ones(len(index), dtype=torch.bool)
+    keep[1:] = index[1:] != index[:-1]
+    return {name: value[order][keep] for name, value in outputs.items()}
+
+
+class ShardSampler:
+    """One process's share of a base order, like ``DistributedSampler`` but exact.
+
+    A loader's ``sampler`` (any iterable of indices with a length). The order is cut into blocks
+    of ``block`` indices (the loader's batch size) dealt out in turn, so that every batch holds
+    the images it holds in a one-process run (outputs that depend on the batch, such as the
+    rounding of batched convolutions, are then the same too). ``padding``:
+
+    - ``"none"``: each index once; processes may get different numbers of batches (evaluation
+      outside Lightning's loops).
+    - ``"mark"``: each index once, and a process with a block fewer gets one place holder (the
+      negative ``-i - 1`` of an index: the dataset loads image ``i`` and marks it, and
+      ``drop_padding`` removes it), because Lightning's loops need the same number of batches
+      in every process. For one-pass fitting and validation.
+    - ``"repeat"``: single indices dealt out, some repeated from the start so that every process
+      gets the same number, as ``DistributedSampler`` does (gradient training).
+
+    Args:
+        base: the full order (a sampler, e.g. ``EpochShuffleSampler``, or a sequence of indices).
+        rank: this process's rank.
+        world: number of processes.
+        padding: ``none``, ``mark`` or ``repeat``.
+        block: indices dealt out together (fewer when there are not enough for one block per process).
+    """
+
+    def __init__(
+        self, base: Iterable[int] | Sequence[int], rank: int, world: int, padding: str, block: int = 1
+    ) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in [0, {world})")
+        if padding not in ("none", "mark", "repeat"):
+            raise ValueError(f"padding must be none, mark or repeat (got {padding!r})")
+        self.base = base
+        self.rank = rank
+        self.world = world
+        self.padding = padding
+        self.block = 1 if padding == "repeat" else max(1, min(block, -(-len(base) // world)))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forwarded to the base order (Lightning calls it each epoch)."""
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
+
+    def _mine(self, order: list[int]) -> list[int]:
+        if self.padding == "repeat" and order:
+            total = -(-len(order) // self.world) * self.world
+            order = (order * (total // len(order) + 1))[:total]
+        blocks = [order[i : i + self.block] for i in range(0, len(order), self.block)]
+        mine = blocks[self.rank :: self.world]
+        if self.padding == "mark" and order and len(mine) < -(-len(blocks) // self.world):
+            mine.append([-order[0] - 1])
+        return [index for block in mine for index in block]
+
+    def __len__(self) -> int:
+        return len(self._mine(list(range(len(self.base)))))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._mine(list(iter(self.base))))
+
+
+def drop_padding(batch: dict[str, Any]) -> dict[str, Any] | None:
+    """``batch`` without the place holders of a ``"mark"`` split (negative ``index``); None if nothing is left."""
+    import torch
+
+    if "index" not in batch:  # a batch made by hand, not by a loader
+        return batch
+    index = torch.as_tensor(batch["index"])
+    keep = index >= 0
+    if bool(keep.all()):
+        return batch
+    if not bool(keep.any()):
+        return None
+    rows = keep.nonzero().flatten().tolist()
+    kept: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == len(keep):
+            kept[key] = value[keep]
+        elif isinstance(value, list | tuple) and len(value) == len(keep):
+            kept[key] = [value[i] for i in rows]
+        else:
+            kept[key] = value
+    return kept
+
+
+def check_strategy(strategy: Any, processes: int) -> None:
+    """One line for a strategy otx cannot run verbs with (several processes need ``ddp``)."""
+    if processes <= 1 or not isinstance(strategy, str):
+        return
+    if strategy not in SUPPORTED_STRATEGIES:
+        raise OTXConfigError(
+            f"strategy '{strategy}' is not supported for {processes} processes: otx runs each process through "
+            f"the whole command (strategy ddp; also {', '.join(SUPPORTED_STRATEGIES[2:])}); pass --trainer.strategy ddp"
+        )
+
+
+def check_cpu_processes(accelerator: Any, devices: Any) -> None:
+    """One line when more CPU processes are asked for than the machine has cores."""
+    if accelerator != "cpu" or not isinstance(devices, int):
+        return
+    cores = os.cpu_count() or 1
+    if devices > cores:
+        raise OTXConfigError(
+            f"devices {devices} on the CPU: more processes than this machine has CPU cores; "
+            "pass at most as many devices as `nproc` prints"
+        )
+
+
+def launch(processes: int, num_nodes: int = 1) -> None:
+    """Start (or, in a launched process, join) an evaluation across ``processes`` x ``num_nodes`` processes.
+
+    Lightning ``Fabric`` with strategy ``ddp`` on the CPU (``gloo``): the first process starts the
+    others by running the same command again (or joins the processes torchrun / SLURM started),
+    then every process has the process group that ``gather`` uses. One process: nothing to do.
+    """
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise OTXConfigError(f"devices must be a whole number >= 1 (got {processes!r})")
+    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
+        raise OTXConfigError(f"num_nodes must be a whole number >= 1 (got {num_nodes!r})")
+    if processes * num_nodes == 1 or rank_and_world()[1] > 1:
+        return
+    check_cpu_processes("cpu", processes)
+    from lightning.fabric import Fabric
+
+    try:
+        Fabric(accelerator="cpu", devices=processes, num_nodes=num_nodes, strategy="ddp").launch()
+    except (ValueError, RuntimeError) as exc:
+        raise OTXConfigError(f"cannot start {processes} x {num_nodes} processes: {' '.join(str(exc).split())}") from exc
+
+
+def ddp_strategy(name: str | None) -> Any:
+    """Lightning's DDP strategy for ``name`` (``ddp`` ...), without DDP's buffer broadcast in every forward.
+
+    DDP broadcasts rank 0's buffers in each forward call, a collective: one-pass models (each
+    process has its own number of images) and validation (each image once) make different
+    numbers of calls per process, and would wait for each other forever. Models trained by
+    gradient still get equal padded shares (the gradient all-reduce needs them), and the
+    validation loop broadcasts rank 0's buffers (e.g. batch-norm statistics) once before it
+    starts (``broadcast_buffers``), so that every process validates rank 0's model.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    # Students and heads built from timm's feature extractors hold layers past the last feature
+    # layer that take no part in the loss (STFPM): DDP must look for unused parameters.
+    unused = name != "ddp_find_unused_parameters_false"
+    return DDPStrategy(broadcast_buffers=False, find_unused_parameters=unused)
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Give every process process ``src``'s buffers of ``module`` (in place; nothing without a group)."""
+    _, world = rank_and_world()
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=src)
