@@ -20,6 +20,7 @@ import torch
 
 from helpers import run_otx
 from otx.distributed import ShardSampler, drop_padding, join_by_index
+from otx.engine import Engine
 
 # the session's reference models are trained at 128x128 on bottle_like with 1 epoch (conftest.trained)
 SMALL = ["--model.init_args.input_size", "[128,128]", "--data.num_workers", "0", "--task", "segmentation"]
@@ -84,6 +85,15 @@ def _assert_same_fit(got: Path, reference: dict, keys: tuple[str, ...]) -> None:
     for name, value in reference["summary"]["validation_metrics"].items():
         assert validation[name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
     assert len(list(got.glob("*-train"))) == 1  # one run folder: the second process wrote nothing
+    # and the test split's metrics of the two checkpoints
+    (checkpoint,) = list(got.glob("*-train/model.ckpt"))
+    tested = [
+        Engine(work_dir=got.parent / f"test{i}").test(checkpoint=path).metrics
+        for i, path in enumerate((checkpoint, reference["checkpoint"]))
+    ]
+    assert tested[0].keys() == tested[1].keys()
+    for name, value in tested[1].items():
+        assert tested[0][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
 
 
 @pytest.mark.e2e
