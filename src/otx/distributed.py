@@ -105,8 +105,9 @@ def join_by_index(parts: list[dict[str, torch.Tensor]], key: str = "index") -> d
     import torch
 
     outputs = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
-    order = torch.argsort(outputs.pop(key), stable=True)
-    index = torch.cat([part[key] for part in parts])[order]
+    index = outputs.pop(key)
+    order = torch.argsort(index, stable=True)
+    index = index[order]
     keep = torch.ones(len(index), dtype=torch.bool)
     keep[1:] = index[1:] != index[:-1]
     return {name: value[order][keep] for name, value in outputs.items()}
@@ -207,12 +208,9 @@ def check_strategy(strategy: Any, processes: int) -> None:
         )
 
 
-def check_cpu_processes(accelerator: Any, devices: Any) -> None:
+def check_cpu_processes(devices: int) -> None:
     """One line when more CPU processes are asked for than the machine has cores."""
-    if accelerator != "cpu" or not isinstance(devices, int):
-        return
-    cores = os.cpu_count() or 1
-    if devices > cores:
+    if devices > (os.cpu_count() or 1):
         raise OTXConfigError(
             f"devices {devices} on the CPU: more processes than this machine has CPU cores; "
             "pass at most as many devices as `nproc` prints"
@@ -225,14 +223,11 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     Lightning ``Fabric`` with strategy ``ddp`` on the CPU (``gloo``): the first process starts the
     others by running the same command again (or joins the processes torchrun / SLURM started),
     then every process has the process group that ``gather`` uses. One process: nothing to do.
+    ``Engine.test`` / ``Engine.predict`` have checked that both numbers are whole numbers >= 1.
     """
-    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
-        raise OTXConfigError(f"devices must be a whole number >= 1 (got {processes!r})")
-    if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
-        raise OTXConfigError(f"num_nodes must be a whole number >= 1 (got {num_nodes!r})")
     if processes * num_nodes == 1 or rank_and_world()[1] > 1:
         return
-    check_cpu_processes("cpu", processes)
+    check_cpu_processes(processes)
     from lightning.fabric import Fabric
 
     try:

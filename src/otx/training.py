@@ -196,7 +196,9 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
     settings.setdefault("accelerator", "auto")
     settings.setdefault("devices", 1)
     strategy = settings.get("strategy")
-    several = settings["devices"] not in (1, "1", [0]) or int(settings.get("num_nodes") or 1) > 1
+    devices = settings["devices"]  # a count, a list of device ids, or "auto" / -1 (possibly several)
+    one_device = len(devices) == 1 if isinstance(devices, list | tuple) else str(devices) == "1"
+    several = not one_device or int(settings.get("num_nodes") or 1) > 1
     if several and (strategy is None or strategy in SUPPORTED_STRATEGIES):
         settings["strategy"] = ddp_strategy(strategy)  # DDP without per-forward collectives (otx.distributed)
     try:
@@ -229,7 +231,7 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
         raise OTXConfigError(f"trainer: {message}") from exc
     check_strategy(strategy, trainer.world_size)
     if isinstance(trainer.accelerator, CPUAccelerator):
-        check_cpu_processes("cpu", trainer.num_devices)
+        check_cpu_processes(trainer.num_devices)
     return trainer, {"best": best, "curve": curve}
 
 
