@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from otx.tasks import Prediction
+
 
 def run_otx(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real ``otx`` command line in a fresh interpreter (offline)."""
@@ -72,3 +74,33 @@ def run_main(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     finally:
         os.chdir(previous)
     return subprocess.CompletedProcess(["otx", *args], code, out.getvalue(), err.getvalue())
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def assert_same_predictions(
+    expected: list[Prediction], got: list[Prediction], task: str, score_tol: float, min_iou: float = 0.99
+) -> None:
+    assert [p.image_path for p in expected] == [p.image_path for p in got]
+    scores_e = np.array([p.pred_score for p in expected])
+    scores_g = np.array([p.pred_score for p in got])
+    assert np.abs(scores_e - scores_g).max() <= score_tol
+    labels_e = np.array([p.pred_label for p in expected])
+    labels_g = np.array([p.pred_label for p in got])
+    decided = np.abs(scores_e - 0.5) > score_tol  # a score within the tolerance of 0.5 may land either side
+    assert decided.mean() > 0.9
+    assert (labels_e[decided] == labels_g[decided]).all()
+    if task == "classification":
+        assert all(p.pred_mask is None for p in got)
+        return
+    for e, g in zip(expected, got, strict=True):
+        assert e.pred_mask.shape == g.pred_mask.shape
+        assert mask_iou(e.pred_mask, g.pred_mask) >= min_iou
+    if task == "detection":
+        for e, g in zip(expected, got, strict=True):
+            assert len(e.pred_boxes) == len(g.pred_boxes)
+            for box in e.pred_boxes:
+                assert max((box_iou(box, other) for other in g.pred_boxes), default=0.0) >= 0.9

@@ -179,7 +179,13 @@ def build_parser() -> ArgumentParser:
     data_commands = data.add_subcommands(dest="data_command", required=True)
     sample = ArgumentParser(description="write the built-in synthetic MVTec-format dataset", exit_on_error=False)
     sample.add_argument("out_dir", type=str, help="folder to write (one sub-folder per category)")
-    sample.add_argument("--categories", type=list[str] | None, default=None, help="subset of categories")
+    sample.add_argument(
+        "--categories",
+        type=list[str] | None,
+        default=None,
+        help="subset of bottle_like, carpet_like, tile_like (the default: all three) and strip_like "
+        "(128x512 strips with thin scratches and pits, for the input modes)",
+    )
     sample.add_argument("--seed", type=int, default=0)
     data_commands.add_subcommand("make-sample", sample, help="write the synthetic sample dataset")
     return parser
@@ -338,13 +344,21 @@ def _find(what: str, console: Console) -> None:
 
 
 def _make_sample(cfg: Namespace, console: Console) -> None:
-    from otx.data.sample import make_sample_dataset
+    from otx.data.sample import CATEGORIES, make_sample_dataset
+    from otx.data.strip import make_strip_dataset
 
     out_dir = Path(cfg.out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise OTXError(f"'{out_dir}' is a file; pass a folder for the sample data (created if missing)")
+    requested = list(cfg.categories) if cfg.categories is not None else list(CATEGORIES)
+    for name in requested:
+        if name not in (*CATEGORIES, "strip_like"):
+            raise OTXError(f"Unknown sample category '{name}'; choose from {', '.join(CATEGORIES)}, strip_like.")
+    squares = [name for name in requested if name != "strip_like"]
     try:
-        roots = make_sample_dataset(out_dir, categories=cfg.categories, seed=cfg.seed)
+        roots = make_sample_dataset(out_dir, categories=squares, seed=cfg.seed) if squares else []
+        if "strip_like" in requested:
+            roots.append(make_strip_dataset(out_dir / "strip_like", seed=cfg.seed))
     except ValueError as exc:
         raise OTXError(str(exc)) from exc
     except OSError as exc:

@@ -153,6 +153,27 @@ def f1_at(pred: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[float]
     return 0.0 if denom == 0 else 2.0 * tp / denom
 
 
+Maps = ArrayLike | Sequence[ArrayLike]  # [N, H, W], or one [H, W] map per image (sizes may differ)
+
+
+def _map_list(values: Maps) -> list[np.ndarray]:
+    """Maps as a list of ``[H, W]`` arrays (views where possible), from ``[N, H, W]`` or a list of maps."""
+    if isinstance(values, list | tuple):
+        maps = [_to_numpy(v) for v in values]
+        for m in maps:
+            if m.ndim != 2:
+                raise ValueError(f"expected one [H, W] map per image, got {m.shape}")
+        return maps
+    return list(_as_maps(values))
+
+
+def _flat(values: Maps) -> ArrayLike:
+    """All pixels of ``[N, H, W]`` maps (as they are) or of a list of maps (concatenated)."""
+    if isinstance(values, list | tuple):
+        return np.concatenate([_to_numpy(v).reshape(-1) for v in values]) if values else np.zeros(0)
+    return values
+
+
 def _as_maps(values: ArrayLike) -> np.ndarray:
     """Return an ``[N, H, W]`` view of maps given as ``[H, W]``, ``[N, H, W]`` or ``[N, 1, H, W]``."""
     arr = _to_numpy(values)
@@ -165,22 +186,23 @@ def _as_maps(values: ArrayLike) -> np.ndarray:
     return arr
 
 
-def _region_labels(masks: np.ndarray) -> tuple[np.ndarray, int]:
-    """Label the 8-connected regions of ``[N, H, W]`` masks with ids unique across images (0 is background)."""
-    labels = np.zeros(masks.shape, dtype=np.int32)
+def _region_labels(masks: list[np.ndarray]) -> tuple[np.ndarray, int]:
+    """The 8-connected regions of the masks, every pixel in a row, with ids unique across images (0: background)."""
+    parts = []
     offset = 0
-    for i, mask in enumerate(masks):
+    for mask in masks:
         mask_u8 = (mask != 0).astype(np.uint8)
-        if not mask_u8.any():
-            continue
-        n, lab = cv2.connectedComponents(mask_u8, connectivity=8, ltype=cv2.CV_32S)
-        fg = lab > 0
-        labels[i][fg] = lab[fg] + offset
-        offset += n - 1
-    return labels, offset
+        labels = np.zeros(mask.shape, dtype=np.int32)
+        if mask_u8.any():
+            n, lab = cv2.connectedComponents(mask_u8, connectivity=8, ltype=cv2.CV_32S)
+            fg = lab > 0
+            labels[fg] = lab[fg] + offset
+            offset += n - 1
+        parts.append(labels.reshape(-1))
+    return (np.concatenate(parts) if parts else np.zeros(0, np.int32)), offset
 
 
-def aupro(maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3) -> float:
+def aupro(maps: Maps, masks: Maps, fpr_limit: float = 0.3) -> float:
     """Normalised area under the per-region overlap (PRO) curve up to a false positive rate.
 
     Regions are the 8-connected components of each ground-truth mask. At a threshold ``t`` the
@@ -197,8 +219,9 @@ def aupro(maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3) -> float:
     ``1 / (|region| * n_regions)``). Normal pixels are sorted by value only.
 
     Args:
-        maps: anomaly maps ``[N, H, W]`` (``[H, W]`` and ``[N, 1, H, W]`` are accepted too).
-        masks: ground-truth masks of the same shape (nonzero is anomalous).
+        maps: anomaly maps ``[N, H, W]`` (``[H, W]`` and ``[N, 1, H, W]`` are accepted too), or a
+            list of ``[H, W]`` maps, one per image, of any sizes (e.g. each image's own).
+        masks: ground-truth masks of the same shapes (nonzero is anomalous).
         fpr_limit: upper FPR bound of the integration, in ``(0, 1]``.
 
     Returns:
@@ -209,17 +232,17 @@ def aupro(maps: ArrayLike, masks: ArrayLike, fpr_limit: float = 0.3) -> float:
     """
     if not 0.0 < fpr_limit <= 1.0:
         raise ValueError(f"fpr_limit must lie in (0, 1], got {fpr_limit}")
-    maps_a = _as_maps(maps)
-    masks_a = _as_maps(masks)
-    if maps_a.shape != masks_a.shape:
-        raise ValueError(f"maps {maps_a.shape} and masks {masks_a.shape} differ in shape")
-    region_3d, n_regions = _region_labels(masks_a)
-    region = region_3d.reshape(-1)
+    map_list, mask_list = _map_list(maps), _map_list(masks)
+    if len(map_list) != len(mask_list) or any(a.shape != b.shape for a, b in zip(map_list, mask_list, strict=False)):
+        raise ValueError(
+            f"maps {[a.shape for a in map_list[:3]]}... and masks {[b.shape for b in mask_list[:3]]}... differ in shape"
+        )
+    region, n_regions = _region_labels(mask_list)
     background = region == 0
     n_neg = int(np.count_nonzero(background))
     if n_regions == 0 or n_neg == 0:
         return float("nan")
-    scores = _scores_array(maps_a)
+    scores = _scores_array(_flat(map_list))
 
     neg = scores[background]
     neg.sort()
@@ -277,20 +300,21 @@ def image_metrics(
     return {"image_AUROC": roc_auc(scores, labels), "image_F1": f1_at(pred_labels, labels)}
 
 
-def pixel_metrics(maps: ArrayLike, masks: ArrayLike, pred_masks: ArrayLike) -> dict[str, float]:
+def pixel_metrics(maps: Maps, masks: Maps, pred_masks: Maps) -> dict[str, float]:
     """Pixel-level AUROC, F1 and AUPRO (FPR limit 0.3).
 
     Args:
-        maps: anomaly maps ``[N, H, W]``.
-        masks: ground-truth masks ``[N, H, W]``.
-        pred_masks: predicted binary masks ``[N, H, W]``.
+        maps: anomaly maps ``[N, H, W]``, or one ``[H, W]`` map per image (sizes may differ).
+        masks: ground-truth masks of the same shapes.
+        pred_masks: predicted binary masks of the same shapes.
 
     Returns:
         ``{"pixel_AUROC": ..., "pixel_F1": ..., "AUPRO": ...}``.
     """
+    flat_maps, flat_masks = _flat(maps), _flat(masks)
     return {
-        "pixel_AUROC": roc_auc(maps, masks),
-        "pixel_F1": f1_at(pred_masks, masks),
+        "pixel_AUROC": roc_auc(flat_maps, flat_masks),
+        "pixel_F1": f1_at(_flat(pred_masks), flat_masks),
         "AUPRO": aupro(maps, masks),
     }
 

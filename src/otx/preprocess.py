@@ -1,20 +1,41 @@
-"""Pre-processing: what a model does to an image before its core sees it.
+"""Pre-processing: what a model does to an image before its core sees it, and back.
 
 ``PreProcessor`` is owned by the model (``AnomalyModel.preprocessor``) and used by every path
 that feeds it: the data pipeline (``AnomalyDataset``: one image at a time, exact antialiased
 resize), torch inference, and the exported graph (``ExportGraph``: batches of any size, the same
 resize as banded matrix products). Its settings travel in checkpoints (the model's init args) and
-in export metadata (``config()``). Today's mode is ``resize``; aspect-preserving and tiled modes
-are further modes of this class.
+in export metadata (``config()``, rebuilt by ``from_config``).
+
+Three input modes (``mode``):
+
+- ``resize``: the image is resized to ``input_size`` (its aspect ratio is lost).
+- ``keep_aspect``: the image is padded at its bottom or right edge (edge pixels repeated) to the
+  aspect ratio of ``input_size``, then resized to it: nothing is bent. Maps are brought back by
+  resizing them to the padded size and cropping the image's part (``restore``).
+- ``tile``: the image is resized to ``input_size`` (e.g. the camera's own resolution), cut into
+  ``tile_size`` tiles every ``tile_stride`` pixels (the edges repeated to fill the last row and
+  column), the core runs on the tiles, and their maps are stitched back, overlaps averaged; the
+  image score is the largest tile score. anomalib's ``Tiler`` is the reference.
+
+Every mode gives maps at ``map_size`` (= ``input_size``), where thresholds are fitted, and
+``restore`` takes a map back to the image's own size, where pixel metrics are computed.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from otx.errors import OTXConfigError
+
+MODES = ("resize", "keep_aspect", "tile")
+DEFAULT_TILE = 256
 
 
 def resize_image(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -30,45 +51,153 @@ def resize_mask(mask: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(mask[None, None].float(), size=size_hw, mode="nearest")[0, 0] > 0.5
 
 
+def padded_size(height: int, width: int, aspect_hw: tuple[int, int]) -> tuple[int, int]:
+    """The size an ``height x width`` image is padded to so that it has the aspect ratio of ``aspect_hw``.
+
+    Only one side grows: ``max(h, ceil(w * H / W))`` by ``max(w, ceil(h * W / H))``.
+    """
+    big_h, big_w = aspect_hw
+    return max(height, -(-width * big_h // big_w)), max(width, -(-height * big_w // big_h))
+
+
+def tile_grid(size: int, tile: int, stride: int) -> tuple[int, int]:
+    """Tiles along one side (``count``) and the side's length once the last tile fits (``padded``)."""
+    count = max(1, math.ceil((size - tile) / stride) + 1)
+    return count, tile + stride * (count - 1)
+
+
 class PreProcessor(nn.Module):
-    """The ``resize`` mode: every image is resized to ``input_size`` (antialiased bilinear).
+    """A model's input mode: from an image to what the core takes, and from its maps back to the image.
 
     Args:
-        input_size: ``[height, width]`` the core sees; anomaly maps come out at this size.
+        input_size: ``[height, width]`` every image is brought to; anomaly maps come out at this size.
+        mode: ``resize``, ``keep_aspect`` or ``tile`` (see the module's docstring).
+        tile_size: the side of the square tiles the core sees (``tile`` mode; default 256).
+        tile_stride: pixels between tile origins (``tile`` mode; default ``tile_size``, no overlap).
     """
 
-    mode = "resize"
-
-    def __init__(self, input_size: tuple[int, int] | list[int]) -> None:
+    def __init__(
+        self,
+        input_size: tuple[int, int] | list[int],
+        mode: str = "resize",
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
+    ) -> None:
         super().__init__()
         self.input_size = (int(input_size[0]), int(input_size[1]))
+        if mode not in MODES:
+            raise OTXConfigError(f"input_mode must be one of {', '.join(MODES)} (got {mode!r})")
+        self.mode = mode
+        if mode != "tile":
+            if tile_size is not None or tile_stride is not None:
+                raise OTXConfigError(f"tile_size and tile_stride apply to input_mode tile only (input_mode is {mode})")
+            self.tile_size = self.tile_stride = None
+            return
+        tile = DEFAULT_TILE if tile_size is None else tile_size
+        if isinstance(tile, bool) or not isinstance(tile, int) or not 32 <= tile <= min(self.input_size):
+            raise OTXConfigError(
+                f"tile_size must be an integer from 32 to the smaller side of input_size {list(self.input_size)} "
+                f"(got {tile!r}); pass --model.init_args.tile_size N or a larger input_size"
+            )
+        stride = tile if tile_stride is None else tile_stride
+        if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= tile:
+            raise OTXConfigError(f"tile_stride must be an integer from 1 to tile_size {tile} (got {stride!r})")
+        self.tile_size, self.tile_stride = tile, stride
+        (rows, height), (cols, width) = (tile_grid(side, tile, stride) for side in self.input_size)
+        self.grid = (rows, cols)
+        self.padded = (height, width)
+        # How many tiles cover each pixel (for averaging the overlaps), computed once.
+        ones = torch.ones(1, tile * tile, rows * cols)
+        self.register_buffer("coverage", F.fold(ones, self.padded, tile, stride=stride), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> PreProcessor:
+        """The pre-processor ``config()`` describes (export metadata)."""
+        mode, tile_size, tile_stride = config.get("mode", "resize"), config.get("tile_size"), config.get("tile_stride")
+        return cls(config["input_size"], mode, tile_size, tile_stride)
 
     @property
     def map_size(self) -> tuple[int, int]:
-        """The size of the anomaly maps, at which ground-truth masks are compared."""
+        """The size of the anomaly maps, at which thresholds are fitted."""
         return self.input_size
 
-    def image(self, image: torch.Tensor) -> torch.Tensor:
-        """One float ``[3, H, W]`` image as the core takes it (the data pipeline)."""
-        return resize_image(image, self.input_size)
+    @property
+    def core_size(self) -> tuple[int, int]:
+        """The size of the images the core sees (a tile in ``tile`` mode)."""
+        return (self.tile_size, self.tile_size) if self.tile_size else self.input_size
 
-    def mask(self, mask: torch.Tensor) -> torch.Tensor:
-        """One bool ``[H, W]`` ground-truth mask at ``map_size``."""
-        return resize_mask(mask, self.map_size)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """A batch ``[B, 3, H, W]`` of any size as the core takes it (traceable: the exported graph)."""
-        return resize_antialias(images, self.input_size)
+    @property
+    def tiles_per_image(self) -> int:
+        """How many core images one image gives (1 unless tiled)."""
+        return self.grid[0] * self.grid[1] if self.tile_size else 1
 
     def config(self) -> dict[str, Any]:
         """The settings, for export metadata and summaries."""
-        return {"mode": self.mode, "input_size": list(self.input_size)}
+        config: dict[str, Any] = {"mode": self.mode, "input_size": list(self.input_size)}
+        if self.tile_size:
+            config.update(tile_size=self.tile_size, tile_stride=self.tile_stride)
+        return config
+
+    # --- the data pipeline (one image) and the graph (batches) --------------------------------
+    def image(self, image: torch.Tensor) -> torch.Tensor:
+        """One float ``[3, H, W]`` image at ``input_size`` (the data pipeline's exact resize)."""
+        if self.mode == "keep_aspect":
+            image = _pad_edges(image[None], padded_size(*image.shape[1:], self.input_size))[0]
+        return resize_image(image, self.input_size)
+
+    def mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """One bool ``[H, W]`` ground-truth mask at ``map_size``, as the image went there."""
+        if self.mode == "keep_aspect":
+            mask = _pad_edges(mask[None, None].float(), padded_size(*mask.shape, self.input_size))[0, 0] > 0.5
+        return resize_mask(mask, self.map_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch ``[B, 3, H, W]`` of any size at ``input_size`` (traceable: the exported graph)."""
+        return resize_antialias(images, self.input_size, keep_aspect=self.mode == "keep_aspect")
+
+    # --- between the images at input_size and the core -----------------------------------------
+    def tiles(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` at ``input_size`` -> ``[B * tiles, C, t, t]`` (unchanged unless tiled)."""
+        if not self.tile_size:
+            return images
+        tile, (height, width) = self.tile_size, self.input_size
+        padded = F.pad(images, (0, self.padded[1] - width, 0, self.padded[0] - height), mode="replicate")
+        columns = F.unfold(padded, tile, stride=self.tile_stride)  # [B, C * t * t, tiles]
+        return columns.transpose(1, 2).reshape(-1, images.shape[1], tile, tile)
+
+    def untile(self, maps: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The core's ``(maps [B * tiles, t, t], scores [B * tiles])`` as one map and score per image."""
+        if not self.tile_size:
+            return maps, scores
+        count, tile = self.tiles_per_image, self.tile_size
+        columns = maps.reshape(-1, count, tile * tile).transpose(1, 2)
+        stitched = F.fold(columns, self.padded, tile, stride=self.tile_stride) / self.coverage
+        height, width = self.input_size
+        return stitched[:, 0, :height, :width], scores.reshape(-1, count).amax(dim=1)
+
+    # --- back to the image ----------------------------------------------------------------------
+    def restore(self, anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+        """A ``map_size`` map at an image's own ``(height, width)`` (bilinear; the padding cropped)."""
+        height, width = int(size_hw[0]), int(size_hw[1])
+        full_h, full_w = padded_size(height, width, self.input_size) if self.mode == "keep_aspect" else (height, width)
+        anomaly_map = anomaly_map.astype(np.float32, copy=False)
+        if anomaly_map.shape != (full_h, full_w):
+            anomaly_map = cv2.resize(anomaly_map, (full_w, full_h), interpolation=cv2.INTER_LINEAR)
+        return anomaly_map[:height, :width]
+
+
+def _pad_edges(images: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Pad ``[B, C, h, w]`` at the bottom and right to ``size_hw``, repeating the edge pixels."""
+    pad_h, pad_w = size_hw[0] - images.shape[-2], size_hw[1] - images.shape[-1]
+    return F.pad(images, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else images
 
 
 RESIZE_BLOCK = 32  # outputs per block of the banded resize (see ``_antialias_blocks``)
 
 
-def _antialias_blocks(n_in: torch.Tensor, n_out: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _antialias_blocks(
+    n_in: torch.Tensor, n_out: int, block: int, n_read: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch's antialiased bilinear resize along one axis, as weights on blocks of the input.
 
     The filter is ``F.interpolate(..., mode="bilinear", antialias=True)``'s (PIL's): a triangle of
@@ -81,9 +210,11 @@ def _antialias_blocks(n_in: torch.Tensor, n_out: int, block: int) -> tuple[torch
     arithmetic (distances and the half-width scaled by ``2 * n_out``), so that the weights stay
     exact when a device runs the graph in bf16, whose 8-bit mantissa cannot even hold pixel
     positions above 256. Written with shape-dependent tensor ops so that it stays dynamic in a
-    traced graph.
+    traced graph. With ``n_read`` < ``n_in`` the axis is resized as if it were padded to ``n_in``
+    by repeating its last pixel (the ``keep_aspect`` mode): inputs from ``n_read`` on read it.
     """
     n_in = n_in.to(torch.int64)
+    n_read = n_in if n_read is None else n_read.to(torch.int64)
     n_blocks = -(-n_out // block)
     outputs = torch.arange(n_blocks * block, dtype=torch.int64).reshape(n_blocks, block, 1)
     half_width = 2 * torch.clamp(n_in, min=n_out)
@@ -98,12 +229,15 @@ def _antialias_blocks(n_in: torch.Tensor, n_out: int, block: int) -> tuple[torch
     inside = (inputs >= 0) & (inputs < n_in)
     weights = torch.clamp(half_width - torch.abs(distance), min=0) * inside.to(torch.int64)
     total = torch.clamp(weights.sum(dim=2, keepdim=True), min=1)  # 0 only for padding outputs
-    indices = torch.minimum(torch.clamp(inputs, min=0), n_in - 1).reshape(-1)
+    indices = torch.minimum(torch.clamp(inputs, min=0), n_read - 1).reshape(-1)
     return indices, weights.to(torch.float32) / total.to(torch.float32)
 
 
-def resize_antialias(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+def resize_antialias(image: torch.Tensor, size_hw: tuple[int, int], keep_aspect: bool = False) -> torch.Tensor:
     """Antialiased bilinear resize of ``[B, C, H, W]`` images as banded matrix products.
+
+    With ``keep_aspect`` the images are first padded at the bottom or right, edge pixels repeated,
+    to the aspect ratio of ``size_hw`` (``padded_size``), inside the same products.
 
     Numerically equal to ``F.interpolate(..., antialias=True)`` (tested to 1e-5), and used in every
     export instead of it: ONNX's ``Resize`` with ``antialias=1`` defines another filter (0.063 max
@@ -117,8 +251,14 @@ def resize_antialias(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Ten
     out_h, out_w = size_hw
     shape = torch._shape_as_tensor(image)
     batch, channels = shape[0], shape[1]
-    rows, row_weights = _antialias_blocks(shape[2], out_h, RESIZE_BLOCK)
-    cols, col_weights = _antialias_blocks(shape[3], out_w, RESIZE_BLOCK)
+    height, width = shape[2], shape[3]
+    if keep_aspect:  # padded_size on shape tensors (dynamic in a traced graph)
+        full_h = torch.maximum(height, torch.div(width * out_h + out_w - 1, out_w, rounding_mode="floor"))
+        full_w = torch.maximum(width, torch.div(height * out_w + out_h - 1, out_h, rounding_mode="floor"))
+    else:
+        full_h, full_w = height, width
+    rows, row_weights = _antialias_blocks(full_h, out_h, RESIZE_BLOCK, height)
+    cols, col_weights = _antialias_blocks(full_w, out_w, RESIZE_BLOCK, width)
     # Rows: [B, C, H, W] -> [B, C, blocks, L, W]; [blocks, 32, L] @ that -> [B, C, blocks * 32, W].
     gathered = torch.index_select(image, 2, rows).reshape(batch, channels, row_weights.shape[0], -1, shape[3])
     image = torch.matmul(row_weights, gathered).reshape(batch, channels, -1, shape[3])[:, :, :out_h]

@@ -17,7 +17,6 @@ import torch
 from otx.checkpoint import model_entry
 from otx.deploy.inferencer import OpenVINOInferencer
 from otx.models.base import AnomalyModel
-from otx.preprocess import PreProcessor
 
 
 class TorchScorer:
@@ -93,7 +92,7 @@ class OpenVINOScorer:
         self.name = inferencer.info.model_name
         self.backbone = inferencer.info.backbone
         self.input_size = inferencer.info.input_size
-        self.preprocessor = PreProcessor(self.input_size)  # for masks: the graph pre-processes images itself
+        self.preprocessor = inferencer.info.preprocessor()  # masks and maps: the graph pre-processes images itself
 
     def run(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised ``(maps [B, h, w], scores [B])`` for images of any size."""

@@ -70,6 +70,7 @@ def export_model(
         backbone=model.spec.name,
         layers=list(model.layers),
         input_size=model.input_size,
+        preprocess=model.preprocessor.config(),
         task=task,
         stats=model.postprocessor.stats(),
         precision=prec,

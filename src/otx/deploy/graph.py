@@ -1,13 +1,15 @@
-"""The graph that export writes: resize, normalisation, the model core and the post-processor.
+"""The graph that export writes: pre-processing, normalisation, the model core and the post-processor.
 
 ``ExportGraph`` takes images of any size and batch (float32 ``[B, 3, H, W]``, RGB, values in
 [0, 1]) and returns the four outputs that openvino-model-api's anomaly wrapper and anomalib's
 exports use: ``pred_score [B]``, ``pred_label [B]`` (bool), ``anomaly_map [B, 1, h, w]`` and
 ``pred_mask [B, 1, h, w]`` (bool), normalised so that 0.5 is the threshold, at ``h, w`` = the
-model's input size. The resize is the training pipeline's (bilinear with antialiasing, written as
-banded matrix products, see ``resize_antialias``), so the exported model sees the pixels the
-trained model saw. The input normalisation is folded into the backbones' first convolutions
-where it can be (``NormalizedStem``), so that INT8 quantisation finds unsigned inputs there.
+model's input size. The pre-processing is the model's ``PreProcessor`` (resize, padding to keep
+the aspect ratio, tiles and their stitching, by its input mode); its resize is the training
+pipeline's (bilinear with antialiasing, written as banded matrix products, see
+``resize_antialias``), so the exported model sees the pixels the trained model saw. The input
+normalisation is folded into the backbones' first convolutions where it can be
+(``NormalizedStem``), so that INT8 quantisation finds unsigned inputs there.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from timm.layers import Conv2dSame
 from timm.layers.padding import pad_same_arg
 from torch import nn
 
-from otx.models.base import AnomalyModel, core_outputs
+from otx.models.base import AnomalyModel, core_outputs, image_outputs
 from otx.preprocess import resize_antialias  # noqa: F401 - part of this module's interface
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,7 @@ class ExportGraph(nn.Module):
         super().__init__()
         self.resize = model.preprocessor  # the model's own pre-processing (nodes named __module.resize)
         mean, std = model.mean.detach().clone(), model.std.detach().clone()
-        folded = fold_input_normalization(model.model, mean, std, tuple(model.input_size))
+        folded = fold_input_normalization(model.model, mean, std, model.preprocessor.core_size)
         self.normalize = folded is None
         self.core = model.model if folded is None else folded
         self.postprocessor = model.postprocessor
@@ -53,7 +55,7 @@ class ExportGraph(nn.Module):
         """Normalised ``(pred_score, pred_label, anomaly_map, pred_mask)`` for images in [0, 1] of any size."""
         resized = self.resize(image)
         core_input = (resized - self.mean) / self.std if self.normalize else resized
-        anomaly_map, pred_score = core_outputs(self.core, core_input)
+        anomaly_map, pred_score = image_outputs(self.core, self.resize, core_input)
         return graph_outputs(self.postprocessor, anomaly_map, pred_score)
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from otx.deploy.metadata import read_model_info
 from otx.errors import OTXConfigError, OTXDataError, OTXError
+from otx.preprocess import padded_size
 from otx.tasks import Prediction, TaskAdapter, get_adapter
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class OpenVINOInferencer:
         except Exception as exc:  # noqa: BLE001 - any unreadable model becomes one line
             raise OTXError(f"OpenVINO cannot read '{self.path}' ({_first_line(exc)}); re-export it") from exc
         self.info = read_model_info(self.path, self.model)
+        self.preprocessor = self.info.preprocessor()  # the input mode: restores maps to each image's size
         self.adapter: TaskAdapter = get_adapter(task or self.info.task)
         self.static_input = self.device.startswith("NPU")  # NPUs compile static shapes only
         if self.static_input:
@@ -218,6 +220,10 @@ class OpenVINOInferencer:
             import cv2
 
             height, width = self.info.input_size
+            if self.preprocessor.mode == "keep_aspect":  # the graph's edge padding, on the host
+                full_h, full_w = padded_size(*tensor.shape[1:], (height, width))
+                pad = ((0, 0), (0, full_h - tensor.shape[1]), (0, full_w - tensor.shape[2]))
+                tensor = np.pad(tensor, pad, mode="edge")
             hwc = cv2.resize(tensor.transpose(1, 2, 0), (width, height), interpolation=cv2.INTER_AREA)
             tensor = np.ascontiguousarray(hwc.transpose(2, 0, 1))
         return tensor[None]
@@ -287,7 +293,7 @@ class OpenVINOInferencer:
     def _predict_arrays(self, names: list[str], arrays: list[np.ndarray]) -> list[Prediction]:
         outputs = self.infer(arrays)
         sizes = np.array([image_hw(a) for a in arrays], dtype=np.int64).reshape(-1, 2)
-        return self.adapter.predictions(outputs, names, sizes)
+        return self.adapter.predictions(outputs, names, sizes, self.preprocessor)
 
 
 def _store_outputs(

@@ -16,6 +16,7 @@ from typing import Any
 
 from otx import __version__
 from otx.errors import OTXError
+from otx.preprocess import PreProcessor
 
 SECTION = "model_info"
 LABELS = ("Normal", "Anomaly")
@@ -39,6 +40,7 @@ def build_model_info(
     backbone: str,
     layers: list[str],
     input_size: tuple[int, int],
+    preprocess: dict[str, Any] | None = None,
     task: str,
     stats: dict[str, float],
     precision: str,
@@ -50,8 +52,10 @@ def build_model_info(
 
     ``data`` is the checkpoint's data record (fingerprint of the training files, validation split
     and seed), so that ``otx test`` on the exported model evaluates on the same unseen images.
+    ``preprocess`` is the model's ``PreProcessor.config()`` (input mode and tiles).
     """
     data = data or {}
+    preprocess = preprocess or {"mode": "resize"}
     info: dict[str, Any] = {
         # openvino-model-api's AnomalyDetection wrapper
         "model_type": "AnomalyDetection",
@@ -64,7 +68,8 @@ def build_model_info(
         "mean_values": [0, 0, 0],
         "scale_values": [255, 255, 255],  # the wrapper feeds uint8 pixels / 255, as the graph expects
         "reverse_input_channels": False,
-        "resize_type": "standard",
+        # model_api resizes before the graph; keep_aspect: it pads with zeros where otx repeats the edges
+        "resize_type": "fit_to_window" if preprocess["mode"] == "keep_aspect" else "standard",
         # otx
         "otx_version": __version__,
         "otx_model": model_name,
@@ -72,6 +77,8 @@ def build_model_info(
         "otx_backbone": backbone,
         "otx_layers": list(layers),
         "input_size": list(input_size),
+        "otx_input_mode": preprocess["mode"],
+        **{f"otx_{key}": preprocess[key] for key in ("tile_size", "tile_stride") if key in preprocess},
         "otx_input": INPUT_CONTRACT,
         "otx_outputs": ["pred_score", "pred_label", "anomaly_map", "pred_mask"],
         "otx_precision": precision,
@@ -138,6 +145,14 @@ class ModelInfo:
         """``(height, width)`` the graph resizes to."""
         height, width = (int(v) for v in self.raw["input_size"].split())
         return height, width
+
+    def preprocessor(self) -> PreProcessor:
+        """The model's pre-processor (input mode, size and tiles), for masks and restoring maps."""
+        config: dict[str, Any] = {"input_size": self.input_size, "mode": self.raw.get("otx_input_mode", "resize")}
+        for key in ("tile_size", "tile_stride"):
+            if f"otx_{key}" in self.raw:
+                config[key] = int(self.raw[f"otx_{key}"])
+        return PreProcessor.from_config(config)
 
     @property
     def quantization(self) -> str:

@@ -2,7 +2,9 @@
 
 A model core (PADIM, STFPM, ...) wraps one of anomalib's pure torch models and knows nothing
 about tasks: ``forward`` maps a batch of images (float ``[B, 3, H, W]`` in [0, 1], already
-resized to ``input_size``) to a raw anomaly map ``[B, H, W]`` and a raw image score ``[B]``.
+brought to ``input_size`` by the model's ``PreProcessor``) to a raw anomaly map ``[B, H, W]`` and a
+raw image score ``[B]``; in the ``tile`` input mode the core runs on each image's tiles and their
+maps are stitched (``image_outputs``).
 Input normalisation (the backbone's mean/std) happens inside ``forward`` so that it travels
 into exported graphs; thresholds and normalisation statistics live in ``self.postprocessor``.
 """
@@ -38,17 +40,40 @@ def core_outputs(core: nn.Module, normalized: torch.Tensor) -> tuple[torch.Tenso
     return anomaly_map, out.pred_score.reshape(-1)
 
 
+TILE_CHUNK = 16  # tiles the core takes at once in eager torch (bounds the memory of large tiled images)
+
+
+def image_outputs(
+    core: nn.Module, preprocessor: PreProcessor, normalized: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw ``(anomaly_map [B, H, W], pred_score [B])`` of images at ``input_size``, tiled if the mode says so.
+
+    Shared by ``AnomalyModel.forward`` and the export graph. Eager torch runs many tiles
+    ``TILE_CHUNK`` at a time; a traced graph takes all of an image's tiles as one batch.
+    """
+    tiles = preprocessor.tiles(normalized)
+    if preprocessor.tiles_per_image == 1 or torch.jit.is_tracing() or tiles.shape[0] <= TILE_CHUNK:
+        maps, scores = core_outputs(core, tiles)
+    else:
+        parts = [core_outputs(core, chunk) for chunk in tiles.split(TILE_CHUNK)]
+        maps, scores = torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
+    return preprocessor.untile(maps, scores)
+
+
 class AnomalyModel(L.LightningModule):
     """Base of the model cores.
 
     Args:
         backbone: backbone name (``efficientnet_lite0``, ``resnet18``, ``wide_resnet50_2``).
         layers: backbone feature layers; None takes the model's defaults for the backbone.
-        input_size: ``[height, width]`` the images are resized to.
+        input_size: ``[height, width]`` every image is brought to (and its anomaly map's size).
         pretrained: load ImageNet weights into the backbone (False is an explicit choice).
         weights: a local weights file for the backbone; None searches caches and packages.
         image_threshold: manual raw image-score threshold; None learns it (F1-adaptive) on validation.
         pixel_threshold: manual raw pixel threshold; None learns it (F1-adaptive) on validation.
+        input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``otx.preprocess``; ``docs/input-modes.md``).
+        tile_size: side of the square tiles the core sees in the ``tile`` mode (default 256).
+        tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``: no overlap).
     """
 
     # lightning.Trainer arguments of this model (a recipe's trainer: section overrides them).
@@ -71,6 +96,9 @@ class AnomalyModel(L.LightningModule):
         weights: str | None = None,
         image_threshold: float | None = None,
         pixel_threshold: float | None = None,
+        input_mode: str = "resize",
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, str):
@@ -81,6 +109,8 @@ class AnomalyModel(L.LightningModule):
         self.layers = list(layers) if layers else list(self.default_layers(self.spec))
         check_layers(self.spec, self.layers)
         self.input_size = check_size("input_size", list(input_size) if isinstance(input_size, tuple) else input_size)
+        # data pipeline, torch inference and export alike
+        self.preprocessor = PreProcessor(self.input_size, input_mode, tile_size, tile_stride)
         self.pretrained = check_bool("pretrained", pretrained)
         check_path("weights", weights, optional=True)
         self.image_threshold = check_number("image_threshold", image_threshold, optional=True)
@@ -95,7 +125,6 @@ class AnomalyModel(L.LightningModule):
                 load_into(module, state, self.spec.name)
         # One-pass models return no loss: manual optimisation (no optimiser) is what DDP accepts then.
         self.automatic_optimization = not self.fits_in_one_pass
-        self.preprocessor = PreProcessor(self.input_size)  # data pipeline, torch inference and export alike
         self.postprocessor = PostProcessor()
         self.validation_outputs: dict[str, torch.Tensor] | None = None  # the last validation epoch's
         self.validated_step = self.validated_epoch = -1  # the step and epoch those outputs come from
@@ -124,9 +153,13 @@ class AnomalyModel(L.LightningModule):
         """Apply the backbone's mean/std to images in [0, 1]."""
         return (images - self.mean) / self.std
 
+    def core_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] at ``input_size`` as the core takes them in training: normalised, tiled if tiling."""
+        return self.preprocessor.tiles(self.normalize_input(images))
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(anomaly_map [B, H, W], pred_score [B])`` for images in [0, 1] at ``input_size``."""
-        return core_outputs(self.model, self.normalize_input(images))
+        return image_outputs(self.model, self.preprocessor, self.normalize_input(images))
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Stop with one clear line when a training image failed to decode."""

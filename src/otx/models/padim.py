@@ -169,7 +169,10 @@ class Padim(AnomalyModel):
         backbone: backbone name.
         layers: feature layers; None takes the backbone's defaults.
         n_features: channels kept by random selection; None takes the backbone's default.
-        input_size: ``[height, width]`` the images are resized to.
+        input_size: ``[height, width]`` every image is brought to (its anomaly map's size).
+        input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``docs/input-modes.md``).
+        tile_size: tile side in the ``tile`` mode (default 256).
+        tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
         pretrained: load ImageNet weights into the backbone.
         weights: a local weights file for the backbone.
         image_threshold: manual raw image threshold; None learns it on validation.
@@ -207,6 +210,9 @@ class Padim(AnomalyModel):
         layers: list[str] | None = None,
         n_features: int | None = None,
         input_size: tuple[int, int] = (256, 256),
+        input_mode: str = "resize",
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
         pretrained: bool = True,
         weights: str | None = None,
         image_threshold: float | None = None,
@@ -215,7 +221,18 @@ class Padim(AnomalyModel):
     ) -> None:
         self.n_features = check_int("n_features", n_features, minimum=1, optional=True)
         self.seed = check_int("seed", seed, minimum=0)
-        super().__init__(backbone, layers, input_size, pretrained, weights, image_threshold, pixel_threshold)
+        super().__init__(
+            backbone,
+            layers,
+            input_size,
+            pretrained,
+            weights,
+            image_threshold,
+            pixel_threshold,
+            input_mode=input_mode,
+            tile_size=tile_size,
+            tile_stride=tile_stride,
+        )
         self.save_hyperparameters()
 
     def build_core(self) -> nn.Module:  # noqa: D102
@@ -243,7 +260,7 @@ class Padim(AnomalyModel):
         if batch is None:
             return
         with torch.no_grad():
-            features = self.model.feature_extractor(self.normalize_input(batch["image"]))
+            features = self.model.feature_extractor(self.core_input(batch["image"]))
             self._gaussian.update(self.model.generate_embedding(features))
 
     def finish_fit(self) -> None:  # noqa: D102 - every process of a distributed run calls it (a collective)

@@ -241,7 +241,10 @@ class Patchcore(AnomalyModel):
     Args:
         backbone: backbone name.
         layers: feature layers; None takes the backbone's defaults.
-        input_size: ``[height, width]`` the images are resized to.
+        input_size: ``[height, width]`` every image is brought to (its anomaly map's size).
+        input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``docs/input-modes.md``).
+        tile_size: tile side in the ``tile`` mode (default 256).
+        tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
         pretrained: load ImageNet weights into the backbone.
         weights: a local weights file for the backbone.
         image_threshold: manual raw image threshold; None learns it on validation.
@@ -284,6 +287,9 @@ class Patchcore(AnomalyModel):
         backbone: str = "efficientnet_lite0",
         layers: list[str] | None = None,
         input_size: tuple[int, int] = (256, 256),
+        input_mode: str = "resize",
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
         pretrained: bool = True,
         weights: str | None = None,
         image_threshold: float | None = None,
@@ -299,7 +305,18 @@ class Patchcore(AnomalyModel):
             )
         self.num_neighbors = check_int("num_neighbors", num_neighbors, minimum=1)
         self.oversample = check_number("oversample", oversample, low=1.0)
-        super().__init__(backbone, layers, input_size, pretrained, weights, image_threshold, pixel_threshold)
+        super().__init__(
+            backbone,
+            layers,
+            input_size,
+            pretrained,
+            weights,
+            image_threshold,
+            pixel_threshold,
+            input_mode=input_mode,
+            tile_size=tile_size,
+            tile_stride=tile_stride,
+        )
         self.save_hyperparameters()
 
     def build_core(self) -> nn.Module:  # noqa: D102
@@ -319,8 +336,10 @@ class Patchcore(AnomalyModel):
         batch = distributed.drop_padding(batch)  # each training image counts once in a distributed fit
         if batch is None:
             return
-        embedding = self.model.embed(self.normalize_input(batch["image"]))
-        self._coreset.update(embedding, torch.as_tensor(batch["index"]).tolist())
+        embedding = self.model.embed(self.core_input(batch["image"]))
+        tiles = self.preprocessor.tiles_per_image  # each tile's candidates are chosen on their own
+        indices = [index * tiles + tile for index in torch.as_tensor(batch["index"]).tolist() for tile in range(tiles)]
+        self._coreset.update(embedding, indices)
 
     def finish_fit(self) -> None:  # noqa: D102 - every process of a distributed run calls it (a collective)
         coreset = getattr(self, "_coreset", None)

@@ -77,7 +77,10 @@ class Stfpm(AnomalyModel):
     Args:
         backbone: backbone name (teacher and student share the architecture).
         layers: feature layers; None takes the backbone's defaults.
-        input_size: ``[height, width]`` the images are resized to.
+        input_size: ``[height, width]`` every image is brought to (its anomaly map's size).
+        input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``docs/input-modes.md``).
+        tile_size: tile side in the ``tile`` mode (default 256).
+        tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
         pretrained: load ImageNet weights into the teacher.
         weights: a local weights file for the teacher.
         image_threshold: manual raw image threshold; None learns it on validation.
@@ -110,6 +113,9 @@ class Stfpm(AnomalyModel):
         backbone: str = "efficientnet_lite0",
         layers: list[str] | None = None,
         input_size: tuple[int, int] = (256, 256),
+        input_mode: str = "resize",
+        tile_size: int | None = None,
+        tile_stride: int | None = None,
         pretrained: bool = True,
         weights: str | None = None,
         image_threshold: float | None = None,
@@ -123,7 +129,18 @@ class Stfpm(AnomalyModel):
         self.momentum = check_number("momentum", momentum, low=0.0, high=1.0)
         self.weight_decay = check_number("weight_decay", weight_decay, low=0.0)
         self.seed = check_int("seed", seed, minimum=0)
-        super().__init__(backbone, layers, input_size, pretrained, weights, image_threshold, pixel_threshold)
+        super().__init__(
+            backbone,
+            layers,
+            input_size,
+            pretrained,
+            weights,
+            image_threshold,
+            pixel_threshold,
+            input_mode=input_mode,
+            tile_size=tile_size,
+            tile_stride=tile_stride,
+        )
         self.save_hyperparameters()
         self.loss = STFPMLoss()
 
@@ -137,7 +154,7 @@ class Stfpm(AnomalyModel):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         del batch_idx
-        teacher_features, student_features = self.model(self.normalize_input(batch["image"]))
+        teacher_features, student_features = self.model(self.core_input(batch["image"]))
         loss = self.loss(teacher_features, student_features)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss

@@ -9,6 +9,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from otx.preprocess import PreProcessor
+
 
 class AnomalyTask(StrEnum):
     """The three anomaly tasks."""
@@ -82,7 +84,13 @@ class TaskAdapter:
     pixel_level: bool = False
     box_level: bool = False
 
-    def predictions(self, outputs: dict[str, np.ndarray], paths: list[str], orig_sizes: np.ndarray) -> list[Prediction]:
+    def predictions(
+        self,
+        outputs: dict[str, np.ndarray],
+        paths: list[str],
+        orig_sizes: np.ndarray,
+        preprocessor: PreProcessor | None = None,
+    ) -> list[Prediction]:
         """Build predictions from a batch of normalised outputs.
 
         Args:
@@ -90,12 +98,15 @@ class TaskAdapter:
                 normalised so that 0.5 is the pixel threshold.
             paths: image path per item.
             orig_sizes: ``[B, 2]`` original ``(height, width)`` per item.
+            preprocessor: the model's input mode, which ``restore`` s each map to its image's
+                size (None: the maps were resized, the ``resize`` mode).
         """
+        restore = preprocessor.restore if preprocessor is not None else resize_map
         results = []
         for i, path in enumerate(paths):
             pred = Prediction(path, float(outputs["pred_score"][i]), bool(outputs["pred_label"][i]))
             if self.pixel_level:
-                self.finish(pred, resize_map(outputs["anomaly_map"][i], tuple(orig_sizes[i])))
+                self.finish(pred, restore(outputs["anomaly_map"][i], tuple(orig_sizes[i])))
             results.append(pred)
         return results
 

@@ -13,6 +13,7 @@ from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
 from otx.data.dataset import Sample
 from otx.data.io import read_mask
 from otx.metrics import box_ap, gt_boxes_from_mask, image_metrics, pixel_metrics
+from otx.preprocess import PreProcessor
 from otx.render import progress
 from otx.scoring import Scorer, as_numpy
 from otx.tasks import Prediction, TaskAdapter
@@ -93,7 +94,8 @@ def collect(
 def to_predictions(adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, samples: list[Sample]) -> list[Prediction]:
     """Task predictions (label, score, map, mask, boxes at each image's own size) from raw outputs."""
     normalized = as_numpy(scorer.normalize(outputs["maps"], outputs["scores"]))
-    return adapter.predictions(normalized, [s.path for s in samples], outputs["orig_sizes"].numpy())
+    paths = [s.path for s in samples]
+    return adapter.predictions(normalized, paths, outputs["orig_sizes"].numpy(), scorer.preprocessor)
 
 
 def evaluate(
@@ -103,11 +105,15 @@ def evaluate(
     thresholds: tuple[float, float],
     outputs: Outputs,
     samples: list[Sample],
+    preprocessor: PreProcessor,
     predictions: list[Prediction] | None = None,
 ) -> dict[str, float]:
     """Image metrics, and for pixel-level tasks with masks, pixel (and with ``predictions``, box) metrics.
 
-    ``thresholds`` (image, pixel) are in the units of ``outputs``.
+    ``thresholds`` (image, pixel) are in the units of ``outputs``. Pixel metrics are computed at
+    each image's own size (its map brought back by ``preprocessor.restore``, against the mask
+    file as it is), so that input modes compare fairly; the same at the model's map size are the
+    ``*_input`` entries.
     """
     labels = outputs["labels"].numpy()
     image_threshold, pixel_threshold = thresholds
@@ -121,12 +127,20 @@ def evaluate(
         )
         return metrics
     # Anomalous images without a mask file cannot be scored per pixel: leave them out.
-    usable = torch.tensor([s.label == 0 or s.mask_path is not None for s in samples])
-    maps, masks = outputs["maps"][usable], outputs["masks"][usable]
-    metrics.update(pixel_metrics(maps, masks, maps >= pixel_threshold))
+    usable = [s.label == 0 or s.mask_path is not None for s in samples]
+    maps, masks = outputs["maps"][torch.tensor(usable)], outputs["masks"][torch.tensor(usable)]
+    at_input = pixel_metrics(maps, masks, maps >= pixel_threshold)
+    full_maps, full_masks = [], []
+    sizes = outputs["orig_sizes"].numpy()
+    for sample, amap, size, use in zip(samples, outputs["maps"].numpy(), sizes, usable, strict=True):
+        if use:
+            full_maps.append(preprocessor.restore(amap, tuple(size)))
+            full_masks.append(read_mask(sample.mask_path) if sample.mask_path else np.zeros(full_maps[-1].shape, bool))
+    metrics.update(pixel_metrics(full_maps, full_masks, [m >= pixel_threshold for m in full_maps]))
+    metrics.update({f"{key}_input": value for key, value in at_input.items()})
     if adapter.box_level and predictions is not None:
         gt_boxes, pred_boxes, box_scores = [], [], []
-        for sample, pred, use in zip(samples, predictions, usable.tolist(), strict=True):
+        for sample, pred, use in zip(samples, predictions, usable, strict=True):
             if not use:
                 continue
             gt = read_mask(sample.mask_path) if sample.mask_path else None

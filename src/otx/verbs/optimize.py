@@ -10,7 +10,6 @@ from typing import Any
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.deploy.inferencer import is_exported_model
 from otx.errors import OTXDataError
-from otx.preprocess import PreProcessor
 from otx.results import OptimizeResult
 from otx.verbs.context import VerbContext, write_result
 from otx.verbs.resolve import eval_data, validation_set
@@ -69,7 +68,7 @@ def run(
         raise OTXDataError(
             "INT8 calibration needs the training images; pass --data_root DIR (the folder with train/good)"
         )
-    preprocess = PreProcessor(info.input_size)  # masks at the map size; the graph resizes the images
+    preprocess = info.preprocessor()  # masks at the map size; the graph pre-processes the images
     validation = validation_set(data, adapter.pixel_level, preprocess)
     if data.index and fingerprint not in (None, "unknown") and fingerprint != data.index.fingerprint():
         log.warning("the model was trained on other files than '%s' holds; calibrating on them anyway", data.data_root)

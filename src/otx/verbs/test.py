@@ -58,7 +58,14 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     scored_outputs = {k: v[torch.from_numpy(keep)] for k, v in outputs.items()}
     start = time.perf_counter()
     metrics = evaluate(
-        ctx, adapter, data.has_masks, scorer.thresholds, scored_outputs, scored, predictions=scored_predictions
+        ctx,
+        adapter,
+        data.has_masks,
+        scorer.thresholds,
+        scored_outputs,
+        scored,
+        scorer.preprocessor,
+        predictions=scored_predictions,
     )
     metrics_s = time.perf_counter() - start
     labels = scored_outputs["labels"].numpy() == 1

@@ -100,7 +100,7 @@ def run(
         logger.log_metrics({f"time/{k}": v for k, v in timings.items()}, step=trainer.global_step)
         logger.save()
     thresholds = (stats["image_threshold"], stats["pixel_threshold"])
-    val_metrics = evaluate(ctx, adapter, data.has_masks, thresholds, outputs, splits["val"])
+    val_metrics = evaluate(ctx, adapter, data.has_masks, thresholds, outputs, splits["val"], model.preprocessor)
     labels = outputs["labels"].numpy() == 1
     found = threshold_warnings(outputs["scores"].numpy(), labels, stats["image_threshold"], "image", "validation")
     pixel_truth = outputs["masks"].numpy() if data.has_masks else None

@@ -62,6 +62,21 @@ def boxes_of(mask: np.ndarray, score_map: np.ndarray) -> list[dict]:
     return boxes
 
 
+def restore(small: np.ndarray, size_hw: tuple[int, int], input_hw: list[int], mode: str) -> np.ndarray:
+    """The model's map at the image's own size (as otx's ``PreProcessor.restore``).
+
+    ``keep_aspect`` models padded the image at its bottom or right to their input's aspect ratio:
+    the map is resized to that padded size and the image's part cut out. Other modes: resized.
+    """
+    height, width = size_hw
+    full_h, full_w = height, width
+    if mode == "keep_aspect":
+        full_h = max(height, -(-width * input_hw[0] // input_hw[1]))
+        full_w = max(width, -(-height * input_hw[1] // input_hw[0]))
+    full = cv2.resize(small.astype(np.float32), (full_w, full_h), interpolation=cv2.INTER_LINEAR)
+    return full[:height, :width]
+
+
 def main() -> int:
     """Predict on the images named on the command line; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,6 +101,10 @@ def main() -> int:
         return 1
     model = core.read_model(args.model)
     task = model.get_rt_info(["model_info", "task"]).astype(str)
+    mode = "resize"
+    if model.has_rt_info(["model_info", "otx_input_mode"]):
+        mode = model.get_rt_info(["model_info", "otx_input_mode"]).astype(str)
+    input_hw = [int(v) for v in model.get_rt_info(["model_info", "input_size"]).astype(str).split()]
     if "INFERENCE_PRECISION_HINT" in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
         core.set_property("CPU", {"INFERENCE_PRECISION_HINT": args.precision})
     compiled = core.compile_model(model, args.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
@@ -110,7 +129,7 @@ def main() -> int:
         }
         if task in ("segmentation", "detection"):
             small = request.get_output_tensor(map_at).data[0, 0]
-            full = cv2.resize(small.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+            full = restore(small, (height, width), input_hw, mode)
             mask = full >= 0.5
             cv2.imwrite(str(out_dir / "masks" / f"{index:05d}_{path.stem}_mask.png"), mask.astype(np.uint8) * 255)
             if task == "detection":
