@@ -245,7 +245,7 @@ def test_box_ap_perfect_predictions() -> None:
     ]
     scores = [np.array([0.9, 0.8]), np.zeros(0), np.array([0.7])]
     res = box_ap(gts, [g.copy() for g in gts], scores)
-    assert res == {"box_AP": pytest.approx(1.0), "box_AP50": pytest.approx(1.0)}
+    assert res == dict.fromkeys(("box_AP", "box_AP50", "box_AP25", "box_AP10"), pytest.approx(1.0))
     res_t = box_ap(
         [torch.from_numpy(g) for g in gts], [torch.from_numpy(g) for g in gts], [torch.tensor(s) for s in scores]
     )
@@ -261,7 +261,7 @@ def test_box_ap_shift_between_iou_050_and_055() -> None:
     expected_ap = float(np.mean([1.0 if iou >= t else 0.0 for t in _COCO_IOUS]))
     assert expected_ap == pytest.approx(0.1)
     res = box_ap([gt], [pred], [np.array([0.5])])
-    assert res["box_AP50"] == pytest.approx(1.0)
+    assert res["box_AP50"] == res["box_AP25"] == res["box_AP10"] == pytest.approx(1.0)
     assert res["box_AP"] == pytest.approx(expected_ap, abs=1e-12)
 
 
@@ -287,6 +287,9 @@ def test_box_ap50_matches_hand_written_reference(seed: int) -> None:
     assert res["box_AP50"] == pytest.approx(reference_ap(gts, dets, scores, 0.5), abs=1e-9)
     ap_all = np.mean([reference_ap(gts, dets, scores, t) for t in _COCO_IOUS])
     assert res["box_AP"] == pytest.approx(ap_all, abs=1e-9)
+    for iou in (0.25, 0.1):  # the low IoUs anomaly boxes are judged at
+        assert res[f"box_AP{int(iou * 100)}"] == pytest.approx(reference_ap(gts, dets, scores, iou), abs=1e-9)
+    assert res["box_AP10"] >= res["box_AP25"] >= res["box_AP50"]
 
 
 def test_box_ap_degenerate_cases() -> None:
@@ -294,7 +297,7 @@ def test_box_ap_degenerate_cases() -> None:
     res = box_ap([empty, empty], [np.array([[0, 0, 5, 5]]), empty], [np.array([0.9]), np.zeros(0)])
     assert math.isnan(res["box_AP"]) and math.isnan(res["box_AP50"])  # no GT at all
     res = box_ap([np.array([[0, 0, 5, 5]]), empty], [empty, empty], [np.zeros(0), np.zeros(0)])
-    assert res == {"box_AP": 0.0, "box_AP50": 0.0}  # GT but nothing predicted
+    assert res == dict.fromkeys(("box_AP", "box_AP50", "box_AP25", "box_AP10"), 0.0)  # GT, nothing predicted
     gt = np.array([[0.0, 0.0, 10.0, 10.0]])
     res = box_ap([gt, empty], [gt, np.array([[20.0, 20.0, 30.0, 30.0]])], [np.array([0.5]), np.array([0.9])])
     assert res["box_AP50"] == pytest.approx(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from otx import __version__
+from otx.boxes import BoxSettings
 from otx.errors import OTXError
 from otx.workdir import WorkDir, atomic_write_bytes
 
@@ -53,6 +54,7 @@ def save_checkpoint(model: AnomalyModel, path: Path, task: str, data: dict[str, 
         "state_dict": model.state_dict(),
         "data": data,
         "thresholds": model.postprocessor.stats(),
+        "boxes": model.box_settings.as_dict(),
         "weights_source": model.weights_source,
     }
     buffer = io.BytesIO()
@@ -97,6 +99,8 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         cls = getattr(importlib.import_module(module_name), class_name)
         model = cls.without_weights(**ckpt["model"]["init_args"])
         model.load_state_dict(ckpt["state_dict"])
+        if isinstance(ckpt.get("boxes"), dict):  # checkpoints before box tuning keep the defaults
+            model.box_settings = BoxSettings(**ckpt["boxes"])
     except OTXError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line

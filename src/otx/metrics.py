@@ -25,6 +25,7 @@ ArrayLike = torch.Tensor | np.ndarray
 __all__ = [
     "aupro",
     "box_ap",
+    "defect_recall",
     "f1_at",
     "gt_boxes_from_mask",
     "image_metrics",
@@ -346,8 +347,9 @@ def box_ap(
         pred_scores: one ``[M]`` array of prediction scores per image.
 
     Returns:
-        ``{"box_AP": AP@[.5:.95], "box_AP50": AP@.5}`` (up to 100 detections per image), both
-        ``nan`` when there is no ground-truth box at all.
+        ``{"box_AP": AP@[.5:.95], "box_AP50": AP@.5, "box_AP25": AP@.25, "box_AP10": AP@.1}`` (up
+        to 100 detections per image; the low IoUs suit anomaly boxes, whose extent is vaguer than
+        an object's), all ``nan`` when there is no ground-truth box at all.
 
     Raises:
         ValueError: if the lists differ in length or boxes and scores disagree in count.
@@ -370,8 +372,9 @@ def box_ap(
             raise ValueError(f"image {i}: {len(boxes)} boxes but {len(scores)} scores")
         for (x, y, w, h), score in zip(boxes, scores, strict=True):
             dt_anns.append(_coco_ann(len(dt_anns) + 1, i + 1, (x, y, w, h)) | {"score": float(score)})
+    names = ("box_AP", "box_AP50", "box_AP25", "box_AP10")
     if not gt_anns:
-        return {"box_AP": float("nan"), "box_AP50": float("nan")}
+        return dict.fromkeys(names, float("nan"))
 
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
@@ -382,15 +385,40 @@ def box_ap(
         coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.maxDets = [1, 10, 100]
+        # COCO's ten IoUs 0.50:0.95, then 0.25 and 0.10; every IoU is matched on its own.
+        evaluator.params.iouThrs = np.r_[np.linspace(0.5, 0.95, 10), 0.25, 0.1]
         evaluator.evaluate()
         evaluator.accumulate()
-        evaluator.summarize()
-    stats = evaluator.stats
+    # precision [IoU, recall, category, area range, max detections]: all areas, 100 detections,
+    # averaged over the recall points as COCOeval.summarize does (-1 marks undefined entries).
+    precision = evaluator.eval["precision"][:, :, 0, 0, -1]
 
-    def _value(v: float) -> float:
-        return float("nan") if v < 0 or math.isnan(v) else float(v)
+    def _mean(values: np.ndarray) -> float:
+        valid = values[values > -1]
+        return float(valid.mean()) if valid.size else float("nan")
 
-    return {"box_AP": _value(stats[0]), "box_AP50": _value(stats[1])}
+    values = (_mean(precision[:10]), _mean(precision[0]), _mean(precision[10]), _mean(precision[11]))
+    return dict(zip(names, values, strict=True))
+
+
+def defect_recall(masks: Sequence[ArrayLike], boxes: Sequence[ArrayLike]) -> float:
+    """Share of the ground-truth regions (8-connected components of the masks) that a box overlaps.
+
+    A box overlaps a region when the region has a pixel inside the box (``x1 <= x < x2``,
+    ``y1 <= y < y2``). Returns ``nan`` when the masks hold no region.
+    """
+    found = total = 0
+    for mask, image_boxes in zip(masks, boxes, strict=True):
+        mask_u8 = (_to_numpy(mask) != 0).astype(np.uint8)
+        count, labels = cv2.connectedComponents(mask_u8, connectivity=8, ltype=cv2.CV_32S)
+        total += count - 1
+        hit: set[int] = set()
+        for x1, y1, x2, y2 in np.asarray(_to_numpy(image_boxes), dtype=np.float64).reshape(-1, 4):
+            window = labels[max(int(np.floor(y1)), 0) : int(np.ceil(y2)), max(int(np.floor(x1)), 0) : int(np.ceil(x2))]
+            hit.update(np.unique(window).tolist())
+        hit.discard(0)
+        found += len(hit)
+    return found / total if total else float("nan")
 
 
 def gt_boxes_from_mask(mask: ArrayLike) -> np.ndarray:

@@ -40,7 +40,14 @@ def describe_loaded(scorer: Scorer) -> str:
 def render(console: Console, result: Result) -> None:
     """Print the summary of a verb's result."""
     if isinstance(result, TrainResult):
-        _summary(console, result, result.validation_metrics, "validation", {"checkpoint": result.checkpoint})
+        extra = {"checkpoint": result.checkpoint}
+        if result.boxes:
+            b = result.boxes
+            extra["boxes (chosen on the validation split)"] = (
+                f"map level {b['threshold']:.3f}, pieces within {b['merge']:.0%} of the longer side joined, "
+                f"at least {b['min_area']:.2%} of the image, {'also' if b['on_normal'] else 'none'} on normal images"
+            )
+        _summary(console, result, result.validation_metrics, "validation", extra)
     elif isinstance(result, TestResult):
         _summary(console, result, result.metrics, "test", {"report": result.report})
     elif isinstance(result, PredictResult):

@@ -79,6 +79,7 @@ class TrainResult(Result):
     timing_s: dict[str, float]
     peak_memory_mb: float
     warnings: list[str]
+    boxes: dict[str, Any] | None = None  # detection: the box settings chosen on the validation split
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

@@ -40,6 +40,7 @@ class TorchScorer:
         self.backbone = model.spec.name
         self.input_size = model.input_size
         self.preprocessor = model.preprocessor
+        self.boxes = model.box_settings
 
     def run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(maps [B, h, w], scores [B])``."""
@@ -93,6 +94,7 @@ class OpenVINOScorer:
         self.backbone = inferencer.info.backbone
         self.input_size = inferencer.info.input_size
         self.preprocessor = inferencer.info.preprocessor()  # masks and maps: the graph pre-processes images itself
+        self.boxes = inferencer.info.box_settings()
 
     def run(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised ``(maps [B, h, w], scores [B])`` for images of any size."""

@@ -71,6 +71,7 @@ def export_model(
         layers=list(model.layers),
         input_size=model.input_size,
         preprocess=model.preprocessor.config(),
+        boxes=model.box_settings.as_dict(),
         task=task,
         stats=model.postprocessor.stats(),
         precision=prec,

@@ -293,7 +293,7 @@ class OpenVINOInferencer:
     def _predict_arrays(self, names: list[str], arrays: list[np.ndarray]) -> list[Prediction]:
         outputs = self.infer(arrays)
         sizes = np.array([image_hw(a) for a in arrays], dtype=np.int64).reshape(-1, 2)
-        return self.adapter.predictions(outputs, names, sizes, self.preprocessor)
+        return self.adapter.predictions(outputs, names, sizes, self.preprocessor, self.info.box_settings())
 
 
 def _store_outputs(

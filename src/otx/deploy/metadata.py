@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from otx import __version__
+from otx.boxes import BoxSettings
 from otx.errors import OTXError
 from otx.preprocess import PreProcessor
 
@@ -41,6 +42,7 @@ def build_model_info(
     layers: list[str],
     input_size: tuple[int, int],
     preprocess: dict[str, Any] | None = None,
+    boxes: dict[str, Any] | None = None,
     task: str,
     stats: dict[str, float],
     precision: str,
@@ -52,7 +54,8 @@ def build_model_info(
 
     ``data`` is the checkpoint's data record (fingerprint of the training files, validation split
     and seed), so that ``otx test`` on the exported model evaluates on the same unseen images.
-    ``preprocess`` is the model's ``PreProcessor.config()`` (input mode and tiles).
+    ``preprocess`` is the model's ``PreProcessor.config()`` (input mode and tiles), ``boxes`` its
+    ``BoxSettings.as_dict()`` (how detection boxes are cut from the map).
     """
     data = data or {}
     preprocess = preprocess or {"mode": "resize"}
@@ -79,6 +82,7 @@ def build_model_info(
         "input_size": list(input_size),
         "otx_input_mode": preprocess["mode"],
         **{f"otx_{key}": preprocess[key] for key in ("tile_size", "tile_stride") if key in preprocess},
+        **{f"otx_box_{key}": value for key, value in (boxes or {}).items()},
         "otx_input": INPUT_CONTRACT,
         "otx_outputs": ["pred_score", "pred_label", "anomaly_map", "pred_mask"],
         "otx_precision": precision,
@@ -153,6 +157,16 @@ class ModelInfo:
             if f"otx_{key}" in self.raw:
                 config[key] = int(self.raw[f"otx_{key}"])
         return PreProcessor.from_config(config)
+
+    def box_settings(self) -> BoxSettings:
+        """How detection boxes are cut from the map (the defaults for exports made before box tuning)."""
+        default = BoxSettings()
+        return BoxSettings(
+            threshold=float(self.raw.get("otx_box_threshold", default.threshold)),
+            merge=float(self.raw.get("otx_box_merge", default.merge)),
+            min_area=float(self.raw.get("otx_box_min_area", default.min_area)),
+            on_normal=self.raw.get("otx_box_on_normal", "False") == "True",
+        )
 
     @property
     def quantization(self) -> str:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from otx import distributed
+from otx.boxes import BoxSettings
 from otx.data.datamodule import raise_batch_errors
 from otx.errors import OTXConfigError
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
@@ -74,6 +75,7 @@ class AnomalyModel(L.LightningModule):
         input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``otx.preprocess``; ``docs/input-modes.md``).
         tile_size: side of the square tiles the core sees in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``: no overlap).
+        boxes_on_normal: detection boxes also on images labelled normal (default: none there).
     """
 
     # lightning.Trainer arguments of this model (a recipe's trainer: section overrides them).
@@ -99,6 +101,7 @@ class AnomalyModel(L.LightningModule):
         input_mode: str = "resize",
         tile_size: int | None = None,
         tile_stride: int | None = None,
+        boxes_on_normal: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, str):
@@ -126,6 +129,8 @@ class AnomalyModel(L.LightningModule):
         # One-pass models return no loss: manual optimisation (no optimiser) is what DDP accepts then.
         self.automatic_optimization = not self.fits_in_one_pass
         self.postprocessor = PostProcessor()
+        # how detection boxes are cut from the maps (tuned on the validation split by `otx train`)
+        self.box_settings = BoxSettings(on_normal=check_bool("boxes_on_normal", boxes_on_normal))
         self.validation_outputs: dict[str, torch.Tensor] | None = None  # the last validation epoch's
         self.validated_step = self.validated_epoch = -1  # the step and epoch those outputs come from
 

@@ -245,6 +245,7 @@ class Patchcore(AnomalyModel):
         input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``docs/input-modes.md``).
         tile_size: tile side in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
+        boxes_on_normal: detection boxes also on images labelled normal.
         pretrained: load ImageNet weights into the backbone.
         weights: a local weights file for the backbone.
         image_threshold: manual raw image threshold; None learns it on validation.
@@ -290,6 +291,7 @@ class Patchcore(AnomalyModel):
         input_mode: str = "resize",
         tile_size: int | None = None,
         tile_stride: int | None = None,
+        boxes_on_normal: bool = False,
         pretrained: bool = True,
         weights: str | None = None,
         image_threshold: float | None = None,
@@ -316,6 +318,7 @@ class Patchcore(AnomalyModel):
             input_mode=input_mode,
             tile_size=tile_size,
             tile_stride=tile_stride,
+            boxes_on_normal=boxes_on_normal,
         )
         self.save_hyperparameters()
 

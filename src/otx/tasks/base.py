@@ -9,6 +9,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from otx.boxes import BoxSettings
 from otx.preprocess import PreProcessor
 
 
@@ -90,6 +91,7 @@ class TaskAdapter:
         paths: list[str],
         orig_sizes: np.ndarray,
         preprocessor: PreProcessor | None = None,
+        boxes: BoxSettings | None = None,
     ) -> list[Prediction]:
         """Build predictions from a batch of normalised outputs.
 
@@ -100,15 +102,17 @@ class TaskAdapter:
             orig_sizes: ``[B, 2]`` original ``(height, width)`` per item.
             preprocessor: the model's input mode, which ``restore`` s each map to its image's
                 size (None: the maps were resized, the ``resize`` mode).
+            boxes: how the detection task cuts boxes from the maps (None: ``BoxSettings()``).
         """
+        boxes = boxes or BoxSettings()
         restore = preprocessor.restore if preprocessor is not None else resize_map
         results = []
         for i, path in enumerate(paths):
             pred = Prediction(path, float(outputs["pred_score"][i]), bool(outputs["pred_label"][i]))
             if self.pixel_level:
-                self.finish(pred, restore(outputs["anomaly_map"][i], tuple(orig_sizes[i])))
+                self.finish(pred, restore(outputs["anomaly_map"][i], tuple(orig_sizes[i])), boxes)
             results.append(pred)
         return results
 
-    def finish(self, prediction: Prediction, anomaly_map: np.ndarray) -> None:
+    def finish(self, prediction: Prediction, anomaly_map: np.ndarray, boxes: BoxSettings) -> None:
         """Add the task's pixel-level outputs from the full-size normalised map."""

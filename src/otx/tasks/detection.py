@@ -1,19 +1,22 @@
-"""Anomaly detection: boxes around the connected components of the thresholded anomaly map."""
+"""Anomaly detection: boxes around the defects, cut from the anomaly map by the model's box settings."""
 
 import numpy as np
 
-from otx.postprocess import mask_to_boxes
+from otx.boxes import BoxSettings, boxes_from_map
 from otx.tasks.base import AnomalyTask, Prediction, TaskAdapter
 
 
 class DetectionAdapter(TaskAdapter):
-    """Each box is a connected component of (map >= 0.5), scored by the map's maximum inside it."""
+    """Boxes by ``otx.boxes.boxes_from_map``: none on images labelled normal unless the settings ask.
+
+    The map and its mask (>= 0.5) are kept too, for overlays (the heat map under the boxes).
+    """
 
     task = AnomalyTask.DETECTION
     pixel_level = True
     box_level = True
 
-    def finish(self, prediction: Prediction, anomaly_map: np.ndarray) -> None:  # noqa: D102
-        mask = anomaly_map >= 0.5
-        prediction.pred_mask = mask
-        prediction.pred_boxes, prediction.box_scores = mask_to_boxes(mask, anomaly_map)
+    def finish(self, prediction: Prediction, anomaly_map: np.ndarray, boxes: BoxSettings) -> None:  # noqa: D102
+        prediction.anomaly_map = anomaly_map
+        prediction.pred_mask = anomaly_map >= 0.5
+        prediction.pred_boxes, prediction.box_scores = boxes_from_map(anomaly_map, prediction.pred_label, boxes)

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from otx.boxes import BoxSettings
 from otx.tasks.base import AnomalyTask, Prediction, TaskAdapter
 
 
@@ -11,6 +12,7 @@ class SegmentationAdapter(TaskAdapter):
     task = AnomalyTask.SEGMENTATION
     pixel_level = True
 
-    def finish(self, prediction: Prediction, anomaly_map: np.ndarray) -> None:  # noqa: D102
+    def finish(self, prediction: Prediction, anomaly_map: np.ndarray, boxes: BoxSettings) -> None:  # noqa: D102
+        del boxes
         prediction.anomaly_map = anomaly_map
         prediction.pred_mask = anomaly_map >= 0.5

@@ -9,10 +9,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from otx import distributed
+from otx.boxes import BoxSettings, tune
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
 from otx.data.dataset import Sample
 from otx.data.io import read_mask
-from otx.metrics import box_ap, gt_boxes_from_mask, image_metrics, pixel_metrics
+from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask, image_metrics, pixel_metrics
+from otx.models.base import AnomalyModel
 from otx.preprocess import PreProcessor
 from otx.render import progress
 from otx.scoring import Scorer, as_numpy
@@ -95,7 +97,7 @@ def to_predictions(adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, sampl
     """Task predictions (label, score, map, mask, boxes at each image's own size) from raw outputs."""
     normalized = as_numpy(scorer.normalize(outputs["maps"], outputs["scores"]))
     paths = [s.path for s in samples]
-    return adapter.predictions(normalized, paths, outputs["orig_sizes"].numpy(), scorer.preprocessor)
+    return adapter.predictions(normalized, paths, outputs["orig_sizes"].numpy(), scorer.preprocessor, scorer.boxes)
 
 
 def evaluate(
@@ -139,16 +141,30 @@ def evaluate(
     metrics.update(pixel_metrics(full_maps, full_masks, [m >= pixel_threshold for m in full_maps]))
     metrics.update({f"{key}_input": value for key, value in at_input.items()})
     if adapter.box_level and predictions is not None:
-        gt_boxes, pred_boxes, box_scores = [], [], []
-        for sample, pred, use in zip(samples, predictions, usable, strict=True):
-            if not use:
-                continue
-            gt = read_mask(sample.mask_path) if sample.mask_path else None
-            gt_boxes.append(gt_boxes_from_mask(gt) if gt is not None else np.zeros((0, 4), np.float32))
-            pred_boxes.append(pred.pred_boxes)
-            box_scores.append(pred.box_scores)
-        metrics.update(box_ap(gt_boxes, pred_boxes, box_scores))
+        boxed = [p for p, use in zip(predictions, usable, strict=True) if use]  # in the order of full_masks
+        pred_boxes, box_scores = [p.pred_boxes for p in boxed], [p.box_scores for p in boxed]
+        metrics.update(box_ap([gt_boxes_from_mask(m) for m in full_masks], pred_boxes, box_scores))
+        metrics["defect_recall"] = defect_recall(full_masks, pred_boxes)
+        on_normal = [len(p.pred_boxes) for p, s in zip(predictions, samples, strict=True) if s.label == 0]
+        metrics["false_boxes_per_normal_image"] = float(np.mean(on_normal)) if on_normal else float("nan")
     return metrics
+
+
+def tune_boxes(model: AnomalyModel, outputs: Outputs, samples: list[Sample]) -> tuple[BoxSettings, dict[str, float]]:
+    """Box settings for ``model`` chosen on its validation outputs (``otx.boxes.tune``), at each image's size."""
+    with torch.inference_mode():
+        normalized = as_numpy(model.postprocessor(outputs["maps"], outputs["scores"]))
+    maps, labels, gt_boxes = [], [], []
+    sizes = outputs["orig_sizes"].numpy()
+    for sample, amap, label, size in zip(
+        samples, normalized["anomaly_map"], normalized["pred_label"], sizes, strict=True
+    ):
+        if sample.label == 1 and sample.mask_path is None:
+            continue  # an anomalous image without a mask cannot judge boxes
+        maps.append(model.preprocessor.restore(amap, tuple(size)))
+        labels.append(bool(label))
+        gt_boxes.append(gt_boxes_from_mask(read_mask(sample.mask_path)) if sample.mask_path else np.zeros((0, 4)))
+    return tune(maps, labels, gt_boxes, on_normal=model.box_settings.on_normal)
 
 
 def prediction_counts(predictions: list[Prediction]) -> dict[str, int]:

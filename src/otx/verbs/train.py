@@ -17,9 +17,10 @@ from otx.checks import image_profile, threshold_warnings
 from otx.errors import OTXError
 from otx.models.base import AnomalyModel
 from otx.results import TrainResult
+from otx.scoring import TorchScorer
 from otx.training import build_trainer, describe_settings, merge_settings
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
-from otx.verbs.inference import evaluate
+from otx.verbs.inference import evaluate, to_predictions, tune_boxes
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
@@ -61,6 +62,10 @@ def run(
         + (f" x {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else "")
         + (f", resuming {resume}" if resume else "")
     )
+    pre = model.preprocessor
+    if pre.mode != "resize":
+        tiles = f", {pre.tiles_per_image} tiles of {pre.tile_size} per image" if pre.mode == "tile" else ""
+        ctx.console.print(f"input mode {pre.mode}: images to {pre.input_size[0]}x{pre.input_size[1]}{tiles}")
     start = time.perf_counter()
     # Each process gets its share: every training image once for one-pass models (exact statistics),
     # equal padded shares for gradient training; validation images once each (gathered by index).
@@ -100,7 +105,16 @@ def run(
         logger.log_metrics({f"time/{k}": v for k, v in timings.items()}, step=trainer.global_step)
         logger.save()
     thresholds = (stats["image_threshold"], stats["pixel_threshold"])
-    val_metrics = evaluate(ctx, adapter, data.has_masks, thresholds, outputs, splits["val"], model.preprocessor)
+    predictions = None
+    if adapter.box_level and data.has_masks:  # box threshold, merging and minimum area for this model
+        start_boxes = time.perf_counter()
+        model.box_settings, _ = tune_boxes(model, outputs, splits["val"])
+        timings["box_tuning_s"] = time.perf_counter() - start_boxes
+        log.info("box settings from the validation split: %s", model.box_settings)
+        predictions = to_predictions(adapter, TorchScorer(model), outputs, splits["val"])
+    val_metrics = evaluate(
+        ctx, adapter, data.has_masks, thresholds, outputs, splits["val"], model.preprocessor, predictions=predictions
+    )
     labels = outputs["labels"].numpy() == 1
     found = threshold_warnings(outputs["scores"].numpy(), labels, stats["image_threshold"], "image", "validation")
     pixel_truth = outputs["masks"].numpy() if data.has_masks else None
@@ -136,6 +150,7 @@ def run(
         checkpoint=str(checkpoint),
         validation_metrics=val_metrics,
         thresholds=stats,
+        boxes=model.box_settings.as_dict() if adapter.box_level else None,
         splits=data.split_summary(),
         timing_s={k: round(v, 2) for k, v in timings.items()},
         peak_memory_mb=peak_memory_mb(),

@@ -52,13 +52,28 @@ def read_rgb(path: Path) -> np.ndarray | None:
     return cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
 
 
-def boxes_of(mask: np.ndarray, score_map: np.ndarray) -> list[dict]:
-    """One box per 8-connected component of the mask, scored by the map's maximum inside it."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict) -> list[dict]:
+    """Boxes as otx cuts them (``otx.boxes.boxes_from_map``), from the full-size normalised map.
+
+    Pixels at or above the box threshold; components within ``merge`` of the longer side joined;
+    boxes under ``min_area`` of the image dropped; each scored by the map's maximum inside it;
+    none on images labelled normal unless ``on_normal``.
+    """
+    if not anomalous and not settings["on_normal"]:
+        return []
+    mask = (score_map >= settings["threshold"]).astype(np.uint8)
+    radius = int(round(settings["merge"] * max(mask.shape)))
+    grouped = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)) if radius else mask
+    count, groups = cv2.connectedComponents(grouped, connectivity=8, ltype=cv2.CV_32S)
     boxes = []
     for k in range(1, count):
-        x, y, w, h = (float(v) for v in stats[k, :4])
-        boxes.append({"xyxy": [x, y, x + w, y + h], "score": round(float(score_map[labels == k].max()), 6)})
+        ys, xs = np.nonzero((groups == k) & (mask > 0))
+        if len(xs) == 0:
+            continue
+        x1, y1, x2, y2 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
+        if (x2 - x1) * (y2 - y1) < settings["min_area"] * mask.size:
+            continue
+        boxes.append({"xyxy": [x1, y1, x2, y2], "score": round(float(score_map[ys, xs].max()), 6)})
     return boxes
 
 
@@ -101,10 +116,19 @@ def main() -> int:
         return 1
     model = core.read_model(args.model)
     task = model.get_rt_info(["model_info", "task"]).astype(str)
-    mode = "resize"
-    if model.has_rt_info(["model_info", "otx_input_mode"]):
-        mode = model.get_rt_info(["model_info", "otx_input_mode"]).astype(str)
-    input_hw = [int(v) for v in model.get_rt_info(["model_info", "input_size"]).astype(str).split()]
+
+    def info(key: str, default: str) -> str:
+        return model.get_rt_info(["model_info", key]).astype(str) if model.has_rt_info(["model_info", key]) else default
+
+    mode = info("otx_input_mode", "resize")
+    input_hw = [int(v) for v in info("input_size", "256 256").split()]
+
+    box_settings = {
+        "threshold": float(info("otx_box_threshold", "0.5")),
+        "merge": float(info("otx_box_merge", "0.0")),
+        "min_area": float(info("otx_box_min_area", "0.0")),
+        "on_normal": info("otx_box_on_normal", "False") == "True",
+    }
     if "INFERENCE_PRECISION_HINT" in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
         core.set_property("CPU", {"INFERENCE_PRECISION_HINT": args.precision})
     compiled = core.compile_model(model, args.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
@@ -133,7 +157,7 @@ def main() -> int:
             mask = full >= 0.5
             cv2.imwrite(str(out_dir / "masks" / f"{index:05d}_{path.stem}_mask.png"), mask.astype(np.uint8) * 255)
             if task == "detection":
-                record["boxes"] = boxes_of(mask, full)
+                record["boxes"] = boxes_of(full, score >= 0.5, box_settings)
         results[index] = record
 
     queue = ov.AsyncInferQueue(compiled)

@@ -1,0 +1,111 @@
+"""Detection boxes from anomaly maps, with settings tuned on the validation split.
+
+A box is a group of pixels of the normalised map at or above ``threshold`` (a level of its own,
+not necessarily the pixel threshold 0.5); components closer than ``merge`` (a share of the
+image's longer side) form one group, so a crack broken into pieces gives one box; groups whose
+box covers less than ``min_area`` of the image are dropped; each box is scored by the map's
+maximum inside it. Images labelled normal get no box unless ``on_normal``.
+
+``tune`` picks threshold, merge and minimum area on the validation split: the combination with
+the best mean of box AP at IoU 0.1, 0.25 and 0.5 (pycocotools). The settings are buffers of the
+model's ``PostProcessor`` (checkpoints) and entries of the export metadata; the demo package's
+script repeats ``boxes_from_map`` in numpy and OpenCV.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+THRESHOLD_STEPS = (-0.1, 0.0, 0.15, 0.3, 0.45, 0.6)  # box levels tried: 0.5 + step * (highest level - 0.5)
+MERGE_CHOICES = (0.0, 0.02, 0.05)  # share of the longer side within which components are joined
+MIN_AREA_CHOICES = (0.0, 0.0005, 0.002)  # share of the image area a box must cover
+TUNED_IOUS = (0.1, 0.25, 0.5)
+
+
+@dataclass(frozen=True)
+class BoxSettings:
+    """How boxes are cut from a normalised anomaly map (see the module's docstring)."""
+
+    threshold: float = 0.5
+    merge: float = 0.0
+    min_area: float = 0.0
+    on_normal: bool = False
+
+    def as_dict(self) -> dict[str, float | bool]:
+        """The settings as plain values (metrics.json, metadata)."""
+        return asdict(self)
+
+
+def boxes_from_map(anomaly_map: np.ndarray, label: bool | None, settings: BoxSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes ``[K, 4]`` (``x1, y1, x2, y2``, exclusive ends) and their scores from a full-size normalised map."""
+    empty = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+    if not label and not settings.on_normal:
+        return empty
+    mask = (anomaly_map >= settings.threshold).astype(np.uint8)
+    if not mask.any():
+        return empty
+    height, width = mask.shape
+    radius = int(round(settings.merge * max(height, width)))
+    grouped = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)) if radius else mask
+    count, groups = cv2.connectedComponents(grouped, connectivity=8, ltype=cv2.CV_32S)
+    ys, xs = np.nonzero(mask)  # the box holds the group's own pixels, not the dilation
+    ids = groups[ys, xs]
+    boxes = np.empty((count, 4), np.float64)
+    boxes[:, :2] = np.inf
+    boxes[:, 2:] = -np.inf
+    np.minimum.at(boxes[:, 0], ids, xs)
+    np.minimum.at(boxes[:, 1], ids, ys)
+    np.maximum.at(boxes[:, 2], ids, xs + 1)
+    np.maximum.at(boxes[:, 3], ids, ys + 1)
+    scores = np.full(count, -np.inf)
+    np.maximum.at(scores, ids, anomaly_map[ys, xs].astype(np.float64))
+    keep = np.isfinite(scores)
+    keep[0] = False  # background
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep &= area >= settings.min_area * height * width
+    return boxes[keep].astype(np.float32), scores[keep].astype(np.float32)
+
+
+def candidates(highest: float) -> list[BoxSettings]:
+    """The settings ``tune`` tries, given the highest normalised level on the validation maps."""
+    span = max(float(highest) - 0.5, 0.0)
+    levels = sorted({round(0.5 + step * span, 6) for step in THRESHOLD_STEPS})
+    return [
+        BoxSettings(level, merge, area)
+        for level, merge, area in itertools.product(levels, MERGE_CHOICES, MIN_AREA_CHOICES)
+    ]
+
+
+def tune(
+    maps: Sequence[np.ndarray], labels: Sequence[bool], gt_boxes: Sequence[np.ndarray], on_normal: bool = False
+) -> tuple[BoxSettings, dict[str, float]]:
+    """The candidate settings with the best mean box AP at IoU 0.1, 0.25 and 0.5 on validation images.
+
+    Args:
+        maps: each validation image's normalised map at its own size.
+        labels: the predicted label of each image (boxes only on anomalous ones unless ``on_normal``).
+        gt_boxes: each image's ground-truth boxes ``[K, 4]`` (empty for normal images).
+        on_normal: keep boxes on images labelled normal.
+
+    Returns:
+        The chosen settings and their box metrics on the validation images. Ties keep the
+        earlier candidate (lower threshold, no merging, no minimum area).
+    """
+    from otx.metrics import box_ap
+
+    highest = max((float(m.max()) for m in maps), default=0.5)
+    best: tuple[float, BoxSettings, dict[str, float]] | None = None
+    for settings in candidates(highest):
+        settings = BoxSettings(settings.threshold, settings.merge, settings.min_area, on_normal)
+        found = [boxes_from_map(m, label, settings) for m, label in zip(maps, labels, strict=True)]
+        metrics = box_ap(list(gt_boxes), [b for b, _ in found], [s for _, s in found])
+        objective = float(np.nanmean([metrics[f"box_AP{int(iou * 100)}"] for iou in TUNED_IOUS]))
+        if best is None or objective > best[0]:
+            best = (objective, settings, metrics)
+    assert best is not None
+    return best[1], best[2]

@@ -1,0 +1,92 @@
+"""Detection boxes: cut from maps by the box settings, tuned on validation, and the anomaly box metrics."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from otx.boxes import BoxSettings, boxes_from_map, candidates, tune
+from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask
+from otx.postprocess import mask_to_boxes
+
+
+def two_pieces() -> np.ndarray:
+    """A 100x200 map: a crack in two pieces 6 pixels apart (0.9), a speck (0.7), background 0.2."""
+    amap = np.full((100, 200), 0.2, np.float32)
+    amap[20:60, 50:53] = 0.9
+    amap[66:90, 51:54] = 0.8
+    amap[10, 150] = 0.7
+    return amap
+
+
+def test_default_settings_are_the_connected_components_of_the_mask() -> None:
+    amap = two_pieces()
+    boxes, scores = boxes_from_map(amap, True, BoxSettings())
+    want_boxes, want_scores = mask_to_boxes(amap >= 0.5, amap)
+    np.testing.assert_array_equal(boxes, want_boxes)
+    np.testing.assert_array_equal(scores, want_scores)
+    assert len(boxes) == 3
+
+
+def test_merge_min_area_threshold_and_normal_images() -> None:
+    amap = two_pieces()
+    # within 0.05 * 200 = 10 pixels: the two pieces are one box of their own pixels (not the dilation)
+    boxes, scores = boxes_from_map(amap, True, BoxSettings(merge=0.05))
+    assert sorted(map(tuple, boxes.tolist())) == [(50.0, 20.0, 54.0, 90.0), (150.0, 10.0, 151.0, 11.0)]
+    assert sorted(scores.tolist()) == pytest.approx([0.7, 0.9])
+    # a box must cover 0.1 % of 20000 pixels = 20: the one-pixel speck goes
+    boxes, _ = boxes_from_map(amap, True, BoxSettings(merge=0.05, min_area=0.001))
+    assert boxes.tolist() == [[50.0, 20.0, 54.0, 90.0]]
+    # a threshold of its own: at 0.85 only the upper piece is left
+    boxes, _ = boxes_from_map(amap, True, BoxSettings(threshold=0.85))
+    assert boxes.tolist() == [[50.0, 20.0, 53.0, 60.0]]
+    # images labelled normal get no box, unless asked for
+    assert len(boxes_from_map(amap, False, BoxSettings())[0]) == 0
+    assert len(boxes_from_map(amap, False, BoxSettings(on_normal=True))[0]) == 3
+
+
+def test_defect_recall_counts_regions_a_box_touches() -> None:
+    mask = np.zeros((50, 80), np.uint8)
+    mask[5:10, 5:10] = 1  # region 1
+    mask[30:40, 60:70] = 1  # region 2
+    mask[45:48, 2:4] = 1  # region 3
+    boxes = np.array([[8, 8, 12, 12], [0, 20, 50, 30], [69, 39, 75, 45]], np.float32)  # touch 1 and 2 (a corner)
+    assert defect_recall([mask, np.zeros((10, 10))], [boxes, np.zeros((0, 4))]) == pytest.approx(2 / 3)
+    # brute force: a region is found when one of its pixels lies inside a box
+    count, labels = cv2.connectedComponents(mask, connectivity=8)
+    found = {
+        labels[y, x]
+        for y, x in zip(*np.nonzero(mask), strict=True)
+        for x1, y1, x2, y2 in boxes
+        if x1 <= x < x2 and y1 <= y < y2
+    }
+    assert len(found) / (count - 1) == pytest.approx(2 / 3)
+    assert np.isnan(defect_recall([np.zeros((5, 5))], [boxes]))
+
+
+def test_tuning_finds_tight_boxes_on_blurred_maps() -> None:
+    """Blurred maps make the boxes at the pixel threshold too wide; a higher level fits the defects."""
+    rng = np.random.default_rng(0)
+    maps, labels, gts = [], [], []
+    for i in range(16):
+        mask = np.zeros((120, 160), np.uint8)
+        if i % 4:  # anomalous
+            x, y = rng.integers(20, 120), rng.integers(20, 80)
+            mask[y : y + 12, x : x + 18] = 1
+        blurred = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 6)
+        maps.append(np.clip(0.35 + blurred + rng.normal(0, 0.02, mask.shape), 0, 1).astype(np.float32))
+        labels.append(bool(i % 4))
+        gts.append(gt_boxes_from_mask(mask))
+    default = [boxes_from_map(m, lab, BoxSettings()) for m, lab in zip(maps, labels, strict=True)]
+    at_default = box_ap(gts, [b for b, _ in default], [s for _, s in default])
+    chosen, metrics = tune(maps, labels, gts)
+    assert chosen.threshold > 0.5
+    assert metrics["box_AP50"] > at_default["box_AP50"] + 0.3
+    # it is the best of the candidates by the stated objective (mean AP at IoU 0.1, 0.25, 0.5)
+    objectives = []
+    for settings in candidates(max(float(m.max()) for m in maps)):
+        found = [boxes_from_map(m, lab, settings) for m, lab in zip(maps, labels, strict=True)]
+        ap = box_ap(gts, [b for b, _ in found], [s for _, s in found])
+        objectives.append(np.mean([ap["box_AP10"], ap["box_AP25"], ap["box_AP50"]]))
+    assert np.mean([metrics["box_AP10"], metrics["box_AP25"], metrics["box_AP50"]]) == pytest.approx(max(objectives))
