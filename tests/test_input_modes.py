@@ -229,3 +229,14 @@ def check_pixel_auroc_at_image_size(work_dir: Path, root: Path, predictions: lis
         scores.append(full.ravel())
         truth.append(mask.ravel())
     assert reported == pytest.approx(roc_auc_score(np.concatenate(truth), np.concatenate(scores)), abs=1e-4)
+
+
+def test_a_tiled_batch_holds_batch_size_tiles(sample_root: Path) -> None:
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), batch_size=16, num_workers=0)
+    data.setup()
+    tiled = PreProcessor((128, 128), "tile", tile_size=64, tile_stride=32)  # 3 x 3 = 9 tiles per image
+    assert data.images_per_batch(tiled) == 1
+    assert data.images_per_batch(PreProcessor((256, 256), "tile", tile_size=128)) == 4
+    assert data.images_per_batch(PreProcessor((128, 128))) == 16
+    batch = next(iter(data.dataloader("train", PreProcessor((256, 256), "tile", tile_size=128))))
+    assert batch["image"].shape == (4, 3, 256, 256)

@@ -125,7 +125,7 @@ class AnomalyDataModule:
         data_root: folder in MVTec AD layout.
         val_split: fraction of each test folder used for validation when the data has no ``val/``.
         seed: seed of the validation split (the same seed always gives the same split).
-        batch_size: images per batch for training and inference.
+        batch_size: images per batch for training and inference (tiles per batch in the ``tile`` mode).
         num_workers: data-loading worker processes.
         check_files: read every image header and check masks before starting (recommended).
     """
@@ -187,6 +187,14 @@ class AnomalyDataModule:
         """A loader over one split (``train``, ``val``, ``test``), pre-processed by the model's ``preprocess``."""
         return self.loader(self.splits[split], preprocess, shuffle=shuffle, shard=shard)
 
+    def images_per_batch(self, preprocess: PreProcessor) -> int:
+        """Images in a batch: ``batch_size``, or in the ``tile`` mode as many as give ``batch_size`` tiles (at least 1).
+
+        So a batch holds about as many core inputs in every mode, and a folder of large tiled
+        images (a 4000x3000 image is 192 tiles of 256) does not sit in memory 16 at a time.
+        """
+        return max(1, self.batch_size // preprocess.tiles_per_image)
+
     def loader(
         self,
         samples: list[Sample],
@@ -201,16 +209,17 @@ class AnomalyDataModule:
         still at the pre-processor's map size). ``shard`` ``(rank, world, pad)`` gives this
         process its share of the order (``otx.distributed.ShardSampler``).
         """
+        batch_size = self.images_per_batch(preprocess)
         order: Any = EpochShuffleSampler(len(samples), self.seed) if shuffle else None  # resumable shuffle
         if shard is not None and shard[1] > 1:
-            order = ShardSampler(order if order is not None else range(len(samples)), *shard, block=self.batch_size)
+            order = ShardSampler(order if order is not None else range(len(samples)), *shard, block=batch_size)
             samples_here = len(order)
         else:
             samples_here = len(samples)
-        workers = min(self.num_workers, max(samples_here // max(self.batch_size, 1), 0))
+        workers = min(self.num_workers, max(samples_here // batch_size, 0))
         return DataLoader(
             AnomalyDataset(samples, preprocess, resize_images=resize),
-            batch_size=self.batch_size,
+            batch_size=batch_size,
             sampler=order,
             num_workers=workers,
             persistent_workers=False,

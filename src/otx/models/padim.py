@@ -150,11 +150,23 @@ class PadimMapGenerator(AnomalyMapGenerator):
     """anomalib's PADIM anomaly map with the separable blur and matrix-product upsampling.
 
     Same values as anomalib's generator and the same state dict (``blur.kernel``); only faster.
+    The Mahalanobis product takes the per-position differences contiguous: anomalib multiplies a
+    permuted view, which sent torch's batched matmul down a slow path (16 tiles of 256: 3.4-6.2 s
+    against 0.17 s on this CPU).
     """
 
     def __init__(self, sigma: int = 4) -> None:
         super().__init__(sigma=sigma)
         self.blur = SeparableGaussianBlur(self.blur)
+
+    @staticmethod
+    def compute_distance(embedding: torch.Tensor, stats: list[torch.Tensor]) -> torch.Tensor:
+        """Mahalanobis distance ``[B, 1, h, w]`` of each position's embedding (anomalib's, contiguous)."""
+        batch, channels, height, width = embedding.shape
+        mean, inv_covariance = stats
+        delta = (embedding.reshape(batch, channels, height * width) - mean).permute(2, 0, 1).contiguous()
+        distances = (torch.matmul(delta, inv_covariance) * delta).sum(2).permute(1, 0)
+        return distances.reshape(batch, 1, height, width).clamp(0).sqrt()
 
     @staticmethod
     def up_sample(distance: torch.Tensor, image_size: tuple[int, int] | torch.Size) -> torch.Tensor:

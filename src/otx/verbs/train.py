@@ -49,7 +49,7 @@ def run(
         raise OTXError(
             "no validation images: thresholds need test/ (or val/) images; add test/good and test/<defect> folders"
         )
-    steps = max(1, min(50, len(splits["train"]) // max(data.batch_size, 1)))
+    steps = max(1, min(50, len(splits["train"]) // data.images_per_batch(model.preprocessor)))
     trainer, roles = build_trainer(settings, run.path, steps)
     rank, world = trainer.global_rank, trainer.world_size
     if len(splits["train"]) < world:

@@ -1,0 +1,68 @@
+"""Peak memory of ``otx predict`` on a 4000x3000 image with PADIM in the ``tile`` mode (and of its training).
+
+Writes a small synthetic dataset of 3000x4000 (height x width) brushed-metal images
+(``otx.data.strip``), trains PADIM with ``input_mode tile``, ``input_size [3000,4000]`` and
+256-pixel tiles (12 x 16 = 192 tiles per image), then predicts one image. Each command runs in its
+own process with ``--data.num_workers 0`` (so its peak resident memory is all the memory it uses)
+and is timed around.
+
+Usage::
+
+    .venv/bin/python benchmarks/tile_memory.py --work_dir /tmp/otx-tile-memory \\
+        --out benchmarks/results/tile_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from otx.data.strip import make_strip_dataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run_recipes import run  # noqa: E402 - the same subprocess timing as the recipe benchmark
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work_dir", default="/tmp/otx-tile-memory")
+    parser.add_argument("--tile_size", type=int, default=256)
+    parser.add_argument("--out", default="benchmarks/results/tile_memory.json")
+    args = parser.parse_args()
+
+    work = Path(args.work_dir)
+    data = make_strip_dataset(work / "data", height=3000, width=4000, n_train=4, n_test_good=2, n_test_defect=1)
+    otx = [sys.executable, "-m", "otx.cli"]
+    common = ["--data_root", str(data), "--work_dir", str(work / "ws"), "--data.num_workers", "0"]
+    model = [
+        "--model.init_args.input_mode",
+        "tile",
+        "--model.init_args.input_size",
+        "[3000,4000]",
+        "--model.init_args.tile_size",
+        str(args.tile_size),
+    ]
+    train_s, train_mb = run([*otx, "train", "--config", "recipe/anomaly_segmentation/padim.yaml", *common, *model])
+    image = sorted((data / "test" / "scratch").glob("*.png"))[0]
+    predict_s, predict_mb = run(
+        [*otx, "predict", "--config", "recipe/anomaly_segmentation/padim.yaml", *common, "--source", str(image)]
+    )
+    result = {
+        "image": "3000x4000 (height x width)",
+        "tile_size": args.tile_size,
+        "tiles_per_image": (-(-3000 // args.tile_size)) * (-(-4000 // args.tile_size)),
+        "train_s": round(train_s, 1),
+        "train_peak_mb": round(train_mb),
+        "predict_s": round(predict_s, 1),
+        "predict_peak_mb": round(predict_mb),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
