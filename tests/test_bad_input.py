@@ -51,6 +51,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "n_features",
         1,
     ),
+    (
+        "train-input-mode",
+        "wrong value",
+        ["train", "--config", RECIPE, "--model.init_args.input_mode", "letterbox"],
+        "input_mode must be one of",
+        1,
+    ),
+    (
+        "train-tile-size",
+        "out of range",
+        ["train", "--config", RECIPE, "--model.init_args.input_mode", "tile", "--model.init_args.tile_size", "300"],
+        "tile_size must be an integer from 32",
+        1,
+    ),
     ("train-lr", "out of range", ["train", "--config", STFPM, "--model.init_args.lr", "-0.1"], "lr must be", 1),
     ("train-task", "wrong value", ["train", "--config", RECIPE, "--task", "segmentaton"], "task", 2),
     (
