@@ -240,3 +240,20 @@ def test_a_tiled_batch_holds_batch_size_tiles(sample_root: Path) -> None:
     assert data.images_per_batch(PreProcessor((128, 128))) == 16
     batch = next(iter(data.dataloader("train", PreProcessor((256, 256), "tile", tile_size=128))))
     assert batch["image"].shape == (4, 3, 256, 256)
+
+
+def test_keep_aspect_chooses_its_input_from_the_training_images(strip_root: Path) -> None:
+    from otx.checks import image_profile
+    from otx.preprocess import aspect_input_size
+
+    profile = image_profile(str(p) for p in (strip_root / "train" / "good").glob("*.png"))
+    assert profile["aspect"] == 4.0  # 128x512 strips
+    # about 256 x 256 pixels in the images' aspect ratio, sides multiples of 32
+    assert aspect_input_size(4.0) == (128, 512)
+    assert aspect_input_size(1.0) == (256, 256)
+    assert aspect_input_size(0.845) == (288, 224)  # magnetic_tile's median tile
+    model = model_class("Padim")(input_size=None, input_mode="keep_aspect", pretrained=False)
+    assert model.choose_input_size(profile["aspect"]) == (128, 512)
+    assert model.preprocessor.input_size == (128, 512) and model.hparams["input_size"] == [128, 512]
+    with pytest.raises(OTXConfigError, match="input_size null .* needs input_mode keep_aspect"):
+        model_class("Padim")(input_size=None, pretrained=False)

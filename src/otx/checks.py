@@ -75,7 +75,8 @@ def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
     """Channels and size range of images, read from their headers.
 
     Returns ``channels`` (``gray``, ``color`` or ``mixed``), ``height`` and ``width`` as
-    ``[min, max]`` and the number of ``images`` (empty when none could be read).
+    ``[min, max]``, the median ``aspect`` ratio (width / height) and the number of ``images``
+    (empty when none could be read).
     """
     gray = color = 0
     heights: list[int] = []
@@ -98,6 +99,7 @@ def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
         "channels": channels,
         "height": [min(heights), max(heights)],
         "width": [min(widths), max(widths)],
+        "aspect": round(float(np.median(np.array(widths) / np.array(heights))), 4),  # width / height
         "images": len(heights),
     }
 

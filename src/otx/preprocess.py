@@ -60,6 +60,16 @@ def padded_size(height: int, width: int, aspect_hw: tuple[int, int]) -> tuple[in
     return max(height, -(-width * big_h // big_w)), max(width, -(-height * big_w // big_h))
 
 
+def aspect_input_size(aspect: float, area: int = 256 * 256, multiple: int = 32) -> tuple[int, int]:
+    """An input ``(height, width)`` of about ``area`` pixels with the aspect ratio ``aspect`` (width / height).
+
+    Each side is a multiple of ``multiple`` (the backbones' largest stride), at least one multiple.
+    The ``keep_aspect`` mode's input when none is given, from the training images' median ratio.
+    """
+    height = math.sqrt(area / aspect)
+    return tuple(max(multiple, round(side / multiple) * multiple) for side in (height, height * aspect))  # type: ignore[return-value]
+
+
 def tile_grid(size: int, tile: int, stride: int) -> tuple[int, int]:
     """Tiles along one side (``count``) and the side's length once the last tile fits (``padded``)."""
     count = max(1, math.ceil((size - tile) / stride) + 1)

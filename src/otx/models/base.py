@@ -24,7 +24,7 @@ from otx.errors import OTXConfigError
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
 from otx.models.quantization import GENERIC, Scheme
 from otx.postprocess import PostProcessor
-from otx.preprocess import PreProcessor
+from otx.preprocess import PreProcessor, aspect_input_size
 from otx.validate import check_bool, check_number, check_path, check_size
 
 
@@ -67,7 +67,8 @@ class AnomalyModel(L.LightningModule):
     Args:
         backbone: backbone name (``efficientnet_lite0``, ``resnet18``, ``wide_resnet50_2``).
         layers: backbone feature layers; None takes the model's defaults for the backbone.
-        input_size: ``[height, width]`` every image is brought to (and its anomaly map's size).
+        input_size: ``[height, width]`` every image is brought to (and its anomaly map's size); None
+            with ``keep_aspect``: about 256x256 pixels in the training images' median aspect ratio.
         pretrained: load ImageNet weights into the backbone (False is an explicit choice).
         weights: a local weights file for the backbone; None searches caches and packages.
         image_threshold: manual raw image-score threshold; None learns it (F1-adaptive) on validation.
@@ -93,7 +94,7 @@ class AnomalyModel(L.LightningModule):
         self,
         backbone: str = "efficientnet_lite0",
         layers: list[str] | None = None,
-        input_size: tuple[int, int] = (256, 256),
+        input_size: tuple[int, int] | None = (256, 256),
         pretrained: bool = True,
         weights: str | None = None,
         image_threshold: float | None = None,
@@ -111,7 +112,15 @@ class AnomalyModel(L.LightningModule):
             raise OTXConfigError(f"layers must be a list of layer names, e.g. ['blocks.2'] (got {layers!r})")
         self.layers = list(layers) if layers else list(self.default_layers(self.spec))
         check_layers(self.spec, self.layers)
-        self.input_size = check_size("input_size", list(input_size) if isinstance(input_size, tuple) else input_size)
+        # None (keep_aspect only): chosen from the training images' aspect ratio (`choose_input_size`)
+        self.input_size_from_data = input_size is None
+        if self.input_size_from_data and input_mode != "keep_aspect":
+            raise OTXConfigError(
+                "input_size null (chosen from the training images) needs input_mode keep_aspect; "
+                "pass --model.init_args.input_size '[H,W]' or --model.init_args.input_mode keep_aspect"
+            )
+        size = (256, 256) if input_size is None else input_size
+        self.input_size = check_size("input_size", list(size) if isinstance(size, tuple) else size)
         # data pipeline, torch inference and export alike
         self.preprocessor = PreProcessor(self.input_size, input_mode, tile_size, tile_stride)
         self.pretrained = check_bool("pretrained", pretrained)
@@ -157,6 +166,19 @@ class AnomalyModel(L.LightningModule):
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Apply the backbone's mean/std to images in [0, 1]."""
         return (images - self.mean) / self.std
+
+    def choose_input_size(self, aspect: float) -> tuple[int, int]:
+        """Set an input size from the training images' median ``aspect`` (width / height); return it.
+
+        For ``input_size`` None (``keep_aspect``): about 256x256 pixels, sides multiples of 32. The
+        choice is written into the hyper-parameters, so checkpoints and exports carry it.
+        """
+        pre = self.preprocessor
+        self.input_size = aspect_input_size(aspect)
+        self.preprocessor = PreProcessor(self.input_size, pre.mode, pre.tile_size, pre.tile_stride)
+        self.hparams["input_size"] = list(self.input_size)
+        self.input_size_from_data = False
+        return self.input_size
 
     def core_input(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] at ``input_size`` as the core takes them in training: normalised, tiled if tiling."""

@@ -181,7 +181,8 @@ class Padim(AnomalyModel):
         backbone: backbone name.
         layers: feature layers; None takes the backbone's defaults.
         n_features: channels kept by random selection; None takes the backbone's default.
-        input_size: ``[height, width]`` every image is brought to (its anomaly map's size).
+        input_size: ``[height, width]`` every image is brought to (its anomaly map's size); None with
+            ``keep_aspect``: chosen from the training images' aspect ratio.
         input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``docs/input-modes.md``).
         tile_size: tile side in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
@@ -222,7 +223,7 @@ class Padim(AnomalyModel):
         backbone: str = "efficientnet_lite0",
         layers: list[str] | None = None,
         n_features: int | None = None,
-        input_size: tuple[int, int] = (256, 256),
+        input_size: tuple[int, int] | None = (256, 256),
         input_mode: str = "resize",
         tile_size: int | None = None,
         tile_stride: int | None = None,

@@ -77,7 +77,8 @@ class Stfpm(AnomalyModel):
     Args:
         backbone: backbone name (teacher and student share the architecture).
         layers: feature layers; None takes the backbone's defaults.
-        input_size: ``[height, width]`` every image is brought to (its anomaly map's size).
+        input_size: ``[height, width]`` every image is brought to (its anomaly map's size); None with
+            ``keep_aspect``: chosen from the training images' aspect ratio.
         input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``docs/input-modes.md``).
         tile_size: tile side in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
@@ -113,7 +114,7 @@ class Stfpm(AnomalyModel):
         self,
         backbone: str = "efficientnet_lite0",
         layers: list[str] | None = None,
-        input_size: tuple[int, int] = (256, 256),
+        input_size: tuple[int, int] | None = (256, 256),
         input_mode: str = "resize",
         tile_size: int | None = None,
         tile_stride: int | None = None,

@@ -62,6 +62,9 @@ def run(
         + (f" x {trainer.num_nodes} nodes" if trainer.num_nodes > 1 else "")
         + (f", resuming {resume}" if resume else "")
     )
+    profile = image_profile(s.path for s in splits["train"])
+    if model.input_size_from_data and profile:
+        model.choose_input_size(profile["aspect"])
     pre = model.preprocessor
     if pre.mode != "resize":
         tiles = f", {pre.tiles_per_image} tiles of {pre.tile_size} per image" if pre.mode == "tile" else ""
@@ -128,7 +131,7 @@ def run(
         "seed": data.seed,
         "fingerprint": data.index.fingerprint() if data.index else None,
         "has_masks": data.has_masks,
-        "profile": image_profile(s.path for s in splits["train"]),
+        "profile": profile,
     }
     save_checkpoint(model, checkpoint, adapter.task.value, record)
     result = TrainResult(
