@@ -8,7 +8,7 @@ Usage::
 
     .venv/bin/python benchmarks/mode_overlays.py --image IMAGE --mask MASK \\
         --runs resize=/tmp/otx-modes/padim_resize keep_aspect=/tmp/otx-modes/padim_keep_aspect \\
-        --out docs/images/input_modes_crack.png
+        --out docs/images/input_modes_crack.jpg
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
         panels.append(np.vstack([title, panel]))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), np.vstack(panels))
+    cv2.imwrite(str(out), np.vstack(panels), [cv2.IMWRITE_JPEG_QUALITY, 82])
     print(out)
 
 
