@@ -132,10 +132,10 @@ def test_pixel_metrics_of_maps_of_different_sizes_match_sklearn_and_the_stacked_
 
 
 # Sample images are 128x128: keep_aspect pads them to the aspect ratio of a 96x160 input (edges
-# repeated on the right); tile cuts a 128x128 input into 3x3 overlapping 64-pixel tiles.
+# repeated on the right); tile cuts a 128x128 input into 2x2 80-pixel tiles overlapping by 32.
 MODES = {
     "keep_aspect": {"input_size": (96, 160), "input_mode": "keep_aspect"},
-    "tile": {"input_size": (128, 128), "input_mode": "tile", "tile_size": 64, "tile_stride": 32},
+    "tile": {"input_size": (128, 128), "input_mode": "tile", "tile_size": 80, "tile_stride": 48},
 }
 
 
