@@ -155,7 +155,8 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
     )
     trained = engine.train()
     assert np.isfinite(trained["thresholds"]["image_threshold"])
-    exported = Path(engine.export(trained["checkpoint"])["exported_model"])
+    summary = engine.export(trained["checkpoint"], demo_package=mode == "keep_aspect")
+    exported = Path(summary["exported_model"])
     source = sample_root / "bottle_like" / "test"
     expected = Engine(data=AnomalyDataModule(num_workers=0), task="detection", work_dir=tmp_path / "torch").predict(
         source=source, checkpoint=trained["checkpoint"]
@@ -166,6 +167,34 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
     got = inferencer.predict(source)
     assert all(p.pred_mask.shape == (128, 128) for p in got)  # masks at each image's own size
     assert_same_predictions(expected, got, "detection", 1e-3)
+    if summary.get("demo_package"):  # the demo package's own restore and boxes give otx's predictions
+        check_demo_package(Path(summary["demo_package"]), source, got, tmp_path)
+
+
+def check_demo_package(package: Path, source: Path, ours: list, tmp_path: Path) -> None:
+    """Run the demo package's predict.py (openvino, numpy and OpenCV only) and compare with otx."""
+    import subprocess
+    import sys
+    import zipfile
+
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path / "demo")
+    out = tmp_path / "demo_out"
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "demo" / "predict.py"), str(source), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path / "demo",
+    )
+    assert run.returncode == 0, run.stderr
+    demo = json.loads((out / "results.json").read_text())
+    assert [Path(r["image"]).name for r in demo] == [Path(p.image_path).name for p in ours]
+    for record, prediction in zip(demo, ours, strict=True):
+        assert record["label"] == prediction.label_name
+        assert abs(record["score"] - prediction.pred_score) <= 1e-5
+        boxes = [[round(float(v), 2) for v in box] for box in prediction.pred_boxes]
+        assert [b["xyxy"] for b in record["boxes"]] == boxes
 
 
 @pytest.fixture(scope="module")
