@@ -403,6 +403,49 @@ def test_a_stop_that_arrives_inside_a_finaliser_still_stops_without_a_traceback(
     assert "Traceback" not in done.stderr and "SIGTERM received" in done.stderr
 
 
+_STOP_WITH_A_HUNG_CLEANUP = """
+import json, os, signal, sys, threading, time
+from pathlib import Path
+from otx import cli
+from otx.workdir import WorkDir
+cli.STOP_GRACE_S = 2.0
+work_dir = WorkDir(Path(sys.argv[1]))
+json.dump({"train": "earlier"}, open(work_dir.root / "latest.json", "w"))
+run = work_dir.new_run("train")
+held = threading.Lock()
+held.acquire()
+cli._install_signal_handlers()
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+except KeyboardInterrupt:
+    held.acquire()  # a clean-up that waits for ever on a lock left held
+print("never")
+"""
+
+
+def test_a_stop_whose_clean_up_hangs_still_ends_the_process_and_says_where_it_hung(tmp_path: Path) -> None:
+    (tmp_path / "ws").mkdir()
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", _STOP_WITH_A_HUNG_CLEANUP, str(tmp_path / "ws")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 130 and done.stdout == "", (done.stdout, done.stderr)
+    assert [line for line in done.stderr.splitlines() if line.strip()] == [
+        "otx: SIGTERM received, stopping; earlier runs and latest.json stay as they were"
+    ], done.stderr
+    assert took < 30, took  # the 2 s grace, not the 30 s sleep nor for ever
+    log = next((tmp_path / "ws").glob("*-train/otx.log")).read_text()
+    assert "train failed: interrupted (SIGTERM); the clean-up did not end within 2 s" in log
+    waited_at = next(n for n, line in enumerate(_STOP_WITH_A_HUNG_CLEANUP.splitlines(), 1) if "for ever" in line)
+    assert "Current thread" in log and f'File "<string>", line {waited_at} in <module>' in log  # where it hung
+    assert json.loads((tmp_path / "ws" / "latest.json").read_text()) == {"train": "earlier"}
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_training_at_once_and_keeps_earlier_runs(
     signum: int, trained_padim: dict, sample_root: Path, tmp_path: Path

@@ -8,6 +8,7 @@ shipped with otx, any other path to that file. Errors end in one line and a non-
 from __future__ import annotations
 
 import _thread
+import faulthandler
 import logging
 import os
 import re
@@ -435,6 +436,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 _STOPPING: list[str] = []  # the signal being handled, once one arrived
+STOP_GRACE_S = 20.0  # clean-up time a stop gets before the process ends without it
+_WATCHDOG: list[threading.Timer] = []  # armed by a stop (see _stop_without_cleanup)
 _REDELIVERED: list[int] = []  # [pending, attempts]: a stop Python swallowed, sent again
 
 
@@ -450,7 +453,36 @@ def _on_signal(signum: int, frame: Any) -> None:
     _STOPPING.append(name)
     sys.stderr.write(f"otx: {name} received, stopping; earlier runs and latest.json stay as they were\n")
     sys.stderr.flush()
+    watchdog = threading.Timer(STOP_GRACE_S, _stop_without_cleanup, args=(signum,))
+    watchdog.daemon = True
+    watchdog.start()
+    _WATCHDOG.append(watchdog)
     raise KeyboardInterrupt(name)
+
+
+def _stop_without_cleanup(signum: int) -> None:
+    """The clean-up after a stop has not ended in ``STOP_GRACE_S``: say so in each open run's log, then exit.
+
+    A stop raised at an unlucky instant can leave a lock held (a library's, a logging handler's) and
+    the unwinding waits on it for ever. Nothing is lost by exiting: ``latest.json`` and earlier runs
+    were never touched, and an interrupted run writes no checkpoint. The log gets where each thread
+    was, so the hang can be found.
+    """
+    from otx.workdir import OPEN_RUNS
+
+    name = signal.Signals(signum).name
+    for run in list(OPEN_RUNS):
+        try:
+            with open(run.log_path, "a") as log:
+                log.write(
+                    f"{run.command} failed: interrupted ({name}); the clean-up did not end within {STOP_GRACE_S:g} s, "
+                    "so otx stopped without it; earlier runs are unchanged. Where each thread was:\n"
+                )
+                log.flush()
+                faulthandler.dump_traceback(file=log, all_threads=True)
+        except OSError:
+            pass
+    os._exit(130)  # as an interrupted command that cleaned up
 
 
 def _unraisable(unraisable: Any) -> None:
@@ -474,7 +506,13 @@ def _unraisable(unraisable: Any) -> None:
 _DEFAULT_UNRAISABLE = sys.unraisablehook
 
 
+def _disarm_watchdog() -> None:
+    while _WATCHDOG:
+        _WATCHDOG.pop().cancel()
+
+
 def _install_signal_handlers() -> None:
+    _disarm_watchdog()
     _STOPPING.clear()
     _REDELIVERED.clear()
     if threading.current_thread() is threading.main_thread():
@@ -484,8 +522,21 @@ def _install_signal_handlers() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``otx`` console script; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Entry point of the ``otx`` console script; returns the exit code.
+
+    Called without ``argv`` (the console script, ``python -m otx.cli``) it is the whole process: after
+    a stop, the process ends within ``STOP_GRACE_S`` even if the clean-up or the interpreter's exit
+    hangs. Called with ``argv`` from Python, the caller's process is left running.
+    """
+    whole_process = argv is None
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    finally:
+        if not whole_process:
+            _disarm_watchdog()
+
+
+def _main(argv: list[str]) -> int:
     console = Console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
     errors = Console(stderr=True)
     _quiet_libraries()

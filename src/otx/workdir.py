@@ -30,6 +30,7 @@ from otx.distributed import secondary
 from otx.errors import OTXError
 
 LATEST = "latest.json"
+OPEN_RUNS: list[Run] = []  # the run folders whose log is attached now (the CLI's stop watchdog writes to them)
 
 
 def _umask() -> int:
@@ -140,6 +141,12 @@ class Run:
         logger = logging.getLogger("otx")
         logger.setLevel(logging.INFO)
         logger.addHandler(self._handler)
+        OPEN_RUNS.append(self)
+
+    @property
+    def log_path(self) -> Path:
+        """The run's ``otx.log``."""
+        return self.path / "otx.log"
 
     def write_config(self, config: dict[str, Any]) -> Path:
         """Save the resolved configuration of this run."""
@@ -157,6 +164,8 @@ class Run:
         """Detach the log and, on success, make this the latest run of its command."""
         logging.getLogger("otx").removeHandler(self._handler)
         self._handler.close()
+        if self in OPEN_RUNS:
+            OPEN_RUNS.remove(self)
         if self.scratch:
             shutil.rmtree(self.path, ignore_errors=True)
         elif success:
