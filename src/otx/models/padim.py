@@ -198,6 +198,9 @@ class Padim(AnomalyModel):
     fits_in_one_pass = True
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
+        "efficientnet_lite1": ("blocks.1", "blocks.2", "blocks.4"),
+        "efficientnet_lite2": ("blocks.1", "blocks.2", "blocks.4"),
+        "mobilenet_v2": ("blocks.1", "blocks.2", "blocks.4"),
         "resnet18": ("layer1", "layer2", "layer3"),
         "wide_resnet50_2": ("layer1", "layer2", "layer3"),
     }

@@ -261,6 +261,9 @@ class Patchcore(AnomalyModel):
     # Two middle layers (strides 8 and 16), as the paper's layer2 + layer3 of a ResNet.
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.2", "blocks.4"),
+        "efficientnet_lite1": ("blocks.2", "blocks.4"),
+        "efficientnet_lite2": ("blocks.2", "blocks.4"),
+        "mobilenet_v2": ("blocks.2", "blocks.4"),
         "resnet18": ("layer2", "layer3"),
         "wide_resnet50_2": ("layer2", "layer3"),
     }
