@@ -27,6 +27,7 @@ from rich.table import Table
 from otx import __version__
 from otx.distributed import secondary
 from otx.errors import OTXError
+from otx.workdir import OPEN_RUNS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
 VERB_HELP = {
@@ -468,10 +469,8 @@ def _stop_without_cleanup(signum: int) -> None:
     were never touched, and an interrupted run writes no checkpoint. The log gets where each thread
     was, so the hang can be found.
     """
-    from otx.workdir import OPEN_RUNS
-
     name = signal.Signals(signum).name
-    for run in list(OPEN_RUNS):
+    for run in list(OPEN_RUNS):  # imported at start: an import here could wait on a lock the hang holds
         try:
             with open(run.log_path, "a") as log:
                 log.write(
