@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from otx.models import model_class  # noqa: E402
 from otx.models.backbones import BACKBONES  # noqa: E402
-from run_recipes import run  # noqa: E402 - the same subprocess timing as the recipe benchmark
+from run_recipes import train_test_benchmark  # noqa: E402 - the same subprocess timing as the recipe benchmark
 
 METRICS = ("image_AUROC", "image_F1", "pixel_AUROC", "AUPRO")
 
@@ -53,26 +53,12 @@ def main() -> None:
             common = ["--data_root", args.data_root, "--work_dir", str(work_dir)]
             train = [*otx, "train", "--config", recipe, *common, "--model.init_args.backbone", backbone]
             print(f"{model} {backbone}: {shlex.join(train[2:])}", file=sys.stderr, flush=True)
-            train_s, train_mb = run(train)
-            test_s, test_mb = run([*otx, "test", *common])
-            run([*otx, "benchmark", *common, "--device", "CPU", "--num_images", str(args.num_images)])
-            tested = json.loads(sorted(work_dir.glob("*-test/metrics.json"))[-1].read_text())
-            timed = json.loads(sorted(work_dir.glob("*-benchmark/metrics.json"))[-1].read_text())
-            ir = next(r for r in timed["rows"] if r["model"] == "OpenVINO FP32")
+            test = [*otx, "test", *common]
+            bench = [*otx, "benchmark", *common, "--device", "CPU", "--num_images", str(args.num_images)]
+            measured = train_test_benchmark(train, test, bench, work_dir)
             rows = [r for r in rows if (r["model"], r["backbone"]) != (model, backbone)]
-            rows.append(
-                {
-                    "model": model,
-                    "backbone": backbone,
-                    "layers": list(model_class(model).layers_by_backbone[backbone]),
-                    "metrics": tested["metrics"],
-                    "train_s": round(train_s, 1),
-                    "test_s": round(test_s, 1),
-                    "train_peak_mb": round(train_mb),
-                    "test_peak_mb": round(test_mb),
-                    "ir_fp32_img_s": round(ir["throughput_img_s"], 2),
-                }
-            )
+            layers = list(model_class(model).layers_by_backbone[backbone])
+            rows.append({"model": model, "backbone": backbone, "layers": layers, **measured})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(rows, indent=2))

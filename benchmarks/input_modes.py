@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run_recipes import run  # noqa: E402 - the same subprocess timing as the recipe benchmark
+from run_recipes import train_test_benchmark  # noqa: E402 - the same subprocess timing as the recipe benchmark
 
 # The settings of each mode (model init args). ``tile`` brings each image to 512x512 and cuts it into
 # four 256-pixel tiles: the core sees the image at twice the resolution of ``resize``.
@@ -60,27 +60,11 @@ def main() -> None:
             common = ["--data_root", args.data_root, "--work_dir", str(work_dir)]
             train = [*otx, "train", "--config", recipe, *common, *MODES[mode]]
             print(f"{model} {mode}: {shlex.join(train[2:])}", file=sys.stderr, flush=True)
-            train_s, train_mb = run(train)
-            test_s, test_mb = run([*otx, "test", "--config", recipe, *common])
+            test = [*otx, "test", "--config", recipe, *common]
             bench = [*otx, "benchmark", *common, "--device", "CPU", "--num_images", str(args.num_images)]
-            run(bench)
-            tested = json.loads(sorted(work_dir.glob("*-test/metrics.json"))[-1].read_text())
-            timed = json.loads(sorted(work_dir.glob("*-benchmark/metrics.json"))[-1].read_text())
-            ir = next(r for r in timed["rows"] if r["model"] == "OpenVINO FP32")
+            measured = train_test_benchmark(train, test, bench, work_dir)
             rows = [r for r in rows if (r["model"], r["mode"]) != (model, mode)]
-            rows.append(
-                {
-                    "model": model,
-                    "mode": mode,
-                    "train_args": shlex.join(MODES[mode]),
-                    "metrics": tested["metrics"],
-                    "train_s": round(train_s, 1),
-                    "test_s": round(test_s, 1),
-                    "train_peak_mb": round(train_mb),
-                    "test_peak_mb": round(test_mb),
-                    "ir_fp32_img_s": round(ir["throughput_img_s"], 2),
-                }
-            )
+            rows.append({"model": model, "mode": mode, "train_args": shlex.join(MODES[mode]), **measured})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(rows, indent=2))

@@ -42,6 +42,24 @@ def run(cmd: list[str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
+def train_test_benchmark(train: list[str], test: list[str], benchmark: list[str], work_dir: Path) -> dict:
+    """Run the three commands; return the test metrics, wall times, peak memory and FP32 IR throughput."""
+    train_s, train_mb = run(train)
+    test_s, test_mb = run(test)
+    run(benchmark)
+    tested = json.loads(sorted(work_dir.glob("*-test/metrics.json"))[-1].read_text())
+    timed = json.loads(sorted(work_dir.glob("*-benchmark/metrics.json"))[-1].read_text())
+    ir = next(r for r in timed["rows"] if r["model"] == "OpenVINO FP32")
+    return {
+        "metrics": tested["metrics"],
+        "train_s": round(train_s, 1),
+        "test_s": round(test_s, 1),
+        "train_peak_mb": round(train_mb),
+        "test_peak_mb": round(test_mb),
+        "ir_fp32_img_s": round(ir["throughput_img_s"], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", required=True)

