@@ -139,9 +139,9 @@ MODES = {
 }
 
 
-# Every model tiled (its training and its core on tiles), and keep_aspect with PADIM (the padding
-# is the pre-processor's own, the same for every model); benchmarks/input_modes.py runs the rest.
-PAIRS = [(model, "tile") for model in sorted(available_models())] + [("Padim", "keep_aspect")]
+# Every model in every mode other than resize (tests/test_deploy.py covers resize): trained on
+# tiles or padded inputs, exported, and the IR and the demo package compared with the checkpoint.
+PAIRS = [(model, mode) for model in sorted(available_models()) for mode in MODES]
 
 
 @pytest.mark.e2e
@@ -155,7 +155,7 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
     )
     trained = engine.train()
     assert np.isfinite(trained["thresholds"]["image_threshold"])
-    summary = engine.export(trained["checkpoint"], demo_package=mode == "keep_aspect")
+    summary = engine.export(trained["checkpoint"], demo_package=True)
     exported = Path(summary["exported_model"])
     source = sample_root / "bottle_like" / "test"
     expected = Engine(data=AnomalyDataModule(num_workers=0), task="detection", work_dir=tmp_path / "torch").predict(
@@ -167,8 +167,8 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
     got = inferencer.predict(source)
     assert all(p.pred_mask.shape == (128, 128) for p in got)  # masks at each image's own size
     assert_same_predictions(expected, got, "detection", 1e-3)
-    if summary.get("demo_package"):  # the demo package's own restore and boxes give otx's predictions
-        check_demo_package(Path(summary["demo_package"]), source, got, tmp_path)
+    # the demo package's own restore (crop or stitch) and boxes give otx's predictions
+    check_demo_package(Path(summary["demo_package"]), source, got, tmp_path)
 
 
 def check_demo_package(package: Path, source: Path, ours: list, tmp_path: Path) -> None:
