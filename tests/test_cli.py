@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def test_find_lists_recipes_and_backbones(capsys: pytest.CaptureFixture) -> None
     assert main(["find"]) == 0
     out = capsys.readouterr().out
     assert "recipe/anomaly_detection/stfpm.yaml" in out and "efficientnet_lite0" in out and "wide_resnet50_2" in out
+    assert main(["find", "--what", "backbones"]) == 0  # each model's default layers, from the model classes
+    table = re.sub(r"[\s│]", "", capsys.readouterr().out)  # the layers column wraps: drop blanks and borders
+    from otx.models import Patchcore
+
+    lite0 = ",".join(Patchcore.layers_by_backbone["efficientnet_lite0"])
+    assert f"Patchcore:{lite0}" in table and lite0 == "blocks.2,blocks.4"
 
 
 def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:

@@ -338,11 +338,22 @@ def _find(what: str, console: Console) -> None:
         console.print(f"[bold]tasks[/] (--task): {', '.join(TASKS)}")
     if what in ("all", "backbones"):
         table = Table(title="backbones (--model.init_args.backbone NAME)")
-        for column in ("name", "timm model", "ImageNet weights"):
+        table.add_column("name", no_wrap=True)
+        for column in ("timm model", "ImageNet weights", "default layers (--model.init_args.layers)"):
             table.add_column(column)
+        models = available_models()
         for spec in BACKBONES.values():
-            table.add_row(spec.name, spec.timm_name, weight_status(spec))
+            table.add_row(spec.name, spec.timm_name, weight_status(spec), _default_layers(spec, models))
         console.print(table)
+
+
+def _default_layers(spec: Any, models: dict[str, Any]) -> str:
+    """Each model's default layers on ``spec``, models with the same layers together."""
+    by_layers: dict[str, list[str]] = {}
+    for name, cls in models.items():
+        if spec.name in cls.layers_by_backbone:
+            by_layers.setdefault(", ".join(cls.layers_by_backbone[spec.name]), []).append(name)
+    return "\n".join(f"{'/'.join(names)}: {layers}" for layers, names in by_layers.items())
 
 
 def _make_sample(cfg: Namespace, console: Console) -> None:
