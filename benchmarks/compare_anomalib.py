@@ -176,7 +176,10 @@ def run_otx(model: str, s: Settings, work_dir: Path) -> tuple[float, float, dict
     start = time.perf_counter()
     result = engine.test()
     test_s = time.perf_counter() - start
-    metrics = {k: float(result["metrics"][k]) for k in METRICS if k in result["metrics"]}
+    # anomalib scores pixels at the input size (masks resized to 256x256); otx's pixel_* keys are at
+    # each image's own size, its *_input keys on anomalib's grid: compare those
+    found = result["metrics"]
+    metrics = {k: float(found.get(f"{k}_input", found[k])) for k in METRICS if k in found}
     splits = {name: len(samples) for name, samples in data.splits.items()}
     return train_s, test_s, metrics, splits
 
