@@ -91,9 +91,10 @@ def test_model_api_reads_the_ir_and_agrees_with_otx(
             if mode == "f32":  # otx's default precision: must agree exactly
                 assert abs(row["score"] - otx.pred_score) <= 1e-3, row
                 assert label == otx.pred_label, row
-            else:  # the device's default (bf16 on CPUs with AMX): close, labels equal away from the threshold
-                assert abs(row["score"] - otx.pred_score) <= 2e-2, row
-                if abs(otx.pred_score - 0.5) > 2e-2:
+            else:  # the device's default (bf16 on CPUs with AMX or AVX512-BF16): close, labels equal away
+                # from the threshold (largest difference on an AVX512-BF16 EPYC, sample data: 0.024)
+                assert abs(row["score"] - otx.pred_score) <= 5e-2, row
+                if abs(otx.pred_score - 0.5) > 5e-2:
                     assert label == otx.pred_label, row
 
 
