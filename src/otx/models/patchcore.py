@@ -91,11 +91,12 @@ class StreamingCoreset:
 
     Args:
         ratio: share of all training patches the memory bank keeps.
-        oversample: each image keeps ``oversample * ratio`` of its patches as candidates (at least one).
+        oversample: each image keeps ``oversample * ratio`` of its patches as candidates (at least one;
+            the default is the model's, ``Patchcore(oversample=...)``).
         seed: seed of the random projection.
     """
 
-    def __init__(self, ratio: float, oversample: float = 16.0, seed: int = 0) -> None:
+    def __init__(self, ratio: float, oversample: float, seed: int = 0) -> None:
         self.ratio = ratio
         self.oversample = oversample
         self.seed = seed
