@@ -271,6 +271,12 @@ def head_to_head(
     return alternating_speed(timers, repeats)
 
 
+def test_labels(result: Any) -> dict[str, int]:
+    """Image labels of one ``otx test`` run (its predictions.json), by image path."""
+    records = json.loads((Path(result["report"]).parent / "predictions.json").read_text())
+    return {r["image"]: r["label"] for r in records}
+
+
 def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list[Any], samples: list[Any]) -> dict:
     checkpoint = train_otx(name, s, args)
     rows = []
@@ -278,8 +284,10 @@ def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list
         fp32 = Path(engine(args, name, task).export(checkpoint)["exported_model"])
         optimized = engine(args, name, task).optimize(checkpoint=fp32)
         int8 = Path(optimized["optimized_model"])
-        m32 = engine(args, name, task).test(checkpoint=fp32)["metrics"]
-        m8 = engine(args, name, task).test(checkpoint=int8)["metrics"]
+        t32 = engine(args, name, task).test(checkpoint=fp32)
+        t8 = engine(args, name, task).test(checkpoint=int8)
+        m32, m8 = t32["metrics"], t8["metrics"]
+        labels32, labels8 = (test_labels(t) for t in (t32, t8))
         speed = alternating_speed({"fp32": otx_timer(fp32, images), "int8": otx_timer(int8, images)}, args.repeats)
         row = {
             "model": name,
@@ -289,7 +297,10 @@ def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list
             "speed": speed,
             "throughput_ratio": speed["int8"]["throughput_img_s"] / speed["fp32"]["throughput_img_s"],
             "latency_ratio": speed["fp32"]["latency_ms_median"] / speed["int8"]["latency_ms_median"],
-            "optimize": {k: optimized[k] for k in ("scheme", "calibration_images", "decisions", "timing_s")},
+            "label_agreement": float(np.mean([labels8[k] == v for k, v in labels32.items()])),
+            "optimize": {
+                k: optimized[k] for k in ("scheme", "weight_bits", "calibration_images", "decisions", "timing_s")
+            },
             "paths": {"fp32": fp32, "int8": int8},
         }
         rows.append(row)
@@ -298,7 +309,7 @@ def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list
             f"pixel AUROC {row['fp32'].get('pixel_AUROC', float('nan')):.4f} -> "
             f"{row['int8'].get('pixel_AUROC', float('nan')):.4f}, throughput "
             f"{speed['fp32']['throughput_img_s']:.1f} -> {speed['int8']['throughput_img_s']:.1f} img/s "
-            f"({row['throughput_ratio']:.2f}x)",
+            f"({row['throughput_ratio']:.2f}x), test labels equal {row['label_agreement']:.1%}",
             flush=True,
         )
     exports = anomalib_exports(name, checkpoint, s, args)
@@ -321,8 +332,8 @@ def _num(value: float | None, digits: int = 4) -> str:
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         "| model | task | image AUROC FP32 / INT8 | pixel AUROC FP32 / INT8 | image F1 FP32 / INT8 "
-        "| img/s FP32 / INT8 | INT8 / FP32 | latency ms FP32 / INT8 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| img/s FP32 / INT8 | INT8 / FP32 | latency ms FP32 / INT8 | test labels equal |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results.values():
         for r in result["rows"]:
@@ -333,7 +344,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {a['image_F1']:.4f} / {b['image_F1']:.4f} "
                 f"| {sp['fp32']['throughput_img_s']:.1f} / {sp['int8']['throughput_img_s']:.1f} "
                 f"| {r['throughput_ratio']:.2f}x "
-                f"| {sp['fp32']['latency_ms_median']:.1f} / {sp['int8']['latency_ms_median']:.1f} |"
+                f"| {sp['fp32']['latency_ms_median']:.1f} / {sp['int8']['latency_ms_median']:.1f} "
+                f"| {r.get('label_agreement', float('nan')):.1%} |"
             )
     lines += [
         "",
@@ -364,10 +376,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_root", type=Path, required=True)
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/otx-int8"))
-    parser.add_argument("--models", nargs="+", default=["padim", "stfpm"], choices=["padim", "stfpm"])
+    parser.add_argument("--models", nargs="+", default=["padim", "stfpm"], choices=["padim", "stfpm", "patchcore"])
     parser.add_argument("--stfpm_epochs", type=int, default=10)
     parser.add_argument("--padim_ckpt", default=None, help="reuse a trained otx PADIM checkpoint")
     parser.add_argument("--stfpm_ckpt", default=None, help="reuse a trained otx STFPM checkpoint")
+    parser.add_argument("--patchcore_ckpt", default=None, help="reuse a trained otx PatchCore checkpoint")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--eval_anomalib_ir", type=Path, default=None, help=argparse.SUPPRESS)  # the child process

@@ -287,8 +287,8 @@ def test_a_model_defined_elsewhere_is_found_and_unknown_names_get_one_line() -> 
 # --------------------------------------------------------------------------- PatchCore
 
 
-@pytest.mark.parametrize("num_neighbors", [1, 9])
-def test_patchcore_scores_equal_anomalib_for_the_same_memory_bank(num_neighbors: int) -> None:
+@pytest.mark.parametrize(("num_neighbors", "block"), [(1, 2048), (9, 2048), (9, 7)])
+def test_patchcore_scores_equal_anomalib_for_the_same_memory_bank(num_neighbors: int, block: int) -> None:
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
     from otx.models.patchcore import PatchcoreCore
@@ -303,6 +303,7 @@ def test_patchcore_scores_equal_anomalib_for_the_same_memory_bank(num_neighbors:
     embedding = ours.embed(train)
     bank = embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])[::5].clone()
     ours.memory_bank = bank
+    ours.scorer.block = block  # 7: the search runs over many blocks of the bank, whose minima are combined
     theirs.load_state_dict(ours.state_dict(), strict=False)  # same backbone weights and bank (no scorer in theirs)
     got, expected = ours(test), theirs(test)
     torch.testing.assert_close(got.pred_score, expected.pred_score, rtol=1e-4, atol=1e-4)

@@ -140,6 +140,78 @@ def test_accuracy_control_bounds_the_auroc_and_f1_drop(exported, sample_root: Pa
     assert info.quantization == "padim-int8+accuracy-control" and info.raw["otx_max_drop"] == "0.02"
 
 
+def _int8_weights(ov_model: ov.Model) -> list[np.ndarray]:
+    """The integer weights NNCF stored for convolutions and products (int8 constants; depthwise ones,
+    5-D, are left out: the overflow fix does not apply to them, they add no pairs in int16)."""
+    return [
+        op.get_data()
+        for op in ov_model.get_ops()
+        if op.get_type_name() == "Constant"
+        and op.get_element_type() == ov.Type.i8
+        and op.get_data().size > 16
+        and op.get_data().ndim < 5
+    ]
+
+
+def test_weight_bits_7_keep_every_weight_on_the_half_grid_8_use_the_full_one(
+    optimized, exported, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    import logging
+
+    import otx.deploy.optimize as optimize_module
+    from otx.deploy.inferencer import OpenVINOInferencer
+
+    # auto: 8 on a CPU with VNNI or AMX, 7 elsewhere (saturating int16 sums); explicit values win.
+    for has_vnni, expected in ((True, 8), (False, 7)):
+        monkeypatch.setattr(optimize_module, "host_has_vnni", lambda has=has_vnni: has)
+        assert optimize_module.resolve_weight_bits("auto") == expected
+    assert optimize_module.resolve_weight_bits("7") == 7 and optimize_module.resolve_weight_bits(8) == 8
+    monkeypatch.undo()
+    auto = optimized("padim")
+    other = 7 if auto["weight_bits"] == 8 else 8
+    summaries = {auto["weight_bits"]: auto}
+    summaries[other] = engine_for(sample_root, tmp_path).optimize(checkpoint=exported("padim"), weight_bits=other)
+    for bits, summary in summaries.items():
+        model = ov.Core().read_model(summary["optimized_model"])
+        weights = _int8_weights(model)
+        assert weights and summary["weight_bits"] == bits
+        largest = max(int(np.abs(w.astype(np.int32)).max()) for w in weights)
+        # NNCF's overflow fix halves the grid: 7-bit weights stay within [-64, 64].
+        assert (largest <= 64) == (bits == 7), (bits, largest)
+        assert read_model_info(summary["optimized_model"]).raw["otx_weight_bits"] == str(bits)
+        assert f"{bits}-bit weights" in summary["scheme_summary"]
+        # Loading 8-bit weights on a CPU without VNNI says so (one warning), 7-bit ones load quietly.
+        monkeypatch.setattr(optimize_module, "host_has_vnni", lambda: False)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="otx"):
+            OpenVINOInferencer(summary["optimized_model"], device="CPU")
+        warned = [r for r in caplog.records if "--weight_bits 7" in r.getMessage()]
+        assert len(warned) == (1 if bits == 8 else 0)
+        monkeypatch.undo()
+
+
+def test_patchcore_quantises_the_search_product_and_keeps_the_distances_float(optimized, exported) -> None:
+    source = ov.Core().read_model(exported("patchcore"))
+    float_nodes = model_class("Patchcore").int8_scheme.float_nodes(source)
+    scorer = {op.get_friendly_name() for op in source.get_ops() if "core.scorer" in op.get_friendly_name()}
+    search = {name for name in scorer if name.startswith("__module.core.scorer.search/aten::matmul/MatMul")}
+    assert search and not search & float_nodes
+    assert scorer - float_nodes == search  # the rest (minima, exact distances, re-weighting) float
+    ov_model = ov.Core().read_model(optimized("patchcore")["optimized_model"])
+    quantized_inputs = set()
+    for op in ov_model.get_ops():
+        if op.get_type_name() == "FakeQuantize":
+            quantized_inputs.update(c.get_friendly_name() for c in consumers(op))
+    assert search <= quantized_inputs  # the products over the bank run in INT8 ...
+    assert quantized_inputs & scorer == search  # ... and their quantisers feed nothing else of the search
+    for name in search:  # the bank: int8 constants, dequantised per entry
+        product = next(op for op in ov_model.get_ops() if op.get_friendly_name() == name)
+        bank = product.input_value(1).get_node()
+        while bank.get_type_name() != "Constant":
+            bank = bank.input_value(0).get_node()
+        assert bank.get_element_type() == ov.Type.i8 and bank.get_data().shape[0] > 1
+
+
 def test_refuses_an_int8_model(optimized, sample_root: Path, tmp_path: Path) -> None:
     int8 = optimized("padim")["optimized_model"]
     with pytest.raises(OTXError, match="already quantised"):
@@ -186,6 +258,11 @@ def test_refuses_bad_settings(exported, sample_root: Path, tmp_path: Path) -> No
         engine.optimize(checkpoint=exported("padim"), max_drop=1.5)
     with pytest.raises(OTXError, match="subset_size"):
         engine.optimize(checkpoint=exported("padim"), subset_size=0)
+    with pytest.raises(OTXError, match="weight_bits"):
+        engine.optimize(checkpoint=exported("padim"), weight_bits=6)
+    result = run_main("optimize", "--checkpoint", str(exported("padim")), "--weight_bits", "4", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "weight_bits must be auto, 7 or 8" in result.stderr
     assert not list(tmp_path.glob("*-optimize"))  # refused before any run folder exists
 
 

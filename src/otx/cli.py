@@ -130,6 +130,13 @@ def _verb_parser(verb: str) -> ArgumentParser:
             default=None,
             help="accuracy control: largest allowed validation AUROC drop (e.g. 0.01); default: the model's scheme",
         )
+        parser.add_argument(
+            "--weight_bits",
+            type=str,
+            default="auto",
+            help="INT8 weights: 7 runs on every CPU, 8 is more accurate on CPUs with VNNI or AMX (without VNNI "
+            "int16 sums saturate); auto: 8 where this CPU has VNNI or AMX",
+        )
     if verb == "benchmark":
         parser.add_argument(
             "--models",
@@ -251,7 +258,9 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         tested = engine.test(checkpoint=cfg.checkpoint, devices=cfg.devices, num_nodes=cfg.num_nodes)
         failed = len(tested["errors"]) if tested is not None else 0  # None: a process of rank > 0
     elif verb == "optimize":
-        engine.optimize(checkpoint=cfg.checkpoint, subset_size=cfg.subset_size, max_drop=cfg.max_drop)
+        engine.optimize(
+            checkpoint=cfg.checkpoint, subset_size=cfg.subset_size, max_drop=cfg.max_drop, weight_bits=cfg.weight_bits
+        )
     elif verb == "benchmark":
         engine.benchmark(
             checkpoint=cfg.checkpoint,

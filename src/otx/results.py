@@ -156,6 +156,7 @@ class OptimizeResult(Result):
     train_images: int
     fake_quantize_nodes: int
     image_quantizers: int
+    weight_bits: int
     decisions: dict[str, Any]
     thresholds: dict[str, float]
     timing_s: dict[str, float | None]

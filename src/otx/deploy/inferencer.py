@@ -124,6 +124,7 @@ class OpenVINOInferencer:
         except Exception as exc:  # noqa: BLE001 - any unreadable model becomes one line
             raise OTXError(f"OpenVINO cannot read '{self.path}' ({_first_line(exc)}); re-export it") from exc
         self.info = read_model_info(self.path, self.model)
+        self._check_weight_bits()
         self.preprocessor = self.info.preprocessor()  # the input mode: restores maps to each image's size
         self.adapter: TaskAdapter = get_adapter(task or self.info.task)
         self.static_input = self.device.startswith("NPU")  # NPUs compile static shapes only
@@ -161,6 +162,18 @@ class OpenVINOInferencer:
         self.queue.set_callback(functools.partial(_store_outputs, self._results, self.output_index))
 
     # --- set-up -----------------------------------------------------------------------------
+    def _check_weight_bits(self) -> None:
+        if self.info.raw.get("otx_weight_bits") != "8" or not self.device.startswith(("CPU", "AUTO")):
+            return
+        from otx.deploy.optimize import host_has_vnni
+
+        if not host_has_vnni():
+            log.warning(
+                "%s has 8-bit INT8 weights and this CPU has no VNNI: its int16 sums can saturate and move "
+                "decisions; re-run otx optimize with --weight_bits 7 for this CPU",
+                self.path.name,
+            )
+
     def _physical_devices(self) -> list[str]:
         if self.device in ("AUTO",) or self.device.startswith(("AUTO:", "MULTI", "HETERO")):
             return [d for d in self.core.available_devices if not d.startswith("GNA")]

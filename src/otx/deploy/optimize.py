@@ -59,8 +59,40 @@ _QUANTIZED_TYPES = {"FakeQuantize", "FakeConvert"}
 # CPUs without VNNI (AVX2 only, e.g. this project's AMD EPYC machines) multiply u8 x s8 pairs into
 # int16 and saturate: with 8-bit weights in every layer, PADIM's INT8 image AUROC on magnetic_tile
 # fell from 0.959 (FP32) to 0.930 on half the test split; with 7-bit weights (NNCF's overflow fix
-# in every layer, not only the first) 0.951. VNNI and AMX CPUs do not saturate either way.
-OVERFLOW_FIX_SUMMARY = "7-bit weights in every layer (no int16 saturation on CPUs without VNNI)"
+# in every layer, not only the first) 0.951. VNNI and AMX CPUs do not saturate either way, and
+# there 7-bit weights cost accuracy of their own: PatchCore's validation image AUROC on
+# magnetic_tile was 0.928 with 7-bit and 0.944 with 8-bit weights (FP32 0.948).
+WEIGHT_BITS_SUMMARY = {
+    7: "7-bit weights in every layer (no int16 saturation on CPUs without VNNI)",
+    8: "8-bit weights (for CPUs with VNNI or AMX; CPUs without VNNI can saturate int16 sums)",
+}
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def host_has_vnni() -> bool:
+    """Whether this CPU adds u8 x s8 products in int32 (VNNI or AMX; Linux ``/proc/cpuinfo``; False elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return any(flag in line.split() for flag in _VNNI_FLAGS)
+    return False
+
+
+def resolve_weight_bits(weight_bits: str | int) -> int:
+    """7 or 8 from ``weight_bits``; ``auto`` is 8 on a CPU with VNNI or AMX, else 7."""
+    if weight_bits == "auto":
+        return 8 if host_has_vnni() else 7
+    if isinstance(weight_bits, bool) or str(weight_bits) not in ("7", "8"):
+        raise OTXConfigError(
+            f"weight_bits must be auto, 7 or 8 (got {weight_bits!r}); 8 only for CPUs with VNNI or AMX, "
+            "7 runs on every CPU"
+        )
+    return int(weight_bits)
+
+
 _LOW_BIT_TYPES = {"i8", "u8", "i4", "u4", "nf4", "f8e4m3", "f8e5m2"}
 
 
@@ -194,10 +226,12 @@ def quantize(
     calibration: Any,
     validation: ValidationData | None = None,
     max_drop: float | None = None,
+    weight_bits: int = 7,
 ) -> tuple[Any, dict[str, Any]]:
     """Quantise an otx export with its model's scheme; with ``max_drop``, under accuracy control.
 
-    ``calibration`` is a sequence of dataset items (train/good images at their own size).
+    ``calibration`` is a sequence of dataset items (train/good images at their own size);
+    ``weight_bits`` 7 (NNCF's overflow fix in every layer: runs on every CPU) or 8 (CPUs with VNNI).
     Returns the quantised ``openvino.Model`` and a record of what was done.
     """
     import nncf
@@ -207,7 +241,7 @@ def quantize(
     level = nncf_log.level
     nncf_log.setLevel(max(level, logging.WARNING))  # NNCF lists every node it leaves alone at INFO
     try:
-        return _quantize(nncf, ov_model, scheme, calibration, validation, max_drop)
+        return _quantize(nncf, ov_model, scheme, calibration, validation, max_drop, weight_bits)
     finally:
         nncf_log.setLevel(level)
 
@@ -219,14 +253,20 @@ def _quantize(
     calibration: Any,
     validation: ValidationData | None,
     max_drop: float | None,
+    weight_bits: int,
 ) -> tuple[Any, dict[str, Any]]:
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     dataset = nncf.Dataset(calibration, _as_input)
     ignored = nncf.IgnoredScope(names=sorted(scheme.float_nodes(ov_model)), validate=False)
-    record: dict[str, Any] = {"scheme": scheme.name, "scheme_summary": f"{scheme.summary}; {OVERFLOW_FIX_SUMMARY}"}
-    # 7-bit weights in every quantised layer (NNCF's overflow fix): see OVERFLOW_FIX_SUMMARY.
-    advanced = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)
+    record: dict[str, Any] = {
+        "scheme": scheme.name,
+        "scheme_summary": f"{scheme.summary}; {WEIGHT_BITS_SUMMARY[weight_bits]}",
+        "weight_bits": weight_bits,
+    }
+    # 7-bit weights: NNCF's overflow fix in every quantised layer (WEIGHT_BITS_SUMMARY).
+    overflow_fix = OverflowFix.ENABLE if weight_bits == 7 else OverflowFix.DISABLE
+    advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix)
     start = time.perf_counter()
     if max_drop is None:
         quantized = nncf.quantize(

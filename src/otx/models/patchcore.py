@@ -165,6 +165,14 @@ class StreamingCoreset:
         return torch.from_numpy(np.ascontiguousarray(candidates))
 
 
+class BankSearch(nn.Module):
+    """For each patch ``x``, the smallest ``|y|^2 - 2 x.y`` over one block of bank entries ``y``."""
+
+    def forward(self, patches: torch.Tensor, block: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        rank = torch.matmul(patches, block.transpose(0, 1))
+        return rank.mul_(-2).add_(block.pow(2).sum(dim=-1)).amin(dim=-1)
+
+
 class MemoryBankScorer(nn.Module):
     """Nearest-neighbour patch scores and anomalib's re-weighted image score, batch-independent.
 
@@ -172,32 +180,43 @@ class MemoryBankScorer(nn.Module):
     the Euclidean distance of each patch to its nearest bank entry and, with ``num_neighbors``
     above 1, the largest patch score weighted by ``1 - softmax`` of the patch's distances to the
     ``num_neighbors`` bank entries nearest its own nearest neighbour (PatchCore paper, eq. 7).
+
+    The search is a matrix product against the bank (``|y|^2 - 2 x.y`` ranks the entries ``y`` for
+    a patch ``x``, and ``|x|^2`` is added to the minimum only) and a minimum per patch, in blocks
+    of ``block`` entries (``BankSearch``): a [patches x block] product stays in the CPU's caches
+    until its minimum is taken. Only the most anomalous patch needs to know which entry is its
+    nearest (for the re-weighting), so that index is found in its own row alone. Measured in
+    OpenVINO on this project's CPU (1,024 patches against 7,793 entries of 152 floats): the
+    product and minimum in one piece 14.2 ms in f32 and 19.2 ms in INT8, in blocks of about 2,000
+    entries 12.1 and 5.7 ms; a top-k over every patch's row (what ``torch.min(dim)`` exports to)
+    cost as much as the product. In an INT8 export the blocks' products are the one quantised part
+    of the search; the image score is measured again in float, from its patch to the entry found.
     """
 
-    def __init__(self, num_neighbors: int) -> None:
+    def __init__(self, num_neighbors: int, block: int = 2048) -> None:
         super().__init__()
         self.num_neighbors = num_neighbors
+        self.block = block
+        self.search = BankSearch()
 
     def forward(self, patches: torch.Tensor, memory_bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: D102
         if patches.shape[0] > 1 and not torch.jit.is_tracing():  # one image at a time: memory P x M, not B x P x M
             parts = [self(image.unsqueeze(0), memory_bank) for image in patches]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        # |x - y|^2 = |x|^2 + (|y|^2 - 2 x.y): the nearest y minimises the bracket, so |x|^2 is added to
-        # the [B, P] minima only, not to the [B, P, M] matrix: two passes over it fewer (one image
-        # against a 7,793-entry bank, this CPU under load: 0.37 s for the full matrix, 0.20 s now).
-        partial = torch.matmul(patches, memory_bank.transpose(0, 1))
-        partial.mul_(-2).add_(memory_bank.pow(2).sum(dim=-1))
-        nearest_partial, locations = partial.min(dim=-1)
+        blocks = max(1, math.ceil(memory_bank.shape[0] / self.block))
+        minima = [self.search(patches, part) for part in memory_bank.chunk(blocks)]  # equal blocks
+        nearest_partial = minima[0] if blocks == 1 else torch.stack(minima, dim=-1).amin(dim=-1)
         patch_scores = (nearest_partial + patches.pow(2).sum(dim=-1)).clamp_min(0).sqrt()  # [B, P]
-        if self.num_neighbors == 1:
-            return patch_scores, patch_scores.amax(dim=1)
         worst = patch_scores.argmax(dim=1, keepdim=True)  # [B, 1]: the most anomalous patch
-        score = patch_scores.gather(1, worst).squeeze(1)
-        nearest = memory_bank[locations.gather(1, worst).squeeze(1)]  # [B, D]: its nearest bank entry
+        feature = patches.gather(1, worst.unsqueeze(2).expand(-1, -1, patches.shape[2]))  # [B, 1, D]
+        row = memory_bank.pow(2).sum(dim=-1) - 2 * torch.matmul(feature.squeeze(1), memory_bank.transpose(0, 1))
+        nearest = memory_bank[row.argmin(dim=1)]  # [B, D]: its nearest bank entry
+        score = (feature.squeeze(1) - nearest).pow(2).sum(dim=-1).sqrt()  # [B]
+        if self.num_neighbors == 1:
+            return patch_scores, score
         neighbours = min(self.num_neighbors, memory_bank.shape[0])
         distance = PatchcoreModel.euclidean_dist  # anomalib's, batched over leading dims
         support = distance(nearest, memory_bank).topk(neighbours, dim=-1, largest=False).indices  # [B, k]
-        feature = patches.gather(1, worst.unsqueeze(2).expand(-1, -1, patches.shape[2]))  # [B, 1, D]
         distances = distance(feature, memory_bank[support]).squeeze(1)  # [B, k]
         weights = 1 - F.softmax(distances, dim=1)[:, 0]
         return patch_scores, weights * score
@@ -270,16 +289,18 @@ class Patchcore(AnomalyModel):
         "resnet18": ("layer2", "layer3"),
         "wide_resnet50_2": ("layer2", "layer3"),
     }
-    # Backbone INT8; from the pooled layer maps on (pooling, embedding, nearest-neighbour search,
-    # re-weighting, anomaly map, score, post-processing) float. Distances to the bank grow with the
-    # anomaly (what a calibration on normal images clips), and a quantiser on the pooled maps rounds
-    # every embedding channel to one per-tensor grid: with it, the sample data's INT8 image AUROC was
-    # 0.52 (FP32 1.0); without it 1.0, and with full bias correction the median image score moved
-    # 3.3 % from FP32's (8.0 % with the fast one).
+    # Backbone INT8 and the search's matrix product INT8; everything else from the pooled layer maps
+    # on (pooling, embedding, distances, re-weighting, anomaly map, score, post-processing) float.
+    # Distances to the bank grow with the anomaly (what a calibration on normal images clips), and
+    # a quantiser on the pooled maps rounds every embedding channel to one per-tensor grid: with it,
+    # the sample data's INT8 image AUROC was 0.52 (FP32 1.0). The search's product is quantised on
+    # its own (its input quantiser feeds nothing else), and the image score is measured again in
+    # float from the patch to the entry the product found (MemoryBankScorer): magnetic_tile's
+    # validation image AUROC 0.928 with the product in float, 0.928 with it INT8 (7-bit weights).
     int8_scheme = Scheme(
         name="patchcore-int8",
-        summary="backbone INT8; pooled features, embedding, nearest-neighbour search, re-weighting, anomaly map, "
-        "score and post-processing float",
+        summary="backbone and the nearest-neighbour search's matrix product INT8; pooled features, embedding, "
+        "distances, re-weighting, anomaly map, score and post-processing float",
         float_patterns=(
             r"^__module\.core\.feature_pooler.*",
             r"^__module\.core/.*",
@@ -288,6 +309,7 @@ class Patchcore(AnomalyModel):
         ),
         float_after=(r"^__module\.core\.feature_pooler.*",),
         fast_bias_correction=False,
+        int8_patterns=(r"^__module\.core\.scorer\.search/aten::matmul/MatMul(_\d+)?$",),
     )
 
     def __init__(

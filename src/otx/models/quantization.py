@@ -23,6 +23,7 @@ class Scheme:
     ``float_patterns`` name nodes kept in float (regexes on node names); every node computed
     from the output of a node matching ``float_after`` is float too, whatever its name (in-place
     torch ops such as STFPM's product of layer maps lose their module's name when traced).
+    ``int8_patterns`` name nodes quantised even where the other two would keep them in float.
     """
 
     name: str
@@ -30,6 +31,7 @@ class Scheme:
     float_patterns: tuple[str, ...]
     float_after: tuple[str, ...]
     fast_bias_correction: bool = True  # False: NNCF's full bias correction (slower, more accurate)
+    int8_patterns: tuple[str, ...] = ()
 
     def float_nodes(self, ov_model: Any) -> set[str]:
         """Names of the nodes of ``ov_model`` that stay in float (NNCF's ignored scope)."""
@@ -52,7 +54,9 @@ class Scheme:
                     if node.get_friendly_name() not in seen:
                         seen.add(node.get_friendly_name())
                         stack.append(node)
-        return names | {name for name in seen if not name.startswith("Result")}
+        names |= {name for name in seen if not name.startswith("Result")}
+        quantised = [re.compile(p) for p in self.int8_patterns]
+        return {name for name in names if not any(p.match(name) for p in quantised)}
 
 
 # The scheme of a model class that names none: the core in INT8, the anomaly map onwards in float.

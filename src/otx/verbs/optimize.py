@@ -36,15 +36,32 @@ def source_model(workdir: WorkDir, checkpoint: str | Path | None) -> Path:
 
 
 def run(
-    ctx: VerbContext, run: Run, checkpoint: str | Path | None, subset_size: int, max_drop: float | None
+    ctx: VerbContext,
+    run: Run,
+    checkpoint: str | Path | None,
+    subset_size: int,
+    max_drop: float | None,
+    weight_bits: str | int = "auto",
 ) -> OptimizeResult:
-    """Quantise; ``max_drop`` turns on NNCF's accuracy control on the validation split."""
+    """Quantise; ``max_drop`` turns on NNCF's accuracy control on the validation split.
+
+    ``weight_bits``: 7, 8 or ``auto`` (8 where this CPU has VNNI or AMX, else 7).
+    """
     import nncf
 
     from otx.data.datamodule import AnomalyDataset
     from otx.deploy.calibrate import with_raw_outputs
     from otx.deploy.export import export_model
-    from otx.deploy.optimize import choose_calibration, keep_decisions, quantize, read_exported, save_optimized
+    from otx.deploy.optimize import (
+        choose_calibration,
+        keep_decisions,
+        quantize,
+        read_exported,
+        resolve_weight_bits,
+        save_optimized,
+    )
+
+    bits = resolve_weight_bits(weight_bits)
 
     source = source_model(ctx.workdir, checkpoint)
     data_record: dict[str, Any] = {}
@@ -85,7 +102,7 @@ def run(
         run,
         adapter.task.value,
         {"exported_model": str(source), "model_info": dict(info.raw)},
-        {"checkpoint": str(source), "subset_size": subset_size, "max_drop": max_drop},
+        {"checkpoint": str(source), "subset_size": subset_size, "max_drop": max_drop, "weight_bits": bits},
         data=data,
     )
     n_val = len(validation.items) if validation is not None else 0
@@ -93,13 +110,15 @@ def run(
         f"[bold]otx optimize[/]: {info.model_name} ({info.backbone}) from {source}, calibrating on "
         f"{len(chosen)} of {len(train)} train/good images"
         + (f", accuracy control (max drop {max_drop}) on {n_val} validation images" if max_drop else "")
+        + f", {bits}-bit weights"
+        + (" (auto: this CPU " + ("has" if bits == 8 else "lacks") + " VNNI)" if weight_bits == "auto" else "")
     )
     reference = with_raw_outputs(ov_model)
     if validation is not None:
         start = time.perf_counter()
         validation.set_reference(reference, info.stats())
         log.info("FP32 outputs on %d validation images in %.1f s", n_val, time.perf_counter() - start)
-    quantized, record = quantize(reference, info, calibration, validation, max_drop)
+    quantized, record = quantize(reference, info, calibration, validation, max_drop, bits)
     quantized, decisions = keep_decisions(quantized, validation, info.stats())
     quantization = record["scheme"] + ("+accuracy-control" if max_drop is not None else "")
     scheme_summary = record["scheme_summary"] + (
@@ -115,6 +134,7 @@ def run(
             "otx_calibration": f"{len(chosen)} of {len(train)} train/good images (seed {ctx.seed})",
             "otx_nncf_version": nncf.__version__,
             "otx_quantized_from": Path(source).name,
+            "otx_weight_bits": str(bits),
             "otx_recalibrated": ",".join(decisions.get("recalibrated", [])) or "none",
             **({"otx_max_drop": str(max_drop)} if max_drop is not None else {}),
         },
@@ -131,6 +151,7 @@ def run(
         train_images=len(train),
         fake_quantize_nodes=record["fake_quantize_nodes"],
         image_quantizers=record["image_quantizers"],
+        weight_bits=bits,
         decisions=decisions,
         thresholds=decisions["stats"],
         timing_s={"quantize_s": record["quantize_s"], "check_s": decisions.get("check_s")},
