@@ -90,12 +90,14 @@ def test_f1_at_degenerate_cases_follow_sklearn_zero_division_0() -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("ties", [False, True])
-def test_f1_adaptive_threshold_is_best_over_all_candidates(seed: int, ties: bool) -> None:
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_f1_adaptive_threshold_is_best_over_all_candidates(seed: int, ties: bool, dtype: type) -> None:
     rng = np.random.default_rng(seed)
     labels = rng.random(300) < 0.25
     scores = rng.normal(size=300) * 10 + 8 * labels
     if ties:
         scores = np.round(scores / 4)
+    scores = scores.astype(dtype)  # maps are float32: the threshold is the same function of the values
     best = max(f1_score(labels, scores >= t, zero_division=0) for t in np.unique(scores))
     threshold = f1_adaptive_threshold(torch.from_numpy(scores), torch.from_numpy(labels))
     assert f1_score(labels, scores >= threshold, zero_division=0) == pytest.approx(best, abs=1e-12)

@@ -45,29 +45,35 @@ def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tenso
     optimum keeps every score (``s_best`` is the lowest), the threshold is ``s_best``. With no
     positive label (nothing anomalous to separate) the threshold is the largest score, so every
     validation image counts as normal.
+
+    The two classes are sorted apart (numpy, by value only) and F1 is evaluated at the distinct
+    anomalous scores only (lowering the threshold to a normal score adds false positives and no
+    true one, so the optimum is always at an anomalous score): on 19 M validation pixels the
+    former argsort with float64 cumulative sums held about 0.9 GB at once, the process's peak.
     """
-    scores_t = torch.as_tensor(scores).flatten().double()
-    labels_t = torch.as_tensor(labels).flatten().bool()
-    if scores_t.numel() == 0:
+    values = torch.as_tensor(scores).detach().cpu().flatten()
+    if values.dtype in (torch.float16, torch.bfloat16):
+        values = values.float()
+    s = values.numpy()
+    truth = torch.as_tensor(labels).detach().cpu().flatten().numpy() != 0
+    if s.size == 0:
         raise ValueError("cannot compute a threshold from zero scores")
-    n_pos = int(labels_t.sum())
+    if s.size != truth.size:
+        raise ValueError(f"scores ({s.size}) and labels ({truth.size}) differ in size")
+    n_pos = int(np.count_nonzero(truth))
     if n_pos == 0:
-        return float(scores_t.max())
-    order = torch.argsort(scores_t, descending=True)
-    sorted_scores = scores_t[order]
-    tp = torch.cumsum(labels_t[order].double(), 0)
-    fp = torch.arange(1, tp.numel() + 1, dtype=torch.float64) - tp
-    # Only the last position of each run of equal scores is a reachable operating point.
-    last = torch.ones_like(sorted_scores, dtype=torch.bool)
-    last[:-1] = sorted_scores[1:] != sorted_scores[:-1]
-    tp, fp, thresholds = tp[last], fp[last], sorted_scores[last]
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(_EPS)
-    best = int(torch.argmax(f1))
-    if best + 1 == thresholds.numel():  # every score is at or above it: no lower neighbour
-        return float(thresholds[best])
-    return float((thresholds[best] + thresholds[best + 1]) / 2)
+        return float(s.max())
+    pos, neg = np.sort(s[truth]), np.sort(s[~truth])
+    candidates = np.unique(pos)  # ascending; "scores >= t" for each
+    tp = n_pos - np.searchsorted(pos, candidates, "left")
+    fp = neg.size - np.searchsorted(neg, candidates, "left")
+    f1 = 2.0 * tp / (tp + fp + n_pos)  # 2 TP / (2 TP + FP + FN); equal ratios give equal floats
+    best_index = f1.size - 1 - int(np.argmax(f1[::-1]))  # the highest threshold among equal F1s
+    best = float(candidates[best_index])
+    lower = [float(x[i - 1]) for x in (pos, neg) if (i := int(np.searchsorted(x, candidates[best_index], "left")))]
+    if not lower:  # every score is at or above it: no lower neighbour
+        return best
+    return (best + max(lower)) / 2
 
 
 class PostProcessor(nn.Module):
