@@ -30,6 +30,16 @@ def consumers(op: ov.Node) -> list[ov.Node]:
     return [target.get_node() for output in op.outputs() for target in output.get_target_inputs()]
 
 
+def quantized_consumers(ov_model: ov.Model) -> set[str]:
+    """Names of the nodes that a FakeQuantize feeds (the nodes that run in INT8)."""
+    return {
+        c.get_friendly_name()
+        for op in ov_model.get_ops()
+        if op.get_type_name() == "FakeQuantize"
+        for c in consumers(op)
+    }
+
+
 @pytest.mark.parametrize("model", ["padim", "stfpm10"])
 def test_int8_keeps_metadata_and_accuracy(model: str, optimized, exported, sample_root: Path, tmp_path: Path) -> None:
     summary = optimized(model)
@@ -67,10 +77,7 @@ def test_scheme_keeps_resize_anomaly_map_and_postprocessing_float(model: str, ex
     for must in ("__module.postprocessor", "__module.resize", "__module.core/aten::amax"):
         assert any(n.startswith(must) for n in float_nodes & names), must
     ov_model = ov.Core().read_model(optimized(model)["optimized_model"])
-    quantized_inputs = set()
-    for op in ov_model.get_ops():
-        if op.get_type_name() == "FakeQuantize":
-            quantized_inputs.update(c.get_friendly_name() for c in consumers(op))
+    quantized_inputs = quantized_consumers(ov_model)
     assert quantized_inputs
     assert not quantized_inputs & float_nodes  # no quantiser feeds a node the scheme keeps in float
     if model == "padim":  # the Mahalanobis product stays float (on AVX2 CPUs INT8 there moved decisions)
@@ -198,10 +205,7 @@ def test_patchcore_quantises_the_search_product_and_keeps_the_distances_float(op
     assert search and not search & float_nodes
     assert scorer - float_nodes == search  # the rest (minima, exact distances, re-weighting) float
     ov_model = ov.Core().read_model(optimized("patchcore")["optimized_model"])
-    quantized_inputs = set()
-    for op in ov_model.get_ops():
-        if op.get_type_name() == "FakeQuantize":
-            quantized_inputs.update(c.get_friendly_name() for c in consumers(op))
+    quantized_inputs = quantized_consumers(ov_model)
     assert search <= quantized_inputs  # the products over the bank run in INT8 ...
     assert quantized_inputs & scorer == search  # ... and their quantisers feed nothing else of the search
     for name in search:  # the bank: int8 constants, dequantised per entry
