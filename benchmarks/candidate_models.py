@@ -8,6 +8,9 @@ its validation metrics per epoch and its test metrics.
     OTX_OFFLINE=1 .venv/bin/python benchmarks/candidate_models.py --model Supersimplenet \
         --data_root ../shared/data/magnetic_tile --epochs 3 --work_dir /tmp/candidates
 
+CFlow: conditional normalising flows, one per feature layer, over every feature vector and its
+position, trained by Adam in batches of feature vectors (anomalib's decoders and likelihood).
+
 FastFlow: 2D normalising flows turn normal feature maps into a standard normal, trained by Adam.
 
 Wraps anomalib's ``FastflowModel`` (its flow blocks, its forward pass, its log-likelihood anomaly
@@ -210,6 +213,179 @@ class Fastflow(AnomalyModel):
         return torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)
 
 
+# --------------------------------------------------------------------------- CFlow
+class _CflowCore(nn.Module):
+    """anomalib's CFLOW decoders (conditional flows per feature layer) on an offline feature extractor.
+
+    The anomaly map is batch-independent: each layer's per-dimension log-likelihood is compared with
+    a reference fixed in training (``reference``, the largest seen), where anomalib compares it with
+    the largest in the current batch.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        layers: list[str],
+        condition_vector: int,
+        coupling_blocks: int,
+        clamp_alpha: float,
+        positional: bool = True,
+    ) -> None:
+        super().__init__()
+        from anomalib.models.image.cflow.utils import cflow_head
+
+        self.condition_vector = condition_vector
+        self.positional = positional
+        self.encoder = TimmFeatureExtractor(backbone=backbone, pre_trained=False, layers=layers).eval()
+        for parameter in self.encoder.parameters():
+            parameter.requires_grad = False
+        self.decoders = nn.ModuleList(
+            cflow_head(condition_vector, coupling_blocks, clamp_alpha, dim) for dim in self.encoder.out_dims
+        )
+        self.register_buffer("reference", torch.zeros(len(layers)))
+
+    def conditions(self, height: int, width: int, batch: int) -> torch.Tensor:
+        """``[B*H*W, P]`` positional encodings in the (batch, row, column) order of ``fibers``."""
+        from anomalib.models.image.cflow.utils import positional_encoding_2d
+
+        encoding = positional_encoding_2d(self.condition_vector, height, width)
+        if not self.positional:  # one density for every position (textures: the place says nothing)
+            encoding = torch.zeros_like(encoding)
+        return (
+            encoding.permute(1, 2, 0)
+            .reshape(1, height * width, -1)
+            .expand(batch, -1, -1)
+            .reshape(batch * height * width, -1)
+        )
+
+    @staticmethod
+    def fibers(feature: torch.Tensor) -> torch.Tensor:
+        """``[B*H*W, C]`` feature vectors of a ``[B, C, H, W]`` map."""
+        return feature.permute(0, 2, 3, 1).reshape(-1, feature.shape[1])
+
+    def log_likelihood(self, index: int, fibers: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """Per-dimension log-likelihood of each fiber under layer ``index``'s flow."""
+        from anomalib.models.image.cflow.utils import get_logp
+
+        latent, log_jacobian = self.decoders[index](fibers, [conditions])
+        return get_logp(fibers.shape[1], latent, log_jacobian) / fibers.shape[1]
+
+    def forward(self, images: torch.Tensor) -> Any:
+        """anomalib-style ``InferenceBatch``: map = minus the sum of the layers' upsampled likelihoods."""
+        from anomalib.data import InferenceBatch
+
+        features = self.encoder(images)
+        total = None
+        for index, feature in enumerate(features.values()):
+            batch, _, height, width = feature.shape
+            likelihood = self.log_likelihood(index, self.fibers(feature), self.conditions(height, width, batch))
+            probability = torch.exp(likelihood - self.reference[index]).reshape(batch, 1, height, width)
+            layer_map = upsample_bilinear(probability, images.shape[-2:])
+            total = layer_map if total is None else total + layer_map
+        anomaly_map = -total
+        return InferenceBatch(pred_score=torch.amax(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
+
+
+class Cflow(AnomalyModel):
+    """CFLOW-AD (Gudovskiy et al., 2022): conditional normalising flows over feature positions.
+
+    Args:
+        backbone: backbone name.
+        layers: feature layers, one flow per layer.
+        input_size: ``[height, width]`` every image is brought to.
+        fiber_batch_size: feature vectors per optimiser step (anomalib's 64).
+        condition_vector: positional-encoding length.
+        coupling_blocks: coupling blocks per flow.
+        clamp_alpha: affine clamping of the couplings.
+        lr: Adam learning rate (anomalib's 1e-4).
+        positional: condition the flows on the position (False: zeros, one density everywhere).
+        seed: seed of the flows' initialisation and of the fiber order.
+    """
+
+    default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 3}
+    layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
+        "efficientnet_lite0": ("blocks.2", "blocks.4"),
+        "efficientnet_lite1": ("blocks.2", "blocks.4"),
+        "efficientnet_lite2": ("blocks.2", "blocks.4"),
+        "mobilenet_v2": ("blocks.2", "blocks.4"),
+        "resnet18": ("layer2", "layer3"),
+        "wide_resnet50_2": ("layer2", "layer3"),
+    }
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        layers: list[str] | None = None,
+        input_size: tuple[int, int] | None = (256, 256),
+        pretrained: bool = True,
+        weights: str | None = None,
+        fiber_batch_size: int = 64,
+        condition_vector: int = 128,
+        coupling_blocks: int = 8,
+        clamp_alpha: float = 1.9,
+        lr: float = 0.0001,
+        positional: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.positional = check_bool("positional", positional)
+        self.fiber_batch_size = check_int("fiber_batch_size", fiber_batch_size, minimum=1)
+        self.condition_vector = check_int("condition_vector", condition_vector, minimum=4)
+        self.coupling_blocks = check_int("coupling_blocks", coupling_blocks, minimum=1)
+        self.clamp_alpha = check_number("clamp_alpha", clamp_alpha, low=0.0, open_interval=True)
+        self.lr = check_number("lr", lr, low=0.0, open_interval=True)
+        self.seed = check_int("seed", seed, minimum=0)
+        super().__init__(backbone, layers, input_size, pretrained, weights)
+        self.automatic_optimization = False  # many optimiser steps per image batch, as anomalib
+        self.save_hyperparameters()
+
+    def build_core(self) -> nn.Module:  # noqa: D102
+        with torch.random.fork_rng():
+            torch.manual_seed(self.seed)
+            return _CflowCore(
+                self.spec.timm_name,
+                self.layers,
+                self.condition_vector,
+                self.coupling_blocks,
+                self.clamp_alpha,
+                self.positional,
+            )
+
+    def pretrained_modules(self) -> list[nn.Module]:  # noqa: D102
+        return [self.model.encoder.feature_extractor]
+
+    def on_train_epoch_start(self) -> None:  # noqa: D102
+        self.model.reference.fill_(-float("inf"))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
+        del batch_idx
+        import torch.nn.functional as F
+
+        optimizer = self.optimizers()
+        core = self.model
+        with torch.no_grad():
+            features = core.encoder(self.core_input(batch["image"]))
+        total, count = 0.0, 0
+        for index, feature in enumerate(features.values()):
+            batch_size, _, height, width = feature.shape
+            fibers = core.fibers(feature)
+            conditions = core.conditions(height, width, batch_size).to(fibers.device)
+            for chunk in torch.randperm(fibers.shape[0], device=fibers.device).split(self.fiber_batch_size):
+                optimizer.zero_grad()
+                likelihood = core.log_likelihood(index, fibers[chunk], conditions[chunk])
+                loss = -F.logsigmoid(likelihood).mean()
+                self.manual_backward(loss)
+                optimizer.step()
+                core.reference[index] = torch.maximum(core.reference[index], likelihood.detach().max())
+                total += float(loss.detach()) * len(chunk)
+                count += len(chunk)
+        mean = torch.tensor(total / max(count, 1))
+        self.log("train_loss", mean, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        return mean
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
+        return torch.optim.Adam(self.model.decoders.parameters(), lr=self.lr)
+
+
 # --------------------------------------------------------------------------- SuperSimpleNet
 class Supersimplenet(AnomalyModel):
     """SuperSimpleNet (Rolih et al., 2024), unsupervised: a feature adaptor and a segmentation-detection
@@ -305,7 +481,7 @@ def main() -> None:
     from otx.engine import Engine
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["Fastflow", "Supersimplenet"], required=True)
+    parser.add_argument("--model", choices=["Cflow", "Fastflow", "Supersimplenet"], required=True)
     parser.add_argument("--data_root", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/candidates"))
