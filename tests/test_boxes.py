@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -46,6 +48,56 @@ def test_merge_min_area_threshold_and_normal_images() -> None:
     assert len(boxes_from_map(amap, False, BoxSettings(on_normal=True))[0]) == 3
 
 
+def test_peak_share_fits_each_box_to_its_own_core() -> None:
+    """With ``peak``, a box encloses its group's pixels at or above its own level between threshold and maximum."""
+    yy, xx = np.mgrid[0:120, 0:200].astype(np.float32)
+    high = 0.2 + 0.7 * np.exp(-((yy - 40) ** 2 + (xx - 50) ** 2) / (2 * 8.0**2))  # peak 0.9
+    low = 0.2 + 0.5 * np.exp(-((yy - 80) ** 2 + (xx - 150) ** 2) / (2 * 12.0**2))  # peak 0.7
+    amap = np.maximum(high, low).astype(np.float32)
+    wide, _ = boxes_from_map(amap, True, BoxSettings(threshold=0.5))
+    tight, scores = boxes_from_map(amap, True, BoxSettings(threshold=0.5, peak=0.5))
+    # first principles: each blob's own cut, halfway from 0.5 to its maximum
+    want = []
+    for blob in (high, low):
+        top = float(amap[blob > 0.5].max())
+        region = (blob > 0.5) & (amap >= 0.5 + 0.5 * (top - 0.5))
+        want.append(mask_to_boxes(region)[0][0])
+    order = np.argsort(tight[:, 0])
+    np.testing.assert_array_equal(tight[order], np.stack(want))
+    np.testing.assert_allclose(np.sort(scores), [amap[low > 0.5].max(), amap.max()])
+    # the core of a blob is inside the box at the box level, and smaller
+    wide = wide[np.argsort(wide[:, 0])]
+    assert (tight[order][:, :2] > wide[:, :2]).all() and (tight[order][:, 2:] < wide[:, 2:]).all()
+
+
+@pytest.mark.parametrize("settings", [BoxSettings(), BoxSettings(0.55, 0.05, 0.001, peak=0.5), BoxSettings(peak=0.25)])
+def test_demo_package_cuts_the_boxes_otx_cuts(settings: BoxSettings) -> None:
+    """The demo package's script (numpy and OpenCV only) repeats ``boxes_from_map``, core share included."""
+    import importlib.util
+
+    import otx.deploy
+
+    path = Path(otx.deploy.__file__).parent / "demo" / "predict.py"
+    spec = importlib.util.spec_from_file_location("demo_predict", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    yy, xx = np.mgrid[0:120, 0:200].astype(np.float32)
+    amap = (
+        0.2
+        + 0.7 * np.exp(-((yy - 40) ** 2 + (xx - 50) ** 2) / 128.0)
+        + 0.5 * np.exp(-((yy - 80) ** 2 + (xx - 150) ** 2) / 288.0)
+    )
+    amap = np.minimum(amap, 1.0).astype(np.float32)
+    amap[20:60, 100:103] = 0.8  # a thin piece near nothing, and one within merging distance of the first blob
+    amap[40:44, 62:64] = 0.6
+    boxes, scores = boxes_from_map(amap, True, settings)
+    theirs = demo.boxes_of(amap, True, settings.as_dict())
+    order = np.lexsort((boxes[:, 1], boxes[:, 0]))
+    want = sorted((b["xyxy"], b["score"]) for b in theirs)
+    assert [list(map(float, b)) for b in boxes[order]] == [w[0] for w in want]
+    np.testing.assert_allclose(scores[order], [w[1] for w in want], atol=1e-6)
+
+
 def test_defect_recall_counts_regions_a_box_touches() -> None:
     mask = np.zeros((50, 80), np.uint8)
     mask[5:10, 5:10] = 1  # region 1
@@ -66,7 +118,7 @@ def test_defect_recall_counts_regions_a_box_touches() -> None:
 
 
 def test_tuning_finds_tight_boxes_on_blurred_maps() -> None:
-    """Blurred maps make the boxes at the pixel threshold too wide; a higher level fits the defects."""
+    """Blurred maps make the boxes at the pixel threshold too wide; a higher level or a core fits the defects."""
     rng = np.random.default_rng(0)
     maps, labels, gts = [], [], []
     for i in range(16):
@@ -81,7 +133,7 @@ def test_tuning_finds_tight_boxes_on_blurred_maps() -> None:
     default = [boxes_from_map(m, lab, BoxSettings()) for m, lab in zip(maps, labels, strict=True)]
     at_default = box_ap(gts, [b for b, _ in default], [s for _, s in default])
     chosen, metrics = tune(maps, labels, gts)
-    assert chosen.threshold > 0.5
+    assert chosen.threshold > 0.5 or chosen.peak > 0.0
     assert metrics["box_AP50"] > at_default["box_AP50"] + 0.3
     # it is the best of the candidates by the stated objective (mean AP at IoU 0.1, 0.25, 0.5)
     objectives = []

@@ -2,28 +2,33 @@
 
 A box is a group of pixels of the normalised map at or above ``threshold`` (a level of its own,
 not necessarily the pixel threshold 0.5); components closer than ``merge`` (a share of the
-image's longer side) form one group, so a crack broken into pieces gives one box; groups whose
-box covers less than ``min_area`` of the image are dropped; each box is scored by the map's
-maximum inside it. Images labelled normal get no box unless ``on_normal``.
+image's longer side) form one group, so a crack broken into pieces gives one box; the box encloses
+the group's pixels at or above ``threshold + peak * (group maximum - threshold)``, so with ``peak``
+above 0 it fits the group's core, not the shoulders that the map's blur spreads around a defect;
+groups whose box covers less than ``min_area`` of the image are dropped; each box is scored by the
+map's maximum inside it. Images labelled normal get no box unless ``on_normal``.
 
-``tune`` picks threshold, merge and minimum area on the validation split: the combination with
-the best mean of box AP at IoU 0.1, 0.25 and 0.5 (pycocotools). The settings are buffers of the
-model's ``PostProcessor`` (checkpoints) and entries of the export metadata; the demo package's
-script repeats ``boxes_from_map`` in numpy and OpenCV.
+``tune`` picks threshold, merge, peak share and minimum area on the validation split: the
+combination with the best mean of box AP at IoU 0.1, 0.25 and 0.5 (pycocotools). The settings
+are buffers of the model's ``PostProcessor`` (checkpoints) and entries of the export metadata;
+the demo package's script repeats ``boxes_from_map`` in numpy and OpenCV.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import cv2
 import numpy as np
 
-THRESHOLD_STEPS = (-0.1, 0.0, 0.15, 0.3, 0.45, 0.6)  # box levels tried: 0.5 + step * (highest level - 0.5)
+# Box levels tried: 0.5 + step * (highest level - 0.5); none below the pixel threshold 0.5, so that
+# every box holds pixels the predicted mask marks anomalous.
+THRESHOLD_STEPS = (0.0, 0.15, 0.3, 0.45, 0.6)
 MERGE_CHOICES = (0.0, 0.02, 0.05)  # share of the longer side within which components are joined
 MIN_AREA_CHOICES = (0.0, 0.0005, 0.002)  # share of the image area a box must cover
+PEAK_CHOICES = (0.0, 0.25, 0.5)  # share of the way from the box level to the group's maximum
 TUNED_IOUS = (0.1, 0.25, 0.5)
 
 
@@ -35,6 +40,7 @@ class BoxSettings:
     merge: float = 0.0
     min_area: float = 0.0
     on_normal: bool = False
+    peak: float = 0.0
 
     def as_dict(self) -> dict[str, float | bool]:
         """The settings as plain values (metrics.json, metadata)."""
@@ -43,18 +49,43 @@ class BoxSettings:
 
 def boxes_from_map(anomaly_map: np.ndarray, label: bool | None, settings: BoxSettings) -> tuple[np.ndarray, np.ndarray]:
     """Boxes ``[K, 4]`` (``x1, y1, x2, y2``, exclusive ends) and their scores from a full-size normalised map."""
-    empty = np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
     if not label and not settings.on_normal:
-        return empty
-    mask = (anomaly_map >= settings.threshold).astype(np.uint8)
+        return _empty()
+    return _boxes(_groups(anomaly_map, settings.threshold, settings.merge), settings.peak, settings.min_area)
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
+
+
+# (pixels' ys, xs, group ids, values; number of ids; the box level; the map's height and width)
+_Groups = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, float, tuple[int, int]]
+
+
+def _groups(anomaly_map: np.ndarray, threshold: float, merge: float) -> _Groups | None:
+    """The map's pixels at or above ``threshold``, each with its group (components within ``merge`` joined)."""
+    mask = (anomaly_map >= threshold).astype(np.uint8)
     if not mask.any():
-        return empty
+        return None
     height, width = mask.shape
-    radius = int(round(settings.merge * max(height, width)))
+    radius = int(round(merge * max(height, width)))
     grouped = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)) if radius else mask
     count, groups = cv2.connectedComponents(grouped, connectivity=8, ltype=cv2.CV_32S)
     ys, xs = np.nonzero(mask)  # the box holds the group's own pixels, not the dilation
-    ids = groups[ys, xs]
+    values = anomaly_map[ys, xs].astype(np.float64)
+    return ys, xs, groups[ys, xs], values, count, float(threshold), (height, width)
+
+
+def _boxes(found: _Groups | None, peak: float, min_area: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's box (around its pixels at or above its ``peak`` level) and maximum; small boxes dropped."""
+    if found is None:
+        return _empty()
+    ys, xs, ids, values, count, threshold, (height, width) = found
+    scores = np.full(count, -np.inf)
+    np.maximum.at(scores, ids, values)
+    if peak > 0.0:  # the group's core: its maximum always stays, so no group loses every pixel
+        core = values >= threshold + peak * (scores[ids] - threshold)
+        ys, xs, ids = ys[core], xs[core], ids[core]
     boxes = np.empty((count, 4), np.float64)
     boxes[:, :2] = np.inf
     boxes[:, 2:] = -np.inf
@@ -62,12 +93,10 @@ def boxes_from_map(anomaly_map: np.ndarray, label: bool | None, settings: BoxSet
     np.minimum.at(boxes[:, 1], ids, ys)
     np.maximum.at(boxes[:, 2], ids, xs + 1)
     np.maximum.at(boxes[:, 3], ids, ys + 1)
-    scores = np.full(count, -np.inf)
-    np.maximum.at(scores, ids, anomaly_map[ys, xs].astype(np.float64))
     keep = np.isfinite(scores)
     keep[0] = False  # background
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep &= area >= settings.min_area * height * width
+    keep &= area >= min_area * height * width
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32)
 
 
@@ -76,8 +105,8 @@ def candidates(highest: float) -> list[BoxSettings]:
     span = max(float(highest) - 0.5, 0.0)
     levels = sorted({round(0.5 + step * span, 6) for step in THRESHOLD_STEPS})
     return [
-        BoxSettings(level, merge, area)
-        for level, merge, area in itertools.product(levels, MERGE_CHOICES, MIN_AREA_CHOICES)
+        BoxSettings(level, merge, area, peak=peak)
+        for level, merge, peak, area in itertools.product(levels, MERGE_CHOICES, PEAK_CHOICES, MIN_AREA_CHOICES)
     ]
 
 
@@ -94,15 +123,19 @@ def tune(
 
     Returns:
         The chosen settings and their box metrics on the validation images. Ties keep the
-        earlier candidate (lower threshold, no merging, no minimum area).
+        earlier candidate (lower threshold, no merging, no peak share, no minimum area).
     """
     from otx.metrics import box_ap
 
     highest = max((float(m.max()) for m in maps), default=0.5)
     best: tuple[float, BoxSettings, dict[str, float]] | None = None
+    key, grouped = None, []  # the groups of one level and merge, shared by its peak and area choices
     for settings in candidates(highest):
-        settings = BoxSettings(settings.threshold, settings.merge, settings.min_area, on_normal)
-        found = [boxes_from_map(m, label, settings) for m, label in zip(maps, labels, strict=True)]
+        settings = replace(settings, on_normal=on_normal)
+        if (settings.threshold, settings.merge) != key:
+            key = (settings.threshold, settings.merge)
+            grouped = [_groups(m, *key) if label or on_normal else None for m, label in zip(maps, labels, strict=True)]
+        found = [_boxes(groups, settings.peak, settings.min_area) for groups in grouped]
         metrics = box_ap(list(gt_boxes), [b for b, _ in found], [s for _, s in found])
         objective = float(np.nanmean([metrics[f"box_AP{int(iou * 100)}"] for iou in TUNED_IOUS]))
         if best is None or objective > best[0]:

@@ -45,6 +45,7 @@ def render(console: Console, result: Result) -> None:
             b = result.boxes
             extra["boxes (chosen on the validation split)"] = (
                 f"map level {b['threshold']:.3f}, pieces within {b['merge']:.0%} of the longer side joined, "
+                f"each box around its pixels {b.get('peak', 0.0):.0%} of the way up to its maximum, "
                 f"at least {b['min_area']:.2%} of the image, {'also' if b['on_normal'] else 'none'} on normal images"
             )
         _summary(console, result, result.validation_metrics, "validation", extra)

@@ -166,6 +166,7 @@ class ModelInfo:
             merge=float(self.raw.get("otx_box_merge", default.merge)),
             min_area=float(self.raw.get("otx_box_min_area", default.min_area)),
             on_normal=self.raw.get("otx_box_on_normal", "False") == "True",
+            peak=float(self.raw.get("otx_box_peak", default.peak)),  # exports before it: 0
         )
 
     @property

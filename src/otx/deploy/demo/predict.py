@@ -56,6 +56,7 @@ def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict) -> list[dic
     """Boxes as otx cuts them (``otx.boxes.boxes_from_map``), from the full-size normalised map.
 
     Pixels at or above the box threshold; components within ``merge`` of the longer side joined;
+    each box around its group's pixels at or above ``threshold + peak * (group maximum - threshold)``;
     boxes under ``min_area`` of the image dropped; each scored by the map's maximum inside it;
     none on images labelled normal unless ``on_normal``.
     """
@@ -70,10 +71,14 @@ def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict) -> list[dic
         ys, xs = np.nonzero((groups == k) & (mask > 0))
         if len(xs) == 0:
             continue
+        values = score_map[ys, xs]
+        top = float(values.max())
+        core = values >= settings["threshold"] + settings["peak"] * (top - settings["threshold"])
+        ys, xs = ys[core], xs[core]
         x1, y1, x2, y2 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
         if (x2 - x1) * (y2 - y1) < settings["min_area"] * mask.size:
             continue
-        boxes.append({"xyxy": [x1, y1, x2, y2], "score": round(float(score_map[ys, xs].max()), 6)})
+        boxes.append({"xyxy": [x1, y1, x2, y2], "score": round(top, 6)})
     return boxes
 
 
@@ -128,6 +133,7 @@ def main() -> int:
         "merge": float(info("otx_box_merge", "0.0")),
         "min_area": float(info("otx_box_min_area", "0.0")),
         "on_normal": info("otx_box_on_normal", "False") == "True",
+        "peak": float(info("otx_box_peak", "0.0")),
     }
     if "INFERENCE_PRECISION_HINT" in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
         core.set_property("CPU", {"INFERENCE_PRECISION_HINT": args.precision})
