@@ -72,8 +72,8 @@ def _groups(anomaly_map: np.ndarray, threshold: float, merge: float) -> _Groups 
     grouped = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)) if radius else mask
     count, groups = cv2.connectedComponents(grouped, connectivity=8, ltype=cv2.CV_32S)
     ys, xs = np.nonzero(mask)  # the box holds the group's own pixels, not the dilation
-    values = anomaly_map[ys, xs].astype(np.float64)
-    return ys, xs, groups[ys, xs], values, count, float(threshold), (height, width)
+    values = anomaly_map[ys, xs].astype(np.float32)  # compact: `tune` holds every validation map's groups
+    return ys.astype(np.int32), xs.astype(np.int32), groups[ys, xs], values, count, float(threshold), (height, width)
 
 
 def _boxes(found: _Groups | None, peak: float, min_area: float) -> tuple[np.ndarray, np.ndarray]:
