@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -58,8 +59,16 @@ def _empty() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, 4), np.float32), np.zeros((0,), np.float32)
 
 
-# (pixels' ys, xs, group ids, values; number of ids; the box level; the map's height and width)
-_Groups = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, float, tuple[int, int]]
+class _Groups(NamedTuple):
+    """The pixels of one map at or above a box level, grouped (what every peak and area choice shares)."""
+
+    ys: np.ndarray
+    xs: np.ndarray
+    ids: np.ndarray  # each pixel's group (0: none; every pixel here has one)
+    values: np.ndarray
+    maxima: np.ndarray  # each group's largest value (-inf for ids without a pixel)
+    threshold: float
+    shape: tuple[int, int]
 
 
 def _groups(anomaly_map: np.ndarray, threshold: float, merge: float) -> _Groups | None:
@@ -72,19 +81,21 @@ def _groups(anomaly_map: np.ndarray, threshold: float, merge: float) -> _Groups 
     grouped = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)) if radius else mask
     count, groups = cv2.connectedComponents(grouped, connectivity=8, ltype=cv2.CV_32S)
     ys, xs = np.nonzero(mask)  # the box holds the group's own pixels, not the dilation
+    ids = groups[ys, xs]
     values = anomaly_map[ys, xs].astype(np.float32)  # compact: `tune` holds every validation map's groups
-    return ys.astype(np.int32), xs.astype(np.int32), groups[ys, xs], values, count, float(threshold), (height, width)
+    maxima = np.full(count, -np.inf)
+    np.maximum.at(maxima, ids, values)
+    return _Groups(ys.astype(np.int32), xs.astype(np.int32), ids, values, maxima, float(threshold), (height, width))
 
 
 def _boxes(found: _Groups | None, peak: float, min_area: float) -> tuple[np.ndarray, np.ndarray]:
     """Each group's box (around its pixels at or above its ``peak`` level) and maximum; small boxes dropped."""
     if found is None:
         return _empty()
-    ys, xs, ids, values, count, threshold, (height, width) = found
-    scores = np.full(count, -np.inf)
-    np.maximum.at(scores, ids, values)
+    ys, xs, ids, scores, threshold = found.ys, found.xs, found.ids, found.maxima, found.threshold
+    count = scores.size
     if peak > 0.0:  # the group's core: its maximum always stays, so no group loses every pixel
-        core = values >= threshold + peak * (scores[ids] - threshold)
+        core = found.values >= threshold + peak * (scores[ids] - threshold)
         ys, xs, ids = ys[core], xs[core], ids[core]
     boxes = np.empty((count, 4), np.float64)
     boxes[:, :2] = np.inf
@@ -96,7 +107,7 @@ def _boxes(found: _Groups | None, peak: float, min_area: float) -> tuple[np.ndar
     keep = np.isfinite(scores)
     keep[0] = False  # background
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep &= area >= min_area * height * width
+    keep &= area >= min_area * found.shape[0] * found.shape[1]
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32)
 
 
