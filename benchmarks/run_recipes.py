@@ -4,11 +4,18 @@ Each recipe runs as ``otx train`` then ``otx test`` in its own subprocess, exact
 type them; wall times are measured around each command, and peak memory is the command's own maximum
 resident set (``wait4``; the largest of the process and its data-loading workers, not their sum).
 
+With ``--deploy``, each recipe then goes on as a user shipping it would: ``otx export`` (FP32 IR),
+``otx optimize`` (INT8 IR, the model's scheme and defaults), ``otx test`` of both IRs on the test
+split (OpenVINO at f32), the share of test images whose label the INT8 IR keeps from the FP32 IR
+(from both runs' ``predictions.json``), and ``otx benchmark`` (the checkpoint, the FP32 IR and the
+INT8 IR in turn, 40 test images, median of 5 passes: single passes, not alternated; the INT8
+speed claims come from ``benchmarks/optimize_int8.py``, which alternates).
+
 Usage::
 
     .venv/bin/python benchmarks/run_recipes.py --data_root ../shared/data/magnetic_tile \\
         --work_dir /tmp/otx-recipes --out benchmarks/results/recipes_magnetic_tile.json \\
-        [--recipes recipe/anomaly_segmentation/padim.yaml ...] [--extra "--max_epochs 3"]
+        [--recipes recipe/anomaly_segmentation/padim.yaml ...] [--extra "--max_epochs 3"] [--deploy]
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 
 from otx.cli import list_recipes
 
+IRS = ("fp32_ir", "int8_ir")
 METRICS = ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1", "AUPRO", "box_AP", "box_AP50")
 
 
@@ -60,6 +68,44 @@ def train_test_benchmark(train: list[str], test: list[str], benchmark: list[str]
     }
 
 
+def latest(work_dir: Path, pattern: str) -> Path:
+    """The newest file matching ``pattern`` under ``work_dir`` (run folders sort by their time stamp)."""
+    return sorted(work_dir.glob(pattern), key=lambda p: p.parent.name)[-1]
+
+
+def deploy(otx: list[str], work_dir: Path, data_root: str) -> dict:
+    """Export, quantise, test both IRs and time them; the figures of each step."""
+    data = ["--work_dir", str(work_dir), "--data_root", data_root]
+    export_s, _ = run([*otx, "export", *data])
+    fp32 = latest(work_dir, "*-export/exported_model.xml")
+    optimize_s, optimize_mb = run([*otx, "optimize", *data, "--checkpoint", str(fp32)])
+    int8 = Path(json.loads(latest(work_dir, "*-optimize/metrics.json").read_text())["optimized_model"])
+    tested, labels = {}, {}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        run([*otx, "test", *data, "--checkpoint", str(path), "--inference_precision", "f32"])
+        folder = latest(work_dir, "*-test/metrics.json").parent
+        tested[name] = json.loads((folder / "metrics.json").read_text())["metrics"]
+        labels[name] = {r["image"]: r["label"] for r in json.loads((folder / "predictions.json").read_text())}
+    agree = [labels["int8"][image] == label for image, label in labels["fp32"].items()]
+    run([*otx, "benchmark", *data, "--inference_precision", "f32", "--num_images", "40"])
+    timed = json.loads(latest(work_dir, "*-benchmark/metrics.json").read_text())["rows"]
+    speed = {row["model"]: row["throughput_img_s"] for row in timed}
+    fp32_speed = next(v for k, v in speed.items() if k == "OpenVINO FP32")
+    int8_speed = next(v for k, v in speed.items() if "INT8" in k)
+    return {
+        "fp32_ir": tested["fp32"],
+        "int8_ir": tested["int8"],
+        "int8_labels_equal": round(sum(agree) / len(agree), 4),
+        "int8_labels_differ": len(agree) - sum(agree),
+        "export_s": round(export_s, 1),
+        "optimize_s": round(optimize_s, 1),
+        "optimize_peak_mb": round(optimize_mb),
+        "ir_fp32_img_s": round(fp32_speed, 2),
+        "ir_int8_img_s": round(int8_speed, 2),
+        "throughput": speed,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", required=True)
@@ -68,6 +114,7 @@ def main() -> None:
     parser.add_argument("--extra", default="", help="extra CLI arguments for every train, e.g. '--max_epochs 3'")
     parser.add_argument("--stfpm_extra", default="", help="extra train arguments for STFPM recipes only")
     parser.add_argument("--out", default="benchmarks/results/recipes.json")
+    parser.add_argument("--deploy", action="store_true", help="also export, quantise, test both IRs and time them")
     args = parser.parse_args()
 
     otx = [sys.executable, "-m", "otx.cli"]
@@ -96,11 +143,13 @@ def main() -> None:
                 "test_peak_mb": round(test_mb),
             }
         )
-        print(json.dumps(rows[-1]["metrics"]), file=sys.stderr, flush=True)
+        if args.deploy:
+            rows[-1]["deploy"] = deploy(otx, work_dir, args.data_root)
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "splits"}), file=sys.stderr, flush=True)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rows, indent=2))  # after every recipe: a stopped run keeps what it measured
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2))
     header = ["recipe", "epochs", *METRICS, "train s", "test s", "train peak MB", "test peak MB"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -112,6 +161,25 @@ def main() -> None:
             + " | ".join(cells)
             + f" | {row['train_s']} | {row['test_s']} | {row['train_peak_mb']} | {row['test_peak_mb']} |"
         )
+    if args.deploy:
+        print(
+            "\n| recipe | image AUROC FP32 IR / INT8 | image F1 FP32 IR / INT8 | pixel AUROC FP32 IR / INT8 "
+            "| INT8 labels = FP32 IR | IR img/s FP32 / INT8 | export s | optimize s |"
+        )
+        print("|" + "---|" * 8)
+        for row in rows:
+            d = row["deploy"]
+            pair = [
+                " / ".join(
+                    f"{d[ir][m]:.4f}" if isinstance(d[ir].get(m), float) else "–" for ir in ("fp32_ir", "int8_ir")
+                )
+                for m in ("image_AUROC", "image_F1", "pixel_AUROC")
+            ]
+            print(
+                f"| {row['recipe'].removeprefix('recipe/')} | {' | '.join(pair)} | {d['int8_labels_equal']:.2%} "
+                f"({d['int8_labels_differ']} differ) | {d['ir_fp32_img_s']} / {d['ir_int8_img_s']} | "
+                f"{d['export_s']} | {d['optimize_s']} |"
+            )
 
 
 if __name__ == "__main__":

@@ -301,3 +301,52 @@ def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Pa
     assert saved["images"].startswith("3 synthetic images") and len(saved["rows"]) == 1
     result = run_main("benchmark", "--checkpoint", int8, "--num_images", "0", cwd=tmp_path)
     assert result.returncode == 1 and "num_images" in result.stderr
+
+
+@pytest.mark.parametrize("ranges", ["default", "minmax"])
+def test_minmax_activation_ranges_cover_every_calibration_value(ranges: str) -> None:
+    """``Scheme.activation_ranges="minmax"``: the quantiser before a layer spans the largest input it saw."""
+    import nncf
+    from openvino import opset13 as ops
+
+    from otx.deploy.optimize import _quantize
+    from otx.models.quantization import Scheme
+
+    rng = np.random.default_rng(0)
+    image = ops.parameter([1, 3, 16, 16], np.float32, name="image")
+    stem = ops.relu(
+        ops.convolution(
+            image, ops.constant(rng.standard_normal((8, 3, 3, 3)).astype(np.float32)), [1, 1], [1, 1], [1, 1], [1, 1]
+        )
+    )
+    head = ops.convolution(
+        stem, ops.constant(rng.standard_normal((4, 8, 1, 1)).astype(np.float32)), [1, 1], [0, 0], [0, 0], [1, 1]
+    )
+    images = [rng.uniform(0.0, 0.5, (3, 16, 16)).astype(np.float32) for _ in range(30)]
+    images[7][:, 5, 5] = 1.0  # one bright pixel: the largest stem output, far in the tail
+    features = ov.Core().compile_model(
+        ov.Model([ops.result(stem)], [image]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
+    largest = max(float(features(x[None])[0].max()) for x in images)
+    calibration = [{"image": torch_tensor, "error": ""} for torch_tensor in map(_as_tensor, images)]
+    scheme = Scheme(name="t", summary="t", float_patterns=(), float_after=(), activation_ranges=ranges)
+    model = ov.Model([ops.result(head)], [image])
+    quantized, _ = _quantize(nncf, model, scheme, calibration, None, None, 8)
+    head_op = next(
+        op
+        for op in quantized.get_ops()
+        if op.get_type_name() == "Convolution" and op.get_input_partial_shape(1)[1] == 8
+    )
+    quantizer = head_op.input_value(0).get_node()
+    assert quantizer.get_type_name() == "FakeQuantize"
+    high = float(np.max(quantizer.input_value(2).get_node().get_data()))
+    if ranges == "minmax":
+        assert high == pytest.approx(largest, rel=1e-4)  # nothing clipped
+    else:
+        assert high < 0.9 * largest  # NNCF's default estimator clips the one outlier
+
+
+def _as_tensor(array: np.ndarray):
+    import torch
+
+    return torch.from_numpy(array)

@@ -122,7 +122,10 @@ def _verb_parser(verb: str) -> ArgumentParser:
         )
     if verb == "optimize":
         parser.add_argument(
-            "--subset_size", type=int, default=300, help="train/good images that calibrate INT8 (all if fewer)"
+            "--subset_size",
+            type=int | None,
+            default=None,
+            help="train/good images that calibrate INT8 (all if fewer); default: the model's (300, PatchCore 1000)",
         )
         parser.add_argument(
             "--max_drop",

@@ -213,7 +213,7 @@ class Engine:
     def optimize(
         self,
         checkpoint: str | Path | None = None,
-        subset_size: int = 300,
+        subset_size: int | None = None,
         max_drop: float | None = None,
         weight_bits: str | int = "auto",
     ) -> OptimizeResult | None:
@@ -221,7 +221,8 @@ class Engine:
 
         ``checkpoint`` is an exported ``.xml`` / ``.onnx`` or a ``model.ckpt`` (exported to an FP32
         IR first); the default is the newest of the latest export and the latest training run.
-        ``subset_size`` training images (``train/good``, all if fewer) calibrate the quantisers.
+        ``subset_size`` training images (``train/good``, all if fewer) calibrate the quantisers; None
+        takes the model's default (its INT8 scheme's ``calibration_images``: 300, PatchCore 1,000).
         With ``max_drop``, NNCF's accuracy control keeps the validation AUROC within ``max_drop``
         of the FP32 model's. ``weight_bits`` 7 runs on every CPU; 8 is more accurate but only for
         CPUs with VNNI or AMX (without VNNI, int16 sums saturate); ``auto``: 8 where this CPU has
@@ -232,7 +233,7 @@ class Engine:
 
         check_path("checkpoint", checkpoint, optional=True)
         check_max_drop(max_drop)
-        check_int("subset_size", subset_size, minimum=1)
+        check_int("subset_size", subset_size, minimum=1, optional=True)
         resolve_weight_bits(weight_bits)  # one line for a bad value, before any run folder exists
         return self._run(
             "optimize", lambda ctx, run: optimize_verb.run(ctx, run, checkpoint, subset_size, max_drop, weight_bits)

@@ -147,7 +147,9 @@ def read_exported(path: str | Path) -> tuple[Any, ModelInfo, Path]:
 def choose_calibration(samples: Sequence[Sample], subset_size: int, seed: int) -> list[Sample]:
     """``subset_size`` training images (all if fewer), drawn with ``seed``, in file order."""
     if subset_size < 1:
-        raise OTXConfigError(f"subset_size must be at least 1 (got {subset_size}); the default is 300")
+        raise OTXConfigError(
+            f"subset_size must be at least 1 (got {subset_size}); leave it out for the model's default"
+        )
     if not samples:
         raise OTXDataError("no training images to calibrate on; INT8 calibration reads train/good under --data_root")
     if len(samples) <= subset_size:
@@ -267,6 +269,10 @@ def _quantize(
     # 7-bit weights: NNCF's overflow fix in every quantised layer (WEIGHT_BITS_SUMMARY).
     overflow_fix = OverflowFix.ENABLE if weight_bits == 7 else OverflowFix.DISABLE
     advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix)
+    if scheme.activation_ranges == "minmax":
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        advanced.activations_range_estimator_params = RangeEstimatorParametersSet.MINMAX
     start = time.perf_counter()
     if max_drop is None:
         quantized = nncf.quantize(

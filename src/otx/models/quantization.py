@@ -24,6 +24,10 @@ class Scheme:
     from the output of a node matching ``float_after`` is float too, whatever its name (in-place
     torch ops such as STFPM's product of layer maps lose their module's name when traced).
     ``int8_patterns`` name nodes quantised even where the other two would keep them in float.
+    ``activation_ranges``: ``"default"`` (NNCF's range estimator for the preset: quantiles of the
+    calibration activations) or ``"minmax"`` (their full observed range, nothing clipped).
+    ``calibration_images``: how many ``train/good`` images calibrate the quantisers when the user
+    does not say (``otx optimize --subset_size``).
     """
 
     name: str
@@ -32,6 +36,14 @@ class Scheme:
     float_after: tuple[str, ...]
     fast_bias_correction: bool = True  # False: NNCF's full bias correction (slower, more accurate)
     int8_patterns: tuple[str, ...] = ()
+    activation_ranges: str = "default"
+    calibration_images: int = 300
+
+    def __post_init__(self) -> None:
+        if self.activation_ranges not in ("default", "minmax"):
+            raise ValueError(f"activation_ranges must be 'default' or 'minmax', got {self.activation_ranges!r}")
+        if self.calibration_images < 1:
+            raise ValueError(f"calibration_images must be at least 1, got {self.calibration_images}")
 
     def float_nodes(self, ov_model: Any) -> set[str]:
         """Names of the nodes of ``ov_model`` that stay in float (NNCF's ignored scope)."""

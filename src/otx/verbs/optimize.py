@@ -39,7 +39,7 @@ def run(
     ctx: VerbContext,
     run: Run,
     checkpoint: str | Path | None,
-    subset_size: int,
+    subset_size: int | None,
     max_drop: float | None,
     weight_bits: str | int = "auto",
 ) -> OptimizeResult:
@@ -59,6 +59,7 @@ def run(
         read_exported,
         resolve_weight_bits,
         save_optimized,
+        scheme_for,
     )
 
     bits = resolve_weight_bits(weight_bits)
@@ -90,6 +91,8 @@ def run(
     if data.index and fingerprint not in (None, "unknown") and fingerprint != data.index.fingerprint():
         log.warning("the model was trained on other files than '%s' holds; calibrating on them anyway", data.data_root)
     train = data.splits["train"]
+    if subset_size is None:  # the model's own default (its INT8 scheme's)
+        subset_size = scheme_for(info).calibration_images
     chosen = choose_calibration(train, subset_size, ctx.seed)
     calibration = AnomalyDataset(chosen, preprocess, resize_images=False)
     val_labels = {s.label for s in validation.items.samples} if validation is not None else set()
