@@ -312,8 +312,8 @@ class Patchcore(AnomalyModel):
         int8_patterns=(r"^__module\.core\.scorer\.search/aten::matmul/MatMul(_\d+)?$",),
         # Nearest-neighbour distances turn small feature errors into score errors; activation ranges
         # from the full observed range over up to 1,000 train/good images (all 761 of magnetic_tile):
-        # 288 of 291 test labels equal to the FP32 IR's, against 283 with NNCF's default quantile
-        # ranges over 300 images (docs/models.md, "INT8").
+        # 288 of 291 test labels equal to the FP32 IR's, against 283 with NNCF's default ranges (each
+        # image's extremes averaged) over 300 images (docs/models.md, "INT8").
         activation_ranges="minmax",
         calibration_images=1000,
     )

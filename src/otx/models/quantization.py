@@ -24,8 +24,9 @@ class Scheme:
     from the output of a node matching ``float_after`` is float too, whatever its name (in-place
     torch ops such as STFPM's product of layer maps lose their module's name when traced).
     ``int8_patterns`` name nodes quantised even where the other two would keep them in float.
-    ``activation_ranges``: ``"default"`` (NNCF's range estimator for the preset: quantiles of the
-    calibration activations) or ``"minmax"`` (their full observed range, nothing clipped).
+    ``activation_ranges``: ``"default"`` (NNCF's estimator for per-tensor activations: the mean
+    over calibration images of each image's minimum and maximum) or ``"minmax"`` (the smallest
+    minimum and the largest maximum over all of them: nothing seen in calibration is clipped).
     ``calibration_images``: how many ``train/good`` images calibrate the quantisers when the user
     does not say (``otx optimize --subset_size``).
     """
