@@ -170,9 +170,7 @@ def main() -> None:
         for row in rows:
             d = row["deploy"]
             pair = [
-                " / ".join(
-                    f"{d[ir][m]:.4f}" if isinstance(d[ir].get(m), float) else "–" for ir in ("fp32_ir", "int8_ir")
-                )
+                " / ".join(f"{d[ir][m]:.4f}" if isinstance(d[ir].get(m), float) else "–" for ir in IRS)
                 for m in ("image_AUROC", "image_F1", "pixel_AUROC")
             ]
             print(
