@@ -307,6 +307,7 @@ def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Pa
 def test_minmax_activation_ranges_cover_every_calibration_value(ranges: str) -> None:
     """``Scheme.activation_ranges="minmax"``: the quantiser before a layer spans the largest input it saw."""
     import nncf
+    import torch
     from openvino import opset13 as ops
 
     from otx.deploy.optimize import _quantize
@@ -328,7 +329,7 @@ def test_minmax_activation_ranges_cover_every_calibration_value(ranges: str) -> 
         ov.Model([ops.result(stem)], [image]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
     )
     largest = max(float(features(x[None])[0].max()) for x in images)
-    calibration = [{"image": torch_tensor, "error": ""} for torch_tensor in map(_as_tensor, images)]
+    calibration = [{"image": torch.from_numpy(x), "error": ""} for x in images]
     scheme = Scheme(name="t", summary="t", float_patterns=(), float_after=(), activation_ranges=ranges)
     model = ov.Model([ops.result(head)], [image])
     quantized, _ = _quantize(nncf, model, scheme, calibration, None, None, 8)
@@ -344,9 +345,3 @@ def test_minmax_activation_ranges_cover_every_calibration_value(ranges: str) -> 
         assert high == pytest.approx(largest, rel=1e-4)  # nothing clipped
     else:
         assert high < 0.9 * largest  # NNCF's default estimator clips the one outlier
-
-
-def _as_tensor(array: np.ndarray):
-    import torch
-
-    return torch.from_numpy(array)

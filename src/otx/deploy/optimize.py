@@ -224,13 +224,13 @@ class ValidationData:
 
 def quantize(
     ov_model: Any,
-    info: ModelInfo,
+    scheme: Scheme,
     calibration: Any,
     validation: ValidationData | None = None,
     max_drop: float | None = None,
     weight_bits: int = 7,
 ) -> tuple[Any, dict[str, Any]]:
-    """Quantise an otx export with its model's scheme; with ``max_drop``, under accuracy control.
+    """Quantise an otx export with its model's ``scheme`` (``scheme_for``); with ``max_drop``, under accuracy control.
 
     ``calibration`` is a sequence of dataset items (train/good images at their own size);
     ``weight_bits`` 7 (NNCF's overflow fix in every layer: runs on every CPU) or 8 (CPUs with VNNI).
@@ -238,7 +238,6 @@ def quantize(
     """
     import nncf
 
-    scheme = scheme_for(info)
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
     nncf_log.setLevel(max(level, logging.WARNING))  # NNCF lists every node it leaves alone at INFO

@@ -91,8 +91,9 @@ def run(
     if data.index and fingerprint not in (None, "unknown") and fingerprint != data.index.fingerprint():
         log.warning("the model was trained on other files than '%s' holds; calibrating on them anyway", data.data_root)
     train = data.splits["train"]
-    if subset_size is None:  # the model's own default (its INT8 scheme's)
-        subset_size = scheme_for(info).calibration_images
+    scheme = scheme_for(info)
+    if subset_size is None:  # the model's own default
+        subset_size = scheme.calibration_images
     chosen = choose_calibration(train, subset_size, ctx.seed)
     calibration = AnomalyDataset(chosen, preprocess, resize_images=False)
     val_labels = {s.label for s in validation.items.samples} if validation is not None else set()
@@ -121,7 +122,7 @@ def run(
         start = time.perf_counter()
         validation.set_reference(reference, info.stats())
         log.info("FP32 outputs on %d validation images in %.1f s", n_val, time.perf_counter() - start)
-    quantized, record = quantize(reference, info, calibration, validation, max_drop, bits)
+    quantized, record = quantize(reference, scheme, calibration, validation, max_drop, bits)
     quantized, decisions = keep_decisions(quantized, validation, info.stats())
     quantization = record["scheme"] + ("+accuracy-control" if max_drop is not None else "")
     scheme_summary = record["scheme_summary"] + (
