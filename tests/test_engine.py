@@ -16,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 from helpers import reference_ap
 from otx.checkpoint import load_checkpoint
 from otx.data import AnomalyDataModule
+from otx.data.sample import DEFECT_TYPES
 from otx.engine import Engine
 from otx.errors import OTXDataError, OTXError
 from otx.models import Padim, Stfpm
@@ -49,6 +50,13 @@ def test_test_after_train_needs_no_checkpoint(trained_padim: dict, sample_root: 
     assert result["splits"]["test"]["normal"] == 6
     written = json.loads(next(trained_padim["work_dir"].glob("*-test/metrics.json")).read_text())
     assert written["metrics"] == pytest.approx(metrics)
+    # Each defect type against the good images (values checked against scikit-learn in test_metrics).
+    by_defect = written["per_defect"]
+    assert set(by_defect) == {"good", *DEFECT_TYPES["bottle_like"]}
+    kinds = [by_defect[k] for k in DEFECT_TYPES["bottle_like"]]
+    assert sum(k["defect_pixel_share"] for k in kinds) == pytest.approx(1.0)
+    assert all(0.9 < k["pixel_AUROC"] <= 1.0 and 0.0 < k["AUPRO"] <= 1.0 for k in kinds)
+    assert by_defect["good"]["images"] == 6 and sum(k["images"] for k in kinds) == result["splits"]["test"]["anomalous"]
 
 
 def test_checkpoint_round_trip_reproduces_outputs(trained_padim: dict) -> None:

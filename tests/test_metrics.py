@@ -13,7 +13,16 @@ from scipy import ndimage
 from sklearn.metrics import f1_score, roc_auc_score
 
 from helpers import box_iou, reference_ap
-from otx.metrics import aupro, box_ap, f1_at, gt_boxes_from_mask, image_metrics, pixel_metrics, roc_auc
+from otx.metrics import (
+    aupro,
+    box_ap,
+    f1_at,
+    gt_boxes_from_mask,
+    image_metrics,
+    per_defect,
+    pixel_metrics,
+    roc_auc,
+)
 from otx.postprocess import f1_adaptive_threshold
 
 # --------------------------------------------------------------------------- roc_auc
@@ -232,6 +241,48 @@ def test_image_and_pixel_metric_dicts() -> None:
     assert pix["pixel_AUROC"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-9)
     assert pix["pixel_F1"] == pytest.approx(f1_score(masks.ravel(), (maps > 0.5).ravel()), abs=1e-12)
     assert pix["AUPRO"] == pytest.approx(aupro(maps, masks), abs=1e-12)
+
+
+def test_per_defect_scores_each_type_against_the_good_images() -> None:
+    maps, masks = _blob_data(4, n=9)
+    kinds = np.array(["spot"] * 3 + ["band"] * 3 + ["good"] * 3)
+    masks[6:] = False  # normal images (their bumps are false positives)
+    masks[3:6, 20:44, :] = True  # a band: large regions that decide the pooled pixel metrics
+    maps[3:6, 20:44, :] += 0.3
+    scores = maps.reshape(9, -1).max(axis=1)
+    predicted = scores > np.median(scores)
+    got = per_defect(kinds.tolist(), torch.from_numpy(scores), predicted, list(maps), list(masks))
+    assert set(got) == {"spot", "band", "good"}
+    assert got["good"] == {"images": 3, "flagged": pytest.approx(predicted[6:].mean())}
+    for kind in ("spot", "band"):
+        mine, pick = kinds == kind, (kinds == kind) | (kinds == "good")
+        expected = {
+            "images": 3,
+            "detected": pytest.approx(predicted[mine].mean()),
+            "image_AUROC": pytest.approx(roc_auc_score(mine[pick], scores[pick]), abs=1e-12),
+            "pixel_AUROC": pytest.approx(roc_auc_score(masks[pick].ravel(), maps[pick].ravel()), abs=1e-9),
+            "AUPRO": pytest.approx(_anomalib_aupro(maps[pick], masks[pick], 0.3), abs=1e-5),
+            "defect_pixel_share": pytest.approx(masks[mine].sum() / masks.sum(), abs=1e-12),
+        }
+        assert got[kind] == expected
+    assert got["band"]["defect_pixel_share"] > 0.9  # the case per_defect exists for
+    # Boxes: each type's ground truth against its own and the good images' boxes (hand-written AP).
+    rng = np.random.default_rng(0)
+    truth = [gt_boxes_from_mask(m) for m in masks]
+    boxes = [np.concatenate([g + rng.uniform(-3, 3, g.shape), [[1.0, 1.0, 9.0, 9.0]]]) for g in truth]
+    box_scores = [rng.uniform(0.2, 1.0, len(b)) for b in boxes]
+    boxed = per_defect(kinds, scores, predicted, maps, masks, boxes, box_scores)
+    for kind in ("spot", "band"):
+        pick = np.flatnonzero((kinds == kind) | (kinds == "good"))
+        for iou in (0.5, 0.25, 0.1):
+            ref = reference_ap([truth[i] for i in pick], [boxes[i] for i in pick], [box_scores[i] for i in pick], iou)
+            assert boxed[kind][f"box_AP{int(iou * 100)}"] == pytest.approx(ref, abs=1e-9)
+        assert boxed[kind]["defect_recall"] == 1.0  # every region has a box on it
+    images_only = per_defect(kinds, scores, predicted)  # without maps: image metrics only
+    assert set(images_only["spot"]) == {"images", "detected", "image_AUROC"}
+    assert math.isnan(per_defect(["spot", "spot"], [0.2, 0.4], [0, 1])["spot"]["image_AUROC"])  # no good image
+    with pytest.raises(ValueError, match="differ"):
+        per_defect(["spot"], [0.2, 0.4], [0, 1])
 
 
 # --------------------------------------------------------------------------- box AP

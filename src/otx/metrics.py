@@ -29,6 +29,7 @@ __all__ = [
     "f1_at",
     "gt_boxes_from_mask",
     "image_metrics",
+    "per_defect",
     "pixel_metrics",
     "roc_auc",
 ]
@@ -324,6 +325,79 @@ def pixel_metrics(maps: Maps, masks: Maps, pred_masks: Maps) -> dict[str, float]
         "pixel_F1": f1_at(_flat(pred_masks), flat_masks),
         "AUPRO": _aupro(maps, masks, 0.3, flat_maps),
     }
+
+
+def per_defect(
+    defects: Sequence[str],
+    scores: ArrayLike,
+    pred_labels: ArrayLike,
+    maps: Maps | None = None,
+    masks: Maps | None = None,
+    boxes: Sequence[ArrayLike] | None = None,
+    box_scores: Sequence[ArrayLike] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Metrics of each defect type against the normal (``good``) images.
+
+    Pooled pixel metrics weigh every defect pixel alike, so a type with large regions can decide
+    them (on magnetic_tile, "uneven" holds two thirds of the test set's defect pixels). Each
+    type is scored here on its own images together with all normal ones.
+
+    Args:
+        defects: each image's type: ``good`` for normal images, otherwise the defect's name.
+        scores: image anomaly scores ``[N]``.
+        pred_labels: predicted image labels ``[N]`` (1 anomalous).
+        maps: anomaly maps, one per image (any sizes), for the pixel metrics; optional.
+        masks: ground-truth masks of the same shapes as ``maps``.
+        boxes: predicted ``[M, 4]`` boxes per image (with ``masks``), for the box metrics.
+        box_scores: the boxes' scores, ``[M]`` per image.
+
+    Returns:
+        Per type: ``images``; for ``good`` the share ``flagged`` anomalous; for a defect type
+        the share ``detected``, ``image_AUROC`` against the good images and, with maps,
+        ``pixel_AUROC`` and ``AUPRO`` over its images and the good ones and
+        ``defect_pixel_share`` (its share of all defect pixels); with boxes, ``box_AP50``,
+        ``box_AP25`` and ``box_AP10`` over its images and the good ones (boxes on good images
+        are false positives of every type) and its ``defect_recall``. AUROCs are ``nan``
+        without good images.
+    """
+    kinds = np.asarray(list(defects), dtype=object)
+    score_array = _scores_array(scores)
+    predicted = _to_numpy(pred_labels).reshape(-1).astype(bool)
+    if not len(kinds) == score_array.size == predicted.size:
+        raise ValueError(f"{len(kinds)} defect types, {score_array.size} scores and {predicted.size} labels differ")
+    good = kinds == "good"
+    map_list = _map_list(maps) if maps is not None else None
+    mask_list = [(_to_numpy(m) != 0) for m in _map_list(masks)] if masks is not None else None
+    defect_pixels = sum(int(m.sum()) for m in mask_list) if mask_list is not None else 0
+    out: dict[str, dict[str, float]] = {}
+    for kind in sorted(set(kinds.tolist())):
+        mine = kinds == kind
+        row: dict[str, float] = {"images": int(mine.sum())}
+        if kind == "good":
+            row["flagged"] = float(predicted[mine].mean())
+            out[kind] = row
+            continue
+        row["detected"] = float(predicted[mine].mean())
+        both = mine | good
+        row["image_AUROC"] = roc_auc(score_array[both], mine[both])
+        if map_list is not None and mask_list is not None:
+            chosen = np.flatnonzero(both)
+            sub_maps = [map_list[i] for i in chosen]
+            sub_masks = [mask_list[i] for i in chosen]
+            flat_maps = _flat(sub_maps)
+            row["pixel_AUROC"] = roc_auc(flat_maps, _flat(sub_masks))
+            row["AUPRO"] = _aupro(sub_maps, sub_masks, 0.3, flat_maps)
+            mine_pixels = sum(int(mask_list[i].sum()) for i in np.flatnonzero(mine))
+            row["defect_pixel_share"] = mine_pixels / defect_pixels if defect_pixels else float("nan")
+            if boxes is not None and box_scores is not None:
+                gt_boxes = [gt_boxes_from_mask(m) for m in sub_masks]
+                found = box_ap(gt_boxes, [boxes[i] for i in chosen], [box_scores[i] for i in chosen])
+                row.update({key: found[key] for key in ("box_AP50", "box_AP25", "box_AP10")})
+                row["defect_recall"] = defect_recall(
+                    [mask_list[i] for i in np.flatnonzero(mine)], [boxes[i] for i in np.flatnonzero(mine)]
+                )
+        out[kind] = row
+    return out
 
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from otx import __version__
 from otx.data.dataset import Sample
 from otx.data.io import read_image, read_mask
-from otx.metrics import curves, roc_auc
+from otx.metrics import curves
 from otx.tasks import Prediction
 from otx.visualize import overlay, write_overlay
 
@@ -42,6 +42,7 @@ class ReportInput:
     source: str
     runtime: dict[str, str]
     metrics: dict[str, float]
+    per_defect: dict[str, dict[str, float]]  # otx.metrics.per_defect of the test split
     splits: dict[str, Any]
     samples: list[Sample]  # labelled test images (label 0 or 1)
     predictions: list[Prediction]  # normalised, at original size, one per sample
@@ -86,26 +87,11 @@ def _histogram(normalized: np.ndarray, labels: np.ndarray) -> bytes:
     return _png(fig)
 
 
-def _per_defect(
-    data: ReportInput, labels: np.ndarray, normalized: np.ndarray, predicted: np.ndarray
-) -> list[dict[str, Any]]:
-    good = ~labels
+def _per_defect(data: ReportInput, normalized: np.ndarray) -> list[dict[str, Any]]:
     rows = []
-    for defect in sorted({s.defect for s in data.samples}):
+    for defect, values in data.per_defect.items():
         kind = np.array([s.defect == defect for s in data.samples])
-        row: dict[str, Any] = {
-            "defect": defect,
-            "images": int(kind.sum()),
-            "mean score": float(normalized[kind].mean()),
-        }
-        if defect == "good":
-            row["flagged anomalous"] = float(predicted[kind].mean())
-        else:
-            row["detected"] = float(predicted[kind].mean())
-            both = kind | good
-            if good.any():
-                row["AUROC vs good"] = roc_auc(data.scores[both], labels[both])
-        rows.append(row)
+        rows.append({"defect": defect, "mean score": float(normalized[kind].mean()), **values})
     return rows
 
 
@@ -207,9 +193,11 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         "<h2>Curves and score distribution</h2>",
         '<div class="plots">' + "".join(_img(content, name) for name, content in plots.items()) + "</div>",
         "<h2>Per defect type</h2>",
-        '<p class="legend">detected: share of the type\'s images labelled anomalous; flagged anomalous: share '
-        "of good images labelled anomalous; AUROC vs good: the type's images against the good ones.</p>",
-        _table(_per_defect(data, labels, normalized, predicted)),
+        '<p class="legend">detected: share of the type\'s images labelled anomalous; flagged: share of the '
+        "good images labelled anomalous; image_AUROC, pixel_AUROC and AUPRO: the type's images against the "
+        "good ones; defect_pixel_share: the type's share of all defect pixels (the pooled pixel metrics above "
+        "weigh every defect pixel alike, so a type with large regions decides them).</p>",
+        _table(_per_defect(data, normalized)),
     ]
     legend = (
         '<p class="legend">Overlays: heat map of the anomaly map (blue normal, red anomalous), predicted mask '

@@ -93,6 +93,7 @@ class TestResult(Result):
     checkpoint: str
     runtime: dict[str, str]
     metrics: dict[str, float]
+    per_defect: dict[str, dict[str, float]]  # otx.metrics.per_defect: each defect type against the good images
     splits: dict[str, dict[str, Any]]
     thresholds: dict[str, float]
     counts: dict[str, int]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from otx.boxes import BoxSettings, tune
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
 from otx.data.dataset import Sample
 from otx.data.io import read_mask
-from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask, image_metrics, pixel_metrics
+from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask, image_metrics, per_defect, pixel_metrics
 from otx.models.base import AnomalyModel
 from otx.preprocess import PreProcessor
 from otx.render import progress
@@ -100,6 +101,16 @@ def to_predictions(adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, sampl
     return adapter.predictions(normalized, paths, outputs["orig_sizes"].numpy(), scorer.preprocessor, scorer.boxes)
 
 
+PIXEL_BY_DEFECT = ("pixel_AUROC", "AUPRO", "defect_pixel_share", "box_AP50", "box_AP25", "box_AP10", "defect_recall")
+
+
+class Evaluation(NamedTuple):
+    """``evaluate``'s result: the pooled metrics and, when asked for, the same per defect type."""
+
+    metrics: dict[str, float]
+    per_defect: dict[str, dict[str, float]]
+
+
 def evaluate(
     ctx: VerbContext,
     adapter: TaskAdapter,
@@ -109,25 +120,29 @@ def evaluate(
     samples: list[Sample],
     preprocessor: PreProcessor,
     predictions: list[Prediction] | None = None,
-) -> dict[str, float]:
+    by_defect: bool = False,
+) -> Evaluation:
     """Image metrics, and for pixel-level tasks with masks, pixel (and with ``predictions``, box) metrics.
 
     ``thresholds`` (image, pixel) are in the units of ``outputs``. Pixel metrics are computed at
     each image's own size (its map brought back by ``preprocessor.restore``, against the mask
     file as it is), so that input modes compare fairly; the same at the model's map size are the
-    ``*_input`` entries.
+    ``*_input`` entries. With ``by_defect``, ``otx.metrics.per_defect`` scores every defect type
+    against the normal images as well (pixel metrics at each image's own size).
     """
     labels = outputs["labels"].numpy()
     image_threshold, pixel_threshold = thresholds
+    scores = outputs["scores"].numpy()
     pred_labels = (outputs["scores"] >= image_threshold).numpy()
-    metrics = image_metrics(outputs["scores"].numpy(), labels, pred_labels)
-    if not adapter.pixel_level:
-        return metrics
-    if not has_masks:
-        ctx.note_once(
-            "no masks", "[yellow]note[/]: the data has no ground_truth/ folder: pixel and box metrics are unavailable"
-        )
-        return metrics
+    metrics = image_metrics(scores, labels, pred_labels)
+    defects = [s.defect for s in samples]
+    if not adapter.pixel_level or not has_masks:
+        if adapter.pixel_level:
+            ctx.note_once(
+                "no masks",
+                "[yellow]note[/]: the data has no ground_truth/ folder: pixel and box metrics are unavailable",
+            )
+        return Evaluation(metrics, per_defect(defects, scores, pred_labels) if by_defect else {})
     # Anomalous images without a mask file cannot be scored per pixel: leave them out.
     usable = [s.label == 0 or s.mask_path is not None for s in samples]
     maps, masks = outputs["maps"][torch.tensor(usable)], outputs["masks"][torch.tensor(usable)]
@@ -140,6 +155,7 @@ def evaluate(
             full_masks.append(read_mask(sample.mask_path) if sample.mask_path else np.zeros(full_maps[-1].shape, bool))
     metrics.update(pixel_metrics(full_maps, full_masks, [m >= pixel_threshold for m in full_maps]))
     metrics.update({f"{key}_input": value for key, value in at_input.items()})
+    pred_boxes = box_scores = None
     if adapter.box_level and predictions is not None:
         boxed = [p for p, use in zip(predictions, usable, strict=True) if use]  # in the order of full_masks
         pred_boxes, box_scores = [p.pred_boxes for p in boxed], [p.box_scores for p in boxed]
@@ -147,7 +163,21 @@ def evaluate(
         metrics["defect_recall"] = defect_recall(full_masks, pred_boxes)
         on_normal = [len(p.pred_boxes) for p, s in zip(predictions, samples, strict=True) if s.label == 0]
         metrics["false_boxes_per_normal_image"] = float(np.mean(on_normal)) if on_normal else float("nan")
-    return metrics
+    kinds = per_defect(defects, scores, pred_labels) if by_defect else {}
+    if by_defect:  # pixel (and box) metrics from the images that have a mask (or are normal)
+        use = np.array(usable)
+        pixel_level = per_defect(
+            [d for d, u in zip(defects, usable, strict=True) if u],
+            scores[use],
+            pred_labels[use],
+            full_maps,
+            full_masks,
+            pred_boxes,
+            box_scores,
+        )
+        for kind, row in pixel_level.items():
+            kinds[kind].update({k: v for k, v in row.items() if k in PIXEL_BY_DEFECT})
+    return Evaluation(metrics, kinds)
 
 
 def tune_boxes(model: AnomalyModel, outputs: Outputs, samples: list[Sample]) -> tuple[BoxSettings, dict[str, float]]:

@@ -57,7 +57,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     scored_predictions = [p for p, k in zip(predictions, keep, strict=True) if k]
     scored_outputs = {k: v[torch.from_numpy(keep)] for k, v in outputs.items()}
     start = time.perf_counter()
-    metrics = evaluate(
+    metrics, by_defect = evaluate(
         ctx,
         adapter,
         data.has_masks,
@@ -66,6 +66,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         scored,
         scorer.preprocessor,
         predictions=scored_predictions,
+        by_defect=True,
     )
     metrics_s = time.perf_counter() - start
     labels = scored_outputs["labels"].numpy() == 1
@@ -83,6 +84,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             source=str(scorer.source),
             runtime=scorer.runtime_info(),
             metrics=metrics,
+            per_defect=by_defect,
             splits=splits,
             samples=scored,
             predictions=scored_predictions,
@@ -98,6 +100,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         checkpoint=str(scorer.source),
         runtime=scorer.runtime_info(),
         metrics=metrics,
+        per_defect=by_defect,
         splits=splits,
         thresholds=scorer.stats(),
         counts=prediction_counts(predictions),

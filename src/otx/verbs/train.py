@@ -117,7 +117,7 @@ def run(
         predictions = to_predictions(adapter, TorchScorer(model), outputs, splits["val"])
     val_metrics = evaluate(
         ctx, adapter, data.has_masks, thresholds, outputs, splits["val"], model.preprocessor, predictions=predictions
-    )
+    ).metrics
     labels = outputs["labels"].numpy() == 1
     found = threshold_warnings(outputs["scores"].numpy(), labels, stats["image_threshold"], "image", "validation")
     pixel_truth = outputs["masks"].numpy() if data.has_masks else None
