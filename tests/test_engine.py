@@ -95,6 +95,9 @@ def test_predict_outputs_per_task(trained_padim: dict, sample_root: Path, task: 
         assert with_boxes and all("boxes" in r for r in records)
         box = with_boxes[0]
         assert np.all(box.box_scores >= 0.5)  # every box comes from map >= 0.5
+    # A segmentation model's boxes were never tuned: detection says so (metrics.json, the console).
+    warned = [w for w in json.loads((run / "metrics.json").read_text())["warnings"] if "trained for segmentation" in w]
+    assert len(warned) == (task == "detection")
 
 
 def test_detection_test_reports_box_ap(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:

@@ -196,7 +196,9 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         '<p class="legend">detected: share of the type\'s images labelled anomalous; flagged: share of the '
         "good images labelled anomalous; image_AUROC, pixel_AUROC and AUPRO: the type's images against the "
         "good ones; defect_pixel_share: the type's share of all defect pixels (the pooled pixel metrics above "
-        "weigh every defect pixel alike, so a type with large regions decides them).</p>",
+        "weigh every defect pixel alike, so a type with large regions decides them); box_AP50/25/10 "
+        "(detection): the type's boxes, with the good images' boxes as false ones; defect_recall: share of "
+        "the type's regions that a box overlaps.</p>",
         _table(_per_defect(data, normalized)),
     ]
     legend = (

@@ -19,7 +19,7 @@ from otx.results import PredictResult
 from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import batches, prediction_counts, to_predictions
-from otx.verbs.resolve import eval_data, resolve_model
+from otx.verbs.resolve import eval_data, resolve_model, untuned_boxes
 from otx.visualize import overlay, write_overlay
 from otx.workdir import Run
 
@@ -46,6 +46,8 @@ def run(
     scorer = resolve_model(ctx, checkpoint)  # a missing model is reported before other processes start
     distributed.launch(devices, num_nodes)
     adapter = ctx.adapter(scorer.task)
+    if message := untuned_boxes(scorer, adapter):
+        ctx.warn(message)
     if source is not None:
         samples = samples_from_source(source)
         data = ctx.data

@@ -18,6 +18,7 @@ from otx.errors import OTXError
 from otx.preprocess import PreProcessor
 from otx.render import describe_loaded
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer
+from otx.tasks import AnomalyTask, TaskAdapter
 from otx.verbs.context import VerbContext
 
 log = logging.getLogger("otx")
@@ -45,6 +46,17 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None) -> Scorer:
                 f"{scorer.name} ({scorer.backbone}); using the model in the file"
             )
     return scorer
+
+
+def untuned_boxes(scorer: Scorer, adapter: TaskAdapter) -> str | None:
+    """A warning when detection boxes come from a model trained for another task (untuned box settings)."""
+    if not adapter.box_level or scorer.task in (None, AnomalyTask.DETECTION.value):
+        return None
+    return (
+        f"the model was trained for {scorer.task}, so its detection boxes use the default settings (box level "
+        "0.5, no merging, no core), not settings tuned on the validation split; for tuned boxes train with a "
+        "recipe/anomaly_detection/ recipe (or --task detection)"
+    )
 
 
 def data_root_for(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) -> str | None:

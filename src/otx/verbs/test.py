@@ -17,7 +17,7 @@ from otx.results import TestResult
 from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import collect, evaluate, prediction_counts, to_predictions
-from otx.verbs.resolve import eval_data, require_data, resolve_model
+from otx.verbs.resolve import eval_data, require_data, resolve_model, untuned_boxes
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
@@ -32,6 +32,8 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     scorer = resolve_model(ctx, checkpoint)  # a missing model is reported before other processes start
     distributed.launch(devices, num_nodes)
     adapter = ctx.adapter(scorer.task)
+    if message := untuned_boxes(scorer, adapter):
+        ctx.warn(message)
     data = require_data(eval_data(ctx, scorer.data_info), "no data to test on")
     ctx.save_config(run, adapter.task.value, scorer.model_entry(), {"checkpoint": str(scorer.source)}, data=data)
     test = data.splits["test"]
