@@ -111,11 +111,12 @@ def test_detection_test_reports_box_ap(trained_padim: dict, sample_root: Path, t
         record["image"] for record in json.loads((engine.workdir.latest("test") / "predictions.json").read_text())
     }
     predictions = engine.predict(source=sample_root / "bottle_like" / "test", checkpoint=trained_padim["checkpoint"])
-    gts, dets, scores = [], [], []
+    gts, dets, scores, kinds = [], [], [], []
     for p in predictions:
         if p.image_path not in tested:
             continue
         parts = Path(p.image_path).parts
+        kinds.append(parts[-2])
         mask_path = sample_root / "bottle_like" / "ground_truth" / parts[-2] / f"{Path(parts[-1]).stem}_mask.png"
         boxes = np.zeros((0, 4), np.float32)
         if mask_path.exists():
@@ -128,6 +129,11 @@ def test_detection_test_reports_box_ap(trained_padim: dict, sample_root: Path, t
         scores.append(np.asarray(p.box_scores, np.float64).reshape(-1))
     assert len(gts) == len(tested) and sum(len(d) for d in dets) > 0
     assert metrics["box_AP50"] == pytest.approx(reference_ap(gts, dets, scores, 0.5), abs=1e-6)
+    for kind in DEFECT_TYPES["bottle_like"]:  # each type's boxes, with the good images' boxes as false ones
+        pick = [i for i, k in enumerate(kinds) if k in (kind, "good")]
+        for iou in (0.5, 0.25, 0.1):
+            expected = reference_ap([gts[i] for i in pick], [dets[i] for i in pick], [scores[i] for i in pick], iou)
+            assert summary["per_defect"][kind][f"box_AP{int(iou * 100)}"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_classification_without_ground_truth(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:
@@ -137,6 +143,59 @@ def test_classification_without_ground_truth(trained_padim: dict, dataset_copy, 
         engine = Engine(task=task, data=str(root), work_dir=tmp_path / task)
         metrics = engine.test(checkpoint=trained_padim["checkpoint"])["metrics"]
         assert set(metrics) == {"image_AUROC", "image_F1"}
+
+
+def test_detection_without_masks_warns_that_boxes_are_untuned(dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    shutil.rmtree(root / "ground_truth")
+    engine = Engine(model=Padim(input_size=(64, 64)), task="detection", data=str(root), work_dir=tmp_path)
+    trained = engine.train()
+    assert any("no ground_truth/ masks" in w and "default settings" in w for w in trained["warnings"])
+    by_defect = engine.test()["per_defect"]  # image metrics per type only: nothing to score pixels on
+    assert set(by_defect) == {"good", *DEFECT_TYPES["bottle_like"]}
+    assert all(set(row) == {"images", "detected", "image_AUROC"} for k, row in by_defect.items() if k != "good")
+
+
+def test_evaluate_counts_a_defect_image_without_a_mask_in_its_type_but_not_in_pixel_metrics(tmp_path: Path) -> None:
+    from otx.data.dataset import Sample
+    from otx.metrics import per_defect
+    from otx.preprocess import PreProcessor
+    from otx.tasks import get_adapter
+    from otx.verbs.inference import evaluate
+
+    rng = np.random.default_rng(3)
+    kinds = ["good", "good", "good", "scratch", "scratch", "scratch", "dent", "dent"]
+    maps = rng.random((8, 32, 32)).astype(np.float32)
+    masks = np.zeros((8, 32, 32), bool)
+    samples = []
+    for i, kind in enumerate(kinds):
+        mask_path = None
+        if kind != "good":
+            masks[i, 4 + i : 12 + i, 6:14] = True
+            maps[i][masks[i]] += 0.4 * i / 8
+            if i != 5:  # the last scratch image has no mask file
+                mask_path = str(tmp_path / f"{i}_mask.png")
+                cv2.imwrite(mask_path, masks[i].astype(np.uint8) * 255)
+        samples.append(Sample(str(tmp_path / f"{i}.png"), int(kind != "good"), kind, mask_path))
+    scores = maps.reshape(8, -1).max(axis=1)
+    outputs = {
+        "maps": torch.from_numpy(maps),
+        "scores": torch.from_numpy(scores),
+        "labels": torch.tensor([int(k != "good") for k in kinds]),
+        "masks": torch.from_numpy(masks),
+        "orig_sizes": torch.full((8, 2), 32),
+    }
+    ctx = Engine(work_dir=tmp_path / "ws")._context()
+    threshold = float(np.median(scores))
+    adapter = get_adapter("segmentation")
+    _, got = evaluate(ctx, adapter, True, (threshold, 0.9), outputs, samples, PreProcessor((32, 32)), by_defect=True)
+    assert got["scratch"]["images"] == 3  # image metrics: every scratch image
+    assert got["scratch"]["image_AUROC"] == pytest.approx(roc_auc_score([0, 0, 0, 1, 1, 1], scores[:6]))
+    keep = [i for i in range(8) if i != 5]  # pixel metrics: the images with a mask, and the good ones
+    pixels = per_defect([kinds[i] for i in keep], scores[keep], scores[keep] >= threshold, maps[keep], masks[keep])
+    for key in ("pixel_AUROC", "AUPRO", "defect_pixel_share"):
+        assert got["scratch"][key] == pytest.approx(pixels["scratch"][key], abs=1e-12)
+        assert got["dent"][key] == pytest.approx(pixels["dent"][key], abs=1e-12)
 
 
 def test_unknown_images_are_predicted_but_not_scored(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:

@@ -281,8 +281,10 @@ def test_per_defect_scores_each_type_against_the_good_images() -> None:
     images_only = per_defect(kinds, scores, predicted)  # without maps: image metrics only
     assert set(images_only["spot"]) == {"images", "detected", "image_AUROC"}
     assert math.isnan(per_defect(["spot", "spot"], [0.2, 0.4], [0, 1])["spot"]["image_AUROC"])  # no good image
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match="one entry per image"):
         per_defect(["spot"], [0.2, 0.4], [0, 1])
+    with pytest.raises(ValueError, match="one entry per image"):  # one map too many
+        per_defect(kinds, scores, predicted, list(maps) + [maps[0]], list(masks) + [masks[0]])
 
 
 # --------------------------------------------------------------------------- box AP

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from otx.data.dataset import GOOD
 from otx.postprocess import mask_to_boxes
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -343,12 +344,13 @@ def per_defect(
     type is scored here on its own images together with all normal ones.
 
     Args:
-        defects: each image's type: ``good`` for normal images, otherwise the defect's name.
+        defects: each image's type: ``good`` (``otx.data.dataset.GOOD``) for normal images, otherwise
+            the defect's name (the folder names of ``test/``).
         scores: image anomaly scores ``[N]``.
         pred_labels: predicted image labels ``[N]`` (1 anomalous).
         maps: anomaly maps, one per image (any sizes), for the pixel metrics; optional.
         masks: ground-truth masks of the same shapes as ``maps``.
-        boxes: predicted ``[M, 4]`` boxes per image (with ``masks``), for the box metrics.
+        boxes: predicted ``[M, 4]`` boxes per image, for the box metrics (with ``maps`` and ``masks``).
         box_scores: the boxes' scores, ``[M]`` per image.
 
     Returns:
@@ -357,23 +359,35 @@ def per_defect(
         ``pixel_AUROC`` and ``AUPRO`` over its images and the good ones and
         ``defect_pixel_share`` (its share of all defect pixels); with boxes, ``box_AP50``,
         ``box_AP25`` and ``box_AP10`` over its images and the good ones (boxes on good images
-        are false positives of every type) and its ``defect_recall``. AUROCs are ``nan``
-        without good images.
+        are false positives of every type) and its ``defect_recall``. ``image_AUROC`` is
+        ``nan`` without good images (the pixel metrics then use the type's own normal pixels).
+
+    Raises:
+        ValueError: if an argument does not hold one entry per image.
     """
     kinds = np.asarray(list(defects), dtype=object)
     score_array = _scores_array(scores)
     predicted = _to_numpy(pred_labels).reshape(-1).astype(bool)
-    if not len(kinds) == score_array.size == predicted.size:
-        raise ValueError(f"{len(kinds)} defect types, {score_array.size} scores and {predicted.size} labels differ")
-    good = kinds == "good"
     map_list = _map_list(maps) if maps is not None else None
     mask_list = [(_to_numpy(m) != 0) for m in _map_list(masks)] if masks is not None else None
+    counts = {
+        "scores": score_array.size,
+        "labels": predicted.size,
+        **{
+            name: len(value)
+            for name, value in (("maps", map_list), ("masks", mask_list), ("boxes", boxes), ("box scores", box_scores))
+            if value is not None
+        },
+    }
+    if any(count != len(kinds) for count in counts.values()):
+        raise ValueError(f"per_defect needs one entry per image ({len(kinds)} defect types); got {counts}")
+    good = kinds == GOOD
     defect_pixels = sum(int(m.sum()) for m in mask_list) if mask_list is not None else 0
     out: dict[str, dict[str, float]] = {}
     for kind in sorted(set(kinds.tolist())):
         mine = kinds == kind
         row: dict[str, float] = {"images": int(mine.sum())}
-        if kind == "good":
+        if kind == GOOD:
             row["flagged"] = float(predicted[mine].mean())
             out[kind] = row
             continue

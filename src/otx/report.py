@@ -91,7 +91,8 @@ def _per_defect(data: ReportInput, normalized: np.ndarray) -> list[dict[str, Any
     rows = []
     for defect, values in data.per_defect.items():
         kind = np.array([s.defect == defect for s in data.samples])
-        rows.append({"defect": defect, "mean score": float(normalized[kind].mean()), **values})
+        mean_score = float(normalized[kind].mean())
+        rows.append({"defect": defect, "images": values["images"], "mean score": mean_score, **values})
     return rows
 
 

@@ -101,7 +101,7 @@ def to_predictions(adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, sampl
     return adapter.predictions(normalized, paths, outputs["orig_sizes"].numpy(), scorer.preprocessor, scorer.boxes)
 
 
-PIXEL_BY_DEFECT = ("pixel_AUROC", "AUPRO", "defect_pixel_share", "box_AP50", "box_AP25", "box_AP10", "defect_recall")
+_PIXEL_BY_DEFECT = ("pixel_AUROC", "AUPRO", "defect_pixel_share", "box_AP50", "box_AP25", "box_AP10", "defect_recall")
 
 
 class Evaluation(NamedTuple):
@@ -164,7 +164,8 @@ def evaluate(
         on_normal = [len(p.pred_boxes) for p, s in zip(predictions, samples, strict=True) if s.label == 0]
         metrics["false_boxes_per_normal_image"] = float(np.mean(on_normal)) if on_normal else float("nan")
     kinds = per_defect(defects, scores, pred_labels) if by_defect else {}
-    if by_defect:  # pixel (and box) metrics from the images that have a mask (or are normal)
+    if by_defect:  # pixel (and box) metrics from the images that have a mask (or are normal); the image
+        # metrics stay those of every image above (a defect image without a mask still counts there)
         use = np.array(usable)
         pixel_level = per_defect(
             [d for d, u in zip(defects, usable, strict=True) if u],
@@ -176,7 +177,7 @@ def evaluate(
             box_scores,
         )
         for kind, row in pixel_level.items():
-            kinds[kind].update({k: v for k, v in row.items() if k in PIXEL_BY_DEFECT})
+            kinds[kind].update({k: v for k, v in row.items() if k in _PIXEL_BY_DEFECT})
     return Evaluation(metrics, kinds)
 
 

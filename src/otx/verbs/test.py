@@ -59,7 +59,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     scored_predictions = [p for p, k in zip(predictions, keep, strict=True) if k]
     scored_outputs = {k: v[torch.from_numpy(keep)] for k, v in outputs.items()}
     start = time.perf_counter()
-    metrics, by_defect = evaluate(
+    metrics, per_type = evaluate(
         ctx,
         adapter,
         data.has_masks,
@@ -86,7 +86,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             source=str(scorer.source),
             runtime=scorer.runtime_info(),
             metrics=metrics,
-            per_defect=by_defect,
+            per_defect=per_type,
             splits=splits,
             samples=scored,
             predictions=scored_predictions,
@@ -102,7 +102,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         checkpoint=str(scorer.source),
         runtime=scorer.runtime_info(),
         metrics=metrics,
-        per_defect=by_defect,
+        per_defect=per_type,
         splits=splits,
         thresholds=scorer.stats(),
         counts=prediction_counts(predictions),

@@ -115,6 +115,11 @@ def run(
         timings["box_tuning_s"] = time.perf_counter() - start_boxes
         log.info("box settings from the validation split: %s", model.box_settings)
         predictions = to_predictions(adapter, TorchScorer(model), outputs, splits["val"])
+    elif adapter.box_level:
+        ctx.warn(
+            "the data has no ground_truth/ masks, so the detection boxes keep the default settings (box level "
+            "0.5, no merging, no core), not settings tuned on the validation split"
+        )
     val_metrics = evaluate(
         ctx, adapter, data.has_masks, thresholds, outputs, splits["val"], model.preprocessor, predictions=predictions
     ).metrics
