@@ -48,6 +48,10 @@ class BoxSettings:
         return asdict(self)
 
 
+UNTUNED = "the default settings (box level 0.5, no merging, no core), not settings tuned on the validation split"
+"""What boxes cut without ``tune`` use (``BoxSettings()``), for the warnings that say so."""
+
+
 def boxes_from_map(anomaly_map: np.ndarray, label: bool | None, settings: BoxSettings) -> tuple[np.ndarray, np.ndarray]:
     """Boxes ``[K, 4]`` (``x1, y1, x2, y2``, exclusive ends) and their scores from a full-size normalised map."""
     if not label and not settings.on_normal:

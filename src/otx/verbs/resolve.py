@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from otx.boxes import UNTUNED
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule, AnomalyDataset
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
@@ -53,9 +54,8 @@ def untuned_boxes(scorer: Scorer, adapter: TaskAdapter) -> str | None:
     if not adapter.box_level or scorer.task in (None, AnomalyTask.DETECTION.value):
         return None
     return (
-        f"the model was trained for {scorer.task}, so its detection boxes use the default settings (box level "
-        "0.5, no merging, no core), not settings tuned on the validation split; for tuned boxes train with a "
-        "recipe/anomaly_detection/ recipe (or --task detection)"
+        f"the model was trained for {scorer.task}, so its detection boxes use {UNTUNED}; for tuned boxes "
+        "train with a recipe/anomaly_detection/ recipe (or --task detection)"
     )
 
 

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 
 from otx import distributed
+from otx.boxes import UNTUNED
 from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
 from otx.checks import image_profile, threshold_warnings
 from otx.errors import OTXError
@@ -116,10 +117,7 @@ def run(
         log.info("box settings from the validation split: %s", model.box_settings)
         predictions = to_predictions(adapter, TorchScorer(model), outputs, splits["val"])
     elif adapter.box_level:
-        ctx.warn(
-            "the data has no ground_truth/ masks, so the detection boxes keep the default settings (box level "
-            "0.5, no merging, no core), not settings tuned on the validation split"
-        )
+        ctx.warn(f"the data has no ground_truth/ masks, so the detection boxes keep {UNTUNED}")
     val_metrics = evaluate(
         ctx, adapter, data.has_masks, thresholds, outputs, splits["val"], model.preprocessor, predictions=predictions
     ).metrics
