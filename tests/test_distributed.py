@@ -60,6 +60,13 @@ def test_padding_and_repeats_are_dropped_and_outputs_come_back_in_order() -> Non
         {"v": torch.tensor([20.0, 30.0, 0.0]), "index": torch.tensor([2, 3, 0])},  # 3 twice: a padded repeat
     ]
     assert join_by_index(parts)["v"].tolist() == [0.0, 10.0, 20.0, 30.0]
+    assert parts == [{}, {}]  # emptied as joined: each batch's tensors are freed once copied
+    in_order = [
+        {"v": torch.tensor([1.0, 2.0]), "index": torch.tensor([0, 1])},
+        {"v": torch.tensor([3.0]), "index": torch.tensor([2])},
+    ]
+    joined = join_by_index(in_order)
+    assert list(joined) == ["v"] and joined["v"].tolist() == [1.0, 2.0, 3.0]
 
 
 # --- real distributed runs ---------------------------------------------------------------------

@@ -158,7 +158,8 @@ def test_detection_without_masks_warns_that_boxes_are_untuned(dataset_copy, tmp_
 
 def test_evaluate_counts_a_defect_image_without_a_mask_in_its_type_but_not_in_pixel_metrics(tmp_path: Path) -> None:
     from otx.data.dataset import Sample
-    from otx.metrics import per_defect
+    from otx.errors import OTXDataError
+    from otx.metrics import aupro, per_defect
     from otx.preprocess import PreProcessor
     from otx.tasks import get_adapter
     from otx.verbs.inference import evaluate
@@ -188,14 +189,22 @@ def test_evaluate_counts_a_defect_image_without_a_mask_in_its_type_but_not_in_pi
     ctx = Engine(work_dir=tmp_path / "ws")._context()
     threshold = float(np.median(scores))
     adapter = get_adapter("segmentation")
-    _, got = evaluate(ctx, adapter, True, (threshold, 0.9), outputs, samples, PreProcessor((32, 32)), by_defect=True)
+    pooled, got = evaluate(
+        ctx, adapter, True, (threshold, 0.9), outputs, samples, PreProcessor((32, 32)), by_defect=True
+    )
     assert got["scratch"]["images"] == 3  # image metrics: every scratch image
+    kept = [i for i in range(8) if i != 5]  # pooled pixel metrics at the own size: the images with a mask
+    assert pooled["pixel_AUROC"] == pytest.approx(roc_auc_score(masks[kept].ravel(), maps[kept].ravel()))
+    assert pooled["AUPRO"] == pytest.approx(aupro(maps[kept], masks[kept]), abs=1e-12)
     assert got["scratch"]["image_AUROC"] == pytest.approx(roc_auc_score([0, 0, 0, 1, 1, 1], scores[:6]))
     keep = [i for i in range(8) if i != 5]  # pixel metrics: the images with a mask, and the good ones
     pixels = per_defect([kinds[i] for i in keep], scores[keep], scores[keep] >= threshold, maps[keep], masks[keep])
     for key in ("pixel_AUROC", "AUPRO", "defect_pixel_share"):
         assert got["scratch"][key] == pytest.approx(pixels["scratch"][key], abs=1e-12)
         assert got["dent"][key] == pytest.approx(pixels["dent"][key], abs=1e-12)
+    cv2.imwrite(samples[3].mask_path, np.zeros((30, 32), np.uint8))  # a mask that is not its image's size
+    with pytest.raises(OTXDataError, match="masks must have their image's size"):
+        evaluate(ctx, adapter, True, (threshold, 0.9), outputs, samples, PreProcessor((32, 32)))
 
 
 def test_unknown_images_are_predicted_but_not_scored(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:

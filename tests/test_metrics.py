@@ -12,6 +12,7 @@ import torch
 from scipy import ndimage
 from sklearn.metrics import f1_score, roc_auc_score
 
+import otx.metrics
 from helpers import box_iou, reference_ap
 from otx.metrics import (
     aupro,
@@ -199,6 +200,29 @@ def test_aupro_matches_anomalib(seed: int, fpr_limit: float, quantize: float | N
     # interpolation), which would show up at 1e-3 or more.
     maps, masks = _blob_data(seed, quantize=quantize)
     assert aupro(maps, masks, fpr_limit) == pytest.approx(_anomalib_aupro(maps, masks, fpr_limit), abs=1e-5)
+
+
+@pytest.mark.parametrize("fpr_limit", [0.05, 1.0])
+def test_aupro_in_blocks_of_normal_pixels_matches_brute_force(
+    monkeypatch: pytest.MonkeyPatch, fpr_limit: float
+) -> None:
+    # magnetic_tile's millions of normal pixels are summed in blocks; blocks of 7 pixels here, so
+    # that block edges fall inside runs of tied scores
+    monkeypatch.setattr(otx.metrics, "_BLOCK", 7)
+    maps, masks = _blob_data(5, quantize=0.02)
+    assert aupro(maps, masks, fpr_limit) == pytest.approx(_brute_force_aupro(maps, masks, fpr_limit), abs=1e-9)
+
+
+def test_pixel_metrics_from_rows_the_caller_holds_equal_those_from_the_maps() -> None:
+    maps, masks = _blob_data(6)
+    sizes = [(64, 64), (40, 64), (64, 50)]  # own sizes differ: rows of all pixels, image after image
+    map_list = [m[:h, :w] for m, (h, w) in zip(maps, sizes, strict=False)]
+    mask_list = [m[:h, :w] for m, (h, w) in zip(masks, sizes, strict=False)]
+    rows = (np.concatenate([m.ravel() for m in map_list]), np.concatenate([m.ravel() for m in mask_list]))
+    threshold = float(np.quantile(rows[0], 0.9))
+    expected = pixel_metrics(map_list, mask_list, [m >= threshold for m in map_list])
+    assert pixel_metrics(map_list, mask_list, rows[0] >= threshold, flat=rows) == expected
+    assert expected["pixel_AUROC"] == pytest.approx(roc_auc_score(rows[1], rows[0]))
 
 
 def test_aupro_diagonal_regions_are_one_region_like_anomalib() -> None:

@@ -100,17 +100,24 @@ def join_by_index(parts: list[dict[str, torch.Tensor]], key: str = "index") -> d
     """Concatenate output dicts (one per batch or process), sort by ``key`` and drop repeated indices.
 
     Repeats are the samples a padded split gave to two processes; what is left is exactly what
-    one process would have produced, in the data's order. ``key`` is removed.
+    one process would have produced, in the data's order. ``key`` is removed. The parts are
+    emptied as they are joined (each batch's tensors are freed once copied), and outputs that
+    arrive in order without repeats (one process) are not copied a second time: on
+    magnetic_tile's test split each copy of the maps is 76 MB.
     """
     import torch
 
-    outputs = {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
-    index = outputs.pop(key)
+    index = torch.cat([part.pop(key) for part in parts])
     order = torch.argsort(index, stable=True)
-    index = index[order]
     keep = torch.ones(len(index), dtype=torch.bool)
-    keep[1:] = index[1:] != index[:-1]
-    return {name: value[order][keep] for name, value in outputs.items()}
+    keep[1:] = index[order][1:] != index[order][:-1]
+    in_order = bool(keep.all()) and bool(torch.equal(order, torch.arange(len(order))))
+    chosen = order[keep]
+    joined = {}
+    for name in list(parts[0]):
+        values = torch.cat([part.pop(name) for part in parts])
+        joined[name] = values if in_order else values[chosen]
+    return joined
 
 
 class ShardSampler:

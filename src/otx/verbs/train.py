@@ -163,4 +163,5 @@ def run(
         warnings=list(ctx.warnings),
     )
     write_result(run, result)
+    model.validation_outputs = None  # the summary is written: the maps need not outlive the verb
     return result
