@@ -17,6 +17,15 @@ ones) and reports medians. ``--isolate`` runs each tool's train+test in a fresh 
 records that process's peak resident memory (data-loader workers not included, for either tool).
 PatchCore: both tools get the same coreset ratio (``--coreset_ratio``) and 9 neighbours.
 
+Each tool's metrics come two ways: as the tool reports them (anomalib's Evaluator on its
+min-max-normalised scores and maps clamped to [0, 1], at 256x256 against its resized masks; otx's
+``*_input`` metrics on raw scores, at 256x256), and by **one scorer** (``same_*`` keys): each
+tool's raw image scores and raw 256x256 maps, the maps brought to each image's own size by
+``otx.preprocess.PreProcessor.restore`` (bilinear) and scored against the mask files
+(``otx.data.io.read_mask``) by ``otx.metrics``, which are what otx's ``otx test`` computes its
+own-size pixel metrics with. anomalib's raw outputs come from a second, untimed pass of its
+torch model over the test half, after the process's peak memory has been read.
+
 Usage::
 
     .venv/bin/python benchmarks/compare_anomalib.py --data_root DIR --models padim stfpm \
@@ -49,10 +58,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import anomalib.models.image.stfpm.torch_model as anomalib_stfpm_torch
 import lightning as L
+import numpy as np
 import torch
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine as AnomalibEngine
@@ -66,18 +77,23 @@ from torchvision.transforms.v2 import Compose, Normalize, Resize
 
 from otx.data import AnomalyDataModule
 from otx.data.dataset import Sample
+from otx.data.io import image_size, read_mask
 from otx.engine import Engine as OtxEngine
 from otx.errors import OTXError
+from otx.metrics import image_metrics, pixel_metrics
 from otx.models import Padim as OtxPadim
 from otx.models import Patchcore as OtxPatchcore
 from otx.models import Stfpm as OtxStfpm
 from otx.models.backbones import BackboneSpec, get_backbone, load_into, resolve_weights
+from otx.preprocess import PreProcessor as OtxPreProcessor
 
 SEED = 42  # otx Engine / datamodule seed (training shuffle, validation split)
 MODEL_SEED = 0  # otx's default model seed (PADIM channel selection, STFPM student init)
 VAL_SPLIT = 0.5
 INPUT_SIZE = (256, 256)
 METRICS = ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1", "AUPRO")
+# one scorer for both tools: raw scores, raw maps at each image's own size, otx.metrics (module docstring)
+SAME_SCORER = ("same_image_AUROC", "same_pixel_AUROC", "same_AUPRO")
 TIMES = ("train_s", "test_s", "total_s")
 OTX_CLASSES = {"padim": OtxPadim, "stfpm": OtxStfpm, "patchcore": OtxPatchcore}
 LABELS = {"padim": "PADIM", "stfpm": "STFPM", "patchcore": "PatchCore"}
@@ -155,8 +171,12 @@ def build_otx_model(model: str, s: Settings) -> OtxPadim | OtxStfpm | OtxPatchco
     return OTX_CLASSES[model](**common, seed=MODEL_SEED)
 
 
-def run_otx(model: str, s: Settings, work_dir: Path) -> tuple[float, float, dict[str, float], dict[str, int]]:
-    """Train and test with otx; return (train_s, test_s, metrics, split sizes)."""
+Rescore = Callable[[], dict[str, float]]
+RunOutput = tuple[float, float, dict[str, float], dict[str, int], Rescore]
+
+
+def run_otx(model: str, s: Settings, work_dir: Path) -> RunOutput:
+    """Train and test with otx; return (train_s, test_s, metrics, split sizes, one-scorer metrics' function)."""
     console = Console(stderr=True, quiet=not s.verbose)
     start = time.perf_counter()
     data = AnomalyDataModule(
@@ -181,7 +201,9 @@ def run_otx(model: str, s: Settings, work_dir: Path) -> tuple[float, float, dict
     found = result["metrics"]
     metrics = {k: float(found.get(f"{k}_input", found[k])) for k in METRICS if k in found}
     splits = {name: len(samples) for name, samples in data.splits.items()}
-    return train_s, test_s, metrics, splits
+    # otx test's own-size pixel metrics and raw-score image AUROC are the one scorer's computation
+    same = {"same_image_AUROC": "image_AUROC", "same_pixel_AUROC": "pixel_AUROC", "same_AUPRO": "AUPRO"}
+    return train_s, test_s, metrics, splits, lambda: {ours: float(found[key]) for ours, key in same.items()}
 
 
 # --- anomalib ----------------------------------------------------------------------------------
@@ -285,8 +307,8 @@ def _anomalib_datamodule(s: Settings) -> MVTecAD:
     )
 
 
-def run_anomalib(model: str, s: Settings, work_dir: Path) -> tuple[float, float, dict[str, float], dict[str, int]]:
-    """Train and test with anomalib; return (train_s, test_s, metrics, split sizes)."""
+def run_anomalib(model: str, s: Settings, work_dir: Path) -> RunOutput:
+    """Train and test with anomalib; return (train_s, test_s, metrics, split sizes, one-scorer metrics' function)."""
     start = time.perf_counter()
     L.seed_everything(SEED, verbose=False)  # as otx's Engine does before training
     core = build_anomalib_model(model, s)
@@ -308,7 +330,49 @@ def run_anomalib(model: str, s: Settings, work_dir: Path) -> tuple[float, float,
     raw = results[0] if results else {}
     metrics = {ours: float(raw[theirs]) for theirs, ours in ANOMALIB_METRIC_NAMES.items() if theirs in raw}
     splits = {name: len(getattr(datamodule, f"{name}_data")) for name in ("train", "val", "test")}
-    return train_s, test_s, metrics, splits
+    return train_s, test_s, metrics, splits, lambda: anomalib_same_scorer(core, datamodule)
+
+
+def anomalib_same_scorer(core: Any, datamodule: MVTecAD) -> dict[str, float]:
+    """anomalib's raw test outputs (its torch model, before its normalisation) through otx's scorer."""
+    restore = OtxPreProcessor(INPUT_SIZE, "resize").restore
+    core.model.eval()
+    scores: list[float] = []
+    labels: list[int] = []
+    maps: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    # from the dataset, not the batches: anomalib's collate drops a batch's mask paths when it mixes
+    # normal and anomalous images
+    samples = datamodule.test_data.samples
+    mask_of = dict(zip(samples.image_path, samples.mask_path, strict=True))
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            out = core.model(core.pre_processor.transform(batch.image))
+            scores += out.pred_score.flatten().tolist()
+            labels += batch.gt_label.int().tolist()
+            for amap, label, image_path in zip(
+                out.anomaly_map[:, 0].numpy(), batch.gt_label.tolist(), batch.image_path, strict=True
+            ):
+                size = image_size(image_path)
+                maps.append(restore(amap, size))  # normal images have no mask file
+                masks.append(read_mask(mask_of[image_path]) if label else np.zeros(size, bool))
+    found = pixel_metrics(maps, masks, [m > np.inf for m in maps])  # no thresholds here: F1 is not used
+    return {
+        "same_image_AUROC": image_metrics(scores, labels, labels)["image_AUROC"],
+        "same_pixel_AUROC": found["pixel_AUROC"],
+        "same_AUPRO": found["AUPRO"],
+    }
+
+
+def _rescored(tool: str, rescore: Rescore) -> dict[str, float]:
+    """The one-scorer metrics, or none (with a warning) if they fail: the run's own results are kept."""
+    try:
+        return rescore()
+    except Exception as exc:  # noqa: BLE001 - an extra must not cost an hour-long run its results
+        print(
+            f"warning: {tool}'s one-scorer metrics failed ({type(exc).__name__}: {exc}); kept its own", file=sys.stderr
+        )
+        return {}
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -362,7 +426,7 @@ def summarise(runs: list[RunResult], models: list[str]) -> dict[str, Any]:
             if not mine:
                 continue
             entry[tool] = {
-                **{k: _median([r.metrics.get(k, float("nan")) for r in mine]) for k in METRICS},
+                **{k: _median([r.metrics.get(k, float("nan")) for r in mine]) for k in METRICS + SAME_SCORER},
                 **{k: _median([getattr(r, k) for r in mine]) for k in TIMES},
                 "runs": len(mine),
                 "splits": mine[0].splits,
@@ -406,6 +470,19 @@ def markdown_table(
                 peaks = [entry[t].get("peak_rss_mb", float("nan")) for t in ("otx", "anomalib")]
                 cells.append(f"{_fmt(peaks[0] / peaks[1], 2)}x" if peaks[1] else "n/a")
             lines.append("| " + " | ".join(cells) + " |")
+    if summary:
+        lines += [
+            "",
+            "One scorer (each tool's raw scores and raw maps, maps at each image's own size, `otx.metrics`):",
+            "",
+            "| model | tool | image AUROC | pixel AUROC | AUPRO |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for model, entry in summary.items():
+            for tool in ("anomalib", "otx"):
+                if tool in entry:
+                    values = [_fmt(entry[tool].get(k, float("nan")), 4) for k in SAME_SCORER]
+                    lines.append(f"| {LABELS[model]} | {tool} | " + " | ".join(values) + " |")
     split_note = (
         "anomalib scored exactly otx's test half (otx's seeded validation split imposed on anomalib's MVTecAD)"
         if s.split == "otx"
@@ -425,7 +502,8 @@ def markdown_table(
         f"anomalib: disabled {', '.join(ANOMALIB_DISABLED)}; it still writes its STFPM checkpoint (2.7 skips it "
         "for PADIM: no optimiser step; otx always writes one) and, for "
         "STFPM, runs validation after every epoch (otx once after training). Its metrics are computed on "
-        "min-max-normalised scores clamped to [0, 1] (ties can move AUROC slightly); otx's on raw scores.",
+        "min-max-normalised scores clamped to [0, 1] (ties can move AUROC slightly); otx's on raw scores; "
+        "the one-scorer table scores both tools' raw outputs alike.",
         "Both resize float tensors the same way (bilinear, antialias; masks nearest). "
         "train s = model construction + weights + data indexing + fit + thresholds + checkpoint.",
     ]
@@ -439,8 +517,11 @@ def _child(tool: str, model: str, s: Settings, work_dir: Path, verbose: bool, qu
     _quiet_logging(verbose)
     runner = run_anomalib if tool == "anomalib" else run_otx
     with _maybe_silenced(verbose):
-        out = runner(model, s, work_dir)
-    queue.put((*out, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0))  # KB on Linux
+        *out, rescore = runner(model, s, work_dir)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux; before the rescoring
+    with _maybe_silenced(verbose):
+        out[2] = {**out[2], **_rescored(tool, rescore)}
+    queue.put((*out, peak))
 
 
 def _isolated(
@@ -454,7 +535,14 @@ def _isolated(
     process = context.Process(target=_child, args=(tool, model, s, work_dir, verbose, queue))
     process.start()
     try:
-        result = queue.get()
+        while True:  # a child that dies (an exception, killed for memory) sends nothing: stop, do not wait forever
+            try:
+                result = queue.get(timeout=5)
+                break
+            except Empty:
+                if not process.is_alive():
+                    message = f"the {tool} run's process ended without a result (exit code {process.exitcode})"
+                    raise RuntimeError(message) from None
         process.join()
     finally:  # stopped (Ctrl-C, SIGTERM): the child must not run on alone
         if process.is_alive():
@@ -556,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
 
     init_checks: dict[str, Any] = {}
     runs: list[RunResult] = []
-    runners: dict[str, Callable[[str, Settings, Path], tuple[float, float, dict[str, float], dict[str, int]]]] = {
+    runners: dict[str, Callable[[str, Settings, Path], RunOutput]] = {
         "anomalib": run_anomalib,
         "otx": run_otx,
     }
@@ -576,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
                     train_s, test_s, metrics, splits, peak = _isolated(tool, model, s, work_dir, args.verbose)
                 else:
                     with _maybe_silenced(args.verbose):
-                        train_s, test_s, metrics, splits = runners[tool](model, s, work_dir)
+                        train_s, test_s, metrics, splits, rescore = runners[tool](model, s, work_dir)
+                        metrics = {**metrics, **_rescored(tool, rescore)}
                 result = RunResult(
                     model, tool, repeat, position, train_s, test_s, train_s + test_s, metrics, splits, peak
                 )
