@@ -519,9 +519,22 @@ def _child(tool: str, model: str, s: Settings, work_dir: Path, verbose: bool, qu
     with _maybe_silenced(verbose):
         *out, rescore = runner(model, s, work_dir)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KB on Linux; before the rescoring
+    queue.put((*out, peak))  # sent first: the run's results survive whatever the rescoring does
     with _maybe_silenced(verbose):
-        out[2] = {**out[2], **_rescored(tool, rescore)}
-    queue.put((*out, peak))
+        queue.put(_rescored(tool, rescore))
+
+
+def _receive(queue: Any, process: Any, what: str) -> Any:
+    """The child's next message; a child that dies (an exception, killed for memory) sends nothing: stop."""
+    while True:
+        try:
+            return queue.get(timeout=5)
+        except Empty:
+            if not process.is_alive():
+                try:  # sent just before it ended?
+                    return queue.get(timeout=1)
+                except Empty:
+                    raise RuntimeError(f"{what}: its process ended (exit code {process.exitcode})") from None
 
 
 def _isolated(
@@ -535,15 +548,13 @@ def _isolated(
     process = context.Process(target=_child, args=(tool, model, s, work_dir, verbose, queue))
     process.start()
     try:
-        while True:  # a child that dies (an exception, killed for memory) sends nothing: stop, do not wait forever
-            try:
-                result = queue.get(timeout=5)
-                break
-            except Empty:
-                if not process.is_alive():
-                    message = f"the {tool} run's process ended without a result (exit code {process.exitcode})"
-                    raise RuntimeError(message) from None
+        train_s, test_s, metrics, splits, peak = _receive(queue, process, f"the {tool} run has no result")
+        try:
+            metrics = {**metrics, **_receive(queue, process, f"{tool}'s one-scorer metrics")}
+        except RuntimeError as exc:
+            print(f"warning: {exc}; its own results are kept", file=sys.stderr)
         process.join()
+        result = train_s, test_s, metrics, splits, peak
     finally:  # stopped (Ctrl-C, SIGTERM): the child must not run on alone
         if process.is_alive():
             process.terminate()
