@@ -677,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
                     with _maybe_silenced(args.verbose):
                         train_s, test_s, metrics, splits, rescore = runners[tool](model, s, work_dir)
                         metrics = {**metrics, **_rescored(tool, rescore)}
+                        del rescore  # it holds the tool's model and data: free them before the next run
                 result = RunResult(
                     model, tool, repeat, position, train_s, test_s, train_s + test_s, metrics, splits, peak
                 )

@@ -222,6 +222,8 @@ def test_pixel_metrics_from_rows_the_caller_holds_equal_those_from_the_maps() ->
     threshold = float(np.quantile(rows[0], 0.9))
     expected = pixel_metrics(map_list, mask_list, [m >= threshold for m in map_list])
     assert pixel_metrics(map_list, mask_list, rows[0] >= threshold, flat=rows) == expected
+    with pytest.raises(ValueError, match="flat must hold"):  # rows that are not these maps' pixels
+        pixel_metrics(map_list, mask_list, rows[0][:-1] >= threshold, flat=(rows[0][:-1], rows[1][:-1]))
     assert expected["pixel_AUROC"] == pytest.approx(roc_auc_score(rows[1], rows[0]))
 
 

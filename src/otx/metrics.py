@@ -332,6 +332,8 @@ def pixel_metrics(
         ``{"pixel_AUROC": ..., "pixel_F1": ..., "AUPRO": ...}``.
     """
     flat_maps, flat_masks = flat if flat is not None else (_flat(maps), _flat(masks))
+    if flat is not None and not flat_maps.size == flat_masks.size == sum(np.size(m) for m in _map_list(maps)):
+        raise ValueError("flat must hold the pixels of maps and masks, one row each, image after image")
     return {
         "pixel_AUROC": roc_auc(flat_maps, flat_masks),
         "pixel_F1": f1_at(_flat(pred_masks), flat_masks),

@@ -191,6 +191,10 @@ def _full_size(
     all pixels (114 MB on magnetic_tile's test split).
     """
     sizes = outputs["orig_sizes"].numpy()
+    if not len(samples) == len(usable) == len(sizes) == len(outputs["maps"]):
+        raise ValueError(
+            f"{len(samples)} samples, {len(usable)} flags and {len(outputs['maps'])} maps: one each per image"
+        )
     chosen = [i for i, use in enumerate(usable) if use]
     counts = [int(sizes[i][0]) * int(sizes[i][1]) for i in chosen]
     flat_maps, flat_masks = np.empty(sum(counts), np.float32), np.zeros(sum(counts), bool)
