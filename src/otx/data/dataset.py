@@ -137,12 +137,16 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
                 f"mask '{mask}' has no image: expected test/{mask.parent.name}/{stem}.<ext> (or under val/); "
                 "remove the mask or add its image"
             )
-        mask_hw, image_hw = image_size(mask), sizes[sample.path]
-        if mask_hw != image_hw:
-            raise OTXDataError(
-                f"mask '{mask}' is {mask_hw[1]}x{mask_hw[0]} but its image '{sample.path}' is "
-                f"{image_hw[1]}x{image_hw[0]} (width x height); masks must have their image's size"
-            )
+        check_mask_size(mask, image_size(mask), sample.path, sizes[sample.path])
+
+
+def check_mask_size(mask: str | Path, mask_hw: tuple[int, int], image: str | Path, image_hw: tuple[int, int]) -> None:
+    """Raise ``OTXDataError`` (one line naming both files) when a mask is not its image's ``(height, width)``."""
+    if tuple(mask_hw) != tuple(image_hw):
+        raise OTXDataError(
+            f"mask '{mask}' is {mask_hw[1]}x{mask_hw[0]} but its image '{image}' is "
+            f"{image_hw[1]}x{image_hw[0]} (width x height); masks must have their image's size"
+        )
 
 
 def split_validation(test: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -12,9 +12,8 @@ from torch.utils.data import DataLoader
 from otx import distributed
 from otx.boxes import BoxSettings, tune
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
-from otx.data.dataset import Sample
+from otx.data.dataset import Sample, check_mask_size
 from otx.data.io import read_mask
-from otx.errors import OTXDataError
 from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask, image_metrics, per_defect, pixel_metrics
 from otx.models.base import AnomalyModel
 from otx.preprocess import PreProcessor
@@ -206,12 +205,8 @@ def _full_size(
         full_maps[-1][...] = preprocessor.restore(outputs["maps"][i].numpy(), shape)
         full_masks.append(flat_masks[start : start + count].reshape(shape))
         if samples[i].mask_path:
-            mask = read_mask(samples[i].mask_path)
-            if mask.shape != shape:
-                raise OTXDataError(
-                    f"mask '{samples[i].mask_path}' is {mask.shape[1]}x{mask.shape[0]} but its image "
-                    f"{shape[1]}x{shape[0]} (width x height); masks must have their image's size"
-                )
+            mask = read_mask(samples[i].mask_path)  # the data index checks this too, unless told not to
+            check_mask_size(samples[i].mask_path, mask.shape, samples[i].path, shape)
             full_masks[-1][...] = mask
         start += count
     return full_maps, full_masks, (flat_maps, flat_masks)
