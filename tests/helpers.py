@@ -99,8 +99,10 @@ def assert_same_predictions(
     for e, g in zip(expected, got, strict=True):
         assert e.pred_mask.shape == g.pred_mask.shape
         assert mask_iou(e.pred_mask, g.pred_mask) >= min_iou
-    if task == "detection":
-        for e, g in zip(expected, got, strict=True):
+    if task == "detection":  # boxes follow the label: an image whose label may land either side is skipped
+        for e, g, sure in zip(expected, got, decided, strict=True):
+            if not sure and e.pred_label != g.pred_label:
+                continue
             assert len(e.pred_boxes) == len(g.pred_boxes)
             for box in e.pred_boxes:
                 assert max((box_iou(box, other) for other in g.pred_boxes), default=0.0) >= 0.9

@@ -32,7 +32,7 @@ def test_recipes_ship_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     from otx.models import available_models
 
     names = list_recipes()
-    assert len(names) == 3 * len(available_models()) == 9  # three tasks x PADIM, PatchCore, STFPM
+    assert len(names) == 3 * len(available_models()) == 12  # three tasks x PADIM, PatchCore, PatchFlow, STFPM
     monkeypatch.chdir(tmp_path)  # works from any directory
     for name in names:
         config = yaml.safe_load(Path(resolve_recipe(name)).read_text())

@@ -361,3 +361,69 @@ def test_patchcore_refuses_bad_settings_in_one_line() -> None:
         model_class("Patchcore")(coreset_ratio=1.5, pretrained=False)
     with pytest.raises(OTXConfigError, match="num_neighbors"):
         model_class("Patchcore")(num_neighbors=0, pretrained=False)
+
+
+# --------------------------------------------------------------------------- PatchFlow
+
+
+def test_patchflow_computes_what_anomalib_computes_on_the_same_weights() -> None:
+    """otx's PatchFlow core (named layers, sizes from the input) against anomalib's PatchflowModel."""
+    from anomalib.models.image.patchflow.loss import PatchflowLoss
+    from anomalib.models.image.patchflow.torch_model import PatchflowModel
+
+    from otx.models.patchflow import PatchflowCore
+
+    torch.manual_seed(0)
+    ours = PatchflowCore("tf_efficientnet_lite0", ["blocks.2", "blocks.4", "blocks.6"], 3, 3, 1, 16, 16)
+    theirs = PatchflowModel(
+        (128, 96), backbone="tf_efficientnet_lite0", pre_trained=False, flow_feature_dim=16, flow_hidden_dim=16
+    )
+    assert ours.state_dict().keys() == theirs.state_dict().keys()  # anomalib's levels 2, 3, 4 are these layers
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 128, 96)
+    with torch.no_grad():
+        (z_ours, jac_ours), (z_theirs, jac_theirs) = ours.train()(x), theirs.train()(x)
+        torch.testing.assert_close(z_ours, z_theirs)
+        torch.testing.assert_close(PatchflowLoss()(z_ours, jac_ours), PatchflowLoss()(z_theirs, jac_theirs))
+        ours.eval(), theirs.eval()
+        a, b = ours(x), theirs(x)
+    assert a.anomaly_map.shape == (2, 1, 128, 96)
+    torch.testing.assert_close(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(a.pred_score, b.pred_score, rtol=1e-5, atol=1e-6)
+
+
+def test_patchflow_refuses_bad_settings_in_one_line() -> None:
+    with pytest.raises(OTXConfigError, match="patch_size must be odd"):
+        model_class("Patchflow")(patch_size=2, pretrained=False)
+    with pytest.raises(OTXConfigError, match="num_scales"):
+        model_class("Patchflow")(num_scales=0, pretrained=False)
+
+
+def test_patchflow_global_scale_equals_anomalib_and_survives_openvino() -> None:
+    """OpenVINO's converter drops Softplus's beta; otx's form of the same scale converts exactly."""
+    import openvino as ov
+    from anomalib.models.components.flow.all_in_one_block import _global_scale_softplus_activation
+
+    from otx.models.patchflow import softplus_scale
+
+    x = torch.linspace(-60.0, 60.0, 2001)  # across torch's threshold (beta * x = 20)
+    torch.testing.assert_close(softplus_scale(x), _global_scale_softplus_activation(x))
+
+    class Scale(torch.nn.Module):
+        def __init__(self, fn: object) -> None:
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return self.fn(v)
+
+    def in_openvino(fn: object) -> np.ndarray:
+        compiled = ov.Core().compile_model(
+            ov.convert_model(Scale(fn).eval(), example_input=x), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+        )
+        return compiled(x.numpy())[0]
+
+    expected = _global_scale_softplus_activation(x).numpy()
+    np.testing.assert_allclose(in_openvino(softplus_scale), expected, rtol=1e-5, atol=1e-6)
+    # the converter's bug that this form avoids (if it is fixed, anomalib's own form may come back)
+    assert np.abs(in_openvino(_global_scale_softplus_activation) - expected).max() > 0.01

@@ -14,9 +14,10 @@ from otx.errors import OTXConfigError
 from otx.models.base import AnomalyModel
 from otx.models.padim import Padim
 from otx.models.patchcore import Patchcore
+from otx.models.patchflow import Patchflow
 from otx.models.stfpm import Stfpm
 
-__all__ = ["AnomalyModel", "Padim", "Patchcore", "Stfpm", "available_models", "model_class"]
+__all__ = ["AnomalyModel", "Padim", "Patchcore", "Patchflow", "Stfpm", "available_models", "model_class"]
 
 
 def _subclasses(cls: type) -> list[type]:
