@@ -167,6 +167,8 @@ class Patchflow(AnomalyModel):
         summary="backbone INT8; pooling, adaptor, flow, anomaly map, score and post-processing float",
         float_patterns=(r"^__module\.core\.(avg_pool|feature_adaptor|flow|anomaly_map_generator).*",),
         float_after=(r"^__module\.core\.feature_adaptor.*",),
+        fast_bias_correction=False,
+        activation_ranges="minmax",
     )
 
     def __init__(
