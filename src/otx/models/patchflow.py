@@ -3,7 +3,7 @@
 Wraps anomalib's PatchFlow parts (the frozen ``TimmFeatureExtractor``, FrEIA's ``SequenceINN``
 of anomalib's ``AllInOneBlock`` couplings with anomalib's subnets, ``PatchflowLoss`` and its
 anomaly map ``-exp(-mean(z^2) / 2)``). The construction differs from anomalib's
-``PatchflowModel`` in three ways, each kept equal to it where both apply
+``PatchflowModel`` in four ways, each kept equal to it where both apply
 (``tests/test_models.py`` compares the two on the same weights):
 
 - the feature layers are named per backbone (anomalib takes the backbone's feature levels 2, 3
@@ -37,6 +37,7 @@ from anomalib.models.image.patchflow.torch_model import _build_subnet_constructo
 from FrEIA.framework import SequenceINN
 from torch import nn
 
+from otx.errors import OTXConfigError
 from otx.models.base import AnomalyModel
 from otx.models.quantization import Scheme
 from otx.models.upsample import upsample_bilinear
@@ -196,8 +197,6 @@ class Patchflow(AnomalyModel):
         self.num_scales = check_int("num_scales", num_scales, minimum=1)
         self.patch_size = check_int("patch_size", patch_size, minimum=1)
         if self.patch_size % 2 == 0:
-            from otx.errors import OTXConfigError
-
             raise OTXConfigError(f"patch_size must be odd, so that pooling keeps the map's size (got {patch_size})")
         self.flow_steps = check_int("flow_steps", flow_steps, minimum=1)
         self.flow_feature_dim = check_int("flow_feature_dim", flow_feature_dim, minimum=2)
