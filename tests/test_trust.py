@@ -485,6 +485,34 @@ def test_a_signal_stops_training_at_once_and_keeps_earlier_runs(
     assert f"train failed: interrupted ({name})" in log and not (runs[-1] / "model.ckpt").exists()
 
 
+# A loading worker serves each batch's shared memory from a resource_sharer thread; the main process
+# stopping in the middle of a hand-off breaks the connection (here: a client that connects and leaves).
+_BROKEN_HANDOFF = """
+import os, socket, sys, threading, time
+from multiprocessing import resource_sharer
+from otx.data.datamodule import quiet_broken_handoffs
+if sys.argv[1] == "worker":
+    quiet_broken_handoffs(0)  # what each loading worker runs first
+read_end, write_end = os.pipe()
+address, _ = resource_sharer.DupFd(write_end)._id
+client = socket.socket(socket.AF_UNIX)
+client.connect(address)
+client.close()
+time.sleep(1.0)
+threading.Thread(target=lambda: sys.excepthook(*(lambda e: (type(e), e, None))(ValueError("other"))), name="x").start()
+time.sleep(0.2)
+"""
+
+
+@pytest.mark.parametrize("where", ["worker", "elsewhere"])
+def test_a_hand_off_broken_by_the_stopping_main_process_prints_no_traceback(where: str) -> None:
+    done = subprocess.run([sys.executable, "-c", _BROKEN_HANDOFF, where], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    broken = "resource_sharer.py" in done.stderr and "Error" in done.stderr.split("deliver_challenge")[-1]
+    assert broken == (where == "elsewhere"), done.stderr  # Python prints it unless the worker hook is set
+    assert "ValueError: other" in done.stderr  # other errors, other threads: still printed
+
+
 def test_every_failed_run_says_why_in_its_log(trained_padim: dict, tmp_path: Path) -> None:
     work_dir = tmp_path / "ws"
     assert main(["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--source", str(tmp_path / "none"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import glob
 import logging
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -224,7 +226,34 @@ class AnomalyDataModule:
             num_workers=workers,
             persistent_workers=False,
             collate_fn=None if resize else _collate_keep_images,
+            worker_init_fn=quiet_broken_handoffs,
         )
+
+
+def quiet_broken_handoffs(worker_id: int) -> None:
+    """In a loading worker: a batch hand-off that the main process broke off is not reported.
+
+    A worker hands each batch's shared memory to the main process over a socket, served by
+    ``multiprocessing.resource_sharer`` in a thread of the worker. When the main process stops
+    (Ctrl-C, SIGTERM, an error) in the middle of that exchange, the thread's next read fails with
+    ``ConnectionResetError`` / ``EOFError`` and it prints a traceback through ``sys.excepthook``,
+    below otx's own one-line message. The main process reports whatever stopped it; the worker
+    only loses a batch nobody waits for, so these errors, in that thread only, are not printed.
+    """
+    del worker_id
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, trace: Any) -> None:
+        thread = threading.current_thread()
+        if (
+            thread is not threading.main_thread()
+            and thread.name.endswith("(_serve)")
+            and issubclass(kind, (EOFError, ConnectionError))
+        ):
+            return
+        previous(kind, value, trace)
+
+    sys.excepthook = hook
 
 
 def _collate_keep_images(items: list[dict[str, Any]]) -> dict[str, Any]:
