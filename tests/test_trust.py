@@ -490,8 +490,8 @@ def test_a_signal_stops_training_at_once_and_keeps_earlier_runs(
 _BROKEN_HANDOFF = """
 import os, socket, sys, threading, time
 from multiprocessing import resource_sharer
-from otx.data.datamodule import quiet_broken_handoffs
 if sys.argv[1] == "worker":
+    from otx.data.datamodule import quiet_broken_handoffs
     quiet_broken_handoffs(0)  # what each loading worker runs first
 read_end, write_end = os.pipe()
 address, _ = resource_sharer.DupFd(write_end)._id
