@@ -1,6 +1,8 @@
 """INT8 against FP32, and otx's INT8 against anomalib 2.7's INT8_PTQ, on one dataset, in one run.
 
-For PADIM and STFPM (EfficientNet-Lite0, 256x256, the segmentation recipes' settings):
+For PADIM and STFPM (EfficientNet-Lite0, 256x256, the segmentation recipes' settings), and for
+PatchCore and PatchFlow from a given checkpoint (``--patchcore_ckpt``, ``--patchflow_ckpt``; with
+``--no_anomalib`` for PatchFlow, whose anomalib twin this script does not build):
 
 1. otx trains the model once (or takes ``--padim_ckpt`` / ``--stfpm_ckpt``).
 2. For each task, otx exports the FP32 IR, ``otx optimize`` quantises it (default settings: 300
@@ -83,6 +85,8 @@ def train_otx(name: str, s: cmp.Settings, args: argparse.Namespace) -> Path:
     given = getattr(args, f"{name}_ckpt")
     if given:
         return Path(given)
+    if name == "patchflow":  # trained by its recipe (five epochs, the best validation epoch kept)
+        raise SystemExit("patchflow: pass --patchflow_ckpt (the model.ckpt of `otx train --config .../patchflow.yaml`)")
     start = time.perf_counter()
     e = engine(args, name, "segmentation", cmp.build_otx_model(name, s))
     e.max_epochs = s.epochs(name)
@@ -383,11 +387,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_root", type=Path, required=True)
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/otx-int8"))
-    parser.add_argument("--models", nargs="+", default=["padim", "stfpm"], choices=["padim", "stfpm", "patchcore"])
+    models = ["padim", "stfpm", "patchcore", "patchflow"]
+    parser.add_argument("--models", nargs="+", default=["padim", "stfpm"], choices=models)
     parser.add_argument("--stfpm_epochs", type=int, default=10)
     parser.add_argument("--padim_ckpt", default=None, help="reuse a trained otx PADIM checkpoint")
     parser.add_argument("--stfpm_ckpt", default=None, help="reuse a trained otx STFPM checkpoint")
     parser.add_argument("--patchcore_ckpt", default=None, help="reuse a trained otx PatchCore checkpoint")
+    parser.add_argument("--patchflow_ckpt", default=None, help="a PatchFlow checkpoint (its recipe's `otx train`)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no_anomalib", action="store_true", help="otx's FP32 and INT8 only (no anomalib exports)")
     parser.add_argument("--out", type=Path, default=None)
