@@ -8,8 +8,8 @@ image AUROC / F1, pixel AUROC, the validation split's agreement that ``otx optim
 number of FakeQuantize nodes and the median absolute change of the normalised image score. Also
 printed: how many FP32 test scores lie within 0.005, 0.01 and 0.02 of the threshold 0.5. With
 ``--speed_repeats N`` the FP32 IR and every variant's INT8 IR are timed on the test images
-(``otx.deploy.benchmark.benchmark_openvino``: CPU, f32, one latency and one throughput pass on a
-fresh compilation), one pass of each per repeat in alternating order; medians and INT8 / FP32.
+(``optimize_int8.alternating_speed``: CPU, f32, one latency and one throughput pass on a fresh
+compilation, one pass of each per repeat in alternating order); medians and INT8 / FP32.
 
 Usage::
 
@@ -27,9 +27,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from optimize_int8 import alternating_speed, otx_timer  # noqa: I001 - the sibling benchmark's alternating loop
 from otx.cli import main as otx
 from otx.data.io import read_image
-from otx.deploy.benchmark import benchmark_openvino
 from otx.models import Patchflow
 
 SHIPPED = Patchflow.int8_scheme
@@ -61,13 +61,12 @@ def alternated_speed(args: argparse.Namespace, rows: list[dict[str, Any]]) -> di
     run = sorted((args.work_dir / "fp32").glob("*-test"))[-1]
     images = [read_image(r["image"]) for r in json.loads((run / "predictions.json").read_text())]
     paths = {"FP32 IR": args.fp32_ir, **{row["variant"]: Path(row["int8_ir"]) for row in rows}}
-    rates: dict[str, list[float]] = {name: [] for name in paths}
-    for repeat in range(args.speed_repeats):
-        for name in list(paths) if repeat % 2 == 0 else list(paths)[::-1]:
-            rates[name].append(benchmark_openvino(paths[name], images, "CPU", "f32", repeats=1)["throughput_img_s"])
-    fp32 = statistics.median(rates["FP32 IR"])
-    speed = {name: {"img_s": statistics.median(r), "runs": r, "ratio": statistics.median(r) / fp32}
-             for name, r in rates.items()}  # fmt: skip
+    timed = alternating_speed({name: otx_timer(path, images) for name, path in paths.items()}, args.speed_repeats)
+    fp32 = timed["FP32 IR"]["throughput_img_s"]
+    speed = {
+        name: {"img_s": r["throughput_img_s"], "runs": r["throughput_runs"], "ratio": r["throughput_img_s"] / fp32}
+        for name, r in timed.items()
+    }
     for name, row in speed.items():
         print(f"{name}: {row['img_s']:.1f} img/s, {row['ratio']:.2f}x the FP32 IR", flush=True)
     return speed
@@ -103,8 +102,8 @@ def main() -> int:
             "val_image_agreement": summary["decisions"]["table"]["candidate"]["image_label_agreement"],
             "fake_quantize_nodes": summary["fake_quantize_nodes"],
             "median_score_change": statistics.median(abs(labels[k][1] - v[1]) for k, v in reference.items()),
+            "int8_ir": summary["optimized_model"],
         }
-        row["int8_ir"] = summary["optimized_model"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     Patchflow.int8_scheme = SHIPPED
