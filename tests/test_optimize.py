@@ -206,7 +206,6 @@ def test_weight_bits_7_keep_every_weight_on_the_half_grid_8_use_the_full_one(
     import logging
 
     import otx.deploy.optimize as optimize_module
-    from otx.deploy.inferencer import OpenVINOInferencer
 
     # auto: 8 on a CPU with VNNI or AMX, 7 elsewhere (saturating int16 sums); explicit values win.
     for has_vnni, expected in ((True, 8), (False, 7)):

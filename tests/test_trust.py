@@ -499,7 +499,7 @@ client = socket.socket(socket.AF_UNIX)
 client.connect(address)
 client.close()
 time.sleep(1.0)
-threading.Thread(target=lambda: sys.excepthook(*(lambda e: (type(e), e, None))(ValueError("other"))), name="x").start()
+threading.Thread(target=sys.excepthook, args=(ValueError, ValueError("other"), None), name="x").start()
 time.sleep(0.2)
 """
 
