@@ -138,7 +138,12 @@ class Settings:
         return self.stfpm_epochs if model == "stfpm" else 1
 
     def layers(self, model: str) -> list[str]:
-        """Feature layers of ``model`` for the backbone (otx's defaults, given to both tools)."""
+        """Feature layers of ``model`` for the backbone (otx's defaults, given to both tools).
+
+        STFPM: the layers of anomalib's student (``student="backbone"``), the one both tools build.
+        """
+        if model == "stfpm":
+            return list(OtxStfpm.pyramid_layers_by_backbone[self.spec.name])
         return list(OTX_CLASSES[model].layers_by_backbone[self.spec.name])
 
 
@@ -168,6 +173,8 @@ def build_otx_model(model: str, s: Settings) -> OtxPadim | OtxStfpm | OtxPatchco
     common = {"backbone": s.spec.name, "layers": s.layers(model), "input_size": INPUT_SIZE, "weights": s.weights}
     if model == "patchcore":
         return OtxPatchcore(**common, coreset_ratio=s.coreset_ratio, num_neighbors=9)
+    if model == "stfpm":  # anomalib's student and optimiser (otx's default is a small student, Adam)
+        return OtxStfpm(**common, seed=MODEL_SEED, student="backbone", optimizer="sgd", lr=0.4)
     return OTX_CLASSES[model](**common, seed=MODEL_SEED)
 
 

@@ -244,7 +244,7 @@ def test_truncated_training_image_stops_training_with_its_name(dataset_copy, tmp
 
 def test_stfpm_trains_by_gradient_descent(sample_root: Path, tmp_path: Path) -> None:
     engine = Engine(
-        model=Stfpm(input_size=(64, 64), lr=0.05),
+        model=Stfpm(input_size=(64, 64)),
         data=AnomalyDataModule(str(sample_root / "carpet_like"), batch_size=8, num_workers=0),
         task="segmentation",
         work_dir=tmp_path,

@@ -97,7 +97,7 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
     try:
         module_name, _, class_name = ckpt["model"]["class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)
-        model = cls.without_weights(**ckpt["model"]["init_args"])
+        model = cls.without_weights(**cls.upgrade_init_args(dict(ckpt["model"]["init_args"])))
         model.load_state_dict(ckpt["state_dict"])
         if isinstance(ckpt.get("boxes"), dict):  # checkpoints before box tuning keep the defaults
             model.box_settings = BoxSettings(**ckpt["boxes"])

@@ -145,6 +145,11 @@ class AnomalyModel(L.LightningModule):
 
     # --- to be provided by each core -------------------------------------------------------
     @classmethod
+    def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's init arguments, written by an earlier otx, in this version's terms (default: unchanged)."""
+        return init_args
+
+    @classmethod
     def default_layers(cls, spec: BackboneSpec) -> tuple[str, ...]:
         """Feature layers used when the config gives none (``layers_by_backbone``)."""
         if spec.name not in cls.layers_by_backbone:
