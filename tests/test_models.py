@@ -233,6 +233,16 @@ def test_stfpm_students_and_their_defaults() -> None:
         Stfpm(student="tiny", input_size=(64, 64), pretrained=False)
 
 
+def test_keep_aspect_chooses_an_input_of_the_models_own_area() -> None:
+    padim = Padim(input_mode="keep_aspect", input_size=None, pretrained=False)
+    stfpm = Stfpm(input_mode="keep_aspect", input_size=None, pretrained=False)
+    for model, area in ((padim, 256 * 256), (stfpm, 128 * 128)):
+        height, width = model.choose_input_size(2.0)  # width / height of the training images
+        assert height % 32 == 0 and width % 32 == 0 and width / height == pytest.approx(2.0, rel=0.2)
+        assert height * width == pytest.approx(area, rel=0.15)  # sides rounded to multiples of 32
+        assert model.hparams["input_size"] == [height, width] and model.preprocessor.input_size == (height, width)
+
+
 def test_an_stfpm_checkpoint_from_before_the_small_student_loads_as_it_was_trained(tmp_path: Path) -> None:
     from otx.checkpoint import load_checkpoint, save_checkpoint
 

@@ -89,6 +89,8 @@ class AnomalyModel(L.LightningModule):
     # process sees every one of its training images once and `finish_fit` joins the processes'
     # statistics exactly; False: trained by gradient (Lightning's DDP averages the gradients).
     fits_in_one_pass: ClassVar[bool] = False
+    # Pixels of the input that `keep_aspect` chooses from the training images (input_size null).
+    input_area: ClassVar[int] = 256 * 256
 
     def __init__(
         self,
@@ -175,11 +177,12 @@ class AnomalyModel(L.LightningModule):
     def choose_input_size(self, aspect: float) -> tuple[int, int]:
         """Set an input size from the training images' median ``aspect`` (width / height); return it.
 
-        For ``input_size`` None (``keep_aspect``): about 256x256 pixels, sides multiples of 32. The
-        choice is written into the hyper-parameters, so checkpoints and exports carry it.
+        For ``input_size`` None (``keep_aspect``): about ``input_area`` pixels (256x256; the model's
+        own), sides multiples of 32. The choice is written into the hyper-parameters, so checkpoints
+        and exports carry it.
         """
         pre = self.preprocessor
-        self.input_size = aspect_input_size(aspect)
+        self.input_size = aspect_input_size(aspect, area=self.input_area)
         self.preprocessor = PreProcessor(self.input_size, pre.mode, pre.tile_size, pre.tile_stride)
         self.hparams["input_size"] = list(self.input_size)
         self.input_size_from_data = False

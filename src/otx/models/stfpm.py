@@ -165,6 +165,7 @@ class Stfpm(AnomalyModel):
     """
 
     default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 20}
+    input_area: ClassVar[int] = 128 * 128  # the size the small student was measured at (docs/models.md)
     # The small student's: each backbone's stride-16 layer.
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.4",),
