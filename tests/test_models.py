@@ -206,7 +206,9 @@ def test_padim_and_stfpm_outputs_have_input_size() -> None:
         ("resnet18", ["layer1", "layer4"], (70, 100)),  # strides 4 and 32
     ],
 )
-def test_stfpm_small_student_gives_each_teacher_layer_its_shape(backbone: str, layers: list | None, size: tuple):
+def test_stfpm_small_student_gives_each_teacher_layer_its_shape(
+    backbone: str, layers: list | None, size: tuple[int, int]
+) -> None:
     model = Stfpm(backbone=backbone, layers=layers, input_size=size, pretrained=False).train()
     teacher, student = model.model(model.normalize_input(torch.rand(2, 3, *size)))
     assert list(teacher) == list(student) == model.layers

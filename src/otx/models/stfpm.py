@@ -131,9 +131,10 @@ class _OfflineSTFPMModel(STFPMModel):
                 backbone=backbone, pre_trained=False, layers=layers, requires_grad=True
             )
         else:
-            with torch.no_grad():  # each layer's channels and stride, from a probe image
-                probe = self.teacher_model(torch.zeros(1, 3, 128, 128))
-            shapes = {name: (int(f.shape[1]), 128 // int(f.shape[-1])) for name, f in probe.items()}
+            info = self.teacher_model.feature_extractor.feature_info  # each layer's channels and stride
+            shapes = dict(
+                zip(self.teacher_model.layers, zip(info.channels(), info.reduction(), strict=True), strict=True)
+            )
             self.student_model = SmallStudent(shapes, student_width)
         self.anomaly_map_generator = StfpmMapGenerator()
 
