@@ -15,9 +15,30 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from optimize_int8 import alternating_speed, otx_timer  # noqa: I001 - the sibling benchmark's alternating loop
 from otx.data.io import read_image
+
+
+def speed_against_first(paths: dict[str, Path], predictions: Path, repeats: int) -> dict[str, dict[str, Any]]:
+    """Each IR timed alternately on the images of an ``otx test`` run (its ``predictions.json``).
+
+    Returns per IR the median throughput ``img_s``, the passes' ``runs``, the median ``latency_ms``
+    and the ``ratio`` of its throughput to the first IR's.
+    """
+    images = [read_image(r["image"]) for r in json.loads(predictions.read_text())]
+    timed = alternating_speed({name: otx_timer(path, images) for name, path in paths.items()}, repeats)
+    first = next(iter(timed.values()))["throughput_img_s"]
+    return {
+        name: {
+            "img_s": r["throughput_img_s"],
+            "runs": r["throughput_runs"],
+            "latency_ms": r["latency_ms_median"],
+            "ratio": r["throughput_img_s"] / first,
+        }
+        for name, r in timed.items()
+    }
 
 
 def main() -> None:
@@ -34,24 +55,13 @@ def main() -> None:
         if not sep or not Path(path).is_file():
             parser.error(f"--ir takes NAME=PATH of an existing .xml (got {item!r})")
         paths[name] = Path(path)
-    images = [read_image(r["image"]) for r in json.loads(args.images_from.read_text())]
-    timed = alternating_speed({name: otx_timer(path, images) for name, path in paths.items()}, args.repeats)
-    base = next(iter(timed))
-    first = timed[base]["throughput_img_s"]
-    rows = {
-        name: {
-            "path": str(paths[name]),
-            "throughput_img_s": round(r["throughput_img_s"], 1),
-            "throughput_runs": r["throughput_runs"],
-            "latency_ms_median": round(r["latency_ms_median"], 2),
-            f"vs_{base}": round(r["throughput_img_s"] / first, 3),
-        }
-        for name, r in timed.items()
-    }
-    for name, row in rows.items():
-        print(f"{name}: {row['throughput_img_s']} img/s ({row[f'vs_{base}']}x), runs {row['throughput_runs']}")
+    speed = speed_against_first(paths, args.images_from, args.repeats)
+    for name, row in speed.items():
+        print(f"{name}: {row['img_s']:.1f} img/s ({row['ratio']:.3f}x the first), runs {row['runs']}")
     if args.out:
-        args.out.write_text(json.dumps({"images": len(images), "repeats": args.repeats, "irs": rows}, indent=2) + "\n")
+        irs = {name: {"path": str(paths[name]), **row} for name, row in speed.items()}
+        images = len(json.loads(args.images_from.read_text()))
+        args.out.write_text(json.dumps({"images": images, "repeats": args.repeats, "irs": irs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

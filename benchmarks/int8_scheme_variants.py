@@ -8,7 +8,7 @@ image AUROC / F1, pixel AUROC, the validation split's agreement that ``otx optim
 number of FakeQuantize nodes and the median absolute change of the normalised image score. Also
 printed: how many FP32 test scores lie within 0.005, 0.01 and 0.02 of the threshold 0.5. With
 ``--speed_repeats N`` the FP32 IR and every variant's INT8 IR are timed on the test images
-(``optimize_int8.alternating_speed``: CPU, f32, one latency and one throughput pass on a fresh
+(``alternate_irs.speed_against_first``: CPU, f32, one latency and one throughput pass on a fresh
 compilation, one pass of each per repeat in alternating order); medians and INT8 / FP32.
 
 Usage::
@@ -27,9 +27,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from optimize_int8 import alternating_speed, otx_timer  # noqa: I001 - the sibling benchmark's alternating loop
+from alternate_irs import speed_against_first  # noqa: I001 - the sibling benchmark's alternating timing
 from otx.cli import main as otx
-from otx.data.io import read_image
 from otx.models import Patchflow
 
 SHIPPED = Patchflow.int8_scheme
@@ -59,14 +58,8 @@ def _test(checkpoint: Path, args: argparse.Namespace, work_dir: Path) -> tuple[d
 def alternated_speed(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Throughput of the FP32 IR and each INT8 IR, one pass each per repeat, the order alternating."""
     run = sorted((args.work_dir / "fp32").glob("*-test"))[-1]
-    images = [read_image(r["image"]) for r in json.loads((run / "predictions.json").read_text())]
     paths = {"FP32 IR": args.fp32_ir, **{row["variant"]: Path(row["int8_ir"]) for row in rows}}
-    timed = alternating_speed({name: otx_timer(path, images) for name, path in paths.items()}, args.speed_repeats)
-    fp32 = timed["FP32 IR"]["throughput_img_s"]
-    speed = {
-        name: {"img_s": r["throughput_img_s"], "runs": r["throughput_runs"], "ratio": r["throughput_img_s"] / fp32}
-        for name, r in timed.items()
-    }
+    speed = speed_against_first(paths, run / "predictions.json", args.speed_repeats)
     for name, row in speed.items():
         print(f"{name}: {row['img_s']:.1f} img/s, {row['ratio']:.2f}x the FP32 IR", flush=True)
     return speed
