@@ -348,3 +348,32 @@ def test_normalisation_stays_separate_when_the_core_reads_the_input_elsewhere() 
 
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     assert fold_input_normalization(ReadsInputTwice().eval(), mean, std, (32, 32)) is None
+
+
+def test_top_share_image_score_in_torch_and_the_ir(sample_root: Path, tmp_path: Path) -> None:
+    """``score_top_share``: the image score is the mean of the map's highest pixels, in torch and in the IR."""
+    from otx.checkpoint import load_checkpoint
+    from otx.models import Padim
+
+    share = 0.05
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    engine = Engine(model=Padim(input_size=(128, 128), score_top_share=share), data=data, work_dir=tmp_path)
+    checkpoint = engine.train()["checkpoint"]
+    model, _ = load_checkpoint(checkpoint)
+    assert model.score_top_share == share  # travels in the checkpoint
+    images = torch.rand(3, 3, 128, 128)
+    with torch.no_grad():
+        maps, scores = model.eval()(images)
+    count = round(share * 128 * 128)
+    flat = np.sort(maps.numpy().reshape(3, -1), axis=1)
+    np.testing.assert_allclose(scores.numpy(), flat[:, -count:].mean(axis=1), rtol=1e-5)
+    assert (scores.numpy() < flat[:, -1]).all()  # not the maximum
+    task_engine = Engine(data=AnomalyDataModule(num_workers=0), task="segmentation", work_dir=tmp_path / "ir")
+    exported = task_engine.export(checkpoint)["exported_model"]
+    source = sample_root / "bottle_like" / "test"
+    expected = task_engine.predict(source=source, checkpoint=checkpoint)
+    inferencer = OpenVINOInferencer(exported, device="CPU")
+    got = inferencer.predict(source)
+    assert sum(p.pred_label for p in expected) > 0
+    assert_same_predictions(expected, got, "segmentation", SCORE_TOL)
+    assert inferencer.info.raw["otx_score_top_share"] == str(share)

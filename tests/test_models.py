@@ -428,6 +428,9 @@ def test_patchcore_refuses_bad_settings_in_one_line() -> None:
         model_class("Patchcore")(coreset_ratio=1.5, pretrained=False)
     with pytest.raises(OTXConfigError, match="num_neighbors"):
         model_class("Patchcore")(num_neighbors=0, pretrained=False)
+    for share in (0, 1.5, "0.1"):  # any model: the image score's share of the map
+        with pytest.raises(OTXConfigError, match="score_top_share must be a"):
+            model_class("Patchcore")(score_top_share=share, pretrained=False)
 
 
 # --------------------------------------------------------------------------- PatchFlow

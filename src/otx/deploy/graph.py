@@ -48,6 +48,7 @@ class ExportGraph(nn.Module):
         self.normalize = folded is None
         self.core = model.model if folded is None else folded
         self.postprocessor = model.postprocessor
+        self.score_top_share = model.score_top_share
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 
@@ -55,7 +56,7 @@ class ExportGraph(nn.Module):
         """Normalised ``(pred_score, pred_label, anomaly_map, pred_mask)`` for images in [0, 1] of any size."""
         resized = self.resize(image)
         core_input = (resized - self.mean) / self.std if self.normalize else resized
-        anomaly_map, pred_score = image_outputs(self.core, self.resize, core_input)
+        anomaly_map, pred_score = image_outputs(self.core, self.resize, core_input, self.score_top_share)
         return graph_outputs(self.postprocessor, anomaly_map, pred_score)
 
 

@@ -49,13 +49,15 @@ def build_model_info(
     export_format: str,
     data: dict[str, Any] | None,
     weights_source: str,
+    score_top_share: float | None = None,
 ) -> dict[str, str]:
     """The ``model_info`` entries for one export (all values as strings).
 
     ``data`` is the checkpoint's data record (fingerprint of the training files, validation split
     and seed), so that ``otx test`` on the exported model evaluates on the same unseen images.
     ``preprocess`` is the model's ``PreProcessor.config()`` (input mode and tiles), ``boxes`` its
-    ``BoxSettings.as_dict()`` (how detection boxes are cut from the map).
+    ``BoxSettings.as_dict()`` (how detection boxes are cut from the map), ``score_top_share``
+    the model's image score (``AnomalyModel``).
     """
     data = data or {}
     preprocess = preprocess or {"mode": "resize"}
@@ -83,6 +85,8 @@ def build_model_info(
         "otx_input_mode": preprocess["mode"],
         **{f"otx_{key}": preprocess[key] for key in ("tile_size", "tile_stride") if key in preprocess},
         **{f"otx_box_{key}": value for key, value in (boxes or {}).items()},
+        # the image score: the model's own (none) or the mean of this share of the map's highest pixels
+        "otx_score_top_share": "none" if score_top_share is None else score_top_share,
         "otx_input": INPUT_CONTRACT,
         "otx_outputs": ["pred_score", "pred_label", "anomaly_map", "pred_mask"],
         "otx_precision": precision,

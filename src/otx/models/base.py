@@ -45,12 +45,14 @@ TILE_CHUNK = 16  # tiles the core takes at once in eager torch (bounds the memor
 
 
 def image_outputs(
-    core: nn.Module, preprocessor: PreProcessor, normalized: torch.Tensor
+    core: nn.Module, preprocessor: PreProcessor, normalized: torch.Tensor, score_top_share: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw ``(anomaly_map [B, H, W], pred_score [B])`` of images at ``input_size``, tiled if the mode says so.
 
     Shared by ``AnomalyModel.forward`` and the export graph. Eager torch runs many tiles
     ``TILE_CHUNK`` at a time; a traced graph takes all of an image's tiles as one batch.
+    ``score_top_share``: the image score is the mean of that share of the map's highest pixels
+    (``top_share_score``); None keeps the core's own score.
     """
     tiles = preprocessor.tiles(normalized)
     if preprocessor.tiles_per_image == 1 or torch.jit.is_tracing() or tiles.shape[0] <= TILE_CHUNK:
@@ -58,7 +60,24 @@ def image_outputs(
     else:
         parts = [core_outputs(core, chunk) for chunk in tiles.split(TILE_CHUNK)]
         maps, scores = torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
-    return preprocessor.untile(maps, scores)
+    maps, scores = preprocessor.untile(maps, scores)
+    if score_top_share is not None:
+        scores = top_share_score(maps, score_top_share, preprocessor.input_size)
+    return maps, scores
+
+
+def top_share_count(share: float, input_size: tuple[int, int]) -> int:
+    """How many of a ``input_size`` map's pixels the top-share image score averages (at least one)."""
+    return max(1, int(round(share * input_size[0] * input_size[1])))
+
+
+def top_share_score(maps: torch.Tensor, share: float, input_size: tuple[int, int]) -> torch.Tensor:
+    """Image scores ``[B]``: the mean of the ``share`` highest pixels of each map ``[B, H, W]`` (at ``input_size``).
+
+    The count is fixed by the input size, so the exported graph holds it as a constant.
+    """
+    count = top_share_count(share, input_size)
+    return torch.topk(maps.flatten(1), count, dim=1).values.mean(dim=1)
 
 
 class AnomalyModel(L.LightningModule):
@@ -77,6 +96,9 @@ class AnomalyModel(L.LightningModule):
         tile_size: side of the square tiles the core sees in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``: no overlap).
         boxes_on_normal: detection boxes also on images labelled normal (default: none there).
+        score_top_share: None: the core's own image score (the map's maximum; PatchCore's re-weighted
+            distance). A share in (0, 1]: the mean of that share of the map's highest pixels, less
+            moved by one noisy pixel (``docs/models.md``, "Image score").
     """
 
     # lightning.Trainer arguments of this model (a recipe's trainer: section overrides them).
@@ -105,6 +127,7 @@ class AnomalyModel(L.LightningModule):
         tile_size: int | None = None,
         tile_stride: int | None = None,
         boxes_on_normal: bool = False,
+        score_top_share: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(backbone, str):
@@ -129,6 +152,12 @@ class AnomalyModel(L.LightningModule):
         check_path("weights", weights, optional=True)
         self.image_threshold = check_number("image_threshold", image_threshold, optional=True)
         self.pixel_threshold = check_number("pixel_threshold", pixel_threshold, optional=True)
+        # None: the core's own image score; a share: the mean of the map's highest pixels (`top_share_score`)
+        self.score_top_share = check_number("score_top_share", score_top_share, 0.0, 1.0, optional=True)
+        if self.score_top_share == 0.0:
+            raise OTXConfigError(
+                "score_top_share must be a number > 0 and <= 1 (got 0), e.g. 0.02, or null for the model's own score"
+            )
         self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
         self.model = self.build_core()
@@ -194,7 +223,7 @@ class AnomalyModel(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(anomaly_map [B, H, W], pred_score [B])`` for images in [0, 1] at ``input_size``."""
-        return image_outputs(self.model, self.preprocessor, self.normalize_input(images))
+        return image_outputs(self.model, self.preprocessor, self.normalize_input(images), self.score_top_share)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Stop with one clear line when a training image failed to decode."""

@@ -187,6 +187,8 @@ class Padim(AnomalyModel):
         tile_size: tile side in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
         boxes_on_normal: detection boxes also on images labelled normal.
+        score_top_share: the image score is the mean of this share of the map's highest pixels;
+            None: the core's own score (``AnomalyModel``).
         pretrained: load ImageNet weights into the backbone.
         weights: a local weights file for the backbone.
         image_threshold: manual raw image threshold; None learns it on validation.
@@ -231,6 +233,7 @@ class Padim(AnomalyModel):
         tile_size: int | None = None,
         tile_stride: int | None = None,
         boxes_on_normal: bool = False,
+        score_top_share: float | None = None,
         pretrained: bool = True,
         weights: str | None = None,
         image_threshold: float | None = None,
@@ -251,6 +254,7 @@ class Padim(AnomalyModel):
             tile_size=tile_size,
             tile_stride=tile_stride,
             boxes_on_normal=boxes_on_normal,
+            score_top_share=score_top_share,
         )
         self.save_hyperparameters()
 
