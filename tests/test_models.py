@@ -194,7 +194,10 @@ def test_padim_and_stfpm_outputs_have_input_size() -> None:
             anomaly_map, score = model(x)
         assert anomaly_map.shape == (2, 96, 128) and score.shape == (2,)
         assert torch.isfinite(anomaly_map).all()
-        torch.testing.assert_close(score, anomaly_map.amax(dim=(1, 2)))
+        # PADIM: the map's maximum; STFPM: the mean of the map's top 2 % (its default score_top_share)
+        count = 1 if cls is Padim else round(0.02 * 96 * 128)
+        expected = np.sort(anomaly_map.flatten(1).numpy(), axis=1)[:, -count:].mean(axis=1)
+        np.testing.assert_allclose(score.numpy(), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -223,6 +226,7 @@ def test_stfpm_small_student_gives_each_teacher_layer_its_shape(
 def test_stfpm_students_and_their_defaults() -> None:
     small = Stfpm(input_size=(64, 64), pretrained=False)
     assert (small.student, small.optimizer, small.layers) == ("small", "adam", ["blocks.4"])
+    assert small.score_top_share == 0.02
     assert isinstance(small.configure_optimizers(), torch.optim.Adam) and small.weight_decay == 1e-5
     anomalib_like = Stfpm(student="backbone", optimizer="sgd", lr=0.4, input_size=(64, 64), pretrained=False)
     assert anomalib_like.layers == ["blocks.1", "blocks.2", "blocks.4"]  # anomalib's pyramid
@@ -252,12 +256,12 @@ def test_an_stfpm_checkpoint_from_before_the_small_student_loads_as_it_was_train
     old = Stfpm(student="backbone", optimizer="sgd", lr=0.4, input_size=(64, 64), pretrained=False).eval()
     save_checkpoint(old, tmp_path / "model.ckpt", "segmentation", {})
     ckpt = torch.load(tmp_path / "model.ckpt", weights_only=True)
-    for key in ("student", "student_width", "optimizer"):  # what an earlier otx wrote
+    for key in ("student", "student_width", "optimizer", "score_top_share"):  # what an earlier otx wrote
         del ckpt["model"]["init_args"][key]
     ckpt["model"]["init_args"]["weight_decay"] = 0.001
     torch.save(ckpt, tmp_path / "old.ckpt")
     loaded, _ = load_checkpoint(tmp_path / "old.ckpt")
-    assert (loaded.student, loaded.optimizer) == ("backbone", "sgd")
+    assert (loaded.student, loaded.optimizer, loaded.score_top_share) == ("backbone", "sgd", None)
     assert loaded.layers == ["blocks.1", "blocks.2", "blocks.4"]
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():

@@ -152,8 +152,9 @@ class Stfpm(AnomalyModel):
         tile_size: tile side in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
         boxes_on_normal: detection boxes also on images labelled normal.
-        score_top_share: the image score is the mean of this share of the map's highest pixels;
-            None: the core's own score (``AnomalyModel``).
+        score_top_share: the image score is the mean of this share of the map's highest pixels
+            (default 0.02: about one cell of the 8x8 feature grid of a 128x128 input); None: the
+            map's maximum, anomalib's score (``docs/models.md``, "Image score").
         pretrained: load ImageNet weights into the teacher.
         weights: a local weights file for the teacher.
         image_threshold: manual raw image threshold; None learns it on validation.
@@ -214,7 +215,7 @@ class Stfpm(AnomalyModel):
         tile_size: int | None = None,
         tile_stride: int | None = None,
         boxes_on_normal: bool = False,
-        score_top_share: float | None = None,
+        score_top_share: float | None = 0.02,
         pretrained: bool = True,
         weights: str | None = None,
         image_threshold: float | None = None,
@@ -256,7 +257,11 @@ class Stfpm(AnomalyModel):
 
     @classmethod
     def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
-        """Checkpoints from before the small student hold anomalib's student, trained by SGD."""
+        """Earlier checkpoints: anomalib's student by SGD (before the small student); the map's maximum as score.
+
+        Their thresholds were fitted on the maximum, so they keep it (``score_top_share`` None).
+        """
+        init_args = {"score_top_share": None, **init_args}
         if "student" not in init_args:
             return {**init_args, "student": "backbone", "optimizer": "sgd"}
         return init_args
