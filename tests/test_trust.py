@@ -521,6 +521,24 @@ def test_every_failed_run_says_why_in_its_log(trained_padim: dict, tmp_path: Pat
     assert "predict failed: source" in log and "does not exist" in log
 
 
+def test_a_run_ended_by_another_stop_still_says_why_in_its_log(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from otx.verbs.context import VerbContext, run_verb
+    from otx.workdir import WorkDir
+
+    ctx = VerbContext(Console(quiet=True), WorkDir(tmp_path / "ws"), AnomalyDataModule(num_workers=0), None, "CPU",
+                      "f32", 0, {})  # fmt: skip
+
+    def body(run: object) -> None:
+        raise SystemExit(3)  # neither an interrupt nor an error: what a library's sys.exit looks like
+
+    with pytest.raises(SystemExit):
+        run_verb(ctx, "train", body, lambda result: None)
+    log = next((tmp_path / "ws").glob("*-train/otx.log")).read_text()
+    assert "train failed: SystemExit(3)" in log and not (tmp_path / "ws" / "latest.json").exists()
+
+
 # --- 7. umask, predict's metrics.json, optimize's default source, --models a b ------------------------------
 
 

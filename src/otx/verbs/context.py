@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import resource
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,7 +108,7 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
     """
     run = ctx.workdir.new_run(command)
     log.info("otx %s %s: task %s, work_dir %s", command, __version__, ctx.task or "from the model", ctx.workdir.root)
-    ok = False
+    ok = said_why = False
     try:
         result = body(run)
         result.run_folder = run.path
@@ -118,17 +119,29 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
         ok = True
         return None
     except KeyboardInterrupt as exc:
-        log.error("%s failed: interrupted (%s); earlier runs are unchanged", command, exc or "SIGINT", extra=FILE_ONLY)
+        log.error("%s failed: %s", command, _interrupted(exc), extra=FILE_ONLY)
+        said_why = True
         raise
     except OTXError as exc:
         log.error("%s failed: %s", command, exc, extra=FILE_ONLY)
+        said_why = True
         raise
     except Exception as exc:
         log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc, extra=FILE_ONLY)
+        said_why = True
         raise
     finally:
+        if not ok and not said_why:  # a stop that arrived while the reason was being logged, or a SystemExit
+            stopped = sys.exc_info()[1]
+            why = _interrupted(stopped) if isinstance(stopped, KeyboardInterrupt) else repr(stopped)
+            log.error("%s failed: %s", command, why, extra=FILE_ONLY)
         log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
         run.close(ok)
+
+
+def _interrupted(stop: KeyboardInterrupt) -> str:
+    """Why an interrupted run failed, for its log (the signal's name, or SIGINT for Ctrl+C)."""
+    return f"interrupted ({stop or 'SIGINT'}); earlier runs are unchanged"
 
 
 def write_result(run: Run, result: Result) -> None:
