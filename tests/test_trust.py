@@ -238,6 +238,30 @@ def test_int8_keeps_the_fp32_decisions_on_the_test_split(
     assert info.raw["otx_recalibrated"] == (",".join(decisions["recalibrated"]) or "none")
 
 
+def test_optimize_says_when_int8_does_not_keep_the_decisions(optimized) -> None:
+    import copy
+
+    from otx.deploy.optimize import decision_warning
+
+    summary = optimized("padim")
+    decisions = summary["decisions"]
+    held = decisions["drop"] <= 0.02 and decisions["table"]["candidate"]["image_label_agreement"] >= 0.98
+    assert (decision_warning(decisions) is None) == held
+    assert [w for w in summary["warnings"] if "decisions" in w] == ([] if held else [decision_warning(decisions)])
+    # The same record, as PatchFlow's INT8 after one epoch on the sample data left it (validation image
+    # AUROC 0.854 -> 0.542, F1 0.889 -> 0.571, 71 % of the labels): one line, naming what moved.
+    worse = copy.deepcopy(decisions)
+    fp32 = worse["table"]["fp32"]
+    worse["table"]["candidate"].update(
+        image_AUROC=fp32["image_AUROC"] - 0.3, image_F1=fp32["image_F1"] - 0.3, image_label_agreement=5 / 7
+    )
+    worse["drop"] = 0.3
+    line = decision_warning(worse)
+    assert line is not None and "\n" not in line
+    assert f"image AUROC {fp32['image_AUROC']:.3f} -> {fp32['image_AUROC'] - 0.3:.3f}" in line
+    assert "71.4% of the image labels" in line and "pixel AUROC" not in line  # only what moved
+
+
 def test_fp16_export_checks_its_decisions(exported) -> None:
     fp16 = exported("padim", "segmentation", "OPENVINO", "FP16")  # Engine.export(precision="FP16"), once per session
     summary = json.loads((fp16.parent / "metrics.json").read_text())

@@ -165,6 +165,7 @@ class OptimizeResult(Result):
     max_drop: float | None = dataclasses.field(default=None, metadata=OMIT_NONE)
     max_drop_met: bool | None = dataclasses.field(default=None, metadata=OMIT_NONE)
     optimized_model: str = ""
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. decisions not kept (decision_warning)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

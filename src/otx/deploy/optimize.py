@@ -365,6 +365,37 @@ def keep_decisions(
     return replace_postprocessor(candidate, decisions.stats), record
 
 
+# What a converted model must keep of the FP32 model's validation decisions before otx says otherwise:
+# AUROC and F1 (image and pixel) within 0.02, and 98 % of the image labels.
+DECISION_DROP = 0.02
+DECISION_AGREEMENT = 0.98
+
+
+def decision_warning(decisions: dict[str, Any], what: str = "The INT8 model") -> str | None:
+    """One line when a converted model's validation decisions fall short of the FP32 model's; None when they hold.
+
+    ``decisions`` is ``keep_decisions``'s record. Without the check (no validation images) there is
+    nothing to say here: ``keep_decisions`` has warned already.
+    """
+    if not decisions.get("checked"):
+        return None
+    fp32, mine = decisions["table"]["fp32"], decisions["table"]["candidate"]
+    agreement = mine["image_label_agreement"]
+    if decisions["drop"] <= DECISION_DROP and agreement >= DECISION_AGREEMENT:
+        return None
+    moved = [
+        f"{key.replace('_', ' ')} {fp32[key]:.3f} -> {mine[key]:.3f}"
+        for key in ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1")
+        if key in fp32 and fp32[key] - mine[key] > DECISION_DROP
+    ]
+    return (
+        f"{what} does not keep the FP32 model's decisions on the {decisions['images']} validation images: "
+        + ", ".join([*moved, f"{agreement:.1%} of the image labels as FP32's"])
+        + f" (otx expects a drop of at most {DECISION_DROP} and {DECISION_AGREEMENT:.0%} of the labels); "
+        "check it with otx test before deploying it, or deploy the FP32 or FP16 export"
+    )
+
+
 def save_optimized(
     ov_model: Any, info: ModelInfo, out_dir: Path, record: dict[str, str], stats: dict[str, float] | None = None
 ) -> Path:

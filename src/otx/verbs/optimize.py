@@ -54,6 +54,7 @@ def run(
     from otx.deploy.export import export_model
     from otx.deploy.optimize import (
         choose_calibration,
+        decision_warning,
         keep_decisions,
         quantize,
         read_exported,
@@ -144,6 +145,8 @@ def run(
         },
         stats=decisions["stats"],
     )
+    if max_drop is None and (warning := decision_warning(decisions)):
+        ctx.warn(warning)  # with --max_drop the warning below says it
     result = OptimizeResult(
         task=adapter.task.value,
         model=info.model_name,
@@ -163,6 +166,7 @@ def run(
         max_drop=max_drop,
         max_drop_met=decisions["drop"] <= max_drop if max_drop is not None else None,
         optimized_model=str(path),
+        warnings=list(ctx.warnings),
     )
     write_result(run, result)
     if max_drop is not None and not result.max_drop_met:
