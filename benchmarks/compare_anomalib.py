@@ -174,7 +174,9 @@ def build_otx_model(model: str, s: Settings) -> OtxPadim | OtxStfpm | OtxPatchco
     if model == "patchcore":
         return OtxPatchcore(**common, coreset_ratio=s.coreset_ratio, num_neighbors=9)
     if model == "stfpm":  # anomalib's student and optimiser (otx's default is a small student, Adam)
-        return OtxStfpm(**common, seed=MODEL_SEED, student="backbone", optimizer="sgd", lr=0.4)
+        return OtxStfpm(
+            **common, seed=MODEL_SEED, student="backbone", optimizer="sgd", lr=0.4, score_top_share=None
+        )  # anomalib's STFPM: its student, its optimiser, its score (the map's maximum)
     return OTX_CLASSES[model](**common, seed=MODEL_SEED)
 
 
