@@ -66,6 +66,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("train-lr", "out of range", ["train", "--config", STFPM, "--model.init_args.lr", "-0.1"], "lr must be", 1),
+    (
+        "train-score-share",
+        "out of range",
+        ["train", "--config", RECIPE, "--model.init_args.score_top_share", "0"],
+        "score_top_share must be a number > 0",
+        1,
+    ),
     ("train-task", "wrong value", ["train", "--config", RECIPE, "--task", "segmentaton"], "task", 2),
     (
         "train-backbone",
