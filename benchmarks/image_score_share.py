@@ -33,6 +33,7 @@ from otx.data import AnomalyDataModule
 from otx.data.datamodule import AnomalyDataset
 from otx.deploy.calibrate import RawOutputs, compile_f32, raw_outputs, with_raw_outputs
 from otx.deploy.metadata import read_model_info
+from otx.models.base import top_share_count
 
 SHARES = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
 
@@ -44,7 +45,7 @@ def top_share(outputs: RawOutputs, share: float | None) -> np.ndarray:
     flat = outputs.maps.reshape(len(outputs.maps), -1)
     if share == 0:
         return flat.max(axis=1)
-    count = max(1, int(round(share * flat.shape[1])))
+    count = top_share_count(share, outputs.maps.shape[-2:])  # the count the model's own score takes
     return np.sort(flat, axis=1)[:, -count:].mean(axis=1)
 
 

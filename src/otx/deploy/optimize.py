@@ -371,8 +371,8 @@ DECISION_DROP = 0.02
 DECISION_AGREEMENT = 0.98
 
 
-def decision_warning(decisions: dict[str, Any], what: str = "The INT8 model") -> str | None:
-    """One line when a converted model's validation decisions fall short of the FP32 model's; None when they hold.
+def decision_warning(decisions: dict[str, Any]) -> str | None:
+    """One line when the INT8 model's validation decisions fall short of the FP32 model's; None when they hold.
 
     ``decisions`` is ``keep_decisions``'s record. Without the check (no validation images) there is
     nothing to say here: ``keep_decisions`` has warned already.
@@ -389,7 +389,7 @@ def decision_warning(decisions: dict[str, Any], what: str = "The INT8 model") ->
         if key in fp32 and fp32[key] - mine[key] > DECISION_DROP
     ]
     return (
-        f"{what} does not keep the FP32 model's decisions on the {decisions['images']} validation images: "
+        f"The INT8 model does not keep the FP32 model's decisions on the {decisions['images']} validation images: "
         + ", ".join([*moved, f"{agreement:.1%} of the image labels as FP32's"])
         + f" (otx expects a drop of at most {DECISION_DROP} and {DECISION_AGREEMENT:.0%} of the labels); "
         "check it with otx test before deploying it, or deploy the FP32 or FP16 export"
