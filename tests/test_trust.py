@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import openvino as ov
 import pytest
+import yaml
 from PIL import Image
 
 from otx.cli import main
@@ -26,6 +27,7 @@ from otx.deploy import OpenVINOInferencer
 from otx.deploy.calibrate import best_threshold, postprocessor_inputs, replace_postprocessor
 from otx.engine import Engine
 from otx.postprocess import normalize
+from otx.workdir import training_data_root
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
 
@@ -580,7 +582,7 @@ def test_run_files_follow_the_umask(trained_padim: dict, sample_root: Path, tmp_
 
 
 def test_optimize_without_a_path_takes_the_latest_ir_not_a_later_onnx(
-    trained_padim: dict, sample_root: Path, tmp_path: Path
+    trained_padim: dict, sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     work_dir = tmp_path / "ws"
     shutil.copytree(trained_padim["work_dir"], work_dir)
@@ -589,10 +591,29 @@ def test_optimize_without_a_path_takes_the_latest_ir_not_a_later_onnx(
     assert main(["export", "--work_dir", str(work_dir), "--format", "ONNX"]) == 0
     ir = work_dir / latest(work_dir)["export"]
     assert (ir / "exported_model.onnx").exists()  # the latest export is the ONNX one
-    data = ["--data_root", str(sample_root / "bottle_like")]  # an exported model needs it (docs/deploy.md)
-    assert main(["optimize", "--work_dir", str(work_dir), "--subset_size", "8", *data]) == 0
-    summary = json.loads((work_dir / latest(work_dir)["optimize"] / "metrics.json").read_text())
+    # No --data_root: the export's run folder names its checkpoint, whose training run names the data.
+    trained_on = yaml.safe_load((work_dir / latest(work_dir)["train"] / "config.yaml").read_text())["data"]
+    assert trained_on["data_root"] == str(sample_root / "bottle_like")
+    assert main(["optimize", "--work_dir", str(work_dir), "--subset_size", "8"]) == 0
+    optimize_run = work_dir / latest(work_dir)["optimize"]
+    summary = json.loads((optimize_run / "metrics.json").read_text())
     assert summary["source_model"].endswith("exported_model.xml")
+    assert summary["calibration_images"] == 8
+    assert yaml.safe_load((optimize_run / "config.yaml").read_text())["data"]["data_root"] == trained_on["data_root"]
+    # An INT8 IR leads back through the IR it quantised; `otx test` of an export finds the data the same way.
+    assert training_data_root(summary["optimized_model"]) == trained_on["data_root"]
+    assert main(["test", "--work_dir", str(work_dir), "--checkpoint", str(ir / "exported_model.onnx")]) == 0
+    tested = json.loads((work_dir / latest(work_dir)["test"] / "metrics.json").read_text())
+    assert tested["metrics"]["image_AUROC"] > 0.9
+    # Copied out of its work directory, an exported model says what it needs, in one line.
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for part in ("exported_model.xml", "exported_model.bin"):
+        shutil.copy(Path(summary["source_model"]).parent / part, alone / part)
+    assert training_data_root(alone / "exported_model.xml") is None
+    copied = ["--checkpoint", str(alone / "exported_model.xml")]
+    assert main(["optimize", "--work_dir", str(tmp_path / "ws2"), *copied]) == 1
+    assert "pass --data_root DIR" in capsys.readouterr().err
 
 
 def test_benchmark_models_as_documented(exported, tmp_path: Path, capsys) -> None:

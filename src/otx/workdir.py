@@ -170,3 +170,37 @@ class Run:
             shutil.rmtree(self.path, ignore_errors=True)
         elif success:
             self.workdir.mark_latest(self)
+
+
+def training_data_root(exported: str | Path, hops: int = 3) -> str | None:
+    """The data root of the training run an exported model comes from, read from the run folders.
+
+    An export run's ``config.yaml`` names the ``checkpoint`` it exported, and the training run
+    beside that checkpoint records its ``data.data_root``. An optimize run's ``checkpoint`` is the
+    IR it quantised, whose run folder is read the same way (at most ``hops`` folders). None when a
+    file is missing or says nothing (a model copied out of its work directory): then the data root
+    must be given.
+    """
+    folder = Path(exported).parent
+    for _ in range(hops):
+        source = (_read_config(folder) or {}).get("checkpoint")
+        if not source:
+            return None
+        source = Path(source)
+        if source.suffix == ".ckpt":
+            data = (_read_config(source.parent) or {}).get("data")
+            root = data.get("data_root") if isinstance(data, dict) else None
+            return str(root) if root else None
+        if source.parent == folder:
+            return None
+        folder = source.parent
+    return None
+
+
+def _read_config(folder: Path) -> dict[str, Any] | None:
+    """A run folder's ``config.yaml`` as a mapping; None when it is missing or not one."""
+    try:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    return config if isinstance(config, dict) else None

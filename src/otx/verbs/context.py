@@ -86,7 +86,9 @@ class VerbContext:
         config["task"] = task
         config["model"] = model_entry  # what actually ran
         data = data or self.data
-        config.setdefault("data", {k: getattr(data, k) for k in ("data_root", "val_split", "seed", "batch_size")})
+        recorded = dict(config.get("data") or {})  # the data that ran (a model's own root and split), not the request
+        recorded.update({k: getattr(data, k) for k in ("data_root", "val_split", "seed", "batch_size")})
+        config["data"] = recorded
         config.update(extra or {})
         run.write_config(config)
 

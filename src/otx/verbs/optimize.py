@@ -13,7 +13,7 @@ from otx.errors import OTXDataError
 from otx.results import OptimizeResult
 from otx.verbs.context import VerbContext, write_result
 from otx.verbs.resolve import eval_data, validation_set
-from otx.workdir import Run, WorkDir
+from otx.workdir import Run, WorkDir, training_data_root
 
 log = logging.getLogger("otx")
 
@@ -80,7 +80,7 @@ def run(
         "val_split": raw.get("data_val_split"),
         "seed": raw.get("data_seed"),
         "fingerprint": fingerprint,
-        "data_root": data_record.get("data_root"),
+        "data_root": data_record.get("data_root") or training_data_root(source),
     }
     data = eval_data(ctx, data_info)
     if data is None:

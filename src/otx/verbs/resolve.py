@@ -21,6 +21,7 @@ from otx.render import describe_loaded
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer
 from otx.tasks import AnomalyTask, TaskAdapter
 from otx.verbs.context import VerbContext
+from otx.workdir import training_data_root
 
 log = logging.getLogger("otx")
 
@@ -33,6 +34,7 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None) -> Scorer:
             path, device=ctx.device, precision_hint=ctx.inference_precision, task=ctx.task.value if ctx.task else None
         )
         scorer: Scorer = OpenVINOScorer(inferencer)
+        scorer.data_info["data_root"] = training_data_root(path)  # from its run folders, where they are
     else:
         model, ckpt = load_checkpoint(path)
         scorer = TorchScorer(model, path, ckpt.get("task"), ckpt.get("data"))
@@ -68,6 +70,8 @@ def data_root_for(ctx: VerbContext, info: dict[str, Any], must_exist: bool = Fal
     root = ctx.data.data_root if ctx.data.data_root is not None else info.get("data_root")
     if root is None or (must_exist and not Path(root).is_dir()):
         return None
+    if ctx.data.data_root is None:
+        log.info("data root %s: the one the model was trained on", root)
     return str(root)
 
 
