@@ -62,11 +62,12 @@ def test_find_lists_recipes_and_backbones(capsys: pytest.CaptureFixture) -> None
 
 
 def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
-    result = run_otx("data", "make-sample", "data", "--categories", "[tile_like]", cwd=tmp_path)
+    # make-sample and train in this process (the console script's start-up costs ~10 s a call), the rest as `otx`
+    result = run_main("data", "make-sample", "data", "--categories", "[tile_like]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = tmp_path / "data" / "tile_like"
     common = ["--config", RECIPE, "--data_root", str(data), "--work_dir", "ws", *SMALL]
-    train = run_otx("train", *common, cwd=tmp_path)
+    train = run_main("train", *common, cwd=tmp_path)
     assert train.returncode == 0, train.stderr
     assert "image_AUROC" in train.stdout and "model.ckpt" in train.stdout
     # test in one process (one thread, as each of two processes gets), then in two: the same files
