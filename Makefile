@@ -28,8 +28,8 @@ demo: install
 	$(VENV)/bin/otx test $(DEMO_ARGS)
 	$(VENV)/bin/otx export --work_dir $(DEMO_DIR)/workspace --export_demo_package true
 	$(VENV)/bin/otx test --checkpoint $$(ls -1d $(DEMO_DIR)/workspace/*-export | tail -1)/exported_model.xml \
-		--data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace --device CPU
-	$(VENV)/bin/otx optimize --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace
+		--work_dir $(DEMO_DIR)/workspace --device CPU
+	$(VENV)/bin/otx optimize --work_dir $(DEMO_DIR)/workspace
 	$(VENV)/bin/otx benchmark --data_root $(DEMO_DIR)/data/bottle_like --work_dir $(DEMO_DIR)/workspace \
 		--device CPU --num_images 20
 	@echo
