@@ -85,7 +85,8 @@ def run(
     data = eval_data(ctx, data_info)
     if data is None:
         raise OTXDataError(
-            "INT8 calibration needs the training images; pass --data_root DIR (the folder with train/good)"
+            "INT8 calibration needs the training images, and no run folder beside the model says where they "
+            "are (a model copied out of its work directory); pass --data_root DIR (the folder with train/good)"
         )
     preprocess = info.preprocessor()  # masks at the map size; the graph pre-processes the images
     validation = validation_set(data, adapter.pixel_level, preprocess)
