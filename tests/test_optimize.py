@@ -293,7 +293,11 @@ def test_refuses_data_without_training_images(exported, dataset_copy, tmp_path: 
     result = run_main("optimize", "--checkpoint", str(exported("padim")), "--data_root", str(root), cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "train/good" in result.stderr
-    result = run_main("optimize", "--checkpoint", str(exported("padim")), cwd=tmp_path)  # an IR and no data at all
+    alone = tmp_path / "alone"  # an IR out of its work directory (inside it, its run folders name the data)
+    alone.mkdir()
+    for part in ("exported_model.xml", "exported_model.bin"):
+        shutil.copy(exported("padim").parent / part, alone / part)
+    result = run_main("optimize", "--checkpoint", str(alone / "exported_model.xml"), cwd=tmp_path)  # no data at all
     assert result.returncode == 1 and "--data_root" in result.stderr and result.stderr.strip().count("\n") == 0
 
 
