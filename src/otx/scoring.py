@@ -83,13 +83,8 @@ class OpenVINOScorer:
         self.inferencer = inferencer
         self.source = inferencer.path
         self.task = inferencer.info.task
-        raw = inferencer.info.raw
-        self.data_info = {  # the training data record carried in the metadata
-            "val_split": raw.get("data_val_split"),
-            "seed": raw.get("data_seed"),
-            "fingerprint": raw.get("data_fingerprint"),
-            "profile": inferencer.info.profile,
-        }
+        # the training data record carried in the metadata (a data root is added by who knows the run folders)
+        self.data_info = {**inferencer.info.data_record(), "profile": inferencer.info.profile}
         self.name = inferencer.info.model_name
         self.backbone = inferencer.info.backbone
         self.input_size = inferencer.info.input_size

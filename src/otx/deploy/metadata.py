@@ -148,6 +148,14 @@ class ModelInfo:
         """The backbone name."""
         return self.raw.get("otx_backbone", "unknown")
 
+    def data_record(self) -> dict[str, Any]:
+        """The training data the metadata carries: validation split, seed and files' fingerprint (no paths)."""
+        return {
+            "val_split": self.raw.get("data_val_split"),
+            "seed": self.raw.get("data_seed"),
+            "fingerprint": self.raw.get("data_fingerprint"),
+        }
+
     @property
     def input_size(self) -> tuple[int, int]:
         """``(height, width)`` the graph resizes to."""

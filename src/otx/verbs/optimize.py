@@ -74,14 +74,8 @@ def run(
         source = export_model(model, run.path, ctx.adapter(ckpt.get("task")).task.value, data=data_record)
     ov_model, info, source = read_exported(source)
     adapter = ctx.adapter(info.task)
-    raw = info.raw
-    fingerprint = raw.get("data_fingerprint")
-    data_info = {
-        "val_split": raw.get("data_val_split"),
-        "seed": raw.get("data_seed"),
-        "fingerprint": fingerprint,
-        "data_root": data_record.get("data_root") or training_data_root(source),
-    }
+    data_info = {**info.data_record(), "data_root": data_record.get("data_root") or training_data_root(source)}
+    fingerprint = data_info["fingerprint"]
     data = eval_data(ctx, data_info)
     if data is None:
         raise OTXDataError(
