@@ -22,26 +22,18 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from anomalib.models.components import GaussianBlur2d
 
 from otx.cli import main
 from otx.models import patchcore
-from otx.models.padim import SeparableGaussianBlur
 
 UPSAMPLE = os.environ.get("PCX_UPSAMPLE")
 SIGMA = os.environ.get("PCX_SIGMA")
 EMBED_GRID = os.environ.get("PCX_EMBED_GRID")
 
 
-def _blur(sigma: float) -> torch.nn.Module | None:
-    if sigma <= 0:
-        return None
-    size = 2 * int(4.0 * sigma + 0.5) + 1  # anomalib's kernel size for a sigma
-    return SeparableGaussianBlur(GaussianBlur2d(kernel_size=(size, size), sigma=(sigma, sigma), channels=1))
-
-
 def _patch_map(mode: str, sigma: float) -> None:
-    blur = _blur(sigma)
+    # the model's own generator at another sigma: anomalib's kernel size, the separable blur
+    blur = patchcore.PatchcoreMapGenerator(sigma=sigma).blur if sigma > 0 else None  # type: ignore[arg-type]
 
     def forward(self: torch.nn.Module, patch_scores: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         del self
