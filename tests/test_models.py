@@ -365,7 +365,7 @@ def test_patchcore_scores_equal_anomalib_for_the_same_memory_bank(num_neighbors:
     from otx.models.patchcore import PatchcoreCore
 
     torch.manual_seed(0)
-    ours = PatchcoreCore(["blocks.2", "blocks.4"], "tf_efficientnet_lite0", num_neighbors).eval()
+    ours = PatchcoreCore(["blocks.2", "blocks.4"], "tf_efficientnet_lite0", num_neighbors, "nearest").eval()
     theirs = PatchcoreModel(
         layers=["blocks.2", "blocks.4"], backbone="tf_efficientnet_lite0", pre_trained=False, num_neighbors=9
     ).eval()
@@ -381,6 +381,35 @@ def test_patchcore_scores_equal_anomalib_for_the_same_memory_bank(num_neighbors:
     torch.testing.assert_close(got.anomaly_map, expected.anomaly_map, rtol=1e-4, atol=1e-4)
     # A bank entry scores (close to) zero: the training images themselves are normal.
     assert float(ours(train[:1]).anomaly_map.min()) < float(got.anomaly_map.min())
+    # The default map: the same patch scores upsampled bilinearly (torch's F.interpolate), then anomalib's blur.
+    ours.anomaly_map_generator.upsample = "bilinear"
+    patch_scores = ours.scorer(ours.embed(test).flatten(2).transpose(1, 2), bank)[0].reshape(4, 1, 12, 16)
+    bilinear = F.interpolate(patch_scores, size=(96, 128), mode="bilinear", align_corners=False)
+    default_map = ours(test).anomaly_map
+    torch.testing.assert_close(default_map, theirs.anomaly_map_generator.blur(bilinear), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(default_map, expected.anomaly_map, rtol=1e-4, atol=1e-4)
+
+
+def test_a_patchcore_checkpoint_from_before_map_upsample_keeps_its_nearest_map(tmp_path: Path) -> None:
+    from otx.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = model_class("Patchcore")(input_size=(64, 64), pretrained=False).eval()
+    assert model.model.anomaly_map_generator.upsample == "bilinear"  # what a new model gets
+    model.model.memory_bank = torch.rand(50, 152)
+    save_checkpoint(model, tmp_path / "model.ckpt", "segmentation", {})
+    ckpt = torch.load(tmp_path / "model.ckpt", weights_only=True)
+    del ckpt["model"]["init_args"]["map_upsample"]  # what an earlier otx wrote
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    old, _ = load_checkpoint(tmp_path / "old.ckpt")
+    new, _ = load_checkpoint(tmp_path / "model.ckpt")
+    assert (old.map_upsample, new.map_upsample) == ("nearest", "bilinear")
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        patch_scores = old.model.scorer(old.model.embed(x).flatten(2).transpose(1, 2), old.model.memory_bank)[0]
+        nearest = F.interpolate(patch_scores.reshape(1, 1, 8, 8), size=(64, 64))  # blocks.2: stride 8
+        torch.testing.assert_close(old.model(x).anomaly_map, old.model.anomaly_map_generator.blur(nearest))
+        torch.testing.assert_close(old.model(x).pred_score, new.model(x).pred_score)
 
 
 def test_greedy_k_center_picks_the_farthest_point_each_step() -> None:
@@ -432,6 +461,8 @@ def test_patchcore_refuses_bad_settings_in_one_line() -> None:
         model_class("Patchcore")(coreset_ratio=1.5, pretrained=False)
     with pytest.raises(OTXConfigError, match="num_neighbors"):
         model_class("Patchcore")(num_neighbors=0, pretrained=False)
+    with pytest.raises(OTXConfigError, match="map_upsample must be one of bilinear, nearest"):
+        model_class("Patchcore")(map_upsample="bicubic", pretrained=False)
     for share in (0, 1.5, "0.1"):  # any model: the image score's share of the map
         with pytest.raises(OTXConfigError, match="score_top_share must be a"):
             model_class("Patchcore")(score_top_share=share, pretrained=False)
