@@ -582,15 +582,18 @@ def test_run_files_follow_the_umask(trained_padim: dict, sample_root: Path, tmp_
 
 
 def test_optimize_without_a_path_takes_the_latest_ir_not_a_later_onnx(
-    trained_padim: dict, sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    trained_padim: dict, sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
     work_dir = tmp_path / "ws"
     shutil.copytree(trained_padim["work_dir"], work_dir)
-    assert main(["export", "--work_dir", str(work_dir)]) == 0
+    monkeypatch.chdir(tmp_path)  # the exports name their work directory relatively ...
+    assert main(["export", "--work_dir", "ws"]) == 0
     time.sleep(1.1)  # run folders are named by the second
-    assert main(["export", "--work_dir", str(work_dir), "--format", "ONNX"]) == 0
+    assert main(["export", "--work_dir", "ws", "--format", "ONNX"]) == 0
+    monkeypatch.chdir(sample_root)  # ... and every later verb runs from another directory
     ir = work_dir / latest(work_dir)["export"]
     assert (ir / "exported_model.onnx").exists()  # the latest export is the ONNX one
+    assert Path(yaml.safe_load((ir / "config.yaml").read_text())["checkpoint"]).is_absolute()
     # No --data_root: the export's run folder names its checkpoint, whose training run names the data.
     trained_on = yaml.safe_load((work_dir / latest(work_dir)["train"] / "config.yaml").read_text())["data"]
     assert trained_on["data_root"] == str(sample_root / "bottle_like")

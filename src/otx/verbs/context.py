@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import resource
 import sys
 from collections.abc import Callable
@@ -90,6 +91,10 @@ class VerbContext:
         recorded.update({k: getattr(data, k) for k in ("data_root", "val_split", "seed", "batch_size")})
         config["data"] = recorded
         config.update(extra or {})
+        # Absolute paths: later verbs follow them from another directory (workdir.training_data_root).
+        for section, key in ((recorded, "data_root"), (config, "checkpoint")):
+            if section.get(key):
+                section[key] = os.path.abspath(section[key])
         run.write_config(config)
 
 
