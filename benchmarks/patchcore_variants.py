@@ -2,8 +2,9 @@
 
 Environment variables (unset: the shipped model):
 
-- ``PCX_UPSAMPLE``: ``nearest`` (anomalib's and the model's) or ``bilinear``: how the patch scores
-  are brought to the input size before the blur;
+- ``PCX_UPSAMPLE``: ``nearest`` (anomalib's) or ``bilinear``: how the patch scores are brought to
+  the input size before the blur, whatever the checkpoint's ``map_upsample`` says (the model's key
+  since 2026-12-02, ``bilinear`` by default; earlier checkpoints are ``nearest``);
 - ``PCX_SIGMA``: the blur's sigma (4: the model's; 0: no blur);
 - ``PCX_EMBED_GRID``: ``second``: the embedding takes the grid of the second layer, finer layers
   area-pooled onto it (anomalib's takes the first layer's grid, upsampling the coarser ones).
