@@ -241,6 +241,8 @@ class PatchcoreMapGenerator(AnomalyMapGenerator):
     """
 
     def __init__(self, sigma: int = 4, upsample: str = "bilinear") -> None:
+        if upsample not in MAP_UPSAMPLING:
+            raise ValueError(f"map_upsample must be one of {', '.join(MAP_UPSAMPLING)} (got {upsample!r})")
         super().__init__(sigma=sigma)
         self.blur = SeparableGaussianBlur(self.blur)
         self.upsample = upsample
