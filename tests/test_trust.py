@@ -565,6 +565,27 @@ def test_a_run_ended_by_another_stop_still_says_why_in_its_log(tmp_path: Path) -
     assert "train failed: SystemExit(3)" in log and not (tmp_path / "ws" / "latest.json").exists()
 
 
+def test_a_fit_ended_by_sys_exit_logs_the_signal_the_cli_received(
+    sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otx import workdir
+    from otx.models import Padim
+
+    monkeypatch.setattr(workdir, "STOPS", [])
+
+    class StoppedPadim(Padim):
+        def training_step(self, batch, batch_idx):  # noqa: ANN001, ANN202
+            workdir.STOPS.append("SIGTERM")  # what the CLI's handler records when the signal arrives
+            sys.exit(1)  # how Lightning ends an interrupted fit, here with nothing being handled as its context
+
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    engine = Engine(model=StoppedPadim(input_size=(64, 64)), data=data, task="segmentation", work_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        engine.train()
+    log = next(tmp_path.glob("*-train/otx.log")).read_text()
+    assert "train failed: interrupted (SIGTERM)" in log and "the fit ended with SystemExit(1) after None" in log
+
+
 # --- 7. umask, predict's metrics.json, optimize's default source, --models a b ------------------------------
 
 

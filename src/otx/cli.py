@@ -27,7 +27,7 @@ from rich.table import Table
 from otx import __version__
 from otx.distributed import secondary
 from otx.errors import OTXError
-from otx.workdir import OPEN_RUNS
+from otx.workdir import OPEN_RUNS, STOPS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
 VERB_HELP = {
@@ -459,7 +459,7 @@ def _one_line(exc: BaseException) -> str:
     return text[:600]
 
 
-_STOPPING: list[str] = []  # the signal being handled, once one arrived
+_STOPPING: list[str] = STOPS  # the signal being handled, once one arrived (shared with the runs' logs)
 STOP_GRACE_S = 20.0  # clean-up time a stop gets before the process ends without it
 _WATCHDOG: list[threading.Timer] = []  # armed by a stop (see _stop_without_cleanup)
 _REDELIVERED: list[int] = []  # [pending, attempts]: a stop Python swallowed, sent again

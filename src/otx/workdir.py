@@ -31,6 +31,16 @@ from otx.errors import OTXError
 
 LATEST = "latest.json"
 OPEN_RUNS: list[Run] = []  # the run folders whose log is attached now (the CLI's stop watchdog writes to them)
+STOPS: list[str] = []  # the name of the stop signal the CLI received (``otx.cli``), once one arrived
+
+
+def stop_name(stop: BaseException | None) -> str:
+    """The signal behind an interruption: the stop's own message, else the signal the CLI received, else SIGINT.
+
+    A library can end an interrupted call in its own way (Lightning: ``sys.exit(1)`` after its clean-up),
+    and the exception that reaches otx may then not carry the signal's name.
+    """
+    return str(stop or "") or (STOPS[0] if STOPS else "SIGINT")
 
 
 def _umask() -> int:

@@ -19,7 +19,7 @@ from otx.distributed import SecondaryRankDone
 from otx.errors import OTXError
 from otx.results import Result
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
-from otx.workdir import Run, WorkDir
+from otx.workdir import Run, WorkDir, stop_name
 
 log = logging.getLogger("otx")
 
@@ -148,7 +148,7 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
 
 def _interrupted(stop: KeyboardInterrupt) -> str:
     """Why an interrupted run failed, for its log (the signal's name, or SIGINT for Ctrl+C)."""
-    return f"interrupted ({stop or 'SIGINT'}); earlier runs are unchanged"
+    return f"interrupted ({stop_name(stop)}); earlier runs are unchanged"
 
 
 def write_result(run: Run, result: Result) -> None:

@@ -20,9 +20,9 @@ from otx.models.base import AnomalyModel
 from otx.results import TrainResult
 from otx.scoring import TorchScorer
 from otx.training import build_trainer, describe_settings, merge_settings
-from otx.verbs.context import VerbContext, peak_memory_mb, write_result
+from otx.verbs.context import FILE_ONLY, VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import evaluate, to_predictions, tune_boxes
-from otx.workdir import Run
+from otx.workdir import Run, stop_name
 
 log = logging.getLogger("otx")
 
@@ -85,7 +85,9 @@ def run(
             trainer.fit(model, train_loader, val_loader, ckpt_path=resume, weights_only=True)
         except SystemExit as exc:  # Lightning ends an interrupted fit with sys.exit(1) after its clean-up
             interrupt = exc.__context__ if isinstance(exc.__context__, KeyboardInterrupt) else None
-            raise KeyboardInterrupt(str(interrupt or "") or "SIGINT") from exc
+            if interrupt is None:  # not seen to carry the stop; say what did, for the log
+                log.info("the fit ended with %r after %r", exc, exc.__context__, extra=FILE_ONLY)
+            raise KeyboardInterrupt(stop_name(interrupt)) from exc
         if trainer.interrupted:
             raise OTXError("training was interrupted; no checkpoint was written")
         best = roles["best"]
