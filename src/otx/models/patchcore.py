@@ -241,11 +241,9 @@ class PatchcoreMapGenerator(AnomalyMapGenerator):
     """
 
     def __init__(self, sigma: int = 4, upsample: str = "bilinear") -> None:
-        if upsample not in MAP_UPSAMPLING:
-            raise ValueError(f"map_upsample must be one of {', '.join(MAP_UPSAMPLING)} (got {upsample!r})")
         super().__init__(sigma=sigma)
         self.blur = SeparableGaussianBlur(self.blur)
-        self.upsample = upsample
+        self.upsample = check_choice("map_upsample", upsample, MAP_UPSAMPLING, case_insensitive=False)
 
     def compute_anomaly_map(  # noqa: D102
         self, patch_scores: torch.Tensor, image_size: tuple[int, int] | torch.Size | None = None
