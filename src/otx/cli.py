@@ -459,7 +459,6 @@ def _one_line(exc: BaseException) -> str:
     return text[:600]
 
 
-_STOPPING: list[str] = STOPS  # the signal being handled, once one arrived (shared with the runs' logs)
 STOP_GRACE_S = 20.0  # clean-up time a stop gets before the process ends without it
 _WATCHDOG: list[threading.Timer] = []  # armed by a stop (see _stop_without_cleanup)
 _REDELIVERED: list[int] = []  # [pending, attempts]: a stop Python swallowed, sent again
@@ -471,10 +470,10 @@ def _on_signal(signum: int, frame: Any) -> None:
     name = signal.Signals(signum).name
     if _REDELIVERED and _REDELIVERED[0] and signum == signal.SIGINT:  # our own delivery (see _unraisable)
         _REDELIVERED[0] = 0
-        raise KeyboardInterrupt(_STOPPING[0])
-    if _STOPPING:
+        raise KeyboardInterrupt(STOPS[0])
+    if STOPS:
         os._exit(128 + signum)
-    _STOPPING.append(name)
+    STOPS.append(name)
     sys.stderr.write(f"otx: {name} received, stopping; earlier runs and latest.json stay as they were\n")
     sys.stderr.flush()
     watchdog = threading.Timer(STOP_GRACE_S, _stop_without_cleanup, args=(signum,))
@@ -514,7 +513,7 @@ def _unraisable(unraisable: Any) -> None:
     lost behind a traceback. It is delivered once more, from a timer thread so that it arrives after
     this hook has returned, and then unwinds from ordinary code.
     """
-    if isinstance(unraisable.exc_value, KeyboardInterrupt) and _STOPPING:
+    if isinstance(unraisable.exc_value, KeyboardInterrupt) and STOPS:
         if not _REDELIVERED:
             _REDELIVERED.extend([0, 0])
         _REDELIVERED[0], _REDELIVERED[1] = 1, _REDELIVERED[1] + 1
@@ -535,7 +534,7 @@ def _disarm_watchdog() -> None:
 
 def _install_signal_handlers() -> None:
     _disarm_watchdog()
-    _STOPPING.clear()
+    STOPS.clear()
     _REDELIVERED.clear()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -578,7 +577,7 @@ def _main(argv: list[str]) -> int:
         errors.print(f"[bold red]error[/]: {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
-        if not _STOPPING:
+        if not STOPS:
             errors.print("interrupted; earlier runs and latest.json stay as they were")
         return 130
     except Exception as exc:  # jsonargparse reports bad arguments as ArgumentError / ValueError
