@@ -101,9 +101,11 @@ def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
     def key(p: dict) -> tuple[str, ...]:  # the same file under /tmp or its resolved path
         return Path(p["image"]).parts[-2:]
 
+    assert all((run / "predictions" / p["mask"]).is_file() for p in predictions)  # each record names its mask
     by_image = {key(p): {**p, "image": None} for p in json.loads((one / "predictions.json").read_text())}
     shared = [p for p in predictions if key(p) in by_image]  # the test split's images (the rest validate)
-    assert len(shared) == len(by_image) and all(by_image[key(p)] == {**p, "image": None} for p in shared)
+    assert len(shared) == len(by_image)
+    assert all(by_image[key(p)] == {k: v for k, v in p.items() if k != "mask"} | {"image": None} for p in shared)
     resolved = yaml.safe_load(next((tmp_path / "ws").glob("*-train/config.yaml")).read_text())
     assert resolved["model"]["init_args"]["input_size"] == [96, 96]
 

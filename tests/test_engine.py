@@ -90,6 +90,20 @@ def test_predict_outputs_per_task(trained_padim: dict, sample_root: Path, task: 
         assert len(masks) == 28
         shape = cv2.imread(predictions[0].image_path, cv2.IMREAD_UNCHANGED).shape[:2]
         assert cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape == shape
+        # each record names its mask file, which holds the returned mask
+        for record, prediction in zip(records, predictions, strict=True):
+            written = cv2.imread(str(run / "predictions" / record["mask"]), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(written > 0, prediction.pred_mask)
+    if task == "segmentation":  # keep_masks=False (the CLI's): the same records, no mask held in memory
+        lean = Engine(task=task, work_dir=tmp_path / "lean").predict(
+            source=source, checkpoint=trained_padim["checkpoint"], visualize=False, keep_masks=False
+        )
+        assert all(p.pred_mask is None for p in lean) and all(p.mask_file for p in lean)
+        lean_run = next((tmp_path / "lean").glob("*-predict"))
+        assert json.loads((lean_run / "predictions" / "predictions.json").read_text()) == records
+        for prediction in lean:
+            written = cv2.imread(str(lean_run / "predictions" / prediction.mask_file), cv2.IMREAD_UNCHANGED)
+            assert written.shape == cv2.imread(prediction.image_path, cv2.IMREAD_UNCHANGED).shape[:2]
     if task == "detection":
         with_boxes = [p for p in defect if len(p.pred_boxes)]
         assert with_boxes and all("boxes" in r for r in records)

@@ -165,6 +165,7 @@ class Engine:
         visualize: bool = True,
         devices: int = 1,
         num_nodes: int = 1,
+        keep_masks: bool = True,
     ) -> list[Prediction] | None:
         """Predict on ``source`` (file, folder or glob) or, without it, on the data's test images.
 
@@ -174,16 +175,20 @@ class Engine:
         outline or boxes, label and score, and the ground-truth outline where the data has one).
         Returns the predictions; counts and unreadable images are in the run's ``metrics.json``.
         ``devices`` and ``num_nodes`` split the images between processes as in ``test`` (rank > 0
-        returns None).
+        returns None). Every mask is written to ``predictions/masks/`` (its record in
+        ``predictions.json`` names the file); with ``keep_masks=False`` the returned predictions
+        drop their masks once written (``pred_mask`` None), so that a large folder does not hold
+        every mask in memory (``otx predict`` does this).
         """
         check_path("source", source, optional=True)
         check_path("checkpoint", checkpoint, optional=True)
         check_bool("visualize", visualize)
+        check_bool("keep_masks", keep_masks)
         check_int("devices", devices, minimum=1)
         check_int("num_nodes", num_nodes, minimum=1)
         result = self._run(
             "predict",
-            lambda ctx, run: predict_verb.run(ctx, run, source, checkpoint, visualize, devices, num_nodes),
+            lambda ctx, run: predict_verb.run(ctx, run, source, checkpoint, visualize, devices, num_nodes, keep_masks),
             distributed=True,
         )
         return result.predictions if result is not None else None

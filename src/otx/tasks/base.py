@@ -40,6 +40,7 @@ class Prediction:
     pred_boxes: np.ndarray | None = None
     box_scores: np.ndarray | None = None
     error: str = ""
+    mask_file: str = ""  # where `otx predict` wrote the mask, relative to its predictions folder
 
     @classmethod
     def failed(cls, image_path: str, error: str) -> Prediction:
@@ -65,6 +66,8 @@ class Prediction:
                 {"xyxy": [round(float(v), 2) for v in box], "score": round(float(score), 6)}
                 for box, score in zip(self.pred_boxes, self.box_scores, strict=True)
             ]
+        if self.mask_file:
+            record["mask"] = self.mask_file
         if self.error:
             record["error"] = self.error
         return record

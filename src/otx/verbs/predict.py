@@ -34,14 +34,17 @@ def run(
     visualize: bool,
     devices: int = 1,
     num_nodes: int = 1,
+    keep_masks: bool = True,
 ) -> PredictResult:
     """Predict every image; an unreadable one gets the label ``error`` and the rest are still predicted.
 
     With ``devices`` x ``num_nodes`` > 1 the images are split between that many processes
     (``otx.distributed.launch``); rank 0 writes the same files one process writes.
 
-    Writes ``predictions/predictions.json``, mask PNGs and (with ``visualize``) overlays; raises
-    one ``OTXDataError`` line after writing when no image could be read (``latest.json`` unchanged).
+    Writes ``predictions/predictions.json``, mask PNGs (each record names its ``mask``) and (with
+    ``visualize``) overlays; raises one ``OTXDataError`` line after writing when no image could be
+    read (``latest.json`` unchanged). Without ``keep_masks`` the returned predictions drop each mask
+    once it is written, so memory does not grow with the number of images (the CLI's choice).
     """
     scorer = resolve_model(ctx, checkpoint)  # a missing model is reported before other processes start
     distributed.launch(devices, num_nodes)
@@ -83,11 +86,14 @@ def run(
                 continue
             stem = "__".join(Path(pred.image_path).relative_to(root).with_suffix("").parts)
             if pred.pred_mask is not None:
-                cv2.imwrite(str(out_dir / "masks" / f"{stem}_mask.png"), pred.pred_mask.astype(np.uint8) * 255)
+                pred.mask_file = f"masks/{stem}_mask.png"
+                cv2.imwrite(str(out_dir / pred.mask_file), pred.pred_mask.astype(np.uint8) * 255)
             if visualize:
                 gt = read_mask(sample.mask_path) if sample.mask_path else None
                 write_overlay(out_dir / "overlays" / f"{stem}.png", overlay(read_image(pred.image_path), pred, gt))
             pred.anomaly_map = None  # maps are large; keep the mask and boxes only
+            if not keep_masks:  # written: the file is the mask (a 4000x3000 mask holds 12 MB)
+                pred.pred_mask = None
         predictions.extend(batch_preds)
     gathered = distributed.gather((positions, predictions))  # every process's predictions, in input order
     if distributed.rank_and_world()[0] != 0:

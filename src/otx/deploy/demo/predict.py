@@ -161,7 +161,8 @@ def main() -> int:
             small = request.get_output_tensor(map_at).data[0, 0]
             full = restore(small, (height, width), input_hw, mode)
             mask = full >= 0.5
-            cv2.imwrite(str(out_dir / "masks" / f"{index:05d}_{path.stem}_mask.png"), mask.astype(np.uint8) * 255)
+            record["mask"] = f"masks/{index:05d}_{path.stem}_mask.png"
+            cv2.imwrite(str(out_dir / record["mask"]), mask.astype(np.uint8) * 255)
             if task == "detection":
                 record["boxes"] = boxes_of(full, score >= 0.5, box_settings)
         results[index] = record
