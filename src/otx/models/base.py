@@ -161,6 +161,8 @@ class AnomalyModel(L.LightningModule):
         self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
         self.model = self.build_core()
+        for module in self.pretrained_modules():  # NHWC: oneDNN's fast layout for the backbones' convolutions
+            module.to(memory_format=torch.channels_last)
         self.weights_source = "checkpoint"
         if pretrained and not getattr(self, "_skip_weights", False):
             state, self.weights_source = resolve_weights(self.spec, weights)
