@@ -69,6 +69,8 @@ def test_checkpoint_round_trip_reproduces_outputs(trained_padim: dict) -> None:
     torch.testing.assert_close(a_map, b_map)
     assert ckpt["model"]["class_path"] == "otx.models.padim.Padim"
     assert model.postprocessor.is_fitted
+    kernels = [p for p in model.model.feature_extractor.parameters() if p.dim() == 4]
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)  # loading keeps the layout
 
 
 @pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])

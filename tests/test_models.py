@@ -116,6 +116,22 @@ def test_imagenet_weights_change_features() -> None:
     assert with_weights.weights_source.startswith("package")
 
 
+@pytest.mark.parametrize("name", sorted(available_models()))
+def test_backbones_are_stored_channels_last_and_compute_what_nchw_computes(name: str) -> None:
+    model = model_class(name)(input_size=(64, 64)).eval()  # the package's ImageNet weights
+    x = model.normalize_input(torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)))
+    (extractor,) = model.pretrained_modules()
+    kernels = [p for p in extractor.parameters() if p.dim() == 4]
+    assert kernels and all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)
+    with torch.no_grad():
+        nhwc = list(extractor(x))  # timm's feature extractor: one map per layer
+        nchw = list(extractor.to(memory_format=torch.contiguous_format)(x))
+    assert all(p.is_contiguous() for p in kernels)  # the reference really ran in NCHW
+    assert len(nhwc) == len(nchw) == len(model.layers)
+    for a, b in zip(nhwc, nchw, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_unknown_backbone_suggests_close_names() -> None:
     with pytest.raises(OTXConfigError, match="did you mean resnet18"):
         get_backbone("resnet181")

@@ -22,7 +22,7 @@ folder of images where only OpenVINO, NumPy and OpenCV are installed (no torch, 
 
 `results.json` holds one record per image: `score` in [0, 1] (0.5 is the learned threshold),
 `label` (`normal` / `anomalous`) and, for detection models, `boxes`. Segmentation and detection
-models also write a mask PNG per image to `results/masks/`. The model's metadata (task,
+models also write a mask PNG per image to `results/masks/`, which the record names (`mask`). The model's metadata (task,
 thresholds, input size, training data fingerprint) is in the `model_info` section of the .xml.
 """
 
