@@ -161,8 +161,7 @@ class AnomalyModel(L.LightningModule):
         self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
         self.model = self.build_core()
-        for module in self.pretrained_modules():  # NHWC: oneDNN's fast layout for the backbones' convolutions
-            module.to(memory_format=torch.channels_last)
+        self._set_backbone_layout(torch.channels_last)  # oneDNN's fast layout for the backbones' convolutions
         self.weights_source = "checkpoint"
         if pretrained and not getattr(self, "_skip_weights", False):
             state, self.weights_source = resolve_weights(self.spec, weights)
@@ -226,6 +225,15 @@ class AnomalyModel(L.LightningModule):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(anomaly_map [B, H, W], pred_score [B])`` for images in [0, 1] at ``input_size``."""
         return image_outputs(self.model, self.preprocessor, self.normalize_input(images), self.score_top_share)
+
+    def _set_backbone_layout(self, layout: torch.memory_format) -> None:
+        for module in self.pretrained_modules():
+            module.to(memory_format=layout)
+
+    def on_fit_start(self) -> None:
+        """Fitting on an accelerator: the backbones back in torch's default layout (NHWC was measured on CPUs)."""
+        if self.device.type != "cpu":
+            self._set_backbone_layout(torch.contiguous_format)
 
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Stop with one clear line when a training image failed to decode."""
