@@ -3,7 +3,7 @@
 otx stores each model's pretrained feature extractor in ``torch.channels_last``
 (``AnomalyModel.__init__``), the layout oneDNN's CPU convolutions run fastest in. This script runs
 each recipe's ``otx train`` then ``otx test`` through the CLI in its own process, once with the
-shipped layout and once with the feature extractors put back to NCHW (``--layout nchw`` of this
+shipped layout and once with the feature extractors put back to NCHW (``--child nchw``, this
 script's child mode, which patches ``AnomalyModel`` before calling ``otx.cli.main``), alternating
 the two layouts for ``--repeats`` rounds, and prints the median wall times, their ratio and the
 test metrics of each layout (which should agree to the printed digits).
