@@ -76,7 +76,7 @@ def main() -> None:
     rows = []
     for recipe in args.recipes:
         times: dict[str, dict[str, list[float]]] = {layout: {"train_s": [], "test_s": []} for layout in LAYOUTS}
-        metrics: dict[str, dict[str, float]] = {}
+        metrics: dict[str, list[dict[str, float]]] = {layout: [] for layout in LAYOUTS}  # every run's
         for repeat in range(args.repeats):
             for layout in LAYOUTS if repeat % 2 == 0 else LAYOUTS[::-1]:
                 work = Path(args.work_dir) / Path(recipe).with_suffix("").as_posix().replace("/", "_") / layout
@@ -87,13 +87,14 @@ def main() -> None:
                 )
                 times[layout]["test_s"].append(timed([*otx, "test", *data]))
                 tested = json.loads(sorted(work.glob("*-test/metrics.json"))[-1].read_text())["metrics"]
-                metrics[layout] = {k: round(tested[k], 4) for k in METRICS if k in tested}
+                metrics[layout].append({k: round(tested[k], 4) for k in METRICS if k in tested})
                 print(recipe, layout, repeat, {k: round(v[-1], 1) for k, v in times[layout].items()}, flush=True)
         row = {"recipe": recipe, "extra": args.extra, "repeats": args.repeats}
         for layout in LAYOUTS:
             row[layout] = {k: round(statistics.median(v), 1) for k, v in times[layout].items()} | {
                 "runs": times[layout],
-                "metrics": metrics[layout],
+                "metrics": metrics[layout][-1],
+                "metrics_runs": metrics[layout],
             }
         row["nchw_over_nhwc"] = {
             k: round(row["nchw"][k] / row["nhwc"][k], 2)

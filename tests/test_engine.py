@@ -69,8 +69,9 @@ def test_checkpoint_round_trip_reproduces_outputs(trained_padim: dict) -> None:
     torch.testing.assert_close(a_map, b_map)
     assert ckpt["model"]["class_path"] == "otx.models.padim.Padim"
     assert model.postprocessor.is_fitted
-    kernels = [p for p in model.model.feature_extractor.parameters() if p.dim() == 4]
-    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in kernels)  # loading keeps the layout
+    with torch.no_grad():  # loading keeps the backbone channels-last: its feature maps come out so
+        features = model.model.feature_extractor(model.normalize_input(x))
+    assert all(f.is_contiguous(memory_format=torch.channels_last) and not f.is_contiguous() for f in features.values())
 
 
 @pytest.mark.parametrize("task", ["classification", "detection", "segmentation"])
@@ -114,6 +115,29 @@ def test_predict_outputs_per_task(trained_padim: dict, sample_root: Path, task: 
     # A segmentation model's boxes were never tuned: detection says so (metrics.json, the console).
     warned = [w for w in json.loads((run / "metrics.json").read_text())["warnings"] if "trained for segmentation" in w]
     assert len(warned) == (task == "detection")
+
+
+def test_predict_names_each_mask_when_names_collide(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    from otx.verbs.predict import output_stems
+
+    assert output_stems(["/d/a.png", "/d/a.jpg", "/d/s/b.png", "/d/a_png.bmp", "/d/c.png"]) == {
+        "/d/a.png": "a_png", "/d/a.jpg": "a_jpg", "/d/s/b.png": "s__b", "/d/a_png.bmp": "a_png_2", "/d/c.png": "c"
+    }  # fmt: skip
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good, bad = (
+        sorted((sample_root / "bottle_like" / "test" / "good").glob("*.png"))[0],
+        next((sample_root / "bottle_like" / "test").glob("[!g]*/*.png")),
+    )
+    shutil.copy(good, folder / "a.png")
+    cv2.imwrite(str(folder / "a.jpg"), cv2.imread(str(bad)), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    engine = Engine(task="segmentation", work_dir=tmp_path / "ws")
+    predictions = engine.predict(source=folder, checkpoint=trained_padim["checkpoint"], visualize=False)
+    run = next((tmp_path / "ws").glob("*-predict")) / "predictions"
+    assert sorted(p.mask_file for p in predictions) == ["masks/a_jpg_mask.png", "masks/a_png_mask.png"]
+    for p in predictions:  # two files, each holding its own image's mask
+        np.testing.assert_array_equal(cv2.imread(str(run / p.mask_file), cv2.IMREAD_GRAYSCALE) > 0, p.pred_mask)
+    assert not np.array_equal(predictions[0].pred_mask, predictions[1].pred_mask)
 
 
 def test_detection_test_reports_box_ap(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:

@@ -143,3 +143,4 @@ def test_demo_package_runs_with_only_openvino_numpy_opencv(
         for box_a, box_b in zip(a["boxes"], b["boxes"], strict=True):
             assert box_a["xyxy"] == box_b["xyxy"]
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == len(demo)
+    assert all((tmp_path / "out" / r["mask"]).is_file() for r in demo)  # each record names its mask

@@ -126,10 +126,23 @@ def test_backbones_are_stored_channels_last_and_compute_what_nchw_computes(name:
     with torch.no_grad():
         nhwc = list(extractor(x))  # timm's feature extractor: one map per layer
         nchw = list(extractor.to(memory_format=torch.contiguous_format)(x))
-    assert all(p.is_contiguous() for p in kernels)  # the reference really ran in NCHW
     assert len(nhwc) == len(nchw) == len(model.layers)
     for a, b in zip(nhwc, nchw, strict=True):
+        # (depthwise and 1x1 kernels are contiguous in both layouts: the maps show which one ran)
+        assert a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+        assert b.is_contiguous() and not b.is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_fit_on_an_accelerator_puts_the_backbone_back_in_torchs_layout() -> None:
+    model = Padim(input_size=(64, 64), pretrained=False)
+    (extractor,) = model.pretrained_modules()
+    stem = extractor.conv_stem.weight  # a 3x3 kernel over 3 channels: its layout is not ambiguous
+    model.on_fit_start()  # on the CPU: kept
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    model._device = torch.device("cuda", 0)  # what Lightning sets before on_fit_start; no GPU is touched
+    model.on_fit_start()
+    assert extractor.conv_stem.weight.is_contiguous()
 
 
 def test_unknown_backbone_suggests_close_names() -> None:

@@ -286,7 +286,7 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
             visualize=cfg.visualize,
             devices=cfg.devices,
             num_nodes=cfg.num_nodes,
-            keep_masks=False,  # written to predictions/masks: memory stays flat over a large folder
+            keep_masks=False,  # written to predictions/masks: a large folder does not hold every mask
         )
         failed = sum(p.label_name == "error" for p in predictions or [])
     if failed and not cfg.allow_errors:

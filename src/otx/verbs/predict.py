@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -26,6 +27,31 @@ from otx.workdir import Run
 log = logging.getLogger("otx")
 
 
+def output_stems(paths: list[str]) -> dict[str, str]:
+    """Each image's name for its mask and overlay files, unique among ``paths``.
+
+    The path under the images' common folder, ``__`` for each ``/``, without the extension; where
+    that would name two images (``a.png`` and ``a.jpg``), each keeps its extension (``a_png``,
+    ``a_jpg``), then a counter if still needed. The same for every process of a distributed run
+    (it depends on the whole list only).
+    """
+    root = Path(os.path.commonpath([str(Path(p).parent) for p in paths]))
+    plain = ["__".join(Path(p).relative_to(root).with_suffix("").parts) for p in paths]
+    shared = {stem for stem, count in Counter(plain).items() if count > 1}
+    stems: dict[str, str] = {}
+    used: set[str] = set()
+    for path, stem in zip(paths, plain, strict=True):
+        if stem in shared:
+            stem = f"{stem}_{Path(path).suffix.lstrip('.')}"
+        name, count = stem, 1
+        while name in used:
+            count += 1
+            name = f"{stem}_{count}"
+        used.add(name)
+        stems[path] = name
+    return stems
+
+
 def run(
     ctx: VerbContext,
     run: Run,
@@ -44,7 +70,7 @@ def run(
     Writes ``predictions/predictions.json``, mask PNGs (each record names its ``mask``) and (with
     ``visualize``) overlays; raises one ``OTXDataError`` line after writing when no image could be
     read (``latest.json`` unchanged). Without ``keep_masks`` the returned predictions drop each mask
-    once it is written, so memory does not grow with the number of images (the CLI's choice).
+    once it is written, so memory does not grow by a full-size mask per image (the CLI's choice).
     """
     scorer = resolve_model(ctx, checkpoint)  # a missing model is reported before other processes start
     distributed.launch(devices, num_nodes)
@@ -69,7 +95,7 @@ def run(
     )
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in samples], "input"):
         ctx.warn(message)
-    root = Path(os.path.commonpath([str(Path(s.path).parent) for s in samples]))
+    stems = output_stems([s.path for s in samples])
     # rank 0's folder: in a distributed run every process writes its images' masks and overlays there
     out_dir = distributed.broadcast(run.path / "predictions")
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
@@ -84,10 +110,11 @@ def run(
                 log.warning("not predicted: %s", error)
                 batch_preds[i] = Prediction.failed(pred.image_path, error)
                 continue
-            stem = "__".join(Path(pred.image_path).relative_to(root).with_suffix("").parts)
+            stem = stems[pred.image_path]
             if pred.pred_mask is not None:
                 pred.mask_file = f"masks/{stem}_mask.png"
-                cv2.imwrite(str(out_dir / pred.mask_file), pred.pred_mask.astype(np.uint8) * 255)
+                if not cv2.imwrite(str(out_dir / pred.mask_file), pred.pred_mask.astype(np.uint8) * 255):
+                    raise OSError(f"could not write '{out_dir / pred.mask_file}'")
             if visualize:
                 gt = read_mask(sample.mask_path) if sample.mask_path else None
                 write_overlay(out_dir / "overlays" / f"{stem}.png", overlay(read_image(pred.image_path), pred, gt))
