@@ -69,6 +69,26 @@ def test_predict_labels_an_unreadable_image_error_and_exits_1(
     assert main([*args, "--work_dir", str(work_dir), "--visualize", "false", "--allow_errors", "true"]) == 0
 
 
+def test_a_mask_that_cannot_be_written_fails_in_one_line_and_keeps_latest(
+    trained_padim: dict, sample_root: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work_dir = tmp_path / "ws"
+    args = ["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--work_dir", str(work_dir)]
+    source = ["--source", str(sample_root / "bottle_like" / "test" / "good"), "--visualize", "false"]
+    assert main([*args, *source]) == 0
+    before = (work_dir / "latest.json").read_bytes()
+    written = cv2.imwrite
+
+    def full_disk(path: str, image: np.ndarray, *rest: object) -> bool:  # OpenCV's answer when it cannot write
+        return False if path.endswith("_mask.png") else written(path, image, *rest)
+
+    monkeypatch.setattr(cv2, "imwrite", full_disk)
+    assert main([*args, *source]) == 1
+    err = capsys.readouterr().err
+    assert "could not write" in err and "_mask.png" in err and "free space" in err and "Traceback" not in err
+    assert (work_dir / "latest.json").read_bytes() == before  # the earlier run stays the latest
+
+
 def test_a_run_where_nothing_could_be_read_does_not_move_latest(
     trained_padim: dict, dataset_copy, tmp_path: Path, capsys
 ) -> None:

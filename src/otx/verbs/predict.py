@@ -25,6 +25,7 @@ from otx.visualize import overlay, write_overlay
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
+UNWRITABLE = "check the free space and permissions of the work dir (the run's other files are kept)"
 
 
 def output_stems(paths: list[str]) -> dict[str, str]:
@@ -114,10 +115,13 @@ def run(
             if pred.pred_mask is not None:
                 pred.mask_file = f"masks/{stem}_mask.png"
                 if not cv2.imwrite(str(out_dir / pred.mask_file), pred.pred_mask.astype(np.uint8) * 255):
-                    raise OSError(f"could not write '{out_dir / pred.mask_file}'")
+                    raise OTXError(f"could not write '{out_dir / pred.mask_file}'; {UNWRITABLE}")
             if visualize:
                 gt = read_mask(sample.mask_path) if sample.mask_path else None
-                write_overlay(out_dir / "overlays" / f"{stem}.png", overlay(read_image(pred.image_path), pred, gt))
+                try:
+                    write_overlay(out_dir / "overlays" / f"{stem}.png", overlay(read_image(pred.image_path), pred, gt))
+                except OSError as exc:
+                    raise OTXError(f"{exc}; {UNWRITABLE}") from exc
             pred.anomaly_map = None  # maps are large; keep the mask and boxes only
             if not keep_masks:  # written: the file is the mask (a 4000x3000 mask holds 12 MB)
                 pred.pred_mask = None
