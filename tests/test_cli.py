@@ -28,11 +28,28 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
+FINE_AND_PLAIN = ("patchcore_fine.yaml", "patchcore.yaml")
+
+
 def test_recipes_ship_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from otx.models import available_models
 
     names = list_recipes()
-    assert len(names) == 3 * len(available_models()) == 12  # three tasks x PADIM, PatchCore, PatchFlow, STFPM
+    tasks = ("classification", "detection", "segmentation")
+    base = [name for name in names if not name.endswith("_fine.yaml")]
+    assert len(base) == 3 * len(available_models()) == 12  # three tasks x PADIM, PatchCore, PatchFlow, STFPM
+    assert sorted(set(names) - set(base)) == [f"recipe/anomaly_{task}/patchcore_fine.yaml" for task in tasks]
+    for task in tasks:  # PatchCore's fine recipes are its recipes with a larger input and bank, nothing else
+        fine, plain = (
+            yaml.safe_load(Path(resolve_recipe(f"recipe/anomaly_{task}/{n}")).read_text()) for n in FINE_AND_PLAIN
+        )
+        changed = {key: fine["model"]["init_args"].pop(key) for key in ("input_size", "coreset_ratio")}
+        assert changed == {"input_size": [320, 320], "coreset_ratio": 0.02}
+        assert {key: plain["model"]["init_args"].pop(key) for key in changed} == {
+            "input_size": [256, 256],
+            "coreset_ratio": 0.01,
+        }
+        assert fine == plain
     monkeypatch.chdir(tmp_path)  # works from any directory
     for name in names:
         config = yaml.safe_load(Path(resolve_recipe(name)).read_text())
