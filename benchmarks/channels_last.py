@@ -42,8 +42,7 @@ def child(layout: str, argv: list[str]) -> int:
 
         def init(self: AnomalyModel, *args: object, **kwargs: object) -> None:
             shipped(self, *args, **kwargs)
-            for module in self.pretrained_modules():
-                module.to(memory_format=torch.contiguous_format)
+            self._set_backbone_layout(torch.contiguous_format)
 
         AnomalyModel.__init__ = init  # type: ignore[method-assign]
     return main(argv)

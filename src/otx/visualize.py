@@ -72,8 +72,13 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
     return canvas
 
 
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write a grayscale or BGR image as a PNG, its folder created; OSError when OpenCV cannot (a full disk)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"could not write '{path}'")
+
+
 def write_overlay(path: Path, canvas: np.ndarray) -> None:
     """Write an RGB overlay as a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write '{path}'")
+    write_png(path, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))

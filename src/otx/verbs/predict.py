@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from otx import distributed
@@ -21,11 +20,10 @@ from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import batches, prediction_counts, to_predictions
 from otx.verbs.resolve import eval_data, resolve_model, untuned_boxes
-from otx.visualize import overlay, write_overlay
+from otx.visualize import overlay, write_overlay, write_png
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
-UNWRITABLE = "check the free space and permissions of the work dir (the run's other files are kept)"
 
 
 def output_stems(paths: list[str]) -> dict[str, str]:
@@ -112,16 +110,19 @@ def run(
                 batch_preds[i] = Prediction.failed(pred.image_path, error)
                 continue
             stem = stems[pred.image_path]
-            if pred.pred_mask is not None:
-                pred.mask_file = f"masks/{stem}_mask.png"
-                if not cv2.imwrite(str(out_dir / pred.mask_file), pred.pred_mask.astype(np.uint8) * 255):
-                    raise OTXError(f"could not write '{out_dir / pred.mask_file}'; {UNWRITABLE}")
+            canvas = None
             if visualize:
                 gt = read_mask(sample.mask_path) if sample.mask_path else None
-                try:
-                    write_overlay(out_dir / "overlays" / f"{stem}.png", overlay(read_image(pred.image_path), pred, gt))
-                except OSError as exc:
-                    raise OTXError(f"{exc}; {UNWRITABLE}") from exc
+                canvas = overlay(read_image(pred.image_path), pred, gt)
+            try:
+                if pred.pred_mask is not None:
+                    pred.mask_file = f"masks/{stem}_mask.png"
+                    write_png(out_dir / pred.mask_file, pred.pred_mask.astype(np.uint8) * 255)
+                if canvas is not None:
+                    write_overlay(out_dir / "overlays" / f"{stem}.png", canvas)
+            except OSError as exc:  # a file this run cannot write (a full disk mid-run)
+                advice = "check the free space and permissions of the work dir (the run's other files are kept)"
+                raise OTXError(f"{exc}; {advice}") from exc
             pred.anomaly_map = None  # maps are large; keep the mask and boxes only
             if not keep_masks:  # written: the file is the mask (a 4000x3000 mask holds 12 MB)
                 pred.pred_mask = None
