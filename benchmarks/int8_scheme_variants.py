@@ -32,16 +32,16 @@ from otx.cli import main as otx
 from otx.models import Patchflow
 
 SHIPPED = Patchflow.int8_scheme
-ADAPTOR = r"^__module\.core\.feature_adaptor/.*"  # the 1x1 convolution over the pooled features
-SUBNET = r"^__module\.core\.flow\.module_list\.\d+\.subnet\.0/.*"  # each coupling's first 3x3 convolution
+ADAPTOR = r"^__module\.core\.feature_adaptor/.*"  # the 1x1 convolution(s) over the pooled features
 DEEP = r".*feature_extractor\.blocks\.{}\.0\.bn1/.*"  # the first normalisation of a backbone stage, all scales
 VARIANTS: dict[str, Any] = {
     "shipped": SHIPPED,
+    # the scheme until 2026-12-03: the couplings' subnet convolutions float too
+    "flow subnets float": dataclasses.replace(SHIPPED, int8_patterns=(), int8_next_convolution=()),
     "stages 5-6 float": dataclasses.replace(SHIPPED, float_after=(*SHIPPED.float_after, DEEP.format(5))),
     "stages 4-6 float": dataclasses.replace(SHIPPED, float_after=(*SHIPPED.float_after, DEEP.format(4))),
     "761 calibration images": dataclasses.replace(SHIPPED, calibration_images=761),
-    "adaptor INT8": dataclasses.replace(SHIPPED, int8_patterns=(ADAPTOR,)),
-    "adaptor and first subnet conv INT8": dataclasses.replace(SHIPPED, int8_patterns=(ADAPTOR, SUBNET)),
+    "adaptor INT8": dataclasses.replace(SHIPPED, int8_patterns=(*SHIPPED.int8_patterns, ADAPTOR)),
 }
 
 

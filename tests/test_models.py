@@ -515,10 +515,16 @@ def test_patchflow_computes_what_anomalib_computes_on_the_same_weights() -> None
     assert ours.state_dict().keys() == theirs.state_dict().keys()  # anomalib's levels 2, 3, 4 are these layers
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(2, 3, 128, 96)
+    (z_ours, jac_ours), (z_theirs, jac_theirs) = ours.train()(x), theirs.train()(x)
+    torch.testing.assert_close(z_ours, z_theirs)
+    loss_ours, loss_theirs = PatchflowLoss()(z_ours, jac_ours), PatchflowLoss()(z_theirs, jac_theirs)
+    torch.testing.assert_close(loss_ours, loss_theirs)
+    # otx's adaptor runs on each source at its own size (SourceAdaptor); it trains the same way
+    loss_ours.backward(), loss_theirs.backward()
+    for name in ("weight", "bias"):
+        ours_grad = getattr(ours.feature_adaptor, name).grad
+        torch.testing.assert_close(ours_grad, getattr(theirs.feature_adaptor, name).grad, rtol=1e-4, atol=1e-6)
     with torch.no_grad():
-        (z_ours, jac_ours), (z_theirs, jac_theirs) = ours.train()(x), theirs.train()(x)
-        torch.testing.assert_close(z_ours, z_theirs)
-        torch.testing.assert_close(PatchflowLoss()(z_ours, jac_ours), PatchflowLoss()(z_theirs, jac_theirs))
         ours.eval(), theirs.eval()
         a, b = ours(x), theirs(x)
     assert a.anomaly_map.shape == (2, 1, 128, 96)

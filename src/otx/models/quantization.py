@@ -23,7 +23,11 @@ class Scheme:
     ``float_patterns`` name nodes kept in float (regexes on node names); every node computed
     from the output of a node matching ``float_after`` is float too, whatever its name (in-place
     torch ops such as STFPM's product of layer maps lose their module's name when traced).
-    ``int8_patterns`` name nodes quantised even where the other two would keep them in float.
+    ``int8_patterns`` name nodes quantised even where the other two would keep them in float;
+    ``int8_next_convolution`` names nodes whose next convolution downstream (past bias additions
+    and activations, at most ``NEXT_CONVOLUTION_HOPS`` nodes away) is quantised as well: the
+    export folds a constant multiply after a convolution into its weights and names the result
+    after the multiply (``Multiply_123``), so such a convolution has no stable name to match.
     ``activation_ranges``: ``"default"`` (NNCF's estimator for per-tensor activations: the mean
     over calibration images of each image's minimum and maximum) or ``"minmax"`` (the smallest
     minimum and the largest maximum over all of them: nothing seen in calibration is clipped).
@@ -37,6 +41,7 @@ class Scheme:
     float_after: tuple[str, ...]
     fast_bias_correction: bool = True  # False: NNCF's full bias correction (slower, more accurate)
     int8_patterns: tuple[str, ...] = ()
+    int8_next_convolution: tuple[str, ...] = ()
     activation_ranges: str = "default"
     calibration_images: int = 300
 
@@ -69,7 +74,28 @@ class Scheme:
                         stack.append(node)
         names |= {name for name in seen if not name.startswith("Result")}
         quantised = [re.compile(p) for p in self.int8_patterns]
-        return {name for name in names if not any(p.match(name) for p in quantised)}
+        names = {name for name in names if not any(p.match(name) for p in quantised)}
+        return names - next_convolutions(ov_model, self.int8_next_convolution)
+
+
+NEXT_CONVOLUTION_HOPS = 4
+
+
+def next_convolutions(ov_model: Any, patterns: tuple[str, ...]) -> set[str]:
+    """Names of the first ``Convolution`` on each path down from the nodes matching ``patterns``."""
+    if not patterns:
+        return set()
+    compiled = [re.compile(p) for p in patterns]
+    found: set[str] = set()
+    for op in ov_model.get_ordered_ops():
+        if not any(p.match(op.get_friendly_name()) for p in compiled):
+            continue
+        frontier = [op]
+        for _ in range(NEXT_CONVOLUTION_HOPS):
+            following = [t.get_node() for node in frontier for out in node.outputs() for t in out.get_target_inputs()]
+            found |= {node.get_friendly_name() for node in following if node.get_type_name() == "Convolution"}
+            frontier = [node for node in following if node.get_type_name() != "Convolution"]
+    return found
 
 
 # The scheme of a model class that names none: the core in INT8, the anomaly map onwards in float.
