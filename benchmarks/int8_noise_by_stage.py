@@ -4,7 +4,8 @@ For one PatchFlow FP32 IR (EfficientNet-Lite0) each variant is the model's shipp
 with more of the backbone kept in float: the convolutions of one stage (at all three scales the
 backbone runs at), all of its convolutions, its depthwise ones, its residual additions, or every
 node upstream of the adaptor (paddings and the input's resizes to the smaller scales too: then
-only the flow's subnet convolutions run in INT8).
+only the flow's subnet convolutions run in INT8); three more change one of the scheme's settings
+(NNCF's fast bias correction, its default activation ranges, all 761 training images to calibrate).
 ``otx optimize`` quantises the FP32 IR for each variant (this process only; the shipped scheme is
 untouched on disk), then the FP32 and the INT8 IR's raw image scores (the post-processor's inputs)
 are read on the validation and test splits. Printed per variant and split: labels that differ at
@@ -49,6 +50,12 @@ PER_SCALE = sum(STAGES.values())
 UPSTREAM = (-1,)  # positions meaning: every node upstream of the adaptor (residual additions, pads, resizes too)
 RESIDUAL = (-2,)  # positions meaning: the backbone's residual additions (both inputs computed, not constants)
 DEPTHWISE = (1, *(3 + 3 * block + 1 for block in range(15)))  # stage 0's and each inverted residual's middle one
+# Variants that change one of the scheme's settings instead of keeping more in float
+SETTINGS: dict[str, dict[str, Any]] = {
+    "fast bias correction": {"fast_bias_correction": True},
+    "NNCF's default activation ranges": {"activation_ranges": "default"},
+    "761 calibration images (all)": {"calibration_images": 761},
+}
 SHIPPED = Patchflow.int8_scheme
 
 
@@ -123,7 +130,7 @@ def variants() -> dict[str, tuple[int, ...]]:
     result["every depthwise backbone convolution float"] = DEPTHWISE
     result["the backbone's residual additions float"] = RESIDUAL
     result["everything upstream of the adaptor float (only the flow's subnets INT8)"] = UPSTREAM
-    return result
+    return result | {name: () for name in SETTINGS}
 
 
 def compare(fp32: np.ndarray, int8: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -161,9 +168,9 @@ def main() -> int:
     print(f"raw image threshold {threshold:.4f}; FP32 scores within 0.005 / 0.02 of it: {near}", flush=True)
     rows = []
     for name in args.variants:
-        fields = {f.name: getattr(SHIPPED, f.name) for f in dataclasses.fields(SHIPPED)}
+        fields = {f.name: getattr(SHIPPED, f.name) for f in dataclasses.fields(SHIPPED)} | SETTINGS.get(name, {})
         Patchflow.int8_scheme = WithFloatStages(**fields, positions=variants()[name])
-        work_dir = args.work_dir / name.split(" (")[0].replace(" ", "_").replace("+", "")
+        work_dir = args.work_dir / name.split(" (")[0].replace(" ", "_").replace("+", "").replace("'", "")
         assert otx(["optimize", "--checkpoint", str(args.fp32_ir), "--data_root", str(args.data_root),
                     "--work_dir", str(work_dir)]) == 0  # fmt: skip
         summary = json.loads((sorted(work_dir.glob("*-optimize"))[-1] / "metrics.json").read_text())
