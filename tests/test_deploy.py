@@ -45,6 +45,30 @@ def test_ir_reproduces_torch(model: str, task: str, exported, trained, sample_ro
     assert_same_predictions(expected, got, task, SCORE_TOL)
 
 
+def test_a_patchcore_ir_stores_its_memory_bank_once(trained) -> None:
+    from otx.checkpoint import load_checkpoint
+    from otx.deploy.export import to_openvino
+    from otx.deploy.graph import ExportGraph
+
+    model, _ = load_checkpoint(trained("Patchcore", 1)["checkpoint"])
+    bank = model.model.memory_bank
+    model.model.scorer.block = bank.shape[0] // 4 + 1  # the search runs over four blocks of the bank
+    ov_model = to_openvino(model)
+    # Every two-dimensional constant with a side of the embedding's width holds bank entries (the
+    # backbone's weights are four-dimensional): together they hold each entry once, not a block
+    # for the search and the whole bank (or transposed blocks) for the nearest entry's re-weighting.
+    shapes = [op.get_output_shape(0) for op in ov_model.get_ops() if op.get_type_name() == "Constant"]
+    sizes = [int(np.prod(shape)) for shape in shapes if len(shape) == 2 and bank.shape[1] in shape]
+    assert len(sizes) == 4 and sum(sizes) == bank.numel()
+    # ... and the graph over four blocks computes what torch computes (score, label, map, mask)
+    image = torch.rand(1, 3, 150, 170, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = ExportGraph(model.eval())(image)
+    got = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(image.numpy())
+    for position, value in enumerate(expected):
+        np.testing.assert_allclose(got[position], value.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_onnx_reproduces_torch(exported, trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
     source = sample_root / "carpet_like" / "test"  # another category: sizes and content the model never saw
     expected = torch_predictions(trained_padim, "detection", source, tmp_path)

@@ -208,23 +208,56 @@ class MemoryBankScorer(nn.Module):
         if patches.shape[0] > 1 and not torch.jit.is_tracing():  # one image at a time: memory P x M, not B x P x M
             parts = [self(image.unsqueeze(0), memory_bank) for image in patches]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-        blocks = max(1, math.ceil(memory_bank.shape[0] / self.block))
-        minima = [self.search(patches, part) for part in memory_bank.chunk(blocks)]  # equal blocks
-        nearest_partial = minima[0] if blocks == 1 else torch.stack(minima, dim=-1).amin(dim=-1)
+        parts = memory_bank.chunk(max(1, math.ceil(memory_bank.shape[0] / self.block)))  # equal blocks
+        minima = [self.search(patches, part) for part in parts]
+        nearest_partial = minima[0] if len(parts) == 1 else torch.stack(minima, dim=-1).amin(dim=-1)
         patch_scores = (nearest_partial + patches.pow(2).sum(dim=-1)).clamp_min(0).sqrt()  # [B, P]
         worst = patch_scores.argmax(dim=1, keepdim=True)  # [B, 1]: the most anomalous patch
-        feature = patches.gather(1, worst.unsqueeze(2).expand(-1, -1, patches.shape[2]))  # [B, 1, D]
-        row = memory_bank.pow(2).sum(dim=-1) - 2 * torch.matmul(feature.squeeze(1), memory_bank.transpose(0, 1))
-        nearest = memory_bank[row.argmin(dim=1)]  # [B, D]: its nearest bank entry
-        score = (feature.squeeze(1) - nearest).pow(2).sum(dim=-1).sqrt()  # [B]
+        feature = patches.gather(1, worst.unsqueeze(2).expand(-1, -1, patches.shape[2])).squeeze(1)  # [B, D]
+        # Everything below reads the bank through the same blocks as the search, each on the left of
+        # its products: an export folds each block (and any transpose of one) into a constant of its
+        # own, so one more use of the whole bank, or of a transposed block, would store it again.
+        row = torch.cat([self.squared_distances(feature, part, with_x=False) for part in parts], dim=1)  # [B, M]
+        nearest = self.entries(parts, row.argmin(dim=1, keepdim=True))[:, 0]  # [B, D]: its nearest bank entry
+        score = (feature - nearest).pow(2).sum(dim=-1).sqrt()  # [B]
         if self.num_neighbors == 1:
             return patch_scores, score
         neighbours = min(self.num_neighbors, memory_bank.shape[0])
-        distance = PatchcoreModel.euclidean_dist  # anomalib's, batched over leading dims
-        support = distance(nearest, memory_bank).topk(neighbours, dim=-1, largest=False).indices  # [B, k]
-        distances = distance(feature, memory_bank[support]).squeeze(1)  # [B, k]
+        to_nearest = torch.cat([self.squared_distances(nearest, part) for part in parts], dim=1)  # [B, M]
+        support = to_nearest.topk(neighbours, dim=-1, largest=False).indices  # [B, k]
+        # anomalib's euclidean_dist, as the re-weighting's distances are computed there
+        distances = PatchcoreModel.euclidean_dist(feature.unsqueeze(1), self.entries(parts, support)).squeeze(1)
         weights = 1 - F.softmax(distances, dim=1)[:, 0]
         return patch_scores, weights * score
+
+    @staticmethod
+    def squared_distances(x: torch.Tensor, part: torch.Tensor, with_x: bool = True) -> torch.Tensor:
+        """``|x - y|^2`` (or ``|y|^2 - 2 x.y``, without ``|x|^2``) of each ``x [B, D]`` to each ``y`` in ``part``.
+
+        The terms and their order are anomalib's ``euclidean_dist`` before its square root, so the
+        ranking of entries is the same; the block stays on the left of the product.
+        """
+        products = torch.matmul(part, x.transpose(0, 1)).transpose(0, 1)  # [B, m]
+        if not with_x:
+            return part.pow(2).sum(dim=-1) - 2 * products
+        return (x.pow(2).sum(dim=-1, keepdim=True) - 2 * products + part.pow(2).sum(dim=-1)).clamp_min(0)
+
+    @staticmethod
+    def entries(parts: tuple[torch.Tensor, ...], indices: torch.Tensor) -> torch.Tensor:
+        """The bank entries ``[B, k, D]`` at ``indices [B, k]``, gathered from the block that holds each.
+
+        Every block is read at the index clamped into it and the reads are summed, each times 1
+        where the entry lies in that block and 0 elsewhere: exact, and one copy of the bank in an
+        export (a one-hot product would store each block again, transposed for the product).
+        """
+        found = torch.zeros(*indices.shape, parts[0].shape[1], dtype=parts[0].dtype, device=parts[0].device)
+        start = 0
+        for part in parts:
+            local = indices - start
+            inside = ((local >= 0) & (local < part.shape[0])).unsqueeze(-1).to(part.dtype)
+            found = found + part[local.clamp(0, part.shape[0] - 1)] * inside
+            start += part.shape[0]
+        return found
 
 
 MAP_UPSAMPLING = ("bilinear", "nearest")
