@@ -250,14 +250,13 @@ class MemoryBankScorer(nn.Module):
         where the entry lies in that block and 0 elsewhere: exact, and one copy of the bank in an
         export (a one-hot product would store each block again, transposed for the product).
         """
-        found = torch.zeros(*indices.shape, parts[0].shape[1], dtype=parts[0].dtype, device=parts[0].device)
-        start = 0
+        picked, start = [], 0
         for part in parts:
             local = indices - start
             inside = ((local >= 0) & (local < part.shape[0])).unsqueeze(-1).to(part.dtype)
-            found = found + part[local.clamp(0, part.shape[0] - 1)] * inside
+            picked.append(part[local.clamp(0, part.shape[0] - 1)] * inside)
             start += part.shape[0]
-        return found
+        return torch.stack(picked).sum(dim=0)
 
 
 MAP_UPSAMPLING = ("bilinear", "nearest")
