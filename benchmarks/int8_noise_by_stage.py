@@ -133,6 +133,9 @@ def variants() -> dict[str, tuple[int, ...]]:
     return result | {name: () for name in SETTINGS}
 
 
+VARIANTS = variants()
+
+
 def compare(fp32: np.ndarray, int8: np.ndarray, threshold: float) -> dict[str, Any]:
     """Labels that differ at the FP32 threshold, and the score change near it."""
     change = int8 - fp32
@@ -151,7 +154,7 @@ def main() -> int:
     parser.add_argument("--data_root", type=Path, required=True)
     parser.add_argument("--fp32_ir", type=Path, required=True, help="a PatchFlow (Lite0) FP32 IR (`otx export`)")
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/pf_noise"))
-    parser.add_argument("--variants", nargs="+", default=list(variants()), choices=list(variants()))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     info = read_model_info(args.fp32_ir)
@@ -169,7 +172,8 @@ def main() -> int:
     rows = []
     for name in args.variants:
         fields = {f.name: getattr(SHIPPED, f.name) for f in dataclasses.fields(SHIPPED)} | SETTINGS.get(name, {})
-        Patchflow.int8_scheme = WithFloatStages(**fields, positions=variants()[name])
+        positions = VARIANTS[name]
+        Patchflow.int8_scheme = WithFloatStages(**fields, positions=positions)
         work_dir = args.work_dir / name.split(" (")[0].replace(" ", "_").replace("+", "").replace("'", "")
         assert otx(["optimize", "--checkpoint", str(args.fp32_ir), "--data_root", str(args.data_root),
                     "--work_dir", str(work_dir)]) == 0  # fmt: skip
@@ -177,7 +181,6 @@ def main() -> int:
         int8_ir = Path(summary["optimized_model"])
         quantisers = sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(int8_ir)).get_ops())
         scores = {split: raw.scores for split, (raw, _) in outputs(int8_ir, data, info.preprocessor()).items()}
-        positions = variants()[name]
         count = {UPSTREAM: PER_SCALE, RESIDUAL: 0}.get(positions, len(positions))
         row = {"variant": name, "float_convolutions_per_scale": count}
         row["quantisers"] = quantisers
@@ -189,9 +192,9 @@ def main() -> int:
     if args.out:  # rows an earlier run wrote for the same FP32 IR and other variants are kept
         earlier = json.loads(args.out.read_text()) if args.out.exists() else {}
         if earlier.get("fp32_ir") == str(args.fp32_ir):
-            kept = [r for r in earlier["rows"] if r["variant"] not in args.variants and r["variant"] in variants()]
+            kept = [r for r in earlier["rows"] if r["variant"] not in args.variants and r["variant"] in VARIANTS]
             rows = kept + rows
-            rows.sort(key=lambda r: list(variants()).index(r["variant"]))
+            rows.sort(key=lambda r: list(VARIANTS).index(r["variant"]))
         record = {"fp32_ir": str(args.fp32_ir), "raw_image_threshold": threshold, "near_threshold": near}
         args.out.write_text(json.dumps({**record, "rows": rows}, indent=1))
     return 0
