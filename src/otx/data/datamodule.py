@@ -13,7 +13,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from otx.data.dataset import MvtecIndex, Sample, count_kinds, index_mvtec, split_validation
+from otx.data.dataset import (
+    MvtecIndex,
+    Sample,
+    count_kinds,
+    index_mvtec,
+    relative_names,
+    split_by_names,
+    split_validation,
+)
 from otx.data.io import IMAGE_EXTENSIONS, read_image, read_mask
 from otx.distributed import ShardSampler
 from otx.errors import OTXDataError
@@ -149,6 +157,10 @@ class AnomalyDataModule:
         self.check_files = check_bool("check_files", check_files)
         self.index: MvtecIndex | None = None
         self.splits: dict[str, list[Sample]] = {}
+        # a trained model's validation images (paths under data_root): they form the validation
+        # split instead of the seeded one (``eval_data``), so test folders may change after training
+        self.val_files: list[str] | None = None
+        self.split_changes: dict[str, int] = {}  # set up with ``val_files``: how the seeded split differs
 
     def replace(self, **changes: Any) -> AnomalyDataModule:
         """A new data module with the same settings but ``changes`` (``data_root``, ``val_split``, ``seed`` ...).
@@ -165,14 +177,38 @@ class AnomalyDataModule:
         if self.data_root is None:
             raise OTXDataError("no data given; pass --data_root DIR (a folder in MVTec AD layout)")
         self.index = index_mvtec(self.data_root, check_files=self.check_files)
+        self.split()
+
+    def split(self) -> None:
+        """Form the train, val and test splits of the indexed folder (again after ``val_files`` is set)."""
+        if self.index is None or self.data_root is None:
+            raise RuntimeError("split() needs setup() first")
         subsets = self.index.subsets
         test = subsets.get("test", [])
         if "val" in subsets and subsets["val"]:
             val = [s for s in subsets["val"] if s.label >= 0]
             log.info("using the data's own val/ folder (%d images) for thresholds", len(val))
+        elif self.val_files is not None:
+            seeded, _ = split_validation(test, self.val_split, self.seed)
+            val, test, gone = split_by_names(test, self.data_root, self.val_files)
+            kept = set(relative_names(val, self.data_root))
+            self.split_changes = {
+                "validation_images_gone": gone,
+                "seeded_split_moves": len(set(relative_names(seeded, self.data_root)) ^ kept),
+            }
         else:
             val, test = split_validation(test, self.val_split, self.seed)
         self.splits = {"train": subsets["train"], "val": val, "test": test}
+
+    def validation_names(self) -> list[str] | None:
+        """The validation images as paths under ``data_root`` (for the checkpoint), or None with a ``val/`` folder.
+
+        With the data's own ``val/`` folder the split does not depend on the test folders, so
+        nothing needs recording.
+        """
+        if self.index is None or self.data_root is None or self.index.subsets.get("val"):
+            return None
+        return sorted(relative_names(self.splits["val"], self.data_root))
 
     @property
     def has_masks(self) -> bool:

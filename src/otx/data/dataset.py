@@ -176,6 +176,28 @@ def split_validation(test: list[Sample], fraction: float, seed: int) -> tuple[li
     return val, rest
 
 
+def relative_names(samples: list[Sample], root: str | Path) -> list[str]:
+    """Each sample's path under ``root``, with ``/`` separators (how a checkpoint names its validation images)."""
+    base = Path(root).resolve()
+    return [Path(s.path).resolve().relative_to(base).as_posix() for s in samples]
+
+
+def split_by_names(
+    test: list[Sample], root: str | Path, val_names: list[str]
+) -> tuple[list[Sample], list[Sample], int]:
+    """Split test samples into (validation, test) by a stored list of validation images.
+
+    The samples named in ``val_names`` (paths under ``root``, see ``relative_names``) form the
+    validation part, the others the test part, so that images added to the test folders after
+    training never take a validation image's place. Also returns how many named images are gone.
+    """
+    wanted = set(val_names)
+    names = relative_names(test, root)
+    val = [s for s, name in zip(test, names, strict=True) if name in wanted and s.defect != UNKNOWN]
+    rest = [s for s, name in zip(test, names, strict=True) if name not in wanted or s.defect == UNKNOWN]
+    return val, rest, len(wanted) - len(val)
+
+
 def count_kinds(samples: list[Sample]) -> dict[str, int]:
     """Images per folder (``good``, each defect type, ``unknown``) plus normal/anomalous totals."""
     counts = Counter(s.defect for s in samples)

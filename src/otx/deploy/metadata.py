@@ -10,6 +10,7 @@ strings, lists joined by spaces, as model_api's ONNX adapter writes them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,8 @@ def build_model_info(
         "data_fingerprint": data.get("fingerprint") or "unknown",
         "data_val_split": data.get("val_split", 0.5),
         "data_seed": data.get("seed", 42),
+        # the validation images (paths under the data root), JSON: otx test keeps them out of the test split
+        "data_val_files": json.dumps(data["val_files"]) if data.get("val_files") is not None else "none",
         **_profile_entries(data.get("profile")),
         "weights_source": weights_source,
     }
@@ -154,7 +157,20 @@ class ModelInfo:
             "val_split": self.raw.get("data_val_split"),
             "seed": self.raw.get("data_seed"),
             "fingerprint": self.raw.get("data_fingerprint"),
+            "val_files": self.val_files,
         }
+
+    @property
+    def val_files(self) -> list[str] | None:
+        """The training run's validation images (paths under its data root); None for exports from before."""
+        text = self.raw.get("data_val_files", "none")
+        if text == "none":
+            return None
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        return [str(n) for n in names] if isinstance(names, list) else None
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -100,6 +100,17 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
         log.warning("using the model's validation split (val_split/seed) so that test images stay unseen")
         data = data.replace(val_split=stored[0], seed=stored[1])
         data.setup()
+    if same and info.get("val_files") is not None and data.validation_names() is not None:
+        data.val_files = list(info["val_files"])
+        data.split()
+        if data.split_changes["seeded_split_moves"] or data.split_changes["validation_images_gone"]:
+            ctx.warn(
+                f"the test folders of {root} changed since training: the model's "
+                f"{len(data.splits['val'])} validation images stay out of the test split "
+                f"({data.split_changes['validation_images_gone']} of them are gone), so the test metrics "
+                f"are on the {len(data.splits['test'])} others; the split val_split/seed give today "
+                f"would move {data.split_changes['seeded_split_moves']} images"
+            )
     if not same and fingerprint not in (None, "unknown"):
         ctx.warn(
             f"the data at {root} is not the data the model was trained on (its train/good files "

@@ -135,6 +135,7 @@ def run(
         "val_split": data.val_split,
         "seed": data.seed,
         "fingerprint": data.index.fingerprint() if data.index else None,
+        "val_files": data.validation_names(),  # so later test folders' changes keep these out of the test split
         "has_masks": data.has_masks,
         "profile": profile,
     }
