@@ -157,6 +157,37 @@ def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
     assert metrics["counts"]["normal"] + metrics["counts"]["anomalous"] == scored - 1
 
 
+@pytest.mark.parametrize("source", ["checkpoint", "ir"])
+def test_images_added_to_the_test_folders_never_take_a_validation_images_place(
+    source: str, trained_padim: dict, exported, dataset_copy, tmp_path: Path, capsys
+) -> None:
+    root = dataset_copy()
+    data = AnomalyDataModule(str(root))
+    data.setup()  # the split the model was calibrated with: the checkpoint and the export name its images
+    fitted = {str(root / name) for name in data.validation_names()}
+    assert len(fitted) == len(data.splits["val"]) > 0
+    good = sorted((root / "test" / "good").iterdir())
+    shutil.copy(good[0], root / "test" / "good" / "000_added.png")  # sorts first: the seeded split moves
+    moved = AnomalyDataModule(str(root))
+    moved.setup()
+    assert {s.path for s in moved.splits["test"]} & fitted  # what a seeded split alone would test on
+    model = trained_padim["checkpoint"] if source == "checkpoint" else exported("padim")
+    work_dir = tmp_path / "ws"
+    assert main(["test", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "test folders" in err and "changed since training" in err and "Traceback" not in err
+    run = work_dir / latest(work_dir)["test"]
+    tested = {r["image"] for r in json.loads((run / "predictions.json").read_text())}
+    assert not tested & fitted
+    assert str(root / "test" / "good" / "000_added.png") in tested
+    assert len(tested) == len(data.splits["test"]) + 1
+    assert any("changed since training" in w for w in json.loads((run / "metrics.json").read_text())["warnings"])
+    # Unchanged folders: no warning, the same split as before.
+    (root / "test" / "good" / "000_added.png").unlink()
+    assert main(["test", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 0
+    assert "changed since training" not in capsys.readouterr().err
+
+
 # --- 2. INT8 and FP16 keep the decisions (--max_drop bounding F1: test_optimize.py) ------------------------
 
 
@@ -529,6 +560,42 @@ def test_a_signal_stops_training_at_once_and_keeps_earlier_runs(
     runs = sorted(work_dir.glob("*-train"))
     log = (runs[-1] / "otx.log").read_text()
     assert f"train failed: interrupted ({name})" in log and not (runs[-1] / "model.ckpt").exists()
+
+
+# Ctrl+C while OpenVINO converts the traced graph: its C++ front end calls back into Python, where the
+# stop is raised, and hands it back as a RuntimeError of its own (here the stop arrives at the first callback).
+_STOP_IN_CONVERSION = """
+import os, signal, sys
+from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+original = TorchScriptPythonDecoder.get_op_type
+def stop_once(self):
+    if not getattr(stop_once, "sent", False):
+        stop_once.sent = True
+        os.kill(os.getpid(), signal.SIGINT)
+    return original(self)
+TorchScriptPythonDecoder.get_op_type = stop_once
+from otx.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_during_the_conversion_to_openvino_is_a_stop_not_an_internal_error(
+    trained_padim: dict, tmp_path: Path
+) -> None:
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    before = (work_dir / "latest.json").read_bytes()
+    args = ["export", "--checkpoint", str(trained_padim["checkpoint"]), "--work_dir", str(work_dir)]
+    env = {**os.environ, "OTX_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _STOP_IN_CONVERSION, *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 130, done.stderr
+    assert lines == ["otx: SIGINT received, stopping; earlier runs and latest.json stay as they were"], done.stderr
+    assert (work_dir / "latest.json").read_bytes() == before
+    log = next(work_dir.glob("*-export/otx.log")).read_text()
+    assert "export failed: interrupted (SIGINT)" in log and "RuntimeError" in log
 
 
 # A loading worker serves each batch's shared memory from a resource_sharer thread; the main process

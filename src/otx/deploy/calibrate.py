@@ -262,7 +262,7 @@ def replace_postprocessor(ov_model: Any, stats: dict[str, float]) -> Any:
     import openvino as ov
 
     from otx.deploy.export import name_io
-    from otx.deploy.graph import ExportHead
+    from otx.deploy.graph import ExportHead, convert_model
     from otx.postprocess import PostProcessor
 
     model = ov_model.clone()
@@ -273,7 +273,7 @@ def replace_postprocessor(ov_model: Any, stats: dict[str, float]) -> Any:
     rank = raw_map.get_partial_shape().rank.get_length()
     example = (torch.rand(1, *([1] if rank == 4 else []), 8, 8), torch.rand(1))
     with torch.no_grad():
-        head = ov.convert_model(
+        head = convert_model(
             ExportHead(post).eval(),
             example_input=example,
             input=[ov.PartialShape([-1] * rank), ov.PartialShape([-1])],

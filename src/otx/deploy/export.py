@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from otx.checkpoint import class_path
-from otx.deploy.graph import INPUT_NAME, OUTPUT_NAMES, ExportGraph
+from otx.deploy.graph import INPUT_NAME, OUTPUT_NAMES, ExportGraph, convert_model
 from otx.deploy.metadata import build_model_info, write_ir_info, write_onnx_info
 from otx.errors import OTXConfigError, OTXError
 from otx.models.base import AnomalyModel
@@ -111,9 +111,7 @@ def to_openvino(model: AnomalyModel) -> Any:
         # first: a third of STFPM's export time); the written file is checked against torch on an
         # image of another size instead (``compare_with_torch``), and the tests check every model.
         traced = torch.jit.trace(graph, example, check_trace=False)
-        ov_model = ov.convert_model(
-            traced, example_input=example, input=[(ov.PartialShape([-1, 3, -1, -1]), ov.Type.f32)]
-        )
+        ov_model = convert_model(traced, example_input=example, input=[(ov.PartialShape([-1, 3, -1, -1]), ov.Type.f32)])
     name_io(ov_model)
     return ov_model
 

@@ -60,6 +60,25 @@ class ExportGraph(nn.Module):
         return graph_outputs(self.postprocessor, anomaly_map, pred_score)
 
 
+def convert_model(model: Any, **kwargs: Any) -> Any:
+    """``openvino.convert_model(model, **kwargs)``, leaving the root logger as it found it, also on failure.
+
+    OpenVINO's converter gives the root logger a handler of its own and takes it away only when the
+    conversion succeeds; after an error or a stop (Ctrl+C) the handler stayed, and otx's log lines
+    meant for the run's otx.log reached the console unformatted, with their tracebacks.
+    """
+    import openvino as ov
+
+    root = logging.getLogger()
+    level, filters, handlers = root.level, list(root.filters), list(root.handlers)
+    try:
+        return ov.convert_model(model, **kwargs)
+    finally:
+        root.setLevel(level)
+        root.filters = filters
+        root.handlers = handlers
+
+
 def graph_outputs(
     postprocessor: nn.Module, anomaly_map: torch.Tensor, pred_score: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from otx.distributed import SecondaryRankDone
 from otx.errors import OTXError
 from otx.results import Result
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
-from otx.workdir import Run, WorkDir, stop_name
+from otx.workdir import STOPS, Run, WorkDir, stop_name
 
 log = logging.getLogger("otx")
 
@@ -134,6 +134,13 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
         said_why = True
         raise
     except Exception as exc:
+        if STOPS:  # a library turned the stop into an error of its own (OpenVINO's converter does)
+            stop = KeyboardInterrupt(STOPS[0])
+            log.error(
+                "%s failed: %s (seen as %s: %s)", command, _interrupted(stop), type(exc).__name__, exc, extra=FILE_ONLY
+            )
+            said_why = True
+            raise stop from exc
         log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc, extra=FILE_ONLY)
         said_why = True
         raise
