@@ -143,6 +143,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     (
+        "train-resume-not-a-state",
+        "wrong file",
+        ["train", "--config", RECIPE, "--resume", "{file}"],
+        "not a training state",
+        1,
+    ),
+    (
         "train-resume-nothing",
         "nothing to resume",
         ["train", "--config", RECIPE, "--resume", "true"],

@@ -122,6 +122,22 @@ def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tm
         assert b["thresholds"][key] == pytest.approx(value, rel=1e-5), key
     for key, value in a["validation_metrics"].items():
         assert b["validation_metrics"][key] == pytest.approx(value, abs=1e-6), key
+    # What cannot continue that training is refused in one line, before any epoch.
+    state = Path(b["resumed_from"])
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    refusals = {
+        "true": "nothing to resume",  # the interrupted run has been finished by the resumed one
+        str(state) + " --model.init_args.input_size [48,48]": "input_size [64, 64] there, [48, 48] here",
+        str(state) + " --model.init_args.layers [blocks.2]": "holds another model or backbone",
+        str(state) + f" --data_root {sample_root / 'carpet_like'}": f"{(sample_root / 'carpet_like').resolve()} here",
+        str(tmp_path / b["checkpoint"]): "a finished training's model.ckpt",
+        str(tmp_path / "notes.txt"): "not a training state",
+    }
+    for extra, said in refusals.items():
+        path, *more = extra.split(" ")
+        done = run_main(*_stfpm_args(sample_root, "parts", "--resume", path), *more, cwd=tmp_path)
+        assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr, (extra, done.stderr)
+    assert _summary(tmp_path / "parts")["checkpoint"] == b["checkpoint"]  # latest.json kept
 
 
 def test_epoch_shuffle_depends_on_seed_and_epoch_only() -> None:

@@ -251,7 +251,8 @@ def resume_checkpoint(resume: bool | str | Path, workdir_root: Path) -> Path:
     """
     if resume is True:
         runs = sorted(p for p in workdir_root.glob("*-train*") if p.is_dir() and not (p / "model.ckpt").exists())
-        states = [state for state in map(_newest_state, runs) if state is not None]
+        resumed = _resumed_states(workdir_root)  # finished since, by a resumed run: nothing left to resume
+        states = [state for state in map(_newest_state, runs) if state is not None and state.resolve() not in resumed]
         if not states:
             raise OTXError(
                 f"nothing to resume in '{workdir_root}': no interrupted training run with a saved epoch "
@@ -267,3 +268,89 @@ def resume_checkpoint(resume: bool | str | Path, workdir_root: Path) -> Path:
     if not path.is_file():
         raise OTXError(f"cannot resume: '{path}' does not exist; pass a run folder with {CHECKPOINT_DIR}/ or a .ckpt")
     return path
+
+
+def _resumed_states(workdir_root: Path) -> set[Path]:
+    """The training states that finished training runs of the work dir resumed from (their metrics.json)."""
+    import json
+
+    found = set()
+    for metrics in workdir_root.glob("*-train*/metrics.json"):
+        try:
+            source = json.loads(metrics.read_text()).get("resumed_from")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if source:
+            found.add(Path(source).resolve())
+    return found
+
+
+def check_resume(state_path: Path, model: Any, entry: dict[str, Any], data_root: str | None) -> None:
+    """One line (``OTXError``) when ``state_path`` cannot continue this training; nothing when it can.
+
+    It must be a Lightning training state (what an interrupted multi-epoch ``otx train`` leaves in
+    ``checkpoints/``) of the same model: the same tensors, and, where the interrupted run's
+    config.yaml is beside it, the same model settings (``entry``, ``model_entry``) and data root.
+    Trainer settings (epochs, devices) may differ.
+    """
+    import json
+
+    import torch
+    import yaml
+
+    how = (
+        f"pass the {CHECKPOINT_DIR}/{LAST_CHECKPOINT} of an interrupted multi-epoch `otx train` run, "
+        "or its run folder, or --resume true"
+    )
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any file torch cannot read as a checkpoint: an IR, an image, a truncated file
+        raise OTXError(
+            f"cannot resume from '{state_path}': not a training state ({type(exc).__name__}); {how}"
+        ) from None
+    if not isinstance(state, dict) or "state_dict" not in state or "pytorch-lightning_version" not in state:
+        if isinstance(state, dict) and "schema" in state and "model" in state:
+            raise OTXError(
+                f"cannot resume from '{state_path}': it is a finished training's model.ckpt, with nothing left to "
+                f"resume; to train longer, train again with more epochs ({how})"
+            )
+        raise OTXError(f"cannot resume from '{state_path}': not a training state; {how}")
+    theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if theirs != ours:
+        differ = sorted(set(theirs) ^ set(ours)) or sorted(k for k in ours if theirs.get(k) != ours[k])
+        raise OTXError(
+            f"cannot resume from '{state_path}': it holds another model or backbone ({len(differ)} tensor(s) differ "
+            f"in name or shape, e.g. {differ[0]}); resume with the interrupted run's recipe and options"
+        )
+    config_path = state_path.parent.parent / "config.yaml" if state_path.parent.name == CHECKPOINT_DIR else None
+    if config_path is None or not config_path.is_file():
+        return
+    try:
+        config = yaml.safe_load(config_path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return
+
+    def plain(value: Any) -> Any:
+        return json.loads(json.dumps(value, default=str))
+
+    was, now = plain(config.get("model") or {}), plain(entry)
+    changes = [
+        f"model {key} {was.get(key)!r} there, {now.get(key)!r} here"
+        for key in ("class_path",)
+        if was.get(key) != now.get(key)
+    ]
+    old_args, new_args = was.get("init_args") or {}, now.get("init_args") or {}
+    changes += [
+        f"model.init_args.{key} {old_args.get(key)!r} there, {new_args.get(key)!r} here"
+        for key in sorted(set(old_args) | set(new_args))
+        if old_args.get(key) != new_args.get(key)
+    ]
+    old_root = (config.get("data") or {}).get("data_root")
+    if old_root and data_root and Path(old_root).resolve() != Path(data_root).resolve():
+        changes.append(f"data_root {old_root} there, {Path(data_root).resolve()} here")
+    if changes:
+        raise OTXError(
+            f"cannot resume from '{state_path}': this command trains otherwise than the interrupted run "
+            f"({'; '.join(changes)}); resume with its options ({config_path})"
+        )

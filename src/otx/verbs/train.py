@@ -19,7 +19,7 @@ from otx.errors import OTXError
 from otx.models.base import AnomalyModel
 from otx.results import TrainResult
 from otx.scoring import TorchScorer
-from otx.training import build_trainer, describe_settings, merge_settings
+from otx.training import build_trainer, check_resume, describe_settings, merge_settings
 from otx.verbs.context import FILE_ONLY, VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import evaluate, to_predictions, tune_boxes
 from otx.workdir import Run, stop_name
@@ -45,6 +45,8 @@ def run(
     data.setup()
     settings = merge_settings(model.default_trainer, trainer_args, {"max_epochs": max_epochs})
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
+    if resume is not None:
+        check_resume(resume, model, model_entry(model), data.data_root)
     splits = data.splits
     if not splits["val"]:  # checked before training, not after it
         raise OTXError(
