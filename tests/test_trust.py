@@ -727,6 +727,20 @@ def test_optimize_without_a_path_takes_the_latest_ir_not_a_later_onnx(
     assert "pass --data_root DIR" in capsys.readouterr().err
 
 
+def test_an_int8_model_that_optimize_exported_itself_finds_its_training_data(
+    trained_padim: dict, sample_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)  # a training run and no export
+    monkeypatch.chdir(sample_root)
+    assert main(["optimize", "--work_dir", str(work_dir), "--subset_size", "8"]) == 0
+    run = work_dir / latest(work_dir)["optimize"]
+    int8 = run / "optimized_model.xml"
+    assert Path(yaml.safe_load((run / "config.yaml").read_text())["checkpoint"]).parent == run  # its own FP32 IR
+    assert training_data_root(int8) == str(sample_root / "bottle_like")
+    assert main(["test", "--work_dir", str(work_dir), "--checkpoint", str(int8)]) == 0  # no --data_root needed
+
+
 def test_benchmark_models_as_documented(exported, tmp_path: Path, capsys) -> None:
     xml, onnx = exported("padim"), exported("padim", "segmentation", "ONNX")
     args = ["benchmark", "--models", str(xml), str(onnx), "--num_images", "2", "--warmup", "1", "--repeats", "1"]

@@ -193,18 +193,24 @@ def training_data_root(exported: str | Path, hops: int = 3) -> str | None:
     """
     folder = Path(exported).parent
     for _ in range(hops):
-        source = (_read_config(folder) or {}).get("checkpoint")
+        config = _read_config(folder) or {}
+        source = config.get("checkpoint")
         if not source:
             return None
         source = Path(source)
         if source.suffix == ".ckpt":
-            data = (_read_config(source.parent) or {}).get("data")
-            root = data.get("data_root") if isinstance(data, dict) else None
-            return str(root) if root else None
-        if source.parent == folder:
-            return None
+            return _data_root(_read_config(source.parent))
+        if source.parent == folder:  # an optimize run that exported the model itself first: its own record
+            return _data_root(config)
         folder = source.parent
     return None
+
+
+def _data_root(config: dict[str, Any] | None) -> str | None:
+    """A run's ``data.data_root`` from its ``config.yaml`` mapping, or None."""
+    data = (config or {}).get("data")
+    root = data.get("data_root") if isinstance(data, dict) else None
+    return str(root) if root else None
 
 
 def _read_config(folder: Path) -> dict[str, Any] | None:
