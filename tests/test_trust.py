@@ -405,6 +405,30 @@ def test_warnings_for_a_model_that_learned_nothing_and_for_other_data(dataset_co
     assert "the recipe&#x27;s model is Stfpm" in report
 
 
+def test_without_anomalous_validation_images_every_validation_image_is_normal_and_that_is_said(
+    dataset_copy, tmp_path: Path
+) -> None:
+    from otx.models import Padim
+
+    root = dataset_copy()
+    for folder in (root / "test").iterdir():  # only good test images, no masks
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    shutil.rmtree(root / "ground_truth")
+    engine = Engine(
+        model=Padim(input_size=(64, 64)), data=AnomalyDataModule(str(root), num_workers=0), work_dir=tmp_path
+    )
+    summary = engine.train()
+    assert any("no anomalous images" in w and "image threshold" in w for w in summary["warnings"]), summary["warnings"]
+    assert not any("flags nothing" in w for w in summary["warnings"])  # one line says it
+    data = AnomalyDataModule(str(root), num_workers=0)
+    data.setup()
+    fitted = {s.path for s in data.splits["val"]}
+    predictions = engine.predict(source=root / "test" / "good", checkpoint=summary["checkpoint"], visualize=False)
+    labels = [p.label_name for p in predictions if p.image_path in fitted]
+    assert len(labels) == len(fitted) and set(labels) == {"normal"}  # the highest one included
+
+
 def test_manual_threshold_above_every_score_warns_that_nothing_is_flagged(dataset_copy, tmp_path: Path) -> None:
     from otx.models import Padim
 

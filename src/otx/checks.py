@@ -41,6 +41,12 @@ def threshold_warnings(
     plural = "images" if what == "image" else "pixels"
     if labels is not None:
         labels = np.asarray(labels).reshape(-1).astype(bool)
+        if not labels.any():
+            return [
+                f"the {split} split has no anomalous {plural}: the {what} threshold ({threshold:.6g}) was not "
+                f"learned, it sits just above the highest normal {what} score; add defect images "
+                f"(test/<defect>{', with ground_truth/ masks' if what == 'pixel' else ''}) to learn one"
+            ]
         if labels.any() and not labels.all():
             auroc = roc_auc(scores, labels)
             if abs(auroc - 0.5) < CHANCE_MARGIN:

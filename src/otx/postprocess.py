@@ -43,8 +43,8 @@ def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tenso
     was 209-656 in raw score, and two defective test images scored 623 and 632: at the upper end
     they were "normal" and INT8 noise moved labels across; at the middle they are not.) When the
     optimum keeps every score (``s_best`` is the lowest), the threshold is ``s_best``. With no
-    positive label (nothing anomalous to separate) the threshold is the largest score, so every
-    validation image counts as normal.
+    positive label (nothing anomalous to separate) the threshold is just above the largest score
+    (by 1 % of the scores' range), so every validation image counts as normal under ``>=``.
 
     The two classes are sorted apart (numpy, by value only) and F1 is evaluated at the distinct
     anomalous scores only (lowering the threshold to a normal score adds false positives and no
@@ -62,7 +62,8 @@ def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tenso
         raise ValueError(f"scores ({s.size}) and labels ({truth.size}) differ in size")
     n_pos = int(np.count_nonzero(truth))
     if n_pos == 0:
-        return float(s.max())
+        top, bottom = float(s.max()), float(s.min())
+        return top + max(0.01 * (top - bottom), 1e-6 * max(abs(top), 1.0))
     pos, neg = np.sort(s[truth]), np.sort(s[~truth])
     candidates = np.unique(pos)  # ascending; "scores >= t" for each
     tp = n_pos - np.searchsorted(pos, candidates, "left")

@@ -128,7 +128,10 @@ def run(
     labels = outputs["labels"].numpy() == 1
     found = threshold_warnings(outputs["scores"].numpy(), labels, stats["image_threshold"], "image", "validation")
     pixel_truth = outputs["masks"].numpy() if data.has_masks else None
-    found += threshold_warnings(outputs["maps"].numpy(), pixel_truth, stats["pixel_threshold"], "pixel", "validation")
+    if labels.any():  # else the image level's line says the thresholds were not learned
+        found += threshold_warnings(
+            outputs["maps"].numpy(), pixel_truth, stats["pixel_threshold"], "pixel", "validation"
+        )
     for message in found:
         ctx.warn(message)
     checkpoint = run.path / CHECKPOINT_NAME
