@@ -185,12 +185,14 @@ def test_classification_without_ground_truth(trained_padim: dict, dataset_copy, 
         assert set(metrics) == {"image_AUROC", "image_F1"}
 
 
-def test_detection_without_masks_warns_that_boxes_are_untuned(dataset_copy, tmp_path: Path) -> None:
+def test_detection_without_masks_warns_that_boxes_are_untuned(dataset_copy, tmp_path: Path, capsys) -> None:
     root = dataset_copy()
     shutil.rmtree(root / "ground_truth")
     engine = Engine(model=Padim(input_size=(64, 64)), task="detection", data=str(root), work_dir=tmp_path)
     trained = engine.train()
     assert any("no ground_truth/ masks" in w and "default settings" in w for w in trained["warnings"])
+    out = capsys.readouterr().err  # the summary (stderr in the Python API) does not call them chosen
+    assert "boxes (defaults, not tuned)" in out and "chosen on the validation split" not in out
     by_defect = engine.test()["per_defect"]  # image metrics per type only: nothing to score pixels on
     assert set(by_defect) == {"good", *DEFECT_TYPES["bottle_like"]}
     assert all(set(row) == {"images", "detected", "image_AUROC"} for k, row in by_defect.items() if k != "good")

@@ -43,7 +43,8 @@ def render(console: Console, result: Result) -> None:
         extra = {"checkpoint": result.checkpoint}
         if result.boxes:
             b = result.boxes
-            extra["boxes (chosen on the validation split)"] = (
+            how = "chosen on the validation split" if "box_tuning_s" in result.timing_s else "defaults, not tuned"
+            extra[f"boxes ({how})"] = (
                 f"map level {b['threshold']:.3f}, pieces within {b['merge']:.0%} of the longer side joined, "
                 f"each box around its pixels {b.get('peak', 0.0):.0%} of the way up to its maximum, "
                 f"at least {b['min_area']:.2%} of the image, {'also' if b['on_normal'] else 'none'} on normal images"
