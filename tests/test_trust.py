@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import openvino as ov
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -427,6 +428,56 @@ def test_without_anomalous_validation_images_every_validation_image_is_normal_an
     predictions = engine.predict(source=root / "test" / "good", checkpoint=summary["checkpoint"], visualize=False)
     labels = [p.label_name for p in predictions if p.image_path in fitted]
     assert len(labels) == len(fitted) and set(labels) == {"normal"}  # the highest one included
+
+
+def test_an_anomalous_validation_image_without_a_mask_is_left_out_of_the_pixel_threshold(
+    dataset_copy, tmp_path: Path
+) -> None:
+    from sklearn.metrics import precision_recall_curve
+
+    from otx.checkpoint import load_checkpoint
+    from otx.models import Padim
+    from otx.postprocess import f1_adaptive_threshold
+
+    root = dataset_copy()
+    data = AnomalyDataModule(str(root), num_workers=0)
+    data.setup()
+    defects = [s for s in data.splits["val"] if s.label == 1]
+    unmasked = max(defects, key=lambda s: int(read_mask(s.mask_path).sum()))  # the largest defect: it counts most
+    Path(unmasked.mask_path).unlink()
+    engine = Engine(
+        model=Padim(input_size=(64, 64)), data=AnomalyDataModule(str(root), num_workers=0), work_dir=tmp_path
+    )
+    summary = engine.train()
+    assert any("1 anomalous validation image(s) have no mask" in w for w in summary["warnings"]), summary["warnings"]
+    model, _ = load_checkpoint(summary["checkpoint"])
+    data.setup()  # the same split, now without that mask
+    maps, masks, known = [], [], []
+    with torch.no_grad():
+        for batch in data.dataloader("val", model.preprocessor):
+            maps.append(model(batch["image"])[0].flatten(1))
+            masks.append(batch["mask"].flatten(1))
+            known += [
+                s.label == 0 or s.mask_path is not None
+                for s in data.splits["val"][len(known) : len(known) + len(batch["label"])]
+            ]
+    maps, masks, known = torch.cat(maps).numpy(), torch.cat(masks).numpy(), np.array(known)
+    assert known.sum() == len(known) - 1
+
+    def f1(values: np.ndarray, truth: np.ndarray, threshold: float) -> float:
+        predicted = values >= threshold
+        return 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+
+    def best_f1(values: np.ndarray, truth: np.ndarray) -> float:  # scikit-learn's curve, independent of otx
+        precision, recall, _ = precision_recall_curve(truth.ravel(), values.ravel())
+        return float(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12)))
+
+    threshold = summary["thresholds"]["pixel_threshold"]
+    assert f1(maps[known], masks[known], threshold) == pytest.approx(best_f1(maps[known], masks[known]), abs=1e-6)
+    # otx's rule (the middle of the F1-optimal interval, checked in test_metrics.py) on the images with a
+    # known truth; counting the unmasked image's pixels as normal, as before, gives another threshold.
+    assert threshold == pytest.approx(f1_adaptive_threshold(maps[known], masks[known]), rel=1e-6)
+    assert f1_adaptive_threshold(maps, masks) != pytest.approx(threshold, rel=1e-6)
 
 
 def test_manual_threshold_above_every_score_warns_that_nothing_is_flagged(dataset_copy, tmp_path: Path) -> None:

@@ -24,6 +24,23 @@ SIZE_FACTOR = 2.0  # images more than this factor smaller or larger than every t
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
+def unmasked_warning(samples: list[Any], split: str) -> str | None:
+    """One line when anomalous images of ``split`` have no mask file (in data that has ``ground_truth/``).
+
+    Their pixels are left out of the pixel threshold, the pixel metrics and box tuning, since a
+    missing mask says nothing about where the defect is.
+    """
+    missing = [s for s in samples if s.label == 1 and not s.mask_path]
+    if not missing:
+        return None
+    first = Path(missing[0].path)
+    return (
+        f"{len(missing)} anomalous {split} image(s) have no mask (e.g. {first.parent.name}/{first.name}: no "
+        f"ground_truth/{first.parent.name}/{first.stem}_mask.png); their pixels are left out of the pixel "
+        "threshold and the pixel and box metrics; add the masks to use them"
+    )
+
+
 def threshold_warnings(
     scores: np.ndarray, labels: np.ndarray | None, threshold: float, what: str, split: str
 ) -> list[str]:

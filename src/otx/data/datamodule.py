@@ -85,6 +85,8 @@ class AnomalyDataset(Dataset):
             "index": -index - 1 if padding else index,
             "orig_size": torch.tensor(orig_hw),
             "error": error,
+            # whether the mask is the image's truth: not for an anomalous image without a mask file
+            "pixel_known": sample.label == 0 or sample.mask_path is not None,
         }
 
 

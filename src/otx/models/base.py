@@ -280,6 +280,7 @@ class AnomalyModel(L.LightningModule):
                 "scores": scores.float().cpu(),
                 "labels": torch.as_tensor(batch["label"]).cpu(),
                 "masks": batch["mask"].cpu(),
+                "pixel_known": torch.as_tensor(batch["pixel_known"]).cpu(),
                 "orig_sizes": batch["orig_size"].cpu(),
                 "index": torch.as_tensor(batch["index"]).cpu(),
             }
@@ -304,19 +305,21 @@ class AnomalyModel(L.LightningModule):
         self.validated_step = self.global_step
         self.validated_epoch = self.current_epoch
         self._validation_parts = []
+        maps, masks = outputs["maps"], outputs["masks"]
+        known = outputs.get("pixel_known")
+        # Anomalous images without a mask file (where others have one) say nothing about their pixels:
+        # the pixel threshold and pixel AUROC leave them out, as the test metrics do.
+        if known is not None and not bool(known.all()) and bool((known & (outputs["labels"] == 1)).any()):
+            maps, masks = maps[known], masks[known]
         self.postprocessor.fit(
-            outputs["scores"],
-            outputs["labels"],
-            outputs["maps"],
-            outputs["masks"],
-            self.image_threshold,
-            self.pixel_threshold,
+            outputs["scores"], outputs["labels"], maps, masks, self.image_threshold, self.pixel_threshold
         )
         labels = outputs["labels"].numpy()
         predicted = (outputs["scores"] >= float(self.postprocessor.image_threshold)).numpy()
         logged = image_metrics(outputs["scores"].numpy(), labels, predicted)
-        if bool(outputs["masks"].any()):
-            logged["pixel_AUROC"] = roc_auc(outputs["maps"].numpy(), outputs["masks"].numpy())
+        if bool(masks.any()):
+            logged["pixel_AUROC"] = roc_auc(maps.numpy(), masks.numpy())
+        del maps, masks
         for key, value in logged.items():
             if value == value:  # AUROC is NaN when the split has one class only
                 # the same value in every process (computed on the gathered outputs)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from otx import distributed
-from otx.checks import profile_warnings, threshold_warnings
+from otx.checks import profile_warnings, threshold_warnings, unmasked_warning
 from otx.errors import OTXDataError, OTXError
 from otx.report import ReportInput, write_report
 from otx.results import TestResult
@@ -48,6 +48,8 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             log.warning("not scored: %s", error)
             predictions[i] = Prediction.failed(predictions[i].image_path, error)
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in test], "test"):
+        ctx.warn(message)
+    if data.has_masks and adapter.pixel_level and (message := unmasked_warning(test, "test")):
         ctx.warn(message)
     keep = np.array([s.label >= 0 and not e for s, e in zip(test, errors, strict=True)])
     if not keep.any():

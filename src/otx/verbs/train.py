@@ -14,7 +14,7 @@ import torch
 from otx import distributed
 from otx.boxes import UNTUNED
 from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
-from otx.checks import image_profile, threshold_warnings
+from otx.checks import image_profile, threshold_warnings, unmasked_warning
 from otx.errors import OTXError
 from otx.models.base import AnomalyModel
 from otx.results import TrainResult
@@ -52,6 +52,8 @@ def run(
         raise OTXError(
             "no validation images: thresholds need test/ (or val/) images; add test/good and test/<defect> folders"
         )
+    if data.has_masks and (message := unmasked_warning(splits["val"], "validation")):
+        ctx.warn(message)
     steps = max(1, min(50, len(splits["train"]) // data.images_per_batch(model.preprocessor)))
     trainer, roles = build_trainer(settings, run.path, steps)
     rank, world = trainer.global_rank, trainer.world_size
