@@ -41,7 +41,7 @@ def test_layout_and_counts(small_dataset: Path) -> None:
     for category in CATEGORIES:
         root = small_dataset / category
         defects = DEFECT_TYPES[category]
-        assert _names(root) == ["ground_truth", "test", "train"]
+        assert _names(root) == [".otx-sample", "ground_truth", "test", "train"]  # the marker: its folder to update
         assert _names(root / "train") == ["good"]
         assert _names(root / "test") == sorted(["good", *defects])
         assert _names(root / "ground_truth") == sorted(defects)
@@ -150,6 +150,29 @@ def test_regenerating_overwrites_in_place(tmp_path: Path) -> None:
     assert _names(tmp_path / "bottle_like" / "train" / "good") == ["000.png", "001.png"]
     assert _names(tmp_path / "bottle_like" / "ground_truth" / "scratch") == ["000_mask.png"]
     assert keep.read_text() == "user file"
+
+
+@pytest.mark.parametrize("category", ["bottle_like", "strip_like"])
+def test_a_folder_it_did_not_write_is_refused_and_left_as_it_was(category: str, tmp_path: Path) -> None:
+    from otx.cli import main
+
+    mine = tmp_path / category / "train" / "good" / "000.png"  # a generated name: it would be overwritten
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"the user's own image")
+    (tmp_path / "tile_like").mkdir()  # another category, empty: would be written
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="did not write"):
+        if category == "strip_like":
+            from otx.data.strip import make_strip_dataset
+
+            make_strip_dataset(tmp_path / category)
+        else:
+            make_sample_dataset(
+                tmp_path, ["tile_like", category], n_train=2, n_test_good=0, n_test_defect=1, image_size=32
+            )
+    assert main(["data", "make-sample", str(tmp_path), "--categories", f"[{category}]"]) == 1
+    assert mine.read_bytes() == b"the user's own image"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 
 
 def test_unknown_category_raises(tmp_path: Path) -> None:

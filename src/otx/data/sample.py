@@ -79,9 +79,10 @@ def make_sample_dataset(
 ) -> list[Path]:
     """Write synthetic anomaly-detection datasets in MVTec AD layout.
 
-    Existing category folders are updated in place: files are overwritten, and earlier generated images
-    (names like ``000.png`` or ``000_mask.png``) that this call does not produce again are removed, so the
-    result does not depend on what was there before. Other files are left alone.
+    Category folders written before by this function are updated in place: files are overwritten, and
+    earlier generated images (names like ``000.png`` or ``000_mask.png``) that this call does not produce
+    again are removed, so the result does not depend on what was there before. Other files are left alone.
+    A category folder that holds files but was not written by it (no ``SAMPLE_MARKER``) is refused.
 
     Args:
         out_dir: Folder that receives one sub-folder per category; created if missing.
@@ -96,7 +97,8 @@ def make_sample_dataset(
         The root folder of each generated category, in the order requested.
 
     Raises:
-        ValueError: If a category is unknown or a count, the image size or the seed is out of range.
+        ValueError: If a category is unknown, a count, the image size or the seed is out of range, or a
+            category folder holds files this function did not write.
     """
     names = _resolve_categories(categories)
     _check_int("n_train", n_train, 1)
@@ -106,8 +108,11 @@ def make_sample_dataset(
     _check_int("seed", seed, 0)
 
     roots = []
+    for name in names:  # all checked before anything is written
+        check_own_folder(Path(out_dir) / name)
     for name in names:
         root = Path(out_dir) / name
+        mark_own_folder(root)
         _write_split(root / "train" / "good", name, _TRAIN_SPLIT, n_train, image_size, seed, None)
         _write_split(root / "test" / "good", name, _TEST_GOOD_SPLIT, n_test_good, image_size, seed, None)
         for k, defect in enumerate(DEFECT_TYPES[name]):
@@ -116,6 +121,31 @@ def make_sample_dataset(
             _write_split(root / "test" / defect, name, split, n_test_defect, image_size, seed, masks)
         roots.append(root)
     return roots
+
+
+SAMPLE_MARKER = ".otx-sample"  # in each category folder the generators wrote: theirs to update
+
+
+def check_own_folder(root: Path) -> None:
+    """``ValueError`` (one line) when ``root`` holds files and was not written by a sample generator.
+
+    The generators overwrite and remove files by name (``000.png`` ...), so they only update
+    folders they wrote themselves (``SAMPLE_MARKER``), never a user's images.
+    """
+    if not root.is_dir() or (root / SAMPLE_MARKER).is_file():
+        return
+    first = next((path for path in sorted(root.rglob("*")) if path.is_file()), None)
+    if first is not None:
+        raise ValueError(
+            f"'{root}' already holds files that otx data make-sample did not write (e.g. "
+            f"{first.relative_to(root).as_posix()}); pass a new or empty folder (nothing was changed)"
+        )
+
+
+def mark_own_folder(root: Path) -> None:
+    """Create ``root`` and mark it as a generator's (see ``check_own_folder``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / SAMPLE_MARKER).write_text("written by otx data make-sample; it updates this folder in place\n")
 
 
 def _resolve_categories(categories: Sequence[str] | None) -> list[str]:

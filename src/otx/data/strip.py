@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from otx.data.sample import _remove_stale, _write_png
+from otx.data.sample import _remove_stale, _write_png, check_own_folder, mark_own_folder
 
 DEFECTS = ("scratch", "pit")
 
@@ -41,6 +41,8 @@ def make_strip_dataset(
     if height < 64 or width < height:
         raise ValueError(f"strips must be at least 64 pixels high and no shorter than high (got {height}x{width})")
     root = Path(out_dir)
+    check_own_folder(root)
+    mark_own_folder(root)
     splits = [("train/good", None, n_train), ("test/good", None, n_test_good)]
     splits += [(f"test/{defect}", defect, n_test_defect) for defect in DEFECTS]
     for number, (folder, defect, count) in enumerate(splits):
