@@ -136,6 +136,38 @@ def test_demo_package_labels_an_unreadable_image_error(trained_padim: dict, data
     assert allowed.returncode == 0
 
 
+def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_one_line(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    summary = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path / "ws").export(
+        trained_padim["checkpoint"], demo_package=True
+    )
+    with zipfile.ZipFile(summary["demo_package"]) as archive:
+        archive.extractall(tmp_path / "demo")
+    source = sample_root / "bottle_like" / "test" / "good" / "003.png"  # a score inside (0, 1), not clipped
+    image = cv2.imread(str(source), cv2.IMREAD_COLOR).astype(np.float32) / 255.0  # float in [0, 1]
+    tiff = tmp_path / "images" / "float.tif"
+    tiff.parent.mkdir()
+    assert cv2.imwrite(str(tiff), image)
+    assert cv2.imread(str(tiff), cv2.IMREAD_UNCHANGED).dtype == np.float32
+    demo = [sys.executable, str(tmp_path / "demo" / "predict.py")]
+    run = subprocess.run(
+        [*demo, str(tiff), "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "out" / "results.json").read_text())[0]
+    expected = OpenVINOInferencer(summary["exported_model"], device="CPU").predict(str(tiff))[0]
+    assert 0.0 < float(expected.pred_score) < 1.0
+    assert record["score"] == pytest.approx(float(expected.pred_score), abs=1e-5)
+    assert record["label"] == expected.label_name
+    for args, said in (
+        (["--model", str(tmp_path / "none.xml")], "cannot read the model"),
+        (["--precision", "f64"], "invalid choice: 'f64'"),
+    ):
+        bad = subprocess.run([*demo, str(tiff), *args], capture_output=True, text=True, timeout=300)
+        assert bad.returncode != 0 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+
+
 def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
     trained_padim: dict, dataset_copy, tmp_path: Path, capsys
 ) -> None:

@@ -37,14 +37,19 @@ def find_images(source: str) -> list[Path]:
 
 
 def read_rgb(path: Path) -> np.ndarray | None:
-    """H x W x 3 RGB uint8, as otx reads images (16-bit scaled, gray repeated, alpha dropped)."""
+    """H x W x 3 RGB uint8, as otx reads images (16-bit and float scaled, gray repeated, alpha dropped)."""
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         return None
     if array.dtype == np.uint16:
         array = (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif array.dtype == bool:
+        array = array.astype(np.uint8) * 255
     elif array.dtype != np.uint8:
-        array = np.clip(array.astype(np.float32), 0, 255).astype(np.uint8)
+        as_float = array.astype(np.float32)
+        if np.issubdtype(array.dtype, np.floating) and as_float.min() >= 0.0 and as_float.max() <= 1.0:
+            as_float = as_float * 255.0  # a float image in [0, 1]
+        array = np.clip(as_float, 0, 255).astype(np.uint8)
     if array.ndim == 2 or array.shape[2] == 1:
         return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2RGB)
     if array.shape[2] == 4:
@@ -103,7 +108,7 @@ def main() -> int:
     parser.add_argument("images", help="image file, folder or glob pattern")
     parser.add_argument("--model", default=str(Path(__file__).parent / "model" / "exported_model.xml"))
     parser.add_argument("--device", default="CPU", help="CPU, GPU, NPU or AUTO")
-    parser.add_argument("--precision", default="f32", help="inference precision hint (f32, bf16, f16)")
+    parser.add_argument("--precision", default="f32", choices=("f32", "bf16", "f16"), help="inference precision hint")
     parser.add_argument("--output", default="results", help="folder for results.json and masks")
     parser.add_argument("--allow_errors", action="store_true", help="exit 0 even if some images cannot be read")
     args = parser.parse_args()
@@ -119,8 +124,15 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    model = core.read_model(args.model)
-    task = model.get_rt_info(["model_info", "task"]).astype(str)
+    try:
+        model = core.read_model(args.model)
+        task = model.get_rt_info(["model_info", "task"]).astype(str)
+    except RuntimeError as exc:
+        reason = "not found" if not Path(args.model).is_file() else f"not an otx export ({str(exc).splitlines()[0]})"
+        print(
+            f"error: cannot read the model {args.model}: {reason}; pass --model <exported_model.xml>", file=sys.stderr
+        )
+        return 1
 
     def info(key: str, default: str) -> str:
         return model.get_rt_info(["model_info", key]).astype(str) if model.has_rt_info(["model_info", key]) else default
