@@ -87,6 +87,23 @@ def test_overlays_for_detection_from_torch_and_from_the_ir(
         assert (np.abs(a - b) > 40).mean() < 0.01, name  # the same drawing up to rounding of the heat map
 
 
+def test_predict_on_a_dataset_folder_outlines_its_ground_truth(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    from_split = predict_with_overlays(trained_padim, sample_root, tmp_path / "split", "segmentation")
+    engine = Engine(data=AnomalyDataModule(num_workers=0), task="segmentation", work_dir=tmp_path / "source")
+    folder = sample_root / "bottle_like" / "test" / "contamination"
+    engine.predict(source=folder, checkpoint=trained_padim["checkpoint"])
+    from_source = next((tmp_path / "source").glob("*-predict/predictions/overlays"))
+    compared = 0
+    for drawn in sorted(from_split.glob("contamination__*.png")):  # the test half, drawn with its outline
+        a = cv2.imread(str(drawn)).astype(np.int16)
+        b = cv2.imread(str(from_source / drawn.name.removeprefix("contamination__"))).astype(np.int16)
+        assert (np.abs(a - b) > 40).mean() < 0.001, drawn.name  # the same drawing, ground-truth outline included
+        compared += 1
+    assert compared >= 2
+
+
 def test_visualize_false_writes_no_overlays(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
     engine = Engine(data=AnomalyDataModule(num_workers=0), task="classification", work_dir=tmp_path)
     engine.predict(

@@ -51,6 +51,17 @@ def output_stems(paths: list[str]) -> dict[str, str]:
     return stems
 
 
+def outline_mask(mask_path: str | None, image_hw: tuple[int, int]) -> np.ndarray | None:
+    """The ground-truth mask to outline on an overlay; None without one, or when unreadable or not the image's size."""
+    if not mask_path:
+        return None
+    try:
+        mask = read_mask(mask_path)
+    except OTXDataError:
+        return None
+    return mask if mask.shape == tuple(image_hw) else None
+
+
 def run(
     ctx: VerbContext,
     run: Run,
@@ -112,8 +123,9 @@ def run(
             stem = stems[pred.image_path]
             canvas = None
             if visualize:
-                gt = read_mask(sample.mask_path) if sample.mask_path else None
-                canvas = overlay(read_image(pred.image_path), pred, gt)
+                image = read_image(pred.image_path)
+                gt = outline_mask(sample.mask_path, image.shape[:2])
+                canvas = overlay(image, pred, gt)
             try:
                 if pred.pred_mask is not None:
                     pred.mask_file = f"masks/{stem}_mask.png"
