@@ -205,7 +205,7 @@ def strip_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.e2e
-def test_on_long_strips_keep_aspect_and_tile_beat_resize_in_aupro(strip_root: Path, tmp_path: Path) -> None:
+def test_on_long_strips_keep_aspect_and_tile_beat_resize_in_aupro(strip_root: Path, tmp_path: Path, capsys) -> None:
     """128x512 strips with 1-pixel scratches across them: squashed to 128x128 they fade; kept, they do not.
 
     Measured (PADIM, test split): AUPRO at each image's size 0.70 (resize 128x128), 0.88
@@ -224,6 +224,8 @@ def test_on_long_strips_keep_aspect_and_tile_beat_resize_in_aupro(strip_root: Pa
             work_dir=tmp_path / mode,
         )
         engine.train()
+        said = capsys.readouterr().err  # the summary and notes (stderr in the Python API)
+        assert ("resize squashes them 4.0x into 128x128" in said) == (mode == "resize"), said  # the hint where it helps
         result = engine.test()
         metrics[mode] = result["metrics"]
         if mode == "keep_aspect":  # pixel AUROC at each image's size, recomputed independently

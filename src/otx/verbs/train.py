@@ -26,6 +26,14 @@ from otx.workdir import Run, stop_name
 
 log = logging.getLogger("otx")
 
+SQUASH_NOTE = 2.0  # resize changing the images' aspect ratio by this factor or more gets a note
+
+
+def squash_factor(aspect: float, input_hw: tuple[int, int]) -> float:
+    """By how much ``resize`` changes a ``aspect`` (width / height) image's aspect ratio at ``input_hw`` (>= 1)."""
+    ratio = float(aspect) / (input_hw[1] / input_hw[0])
+    return max(ratio, 1.0 / ratio) if ratio > 0 else 1.0
+
 
 def run(
     ctx: VerbContext,
@@ -71,6 +79,13 @@ def run(
     if model.input_size_from_data and profile:
         model.choose_input_size(profile["aspect"])
     pre = model.preprocessor
+    if pre.mode == "resize" and profile and (squash := squash_factor(profile["aspect"], pre.input_size)) >= SQUASH_NOTE:
+        ctx.console.print(
+            f"[yellow]note[/]: the training images are {profile['aspect']:.2g}:1 (width:height, median) and "
+            f"resize squashes them {squash:.1f}x into {pre.input_size[1]}x{pre.input_size[0]}; thin or round defects "
+            "bend: consider --model.init_args.input_mode keep_aspect (or tile) with --model.init_args.input_size null "
+            "(docs/input-modes.md)"
+        )
     if pre.mode != "resize":
         tiles = f", {pre.tiles_per_image} tiles of {pre.tile_size} per image" if pre.mode == "tile" else ""
         ctx.console.print(f"input mode {pre.mode}: images to {pre.input_size[0]}x{pre.input_size[1]}{tiles}")
