@@ -142,6 +142,7 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "cannot resume",
         1,
     ),
+    ("train-model-unknown", "wrong value", ["train", "--model", "Padimm"], "expects a model: Padim", 2),
     (
         "train-resume-not-a-state",
         "wrong file",
@@ -158,6 +159,14 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ),
     # test
     ("test-checkpoint-missing", "missing path", ["test", "--checkpoint", "{missing}.ckpt"], "does not exist", 1),
+    (
+        "test-model-option",
+        "ignored option",
+        ["test", "--model.init_args.image_threshold", "99999"],
+        "has no effect on otx test",
+        1,
+    ),
+    ("predict-model-option", "ignored option", ["predict", "--model", "otx.models.Stfpm"], "has no effect", 1),
     ("test-checkpoint-folder", "path is a folder", ["test", "--checkpoint", "{data}"], "is a folder", 1),
     ("test-checkpoint-file", "wrong file", ["test", "--checkpoint", "{file}"], "not a readable otx checkpoint", 1),
     ("test-root-file", "path is a file", ["test", "--data_root", "{file}"], "not a folder", 1),

@@ -439,6 +439,14 @@ def _bad_value_line(text: str) -> str | None:
     given = _GIVEN.search(segment)
     if given is None:
         return None
+    if key == "model" and "AnomalyModel" in segment:  # no model class of that name
+        from otx.models import available_models
+
+        names = ", ".join(available_models())
+        return (
+            f"--model expects a model: {names}, or a class path such as otx.models.Padim (got "
+            f"{given.group(1).strip()!r}); or pass --config recipe/<task>/<model>.yaml (`otx find recipes`)"
+        )
     expected = _expected(re.split(r"Given value type:|Got value:|Given value:", segment)[0])
     return f"--{key} expects {expected} (got {given.group(1).strip()!r}); `otx <command> --help` lists the options"
 
@@ -558,6 +566,23 @@ def main(argv: list[str] | None = None) -> int:
             _disarm_watchdog()
 
 
+def _refuse_model_options(argv: list[str]) -> None:
+    """One line for ``--model...`` options given to a verb that runs a trained model (they would be ignored).
+
+    The model and its settings (thresholds, input size, input mode) come from the checkpoint or the
+    exported model; a recipe given with ``--config`` is only compared with it (``resolve_model``).
+    """
+    verb = next((arg for arg in argv if not arg.startswith("-")), None)
+    if verb not in VERBS or verb == "train":
+        return
+    given = [arg.split("=")[0] for arg in argv if arg == "--model" or arg.startswith(("--model.", "--model="))]
+    if given:
+        raise OTXError(
+            f"{given[0]} has no effect on otx {verb}: the model and its settings (thresholds, input size and mode) "
+            "come from the checkpoint or exported model; give model settings to otx train"
+        )
+
+
 def _main(argv: list[str]) -> int:
     console = Console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
     errors = Console(stderr=True)
@@ -565,6 +590,7 @@ def _main(argv: list[str]) -> int:
     _warnings_to_stderr()
     _install_signal_handlers()
     try:
+        _refuse_model_options(argv)
         parser = build_parser()
         cfg = parser.parse_args(_resolve_config_args(argv))
         command = cfg.command

@@ -40,7 +40,7 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None) -> Scorer:
         scorer = TorchScorer(model, path, ckpt.get("task"), ckpt.get("data"))
     ctx.console.print(describe_loaded(scorer))
     recipe = ctx.config.get("model") if isinstance(ctx.config.get("model"), dict) else None
-    if recipe and recipe.get("class_path"):
+    if recipe and recipe.get("class_path") and not str(recipe["class_path"]).endswith(".AnomalyModel"):
         name = str(recipe["class_path"]).rpartition(".")[2]
         backbone = (recipe.get("init_args") or {}).get("backbone")
         if name != scorer.name or (backbone and backbone != scorer.backbone):
