@@ -224,7 +224,7 @@ def test_on_long_strips_keep_aspect_and_tile_beat_resize_in_aupro(strip_root: Pa
             work_dir=tmp_path / mode,
         )
         engine.train()
-        said = capsys.readouterr().err  # the summary and notes (stderr in the Python API)
+        said = " ".join(capsys.readouterr().err.split())  # the summary and notes (stderr in the Python API)
         assert ("resize squashes them 4.0x into 128x128" in said) == (mode == "resize"), said  # the hint where it helps
         result = engine.test()
         metrics[mode] = result["metrics"]
