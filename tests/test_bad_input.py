@@ -142,6 +142,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "cannot resume",
         1,
     ),
+    (
+        "train-option-misspelled",
+        "misspelled key",
+        ["train", "--config", RECIPE, "--max_epoch", "3"],
+        "--max_epochs?",
+        2,
+    ),
     ("train-model-unknown", "wrong value", ["train", "--model", "Padimm"], "expects a model: Padim", 2),
     (
         "train-resume-not-a-state",

@@ -80,7 +80,7 @@ def _verb_parser(verb: str) -> ArgumentParser:
     from otx.data.datamodule import AnomalyDataModule
     from otx.models.base import AnomalyModel
 
-    parser = ArgumentParser(description=f"otx {verb}", exit_on_error=False)
+    parser = ArgumentParser(description=f"otx {verb}", exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="recipe: recipe/<task>/<model>.yaml or a YAML path")
     parser.add_argument(
         "--task",
@@ -178,18 +178,22 @@ def _verb_parser(verb: str) -> ArgumentParser:
 
 def build_parser() -> ArgumentParser:
     """The full ``otx`` parser with its sub-commands."""
-    parser = ArgumentParser(prog="otx", description="otx: anomaly detection training toolkit", exit_on_error=False)
+    parser = ArgumentParser(
+        prog="otx", description="otx: anomaly detection training toolkit", exit_on_error=False, allow_abbrev=False
+    )
     parser.add_argument("--version", action="version", version=f"otx {__version__}")
     commands = parser.add_subcommands(dest="command", required=True)
     for verb in VERBS:
         commands.add_subcommand(verb, _verb_parser(verb), help=VERB_HELP[verb])
-    find = ArgumentParser(description="list recipes, models and backbones", exit_on_error=False)
+    find = ArgumentParser(description="list recipes, models and backbones", exit_on_error=False, allow_abbrev=False)
     find.add_argument("--what", type=Literal["all", "recipes", "models", "backbones"], default="all")
     commands.add_subcommand("find", find, help="list recipes, models and backbones")
-    data = ArgumentParser(description="dataset utilities", exit_on_error=False)
+    data = ArgumentParser(description="dataset utilities", exit_on_error=False, allow_abbrev=False)
     commands.add_subcommand("data", data, help="dataset utilities")
     data_commands = data.add_subcommands(dest="data_command", required=True)
-    sample = ArgumentParser(description="write the built-in synthetic MVTec-format dataset", exit_on_error=False)
+    sample = ArgumentParser(
+        description="write the built-in synthetic MVTec-format dataset", exit_on_error=False, allow_abbrev=False
+    )
     sample.add_argument("out_dir", type=str, help="folder to write (one sub-folder per category)")
     sample.add_argument(
         "--categories",
@@ -451,6 +455,20 @@ def _bad_value_line(text: str) -> str | None:
     return f"--{key} expects {expected} (got {given.group(1).strip()!r}); `otx <command> --help` lists the options"
 
 
+def _did_you_mean(line: str, verb: str) -> str | None:
+    """For ``Unrecognized arguments: --opt ...``: one line naming the option and the nearest real ones."""
+    import difflib
+
+    match = re.match(r"Unrecognized arguments: (--[\w.\-]+)", line)
+    if match is None:
+        return None
+    option = match.group(1)
+    known = [name for name in _verb_parser(verb)._option_string_actions if name.startswith("--")]
+    near = difflib.get_close_matches(option, known, n=2, cutoff=0.75)
+    hint = f"did you mean {' or '.join(near)}?" if near else "`otx <command> --help` lists the options"
+    return f"unknown option {option} for otx {verb}; {hint}"
+
+
 def _parser_error_line(exc: BaseException) -> str:
     """Condense jsonargparse's multi-line messages to what is wrong and how to fix it."""
     text = " ".join(str(exc).split())
@@ -616,6 +634,8 @@ def _main(argv: list[str]) -> int:
             return 1
         if exc.__class__.__name__ in ("ArgumentError", "ParserError", "NSKeyError"):
             line = _parser_error_line(exc)
+            if argv and argv[0] in VERBS and (guess := _did_you_mean(line, argv[0])):
+                line = guess
             if argv and argv[0] in (*VERBS, "find", "data"):
                 line = line.replace("otx <command>", f"otx {argv[0]}")
             errors.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
