@@ -142,6 +142,7 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "cannot resume",
         1,
     ),
+    ("train-config-yaml", "wrong file", ["train", "--config", "{badyaml}"], "is not valid YAML", 1),
     (
         "train-option-misspelled",
         "misspelled key",
@@ -274,7 +275,9 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
     base = tmp_path_factory.mktemp("bad_input")
     (base / "notes.txt").write_text("not a model, not a folder\n")
     (base / "empty").mkdir()
+    (base / "bad.yaml").write_text("model:\n  class_path: otx.models.Padim\n  init_args: [a\n")
     return {
+        "badyaml": str(base / "bad.yaml"),
         "data": str(sample_root / "bottle_like"),
         "ckpt": str(trained_padim["checkpoint"]),
         "xml": str(exported("padim")),
@@ -315,7 +318,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     after = _digest(workspace)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing already written changed
     message = lines[0]
-    for key in ("missing", "ws", "file", "empty", "xml", "ckpt", "data", "unwritable"):
+    for key in ("missing", "ws", "file", "empty", "xml", "ckpt", "data", "unwritable", "badyaml"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")
     RESULTS[name] = (message, rc)
@@ -391,3 +394,13 @@ def test_engine_verbs_name_the_bad_argument(call, pattern: str, sample_root: Pat
 def test_constructors_name_the_bad_argument(build, pattern: str) -> None:
     with pytest.raises(OTXConfigError, match=pattern):
         build()
+
+
+@pytest.mark.parametrize("content", ['{"train": "20200101-000000-train"}', "not json"])
+def test_a_latest_json_that_cannot_serve_is_named(content: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "latest.json").write_text(content)
+    assert main(["test", "--work_dir", str(tmp_path)]) == 1
+    said = capsys.readouterr().err
+    expected = "which is gone" if content.startswith("{") else "latest.json is not valid JSON"
+    assert "no trained model" in said and expected in said and "Traceback" not in said
+    assert (tmp_path / "latest.json").read_text() == content  # left as it was

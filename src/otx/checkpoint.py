@@ -113,5 +113,9 @@ def latest_checkpoint(workdir: WorkDir) -> Path:
     """The latest training run's ``model.ckpt`` in ``workdir``; one line when there is none."""
     latest = workdir.latest("train")
     if latest is None or not (latest / CHECKPOINT_NAME).exists():
-        raise OTXError(f"no trained model in '{workdir.root}'; run `otx train` there first or pass --checkpoint PATH")
+        why = workdir.pointer_problem("train")
+        raise OTXError(
+            f"no trained model in '{workdir.root}'{f' ({why})' if why else ''}; run `otx train` there first "
+            "or pass --checkpoint PATH"
+        )
     return latest / CHECKPOINT_NAME

@@ -70,10 +70,29 @@ def _resolve_config_args(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
         if arg == "--config" and i + 1 < len(out):
-            out[i + 1] = resolve_recipe(out[i + 1])
+            out[i + 1] = _checked_yaml(resolve_recipe(out[i + 1]))
         elif arg.startswith("--config="):
-            out[i] = "--config=" + resolve_recipe(arg.split("=", 1)[1])
+            out[i] = "--config=" + _checked_yaml(resolve_recipe(arg.split("=", 1)[1]))
     return out
+
+
+def _checked_yaml(path: str) -> str:
+    """``path``; one line naming the file, line and column when it is a file that is not valid YAML."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        return path  # the parser says what is wrong with it
+    try:
+        yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise OTXError(f"--config {path} is not valid YAML ({problem}{where}); fix the file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise OTXError(f"--config {path} cannot be read ({exc}); pass a YAML recipe") from None
+    return path
 
 
 def _verb_parser(verb: str) -> ArgumentParser:

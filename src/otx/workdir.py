@@ -121,6 +121,22 @@ class WorkDir:
             return self.root / name
         return None
 
+    def pointer_problem(self, command: str) -> str | None:
+        """Why ``latest.json`` names no usable run of ``command``, when it exists but cannot serve; else None."""
+        path = self.root / LATEST
+        if not path.exists():
+            return None
+        try:
+            pointers = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return f"{LATEST} is not valid JSON"
+        name = pointers.get(command) if isinstance(pointers, dict) else None
+        if name and not (self.root / name).is_dir():
+            return f"{LATEST} names the run '{name}', which is gone"
+        if name and command == "train" and not (self.root / name / "model.ckpt").is_file():
+            return f"{LATEST} names the run '{name}', which has no model.ckpt"
+        return None
+
     def _pointers(self) -> dict[str, str]:
         path = self.root / LATEST
         if not path.exists():
