@@ -20,8 +20,9 @@ A verb never changes the engine: the task and data a loaded model brings stay in
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -297,4 +298,23 @@ class Engine:
             log.info("otx %s: skipped in a process of rank > 0 (rank 0 runs it)", command)
             return None
         ctx = self._context()
-        return run_verb(ctx, command, lambda run: body(ctx, run), lambda result: render(self.console, result))
+        with quiet_lightning():
+            return run_verb(ctx, command, lambda run: body(ctx, run), lambda result: render(self.console, result))
+
+
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's start-up notes (devices found, modules in eval mode) at WARNING level during a verb.
+
+    otx prints what ran (device, epochs, the summary) itself; the levels are restored afterwards.
+    """
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.pytorch")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)

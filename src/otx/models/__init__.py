@@ -9,6 +9,14 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+import warnings
+
+with warnings.catch_warnings():  # anomalib's import warns about its own and timm's internals: nothing to act on
+    warnings.filterwarnings(
+        "ignore", message=r"Importing from timm\.models\.layers is deprecated", category=FutureWarning
+    )
+    warnings.filterwarnings("ignore", message=r"The anomalib\.models\.components\.dinov2", category=FutureWarning)
+    import anomalib.models  # noqa: F401
 
 from otx.errors import OTXConfigError
 from otx.models.base import AnomalyModel

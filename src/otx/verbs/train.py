@@ -100,6 +100,10 @@ def run(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
+        warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")  # the frozen backbone, on purpose
+        warnings.filterwarnings(
+            "ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*"
+        )  # Lightning's
         try:
             trainer.fit(model, train_loader, val_loader, ckpt_path=resume, weights_only=True)
         except SystemExit as exc:  # Lightning ends an interrupted fit with sys.exit(1) after its clean-up
