@@ -144,3 +144,4 @@ def test_demo_package_runs_with_only_openvino_numpy_opencv(
             assert box_a["xyxy"] == box_b["xyxy"]
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == len(demo)
     assert all((tmp_path / "out" / r["mask"]).is_file() for r in demo)  # each record names its mask
+    assert [r["mask"] for r in demo] == [r["mask"] for r in ours]  # named as otx predict names them

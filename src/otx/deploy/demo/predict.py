@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -34,6 +36,29 @@ def find_images(source: str) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
     return sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS)
+
+
+def output_stems(paths: list[Path]) -> dict[Path, str]:
+    """Each image's name for its mask file, as ``otx predict`` names them (``otx.verbs.predict.output_stems``).
+
+    The path under the images' common folder with ``__`` for each ``/``, without the extension;
+    where that names two images, each keeps its extension (``a_png``), then a counter if needed.
+    """
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    plain = ["__".join(p.relative_to(root).with_suffix("").parts) for p in paths]
+    shared = {stem for stem, count in Counter(plain).items() if count > 1}
+    stems: dict[Path, str] = {}
+    used: set[str] = set()
+    for path, stem in zip(paths, plain):  # noqa: B905 - equal lengths; the demo runs on older Pythons too
+        if stem in shared:
+            stem = f"{stem}_{path.suffix.lstrip('.')}"
+        name, count = stem, 1
+        while name in used:
+            count += 1
+            name = f"{stem}_{count}"
+        used.add(name)
+        stems[path] = name
+    return stems
 
 
 def read_rgb(path: Path) -> np.ndarray | None:
@@ -157,6 +182,7 @@ def main() -> int:
     if not paths:
         print(f"error: no images found at {args.images}", file=sys.stderr)
         return 1
+    stems = output_stems(paths)
     out_dir = Path(args.output)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     results: dict[int, dict] = {}
@@ -173,7 +199,7 @@ def main() -> int:
             small = request.get_output_tensor(map_at).data[0, 0]
             full = restore(small, (height, width), input_hw, mode)
             mask = full >= 0.5
-            record["mask"] = f"masks/{index:05d}_{path.stem}_mask.png"
+            record["mask"] = f"masks/{stems[path]}_mask.png"
             cv2.imwrite(str(out_dir / record["mask"]), mask.astype(np.uint8) * 255)
             if task == "detection":
                 record["boxes"] = boxes_of(full, score >= 0.5, box_settings)
