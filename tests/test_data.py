@@ -193,3 +193,25 @@ def test_replace_gives_a_new_module_and_leaves_this_one(sample_root: Path) -> No
     fresh.setup()
     assert [s.path for s in other.splits["val"]] == [s.path for s in fresh.splits["val"]]
     assert [s.path for s in other.splits["val"]] != [s.path for s in data.splits["val"]]
+
+
+def test_validation_names_of_symlinked_images_are_their_places_in_the_data(dataset_copy, tmp_path: Path) -> None:
+    import os
+    import shutil
+
+    root = dataset_copy()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(root / "test" / "good", elsewhere)
+    (root / "test" / "good").mkdir()
+    for image in sorted(elsewhere.iterdir()):  # data prepared by linking: each image a link to a file elsewhere
+        os.symlink(image, root / "test" / "good" / image.name)
+    data = AnomalyDataModule(str(root))
+    data.setup()
+    names = data.validation_names()
+    assert names and all(not name.startswith(("/", "..")) for name in names)
+    again = AnomalyDataModule(str(root))
+    again.setup()
+    again.val_files = names
+    again.split()
+    assert [s.path for s in again.splits["val"]] == [s.path for s in data.splits["val"]]
+    assert again.split_changes == {"validation_images_gone": 0, "seeded_split_moves": 0}

@@ -163,3 +163,20 @@ def test_checkpoints_load_safely_and_refuse_newer_schemas(trained_padim: dict, t
         OTXError, match=r"holds a Python object \(otx.data.datamodule.EpochShuffleSampler\).* for safety"
     ):
         load_checkpoint(unsafe)
+
+
+def test_a_padim_training_state_can_be_resumed(trained_padim: dict, tmp_path: Path) -> None:
+    """PADIM's fitted Gaussian is empty in a fresh model and takes its shape when loaded: not another model."""
+    from otx.checkpoint import model_entry
+    from otx.models import Padim
+    from otx.training import check_resume
+
+    fitted, _ = load_checkpoint(trained_padim["checkpoint"])
+    state = tmp_path / "checkpoints" / "last.ckpt"
+    state.parent.mkdir()
+    torch.save({"state_dict": fitted.state_dict(), "pytorch-lightning_version": "2"}, state)
+    fresh = Padim(**fitted.hparams)
+    assert any(v.numel() == 0 for v in fresh.state_dict().values())  # what made it look like another model
+    check_resume(state, fresh, model_entry(fresh), None)  # no error
+    with pytest.raises(OTXError, match="another model or backbone"):
+        check_resume(state, Padim(backbone="mobilenet_v2"), model_entry(fresh), None)

@@ -215,6 +215,15 @@ def test_images_added_to_the_test_folders_never_take_a_validation_images_place(
     assert str(root / "test" / "good" / "000_added.png") in tested
     assert len(tested) == len(data.splits["test"]) + 1
     assert any("changed since training" in w for w in json.loads((run / "metrics.json").read_text())["warnings"])
+    # A validation image removed: said, and the others stay validation images.
+    removed = Path(sorted(f for f in fitted if "/good/" in f)[0])  # a defect image would leave its mask alone
+    kept = removed.read_bytes()
+    removed.unlink()
+    assert main(["test", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 0
+    assert "(1 are gone)" in " ".join(capsys.readouterr().err.split())
+    tested = {r["image"] for r in json.loads((work_dir / latest(work_dir)["test"] / "predictions.json").read_text())}
+    assert not tested & fitted
+    removed.write_bytes(kept)
     # Unchanged folders: no warning, the same split as before.
     (root / "test" / "good" / "000_added.png").unlink()
     assert main(["test", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 0
@@ -460,6 +469,8 @@ def test_without_anomalous_validation_images_every_validation_image_is_normal_an
     predictions = engine.predict(source=root / "test" / "good", checkpoint=summary["checkpoint"], visualize=False)
     labels = [p.label_name for p in predictions if p.image_path in fitted]
     assert len(labels) == len(fitted) and set(labels) == {"normal"}  # the highest one included
+    tested = engine.test(checkpoint=summary["checkpoint"])  # learned on validation: nothing to say of it here
+    assert not any("was not learned" in w for w in tested["warnings"]), tested["warnings"]
 
 
 def test_an_anomalous_validation_image_without_a_mask_is_left_out_of_the_pixel_threshold(
@@ -510,6 +521,9 @@ def test_an_anomalous_validation_image_without_a_mask_is_left_out_of_the_pixel_t
     # known truth; counting the unmasked image's pixels as normal, as before, gives another threshold.
     assert threshold == pytest.approx(f1_adaptive_threshold(maps[known], masks[known]), rel=1e-6)
     assert f1_adaptive_threshold(maps, masks) != pytest.approx(threshold, rel=1e-6)
+    # The maps' range, which normalises every map, still spans all of them, the unmasked one included.
+    assert summary["thresholds"]["pixel_max"] == pytest.approx(float(maps.max()), rel=1e-5)
+    assert summary["thresholds"]["pixel_min"] == pytest.approx(float(maps.min()), rel=1e-5)
 
 
 def test_manual_threshold_above_every_score_warns_that_nothing_is_flagged(dataset_copy, tmp_path: Path) -> None:

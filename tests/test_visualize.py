@@ -104,6 +104,19 @@ def test_predict_on_a_dataset_folder_outlines_its_ground_truth(
     assert compared >= 2
 
 
+def test_an_unreadable_mask_only_loses_its_outline_in_predict(
+    trained_padim: dict, dataset_copy, tmp_path: Path
+) -> None:
+    root = dataset_copy()
+    mask = sorted((root / "ground_truth" / "contamination").glob("*_mask.png"))[0]
+    mask.write_bytes(b"not a png")
+    engine = Engine(data=AnomalyDataModule(num_workers=0), task="segmentation", work_dir=tmp_path)
+    predictions = engine.predict(source=root / "test" / "contamination", checkpoint=trained_padim["checkpoint"])
+    assert predictions and all(p.label_name in ("normal", "anomalous") for p in predictions)
+    overlays = next(tmp_path.glob("*-predict/predictions/overlays"))
+    assert (overlays / f"{mask.stem.removesuffix('_mask')}.png").is_file()
+
+
 def test_visualize_false_writes_no_overlays(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
     engine = Engine(data=AnomalyDataModule(num_workers=0), task="classification", work_dir=tmp_path)
     engine.predict(

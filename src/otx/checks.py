@@ -42,12 +42,13 @@ def unmasked_warning(samples: list[Any], split: str) -> str | None:
 
 
 def threshold_warnings(
-    scores: np.ndarray, labels: np.ndarray | None, threshold: float, what: str, split: str
+    scores: np.ndarray, labels: np.ndarray | None, threshold: float, what: str, split: str, learned: bool = False
 ) -> list[str]:
     """Warnings about one level (``what``: ``image`` or ``pixel``) on one split.
 
     ``scores`` are raw scores (or map values), ``labels`` their ground truth (None: unknown),
-    ``threshold`` the decision threshold in the same units.
+    ``threshold`` the decision threshold in the same units; ``learned``: it was just fitted on
+    these scores (F1-adaptive on the validation split), so a split without anomalies left it unlearned.
     """
     from otx.metrics import roc_auc
 
@@ -58,8 +59,8 @@ def threshold_warnings(
     plural = "images" if what == "image" else "pixels"
     if labels is not None:
         labels = np.asarray(labels).reshape(-1).astype(bool)
-        if not labels.any():
-            return [
+        if learned and not labels.any():
+            return [  # "flags nothing" would say the same thing less clearly
                 f"the {split} split has no anomalous {plural}: the {what} threshold ({threshold:.6g}) was not "
                 f"learned, it sits just above the highest normal {what} score; add defect images "
                 f"(test/<defect>{', with ground_truth/ masks' if what == 'pixel' else ''}) to learn one"

@@ -102,6 +102,7 @@ class PostProcessor(nn.Module):
         masks: torch.Tensor | None = None,
         image_threshold: float | None = None,
         pixel_threshold: float | None = None,
+        pixel_known: torch.Tensor | None = None,
     ) -> None:
         """Learn thresholds (F1-adaptive unless given) and min/max from validation outputs.
 
@@ -113,10 +114,14 @@ class PostProcessor(nn.Module):
                 pixel threshold then equals the image threshold (both are in the same units).
             image_threshold: manual raw image threshold, or None for F1-adaptive.
             pixel_threshold: manual raw pixel threshold, or None for F1-adaptive.
+            pixel_known: ``[N]`` bool, the images whose mask is their truth (None: all); the
+                F1-adaptive pixel threshold is fitted on those only, the min/max on every map.
         """
         img_t = image_threshold if image_threshold is not None else f1_adaptive_threshold(scores, labels)
         if pixel_threshold is not None:
             pix_t = pixel_threshold
+        elif masks is not None and pixel_known is not None and bool(masks[pixel_known].any()):
+            pix_t = f1_adaptive_threshold(maps[pixel_known], masks[pixel_known])
         elif masks is not None and bool(masks.any()):
             pix_t = f1_adaptive_threshold(maps, masks)
         else:

@@ -316,9 +316,13 @@ def check_resume(state_path: Path, model: Any, entry: dict[str, Any], data_root:
             )
         raise OTXError(f"cannot resume from '{state_path}': not a training state; {how}")
     theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
+    # buffers a fresh model holds empty (PADIM's Gaussian, PatchCore's bank) take their shape when fitted
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if theirs != ours:
-        differ = sorted(set(theirs) ^ set(ours)) or sorted(k for k in ours if theirs.get(k) != ours[k])
+    fitted_later = {k for k, v in model.state_dict().items() if v.numel() == 0}
+    differ = sorted(set(theirs) ^ set(ours)) or sorted(
+        k for k in ours if k not in fitted_later and theirs.get(k) != ours[k]
+    )
+    if differ:
         raise OTXError(
             f"cannot resume from '{state_path}': it holds another model or backbone ({len(differ)} tensor(s) differ "
             f"in name or shape, e.g. {differ[0]}); resume with the interrupted run's recipe and options"

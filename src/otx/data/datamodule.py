@@ -316,20 +316,4 @@ def samples_from_source(source: str | Path) -> list[Sample]:
             raise OTXDataError(f"source '{text}' does not exist; pass an image file, a folder or a glob pattern")
     if not files:
         raise OTXDataError(f"no images found at '{text}' (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return [Sample(str(f), -1, "unknown", _layout_mask(f)) for f in files]
-
-
-def _layout_mask(image: Path) -> str | None:
-    """The ground-truth mask an MVTec-layout image has (``<root>/ground_truth/<defect>/<name>_mask.*``), if any.
-
-    Predicted images are never scored; the mask only draws the ground-truth outline on the overlay.
-    """
-    folder = image.parent
-    if folder.parent.name not in ("test", "val"):
-        return None
-    masks = folder.parent.parent / "ground_truth" / folder.name
-    for extension in (".png", *IMAGE_EXTENSIONS):
-        mask = masks / f"{image.stem}_mask{extension}"
-        if mask.is_file():
-            return str(mask)
-    return None
+    return [Sample(str(f), -1, "unknown") for f in files]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,10 +79,28 @@ def _index_subset(folder: Path, mask_dir: Path | None) -> list[Sample]:
             continue  # nested deeper than <subset>/<defect>/<image>: not MVTec layout
         mask_path = None
         if mask_dir is not None and defect not in (GOOD, UNKNOWN):
-            candidate = mask_dir / defect / f"{path.stem}{MvtecPath.MASK_POSTFIX}{MvtecPath.MASK_EXT}"
-            mask_path = str(candidate) if candidate.exists() else None
+            mask_path = _mask_of(mask_dir, defect, path)
         samples.append(Sample(str(path), _label_of(defect), defect, mask_path))
     return sorted(samples, key=lambda s: s.path)
+
+
+def _mask_of(mask_dir: Path, defect: str, image: Path) -> str | None:
+    """``<mask_dir>/<defect>/<name>_mask.png`` when that file exists (MVTec's naming)."""
+    candidate = mask_dir / defect / f"{image.stem}{MvtecPath.MASK_POSTFIX}{MvtecPath.MASK_EXT}"
+    return str(candidate) if candidate.exists() else None
+
+
+def layout_mask(image: str | Path) -> str | None:
+    """The ground-truth mask of an image that sits in MVTec layout (``<root>/test/<defect>/<name>``), if any.
+
+    For ``otx predict --source``: predicted images are never scored, the mask only draws the
+    ground-truth outline on the overlay. The same naming as ``index_mvtec``.
+    """
+    image = Path(image)
+    folder = image.parent
+    if folder.parent.name not in ("test", "val") or folder.name in (GOOD, UNKNOWN):
+        return None
+    return _mask_of(folder.parent.parent / "ground_truth", folder.name, image)
 
 
 def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
@@ -178,8 +197,8 @@ def split_validation(test: list[Sample], fraction: float, seed: int) -> tuple[li
 
 def relative_names(samples: list[Sample], root: str | Path) -> list[str]:
     """Each sample's path under ``root``, with ``/`` separators (how a checkpoint names its validation images)."""
-    base = Path(root).resolve()
-    return [Path(s.path).resolve().relative_to(base).as_posix() for s in samples]
+    base = os.path.abspath(root)  # not resolved: images may be symlinks to files elsewhere
+    return [Path(os.path.relpath(os.path.abspath(s.path), base)).as_posix() for s in samples]
 
 
 def split_by_names(

@@ -134,12 +134,23 @@ def check_own_folder(root: Path) -> None:
     """
     if not root.is_dir() or (root / SAMPLE_MARKER).is_file():
         return
-    first = next((path for path in sorted(root.rglob("*")) if path.is_file()), None)
+    # a folder from before the marker holds the generator's names only (train/good/000.png ...)
+    first = next(
+        (path for path in sorted(root.rglob("*")) if path.is_file() and not _GENERATED.fullmatch(_posix(path, root))),
+        None,
+    )
     if first is not None:
         raise ValueError(
             f"'{root}' already holds files that otx data make-sample did not write (e.g. "
-            f"{first.relative_to(root).as_posix()}); pass a new or empty folder (nothing was changed)"
+            f"{_posix(first, root)}); pass a new or empty folder, or delete this one (nothing was changed)"
         )
+
+
+_GENERATED = re.compile(r"(train|test)/\w+/\d{3}\.png|ground_truth/\w+/\d{3}_mask\.png")
+
+
+def _posix(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
 
 
 def mark_own_folder(root: Path) -> None:

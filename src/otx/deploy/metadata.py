@@ -152,7 +152,10 @@ class ModelInfo:
         return self.raw.get("otx_backbone", "unknown")
 
     def data_record(self) -> dict[str, Any]:
-        """The training data the metadata carries: validation split, seed and files' fingerprint (no paths)."""
+        """The training data the metadata carries: validation split, seed, files' fingerprint, validation images.
+
+        The validation images are paths under the data root (``data_val_files``), never absolute paths.
+        """
         return {
             "val_split": self.raw.get("data_val_split"),
             "seed": self.raw.get("data_seed"),

@@ -280,7 +280,7 @@ class AnomalyModel(L.LightningModule):
                 "scores": scores.float().cpu(),
                 "labels": torch.as_tensor(batch["label"]).cpu(),
                 "masks": batch["mask"].cpu(),
-                "pixel_known": torch.as_tensor(batch["pixel_known"]).cpu(),
+                "pixel_known": torch.as_tensor(batch.get("pixel_known", True)).expand(len(scores)).cpu(),
                 "orig_sizes": batch["orig_size"].cpu(),
                 "index": torch.as_tensor(batch["index"]).cpu(),
             }
@@ -308,12 +308,22 @@ class AnomalyModel(L.LightningModule):
         maps, masks = outputs["maps"], outputs["masks"]
         known = outputs.get("pixel_known")
         # Anomalous images without a mask file (where others have one) say nothing about their pixels:
-        # the pixel threshold and pixel AUROC leave them out, as the test metrics do.
+        # the pixel threshold and pixel AUROC leave them out, as the test metrics do (the maps' range,
+        # which normalises every map, still spans all of them).
+        truth = None
         if known is not None and not bool(known.all()) and bool((known & (outputs["labels"] == 1)).any()):
-            maps, masks = maps[known], masks[known]
+            truth = known
         self.postprocessor.fit(
-            outputs["scores"], outputs["labels"], maps, masks, self.image_threshold, self.pixel_threshold
+            outputs["scores"],
+            outputs["labels"],
+            maps,
+            masks,
+            self.image_threshold,
+            self.pixel_threshold,
+            pixel_known=truth,
         )
+        if truth is not None:
+            maps, masks = maps[truth], masks[truth]
         labels = outputs["labels"].numpy()
         predicted = (outputs["scores"] >= float(self.postprocessor.image_threshold)).numpy()
         logged = image_metrics(outputs["scores"].numpy(), labels, predicted)

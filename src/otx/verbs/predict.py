@@ -13,6 +13,7 @@ import numpy as np
 from otx import distributed
 from otx.checks import profile_warnings
 from otx.data.datamodule import samples_from_source
+from otx.data.dataset import layout_mask
 from otx.data.io import read_image, read_mask
 from otx.errors import OTXDataError, OTXError
 from otx.results import PredictResult
@@ -124,7 +125,7 @@ def run(
             canvas = None
             if visualize:
                 image = read_image(pred.image_path)
-                gt = outline_mask(sample.mask_path, image.shape[:2])
+                gt = outline_mask(sample.mask_path or layout_mask(sample.path), image.shape[:2])
                 canvas = overlay(image, pred, gt)
             try:
                 if pred.pred_mask is not None:

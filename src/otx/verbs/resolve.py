@@ -103,13 +103,14 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
     if same and info.get("val_files") is not None and data.validation_names() is not None:
         data.val_files = list(info["val_files"])
         data.split()
-        if data.split_changes["seeded_split_moves"] or data.split_changes["validation_images_gone"]:
+        changes = data.split_changes
+        if changes["seeded_split_moves"] or changes["validation_images_gone"]:
+            gone = changes["validation_images_gone"]
             ctx.warn(
-                f"the test folders of {root} changed since training: the model's "
-                f"{len(data.splits['val'])} validation images stay out of the test split "
-                f"({data.split_changes['validation_images_gone']} of them are gone), so the test metrics "
-                f"are on the {len(data.splits['test'])} others; the split val_split/seed give today "
-                f"would move {data.split_changes['seeded_split_moves']} images"
+                f"the test folders of {root} changed since training: the {len(data.splits['val'])} validation "
+                f"images the model was calibrated on{f' that are still there ({gone} are gone)' if gone else ''} "
+                f"stay out of the test split, so the test metrics are on the {len(data.splits['test'])} others "
+                f"(val_split/seed alone would now put {changes['seeded_split_moves']} images on the other side)"
             )
     if not same and fingerprint not in (None, "unknown"):
         ctx.warn(

@@ -147,7 +147,14 @@ def run(
         ctx, adapter, data.has_masks, thresholds, outputs, splits["val"], model.preprocessor, predictions=predictions
     ).metrics
     labels = outputs["labels"].numpy() == 1
-    found = threshold_warnings(outputs["scores"].numpy(), labels, stats["image_threshold"], "image", "validation")
+    found = threshold_warnings(
+        outputs["scores"].numpy(),
+        labels,
+        stats["image_threshold"],
+        "image",
+        "validation",
+        learned=model.image_threshold is None,
+    )
     pixel_truth = outputs["masks"].numpy() if data.has_masks else None
     if labels.any():  # else the image level's line says the thresholds were not learned
         found += threshold_warnings(
