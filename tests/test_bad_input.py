@@ -142,6 +142,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "cannot resume",
         1,
     ),
+    (
+        "train-recipe-unknown",
+        "misspelled recipe",
+        ["train", "--config", "recipe/anomaly_segmentation/padm.yaml"],
+        "did you mean recipe/anomaly_segmentation/padim.yaml?",
+        1,
+    ),
     ("train-config-yaml", "wrong file", ["train", "--config", "{badyaml}"], "is not valid YAML", 1),
     (
         "train-option-misspelled",

@@ -62,7 +62,11 @@ def resolve_recipe(path: str) -> str:
             candidate = recipes_dir() / path[len(prefix) :]
             if candidate.exists():
                 return str(candidate)
-            raise OTXError(f"no recipe '{path}'; shipped recipes: {', '.join(list_recipes())}")
+            import difflib
+
+            near = difflib.get_close_matches(path, list_recipes(), n=1, cutoff=0.6)
+            hint = f"did you mean {' or '.join(near)}?" if near else "`otx find recipes` lists them"
+            raise OTXError(f"no recipe '{path}'; {hint}")
     raise OTXError(f"config file '{path}' does not exist")
 
 
