@@ -143,6 +143,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     (
+        "train-trainer-devices-0",
+        "out of range",
+        ["train", "--config", RECIPE, "--trainer.devices", "0"],
+        "--trainer.devices takes a count of at least 1",
+        1,
+    ),
+    (
         "train-recipe-unknown",
         "misspelled recipe",
         ["train", "--config", "recipe/anomaly_segmentation/padm.yaml"],

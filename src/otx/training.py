@@ -226,8 +226,12 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
             raise
         message = " ".join(str(exc).split())
         if any(word in message for word in ("accelerator", "backend", "device", "Requirement")):
-            message += f" (accelerator {settings.get('accelerator')!r}, devices {settings.get('devices')!r}); "
-            message += "--trainer.accelerator cpu runs anywhere"
+            devices = settings.get("devices")
+            message += f" (accelerator {settings.get('accelerator')!r}, devices {devices!r}); "
+            if devices in (0, "0") or (isinstance(devices, list) and not devices):
+                message += "--trainer.devices takes a count of at least 1, a list of device indices or auto"
+            else:
+                message += "--trainer.accelerator cpu runs anywhere"
         raise OTXConfigError(f"trainer: {message}") from exc
     check_strategy(strategy, trainer.world_size)
     if isinstance(trainer.accelerator, CPUAccelerator):
