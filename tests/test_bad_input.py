@@ -150,6 +150,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     (
+        "train-input-size-one",
+        "wrong type",
+        ["train", "--config", RECIPE, "--model.init_args.input_size", "[256]"],
+        "a pair of integers such as [256,256]",
+        2,
+    ),
+    (
         "train-recipe-unknown",
         "misspelled recipe",
         ["train", "--config", "recipe/anomaly_segmentation/padm.yaml"],

@@ -450,6 +450,8 @@ def _expected(text: str) -> str:
         words.append(_TYPE_WORDS.get(name, name))
     if "list[" in text:
         words.append(_TYPE_WORDS["list"])
+    if "tuple[int, int]" in text:
+        words.append("a pair of integers such as [256,256] (height, width)")
     words = list(dict.fromkeys(words))
     return " or ".join(words) if words else "another value"
 
