@@ -321,11 +321,8 @@ def check_resume(state_path: Path, model: Any, entry: dict[str, Any], data_root:
         raise OTXError(f"cannot resume from '{state_path}': not a training state; {how}")
     theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
     # buffers a fresh model holds empty (PADIM's Gaussian, PatchCore's bank) take their shape when fitted
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    fitted_later = {k for k, v in model.state_dict().items() if v.numel() == 0}
-    differ = sorted(set(theirs) ^ set(ours)) or sorted(
-        k for k in ours if k not in fitted_later and theirs.get(k) != ours[k]
-    )
+    ours = {k: tuple(v.shape) if v.numel() else None for k, v in model.state_dict().items()}
+    differ = sorted(set(theirs) ^ set(ours)) or sorted(k for k, shape in ours.items() if shape not in (None, theirs[k]))
     if differ:
         raise OTXError(
             f"cannot resume from '{state_path}': it holds another model or backbone ({len(differ)} tensor(s) differ "
@@ -343,11 +340,9 @@ def check_resume(state_path: Path, model: Any, entry: dict[str, Any], data_root:
         return json.loads(json.dumps(value, default=str))
 
     was, now = plain(config.get("model") or {}), plain(entry)
-    changes = [
-        f"model {key} {was.get(key)!r} there, {now.get(key)!r} here"
-        for key in ("class_path",)
-        if was.get(key) != now.get(key)
-    ]
+    changes = []
+    if was.get("class_path") != now.get("class_path"):
+        changes.append(f"model class_path {was.get('class_path')!r} there, {now.get('class_path')!r} here")
     old_args, new_args = was.get("init_args") or {}, now.get("init_args") or {}
     changes += [
         f"model.init_args.{key} {old_args.get(key)!r} there, {new_args.get(key)!r} here"

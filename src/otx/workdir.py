@@ -123,14 +123,10 @@ class WorkDir:
 
     def pointer_problem(self, command: str) -> str | None:
         """Why ``latest.json`` names no usable run of ``command``, when it exists but cannot serve; else None."""
-        path = self.root / LATEST
-        if not path.exists():
-            return None
-        try:
-            pointers = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        pointers = self._read_pointers()
+        if pointers is None:
             return f"{LATEST} is not valid JSON"
-        name = pointers.get(command) if isinstance(pointers, dict) else None
+        name = pointers.get(command)
         if name and not (self.root / name).is_dir():
             return f"{LATEST} names the run '{name}', which is gone"
         if name and command == "train" and not (self.root / name / "model.ckpt").is_file():
@@ -138,13 +134,18 @@ class WorkDir:
         return None
 
     def _pointers(self) -> dict[str, str]:
+        return self._read_pointers() or {}
+
+    def _read_pointers(self) -> dict[str, str] | None:
+        """``latest.json`` as a mapping: empty when there is none, None when it is not a JSON object."""
         path = self.root / LATEST
         if not path.exists():
             return {}
         try:
-            return json.loads(path.read_text())
+            pointers = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
-            return {}
+            return None
+        return pointers if isinstance(pointers, dict) else None
 
     def mark_latest(self, run: Run) -> None:
         """Point ``latest.json`` at ``run`` for its command (atomic)."""

@@ -193,10 +193,9 @@ class AnomalyDataModule:
         elif self.val_files is not None:
             seeded, _ = split_validation(test, self.val_split, self.seed)
             val, test, gone = split_by_names(test, self.data_root, self.val_files)
-            kept = set(relative_names(val, self.data_root))
             self.split_changes = {
                 "validation_images_gone": gone,
-                "seeded_split_moves": len(set(relative_names(seeded, self.data_root)) ^ kept),
+                "seeded_split_moves": len({s.path for s in seeded} ^ {s.path for s in val}),
             }
         else:
             val, test = split_validation(test, self.val_split, self.seed)

@@ -100,11 +100,11 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
         log.warning("using the model's validation split (val_split/seed) so that test images stay unseen")
         data = data.replace(val_split=stored[0], seed=stored[1])
         data.setup()
-    if same and info.get("val_files") is not None and data.validation_names() is not None:
+    if same and info.get("val_files") is not None:
         data.val_files = list(info["val_files"])
-        data.split()
+        data.split()  # the data's own val/ folder, if any, still wins (split_changes stays empty)
         changes = data.split_changes
-        if changes["seeded_split_moves"] or changes["validation_images_gone"]:
+        if changes.get("seeded_split_moves") or changes.get("validation_images_gone"):
             gone = changes["validation_images_gone"]
             ctx.warn(
                 f"the test folders of {root} changed since training: the {len(data.splits['val'])} validation "
