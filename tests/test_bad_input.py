@@ -173,6 +173,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ),
     ("train-model-unknown", "wrong value", ["train", "--model", "Padimm"], "expects a model: Padim", 2),
     (
+        "train-epochs-twice",
+        "conflicting options",
+        ["train", "--config", STFPM, "--max_epochs", "3", "--trainer.max_epochs", "5"],
+        "--max_epochs 3, --trainer.max_epochs 5 disagree",
+        1,
+    ),
+    (
         "train-resume-not-a-state",
         "wrong file",
         ["train", "--config", RECIPE, "--resume", "{file}"],
@@ -196,6 +203,14 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("predict-model-option", "ignored option", ["predict", "--model", "otx.models.Stfpm"], "has no effect", 1),
+    ("test-trainer-option", "ignored option", ["test", "--trainer.devices", "2"], "takes --devices and --num_nodes", 1),
+    (
+        "export-epochs-option",
+        "ignored option",
+        ["export", "--max_epochs", "3"],
+        "trainer settings apply to otx train",
+        1,
+    ),
     ("test-checkpoint-folder", "path is a folder", ["test", "--checkpoint", "{data}"], "is a folder", 1),
     ("test-checkpoint-file", "wrong file", ["test", "--checkpoint", "{file}"], "not a readable otx checkpoint", 1),
     ("test-root-file", "path is a file", ["test", "--data_root", "{file}"], "not a folder", 1),
@@ -400,6 +415,10 @@ def test_engine_verbs_name_the_bad_argument(call, pattern: str, sample_root: Pat
     [
         (lambda: __import__("otx.engine").engine.Engine(max_epochs=0), r"max_epochs must be an integer >= 1"),
         (lambda: __import__("otx.engine").engine.Engine(work_dir=5), r"work_dir must be a path"),
+        (
+            lambda: __import__("otx.engine").engine.Engine(max_epochs=3, trainer={"max_epochs": 5}),
+            r"max_epochs=3 and trainer\['max_epochs'\]=5 disagree",
+        ),
         (
             lambda: __import__("otx.engine").engine.Engine(inference_precision="fp64"),
             r"inference_precision must be one of",

@@ -180,3 +180,24 @@ def test_a_padim_training_state_can_be_resumed(trained_padim: dict, tmp_path: Pa
     check_resume(state, fresh, model_entry(fresh), None)  # no error
     with pytest.raises(OTXError, match="another model or backbone"):
         check_resume(state, Padim(backbone="mobilenet_v2"), model_entry(fresh), None)
+
+
+@pytest.mark.parametrize("order", ["shortcut first", "shortcut last"])
+def test_max_epochs_shortcut_is_the_trainer_setting(order: str, capsys: pytest.CaptureFixture) -> None:
+    """--max_epochs wins over the recipe's trainer.max_epochs wherever it stands, and --print_config shows it."""
+    import yaml
+
+    from otx.cli import main
+
+    args = (
+        ["--config", STFPM, "--max_epochs", "2"]
+        if order == "shortcut last"
+        else ["--max_epochs", "2", "--config", STFPM]
+    )
+    with pytest.raises(SystemExit) as stop:
+        main(["train", *args, "--print_config"])
+    assert stop.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    recipe = yaml.safe_load((Path(__file__).parents[1] / "src/otx/recipes/anomaly_segmentation/stfpm.yaml").read_text())
+    assert recipe["trainer"]["max_epochs"] != 2  # the recipe's own cap, which the shortcut replaces
+    assert printed["trainer"]["max_epochs"] == 2

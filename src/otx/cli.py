@@ -609,11 +609,12 @@ def main(argv: list[str] | None = None) -> int:
             _disarm_watchdog()
 
 
-def _refuse_model_options(argv: list[str]) -> None:
-    """One line for ``--model...`` options given to a verb that runs a trained model (they would be ignored).
+def _refuse_train_options(argv: list[str]) -> None:
+    """One line for training options given to a verb that runs a trained model (they would be ignored).
 
     The model and its settings (thresholds, input size, input mode) come from the checkpoint or the
-    exported model; a recipe given with ``--config`` is only compared with it (``resolve_model``).
+    exported model; a recipe given with ``--config`` is only compared with it (``resolve_model``), and
+    its trainer section is read by otx train alone.
     """
     verb = next((arg for arg in argv if not arg.startswith("-")), None)
     if verb not in VERBS or verb == "train":
@@ -624,6 +625,47 @@ def _refuse_model_options(argv: list[str]) -> None:
             f"{given[0]} has no effect on otx {verb}: the model and its settings (thresholds, input size and mode) "
             "come from the checkpoint or exported model; give model settings to otx train"
         )
+    given = [arg.split("=")[0] for arg in argv if arg.startswith(("--trainer.", "--trainer=", "--max_epochs"))]
+    if given or "--trainer" in argv:
+        where = " (it takes --devices and --num_nodes)" if verb in ("test", "predict") else ""
+        raise OTXError(
+            f"{(given or ['--trainer'])[0]} has no effect on otx {verb}{where}: trainer settings apply to otx train"
+        )
+
+
+def _option_values(argv: list[str], option: str) -> list[tuple[int, str]]:
+    """``(position, value)`` of each ``option VALUE`` / ``option=VALUE`` in ``argv``."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            found.append((i, argv[i + 1]))
+        elif arg.startswith(option + "="):
+            found.append((i, arg.split("=", 1)[1]))
+    return found
+
+
+def _fold_max_epochs(argv: list[str]) -> list[str]:
+    """``--max_epochs N`` as ``--trainer.max_epochs N`` after every other option.
+
+    So the shortcut wins over the recipe's ``trainer.max_epochs`` wherever it stands, and
+    ``--print_config`` and the run's config.yaml show the epochs the run will train. Given with a
+    different ``--trainer.max_epochs``: one line (before: the shortcut won silently). A value that is
+    not a whole number of at least 1 stays where it is, for the parser's or Engine's message.
+    """
+    shortcut = _option_values(argv, "--max_epochs")
+    if not shortcut:
+        return argv
+    values = {value for _, value in shortcut}
+    explicit = {value for _, value in _option_values(argv, "--trainer.max_epochs")}
+    if len(values) > 1 or (explicit and explicit != values):
+        given = ", ".join(f"--max_epochs {v}" for v in sorted(values))
+        given += "".join(f", --trainer.max_epochs {v}" for v in sorted(explicit))
+        raise OTXError(f"{given} disagree: give the number of epochs once")
+    value = shortcut[0][1]
+    if not (value.isdigit() and int(value) >= 1):
+        return argv
+    drop = {i for i, _ in shortcut} | {i + 1 for i, _ in shortcut if argv[i] == "--max_epochs"}
+    return [arg for i, arg in enumerate(argv) if i not in drop] + ["--trainer.max_epochs", value]
 
 
 def _main(argv: list[str]) -> int:
@@ -633,9 +675,9 @@ def _main(argv: list[str]) -> int:
     _warnings_to_stderr()
     _install_signal_handlers()
     try:
-        _refuse_model_options(argv)
+        _refuse_train_options(argv)
         parser = build_parser()
-        cfg = parser.parse_args(_resolve_config_args(argv))
+        cfg = parser.parse_args(_fold_max_epochs(_resolve_config_args(argv)))
         command = cfg.command
         if command in VERBS:
             return _run_verb(command, cfg[command], parser._subcommands_action._name_parser_map[command], console)

@@ -115,6 +115,11 @@ class Engine:
         if trainer is not None and not isinstance(trainer, dict):
             raise OTXConfigError(f"trainer must be a dict of lightning.Trainer arguments (got {trainer!r})")
         self.trainer = dict(trainer or {})
+        if self.max_epochs is not None and self.trainer.get("max_epochs") not in (None, self.max_epochs):
+            raise OTXConfigError(
+                f"max_epochs={self.max_epochs} and trainer['max_epochs']={self.trainer['max_epochs']!r} disagree: "
+                "give the number of epochs once"
+            )
         self.seed = check_int("seed", seed, minimum=0)
         self.config = config or {}
         self.console = console or Console(stderr=True, quiet=secondary())  # rank > 0 prints nothing
