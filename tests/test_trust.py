@@ -246,6 +246,31 @@ def test_best_threshold_agrees_best_and_stays_near_the_prior() -> None:
         assert agreement == pytest.approx(max(np.mean((values >= c) == reference) for c in cuts)), trial
 
 
+def test_optimize_figures_leave_an_anomalous_image_without_a_mask_out_of_the_pixel_level() -> None:
+    """The pixel AUROC and F1 otx optimize reports count only images whose mask is their truth, as otx test does."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from otx.deploy.calibrate import RawOutputs, level_metrics, reference_labels
+
+    rng = np.random.default_rng(5)
+    n, size = 12, 16
+    labels = np.arange(n) % 2 == 1
+    masks = np.zeros((n, size, size), bool)
+    masks[labels, 4:9, 4:9] = True
+    maps = rng.normal(size=(n, size, size)).astype(np.float32) + 2.0 * masks
+    masks[1] = False  # an anomalous image whose mask file is missing: its map is still high where the defect is
+    known = np.ones(n, bool)
+    known[1] = False
+    outputs = RawOutputs(maps.max(axis=(1, 2)), maps, labels, masks, np.arange(n), known)
+    stats = {"image_threshold": 2.0, "pixel_threshold": 1.5, "image_min": -3.0, "image_max": 6.0}
+    stats |= {"pixel_min": float(maps.min()), "pixel_max": float(maps.max())}
+    figures = level_metrics(outputs, stats, reference_labels(outputs, stats), use_masks=True)
+    truth, values = masks[known].ravel(), maps[known].ravel()
+    assert figures["pixel_AUROC"] == pytest.approx(roc_auc_score(truth, values), abs=1e-6)
+    assert figures["pixel_F1"] == pytest.approx(f1_score(truth, values >= 1.5), abs=1e-6)
+    assert figures["pixel_AUROC"] != pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-3)
+
+
 def test_recalibration_follows_a_shift_and_ignores_noise() -> None:
     from otx.deploy.calibrate import RawOutputs, calibrate_decisions
 
@@ -256,7 +281,9 @@ def test_recalibration_follows_a_shift_and_ignores_noise() -> None:
 
     def outputs(scores: np.ndarray) -> RawOutputs:
         n = scores.size
-        return RawOutputs(scores, scores[:, None, None], np.zeros(n, bool), np.zeros((n, 1, 1), bool), np.arange(n))
+        return RawOutputs(
+            scores, scores[:, None, None], np.zeros(n, bool), np.zeros((n, 1, 1), bool), np.arange(n), np.ones(n, bool)
+        )
 
     # Every score 0.8 higher (what INT8 did to PADIM on the sample data): recalibrated, labels restored.
     shifted = calibrate_decisions(outputs(ref), outputs(ref + 0.8), stats)

@@ -96,7 +96,8 @@ class RawOutputs:
     """A model's raw validation outputs, with the items' ground truth.
 
     ``scores [N]`` and ``maps [N, h, w]`` (float32), ``labels [N]`` and ``masks [N, h, w]`` (bool),
-    and each item's index in its dataset (``indices [N]``).
+    each item's index in its dataset (``indices [N]``) and whether its mask is its truth (``known
+    [N]``: not for an anomalous image without a mask file).
     """
 
     scores: np.ndarray
@@ -104,17 +105,25 @@ class RawOutputs:
     labels: np.ndarray
     masks: np.ndarray
     indices: np.ndarray
+    known: np.ndarray
 
     def take(self, indices: np.ndarray) -> RawOutputs:
         """The outputs of the items with these dataset indices, in that order."""
         position = {int(index): i for i, index in enumerate(self.indices)}
         rows = np.array([position[int(index)] for index in indices], dtype=np.int64)
-        return RawOutputs(self.scores[rows], self.maps[rows], self.labels[rows], self.masks[rows], self.indices[rows])
+        return RawOutputs(
+            self.scores[rows],
+            self.maps[rows],
+            self.labels[rows],
+            self.masks[rows],
+            self.indices[rows],
+            self.known[rows],
+        )
 
 
 def raw_outputs(compiled: Any, items: Any) -> RawOutputs:
     """Run a compiled model with raw outputs (``with_raw_outputs``) over dataset items."""
-    scores, maps, labels, masks, indices = [], [], [], [], []
+    scores, maps, labels, masks, indices, known = [], [], [], [], [], []
     for item in items:
         if item["error"]:
             raise OTXError(item["error"])
@@ -125,8 +134,14 @@ def raw_outputs(compiled: Any, items: Any) -> RawOutputs:
         labels.append(int(item["label"]) == 1)
         masks.append(np.asarray(item["mask"], dtype=bool).reshape(maps[-1].shape))
         indices.append(int(item["index"]))
+        known.append(bool(item.get("pixel_known", True)))
     return RawOutputs(
-        np.asarray(scores, np.float32), np.stack(maps), np.asarray(labels), np.stack(masks), np.asarray(indices)
+        np.asarray(scores, np.float32),
+        np.stack(maps),
+        np.asarray(labels),
+        np.stack(masks),
+        np.asarray(indices),
+        np.asarray(known, dtype=bool),
     )
 
 
@@ -304,9 +319,13 @@ def level_metrics(
     figures["image_label_agreement"] = _agreement(image_pred, *reference_labels["image"])
     pixels = _sample_pixels(outputs.maps, PIXEL_SAMPLE)
     pixel_pred = outputs.maps.reshape(-1)[pixels] >= stats["pixel_threshold"]
-    if use_masks and outputs.masks.any() and not outputs.masks.all():
-        figures["pixel_AUROC"] = roc_auc(outputs.maps, outputs.masks)
-        figures["pixel_F1"] = f1_at(outputs.maps >= stats["pixel_threshold"], outputs.masks)
+    # ground truth: the images whose mask is their truth (as otx test and the validation threshold)
+    maps, masks = outputs.maps, outputs.masks
+    if not outputs.known.all():
+        maps, masks = maps[outputs.known], masks[outputs.known]
+    if use_masks and masks.any() and not masks.all():
+        figures["pixel_AUROC"] = roc_auc(maps, masks)
+        figures["pixel_F1"] = f1_at(maps >= stats["pixel_threshold"], masks)
     figures["pixel_label_agreement"] = _agreement(pixel_pred, *reference_labels["pixel"])
     return figures
 

@@ -155,10 +155,18 @@ def run(
         "validation",
         learned=model.image_threshold is None,
     )
-    pixel_truth = outputs["masks"].numpy() if data.has_masks else None
+    maps, pixel_truth = outputs["maps"], outputs["masks"] if data.has_masks else None
+    known = outputs.get("pixel_known")
+    if pixel_truth is not None and known is not None and bool(known.any()) and not bool(known.all()):
+        # an anomalous image without a mask file says nothing about its pixels (as the threshold was fitted)
+        maps, pixel_truth = maps[known], pixel_truth[known]
     if labels.any():  # else the image level's line says the thresholds were not learned
         found += threshold_warnings(
-            outputs["maps"].numpy(), pixel_truth, stats["pixel_threshold"], "pixel", "validation"
+            maps.numpy(),
+            pixel_truth.numpy() if pixel_truth is not None else None,
+            stats["pixel_threshold"],
+            "pixel",
+            "validation",
         )
     for message in found:
         ctx.warn(message)
