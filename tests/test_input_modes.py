@@ -169,6 +169,12 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
     assert_same_predictions(expected, got, "detection", 1e-3)
     # the demo package's own restore (crop or stitch) and boxes give otx's predictions
     check_demo_package(Path(summary["demo_package"]), source, got, tmp_path)
+    # otx test of the IR gives the checkpoint's metrics: computed on the raw outputs its post-processor
+    # normalises, like the checkpoint's (the normalised map clips to 0 far below the pixel threshold)
+    from_checkpoint = engine.test(checkpoint=trained["checkpoint"])["metrics"]
+    from_ir = engine.test(checkpoint=exported)["metrics"]
+    for key in ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1", "AUPRO", "AUPRO_input", "box_AP", "box_AP10"):
+        assert from_ir[key] == pytest.approx(from_checkpoint[key], abs=1e-3, nan_ok=True), key
 
 
 def check_demo_package(package: Path, source: Path, ours: list, tmp_path: Path) -> None:

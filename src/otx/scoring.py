@@ -2,8 +2,9 @@
 
 Both give the Engine the same things: outputs per batch, how to normalise them, the thresholds in
 the outputs' units and a description for metrics.json. A torch model returns raw scores (metrics
-are computed on them); an exported model returns the normalised scores its graph computes, with
-0.5 as the threshold.
+are computed on them); an exported model returns the same raw outputs when its inferencer was
+built with ``raw_outputs`` (``otx test``: metrics like the checkpoint's, whatever the input mode),
+else the normalised scores its graph computes, with 0.5 as the threshold.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from otx.checkpoint import model_entry
 from otx.deploy.inferencer import OpenVINOInferencer
 from otx.models.base import AnomalyModel
+from otx.postprocess import normalize
 
 
 class TorchScorer:
@@ -92,17 +94,27 @@ class OpenVINOScorer:
         self.boxes = inferencer.info.box_settings()
 
     def run(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised ``(maps [B, h, w], scores [B])`` for images of any size."""
+        """``(maps [B, h, w], scores [B])`` for images of any size: raw with ``raw_outputs``, else normalised."""
         out = self.inferencer.infer([image.numpy() for image in images])
+        if self.inferencer.raw_outputs:
+            return torch.from_numpy(out["raw_map"]), torch.from_numpy(out["raw_score"])
         return torch.from_numpy(out["anomaly_map"]), torch.from_numpy(out["pred_score"])
 
     def normalize(self, maps: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The graph already normalised: labels and masks at 0.5, as inside the graph."""
+        """Normalised score, label, map and mask: the graph's post-processor (raw outputs), or as they are."""
+        if self.inferencer.raw_outputs:
+            stats = self.stats()
+            score = normalize(scores, stats["image_threshold"], stats["image_min"], stats["image_max"])
+            maps = normalize(maps, stats["pixel_threshold"], stats["pixel_min"], stats["pixel_max"])
+            scores = score
         return {"pred_score": scores, "pred_label": scores >= 0.5, "anomaly_map": maps, "pred_mask": maps >= 0.5}
 
     @property
     def thresholds(self) -> tuple[float, float]:
-        """0.5 for both: the outputs are normalised around the learned thresholds."""
+        """The raw thresholds of the metadata (raw outputs), else 0.5 for both (normalised outputs)."""
+        if self.inferencer.raw_outputs:
+            stats = self.stats()
+            return stats["image_threshold"], stats["pixel_threshold"]
         return 0.5, 0.5
 
     def stats(self) -> dict[str, float]:

@@ -98,6 +98,9 @@ class OpenVINOInferencer:
         num_requests: parallel inference requests; 0 takes the device's optimal number.
         task: override the task stored in the model (``classification``, ``detection``, ``segmentation``).
         performance_hint: OpenVINO's ``THROUGHPUT`` (parallel requests; the default) or ``LATENCY``.
+        raw_outputs: also return the raw score and map that feed the graph's post-processor
+            (``infer``'s ``raw_score`` and ``raw_map``), in the units of the metadata's thresholds:
+            what metrics are computed on (the normalised map clips to 0 far below the threshold).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class OpenVINOInferencer:
         num_requests: int = 0,
         task: str | None = None,
         performance_hint: str = "THROUGHPUT",
+        raw_outputs: bool = False,
     ) -> None:
         import openvino as ov
 
@@ -127,6 +131,11 @@ class OpenVINOInferencer:
         self._check_weight_bits()
         self.preprocessor = self.info.preprocessor()  # the input mode: restores maps to each image's size
         self.adapter: TaskAdapter = get_adapter(task or self.info.task)
+        self.raw_outputs = raw_outputs
+        if raw_outputs:
+            from otx.deploy.calibrate import with_raw_outputs
+
+            self.model = with_raw_outputs(self.model)
         self.static_input = self.device.startswith("NPU")  # NPUs compile static shapes only
         if self.static_input:
             self.model.reshape({0: [1, 3, *self.info.input_size]})
@@ -150,12 +159,17 @@ class OpenVINOInferencer:
             self.compiled = self.core.compile_model(self.model, self.device, config)
         except Exception as exc:  # noqa: BLE001
             raise OTXError(f"OpenVINO cannot compile '{self.path}' for {self.device} ({_first_line(exc)})") from exc
-        self.output_index = {name: self._output_position(name) for name in ("pred_score", "anomaly_map")}
+        names = {"pred_score": "pred_score", "anomaly_map": "anomaly_map"}
+        if raw_outputs:
+            from otx.deploy.calibrate import RAW_MAP, RAW_SCORE
+
+            names |= {"raw_score": RAW_SCORE, "raw_map": RAW_MAP}
+        self.output_index = {key: self._output_position(name) for key, name in names.items()}
         if num_requests <= 0:
             num_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.num_requests = max(1, num_requests)
         self.queue = ov.AsyncInferQueue(self.compiled, self.num_requests)
-        self._results: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._results: dict[int, dict[str, np.ndarray]] = {}
         # A plain function holding the results dict, not a bound method: a queue whose callback
         # references the inferencer forms a cycle that keeps the compiled model (weights and
         # request buffers) alive until Python's cycle collector happens to run.
@@ -245,7 +259,8 @@ class OpenVINOInferencer:
         """Normalised outputs for images of any size, one request each, run asynchronously.
 
         Returns ``pred_score [N]``, ``pred_label [N]``, ``anomaly_map [N, h, w]`` and
-        ``pred_mask [N, h, w]`` at the model's input size, in the order of ``images``.
+        ``pred_mask [N, h, w]`` at the model's input size, in the order of ``images``; with
+        ``raw_outputs``, also ``raw_score [N]`` and ``raw_map [N, h, w]``.
         """
         self._results.clear()
         count = 0
@@ -255,17 +270,14 @@ class OpenVINOInferencer:
         self.queue.wait_all()
         if count == 0:
             height, width = self.info.input_size
-            return {
-                "pred_score": np.zeros(0, np.float32),
-                "pred_label": np.zeros(0, bool),
-                "anomaly_map": np.zeros((0, height, width), np.float32),
-                "pred_mask": np.zeros((0, height, width), bool),
-            }
-        scores = np.concatenate([self._results[i][0] for i in range(count)])
-        maps = np.concatenate([self._results[i][1] for i in range(count)])
+            empty = {key: (0, height, width) if "map" in key else (0,) for key in self.output_index}
+            stacked = {key: np.zeros(shape, np.float32) for key, shape in empty.items()}
+        else:
+            stacked = {key: np.concatenate([self._results[i][key] for i in range(count)]) for key in self.output_index}
         self._results.clear()
         # Label and mask are recomputed from score and map exactly as the graph does (>= 0.5).
-        return {"pred_score": scores, "pred_label": scores >= 0.5, "anomaly_map": maps, "pred_mask": maps >= 0.5}
+        scores, maps = stacked["pred_score"], stacked["anomaly_map"]
+        return {**stacked, "pred_label": scores >= 0.5, "pred_mask": maps >= 0.5}
 
     def predict(self, source: str | Path | np.ndarray | Sequence[np.ndarray]) -> list[Prediction]:
         """Predict on a file, a folder, a glob, one image array or a list of arrays.
@@ -310,12 +322,14 @@ class OpenVINOInferencer:
 
 
 def _store_outputs(
-    results: dict[int, tuple[np.ndarray, np.ndarray]], index: dict[str, int], request: Any, userdata: int
+    results: dict[int, dict[str, np.ndarray]], index: dict[str, int], request: Any, userdata: int
 ) -> None:
-    """Request-queue callback: keep a copy of the score and map of request ``userdata``."""
-    score = request.get_output_tensor(index["pred_score"]).data
-    amap = request.get_output_tensor(index["anomaly_map"]).data
-    results[userdata] = (score.reshape(-1).copy(), amap.reshape(amap.shape[0], *amap.shape[-2:]).copy())
+    """Request-queue callback: keep a copy of the scores ``[1]`` and maps ``[1, h, w]`` of request ``userdata``."""
+    kept = {}
+    for key, position in index.items():
+        data = request.get_output_tensor(position).data
+        kept[key] = data.reshape(data.shape[0], *data.shape[-2:]).copy() if "map" in key else data.reshape(-1).copy()
+    results[userdata] = kept
 
 
 def _type_name(value: Any) -> str:

@@ -26,13 +26,26 @@ from otx.workdir import training_data_root
 log = logging.getLogger("otx")
 
 
-def resolve_model(ctx: VerbContext, checkpoint: str | Path | None) -> Scorer:
-    """A scorer for a checkpoint or an exported model (default: the latest training run's checkpoint)."""
+def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: bool = False) -> Scorer:
+    """A scorer for a checkpoint or an exported model (default: the latest training run's checkpoint).
+
+    ``raw_outputs``: an exported model gives the raw outputs its post-processor normalises (what
+    metrics are computed on, as for a checkpoint), where its graph and metadata allow.
+    """
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(ctx.workdir)
     if is_exported_model(path):
-        inferencer = OpenVINOInferencer(
-            path, device=ctx.device, precision_hint=ctx.inference_precision, task=ctx.task.value if ctx.task else None
-        )
+        settings = {"device": ctx.device, "precision_hint": ctx.inference_precision}
+        settings["task"] = ctx.task.value if ctx.task else None
+        inferencer = None
+        if raw_outputs:
+            try:
+                inferencer = OpenVINOInferencer(path, raw_outputs=True, **settings)
+            except OTXError as exc:  # an export by an older otx: its normalised outputs
+                log.info("no raw outputs from %s (%s); metrics from its normalised outputs", path, exc)
+            if inferencer is not None and len(inferencer.info.stats()) < 6:
+                inferencer = None
+        if inferencer is None:
+            inferencer = OpenVINOInferencer(path, **settings)
         scorer: Scorer = OpenVINOScorer(inferencer)
         scorer.data_info["data_root"] = training_data_root(path)  # from its run folders, where they are
     else:

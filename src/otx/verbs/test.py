@@ -29,7 +29,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     With ``devices`` x ``num_nodes`` > 1 the test images are split between that many processes
     (``otx.distributed.launch``); rank 0 computes the metrics on all outputs and writes the files.
     """
-    scorer = resolve_model(ctx, checkpoint)  # a missing model is reported before other processes start
+    scorer = resolve_model(ctx, checkpoint, raw_outputs=True)  # a missing model: reported before other processes start
     distributed.launch(devices, num_nodes)
     adapter = ctx.adapter(scorer.task)
     if message := untuned_boxes(scorer, adapter):
