@@ -389,3 +389,69 @@ def test_the_python_api_prints_no_library_noise(sample_root: Path, tmp_path: Pat
     assert "otx train: Padim" in done.stderr  # otx's own summary (stderr in the Python API)
     for noise in ("Warning", "deprecated", "GPU available", "eval mode", "TPU available"):
         assert noise not in done.stderr + done.stdout, (noise, done.stderr)
+
+
+_API_WARNING = """
+import logging, sys
+if sys.argv[3] == "basicConfig":
+    logging.basicConfig(level=logging.WARNING)
+from otx.data import AnomalyDataModule
+from otx.engine import Engine
+from otx.models import Padim
+data = AnomalyDataModule(sys.argv[1], num_workers=0)
+Engine(model=Padim(input_size=(64, 64), image_threshold=1e9), data=data, work_dir=sys.argv[2]).train()
+"""
+
+
+@pytest.mark.parametrize("logging_setup", ["none", "basicConfig"])
+def test_the_python_api_shows_otx_warnings_once(logging_setup: str, sample_root: Path, tmp_path: Path) -> None:
+    """A warning otx gives (here: a manual threshold above every score) reaches stderr, once, however logging is set."""
+    done = subprocess.run(
+        [sys.executable, "-c", _API_WARNING, str(sample_root / "bottle_like"), str(tmp_path), logging_setup],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OTX_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    shown = [line for line in done.stderr.splitlines() if "image threshold" in line and "flags nothing" in line]
+    assert len(shown) == 1, done.stderr
+    assert shown[0].startswith("WARNING:")  # logging's own format or otx's: "LEVEL: message" / "LEVEL:otx:message"
+
+
+def test_an_engine_tests_and_predicts_with_its_own_training(sample_root: Path, tmp_path: Path) -> None:
+    """Two engines sharing a work_dir: each one's test and predict default to the model it trained."""
+    first = Engine(
+        model=Padim(input_size=(64, 64)),
+        data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
+        work_dir=tmp_path,
+    )
+    second = Engine(
+        model=Padim(input_size=(96, 96)),
+        data=AnomalyDataModule(str(sample_root / "tile_like"), num_workers=0),
+        task="classification",
+        work_dir=tmp_path,
+    )
+    mine = first.train().checkpoint
+    theirs = second.train().checkpoint  # now the work_dir's latest training run
+    assert first.test().checkpoint == mine and second.test().checkpoint == theirs
+    predicted = first.predict(source=sample_root / "bottle_like" / "test" / "good", visualize=False)
+    run = first.workdir.latest("predict")
+    assert json.loads((run / "metrics.json").read_text())["checkpoint"] == mine and predicted
+    exported = first.export().checkpoint
+    assert exported == mine
+
+
+def test_training_twice_starts_from_the_model_as_given(sample_root: Path, tmp_path: Path) -> None:
+    """STFPM learns by gradient descent: a second train() must not go on from the first one's weights."""
+    model = Stfpm(input_size=(64, 64))
+    engine = Engine(
+        model=model,
+        data=AnomalyDataModule(str(sample_root / "carpet_like"), batch_size=8, num_workers=0),
+        work_dir=tmp_path,
+        max_epochs=1,
+    )
+    first, second = engine.train(), engine.train()
+    assert second.thresholds == pytest.approx(first.thresholds, rel=1e-5)
+    assert second.validation_metrics == pytest.approx(first.validation_metrics, rel=1e-5)
+    assert engine.model is not model  # the first call trained the given object, the second a fresh copy of it

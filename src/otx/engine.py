@@ -21,6 +21,7 @@ A verb never changes the engine: the task and data a loaded model brings stay in
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ from otx.data.datamodule import AnomalyDataModule
 from otx.deploy.inferencer import PRECISION_HINTS
 from otx.distributed import secondary
 from otx.errors import OTXConfigError
+from otx.logs import warnings_shown
 from otx.models.base import AnomalyModel
 from otx.render import render
 from otx.results import BenchmarkResult, ExportResult, OptimizeResult, Result, TestResult, TrainResult
@@ -123,6 +125,8 @@ class Engine:
         self.seed = check_int("seed", seed, minimum=0)
         self.config = config or {}
         self.console = console or Console(stderr=True, quiet=secondary())  # rank > 0 prints nothing
+        self._pristine: AnomalyModel | None = None  # the model as given, before this engine first trained it
+        self._own: dict[str, Path] = {}  # the checkpoint ("train") and export ("export") this engine wrote last
 
     # --- verbs -------------------------------------------------------------------------------
     def train(self, resume: bool | str | Path = False) -> TrainResult | None:
@@ -133,21 +137,37 @@ class Engine:
         the best epoch's weights). ``resume`` continues an interrupted multi-epoch training: True
         takes the newest interrupted run in ``work_dir``, a path names its folder or ``last.ckpt``.
         Returns a ``TrainResult`` (also the run folder's ``metrics.json``); ``.checkpoint`` is
-        the written ``model.ckpt``. With ``trainer={"devices": N, "strategy": "ddp"}`` (or
-        ``num_nodes``) the fit runs in several processes (``docs/scale.md``); processes of rank > 0
+        the written ``model.ckpt``, which this engine's test, predict, export and benchmark then
+        take by default. Each call trains the model as it was given (a copy kept at the first
+        call), not the weights of an earlier call; ``engine.model`` is the model the last call
+        trained. With ``trainer={"devices": N, "strategy": "ddp"}`` (or ``num_nodes``) the fit runs
+        in several processes (``docs/scale.md``); processes of rank > 0
         return None.
         """
         if self.model is None:
             raise OTXConfigError("no model given; pass a model (e.g. --config recipe/anomaly_segmentation/padim.yaml)")
         if not isinstance(resume, bool | str | Path):
             raise OTXConfigError(f"resume must be True, False or a path (got {resume!r})")
-        model = self.model
         start = resume_checkpoint(resume, self.workdir.root) if resume is not False else None
-        return self._run(
+        if self._pristine is None:
+            self._pristine = copy.deepcopy(self.model)
+        else:  # a second call trains afresh: STFPM's student would go on from the first call's weights
+            self.model = copy.deepcopy(self._pristine)
+        model = self.model
+        result = self._run(
             "train",
             lambda ctx, run: train_verb.run(ctx, run, model, self.trainer, self.max_epochs, start),
             distributed=True,
         )
+        if result is not None:
+            self._own = {"train": Path(result.checkpoint)}
+        return result
+
+    def _default(self, checkpoint: str | Path | None, *kinds: str) -> str | Path | None:
+        """``checkpoint``, else the newest of this engine's own runs of ``kinds`` (None: the work_dir's latest)."""
+        if checkpoint is not None:
+            return checkpoint
+        return next((self._own[kind] for kind in kinds if kind in self._own), None)
 
     def test(self, checkpoint: str | Path | None = None, devices: int = 1, num_nodes: int = 1) -> TestResult | None:
         """Evaluate on the test split; returns a ``TestResult`` (``.metrics``; also metrics.json and a report).
@@ -160,6 +180,7 @@ class Engine:
         check_path("checkpoint", checkpoint, optional=True)
         check_int("devices", devices, minimum=1)
         check_int("num_nodes", num_nodes, minimum=1)
+        checkpoint = self._default(checkpoint, "train")
         return self._run(
             "test", lambda ctx, run: test_verb.run(ctx, run, checkpoint, devices, num_nodes), distributed=True
         )
@@ -176,7 +197,8 @@ class Engine:
         """Predict on ``source`` (file, folder or glob) or, without it, on the data's test images.
 
         ``checkpoint`` may be a ``model.ckpt`` or an exported ``.xml`` / ``.onnx`` (run by OpenVINO
-        on ``device``); the default is the latest training run's checkpoint. The same holds for ``test``.
+        on ``device``); the default is the checkpoint this engine trained last, else the latest training
+        run's in ``work_dir``. The same holds for ``test``, ``export`` and ``benchmark``.
         With ``visualize``, an overlay per image goes to ``predictions/overlays/`` (heat map, mask
         outline or boxes, label and score, and the ground-truth outline where the data has one).
         Returns the predictions; counts and unreadable images are in the run's ``metrics.json``.
@@ -192,6 +214,7 @@ class Engine:
         check_bool("keep_masks", keep_masks)
         check_int("devices", devices, minimum=1)
         check_int("num_nodes", num_nodes, minimum=1)
+        checkpoint = self._default(checkpoint, "train")
         result = self._run(
             "predict",
             lambda ctx, run: predict_verb.run(ctx, run, source, checkpoint, visualize, devices, num_nodes, keep_masks),
@@ -206,7 +229,7 @@ class Engine:
         precision: str = "FP32",
         demo_package: bool = False,
     ) -> ExportResult | None:
-        """Export a checkpoint (default: the latest training run's) to OpenVINO IR or ONNX.
+        """Export a checkpoint (default: as for ``predict``) to OpenVINO IR or ONNX.
 
         Writes ``exported_model.xml/.bin`` or ``exported_model.onnx`` into a new run folder, checks
         the export against torch on one image, and with ``demo_package`` adds a zip that predicts
@@ -219,7 +242,11 @@ class Engine:
         fmt, prec = check_export_args(export_format, precision)  # before any run folder exists
         if demo_package and fmt != "OPENVINO":
             raise OTXConfigError("the demo package holds an OpenVINO IR; export with --format OPENVINO")
-        return self._run("export", lambda ctx, run: export_verb.run(ctx, run, checkpoint, fmt, prec, demo_package))
+        checkpoint = self._default(checkpoint, "train")
+        result = self._run("export", lambda ctx, run: export_verb.run(ctx, run, checkpoint, fmt, prec, demo_package))
+        if result is not None:
+            self._own["export"] = Path(result.exported_model)
+        return result
 
     def optimize(
         self,
@@ -231,7 +258,8 @@ class Engine:
         """Quantise a model to INT8 with NNCF, calibrated on training images only; keeps its accuracy.
 
         ``checkpoint`` is an exported ``.xml`` / ``.onnx`` or a ``model.ckpt`` (exported to an FP32
-        IR first); the default is the newest of the latest export and the latest training run.
+        IR first); the default is this engine's last export, else the checkpoint it trained last,
+        else the newest of the work_dir's latest export and latest training run.
         ``subset_size`` training images (``train/good``, all if fewer) calibrate the quantisers; None
         takes the model's default (its INT8 scheme's ``calibration_images``: 300, PatchCore 1,000).
         With ``max_drop``, NNCF's accuracy control keeps the validation AUROC within ``max_drop``
@@ -246,6 +274,7 @@ class Engine:
         check_max_drop(max_drop)
         check_int("subset_size", subset_size, minimum=1, optional=True)
         resolve_weight_bits(weight_bits)  # one line for a bad value, before any run folder exists
+        checkpoint = self._default(checkpoint, "export", "train")
         return self._run(
             "optimize", lambda ctx, run: optimize_verb.run(ctx, run, checkpoint, subset_size, max_drop, weight_bits)
         )
@@ -275,6 +304,8 @@ class Engine:
             raise OTXConfigError(f"models must be a list of exported model paths (got {models!r})")
         for model_path in models or []:
             check_path("models", model_path)
+        if not models:
+            checkpoint = self._default(checkpoint, "train")
         return self._run(
             "benchmark",
             lambda ctx, run: benchmark_verb.run(ctx, run, checkpoint, models, num_images, warmup, repeats),
@@ -303,7 +334,7 @@ class Engine:
             log.info("otx %s: skipped in a process of rank > 0 (rank 0 runs it)", command)
             return None
         ctx = self._context()
-        with quiet_lightning():
+        with quiet_lightning(), warnings_shown(logging.ERROR if secondary() else logging.WARNING):
             return run_verb(ctx, command, lambda run: body(ctx, run), lambda result: render(self.console, result))
 
 

@@ -1,0 +1,62 @@
+"""otx's warnings on stderr: always in the CLI, and in the Python API when nothing else shows them.
+
+otx logs to the ``otx`` logger; each run folder's ``otx.log`` takes everything. The CLI adds a
+``StderrHandler`` once per process; ``Engine`` adds one for the length of a verb unless a handler
+of the caller's (``logging.basicConfig``, pytest's capture) already shows the warnings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+
+class StderrHandler(logging.StreamHandler):
+    """``LEVEL: message`` lines on whatever ``sys.stderr`` is when a record arrives (not file-only records)."""
+
+    def __init__(self, level: int = logging.WARNING) -> None:
+        super().__init__()
+        self.setLevel(level)
+        self.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        self.addFilter(lambda record: not getattr(record, "file_only", False))
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        """The current ``sys.stderr`` (pytest and notebooks replace it)."""
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        del value
+
+
+def shows_warnings(logger: logging.Logger) -> bool:
+    """Whether a handler other than a log file shows ``logger``'s warnings (its own or an ancestor's)."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                if handler.level <= logging.WARNING:
+                    return True
+        if not current.propagate:
+            break
+        current = current.parent
+    return False
+
+
+@contextlib.contextmanager
+def warnings_shown(level: int = logging.WARNING) -> Iterator[None]:
+    """Show the warnings otx logs on stderr while the block runs, unless a handler already shows them."""
+    logger = logging.getLogger("otx")
+    if shows_warnings(logger):
+        yield
+        return
+    handler = StderrHandler(level)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
