@@ -76,6 +76,9 @@ def test_find_lists_recipes_and_backbones(capsys: pytest.CaptureFixture) -> None
 
     lite0 = ",".join(Patchcore.layers_by_backbone["efficientnet_lite0"])
     assert f"Patchcore:{lite0}" in table and lite0 == "blocks.2,blocks.4"
+    assert main(["find", "recipes"]) == 0  # as error lines suggest it: the same as --what recipes
+    out = capsys.readouterr().out
+    assert "recipe/anomaly_detection/stfpm.yaml" in out and "wide_resnet50_2" not in out
 
 
 def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:

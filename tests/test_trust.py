@@ -895,3 +895,55 @@ def test_benchmark_models_as_documented(exported, tmp_path: Path, capsys) -> Non
     assert main([*args, "--work_dir", str(tmp_path)]) == 0
     rows = json.loads(next(tmp_path.glob("*-benchmark/metrics.json")).read_text())["rows"]
     assert [Path(r["path"]).name for r in rows] == ["exported_model.xml", "exported_model.onnx"]
+
+
+def test_images_on_their_side_are_named_as_turned_not_as_smaller(tmp_path: Path) -> None:
+    import cv2
+
+    from otx.checks import image_profile, profile_warnings
+
+    def write(name: str, height: int, width: int) -> str:
+        path = tmp_path / f"{name}.png"
+        cv2.imwrite(str(path), np.full((height, width), 128, np.uint8))
+        return str(path)
+
+    trained = image_profile([write("train_a", 128, 512), write("train_b", 120, 500)])
+    turned = [write("turned", 512, 128)]  # a strip stood on end: too narrow and too tall as it stands
+    small, large = [write("small", 40, 150)], [write("large", 300, 1200)]
+    (line,) = profile_warnings(trained, turned, "input")
+    assert "1 of 1 input images are turned on their side" in line
+    (line,) = profile_warnings(trained, small, "input")
+    assert "more than 2x smaller" in line
+    (line,) = profile_warnings(trained, large, "input")
+    assert "more than 2x larger" in line
+    assert profile_warnings(trained, [write("same", 124, 505)], "input") == []
+
+
+def test_a_library_error_left_by_a_stop_goes_to_the_log_not_the_terminal(capsys, caplog, monkeypatch) -> None:
+    """A stop raised inside a library's at-fork hook can leave it broken (filelock then raises KeyError in
+    its parent hook, which Python reports as "Exception ignored"): after a stop that is logged, not printed."""
+    import types
+
+    from otx import cli
+
+    def unraisable() -> types.SimpleNamespace:
+        try:
+            {}[1]
+        except KeyError as exc:
+            return types.SimpleNamespace(
+                exc_type=KeyError, exc_value=exc, exc_traceback=exc.__traceback__, err_msg=None, object=len
+            )
+
+    reported = []
+    monkeypatch.setattr(cli, "_DEFAULT_UNRAISABLE", reported.append)
+    cli.STOPS.clear()
+    cli._unraisable(unraisable())  # no stop: Python's own report ("Exception ignored in ...")
+    assert len(reported) == 1 and isinstance(reported[0].exc_value, KeyError)
+    cli.STOPS.append("SIGINT")
+    try:
+        with caplog.at_level("INFO", logger="otx"):
+            cli._unraisable(unraisable())
+    finally:
+        cli.STOPS.clear()
+    assert capsys.readouterr().err == "" and len(reported) == 1
+    assert any("after the stop" in r.getMessage() and "KeyError" in r.getMessage() for r in caplog.records)

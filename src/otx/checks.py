@@ -136,18 +136,28 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
     gray_trained = train.get("channels") == "gray"
     color_trained = train.get("channels") == "color"
     counts = {"gray": 0, "color": 0}
-    smaller = larger = 0
+    smaller = larger = turned = 0
     (h_min, h_max), (w_min, w_max) = train["height"], train["width"]
+
+    def too_small(height: int, width: int) -> bool:
+        return height * SIZE_FACTOR < h_min or width * SIZE_FACTOR < w_min
+
+    def too_large(height: int, width: int) -> bool:
+        return height > h_max * SIZE_FACTOR or width > w_max * SIZE_FACTOR
+
     for path in paths:
         header = _header(path)
         if header is None:
             continue
         is_gray, height, width = header
         counts["gray" if is_gray else "color"] += 1
-        if height * SIZE_FACTOR < h_min or width * SIZE_FACTOR < w_min:
-            smaller += 1
-        elif height > h_max * SIZE_FACTOR or width > w_max * SIZE_FACTOR:
-            larger += 1
+        if too_small(height, width) or too_large(height, width):
+            if not (too_small(width, height) or too_large(width, height)):
+                turned += 1  # the training images' size, on its side
+            elif too_small(height, width):
+                smaller += 1
+            else:
+                larger += 1
     total = len(paths)
     if gray_trained and counts["color"]:
         found.append(
@@ -160,6 +170,12 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
             "its scores on them are not comparable"
         )
     size_range = f"{h_min}-{h_max} x {w_min}-{w_max} (height x width)"
+    if turned:
+        found.append(
+            f"{turned} of {total} {where} images are turned on their side: their height and width are the training "
+            f"images' width and height ({size_range}); rotate them as the training images stand, so scores are "
+            "comparable"
+        )
     for count, how in ((smaller, "smaller"), (larger, "larger")):
         if count:
             found.append(

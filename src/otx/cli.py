@@ -27,6 +27,7 @@ from rich.table import Table
 from otx import __version__
 from otx.distributed import secondary
 from otx.errors import OTXError
+from otx.logs import StderrHandler
 from otx.workdir import OPEN_RUNS, STOPS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
@@ -328,26 +329,11 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     return 0
 
 
-class _StderrHandler(logging.StreamHandler):
-    """A stream handler that writes to whatever ``sys.stderr`` is when a record arrives."""
-
-    @property
-    def stream(self) -> Any:  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        del value
-
-
 def _warnings_to_stderr() -> None:
     """Show otx's warnings on stderr, once per process however often ``main`` runs."""
     logger = logging.getLogger("otx")
     if not any(getattr(handler, "otx_cli", False) for handler in logger.handlers):
-        handler = _StderrHandler()
-        handler.setLevel(logging.ERROR if secondary() else logging.WARNING)  # rank 0 gives the warnings
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-        handler.addFilter(lambda record: not getattr(record, "file_only", False))
+        handler = StderrHandler(logging.ERROR if secondary() else logging.WARNING)  # rank 0 gives the warnings
         handler.otx_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
 
@@ -573,6 +559,15 @@ def _unraisable(unraisable: Any) -> None:
             os._exit(130)
         threading.Timer(0.05, _thread.interrupt_main, args=(signal.SIGINT,)).start()
         return
+    if STOPS:  # the stop broke a library's hook half-way (filelock's at-fork state: a KeyError next): to the log
+        logging.getLogger("otx").info(
+            "after the stop, an exception in %r was ignored: %s: %s",
+            unraisable.object,
+            type(unraisable.exc_value).__name__,
+            unraisable.exc_value,
+            extra={"file_only": True},
+        )
+        return
     _DEFAULT_UNRAISABLE(unraisable)
 
 
@@ -676,6 +671,8 @@ def _main(argv: list[str]) -> int:
     _install_signal_handlers()
     try:
         _refuse_train_options(argv)
+        if len(argv) > 1 and argv[0] == "find" and not argv[1].startswith("-"):
+            argv = ["find", "--what", *argv[1:]]  # `otx find recipes` as `otx find --what recipes`
         parser = build_parser()
         cfg = parser.parse_args(_fold_max_epochs(_resolve_config_args(argv)))
         command = cfg.command
