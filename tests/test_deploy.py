@@ -18,7 +18,7 @@ from otx.deploy import OpenVINOInferencer
 from otx.deploy.graph import resize_antialias
 from otx.deploy.metadata import read_onnx_info
 from otx.engine import Engine
-from otx.errors import OTXError
+from otx.errors import OTXDataError, OTXError
 from otx.models import available_models
 from otx.tasks import Prediction
 
@@ -310,6 +310,30 @@ def test_predict_accepts_arrays_files_and_globs(exported, sample_root: Path) -> 
         np.testing.assert_array_equal(a.pred_boxes, b.pred_boxes)
     single = inferencer.predict(read_image(files[0]))
     assert len(single) == 1 and single[0].pred_score == pytest.approx(from_files[0].pred_score, abs=1e-6)
+    listed = inferencer.predict([str(f) for f in files])  # a list of paths, as a list of arrays
+    assert [p.image_path for p in listed] == [str(f) for f in files]
+    assert [p.pred_score for p in listed] == pytest.approx([p.pred_score for p in from_files], abs=1e-6)
+    with pytest.raises(OTXDataError, match="only image arrays or only image paths"):
+        inferencer.predict([str(files[0]), read_image(files[0])])
+
+
+def test_arrays_of_every_depth_read_as_their_files(exported, sample_root: Path, tmp_path: Path) -> None:
+    """A 16-bit array, a float array over 0-255 and one over [0, 1] score as the same image's file does."""
+    import cv2
+
+    from otx.data.io import read_image
+
+    inferencer = OpenVINOInferencer(exported("padim", "detection"), device="CPU")
+    image = read_image(sorted((sample_root / "bottle_like" / "test" / "good").glob("*.png"))[0])
+    deep = image.astype(np.uint16) * 257  # 16 bits over their full range
+    cv2.imwrite(str(tmp_path / "deep.png"), cv2.cvtColor(deep, cv2.COLOR_RGB2BGR))
+    from_file = inferencer.predict(str(tmp_path / "deep.png"))[0]
+    variants = {"uint8": image, "uint16": deep, "float 0-255": image.astype(np.float32)}
+    variants["float 0-1"] = image.astype(np.float32) / 255
+    for name, array in variants.items():
+        got = inferencer.predict(array)[0]
+        assert got.pred_score == pytest.approx(from_file.pred_score, abs=1e-5), name
+        assert got.label_name == from_file.label_name, name
 
 
 def test_export_refuses_an_exported_model_and_a_missing_checkpoint(exported, tmp_path: Path) -> None:

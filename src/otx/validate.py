@@ -16,7 +16,12 @@ from otx.errors import OTXConfigError
 
 
 def _got(value: Any) -> str:
-    return f"got {value!r}" if not isinstance(value, type) else f"got the class {value.__name__}"
+    if isinstance(value, type):
+        return f"got the class {value.__name__}"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):  # an array or tensor: its kind, not its values
+        return f"got a {type(value).__module__.split('.')[0]} array of shape {tuple(value.shape)}, {value.dtype}"
+    text = repr(value)
+    return f"got {text if len(text) <= 80 else text[:77] + '...'}"
 
 
 def check_int(name: str, value: Any, minimum: int | None = None, optional: bool = False) -> int | None:

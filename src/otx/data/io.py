@@ -13,7 +13,7 @@ from otx.errors import OTXDataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def to_uint8(array: np.ndarray) -> np.ndarray:
     """Scale any integer or float image to uint8 (16-bit by its full range, float by [0, 1] when it fits)."""
     if array.dtype == np.uint8:
         return array
@@ -42,7 +42,7 @@ def read_image(path: str | Path) -> np.ndarray:
             raise OTXDataError(f"cannot decode image '{path}' ({exc}); replace or remove the file") from exc
         if array.ndim == 3 and array.shape[2] >= 3:
             array = array[..., 2::-1] if array.shape[2] == 3 else array[..., [2, 1, 0, 3]]  # to BGR(A) like cv2
-    array = _to_uint8(np.asarray(array))
+    array = to_uint8(np.asarray(array))
     if array.ndim == 2:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
     if array.shape[2] == 1:

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("OPENVINO", "ONNX")
 PRECISIONS = ("FP32", "FP16")
 EXPORT_NAME = "exported_model"
-ONNX_OPSET = 17
+ONNX_OPSET = 18  # Col2Im (tile mode stitches its maps with torch fold) needs 18
 
 
 def check_export_args(export_format: str, precision: str) -> tuple[str, str]:

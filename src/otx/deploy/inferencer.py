@@ -59,8 +59,10 @@ def check_model_path(path: str | Path) -> Path:
 def to_input(image: np.ndarray) -> np.ndarray:
     """An image as the graph's input: float32 ``[3, H, W]`` RGB in [0, 1].
 
-    Accepts ``H x W x 3`` RGB ``uint8`` (as ``otx.data.io.read_image`` returns), ``H x W``
-    grayscale, or float arrays already in [0, 1] (``H x W x 3`` or ``3 x H x W``).
+    Accepts ``H x W x 3`` RGB (as ``otx.data.io.read_image`` returns) or ``H x W`` grayscale
+    arrays, or ``3 x H x W``. Values are read as image files are (``otx.data.io.to_uint8``):
+    ``uint8`` over 0-255, ``uint16`` over its full range, floats already in [0, 1] as they are,
+    other floats and integers as 0-255 (clipped), so an array gives what its file would.
     """
     array = np.asarray(image)
     if array.ndim == 2:
@@ -75,7 +77,11 @@ def to_input(image: np.ndarray) -> np.ndarray:
         raise OTXDataError(f"an image must have 3 channels (RGB); got shape {array.shape}")
     if chw.dtype == np.uint8:
         return np.ascontiguousarray(chw, dtype=np.float32) / np.float32(255.0)
-    return np.ascontiguousarray(chw, dtype=np.float32)
+    if np.issubdtype(chw.dtype, np.floating) and chw.size and 0.0 <= float(chw.min()) and float(chw.max()) <= 1.0:
+        return np.ascontiguousarray(chw, dtype=np.float32)
+    from otx.data.io import to_uint8
+
+    return np.ascontiguousarray(to_uint8(np.asarray(chw)), dtype=np.float32) / np.float32(255.0)
 
 
 def image_hw(image: np.ndarray) -> tuple[int, int]:
@@ -279,13 +285,25 @@ class OpenVINOInferencer:
         scores, maps = stacked["pred_score"], stacked["anomaly_map"]
         return {**stacked, "pred_label": scores >= 0.5, "pred_mask": maps >= 0.5}
 
-    def predict(self, source: str | Path | np.ndarray | Sequence[np.ndarray]) -> list[Prediction]:
-        """Predict on a file, a folder, a glob, one image array or a list of arrays.
+    def predict(
+        self, source: str | Path | np.ndarray | Sequence[np.ndarray] | Sequence[str | Path]
+    ) -> list[Prediction]:
+        """Predict on a file, a folder, a glob, one image array, a list of arrays or a list of paths.
 
         A file that cannot be decoded gets no decision: its ``Prediction`` has ``label_name``
         ``"error"``, ``pred_label`` None and the reason in ``error``; the others are predicted.
         Arrays are RGB (see ``to_input``).
         """
+        if isinstance(source, list | tuple):
+            kinds = {
+                "array" if isinstance(item, np.ndarray) else "path" if isinstance(item, str | Path) else "other"
+                for item in source
+            }
+            if len(kinds) > 1 or "other" in kinds:
+                raise OTXDataError(
+                    "a list to predict on must hold only image arrays or only image paths "
+                    f"(got {', '.join(sorted({type(item).__name__ for item in source}))})"
+                )
         if isinstance(source, np.ndarray) or (
             isinstance(source, list | tuple) and source and isinstance(source[0], np.ndarray)
         ):
@@ -294,7 +312,10 @@ class OpenVINOInferencer:
             return self._predict_arrays(names, arrays)
         from otx.data.datamodule import samples_from_source
 
-        paths = [s.path for s in samples_from_source(str(source))]
+        if isinstance(source, list | tuple):  # image files, each as ``source`` would be one
+            paths = [s.path for item in source for s in samples_from_source(str(item))]
+        else:
+            paths = [s.path for s in samples_from_source(str(source))]
         predictions: list[Prediction] = []
         for start in range(0, len(paths), CHUNK):
             predictions.extend(self._predict_paths(paths[start : start + CHUNK]))
