@@ -176,7 +176,7 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "train-epochs-twice",
         "conflicting options",
         ["train", "--config", STFPM, "--max_epochs", "3", "--trainer.max_epochs", "5"],
-        "--max_epochs 3, --trainer.max_epochs 5 disagree",
+        "--max_epochs 3 and --trainer.max_epochs 5 disagree",
         1,
     ),
     (

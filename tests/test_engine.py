@@ -148,6 +148,9 @@ def test_detection_test_reports_box_ap(trained_padim: dict, sample_root: Path, t
     summary = engine.test(checkpoint=trained_padim["checkpoint"])
     metrics = summary["metrics"]
     assert {"box_AP", "box_AP50"} <= set(metrics)
+    # the settings the boxes were cut with: the checkpoint's (a segmentation model's are the defaults)
+    assert summary.boxes == load_checkpoint(trained_padim["checkpoint"])[0].box_settings.as_dict()
+    assert "torch on cpu" in Path(summary.report).read_text()  # the report names where the model ran
     # The same AP50 from first principles: ground-truth boxes are the 8-connected components of the
     # full-size masks (OpenCV), predictions the boxes otx predict gives for the same test images.
     tested = {
@@ -438,8 +441,10 @@ def test_an_engine_tests_and_predicts_with_its_own_training(sample_root: Path, t
     predicted = first.predict(source=sample_root / "bottle_like" / "test" / "good", visualize=False)
     run = first.workdir.latest("predict")
     assert json.loads((run / "metrics.json").read_text())["checkpoint"] == mine and predicted
-    exported = first.export().checkpoint
-    assert exported == mine
+    exported = first.export()
+    assert exported.checkpoint == mine
+    first.export(export_format="ONNX")  # optimize takes IRs only: its default stays this engine's IR
+    assert first.optimize(subset_size=8).source_model == exported.exported_model
 
 
 def test_training_twice_starts_from_the_model_as_given(sample_root: Path, tmp_path: Path) -> None:
@@ -455,3 +460,5 @@ def test_training_twice_starts_from_the_model_as_given(sample_root: Path, tmp_pa
     assert second.thresholds == pytest.approx(first.thresholds, rel=1e-5)
     assert second.validation_metrics == pytest.approx(first.validation_metrics, rel=1e-5)
     assert engine.model is not model  # the first call trained the given object, the second a fresh copy of it
+    engine.model = Padim(input_size=(64, 64))  # a model swapped in is the one the next call trains
+    assert engine.train().model == "Padim"

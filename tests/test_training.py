@@ -201,3 +201,13 @@ def test_max_epochs_shortcut_is_the_trainer_setting(order: str, capsys: pytest.C
     recipe = yaml.safe_load((Path(__file__).parents[1] / "src/otx/recipes/anomaly_segmentation/stfpm.yaml").read_text())
     assert recipe["trainer"]["max_epochs"] != 2  # the recipe's own cap, which the shortcut replaces
     assert printed["trainer"]["max_epochs"] == 2
+
+
+def test_max_epochs_in_a_config_file_wins_over_the_recipe(sample_root: Path, tmp_path: Path) -> None:
+    """A top-level max_epochs in a --config file (as a run's config.yaml has) is the shortcut too, not a clash."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("max_epochs: 1\n")
+    data = ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(tmp_path / "ws")]
+    done = run_main("train", "--config", STFPM, "--config", str(mine), *data, *SMALL, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _summary(tmp_path / "ws")["max_epochs"] == 1

@@ -170,7 +170,8 @@ def _verb_parser(verb: str) -> ArgumentParser:
             type=str,
             nargs="+",
             default=None,
-            help="exported .xml/.onnx files to time (besides the ckpt): --models a.xml b.onnx",
+            help="exported .xml/.onnx files to time: --models a.xml b.onnx (with --checkpoint model.ckpt: "
+            "besides it; without: only these)",
         )
         parser.add_argument("--num_images", type=int, default=100, help="test images to time (synthetic if no data)")
         parser.add_argument("--warmup", type=int, default=10, help="untimed runs first")
@@ -269,13 +270,18 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     trainer = None
     if verb == "train" and cfg.get("trainer") is not None:
         trainer = {k: v for k, v in cfg.trainer.as_dict().items() if v is not None}
+    if trainer is not None and cfg.max_epochs is not None:  # from a --config file (the command line's is folded)
+        from otx.validate import check_int
+
+        # the shortcut wins over the trainer section, as documented
+        trainer["max_epochs"] = check_int("max_epochs", cfg.max_epochs, minimum=1)
     engine = Engine(
         model=model,
         trainer=trainer,
         data=data,
         task=cfg.task,
         work_dir=cfg.work_dir,
-        max_epochs=cfg.max_epochs,
+        max_epochs=None if trainer is not None else cfg.max_epochs,
         seed=cfg.seed,
         config=resolved,
         console=console,
@@ -648,17 +654,20 @@ def _fold_max_epochs(argv: list[str]) -> list[str]:
     not a whole number of at least 1 stays where it is, for the parser's or Engine's message.
     """
     shortcut = _option_values(argv, "--max_epochs")
-    if not shortcut:
+    if not shortcut or not argv or argv[0] != "train":
         return argv
-    values = {value for _, value in shortcut}
-    explicit = {value for _, value in _option_values(argv, "--trainer.max_epochs")}
-    if len(values) > 1 or (explicit and explicit != values):
-        given = ", ".join(f"--max_epochs {v}" for v in sorted(values))
-        given += "".join(f", --trainer.max_epochs {v}" for v in sorted(explicit))
-        raise OTXError(f"{given} disagree: give the number of epochs once")
-    value = shortcut[0][1]
+    value = shortcut[-1][1]  # a repeated option: the last one counts, as for every other option
     if not (value.isdigit() and int(value) >= 1):
         return argv
+    explicit = _option_values(argv, "--trainer.max_epochs")
+    if (
+        explicit
+        and explicit[-1][1].strip() != value
+        and not (explicit[-1][1].strip().isdigit() and int(explicit[-1][1]) == int(value))
+    ):
+        raise OTXError(
+            f"--max_epochs {value} and --trainer.max_epochs {explicit[-1][1]} disagree: give the number of epochs once"
+        )
     drop = {i for i, _ in shortcut} | {i + 1 for i, _ in shortcut if argv[i] == "--max_epochs"}
     return [arg for i, arg in enumerate(argv) if i not in drop] + ["--trainer.max_epochs", value]
 

@@ -15,7 +15,9 @@ Example::
 
 The engine checks its arguments and hands each verb to its module in ``otx.verbs`` with a fresh
 ``VerbContext``; the verb returns a typed result (``otx.results``) that ``otx.render`` prints.
-A verb never changes the engine: the task and data a loaded model brings stay inside the call.
+No verb changes the engine's task or data: those a loaded model brings stay inside the call. The
+engine remembers what it wrote itself (its last ``model.ckpt`` and IR), which later verbs take
+when no checkpoint is given.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ class Engine:
         self.seed = check_int("seed", seed, minimum=0)
         self.config = config or {}
         self.console = console or Console(stderr=True, quiet=secondary())  # rank > 0 prints nothing
-        self._pristine: AnomalyModel | None = None  # the model as given, before this engine first trained it
+        self._pristine: AnomalyModel | None = None  # a gradient-trained model as given, before this engine trained it
+        self._trained: AnomalyModel | None = None  # the model the last train() trained
         self._own: dict[str, Path] = {}  # the checkpoint ("train") and export ("export") this engine wrote last
 
     # --- verbs -------------------------------------------------------------------------------
@@ -138,10 +141,10 @@ class Engine:
         takes the newest interrupted run in ``work_dir``, a path names its folder or ``last.ckpt``.
         Returns a ``TrainResult`` (also the run folder's ``metrics.json``); ``.checkpoint`` is
         the written ``model.ckpt``, which this engine's test, predict, export and benchmark then
-        take by default. Each call trains the model as it was given (a copy kept at the first
-        call), not the weights of an earlier call; ``engine.model`` is the model the last call
-        trained. With ``trainer={"devices": N, "strategy": "ddp"}`` (or ``num_nodes``) the fit runs
-        in several processes (``docs/scale.md``); processes of rank > 0
+        take by default. Each call trains the model as it was given (a gradient-trained model from a
+        copy kept when it was first trained), not the weights of an earlier call; ``engine.model``
+        is the model the last call trained. With ``trainer={"devices": N, "strategy": "ddp"}`` (or
+        ``num_nodes``) the fit runs in several processes (``docs/scale.md``); processes of rank > 0
         return None.
         """
         if self.model is None:
@@ -149,11 +152,13 @@ class Engine:
         if not isinstance(resume, bool | str | Path):
             raise OTXConfigError(f"resume must be True, False or a path (got {resume!r})")
         start = resume_checkpoint(resume, self.workdir.root) if resume is not False else None
-        if self._pristine is None:
-            self._pristine = copy.deepcopy(self.model)
-        else:  # a second call trains afresh: STFPM's student would go on from the first call's weights
+        if self.model is not self._trained:  # a model this engine has not trained yet (as given, or swapped in)
+            self._pristine = None
+            if any(p.requires_grad for p in self.model.parameters()):  # one-pass models re-fit from scratch anyway
+                self._pristine = copy.deepcopy(self.model)
+        elif self._pristine is not None:  # trains afresh: STFPM's student would go on from the last call's weights
             self.model = copy.deepcopy(self._pristine)
-        model = self.model
+        model = self._trained = self.model
         result = self._run(
             "train",
             lambda ctx, run: train_verb.run(ctx, run, model, self.trainer, self.max_epochs, start),
@@ -244,7 +249,7 @@ class Engine:
             raise OTXConfigError("the demo package holds an OpenVINO IR; export with --format OPENVINO")
         checkpoint = self._default(checkpoint, "train")
         result = self._run("export", lambda ctx, run: export_verb.run(ctx, run, checkpoint, fmt, prec, demo_package))
-        if result is not None:
+        if result is not None and Path(result.exported_model).suffix == ".xml":  # what optimize takes
             self._own["export"] = Path(result.exported_model)
         return result
 

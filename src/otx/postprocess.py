@@ -31,6 +31,19 @@ def normalize(values: ArrayT, threshold: float, vmin: float, vmax: float) -> Arr
     return ((values - float(threshold)) / span + 0.5).clip(0.0, 1.0)
 
 
+def known_pixel_rows(known: ArrayT | None, labels: ArrayT) -> ArrayT | None:
+    """The images whose mask is their pixel truth, where that leaves some out; else None (all of them).
+
+    ``known [N]``: False for an anomalous image without a mask file. Such images are left out of
+    the pixel threshold and pixel metrics, unless no anomalous image has a mask at all (then every
+    map counts, as before masks were checked per image). Used by the fit, otx train's pixel-level
+    warnings and otx optimize's figures alike.
+    """
+    if known is None or bool(known.all()):
+        return None
+    return known if bool((known & (labels == 1)).any()) else None
+
+
 def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray) -> float:
     """Return a score threshold ``t`` that maximises F1 of ``scores >= t`` against binary ``labels``.
 

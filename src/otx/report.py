@@ -46,7 +46,7 @@ class ReportInput:
     splits: dict[str, Any]
     samples: list[Sample]  # labelled test images (label 0 or 1)
     predictions: list[Prediction]  # normalised, at original size, one per sample
-    scores: np.ndarray  # image scores used for the metrics (raw for torch, normalised for exports)
+    scores: np.ndarray  # raw image scores the metrics use (normalised only for an export by an older otx)
     errors: list[dict[str, str]] = field(default_factory=list)  # images that could not be read
     warnings: list[str] = field(default_factory=list)  # where the numbers could mislead
 
@@ -168,7 +168,7 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     sections = [
         f"<h1>otx test report: {html.escape(data.model)} ({html.escape(data.backbone)}), {html.escape(data.task)}</h1>",
         f"<p>model: <code>{html.escape(data.source)}</code><br>runtime: "
-        f"{html.escape(', '.join(f'{k} {v}' for k, v in data.runtime.items()))}<br>otx {__version__}</p>",
+        f"{html.escape(describe_runtime(data.runtime))}<br>otx {__version__}</p>",
         *(
             [
                 '<h2 class="warn">Warnings</h2><ul class="warn">'
@@ -224,3 +224,10 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     path = run_dir / REPORT_NAME
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def describe_runtime(runtime: dict[str, str]) -> str:
+    """``torch on cpu`` / ``openvino on CPU, inference precision f32`` from a result's ``runtime``."""
+    rest = {k: v for k, v in runtime.items() if k not in ("runtime", "device")}
+    text = f"{runtime.get('runtime', '?')} on {runtime.get('device', '?')}"
+    return text + "".join(f", {k.replace('_', ' ')} {v}" for k, v in rest.items())

@@ -102,6 +102,7 @@ class TestResult(Result):
     peak_memory_mb: float
     warnings: list[str]
     report: str
+    boxes: dict[str, Any] | None = None  # detection: the box settings the boxes were cut with (otx.boxes)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

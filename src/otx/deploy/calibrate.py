@@ -41,12 +41,13 @@ import numpy as np
 import torch
 
 from otx.errors import OTXError
+from otx.postprocess import known_pixel_rows
 
 log = logging.getLogger(__name__)
 
 RAW_MAP, RAW_SCORE = "otx_raw_map", "otx_raw_score"
 # Post-processor nodes: ``__module.postprocessor/...`` in ExportGraph and ExportHead alike.
-POSTPROCESSOR = re.compile(r"^__module\.postprocessor\b")
+POSTPROCESSOR = re.compile(r"^(__module\.postprocessor\b|/postprocessor/)")  # from torch / from ONNX
 PIXEL_SAMPLE = 2_000_000  # validation pixels compared per level (a seeded sample beyond that)
 MARGIN = 1e-3  # of the value range: how far above a value a recalibrated threshold sits, at least
 BOUNDARY = 1e-4  # of the FP32 value range: reference values this close to the threshold have no sure label
@@ -65,6 +66,9 @@ def postprocessor_inputs(ov_model: Any) -> tuple[Any, Any]:
         name = op.get_friendly_name()
         inputs = [value.get_node().get_friendly_name() for value in op.input_values()]
         constant[name] = op.get_type_name() == "Constant" or (bool(inputs) and all(constant[i] for i in inputs))
+        varying = [i for i in inputs if not constant[i]]
+        if varying and all(i in names for i in varying):  # computed from the post-processor's values only: a
+            names.add(name)  # part of it that OpenVINO named itself (ONNX's Clip becomes Maximum + Clip)
         if name not in names:
             continue
         for value in op.input_values():
@@ -321,8 +325,8 @@ def level_metrics(
     pixel_pred = outputs.maps.reshape(-1)[pixels] >= stats["pixel_threshold"]
     # ground truth: the images whose mask is their truth (as otx test and the validation threshold)
     maps, masks = outputs.maps, outputs.masks
-    if not outputs.known.all():
-        maps, masks = maps[outputs.known], masks[outputs.known]
+    if (rows := known_pixel_rows(outputs.known, outputs.labels.astype(int))) is not None:
+        maps, masks = maps[rows], masks[rows]
     if use_masks and masks.any() and not masks.all():
         figures["pixel_AUROC"] = roc_auc(maps, masks)
         figures["pixel_F1"] = f1_at(maps >= stats["pixel_threshold"], masks)

@@ -107,6 +107,8 @@ class OpenVINOInferencer:
         raw_outputs: also return the raw score and map that feed the graph's post-processor
             (``infer``'s ``raw_score`` and ``raw_map``), in the units of the metadata's thresholds:
             what metrics are computed on (the normalised map clips to 0 far below the threshold).
+            The attribute ``raw_outputs`` says whether it could: not for an export by an older otx
+            whose post-processor or statistics cannot be found.
     """
 
     def __init__(
@@ -137,11 +139,15 @@ class OpenVINOInferencer:
         self._check_weight_bits()
         self.preprocessor = self.info.preprocessor()  # the input mode: restores maps to each image's size
         self.adapter: TaskAdapter = get_adapter(task or self.info.task)
-        self.raw_outputs = raw_outputs
-        if raw_outputs:
+        self.raw_outputs = raw_outputs and len(self.info.stats()) == 6
+        if self.raw_outputs:
             from otx.deploy.calibrate import with_raw_outputs
 
-            self.model = with_raw_outputs(self.model)
+            try:
+                self.model = with_raw_outputs(self.model)
+            except OTXError as exc:  # an export by an older otx: its normalised outputs only
+                log.info("no raw outputs from %s (%s); its normalised outputs are used", self.path, exc)
+                self.raw_outputs = False
         self.static_input = self.device.startswith("NPU")  # NPUs compile static shapes only
         if self.static_input:
             self.model.reshape({0: [1, 3, *self.info.input_size]})
@@ -166,7 +172,7 @@ class OpenVINOInferencer:
         except Exception as exc:  # noqa: BLE001
             raise OTXError(f"OpenVINO cannot compile '{self.path}' for {self.device} ({_first_line(exc)})") from exc
         names = {"pred_score": "pred_score", "anomaly_map": "anomaly_map"}
-        if raw_outputs:
+        if self.raw_outputs:
             from otx.deploy.calibrate import RAW_MAP, RAW_SCORE
 
             names |= {"raw_score": RAW_SCORE, "raw_map": RAW_MAP}

@@ -23,7 +23,7 @@ from otx.data.datamodule import raise_batch_errors
 from otx.errors import OTXConfigError
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
 from otx.models.quantization import GENERIC, Scheme
-from otx.postprocess import PostProcessor
+from otx.postprocess import PostProcessor, known_pixel_rows
 from otx.preprocess import PreProcessor, aspect_input_size
 from otx.validate import check_bool, check_number, check_path, check_size
 
@@ -310,9 +310,7 @@ class AnomalyModel(L.LightningModule):
         # Anomalous images without a mask file (where others have one) say nothing about their pixels:
         # the pixel threshold and pixel AUROC leave them out, as the test metrics do (the maps' range,
         # which normalises every map, still spans all of them).
-        truth = None
-        if known is not None and not bool(known.all()) and bool((known & (outputs["labels"] == 1)).any()):
-            truth = known
+        truth = known_pixel_rows(known, outputs["labels"])
         self.postprocessor.fit(
             outputs["scores"],
             outputs["labels"],

@@ -95,6 +95,10 @@ def run(
     first = targets[0][1]
     input_size = first.input_size if model is not None else read_model_info(first).input_size
     task = ctx.adapter(ckpt.get("task") if model is not None else read_model_info(first).task).task.value
+    if model is None:  # exported models only: the data the first was trained on (its run folders say where)
+        from otx.workdir import training_data_root
+
+        ckpt = {"data": {"data_root": training_data_root(first)}}
     images, described = images_to_time(ctx, ckpt, input_size, num_images)
     ctx.save_config(
         run,

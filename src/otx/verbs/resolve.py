@@ -34,18 +34,10 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
     """
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(ctx.workdir)
     if is_exported_model(path):
-        settings = {"device": ctx.device, "precision_hint": ctx.inference_precision}
-        settings["task"] = ctx.task.value if ctx.task else None
-        inferencer = None
-        if raw_outputs:
-            try:
-                inferencer = OpenVINOInferencer(path, raw_outputs=True, **settings)
-            except OTXError as exc:  # an export by an older otx: its normalised outputs
-                log.info("no raw outputs from %s (%s); metrics from its normalised outputs", path, exc)
-            if inferencer is not None and len(inferencer.info.stats()) < 6:
-                inferencer = None
-        if inferencer is None:
-            inferencer = OpenVINOInferencer(path, **settings)
+        task = ctx.task.value if ctx.task else None
+        inferencer = OpenVINOInferencer(
+            path, ctx.device, ctx.inference_precision, task=task, raw_outputs=raw_outputs
+        )  # raw outputs where the export has them (an older one's normalised outputs otherwise)
         scorer: Scorer = OpenVINOScorer(inferencer)
         scorer.data_info["data_root"] = training_data_root(path)  # from its run folders, where they are
     else:

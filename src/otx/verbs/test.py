@@ -14,6 +14,7 @@ from otx.checks import profile_warnings, threshold_warnings, unmasked_warning
 from otx.errors import OTXDataError, OTXError
 from otx.report import ReportInput, write_report
 from otx.results import TestResult
+from otx.scoring import OpenVINOScorer
 from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import collect, evaluate, prediction_counts, to_predictions
@@ -34,6 +35,11 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     adapter = ctx.adapter(scorer.task)
     if message := untuned_boxes(scorer, adapter):
         ctx.warn(message)
+    if isinstance(scorer, OpenVINOScorer) and not scorer.inferencer.raw_outputs:
+        ctx.warn(
+            f"{scorer.source} was exported by an older otx: its metrics come from its normalised outputs, which "
+            "tie scores half a range beyond the thresholds (pixel metrics can read lower); re-export it for exact ones"
+        )
     data = require_data(eval_data(ctx, scorer.data_info), "no data to test on")
     ctx.save_config(run, adapter.task.value, scorer.model_entry(), {"checkpoint": str(scorer.source)}, data=data)
     test = data.splits["test"]
@@ -114,6 +120,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         peak_memory_mb=peak_memory_mb(),
         warnings=list(ctx.warnings),
         report=str(report),
+        boxes=scorer.boxes.as_dict() if adapter.box_level else None,
     )
     write_result(run, result)
     run.write_json("predictions.json", [p.to_json() for p in predictions])

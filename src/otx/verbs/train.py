@@ -17,6 +17,7 @@ from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
 from otx.checks import image_profile, threshold_warnings, unmasked_warning
 from otx.errors import OTXError
 from otx.models.base import AnomalyModel
+from otx.postprocess import known_pixel_rows
 from otx.results import TrainResult
 from otx.scoring import TorchScorer
 from otx.training import build_trainer, check_resume, describe_settings, merge_settings
@@ -156,10 +157,9 @@ def run(
         learned=model.image_threshold is None,
     )
     maps, pixel_truth = outputs["maps"], outputs["masks"] if data.has_masks else None
-    known = outputs.get("pixel_known")
-    if pixel_truth is not None and known is not None and bool(known.any()) and not bool(known.all()):
-        # an anomalous image without a mask file says nothing about its pixels (as the threshold was fitted)
-        maps, pixel_truth = maps[known], pixel_truth[known]
+    rows = known_pixel_rows(outputs.get("pixel_known"), outputs["labels"])  # as the pixel threshold was fitted
+    if pixel_truth is not None and rows is not None:
+        maps, pixel_truth = maps[rows], pixel_truth[rows]
     if labels.any():  # else the image level's line says the thresholds were not learned
         found += threshold_warnings(
             maps.numpy(),
