@@ -350,7 +350,14 @@ def test_benchmark_times_torch_fp32_fp16_and_int8(trained_padim: dict, optimized
 
 
 def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Path) -> None:
-    int8 = optimized("padim")["optimized_model"]
+    import shutil
+
+    source = Path(optimized("padim")["optimized_model"])
+    alone = tmp_path / "alone"  # away from its run folders: nothing says where its training data is
+    alone.mkdir()
+    for suffix in (".xml", ".bin"):
+        shutil.copy(source.with_suffix(suffix), alone / source.with_suffix(suffix).name)
+    int8 = str(alone / source.name)
     result = run_main(
         "benchmark", "--checkpoint", int8, "--device", "CPU", "--num_images", "3", "--warmup", "1", "--repeats", "1",
         "--work_dir", str(tmp_path), cwd=tmp_path,
