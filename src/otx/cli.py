@@ -27,7 +27,7 @@ from rich.table import Table
 from otx import __version__
 from otx.distributed import secondary
 from otx.errors import OTXError
-from otx.logs import StderrHandler
+from otx.logs import StderrHandler, make_console
 from otx.workdir import OPEN_RUNS, STOPS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
@@ -325,7 +325,7 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         failed = sum(p.label_name == "error" for p in predictions or [])
     if failed and not cfg.allow_errors:
         where = "predictions.json" if verb == "test" else "predictions/predictions.json"
-        Console(stderr=True).print(
+        make_console(stderr=True).print(
             f"[bold red]error[/]: {failed} image(s) could not be read; they are labelled 'error' in {where} of the "
             "run folder, the others were written (--allow_errors true exits 0)",
             highlight=False,
@@ -372,7 +372,7 @@ def _find(what: str, console: Console) -> None:
         table = Table(title="backbones (--model.init_args.backbone NAME)")
         table.add_column("name", no_wrap=True)
         for column in ("timm model", "ImageNet weights", "default layers (--model.init_args.layers)"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # a narrow terminal wraps names instead of cutting them
         models = available_models()
         for spec in BACKBONES.values():
             table.add_row(spec.name, spec.timm_name, weight_status(spec), _default_layers(spec, models))
@@ -673,8 +673,8 @@ def _fold_max_epochs(argv: list[str]) -> list[str]:
 
 
 def _main(argv: list[str]) -> int:
-    console = Console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
-    errors = Console(stderr=True)
+    console = make_console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
+    errors = make_console(stderr=True)
     _quiet_libraries()
     _warnings_to_stderr()
     _install_signal_handlers()

@@ -36,7 +36,7 @@ from otx.data.datamodule import AnomalyDataModule
 from otx.deploy.inferencer import PRECISION_HINTS
 from otx.distributed import secondary
 from otx.errors import OTXConfigError
-from otx.logs import warnings_shown
+from otx.logs import make_console, warnings_shown
 from otx.models.base import AnomalyModel
 from otx.render import render
 from otx.results import BenchmarkResult, ExportResult, OptimizeResult, Result, TestResult, TrainResult
@@ -126,7 +126,7 @@ class Engine:
             )
         self.seed = check_int("seed", seed, minimum=0)
         self.config = config or {}
-        self.console = console or Console(stderr=True, quiet=secondary())  # rank > 0 prints nothing
+        self.console = console or make_console(stderr=True, quiet=secondary())  # rank > 0 prints nothing
         self._pristine: AnomalyModel | None = None  # a gradient-trained model as given, before this engine trained it
         self._trained: AnomalyModel | None = None  # the model the last train() trained
         self._own: dict[str, Path] = {}  # the checkpoint ("train") and export ("export") this engine wrote last

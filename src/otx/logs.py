@@ -3,15 +3,34 @@
 otx logs to the ``otx`` logger; each run folder's ``otx.log`` takes everything. The CLI adds a
 ``StderrHandler`` once per process; ``Engine`` adds one for the length of a verb unless a handler
 of the caller's (``logging.basicConfig``, pytest's capture) already shows the warnings.
+``make_console`` makes the rich consoles the CLI and ``Engine`` print their summaries to.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
+
+from rich.console import Console
+
+PIPED_WIDTH = 200  # columns of otx's output into a file or pipe (rich's own default there is 80)
+
+
+def make_console(*, stderr: bool = False, quiet: bool = False) -> Console:
+    """A rich console as wide as the terminal, or ``PIPED_WIDTH`` columns into a file or pipe.
+
+    Rich lays out for 80 columns when it cannot ask a terminal, which cut the tables of
+    ``otx find`` and ``otx benchmark`` (timm names, model paths) when they were piped or logged.
+    ``COLUMNS`` in the environment still decides where it is set.
+    """
+    console = Console(stderr=stderr, quiet=quiet)
+    if not console.is_terminal and not console.is_jupyter and "COLUMNS" not in os.environ:
+        console.width = PIPED_WIDTH
+    return console
 
 
 class StderrHandler(logging.StreamHandler):
