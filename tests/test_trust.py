@@ -168,14 +168,18 @@ def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_on
         assert bad.returncode != 0 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
+@pytest.mark.parametrize("damage", ["pixels", "header"])
 def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
-    trained_padim: dict, dataset_copy, tmp_path: Path, capsys
+    damage: str, trained_padim: dict, dataset_copy, tmp_path: Path, capsys
 ) -> None:
     root = dataset_copy()
     data = AnomalyDataModule(str(root))
     data.setup()  # the split the model was calibrated with (default seed and fraction)
     bad = Path(data.splits["test"][3].path)
-    corrupt(bad)
+    if damage == "pixels":
+        corrupt(bad)
+    else:  # not an image at all: the up-front check of the files refused the whole test (before)
+        bad.write_bytes(b"not an image")
     work_dir = tmp_path / "ws"
     args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root)]
     assert main([*args, "--work_dir", str(work_dir)]) == 1
@@ -188,6 +192,22 @@ def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
     assert "could not be read (1)" in report and bad.name in report
     scored = sum(metrics["splits"]["test"][k] for k in ("normal", "anomalous"))
     assert metrics["counts"]["normal"] + metrics["counts"]["anomalous"] == scored - 1
+
+
+def test_an_unreadable_validation_image_is_refused_in_one_line(
+    trained_padim: dict, dataset_copy, tmp_path: Path, capsys
+) -> None:
+    root = dataset_copy()
+    data = AnomalyDataModule(str(root))
+    data.setup()
+    bad = Path(data.splits["val"][0].path)
+    bad.write_bytes(b"not an image")  # the thresholds are fitted on it: not a test image to label "error"
+    work_dir = tmp_path / "ws"
+    args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root)]
+    assert main([*args, "--work_dir", str(work_dir)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot read image '{bad}'" in err and "a validation image" in err and len(err.strip().splitlines()) == 1
+    assert not (work_dir / "latest.json").exists()
 
 
 @pytest.mark.parametrize("source", ["checkpoint", "ir"])

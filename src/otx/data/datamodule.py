@@ -199,6 +199,12 @@ class AnomalyDataModule:
             }
         else:
             val, test = split_validation(test, self.val_split, self.seed)
+        broken = [s.path for s in val if s.path in self.index.unreadable]
+        if broken:  # thresholds are fitted on the validation images; a test image is labelled "error" instead
+            raise OTXDataError(
+                f"{self.index.unreadable[broken[0]]} (a validation image: the thresholds are fitted on it)"
+                + (f"; {len(broken) - 1} more validation image(s) cannot be read either" if len(broken) > 1 else "")
+            )
         self.splits = {"train": subsets["train"], "val": val, "test": test}
 
     def validation_names(self) -> list[str] | None:

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,7 @@ class MvtecIndex:
     root: Path
     subsets: dict[str, list[Sample]]
     has_masks: bool
+    unreadable: dict[str, str] = field(default_factory=dict)  # test/ image path -> why its header cannot be read
 
     def fingerprint(self) -> str:
         """Short hash of the training file names and sizes (identifies the training data)."""
@@ -107,7 +108,9 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     """Index an MVTec-layout folder and check it; every problem raises one clear ``OTXDataError``.
 
     Checks: the root and ``train/good`` exist and hold images; with ``check_files``, every image
-    header is readable, every mask belongs to an image, and every mask has its image's size.
+    header is readable, every mask belongs to an image, and every mask has its image's size. An
+    unreadable image under ``test/`` is recorded in ``unreadable`` instead: in the test split it is
+    labelled "error" like an image that fails later (``split`` refuses it as a validation image).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -133,18 +136,23 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     if others:
         log.warning("ignoring train/%s: training uses train/good only", ", train/".join(others))
     subsets["train"] = train
-    if check_files:
-        _check_files(root, subsets, mask_dir if has_masks else None)
-    return MvtecIndex(root=root, subsets=subsets, has_masks=has_masks)
+    unreadable = _check_files(root, subsets, mask_dir if has_masks else None) if check_files else {}
+    return MvtecIndex(root=root, subsets=subsets, has_masks=has_masks, unreadable=unreadable)
 
 
-def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | None) -> None:
-    sizes = {}
-    for samples in subsets.values():
+def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | None) -> dict[str, str]:
+    """Raise for an unreadable train/ or val/ image or a bad mask; return the unreadable test/ images."""
+    sizes, unreadable = {}, {}
+    for subset, samples in subsets.items():
         for sample in samples:
-            sizes[sample.path] = image_size(sample.path)
+            try:
+                sizes[sample.path] = image_size(sample.path)
+            except OTXDataError as exc:
+                if subset != "test":
+                    raise
+                unreadable[sample.path] = str(exc)
     if mask_dir is None:
-        return
+        return unreadable
     by_mask = {s.mask_path: s for samples in subsets.values() for s in samples if s.mask_path}
     for mask in sorted(mask_dir.glob("*/*")):
         if mask.suffix.lower() not in IMAGE_EXTENSIONS:
@@ -156,7 +164,9 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
                 f"mask '{mask}' has no image: expected test/{mask.parent.name}/{stem}.<ext> (or under val/); "
                 "remove the mask or add its image"
             )
-        check_mask_size(mask, image_size(mask), sample.path, sizes[sample.path])
+        if sample.path in sizes:  # an unreadable image is labelled "error", its mask is not read
+            check_mask_size(mask, image_size(mask), sample.path, sizes[sample.path])
+    return unreadable
 
 
 def check_mask_size(mask: str | Path, mask_hw: tuple[int, int], image: str | Path, image_hw: tuple[int, int]) -> None:
