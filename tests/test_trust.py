@@ -917,6 +917,20 @@ def test_benchmark_models_as_documented(exported, tmp_path: Path, capsys) -> Non
     assert [Path(r["path"]).name for r in timed["rows"]] == ["exported_model.xml", "exported_model.onnx"]
     # the images of the data the models were trained on (their run folders say which), not synthetic ones
     assert timed["images"].startswith("2 images of ") and "synthetic" not in timed["images"], timed["images"]
+    # the processor by its name (before: platform.processor(), 'x86_64' on Linux)
+    assert timed["machine"]["processor"] == ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
+
+
+def test_benchmark_on_a_device_this_machine_lacks_stops_before_timing_anything(
+    trained_padim: dict, tmp_path: Path, capsys
+) -> None:
+    missing = next(d for d in ("NPU", "GPU", "GPU.3") if d not in ov.Core().available_devices)
+    args = ["benchmark", "--checkpoint", str(trained_padim["checkpoint"]), "--device", missing]
+    assert main([*args, "--num_images", "2", "--work_dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"device '{missing}' is not available on this machine" in err and len(err.strip().splitlines()) == 1
+    # before: torch timed and two IRs exported first, then the error
+    assert not list(tmp_path.glob("*-benchmark/exported_*"))
 
 
 def test_images_on_their_side_are_named_as_turned_not_as_smaller(tmp_path: Path) -> None:

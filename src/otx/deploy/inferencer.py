@@ -36,6 +36,21 @@ PERFORMANCE_HINTS = ("THROUGHPUT", "LATENCY")
 CHUNK = 32  # images decoded ahead of the request queue by ``predict``
 
 
+def check_device(core: Any, device: str) -> None:
+    """Raise one ``OTXError`` line when OpenVINO cannot run on ``device`` here (``AUTO``: on no device)."""
+    available = core.available_devices
+    if device.split(":")[0] in ("AUTO", "MULTI", "HETERO"):
+        if not available:
+            raise OTXError("OpenVINO finds no inference device on this machine")
+        return
+    names = {d for d in available} | {d.split(".")[0] for d in available}
+    if device not in names:
+        raise OTXError(
+            f"device '{device}' is not available on this machine (available: {', '.join(available)}); "
+            "pass --device with one of them or AUTO"
+        )
+
+
 def is_exported_model(path: str | Path) -> bool:
     """True for paths that name an IR (.xml) or ONNX file."""
     return Path(path).suffix.lower() in MODEL_SUFFIXES
@@ -206,18 +221,7 @@ class OpenVINOInferencer:
         return [self.device]
 
     def _check_device(self) -> None:
-        available = self.core.available_devices
-        base = self.device.split(":")[0]
-        if base in ("AUTO", "MULTI", "HETERO"):
-            if not available:
-                raise OTXError("OpenVINO finds no inference device on this machine")
-            return
-        names = {d for d in available} | {d.split(".")[0] for d in available}
-        if self.device not in names:
-            raise OTXError(
-                f"device '{self.device}' is not available on this machine (available: {', '.join(available)}); "
-                "pass --device with one of them or AUTO"
-            )
+        check_device(self.core, self.device)
 
     def _output_position(self, name: str) -> int:
         for i, output in enumerate(self.compiled.outputs):

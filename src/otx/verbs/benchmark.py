@@ -63,6 +63,14 @@ def plan(
     return targets, model, ckpt
 
 
+def processor_name(core: Any) -> str:
+    """The CPU's name as OpenVINO reports it (``AMD EPYC``, ``Intel(R) Xeon(R) ...``), else the architecture."""
+    try:
+        return str(core.get_property("CPU", "FULL_DEVICE_NAME")) or platform.machine()
+    except Exception:  # noqa: BLE001 - a build without the CPU plugin
+        return platform.processor() or platform.machine()
+
+
 def images_to_time(ctx: VerbContext, ckpt: dict[str, Any], input_size: tuple[int, int], count: int) -> tuple[list, str]:
     """``count`` test images spread over the test split (decoded), or synthetic ones without data."""
     from otx.deploy.benchmark import synthetic_images
@@ -88,9 +96,14 @@ def run(
     repeats: int,
 ) -> BenchmarkResult:
     """Time every model of the plan on the same images; rows also say the precision actually used."""
+    import openvino as ov
+
     from otx.deploy.benchmark import benchmark_openvino, benchmark_torch
+    from otx.deploy.inferencer import check_device
     from otx.deploy.metadata import read_model_info
 
+    core = ov.Core()
+    check_device(core, ctx.device)  # before the torch timing and the exports, not after them
     targets, model, ckpt = plan(ctx, run, checkpoint, models)
     first = targets[0][1]
     input_size = first.input_size if model is not None else read_model_info(first).input_size
@@ -133,7 +146,7 @@ def run(
         warmup=warmup,
         repeats=repeats,
         rows=rows,
-        machine={"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()},
+        machine={"processor": processor_name(core), "cpus": os.cpu_count()},
     )
     write_result(run, result)
     return result
