@@ -180,6 +180,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     (
+        "test-data-root-twice",
+        "conflicting options",
+        ["test", "--data_root", "{data}", "--data.data_root", "elsewhere"],
+        "disagree: give the data folder once",
+        1,
+    ),
+    (
         "train-resume-not-a-state",
         "wrong file",
         ["train", "--config", RECIPE, "--resume", "{file}"],

@@ -64,6 +64,13 @@ def test_print_config_shows_overrides(capsys: pytest.CaptureFixture) -> None:
     assert config["model"]["init_args"]["backbone"] == "resnet18"
     assert config["task"] == "segmentation" and config["trainer"]["max_epochs"] == 1
     assert config["trainer"]["accelerator"] == "auto" and config["max_epochs"] is None
+    # --data_root, wherever it stands, is the data section's folder (before: data.data_root null)
+    with pytest.raises(SystemExit):
+        main(["train", "--data_root", "/data/parts", "--config", RECIPE, "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["data_root"] == "/data/parts"
+    assert main(["train", "--config", RECIPE, "--data_root", "/data/a", "--data.data_root", "/data/b"]) == 1
+    err = capsys.readouterr().err
+    assert "--data_root /data/a and --data.data_root /data/b disagree" in err and len(err.strip().splitlines()) == 1
 
 
 def test_find_lists_recipes_and_backbones(capsys: pytest.CaptureFixture) -> None:

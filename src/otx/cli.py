@@ -672,6 +672,26 @@ def _fold_max_epochs(argv: list[str]) -> list[str]:
     return [arg for i, arg in enumerate(argv) if i not in drop] + ["--trainer.max_epochs", value]
 
 
+def _fold_data_root(argv: list[str]) -> list[str]:
+    """``--data_root DIR`` as ``--data.data_root DIR`` after every other option, as ``--max_epochs`` is folded.
+
+    So ``--print_config`` shows the folder the run will read (before: ``data.data_root: null``); the
+    shortcut still wins over a recipe's ``data.data_root`` wherever it stands, and a different
+    ``--data.data_root`` on the same command line is one line.
+    """
+    shortcut = _option_values(argv, "--data_root")
+    if not shortcut or not argv or argv[0] not in VERBS or not shortcut[-1][1]:
+        return argv
+    value = shortcut[-1][1]
+    explicit = _option_values(argv, "--data.data_root")
+    if explicit and explicit[-1][1] != value:
+        raise OTXError(
+            f"--data_root {value} and --data.data_root {explicit[-1][1]} disagree: give the data folder once"
+        )
+    drop = {i for i, _ in shortcut} | {i + 1 for i, _ in shortcut if argv[i] == "--data_root"}
+    return [arg for i, arg in enumerate(argv) if i not in drop] + ["--data.data_root", value]
+
+
 def _main(argv: list[str]) -> int:
     console = make_console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
     errors = make_console(stderr=True)
@@ -683,7 +703,7 @@ def _main(argv: list[str]) -> int:
         if len(argv) > 1 and argv[0] == "find" and not argv[1].startswith("-"):
             argv = ["find", "--what", *argv[1:]]  # `otx find recipes` as `otx find --what recipes`
         parser = build_parser()
-        cfg = parser.parse_args(_fold_max_epochs(_resolve_config_args(argv)))
+        cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(argv))))
         command = cfg.command
         if command in VERBS:
             return _run_verb(command, cfg[command], parser._subcommands_action._name_parser_map[command], console)
