@@ -56,7 +56,7 @@ def test_recipes_ship_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert config["task"] in name and config["model"]["class_path"].startswith("otx.models.")
 
 
-def test_print_config_shows_overrides(capsys: pytest.CaptureFixture) -> None:
+def test_print_config_shows_overrides(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", RECIPE, "--model.init_args.backbone", "resnet18", "--print_config"])
     assert exit_info.value.code == 0
@@ -71,6 +71,19 @@ def test_print_config_shows_overrides(capsys: pytest.CaptureFixture) -> None:
     assert main(["train", "--config", RECIPE, "--data_root", "/data/a", "--data.data_root", "/data/b"]) == 1
     err = capsys.readouterr().err
     assert "--data_root /data/a and --data.data_root /data/b disagree" in err and len(err.strip().splitlines()) == 1
+    # a top-level data_root in a --config file (as config files of older versions have it) gives way too
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {**yaml.safe_load(Path(RECIPE.replace("recipe/", "recipes/")).read_text()), "data_root": "/data/a"}
+        )
+    )
+    with pytest.raises(SystemExit):
+        main(
+            ["train", "--config", str(config), "--data_root", "./parts", "--data.data_root", "parts", "--print_config"]
+        )
+    printed = yaml.safe_load(capsys.readouterr().out)  # ./parts and parts: one folder, no conflict
+    assert printed["data_root"] == printed["data"]["data_root"] == "./parts"
 
 
 def test_find_lists_recipes_and_backbones(capsys: pytest.CaptureFixture) -> None:

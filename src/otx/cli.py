@@ -684,12 +684,13 @@ def _fold_data_root(argv: list[str]) -> list[str]:
         return argv
     value = shortcut[-1][1]
     explicit = _option_values(argv, "--data.data_root")
-    if explicit and explicit[-1][1] != value:
+    if explicit and os.path.abspath(os.path.expanduser(explicit[-1][1])) != os.path.abspath(os.path.expanduser(value)):
         raise OTXError(
             f"--data_root {value} and --data.data_root {explicit[-1][1]} disagree: give the data folder once"
         )
     drop = {i for i, _ in shortcut} | {i + 1 for i, _ in shortcut if argv[i] == "--data_root"}
-    return [arg for i, arg in enumerate(argv) if i not in drop] + ["--data.data_root", value]
+    # --data_root too: _run_verb copies a top-level data_root (from a --config file) over the data section
+    return [arg for i, arg in enumerate(argv) if i not in drop] + ["--data_root", value, "--data.data_root", value]
 
 
 def _main(argv: list[str]) -> int:

@@ -199,13 +199,21 @@ class AnomalyDataModule:
             }
         else:
             val, test = split_validation(test, self.val_split, self.seed)
-        broken = [s.path for s in val if s.path in self.index.unreadable]
-        if broken:  # thresholds are fitted on the validation images; a test image is labelled "error" instead
-            raise OTXDataError(
-                f"{self.index.unreadable[broken[0]]} (a validation image: the thresholds are fitted on it)"
-                + (f"; {len(broken) - 1} more validation image(s) cannot be read either" if len(broken) > 1 else "")
-            )
         self.splits = {"train": subsets["train"], "val": val, "test": test}
+
+    def check_validation_readable(self) -> None:
+        """Raise one ``OTXDataError`` line when a validation image cannot be read (after the final split).
+
+        Thresholds are fitted, and exports' decisions checked, on the validation split; an
+        unreadable image in the test split is labelled "error" instead (``index.unreadable``).
+        """
+        unreadable = self.index.unreadable if self.index is not None else {}
+        broken = [s.path for s in self.splits.get("val", []) if s.path in unreadable]
+        if broken:
+            more = f"; {len(broken) - 1} more validation image(s) cannot be read either" if len(broken) > 1 else ""
+            raise OTXDataError(
+                f"{unreadable[broken[0]]} (a validation image: thresholds are fitted and checked on them){more}"
+            )
 
     def validation_names(self) -> list[str] | None:
         """The validation images as paths under ``data_root`` (for the checkpoint), or None with a ``val/`` folder.

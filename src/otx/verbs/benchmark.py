@@ -80,7 +80,7 @@ def images_to_time(ctx: VerbContext, ckpt: dict[str, Any], input_size: tuple[int
         return synthetic_images(count, input_size), f"{count} synthetic images at {input_size[0]}x{input_size[1]}"
     data = ctx.data.replace(data_root=root)
     data.setup()
-    test = data.splits["test"] or data.splits["train"]
+    test = [s for s in data.splits["test"] if s.path not in data.index.unreadable] or data.splits["train"]
     picks = np.linspace(0, len(test) - 1, num=min(count, len(test))).round().astype(int)
     images = [read_image(test[i].path) for i in sorted(set(picks.tolist()))]
     return images, f"{len(images)} images of {root} at their own sizes"
@@ -103,7 +103,7 @@ def run(
     from otx.deploy.metadata import read_model_info
 
     core = ov.Core()
-    check_device(core, ctx.device)  # before the torch timing and the exports, not after them
+    check_device(core, ctx.device.upper())  # before the torch timing and the exports, not after them
     targets, model, ckpt = plan(ctx, run, checkpoint, models)
     first = targets[0][1]
     input_size = first.input_size if model is not None else read_model_info(first).input_size

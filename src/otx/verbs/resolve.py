@@ -143,6 +143,7 @@ def validation_set(data: AnomalyDataModule | None, pixel_level: bool, preprocess
 
     if data is None:
         return None
+    data.check_validation_readable()
     val = [s for s in data.splits["val"] if s.label >= 0]
     if not val:
         return None

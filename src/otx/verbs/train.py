@@ -52,6 +52,7 @@ def run(
     adapter = ctx.adapter()
     data = ctx.data
     data.setup()
+    data.check_validation_readable()
     settings = merge_settings(model.default_trainer, trainer_args, {"max_epochs": max_epochs})
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
     if resume is not None:
