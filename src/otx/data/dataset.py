@@ -110,7 +110,8 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     Checks: the root and ``train/good`` exist and hold images; with ``check_files``, every image
     header is readable, every mask belongs to an image, and every mask has its image's size. An
     unreadable image under ``test/`` is recorded in ``unreadable`` instead: in the test split it is
-    labelled "error" like an image that fails later (``split`` refuses it as a validation image).
+    labelled "error" like an image that fails later (``AnomalyDataModule.check_validation_readable``
+    refuses it as a validation image, in train, export and optimize).
     """
     root = Path(root).expanduser()
     if not root.is_dir():
