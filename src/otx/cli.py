@@ -645,6 +645,13 @@ def _option_values(argv: list[str], option: str) -> list[tuple[int, str]]:
     return found
 
 
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without any ``option VALUE`` / ``option=VALUE`` (a shortcut about to be folded)."""
+    found = _option_values(argv, option)
+    drop = {i for i, _ in found} | {i + 1 for i, _ in found if argv[i] == option}
+    return [arg for i, arg in enumerate(argv) if i not in drop]
+
+
 def _fold_max_epochs(argv: list[str]) -> list[str]:
     """``--max_epochs N`` as ``--trainer.max_epochs N`` after every other option.
 
@@ -668,8 +675,7 @@ def _fold_max_epochs(argv: list[str]) -> list[str]:
         raise OTXError(
             f"--max_epochs {value} and --trainer.max_epochs {explicit[-1][1]} disagree: give the number of epochs once"
         )
-    drop = {i for i, _ in shortcut} | {i + 1 for i, _ in shortcut if argv[i] == "--max_epochs"}
-    return [arg for i, arg in enumerate(argv) if i not in drop] + ["--trainer.max_epochs", value]
+    return _without_option(argv, "--max_epochs") + ["--trainer.max_epochs", value]
 
 
 def _fold_data_root(argv: list[str]) -> list[str]:
@@ -688,9 +694,8 @@ def _fold_data_root(argv: list[str]) -> list[str]:
         raise OTXError(
             f"--data_root {value} and --data.data_root {explicit[-1][1]} disagree: give the data folder once"
         )
-    drop = {i for i, _ in shortcut} | {i + 1 for i, _ in shortcut if argv[i] == "--data_root"}
     # --data_root too: _run_verb copies a top-level data_root (from a --config file) over the data section
-    return [arg for i, arg in enumerate(argv) if i not in drop] + ["--data_root", value, "--data.data_root", value]
+    return _without_option(argv, "--data_root") + ["--data_root", value, "--data.data_root", value]
 
 
 def _main(argv: list[str]) -> int:

@@ -37,7 +37,8 @@ CHUNK = 32  # images decoded ahead of the request queue by ``predict``
 
 
 def check_device(core: Any, device: str) -> None:
-    """Raise one ``OTXError`` line when OpenVINO cannot run on ``device`` here (``AUTO``: on no device)."""
+    """Raise one ``OTXError`` line when OpenVINO cannot run on ``device`` (any case) here (``AUTO``: on no device)."""
+    device = device.upper()
     available = core.available_devices
     if device.split(":")[0] in ("AUTO", "MULTI", "HETERO"):
         if not available:

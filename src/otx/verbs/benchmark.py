@@ -103,7 +103,7 @@ def run(
     from otx.deploy.metadata import read_model_info
 
     core = ov.Core()
-    check_device(core, ctx.device.upper())  # before the torch timing and the exports, not after them
+    check_device(core, ctx.device)  # before the torch timing and the exports, not after them
     targets, model, ckpt = plan(ctx, run, checkpoint, models)
     first = targets[0][1]
     input_size = first.input_size if model is not None else read_model_info(first).input_size
