@@ -6,6 +6,8 @@ import hashlib
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -119,6 +121,31 @@ def test_tables_into_a_pipe_are_not_cut(capsys: pytest.CaptureFixture, monkeypat
     assert "…" not in out and max(len(line) for line in out.splitlines()) <= 60
     timm_column = "".join(line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│"))
     assert all(spec.timm_name in timm_column for spec in BACKBONES.values())
+
+
+def test_help_version_and_a_mistyped_verb_answer_without_the_model_libraries(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # every command imported torch, Lightning and anomalib to build all six verbs' options first (8 s here)
+    script = (
+        "import sys, contextlib, io\n"
+        "from otx.cli import main\n"
+        "for argv in (['--help'], ['--version'], ['trian', '--data_root', 'x'], ['data', '--help']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "        code = main(argv)\n"
+        "        print(argv, code, file=sys.stderr)\n"
+        "    print(out.getvalue()[:60].replace(chr(10), ' '), file=sys.stderr)\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'anomalib') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stderr
+    assert "['trian', '--data_root', 'x'] 2" in done.stderr and "invalid choice: 'trian'" in done.stderr
+    assert "usage: otx" in done.stderr and "otx 0." in done.stderr
+    with pytest.raises(SystemExit):  # a verb still has the options of its model and data classes
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "--model.help" in out and "--data.data_root" in out and "--trainer.max_epochs" in out
 
 
 def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:

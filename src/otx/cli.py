@@ -201,15 +201,25 @@ def _verb_parser(verb: str) -> ArgumentParser:
     return parser
 
 
-def build_parser() -> ArgumentParser:
-    """The full ``otx`` parser with its sub-commands."""
+def build_parser(verbs: tuple[str, ...] | None = None) -> ArgumentParser:
+    """The ``otx`` parser with its sub-commands.
+
+    ``verbs``: the verbs whose options are built (default: all). The others are listed by name and help
+    only: a verb's options come from the model and data classes, whose imports (torch, Lightning,
+    anomalib) take most of a command's start-up, so ``otx --help``, ``otx --version``, ``otx data``
+    and a mistyped verb answer without them.
+    """
     parser = ArgumentParser(
         prog="otx", description="otx: anomaly detection training toolkit", exit_on_error=False, allow_abbrev=False
     )
     parser.add_argument("--version", action="version", version=f"otx {__version__}")
     commands = parser.add_subcommands(dest="command", required=True)
     for verb in VERBS:
-        commands.add_subcommand(verb, _verb_parser(verb), help=VERB_HELP[verb])
+        if verbs is None or verb in verbs:
+            verb_parser = _verb_parser(verb)
+        else:
+            verb_parser = ArgumentParser(description=f"otx {verb}", exit_on_error=False, allow_abbrev=False)
+        commands.add_subcommand(verb, verb_parser, help=VERB_HELP[verb])
     find = ArgumentParser(description="list recipes, models and backbones", exit_on_error=False, allow_abbrev=False)
     find.add_argument("--what", type=Literal["all", "recipes", "models", "backbones"], default="all")
     commands.add_subcommand("find", find, help="list recipes, models and backbones")
@@ -708,7 +718,7 @@ def _main(argv: list[str]) -> int:
         _refuse_train_options(argv)
         if len(argv) > 1 and argv[0] == "find" and not argv[1].startswith("-"):
             argv = ["find", "--what", *argv[1:]]  # `otx find recipes` as `otx find --what recipes`
-        parser = build_parser()
+        parser = build_parser(tuple(argv[:1]))  # only the verb that runs needs its options
         cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(argv))))
         command = cfg.command
         if command in VERBS:
