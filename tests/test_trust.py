@@ -68,6 +68,9 @@ def test_predict_labels_an_unreadable_image_error_and_exits_1(
     assert metrics["errors"][0]["image"].endswith("001.png") and metrics["timing_s"]["predict_s"] > 0
     # The option for pipelines that want exit 0.
     assert main([*args, "--work_dir", str(work_dir), "--visualize", "false", "--allow_errors", "true"]) == 0
+    assert main([*args, "--allow_errors", "--work_dir", str(work_dir), "--visualize"]) == 0  # bare flags, as
+    # the demo package's predict.py takes --allow_errors (before: "expected one argument")
+    assert main([*args, "--work_dir", str(work_dir), "--visualize", "false", "--allow_errors", "false"]) == 1
 
 
 def test_a_mask_that_cannot_be_written_fails_in_one_line_and_keeps_latest(

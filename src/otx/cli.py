@@ -128,6 +128,8 @@ def _verb_parser(verb: str) -> ArgumentParser:
         parser.add_argument(
             "--resume",
             type=bool | str,
+            nargs="?",
+            const=True,  # --resume alone: the newest in --work_dir
             default=False,
             help="continue an interrupted training: true (the newest in --work_dir) or its run folder / last.ckpt",
         )
@@ -186,17 +188,31 @@ def _verb_parser(verb: str) -> ArgumentParser:
         parser.add_argument(
             "--allow_errors",
             type=bool,
+            nargs="?",
+            const=True,  # --allow_errors alone, as the demo package's predict.py takes it
             default=False,
             help="exit 0 even when some images cannot be read (they are labelled 'error'; default: exit 1)",
         )
     if verb == "predict":
         parser.add_argument("--source", type=str | None, default=None, help="image file, folder or glob to predict")
-        parser.add_argument("--visualize", type=bool, default=True, help="write an overlay per image (false to skip)")
+        parser.add_argument(
+            "--visualize",
+            type=bool,
+            nargs="?",
+            const=True,
+            default=True,
+            help="write an overlay per image (false to skip)",
+        )
     if verb == "export":
         parser.add_argument("--format", type=Literal["OPENVINO", "ONNX"], default="OPENVINO", help="OPENVINO or ONNX")
         parser.add_argument("--precision", type=Literal["FP32", "FP16"], default="FP32", help="FP32 or FP16 (IR)")
         parser.add_argument(
-            "--export_demo_package", type=bool, default=False, help="also write demo_package.zip (model + script)"
+            "--export_demo_package",
+            type=bool,
+            nargs="?",
+            const=True,
+            default=False,
+            help="also write demo_package.zip (model + script)",
         )
     return parser
 

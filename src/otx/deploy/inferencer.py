@@ -48,7 +48,7 @@ def check_device(core: Any, device: str) -> None:
     if device not in names:
         raise OTXError(
             f"device '{device}' is not available on this machine (available: {', '.join(available)}); "
-            "pass --device with one of them or AUTO"
+            "give one of them or AUTO as the device (--device; in Python device=)"
         )
 
 
