@@ -364,6 +364,7 @@ def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Pa
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "OpenVINO INT8" in result.stdout and "images/s" in result.stdout
+    assert f"timing OpenVINO INT8 ({Path(int8).name}) ..." in result.stdout  # named before it is timed
     saved = json.loads(next(tmp_path.glob("*-benchmark/metrics.json")).read_text())
     assert saved["images"].startswith("3 synthetic images") and len(saved["rows"]) == 1
     result = run_main("benchmark", "--checkpoint", int8, "--num_images", "0", cwd=tmp_path)

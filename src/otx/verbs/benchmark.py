@@ -125,12 +125,12 @@ def run(
     )
     rows = []
     for label, target in targets:
+        if isinstance(target, Path) and label.startswith("("):  # a given model file: precision from its metadata
+            label = f"OpenVINO {read_model_info(target).precision} {label}"
         ctx.console.print(f"  timing {label} ...")
         if isinstance(target, Path):
             row = benchmark_openvino(target, images, ctx.device, ctx.inference_precision, warmup, repeats)
             row["path"] = str(target)
-            if label.startswith("("):  # a given model file: its precision comes from its metadata
-                label = f"OpenVINO {row['model_precision']} {label}"
         else:
             row = benchmark_torch(target, images, warmup, repeats)
         rows.append({"model": label, **row})
