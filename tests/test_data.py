@@ -87,14 +87,29 @@ def test_layout_without_ground_truth(dataset_copy) -> None:
         (".jpg", lambda: np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)),
         (".bmp", lambda: np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)),
         (".tiff", lambda: np.random.default_rng(0).integers(0, 65536, (30, 40, 3), dtype=np.uint16)),
+        # floats a hair below their levels, as a float pipeline writes them: [0, 1] and 0-255
+        (".tiff", lambda: np.random.default_rng(0).integers(1, 256, (30, 40, 3)).astype(np.float32) / 255 - 1e-6),
+        (".tiff", lambda: np.random.default_rng(0).integers(1, 256, (30, 40, 3)).astype(np.float32) - 1e-3),
     ],
 )
 def test_read_image_any_mode_and_depth(tmp_path: Path, suffix: str, make) -> None:
+    import importlib.util
+
+    import otx.deploy
+
     array = make()
     path = tmp_path / f"img{suffix}"
     assert cv2.imwrite(str(path), array)
     image = read_image(path)
     assert image.shape == (30, 40, 3) and image.dtype == np.uint8
+    demo_path = Path(otx.deploy.__file__).parent / "demo" / "predict.py"  # the demo package reads files alike
+    spec = importlib.util.spec_from_file_location("demo_predict", demo_path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    np.testing.assert_array_equal(demo.read_rgb(path), image)
+    if array.dtype == np.float32:  # rounded to the nearest level (before: floored, one level low)
+        levels = np.rint(array * (255 if array.max() <= 1 else 1))
+        np.testing.assert_array_equal(image, levels[..., ::-1].astype(np.uint8))  # BGR on disk -> RGB
     if array.dtype == np.uint16 and array.ndim == 2:
         # 16-bit is scaled by its full range, not clipped.
         np.testing.assert_allclose(image[..., 0].astype(float), array / 257.0, atol=0.51)

@@ -14,7 +14,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale any integer or float image to uint8 (16-bit by its full range, float by [0, 1] when it fits)."""
+    """Scale any integer or float image to uint8 (16-bit by its full range, float by [0, 1] when it fits).
+
+    Floats are rounded to the nearest level, as OpenCV converts them (a float pipeline's 127.999 is 128).
+    """
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:
@@ -24,7 +27,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     as_float = array.astype(np.float32)
     if np.issubdtype(array.dtype, np.floating) and as_float.min() >= 0.0 and as_float.max() <= 1.0:
         as_float = as_float * 255.0
-    return np.clip(as_float, 0, 255).astype(np.uint8)
+    return np.clip(np.rint(as_float), 0, 255).astype(np.uint8)
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -74,7 +74,7 @@ def read_rgb(path: Path) -> np.ndarray | None:
         as_float = array.astype(np.float32)
         if np.issubdtype(array.dtype, np.floating) and as_float.min() >= 0.0 and as_float.max() <= 1.0:
             as_float = as_float * 255.0  # a float image in [0, 1]
-        array = np.clip(as_float, 0, 255).astype(np.uint8)
+        array = np.clip(np.rint(as_float), 0, 255).astype(np.uint8)  # rounded, as otx
     if array.ndim == 2 or array.shape[2] == 1:
         return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2RGB)
     if array.shape[2] == 4:
