@@ -114,6 +114,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "more processes than this machine has CPU cores",
         1,
     ),
+    (  # before: waited for the second machine forever, deaf to Ctrl-C and SIGTERM
+        "train-num-nodes-alone",
+        "no launcher",
+        ["train", "--config", RECIPE, "--trainer.num_nodes", "2", "--trainer.strategy", "ddp"],
+        "nothing says how to reach the other machines",
+        1,
+    ),
     (
         "train-strategy-spawn",
         "wrong value",
@@ -233,6 +240,7 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ("test-device", "wrong value", ["test", "--checkpoint", "{xml}", "--device", "TPU"], "device 'TPU'", 1),
     ("test-allow-errors-type", "wrong type", ["test", "--allow_errors", "maybe"], "allow_errors", 2),
     ("test-devices-0", "out of range", ["test", "--devices", "0"], "devices must be", 1),
+    ("test-num-nodes-alone", "no launcher", ["test", "--num_nodes", "2"], "how to reach the other machines", 1),
     ("test-devices-cpu", "out of range", ["test", "--devices", "4096"], "more processes than this machine has", 1),
     ("predict-num-nodes-type", "wrong type", ["predict", "--num_nodes", "two"], "num_nodes", 2),
     # predict

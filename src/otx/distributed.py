@@ -224,6 +224,25 @@ def check_cpu_processes(devices: int) -> None:
         )
 
 
+# Variables with which a machine of a multi-machine run learns where the first one is (by hand:
+# MASTER_ADDR and NODE_RANK; torchrun: those and WORLD_SIZE; SLURM: its own).
+_NODE_VARIABLES = ("MASTER_ADDR", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID")
+
+
+def check_nodes(num_nodes: int, option: str) -> None:
+    """One line when ``num_nodes`` > 1 machines are asked for but no launcher says how to reach them.
+
+    Without the variables the first machine waits for the others forever (a signal cannot reach
+    it there: it waits inside the process-group set-up). ``option`` is how the caller gave the count.
+    """
+    if num_nodes > 1 and not any(os.environ.get(name, "").strip() for name in _NODE_VARIABLES):
+        raise OTXConfigError(
+            f"{option} {num_nodes}: nothing says how to reach the other machines, so this one would wait for them "
+            "forever; start the command on every machine with MASTER_ADDR, MASTER_PORT and NODE_RANK, or through "
+            "torchrun or SLURM (docs/scale.md); on one machine, give the process count as devices instead"
+        )
+
+
 def launch(processes: int, num_nodes: int = 1) -> None:
     """Start (or, in a launched process, join) an evaluation across ``processes`` x ``num_nodes`` processes.
 
@@ -235,6 +254,7 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     if processes * num_nodes == 1 or rank_and_world()[1] > 1:
         return
     check_cpu_processes(processes)
+    check_nodes(num_nodes, "num_nodes")
     from lightning.fabric import Fabric
 
     try:

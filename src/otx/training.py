@@ -22,7 +22,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from otx.checkpoint import class_path
-from otx.distributed import SUPPORTED_STRATEGIES, check_cpu_processes, check_strategy, ddp_strategy
+from otx.distributed import SUPPORTED_STRATEGIES, check_cpu_processes, check_nodes, check_strategy, ddp_strategy
 from otx.errors import OTXConfigError, OTXError
 
 
@@ -199,6 +199,7 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
     devices = settings["devices"]  # a count, a list of device ids, or "auto" / -1 (possibly several)
     one_device = len(devices) == 1 if isinstance(devices, list | tuple) else str(devices) == "1"
     several = not one_device or int(settings.get("num_nodes") or 1) > 1
+    check_nodes(int(settings.get("num_nodes") or 1), "trainer.num_nodes")
     if several and (strategy is None or strategy in SUPPORTED_STRATEGIES):
         settings["strategy"] = ddp_strategy(strategy)  # DDP without per-forward collectives (otx.distributed)
     try:
