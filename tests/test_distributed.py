@@ -172,3 +172,40 @@ def test_stfpm_trains_with_two_processes_close_to_one(trained_stfpm10: dict, sam
 
 
 # `otx test` and `otx predict` with two processes: tests/test_cli.py::test_make_sample_then_train_test_predict
+
+
+@pytest.mark.e2e
+def test_a_python_script_trains_then_tests_in_two_processes(sample_root: Path, tmp_path: Path):
+    # docs/scale.md: Engine(trainer={"devices": 2, "strategy": "ddp"}).train(), then engine.test(devices=2).
+    # Before: train() returned None in the second process and recorded no checkpoint, so its test() found
+    # none in its scratch folder, raised, and the first process lost its peer (two tracebacks, exit 1).
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import os, sys\n"
+        "from otx.data import AnomalyDataModule\n"
+        "from otx.engine import Engine\n"
+        "from otx.models import Padim\n"
+        "engine = Engine(model=Padim(input_size=(128, 128)), data=AnomalyDataModule(sys.argv[1], num_workers=0),\n"
+        "                work_dir=sys.argv[2], task='segmentation', max_epochs=1,\n"
+        "                trainer={'devices': 2, 'strategy': 'ddp', 'accelerator': 'cpu'})\n"
+        "trained = engine.train()\n"
+        "tested = engine.test(devices=2)\n"
+        "rank = os.environ.get('LOCAL_RANK', '0')\n"
+        "print('rank', rank, trained is None, tested is None, file=sys.stderr)\n"
+        "if tested is not None:\n"
+        "    print(tested.metrics['image_AUROC'], tested.metrics['pixel_AUROC'])\n"
+    )
+    work_dir = tmp_path / "ws"
+    done = subprocess.run(
+        [sys.executable, str(script), str(sample_root / "bottle_like"), str(work_dir)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OTX_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 False False" in done.stderr and "rank 1 True True" in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    (tested,) = list(work_dir.glob("*-test/metrics.json"))  # one test run, of the checkpoint rank 0 wrote
+    metrics = json.loads(tested.read_text())["metrics"]
+    alone = Engine(work_dir=tmp_path / "alone").test(checkpoint=next(work_dir.glob("*-train/model.ckpt"))).metrics
+    image_auroc, pixel_auroc = (float(v) for v in done.stdout.split()[-2:])
+    assert image_auroc == pytest.approx(alone["image_AUROC"]) == pytest.approx(metrics["image_AUROC"])
+    assert pixel_auroc == pytest.approx(alone["pixel_AUROC"], rel=1e-5)

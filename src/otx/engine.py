@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
+from otx import distributed
 from otx.checkpoint import CHECKPOINT_NAME, CHECKPOINT_SCHEMA, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule
 from otx.deploy.inferencer import PRECISION_HINTS
@@ -145,7 +146,7 @@ class Engine:
         copy kept when it was first trained), not the weights of an earlier call; ``engine.model``
         is the model the last call trained. With ``trainer={"devices": N, "strategy": "ddp"}`` (or
         ``num_nodes``) the fit runs in several processes (``docs/scale.md``); processes of rank > 0
-        return None.
+        return None, and take rank 0's checkpoint as this engine's own.
         """
         if self.model is None:
             raise OTXConfigError("no model given; pass a model (e.g. --config recipe/anomaly_segmentation/padim.yaml)")
@@ -159,13 +160,21 @@ class Engine:
         elif self._pristine is not None:  # trains afresh: STFPM's student would go on from the last call's weights
             self.model = copy.deepcopy(self._pristine)
         model = self._trained = self.model
-        result = self._run(
-            "train",
-            lambda ctx, run: train_verb.run(ctx, run, model, self.trainer, self.max_epochs, start),
-            distributed=True,
-        )
-        if result is not None:
-            self._own = {"train": Path(result.checkpoint)}
+        try:
+            result = self._run(
+                "train",
+                lambda ctx, run: train_verb.run(ctx, run, model, self.trainer, self.max_epochs, start),
+                distributed=True,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):  # the other processes wait for rank 0's checkpoint (below)
+                distributed.broadcast(None)
+            raise
+        # Every process takes rank 0's checkpoint as its own (rank > 0 wrote none), so engine.test() and the
+        # other verbs of the same script find it there too; one process: the checkpoint as written.
+        checkpoint = distributed.broadcast(str(result.checkpoint) if result is not None else None)
+        if checkpoint is not None:
+            self._own = {"train": Path(checkpoint)}
         return result
 
     def _default(self, checkpoint: str | Path | None, *kinds: str) -> str | Path | None:
