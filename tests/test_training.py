@@ -90,16 +90,16 @@ def test_early_stopping_keeps_the_best_epoch_and_its_thresholds(sample_root: Pat
     assert "class_path: lightning.pytorch.callbacks.early_stopping.EarlyStopping" in config
 
 
-def _stfpm_args(sample_root: Path, work_dir: str, *extra: str) -> list[str]:
+def _stfpm_args(sample_root: Path, work_dir: str, *extra: str, callbacks: str = "[]") -> list[str]:
     args = ["train", "--config", STFPM, "--data_root", str(sample_root / "bottle_like"), "--work_dir", work_dir]
-    return [*args, *SMALL, "--trainer.max_epochs", "4", "--trainer.callbacks", "[]", *extra]
+    return [*args, *SMALL, "--trainer.max_epochs", "4", "--trainer.callbacks", callbacks, *extra]
 
 
-def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tmp_path: Path) -> None:
-    """SIGINT after the second epoch, then --resume true: the same weights and thresholds as one run."""
-    whole = run_main(*_stfpm_args(sample_root, "whole"), cwd=tmp_path)  # the command line, in this process
+def _whole_and_resumed(sample_root: Path, tmp_path: Path, *extra: str, callbacks: str = "[]") -> tuple[dict, dict]:
+    """The summaries of one uninterrupted run and of one stopped by SIGINT after its second epoch, resumed."""
+    whole = run_main(*_stfpm_args(sample_root, "whole", *extra, callbacks=callbacks), cwd=tmp_path)  # in this process
     assert whole.returncode == 0, whole.stderr
-    command = [sys.executable, "-m", "otx.cli", *_stfpm_args(sample_root, "parts")]
+    command = [sys.executable, "-m", "otx.cli", *_stfpm_args(sample_root, "parts", *extra, callbacks=callbacks)]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list((tmp_path / "parts").glob("*-train/checkpoints/epoch1.ckpt")):
@@ -109,10 +109,14 @@ def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tm
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err
     assert not (tmp_path / "parts" / "latest.json").exists()
-    resumed = run_main(*_stfpm_args(sample_root, "parts", "--resume", "true"), cwd=tmp_path)
+    resumed = run_main(
+        *_stfpm_args(sample_root, "parts", *extra, "--resume", "true", callbacks=callbacks), cwd=tmp_path
+    )
     assert resumed.returncode == 0, resumed.stderr
-    a, b = _summary(tmp_path / "whole"), _summary(tmp_path / "parts")
-    assert b["resumed_from"] and b["epochs"] == a["epochs"] == 4
+    return _summary(tmp_path / "whole"), _summary(tmp_path / "parts")
+
+
+def _assert_same_model(tmp_path: Path, a: dict, b: dict) -> None:
     # Same seed, same per-epoch shuffles, optimiser state restored: equal up to float summation order.
     model_a, _ = load_checkpoint(tmp_path / a["checkpoint"])
     model_b, _ = load_checkpoint(tmp_path / b["checkpoint"])
@@ -122,6 +126,13 @@ def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tm
         assert b["thresholds"][key] == pytest.approx(value, rel=1e-5), key
     for key, value in a["validation_metrics"].items():
         assert b["validation_metrics"][key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tmp_path: Path) -> None:
+    """SIGINT after the second epoch, then --resume true: the same weights and thresholds as one run."""
+    a, b = _whole_and_resumed(sample_root, tmp_path)
+    assert b["resumed_from"] and b["epochs"] == a["epochs"] == 4
+    _assert_same_model(tmp_path, a, b)
     # What cannot continue that training is refused in one line, before any epoch.
     state = Path(b["resumed_from"])
     (tmp_path / "notes.txt").write_text("not a checkpoint")
@@ -138,6 +149,30 @@ def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tm
         done = run_main(*_stfpm_args(sample_root, "parts", "--resume", path), *more, cwd=tmp_path)
         assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr, (extra, done.stderr)
     assert _summary(tmp_path / "parts")["checkpoint"] == b["checkpoint"]  # latest.json kept
+
+
+def test_a_resumed_training_keeps_the_best_epoch_from_before_the_interruption(
+    sample_root: Path, tmp_path: Path
+) -> None:
+    # At this rate the validation AUROC falls after the first epochs. Before: the resumed run (a new run
+    # folder, so Lightning's ModelCheckpoint dropped its best score) kept its first epoch after the
+    # interruption as the best, and its curve began there.
+    best = "[{class_path: ModelCheckpoint, init_args: {monitor: val/image_AUROC, mode: max, filename: best}}]"
+    a, b = _whole_and_resumed(sample_root, tmp_path, "--model.init_args.lr", "0.1", callbacks=best)
+    assert a["best_epoch"] <= 2, a["validation_curve"]  # the case: the best epoch came before the stop
+    assert b["best_epoch"] == a["best_epoch"] and b["epochs"] == a["epochs"] == 4
+    assert [row["epoch"] for row in b["validation_curve"]] == [1, 2, 3, 4]  # the curve from epoch 1
+    for got, expected in zip(b["validation_curve"], a["validation_curve"], strict=True):
+        assert got["image_AUROC"] == pytest.approx(expected["image_AUROC"], abs=1e-6)
+    _assert_same_model(tmp_path, a, b)
+    interrupted = tmp_path / Path(b["resumed_from"]).parent
+    assert (interrupted / "best.ckpt").is_file()  # the interrupted run's files stay where they were
+    assert (tmp_path / Path(b["checkpoint"]).parent / "checkpoints" / "best.ckpt").is_file()
+    # a finished run's saved epochs are refused like its model.ckpt (before: trained on to the recipe's epochs)
+    finished = tmp_path / Path(a["checkpoint"]).parent
+    for path in (finished, finished / "checkpoints" / "last.ckpt"):
+        done = run_main(*_stfpm_args(sample_root, "whole", "--resume", str(path), callbacks=best), cwd=tmp_path)
+        assert done.returncode == 1 and "its run finished training" in done.stderr, done.stderr
 
 
 def test_epoch_shuffle_depends_on_seed_and_epoch_only() -> None:

@@ -35,6 +35,7 @@ class _NoAdvert(logging.Filter):
 
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvert())
 
+log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
 CHECKPOINT_DIR = "checkpoints"
 # Trainer arguments otx sets itself: a recipe that gives them would break the run folder's layout.
@@ -139,10 +140,20 @@ class EpochTimer(L.Callback):
 
 
 class ValidationCurve(L.Callback):
-    """The validation metrics of every validated epoch, for the training summary."""
+    """The validation metrics of every validated epoch, for the training summary.
+
+    Saved with each epoch's training state, so a resumed run's curve starts at epoch 1, not at the
+    first epoch it trained itself.
+    """
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, float]] = []
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"epochs": [dict(row) for row in self.epochs]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        self.epochs = [dict(row) for row in state_dict.get("epochs", [])]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         # Lightning validates before on_train_epoch_end, after the module has logged its metrics
@@ -153,6 +164,59 @@ class ValidationCurve(L.Callback):
             if key.startswith("val/"):
                 row[key[4:]] = round(float(value), 6)
         self.epochs.append(row)
+
+
+class BestAcrossResume(L.Callback):
+    """The best epoch before an interruption still counts after ``--resume`` in a new run folder.
+
+    Lightning's ``ModelCheckpoint`` reloads its best score and files only when the checkpoint
+    folder is unchanged (else it warns and keeps only the path), and a resumed otx run writes into
+    a run folder of its own: without this, the first resumed epoch counted as the best whatever its
+    score, and the run ended with a worse epoch than an uninterrupted one. When training starts
+    from a saved state, the interrupted run's best files are copied into the new folder (that run's
+    files stay as they were) and the callback's best score, paths and k-th value are restored.
+    """
+
+    def __init__(self, best: ModelCheckpoint) -> None:
+        self.best = best
+        self._saved: dict[str, Any] | None = None
+
+    def on_load_checkpoint(  # noqa: D102
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        self._saved = (checkpoint.get("callbacks") or {}).get(self.best.state_key)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        import shutil
+
+        saved, self._saved = self._saved, None
+        if not saved or saved.get("best_model_score") is None or saved.get("dirpath") == self.best.dirpath:
+            return  # nothing saved, or Lightning restored it itself (the same folder)
+        kept = {Path(path): score for path, score in (saved.get("best_k_models") or {}).items()}
+        missing = [path for path in kept if not path.is_file()]
+        if missing or not kept:
+            log.warning(
+                "the interrupted run's best checkpoint %s is gone; the resumed run keeps the best of its own epochs",
+                missing[0] if missing else saved.get("best_model_path"),
+            )
+            return
+        moved = {path: Path(str(self.best.dirpath)) / path.name for path in kept}
+        if trainer.is_global_zero:
+            for source, target in moved.items():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+        trainer.strategy.barrier()
+        self.best.best_k_models = {str(moved[path]): score for path, score in kept.items()}
+        self.best.best_model_score = saved["best_model_score"]
+        self.best.best_model_path = str(moved.get(Path(saved["best_model_path"]), saved["best_model_path"]))
+        kth = Path(saved.get("kth_best_model_path") or "")
+        self.best.kth_best_model_path = str(moved.get(kth, self.best.best_model_path))
+        self.best.kth_value = saved.get("kth_value", saved["best_model_score"])
+        log.info(
+            "resumed with the interrupted run's best epoch: %s (%s)",
+            self.best.best_model_path,
+            saved["best_model_score"],
+        )
 
 
 def monitored_checkpoint(callbacks: list[L.Callback]) -> ModelCheckpoint | None:
@@ -193,6 +257,8 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
         )
     curve = ValidationCurve()
     callbacks += [EpochTimer(), curve]
+    if best is not None:
+        callbacks.append(BestAcrossResume(best))
     settings.setdefault("accelerator", "auto")
     settings.setdefault("devices", 1)
     strategy = settings.get("strategy")
@@ -320,6 +386,12 @@ def check_resume(state_path: Path, model: Any, entry: dict[str, Any], data_root:
                 f"resume; to train longer, train again with more epochs ({how})"
             )
         raise OTXError(f"cannot resume from '{state_path}': not a training state; {how}")
+    finished = state_path.parent.parent / "model.ckpt" if state_path.parent.name == CHECKPOINT_DIR else None
+    if finished is not None and finished.is_file():  # as its model.ckpt is refused (before: trained on)
+        raise OTXError(
+            f"cannot resume from '{state_path}': its run finished training ({finished} is there), with nothing left "
+            f"to resume; to train longer, train again with more epochs ({how})"
+        )
     theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
     # buffers a fresh model holds empty (PADIM's Gaussian, PatchCore's bank) take their shape when fitted
     ours = {k: tuple(v.shape) if v.numel() else None for k, v in model.state_dict().items()}
