@@ -114,6 +114,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "more processes than this machine has CPU cores",
         1,
     ),
+    (
+        "train-option-typo",
+        "misspelled",
+        ["train", "--config", RECIPE, "--max_epoch", "2"],
+        "did you mean --max_epochs?",
+        2,
+    ),
+    (  # the option of another section by its own name (before: no hint)
+        "train-devices-unqualified",
+        "misspelled",
+        ["train", "--config", RECIPE, "--devices", "2"],
+        "did you mean --trainer.devices?",
+        2,
+    ),
     (  # before: waited for the second machine forever, deaf to Ctrl-C and SIGTERM
         "train-num-nodes-alone",
         "no launcher",

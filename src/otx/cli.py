@@ -507,7 +507,11 @@ def _did_you_mean(line: str, verb: str) -> str | None:
         return None
     option = match.group(1)
     known = [name for name in _verb_parser(verb)._option_string_actions if name.startswith("--")]
-    near = difflib.get_close_matches(option, known, n=2, cutoff=0.75)
+    if verb != "train":  # model and trainer options are refused by the other verbs (_refuse_train_options)
+        known = [name for name in known if not name.startswith(("--model.", "--trainer."))]
+    leaf = option.rsplit(".", 1)[-1].lstrip("-")
+    same_leaf = [name for name in known if name != option and name.rsplit(".", 1)[-1].lstrip("-") == leaf]
+    near = (same_leaf or difflib.get_close_matches(option, known, n=2, cutoff=0.75))[:2]  # --devices: --trainer.devices
     hint = f"did you mean {' or '.join(near)}?" if near else "`otx <command> --help` lists the options"
     return f"unknown option {option} for otx {verb}; {hint}"
 
