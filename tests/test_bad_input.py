@@ -97,6 +97,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("train-root-file", "path is a file", ["train", "--config", RECIPE, "--data_root", "{file}"], "not a folder", 1),
+    (  # the folder above the categories (before: only "train/good is missing")
+        "train-root-above-categories",
+        "wrong folder",
+        ["train", "--config", RECIPE, "--data_root", "{data}/.."],
+        "pass one of them as --data_root",
+        1,
+    ),
+    (  # before: jsonargparse's "Parser key "config": Path is not a file"
+        "train-config-folder",
+        "path is a folder",
+        ["train", "--config", "recipe/anomaly_segmentation"],
+        "is a folder; pass a recipe YAML file in it",
+        1,
+    ),
     ("train-workdir-file", "path is a file", ["train", "--config", RECIPE, "--work_dir", "{file}"], "is a file", 1),
     (
         "train-workdir-unwritable",

@@ -484,10 +484,9 @@ def test_streaming_coreset_keeps_rare_patches_and_bounds_memory() -> None:
 
 
 def test_patchcore_refuses_bad_settings_in_one_line() -> None:
-    with pytest.raises(OTXConfigError, match="coreset_ratio must be a number > 0"):
-        model_class("Patchcore")(coreset_ratio=0, pretrained=False)
-    with pytest.raises(OTXConfigError, match="coreset_ratio must be a number between 0.0 and 1.0"):
-        model_class("Patchcore")(coreset_ratio=1.5, pretrained=False)
+    for ratio in (0, -0.1, 1.5):  # one wording for every value out of range (before: two)
+        with pytest.raises(OTXConfigError, match=r"coreset_ratio must be a number > 0.0 and <= 1.0 \(got"):
+            model_class("Patchcore")(coreset_ratio=ratio, pretrained=False)
     with pytest.raises(OTXConfigError, match="num_neighbors"):
         model_class("Patchcore")(num_neighbors=0, pretrained=False)
     with pytest.raises(OTXConfigError, match="map_upsample must be one of bilinear, nearest"):

@@ -80,7 +80,7 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         reason = (
             f"it holds a Python object ({unsafe.group(1)}) that otx does not load, for safety"
             if unsafe
-            else f"not a PyTorch checkpoint file: {exc.__class__.__name__}"
+            else f"not a PyTorch checkpoint file, or a truncated one: {exc.__class__.__name__}"
         )
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({reason}); {_HINT}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:

@@ -75,10 +75,18 @@ def _resolve_config_args(argv: list[str]) -> list[str]:
     out = list(argv)
     for i, arg in enumerate(out):
         if arg == "--config" and i + 1 < len(out):
-            out[i + 1] = _checked_yaml(resolve_recipe(out[i + 1]))
+            out[i + 1] = _checked_yaml(_recipe_file(out[i + 1]))
         elif arg.startswith("--config="):
-            out[i] = "--config=" + _checked_yaml(resolve_recipe(arg.split("=", 1)[1]))
+            out[i] = "--config=" + _checked_yaml(_recipe_file(arg.split("=", 1)[1]))
     return out
+
+
+def _recipe_file(given: str) -> str:
+    """``resolve_recipe(given)``; one line for a folder (before: jsonargparse's 'Path is not a file')."""
+    path = resolve_recipe(given)
+    if Path(path).is_dir():
+        raise OTXError(f"--config {given} is a folder; pass a recipe YAML file in it (`otx find recipes` lists them)")
+    return path
 
 
 def _checked_yaml(path: str) -> str:

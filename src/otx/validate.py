@@ -46,14 +46,18 @@ def check_number(
     high: float | None = None,
     optional: bool = False,
     open_interval: bool = False,
+    above_low: bool = False,
 ) -> float | None:
-    """A finite real number within ``[low, high]`` (``(low, high)`` with ``open_interval``)."""
+    """A finite real number within ``[low, high]``.
+
+    ``open_interval``: within ``(low, high)``; ``above_low``: within ``(low, high]``.
+    """
     if value is None and optional:
         return None
-    bounds = _bounds(low, high, open_interval)
+    bounds = f" > {low} and <= {high}" if above_low else _bounds(low, high, open_interval)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise OTXConfigError(f"{name} must be a finite number{bounds} ({_got(value)})")
-    too_low = low is not None and (value <= low if open_interval else value < low)
+    too_low = low is not None and (value <= low if open_interval or above_low else value < low)
     too_high = high is not None and (value >= high if open_interval else value > high)
     if too_low or too_high:
         raise OTXConfigError(f"{name} must be a number{bounds} ({_got(value)})")

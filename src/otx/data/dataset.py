@@ -121,6 +121,13 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
         )
     train_good = root / "train" / GOOD
     if not train_good.is_dir():
+        inside = sorted(p.name for p in root.iterdir() if (p / "train" / GOOD).is_dir())
+        if inside:  # the folder above the categories (e.g. a whole MVTec AD download)
+            names = ", ".join(inside[:5]) + (", ..." if len(inside) > 5 else "")
+            raise OTXDataError(
+                f"'{train_good}' is missing: '{root}' holds categories ({names}); pass one of them as --data_root, "
+                f"e.g. {root / inside[0]}"
+            )
         raise OTXDataError(f"'{train_good}' is missing; training needs normal images in <data_root>/train/good")
     mask_dir = root / MvtecPath.MASK_DIR
     has_masks = mask_dir.is_dir()

@@ -153,11 +153,7 @@ class AnomalyModel(L.LightningModule):
         self.image_threshold = check_number("image_threshold", image_threshold, optional=True)
         self.pixel_threshold = check_number("pixel_threshold", pixel_threshold, optional=True)
         # None: the core's own image score; a share: the mean of the map's highest pixels (`top_share_score`)
-        self.score_top_share = check_number("score_top_share", score_top_share, 0.0, 1.0, optional=True)
-        if self.score_top_share == 0.0:
-            raise OTXConfigError(
-                "score_top_share must be a number > 0 and <= 1 (got 0), e.g. 0.02, or null for the model's own score"
-            )
+        self.score_top_share = check_number("score_top_share", score_top_share, 0.0, 1.0, optional=True, above_low=True)
         self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
         self.model = self.build_core()

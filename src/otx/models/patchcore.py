@@ -396,11 +396,7 @@ class Patchcore(AnomalyModel):
         oversample: float = 16.0,
         map_upsample: str = "bilinear",
     ) -> None:
-        self.coreset_ratio = check_number("coreset_ratio", coreset_ratio, low=0.0, high=1.0)
-        if self.coreset_ratio == 0.0:
-            raise OTXConfigError(
-                "coreset_ratio must be a number > 0 and <= 1 (got 0); e.g. 0.01 keeps 1 % of the patches"
-            )
+        self.coreset_ratio = check_number("coreset_ratio", coreset_ratio, low=0.0, high=1.0, above_low=True)
         self.num_neighbors = check_int("num_neighbors", num_neighbors, minimum=1)
         self.oversample = check_number("oversample", oversample, low=1.0)
         self.map_upsample = check_choice("map_upsample", map_upsample, MAP_UPSAMPLING)

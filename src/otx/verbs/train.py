@@ -68,7 +68,10 @@ def run(
     trainer, roles = build_trainer(settings, run.path, steps)
     rank, world = trainer.global_rank, trainer.world_size
     if len(splits["train"]) < world:
-        raise OTXError(f"{len(splits['train'])} training image(s) cannot be split between {world} processes; use fewer")
+        raise OTXError(
+            f"{len(splits['train'])} training image(s) cannot be split between {world} processes; use fewer processes "
+            "(--trainer.devices, --trainer.num_nodes) or add training images"
+        )
     epochs = trainer.max_epochs
     ctx.console.print(
         f"[bold]otx train[/]: {type(model).__name__} ({model.spec.name}, {model.weights_source}) on "
