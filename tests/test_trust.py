@@ -991,3 +991,16 @@ def test_a_library_error_left_by_a_stop_goes_to_the_log_not_the_terminal(capsys,
         cli.STOPS.clear()
     assert capsys.readouterr().err == "" and len(reported) == 1
     assert any("after the stop" in r.getMessage() and "KeyError" in r.getMessage() for r in caplog.records)
+
+
+def test_testing_a_data_root_without_test_images_is_one_line(
+    trained_padim: dict, dataset_copy, tmp_path: Path, capsys
+) -> None:
+    # before: a warning that the 0 validation images "stay out of the test split" came first
+    root = dataset_copy()
+    shutil.rmtree(root / "test")
+    shutil.rmtree(root / "ground_truth")
+    args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root)]
+    assert main([*args, "--work_dir", str(tmp_path / "ws")]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no labelled test images" in lines[0], lines

@@ -109,7 +109,8 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
         data.val_files = list(info["val_files"])
         data.split()  # the data's own val/ folder, if any, still wins (split_changes stays empty)
         changes = data.split_changes
-        if changes.get("seeded_split_moves") or changes.get("validation_images_gone"):
+        # (with no test images left there is nothing to warn about: the caller says so in one line)
+        if (changes.get("seeded_split_moves") or changes.get("validation_images_gone")) and data.splits["test"]:
             gone = changes["validation_images_gone"]
             ctx.warn(
                 f"the test folders of {root} changed since training: the {len(data.splits['val'])} validation "
