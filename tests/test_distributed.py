@@ -209,3 +209,21 @@ def test_a_python_script_trains_then_tests_in_two_processes(sample_root: Path, t
     image_auroc, pixel_auroc = (float(v) for v in done.stdout.split()[-2:])
     assert image_auroc == pytest.approx(alone["image_AUROC"]) == pytest.approx(metrics["image_AUROC"])
     assert pixel_auroc == pytest.approx(alone["pixel_AUROC"], rel=1e-5)
+
+
+@pytest.mark.e2e
+def test_torchrun_with_more_processes_than_the_command_uses_is_refused(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # before: each of torchrun's processes tested every image alone (rank 0 wrote) and the run said nothing
+    work_dir = tmp_path / "ws"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "otx.cli", "test"]
+    command += ["--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(sample_root / "bottle_like")]
+    done = subprocess.run(
+        [*command, "--work_dir", str(work_dir)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OTX_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert done.stderr.count("error: this command was started as one of 2 processes") == 2, done.stderr[-2000:]
+    assert "--devices x --num_nodes make 1" in done.stderr
+    assert not list(work_dir.glob("*-test/metrics.json")) and not (work_dir / "latest.json").exists()

@@ -243,6 +243,21 @@ def check_nodes(num_nodes: int, option: str) -> None:
         )
 
 
+def check_launched_world(world: int, how: str) -> None:
+    """One line when a launcher started this command as more (or fewer) processes than it is told to use.
+
+    torchrun sets ``WORLD_SIZE``; with ``--trainer.devices 1`` each of its processes used to run the
+    whole verb alone (rank 0 wrote, the others' work was thrown away) and the run reported
+    ``cpu x1``. Inside a process group that exists already (a script's second verb) the group decides.
+    """
+    launched = os.environ.get("WORLD_SIZE", "").strip()
+    if launched.isdigit() and int(launched) != world and rank_and_world()[1] == 1:
+        raise OTXConfigError(
+            f"this command was started as one of {launched} processes (WORLD_SIZE, e.g. from torchrun) but {how} "
+            f"make {world}: each process would run the whole command alone; give the launcher's count to both"
+        )
+
+
 def launch(processes: int, num_nodes: int = 1) -> None:
     """Start (or, in a launched process, join) an evaluation across ``processes`` x ``num_nodes`` processes.
 
@@ -251,6 +266,7 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     then every process has the process group that ``gather`` uses. One process: nothing to do.
     ``Engine.test`` / ``Engine.predict`` have checked that both numbers are whole numbers >= 1.
     """
+    check_launched_world(processes * num_nodes, "--devices x --num_nodes")
     if processes * num_nodes == 1 or rank_and_world()[1] > 1:
         return
     check_cpu_processes(processes)

@@ -22,7 +22,14 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from otx.checkpoint import class_path
-from otx.distributed import SUPPORTED_STRATEGIES, check_cpu_processes, check_nodes, check_strategy, ddp_strategy
+from otx.distributed import (
+    SUPPORTED_STRATEGIES,
+    check_cpu_processes,
+    check_launched_world,
+    check_nodes,
+    check_strategy,
+    ddp_strategy,
+)
 from otx.errors import OTXConfigError, OTXError
 
 
@@ -301,6 +308,7 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
                 message += "--trainer.accelerator cpu runs anywhere"
         raise OTXConfigError(f"trainer: {message}") from exc
     check_strategy(strategy, trainer.world_size)
+    check_launched_world(trainer.world_size, "--trainer.devices x --trainer.num_nodes")
     if isinstance(trainer.accelerator, CPUAccelerator):
         check_cpu_processes(trainer.num_devices)
     return trainer, {"best": best, "curve": curve}
