@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,24 @@ def test_torchrun_with_more_processes_than_the_command_uses_is_refused(
     assert done.stderr.count("error: this command was started as one of 2 processes") == 2, done.stderr[-2000:]
     assert "--devices x --num_nodes make 1" in done.stderr
     assert not list(work_dir.glob("*-test/metrics.json")) and not (work_dir / "latest.json").exists()
+
+
+@pytest.mark.parametrize(("model", "kwargs"), [("Stfpm", {}), ("Stfpm", {"student": "backbone"}), ("Patchflow", {})])
+def test_ddp_looks_for_unused_parameters_where_a_model_has_them(model: str, kwargs: dict) -> None:
+    # A model that says it has none must use every trainable parameter in its loss (else DDP fails);
+    # one that has some must say so. Before: DDP searched every model's, and PyTorch warned on each rank.
+    import otx.models
+    from otx.distributed import ddp_strategy
+
+    core = getattr(otx.models, model)(input_size=(64, 64), **kwargs)
+    core.train()
+    batch = {"image": torch.rand(2, 3, 64, 64), "label": torch.zeros(2), "index": torch.arange(2)}
+    with warnings.catch_warnings():  # Lightning's "self.log() without a Trainer"
+        warnings.simplefilter("ignore")
+        loss = core.training_step(batch, 0)
+    (loss["loss"] if isinstance(loss, dict) else loss).backward()
+    unused = [name for name, p in core.named_parameters() if p.requires_grad and p.grad is None]
+    assert core.ddp_unused_parameters == bool(unused), unused[:3]
+    strategy = ddp_strategy("ddp", core.ddp_unused_parameters)
+    assert strategy._ddp_kwargs["find_unused_parameters"] == bool(unused)
+    assert ddp_strategy("ddp_find_unused_parameters_true", False)._ddp_kwargs["find_unused_parameters"] is True

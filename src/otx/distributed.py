@@ -279,7 +279,7 @@ def launch(processes: int, num_nodes: int = 1) -> None:
         raise OTXConfigError(f"cannot start {processes} x {num_nodes} processes: {' '.join(str(exc).split())}") from exc
 
 
-def ddp_strategy(name: str | None) -> Any:
+def ddp_strategy(name: str | None, unused_parameters: bool = True) -> Any:
     """Lightning's DDP strategy for ``name`` (``ddp`` ...), without DDP's buffer broadcast in every forward.
 
     DDP broadcasts rank 0's buffers in each forward call, a collective: one-pass models (each
@@ -291,9 +291,11 @@ def ddp_strategy(name: str | None) -> Any:
     """
     from lightning.pytorch.strategies import DDPStrategy
 
-    # Students and heads built from timm's feature extractors hold layers past the last feature
-    # layer that take no part in the loss (STFPM): DDP must look for unused parameters.
-    unused = name != "ddp_find_unused_parameters_false"
+    # Students built from timm's feature extractors hold layers past the last feature layer that
+    # take no part in the loss (STFPM's "backbone" student): DDP must look for unused parameters.
+    # The model says whether it has any; a strategy that names the setting wins.
+    named = {"ddp_find_unused_parameters_true": True, "ddp_find_unused_parameters_false": False}
+    unused = named.get(str(name), unused_parameters)
     return DDPStrategy(broadcast_buffers=False, find_unused_parameters=unused)
 
 

@@ -358,7 +358,12 @@ def quiet_lightning() -> Iterator[None]:
 
     otx prints what ran (device, epochs, the summary) itself; the levels are restored afterwards.
     """
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero", "lightning.pytorch")
+    names = (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.pytorch",
+        "lightning.fabric.utilities.distributed",  # "Initializing distributed: GLOBAL_RANK ..." from every process
+    )
     loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:

@@ -234,8 +234,12 @@ def monitored_checkpoint(callbacks: list[L.Callback]) -> ModelCheckpoint | None:
     return None
 
 
-def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: int) -> tuple[L.Trainer, dict]:
+def build_trainer(
+    settings: dict[str, Any], run_path: Path, log_every_n_steps: int, unused_parameters: bool = True
+) -> tuple[L.Trainer, dict]:
     """A ``lightning.Trainer`` for one training run; returns it and the helper callbacks by role.
+
+    ``unused_parameters``: the model's ``ddp_unused_parameters``, for strategy ``ddp`` on several devices.
 
     Raises one ``OTXConfigError`` line for arguments Lightning refuses (an accelerator the machine
     does not have, an unknown strategy, more devices than there are).
@@ -274,7 +278,8 @@ def build_trainer(settings: dict[str, Any], run_path: Path, log_every_n_steps: i
     several = not one_device or int(settings.get("num_nodes") or 1) > 1
     check_nodes(int(settings.get("num_nodes") or 1), "trainer.num_nodes")
     if several and (strategy is None or strategy in SUPPORTED_STRATEGIES):
-        settings["strategy"] = ddp_strategy(strategy)  # DDP without per-forward collectives (otx.distributed)
+        # DDP without per-forward collectives (otx.distributed)
+        settings["strategy"] = ddp_strategy(strategy, unused_parameters)
     try:
         trainer = L.Trainer(
             logger=[

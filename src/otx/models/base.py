@@ -111,6 +111,10 @@ class AnomalyModel(L.LightningModule):
     # process sees every one of its training images once and `finish_fit` joins the processes'
     # statistics exactly; False: trained by gradient (Lightning's DDP averages the gradients).
     fits_in_one_pass: ClassVar[bool] = False
+    # Trainable parameters that take no part in the loss (layers past the last feature layer of a
+    # timm student): DDP must look for them after every step. False spares that search (and
+    # PyTorch's warning that it found none); a model that says False wrongly fails in DDP.
+    ddp_unused_parameters: bool = True
     # Pixels of the input that `keep_aspect` chooses from the training images (input_size null).
     input_area: ClassVar[int] = 256 * 256
 

@@ -193,6 +193,7 @@ class Patchflow(AnomalyModel):
     """
 
     default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 5}
+    ddp_unused_parameters = False  # the adaptor and the flow: every parameter is in the loss
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.2", "blocks.4", "blocks.6"),
         "efficientnet_lite1": ("blocks.2", "blocks.4", "blocks.6"),

@@ -235,6 +235,7 @@ class Stfpm(AnomalyModel):
         self.weight_decay = decay if decay is not None else (1e-5 if self.optimizer == "adam" else 0.001)
         self.seed = check_int("seed", seed, minimum=0)
         self.student = check_choice("student", student, ("small", "backbone"))
+        self.ddp_unused_parameters = self.student == "backbone"  # the small student uses every parameter
         self.student_width = check_int("student_width", student_width, minimum=1)
         if layers is None and self.student == "backbone" and isinstance(backbone, str):
             layers = list(self.pyramid_layers_by_backbone.get(backbone, ())) or None

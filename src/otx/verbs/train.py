@@ -65,7 +65,7 @@ def run(
     if data.has_masks and (message := unmasked_warning(splits["val"], "validation")):
         ctx.warn(message)
     steps = max(1, min(50, len(splits["train"]) // data.images_per_batch(model.preprocessor)))
-    trainer, roles = build_trainer(settings, run.path, steps)
+    trainer, roles = build_trainer(settings, run.path, steps, model.ddp_unused_parameters)
     rank, world = trainer.global_rank, trainer.world_size
     if len(splits["train"]) < world:
         raise OTXError(
