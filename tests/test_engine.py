@@ -110,6 +110,14 @@ def test_predict_outputs_per_task(trained_padim: dict, sample_root: Path, task: 
         for prediction in lean:
             written = cv2.imread(str(lean_run / "predictions" / prediction.mask_file), cv2.IMREAD_UNCHANGED)
             assert written.shape == cv2.imread(prediction.image_path, cv2.IMREAD_UNCHANGED).shape[:2]
+        assert all(p.anomaly_map is None for p in predictions)  # by default: maps take 4 bytes a pixel
+        mapped = Engine(task=task, work_dir=tmp_path / "maps").predict(  # before: no way to get them
+            source=source, checkpoint=trained_padim["checkpoint"], visualize=False, keep_maps=True
+        )
+        for prediction, plain in zip(mapped, predictions, strict=True):
+            assert prediction.anomaly_map.shape == prediction.pred_mask.shape == plain.pred_mask.shape
+            np.testing.assert_array_equal(prediction.anomaly_map >= 0.5, prediction.pred_mask)  # 0.5: the threshold
+            np.testing.assert_array_equal(prediction.pred_mask, plain.pred_mask)
     if task == "detection":
         with_boxes = [p for p in defect if len(p.pred_boxes)]
         assert with_boxes and all("boxes" in r for r in records)

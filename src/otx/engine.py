@@ -207,6 +207,7 @@ class Engine:
         devices: int = 1,
         num_nodes: int = 1,
         keep_masks: bool = True,
+        keep_maps: bool = False,
     ) -> list[Prediction] | None:
         """Predict on ``source`` (file, folder or glob) or, without it, on the data's test images.
 
@@ -220,18 +221,23 @@ class Engine:
         returns None). Every mask is written to ``predictions/masks/`` (its record in
         ``predictions.json`` names the file); with ``keep_masks=False`` the returned predictions
         drop their masks once written (``pred_mask`` None), so that a large folder does not hold
-        every mask in memory (``otx predict`` does this).
+        every mask in memory (``otx predict`` does this). With ``keep_maps`` each prediction keeps
+        its ``anomaly_map`` (float, normalised: 0.5 is the pixel threshold, at the image's size); by
+        default it is dropped (``None``) as a map takes four bytes a pixel.
         """
         check_path("source", source, optional=True)
         check_path("checkpoint", checkpoint, optional=True)
         check_bool("visualize", visualize)
         check_bool("keep_masks", keep_masks)
+        check_bool("keep_maps", keep_maps)
         check_int("devices", devices, minimum=1)
         check_int("num_nodes", num_nodes, minimum=1)
         checkpoint = self._default(checkpoint, "train")
         result = self._run(
             "predict",
-            lambda ctx, run: predict_verb.run(ctx, run, source, checkpoint, visualize, devices, num_nodes, keep_masks),
+            lambda ctx, run: predict_verb.run(
+                ctx, run, source, checkpoint, visualize, devices, num_nodes, keep_masks, keep_maps
+            ),
             distributed=True,
         )
         return result.predictions if result is not None else None

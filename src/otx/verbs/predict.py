@@ -72,6 +72,7 @@ def run(
     devices: int = 1,
     num_nodes: int = 1,
     keep_masks: bool = True,
+    keep_maps: bool = False,
 ) -> PredictResult:
     """Predict every image; an unreadable one gets the label ``error`` and the rest are still predicted.
 
@@ -82,6 +83,7 @@ def run(
     ``visualize``) overlays; raises one ``OTXDataError`` line after writing when no image could be
     read (``latest.json`` unchanged). Without ``keep_masks`` the returned predictions drop each mask
     once it is written, so memory does not grow by a full-size mask per image (the CLI's choice).
+    The anomaly maps are dropped unless ``keep_maps`` (a float per pixel of each image).
     """
     scorer = resolve_model(ctx, checkpoint)  # a missing model is reported before other processes start
     distributed.launch(devices, num_nodes)
@@ -136,7 +138,8 @@ def run(
             except OSError as exc:  # a file this run cannot write (a full disk mid-run)
                 advice = "check the free space and permissions of the work dir (the run's other files are kept)"
                 raise OTXError(f"{exc}; {advice}") from exc
-            pred.anomaly_map = None  # maps are large; keep the mask and boxes only
+            if not keep_maps:  # maps are large (4 bytes a pixel); keep the mask and boxes only
+                pred.anomaly_map = None
             if not keep_masks:  # written: the file is the mask (a 4000x3000 mask holds 12 MB)
                 pred.pred_mask = None
         predictions.extend(batch_preds)
