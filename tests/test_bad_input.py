@@ -308,6 +308,7 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ),
     # benchmark
     ("benchmark-images-0", "out of range", ["benchmark", "--num_images", "0"], "num_images", 1),
+    ("benchmark-model-singular", "misspelled", ["benchmark", "--model", "{xml}"], "time exported models: --models", 1),
     ("benchmark-warmup-neg", "out of range", ["benchmark", "--warmup", "-1"], "warmup", 1),
     ("benchmark-repeats-type", "wrong type", ["benchmark", "--repeats", "x"], "repeats", 2),
     (

@@ -230,3 +230,21 @@ def test_validation_names_of_symlinked_images_are_their_places_in_the_data(datas
     again.split()
     assert [s.path for s in again.splits["val"]] == [s.path for s in data.splits["val"]]
     assert again.split_changes == {"validation_images_gone": 0, "seeded_split_moves": 0}
+
+
+def test_a_folder_above_the_categories_names_them_and_skips_what_it_cannot_enter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("metal_nut", "screw"):
+        (tmp_path / name / "train" / "good").mkdir(parents=True)
+    (tmp_path / "lost+found").mkdir()
+    real_is_dir = Path.is_dir
+
+    def is_dir(path: Path) -> bool:  # a root-owned folder, as a non-root user meets it (the tests run as root)
+        if "lost+found" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_is_dir(path)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    with pytest.raises(OTXDataError, match=r"holds categories \(metal_nut, screw\); pass one of them as --data_root"):
+        index_mvtec(tmp_path)

@@ -158,7 +158,8 @@ def test_a_resumed_training_keeps_the_best_epoch_from_before_the_interruption(
     # folder, so Lightning's ModelCheckpoint dropped its best score) kept its first epoch after the
     # interruption as the best, and its curve began there.
     best = "[{class_path: ModelCheckpoint, init_args: {monitor: val/image_AUROC, mode: max, filename: best}}]"
-    a, b = _whole_and_resumed(sample_root, tmp_path, "--model.init_args.lr", "0.1", callbacks=best)
+    rate = ("--model.init_args.lr", "0.1")
+    a, b = _whole_and_resumed(sample_root, tmp_path, *rate, callbacks=best)
     assert a["best_epoch"] <= 2, a["validation_curve"]  # the case: the best epoch came before the stop
     assert b["best_epoch"] == a["best_epoch"] and b["epochs"] == a["epochs"] == 4
     assert [row["epoch"] for row in b["validation_curve"]] == [1, 2, 3, 4]  # the curve from epoch 1
@@ -168,11 +169,16 @@ def test_a_resumed_training_keeps_the_best_epoch_from_before_the_interruption(
     interrupted = tmp_path / Path(b["resumed_from"]).parent
     assert (interrupted / "best.ckpt").is_file()  # the interrupted run's files stay where they were
     assert (tmp_path / Path(b["checkpoint"]).parent / "checkpoints" / "best.ckpt").is_file()
-    # a finished run's saved epochs are refused like its model.ckpt (before: trained on to the recipe's epochs)
+    # a finished run's saved epochs go on only to train it longer (before: on to the recipe's 20 epochs, silently)
     finished = tmp_path / Path(a["checkpoint"]).parent
     for path in (finished, finished / "checkpoints" / "last.ckpt"):
-        done = run_main(*_stfpm_args(sample_root, "whole", "--resume", str(path), callbacks=best), cwd=tmp_path)
-        assert done.returncode == 1 and "its run finished training" in done.stderr, done.stderr
+        done = run_main(*_stfpm_args(sample_root, "whole", *rate, "--resume", str(path), callbacks=best), cwd=tmp_path)
+        assert done.returncode == 1 and "finished training (" in done.stderr, done.stderr
+        assert "after 4 epoch(s)" in done.stderr and "--max_epochs above 4" in done.stderr
+    more = ("--resume", str(finished), "--trainer.max_epochs", "5")
+    longer = run_main(*_stfpm_args(sample_root, "whole", *rate, *more, callbacks=best), cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    assert _summary(tmp_path / "whole")["epochs"] == 5 and len(_summary(tmp_path / "whole")["validation_curve"]) == 5
 
 
 def test_epoch_shuffle_depends_on_seed_and_epoch_only() -> None:

@@ -516,7 +516,8 @@ def _did_you_mean(line: str, verb: str) -> str | None:
     option = match.group(1)
     known = [name for name in _verb_parser(verb)._option_string_actions if name.startswith("--")]
     if verb != "train":  # model and trainer options are refused by the other verbs (_refuse_train_options)
-        known = [name for name in known if not name.startswith(("--model.", "--trainer."))]
+        refused = ("--model", "--trainer", "--max_epochs")
+        known = [name for name in known if name not in refused and not name.startswith(("--model.", "--trainer."))]
     leaf = option.rsplit(".", 1)[-1].lstrip("-")
     same_leaf = [name for name in known if name != option and name.rsplit(".", 1)[-1].lstrip("-") == leaf]
     near = (same_leaf or difflib.get_close_matches(option, known, n=2, cutoff=0.75))[:2]  # --devices: --trainer.devices
@@ -660,9 +661,11 @@ def _refuse_train_options(argv: list[str]) -> None:
         return
     given = [arg.split("=")[0] for arg in argv if arg == "--model" or arg.startswith(("--model.", "--model="))]
     if given:
+        models = verb == "benchmark" and given[0] == "--model"
+        hint = "; to time exported models: --models a.xml b.xml" if models else ""
         raise OTXError(
             f"{given[0]} has no effect on otx {verb}: the model and its settings (thresholds, input size and mode) "
-            "come from the checkpoint or exported model; give model settings to otx train"
+            f"come from the checkpoint or exported model; give model settings to otx train{hint}"
         )
     given = [arg.split("=")[0] for arg in argv if arg.startswith(("--trainer.", "--trainer=", "--max_epochs"))]
     if given or "--trainer" in argv:

@@ -86,6 +86,15 @@ def broadcast(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def barrier() -> None:
+    """Wait until every process gets here (nothing without a process group)."""
+    _, world = rank_and_world()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def all_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of ``tensor`` over all processes (in place; ``tensor`` alone without a group)."""
     _, world = rank_and_world()
@@ -225,8 +234,19 @@ def check_cpu_processes(devices: int) -> None:
 
 
 # Variables with which a machine of a multi-machine run learns where the first one is (by hand:
-# MASTER_ADDR and NODE_RANK; torchrun: those and WORLD_SIZE; SLURM: its own).
-_NODE_VARIABLES = ("MASTER_ADDR", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID")
+# MASTER_ADDR and NODE_RANK; torchrun: those and WORLD_SIZE; SLURM, MPI and LSF: their own).
+_NODE_VARIABLES = (
+    "MASTER_ADDR",
+    "NODE_RANK",
+    "GROUP_RANK",
+    "WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "SLURM_NTASKS",
+    "OMPI_COMM_WORLD_SIZE",  # MPI (Lightning's MPIEnvironment)
+    "PMI_SIZE",
+    "LSB_JOBID",  # LSF (Lightning's LSFEnvironment)
+    "JSM_NAMESPACE_SIZE",
+)
 
 
 def check_nodes(num_nodes: int, option: str) -> None:
@@ -248,9 +268,13 @@ def check_launched_world(world: int, how: str) -> None:
 
     torchrun sets ``WORLD_SIZE``; with ``--trainer.devices 1`` each of its processes used to run the
     whole verb alone (rank 0 wrote, the others' work was thrown away) and the run reported
-    ``cpu x1``. Inside a process group that exists already (a script's second verb) the group decides.
+    ``cpu x1``. Inside a process group that exists already (a script's second verb) the group decides;
+    only torchrun's processes are checked (``TORCHELASTIC_RUN_ID``): Lightning's launcher re-runs a script
+    with ``WORLD_SIZE`` set, and a verb with one device there runs alone on purpose.
     """
     launched = os.environ.get("WORLD_SIZE", "").strip()
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):  # not torchrun (Lightning's own launcher, a pod's variables)
+        return
     if launched.isdigit() and int(launched) != world and rank_and_world()[1] == 1:
         raise OTXConfigError(
             f"this command was started as one of {launched} processes (WORLD_SIZE, e.g. from torchrun) but {how} "

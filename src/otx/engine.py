@@ -160,19 +160,24 @@ class Engine:
         elif self._pristine is not None:  # trains afresh: STFPM's student would go on from the last call's weights
             self.model = copy.deepcopy(self._pristine)
         model = self._trained = self.model
+        contexts: list[VerbContext] = []
+
+        def body(ctx: VerbContext, run: Run) -> TrainResult:
+            contexts.append(ctx)
+            return train_verb.run(ctx, run, model, self.trainer, self.max_epochs, start)
+
         try:
-            result = self._run(
-                "train",
-                lambda ctx, run: train_verb.run(ctx, run, model, self.trainer, self.max_epochs, start),
-                distributed=True,
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):  # the other processes wait for rank 0's checkpoint (below)
-                distributed.broadcast(None)
-            raise
-        # Every process takes rank 0's checkpoint as its own (rank > 0 wrote none), so engine.test() and the
-        # other verbs of the same script find it there too; one process: the checkpoint as written.
-        checkpoint = distributed.broadcast(str(result.checkpoint) if result is not None else None)
+            result = self._run("train", body, distributed=True)
+        finally:
+            # Past the fit's last collective (primary_output set, in every process alike), the processes
+            # meet once more when rank 0 has written its files, failed or not, so that the others do not
+            # read the checkpoint before it exists. A failure before that point adds no collective.
+            if contexts and contexts[-1].primary_output is not None:
+                with contextlib.suppress(Exception):
+                    distributed.barrier()
+        # A process of rank > 0 takes the checkpoint rank 0 wrote as its own (it learnt the path after the
+        # fit, with the best epoch), so engine.test() and the other verbs of the same script find it there too.
+        checkpoint = result.checkpoint if result is not None else contexts[-1].primary_output if contexts else None
         if checkpoint is not None:
             self._own = {"train": Path(checkpoint)}
         return result
@@ -221,9 +226,10 @@ class Engine:
         returns None). Every mask is written to ``predictions/masks/`` (its record in
         ``predictions.json`` names the file); with ``keep_masks=False`` the returned predictions
         drop their masks once written (``pred_mask`` None), so that a large folder does not hold
-        every mask in memory (``otx predict`` does this). With ``keep_maps`` each prediction keeps
-        its ``anomaly_map`` (float, normalised: 0.5 is the pixel threshold, at the image's size); by
-        default it is dropped (``None``) as a map takes four bytes a pixel.
+        every mask in memory (``otx predict`` does this). With ``keep_maps`` each
+        prediction of a segmentation or detection model keeps its ``anomaly_map`` (float, normalised:
+        0.5 is the pixel threshold, at the image's size); by default it is dropped (``None``), as a map
+        takes four bytes a pixel.
         """
         check_path("source", source, optional=True)
         check_path("checkpoint", checkpoint, optional=True)

@@ -204,8 +204,9 @@ class BestAcrossResume(L.Callback):
         if missing or not kept:
             log.warning(
                 "the interrupted run's best checkpoint %s is gone; the resumed run keeps the best of its own epochs",
-                missing[0] if missing else saved.get("best_model_path"),
+                saved.get("best_model_path") or missing[0],
             )
+            self.best.best_model_path = ""  # Lightning reloaded the gone file's path
             return
         moved = {path: Path(str(self.best.dirpath)) / path.name for path in kept}
         if trainer.is_global_zero:
@@ -251,8 +252,8 @@ def build_trainer(
     callbacks = instantiate_callbacks(settings.pop("callbacks", None) or [])
     checkpoints = run_path / CHECKPOINT_DIR
     best = monitored_checkpoint(callbacks)
-    if best is not None and best.dirpath is None:
-        best.dirpath = str(checkpoints)
+    if best is not None and best.dirpath is None:  # absolute, as Lightning makes a dirpath it is given
+        best.dirpath = str(checkpoints.resolve())  # (BestAcrossResume finds the files from any directory)
     if int(settings.get("max_epochs") or 1) > 1:
         # The state at the end of each epoch, for --resume. Saved after the epoch has ended (not
         # at validation end, which Lightning counts as mid-epoch and would replay on resuming).
@@ -369,13 +370,16 @@ def _resumed_states(workdir_root: Path) -> set[Path]:
     return found
 
 
-def check_resume(state_path: Path, model: Any, entry: dict[str, Any], data_root: str | None) -> None:
+def check_resume(
+    state_path: Path, model: Any, entry: dict[str, Any], data_root: str | None, max_epochs: int | None = None
+) -> None:
     """One line (``OTXError``) when ``state_path`` cannot continue this training; nothing when it can.
 
     It must be a Lightning training state (what an interrupted multi-epoch ``otx train`` leaves in
     ``checkpoints/``) of the same model: the same tensors, and, where the interrupted run's
     config.yaml is beside it, the same model settings (``entry``, ``model_entry``) and data root.
-    Trainer settings (epochs, devices) may differ.
+    Trainer settings (epochs, devices) may differ. A finished run's saved epochs continue only to
+    train it longer (``max_epochs`` above the epochs it trained).
     """
     import json
 
@@ -400,10 +404,11 @@ def check_resume(state_path: Path, model: Any, entry: dict[str, Any], data_root:
             )
         raise OTXError(f"cannot resume from '{state_path}': not a training state; {how}")
     finished = state_path.parent.parent / "model.ckpt" if state_path.parent.name == CHECKPOINT_DIR else None
-    if finished is not None and finished.is_file():  # as its model.ckpt is refused (before: trained on)
+    trained = int(state.get("epoch", -1)) + 1  # the epochs the state has finished
+    if finished is not None and finished.is_file() and (max_epochs is None or max_epochs <= trained):
         raise OTXError(
-            f"cannot resume from '{state_path}': its run finished training ({finished} is there), with nothing left "
-            f"to resume; to train longer, train again with more epochs ({how})"
+            f"cannot resume from '{state_path}': its run finished training ({finished} is there) after {trained} "
+            f"epoch(s), with nothing left to resume; to train it longer, resume with --max_epochs above {trained}"
         )
     theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
     # buffers a fresh model holds empty (PADIM's Gaussian, PatchCore's bank) take their shape when fitted

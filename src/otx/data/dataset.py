@@ -104,6 +104,23 @@ def layout_mask(image: str | Path) -> str | None:
     return _mask_of(folder.parent.parent / "ground_truth", folder.name, image)
 
 
+def _categories(root: Path, limit: int = 10_000) -> list[str]:
+    """Names of the sub-folders of ``root`` that hold ``train/good`` (a folder above the categories)."""
+    found = []
+    try:
+        for count, entry in enumerate(root.iterdir()):
+            if count >= limit:
+                break
+            try:
+                if (entry / "train" / GOOD).is_dir():
+                    found.append(entry.name)
+            except OSError:  # an entry this user cannot enter (lost+found)
+                continue
+    except OSError:  # a folder this user cannot list
+        return []
+    return sorted(found)
+
+
 def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     """Index an MVTec-layout folder and check it; every problem raises one clear ``OTXDataError``.
 
@@ -121,7 +138,7 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
         )
     train_good = root / "train" / GOOD
     if not train_good.is_dir():
-        inside = sorted(p.name for p in root.iterdir() if (p / "train" / GOOD).is_dir())
+        inside = _categories(root)
         if inside:  # the folder above the categories (e.g. a whole MVTec AD download)
             names = ", ".join(inside[:5]) + (", ..." if len(inside) > 5 else "")
             raise OTXDataError(

@@ -57,6 +57,9 @@ class VerbContext:
     config: dict[str, Any]
     warnings: list[str] = dataclasses.field(default_factory=list)
     notes: set[str] = dataclasses.field(default_factory=set)
+    # In a process of rank > 0: the file rank 0 writes for this verb (train: its model.ckpt), so that
+    # the caller's engine can take it as its own; the verb itself returns None there.
+    primary_output: Path | None = None
 
     def adapter(self, model_task: str | None = None) -> TaskAdapter:
         """The task adapter: the given task, else the model's, else segmentation."""

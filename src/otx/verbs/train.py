@@ -56,7 +56,7 @@ def run(
     settings = merge_settings(model.default_trainer, trainer_args, {"max_epochs": max_epochs})
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
     if resume is not None:
-        check_resume(resume, model, model_entry(model), data.data_root)
+        check_resume(resume, model, model_entry(model), data.data_root, settings.get("max_epochs"))
     splits = data.splits
     if not splits["val"]:  # checked before training, not after it
         raise OTXError(
@@ -120,7 +120,10 @@ def run(
             raise OTXError("training was interrupted; no checkpoint was written")
         best = roles["best"]
         best_epoch = None
-        best_path = distributed.broadcast(best.best_model_path if best is not None else None)
+        # rank 0's best epoch, and the checkpoint it will write (the engines of the other processes take it)
+        best_path, written = distributed.broadcast(
+            (best.best_model_path if best is not None else None, run.path.resolve() / CHECKPOINT_NAME)
+        )
         if best_path:  # the best epoch's weights (read by rank 0, sent to all), then its thresholds
             state = torch.load(best_path, map_location="cpu", weights_only=True) if rank == 0 else None
             state = distributed.broadcast(state)
@@ -129,6 +132,9 @@ def run(
             model.validation_outputs = None
         if model.validation_outputs is None or model.validated_step != trainer.global_step:
             trainer.validate(model, val_loader, verbose=False)
+    # The processes' last collective is behind them: set in every process alike (Engine.train waits there
+    # for rank 0's files), and the checkpoint rank 0 writes, which the engines of the others take as theirs.
+    ctx.primary_output = written
     if rank != 0:  # every process has the same weights and thresholds now; rank 0 writes them
         raise distributed.SecondaryRankDone
     timings = {"fit_s": time.perf_counter() - start}
