@@ -516,8 +516,7 @@ def _did_you_mean(line: str, verb: str) -> str | None:
     option = match.group(1)
     known = [name for name in _verb_parser(verb)._option_string_actions if name.startswith("--")]
     if verb != "train":  # model and trainer options are refused by the other verbs (_refuse_train_options)
-        refused = ("--model", "--trainer", "--max_epochs")
-        known = [name for name in known if name not in refused and not name.startswith(("--model.", "--trainer."))]
+        known = [name for name in known if not (_is_model_option(name) or _is_trainer_option(name))]
     leaf = option.rsplit(".", 1)[-1].lstrip("-")
     same_leaf = [name for name in known if name != option and name.rsplit(".", 1)[-1].lstrip("-") == leaf]
     near = (same_leaf or difflib.get_close_matches(option, known, n=2, cutoff=0.75))[:2]  # --devices: --trainer.devices
@@ -649,6 +648,16 @@ def main(argv: list[str] | None = None) -> int:
             _disarm_watchdog()
 
 
+def _is_model_option(arg: str) -> bool:
+    """``--model``, ``--model.*`` or ``--model=...``: a setting of the model that otx train builds."""
+    return arg == "--model" or arg.startswith(("--model.", "--model="))
+
+
+def _is_trainer_option(arg: str) -> bool:
+    """``--trainer``, ``--trainer.*``, ``--trainer=...`` or ``--max_epochs``: a setting of otx train's trainer."""
+    return arg == "--trainer" or arg.startswith(("--trainer.", "--trainer=", "--max_epochs"))
+
+
 def _refuse_train_options(argv: list[str]) -> None:
     """One line for training options given to a verb that runs a trained model (they would be ignored).
 
@@ -659,7 +668,7 @@ def _refuse_train_options(argv: list[str]) -> None:
     verb = next((arg for arg in argv if not arg.startswith("-")), None)
     if verb not in VERBS or verb == "train":
         return
-    given = [arg.split("=")[0] for arg in argv if arg == "--model" or arg.startswith(("--model.", "--model="))]
+    given = [arg.split("=")[0] for arg in argv if _is_model_option(arg)]
     if given:
         models = verb == "benchmark" and given[0] == "--model"
         hint = "; to time exported models: --models a.xml b.xml" if models else ""
@@ -667,7 +676,7 @@ def _refuse_train_options(argv: list[str]) -> None:
             f"{given[0]} has no effect on otx {verb}: the model and its settings (thresholds, input size and mode) "
             f"come from the checkpoint or exported model; give model settings to otx train{hint}"
         )
-    given = [arg.split("=")[0] for arg in argv if arg.startswith(("--trainer.", "--trainer=", "--max_epochs"))]
+    given = [arg.split("=")[0] for arg in argv if _is_trainer_option(arg) and arg != "--trainer"]
     if given or "--trainer" in argv:
         where = " (it takes --devices and --num_nodes)" if verb in ("test", "predict") else ""
         raise OTXError(

@@ -21,7 +21,7 @@ import lightning as L
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from otx.checkpoint import class_path
+from otx.checkpoint import CHECKPOINT_NAME, class_path
 from otx.distributed import (
     SUPPORTED_STRATEGIES,
     check_cpu_processes,
@@ -276,8 +276,9 @@ def build_trainer(
     strategy = settings.get("strategy")
     devices = settings["devices"]  # a count, a list of device ids, or "auto" / -1 (possibly several)
     one_device = len(devices) == 1 if isinstance(devices, list | tuple) else str(devices) == "1"
-    several = not one_device or int(settings.get("num_nodes") or 1) > 1
-    check_nodes(int(settings.get("num_nodes") or 1), "trainer.num_nodes")
+    nodes = int(settings.get("num_nodes") or 1)
+    several = not one_device or nodes > 1
+    check_nodes(nodes, "trainer.num_nodes")
     if several and (strategy is None or strategy in SUPPORTED_STRATEGIES):
         # DDP without per-forward collectives (otx.distributed)
         settings["strategy"] = ddp_strategy(strategy, unused_parameters)
@@ -335,7 +336,7 @@ def resume_checkpoint(resume: bool | str | Path, workdir_root: Path) -> Path:
     A path may be a ``.ckpt`` file or a training run folder.
     """
     if resume is True:
-        runs = sorted(p for p in workdir_root.glob("*-train*") if p.is_dir() and not (p / "model.ckpt").exists())
+        runs = sorted(p for p in workdir_root.glob("*-train*") if p.is_dir() and not (p / CHECKPOINT_NAME).exists())
         resumed = _resumed_states(workdir_root)  # finished since, by a resumed run: nothing left to resume
         states = [state for state in map(_newest_state, runs) if state is not None and state.resolve() not in resumed]
         if not states:
@@ -403,7 +404,7 @@ def check_resume(
                 f"resume; to train longer, train again with more epochs ({how})"
             )
         raise OTXError(f"cannot resume from '{state_path}': not a training state; {how}")
-    finished = state_path.parent.parent / "model.ckpt" if state_path.parent.name == CHECKPOINT_DIR else None
+    finished = state_path.parent.parent / CHECKPOINT_NAME if state_path.parent.name == CHECKPOINT_DIR else None
     trained = int(state.get("epoch", -1)) + 1  # the epochs the state has finished
     if finished is not None and finished.is_file() and (max_epochs is None or max_epochs <= trained):
         raise OTXError(

@@ -54,7 +54,7 @@ def check_number(
     """
     if value is None and optional:
         return None
-    bounds = f" > {low} and <= {high}" if above_low else _bounds(low, high, open_interval)
+    bounds = _bounds(low, high, open_interval, above_low)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise OTXConfigError(f"{name} must be a finite number{bounds} ({_got(value)})")
     too_low = low is not None and (value <= low if open_interval or above_low else value < low)
@@ -64,7 +64,9 @@ def check_number(
     return float(value)
 
 
-def _bounds(low: float | None, high: float | None, open_interval: bool) -> str:
+def _bounds(low: float | None, high: float | None, open_interval: bool, above_low: bool = False) -> str:
+    if low is not None and high is not None and above_low:
+        return f" > {low} and <= {high}"
     if low is not None and high is not None:
         return f" strictly between {low} and {high}" if open_interval else f" between {low} and {high}"
     if low is not None:
