@@ -218,7 +218,8 @@ def test_torchrun_with_more_processes_than_the_command_uses_is_refused(
 ) -> None:
     # before: each of torchrun's processes tested every image alone (rank 0 wrote) and the run said nothing
     work_dir = tmp_path / "ws"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "otx.cli", "test"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(_free_port()), "-m", "otx.cli", "test"]  # not torchrun's fixed 29500
     command += ["--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(sample_root / "bottle_like")]
     done = subprocess.run(
         [*command, "--work_dir", str(work_dir)], cwd=tmp_path, capture_output=True, text=True, timeout=600,
