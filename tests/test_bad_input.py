@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from otx.cli import main
+from otx.cli import main, resolve_recipe
 from otx.errors import OTXConfigError
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
@@ -199,6 +199,27 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("train-config-yaml", "wrong file", ["train", "--config", "{badyaml}"], "is not valid YAML", 1),
+    (  # before: "Unexpected config:"
+        "train-config-empty",
+        "wrong file",
+        ["train", "--config", "{emptyyaml}"],
+        "is empty; pass a recipe YAML",
+        1,
+    ),
+    (  # before: "unknown key 'pixel.AUROC' (misspelled?)"
+        "train-config-metrics",
+        "wrong file",
+        ["train", "--config", "{metricsjson}"],
+        "is not a recipe: none of its keys (image_AUROC, pixel) is a recipe key",
+        2,
+    ),
+    (  # before: no hint
+        "train-config-key-typo",
+        "misspelled key",
+        ["train", "--config", "{typoyaml}"],
+        "unknown key 'data.batchsize'; did you mean 'data.batch_size'?",
+        2,
+    ),
     (
         "train-option-misspelled",
         "misspelled key",
@@ -356,8 +377,15 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
     (base / "notes.txt").write_text("not a model, not a folder\n")
     (base / "empty").mkdir()
     (base / "bad.yaml").write_text("model:\n  class_path: otx.models.Padim\n  init_args: [a\n")
+    (base / "empty.yaml").write_text("\n")
+    (base / "metrics.json").write_text('{"image_AUROC": 0.97, "pixel": {"AUROC": 0.75}}\n')
+    recipe = Path(resolve_recipe(RECIPE)).read_text()
+    (base / "typo.yaml").write_text(recipe.replace("batch_size:", "batchsize:"))
     return {
         "badyaml": str(base / "bad.yaml"),
+        "emptyyaml": str(base / "empty.yaml"),
+        "metricsjson": str(base / "metrics.json"),
+        "typoyaml": str(base / "typo.yaml"),
         "data": str(sample_root / "bottle_like"),
         "ckpt": str(trained_padim["checkpoint"]),
         "xml": str(exported("padim")),
@@ -398,7 +426,8 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     after = _digest(workspace)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing already written changed
     message = lines[0]
-    for key in ("missing", "ws", "file", "empty", "xml", "ckpt", "data", "unwritable", "badyaml"):
+    files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml")  # before "empty": its path is a prefix of theirs
+    for key in (*files, "missing", "ws", "file", "empty", "xml", "ckpt", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")
     RESULTS[name] = (message, rc)

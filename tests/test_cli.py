@@ -230,7 +230,7 @@ CASES = {
     "mask_size": ("mask_size", [], "must have their image's size"),
     "mask_without_image": ("mask_without_image", [], "777_mask.png' has no image"),
     "unknown_backbone": ("", ["--model.init_args.backbone", "resnet_18"], "unknown backbone 'resnet_18'"),
-    "misspelled_key": ("", ["--model.init_args.n_featurs", "10"], "unknown option 'n_featurs'"),
+    "misspelled_key": ("", ["--model.init_args.n_featurs", "10"], "'n_featurs'; did you mean 'n_features'?"),
     "weights_offline": ("", ["--model.init_args.backbone", "resnet18"], "no ImageNet weights for backbone 'resnet18'"),
 }
 
@@ -263,12 +263,23 @@ def test_bad_input_one_line(case: str, workspace: Path, dataset_copy, tmp_path: 
     assert {k: v for k, v in after.items() if k in before} == before  # nothing earlier changed
 
 
-def test_misspelled_key_in_a_recipe_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("section", "key", "hint"),
+    [
+        ("data", "batchsize", "did you mean 'data.batch_size'?"),
+        ("trainer", "max_epoch", "did you mean 'trainer.max_epochs'?"),
+        ("model", "layrs", "otx.models.Padim: unknown option 'layrs'; did you mean 'layers'?"),
+        (None, "sed", "did you mean 'seed'?"),
+        ("data", "zzz", "(misspelled?)"),  # nothing near: where the keys are listed
+    ],
+)
+def test_misspelled_key_in_a_recipe_file(tmp_path: Path, section: str | None, key: str, hint: str) -> None:
     recipe = yaml.safe_load(Path(resolve_recipe(RECIPE)).read_text())
-    recipe["data"]["batchsize"] = 4
+    where = recipe if section is None else recipe[section]["init_args"] if section == "model" else recipe[section]
+    where[key] = 4
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(recipe))
     result = run_main("train", "--config", str(path), "--data_root", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "batchsize" in lines[0]
+    assert len(lines) == 1 and key in lines[0] and hint in lines[0], lines

@@ -97,7 +97,7 @@ def _checked_yaml(path: str) -> str:
     if not file.is_file():
         return path  # the parser says what is wrong with it
     try:
-        yaml.safe_load(file.read_text())
+        content = yaml.safe_load(file.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -105,7 +105,32 @@ def _checked_yaml(path: str) -> str:
         raise OTXError(f"--config {path} is not valid YAML ({problem}{where}); fix the file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise OTXError(f"--config {path} cannot be read ({exc}); pass a YAML recipe") from None
+    if not isinstance(content, dict):  # before: jsonargparse's "Unexpected config: ..." with the file's text
+        what = "is empty" if content is None else f"holds a {type(content).__name__}, not a recipe's keys"
+        raise OTXError(f"--config {path} {what}; pass a recipe YAML (task, model, data, trainer; `otx find recipes`)")
     return path
+
+
+def _not_a_recipe(argv: list[str], verb: str) -> str | None:
+    """One line for a ``--config`` file none of whose keys a recipe has (e.g. a run's metrics.json)."""
+    import yaml
+
+    top = {name[2:] for name in _verb_parser(verb)._option_string_actions if name.startswith("--") and "." not in name}
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("=")[2]
+        if not (arg == "--config" or arg.startswith("--config=")):
+            continue
+        try:
+            content = yaml.safe_load(Path(_recipe_file(path)).read_text())
+        except Exception:  # noqa: BLE001 - the parser's own message stands
+            continue
+        if isinstance(content, dict) and content and not top & set(map(str, content)):
+            keys = ", ".join(map(str, list(content)[:4]))
+            return (
+                f"--config {path} is not a recipe: none of its keys ({keys}) is a recipe key; "
+                "pass a recipe YAML (task, model, data, trainer; `otx find recipes`)"
+            )
+    return None
 
 
 def _verb_parser(verb: str) -> ArgumentParser:
@@ -524,15 +549,50 @@ def _did_you_mean(line: str, verb: str) -> str | None:
     return f"unknown option {option} for otx {verb}; {hint}"
 
 
-def _parser_error_line(exc: BaseException) -> str:
+def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
     """Condense jsonargparse's multi-line messages to what is wrong and how to fix it."""
     text = " ".join(str(exc).split())
     for pattern, template in _PARSER_PATTERNS:
         match = pattern.search(text)
         if match:
             what = template.format(*([match.group(0)] + list(match.groups())))
+            near = _near_keys(match, verb)
+            if near:
+                return f"{what}; did you mean {' or '.join(repr(key) for key in near)}?"
             return f"{what} (misspelled?); `otx <command> --config RECIPE --print_config` lists the valid keys"
     return _bad_value_line(text) or text[:400]
+
+
+def _near_keys(match: re.Match[str], verb: str | None) -> list[str]:
+    """The valid keys nearest to an unknown recipe key (``data.batchsize``: ``data.batch_size``)."""
+    import difflib
+    import importlib
+    import inspect
+
+    if match.re is _PARSER_PATTERNS[0][0]:  # an init argument of a class_path
+        module, _, name = match.group(1).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+            known = [
+                param.name
+                for param in inspect.signature(cls).parameters.values()
+                if param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
+            ]
+        except (ImportError, AttributeError, TypeError, ValueError):
+            return []
+        return difflib.get_close_matches(match.group(2), known, n=2, cutoff=0.75)
+    if verb not in VERBS:
+        return []
+    key = match.group(1)
+    known = [name[2:] for name in _verb_parser(verb)._option_string_actions if name.startswith("--")]
+    section = key.rpartition(".")[0]
+    if section:  # data.batchsize: among data's keys; dta.val_split: among the sections' keys
+        leaf = key.rpartition(".")[2]
+        in_section = [name for name in known if name.rpartition(".")[0] == section]
+        same_leaf = [name for name in known if name.rpartition(".")[2] == leaf]
+        near = difflib.get_close_matches(key, in_section, n=2, cutoff=0.75) or same_leaf
+        return near[:2]
+    return difflib.get_close_matches(key, [name for name in known if "." not in name], n=2, cutoff=0.6)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -782,9 +842,11 @@ def _main(argv: list[str]) -> int:
             errors.print(f"[bold red]error[/]: {escape(_one_line(cause))}", highlight=False, soft_wrap=True)
             return 1
         if exc.__class__.__name__ in ("ArgumentError", "ParserError", "NSKeyError"):
-            line = _parser_error_line(exc)
+            line = _parser_error_line(exc, argv[0] if argv else None)
             if argv and argv[0] in VERBS and (guess := _did_you_mean(line, argv[0])):
                 line = guess
+            if argv and argv[0] in VERBS and (not_recipe := _not_a_recipe(argv, argv[0])):
+                line = not_recipe
             if argv and argv[0] in (*VERBS, "find", "data"):
                 line = line.replace("otx <command>", f"otx {argv[0]}")
             errors.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
