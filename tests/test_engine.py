@@ -470,3 +470,42 @@ def test_training_twice_starts_from_the_model_as_given(sample_root: Path, tmp_pa
     assert engine.model is not model  # the first call trained the given object, the second a fresh copy of it
     engine.model = Padim(input_size=(64, 64))  # a model swapped in is the one the next call trains
     assert engine.train().model == "Padim"
+
+
+def test_python_callers_are_told_the_python_argument_names(tmp_path: Path, capsys) -> None:
+    """The same mistake names ``checkpoint=PATH`` through the Engine and ``--checkpoint PATH`` through the CLI."""
+    from otx.cli import main
+
+    empty = tmp_path / "ws"
+    with pytest.raises(OTXError) as raised:
+        Engine(work_dir=empty).test()
+    message = str(raised.value)
+    assert "checkpoint=PATH" in message and "Engine.train()" in message and "--" not in message
+    with pytest.raises(OTXDataError) as raised:
+        Engine(model=Padim(pretrained=False), work_dir=empty).train()
+    assert "pass data=DIR" in str(raised.value) and "--data_root" not in str(raised.value)
+    assert main(["test", "--work_dir", str(empty)]) == 1
+    err = capsys.readouterr().err
+    assert "--checkpoint PATH" in err and "`otx train`" in err and "checkpoint=" not in err
+
+
+@pytest.mark.parametrize(
+    ("cli", "python"),
+    [
+        ("pass --checkpoint PATH or run `otx train` first", "pass checkpoint=PATH or run Engine.train() first"),
+        ("export with --format OPENVINO", "export with export_format='OPENVINO'"),
+        ("or --resume true", "or resume=True"),
+        ("re-run otx optimize with --weight_bits 7", "re-run Engine.optimize() with weight_bits=7"),
+        ("set --model.init_args.input_mode keep_aspect", "set the model's input_mode keep_aspect"),
+        ("(--trainer.devices, --trainer.num_nodes)", '(trainer["devices"], trainer["num_nodes"])'),
+        ("resume with --max_epochs above 3", "resume with max_epochs above 3"),
+        (
+            "`otx train --help` lists them; `otx find --what backbones`",
+            "`otx train --help` lists them; `otx find --what backbones`",
+        ),
+    ],
+)
+def test_python_spelling_of_command_line_options(cli: str, python: str) -> None:
+    from otx.errors import python_spelling
+
+    assert python_spelling(cli) == python

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from otx import __version__
 from otx.distributed import secondary
-from otx.errors import OTXError
+from otx.errors import COMMAND_LINE, OTXError
 from otx.logs import StderrHandler, make_console
 from otx.workdir import OPEN_RUNS, STOPS
 
@@ -701,9 +701,11 @@ def main(argv: list[str] | None = None) -> int:
     hangs. Called with ``argv`` from Python, the caller's process is left running.
     """
     whole_process = argv is None
+    command_line = COMMAND_LINE.set(True)  # messages name the command line's options
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     finally:
+        COMMAND_LINE.reset(command_line)
         if not whole_process:
             _disarm_watchdog()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ from otx.checkpoint import CHECKPOINT_NAME, CHECKPOINT_SCHEMA, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule
 from otx.deploy.inferencer import PRECISION_HINTS
 from otx.distributed import secondary
-from otx.errors import OTXConfigError
+from otx.errors import COMMAND_LINE, OTXConfigError, OTXError, python_spelling
 from otx.logs import make_console, warnings_shown
 from otx.models.base import AnomalyModel
 from otx.render import render
@@ -59,6 +60,25 @@ __all__ = ["CHECKPOINT_NAME", "CHECKPOINT_SCHEMA", "Engine", "load_checkpoint", 
 log = logging.getLogger("otx")
 
 R = TypeVar("R", bound=Result)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _python_names(method: F) -> F:
+    """Errors raised through ``method`` name the Python arguments (``checkpoint=PATH``), not the CLI's options.
+
+    The command line calls the same methods; its messages keep its own spellings (``COMMAND_LINE``).
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except OTXError as exc:
+            if not COMMAND_LINE.get() and len(exc.args) == 1 and isinstance(exc.args[0], str):
+                exc.args = (python_spelling(exc.args[0]),)
+            raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 class Engine:
@@ -83,6 +103,7 @@ class Engine:
             (``default_trainer``); the accelerator defaults to ``auto``.
     """
 
+    @_python_names
     def __init__(
         self,
         model: AnomalyModel | None = None,
@@ -133,6 +154,7 @@ class Engine:
         self._own: dict[str, Path] = {}  # the checkpoint ("train") and export ("export") this engine wrote last
 
     # --- verbs -------------------------------------------------------------------------------
+    @_python_names
     def train(self, resume: bool | str | Path = False) -> TrainResult | None:
         """Fit the model on ``train/good``, learn thresholds on the validation split, save the checkpoint.
 
@@ -188,6 +210,7 @@ class Engine:
             return checkpoint
         return next((self._own[kind] for kind in kinds if kind in self._own), None)
 
+    @_python_names
     def test(self, checkpoint: str | Path | None = None, devices: int = 1, num_nodes: int = 1) -> TestResult | None:
         """Evaluate on the test split; returns a ``TestResult`` (``.metrics``; also metrics.json and a report).
 
@@ -204,6 +227,7 @@ class Engine:
             "test", lambda ctx, run: test_verb.run(ctx, run, checkpoint, devices, num_nodes), distributed=True
         )
 
+    @_python_names
     def predict(
         self,
         source: str | Path | None = None,
@@ -248,6 +272,7 @@ class Engine:
         )
         return result.predictions if result is not None else None
 
+    @_python_names
     def export(
         self,
         checkpoint: str | Path | None = None,
@@ -274,6 +299,7 @@ class Engine:
             self._own["export"] = Path(result.exported_model)
         return result
 
+    @_python_names
     def optimize(
         self,
         checkpoint: str | Path | None = None,
@@ -305,6 +331,7 @@ class Engine:
             "optimize", lambda ctx, run: optimize_verb.run(ctx, run, checkpoint, subset_size, max_drop, weight_bits)
         )
 
+    @_python_names
     def benchmark(
         self,
         checkpoint: str | Path | None = None,

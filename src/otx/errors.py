@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from contextvars import ContextVar
+
 
 class OTXError(Exception):
     """An error caused by the user's input or environment, reported as one line, without traceback."""
@@ -17,3 +20,44 @@ class OTXConfigError(OTXError):
 
 class OTXWeightsError(OTXError):
     """Backbone weights could not be found or loaded."""
+
+
+COMMAND_LINE: ContextVar[bool] = ContextVar("otx_command_line", default=False)
+"""True while ``otx`` (the command line) runs: messages keep its option spellings."""
+
+_VERBS = "train|test|predict|export|optimize|benchmark"
+_VERB = re.compile(rf"`otx ({_VERBS})`|(?<![`\w])otx ({_VERBS})\b(?! -)")
+_VALUE = r"(?:[ =](?P<value>[A-Z][A-Z0-9_]*\b|\d+\b|true\b|false\b))?"
+_ARG_NAMES = {"data_root": "data", "format": "export_format"}  # the Engine's name where it differs
+_SPELLINGS = (
+    (re.compile(r"--model\.init_args\.(\w+)"), lambda m: f"the model's {m.group(1)}"),
+    (re.compile(r"--trainer\.(\w+)"), lambda m: f'trainer["{m.group(1)}"]'),
+    (
+        re.compile(
+            r"--(checkpoint|source|models|data_root|format|precision|max_drop|weight_bits|subset_size|resume|"
+            r"max_epochs|task|device|devices|num_nodes|work_dir)\b" + _VALUE
+        ),
+        lambda m: (
+            _ARG_NAMES.get(m.group(1), m.group(1)) + (f"={_python_value(m.group('value'))}" if m.group("value") else "")
+        ),
+    ),
+    (_VERB, lambda m: f"Engine.{m.group(1) or m.group(2)}()"),
+)
+
+
+def _python_value(value: str) -> str:
+    if value in ("true", "false"):
+        return value.capitalize()
+    return value if value.isdigit() or value in ("PATH", "DIR", "FILE") else repr(value)
+
+
+def python_spelling(message: str) -> str:
+    """``message`` with the Python API's names for the command-line options it names.
+
+    otx's messages are written for the command line (``pass --checkpoint PATH``); raised through
+    ``otx.engine.Engine`` they name the argument a Python caller passes (``checkpoint=PATH``,
+    ``data=DIR``, ``Engine.train()``). Options that only the command line has stay as they are.
+    """
+    for pattern, spell in _SPELLINGS:
+        message = pattern.sub(spell, message)
+    return message
