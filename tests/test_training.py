@@ -42,6 +42,7 @@ def test_trainer_section_from_the_command_line(accelerator: list[str], sample_ro
     summary = _summary(tmp_path / "ws")
     assert summary["trainer"]["accelerator"] == "CPUAccelerator" and summary["trainer"]["devices"] == 1
     assert summary["epochs"] == 1 and summary["validation_curve"][0]["epoch"] == 1
+    assert "Epoch 1/1" in done.stdout and "Epoch 0" not in done.stdout  # the bar counts as the summary does
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

@@ -19,7 +19,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 
 from otx.checkpoint import CHECKPOINT_NAME, class_path
 from otx.distributed import (
@@ -134,6 +134,19 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
         except (TypeError, ValueError) as exc:
             raise OTXConfigError(f"trainer.callbacks: {class_name}: {exc}") from exc
     return callbacks
+
+
+class EpochProgressBar(RichProgressBar):
+    """Lightning's rich progress bar counting epochs from 1, as otx's summaries, logs and curve do.
+
+    Lightning's own shows the epoch index over the last index ("Epoch 1/1" in the second of two).
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+            description += f"/{self.trainer.max_epochs}"
+        return f"{description:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
 
 
 class EpochTimer(L.Callback):
@@ -269,6 +282,8 @@ def build_trainer(
         )
     curve = ValidationCurve()
     callbacks += [EpochTimer(), curve]
+    if settings.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(EpochProgressBar())  # where Lightning would add its own
     if best is not None:
         callbacks.append(BestAcrossResume(best))
     settings.setdefault("accelerator", "auto")
