@@ -248,3 +248,114 @@ def test_a_folder_above_the_categories_names_them_and_skips_what_it_cannot_enter
     monkeypatch.setattr(Path, "is_dir", is_dir)
     with pytest.raises(OTXDataError, match=r"holds categories \(metal_nut, screw\); pass one of them as --data_root"):
         index_mvtec(tmp_path)
+
+
+# --- layouts a real dataset brings (each: before, a traceback or images dropped without a word) -------------
+
+
+def _move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    src.rename(dst)
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        # Datumaro's reader failed on these with a TypeError (an internal error)
+        ("image_in_split", "image 'test/000.png' is directly in test/: MVTec layout puts each image in"),
+        ("subfolder", "'train/good/lot7/' holds images in a subfolder"),
+        # and skipped these without a word (30 of 40 training images)
+        ("deep_subfolder", "'train/good/2025/' holds images in a subfolder"),
+        # and kept one of two images of one name, which one depending on the folder's order
+        ("same_stem", "test/scratch/ holds '000.jpg' and '000.png': two images of one name"),
+    ],
+)
+def test_layout_problems_are_one_line(dataset_copy, change: str, said: str) -> None:
+    root = dataset_copy()
+    train = sorted((root / "train" / "good").glob("*.png"))
+    if change == "image_in_split":
+        _move(root / "test" / "good" / "000.png", root / "test" / "000.png")
+    elif change == "subfolder":
+        for path in train[:5]:
+            _move(path, root / "train" / "good" / "lot7" / path.name)
+    elif change == "deep_subfolder":
+        for path in train[:30]:
+            _move(path, root / "train" / "good" / "2025" / "lot1" / path.name)
+    else:
+        image = cv2.imread(str(root / "test" / "scratch" / "001.png"))
+        cv2.imwrite(str(root / "test" / "scratch" / "000.jpg"), image)
+    with pytest.raises(OTXDataError) as raised:
+        index_mvtec(root)
+    assert said in str(raised.value)
+
+
+def test_masks_in_other_formats_are_read_and_misnamed_masks_are_named(dataset_copy) -> None:
+    root = dataset_copy()
+    masks = root / "ground_truth" / "scratch"
+    png = masks / "000_mask.png"
+    expected = read_mask(png)
+    cv2.imwrite(str(masks / "000_mask.bmp"), cv2.imread(str(png), cv2.IMREAD_UNCHANGED))
+    png.unlink()
+    sample = next(s for s in index_mvtec(root).subsets["test"] if s.path.endswith("scratch/000.png"))
+    assert sample.mask_path == str(masks / "000_mask.bmp")  # before: no mask, and "mask ... has no image"
+    np.testing.assert_array_equal(read_mask(sample.mask_path), expected)
+    (masks / "000_mask.bmp").rename(masks / "000.png")  # named like its image
+    with pytest.raises(OTXDataError, match=r"is not named as a mask of 'test/scratch/000.png'.*rename it to 000_mask"):
+        index_mvtec(root)
+    (masks / "000.png").rename(masks / "000_mask.png")
+    good = root / "ground_truth" / "good"
+    good.mkdir()
+    cv2.imwrite(str(good / "000_mask.png"), np.zeros((8, 8), np.uint8))  # black masks of normal images: ignored
+    assert index_mvtec(root).has_masks
+
+
+def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:
+    import importlib.util
+
+    import otx.deploy
+
+    demo_path = Path(otx.deploy.__file__).parent / "demo" / "predict.py"
+    spec = importlib.util.spec_from_file_location("demo_predict", demo_path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    height_map = np.random.default_rng(0).uniform(650, 2200, (20, 30)).astype(np.float32)  # micrometres
+    path = tmp_path / "height.tif"
+    assert cv2.imwrite(str(path), height_map)
+    with pytest.raises(OTXDataError, match="values run from 65.* to 2.*outside \\[0, 1\\] and 0-255"):
+        read_image(path)  # before: every pixel 255
+    with pytest.raises(ValueError, match="outside \\[0, 1\\] and 0-255"):
+        demo.read_rgb(path)
+    overshoot = np.clip(np.linspace(-0.004, 1.004, 600, dtype=np.float32).reshape(20, 30), -1, 2)
+    assert cv2.imwrite(str(path), overshoot)  # a [0, 1] image with rounding noise: still [0, 1]
+    image = read_image(path)
+    np.testing.assert_array_equal(image[..., 0], np.clip(np.rint(overshoot * 255), 0, 255).astype(np.uint8))
+    np.testing.assert_array_equal(demo.read_rgb(path), image)
+
+
+def test_exif_orientation_is_named_and_an_empty_file_is_called_empty(dataset_copy, caplog) -> None:
+    from PIL import Image
+
+    root = dataset_copy()
+    path = root / "test" / "good" / "000.png"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a viewer turns it a quarter
+    with Image.open(path) as pil:
+        pil.convert("RGB").save(root / "test" / "good" / "000.jpg", exif=exif)
+    path.unlink()
+    with caplog.at_level("WARNING", logger="otx"):
+        index_mvtec(root)
+    assert any(
+        "1 image(s) carry an EXIF orientation (e.g. test/good/000.jpg)" in r.getMessage() for r in caplog.records
+    )
+    (root / "train" / "good" / "000.png").write_bytes(b"")
+    with pytest.raises(OTXDataError, match="the file is empty, 0 bytes"):
+        index_mvtec(root)
+
+
+def test_a_data_root_as_the_source_leaves_its_masks_out(sample_root: Path, caplog) -> None:
+    root = sample_root / "bottle_like"
+    with caplog.at_level("WARNING", logger="otx"):
+        samples = samples_from_source(root)
+    assert samples and not any("ground_truth" in s.path for s in samples)  # before: masks predicted as images
+    assert len(samples) == len(list((root / "train").rglob("*.png"))) + len(list((root / "test").rglob("*.png")))
+    assert any("left out 16 mask file(s)" in r.getMessage() for r in caplog.records)

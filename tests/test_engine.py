@@ -509,3 +509,29 @@ def test_python_spelling_of_command_line_options(cli: str, python: str) -> None:
     from otx.errors import python_spelling
 
     assert python_spelling(cli) == python
+
+
+def test_all_black_masks_of_defect_images_are_named(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:
+    from otx.cli import main
+
+    root = dataset_copy()
+    for mask in (root / "ground_truth" / "scratch").glob("*_mask.png"):
+        cv2.imwrite(str(mask), np.zeros_like(cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE)))  # an annotation slip
+    work_dir = tmp_path / "ws"
+    args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root)]
+    assert main([*args, "--work_dir", str(work_dir)]) == 0
+    run = json.loads((work_dir / "latest.json").read_text())["test"]
+    warnings = json.loads((work_dir / run / "metrics.json").read_text())["warnings"]
+    assert any("have an all-black mask (e.g. ground_truth/scratch/" in w for w in warnings), warnings
+
+
+def test_padim_with_one_training_image_is_refused_before_fitting(dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    for path in sorted((root / "train" / "good").glob("*.png"))[1:]:
+        path.unlink()
+    engine = Engine(
+        model=Padim(input_size=(64, 64)), data=AnomalyDataModule(str(root), num_workers=0), work_dir=tmp_path
+    )
+    with pytest.raises(OTXDataError, match="Padim needs at least 2 training images .*train/good holds 1"):
+        engine.train()  # before: a ValueError after the fit, reported as an internal error
+    assert not (tmp_path / "latest.json").exists()

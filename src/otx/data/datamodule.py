@@ -315,6 +315,16 @@ def _collate_keep_images(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def _is_layout_mask(path: Path) -> bool:
+    """``<root>/ground_truth/<defect>/<name>_mask.<ext>`` beside ``<root>/test`` or ``<root>/train``."""
+    folder = path.parent.parent
+    return (
+        folder.name == "ground_truth"
+        and path.stem.endswith("_mask")
+        and any((folder.parent / split).is_dir() for split in ("test", "train"))
+    )
+
+
 def samples_from_source(source: str | Path) -> list[Sample]:
     """Images to predict from a file, a folder (searched recursively) or a glob pattern."""
     text = str(source)
@@ -323,6 +333,14 @@ def samples_from_source(source: str | Path) -> list[Sample]:
         files = [path]
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        masks = [p for p in files if _is_layout_mask(p)]
+        if masks:  # a data root given as the source: its ground-truth masks are not images to predict
+            files = [p for p in files if not _is_layout_mask(p)]
+            log.warning(
+                "left out %d mask file(s) under %s (MVTec layout's ground truth, not images to predict)",
+                len(masks),
+                masks[0].parent.parent,
+            )
     else:
         files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
         if not files and not any(ch in text for ch in "*?["):

@@ -20,12 +20,14 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 from datumaro.plugins.data_formats.mvtec.base import MvtecClassificationBase
 from datumaro.plugins.data_formats.mvtec.format import MvtecPath
+from datumaro.util.image import IMAGE_EXTENSIONS as DATUMARO_IMAGE_EXTENSIONS
 
-from otx.data.io import IMAGE_EXTENSIONS, image_size
+from otx.data.io import IMAGE_EXTENSIONS, image_header, image_size
 from otx.errors import OTXDataError
 
 log = logging.getLogger(__name__)
@@ -70,14 +72,60 @@ def _label_of(defect: str) -> int:
     return 0 if defect == GOOD else (-1 if defect == UNKNOWN else 1)
 
 
+def _is_listed_image(name: str) -> bool:
+    """Whether Datumaro's MVTec reader takes a file of this name as an image (its extensions, any case)."""
+    dot = name.rfind(".")
+    return dot > 0 and name[dot:].lower() in DATUMARO_IMAGE_EXTENSIONS
+
+
+def _holds_images(folder: str) -> bool:
+    return any(any(_is_listed_image(name) for name in names) for _, _, names in os.walk(folder))
+
+
+def _check_layout(folder: Path) -> None:
+    """One line for what Datumaro's MVTec reader would trip on or drop without a word.
+
+    An image directly in ``<subset>/`` or in a subfolder of ``<subset>/<type>/`` (the reader fails
+    on the first and skips deeper ones), and two images of one name with different extensions in
+    one folder (the reader keys an image by its folder and stem, and keeps one of them).
+    """
+    subset = folder.name
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_dir():
+            if _is_listed_image(entry.name):
+                where = "train/good/" if subset == "train" else f"{subset}/good/ or {subset}/<defect type>/"
+                raise OTXDataError(
+                    f"image '{subset}/{entry.name}' is directly in {subset}/: MVTec layout puts each image in "
+                    f"{where}; move it there"
+                )
+            continue
+        stems: dict[str, str] = {}
+        for inner in sorted(os.scandir(entry.path), key=lambda e: e.name):
+            where = f"{subset}/{entry.name}"
+            if inner.is_dir():
+                if _holds_images(inner.path):
+                    raise OTXDataError(
+                        f"'{where}/{inner.name}/' holds images in a subfolder: otx reads the images directly in "
+                        f"{where}/ (MVTec layout); move them up into {where}/ or remove the subfolder"
+                    )
+            elif _is_listed_image(inner.name):
+                stem = os.path.splitext(inner.name)[0]
+                if stem in stems:
+                    raise OTXDataError(
+                        f"{where}/ holds '{stems[stem]}' and '{inner.name}': two images of one name (MVTec layout "
+                        f"names an image's mask after it, {stem}_mask.png), so one would be left out; "
+                        "rename or remove one"
+                    )
+                stems[stem] = inner.name
+
+
 def _index_subset(folder: Path, mask_dir: Path | None) -> list[Sample]:
+    _check_layout(folder)
     extractor = MvtecClassificationBase(str(folder), merge_policy=None)
     samples = []
     for item in extractor:
         path = Path(item.media.path)
         defect = path.parent.name
-        if path.parent.parent.resolve() != folder.resolve():
-            continue  # nested deeper than <subset>/<defect>/<image>: not MVTec layout
         mask_path = None
         if mask_dir is not None and defect not in (GOOD, UNKNOWN):
             mask_path = _mask_of(mask_dir, defect, path)
@@ -85,10 +133,20 @@ def _index_subset(folder: Path, mask_dir: Path | None) -> list[Sample]:
     return sorted(samples, key=lambda s: s.path)
 
 
+MASK_SUFFIXES = tuple(dict.fromkeys(ext for e in (MvtecPath.MASK_EXT, *IMAGE_EXTENSIONS) for ext in (e, e.upper())))
+
+
 def _mask_of(mask_dir: Path, defect: str, image: Path) -> str | None:
-    """``<mask_dir>/<defect>/<name>_mask.png`` when that file exists (MVTec's naming)."""
-    candidate = mask_dir / defect / f"{image.stem}{MvtecPath.MASK_POSTFIX}{MvtecPath.MASK_EXT}"
-    return str(candidate) if candidate.exists() else None
+    """``<mask_dir>/<defect>/<name>_mask.png`` when that file exists (MVTec's naming).
+
+    A mask in another image format (``_mask.bmp``, ``_mask.tif``, ``_mask.PNG``) is taken when
+    there is no ``.png`` one.
+    """
+    for suffix in MASK_SUFFIXES:
+        candidate = mask_dir / defect / f"{image.stem}{MvtecPath.MASK_POSTFIX}{suffix}"
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def layout_mask(image: str | Path) -> str | None:
@@ -167,31 +225,74 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
 
 def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | None) -> dict[str, str]:
     """Raise for an unreadable train/ or val/ image or a bad mask; return the unreadable test/ images."""
-    sizes, unreadable = {}, {}
+    sizes, unreadable, turned = {}, {}, []
     for subset, samples in subsets.items():
         for sample in samples:
             try:
-                sizes[sample.path] = image_size(sample.path)
+                height, width, orientation = image_header(sample.path)
             except OTXDataError as exc:
                 if subset != "test":
                     raise
                 unreadable[sample.path] = str(exc)
+                continue
+            sizes[sample.path] = (height, width)
+            if orientation != 1:
+                turned.append(sample.path)
+    if turned:
+        log.warning(
+            "%d image(s) carry an EXIF orientation (e.g. %s): otx reads their pixels as stored, not turned as "
+            "photo viewers show them, and masks must match the stored pixels; turn the files themselves "
+            "(e.g. PIL's ImageOps.exif_transpose) if the masks were drawn on the turned view",
+            len(turned),
+            Path(turned[0]).relative_to(root),
+        )
     if mask_dir is None:
         return unreadable
     by_mask = {s.mask_path: s for samples in subsets.values() for s in samples if s.mask_path}
+    by_name = {(s.defect, Path(s.path).stem): s for samples in subsets.values() for s in samples}
+    good_masks = 0
     for mask in sorted(mask_dir.glob("*/*")):
         if mask.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         sample = by_mask.get(str(mask))
+        if sample is None and mask.parent.name == GOOD:  # normal images have no defect pixels
+            good_masks += 1
+            continue
         if sample is None:
-            stem = mask.stem.removesuffix(MvtecPath.MASK_POSTFIX)
-            raise OTXDataError(
-                f"mask '{mask}' has no image: expected test/{mask.parent.name}/{stem}.<ext> (or under val/); "
-                "remove the mask or add its image"
-            )
+            _refuse_unmatched_mask(root, mask, by_name)
         if sample.path in sizes:  # an unreadable image is labelled "error", its mask is not read
             check_mask_size(mask, image_size(mask), sample.path, sizes[sample.path])
+    if good_masks:
+        log.info("ignoring %d mask(s) in ground_truth/good: normal images have no defect pixels", good_masks)
+    lossy = [path for path in by_mask if Path(path).suffix.lower() in (".jpg", ".jpeg")]
+    if lossy:
+        log.warning(
+            "%d mask(s) are JPEG files (e.g. %s): every pixel above black counts as defect, so compression noise "
+            "around a defect widens it; save masks as PNG",
+            len(lossy),
+            Path(lossy[0]).relative_to(root),
+        )
     return unreadable
+
+
+def _refuse_unmatched_mask(root: Path, mask: Path, by_name: dict[tuple[str, str], Sample]) -> NoReturn:
+    """One line for a mask that belongs to no image, saying why when its image is there."""
+    defect, stem = mask.parent.name, mask.stem.removesuffix(MvtecPath.MASK_POSTFIX)
+    image = by_name.get((defect, stem))
+    named = f"{stem}{MvtecPath.MASK_POSTFIX}{MvtecPath.MASK_EXT}"
+    if image is not None and image.mask_path is not None and mask.stem.endswith(MvtecPath.MASK_POSTFIX):
+        raise OTXDataError(
+            f"'{Path(image.path).relative_to(root)}' has two masks, '{image.mask_path}' and '{mask}'; remove one"
+        )
+    if image is not None:
+        raise OTXDataError(
+            f"mask '{mask}' is not named as a mask of '{Path(image.path).relative_to(root)}': masks are named "
+            f"<image name>{MvtecPath.MASK_POSTFIX}.<ext> (MVTec AD); rename it to {named}"
+        )
+    raise OTXDataError(
+        f"mask '{mask}' has no image: expected test/{defect}/{stem}.<ext> (or under val/); "
+        "remove the mask or add its image"
+    )
 
 
 def check_mask_size(mask: str | Path, mask_hw: tuple[int, int], image: str | Path, image_hw: tuple[int, int]) -> None:

@@ -13,10 +13,15 @@ from otx.errors import OTXDataError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
+UNIT_SLACK = 0.01  # a float image within [-0.01, 1.01] is a [0, 1] image with rounding noise
+
+
 def to_uint8(array: np.ndarray) -> np.ndarray:
     """Scale any integer or float image to uint8 (16-bit by its full range, float by [0, 1] when it fits).
 
     Floats are rounded to the nearest level, as OpenCV converts them (a float pipeline's 127.999 is 128).
+    Other values must lie in [0, 255]: a float height map in micrometres or 12-bit data in 32-bit
+    integers would be clipped to white, so they raise ``ValueError`` saying their range instead.
     """
     if array.dtype == np.uint8:
         return array
@@ -25,8 +30,15 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     as_float = array.astype(np.float32)
-    if np.issubdtype(array.dtype, np.floating) and as_float.min() >= 0.0 and as_float.max() <= 1.0:
+    low, high = (float(as_float.min()), float(as_float.max())) if as_float.size else (0.0, 0.0)
+    if np.issubdtype(array.dtype, np.floating) and low >= -UNIT_SLACK and high <= 1.0 + UNIT_SLACK:
         as_float = as_float * 255.0
+    elif not (low >= -0.5 and high < 255.5):  # NaN fails both
+        kind = "float" if np.issubdtype(array.dtype, np.floating) else str(array.dtype)
+        raise ValueError(
+            f"its {kind} values run from {low:g} to {high:g}, outside [0, 1] and 0-255, which otx reads "
+            "as image levels; convert it to 8 or 16 bits (scaled to its range) first"
+        )
     return np.clip(np.rint(as_float), 0, 255).astype(np.uint8)
 
 
@@ -45,7 +57,10 @@ def read_image(path: str | Path) -> np.ndarray:
             raise OTXDataError(f"cannot decode image '{path}' ({exc}); replace or remove the file") from exc
         if array.ndim == 3 and array.shape[2] >= 3:
             array = array[..., 2::-1] if array.shape[2] == 3 else array[..., [2, 1, 0, 3]]  # to BGR(A) like cv2
-    array = to_uint8(np.asarray(array))
+    try:
+        array = to_uint8(np.asarray(array))
+    except ValueError as exc:
+        raise OTXDataError(f"cannot read image '{path}': {exc}") from None
     if array.ndim == 2:
         return cv2.cvtColor(array, cv2.COLOR_GRAY2RGB)
     if array.shape[2] == 1:
@@ -86,16 +101,37 @@ def read_mask(path: str | Path) -> np.ndarray:
     return array.max(axis=2) > 0
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """Return ``(height, width)`` from the file header, without decoding pixels.
+EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: a viewer flips or turns the image to show it
 
+
+def image_header(path: str | Path) -> tuple[int, int, int]:
+    """``(height, width, EXIF orientation)`` from the file header, without decoding pixels.
+
+    The orientation is 1 when the file has none. otx reads pixels as they are stored, like
+    anomalib and MVTec AD's tools, not turned as photo viewers show them (``index_mvtec`` warns).
     Raises ``OTXDataError`` naming the file when it is not a readable image.
     """
     try:
         with Image.open(path) as pil:
             width, height = pil.size
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise OTXDataError(
-            f"cannot read image '{path}' ({exc.__class__.__name__}); replace or remove the file"
-        ) from exc
+            orientation = _orientation(pil)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        why = exc.__class__.__name__
+        if Path(path).is_file() and Path(path).stat().st_size == 0:
+            why = "the file is empty, 0 bytes"
+        raise OTXDataError(f"cannot read image '{path}' ({why}); replace or remove the file") from exc
+    return height, width, orientation
+
+
+def _orientation(pil: Image.Image) -> int:
+    """The EXIF orientation of an opened image, 1 when it has none or its metadata cannot be read."""
+    try:  # PNG's eXIf chunk may sit after the pixel data: a truncated file fails here, not in the header
+        return int(pil.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except Exception:  # noqa: BLE001 - metadata only; the pixels are checked when they are read
+        return 1
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """Return ``(height, width)`` from the file header, without decoding pixels (``image_header``)."""
+    height, width, _ = image_header(path)
     return height, width

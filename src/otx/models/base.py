@@ -117,6 +117,8 @@ class AnomalyModel(L.LightningModule):
     ddp_unused_parameters: bool = True
     # Pixels of the input that `keep_aspect` chooses from the training images (input_size null).
     input_area: ClassVar[int] = 256 * 256
+    # The fewest training images the model can fit on, and why (`otx train` refuses fewer up front).
+    min_train_images: ClassVar[tuple[int, str]] = (1, "")
 
     def __init__(
         self,

@@ -198,6 +198,7 @@ class Padim(AnomalyModel):
 
     default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 1}
     fits_in_one_pass = True
+    min_train_images = (2, "to fit a covariance at each patch position")
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.1", "blocks.2", "blocks.4"),
         "efficientnet_lite1": ("blocks.1", "blocks.2", "blocks.4"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -151,6 +152,14 @@ def evaluate(
     at_input = pixel_metrics(maps, masks, maps >= pixel_threshold)
     del maps, masks
     full_maps, full_masks, flat = _full_size(samples, outputs, usable, preprocessor)
+    used = [s for s, use in zip(samples, usable, strict=True) if use]  # in the order of full_masks
+    blank = [s for s, m in zip(used, full_masks, strict=True) if s.label == 1 and s.mask_path and not m.any()]
+    if blank:  # an annotation slip, usually: the image counts as defective, none of its pixels do
+        first = Path(blank[0].mask_path or "")
+        ctx.warn(
+            f"{len(blank)} anomalous image(s) have an all-black mask (e.g. ground_truth/{first.parent.name}/"
+            f"{first.name}): none of their pixels counts as defect in the pixel and box metrics; check the masks"
+        )
     metrics.update(pixel_metrics(full_maps, full_masks, flat[0] >= pixel_threshold, flat=flat))
     metrics.update({f"{key}_input": value for key, value in at_input.items()})
     pred_boxes = box_scores = None

@@ -15,7 +15,7 @@ from otx import distributed
 from otx.boxes import UNTUNED
 from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
 from otx.checks import image_profile, threshold_warnings, unmasked_warning
-from otx.errors import OTXError
+from otx.errors import OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.postprocess import known_pixel_rows
 from otx.results import TrainResult
@@ -64,6 +64,12 @@ def run(
         )
     if data.has_masks and (message := unmasked_warning(splits["val"], "validation")):
         ctx.warn(message)
+    fewest, why = model.min_train_images
+    if len(splits["train"]) < fewest:
+        raise OTXDataError(
+            f"{type(model).__name__} needs at least {fewest} training images ({why}); train/good holds "
+            f"{len(splits['train'])}: add normal images"
+        )
     steps = max(1, min(50, len(splits["train"]) // data.images_per_batch(model.preprocessor)))
     trainer, roles = build_trainer(settings, run.path, steps, model.ddp_unused_parameters)
     rank, world = trainer.global_rank, trainer.world_size

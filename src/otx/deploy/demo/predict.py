@@ -62,7 +62,10 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
 
 
 def read_rgb(path: Path) -> np.ndarray | None:
-    """H x W x 3 RGB uint8, as otx reads images (16-bit and float scaled, gray repeated, alpha dropped)."""
+    """H x W x 3 RGB uint8, as otx reads images (16-bit and float scaled, gray repeated, alpha dropped).
+
+    None when the file cannot be decoded; ``ValueError`` for values otx does not read as levels.
+    """
     array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         return None
@@ -72,8 +75,15 @@ def read_rgb(path: Path) -> np.ndarray | None:
         array = array.astype(np.uint8) * 255
     elif array.dtype != np.uint8:
         as_float = array.astype(np.float32)
-        if np.issubdtype(array.dtype, np.floating) and as_float.min() >= 0.0 and as_float.max() <= 1.0:
+        low, high = (float(as_float.min()), float(as_float.max())) if as_float.size else (0.0, 0.0)
+        if np.issubdtype(array.dtype, np.floating) and low >= -0.01 and high <= 1.01:
             as_float = as_float * 255.0  # a float image in [0, 1]
+        elif not (low >= -0.5 and high < 255.5):  # as otx: not clipped to white without a word
+            kind = "float" if np.issubdtype(array.dtype, np.floating) else str(array.dtype)
+            raise ValueError(
+                f"its {kind} values run from {low:g} to {high:g}, outside [0, 1] and 0-255, which otx reads "
+                "as image levels; convert it to 8 or 16 bits (scaled to its range) first"
+            )
         array = np.clip(np.rint(as_float), 0, 255).astype(np.uint8)  # rounded, as otx
     if array.ndim == 2 or array.shape[2] == 1:
         return cv2.cvtColor(array.reshape(array.shape[:2]), cv2.COLOR_GRAY2RGB)
@@ -208,10 +218,14 @@ def main() -> int:
     queue = ov.AsyncInferQueue(compiled)
     queue.set_callback(done)
     for index, path in enumerate(paths):
-        image = read_rgb(path)
+        try:
+            image = read_rgb(path)
+            reason = "cannot decode image"
+        except ValueError as exc:  # out of the levels otx reads
+            image, reason = None, f"cannot read image: {exc}"
         if image is None:
-            results[index] = {"image": str(path), "score": None, "label": "error", "error": "cannot decode image"}
-            print(f"not predicted: {path}: cannot decode image", file=sys.stderr)
+            results[index] = {"image": str(path), "score": None, "label": "error", "error": reason}
+            print(f"not predicted: {path}: {reason}", file=sys.stderr)
             continue
         tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
         queue.start_async({0: tensor}, userdata=(index, path, image.shape[:2]))
