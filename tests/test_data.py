@@ -268,6 +268,8 @@ def _move(src: Path, dst: Path) -> None:
         ("deep_subfolder", "'train/good/2025/' holds images in a subfolder"),
         # and kept one of two images of one name, which one depending on the folder's order
         ("same_stem", "test/scratch/ holds '000.jpg' and '000.png': two images of one name"),
+        # and took test/Good for a defect type
+        ("capital_good", "'test/Good/' would be a defect type: otx reads test/good/ in lower case"),
     ],
 )
 def test_layout_problems_are_one_line(dataset_copy, change: str, said: str) -> None:
@@ -281,6 +283,8 @@ def test_layout_problems_are_one_line(dataset_copy, change: str, said: str) -> N
     elif change == "deep_subfolder":
         for path in train[:30]:
             _move(path, root / "train" / "good" / "2025" / "lot1" / path.name)
+    elif change == "capital_good":
+        (root / "test" / "good").rename(root / "test" / "Good")
     else:
         image = cv2.imread(str(root / "test" / "scratch" / "001.png"))
         cv2.imwrite(str(root / "test" / "scratch" / "000.jpg"), image)

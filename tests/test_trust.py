@@ -527,6 +527,19 @@ def test_without_anomalous_validation_images_every_validation_image_is_normal_an
     assert not any("was not learned" in w for w in tested["warnings"]), tested["warnings"]
 
 
+def test_without_normal_validation_images_the_cause_is_said_and_one_class_metrics_read_na(
+    dataset_copy, tmp_path: Path, capsys
+) -> None:
+    root = dataset_copy()
+    shutil.rmtree(root / "test" / "good")  # only defect images to validate on
+    args = ["train", "--config", "recipe/anomaly_classification/padim.yaml", "--data_root", str(root)]
+    assert main([*args, "--model.init_args.input_size", "[64,64]", "--work_dir", str(tmp_path / "ws")]) == 0
+    out, err = capsys.readouterr()
+    # before: only "flags every image as anomalous", which hid why
+    assert "the validation split has no normal images" in err and "flags every image" in err
+    assert "n/a" in out and "nan" not in out  # the AUROC of one class, null in metrics.json
+
+
 def test_an_anomalous_validation_image_without_a_mask_is_left_out_of_the_pixel_threshold(
     dataset_copy, tmp_path: Path
 ) -> None:

@@ -65,6 +65,12 @@ def threshold_warnings(
                 f"learned, it sits just above the highest normal {what} score; add defect images "
                 f"(test/<defect>{', with ground_truth/ masks' if what == 'pixel' else ''}) to learn one"
             ]
+        if learned and labels.all() and what == "image":
+            return [  # "flags every image" would hide the cause
+                f"the {split} split has no normal images: the image threshold ({threshold:.6g}) was not learned "
+                "against any, so this model flags every image as anomalous; add normal images (test/good) "
+                "to learn one"
+            ]
         if labels.any() and not labels.all():
             auroc = roc_auc(scores, labels)
             if abs(auroc - 0.5) < CHANCE_MARGIN:

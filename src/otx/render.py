@@ -6,6 +6,7 @@ bar the verbs show over long loops.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.console import Console
@@ -77,7 +78,11 @@ def _summary(console: Console, result: Result, metrics: dict[str, Any], title: s
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+        if isinstance(value, float):
+            text = "n/a" if math.isnan(value) else f"{value:.4f}"  # AUROC of one class: null in metrics.json
+        else:
+            text = str(value)
+        table.add_row(key, text)
     console.print(table)
     for key, value in extra.items():
         console.print(f"{key}: {value}")

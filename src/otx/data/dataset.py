@@ -99,6 +99,11 @@ def _check_layout(folder: Path) -> None:
                     f"{where}; move it there"
                 )
             continue
+        if entry.name != entry.name.lower() and entry.name.lower() in (GOOD, UNKNOWN):
+            raise OTXDataError(
+                f"'{subset}/{entry.name}/' would be a defect type: otx reads {subset}/{entry.name.lower()}/ in "
+                "lower case (MVTec layout); rename the folder"
+            )
         stems: dict[str, str] = {}
         for inner in sorted(os.scandir(entry.path), key=lambda e: e.name):
             where = f"{subset}/{entry.name}"
@@ -203,7 +208,9 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
                 f"'{train_good}' is missing: '{root}' holds categories ({names}); pass one of them as --data_root, "
                 f"e.g. {root / inside[0]}"
             )
-        raise OTXDataError(f"'{train_good}' is missing; training needs normal images in <data_root>/train/good")
+        other_case = [p.name for p in (root / "train").glob("*") if p.is_dir() and p.name.lower() == GOOD]
+        found = f" (found train/{other_case[0]}: rename it to good, in lower case)" if other_case else ""
+        raise OTXDataError(f"'{train_good}' is missing{found}; training needs normal images in <data_root>/train/good")
     mask_dir = root / MvtecPath.MASK_DIR
     has_masks = mask_dir.is_dir()
     subsets: dict[str, list[Sample]] = {}
