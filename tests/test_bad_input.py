@@ -210,7 +210,7 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "train-config-metrics",
         "wrong file",
         ["train", "--config", "{metricsjson}"],
-        "is not a recipe: none of its keys (image_AUROC, pixel) is a recipe key",
+        "is not a recipe (its keys: image_AUROC, pixel)",
         2,
     ),
     (  # before: no hint

@@ -293,6 +293,14 @@ def test_layout_problems_are_one_line(dataset_copy, change: str, said: str) -> N
     assert said in str(raised.value)
 
 
+def test_tool_folders_without_images_of_their_own_are_passed_over(dataset_copy) -> None:
+    root = dataset_copy()
+    thumbs = root / "train" / "good" / "@eaDir" / "000.png"  # Synology's thumbnails, two levels down
+    thumbs.mkdir(parents=True)
+    cv2.imwrite(str(thumbs / "SYNOPHOTO_THUMB_M.jpg"), np.zeros((8, 8, 3), np.uint8))
+    assert len(index_mvtec(root).subsets["train"]) == 40
+
+
 def test_masks_in_other_formats_are_read_and_misnamed_masks_are_named(dataset_copy) -> None:
     root = dataset_copy()
     masks = root / "ground_truth" / "scratch"

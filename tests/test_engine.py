@@ -494,6 +494,7 @@ def test_python_callers_are_told_the_python_argument_names(tmp_path: Path, capsy
     [
         ("pass --checkpoint PATH or run `otx train` first", "pass checkpoint=PATH or run Engine.train() first"),
         ("export with --format OPENVINO", "export with export_format='OPENVINO'"),
+        ("run `otx export --format OPENVINO` first", "run `otx export --format OPENVINO` first"),  # a quoted command
         ("or --resume true", "or resume=True"),
         ("re-run otx optimize with --weight_bits 7", "re-run Engine.optimize() with weight_bits=7"),
         ("set --model.init_args.input_mode keep_aspect", "set the model's input_mode keep_aspect"),

@@ -124,10 +124,11 @@ def _not_a_recipe(argv: list[str], verb: str) -> str | None:
             content = yaml.safe_load(Path(_recipe_file(path)).read_text())
         except Exception:  # noqa: BLE001 - the parser's own message stands
             continue
-        if isinstance(content, dict) and content and not top & set(map(str, content)):
+        result = isinstance(content, dict) and ("otx_version" in content or "command" in content)  # a run's json
+        if isinstance(content, dict) and content and (result or not top & set(map(str, content))):
             keys = ", ".join(map(str, list(content)[:4]))
             return (
-                f"--config {path} is not a recipe: none of its keys ({keys}) is a recipe key; "
+                f"--config {path} is not a recipe (its keys: {keys}); "
                 "pass a recipe YAML (task, model, data, trainer; `otx find recipes`)"
             )
     return None

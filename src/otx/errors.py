@@ -58,6 +58,9 @@ def python_spelling(message: str) -> str:
     ``otx.engine.Engine`` they name the argument a Python caller passes (``checkpoint=PATH``,
     ``data=DIR``, ``Engine.train()``). Options that only the command line has stay as they are.
     """
-    for pattern, spell in _SPELLINGS:
-        message = pattern.sub(spell, message)
-    return message
+    parts = re.split(r"(`[^`]*`)", message)  # a quoted command keeps its options: `otx export --format OPENVINO`
+    for i, part in enumerate(parts):
+        for pattern, spell in _SPELLINGS if i % 2 == 0 else ((_VERB, _SPELLINGS[-1][1]),):
+            part = pattern.sub(spell, part)
+        parts[i] = part
+    return "".join(parts)

@@ -105,13 +105,22 @@ def _check_layout(folder: Path) -> None:
                 "lower case (MVTec layout); rename the folder"
             )
         stems: dict[str, str] = {}
-        for inner in sorted(os.scandir(entry.path), key=lambda e: e.name):
+        try:
+            inners = sorted(os.scandir(entry.path), key=lambda e: e.name)
+        except OSError as exc:
+            raise OTXDataError(f"cannot list '{subset}/{entry.name}/' ({exc.strerror}); fix its permissions") from None
+        for inner in inners:
             where = f"{subset}/{entry.name}"
             if inner.is_dir():
-                if _holds_images(inner.path):
+                # a tool's folder (.ipynb_checkpoints, Synology's @eaDir thumbnails two levels down): only
+                # images directly in it matter, as the reader would take them for a defect type
+                tool = inner.name.startswith(".") or inner.name in ("@eaDir", "__MACOSX")
+                direct = any(e.is_file() and _is_listed_image(e.name) for e in os.scandir(inner.path))
+                if direct if tool else _holds_images(inner.path):
                     raise OTXDataError(
-                        f"'{where}/{inner.name}/' holds images in a subfolder: otx reads the images directly in "
-                        f"{where}/ (MVTec layout); move them up into {where}/ or remove the subfolder"
+                        f"'{where}/{inner.name}/' holds images in a subfolder: otx reads only the images directly in "
+                        f"{where}/ (MVTec layout; masks belong in ground_truth/<defect>/<name>_mask.png); move the "
+                        "images up or remove the subfolder"
                     )
             elif _is_listed_image(inner.name):
                 stem = os.path.splitext(inner.name)[0]
@@ -131,6 +140,8 @@ def _index_subset(folder: Path, mask_dir: Path | None) -> list[Sample]:
     for item in extractor:
         path = Path(item.media.path)
         defect = path.parent.name
+        if path.parent.parent.resolve() != folder.resolve():
+            continue  # deeper than <subset>/<type>/<image> (a tool's folder _check_layout let pass)
         mask_path = None
         if mask_dir is not None and defect not in (GOOD, UNKNOWN):
             mask_path = _mask_of(mask_dir, defect, path)
@@ -262,7 +273,7 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
         if mask.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         sample = by_mask.get(str(mask))
-        if sample is None and mask.parent.name == GOOD:  # normal images have no defect pixels
+        if sample is None and mask.parent.name in (GOOD, UNKNOWN):  # no defect pixels, or never scored
             good_masks += 1
             continue
         if sample is None:
@@ -270,7 +281,7 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
         if sample.path in sizes:  # an unreadable image is labelled "error", its mask is not read
             check_mask_size(mask, image_size(mask), sample.path, sizes[sample.path])
     if good_masks:
-        log.info("ignoring %d mask(s) in ground_truth/good: normal images have no defect pixels", good_masks)
+        log.info("ignoring %d mask(s) in ground_truth/good and ground_truth/unknown: never scored", good_masks)
     lossy = [path for path in by_mask if Path(path).suffix.lower() in (".jpg", ".jpeg")]
     if lossy:
         log.warning(

@@ -125,7 +125,14 @@ def image_header(path: str | Path) -> tuple[int, int, int]:
 
 def _orientation(pil: Image.Image) -> int:
     """The EXIF orientation of an opened image, 1 when it has none or its metadata cannot be read."""
-    try:  # PNG's eXIf chunk may sit after the pixel data: a truncated file fails here, not in the header
+    try:
+        if pil.format == "PNG":  # getexif() would decode the pixels to look past them: the header's chunk only
+            raw = pil.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(EXIF_ORIENTATION, 1) or 1)
         return int(pil.getexif().get(EXIF_ORIENTATION, 1) or 1)
     except Exception:  # noqa: BLE001 - metadata only; the pixels are checked when they are read
         return 1

@@ -48,7 +48,7 @@ def check_device(core: Any, device: str) -> None:
     if device not in names:
         raise OTXError(
             f"device '{device}' is not available on this machine (available: {', '.join(available)}); "
-            "give one of them or AUTO as the device (--device; in Python device=)"
+            "give one of them or AUTO as the device (--device)"
         )
 
 
@@ -78,7 +78,7 @@ def to_input(image: np.ndarray) -> np.ndarray:
     Accepts ``H x W x 3`` RGB (as ``otx.data.io.read_image`` returns) or ``H x W`` grayscale
     arrays, or ``3 x H x W``. Values are read as image files are (``otx.data.io.to_uint8``):
     ``uint8`` over 0-255, ``uint16`` over its full range, floats already in [0, 1] as they are,
-    other floats and integers as 0-255 (clipped), so an array gives what its file would.
+    other floats and integers as 0-255 (others raise ``OTXDataError``), so an array gives what its file would.
     """
     array = np.asarray(image)
     if array.ndim == 2:
@@ -97,7 +97,11 @@ def to_input(image: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(chw, dtype=np.float32)
     from otx.data.io import to_uint8
 
-    return np.ascontiguousarray(to_uint8(np.asarray(chw)), dtype=np.float32) / np.float32(255.0)
+    try:
+        levels = to_uint8(np.asarray(chw))
+    except ValueError as exc:
+        raise OTXDataError(f"image array: {exc}") from None
+    return np.ascontiguousarray(levels, dtype=np.float32) / np.float32(255.0)
 
 
 def image_hw(image: np.ndarray) -> tuple[int, int]:
