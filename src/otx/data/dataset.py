@@ -115,8 +115,11 @@ def _check_layout(folder: Path) -> None:
                 # a tool's folder (.ipynb_checkpoints, Synology's @eaDir thumbnails two levels down): only
                 # images directly in it matter, as the reader would take them for a defect type
                 tool = inner.name.startswith(".") or inner.name in ("@eaDir", "__MACOSX")
-                direct = any(e.is_file() and _is_listed_image(e.name) for e in os.scandir(inner.path))
-                if direct if tool else _holds_images(inner.path):
+                if tool:
+                    found = any(e.is_file() and _is_listed_image(e.name) for e in os.scandir(inner.path))
+                else:
+                    found = _holds_images(inner.path)
+                if found:
                     raise OTXDataError(
                         f"'{where}/{inner.name}/' holds images in a subfolder: otx reads only the images directly in "
                         f"{where}/ (MVTec layout; masks belong in ground_truth/<defect>/<name>_mask.png); move the "
