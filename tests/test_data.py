@@ -321,6 +321,23 @@ def test_masks_in_other_formats_are_read_and_misnamed_masks_are_named(dataset_co
     assert index_mvtec(root).has_masks
 
 
+def test_masks_are_found_by_their_stored_names_on_a_case_insensitive_file_system(dataset_copy, monkeypatch) -> None:
+    root = dataset_copy()
+    masks = root / "ground_truth" / "scratch"
+    (masks / "000_mask.png").rename(masks / "000_mask.PNG")
+    real_is_file = Path.is_file
+
+    def case_insensitive_is_file(self: Path, *args, **kwargs) -> bool:  # as macOS and Windows answer a probe
+        try:
+            return real_is_file(self) or any(p.name.lower() == self.name.lower() for p in self.parent.iterdir())
+        except OSError:
+            return False
+
+    monkeypatch.setattr(Path, "is_file", case_insensitive_is_file)
+    sample = next(s for s in index_mvtec(root).subsets["test"] if s.path.endswith("scratch/000.png"))
+    assert sample.mask_path == str(masks / "000_mask.PNG")  # before: found as 000_mask.png, then "has two masks"
+
+
 def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:
     import importlib.util
 

@@ -139,7 +139,7 @@ def _check_layout(folder: Path) -> None:
 def _index_subset(folder: Path, mask_dir: Path | None) -> list[Sample]:
     _check_layout(folder)
     extractor = MvtecClassificationBase(str(folder), merge_policy=None)
-    samples = []
+    samples, listings = [], {}
     for item in extractor:
         path = Path(item.media.path)
         defect = path.parent.name
@@ -147,7 +147,7 @@ def _index_subset(folder: Path, mask_dir: Path | None) -> list[Sample]:
             continue  # deeper than <subset>/<type>/<image> (a tool's folder _check_layout let pass)
         mask_path = None
         if mask_dir is not None and defect not in (GOOD, UNKNOWN):
-            mask_path = _mask_of(mask_dir, defect, path)
+            mask_path = _mask_of(mask_dir, defect, path, listings)
         samples.append(Sample(str(path), _label_of(defect), defect, mask_path))
     return sorted(samples, key=lambda s: s.path)
 
@@ -155,16 +155,28 @@ def _index_subset(folder: Path, mask_dir: Path | None) -> list[Sample]:
 MASK_SUFFIXES = tuple(dict.fromkeys(ext for e in (MvtecPath.MASK_EXT, *IMAGE_EXTENSIONS) for ext in (e, e.upper())))
 
 
-def _mask_of(mask_dir: Path, defect: str, image: Path) -> str | None:
+def _mask_of(
+    mask_dir: Path, defect: str, image: Path, listings: dict[Path, frozenset[str]] | None = None
+) -> str | None:
     """``<mask_dir>/<defect>/<name>_mask.png`` when that file exists (MVTec's naming).
 
     A mask in another image format (``_mask.bmp``, ``_mask.tif``, ``_mask.PNG``) is taken when
-    there is no ``.png`` one.
+    there is no ``.png`` one. Names are matched against the folder's listing (kept in
+    ``listings`` across the images of one indexing), not probed with ``is_file``: on a
+    case-insensitive file system (macOS, Windows) a probe for ``000_mask.png`` finds
+    ``000_mask.PNG`` under the probed spelling, which then matches no listed mask.
     """
+    folder = mask_dir / defect
+    listings = {} if listings is None else listings
+    if folder not in listings:
+        try:
+            listings[folder] = frozenset(entry.name for entry in os.scandir(folder) if entry.is_file())
+        except OSError:  # no such folder, or one this user cannot list
+            listings[folder] = frozenset()
     for suffix in MASK_SUFFIXES:
-        candidate = mask_dir / defect / f"{image.stem}{MvtecPath.MASK_POSTFIX}{suffix}"
-        if candidate.is_file():
-            return str(candidate)
+        name = f"{image.stem}{MvtecPath.MASK_POSTFIX}{suffix}"
+        if name in listings[folder]:
+            return str(folder / name)
     return None
 
 
