@@ -338,6 +338,35 @@ def test_masks_are_found_by_their_stored_names_on_a_case_insensitive_file_system
     assert sample.mask_path == str(masks / "000_mask.PNG")  # before: found as 000_mask.png, then "has two masks"
 
 
+def test_a_folder_is_read_for_the_same_image_types_in_training_and_prediction(dataset_copy, tmp_path: Path) -> None:
+    import importlib.util
+
+    from datumaro.util.image import IMAGE_EXTENSIONS as DATUMARO_IMAGE_EXTENSIONS
+
+    import otx.deploy
+    from otx.data.io import IMAGE_EXTENSIONS
+
+    assert set(IMAGE_EXTENSIONS) == set(DATUMARO_IMAGE_EXTENSIONS)  # what Datumaro's MVTec reader trains on
+    spec = importlib.util.spec_from_file_location(
+        "demo_predict", Path(otx.deploy.__file__).parent / "demo" / "predict.py"
+    )
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    assert demo.EXTENSIONS == IMAGE_EXTENSIONS
+    root = dataset_copy()
+    image = cv2.imread(str(root / "train" / "good" / "000.png"))
+    cv2.imwrite(str(root / "train" / "good" / "100.webp"), image)
+    source = tmp_path / "new_parts"
+    source.mkdir()
+    cv2.imwrite(str(source / "a.webp"), image)
+    cv2.imwrite(str(source / "b.pgm"), image[..., 0])
+    assert any(s.path.endswith("100.webp") for s in index_mvtec(root).subsets["train"])
+    predicted = [Path(s.path).name for s in samples_from_source(source)]  # before: "no images found"
+    assert predicted == ["a.webp", "b.pgm"]
+    assert [p.name for p in demo.find_images(str(source))] == predicted
+    np.testing.assert_array_equal(read_image(source / "b.pgm"), demo.read_rgb(source / "b.pgm"))
+
+
 def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:
     import importlib.util
 

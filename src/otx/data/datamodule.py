@@ -22,7 +22,7 @@ from otx.data.dataset import (
     split_by_names,
     split_validation,
 )
-from otx.data.io import IMAGE_EXTENSIONS, read_image, read_mask
+from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, read_image, read_mask
 from otx.distributed import ShardSampler
 from otx.errors import OTXDataError
 from otx.preprocess import PreProcessor, resize_image, resize_mask  # noqa: F401 - re-exported
@@ -346,5 +346,5 @@ def samples_from_source(source: str | Path) -> list[Sample]:
         if not files and not any(ch in text for ch in "*?["):
             raise OTXDataError(f"source '{text}' does not exist; pass an image file, a folder or a glob pattern")
     if not files:
-        raise OTXDataError(f"no images found at '{text}' (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise OTXDataError(f"no images found at '{text}' (looked for {LOOKED_FOR})")
     return [Sample(str(f), -1, "unknown") for f in files]

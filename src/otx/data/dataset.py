@@ -27,7 +27,7 @@ from datumaro.plugins.data_formats.mvtec.base import MvtecClassificationBase
 from datumaro.plugins.data_formats.mvtec.format import MvtecPath
 from datumaro.util.image import IMAGE_EXTENSIONS as DATUMARO_IMAGE_EXTENSIONS
 
-from otx.data.io import IMAGE_EXTENSIONS, image_header, image_size
+from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, image_header, image_size
 from otx.errors import OTXDataError
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     train = [s for s in subsets.get("train", []) if s.defect == GOOD]
     if not train:
         raise OTXDataError(
-            f"no images in '{train_good}' (looked for {', '.join(IMAGE_EXTENSIONS)}); add normal training images"
+            f"no images in '{train_good}' (looked for {LOOKED_FOR}); add normal training images"
         )
     others = sorted({s.defect for s in subsets["train"]} - {GOOD})
     if others:

@@ -10,7 +10,13 @@ from PIL import Image, UnidentifiedImageError
 
 from otx.errors import OTXDataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# The image files otx reads from a folder, in training (Datumaro's MVTec reader lists these) and in
+# `otx predict --source DIR` alike; the common ones first, for messages.
+IMAGE_EXTENSIONS = (
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".jpe", ".dib", ".pbm", ".pgm",
+    ".ppm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".tga",
+)  # fmt: skip
+LOOKED_FOR = ".png, .jpg, .bmp, .tif, .webp and the other image files OpenCV reads"
 
 
 UNIT_SLACK = 0.01  # a float image within [-0.01, 1.01] is a [0, 1] image with rounding noise

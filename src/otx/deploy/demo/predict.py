@@ -25,7 +25,10 @@ import cv2
 import numpy as np
 import openvino as ov
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+EXTENSIONS = (  # otx's IMAGE_EXTENSIONS: the files otx trains on and predicts from a folder
+    ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".jpe", ".dib", ".pbm", ".pgm",
+    ".ppm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".tga",
+)  # fmt: skip
 
 
 def find_images(source: str) -> list[Path]:
