@@ -93,20 +93,12 @@ def test_layout_without_ground_truth(dataset_copy) -> None:
     ],
 )
 def test_read_image_any_mode_and_depth(tmp_path: Path, suffix: str, make) -> None:
-    import importlib.util
-
-    import otx.deploy
-
     array = make()
     path = tmp_path / f"img{suffix}"
     assert cv2.imwrite(str(path), array)
     image = read_image(path)
     assert image.shape == (30, 40, 3) and image.dtype == np.uint8
-    demo_path = Path(otx.deploy.__file__).parent / "demo" / "predict.py"  # the demo package reads files alike
-    spec = importlib.util.spec_from_file_location("demo_predict", demo_path)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    np.testing.assert_array_equal(demo.read_rgb(path), image)
+    np.testing.assert_array_equal(_demo_package().read_rgb(path), image)  # the demo package reads files alike
     if array.dtype == np.float32:  # rounded to the nearest level (before: floored, one level low)
         levels = np.rint(array * (255 if array.max() <= 1 else 1))
         np.testing.assert_array_equal(image, levels[..., ::-1].astype(np.uint8))  # BGR on disk -> RGB
@@ -338,20 +330,27 @@ def test_masks_are_found_by_their_stored_names_on_a_case_insensitive_file_system
     assert sample.mask_path == str(masks / "000_mask.PNG")  # before: found as 000_mask.png, then "has two masks"
 
 
-def test_a_folder_is_read_for_the_same_image_types_in_training_and_prediction(dataset_copy, tmp_path: Path) -> None:
+def _demo_package():
+    """The demo package's predict.py as a module (it runs without otx installed)."""
     import importlib.util
 
-    from datumaro.util.image import IMAGE_EXTENSIONS as DATUMARO_IMAGE_EXTENSIONS
-
     import otx.deploy
-    from otx.data.io import IMAGE_EXTENSIONS
 
-    assert set(IMAGE_EXTENSIONS) == set(DATUMARO_IMAGE_EXTENSIONS)  # what Datumaro's MVTec reader trains on
     spec = importlib.util.spec_from_file_location(
         "demo_predict", Path(otx.deploy.__file__).parent / "demo" / "predict.py"
     )
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    return demo
+
+
+def test_a_folder_is_read_for_the_same_image_types_in_training_and_prediction(dataset_copy, tmp_path: Path) -> None:
+    from datumaro.util.image import IMAGE_EXTENSIONS as DATUMARO_IMAGE_EXTENSIONS
+
+    from otx.data.io import IMAGE_EXTENSIONS
+
+    assert set(IMAGE_EXTENSIONS) == set(DATUMARO_IMAGE_EXTENSIONS)  # what Datumaro's MVTec reader trains on
+    demo = _demo_package()
     assert demo.EXTENSIONS == IMAGE_EXTENSIONS
     root = dataset_copy()
     image = cv2.imread(str(root / "train" / "good" / "000.png"))
@@ -368,14 +367,7 @@ def test_a_folder_is_read_for_the_same_image_types_in_training_and_prediction(da
 
 
 def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:
-    import importlib.util
-
-    import otx.deploy
-
-    demo_path = Path(otx.deploy.__file__).parent / "demo" / "predict.py"
-    spec = importlib.util.spec_from_file_location("demo_predict", demo_path)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = _demo_package()
     height_map = np.random.default_rng(0).uniform(650, 2200, (20, 30)).astype(np.float32)  # micrometres
     path = tmp_path / "height.tif"
     assert cv2.imwrite(str(path), height_map)
@@ -417,3 +409,4 @@ def test_a_data_root_as_the_source_leaves_its_masks_out(sample_root: Path, caplo
     assert samples and not any("ground_truth" in s.path for s in samples)  # before: masks predicted as images
     assert len(samples) == len(list((root / "train").rglob("*.png"))) + len(list((root / "test").rglob("*.png")))
     assert any("left out 16 mask file(s)" in r.getMessage() for r in caplog.records)
+    assert [str(p) for p in _demo_package().find_images(str(root))] == [s.path for s in samples]  # before: +16 masks

@@ -31,13 +31,31 @@ EXTENSIONS = (  # otx's IMAGE_EXTENSIONS: the files otx trains on and predicts f
 )  # fmt: skip
 
 
+def is_layout_mask(path: Path) -> bool:
+    """``<root>/ground_truth/<defect>/<name>_mask.<ext>`` beside ``<root>/test`` or ``<root>/train`` (otx's rule)."""
+    folder = path.parent.parent
+    return (
+        folder.name == "ground_truth"
+        and path.stem.endswith("_mask")
+        and any((folder.parent / split).is_dir() for split in ("test", "train"))
+    )
+
+
 def find_images(source: str) -> list[Path]:
-    """Image files at a file path, in a folder (recursively) or matching a glob."""
+    """Image files at a file path, in a folder (recursively) or matching a glob.
+
+    A data root in MVTec layout given as the folder: its ground-truth masks are left out, as
+    ``otx predict`` leaves them out.
+    """
     path = Path(source)
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
+        masks = [p for p in files if is_layout_mask(p)]
+        if masks:
+            print(f"left out {len(masks)} mask file(s) under {masks[0].parent.parent} (ground truth, not images)")
+        return [p for p in files if p not in set(masks)]
     return sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS)
 
 
