@@ -111,11 +111,16 @@ def _checked_yaml(path: str) -> str:
     return path
 
 
+def _known_options(verb: str) -> list[str]:
+    """The long options of ``otx <verb>``'s parser, without their dashes (``data.batch_size``)."""
+    return [name[2:] for name in _verb_parser(verb)._option_string_actions if name.startswith("--")]
+
+
 def _not_a_recipe(argv: list[str], verb: str) -> str | None:
     """One line for a ``--config`` file none of whose keys a recipe has (e.g. a run's metrics.json)."""
     import yaml
 
-    top = {name[2:] for name in _verb_parser(verb)._option_string_actions if name.startswith("--") and "." not in name}
+    top = {name for name in _known_options(verb) if "." not in name}
     for i, arg in enumerate(argv):
         path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("=")[2]
         if not (arg == "--config" or arg.startswith("--config=")):
@@ -540,7 +545,7 @@ def _did_you_mean(line: str, verb: str) -> str | None:
     if match is None:
         return None
     option = match.group(1)
-    known = [name for name in _verb_parser(verb)._option_string_actions if name.startswith("--")]
+    known = [f"--{name}" for name in _known_options(verb)]
     if verb != "train":  # model and trainer options are refused by the other verbs (_refuse_train_options)
         known = [name for name in known if not (_is_model_option(name) or _is_trainer_option(name))]
     leaf = option.rsplit(".", 1)[-1].lstrip("-")
@@ -585,7 +590,7 @@ def _near_keys(match: re.Match[str], verb: str | None) -> list[str]:
     if verb not in VERBS:
         return []
     key = match.group(1)
-    known = [name[2:] for name in _verb_parser(verb)._option_string_actions if name.startswith("--")]
+    known = _known_options(verb)
     section = key.rpartition(".")[0]
     if section:  # data.batchsize: among data's keys; dta.val_split: among the sections' keys
         leaf = key.rpartition(".")[2]
