@@ -18,7 +18,7 @@ from otx.deploy import OpenVINOInferencer
 from otx.deploy.graph import resize_antialias
 from otx.deploy.metadata import read_onnx_info
 from otx.engine import Engine
-from otx.errors import OTXDataError, OTXError
+from otx.errors import OTXConfigError, OTXDataError, OTXError
 from otx.models import available_models
 from otx.tasks import Prediction
 
@@ -336,6 +336,25 @@ def test_arrays_of_every_depth_read_as_their_files(exported, sample_root: Path, 
         got = inferencer.predict(array)[0]
         assert got.pred_score == pytest.approx(from_file.pred_score, abs=1e-5), name
         assert got.label_name == from_file.label_name, name
+
+
+def test_one_bad_image_does_not_break_the_inferencer(exported, sample_root: Path) -> None:
+    from otx.data.io import read_image
+
+    inferencer = OpenVINOInferencer(exported("padim", "detection"), device="CPU")
+    image = read_image(sorted((sample_root / "bottle_like" / "test" / "good").glob("*.png"))[0])
+    expected = inferencer.predict(image)[0].pred_score
+    with pytest.raises(OTXDataError, match="an image must have pixels; got an empty array of shape \\(0, 0, 3\\)"):
+        inferencer.predict(np.zeros((0, 0, 3), np.uint8))  # before: OpenVINO's MatMul error
+    assert inferencer.predict(image)[0].pred_score == pytest.approx(expected, abs=1e-6)
+    prepare = inferencer.prepare  # a request that OpenVINO itself fails, between two good ones
+    inferencer.prepare = lambda array: np.zeros((1, 3, 0, 0), np.float32) if array.shape[0] == 1 else prepare(array)
+    with pytest.raises(OTXError, match="OpenVINO failed on an image"):
+        inferencer.infer([image, image[:1], image])
+    inferencer.prepare = prepare
+    assert inferencer.predict(image)[0].pred_score == pytest.approx(expected, abs=1e-6)  # before: the same error again
+    with pytest.raises(OTXConfigError, match="device must be a device name such as 'CPU'.*got 0"):
+        OpenVINOInferencer(exported("padim", "detection"), device=0)  # before: AttributeError
 
 
 def test_export_refuses_an_exported_model_and_a_missing_checkpoint(exported, tmp_path: Path) -> None:

@@ -91,6 +91,8 @@ def to_input(image: np.ndarray) -> np.ndarray:
         chw = array[..., :3].transpose(2, 0, 1)
     else:
         raise OTXDataError(f"an image must have 3 channels (RGB); got shape {array.shape}")
+    if 0 in chw.shape[1:]:  # before: OpenVINO's MatMul error, and every later request failed with it
+        raise OTXDataError(f"an image must have pixels; got an empty array of shape {array.shape}")
     if chw.dtype == np.uint8:
         return np.ascontiguousarray(chw, dtype=np.float32) / np.float32(255.0)
     if np.issubdtype(chw.dtype, np.floating) and chw.size and 0.0 <= float(chw.min()) and float(chw.max()) <= 1.0:
@@ -144,6 +146,8 @@ class OpenVINOInferencer:
         import openvino as ov
 
         self.path = check_model_path(path)
+        if not isinstance(device, str):
+            raise OTXConfigError(f"device must be a device name such as 'CPU', 'GPU' or 'AUTO'; got {device!r}")
         self.device = device.upper()
         if precision_hint not in PRECISION_HINTS:
             raise OTXConfigError(
@@ -200,12 +204,31 @@ class OpenVINOInferencer:
         if num_requests <= 0:
             num_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.num_requests = max(1, num_requests)
-        self.queue = ov.AsyncInferQueue(self.compiled, self.num_requests)
         self._results: dict[int, dict[str, np.ndarray]] = {}
+        self.queue = self._new_queue()
+
+    def _new_queue(self) -> Any:
+        """A request queue whose callback keeps each request's outputs in ``self._results``."""
+        import openvino as ov
+
+        queue = ov.AsyncInferQueue(self.compiled, self.num_requests)
         # A plain function holding the results dict, not a bound method: a queue whose callback
         # references the inferencer forms a cycle that keeps the compiled model (weights and
         # request buffers) alive until Python's cycle collector happens to run.
-        self.queue.set_callback(functools.partial(_store_outputs, self._results, self.output_index))
+        queue.set_callback(functools.partial(_store_outputs, self._results, self.output_index))
+        return queue
+
+    def _settle_queue(self) -> None:
+        """Wait for the queued requests after an error; replace the queue if one of them failed.
+
+        A queue whose request failed raises that error on every later ``wait_all``, so one bad
+        image would fail every later call.
+        """
+        try:
+            self.queue.wait_all()
+        except RuntimeError:
+            self.queue = self._new_queue()
+        self._results.clear()
 
     # --- set-up -----------------------------------------------------------------------------
     def _check_weight_bits(self) -> None:
@@ -285,10 +308,17 @@ class OpenVINOInferencer:
         """
         self._results.clear()
         count = 0
-        for index, image in enumerate(images):
-            self.queue.start_async({0: self.prepare(image)}, userdata=index)
-            count += 1
-        self.queue.wait_all()
+        try:
+            for index, image in enumerate(images):
+                self.queue.start_async({0: self.prepare(image)}, userdata=index)
+                count += 1
+            self.queue.wait_all()
+        except RuntimeError as exc:
+            self._settle_queue()
+            raise OTXError(f"OpenVINO failed on an image ({_first_line(exc)})") from exc
+        except BaseException:  # e.g. OTXDataError from prepare, or Ctrl-C: the queued requests finish first
+            self._settle_queue()
+            raise
         if count == 0:
             height, width = self.info.input_size
             empty = {key: (0, height, width) if "map" in key else (0,) for key in self.output_index}
