@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import cv2
@@ -364,6 +365,26 @@ def test_a_folder_is_read_for_the_same_image_types_in_training_and_prediction(da
     assert predicted == ["a.webp", "b.pgm"]
     assert [p.name for p in demo.find_images(str(source))] == predicted
     np.testing.assert_array_equal(read_image(source / "b.pgm"), demo.read_rgb(source / "b.pgm"))
+
+
+def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp_path: Path, caplog) -> None:
+    source = tmp_path / "parts"
+    for name in ("000.png", "001.png"):
+        (source / "shift_1").mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample_root / "bottle_like" / "test" / "good" / name, source / "shift_1" / name)
+    run = source / "otx-workspace" / "20261203-120000-predict" / "masks"  # `otx predict --source .`'s first outputs
+    run.mkdir(parents=True)
+    shutil.copy(source / "shift_1" / "000.png", run / "000_mask.png")
+    (source / "otx-workspace" / "latest.json").write_text("{}")
+    with caplog.at_level("WARNING", logger="otx"):
+        names = [Path(s.path).relative_to(source).as_posix() for s in samples_from_source(source)]
+    assert names == ["shift_1/000.png", "shift_1/001.png"]  # before: the earlier run's mask too
+    assert any("left out otx's work folder" in r.getMessage() for r in caplog.records)
+    results = source / "results" / "masks"  # the demo package's --output inside the folder
+    results.mkdir(parents=True)
+    shutil.copy(run / "000_mask.png", results / "000_mask.png")
+    found = _demo_package().find_images(str(source), source / "results")
+    assert [p.relative_to(source).as_posix() for p in found] == names
 
 
 def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:

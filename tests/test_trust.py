@@ -166,9 +166,33 @@ def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_on
     for args, said in (
         (["--model", str(tmp_path / "none.xml")], "cannot read the model"),
         (["--precision", "f64"], "invalid choice: 'f64'"),
+        (["--output", str(tiff)], "cannot write results to"),  # before: NotADirectoryError's traceback
     ):
         bad = subprocess.run([*demo, str(tiff), *args], capture_output=True, text=True, timeout=300)
         assert bad.returncode != 0 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    missing = subprocess.run([*demo, str(tmp_path / "nope")], capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 1 and "no such file or folder" in missing.stderr
+    with zipfile.ZipFile(summary["demo_package"]) as archive:  # readable by all, as the files beside them
+        assert {info.filename: info.external_attr >> 16 & 0o777 for info in archive.infolist()}["README.md"] == 0o644
+        assert all(info.external_attr >> 16 & 0o444 == 0o444 for info in archive.infolist())  # before: 0600 for two
+    shutil.copy(source, tiff.parent / "b.png")
+    results = tiff.parent / "results"  # inside the folder predicted, run twice, then on one image
+    for target, names in (
+        (tiff.parent, ["b.png", "float.tif"]),
+        (tiff.parent, ["b.png", "float.tif"]),
+        (tiff, ["float.tif"]),
+    ):
+        run = subprocess.run(
+            [*demo, str(target), "--output", str(results), "--device", "cpu"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr
+        records = json.loads((results / "results.json").read_text())
+        assert [Path(r["image"]).name for r in records] == names  # before: its own masks, then 4 images
+        masks = sorted(p.relative_to(results).as_posix() for p in (results / "masks").iterdir())
+        assert masks == sorted(r["mask"] for r in records)  # before: the first run's masks stayed
 
 
 @pytest.mark.parametrize("damage", ["pixels", "header"])

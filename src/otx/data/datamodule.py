@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from otx.distributed import ShardSampler
 from otx.errors import OTXDataError
 from otx.preprocess import PreProcessor, resize_image, resize_mask  # noqa: F401 - re-exported
 from otx.validate import check_bool, check_int, check_number, check_path
+from otx.workdir import LATEST
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +327,25 @@ def _is_layout_mask(path: Path) -> bool:
     )
 
 
+def _images_under(folder: Path) -> list[Path]:
+    """Image files in ``folder`` and its subfolders, leaving out otx's own work folders.
+
+    A folder with ``latest.json`` is a ``--work_dir``: its predicted masks and overlays are not
+    new parts (``otx predict --source .`` run twice would otherwise predict its first outputs).
+    """
+    files, skipped = [], []
+    for top, dirs, names in os.walk(folder):
+        if top != str(folder) and LATEST in names:
+            skipped.append(top)
+            dirs.clear()
+            continue
+        dirs.sort()
+        files.extend(Path(top, name) for name in names if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
+    if skipped:
+        log.warning("left out otx's work folder %s (its outputs are not images to predict)", ", ".join(skipped))
+    return files
+
+
 def samples_from_source(source: str | Path) -> list[Sample]:
     """Images to predict from a file, a folder (searched recursively) or a glob pattern."""
     text = str(source)
@@ -332,7 +353,7 @@ def samples_from_source(source: str | Path) -> list[Sample]:
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(_images_under(path))
         masks = [p for p in files if _is_layout_mask(p)]
         if masks:  # a data root given as the source: its ground-truth masks are not images to predict
             files = [p for p in files if not _is_layout_mask(p)]

@@ -245,9 +245,7 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
             subsets[name] = _index_subset(root / name, mask_dir if has_masks else None)
     train = [s for s in subsets.get("train", []) if s.defect == GOOD]
     if not train:
-        raise OTXDataError(
-            f"no images in '{train_good}' (looked for {LOOKED_FOR}); add normal training images"
-        )
+        raise OTXDataError(f"no images in '{train_good}' (looked for {LOOKED_FOR}); add normal training images")
     others = sorted({s.defect for s in subsets["train"]} - {GOOD})
     if others:
         log.warning("ignoring train/%s: training uses train/good only", ", train/".join(others))

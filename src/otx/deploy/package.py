@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -41,6 +42,14 @@ def requirements() -> str:
     )
 
 
+def _text_entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry written from a string, readable by all like the files beside it (``writestr`` gives 0600)."""
+    entry = zipfile.ZipInfo(name, date_time=time.localtime()[:6])
+    entry.compress_type = zipfile.ZIP_DEFLATED
+    entry.external_attr = 0o100644 << 16  # a regular file, rw-r--r--
+    return entry
+
+
 def write_demo_package(model_path: Path, zip_path: Path) -> Path:
     """Zip ``model/<name>.xml/.bin``, ``predict.py``, ``requirements.txt`` and a README into ``zip_path``."""
     if model_path.suffix.lower() != ".xml":
@@ -50,7 +59,7 @@ def write_demo_package(model_path: Path, zip_path: Path) -> Path:
         archive.write(model_path, f"model/{model_path.name}")
         archive.write(model_path.with_suffix(".bin"), f"model/{model_path.with_suffix('.bin').name}")
         archive.write(DEMO_DIR / "predict.py", "predict.py")
-        archive.writestr("requirements.txt", requirements())
-        archive.writestr("README.md", README.format(version=__version__, model_file=model_path.name))
+        archive.writestr(_text_entry("requirements.txt"), requirements())
+        archive.writestr(_text_entry("README.md"), README.format(version=__version__, model_file=model_path.name))
     atomic_write_bytes(zip_path, buffer.getvalue())
     return zip_path

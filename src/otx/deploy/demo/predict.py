@@ -41,17 +41,28 @@ def is_layout_mask(path: Path) -> bool:
     )
 
 
-def find_images(source: str) -> list[Path]:
+def find_images(source: str, output: Path | None = None) -> list[Path]:
     """Image files at a file path, in a folder (recursively) or matching a glob.
 
     A data root in MVTec layout given as the folder: its ground-truth masks are left out, as
-    ``otx predict`` leaves them out.
+    ``otx predict`` leaves them out. So are the ``output`` folder and otx's work folders (those
+    with ``latest.json``): their masks are not new images.
     """
     path = Path(source)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
+        files, skipped = [], []
+        output = output.resolve() if output is not None else None
+        for top, dirs, names in os.walk(path):
+            if top != str(path) and ("latest.json" in names or Path(top).resolve() == output):
+                skipped.append(top)
+                dirs.clear()
+                continue
+            files.extend(Path(top, name) for name in names if os.path.splitext(name)[1].lower() in EXTENSIONS)
+        if skipped:
+            print(f"left out {', '.join(skipped)} (earlier results, not images to predict)")
+        files.sort()
         masks = [p for p in files if is_layout_mask(p)]
         if masks:
             print(f"left out {len(masks)} mask file(s) under {masks[0].parent.parent} (ground truth, not images)")
@@ -168,6 +179,7 @@ def main() -> int:
     parser.add_argument("--output", default="results", help="folder for results.json and masks")
     parser.add_argument("--allow_errors", action="store_true", help="exit 0 even if some images cannot be read")
     args = parser.parse_args()
+    args.device = args.device.upper()  # as otx predict: --device cpu is CPU
 
     core = ov.Core()
     if args.device.split(".")[0] not in (
@@ -209,13 +221,26 @@ def main() -> int:
     names = [next(iter(o.get_names())) for o in compiled.outputs]
     score_at, map_at = names.index("pred_score"), names.index("anomaly_map")
 
-    paths = find_images(args.images)
+    paths = find_images(args.images, Path(args.output))
     if not paths:
-        print(f"error: no images found at {args.images}", file=sys.stderr)
+        exists = Path(args.images).exists() or any(ch in args.images for ch in "*?[")
+        what = "no images found at" if exists else "no such file or folder:"
+        print(f"error: {what} {args.images}; pass an image file, a folder or a glob pattern", file=sys.stderr)
         return 1
     stems = output_stems(paths)
     out_dir = Path(args.output)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    try:
+        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        earlier = json.loads((out_dir / "results.json").read_text()) if (out_dir / "results.json").is_file() else []
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot write results to {out_dir} ({exc}); pass --output FOLDER", file=sys.stderr)
+        return 1
+    stale = [out_dir / r["mask"] for r in earlier if isinstance(r, dict) and isinstance(r.get("mask"), str)]
+    for mask in stale:  # an earlier run's masks in this folder: results.json would no longer list them
+        if mask.parent == out_dir / "masks":
+            mask.unlink(missing_ok=True)
+    if stale:
+        print(f"replacing the results of an earlier run in {out_dir}")
     results: dict[int, dict] = {}
 
     def done(request: ov.InferRequest, item: tuple[int, Path, tuple[int, int]]) -> None:
