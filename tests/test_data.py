@@ -387,6 +387,49 @@ def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp
     assert [p.relative_to(source).as_posix() for p in found] == names
 
 
+def test_a_truncated_jpeg_is_unreadable_not_greyed(tmp_path: Path) -> None:
+    import io
+
+    from PIL import Image, ImageFile
+
+    from otx.data.io import jpeg_is_truncated
+
+    image = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8), (5, 5), 0)
+    encoded = {
+        "baseline": cv2.imencode(".jpg", image)[1].tobytes(),
+        "restart markers": cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_RST_INTERVAL, 2])[1].tobytes(),
+        "progressive": cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+        "grayscale": cv2.imencode(".jpg", image[..., 0])[1].tobytes(),
+    }
+    thumbnail = cv2.imencode(".jpg", image[:16, :16])[1].tobytes()  # a whole JPEG inside an APP1 segment
+    base = encoded["baseline"]
+    encoded["thumbnail"] = base[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + base[2:]
+    encoded["trailer"] = base + b"a phone's trailer \xff\xda\x00\x04 after the image"
+    demo = _demo_package()
+    assert not ImageFile.LOAD_TRUNCATED_IMAGES
+    for name, data in encoded.items():
+        cuts = (None,) if name == "trailer" else (None, len(data) // 3, len(data) // 2, len(data) - 40, len(data) - 2)
+        for cut in cuts:
+            part = data if cut is None else data[:cut]
+            try:  # Pillow's decoder as the reference: it refuses a cut-short JPEG
+                with Image.open(io.BytesIO(part)) as pil:
+                    pil.load()
+                pillow_truncated = False
+            except OSError:
+                pillow_truncated = True
+            assert jpeg_is_truncated(part) == pillow_truncated == (cut is not None), (name, cut)
+            assert demo.jpeg_is_truncated(part) == pillow_truncated
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(base[: len(base) // 2])
+    assert cv2.imread(str(path)) is not None  # OpenCV decodes half and greys the rest
+    with pytest.raises(OTXDataError, match="cut.jpg' \\(a truncated JPEG: its data ends before the end-of-image"):
+        read_image(path)  # before: an image, half grey, scored
+    with pytest.raises(ValueError, match="a truncated JPEG"):
+        demo.read_rgb(path)
+    path.write_bytes(encoded["trailer"])
+    np.testing.assert_array_equal(read_image(path), demo.read_rgb(path))
+
+
 def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:
     demo = _demo_package()
     height_map = np.random.default_rng(0).uniform(650, 2200, (20, 30)).astype(np.float32)  # micrometres

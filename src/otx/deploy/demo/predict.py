@@ -93,12 +93,63 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
     return stems
 
 
+def jpeg_is_truncated(data: bytes) -> bool:
+    """Whether ``data`` is a JPEG whose end-of-image marker is missing (``otx.data.io.jpeg_is_truncated``).
+
+    Walks the markers from the start: each segment by its length, the entropy-coded data after
+    each start-of-scan up to the next marker (``FF 00`` stuffing and restart markers skipped), until
+    ``FF D9``. Bytes after it (a phone's trailer) do not count, nor does an embedded thumbnail's
+    marker inside its segment. False for data that does not start as a JPEG.
+    """
+    size = len(data)
+    if data[:2] != b"\xff\xd8":
+        return False
+    pos = 2
+    while True:
+        pos = data.find(b"\xff", pos)  # the next marker (libjpeg skips stray bytes between segments too)
+        if pos < 0:
+            return True
+        while pos < size and data[pos] == 0xFF:  # fill bytes
+            pos += 1
+        if pos >= size:
+            return True
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
+            continue
+        if pos + 2 > size:
+            return True
+        pos += int.from_bytes(data[pos : pos + 2], "big")
+        if marker != 0xDA:
+            continue
+        while True:  # entropy-coded data up to the next marker
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= size:
+                return True
+            following = data[pos + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                pos += 2
+            elif following == 0xFF:
+                pos += 1
+            else:
+                break
+
+
 def read_rgb(path: Path) -> np.ndarray | None:
     """H x W x 3 RGB uint8, as otx reads images (16-bit and float scaled, gray repeated, alpha dropped).
 
-    None when the file cannot be decoded; ``ValueError`` for values otx does not read as levels.
+    None when the file cannot be decoded; ``ValueError`` for a truncated JPEG and for values otx
+    does not read as levels.
     """
-    array = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if jpeg_is_truncated(data):  # OpenCV would decode the part there is and grey the rest
+        raise ValueError("a truncated JPEG: its data ends before the end-of-image marker")
+    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         return None
     if array.dtype == np.uint16:
@@ -267,7 +318,7 @@ def main() -> int:
         try:
             image = read_rgb(path)
             reason = "cannot decode image"
-        except ValueError as exc:  # out of the levels otx reads
+        except ValueError as exc:  # a truncated JPEG, or out of the levels otx reads
             image, reason = None, f"cannot read image: {exc}"
         if image is None:
             results[index] = {"image": str(path), "score": None, "label": "error", "error": reason}
