@@ -21,7 +21,7 @@ from otx.checkpoint import load_checkpoint
 from otx.data import AnomalyDataModule
 from otx.data.sample import DEFECT_TYPES
 from otx.engine import Engine
-from otx.errors import OTXDataError, OTXError
+from otx.errors import OTXConfigError, OTXDataError, OTXError
 from otx.models import Padim, Stfpm
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
@@ -472,7 +472,7 @@ def test_training_twice_starts_from_the_model_as_given(sample_root: Path, tmp_pa
     assert engine.train().model == "Padim"
 
 
-def test_python_callers_are_told_the_python_argument_names(tmp_path: Path, capsys) -> None:
+def test_python_callers_are_told_the_python_argument_names(sample_root: Path, tmp_path: Path, capsys) -> None:
     """The same mistake names ``checkpoint=PATH`` through the Engine and ``--checkpoint PATH`` through the CLI."""
     from otx.cli import main
 
@@ -487,6 +487,11 @@ def test_python_callers_are_told_the_python_argument_names(tmp_path: Path, capsy
     assert main(["test", "--work_dir", str(empty)]) == 1
     err = capsys.readouterr().err
     assert "--checkpoint PATH" in err and "`otx train`" in err and "checkpoint=" not in err
+    with pytest.raises(OTXConfigError, match=r"no model given; pass model=, e\.g\. Engine\(model=Padim\(\)"):
+        Engine(work_dir=empty).train()  # before: "pass a model (e.g. --config ...)"
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    with pytest.raises(OTXConfigError, match="unexpected keyword argument 'max_epoch'; did you mean 'max_epochs'\\?"):
+        Engine(model=Padim(pretrained=False), data=data, work_dir=empty, trainer={"max_epoch": 1}).train()
 
 
 @pytest.mark.parametrize(
@@ -500,6 +505,10 @@ def test_python_callers_are_told_the_python_argument_names(tmp_path: Path, capsy
         ("set --model.init_args.input_mode keep_aspect", "set the model's input_mode keep_aspect"),
         ("(--trainer.devices, --trainer.num_nodes)", '(trainer["devices"], trainer["num_nodes"])'),
         ("resume with --max_epochs above 3", "resume with max_epochs above 3"),
+        (
+            "pass --model.init_args.weights FILE, or set --model.init_args.pretrained false",
+            "pass the model's weights=FILE, or set the model's pretrained=False",
+        ),
         (
             "`otx train --help` lists them; `otx find --what backbones`",
             "`otx train --help` lists them; `otx find --what backbones`",

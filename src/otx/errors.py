@@ -30,7 +30,10 @@ _VERB = re.compile(rf"`otx ({_VERBS})`|(?<![`\w])otx ({_VERBS})\b(?! -)")
 _VALUE = r"(?:[ =](?P<value>[A-Z][A-Z0-9_]*\b|\d+\b|true\b|false\b))?"
 _ARG_NAMES = {"data_root": "data", "format": "export_format"}  # the Engine's name where it differs
 _SPELLINGS = (
-    (re.compile(r"--model\.init_args\.(\w+)"), lambda m: f"the model's {m.group(1)}"),
+    (
+        re.compile(r"--model\.init_args\.(\w+)" + _VALUE),
+        lambda m: f"the model's {m.group(1)}" + (f"={_python_value(m.group('value'))}" if m.group("value") else ""),
+    ),
     (re.compile(r"--trainer\.(\w+)"), lambda m: f'trainer["{m.group(1)}"]'),
     (
         re.compile(

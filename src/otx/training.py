@@ -313,7 +313,7 @@ def build_trainer(
             **settings,
         )
     except TypeError as exc:
-        raise OTXConfigError(f"trainer: {exc}; `otx train --help` lists the trainer options") from exc
+        raise OTXConfigError(f"trainer: {exc}; {_nearest_trainer_argument(str(exc))}") from exc
     except Exception as exc:  # Lightning's MisconfigurationException and ValueError: one line
         if (
             not isinstance(exc, ValueError | RuntimeError | ImportError)
@@ -464,3 +464,17 @@ def check_resume(
             f"cannot resume from '{state_path}': this command trains otherwise than the interrupted run "
             f"({'; '.join(changes)}); resume with its options ({config_path})"
         )
+
+
+def _nearest_trainer_argument(problem: str) -> str:
+    """``did you mean 'max_epochs'?`` for Lightning's "unexpected keyword argument 'max_epoch'", else where to look."""
+    import difflib
+    import inspect
+    import re
+
+    unknown = re.search(r"unexpected keyword argument '(\w+)'", problem)
+    known = list(inspect.signature(L.Trainer).parameters)
+    near = difflib.get_close_matches(unknown.group(1), known, n=2, cutoff=0.75) if unknown else []
+    if near:
+        return f"did you mean {' or '.join(repr(name) for name in near)}?"
+    return "the trainer takes lightning.Trainer's arguments"

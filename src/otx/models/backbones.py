@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from otx.errors import OTXConfigError, OTXWeightsError
+from otx.errors import COMMAND_LINE, OTXConfigError, OTXWeightsError, python_spelling
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -280,11 +280,12 @@ def resolve_weights(spec: BackboneSpec, weights: str | None = None) -> tuple[dic
         except Exception as exc:  # noqa: BLE001 - any download failure
             reason = f"download failed ({exc.__class__.__name__})"
     install = f"`{spec.install}`, " if spec.install else ""
-    raise OTXWeightsError(
+    message = (
         f"no ImageNet weights for backbone '{spec.name}': searched {'; '.join(searched)}; {reason}. "
         f"Fix: {install}pass --model.init_args.weights FILE, fill the cache while online, use backbone "
         f"efficientnet_lite0 (weights ship with otx), or set --model.init_args.pretrained false"
     )
+    raise OTXWeightsError(message if COMMAND_LINE.get() else python_spelling(message))  # Padim(...) in Python
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:
