@@ -430,6 +430,24 @@ def test_a_truncated_jpeg_is_unreadable_not_greyed(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_image(path), demo.read_rgb(path))
 
 
+def test_twelve_bit_data_in_sixteen_bit_files_is_named(dataset_copy, caplog) -> None:
+    root = dataset_copy()
+    files = sorted((root / "train" / "good").glob("*.png"))
+    grey = {path: cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) for path in files}
+    for scale in (16, 257):  # 12-bit data as a machine camera stores it, then the full 16-bit range
+        for path, levels in grey.items():
+            assert cv2.imwrite(str(path), levels.astype(np.uint16) * scale)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="otx"):
+            index_mvtec(root)
+        said = [r.getMessage() for r in caplog.records if "16-bit files" in r.getMessage()]
+        if scale == 16:
+            assert read_image(files[0]).max() <= 16  # what otx trains on: 16 grey levels of 256
+            assert len(said) == 1 and "(12-bit data" in said[0] and "multiply by 16" in said[0]
+        else:
+            assert not said
+
+
 def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:
     demo = _demo_package()
     height_map = np.random.default_rng(0).uniform(650, 2200, (20, 30)).astype(np.float32)  # micrometres

@@ -27,7 +27,7 @@ from datumaro.plugins.data_formats.mvtec.base import MvtecClassificationBase
 from datumaro.plugins.data_formats.mvtec.format import MvtecPath
 from datumaro.util.image import IMAGE_EXTENSIONS as DATUMARO_IMAGE_EXTENSIONS
 
-from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, image_header, image_size
+from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, image_header, image_size, sixteen_bit_peak
 from otx.errors import OTXDataError
 
 log = logging.getLogger(__name__)
@@ -277,6 +277,7 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
             len(turned),
             Path(turned[0]).relative_to(root),
         )
+    _warn_narrow_sixteen_bit(root, subsets.get("train", []))
     if mask_dir is None:
         return unreadable
     by_mask = {s.mask_path: s for samples in subsets.values() for s in samples if s.mask_path}
@@ -304,6 +305,35 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
             Path(lossy[0]).relative_to(root),
         )
     return unreadable
+
+
+NARROW_PEAK = 4096  # 16-bit files whose values stay below this hold 12 bits or fewer (a machine camera's)
+
+
+def _warn_narrow_sixteen_bit(root: Path, train: list[Sample], count: int = 3) -> None:
+    """Warn when the first training images are 16-bit files holding 12 bits or fewer.
+
+    otx (like OpenCV and anomalib's readers) scales 16-bit images by 65535: 12-bit data reads as 16
+    grey levels of 256, nearly black, and nothing else would say so. Three files are decoded.
+    """
+    peaks = []
+    for sample in train[:count]:
+        peak = sixteen_bit_peak(sample.path)
+        if peak is None:
+            return
+        peaks.append(peak)
+    if peaks and max(peaks) < NARROW_PEAK:
+        top = max(peaks)
+        log.warning(
+            "the training images are 16-bit files whose values stay at or below %d (%d-bit data, e.g. %s): otx "
+            "scales 16-bit images by 65535, so they read as %d of 256 grey levels; scale the files to the full "
+            "16-bit range first (multiply by %d)",
+            top,
+            max(top.bit_length(), 1),
+            Path(train[0].path).relative_to(root),
+            top // 257 + 1,
+            2 ** (16 - max(top.bit_length(), 1)),
+        )
 
 
 def _refuse_unmatched_mask(root: Path, mask: Path, by_name: dict[tuple[str, str], Sample]) -> NoReturn:

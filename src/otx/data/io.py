@@ -129,6 +129,15 @@ def jpeg_is_truncated(data: bytes) -> bool:
                 break
 
 
+def sixteen_bit_peak(path: str | Path) -> int | None:
+    """The largest value of a 16-bit image file, None for other depths or a file that cannot be decoded."""
+    try:
+        array = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    except (OSError, cv2.error):
+        return None
+    return int(array.max()) if array is not None and array.dtype == np.uint16 and array.size else None
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a ground-truth mask as an ``H x W`` bool array (True: defect).
 
