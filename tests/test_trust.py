@@ -564,6 +564,41 @@ def test_without_normal_validation_images_the_cause_is_said_and_one_class_metric
     assert "n/a" in out and "nan" not in out  # the AUROC of one class, null in metrics.json
 
 
+def test_a_one_class_test_split_is_not_called_a_broken_model(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:
+    for kept in ("defects", "good"):
+        root = dataset_copy().rename(tmp_path / f"only_{kept}")
+        for folder in (root / "test").iterdir():
+            if (folder.name == "good") == (kept == "defects"):
+                shutil.rmtree(folder)
+        if kept == "good":
+            shutil.rmtree(root / "ground_truth")
+        work_dir = tmp_path / kept
+        engine = Engine(data=AnomalyDataModule(str(root), num_workers=0), work_dir=work_dir)
+        result = engine.test(checkpoint=trained_padim["checkpoint"])
+        # before: "flags every image as anomalous" for defects only, "flags nothing" for good only
+        assert not any("threshold" in w and "every test score" in w for w in result["warnings"]), result["warnings"]
+        metrics = json.loads((work_dir / latest(work_dir)["test"] / "metrics.json").read_text())["metrics"]
+        assert metrics["image_AUROC"] is None
+        if kept == "good":
+            assert metrics["image_F1"] is None  # 0 / 0 (before: 0.0)
+        report = (work_dir / latest(work_dir)["test"] / "report.html").read_text()
+        assert ">nan<" not in report and ">n/a<" in report  # before: nan for the figures one class cannot give
+
+
+def test_a_model_ranking_normal_above_anomalous_is_warned() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from otx.checks import threshold_warnings
+
+    labels = np.array([0] * 20 + [1] * 20)
+    scores = np.where(labels == 1, 1.0, 2.0) + np.random.default_rng(0).normal(0, 0.3, 40)
+    auroc = roc_auc_score(labels, scores)
+    assert auroc < 0.2
+    found = threshold_warnings(scores, labels, 1.5, "image", "test")
+    assert any(f"test image AUROC is {auroc:.3f}, below chance" in w for w in found), found  # before: no warning
+    assert not any("below chance" in w for w in threshold_warnings(-scores, labels, -1.5, "image", "test"))
+
+
 def test_an_anomalous_validation_image_without_a_mask_is_left_out_of_the_pixel_threshold(
     dataset_copy, tmp_path: Path
 ) -> None:

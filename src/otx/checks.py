@@ -78,13 +78,20 @@ def threshold_warnings(
                     f"{split} {what} AUROC is {auroc:.3f}, near chance (0.5): the model barely tells anomalous "
                     f"from normal {plural}; its labels are not reliable (train longer, or try another model)"
                 )
+            elif auroc <= 0.5 - CHANCE_MARGIN:  # worse than chance: ranked the wrong way round
+                found.append(
+                    f"{split} {what} AUROC is {auroc:.3f}, below chance (0.5): the model scores normal {plural} "
+                    f"above anomalous ones; check that the {split} images look like the training images (camera, "
+                    "lighting, position) and that good and defect images are in the right folders"
+                )
     flagged = float(np.mean(scores >= threshold))
-    if flagged == 1.0:
+    one_class = labels is not None and (labels.all() or not labels.any())  # flagging all or none is then right
+    if flagged == 1.0 and not (one_class and labels.all()):
         found.append(
             f"the {what} threshold ({threshold:.6g}) is at or below every {split} score: this model flags every "
             f"{what if what == 'pixel' else 'image'} as anomalous"
         )
-    elif flagged == 0.0:
+    elif flagged == 0.0 and not (one_class and not labels.any()):
         found.append(
             f"the {what} threshold ({threshold:.6g}) is above every {split} score: this model flags nothing as "
             "anomalous"

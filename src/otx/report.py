@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
             value = row.get(c, "")
             if isinstance(value, dict):
                 value = ", ".join(f"{k} {v}" for k, v in value.items())
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                value = "n/a"  # a figure one class cannot give (metrics.json: null), as the console shows it
             cells.append(f"<td>{value:.4f}</td>" if isinstance(value, float) else f"<td>{html.escape(str(value))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
@@ -163,7 +166,7 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     for name, content in plots.items():
         (out_dir / name).write_bytes(content)
     worst = _worst(data, labels, normalized, predicted, out_dir)
-    metric_rows = [{"metric": k, "value": float(v)} for k, v in data.metrics.items()]
+    metric_rows = [{"metric": k, "value": None if v is None else float(v)} for k, v in data.metrics.items()]
     split_rows = [{"split": name, **counts} for name, counts in data.splits.items()]
     sections = [
         f"<h1>otx test report: {html.escape(data.model)} ({html.escape(data.backbone)}), {html.escape(data.task)}</h1>",
