@@ -182,7 +182,7 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
             f"{counts['gray']} of {total} {where} images are grayscale, but the model was trained on colour images: "
             "its scores on them are not comparable"
         )
-    size_range = f"{h_min}-{h_max} x {w_min}-{w_max} (height x width)"
+    size_range = f"{w_min}-{w_max} x {h_min}-{h_max} (width x height)"
     if turned:
         found.append(
             f"{turned} of {total} {where} images are turned on their side: their height and width are the training "

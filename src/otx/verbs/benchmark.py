@@ -77,7 +77,9 @@ def images_to_time(ctx: VerbContext, ckpt: dict[str, Any], input_size: tuple[int
 
     root = data_root_for(ctx, ckpt.get("data") or {}, must_exist=True)
     if root is None:
-        return synthetic_images(count, input_size), f"{count} synthetic images at {input_size[0]}x{input_size[1]}"
+        return synthetic_images(
+            count, input_size
+        ), f"{count} synthetic images at {input_size[1]}x{input_size[0]} (width x height)"
     data = ctx.data.replace(data_root=root)
     data.setup()
     test = [s for s in data.splits["test"] if s.path not in data.index.unreadable] or data.splits["train"]

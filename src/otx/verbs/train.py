@@ -90,16 +90,29 @@ def run(
     if model.input_size_from_data and profile:
         model.choose_input_size(profile["aspect"])
     pre = model.preprocessor
-    if pre.mode == "resize" and profile and (squash := squash_factor(profile["aspect"], pre.input_size)) >= SQUASH_NOTE:
+    if (
+        pre.mode in ("resize", "tile")
+        and profile
+        and (squash := squash_factor(profile["aspect"], pre.input_size)) >= SQUASH_NOTE
+    ):
+        height = pre.input_size[0]
+        shaped = f"[{height},{max(32, round(height * profile['aspect'] / 32) * 32)}]"  # their aspect, stride 32
+        fix = (
+            "consider --model.init_args.input_mode keep_aspect with --model.init_args.input_size null (chosen "
+            f"from the images), or tile with an input_size of their shape (e.g. '{shaped}')"
+            if pre.mode == "resize"
+            else f"give tile an input_size of their shape (e.g. --model.init_args.input_size '{shaped}')"
+        )
         ctx.console.print(
             f"[yellow]note[/]: the training images are {profile['aspect']:.2g}:1 (width:height, median) and "
-            f"resize squashes them {squash:.1f}x into {pre.input_size[1]}x{pre.input_size[0]}; thin or round defects "
-            "bend: consider --model.init_args.input_mode keep_aspect (or tile) with --model.init_args.input_size null "
-            "(docs/input-modes.md)"
+            f"{pre.mode} squashes them "
+            f"{squash:.1f}x into {pre.input_size[1]}x{pre.input_size[0]} (width x height); thin or round defects "
+            f"bend: {fix} (docs/input-modes.md)"
         )
     if pre.mode != "resize":
         tiles = f", {pre.tiles_per_image} tiles of {pre.tile_size} per image" if pre.mode == "tile" else ""
-        ctx.console.print(f"input mode {pre.mode}: images to {pre.input_size[0]}x{pre.input_size[1]}{tiles}")
+        size = f"{pre.input_size[1]}x{pre.input_size[0]} (width x height)"
+        ctx.console.print(f"input mode {pre.mode}: images to {size}{tiles}")
     start = time.perf_counter()
     # Each process gets its share: every training image once for one-pass models (exact statistics),
     # equal padded shares for gradient training; validation images once each (gathered by index).
