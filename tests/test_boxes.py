@@ -142,3 +142,25 @@ def test_tuning_finds_tight_boxes_on_blurred_maps() -> None:
         ap = box_ap(gts, [b for b, _ in found], [s for _, s in found])
         objectives.append(np.mean([ap["box_AP10"], ap["box_AP25"], ap["box_AP50"]]))
     assert np.mean([metrics["box_AP10"], metrics["box_AP25"], metrics["box_AP50"]]) == pytest.approx(max(objectives))
+
+
+def test_anomalous_images_without_a_box_are_named(
+    trained_padim: dict, sample_root: Path, tmp_path: Path, capsys
+) -> None:
+    import torch
+
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+
+    ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=False)
+    ckpt["boxes"] = {**BoxSettings().as_dict(), "threshold": 1.5}  # above every normalised map value
+    strict = tmp_path / "model.ckpt"
+    torch.save(ckpt, strict)
+    engine = Engine(data=AnomalyDataModule(num_workers=0), task="detection", work_dir=tmp_path / "ws")
+    predictions = engine.predict(
+        source=sample_root / "bottle_like" / "test" / "scratch", checkpoint=strict, visualize=False
+    )
+    anomalous = [p for p in predictions if p.label_name == "anomalous"]
+    assert anomalous and not any(len(p.pred_boxes) for p in anomalous)
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{len(anomalous)} image(s) labelled anomalous have no box" in said, said  # before: nothing said

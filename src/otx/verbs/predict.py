@@ -150,6 +150,13 @@ def run(
     predictions = [by_position[i] for i in range(len(samples))]
     predict_s = time.perf_counter() - start
     run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
+    unboxed = [p for p in predictions if adapter.box_level and p.label_name == "anomalous" and not len(p.pred_boxes)]
+    if unboxed:
+        ctx.console.print(
+            f"[yellow]note[/]: {len(unboxed)} image(s) labelled anomalous have no box (e.g. "
+            f"{Path(unboxed[0].image_path).name}): the image score passes its threshold but no region of the map "
+            "reaches the box level; their overlays show where the map is highest"
+        )
     failed = [p for p in predictions if p.label_name == "error"]
     result = PredictResult(
         task=adapter.task.value,
