@@ -385,14 +385,20 @@ def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp
     shutil.copy(run / "000_mask.png", results / "000_mask.png")
     found = _demo_package().find_images(str(source), source / "results")
     assert [p.relative_to(source).as_posix() for p in found] == names
+    (source / "results").rename(source / "results_monday")  # an earlier --output of another name
+    (source / "results_monday" / "results.json").write_text("[]")
+    found = _demo_package().find_images(str(source), source / "results")
+    assert [p.relative_to(source).as_posix() for p in found] == names
+    (source / "shift_1" / "masks").mkdir()  # --output the source folder itself: its masks/ from before
+    shutil.copy(run / "000_mask.png", source / "shift_1" / "masks" / "000_mask.png")
+    found = _demo_package().find_images(str(source / "shift_1"), source / "shift_1")
+    assert [p.name for p in found] == ["000.png", "001.png"]
 
 
 def test_a_truncated_jpeg_is_unreadable_not_greyed(tmp_path: Path) -> None:
     import io
 
     from PIL import Image, ImageFile
-
-    from otx.data.io import jpeg_is_truncated
 
     image = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8), (5, 5), 0)
     encoded = {
@@ -401,33 +407,29 @@ def test_a_truncated_jpeg_is_unreadable_not_greyed(tmp_path: Path) -> None:
         "progressive": cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
         "grayscale": cv2.imencode(".jpg", image[..., 0])[1].tobytes(),
     }
-    thumbnail = cv2.imencode(".jpg", image[:16, :16])[1].tobytes()  # a whole JPEG inside an APP1 segment
     base = encoded["baseline"]
-    encoded["thumbnail"] = base[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + base[2:]
     encoded["trailer"] = base + b"a phone's trailer \xff\xda\x00\x04 after the image"
     demo = _demo_package()
     assert not ImageFile.LOAD_TRUNCATED_IMAGES
+    path = tmp_path / "image.jpg"
     for name, data in encoded.items():
         cuts = (None,) if name == "trailer" else (None, len(data) // 3, len(data) // 2, len(data) - 40, len(data) - 2)
         for cut in cuts:
-            part = data if cut is None else data[:cut]
-            try:  # Pillow's decoder as the reference: it refuses a cut-short JPEG
-                with Image.open(io.BytesIO(part)) as pil:
-                    pil.load()
-                pillow_truncated = False
+            path.write_bytes(data if cut is None else data[:cut])
+            try:  # Pillow's decoder as the reference: it refuses a JPEG cut short
+                with Image.open(io.BytesIO(path.read_bytes())) as pil:
+                    reference = np.asarray(pil.convert("RGB"))
             except OSError:
-                pillow_truncated = True
-            assert jpeg_is_truncated(part) == pillow_truncated == (cut is not None), (name, cut)
-            assert demo.jpeg_is_truncated(part) == pillow_truncated
-    path = tmp_path / "cut.jpg"
-    path.write_bytes(base[: len(base) // 2])
-    assert cv2.imread(str(path)) is not None  # OpenCV decodes half and greys the rest
-    with pytest.raises(OTXDataError, match="cut.jpg' \\(a truncated JPEG: its data ends before the end-of-image"):
-        read_image(path)  # before: an image, half grey, scored
-    with pytest.raises(ValueError, match="a truncated JPEG"):
-        demo.read_rgb(path)
-    path.write_bytes(encoded["trailer"])
-    np.testing.assert_array_equal(read_image(path), demo.read_rgb(path))
+                reference = None
+            assert (reference is None) == (cut is not None), (name, cut)
+            if reference is None:
+                assert cv2.imread(str(path)) is not None  # OpenCV's imread decodes it, the missing rows grey
+                with pytest.raises(OTXDataError, match="cannot decode image .*image.jpg.*truncated"):
+                    read_image(path)  # before: an image, partly grey, scored
+                assert demo.read_rgb(path) is None, (name, cut)  # "cannot decode image"
+            else:
+                assert np.abs(read_image(path).astype(int) - reference).max() <= 3, name  # decoders differ by rounding
+                np.testing.assert_array_equal(read_image(path), demo.read_rgb(path))
 
 
 def test_twelve_bit_data_in_sixteen_bit_files_is_named(dataset_copy, caplog) -> None:

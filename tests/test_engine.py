@@ -492,6 +492,10 @@ def test_python_callers_are_told_the_python_argument_names(sample_root: Path, tm
     data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
     with pytest.raises(OTXConfigError, match="unexpected keyword argument 'max_epoch'; did you mean 'max_epochs'\\?"):
         Engine(model=Padim(pretrained=False), data=data, work_dir=empty, trainer={"max_epoch": 1}).train()
+    trainer = {"enable_model_summary": True, "log_every_n_steps": 1}  # before: "got multiple values for ..."
+    assert Engine(
+        model=Padim(pretrained=False, input_size=(64, 64)), data=data, work_dir=empty, trainer=trainer
+    ).train()
 
 
 @pytest.mark.parametrize(

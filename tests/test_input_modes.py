@@ -240,7 +240,7 @@ def test_on_long_strips_keep_aspect_and_tile_beat_resize_in_aupro(strip_root: Pa
         said = " ".join(capsys.readouterr().err.split())  # the summary and notes (stderr in the Python API)
         assert ("resize squashes them 4.0x into 128x128" in said) == (mode == "resize"), said  # the hint where it helps
         if mode == "resize":  # a fix that runs: before, "tile with input_size null", which tile refuses
-            assert "or tile with an input_size of their shape (e.g. '[128,512]')" in said, said
+            assert "keep_aspect with --model.init_args.input_size null" in said, said
         result = engine.test()
         metrics[mode] = result["metrics"]
         if mode == "keep_aspect":  # pixel AUROC at each image's size, recomputed independently
@@ -303,3 +303,20 @@ def test_keep_aspect_chooses_its_input_from_the_training_images(strip_root: Path
     assert model.preprocessor.input_size == (128, 512) and model.hparams["input_size"] == [128, 512]
     with pytest.raises(OTXConfigError, match="input_size null .* needs input_mode keep_aspect"):
         model_class("Padim")(input_size=None, pretrained=False)
+
+
+@pytest.mark.parametrize("aspect", [4.0, 0.25, 2.5, 0.4])
+@pytest.mark.parametrize(("input_hw", "tile_size"), [((128, 128), 64), ((256, 256), None), ((512, 512), 256)])
+def test_the_squash_note_suggests_a_tile_input_the_tile_mode_takes(aspect, input_hw, tile_size) -> None:
+    import re
+
+    from otx.preprocess import PreProcessor
+    from otx.verbs.train import SQUASH_NOTE, squash_factor, squash_note
+
+    squashed = PreProcessor(input_hw, "tile", tile_size=tile_size)
+    note = squash_note(aspect, squashed)
+    suggested = [int(v) for v in re.search(r"input_size '\[(\d+),(\d+)\]' \(height, width\)", note).groups()]
+    fixed = PreProcessor(suggested, "tile", tile_size=tile_size)  # before: [128,64]-like sizes tile refuses
+    assert squash_factor(aspect, fixed.input_size) < SQUASH_NOTE / 1.5
+    assert squash_note(aspect, fixed) is None
+    assert squash_note(input_hw[1] / input_hw[0], squashed) is None  # images of the input's own shape

@@ -579,8 +579,9 @@ def test_a_one_class_test_split_is_not_called_a_broken_model(trained_padim: dict
         assert not any("threshold" in w and "every test score" in w for w in result["warnings"]), result["warnings"]
         metrics = json.loads((work_dir / latest(work_dir)["test"] / "metrics.json").read_text())["metrics"]
         assert metrics["image_AUROC"] is None
-        if kept == "good":
-            assert metrics["image_F1"] is None  # 0 / 0 (before: 0.0)
+        if kept == "good":  # no anomalous image: F1 is 0 / 0 unless normal ones are flagged (before: 0.0 always)
+            flagged = json.loads((work_dir / latest(work_dir)["test"] / "metrics.json").read_text())["counts"]
+            assert (metrics["image_F1"] is None) == (flagged.get("anomalous", 0) == 0), (metrics, flagged)
         report = (work_dir / latest(work_dir)["test"] / "report.html").read_text()
         assert ">nan<" not in report and ">n/a<" in report  # before: nan for the figures one class cannot give
 

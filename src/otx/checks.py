@@ -79,10 +79,16 @@ def threshold_warnings(
                     f"from normal {plural}; its labels are not reliable (train longer, or try another model)"
                 )
             elif auroc <= 0.5 - CHANCE_MARGIN:  # worse than chance: ranked the wrong way round
+                check = (
+                    f"check that the {split} images look like the training images (camera, lighting, position) "
+                    "and that good and defect images are in the right folders"
+                    if what == "image"
+                    else "check that the masks mark the defects (white on black, not inverted) and line up with "
+                    "their images"
+                )
                 found.append(
                     f"{split} {what} AUROC is {auroc:.3f}, below chance (0.5): the model scores normal {plural} "
-                    f"above anomalous ones; check that the {split} images look like the training images (camera, "
-                    "lighting, position) and that good and defect images are in the right folders"
+                    f"above anomalous ones; {check}"
                 )
     flagged = float(np.mean(scores >= threshold))
     one_class = labels is not None and (labels.all() or not labels.any())  # flagging all or none is then right

@@ -305,9 +305,9 @@ def build_trainer(
             ],
             callbacks=callbacks,
             enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-            enable_model_summary=False,
+            enable_model_summary=settings.pop("enable_model_summary", False),
             num_sanity_val_steps=0,
-            log_every_n_steps=log_every_n_steps,
+            log_every_n_steps=settings.pop("log_every_n_steps", log_every_n_steps),
             default_root_dir=str(run_path),
             use_distributed_sampler=False,  # otx shards the loaders itself (exact splits, otx.distributed)
             **settings,

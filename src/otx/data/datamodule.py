@@ -342,7 +342,8 @@ def _images_under(folder: Path) -> list[Path]:
         dirs.sort()
         files.extend(Path(top, name) for name in names if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
     if skipped:
-        log.warning("left out otx's work folder %s (its outputs are not images to predict)", ", ".join(skipped))
+        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+        log.warning("left out otx's work folder %s%s (its outputs are not images to predict)", skipped[0], more)
     return files
 
 

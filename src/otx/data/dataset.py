@@ -307,6 +307,7 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
     return unreadable
 
 
+SIXTEEN_BIT_TYPES = (".png", ".tif", ".tiff", ".pgm", ".ppm", ".pnm", ".jp2")
 NARROW_PEAK = 4096  # 16-bit files whose values stay below this hold 12 bits or fewer (a machine camera's)
 
 
@@ -318,11 +319,13 @@ def _warn_narrow_sixteen_bit(root: Path, train: list[Sample], count: int = 3) ->
     """
     peaks = []
     for sample in train[:count]:
+        if Path(sample.path).suffix.lower() not in SIXTEEN_BIT_TYPES:  # JPEG and the like: 8 bits, not decoded
+            return
         peak = sixteen_bit_peak(sample.path)
         if peak is None:
             return
         peaks.append(peak)
-    if peaks and max(peaks) < NARROW_PEAK:
+    if peaks and 0 < max(peaks) < NARROW_PEAK:
         top = max(peaks)
         log.warning(
             "the training images are 16-bit files whose values stay at or below %d (%d-bit data, e.g. %s): otx "

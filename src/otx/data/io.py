@@ -16,7 +16,7 @@ IMAGE_EXTENSIONS = (
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".jpe", ".dib", ".pbm", ".pgm",
     ".ppm", ".pnm", ".pxm", ".pfm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".tga",
 )  # fmt: skip
-LOOKED_FOR = ".png, .jpg, .bmp, .tif, .webp and the other image files OpenCV reads"
+LOOKED_FOR = f"{', '.join(IMAGE_EXTENSIONS[:8])} and {len(IMAGE_EXTENSIONS) - 8} rarer image types"
 
 
 UNIT_SLACK = 0.01  # a float image within [-0.01, 1.01] is a [0, 1] image with rounding noise
@@ -58,11 +58,8 @@ def read_image(path: str | Path) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise OTXDataError(f"cannot read image '{path}' ({exc.strerror or exc}); replace or remove the file") from exc
-    if jpeg_is_truncated(data):  # OpenCV decodes the part there is and greys the rest, with no error
-        raise OTXDataError(
-            f"cannot decode image '{path}' (a truncated JPEG: its data ends before the end-of-image marker); "
-            "replace or remove the file"
-        )
+    # From the bytes: imread decodes a JPEG cut short to an image with its missing rows grey (libjpeg's
+    # warning on stderr only); imdecode refuses it, and Pillow's fallback then names it truncated.
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         try:
@@ -83,50 +80,6 @@ def read_image(path: str | Path) -> np.ndarray:
     if array.shape[2] == 4:
         return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
-
-
-def jpeg_is_truncated(data: bytes) -> bool:
-    """Whether ``data`` is a JPEG whose end-of-image marker is missing (a file cut short).
-
-    Walks the markers from the start: each segment by its length, the entropy-coded data after
-    each start-of-scan up to the next marker (``FF 00`` stuffing and restart markers skipped), until
-    ``FF D9``. Bytes after it (a phone's trailer) do not count, nor does an embedded thumbnail's
-    marker inside its segment. False for data that does not start as a JPEG.
-    """
-    size = len(data)
-    if data[:2] != b"\xff\xd8":
-        return False
-    pos = 2
-    while True:
-        pos = data.find(b"\xff", pos)  # the next marker (libjpeg skips stray bytes between segments too)
-        if pos < 0:
-            return True
-        while pos < size and data[pos] == 0xFF:  # fill bytes
-            pos += 1
-        if pos >= size:
-            return True
-        marker = data[pos]
-        pos += 1
-        if marker == 0xD9:
-            return False
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
-            continue
-        if pos + 2 > size:
-            return True
-        pos += int.from_bytes(data[pos : pos + 2], "big")
-        if marker != 0xDA:
-            continue
-        while True:  # entropy-coded data up to the next marker
-            pos = data.find(b"\xff", pos)
-            if pos < 0 or pos + 1 >= size:
-                return True
-            following = data[pos + 1]
-            if following == 0x00 or 0xD0 <= following <= 0xD7:
-                pos += 2
-            elif following == 0xFF:
-                pos += 1
-            else:
-                break
 
 
 def sixteen_bit_peak(path: str | Path) -> int | None:

@@ -224,9 +224,14 @@ class OpenVINOInferencer:
         A queue whose request failed raises that error on every later ``wait_all``, so one bad
         image would fail every later call.
         """
-        try:
-            self.queue.wait_all()
-        except RuntimeError:
+        failed = False
+        for request in self.queue:  # each one: wait_all() raises at the failed request, before the later ones
+            try:
+                request.wait()
+            except RuntimeError:
+                failed = True
+        if failed:
+            self._results = {}  # the new queue's own: nothing of the old one's lands in it
             self.queue = self._new_queue()
         self._results.clear()
 

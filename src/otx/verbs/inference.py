@@ -136,7 +136,7 @@ def evaluate(
     scores = outputs["scores"].numpy()
     pred_labels = (outputs["scores"] >= image_threshold).numpy()
     metrics = image_metrics(scores, labels, pred_labels)
-    if not labels.any():  # F1 has no positives to find: 0 / 0, not 0 (n/a like the one-class AUROC)
+    if not labels.any() and not pred_labels.any():  # 2 TP / (2 TP + FP + FN) = 0 / 0 (n/a like the AUROC)
         metrics["image_F1"] = float("nan")
     defects = [s.defect for s in samples]
     if not adapter.pixel_level or not has_masks:

@@ -155,7 +155,8 @@ def run(
         ctx.console.print(
             f"[yellow]note[/]: {len(unboxed)} image(s) labelled anomalous have no box (e.g. "
             f"{Path(unboxed[0].image_path).name}): the image score passes its threshold but no region of the map "
-            "reaches the box level; their overlays show where the map is highest"
+            "reaches the box level and minimum box area"
+            + ("; their overlays show where the map is highest" if visualize else "")
         )
     failed = [p for p in predictions if p.label_name == "error"]
     result = PredictResult(

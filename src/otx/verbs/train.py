@@ -18,6 +18,7 @@ from otx.checks import image_profile, threshold_warnings, unmasked_warning
 from otx.errors import OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.postprocess import known_pixel_rows
+from otx.preprocess import PreProcessor
 from otx.results import TrainResult
 from otx.scoring import TorchScorer
 from otx.training import build_trainer, check_resume, describe_settings, merge_settings
@@ -34,6 +35,38 @@ def squash_factor(aspect: float, input_hw: tuple[int, int]) -> float:
     """By how much ``resize`` changes a ``aspect`` (width / height) image's aspect ratio at ``input_hw`` (>= 1)."""
     ratio = float(aspect) / (input_hw[1] / input_hw[0])
     return max(ratio, 1.0 / ratio) if ratio > 0 else 1.0
+
+
+def squash_note(aspect: float, pre: PreProcessor) -> str | None:
+    """What to do when ``resize`` or ``tile`` bends images of ``aspect`` (width / height, median); None if little.
+
+    For ``tile`` the input size suggested has the images' aspect, sides in multiples of 32 and at
+    least the tile (a size the tile mode takes).
+    """
+    if pre.mode not in ("resize", "tile") or (squash := squash_factor(aspect, pre.input_size)) < SQUASH_NOTE:
+        return None
+    if pre.mode == "resize":
+        fix = (
+            "consider --model.init_args.input_mode keep_aspect with --model.init_args.input_size null (chosen from "
+            "the images), or input_mode tile with an input_size of their shape"
+        )
+    else:
+        tile, step = pre.tile_size or 32, 32
+        if aspect >= 1:
+            height = max(tile, -(-pre.input_size[0] // step) * step)
+            width = max(tile, round(height * aspect / step) * step)
+        else:
+            width = max(tile, -(-pre.input_size[1] // step) * step)
+            height = max(tile, round(width / aspect / step) * step)
+        fix = (
+            "give tile an input_size of their shape, e.g. "
+            f"--model.init_args.input_size '[{height},{width}]' (height, width)"
+        )
+    return (
+        f"the training images are {aspect:.2g}:1 (width:height, median) and {pre.mode} squashes them {squash:.1f}x "
+        f"into {pre.input_size[1]}x{pre.input_size[0]} (width x height); thin or round defects bend: {fix} "
+        "(docs/input-modes.md)"
+    )
 
 
 def run(
@@ -90,25 +123,8 @@ def run(
     if model.input_size_from_data and profile:
         model.choose_input_size(profile["aspect"])
     pre = model.preprocessor
-    if (
-        pre.mode in ("resize", "tile")
-        and profile
-        and (squash := squash_factor(profile["aspect"], pre.input_size)) >= SQUASH_NOTE
-    ):
-        height = pre.input_size[0]
-        shaped = f"[{height},{max(32, round(height * profile['aspect'] / 32) * 32)}]"  # their aspect, stride 32
-        fix = (
-            "consider --model.init_args.input_mode keep_aspect with --model.init_args.input_size null (chosen "
-            f"from the images), or tile with an input_size of their shape (e.g. '{shaped}')"
-            if pre.mode == "resize"
-            else f"give tile an input_size of their shape (e.g. --model.init_args.input_size '{shaped}')"
-        )
-        ctx.console.print(
-            f"[yellow]note[/]: the training images are {profile['aspect']:.2g}:1 (width:height, median) and "
-            f"{pre.mode} squashes them "
-            f"{squash:.1f}x into {pre.input_size[1]}x{pre.input_size[0]} (width x height); thin or round defects "
-            f"bend: {fix} (docs/input-modes.md)"
-        )
+    if profile and (note := squash_note(profile["aspect"], pre)):
+        ctx.console.print(f"[yellow]note[/]: {note}")
     if pre.mode != "resize":
         tiles = f", {pre.tiles_per_image} tiles of {pre.tile_size} per image" if pre.mode == "tile" else ""
         size = f"{pre.input_size[1]}x{pre.input_size[0]} (width x height)"

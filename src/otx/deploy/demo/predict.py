@@ -45,8 +45,9 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
     """Image files at a file path, in a folder (recursively) or matching a glob.
 
     A data root in MVTec layout given as the folder: its ground-truth masks are left out, as
-    ``otx predict`` leaves them out. So are the ``output`` folder and otx's work folders (those
-    with ``latest.json``): their masks are not new images.
+    ``otx predict`` leaves them out. So are the ``output`` folder (its ``masks/`` too when it is the
+    source itself), earlier outputs of this script (folders with ``results.json``) and otx's work
+    folders (with ``latest.json``): their masks are not new images.
     """
     path = Path(source)
     if path.is_file():
@@ -55,13 +56,16 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
         files, skipped = [], []
         output = output.resolve() if output is not None else None
         for top, dirs, names in os.walk(path):
-            if top != str(path) and ("latest.json" in names or Path(top).resolve() == output):
+            here = Path(top).resolve()
+            earlier = "latest.json" in names or "results.json" in names
+            if (top != str(path) and (earlier or here == output)) or (output and here == output / "masks"):
                 skipped.append(top)
                 dirs.clear()
                 continue
             files.extend(Path(top, name) for name in names if os.path.splitext(name)[1].lower() in EXTENSIONS)
         if skipped:
-            print(f"left out {', '.join(skipped)} (earlier results, not images to predict)")
+            more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+            print(f"left out {skipped[0]}{more} (earlier results, not images to predict)")
         files.sort()
         masks = [p for p in files if is_layout_mask(p)]
         if masks:
@@ -93,62 +97,17 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
     return stems
 
 
-def jpeg_is_truncated(data: bytes) -> bool:
-    """Whether ``data`` is a JPEG whose end-of-image marker is missing (``otx.data.io.jpeg_is_truncated``).
-
-    Walks the markers from the start: each segment by its length, the entropy-coded data after
-    each start-of-scan up to the next marker (``FF 00`` stuffing and restart markers skipped), until
-    ``FF D9``. Bytes after it (a phone's trailer) do not count, nor does an embedded thumbnail's
-    marker inside its segment. False for data that does not start as a JPEG.
-    """
-    size = len(data)
-    if data[:2] != b"\xff\xd8":
-        return False
-    pos = 2
-    while True:
-        pos = data.find(b"\xff", pos)  # the next marker (libjpeg skips stray bytes between segments too)
-        if pos < 0:
-            return True
-        while pos < size and data[pos] == 0xFF:  # fill bytes
-            pos += 1
-        if pos >= size:
-            return True
-        marker = data[pos]
-        pos += 1
-        if marker == 0xD9:
-            return False
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length
-            continue
-        if pos + 2 > size:
-            return True
-        pos += int.from_bytes(data[pos : pos + 2], "big")
-        if marker != 0xDA:
-            continue
-        while True:  # entropy-coded data up to the next marker
-            pos = data.find(b"\xff", pos)
-            if pos < 0 or pos + 1 >= size:
-                return True
-            following = data[pos + 1]
-            if following == 0x00 or 0xD0 <= following <= 0xD7:
-                pos += 2
-            elif following == 0xFF:
-                pos += 1
-            else:
-                break
-
-
 def read_rgb(path: Path) -> np.ndarray | None:
     """H x W x 3 RGB uint8, as otx reads images (16-bit and float scaled, gray repeated, alpha dropped).
 
-    None when the file cannot be decoded; ``ValueError`` for a truncated JPEG and for values otx
+    None when the file cannot be decoded (a JPEG cut short included); ``ValueError`` for values otx
     does not read as levels.
     """
     try:
         data = path.read_bytes()
     except OSError:
         return None
-    if jpeg_is_truncated(data):  # OpenCV would decode the part there is and grey the rest
-        raise ValueError("a truncated JPEG: its data ends before the end-of-image marker")
+    # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
     array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if array is None:
         return None
@@ -282,10 +241,14 @@ def main() -> int:
     out_dir = Path(args.output)
     try:
         (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-        earlier = json.loads((out_dir / "results.json").read_text()) if (out_dir / "results.json").is_file() else []
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         print(f"error: cannot write results to {out_dir} ({exc}); pass --output FOLDER", file=sys.stderr)
         return 1
+    try:  # an earlier run's records name its masks
+        earlier = json.loads((out_dir / "results.json").read_text())
+    except (OSError, ValueError):  # none, or not this script's
+        earlier = []
+    earlier = earlier if isinstance(earlier, list) else []
     stale = [out_dir / r["mask"] for r in earlier if isinstance(r, dict) and isinstance(r.get("mask"), str)]
     for mask in stale:  # an earlier run's masks in this folder: results.json would no longer list them
         if mask.parent == out_dir / "masks":
@@ -318,7 +281,7 @@ def main() -> int:
         try:
             image = read_rgb(path)
             reason = "cannot decode image"
-        except ValueError as exc:  # a truncated JPEG, or out of the levels otx reads
+        except ValueError as exc:  # out of the levels otx reads
             image, reason = None, f"cannot read image: {exc}"
         if image is None:
             results[index] = {"image": str(path), "score": None, "label": "error", "error": reason}
