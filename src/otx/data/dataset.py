@@ -25,7 +25,6 @@ from typing import NoReturn
 import numpy as np
 from datumaro.plugins.data_formats.mvtec.base import MvtecClassificationBase
 from datumaro.plugins.data_formats.mvtec.format import MvtecPath
-from datumaro.util.image import IMAGE_EXTENSIONS as DATUMARO_IMAGE_EXTENSIONS
 
 from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, image_header, image_size, sixteen_bit_peak
 from otx.errors import OTXDataError
@@ -75,7 +74,7 @@ def _label_of(defect: str) -> int:
 def _is_listed_image(name: str) -> bool:
     """Whether Datumaro's MVTec reader takes a file of this name as an image (its extensions, any case)."""
     dot = name.rfind(".")
-    return dot > 0 and name[dot:].lower() in DATUMARO_IMAGE_EXTENSIONS
+    return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS  # Datumaro's list (a test compares them)
 
 
 def _holds_images(folder: str) -> bool:
