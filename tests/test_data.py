@@ -329,6 +329,9 @@ def test_masks_are_found_by_their_stored_names_on_a_case_insensitive_file_system
     monkeypatch.setattr(Path, "is_file", case_insensitive_is_file)
     sample = next(s for s in index_mvtec(root).subsets["test"] if s.path.endswith("scratch/000.png"))
     assert sample.mask_path == str(masks / "000_mask.PNG")  # before: found as 000_mask.png, then "has two masks"
+    (root / "test" / "scratch").rename(root / "test" / "Scratch")  # as on Linux: its masks are named as unmatched
+    with pytest.raises(OTXDataError, match="has no image: expected test/scratch/"):
+        index_mvtec(root)
 
 
 def _demo_package():

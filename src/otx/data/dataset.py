@@ -167,6 +167,13 @@ def _mask_of(
     """
     folder = mask_dir / defect
     listings = {} if listings is None else listings
+    if mask_dir not in listings:  # the type folders as stored: ground_truth/scratch is not test/Scratch's
+        try:
+            listings[mask_dir] = frozenset(entry.name for entry in os.scandir(mask_dir) if entry.is_dir())
+        except OSError:
+            listings[mask_dir] = frozenset()
+    if defect not in listings[mask_dir]:
+        return None
     if folder not in listings:
         try:
             listings[folder] = frozenset(entry.name for entry in os.scandir(folder) if entry.is_file())
