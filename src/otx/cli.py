@@ -816,6 +816,31 @@ def _fold_data_root(argv: list[str]) -> list[str]:
     return _without_option(argv, "--data_root") + ["--data_root", value, "--data.data_root", value]
 
 
+def _asks_print_config(argv: list[str]) -> bool:
+    return any(arg == "--print_config" or arg.startswith("--print_config=") for arg in argv)
+
+
+def _evaluation_config(cfg: Namespace, parser: ArgumentParser) -> str:
+    """``--print_config`` of test, predict, export, optimize and benchmark: the settings they use.
+
+    The model, its settings (thresholds, input size and mode) and the epochs come from the checkpoint
+    or exported model; a recipe's ``model`` and ``trainer`` sections are read by otx train alone.
+    """
+    import yaml
+
+    resolved = yaml.safe_load(parser.dump(cfg, skip_none=False, format="parser_mode"))
+    for key in ("model", "trainer", "max_epochs"):
+        resolved.pop(key, None)
+    checkpoint = resolved.get("checkpoint") or "the latest run in work_dir"
+    head = (
+        f"# the model and its settings (thresholds, input size and mode) come from {checkpoint}; a recipe's\n"
+        "# model and trainer sections are used by otx train only, so they are not shown\n"
+    )
+    if not resolved.get("data_root") and not (resolved.get("data") or {}).get("data_root"):
+        head += "# data_root null: the data the model was trained on\n"
+    return head + yaml.safe_dump(resolved, sort_keys=False)
+
+
 def _main(argv: list[str]) -> int:
     console = make_console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
     errors = make_console(stderr=True)
@@ -827,8 +852,15 @@ def _main(argv: list[str]) -> int:
         if len(argv) > 1 and argv[0] == "find" and not argv[1].startswith("-"):
             argv = ["find", "--what", *argv[1:]]  # `otx find recipes` as `otx find --what recipes`
         parser = build_parser(tuple(argv[:1]))  # only the verb that runs needs its options
+        printing = bool(argv) and argv[0] in VERBS and argv[0] != "train" and _asks_print_config(argv)
+        if printing:  # the evaluation verbs print what they will use, not the recipe's model and trainer
+            argv = [arg for arg in argv if not (arg == "--print_config" or arg.startswith("--print_config="))]
         cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(argv))))
         command = cfg.command
+        if printing:
+            text = _evaluation_config(cfg[command], parser._subcommands_action._name_parser_map[command])
+            console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+            return 0
         if command in VERBS:
             return _run_verb(command, cfg[command], parser._subcommands_action._name_parser_map[command], console)
         elif command == "find":
