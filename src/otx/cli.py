@@ -859,7 +859,7 @@ def _main(argv: list[str]) -> int:
         command = cfg.command
         if printing:
             text = _evaluation_config(cfg[command], parser._subcommands_action._name_parser_map[command])
-            console.print(text, markup=False, highlight=False, soft_wrap=True, end="")
+            console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True, end="")
             return 0
         if command in VERBS:
             return _run_verb(command, cfg[command], parser._subcommands_action._name_parser_map[command], console)
