@@ -91,13 +91,14 @@ def threshold_warnings(
                     f"above anomalous ones; {check}"
                 )
     flagged = float(np.mean(scores >= threshold))
-    one_class = labels is not None and (labels.all() or not labels.any())  # flagging all or none is then right
-    if flagged == 1.0 and not (one_class and labels.all()):
+    all_anomalous = labels is not None and bool(labels.all())  # flagging every one is then right
+    all_normal = labels is not None and not labels.any()  # and flagging none
+    if flagged == 1.0 and not all_anomalous:
         found.append(
             f"the {what} threshold ({threshold:.6g}) is at or below every {split} score: this model flags every "
             f"{what if what == 'pixel' else 'image'} as anomalous"
         )
-    elif flagged == 0.0 and not (one_class and not labels.any()):
+    elif flagged == 0.0 and not all_normal:
         found.append(
             f"the {what} threshold ({threshold:.6g}) is above every {split} score: this model flags nothing as "
             "anomalous"

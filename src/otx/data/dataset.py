@@ -165,25 +165,28 @@ def _mask_of(
     case-insensitive file system (macOS, Windows) a probe for ``000_mask.png`` finds
     ``000_mask.PNG`` under the probed spelling, which then matches no listed mask.
     """
-    folder = mask_dir / defect
     listings = {} if listings is None else listings
-    if mask_dir not in listings:  # the type folders as stored: ground_truth/scratch is not test/Scratch's
-        try:
-            listings[mask_dir] = frozenset(entry.name for entry in os.scandir(mask_dir) if entry.is_dir())
-        except OSError:
-            listings[mask_dir] = frozenset()
-    if defect not in listings[mask_dir]:
+    if defect not in _listed(
+        listings, mask_dir, folders=True
+    ):  # the type folders as stored: ground_truth/scratch, not Scratch
         return None
-    if folder not in listings:
-        try:
-            listings[folder] = frozenset(entry.name for entry in os.scandir(folder) if entry.is_file())
-        except OSError:  # no such folder, or one this user cannot list
-            listings[folder] = frozenset()
+    folder = mask_dir / defect
+    names = _listed(listings, folder, folders=False)
     for suffix in MASK_SUFFIXES:
         name = f"{image.stem}{MvtecPath.MASK_POSTFIX}{suffix}"
-        if name in listings[folder]:
+        if name in names:
             return str(folder / name)
     return None
+
+
+def _listed(listings: dict[Path, frozenset[str]], folder: Path, folders: bool) -> frozenset[str]:
+    """The names of the subfolders (or files) in ``folder`` as stored, listed once per indexing."""
+    if folder not in listings:
+        try:
+            listings[folder] = frozenset(e.name for e in os.scandir(folder) if (e.is_dir() if folders else e.is_file()))
+        except OSError:  # no such folder, or one this user cannot list
+            listings[folder] = frozenset()
+    return listings[folder]
 
 
 def layout_mask(image: str | Path) -> str | None:
