@@ -184,6 +184,23 @@ def test_optimize_from_checkpoint_exports_first_and_uses_subset_size(trained_pad
     assert json.loads((tmp_path / "latest.json").read_text())["optimize"].endswith(run.name)
 
 
+def test_an_fp16_export_is_named_as_the_reference_not_fp32(exported, sample_root: Path, tmp_path: Path) -> None:
+    # Quantising an FP16 IR checks the INT8 model against that IR (its thresholds recalibrated at
+    # export), so the table, the record and the warning must not call it FP32.
+    source = exported("padim", precision="FP16")
+    result = run_otx(
+        "optimize", "--checkpoint", str(source), "--data_root", str(sample_root / "bottle_like"),
+        "--subset_size", "10", "--work_dir", str(tmp_path), "--data.num_workers", "0", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "INT8 vs FP16 IR on" in out and "vs FP32" not in out
+    assert "is an FP16 IR; the INT8 model is checked against it, not against FP32" in out
+    summary = json.loads(next(tmp_path.glob("*-optimize/metrics.json")).read_text())
+    assert summary["decisions"]["reference"] == "FP16 IR"
+    assert read_model_info(summary["optimized_model"]).raw["otx_quantized_from"] == source.name
+
+
 def test_accuracy_control_bounds_the_auroc_and_f1_drop(exported, sample_root: Path, tmp_path: Path) -> None:
     # Through the command line, in its own process: NNCF's accuracy control compiles and ranks
     # models in threads, and after the rest of this suite has run in one process it crashed that

@@ -95,13 +95,20 @@ def _decisions(console: Console, result: ExportResult | OptimizeResult, name: st
     AUROC, F1 at the thresholds and label agreement with FP32.
     """
     decisions = result.decisions or {}
+    reference = decisions.get("reference", "FP32")
     if not decisions.get("checked"):
-        console.print(f"[yellow]warning[/]: no validation images; {name}'s decisions were not checked against FP32")
+        console.print(
+            f"[yellow]warning[/]: no validation images; {name}'s decisions were not checked against {reference}"
+        )
         _summary(console, result, {}, name, extra)
         return
-    table = Table(title=f"otx {result.command}: {name} vs FP32 on {decisions['images']} validation images")
+    table = Table(title=f"otx {result.command}: {name} vs {reference} on {decisions['images']} validation images")
     rows = decisions["table"]
-    columns = {"fp32": "FP32", "candidate_fp32_thresholds": f"{name}, FP32 thresholds", "candidate": name}
+    columns = {
+        "fp32": reference,
+        "candidate_fp32_thresholds": f"{name}, {reference.split()[0]} thresholds",
+        "candidate": name,
+    }
     table.add_column("metric")
     for title in columns.values():
         table.add_column(title, justify="right")

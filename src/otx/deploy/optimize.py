@@ -337,23 +337,26 @@ def full_range_image_quantizers(ov_model: Any) -> int:
 
 
 def keep_decisions(
-    candidate: Any, validation: ValidationData | None, stats: dict[str, float]
+    candidate: Any, validation: ValidationData | None, stats: dict[str, float], reference: str = "FP32"
 ) -> tuple[Any, dict[str, Any]]:
     """Check a candidate's decisions against the FP32 model's on the validation split; recalibrate.
 
     ``candidate`` is an INT8 or FP16 model with raw outputs (``with_raw_outputs``), ``stats`` the
-    FP32 model's statistics. Returns the model to save (the four outputs of an export, its
-    post-processor recalibrated where that keeps FP32's decisions) and a record: the statistics,
+    reference model's statistics; ``reference`` names that model in the record and the messages
+    (``FP32``, or ``FP16 IR`` when an FP16 export was quantised). Returns the model to save (the
+    four outputs of an export, its post-processor recalibrated where that keeps the reference's
+    decisions) and a record: the statistics,
     the levels recalibrated, and per level AUROC, F1 at the thresholds and label agreement of the
     FP32 model and of the candidate before and after recalibration.
     """
     if validation is None or validation.reference is None:
-        log.warning("no validation images: the decisions of the converted model were not checked against FP32")
-        return replace_postprocessor(candidate, stats), {"checked": False, "stats": dict(stats)}
+        log.warning("no validation images: the decisions of the converted model were not checked against %s", reference)
+        return replace_postprocessor(candidate, stats), {"checked": False, "stats": dict(stats), "reference": reference}
     start = time.perf_counter()
     decisions, table = validation.compare(raw_outputs(compile_f32(candidate), validation.items))
     record = {
         "checked": True,
+        "reference": reference,
         "images": len(validation.reference.scores),
         "recalibrated": decisions.recalibrated,
         "cross_validated": decisions.cross_validated,
@@ -380,6 +383,7 @@ def decision_warning(decisions: dict[str, Any]) -> str | None:
     if not decisions.get("checked"):
         return None
     fp32, mine = decisions["table"]["fp32"], decisions["table"]["candidate"]
+    reference = decisions.get("reference", "FP32")
     agreement = mine["image_label_agreement"]
     if decisions["drop"] <= DECISION_DROP and agreement >= DECISION_AGREEMENT:
         return None
@@ -389,8 +393,9 @@ def decision_warning(decisions: dict[str, Any]) -> str | None:
         if key in fp32 and fp32[key] - mine[key] > DECISION_DROP
     ]
     return (
-        f"The INT8 model does not keep the FP32 model's decisions on the {decisions['images']} validation images: "
-        + ", ".join([*moved, f"{agreement:.1%} of the image labels as FP32's"])
+        f"The INT8 model does not keep the {reference} model's decisions on the {decisions['images']} validation "
+        "images: "
+        + ", ".join([*moved, f"{agreement:.1%} of the image labels as {reference}'s"])
         + f" (otx expects a drop of at most {DECISION_DROP} and {DECISION_AGREEMENT:.0%} of the labels); "
         "check it with otx test before deploying it, or deploy the FP32 or FP16 export"
     )

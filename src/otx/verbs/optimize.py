@@ -73,6 +73,9 @@ def run(
         ctx.console.print(f"checkpoint: {source} (exporting an FP32 IR first)")
         source = export_model(model, run.path, ctx.adapter(ckpt.get("task")).task.value, data=data_record)
     ov_model, info, source = read_exported(source)
+    # The model the INT8 one is checked against: an FP16 export's decisions were themselves checked
+    # against FP32 (and its thresholds recalibrated) when it was exported, so name it as what it is.
+    against = "FP32" if info.precision == "FP32" else f"{info.precision} IR"
     adapter = ctx.adapter(info.task)
     data_info = {**info.data_record(), "data_root": data_record.get("data_root") or training_data_root(source)}
     fingerprint = data_info["fingerprint"]
@@ -113,13 +116,18 @@ def run(
         + f", {bits}-bit weights"
         + (" (auto: this CPU " + ("has" if bits == 8 else "lacks") + " VNNI)" if weight_bits == "auto" else "")
     )
+    if against != "FP32":
+        ctx.console.print(
+            f"note: {source.name} is an {against}; the INT8 model is checked against it, not against FP32 "
+            "(for that, pass the model.ckpt or an FP32 export)"
+        )
     reference = with_raw_outputs(ov_model)
     if validation is not None:
         start = time.perf_counter()
         validation.set_reference(reference, info.stats())
-        log.info("FP32 outputs on %d validation images in %.1f s", n_val, time.perf_counter() - start)
+        log.info("%s outputs on %d validation images in %.1f s", against, n_val, time.perf_counter() - start)
     quantized, record = quantize(reference, scheme, calibration, validation, max_drop, bits)
-    quantized, decisions = keep_decisions(quantized, validation, info.stats())
+    quantized, decisions = keep_decisions(quantized, validation, info.stats(), against)
     quantization = record["scheme"] + ("+accuracy-control" if max_drop is not None else "")
     scheme_summary = record["scheme_summary"] + (
         f"; NNCF accuracy control, max drop {max_drop}" if max_drop is not None else ""
