@@ -281,6 +281,19 @@ def test_images_added_to_the_test_folders_never_take_a_validation_images_place(
     assert "changed since training" not in capsys.readouterr().err
 
 
+def test_test_keeps_the_models_validation_split_and_names_both(trained_padim: dict, sample_root, tmp_path, capsys):
+    # Another split at test time would test on images the thresholds were calibrated on: the
+    # model's split is used, and the warning says which values won over which.
+    args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(sample_root / "bottle_like")]
+    assert main([*args, "--data.val_split", "0.3", "--data.seed", "5", "--work_dir", str(tmp_path)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "using the model's validation split (val_split 0.5, seed 42; given: val_split 0.3, seed 5)" in err
+    tested = {r["image"] for r in json.loads((tmp_path / latest(tmp_path)["test"] / "predictions.json").read_text())}
+    data = AnomalyDataModule(str(sample_root / "bottle_like"))
+    data.setup()
+    assert tested == {s.path for s in data.splits["test"]}
+
+
 # --- 2. INT8 and FP16 keep the decisions (--max_drop bounding F1: test_optimize.py) ------------------------
 
 

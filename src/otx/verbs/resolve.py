@@ -102,7 +102,13 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
         fingerprint and fingerprint == data.index.fingerprint()
     )
     if same and (data.val_split, data.seed) != stored:
-        log.warning("using the model's validation split (val_split/seed) so that test images stay unseen")
+        log.warning(
+            "using the model's validation split (val_split %s, seed %s; given: val_split %s, seed %s) so that "
+            "the test images stay ones it was not fitted or calibrated on",
+            *stored,
+            data.val_split,
+            data.seed,
+        )
         data = data.replace(val_split=stored[0], seed=stored[1])
         data.setup()
     if same and info.get("val_files") is not None:
