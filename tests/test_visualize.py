@@ -15,6 +15,7 @@ import pytest
 from otx.data import AnomalyDataModule
 from otx.data.io import read_mask
 from otx.engine import Engine
+from otx.visualize import upscale_factor
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
 
@@ -36,9 +37,15 @@ def defect_and_good(sample_root: Path) -> tuple[Path, Path, Path]:
     return defect, good, sample_root / "bottle_like" / "ground_truth" / "contamination"
 
 
-def redness(overlay_path: Path) -> np.ndarray:
-    """Red minus blue of an overlay: the heat map is red where the model sees a defect, blue elsewhere."""
+def redness(overlay_path: Path, image_hw: tuple[int, int] = (128, 128)) -> np.ndarray:
+    """Red minus blue of an overlay: the heat map is red where the model sees a defect, blue elsewhere.
+
+    At the image's own size: a small image's overlay is drawn enlarged, each pixel a block.
+    """
     drawn = cv2.cvtColor(cv2.imread(str(overlay_path)), cv2.COLOR_BGR2RGB).astype(np.float32)
+    factor = upscale_factor(image_hw)
+    assert drawn.shape[:2] == (image_hw[0] * factor, image_hw[1] * factor)
+    drawn = drawn[factor // 2 :: factor, factor // 2 :: factor]  # each block's middle pixel
     return drawn[..., 0] - drawn[..., 2]
 
 
@@ -212,3 +219,49 @@ def test_report_opens_in_a_headless_browser(trained_padim: dict, sample_root: Pa
     for alt, complete, width, height in images:
         assert complete and width > 0 and height > 0, alt
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+
+
+def _label_backgrounds(canvas: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Bounding boxes (x, y, w, h) of the pure-black regions: each label's background, one region each."""
+    black = np.all(canvas == 0, axis=-1).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(black, connectivity=8)
+    regions = [tuple(int(v) for v in stats[i, :4]) for i in range(1, count)]
+
+    def inside(a: tuple[int, ...], b: tuple[int, ...]) -> bool:  # the hole of an "o" or "0" within its label
+        return a != b and b[0] <= a[0] and b[1] <= a[1] and a[0] + a[2] <= b[0] + b[2] and a[1] + a[3] <= b[1] + b[3]
+
+    return [r for r in regions if not any(inside(r, other) for other in regions)]
+
+
+def test_a_small_images_overlay_is_enlarged_so_its_label_fits() -> None:
+    from otx.tasks import Prediction
+    from otx.visualize import overlay
+
+    image = np.full((40, 40, 3), 128, np.uint8)
+    image[10:20, 10:20] = (200, 60, 60)
+    mask = np.zeros((40, 40), bool)
+    mask[10:20, 10:20] = True
+    canvas = overlay(image, Prediction("x.png", 0.873, True, pred_mask=mask))
+    height, width = canvas.shape[:2]
+    factor = height // 40
+    assert (height, width) == (40 * factor, 40 * factor) and min(height, width) >= 256
+    # Every pixel became a factor x factor block: away from the drawing the enlarged image is the image.
+    corner = canvas[-3 * factor : -factor, 25 * factor : 35 * factor]
+    assert np.array_equal(corner, np.full((2 * factor, 10 * factor, 3), 128))
+    ((x, y, w, h),) = _label_backgrounds(canvas)
+    assert x + w < width - 1 and y >= 0  # the whole label on the canvas, short of its right edge
+    # A large image is drawn at its own size.
+    assert overlay(np.full((300, 500, 3), 128, np.uint8), Prediction("y.png", 0.1, False)).shape == (300, 500, 3)
+
+
+def test_box_scores_do_not_cover_each_other_or_the_label() -> None:
+    from otx.tasks import Prediction
+    from otx.visualize import overlay
+
+    boxes = np.array([[60, 80, 160, 180], [62, 84, 150, 170], [300, 300, 380, 360]], np.float32)
+    pred = Prediction("z.png", 0.9, True, pred_boxes=boxes, box_scores=np.array([0.91, 0.82, 0.73], np.float32))
+    canvas = overlay(np.full((400, 400, 3), 128, np.uint8), pred)
+    labels = _label_backgrounds(canvas)
+    assert len(labels) == 4  # the image's label and three scores, none merged into another
+    for x, y, w, h in labels:
+        assert x >= 0 and y >= 0 and x + w <= 400 and y + h <= 400

@@ -7,6 +7,7 @@ One function, ``overlay``, serves ``otx predict`` (an image per prediction), the
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import cv2
@@ -27,12 +28,48 @@ def _outline(canvas: np.ndarray, mask: np.ndarray, color: tuple[int, int, int], 
     cv2.drawContours(canvas, contours, -1, color, thickness, lineType=cv2.LINE_AA)
 
 
-def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], color: tuple[int, int, int], scale: float) -> None:
-    thickness = max(1, int(round(scale * 2)))
-    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+Rect = tuple[int, int, int, int]  # x1, y1, x2, y2 of a label's background
+
+
+def _text_box(text: str, origin: tuple[int, int], scale: float) -> Rect:
+    """Where ``_text`` would draw ``text`` with its baseline at ``origin``."""
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, _thickness(scale))
     x, y = origin
-    cv2.rectangle(canvas, (x, y - height - baseline), (x + width + 4, y + baseline), (0, 0, 0), cv2.FILLED)
-    cv2.putText(canvas, text, (x + 2, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+    return x, y - height - baseline, x + width + 4, y + baseline
+
+
+def _thickness(scale: float) -> int:
+    return max(1, int(round(scale * 2)))
+
+
+def _text(canvas: np.ndarray, text: str, origin: tuple[int, int], color: tuple[int, int, int], scale: float) -> Rect:
+    x1, y1, x2, y2 = rect = _text_box(text, origin, scale)
+    cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 0, 0), cv2.FILLED)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(canvas, text, (origin[0] + 2, origin[1]), font, scale, color, _thickness(scale), cv2.LINE_AA)
+    return rect
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _box_label_origin(text: str, box: Rect, scale: float, taken: list[Rect], size: tuple[int, int]) -> tuple[int, int]:
+    """Where a box's score goes (its baseline's start).
+
+    Above the box's top-left corner, else just inside it, else below it: the first place that
+    covers no label drawn before and stays on the canvas (else above, moved onto the canvas).
+    """
+    x1, y1, _, y2 = box
+    height, width = size
+    first = _text_box(text, (0, 0), scale)
+    above = -first[1]  # the text's height over its baseline
+    candidates = [(x1, y1 - 2), (x1, y1 + above + 2), (x1, y2 + above + 2)]
+    for origin in candidates:
+        rect = _text_box(text, (min(origin[0], max(0, width - first[2])), origin[1]), scale)
+        if rect[1] >= 0 and rect[3] <= height and not any(_overlaps(rect, t) for t in taken):
+            return rect[0], origin[1]
+    return min(x1, max(0, width - first[2])), max(y1 - 2, above)
 
 
 def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | None = None) -> np.ndarray:
@@ -46,30 +83,60 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
     - the label and normalised score as text, red for anomalous, green for normal, and a frame
       of the same colour.
     """
-    canvas = np.ascontiguousarray(image[..., :3], dtype=np.uint8).copy()
+    factor = upscale_factor(image.shape[:2])
+    canvas = _enlarge(np.ascontiguousarray(image[..., :3], dtype=np.uint8), factor).copy()
     height, width = canvas.shape[:2]
     scale = max(0.4, min(height, width) / 600.0)
     line = max(1, int(round(min(height, width) / 200.0)))
     if prediction.anomaly_map is not None:
-        heat_u8 = np.clip(prediction.anomaly_map * 255.0, 0, 255).astype(np.uint8)
+        heat_u8 = np.clip(_enlarge(prediction.anomaly_map, factor) * 255.0, 0, 255).astype(np.uint8)
         heat = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
         canvas = cv2.addWeighted(canvas, 1.0 - HEAT_WEIGHT, heat, HEAT_WEIGHT, 0.0)
+    color = ANOMALOUS if prediction.pred_label else NORMAL
+    label = f"{prediction.label_name} {prediction.pred_score:.3f}"
+    label_origin = (line + 2, int(24 * scale) + line)
+    taken = [_text_box(label, label_origin, scale)]  # box scores keep off the image's label
+    scores_at: list[tuple[str, tuple[int, int]]] = []
     if prediction.pred_boxes is not None:
         scores = prediction.box_scores if prediction.box_scores is not None else np.ones(len(prediction.pred_boxes))
         for box, score in zip(prediction.pred_boxes, scores, strict=True):
-            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            x1, y1, x2, y2 = (int(round(v * factor)) for v in box)
             cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), BOX, line, cv2.LINE_AA)
-            _text(canvas, f"{score:.2f}", (x1, max(y1 - 2, 12)), BOX, scale * 0.8)
+            text = f"{score:.2f}"
+            origin = _box_label_origin(text, (x1, y1, x2, y2), scale * 0.8, taken, (height, width))
+            taken.append(_text_box(text, origin, scale * 0.8))
+            scores_at.append((text, origin))
     elif prediction.pred_mask is not None:
-        _outline(canvas, prediction.pred_mask, MASK_OUTLINE, line)
+        _outline(canvas, _enlarge(prediction.pred_mask, factor), MASK_OUTLINE, line)
     if gt_mask is not None and gt_mask.any():
-        _outline(canvas, gt_mask, GT_OUTLINE, line)
-    color = ANOMALOUS if prediction.pred_label else NORMAL
+        _outline(canvas, _enlarge(gt_mask, factor), GT_OUTLINE, line)
     cv2.rectangle(canvas, (0, 0), (width - 1, height - 1), color, line)
-    _text(
-        canvas, f"{prediction.label_name} {prediction.pred_score:.3f}", (line + 2, int(24 * scale) + line), color, scale
-    )
+    for text, origin in scores_at:  # text last, so no box or outline crosses it
+        _text(canvas, text, origin, BOX, scale * 0.8)
+    _text(canvas, label, label_origin, color, scale)
     return canvas
+
+
+# Overlays of images whose shorter side is below this are drawn on the image enlarged by a whole
+# factor (each pixel a square block), so the label fits: at 40x40 "anomalous 0.873" was cut after
+# "anom". The longer side stays within MAX_SIDE.
+MIN_SIDE = 256
+MAX_SIDE = 4096
+
+
+def upscale_factor(size: tuple[int, int]) -> int:
+    """The whole factor ``overlay`` enlarges an image of ``size`` (height, width) by; 1 for most images."""
+    short, long = min(size), max(size)
+    if short >= MIN_SIDE or short == 0:
+        return 1
+    return max(1, min(math.ceil(MIN_SIDE / short), MAX_SIDE // max(1, long)))
+
+
+def _enlarge(array: np.ndarray, factor: int) -> np.ndarray:
+    """Each pixel as a ``factor`` x ``factor`` block (masks, maps and images alike)."""
+    if factor == 1:
+        return array
+    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
