@@ -106,3 +106,17 @@ def assert_same_predictions(
             assert len(e.pred_boxes) == len(g.pred_boxes)
             for box in e.pred_boxes:
                 assert max((box_iou(box, other) for other in g.pred_boxes), default=0.0) >= 0.9
+
+
+def demo_package():
+    """The demo package's predict.py as a module (it runs without otx installed)."""
+    import importlib.util
+
+    import otx.deploy
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_predict", Path(otx.deploy.__file__).parent / "demo" / "predict.py"
+    )
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    return demo

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from helpers import demo_package
 from otx.boxes import BoxSettings, boxes_from_map, candidates, tune
 from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask
 from otx.postprocess import mask_to_boxes
@@ -73,14 +74,7 @@ def test_peak_share_fits_each_box_to_its_own_core() -> None:
 @pytest.mark.parametrize("settings", [BoxSettings(), BoxSettings(0.55, 0.05, 0.001, peak=0.5), BoxSettings(peak=0.25)])
 def test_demo_package_cuts_the_boxes_otx_cuts(settings: BoxSettings) -> None:
     """The demo package's script (numpy and OpenCV only) repeats ``boxes_from_map``, core share included."""
-    import importlib.util
-
-    import otx.deploy
-
-    path = Path(otx.deploy.__file__).parent / "demo" / "predict.py"
-    spec = importlib.util.spec_from_file_location("demo_predict", path)
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
+    demo = demo_package()
     yy, xx = np.mgrid[0:120, 0:200].astype(np.float32)
     amap = (
         0.2

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import demo_package
 from otx.data import AnomalyDataModule, index_mvtec
 from otx.data.datamodule import AnomalyDataset, samples_from_source
 from otx.data.dataset import split_validation
@@ -99,7 +100,7 @@ def test_read_image_any_mode_and_depth(tmp_path: Path, suffix: str, make) -> Non
     assert cv2.imwrite(str(path), array)
     image = read_image(path)
     assert image.shape == (30, 40, 3) and image.dtype == np.uint8
-    np.testing.assert_array_equal(_demo_package().read_rgb(path), image)  # the demo package reads files alike
+    np.testing.assert_array_equal(demo_package().read_rgb(path), image)  # the demo package reads files alike
     if array.dtype == np.float32:  # rounded to the nearest level (before: floored, one level low)
         levels = np.rint(array * (255 if array.max() <= 1 else 1))
         np.testing.assert_array_equal(image, levels[..., ::-1].astype(np.uint8))  # BGR on disk -> RGB
@@ -334,27 +335,13 @@ def test_masks_are_found_by_their_stored_names_on_a_case_insensitive_file_system
         index_mvtec(root)
 
 
-def _demo_package():
-    """The demo package's predict.py as a module (it runs without otx installed)."""
-    import importlib.util
-
-    import otx.deploy
-
-    spec = importlib.util.spec_from_file_location(
-        "demo_predict", Path(otx.deploy.__file__).parent / "demo" / "predict.py"
-    )
-    demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(demo)
-    return demo
-
-
 def test_a_folder_is_read_for_the_same_image_types_in_training_and_prediction(dataset_copy, tmp_path: Path) -> None:
     from datumaro.util.image import IMAGE_EXTENSIONS as DATUMARO_IMAGE_EXTENSIONS
 
     from otx.data.io import IMAGE_EXTENSIONS
 
     assert set(IMAGE_EXTENSIONS) == set(DATUMARO_IMAGE_EXTENSIONS)  # what Datumaro's MVTec reader trains on
-    demo = _demo_package()
+    demo = demo_package()
     assert demo.EXTENSIONS == IMAGE_EXTENSIONS
     root = dataset_copy()
     image = cv2.imread(str(root / "train" / "good" / "000.png"))
@@ -386,15 +373,15 @@ def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp
     results = source / "results" / "masks"  # the demo package's --output inside the folder
     results.mkdir(parents=True)
     shutil.copy(run / "000_mask.png", results / "000_mask.png")
-    found = _demo_package().find_images(str(source), source / "results")
+    found = demo_package().find_images(str(source), source / "results")
     assert [p.relative_to(source).as_posix() for p in found] == names
     (source / "results").rename(source / "results_monday")  # an earlier --output of another name
     (source / "results_monday" / "results.json").write_text("[]")
-    found = _demo_package().find_images(str(source), source / "results")
+    found = demo_package().find_images(str(source), source / "results")
     assert [p.relative_to(source).as_posix() for p in found] == names
     (source / "shift_1" / "masks").mkdir()  # --output the source folder itself: its masks/ from before
     shutil.copy(run / "000_mask.png", source / "shift_1" / "masks" / "000_mask.png")
-    found = _demo_package().find_images(str(source / "shift_1"), source / "shift_1")
+    found = demo_package().find_images(str(source / "shift_1"), source / "shift_1")
     assert [p.name for p in found] == ["000.png", "001.png"]
 
 
@@ -412,7 +399,7 @@ def test_a_truncated_jpeg_is_unreadable_not_greyed(tmp_path: Path) -> None:
     }
     base = encoded["baseline"]
     encoded["trailer"] = base + b"a phone's trailer \xff\xda\x00\x04 after the image"
-    demo = _demo_package()
+    demo = demo_package()
     assert not ImageFile.LOAD_TRUNCATED_IMAGES
     path = tmp_path / "image.jpg"
     for name, data in encoded.items():
@@ -454,7 +441,7 @@ def test_twelve_bit_data_in_sixteen_bit_files_is_named(dataset_copy, caplog) -> 
 
 
 def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:
-    demo = _demo_package()
+    demo = demo_package()
     height_map = np.random.default_rng(0).uniform(650, 2200, (20, 30)).astype(np.float32)  # micrometres
     path = tmp_path / "height.tif"
     assert cv2.imwrite(str(path), height_map)
@@ -496,4 +483,4 @@ def test_a_data_root_as_the_source_leaves_its_masks_out(sample_root: Path, caplo
     assert samples and not any("ground_truth" in s.path for s in samples)  # before: masks predicted as images
     assert len(samples) == len(list((root / "train").rglob("*.png"))) + len(list((root / "test").rglob("*.png")))
     assert any("left out 16 mask file(s)" in r.getMessage() for r in caplog.records)
-    assert [str(p) for p in _demo_package().find_images(str(root))] == [s.path for s in samples]  # before: +16 masks
+    assert [str(p) for p in demo_package().find_images(str(root))] == [s.path for s in samples]  # before: +16 masks

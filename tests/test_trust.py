@@ -20,6 +20,7 @@ import torch
 import yaml
 from PIL import Image
 
+from helpers import demo_package
 from otx.cli import main
 from otx.data import AnomalyDataModule
 from otx.data.datamodule import AnomalyDataset
@@ -123,6 +124,8 @@ def test_demo_package_labels_an_unreadable_image_error(trained_padim: dict, data
     folder = dataset_copy() / "test" / "good"
     corrupt(folder / "004.png")
     (folder / "005.png").write_bytes(b"not an image at all")
+    gray = cv2.cvtColor(cv2.imread(str(folder / "000.png")), cv2.COLOR_BGR2GRAY)
+    assert cv2.imwrite(str(folder / "006_gray.png"), gray)  # the model was trained on colour images
     summary = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path / "ws").export(
         trained_padim["checkpoint"], demo_package=True
     )
@@ -132,6 +135,8 @@ def test_demo_package_labels_an_unreadable_image_error(trained_padim: dict, data
     run = subprocess.run(command, capture_output=True, text=True, timeout=300)
     records = {Path(r["image"]).name: r for r in json.loads((tmp_path / "out" / "results.json").read_text())}
     assert run.returncode == 1 and "could not be read" in run.stderr
+    # as otx predict warns: a grayscale image scored by a colour model
+    assert "warning: 1 of " in run.stderr and "images are grayscale, but the model was trained on colour" in run.stderr
     for name in ("005.png",):  # cv2 cannot decode it
         assert records[name]["label"] == "error" and records[name]["score"] is None
     assert sum(r["label"] == "error" for r in records.values()) >= 1
@@ -1047,6 +1052,33 @@ def test_images_on_their_side_are_named_as_turned_not_as_smaller(tmp_path: Path)
     (line,) = profile_warnings(trained, large, "input")
     assert "more than 2x larger" in line
     assert profile_warnings(trained, [write("same", 124, 505)], "input") == []
+
+
+def test_the_demo_package_warns_of_images_unlike_the_training_images_as_otx_does(tmp_path: Path) -> None:
+    from otx.checks import image_profile, profile_warnings
+
+    demo = demo_package()
+
+    def write(name: str, height: int, width: int, channels: int = 1) -> str:
+        path = tmp_path / f"{name}.png"
+        shape = (height, width) if channels == 1 else (height, width, channels)
+        cv2.imwrite(str(path), np.full(shape, 128, np.uint8))
+        return str(path)
+
+    gray_trained = image_profile([write("train_a", 128, 512), write("train_b", 120, 500)])
+    color_trained = image_profile([write("train_c", 128, 512, 3)])
+    inputs = [
+        [write("turned", 512, 128)],
+        [write("small", 40, 150), write("same", 124, 505)],
+        [write("large", 300, 1200, 3), write("color", 125, 505, 3), write("alpha", 125, 505, 4)],
+        [write("same2", 124, 505)],
+    ]
+    for trained in (gray_trained, color_trained):
+        for paths in inputs:
+            seen = [(demo.is_gray(a), *a.shape[:2]) for a in (demo.decode(Path(p)) for p in paths)]
+            ours = profile_warnings(trained, paths, "input")
+            assert demo.profile_notes(trained, seen, len(paths)) == ours
+    assert len(profile_warnings(gray_trained, inputs[2], "input")) == 2  # colour, larger: the cases are covered
 
 
 def test_a_library_error_left_by_a_stop_goes_to_the_log_not_the_terminal(capsys, caplog, monkeypatch) -> None:

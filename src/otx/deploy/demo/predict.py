@@ -97,20 +97,33 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
     return stems
 
 
+def decode(path: Path) -> np.ndarray | None:
+    """The file's pixels as stored (any depth and channel count); None when it cannot be decoded."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+
+
 def read_rgb(path: Path) -> np.ndarray | None:
     """H x W x 3 RGB uint8, as otx reads images (16-bit and float scaled, gray repeated, alpha dropped).
 
     None when the file cannot be decoded (a JPEG cut short included); ``ValueError`` for values otx
     does not read as levels.
     """
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    if array is None:
-        return None
+    array = decode(path)
+    return None if array is None else to_rgb(array)
+
+
+def is_gray(array: np.ndarray) -> bool:
+    """Whether decoded pixels have one channel (otx asks the file header; gray with alpha counts as colour here)."""
+    return array.ndim == 2 or array.shape[2] == 1
+
+
+def to_rgb(array: np.ndarray) -> np.ndarray:
+    """``read_rgb`` of pixels already decoded."""
     if array.dtype == np.uint16:
         array = (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     elif array.dtype == bool:
@@ -179,6 +192,64 @@ def restore(small: np.ndarray, size_hw: tuple[int, int], input_hw: list[int], mo
     return full[:height, :width]
 
 
+SIZE_FACTOR = 2.0  # otx's: images more than this factor smaller or larger than every training image
+
+
+def profile_notes(train: dict | None, seen: list[tuple[bool, int, int]], total: int, where: str = "input") -> list[str]:
+    """The warnings otx predict gives when images differ clearly from the training images.
+
+    ``train`` holds the export's ``channels`` and ``height`` / ``width`` ranges; ``seen`` is
+    ``(grayscale, height, width)`` per image decoded, of ``total`` images. The same lines as
+    ``otx.checks.profile_warnings``.
+    """
+    if not train or not seen:
+        return []
+    found: list[str] = []
+    (h_min, h_max), (w_min, w_max) = train["height"], train["width"]
+
+    def too_small(height: int, width: int) -> bool:
+        return height * SIZE_FACTOR < h_min or width * SIZE_FACTOR < w_min
+
+    def too_large(height: int, width: int) -> bool:
+        return height > h_max * SIZE_FACTOR or width > w_max * SIZE_FACTOR
+
+    gray = sum(g for g, _, _ in seen)
+    color = len(seen) - gray
+    smaller = larger = turned = 0
+    for _, height, width in seen:
+        if too_small(height, width) or too_large(height, width):
+            if not (too_small(width, height) or too_large(width, height)):
+                turned += 1
+            elif too_small(height, width):
+                smaller += 1
+            else:
+                larger += 1
+    if train["channels"] == "gray" and color:
+        found.append(
+            f"{color} of {total} {where} images are colour, but the model was trained on grayscale images: "
+            "its scores on them are not comparable (convert them, or train on such images)"
+        )
+    if train["channels"] == "color" and gray:
+        found.append(
+            f"{gray} of {total} {where} images are grayscale, but the model was trained on colour images: "
+            "its scores on them are not comparable"
+        )
+    size_range = f"{w_min}-{w_max} x {h_min}-{h_max} (width x height)"
+    if turned:
+        found.append(
+            f"{turned} of {total} {where} images are turned on their side: their height and width are the training "
+            f"images' width and height ({size_range}); rotate them as the training images stand, so scores are "
+            "comparable"
+        )
+    for count, how in ((smaller, "smaller"), (larger, "larger")):
+        if count:
+            found.append(
+                f"{count} of {total} {where} images are more than {SIZE_FACTOR:g}x {how} than the training images "
+                f"({size_range}): defects change size with them, so scores shift"
+            )
+    return found
+
+
 def main() -> int:
     """Predict on the images named on the command line; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -216,6 +287,13 @@ def main() -> int:
         return model.get_rt_info(["model_info", key]).astype(str) if model.has_rt_info(["model_info", key]) else default
 
     mode = info("otx_input_mode", "resize")
+    train_profile = None
+    if model.has_rt_info(["model_info", "otx_train_channels"]):
+        train_profile = {
+            "channels": info("otx_train_channels", ""),
+            "height": [int(v) for v in info("otx_train_height", "0 0").split()],
+            "width": [int(v) for v in info("otx_train_width", "0 0").split()],
+        }
     input_hw = [int(v) for v in info("input_size", "256 256").split()]
 
     box_settings = {
@@ -277,12 +355,15 @@ def main() -> int:
 
     queue = ov.AsyncInferQueue(compiled)
     queue.set_callback(done)
+    seen: list[tuple[bool, int, int]] = []  # (grayscale, height, width) of each image read
     for index, path in enumerate(paths):
-        try:
-            image = read_rgb(path)
-            reason = "cannot decode image"
-        except ValueError as exc:  # out of the levels otx reads
-            image, reason = None, f"cannot read image: {exc}"
+        raw, image, reason = decode(path), None, "cannot decode image"
+        if raw is not None:
+            seen.append((is_gray(raw), *raw.shape[:2]))
+            try:
+                image = to_rgb(raw)
+            except ValueError as exc:  # out of the levels otx reads
+                reason = f"cannot read image: {exc}"
         if image is None:
             results[index] = {"image": str(path), "score": None, "label": "error", "error": reason}
             print(f"not predicted: {path}: {reason}", file=sys.stderr)
@@ -290,6 +371,8 @@ def main() -> int:
         tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
         queue.start_async({0: tensor}, userdata=(index, path, image.shape[:2]))
     queue.wait_all()
+    for note in profile_notes(train_profile, seen, len(paths)):  # as otx predict: such scores are not comparable
+        print(f"warning: {note}", file=sys.stderr)
     records = [results[i] for i in range(len(paths))]
     (out_dir / "results.json").write_text(json.dumps(records, indent=1))
     anomalous = sum(r["label"] == "anomalous" for r in records)
