@@ -388,8 +388,8 @@ def _resumed_states(workdir_root: Path) -> set[Path]:
 
 def check_resume(
     state_path: Path, model: Any, entry: dict[str, Any], data_root: str | None, max_epochs: int | None = None
-) -> None:
-    """One line (``OTXError``) when ``state_path`` cannot continue this training; nothing when it can.
+) -> int:
+    """One line (``OTXError``) when ``state_path`` cannot continue this training; else the epochs it finished.
 
     It must be a Lightning training state (what an interrupted multi-epoch ``otx train`` leaves in
     ``checkpoints/``) of the same model: the same tensors, and, where the interrupted run's
@@ -437,11 +437,11 @@ def check_resume(
         )
     config_path = state_path.parent.parent / "config.yaml" if state_path.parent.name == CHECKPOINT_DIR else None
     if config_path is None or not config_path.is_file():
-        return
+        return trained
     try:
         config = yaml.safe_load(config_path.read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return
+        return trained
 
     def plain(value: Any) -> Any:
         return json.loads(json.dumps(value, default=str))
@@ -464,6 +464,7 @@ def check_resume(
             f"cannot resume from '{state_path}': this command trains otherwise than the interrupted run "
             f"({'; '.join(changes)}); resume with its options ({config_path})"
         )
+    return trained
 
 
 def _nearest_trainer_argument(problem: str) -> str:

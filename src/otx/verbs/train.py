@@ -88,8 +88,9 @@ def run(
     data.check_validation_readable()
     settings = merge_settings(model.default_trainer, trainer_args, {"max_epochs": max_epochs})
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
+    first_epoch = 0
     if resume is not None:
-        check_resume(resume, model, model_entry(model), data.data_root, settings.get("max_epochs"))
+        first_epoch = check_resume(resume, model, model_entry(model), data.data_root, settings.get("max_epochs"))
     splits = data.splits
     if not splits["val"]:  # checked before training, not after it
         raise OTXError(
@@ -135,6 +136,11 @@ def run(
     train_loader = data.dataloader(
         "train", model.preprocessor, shuffle=True, shard=(rank, world, "mark" if model.fits_in_one_pass else "repeat")
     )
+    # Lightning creates the training iterator before it sets the resumed epoch on the sampler, and a
+    # loader with workers draws its first batches' indices right then: without this a run resumed
+    # at epoch e saw epoch 0's order in e (and so another model) when num_workers > 0.
+    if first_epoch and hasattr(train_loader.sampler, "set_epoch"):
+        train_loader.sampler.set_epoch(first_epoch)
     val_loader = data.dataloader("val", model.preprocessor, shard=(rank, world, "mark"))
     model.validation_outputs = None
     with warnings.catch_warnings():
