@@ -201,6 +201,21 @@ def test_an_fp16_export_is_named_as_the_reference_not_fp32(exported, sample_root
     assert read_model_info(summary["optimized_model"]).raw["otx_quantized_from"] == source.name
 
 
+def test_an_unmet_max_drop_names_the_metrics_that_fell() -> None:
+    from otx.deploy.optimize import max_drop_warning
+
+    table = {
+        "fp32": {"image_AUROC": 1.0, "image_F1": 0.95, "pixel_AUROC": 0.9532, "pixel_F1": 0.61},
+        "candidate": {"image_AUROC": 0.995, "image_F1": 0.95, "pixel_AUROC": 0.9397, "pixel_F1": 0.605},
+    }
+    record = {"checked": True, "images": 14, "table": table, "drop": 0.0135, "reference": "FP32"}
+    line = max_drop_warning(record, 0.01)
+    assert "drops 0.0135 on the 14 validation images (pixel AUROC 0.9532 -> 0.9397)" in line
+    assert "more than --max_drop 0.01" in line and "image AUROC" not in line  # 0.005 is within 0.01
+    assert max_drop_warning(record, 0.02) is None
+    assert max_drop_warning({"checked": False, "drop": 0.0}, 0.01) is None
+
+
 def test_accuracy_control_bounds_the_auroc_and_f1_drop(exported, sample_root: Path, tmp_path: Path) -> None:
     # Through the command line, in its own process: NNCF's accuracy control compiles and ranks
     # models in threads, and after the rest of this suite has run in one process it crashed that

@@ -374,6 +374,24 @@ DECISION_DROP = 0.02
 DECISION_AGREEMENT = 0.98
 
 
+def max_drop_warning(decisions: dict[str, Any], max_drop: float) -> str | None:
+    """One line when accuracy control could not keep the drop within ``max_drop``: which metrics fell, how far."""
+    if not decisions.get("checked") or decisions["drop"] <= max_drop:
+        return None
+    reference, mine = decisions["table"]["fp32"], decisions["table"]["candidate"]
+    fell = [
+        f"{key.replace('_', ' ')} {reference[key]:.4f} -> {mine[key]:.4f}"
+        for key in ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1")
+        if key in reference and reference[key] - mine[key] > max_drop
+    ]
+    return (
+        f"the INT8 model drops {decisions['drop']:.4f} on the {decisions['images']} validation images ("
+        + ", ".join(fell)
+        + f"), more than --max_drop {max_drop} (written anyway); check it with otx test, or deploy the "
+        f"{decisions.get('reference', 'FP32')} model"
+    )
+
+
 def decision_warning(decisions: dict[str, Any]) -> str | None:
     """One line when the INT8 model's validation decisions fall short of the FP32 model's; None when they hold.
 

@@ -56,6 +56,7 @@ def run(
         choose_calibration,
         decision_warning,
         keep_decisions,
+        max_drop_warning,
         quantize,
         read_exported,
         resolve_weight_bits,
@@ -149,7 +150,9 @@ def run(
         stats=decisions["stats"],
     )
     if max_drop is None and (warning := decision_warning(decisions)):
-        ctx.warn(warning)  # with --max_drop the warning below says it
+        ctx.warn(warning)
+    elif max_drop is not None and (warning := max_drop_warning(decisions, max_drop)):
+        ctx.warn(warning)
     result = OptimizeResult(
         task=adapter.task.value,
         model=info.model_name,
@@ -172,10 +175,4 @@ def run(
         warnings=list(ctx.warnings),
     )
     write_result(run, result)
-    if max_drop is not None and not result.max_drop_met:
-        log.warning(
-            "the INT8 model drops %.4f on the validation split, more than --max_drop %s (written anyway)",
-            decisions["drop"],
-            max_drop,
-        )
     return result
