@@ -170,6 +170,27 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "NoSuchCallback",
         1,
     ),
+    (  # before: no suggestion
+        "train-callback-misspelled",
+        "misspelled value",
+        ["train", "--config", RECIPE, "--trainer.callbacks", '[{{"class_path": "EarlyStoping"}}]'],
+        "no class 'EarlyStoping' (module 'lightning.pytorch.callbacks' has no attribute 'EarlyStoping'); "
+        "did you mean 'EarlyStopping'?",
+        1,
+    ),
+    (  # before: Python's "got an unexpected keyword argument 'patiense'" alone
+        "train-callback-argument",
+        "misspelled key",
+        [
+            "train",
+            "--config",
+            RECIPE,
+            "--trainer.callbacks",
+            '[{{"class_path": "EarlyStopping", "init_args": {{"monitor": "val/image_AUROC", "patiense": 3}}}}]',
+        ],
+        "unexpected keyword argument 'patiense'; did you mean 'init_args.patience'?",
+        1,
+    ),
     (
         "train-resume-missing",
         "missing path",
@@ -228,6 +249,28 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         2,
     ),
     ("train-model-unknown", "wrong value", ["train", "--model", "Padimm"], "expects a model: Padim", 2),
+    (  # before: "--model expects a model: ... (got "{'class_path': 'otx.models.Padimm', 'init_args': {...}}")"
+        "train-config-class-path",
+        "misspelled value",
+        ["train", "--config", "{classyaml}"],
+        "model.class_path in {classyaml} expects a model: Padim, Patchcore, Patchflow, Stfpm, or a class path "
+        "such as otx.models.Padim (got 'otx.models.Padimm'); did you mean otx.models.Padim?",
+        2,
+    ),
+    (  # before: the same dump of the whole section
+        "train-config-init-arg",
+        "misspelled key",
+        ["train", "--config", "{initargyaml}"],
+        "unknown key 'model.init_arg'; did you mean 'model.init_args'?",
+        2,
+    ),
+    (  # before: "--data.batch_size expects ...", an option the user never typed
+        "train-config-type",
+        "wrong type",
+        ["train", "--config", "{typeyaml}"],
+        "data.batch_size in {typeyaml} expects an integer (got 'sixteen')",
+        2,
+    ),
     (
         "train-epochs-twice",
         "conflicting options",
@@ -381,7 +424,13 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
     (base / "metrics.json").write_text('{"image_AUROC": 0.97, "pixel": {"AUROC": 0.75}}\n')
     recipe = Path(resolve_recipe(RECIPE)).read_text()
     (base / "typo.yaml").write_text(recipe.replace("batch_size:", "batchsize:"))
+    (base / "class.yaml").write_text(recipe.replace("class_path: otx.models.Padim", "class_path: otx.models.Padimm"))
+    (base / "initarg.yaml").write_text(recipe.replace("init_args:", "init_arg:"))
+    (base / "type.yaml").write_text(recipe.replace("batch_size: 16", "batch_size: sixteen"))
     return {
+        "classyaml": str(base / "class.yaml"),
+        "initargyaml": str(base / "initarg.yaml"),
+        "typeyaml": str(base / "type.yaml"),
         "badyaml": str(base / "bad.yaml"),
         "emptyyaml": str(base / "empty.yaml"),
         "metricsjson": str(base / "metrics.json"),
@@ -421,12 +470,15 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     assert "Traceback" not in captured.out + captured.err
     assert rc == code, (rc, captured.err)
     assert len(lines) == 1 and lines[0].startswith("error:"), captured.err
+    for key, value in values.items():  # placeholders in the expected message too
+        expected = expected.replace("{" + key + "}", value)
     assert expected in lines[0], lines[0]
     assert "internal error" not in lines[0]
     after = _digest(workspace)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing already written changed
     message = lines[0]
-    files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml")  # before "empty": its path is a prefix of theirs
+    # before "empty": its path is a prefix of theirs
+    files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml")
     for key in (*files, "missing", "ws", "file", "empty", "xml", "ckpt", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")

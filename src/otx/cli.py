@@ -509,6 +509,7 @@ def _expected(text: str) -> str:
         words.append(_TYPE_WORDS["list"])
     if "tuple[int, int]" in text:
         words.append("a pair of integers such as [256,256] (height, width)")
+        words = [word for word in words if word != _TYPE_WORDS["list"]]  # the pair says it better
     words = list(dict.fromkeys(words))
     return " or ".join(words) if words else "another value"
 
@@ -526,15 +527,59 @@ def _bad_value_line(text: str) -> str | None:
     if given is None:
         return None
     if key == "model" and "AnomalyModel" in segment:  # no model class of that name
-        from otx.models import available_models
-
-        names = ", ".join(available_models())
-        return (
-            f"--model expects a model: {names}, or a class path such as otx.models.Padim (got "
-            f"{given.group(1).strip()!r}); or pass --config recipe/<task>/<model>.yaml (`otx find recipes`)"
-        )
+        return _not_a_model(given.group(1).strip())
     expected = _expected(re.split(r"Given value type:|Got value:|Given value:", segment)[0])
     return f"--{key} expects {expected} (got {given.group(1).strip()!r}); `otx <command> --help` lists the options"
+
+
+def _not_a_model(given: str) -> str:
+    """The model value names no model: from the command line a name, from a recipe its ``model`` section."""
+    import ast
+    import difflib
+
+    from otx.models import available_models
+
+    names = available_models()
+    try:
+        section = ast.literal_eval(given)  # a recipe's section arrives as the repr of a dict
+    except (ValueError, SyntaxError):
+        section = given
+    key = "model"
+    if isinstance(section, dict):
+        unknown = sorted(set(section) - {"class_path", "init_args"})
+        if unknown or "class_path" not in section:
+            near = difflib.get_close_matches(unknown[0], ["class_path", "init_args"], n=1) if unknown else []
+            what = f"unknown key 'model.{unknown[0]}'" if unknown else "the model section has no class_path"
+            return what + (f"; did you mean 'model.{near[0]}'?" if near else "; it takes class_path and init_args")
+        key, given = "model.class_path", str(section["class_path"])
+    choices = [*names, *(f"otx.models.{name}" for name in names)]
+    near = difflib.get_close_matches(given, choices, n=1, cutoff=0.75)
+    hint = f"did you mean {near[0]}?" if near else "or pass --config recipe/<task>/<model>.yaml (`otx find recipes`)"
+    return (
+        f"--{key} expects a model: {', '.join(names)}, or a class path such as otx.models.Padim (got {given!r}); {hint}"
+    )
+
+
+def _from_config(line: str, argv: list[str]) -> str:
+    """A value the user wrote in a recipe, not on the command line, named as the recipe's key.
+
+    ``--data.batch_size expects ...`` becomes ``data.batch_size in my.yaml expects ...`` (the last
+    ``--config`` file, the one whose values win).
+    """
+    match = re.match(r"--([\w.]+) expects ", line)
+    if match is None:
+        return line
+    key = match.group(1)
+    typed = key.split(".class_path")[0]  # --model NAME sets model.class_path
+    if any(arg in (f"--{key}", f"--{typed}") or arg.startswith((f"--{key}=", f"--{typed}=")) for arg in argv):
+        return line
+    configs = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
+    configs += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
+    if not configs:
+        return line
+    rest = line[match.end() :]
+    rest = re.sub(r"; (`otx [\w<>]+ --help` lists the options|or pass --config .*)$", "", rest)
+    return f"{key} in {configs[-1]} expects {rest}"
 
 
 def _did_you_mean(line: str, verb: str) -> str | None:
@@ -887,6 +932,7 @@ def _main(argv: list[str]) -> int:
                 line = guess
             if argv and argv[0] in VERBS and (not_recipe := _not_a_recipe(argv, argv[0])):
                 line = not_recipe
+            line = _from_config(line, argv or [])
             if argv and argv[0] in (*VERBS, "find", "data"):
                 line = line.replace("otx <command>", f"otx {argv[0]}")
             errors.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)

@@ -11,8 +11,11 @@ uninterrupted one sees).
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -128,12 +131,33 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as exc:
-            raise OTXConfigError(f"trainer.callbacks: no class '{spec['class_path']}' ({exc})") from exc
+            hint = _nearest_name(class_name, _callback_names(module_name), "")
+            raise OTXConfigError(
+                f"trainer.callbacks: no class '{spec['class_path']}' ({exc})" + (f"; {hint}" if hint else "")
+            ) from exc
         try:
             callbacks.append(cls(**(spec.get("init_args") or {})))
         except (TypeError, ValueError) as exc:
-            raise OTXConfigError(f"trainer.callbacks: {class_name}: {exc}") from exc
+            unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            known = [name for name in inspect.signature(cls).parameters if name not in ("args", "kwargs")]
+            hint = _nearest_name(unknown.group(1), known, "init_args.") if unknown else ""
+            raise OTXConfigError(f"trainer.callbacks: {class_name}: {exc}" + (f"; {hint}" if hint else "")) from exc
     return callbacks
+
+
+def _callback_names(module_name: str) -> list[str]:
+    """The callback classes a module offers (Lightning's callbacks for a short or misspelt name)."""
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        module = importlib.import_module("lightning.pytorch.callbacks")
+    return [name for name, value in vars(module).items() if isinstance(value, type) and issubclass(value, L.Callback)]
+
+
+def _nearest_name(name: str, known: list[str], prefix: str) -> str:
+    """``did you mean 'patience'?`` when a known name is close to ``name``; empty otherwise."""
+    near = difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+    return f"did you mean {' or '.join(repr(prefix + n) for n in near)}?" if near else ""
 
 
 class EpochProgressBar(RichProgressBar):
