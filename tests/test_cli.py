@@ -159,6 +159,14 @@ def test_help_version_and_a_mistyped_verb_answer_without_the_model_libraries(
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "--model.help" in out and "--data.data_root" in out and "--trainer.max_epochs" in out
+    # The other verbs take the model from the checkpoint and refuse trainer options: not listed.
+    for verb in ("test", "predict", "export", "optimize", "benchmark"):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        out = capsys.readouterr().out
+        assert "--data.data_root" in out and "--checkpoint" in out, verb
+        assert not re.search(r"--(trainer|model|max_epochs)\b(?!s)", out), verb  # (benchmark's --models stays)
+        assert f"otx {verb}: " in out and "model comes from the checkpoint" in " ".join(out.split()), verb
 
 
 def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:

@@ -143,7 +143,10 @@ def _verb_parser(verb: str) -> ArgumentParser:
     from otx.data.datamodule import AnomalyDataModule
     from otx.models.base import AnomalyModel
 
-    parser = ArgumentParser(description=f"otx {verb}", exit_on_error=False, allow_abbrev=False)
+    description = f"otx {verb}: {VERB_HELP[verb]}"
+    if verb != "train":
+        description += " (the model comes from the checkpoint; a recipe's model and trainer sections are for otx train)"
+    parser = ArgumentParser(description=description, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="recipe: recipe/<task>/<model>.yaml or a YAML path")
     parser.add_argument(
         "--task",
@@ -253,7 +256,26 @@ def _verb_parser(verb: str) -> ArgumentParser:
             default=False,
             help="also write demo_package.zip (model + script)",
         )
+    if verb != "train":  # parsed from recipes, refused on the command line (_refuse_train_options): not listed
+        _hide_from_help(parser, ("model", "trainer", "max_epochs"))
     return parser
+
+
+def _hide_from_help(parser: ArgumentParser, sections: tuple[str, ...]) -> None:
+    """Leave ``sections``' options (and their groups' headings) out of ``--help``; they still parse."""
+    import argparse
+
+    def hidden(dest: str) -> bool:
+        return any(dest == name or dest.startswith(f"{name}.") for name in sections)
+
+    for action in parser._actions:
+        if hidden(action.dest):
+            action.help = argparse.SUPPRESS
+    parser._action_groups = [
+        group
+        for group in parser._action_groups
+        if not group._group_actions or not all(hidden(action.dest) for action in group._group_actions)
+    ]
 
 
 def build_parser(verbs: tuple[str, ...] | None = None) -> ArgumentParser:
