@@ -249,6 +249,8 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         2,
     ),
     ("train-model-unknown", "wrong value", ["train", "--model", "Padimm"], "expects a model: Padim", 2),
+    # before: TypeError's traceback (a dict with an unhashable key)
+    ("train-model-not-a-name", "wrong value", ["train", "--model", "{{[1]: 2}}"], "expects a model: Padim", 2),
     (  # before: "--model expects a model: ... (got "{'class_path': 'otx.models.Padimm', 'init_args': {...}}")"
         "train-config-class-path",
         "misspelled value",

@@ -304,3 +304,27 @@ def test_misspelled_key_in_a_recipe_file(tmp_path: Path, section: str | None, ke
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and key in lines[0] and hint in lines[0], lines
+
+
+def test_a_bad_value_is_named_where_it_was_written(tmp_path: Path) -> None:
+    from otx.cli import _from_config, resolve_recipe
+
+    recipe = Path(resolve_recipe(RECIPE)).read_text()
+    (tmp_path / "bad.yaml").write_text(recipe.replace("batch_size: 16", "batch_size: sixteen"))
+    (tmp_path / "good.yaml").write_text(recipe)
+    bad, good = str(tmp_path / "bad.yaml"), str(tmp_path / "good.yaml")
+    line = "--data.batch_size expects an integer (got 'sixteen'); `otx train --help` lists the options"
+    named = f"data.batch_size in {bad} expects an integer (got 'sixteen')"
+    assert _from_config(line, ["train", "--config", bad]) == named
+    assert _from_config(line, ["train", f"--config={bad}"]) == named
+    # the file that holds the value, not the last file given
+    assert _from_config(line, ["train", "--config", bad, "--config", good]) == named
+    # typed on the command line (no file holds it): the option's words stay
+    assert _from_config(line, ["train", "--config", good, "--data.batch_size", "sixteen"]) == line
+    assert _from_config(line, ["train", "--data.batch_size", "sixteen"]) == line
+    # init_args looked through: model.init_args.input_size in a recipe
+    size = "--model.init_args.input_size expects null or a pair of integers (got '256')"
+    (tmp_path / "size.yaml").write_text(recipe.replace("input_size: [256, 256]", "input_size: 256"))
+    assert _from_config(size, ["train", "--config", str(tmp_path / "size.yaml")]).startswith(
+        f"model.init_args.input_size in {tmp_path / 'size.yaml'} expects"
+    )

@@ -292,7 +292,7 @@ def test_test_keeps_the_models_validation_split_and_names_both(trained_padim: di
     args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(sample_root / "bottle_like")]
     assert main([*args, "--data.val_split", "0.3", "--data.seed", "5", "--work_dir", str(tmp_path)]) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert "using the model's validation split (val_split 0.5, seed 42; given: val_split 0.3, seed 5)" in err
+    assert "using the model's validation split (val_split 0.5, seed 42; this command's: val_split 0.3, seed 5)" in err
     tested = {r["image"] for r in json.loads((tmp_path / latest(tmp_path)["test"] / "predictions.json").read_text())}
     data = AnomalyDataModule(str(sample_root / "bottle_like"))
     data.setup()

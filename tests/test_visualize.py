@@ -250,6 +250,11 @@ def test_a_small_images_overlay_is_enlarged_so_its_label_fits() -> None:
     assert np.array_equal(corner, np.full((2 * factor, 10 * factor, 3), 128))
     ((x, y, w, h),) = _label_backgrounds(canvas)
     assert x + w < width - 1 and y >= 0  # the whole label on the canvas, short of its right edge
+    # A thin, long image, whose enlargement the 4,096-pixel cap stops: the font shrinks instead.
+    thin = overlay(np.full((3000, 100, 3), 128, np.uint8), Prediction("t.png", 0.873, True))
+    assert thin.shape == (3000, 100, 3)
+    ((x, y, w, h),) = _label_backgrounds(thin)
+    assert x + w <= 100 - 1  # short of the frame's last column
     # A large image is drawn at its own size.
     assert overlay(np.full((300, 500, 3), 128, np.uint8), Prediction("y.png", 0.1, False)).shape == (300, 500, 3)
 

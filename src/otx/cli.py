@@ -145,7 +145,10 @@ def _verb_parser(verb: str) -> ArgumentParser:
 
     description = f"otx {verb}: {VERB_HELP[verb]}"
     if verb != "train":
-        description += " (the model comes from the checkpoint; a recipe's model and trainer sections are for otx train)"
+        description += (
+            " (the model comes from the checkpoint or exported model; a recipe's model and trainer sections are "
+            "for otx train)"
+        )
     parser = ArgumentParser(description=description, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="recipe: recipe/<task>/<model>.yaml or a YAML path")
     parser.add_argument(
@@ -564,7 +567,7 @@ def _not_a_model(given: str) -> str:
     names = available_models()
     try:
         section = ast.literal_eval(given)  # a recipe's section arrives as the repr of a dict
-    except (ValueError, SyntaxError):
+    except Exception:  # noqa: BLE001 - any text that is not a literal (or an unhashable key) stays text
         section = given
     key = "model"
     if isinstance(section, dict):
@@ -585,23 +588,40 @@ def _not_a_model(given: str) -> str:
 def _from_config(line: str, argv: list[str]) -> str:
     """A value the user wrote in a recipe, not on the command line, named as the recipe's key.
 
-    ``--data.batch_size expects ...`` becomes ``data.batch_size in my.yaml expects ...`` (the last
-    ``--config`` file, the one whose values win).
+    ``--data.batch_size expects ... (got 'sixteen')`` becomes ``data.batch_size in my.yaml expects
+    ...`` when a ``--config`` file holds that value there (the last such file); otherwise the line
+    stays as it is (the value was typed on the command line).
     """
-    match = re.match(r"--([\w.]+) expects ", line)
+    match = re.match(r"--([\w.]+) expects .*\(got (['\"])(.*?)\2\)", line)
     if match is None:
         return line
-    key = match.group(1)
-    typed = key.split(".class_path")[0]  # --model NAME sets model.class_path
-    if any(arg in (f"--{key}", f"--{typed}") or arg.startswith((f"--{key}=", f"--{typed}=")) for arg in argv):
-        return line
+    key, given = match.group(1), match.group(3)
+    parts = [part for part in key.split(".") if part != "init_args"]
     configs = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"]
     configs += [arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")]
-    if not configs:
+    source = next((path for path in reversed(configs) if _recipe_value(path, parts) == given), None)
+    if source is None:
         return line
-    rest = line[match.end() :]
+    rest = line[len(f"--{key} expects ") :]
     rest = re.sub(r"; (`otx [\w<>]+ --help` lists the options|or pass --config .*)$", "", rest)
-    return f"{key} in {configs[-1]} expects {rest}"
+    return f"{key} in {source} expects {rest}"
+
+
+def _recipe_value(path: str, parts: list[str]) -> str | None:
+    """The text of the value the recipe at ``path`` sets for the key ``parts`` (``init_args`` looked through)."""
+    import yaml
+
+    try:
+        node: Any = yaml.safe_load(Path(resolve_recipe(path)).read_text())
+    except Exception:  # noqa: BLE001 - unreadable: not the file to name
+        return None
+    for part in parts:
+        if isinstance(node, dict) and part not in node and isinstance(node.get("init_args"), dict):
+            node = node["init_args"]
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return str(node)
 
 
 def _did_you_mean(line: str, verb: str) -> str | None:

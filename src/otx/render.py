@@ -90,9 +90,10 @@ def _summary(console: Console, result: Result, metrics: dict[str, Any], title: s
 
 
 def _decisions(console: Console, result: ExportResult | OptimizeResult, name: str, extra: dict[str, str]) -> None:
-    """FP32 against the converted model on the validation split, before and after recalibration.
+    """The reference against the converted model on the validation split, before and after recalibration.
 
-    AUROC, F1 at the thresholds and label agreement with FP32.
+    The reference is FP32, or the FP16 IR an INT8 model came from: AUROC, F1 at the thresholds and
+    label agreement with it.
     """
     decisions = result.decisions or {}
     reference = decisions.get("reference", "FP32")
@@ -115,7 +116,8 @@ def _decisions(console: Console, result: ExportResult | OptimizeResult, name: st
     for key in rows["fp32"]:
         table.add_row(key, *(f"{rows[c].get(key, float('nan')):.4f}" for c in columns))
     console.print(table)
-    recalibrated = ", ".join(decisions["recalibrated"]) or "none (the FP32 thresholds keep the decisions)"
+    kept = f"none (the {reference.split()[0]} thresholds keep the decisions)"
+    recalibrated = ", ".join(decisions["recalibrated"]) or kept
     console.print(f"recalibrated thresholds: {recalibrated}")
     for key, value in extra.items():
         console.print(f"{key}: {value}")

@@ -139,8 +139,13 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
             callbacks.append(cls(**(spec.get("init_args") or {})))
         except (TypeError, ValueError) as exc:
             unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-            known = [name for name in inspect.signature(cls).parameters if name not in ("args", "kwargs")]
-            hint = _nearest_name(unknown.group(1), known, "init_args.") if unknown else ""
+            hint = ""
+            if unknown:
+                try:
+                    known = [name for name in inspect.signature(cls).parameters if name not in ("args", "kwargs")]
+                except (TypeError, ValueError):  # a class without a signature Python can read
+                    known = []
+                hint = _nearest_name(unknown.group(1), known, "init_args.")
             raise OTXConfigError(f"trainer.callbacks: {class_name}: {exc}" + (f"; {hint}" if hint else "")) from exc
     return callbacks
 

@@ -94,6 +94,9 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
         canvas = cv2.addWeighted(canvas, 1.0 - HEAT_WEIGHT, heat, HEAT_WEIGHT, 0.0)
     color = ANOMALOUS if prediction.pred_label else NORMAL
     label = f"{prediction.label_name} {prediction.pred_score:.3f}"
+    room = width - 2 * line - 4
+    if (wide := _text_box(label, (0, 0), scale)[2]) > room > 0:  # a thin image whose enlargement is capped
+        scale = max(MIN_SCALE, scale * room / wide)
     label_origin = (line + 2, int(24 * scale) + line)
     taken = [_text_box(label, label_origin, scale)]  # box scores keep off the image's label
     scores_at: list[tuple[str, tuple[int, int]]] = []
@@ -122,6 +125,7 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
 # "anom". The longer side stays within MAX_SIDE.
 MIN_SIDE = 256
 MAX_SIDE = 4096
+MIN_SCALE = 0.25  # the smallest font: a label wider than a thin image (enlarged at most to MAX_SIDE) shrinks to fit
 
 
 def upscale_factor(size: tuple[int, int]) -> int:

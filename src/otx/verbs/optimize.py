@@ -55,6 +55,7 @@ def run(
     from otx.deploy.optimize import (
         choose_calibration,
         decision_warning,
+        fell_beyond,
         keep_decisions,
         max_drop_warning,
         quantize,
@@ -170,7 +171,7 @@ def run(
         timing_s={"quantize_s": record["quantize_s"], "check_s": decisions.get("check_s")},
         nncf_version=nncf.__version__,
         max_drop=max_drop,
-        max_drop_met=decisions["drop"] <= max_drop if max_drop is not None else None,
+        max_drop_met=not fell_beyond(decisions, max_drop) if max_drop is not None else None,
         optimized_model=str(path),
         warnings=list(ctx.warnings),
     )

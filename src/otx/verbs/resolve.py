@@ -103,7 +103,7 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
     )
     if same and (data.val_split, data.seed) != stored:
         log.warning(
-            "using the model's validation split (val_split %s, seed %s; given: val_split %s, seed %s) so that "
+            "using the model's validation split (val_split %s, seed %s; this command's: val_split %s, seed %s) so that "
             "the test images stay ones it was not fitted or calibrated on",
             *stored,
             data.val_split,
