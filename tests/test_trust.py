@@ -54,6 +54,11 @@ def test_predict_labels_an_unreadable_image_error_and_exits_1(
     corrupt(folder / "001.png")
     work_dir = tmp_path / "ws"
     args = ["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--source", str(folder)]
+    (tmp_path / "empty.png").write_bytes(b"")  # 0 bytes (before: an internal error, nothing written)
+    empty = ["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--source", str(tmp_path / "empty.png")]
+    assert main([*empty, "--work_dir", str(tmp_path / "ws0")]) == 1
+    err = capsys.readouterr().err
+    assert "the file is empty, 0 bytes" in err and "internal error" not in err
     assert main([*args, "--work_dir", str(work_dir), "--visualize", "false"]) == 1
     err = capsys.readouterr().err
     assert "1 image(s) could not be read" in err and "Traceback" not in err
@@ -124,6 +129,7 @@ def test_demo_package_labels_an_unreadable_image_error(trained_padim: dict, data
     folder = dataset_copy() / "test" / "good"
     corrupt(folder / "004.png")
     (folder / "005.png").write_bytes(b"not an image at all")
+    (folder / "007_empty.png").write_bytes(b"")  # before: OpenCV's assertion, a traceback
     gray = cv2.cvtColor(cv2.imread(str(folder / "000.png")), cv2.COLOR_BGR2GRAY)
     assert cv2.imwrite(str(folder / "006_gray.png"), gray)  # the model was trained on colour images
     summary = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path / "ws").export(
@@ -137,7 +143,7 @@ def test_demo_package_labels_an_unreadable_image_error(trained_padim: dict, data
     assert run.returncode == 1 and "could not be read" in run.stderr
     # as otx predict warns: a grayscale image scored by a colour model
     assert "warning: 1 of " in run.stderr and "images are grayscale, but the model was trained on colour" in run.stderr
-    for name in ("005.png",):  # cv2 cannot decode it
+    for name in ("005.png", "007_empty.png"):  # cv2 cannot decode them
         assert records[name]["label"] == "error" and records[name]["score"] is None
     assert sum(r["label"] == "error" for r in records.values()) >= 1
     allowed = subprocess.run([*command, "--allow_errors"], capture_output=True, text=True, timeout=300)
@@ -200,7 +206,7 @@ def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_on
         assert masks == sorted(r["mask"] for r in records)  # before: the first run's masks stayed
 
 
-@pytest.mark.parametrize("damage", ["pixels", "header"])
+@pytest.mark.parametrize("damage", ["pixels", "header", "empty"])
 def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
     damage: str, trained_padim: dict, dataset_copy, tmp_path: Path, capsys
 ) -> None:
@@ -210,8 +216,10 @@ def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
     bad = Path(data.splits["test"][3].path)
     if damage == "pixels":
         corrupt(bad)
-    else:  # not an image at all: the up-front check of the files refused the whole test (before)
+    elif damage == "header":  # not an image at all: the up-front check of the files refused the whole test (before)
         bad.write_bytes(b"not an image")
+    else:  # 0 bytes: OpenCV's assertion on an empty buffer ended the run as an internal error (before)
+        bad.write_bytes(b"")
     work_dir = tmp_path / "ws"
     args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root)]
     assert main([*args, "--work_dir", str(work_dir)]) == 1

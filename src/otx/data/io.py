@@ -58,9 +58,14 @@ def read_image(path: str | Path) -> np.ndarray:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise OTXDataError(f"cannot read image '{path}' ({exc.strerror or exc}); replace or remove the file") from exc
+    if not data:  # imdecode asserts on an empty buffer (an internal error, before)
+        raise OTXDataError(f"cannot read image '{path}' (the file is empty, 0 bytes); replace or remove the file")
     # From the bytes: imread decodes a JPEG cut short to an image with its missing rows grey (libjpeg's
     # warning on stderr only); imdecode refuses it, and Pillow's fallback then names it truncated.
-    array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:  # a decoder that fails loudly rather than returning None: Pillow has the last word
+        array = None
     if array is None:
         try:
             with Image.open(path) as pil:

@@ -103,8 +103,13 @@ def decode(path: Path) -> np.ndarray | None:
         data = path.read_bytes()
     except OSError:
         return None
+    if not data:  # an empty file (imdecode asserts on an empty buffer)
+        return None
     # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        return None
 
 
 def read_rgb(path: Path) -> np.ndarray | None:
