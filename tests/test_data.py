@@ -59,6 +59,28 @@ def test_own_val_folder_and_unknown_folder(dataset_copy) -> None:
     assert summary["test"]["unknown"] == 1 and summary["val"]["normal"] == 3
 
 
+def test_a_val_image_named_as_a_test_image_of_its_defect_type_is_refused(dataset_copy) -> None:
+    # Masks are matched by defect type and name: val/contamination/000.png beside
+    # test/contamination/000.png would take its mask (before: silently, thresholds learned on it).
+    root = dataset_copy()
+    defect = sorted((root / "test" / "contamination").iterdir())
+    (root / "val" / "contamination").mkdir(parents=True)
+    shutil.copy(defect[1], root / "val" / "contamination" / defect[0].name)  # another image, the same name
+    with pytest.raises(OTXDataError) as error:
+        AnomalyDataModule(str(root)).setup()
+    message = str(error.value)
+    assert f"val/contamination/{defect[0].name} and test/contamination/{defect[0].name} would both take" in message
+    assert f"val/contamination/val_{defect[0].name}" in message
+    # Named apart, with its own mask: used as given.
+    (root / "val" / "contamination" / defect[0].name).rename(root / "val" / "contamination" / f"val_{defect[0].name}")
+    masks = root / "ground_truth" / "contamination"
+    shutil.copy(masks / f"{defect[1].stem}_mask.png", masks / f"val_{defect[0].stem}_mask.png")
+    data = AnomalyDataModule(str(root))
+    data.setup()
+    (val,) = [s for s in data.splits["val"] if s.defect == "contamination"]
+    assert val.mask_path == str(masks / f"val_{defect[0].stem}_mask.png")
+
+
 def test_unknown_folder_stays_in_test_when_splitting(dataset_copy) -> None:
     root = dataset_copy()
     (root / "test" / "unknown").mkdir()

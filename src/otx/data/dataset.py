@@ -259,8 +259,34 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     if others:
         log.warning("ignoring train/%s: training uses train/good only", ", train/".join(others))
     subsets["train"] = train
+    _refuse_shared_masks(root, subsets)
     unreadable = _check_files(root, subsets, mask_dir if has_masks else None) if check_files else {}
     return MvtecIndex(root=root, subsets=subsets, has_masks=has_masks, unreadable=unreadable)
+
+
+def _refuse_shared_masks(root: Path, subsets: dict[str, list[Sample]]) -> None:
+    """One line when two images would take the same mask.
+
+    Masks are found by defect type and name only, so ``val/scratch/000.png`` beside
+    ``test/scratch/000.png`` (each folder numbered from 000) would both get
+    ``ground_truth/scratch/000_mask.png`` (before: silently, a validation image scored against a
+    test image's mask, and the pixel threshold learned on it).
+    """
+    owners: dict[str, list[Sample]] = {}
+    for samples in subsets.values():
+        for sample in samples:
+            if sample.mask_path:
+                owners.setdefault(sample.mask_path, []).append(sample)
+    for mask, images in owners.items():
+        if len(images) > 1:
+            first, second = (Path(image.path).relative_to(root).as_posix() for image in images[:2])
+            renamed = f"{Path(first).parts[0]}_{Path(first).stem}"  # val_000: the subset's name in front
+            raise OTXDataError(
+                f"{first} and {second} would both take the mask {Path(mask).relative_to(root).as_posix()} "
+                "(masks are matched by defect type and name); give one of them another name, with its own "
+                f"mask (e.g. {Path(first).parent.as_posix()}/{renamed}{Path(first).suffix} and "
+                f"{MvtecPath.MASK_DIR}/{images[0].defect}/{renamed}_mask.png)"
+            )
 
 
 def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | None) -> dict[str, str]:
