@@ -81,6 +81,18 @@ def test_a_val_image_named_as_a_test_image_of_its_defect_type_is_refused(dataset
     assert val.mask_path == str(masks / f"val_{defect[0].stem}_mask.png")
 
 
+def test_a_test_folder_named_like_normal_images_is_warned(dataset_copy, caplog: pytest.LogCaptureFixture) -> None:
+    root = dataset_copy()
+    with caplog.at_level("WARNING"):
+        AnomalyDataModule(str(root)).setup()
+    assert "scored as a defect type" not in caplog.text
+    (root / "test" / "good").rename(root / "test" / "OK")  # normal images under a name otx scores as a defect
+    shutil.copytree(root / "train" / "good", root / "test" / "good")
+    with caplog.at_level("WARNING"):
+        AnomalyDataModule(str(root)).setup()
+    assert "'test/OK/' is scored as a defect type" in caplog.text and "move them to test/good/" in caplog.text
+
+
 def test_unknown_folder_stays_in_test_when_splitting(dataset_copy) -> None:
     root = dataset_copy()
     (root / "test" / "unknown").mkdir()

@@ -81,6 +81,10 @@ def _holds_images(folder: str) -> bool:
     return any(any(_is_listed_image(name) for name in names) for _, _, names in os.walk(folder))
 
 
+# Folder names that usually mean "no defect" (their images would count as anomalous in test/ or val/).
+NORMAL_LOOKING = frozenset({"ok", "normal", "pass", "passed", "nominal", "defect_free", "no_defect", "nodefect"})
+
+
 def _check_layout(folder: Path) -> None:
     """One line for what Datumaro's MVTec reader would trip on or drop without a word.
 
@@ -102,6 +106,14 @@ def _check_layout(folder: Path) -> None:
             raise OTXDataError(
                 f"'{subset}/{entry.name}/' would be a defect type: otx reads {subset}/{entry.name.lower()}/ in "
                 "lower case (MVTec layout); rename the folder"
+            )
+        if subset != "train" and entry.name.lower().replace("-", "_") in NORMAL_LOOKING:
+            log.warning(
+                "'%s/%s/' is scored as a defect type (every folder but good/ and unknown/ is): if it holds "
+                "normal images, move them to %s/good/",
+                subset,
+                entry.name,
+                subset,
             )
         stems: dict[str, str] = {}
         try:
