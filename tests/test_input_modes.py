@@ -320,3 +320,22 @@ def test_the_squash_note_suggests_a_tile_input_the_tile_mode_takes(aspect, input
     assert squash_factor(aspect, fixed.input_size) < SQUASH_NOTE / 1.5
     assert squash_note(aspect, fixed) is None
     assert squash_note(input_hw[1] / input_hw[0], squashed) is None  # images of the input's own shape
+
+
+@pytest.mark.parametrize("aspect", [16.0, 1 / 8, 2.5])
+def test_keep_aspect_into_a_fixed_input_of_another_shape_notes_the_padding(aspect: float) -> None:
+    import re
+
+    from otx.preprocess import PreProcessor
+    from otx.verbs.train import SQUASH_NOTE, squash_note
+
+    note = squash_note(aspect, PreProcessor((256, 256), "keep_aspect"))
+    covered = min(aspect, 1.0) / max(aspect, 1.0)  # the share of a square input a letterboxed image fills
+    if covered >= 1 / SQUASH_NOTE:
+        assert note is None
+        return
+    padding = int(re.search(r"about (\d+)% of each input is padding", note).group(1))
+    assert padding == round(100 * (1 - covered)) and "--model.init_args.input_size null" in note
+    # an input of the images' own shape: nothing to say
+    own = (64, round(64 * aspect)) if aspect > 1 else (round(64 / aspect), 64)
+    assert squash_note(aspect, PreProcessor(own, "keep_aspect")) is None

@@ -43,6 +43,17 @@ def squash_note(aspect: float, pre: PreProcessor) -> str | None:
     For ``tile`` the input size suggested has the images' aspect, sides in multiples of 32 and at
     least the tile (a size the tile mode takes).
     """
+    if pre.mode == "keep_aspect":  # nothing bends; a fixed input of another shape is mostly padding
+        height, width = pre.input_size
+        fill = min(aspect, width / height) / max(aspect, width / height)  # the share the image covers
+        if fill >= 1 / SQUASH_NOTE:
+            return None
+        return (
+            f"the training images are {aspect:.2g}:1 (width:height, median) and keep_aspect fits them into "
+            f"{width}x{height} (width x height), so about {1 - fill:.0%} of each input is padding and the "
+            "images get few of its pixels: --model.init_args.input_size null chooses a size of their shape "
+            "(docs/input-modes.md)"
+        )
     if pre.mode not in ("resize", "tile") or (squash := squash_factor(aspect, pre.input_size)) < SQUASH_NOTE:
         return None
     if pre.mode == "resize":
