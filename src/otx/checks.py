@@ -187,7 +187,7 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
     if color_trained and counts["gray"]:
         found.append(
             f"{counts['gray']} of {total} {where} images are grayscale, but the model was trained on colour images: "
-            "its scores on them are not comparable"
+            "its scores on them are not comparable (convert them, or train on such images)"
         )
     size_range = f"{w_min}-{w_max} x {h_min}-{h_max} (width x height)"
     if turned:

@@ -338,6 +338,9 @@ def _quiet_libraries() -> None:
         "datumaro",
     ):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # OpenCV's own "[ WARN:0@5.3] ... PNG input buffer is incomplete" before otx's line about the file
+    # (read when OpenCV is first imported, after this; a user's own setting wins)
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
 def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Console) -> int:

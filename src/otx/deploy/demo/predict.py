@@ -237,7 +237,7 @@ def profile_notes(train: dict | None, seen: list[tuple[bool, int, int]], total: 
     if train["channels"] == "color" and gray:
         found.append(
             f"{gray} of {total} {where} images are grayscale, but the model was trained on colour images: "
-            "its scores on them are not comparable"
+            "its scores on them are not comparable (convert them, or train on such images)"
         )
     size_range = f"{w_min}-{w_max} x {h_min}-{h_max} (width x height)"
     if turned:
