@@ -340,6 +340,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     # predict
     ("predict-source-missing", "missing path", ["predict", "--source", "{missing}"], "does not exist", 1),
     ("predict-source-empty", "no images", ["predict", "--source", "{empty}"], "no images found", 1),
+    (  # before: "no images found at ..." alone
+        "predict-glob-no-folder",
+        "no images",
+        ["predict", "--source", "{missing}/*.png"],
+        "matches nothing; its folder '{missing}' does not exist",
+        1,
+    ),
     ("predict-checkpoint-missing", "missing path", ["predict", "--checkpoint", "{missing}.xml"], "does not exist", 1),
     ("predict-visualize-type", "wrong type", ["predict", "--visualize", "maybe"], "visualize", 2),
     ("predict-workdir-unwritable", "unwritable folder", ["predict", "--work_dir", "{unwritable}"], "cannot create", 1),

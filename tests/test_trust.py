@@ -584,6 +584,7 @@ def test_without_anomalous_validation_images_every_validation_image_is_normal_an
     )
     summary = engine.train()
     assert any("no anomalous images" in w and "image threshold" in w for w in summary["warnings"]), summary["warnings"]
+    assert any("add defect images (test/<defect>)" in w for w in summary["warnings"]), summary["warnings"]
     assert not any("flags nothing" in w for w in summary["warnings"])  # one line says it
     data = AnomalyDataModule(str(root), num_workers=0)
     data.setup()
@@ -593,6 +594,13 @@ def test_without_anomalous_validation_images_every_validation_image_is_normal_an
     assert len(labels) == len(fitted) and set(labels) == {"normal"}  # the highest one included
     tested = engine.test(checkpoint=summary["checkpoint"])  # learned on validation: nothing to say of it here
     assert not any("was not learned" in w for w in tested["warnings"]), tested["warnings"]
+    # With a val/ folder of its own, the defect images to add go there (before: "test/<defect>").
+    (root / "val" / "good").mkdir(parents=True)
+    for image in sorted((root / "test" / "good").iterdir())[:4]:
+        image.rename(root / "val" / "good" / image.name)
+    data = AnomalyDataModule(str(root), num_workers=0)
+    summary = Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=tmp_path).train()
+    assert any("add defect images (val/<defect>)" in w for w in summary["warnings"]), summary["warnings"]
 
 
 def test_without_normal_validation_images_the_cause_is_said_and_one_class_metrics_read_na(
@@ -642,6 +650,15 @@ def test_a_model_ranking_normal_above_anomalous_is_warned() -> None:
     found = threshold_warnings(scores, labels, 1.5, "image", "test")
     assert any(f"test image AUROC is {auroc:.3f}, below chance" in w for w in found), found  # before: no warning
     assert not any("below chance" in w for w in threshold_warnings(-scores, labels, -1.5, "image", "test"))
+
+
+def test_an_unmasked_test_image_is_not_said_to_leave_a_threshold() -> None:
+    from otx.checks import unmasked_warning
+    from otx.data.dataset import Sample
+
+    images = [Sample("/d/test/scratch/000.png", 1, "scratch")]
+    assert "left out of the pixel threshold and the pixel and box metrics" in unmasked_warning(images, "validation")
+    assert "left out of the pixel and box metrics" in unmasked_warning(images, "test")  # otx test fits none
 
 
 def test_an_anomalous_validation_image_without_a_mask_is_left_out_of_the_pixel_threshold(

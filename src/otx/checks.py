@@ -27,28 +27,37 @@ GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 def unmasked_warning(samples: list[Any], split: str) -> str | None:
     """One line when anomalous images of ``split`` have no mask file (in data that has ``ground_truth/``).
 
-    Their pixels are left out of the pixel threshold, the pixel metrics and box tuning, since a
-    missing mask says nothing about where the defect is.
+    Their pixels are left out of the pixel threshold (validation), the pixel metrics and box tuning,
+    since a missing mask says nothing about where the defect is.
     """
     missing = [s for s in samples if s.label == 1 and not s.mask_path]
     if not missing:
         return None
     first = Path(missing[0].path)
+    threshold = "the pixel threshold and " if split == "validation" else ""  # test fits no threshold
     return (
         f"{len(missing)} anomalous {split} image(s) have no mask (e.g. {first.parent.name}/{first.name}: no "
-        f"ground_truth/{first.parent.name}/{first.stem}_mask.png); their pixels are left out of the pixel "
-        "threshold and the pixel and box metrics; add the masks to use them"
+        f"ground_truth/{first.parent.name}/{first.stem}_mask.png); their pixels are left out of {threshold}"
+        "the pixel and box metrics; add the masks to use them"
     )
 
 
 def threshold_warnings(
-    scores: np.ndarray, labels: np.ndarray | None, threshold: float, what: str, split: str, learned: bool = False
+    scores: np.ndarray,
+    labels: np.ndarray | None,
+    threshold: float,
+    what: str,
+    split: str,
+    learned: bool = False,
+    folder: str = "test",
 ) -> list[str]:
     """Warnings about one level (``what``: ``image`` or ``pixel``) on one split.
 
     ``scores`` are raw scores (or map values), ``labels`` their ground truth (None: unknown),
     ``threshold`` the decision threshold in the same units; ``learned``: it was just fitted on
     these scores (F1-adaptive on the validation split), so a split without anomalies left it unlearned.
+    ``folder``: where the split's images come from (``val`` for data with its own val/ folder), named
+    in the advice to add images.
     """
     from otx.metrics import roc_auc
 
@@ -63,12 +72,12 @@ def threshold_warnings(
             return [  # "flags nothing" would say the same thing less clearly
                 f"the {split} split has no anomalous {plural}: the {what} threshold ({threshold:.6g}) was not "
                 f"learned, it sits just above the highest normal {what} score; add defect images "
-                f"(test/<defect>{', with ground_truth/ masks' if what == 'pixel' else ''}) to learn one"
+                f"({folder}/<defect>{', with ground_truth/ masks' if what == 'pixel' else ''}) to learn one"
             ]
         if learned and labels.all() and what == "image":
             return [  # "flags every image" would hide the cause
                 f"the {split} split has no normal images: the image threshold ({threshold:.6g}) was not learned "
-                "against any, so this model flags every image as anomalous; add normal images (test/good) "
+                f"against any, so this model flags every image as anomalous; add normal images ({folder}/good) "
                 "to learn one"
             ]
         if labels.any() and not labels.all():

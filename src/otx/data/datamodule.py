@@ -364,9 +364,19 @@ def samples_from_source(source: str | Path) -> list[Sample]:
                 masks[0].parent.parent,
             )
     else:
-        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+        matched = glob.glob(text, recursive=True)
+        files = sorted(Path(p) for p in matched if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
         if not files and not any(ch in text for ch in "*?["):
             raise OTXDataError(f"source '{text}' does not exist; pass an image file, a folder or a glob pattern")
+        if not files:  # a pattern: say whether it matched nothing at all, and why
+            prefix = text.split("*")[0].split("?")[0].split("[")[0]  # the part before the first wildcard
+            base = Path(prefix).expanduser() if prefix.endswith(("/", "\\")) else Path(prefix).expanduser().parent
+            where = f"; its folder '{base}' does not exist" if str(base) not in ("", ".") and not base.is_dir() else ""
+            found = f"{len(matched)} file(s), none an image" if matched else "nothing"
+            raise OTXDataError(
+                f"the pattern '{text}' matches {found}{where} (looked for {LOOKED_FOR}); pass an image file, a "
+                "folder or a pattern that matches images"
+            )
     if not files:
         raise OTXDataError(f"no images found at '{text}' (looked for {LOOKED_FOR})")
     return [Sample(str(f), -1, "unknown") for f in files]

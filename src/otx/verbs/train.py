@@ -210,6 +210,7 @@ def run(
         ctx, adapter, data.has_masks, thresholds, outputs, splits["val"], model.preprocessor, predictions=predictions
     ).metrics
     labels = outputs["labels"].numpy() == 1
+    own_val = bool(data.index is not None and data.index.subsets.get("val"))  # images to add go there
     found = threshold_warnings(
         outputs["scores"].numpy(),
         labels,
@@ -217,6 +218,7 @@ def run(
         "image",
         "validation",
         learned=model.image_threshold is None,
+        folder="val" if own_val else "test",
     )
     maps, pixel_truth = outputs["maps"], outputs["masks"] if data.has_masks else None
     rows = known_pixel_rows(outputs.get("pixel_known"), outputs["labels"])  # as the pixel threshold was fitted
@@ -229,6 +231,7 @@ def run(
             stats["pixel_threshold"],
             "pixel",
             "validation",
+            folder="val" if own_val else "test",
         )
     for message in found:
         ctx.warn(message)
