@@ -652,6 +652,28 @@ def test_a_model_ranking_normal_above_anomalous_is_warned() -> None:
     assert not any("below chance" in w for w in threshold_warnings(-scores, labels, -1.5, "image", "test"))
 
 
+def test_test_images_copied_from_training_are_warned_at_training(dataset_copy, tmp_path: Path) -> None:
+    from otx.checks import copies_warning
+    from otx.models import Padim
+
+    root = dataset_copy()
+    data = AnomalyDataModule(str(root), num_workers=0)
+    data.setup()
+    train = [s.path for s in data.splits["train"]]
+    others = [s.path for s in (*data.splits["val"], *data.splits["test"])]
+    assert copies_warning(train, others, root) is None  # the sample data has none
+    for i, source in enumerate(sorted((root / "train" / "good").iterdir())[:3]):
+        shutil.copy(source, root / "test" / "good" / f"copy_{i}{source.suffix}")
+    # files of one size but other bytes are no copies
+    (tmp_path / "a.bin").write_bytes(b"0123456789")
+    (tmp_path / "b.bin").write_bytes(b"0123456780")
+    assert copies_warning([str(tmp_path / "a.bin")], [str(tmp_path / "b.bin")]) is None
+    data = AnomalyDataModule(str(root), num_workers=0)
+    summary = Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=tmp_path / "ws").train()
+    (line,) = [w for w in summary["warnings"] if "byte-for-byte copies" in w]
+    assert line.startswith("3 validation/test image(s)") and "= train/good/" in line  # before: no word
+
+
 def test_an_unmasked_test_image_is_not_said_to_leave_a_threshold() -> None:
     from otx.checks import unmasked_warning
     from otx.data.dataset import Sample

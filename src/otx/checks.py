@@ -42,6 +42,53 @@ def unmasked_warning(samples: list[Any], split: str) -> str | None:
     )
 
 
+def copies_warning(train: list[str], others: list[str], root: str | Path | None = None) -> str | None:
+    """One line when validation or test images are byte-for-byte copies of training images.
+
+    A copy scores as an image the model was fitted on (near zero): in the validation split it pulls
+    the thresholds down, in the test split it flatters the metrics. Only files whose size equals a
+    training file's are read (copies have equal sizes), so the check costs little on real data.
+    """
+    import hashlib
+    import os
+
+    def size(path: str) -> int:
+        try:
+            return os.stat(path).st_size
+        except OSError:
+            return -1
+
+    def digest(path: str) -> str | None:
+        try:
+            return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+        except OSError:
+            return None
+
+    train_sizes: dict[int, list[str]] = {}
+    for path in train:
+        train_sizes.setdefault(size(path), []).append(path)
+    candidates = [path for path in others if size(path) in train_sizes and size(path) > 0]
+    if not candidates:
+        return None
+    hashed: dict[str, str] = {}
+    for path in {p for c in candidates for p in train_sizes[size(c)]}:
+        if (key := digest(path)) is not None:
+            hashed.setdefault(key, path)
+    copies = [(path, hashed[key]) for path in candidates if (key := digest(path)) is not None and key in hashed]
+    if not copies:
+        return None
+
+    def shown(path: str) -> str:
+        return Path(path).relative_to(root).as_posix() if root and Path(path).is_relative_to(root) else path
+
+    copy, original = copies[0]
+    return (
+        f"{len(copies)} validation/test image(s) are byte-for-byte copies of training images (e.g. {shown(copy)} = "
+        f"{shown(original)}): the model scores them as images it was fitted on, which pulls the thresholds down "
+        "(validation) and flatters the metrics (test); remove them from test/ (or val/)"
+    )
+
+
 def threshold_warnings(
     scores: np.ndarray,
     labels: np.ndarray | None,

@@ -14,7 +14,7 @@ import torch
 from otx import distributed
 from otx.boxes import UNTUNED
 from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
-from otx.checks import image_profile, threshold_warnings, unmasked_warning
+from otx.checks import copies_warning, image_profile, threshold_warnings, unmasked_warning
 from otx.errors import OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.postprocess import known_pixel_rows
@@ -108,6 +108,9 @@ def run(
             "no validation images: thresholds need test/ (or val/) images; add test/good and test/<defect> folders"
         )
     if data.has_masks and (message := unmasked_warning(splits["val"], "validation")):
+        ctx.warn(message)
+    others = [s.path for s in (*splits["val"], *splits.get("test", []))]
+    if message := copies_warning([s.path for s in splits["train"]], others, data.data_root):
         ctx.warn(message)
     fewest, why = model.min_train_images
     if len(splits["train"]) < fewest:
