@@ -265,20 +265,37 @@ def _verb_parser(verb: str) -> ArgumentParser:
 
 
 def _hide_from_help(parser: ArgumentParser, sections: tuple[str, ...]) -> None:
-    """Leave ``sections``' options (and their groups' headings) out of ``--help``; they still parse."""
+    """Leave ``sections``' options (and their groups' headings) out of ``--help``; they still parse.
+
+    Only while the help is formatted: the parser's actions stay as they are, so a recipe's sections
+    still parse and dump into the run's config (which the recipe-versus-checkpoint warning reads).
+    """
     import argparse
 
     def hidden(dest: str) -> bool:
         return any(dest == name or dest.startswith(f"{name}.") for name in sections)
 
-    for action in parser._actions:
-        if hidden(action.dest):
-            action.help = argparse.SUPPRESS
-    parser._action_groups = [
-        group
-        for group in parser._action_groups
-        if not group._group_actions or not all(hidden(action.dest) for action in group._group_actions)
-    ]
+    original = parser.format_help
+
+    def format_help() -> str:
+        actions = [action for action in parser._actions if hidden(action.dest)]
+        helps = [action.help for action in actions]
+        groups = parser._action_groups
+        try:
+            for action in actions:
+                action.help = argparse.SUPPRESS
+            parser._action_groups = [
+                group
+                for group in groups
+                if not group._group_actions or not all(hidden(action.dest) for action in group._group_actions)
+            ]
+            return original()
+        finally:
+            parser._action_groups = groups
+            for action, text in zip(actions, helps, strict=True):
+                action.help = text
+
+    parser.format_help = format_help  # type: ignore[method-assign]
 
 
 def build_parser(verbs: tuple[str, ...] | None = None) -> ArgumentParser:
