@@ -93,6 +93,18 @@ def test_a_test_folder_named_like_normal_images_is_warned(dataset_copy, caplog: 
     assert "'test/OK/' is scored as a defect type" in caplog.text and "move them to test/good/" in caplog.text
 
 
+def test_a_source_pattern_is_expanded_from_home_and_says_what_it_matched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "parts" / "inner").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "parts" / "inner" / "a.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "parts" / "notes.txt").write_text("x")
+    assert [Path(s.path).name for s in samples_from_source("~/parts/*/*.png")] == ["a.png"]  # before: nothing
+    with pytest.raises(OTXDataError, match=r"matches 1 file\(s\), none an image, and 1 folder\(s\) \(a pattern"):
+        samples_from_source("~/parts/*")
+
+
 def test_unknown_folder_stays_in_test_when_splitting(dataset_copy) -> None:
     root = dataset_copy()
     (root / "test" / "unknown").mkdir()

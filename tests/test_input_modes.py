@@ -339,3 +339,12 @@ def test_keep_aspect_into_a_fixed_input_of_another_shape_notes_the_padding(aspec
     # an input of the images' own shape: nothing to say
     own = (64, round(64 * aspect)) if aspect > 1 else (round(64 / aspect), 64)
     assert squash_note(aspect, PreProcessor(own, "keep_aspect")) is None
+
+
+def test_a_chosen_input_that_is_still_mostly_padding_points_to_tile_not_to_itself() -> None:
+    from otx.preprocess import PreProcessor
+    from otx.verbs.train import squash_note
+
+    note = squash_note(100.0, PreProcessor((32, 1280), "keep_aspect"), chosen=True)  # sides at least 32
+    assert note.startswith("the training images are 100:1")  # before: "1e+02:1"
+    assert "input_mode tile" in note and "input_size null" not in note  # before: the setting already given

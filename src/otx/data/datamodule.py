@@ -364,7 +364,7 @@ def samples_from_source(source: str | Path) -> list[Sample]:
                 masks[0].parent.parent,
             )
     else:
-        matched = glob.glob(text, recursive=True)
+        matched = glob.glob(os.path.expanduser(text), recursive=True)
         files = sorted(Path(p) for p in matched if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
         if not files and not any(ch in text for ch in "*?["):
             raise OTXDataError(f"source '{text}' does not exist; pass an image file, a folder or a glob pattern")
@@ -372,7 +372,13 @@ def samples_from_source(source: str | Path) -> list[Sample]:
             prefix = text.split("*")[0].split("?")[0].split("[")[0]  # the part before the first wildcard
             base = Path(prefix).expanduser() if prefix.endswith(("/", "\\")) else Path(prefix).expanduser().parent
             where = f"; its folder '{base}' does not exist" if str(base) not in ("", ".") and not base.is_dir() else ""
-            found = f"{len(matched)} file(s), none an image" if matched else "nothing"
+            folders = sum(Path(m).is_dir() for m in matched)
+            found = (
+                "nothing"
+                if not matched
+                else f"{len(matched) - folders} file(s), none an image"
+                + (f", and {folders} folder(s) (a pattern such as 'DIR/**/*.png' looks inside them)" if folders else "")
+            )
             raise OTXDataError(
                 f"the pattern '{text}' matches {found}{where} (looked for {LOOKED_FOR}); pass an image file, a "
                 "folder or a pattern that matches images"

@@ -289,16 +289,19 @@ def _refuse_shared_masks(root: Path, subsets: dict[str, list[Sample]]) -> None:
         for sample in samples:
             if sample.mask_path:
                 owners.setdefault(sample.mask_path, []).append(sample)
-    for mask, images in owners.items():
-        if len(images) > 1:
-            first, second = (Path(image.path).relative_to(root).as_posix() for image in images[:2])
-            renamed = f"{Path(first).parts[0]}_{Path(first).stem}"  # val_000: the subset's name in front
-            raise OTXDataError(
-                f"{first} and {second} would both take the mask {Path(mask).relative_to(root).as_posix()} "
-                "(masks are matched by defect type and name); give one of them another name, with its own "
-                f"mask (e.g. {Path(first).parent.as_posix()}/{renamed}{Path(first).suffix} and "
-                f"{MvtecPath.MASK_DIR}/{images[0].defect}/{renamed}_mask.png)"
-            )
+    shared = [(mask, images) for mask, images in owners.items() if len(images) > 1]
+    if not shared:
+        return
+    mask, images = shared[0]
+    more = f" ({len(shared) - 1} more masks are claimed twice)" if len(shared) > 1 else ""
+    first, second = (Path(image.path).relative_to(root).as_posix() for image in images[:2])
+    renamed = f"{Path(first).parts[0]}_{Path(first).stem}"  # val_000: the subset's name in front
+    raise OTXDataError(
+        f"{first} and {second} would both take the mask {Path(mask).relative_to(root).as_posix()}{more} "
+        "(masks are matched by defect type and name); give one of them another name, with its own "
+        f"mask (e.g. {Path(first).parent.as_posix()}/{renamed}{Path(first).suffix} and "
+        f"{MvtecPath.MASK_DIR}/{images[0].defect}/{renamed}_mask.png)"
+    )
 
 
 def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | None) -> dict[str, str]:

@@ -48,6 +48,14 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(as_float), 0, 255).astype(np.uint8)
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_cut_short(data: bytes) -> bool:
+    """A PNG file without its end chunk near its end: an interrupted copy (Pillow then names it truncated)."""
+    return data[:8] == PNG_SIGNATURE and b"IEND" not in data[-32:]
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as an ``H x W x 3`` RGB ``uint8`` array.
 
@@ -62,10 +70,12 @@ def read_image(path: str | Path) -> np.ndarray:
         raise OTXDataError(f"cannot read image '{path}' (the file is empty, 0 bytes); replace or remove the file")
     # From the bytes: imread decodes a JPEG cut short to an image with its missing rows grey (libjpeg's
     # warning on stderr only); imdecode refuses it, and Pillow's fallback then names it truncated.
-    try:
-        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    except cv2.error:  # a decoder that fails loudly rather than returning None: Pillow has the last word
-        array = None
+    array = None
+    if not png_cut_short(data):  # (libpng would print its own "PNG input buffer is incomplete" first)
+        try:
+            array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        except cv2.error:  # a decoder that fails loudly rather than returning None: Pillow has the last word
+            array = None
     if array is None:
         try:
             with Image.open(path) as pil:

@@ -37,8 +37,16 @@ def squash_factor(aspect: float, input_hw: tuple[int, int]) -> float:
     return max(ratio, 1.0 / ratio) if ratio > 0 else 1.0
 
 
-def squash_note(aspect: float, pre: PreProcessor) -> str | None:
+def _ratio(aspect: float) -> str:
+    """``16``, ``2.5`` or ``0.12``: an aspect ratio as people write it (never ``1e+02``)."""
+    return f"{aspect:.0f}" if aspect >= 10 else f"{aspect:.2g}"
+
+
+def squash_note(aspect: float, pre: PreProcessor, chosen: bool = False) -> str | None:
     """What to do when ``resize`` or ``tile`` bends images of ``aspect`` (width / height, median); None if little.
+
+    ``keep_aspect``: a note when most of the input would be padding; ``chosen``: the input size was
+    chosen from the images (its sides are at least 32, so only very thin images get the note).
 
     For ``tile`` the input size suggested has the images' aspect, sides in multiples of 32 and at
     least the tile (a size the tile mode takes).
@@ -48,11 +56,16 @@ def squash_note(aspect: float, pre: PreProcessor) -> str | None:
         fill = min(aspect, width / height) / max(aspect, width / height)  # the share the image covers
         if fill >= 1 / SQUASH_NOTE:
             return None
+        fix = (
+            "the input's shorter side is at least 32 pixels; for images this thin, input_mode tile with an "
+            "input_size of their shape keeps their detail"
+            if chosen
+            else "--model.init_args.input_size null chooses a size of their shape"
+        )
         return (
-            f"the training images are {aspect:.2g}:1 (width:height, median) and keep_aspect fits them into "
+            f"the training images are {_ratio(aspect)}:1 (width:height, median) and keep_aspect fits them into "
             f"{width}x{height} (width x height), so about {1 - fill:.0%} of each input is padding and the "
-            "images get few of its pixels: --model.init_args.input_size null chooses a size of their shape "
-            "(docs/input-modes.md)"
+            f"images get few of its pixels: {fix} (docs/input-modes.md)"
         )
     if pre.mode not in ("resize", "tile") or (squash := squash_factor(aspect, pre.input_size)) < SQUASH_NOTE:
         return None
@@ -74,7 +87,7 @@ def squash_note(aspect: float, pre: PreProcessor) -> str | None:
             f"--model.init_args.input_size '[{height},{width}]' (height, width)"
         )
     return (
-        f"the training images are {aspect:.2g}:1 (width:height, median) and {pre.mode} squashes them {squash:.1f}x "
+        f"the training images are {_ratio(aspect)}:1 (width:height, median) and {pre.mode} squashes them {squash:.1f}x "
         f"into {pre.input_size[1]}x{pre.input_size[0]} (width x height); thin or round defects bend: {fix} "
         "(docs/input-modes.md)"
     )
@@ -109,8 +122,10 @@ def run(
         )
     if data.has_masks and (message := unmasked_warning(splits["val"], "validation")):
         ctx.warn(message)
-    others = [s.path for s in (*splits["val"], *splits.get("test", []))]
-    if message := copies_warning([s.path for s in splits["train"]], others, data.data_root):
+    others = [s.path for s in (*splits["val"], *splits.get("test", [])) if s.label >= 0]  # unknown/: never scored
+    if not distributed.secondary() and (
+        message := copies_warning([s.path for s in splits["train"]], others, data.data_root)
+    ):
         ctx.warn(message)
     fewest, why = model.min_train_images
     if len(splits["train"]) < fewest:
@@ -135,10 +150,11 @@ def run(
         + (f", resuming {resume}" if resume else "")
     )
     profile = image_profile(s.path for s in splits["train"])
-    if model.input_size_from_data and profile:
+    chosen = bool(model.input_size_from_data and profile)
+    if chosen:
         model.choose_input_size(profile["aspect"])
     pre = model.preprocessor
-    if profile and (note := squash_note(profile["aspect"], pre)):
+    if profile and (note := squash_note(profile["aspect"], pre, chosen)):
         ctx.console.print(f"[yellow]note[/]: {note}")
     if pre.mode != "resize":
         tiles = f", {pre.tiles_per_image} tiles of {pre.tile_size} per image" if pre.mode == "tile" else ""

@@ -105,6 +105,8 @@ def decode(path: Path) -> np.ndarray | None:
         return None
     if not data:  # an empty file (imdecode asserts on an empty buffer)
         return None
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:  # a PNG cut short, as otx refuses it
+        return None
     # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
     try:
         return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
