@@ -74,13 +74,19 @@ def copies_warning(train: list[str], others: list[str], root: str | Path | None 
         by_size.setdefault(size(path), []).append(path)
     candidates = [(path, n) for path in others if (n := size(path)) > 0 and n in by_size]
     copies: list[tuple[str, str]] = []
-    samples: dict[str, str | None] = {}
+    samples: dict[str, str | None] = {}  # each file read once per kind: a sample, then (if needed) whole
+    wholes: dict[str, str | None] = {}
+
+    def cached(path: str, sample: bool) -> str | None:
+        store = samples if sample else wholes
+        if path not in store:
+            store[path] = digest(path, sample)
+        return store[path]
+
     for path, n in candidates:
-        mine = digest(path, sample=True)
+        mine = cached(path, sample=True)
         for original in by_size[n]:
-            if original not in samples:
-                samples[original] = digest(original, sample=True)
-            if mine is not None and samples[original] == mine and digest(path, False) == digest(original, False):
+            if mine is not None and cached(original, True) == mine and cached(path, False) == cached(original, False):
                 copies.append((path, original))
                 break
     if not copies:

@@ -374,16 +374,16 @@ DECISION_DROP = 0.02
 DECISION_AGREEMENT = 0.98
 
 
-def fell_beyond(decisions: dict[str, Any], max_drop: float) -> list[str]:
+def fell_beyond(decisions: dict[str, Any], max_drop: float, digits: int = 4) -> list[str]:
     """The metrics that fell by more than ``max_drop`` (``pixel AUROC 0.9532 -> 0.9397``); empty when none did.
 
-    From the record's table, so ``max_drop_met`` and the warning always agree.
+    From the record's table, so ``max_drop_met`` and the warnings always agree; ``digits`` after the point.
     """
     if not decisions.get("checked"):
         return []
     reference, mine = decisions["table"]["fp32"], decisions["table"]["candidate"]
     return [
-        f"{key.replace('_', ' ')} {reference[key]:.4f} -> {mine[key]:.4f}"
+        f"{key.replace('_', ' ')} {reference[key]:.{digits}f} -> {mine[key]:.{digits}f}"
         for key in ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1")
         if key in reference and reference[key] - mine[key] > max_drop
     ]
@@ -410,16 +410,11 @@ def decision_warning(decisions: dict[str, Any]) -> str | None:
     """
     if not decisions.get("checked"):
         return None
-    fp32, mine = decisions["table"]["fp32"], decisions["table"]["candidate"]
     reference = decisions.get("reference", "FP32")
-    agreement = mine["image_label_agreement"]
+    agreement = decisions["table"]["candidate"]["image_label_agreement"]
     if decisions["drop"] <= DECISION_DROP and agreement >= DECISION_AGREEMENT:
         return None
-    moved = [
-        f"{key.replace('_', ' ')} {fp32[key]:.3f} -> {mine[key]:.3f}"
-        for key in ("image_AUROC", "image_F1", "pixel_AUROC", "pixel_F1")
-        if key in fp32 and fp32[key] - mine[key] > DECISION_DROP
-    ]
+    moved = fell_beyond(decisions, DECISION_DROP, digits=3)
     return (
         f"The INT8 model does not keep the {reference} model's decisions on the {decisions['images']} validation "
         "images: "
