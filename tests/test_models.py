@@ -269,6 +269,12 @@ def test_stfpm_students_and_their_defaults() -> None:
         Stfpm(layers=["blocks.0"], input_size=(64, 64), pretrained=False)
     with pytest.raises(OTXConfigError, match="student must be one of small, backbone"):
         Stfpm(student="tiny", input_size=(64, 64), pretrained=False)
+    # Each optimizer's own defaults; a momentum Adam would ignore is refused, not dropped.
+    sgd = Stfpm(student="backbone", optimizer="sgd", input_size=(64, 64), pretrained=False).configure_optimizers()
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"]) == (0.4, 0.9)
+    assert small.configure_optimizers().defaults["lr"] == 0.001
+    with pytest.raises(OTXConfigError, match="momentum applies to optimizer sgd only"):
+        Stfpm(momentum=0.5, input_size=(64, 64), pretrained=False)
 
 
 def test_keep_aspect_chooses_an_input_of_the_models_own_area() -> None:
@@ -291,6 +297,12 @@ def test_an_stfpm_checkpoint_from_before_the_small_student_loads_as_it_was_train
     for key in ("student", "student_width", "optimizer", "score_top_share"):  # what an earlier otx wrote
         del ckpt["model"]["init_args"][key]
     ckpt["model"]["init_args"]["weight_decay"] = 0.001
+    adam = Stfpm(input_size=(64, 64), pretrained=False)
+    save_checkpoint(adam, tmp_path / "adam.ckpt", "segmentation", {})
+    adam_ckpt = torch.load(tmp_path / "adam.ckpt", weights_only=True)
+    adam_ckpt["model"]["init_args"].update(lr=0.001, momentum=0.9)  # what otx wrote before momentum was refused
+    torch.save(adam_ckpt, tmp_path / "adam.ckpt")
+    assert load_checkpoint(tmp_path / "adam.ckpt")[0].optimizer == "adam"
     torch.save(ckpt, tmp_path / "old.ckpt")
     loaded, _ = load_checkpoint(tmp_path / "old.ckpt")
     assert (loaded.student, loaded.optimizer, loaded.score_top_share) == ("backbone", "sgd", None)

@@ -159,8 +159,8 @@ class Stfpm(AnomalyModel):
         weights: a local weights file for the teacher.
         image_threshold: manual raw image threshold; None learns it on validation.
         pixel_threshold: manual raw pixel threshold; None learns it on validation.
-        lr: learning rate (0.001 for Adam; anomalib's SGD takes 0.4).
-        momentum: SGD momentum.
+        lr: learning rate; None: 0.001 for Adam, anomalib's 0.4 for SGD.
+        momentum: SGD momentum; None: 0.9. Adam has none, so a value with ``optimizer="adam"`` is refused.
         weight_decay: weight decay; None: 1e-5 for Adam, anomalib's 0.001 for SGD.
         seed: seed of the student's random initialisation.
         student: ``small`` (a ``SmallStudent``) or ``backbone`` (anomalib's: the teacher's architecture).
@@ -220,17 +220,24 @@ class Stfpm(AnomalyModel):
         weights: str | None = None,
         image_threshold: float | None = None,
         pixel_threshold: float | None = None,
-        lr: float = 0.001,
-        momentum: float = 0.9,
+        lr: float | None = None,
+        momentum: float | None = None,
         weight_decay: float | None = None,
         seed: int = 0,
         student: str = "small",
         student_width: int = 32,
         optimizer: str = "adam",
     ) -> None:
-        self.lr = check_number("lr", lr, low=0.0, open_interval=True)
-        self.momentum = check_number("momentum", momentum, low=0.0, high=1.0)
         self.optimizer = check_choice("optimizer", optimizer, ("adam", "sgd"))
+        rate = check_number("lr", lr, low=0.0, open_interval=True, optional=True)
+        self.lr = rate if rate is not None else (0.001 if self.optimizer == "adam" else 0.4)
+        moment = check_number("momentum", momentum, low=0.0, high=1.0, optional=True)
+        if moment is not None and self.optimizer == "adam":
+            raise OTXConfigError(
+                f"momentum applies to optimizer sgd only (got momentum {moment} with optimizer adam); "
+                "leave momentum out, or set optimizer sgd"
+            )
+        self.momentum = moment if moment is not None else 0.9
         decay = check_number("weight_decay", weight_decay, low=0.0, optional=True)
         self.weight_decay = decay if decay is not None else (1e-5 if self.optimizer == "adam" else 0.001)
         self.seed = check_int("seed", seed, minimum=0)
@@ -260,9 +267,12 @@ class Stfpm(AnomalyModel):
     def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
         """Earlier checkpoints: anomalib's student by SGD (before the small student); the map's maximum as score.
 
-        Their thresholds were fitted on the maximum, so they keep it (``score_top_share`` None).
+        Their thresholds were fitted on the maximum, so they keep it (``score_top_share`` None). Adam
+        runs from before momentum was refused with it wrote the unused 0.9: it is dropped.
         """
         init_args = {"score_top_share": None, **init_args}
+        if init_args.get("optimizer") == "adam":
+            init_args.pop("momentum", None)
         if "student" not in init_args:
             return {**init_args, "student": "backbone", "optimizer": "sgd"}
         return init_args
