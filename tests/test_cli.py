@@ -328,3 +328,24 @@ def test_a_bad_value_is_named_where_it_was_written(tmp_path: Path) -> None:
     assert _from_config(size, ["train", "--config", str(tmp_path / "size.yaml")]).startswith(
         f"model.init_args.input_size in {tmp_path / 'size.yaml'} expects"
     )
+
+
+def test_main_called_from_python_leaves_the_callers_process_as_it_was(capsys) -> None:
+    """The CLI's Ctrl+C handler, warnings filters and library log levels are for its own process."""
+    import logging
+    import os
+    import signal
+    import warnings
+
+    def state() -> tuple:
+        levels = tuple(logging.getLogger(name).level for name in ("lightning", "anomalib", "nncf"))
+        handlers = tuple(logging.getLogger("otx").handlers)
+        opencv = os.environ.get("OPENCV_LOG_LEVEL")
+        signals = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        return signals, list(warnings.filters), levels, handlers, opencv
+
+    before = state()
+    assert main(["find", "--what", "backbones"]) == 0
+    assert main(["test", "--work_dir", "/nonexistent/otx-ws"]) == 1  # a failing call as well
+    capsys.readouterr()
+    assert state() == before  # before: otx's signal handler (a 20 s exit after a later Ctrl+C), UserWarning ignored

@@ -313,8 +313,20 @@ def test_predict_accepts_arrays_files_and_globs(exported, sample_root: Path) -> 
     listed = inferencer.predict([str(f) for f in files])  # a list of paths, as a list of arrays
     assert [p.image_path for p in listed] == [str(f) for f in files]
     assert [p.pred_score for p in listed] == pytest.approx([p.pred_score for p in from_files], abs=1e-6)
-    with pytest.raises(OTXDataError, match="only image arrays or only image paths"):
+    with pytest.raises(OTXDataError, match="only images .arrays, PIL images, tensors. or only image paths"):
         inferencer.predict([str(files[0]), read_image(files[0])])
+    # what else a Python caller holds an image in: each as the array it holds (before: "does not exist", or OSError)
+    from PIL import Image
+
+    rgb = read_image(files[0])
+    for other in (Image.fromarray(rgb), torch.from_numpy(rgb).permute(2, 0, 1), [Image.fromarray(rgb)]):
+        assert inferencer.predict(other)[0].pred_score == pytest.approx(from_files[0].pred_score, abs=1e-6)
+    gray = rgb[..., :1].copy()  # H x W x 1 reads as H x W
+    assert inferencer.predict(gray)[0].pred_score == pytest.approx(inferencer.predict(gray[..., 0])[0].pred_score)
+    with pytest.raises(OTXDataError, match="not booleans"):
+        inferencer.predict(rgb > 128)  # before: a black image with a few grey levels, scored
+    with pytest.raises(OTXDataError, match="source must be an image path.*got int"):
+        inferencer.predict(7)
 
 
 def test_arrays_of_every_depth_read_as_their_files(exported, sample_root: Path, tmp_path: Path) -> None:

@@ -427,6 +427,7 @@ def test_the_python_api_shows_otx_warnings_once(logging_setup: str, sample_root:
     assert done.returncode == 0, done.stderr
     shown = [line for line in done.stderr.splitlines() if "image threshold" in line and "flags nothing" in line]
     assert len(shown) == 1, done.stderr
+    assert "INFO" not in done.stderr  # the run's INFO lines go to its otx.log (before: to basicConfig's handler too)
     assert shown[0].startswith("WARNING:")  # logging's own format or otx's: "LEVEL: message" / "LEVEL:otx:message"
 
 
@@ -472,6 +473,55 @@ def test_training_twice_starts_from_the_model_as_given(sample_root: Path, tmp_pa
     assert engine.train().model == "Padim"
 
 
+def test_callback_objects_start_afresh_in_each_training(sample_root: Path, tmp_path: Path) -> None:
+    """Lightning keeps a run's state on its callbacks: a second train() must not inherit the first's best epoch."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    best = ModelCheckpoint(monitor="val/image_AUROC", mode="max", filename="best")
+    stop = EarlyStopping(monitor="val/image_AUROC", mode="max", patience=1)
+    engine = Engine(
+        model=Stfpm(input_size=(64, 64)),
+        data=AnomalyDataModule(str(sample_root / "carpet_like"), batch_size=8, num_workers=0),
+        work_dir=tmp_path,
+        trainer={"max_epochs": 2, "callbacks": [best, stop]},
+    )
+    first = engine.train()
+    engine.data = AnomalyDataModule(str(sample_root / "bottle_like"), batch_size=8, num_workers=0)
+    second = engine.train()
+    assert best.dirpath is None and best.best_model_path == "" and stop.wait_count == 0  # as given
+    for run in (first, second):  # each run's best epoch in its own folder (before: the second wrote into the first's)
+        assert [p.name for p in (Path(run.run_folder) / "checkpoints").glob("best*.ckpt")] == ["best.ckpt"]
+    students = [load_checkpoint(run.checkpoint)[0].model.student_model.state_dict() for run in (first, second)]
+    assert any(not torch.equal(students[0][k], students[1][k]) for k in students[0])  # before: the first's weights
+
+
+def test_a_training_leaves_the_process_and_the_model_ready(sample_root: Path, tmp_path: Path) -> None:
+    """torch's deterministic mode and otx's log level are the run's; the trained model is left for inference."""
+    import logging
+
+    otx_logger = logging.getLogger("otx")
+    before = (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"), otx_logger.level)
+    engine = Engine(
+        model=Padim(input_size=(64, 64)),
+        data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
+        work_dir=tmp_path,
+        trainer={"deterministic": True},
+    )
+    engine.train()
+    after = (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"), otx_logger.level)
+    assert after == before and otx_logger.propagate  # before: deterministic on, the level INFO
+    assert not engine.model.training
+    with torch.no_grad():
+        anomaly_map, score = engine.model(torch.rand(2, 3, 64, 64))  # before: AttributeError (train mode)
+    assert anomaly_map.shape == (2, 64, 64) and score.shape == (2,)
+
+
+def test_an_engines_model_unlike_the_checkpoint_is_named(trained_padim: dict, sample_root: Path, tmp_path) -> None:
+    engine = Engine(model=Stfpm(input_size=(64, 64)), data=str(sample_root / "bottle_like"), work_dir=tmp_path)
+    tested = engine.test(checkpoint=trained_padim["checkpoint"])
+    assert any("the engine's model is Stfpm" in w and "holds Padim" in w for w in tested.warnings), tested.warnings
+
+
 def test_python_callers_are_told_the_python_argument_names(sample_root: Path, tmp_path: Path, capsys) -> None:
     """The same mistake names ``checkpoint=PATH`` through the Engine and ``--checkpoint PATH`` through the CLI."""
     from otx.cli import main
@@ -492,6 +542,14 @@ def test_python_callers_are_told_the_python_argument_names(sample_root: Path, tm
     data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
     with pytest.raises(OTXConfigError, match="unexpected keyword argument 'max_epoch'; did you mean 'max_epochs'\\?"):
         Engine(model=Padim(pretrained=False), data=data, work_dir=empty, trainer={"max_epoch": 1}).train()
+    with pytest.raises(OTXConfigError, match=r'trainer\["max_epochs"\] must be an integer >= 1 \(got .two.\)'):
+        Engine(model=Padim(pretrained=False), data=data, work_dir=tmp_path / "ws2", trainer={"max_epochs": "two"})
+    assert not (tmp_path / "ws2").exists()  # refused before a run folder (before: int()'s ValueError, from train())
+    images = sorted((sample_root / "bottle_like" / "test" / "good").glob("*.png"))[:2]
+    with pytest.raises(OTXConfigError, match="got a list of 2 paths.*pass a glob"):
+        Engine(work_dir=empty).predict(source=images)
+    with pytest.raises(OTXConfigError, match="got ndarray.*OpenVINOInferencer"):
+        Engine(work_dir=empty).predict(source=np.zeros((8, 8, 3), np.uint8))  # before: "must be a path"
     trainer = {"enable_model_summary": True, "log_every_n_steps": 1}  # before: "got multiple values for ..."
     assert Engine(
         model=Padim(pretrained=False, input_size=(64, 64)), data=data, work_dir=empty, trainer=trainer

@@ -339,21 +339,24 @@ def build_parser(verbs: tuple[str, ...] | None = None) -> ArgumentParser:
     return parser
 
 
+_QUIETED = (
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.pytorch.trainer.connectors.signal_connector",  # "Received SIGTERM" (otx says it once)
+    "anomalib",
+    "timm",
+    "nncf",
+    "datumaro",
+)
+
+
 def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
-    for name in (
-        "lightning",
-        "lightning.pytorch",
-        "lightning.fabric",
-        "lightning.pytorch.utilities.rank_zero",
-        "lightning.pytorch.trainer.connectors.signal_connector",  # "Received SIGTERM" (otx says it once)
-        "anomalib",
-        "timm",
-        "nncf",
-        "datumaro",
-    ):
+    for name in _QUIETED:
         logging.getLogger(name).setLevel(logging.ERROR)
     # OpenCV's own "[ WARN:0@5.3] ... PNG input buffer is incomplete" before otx's line about the file
     # (read when OpenCV is first imported, after this; a user's own setting wins)
@@ -806,21 +809,61 @@ def _install_signal_handlers() -> None:
         sys.unraisablehook = _unraisable
 
 
+class _CallerState:
+    """What ``_main`` changes in the process, saved for ``main(argv)`` called from Python to put back.
+
+    Signal handlers, warnings filters, library log levels, otx's stderr handler and
+    ``OPENCV_LOG_LEVEL``: without this, the CLI's Ctrl+C handler ended the caller's process 20 s
+    after a later Ctrl+C, and the caller's own warnings were silenced.
+    """
+
+    def __init__(self) -> None:
+        main_thread = threading.current_thread() is threading.main_thread()
+        self.handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+        self.unraisablehook = sys.unraisablehook
+        self.warnings = warnings.catch_warnings()
+        self.warnings.__enter__()
+        self.levels = {name: logging.getLogger(name).level for name in _QUIETED}
+        self.otx_handlers = list(logging.getLogger("otx").handlers)
+        self.opencv_log_level = os.environ.get("OPENCV_LOG_LEVEL")
+
+    def restore(self) -> None:
+        """Put back what was saved; forget a stop that arrived during the call."""
+        _disarm_watchdog()
+        STOPS.clear()
+        _REDELIVERED.clear()
+        for sig, handler in self.handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+        sys.unraisablehook = self.unraisablehook
+        self.warnings.__exit__(None, None, None)
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+        logger = logging.getLogger("otx")
+        for handler in [h for h in logger.handlers if h not in self.otx_handlers]:
+            logger.removeHandler(handler)
+        if self.opencv_log_level is None:
+            os.environ.pop("OPENCV_LOG_LEVEL", None)
+        else:
+            os.environ["OPENCV_LOG_LEVEL"] = self.opencv_log_level
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``otx`` console script; returns the exit code.
 
     Called without ``argv`` (the console script, ``python -m otx.cli``) it is the whole process: after
     a stop, the process ends within ``STOP_GRACE_S`` even if the clean-up or the interpreter's exit
-    hangs. Called with ``argv`` from Python, the caller's process is left running.
+    hangs. Called with ``argv`` from Python, the caller's process is left running and as it was:
+    its signal handlers, warnings filters and log levels are put back on return.
     """
-    whole_process = argv is None
+    caller = None if argv is None else _CallerState()
     command_line = COMMAND_LINE.set(True)  # messages name the command line's options
     try:
         return _main(list(sys.argv[1:] if argv is None else argv))
     finally:
         COMMAND_LINE.reset(command_line)
-        if not whole_process:
-            _disarm_watchdog()
+        if caller is not None:
+            caller.restore()
 
 
 def _is_model_option(arg: str) -> bool:

@@ -26,6 +26,7 @@ import contextlib
 import copy
 import functools
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -92,7 +93,8 @@ class Engine:
         work_dir: where run folders, checkpoints and results go.
         max_epochs: training epochs; None takes ``trainer``'s, else the model's default (a shortcut
             for ``trainer={"max_epochs": n}``).
-        seed: global seed for training.
+        seed: global seed for training: ``train()`` seeds Python's, NumPy's and torch's random
+            generators with it (Lightning's ``seed_everything``), so the caller's are reseeded too.
         config: the resolved configuration to save with each run (the CLI passes it).
         console: where summaries and progress go (a ``rich`` console).
         device: OpenVINO device for exported models (``AUTO``, ``CPU``, ``GPU``, ``NPU``).
@@ -141,6 +143,9 @@ class Engine:
         if trainer is not None and not isinstance(trainer, dict):
             raise OTXConfigError(f"trainer must be a dict of lightning.Trainer arguments (got {trainer!r})")
         self.trainer = dict(trainer or {})
+        for key in ("max_epochs", "check_val_every_n_epoch", "num_nodes", "accumulate_grad_batches"):
+            # before the first run folder: Lightning's own errors for these came after one was made
+            check_int(f"--trainer.{key}", self.trainer.get(key), minimum=1, optional=True)  # Python: trainer["key"]
         if self.max_epochs is not None and self.trainer.get("max_epochs") not in (None, self.max_epochs):
             raise OTXConfigError(
                 f"max_epochs={self.max_epochs} and trainer['max_epochs']={self.trainer['max_epochs']!r} disagree: "
@@ -259,6 +264,17 @@ class Engine:
         0.5 is the pixel threshold, at the image's size); by default it is dropped (``None``), as a map
         takes four bytes a pixel.
         """
+        if isinstance(source, list | tuple) and source and all(isinstance(item, str | Path) for item in source):
+            raise OTXConfigError(
+                f"source must be one image path, folder or glob (got a list of {len(source)} paths); put the "
+                "images in one folder, or pass a glob such as 'images/*.png'"
+            )
+        in_memory = hasattr(source, "shape") or type(source).__module__.startswith("PIL.")  # arrays, tensors, images
+        if isinstance(source, list | tuple) or in_memory:
+            raise OTXConfigError(
+                f"source must be an image path, a folder or a glob (got {type(source).__name__}); for images in "
+                "memory, export the model and use otx.deploy.OpenVINOInferencer(path).predict(images)"
+            )
         check_path("source", source, optional=True)
         check_path("checkpoint", checkpoint, optional=True)
         check_bool("visualize", visualize)
@@ -379,6 +395,7 @@ class Engine:
             inference_precision=self.inference_precision,
             seed=self.seed,
             config=self.config,
+            model=self.model,
         )
 
     def _run(self, command: str, body: Callable[[VerbContext, Run], R], distributed: bool = False) -> R | None:
@@ -391,7 +408,7 @@ class Engine:
             log.info("otx %s: skipped in a process of rank > 0 (rank 0 runs it)", command)
             return None
         ctx = self._context()
-        with quiet_lightning(), warnings_shown(logging.ERROR if secondary() else logging.WARNING):
+        with quiet_lightning(), torch_flags_kept(), warnings_shown(logging.ERROR if secondary() else logging.WARNING):
             return run_verb(ctx, command, lambda run: body(ctx, run), lambda result: render(self.console, result))
 
 
@@ -416,3 +433,29 @@ def quiet_lightning() -> Iterator[None]:
     finally:
         for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def torch_flags_kept() -> Iterator[None]:
+    """Torch's process-wide algorithm flags as they were before a verb.
+
+    ``trainer={"deterministic": True}`` is for its run: Lightning switches
+    ``torch.use_deterministic_algorithms`` (and cuBLAS's workspace variable) on when it builds the
+    trainer and leaves it on, which made later runs and the caller's own torch code deterministic
+    (on a GPU, an error for operations that have no deterministic version).
+    """
+    import torch
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace

@@ -11,6 +11,7 @@ uninterrupted one sees).
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import inspect
@@ -113,11 +114,26 @@ def describe_settings(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
-    """Callbacks from ``{class_path, init_args}`` entries (instances pass through); one line per mistake."""
+    """Callbacks from ``{class_path, init_args}`` entries; one line per mistake.
+
+    A callback instance is copied (as it was given) for each run: Lightning keeps a run's state on
+    its callbacks (a ``ModelCheckpoint``'s folder and best file, ``EarlyStopping``'s wait count),
+    which would carry the first run's best weights and stopping point into a second ``train()``.
+    """
     callbacks = []
     for spec in specs:
         if isinstance(spec, L.Callback):
-            callbacks.append(spec)
+            try:
+                callbacks.append(copy.deepcopy(spec))
+            except Exception as exc:  # a callback holding something that cannot be copied (a lock, a file)
+                log.warning(
+                    "trainer.callbacks: %s cannot be copied (%s), so this run uses it as given and its state "
+                    "carries over into later runs; give it as {class_path: %s, init_args: {...}} for a fresh one",
+                    type(spec).__name__,
+                    exc,
+                    class_path(spec),
+                )
+                callbacks.append(spec)
             continue
         if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
             raise OTXConfigError(

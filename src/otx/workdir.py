@@ -154,8 +154,39 @@ class WorkDir:
         atomic_write_json(self.root / LATEST, pointers)
 
 
+class _ToAncestors(logging.Handler):
+    """The ``otx`` logger's records for its ancestors' handlers, from the level it had before a run.
+
+    A run raises the logger to INFO for its log file; its records reach the handlers of the
+    logger's ancestors (a user's ``logging.basicConfig``) only from the level it had before.
+    Without this, a script's root handler showed every INFO line of every run, whatever level the
+    script had set. The ancestors' handlers are called as propagation calls them.
+    """
+
+    def __init__(self, logger: logging.Logger, level_before: int) -> None:
+        super().__init__()
+        self.logger = logger
+        self.level_before = level_before
+
+    def emit(self, record: logging.LogRecord) -> None:  # noqa: D102
+        parent = self.logger.parent
+        threshold = self.level_before or (parent.getEffectiveLevel() if parent else logging.WARNING)
+        if record.levelno < threshold or getattr(record, "file_only", False):  # file-only: the run's log alone
+            return
+        current = parent
+        while current is not None:
+            for handler in current.handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+            current = current.parent if current.propagate else None
+
+
 class Run:
-    """One command's run folder, with a log file handler attached while it is open."""
+    """One command's run folder, with a log file handler attached while it is open.
+
+    The ``otx`` logger is at INFO while it is open (the log file's level); its level, and what
+    reaches the handlers of its ancestors, are as they were before (``_ToAncestors``) and come back on ``close``.
+    """
 
     def __init__(self, workdir: WorkDir, path: Path, command: str, scratch: bool = False) -> None:
         self.workdir = workdir
@@ -166,6 +197,12 @@ class Run:
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._handler.setLevel(logging.INFO)
         logger = logging.getLogger("otx")
+        self._level_before = logger.level
+        self._forward: _ToAncestors | None = None
+        if logger.propagate:  # the outermost open run (a run inside another finds it done)
+            self._forward = _ToAncestors(logger, self._level_before)
+            logger.addHandler(self._forward)
+            logger.propagate = False
         logger.setLevel(logging.INFO)
         logger.addHandler(self._handler)
         OPEN_RUNS.append(self)
@@ -188,9 +225,15 @@ class Run:
         return path
 
     def close(self, success: bool) -> None:
-        """Detach the log and, on success, make this the latest run of its command."""
-        logging.getLogger("otx").removeHandler(self._handler)
+        """Detach the log, restore the ``otx`` logger, and, on success, make this the latest run of its command."""
+        logger = logging.getLogger("otx")
+        logger.removeHandler(self._handler)
         self._handler.close()
+        logger.setLevel(self._level_before)
+        if self._forward is not None:
+            logger.removeHandler(self._forward)
+            logger.propagate = True
+            self._forward = None
         if self in OPEN_RUNS:
             OPEN_RUNS.remove(self)
         if self.scratch:

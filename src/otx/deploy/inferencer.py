@@ -75,12 +75,18 @@ def check_model_path(path: str | Path) -> Path:
 def to_input(image: np.ndarray) -> np.ndarray:
     """An image as the graph's input: float32 ``[3, H, W]`` RGB in [0, 1].
 
-    Accepts ``H x W x 3`` RGB (as ``otx.data.io.read_image`` returns) or ``H x W`` grayscale
-    arrays, or ``3 x H x W``. Values are read as image files are (``otx.data.io.to_uint8``):
+    Accepts ``H x W x 3`` RGB (as ``otx.data.io.read_image`` returns), ``H x W`` or ``H x W x 1``
+    grayscale arrays, or ``3 x H x W``. Values are read as image files are (``otx.data.io.to_uint8``):
     ``uint8`` over 0-255, ``uint16`` over its full range, floats already in [0, 1] as they are,
     other floats and integers as 0-255 (others raise ``OTXDataError``), so an array gives what its file would.
     """
     array = np.asarray(image)
+    if array.dtype == np.bool_:
+        raise OTXDataError(
+            "an image array must hold pixel values, not booleans (a mask?); pass array.astype(np.uint8) * 255"
+        )
+    if array.ndim == 3 and array.shape[2] == 1:  # H x W x 1: grayscale
+        array = array[..., 0]
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3:
@@ -104,6 +110,17 @@ def to_input(image: np.ndarray) -> np.ndarray:
     except ValueError as exc:
         raise OTXDataError(f"image array: {exc}") from None
     return np.ascontiguousarray(levels, dtype=np.float32) / np.float32(255.0)
+
+
+def _image_array(item: Any) -> np.ndarray | None:
+    """``item`` as an image array when it is one: an array, a PIL image or a torch tensor; else None."""
+    if isinstance(item, np.ndarray):
+        return item
+    if type(item).__module__.startswith("PIL.") and hasattr(item, "mode") and hasattr(item, "convert"):
+        return np.asarray(item if item.mode in ("L", "RGB", "I;16") else item.convert("RGB"))
+    if type(item).__name__ == "Tensor" and hasattr(item, "detach"):
+        return item.detach().cpu().numpy()
+    return None
 
 
 def image_hw(image: np.ndarray) -> tuple[int, int]:
@@ -342,22 +359,27 @@ class OpenVINOInferencer:
 
         A file that cannot be decoded gets no decision: its ``Prediction`` has ``label_name``
         ``"error"``, ``pred_label`` None and the reason in ``error``; the others are predicted.
-        Arrays are RGB (see ``to_input``).
+        Arrays are RGB (see ``to_input``); PIL images and torch tensors (``3 x H x W`` or
+        ``H x W x 3``) are taken as the arrays they hold.
         """
         if isinstance(source, list | tuple):
             kinds = {
-                "array" if isinstance(item, np.ndarray) else "path" if isinstance(item, str | Path) else "other"
+                "array" if _image_array(item) is not None else "path" if isinstance(item, str | Path) else "other"
                 for item in source
             }
             if len(kinds) > 1 or "other" in kinds:
                 raise OTXDataError(
-                    "a list to predict on must hold only image arrays or only image paths "
+                    "a list to predict on must hold only images (arrays, PIL images, tensors) or only image paths "
                     f"(got {', '.join(sorted({type(item).__name__ for item in source}))})"
                 )
-        if isinstance(source, np.ndarray) or (
-            isinstance(source, list | tuple) and source and isinstance(source[0], np.ndarray)
-        ):
-            arrays = [source] if isinstance(source, np.ndarray) else list(source)
+        elif _image_array(source) is None and not isinstance(source, str | Path):
+            raise OTXDataError(
+                "source must be an image path, a folder, a glob, an image (array, PIL image, tensor) or a list "
+                f"of them (got {type(source).__name__})"
+            )
+        single = _image_array(source)
+        if single is not None or (isinstance(source, list | tuple) and source and kinds == {"array"}):
+            arrays = [single] if single is not None else [_image_array(item) for item in source]
             names = [f"array_{i}" for i in range(len(arrays))]
             return self._predict_arrays(names, arrays)
         from otx.data.datamodule import samples_from_source

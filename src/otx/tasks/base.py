@@ -25,8 +25,10 @@ class AnomalyTask(StrEnum):
 class Prediction:
     """What a model says about one image, at the image's original size.
 
-    ``pred_score`` is normalised to [0, 1] with 0.5 the decision boundary; ``pred_label`` is
-    True for anomalous. Maps, masks and boxes are filled by the tasks that produce them.
+    ``pred_score`` is normalised to [0, 1] with 0.5 the decision boundary, and clipped: images
+    scored beyond the validation split's range all read 0.0 or 1.0, so rank images by the raw
+    scores ``otx test``'s metrics use, not by ``pred_score``. ``pred_label`` is True for anomalous.
+    Maps, masks and boxes are filled by the tasks that produce them.
 
     An image that could not be read has no decision: ``error`` holds the reason, ``pred_label``
     is None, ``pred_score`` NaN and ``label_name`` ``"error"`` (never ``"normal"``).

@@ -45,6 +45,8 @@ class VerbContext:
         inference_precision: OpenVINO inference precision for exported models.
         seed: seed for training and calibration subsets.
         config: the resolved configuration to save with the run (the CLI's).
+        model: the engine's model, compared with the model a verb loads from a file (None: the
+            engine has none, or the file is its own training's checkpoint).
     """
 
     console: Console
@@ -55,6 +57,7 @@ class VerbContext:
     inference_precision: str
     seed: int
     config: dict[str, Any]
+    model: Any = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     notes: set[str] = dataclasses.field(default_factory=set)
     # In a process of rank > 0: the file rank 0 writes for this verb (train: its model.ckpt), so that

@@ -45,12 +45,17 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
         scorer = TorchScorer(model, path, ckpt.get("task"), ckpt.get("data"))
     ctx.console.print(describe_loaded(scorer))
     recipe = ctx.config.get("model") if isinstance(ctx.config.get("model"), dict) else None
-    if recipe and recipe.get("class_path") and not str(recipe["class_path"]).endswith(".AnomalyModel"):
-        name = str(recipe["class_path"]).rpartition(".")[2]
+    given: tuple[str, str, str | None] | None = None  # whose, class name, backbone
+    if ctx.model is not None:  # Engine(model=...) that has not trained this checkpoint
+        given = ("the engine's model", type(ctx.model).__name__, ctx.model.spec.name)
+    elif recipe and recipe.get("class_path") and not str(recipe["class_path"]).endswith(".AnomalyModel"):
         backbone = (recipe.get("init_args") or {}).get("backbone")
+        given = ("the recipe's model", str(recipe["class_path"]).rpartition(".")[2], backbone)
+    if given is not None:
+        whose, name, backbone = given
         if name != scorer.name or (backbone and backbone != scorer.backbone):
             ctx.warn(
-                f"the recipe's model is {name} ({backbone or 'default backbone'}) but {path} holds "
+                f"{whose} is {name} ({backbone or 'default backbone'}) but {path} holds "
                 f"{scorer.name} ({scorer.backbone}); using the model in the file"
             )
     return scorer

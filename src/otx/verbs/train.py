@@ -134,6 +134,8 @@ def run(
             f"{len(splits['train'])}: add normal images"
         )
     steps = max(1, min(50, len(splits["train"]) // data.images_per_batch(model.preprocessor)))
+    if ctx.console.quiet:  # Engine(console=Console(quiet=True)): no epoch bar either (Lightning draws it on its own)
+        settings = {"enable_progress_bar": False, **settings}
     trainer, roles = build_trainer(settings, run.path, steps, model.ddp_unused_parameters)
     rank, world = trainer.global_rank, trainer.world_size
     if len(splits["train"]) < world:
@@ -203,6 +205,7 @@ def run(
             model.validation_outputs = None
         if model.validation_outputs is None or model.validated_step != trainer.global_step:
             trainer.validate(model, val_loader, verbose=False)
+    model.eval()  # Lightning leaves the fitted model in training mode; engine.model is used for inference next
     # The processes' last collective is behind them: set in every process alike (Engine.train waits there
     # for rank 0's files), and the checkpoint rank 0 writes, which the engines of the others take as theirs.
     ctx.primary_output = written
