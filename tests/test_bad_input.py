@@ -164,6 +164,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         2,
     ),
     (
+        "train-trainer-epochs-0",
+        "out of range",
+        ["train", "--config", RECIPE, "--trainer.max_epochs", "0"],
+        "--trainer.max_epochs must be an integer >= 1 (got 0)",
+        1,
+    ),
+    (
         "train-callback",
         "wrong value",
         ["train", "--config", RECIPE, "--trainer.callbacks", '[{{"class_path": "NoSuchCallback"}}]'],
