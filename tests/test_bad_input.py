@@ -164,6 +164,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         2,
     ),
     (
+        "train-strategy-fsdp",
+        "wrong value",
+        ["train", "--config", RECIPE, "--trainer.devices", "2", "--trainer.strategy", "fsdp"],
+        "strategy 'fsdp' is not supported for 2 processes",
+        1,
+    ),
+    (
         "train-trainer-epochs-0",
         "out of range",
         ["train", "--config", RECIPE, "--trainer.max_epochs", "0"],

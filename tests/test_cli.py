@@ -349,3 +349,17 @@ def test_main_called_from_python_leaves_the_callers_process_as_it_was(capsys) ->
     assert main(["test", "--work_dir", "/nonexistent/otx-ws"]) == 1  # a failing call as well
     capsys.readouterr()
     assert state() == before  # before: otx's signal handler (a 20 s exit after a later Ctrl+C), UserWarning ignored
+
+
+def test_a_stop_while_modules_load_is_an_interruption_not_a_bug(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """Ctrl+C in a command's first half-second lands while the parser imports the models: it exits 130."""
+    import otx.cli as cli
+
+    def interrupted_import(*args: object) -> None:
+        cli.STOPS.append("SIGINT")  # what _on_signal records before it raises into the import
+        raise RecursionError("maximum recursion depth exceeded")  # what a half-loaded numpy then raised
+
+    monkeypatch.setattr(cli, "build_parser", interrupted_import)
+    assert main(["train", "--config", "recipe/anomaly_segmentation/padim.yaml"]) == 130
+    assert "internal error" not in capsys.readouterr().err  # before: "a bug in otx", exit 1
+    assert not cli.STOPS

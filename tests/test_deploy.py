@@ -169,7 +169,8 @@ def test_otx_test_on_the_ir_matches_the_checkpoint(
     a = json.loads(next((tmp_path / "a").glob("*-test/metrics.json")).read_text())
     b = json.loads(next((tmp_path / "b").glob("*-test/metrics.json")).read_text())
     assert b["task"] == "detection"  # taken from the exported model
-    assert b["runtime"] == {"runtime": "openvino", "device": "CPU", "inference_precision": "f32"}
+    expected = {"runtime": "openvino", "device": "CPU", "execution_devices": "CPU", "inference_precision": "f32"}
+    assert b["runtime"] == expected
     assert a["splits"] == b["splits"]
     for key in ("image_AUROC", "pixel_AUROC", "AUPRO", "image_F1"):
         assert abs(a["metrics"][key] - b["metrics"][key]) <= 0.002, key
@@ -281,9 +282,9 @@ def test_export_refusals(trained_padim: dict, tmp_path: Path) -> None:
             "--checkpoint",
             ckpt,
             "--format",
-            "ONNX",
+            "onnx",  # any case, as Engine.export takes it (before: "--format expects one of OPENVINO, ONNX")
             "--precision",
-            "FP16",
+            "fp16",
             "--work_dir",
             str(tmp_path / "w"),
             cwd=tmp_path,
@@ -293,6 +294,9 @@ def test_export_refusals(trained_padim: dict, tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists() or not list((tmp_path / "w").glob("*-export"))
     line = error_line(run_main("export", "--checkpoint", ckpt, "--format", "TFLITE", cwd=tmp_path))
     assert "format" in line.lower()
+    done = run_main("export", "--checkpoint", ckpt, "--precision=fp16", "--work_dir", str(tmp_path / "w"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("run folder:") == 1  # before: once after the FP16 decisions, again after the torch check
 
 
 def test_predict_accepts_arrays_files_and_globs(exported, sample_root: Path) -> None:

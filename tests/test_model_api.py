@@ -123,6 +123,14 @@ def test_demo_package_runs_with_only_openvino_numpy_opencv(
     assert imported - set(sys.stdlib_module_names) == {"cv2", "numpy", "openvino"}
     requirements = (tmp_path / "demo" / "requirements.txt").read_text().split()
     assert [r.split("=")[0].split(">")[0] for r in requirements] == ["openvino", "numpy", "opencv-python-headless"]
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    for line in requirements:  # what otx ran with, and bounded above (before: opencv 5 installed, which otx excludes)
+        required = Requirement(line)
+        assert required.specifier.contains(version(required.name)), line
+        assert any(spec.operator in ("<", "==") for spec in required.specifier), line
 
     images = sample_root / "bottle_like" / "test"
     run = subprocess.run(

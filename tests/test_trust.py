@@ -302,7 +302,7 @@ def test_images_added_to_the_test_folders_never_take_a_validation_images_place(
     kept = removed.read_bytes()
     removed.unlink()
     assert main(["test", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 0
-    assert "(1 are gone)" in " ".join(capsys.readouterr().err.split())
+    assert "(1 is gone)" in " ".join(capsys.readouterr().err.split())
     tested = {r["image"] for r in json.loads((work_dir / latest(work_dir)["test"] / "predictions.json").read_text())}
     assert not tested & fitted
     removed.write_bytes(kept)

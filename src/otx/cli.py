@@ -946,6 +946,20 @@ def _fold_max_epochs(argv: list[str]) -> list[str]:
     return _without_option(argv, "--max_epochs") + ["--trainer.max_epochs", value]
 
 
+def _upper_export_choices(argv: list[str]) -> list[str]:
+    """``otx export --format onnx`` as ``--format ONNX`` (and ``--precision fp16``), as ``Engine.export`` takes them."""
+    if not argv or argv[0] != "export":
+        return argv
+    folded = list(argv)
+    for i, arg in enumerate(folded):
+        for option in ("--format", "--precision"):
+            if arg == option and i + 1 < len(folded):
+                folded[i + 1] = folded[i + 1].upper()
+            elif arg.startswith(f"{option}="):
+                folded[i] = f"{option}={arg.partition('=')[2].upper()}"
+    return folded
+
+
 def _fold_data_root(argv: list[str]) -> list[str]:
     """``--data_root DIR`` as ``--data.data_root DIR`` after every other option, as ``--max_epochs`` is folded.
 
@@ -1005,7 +1019,7 @@ def _main(argv: list[str]) -> int:
         printing = bool(argv) and argv[0] in VERBS and argv[0] != "train" and _asks_print_config(argv)
         if printing:  # the evaluation verbs print what they will use, not the recipe's model and trainer
             argv = [arg for arg in argv if not (arg == "--print_config" or arg.startswith("--print_config="))]
-        cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(argv))))
+        cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(_upper_export_choices(argv)))))
         command = cfg.command
         if printing:
             text = _evaluation_config(cfg[command], parser._subcommands_action._name_parser_map[command])
@@ -1042,6 +1056,10 @@ def _main(argv: list[str]) -> int:
                 line = line.replace("otx <command>", f"otx {argv[0]}")
             errors.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
             return 2
+        if STOPS and not os.environ.get("OTX_DEBUG"):
+            # a stop that landed while modules were still loading (numpy half-imported, a RecursionError):
+            # the stop's own line is out already; nothing had been written yet
+            return 130
         if os.environ.get("OTX_DEBUG"):
             raise
         errors.print(

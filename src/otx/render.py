@@ -60,7 +60,7 @@ def render(console: Console, result: Result) -> None:
         _summary(console, result, result.counts, "predictions", extra)
     elif isinstance(result, ExportResult):
         if result.decisions is not None:
-            _decisions(console, result, "FP16", {})
+            _decisions(console, result, "FP16", {}, last=False)
         check = {k: f"{v:.2e}" if k.startswith("max_") else v for k, v in result.check_against_torch.items()}
         extra = {"exported_model": result.exported_model}
         if result.demo_package:
@@ -89,7 +89,9 @@ def _summary(console: Console, result: Result, metrics: dict[str, Any], title: s
     console.print(f"run folder: {result.run_folder}")
 
 
-def _decisions(console: Console, result: ExportResult | OptimizeResult, name: str, extra: dict[str, str]) -> None:
+def _decisions(
+    console: Console, result: ExportResult | OptimizeResult, name: str, extra: dict[str, str], last: bool = True
+) -> None:
     """The reference against the converted model on the validation split, before and after recalibration.
 
     The reference is FP32, or the FP16 IR an INT8 model came from: AUROC, F1 at the thresholds and
@@ -101,7 +103,8 @@ def _decisions(console: Console, result: ExportResult | OptimizeResult, name: st
         console.print(
             f"[yellow]warning[/]: no validation images; {name}'s decisions were not checked against {reference}"
         )
-        _summary(console, result, {}, name, extra)
+        if last:
+            _summary(console, result, {}, name, extra)
         return
     table = Table(title=f"otx {result.command}: {name} vs {reference} on {decisions['images']} validation images")
     rows = decisions["table"]
@@ -121,7 +124,8 @@ def _decisions(console: Console, result: ExportResult | OptimizeResult, name: st
     console.print(f"recalibrated thresholds: {recalibrated}")
     for key, value in extra.items():
         console.print(f"{key}: {value}")
-    console.print(f"run folder: {result.run_folder}")
+    if last:  # an FP16 export's torch check follows, and ends with the run folder
+        console.print(f"run folder: {result.run_folder}")
 
 
 def _benchmark(console: Console, result: BenchmarkResult) -> None:

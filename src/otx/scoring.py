@@ -122,9 +122,14 @@ class OpenVINOScorer:
         return self.inferencer.info.stats()
 
     def runtime_info(self) -> dict[str, str]:
-        """Where the model ran: OpenVINO, the device and the inference precision actually used."""
+        """Where the model ran: OpenVINO, the device asked for, the one(s) that ran it, the precision used."""
         inf = self.inferencer
-        return {"runtime": self.runtime, "device": inf.device, "inference_precision": inf.inference_precision}
+        return {
+            "runtime": self.runtime,
+            "device": inf.device,
+            "execution_devices": inf.execution_devices,  # what AUTO chose (before: only "AUTO" was recorded)
+            "inference_precision": inf.inference_precision,
+        }
 
     def model_entry(self) -> dict[str, Any]:
         """The ``model`` entry of config.yaml: the exported file and its metadata."""

@@ -339,6 +339,14 @@ def build_trainer(
     nodes = int(settings.get("num_nodes") or 1)
     several = not one_device or nodes > 1
     check_nodes(nodes, "trainer.num_nodes")
+    if several and isinstance(strategy, str) and strategy not in SUPPORTED_STRATEGIES:
+        # before Lightning builds it: its own refusal of fsdp on the CPU ("set accelerator='cuda'") or
+        # deepspeed's "pip install" would come first, and point away from what otx can run
+        counted = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list | tuple) else None
+        if counted is None and str(devices).isdigit():
+            counted = int(str(devices))
+        if counted is not None and counted > 0:
+            check_strategy(strategy, counted * nodes)
     if several and (strategy is None or strategy in SUPPORTED_STRATEGIES):
         # DDP without per-forward collectives (otx.distributed)
         settings["strategy"] = ddp_strategy(strategy, unused_parameters)
@@ -371,6 +379,8 @@ def build_trainer(
             message += f" (accelerator {settings.get('accelerator')!r}, devices {devices!r}); "
             if devices in (0, "0") or (isinstance(devices, list) and not devices):
                 message += "--trainer.devices takes a count of at least 1, a list of device indices or auto"
+            elif isinstance(strategy, str) and strategy not in SUPPORTED_STRATEGIES:
+                message += f"otx runs strategy ddp or auto, not {strategy}: pass --trainer.strategy ddp or leave it out"
             else:
                 message += "--trainer.accelerator cpu runs anywhere"
         raise OTXConfigError(f"trainer: {message}") from exc

@@ -13,7 +13,7 @@ post-processing. After ``warmup`` runs:
   intra-op threads, so its throughput is the reciprocal of its mean latency.
 
 Each OpenVINO row reports the inference precision the device actually used (``f32`` unless asked
-otherwise; OpenVINO itself would run FP32 models in bf16 on CPUs with AMX).
+otherwise; OpenVINO itself would run FP32 models in bf16 on CPUs with AMX or AVX-512 BF16).
 """
 
 from __future__ import annotations

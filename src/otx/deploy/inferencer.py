@@ -138,7 +138,7 @@ class OpenVINOInferencer:
         path: the exported ``.xml`` (with its ``.bin``) or ``.onnx``.
         device: ``AUTO``, ``CPU``, ``GPU`` (or ``GPU.1``), ``NPU``.
         precision_hint: inference precision: ``f32`` (default: reproduces the trained model;
-            OpenVINO would otherwise run FP32 models in bf16 on CPUs with AMX), ``bf16``, ``f16``,
+            OpenVINO would otherwise run FP32 models in bf16 on CPUs with AMX or AVX-512 BF16), ``bf16``, ``f16``,
             or ``default`` for the device's own choice.
         num_requests: parallel inference requests; 0 takes the device's optimal number.
         task: override the task stored in the model (``classification``, ``detection``, ``segmentation``).

@@ -29,16 +29,22 @@ thresholds, input size, training data fingerprint) is in the `model_info` sectio
 
 
 def requirements() -> str:
-    """Pinned requirements of the demo script (the OpenVINO that exported the model)."""
+    """Pinned requirements of the demo script.
+
+    The OpenVINO that exported the model; NumPy and OpenCV within the major versions otx ran with
+    (a new major release may change what the script relies on).
+    """
     import cv2
     import numpy
     import openvino
 
     ov_version = openvino.__version__.split("-")[0]
+    numpy_major = int(numpy.__version__.split(".")[0])
+    cv2_major = int(cv2.__version__.split(".")[0])
     return (
         f"openvino=={ov_version}\n"
-        f"numpy>={numpy.__version__.split('.')[0]}.0\n"
-        f"opencv-python-headless>={cv2.__version__.split('.')[0]}.0\n"
+        f"numpy>={numpy_major}.0,<{numpy_major + 1}\n"
+        f"opencv-python-headless>={cv2_major}.0,<{cv2_major + 1}\n"
     )
 
 

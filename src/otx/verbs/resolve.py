@@ -123,9 +123,10 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
         # (with no test images left there is nothing to warn about: the caller says so in one line)
         if (changes.get("seeded_split_moves") or changes.get("validation_images_gone")) and data.splits["test"]:
             gone = changes["validation_images_gone"]
+            still = f" that are still there ({gone} {'is' if gone == 1 else 'are'} gone)" if gone else ""
             ctx.warn(
                 f"the test folders of {root} changed since training: the {len(data.splits['val'])} validation "
-                f"images the model was calibrated on{f' that are still there ({gone} are gone)' if gone else ''} "
+                f"images the model was calibrated on{still} "
                 f"stay out of the test split, so the test metrics are on the {len(data.splits['test'])} others "
                 f"(val_split/seed alone would now put {changes['seeded_split_moves']} images on the other side)"
             )

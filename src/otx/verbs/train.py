@@ -182,6 +182,8 @@ def run(
         warnings.filterwarnings(
             "ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*"
         )  # Lightning's
+        # several processes: otx turns DDP's per-forward buffer broadcast off on purpose (otx.distributed.ddp_strategy)
+        warnings.filterwarnings("ignore", message=".*`broadcast_buffers` is deprecated.*")
         try:
             trainer.fit(model, train_loader, val_loader, ckpt_path=resume, weights_only=True)
         except SystemExit as exc:  # Lightning ends an interrupted fit with sys.exit(1) after its clean-up
