@@ -325,6 +325,12 @@ def test_predict_accepts_arrays_files_and_globs(exported, sample_root: Path) -> 
     rgb = read_image(files[0])
     for other in (Image.fromarray(rgb), torch.from_numpy(rgb).permute(2, 0, 1), [Image.fromarray(rgb)]):
         assert inferencer.predict(other)[0].pred_score == pytest.approx(from_files[0].pred_score, abs=1e-6)
+    from pathlib import PurePosixPath
+
+    assert inferencer.predict(PurePosixPath(files[0]))[0].pred_score == pytest.approx(from_files[0].pred_score)
+    shade = rgb[..., 0].astype(np.float32) / 255  # a float image in [0, 1] as PIL holds it (mode F), not clipped
+    expected_shade = inferencer.predict(shade)[0].pred_score
+    assert inferencer.predict(Image.fromarray(shade))[0].pred_score == pytest.approx(expected_shade)
     gray = rgb[..., :1].copy()  # H x W x 1 reads as H x W
     assert inferencer.predict(gray)[0].pred_score == pytest.approx(inferencer.predict(gray[..., 0])[0].pred_score)
     with pytest.raises(OTXDataError, match="not booleans"):

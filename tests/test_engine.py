@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from sklearn.metrics import roc_auc_score
 
 from helpers import reference_ap
@@ -505,7 +506,8 @@ def test_a_training_leaves_the_process_and_the_model_ready(sample_root: Path, tm
         model=Padim(input_size=(64, 64)),
         data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
         work_dir=tmp_path,
-        trainer={"deterministic": True},
+        trainer={"deterministic": True, "callbacks": [{"class_path": "RichProgressBar"}]},  # the user's own bar
+        console=Console(quiet=True),  # (with a bar among the callbacks, Lightning refuses to turn bars off)
     )
     engine.train()
     after = (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"), otx_logger.level)
@@ -514,6 +516,23 @@ def test_a_training_leaves_the_process_and_the_model_ready(sample_root: Path, tm
     with torch.no_grad():
         anomaly_map, score = engine.model(torch.rand(2, 3, 64, 64))  # before: AttributeError (train mode)
     assert anomaly_map.shape == (2, 64, 64) and score.shape == (2,)
+
+
+def test_runs_closing_out_of_order_leave_the_otx_logger_as_it_was(tmp_path: Path) -> None:
+    """Two engines in two threads: their runs may close in any order."""
+    import logging
+
+    from otx.workdir import WorkDir
+
+    otx_logger = logging.getLogger("otx")
+    before = (otx_logger.level, otx_logger.propagate, list(otx_logger.handlers))
+    first = WorkDir(tmp_path / "a").new_run("test")
+    second = WorkDir(tmp_path / "b").new_run("test")
+    first.close(True)
+    otx_logger.info("still open")  # the second run's log keeps its INFO lines
+    second.close(True)
+    assert "still open" in (second.path / "otx.log").read_text()
+    assert (otx_logger.level, otx_logger.propagate, list(otx_logger.handlers)) == before
 
 
 def test_an_engines_model_unlike_the_checkpoint_is_named(trained_padim: dict, sample_root: Path, tmp_path) -> None:

@@ -275,6 +275,7 @@ def test_stfpm_students_and_their_defaults() -> None:
     assert small.configure_optimizers().defaults["lr"] == 0.001
     with pytest.raises(OTXConfigError, match="momentum applies to optimizer sgd only"):
         Stfpm(momentum=0.5, input_size=(64, 64), pretrained=False)
+    assert Stfpm(momentum=0.9, input_size=(64, 64), pretrained=False).optimizer == "adam"  # what old recipes wrote
 
 
 def test_keep_aspect_chooses_an_input_of_the_models_own_area() -> None:

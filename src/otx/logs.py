@@ -60,7 +60,7 @@ def shows_warnings(logger: logging.Logger) -> bool:
             if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
                 if handler.level <= logging.WARNING:
                     return True
-        if not current.propagate:
+        if not current.propagate and not any(getattr(h, "forwards_to_ancestors", False) for h in current.handlers):
             break
         current = current.parent
     return False

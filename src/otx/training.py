@@ -294,11 +294,16 @@ def monitored_checkpoint(callbacks: list[L.Callback]) -> ModelCheckpoint | None:
 
 
 def build_trainer(
-    settings: dict[str, Any], run_path: Path, log_every_n_steps: int, unused_parameters: bool = True
+    settings: dict[str, Any],
+    run_path: Path,
+    log_every_n_steps: int,
+    unused_parameters: bool = True,
+    bar: bool = True,
 ) -> tuple[L.Trainer, dict]:
     """A ``lightning.Trainer`` for one training run; returns it and the helper callbacks by role.
 
     ``unused_parameters``: the model's ``ddp_unused_parameters``, for strategy ``ddp`` on several devices.
+    ``bar`` False (a quiet console): no progress bar unless the settings name one.
 
     Raises one ``OTXConfigError`` line for arguments Lightning refuses (an accelerator the machine
     does not have, an unknown strategy, more devices than there are).
@@ -327,8 +332,11 @@ def build_trainer(
         )
     curve = ValidationCurve()
     callbacks += [EpochTimer(), curve]
-    if settings.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
-        callbacks.append(EpochProgressBar())  # where Lightning would add its own
+    if not any(isinstance(c, ProgressBar) for c in callbacks):
+        if not bar:
+            settings.setdefault("enable_progress_bar", False)  # (with a bar among the callbacks, Lightning refuses it)
+        if settings.get("enable_progress_bar", True):
+            callbacks.append(EpochProgressBar())  # where Lightning would add its own
     if best is not None:
         callbacks.append(BestAcrossResume(best))
     settings.setdefault("accelerator", "auto")

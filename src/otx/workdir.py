@@ -30,6 +30,7 @@ from otx.distributed import secondary
 from otx.errors import OTXError
 
 LATEST = "latest.json"
+_LOGGER_BEFORE: list[Any] = []  # [level, _ToAncestors] while runs are open: the otx logger as the first run found it
 OPEN_RUNS: list[Run] = []  # the run folders whose log is attached now (the CLI's stop watchdog writes to them)
 STOPS: list[str] = []  # the name of the stop signal the CLI received (``otx.cli``), once one arrived
 
@@ -163,6 +164,8 @@ class _ToAncestors(logging.Handler):
     script had set. The ancestors' handlers are called as propagation calls them.
     """
 
+    forwards_to_ancestors = True  # (otx.logs.shows_warnings looks through it)
+
     def __init__(self, logger: logging.Logger, level_before: int) -> None:
         super().__init__()
         self.logger = logger
@@ -185,7 +188,8 @@ class Run:
     """One command's run folder, with a log file handler attached while it is open.
 
     The ``otx`` logger is at INFO while it is open (the log file's level); its level, and what
-    reaches the handlers of its ancestors, are as they were before (``_ToAncestors``) and come back on ``close``.
+    reaches the handlers of its ancestors, are as they were before (``_ToAncestors``) and come back when the
+    last open run closes.
     """
 
     def __init__(self, workdir: WorkDir, path: Path, command: str, scratch: bool = False) -> None:
@@ -197,11 +201,10 @@ class Run:
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._handler.setLevel(logging.INFO)
         logger = logging.getLogger("otx")
-        self._level_before = logger.level
-        self._forward: _ToAncestors | None = None
-        if logger.propagate:  # the outermost open run (a run inside another finds it done)
-            self._forward = _ToAncestors(logger, self._level_before)
-            logger.addHandler(self._forward)
+        if not OPEN_RUNS and logger.propagate:  # the first run to open (runs may close in any order: threads)
+            forward = _ToAncestors(logger, logger.level)
+            _LOGGER_BEFORE[:] = [logger.level, forward]
+            logger.addHandler(forward)
             logger.propagate = False
         logger.setLevel(logging.INFO)
         logger.addHandler(self._handler)
@@ -229,13 +232,14 @@ class Run:
         logger = logging.getLogger("otx")
         logger.removeHandler(self._handler)
         self._handler.close()
-        logger.setLevel(self._level_before)
-        if self._forward is not None:
-            logger.removeHandler(self._forward)
-            logger.propagate = True
-            self._forward = None
         if self in OPEN_RUNS:
             OPEN_RUNS.remove(self)
+        if not OPEN_RUNS and _LOGGER_BEFORE:  # the last open run: the logger as the first one found it
+            level, forward = _LOGGER_BEFORE
+            _LOGGER_BEFORE.clear()
+            logger.setLevel(level)
+            logger.removeHandler(forward)
+            logger.propagate = True
         if self.scratch:
             shutil.rmtree(self.path, ignore_errors=True)
         elif success:

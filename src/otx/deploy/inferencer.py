@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,9 @@ def _image_array(item: Any) -> np.ndarray | None:
     if isinstance(item, np.ndarray):
         return item
     if type(item).__module__.startswith("PIL.") and hasattr(item, "mode") and hasattr(item, "convert"):
-        return np.asarray(item if item.mode in ("L", "RGB", "I;16") else item.convert("RGB"))
+        if item.mode in ("L", "RGB", "F") or item.mode.startswith("I"):  # their values as they are
+            return np.asarray(item)
+        return np.asarray(item.convert("RGB"))  # palette, RGBA, CMYK, YCbCr, 1-bit ...
     if type(item).__name__ == "Tensor" and hasattr(item, "detach"):
         return item.detach().cpu().numpy()
     return None
@@ -364,15 +367,15 @@ class OpenVINOInferencer:
         """
         if isinstance(source, list | tuple):
             kinds = {
-                "array" if _image_array(item) is not None else "path" if isinstance(item, str | Path) else "other"
+                "array" if _image_array(item) is not None else "path" if isinstance(item, str | os.PathLike) else "x"
                 for item in source
             }
-            if len(kinds) > 1 or "other" in kinds:
+            if len(kinds) > 1 or "x" in kinds:
                 raise OTXDataError(
                     "a list to predict on must hold only images (arrays, PIL images, tensors) or only image paths "
                     f"(got {', '.join(sorted({type(item).__name__ for item in source}))})"
                 )
-        elif _image_array(source) is None and not isinstance(source, str | Path):
+        elif _image_array(source) is None and not isinstance(source, str | os.PathLike):
             raise OTXDataError(
                 "source must be an image path, a folder, a glob, an image (array, PIL image, tensor) or a list "
                 f"of them (got {type(source).__name__})"

@@ -160,7 +160,8 @@ class Stfpm(AnomalyModel):
         image_threshold: manual raw image threshold; None learns it on validation.
         pixel_threshold: manual raw pixel threshold; None learns it on validation.
         lr: learning rate; None: 0.001 for Adam, anomalib's 0.4 for SGD.
-        momentum: SGD momentum; None: 0.9. Adam has none, so a value with ``optimizer="adam"`` is refused.
+        momentum: SGD momentum; None: 0.9. Adam has none, so a value with ``optimizer="adam"`` is refused
+            (but 0.9, which earlier recipes and run configs wrote beside Adam).
         weight_decay: weight decay; None: 1e-5 for Adam, anomalib's 0.001 for SGD.
         seed: seed of the student's random initialisation.
         student: ``small`` (a ``SmallStudent``) or ``backbone`` (anomalib's: the teacher's architecture).
@@ -232,7 +233,7 @@ class Stfpm(AnomalyModel):
         rate = check_number("lr", lr, low=0.0, open_interval=True, optional=True)
         self.lr = rate if rate is not None else (0.001 if self.optimizer == "adam" else 0.4)
         moment = check_number("momentum", momentum, low=0.0, high=1.0, optional=True)
-        if moment is not None and self.optimizer == "adam":
+        if moment is not None and self.optimizer == "adam" and moment != 0.9:  # 0.9: old recipes
             raise OTXConfigError(
                 f"momentum applies to optimizer sgd only (got momentum {moment} with optimizer adam); "
                 "leave momentum out, or set optimizer sgd"

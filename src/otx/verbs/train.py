@@ -134,9 +134,8 @@ def run(
             f"{len(splits['train'])}: add normal images"
         )
     steps = max(1, min(50, len(splits["train"]) // data.images_per_batch(model.preprocessor)))
-    if ctx.console.quiet:  # Engine(console=Console(quiet=True)): no epoch bar either (Lightning draws it on its own)
-        settings = {"enable_progress_bar": False, **settings}
-    trainer, roles = build_trainer(settings, run.path, steps, model.ddp_unused_parameters)
+    # Engine(console=Console(quiet=True)) and processes of rank > 0: no epoch bar either (Lightning draws it on its own)
+    trainer, roles = build_trainer(settings, run.path, steps, model.ddp_unused_parameters, bar=not ctx.console.quiet)
     rank, world = trainer.global_rank, trainer.world_size
     if len(splits["train"]) < world:
         raise OTXError(
