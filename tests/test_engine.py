@@ -457,6 +457,36 @@ def test_an_engine_tests_and_predicts_with_its_own_training(sample_root: Path, t
     assert first.optimize(subset_size=8).source_model == exported.exported_model
 
 
+def test_numpy_numbers_and_path_likes_are_taken_as_python_ones(sample_root: Path, tmp_path: Path) -> None:
+    """Values read from arrays or configs (NumPy scalars, PurePath) run the verbs; NumPy bools stay refused."""
+    from pathlib import PurePosixPath
+
+    import timm
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0, batch_size=np.int64(8))
+    engine = Engine(
+        model=Padim(
+            backbone="resnet18",
+            weights=PurePosixPath(weights),  # before: the checkpoint held a PosixPath and could not be read
+            input_size=(np.int64(64), np.int32(64)),  # before: "must be [height, width], two integers"
+            score_top_share=np.float64(0.05),  # before: accepted, and its checkpoint could not be read
+        ),
+        data=data,
+        work_dir=PurePosixPath(tmp_path / "ws"),  # before: "work_dir must be a path"
+        trainer={"max_epochs": np.int64(1)},  # before: "must be an integer" for every NumPy integer
+    )
+    trained = engine.train()
+    stored = torch.load(trained.checkpoint, map_location="cpu", weights_only=True)["model"]["init_args"]
+    assert stored["weights"] == str(weights) and stored["score_top_share"] == 0.05
+    assert [type(side) for side in stored["input_size"]] == [int, int]
+    tested = engine.test(devices=np.int64(1))
+    assert tested.checkpoint == trained.checkpoint and "image_AUROC" in tested.metrics
+    with pytest.raises(OTXConfigError, match=r"devices must be an integer >= 1"):
+        engine.test(devices=np.bool_(True))
+
+
 def test_training_twice_starts_from_the_model_as_given(sample_root: Path, tmp_path: Path) -> None:
     """STFPM learns by gradient descent: a second train() must not go on from the first one's weights."""
     model = Stfpm(input_size=(64, 64))

@@ -145,7 +145,8 @@ class Engine:
         self.trainer = dict(trainer or {})
         for key in ("max_epochs", "check_val_every_n_epoch", "num_nodes", "accumulate_grad_batches"):
             # before the first run folder: Lightning's own errors for these came after one was made
-            check_int(f"--trainer.{key}", self.trainer.get(key), minimum=1, optional=True)  # Python: trainer["key"]
+            if key in self.trainer:  # NumPy integers become ints (Lightning refuses some of them)
+                self.trainer[key] = check_int(f"--trainer.{key}", self.trainer[key], minimum=1, optional=True)
         if self.max_epochs is not None and self.trainer.get("max_epochs") not in (None, self.max_epochs):
             raise OTXConfigError(
                 f"max_epochs={self.max_epochs} and trainer['max_epochs']={self.trainer['max_epochs']!r} disagree: "
@@ -229,8 +230,8 @@ class Engine:
         the result is the one of a single process. Processes of rank > 0 return None.
         """
         check_path("checkpoint", checkpoint, optional=True)
-        check_int("devices", devices, minimum=1)
-        check_int("num_nodes", num_nodes, minimum=1)
+        devices = check_int("devices", devices, minimum=1)
+        num_nodes = check_int("num_nodes", num_nodes, minimum=1)
         checkpoint = self._default(checkpoint, "train")
         return self._run(
             "test", lambda ctx, run: test_verb.run(ctx, run, checkpoint, devices, num_nodes), distributed=True
@@ -280,8 +281,8 @@ class Engine:
         check_bool("visualize", visualize)
         check_bool("keep_masks", keep_masks)
         check_bool("keep_maps", keep_maps)
-        check_int("devices", devices, minimum=1)
-        check_int("num_nodes", num_nodes, minimum=1)
+        devices = check_int("devices", devices, minimum=1)
+        num_nodes = check_int("num_nodes", num_nodes, minimum=1)
         checkpoint = self._default(checkpoint, "train")
         result = self._run(
             "predict",
@@ -344,7 +345,7 @@ class Engine:
 
         check_path("checkpoint", checkpoint, optional=True)
         check_max_drop(max_drop)
-        check_int("subset_size", subset_size, minimum=1, optional=True)
+        subset_size = check_int("subset_size", subset_size, minimum=1, optional=True)
         resolve_weight_bits(weight_bits)  # one line for a bad value, before any run folder exists
         checkpoint = self._default(checkpoint, "export", "train")
         return self._run(
@@ -370,8 +371,9 @@ class Engine:
         on ``device`` at ``inference_precision``; each row reports the precision actually used.
         Prints one table and writes it to ``metrics.json``; returns a ``BenchmarkResult``.
         """
-        for name, value, least in (("num_images", num_images, 1), ("warmup", warmup, 0), ("repeats", repeats, 1)):
-            check_int(name, value, minimum=least)
+        num_images = check_int("num_images", num_images, minimum=1)
+        warmup = check_int("warmup", warmup, minimum=0)
+        repeats = check_int("repeats", repeats, minimum=1)
         check_path("checkpoint", checkpoint, optional=True)
         if models is not None and (isinstance(models, str | Path) or not isinstance(models, list | tuple)):
             raise OTXConfigError(f"models must be a list of exported model paths (got {models!r})")

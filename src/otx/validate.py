@@ -8,6 +8,8 @@ deep inside with a traceback.
 from __future__ import annotations
 
 import math
+import numbers
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,25 @@ def _got(value: Any) -> str:
 
 
 def check_int(name: str, value: Any, minimum: int | None = None, optional: bool = False) -> int | None:
-    """An integer (not a bool), at least ``minimum``; None passes when ``optional``."""
+    """An integer (not a bool; NumPy integers become ``int``) of at least ``minimum``; None passes when ``optional``."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not _integral(value):
         raise OTXConfigError(f"{name} must be an integer{_at_least(minimum)} ({_got(value)})")
     if minimum is not None and value < minimum:
         raise OTXConfigError(f"{name} must be an integer{_at_least(minimum)} ({_got(value)})")
-    return value
+    return int(value)
+
+
+def _integral(value: Any) -> bool:
+    """A whole number: ``int`` or another ``numbers.Integral`` (NumPy's ``int64`` ...), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool | _numpy_bool())
+
+
+def _numpy_bool() -> type:
+    import numpy as np
+
+    return np.bool_
 
 
 def _at_least(minimum: int | None) -> str:
@@ -55,7 +68,7 @@ def check_number(
     if value is None and optional:
         return None
     bounds = _bounds(low, high, open_interval, above_low)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool | _numpy_bool()) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise OTXConfigError(f"{name} must be a finite number{bounds} ({_got(value)})")
     too_low = low is not None and (value <= low if open_interval or above_low else value < low)
     too_high = high is not None and (value >= high if open_interval else value > high)
@@ -96,7 +109,9 @@ def check_path(name: str, value: Any, optional: bool = False) -> Path | None:
     """A path given as ``str`` or ``os.PathLike`` (existence is checked where it is used)."""
     if value is None and optional:
         return None
-    if not isinstance(value, str | Path) or (isinstance(value, str) and not value.strip()):
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
         raise OTXConfigError(f"{name} must be a path (str or pathlib.Path) ({_got(value)})")
     return Path(value).expanduser()
 
@@ -106,6 +121,6 @@ def check_size(name: str, value: Any, minimum: int = 32) -> tuple[int, int]:
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
         raise OTXConfigError(f"{name} must be [height, width], two integers >= {minimum} ({_got(value)})")
     for side in value:
-        if isinstance(side, bool) or not isinstance(side, int) or side < minimum:
+        if not _integral(side) or side < minimum:
             raise OTXConfigError(f"{name} must be [height, width], two integers >= {minimum} ({_got(value)})")
     return int(value[0]), int(value[1])

@@ -11,6 +11,8 @@ into exported graphs; thresholds and normalisation statistics live in ``self.pos
 
 from __future__ import annotations
 
+import inspect
+import os
 from typing import Any, ClassVar
 
 import lightning as L
@@ -39,6 +41,19 @@ def core_outputs(core: nn.Module, normalized: torch.Tensor) -> tuple[torch.Tenso
     if anomaly_map.dim() == 4:
         anomaly_map = anomaly_map[:, 0]
     return anomaly_map, out.pred_score.reshape(-1)
+
+
+def plain_value(value: Any) -> Any:
+    """``value`` with NumPy scalars as Python numbers and paths as strings, inside lists, tuples and dicts."""
+    if isinstance(value, dict):
+        return {key: plain_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(plain_value(item) for item in value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # a NumPy scalar (arrays are not arguments)
+        return value.item()
+    return value
 
 
 TILE_CHUNK = 16  # tiles the core takes at once in eager torch (bounds the memory of large tiled images)
@@ -178,6 +193,19 @@ class AnomalyModel(L.LightningModule):
         self.validated_step = self.validated_epoch = -1  # the step and epoch those outputs come from
 
     # --- to be provided by each core -------------------------------------------------------
+    def save_hyperparameters(self, *args: Any, frame: Any = None, **kwargs: Any) -> None:
+        """Lightning's ``save_hyperparameters`` of the caller's arguments, as plain Python values.
+
+        The checkpoint is read back with ``torch.load(weights_only=True)``, which refuses NumPy
+        scalars and paths: ``Padim(weights=Path(...))`` or ``score_top_share=np.float64(0.05)``
+        wrote a checkpoint that nothing could load. They are stored as ``float`` / ``int`` / ``str``.
+        """
+        caller = frame if frame is not None else inspect.currentframe().f_back  # type: ignore[union-attr]
+        super().save_hyperparameters(*args, frame=caller, **kwargs)
+        for hparams in (self._hparams, self._hparams_initial):
+            for key, value in hparams.items():
+                hparams[key] = plain_value(value)
+
     @classmethod
     def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
         """A checkpoint's init arguments, written by an earlier otx, in this version's terms (default: unchanged)."""
