@@ -311,6 +311,11 @@ def test_stfpm_trains_by_gradient_descent(sample_root: Path, tmp_path: Path) -> 
     with (Path(summary["checkpoint"]).parent / "logs" / "metrics.csv").open() as handle:
         losses = [float(row["train_loss_epoch"]) for row in csv.DictReader(handle) if row.get("train_loss_epoch")]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    # the state after the third epoch is epoch3.ckpt, as metrics.json counts (before: epoch2.ckpt)
+    states = Path(summary["checkpoint"]).parent / "checkpoints"
+    assert sorted(p.name for p in states.glob("epoch*.ckpt")) == ["epoch3.ckpt"]
+    assert torch.load(states / "epoch3.ckpt", map_location="cpu", weights_only=False)["epoch"] == 2  # Lightning's index
+    assert [row["epoch"] for row in summary["validation_curve"]][-1] == 3
     summary = engine.test()
     records = json.loads((engine.workdir.latest("test") / "predictions.json").read_text())
     labels = ["/good/" not in record["image"] for record in records]

@@ -103,7 +103,7 @@ def _whole_and_resumed(sample_root: Path, tmp_path: Path, *extra: str, callbacks
     command = [sys.executable, "-m", "otx.cli", *_stfpm_args(sample_root, "parts", *extra, callbacks=callbacks)]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list((tmp_path / "parts").glob("*-train/checkpoints/epoch1.ckpt")):
+    while time.monotonic() < deadline and not list((tmp_path / "parts").glob("*-train/checkpoints/epoch2.ckpt")):
         assert process.poll() is None, process.communicate()
         time.sleep(0.1)
     process.send_signal(signal.SIGINT)

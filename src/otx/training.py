@@ -285,6 +285,23 @@ class BestAcrossResume(L.Callback):
         )
 
 
+class EpochStates(ModelCheckpoint):
+    """The training state at the end of each epoch (for ``--resume``), named by the epochs it has finished.
+
+    ``epoch3.ckpt`` holds the state after the third epoch, as metrics.json and the progress bar
+    count; Lightning's ``{epoch}`` is the 0-based index (before: the third epoch's file was
+    ``epoch2.ckpt``). Runs saved before still resume: only the numbers' order is read.
+    """
+
+    def format_checkpoint_name(
+        self, metrics: dict[str, Any], filename: str | None = None, ver: int | None = None, prefix: str | None = None
+    ) -> str:
+        """Lightning's name with ``epoch`` counted from 1."""
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
+
+
 def monitored_checkpoint(callbacks: list[L.Callback]) -> ModelCheckpoint | None:
     """The recipe's ``ModelCheckpoint`` that keeps the best epoch by a monitored metric, if any."""
     for callback in callbacks:
@@ -321,7 +338,7 @@ def build_trainer(
         # The state at the end of each epoch, for --resume. Saved after the epoch has ended (not
         # at validation end, which Lightning counts as mid-epoch and would replay on resuming).
         callbacks.append(
-            ModelCheckpoint(
+            EpochStates(
                 dirpath=str(checkpoints),
                 filename="epoch{epoch}",
                 auto_insert_metric_name=False,
