@@ -20,6 +20,8 @@ from otx.workdir import Run
 
 log = logging.getLogger("otx")
 
+PROBE_IMAGES = 8  # validation images the export is checked against torch on (half normal, half anomalous)
+
 
 def run(
     ctx: VerbContext, run: Run, checkpoint: str | Path | None, export_format: str, precision: str, demo_package: bool
@@ -44,11 +46,13 @@ def run(
     start = time.perf_counter()
     exported = export_model(model, run.path, task, export_format, precision, data=ckpt.get("data"))
     export_s = time.perf_counter() - start
-    decisions = check_fp16(ctx, model, ckpt, exported, adapter.pixel_level) if precision == "FP16" else None
-    # Check the file that was written, through OpenVINO, against torch on one image of another size.
-    height, width = model.input_size
-    probe = np.random.default_rng(0).random((3, height + 37, width + 21), dtype=np.float32)
-    check = compare_with_torch(model, OpenVINOInferencer(exported, device="CPU"), probe)
+    data = eval_data(ctx, ckpt.get("data") or {}, must_exist=True)
+    validation = validation_set(data, adapter.pixel_level, model.preprocessor)
+    decisions = check_fp16(model, exported, validation, data is not None) if precision == "FP16" else None
+    # Check the file that was written, through OpenVINO, against torch on real images at their own
+    # size where the training data is at hand, and on one image of noise of another size.
+    probes, probe = probe_images(model, validation)
+    check = {"probe": probe, **compare_with_torch(model, OpenVINOInferencer(exported, device="CPU"), probes)}
     result = ExportResult(
         task=task,
         model=type(model).__name__,
@@ -67,9 +71,31 @@ def run(
     return result
 
 
-def check_fp16(
-    ctx: VerbContext, model: AnomalyModel, ckpt: dict[str, Any], path: Path, pixel_level: bool
-) -> dict[str, Any]:
+def probe_images(model: AnomalyModel, validation: Any) -> tuple[list[np.ndarray], str]:
+    """Images to compare the export with torch on, and a line saying which.
+
+    Up to ``PROBE_IMAGES // 2`` normal and as many anomalous validation images, at their own size
+    (their scores lie on both sides of the threshold, where a difference changes decisions), and
+    one image of noise of another size than the input size (a real resize in the graph). Noise
+    alone proves little about scores: every model scores it far above the threshold, clipped to 1.
+    """
+    height, width = model.input_size
+    noise = np.random.default_rng(0).random((3, height + 37, width + 21), dtype=np.float32)
+    if validation is None:
+        return [noise], "1 noise image (no validation images at hand)"
+    samples = validation.items.samples
+    chosen = [i for i, s in enumerate(samples) if s.label == 0][: PROBE_IMAGES // 2]
+    chosen += [i for i, s in enumerate(samples) if s.label == 1][: PROBE_IMAGES // 2]
+    images = []
+    for index in chosen:
+        item = validation.items[index]
+        if item["error"]:
+            raise OTXError(item["error"])
+        images.append(item["image"].numpy())
+    return [*images, noise], f"{len(images)} validation images and 1 noise image"
+
+
+def check_fp16(model: AnomalyModel, path: Path, validation: Any, data_at_hand: bool) -> dict[str, Any]:
     """Check an FP16 IR's decisions against the FP32 model's on the validation split; recalibrate it."""
     import openvino as ov
 
@@ -78,12 +104,10 @@ def check_fp16(
     from otx.deploy.metadata import read_ir_info, with_stats
     from otx.deploy.optimize import keep_decisions
 
-    data = eval_data(ctx, ckpt.get("data") or {}, must_exist=True)
-    if data is None:
-        log.warning("the FP16 model's decisions were not checked: the training data is not at hand (--data_root)")
-        return {"checked": False, "reason": "no data", "stats": model.postprocessor.stats()}
-    validation = validation_set(data, pixel_level, model.preprocessor)
     stats = model.postprocessor.stats()
+    if not data_at_hand:
+        log.warning("the FP16 model's decisions were not checked: the training data is not at hand (--data_root)")
+        return {"checked": False, "reason": "no data", "stats": stats}
     if validation is not None:
         validation.set_reference(with_raw_outputs(to_openvino(model)), stats)
     fp16 = ov.Core().read_model(str(path))
