@@ -1111,7 +1111,10 @@ def test_images_on_their_side_are_named_as_turned_not_as_smaller(tmp_path: Path)
     turned = [write("turned", 512, 128)]  # a strip stood on end: too narrow and too tall as it stands
     small, large = [write("small", 40, 150)], [write("large", 300, 1200)]
     (line,) = profile_warnings(trained, turned, "input")
-    assert "1 of 1 input images are turned on their side" in line
+    assert "1 of 1 input images are turned on their side" in line and "(500-512 x 120-128 (width x height))" in line
+    one_size = image_profile([write("train_c", 96, 240)])  # a range of one size is written as that size
+    (line,) = profile_warnings(one_size, [write("turned_c", 240, 96)], "input")
+    assert "(240 x 96 (width x height))" in line
     (line,) = profile_warnings(trained, small, "input")
     assert "more than 2x smaller" in line
     (line,) = profile_warnings(trained, large, "input")

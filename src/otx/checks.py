@@ -262,7 +262,7 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
             f"{counts['gray']} of {total} {where} images are grayscale, but the model was trained on colour images: "
             "its scores on them are not comparable (convert them, or train on such images)"
         )
-    size_range = f"{w_min}-{w_max} x {h_min}-{h_max} (width x height)"
+    size_range = f"{_span(w_min, w_max)} x {_span(h_min, h_max)} (width x height)"
     if turned:
         found.append(
             f"{turned} of {total} {where} images are turned on their side: their height and width are the training "
@@ -276,3 +276,8 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
                 f"({size_range}): defects change size with them, so scores shift"
             )
     return found
+
+
+def _span(low: int, high: int) -> str:
+    """``240`` for one size, ``200-400`` for a range."""
+    return str(low) if low == high else f"{low}-{high}"

@@ -241,7 +241,11 @@ def profile_notes(train: dict | None, seen: list[tuple[bool, int, int]], total: 
             f"{gray} of {total} {where} images are grayscale, but the model was trained on colour images: "
             "its scores on them are not comparable (convert them, or train on such images)"
         )
-    size_range = f"{w_min}-{w_max} x {h_min}-{h_max} (width x height)"
+
+    def span(low: int, high: int) -> str:
+        return str(low) if low == high else f"{low}-{high}"
+
+    size_range = f"{span(w_min, w_max)} x {span(h_min, h_max)} (width x height)"
     if turned:
         found.append(
             f"{turned} of {total} {where} images are turned on their side: their height and width are the training "
