@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -158,3 +159,6 @@ def test_anomalous_images_without_a_box_are_named(
     assert anomalous and not any(len(p.pred_boxes) for p in anomalous)
     said = " ".join(capsys.readouterr().err.split())
     assert f"{len(anomalous)} image(s) labelled anomalous have no box" in said, said  # before: nothing said
+    assert f"(e.g. scratch/{Path(anomalous[0].image_path).name})" in said  # the folder too: defect types repeat names
+    (run,) = (tmp_path / "ws").glob("*-predict")
+    assert json.loads((run / "metrics.json").read_text())["counts"]["anomalous_without_box"] == len(anomalous)

@@ -152,9 +152,10 @@ def run(
     run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
     unboxed = [p for p in predictions if adapter.box_level and p.label_name == "anomalous" and not len(p.pred_boxes)]
     if unboxed:
+        example = Path(unboxed[0].image_path)
         ctx.console.print(
             f"[yellow]note[/]: {len(unboxed)} image(s) labelled anomalous have no box (e.g. "
-            f"{Path(unboxed[0].image_path).name}): the image score passes its threshold but no region of the map "
+            f"{example.parent.name}/{example.name}): the image score passes its threshold but no region of the map "
             "reaches the box level and minimum box area"
             + ("; their overlays show where the map is highest" if visualize else "")
         )
@@ -167,7 +168,7 @@ def run(
         checkpoint=str(scorer.source),
         runtime=scorer.runtime_info(),
         source=str(source) if source is not None else str(data.data_root),
-        counts=prediction_counts(predictions),
+        counts=prediction_counts(predictions) | ({"anomalous_without_box": len(unboxed)} if adapter.box_level else {}),
         errors=[{"image": p.image_path, "error": p.error} for p in failed],
         timing_s={"predict_s": round(predict_s, 2)},
         images_per_s=round(len(predictions) / predict_s, 2) if predict_s > 0 else None,
