@@ -196,6 +196,8 @@ def test_an_fp16_export_is_named_as_the_reference_not_fp32(exported, sample_root
     out = " ".join(result.stdout.split())
     assert "INT8 vs FP16 IR on" in out and "vs FP32" not in out and "FP32 thresholds" not in out
     assert "is an FP16 IR; the INT8 model is checked against it, not against FP32" in out
+    # its pixel rows compare maps at the model's map size: said, as train's pixel_AUROC is at each image's size
+    assert "pixel rows at the model's map size (otx train's pixel_AUROC_input)" in out
     summary = json.loads(next(tmp_path.glob("*-optimize/metrics.json")).read_text())
     assert summary["decisions"]["reference"] == "FP16 IR"
     assert read_model_info(summary["optimized_model"]).raw["otx_quantized_from"] == source.name

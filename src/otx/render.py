@@ -106,8 +106,13 @@ def _decisions(
         if last:
             _summary(console, result, {}, name, extra)
         return
-    table = Table(title=f"otx {result.command}: {name} vs {reference} on {decisions['images']} validation images")
     rows = decisions["table"]
+    # Pixel figures compare maps at the model's map size (otx train's pixel_AUROC_input, not its pixel_AUROC).
+    at_input = any(key.startswith("pixel_") for key in rows["fp32"])
+    table = Table(
+        title=f"otx {result.command}: {name} vs {reference} on {decisions['images']} validation images",
+        caption="pixel rows at the model's map size (otx train's pixel_AUROC_input)" if at_input else None,
+    )
     columns = {
         "fp32": reference,
         "candidate_fp32_thresholds": f"{name}, {reference.split()[0]} thresholds",
