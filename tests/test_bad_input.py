@@ -36,6 +36,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ("train-workers-neg", "out of range", ["train", "--config", RECIPE, "--data.num_workers", "-1"], "num_workers", 1),
     ("train-val-split", "out of range", ["train", "--config", RECIPE, "--data.val_split", "1.5"], "val_split", 1),
     ("train-epochs-0", "out of range", ["train", "--config", RECIPE, "--max_epochs", "0"], "max_epochs", 1),
+    (
+        "train-data-root-split-folder",
+        "wrong folder",
+        ["train", "--config", RECIPE, "--data_root", "{data}/train"],
+        "'{data}/train' is a split folder: pass the folder above it, '{data}'",
+        1,
+    ),
     ("train-seed-neg", "out of range", ["train", "--config", RECIPE, "--seed", "-1"], "seed", 1),
     (
         "train-input-size",
@@ -373,6 +380,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ("export-checkpoint-missing", "missing path", ["export", "--checkpoint", "{missing}.ckpt"], "does not exist", 1),
     ("export-demo-type", "wrong type", ["export", "--export_demo_package", "maybe"], "export_demo_package", 2),
     ("export-workdir-file", "path is a file", ["export", "--work_dir", "{file}"], "is a file", 1),
+    (  # before: the check against torch passed over the folder given and probed noise only
+        "export-data-root-missing",
+        "missing path",
+        ["export", "--data_root", "{missing}"],
+        "data root '{missing}' does not exist or is not a folder",
+        1,
+    ),
     # optimize
     ("optimize-subset-0", "out of range", ["optimize", "--subset_size", "0"], "subset_size", 1),
     ("optimize-subset-type", "wrong type", ["optimize", "--subset_size", "many"], "subset_size", 2),
@@ -407,8 +421,25 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ),
     ("benchmark-models-file", "wrong file", ["benchmark", "--models", "{file}"], "not an exported model", 1),
     ("benchmark-device", "wrong value", ["benchmark", "--models", "{xml}", "--device", "TPU"], "device 'TPU'", 1),
+    (  # before: timed synthetic images instead, exit 0
+        "benchmark-data-root-missing",
+        "missing path",
+        ["benchmark", "--models", "{xml}", "--data_root", "{missing}"],
+        "data root '{missing}' does not exist or is not a folder",
+        1,
+    ),
     # find, data
     ("find-what", "wrong value", ["find", "--what", "gadgets"], "what", 2),
+    ("find-what-empty", "wrong value", ["find", "--what="], "--what expects one of all, recipes", 2),
+    ("data-no-subcommand", "missing argument", ["data"], "otx data needs a subcommand: make-sample", 2),
+    ("sample-no-folder", "missing argument", ["data", "make-sample"], "needs the folder to write", 2),
+    (  # before: exit 0, nothing written, nothing said
+        "sample-categories-empty",
+        "empty value",
+        ["data", "make-sample", "{missing}", "--categories", "[]"],
+        "--categories is empty, so nothing would be written",
+        1,
+    ),
     ("sample-out-file", "path is a file", ["data", "make-sample", "{file}"], "is a file", 1),
     ("sample-category", "wrong value", ["data", "make-sample", "{missing}", "--categories", "[nope]"], "nope", 1),
     ("sample-seed-type", "wrong type", ["data", "make-sample", "{missing}", "--seed", "x"], "seed", 2),

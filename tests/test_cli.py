@@ -105,6 +105,10 @@ def test_find_lists_recipes_and_backbones(capsys: pytest.CaptureFixture) -> None
     assert main(["find"]) == 0
     out = capsys.readouterr().out
     assert "recipe/anomaly_detection/stfpm.yaml" in out and "efficientnet_lite0" in out and "wide_resnet50_2" in out
+    # every model's summary starts in one column (Patchcore and Patchflow, 9 letters, pushed theirs out)
+    rows = [line for line in out.splitlines() if line.startswith("  otx.models.")]
+    starts = {re.match(r"  otx\.models\.\w+ +", row).end() for row in rows}
+    assert len(rows) == 4 and len(starts) == 1, rows
     assert main(["find", "--what", "backbones"]) == 0  # each model's default layers, from the model classes
     table = re.sub(r"[\s│]", "", capsys.readouterr().out)  # the layers column wraps: drop blanks and borders
     from otx.models import Patchcore

@@ -283,19 +283,24 @@ def test_images_added_to_the_test_folders_never_take_a_validation_images_place(
     assert len(fitted) == len(data.splits["val"]) > 0
     good = sorted((root / "test" / "good").iterdir())
     shutil.copy(good[0], root / "test" / "good" / "000_added.png")  # sorts first: the seeded split moves
+    (root / "test" / "good" / "zz_broken.png").write_bytes(b"not an image")  # labelled "error", not tested
     moved = AnomalyDataModule(str(root))
     moved.setup()
     assert {s.path for s in moved.splits["test"]} & fitted  # what a seeded split alone would test on
     model = trained_padim["checkpoint"] if source == "checkpoint" else exported("padim")
     work_dir = tmp_path / "ws"
-    assert main(["test", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 0
+    assert main(["test", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 1
     err = capsys.readouterr().err
     assert "test folders" in err and "changed since training" in err and "Traceback" not in err
     run = work_dir / latest(work_dir)["test"]
-    tested = {r["image"] for r in json.loads((run / "predictions.json").read_text())}
+    records = json.loads((run / "predictions.json").read_text())
+    tested = {r["image"] for r in records}
     assert not tested & fitted
     assert str(root / "test" / "good" / "000_added.png") in tested
-    assert len(tested) == len(data.splits["test"]) + 1
+    assert len(tested) == len(data.splits["test"]) + 2
+    scored = sum(r["label"] != "error" for r in records)  # before: the count took the unreadable image in
+    assert f"the test metrics are on the {scored} others" in " ".join(err.split())
+    (root / "test" / "good" / "zz_broken.png").unlink()
     assert any("changed since training" in w for w in json.loads((run / "metrics.json").read_text())["warnings"])
     # A validation image removed: said, and the others stay validation images.
     removed = Path(sorted(f for f in fitted if "/good/" in f)[0])  # a defect image would leave its mask alone
@@ -636,6 +641,22 @@ def test_a_one_class_test_split_is_not_called_a_broken_model(trained_padim: dict
             assert (metrics["image_F1"] is None) == (flagged.get("anomalous", 0) == 0), (metrics, flagged)
         report = (work_dir / latest(work_dir)["test"] / "report.html").read_text()
         assert ">nan<" not in report and ">n/a<" in report  # before: nan for the figures one class cannot give
+
+
+def test_the_report_legend_names_what_its_overlays_draw(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    import re
+
+    # Another category than the model was trained on, so that both kinds of worst cases have images.
+    for task, drawn, absent in (
+        ("classification", "Overlays: the image, ground truth", "heat map"),  # before: a heat map it did not draw
+        ("detection", "predicted boxes in yellow", "mask outline"),
+    ):
+        work_dir = tmp_path / task
+        data = AnomalyDataModule(str(sample_root / "carpet_like"), num_workers=0)
+        Engine(data=data, task=task, work_dir=work_dir).test(checkpoint=trained_padim["checkpoint"])
+        report = (work_dir / latest(work_dir)["test"] / "report.html").read_text()
+        legends = re.findall(r"Overlays: [^<]*", report)
+        assert legends and all(drawn in legend and absent not in legend for legend in legends), legends
 
 
 def test_a_model_ranking_normal_above_anomalous_is_warned() -> None:

@@ -329,9 +329,9 @@ def build_parser(verbs: tuple[str, ...] | None = None) -> ArgumentParser:
     sample.add_argument("out_dir", type=str, help="folder to write (one sub-folder per category)")
     sample.add_argument(
         "--categories",
-        type=list[str] | None,
+        type=list[str] | str | None,
         default=None,
-        help="subset of bottle_like, carpet_like, tile_like (the default: all three) and strip_like "
+        help="one or a list ([a,b]) of bottle_like, carpet_like, tile_like (the default: all three) and strip_like "
         "(128x512 strips with thin scratches and pits, for the input modes)",
     )
     sample.add_argument("--seed", type=int, default=0)
@@ -477,9 +477,11 @@ def _find(what: str, console: Console) -> None:
             console.print(f"  {name}")
     if what in ("all", "models"):
         console.print("[bold]models[/] (--model CLASS_PATH):")
-        for name, cls in available_models().items():
+        models = available_models()
+        width = max(map(len, models), default=0)  # one column for every name (Patchcore is 9 letters)
+        for name, cls in models.items():
             summary = (cls.__doc__ or "").strip().splitlines()[0]
-            console.print(f"  otx.models.{name:<8} {summary}")
+            console.print(f"  otx.models.{name:<{width}} {summary}")
         console.print(f"[bold]tasks[/] (--task): {', '.join(TASKS)}")
     if what in ("all", "backbones"):
         table = Table(title="backbones (--model.init_args.backbone NAME)")
@@ -508,7 +510,13 @@ def _make_sample(cfg: Namespace, console: Console) -> None:
     out_dir = Path(cfg.out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise OTXError(f"'{out_dir}' is a file; pass a folder for the sample data (created if missing)")
-    requested = list(cfg.categories) if cfg.categories is not None else list(CATEGORIES)
+    categories = [cfg.categories] if isinstance(cfg.categories, str) else cfg.categories
+    requested = list(categories) if categories is not None else list(CATEGORIES)
+    if not requested:
+        raise OTXError(
+            f"--categories is empty, so nothing would be written; name some of {', '.join(CATEGORIES)}, strip_like, "
+            "or leave it out for all but strip_like"
+        )
     for name in requested:
         if name not in (*CATEGORIES, "strip_like"):
             raise OTXError(f"Unknown sample category '{name}'; choose from {', '.join(CATEGORIES)}, strip_like.")
@@ -531,6 +539,17 @@ _PARSER_PATTERNS = (
     (re.compile(r"Key '([\w.]+)' is not expected"), "unknown key '{1}'"),
     (re.compile(r"No action for key \"?'?([\w.]+)"), "unknown key '{1}'"),
 )
+# Messages of otx data's parser said as they are (no key to correct).
+_DATA_PATTERNS = (
+    (
+        re.compile(r'expected "data_command" to be one of \{(.*?)\}, but it was not provided'),
+        "otx data needs a subcommand: {1} (e.g. otx data make-sample DIR); `otx data --help` lists them",
+    ),
+    (
+        re.compile(r"Option 'data\.make-sample\.out_dir' is required"),
+        "otx data make-sample needs the folder to write: otx data make-sample DIR",
+    ),
+)
 
 
 _TYPE_WORDS = {
@@ -543,7 +562,7 @@ _TYPE_WORDS = {
     "tuple": "a list such as [a,b]",
 }
 _PARSER_KEY = re.compile(r'Parser key "([\w.\-]+)"')
-_GIVEN = re.compile(r"(?:Got value|Given value): (.*?)(?: Given value type:|$)")
+_GIVEN = re.compile(r"(?:Got value|Given value):\s?(.*?)(?: Given value type:|$)")
 
 
 def _expected(text: str) -> str:
@@ -668,6 +687,10 @@ def _did_you_mean(line: str, verb: str) -> str | None:
 def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
     """Condense jsonargparse's multi-line messages to what is wrong and how to fix it."""
     text = " ".join(str(exc).split())
+    for pattern, template in _DATA_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return template.format(*([match.group(0)] + list(match.groups())))
     for pattern, template in _PARSER_PATTERNS:
         match = pattern.search(text)
         if match:

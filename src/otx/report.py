@@ -205,9 +205,14 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         "the type's regions that a box overlaps.</p>",
         _table(_per_defect(data, normalized)),
     ]
+    drawn = {  # what overlay() draws for each task
+        "classification": "the image",
+        "segmentation": "heat map of the anomaly map (blue normal, red anomalous), predicted mask outline in white",
+        "detection": "heat map of the anomaly map (blue normal, red anomalous), predicted boxes in yellow",
+    }.get(data.task, "the image")
     legend = (
-        '<p class="legend">Overlays: heat map of the anomaly map (blue normal, red anomalous), predicted mask '
-        "outline in white or boxes in yellow, ground truth outline in green, label and normalised score.</p>"
+        f'<p class="legend">Overlays: {drawn}, ground truth outline in green where the data has masks, '
+        "label and normalised score.</p>"
     )
     for kind, title in (("false_positives", "Worst false positives"), ("false_negatives", "Worst false negatives")):
         sections.append(f"<h2>{title}</h2>")

@@ -257,7 +257,11 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
             )
         other_case = [p.name for p in (root / "train").glob("*") if p.is_dir() and p.name.lower() == GOOD]
         found = f" (found train/{other_case[0]}: rename it to good, in lower case)" if other_case else ""
-        raise OTXDataError(f"'{train_good}' is missing{found}; training needs normal images in <data_root>/train/good")
+        if not found and root.name.lower() in ("train", "val", "test") and (root.parent / "train" / GOOD).is_dir():
+            found = f" ('{root}' is a split folder: pass the folder above it, '{root.parent}')"
+        raise OTXDataError(
+            f"'{train_good}' is missing{found}; a data root holds the normal training images in <data_root>/train/good"
+        )
     mask_dir = root / MvtecPath.MASK_DIR
     has_masks = mask_dir.is_dir()
     subsets: dict[str, list[Sample]] = {}

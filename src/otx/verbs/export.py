@@ -43,11 +43,12 @@ def run(
         {"checkpoint": str(path), "format": export_format, "precision": precision},
     )
     ctx.console.print(f"checkpoint: {path}")
+    # Validation images check the export (and an FP16 IR's decisions); a bad data root stops before a file is written.
+    data = eval_data(ctx, ckpt.get("data") or {}, must_exist=True)
+    validation = validation_set(data, adapter.pixel_level, model.preprocessor)
     start = time.perf_counter()
     exported = export_model(model, run.path, task, export_format, precision, data=ckpt.get("data"))
     export_s = time.perf_counter() - start
-    data = eval_data(ctx, ckpt.get("data") or {}, must_exist=True)
-    validation = validation_set(data, adapter.pixel_level, model.preprocessor)
     decisions = check_fp16(model, exported, validation, data is not None) if precision == "FP16" else None
     # Check the file that was written, through OpenVINO, against torch on real images at their own
     # size where the training data is at hand, and on one image of noise of another size.

@@ -74,11 +74,13 @@ def untuned_boxes(scorer: Scorer, adapter: TaskAdapter) -> str | None:
 def data_root_for(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) -> str | None:
     """The data to use: the given data root, else the one the model was trained on.
 
-    None when there is neither, or, with ``must_exist``, when the chosen folder is not there
-    (callers that can do without data). Otherwise a missing folder fails later with its own line.
+    None when there is neither, or, with ``must_exist``, when the recorded folder is not there
+    (callers that can do without data). Otherwise, and always for a folder the user gave, a missing
+    folder fails later with its own line: a mistyped ``--data_root`` is not passed over in silence.
     """
-    root = ctx.data.data_root if ctx.data.data_root is not None else info.get("data_root")
-    if root is None or (must_exist and not Path(root).is_dir()):
+    given = ctx.data.data_root is not None
+    root = ctx.data.data_root if given else info.get("data_root")
+    if root is None or (must_exist and not given and not Path(root).is_dir()):
         return None
     if ctx.data.data_root is None:
         log.info("data root %s: the one the model was trained on", root)
@@ -124,10 +126,12 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
         if (changes.get("seeded_split_moves") or changes.get("validation_images_gone")) and data.splits["test"]:
             gone = changes["validation_images_gone"]
             still = f" that are still there ({gone} {'is' if gone == 1 else 'are'} gone)" if gone else ""
+            unreadable = data.index.unreadable if data.index is not None else {}
+            scored = [s for s in data.splits["test"] if s.label >= 0 and s.path not in unreadable]  # not unknown/
             ctx.warn(
                 f"the test folders of {root} changed since training: the {len(data.splits['val'])} validation "
                 f"images the model was calibrated on{still} "
-                f"stay out of the test split, so the test metrics are on the {len(data.splits['test'])} others "
+                f"stay out of the test split, so the test metrics are on the {len(scored)} others "
                 f"(val_split/seed alone would now put {changes['seeded_split_moves']} images on the other side)"
             )
     if not same and fingerprint not in (None, "unknown"):
