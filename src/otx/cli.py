@@ -324,7 +324,10 @@ def build_parser(verbs: tuple[str, ...] | None = None) -> ArgumentParser:
     commands.add_subcommand("data", data, help="dataset utilities")
     data_commands = data.add_subcommands(dest="data_command", required=True)
     sample = ArgumentParser(
-        description="write the built-in synthetic MVTec-format dataset", exit_on_error=False, allow_abbrev=False
+        description="write the built-in synthetic MVTec-format dataset; over an earlier one it rewrites the "
+        "category folders in place, removing files named like its own (NNN.png, NNN_mask.png) that it did not write",
+        exit_on_error=False,
+        allow_abbrev=False,
     )
     sample.add_argument("out_dir", type=str, help="folder to write (one sub-folder per category)")
     sample.add_argument(
