@@ -122,8 +122,9 @@ def test_f1_adaptive_threshold_leaves_a_margin_on_both_sides() -> None:
     scores = np.array([0.1, 0.2, 0.4, 0.9, 1.3, 2.0])
     labels = np.array([0, 0, 0, 1, 1, 1])
     assert f1_adaptive_threshold(torch.from_numpy(scores), torch.from_numpy(labels)) == pytest.approx(0.65)
-    # When the optimum keeps every image, no lower score exists: the threshold is the lowest score.
-    assert f1_adaptive_threshold(torch.tensor([0.5, 0.7]), torch.tensor([1, 1])) == pytest.approx(0.5)
+    # When the optimum keeps every image, no lower score exists: just below the lowest score (1 % of the
+    # range), not on it, where float noise (torch against an IR) decided that image's label.
+    assert f1_adaptive_threshold(torch.tensor([0.5, 0.7]), torch.tensor([1, 1])) == pytest.approx(0.498)
     # Nothing anomalous: just above the largest score (1 % of the range), so every image is normal under >=.
     assert f1_adaptive_threshold(torch.tensor([0.5, 0.7]), torch.tensor([0, 0])) == pytest.approx(0.702)
 

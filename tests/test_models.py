@@ -435,6 +435,20 @@ def test_patchcore_scores_equal_anomalib_for_the_same_memory_bank(num_neighbors:
     assert not torch.allclose(default_map, expected.anomaly_map, rtol=1e-4, atol=1e-4)
 
 
+def test_a_one_entry_memory_bank_scores_by_distance_not_zero() -> None:
+    # A tiny training set or coreset ratio leaves one bank entry: the re-weighting over "its" 9
+    # neighbours took the softmax of a single distance (1) and weighted every image score to 0.
+    from otx.models.patchcore import MemoryBankScorer
+
+    torch.manual_seed(0)
+    patches, bank = torch.rand(3, 20, 16), torch.rand(1, 16)
+    patch_scores, scores = MemoryBankScorer(num_neighbors=9)(patches, bank)
+    distances = torch.cdist(patches, bank[None].expand(3, -1, -1))[..., 0]  # [3, 20]: to the only entry
+    torch.testing.assert_close(patch_scores, distances, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scores, distances.amax(dim=1), rtol=1e-5, atol=1e-5)
+    assert bool((scores > 0).all())
+
+
 def test_a_patchcore_checkpoint_from_before_map_upsample_keeps_its_nearest_map(tmp_path: Path) -> None:
     from otx.checkpoint import load_checkpoint, save_checkpoint
 
@@ -505,6 +519,18 @@ def test_patchcore_refuses_bad_settings_in_one_line() -> None:
             model_class("Patchcore")(coreset_ratio=ratio, pretrained=False)
     with pytest.raises(OTXConfigError, match="num_neighbors"):
         model_class("Patchcore")(num_neighbors=0, pretrained=False)
+    # layers: each once, from shallow to deep (the models pair features with layers by position), none empty
+    with pytest.raises(OTXConfigError, match=r"layers names 'blocks.2' more than once"):
+        model_class("Patchcore")(layers=["blocks.2", "blocks.2"], pretrained=False)
+    with pytest.raises(OTXConfigError, match=r"shallow to deep.*\[blocks.2,blocks.4\] \(got \[blocks.4,blocks.2\]\)"):
+        model_class("Stfpm")(layers=["blocks.4", "blocks.2"], pretrained=False)
+    with pytest.raises(OTXConfigError, match="layers is empty"):
+        model_class("Padim")(layers=[], pretrained=False)
+    # PADIM keeps at most the channels its layers have: its default 100 (Lite0) is cut to blocks.2's 40
+    padim = model_class("Padim")(layers=["blocks.2"], pretrained=False)
+    assert padim.model.idx.numel() == 40  # before: anomalib's "0 < n_features <= 40, found 100" for a value not given
+    with pytest.raises(OTXConfigError, match=r"n_features 60 is more than the 40 channels of layers \[blocks.2\]"):
+        model_class("Padim")(layers=["blocks.2"], n_features=60, pretrained=False)
     with pytest.raises(OTXConfigError, match="map_upsample must be one of bilinear, nearest"):
         model_class("Patchcore")(map_upsample="bicubic", pretrained=False)
     for share in (0, 1.5, "0.1"):  # any model: the image score's share of the map

@@ -106,7 +106,7 @@ def get_backbone(name: str) -> BackboneSpec:
 
 
 def check_layers(spec: BackboneSpec, layers: list[str]) -> None:
-    """Raise one line if a feature layer does not exist in the backbone."""
+    """Raise one line if a feature layer does not exist in the backbone, is given twice or out of order."""
     import timm
 
     available = [info["module"] for info in timm.create_model(spec.timm_name, features_only=True).feature_info.info]
@@ -116,6 +116,23 @@ def check_layers(spec: BackboneSpec, layers: list[str]) -> None:
             f"backbone '{spec.name}' has no feature layer {', '.join(map(repr, missing))}; "
             f"available: {', '.join(available)}"
         )
+    twice = sorted({layer for layer in layers if layers.count(layer) > 1}, key=available.index)
+    if twice:
+        raise OTXConfigError(f"layers names {', '.join(map(repr, twice))} more than once; give each layer once")
+    ordered = sorted(layers, key=available.index)
+    if layers != ordered:  # the backbone returns its features in its own order; the models pair them by position
+        raise OTXConfigError(
+            f"layers must go from shallow to deep, in the backbone's order: [{','.join(ordered)}] "
+            f"(got [{','.join(layers)}])"
+        )
+
+
+def layer_channels(spec: BackboneSpec, layers: list[str]) -> int:
+    """The number of channels the backbone's ``layers`` give together."""
+    import timm
+
+    info = timm.create_model(spec.timm_name, features_only=True).feature_info.info
+    return sum(int(entry["num_chs"]) for entry in info if entry["module"] in layers)
 
 
 def _offline() -> bool:

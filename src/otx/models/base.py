@@ -156,6 +156,8 @@ class AnomalyModel(L.LightningModule):
         self.spec: BackboneSpec = get_backbone(backbone)
         if layers is not None and (isinstance(layers, str) or not all(isinstance(x, str) for x in layers)):
             raise OTXConfigError(f"layers must be a list of layer names, e.g. ['blocks.2'] (got {layers!r})")
+        if layers is not None and not layers:
+            raise OTXConfigError("layers is empty; name at least one (`otx find --what backbones`) or leave it out")
         self.layers = list(layers) if layers else list(self.default_layers(self.spec))
         check_layers(self.spec, self.layers)
         # None (keep_aspect only): chosen from the training images' aspect ratio (`choose_input_size`)

@@ -25,6 +25,7 @@ from torch import nn
 
 from otx import distributed
 from otx.errors import OTXConfigError
+from otx.models.backbones import layer_channels
 from otx.models.base import AnomalyModel
 from otx.models.quantization import Scheme
 from otx.models.upsample import upsample_bilinear
@@ -180,7 +181,8 @@ class Padim(AnomalyModel):
     Args:
         backbone: backbone name.
         layers: feature layers; None takes the backbone's defaults.
-        n_features: channels kept by random selection; None takes the backbone's default.
+        n_features: channels kept by random selection; None takes the backbone's default (at most the
+            channels the layers have).
         input_size: ``[height, width]`` every image is brought to (its anomaly map's size); None with
             ``keep_aspect``: chosen from the training images' aspect ratio.
         input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``docs/input-modes.md``).
@@ -260,7 +262,13 @@ class Padim(AnomalyModel):
         self.save_hyperparameters()
 
     def build_core(self) -> nn.Module:  # noqa: D102
-        n_features = self.n_features or self.n_features_by_backbone.get(self.spec.name, 100)
+        channels = layer_channels(self.spec, self.layers)
+        n_features = self.n_features or min(self.n_features_by_backbone.get(self.spec.name, 100), channels)
+        if n_features > channels:
+            raise OTXConfigError(
+                f"n_features {n_features} is more than the {channels} channels of layers [{','.join(self.layers)}]; "
+                f"pass --model.init_args.n_features {channels} or less, or more layers"
+            )
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             try:

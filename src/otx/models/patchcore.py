@@ -223,6 +223,8 @@ class MemoryBankScorer(nn.Module):
         if self.num_neighbors == 1:
             return patch_scores, score
         neighbours = min(self.num_neighbors, memory_bank.shape[0])
+        if neighbours == 1:  # a one-entry bank: the softmax of one distance is 1, which weighted every score to 0
+            return patch_scores, score
         to_nearest = torch.cat([self.squared_distances(nearest, part) for part in parts], dim=1)  # [B, M]
         support = to_nearest.topk(neighbours, dim=-1, largest=False).indices  # [B, k]
         # anomalib's euclidean_dist, as the re-weighting's distances are computed there
@@ -464,3 +466,14 @@ class Patchcore(AnomalyModel):
             candidates,
             time.perf_counter() - start,
         )
+        entries = self.model.memory_bank.shape[0]
+        if entries < self.num_neighbors:
+            log.warning(
+                "PatchCore's memory bank holds %d entries (coreset ratio %g of %d training patches), fewer than "
+                "num_neighbors %d: so few entries describe the normal images poorly; raise "
+                "--model.init_args.coreset_ratio or add training images",
+                entries,
+                self.coreset_ratio,
+                coreset.count,
+                self.num_neighbors,
+            )
