@@ -183,6 +183,23 @@ def test_mobilenet_v2_without_its_package_says_how_to_install_it(
         Padim(backbone="mobilenet_v2")
 
 
+def test_unusable_weight_files_are_named_in_one_short_line(tmp_path: Path) -> None:
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save(timm.create_model("resnet18", pretrained=False), tmp_path / "whole.pth")  # the module, pickled
+    (tmp_path / "folder").mkdir()
+    cases = {  # before: "cannot load weights file '...':" with nothing after; torch's page with colour codes,
+        # cut mid-word; "does not exist" for a folder
+        "empty.pth": "is empty \\(0 bytes\\)",
+        "whole.pth": "holds pickled Python objects.*torch.save\\(model.state_dict\\(\\), FILE\\)",
+        "folder": "is a folder; pass the file in it",
+    }
+    for name, message in cases.items():
+        with pytest.raises(OTXWeightsError, match=message) as raised:
+            Padim(backbone="resnet18", weights=str(tmp_path / name))
+        text = str(raised.value)
+        assert "\x1b" not in text and "\n" not in text and len(text) < 300, text
+
+
 def test_explicit_and_cached_weight_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reference = timm.create_model("resnet18", pretrained=False)
     torch.nn.init.constant_(reference.conv1.weight, 0.125)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +164,8 @@ def _unwrap(obj: object) -> dict[str, torch.Tensor]:
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.stat().st_size == 0:
+        raise OTXWeightsError(f"weights file '{path}' is empty (0 bytes); copy or download it again")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -172,7 +175,15 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     except OTXWeightsError:
         raise
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line
-        raise OTXWeightsError(f"cannot load weights file '{path}': {exc}") from exc
+        if "Weights only load failed" in str(exc):  # torch's own text is a page, with terminal colour codes
+            raise OTXWeightsError(
+                f"weights file '{path}' holds pickled Python objects (such as a whole model from torch.save(model)), "
+                "which otx does not run; save the state dict instead: torch.save(model.state_dict(), FILE)"
+            ) from exc
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+        raise OTXWeightsError(
+            f"cannot load weights file '{path}' ({reason[0][:200] if reason else type(exc).__name__})"
+        ) from exc
 
 
 def convert_in_order(state: dict[str, torch.Tensor], timm_name: str, source: str) -> dict[str, torch.Tensor]:
@@ -268,6 +279,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | None = None) -> tuple[dic
     """Find ImageNet weights for ``spec``; return the full-model state dict and where it came from."""
     if weights:
         path = Path(weights).expanduser()
+        if path.is_dir():
+            raise OTXWeightsError(f"weights file '{path}' for backbone '{spec.name}' is a folder; pass the file in it")
         if not path.is_file():
             raise OTXWeightsError(f"weights file '{path}' for backbone '{spec.name}' does not exist")
         return _from_file(path, spec), str(path)
