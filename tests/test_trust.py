@@ -250,6 +250,8 @@ def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
     assert "could not be read (1)" in report and bad.name in report
     scored = sum(metrics["splits"]["test"][k] for k in ("normal", "anomalous"))
     assert metrics["counts"]["normal"] + metrics["counts"]["anomalous"] == scored - 1
+    assert metrics["splits"]["test"]["unreadable"] == 1  # the split's files, and how many of them were not read
+    assert "<th>unreadable</th>" in report
 
 
 def test_an_unreadable_validation_image_is_refused_in_one_line(

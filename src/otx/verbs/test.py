@@ -86,6 +86,8 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         ctx.warn(message)
     errors_list = [{"image": p.image_path, "error": p.error} for p in predictions if p.error]
     splits = data.split_summary()
+    if errors_list:  # files of the test split (counted above under their folder) that could not be read
+        splits["test"] = {**splits["test"], "unreadable": len(errors_list)}
     report = write_report(
         run.path,
         ReportInput(
