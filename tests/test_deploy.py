@@ -209,6 +209,24 @@ def test_otx_predict_on_the_ir_skips_an_undecodable_image(exported, dataset_copy
     assert len(masks) == len(records) - 1
 
 
+def test_an_fp32_export_does_without_training_data_damaged_since(dataset_copy, tmp_path: Path) -> None:
+    from otx.models import Padim
+
+    root = dataset_copy()
+    data = AnomalyDataModule(str(root), num_workers=0)
+    engine = Engine(model=Padim(input_size=[64, 64]), data=data, work_dir=tmp_path / "ws")
+    engine.train()
+    data.setup()
+    (root / data.validation_names()[0]).write_bytes(b"not an image")  # the recorded data, damaged since
+    engine = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path / "ws")  # the data root recorded
+    summary = engine.export()  # FP32: checked on noise only, and said so
+    assert summary["check_against_torch"]["probe"].startswith("1 noise image")
+    warnings = json.loads((Path(summary["exported_model"]).parent / "metrics.json").read_text())["warnings"]
+    assert any("checked against torch on noise only" in w for w in warnings), warnings
+    with pytest.raises(OTXDataError, match="not an image|cannot read"):  # FP16's decisions need the validation images
+        engine.export(precision="FP16")
+
+
 def test_export_writes_a_run_folder_with_a_check(exported) -> None:
     xml = exported("stfpm", "segmentation")
     summary = json.loads((xml.parent / "metrics.json").read_text())

@@ -304,8 +304,9 @@ class Engine:
         """Export a checkpoint (default: as for ``predict``) to OpenVINO IR or ONNX.
 
         Writes ``exported_model.xml/.bin`` or ``exported_model.onnx`` into a new run folder, checks
-        the export against torch on one image, and with ``demo_package`` adds a zip that predicts
-        on a folder with only openvino, numpy and opencv installed. Returns an ``ExportResult``.
+        the export against torch on validation images and one noise image, and with ``demo_package``
+        adds a zip that predicts on a folder with only openvino, numpy and opencv installed. Returns
+        an ``ExportResult``.
         """
         from otx.deploy.export import check_export_args
 

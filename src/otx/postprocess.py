@@ -56,7 +56,8 @@ def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tenso
     was 209-656 in raw score, and two defective test images scored 623 and 632: at the upper end
     they were "normal" and INT8 noise moved labels across; at the middle they are not.) When the
     optimum keeps every score (``s_best`` is the lowest), the threshold is just below ``s_best`` (by
-    1 % of the scores' range), so no score sits on it and float noise cannot flip that image. With no
+    1 % of the finite scores' range, at least 1e-6 of ``s_best``), so no score sits on it and float
+    noise cannot flip that image. With no
     positive label (nothing anomalous to separate) the threshold is just above the largest score
     (by 1 % of the scores' range), so every validation image counts as normal under ``>=``.
 
@@ -87,7 +88,9 @@ def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tenso
     best = float(candidates[best_index])
     lower = [float(x[i - 1]) for x in (pos, neg) if (i := int(np.searchsorted(x, candidates[best_index], "left")))]
     if not lower:  # every score is at or above it: a margin below the lowest, so none sits on the threshold
-        return best - max(0.01 * (float(s.max()) - best), 1e-6 * max(abs(best), 1.0))
+        finite = s[np.isfinite(s)]
+        top = float(finite.max()) if finite.size else best
+        return best - max(0.01 * (top - best), 1e-6 * max(abs(best), 1.0))
     return (best + max(lower)) / 2
 
 

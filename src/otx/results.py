@@ -142,6 +142,7 @@ class ExportResult(Result):
     decisions: dict[str, Any] | None = dataclasses.field(default=None, metadata=OMIT_NONE)
     thresholds: dict[str, float] | None = dataclasses.field(default=None, metadata=OMIT_NONE)
     demo_package: str | None = dataclasses.field(default=None, metadata=OMIT_NONE)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. the check ran on noise only
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

@@ -14,7 +14,7 @@ were learned on, against the FP32 model:
    training sets them) and the threshold that agrees best with the FP32 labels (among equally
    good ones, the nearest to where the FP32 threshold sits within the FP32 min-max range).
    Validation values that lie on the FP32 threshold (within 1e-4 of the value range: a manual
-   threshold, or an F1-adaptive one at the lowest score, can equal one) have no sure label, as
+   threshold, or an F1-adaptive one learned before 2026-12-04 at the lowest score, can equal one) have no sure label, as
    even torch and the FP32 IR can disagree there by float rounding; they are left out of every
    agreement.
 3. The recalibrated statistics are used only where they agree better (by one image, or by 0.01 %

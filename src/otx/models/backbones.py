@@ -106,8 +106,14 @@ def get_backbone(name: str) -> BackboneSpec:
     )
 
 
-def check_layers(spec: BackboneSpec, layers: list[str]) -> None:
-    """Raise one line if a feature layer does not exist in the backbone, is given twice or out of order."""
+def check_layers(spec: BackboneSpec, layers: list[str]) -> list[str]:
+    """The layers in the backbone's order; one line if one does not exist in the backbone or is given twice.
+
+    The backbone returns its features in its own order and the models pair them with the layers
+    by position, so the layers are put in that order: with another, STFPM's student mismatched
+    its channels (an internal error), while PADIM and PatchCore already computed what the
+    backbone's order gives (so their checkpoints saved with another order load unchanged).
+    """
     import timm
 
     available = [info["module"] for info in timm.create_model(spec.timm_name, features_only=True).feature_info.info]
@@ -120,12 +126,7 @@ def check_layers(spec: BackboneSpec, layers: list[str]) -> None:
     twice = sorted({layer for layer in layers if layers.count(layer) > 1}, key=available.index)
     if twice:
         raise OTXConfigError(f"layers names {', '.join(map(repr, twice))} more than once; give each layer once")
-    ordered = sorted(layers, key=available.index)
-    if layers != ordered:  # the backbone returns its features in its own order; the models pair them by position
-        raise OTXConfigError(
-            f"layers must go from shallow to deep, in the backbone's order: [{','.join(ordered)}] "
-            f"(got [{','.join(layers)}])"
-        )
+    return sorted(layers, key=available.index)
 
 
 def layer_channels(spec: BackboneSpec, layers: list[str]) -> int:

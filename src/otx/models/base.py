@@ -158,8 +158,7 @@ class AnomalyModel(L.LightningModule):
             raise OTXConfigError(f"layers must be a list of layer names, e.g. ['blocks.2'] (got {layers!r})")
         if layers is not None and not layers:
             raise OTXConfigError("layers is empty; name at least one (`otx find --what backbones`) or leave it out")
-        self.layers = list(layers) if layers else list(self.default_layers(self.spec))
-        check_layers(self.spec, self.layers)
+        self.layers = check_layers(self.spec, list(layers) if layers else list(self.default_layers(self.spec)))
         # None (keep_aspect only): chosen from the training images' aspect ratio (`choose_input_size`)
         self.input_size_from_data = input_size is None
         if self.input_size_from_data and input_mode != "keep_aspect":

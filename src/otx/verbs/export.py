@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import numpy as np
 
 from otx.checkpoint import latest_checkpoint, load_checkpoint, model_entry
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
-from otx.errors import OTXError
+from otx.errors import OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.results import ExportResult
 from otx.verbs.context import VerbContext, write_result
@@ -21,6 +22,7 @@ from otx.workdir import Run
 log = logging.getLogger("otx")
 
 PROBE_IMAGES = 8  # validation images the export is checked against torch on (half normal, half anomalous)
+PROBE_PIXELS = 16_000_000  # at most this many pixels of them (one 4000x3000 image is 12 M)
 
 
 def run(
@@ -44,8 +46,14 @@ def run(
     )
     ctx.console.print(f"checkpoint: {path}")
     # Validation images check the export (and an FP16 IR's decisions); a bad data root stops before a file is written.
-    data = eval_data(ctx, ckpt.get("data") or {}, must_exist=True)
-    validation = validation_set(data, adapter.pixel_level, model.preprocessor)
+    try:
+        data = eval_data(ctx, ckpt.get("data") or {}, must_exist=True)
+        validation = validation_set(data, adapter.pixel_level, model.preprocessor)
+    except OTXDataError as exc:  # the recorded data damaged since: an FP32 export does without it
+        if precision == "FP16" or ctx.data.data_root is not None:
+            raise
+        ctx.warn(f"the export is checked against torch on noise only: the training data cannot be used ({exc})")
+        data = validation = None
     start = time.perf_counter()
     exported = export_model(model, run.path, task, export_format, precision, data=ckpt.get("data"))
     export_s = time.perf_counter() - start
@@ -53,7 +61,13 @@ def run(
     # Check the file that was written, through OpenVINO, against torch on real images at their own
     # size where the training data is at hand, and on one image of noise of another size.
     probes, probe = probe_images(model, validation)
-    check = {"probe": probe, **compare_with_torch(model, OpenVINOInferencer(exported, device="CPU"), probes)}
+    reference = model
+    if decisions is not None and decisions.get("recalibrated"):  # the IR's thresholds moved on purpose: torch's too
+        reference = copy.deepcopy(model)
+        for name, value in decisions["stats"].items():
+            getattr(reference.postprocessor, name).fill_(float(value))
+        probe += " (torch with the recalibrated thresholds)"
+    check = {"probe": probe, **compare_with_torch(reference, OpenVINOInferencer(exported, device="CPU"), probes)}
     result = ExportResult(
         task=task,
         model=type(model).__name__,
@@ -67,6 +81,7 @@ def run(
         decisions=decisions,
         thresholds=decisions["stats"] if decisions is not None else None,
         demo_package=str(write_demo_package(exported, run.path / "demo_package.zip")) if demo_package else None,
+        warnings=list(ctx.warnings),
     )
     write_result(run, result)
     return result
@@ -87,12 +102,17 @@ def probe_images(model: AnomalyModel, validation: Any) -> tuple[list[np.ndarray]
     samples = validation.items.samples
     chosen = [i for i, s in enumerate(samples) if s.label == 0][: PROBE_IMAGES // 2]
     chosen += [i for i, s in enumerate(samples) if s.label == 1][: PROBE_IMAGES // 2]
-    images = []
+    images: list[np.ndarray] = []
+    pixels = 0
     for index in chosen:
         item = validation.items[index]
         if item["error"]:
             raise OTXError(item["error"])
-        images.append(item["image"].numpy())
+        image = item["image"].numpy()
+        pixels += image.shape[1] * image.shape[2]
+        if images and pixels > PROBE_PIXELS:  # large images (tile mode): a few are enough, all are held at once
+            break
+        images.append(image)
     return [*images, noise], f"{len(images)} validation images and 1 noise image"
 
 
