@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import time
 from pathlib import Path
@@ -100,8 +101,10 @@ def probe_images(model: AnomalyModel, validation: Any) -> tuple[list[np.ndarray]
     if validation is None:
         return [noise], "1 noise image (no validation images at hand)"
     samples = validation.items.samples
-    chosen = [i for i, s in enumerate(samples) if s.label == 0][: PROBE_IMAGES // 2]
-    chosen += [i for i, s in enumerate(samples) if s.label == 1][: PROBE_IMAGES // 2]
+    normal = [i for i, s in enumerate(samples) if s.label == 0][: PROBE_IMAGES // 2]
+    anomalous = [i for i, s in enumerate(samples) if s.label == 1][: PROBE_IMAGES // 2]
+    # alternately, so that a pixel budget reached early still leaves both kinds
+    chosen = [i for pair in itertools.zip_longest(normal, anomalous) for i in pair if i is not None]
     images: list[np.ndarray] = []
     pixels = 0
     for index in chosen:
