@@ -18,6 +18,7 @@ If none works, ``OTXWeightsError`` names the backbone, every place searched and 
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import os
 import re
@@ -106,6 +107,19 @@ def get_backbone(name: str) -> BackboneSpec:
     )
 
 
+@functools.cache
+def feature_layers(timm_name: str) -> dict[str, int]:
+    """Each feature layer of a timm backbone, in its order, with its number of channels.
+
+    Built once per backbone (an untrained timm model: 0.6 s for ``wide_resnet50_2``), for the
+    layer check and PADIM's channel count alike.
+    """
+    import timm
+
+    info = timm.create_model(timm_name, features_only=True).feature_info.info
+    return {entry["module"]: int(entry["num_chs"]) for entry in info}
+
+
 def check_layers(spec: BackboneSpec, layers: list[str]) -> list[str]:
     """The layers in the backbone's order; one line if one does not exist in the backbone or is given twice.
 
@@ -114,9 +128,7 @@ def check_layers(spec: BackboneSpec, layers: list[str]) -> list[str]:
     its channels (an internal error), while PADIM and PatchCore already computed what the
     backbone's order gives (so their checkpoints saved with another order load unchanged).
     """
-    import timm
-
-    available = [info["module"] for info in timm.create_model(spec.timm_name, features_only=True).feature_info.info]
+    available = list(feature_layers(spec.timm_name))
     missing = [layer for layer in layers if layer not in available]
     if missing:
         raise OTXConfigError(
@@ -131,10 +143,7 @@ def check_layers(spec: BackboneSpec, layers: list[str]) -> list[str]:
 
 def layer_channels(spec: BackboneSpec, layers: list[str]) -> int:
     """The number of channels the backbone's ``layers`` give together."""
-    import timm
-
-    info = timm.create_model(spec.timm_name, features_only=True).feature_info.info
-    return sum(int(entry["num_chs"]) for entry in info if entry["module"] in layers)
+    return sum(channels for name, channels in feature_layers(spec.timm_name).items() if name in layers)
 
 
 def _offline() -> bool:
