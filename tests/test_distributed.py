@@ -226,7 +226,8 @@ def test_torchrun_with_more_processes_than_the_command_uses_is_refused(
         env={**os.environ, "OTX_OFFLINE": "1"},
     )  # fmt: skip
     assert done.returncode != 0
-    assert done.stderr.count("error: this command was started as one of 2 processes") == 2, done.stderr[-2000:]
+    # each process refuses; torchrun stops the other as soon as one has exited, so one or both say it
+    assert done.stderr.count("error: this command was started as one of 2 processes") in (1, 2), done.stderr[-2000:]
     assert "--devices x --num_nodes make 1" in done.stderr
     assert not list(work_dir.glob("*-test/metrics.json")) and not (work_dir / "latest.json").exists()
 
