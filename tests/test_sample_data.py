@@ -152,14 +152,18 @@ def test_regenerating_overwrites_in_place(tmp_path: Path) -> None:
     assert keep.read_text() == "user file"
 
 
+@pytest.mark.parametrize("other_name", [True, False])
 @pytest.mark.parametrize("category", ["bottle_like", "strip_like"])
-def test_a_folder_it_did_not_write_is_refused_and_left_as_it_was(category: str, tmp_path: Path) -> None:
+def test_a_folder_it_did_not_write_is_refused_and_left_as_it_was(
+    category: str, other_name: bool, tmp_path: Path
+) -> None:
     from otx.cli import main
 
-    mine = tmp_path / category / "train" / "good" / "000.png"  # a generated name: it would be overwritten
+    mine = tmp_path / category / "train" / "good" / "100.png"  # a generated name (MVTec AD's too): it would be removed
     mine.parent.mkdir(parents=True)
     mine.write_bytes(b"the user's own image")
-    (mine.parent / "part_17.png").write_bytes(b"another one")  # a name the generator never writes
+    if other_name:  # before, only a name the generator never writes made it refuse
+        (mine.parent / "part_17.png").write_bytes(b"another one")
     (tmp_path / "tile_like").mkdir()  # another category, empty: would be written
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(ValueError, match="did not write"):
@@ -188,10 +192,3 @@ def test_unknown_category_raises(tmp_path: Path) -> None:
 def test_invalid_arguments_raise(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         make_sample_dataset(tmp_path, **kwargs)
-
-
-def test_a_folder_from_before_the_marker_is_still_updated(tmp_path: Path) -> None:
-    make_sample_dataset(tmp_path, ["bottle_like"], n_train=2, n_test_good=1, n_test_defect=1, image_size=32)
-    (tmp_path / "bottle_like" / ".otx-sample").unlink()  # as older versions wrote it: the generator's names only
-    make_sample_dataset(tmp_path, ["bottle_like"], n_train=3, n_test_good=1, n_test_defect=1, image_size=32)
-    assert _names(tmp_path / "bottle_like" / "train" / "good") == ["000.png", "001.png", "002.png"]

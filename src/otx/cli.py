@@ -324,8 +324,9 @@ def build_parser(verbs: tuple[str, ...] | None = None) -> ArgumentParser:
     commands.add_subcommand("data", data, help="dataset utilities")
     data_commands = data.add_subcommands(dest="data_command", required=True)
     sample = ArgumentParser(
-        description="write the built-in synthetic MVTec-format dataset; over an earlier one it rewrites the "
-        "category folders in place, removing files named like its own (NNN.png, NNN_mask.png) that it did not write",
+        description="write the built-in synthetic MVTec-format dataset; over an earlier one (its folders carry a "
+        ".otx-sample file) it rewrites the category folders in place, removing files named like its own (NNN.png, "
+        "NNN_mask.png) that this run does not write; a category folder holding other files is refused",
         exit_on_error=False,
         allow_abbrev=False,
     )

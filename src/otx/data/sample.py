@@ -134,19 +134,15 @@ def check_own_folder(root: Path) -> None:
     """
     if not root.is_dir() or (root / SAMPLE_MARKER).is_file():
         return
-    # a folder from before the marker holds the generator's names only (train/good/000.png ...)
-    first = next(
-        (path for path in sorted(root.rglob("*")) if path.is_file() and not _GENERATED.fullmatch(_posix(path, root))),
-        None,
-    )
+    # Without the marker nothing is taken as the generator's, not even its own names: MVTec AD's
+    # images are named 000.png ... as well (before: such files were overwritten or removed).
+    first = next((path for path in sorted(root.rglob("*")) if path.is_file()), None)
     if first is not None:
         raise ValueError(
             f"'{root}' already holds files that otx data make-sample did not write (e.g. "
-            f"{_posix(first, root)}); pass a new or empty folder, or delete this one (nothing was changed)"
+            f"{_posix(first, root)}; its folders carry a {SAMPLE_MARKER} file); pass a new or empty folder, or "
+            "delete this one (nothing was changed)"
         )
-
-
-_GENERATED = re.compile(r"(train|test)/\w+/\d{3}\.png|ground_truth/\w+/\d{3}_mask\.png")
 
 
 def _posix(path: Path, root: Path) -> str:
