@@ -530,3 +530,42 @@ def test_a_data_root_as_the_source_leaves_its_masks_out(sample_root: Path, caplo
     assert len(samples) == len(list((root / "train").rglob("*.png"))) + len(list((root / "test").rglob("*.png")))
     assert any("left out 16 mask file(s)" in r.getMessage() for r in caplog.records)
     assert [str(p) for p in demo_package().find_images(str(root))] == [s.path for s in samples]  # before: +16 masks
+
+
+def test_a_folder_source_follows_linked_folders_and_leaves_tools_files_out(
+    sample_root: Path, tmp_path: Path, caplog
+) -> None:
+    # Before: a symlinked folder was skipped without a word ("no images found" when it was the only one),
+    # and macOS zips' __MACOSX/._*.png files and a notebook's checkpoint copies were predicted as parts.
+    scratch = sample_root / "bottle_like" / "test" / "scratch"
+    source = tmp_path / "parts"
+    (source / "own").mkdir(parents=True)
+    shutil.copy(scratch / "000.png", source / "own" / "a.png")
+    (source / "linked").symlink_to(scratch, target_is_directory=True)
+    (source / "own" / "up").symlink_to(source, target_is_directory=True)  # a link back up: no loop
+    (source / "own" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    for tool in ("__MACOSX/own", "own/.ipynb_checkpoints", "@eaDir"):
+        (source / tool).mkdir(parents=True)
+        shutil.copy(scratch / "001.png", source / tool / "b.png")
+    with caplog.at_level("WARNING", logger="otx"):
+        samples = samples_from_source(source)
+    expected = [source / "linked" / p.name for p in sorted(scratch.glob("*.png"))] + [source / "own" / "a.png"]
+    assert sorted(Path(s.path) for s in samples) == sorted(expected)
+    said = [r.getMessage() for r in caplog.records if "macOS, notebook or NAS" in r.getMessage()]
+    assert len(said) == 1 and "and 3 more" in said[0], said
+    assert sorted(demo_package().find_images(str(source))) == sorted(expected)  # the demo package alike
+
+
+def test_macos_resource_files_are_ignored_in_training_with_one_warning(dataset_copy, caplog) -> None:
+    root = dataset_copy()
+    junk = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # an AppleDouble header, not an image
+    for path in ("train/good/._000.png", "test/scratch/._000.png", "ground_truth/scratch/._000_mask.png"):
+        (root / path).write_bytes(junk)
+    with caplog.at_level("WARNING", logger="otx"):
+        index = index_mvtec(root)  # before: refused one file at a time ("cannot read image")
+    assert len(index.subsets["train"]) == 40 and not any("._" in s.path for v in index.subsets.values() for s in v)
+    said = [r.getMessage() for r in caplog.records if "macOS resource file" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("ignoring 3 macOS resource file(s)"), said
+    (root / "test" / "._x.png").write_bytes(junk)  # directly in test/: Datumaro's reader would fail on it
+    with pytest.raises(OTXDataError, match=r"'test/._x.png' is a macOS resource file .*; remove it"):
+        index_mvtec(root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ from PIL import Image
 
 from helpers import demo_package
 from otx.cli import main
-from otx.data import AnomalyDataModule
+from otx.data import AnomalyDataModule, index_mvtec
 from otx.data.datamodule import AnomalyDataset
 from otx.data.io import read_mask
 from otx.deploy import OpenVINOInferencer
@@ -79,6 +80,38 @@ def test_predict_labels_an_unreadable_image_error_and_exits_1(
     assert main([*args, "--work_dir", str(work_dir), "--visualize", "false", "--allow_errors", "false"]) == 1
 
 
+def _non_utf8_name(folder: Path, source: Path) -> Path:
+    """A copy of ``source`` in ``folder`` named b"Pr\\xfcfteil.png" (cp1252, as in a zip made on Windows)."""
+    target = os.fsdecode(os.path.join(os.fsencode(folder), b"Pr\xfcfteil.png"))
+    try:
+        shutil.copy(source, target)
+    except OSError:  # a file system that keeps UTF-8 names only (macOS)
+        pytest.skip("this file system does not take file names that are not valid UTF-8")
+    return Path(target)
+
+
+def test_file_names_that_are_not_utf8_are_predicted_and_trained_on(
+    trained_padim: dict, dataset_copy, tmp_path: Path
+) -> None:
+    # Before: otx predict died with a segmentation fault (cv2.imwrite on such a path) and training with
+    # "internal error (UnicodeEncodeError ...)" after the whole fit (the training data's fingerprint).
+    root = dataset_copy()
+    source = tmp_path / "parts"
+    source.mkdir()
+    image = _non_utf8_name(source, root / "test" / "scratch" / "000.png")
+    work_dir = tmp_path / "ws"
+    assert main(["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--source", str(source),
+                 "--work_dir", str(work_dir)]) == 0  # fmt: skip
+    run = work_dir / latest(work_dir)["predict"] / "predictions"
+    (record,) = json.loads((run / "predictions.json").read_text())
+    assert record["label"] == "anomalous" and Path(record["image"]) == image
+    mask = run / record["mask"]
+    assert read_mask(mask).any() and (run / "overlays" / f"{image.stem}.png").is_file()
+    before = index_mvtec(root).fingerprint()
+    _non_utf8_name(root / "train" / "good", root / "train" / "good" / "000.png")
+    assert index_mvtec(root).fingerprint() != before  # the new training file counts, by its name's bytes
+
+
 def test_a_mask_that_cannot_be_written_fails_in_one_line_and_keeps_latest(
     trained_padim: dict, sample_root: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,12 +120,14 @@ def test_a_mask_that_cannot_be_written_fails_in_one_line_and_keeps_latest(
     source = ["--source", str(sample_root / "bottle_like" / "test" / "good"), "--visualize", "false"]
     assert main([*args, *source]) == 0
     before = (work_dir / "latest.json").read_bytes()
-    written = cv2.imwrite
+    written = Path.write_bytes
 
-    def full_disk(path: str, image: np.ndarray, *rest: object) -> bool:  # OpenCV's answer when it cannot write
-        return False if path.endswith("_mask.png") else written(path, image, *rest)
+    def full_disk(path: Path, data: bytes) -> int:  # what Python raises when the disk is full
+        if path.name.endswith("_mask.png"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return written(path, data)
 
-    monkeypatch.setattr(cv2, "imwrite", full_disk)
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
     assert main([*args, *source]) == 1
     err = capsys.readouterr().err
     assert "could not write" in err and "_mask.png" in err and "free space" in err and "Traceback" not in err
@@ -506,8 +541,11 @@ def _mask() -> np.ndarray:
 
 @pytest.mark.parametrize(
     "mode",
-    ["L", "L01", "1", "I;16", "RGB", "RGB-red", "RGBA-opaque", "RGBA-alpha-only", "LA", "LA-alpha-only", "P", "soft"],
-)
+    [
+        "L", "L01", "1", "I;16", "RGB", "RGB-red", "RGBA-opaque", "RGBA-alpha-only", "RGBA-white-transparent",
+        "RGBA-half-black", "LA", "LA-alpha-only", "LA-white-transparent", "P", "soft",
+    ],
+)  # fmt: skip
 def test_masks_of_every_mode_read_the_same(mode: str, tmp_path: Path) -> None:
     mask = _mask()
     u8 = mask.astype(np.uint8) * 255
@@ -521,7 +559,12 @@ def test_masks_of_every_mode_read_the_same(mode: str, tmp_path: Path) -> None:
         "RGB-red": lambda: Image.fromarray(np.stack([u8, zeros, zeros], -1), "RGB"),
         "RGBA-opaque": lambda: Image.fromarray(np.stack([u8, u8, u8, full], -1), "RGBA"),
         "RGBA-alpha-only": lambda: Image.fromarray(np.stack([full, zeros, zeros, u8], -1), "RGBA"),
+        # labelling tools' exports: an opaque red defect on a transparent white background (before: every
+        # pixel a defect), a white defect on a half-transparent black one
+        "RGBA-white-transparent": lambda: Image.fromarray(np.stack([full, 255 - u8, 255 - u8, u8], -1), "RGBA"),
+        "RGBA-half-black": lambda: Image.fromarray(np.stack([u8, u8, u8, np.maximum(u8, 128)], -1), "RGBA"),
         "LA": lambda: Image.fromarray(np.stack([u8, full], -1), "LA"),
+        "LA-white-transparent": lambda: Image.fromarray(np.stack([full - u8 // 2, u8], -1), "LA"),
         "LA-alpha-only": lambda: Image.fromarray(np.stack([zeros, u8], -1), "LA"),
         "P": lambda: Image.fromarray(np.stack([u8] * 3, -1), "RGB").convert("P", palette=Image.Palette.ADAPTIVE),
         "soft": lambda: Image.fromarray(cv2.GaussianBlur(u8, (0, 0), 1.0), "L"),  # antialiased edges
@@ -550,6 +593,35 @@ def test_an_rgba_mask_gives_the_mask_of_the_grayscale_mask(dataset_copy) -> None
 
 
 # --- 5. warnings where the numbers would mislead ---------------------------------------------------------
+
+
+def test_inverted_masks_are_named_in_train_and_test(dataset_copy, tmp_path: Path) -> None:
+    # Before: inverted masks trained without a word, with a pixel AUROC near the image AUROC (it follows the
+    # image scores), a pixel threshold far too low and predicted masks over nearly every image.
+    root = dataset_copy()
+    masks = sorted((root / "ground_truth").glob("*/*_mask.png"))
+    shares = []
+    for path in masks:
+        mask = read_mask(path)
+        shares.append(float((~mask).mean()))
+        cv2.imwrite(str(path), (~mask).astype(np.uint8) * 255)  # defect black on white
+    assert min(shares) > 0.5  # what the warning will report: every inverted mask marks most of its image
+    small = ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]
+    work_dir = tmp_path / "ws"
+    assert main(["train", "--config", RECIPE, "--data_root", str(root), "--work_dir", str(work_dir), *small]) == 0
+    train = json.loads((work_dir / latest(work_dir)["train"] / "metrics.json").read_text())
+    named = [w for w in train["warnings"] if "look inverted" in w]
+    assert len(named) == 1 and "validation split" in named[0], train["warnings"]
+    assert main(["test", "--work_dir", str(work_dir), "--data_root", str(root)]) == 0
+    tested = json.loads((work_dir / latest(work_dir)["test"] / "metrics.json").read_text())
+    assert any("look inverted" in w and "test split" in w for w in tested["warnings"]), tested["warnings"]
+
+
+def test_masks_as_drawn_are_not_taken_for_inverted(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    summary = trained_padim["summary"]
+    assert not any("look inverted" in w for w in summary["warnings"])
+    tested = Engine(work_dir=tmp_path / "ws").test(checkpoint=trained_padim["checkpoint"])
+    assert not any("look inverted" in w for w in tested.warnings)
 
 
 def test_warnings_for_a_model_that_learned_nothing_and_for_other_data(dataset_copy, tmp_path: Path, capsys) -> None:

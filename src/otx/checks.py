@@ -42,6 +42,32 @@ def unmasked_warning(samples: list[Any], split: str) -> str | None:
     )
 
 
+MASK_COVERAGE = 0.5  # masks that mark more than this share of their images' pixels on average: inverted
+
+
+def mask_coverage_warning(masks: Any, labels: Any, known: Any, split: str) -> str | None:
+    """One line when the masks of a split's anomalous images mark most of their pixels as defect.
+
+    ``masks [N, H, W]``, ``labels [N]`` (1: anomalous), ``known [N]`` (the image has a mask file;
+    None: all of them). Masks that mark more than half of every image on average are nearly always
+    inverted (the defect black on white) or drawn on a background that is not black; the pixel
+    AUROC then still looks good (it follows the image scores), so nothing else would say so.
+    """
+    masks, labels = np.asarray(masks).astype(bool), np.asarray(labels).reshape(-1) == 1
+    rows = labels if known is None else labels & np.asarray(known).reshape(-1).astype(bool)
+    if masks.ndim != 3 or not rows.any():
+        return None
+    share = float(masks[rows].reshape(int(rows.sum()), -1).mean(axis=1).mean())
+    if share <= MASK_COVERAGE:
+        return None
+    fitted = "the pixel threshold was learned on them" if split == "validation" else "pixel metrics use them"
+    return (
+        f"the masks of the {split} split's anomalous images mark {share:.0%} of their pixels as defect on average: "
+        "a mask marks defect pixels non-zero on a black (0) background, so these look inverted or drawn on a white "
+        f"or coloured background, and {fitted}; check the masks (invert them, or make the background black)"
+    )
+
+
 def copies_warning(train: list[str], others: list[str], root: str | Path | None = None) -> str | None:
     """One line when validation or test images are byte-for-byte copies of training images.
 

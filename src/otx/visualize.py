@@ -146,8 +146,12 @@ def _enlarge(array: np.ndarray, factor: int) -> np.ndarray:
 def write_png(path: Path, image: np.ndarray) -> None:
     """Write a grayscale or BGR image as a PNG, its folder created; OSError when OpenCV cannot (a full disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
+    # Encoded here and written by Python: cv2.imwrite crashes the process (SIGSEGV) on a path that is
+    # not valid UTF-8 (a name from a Windows zip, such as b"Pr\xfcfteil.png"), which Python keeps as is.
+    done, encoded = cv2.imencode(".png", image)
+    if not done:
         raise OSError(f"could not write '{path}'")
+    path.write_bytes(encoded.tobytes())
 
 
 def write_overlay(path: Path, canvas: np.ndarray) -> None:

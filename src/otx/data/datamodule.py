@@ -19,6 +19,8 @@ from otx.data.dataset import (
     Sample,
     count_kinds,
     index_mvtec,
+    is_resource_file,
+    is_tool_folder,
     relative_names,
     split_by_names,
     split_validation,
@@ -328,22 +330,40 @@ def _is_layout_mask(path: Path) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    """Image files in ``folder`` and its subfolders, leaving out otx's own work folders.
+    """Image files in ``folder`` and its subfolders, leaving out otx's own work folders and tools' files.
 
     A folder with ``latest.json`` is a ``--work_dir``: its predicted masks and overlays are not
     new parts (``otx predict --source .`` run twice would otherwise predict its first outputs).
+    Symlinked folders are followed, each folder once (a link back up is not a loop); the folders
+    and files of ``is_tool_folder`` and ``is_resource_file`` are left out, with a warning.
     """
-    files, skipped = [], []
-    for top, dirs, names in os.walk(folder):
+    files, skipped, leftovers, visited = [], [], [], set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        here = os.path.realpath(top)
+        if here in visited:  # a link back up, or one folder linked twice
+            dirs.clear()
+            continue
+        visited.add(here)
         if top != str(folder) and LATEST in names:
             skipped.append(top)
             dirs.clear()
             continue
-        dirs.sort()
-        files.extend(Path(top, name) for name in names if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS)
+        leftovers += [Path(top, name) for name in sorted(dirs) if is_tool_folder(name)]
+        leftovers += [Path(top, name) for name in sorted(names) if is_resource_file(name)]
+        dirs[:] = sorted(name for name in dirs if not is_tool_folder(name))
+        files.extend(
+            Path(top, name)
+            for name in names
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not is_resource_file(name)
+        )
     if skipped:
         more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
         log.warning("left out otx's work folder %s%s (its outputs are not images to predict)", skipped[0], more)
+    if leftovers:
+        more = f" and {len(leftovers) - 1} more" if len(leftovers) > 1 else ""
+        log.warning(
+            "left out %s%s (macOS, notebook or NAS files, not images to predict)", leftovers[0].as_posix(), more
+        )
     return files
 
 

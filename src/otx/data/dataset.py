@@ -63,8 +63,19 @@ class MvtecIndex:
         digest = hashlib.sha256()
         for sample in self.subsets.get("train", []):
             path = Path(sample.path)
-            digest.update(f"{path.relative_to(self.root)}:{path.stat().st_size}\n".encode())
+            # surrogateescape: a name that is not valid UTF-8 (a Windows zip's) hashes as its bytes
+            digest.update(f"{path.relative_to(self.root)}:{path.stat().st_size}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
+
+
+def is_tool_folder(name: str) -> bool:
+    """A folder tools leave beside images: ``.ipynb_checkpoints`` and other dot-folders, ``__MACOSX``, ``@eaDir``."""
+    return name.startswith(".") or name in ("__MACOSX", "@eaDir")
+
+
+def is_resource_file(name: str) -> bool:
+    """A macOS AppleDouble file (``._000.png``): the metadata of ``000.png``, never an image."""
+    return name.startswith("._")
 
 
 def _label_of(defect: str) -> int:
@@ -95,6 +106,11 @@ def _check_layout(folder: Path) -> None:
     subset = folder.name
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_dir():
+            if _is_listed_image(entry.name) and is_resource_file(entry.name):  # Datumaro's reader fails on it
+                raise OTXDataError(
+                    f"'{subset}/{entry.name}' is a macOS resource file (._<name>: a file's metadata, not an image) "
+                    f"directly in {subset}/, where the MVTec reader cannot take it; remove it"
+                )
             if _is_listed_image(entry.name):
                 where = "train/good/" if subset == "train" else f"{subset}/good/ or {subset}/<defect type>/"
                 raise OTXDataError(
@@ -125,8 +141,7 @@ def _check_layout(folder: Path) -> None:
             if inner.is_dir():
                 # a tool's folder (.ipynb_checkpoints, Synology's @eaDir thumbnails two levels down): only
                 # images directly in it matter, as the reader would take them for a defect type
-                tool = inner.name.startswith(".") or inner.name in ("@eaDir", "__MACOSX")
-                if tool:
+                if is_tool_folder(inner.name):
                     found = any(e.is_file() and _is_listed_image(e.name) for e in os.scandir(inner.path))
                 else:
                     found = _holds_images(inner.path)
@@ -147,13 +162,17 @@ def _check_layout(folder: Path) -> None:
                 stems[stem] = inner.name
 
 
-def _index_subset(folder: Path, mask_dir: Path | None) -> list[Sample]:
+def _index_subset(folder: Path, mask_dir: Path | None, leftovers: list[Path]) -> list[Sample]:
+    """The images of one subset folder; macOS resource files (``._000.png``) go to ``leftovers``."""
     _check_layout(folder)
     extractor = MvtecClassificationBase(str(folder), merge_policy=None)
     samples, listings = [], {}
     for item in extractor:
         path = Path(item.media.path)
         defect = path.parent.name
+        if is_resource_file(path.name):
+            leftovers.append(path)
+            continue
         if path.parent.parent.resolve() != folder.resolve():
             continue  # deeper than <subset>/<type>/<image> (a tool's folder _check_layout let pass)
         mask_path = None
@@ -265,9 +284,18 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     mask_dir = root / MvtecPath.MASK_DIR
     has_masks = mask_dir.is_dir()
     subsets: dict[str, list[Sample]] = {}
+    leftovers: list[Path] = []
     for name in ("train", "val", "test"):
         if (root / name).is_dir():
-            subsets[name] = _index_subset(root / name, mask_dir if has_masks else None)
+            subsets[name] = _index_subset(root / name, mask_dir if has_masks else None, leftovers)
+    if has_masks:
+        leftovers += sorted(path for path in mask_dir.glob("*/._*") if path.is_file())
+    if leftovers:
+        log.warning(
+            "ignoring %d macOS resource file(s) (e.g. %s): files named ._<name> hold a file's metadata, not an image",
+            len(leftovers),
+            leftovers[0].relative_to(root).as_posix(),
+        )
     train = [s for s in subsets.get("train", []) if s.defect == GOOD]
     if not train:
         raise OTXDataError(f"no images in '{train_good}' (looked for {LOOKED_FOR}); add normal training images")
@@ -338,7 +366,7 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
     by_name = {(s.defect, Path(s.path).stem): s for samples in subsets.values() for s in samples}
     good_masks = 0
     for mask in sorted(mask_dir.glob("*/*")):
-        if mask.suffix.lower() not in IMAGE_EXTENSIONS:
+        if mask.suffix.lower() not in IMAGE_EXTENSIONS or is_resource_file(mask.name):
             continue
         sample = by_mask.get(str(mask))
         if sample is None and mask.parent.name in (GOOD, UNKNOWN):  # no defect pixels, or never scored

@@ -113,8 +113,10 @@ def read_mask(path: str | Path) -> np.ndarray:
     that is when any colour channel is non-zero (grayscale 0/255 as in MVTec AD, 0/1 label masks,
     16-bit, RGB, palette masks by their palette colours, 1-bit). Soft or noisy values (antialiased
     edges, JPEG artefacts) count as defect wherever they are above 0. An alpha channel (RGBA, LA,
-    palette transparency) is ignored unless it is the only channel that varies, as in masks drawn
-    as transparency over one flat colour: then a pixel is a defect where its alpha is above 0.
+    palette transparency) that varies hides what it makes fully transparent: a pixel is a defect
+    where its alpha is above 0 and, unless the colour is one flat colour (a mask drawn as
+    transparency alone), its colour is not black. So a labelling tool's transparent white
+    background is not a defect. A constant alpha is ignored.
     """
     try:
         with Image.open(path) as pil:
@@ -131,9 +133,11 @@ def read_mask(path: str | Path) -> np.ndarray:
     if channels in (2, 4):  # LA or RGBA: colour channels, then alpha
         colour, alpha = array[..., : channels - 1], array[..., channels - 1]
         flat = colour.reshape(-1, channels - 1)
-        if (flat.min(axis=0) == flat.max(axis=0)).all() and alpha.min() != alpha.max():
+        if alpha.min() == alpha.max():
+            return colour.max(axis=2) > 0
+        if (flat.min(axis=0) == flat.max(axis=0)).all():
             return alpha > 0
-        return colour.max(axis=2) > 0
+        return (colour.max(axis=2) > 0) & (alpha > 0)
     return array.max(axis=2) > 0
 
 

@@ -137,7 +137,8 @@ def run(
                     write_overlay(out_dir / "overlays" / f"{stem}.png", canvas)
             except OSError as exc:  # a file this run cannot write (a full disk mid-run)
                 advice = "check the free space and permissions of the work dir (the run's other files are kept)"
-                raise OTXError(f"{exc}; {advice}") from exc
+                what = f"could not write '{exc.filename}' ({exc.strerror})" if exc.filename else str(exc)
+                raise OTXError(f"{what}; {advice}") from exc
             if not keep_maps:  # maps are large (4 bytes a pixel); keep the mask and boxes only
                 pred.anomaly_map = None
             if not keep_masks:  # written: the file is the mask (a 4000x3000 mask holds 12 MB)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from otx import distributed
-from otx.checks import profile_warnings, threshold_warnings, unmasked_warning
+from otx.checks import mask_coverage_warning, profile_warnings, threshold_warnings, unmasked_warning
 from otx.errors import OTXDataError, OTXError
 from otx.report import ReportInput, write_report
 from otx.results import TestResult
@@ -84,6 +84,11 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     image_threshold = scorer.thresholds[0]
     for message in threshold_warnings(scored_outputs["scores"].numpy(), labels, image_threshold, "image", "test"):
         ctx.warn(message)
+    if data.has_masks and adapter.pixel_level:
+        known = [s.mask_path is not None for s in scored]
+        covered = mask_coverage_warning(scored_outputs["masks"].numpy(), labels, known, "test")
+        if covered:
+            ctx.warn(covered)
     errors_list = [{"image": p.image_path, "error": p.error} for p in predictions if p.error]
     splits = data.split_summary()
     if errors_list:  # files of the test split (counted above under their folder) that could not be read

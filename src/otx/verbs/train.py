@@ -14,7 +14,7 @@ import torch
 from otx import distributed
 from otx.boxes import UNTUNED
 from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
-from otx.checks import copies_warning, image_profile, threshold_warnings, unmasked_warning
+from otx.checks import copies_warning, image_profile, mask_coverage_warning, threshold_warnings, unmasked_warning
 from otx.errors import OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.postprocess import known_pixel_rows
@@ -256,6 +256,9 @@ def run(
             "validation",
             folder="val" if own_val else "test",
         )
+    if data.has_masks and adapter.pixel_level:
+        covered = mask_coverage_warning(outputs["masks"], outputs["labels"], outputs.get("pixel_known"), "validation")
+        found += [covered] if covered else []
     for message in found:
         ctx.warn(message)
     checkpoint = run.path / CHECKPOINT_NAME

@@ -41,6 +41,11 @@ def is_layout_mask(path: Path) -> bool:
     )
 
 
+def is_tool_folder(name: str) -> bool:
+    """A folder that tools leave beside images (macOS zips, notebooks, NAS thumbnails), as ``otx predict`` skips."""
+    return name.startswith(".") or name in ("__MACOSX", "@eaDir")
+
+
 def find_images(source: str, output: Path | None = None) -> list[Path]:
     """Image files at a file path, in a folder (recursively) or matching a glob.
 
@@ -53,19 +58,33 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files, skipped = [], []
+        files, skipped, leftovers, visited = [], [], [], set()
         output = output.resolve() if output is not None else None
-        for top, dirs, names in os.walk(path):
+        for top, dirs, names in os.walk(path, followlinks=True):  # symlinked folders too, each once
             here = Path(top).resolve()
             earlier = "latest.json" in names or "results.json" in names
+            if here in visited:  # a link back up (a loop), or one folder linked twice
+                dirs.clear()
+                continue
             if (top != str(path) and (earlier or here == output)) or (output and here == output / "masks"):
                 skipped.append(top)
                 dirs.clear()
                 continue
-            files.extend(Path(top, name) for name in names if os.path.splitext(name)[1].lower() in EXTENSIONS)
+            visited.add(here)
+            leftovers.extend(Path(top, d) for d in dirs if is_tool_folder(d))
+            dirs[:] = sorted(d for d in dirs if not is_tool_folder(d))
+            leftovers.extend(Path(top, name) for name in names if name.startswith("._"))
+            files.extend(
+                Path(top, name)
+                for name in names
+                if os.path.splitext(name)[1].lower() in EXTENSIONS and not name.startswith("._")
+            )
         if skipped:
             more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
             print(f"left out {skipped[0]}{more} (earlier results, not images to predict)")
+        if leftovers:
+            more = f" and {len(leftovers) - 1} more" if len(leftovers) > 1 else ""
+            print(f"left out {leftovers[0]}{more} (macOS, notebook or NAS files, not images to predict)")
         files.sort()
         masks = [p for p in files if is_layout_mask(p)]
         if masks:
@@ -345,6 +364,7 @@ def main() -> int:
     if stale:
         print(f"replacing the results of an earlier run in {out_dir}")
     results: dict[int, dict] = {}
+    unwritten: list[str] = []
 
     def done(request: ov.InferRequest, item: tuple[int, Path, tuple[int, int]]) -> None:
         index, path, (height, width) = item
@@ -359,7 +379,11 @@ def main() -> int:
             full = restore(small, (height, width), input_hw, mode)
             mask = full >= 0.5
             record["mask"] = f"masks/{stems[path]}_mask.png"
-            cv2.imwrite(str(out_dir / record["mask"]), mask.astype(np.uint8) * 255)
+            try:  # encoded, then written by Python: cv2.imwrite crashes on a path that is not valid UTF-8
+                (out_dir / record["mask"]).write_bytes(cv2.imencode(".png", mask.astype(np.uint8) * 255)[1].tobytes())
+            except OSError as exc:  # a full disk: said after the queue has finished
+                unwritten.append(f"{out_dir / record['mask']} ({exc.strerror or exc})")
+                record["mask"] = None
             if task == "detection":
                 record["boxes"] = boxes_of(full, score >= 0.5, box_settings)
         results[index] = record
@@ -382,6 +406,13 @@ def main() -> int:
         tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
         queue.start_async({0: tensor}, userdata=(index, path, image.shape[:2]))
     queue.wait_all()
+    if unwritten:
+        print(
+            f"error: could not write {len(unwritten)} mask file(s), e.g. {unwritten[0]}; check the free space and "
+            "permissions of --output",
+            file=sys.stderr,
+        )
+        return 1
     for note in profile_notes(train_profile, seen, len(paths)):  # as otx predict: such scores are not comparable
         print(f"warning: {note}", file=sys.stderr)
     records = [results[i] for i in range(len(paths))]
