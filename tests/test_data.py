@@ -377,7 +377,7 @@ def test_masks_are_found_by_their_stored_names_on_a_case_insensitive_file_system
     sample = next(s for s in index_mvtec(root).subsets["test"] if s.path.endswith("scratch/000.png"))
     assert sample.mask_path == str(masks / "000_mask.PNG")  # before: found as 000_mask.png, then "has two masks"
     (root / "test" / "scratch").rename(root / "test" / "Scratch")  # as on Linux: its masks are named as unmatched
-    with pytest.raises(OTXDataError, match="has no image: expected test/scratch/"):
+    with pytest.raises(OTXDataError, match="folder names are matched with their case"):
         index_mvtec(root)
 
 
@@ -569,3 +569,23 @@ def test_macos_resource_files_are_ignored_in_training_with_one_warning(dataset_c
     (root / "test" / "._x.png").write_bytes(junk)  # directly in test/: Datumaro's reader would fail on it
     with pytest.raises(OTXDataError, match=r"'test/._x.png' is a macOS resource file .*; remove it"):
         index_mvtec(root)
+
+
+@pytest.mark.parametrize("name", ["000-mask.png", "000_MASK.png", "000 mask.png", "000mask.png"])
+def test_a_misspelt_mask_suffix_is_named_with_its_image(dataset_copy, name: str) -> None:
+    # before: "has no image ... remove the mask or add its image" while the image was there
+    root = dataset_copy()
+    masks = root / "ground_truth" / "scratch"
+    (masks / "000_mask.png").rename(masks / name)
+    with pytest.raises(OTXDataError, match=r"is not named as a mask of 'test/scratch/000.png'.*rename it to 000_mask"):
+        index_mvtec(root)
+
+
+def test_a_type_folder_of_another_case_than_its_masks_is_named(dataset_copy) -> None:
+    root = dataset_copy()
+    (root / "test" / "scratch").rename(root / "test" / "Scratch")
+    with pytest.raises(OTXDataError) as raised:
+        index_mvtec(root)
+    said = str(raised.value)
+    assert "belongs to 'test/Scratch/" in said and "ground_truth/scratch/ and the image's test/Scratch/" in said
+    assert "remove the mask" not in said

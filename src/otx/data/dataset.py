@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -421,12 +422,33 @@ def _warn_narrow_sixteen_bit(root: Path, train: list[Sample], count: int = 3) ->
         )
 
 
+_MASK_WORD = re.compile(r"^(?P<stem>.+?)[ ._-]?mask$", re.IGNORECASE)  # 000_MASK, 000-mask, 000 mask, 000mask
+
+
 def _refuse_unmatched_mask(root: Path, mask: Path, by_name: dict[tuple[str, str], Sample]) -> NoReturn:
-    """One line for a mask that belongs to no image, saying why when its image is there."""
+    """One line for a mask that belongs to no image, saying why when its image is there.
+
+    Its image is looked for under the mask's own name, under the name without a misspelt mask
+    suffix (``000-mask``, ``000_MASK``) and in a type folder of another case (``test/Scratch``).
+    """
     defect, stem = mask.parent.name, mask.stem.removesuffix(MvtecPath.MASK_POSTFIX)
     image = by_name.get((defect, stem))
+    spelt = _MASK_WORD.match(mask.stem)
+    if image is None and spelt and not mask.stem.endswith(MvtecPath.MASK_POSTFIX):
+        stem = spelt.group("stem")
+        image = by_name.get((defect, stem))
     named = f"{stem}{MvtecPath.MASK_POSTFIX}{MvtecPath.MASK_EXT}"
-    if image is not None and image.mask_path is not None and mask.stem.endswith(MvtecPath.MASK_POSTFIX):
+    if image is None:
+        other_case = [folder for folder, name in by_name if folder.lower() == defect.lower() and name == stem]
+        if other_case:
+            found = by_name[(other_case[0], stem)]
+            where = Path(found.path).parent.relative_to(root).as_posix()
+            raise OTXDataError(
+                f"mask '{mask}' belongs to '{Path(found.path).relative_to(root).as_posix()}', but its folder is "
+                f"ground_truth/{defect}/ and the image's {where}/: folder names are matched with their case; "
+                f"rename one of the folders so that they match"
+            )
+    if image is not None and image.mask_path is not None:
         raise OTXDataError(
             f"'{Path(image.path).relative_to(root)}' has two masks, '{image.mask_path}' and '{mask}'; remove one"
         )
