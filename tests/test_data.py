@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from helpers import demo_package
 from otx.data import AnomalyDataModule, index_mvtec
@@ -589,3 +591,28 @@ def test_a_type_folder_of_another_case_than_its_masks_is_named(dataset_copy) -> 
     said = str(raised.value)
     assert "belongs to 'test/Scratch/" in said and "ground_truth/scratch/ and the image's test/Scratch/" in said
     assert "remove the mask" not in said
+
+
+def test_multi_page_images_are_named_in_the_index_and_in_predict(dataset_copy, trained_padim: dict, tmp_path, caplog):
+    # Before: only the first page of a multi-page TIFF was read, without a word (a black first page and
+    # the part on the second trained a model on black images).
+    from otx.cli import main
+
+    root = dataset_copy()
+    pages = [Image.open(root / "test" / "scratch" / f"00{i}.png").convert("RGB") for i in range(3)]
+    tiff = root / "test" / "scratch" / "050.tif"
+    pages[0].save(tiff, save_all=True, append_images=pages[1:])
+    assert Image.open(tiff).n_frames == 3
+    with caplog.at_level("WARNING", logger="otx"):
+        index_mvtec(root)
+    said = [r.getMessage() for r in caplog.records if "several pages" in r.getMessage()]
+    assert said == [
+        "1 image file(s) hold several pages or frames (e.g. test/scratch/050.tif): otx reads the first page of each; "
+        "save each page as an image of its own if the others are to be inspected"
+    ]
+    np.testing.assert_array_equal(read_image(tiff), np.asarray(pages[0]))  # the first page, as said
+    work_dir = tmp_path / "ws"
+    args = ["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--work_dir", str(work_dir)]
+    assert main([*args, "--source", str(tiff.parent), "--visualize", "false"]) == 0
+    run = json.loads(next(work_dir.glob("*-predict/metrics.json")).read_text())
+    assert [w for w in run["warnings"] if "several pages" in w] == [said[0].replace("test/scratch/050.tif", "050.tif")]

@@ -27,7 +27,7 @@ import numpy as np
 from datumaro.plugins.data_formats.mvtec.base import MvtecClassificationBase
 from datumaro.plugins.data_formats.mvtec.format import MvtecPath
 
-from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, image_header, image_size, sixteen_bit_peak
+from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, image_header, image_size, pages_warning, sixteen_bit_peak
 from otx.errors import OTXDataError
 
 log = logging.getLogger(__name__)
@@ -339,19 +339,23 @@ def _refuse_shared_masks(root: Path, subsets: dict[str, list[Sample]]) -> None:
 
 def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | None) -> dict[str, str]:
     """Raise for an unreadable train/ or val/ image or a bad mask; return the unreadable test/ images."""
-    sizes, unreadable, turned = {}, {}, []
+    sizes, unreadable, turned, paged = {}, {}, [], []
     for subset, samples in subsets.items():
         for sample in samples:
             try:
-                height, width, orientation = image_header(sample.path)
+                header = image_header(sample.path)
             except OTXDataError as exc:
                 if subset != "test":
                     raise
                 unreadable[sample.path] = str(exc)
                 continue
-            sizes[sample.path] = (height, width)
-            if orientation != 1:
+            sizes[sample.path] = (header.height, header.width)
+            if header.orientation != 1:
                 turned.append(sample.path)
+            if header.pages > 1:
+                paged.append(sample.path)
+    if paged:
+        log.warning("%s", pages_warning(paged, root))
     if turned:
         log.warning(
             "%d image(s) carry an EXIF orientation (e.g. %s): otx reads their pixels as stored, not turned as "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -144,23 +145,55 @@ def read_mask(path: str | Path) -> np.ndarray:
 EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: a viewer flips or turns the image to show it
 
 
-def image_header(path: str | Path) -> tuple[int, int, int]:
-    """``(height, width, EXIF orientation)`` from the file header, without decoding pixels.
+class ImageHeader(NamedTuple):
+    """What an image file's header says (``image_header``)."""
+
+    height: int
+    width: int
+    orientation: int  # EXIF orientation, 1 when none
+    pages: int  # frames of a multi-page TIFF or an animation; otx reads the first
+
+
+def image_header(path: str | Path) -> ImageHeader:
+    """``(height, width, EXIF orientation, pages)`` from the file header, without decoding pixels.
 
     The orientation is 1 when the file has none. otx reads pixels as they are stored, like
     anomalib and MVTec AD's tools, not turned as photo viewers show them (``index_mvtec`` warns).
-    Raises ``OTXDataError`` naming the file when it is not a readable image.
+    ``pages`` is above 1 for a multi-page TIFF (or an animated GIF, PNG or WebP): otx reads the
+    first page only (``pages_warning``). Raises ``OTXDataError`` naming the file when it is not a
+    readable image.
     """
     try:
         with Image.open(path) as pil:
             width, height = pil.size
             orientation = _orientation(pil)
+            pages = _pages(pil)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         why = exc.__class__.__name__
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             why = "the file is empty, 0 bytes"
         raise OTXDataError(f"cannot read image '{path}' ({why}); replace or remove the file") from exc
-    return height, width, orientation
+    return ImageHeader(height, width, orientation, pages)
+
+
+def _pages(pil: Image.Image) -> int:
+    """Frames in an opened image file (TIFF pages walk their directories only), 1 when it cannot tell."""
+    try:
+        return max(1, int(getattr(pil, "n_frames", 1)))
+    except Exception:  # noqa: BLE001 - a damaged later page: the first is checked when it is read
+        return 1
+
+
+def pages_warning(paths: list[str], root: str | Path | None = None) -> str | None:
+    """One line for image files with several pages (``paths``: those files), of which otx reads the first."""
+    if not paths:
+        return None
+    first = Path(paths[0])
+    shown = first.relative_to(root).as_posix() if root is not None else first.name
+    return (
+        f"{len(paths)} image file(s) hold several pages or frames (e.g. {shown}): otx reads the first page of each; "
+        "save each page as an image of its own if the others are to be inspected"
+    )
 
 
 def _orientation(pil: Image.Image) -> int:
@@ -180,5 +213,5 @@ def _orientation(pil: Image.Image) -> int:
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """Return ``(height, width)`` from the file header, without decoding pixels (``image_header``)."""
-    height, width, _ = image_header(path)
-    return height, width
+    header = image_header(path)
+    return header.height, header.width

@@ -14,7 +14,7 @@ from otx import distributed
 from otx.checks import profile_warnings
 from otx.data.datamodule import samples_from_source
 from otx.data.dataset import layout_mask
-from otx.data.io import read_image, read_mask
+from otx.data.io import image_header, pages_warning, read_image, read_mask
 from otx.errors import OTXDataError, OTXError
 from otx.results import PredictResult
 from otx.tasks import Prediction
@@ -25,6 +25,14 @@ from otx.visualize import overlay, write_overlay, write_png
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
+
+
+def _pages(path: str) -> int:
+    """Pages of an image file, 1 when its header cannot be read (it is labelled "error" when read)."""
+    try:
+        return image_header(path).pages
+    except OTXDataError:
+        return 1
 
 
 def output_stems(paths: list[str]) -> dict[str, str]:
@@ -108,6 +116,8 @@ def run(
     )
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in samples], "input"):
         ctx.warn(message)
+    if source is not None and (paged := pages_warning([s.path for s in samples if _pages(s.path) > 1])):
+        ctx.warn(paged)  # (a data root's index says it, as in train and test)
     stems = output_stems([s.path for s in samples])
     # rank 0's folder: in a distributed run every process writes its images' masks and overlays there
     out_dir = distributed.broadcast(run.path / "predictions")
