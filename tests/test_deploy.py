@@ -494,3 +494,61 @@ def test_top_share_image_score_in_torch_and_the_ir(sample_root: Path, tmp_path: 
     assert sum(p.pred_label for p in expected) > 0
     assert_same_predictions(expected, got, "segmentation", SCORE_TOL)
     assert inferencer.info.raw["otx_score_top_share"] == str(share)
+
+
+def test_images_a_few_pixels_wide_score_alike_from_the_checkpoint_and_the_export(
+    trained_padim: dict, exported, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: otx predict and otx test on an export handed OpenVINO channel-first tensors, and a 3 x H x 3
+    # (1, 4) one was read as H x W x C: images 1 or 3 pixels wide got other scores than the checkpoint's.
+    import cv2
+
+    from otx.data.io import read_image
+    from otx.engine import Engine
+
+    image = read_image(sorted((sample_root / "bottle_like" / "test" / "good").glob("*.png"))[0])
+    source = tmp_path / "thin"
+    source.mkdir()
+    for width in (1, 3, 4, 5):
+        cv2.imwrite(str(source / f"w{width}.png"), cv2.resize(image, (width, 128))[..., ::-1])
+    torch_run = Engine(work_dir=tmp_path / "torch").predict(source, checkpoint=trained_padim["checkpoint"])
+    ir_run = Engine(work_dir=tmp_path / "ir").predict(source, checkpoint=exported("padim"))
+    assert [Path(p.image_path).name for p in ir_run] == [Path(p.image_path).name for p in torch_run]
+    for ours, theirs in zip(ir_run, torch_run, strict=True):
+        assert ours.pred_score == pytest.approx(theirs.pred_score, abs=1e-3), ours.image_path
+        assert ours.pred_mask.shape == theirs.pred_mask.shape == (128, int(Path(ours.image_path).stem[1:]))
+    inferencer = OpenVINOInferencer(exported("padim"), device="CPU")
+    rgba = np.dstack([image[:3], np.full(image.shape[:2], 255, np.uint8)[:3]])  # 3 rows of RGBA: channel-last
+    (got,) = inferencer.predict(rgba)
+    assert got.pred_mask.shape == (3, image.shape[1])  # before: read as 3 x H x W, a mask of 128 x 4
+
+
+def test_infer_refuses_one_image_and_predict_takes_a_batch(exported, sample_root: Path) -> None:
+    from otx.data.io import read_image
+
+    inferencer = OpenVINOInferencer(exported("padim"), device="CPU")
+    paths = sorted((sample_root / "bottle_like" / "test" / "good").glob("*.png"))[:2]
+    images = [read_image(p) for p in paths]
+    with pytest.raises(OTXDataError, match=r"infer takes a list of images, got one image .*; pass \[image\]"):
+        inferencer.infer(images[0])  # before: one answer per row of the image
+    one_by_one = [inferencer.predict(image)[0].pred_score for image in images]
+    batch = inferencer.predict(np.stack(images))  # before: "an image must be H x W x 3"
+    assert [p.pred_score for p in batch] == pytest.approx(one_by_one, abs=1e-6)
+
+
+def test_an_inferencer_shared_by_threads_gives_each_call_its_own_results(exported, sample_root: Path) -> None:
+    # Before: two threads on one inferencer mixed their results (a normal image scored 1.0) or failed
+    # with "Infer Request is busy" / KeyError.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from otx.data.io import read_image
+
+    inferencer = OpenVINOInferencer(exported("padim"), device="CPU")
+    root = sample_root / "bottle_like" / "test"
+    images = [read_image(p) for p in sorted(root.glob("*/*.png"))[:12]]
+    expected = inferencer.infer(images)["pred_score"]
+    calls = [images[i : i + 3] for i in range(0, 12, 3)] * 4
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda part: inferencer.infer(part)["pred_score"], calls))
+    for start, scores in zip(list(range(0, 12, 3)) * 4, got, strict=True):
+        np.testing.assert_allclose(scores, expected[start : start + 3], atol=1e-6)

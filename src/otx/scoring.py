@@ -95,7 +95,8 @@ class OpenVINOScorer:
 
     def run(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(maps [B, h, w], scores [B])`` for images of any size: raw with ``raw_outputs``, else normalised."""
-        out = self.inferencer.infer([image.numpy() for image in images])
+        # channel-last, so that no image's layout is guessed from its shape (a 3 x H x 3 tensor is both)
+        out = self.inferencer.infer([image.permute(1, 2, 0).numpy() for image in images])
         if self.inferencer.raw_outputs:
             return torch.from_numpy(out["raw_map"]), torch.from_numpy(out["raw_score"])
         return torch.from_numpy(out["anomaly_map"]), torch.from_numpy(out["pred_score"])

@@ -172,7 +172,7 @@ def compare_with_torch(model: AnomalyModel, exported: Any, images: list[np.ndarr
             scores.append(score)
             labels.append(label)
             maps.append(anomaly_map[:, 0])
-    got = exported.infer(images)
+    got = exported.infer([image.transpose(1, 2, 0) for image in images])  # channel-last: no layout guessed
     return {
         "max_score_diff": float(np.abs(got["pred_score"] - np.concatenate(scores)).max()),
         "max_map_diff": float(np.abs(got["anomaly_map"] - np.concatenate(maps)).max()),

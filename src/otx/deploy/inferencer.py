@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,37 +74,49 @@ def check_model_path(path: str | Path) -> Path:
     return path
 
 
+def channels_first(shape: tuple[int, ...]) -> bool:
+    """Whether a 3-d image array of this shape is ``3 x H x W`` rather than ``H x W x C``.
+
+    ``H x W x C`` wins where both fit: an array whose last axis is 1, 3 or 4 long is ``H x W`` with
+    that many channels (grayscale, RGB, RGBA), so a ``3 x H x W`` image 1, 3 or 4 pixels wide must
+    be passed channel-last. ``to_input`` and ``image_hw`` read shapes alike by this rule.
+    """
+    return len(shape) == 3 and shape[0] == 3 and shape[2] not in (1, 3, 4)
+
+
 def to_input(image: np.ndarray) -> np.ndarray:
     """An image as the graph's input: float32 ``[3, H, W]`` RGB in [0, 1].
 
-    Accepts ``H x W x 3`` RGB (as ``otx.data.io.read_image`` returns), ``H x W`` or ``H x W x 1``
-    grayscale arrays, or ``3 x H x W``. Values are read as image files are (``otx.data.io.to_uint8``):
-    ``uint8`` over 0-255, ``uint16`` over its full range, floats already in [0, 1] as they are,
-    other floats and integers as 0-255 (others raise ``OTXDataError``), so an array gives what its file would.
+    Accepts ``H x W x 3`` RGB (as ``otx.data.io.read_image`` returns; ``H x W x 4`` RGBA, its
+    alpha dropped), ``H x W`` or ``H x W x 1`` grayscale arrays, or ``3 x H x W``
+    (``channels_first`` says which a shape is). Values are read as image files are
+    (``otx.data.io.to_uint8``, rounded to the 256 levels a file holds): ``uint8`` over 0-255,
+    ``uint16`` over its full range, other floats and integers as 0-255 (others raise
+    ``OTXDataError``), so an array gives what its file would; floats already in [0, 1] are the
+    graph's own input and pass as they are, not rounded.
     """
     array = np.asarray(image)
     if array.dtype == np.bool_:
         raise OTXDataError(
             "an image array must hold pixel values, not booleans (a mask?); pass array.astype(np.uint8) * 255"
         )
+    if array.ndim == 3 and channels_first(array.shape):
+        array = array.transpose(1, 2, 0)
     if array.ndim == 3 and array.shape[2] == 1:  # H x W x 1: grayscale
         array = array[..., 0]
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3:
         raise OTXDataError(f"an image must be H x W x 3 (RGB) or H x W; got shape {array.shape}")
-    if array.shape[0] == 3 and array.shape[2] != 3:  # already CHW (see image_hw)
-        chw = array
-    elif array.shape[2] in (3, 4):
-        chw = array[..., :3].transpose(2, 0, 1)
-    else:
+    if array.shape[2] not in (3, 4):
         raise OTXDataError(f"an image must have 3 channels (RGB); got shape {array.shape}")
+    chw = array[..., :3].transpose(2, 0, 1)
     if 0 in chw.shape[1:]:  # before: OpenVINO's MatMul error, and every later request failed with it
         raise OTXDataError(f"an image must have pixels; got an empty array of shape {array.shape}")
     if chw.dtype == np.uint8:
         return np.ascontiguousarray(chw, dtype=np.float32) / np.float32(255.0)
     if np.issubdtype(chw.dtype, np.floating) and chw.size and 0.0 <= float(chw.min()) and float(chw.max()) <= 1.0:
-        return np.ascontiguousarray(chw, dtype=np.float32)
+        return np.ascontiguousarray(chw, dtype=np.float32)  # the graph's own input: not rounded to 8-bit levels
     from otx.data.io import to_uint8
 
     try:
@@ -129,7 +142,7 @@ def _image_array(item: Any) -> np.ndarray | None:
 def image_hw(image: np.ndarray) -> tuple[int, int]:
     """``(height, width)`` of an image array in any layout ``to_input`` accepts."""
     shape = np.shape(image)
-    if len(shape) == 3 and shape[0] == 3 and shape[2] != 3:
+    if channels_first(shape):
         return int(shape[1]), int(shape[2])
     return int(shape[0]), int(shape[1])
 
@@ -226,6 +239,7 @@ class OpenVINOInferencer:
         self.num_requests = max(1, num_requests)
         self._results: dict[int, dict[str, np.ndarray]] = {}
         self.queue = self._new_queue()
+        self._lock = threading.Lock()
 
     def _new_queue(self) -> Any:
         """A request queue whose callback keeps each request's outputs in ``self._results``."""
@@ -329,8 +343,21 @@ class OpenVINOInferencer:
 
         Returns ``pred_score [N]``, ``pred_label [N]``, ``anomaly_map [N, h, w]`` and
         ``pred_mask [N, h, w]`` at the model's input size, in the order of ``images``; with
-        ``raw_outputs``, also ``raw_score [N]`` and ``raw_map [N, h, w]``.
+        ``raw_outputs``, also ``raw_score [N]`` and ``raw_map [N, h, w]``. ``images`` is a list
+        (or any iterable) of images, or one array of ``N`` images (4-d); one image alone is refused
+        (iterating over it would give one answer per row). Calls from several threads run one after
+        the other: the requests of one call run in parallel.
         """
+        single = _image_array(images)
+        if (single is not None and single.ndim < 4) or type(images).__module__.startswith("PIL."):
+            raise OTXDataError(
+                f"infer takes a list of images, got one image (shape {np.shape(single)}); pass [image] "
+                "(or use predict(image))"
+            )
+        with self._lock:  # one queue and one results dict per inferencer
+            return self._infer(images)
+
+    def _infer(self, images: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
         self._results.clear()
         count = 0
         try:
@@ -382,7 +409,10 @@ class OpenVINOInferencer:
             )
         single = _image_array(source)
         if single is not None or (isinstance(source, list | tuple) and source and kinds == {"array"}):
-            arrays = [single] if single is not None else [_image_array(item) for item in source]
+            if single is not None:  # one image, or a batch of them (N x H x W x C or N x C x H x W)
+                arrays = list(single) if single.ndim == 4 else [single]
+            else:
+                arrays = [_image_array(item) for item in source]
             names = [f"array_{i}" for i in range(len(arrays))]
             return self._predict_arrays(names, arrays)
         from otx.data.datamodule import samples_from_source
