@@ -225,6 +225,17 @@ def test_an_fp32_export_does_without_training_data_damaged_since(dataset_copy, t
     assert any("checked against torch on noise only" in w for w in warnings), warnings
     with pytest.raises(OTXDataError, match="not an image|cannot read"):  # FP16's decisions need the validation images
         engine.export(precision="FP16")
+    # The recorded data moved away since: the same (before: FP32 said nothing, and FP16 wrote an unchecked
+    # IR, its warning not in metrics.json and "no validation images" on the console).
+    root.rename(root.with_name("moved"))
+    summary = engine.export()
+    assert summary["check_against_torch"]["probe"].startswith("1 noise image")
+    warnings = json.loads((Path(summary["exported_model"]).parent / "metrics.json").read_text())["warnings"]
+    assert any("noise only" in w and f"'{root.resolve()}' is gone; pass " in w for w in warnings), warnings
+    exports = sorted((tmp_path / "ws").glob("*-export"))
+    with pytest.raises(OTXDataError, match="is gone; pass .*DIR .*: an FP16 export's decisions are checked"):
+        engine.export(precision="FP16")
+    assert not [p for p in (tmp_path / "ws").glob("*-export/*.xml") if p.parent not in exports]  # nothing written
 
 
 def test_export_writes_a_run_folder_with_a_check(exported) -> None:

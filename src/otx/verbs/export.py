@@ -47,10 +47,18 @@ def run(
     )
     ctx.console.print(f"checkpoint: {path}")
     # Validation images check the export (and an FP16 IR's decisions); a bad data root stops before a file is written.
+    record = ckpt.get("data") or {}
     try:
-        data = eval_data(ctx, ckpt.get("data") or {}, must_exist=True)
+        data = eval_data(ctx, record, must_exist=True)
+        if data is None:  # the recorded folder is gone (moved, or on another machine), or none was recorded
+            recorded = record.get("data_root")
+            gone = f"'{recorded}' is gone" if recorded else "the checkpoint records none"
+            raise OTXDataError(
+                f"the training data {gone}; pass --data_root DIR (the data the model was trained on)"
+                + (": an FP16 export's decisions are checked on its validation split" if precision == "FP16" else "")
+            )
         validation = validation_set(data, adapter.pixel_level, model.preprocessor)
-    except OTXDataError as exc:  # the recorded data damaged since: an FP32 export does without it
+    except OTXDataError as exc:  # the recorded data gone or damaged since: an FP32 export does without it
         if precision == "FP16" or ctx.data.data_root is not None:
             raise
         ctx.warn(f"the export is checked against torch on noise only: the training data cannot be used ({exc})")
