@@ -563,3 +563,10 @@ def test_an_inferencer_shared_by_threads_gives_each_call_its_own_results(exporte
         got = list(pool.map(lambda part: inferencer.infer(part)["pred_score"], calls))
     for start, scores in zip(list(range(0, 12, 3)) * 4, got, strict=True):
         np.testing.assert_allclose(scores, expected[start : start + 3], atol=1e-6)
+
+
+def test_a_device_listed_after_auto_must_be_on_this_machine(exported) -> None:
+    # before: OpenVINO's "Cannot load library ... libOpenCL.so.1" line for AUTO:GPU on a machine without one
+    with pytest.raises(OTXError, match=r"device 'GPU7' is not available on this machine \(available: CPU"):
+        OpenVINOInferencer(exported("padim"), device="AUTO:GPU7")
+    assert OpenVINOInferencer(exported("padim"), device="AUTO:CPU").execution_devices == "CPU"

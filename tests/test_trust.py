@@ -231,9 +231,15 @@ def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_on
         (["--model", str(tmp_path / "none.xml")], "cannot read the model"),
         (["--precision", "f64"], "invalid choice: 'f64'"),
         (["--output", str(tiff)], "cannot write results to"),  # before: NotADirectoryError's traceback
+        (["--device", "CPU.1"], "device CPU.1 not available (available: CPU"),  # before: OpenVINO's traceback
+        (["--device", "AUTO:GPU7"], "device GPU7 not available"),
+        (["--model", str(tmp_path / "m.onnx")], "is an ONNX file; this demo takes the OpenVINO IR"),
     ):
         bad = subprocess.run([*demo, str(tiff), *args], capture_output=True, text=True, timeout=300)
         assert bad.returncode != 0 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    auto = subprocess.run([*demo, str(tiff), "--device", "AUTO:CPU", "--output", str(tmp_path / "auto")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert auto.returncode == 0, auto.stderr  # before: "device AUTO:CPU not available", which otx predict takes
     missing = subprocess.run([*demo, str(tmp_path / "nope")], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "no such file or folder" in missing.stderr
     with zipfile.ZipFile(summary["demo_package"]) as archive:  # readable by all, as the files beside them
@@ -257,6 +263,11 @@ def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_on
         assert [Path(r["image"]).name for r in records] == names  # before: its own masks, then 4 images
         masks = sorted(p.relative_to(results).as_posix() for p in (results / "masks").iterdir())
         assert masks == sorted(r["mask"] for r in records)  # before: the first run's masks stayed
+    pattern = str(tiff.parent / "**" / "*.png")  # a glob that reaches into --output: its masks are not images
+    run = subprocess.run([*demo, pattern, "--output", str(results)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr  # before: its masks deleted as stale, then "cannot decode image"
+    assert [Path(r["image"]).name for r in json.loads((results / "results.json").read_text())] == ["b.png"]
+    assert "left out 1 file(s) under" in run.stdout
 
 
 @pytest.mark.parametrize("damage", ["pixels", "header", "empty"])

@@ -42,11 +42,20 @@ def check_device(core: Any, device: str) -> None:
     """Raise one ``OTXError`` line when OpenVINO cannot run on ``device`` (any case) here (``AUTO``: on no device)."""
     device = device.upper()
     available = core.available_devices
-    if device.split(":")[0] in ("AUTO", "MULTI", "HETERO"):
+    names = {d for d in available} | {d.split(".")[0] for d in available}
+    virtual, _, listed = device.partition(":")
+    if virtual in ("AUTO", "MULTI", "HETERO"):
         if not available:
             raise OTXError("OpenVINO finds no inference device on this machine")
+        # the devices listed after the colon (AUTO:GPU,CPU) must be here too (before: OpenVINO's plugin error)
+        physical = [d for d in listed.split(",") if d]
+        missing = [d for d in physical if d not in names]
+        if missing or (virtual != "AUTO" and not physical):
+            raise OTXError(
+                f"device '{missing[0] if missing else device}' is not available on this machine (available: "
+                f"{', '.join(available)}); give one of them or AUTO as the device (--device)"
+            )
         return
-    names = {d for d in available} | {d.split(".")[0] for d in available}
     if device not in names:
         raise OTXError(
             f"device '{device}' is not available on this machine (available: {', '.join(available)}); "

@@ -90,7 +90,14 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
         if masks:
             print(f"left out {len(masks)} mask file(s) under {masks[0].parent.parent} (ground truth, not images)")
         return [p for p in files if p not in set(masks)]
-    return sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS)
+    found = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS)
+    if output is not None:  # this script's own results are not images to predict (nor deleted as stale, then read)
+        output = output.resolve()
+        ours = [p for p in found if output in p.resolve().parents]
+        if ours:
+            print(f"left out {len(ours)} file(s) under {output} (results, not images to predict)")
+            found = [p for p in found if p not in set(ours)]
+    return found
 
 
 def output_stems(paths: list[Path]) -> dict[Path, str]:
@@ -293,13 +300,24 @@ def main() -> int:
     args.device = args.device.upper()  # as otx predict: --device cpu is CPU
 
     core = ov.Core()
-    if args.device.split(".")[0] not in (
-        "AUTO",
-        *core.available_devices,
-        *(d.split(".")[0] for d in core.available_devices),
-    ):
+    available = list(core.available_devices)
+    # as otx predict: a device this machine has (CPU, GPU, GPU.1), or AUTO/MULTI/HETERO over such devices
+    virtual, _, listed = args.device.partition(":")
+    physical = [d for d in listed.split(",") if d] if virtual in ("AUTO", "MULTI", "HETERO") else [args.device]
+    if virtual == "AUTO" and not physical:
+        physical = available
+    missing = [d for d in physical if d not in {*available, *(a.split(".")[0] for a in available)}]
+    if missing or not physical:
         print(
-            f"error: device {args.device} not available (available: {', '.join(core.available_devices)})",
+            f"error: device {missing[0] if missing else args.device} not available (available: "
+            f"{', '.join(available)}); pass --device with one of them or AUTO",
+            file=sys.stderr,
+        )
+        return 1
+    if Path(args.model).suffix.lower() == ".onnx":
+        print(
+            f"error: {args.model} is an ONNX file; this demo takes the OpenVINO IR (.xml with its .bin) that "
+            "otx export writes with --format OPENVINO (the default)",
             file=sys.stderr,
         )
         return 1
@@ -333,9 +351,15 @@ def main() -> int:
         "on_normal": info("otx_box_on_normal", "False") == "True",
         "peak": float(info("otx_box_peak", "0.0")),
     }
-    if "INFERENCE_PRECISION_HINT" in core.get_property("CPU", "SUPPORTED_PROPERTIES"):
-        core.set_property("CPU", {"INFERENCE_PRECISION_HINT": args.precision})
-    compiled = core.compile_model(model, args.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
+    try:  # the precision on every device that runs the model, as otx predict sets it
+        for device in physical:
+            if "INFERENCE_PRECISION_HINT" in core.get_property(device, "SUPPORTED_PROPERTIES"):
+                core.set_property(device, {"INFERENCE_PRECISION_HINT": args.precision})
+        compiled = core.compile_model(model, args.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
+    except RuntimeError as exc:
+        reason = " ".join(str(exc).split())[:300]
+        print(f"error: OpenVINO cannot run the model on {args.device} at {args.precision} ({reason})", file=sys.stderr)
+        return 1
     names = [next(iter(o.get_names())) for o in compiled.outputs]
     score_at, map_at = names.index("pred_score"), names.index("anomaly_map")
 
