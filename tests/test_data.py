@@ -16,7 +16,7 @@ from helpers import demo_package
 from otx.data import AnomalyDataModule, index_mvtec
 from otx.data.datamodule import AnomalyDataset, samples_from_source
 from otx.data.dataset import split_validation
-from otx.data.io import read_image, read_mask
+from otx.data.io import image_header, read_image, read_mask
 from otx.errors import OTXDataError
 
 
@@ -611,6 +611,9 @@ def test_multi_page_images_are_named_in_the_index_and_in_predict(dataset_copy, t
         "save each page as an image of its own if the others are to be inspected"
     ]
     np.testing.assert_array_equal(read_image(tiff), np.asarray(pages[0]))  # the first page, as said
+    camera = root / "test" / "scratch" / "051.jpg"  # a camera JPEG with a preview frame (MPO): one image
+    pages[0].save(camera, format="MPO", save_all=True, append_images=pages[1:2])
+    assert Image.open(camera).n_frames == 2 and image_header(camera).pages == 1
     work_dir = tmp_path / "ws"
     args = ["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--work_dir", str(work_dir)]
     assert main([*args, "--source", str(tiff.parent), "--visualize", "false"]) == 0

@@ -545,6 +545,18 @@ def test_infer_refuses_one_image_and_predict_takes_a_batch(exported, sample_root
     one_by_one = [inferencer.predict(image)[0].pred_score for image in images]
     batch = inferencer.predict(np.stack(images))  # before: "an image must be H x W x 3"
     assert [p.pred_score for p in batch] == pytest.approx(one_by_one, abs=1e-6)
+    # a tensor batch that requires grad, and a list of such tensors (before: "OpenVINO failed on an image")
+    tensors = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255).requires_grad_()
+    assert inferencer.infer(tensors)["pred_score"] == pytest.approx(one_by_one, abs=1e-5)
+    assert inferencer.infer(list(tensors))["pred_score"] == pytest.approx(one_by_one, abs=1e-5)
+
+    def calls_back():  # images whose iteration calls the same inferencer: refused, not a deadlock
+        yield images[0]
+        inferencer.infer([images[1]])
+
+    with pytest.raises(OTXError, match="infer was called again while iterating"):
+        inferencer.infer(calls_back())
+    assert inferencer.infer(images)["pred_score"] == pytest.approx(one_by_one, abs=1e-6)  # still usable
 
 
 def test_an_inferencer_shared_by_threads_gives_each_call_its_own_results(exported, sample_root: Path) -> None:
@@ -570,3 +582,6 @@ def test_a_device_listed_after_auto_must_be_on_this_machine(exported) -> None:
     with pytest.raises(OTXError, match=r"device 'GPU7' is not available on this machine \(available: CPU"):
         OpenVINOInferencer(exported("padim"), device="AUTO:GPU7")
     assert OpenVINOInferencer(exported("padim"), device="AUTO:CPU").execution_devices == "CPU"
+    assert OpenVINOInferencer(exported("padim"), device="MULTI:CPU(2)").info.task  # OpenVINO's request counts
+    with pytest.raises(OTXError, match=r"device 'AUTO:-CPU' is not available"):  # every device but CPU: none here
+        OpenVINOInferencer(exported("padim"), device="AUTO:-CPU")

@@ -91,7 +91,7 @@ def _non_utf8_name(folder: Path, source: Path) -> Path:
 
 
 def test_file_names_that_are_not_utf8_are_predicted_and_trained_on(
-    trained_padim: dict, dataset_copy, tmp_path: Path
+    trained_padim: dict, dataset_copy, tmp_path: Path, capsys
 ) -> None:
     # Before: otx predict died with a segmentation fault (cv2.imwrite on such a path) and training with
     # "internal error (UnicodeEncodeError ...)" after the whole fit (the training data's fingerprint).
@@ -110,6 +110,17 @@ def test_file_names_that_are_not_utf8_are_predicted_and_trained_on(
     before = index_mvtec(root).fingerprint()
     _non_utf8_name(root / "train" / "good", root / "train" / "good" / "000.png")
     assert index_mvtec(root).fingerprint() != before  # the new training file counts, by its name's bytes
+    # A defect image in test/good under such a name: the report shows it among the highest-scoring normal
+    # images (before: its write raised UnicodeEncodeError, an internal error after the whole test).
+    (root / "train" / "good" / image.name).unlink()
+    _non_utf8_name(root / "test" / "good", root / "test" / "scratch" / "000.png")
+    capsys.readouterr()
+    assert main(["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root),
+                 "--work_dir", str(work_dir)]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err
+    report = (work_dir / latest(work_dir)["test"] / "report.html").read_text(encoding="utf-8")
+    assert "Pr\\udcfcfteil.png" in report
 
 
 def test_a_mask_that_cannot_be_written_fails_in_one_line_and_keeps_latest(
@@ -554,7 +565,8 @@ def _mask() -> np.ndarray:
     "mode",
     [
         "L", "L01", "1", "I;16", "RGB", "RGB-red", "RGBA-opaque", "RGBA-alpha-only", "RGBA-white-transparent",
-        "RGBA-half-black", "LA", "LA-alpha-only", "LA-white-transparent", "P", "soft",
+        "RGBA-half-black", "RGBA-black-pen", "RGBA-empty-layer", "LA", "LA-alpha-only", "LA-white-transparent", "P",
+        "soft",
     ],
 )  # fmt: skip
 def test_masks_of_every_mode_read_the_same(mode: str, tmp_path: Path) -> None:
@@ -574,6 +586,9 @@ def test_masks_of_every_mode_read_the_same(mode: str, tmp_path: Path) -> None:
         # pixel a defect), a white defect on a half-transparent black one
         "RGBA-white-transparent": lambda: Image.fromarray(np.stack([full, 255 - u8, 255 - u8, u8], -1), "RGBA"),
         "RGBA-half-black": lambda: Image.fromarray(np.stack([u8, u8, u8, np.maximum(u8, 128)], -1), "RGBA"),
+        # a black pen on a transparent white background, and a layer with nothing drawn (every pixel transparent)
+        "RGBA-black-pen": lambda: Image.fromarray(np.stack([255 - u8, 255 - u8, 255 - u8, u8], -1), "RGBA"),
+        "RGBA-empty-layer": lambda: Image.fromarray(np.stack([full, full, full, zeros], -1), "RGBA"),
         "LA": lambda: Image.fromarray(np.stack([u8, full], -1), "LA"),
         "LA-white-transparent": lambda: Image.fromarray(np.stack([full - u8 // 2, u8], -1), "LA"),
         "LA-alpha-only": lambda: Image.fromarray(np.stack([zeros, u8], -1), "LA"),
@@ -584,7 +599,7 @@ def test_masks_of_every_mode_read_the_same(mode: str, tmp_path: Path) -> None:
     image = images[mode]()
     image.save(path)
     # What counts as defect in a soft mask: every pixel above 0 (README, Data), here a wider region.
-    expected = np.asarray(image) > 0 if mode == "soft" else mask
+    expected = np.asarray(image) > 0 if mode == "soft" else np.zeros_like(mask) if mode == "RGBA-empty-layer" else mask
     assert mode != "soft" or expected.sum() > mask.sum()
     np.testing.assert_array_equal(read_mask(path), expected)
 

@@ -53,11 +53,11 @@ def mask_coverage_warning(masks: Any, labels: Any, known: Any, split: str) -> st
     inverted (the defect black on white) or drawn on a background that is not black; the pixel
     AUROC then still looks good (it follows the image scores), so nothing else would say so.
     """
-    masks, labels = np.asarray(masks).astype(bool), np.asarray(labels).reshape(-1) == 1
+    masks, labels = np.asarray(masks), np.asarray(labels).reshape(-1) == 1
     rows = labels if known is None else labels & np.asarray(known).reshape(-1).astype(bool)
     if masks.ndim != 3 or not rows.any():
         return None
-    share = float(masks[rows].reshape(int(rows.sum()), -1).mean(axis=1).mean())
+    share = float((masks[rows] > 0).reshape(int(rows.sum()), -1).mean(axis=1).mean())  # those rows only
     if share <= MASK_COVERAGE:
         return None
     fitted = "the pixel threshold was learned on them" if split == "validation" else "pixel metrics use them"

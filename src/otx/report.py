@@ -230,7 +230,8 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         f"<title>otx test report</title><style>{STYLE}</style></head><body>" + "\n".join(sections) + "</body></html>"
     )
     path = run_dir / REPORT_NAME
-    path.write_text(page, encoding="utf-8")
+    # a file name that is not valid UTF-8 (kept by Python as surrogates) is shown escaped, not a crash
+    path.write_text(page, encoding="utf-8", errors="backslashreplace")
     return path
 
 

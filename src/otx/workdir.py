@@ -197,7 +197,8 @@ class Run:
         self.path = path
         self.command = command
         self.scratch = scratch  # a secondary process's folder, removed on close
-        self._handler = logging.FileHandler(path / "otx.log")
+        # UTF-8 whatever the locale; a file name that is not valid UTF-8 is written escaped, not a logging error
+        self._handler = logging.FileHandler(path / "otx.log", encoding="utf-8", errors="backslashreplace")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._handler.setLevel(logging.INFO)
         logger = logging.getLogger("otx")

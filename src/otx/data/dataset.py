@@ -443,7 +443,11 @@ def _refuse_unmatched_mask(root: Path, mask: Path, by_name: dict[tuple[str, str]
         image = by_name.get((defect, stem))
     named = f"{stem}{MvtecPath.MASK_POSTFIX}{MvtecPath.MASK_EXT}"
     if image is None:
-        other_case = [folder for folder, name in by_name if folder.lower() == defect.lower() and name == stem]
+        other_case = [  # (not good/ or unknown/: masks there are never read)
+            folder
+            for folder, name in by_name
+            if folder.lower() == defect.lower() and name == stem and folder.lower() not in (GOOD, UNKNOWN)
+        ]
         if other_case:
             found = by_name[(other_case[0], stem)]
             where = Path(found.path).parent.relative_to(root).as_posix()

@@ -114,10 +114,11 @@ def read_mask(path: str | Path) -> np.ndarray:
     that is when any colour channel is non-zero (grayscale 0/255 as in MVTec AD, 0/1 label masks,
     16-bit, RGB, palette masks by their palette colours, 1-bit). Soft or noisy values (antialiased
     edges, JPEG artefacts) count as defect wherever they are above 0. An alpha channel (RGBA, LA,
-    palette transparency) that varies hides what it makes fully transparent: a pixel is a defect
-    where its alpha is above 0 and, unless the colour is one flat colour (a mask drawn as
-    transparency alone), its colour is not black. So a labelling tool's transparent white
-    background is not a defect. A constant alpha is ignored.
+    palette transparency) hides what it makes fully transparent, as a viewer shows it: an image
+    transparent everywhere is an empty mask; where alpha varies and the visible pixels are one
+    flat colour (a defect drawn in one pen, black included, on a transparent background), the
+    visible pixels are the defect; otherwise the visible pixels that are not black. So a labelling
+    tool's transparent white background is not a defect. A constant alpha above 0 is ignored.
     """
     try:
         with Image.open(path) as pil:
@@ -134,11 +135,13 @@ def read_mask(path: str | Path) -> np.ndarray:
     if channels in (2, 4):  # LA or RGBA: colour channels, then alpha
         colour, alpha = array[..., : channels - 1], array[..., channels - 1]
         flat = colour.reshape(-1, channels - 1)
-        if alpha.min() == alpha.max():
-            return colour.max(axis=2) > 0
-        if (flat.min(axis=0) == flat.max(axis=0)).all():
-            return alpha > 0
-        return (colour.max(axis=2) > 0) & (alpha > 0)
+        visible = alpha > 0
+        if alpha.min() == alpha.max():  # opaque (or half-transparent) alike: the colours; transparent: nothing
+            return colour.max(axis=2) > 0 if visible.all() else visible
+        shown = flat[visible.reshape(-1)]
+        if (shown.min(axis=0) == shown.max(axis=0)).all():  # one pen on a transparent background
+            return visible
+        return (colour.max(axis=2) > 0) & visible
     return array.max(axis=2) > 0
 
 
@@ -176,8 +179,13 @@ def image_header(path: str | Path) -> ImageHeader:
     return ImageHeader(height, width, orientation, pages)
 
 
+PAGED_FORMATS = ("TIFF", "GIF", "PNG", "WEBP")  # not MPO: a camera JPEG's second frame is a preview or depth map
+
+
 def _pages(pil: Image.Image) -> int:
-    """Frames in an opened image file (TIFF pages walk their directories only), 1 when it cannot tell."""
+    """Pages of a multi-page TIFF or frames of an animation (TIFF walks its directories only); else 1."""
+    if pil.format not in PAGED_FORMATS:
+        return 1
     try:
         return max(1, int(getattr(pil, "n_frames", 1)))
     except Exception:  # noqa: BLE001 - a damaged later page: the first is checked when it is read

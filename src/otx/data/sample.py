@@ -139,8 +139,8 @@ def check_own_folder(root: Path) -> None:
     first = next((path for path in sorted(root.rglob("*")) if path.is_file()), None)
     if first is not None:
         raise ValueError(
-            f"'{root}' already holds files that otx data make-sample did not write (e.g. "
-            f"{_posix(first, root)}; its folders carry a {SAMPLE_MARKER} file); pass a new or empty folder, or "
+            f"'{root}' holds files (e.g. {_posix(first, root)}) and no {SAMPLE_MARKER} file, so otx data "
+            "make-sample did not write it (or an otx from before the marker did); pass a new or empty folder, or "
             "delete this one (nothing was changed)"
         )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,28 +39,39 @@ PERFORMANCE_HINTS = ("THROUGHPUT", "LATENCY")
 CHUNK = 32  # images decoded ahead of the request queue by ``predict``
 
 
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO")
+
+
+def physical_devices(device: str, available: Sequence[str]) -> list[str]:
+    """The devices ``device`` runs on: itself, or those an ``AUTO:``/``MULTI:``/``HETERO:`` list names.
+
+    OpenVINO's list syntax: ``AUTO:GPU,CPU``, ``MULTI:CPU(4),GPU(2)`` (request counts), ``AUTO:-CPU``
+    (every device but CPU). ``AUTO`` alone, or with exclusions only, is every available device left.
+    """
+    virtual, _, listed = device.upper().partition(":")
+    if virtual not in VIRTUAL_DEVICES:
+        return [device.upper()]
+    names = [re.sub(r"\(\d*\)$", "", name.strip()) for name in listed.split(",") if name.strip()]
+    excluded = {name[1:] for name in names if name.startswith("-")}
+    wanted = [name for name in names if not name.startswith("-")]
+    if wanted:
+        return wanted
+    return [d for d in available if d not in excluded and d.split(".")[0] not in excluded]
+
+
 def check_device(core: Any, device: str) -> None:
     """Raise one ``OTXError`` line when OpenVINO cannot run on ``device`` (any case) here (``AUTO``: on no device)."""
     device = device.upper()
     available = core.available_devices
     names = {d for d in available} | {d.split(".")[0] for d in available}
-    virtual, _, listed = device.partition(":")
-    if virtual in ("AUTO", "MULTI", "HETERO"):
-        if not available:
-            raise OTXError("OpenVINO finds no inference device on this machine")
-        # the devices listed after the colon (AUTO:GPU,CPU) must be here too (before: OpenVINO's plugin error)
-        physical = [d for d in listed.split(",") if d]
-        missing = [d for d in physical if d not in names]
-        if missing or (virtual != "AUTO" and not physical):
-            raise OTXError(
-                f"device '{missing[0] if missing else device}' is not available on this machine (available: "
-                f"{', '.join(available)}); give one of them or AUTO as the device (--device)"
-            )
-        return
-    if device not in names:
+    if device.partition(":")[0] in VIRTUAL_DEVICES and not available:
+        raise OTXError("OpenVINO finds no inference device on this machine")
+    # a device this machine lacks, also one listed after AUTO: (before: OpenVINO's plugin error for AUTO:GPU)
+    missing = [d for d in physical_devices(device, available) if d not in names]
+    if missing or not physical_devices(device, available):
         raise OTXError(
-            f"device '{device}' is not available on this machine (available: {', '.join(available)}); "
-            "give one of them or AUTO as the device (--device)"
+            f"device '{missing[0] if missing else device}' is not available on this machine (available: "
+            f"{', '.join(available)}); give one of them or AUTO as the device (--device)"
         )
 
 
@@ -98,11 +110,11 @@ def to_input(image: np.ndarray) -> np.ndarray:
 
     Accepts ``H x W x 3`` RGB (as ``otx.data.io.read_image`` returns; ``H x W x 4`` RGBA, its
     alpha dropped), ``H x W`` or ``H x W x 1`` grayscale arrays, or ``3 x H x W``
-    (``channels_first`` says which a shape is). Values are read as image files are
+    (``channels_first`` says which a shape is). Floats already in [0, 1] are the graph's own
+    input and pass as they are, not rounded. Other arrays are read as image files are
     (``otx.data.io.to_uint8``, rounded to the 256 levels a file holds): ``uint8`` over 0-255,
     ``uint16`` over its full range, other floats and integers as 0-255 (others raise
-    ``OTXDataError``), so an array gives what its file would; floats already in [0, 1] are the
-    graph's own input and pass as they are, not rounded.
+    ``OTXDataError``).
     """
     array = np.asarray(image)
     if array.dtype == np.bool_:
@@ -146,6 +158,12 @@ def _image_array(item: Any) -> np.ndarray | None:
     if type(item).__name__ == "Tensor" and hasattr(item, "detach"):
         return item.detach().cpu().numpy()
     return None
+
+
+def _as_array(item: Any) -> Any:
+    """An image array, PIL image or tensor as an array; anything else as it is (``to_input`` names it)."""
+    array = _image_array(item)
+    return item if array is None else array
 
 
 def image_hw(image: np.ndarray) -> tuple[int, int]:
@@ -214,7 +232,8 @@ class OpenVINOInferencer:
             except OTXError as exc:  # an export by an older otx: its normalised outputs only
                 log.info("no raw outputs from %s (%s); its normalised outputs are used", self.path, exc)
                 self.raw_outputs = False
-        self.static_input = self.device.startswith("NPU")  # NPUs compile static shapes only
+        # NPUs compile static shapes only (also when AUTO:NPU names them alone)
+        self.static_input = all(d.startswith("NPU") for d in self._physical_devices())
         if self.static_input:
             self.model.reshape({0: [1, 3, *self.info.input_size]})
         if performance_hint not in PERFORMANCE_HINTS:
@@ -249,6 +268,7 @@ class OpenVINOInferencer:
         self._results: dict[int, dict[str, np.ndarray]] = {}
         self.queue = self._new_queue()
         self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread inside infer
 
     def _new_queue(self) -> Any:
         """A request queue whose callback keeps each request's outputs in ``self._results``."""
@@ -292,9 +312,8 @@ class OpenVINOInferencer:
             )
 
     def _physical_devices(self) -> list[str]:
-        if self.device in ("AUTO",) or self.device.startswith(("AUTO:", "MULTI", "HETERO")):
-            return [d for d in self.core.available_devices if not d.startswith("GNA")]
-        return [self.device]
+        available = [d for d in self.core.available_devices if not d.startswith("GNA")]
+        return physical_devices(self.device, available)
 
     def _check_device(self) -> None:
         check_device(self.core, self.device)
@@ -360,11 +379,19 @@ class OpenVINOInferencer:
         single = _image_array(images)
         if (single is not None and single.ndim < 4) or type(images).__module__.startswith("PIL."):
             raise OTXDataError(
-                f"infer takes a list of images, got one image (shape {np.shape(single)}); pass [image] "
-                "(or use predict(image))"
+                f"infer takes a list of images, got one image (a {len(np.shape(single))}-d array is one image, "
+                f"shape {np.shape(single)}); pass [image] or an N x H x W x C array (or use predict(image))"
             )
-        with self._lock:  # one queue and one results dict per inferencer
-            return self._infer(images)
+        # tensors and PIL images as the arrays they hold (a tensor that requires grad, or on a GPU)
+        items = list(single) if single is not None else (_as_array(item) for item in images)
+        if self._owner == threading.get_ident():  # the images' own iteration called back in: it would wait forever
+            raise OTXError("infer was called again while iterating over the images of a call in progress")
+        with self._lock:  # one queue and one results dict per inferencer: other threads' calls wait
+            self._owner = threading.get_ident()
+            try:
+                return self._infer(items)
+            finally:
+                self._owner = None
 
     def _infer(self, images: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
         self._results.clear()

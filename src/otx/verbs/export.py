@@ -52,9 +52,9 @@ def run(
         data = eval_data(ctx, record, must_exist=True)
         if data is None:  # the recorded folder is gone (moved, or on another machine), or none was recorded
             recorded = record.get("data_root")
-            gone = f"'{recorded}' is gone" if recorded else "the checkpoint records none"
+            gone = f"the training data '{recorded}' is gone" if recorded else "the checkpoint records no training data"
             raise OTXDataError(
-                f"the training data {gone}; pass --data_root DIR (the data the model was trained on)"
+                f"{gone}; pass --data_root DIR (the data the model was trained on)"
                 + (": an FP16 export's decisions are checked on its validation split" if precision == "FP16" else "")
             )
         validation = validation_set(data, adapter.pixel_level, model.preprocessor)

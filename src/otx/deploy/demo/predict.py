@@ -17,6 +17,7 @@ import argparse
 import glob
 import json
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -71,9 +72,9 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
                 dirs.clear()
                 continue
             visited.add(here)
-            leftovers.extend(Path(top, d) for d in dirs if is_tool_folder(d))
+            leftovers.extend(Path(top, d) for d in sorted(dirs) if is_tool_folder(d))
             dirs[:] = sorted(d for d in dirs if not is_tool_folder(d))
-            leftovers.extend(Path(top, name) for name in names if name.startswith("._"))
+            leftovers.extend(Path(top, name) for name in sorted(names) if name.startswith("._"))
             files.extend(
                 Path(top, name)
                 for name in names
@@ -303,9 +304,13 @@ def main() -> int:
     available = list(core.available_devices)
     # as otx predict: a device this machine has (CPU, GPU, GPU.1), or AUTO/MULTI/HETERO over such devices
     virtual, _, listed = args.device.partition(":")
-    physical = [d for d in listed.split(",") if d] if virtual in ("AUTO", "MULTI", "HETERO") else [args.device]
-    if virtual == "AUTO" and not physical:
-        physical = available
+    physical = [args.device]
+    if virtual in ("AUTO", "MULTI", "HETERO"):  # AUTO:GPU,CPU  MULTI:CPU(4),GPU(2)  AUTO:-CPU (all but CPU)
+        names = [re.sub(r"\(\d*\)$", "", d.strip()) for d in listed.split(",") if d.strip()]
+        excluded = {d[1:] for d in names if d.startswith("-")}
+        physical = [d for d in names if not d.startswith("-")] or [
+            d for d in available if d not in excluded and d.split(".")[0] not in excluded
+        ]
     missing = [d for d in physical if d not in {*available, *(a.split(".")[0] for a in available)}]
     if missing or not physical:
         print(
