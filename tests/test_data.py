@@ -555,6 +555,8 @@ def test_a_folder_source_follows_linked_folders_and_leaves_tools_files_out(
     assert sorted(Path(s.path) for s in samples) == sorted(expected)
     said = [r.getMessage() for r in caplog.records if "macOS, notebook or NAS" in r.getMessage()]
     assert len(said) == 1 and "and 3 more" in said[0], said
+    said = [r.getMessage() for r in caplog.records if "already read under another path" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"left out {source / 'own' / 'up'}:"), said
     assert sorted(demo_package().find_images(str(source))) == sorted(expected)  # the demo package alike
 
 

@@ -337,10 +337,11 @@ def _images_under(folder: Path) -> list[Path]:
     Symlinked folders are followed, each folder once (a link back up is not a loop); the folders
     and files of ``is_tool_folder`` and ``is_resource_file`` are left out, with a warning.
     """
-    files, skipped, leftovers, visited = [], [], [], set()
+    files, skipped, leftovers, visited, again = [], [], [], set(), []
     for top, dirs, names in os.walk(folder, followlinks=True):
         here = os.path.realpath(top)
         if here in visited:  # a link back up, or one folder linked twice
+            again.append(top)
             dirs.clear()
             continue
         visited.add(here)
@@ -364,6 +365,9 @@ def _images_under(folder: Path) -> list[Path]:
         log.warning(
             "left out %s%s (macOS, notebook or NAS files, not images to predict)", leftovers[0].as_posix(), more
         )
+    if again:
+        more = f" and {len(again) - 1} more" if len(again) > 1 else ""
+        log.warning("left out %s%s: a folder already read under another path (a symbolic link)", again[0], more)
     return files
 
 
