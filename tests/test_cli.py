@@ -367,3 +367,38 @@ def test_a_stop_while_modules_load_is_an_interruption_not_a_bug(monkeypatch: pyt
     assert main(["train", "--config", "recipe/anomaly_segmentation/padim.yaml"]) == 130
     assert "internal error" not in capsys.readouterr().err  # before: "a bug in otx", exit 1
     assert not cli.STOPS
+
+
+def test_a_runs_config_is_reused_with_the_command_line_winning_wherever_it_stands(
+    dataset_copy, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # Before: options before --config were overridden by the file (the run went to the file's work dir and
+    # moved its latest.json), --data.data_root lost to the file's top-level data_root, a --trainer.max_epochs
+    # to its max_epochs, and the file's `resume` key made test, predict and export refuse it.
+    monkeypatch.chdir(tmp_path)
+    small = ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]
+    first = tmp_path / "first"
+    data = sample_root / "bottle_like"
+    assert main(["train", "--config", RECIPE, "--data_root", str(data), "--work_dir", "first", *small]) == 0
+    config = next(first.glob("*-train/config.yaml"))
+    saved = yaml.safe_load(config.read_text())
+    assert saved["data_root"] == saved["data"]["data_root"] == str(data.resolve()) and saved["resume"] is False
+    before = (first / "latest.json").read_text()
+    fewer = dataset_copy()
+    for path in sorted((fewer / "train" / "good").glob("*.png"))[10:]:
+        path.unlink()
+    assert main(["train", "--work_dir", "second", "--data.data_root", str(fewer), "--config", str(config)]) == 0
+    assert (first / "latest.json").read_text() == before  # the file's work dir untouched
+    metrics = json.loads(next((tmp_path / "second").glob("*-train/metrics.json")).read_text())
+    assert metrics["splits"]["train"]["normal"] == 10  # the copy's 10 images, not the file's data root's 40
+    for verb in ("test", "export"):  # a run's config.yaml serves the other verbs too
+        assert main([verb, "--config", str(config), "--work_dir", "first"]) == 0
+    three = tmp_path / "three.yaml"  # a file's max_epochs against a --trainer.max_epochs on the command line
+    three.write_text(yaml.safe_dump({**saved, "max_epochs": 3}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # jsonargparse's --print_config prints, then exits
+        main(["train", "--trainer.max_epochs", "5", "--config", str(three), "--print_config"])
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["max_epochs"] == shown["trainer"]["max_epochs"] == 5  # before: 3 trained, 5 shown
+    assert main(["test", "--work_dir", "first", "--resume", "true"]) == 1  # on their command line: train's alone
+    assert "--resume has no effect on otx test" in capsys.readouterr().err

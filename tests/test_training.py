@@ -257,3 +257,15 @@ def test_max_epochs_in_a_config_file_wins_over_the_recipe(sample_root: Path, tmp
     done = run_main("train", "--config", STFPM, "--config", str(mine), *data, *SMALL, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert _summary(tmp_path / "ws")["max_epochs"] == 1
+
+
+def test_a_model_fitted_in_one_pass_trains_one_epoch_when_asked_for_more(sample_root: Path, tmp_path: Path) -> None:
+    # Before: PADIM with max_epochs 3 refitted the same Gaussian three times (3x the time), without a word.
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.models import Padim
+
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    summary = Engine(model=Padim(input_size=[64, 64]), data=data, work_dir=tmp_path / "ws", max_epochs=3).train()
+    assert summary["epochs"] == 1 and len(summary["validation_curve"]) == 1
+    assert any("fits in one pass" in w and "max_epochs 3" in w for w in summary["warnings"]), summary["warnings"]

@@ -169,16 +169,26 @@ def _verb_parser(verb: str) -> ArgumentParser:
     parser.add_class_arguments(  # every verb reads recipes; only train uses this section
         TrainerSettings, "trainer", help="lightning.Trainer arguments for otx train (--trainer.accelerator gpu ...)"
     )
-    if verb == "train":
-        parser.add_argument(
-            "--resume",
-            type=bool | str,
-            nargs="?",
-            const=True,  # --resume alone: the newest in --work_dir
-            default=False,
-            help="continue an interrupted training: true (the newest in --work_dir) or its run folder / last.ckpt",
-        )
-    parser.add_argument("--seed", type=int, default=42, help="global seed")
+    parser.add_argument(  # every verb reads a run's config.yaml (resume: false); only train uses it
+        "--resume",
+        type=bool | str,
+        nargs="?",
+        const=True,  # --resume alone: the newest in --work_dir
+        default=False,
+        help="continue an interrupted training: true (the newest in --work_dir) or its run folder / last.ckpt",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=42,
+        help="global seed (Lightning's seed_everything)"
+        + (
+            "; a model's random initialisation and draws follow --model.init_args.seed, the validation split and "
+            "the training order --data.seed"
+            if verb == "train"
+            else ""
+        ),
+    )
     if verb != "train":
         what = "model.ckpt" if verb == "export" else "model.ckpt, or an exported .xml / .onnx"
         default = "latest export or train" if verb == "optimize" else "latest train"
@@ -260,7 +270,7 @@ def _verb_parser(verb: str) -> ArgumentParser:
             help="also write demo_package.zip (model + script)",
         )
     if verb != "train":  # parsed from recipes, refused on the command line (_refuse_train_options): not listed
-        _hide_from_help(parser, ("model", "trainer", "max_epochs"))
+        _hide_from_help(parser, ("model", "trainer", "max_epochs", "resume"))
     return parser
 
 
@@ -899,8 +909,8 @@ def _is_model_option(arg: str) -> bool:
 
 
 def _is_trainer_option(arg: str) -> bool:
-    """``--trainer``, ``--trainer.*``, ``--trainer=...`` or ``--max_epochs``: a setting of otx train's trainer."""
-    return arg == "--trainer" or arg.startswith(("--trainer.", "--trainer=", "--max_epochs"))
+    """``--trainer``, ``--trainer.*``, ``--trainer=...``, ``--max_epochs`` or ``--resume``: otx train's alone."""
+    return arg == "--trainer" or arg.startswith(("--trainer.", "--trainer=", "--max_epochs", "--resume"))
 
 
 def _refuse_train_options(argv: list[str]) -> None:
@@ -956,8 +966,12 @@ def _fold_max_epochs(argv: list[str]) -> list[str]:
     not a whole number of at least 1 stays where it is, for the parser's or Engine's message.
     """
     shortcut = _option_values(argv, "--max_epochs")
-    if not shortcut or not argv or argv[0] != "train":
+    if not argv or argv[0] != "train":
         return argv
+    if not shortcut:  # a --trainer.max_epochs given here beats a config file's top-level max_epochs as well
+        explicit = _option_values(argv, "--trainer.max_epochs")
+        value = explicit[-1][1].strip() if explicit else ""
+        return argv + ["--max_epochs", value] if value.isdigit() and int(value) >= 1 else argv
     value = shortcut[-1][1]  # a repeated option: the last one counts, as for every other option
     if not (value.isdigit() and int(value) >= 1):
         return argv
@@ -971,6 +985,21 @@ def _fold_max_epochs(argv: list[str]) -> list[str]:
             f"--max_epochs {value} and --trainer.max_epochs {explicit[-1][1]} disagree: give the number of epochs once"
         )
     return _without_option(argv, "--max_epochs") + ["--trainer.max_epochs", value]
+
+
+def _configs_first(argv: list[str]) -> list[str]:
+    """Every ``--config FILE`` right after the verb, in its order, so that the command line beats the files.
+
+    The parser applies a config file where it stands: an option before it was overridden by the
+    file without a word (``--work_dir X --config run/config.yaml`` wrote into the file's work dir).
+    """
+    if not argv or argv[0] not in VERBS:
+        return argv
+    found = _option_values(argv, "--config")
+    if not found:
+        return argv
+    configs = [arg for i, value in found for arg in (["--config", value] if argv[i] == "--config" else [argv[i]])]
+    return [argv[0], *configs, *_without_option(argv[1:], "--config")]
 
 
 def _upper_export_choices(argv: list[str]) -> list[str]:
@@ -995,10 +1024,14 @@ def _fold_data_root(argv: list[str]) -> list[str]:
     ``--data.data_root`` on the same command line is one line.
     """
     shortcut = _option_values(argv, "--data_root")
-    if not shortcut or not argv or argv[0] not in VERBS or not shortcut[-1][1]:
+    explicit = _option_values(argv, "--data.data_root")
+    if not argv or argv[0] not in VERBS:
+        return argv
+    if not shortcut and explicit and explicit[-1][1]:  # beats a config file's top-level data_root as well
+        return argv + ["--data_root", explicit[-1][1]]
+    if not shortcut or not shortcut[-1][1]:
         return argv
     value = shortcut[-1][1]
-    explicit = _option_values(argv, "--data.data_root")
     if explicit and os.path.abspath(os.path.expanduser(explicit[-1][1])) != os.path.abspath(os.path.expanduser(value)):
         raise OTXError(
             f"--data_root {value} and --data.data_root {explicit[-1][1]} disagree: give the data folder once"
@@ -1046,7 +1079,8 @@ def _main(argv: list[str]) -> int:
         printing = bool(argv) and argv[0] in VERBS and argv[0] != "train" and _asks_print_config(argv)
         if printing:  # the evaluation verbs print what they will use, not the recipe's model and trainer
             argv = [arg for arg in argv if not (arg == "--print_config" or arg.startswith("--print_config="))]
-        cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(_upper_export_choices(argv)))))
+        argv = _configs_first(_upper_export_choices(argv))
+        cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(argv))))
         command = cfg.command
         if printing:
             text = _evaluation_config(cfg[command], parser._subcommands_action._name_parser_map[command])

@@ -140,7 +140,8 @@ class AnomalyDataModule:
     Args:
         data_root: folder in MVTec AD layout.
         val_split: fraction of each test folder used for validation when the data has no ``val/``.
-        seed: seed of the validation split (the same seed always gives the same split).
+        seed: seed of the validation split (the same seed always gives the same split) and of the
+            training images' order in each epoch.
         batch_size: images per batch for training and inference (tiles per batch in the ``tile`` mode).
         num_workers: data-loading worker processes.
         check_files: read every image header and check masks before starting (recommended).

@@ -101,6 +101,10 @@ class VerbContext:
         for section, key in ((recorded, "data_root"), (config, "checkpoint")):
             if section.get(key):
                 section[key] = os.path.abspath(section[key])
+        if config.get("data_root"):  # the shortcut as the data section says (it wins over it when reused)
+            config["data_root"] = recorded.get("data_root")
+        if config.get("resume"):  # the run as a fresh one when its config.yaml is reused (resumed_from: metrics.json)
+            config["resume"] = False
         run.write_config(config)
 
 

@@ -111,6 +111,13 @@ def run(
     data.setup()
     data.check_validation_readable()
     settings = merge_settings(model.default_trainer, trainer_args, {"max_epochs": max_epochs})
+    epochs_asked = int(settings.get("max_epochs") or 1)
+    if model.fits_in_one_pass and epochs_asked > 1:  # each epoch would refit from scratch: the same model, N times
+        ctx.warn(
+            f"{type(model).__name__} fits in one pass over the training images (no gradient training): "
+            f"max_epochs {epochs_asked} would repeat the same fit {epochs_asked} times, so it trains 1 epoch"
+        )
+        settings["max_epochs"] = 1
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
     first_epoch = 0
     if resume is not None:
