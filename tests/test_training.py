@@ -146,6 +146,9 @@ def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tm
         str(state) + " --model.init_args.input_size [48,48]": "input_size [64, 64] there, [48, 48] here",
         str(state) + " --model.init_args.layers [blocks.2]": "holds another model or backbone",
         str(state) + f" --data_root {sample_root / 'carpet_like'}": f"{(sample_root / 'carpet_like').resolve()} here",
+        # before: resumed on another validation split, and with fewer epochs than trained it trained nothing
+        str(state) + " --data.seed 7": "data.seed 42 there, 7 here",
+        str(state) + " --trainer.max_epochs 1": "it has trained 2 epoch(s) already; resume with --max_epochs 2 or more",
         str(tmp_path / b["checkpoint"]): "a finished training's model.ckpt",
         str(tmp_path / "notes.txt"): "not a training state",
     }
@@ -269,3 +272,30 @@ def test_a_model_fitted_in_one_pass_trains_one_epoch_when_asked_for_more(sample_
     summary = Engine(model=Padim(input_size=[64, 64]), data=data, work_dir=tmp_path / "ws", max_epochs=3).train()
     assert summary["epochs"] == 1 and len(summary["validation_curve"]) == 1
     assert any("fits in one pass" in w and "max_epochs 3" in w for w in summary["warnings"]), summary["warnings"]
+
+
+def test_resume_true_passes_over_a_state_that_a_later_run_continues(tmp_path: Path) -> None:
+    # Before: A interrupted, B resumed A and was interrupted too, C resumed B and finished: `--resume true`
+    # resumed A again (only finished runs' metrics.json said what they continued).
+    from otx.training import record_resumed_from, resume_checkpoint
+
+    def run(name: str, state: bool = True, finished: bool = False) -> Path:
+        folder = tmp_path / f"2026120{name}-train"
+        (folder / "checkpoints").mkdir(parents=True)
+        if state:
+            (folder / "checkpoints" / "last.ckpt").write_bytes(b"state")
+        if finished:
+            (folder / "model.ckpt").write_bytes(b"model")
+        return folder
+
+    a = run("1")
+    assert resume_checkpoint(True, tmp_path) == a / "checkpoints" / "last.ckpt"
+    b = run("2")
+    record_resumed_from(b, a / "checkpoints" / "last.ckpt")
+    assert resume_checkpoint(True, tmp_path) == b / "checkpoints" / "last.ckpt"
+    c = run("3", state=False)  # resumed B, interrupted before its first epoch was saved: B is still to resume
+    record_resumed_from(c, b / "checkpoints" / "last.ckpt")
+    assert resume_checkpoint(True, tmp_path) == b / "checkpoints" / "last.ckpt"
+    (c / "model.ckpt").write_bytes(b"model")  # C finished: nothing left
+    with pytest.raises(OTXError, match="nothing to resume"):
+        resume_checkpoint(True, tmp_path)

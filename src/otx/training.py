@@ -16,6 +16,7 @@ import difflib
 import importlib
 import inspect
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -451,31 +452,57 @@ def resume_checkpoint(resume: bool | str | Path, workdir_root: Path) -> Path:
     return path
 
 
+RESUMED_FROM = "resumed_from.txt"  # in a resumed run's checkpoints/: the state it continues (absolute path)
+
+
+def record_resumed_from(run_path: Path, state: Path) -> None:
+    """Note in the run folder which state it continues, so that ``--resume true`` passes that state over."""
+    folder = run_path / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESUMED_FROM).write_text(os.path.abspath(state) + "\n", encoding="utf-8")
+
+
 def _resumed_states(workdir_root: Path) -> set[Path]:
-    """The training states that finished training runs of the work dir resumed from (their metrics.json)."""
+    """The training states that later runs of the work dir continued: nothing left to resume in them.
+
+    A run continues its state once it has finished or saved an epoch of its own (an interrupted
+    resumed run is resumed in turn, not the state before it). Read from ``RESUMED_FROM``, or the
+    ``resumed_from`` of a finished run's metrics.json (runs from before the file).
+    """
     import json
 
     found = set()
-    for metrics in workdir_root.glob("*-train*/metrics.json"):
+    for run in workdir_root.glob("*-train*"):
+        source = None
         try:
-            source = json.loads(metrics.read_text()).get("resumed_from")
+            if (run / CHECKPOINT_DIR / RESUMED_FROM).is_file():
+                source = (run / CHECKPOINT_DIR / RESUMED_FROM).read_text(encoding="utf-8").strip()
+            elif (run / "metrics.json").is_file():
+                source = json.loads((run / "metrics.json").read_text()).get("resumed_from")
         except (OSError, ValueError, AttributeError):
             continue
-        if source:
+        if source and ((run / CHECKPOINT_NAME).is_file() or _newest_state(run) is not None):
             found.add(Path(source).resolve())
     return found
 
 
 def check_resume(
-    state_path: Path, model: Any, entry: dict[str, Any], data_root: str | None, max_epochs: int | None = None
+    state_path: Path,
+    model: Any,
+    entry: dict[str, Any],
+    data_root: str | None,
+    max_epochs: int | None = None,
+    data_settings: dict[str, Any] | None = None,
 ) -> int:
     """One line (``OTXError``) when ``state_path`` cannot continue this training; else the epochs it finished.
 
     It must be a Lightning training state (what an interrupted multi-epoch ``otx train`` leaves in
     ``checkpoints/``) of the same model: the same tensors, and, where the interrupted run's
-    config.yaml is beside it, the same model settings (``entry``, ``model_entry``) and data root.
-    Trainer settings (epochs, devices) may differ. A finished run's saved epochs continue only to
-    train it longer (``max_epochs`` above the epochs it trained).
+    config.yaml is beside it, the same model settings (``entry``, ``model_entry``), data root and
+    ``data_settings`` (validation split, seed, batch size: the split the epochs were chosen on and
+    the order the images came in). Trainer settings (epochs, devices) may differ, but not below the
+    epochs the state has trained; a finished run's saved epochs continue only to train it longer
+    (``max_epochs`` above the epochs it trained).
     """
     import json
 
@@ -505,6 +532,11 @@ def check_resume(
         raise OTXError(
             f"cannot resume from '{state_path}': its run finished training ({finished} is there) after {trained} "
             f"epoch(s), with nothing left to resume; to train it longer, resume with --max_epochs above {trained}"
+        )
+    if max_epochs is not None and max_epochs < trained:  # Lightning would train nothing and keep all of them
+        raise OTXError(
+            f"cannot resume from '{state_path}' with --max_epochs {max_epochs}: it has trained {trained} epoch(s) "
+            f"already; resume with --max_epochs {trained} or more"
         )
     theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
     # buffers a fresh model holds empty (PADIM's Gaussian, PatchCore's bank) take their shape when fitted
@@ -539,6 +571,12 @@ def check_resume(
     old_root = (config.get("data") or {}).get("data_root")
     if old_root and data_root and Path(old_root).resolve() != Path(data_root).resolve():
         changes.append(f"data_root {old_root} there, {Path(data_root).resolve()} here")
+    old_data = config.get("data") or {}
+    changes += [
+        f"data.{key} {old_data[key]!r} there, {value!r} here"
+        for key, value in (data_settings or {}).items()
+        if key in old_data and old_data[key] is not None and plain(old_data[key]) != plain(value)
+    ]
     if changes:
         raise OTXError(
             f"cannot resume from '{state_path}': this command trains otherwise than the interrupted run "

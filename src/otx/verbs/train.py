@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +22,7 @@ from otx.postprocess import known_pixel_rows
 from otx.preprocess import PreProcessor
 from otx.results import TrainResult
 from otx.scoring import TorchScorer
-from otx.training import build_trainer, check_resume, describe_settings, merge_settings
+from otx.training import build_trainer, check_resume, describe_settings, merge_settings, record_resumed_from
 from otx.verbs.context import FILE_ONLY, VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import evaluate, to_predictions, tune_boxes
 from otx.workdir import Run, stop_name
@@ -121,7 +122,12 @@ def run(
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
     first_epoch = 0
     if resume is not None:
-        first_epoch = check_resume(resume, model, model_entry(model), data.data_root, settings.get("max_epochs"))
+        data_settings = {k: getattr(data, k) for k in ("val_split", "seed", "batch_size")}
+        first_epoch = check_resume(
+            resume, model, model_entry(model), data.data_root, settings.get("max_epochs"), data_settings
+        )
+        if not distributed.secondary():  # this run continues that state: --resume true passes it over
+            record_resumed_from(run.path, resume)
     splits = data.splits
     if not splits["val"]:  # checked before training, not after it
         raise OTXError(
@@ -294,7 +300,7 @@ def run(
             "devices": trainer.num_devices,
             "precision": trainer.precision,
         },
-        resumed_from=str(resume) if resume else None,
+        resumed_from=os.path.abspath(resume) if resume else None,  # absolute: read from any directory
         checkpoint=str(checkpoint),
         validation_metrics=val_metrics,
         thresholds=stats,
