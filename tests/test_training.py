@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -101,14 +102,17 @@ def _whole_and_resumed(sample_root: Path, tmp_path: Path, *extra: str, callbacks
     whole = run_main(*_stfpm_args(sample_root, "whole", *extra, callbacks=callbacks), cwd=tmp_path)  # in this process
     assert whole.returncode == 0, whole.stderr
     command = [sys.executable, "-m", "otx.cli", *_stfpm_args(sample_root, "parts", *extra, callbacks=callbacks)]
-    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(  # its own process group: Ctrl+C in a terminal signals the whole group
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list((tmp_path / "parts").glob("*-train/checkpoints/epoch2.ckpt")):
         assert process.poll() is None, process.communicate()
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    os.killpg(process.pid, signal.SIGINT)  # the process and its data-loading workers, as Ctrl+C does
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.count("SIGINT received") == 1, err  # before: once more for each worker
     assert not (tmp_path / "parts" / "latest.json").exists()
     resumed = run_main(
         *_stfpm_args(sample_root, "parts", *extra, "--resume", "true", callbacks=callbacks), cwd=tmp_path

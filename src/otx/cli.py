@@ -762,6 +762,11 @@ _REDELIVERED: list[int] = []  # [pending, attempts]: a stop Python swallowed, se
 def _on_signal(signum: int, frame: Any) -> None:
     """SIGINT / SIGTERM: say so at once, then unwind (a second signal ends the process at once)."""
     del frame
+    if _HANDLER_PID and os.getpid() != _HANDLER_PID[0]:
+        # a child forked with this handler (a data-loading worker, OpenVINO's telemetry process): the
+        # process otx runs in says it once and unwinds; the child ends quietly (before: the line once
+        # per process, and the telemetry child's traceback)
+        os._exit(128 + signum)
     name = signal.Signals(signum).name
     if _REDELIVERED and _REDELIVERED[0] and signum == signal.SIGINT:  # our own delivery (see _unraisable)
         _REDELIVERED[0] = 0
@@ -841,9 +846,13 @@ def _install_signal_handlers() -> None:
     STOPS.clear()
     _REDELIVERED.clear()
     if threading.current_thread() is threading.main_thread():
+        _HANDLER_PID[:] = [os.getpid()]
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
         sys.unraisablehook = _unraisable
+
+
+_HANDLER_PID: list[int] = []  # the process whose stop _on_signal reports (forked children inherit the handler)
 
 
 class _CallerState:
