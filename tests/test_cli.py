@@ -400,5 +400,9 @@ def test_a_runs_config_is_reused_with_the_command_line_winning_wherever_it_stand
         main(["train", "--trainer.max_epochs", "5", "--config", str(three), "--print_config"])
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["max_epochs"] == shown["trainer"]["max_epochs"] == 5  # before: 3 trained, 5 shown
+    with pytest.raises(SystemExit):  # the shortcut, as well
+        main(["train", "--config", str(three), "--max_epochs", "4", "--print_config"])
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["max_epochs"] == shown["trainer"]["max_epochs"] == 4
     assert main(["test", "--work_dir", "first", "--resume", "true"]) == 1  # on their command line: train's alone
     assert "--resume has no effect on otx test" in capsys.readouterr().err

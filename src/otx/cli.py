@@ -763,9 +763,13 @@ def _on_signal(signum: int, frame: Any) -> None:
     """SIGINT / SIGTERM: say so at once, then unwind (a second signal ends the process at once)."""
     del frame
     if _HANDLER_PID and os.getpid() != _HANDLER_PID[0]:
-        # a child forked with this handler (a data-loading worker, OpenVINO's telemetry process): the
-        # process otx runs in says it once and unwinds; the child ends quietly (before: the line once
-        # per process, and the telemetry child's traceback)
+        # a child forked with this handler: the process otx runs in says it once and unwinds (before:
+        # the line once per process, and the telemetry child's traceback). A data-loading worker ends
+        # as PyTorch expects of it (its loop takes KeyboardInterrupt and exits 0: any other exit code
+        # is "worker exited unexpectedly" in the main process); others (OpenVINO's telemetry) at once.
+        data = sys.modules.get("torch.utils.data")
+        if data is not None and data.get_worker_info() is not None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
         os._exit(128 + signum)
     name = signal.Signals(signum).name
     if _REDELIVERED and _REDELIVERED[0] and signum == signal.SIGINT:  # our own delivery (see _unraisable)
@@ -993,7 +997,8 @@ def _fold_max_epochs(argv: list[str]) -> list[str]:
         raise OTXError(
             f"--max_epochs {value} and --trainer.max_epochs {explicit[-1][1]} disagree: give the number of epochs once"
         )
-    return _without_option(argv, "--max_epochs") + ["--trainer.max_epochs", value]
+    # --max_epochs too: _run_verb lets a top-level max_epochs (from a --config file) win over the trainer section
+    return _without_option(argv, "--max_epochs") + ["--trainer.max_epochs", value, "--max_epochs", value]
 
 
 def _configs_first(argv: list[str]) -> list[str]:
@@ -1062,7 +1067,7 @@ def _evaluation_config(cfg: Namespace, parser: ArgumentParser) -> str:
     import yaml
 
     resolved = yaml.safe_load(parser.dump(cfg, skip_none=False, format="parser_mode"))
-    for key in ("model", "trainer", "max_epochs"):
+    for key in ("model", "trainer", "max_epochs", "resume"):
         resolved.pop(key, None)
     checkpoint = resolved.get("checkpoint") or "the latest run in work_dir"
     head = (
