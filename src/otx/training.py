@@ -568,10 +568,10 @@ def check_resume(
         for key in sorted(set(old_args) | set(new_args))
         if old_args.get(key) != new_args.get(key)
     ]
-    old_root = (config.get("data") or {}).get("data_root")
+    old_data = config.get("data") or {}
+    old_root = old_data.get("data_root")
     if old_root and data_root and Path(old_root).resolve() != Path(data_root).resolve():
         changes.append(f"data_root {old_root} there, {Path(data_root).resolve()} here")
-    old_data = config.get("data") or {}
     changes += [
         f"data.{key} {old_data[key]!r} there, {value!r} here"
         for key, value in (data_settings or {}).items()

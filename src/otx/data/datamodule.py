@@ -358,17 +358,14 @@ def _images_under(folder: Path) -> list[Path]:
             for name in names
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not is_resource_file(name)
         )
-    if skipped:
-        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-        log.warning("left out otx's work folder %s%s (its outputs are not images to predict)", skipped[0], more)
-    if leftovers:
-        more = f" and {len(leftovers) - 1} more" if len(leftovers) > 1 else ""
-        log.warning(
-            "left out %s%s (macOS, notebook or NAS files, not images to predict)", leftovers[0].as_posix(), more
-        )
-    if again:
-        more = f" and {len(again) - 1} more" if len(again) > 1 else ""
-        log.warning("left out %s%s: a folder already read under another path (a symbolic link)", again[0], more)
+    for left, why in (
+        ([f"otx's work folder {p}" for p in skipped], " (its outputs are not images to predict)"),
+        ([p.as_posix() for p in leftovers], " (macOS, notebook or NAS files, not images to predict)"),
+        (again, ": a folder already read under another path (a symbolic link)"),
+    ):
+        if left:
+            more = f" and {len(left) - 1} more" if len(left) > 1 else ""
+            log.warning("left out %s%s%s", left[0], more, why)
     return files
 
 

@@ -107,12 +107,12 @@ def _check_layout(folder: Path) -> None:
     subset = folder.name
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if not entry.is_dir():
-            if _is_listed_image(entry.name) and is_resource_file(entry.name):  # Datumaro's reader fails on it
-                raise OTXDataError(
-                    f"'{subset}/{entry.name}' is a macOS resource file (._<name>: a file's metadata, not an image) "
-                    f"directly in {subset}/, where the MVTec reader cannot take it; remove it"
-                )
             if _is_listed_image(entry.name):
+                if is_resource_file(entry.name):  # Datumaro's reader fails on it
+                    raise OTXDataError(
+                        f"'{subset}/{entry.name}' is a macOS resource file (._<name>: a file's metadata, not an "
+                        f"image) directly in {subset}/, where the MVTec reader cannot take it; remove it"
+                    )
                 where = "train/good/" if subset == "train" else f"{subset}/good/ or {subset}/<defect type>/"
                 raise OTXDataError(
                     f"image '{subset}/{entry.name}' is directly in {subset}/: MVTec layout puts each image in "

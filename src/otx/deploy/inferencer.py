@@ -67,8 +67,9 @@ def check_device(core: Any, device: str) -> None:
     if device.partition(":")[0] in VIRTUAL_DEVICES and not available:
         raise OTXError("OpenVINO finds no inference device on this machine")
     # a device this machine lacks, also one listed after AUTO: (before: OpenVINO's plugin error for AUTO:GPU)
-    missing = [d for d in physical_devices(device, available) if d not in names]
-    if missing or not physical_devices(device, available):
+    physical = physical_devices(device, available)
+    missing = [d for d in physical if d not in names]
+    if missing or not physical:
         raise OTXError(
             f"device '{missing[0] if missing else device}' is not available on this machine (available: "
             f"{', '.join(available)}); give one of them or AUTO as the device (--device)"
