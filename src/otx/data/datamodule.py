@@ -147,6 +147,9 @@ class AnomalyDataModule:
         check_files: read every image header and check masks before starting (recommended).
     """
 
+    # what a run's config.yaml records of its data, besides data_root, and what a resumed run must keep
+    RUN_SETTINGS = ("val_split", "seed", "batch_size")
+
     def __init__(
         self,
         data_root: str | None = None,
@@ -169,13 +172,20 @@ class AnomalyDataModule:
         self.val_files: list[str] | None = None
         self.split_changes: dict[str, int] = {}  # set up with ``val_files``: how the seeded split differs
 
+    def run_settings(self) -> dict[str, Any]:
+        """The settings a run records and a resumed run must keep (``RUN_SETTINGS``)."""
+        return {k: getattr(self, k) for k in self.RUN_SETTINGS}
+
     def replace(self, **changes: Any) -> AnomalyDataModule:
         """A new data module with the same settings but ``changes`` (``data_root``, ``val_split``, ``seed`` ...).
 
         The copy is not set up; this module is left as it is.
         """
         settings = {
-            k: getattr(self, k) for k in ("data_root", "val_split", "seed", "batch_size", "num_workers", "check_files")
+            "data_root": self.data_root,
+            **self.run_settings(),
+            "num_workers": self.num_workers,
+            "check_files": self.check_files,
         }
         return type(self)(**{**settings, **changes})
 

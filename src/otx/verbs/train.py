@@ -122,9 +122,8 @@ def run(
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
     first_epoch = 0
     if resume is not None:
-        data_settings = {k: getattr(data, k) for k in ("val_split", "seed", "batch_size")}
         first_epoch = check_resume(
-            resume, model, model_entry(model), data.data_root, settings.get("max_epochs"), data_settings
+            resume, model, model_entry(model), data.data_root, settings.get("max_epochs"), data.run_settings()
         )
         if not distributed.secondary():  # this run continues that state: --resume true passes it over
             record_resumed_from(run.path, resume)
