@@ -231,7 +231,8 @@ def test_an_fp32_export_does_without_training_data_damaged_since(dataset_copy, t
     summary = engine.export()
     assert summary["check_against_torch"]["probe"].startswith("1 noise image")
     warnings = json.loads((Path(summary["exported_model"]).parent / "metrics.json").read_text())["warnings"]
-    assert any("noise only" in w and f"'{root.resolve()}' is gone; pass " in w for w in warnings), warnings
+    # in the Python API's spelling, as its errors (before: "pass --data_root DIR")
+    assert any("noise only" in w and f"'{root.resolve()}' is gone; pass data=DIR " in w for w in warnings), warnings
     exports = sorted((tmp_path / "ws").glob("*-export"))
     with pytest.raises(OTXDataError, match="is gone; pass .*DIR .*: an FP16 export's decisions are checked"):
         engine.export(precision="FP16")

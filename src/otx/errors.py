@@ -54,6 +54,11 @@ def _python_value(value: str) -> str:
     return value if value.isdigit() or value in ("PATH", "DIR", "FILE") else repr(value)
 
 
+def for_caller(message: str) -> str:
+    """``message`` as the caller spells options: the command line's, or the Python API's (``python_spelling``)."""
+    return message if COMMAND_LINE.get() else python_spelling(message)
+
+
 def python_spelling(message: str) -> str:
     """``message`` with the Python API's names for the command-line options it names.
 

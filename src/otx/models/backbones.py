@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from otx.errors import COMMAND_LINE, OTXConfigError, OTXWeightsError, python_spelling
+from otx.errors import OTXConfigError, OTXWeightsError, for_caller
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -325,7 +325,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | None = None) -> tuple[dic
         f"Fix: {install}pass --model.init_args.weights FILE, fill the cache while online, use backbone "
         f"efficientnet_lite0 (weights ship with otx), or set --model.init_args.pretrained false"
     )
-    raise OTXWeightsError(message if COMMAND_LINE.get() else python_spelling(message))  # Padim(...) in Python
+    raise OTXWeightsError(for_caller(message))  # Padim(...) in Python
 
 
 def load_into(module: nn.Module, state: dict[str, torch.Tensor], name: str) -> None:

@@ -16,7 +16,7 @@ from rich.console import Console
 from otx import __version__
 from otx.data.datamodule import AnomalyDataModule
 from otx.distributed import SecondaryRankDone
-from otx.errors import OTXError
+from otx.errors import OTXError, for_caller
 from otx.results import Result
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
 from otx.workdir import STOPS, Run, WorkDir, stop_name
@@ -70,6 +70,7 @@ class VerbContext:
 
     def warn(self, message: str) -> None:
         """A warning where the numbers would mislead: logged now, and listed in the run's metrics.json."""
+        message = for_caller(message)  # `data=DIR` in the Python API, as its errors say
         if message not in self.warnings:
             self.warnings.append(message)
             log.warning(message)
@@ -94,7 +95,7 @@ class VerbContext:
         config["model"] = model_entry  # what actually ran
         data = data or self.data
         recorded = dict(config.get("data") or {})  # the data that ran (a model's own root and split), not the request
-        recorded.update({k: getattr(data, k) for k in ("data_root", "val_split", "seed", "batch_size")})
+        recorded.update({"data_root": data.data_root, **data.run_settings()})
         config["data"] = recorded
         config.update(extra or {})
         # Absolute paths: later verbs follow them from another directory (workdir.training_data_root).

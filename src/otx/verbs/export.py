@@ -13,7 +13,7 @@ import numpy as np
 
 from otx.checkpoint import latest_checkpoint, load_checkpoint, model_entry
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
-from otx.errors import OTXDataError, OTXError
+from otx.errors import OTXDataError, OTXError, for_caller
 from otx.models.base import AnomalyModel
 from otx.results import ExportResult
 from otx.verbs.context import VerbContext, write_result
@@ -138,7 +138,8 @@ def check_fp16(model: AnomalyModel, path: Path, validation: Any, data_at_hand: b
 
     stats = model.postprocessor.stats()
     if not data_at_hand:
-        log.warning("the FP16 model's decisions were not checked: the training data is not at hand (--data_root)")
+        message = "the FP16 model's decisions were not checked: the training data is not at hand; pass --data_root DIR"
+        log.warning(for_caller(message))
         return {"checked": False, "reason": "no data", "stats": stats}
     if validation is not None:
         validation.set_reference(with_raw_outputs(to_openvino(model)), stats)
