@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -621,3 +622,21 @@ def test_multi_page_images_are_named_in_the_index_and_in_predict(dataset_copy, t
     assert main([*args, "--source", str(tiff.parent), "--visualize", "false"]) == 0
     run = json.loads(next(work_dir.glob("*-predict/metrics.json")).read_text())
     assert [w for w in run["warnings"] if "several pages" in w] == [said[0].replace("test/scratch/050.tif", "050.tif")]
+
+
+def test_the_datas_warnings_are_listed_in_the_runs_results(dataset_copy, trained_padim: dict, tmp_path: Path) -> None:
+    # Before: warnings found while indexing the folder (macOS resource files, EXIF, JPEG masks, pages ...)
+    # reached the console only; metrics.json and the report listed the verb's own warnings.
+    from otx.cli import main
+
+    root = dataset_copy()
+    junk = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "
+    for path in ("train/good/._000.png", "test/scratch/._000.png"):
+        (root / path).write_bytes(junk)
+    work_dir = tmp_path / "ws"
+    args = ["--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root), "--work_dir", str(work_dir)]
+    assert main(["test", *args]) == 0
+    run = next(work_dir.glob("*-test"))
+    said = [w for w in json.loads((run / "metrics.json").read_text())["warnings"] if "macOS resource" in w]
+    assert len(said) == 1 and said[0].startswith("ignoring 2 macOS resource file(s)"), said
+    assert html.escape(said[0]) in (run / "report.html").read_text()

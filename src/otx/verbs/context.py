@@ -127,6 +127,8 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
     run = ctx.workdir.new_run(command)
     log.info("otx %s %s: task %s, work_dir %s", command, __version__, ctx.task or "from the model", ctx.workdir.root)
     ok = said_why = False
+    gathered = DataWarnings(ctx.warnings)
+    logging.getLogger("otx.data").addHandler(gathered)
     try:
         result = body(run)
         result.run_folder = run.path
@@ -160,8 +162,27 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
             stopped = sys.exc_info()[1]
             why = _interrupted(stopped) if isinstance(stopped, KeyboardInterrupt) else repr(stopped)
             log.error("%s failed: %s", command, why, extra=FILE_ONLY)
+        logging.getLogger("otx.data").removeHandler(gathered)
         log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
         run.close(ok)
+
+
+class DataWarnings(logging.Handler):
+    """The data's warnings during a verb (a layout, file or mask problem), for its metrics.json and report.
+
+    The data module logs them where it finds them (indexing, loading), without a verb's context;
+    the console has shown them, and the run's results list them with the verb's own warnings.
+    """
+
+    def __init__(self, warnings: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings = warnings
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Add the record's message once."""
+        message = record.getMessage()
+        if message not in self.warnings:
+            self.warnings.append(message)
 
 
 def _interrupted(stop: KeyboardInterrupt) -> str:
