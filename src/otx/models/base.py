@@ -253,6 +253,16 @@ class AnomalyModel(L.LightningModule):
         """Images in [0, 1] at ``input_size`` as the core takes them in training: normalised, tiled if tiling."""
         return self.preprocessor.tiles(self.normalize_input(images))
 
+    def log_train_loss(self, loss: torch.Tensor, images: torch.Tensor) -> None:
+        """The training loss, per step and per epoch (the progress bar, ``logs/``), over all processes.
+
+        On several devices each process holds its share of the batch: the logged loss is their
+        weighted mean (``sync_dist``), not the first process's share alone.
+        """
+        self.log(
+            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=images.shape[0], sync_dist=True
+        )
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw ``(anomaly_map [B, H, W], pred_score [B])`` for images in [0, 1] at ``input_size``."""
         return image_outputs(self.model, self.preprocessor, self.normalize_input(images), self.score_top_share)

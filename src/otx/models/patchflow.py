@@ -286,7 +286,7 @@ class Patchflow(AnomalyModel):
         del batch_idx
         hidden_variables, log_jacobians = self.model(self.core_input(batch["image"]))
         loss = self.loss(hidden_variables, log_jacobians)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.log_train_loss(loss, batch["image"])
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102

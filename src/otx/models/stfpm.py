@@ -291,7 +291,7 @@ class Stfpm(AnomalyModel):
         del batch_idx
         teacher_features, student_features = self.model(self.core_input(batch["image"]))
         loss = self.loss(teacher_features, student_features)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        self.log_train_loss(loss, batch["image"])
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:  # noqa: D102
