@@ -98,6 +98,21 @@ def test_f1_at_degenerate_cases_follow_sklearn_zero_division_0() -> None:
         assert f1_at(pred, labels) == pytest.approx(f1_score(labels, pred, zero_division=0), abs=1e-12)
 
 
+def test_reported_f1_is_na_where_nothing_is_there_and_nothing_is_found() -> None:
+    # scikit-learn's zero_division=np.nan is the reference for the reported figures (before: pixel_F1 0.0 on a
+    # test split of good parts that were all passed, while image_F1 read n/a)
+    maps = np.random.default_rng(0).random((3, 8, 8))
+    nothing = np.zeros((3, 8, 8), bool)
+    for pred in (nothing, maps > 0.9):
+        reported = otx.metrics.pixel_metrics(maps, nothing, pred)["pixel_F1"]
+        expected = f1_score(nothing.ravel(), pred.ravel(), zero_division=np.nan)
+        assert (math.isnan(reported) and math.isnan(expected)) or reported == expected == 0.0
+    for pred, labels in [([0, 0], [0, 0]), ([1, 0], [0, 0]), ([0, 0], [1, 0])]:
+        reported = otx.metrics.image_metrics([0.1, 0.2], labels, pred)["image_F1"]
+        expected = f1_score(labels, pred, zero_division=np.nan)
+        assert (math.isnan(reported) and math.isnan(expected)) or reported == expected
+
+
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

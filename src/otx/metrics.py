@@ -311,9 +311,20 @@ def image_metrics(
         pred_labels: predicted image labels ``[N]``.
 
     Returns:
-        ``{"image_AUROC": ..., "image_F1": ...}``.
+        ``{"image_AUROC": ..., "image_F1": ...}``; F1 is NaN when no label and no prediction is positive.
     """
-    return {"image_AUROC": roc_auc(scores, labels), "image_F1": f1_at(pred_labels, labels)}
+    return {"image_AUROC": roc_auc(scores, labels), "image_F1": _reported_f1(pred_labels, labels)}
+
+
+def _reported_f1(pred: ArrayLike, labels: ArrayLike) -> float:
+    """``f1_at`` as a reported figure: NaN (n/a) for 0 / 0, where there is nothing to find and nothing is found.
+
+    ``f1_at``'s 0.0 there (scikit-learn's ``zero_division=0``, which threshold searches need) read as
+    a total failure in a report: a test split of good parts, every one passed, showed pixel F1 0.0.
+    """
+    if not np.any(_labels_array(pred)) and not np.any(_labels_array(labels)):
+        return float("nan")
+    return f1_at(pred, labels)
 
 
 def pixel_metrics(
@@ -329,14 +340,15 @@ def pixel_metrics(
             holds them (saves joining a copy of every pixel).
 
     Returns:
-        ``{"pixel_AUROC": ..., "pixel_F1": ..., "AUPRO": ...}``.
+        ``{"pixel_AUROC": ..., "pixel_F1": ..., "AUPRO": ...}``; F1 is NaN when no pixel is positive in
+        the masks or the predictions.
     """
     flat_maps, flat_masks = flat if flat is not None else (_flat(maps), _flat(masks))
     if flat is not None and not flat_maps.size == flat_masks.size == sum(np.size(m) for m in _map_list(maps)):
         raise ValueError("flat must hold the pixels of maps and masks, one row each, image after image")
     return {
         "pixel_AUROC": roc_auc(flat_maps, flat_masks),
-        "pixel_F1": f1_at(_flat(pred_masks), flat_masks),
+        "pixel_F1": _reported_f1(_flat(pred_masks), flat_masks),
         "AUPRO": _aupro(maps, masks, 0.3, flat_maps),
     }
 

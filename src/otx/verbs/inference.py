@@ -135,9 +135,7 @@ def evaluate(
     image_threshold, pixel_threshold = thresholds
     scores = outputs["scores"].numpy()
     pred_labels = (outputs["scores"] >= image_threshold).numpy()
-    metrics = image_metrics(scores, labels, pred_labels)
-    if not labels.any() and not pred_labels.any():  # 2 TP / (2 TP + FP + FN) = 0 / 0 (n/a like the AUROC)
-        metrics["image_F1"] = float("nan")
+    metrics = image_metrics(scores, labels, pred_labels)  # F1 n/a (NaN) where it is 0 / 0, like the AUROC
     defects = [s.defect for s in samples]
     if not adapter.pixel_level or not has_masks:
         if adapter.pixel_level:
