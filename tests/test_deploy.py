@@ -173,7 +173,13 @@ def test_otx_test_on_the_ir_matches_the_checkpoint(
     a = json.loads(next((tmp_path / "a").glob("*-test/metrics.json")).read_text())
     b = json.loads(next((tmp_path / "b").glob("*-test/metrics.json")).read_text())
     assert b["task"] == "detection"  # taken from the exported model
-    expected = {"runtime": "openvino", "device": "CPU", "execution_devices": "CPU", "inference_precision": "f32"}
+    expected = {
+        "runtime": "openvino",
+        "device": "CPU",
+        "model_precision": "FP32",
+        "execution_devices": "CPU",
+        "inference_precision": "f32",
+    }
     assert b["runtime"] == expected
     assert a["splits"] == b["splits"]
     for key in ("image_AUROC", "pixel_AUROC", "AUPRO", "image_F1"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import shutil
 from pathlib import Path
@@ -64,7 +65,18 @@ def test_int8_keeps_metadata_and_accuracy(model: str, optimized, exported, sampl
     assert info.raw["otx_calibration"].startswith(f"{min(300, n_train)} of {n_train} train/good images")
     # Both models on the test split (images the calibration never saw): same metrics within 0.01.
     fp32 = engine_for(sample_root, tmp_path / "fp32").test(checkpoint=exported(model))["metrics"]
-    int8 = engine_for(sample_root, tmp_path / "int8").test(checkpoint=xml)["metrics"]
+    tested = engine_for(sample_root, tmp_path / "int8").test(checkpoint=xml)
+    int8 = tested["metrics"]
+    # The test run and its report say that the model is INT8 and how its thresholds were set (before: only
+    # "inference precision f32", which read as the FP32 model, and no raw threshold in the report).
+    assert tested["runtime"]["model_precision"] == "INT8"
+    report = Path(tested["report"]).read_text()
+    assert "model precision INT8" in report
+    for level in ("image", "pixel"):
+        moved = "; moved on the validation split to keep the decisions at INT8"
+        assert tested["threshold_origin"][level].endswith(moved) == (level in recalibrated), level
+        assert f"<td>{info.stats()[f'{level}_threshold']:.6g}</td>" in report
+        assert html.escape(tested["threshold_origin"][level]) in report
     for metric in ("image_AUROC", "pixel_AUROC"):
         assert abs(int8[metric] - fp32[metric]) <= 0.01, (metric, fp32[metric], int8[metric])
     # The optimize run measured the drop on the validation split and wrote it down.

@@ -523,12 +523,14 @@ def test_optimize_says_when_int8_does_not_keep_the_decisions(optimized) -> None:
     import copy
 
     from otx.deploy.optimize import decision_warning
+    from otx.errors import python_spelling
 
     summary = optimized("padim")
     decisions = summary["decisions"]
     held = decisions["drop"] <= 0.02 and decisions["table"]["candidate"]["image_label_agreement"] >= 0.98
     assert (decision_warning(decisions) is None) == held
-    assert [w for w in summary["warnings"] if "decisions" in w] == ([] if held else [decision_warning(decisions)])
+    expected = [] if held else [python_spelling(decision_warning(decisions))]  # Engine.optimize(): Python's names
+    assert [w for w in summary["warnings"] if "decisions" in w] == expected
     # The same record, as PatchFlow's INT8 after one epoch on the sample data left it (validation image
     # AUROC 0.854 -> 0.542, F1 0.889 -> 0.571, 71 % of the labels): one line, naming what moved.
     worse = copy.deepcopy(decisions)
@@ -749,7 +751,7 @@ def test_the_report_legend_names_what_its_overlays_draw(trained_padim: dict, sam
     # Another category than the model was trained on, so that both kinds of worst cases have images.
     for task, drawn, absent in (
         ("classification", "Overlays: the image, ground truth", "heat map"),  # before: a heat map it did not draw
-        ("detection", "predicted boxes in yellow", "mask outline"),
+        ("detection", "predicted boxes in magenta", "mask outline"),
     ):
         work_dir = tmp_path / task
         data = AnomalyDataModule(str(sample_root / "carpet_like"), num_workers=0)
@@ -757,6 +759,67 @@ def test_the_report_legend_names_what_its_overlays_draw(trained_padim: dict, sam
         report = (work_dir / latest(work_dir)["test"] / "report.html").read_text()
         legends = re.findall(r"Overlays: [^<]*", report)
         assert legends and all(drawn in legend and absent not in legend for legend in legends), legends
+
+
+def test_the_report_ranks_worst_cases_by_raw_score_says_how_many_and_how_thresholds_were_set(
+    sample_root: Path, tmp_path: Path
+) -> None:
+    import base64
+    import re
+
+    from otx.checkpoint import load_checkpoint
+    from otx.data.io import read_image
+    from otx.models import Padim
+    from otx.preprocess import resize_image
+
+    # A threshold given below every score: every good test image is a false positive, scored 1 once normalised.
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    engine = Engine(model=Padim(input_size=(64, 64), image_threshold=-1e6), data=data, work_dir=tmp_path)
+    tested = engine.test(checkpoint=engine.train()["checkpoint"])
+    run = Path(tested["report"]).parent
+    records = json.loads((run / "predictions.json").read_text())
+    good = [r for r in records if Path(r["image"]).parent.name == "good"]
+    assert len(good) > 4 and all(r["label"] == "anomalous" and r["score"] == 1.0 for r in good)
+    # The worst false positives are the good images of highest raw score (before: the first four in file order).
+    model, _ = load_checkpoint(tested["checkpoint"])
+    with torch.inference_mode():
+        raw = {
+            r["image"]: float(
+                model(resize_image(torch.from_numpy(read_image(r["image"])).permute(2, 0, 1) / 255.0, (64, 64))[None])[
+                    1
+                ]
+            )
+            for r in good
+        }
+    expected = [f"good/{Path(p).name}" for p in sorted(raw, key=raw.get, reverse=True)[:4]]
+    report = (run / "report.html").read_text()
+    section = report.split("Worst false positives")[1].split("Worst false negatives")[0]
+    assert section.startswith(f" (4 of {len(good)}, by raw image score)</h2>")  # before: no word of the others
+    assert re.findall(r"<figcaption>([^ <]+) \(full size", section) == expected
+    # Embedded as JPEG thumbnails at most 520 pixels wide; the overlays at full size beside the report.
+    for i, encoded in enumerate(re.findall(r'src="data:image/jpeg;base64,([^"]+)"', section), start=1):
+        thumb = cv2.imdecode(np.frombuffer(base64.b64decode(encoded), np.uint8), cv2.IMREAD_COLOR)
+        full = cv2.imread(str(run / "report" / f"false_positives_{i}.png"))
+        width = min(520, full.shape[1])
+        assert thumb.shape[1] == width and abs(thumb.shape[0] - full.shape[0] * width / full.shape[1]) <= 1
+    # The thresholds, raw, with how each was set.
+    assert tested["threshold_origin"] == {
+        "image": "given (image_threshold)",
+        "pixel": "learned: the F1-best on the validation split",
+    }
+    assert "<td>image</td><td>-1e+06</td><td>given (image_threshold)</td>" in report
+
+
+def test_an_overlay_thumbnail_keeps_the_aspect_ratio_within_its_width() -> None:
+    from otx.visualize import thumbnail
+
+    canvas = np.zeros((3000, 4000, 3), np.uint8)
+    canvas[:, 2000:] = (255, 0, 255)
+    thumb = cv2.imdecode(np.frombuffer(thumbnail(canvas, 520), np.uint8), cv2.IMREAD_COLOR)
+    assert thumb.shape == (390, 520, 3)  # a 12-megapixel overlay: 15 MB as PNG, embedded at report width
+    assert np.abs(thumb[:, 270:].astype(int) - (255, 0, 255)).max() < 12 and thumb[:, :250].max() < 12  # BGR
+    small = np.full((100, 80, 3), 7, np.uint8)
+    assert cv2.imdecode(np.frombuffer(thumbnail(small, 520), np.uint8), cv2.IMREAD_COLOR).shape == (100, 80, 3)
 
 
 def test_a_model_ranking_normal_above_anomalous_is_warned() -> None:

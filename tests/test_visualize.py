@@ -263,10 +263,24 @@ def test_box_scores_do_not_cover_each_other_or_the_label() -> None:
     from otx.tasks import Prediction
     from otx.visualize import overlay
 
-    boxes = np.array([[60, 80, 160, 180], [62, 84, 150, 170], [300, 300, 380, 360]], np.float32)
-    pred = Prediction("z.png", 0.9, True, pred_boxes=boxes, box_scores=np.array([0.91, 0.82, 0.73], np.float32))
-    canvas = overlay(np.full((400, 400, 3), 128, np.uint8), pred)
+    # two nested boxes, one alone, and small ones at the top edge (no room above, too small for a score inside)
+    boxes = np.array(
+        [[60, 80, 160, 180], [62, 84, 150, 170], [300, 300, 380, 360], [200, 0, 208, 6], [330, 0, 338, 6]], np.float32
+    )
+    scores = np.array([0.91, 0.82, 0.73, 0.65, 0.64], np.float32)
+    canvas = overlay(
+        np.full((400, 400, 3), 128, np.uint8), Prediction("z.png", 0.9, True, pred_boxes=boxes, box_scores=scores)
+    )
     labels = _label_backgrounds(canvas)
-    assert len(labels) == 4  # the image's label and three scores, none merged into another
+    assert len(labels) == 6  # the image's label and five scores, none merged into another
     for x, y, w, h in labels:
         assert x >= 0 and y >= 0 and x + w <= 400 and y + h <= 400
+    # Every box's lines stay visible: no score's black background lies on them (before: a score above a
+    # box sat on its top line, and one inside a small box covered its right line).
+    frame = 2  # the image's frame, drawn over its border
+    for x1, y1, x2, y2 in boxes.astype(int):
+        on_lines = np.zeros((400, 400), bool)
+        on_lines[[y1, y2 - 1], x1:x2] = on_lines[y1:y2, [x1, x2 - 1]] = True
+        assert not np.all(canvas[on_lines] == 0, axis=-1).any(), (x1, y1, x2, y2)
+        on_lines[:frame] = on_lines[-frame:] = on_lines[:, :frame] = on_lines[:, -frame:] = False
+        assert np.all(canvas[on_lines] == (255, 0, 255), axis=-1).all(), (x1, y1, x2, y2)

@@ -26,11 +26,12 @@ from otx.data.dataset import Sample
 from otx.data.io import read_image, read_mask
 from otx.metrics import curves
 from otx.tasks import Prediction
-from otx.visualize import overlay, write_overlay
+from otx.visualize import overlay, thumbnail, write_overlay
 
 REPORT_NAME = "report.html"
 PLOTS_DIR = "report"
 WORST = 4  # false positives and false negatives shown
+THUMB_WIDTH = 520  # px: overlays are embedded this wide (twice as shown, sharp on high-density screens)
 
 
 @dataclass
@@ -50,6 +51,8 @@ class ReportInput:
     scores: np.ndarray  # raw image scores the metrics use (normalised only for an export by an older otx)
     errors: list[dict[str, str]] = field(default_factory=list)  # images that could not be read
     warnings: list[str] = field(default_factory=list)  # where the numbers could mislead
+    thresholds: dict[str, float] = field(default_factory=dict)  # raw units (the scorer's stats)
+    threshold_origin: dict[str, str] = field(default_factory=dict)  # how each was set, in words
 
 
 def _png(fig: Figure) -> bytes:
@@ -98,26 +101,36 @@ def _per_defect(data: ReportInput, normalized: np.ndarray) -> list[dict[str, Any
 
 
 def _worst(
-    data: ReportInput, labels: np.ndarray, normalized: np.ndarray, predicted: np.ndarray, out_dir: Path
-) -> dict[str, list[tuple[str, bytes]]]:
-    false_pos = [i for i in np.argsort(-normalized) if not labels[i] and predicted[i]][:WORST]
-    false_neg = [i for i in np.argsort(normalized) if labels[i] and not predicted[i]][:WORST]
-    found: dict[str, list[tuple[str, bytes]]] = {}
+    data: ReportInput, labels: np.ndarray, predicted: np.ndarray, out_dir: Path
+) -> dict[str, tuple[int, list[tuple[str, bytes, str]]]]:
+    """The worst false positives and negatives: how many there are, and up to ``WORST`` overlays of each.
+
+    Ranked by the raw image scores: the normalised ones are clipped to [0, 1], so images far beyond
+    the threshold tied at 1 (or 0) and were shown in file order. Each overlay is written at full
+    size to ``report/`` and embedded ``THUMB_WIDTH`` wide (a 12-megapixel overlay is 15 MB as PNG).
+    """
+    order = np.argsort(-data.scores, kind="stable")
+    false_pos = [i for i in order if not labels[i] and predicted[i]]
+    false_neg = [i for i in order[::-1] if labels[i] and not predicted[i]]
+    found: dict[str, tuple[int, list[tuple[str, bytes, str]]]] = {}
     for kind, indices in (("false_positives", false_pos), ("false_negatives", false_neg)):
-        found[kind] = []
-        for rank, i in enumerate(indices):
+        shown = []
+        for rank, i in enumerate(indices[:WORST]):
             sample, pred = data.samples[i], data.predictions[i]
             gt = read_mask(sample.mask_path) if sample.mask_path else None
             canvas = overlay(read_image(sample.path), pred, gt)
             path = out_dir / f"{kind}_{rank + 1}.png"
             write_overlay(path, canvas)
-            found[kind].append((f"{Path(sample.path).parent.name}/{Path(sample.path).name}", path.read_bytes()))
+            name = f"{Path(sample.path).parent.name}/{Path(sample.path).name}"
+            shown.append((name, thumbnail(canvas, THUMB_WIDTH), f"{PLOTS_DIR}/{path.name}"))
+        found[kind] = (len(indices), shown)
     return found
 
 
 def _img(data: bytes, alt: str, width: int | None = None) -> str:
     size = f' width="{width}"' if width else ""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}"{size}>'
+    kind = "jpeg" if data[:3] == b"\xff\xd8\xff" else "png"
+    return f'<img alt="{html.escape(alt)}" src="data:image/{kind};base64,{base64.b64encode(data).decode()}"{size}>'
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -165,7 +178,7 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     plots["score_histogram.png"] = _histogram(normalized, labels)
     for name, content in plots.items():
         (out_dir / name).write_bytes(content)
-    worst = _worst(data, labels, normalized, predicted, out_dir)
+    worst = _worst(data, labels, predicted, out_dir)
     metric_rows = [{"metric": k, "value": None if v is None else float(v)} for k, v in data.metrics.items()]
     split_rows = [{"split": name, **counts} for name, counts in data.splits.items()]
     sections = [
@@ -192,6 +205,7 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         ),
         "<h2>Metrics (test split)</h2>",
         _table(metric_rows),
+        *_thresholds(data),
         "<h2>Images per split</h2>",
         _table(split_rows),
         "<h2>Curves and score distribution</h2>",
@@ -202,27 +216,32 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         "good ones; defect_pixel_share: the type's share of all defect pixels (the pooled pixel metrics above "
         "weigh every defect pixel alike, so a type with large regions decides them); box_AP50/25/10 "
         "(detection): the type's boxes, with the good images' boxes as false ones; defect_recall: share of "
-        "the type's regions that a box overlaps.</p>",
+        "the type's regions that a box overlaps; mean score: the mean normalised image score of the type's "
+        "images (0.5 is the threshold; normalised scores stop at 0 and 1).</p>",
         _table(_per_defect(data, normalized)),
     ]
     drawn = {  # what overlay() draws for each task
         "classification": "the image",
         "segmentation": "heat map of the anomaly map (blue normal, red anomalous), predicted mask outline in white",
-        "detection": "heat map of the anomaly map (blue normal, red anomalous), predicted boxes in yellow",
+        "detection": "heat map of the anomaly map (blue normal, red anomalous), predicted boxes in magenta with "
+        "their scores",
     }.get(data.task, "the image")
     legend = (
         f'<p class="legend">Overlays: {drawn}, ground truth outline in green where the data has masks, '
         "label and normalised score.</p>"
     )
     for kind, title in (("false_positives", "Worst false positives"), ("false_negatives", "Worst false negatives")):
-        sections.append(f"<h2>{title}</h2>")
-        if not worst[kind]:
+        total, shown = worst[kind]
+        count = f" ({len(shown)} of {total}, by raw image score)" if total > len(shown) else ""
+        sections.append(f"<h2>{title}{count}</h2>")
+        if not shown:
             sections.append("<p>none</p>")
             continue
         sections.append(legend)
         figures = "".join(
-            f"<figure>{_img(content, name, 260)}<figcaption>{html.escape(name)}</figcaption></figure>"
-            for name, content in worst[kind]
+            f"<figure>{_img(content, name, 260)}<figcaption>{html.escape(name)} (full size: "
+            f"<code>{html.escape(full)}</code>)</figcaption></figure>"
+            for name, content, full in shown
         )
         sections.append(f'<div class="cases">{figures}</div>')
     page = (
@@ -233,6 +252,26 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     # a file name that is not valid UTF-8 (kept by Python as surrogates) is shown escaped, not a crash
     path.write_text(page, encoding="utf-8", errors="backslashreplace")
     return path
+
+
+def _thresholds(data: ReportInput) -> list[str]:
+    """The raw thresholds and how each was set (the scores above are normalised: 0.5 is the threshold)."""
+    if not data.thresholds:
+        return []
+    rows = [
+        {
+            "threshold": name,
+            "raw value": f"{data.thresholds[f'{name}_threshold']:.6g}",
+            "set": data.threshold_origin.get(name, "not recorded"),
+        }
+        for name in ("image", "pixel")
+        if f"{name}_threshold" in data.thresholds
+    ]
+    note = (
+        '<p class="legend">Scores and maps are shown normalised: the raw threshold maps to 0.5. '
+        "The pixel threshold draws masks and boxes.</p>"
+    )
+    return ["<h2>Thresholds</h2>", _table(rows), note]
 
 
 def describe_runtime(runtime: dict[str, str]) -> str:

@@ -102,6 +102,7 @@ class TestResult(Result):
     peak_memory_mb: float
     warnings: list[str]
     report: str
+    threshold_origin: dict[str, str] = dataclasses.field(default_factory=dict)  # how each threshold was set
     boxes: dict[str, Any] | None = None  # detection: the box settings the boxes were cut with (otx.boxes)
 
 

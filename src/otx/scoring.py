@@ -18,7 +18,7 @@ import torch
 from otx.checkpoint import model_entry
 from otx.deploy.inferencer import OpenVINOInferencer
 from otx.models.base import AnomalyModel
-from otx.postprocess import normalize
+from otx.postprocess import normalize, threshold_origin
 
 
 class TorchScorer:
@@ -65,6 +65,10 @@ class TorchScorer:
     def stats(self) -> dict[str, float]:
         """Thresholds and normalisation statistics (raw units)."""
         return self.model.postprocessor.stats()
+
+    def threshold_origin(self) -> dict[str, str]:
+        """How the image and pixel thresholds were set, in words."""
+        return threshold_origin(self.model.given_thresholds(), [])
 
     def runtime_info(self) -> dict[str, str]:
         """Where the model ran (for metrics.json and the report)."""
@@ -122,12 +126,17 @@ class OpenVINOScorer:
         """Raw thresholds and statistics from the model's metadata."""
         return self.inferencer.info.stats()
 
+    def threshold_origin(self) -> dict[str, str]:
+        """How the image and pixel thresholds were set, in words (an FP16 or INT8 model's may have moved)."""
+        return self.inferencer.info.threshold_origin()
+
     def runtime_info(self) -> dict[str, str]:
-        """Where the model ran: OpenVINO, the device asked for, the one(s) that ran it, the precision used."""
+        """Where the model ran: OpenVINO, the device asked for, the model's precision, the one(s) that ran it."""
         inf = self.inferencer
         return {
             "runtime": self.runtime,
             "device": inf.device,
+            "model_precision": inf.info.precision,  # FP32, FP16, INT8 (before: only the inference precision, f32)
             "execution_devices": inf.execution_devices,  # what AUTO chose (before: only "AUTO" was recorded)
             "inference_precision": inf.inference_precision,
         }

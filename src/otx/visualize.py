@@ -19,7 +19,7 @@ ANOMALOUS = (230, 40, 40)  # red
 NORMAL = (40, 170, 60)  # green
 MASK_OUTLINE = (255, 255, 255)  # white: predicted mask
 GT_OUTLINE = (0, 255, 0)  # bright green: ground truth
-BOX = (255, 220, 0)  # yellow: predicted boxes
+BOX = (255, 0, 255)  # magenta: predicted boxes (a colour the JET heat map has nowhere; its yellow hid them)
 HEAT_WEIGHT = 0.45  # share of the heat map in the blend
 
 
@@ -54,22 +54,42 @@ def _overlaps(a: Rect, b: Rect) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def _box_label_origin(text: str, box: Rect, scale: float, taken: list[Rect], size: tuple[int, int]) -> tuple[int, int]:
+def _box_lines(box: Rect, line: int) -> list[Rect]:
+    """A drawn box's four lines (``line`` pixels wide, centred on its edges), as rectangles."""
+    x1, y1, x2, y2 = box
+    pad = line // 2 + 1
+    return [
+        (x1 - pad, y1 - pad, x2 + pad, y1 + pad),
+        (x1 - pad, y2 - 1 - pad, x2 + pad, y2 - 1 + pad),
+        (x1 - pad, y1 - pad, x1 + pad, y2 + pad),
+        (x2 - 1 - pad, y1 - pad, x2 - 1 + pad, y2 + pad),
+    ]
+
+
+def _box_label_origin(
+    text: str, box: Rect, scale: float, taken: list[Rect], size: tuple[int, int], line: int, lines: list[Rect]
+) -> tuple[int, int]:
     """Where a box's score goes (its baseline's start).
 
-    Above the box's top-left corner, else just inside it, else below it: the first place that
-    covers no label drawn before and stays on the canvas (else above, moved onto the canvas).
+    Above the box, else below it, else inside it where it fits: the first place that covers no
+    box's line (``lines``: every box's, ``_box_lines``) and no label drawn before, and stays on the
+    canvas; else the first that leaves this box's own lines uncovered; else above, moved onto the
+    canvas. Before, a score above a box sat on its top line, and one inside a small box covered
+    its right line.
     """
-    x1, y1, _, y2 = box
+    x1, y1, x2, y2 = box
     height, width = size
     first = _text_box(text, (0, 0), scale)
-    above = -first[1]  # the text's height over its baseline
-    candidates = [(x1, y1 - 2), (x1, y1 + above + 2), (x1, y2 + above + 2)]
-    for origin in candidates:
-        rect = _text_box(text, (min(origin[0], max(0, width - first[2])), origin[1]), scale)
-        if rect[1] >= 0 and rect[3] <= height and not any(_overlaps(rect, t) for t in taken):
-            return rect[0], origin[1]
-    return min(x1, max(0, width - first[2])), max(y1 - 2, above)
+    above, below = -first[1], first[3]  # the text's extent over and under its baseline
+    pad = line // 2 + 1  # clear of the box's line
+    candidates = [(x1, y1 - pad - below), (x1, y2 + pad + above), (x1 + pad, y1 + pad + above)]
+    own = _box_lines(box, line)
+    for avoid in ((*taken, *lines), (*taken, *own)):
+        for origin in candidates:
+            rect = _text_box(text, (min(origin[0], max(0, width - first[2])), origin[1]), scale)
+            if rect[1] >= 0 and rect[3] <= height and not any(_overlaps(rect, other) for other in avoid):
+                return rect[0], origin[1]
+    return min(x1, max(0, width - first[2])), max(y1 - pad - below, above)
 
 
 def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | None = None) -> np.ndarray:
@@ -77,7 +97,7 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
 
     - the anomaly map blended in as a heat map (JET: blue normal, red anomalous), when the task
       has one;
-    - the predicted mask's outline in white (segmentation) or the boxes in yellow with their
+    - the predicted mask's outline in white (segmentation) or the boxes in magenta with their
       scores (detection);
     - the ground-truth outline in green, when ``gt_mask`` is given;
     - the label and normalised score as text, red for anomalous, green for normal, and a frame
@@ -102,11 +122,12 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
     scores_at: list[tuple[str, tuple[int, int]]] = []
     if prediction.pred_boxes is not None:
         scores = prediction.box_scores if prediction.box_scores is not None else np.ones(len(prediction.pred_boxes))
-        for box, score in zip(prediction.pred_boxes, scores, strict=True):
-            x1, y1, x2, y2 = (int(round(v * factor)) for v in box)
+        drawn: list[Rect] = [tuple(int(round(v * factor)) for v in box) for box in prediction.pred_boxes]  # type: ignore[misc]
+        lines = [rect for box in drawn for rect in _box_lines(box, line)]
+        for (x1, y1, x2, y2), score in zip(drawn, scores, strict=True):
             cv2.rectangle(canvas, (x1, y1), (max(x1, x2 - 1), max(y1, y2 - 1)), BOX, line, cv2.LINE_AA)
             text = f"{score:.2f}"
-            origin = _box_label_origin(text, (x1, y1, x2, y2), scale * 0.8, taken, (height, width))
+            origin = _box_label_origin(text, (x1, y1, x2, y2), scale * 0.8, taken, (height, width), line, lines)
             taken.append(_text_box(text, origin, scale * 0.8))
             scores_at.append((text, origin))
     elif prediction.pred_mask is not None:
@@ -152,6 +173,17 @@ def write_png(path: Path, image: np.ndarray) -> None:
     if not done:
         raise OSError(f"could not write '{path}'")
     path.write_bytes(encoded.tobytes())
+
+
+def thumbnail(canvas: np.ndarray, width: int, quality: int = 90) -> bytes:
+    """An RGB overlay as JPEG bytes, at most ``width`` pixels wide (shrunk by area averaging)."""
+    if canvas.shape[1] > width:
+        height = max(1, round(canvas.shape[0] * width / canvas.shape[1]))
+        canvas = cv2.resize(canvas, (width, height), interpolation=cv2.INTER_AREA)
+    done, encoded = cv2.imencode(".jpg", cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not done:
+        raise OSError("could not encode an overlay as JPEG")
+    return encoded.tobytes()
 
 
 def write_overlay(path: Path, canvas: np.ndarray) -> None:

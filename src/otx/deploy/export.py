@@ -79,6 +79,7 @@ def export_model(
         data=data,
         weights_source=model.weights_source,
         score_top_share=model.score_top_share,
+        thresholds_given=model.given_thresholds(),
     )
     if fmt == "OPENVINO":
         path = save_ir(to_openvino(model), info, out_dir / f"{EXPORT_NAME}.xml", fp16=prec == "FP16")

@@ -18,6 +18,7 @@ from typing import Any
 from otx import __version__
 from otx.boxes import BoxSettings
 from otx.errors import OTXError
+from otx.postprocess import threshold_origin
 from otx.preprocess import PreProcessor
 
 SECTION = "model_info"
@@ -51,6 +52,7 @@ def build_model_info(
     data: dict[str, Any] | None,
     weights_source: str,
     score_top_share: float | None = None,
+    thresholds_given: list[str] | None = None,
 ) -> dict[str, str]:
     """The ``model_info`` entries for one export (all values as strings).
 
@@ -58,7 +60,7 @@ def build_model_info(
     and seed), so that ``otx test`` on the exported model evaluates on the same unseen images.
     ``preprocess`` is the model's ``PreProcessor.config()`` (input mode and tiles), ``boxes`` its
     ``BoxSettings.as_dict()`` (how detection boxes are cut from the map), ``score_top_share``
-    the model's image score (``AnomalyModel``).
+    the model's image score (``AnomalyModel``), ``thresholds_given`` the thresholds set by hand.
     """
     data = data or {}
     preprocess = preprocess or {"mode": "resize"}
@@ -69,6 +71,7 @@ def build_model_info(
         "labels": list(LABELS),
         "image_threshold": stats["image_threshold"],
         "pixel_threshold": stats["pixel_threshold"],
+        "otx_thresholds_given": ",".join(thresholds_given or []) or "none",
         "normalization_scale": stats["image_max"] - stats["image_min"],
         "image_shape": list(input_size),
         "mean_values": [0, 0, 0],
@@ -204,6 +207,16 @@ class ModelInfo:
     def quantization(self) -> str:
         """``none`` for FP32/FP16 exports, otherwise the quantisation scheme."""
         return self.raw.get("otx_quantization", "none")
+
+    def threshold_origin(self) -> dict[str, str]:
+        """How the thresholds were set (``otx.postprocess.threshold_origin``)."""
+        given = self.raw.get("otx_thresholds_given")
+        recalibrated = self.raw.get("otx_recalibrated", "none")
+        return threshold_origin(
+            None if given is None else [n for n in given.split(",") if n != "none"],
+            [n.replace("_threshold", "") for n in recalibrated.split(",") if n != "none"],
+            self.precision,
+        )
 
     @property
     def precision(self) -> str:

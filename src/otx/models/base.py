@@ -249,6 +249,10 @@ class AnomalyModel(L.LightningModule):
         self.input_size_from_data = False
         return self.input_size
 
+    def given_thresholds(self) -> list[str]:
+        """The thresholds set by hand (``image``, ``pixel``); the others are learned on the validation split."""
+        return [name for name in ("image", "pixel") if getattr(self, f"{name}_threshold") is not None]
+
     def core_input(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] at ``input_size`` as the core takes them in training: normalised, tiled if tiling."""
         return self.preprocessor.tiles(self.normalize_input(images))

@@ -109,6 +109,8 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             scores=scored_outputs["scores"].numpy(),
             errors=errors_list,
             warnings=list(ctx.warnings),
+            thresholds=scorer.stats(),
+            threshold_origin=scorer.threshold_origin(),
         ),
     )
     result = TestResult(
@@ -121,6 +123,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         per_defect=per_type,
         splits=splits,
         thresholds=scorer.stats(),
+        threshold_origin=scorer.threshold_origin(),
         counts=prediction_counts(predictions),
         errors=errors_list,
         timing_s={"inference_s": round(infer_s, 2), "metrics_s": round(metrics_s, 2)},
