@@ -101,12 +101,37 @@ def test_input_mode_settings_are_checked_in_one_line() -> None:
         PreProcessor((256, 256), "letterbox")
     with pytest.raises(OTXConfigError, match="tile_size must be an integer from 32 to the smaller side"):
         PreProcessor((256, 512), "tile", tile_size=300)
-    with pytest.raises(OTXConfigError, match="tile_stride must be an integer from 1 to tile_size 128"):
+    with pytest.raises(OTXConfigError, match="tile_stride must be an integer from 16 to tile_size 128"):
         PreProcessor((256, 512), "tile", tile_size=128, tile_stride=200)
-    with pytest.raises(OTXConfigError, match="apply to input_mode tile only"):
+    # Before: accepted, then 17 GB asked for when the model was built (66,049 tiles per 512x512 image)
+    with pytest.raises(OTXConfigError, match=r"from 32 to tile_size 256 \(got 1\): .* more than 8x8 tiles"):
+        PreProcessor((512, 512), "tile", tile_size=256, tile_stride=1)
+    with pytest.raises(OTXConfigError, match="apply to input_mode tile only .*pass the model.s tile_size=None"):
         PreProcessor((256, 256), "resize", tile_size=128)
+    with pytest.raises(OTXConfigError, match=r"\(the default tile_size 256\)"):  # before: "(got 256)", never given
+        PreProcessor((128, 128), "tile")
     pre = PreProcessor((256, 512), "tile", tile_size=128, tile_stride=96)
     assert PreProcessor.from_config(pre.config()).config() == pre.config()
+    # NumPy integers, as sizes taken from an array's shape are (before: refused)
+    assert PreProcessor((128, 512), "tile", np.int64(128), np.int32(64)).config() == {
+        "mode": "tile",
+        "input_size": [128, 512],
+        "tile_size": 128,
+        "tile_stride": 64,
+    }
+
+
+@pytest.mark.parametrize(
+    ("size", "tile", "stride"), [((512, 512), 256, 32), ((130, 500), 128, 127), ((300, 517), 100, 37)]
+)
+def test_tile_coverage_counts_the_tiles_over_each_pixel(size: tuple[int, int], tile: int, stride: int) -> None:
+    pre = PreProcessor(size, "tile", tile, stride)
+    rows, cols = pre.grid
+    expected = np.zeros(pre.padded)
+    for r in range(rows):  # first principles: every tile adds one where it lies
+        for c in range(cols):
+            expected[r * stride : r * stride + tile, c * stride : c * stride + tile] += 1
+    np.testing.assert_array_equal(pre.coverage[0, 0].numpy(), expected)
 
 
 def test_pixel_metrics_of_maps_of_different_sizes_match_sklearn_and_the_stacked_form() -> None:
@@ -348,3 +373,30 @@ def test_a_chosen_input_that_is_still_mostly_padding_points_to_tile_not_to_itsel
     note = squash_note(100.0, PreProcessor((32, 1280), "keep_aspect"), chosen=True)  # sides at least 32
     assert note.startswith("the training images are 100:1")  # before: "1e+02:1"
     assert "input_mode tile" in note and "input_size null" not in note  # before: the setting already given
+
+
+def test_a_config_files_other_input_mode_is_named_by_the_verbs_that_run_a_model(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from otx.cli import main
+
+    # Before: a config file's input mode and size were ignored without a word (the model's own ran);
+    # the same options on the command line are refused, and another model class is warned of.
+    other = tmp_path / "keep_aspect.yaml"
+    other.write_text(
+        "model:\n  class_path: otx.models.Padim\n  init_args:\n    input_mode: keep_aspect\n    input_size: [64, 256]\n"
+    )
+    source = sample_root / "bottle_like" / "test" / "scratch"
+    said = []
+    for config in ([], ["--config", str(other)]):
+        work_dir = tmp_path / f"ws{len(config)}"
+        args = ["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--source", str(source)]
+        assert main([*args, *config, "--work_dir", str(work_dir), "--visualize", "false"]) == 0
+        warnings = json.loads(next(work_dir.glob("*-predict/metrics.json")).read_text())["warnings"]
+        said.append([w for w in warnings if "pre-processing is part of the model" in w])
+    assert said[0] == []
+    assert len(said[1]) == 1 and said[1][0].startswith(
+        "the recipe's input_mode, input_size differ from the model's (input_mode resize, input_size [128, 128])"
+    )

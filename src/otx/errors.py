@@ -27,7 +27,7 @@ COMMAND_LINE: ContextVar[bool] = ContextVar("otx_command_line", default=False)
 
 _VERBS = "train|test|predict|export|optimize|benchmark"
 _VERB = re.compile(rf"`otx ({_VERBS})`|(?<![`\w])otx ({_VERBS})\b(?! -)")
-_VALUE = r"(?:[ =](?P<value>[A-Z][A-Z0-9_]*\b|\d+\b|true\b|false\b))?"
+_VALUE = r"(?:[ =](?P<value>[A-Z][A-Z0-9_]*\b|\d+\b|true\b|false\b|null\b))?"
 _ARG_NAMES = {"data_root": "data", "format": "export_format"}  # the Engine's name where it differs
 _SPELLINGS = (
     (
@@ -51,7 +51,9 @@ _SPELLINGS = (
 def _python_value(value: str) -> str:
     if value in ("true", "false"):
         return value.capitalize()
-    return value if value.isdigit() or value in ("PATH", "DIR", "FILE") else repr(value)
+    if value == "null":
+        return "None"
+    return value if value.isdigit() or value in ("PATH", "DIR", "FILE", "N") else repr(value)
 
 
 def for_caller(message: str) -> str:

@@ -24,6 +24,7 @@ Every mode gives maps at ``map_size`` (= ``input_size``), where thresholds are f
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import cv2
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from otx.errors import OTXConfigError
+from otx.errors import OTXConfigError, for_caller
 
 MODES = ("resize", "keep_aspect", "tile")
 DEFAULT_TILE = 256
@@ -70,6 +71,17 @@ def aspect_input_size(aspect: float, area: int = 256 * 256, multiple: int = 32) 
     return tuple(max(multiple, round(side / multiple) * multiple) for side in (height, height * aspect))  # type: ignore[return-value]
 
 
+MAX_OVERLAP = 8  # tiles per pixel along a side, at most: tile_stride >= tile_size / 8
+
+
+def _tiles_covering(length: int, count: int, tile: int, stride: int) -> torch.Tensor:
+    """How many of ``count`` tiles (``tile`` long, ``stride`` apart) cover each of ``length`` positions."""
+    cover = torch.zeros(length)
+    for start in range(0, stride * count, stride):
+        cover[start : start + tile] += 1
+    return cover
+
+
 def tile_grid(size: int, tile: int, stride: int) -> tuple[int, int]:
     """Tiles along one side (``count``) and the side's length once the last tile fits (``padded``)."""
     count = max(1, math.ceil((size - tile) / stride) + 1)
@@ -100,25 +112,51 @@ class PreProcessor(nn.Module):
         self.mode = mode
         if mode != "tile":
             if tile_size is not None or tile_stride is not None:
-                raise OTXConfigError(f"tile_size and tile_stride apply to input_mode tile only (input_mode is {mode})")
+                given = [
+                    f"--model.init_args.{k} null"
+                    for k, v in (("tile_size", tile_size), ("tile_stride", tile_stride))
+                    if v is not None
+                ]
+                raise OTXConfigError(
+                    for_caller(
+                        f"tile_size and tile_stride apply to input_mode tile only (input_mode is {mode}); pass "
+                        f"{' and '.join(given)} (a config file may set them: a tile run's config.yaml does), or "
+                        "--model.init_args.input_mode tile"
+                    )
+                )
             self.tile_size = self.tile_stride = None
             return
         tile = DEFAULT_TILE if tile_size is None else tile_size
-        if isinstance(tile, bool) or not isinstance(tile, int) or not 32 <= tile <= min(self.input_size):
+        if isinstance(tile, bool) or not isinstance(tile, numbers.Integral) or not 32 <= tile <= min(self.input_size):
+            got = f"the default tile_size {tile}" if tile_size is None else f"got {tile!r}"
             raise OTXConfigError(
-                f"tile_size must be an integer from 32 to the smaller side of input_size {list(self.input_size)} "
-                f"(got {tile!r}); pass --model.init_args.tile_size N or a larger input_size"
+                for_caller(
+                    f"tile_size must be an integer from 32 to the smaller side of input_size {list(self.input_size)} "
+                    f"({got}); pass --model.init_args.tile_size N or a larger input_size"
+                )
             )
+        tile = int(tile)
         stride = tile if tile_stride is None else tile_stride
-        if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= tile:
-            raise OTXConfigError(f"tile_stride must be an integer from 1 to tile_size {tile} (got {stride!r})")
-        self.tile_size, self.tile_stride = tile, stride
-        (rows, height), (cols, width) = (tile_grid(side, tile, stride) for side in self.input_size)
+        lowest = -(-tile // MAX_OVERLAP)
+        if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or not lowest <= stride <= tile:
+            raise OTXConfigError(
+                for_caller(
+                    f"tile_stride must be an integer from {lowest} to tile_size {tile} (got {stride!r}): a smaller "
+                    f"stride puts each pixel in more than {MAX_OVERLAP}x{MAX_OVERLAP} tiles, and the core runs once "
+                    f"per tile; pass --model.init_args.tile_stride N (tile_size / 2, half-overlapping tiles, is usual)"
+                )
+            )
+        self.tile_size, self.tile_stride = tile, int(stride)
+        (rows, height), (cols, width) = (tile_grid(side, tile, self.tile_stride) for side in self.input_size)
         self.grid = (rows, cols)
         self.padded = (height, width)
-        # How many tiles cover each pixel (for averaging the overlaps), computed once.
-        ones = torch.ones(1, tile * tile, rows * cols)
-        self.register_buffer("coverage", F.fold(ones, self.padded, tile, stride=stride), persistent=False)
+        # How many tiles cover each pixel (for averaging the overlaps), computed once: the product of
+        # the counts along each side (folding a tile of ones per tile held tile^2 x tiles floats:
+        # 17 GB at stride 1).
+        covers = [
+            _tiles_covering(side, count, tile, self.tile_stride) for side, count in ((height, rows), (width, cols))
+        ]
+        self.register_buffer("coverage", torch.outer(*covers)[None, None], persistent=False)
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PreProcessor:

@@ -58,7 +58,38 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
                 f"{whose} is {name} ({backbone or 'default backbone'}) but {path} holds "
                 f"{scorer.name} ({scorer.backbone}); using the model in the file"
             )
+    if recipe and (differ := _preprocessing_differs(recipe.get("init_args") or {}, scorer.preprocessor.config())):
+        ctx.warn(
+            f"the recipe's {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from the model's "
+            f"({', '.join(_setting(k, scorer.preprocessor.config().get(_PRE_KEYS[k])) for k in differ)}): "
+            f"the pre-processing is part of the model, so {path} runs as trained; train again for other settings"
+        )
     return scorer
+
+
+_PRE_KEYS = {"input_mode": "mode", "input_size": "input_size", "tile_size": "tile_size", "tile_stride": "tile_stride"}
+
+
+def _setting(key: str, value: Any) -> str:
+    return f"{key} {list(value) if isinstance(value, (list, tuple)) else value}"
+
+
+def _preprocessing_differs(init_args: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The input-mode settings a recipe gives (not None) that the model's pre-processor does not have.
+
+    A config file given to the verbs that run a trained model is read for its data and compared with
+    the model; before, a recipe's other input mode or size was ignored without a word.
+    """
+    differ = []
+    for key, own in _PRE_KEYS.items():
+        value = init_args.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            value = [int(v) for v in value] if all(isinstance(v, int) for v in value) else value
+        if value != config.get(own):
+            differ.append(key)
+    return differ
 
 
 def untuned_boxes(scorer: Scorer, adapter: TaskAdapter) -> str | None:
