@@ -1304,6 +1304,9 @@ def test_images_on_their_side_are_named_as_turned_not_as_smaller(tmp_path: Path)
     (line,) = profile_warnings(trained, large, "input")
     assert "more than 2x larger" in line
     assert profile_warnings(trained, [write("same", 124, 505)], "input") == []
+    # 10x taller and 4x narrower than the training strips: neither smaller nor turned (before: "smaller")
+    (line,) = profile_warnings(trained, [write("tall", 1280, 128)], "input")
+    assert line.startswith("1 of 1 input images are shaped unlike the training images (500-512 x 120-128")
 
 
 def test_the_demo_package_warns_of_images_unlike_the_training_images_as_otx_does(tmp_path: Path) -> None:
@@ -1324,6 +1327,7 @@ def test_the_demo_package_warns_of_images_unlike_the_training_images_as_otx_does
         [write("small", 40, 150), write("same", 124, 505)],
         [write("large", 300, 1200, 3), write("color", 125, 505, 3), write("alpha", 125, 505, 4)],
         [write("same2", 124, 505)],
+        [write("tall", 1280, 128), write("turned2", 505, 124)],
     ]
     for trained in (gray_trained, color_trained):
         for paths in inputs:

@@ -255,7 +255,7 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
     gray_trained = train.get("channels") == "gray"
     color_trained = train.get("channels") == "color"
     counts = {"gray": 0, "color": 0}
-    smaller = larger = turned = 0
+    smaller = larger = turned = reshaped = 0
     (h_min, h_max), (w_min, w_max) = train["height"], train["width"]
 
     def too_small(height: int, width: int) -> bool:
@@ -273,6 +273,8 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
         if too_small(height, width) or too_large(height, width):
             if not (too_small(width, height) or too_large(width, height)):
                 turned += 1  # the training images' size, on its side
+            elif too_small(height, width) and too_large(height, width):
+                reshaped += 1  # a 1:10 portrait strip for a model of 4:1 landscape ones: neither smaller nor larger
             elif too_small(height, width):
                 smaller += 1
             else:
@@ -294,6 +296,12 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
             f"{turned} of {total} {where} images are turned on their side: their height and width are the training "
             f"images' width and height ({size_range}); rotate them as the training images stand, so scores are "
             "comparable"
+        )
+    if reshaped:
+        found.append(
+            f"{reshaped} of {total} {where} images are shaped unlike the training images ({size_range}): more than "
+            f"{SIZE_FACTOR:g}x larger on one side and {SIZE_FACTOR:g}x smaller on the other, so defects change shape "
+            "and scores shift"
         )
     for count, how in ((smaller, "smaller"), (larger, "larger")):
         if count:

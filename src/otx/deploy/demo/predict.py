@@ -249,11 +249,13 @@ def profile_notes(train: dict | None, seen: list[tuple[bool, int, int]], total: 
 
     gray = sum(g for g, _, _ in seen)
     color = len(seen) - gray
-    smaller = larger = turned = 0
+    smaller = larger = turned = reshaped = 0
     for _, height, width in seen:
         if too_small(height, width) or too_large(height, width):
             if not (too_small(width, height) or too_large(width, height)):
                 turned += 1
+            elif too_small(height, width) and too_large(height, width):
+                reshaped += 1
             elif too_small(height, width):
                 smaller += 1
             else:
@@ -278,6 +280,12 @@ def profile_notes(train: dict | None, seen: list[tuple[bool, int, int]], total: 
             f"{turned} of {total} {where} images are turned on their side: their height and width are the training "
             f"images' width and height ({size_range}); rotate them as the training images stand, so scores are "
             "comparable"
+        )
+    if reshaped:
+        found.append(
+            f"{reshaped} of {total} {where} images are shaped unlike the training images ({size_range}): more than "
+            f"{SIZE_FACTOR:g}x larger on one side and {SIZE_FACTOR:g}x smaller on the other, so defects change shape "
+            "and scores shift"
         )
     for count, how in ((smaller, "smaller"), (larger, "larger")):
         if count:
