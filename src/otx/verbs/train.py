@@ -43,14 +43,19 @@ def _ratio(aspect: float) -> str:
     return f"{aspect:.0f}" if aspect >= 10 else f"{aspect:.2g}"
 
 
-def squash_note(aspect: float, pre: PreProcessor, chosen: bool = False) -> str | None:
+def squash_note(
+    aspect: float, pre: PreProcessor, chosen: bool = False, largest: tuple[int, int] | None = None
+) -> str | None:
     """What to do when ``resize`` or ``tile`` bends images of ``aspect`` (width / height, median); None if little.
 
     ``keep_aspect``: a note when most of the input would be padding; ``chosen``: the input size was
     chosen from the images (its sides are at least 32, so only very thin images get the note).
 
     For ``tile`` the input size suggested has the images' aspect, sides in multiples of 32 and at
-    least the tile (a size the tile mode takes).
+    least the tile (a size the tile mode takes). Its shorter side is the images' own (``largest``:
+    their largest height and width), the full resolution tiling is for; without it, the input's.
+    Before, the input's shorter side was kept: 128x512 strips got 256x1024 from a 256x256 input,
+    four times their pixels.
     """
     if pre.mode == "keep_aspect":  # nothing bends; a fixed input of another shape is mostly padding
         height, width = pre.input_size
@@ -77,11 +82,12 @@ def squash_note(aspect: float, pre: PreProcessor, chosen: bool = False) -> str |
         )
     else:
         tile, step = pre.tile_size or 32, 32
+        short_h, short_w = largest or pre.input_size
         if aspect >= 1:
-            height = max(tile, -(-pre.input_size[0] // step) * step)
+            height = max(tile, -(-short_h // step) * step)
             width = max(tile, round(height * aspect / step) * step)
         else:
-            width = max(tile, -(-pre.input_size[1] // step) * step)
+            width = max(tile, -(-short_w // step) * step)
             height = max(tile, round(width / aspect / step) * step)
         fix = (
             "give tile an input_size of their shape, e.g. "
@@ -167,7 +173,8 @@ def run(
     if chosen:
         model.choose_input_size(profile["aspect"])
     pre = model.preprocessor
-    if profile and (note := squash_note(profile["aspect"], pre, chosen)):
+    largest = (profile["height"][1], profile["width"][1]) if profile else None
+    if profile and (note := squash_note(profile["aspect"], pre, chosen, largest)):
         ctx.console.print(f"[yellow]note[/]: {note}")
     if pre.mode != "resize":
         tiles = f", {pre.tiles_per_image} tiles of {pre.tile_size} per image" if pre.mode == "tile" else ""
