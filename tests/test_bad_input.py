@@ -252,6 +252,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "a pair of integers such as [256,256]",
         2,
     ),
+    (  # before: "expects null or an integer or a pair of integers", but an integer is refused
+        "train-input-size-items",
+        "wrong type",
+        ["train", "--config", RECIPE, "--model.init_args.input_size", "[128.5,512]"],
+        "expects null or a pair of integers such as [256,256] (height, width) (got '128.5')",
+        2,
+    ),
+    (  # before: (got "True - Expected a <class 'int'>. Got value: True")
+        "train-tile-size-bool",
+        "wrong type",
+        ["train", "--config", RECIPE, "--model.init_args.input_mode", "tile", "--model.init_args.tile_size", "true"],
+        "--model.init_args.tile_size expects null or an integer (got 'True')",
+        2,
+    ),
     (
         "train-recipe-unknown",
         "misspelled recipe",

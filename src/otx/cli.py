@@ -590,7 +590,8 @@ def _expected(text: str) -> str:
         words.append(_TYPE_WORDS["list"])
     if "tuple[int, int]" in text:
         words.append("a pair of integers such as [256,256] (height, width)")
-        words = [word for word in words if word != _TYPE_WORDS["list"]]  # the pair says it better
+        # the pair says it better than a list, and its items' "an integer" is not a value of its own
+        words = [word for word in words if word not in (_TYPE_WORDS["list"], _TYPE_WORDS["int"])]
     words = list(dict.fromkeys(words))
     return " or ".join(words) if words else "another value"
 
@@ -610,7 +611,8 @@ def _bad_value_line(text: str) -> str | None:
     if key == "model" and "AnomalyModel" in segment:  # no model class of that name
         return _not_a_model(given.group(1).strip())
     expected = _expected(re.split(r"Given value type:|Got value:|Given value:", segment)[0])
-    return f"--{key} expects {expected} (got {given.group(1).strip()!r}); `otx <command> --help` lists the options"
+    value = given.group(1).split(" - Expected")[0].strip()  # "True - Expected a <class 'int'>. Got value: True"
+    return f"--{key} expects {expected} (got {value!r}); `otx <command> --help` lists the options"
 
 
 def _not_a_model(given: str) -> str:
