@@ -543,6 +543,13 @@ def test_optimize_says_when_int8_does_not_keep_the_decisions(optimized) -> None:
     assert line is not None and "\n" not in line
     assert f"image AUROC {fp32['image_AUROC']:.3f} -> {fp32['image_AUROC'] - 0.3:.3f}" in line
     assert "71.4% of the image labels" in line and "pixel AUROC" not in line  # only what moved
+    # Labels kept while a figure fell: said apart (before: "..., 100.0% of the image labels as FP32's" read as a fault)
+    kept = copy.deepcopy(decisions)
+    kept["table"]["candidate"].update(image_F1=fp32["image_F1"] - 0.1, image_label_agreement=1.0)
+    kept["drop"] = 0.1
+    line = decision_warning(kept)
+    assert f"image F1 {fp32['image_F1']:.3f} -> {fp32['image_F1'] - 0.1:.3f}" in line and ", 100.0%" not in line
+    assert "; the image labels hold (100.0% of the image labels as FP32's) (otx expects" in line
 
 
 def test_fp16_export_checks_its_decisions(exported) -> None:

@@ -415,10 +415,13 @@ def decision_warning(decisions: dict[str, Any]) -> str | None:
     if decisions["drop"] <= DECISION_DROP and agreement >= DECISION_AGREEMENT:
         return None
     moved = fell_beyond(decisions, DECISION_DROP, digits=3)
+    labels = f"{agreement:.1%} of the image labels as {reference}'s"
+    held = agreement >= DECISION_AGREEMENT  # said apart: "100.0% of the labels" beside a fallen F1 read as a fault
     return (
         f"The INT8 model does not keep the {reference} model's decisions on the {decisions['images']} validation "
         "images: "
-        + ", ".join([*moved, f"{agreement:.1%} of the image labels as {reference}'s"])
+        + ", ".join(moved if held else [*moved, labels])
+        + (f"; the image labels hold ({labels})" if held else "")
         + f" (otx expects a drop of at most {DECISION_DROP} and {DECISION_AGREEMENT:.0%} of the labels); "
         "check it with otx test before deploying it, or deploy the FP32 or FP16 export"
     )
