@@ -640,3 +640,28 @@ def test_the_datas_warnings_are_listed_in_the_runs_results(dataset_copy, trained
     said = [w for w in json.loads((run / "metrics.json").read_text())["warnings"] if "macOS resource" in w]
     assert len(said) == 1 and said[0].startswith("ignoring 2 macOS resource file(s)"), said
     assert html.escape(said[0]) in (run / "report.html").read_text()
+
+
+def test_a_verb_in_another_thread_keeps_its_data_warnings(dataset_copy, trained_padim: dict, tmp_path: Path) -> None:
+    import threading
+
+    from otx.engine import Engine
+
+    # Two Python threads test the model at once, one on a folder with macOS resource files: only its
+    # run lists that folder's warning (the data module logs it without knowing the verb).
+    junk_root = dataset_copy()
+    (junk_root / "test" / "scratch" / "._000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    clean_root = dataset_copy("carpet_like")
+    results: dict[str, dict] = {}
+
+    def test(name: str, root: Path) -> None:
+        engine = Engine(data=AnomalyDataModule(str(root), num_workers=0), work_dir=tmp_path / name)
+        results[name] = engine.test(checkpoint=trained_padim["checkpoint"])
+
+    threads = [threading.Thread(target=test, args=args) for args in (("junk", junk_root), ("clean", clean_root))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert any("macOS resource file" in w for w in results["junk"]["warnings"])
+    assert not any("macOS resource file" in w for w in results["clean"]["warnings"]), results["clean"]["warnings"]

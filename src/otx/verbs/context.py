@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -177,11 +178,12 @@ class DataWarnings(logging.Handler):
     def __init__(self, warnings: list[str]) -> None:
         super().__init__(logging.WARNING)
         self.warnings = warnings
+        self.thread = threading.get_ident()  # the verb's: another thread's verb (Python API) keeps its own
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Add the record's message once."""
+        """Add the record's message once, if the verb's thread logged it."""
         message = record.getMessage()
-        if message not in self.warnings:
+        if record.thread == self.thread and message not in self.warnings:
             self.warnings.append(message)
 
 
