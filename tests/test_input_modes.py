@@ -408,3 +408,23 @@ def test_a_config_files_other_input_mode_is_named_by_the_verbs_that_run_a_model(
     assert len(said[1]) == 1 and said[1][0].startswith(
         "the recipe's input_mode, input_size differ from the model's (input_mode resize, input_size [128, 128])"
     )
+
+
+def test_a_saved_model_with_a_stride_below_the_bound_still_loads(tmp_path: Path) -> None:
+    from otx.checkpoint import load_checkpoint, save_checkpoint
+    from otx.models import model_class
+    from otx.preprocess import saved_settings
+
+    # tile_stride below tile_size / 8 is refused for new models since 2026-12; a model saved with one
+    # before (it was accepted) loads as it was trained.
+    settings = {"input_size": (128, 128), "input_mode": "tile", "tile_size": 64, "tile_stride": 4, "pretrained": False}
+    with pytest.raises(OTXConfigError, match="tile_stride must be an integer from 8 to tile_size 64"):
+        model_class("Padim")(**settings)
+    with saved_settings():  # as an older otx made it
+        model = model_class("Padim")(**settings)
+    save_checkpoint(model, tmp_path / "model.ckpt", "segmentation", {})
+    loaded, _ = load_checkpoint(tmp_path / "model.ckpt")
+    assert loaded.preprocessor.config() == {"mode": "tile", "input_size": [128, 128], "tile_size": 64, "tile_stride": 4}
+    assert loaded.preprocessor.tiles_per_image == 17 * 17
+    with pytest.raises(OTXConfigError):  # the bound holds again after the load
+        model_class("Padim")(**settings)

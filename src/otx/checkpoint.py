@@ -20,6 +20,7 @@ import torch
 from otx import __version__
 from otx.boxes import BoxSettings
 from otx.errors import OTXError
+from otx.preprocess import saved_settings
 from otx.workdir import WorkDir, atomic_write_bytes
 
 if TYPE_CHECKING:  # the models import this module's users; kept light for training.py and scoring.py
@@ -97,7 +98,8 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
     try:
         module_name, _, class_name = ckpt["model"]["class_path"].rpartition(".")
         cls = getattr(importlib.import_module(module_name), class_name)
-        model = cls.without_weights(**cls.upgrade_init_args(dict(ckpt["model"]["init_args"])))
+        with saved_settings():  # as trained, also settings new models may no longer take
+            model = cls.without_weights(**cls.upgrade_init_args(dict(ckpt["model"]["init_args"])))
         model.load_state_dict(ckpt["state_dict"])
         if isinstance(ckpt.get("boxes"), dict):  # checkpoints before box tuning keep the defaults
             model.box_settings = BoxSettings(**ckpt["boxes"])

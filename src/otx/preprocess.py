@@ -23,8 +23,11 @@ Every mode gives maps at ``map_size`` (= ``input_size``), where thresholds are f
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import cv2
@@ -71,7 +74,20 @@ def aspect_input_size(aspect: float, area: int = 256 * 256, multiple: int = 32) 
     return tuple(max(multiple, round(side / multiple) * multiple) for side in (height, height * aspect))  # type: ignore[return-value]
 
 
-MAX_OVERLAP = 8  # tiles per pixel along a side, at most: tile_stride >= tile_size / 8
+MAX_OVERLAP = 8  # tiles per pixel along a side, at most: tile_stride >= tile_size / 8 for new models
+# Set while a saved model is read (checkpoint, export metadata): its tile stride loads as it was trained,
+# also one below the bound (set in 2026-12; such models were accepted before).
+SAVED_SETTINGS: ContextVar[bool] = ContextVar("otx_saved_settings", default=False)
+
+
+@contextlib.contextmanager
+def saved_settings() -> Iterator[None]:
+    """Read a saved model's pre-processing as it was trained (``SAVED_SETTINGS``)."""
+    token = SAVED_SETTINGS.set(True)
+    try:
+        yield
+    finally:
+        SAVED_SETTINGS.reset(token)
 
 
 def _tiles_covering(length: int, count: int, tile: int, stride: int) -> torch.Tensor:
@@ -137,7 +153,7 @@ class PreProcessor(nn.Module):
             )
         tile = int(tile)
         stride = tile if tile_stride is None else tile_stride
-        lowest = -(-tile // MAX_OVERLAP)
+        lowest = 1 if SAVED_SETTINGS.get() else -(-tile // MAX_OVERLAP)
         if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or not lowest <= stride <= tile:
             raise OTXConfigError(
                 for_caller(

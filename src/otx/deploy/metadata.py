@@ -19,7 +19,7 @@ from otx import __version__
 from otx.boxes import BoxSettings
 from otx.errors import OTXError
 from otx.postprocess import threshold_origin
-from otx.preprocess import PreProcessor
+from otx.preprocess import PreProcessor, saved_settings
 
 SECTION = "model_info"
 LABELS = ("Normal", "Anomaly")
@@ -190,7 +190,8 @@ class ModelInfo:
         for key in ("tile_size", "tile_stride"):
             if f"otx_{key}" in self.raw:
                 config[key] = int(self.raw[f"otx_{key}"])
-        return PreProcessor.from_config(config)
+        with saved_settings():
+            return PreProcessor.from_config(config)
 
     def box_settings(self) -> BoxSettings:
         """How detection boxes are cut from the map (the defaults for exports made before box tuning)."""
