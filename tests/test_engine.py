@@ -629,6 +629,13 @@ def test_python_callers_are_told_the_python_argument_names(sample_root: Path, tm
             "`otx train --help` lists them; `otx find --what backbones`",
             "`otx train --help` lists them; `otx find --what backbones`",
         ),
+        # paths keep their names (before: '/data/cam--source' lost its '--source', 'otx test sets' became Engine.test())
+        (
+            "the training data '/data/cam--source/otx test sets' is gone; pass --data_root DIR",
+            "the training data '/data/cam--source/otx test sets' is gone; pass data=DIR",
+        ),
+        ("ws/lr--max_epochs/model.ckpt: pass --checkpoint PATH", "ws/lr--max_epochs/model.ckpt: pass checkpoint=PATH"),
+        (r"C:\parts\otx--resume true is gone; or --resume true", r"C:\parts\otx--resume true is gone; or resume=True"),
     ],
 )
 def test_python_spelling_of_command_line_options(cli: str, python: str) -> None:

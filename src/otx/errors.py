@@ -68,9 +68,19 @@ def python_spelling(message: str) -> str:
     ``otx.engine.Engine`` they name the argument a Python caller passes (``checkpoint=PATH``,
     ``data=DIR``, ``Engine.train()``). Options that only the command line has stay as they are.
     """
-    parts = re.split(r"(`[^`]*`)", message)  # a quoted command keeps its options: `otx export --format OPENVINO`
+    parts = re.split(_KEPT, message)
     for i, part in enumerate(parts):
-        for pattern, spell in _SPELLINGS if i % 2 == 0 else ((_VERB, _SPELLINGS[-1][1]),):
+        if i % 2 == 0:
+            spellings = _SPELLINGS
+        elif part.startswith("`"):  # a quoted command keeps its options: `otx export --format OPENVINO`
+            spellings = ((_VERB, _SPELLINGS[-1][1]),)
+        else:  # a path: '/data/cam--source/otx test sets' is a folder's name, not options
+            continue
+        for pattern, spell in spellings:
             part = pattern.sub(spell, part)
         parts[i] = part
     return "".join(parts)
+
+
+# What python_spelling leaves alone: quoted commands, quoted paths and unquoted ones (a / or \ inside).
+_KEPT = re.compile(r"(`[^`]*`|'[^'\n]*[/\\][^'\n]*'|[^\s'`(]*[/\\][^\s'`),;]*)")
