@@ -340,8 +340,8 @@ def pixel_metrics(
             holds them (saves joining a copy of every pixel).
 
     Returns:
-        ``{"pixel_AUROC": ..., "pixel_F1": ..., "AUPRO": ...}``; F1 is NaN when no pixel is positive in
-        the masks or the predictions.
+        ``{"pixel_AUROC": ..., "pixel_F1": ..., "AUPRO": ...}``; F1 is NaN when no pixel is positive,
+        in the masks nor in the predictions.
     """
     flat_maps, flat_masks = flat if flat is not None else (_flat(maps), _flat(masks))
     if flat is not None and not flat_maps.size == flat_masks.size == sum(np.size(m) for m in _map_list(maps)):

@@ -59,10 +59,13 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
                 f"{scorer.name} ({scorer.backbone}); using the model in the file"
             )
     if recipe and (differ := _preprocessing_differs(recipe.get("init_args") or {}, scorer.preprocessor.config())):
-        ctx.warn(
-            f"the recipe's {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from the model's "
-            f"({', '.join(_setting(k, scorer.preprocessor.config().get(_PRE_KEYS[k])) for k in differ)}): "
-            f"the pre-processing is part of the model, so {path} runs as trained; train again for other settings"
+        # A note, not a warning: the numbers are the model's as trained (a recipe beside a model trained with
+        # another --model.init_args.input_size is the README's own workflow), the user may have expected others.
+        ctx.note_once(
+            "preprocessing",
+            f"[yellow]note[/]: the recipe's {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from "
+            f"the model's ({', '.join(_setting(k, scorer.preprocessor.config().get(_PRE_KEYS[k])) for k in differ)}):"
+            f" the pre-processing is part of the model, so it runs as trained; train again for other settings",
         )
     return scorer
 
