@@ -817,6 +817,22 @@ def test_the_report_ranks_worst_cases_by_raw_score_says_how_many_and_how_thresho
     assert "<td>image</td><td>-1e+06</td><td>given (image_threshold)</td>" in report
 
 
+def test_a_pixel_threshold_copied_from_the_image_threshold_is_not_called_learned(dataset_copy, tmp_path: Path) -> None:
+    from otx.models import Padim
+
+    root = dataset_copy()
+    shutil.rmtree(root / "ground_truth")  # no defect pixels: the pixel threshold takes the image threshold's value
+    engine = Engine(
+        model=Padim(input_size=(64, 64)), data=AnomalyDataModule(str(root), num_workers=0), work_dir=tmp_path
+    )
+    tested = engine.test(checkpoint=engine.train()["checkpoint"])
+    assert tested["thresholds"]["pixel_threshold"] == tested["thresholds"]["image_threshold"]
+    assert tested["threshold_origin"] == {  # before: "pixel": "learned: the F1-best on the validation split"
+        "image": "learned: the F1-best on the validation split",
+        "pixel": "the image threshold's value: the validation split had no defect pixels to learn one from",
+    }
+
+
 def test_an_overlay_thumbnail_keeps_the_aspect_ratio_within_its_width() -> None:
     from otx.visualize import thumbnail
 

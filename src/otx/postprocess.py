@@ -94,21 +94,29 @@ def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tenso
     return (best + max(lower)) / 2
 
 
-def threshold_origin(given: list[str] | None, recalibrated: list[str], precision: str = "FP32") -> dict[str, str]:
+def threshold_origin(
+    given: list[str] | None, recalibrated: list[str], trained: dict[str, float], precision: str = "FP32"
+) -> dict[str, str]:
     """How each threshold was set, in words (metrics.json and the report of ``otx test``).
 
     Args:
         given: the thresholds set by hand (``image``, ``pixel``); None when the model does not
             record it (an export by an older otx).
         recalibrated: the thresholds moved on the validation split for an FP16 or INT8 model.
+        trained: the trained model's thresholds (before any such move), raw: a pixel threshold
+            equal to the image threshold was not learned but copied (``PostProcessor.fit``: no
+            defect pixels to learn from).
         precision: the model's precision (``FP32``, ``FP16``, ``INT8``).
     """
     origin = {}
+    copied = trained.get("pixel_threshold") == trained.get("image_threshold")
     for name in ("image", "pixel"):
         if given is None:
             how = "learned or given (this export does not record which)"
         elif name in given:
             how = f"given ({name}_threshold)"
+        elif name == "pixel" and copied:
+            how = "the image threshold's value: the validation split had no defect pixels to learn one from"
         else:
             how = "learned: the F1-best on the validation split"
         if name in recalibrated:

@@ -68,7 +68,7 @@ class TorchScorer:
 
     def threshold_origin(self) -> dict[str, str]:
         """How the image and pixel thresholds were set, in words."""
-        return threshold_origin(self.model.given_thresholds(), [])
+        return threshold_origin(self.model.given_thresholds(), [], self.model.postprocessor.stats())
 
     def runtime_info(self) -> dict[str, str]:
         """Where the model ran (for metrics.json and the report)."""

@@ -216,6 +216,7 @@ class ModelInfo:
         return threshold_origin(
             None if given is None else [n for n in given.split(",") if n != "none"],
             [n.replace("_threshold", "") for n in recalibrated.split(",") if n != "none"],
+            self.source_stats(),
             self.precision,
         )
 
