@@ -347,12 +347,13 @@ def test_the_squash_note_suggests_a_tile_input_the_tile_mode_takes(aspect, input
     assert squash_note(input_hw[1] / input_hw[0], squashed) is None  # images of the input's own shape
     # Given the images' size, the suggestion is their own resolution (before: the input's shorter side kept,
     # 256x1024 for 128x512 strips from a 256x256 input, four times their pixels)
-    tile = squashed.tile_size
+    # and a tile no larger than the images' shorter side (before: 256-pixel tiles kept 256x1024 for them)
     images = (128, 512) if aspect >= 1 else (512, 128)
     note = squash_note(aspect, squashed, largest=images)
     suggested = [int(v) for v in re.search(r"input_size '\[(\d+),(\d+)\]' \(height, width\)", note).groups()]
-    short = max(tile, min(images))
-    assert min(suggested) == short and max(suggested) == max(tile, round(short * max(aspect, 1 / aspect) / 32) * 32)
+    assert min(suggested) == 128 and max(suggested) == round(128 * max(aspect, 1 / aspect) / 32) * 32
+    tile = int(found.group(1)) if (found := re.search(r"tile_size (\d+)", note)) else squashed.tile_size
+    assert tile == min(squashed.tile_size, 128) and squash_note(aspect, PreProcessor(suggested, "tile", tile)) is None
 
 
 @pytest.mark.parametrize("aspect", [16.0, 1 / 8, 2.5])

@@ -30,6 +30,7 @@ from otx.workdir import Run, stop_name
 log = logging.getLogger("otx")
 
 SQUASH_NOTE = 2.0  # resize changing the images' aspect ratio by this factor or more gets a note
+TILE_NOTE_SIDE = 8192  # the longest side the tile mode's note suggests (a 4000x3000 camera image fits)
 
 
 def squash_factor(aspect: float, input_hw: tuple[int, int]) -> float:
@@ -53,7 +54,8 @@ def squash_note(
 
     For ``tile`` the input size suggested has the images' aspect, sides in multiples of 32 and at
     least the tile (a size the tile mode takes). Its shorter side is the images' own (``largest``:
-    their largest height and width), the full resolution tiling is for; without it, the input's.
+    their largest height and width), the full resolution tiling is for, with a tile no larger than
+    that side, and its longer side at most ``TILE_NOTE_SIDE``; without ``largest``, the input's.
     Before, the input's shorter side was kept: 128x512 strips got 256x1024 from a 256x256 input,
     four times their pixels.
     """
@@ -83,15 +85,19 @@ def squash_note(
     else:
         tile, step = pre.tile_size or 32, 32
         short_h, short_w = largest or pre.input_size
-        if aspect >= 1:
-            height = max(tile, -(-short_h // step) * step)
-            width = max(tile, round(height * aspect / step) * step)
-        else:
-            width = max(tile, -(-short_w // step) * step)
-            height = max(tile, round(width / aspect / step) * step)
+        short = -(-(short_h if aspect >= 1 else short_w) // step) * step  # the images' shorter side, up to 32s
+        # the long side at most TILE_NOTE_SIDE: the shorter side shrinks with it (aspect kept)
+        short = min(short, max(step, int(TILE_NOTE_SIDE * min(aspect, 1 / aspect)) // step * step))
+        smaller_tile = largest is not None and tile > short  # tiles larger than the images: smaller ones
+        if smaller_tile:
+            tile = max(step, short)
+        long = max(tile, round(short * max(aspect, 1 / aspect) / step) * step)
+        short = max(tile, short)
+        height, width = (short, long) if aspect >= 1 else (long, short)
         fix = (
             "give tile an input_size of their shape, e.g. "
             f"--model.init_args.input_size '[{height},{width}]' (height, width)"
+            + (f" with --model.init_args.tile_size {tile}" if smaller_tile else "")
         )
     return (
         f"the training images are {_ratio(aspect)}:1 (width:height, median) and {pre.mode} squashes them {squash:.1f}x "
