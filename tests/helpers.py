@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,9 +135,16 @@ class StopAfterEpochs(Callback):
     tests folder on ``PYTHONPATH``.
     """
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, stop: str = "SIGINT", group: bool = True) -> None:
         self.epochs = epochs
+        self.stop = signal.Signals[stop]  # SIGTERM: as `timeout`, `docker stop` or a scheduler sends it
+        self.group = group  # False: to the first process alone, as `timeout` sends it (mid-epoch, its 2nd batch)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        if trainer.current_epoch == self.epochs:
-            os.killpg(os.getpgrp(), signal.SIGINT)
+        if trainer.current_epoch == self.epochs and trainer.global_rank == 0 and self.group:  # once, for all
+            os.killpg(os.getpgrp(), self.stop)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, index: int) -> None:  # noqa: D102
+        if trainer.current_epoch == self.epochs and trainer.global_rank == 0 and not self.group and index == 1:
+            time.sleep(2.0)  # the other processes go on to the step's gradient exchange and wait there
+            os.kill(os.getpid(), self.stop)

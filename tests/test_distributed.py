@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -170,6 +171,38 @@ def test_stfpm_trains_with_two_processes_close_to_one(trained_stfpm10: dict, sam
     # gradients averaged over two halves of each batch: not the same steps, the same model quality (docs/scale.md)
     for name in ("image_AUROC", "pixel_AUROC"):
         assert abs(got[name] - expected[name]) <= 0.05, (name, got[name], expected[name])
+
+
+@pytest.mark.e2e
+def test_sigterm_stops_a_two_process_training(sample_root: Path, tmp_path: Path) -> None:
+    # SIGTERM to the first process alone, mid-epoch, as `timeout` sends it. Before: Lightning's SIGTERM handler
+    # broadcast from inside the handler, a collective the other process was not in: both hung for good, silently.
+    work_dir = tmp_path / "ws"
+    stop = "[{class_path: helpers.StopAfterEpochs, init_args: {epochs: 2, stop: SIGTERM, group: false}}]"
+    args = ["--model", "otx.models.Stfpm", *SMALL, "--max_epochs", "20", "--trainer.callbacks", stop, *TWO]
+    command = [sys.executable, "-m", "otx.cli", "train", *args]
+    command += ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(work_dir)]
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "OTX_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        _, err = process.communicate(timeout=120)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group (before: every process)
+        except ProcessLookupError:
+            pass
+    assert process.returncode not in (0, None) and "Traceback" not in err, err
+    assert err.count("SIGTERM received") >= 1, err
+    assert list(work_dir.glob("*-train/checkpoints/epoch2.ckpt")) and not (work_dir / "latest.json").exists()
 
 
 # `otx test` and `otx predict` with two processes: tests/test_cli.py::test_make_sample_then_train_test_predict

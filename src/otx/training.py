@@ -18,6 +18,8 @@ import inspect
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -205,6 +207,23 @@ class EpochTimer(L.Callback):
         pl_module.log("time/epoch_s", time.perf_counter() - self._start, on_step=False, on_epoch=True)
 
 
+class StopSignalKept(L.Callback):
+    """SIGTERM stops a training as SIGINT does: the handler the process had before the fit is put back.
+
+    Lightning installs its own SIGTERM handler as the training loop starts. In a run of several
+    processes it broadcasts from inside that handler, a collective the other processes are not in,
+    so SIGTERM (``timeout``, ``docker stop``, a scheduler's preemption) hung every process for good,
+    and otx's handler, its one line and its watchdog never ran.
+    """
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
+        self.handler = signal.getsignal(signal.SIGTERM)  # otx's in the CLI, the caller's in Python
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if threading.current_thread() is threading.main_thread() and self.handler is not None:
+            signal.signal(signal.SIGTERM, self.handler)  # Lightning puts its snapshot back when the fit ends
+
+
 class ValidationCurve(L.Callback):
     """The validation metrics of every validated epoch, for the training summary.
 
@@ -330,7 +349,7 @@ def build_trainer(
     owned = [key for key in _OWNED if key in settings]
     if owned:
         raise OTXConfigError(f"trainer.{owned[0]} is set by otx (run folder logs and checkpoints); remove it")
-    callbacks = instantiate_callbacks(settings.pop("callbacks", None) or [])
+    callbacks = [*instantiate_callbacks(settings.pop("callbacks", None) or []), StopSignalKept()]
     checkpoints = run_path / CHECKPOINT_DIR
     best = monitored_checkpoint(callbacks)
     if best is not None and best.dirpath is None:  # absolute, as Lightning makes a dirpath it is given
