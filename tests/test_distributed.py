@@ -205,6 +205,52 @@ def test_sigterm_stops_a_two_process_training(sample_root: Path, tmp_path: Path)
     assert list(work_dir.glob("*-train/checkpoints/epoch2.ckpt")) and not (work_dir / "latest.json").exists()
 
 
+@pytest.mark.e2e
+def test_a_rank_variable_left_in_the_environment_does_not_silence_a_one_process_command(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: each of these exited 0 having written nothing (it took itself for a process of rank > 0).
+    data = ["--data_root", str(sample_root / "bottle_like")]
+    for name, env in (("local", {"LOCAL_RANK": "1"}), ("slurm", {"SLURM_PROCID": "1"}), ("rank", {"RANK": "1"})):
+        work_dir = tmp_path / name
+        result = run_otx(
+            "export",
+            "--checkpoint",
+            str(trained_padim["checkpoint"]),
+            "--work_dir",
+            str(work_dir),
+            cwd=tmp_path,
+            env=env,
+        )
+        assert result.returncode == 0 and list(work_dir.glob("*-export/exported_model.xml")), (env, result.stderr)
+    work_dir = tmp_path / "train"
+    result = run_otx(
+        "train",
+        "--model",
+        "otx.models.Padim",
+        *SMALL,
+        *data,
+        "--work_dir",
+        str(work_dir),
+        cwd=tmp_path,
+        env={"LOCAL_RANK": "1"},
+    )
+    assert result.returncode == 0 and (work_dir / "latest.json").is_file(), result.stderr
+    # A machine numbered by hand (NODE_RANK with MASTER_ADDR) in a command for one machine: one line.
+    env = {"NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1"}
+    for verb, args, option in (
+        ("train", ["--model", "otx.models.Padim", *SMALL, *data], "--trainer.num_nodes"),
+        ("test", ["--checkpoint", str(trained_padim["checkpoint"]), *data], "--num_nodes"),
+    ):
+        result = run_otx(verb, *args, "--work_dir", str(tmp_path / f"node_{verb}"), cwd=tmp_path, env=env)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 1 and len(lines) == 1, result.stderr
+        assert (
+            lines[0].startswith("error: NODE_RANK=1 is set, which numbers this machine")
+            and f"{option} is 1" in lines[0]
+        )
+
+
 # `otx test` and `otx predict` with two processes: tests/test_cli.py::test_make_sample_then_train_test_predict
 
 

@@ -31,7 +31,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI asks `secondary
 T = TypeVar("T")
 
 # Environment variables with which launchers (Lightning, torchrun, SLURM) tell a process its rank.
-_RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
 # Lightning strategies that run the work in child processes whose state is lost to the caller,
 # or that shard the model itself: otx's verbs need every process to run the verb (strategy ddp).
 SUPPORTED_STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
@@ -41,16 +40,27 @@ class SecondaryRankDone(Exception):  # noqa: N818 - not an error: the end of a s
     """Raised in a process of rank > 0 when its share of a distributed verb is done (rank 0 writes)."""
 
 
+def _env_int(name: str) -> int:
+    value = os.environ.get(name, "").strip()
+    return int(value) if value.isdigit() else 0
+
+
 def secondary() -> bool:
     """Whether a launcher started this process as one of rank > 0 (it must not write into the work dir).
 
-    Read from the environment, so it is known before any process group exists.
+    Read from the environment, so it is known before any process group exists. A rank counts only
+    beside what says there are other processes: ``WORLD_SIZE`` above 1 for ``RANK`` and
+    ``LOCAL_RANK`` (torchrun and Lightning's launcher set it), ``SLURM_NTASKS`` above 1 for
+    ``SLURM_PROCID``, and ``MASTER_ADDR`` (or ``WORLD_SIZE``) for ``NODE_RANK`` (a machine started by
+    hand). Before, a rank variable left in the environment (a container's, a notebook's, an outer
+    launcher's) made a one-process command skip its work and exit 0 without a word.
     """
-    for name in _RANK_VARIABLES:
-        value = os.environ.get(name, "").strip()
-        if value.isdigit() and int(value) != 0:
-            return True
-    return False
+    several = _env_int("WORLD_SIZE") > 1
+    if several and (_env_int("RANK") or _env_int("LOCAL_RANK")):
+        return True
+    if _env_int("SLURM_PROCID") and _env_int("SLURM_NTASKS") > 1:
+        return True
+    return bool(_env_int("NODE_RANK") and (several or os.environ.get("MASTER_ADDR", "").strip()))
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -263,6 +273,20 @@ def check_nodes(num_nodes: int, option: str) -> None:
         )
 
 
+def check_node_rank(num_nodes: int, option: str) -> None:
+    """One line when this machine is numbered (``NODE_RANK`` > 0) but the command runs on one machine.
+
+    Before, it took itself for a machine of rank > 0: it worked in a scratch folder, wrote nothing
+    and exited 0, while the first machine trained alone. ``option`` is how the caller gives the count.
+    """
+    node = _env_int("NODE_RANK")
+    if num_nodes == 1 and node and _env_int("WORLD_SIZE") <= 1:
+        raise OTXConfigError(
+            f"NODE_RANK={node} is set, which numbers this machine in a run over several, but {option} is 1: "
+            f"pass {option} M (the number of machines) on every machine, or unset NODE_RANK"
+        )
+
+
 def check_launched_world(world: int, how: str) -> None:
     """One line when a launcher started this command as more (or fewer) processes than it is told to use.
 
@@ -290,6 +314,7 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     then every process has the process group that ``gather`` uses. One process: nothing to do.
     ``Engine.test`` / ``Engine.predict`` have checked that both numbers are whole numbers >= 1.
     """
+    check_node_rank(num_nodes, "--num_nodes")
     check_launched_world(processes * num_nodes, "--devices x --num_nodes")
     if processes * num_nodes == 1 or rank_and_world()[1] > 1:
         return
