@@ -780,8 +780,9 @@ def _on_signal(signum: int, frame: Any) -> None:
     if STOPS:
         os._exit(128 + signum)
     STOPS.append(name)
-    sys.stderr.write(f"otx: {name} received, stopping; earlier runs and latest.json stay as they were\n")
-    sys.stderr.flush()
+    if not secondary():  # once, from the first process (before: once per process of a multi-process run)
+        sys.stderr.write(f"otx: {name} received, stopping; earlier runs and latest.json stay as they were\n")
+        sys.stderr.flush()
     watchdog = threading.Timer(STOP_GRACE_S, _stop_without_cleanup, args=(signum,))
     watchdog.daemon = True
     watchdog.start()
