@@ -253,6 +253,40 @@ def test_a_rank_variable_left_in_the_environment_does_not_silence_a_one_process_
         )
 
 
+@pytest.mark.e2e
+def test_a_port_in_use_is_named_and_leaves_no_process_behind(sample_root: Path, tmp_path: Path) -> None:
+    # Before: "internal error (DistNetworkError ... EADDRINUSE ...); a bug in otx", and the second process,
+    # started before the first failed, waited for it for ever (deaf to Ctrl+C and SIGTERM).
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    work_dir = tmp_path / "ws"
+    args = ["--model", "otx.models.Padim", *SMALL, *TWO, "--data_root", str(sample_root / "bottle_like")]
+    command = [sys.executable, "-m", "otx.cli", "train", *args, "--work_dir", str(work_dir)]
+    env = {**os.environ, "OTX_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        _, err = process.communicate(timeout=120)  # the pipe closes once every process that holds it has ended
+    finally:
+        listener.close()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    lines = [line for line in err.splitlines() if line.startswith("error")]
+    assert process.returncode == 1 and len(lines) == 1, err
+    assert f"the port the processes meet on ({port}, MASTER_PORT) is in use" in lines[0], err
+
+
 # `otx test` and `otx predict` with two processes: tests/test_cli.py::test_make_sample_then_train_test_predict
 
 

@@ -20,6 +20,7 @@ What makes the results exact (docs/scale.md):
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -271,6 +272,20 @@ def check_nodes(num_nodes: int, option: str) -> None:
             "forever; start the command on every machine with MASTER_ADDR, MASTER_PORT and NODE_RANK, or through "
             "torchrun or SLURM (docs/scale.md); on one machine, give the process count as devices instead"
         )
+
+
+def end_launched(trainer: Any) -> None:
+    """End the processes Lightning's launcher started for ``trainer`` when this one fails.
+
+    Lightning ends them after Ctrl+C, not after an error: a first process that failed in its
+    process-group set-up (a port in use) left the second one waiting for it for ever, deaf to
+    Ctrl+C and SIGTERM, holding the terminal's pipe.
+    """
+    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+
+    launcher = getattr(trainer.strategy, "launcher", None)
+    if isinstance(launcher, _SubprocessScriptLauncher):  # the processes it started: none where torchrun did
+        launcher.kill(signal.SIGKILL)
 
 
 def check_node_rank(num_nodes: int, option: str) -> None:
