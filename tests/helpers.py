@@ -23,6 +23,34 @@ def run_otx(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
     )
 
 
+def run_otx_group(*args: str, cwd: Path, timeout: float, env: dict | None = None) -> tuple[int, str]:
+    """Run ``otx`` as a terminal's command (its own process group, the tests folder importable); ``(rc, stderr)``.
+
+    Whatever is left of the group afterwards (a process that outlived the command) is killed, also
+    when ``timeout`` passes (then ``subprocess.TimeoutExpired`` is raised, and the test fails).
+    """
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])  # helpers' callbacks
+    full_env = {**os.environ, "OTX_OFFLINE": "1", "PYTHONPATH": path, **(env or {})}
+    command = [sys.executable, "-m", "otx.cli", *args]
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=full_env,
+    )
+    try:
+        _, err = process.communicate(timeout=timeout)  # the pipe closes once every process that holds it has ended
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return process.returncode, err
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two ``[x1, y1, x2, y2]`` boxes, from first principles."""
     iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_otx
+from helpers import run_otx, run_otx_group
 from otx.distributed import ShardSampler, drop_padding, join_by_index
 from otx.engine import Engine
 
@@ -182,27 +181,9 @@ def test_a_stop_ends_a_two_process_training_with_one_line(sample_root: Path, tmp
     work_dir = tmp_path / "ws"
     stop = f"[{{class_path: helpers.StopAfterEpochs, init_args: {{epochs: 2, stop: {stop}, group: {group}}}}}]"
     args = ["--model", "otx.models.Stfpm", *SMALL, "--max_epochs", "20", "--trainer.callbacks", stop, *TWO]
-    command = [sys.executable, "-m", "otx.cli", "train", *args]
-    command += ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(work_dir)]
-    tests = str(Path(__file__).parent)
-    env = {**os.environ, "OTX_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env=env,
-    )
-    try:
-        _, err = process.communicate(timeout=120)
-    finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # whatever is left of the group (before: every process)
-        except ProcessLookupError:
-            pass
-    assert process.returncode not in (0, None) and "Traceback" not in err, err
+    data = ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(work_dir)]
+    rc, err = run_otx_group("train", *args, *data, cwd=tmp_path, timeout=120)
+    assert rc not in (0, None) and "Traceback" not in err, err
     assert err.count(" received, stopping") == 1, err
     assert list(work_dir.glob("*-train/checkpoints/epoch2.ckpt")) and not (work_dir / "latest.json").exists()
 
@@ -263,27 +244,13 @@ def test_a_port_in_use_is_named_and_leaves_no_process_behind(sample_root: Path, 
     port = listener.getsockname()[1]
     work_dir = tmp_path / "ws"
     args = ["--model", "otx.models.Padim", *SMALL, *TWO, "--data_root", str(sample_root / "bottle_like")]
-    command = [sys.executable, "-m", "otx.cli", "train", *args, "--work_dir", str(work_dir)]
-    env = {**os.environ, "OTX_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env=env,
-    )
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     try:
-        _, err = process.communicate(timeout=120)  # the pipe closes once every process that holds it has ended
+        rc, err = run_otx_group("train", *args, "--work_dir", str(work_dir), cwd=tmp_path, timeout=120, env=env)
     finally:
         listener.close()
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     lines = [line for line in err.splitlines() if line.startswith("error")]
-    assert process.returncode == 1 and len(lines) == 1, err
+    assert rc == 1 and len(lines) == 1, err
     assert f"the port the processes meet on ({port}, MASTER_PORT) is in use" in lines[0], err
 
 

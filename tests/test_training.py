@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
 
-from helpers import run_main
+from helpers import run_main, run_otx_group
 from otx.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint
 from otx.data import AnomalyDataModule
 from otx.data.datamodule import EpochShuffleSampler
@@ -103,20 +100,9 @@ def _whole_and_resumed(sample_root: Path, tmp_path: Path, *extra: str, callbacks
     # (from a callback: a test polling for epoch2.ckpt from outside was late on a loaded machine, after the end)
     stop = "{class_path: helpers.StopAfterEpochs, init_args: {epochs: 2}}"
     stopping = callbacks[:-1] + (", " if callbacks != "[]" else "") + stop + "]"
-    command = [sys.executable, "-m", "otx.cli", *_stfpm_args(sample_root, "parts", *extra, callbacks=stopping)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen(  # its own process group, as a terminal's command
-        command,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env=env,
-    )
-    _, err = process.communicate(timeout=300)
+    rc, err = run_otx_group(*_stfpm_args(sample_root, "parts", *extra, callbacks=stopping), cwd=tmp_path, timeout=300)
     assert list((tmp_path / "parts").glob("*-train/checkpoints/epoch2.ckpt")), err
-    assert process.returncode == 130 and "Traceback" not in err, err
+    assert rc == 130 and "Traceback" not in err, err
     assert err.count("SIGINT received") == 1, err  # before: once more for each worker
     assert not (tmp_path / "parts" / "latest.json").exists()
     resumed = run_main(
