@@ -286,7 +286,10 @@ def test_a_python_script_trains_then_tests_in_two_processes(sample_root: Path, t
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0 False False" in done.stderr and "rank 1 True True" in done.stderr, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
-    (tested,) = list(work_dir.glob("*-test/metrics.json"))  # one test run, of the checkpoint rank 0 wrote
+    # one test run, of the checkpoint rank 0 wrote (before: also an empty one of the second process, whose
+    # rank Lightning's teardown had hidden by removing WORLD_SIZE; its name was sometimes the one looked for)
+    (tested,) = list(work_dir.glob("*-test/metrics.json"))
+    assert [p.name for p in work_dir.glob("*-test*")] == [tested.parent.name]
     metrics = json.loads(tested.read_text())["metrics"]
     alone = Engine(work_dir=tmp_path / "alone").test(checkpoint=next(work_dir.glob("*-train/model.ckpt"))).metrics
     image_auroc, pixel_auroc = (float(v) for v in done.stdout.split()[-2:])

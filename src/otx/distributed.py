@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,6 +57,9 @@ def secondary() -> bool:
     hand). Before, a rank variable left in the environment (a container's, a notebook's, an outer
     launcher's) made a one-process command skip its work and exit 0 without a word.
     """
+    dist = sys.modules.get("torch.distributed")  # not imported: no process group
+    if dist is not None and dist.is_available() and dist.is_initialized():  # it decides (Lightning's teardown
+        return dist.get_rank() > 0  # removes WORLD_SIZE after a fit, while a script's group lives on)
     several = _env_int("WORLD_SIZE") > 1
     if several and (_env_int("RANK") or _env_int("LOCAL_RANK")):
         return True
