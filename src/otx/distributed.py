@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # torch is imported where it is used: the CLI asks `secondary
 
 T = TypeVar("T")
 
-# Environment variables with which launchers (Lightning, torchrun, SLURM) tell a process its rank.
 # Lightning strategies that run the work in child processes whose state is lost to the caller,
 # or that shard the model itself: otx's verbs need every process to run the verb (strategy ddp).
 SUPPORTED_STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
