@@ -264,16 +264,29 @@ _NODE_VARIABLES = (
 
 
 def check_nodes(num_nodes: int, option: str) -> None:
-    """One line when ``num_nodes`` > 1 machines are asked for but no launcher says how to reach them.
+    """One line when the machine count ``num_nodes`` disagrees with what the environment says.
 
-    Without the variables the first machine waits for the others forever (a signal cannot reach
-    it there: it waits inside the process-group set-up). ``option`` is how the caller gave the count.
+    - More than one machine, but no launcher says how to reach the others: the first machine would
+      wait for them forever (a signal cannot reach it there: it waits inside the process-group set-up).
+    - One machine, but this one is numbered (``NODE_RANK`` > 0): it would take itself for a machine
+      of rank > 0, work in a scratch folder, write nothing and exit 0 while the first trained alone.
+
+    Inside a process group that exists already (a script's second verb) the group decides.
+    ``option`` is how the caller gives the count.
     """
+    if rank_and_world()[1] > 1:
+        return
     if num_nodes > 1 and not any(os.environ.get(name, "").strip() for name in _NODE_VARIABLES):
         raise OTXConfigError(
             f"{option} {num_nodes}: nothing says how to reach the other machines, so this one would wait for them "
             "forever; start the command on every machine with MASTER_ADDR, MASTER_PORT and NODE_RANK, or through "
             "torchrun or SLURM (docs/scale.md); on one machine, give the process count as devices instead"
+        )
+    node = _env_int("NODE_RANK")
+    if num_nodes == 1 and node and _env_int("WORLD_SIZE") <= 1:
+        raise OTXConfigError(
+            f"NODE_RANK={node} is set, which numbers this machine in a run over several, but --{option} is 1: "
+            f"pass --{option} M (the number of machines) on every machine, or unset NODE_RANK"
         )
 
 
@@ -289,20 +302,6 @@ def end_launched(trainer: Any) -> None:
     launcher = getattr(trainer.strategy, "launcher", None)
     if isinstance(launcher, _SubprocessScriptLauncher):  # the processes it started: none where torchrun did
         launcher.kill(signal.SIGKILL)
-
-
-def check_node_rank(num_nodes: int, option: str) -> None:
-    """One line when this machine is numbered (``NODE_RANK`` > 0) but the command runs on one machine.
-
-    Before, it took itself for a machine of rank > 0: it worked in a scratch folder, wrote nothing
-    and exited 0, while the first machine trained alone. ``option`` is how the caller gives the count.
-    """
-    node = _env_int("NODE_RANK")
-    if num_nodes == 1 and node and _env_int("WORLD_SIZE") <= 1:
-        raise OTXConfigError(
-            f"NODE_RANK={node} is set, which numbers this machine in a run over several, but {option} is 1: "
-            f"pass {option} M (the number of machines) on every machine, or unset NODE_RANK"
-        )
 
 
 def check_launched_world(world: int, how: str) -> None:
@@ -332,12 +331,11 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     then every process has the process group that ``gather`` uses. One process: nothing to do.
     ``Engine.test`` / ``Engine.predict`` have checked that both numbers are whole numbers >= 1.
     """
-    check_node_rank(num_nodes, "--num_nodes")
+    check_nodes(num_nodes, "num_nodes")
     check_launched_world(processes * num_nodes, "--devices x --num_nodes")
     if processes * num_nodes == 1 or rank_and_world()[1] > 1:
         return
     check_cpu_processes(processes)
-    check_nodes(num_nodes, "num_nodes")
     from lightning.fabric import Fabric
 
     try:

@@ -33,7 +33,6 @@ from otx.distributed import (
     SUPPORTED_STRATEGIES,
     check_cpu_processes,
     check_launched_world,
-    check_node_rank,
     check_nodes,
     check_strategy,
     ddp_strategy,
@@ -385,7 +384,6 @@ def build_trainer(
     nodes = int(settings.get("num_nodes") or 1)
     several = not one_device or nodes > 1
     check_nodes(nodes, "trainer.num_nodes")
-    check_node_rank(nodes, "--trainer.num_nodes")
     if several and isinstance(strategy, str) and strategy not in SUPPORTED_STRATEGIES:
         # before Lightning builds it: its own refusal of fsdp on the CPU ("set accelerator='cuda'") or
         # deepspeed's "pip install" would come first, and point away from what otx can run

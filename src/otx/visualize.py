@@ -54,10 +54,15 @@ def _overlaps(a: Rect, b: Rect) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
+def _clearance(line: int) -> int:
+    """How far a label keeps from the centre of a box's line ``line`` pixels wide (drawn centred)."""
+    return line // 2 + 1
+
+
 def _box_lines(box: Rect, line: int) -> list[Rect]:
     """A drawn box's four lines (``line`` pixels wide, centred on its edges), as rectangles."""
     x1, y1, x2, y2 = box
-    pad = line // 2 + 1
+    pad = _clearance(line)
     return [
         (x1 - pad, y1 - pad, x2 + pad, y1 + pad),
         (x1 - pad, y2 - 1 - pad, x2 + pad, y2 - 1 + pad),
@@ -81,7 +86,7 @@ def _box_label_origin(
     height, width = size
     first = _text_box(text, (0, 0), scale)
     above, below = -first[1], first[3]  # the text's extent over and under its baseline
-    pad = line // 2 + 1  # clear of the box's line
+    pad = _clearance(line)
     candidates = [(x1, y1 - pad - below), (x1, y2 + pad + above), (x1 + pad, y1 + pad + above)]
     own = _box_lines(box, line)
     for avoid in ((*taken, *lines), (*taken, *own)):

@@ -211,14 +211,15 @@ class ModelInfo:
 
     def threshold_origin(self) -> dict[str, str]:
         """How the thresholds were set (``otx.postprocess.threshold_origin``)."""
-        given = self.raw.get("otx_thresholds_given")
-        recalibrated = self.raw.get("otx_recalibrated", "none")
+        given = self.raw.get("otx_thresholds_given")  # None: an export from before it was recorded
         return threshold_origin(
-            None if given is None else [n for n in given.split(",") if n != "none"],
-            [n.replace("_threshold", "") for n in recalibrated.split(",") if n != "none"],
-            self.source_stats(),
-            self.precision,
+            None if given is None else _names(given), self.recalibrated, self.source_stats(), self.precision
         )
+
+    @property
+    def recalibrated(self) -> list[str]:
+        """The thresholds (``image``, ``pixel``) moved to keep an FP16 or INT8 model's decisions."""
+        return _names(self.raw.get("otx_recalibrated", "none"))
 
     @property
     def precision(self) -> str:
@@ -243,6 +244,11 @@ class ModelInfo:
         """Raw thresholds and normalisation statistics, as in a checkpoint's ``thresholds``."""
         keys = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
         return {key: float(self.raw[key]) for key in keys if key in self.raw}
+
+
+def _names(text: str) -> list[str]:
+    """A metadata list (``image,pixel``; ``none`` for an empty one) as its names."""
+    return [name for name in text.split(",") if name and name != "none"]
 
 
 def with_stats(raw: dict[str, str], stats: dict[str, float]) -> dict[str, str]:

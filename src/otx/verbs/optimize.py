@@ -146,14 +146,7 @@ def run(
             "otx_quantized_from": Path(source).name,
             "otx_weight_bits": str(bits),
             # with the FP16 export's own moves, when the INT8 model starts from one (its thresholds are those)
-            "otx_recalibrated": ",".join(
-                dict.fromkeys(
-                    [
-                        *(n for n in info.raw.get("otx_recalibrated", "none").split(",") if n != "none"),
-                        *decisions.get("recalibrated", []),
-                    ]
-                )
-            )
+            "otx_recalibrated": ",".join(dict.fromkeys([*info.recalibrated, *decisions.get("recalibrated", [])]))
             or "none",
             **({"otx_max_drop": str(max_drop)} if max_drop is not None else {}),
         },

@@ -58,13 +58,14 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
                 f"{whose} is {name} ({backbone or 'default backbone'}) but {path} holds "
                 f"{scorer.name} ({scorer.backbone}); using the model in the file"
             )
-    if recipe and (differ := _preprocessing_differs(recipe.get("init_args") or {}, scorer.preprocessor.config())):
+    own = scorer.preprocessor.config()
+    if recipe and (differ := _preprocessing_differs(recipe.get("init_args") or {}, own)):
         # A note, not a warning: the numbers are the model's as trained (a recipe beside a model trained with
         # another --model.init_args.input_size is the README's own workflow), the user may have expected others.
         ctx.note_once(
             "preprocessing",
             f"[yellow]note[/]: the recipe's {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from "
-            f"the model's ({', '.join(_setting(k, scorer.preprocessor.config().get(_PRE_KEYS[k])) for k in differ)}):"
+            f"the model's ({', '.join(_setting(k, own.get(_PRE_KEYS[k])) for k in differ)}):"
             f" the pre-processing is part of the model, so it runs as trained; train again for other settings",
         )
     return scorer
@@ -88,8 +89,8 @@ def _preprocessing_differs(init_args: dict[str, Any], config: dict[str, Any]) ->
         value = init_args.get(key)
         if value is None:
             continue
-        if isinstance(value, (list, tuple)):
-            value = [int(v) for v in value] if all(isinstance(v, int) for v in value) else value
+        if isinstance(value, tuple):  # a Python caller's (256, 256) is the config's [256, 256]
+            value = list(value)
         if value != config.get(own):
             differ.append(key)
     return differ
