@@ -187,6 +187,9 @@ def test_otx_test_on_the_ir_matches_the_checkpoint(
     preds_a = json.loads(next((tmp_path / "a").glob("*-test/predictions.json")).read_text())
     preds_b = json.loads(next((tmp_path / "b").glob("*-test/predictions.json")).read_text())
     assert [p["label"] for p in preds_a] == [p["label"] for p in preds_b]
+    # both give the raw scores their metrics use, the export's from its raw outputs
+    scale = max(abs(p["raw_score"]) for p in preds_a)
+    assert all(abs(p["raw_score"] - q["raw_score"]) <= 1e-4 * scale for p, q in zip(preds_a, preds_b, strict=True))
 
 
 def test_otx_predict_on_the_ir_skips_an_undecodable_image(exported, dataset_copy, tmp_path: Path) -> None:
@@ -211,6 +214,7 @@ def test_otx_predict_on_the_ir_skips_an_undecodable_image(exported, dataset_copy
     errors = [r for r in records if "error" in r]
     assert [Path(r["image"]).name for r in errors] == ["broken.png"] and errors[0]["label"] == "error"
     assert len(records) - len(errors) == len(list((root / "test").rglob("*.png"))) - 1
+    assert not any("raw_score" in r for r in records)  # the graph normalises: no raw score to give
     masks = list((tmp_path / "ws").glob("*-predict/predictions/masks/*.png"))
     assert len(masks) == len(records) - 1
 

@@ -320,9 +320,11 @@ def test_stfpm_trains_by_gradient_descent(sample_root: Path, tmp_path: Path) -> 
     records = json.loads((engine.workdir.latest("test") / "predictions.json").read_text())
     labels = ["/good/" not in record["image"] for record in records]
     # normalised scores are a monotonic map of the raw ones: scikit-learn's AUROC on them is the
-    # reported one, unless clipping at 0 or 1 tied some of them
+    # reported one, unless clipping at 0 or 1 tied some of them; on the raw ones it is the reported one
     expected = roc_auc_score(labels, [record["score"] for record in records])
     assert summary["metrics"]["image_AUROC"] == pytest.approx(expected, abs=0.02) and "AUPRO" in summary["metrics"]
+    raw = roc_auc_score(labels, [record["raw_score"] for record in records])
+    assert summary["metrics"]["image_AUROC"] == pytest.approx(raw, abs=1e-9)
 
 
 def test_predict_reports_and_skips_an_undecodable_image(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:

@@ -799,6 +799,8 @@ def test_the_report_ranks_worst_cases_by_raw_score_says_how_many_and_how_thresho
             for r in good
         }
     expected = [f"good/{Path(p).name}" for p in sorted(raw, key=raw.get, reverse=True)[:4]]
+    # predictions.json carries those raw scores, unclipped (before: only the clipped 1.0 of every good image)
+    assert all(r["raw_score"] == pytest.approx(raw[r["image"]], rel=1e-4, abs=1e-4) for r in good)
     report = (run / "report.html").read_text()
     section = report.split("Worst false positives")[1].split("Worst false negatives")[0]
     assert section.startswith(f" (4 of {len(good)}, by raw image score)</h2>")  # before: no word of the others

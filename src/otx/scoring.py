@@ -26,6 +26,7 @@ class TorchScorer:
 
     runtime = "torch"
     resize_in_loader = True  # the data loader resizes; the model takes batches at input_size
+    raw_scores = True  # ``run`` returns the model's raw scores
 
     def __init__(
         self,
@@ -104,6 +105,11 @@ class OpenVINOScorer:
         if self.inferencer.raw_outputs:
             return torch.from_numpy(out["raw_map"]), torch.from_numpy(out["raw_score"])
         return torch.from_numpy(out["anomaly_map"]), torch.from_numpy(out["pred_score"])
+
+    @property
+    def raw_scores(self) -> bool:
+        """Whether ``run`` returns raw scores (``raw_outputs``) rather than the graph's normalised ones."""
+        return self.inferencer.raw_outputs
 
     def normalize(self, maps: torch.Tensor, scores: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalised score, label, map and mask: the graph's post-processor (raw outputs), or as they are."""

@@ -27,8 +27,11 @@ class Prediction:
 
     ``pred_score`` is normalised to [0, 1] with 0.5 the decision boundary, and clipped: images
     scored beyond the validation split's range all read 0.0 or 1.0, so rank images by the raw
-    scores ``otx test``'s metrics use, not by ``pred_score``. ``pred_label`` is True for anomalous.
-    Maps, masks and boxes are filled by the tasks that produce them.
+    scores ``otx test``'s metrics use (``raw_score``), not by ``pred_score``. ``pred_label`` is True for anomalous.
+    Maps, masks and boxes are filled by the tasks that produce them. ``raw_score`` is the model's own
+    score, in the units of its raw image threshold, where the scorer gives it (a checkpoint; an
+    exported model in ``otx test``); None where only the normalised score is known (``otx predict``
+    with an exported model, whose graph normalises).
 
     An image that could not be read has no decision: ``error`` holds the reason, ``pred_label``
     is None, ``pred_score`` NaN and ``label_name`` ``"error"`` (never ``"normal"``).
@@ -43,6 +46,7 @@ class Prediction:
     box_scores: np.ndarray | None = None
     error: str = ""
     mask_file: str = ""  # where `otx predict` wrote the mask, relative to its predictions folder
+    raw_score: float | None = None  # the score before normalisation (ranks images; not clipped)
 
     @classmethod
     def failed(cls, image_path: str, error: str) -> Prediction:
@@ -63,6 +67,8 @@ class Prediction:
             "score": None if self.label_name == "error" else round(float(self.pred_score), 6),
             "label": self.label_name,
         }
+        if self.raw_score is not None and self.label_name != "error":
+            record["raw_score"] = float(self.raw_score)
         if self.pred_boxes is not None and self.box_scores is not None:
             record["boxes"] = [
                 {"xyxy": [round(float(v), 2) for v in box], "score": round(float(score), 6)}

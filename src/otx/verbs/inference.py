@@ -99,7 +99,13 @@ def to_predictions(adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, sampl
     """Task predictions (label, score, map, mask, boxes at each image's own size) from raw outputs."""
     normalized = as_numpy(scorer.normalize(outputs["maps"], outputs["scores"]))
     paths = [s.path for s in samples]
-    return adapter.predictions(normalized, paths, outputs["orig_sizes"].numpy(), scorer.preprocessor, scorer.boxes)
+    predictions = adapter.predictions(
+        normalized, paths, outputs["orig_sizes"].numpy(), scorer.preprocessor, scorer.boxes
+    )
+    if scorer.raw_scores:  # the scores before normalisation: they rank images where normalised ones clip
+        for prediction, raw in zip(predictions, outputs["scores"].tolist(), strict=True):
+            prediction.raw_score = raw
+    return predictions
 
 
 _PIXEL_BY_DEFECT = ("pixel_AUROC", "AUPRO", "defect_pixel_share", "box_AP50", "box_AP25", "box_AP10", "defect_recall")
