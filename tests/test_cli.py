@@ -58,6 +58,19 @@ def test_recipes_ship_and_resolve(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert config["task"] in name and config["model"]["class_path"].startswith("otx.models.")
 
 
+def test_recipes_train_as_their_model_classes_do() -> None:
+    """A model class's ``default_trainer`` is its recipes' trainer section (before: ``Engine(model=Stfpm())``
+    trained all 20 epochs and kept the last, where ``otx train --config stfpm.yaml`` stopped early and kept
+    the best; PatchFlow kept its fifth epoch instead of the best)."""
+    from otx.models import model_class
+
+    for name in list_recipes():
+        config = yaml.safe_load(Path(resolve_recipe(name)).read_text())
+        trainer = {k: v for k, v in config["trainer"].items() if k not in ("accelerator", "devices")}
+        defaults = model_class(config["model"]["class_path"].rpartition(".")[2]).default_trainer
+        assert trainer == defaults, name
+
+
 def test_print_config_shows_overrides(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", RECIPE, "--model.init_args.backbone", "resnet18", "--print_config"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,6 +86,39 @@ def test_early_stopping_keeps_the_best_epoch_and_its_thresholds(sample_root: Pat
     assert ckpt["schema"] == CHECKPOINT_SCHEMA
     config = (Path(summary["checkpoint"]).parent / "config.yaml").read_text()
     assert "class_path: lightning.pytorch.callbacks.early_stopping.EarlyStopping" in config
+
+
+def test_the_python_api_trains_stfpm_as_its_recipe_does(sample_root: Path, tmp_path: Path) -> None:
+    # Engine(model=Stfpm()) stops early and keeps the best epoch as the recipe does (before: all epochs, the last kept)
+    engine = Engine(
+        model=Stfpm(input_size=(64, 64), lr=1.0),  # a high rate: the curve goes up and down
+        data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
+        work_dir=tmp_path / "ws",
+        max_epochs=8,
+    )
+    summary = engine.train()
+    curve = [row["image_AUROC"] for row in summary["validation_curve"]]
+    best = max(range(len(curve)), key=lambda i: (curve[i], -i))  # the first maximum
+    assert summary["best_epoch"] == best + 1
+    assert summary["validation_metrics"]["image_AUROC"] == pytest.approx(curve[best], abs=1e-6)
+    assert len(curve) == (best + 1 + 4 if summary["stopped_early"] else 8)  # patience 4
+
+
+def test_monitors_of_metrics_the_validation_split_cannot_give_are_left_out(dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()
+    for folder in (root / "test").iterdir():
+        if folder.name != "good":
+            shutil.rmtree(folder)  # no defective validation image: no val/image_AUROC to stop early on
+    shutil.rmtree(root / "ground_truth")
+    args = ["train", "--config", STFPM, "--data_root", str(root), "--work_dir", "ws", *SMALL]
+    done = run_main(*args, "--trainer.max_epochs", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # before: "internal error (RuntimeError: Early stopping conditioned ..."
+    summary = _summary(tmp_path / "ws")
+    assert summary["epochs"] == 2 and summary["best_epoch"] is None
+    assert any(
+        w.startswith("the validation split has no defective images, so val/image_AUROC cannot be computed")
+        for w in summary["warnings"]
+    ), summary["warnings"]
 
 
 def _stfpm_args(sample_root: Path, work_dir: str, *extra: str, callbacks: str = "[]") -> list[str]:

@@ -102,7 +102,9 @@ class Engine:
             the trained model), ``bf16``, ``f16`` or ``default`` (the device's choice).
         trainer: ``lightning.Trainer`` arguments for training (a recipe's ``trainer:`` section:
             accelerator, devices, precision, max_epochs, callbacks ...) over the model's defaults
-            (``default_trainer``); the accelerator defaults to ``auto``.
+            (``default_trainer``, its recipes' trainer section), key by key: callbacks given here
+            replace the model's (STFPM's early stopping and best-epoch checkpoint, PatchFlow's
+            best-epoch checkpoint); the accelerator defaults to ``auto``.
     """
 
     @_python_names

@@ -322,6 +322,31 @@ class EpochStates(ModelCheckpoint):
         return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
 
+def _monitor(spec: Any) -> str | None:
+    """The metric a callback entry (an instance or ``{class_path, init_args}``) monitors, if any."""
+    if isinstance(spec, dict):
+        return (spec.get("init_args") or {}).get("monitor")
+    return getattr(spec, "monitor", None)
+
+
+def without_unlogged_monitors(specs: list[Any], logged: set[str]) -> tuple[list[Any], list[str]]:
+    """The callback entries without those that monitor a validation metric this run cannot log.
+
+    Validation metrics need both kinds of images (``val/image_AUROC``, ``val/image_F1``) or defect
+    pixels (``val/pixel_AUROC``). A recipe's early stopping on a metric that is never logged stopped
+    the fit after its first epoch with Lightning's RuntimeError ("internal error"). Returns the kept
+    entries and the monitors of those left out; ``logged`` holds the ``val/...`` names the run logs.
+    """
+    kept, dropped = [], []
+    for spec in specs:
+        monitor = _monitor(spec)
+        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in logged:
+            dropped.append(monitor)
+        else:
+            kept.append(spec)
+    return kept, dropped
+
+
 def monitored_checkpoint(callbacks: list[L.Callback]) -> ModelCheckpoint | None:
     """The recipe's ``ModelCheckpoint`` that keeps the best epoch by a monitored metric, if any."""
     for callback in callbacks:

@@ -95,6 +95,22 @@ def top_share_score(maps: torch.Tensor, share: float, input_size: tuple[int, int
     return torch.topk(maps.flatten(1), count, dim=1).values.mean(dim=1)
 
 
+# Callbacks of the gradient-trained models' defaults (and recipes): keep the epoch of the best
+# validation image AUROC, and stop once it has not risen for a while.
+KEEP_BEST_EPOCH: dict[str, Any] = {
+    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+    "init_args": {"monitor": "val/image_AUROC", "mode": "max", "save_top_k": 1, "filename": "best"},
+}
+
+
+def early_stopping(patience: int, min_delta: float) -> dict[str, Any]:
+    """An ``EarlyStopping`` entry on the validation image AUROC."""
+    return {
+        "class_path": "lightning.pytorch.callbacks.EarlyStopping",
+        "init_args": {"monitor": "val/image_AUROC", "mode": "max", "patience": patience, "min_delta": min_delta},
+    }
+
+
 class AnomalyModel(L.LightningModule):
     """Base of the model cores.
 
@@ -116,7 +132,8 @@ class AnomalyModel(L.LightningModule):
             moved by one noisy pixel (``docs/models.md``, "Image score").
     """
 
-    # lightning.Trainer arguments of this model (a recipe's trainer: section overrides them).
+    # lightning.Trainer arguments of this model (a recipe's trainer: section overrides them, each key
+    # as a whole: a recipe's or a caller's callbacks replace these). Callbacks by class path, as in a recipe.
     default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 1}
     # Feature layers per backbone name, used when the config gives none (each model measures its own).
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -329,6 +346,17 @@ class AnomalyModel(L.LightningModule):
                 "orig_sizes": batch["orig_size"].cpu(),
                 "index": torch.as_tensor(batch["index"]).cpu(),
             }
+        )
+
+    @staticmethod
+    def logged_validation_metrics(both_kinds: bool, defect_pixels: bool) -> set[str]:
+        """The metric names ``on_validation_epoch_end`` logs.
+
+        Image metrics need normal and anomalous validation images (``both_kinds``), pixel AUROC
+        defect pixels in their masks (``defect_pixels``).
+        """
+        return ({"val/image_AUROC", "val/image_F1"} if both_kinds else set()) | (
+            {"val/pixel_AUROC"} if defect_pixels else set()
         )
 
     def on_validation_epoch_end(self) -> None:

@@ -41,7 +41,7 @@ from FrEIA.framework import SequenceINN
 from torch import nn
 
 from otx.errors import OTXConfigError
-from otx.models.base import AnomalyModel
+from otx.models.base import KEEP_BEST_EPOCH, AnomalyModel
 from otx.models.quantization import Scheme
 from otx.models.upsample import upsample_bilinear
 from otx.validate import check_int, check_number
@@ -192,7 +192,12 @@ class Patchflow(AnomalyModel):
         seed: seed of the adaptor's and the flow's random initialisation.
     """
 
-    default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 5}
+    # the recipes' (tests/test_cli.py): five epochs, the best one kept
+    default_trainer: ClassVar[dict[str, Any]] = {
+        "max_epochs": 5,
+        "check_val_every_n_epoch": 1,
+        "callbacks": [KEEP_BEST_EPOCH],
+    }
     ddp_unused_parameters = False  # the adaptor and the flow: every parameter is in the loss
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.2", "blocks.4", "blocks.6"),

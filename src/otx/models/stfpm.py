@@ -28,7 +28,7 @@ from anomalib.models.image.stfpm.torch_model import STFPMModel
 from torch import nn
 
 from otx.errors import OTXConfigError
-from otx.models.base import AnomalyModel
+from otx.models.base import KEEP_BEST_EPOCH, AnomalyModel, early_stopping
 from otx.models.quantization import Scheme
 from otx.models.upsample import upsample_bilinear
 from otx.validate import check_choice, check_int, check_number
@@ -169,7 +169,12 @@ class Stfpm(AnomalyModel):
         optimizer: ``adam`` or ``sgd`` (anomalib's).
     """
 
-    default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 20}
+    # the recipes' (tests/test_cli.py): 20 epochs at most, early stopping, the best epoch kept
+    default_trainer: ClassVar[dict[str, Any]] = {
+        "max_epochs": 20,
+        "check_val_every_n_epoch": 1,
+        "callbacks": [early_stopping(patience=4, min_delta=0.001), KEEP_BEST_EPOCH],
+    }
     input_area: ClassVar[int] = 128 * 128  # the size the small student was measured at (docs/models.md)
     # The small student's: each backbone's stride-16 layer.
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {

@@ -22,7 +22,14 @@ from otx.postprocess import known_pixel_rows
 from otx.preprocess import PreProcessor
 from otx.results import TrainResult
 from otx.scoring import TorchScorer
-from otx.training import build_trainer, check_resume, describe_settings, merge_settings, record_resumed_from
+from otx.training import (
+    build_trainer,
+    check_resume,
+    describe_settings,
+    merge_settings,
+    record_resumed_from,
+    without_unlogged_monitors,
+)
 from otx.verbs.context import FILE_ONLY, VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import evaluate, to_predictions, tune_boxes
 from otx.workdir import Run, stop_name
@@ -146,6 +153,18 @@ def run(
         )
     if data.has_masks and (message := unmasked_warning(splits["val"], "validation")):
         ctx.warn(message)
+    kinds = {s.label for s in splits["val"]}
+    logged = model.logged_validation_metrics(
+        {0, 1} <= kinds, data.has_masks and any(s.label == 1 and s.mask_path is not None for s in splits["val"])
+    )
+    settings["callbacks"], unlogged = without_unlogged_monitors(settings.get("callbacks") or [], logged)
+    if unlogged:  # before: Lightning's RuntimeError after the first epoch, "internal error"
+        why = "defective images" if not {0, 1} <= kinds else "defect masks"
+        ctx.warn(
+            f"the validation split has no {why}, so {', '.join(dict.fromkeys(unlogged))} cannot be computed: the "
+            f"callbacks that monitor it are left out (this run trains all {settings.get('max_epochs') or 1} "
+            f"epoch(s) and keeps the last); add {why} to test/ (or val/) to use them"
+        )
     others = [s.path for s in (*splits["val"], *splits.get("test", [])) if s.label >= 0]  # unknown/: never scored
     if not distributed.secondary() and (
         message := copies_warning([s.path for s in splits["train"]], others, data.data_root)
