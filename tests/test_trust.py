@@ -209,6 +209,10 @@ def test_demo_package_labels_an_unreadable_image_error(trained_padim: dict, data
     assert "warning: 1 of " in run.stderr and "images are grayscale, but the model was trained on colour" in run.stderr
     for name in ("005.png", "007_empty.png"):  # cv2 cannot decode them
         assert records[name]["label"] == "error" and records[name]["score"] is None
+    # each named as otx predict names it, where the script can tell (before: "cannot decode image" for all)
+    assert records["007_empty.png"]["error"] == "the file is empty, 0 bytes"
+    assert records["004.png"]["error"].startswith("image file is truncated")
+    assert records["005.png"]["error"].startswith("cannot decode image (not an image format")
     assert sum(r["label"] == "error" for r in records.values()) >= 1
     allowed = subprocess.run([*command, "--allow_errors"], capture_output=True, text=True, timeout=300)
     assert allowed.returncode == 0
@@ -248,6 +252,23 @@ def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_on
     ):
         bad = subprocess.run([*demo, str(tiff), *args], capture_output=True, text=True, timeout=300)
         assert bad.returncode != 0 and said in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+    # a package half copied: the .xml without its .bin, or a .bin cut short (before: "not an otx export", the
+    # cause dropped); a Python without OpenCV (before: ModuleNotFoundError's traceback)
+    model = Path(summary["exported_model"])
+    (tmp_path / "half").mkdir()
+    shutil.copy(model, tmp_path / "half" / model.name)
+    cut = tmp_path / "cut" / model.name
+    shutil.copytree(model.parent, cut.parent)
+    cut.with_suffix(".bin").write_bytes(model.with_suffix(".bin").read_bytes()[:1000])
+    without_cv2 = "import runpy, sys; sys.modules['cv2'] = None; runpy.run_path(sys.argv[1], run_name='__main__')"
+    for command, said in (
+        ([*demo, str(tiff), "--model", str(tmp_path / "half" / model.name)], "has no weights file 'exported_model"),
+        ([*demo, str(tiff), "--model", str(cut)], "OpenVINO cannot read it (Incorrect weights in bin file"),
+        ([sys.executable, "-c", without_cv2, *demo[1:], str(tiff)], "needs opencv-python-headless (cv2)"),
+    ):
+        bad = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        lines = bad.stderr.strip().splitlines()
+        assert bad.returncode == 1 and len(lines) == 1 and said in lines[0], bad.stderr
     auto = subprocess.run([*demo, str(tiff), "--device", "AUTO:CPU", "--output", str(tmp_path / "auto")],
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert auto.returncode == 0, auto.stderr  # before: "device AUTO:CPU not available", which otx predict takes

@@ -25,6 +25,15 @@ folder of images where only OpenVINO, NumPy and OpenCV are installed (no torch, 
 `label` (`normal` / `anomalous`) and, for detection models, `boxes`. Segmentation and detection
 models also write a mask PNG per image to `results/masks/`, which the record names (`mask`). The model's metadata (task,
 thresholds, input size, training data fingerprint) is in the `model_info` section of the .xml.
+
+An image that cannot be read gets `"label": "error"` and the reason in `error`, never a
+normal/anomalous label; the other images are still predicted, and the script then exits 1
+(`--allow_errors`: 0 when at least one image was predicted). Warnings on stderr say when images
+differ from the training images (grayscale against colour, much smaller or larger, shaped unlike
+them): their scores are not comparable.
+
+Any otx export runs with this script, an INT8 one included: `python predict.py IMAGES --model
+path/to/optimized_model.xml` (copy its .bin beside it). Copy the .xml and .bin together, whole.
 """
 
 

@@ -22,9 +22,17 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import cv2
-import numpy as np
-import openvino as ov
+try:
+    import cv2
+    import numpy as np
+    import openvino as ov
+except ImportError as exc:  # one line, not a traceback: this script runs where otx is not installed
+    _NEEDED = {"cv2": "opencv-python-headless (cv2)", "numpy": "numpy", "openvino": "openvino"}
+    sys.exit(
+        f"error: predict.py needs {_NEEDED.get(exc.name or '', 'openvino, numpy and opencv')}, which this Python "
+        f"cannot import; install what it needs with: {Path(sys.executable).name} -m pip install -r "
+        f"{Path(__file__).with_name('requirements.txt')}"
+    )
 
 EXTENSIONS = (  # otx's IMAGE_EXTENSIONS: the files otx trains on and predicts from a folder
     ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".jpe", ".dib", ".pbm", ".pgm",
@@ -126,19 +134,29 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
 
 def decode(path: Path) -> np.ndarray | None:
     """The file's pixels as stored (any depth and channel count); None when it cannot be decoded."""
+    return decode_why(path)[0]
+
+
+def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
+    """``decode``, with the reason when the file cannot be decoded (as ``otx predict`` names it, where it can)."""
     try:
         data = path.read_bytes()
-    except OSError:
-        return None
+    except OSError as exc:
+        return None, f"cannot read the file ({exc.strerror or exc})"
     if not data:  # an empty file (imdecode asserts on an empty buffer)
-        return None
+        return None, "the file is empty, 0 bytes"
     if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:  # a PNG cut short, as otx refuses it
-        return None
+        return None, "image file is truncated (a PNG without its end)"
     # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
     try:
-        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error:
-        return None
+        array = None
+    if array is not None:
+        return array, ""
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-32:]:
+        return None, "image file is truncated (a JPEG without its end)"
+    return None, "cannot decode image (not an image format OpenCV reads, or damaged)"
 
 
 def read_rgb(path: Path) -> np.ndarray | None:
@@ -334,15 +352,35 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    try:
-        model = core.read_model(args.model)
-        task = model.get_rt_info(["model_info", "task"]).astype(str)
-    except RuntimeError as exc:
-        reason = "not found" if not Path(args.model).is_file() else f"not an otx export ({str(exc).splitlines()[0]})"
+    weights = Path(args.model).with_suffix(".bin")
+    if Path(args.model).is_file() and not weights.is_file():  # a half-copied package (OpenVINO: "Incorrect weights")
         print(
-            f"error: cannot read the model {args.model}: {reason}; pass --model <exported_model.xml>", file=sys.stderr
+            f"error: the model {args.model} has no weights file '{weights.name}' beside it; copy the .bin with "
+            "the .xml",
+            file=sys.stderr,
         )
         return 1
+    try:
+        model = core.read_model(args.model)
+    except RuntimeError as exc:
+        # OpenVINO's message: "Exception from <source file>:" lines, then the cause
+        said = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        cause = next((line for line in reversed(said) if not line.startswith("Exception from")), "")
+        reason, fix = (
+            ("not found", "pass --model <exported_model.xml>")
+            if not Path(args.model).is_file()
+            else (f"OpenVINO cannot read it ({cause[:200]})", "copy the .xml and its .bin again, whole")
+        )
+        print(f"error: cannot read the model {args.model}: {reason}; {fix}", file=sys.stderr)
+        return 1
+    if not model.has_rt_info(["model_info", "task"]):
+        print(
+            f"error: the model {args.model} is not an otx export (its metadata names no task); pass --model "
+            "<exported_model.xml> written by otx export",
+            file=sys.stderr,
+        )
+        return 1
+    task = model.get_rt_info(["model_info", "task"]).astype(str)
 
     def info(key: str, default: str) -> str:
         return model.get_rt_info(["model_info", key]).astype(str) if model.has_rt_info(["model_info", key]) else default
@@ -429,7 +467,7 @@ def main() -> int:
     queue.set_callback(done)
     seen: list[tuple[bool, int, int]] = []  # (grayscale, height, width) of each image read
     for index, path in enumerate(paths):
-        raw, image, reason = decode(path), None, "cannot decode image"
+        (raw, reason), image = decode_why(path), None
         if raw is not None:
             seen.append((is_gray(raw), *raw.shape[:2]))
             try:
