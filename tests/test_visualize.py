@@ -187,6 +187,18 @@ def test_report_opens_in_a_headless_browser(trained_padim: dict, sample_root: Pa
     ):
         assert needle in text
     assert 'src="http' not in text and "src='http" not in text  # self-contained
+    # what the report was computed on, for a reader who has only the HTML (before: the model's path alone)
+    assert f"data: <code>{sample_root / 'carpet_like'}</code>, test split" in text
+    assert "input: resize: images to 128x128 (width x height)" in text and ", tested 20" in text
+    assert "Boxes are cut" not in text and "The pixel threshold draws the masks." in text
+    # detection: the box settings the boxes were cut with (before: "the pixel threshold draws masks and boxes")
+    detection = Engine(
+        data=AnomalyDataModule(str(sample_root / "carpet_like"), num_workers=0), task="detection", work_dir=tmp_path
+    ).test(checkpoint=trained_padim["checkpoint"])
+    settings = detection["boxes"]
+    assert settings == {"threshold": 0.5, "merge": 0.0, "min_area": 0.0, "on_normal": False, "peak": 0.0}
+    assert "Boxes are cut from the normalised map at their own settings" in Path(detection["report"]).read_text()
+    assert "box level 0.5, components within 0 % of the longer side merged" in Path(detection["report"]).read_text()
 
     browser, driver_path = chromium()
     from selenium import webdriver
@@ -284,3 +296,24 @@ def test_box_scores_do_not_cover_each_other_or_the_label() -> None:
         assert not np.all(canvas[on_lines] == 0, axis=-1).any(), (x1, y1, x2, y2)
         on_lines[:frame] = on_lines[-frame:] = on_lines[:, :frame] = on_lines[:, -frame:] = False
         assert np.all(canvas[on_lines] == (255, 0, 255), axis=-1).all(), (x1, y1, x2, y2)
+
+
+def test_the_images_label_keeps_off_the_defect() -> None:
+    from otx.tasks import Prediction
+    from otx.visualize import overlay
+
+    # a defect along the top left, where the label used to go whatever lay beneath it (helper-38)
+    image = np.full((300, 400, 3), 128, np.uint8)
+    truth = np.zeros((300, 400), bool)
+    truth[4:34, 10:60] = True
+    for prediction in (
+        Prediction("a.png", 0.457, False),  # a missed defect: only the ground truth is drawn
+        Prediction("b.png", 0.9, True, pred_boxes=np.array([[8, 2, 62, 36]], np.float32), box_scores=np.ones(1)),
+    ):
+        canvas = overlay(image, prediction, truth)
+        (x, y, w, h), *_ = sorted(_label_backgrounds(canvas), key=lambda r: -r[2] * r[3])  # the largest: the label
+        assert not truth[y : y + h, x : x + w].any(), (x, y, w, h)
+        assert (x, y) != (0, 0) and x + w <= 400 and y + h <= 300
+    # nothing beneath the top left: the label stays there
+    ((x, y, w, h),) = _label_backgrounds(overlay(image, Prediction("c.png", 0.1, False)))
+    assert x < 10 and y < 40

@@ -195,6 +195,14 @@ class PreProcessor(nn.Module):
         """How many core images one image gives (1 unless tiled)."""
         return self.grid[0] * self.grid[1] if self.tile_size else 1
 
+    def describe(self) -> str:
+        """The mode in words, sizes as width x height: ``keep_aspect: images to 224x288 (width x height)``."""
+        size = f"{self.input_size[1]}x{self.input_size[0]} (width x height)"
+        tiles = f", {self.tiles_per_image} tiles of {self.tile_size} per image" if self.mode == "tile" else ""
+        if self.mode == "tile" and self.tile_stride != self.tile_size:
+            tiles += f" (stride {self.tile_stride})"
+        return f"{self.mode}: images to {size}{tiles}"
+
     def config(self) -> dict[str, Any]:
         """The settings, for export metadata and summaries."""
         config: dict[str, Any] = {"mode": self.mode, "input_size": list(self.input_size)}

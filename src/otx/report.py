@@ -53,6 +53,10 @@ class ReportInput:
     warnings: list[str] = field(default_factory=list)  # where the numbers could mislead
     thresholds: dict[str, float] = field(default_factory=dict)  # raw units (the scorer's stats)
     threshold_origin: dict[str, str] = field(default_factory=dict)  # how each was set, in words
+    data_root: str = ""  # the data tested on (the report is read without the run folder beside it)
+    input_mode: str = ""  # the model's pre-processing in words (PreProcessor.describe)
+    boxes: dict[str, Any] | None = None  # detection: the box settings (otx.boxes.BoxSettings.as_dict)
+    date: str = ""  # when the test ran
 
 
 def _png(fig: Figure) -> bytes:
@@ -183,8 +187,12 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     split_rows = [{"split": name, **counts} for name, counts in data.splits.items()]
     sections = [
         f"<h1>otx test report: {html.escape(data.model)} ({html.escape(data.backbone)}), {html.escape(data.task)}</h1>",
-        f"<p>model: <code>{html.escape(data.source)}</code><br>runtime: "
-        f"{html.escape(describe_runtime(data.runtime))}<br>otx {__version__}</p>",
+        f"<p>model: <code>{html.escape(data.source)}</code><br>"
+        + (f"data: <code>{html.escape(data.data_root)}</code>, test split<br>" if data.data_root else "")
+        + (f"input: {html.escape(data.input_mode)}<br>" if data.input_mode else "")
+        + f"runtime: {html.escape(describe_runtime(data.runtime))}<br>otx {__version__}"
+        + (f", tested {html.escape(data.date)}" if data.date else "")
+        + "</p>",
         *(
             [
                 '<h2 class="warn">Warnings</h2><ul class="warn">'
@@ -227,8 +235,9 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         "their scores",
     }.get(data.task, "the image")
     legend = (
-        f'<p class="legend">Overlays: {drawn}, ground truth outline in green where the data has masks, '
-        "label and normalised score.</p>"
+        f'<p class="legend">Overlays: {drawn}, ground truth outline in bright green where the data has masks; '
+        "the label and normalised score in the corner where they hide the least, with a frame of the label's "
+        "colour (red anomalous, dark green normal).</p>"
     )
     for kind, title in (("false_positives", "Worst false positives"), ("false_negatives", "Worst false negatives")):
         total, shown = worst[kind]
@@ -267,10 +276,20 @@ def _thresholds(data: ReportInput) -> list[str]:
         for name in ("image", "pixel")
         if f"{name}_threshold" in data.thresholds
     ]
-    note = (
-        '<p class="legend">Scores and maps are shown normalised: the raw threshold maps to 0.5. '
-        "The pixel threshold draws masks and boxes.</p>"
-    )
+    note = '<p class="legend">Scores and maps are shown normalised: the raw threshold maps to 0.5. '
+    if data.boxes is None:
+        note += "The pixel threshold draws the masks.</p>"
+    else:  # boxes are cut at a level of their own (otx.boxes), not at the pixel threshold
+        b = data.boxes
+        note += (
+            "The pixel threshold draws the masks. Boxes are cut from the normalised map at their own settings "
+            f"(chosen on the validation split unless a warning says otherwise): box level {b['threshold']:.3g}, "
+            f"components within {100 * b['merge']:.3g} % of the longer side merged, each box around its group's "
+            f"core (the pixels at least {100 * b['peak']:.3g} % of the way from the box level to the group's "
+            f"maximum), boxes under {100 * b['min_area']:.3g} % of the image dropped, "
+            + ("boxes on images labelled normal too" if b["on_normal"] else "no boxes on images labelled normal")
+            + ".</p>"
+        )
     return ["<h2>Thresholds</h2>", _table(rows), note]
 
 

@@ -106,7 +106,7 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
       scores (detection);
     - the ground-truth outline in green, when ``gt_mask`` is given;
     - the label and normalised score as text, red for anomalous, green for normal, and a frame
-      of the same colour.
+      of the same colour; the text in the corner where it hides the least of the above.
     """
     factor = upscale_factor(image.shape[:2])
     canvas = _enlarge(np.ascontiguousarray(image[..., :3], dtype=np.uint8), factor).copy()
@@ -122,7 +122,9 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
     room = width - 2 * line - 4
     if (wide := _text_box(label, (0, 0), scale)[2]) > room > 0:  # a thin image whose enlargement is capped
         scale = max(MIN_SCALE, scale * room / wide)
-    label_origin = (line + 2, int(24 * scale) + line)
+    label_origin = _label_origin(
+        label, scale, line, (height, width), _busy(prediction, gt_mask, image.shape[:2], factor)
+    )
     taken = [_text_box(label, label_origin, scale)]  # box scores keep off the image's label
     scores_at: list[tuple[str, tuple[int, int]]] = []
     if prediction.pred_boxes is not None:
@@ -144,6 +146,52 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
         _text(canvas, text, origin, BOX, scale * 0.8)
     _text(canvas, label, label_origin, color, scale)
     return canvas
+
+
+def _busy(prediction: Prediction, gt_mask: np.ndarray | None, size: tuple[int, int], factor: int) -> np.ndarray | None:
+    """The pixels the image's label should not hide, at the overlay's size; None when there are none.
+
+    The ground truth, the predicted mask and boxes, the map at or above the threshold (all at the
+    image's own ``size``, then enlarged by ``factor`` as the overlay is).
+    """
+    busy = np.zeros(size, bool)
+    for part in (
+        gt_mask,
+        prediction.pred_mask,
+        None if prediction.anomaly_map is None else prediction.anomaly_map >= 0.5,
+    ):
+        if part is not None and part.shape == size:
+            busy |= part.astype(bool)
+    for x1, y1, x2, y2 in (
+        np.asarray(prediction.pred_boxes if prediction.pred_boxes is not None else np.zeros((0, 4))).round().astype(int)
+    ):
+        busy[max(0, y1) : max(0, y2), max(0, x1) : max(0, x2)] = True
+    return _enlarge(busy, factor) if busy.any() else None
+
+
+def _label_origin(
+    label: str, scale: float, line: int, size: tuple[int, int], busy: np.ndarray | None
+) -> tuple[int, int]:
+    """Where the image's label goes: the corner where it hides the fewest ``busy`` pixels.
+
+    Top left, top right, bottom left, bottom right, the first of those that hide the fewest (top
+    left when nothing is busy). Before, always top left, where it could cover the very defect the
+    overlay shows (a break at the top left of a magnetic_tile image, helper-38).
+    """
+    height, width = size
+    first = _text_box(label, (0, 0), scale)
+    above, below, wide = -first[1], first[3], first[2]
+    left, right = line + 2, max(line + 2, width - line - 2 - wide)
+    top, bottom = above + line, max(above + line, height - line - below)
+    corners = [(left, top), (right, top), (left, bottom), (right, bottom)]
+    if busy is None or busy.shape != (height, width):
+        return corners[0]
+
+    def hidden(origin: tuple[int, int]) -> int:
+        x1, y1, x2, y2 = _text_box(label, origin, scale)
+        return int(np.count_nonzero(busy[max(0, y1) : max(0, y2), max(0, x1) : max(0, x2)]))
+
+    return min(corners, key=hidden)  # ties: the earlier corner
 
 
 # Overlays of images whose shorter side is below this are drawn on the image enlarged by a whole

@@ -111,6 +111,10 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             warnings=list(ctx.warnings),
             thresholds=scorer.stats(),
             threshold_origin=scorer.threshold_origin(),
+            data_root=str(data.data_root or ""),
+            input_mode=scorer.preprocessor.describe(),
+            boxes=scorer.boxes.as_dict() if adapter.box_level else None,
+            date=time.strftime("%Y-%m-%d %H:%M %Z"),
         ),
     )
     result = TestResult(

@@ -202,9 +202,7 @@ def run(
     if profile and (note := squash_note(profile["aspect"], pre, chosen, largest)):
         ctx.console.print(f"[yellow]note[/]: {note}")
     if pre.mode != "resize":
-        tiles = f", {pre.tiles_per_image} tiles of {pre.tile_size} per image" if pre.mode == "tile" else ""
-        size = f"{pre.input_size[1]}x{pre.input_size[0]} (width x height)"
-        ctx.console.print(f"input mode {pre.mode}: images to {size}{tiles}")
+        ctx.console.print(f"input mode {pre.describe()}")
     start = time.perf_counter()
     # Each process gets its share: every training image once for one-pass models (exact statistics),
     # equal padded shares for gradient training; validation images once each (gathered by index).
