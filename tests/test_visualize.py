@@ -199,6 +199,10 @@ def test_report_opens_in_a_headless_browser(trained_padim: dict, sample_root: Pa
     assert settings == {"threshold": 0.5, "merge": 0.0, "min_area": 0.0, "on_normal": False, "peak": 0.0}
     assert "Boxes are cut from the normalised map at their own settings" in Path(detection["report"]).read_text()
     assert "box level 0.5, components within 0 % of the longer side merged" in Path(detection["report"]).read_text()
+    # each metric shown is explained (before: box_AP and the *_input names were not)
+    said = Path(detection["report"]).read_text()
+    assert "box_AP: box average precision over IoU 0.5 to 0.95" in said and "names ending in _input" in said
+    assert "AUPRO: mean overlap" in text and "box_AP" not in text.split("Thresholds")[0].split("image_AUROC: ")[1]
 
     browser, driver_path = chromium()
     from selenium import webdriver

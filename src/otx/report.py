@@ -66,18 +66,23 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _roc_pr(scores: np.ndarray, labels: np.ndarray, image_auroc: float) -> tuple[bytes, bytes]:
+def _roc_pr(scores: np.ndarray, labels: np.ndarray, predicted: np.ndarray, image_auroc: float) -> tuple[bytes, bytes]:
+    """The ROC and precision-recall curves, each with the threshold's operating point (from the labels given)."""
     c = curves(scores, labels)
+    fpr, tpr = float(predicted[~labels].mean()), float(predicted[labels].mean())  # recall = tpr
+    precision = float(labels[predicted].mean()) if predicted.any() else 1.0
     roc = Figure(figsize=(4.2, 4.0))
     ax = roc.add_subplot()
     ax.plot(c["fpr"], c["tpr"], color="tab:red", lw=2, label=f"image AUROC {image_auroc:.4f}")
     ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="chance")
+    ax.plot([fpr], [tpr], "ko", ms=7, label=f"at the threshold: FPR {fpr:.3f}, TPR {tpr:.3f}")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (images)", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower right")
     pr = Figure(figsize=(4.2, 4.0))
     ax = pr.add_subplot()
     ax.plot(c["recall"], c["precision"], color="tab:blue", lw=2)
     ax.axhline(labels.mean(), color="gray", lw=1, ls="--", label=f"anomalous share {labels.mean():.2f}")
+    ax.plot([tpr], [precision], "ko", ms=7, label=f"at the threshold: recall {tpr:.3f}, precision {precision:.3f}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (images)", xlim=(0, 1), ylim=(0, 1.02))
     ax.legend(loc="lower left")
     return _png(roc), _png(pr)
@@ -178,7 +183,9 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     predicted = np.array([p.pred_label for p in data.predictions])
     plots: dict[str, bytes] = {}
     if labels.any() and not labels.all():
-        plots["roc.png"], plots["precision_recall.png"] = _roc_pr(data.scores, labels, data.metrics["image_AUROC"])
+        plots["roc.png"], plots["precision_recall.png"] = _roc_pr(
+            data.scores, labels, predicted.astype(bool), data.metrics["image_AUROC"]
+        )
     plots["score_histogram.png"] = _histogram(normalized, labels)
     for name, content in plots.items():
         (out_dir / name).write_bytes(content)
@@ -213,6 +220,7 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         ),
         "<h2>Metrics (test split)</h2>",
         _table(metric_rows),
+        _metric_legend(data.metrics),
         *_thresholds(data),
         "<h2>Images per split</h2>",
         _table(split_rows),
@@ -261,6 +269,31 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     # a file name that is not valid UTF-8 (kept by Python as surrogates) is shown escaped, not a crash
     path.write_text(page, encoding="utf-8", errors="backslashreplace")
     return path
+
+
+METRIC_WORDS = {  # what each metric name means, for the report's legend
+    "image_AUROC": "how well image scores rank anomalous above normal images (1 perfect, 0.5 chance)",
+    "image_F1": "F1 of the image labels at the image threshold",
+    "pixel_AUROC": "the same ranking for every pixel, at each image's own size",
+    "pixel_F1": "F1 of the predicted masks' pixels at the pixel threshold",
+    "AUPRO": "mean overlap of the thresholded map with each defect region, up to a false positive rate of 0.3 "
+    "(every region counts alike, small ones too)",
+    "box_AP": "box average precision over IoU 0.5 to 0.95 (COCO's AP, pycocotools)",
+    "box_AP50": "box average precision at IoU 0.5 (AP25 and AP10: at 0.25 and 0.1, looser overlaps)",
+    "defect_recall": "share of the defect regions that a box overlaps",
+    "false_boxes_per_normal_image": "boxes on normal images, per normal image",
+}
+
+
+def _metric_legend(metrics: dict[str, Any]) -> str:
+    """One line per metric name shown (``_input``: the same at the model's input size)."""
+    shown = [name for name in METRIC_WORDS if name in metrics]
+    if not shown:
+        return ""
+    items = "; ".join(f"{name}: {METRIC_WORDS[name]}" for name in shown)
+    if any(name.endswith("_input") for name in metrics):
+        items += "; names ending in _input: the same at the model's input size (before the maps are resized back)"
+    return f'<p class="legend">{html.escape(items)}.</p>'
 
 
 def _thresholds(data: ReportInput) -> list[str]:
