@@ -1360,27 +1360,46 @@ def test_the_demo_package_warns_of_images_unlike_the_training_images_as_otx_does
 
     demo = demo_package()
 
-    def write(name: str, height: int, width: int, channels: int = 1) -> str:
+    def write(name: str, height: int, width: int, channels: int = 1, colour: bool = True) -> str:
         path = tmp_path / f"{name}.png"
-        shape = (height, width) if channels == 1 else (height, width, channels)
-        cv2.imwrite(str(path), np.full(shape, 128, np.uint8))
+        image = np.full((height, width, channels), 128, np.uint8)
+        if channels >= 3 and colour:
+            image[..., :3] = (128, 60, 200)
+        if channels >= 3:
+            image[: height // 2, : width // 2, :3] += np.uint8(1)  # within a level or two: still grayscale
+        cv2.imwrite(str(path), image[..., 0] if channels == 1 else image)
         return str(path)
 
     gray_trained = image_profile([write("train_a", 128, 512), write("train_b", 120, 500)])
     color_trained = image_profile([write("train_c", 128, 512, 3)])
+    # a grayscale camera's images saved as RGB: a grayscale model's (before: colour, so every real grayscale
+    # image was "grayscale, but the model was trained on colour images", helper-38)
+    stored_gray_trained = image_profile([write("train_d", 128, 512, 3, colour=False)])
+    assert (gray_trained["channels"], color_trained["channels"], stored_gray_trained["channels"]) == (
+        "gray",
+        "color",
+        "gray",
+    )
+    stored_gray = [write("stored_gray", 125, 505, 3, colour=False), write("stored_gray_alpha", 125, 505, 4, False)]
     inputs = [
         [write("turned", 512, 128)],
         [write("small", 40, 150), write("same", 124, 505)],
         [write("large", 300, 1200, 3), write("color", 125, 505, 3), write("alpha", 125, 505, 4)],
         [write("same2", 124, 505)],
         [write("tall", 1280, 128), write("turned2", 505, 124)],
+        stored_gray,
+        [*stored_gray, write("color2", 125, 505, 3)],
     ]
     for trained in (gray_trained, color_trained):
         for paths in inputs:
-            seen = [(demo.is_gray(a), *a.shape[:2]) for a in (demo.decode(Path(p)) for p in paths)]
+            seen = [(demo.channel_kind(a), *a.shape[:2]) for a in (demo.decode(Path(p)) for p in paths)]
             ours = profile_warnings(trained, paths, "input")
             assert demo.profile_notes(trained, seen, len(paths)) == ours
     assert len(profile_warnings(gray_trained, inputs[2], "input")) == 2  # colour, larger: the cases are covered
+    assert profile_warnings(gray_trained, stored_gray, "input") == []  # before: "2 of 2 ... are colour"
+    (line,) = profile_warnings(gray_trained, inputs[-1], "input")  # one colour image among them: that one
+    assert line.startswith("1 of 3 input images are colour, but the model was trained on grayscale")
+    assert profile_warnings(stored_gray_trained, [write("gray_file", 124, 505)], "input") == []
 
 
 def test_a_library_error_left_by_a_stop_goes_to_the_log_not_the_terminal(capsys, caplog, monkeypatch) -> None:

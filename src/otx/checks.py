@@ -6,8 +6,9 @@ Each check returns plain sentences; the Engine logs them (stderr and ``otx.log``
 - ``threshold_warnings``: an AUROC near chance (0.5) and a threshold at the edge of the scores,
   where the model flags every image (or pixel) as anomalous, or none.
 - ``image_profile`` / ``profile_warnings``: the training images' channels (grayscale or colour,
-  from the file headers) and size range, recorded at training time, against the images a model
-  is tested or predicted on.
+  from the file headers; a colour file holding a grayscale image, its channels equal, counts as
+  grayscale) and size range, recorded at training time, against the images a model is tested or
+  predicted on.
 """
 
 from __future__ import annotations
@@ -214,14 +215,40 @@ def _header(path: str | Path) -> tuple[bool, int, int] | None:
         return None
 
 
+GRAY_LEVELS = 2  # a colour file whose channels differ by at most this many levels holds a grayscale image
+PROFILE_CHECKS = 32  # colour files of the training images whose pixels image_profile looks at
+
+
+def stored_gray(path: str | Path) -> bool:
+    """Whether a colour image file holds a grayscale image (its channels equal, within ``GRAY_LEVELS``).
+
+    A grayscale camera's images saved as RGB (a JPEG, a PNG written by a colour pipeline) read
+    as colour from their header, yet give the model the same input as a one-channel file: otx
+    repeats a grayscale image's channel three times. False when the file cannot be decoded.
+    """
+    try:
+        with Image.open(path) as pil:
+            rgb = np.asarray(pil.convert("RGB"), dtype=np.int16)
+    except (OSError, ValueError):
+        return False
+    return bool(
+        np.abs(rgb[..., 0] - rgb[..., 1]).max(initial=0) <= GRAY_LEVELS
+        and np.abs(rgb[..., 1] - rgb[..., 2]).max(initial=0) <= GRAY_LEVELS
+    )
+
+
 def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
     """Channels and size range of images, read from their headers.
 
     Returns ``channels`` (``gray``, ``color`` or ``mixed``), ``height`` and ``width`` as
     ``[min, max]``, the median ``aspect`` ratio (width / height) and the number of ``images``
-    (empty when none could be read).
+    (empty when none could be read). Colour files whose pixels hold grayscale images count as
+    grayscale: when every one of up to ``PROFILE_CHECKS`` of them, spread over the set, does
+    (``stored_gray``; a camera's images are alike, and decoding all of them would read the
+    training set twice).
     """
-    gray = color = 0
+    gray = 0
+    colour_files: list[str | Path] = []
     heights: list[int] = []
     widths: list[int] = []
     for path in paths:
@@ -232,11 +259,16 @@ def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
         if is_gray:
             gray += 1
         else:
-            color += 1
+            colour_files.append(path)
         heights.append(height)
         widths.append(width)
     if not heights:
         return {}
+    color = len(colour_files)
+    if color:
+        step = max(1, color // PROFILE_CHECKS)
+        if all(stored_gray(path) for path in colour_files[::step][:PROFILE_CHECKS]):
+            gray, color = gray + color, 0
     channels = "gray" if not color else ("color" if not gray else "mixed")
     return {
         "channels": channels,
@@ -264,12 +296,15 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
     def too_large(height: int, width: int) -> bool:
         return height > h_max * SIZE_FACTOR or width > w_max * SIZE_FACTOR
 
+    colour_files: list[str] = []
     for path in paths:
         header = _header(path)
         if header is None:
             continue
         is_gray, height, width = header
         counts["gray" if is_gray else "color"] += 1
+        if not is_gray:
+            colour_files.append(path)
         if too_small(height, width) or too_large(height, width):
             if not (too_small(width, height) or too_large(width, height)):
                 turned += 1  # the training images' size, on its side
@@ -280,6 +315,9 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
             else:
                 larger += 1
     total = len(paths)
+    if gray_trained and colour_files:  # (decoded only here: a grayscale model given colour files)
+        # grayscale images stored in colour files give the input a grayscale file gives
+        counts["color"] = sum(not stored_gray(path) for path in colour_files)
     if gray_trained and counts["color"]:
         found.append(
             f"{counts['color']} of {total} {where} images are colour, but the model was trained on grayscale images: "

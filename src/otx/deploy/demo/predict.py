@@ -169,9 +169,22 @@ def read_rgb(path: Path) -> np.ndarray | None:
     return None if array is None else to_rgb(array)
 
 
-def is_gray(array: np.ndarray) -> bool:
-    """Whether decoded pixels have one channel (otx asks the file header; gray with alpha counts as colour here)."""
-    return array.ndim == 2 or array.shape[2] == 1
+GRAY_LEVELS = 2  # otx.checks.GRAY_LEVELS
+
+
+def channel_kind(array: np.ndarray) -> str:
+    """What decoded pixels hold, as otx tells them apart.
+
+    ``gray`` (one channel, or gray with alpha), ``stored_gray`` (colour channels equal within
+    ``GRAY_LEVELS``: a grayscale image in a colour file) or ``color``.
+    """
+    if array.ndim == 2 or array.shape[2] <= 2:
+        return "gray"
+    colour = array[..., :3].astype(np.int32)
+    same = np.abs(colour[..., 0] - colour[..., 1]).max(initial=0) <= GRAY_LEVELS and (
+        np.abs(colour[..., 1] - colour[..., 2]).max(initial=0) <= GRAY_LEVELS
+    )
+    return "stored_gray" if same else "color"
 
 
 def to_rgb(array: np.ndarray) -> np.ndarray:
@@ -247,12 +260,13 @@ def restore(small: np.ndarray, size_hw: tuple[int, int], input_hw: list[int], mo
 SIZE_FACTOR = 2.0  # otx's: images more than this factor smaller or larger than every training image
 
 
-def profile_notes(train: dict | None, seen: list[tuple[bool, int, int]], total: int, where: str = "input") -> list[str]:
+def profile_notes(train: dict | None, seen: list[tuple[str, int, int]], total: int, where: str = "input") -> list[str]:
     """The warnings otx predict gives when images differ clearly from the training images.
 
     ``train`` holds the export's ``channels`` and ``height`` / ``width`` ranges; ``seen`` is
-    ``(grayscale, height, width)`` per image decoded, of ``total`` images. The same lines as
-    ``otx.checks.profile_warnings``.
+    ``(channel_kind, height, width)`` per image decoded, of ``total`` images. The same lines as
+    ``otx.checks.profile_warnings``: a colour file holding a grayscale image is no colour image
+    for a grayscale model.
     """
     if not train or not seen:
         return []
@@ -265,8 +279,8 @@ def profile_notes(train: dict | None, seen: list[tuple[bool, int, int]], total: 
     def too_large(height: int, width: int) -> bool:
         return height > h_max * SIZE_FACTOR or width > w_max * SIZE_FACTOR
 
-    gray = sum(g for g, _, _ in seen)
-    color = len(seen) - gray
+    gray = sum(kind == "gray" for kind, _, _ in seen)  # grayscale files, for a colour model
+    color = sum(kind == "color" for kind, _, _ in seen)  # colour images, for a grayscale model
     smaller = larger = turned = reshaped = 0
     for _, height, width in seen:
         if too_small(height, width) or too_large(height, width):
@@ -465,11 +479,11 @@ def main() -> int:
 
     queue = ov.AsyncInferQueue(compiled)
     queue.set_callback(done)
-    seen: list[tuple[bool, int, int]] = []  # (grayscale, height, width) of each image read
+    seen: list[tuple[str, int, int]] = []  # (channel_kind, height, width) of each image read
     for index, path in enumerate(paths):
         (raw, reason), image = decode_why(path), None
         if raw is not None:
-            seen.append((is_gray(raw), *raw.shape[:2]))
+            seen.append((channel_kind(raw), *raw.shape[:2]))
             try:
                 image = to_rgb(raw)
             except ValueError as exc:  # out of the levels otx reads
