@@ -76,6 +76,8 @@ def test_tiles_cover_the_image_and_overlaps_are_averaged() -> None:
     tiles = pre.tiles(images)
     rows, cols = pre.grid
     assert (rows, cols) == (2, 4) and tiles.shape == (2 * rows * cols, 3, 64, 64)
+    # in words, as otx train prints it and the report shows it
+    assert pre.describe() == "tile: images to 150x100 (width x height), 8 tiles of 64 per image (stride 40)"
     # tile k of image b is the crop at (row * stride, col * stride) of the edge-padded image
     padded = F.pad(images, (0, pre.padded[1] - 150, 0, pre.padded[0] - 100), mode="replicate")
     for k in [0, 5, rows * cols - 1]:

@@ -434,3 +434,17 @@ def test_curves_match_scikit_learn() -> None:
     precision, recall, _ = precision_recall_curve(labels, scores, drop_intermediate=False)
     np.testing.assert_allclose(got["precision"], precision, atol=1e-12)
     np.testing.assert_allclose(got["recall"], recall, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_reports_operating_point_matches_sklearn(seed: int) -> None:
+    from sklearn.metrics import confusion_matrix
+
+    from otx.report import operating_point
+
+    rng = np.random.default_rng(seed)
+    labels = rng.random(50) < 0.4
+    predicted = rng.random(50) < 0.5
+    tn, fp, fn, tp = confusion_matrix(labels, predicted).ravel()
+    assert operating_point(labels, predicted) == pytest.approx((fp / (fp + tn), tp / (tp + fn), tp / (tp + fp)))
+    assert operating_point(labels, np.zeros(50, bool)) == (0.0, 0.0, 1.0)  # nothing flagged: no false positive

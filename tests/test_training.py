@@ -110,15 +110,32 @@ def test_monitors_of_metrics_the_validation_split_cannot_give_are_left_out(datas
         if folder.name != "good":
             shutil.rmtree(folder)  # no defective validation image: no val/image_AUROC to stop early on
     shutil.rmtree(root / "ground_truth")
-    args = ["train", "--config", STFPM, "--data_root", str(root), "--work_dir", "ws", *SMALL]
-    done = run_main(*args, "--trainer.max_epochs", "2", cwd=tmp_path)
+    args = ["train", "--config", STFPM, "--data_root", str(root), *SMALL]
+    done = run_main(*args, "--trainer.max_epochs", "2", "--work_dir", "ws", cwd=tmp_path)
     assert done.returncode == 0, done.stderr  # before: "internal error (RuntimeError: Early stopping conditioned ..."
     summary = _summary(tmp_path / "ws")
     assert summary["epochs"] == 2 and summary["best_epoch"] is None
-    assert any(
-        w.startswith("the validation split has no defective images, so val/image_AUROC cannot be computed")
-        for w in summary["warnings"]
-    ), summary["warnings"]
+    said = "the validation split has no defective images, so val/image_AUROC cannot be computed: EarlyStopping, "
+    said += "ModelCheckpoint monitoring it left out (the run trains every epoch and keeps the last); add defective"
+    assert any(w.startswith(said) for w in summary["warnings"]), summary["warnings"]
+    config = next((tmp_path / "ws").glob("*-train/config.yaml")).read_text()
+    assert "EarlyStopping" not in config and "ModelCheckpoint" not in config  # the callbacks the run used
+    # defective validation images only: the missing kind is named (before: "no defective images" there too)
+    shutil.rmtree(root / "test" / "good")
+    for folder in (dataset_copy("carpet_like") / "test").iterdir():
+        if folder.name != "good":
+            shutil.copytree(folder, root / "test" / folder.name)
+    done = run_main(*args, "--trainer.max_epochs", "1", "--work_dir", "ws2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warnings = _summary(tmp_path / "ws2")["warnings"]
+    assert any(w.startswith("the validation split has no normal images, so val/image_AUROC") for w in warnings)
+    # a metric otx does not log: one line (before: Lightning's RuntimeError after the first epoch)
+    typo = "[{class_path: EarlyStopping, init_args: {monitor: val/image_auroc}}]"
+    done = run_main(*args, "--trainer.callbacks", typo, "--work_dir", "ws3", cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "EarlyStopping monitors 'val/image_auroc', which otx does not log; monitor one of val/image_AUROC" in (
+        " ".join(done.stderr.split())
+    )
 
 
 def _stfpm_args(sample_root: Path, work_dir: str, *extra: str, callbacks: str = "[]") -> list[str]:

@@ -66,11 +66,20 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def operating_point(labels: np.ndarray, predicted: np.ndarray) -> tuple[float, float, float]:
+    """``(false positive rate, true positive rate = recall, precision)`` of the labels given (both kinds present).
+
+    Precision is 1.0 when nothing is predicted anomalous (no false positive among none).
+    """
+    labels, predicted = np.asarray(labels, bool), np.asarray(predicted, bool)
+    precision = float(labels[predicted].mean()) if predicted.any() else 1.0
+    return float(predicted[~labels].mean()), float(predicted[labels].mean()), precision
+
+
 def _roc_pr(scores: np.ndarray, labels: np.ndarray, predicted: np.ndarray, image_auroc: float) -> tuple[bytes, bytes]:
     """The ROC and precision-recall curves, each with the threshold's operating point (from the labels given)."""
     c = curves(scores, labels)
-    fpr, tpr = float(predicted[~labels].mean()), float(predicted[labels].mean())  # recall = tpr
-    precision = float(labels[predicted].mean()) if predicted.any() else 1.0
+    fpr, tpr, precision = operating_point(labels, predicted)
     roc = Figure(figsize=(4.2, 4.0))
     ax = roc.add_subplot()
     ax.plot(c["fpr"], c["tpr"], color="tab:red", lw=2, label=f"image AUROC {image_auroc:.4f}")

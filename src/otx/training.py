@@ -322,26 +322,40 @@ class EpochStates(ModelCheckpoint):
         return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
 
-def _monitor(spec: Any) -> str | None:
+def monitor_of(spec: Any) -> str | None:
     """The metric a callback entry (an instance or ``{class_path, init_args}``) monitors, if any."""
     if isinstance(spec, dict):
         return (spec.get("init_args") or {}).get("monitor")
     return getattr(spec, "monitor", None)
 
 
-def without_unlogged_monitors(specs: list[Any], logged: set[str]) -> tuple[list[Any], list[str]]:
+def callback_name(spec: Any) -> str:
+    """A callback entry's class name (an instance's, or the last part of its ``class_path``)."""
+    if isinstance(spec, dict):
+        return str(spec.get("class_path", "")).rpartition(".")[2]
+    return type(spec).__name__
+
+
+def without_unlogged_monitors(specs: list[Any], logged: set[str], known: set[str]) -> tuple[list[Any], list[Any]]:
     """The callback entries without those that monitor a validation metric this run cannot log.
 
-    Validation metrics need both kinds of images (``val/image_AUROC``, ``val/image_F1``) or defect
-    pixels (``val/pixel_AUROC``). A recipe's early stopping on a metric that is never logged stopped
-    the fit after its first epoch with Lightning's RuntimeError ("internal error"). Returns the kept
-    entries and the monitors of those left out; ``logged`` holds the ``val/...`` names the run logs.
+    Validation metrics need both kinds of images (``val/image_AUROC``), defective ones
+    (``val/image_F1``) or defect pixels (``val/pixel_AUROC``). A recipe's early stopping on a
+    metric that is never logged stopped the fit after its first epoch with Lightning's RuntimeError
+    ("internal error"). ``logged``: the ``val/...`` names this run logs; ``known``: all that otx
+    can log (a monitor of another ``val/`` name is refused in one line). Returns the kept entries
+    and those left out.
     """
     kept, dropped = [], []
     for spec in specs:
-        monitor = _monitor(spec)
+        monitor = monitor_of(spec)
+        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in known:
+            raise OTXConfigError(
+                f"trainer.callbacks: {callback_name(spec)} monitors '{monitor}', which otx does not log; monitor one "
+                f"of {', '.join(sorted(known))}"
+            )
         if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in logged:
-            dropped.append(monitor)
+            dropped.append(spec)
         else:
             kept.append(spec)
     return kept, dropped

@@ -349,15 +349,19 @@ class AnomalyModel(L.LightningModule):
         )
 
     @staticmethod
-    def logged_validation_metrics(both_kinds: bool, defect_pixels: bool) -> set[str]:
-        """The metric names ``on_validation_epoch_end`` logs.
+    def logged_validation_metrics(normal: bool = True, defective: bool = True, defect_pixels: bool = True) -> set[str]:
+        """The metric names ``on_validation_epoch_end`` logs, given what the validation split holds.
 
-        Image metrics need normal and anomalous validation images (``both_kinds``), pixel AUROC
-        defect pixels in their masks (``defect_pixels``).
+        Image AUROC needs normal and defective images, image F1 defective ones (with none it is
+        0 / 0 unless something is flagged), pixel AUROC defect pixels in the masks. All three
+        (the defaults): every name otx can log, what a recipe may monitor.
         """
-        return ({"val/image_AUROC", "val/image_F1"} if both_kinds else set()) | (
-            {"val/pixel_AUROC"} if defect_pixels else set()
-        )
+        names = {"val/image_F1"} if defective else set()
+        if normal and defective:
+            names.add("val/image_AUROC")
+        if defect_pixels:
+            names.add("val/pixel_AUROC")
+        return names
 
     def on_validation_epoch_end(self) -> None:
         """Fit thresholds and min/max on the validation outputs; log the validation metrics.

@@ -16,6 +16,7 @@ from otx import distributed
 from otx.boxes import UNTUNED
 from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
 from otx.checks import copies_warning, image_profile, mask_coverage_warning, threshold_warnings, unmasked_warning
+from otx.data import AnomalyDataModule
 from otx.errors import OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.postprocess import known_pixel_rows
@@ -24,9 +25,11 @@ from otx.results import TrainResult
 from otx.scoring import TorchScorer
 from otx.training import (
     build_trainer,
+    callback_name,
     check_resume,
     describe_settings,
     merge_settings,
+    monitor_of,
     record_resumed_from,
     without_unlogged_monitors,
 )
@@ -113,6 +116,34 @@ def squash_note(
     )
 
 
+def _drop_unlogged_monitors(model: AnomalyModel, data: AnomalyDataModule, settings: dict[str, Any]) -> str | None:
+    """Leave out of ``settings`` the callbacks monitoring a validation metric the split cannot give; say so.
+
+    Before, Lightning's early stopping raised a RuntimeError after the first epoch ("internal error").
+    """
+    val = data.splits["val"]
+    normal, defective = any(s.label == 0 for s in val), any(s.label == 1 for s in val)
+    masks = data.has_masks and any(s.label == 1 and s.mask_path is not None for s in val)
+    logged = model.logged_validation_metrics(normal, defective, masks)
+    every = model.logged_validation_metrics()
+    kept, dropped = without_unlogged_monitors(settings.get("callbacks") or [], logged, every)
+    settings["callbacks"] = kept
+    if not dropped:
+        return None
+    needs = {"val/image_AUROC": "defective images" if normal else "normal images", "val/pixel_AUROC": "defect masks"}
+    monitors = list(dict.fromkeys(str(monitor_of(spec)) for spec in dropped))
+    whys = " and no ".join(dict.fromkeys(needs.get(m, "defective images") for m in monitors))
+    effect = [] if any(callback_name(c) == "EarlyStopping" for c in kept) else ["trains every epoch"]
+    if not any(callback_name(c) == "ModelCheckpoint" and monitor_of(c) for c in kept):
+        effect.append("keeps the last")
+    return (
+        f"the validation split has no {whys}, so {' and '.join(monitors)} cannot be computed: "
+        f"{', '.join(dict.fromkeys(callback_name(c) for c in dropped))} monitoring it left out"
+        + (f" (the run {' and '.join(effect)})" if effect else "")
+        + f"; add {whys.replace(' and no ', ' and ')} to test/ (or val/) to use them"
+    )
+
+
 def run(
     ctx: VerbContext,
     run: Run,
@@ -138,6 +169,8 @@ def run(
             f"max_epochs {epochs_asked} would repeat the same fit {epochs_asked} times, so it trains 1 epoch"
         )
         settings["max_epochs"] = 1
+    if data.splits["val"] and (message := _drop_unlogged_monitors(model, data, settings)):
+        ctx.warn(message)  # before saving the config: config.yaml lists the callbacks the run uses
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
     first_epoch = 0
     if resume is not None:
@@ -153,18 +186,6 @@ def run(
         )
     if data.has_masks and (message := unmasked_warning(splits["val"], "validation")):
         ctx.warn(message)
-    kinds = {s.label for s in splits["val"]}
-    logged = model.logged_validation_metrics(
-        {0, 1} <= kinds, data.has_masks and any(s.label == 1 and s.mask_path is not None for s in splits["val"])
-    )
-    settings["callbacks"], unlogged = without_unlogged_monitors(settings.get("callbacks") or [], logged)
-    if unlogged:  # before: Lightning's RuntimeError after the first epoch, "internal error"
-        why = "defective images" if not {0, 1} <= kinds else "defect masks"
-        ctx.warn(
-            f"the validation split has no {why}, so {', '.join(dict.fromkeys(unlogged))} cannot be computed: the "
-            f"callbacks that monitor it are left out (this run trains all {settings.get('max_epochs') or 1} "
-            f"epoch(s) and keeps the last); add {why} to test/ (or val/) to use them"
-        )
     others = [s.path for s in (*splits["val"], *splits.get("test", [])) if s.label >= 0]  # unknown/: never scored
     if not distributed.secondary() and (
         message := copies_warning([s.path for s in splits["train"]], others, data.data_root)

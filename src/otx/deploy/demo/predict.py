@@ -28,10 +28,11 @@ try:
     import openvino as ov
 except ImportError as exc:  # one line, not a traceback: this script runs where otx is not installed
     _NEEDED = {"cv2": "opencv-python-headless (cv2)", "numpy": "numpy", "openvino": "openvino"}
+    _WHY = " ".join(str(exc).split())[:300]  # a library that failed to load (libGL.so.1 ...) says which
     sys.exit(
-        f"error: predict.py needs {_NEEDED.get(exc.name or '', 'openvino, numpy and opencv')}, which this Python "
-        f"cannot import; install what it needs with: {Path(sys.executable).name} -m pip install -r "
-        f"{Path(__file__).with_name('requirements.txt')}"
+        f"error: predict.py cannot import {_NEEDED.get(exc.name or '', 'openvino, numpy or opencv')} ({_WHY}); "
+        f"install what it needs with: {sys.executable} -m pip install -r {Path(__file__).with_name('requirements.txt')}"
+        " (opencv-python-headless: the plain opencv-python needs libGL)"
     )
 
 EXTENSIONS = (  # otx's IMAGE_EXTENSIONS: the files otx trains on and predicts from a folder
