@@ -231,6 +231,19 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "unexpected keyword argument 'patiense'; did you mean 'init_args.patience'?",
         1,
     ),
+    (  # before: Lightning's RuntimeError after the first epoch ("internal error")
+        "train-callback-monitor",
+        "misspelled value",
+        [
+            "train",
+            "--config",
+            RECIPE,
+            "--trainer.callbacks",
+            '[{{"class_path": "EarlyStopping", "init_args": {{"monitor": "val/image_auroc"}}}}]',
+        ],
+        "EarlyStopping monitors 'val/image_auroc', which otx does not log; monitor one of val/image_AUROC",
+        1,
+    ),
     (
         "train-resume-missing",
         "missing path",
