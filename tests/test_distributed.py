@@ -159,7 +159,9 @@ def test_two_nodes_over_loopback_fit_what_one_process_fits(trained_padim: dict, 
 def test_stfpm_trains_with_two_processes_close_to_one(trained_stfpm10: dict, sample_root: Path, tmp_path: Path):
     work_dir = tmp_path / "ws"
     # batch_size is per process: two processes of 8 take the one-process run's steps (16, 16, 8 images)
+    # all ten epochs, the last kept, as the one-process fixture trains (no early stopping, no best epoch)
     args = ["--model", "otx.models.Stfpm", *SMALL, "--max_epochs", "10", "--data.batch_size", "8", *TWO]
+    args += ["--trainer.callbacks", "[]"]
     result = run_otx(
         "train", *args, "--data_root", str(sample_root / "bottle_like"), "--work_dir", str(work_dir), cwd=tmp_path
     )
