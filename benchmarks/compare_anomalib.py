@@ -199,6 +199,7 @@ def run_otx(model: str, s: Settings, work_dir: Path) -> RunOutput:
         max_epochs=s.epochs(model),
         seed=SEED,
         console=console,
+        trainer={"callbacks": []},  # every epoch, the last kept, as anomalib's side trains (no early stopping)
     )
     engine.train()
     train_s = time.perf_counter() - start
