@@ -258,6 +258,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "--trainer.devices takes a count of at least 1",
         1,
     ),
+    (  # before: "; the trainer takes lightning.Trainer's arguments"
+        "train-trainer-devices-word",
+        "wrong type",
+        ["train", "--config", RECIPE, "--trainer.devices", "abc"],
+        "--trainer.devices takes a count of at least 1, a list of device indices or auto (got 'abc')",
+        1,
+    ),
     (
         "train-input-size-one",
         "wrong type",

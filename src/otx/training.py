@@ -450,7 +450,10 @@ def build_trainer(
             **settings,
         )
     except TypeError as exc:
-        raise OTXConfigError(f"trainer: {exc}; {_nearest_trainer_argument(str(exc))}") from exc
+        hint = _nearest_trainer_argument(str(exc))
+        if "`devices`" in str(exc):  # Lightning's type check of a count it cannot use (-1 or "abc" on the CPU)
+            hint = f"--trainer.devices takes a count of at least 1, a list of device indices or auto (got {devices!r})"
+        raise OTXConfigError(f"trainer: {exc}; {hint}") from exc
     except Exception as exc:  # Lightning's MisconfigurationException and ValueError: one line
         if (
             not isinstance(exc, ValueError | RuntimeError | ImportError)
