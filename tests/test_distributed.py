@@ -338,3 +338,29 @@ def test_ddp_looks_for_unused_parameters_where_a_model_has_them(model: str, kwar
     strategy = ddp_strategy("ddp", core.ddp_unused_parameters)
     assert strategy._ddp_kwargs["find_unused_parameters"] == bool(unused)
     assert ddp_strategy("ddp_find_unused_parameters_true", False)._ddp_kwargs["find_unused_parameters"] is True
+
+
+def test_scratch_folders_of_killed_processes_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A process of rank > 0 works in a scratch folder of the temp dir; killed outright (Lightning's launcher ends
+    # the others with SIGKILL when the first fails) it left the folder behind, one per killed process.
+    import tempfile
+
+    from otx.workdir import SCRATCH_PREFIX, WorkDir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    dead = tmp_path / f"{SCRATCH_PREFIX}train-{ended.pid}-abc"
+    alive = tmp_path / f"{SCRATCH_PREFIX}train-{os.getppid()}-def"  # a live process's
+    other = tmp_path / "otx-train-rank-x1y2"  # an older otx's name: its process unknown
+    for folder in (dead, alive, other):
+        folder.mkdir()
+        (folder / "otx.log").write_text("")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    run = WorkDir(tmp_path / "ws").new_run("train")
+    assert run.scratch and run.path.name.startswith(f"{SCRATCH_PREFIX}train-{os.getpid()}-")
+    assert not dead.exists() and alive.exists() and other.exists()
+    assert not (tmp_path / "ws").exists()  # rank 0 writes the run folder
+    run.close(success=True)
+    assert not run.path.exists()

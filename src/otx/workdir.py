@@ -87,6 +87,32 @@ def jsonable(obj: Any) -> Any:
     return obj
 
 
+SCRATCH_PREFIX = "otx-rank-"  # a secondary process's run folder in the temp dir: otx-rank-<command>-<pid>-<random>
+
+
+def _sweep_scratch() -> None:
+    """Remove the scratch folders of secondary processes that ended without their clean-up.
+
+    A process killed outright (Lightning's launcher ends the others with SIGKILL when the first
+    fails; a kill -9) leaves its folder (its config.yaml and otx.log) in the temp dir. A folder
+    whose process is gone is removed; others' (another user's, a live process's) are left alone.
+    """
+    try:
+        entries = list(Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name.removeprefix(SCRATCH_PREFIX).split("-")[1:2]
+        if not pid or not pid[0].isdigit() or int(pid[0]) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid[0]), 0)
+        except ProcessLookupError:  # gone: its folder is litter
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:  # alive but not ours (PermissionError), or unknown: leave it
+            continue
+
+
 class WorkDir:
     """The work directory shared by all commands."""
 
@@ -96,7 +122,9 @@ class WorkDir:
     def new_run(self, command: str) -> Run:
         """Create a new, empty run folder for ``command``; one ``OTXError`` line when it cannot."""
         if secondary():  # a process of rank > 0 in a distributed run: rank 0 writes the run folder
-            return Run(self, Path(tempfile.mkdtemp(prefix=f"otx-{command}-rank-")), command, scratch=True)
+            _sweep_scratch()
+            scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{command}-{os.getpid()}-")
+            return Run(self, Path(scratch), command, scratch=True)
         hint = "pass --work_dir a folder you can write to"
         if self.root.exists() and not self.root.is_dir():
             raise OTXError(f"work_dir '{self.root}' is a file, not a folder; {hint}")
