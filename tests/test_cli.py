@@ -382,6 +382,31 @@ def test_a_stop_while_modules_load_is_an_interruption_not_a_bug(monkeypatch: pyt
     assert not cli.STOPS
 
 
+def test_a_stop_after_the_run_finished_says_its_results_are_written(
+    sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Ctrl+C as the command ends (its summary printed, latest.json written): the line says so (before: "earlier
+    runs and latest.json stay as they were", untrue)."""
+    import signal
+
+    import otx.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    small = ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]
+    assert main(["train", "--config", RECIPE, "--data_root", str(sample_root / "bottle_like"), *small]) == 0
+    capsys.readouterr()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            cli._on_signal(signal.SIGINT, None)  # as the signal arrives while the process winds down
+    finally:
+        cli._disarm_watchdog()
+        cli.STOPS.clear()
+    run = json.loads((tmp_path / "otx-workspace" / "latest.json").read_text())["train"]
+    said = capsys.readouterr().err
+    assert said.startswith("otx: SIGINT received after the run finished; ") and run in said, said
+    assert "stay as they were" not in said
+
+
 def test_a_runs_config_is_reused_with_the_command_line_winning_wherever_it_stands(
     dataset_copy, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:

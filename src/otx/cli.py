@@ -28,7 +28,7 @@ from otx import __version__
 from otx.distributed import secondary
 from otx.errors import COMMAND_LINE, OTXError
 from otx.logs import StderrHandler, make_console
-from otx.workdir import OPEN_RUNS, STOPS
+from otx.workdir import FINISHED, OPEN_RUNS, STOPS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
 VERB_HELP = {
@@ -781,7 +781,11 @@ def _on_signal(signum: int, frame: Any) -> None:
         os._exit(128 + signum)
     STOPS.append(name)
     if not secondary():  # once, from the first process (before: once per process of a multi-process run)
-        sys.stderr.write(f"otx: {name} received, stopping; earlier runs and latest.json stay as they were\n")
+        if FINISHED and not OPEN_RUNS:  # the run had finished (before: "latest.json stay as they were", untrue)
+            said = f"otx: {name} received after the run finished; {FINISHED[-1]} and latest.json are written\n"
+        else:
+            said = f"otx: {name} received, stopping; earlier runs and latest.json stay as they were\n"
+        sys.stderr.write(said)
         sys.stderr.flush()
     watchdog = threading.Timer(STOP_GRACE_S, _stop_without_cleanup, args=(signum,))
     watchdog.daemon = True
@@ -851,6 +855,7 @@ def _disarm_watchdog() -> None:
 def _install_signal_handlers() -> None:
     _disarm_watchdog()
     STOPS.clear()
+    FINISHED.clear()  # this command's runs only
     _REDELIVERED.clear()
     if threading.current_thread() is threading.main_thread():
         _HANDLER_PID[:] = [os.getpid()]

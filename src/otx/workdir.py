@@ -33,6 +33,7 @@ LATEST = "latest.json"
 _LOGGER_BEFORE: list[Any] = []  # [level, _ToAncestors] while runs are open: the otx logger as the first run found it
 OPEN_RUNS: list[Run] = []  # the run folders whose log is attached now (the CLI's stop watchdog writes to them)
 STOPS: list[str] = []  # the name of the stop signal the CLI received (``otx.cli``), once one arrived
+FINISHED: list[Path] = []  # the run folder last made the latest of its command (a stop after that finds it written)
 
 
 def stop_name(stop: BaseException | None) -> str:
@@ -273,6 +274,7 @@ class Run:
             shutil.rmtree(self.path, ignore_errors=True)
         elif success:
             self.workdir.mark_latest(self)
+            FINISHED[:] = [self.path]  # the latest only (a Python session runs many)
 
 
 def training_data_root(exported: str | Path, hops: int = 3) -> str | None:
