@@ -155,11 +155,17 @@ class PreProcessor(nn.Module):
         stride = tile if tile_stride is None else tile_stride
         lowest = 1 if SAVED_SETTINGS.get() else -(-tile // MAX_OVERLAP)
         if isinstance(stride, bool) or not isinstance(stride, numbers.Integral) or not lowest <= stride <= tile:
+            large = isinstance(stride, numbers.Real) and not isinstance(stride, bool) and stride > tile
+            why = (
+                "a larger stride leaves pixels between the tiles that no tile covers"
+                if large
+                else f"a smaller stride puts each pixel in more than {MAX_OVERLAP}x{MAX_OVERLAP} tiles, and the core "
+                "runs once per tile"
+            )
             raise OTXConfigError(
                 for_caller(
-                    f"tile_stride must be an integer from {lowest} to tile_size {tile} (got {stride!r}): a smaller "
-                    f"stride puts each pixel in more than {MAX_OVERLAP}x{MAX_OVERLAP} tiles, and the core runs once "
-                    f"per tile; pass --model.init_args.tile_stride N (tile_size / 2, half-overlapping tiles, is usual)"
+                    f"tile_stride must be an integer from {lowest} to tile_size {tile} (got {stride!r}): {why}; pass "
+                    "--model.init_args.tile_stride N (tile_size / 2, half-overlapping tiles, is usual)"
                 )
             )
         self.tile_size, self.tile_stride = tile, int(stride)
