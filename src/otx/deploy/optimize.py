@@ -421,9 +421,9 @@ def decision_warning(decisions: dict[str, Any]) -> str | None:
         f"The INT8 model does not keep the {reference} model's decisions on the {decisions['images']} validation "
         "images: "
         + ", ".join(moved if held else [*moved, labels])
-        + (f"; the image labels hold ({labels})" if held else "")
-        + f" (otx expects a drop of at most {DECISION_DROP} and {DECISION_AGREEMENT:.0%} of the labels); "
-        "check it with otx test before deploying it, or deploy the FP32 or FP16 export"
+        + f" (otx expects a drop of at most {DECISION_DROP} and {DECISION_AGREEMENT:.0%} of the labels"
+        + (f"; the image labels hold: {labels}" if held else "")
+        + "); check it with otx test before deploying it, or deploy the FP32 or FP16 export"
     )
 
 
