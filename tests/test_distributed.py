@@ -121,6 +121,8 @@ def test_two_processes_fit_what_one_fits(model: str, keys: tuple[str, ...], trai
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "cpu x2" in result.stdout
+    trainer = json.loads(next(work_dir.glob("*-train/metrics.json")).read_text())["trainer"]
+    assert (trainer["devices"], trainer["num_nodes"], trainer["processes"]) == (2, 1, 2)
     _assert_same_fit(work_dir, reference, keys)
 
 
@@ -152,6 +154,9 @@ def test_two_nodes_over_loopback_fit_what_one_process_fits(trained_padim: dict, 
     outputs = [node.communicate(timeout=600) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert "x 2 nodes" in outputs[0][0] and outputs[1][0].strip() == ""  # node 1 reports nothing
+    (metrics,) = list(work_dir.glob("*-train/metrics.json"))
+    trainer = json.loads(metrics.read_text())["trainer"]  # before: "devices": 1 and nothing of the machines
+    assert (trainer["devices"], trainer["num_nodes"], trainer["processes"]) == (1, 2, 2)
     _assert_same_fit(work_dir, trained_padim, ("model.gaussian.mean", "model.gaussian.inv_covariance"))
 
 

@@ -356,7 +356,9 @@ def run(
         validation_curve=roles["curve"].epochs,
         trainer={
             "accelerator": type(trainer.accelerator).__name__,
-            "devices": trainer.num_devices,
+            "devices": trainer.num_devices,  # per machine
+            "num_nodes": trainer.num_nodes,  # machines (before: not recorded, so two machines read "devices 1")
+            "processes": trainer.world_size,
             "precision": trainer.precision,
         },
         resumed_from=os.path.abspath(resume) if resume else None,  # absolute: read from any directory
