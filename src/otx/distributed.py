@@ -25,7 +25,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from otx.errors import OTXConfigError
+from otx.errors import OTXConfigError, OTXError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI asks `secondary()` before loading it
     import torch
@@ -290,6 +290,17 @@ def check_nodes(num_nodes: int, option: str) -> None:
         )
 
 
+def port_in_use(exc: BaseException) -> OTXError | None:
+    """One line for a process-group set-up that failed because its port is taken; None for other failures."""
+    if "EADDRINUSE" not in str(exc) and "address already in use" not in str(exc):
+        return None
+    port = os.environ.get("MASTER_PORT", "").strip()
+    return OTXError(
+        f"the port the processes meet on{f' ({port}, MASTER_PORT)' if port else ''} is in use by another "
+        "program; pass another MASTER_PORT, or leave it unset on one machine (Lightning picks a free one)"
+    )
+
+
 def end_launched(trainer: Any) -> None:
     """End the processes Lightning's launcher started for ``trainer`` when this one fails.
 
@@ -338,10 +349,17 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     check_cpu_processes(processes)
     from lightning.fabric import Fabric
 
+    fabric = Fabric(accelerator="cpu", devices=processes, num_nodes=num_nodes, strategy="ddp")
     try:
-        Fabric(accelerator="cpu", devices=processes, num_nodes=num_nodes, strategy="ddp").launch()
+        fabric.launch()
     except (ValueError, RuntimeError) as exc:
-        raise OTXConfigError(f"cannot start {processes} x {num_nodes} processes: {' '.join(str(exc).split())}") from exc
+        # the processes Fabric started wait for this one for ever (before: `otx test --devices 2` with a
+        # MASTER_PORT in use printed its error and then hung, the second process holding the terminal)
+        for process in getattr(getattr(fabric.strategy, "launcher", None), "procs", []):
+            process.kill()
+        raise port_in_use(exc) or OTXConfigError(
+            f"cannot start {processes} x {num_nodes} processes: {' '.join(str(exc).split())}"
+        ) from exc
 
 
 def ddp_strategy(name: str | None, unused_parameters: bool = True) -> Any:

@@ -255,12 +255,8 @@ def run(
             raise KeyboardInterrupt(stop_name(interrupt)) from exc
         except Exception as exc:
             distributed.end_launched(trainer)  # else they wait for this process for ever (Lightning leaves them)
-            if "EADDRINUSE" in str(exc) or "address already in use" in str(exc):
-                port = os.environ.get("MASTER_PORT", "").strip()
-                raise OTXError(
-                    f"the port the processes meet on{f' ({port}, MASTER_PORT)' if port else ''} is in use by another "
-                    "program; pass another MASTER_PORT, or leave it unset on one machine (Lightning picks a free one)"
-                ) from exc
+            if taken := distributed.port_in_use(exc):
+                raise taken from exc
             raise
         if trainer.interrupted:
             raise OTXError("training was interrupted; no checkpoint was written")
