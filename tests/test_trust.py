@@ -332,6 +332,25 @@ def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
     assert "<th>unreadable</th>" in report
 
 
+def test_a_defect_type_with_no_readable_image_is_named_in_the_report(
+    trained_padim: dict, dataset_copy, tmp_path: Path
+) -> None:
+    root = dataset_copy()
+    data = AnomalyDataModule(str(root))
+    data.setup()  # the split the model was calibrated with
+    lost = [Path(s.path) for s in data.splits["test"] if s.defect == "scratch"]
+    for path in lost:
+        path.write_bytes(b"not an image")
+    work_dir = tmp_path / "ws"
+    args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root)]
+    assert main([*args, "--work_dir", str(work_dir)]) == 1
+    run = work_dir / latest(work_dir)["test"]
+    assert "scratch" not in json.loads((run / "metrics.json").read_text())["per_defect"]
+    # before: the type vanished from the per-defect table without a word
+    report = (run / "report.html").read_text()
+    assert f"Not in the table, every image unreadable: scratch ({len(lost)})" in report and lost
+
+
 def test_an_unreadable_validation_image_is_refused_in_one_line(
     trained_padim: dict, dataset_copy, tmp_path: Path, capsys
 ) -> None:

@@ -57,6 +57,7 @@ class ReportInput:
     input_mode: str = ""  # the model's pre-processing in words (PreProcessor.describe)
     boxes: dict[str, Any] | None = None  # detection: the box settings (otx.boxes.BoxSettings.as_dict)
     date: str = ""  # when the test ran
+    unread_types: dict[str, int] = field(default_factory=dict)  # defect types none of whose images could be read
 
 
 def _png(fig: Figure) -> bytes:
@@ -244,6 +245,15 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         "the type's regions that a box overlaps; mean score: the mean normalised image score of the type's "
         "images (0.5 is the threshold; normalised scores stop at 0 and 1).</p>",
         _table(_per_defect(data, normalized)),
+        *(
+            [
+                '<p class="warn">Not in the table, every image unreadable: '
+                + html.escape(", ".join(f"{t} ({n})" for t, n in sorted(data.unread_types.items())))
+                + " (listed above).</p>"
+            ]
+            if data.unread_types
+            else []
+        ),
     ]
     drawn = {  # what overlay() draws for each task
         "classification": "the image",

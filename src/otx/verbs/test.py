@@ -11,6 +11,7 @@ import torch
 
 from otx import distributed
 from otx.checks import mask_coverage_warning, profile_warnings, threshold_warnings, unmasked_warning
+from otx.data.dataset import Sample
 from otx.errors import OTXDataError, OTXError
 from otx.report import ReportInput, write_report
 from otx.results import TestResult
@@ -22,6 +23,19 @@ from otx.verbs.resolve import eval_data, require_data, resolve_model, untuned_bo
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
+
+
+def unread_types(samples: list[Sample], errors: list[str], scored: list[Sample]) -> dict[str, int]:
+    """Labelled types (folders) none of whose images could be read, with how many images each has.
+
+    They have no row in the per-defect table (before, such a type vanished from it without a word).
+    """
+    read = {s.defect for s in scored}
+    counts: dict[str, int] = {}
+    for sample, error in zip(samples, errors, strict=True):
+        if error and sample.label >= 0 and sample.defect not in read:
+            counts[sample.defect] = counts.get(sample.defect, 0) + 1
+    return counts
 
 
 def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int = 1, num_nodes: int = 1) -> TestResult:
@@ -115,6 +129,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             input_mode=scorer.preprocessor.describe(),
             boxes=scorer.boxes.as_dict() if adapter.box_level else None,
             date=time.strftime("%Y-%m-%d %H:%M %Z"),
+            unread_types=unread_types(test, errors, scored),
         ),
     )
     result = TestResult(
