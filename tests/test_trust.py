@@ -590,6 +590,22 @@ def test_optimize_says_when_int8_does_not_keep_the_decisions(optimized) -> None:
     line = decision_warning(kept)
     assert f"image F1 {fp32['image_F1']:.3f} -> {fp32['image_F1'] - 0.1:.3f}" in line and ", 100.0%" not in line
     assert "98% of the labels; the image labels hold: 100.0% of the image labels as FP32's); check it" in line
+    # The summary's recalibration line agrees with the warning (before: "none (the FP32 thresholds keep the
+    # decisions)" beside a pixel F1 fallen to 0, helper-40)
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from otx.render import _decisions
+
+    cases = [(worse, "none (moving them kept no more of the FP32 labels on held-out validation images")]
+    cases += [(decisions, "none (the FP32 thresholds keep the decisions)")] if held else []
+    for record, said in cases:
+        console = Console(record=True, width=300)
+        shown = {**record, "recalibrated": []}
+        _decisions(console, SimpleNamespace(decisions=shown, command="optimize", run_folder="r"), "INT8", {})
+        text = console.export_text()
+        assert f"recalibrated thresholds: {said}" in text, text
 
 
 def test_fp16_export_checks_its_decisions(exported) -> None:

@@ -402,6 +402,15 @@ def max_drop_warning(decisions: dict[str, Any], max_drop: float) -> str | None:
     )
 
 
+def decisions_held(decisions: dict[str, Any]) -> bool:
+    """Whether a checked model's validation decisions are the reference's.
+
+    F1 and AUROC within ``DECISION_DROP``, and ``DECISION_AGREEMENT`` of the image labels kept.
+    """
+    agreement = decisions["table"]["candidate"]["image_label_agreement"]
+    return decisions["drop"] <= DECISION_DROP and agreement >= DECISION_AGREEMENT
+
+
 def decision_warning(decisions: dict[str, Any]) -> str | None:
     """One line when the INT8 model's validation decisions fall short of the FP32 model's; None when they hold.
 
@@ -412,7 +421,7 @@ def decision_warning(decisions: dict[str, Any]) -> str | None:
         return None
     reference = decisions.get("reference", "FP32")
     agreement = decisions["table"]["candidate"]["image_label_agreement"]
-    if decisions["drop"] <= DECISION_DROP and agreement >= DECISION_AGREEMENT:
+    if decisions_held(decisions):
         return None
     moved = fell_beyond(decisions, DECISION_DROP, digits=3)
     labels = f"{agreement:.1%} of the image labels as {reference}'s"
