@@ -240,6 +240,7 @@ def test_accuracy_control_bounds_the_auroc_and_f1_drop(exported, sample_root: Pa
         "--max_drop", "0.02", "--work_dir", str(tmp_path), "--data.num_workers", "0", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert "note: accuracy control evaluates the model" in " ".join(result.stdout.split())  # a long run, said first
     summary = json.loads(next(tmp_path.glob("*-optimize/metrics.json")).read_text())
     assert summary["max_drop"] == 0.02 and summary["max_drop_met"]
     assert summary["scheme"] == "padim-int8+accuracy-control" and "accuracy control" in summary["scheme_summary"]
