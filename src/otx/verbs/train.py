@@ -127,9 +127,9 @@ def _drop_unlogged_monitors(model: AnomalyModel, data: AnomalyDataModule, settin
     logged = model.logged_validation_metrics(normal, defective, masks)
     every = model.logged_validation_metrics()
     kept, dropped = without_unlogged_monitors(settings.get("callbacks") or [], logged, every)
-    settings["callbacks"] = kept
     if not dropped:
         return None
+    settings["callbacks"] = kept
     needs = {"val/image_AUROC": "defective images" if normal else "normal images", "val/pixel_AUROC": "defect masks"}
     monitors = list(dict.fromkeys(str(monitor_of(spec)) for spec in dropped))
     whys = " and no ".join(dict.fromkeys(needs.get(m, "defective images") for m in monitors))
