@@ -301,18 +301,17 @@ def port_in_use(exc: BaseException) -> OTXError | None:
     )
 
 
-def end_launched(trainer: Any) -> None:
-    """End the processes Lightning's launcher started for ``trainer`` when this one fails.
+def end_launched(owner: Any) -> None:
+    """End the processes Lightning's launcher started for ``owner`` (a ``Trainer`` or a ``Fabric``) when this one fails.
 
     Lightning ends them after Ctrl+C, not after an error: a first process that failed in its
     process-group set-up (a port in use) left the second one waiting for it for ever, deaf to
-    Ctrl+C and SIGTERM, holding the terminal's pipe.
+    Ctrl+C and SIGTERM, holding the terminal's pipe. Both launchers (Lightning's and Fabric's)
+    keep the processes they started in ``procs``; none where torchrun or SLURM started them.
     """
-    from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-
-    launcher = getattr(trainer.strategy, "launcher", None)
-    if isinstance(launcher, _SubprocessScriptLauncher):  # the processes it started: none where torchrun did
-        launcher.kill(signal.SIGKILL)
+    launcher = getattr(getattr(owner, "strategy", None), "launcher", None)
+    for process in getattr(launcher, "procs", None) or []:
+        process.send_signal(signal.SIGKILL)  # one that has ended already is skipped
 
 
 def check_launched_world(world: int, how: str) -> None:
@@ -355,8 +354,7 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     except (ValueError, RuntimeError) as exc:
         # the processes Fabric started wait for this one for ever (before: `otx test --devices 2` with a
         # MASTER_PORT in use printed its error and then hung, the second process holding the terminal)
-        for process in getattr(getattr(fabric.strategy, "launcher", None), "procs", []):
-            process.kill()
+        end_launched(fabric)
         raise port_in_use(exc) or OTXConfigError(
             f"cannot start {processes} x {num_nodes} processes: {' '.join(str(exc).split())}"
         ) from exc
