@@ -349,15 +349,13 @@ def without_unlogged_monitors(specs: list[Any], logged: set[str], known: set[str
     kept, dropped = [], []
     for spec in specs:
         monitor = monitor_of(spec)
-        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in known:
+        validation = isinstance(monitor, str) and monitor.startswith("val/")
+        if validation and monitor not in known:
             raise OTXConfigError(
                 f"trainer.callbacks: {callback_name(spec)} monitors '{monitor}', which otx does not log; monitor one "
                 f"of {', '.join(sorted(known))}"
             )
-        if isinstance(monitor, str) and monitor.startswith("val/") and monitor not in logged:
-            dropped.append(spec)
-        else:
-            kept.append(spec)
+        (dropped if validation and monitor not in logged else kept).append(spec)
     return kept, dropped
 
 
