@@ -184,7 +184,7 @@ def _label_origin(
     left, right = line + 2, max(line + 2, width - line - 2 - wide)
     top, bottom = above + line, max(above + line, height - line - below)
     corners = [(left, top), (right, top), (left, bottom), (right, bottom)]
-    if busy is None or busy.shape != (height, width):
+    if busy is None:  # (else the overlay's size: _busy enlarges as the canvas is enlarged)
         return corners[0]
 
     def hidden(origin: tuple[int, int]) -> int:
