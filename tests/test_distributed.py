@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -267,6 +270,65 @@ def test_a_port_in_use_is_named_and_leaves_no_process_behind(
     lines = [line for line in err.splitlines() if line.startswith("error")]
     assert rc == 1 and len(lines) == 1, err
     assert f"the port the processes meet on ({port}, MASTER_PORT) is in use" in lines[0], err
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(("verb", "node", "stop"), [("train", 1, "SIGTERM"), ("test", 0, "SIGINT")])
+def test_a_machine_whose_partners_never_come_says_so_and_stops_on_a_signal(
+    verb: str, node: int, stop: str, trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Machine `node` of two, the other never started. Before: it waited inside torch's process-group set-up for
+    # 30 minutes without a word (a machine of NODE_RANK 1 prints nothing) and took neither Ctrl+C nor SIGTERM.
+    if verb == "train":
+        args = ["--model", "otx.models.Padim", *SMALL, "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2"]
+    else:
+        args = ["--checkpoint", str(trained_padim["checkpoint"]), "--num_nodes", "2"]
+    args += ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(tmp_path / "ws")]
+    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OTX_OFFLINE": "1", "PYTHONPATH": path, "OTX_MEETING_NOTE_S": "2"}
+    env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "NODE_RANK": str(node)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "otx.cli", verb, *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    lines: list[str] = []
+    waiting = threading.Event()
+
+    def read() -> None:
+        for line in process.stderr:  # type: ignore[union-attr]
+            lines.append(line)
+            if "still waiting for the run's other processes" in line:
+                waiting.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert waiting.wait(120), "".join(lines)[-3000:]
+        sent = time.monotonic()
+        if stop == "SIGINT":  # a terminal's Ctrl+C reaches the whole group
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        rc = process.wait(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    reader.join(10)
+    err = "".join(lines)
+    note = next(line for line in err.splitlines() if "still waiting" in line)
+    assert "2 processes on 2 machines" in note and f"NODE_RANK {node}" in note and "127.0.0.1:" in note, note
+    assert ("--trainer.num_nodes" if verb == "train" else "--num_nodes") in note, note
+    assert rc == 130 and took < 20 and "Traceback" not in err, (rc, took, err[-3000:])
+    assert err.count(f"{stop} received, stopping") == (1 if node == 0 else 0), err  # rank 0 reports the stop
+    assert not (tmp_path / "ws" / "latest.json").exists()
 
 
 # `otx test` and `otx predict` with two processes: tests/test_cli.py::test_make_sample_then_train_test_predict

@@ -13,8 +13,10 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from otx import __version__
-from otx.distributed import secondary
+from otx.distributed import meeting_now, secondary
 from otx.errors import COMMAND_LINE, OTXError
 from otx.logs import StderrHandler, make_console
 from otx.workdir import FINISHED, OPEN_RUNS, STOPS
@@ -774,12 +776,23 @@ def _on_signal(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt(signal.Signals(signum).name)
         os._exit(128 + signum)
     name = signal.Signals(signum).name
-    if _REDELIVERED and _REDELIVERED[0] and signum == signal.SIGINT:  # our own delivery (see _unraisable)
-        _REDELIVERED[0] = 0
-        raise KeyboardInterrupt(STOPS[0])
-    if STOPS:
-        os._exit(128 + signum)
-    STOPS.append(name)
+    with _STOP_LOCK:
+        if _HEARD:  # the listener announced this stop while this thread was held inside a library call
+            _HEARD.clear()
+            raise KeyboardInterrupt(STOPS[0] if STOPS else name)
+        if _REDELIVERED and _REDELIVERED[0] and signum == signal.SIGINT:  # our own delivery (see _unraisable)
+            _REDELIVERED[0] = 0
+            raise KeyboardInterrupt(STOPS[0])
+        if STOPS:
+            os._exit(128 + signum)
+        STOPS.append(name)
+        _announce_stop(signum)
+    raise KeyboardInterrupt(name)
+
+
+def _announce_stop(signum: int) -> None:
+    """Say once (from the first process) that a stop arrived, and arm the clean-up's watchdog."""
+    name = signal.Signals(signum).name
     if not secondary():  # once, from the first process (before: once per process of a multi-process run)
         if FINISHED and not OPEN_RUNS:  # the run had finished (before: "latest.json stay as they were", untrue)
             said = f"otx: {name} received after the run finished; {FINISHED[-1]} and latest.json are written\n"
@@ -791,21 +804,111 @@ def _on_signal(signum: int, frame: Any) -> None:
     watchdog.daemon = True
     watchdog.start()
     _WATCHDOG.append(watchdog)
-    raise KeyboardInterrupt(name)
 
 
-def _stop_without_cleanup(signum: int) -> None:
+LISTENER_WAIT_S = 1.0  # how long the main thread gets to take a stop itself before the listener does
+_STOP_LOCK = threading.RLock()  # the main thread's handler and the listener decide who announces a stop
+_HEARD: list[str] = []  # a stop the listener announced while the main thread was held (its handler says nothing)
+_LISTENER: list[Any] = []  # [reader, writer, the caller's wakeup fd] while the listener runs
+
+
+def _listen(reader: socket.socket) -> None:
+    """Hear SIGINT / SIGTERM while the main thread is held inside a library call.
+
+    Python runs a signal's handler in the main thread between two bytecodes: a stop that arrived
+    while torch set up a distributed run's process group (waiting for a machine that never came up)
+    was never seen, for torch's 30-minute timeout, and SIGTERM did not end it either. The signal's
+    number reaches this thread through ``signal.set_wakeup_fd`` at once; when the main thread has
+    not taken the stop within ``LISTENER_WAIT_S``, this thread announces it and arms the watchdog
+    (the clean-up gets ``STOP_GRACE_S`` once the call returns), and a second stop ends the process
+    at once, like the handler's. While the processes of a distributed run wait to meet
+    (``otx.distributed.meeting``) the process ends at once: nothing has been computed or written.
+    """
+    while True:
+        try:
+            data = reader.recv(64)
+        except OSError:
+            return
+        if not data:  # the writer was closed: the CLI returned to its caller
+            reader.close()
+            return
+        time.sleep(LISTENER_WAIT_S)
+        try:  # what came in the meantime is the same stop (a terminal's Ctrl-C reaches every process of its group)
+            while reader.recv(64, socket.MSG_DONTWAIT):
+                pass
+        except OSError:
+            pass
+        signum = next((int(b) for b in data if b in (signal.SIGINT, signal.SIGTERM)), None)
+        if signum is None:
+            continue
+        with _STOP_LOCK:
+            if STOPS:  # the main thread took it (or is cleaning up after an earlier stop: its watchdog runs)
+                if _HEARD:  # a second stop while the main thread is still held
+                    os._exit(128 + signum)
+                continue
+            STOPS.append(signal.Signals(signum).name)
+            _HEARD.append(STOPS[0])
+            _announce_stop(signum)
+        if meeting_now():
+            _stop_without_cleanup(signum, "while the run's processes waited to meet; nothing was computed")
+
+
+def _start_listener() -> None:
+    """Start ``_listen`` (main thread only); the caller's wakeup fd is put back by ``_stop_listener``."""
+    _stop_listener()
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)  # the C signal handler must never block on it
+    try:
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    except ValueError:  # not the main thread of the main interpreter
+        reader.close()
+        writer.close()
+        return
+    _LISTENER[:] = [reader, writer, previous]
+    threading.Thread(target=_listen, args=(reader,), name="otx-stop-listener", daemon=True).start()
+    if not _FORK_HOOK:  # a forked child (a data-loading worker) must not write its signals to this process's
+        os.register_at_fork(after_in_child=_forget_listener)
+        _FORK_HOOK.append(True)
+
+
+def _stop_listener() -> None:
+    if not _LISTENER:
+        return
+    _reader, writer, previous = _LISTENER
+    _LISTENER.clear()
+    try:
+        signal.set_wakeup_fd(previous)
+    except ValueError:
+        pass
+    writer.close()  # the listener reads the end and returns
+
+
+def _forget_listener() -> None:
+    _LISTENER.clear()
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+
+
+_FORK_HOOK: list[bool] = []
+
+
+def _stop_without_cleanup(signum: int, why: str | None = None) -> None:
     """The clean-up after a stop has not ended in ``STOP_GRACE_S``: say so in each open run's log, then exit.
 
     A stop raised at an unlucky instant can leave a lock held (a library's, a logging handler's) and
     the unwinding waits on it for ever. Nothing is lost by exiting: ``latest.json`` and earlier runs
     were never touched, and an interrupted run writes no checkpoint. The log gets where each thread
-    was, so the hang can be found.
+    was, so the hang can be found. ``why``: the process ends at once, for that reason (``_listen``).
     """
     name = signal.Signals(signum).name
     for run in list(OPEN_RUNS):  # imported at start: an import here could wait on a lock the hang holds
         try:
             with open(run.log_path, "a") as log:
+                if why:
+                    log.write(f"{run.command} failed: interrupted ({name}) {why}; earlier runs are unchanged\n")
+                    continue
                 log.write(
                     f"{run.command} failed: interrupted ({name}); the clean-up did not end within {STOP_GRACE_S:g} s, "
                     "so otx stopped without it; earlier runs are unchanged. Where each thread was:\n"
@@ -857,11 +960,13 @@ def _install_signal_handlers() -> None:
     STOPS.clear()
     FINISHED.clear()  # this command's runs only
     _REDELIVERED.clear()
+    _HEARD.clear()
     if threading.current_thread() is threading.main_thread():
         _HANDLER_PID[:] = [os.getpid()]
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
         sys.unraisablehook = _unraisable
+        _start_listener()
 
 
 _HANDLER_PID: list[int] = []  # the process whose stop _on_signal reports (forked children inherit the handler)
@@ -888,8 +993,10 @@ class _CallerState:
     def restore(self) -> None:
         """Put back what was saved; forget a stop that arrived during the call."""
         _disarm_watchdog()
+        _stop_listener()
         STOPS.clear()
         _REDELIVERED.clear()
+        _HEARD.clear()
         for sig, handler in self.handlers.items():
             if handler is not None:
                 signal.signal(sig, handler)

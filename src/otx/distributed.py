@@ -22,7 +22,10 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from otx.errors import OTXConfigError, OTXError
@@ -290,6 +293,78 @@ def check_nodes(num_nodes: int, option: str) -> None:
         )
 
 
+MEETING_NOTE_S = 30.0  # how long the processes may take to meet before each machine says it is waiting
+MEETING: list[threading.Event] = []  # set while this process waits for the others in the process-group set-up
+
+
+@contextmanager
+def meeting(world: int, num_nodes: int, option: str) -> Iterator[None]:
+    """Around a call that sets up the process group of ``world`` processes (``num_nodes`` machines).
+
+    The set-up waits, inside torch, for every process to connect: a machine whose first machine
+    never comes up (a mistyped ``MASTER_ADDR``, rank 0 not started) waited for torch's 30-minute
+    timeout and printed nothing (only rank 0 reports). Now the first process of each machine says
+    so in one line after ``MEETING_NOTE_S`` seconds (``OTX_MEETING_NOTE_S`` overrides it), and the
+    CLI stops at once on Ctrl-C while the wait lasts (``MEETING``: nothing has been computed or
+    written there). ``option`` is how the caller gives the machine count. Inside a process group
+    that exists already, or for one process, nothing happens.
+    """
+    if world <= 1 or rank_and_world()[1] > 1:
+        yield
+        return
+    done = threading.Event()
+    waiting = threading.Event()
+    waiting.set()
+    MEETING.append(waiting)
+    delay = float(os.environ.get("OTX_MEETING_NOTE_S") or MEETING_NOTE_S)
+    watch = threading.Thread(target=_watch_meeting, args=(world, num_nodes, option, delay, done, waiting), daemon=True)
+    watch.start()
+    try:
+        yield
+    finally:
+        done.set()
+        waiting.clear()
+        if waiting in MEETING:
+            MEETING.remove(waiting)
+
+
+def meeting_now() -> bool:
+    """Whether this process is waiting for the others of a distributed run to meet (``meeting``)."""
+    return any(event.is_set() for event in MEETING)
+
+
+def _watch_meeting(
+    world: int, num_nodes: int, option: str, delay: float, done: threading.Event, waiting: threading.Event
+) -> None:
+    import torch.distributed as dist
+
+    start = time.monotonic()
+    said = False
+    while not done.wait(0.2):
+        if dist.is_available() and dist.is_initialized():
+            break
+        if said or time.monotonic() - start < delay:
+            continue
+        said = True
+        if os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0"):  # one line per machine
+            continue
+        address = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '?')}"
+        where = f"{world} processes on {num_nodes} machines" if num_nodes > 1 else f"{world} processes"
+        node = f", this is machine NODE_RANK {_env_int('NODE_RANK')}" if num_nodes > 1 else ""
+        hint = (
+            f"start the same command on every machine (NODE_RANK 0 included) with the same MASTER_ADDR, MASTER_PORT "
+            f"and {option}"
+            if num_nodes > 1
+            else "a process that could not start says why above"
+        )
+        sys.stderr.write(
+            f"otx: still waiting for the run's other processes after {delay:g} s ({where}, meeting at {address}"
+            f"{node}): {hint}; Ctrl-C stops\n"
+        )
+        sys.stderr.flush()
+    waiting.clear()
+
+
 def port_in_use(exc: BaseException) -> OTXError | None:
     """One line for a process-group set-up that failed because its port is taken; None for other failures."""
     if "EADDRINUSE" not in str(exc) and "address already in use" not in str(exc):
@@ -350,7 +425,8 @@ def launch(processes: int, num_nodes: int = 1) -> None:
 
     fabric = Fabric(accelerator="cpu", devices=processes, num_nodes=num_nodes, strategy="ddp")
     try:
-        fabric.launch()
+        with meeting(processes * num_nodes, num_nodes, "--num_nodes"):
+            fabric.launch()
     except (ValueError, RuntimeError) as exc:
         # the processes Fabric started wait for this one for ever (before: `otx test --devices 2` with a
         # MASTER_PORT in use printed its error and then hung, the second process holding the terminal)
