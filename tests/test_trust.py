@@ -1435,6 +1435,10 @@ def test_the_demo_package_warns_of_images_unlike_the_training_images_as_otx_does
     (line,) = profile_warnings(gray_trained, inputs[-1], "input")  # one colour image among them: that one
     assert line.startswith("1 of 3 input images are colour, but the model was trained on grayscale")
     assert profile_warnings(stored_gray_trained, [write("gray_file", 124, 505)], "input") == []
+    # a colour model given a grayscale camera's images saved as RGB: before, nothing (only one-channel files counted)
+    (line,) = profile_warnings(color_trained, stored_gray, "input")
+    assert line.startswith("2 of 2 input images are grayscale, but the model was trained on colour images"), line
+    assert profile_warnings(color_trained, inputs[-1], "input") == []  # a true colour image among those looked at
 
 
 def test_a_library_error_left_by_a_stop_goes_to_the_log_not_the_terminal(capsys, caplog, monkeypatch) -> None:

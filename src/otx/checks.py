@@ -13,7 +13,7 @@ Each check returns plain sentences; the Engine logs them (stderr and ``otx.log``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,16 @@ def stored_gray(path: str | Path) -> bool:
     )
 
 
+def all_stored_gray(colour_files: Sequence[str | Path]) -> bool:
+    """Whether colour files hold grayscale images (``stored_gray``), judged on up to ``PROFILE_CHECKS`` of them.
+
+    The files looked at are spread over the list; a camera's images are alike, and decoding all of
+    them would read every image twice. The demo package's ``profile_notes`` looks at the same ones.
+    """
+    step = max(1, len(colour_files) // PROFILE_CHECKS)
+    return bool(colour_files) and all(stored_gray(path) for path in colour_files[::step][:PROFILE_CHECKS])
+
+
 def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
     """Channels and size range of images, read from their headers.
 
@@ -265,10 +275,8 @@ def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
     if not heights:
         return {}
     color = len(colour_files)
-    if color:
-        step = max(1, color // PROFILE_CHECKS)
-        if all(stored_gray(path) for path in colour_files[::step][:PROFILE_CHECKS]):
-            gray, color = gray + color, 0
+    if color and all_stored_gray(colour_files):
+        gray, color = gray + color, 0
     channels = "gray" if not color else ("color" if not gray else "mixed")
     return {
         "channels": channels,
@@ -318,6 +326,8 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
     if gray_trained and colour_files:  # (decoded only here: a grayscale model given colour files)
         # grayscale images stored in colour files give the input a grayscale file gives
         counts["color"] = sum(not stored_gray(path) for path in colour_files)
+    if color_trained and colour_files and all_stored_gray(colour_files):  # a grayscale camera's, saved as RGB
+        counts["gray"] += len(colour_files)
     if gray_trained and counts["color"]:
         found.append(
             f"{counts['color']} of {total} {where} images are colour, but the model was trained on grayscale images: "

@@ -171,6 +171,7 @@ def read_rgb(path: Path) -> np.ndarray | None:
 
 
 GRAY_LEVELS = 2  # otx.checks.GRAY_LEVELS
+PROFILE_CHECKS = 32  # otx.checks.PROFILE_CHECKS
 
 
 def channel_kind(array: np.ndarray) -> str:
@@ -267,7 +268,8 @@ def profile_notes(train: dict | None, seen: list[tuple[str, int, int]], total: i
     ``train`` holds the export's ``channels`` and ``height`` / ``width`` ranges; ``seen`` is
     ``(channel_kind, height, width)`` per image decoded, of ``total`` images. The same lines as
     ``otx.checks.profile_warnings``: a colour file holding a grayscale image is no colour image
-    for a grayscale model.
+    for a grayscale model, and colour files holding grayscale images (all of up to
+    ``PROFILE_CHECKS`` looked at) are grayscale for a colour model.
     """
     if not train or not seen:
         return []
@@ -281,6 +283,10 @@ def profile_notes(train: dict | None, seen: list[tuple[str, int, int]], total: i
         return height > h_max * SIZE_FACTOR or width > w_max * SIZE_FACTOR
 
     gray = sum(kind == "gray" for kind, _, _ in seen)  # grayscale files, for a colour model
+    colour = [kind for kind, _, _ in seen if kind != "gray"]
+    sampled = colour[:: max(1, len(colour) // PROFILE_CHECKS)][:PROFILE_CHECKS]  # otx.checks.all_stored_gray's
+    if train["channels"] == "color" and colour and all(kind == "stored_gray" for kind in sampled):
+        gray += len(colour)  # a grayscale camera's images saved as RGB
     color = sum(kind == "color" for kind, _, _ in seen)  # colour images, for a grayscale model
     smaller = larger = turned = reshaped = 0
     for _, height, width in seen:
