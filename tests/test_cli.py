@@ -368,6 +368,24 @@ def test_main_called_from_python_leaves_the_callers_process_as_it_was(capsys) ->
     assert state() == before  # before: otx's signal handler (a 20 s exit after a later Ctrl+C), UserWarning ignored
 
 
+def test_main_called_from_python_leaves_the_callers_signals_alone(tmp_path: Path) -> None:
+    """``main(argv)`` runs in the caller's process: no wakeup fd, no stop listener (they would end that process).
+
+    The console script hears stops beside the main thread (``cli._listen``); a listener left by an
+    interrupted ``main(argv)`` ended its caller 20 s after the call had returned (helper-41).
+    """
+    import signal
+    import threading
+
+    previous = signal.set_wakeup_fd(-1)
+    try:
+        assert main(["data", "make-sample", str(tmp_path / "d"), "--categories", "[tile_like]"]) == 0
+        assert signal.set_wakeup_fd(-1) == -1
+        assert not [t for t in threading.enumerate() if t.name == "otx-stop-listener"]
+    finally:
+        signal.set_wakeup_fd(previous)
+
+
 def test_a_stop_while_modules_load_is_an_interruption_not_a_bug(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """Ctrl+C in a command's first half-second lands while the parser imports the models: it exits 130."""
     import otx.cli as cli

@@ -279,8 +279,9 @@ def test_a_machine_whose_partners_never_come_says_so_and_stops_on_a_signal(
 ) -> None:
     # Machine `node` of two, the other never started. Before: it waited inside torch's process-group set-up for
     # 30 minutes without a word (a machine of NODE_RANK 1 prints nothing) and took neither Ctrl+C nor SIGTERM.
+    # train runs two processes on this machine: SIGTERM to the first alone must end the one Lightning started.
     if verb == "train":
-        args = ["--model", "otx.models.Padim", *SMALL, "--trainer.accelerator", "cpu", "--trainer.num_nodes", "2"]
+        args = ["--model", "otx.models.Padim", *SMALL, *TWO, "--trainer.num_nodes", "2"]
     else:
         args = ["--checkpoint", str(trained_padim["checkpoint"]), "--num_nodes", "2"]
     args += ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(tmp_path / "ws")]
@@ -307,15 +308,23 @@ def test_a_machine_whose_partners_never_come_says_so_and_stops_on_a_signal(
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
+    left = True
     try:
         assert waiting.wait(120), "".join(lines)[-3000:]
         sent = time.monotonic()
         if stop == "SIGINT":  # a terminal's Ctrl+C reaches the whole group
             os.killpg(process.pid, signal.SIGINT)
-        else:
+        else:  # as `kill` or `timeout` send it: to the first process alone
             process.send_signal(signal.SIGTERM)
         rc = process.wait(timeout=60)
         took = time.monotonic() - sent
+        for _ in range(100):  # the processes it started end with it
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                left = False
+                break
+            time.sleep(0.1)
     finally:
         try:
             os.killpg(process.pid, signal.SIGKILL)
@@ -323,12 +332,18 @@ def test_a_machine_whose_partners_never_come_says_so_and_stops_on_a_signal(
             pass
     reader.join(10)
     err = "".join(lines)
-    note = next(line for line in err.splitlines() if "still waiting" in line)
-    assert "2 processes on 2 machines" in note and f"NODE_RANK {node}" in note and "127.0.0.1:" in note, note
-    assert ("--trainer.num_nodes" if verb == "train" else "--num_nodes") in note, note
+    notes = [line for line in err.splitlines() if "still waiting" in line]
+    world = 4 if verb == "train" else 2
+    assert len(notes) == 1, err  # one line per machine
+    assert f"{world} processes on 2 machines" in notes[0] and f"this is machine {node}" in notes[0], notes[0]
+    assert "127.0.0.1:" in notes[0] and ("--trainer.num_nodes" if verb == "train" else "--num_nodes") in notes[0]
     assert rc == 130 and took < 20 and "Traceback" not in err, (rc, took, err[-3000:])
+    assert not left, "a process of the run outlived it"
     assert err.count(f"{stop} received, stopping") == (1 if node == 0 else 0), err  # rank 0 reports the stop
     assert not (tmp_path / "ws" / "latest.json").exists()
+    if node == 0:  # its run folder's log says why it ended
+        (log,) = list((tmp_path / "ws").glob("*-test/otx.log"))
+        assert "while the run's processes waited to meet" in log.read_text()
 
 
 # `otx test` and `otx predict` with two processes: tests/test_cli.py::test_make_sample_then_train_test_predict

@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from otx import __version__
-from otx.distributed import meeting_now, secondary
+from otx.distributed import STOP_LISTENER, end_meeting, meeting_now, secondary
 from otx.errors import COMMAND_LINE, OTXError
 from otx.logs import StderrHandler, make_console
 from otx.workdir import FINISHED, OPEN_RUNS, STOPS
@@ -809,52 +809,60 @@ def _announce_stop(signum: int) -> None:
 LISTENER_WAIT_S = 1.0  # how long the main thread gets to take a stop itself before the listener does
 _STOP_LOCK = threading.RLock()  # the main thread's handler and the listener decide who announces a stop
 _HEARD: list[str] = []  # a stop the listener announced while the main thread was held (its handler says nothing)
-_LISTENER: list[Any] = []  # [reader, writer, the caller's wakeup fd] while the listener runs
+_LISTENER: list[Any] = []  # [reader, writer, the previous wakeup fd] while the listener runs
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _listen(reader: socket.socket) -> None:
-    """Hear SIGINT / SIGTERM while the main thread is held inside a library call.
+    """Hear SIGINT / SIGTERM while the main thread is held inside a library call (the console script only).
 
     Python runs a signal's handler in the main thread between two bytecodes: a stop that arrived
     while torch set up a distributed run's process group (waiting for a machine that never came up)
     was never seen, for torch's 30-minute timeout, and SIGTERM did not end it either. The signal's
     number reaches this thread through ``signal.set_wakeup_fd`` at once; when the main thread has
     not taken the stop within ``LISTENER_WAIT_S``, this thread announces it and arms the watchdog
-    (the clean-up gets ``STOP_GRACE_S`` once the call returns), and a second stop ends the process
-    at once, like the handler's. While the processes of a distributed run wait to meet
-    (``otx.distributed.meeting``) the process ends at once: nothing has been computed or written.
+    (the process ends ``STOP_GRACE_S`` later unless the clean-up ends it first), and a further stop
+    while the main thread is still held ends the process, like the handler's second stop. While
+    the processes of a distributed run wait to meet (``otx.distributed.meeting``) the process ends
+    at once, with the processes it started: nothing has been computed or written there.
     """
     while True:
         try:
             data = reader.recv(64)
         except OSError:
             return
-        if not data:  # the writer was closed: the CLI returned to its caller
+        if not data:  # the writer was closed: another listener took over
             reader.close()
             return
+        stops = [int(b) for b in data if b in _STOP_SIGNALS]  # others (a loader's SIGCHLD) are not stops
+        if not stops:
+            continue
         time.sleep(LISTENER_WAIT_S)
-        try:  # what came in the meantime is the same stop (a terminal's Ctrl-C reaches every process of its group)
-            while reader.recv(64, socket.MSG_DONTWAIT):
-                pass
+        try:  # stops that came in the meantime
+            while more := reader.recv(64, socket.MSG_DONTWAIT):
+                stops += [int(b) for b in more if b in _STOP_SIGNALS]
         except OSError:
             pass
-        signum = next((int(b) for b in data if b in (signal.SIGINT, signal.SIGTERM)), None)
-        if signum is None:
-            continue
         with _STOP_LOCK:
+            if not _LISTENER or _LISTENER[0] is not reader:  # stopped while this thread slept
+                reader.close()
+                return
             if STOPS:  # the main thread took it (or is cleaning up after an earlier stop: its watchdog runs)
-                if _HEARD:  # a second stop while the main thread is still held
-                    os._exit(128 + signum)
+                if _HEARD:  # a further stop while the main thread is still held
+                    os._exit(128 + stops[-1])
                 continue
-            STOPS.append(signal.Signals(signum).name)
+            STOPS.append(signal.Signals(stops[0]).name)
             _HEARD.append(STOPS[0])
-            _announce_stop(signum)
+            _announce_stop(stops[0])
+            if len(stops) > 1:  # a second stop already, the main thread still held
+                os._exit(128 + stops[-1])
         if meeting_now():
-            _stop_without_cleanup(signum, "while the run's processes waited to meet; nothing was computed")
+            end_meeting()  # the processes Lightning started here, which would wait for this one
+            _stop_without_cleanup(stops[0], "while the run's processes waited to meet; nothing was computed")
 
 
 def _start_listener() -> None:
-    """Start ``_listen`` (main thread only); the caller's wakeup fd is put back by ``_stop_listener``."""
+    """Start ``_listen`` (main thread only); ``_stop_listener`` puts the previous wakeup fd back."""
     _stop_listener()
     reader, writer = socket.socketpair()
     writer.setblocking(False)  # the C signal handler must never block on it
@@ -864,18 +872,22 @@ def _start_listener() -> None:
         reader.close()
         writer.close()
         return
-    _LISTENER[:] = [reader, writer, previous]
+    with _STOP_LOCK:
+        _LISTENER[:] = [reader, writer, previous]
     threading.Thread(target=_listen, args=(reader,), name="otx-stop-listener", daemon=True).start()
+    STOP_LISTENER[:] = [True]
     if not _FORK_HOOK:  # a forked child (a data-loading worker) must not write its signals to this process's
         os.register_at_fork(after_in_child=_forget_listener)
         _FORK_HOOK.append(True)
 
 
 def _stop_listener() -> None:
-    if not _LISTENER:
-        return
-    _reader, writer, previous = _LISTENER
-    _LISTENER.clear()
+    with _STOP_LOCK:
+        if not _LISTENER:
+            return
+        _reader, writer, previous = _LISTENER
+        _LISTENER.clear()
+        STOP_LISTENER.clear()
     try:
         signal.set_wakeup_fd(previous)
     except ValueError:
@@ -885,6 +897,7 @@ def _stop_listener() -> None:
 
 def _forget_listener() -> None:
     _LISTENER.clear()
+    STOP_LISTENER.clear()
     try:
         signal.set_wakeup_fd(-1)
     except ValueError:
@@ -955,7 +968,8 @@ def _disarm_watchdog() -> None:
         _WATCHDOG.pop().cancel()
 
 
-def _install_signal_handlers() -> None:
+def _install_signal_handlers(listen: bool = False) -> None:
+    """Install the stop handling; ``listen``: also ``_listen`` (the console script, whose process otx is)."""
     _disarm_watchdog()
     STOPS.clear()
     FINISHED.clear()  # this command's runs only
@@ -966,7 +980,10 @@ def _install_signal_handlers() -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
         sys.unraisablehook = _unraisable
-        _start_listener()
+        if listen:
+            if hasattr(signal, "pthread_sigmask"):  # a process Lightning started while its parent held them
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # (distributed.meeting)
+            _start_listener()  # after the unblocking: the listener's thread is the one that must take stops
 
 
 _HANDLER_PID: list[int] = []  # the process whose stop _on_signal reports (forked children inherit the handler)
@@ -993,7 +1010,6 @@ class _CallerState:
     def restore(self) -> None:
         """Put back what was saved; forget a stop that arrived during the call."""
         _disarm_watchdog()
-        _stop_listener()
         STOPS.clear()
         _REDELIVERED.clear()
         _HEARD.clear()
@@ -1024,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
     caller = None if argv is None else _CallerState()
     command_line = COMMAND_LINE.set(True)  # messages name the command line's options
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        return _main(list(sys.argv[1:] if argv is None else argv), whole_process=caller is None)
     finally:
         COMMAND_LINE.reset(command_line)
         if caller is not None:
@@ -1194,12 +1210,12 @@ def _evaluation_config(cfg: Namespace, parser: ArgumentParser) -> str:
     return head + yaml.safe_dump(resolved, sort_keys=False)
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], whole_process: bool = False) -> int:
     console = make_console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
     errors = make_console(stderr=True)
     _quiet_libraries()
     _warnings_to_stderr()
-    _install_signal_handlers()
+    _install_signal_handlers(listen=whole_process)
     try:
         _refuse_train_options(argv)
         if len(argv) > 1 and argv[0] == "find" and not argv[1].startswith("-"):

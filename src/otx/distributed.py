@@ -294,20 +294,21 @@ def check_nodes(num_nodes: int, option: str) -> None:
 
 
 MEETING_NOTE_S = 30.0  # how long the processes may take to meet before each machine says it is waiting
-MEETING: list[threading.Event] = []  # set while this process waits for the others in the process-group set-up
+MEETING: list[tuple[threading.Event, Any]] = []  # (set while waiting, the launcher's owner) per meeting under way
 
 
 @contextmanager
-def meeting(world: int, num_nodes: int, option: str) -> Iterator[None]:
+def meeting(world: int, num_nodes: int, option: str, owner: Any = None) -> Iterator[None]:
     """Around a call that sets up the process group of ``world`` processes (``num_nodes`` machines).
 
     The set-up waits, inside torch, for every process to connect: a machine whose first machine
     never comes up (a mistyped ``MASTER_ADDR``, rank 0 not started) waited for torch's 30-minute
     timeout and printed nothing (only rank 0 reports). Now the first process of each machine says
     so in one line after ``MEETING_NOTE_S`` seconds (``OTX_MEETING_NOTE_S`` overrides it), and the
-    CLI stops at once on Ctrl-C while the wait lasts (``MEETING``: nothing has been computed or
-    written there). ``option`` is how the caller gives the machine count. Inside a process group
-    that exists already, or for one process, nothing happens.
+    console script ends at once on Ctrl-C or SIGTERM while the wait lasts (``meeting_now``; nothing
+    has been computed or written there), with the processes Lightning started for ``owner`` (a
+    ``Trainer`` or a ``Fabric``: ``end_meeting``). ``option`` is how the caller gives the machine
+    count. Inside a process group that exists already, or for one process, nothing happens.
     """
     if world <= 1 or rank_and_world()[1] > 1:
         yield
@@ -315,7 +316,9 @@ def meeting(world: int, num_nodes: int, option: str) -> Iterator[None]:
     done = threading.Event()
     waiting = threading.Event()
     waiting.set()
-    MEETING.append(waiting)
+    entry = (waiting, owner)
+    MEETING.append(entry)
+    _hold_stops_off_main_thread()
     delay = float(os.environ.get("OTX_MEETING_NOTE_S") or MEETING_NOTE_S)
     watch = threading.Thread(target=_watch_meeting, args=(world, num_nodes, option, delay, done, waiting), daemon=True)
     watch.start()
@@ -324,13 +327,54 @@ def meeting(world: int, num_nodes: int, option: str) -> Iterator[None]:
     finally:
         done.set()
         waiting.clear()
-        if waiting in MEETING:
-            MEETING.remove(waiting)
+        if entry in MEETING:
+            MEETING.remove(entry)
+        release_stops()
+
+
+STOP_LISTENER: list[bool] = []  # non-empty while the console script's listener thread hears stops (otx.cli)
+_STOPS_HELD: list[bool] = []  # non-empty while the main thread blocks SIGINT and SIGTERM (``meeting``)
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _hold_stops_off_main_thread() -> None:
+    """Block SIGINT and SIGTERM in the main thread while the processes meet, so the listener's thread takes them.
+
+    A stop that interrupts torch's wait between two connection attempts made it print a warning with a
+    C++ stack of 50 frames (``TCPStore ... Interrupted system call``) on machines 1 and up. The
+    listener hears the stop as well either way; only where it runs (the console script), and from
+    the main thread. Processes started meanwhile inherit the mask: the CLI unblocks both at its start.
+    """
+    if STOP_LISTENER and not _STOPS_HELD and threading.current_thread() is threading.main_thread():
+        if hasattr(signal, "pthread_sigmask"):  # not on Windows
+            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            _STOPS_HELD.append(True)
+
+
+def release_stops() -> None:
+    """Let SIGINT and SIGTERM reach the main thread again (the processes have met; main thread only)."""
+    if _STOPS_HELD and threading.current_thread() is threading.main_thread():
+        _STOPS_HELD.clear()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
 
 
 def meeting_now() -> bool:
     """Whether this process is waiting for the others of a distributed run to meet (``meeting``)."""
-    return any(event.is_set() for event in MEETING)
+    return any(waiting.is_set() for waiting, _ in MEETING)
+
+
+def end_meeting() -> None:
+    """End the processes Lightning started for the meetings under way (before this one exits without them)."""
+    for _, owner in list(MEETING):
+        if owner is not None:
+            end_launched(owner)
+
+
+def _local_rank_and_node() -> tuple[int, int]:
+    """The rank of this process on its machine, and the machine's number (Lightning's, torchrun's or SLURM's)."""
+    local = _env_int("LOCAL_RANK") if os.environ.get("LOCAL_RANK", "").strip() else _env_int("SLURM_LOCALID")
+    node = _env_int("NODE_RANK") if os.environ.get("NODE_RANK", "").strip() else _env_int("SLURM_NODEID")
+    return local, node
 
 
 def _watch_meeting(
@@ -346,11 +390,12 @@ def _watch_meeting(
         if said or time.monotonic() - start < delay:
             continue
         said = True
-        if os.environ.get("LOCAL_RANK", "0").strip() not in ("", "0"):  # one line per machine
+        local, node_rank = _local_rank_and_node()
+        if local:  # one line per machine
             continue
         address = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{os.environ.get('MASTER_PORT', '?')}"
         where = f"{world} processes on {num_nodes} machines" if num_nodes > 1 else f"{world} processes"
-        node = f", this is machine NODE_RANK {_env_int('NODE_RANK')}" if num_nodes > 1 else ""
+        node = f", this is machine {node_rank}" if num_nodes > 1 else ""
         hint = (
             f"start the same command on every machine (NODE_RANK 0 included) with the same MASTER_ADDR, MASTER_PORT "
             f"and {option}"
@@ -425,7 +470,7 @@ def launch(processes: int, num_nodes: int = 1) -> None:
 
     fabric = Fabric(accelerator="cpu", devices=processes, num_nodes=num_nodes, strategy="ddp")
     try:
-        with meeting(processes * num_nodes, num_nodes, "--num_nodes"):
+        with meeting(processes * num_nodes, num_nodes, "--num_nodes", fabric):
             fabric.launch()
     except (ValueError, RuntimeError) as exc:
         # the processes Fabric started wait for this one for ever (before: `otx test --devices 2` with a

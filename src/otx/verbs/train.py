@@ -247,7 +247,7 @@ def run(
         # several processes: otx turns DDP's per-forward buffer broadcast off on purpose (otx.distributed.ddp_strategy)
         warnings.filterwarnings("ignore", message=".*`broadcast_buffers` is deprecated.*")
         try:
-            with distributed.meeting(world, trainer.num_nodes, "--trainer.num_nodes"):
+            with distributed.meeting(world, trainer.num_nodes, "--trainer.num_nodes", trainer):
                 trainer.fit(model, train_loader, val_loader, ckpt_path=resume, weights_only=True)
         except SystemExit as exc:  # Lightning ends an interrupted fit with sys.exit(1) after its clean-up
             interrupt = exc.__context__ if isinstance(exc.__context__, KeyboardInterrupt) else None
