@@ -854,11 +854,11 @@ def _listen(reader: socket.socket) -> None:
             STOPS.append(signal.Signals(stops[0]).name)
             _HEARD.append(STOPS[0])
             _announce_stop(stops[0])
-            if len(stops) > 1:  # a second stop already, the main thread still held
-                os._exit(128 + stops[-1])
         if meeting_now():
             end_meeting()  # the processes Lightning started here, which would wait for this one
             _stop_without_cleanup(stops[0], "while the run's processes waited to meet; nothing was computed")
+        if len(stops) > 1:  # a second stop already, the main thread still held
+            os._exit(128 + stops[-1])
 
 
 def _start_listener() -> None:
