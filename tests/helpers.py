@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -23,24 +24,28 @@ def run_otx(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
     )
 
 
-def run_otx_group(*args: str, cwd: Path, timeout: float, env: dict | None = None) -> tuple[int, str]:
-    """Run ``otx`` as a terminal's command (its own process group, the tests folder importable); ``(rc, stderr)``.
-
-    Whatever is left of the group afterwards (a process that outlived the command) is killed, also
-    when ``timeout`` passes (then ``subprocess.TimeoutExpired`` is raised, and the test fails).
-    """
+def start_otx_group(*args: str, cwd: Path, env: dict | None = None, stdout: Any = subprocess.PIPE) -> subprocess.Popen:
+    """Start ``otx`` as a terminal's command: its own process group, stderr piped, the tests folder importable."""
     path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])  # helpers' callbacks
     full_env = {**os.environ, "OTX_OFFLINE": "1", "PYTHONPATH": path, **(env or {})}
-    command = [sys.executable, "-m", "otx.cli", *args]
-    process = subprocess.Popen(
-        command,
+    return subprocess.Popen(
+        [sys.executable, "-m", "otx.cli", *args],
         cwd=cwd,
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
         env=full_env,
     )
+
+
+def run_otx_group(*args: str, cwd: Path, timeout: float, env: dict | None = None) -> tuple[int, str]:
+    """Run ``otx`` as a terminal's command (``start_otx_group``); ``(rc, stderr)``.
+
+    Whatever is left of the group afterwards (a process that outlived the command) is killed, also
+    when ``timeout`` passes (then ``subprocess.TimeoutExpired`` is raised, and the test fails).
+    """
+    process = start_otx_group(*args, cwd=cwd, env=env)
     try:
         _, err = process.communicate(timeout=timeout)  # the pipe closes once every process that holds it has ended
     finally:

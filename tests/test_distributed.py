@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_otx, run_otx_group
+from helpers import run_otx, run_otx_group, start_otx_group
 from otx.distributed import ShardSampler, drop_padding, join_by_index
 from otx.engine import Engine
 
@@ -285,18 +285,8 @@ def test_a_machine_whose_partners_never_come_says_so_and_stops_on_a_signal(
     else:
         args = ["--checkpoint", str(trained_padim["checkpoint"]), "--num_nodes", "2"]
     args += ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(tmp_path / "ws")]
-    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "OTX_OFFLINE": "1", "PYTHONPATH": path, "OTX_MEETING_NOTE_S": "2"}
-    env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "NODE_RANK": str(node)})
-    process = subprocess.Popen(
-        [sys.executable, "-m", "otx.cli", verb, *args],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env=env,
-    )
+    env = {"OTX_MEETING_NOTE_S": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    process = start_otx_group(verb, *args, cwd=tmp_path, env={**env, "NODE_RANK": str(node)}, stdout=subprocess.DEVNULL)
     lines: list[str] = []
     waiting = threading.Event()
 
