@@ -341,9 +341,9 @@ def _hold_stops_off_main_thread() -> None:
     """Block SIGINT and SIGTERM in the main thread while the processes meet, so the listener's thread takes them.
 
     A stop that interrupts torch's wait between two connection attempts made it print a warning with a
-    C++ stack of 50 frames (``TCPStore ... Interrupted system call``) on machines 1 and up. The
-    listener hears the stop as well either way; only where it runs (the console script), and from
-    the main thread. Processes started meanwhile inherit the mask: the CLI unblocks both at its start.
+    C++ stack of 50 frames (``TCPStore ... Interrupted system call``) on machines 1 and up. Done only
+    where the listener runs (the console script), from the main thread. Processes started meanwhile
+    inherit the mask: the CLI unblocks both at its start.
     """
     if STOP_LISTENER and not _STOPS_HELD and threading.current_thread() is threading.main_thread():
         if hasattr(signal, "pthread_sigmask"):  # not on Windows
