@@ -336,6 +336,49 @@ def test_a_machine_whose_partners_never_come_says_so_and_stops_on_a_signal(
         assert "while the run's processes waited to meet" in log.read_text()
 
 
+@pytest.mark.e2e
+def test_machines_told_different_machine_counts_both_say_they_wait(sample_root: Path, tmp_path: Path) -> None:
+    # Machine 0 told 2 machines, machine 1 told 3. Before: machine 1 said it was waiting; machine 0 formed the
+    # process group with it and then waited in Lightning's first barrier, silent, and a stop took 20 s there.
+    # 15 s: machine 0 has formed the group by then (machine 1 retries its connection every few seconds).
+    env = {"OTX_MEETING_NOTE_S": "15", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    processes = []
+    for node, nodes in ((0, 2), (1, 3)):
+        args = ["--model", "otx.models.Padim", *SMALL, "--trainer.accelerator", "cpu"]
+        args += ["--trainer.num_nodes", str(nodes), "--data_root", str(sample_root / "bottle_like")]
+        args += ["--work_dir", str(tmp_path / f"ws{node}")]
+        machine = {**env, "NODE_RANK": str(node)}
+        processes.append(start_otx_group("train", *args, cwd=tmp_path, env=machine, stdout=subprocess.DEVNULL))
+    outputs: list[list[str]] = [[], []]
+    waiting = [threading.Event(), threading.Event()]
+
+    def read(k: int) -> None:
+        for line in processes[k].stderr:  # type: ignore[union-attr]
+            outputs[k].append(line)
+            if "still waiting for the run's other processes" in line:
+                waiting[k].set()
+
+    readers = [threading.Thread(target=read, args=(k,), daemon=True) for k in (0, 1)]
+    for reader in readers:
+        reader.start()
+    try:
+        assert waiting[0].wait(120) and waiting[1].wait(60), "".join(outputs[0] + outputs[1])[-3000:]
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        codes = [process.wait(timeout=60) for process in processes]
+    finally:
+        for process in processes:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for reader in readers:
+        reader.join(10)
+    errs = ["".join(lines) for lines in outputs]
+    assert codes == [130, 130] and not any("Traceback" in err for err in errs), (codes, errs)
+    assert "(2 processes on 2 machines" in errs[0] and "(3 processes on 3 machines" in errs[1], errs
+
+
 # `otx test` and `otx predict` with two processes: tests/test_cli.py::test_make_sample_then_train_test_predict
 
 

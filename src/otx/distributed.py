@@ -352,10 +352,21 @@ def _hold_stops_off_main_thread() -> None:
 
 
 def release_stops() -> None:
-    """Let SIGINT and SIGTERM reach the main thread again (the processes have met; main thread only)."""
+    """Let SIGINT and SIGTERM reach the main thread again (main thread only)."""
     if _STOPS_HELD and threading.current_thread() is threading.main_thread():
         _STOPS_HELD.clear()
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def met() -> None:
+    """The processes have met (a barrier among them has passed): the meetings' waits end, stops reach the main thread.
+
+    Not the process group's existence: machines told different machine counts (2 on one, 3 on the
+    other) form it on the first and then wait in its first barrier, which is still the meeting.
+    """
+    for waiting, _ in MEETING:
+        waiting.clear()
+    release_stops()
 
 
 def meeting_now() -> bool:
@@ -380,12 +391,10 @@ def _local_rank_and_node() -> tuple[int, int]:
 def _watch_meeting(
     world: int, num_nodes: int, option: str, delay: float, done: threading.Event, waiting: threading.Event
 ) -> None:
-    import torch.distributed as dist
-
     start = time.monotonic()
     said = False
     while not done.wait(0.2):
-        if dist.is_available() and dist.is_initialized():
+        if not waiting.is_set():  # met
             break
         if said or time.monotonic() - start < delay:
             continue
@@ -472,6 +481,8 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     try:
         with meeting(processes * num_nodes, num_nodes, "--num_nodes", fabric):
             fabric.launch()
+            fabric.barrier()  # every process is there
+            met()
     except (ValueError, RuntimeError) as exc:
         # the processes Fabric started wait for this one for ever (before: `otx test --devices 2` with a
         # MASTER_PORT in use printed its error and then hung, the second process holding the terminal)

@@ -36,7 +36,7 @@ from otx.distributed import (
     check_nodes,
     check_strategy,
     ddp_strategy,
-    release_stops,
+    met,
 )
 from otx.errors import OTXConfigError, OTXError
 
@@ -219,7 +219,7 @@ class StopSignalKept(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
         self.handler = signal.getsignal(signal.SIGTERM)  # otx's in the CLI, the caller's in Python
-        release_stops()  # the processes have met: stops reach the main thread again
+        met()  # after Lightning's "pre_setup" barrier: every process is there (distributed.meeting)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         if threading.current_thread() is threading.main_thread() and self.handler is not None:
