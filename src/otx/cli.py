@@ -824,7 +824,7 @@ def _listen(reader: socket.socket) -> None:
     (the process ends ``STOP_GRACE_S`` later unless the clean-up ends it first), and a further stop
     while the main thread is still held ends the process, like the handler's second stop. While
     the processes of a distributed run wait to meet (``otx.distributed.meeting``) the process ends
-    at once, with the processes it started: nothing has been computed or written there.
+    then, without the 20 s, with the processes it started: nothing has been computed or written there.
     """
     while True:
         try:
