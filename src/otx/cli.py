@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from otx import __version__
-from otx.distributed import STOP_LISTENER, end_meeting, meeting_now, secondary
+from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_now, secondary
 from otx.errors import COMMAND_LINE, OTXError
 from otx.logs import StderrHandler, make_console
 from otx.workdir import FINISHED, OPEN_RUNS, STOPS
@@ -810,7 +810,6 @@ LISTENER_WAIT_S = 1.0  # how long the main thread gets to take a stop itself bef
 _STOP_LOCK = threading.RLock()  # the main thread's handler and the listener decide who announces a stop
 _HEARD: list[str] = []  # a stop the listener announced while the main thread was held (its handler says nothing)
 _LISTENER: list[Any] = []  # [reader, writer, the previous wakeup fd] while the listener runs
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _listen(reader: socket.socket) -> None:
@@ -834,13 +833,13 @@ def _listen(reader: socket.socket) -> None:
         if not data:  # the writer was closed: another listener took over
             reader.close()
             return
-        stops = [int(b) for b in data if b in _STOP_SIGNALS]  # others (a loader's SIGCHLD) are not stops
+        stops = [int(b) for b in data if b in STOP_SIGNALS]  # others (a loader's SIGCHLD) are not stops
         if not stops:
             continue
         time.sleep(LISTENER_WAIT_S)
         try:  # stops that came in the meantime
             while more := reader.recv(64, socket.MSG_DONTWAIT):
-                stops += [int(b) for b in more if b in _STOP_SIGNALS]
+                stops += [int(b) for b in more if b in STOP_SIGNALS]
         except OSError:
             pass
         with _STOP_LOCK:
@@ -982,7 +981,7 @@ def _install_signal_handlers(listen: bool = False) -> None:
         sys.unraisablehook = _unraisable
         if listen:
             if hasattr(signal, "pthread_sigmask"):  # a process Lightning started while its parent held them
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # (distributed.meeting)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # (distributed.meeting)
             _start_listener()  # after the unblocking: the listener's thread is the one that must take stops
 
 

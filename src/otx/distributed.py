@@ -313,19 +313,17 @@ def meeting(world: int, num_nodes: int, option: str, owner: Any = None) -> Itera
     if world <= 1 or rank_and_world()[1] > 1:
         yield
         return
-    done = threading.Event()
     waiting = threading.Event()
     waiting.set()
     entry = (waiting, owner)
     MEETING.append(entry)
     _hold_stops_off_main_thread()
     delay = float(os.environ.get("OTX_MEETING_NOTE_S") or MEETING_NOTE_S)
-    watch = threading.Thread(target=_watch_meeting, args=(world, num_nodes, option, delay, done, waiting), daemon=True)
+    watch = threading.Thread(target=_watch_meeting, args=(world, num_nodes, option, delay, waiting), daemon=True)
     watch.start()
     try:
         yield
     finally:
-        done.set()
         waiting.clear()
         if entry in MEETING:
             MEETING.remove(entry)
@@ -334,7 +332,7 @@ def meeting(world: int, num_nodes: int, option: str, owner: Any = None) -> Itera
 
 STOP_LISTENER: list[bool] = []  # non-empty while the console script's listener thread hears stops (otx.cli)
 _STOPS_HELD: list[bool] = []  # non-empty while the main thread blocks SIGINT and SIGTERM (``meeting``)
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})  # the signals otx takes as a stop
 
 
 def _hold_stops_off_main_thread() -> None:
@@ -347,7 +345,7 @@ def _hold_stops_off_main_thread() -> None:
     """
     if STOP_LISTENER and not _STOPS_HELD and threading.current_thread() is threading.main_thread():
         if hasattr(signal, "pthread_sigmask"):  # not on Windows
-            signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
             _STOPS_HELD.append(True)
 
 
@@ -355,7 +353,7 @@ def release_stops() -> None:
     """Let SIGINT and SIGTERM reach the main thread again (main thread only)."""
     if _STOPS_HELD and threading.current_thread() is threading.main_thread():
         _STOPS_HELD.clear()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def met() -> None:
@@ -388,15 +386,12 @@ def _local_rank_and_node() -> tuple[int, int]:
     return local, node
 
 
-def _watch_meeting(
-    world: int, num_nodes: int, option: str, delay: float, done: threading.Event, waiting: threading.Event
-) -> None:
+def _watch_meeting(world: int, num_nodes: int, option: str, delay: float, waiting: threading.Event) -> None:
     start = time.monotonic()
     said = False
-    while not done.wait(0.2):
-        if not waiting.is_set():  # met
-            break
-        if said or time.monotonic() - start < delay:
+    while waiting.is_set():  # until the processes have met (``met``) or the meeting's call has ended
+        time.sleep(0.2)
+        if said or not waiting.is_set() or time.monotonic() - start < delay:
             continue
         said = True
         local, node_rank = _local_rank_and_node()
@@ -416,7 +411,6 @@ def _watch_meeting(
             f"{node}): {hint}; Ctrl-C stops\n"
         )
         sys.stderr.flush()
-    waiting.clear()
 
 
 def port_in_use(exc: BaseException) -> OTXError | None:
