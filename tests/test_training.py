@@ -6,9 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from helpers import run_main, run_otx_group
 from otx.checkpoint import CHECKPOINT_SCHEMA, load_checkpoint
@@ -18,6 +19,7 @@ from otx.engine import Engine
 from otx.errors import OTXError
 from otx.metrics import roc_auc
 from otx.models import Stfpm
+from otx.training import BestEpoch
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
 
@@ -88,6 +90,40 @@ def test_early_stopping_keeps_the_best_epoch_and_its_thresholds(sample_root: Pat
     assert "class_path: lightning.pytorch.callbacks.early_stopping.EarlyStopping" in config
 
 
+class _Scripted(L.LightningModule):
+    """One weight, and a validation image AUROC that follows a script, epoch by epoch."""
+
+    def __init__(self, script: list[float]) -> None:
+        super().__init__()
+        self.script = script
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return ((self.weight - batch) ** 2).mean()
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        self.log("val/image_AUROC", self.script[self.current_epoch])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("kind", [ModelCheckpoint, BestEpoch])
+def test_best_epoch_keeps_the_latest_of_tied_epochs(kind: type, tmp_path: Path) -> None:
+    script = [0.5, 1.0, 0.8, 1.0, 0.99999994, 0.9]  # within BestEpoch.TIE of 1.0: a tie
+    best = kind(dirpath=tmp_path, monitor="val/image_AUROC", mode="max", save_top_k=1, filename="best")
+    loader = torch.utils.data.DataLoader(torch.arange(4.0), batch_size=2)
+    trainer = L.Trainer(
+        max_epochs=len(script), callbacks=[best], logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1,
+    )  # fmt: skip
+    trainer.fit(_Scripted(script), loader, loader)
+    kept_epoch = torch.load(best.best_model_path, weights_only=True)["epoch"] + 1
+    # Lightning keeps the first epoch at 1.0 (the 2nd); BestEpoch the last (the 5th), and only that file
+    assert kept_epoch == (2 if kind is ModelCheckpoint else 5)
+    assert [p.name for p in tmp_path.glob("*.ckpt")] == ["best.ckpt"]
+
+
 def test_the_python_api_trains_stfpm_as_its_recipe_does(sample_root: Path, tmp_path: Path) -> None:
     # Engine(model=Stfpm()) stops early and keeps the best epoch as the recipe does (before: all epochs, the last kept)
     engine = Engine(
@@ -98,10 +134,11 @@ def test_the_python_api_trains_stfpm_as_its_recipe_does(sample_root: Path, tmp_p
     )
     summary = engine.train()
     curve = [row["image_AUROC"] for row in summary["validation_curve"]]
-    best = max(range(len(curve)), key=lambda i: (curve[i], -i))  # the first maximum
-    assert summary["best_epoch"] == best + 1
-    assert summary["validation_metrics"]["image_AUROC"] == pytest.approx(curve[best], abs=1e-6)
-    assert len(curve) == (best + 1 + 4 if summary["stopped_early"] else 8)  # patience 4
+    first = max(range(len(curve)), key=lambda i: (curve[i], -i))  # early stopping counts from the first maximum
+    kept = max(range(len(curve)), key=lambda i: (curve[i], i))  # otx.training.BestEpoch keeps the latest of a tie
+    assert summary["best_epoch"] == kept + 1
+    assert summary["validation_metrics"]["image_AUROC"] == pytest.approx(curve[kept], abs=1e-6)
+    assert len(curve) == (first + 1 + 4 if summary["stopped_early"] else 8)  # patience 4
 
 
 def test_monitors_of_metrics_the_validation_split_cannot_give_are_left_out(dataset_copy, tmp_path: Path) -> None:

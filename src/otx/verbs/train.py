@@ -134,7 +134,7 @@ def _drop_unlogged_monitors(model: AnomalyModel, data: AnomalyDataModule, settin
     monitors = list(dict.fromkeys(str(monitor_of(spec)) for spec in dropped))
     whys = " and no ".join(dict.fromkeys(needs.get(m, "defective images") for m in monitors))
     effect = [] if any(callback_name(c) == "EarlyStopping" for c in kept) else ["trains every epoch"]
-    if not any(callback_name(c) == "ModelCheckpoint" and monitor_of(c) for c in kept):
+    if not any(callback_name(c) in ("ModelCheckpoint", "BestEpoch") and monitor_of(c) for c in kept):
         effect.append("keeps the last")
     return (
         f"the validation split has no {whys}, so {' and '.join(monitors)} cannot be computed: "
