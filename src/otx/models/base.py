@@ -96,7 +96,7 @@ def top_share_score(maps: torch.Tensor, share: float, input_size: tuple[int, int
 
 
 # Callbacks of the gradient-trained models' defaults (and recipes): keep the epoch of the best
-# validation image AUROC, and stop once it has not risen for a while.
+# validation image AUROC (the latest of tied epochs), and stop once it has not risen for a while.
 KEEP_BEST_EPOCH: dict[str, Any] = {
     "class_path": "otx.training.BestEpoch",
     "init_args": {"monitor": "val/image_AUROC", "mode": "max", "save_top_k": 1, "filename": "best"},
