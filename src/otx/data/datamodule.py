@@ -139,7 +139,8 @@ class AnomalyDataModule:
 
     Args:
         data_root: folder in MVTec AD layout.
-        val_split: fraction of each test folder used for validation when the data has no ``val/``.
+        val_split: fraction of each test folder used for validation when the data has no ``val/``,
+            above 0 and below 1 (to keep every test image for testing, put validation images in ``val/``).
         seed: seed of the validation split (the same seed always gives the same split) and of the
             training images' order in each epoch.
         batch_size: images per batch for training and inference (tiles per batch in the ``tile`` mode).
