@@ -153,10 +153,10 @@ def test_monitors_of_metrics_the_validation_split_cannot_give_are_left_out(datas
     summary = _summary(tmp_path / "ws")
     assert summary["epochs"] == 2 and summary["best_epoch"] is None
     said = "the validation split has no defective images, so val/image_AUROC cannot be computed: EarlyStopping, "
-    said += "ModelCheckpoint monitoring it left out (the run trains every epoch and keeps the last); add defective"
+    said += "BestEpoch monitoring it left out (the run trains every epoch and keeps the last); add defective"
     assert any(w.startswith(said) for w in summary["warnings"]), summary["warnings"]
     config = next((tmp_path / "ws").glob("*-train/config.yaml")).read_text()
-    assert "EarlyStopping" not in config and "ModelCheckpoint" not in config  # the callbacks the run used
+    assert "EarlyStopping" not in config and "BestEpoch" not in config  # the callbacks the run used
     # defective validation images only: the missing kind is named (before: "no defective images" there too)
     shutil.rmtree(root / "test" / "good")
     for folder in (dataset_copy("carpet_like") / "test").iterdir():
