@@ -122,6 +122,9 @@ def test_best_epoch_keeps_the_latest_of_tied_epochs(kind: type, tmp_path: Path) 
     # Lightning keeps the first epoch at 1.0 (the 2nd); BestEpoch the last (the 5th), and only that file
     assert kept_epoch == (2 if kind is ModelCheckpoint else 5)
     assert [p.name for p in tmp_path.glob("*.ckpt")] == ["best.ckpt"]
+    # a training state saved with either class restores into the other (--resume of runs from before BestEpoch)
+    lightning = ModelCheckpoint(monitor="val/image_AUROC", mode="max", save_top_k=1, filename="best")
+    assert best.state_key == lightning.state_key
 
 
 def test_the_python_api_trains_stfpm_as_its_recipe_does(sample_root: Path, tmp_path: Path) -> None:

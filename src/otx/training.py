@@ -338,6 +338,11 @@ class BestEpoch(ModelCheckpoint):
 
     TIE = 1e-6
 
+    @property
+    def state_key(self) -> str:
+        """Lightning's key for ``ModelCheckpoint`` with these settings: runs saved before resume with it."""
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def check_monitor_top_k(self, trainer: L.Trainer, current: Any = None) -> bool:
         """Whether ``current`` goes in: Lightning's rule, and a tie with the kept epoch replaces it."""
         if current is None or self.save_top_k != 1 or not self.best_k_models:
