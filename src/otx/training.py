@@ -144,10 +144,7 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
                 f"trainer.callbacks entries need a class_path, e.g. {{class_path: "
                 f"lightning.pytorch.callbacks.EarlyStopping, init_args: {{monitor: val/image_AUROC}}}} (got {spec!r})"
             )
-        path = spec["class_path"]
-        if "." not in path:
-            path = f"lightning.pytorch.callbacks.{path}"
-        module_name, _, class_name = path.rpartition(".")
+        module_name, class_name = _module_and_class(spec["class_path"])
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as exc:
@@ -168,6 +165,14 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
                 hint = _nearest_name(unknown.group(1), known, "init_args.")
             raise OTXConfigError(f"trainer.callbacks: {class_name}: {exc}" + (f"; {hint}" if hint else "")) from exc
     return callbacks
+
+
+def _module_and_class(path: str) -> tuple[str, str]:
+    """The module and class a callback's ``class_path`` names (a bare name: one of Lightning's callbacks)."""
+    if "." not in path:
+        path = f"lightning.pytorch.callbacks.{path}"
+    module_name, _, class_name = path.rpartition(".")
+    return module_name, class_name
 
 
 def _callback_names(module_name: str) -> list[str]:
@@ -367,6 +372,24 @@ def callback_name(spec: Any) -> str:
     return type(spec).__name__
 
 
+def keeps_best_epoch(spec: Any) -> bool:
+    """Whether a callback entry (an instance or ``{class_path, init_args}``) is a monitored ``ModelCheckpoint``.
+
+    Subclasses count (``BestEpoch``); an entry whose class cannot be imported does not (building
+    the callbacks says what is wrong with it).
+    """
+    if not monitor_of(spec):
+        return False
+    if not isinstance(spec, dict):
+        return isinstance(spec, ModelCheckpoint)
+    module_name, class_name = _module_and_class(str(spec.get("class_path", "")))
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        return False
+    return isinstance(cls, type) and issubclass(cls, ModelCheckpoint)
+
+
 def without_unlogged_monitors(specs: list[Any], logged: set[str], known: set[str]) -> tuple[list[Any], list[Any]]:
     """The callback entries without those that monitor a validation metric this run cannot log.
 
@@ -392,10 +415,7 @@ def without_unlogged_monitors(specs: list[Any], logged: set[str], known: set[str
 
 def monitored_checkpoint(callbacks: list[L.Callback]) -> ModelCheckpoint | None:
     """The recipe's ``ModelCheckpoint`` that keeps the best epoch by a monitored metric, if any."""
-    for callback in callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.monitor:
-            return callback
-    return None
+    return next((callback for callback in callbacks if keeps_best_epoch(callback)), None)
 
 
 def build_trainer(

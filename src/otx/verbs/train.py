@@ -28,6 +28,7 @@ from otx.training import (
     callback_name,
     check_resume,
     describe_settings,
+    keeps_best_epoch,
     merge_settings,
     monitor_of,
     record_resumed_from,
@@ -134,7 +135,7 @@ def _drop_unlogged_monitors(model: AnomalyModel, data: AnomalyDataModule, settin
     monitors = list(dict.fromkeys(str(monitor_of(spec)) for spec in dropped))
     whys = " and no ".join(dict.fromkeys(needs.get(m, "defective images") for m in monitors))
     effect = [] if any(callback_name(c) == "EarlyStopping" for c in kept) else ["trains every epoch"]
-    if not any(callback_name(c) in ("ModelCheckpoint", "BestEpoch") and monitor_of(c) for c in kept):
+    if not any(keeps_best_epoch(c) for c in kept):
         effect.append("keeps the last")
     return (
         f"the validation split has no {whys}, so {' and '.join(monitors)} cannot be computed: "
