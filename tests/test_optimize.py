@@ -130,9 +130,11 @@ def test_patchflow_int8_runs_the_backbone_and_the_flow_subnets_in_int8_the_rest_
     fp32 = exported("patchflow")
     patchflow = model_class("Patchflow")
     monkeypatch.setattr(patchflow, "int8_scheme", dataclasses.replace(patchflow.int8_scheme, fast_bias_correction=True))
-    summary = engine_for(sample_root, tmp_path).optimize(checkpoint=fp32, subset_size=8)
+    # the first scheme's model, whatever its decisions (the fallback's nodes: the next test)
+    summary = engine_for(sample_root, tmp_path).optimize(checkpoint=fp32, subset_size=8, fallback=False)
     monkeypatch.undo()
     assert summary["scheme"] == "patchflow-int8" and summary["calibration_images"] == 8
+    assert "attempts" not in summary
     source = ov.Core().read_model(fp32)
     float_nodes = model_class("Patchflow").int8_scheme.float_nodes(source)
     names = {op.get_friendly_name() for op in source.get_ops()}
@@ -172,6 +174,94 @@ def test_patchflow_int8_runs_the_backbone_and_the_flow_subnets_in_int8_the_rest_
         for xml in (fp32, Path(summary["optimized_model"]))
     ]
     assert np.corrcoef(maps[0].ravel(), maps[1].ravel())[0, 1] > 0.98
+
+
+def test_patchflow_int8_fallback_keeps_the_whole_backbone_float_and_the_flow_subnets_int8(exported) -> None:
+    # The fallback otx optimize tries when the scheme's INT8 model moves PatchFlow's decisions: on the
+    # graph, every convolution the adaptor is computed from (the backbone at each scale) stays float
+    # with the adaptor, and the couplings' two subnet convolutions are the only ones quantised.
+    from otx.models.quantization import upstream_of
+
+    source = ov.Core().read_model(exported("patchflow"))
+    scheme = model_class("Patchflow").int8_scheme
+    assert [s.name for s in scheme.ladder()] == ["patchflow-int8", "patchflow-int8-flow"]
+    fallback = scheme.fallback
+    kinds = {op.get_friendly_name(): op.get_type_name() for op in source.get_ops()}
+    convolutions = {name for name, kind in kinds.items() if kind in ("Convolution", "GroupConvolution")}
+    upstream = convolutions & upstream_of(source, (r"^__module\.core\.feature_adaptor.*",))
+    backbone = {name for name in upstream if "feature_adaptor" not in name}  # the adaptor sums its sources
+    assert len(backbone) > 60 and all(name.startswith("Multiply_") for name in backbone)  # folded batch norms
+    first, last = scheme.float_nodes(source), fallback.float_nodes(source)
+    assert not backbone & first and backbone <= last  # the first scheme quantises them, the fallback does not
+    assert first <= last  # the fallback keeps in float all that the scheme keeps
+    # the convolutions NNCF may quantise: the subnet's first, and its second (named after a folded multiply)
+    from otx.models.patchflow import SUBNET_FIRST_CONVOLUTION
+    from otx.models.quantization import next_convolutions
+
+    second = next_convolutions(source, (SUBNET_FIRST_CONVOLUTION,))
+    assert len(second) == 1 and not second & backbone
+    assert convolutions - last == {"__module.core.flow.module_list.0.subnet.0/aten::_convolution/Convolution", *second}
+
+
+def test_optimize_falls_back_to_the_next_scheme_when_decisions_move(
+    exported, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A first scheme that quantises PADIM's Mahalanobis distances and map as well (what its scheme
+    # keeps float: one grid over every distance ranks defective and normal images alike), with
+    # PADIM's own scheme as its fallback: otx optimize tries the second, keeps it, and says so. (The
+    # classification task: image decisions only. On this one-epoch sample model the pixel F1 of any
+    # INT8 model moves by about 0.02, the check's bar, even with only the first convolution in INT8.)
+    from otx.models.quantization import Scheme
+
+    padim = model_class("Padim")
+    everything = Scheme(
+        name="everything-int8",
+        summary="map and distances INT8 too",
+        float_patterns=(),
+        float_after=(),
+        fallback=padim.int8_scheme,
+    )
+    monkeypatch.setattr(padim, "int8_scheme", everything)
+    data_root = str(sample_root / "bottle_like")
+    common = ("--checkpoint", str(exported("padim", task="classification")), "--data_root", data_root)
+    first = run_main("optimize", *common, "--work_dir", str(tmp_path / "no"), "--fallback", "false", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    alone = json.loads(next((tmp_path / "no").glob("*-optimize/metrics.json")).read_text())
+    assert alone["scheme"] == "everything-int8" and "attempts" not in alone
+    moved = alone["decisions"]
+    assert moved["drop"] > 0.02 or moved["table"]["candidate"]["image_label_agreement"] < 0.98  # fails the check
+    assert any("does not keep the FP32 model's decisions" in w for w in alone["warnings"])
+
+    result = run_main("optimize", *common, "--work_dir", str(tmp_path / "yes"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "everything-int8: does not keep the FP32 model's validation decisions" in out
+    assert "trying the fallback scheme padim-int8:" in out and "kept: padim-int8" in out
+    summary = json.loads(next((tmp_path / "yes").glob("*-optimize/metrics.json")).read_text())
+    assert summary["scheme"] == "padim-int8" and not any("decisions" in w for w in summary["warnings"])
+    tried = summary["attempts"]
+    assert [t["scheme"] for t in tried] == ["everything-int8", "padim-int8"]
+    assert [t["held"] for t in tried] == [False, True]
+    assert tried[0]["image_label_agreement"] == moved["table"]["candidate"]["image_label_agreement"]  # same seed
+    kept = summary["decisions"]["table"]["candidate"]
+    assert tried[1]["image_label_agreement"] == kept["image_label_agreement"] >= 0.98
+    info = read_model_info(summary["optimized_model"])
+    assert info.quantization == "padim-int8" and info.raw["otx_int8_attempts"].startswith("everything-int8: ")
+    # the kept model is PADIM's scheme's: the backbone INT8, the map float (no quantiser feeds its generator)
+    quantized = quantized_consumers(ov.Core().read_model(summary["optimized_model"]))
+    assert quantized and not any("anomaly_map_generator" in name for name in quantized)
+
+
+def test_best_attempt_keeps_the_first_that_holds_else_the_closest() -> None:
+    from otx.deploy.optimize import best_attempt
+
+    def tried(agreement: float, drop: float) -> dict:
+        return {"checked": True, "drop": drop, "table": {"candidate": {"image_label_agreement": agreement}}}
+
+    assert best_attempt([tried(0.97, 0.0), tried(0.99, 0.01), tried(1.0, 0.0)]) == 1  # the first that holds
+    assert best_attempt([tried(0.90, 0.0), tried(0.95, 0.05), tried(0.95, 0.03)]) == 2  # most labels, then drop
+    assert best_attempt([tried(0.95, 0.03), tried(0.95, 0.03)]) == 0  # a tie: the earlier, faster scheme
+    assert best_attempt([{"checked": False}]) == 0
 
 
 def test_calibration_draws_only_from_the_given_training_images() -> None:
@@ -371,6 +461,8 @@ def test_refuses_bad_settings(exported, sample_root: Path, tmp_path: Path) -> No
         engine.optimize(checkpoint=exported("padim"), subset_size=0)
     with pytest.raises(OTXError, match="weight_bits"):
         engine.optimize(checkpoint=exported("padim"), weight_bits=6)
+    with pytest.raises(OTXError, match=r"fallback must be True or False \(got 'no'\)"):
+        engine.optimize(checkpoint=exported("padim"), fallback="no")
     result = run_main("optimize", "--checkpoint", str(exported("padim")), "--weight_bits", "4", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "weight_bits must be auto, 7 or 8" in result.stderr

@@ -223,6 +223,16 @@ def _verb_parser(verb: str) -> ArgumentParser:
             help="INT8 weights: 7 runs on every CPU, 8 is more accurate on CPUs with VNNI or AMX (without VNNI "
             "int16 sums saturate); auto: 8 where this CPU has VNNI or AMX",
         )
+        parser.add_argument(
+            "--fallback",
+            type=bool,
+            nargs="?",
+            const=True,
+            default=True,
+            help="when the INT8 model does not keep the FP32 model's validation decisions, quantise again with "
+            "more of the model in float (PatchFlow: its backbone) and keep the first that does; false keeps the "
+            "fastest scheme's model (with a warning)",
+        )
     if verb == "benchmark":
         parser.add_argument(
             "--models",
@@ -425,7 +435,11 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         failed = len(tested["errors"]) if tested is not None else 0  # None: a process of rank > 0
     elif verb == "optimize":
         engine.optimize(
-            checkpoint=cfg.checkpoint, subset_size=cfg.subset_size, max_drop=cfg.max_drop, weight_bits=cfg.weight_bits
+            checkpoint=cfg.checkpoint,
+            subset_size=cfg.subset_size,
+            max_drop=cfg.max_drop,
+            weight_bits=cfg.weight_bits,
+            fallback=cfg.fallback,
         )
     elif verb == "benchmark":
         engine.benchmark(

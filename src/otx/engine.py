@@ -330,6 +330,7 @@ class Engine:
         subset_size: int | None = None,
         max_drop: float | None = None,
         weight_bits: str | int = "auto",
+        fallback: bool = True,
     ) -> OptimizeResult | None:
         """Quantise a model to INT8 with NNCF, calibrated on training images only; keeps its accuracy.
 
@@ -341,7 +342,11 @@ class Engine:
         With ``max_drop``, NNCF's accuracy control keeps the validation AUROC within ``max_drop``
         of the FP32 model's. ``weight_bits`` 7 runs on every CPU; 8 is more accurate but only for
         CPUs with VNNI or AMX (without VNNI, int16 sums saturate); ``auto``: 8 where this CPU has
-        VNNI or AMX, else 7. Writes ``optimized_model.xml/.bin`` (with the source's metadata and
+        VNNI or AMX, else 7. ``fallback``: when the model's INT8 scheme does not keep the FP32
+        model's validation decisions, quantise again with the schemes that keep more of it in
+        float (PatchFlow's: its backbone) and keep the first that does, else the closest (the
+        tries are in the result's ``attempts``); False keeps the first scheme's model, and
+        ``max_drop`` leaves the choice to NNCF. Writes ``optimized_model.xml/.bin`` (with the source's metadata and
         post-processing, marked INT8) into a new run folder; returns an ``OptimizeResult``.
         """
         from otx.deploy.optimize import check_max_drop, resolve_weight_bits
@@ -350,9 +355,11 @@ class Engine:
         check_max_drop(max_drop)
         subset_size = check_int("subset_size", subset_size, minimum=1, optional=True)
         resolve_weight_bits(weight_bits)  # one line for a bad value, before any run folder exists
+        fallback = check_bool("fallback", fallback)
         checkpoint = self._default(checkpoint, "export", "train")
         return self._run(
-            "optimize", lambda ctx, run: optimize_verb.run(ctx, run, checkpoint, subset_size, max_drop, weight_bits)
+            "optimize",
+            lambda ctx, run: optimize_verb.run(ctx, run, checkpoint, subset_size, max_drop, weight_bits, fallback),
         )
 
     @_python_names

@@ -37,7 +37,7 @@ _SPELLINGS = (
     (re.compile(r"--trainer\.(\w+)"), lambda m: f'trainer["{m.group(1)}"]'),
     (
         re.compile(
-            r"--(checkpoint|source|models|data_root|format|precision|max_drop|weight_bits|subset_size|resume|"
+            r"--(checkpoint|source|models|data_root|format|precision|max_drop|weight_bits|fallback|subset_size|resume|"
             r"max_epochs|task|device|devices|num_nodes|work_dir)\b" + _VALUE
         ),
         lambda m: (

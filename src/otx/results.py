@@ -167,6 +167,8 @@ class OptimizeResult(Result):
     nncf_version: str
     max_drop: float | None = dataclasses.field(default=None, metadata=OMIT_NONE)
     max_drop_met: bool | None = dataclasses.field(default=None, metadata=OMIT_NONE)
+    # each scheme tried when the first did not keep the decisions (otx.deploy.optimize.attempt_record)
+    attempts: list[dict[str, Any]] | None = dataclasses.field(default=None, metadata=OMIT_NONE)
     optimized_model: str = ""
     warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. decisions not kept (decision_warning)
 

@@ -411,6 +411,51 @@ def decisions_held(decisions: dict[str, Any]) -> bool:
     return decisions["drop"] <= DECISION_DROP and agreement >= DECISION_AGREEMENT
 
 
+def attempt_record(scheme: str, decisions: dict[str, Any]) -> dict[str, Any]:
+    """One scheme's try in ``OptimizeResult.attempts``: its validation label agreement, largest drop, and held."""
+    if not decisions.get("checked"):
+        return {"scheme": scheme, "checked": False}
+    return {
+        "scheme": scheme,
+        "image_label_agreement": decisions["table"]["candidate"]["image_label_agreement"],
+        "drop": decisions["drop"],
+        "held": decisions_held(decisions),
+    }
+
+
+def attempt_text(attempt: dict[str, Any]) -> str:
+    """An ``attempt_record`` in a few words: ``patchflow-int8: 92.9% labels, drop 0.0833``."""
+    if not attempt.get("checked", True):
+        return f"{attempt['scheme']}: not checked"
+    return f"{attempt['scheme']}: {attempt['image_label_agreement']:.1%} labels, drop {attempt['drop']:.4f}"
+
+
+def attempt_line(scheme: str, decisions: dict[str, Any], reference: str = "FP32") -> str:
+    """The console's line after one scheme's try: whether its INT8 model keeps the validation decisions."""
+    if not decisions.get("checked"):
+        return f"{scheme}: decisions not checked (no validation images)"
+    held = "keeps" if decisions_held(decisions) else "does not keep"
+    agreement = decisions["table"]["candidate"]["image_label_agreement"]
+    return (
+        f"{scheme}: {held} the {reference} model's validation decisions ({agreement:.1%} of the image labels, "
+        f"largest drop {decisions['drop']:.4f})"
+    )
+
+
+def best_attempt(tried: Sequence[dict[str, Any]]) -> int:
+    """The index of the try to keep: the first that keeps the decisions, else the closest to them.
+
+    Closest: the most image labels kept, then the smallest drop, then the earliest (the fastest scheme).
+    """
+    for index, decisions in enumerate(tried):
+        if not decisions.get("checked") or decisions_held(decisions):
+            return index
+    return min(
+        range(len(tried)),
+        key=lambda i: (-tried[i]["table"]["candidate"]["image_label_agreement"], tried[i]["drop"], i),
+    )
+
+
 def decision_warning(decisions: dict[str, Any]) -> str | None:
     """One line when the INT8 model's validation decisions fall short of the FP32 model's; None when they hold.
 

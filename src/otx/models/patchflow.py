@@ -28,6 +28,7 @@ aligned, the place of a patch says nothing (``docs/models.md``).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import torch
@@ -219,6 +220,19 @@ class Patchflow(AnomalyModel):
         int8_next_convolution=(SUBNET_FIRST_CONVOLUTION,),  # the second one is named after FrEIA's folded 0.1 multiply
         fast_bias_correction=False,
         activation_ranges="minmax",
+    )
+    # Its fallback keeps everything the adaptor is computed from (the backbone at every scale) in
+    # float: the backbone's INT8 noise is what moves labels where the image scores crowd the
+    # threshold (docs/models.md, "INT8 fallback").
+    int8_scheme = dataclasses.replace(
+        int8_scheme,
+        fallback=dataclasses.replace(
+            int8_scheme,
+            name="patchflow-int8-flow",
+            summary="the flow's subnet convolutions INT8; backbone, pooling, adaptor, the rest of the flow, "
+            "anomaly map, score and post-processing float (a fallback: little faster than FP32)",
+            float_before=(r"^__module\.core\.feature_adaptor.*",),
+        ),
     )
 
     def __init__(

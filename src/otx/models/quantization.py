@@ -33,6 +33,11 @@ class Scheme:
     minimum and the largest maximum over all of them: nothing seen in calibration is clipped).
     ``calibration_images``: how many ``train/good`` images calibrate the quantisers when the user
     does not say (``otx optimize --subset_size``).
+    ``float_before`` name nodes whose inputs, and everything those are computed from, stay in
+    float (a fallback that keeps a whole backbone float names its first consumer).
+    ``fallback`` is a scheme that keeps more of the model in float, slower but less noisy:
+    ``otx optimize`` quantises with it when this scheme's INT8 model does not keep the FP32
+    model's decisions on the validation split (``ladder``).
     """
 
     name: str
@@ -44,12 +49,23 @@ class Scheme:
     int8_next_convolution: tuple[str, ...] = ()
     activation_ranges: str = "default"
     calibration_images: int = 300
+    float_before: tuple[str, ...] = ()
+    fallback: Scheme | None = None
 
     def __post_init__(self) -> None:
         if self.activation_ranges not in ("default", "minmax"):
             raise ValueError(f"activation_ranges must be 'default' or 'minmax', got {self.activation_ranges!r}")
         if self.calibration_images < 1:
             raise ValueError(f"calibration_images must be at least 1, got {self.calibration_images}")
+
+    def ladder(self) -> list[Scheme]:
+        """The schemes to try in turn: this one, its fallback, the fallback's fallback, and so on."""
+        schemes: list[Scheme] = []
+        scheme: Scheme | None = self
+        while scheme is not None and scheme not in schemes:
+            schemes.append(scheme)
+            scheme = scheme.fallback
+        return schemes
 
     def float_nodes(self, ov_model: Any) -> set[str]:
         """Names of the nodes of ``ov_model`` that stay in float (NNCF's ignored scope)."""
@@ -73,12 +89,30 @@ class Scheme:
                         seen.add(node.get_friendly_name())
                         stack.append(node)
         names |= {name for name in seen if not name.startswith("Result")}
+        names |= upstream_of(ov_model, self.float_before)
         quantised = [re.compile(p) for p in self.int8_patterns]
         names = {name for name in names if not any(p.match(name) for p in quantised)}
         return names - next_convolutions(ov_model, self.int8_next_convolution)
 
 
 NEXT_CONVOLUTION_HOPS = 4
+
+
+def upstream_of(ov_model: Any, patterns: tuple[str, ...]) -> set[str]:
+    """Names of every node that the nodes matching ``patterns`` are computed from (not those nodes)."""
+    if not patterns:
+        return set()
+    compiled = [re.compile(p) for p in patterns]
+    stack = [op for op in ov_model.get_ordered_ops() if any(p.match(op.get_friendly_name()) for p in compiled)]
+    found: set[str] = set()
+    while stack:
+        op = stack.pop()
+        for value in op.inputs():
+            node = value.get_source_output().get_node()
+            if node.get_friendly_name() not in found:
+                found.add(node.get_friendly_name())
+                stack.append(node)
+    return found
 
 
 def next_convolutions(ov_model: Any, patterns: tuple[str, ...]) -> set[str]:

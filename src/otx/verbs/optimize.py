@@ -9,7 +9,7 @@ from typing import Any
 
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.deploy.inferencer import is_exported_model
-from otx.errors import OTXDataError
+from otx.errors import OTXDataError, for_caller
 from otx.results import OptimizeResult
 from otx.verbs.context import VerbContext, write_result
 from otx.verbs.resolve import eval_data, validation_set
@@ -42,10 +42,14 @@ def run(
     subset_size: int | None,
     max_drop: float | None,
     weight_bits: str | int = "auto",
+    fallback: bool = True,
 ) -> OptimizeResult:
     """Quantise; ``max_drop`` turns on NNCF's accuracy control on the validation split.
 
-    ``weight_bits``: 7, 8 or ``auto`` (8 where this CPU has VNNI or AMX, else 7).
+    ``weight_bits``: 7, 8 or ``auto`` (8 where this CPU has VNNI or AMX, else 7). ``fallback``:
+    when the model's scheme does not keep the validation decisions, quantise again with the
+    scheme's fallbacks (more of the model in float) and keep the first that does (or, if none
+    does, the one whose decisions come closest); not with ``max_drop``.
     """
     import nncf
 
@@ -53,8 +57,13 @@ def run(
     from otx.deploy.calibrate import with_raw_outputs
     from otx.deploy.export import export_model
     from otx.deploy.optimize import (
+        attempt_line,
+        attempt_record,
+        attempt_text,
+        best_attempt,
         choose_calibration,
         decision_warning,
+        decisions_held,
         fell_beyond,
         keep_decisions,
         max_drop_warning,
@@ -134,8 +143,27 @@ def run(
         start = time.perf_counter()
         validation.set_reference(reference, info.stats())
         log.info("%s outputs on %d validation images in %.1f s", against, n_val, time.perf_counter() - start)
-    quantized, record = quantize(reference, scheme, calibration, validation, max_drop, bits)
-    quantized, decisions = keep_decisions(quantized, validation, info.stats(), against)
+    ladder = scheme.ladder() if max_drop is None and fallback else [scheme]
+    attempts: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
+    for step in ladder:
+        if attempts:
+            ctx.console.print(f"trying the fallback scheme {step.name}: {step.summary}")
+        quantized, record = quantize(reference, step, calibration, validation, max_drop, bits)
+        quantized, decisions = keep_decisions(quantized, validation, info.stats(), against)
+        attempts.append((quantized, record, decisions))
+        if len(ladder) > 1:
+            ctx.console.print(attempt_line(step.name, decisions, against))
+        if not decisions.get("checked") or decisions_held(decisions):
+            break
+    quantized, record, decisions = attempts[best_attempt([a[2] for a in attempts])]
+    if len(attempts) > 1:
+        faster = (
+            " (the first scheme's model is faster: --fallback false keeps it)"
+            if record["scheme"] != scheme.name
+            else ""
+        )
+        ctx.console.print(for_caller(f"kept: {record['scheme']}{faster}"))
+    tried = [attempt_record(r["scheme"], d) for _, r, d in attempts]
     quantization = record["scheme"] + ("+accuracy-control" if max_drop is not None else "")
     scheme_summary = record["scheme_summary"] + (
         f"; NNCF accuracy control, max drop {max_drop}" if max_drop is not None else ""
@@ -155,6 +183,7 @@ def run(
             "otx_recalibrated": ",".join(dict.fromkeys([*info.recalibrated, *decisions.get("recalibrated", [])]))
             or "none",
             **({"otx_max_drop": str(max_drop)} if max_drop is not None else {}),
+            **({"otx_int8_attempts": "; ".join(attempt_text(t) for t in tried)} if len(tried) > 1 else {}),
         },
         stats=decisions["stats"],
     )
@@ -176,10 +205,16 @@ def run(
         weight_bits=bits,
         decisions=decisions,
         thresholds=decisions["stats"],
-        timing_s={"quantize_s": record["quantize_s"], "check_s": decisions.get("check_s")},
+        timing_s={
+            "quantize_s": round(sum(r["quantize_s"] for _, r, _ in attempts), 1),
+            "check_s": round(sum(d.get("check_s") or 0.0 for _, _, d in attempts), 1)
+            if decisions.get("checked")
+            else None,
+        },
         nncf_version=nncf.__version__,
         max_drop=max_drop,
         max_drop_met=not fell_beyond(decisions, max_drop) if max_drop is not None else None,
+        attempts=tried if len(tried) > 1 else None,
         optimized_model=str(path),
         warnings=list(ctx.warnings),
     )
