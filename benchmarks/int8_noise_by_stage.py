@@ -176,7 +176,7 @@ def main() -> int:
         Patchflow.int8_scheme = WithFloatStages(**fields, positions=positions)
         work_dir = args.work_dir / name.split(" (")[0].replace(" ", "_").replace("+", "").replace("'", "")
         assert otx(["optimize", "--checkpoint", str(args.fp32_ir), "--data_root", str(args.data_root),
-                    "--work_dir", str(work_dir)]) == 0  # fmt: skip
+                    "--work_dir", str(work_dir), "--fallback", "false"]) == 0  # the variant alone  # fmt: skip
         summary = json.loads((sorted(work_dir.glob("*-optimize"))[-1] / "metrics.json").read_text())
         int8_ir = Path(summary["optimized_model"])
         quantisers = sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(int8_ir)).get_ops())

@@ -83,7 +83,7 @@ def main() -> int:
         Patchflow.int8_scheme = VARIANTS[name]
         work_dir = args.work_dir / name.replace(" ", "_")
         assert otx(["optimize", "--checkpoint", str(args.fp32_ir), "--data_root", str(args.data_root),
-                    "--work_dir", str(work_dir)]) == 0  # fmt: skip
+                    "--work_dir", str(work_dir), "--fallback", "false"]) == 0  # the variant alone  # fmt: skip
         summary = json.loads((sorted(work_dir.glob("*-optimize"))[-1] / "metrics.json").read_text())
         metrics, labels = _test(Path(summary["optimized_model"]), args, work_dir)
         row = {

@@ -6,7 +6,9 @@ PatchCore and PatchFlow from a given checkpoint (``--patchcore_ckpt``, ``--patch
 
 1. otx trains the model once (or takes ``--padim_ckpt`` / ``--stfpm_ckpt``).
 2. For each task, otx exports the FP32 IR, ``otx optimize`` quantises it (default settings: 300
-   train/good images, the model's scheme), and ``otx test`` evaluates both on the test split.
+   train/good images, the model's scheme, and its fallback where that one moves the validation
+   decisions: what a user gets; ``optimize.scheme`` and ``optimize.attempts`` in each row say which),
+   and ``otx test`` evaluates both on the test split.
 3. Throughput and latency of both IRs (``otx.deploy.benchmark``: the test images at their own
    sizes, CPU, f32 inference precision, batch 1, the device's optimal number of parallel requests;
    FP32 and INT8 alternate pass by pass, medians of ``--repeats`` passes).
@@ -303,7 +305,8 @@ def run_model(name: str, s: cmp.Settings, args: argparse.Namespace, images: list
             "latency_ratio": speed["fp32"]["latency_ms_median"] / speed["int8"]["latency_ms_median"],
             "label_agreement": float(np.mean([labels8[k] == v for k, v in labels32.items()])),
             "optimize": {
-                k: optimized[k] for k in ("scheme", "weight_bits", "calibration_images", "decisions", "timing_s")
+                k: optimized.get(k)
+                for k in ("scheme", "weight_bits", "calibration_images", "decisions", "timing_s", "attempts")
             },
             "paths": {"fp32": fp32, "int8": int8},
         }

@@ -229,9 +229,9 @@ def _verb_parser(verb: str) -> ArgumentParser:
             nargs="?",
             const=True,
             default=True,
-            help="when the INT8 model does not keep the FP32 model's validation decisions, quantise again with "
-            "more of the model in float (PatchFlow: its backbone) and keep the first that does; false keeps the "
-            "fastest scheme's model (with a warning)",
+            help="when the INT8 model does not keep the source model's validation decisions, quantise again with "
+            "more of the model in float (PatchFlow: its backbone) and keep the first model that does, else the "
+            "closest; false writes the first scheme's model whatever its decisions (warned when they move)",
         )
     if verb == "benchmark":
         parser.add_argument(

@@ -23,7 +23,7 @@ class Scheme:
     ``float_patterns`` name nodes kept in float (regexes on node names); every node computed
     from the output of a node matching ``float_after`` is float too, whatever its name (in-place
     torch ops such as STFPM's product of layer maps lose their module's name when traced).
-    ``int8_patterns`` name nodes quantised even where the other two would keep them in float;
+    ``int8_patterns`` name nodes quantised even where the other patterns would keep them in float;
     ``int8_next_convolution`` names nodes whose next convolution downstream (past bias additions
     and activations, at most ``NEXT_CONVOLUTION_HOPS`` nodes away) is quantised as well: the
     export folds a constant multiply after a convolution into its weights and names the result

@@ -9,7 +9,7 @@ from typing import Any
 
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.deploy.inferencer import is_exported_model
-from otx.errors import OTXDataError, for_caller
+from otx.errors import OTXDataError, OTXError, for_caller
 from otx.results import OptimizeResult
 from otx.verbs.context import VerbContext, write_result
 from otx.verbs.resolve import eval_data, validation_set
@@ -57,17 +57,13 @@ def run(
     from otx.deploy.calibrate import with_raw_outputs
     from otx.deploy.export import export_model
     from otx.deploy.optimize import (
-        attempt_line,
         attempt_record,
         attempt_text,
         best_attempt,
         choose_calibration,
         decision_warning,
-        decisions_held,
         fell_beyond,
-        keep_decisions,
         max_drop_warning,
-        quantize,
         read_exported,
         resolve_weight_bits,
         save_optimized,
@@ -116,7 +112,13 @@ def run(
         run,
         adapter.task.value,
         {"exported_model": str(source), "model_info": dict(info.raw)},
-        {"checkpoint": str(source), "subset_size": subset_size, "max_drop": max_drop, "weight_bits": bits},
+        {
+            "checkpoint": str(source),
+            "subset_size": subset_size,
+            "max_drop": max_drop,
+            "weight_bits": bits,
+            "fallback": fallback,
+        },
         data=data,
     )
     n_val = len(validation.items) if validation is not None else 0
@@ -133,6 +135,10 @@ def run(
             "again after each layer it returns to float: it takes many times a plain optimize (a 30-image "
             "PatchCore: 16 s without, over 200 s with); NNCF's own bars show each pass"
         )
+        if scheme.fallback is not None and fallback:
+            ctx.console.print(
+                f"note: with --max_drop NNCF chooses what stays float; {scheme.name}'s fallback scheme is not tried"
+            )
     if against != "FP32":
         ctx.console.print(
             f"note: {source.name} is an {against}; the INT8 model is checked against it, not against FP32 "
@@ -144,17 +150,7 @@ def run(
         validation.set_reference(reference, info.stats())
         log.info("%s outputs on %d validation images in %.1f s", against, n_val, time.perf_counter() - start)
     ladder = scheme.ladder() if max_drop is None and fallback else [scheme]
-    attempts: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
-    for step in ladder:
-        if attempts:
-            ctx.console.print(f"trying the fallback scheme {step.name}: {step.summary}")
-        quantized, record = quantize(reference, step, calibration, validation, max_drop, bits)
-        quantized, decisions = keep_decisions(quantized, validation, info.stats(), against)
-        attempts.append((quantized, record, decisions))
-        if len(ladder) > 1:
-            ctx.console.print(attempt_line(step.name, decisions, against))
-        if not decisions.get("checked") or decisions_held(decisions):
-            break
+    attempts = quantize_ladder(ctx, reference, ladder, calibration, validation, max_drop, bits, info.stats(), against)
     quantized, record, decisions = attempts[best_attempt([a[2] for a in attempts])]
     if len(attempts) > 1:
         faster = (
@@ -163,7 +159,7 @@ def run(
             else ""
         )
         ctx.console.print(for_caller(f"kept: {record['scheme']}{faster}"))
-    tried = [attempt_record(r["scheme"], d) for _, r, d in attempts]
+    tried = [attempt_record(r, d) for _, r, d in attempts]
     quantization = record["scheme"] + ("+accuracy-control" if max_drop is not None else "")
     scheme_summary = record["scheme_summary"] + (
         f"; NNCF accuracy control, max drop {max_drop}" if max_drop is not None else ""
@@ -220,3 +216,52 @@ def run(
     )
     write_result(run, result)
     return result
+
+
+def quantize_ladder(
+    ctx: VerbContext,
+    reference: Any,
+    ladder: list[Any],
+    calibration: Any,
+    validation: Any,
+    max_drop: float | None,
+    bits: int,
+    stats: dict[str, float],
+    against: str,
+) -> list[tuple[Any, dict[str, Any], dict[str, Any]]]:
+    """Quantise with each scheme of ``ladder`` in turn until one keeps the validation decisions.
+
+    Returns ``(model, record, decisions)`` per scheme tried (``otx.deploy.optimize.quantize`` and
+    ``keep_decisions``). Stops at the first model that keeps the decisions, or whose decisions
+    cannot be checked (no validation images). A fallback that would keep the same nodes float with
+    the same settings as a scheme tried before is passed over; one that fails (NNCF inserts no
+    quantisers, say) is reported and passed over, so the models already made are kept.
+    """
+    from otx.deploy.optimize import attempt_line, decisions_held, keep_decisions, quantize
+
+    attempts: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
+    seen: list[tuple[frozenset[str], bool, str]] = []
+    for step in ladder:
+        key = (frozenset(step.float_nodes(reference)), step.fast_bias_correction, step.activation_ranges)
+        if attempts:
+            if key in seen:
+                log.warning(
+                    "the fallback scheme %s keeps the same nodes float as one tried before; passed over", step.name
+                )
+                continue
+            ctx.console.print(f"trying the fallback scheme {step.name}: {step.summary}")
+        seen.append(key)
+        try:
+            quantized, record = quantize(reference, step, calibration, validation, max_drop, bits)
+        except OTXError as exc:
+            if not attempts:
+                raise
+            ctx.console.print(f"{step.name}: not used ({exc})")
+            continue
+        quantized, decisions = keep_decisions(quantized, validation, stats, against)
+        attempts.append((quantized, record, decisions))
+        if len(ladder) > 1:
+            ctx.console.print(attempt_line(step.name, decisions, against))
+        if not decisions.get("checked") or decisions_held(decisions):
+            break
+    return attempts
