@@ -50,6 +50,8 @@ PER_SCALE = sum(STAGES.values())
 UPSTREAM = (-1,)  # positions meaning: every node upstream of the adaptor (residual additions, pads, resizes too)
 RESIDUAL = (-2,)  # positions meaning: the backbone's residual additions (both inputs computed, not constants)
 DEPTHWISE = (1, *(3 + 3 * block + 1 for block in range(15)))  # stage 0's and each inverted residual's middle one
+# Variants that keep every backbone convolution of some of the input scales in float
+SCALES: dict[str, tuple[int, ...]] = {"scale 1x float": (0,), "scales 0.5x and 0.25x float": (1, 2)}
 # Variants that change one of the scheme's settings instead of keeping more in float
 SETTINGS: dict[str, dict[str, Any]] = {
     "fast bias correction": {"fast_bias_correction": True},
@@ -91,6 +93,7 @@ class WithFloatStages(Scheme):
     """The shipped scheme with the backbone convolutions at ``positions`` (per scale) in float as well."""
 
     positions: tuple[int, ...] = ()
+    scales: tuple[int, ...] = ()  # instead of positions: every convolution of these runs (0: 1x, 1: 0.5x, 2: 0.25x)
 
     def float_nodes(self, ov_model: Any) -> set[str]:
         """The shipped scheme's float nodes and the chosen backbone convolutions at every scale."""
@@ -111,6 +114,10 @@ class WithFloatStages(Scheme):
             found = len(convolutions)
             raise SystemExit(f"{found} backbone convolutions: not EfficientNet-Lite0's {PER_SCALE} per scale")
         scales = len(convolutions) // PER_SCALE
+        if self.scales:  # the graph runs the scales in order, largest first (checked: 256, 128, 64 inputs)
+            return super().float_nodes(ov_model) | {
+                convolutions[PER_SCALE * s + p] for s in self.scales for p in range(PER_SCALE)
+            }
         chosen = {convolutions[PER_SCALE * s + p] for s in range(scales) for p in self.positions}
         if self.positions == DEPTHWISE:
             kinds = {op.get_friendly_name(): op.get_type_name() for op in ov_model.get_ordered_ops()}
@@ -130,7 +137,7 @@ def variants() -> dict[str, tuple[int, ...]]:
     result["every depthwise backbone convolution float"] = DEPTHWISE
     result["the backbone's residual additions float"] = RESIDUAL
     result["everything upstream of the adaptor float (only the flow's subnets INT8)"] = UPSTREAM
-    return result | {name: () for name in SETTINGS}
+    return result | {name: () for name in (*SETTINGS, *SCALES)}
 
 
 VARIANTS = variants()
@@ -173,7 +180,7 @@ def main() -> int:
     for name in args.variants:
         fields = {f.name: getattr(SHIPPED, f.name) for f in dataclasses.fields(SHIPPED)} | SETTINGS.get(name, {})
         positions = VARIANTS[name]
-        Patchflow.int8_scheme = WithFloatStages(**fields, positions=positions)
+        Patchflow.int8_scheme = WithFloatStages(**fields, positions=positions, scales=SCALES.get(name, ()))
         work_dir = args.work_dir / name.split(" (")[0].replace(" ", "_").replace("+", "").replace("'", "")
         assert otx(["optimize", "--checkpoint", str(args.fp32_ir), "--data_root", str(args.data_root),
                     "--work_dir", str(work_dir), "--fallback", "false"]) == 0  # the variant alone  # fmt: skip
