@@ -70,8 +70,9 @@ def test_int8_keeps_metadata_and_accuracy(model: str, optimized, exported, sampl
     # The test run and its report say that the model is INT8 and how its thresholds were set (before: only
     # "inference precision f32", which read as the FP32 model, and no raw threshold in the report).
     assert tested["runtime"]["model_precision"] == "INT8"
+    assert tested["runtime"]["quantization"] == info.quantization  # the scheme written (a fallback's, if it fell back)
     report = Path(tested["report"]).read_text()
-    assert "model precision INT8" in report
+    assert f"model precision INT8, quantization {info.quantization}," in report
     for level in ("image", "pixel"):
         moved = "; moved on the validation split to keep the decisions at INT8"
         assert tested["threshold_origin"][level].endswith(moved) == (level in recalibrated), level

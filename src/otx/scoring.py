@@ -137,12 +137,15 @@ class OpenVINOScorer:
         return self.inferencer.info.threshold_origin()
 
     def runtime_info(self) -> dict[str, str]:
-        """Where the model ran: OpenVINO, the device asked for, the model's precision, the one(s) that ran it."""
+        """Where the model ran: OpenVINO, the device asked for, the model's precision and INT8 scheme, what ran it."""
         inf = self.inferencer
+        quantization = inf.info.quantization
         return {
             "runtime": self.runtime,
             "device": inf.device,
             "model_precision": inf.info.precision,  # FP32, FP16, INT8 (before: only the inference precision, f32)
+            # the INT8 scheme otx optimize wrote (a fallback's name when it fell back: patchflow-int8-flow)
+            **({"quantization": quantization} if quantization not in ("", "none") else {}),
             "execution_devices": inf.execution_devices,  # what AUTO chose (before: only "AUTO" was recorded)
             "inference_precision": inf.inference_precision,
         }
