@@ -42,7 +42,7 @@ from otx.cli import main as otx
 from otx.data import AnomalyDataModule
 from otx.deploy.metadata import read_model_info
 from otx.models import Patchflow
-from otx.models.quantization import Scheme
+from otx.models.quantization import Scheme, upstream_of
 
 # EfficientNet-Lite0's convolutions per stage, in the graph's order (stem and stage 0 together)
 STAGES = {"stem+0": 3, "1": 6, "2": 6, "3": 9, "4": 9, "5": 12, "6": 3}
@@ -63,17 +63,7 @@ SHIPPED = Patchflow.int8_scheme
 
 def upstream_of_adaptor(ov_model: Any) -> set[str]:
     """Names of every node the 1x1 adaptor's convolutions are computed from."""
-    adaptor = [op for op in ov_model.get_ordered_ops() if "feature_adaptor" in op.get_friendly_name()]
-    upstream: set[str] = set()
-    stack = list(adaptor)
-    while stack:
-        op = stack.pop()
-        for value in op.inputs():
-            node = value.get_source_output().get_node()
-            if node.get_friendly_name() not in upstream:
-                upstream.add(node.get_friendly_name())
-                stack.append(node)
-    return upstream
+    return upstream_of(ov_model, (r".*feature_adaptor.*",))
 
 
 def backbone_convolutions(ov_model: Any) -> list[str]:
