@@ -137,7 +137,9 @@ def run(
         )
         if scheme.fallback is not None and fallback:
             ctx.console.print(
-                f"note: with --max_drop NNCF chooses what stays float; {scheme.name}'s fallback scheme is not tried"
+                for_caller(
+                    f"note: with --max_drop NNCF chooses what stays float; {scheme.name}'s fallback scheme is not tried"
+                )
             )
     if against != "FP32":
         ctx.console.print(
