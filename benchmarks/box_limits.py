@@ -16,7 +16,8 @@ fixed margin (a blurred map widens a group by about the blur on each side), repo
 test box metrics, and the share of ground-truth regions (by size) that some box overlaps at IoU 0.5
 (an upper bound of AP50) for the shipped choice, for the best single setting and for the best box
 of every candidate setting at once. The maps are saved as float16: the tuning can choose another
-of two near-tied settings than the run did.
+of two near-tied settings than the run did. ``--box_score max`` scores boxes by their group's
+maximum (otx before 2026-12-05) instead of its mean; ``--shrinks 0`` tries no shrinking.
 
     OTX_OFFLINE=1 .venv/bin/python benchmarks/box_limits.py analyse --val /tmp/box/val.pkl --test /tmp/box/test.pkl \\
         --input_size 256 --out benchmarks/results/box_limits_magnetic_tile_patchcore.json
@@ -29,7 +30,7 @@ import json
 import os
 import pickle
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,19 +143,25 @@ def analyse(args: argparse.Namespace) -> None:
     from otx.metrics import box_ap
 
     val, test = _load(args.val), _load(args.test)
-    settings_list = candidates(max(float(m.max()) for m in val["maps"]))
+    settings_list = [replace(s, score=args.box_score) for s in candidates(max(float(m.max()) for m in val["maps"]))]
     objectives = {
         "mean AP10/25/50 (shipped)": lambda m: float(np.nanmean([m[f"box_AP{int(i * 100)}"] for i in TUNED_IOUS])),
         "AP50 alone": lambda m: m["box_AP50"],
     }
     scored = []  # (settings, margin, validation metrics)
     for settings in settings_list:
-        for margin in SHRINKS:
+        for margin in args.shrinks:
             scored.append((settings, margin, box_ap(val["gt"], *_cut(val, settings, margin, args.input_size))))
         print(f"tried {settings}", flush=True)
-    result: dict[str, Any] = {"val": args.val, "test": args.test, "input_size": args.input_size, "choices": []}
+    result: dict[str, Any] = {
+        "val": args.val,
+        "test": args.test,
+        "input_size": args.input_size,
+        "box_score": args.box_score,
+        "choices": [],
+    }
     for name, objective in objectives.items():
-        for shrink in (False, True):
+        for shrink in (False, True) if any(args.shrinks) else (False,):
             pool = [row for row in scored if shrink or row[1] == 0]
             settings, margin, val_metrics = max(pool, key=lambda row: objective(row[2]))
             boxes, scores = _cut(test, settings, margin, args.input_size)
@@ -198,6 +205,12 @@ def cli() -> int:
     parse.add_argument("--val", required=True, help="dump of `otx train` (validation maps)")
     parse.add_argument("--test", required=True, help="dump of `otx test` (test maps)")
     parse.add_argument("--input_size", type=int, default=256, help="the model's input side (shrink margins' unit)")
+    parse.add_argument(
+        "--box_score", choices=("mean", "max"), default="mean", help="how boxes are scored (BoxSettings.score)"
+    )
+    parse.add_argument(
+        "--shrinks", type=int, nargs="+", default=list(SHRINKS), help="box margins to try (input pixels; 0: none)"
+    )
     parse.add_argument("--out", help="JSON file to write")
     analyse(parser.parse_args())
     return 0

@@ -24,13 +24,25 @@ def two_pieces() -> np.ndarray:
     return amap
 
 
+def component_means(amap: np.ndarray, level: float) -> np.ndarray:
+    """The mean map value of each 8-connected component of ``amap >= level`` (cv2's order), by brute force."""
+    count, labels = cv2.connectedComponents((amap >= level).astype(np.uint8), connectivity=8)
+    return np.array([amap[labels == k].mean(dtype=np.float64) for k in range(1, count)])
+
+
 def test_default_settings_are_the_connected_components_of_the_mask() -> None:
     amap = two_pieces()
+    amap[30, 51] = 0.95  # one pixel of the upper piece above the rest: the maximum and the mean differ
     boxes, scores = boxes_from_map(amap, True, BoxSettings())
-    want_boxes, want_scores = mask_to_boxes(amap >= 0.5, amap)
+    want_boxes, want_maxima = mask_to_boxes(amap >= 0.5, amap)
     np.testing.assert_array_equal(boxes, want_boxes)
-    np.testing.assert_array_equal(scores, want_scores)
     assert len(boxes) == 3
+    # each box scored by the mean of its component's values; the earlier score, their maximum, on request
+    np.testing.assert_allclose(scores, component_means(amap, 0.5), rtol=1e-6)
+    assert scores[boxes[:, 1] == 20] == pytest.approx([(119 * 0.9 + 0.95) / 120])
+    np.testing.assert_array_equal(boxes_from_map(amap, True, BoxSettings(score="max"))[1], want_maxima)
+    with pytest.raises(ValueError, match="box score"):
+        BoxSettings(score="median")
 
 
 def test_merge_min_area_threshold_and_normal_images() -> None:
@@ -38,7 +50,7 @@ def test_merge_min_area_threshold_and_normal_images() -> None:
     # within 0.05 * 200 = 10 pixels: the two pieces are one box of their own pixels (not the dilation)
     boxes, scores = boxes_from_map(amap, True, BoxSettings(merge=0.05))
     assert sorted(map(tuple, boxes.tolist())) == [(50.0, 20.0, 54.0, 90.0), (150.0, 10.0, 151.0, 11.0)]
-    assert sorted(scores.tolist()) == pytest.approx([0.7, 0.9])
+    assert sorted(scores.tolist()) == pytest.approx([0.7, (120 * 0.9 + 72 * 0.8) / 192])  # the two pieces' mean
     # a box must cover 0.1 % of 20000 pixels = 20: the one-pixel speck goes
     boxes, _ = boxes_from_map(amap, True, BoxSettings(merge=0.05, min_area=0.001))
     assert boxes.tolist() == [[50.0, 20.0, 54.0, 90.0]]
@@ -66,13 +78,25 @@ def test_peak_share_fits_each_box_to_its_own_core() -> None:
         want.append(mask_to_boxes(region)[0][0])
     order = np.argsort(tight[:, 0])
     np.testing.assert_array_equal(tight[order], np.stack(want))
-    np.testing.assert_allclose(np.sort(scores), [amap[low > 0.5].max(), amap.max()])
+    # scored by the mean of each group's values at or above the box level, not of the core alone
+    np.testing.assert_allclose(np.sort(scores), np.sort(component_means(amap, 0.5)), rtol=1e-6)
+    assert np.sort(boxes_from_map(amap, True, BoxSettings(threshold=0.5, peak=0.5, score="max"))[1]) == (
+        pytest.approx([amap[low > 0.5].max(), amap.max()])
+    )
     # the core of a blob is inside the box at the box level, and smaller
     wide = wide[np.argsort(wide[:, 0])]
     assert (tight[order][:, :2] > wide[:, :2]).all() and (tight[order][:, 2:] < wide[:, 2:]).all()
 
 
-@pytest.mark.parametrize("settings", [BoxSettings(), BoxSettings(0.55, 0.05, 0.001, peak=0.5), BoxSettings(peak=0.25)])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        BoxSettings(),
+        BoxSettings(0.55, 0.05, 0.001, peak=0.5),
+        BoxSettings(peak=0.25),
+        BoxSettings(0.55, 0.05, score="max"),
+    ],
+)
 def test_demo_package_cuts_the_boxes_otx_cuts(settings: BoxSettings) -> None:
     """The demo package's script (numpy and OpenCV only) repeats ``boxes_from_map``, core share included."""
     demo = demo_package()
@@ -91,6 +115,27 @@ def test_demo_package_cuts_the_boxes_otx_cuts(settings: BoxSettings) -> None:
     want = sorted((b["xyxy"], b["score"]) for b in theirs)
     assert [list(map(float, b)) for b in boxes[order]] == [w[0] for w in want]
     np.testing.assert_allclose(scores[order], [w[1] for w in want], atol=1e-6)
+
+
+def test_files_written_before_the_box_score_keep_the_maximum(trained_padim: dict, tmp_path: Path) -> None:
+    """Checkpoints and exports that name no box score were tuned and cut with the maximum: they keep it."""
+    import torch
+
+    from otx.checkpoint import load_checkpoint
+    from otx.deploy.metadata import REQUIRED, ModelInfo
+    from otx.errors import OTXError
+
+    assert load_checkpoint(trained_padim["checkpoint"])[0].box_settings.score == "mean"
+    ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=True)
+    del ckpt["boxes"]["score"]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    old = load_checkpoint(tmp_path / "old.ckpt")[0].box_settings
+    assert old.score == "max" and old.as_dict() | {"score": "mean"} == ckpt["boxes"] | {"score": "mean"}
+    raw = dict.fromkeys(REQUIRED, "1")
+    assert ModelInfo.parse(raw, "old.xml").box_settings().score == "max"
+    assert ModelInfo.parse(raw | {"otx_box_score": "mean"}, "new.xml").box_settings().score == "mean"
+    with pytest.raises(OTXError, match="box score 'median'.*export the model again"):
+        ModelInfo.parse(raw | {"otx_box_score": "median"}, "newer.xml").box_settings()
 
 
 def test_defect_recall_counts_regions_a_box_touches() -> None:

@@ -6,7 +6,10 @@ image's longer side) form one group, so a crack broken into pieces gives one box
 the group's pixels at or above ``threshold + peak * (group maximum - threshold)``, so with ``peak``
 above 0 it fits the group's core, not the shoulders that the map's blur spreads around a defect;
 groups whose box covers less than ``min_area`` of the image are dropped; each box is scored by the
-map's maximum inside it. Images labelled normal get no box unless ``on_normal``.
+mean of its group's map values at or above the box level (``score="mean"``: a group whose values
+stay high across it ranks above one that peaks as high with low shoulders around the peak;
+``"max"``, the group's maximum, is how checkpoints and exports written before it score). Images labelled normal get no box unless
+``on_normal``.
 
 ``tune`` picks threshold, merge, peak share and minimum area on the validation split: the
 combination with the best mean of box AP at IoU 0.1, 0.25 and 0.5 (pycocotools). The settings
@@ -31,6 +34,7 @@ MERGE_CHOICES = (0.0, 0.02, 0.05)  # share of the longer side within which compo
 MIN_AREA_CHOICES = (0.0, 0.0005, 0.002)  # share of the image area a box must cover
 PEAK_CHOICES = (0.0, 0.25, 0.5)  # share of the way from the box level to the group's maximum
 TUNED_IOUS = (0.1, 0.25, 0.5)
+BOX_SCORES = ("mean", "max")  # how a box is scored: its group's mean value, or its maximum (before 2026-12-05)
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,13 @@ class BoxSettings:
     min_area: float = 0.0
     on_normal: bool = False
     peak: float = 0.0
+    score: str = "mean"
 
-    def as_dict(self) -> dict[str, float | bool]:
+    def __post_init__(self) -> None:
+        if self.score not in BOX_SCORES:
+            raise ValueError(f"box score must be one of {', '.join(BOX_SCORES)} (got {self.score!r})")
+
+    def as_dict(self) -> dict[str, float | bool | str]:
         """The settings as plain values (metrics.json, metadata)."""
         return asdict(self)
 
@@ -51,12 +60,16 @@ class BoxSettings:
 UNTUNED = "the default settings (box level 0.5, no merging, no core), not settings tuned on the validation split"
 """What boxes cut without ``tune`` use (``BoxSettings()``), for the warnings that say so."""
 
+LEGACY_SCORE = "max"
+"""The box score of checkpoints and exports that do not name one (written before ``score``)."""
+
 
 def boxes_from_map(anomaly_map: np.ndarray, label: bool | None, settings: BoxSettings) -> tuple[np.ndarray, np.ndarray]:
     """Boxes ``[K, 4]`` (``x1, y1, x2, y2``, exclusive ends) and their scores from a full-size normalised map."""
     if not label and not settings.on_normal:
         return _empty()
-    return _boxes(_groups(anomaly_map, settings.threshold, settings.merge), settings.peak, settings.min_area)
+    found = _groups(anomaly_map, settings.threshold, settings.merge)
+    return _boxes(found, settings.peak, settings.min_area, settings.score)
 
 
 def _empty() -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +84,7 @@ class _Groups(NamedTuple):
     ids: np.ndarray  # each pixel's group (0: none; every pixel here has one)
     values: np.ndarray
     maxima: np.ndarray  # each group's largest value (-inf for ids without a pixel)
+    means: np.ndarray  # each group's mean value (nan for ids without a pixel)
     threshold: float
     shape: tuple[int, int]
 
@@ -89,17 +103,21 @@ def _groups(anomaly_map: np.ndarray, threshold: float, merge: float) -> _Groups 
     values = anomaly_map[ys, xs].astype(np.float32)  # compact: `tune` holds every validation map's groups
     maxima = np.full(count, -np.inf)
     np.maximum.at(maxima, ids, values)
-    return _Groups(ys.astype(np.int32), xs.astype(np.int32), ids, values, maxima, float(threshold), (height, width))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.bincount(ids, weights=values, minlength=count) / np.bincount(ids, minlength=count)
+    return _Groups(
+        ys.astype(np.int32), xs.astype(np.int32), ids, values, maxima, means, float(threshold), (height, width)
+    )
 
 
-def _boxes(found: _Groups | None, peak: float, min_area: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each group's box (around its pixels at or above its ``peak`` level) and maximum; small boxes dropped."""
+def _boxes(found: _Groups | None, peak: float, min_area: float, score: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's box (around its pixels at or above its ``peak`` level) and score; small boxes dropped."""
     if found is None:
         return _empty()
-    ys, xs, ids, scores, threshold = found.ys, found.xs, found.ids, found.maxima, found.threshold
-    count = scores.size
+    ys, xs, ids, maxima, threshold = found.ys, found.xs, found.ids, found.maxima, found.threshold
+    count = maxima.size
     if peak > 0.0:  # the group's core: its maximum always stays, so no group loses every pixel
-        core = found.values >= threshold + peak * (scores[ids] - threshold)
+        core = found.values >= threshold + peak * (maxima[ids] - threshold)
         ys, xs, ids = ys[core], xs[core], ids[core]
     boxes = np.empty((count, 4), np.float64)
     boxes[:, :2] = np.inf
@@ -108,10 +126,11 @@ def _boxes(found: _Groups | None, peak: float, min_area: float) -> tuple[np.ndar
     np.minimum.at(boxes[:, 1], ids, ys)
     np.maximum.at(boxes[:, 2], ids, xs + 1)
     np.maximum.at(boxes[:, 3], ids, ys + 1)
-    keep = np.isfinite(scores)
+    keep = np.isfinite(maxima)
     keep[0] = False  # background
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep &= area >= min_area * found.shape[0] * found.shape[1]
+    scores = found.means if score == "mean" else maxima  # the group's values at or above the box level
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32)
 
 
@@ -150,7 +169,7 @@ def tune(
         if (settings.threshold, settings.merge) != key:
             key = (settings.threshold, settings.merge)
             grouped = [_groups(m, *key) if label or on_normal else None for m, label in zip(maps, labels, strict=True)]
-        found = [_boxes(groups, settings.peak, settings.min_area) for groups in grouped]
+        found = [_boxes(groups, settings.peak, settings.min_area, settings.score) for groups in grouped]
         metrics = box_ap(list(gt_boxes), [b for b, _ in found], [s for _, s in found])
         objective = float(np.nanmean([metrics[f"box_AP{int(iou * 100)}"] for iou in TUNED_IOUS]))
         if best is None or objective > best[0]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from otx import __version__
-from otx.boxes import BoxSettings
+from otx.boxes import LEGACY_SCORE, BoxSettings
 from otx.errors import OTXError
 from otx.preprocess import saved_settings
 from otx.workdir import WorkDir, atomic_write_bytes
@@ -102,7 +102,8 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             model = cls.without_weights(**cls.upgrade_init_args(dict(ckpt["model"]["init_args"])))
         model.load_state_dict(ckpt["state_dict"])
         if isinstance(ckpt.get("boxes"), dict):  # checkpoints before box tuning keep the defaults
-            model.box_settings = BoxSettings(**ckpt["boxes"])
+            # those before the box score scored boxes by their maximum, and their settings were tuned so
+            model.box_settings = BoxSettings(**{"score": LEGACY_SCORE} | ckpt["boxes"])
     except OTXError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line

@@ -48,7 +48,8 @@ def render(console: Console, result: Result) -> None:
             extra[f"boxes ({how})"] = (
                 f"map level {b['threshold']:.3f}, pieces within {b['merge']:.0%} of the longer side joined, "
                 f"each box around its pixels {b.get('peak', 0.0):.0%} of the way up to its maximum, "
-                f"at least {b['min_area']:.2%} of the image, {'also' if b['on_normal'] else 'none'} on normal images"
+                f"at least {b['min_area']:.2%} of the image, {'also' if b['on_normal'] else 'none'} on normal images, "
+                f"scored by the {'mean' if b.get('score') == 'mean' else 'maximum'} of their pixels"
             )
         _summary(console, result, result.validation_metrics, "validation", extra)
     elif isinstance(result, TestResult):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from otx import __version__
-from otx.boxes import BoxSettings
+from otx.boxes import BOX_SCORES, LEGACY_SCORE, BoxSettings
 from otx.errors import OTXError
 from otx.postprocess import threshold_origin
 from otx.preprocess import PreProcessor, saved_settings
@@ -202,7 +202,19 @@ class ModelInfo:
             min_area=float(self.raw.get("otx_box_min_area", default.min_area)),
             on_normal=self.raw.get("otx_box_on_normal", "False") == "True",
             peak=float(self.raw.get("otx_box_peak", default.peak)),  # exports before it: 0
+            score=self.box_score,
         )
+
+    @property
+    def box_score(self) -> str:
+        """How boxes are scored: ``mean`` or ``max`` (exports before the key: ``max``); one line otherwise."""
+        score = self.raw.get("otx_box_score", LEGACY_SCORE)
+        if score not in BOX_SCORES:
+            raise OTXError(
+                f"the model's metadata asks for box score {score!r}, which this otx does not know (it knows "
+                f"{', '.join(BOX_SCORES)}): export the model again with this otx, or upgrade otx (pip install -U otx)"
+            )
+        return score
 
     @property
     def quantization(self) -> str:

@@ -219,8 +219,8 @@ def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict) -> list[dic
 
     Pixels at or above the box threshold; components within ``merge`` of the longer side joined;
     each box around its group's pixels at or above ``threshold + peak * (group maximum - threshold)``;
-    boxes under ``min_area`` of the image dropped; each scored by the map's maximum inside it;
-    none on images labelled normal unless ``on_normal``.
+    boxes under ``min_area`` of the image dropped; each scored by the mean of its group's values
+    (``score`` "mean") or their maximum ("max"); none on images labelled normal unless ``on_normal``.
     """
     if not anomalous and not settings["on_normal"]:
         return []
@@ -235,12 +235,13 @@ def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict) -> list[dic
             continue
         values = score_map[ys, xs]
         top = float(values.max())
+        score = float(values.astype(np.float64).mean()) if settings["score"] == "mean" else top
         core = values >= settings["threshold"] + settings["peak"] * (top - settings["threshold"])
         ys, xs = ys[core], xs[core]
         x1, y1, x2, y2 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
         if (x2 - x1) * (y2 - y1) < settings["min_area"] * mask.size:
             continue
-        boxes.append({"xyxy": [x1, y1, x2, y2], "score": round(top, 6)})
+        boxes.append({"xyxy": [x1, y1, x2, y2], "score": round(score, 6)})
     return boxes
 
 
@@ -422,7 +423,15 @@ def main() -> int:
         "min_area": float(info("otx_box_min_area", "0.0")),
         "on_normal": info("otx_box_on_normal", "False") == "True",
         "peak": float(info("otx_box_peak", "0.0")),
+        "score": info("otx_box_score", "max"),  # exports before the key: the maximum
     }
+    if box_settings["score"] not in ("mean", "max"):
+        print(
+            f"error: the model {args.model} asks for box score '{box_settings['score']}', which this script does "
+            "not know; export the model again and use the predict.py written with it",
+            file=sys.stderr,
+        )
+        return 1
     try:  # the precision on every device that runs the model, as otx predict sets it
         for device in physical:
             if "INFERENCE_PRECISION_HINT" in core.get_property(device, "SUPPORTED_PROPERTIES"):
