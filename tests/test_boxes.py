@@ -52,8 +52,9 @@ def test_merge_min_area_threshold_and_normal_images() -> None:
     assert sorted(map(tuple, boxes.tolist())) == [(50.0, 20.0, 54.0, 90.0), (150.0, 10.0, 151.0, 11.0)]
     assert sorted(scores.tolist()) == pytest.approx([0.7, (120 * 0.9 + 72 * 0.8) / 192])  # the two pieces' mean
     # a box must cover 0.1 % of 20000 pixels = 20: the one-pixel speck goes
-    boxes, _ = boxes_from_map(amap, True, BoxSettings(merge=0.05, min_area=0.001))
+    boxes, scores = boxes_from_map(amap, True, BoxSettings(merge=0.05, min_area=0.001))
     assert boxes.tolist() == [[50.0, 20.0, 54.0, 90.0]]
+    assert scores.tolist() == pytest.approx([(120 * 0.9 + 72 * 0.8) / 192])  # the kept box's own score
     # a threshold of its own: at 0.85 only the upper piece is left
     boxes, _ = boxes_from_map(amap, True, BoxSettings(threshold=0.85))
     assert boxes.tolist() == [[50.0, 20.0, 53.0, 60.0]]
@@ -114,7 +115,7 @@ def test_demo_package_cuts_the_boxes_otx_cuts(settings: BoxSettings) -> None:
     order = np.lexsort((boxes[:, 1], boxes[:, 0]))
     want = sorted((b["xyxy"], b["score"]) for b in theirs)
     assert [list(map(float, b)) for b in boxes[order]] == [w[0] for w in want]
-    np.testing.assert_allclose(scores[order], [w[1] for w in want], atol=1e-6)
+    assert [round(float(s), 6) for s in scores[order]] == [w[1] for w in want]  # the 6 decimals both write
 
 
 def test_files_written_before_the_box_score_keep_the_maximum(trained_padim: dict, tmp_path: Path) -> None:
@@ -131,6 +132,12 @@ def test_files_written_before_the_box_score_keep_the_maximum(trained_padim: dict
     torch.save(ckpt, tmp_path / "old.ckpt")
     old = load_checkpoint(tmp_path / "old.ckpt")[0].box_settings
     assert old.score == "max" and old.as_dict() | {"score": "mean"} == ckpt["boxes"] | {"score": "mean"}
+    boxes = ckpt.pop("boxes")  # before box tuning: the default settings, with the maximum
+    torch.save(ckpt, tmp_path / "older.ckpt")
+    assert load_checkpoint(tmp_path / "older.ckpt")[0].box_settings == BoxSettings(score="max")
+    torch.save(ckpt | {"boxes": boxes | {"score": "median"}}, tmp_path / "newer.ckpt")
+    with pytest.raises(OTXError, match="box score 'median'.*upgrade otx"):
+        load_checkpoint(tmp_path / "newer.ckpt")
     raw = dict.fromkeys(REQUIRED, "1")
     assert ModelInfo.parse(raw, "old.xml").box_settings().score == "max"
     assert ModelInfo.parse(raw | {"otx_box_score": "mean"}, "new.xml").box_settings().score == "mean"

@@ -236,6 +236,8 @@ def check_demo_package(package: Path, source: Path, ours: list, tmp_path: Path) 
         assert abs(record["score"] - prediction.pred_score) <= 1e-5
         boxes = [[round(float(v), 2) for v in box] for box in prediction.pred_boxes]
         assert [b["xyxy"] for b in record["boxes"]] == boxes
+        scores = [float(s) for s in prediction.box_scores]
+        assert [b["score"] for b in record["boxes"]] == pytest.approx(scores, abs=1e-5)  # each group's mean
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ above 0 it fits the group's core, not the shoulders that the map's blur spreads 
 groups whose box covers less than ``min_area`` of the image are dropped; each box is scored by the
 mean of its group's map values at or above the box level (``score="mean"``: a group whose values
 stay high across it ranks above one that peaks as high with low shoulders around the peak;
-``"max"``, the group's maximum, is how checkpoints and exports written before it score). Images labelled normal get no box unless
-``on_normal``.
+``"max"``, the group's maximum, is how checkpoints and exports written before it score). Images
+labelled normal get no box unless ``on_normal``.
 
 ``tune`` picks threshold, merge, peak share and minimum area on the validation split: the
 combination with the best mean of box AP at IoU 0.1, 0.25 and 0.5 (pycocotools). The settings

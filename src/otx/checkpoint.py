@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from otx import __version__
-from otx.boxes import LEGACY_SCORE, BoxSettings
+from otx.boxes import BOX_SCORES, LEGACY_SCORE, BoxSettings
 from otx.errors import OTXError
 from otx.preprocess import saved_settings
 from otx.workdir import WorkDir, atomic_write_bytes
@@ -101,9 +101,18 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         with saved_settings():  # as trained, also settings new models may no longer take
             model = cls.without_weights(**cls.upgrade_init_args(dict(ckpt["model"]["init_args"])))
         model.load_state_dict(ckpt["state_dict"])
-        if isinstance(ckpt.get("boxes"), dict):  # checkpoints before box tuning keep the defaults
-            # those before the box score scored boxes by their maximum, and their settings were tuned so
-            model.box_settings = BoxSettings(**{"score": LEGACY_SCORE} | ckpt["boxes"])
+        # checkpoints before box tuning keep the default settings; those before the box score scored
+        # boxes by their maximum (and their settings were tuned so): they keep it
+        if isinstance(ckpt.get("boxes"), dict):
+            saved = {"score": LEGACY_SCORE} | ckpt["boxes"]
+        else:
+            saved = model.box_settings.as_dict() | {"score": LEGACY_SCORE}
+        if saved["score"] not in BOX_SCORES:
+            raise OTXError(
+                f"'{path}' asks for box score {saved['score']!r}, which this otx {__version__} does not know (it "
+                f"knows {', '.join(BOX_SCORES)}); upgrade otx (pip install -U otx)"
+            )
+        model.box_settings = BoxSettings(**saved)
     except OTXError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line

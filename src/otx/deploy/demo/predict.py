@@ -235,7 +235,8 @@ def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict) -> list[dic
             continue
         values = score_map[ys, xs]
         top = float(values.max())
-        score = float(values.astype(np.float64).mean()) if settings["score"] == "mean" else top
+        # float32, as otx rounds it, so that the 6 decimals written are otx's
+        score = float(np.float32(values.astype(np.float64).mean())) if settings["score"] == "mean" else top
         core = values >= settings["threshold"] + settings["peak"] * (top - settings["threshold"])
         ys, xs = ys[core], xs[core]
         x1, y1, x2, y2 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
