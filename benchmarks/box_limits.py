@@ -17,7 +17,9 @@ test box metrics, and the share of ground-truth regions (by size) that some box 
 (an upper bound of AP50) for the shipped choice, for the best single setting and for the best box
 of every candidate setting at once. The maps are saved as float16: the tuning can choose another
 of two near-tied settings than the run did. ``--box_score max`` scores boxes by their group's
-maximum (otx before 2026-12-05) instead of its mean; ``--shrinks 0`` tries no shrinking.
+maximum (otx before 2026-12-05) instead of its mean; ``--shrinks 0`` tries no shrinking. The
+dumps hold no images, so boxes here are the map's own, never snapped to the image
+(``BoxSettings.refine``, docs/input-modes.md "Boxes snapped to the image").
 
     OTX_OFFLINE=1 .venv/bin/python benchmarks/box_limits.py analyse --val /tmp/box/val.pkl --test /tmp/box/test.pkl \\
         --input_size 256 --out benchmarks/results/box_limits_magnetic_tile_patchcore.json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from otx.tasks import Prediction
@@ -181,3 +183,29 @@ class StopAfterEpochs(Callback):
         if trainer.current_epoch == self.epochs and trainer.global_rank == 0 and not self.group and index == 1:
             time.sleep(2.0)  # the other processes go on to the step's gradient exchange and wait there
             os.kill(os.getpid(), self.stop)
+
+
+def check_demo_package(package: Path, source: Path, ours: list, tmp_path: Path) -> None:
+    """Run the demo package's predict.py (openvino, numpy and OpenCV only) and compare with otx."""
+    import zipfile
+
+    with zipfile.ZipFile(package) as archive:
+        archive.extractall(tmp_path / "demo")
+    out = tmp_path / "demo_out"
+    run = subprocess.run(
+        [sys.executable, str(tmp_path / "demo" / "predict.py"), str(source), "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path / "demo",
+    )
+    assert run.returncode == 0, run.stderr
+    demo = json.loads((out / "results.json").read_text())
+    assert [Path(r["image"]).name for r in demo] == [Path(p.image_path).name for p in ours]
+    for record, prediction in zip(demo, ours, strict=True):
+        assert record["label"] == prediction.label_name
+        assert abs(record["score"] - prediction.pred_score) <= 1e-5
+        boxes = [[round(float(v), 2) for v in box] for box in prediction.pred_boxes]
+        assert [b["xyxy"] for b in record["boxes"]] == boxes
+        scores = [float(s) for s in prediction.box_scores]
+        assert [b["score"] for b in record["boxes"]] == pytest.approx(scores, abs=1e-5)  # each group's mean

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from helpers import demo_package
-from otx.boxes import BoxSettings, boxes_from_map, candidates, tune
+from helpers import assert_same_predictions, check_demo_package, demo_package
+from otx.boxes import BoxSettings, boxes_from_map, candidates, refine_boxes, tune
 from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask
 from otx.postprocess import mask_to_boxes
 
@@ -96,6 +96,9 @@ def test_peak_share_fits_each_box_to_its_own_core() -> None:
         BoxSettings(0.55, 0.05, 0.001, peak=0.5),
         BoxSettings(peak=0.25),
         BoxSettings(0.55, 0.05, score="max"),
+        BoxSettings(peak=0.25, refine="dark"),
+        BoxSettings(0.55, 0.05, refine="bright"),
+        BoxSettings(refine="contrast"),
     ],
 )
 def test_demo_package_cuts_the_boxes_otx_cuts(settings: BoxSettings) -> None:
@@ -110,12 +113,127 @@ def test_demo_package_cuts_the_boxes_otx_cuts(settings: BoxSettings) -> None:
     amap = np.minimum(amap, 1.0).astype(np.float32)
     amap[20:60, 100:103] = 0.8  # a thin piece near nothing, and one within merging distance of the first blob
     amap[40:44, 62:64] = 0.6
-    boxes, scores = boxes_from_map(amap, True, settings)
-    theirs = demo.boxes_of(amap, True, settings.as_dict())
+    image = textured_image(amap.shape, seed=3)
+    image[35:46, 45:56] = (40, 60, 50)  # a dark spot inside the first blob, a bright streak along the thin piece
+    image[25:50, 100:102] = 230
+    boxes, scores = boxes_from_map(amap, True, settings, image)
+    theirs = demo.boxes_of(amap, True, settings.as_dict(), image)
     order = np.lexsort((boxes[:, 1], boxes[:, 0]))
     want = sorted((b["xyxy"], b["score"]) for b in theirs)
     assert [list(map(float, b)) for b in boxes[order]] == [w[0] for w in want]
     assert [round(float(s), 6) for s in scores[order]] == [w[1] for w in want]  # the 6 decimals both write
+
+
+def textured_image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
+    """An RGB ``uint8`` surface: grey 128 with noise (standard deviation 6), no defect."""
+    rng = np.random.default_rng(seed)
+    grey = np.clip(np.rint(128 + 6 * rng.standard_normal(shape)), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def test_refined_boxes_snap_to_the_defect_the_image_shows() -> None:
+    """A blurred map's box is several times an 11-pixel hole; snapped to the image it is the hole's box."""
+    image = textured_image((120, 160))
+    image[50:61, 70:81] = 60  # a dark hole, 11x11
+    image[20:24, 20:60] = 200  # a bright scratch elsewhere, 4x40
+    yy, xx = np.mgrid[0:120, 0:160].astype(np.float32)
+    amap = 0.9 * np.exp(-((yy - 55) ** 2 + (xx - 75) ** 2) / (2 * 12.0**2))  # the map's blur around the hole
+    amap = np.maximum(amap, 0.8 * np.exp(-((yy - 22) ** 2 / (2 * 8.0**2) + (xx - 40) ** 2 / (2 * 25.0**2))))
+    plain, scores = boxes_from_map(amap.astype(np.float32), True, BoxSettings())
+    hole = plain[:, 1] > 40
+    assert (plain[hole][0, 2] - plain[hole][0, 0]) > 2 * 11  # the map's box: far wider than the hole
+    dark, dark_scores = boxes_from_map(amap.astype(np.float32), True, BoxSettings(refine="dark"), image)
+    np.testing.assert_array_equal(dark_scores, scores)  # the scores stay the map's
+    assert dark[hole].tolist() == [[70.0, 50.0, 81.0, 61.0]]  # exactly the hole (from how it was drawn)
+    bright, _ = boxes_from_map(amap.astype(np.float32), True, BoxSettings(refine="bright"), image)
+    assert bright[~hole].tolist() == [[20.0, 20.0, 60.0, 24.0]]  # exactly the scratch
+    contrast, _ = boxes_from_map(amap.astype(np.float32), True, BoxSettings(refine="contrast"), image)
+    assert sorted(contrast.tolist()) == sorted([*bright[~hole].tolist(), *dark[hole].tolist()])
+    # the snapped box is inside the map's box, and a box under 3 pixels a side stays as it is
+    assert (dark[:, :2] >= plain[:, :2]).all() and (dark[:, 2:] <= plain[:, 2:]).all()
+    tiny = np.array([[70, 50, 72, 80]], np.float32)
+    np.testing.assert_array_equal(refine_boxes(image, tiny, "dark"), tiny)
+    with pytest.raises(ValueError, match="needs the image"):
+        boxes_from_map(amap.astype(np.float32), True, BoxSettings(refine="dark"))
+    with pytest.raises(ValueError, match="box refinement"):
+        BoxSettings(refine="edges")
+
+
+def blob_split(seed: int, visible: bool) -> tuple[list, list, list, list]:
+    """Eight images, each with a dark 9x9 hole under a blurred map blob a little off its centre (as a coarse
+    map's), the hole in the image too when ``visible``."""
+    rng = np.random.default_rng(seed)
+    maps, labels, gts, images = [], [], [], []
+    yy, xx = np.mgrid[0:96, 0:128].astype(np.float32)
+    for _ in range(8):
+        y, x = int(rng.integers(15, 75)), int(rng.integers(15, 105))
+        image = textured_image((96, 128), int(rng.integers(1000)))
+        if visible:
+            image[y - 4 : y + 5, x - 4 : x + 5] = 50
+        blob = np.exp(-((yy - y - 5) ** 2 + (xx - x + 4) ** 2) / (2 * 12.0**2))
+        maps.append((0.3 + 0.6 * blob).astype(np.float32))
+        labels.append(True)
+        gts.append(np.array([[x - 4, y - 4, x + 5, y + 5]], np.float64))
+        images.append(image)
+    return maps, labels, gts, images
+
+
+def test_tuning_refines_boxes_only_where_the_validation_images_say_so() -> None:
+    maps, labels, gts, images = blob_split(0, visible=True)
+    settings, metrics = tune(maps, labels, gts, images=[lambda im=im: im for im in images])
+    plain, plain_metrics = tune(maps, labels, gts)  # without images: never refined
+    assert plain.refine == "none" and settings.refine in ("dark", "contrast")
+    assert metrics["box_AP50"] == pytest.approx(1.0) and plain_metrics["box_AP50"] < 0.5
+    # the chosen settings give the tuned figures when boxes are cut with them (pycocotools' AP)
+    cut = [boxes_from_map(m, True, settings, im) for m, im in zip(maps, images, strict=True)]
+    assert box_ap(gts, [b for b, _ in cut], [s for _, s in cut])["box_AP50"] == pytest.approx(1.0)
+    # where the images do not show the defects, snapping would chase noise: the map's boxes are kept
+    maps, labels, gts, images = blob_split(1, visible=False)
+    assert tune(maps, labels, gts, images=[lambda im=im: im for im in images])[0].refine == "none"
+    # images labelled normal are not read
+    read = []
+    tune(maps, [False] * len(maps), gts, images=[lambda im=im: read.append(1) or im for im in images])
+    assert not read
+
+
+@pytest.mark.e2e
+def test_refined_boxes_are_the_same_from_the_checkpoint_the_ir_and_the_demo(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    """Boxes snapped to the image: torch, OpenVINO (files and arrays) and the demo package cut the same."""
+    import torch
+
+    from otx.data import AnomalyDataModule
+    from otx.data.io import read_image
+    from otx.deploy import OpenVINOInferencer
+    from otx.engine import Engine
+
+    ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=True)
+    for refine in ("none", "dark"):  # boxes on every image, so that every image has some to compare
+        torch.save(ckpt | {"boxes": ckpt["boxes"] | {"on_normal": True, "refine": refine}}, tmp_path / f"{refine}.ckpt")
+    engine = Engine(data=AnomalyDataModule(num_workers=0), task="detection", work_dir=tmp_path / "runs")
+    source = sample_root / "bottle_like" / "test"
+    plain = engine.predict(source=source, checkpoint=tmp_path / "none.ckpt")
+    dark = engine.predict(source=source, checkpoint=tmp_path / "dark.ckpt")
+    changed = 0
+    for p, d in zip(plain, dark, strict=True):  # each box is its map box snapped to the image, and inside it
+        want = refine_boxes(read_image(p.image_path), p.pred_boxes, "dark")
+        np.testing.assert_array_equal(d.pred_boxes, want)
+        np.testing.assert_array_equal(d.box_scores, p.box_scores)
+        assert (d.pred_boxes[:, :2] >= p.pred_boxes[:, :2]).all() and (d.pred_boxes[:, 2:] <= p.pred_boxes[:, 2:]).all()
+        changed += int((d.pred_boxes != p.pred_boxes).any())
+    assert changed >= len(dark) // 4  # 8 of the 28 sample images when written
+    summary = engine.export(tmp_path / "dark.ckpt", demo_package=True)
+    inferencer = OpenVINOInferencer(Path(summary["exported_model"]), device="CPU")
+    assert inferencer.info.box_settings().refine == "dark"
+    got = inferencer.predict(source)
+    assert_same_predictions(dark, got, "detection", 1e-3)
+    # images in memory (as read, and as float CHW arrays in [0, 1]) are snapped as the files are
+    arrays = [read_image(p.image_path) for p in got]
+    for images in (arrays, [a.transpose(2, 0, 1).astype(np.float32) / 255.0 for a in arrays]):
+        for file_pred, array_pred in zip(got, inferencer.predict(images), strict=True):
+            np.testing.assert_array_equal(array_pred.pred_boxes, file_pred.pred_boxes)
+    check_demo_package(Path(summary["demo_package"]), source, got, tmp_path)
 
 
 def test_files_written_before_the_box_score_keep_the_maximum(trained_padim: dict, tmp_path: Path) -> None:
@@ -141,8 +259,16 @@ def test_files_written_before_the_box_score_keep_the_maximum(trained_padim: dict
     raw = dict.fromkeys(REQUIRED, "1")
     assert ModelInfo.parse(raw, "old.xml").box_settings().score == "max"
     assert ModelInfo.parse(raw | {"otx_box_score": "mean"}, "new.xml").box_settings().score == "mean"
-    with pytest.raises(OTXError, match="box score 'median'.*export the model again"):
+    with pytest.raises(OTXError, match="box score 'median'.*upgrade otx"):
         ModelInfo.parse(raw | {"otx_box_score": "median"}, "newer.xml").box_settings()
+    # box refinement: files without it are not refined, an unknown one is one line
+    assert old.refine == "none" and ModelInfo.parse(raw, "old.xml").box_settings().refine == "none"
+    assert ModelInfo.parse(raw | {"otx_box_refine": "dark"}, "new.xml").box_settings().refine == "dark"
+    with pytest.raises(OTXError, match="box refinement 'edges'.*upgrade otx"):
+        ModelInfo.parse(raw | {"otx_box_refine": "edges"}, "newer.xml").box_settings()
+    torch.save(ckpt | {"boxes": boxes | {"refine": "edges"}}, tmp_path / "newest.ckpt")
+    with pytest.raises(OTXError, match="box refinement 'edges'.*upgrade otx"):
+        load_checkpoint(tmp_path / "newest.ckpt")
 
 
 def test_defect_recall_counts_regions_a_box_touches() -> None:

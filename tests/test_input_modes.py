@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
-from helpers import assert_same_predictions
+from helpers import assert_same_predictions, check_demo_package
 from otx.data import AnomalyDataModule
 from otx.deploy import OpenVINOInferencer
 from otx.engine import Engine
@@ -210,34 +210,6 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
         assert not any("older otx" in w for w in tested.warnings), (path, tested.warnings)  # raw outputs found
         for key in keys:
             assert tested.metrics[key] == pytest.approx(from_checkpoint[key], abs=1e-3, nan_ok=True), (path, key)
-
-
-def check_demo_package(package: Path, source: Path, ours: list, tmp_path: Path) -> None:
-    """Run the demo package's predict.py (openvino, numpy and OpenCV only) and compare with otx."""
-    import subprocess
-    import sys
-    import zipfile
-
-    with zipfile.ZipFile(package) as archive:
-        archive.extractall(tmp_path / "demo")
-    out = tmp_path / "demo_out"
-    run = subprocess.run(
-        [sys.executable, str(tmp_path / "demo" / "predict.py"), str(source), "--output", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path / "demo",
-    )
-    assert run.returncode == 0, run.stderr
-    demo = json.loads((out / "results.json").read_text())
-    assert [Path(r["image"]).name for r in demo] == [Path(p.image_path).name for p in ours]
-    for record, prediction in zip(demo, ours, strict=True):
-        assert record["label"] == prediction.label_name
-        assert abs(record["score"] - prediction.pred_score) <= 1e-5
-        boxes = [[round(float(v), 2) for v in box] for box in prediction.pred_boxes]
-        assert [b["xyxy"] for b in record["boxes"]] == boxes
-        scores = [float(s) for s in prediction.box_scores]
-        assert [b["score"] for b in record["boxes"]] == pytest.approx(scores, abs=1e-5)  # each group's mean
 
 
 @pytest.fixture(scope="module")

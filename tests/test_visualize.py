@@ -196,10 +196,21 @@ def test_report_opens_in_a_headless_browser(trained_padim: dict, sample_root: Pa
         data=AnomalyDataModule(str(sample_root / "carpet_like"), num_workers=0), task="detection", work_dir=tmp_path
     ).test(checkpoint=trained_padim["checkpoint"])
     settings = detection["boxes"]
-    untuned = {"threshold": 0.5, "merge": 0.0, "min_area": 0.0, "on_normal": False, "peak": 0.0, "score": "mean"}
+    untuned = {
+        "threshold": 0.5,
+        "merge": 0.0,
+        "min_area": 0.0,
+        "on_normal": False,
+        "peak": 0.0,
+        "score": "mean",
+        "refine": "none",
+    }
     assert settings == untuned
     assert "Boxes are cut from the normalised map at their own settings" in Path(detection["report"]).read_text()
-    assert "each box scored by the mean of its group's values" in Path(detection["report"]).read_text()
+    assert (
+        "each box scored by the mean of its group's map values, not snapped to the image"
+        in Path(detection["report"]).read_text()
+    )
     assert "box level 0.5, components within 0 % of the longer side merged" in Path(detection["report"]).read_text()
     # each metric shown is explained (before: box_AP and the *_input names were not)
     said = Path(detection["report"]).read_text()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from otx import __version__
-from otx.boxes import BOX_SCORES, LEGACY_SCORE, BoxSettings
+from otx.boxes import LEGACY_SCORE, BoxSettings, unknown_saved
 from otx.errors import OTXError
 from otx.preprocess import saved_settings
 from otx.workdir import WorkDir, atomic_write_bytes
@@ -107,11 +107,9 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             saved = {"score": LEGACY_SCORE} | ckpt["boxes"]
         else:
             saved = model.box_settings.as_dict() | {"score": LEGACY_SCORE}
-        if saved["score"] not in BOX_SCORES:
-            raise OTXError(
-                f"'{path}' asks for box score {saved['score']!r}, which this otx {__version__} does not know (it "
-                f"knows {', '.join(BOX_SCORES)}); upgrade otx (pip install -U otx)"
-            )
+        unknown = unknown_saved(saved)
+        if unknown:
+            raise OTXError(f"'{path}' asks for {unknown}")
         model.box_settings = BoxSettings(**saved)
     except OTXError:
         raise

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from otx.boxes import score_words
 from otx.results import BenchmarkResult, ExportResult, OptimizeResult, PredictResult, Result, TestResult, TrainResult
 from otx.scoring import OpenVINOScorer, Scorer
 
@@ -49,7 +50,7 @@ def render(console: Console, result: Result) -> None:
                 f"map level {b['threshold']:.3f}, pieces within {b['merge']:.0%} of the longer side joined, "
                 f"each box around its pixels {b.get('peak', 0.0):.0%} of the way up to its maximum, "
                 f"at least {b['min_area']:.2%} of the image, {'also' if b['on_normal'] else 'none'} on normal images, "
-                f"scored by the {'mean' if b.get('score') == 'mean' else 'maximum'} of their pixels"
+                f"each {score_words(b)}"
             )
         _summary(console, result, result.validation_metrics, "validation", extra)
     elif isinstance(result, TestResult):

@@ -22,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from otx import __version__
+from otx.boxes import score_words
 from otx.data.dataset import Sample
 from otx.data.io import read_image, read_mask
 from otx.metrics import curves
@@ -340,7 +341,7 @@ def _thresholds(data: ReportInput) -> list[str]:
             f"core (the pixels at least {100 * b['peak']:.3g} % of the way from the box level to the group's "
             f"maximum), boxes under {100 * b['min_area']:.3g} % of the image dropped, "
             + ("boxes on images labelled normal too" if b["on_normal"] else "no boxes on images labelled normal")
-            + f"; each box scored by the {'mean' if b.get('score') == 'mean' else 'maximum'} of its group's values.</p>"
+            + f"; each box {score_words(b)}.</p>"
         )
     return ["<h2>Thresholds</h2>", _table(rows), note]
 

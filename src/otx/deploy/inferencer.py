@@ -148,6 +148,11 @@ def to_input(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(levels, dtype=np.float32) / np.float32(255.0)
 
 
+def _rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """An image array in any layout ``to_input`` accepts as ``H x W x 3`` RGB ``uint8`` (its 256 levels)."""
+    return np.round(to_input(image).transpose(1, 2, 0) * np.float32(255.0)).astype(np.uint8)
+
+
 def _image_array(item: Any) -> np.ndarray | None:
     """``item`` as an image array when it is one: an array, a PIL image or a torch tensor; else None."""
     if isinstance(item, np.ndarray):
@@ -475,13 +480,18 @@ class OpenVINOInferencer:
                 log.warning("not predicted: %s", exc)
                 errors[i] = str(exc)
         good = [p for i, p in enumerate(paths) if i not in errors]
-        done = iter(self._predict_arrays(good, images))
+        done = iter(self._predict_arrays(good, images, as_read=True))
         return [Prediction.failed(p, errors[i]) if i in errors else next(done) for i, p in enumerate(paths)]
 
-    def _predict_arrays(self, names: list[str], arrays: list[np.ndarray]) -> list[Prediction]:
+    def _predict_arrays(self, names: list[str], arrays: list[np.ndarray], as_read: bool = False) -> list[Prediction]:
+        """Predictions for images in memory (``as_read``: RGB ``uint8`` as ``read_image`` returns them)."""
         outputs = self.infer(arrays)
         sizes = np.array([image_hw(a) for a in arrays], dtype=np.int64).reshape(-1, 2)
-        return self.adapter.predictions(outputs, names, sizes, self.preprocessor, self.info.box_settings())
+        boxes = self.info.box_settings()
+        images = None
+        if self.adapter.box_level and boxes.refine != "none":  # boxes snapped to the image: as the graph saw it
+            images = arrays if as_read else [_rgb_uint8(a) for a in arrays]
+        return self.adapter.predictions(outputs, names, sizes, self.preprocessor, boxes, images)
 
 
 def _store_outputs(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from otx import __version__
-from otx.boxes import BOX_SCORES, LEGACY_SCORE, BoxSettings
+from otx.boxes import LEGACY_SCORE, BoxSettings, unknown_saved
 from otx.errors import OTXError
 from otx.postprocess import threshold_origin
 from otx.preprocess import PreProcessor, saved_settings
@@ -194,27 +194,26 @@ class ModelInfo:
             return PreProcessor.from_config(config)
 
     def box_settings(self) -> BoxSettings:
-        """How detection boxes are cut from the map (the defaults for exports made before box tuning)."""
+        """How detection boxes are cut from the map (the defaults for exports made before box tuning).
+
+        Exports before the box score scored boxes by their maximum, those before box refinement did
+        not refine; a score or refinement this otx does not know is one line.
+        """
         default = BoxSettings()
+        score = self.raw.get("otx_box_score", LEGACY_SCORE)
+        refine = self.raw.get("otx_box_refine", default.refine)
+        unknown = unknown_saved({"score": score, "refine": refine})
+        if unknown:
+            raise OTXError(f"the model's metadata asks for {unknown}")
         return BoxSettings(
             threshold=float(self.raw.get("otx_box_threshold", default.threshold)),
             merge=float(self.raw.get("otx_box_merge", default.merge)),
             min_area=float(self.raw.get("otx_box_min_area", default.min_area)),
             on_normal=self.raw.get("otx_box_on_normal", "False") == "True",
             peak=float(self.raw.get("otx_box_peak", default.peak)),  # exports before it: 0
-            score=self.box_score,
+            score=score,
+            refine=refine,
         )
-
-    @property
-    def box_score(self) -> str:
-        """How boxes are scored: ``mean`` or ``max`` (exports before the key: ``max``); one line otherwise."""
-        score = self.raw.get("otx_box_score", LEGACY_SCORE)
-        if score not in BOX_SCORES:
-            raise OTXError(
-                f"the model's metadata asks for box score {score!r}, which this otx does not know (it knows "
-                f"{', '.join(BOX_SCORES)}): export the model again with this otx, or upgrade otx (pip install -U otx)"
-            )
-        return score
 
     @property
     def quantization(self) -> str:

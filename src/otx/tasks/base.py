@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -103,6 +104,7 @@ class TaskAdapter:
         orig_sizes: np.ndarray,
         preprocessor: PreProcessor | None = None,
         boxes: BoxSettings | None = None,
+        images: Sequence[np.ndarray] | None = None,
     ) -> list[Prediction]:
         """Build predictions from a batch of normalised outputs.
 
@@ -114,6 +116,9 @@ class TaskAdapter:
             preprocessor: the model's input mode, which ``restore`` s each map to its image's
                 size (None: the maps were resized, the ``resize`` mode).
             boxes: how the detection task cuts boxes from the maps (None: ``BoxSettings()``).
+            images: the images (``H x W x 3`` RGB ``uint8``) when the caller holds them, for boxes
+                that are snapped to the image (``BoxSettings.refine``); otherwise they are read
+                from ``paths`` when needed.
         """
         boxes = boxes or BoxSettings()
         restore = preprocessor.restore if preprocessor is not None else resize_map
@@ -121,9 +126,12 @@ class TaskAdapter:
         for i, path in enumerate(paths):
             pred = Prediction(path, float(outputs["pred_score"][i]), bool(outputs["pred_label"][i]))
             if self.pixel_level:
-                self.finish(pred, restore(outputs["anomaly_map"][i], tuple(orig_sizes[i])), boxes)
+                image = images[i] if images is not None else None
+                self.finish(pred, restore(outputs["anomaly_map"][i], tuple(orig_sizes[i])), boxes, image)
             results.append(pred)
         return results
 
-    def finish(self, prediction: Prediction, anomaly_map: np.ndarray, boxes: BoxSettings) -> None:
-        """Add the task's pixel-level outputs from the full-size normalised map."""
+    def finish(
+        self, prediction: Prediction, anomaly_map: np.ndarray, boxes: BoxSettings, image: np.ndarray | None = None
+    ) -> None:
+        """Add the task's pixel-level outputs from the full-size normalised map (and the image, for boxes)."""

@@ -12,7 +12,9 @@ class SegmentationAdapter(TaskAdapter):
     task = AnomalyTask.SEGMENTATION
     pixel_level = True
 
-    def finish(self, prediction: Prediction, anomaly_map: np.ndarray, boxes: BoxSettings) -> None:  # noqa: D102
-        del boxes
+    def finish(  # noqa: D102
+        self, prediction: Prediction, anomaly_map: np.ndarray, boxes: BoxSettings, image: np.ndarray | None = None
+    ) -> None:
+        del boxes, image
         prediction.anomaly_map = anomaly_map
         prediction.pred_mask = anomaly_map >= 0.5

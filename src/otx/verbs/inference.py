@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -14,7 +15,7 @@ from otx import distributed
 from otx.boxes import BoxSettings, tune
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
 from otx.data.dataset import Sample, check_mask_size
-from otx.data.io import read_mask
+from otx.data.io import read_image, read_mask
 from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask, image_metrics, per_defect, pixel_metrics
 from otx.models.base import AnomalyModel
 from otx.preprocess import PreProcessor
@@ -228,10 +229,13 @@ def _full_size(
 
 
 def tune_boxes(model: AnomalyModel, outputs: Outputs, samples: list[Sample]) -> tuple[BoxSettings, dict[str, float]]:
-    """Box settings for ``model`` chosen on its validation outputs (``otx.boxes.tune``), at each image's size."""
+    """Box settings for ``model`` chosen on its validation outputs (``otx.boxes.tune``), at each image's size.
+
+    The refinements are tried on the images as read again from their files, one at a time.
+    """
     with torch.inference_mode():
         normalized = as_numpy(model.postprocessor(outputs["maps"], outputs["scores"]))
-    maps, labels, gt_boxes = [], [], []
+    maps, labels, gt_boxes, images = [], [], [], []
     sizes = outputs["orig_sizes"].numpy()
     for sample, amap, label, size in zip(
         samples, normalized["anomaly_map"], normalized["pred_label"], sizes, strict=True
@@ -241,7 +245,8 @@ def tune_boxes(model: AnomalyModel, outputs: Outputs, samples: list[Sample]) -> 
         maps.append(model.preprocessor.restore(amap, tuple(size)))
         labels.append(bool(label))
         gt_boxes.append(gt_boxes_from_mask(read_mask(sample.mask_path)) if sample.mask_path else np.zeros((0, 4)))
-    return tune(maps, labels, gt_boxes, on_normal=model.box_settings.on_normal)
+        images.append(functools.partial(read_image, sample.path))
+    return tune(maps, labels, gt_boxes, on_normal=model.box_settings.on_normal, images=images)
 
 
 def prediction_counts(predictions: list[Prediction]) -> dict[str, int]:

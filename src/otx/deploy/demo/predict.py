@@ -214,13 +214,45 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
 
 
-def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict) -> list[dict]:
+REFINES = ("none", "dark", "bright", "contrast")  # as otx.boxes.REFINES
+
+
+def snap(image: np.ndarray, box: list[float], refine: str) -> list[float]:
+    """A box shrunk to its pixels that stand out from the box's median (as ``otx.boxes.refine_boxes``)."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    if refine == "contrast":
+        values = image.astype(np.float32)
+    else:
+        values = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    patch = values[y1:y2, x1:x2]
+    if min(patch.shape[:2]) < 3:
+        return box
+    patch = cv2.GaussianBlur(patch, (3, 3), 0)
+    median = np.median(patch.reshape(-1, patch.shape[2]) if patch.ndim == 3 else patch.ravel(), axis=0)
+    if refine == "contrast":
+        difference = np.sqrt(((patch - median.astype(np.float32)) ** 2).sum(axis=2))
+    else:
+        difference = (np.float32(median) - patch) if refine == "dark" else (patch - np.float32(median))
+        difference = np.maximum(difference, np.float32(0.0))
+    top = float(difference.max())
+    if not top > 0.0:
+        return box
+    scaled = np.round(difference * np.float32(255.0 / top)).astype(np.uint8)
+    _, chosen = cv2.threshold(scaled, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    ys, xs = np.nonzero(chosen)
+    if not len(ys):
+        return box
+    return [float(x1 + xs.min()), float(y1 + ys.min()), float(x1 + xs.max() + 1), float(y1 + ys.max() + 1)]
+
+
+def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict, image: np.ndarray | None = None) -> list[dict]:
     """Boxes as otx cuts them (``otx.boxes.boxes_from_map``), from the full-size normalised map.
 
     Pixels at or above the box threshold; components within ``merge`` of the longer side joined;
     each box around its group's pixels at or above ``threshold + peak * (group maximum - threshold)``;
     boxes under ``min_area`` of the image dropped; each scored by the mean of its group's values
-    (``score`` "mean") or their maximum ("max"); none on images labelled normal unless ``on_normal``.
+    (``score`` "mean") or their maximum ("max"); none on images labelled normal unless ``on_normal``;
+    with ``refine`` other than "none", each box snapped to the ``image`` (RGB) as ``snap`` does.
     """
     if not anomalous and not settings["on_normal"]:
         return []
@@ -242,7 +274,8 @@ def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict) -> list[dic
         x1, y1, x2, y2 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
         if (x2 - x1) * (y2 - y1) < settings["min_area"] * mask.size:
             continue
-        boxes.append({"xyxy": [x1, y1, x2, y2], "score": round(score, 6)})
+        xyxy = [x1, y1, x2, y2] if settings["refine"] == "none" else snap(image, [x1, y1, x2, y2], settings["refine"])
+        boxes.append({"xyxy": xyxy, "score": round(score, 6)})
     return boxes
 
 
@@ -425,14 +458,16 @@ def main() -> int:
         "on_normal": info("otx_box_on_normal", "False") == "True",
         "peak": float(info("otx_box_peak", "0.0")),
         "score": info("otx_box_score", "max"),  # exports before the key: the maximum
+        "refine": info("otx_box_refine", "none"),  # exports before the key: not refined
     }
-    if box_settings["score"] not in ("mean", "max"):
-        print(
-            f"error: the model {args.model} asks for box score '{box_settings['score']}', which this script does "
-            "not know; export the model again and use the predict.py written with it",
-            file=sys.stderr,
-        )
-        return 1
+    for key, known in (("score", ("mean", "max")), ("refine", REFINES)):
+        if box_settings[key] not in known:
+            print(
+                f"error: the model {args.model} asks for box {key} '{box_settings[key]}', which this script does "
+                "not know; export the model again and use the predict.py written with it",
+                file=sys.stderr,
+            )
+            return 1
     try:  # the precision on every device that runs the model, as otx predict sets it
         for device in physical:
             if "INFERENCE_PRECISION_HINT" in core.get_property(device, "SUPPORTED_PROPERTIES"):
@@ -472,8 +507,9 @@ def main() -> int:
     results: dict[int, dict] = {}
     unwritten: list[str] = []
 
-    def done(request: ov.InferRequest, item: tuple[int, Path, tuple[int, int]]) -> None:
-        index, path, (height, width) = item
+    def done(request: ov.InferRequest, item: tuple[int, Path, np.ndarray]) -> None:
+        index, path, image = item
+        height, width = image.shape[:2]
         score = float(request.get_output_tensor(score_at).data.reshape(-1)[0])
         record: dict = {
             "image": str(path),
@@ -491,7 +527,7 @@ def main() -> int:
                 unwritten.append(f"{out_dir / record['mask']} ({exc.strerror or exc})")
                 record["mask"] = None
             if task == "detection":
-                record["boxes"] = boxes_of(full, score >= 0.5, box_settings)
+                record["boxes"] = boxes_of(full, score >= 0.5, box_settings, image)
         results[index] = record
 
     queue = ov.AsyncInferQueue(compiled)
@@ -510,7 +546,7 @@ def main() -> int:
             print(f"not predicted: {path}: {reason}", file=sys.stderr)
             continue
         tensor = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255.0)
-        queue.start_async({0: tensor}, userdata=(index, path, image.shape[:2]))
+        queue.start_async({0: tensor}, userdata=(index, path, image))
     queue.wait_all()
     if unwritten:
         print(
