@@ -51,10 +51,10 @@ def dump(argv: list[str]) -> int:
     target = os.environ["BOX_DUMP"]
     original_tune = inference.tune
 
-    def saving_tune(maps: list, labels: list, gt_boxes: list, on_normal: bool = False) -> Any:
-        with open(target, "wb") as f:  # float16 halves the file; the levels tried are far apart
+    def saving_tune(maps: list, labels: list, gt_boxes: list, on_normal: bool = False, images: Any = None) -> Any:
+        with open(target, "wb") as f:  # float16 halves the file; the levels tried are far apart (images not kept)
             pickle.dump({"maps": [m.astype(np.float16) for m in maps], "labels": labels, "gt": gt_boxes}, f)
-        return original_tune(maps, labels, gt_boxes, on_normal=on_normal)
+        return original_tune(maps, labels, gt_boxes, on_normal=on_normal, images=images)
 
     inference.tune = saving_tune
     scorers: list[Any] = []

@@ -155,6 +155,18 @@ def test_refined_boxes_snap_to_the_defect_the_image_shows() -> None:
     np.testing.assert_array_equal(refine_boxes(image, tiny, "dark"), tiny)
     with pytest.raises(ValueError, match="needs the image"):
         boxes_from_map(amap.astype(np.float32), True, BoxSettings(refine="dark"))
+    with pytest.raises(ValueError, match=r"at the map's size \(120, 160\) \(got \(60, 80\)\)"):
+        boxes_from_map(amap.astype(np.float32), True, BoxSettings(refine="dark"), image[::2, ::2])
+    with pytest.raises(ValueError, match="RGB uint8 image"):
+        boxes_from_map(amap.astype(np.float32), True, BoxSettings(refine="dark"), image.astype(np.float64))
+    # a reader instead of the image: called only when the map gives boxes
+    calls = []
+    reader = lambda: calls.append(1) or image  # noqa: E731
+    assert (
+        boxes_from_map(amap.astype(np.float32), True, BoxSettings(refine="dark"), reader)[0].tolist() == dark.tolist()
+    )
+    assert len(boxes_from_map(np.zeros_like(amap), True, BoxSettings(refine="dark"), reader)[0]) == 0
+    assert calls == [1]
     with pytest.raises(ValueError, match="box refinement"):
         BoxSettings(refine="edges")
 
@@ -234,6 +246,34 @@ def test_refined_boxes_are_the_same_from_the_checkpoint_the_ir_and_the_demo(
         for file_pred, array_pred in zip(got, inferencer.predict(images), strict=True):
             np.testing.assert_array_equal(array_pred.pred_boxes, file_pred.pred_boxes)
     check_demo_package(Path(summary["demo_package"]), source, got, tmp_path)
+
+
+def test_an_unreadable_image_is_not_read_again_for_snapped_boxes(
+    trained_padim: dict, dataset_copy, tmp_path: Path, capsys
+) -> None:
+    """An image that could not be read gets its error record; the others their snapped boxes (predict, test)."""
+    import torch
+
+    from otx.cli import main
+
+    ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=True)
+    torch.save(ckpt | {"boxes": ckpt["boxes"] | {"on_normal": True, "refine": "dark"}}, tmp_path / "dark.ckpt")
+    root = dataset_copy()
+    bad = root / "test" / "good" / "001.png"
+    bad.write_bytes(bad.read_bytes()[:120])  # header readable, pixels not: the loader feeds a placeholder
+    common = ["--checkpoint", str(tmp_path / "dark.ckpt"), "--task", "detection", "--work_dir", str(tmp_path / "ws")]
+    assert main(["predict", *common, "--source", str(root / "test"), "--visualize", "false"]) == 1
+    err = capsys.readouterr().err
+    assert "1 image(s) could not be read" in err and "internal error" not in err and "Traceback" not in err
+    run = tmp_path / "ws" / json.loads((tmp_path / "ws" / "latest.json").read_text())["predict"]
+    records = {r["image"]: r for r in json.loads((run / "predictions/predictions.json").read_text())}
+    assert records.pop(str(bad))["label"] == "error"
+    assert any(r["boxes"] for r in records.values())  # the others: predicted, with (snapped) boxes
+    assert main(["test", *common, "--data_root", str(root)]) == 1  # the unreadable image: listed, exit 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "Traceback" not in err
+    run = tmp_path / "ws" / json.loads((tmp_path / "ws" / "latest.json").read_text())["test"]
+    assert json.loads((run / "metrics.json").read_text())["counts"]["error"] == 1
 
 
 def test_files_written_before_the_box_score_keep_the_maximum(trained_padim: dict, tmp_path: Path) -> None:

@@ -114,12 +114,15 @@ def unknown_saved(settings: dict[str, object]) -> str | None:
 
 
 def boxes_from_map(
-    anomaly_map: np.ndarray, label: bool | None, settings: BoxSettings, image: np.ndarray | None = None
+    anomaly_map: np.ndarray,
+    label: bool | None,
+    settings: BoxSettings,
+    image: np.ndarray | Callable[[], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes ``[K, 4]`` (``x1, y1, x2, y2``, exclusive ends) and their scores from a full-size normalised map.
 
-    ``image`` (``H x W x 3`` RGB ``uint8``, the map's size) is needed when ``settings.refine`` snaps
-    the boxes to it.
+    ``image`` (``H x W x 3`` RGB ``uint8``, the map's size), or a function that reads it (called
+    only when there are boxes), is needed when ``settings.refine`` snaps the boxes to it.
     """
     if not label and not settings.on_normal:
         return _empty()
@@ -128,7 +131,12 @@ def boxes_from_map(
     if settings.refine != "none" and len(boxes):
         if image is None:
             raise ValueError(f"box refinement {settings.refine!r} needs the image")
-        boxes = refine_boxes(image, boxes, settings.refine)
+        pixels = image() if callable(image) else image
+        if pixels.shape[:2] != anomaly_map.shape:
+            raise ValueError(
+                f"box refinement needs the image at the map's size {anomaly_map.shape} (got {pixels.shape[:2]})"
+            )
+        boxes = refine_boxes(pixels, boxes, settings.refine)
     return boxes, scores
 
 
@@ -139,8 +147,8 @@ def refine_source(image: np.ndarray, refine: str) -> np.ndarray:
         image: ``H x W x 3`` RGB ``uint8`` (``otx.data.io.read_image``).
         refine: one of ``REFINES`` other than ``"none"``.
     """
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"box refinement needs an H x W x 3 RGB image (got shape {image.shape})")
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"box refinement needs an H x W x 3 RGB uint8 image (got {image.dtype}, shape {image.shape})")
     if refine == "contrast":
         return image.astype(np.float32)
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)

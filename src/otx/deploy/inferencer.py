@@ -229,6 +229,7 @@ class OpenVINOInferencer:
         self._check_weight_bits()
         self.preprocessor = self.info.preprocessor()  # the input mode: restores maps to each image's size
         self.adapter: TaskAdapter = get_adapter(task or self.info.task)
+        self.box_settings = self.info.box_settings()  # (a score or refinement this otx does not know: said here)
         self.raw_outputs = raw_outputs and len(self.info.stats()) == 6
         if self.raw_outputs:
             from otx.deploy.calibrate import with_raw_outputs
@@ -487,7 +488,7 @@ class OpenVINOInferencer:
         """Predictions for images in memory (``as_read``: RGB ``uint8`` as ``read_image`` returns them)."""
         outputs = self.infer(arrays)
         sizes = np.array([image_hw(a) for a in arrays], dtype=np.int64).reshape(-1, 2)
-        boxes = self.info.box_settings()
+        boxes = self.box_settings
         images = None
         if self.adapter.box_level and boxes.refine != "none":  # boxes snapped to the image: as the graph saw it
             images = arrays if as_read else [_rgb_uint8(a) for a in arrays]

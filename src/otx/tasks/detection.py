@@ -1,5 +1,7 @@
 """Anomaly detection: boxes around the defects, cut from the anomaly map by the model's box settings."""
 
+import functools
+
 import numpy as np
 
 from otx.boxes import BoxSettings, boxes_from_map
@@ -11,7 +13,8 @@ class DetectionAdapter(TaskAdapter):
     """Boxes by ``otx.boxes.boxes_from_map``: none on images labelled normal unless the settings ask.
 
     The map and its mask (>= 0.5) are kept too, for overlays (the heat map under the boxes). Boxes
-    snapped to the image (``BoxSettings.refine``) use ``image``, or read it from the prediction's path.
+    snapped to the image (``BoxSettings.refine``) use ``image``, or read it from the prediction's path
+    when the map gives boxes.
     """
 
     task = AnomalyTask.DETECTION
@@ -23,9 +26,7 @@ class DetectionAdapter(TaskAdapter):
     ) -> None:
         prediction.anomaly_map = anomaly_map
         prediction.pred_mask = anomaly_map >= 0.5
-        wanted = boxes.refine != "none" and (prediction.pred_label or boxes.on_normal)
-        if wanted and image is None:
-            image = read_image(prediction.image_path)
+        source = image if image is not None else functools.partial(read_image, prediction.image_path)
         prediction.pred_boxes, prediction.box_scores = boxes_from_map(
-            anomaly_map, prediction.pred_label, boxes, image if wanted else None
+            anomaly_map, prediction.pred_label, boxes, source if boxes.refine != "none" else None
         )

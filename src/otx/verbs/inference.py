@@ -96,17 +96,30 @@ def collect(
     return distributed.join_by_index(parts), [errors[i] for i in range(len(samples))]
 
 
-def to_predictions(adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, samples: list[Sample]) -> list[Prediction]:
-    """Task predictions (label, score, map, mask, boxes at each image's own size) from raw outputs."""
+def to_predictions(
+    adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, samples: list[Sample], errors: list[str] | None = None
+) -> list[Prediction]:
+    """Task predictions (label, score, map, mask, boxes at each image's own size) from raw outputs.
+
+    ``errors``: per sample, why it could not be read ("" when it was); such a sample's prediction
+    is ``Prediction.failed`` (its outputs are a placeholder's, and nothing of it is read again).
+    """
     normalized = as_numpy(scorer.normalize(outputs["maps"], outputs["scores"]))
-    paths = [s.path for s in samples]
-    predictions = adapter.predictions(
-        normalized, paths, outputs["orig_sizes"].numpy(), scorer.preprocessor, scorer.boxes
+    good = [i for i in range(len(samples)) if not (errors and errors[i])]
+    if len(good) < len(samples):
+        normalized = {key: value[good] for key, value in normalized.items()}
+    done = adapter.predictions(
+        normalized,
+        [samples[i].path for i in good],
+        outputs["orig_sizes"].numpy()[good],
+        scorer.preprocessor,
+        scorer.boxes,
     )
     if scorer.raw_scores:  # the scores before normalisation: they rank images where normalised ones clip
-        for prediction, raw in zip(predictions, outputs["scores"].tolist(), strict=True):
+        for prediction, raw in zip(done, outputs["scores"].numpy()[good].tolist(), strict=True):
             prediction.raw_score = raw
-    return predictions
+    read = iter(done)
+    return [Prediction.failed(s.path, errors[i]) if errors and errors[i] else next(read) for i, s in enumerate(samples)]
 
 
 _PIXEL_BY_DEFECT = ("pixel_AUROC", "AUPRO", "defect_pixel_share", "box_AP50", "box_AP25", "box_AP10", "defect_recall")

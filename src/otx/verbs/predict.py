@@ -127,11 +127,10 @@ def run(
     start = time.perf_counter()
     for outputs, batch_samples, errors in batches(ctx, data, scorer, samples, "predict", skip_errors=True):
         positions.extend(outputs["index"].tolist())
-        batch_preds = to_predictions(adapter, scorer, outputs, batch_samples)
-        for i, (pred, sample, error) in enumerate(zip(batch_preds, batch_samples, errors, strict=True)):
-            if error:  # no decision for an unreadable image; the rest of the folder is predicted
+        batch_preds = to_predictions(adapter, scorer, outputs, batch_samples, errors)
+        for pred, sample, error in zip(batch_preds, batch_samples, errors, strict=True):
+            if error:  # no decision for an unreadable image (Prediction.failed); the rest of the folder is predicted
                 log.warning("not predicted: %s", error)
-                batch_preds[i] = Prediction.failed(pred.image_path, error)
                 continue
             stem = stems[pred.image_path]
             canvas = None

@@ -16,7 +16,6 @@ from otx.errors import OTXDataError, OTXError
 from otx.report import ReportInput, write_report
 from otx.results import TestResult
 from otx.scoring import OpenVINOScorer
-from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import collect, evaluate, prediction_counts, to_predictions
 from otx.verbs.resolve import eval_data, require_data, resolve_model, untuned_boxes
@@ -62,11 +61,12 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     start = time.perf_counter()
     outputs, errors = collect(ctx, data, scorer, test, "test", skip_errors=True)
     infer_s = time.perf_counter() - start
-    predictions = to_predictions(adapter, scorer, outputs, test)
-    for i, error in enumerate(errors):
-        if error:  # no decision, and left out of the metrics (listed in metrics.json and the report)
+    predictions = to_predictions(adapter, scorer, outputs, test, errors)
+    for error in errors:
+        if (
+            error
+        ):  # no decision (Prediction.failed), and left out of the metrics (listed in metrics.json and the report)
             log.warning("not scored: %s", error)
-            predictions[i] = Prediction.failed(predictions[i].image_path, error)
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in test], "test"):
         ctx.warn(message)
     if data.has_masks and adapter.pixel_level and (message := unmasked_warning(test, "test")):

@@ -220,13 +220,13 @@ REFINES = ("none", "dark", "bright", "contrast")  # as otx.boxes.REFINES
 def snap(image: np.ndarray, box: list[float], refine: str) -> list[float]:
     """A box shrunk to its pixels that stand out from the box's median (as ``otx.boxes.refine_boxes``)."""
     x1, y1, x2, y2 = (int(v) for v in box)
-    if refine == "contrast":
-        values = image.astype(np.float32)
-    else:
-        values = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    patch = values[y1:y2, x1:x2]
-    if min(patch.shape[:2]) < 3:
+    pixels = np.ascontiguousarray(image[y1:y2, x1:x2])  # per pixel: the same as converting the whole image
+    if min(pixels.shape[:2]) < 3:
         return box
+    if refine == "contrast":
+        patch = pixels.astype(np.float32)
+    else:
+        patch = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY).astype(np.float32)
     patch = cv2.GaussianBlur(patch, (3, 3), 0)
     median = np.median(patch.reshape(-1, patch.shape[2]) if patch.ndim == 3 else patch.ravel(), axis=0)
     if refine == "contrast":
