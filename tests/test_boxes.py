@@ -169,6 +169,11 @@ def test_refined_boxes_snap_to_the_defect_the_image_shows() -> None:
     assert calls == [1]
     with pytest.raises(ValueError, match="box refinement"):
         BoxSettings(refine="edges")
+    from otx.errors import OTXConfigError
+    from otx.models import model_class
+
+    with pytest.raises(OTXConfigError, match="boxes_refine must be one of auto, none, dark, bright, contrast"):
+        model_class("Padim")(boxes_refine="edges", pretrained=False)
 
 
 def blob_split(seed: int, visible: bool) -> tuple[list, list, list, list]:
@@ -201,7 +206,12 @@ def test_tuning_refines_boxes_only_where_the_validation_images_say_so() -> None:
     assert box_ap(gts, [b for b, _ in cut], [s for _, s in cut])["box_AP50"] == pytest.approx(1.0)
     # where the images do not show the defects, snapping would chase noise: the map's boxes are kept
     maps, labels, gts, images = blob_split(1, visible=False)
-    assert tune(maps, labels, gts, images=[lambda im=im: im for im in images])[0].refine == "none"
+    readers = [lambda im=im: im for im in images]
+    assert tune(maps, labels, gts, images=readers)[0].refine == "none"
+    # the recipe key boxes_refine: a refinement forced (no margin), or none at all
+    assert tune(maps, labels, gts, images=readers, refine="bright")[0].refine == "bright"
+    maps, labels, gts, images = blob_split(0, visible=True)
+    assert tune(maps, labels, gts, images=[lambda im=im: im for im in images], refine="none") == (plain, plain_metrics)
     # images labelled normal are not read
     read = []
     tune(maps, [False] * len(maps), gts, images=[lambda im=im: read.append(1) or im for im in images])

@@ -280,6 +280,7 @@ def tune(
     gt_boxes: Sequence[np.ndarray],
     on_normal: bool = False,
     images: Sequence[Callable[[], np.ndarray]] | None = None,
+    refine: str = "auto",
 ) -> tuple[BoxSettings, dict[str, float]]:
     """The candidate settings with the best mean box AP at IoU 0.1, 0.25 and 0.5 on validation images.
 
@@ -293,6 +294,8 @@ def tune(
             at a time, and the best refined one is chosen if its objective is at least one
             ground-truth region's worth (1 / their number) above the best unrefined one's. Without
             them boxes are not refined.
+        refine: ``auto`` (the above), or one of ``REFINES``: every candidate cut that way (with
+            ``images``, unless ``none``), the choice left to the level, merge, core and area.
 
     Returns:
         The chosen settings and their box metrics on the validation images. Ties keep the
@@ -320,30 +323,33 @@ def tune(
         if images is not None:
             tried.append((settings, found))
     assert best is not None
-    if images is not None:
+    choices = REFINES[1:] if refine == "auto" else tuple(r for r in (refine,) if r != "none")
+    if images is not None and choices:
         # a refinement has to gain at least one ground-truth region's worth (1 / their number) over the
         # map's own boxes: on a few validation images, snapping to texture noise can win by chance
         regions = sum(len(np.asarray(b).reshape(-1, 4)) for b in gt_boxes)
-        plain, bar = best, best[0] + 1.0 / max(regions, 1)
-        refined = _refine_tried(tried, images)
-        for refine in REFINES[1:]:
-            for (settings, found), boxes in zip(tried, refined[refine], strict=True):
+        plain, bar = best, (best[0] + 1.0 / max(regions, 1) if refine == "auto" else -np.inf)
+        refined = _refine_tried(tried, images, choices)
+        for choice in choices:
+            for (settings, found), boxes in zip(tried, refined[choice], strict=True):
                 score, metrics = objective(boxes, [s for _, s in found])
                 if score >= bar and (best is plain or score > best[0]):
-                    best = (score, replace(settings, refine=refine), metrics)
+                    best = (score, replace(settings, refine=choice), metrics)
     return best[1], best[2]
 
 
 def _refine_tried(
-    tried: list[tuple[BoxSettings, list[tuple[np.ndarray, np.ndarray]]]], images: Sequence[Callable[[], np.ndarray]]
+    tried: list[tuple[BoxSettings, list[tuple[np.ndarray, np.ndarray]]]],
+    images: Sequence[Callable[[], np.ndarray]],
+    choices: Sequence[str],
 ) -> dict[str, list[list[np.ndarray]]]:
-    """Every tried candidate's boxes refined each way (``REFINES`` but "none"), one image read at a time."""
-    refined = {refine: [[b for b, _ in found] for _, found in tried] for refine in REFINES[1:]}
+    """Every tried candidate's boxes refined each way in ``choices``, one image read at a time."""
+    refined = {refine: [[b for b, _ in found] for _, found in tried] for refine in choices}
     for index, read in enumerate(images):
         if not any(len(found[index][0]) for _, found in tried):
             continue  # no candidate boxes this image: it is not read
         image = read()
-        for refine in REFINES[1:]:
+        for refine in choices:
             source, done = refine_source(image, refine), {}  # candidates share most of their boxes
             for row, (_, found) in enumerate(tried):
                 boxes = found[index][0]

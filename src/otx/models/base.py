@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from otx import distributed
-from otx.boxes import BoxSettings
+from otx.boxes import REFINES, BoxSettings
 from otx.data.datamodule import raise_batch_errors
 from otx.errors import OTXConfigError
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
@@ -127,6 +127,9 @@ class AnomalyModel(L.LightningModule):
         tile_size: side of the square tiles the core sees in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``: no overlap).
         boxes_on_normal: detection boxes also on images labelled normal (default: none there).
+        boxes_refine: how detection boxes are snapped to the image (``otx.boxes.REFINES``): ``auto``
+            lets box tuning choose on the validation split (the default), ``none`` keeps the map's
+            boxes, ``dark``, ``bright`` or ``contrast`` snaps every box that way.
         score_top_share: None: the core's own image score (the map's maximum; PatchCore's re-weighted
             distance). A share in (0, 1]: the mean of that share of the map's highest pixels, less
             moved by one noisy pixel (``docs/models.md``, "Image score").
@@ -165,6 +168,7 @@ class AnomalyModel(L.LightningModule):
         tile_size: int | None = None,
         tile_stride: int | None = None,
         boxes_on_normal: bool = False,
+        boxes_refine: str = "auto",
         score_top_share: float | None = None,
     ) -> None:
         super().__init__()
@@ -207,6 +211,12 @@ class AnomalyModel(L.LightningModule):
         self.postprocessor = PostProcessor()
         # how detection boxes are cut from the maps (tuned on the validation split by `otx train`)
         self.box_settings = BoxSettings(on_normal=check_bool("boxes_on_normal", boxes_on_normal))
+        if boxes_refine not in ("auto", *REFINES):
+            raise OTXConfigError(
+                f"boxes_refine must be one of auto, {', '.join(REFINES)} (got {boxes_refine!r}); "
+                "auto lets the validation split choose (docs/input-modes.md)"
+            )
+        self.boxes_refine = boxes_refine
         self.validation_outputs: dict[str, torch.Tensor] | None = None  # the last validation epoch's
         self.validated_step = self.validated_epoch = -1  # the step and epoch those outputs come from
 

@@ -177,6 +177,8 @@ class Patchflow(AnomalyModel):
         tile_size: tile side in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
         boxes_on_normal: detection boxes also on images labelled normal.
+        boxes_refine: how detection boxes are snapped to the image: ``auto`` (chosen on the
+            validation split), ``none``, ``dark``, ``bright`` or ``contrast``.
         score_top_share: the image score is the mean of this share of the map's highest pixels;
             None: the core's own score (``AnomalyModel``).
         pretrained: load ImageNet weights into the backbone.
@@ -244,6 +246,7 @@ class Patchflow(AnomalyModel):
         tile_size: int | None = None,
         tile_stride: int | None = None,
         boxes_on_normal: bool = False,
+        boxes_refine: str = "auto",
         score_top_share: float | None = None,
         pretrained: bool = True,
         weights: str | None = None,
@@ -280,6 +283,7 @@ class Patchflow(AnomalyModel):
             tile_size=tile_size,
             tile_stride=tile_stride,
             boxes_on_normal=boxes_on_normal,
+            boxes_refine=boxes_refine,
             score_top_share=score_top_share,
         )
         self.save_hyperparameters()

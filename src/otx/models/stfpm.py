@@ -152,6 +152,8 @@ class Stfpm(AnomalyModel):
         tile_size: tile side in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
         boxes_on_normal: detection boxes also on images labelled normal.
+        boxes_refine: how detection boxes are snapped to the image: ``auto`` (chosen on the
+            validation split), ``none``, ``dark``, ``bright`` or ``contrast``.
         score_top_share: the image score is the mean of this share of the map's highest pixels
             (default 0.02: about one cell of the 8x8 feature grid of a 128x128 input); None: the
             map's maximum, anomalib's score (``docs/models.md``, "Image score").
@@ -221,6 +223,7 @@ class Stfpm(AnomalyModel):
         tile_size: int | None = None,
         tile_stride: int | None = None,
         boxes_on_normal: bool = False,
+        boxes_refine: str = "auto",
         score_top_share: float | None = 0.02,
         pretrained: bool = True,
         weights: str | None = None,
@@ -264,6 +267,7 @@ class Stfpm(AnomalyModel):
             tile_size=tile_size,
             tile_stride=tile_stride,
             boxes_on_normal=boxes_on_normal,
+            boxes_refine=boxes_refine,
             score_top_share=score_top_share,
         )
         self.save_hyperparameters()

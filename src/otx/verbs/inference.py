@@ -259,7 +259,8 @@ def tune_boxes(model: AnomalyModel, outputs: Outputs, samples: list[Sample]) -> 
         labels.append(bool(label))
         gt_boxes.append(gt_boxes_from_mask(read_mask(sample.mask_path)) if sample.mask_path else np.zeros((0, 4)))
         images.append(functools.partial(read_image, sample.path))
-    return tune(maps, labels, gt_boxes, on_normal=model.box_settings.on_normal, images=images)
+    on_normal, refine = model.box_settings.on_normal, model.boxes_refine
+    return tune(maps, labels, gt_boxes, on_normal=on_normal, images=images, refine=refine)
 
 
 def prediction_counts(predictions: list[Prediction]) -> dict[str, int]:
