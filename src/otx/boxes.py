@@ -140,50 +140,42 @@ def boxes_from_map(
     return boxes, scores
 
 
-def refine_source(image: np.ndarray, refine: str) -> np.ndarray:
-    """What ``refine`` compares inside a box: the grey level (``dark``, ``bright``) or the colour, as float32.
-
-    Args:
-        image: ``H x W x 3`` RGB ``uint8`` (``otx.data.io.read_image``).
-        refine: one of ``REFINES`` other than ``"none"``.
-    """
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"box refinement needs an H x W x 3 RGB uint8 image (got {image.dtype}, shape {image.shape})")
-    if refine == "contrast":
-        return image.astype(np.float32)
-    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-
-
-def refine_boxes(image: np.ndarray, boxes: np.ndarray, refine: str, source: np.ndarray | None = None) -> np.ndarray:
+def refine_boxes(image: np.ndarray, boxes: np.ndarray, refine: str) -> np.ndarray:
     """Each box shrunk to the pixels inside it that stand out from the box's median (``REFINES``).
 
     Inside a box (its pixels blurred 3x3), each pixel's difference from the box's median grey
     level (``dark``: median minus pixel, ``bright``: pixel minus median, negatives 0) or colour
     (``contrast``: the distance between the RGB values) is scaled to 0-255, and Otsu's threshold
     splits it; the box becomes the bounding box of the pixels above it. Boxes under 3 pixels a
-    side, and boxes without any difference, stay as they are.
+    side, and boxes without any difference, stay as they are. Only the boxes' pixels are
+    converted (a 4000x3000 image is not copied whole).
 
     Args:
-        image: ``H x W x 3`` RGB ``uint8`` at the map's size.
+        image: ``H x W x 3`` RGB ``uint8`` at the map's size (``otx.data.io.read_image``).
         boxes: ``[K, 4]`` boxes (``x1, y1, x2, y2``, exclusive ends, whole pixels).
         refine: one of ``REFINES``.
-        source: ``refine_source(image, refine)`` when the caller holds it (``tune`` refines many boxes).
     """
     if refine == "none" or not len(boxes):
         return boxes
-    values = refine_source(image, refine) if source is None else source
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"box refinement needs an H x W x 3 RGB uint8 image (got {image.dtype}, shape {image.shape})")
     out = np.array(boxes, np.float32, copy=True)
     for row, (x1, y1, x2, y2) in enumerate(np.asarray(boxes).astype(np.int64)):
-        snapped = _snap(values[y1:y2, x1:x2], refine)
+        snapped = _snap(image[y1:y2, x1:x2], refine)
         if snapped is not None:
             out[row] = (x1 + snapped[0], y1 + snapped[1], x1 + snapped[2], y1 + snapped[3])
     return out
 
 
-def _snap(patch: np.ndarray, refine: str) -> tuple[int, int, int, int] | None:
-    """The box (``x1, y1, x2, y2`` within ``patch``) of its pixels above Otsu's threshold, or None."""
-    if min(patch.shape[:2]) < 3:
+def _snap(pixels: np.ndarray, refine: str) -> tuple[int, int, int, int] | None:
+    """The box (``x1, y1, x2, y2`` within ``pixels``, RGB uint8) of its pixels above Otsu's threshold, or None."""
+    if min(pixels.shape[:2]) < 3:
         return None
+    pixels = np.ascontiguousarray(pixels)
+    if refine == "contrast":
+        patch = pixels.astype(np.float32)
+    else:
+        patch = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY).astype(np.float32)
     patch = cv2.GaussianBlur(patch, (3, 3), 0)
     median = np.median(patch.reshape(-1, patch.shape[2]) if patch.ndim == 3 else patch.ravel(), axis=0)
     if refine == "contrast":
@@ -350,7 +342,7 @@ def _refine_tried(
             continue  # no candidate boxes this image: it is not read
         image = read()
         for refine in choices:
-            source, done = refine_source(image, refine), {}  # candidates share most of their boxes
+            done: dict[tuple[float, ...], np.ndarray] = {}  # candidates share most of their boxes
             for row, (_, found) in enumerate(tried):
                 boxes = found[index][0]
                 if not len(boxes):
@@ -358,6 +350,6 @@ def _refine_tried(
                 keys = [tuple(box.tolist()) for box in boxes]
                 todo = [k for k in dict.fromkeys(keys) if k not in done]
                 if todo:
-                    done.update(zip(todo, refine_boxes(image, np.array(todo, np.float32), refine, source), strict=True))
+                    done.update(zip(todo, refine_boxes(image, np.array(todo, np.float32), refine), strict=True))
                 refined[refine][row][index] = np.array([done[k] for k in keys], np.float32)
     return refined
