@@ -300,8 +300,10 @@ def tune(
         return float(np.nanmean([metrics[f"box_AP{int(iou * 100)}"] for iou in TUNED_IOUS])), metrics
 
     highest = max((float(m.max()) for m in maps), default=0.5)
+    choices = REFINES[1:] if refine == "auto" else tuple(r for r in (refine,) if r != "none")
+    refining = images is not None and bool(choices)
     best: tuple[float, BoxSettings, dict[str, float]] | None = None
-    tried: list[tuple[BoxSettings, list[tuple[np.ndarray, np.ndarray]]]] = []
+    tried: list[tuple[BoxSettings, list[tuple[np.ndarray, np.ndarray]]]] = []  # kept only for refining
     key, grouped = None, []  # the groups of one level and merge, shared by its peak and area choices
     for settings in candidates(highest):
         settings = replace(settings, on_normal=on_normal)
@@ -312,15 +314,15 @@ def tune(
         score, metrics = objective([b for b, _ in found], [s for _, s in found])
         if best is None or score > best[0]:
             best = (score, settings, metrics)
-        if images is not None:
+        if refining:
             tried.append((settings, found))
     assert best is not None
-    choices = REFINES[1:] if refine == "auto" else tuple(r for r in (refine,) if r != "none")
-    if images is not None and choices:
+    if refining:
         # a refinement has to gain at least one ground-truth region's worth (1 / their number) over the
         # map's own boxes: on a few validation images, snapping to texture noise can win by chance
         regions = sum(len(np.asarray(b).reshape(-1, 4)) for b in gt_boxes)
         plain, bar = best, (best[0] + 1.0 / max(regions, 1) if refine == "auto" else -np.inf)
+        assert images is not None  # (refining)
         refined = _refine_tried(tried, images, choices)
         for choice in choices:
             for (settings, found), boxes in zip(tried, refined[choice], strict=True):

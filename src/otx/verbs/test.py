@@ -62,11 +62,9 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     outputs, errors = collect(ctx, data, scorer, test, "test", skip_errors=True)
     infer_s = time.perf_counter() - start
     predictions = to_predictions(adapter, scorer, outputs, test, errors)
-    for error in errors:
-        if (
-            error
-        ):  # no decision (Prediction.failed), and left out of the metrics (listed in metrics.json and the report)
-            log.warning("not scored: %s", error)
+    # an unreadable image: no decision (Prediction.failed), left out of the metrics (listed in metrics.json, report)
+    for error in filter(None, errors):
+        log.warning("not scored: %s", error)
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in test], "test"):
         ctx.warn(message)
     if data.has_masks and adapter.pixel_level and (message := unmasked_warning(test, "test")):
