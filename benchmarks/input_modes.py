@@ -9,7 +9,7 @@ Usage::
 
     .venv/bin/python benchmarks/input_modes.py --data_root ../shared/data/magnetic_tile \\
         --work_dir /tmp/otx-modes --out benchmarks/results/input_modes_magnetic_tile.json \\
-        [--models Padim Patchcore] [--modes resize keep_aspect tile]
+        [--models Padim Patchcore] [--modes resize auto keep_aspect tile]
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from run_recipes import train_test_benchmark  # noqa: E402 - the same subprocess
 # The settings of each mode (model init args). ``tile`` brings each image to 512x512 and cuts it into
 # four 256-pixel tiles: the core sees the image at twice the resolution of ``resize``.
 MODES: dict[str, list[str]] = {
-    "resize": ["--model.init_args.input_size", "[256,256]"],
+    "resize": ["--model.init_args.input_size", "[256,256]", "--model.init_args.input_mode", "resize"],
+    "auto": ["--model.init_args.input_size", "[256,256]", "--model.init_args.input_mode", "auto"],  # the recipes'
     "keep_aspect": ["--model.init_args.input_size", "[256,256]", "--model.init_args.input_mode", "keep_aspect"],
     "tile": [
         "--model.init_args.input_size",
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--data_root", required=True)
     parser.add_argument("--work_dir", default="/tmp/otx-modes")
     parser.add_argument("--models", nargs="+", default=["Padim", "Patchcore"])
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=["resize", "keep_aspect", "tile"], choices=list(MODES))
     parser.add_argument("--num_images", type=int, default=40, help="images timed by otx benchmark")
     parser.add_argument("--out", default="benchmarks/results/input_modes.json")
     args = parser.parse_args()

@@ -225,10 +225,11 @@ def test_on_long_strips_keep_aspect_and_tile_beat_resize_in_aupro(strip_root: Pa
 
     Measured (PADIM, test split): AUPRO at each image's size 0.70 (resize 128x128), 0.88
     (keep_aspect 64x256, the same number of pixels), 0.97 (tile: 128x512 in four 128-pixel tiles).
+    The keep_aspect run is the models' default, input_mode auto, which chooses it for these images.
     """
     settings = {
-        "resize": {"input_size": (128, 128)},
-        "keep_aspect": {"input_size": (64, 256), "input_mode": "keep_aspect"},
+        "resize": {"input_size": (128, 128), "input_mode": "resize"},
+        "keep_aspect": {"input_size": (128, 128)},  # auto: keep_aspect at 64x256, as many pixels as 128x128
         "tile": {"input_size": (128, 512), "input_mode": "tile", "tile_size": 128},
     }
     metrics = {}
@@ -243,6 +244,13 @@ def test_on_long_strips_keep_aspect_and_tile_beat_resize_in_aupro(strip_root: Pa
         assert ("resize squashes them 4.0x into 128x128" in said) == (mode == "resize"), said  # the hint where it helps
         if mode == "resize":  # a fix that runs: before, "tile with input_size null", which tile refuses
             assert "keep_aspect with --model.init_args.input_size null" in said, said
+        if mode == "keep_aspect":  # chosen by auto, said, and saved with the model
+            chose = "keep_aspect: images to 256x64 (width x height) (input_mode auto: the training images are 4:1)"
+            assert chose in said
+            assert chose in next((tmp_path / mode).glob("*-train/otx.log")).read_text()
+            saved = torch.load(next((tmp_path / mode).glob("*-train/model.ckpt")), weights_only=True)
+            assert saved["model"]["init_args"]["input_mode"] == "keep_aspect"
+            assert saved["model"]["init_args"]["input_size"] == [64, 256]
         result = engine.test()
         metrics[mode] = result["metrics"]
         if mode == "keep_aspect":  # pixel AUROC at each image's size, recomputed independently
@@ -303,8 +311,67 @@ def test_keep_aspect_chooses_its_input_from_the_training_images(strip_root: Path
     model = model_class("Padim")(input_size=None, input_mode="keep_aspect", pretrained=False)
     assert model.choose_input_size(profile["aspect"]) == (128, 512)
     assert model.preprocessor.input_size == (128, 512) and model.hparams["input_size"] == [128, 512]
-    with pytest.raises(OTXConfigError, match="input_size null .* needs input_mode keep_aspect"):
-        model_class("Padim")(input_size=None, pretrained=False)
+    with pytest.raises(OTXConfigError, match="input_size null .* needs input_mode keep_aspect or auto"):
+        model_class("Padim")(input_size=None, input_mode="resize", pretrained=False)
+
+
+@pytest.mark.parametrize(
+    ("aspect", "input_hw", "mode", "size"),
+    [
+        (1.0, (256, 256), "resize", (256, 256)),
+        (0.845, (256, 256), "resize", (256, 256)),  # magnetic_tile's median tile: squashed 1.2x, kept resize
+        (1.99, (256, 256), "resize", (256, 256)),
+        (2.0, (256, 256), "keep_aspect", (192, 352)),  # 2:1 into a square: kept, about as many pixels
+        (0.25, (256, 256), "keep_aspect", (512, 128)),  # portrait strips
+        (2.5, (128, 128), "keep_aspect", (96, 192)),  # STFPM's input: 128x128 pixels in the images' shape
+        (4.0, (128, 512), "resize", (128, 512)),  # an input of the images' own shape is kept as given
+        (1.0, (128, 512), "keep_aspect", (256, 256)),  # square images into a 4:1 input
+    ],
+)
+def test_auto_keeps_the_aspect_ratio_only_where_resize_would_squash_it_2x(aspect, input_hw, mode, size) -> None:
+    from otx.preprocess import SQUASH_LIMIT, auto_input, squash_factor
+
+    chosen, chosen_size = auto_input(aspect, input_hw)
+    assert (chosen, chosen_size) == (mode, size)
+    assert (squash_factor(aspect, input_hw) >= SQUASH_LIMIT) == (mode == "keep_aspect")
+    if mode == "keep_aspect":  # as many pixels within one 32-pixel step a side, and the images' shape
+        assert abs(size[0] * size[1] - input_hw[0] * input_hw[1]) <= 32 * max(size)
+        assert squash_factor(aspect, size) < 1.3  # sides in 32s: what is left is padded, not bent
+    model = model_class("Padim")(input_size=input_hw, pretrained=False)  # input_mode auto: the default
+    assert model.input_mode_from_data and model.preprocessor.mode == "resize"  # until otx train chooses
+    assert model.choose_input_mode(aspect) == mode
+    assert model.preprocessor.config() == {"mode": mode, "input_size": list(size)}
+    assert (model.hparams["input_mode"], model.hparams["input_size"]) == (mode, list(size))
+    assert not model.input_mode_from_data
+
+
+def test_auto_is_checked_like_the_other_modes() -> None:
+    with pytest.raises(OTXConfigError, match="input_mode must be one of auto, resize, keep_aspect, tile"):
+        model_class("Padim")(input_mode="letterbox", pretrained=False)
+    with pytest.raises(OTXConfigError, match=r"apply to input_mode tile only \(input_mode is auto\)"):
+        model_class("Padim")(tile_size=128, pretrained=False)
+    # input_size null with auto: the model's own number of pixels (STFPM's 128x128), resize for square images
+    stfpm = model_class("Stfpm")(input_size=None, pretrained=False)
+    assert stfpm.choose_input_mode(1.0) == "resize" and stfpm.input_size == (128, 128)
+    assert model_class("Padim")(input_size=None, pretrained=False).choose_input_mode(3.0) == "keep_aspect"
+    # no image could be measured: resize at the input size
+    padim = model_class("Padim")(pretrained=False)
+    assert padim.choose_input_mode(None) == "resize" and padim.hparams["input_mode"] == "resize"
+
+
+def test_a_recipes_auto_agrees_with_the_mode_it_chose() -> None:
+    from otx.verbs.resolve import _preprocessing_differs
+
+    auto = {"input_mode": "auto", "input_size": [256, 256]}
+    assert _preprocessing_differs(auto, {"mode": "resize", "input_size": [256, 256]}) == []
+    assert _preprocessing_differs(auto, {"mode": "keep_aspect", "input_size": [128, 512]}) == []  # chose 4:1
+    assert _preprocessing_differs(auto, {"mode": "resize", "input_size": [128, 128]}) == ["input_size"]
+    assert _preprocessing_differs(auto, {"mode": "keep_aspect", "input_size": [64, 256]}) == ["input_size"]
+    tiled = {"mode": "tile", "input_size": [256, 256], "tile_size": 128, "tile_stride": 128}
+    assert _preprocessing_differs(auto, tiled) == ["input_mode"]
+    assert _preprocessing_differs({"input_mode": "resize"}, {"mode": "keep_aspect", "input_size": [128, 512]}) == [
+        "input_mode"
+    ]
 
 
 @pytest.mark.parametrize("aspect", [4.0, 0.25, 2.5, 0.4])

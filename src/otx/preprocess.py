@@ -17,6 +17,10 @@ Three input modes (``mode``):
   column), the core runs on the tiles, and their maps are stitched back, overlaps averaged; the
   image score is the largest tile score. anomalib's ``Tiler`` is the reference.
 
+A model's ``input_mode`` may also be ``auto`` (the recipes' default): ``otx train`` takes ``resize``
+unless that would squash the training images by 2x or more, and ``keep_aspect`` at an input of the
+same number of pixels in their aspect ratio then (``auto_input``).
+
 Every mode gives maps at ``map_size`` (= ``input_size``), where thresholds are fitted, and
 ``restore`` takes a map back to the image's own size, where pixel metrics are computed.
 """
@@ -39,7 +43,11 @@ from torch import nn
 from otx.errors import OTXConfigError, for_caller
 
 MODES = ("resize", "keep_aspect", "tile")
+# A model setting, not a mode of its own: `otx train` chooses resize or keep_aspect from the training images
+# (`auto_input`), and the model is saved and exported with the mode it chose.
+AUTO = "auto"
 DEFAULT_TILE = 256
+SQUASH_LIMIT = 2.0  # resize changing the images' aspect ratio by this factor or more: auto keeps it instead
 
 
 def resize_image(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -72,6 +80,25 @@ def aspect_input_size(aspect: float, area: int = 256 * 256, multiple: int = 32) 
     """
     height = math.sqrt(area / aspect)
     return tuple(max(multiple, round(side / multiple) * multiple) for side in (height, height * aspect))  # type: ignore[return-value]
+
+
+def squash_factor(aspect: float, input_hw: tuple[int, int]) -> float:
+    """By how much ``resize`` changes a ``aspect`` (width / height) image's aspect ratio at ``input_hw`` (>= 1)."""
+    ratio = float(aspect) / (input_hw[1] / input_hw[0])
+    return max(ratio, 1.0 / ratio) if ratio > 0 else 1.0
+
+
+def auto_input(aspect: float, input_hw: tuple[int, int], multiple: int = 32) -> tuple[str, tuple[int, int]]:
+    """The mode and input ``(height, width)`` that ``input_mode auto`` takes for images of median ``aspect``.
+
+    ``resize`` at ``input_hw`` unless that changes the images' aspect ratio by ``SQUASH_LIMIT`` or more
+    (a 2:1 image into a square input); then ``keep_aspect`` at an input of as many pixels as
+    ``input_hw`` in the images' aspect ratio (``aspect_input_size``): nothing is bent, and images of
+    one shape are not padded either.
+    """
+    if squash_factor(aspect, input_hw) < SQUASH_LIMIT:
+        return "resize", (int(input_hw[0]), int(input_hw[1]))
+    return "keep_aspect", aspect_input_size(aspect, area=int(input_hw[0]) * int(input_hw[1]), multiple=multiple)
 
 
 MAX_OVERLAP = 8  # tiles per pixel along a side, at most: tile_stride >= tile_size / 8 for new models

@@ -22,11 +22,11 @@ from torch import nn
 from otx import distributed
 from otx.boxes import REFINES, BoxSettings
 from otx.data.datamodule import raise_batch_errors
-from otx.errors import OTXConfigError
+from otx.errors import OTXConfigError, for_caller
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
 from otx.models.quantization import GENERIC, Scheme
 from otx.postprocess import PostProcessor, known_pixel_rows
-from otx.preprocess import PreProcessor, aspect_input_size
+from otx.preprocess import AUTO, MODES, PreProcessor, aspect_input_size, auto_input
 from otx.validate import check_bool, check_number, check_path, check_size
 
 
@@ -118,12 +118,16 @@ class AnomalyModel(L.LightningModule):
         backbone: backbone name (``efficientnet_lite0``, ``resnet18``, ``wide_resnet50_2``).
         layers: backbone feature layers; None takes the model's defaults for the backbone.
         input_size: ``[height, width]`` every image is brought to (and its anomaly map's size); None
-            with ``keep_aspect``: about 256x256 pixels in the training images' median aspect ratio.
+            with ``keep_aspect``: about 256x256 pixels in the training images' median aspect ratio; with
+            ``auto``: the model's ``input_area`` (256x256, STFPM's 128x128) for ``auto`` to shape.
         pretrained: load ImageNet weights into the backbone (False is an explicit choice).
         weights: a local weights file for the backbone; None searches caches and packages.
         image_threshold: manual raw image-score threshold; None learns it (F1-adaptive) on validation.
         pixel_threshold: manual raw pixel threshold; None learns it (F1-adaptive) on validation.
-        input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``otx.preprocess``; ``docs/input-modes.md``).
+        input_mode: ``auto`` (``otx train`` takes ``resize``, or ``keep_aspect`` at as many pixels as
+            ``input_size`` for training images that ``resize`` would squash by 2x or more:
+            ``otx.preprocess.auto_input``), ``resize``, ``keep_aspect`` or ``tile`` (``otx.preprocess``;
+            ``docs/input-modes.md``). A trained model holds the mode it ran with.
         tile_size: side of the square tiles the core sees in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``: no overlap).
         boxes_on_normal: detection boxes also on images labelled normal (default: none there).
@@ -164,7 +168,7 @@ class AnomalyModel(L.LightningModule):
         weights: str | None = None,
         image_threshold: float | None = None,
         pixel_threshold: float | None = None,
-        input_mode: str = "resize",
+        input_mode: str = AUTO,
         tile_size: int | None = None,
         tile_stride: int | None = None,
         boxes_on_normal: bool = False,
@@ -180,17 +184,31 @@ class AnomalyModel(L.LightningModule):
         if layers is not None and not layers:
             raise OTXConfigError("layers is empty; name at least one (`otx find --what backbones`) or leave it out")
         self.layers = check_layers(self.spec, list(layers) if layers else list(self.default_layers(self.spec)))
-        # None (keep_aspect only): chosen from the training images' aspect ratio (`choose_input_size`)
-        self.input_size_from_data = input_size is None
-        if self.input_size_from_data and input_mode != "keep_aspect":
+        if input_mode not in (AUTO, *MODES):
             raise OTXConfigError(
-                "input_size null (chosen from the training images) needs input_mode keep_aspect; "
+                f"input_mode must be one of {', '.join((AUTO, *MODES))} (got {input_mode!r}); docs/input-modes.md"
+            )
+        # auto: resize or keep_aspect, chosen from the training images by `otx train` (`choose_input_mode`)
+        self.input_mode_from_data = input_mode == AUTO
+        if self.input_mode_from_data and (tile_size is not None or tile_stride is not None):
+            raise OTXConfigError(
+                for_caller(
+                    "tile_size and tile_stride apply to input_mode tile only (input_mode is auto); pass "
+                    "--model.init_args.input_mode tile, or leave them out"
+                )
+            )
+        # None (keep_aspect, auto): chosen from the training images' aspect ratio (`choose_input_size`)
+        self.input_size_from_data = input_size is None
+        if self.input_size_from_data and input_mode not in ("keep_aspect", AUTO):
+            raise OTXConfigError(
+                "input_size null (chosen from the training images) needs input_mode keep_aspect or auto; "
                 "pass --model.init_args.input_size '[H,W]' or --model.init_args.input_mode keep_aspect"
             )
-        size = (256, 256) if input_size is None else input_size
+        size = aspect_input_size(1.0, self.input_area) if input_size is None else input_size
         self.input_size = check_size("input_size", list(size) if isinstance(size, tuple) else size)
-        # data pipeline, torch inference and export alike
-        self.preprocessor = PreProcessor(self.input_size, input_mode, tile_size, tile_stride)
+        # data pipeline, torch inference and export alike (auto: resize until `otx train` chooses)
+        mode = "resize" if self.input_mode_from_data else input_mode
+        self.preprocessor = PreProcessor(self.input_size, mode, tile_size, tile_stride)
         self.pretrained = check_bool("pretrained", pretrained)
         check_path("weights", weights, optional=True)
         self.image_threshold = check_number("image_threshold", image_threshold, optional=True)
@@ -275,6 +293,21 @@ class AnomalyModel(L.LightningModule):
         self.hparams["input_size"] = list(self.input_size)
         self.input_size_from_data = False
         return self.input_size
+
+    def choose_input_mode(self, aspect: float | None) -> str:
+        """Settle ``input_mode auto`` for training images of median ``aspect`` (width / height); return the mode.
+
+        ``resize`` at the input size, or ``keep_aspect`` at as many pixels in the images' aspect ratio
+        when ``resize`` would squash them by ``SQUASH_LIMIT`` or more (``otx.preprocess.auto_input``;
+        ``input_size`` null: the model's ``input_area``). ``aspect`` None (no image could be measured):
+        ``resize``. The choice is written into the hyper-parameters, so checkpoints and exports carry it.
+        """
+        mode, size = ("resize", self.input_size) if aspect is None else auto_input(aspect, self.input_size)
+        self.input_size = size
+        self.preprocessor = PreProcessor(size, mode)
+        self.hparams["input_mode"], self.hparams["input_size"] = mode, list(size)
+        self.input_mode_from_data = self.input_size_from_data = False
+        return mode
 
     def given_thresholds(self) -> list[str]:
         """The thresholds set by hand (``image``, ``pixel``); the others are learned on the validation split."""

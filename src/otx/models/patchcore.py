@@ -320,7 +320,8 @@ class Patchcore(AnomalyModel):
         layers: feature layers; None takes the backbone's defaults.
         input_size: ``[height, width]`` every image is brought to (its anomaly map's size); None with
             ``keep_aspect``: chosen from the training images' aspect ratio.
-        input_mode: ``resize``, ``keep_aspect`` or ``tile`` (``docs/input-modes.md``).
+        input_mode: ``auto`` (resize, or keep_aspect for images resize would squash 2x or more, chosen by
+            ``otx train``), ``resize``, ``keep_aspect`` or ``tile`` (``docs/input-modes.md``).
         tile_size: tile side in the ``tile`` mode (default 256).
         tile_stride: pixels between tiles in the ``tile`` mode (default ``tile_size``).
         boxes_on_normal: detection boxes also on images labelled normal.
@@ -386,7 +387,7 @@ class Patchcore(AnomalyModel):
         backbone: str = "efficientnet_lite0",
         layers: list[str] | None = None,
         input_size: tuple[int, int] | None = (256, 256),
-        input_mode: str = "resize",
+        input_mode: str = "auto",
         tile_size: int | None = None,
         tile_stride: int | None = None,
         boxes_on_normal: bool = False,

@@ -16,7 +16,7 @@ from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule, AnomalyDataset
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
 from otx.errors import OTXError
-from otx.preprocess import PreProcessor
+from otx.preprocess import AUTO, PreProcessor, aspect_input_size
 from otx.render import describe_loaded
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer
 from otx.tasks import AnomalyTask, TaskAdapter
@@ -82,7 +82,9 @@ def _preprocessing_differs(init_args: dict[str, Any], config: dict[str, Any]) ->
     """The input-mode settings a recipe gives (not None) that the model's pre-processor does not have.
 
     A config file given to the verbs that run a trained model is read for its data and compared with
-    the model; before, a recipe's other input mode or size was ignored without a word.
+    the model; before, a recipe's other input mode or size was ignored without a word. A recipe's
+    ``input_mode auto`` agrees with a model trained as ``resize``, or as ``keep_aspect`` at an input
+    of the recipe's number of pixels in the model's own shape (what ``auto`` chose).
     """
     differ = []
     for key, own in _PRE_KEYS.items():
@@ -91,6 +93,11 @@ def _preprocessing_differs(init_args: dict[str, Any], config: dict[str, Any]) ->
             continue
         if isinstance(value, tuple):  # a Python caller's (256, 256) is the config's [256, 256]
             value = list(value)
+        if key == "input_mode" and value == AUTO and config.get(own) in ("resize", "keep_aspect"):
+            continue
+        if key == "input_size" and init_args.get("input_mode") == AUTO and config.get("mode") == "keep_aspect":
+            height, width = config["input_size"]
+            value = list(aspect_input_size(width / height, area=int(value[0]) * int(value[1])))
         if value != config.get(own):
             differ.append(key)
     return differ

@@ -20,7 +20,7 @@ from otx.data import AnomalyDataModule
 from otx.errors import OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.postprocess import known_pixel_rows
-from otx.preprocess import PreProcessor
+from otx.preprocess import SQUASH_LIMIT, PreProcessor, squash_factor
 from otx.results import TrainResult
 from otx.scoring import TorchScorer
 from otx.training import (
@@ -40,14 +40,8 @@ from otx.workdir import Run, stop_name
 
 log = logging.getLogger("otx")
 
-SQUASH_NOTE = 2.0  # resize changing the images' aspect ratio by this factor or more gets a note
+SQUASH_NOTE = SQUASH_LIMIT  # resize changing the images' aspect ratio by this factor or more gets a note
 TILE_NOTE_SIDE = 8192  # the longest side the tile mode's note suggests (a 4000x3000 camera image fits)
-
-
-def squash_factor(aspect: float, input_hw: tuple[int, int]) -> float:
-    """By how much ``resize`` changes a ``aspect`` (width / height) image's aspect ratio at ``input_hw`` (>= 1)."""
-    ratio = float(aspect) / (input_hw[1] / input_hw[0])
-    return max(ratio, 1.0 / ratio) if ratio > 0 else 1.0
 
 
 def _ratio(aspect: float) -> str:
@@ -216,15 +210,20 @@ def run(
         + (f", resuming {resume}" if resume else "")
     )
     profile = image_profile(s.path for s in splits["train"])
-    chosen = bool(model.input_size_from_data and profile)
-    if chosen:
+    auto, chosen = model.input_mode_from_data, False
+    if auto:  # resize, or keep_aspect for images resize would squash (resize when no image could be read)
+        chosen = model.choose_input_mode(profile["aspect"] if profile else None) == "keep_aspect"
+    elif model.input_size_from_data and profile:
         model.choose_input_size(profile["aspect"])
+        chosen = True
     pre = model.preprocessor
     largest = (profile["height"][1], profile["width"][1]) if profile else None
     if profile and (note := squash_note(profile["aspect"], pre, chosen, largest)):
         ctx.console.print(f"[yellow]note[/]: {note}")
-    if pre.mode != "resize":
-        ctx.console.print(f"input mode {pre.describe()}")
+    if pre.mode != "resize" or auto:
+        why = f" (input_mode auto: the training images are {_ratio(profile['aspect'])}:1)" if auto and profile else ""
+        ctx.console.print(f"input mode {pre.describe()}{why}")
+        log.info("input mode %s%s", pre.describe(), why, extra=FILE_ONLY)
     start = time.perf_counter()
     # Each process gets its share: every training image once for one-pass models (exact statistics),
     # equal padded shares for gradient training; validation images once each (gathered by index).
