@@ -170,7 +170,13 @@ def _resolved(path: str | Path) -> str:
 # --- otx ---------------------------------------------------------------------------------------
 def build_otx_model(model: str, s: Settings) -> OtxPadim | OtxStfpm | OtxPatchcore:
     """otx's model with its defaults for the backbone (weights resolved offline inside)."""
-    common = {"backbone": s.spec.name, "layers": s.layers(model), "input_size": INPUT_SIZE, "weights": s.weights}
+    common = {  # resize, as anomalib's pre-processor does (the models' default auto keeps long images' shape)
+        "backbone": s.spec.name,
+        "layers": s.layers(model),
+        "input_size": INPUT_SIZE,
+        "input_mode": "resize",
+        "weights": s.weights,
+    }
     if model == "patchcore":
         return OtxPatchcore(**common, coreset_ratio=s.coreset_ratio, num_neighbors=9)
     if model == "stfpm":  # anomalib's student and optimiser (otx's default is a small student, Adam)

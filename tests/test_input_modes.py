@@ -342,13 +342,37 @@ def test_auto_keeps_the_aspect_ratio_only_where_resize_would_squash_it_2x(aspect
     assert model.choose_input_mode(aspect) == mode
     assert model.preprocessor.config() == {"mode": mode, "input_size": list(size)}
     assert (model.hparams["input_mode"], model.hparams["input_size"]) == (mode, list(size))
+    initial = model.hparams_initial  # what Lightning writes to logs/hparams.yaml (before: auto, helper-48)
+    assert (initial["input_mode"], initial["input_size"]) == (mode, list(size))
     assert not model.input_mode_from_data
+
+
+@pytest.mark.parametrize("name", ["Padim", "Patchcore", "Patchflow", "Stfpm"])
+def test_a_model_saved_before_auto_loads_as_it_ran(name: str, tmp_path: Path) -> None:
+    from otx.checkpoint import load_checkpoint, save_checkpoint
+
+    # Checkpoints from before the input modes have no input_mode: they ran resize, the default then (before
+    # this was read, they loaded as auto, and their test and export runs recorded auto, helper-48)
+    model = model_class(name)(input_size=(64, 64), input_mode="resize", pretrained=False)
+    path = tmp_path / "model.ckpt"
+    save_checkpoint(model, path, "segmentation", {})
+    saved = torch.load(path, weights_only=True)
+    del saved["model"]["init_args"]["input_mode"]
+    torch.save(saved, path)
+    loaded, _ = load_checkpoint(path)
+    assert loaded.preprocessor.config() == {"mode": "resize", "input_size": [64, 64]}
+    assert loaded.hparams["input_mode"] == "resize" and not loaded.input_mode_from_data
+    kept = model_class(name).upgrade_init_args({"input_mode": "keep_aspect"})
+    assert kept["input_mode"] == "keep_aspect"  # a concrete mode is kept as saved
 
 
 def test_auto_is_checked_like_the_other_modes() -> None:
     with pytest.raises(OTXConfigError, match="input_mode must be one of auto, resize, keep_aspect, tile"):
         model_class("Padim")(input_mode="letterbox", pretrained=False)
-    with pytest.raises(OTXConfigError, match=r"apply to input_mode tile only \(input_mode is auto\)"):
+    with pytest.raises(
+        OTXConfigError,
+        match=r"^tile_size applies to input_mode tile only \(input_mode is auto\); pass the model.s tile_size=None",
+    ):
         model_class("Padim")(tile_size=128, pretrained=False)
     # input_size null with auto: the model's own number of pixels (STFPM's 128x128), resize for square images
     stfpm = model_class("Stfpm")(input_size=None, pretrained=False)
@@ -357,6 +381,29 @@ def test_auto_is_checked_like_the_other_modes() -> None:
     # no image could be measured: resize at the input size
     padim = model_class("Padim")(pretrained=False)
     assert padim.choose_input_mode(None) == "resize" and padim.hparams["input_mode"] == "resize"
+
+
+@pytest.mark.parametrize("input_hw", [(256, 256), (128, 128), (320, 320), (128, 512)])
+def test_a_recipes_auto_agrees_with_every_input_it_can_choose(input_hw) -> None:
+    from otx.preprocess import auto_input
+    from otx.verbs.resolve import _preprocessing_differs
+
+    # Before (helper-48): the check recomputed the size from the model's rounded one, and a recipe's
+    # auto "differed" from the model it had trained on 3:1 strips (448x160 read back as 416x160).
+    recipe = {"input_mode": "auto", "input_size": list(input_hw)}
+    chosen = set()
+    for aspect in np.geomspace(1 / 60, 60, 2001):
+        mode, size = auto_input(float(aspect), input_hw)
+        chosen.add(size)
+        assert _preprocessing_differs(recipe, {"mode": mode, "input_size": list(size)}) == [], (aspect, size)
+    # a recipe of another number of pixels differs from what this one chose (4x fewer, or more); not at the
+    # 32-pixel floor, where very thin images get the same 32-pixel side from either
+    for size in {s for s in chosen if min(s) >= 96} - {tuple(input_hw)}:
+        for other in ([input_hw[0] // 2, input_hw[1] // 2], [input_hw[0] * 2, input_hw[1] * 2]):
+            differ = _preprocessing_differs(
+                {"input_mode": "auto", "input_size": other}, {"mode": "keep_aspect", "input_size": list(size)}
+            )
+            assert differ == ["input_size"], (size, other)
 
 
 def test_a_recipes_auto_agrees_with_the_mode_it_chose() -> None:

@@ -101,6 +101,24 @@ def auto_input(aspect: float, input_hw: tuple[int, int], multiple: int = 32) -> 
     return "keep_aspect", aspect_input_size(aspect, area=int(input_hw[0]) * int(input_hw[1]), multiple=multiple)
 
 
+def auto_chose(size_hw: tuple[int, int] | list[int], input_hw: tuple[int, int] | list[int], multiple: int = 32) -> bool:
+    """Whether ``auto_input`` takes ``keep_aspect`` at ``size_hw`` from ``input_hw`` for some aspect ratio.
+
+    Each side of its input is the image's side at ``input_hw``'s area rounded to ``multiple`` (at
+    least one), so the aspect ratios that give ``size_hw`` form an interval: points inside it are
+    tried. (Recomputing from ``size_hw``'s own ratio is not enough: it is already rounded.)
+    """
+    height, width = int(size_hw[0]), int(size_hw[1])
+    area, half = int(input_hw[0]) * int(input_hw[1]), multiple / 2
+    # width = sqrt(area * aspect) and height = sqrt(area / aspect), each within half a step (or below 1.5 steps)
+    low = max((width - half) ** 2 / area if width > multiple else 0.0, area / (height + half) ** 2)
+    high = min((width + half) ** 2 / area, area / (height - half) ** 2 if height > multiple else math.inf)
+    if not low < high:
+        return False
+    wanted = ("keep_aspect", (height, width))
+    return any(auto_input(float(a), input_hw, multiple) == wanted for a in np.linspace(low, high, 34)[1:-1])
+
+
 MAX_OVERLAP = 8  # tiles per pixel along a side, at most: tile_stride >= tile_size / 8 for new models
 # Set while a saved model is read (checkpoint, export metadata): its tile stride loads as it was trained,
 # also one below the bound (set in 2026-12; such models were accepted before).

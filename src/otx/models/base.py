@@ -191,18 +191,23 @@ class AnomalyModel(L.LightningModule):
         # auto: resize or keep_aspect, chosen from the training images by `otx train` (`choose_input_mode`)
         self.input_mode_from_data = input_mode == AUTO
         if self.input_mode_from_data and (tile_size is not None or tile_stride is not None):
+            given = [k for k, v in (("tile_size", tile_size), ("tile_stride", tile_stride)) if v is not None]
             raise OTXConfigError(
                 for_caller(
-                    "tile_size and tile_stride apply to input_mode tile only (input_mode is auto); pass "
-                    "--model.init_args.input_mode tile, or leave them out"
+                    f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to input_mode tile only "
+                    "(input_mode is auto); pass "
+                    f"{' and '.join(f'--model.init_args.{k} null' for k in given)} (a config file may set "
+                    "them: a tile run's config.yaml does), or --model.init_args.input_mode tile"
                 )
             )
         # None (keep_aspect, auto): chosen from the training images' aspect ratio (`choose_input_size`)
         self.input_size_from_data = input_size is None
         if self.input_size_from_data and input_mode not in ("keep_aspect", AUTO):
             raise OTXConfigError(
-                "input_size null (chosen from the training images) needs input_mode keep_aspect or auto; "
-                "pass --model.init_args.input_size '[H,W]' or --model.init_args.input_mode keep_aspect"
+                for_caller(
+                    "input_size null (chosen from the training images) needs input_mode keep_aspect or auto; "
+                    "pass --model.init_args.input_size '[H,W]' or --model.init_args.input_mode keep_aspect"
+                )
             )
         size = aspect_input_size(1.0, self.input_area) if input_size is None else input_size
         self.input_size = check_size("input_size", list(size) if isinstance(size, tuple) else size)
@@ -254,7 +259,14 @@ class AnomalyModel(L.LightningModule):
 
     @classmethod
     def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
-        """A checkpoint's init arguments, written by an earlier otx, in this version's terms (default: unchanged)."""
+        """A checkpoint's init arguments, written by an earlier otx, in this version's terms.
+
+        A model saved without ``input_mode`` (before the input modes) ran ``resize``, the default then;
+        a saved ``auto`` (never settled by ``otx train``) ran its placeholder ``resize`` too. A model
+        that changes its own defaults extends this (``super().upgrade_init_args``).
+        """
+        if init_args.get("input_mode", AUTO) == AUTO:
+            init_args = {**init_args, "input_mode": "resize"}
         return init_args
 
     @classmethod
@@ -290,7 +302,7 @@ class AnomalyModel(L.LightningModule):
         pre = self.preprocessor
         self.input_size = aspect_input_size(aspect, area=self.input_area)
         self.preprocessor = PreProcessor(self.input_size, pre.mode, pre.tile_size, pre.tile_stride)
-        self.hparams["input_size"] = list(self.input_size)
+        self._record_chosen(input_size=list(self.input_size))
         self.input_size_from_data = False
         return self.input_size
 
@@ -305,9 +317,15 @@ class AnomalyModel(L.LightningModule):
         mode, size = ("resize", self.input_size) if aspect is None else auto_input(aspect, self.input_size)
         self.input_size = size
         self.preprocessor = PreProcessor(size, mode)
-        self.hparams["input_mode"], self.hparams["input_size"] = mode, list(size)
+        self._record_chosen(input_mode=mode, input_size=list(size))
         self.input_mode_from_data = self.input_size_from_data = False
         return mode
+
+    def _record_chosen(self, **values: Any) -> None:
+        """Write settings chosen from the data into the hyper-parameters: the checkpoint's and those Lightning logs."""
+        self.hparams.update(values)
+        if getattr(self, "_hparams_initial", None) is not None:  # logs/hparams.yaml (set by save_hyperparameters)
+            self._hparams_initial.update(values)
 
     def given_thresholds(self) -> list[str]:
         """The thresholds set by hand (``image``, ``pixel``); the others are learned on the validation split."""

@@ -426,7 +426,7 @@ class Patchcore(AnomalyModel):
     @classmethod
     def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
         """Checkpoints written before ``map_upsample``: nearest upsampling, the map their thresholds were fitted on."""
-        return {"map_upsample": "nearest", **init_args}
+        return super().upgrade_init_args({"map_upsample": "nearest", **init_args})
 
     def build_core(self) -> nn.Module:  # noqa: D102
         try:

@@ -281,7 +281,7 @@ class Stfpm(AnomalyModel):
         Their thresholds were fitted on the maximum, so they keep it (``score_top_share`` None). Adam
         runs from before momentum was refused with it wrote the unused 0.9: it is dropped.
         """
-        init_args = {"score_top_share": None, **init_args}
+        init_args = super().upgrade_init_args({"score_top_share": None, **init_args})
         if init_args.get("optimizer") == "adam":
             init_args.pop("momentum", None)
         if "student" not in init_args:

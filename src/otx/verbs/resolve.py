@@ -16,7 +16,7 @@ from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule, AnomalyDataset
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
 from otx.errors import OTXError
-from otx.preprocess import AUTO, PreProcessor, aspect_input_size
+from otx.preprocess import AUTO, PreProcessor, auto_chose
 from otx.render import describe_loaded
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer
 from otx.tasks import AnomalyTask, TaskAdapter
@@ -96,8 +96,8 @@ def _preprocessing_differs(init_args: dict[str, Any], config: dict[str, Any]) ->
         if key == "input_mode" and value == AUTO and config.get(own) in ("resize", "keep_aspect"):
             continue
         if key == "input_size" and init_args.get("input_mode") == AUTO and config.get("mode") == "keep_aspect":
-            height, width = config["input_size"]
-            value = list(aspect_input_size(width / height, area=int(value[0]) * int(value[1])))
+            if auto_chose(config["input_size"], value):
+                continue
         if value != config.get(own):
             differ.append(key)
     return differ
