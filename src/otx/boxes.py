@@ -172,17 +172,14 @@ def _snap(pixels: np.ndarray, refine: str) -> tuple[int, int, int, int] | None:
     if min(pixels.shape[:2]) < 3:
         return None
     pixels = np.ascontiguousarray(pixels)
-    if refine == "contrast":
-        patch = pixels.astype(np.float32)
-    else:
-        patch = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    patch = cv2.GaussianBlur(patch, (3, 3), 0)
-    median = np.median(patch.reshape(-1, patch.shape[2]) if patch.ndim == 3 else patch.ravel(), axis=0)
-    if refine == "contrast":
-        difference = np.sqrt(((patch - median.astype(np.float32)) ** 2).sum(axis=2))
-    else:
-        difference = (np.float32(median) - patch) if refine == "dark" else (patch - np.float32(median))
-        difference = np.maximum(difference, np.float32(0.0))
+    if refine == "contrast":  # the distance from the box's median colour
+        patch = cv2.GaussianBlur(pixels.astype(np.float32), (3, 3), 0)
+        median = np.median(patch.reshape(-1, 3), axis=0).astype(np.float32)
+        difference = np.sqrt(((patch - median) ** 2).sum(axis=2))
+    else:  # darker or brighter than the box's median grey level
+        patch = cv2.GaussianBlur(cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY).astype(np.float32), (3, 3), 0)
+        median = np.float32(np.median(patch))
+        difference = np.maximum(median - patch if refine == "dark" else patch - median, np.float32(0.0))
     top = float(difference.max())
     if not top > 0.0:
         return None
