@@ -44,6 +44,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("train-seed-neg", "out of range", ["train", "--config", RECIPE, "--seed", "-1"], "seed", 1),
+    (  # before: "internal error (ValueError: ... numpy accepts from 0 to 4294967295)"
+        "train-seed-big",
+        "out of range",
+        ["train", "--config", RECIPE, "--seed", "99999999999"],
+        "seed must be an integer from 0 to 4294967295",
+        1,
+    ),
+    (  # before: "internal error (RuntimeError: Caught RuntimeError in DataLoader worker process 0 ..."
+        "train-input-size-out-of-memory",
+        "out of memory",
+        ["train", "--config", RECIPE, "--model.init_args.input_size", "[100000000,100000000]"],
+        "GiB asked for; use a smaller --model.init_args.input_size",
+        1,
+    ),
     (
         "train-input-size",
         "out of range",
@@ -120,6 +134,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "missing path",
         ["train", "--config", RECIPE, "--model.init_args.weights", "{missing}.pth"],
         "does not exist",
+        1,
+    ),
+    (  # before: "cannot load weights file '...' (101)"
+        "train-weights-not-weights",
+        "wrong file",
+        ["train", "--config", RECIPE, "--model.init_args.weights", "{file}"],
+        "is not a PyTorch weights file; pass a state dict saved with torch.save(model.state_dict(), FILE)",
         1,
     ),
     ("train-root-file", "path is a file", ["train", "--config", RECIPE, "--data_root", "{file}"], "not a folder", 1),
@@ -414,6 +435,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     # predict
     ("predict-source-missing", "missing path", ["predict", "--source", "{missing}"], "does not exist", 1),
     ("predict-source-empty", "no images", ["predict", "--source", "{empty}"], "no images found", 1),
+    (  # before: "internal error (ValueError: commonpath() arg is an empty sequence)"
+        "predict-data-root-no-test-images",
+        "no images",
+        ["predict", "--data_root", "{notest}"],
+        "no images under {notest}/test to predict; pass --source",
+        1,
+    ),
     (  # before: "no images found at ..." alone
         "predict-glob-no-folder",
         "no images",
@@ -485,6 +513,34 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ("find-what", "wrong value", ["find", "--what", "gadgets"], "what", 2),
     ("find-what-empty", "wrong value", ["find", "--what="], "--what expects one of all, recipes", 2),
     ("data-no-subcommand", "missing argument", ["data"], "otx data needs a subcommand: make-sample", 2),
+    (  # before: "Unrecognized arguments: extra"
+        "find-extra-argument",
+        "unexpected argument",
+        ["find", "--what", "recipes", "extra"],
+        "unexpected argument(s): extra (options are --name value); `otx find --help` lists the options",
+        2,
+    ),
+    (  # before: "argument command: invalid choice: 'trian' (choose from ...)"
+        "command-misspelled",
+        "wrong value",
+        ["trian"],
+        "unknown command 'trian'; did you mean 'train'?",
+        2,
+    ),
+    (  # before: "argument --source: expected one argument"
+        "predict-source-no-value",
+        "missing argument",
+        ["predict", "--source"],
+        "--source needs a value after it; `otx predict --help` lists the options",
+        2,
+    ),
+    (  # before: "source must be a path (str or pathlib.Path) (got '')"
+        "predict-source-blank",
+        "missing argument",
+        ["predict", "--source", ""],
+        "source is empty; pass a path",
+        1,
+    ),
     ("sample-no-folder", "missing argument", ["data", "make-sample"], "needs the folder to write", 2),
     (  # before: exit 0, nothing written, nothing said
         "sample-categories-empty",
@@ -526,6 +582,8 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
     base = tmp_path_factory.mktemp("bad_input")
     (base / "notes.txt").write_text("not a model, not a folder\n")
     (base / "empty").mkdir()
+    (base / "notest" / "test" / "good").mkdir(parents=True)  # training images and an empty test folder
+    shutil.copytree(sample_root / "bottle_like" / "train", base / "notest" / "train")
     (base / "bad.yaml").write_text("model:\n  class_path: otx.models.Padim\n  init_args: [a\n")
     (base / "empty.yaml").write_text("\n")
     (base / "metrics.json").write_text('{"image_AUROC": 0.97, "pixel": {"AUROC": 0.75}}\n')
@@ -547,6 +605,7 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
         "xml": str(exported("padim")),
         "file": str(base / "notes.txt"),
         "empty": str(base / "empty"),
+        "notest": str(base / "notest"),
         "base": base,
         "trained": trained_padim["work_dir"],
     }
@@ -586,10 +645,18 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     message = lines[0]
     # before "empty": its path is a prefix of theirs
     files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml")
-    for key in (*files, "missing", "ws", "file", "empty", "xml", "ckpt", "data", "unwritable"):
+    for key in (*files, "missing", "ws", "file", "notest", "empty", "xml", "ckpt", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")
     RESULTS[name] = (message, rc)
+
+
+def test_no_command_is_said_with_the_commands(capsys: pytest.CaptureFixture) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err.strip()
+    # before: 'expected "command" to be one of {train,test,predict,export,optimize, ...}, but it was not provided.'
+    assert err.startswith("error: no command given: otx COMMAND, one of train, test, predict"), err
+    assert len(err.splitlines()) == 1
 
 
 def test_docs_list_every_case() -> None:

@@ -233,6 +233,18 @@ def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
     assert all(by_image[key(p)] == {k: v for k, v in p.items() if k != "mask"} | {"image": None} for p in shared)
     resolved = yaml.safe_load(next((tmp_path / "ws").glob("*-train/config.yaml")).read_text())
     assert resolved["model"]["init_args"]["input_size"] == [96, 96]
+    # unreadable files split between the two processes: each one said (before: only rank 0's)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("000.png", "001.png"):
+        shutil.copy(data / "test" / "good" / name, mixed / name)
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        (mixed / name).write_bytes(b"")
+    predict = run_otx(
+        "predict", "--config", RECIPE, "--work_dir", "ws", "--source", str(mixed), "--devices", "2", cwd=tmp_path
+    )  # fmt: skip
+    said = sorted(line.split("'")[1] for line in predict.stderr.splitlines() if "not predicted:" in line)
+    assert said == [str(mixed / name) for name in ("a.png", "b.png", "c.png", "d.png")], predict.stderr
 
 
 # --- bad input: one line on stderr, non-zero exit, earlier runs untouched ---------------------------

@@ -406,6 +406,26 @@ def test_a_folder_is_read_for_the_same_image_types_in_training_and_prediction(da
     np.testing.assert_array_equal(read_image(source / "b.pgm"), demo.read_rgb(source / "b.pgm"))
 
 
+def test_files_of_other_types_in_a_source_folder_are_named(tmp_path: Path, caplog, capsys) -> None:
+    source = tmp_path / "parts"
+    (source / "sub").mkdir(parents=True)
+    image = np.full((32, 32, 3), 90, np.uint8)
+    cv2.imwrite(str(source / "a.png"), image)
+    Image.fromarray(image).save(source / "sub" / "b.gif")  # an image, of a type a folder is not searched for
+    (source / "notes.txt").write_text("shift notes\n")
+    (source / ".hidden").write_text("a tool's file\n")
+    with caplog.at_level("WARNING", logger="otx"):
+        found = samples_from_source(source)
+    assert [Path(s.path).name for s in found] == ["a.png"]
+    said = [r.getMessage() for r in caplog.records if "of other types" in r.getMessage()]
+    # before: both passed over without a word (and a GIF given on its own is predicted)
+    assert len(said) == 1 and said[0].startswith("left out 2 file(s) of other types (1 .gif, 1 .txt; e.g."), said
+    assert [Path(s.path).name for s in samples_from_source(source / "sub" / "b.gif")] == ["b.gif"]
+    capsys.readouterr()
+    assert [p.name for p in demo_package().find_images(str(source))] == ["a.png"]  # the demo package alike
+    assert "left out 2 file(s) of other types (1 .gif, 1 .txt; e.g." in capsys.readouterr().out
+
+
 def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp_path: Path, caplog) -> None:
     source = tmp_path / "parts"
     for name in ("000.png", "001.png"):

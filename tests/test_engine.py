@@ -152,6 +152,32 @@ def test_predict_names_each_mask_when_names_collide(trained_padim: dict, sample_
     assert not np.array_equal(predictions[0].pred_mask, predictions[1].pred_mask)
 
 
+def test_output_names_fit_a_file_name_and_the_demo_names_alike(tmp_path: Path) -> None:
+    from helpers import demo_package
+    from otx.verbs.predict import output_stems
+
+    deep = "/".join(["b" * 60] * 3)
+    paths = [
+        f"/d/{'y' * 250}.png",
+        f"/d/{'y' * 250}.jpg",
+        f"/d/{deep}/{'é' * 100}.png",
+        f"/d/{'y' * 240}z.png",
+        "/d/c.png",
+    ]
+    stems = output_stems(paths)
+    assert stems["/d/c.png"] == "c"  # short names as before
+    assert len(set(stems.values())) == len(paths)  # still one name each
+    for stem in stems.values():
+        name = f"{stem}_mask.png"
+        assert len(name.encode()) <= 255
+        (tmp_path / name).write_bytes(b"")  # the file system takes it
+    long_stem = stems[f"/d/{'y' * 240}z.png"]
+    assert long_stem.startswith("y" * 150) and long_stem != stems[f"/d/{'y' * 250}.png"]
+    assert stems[f"/d/{deep}/{'é' * 100}.png"].startswith(deep.replace("/", "__") + "__é")  # cut between characters
+    demo = demo_package()
+    assert {str(k): v for k, v in demo.output_stems([Path(p) for p in paths]).items()} == stems
+
+
 def test_detection_test_reports_box_ap(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
     engine = Engine(task="detection", data=str(sample_root / "bottle_like"), work_dir=tmp_path)
     summary = engine.test(checkpoint=trained_padim["checkpoint"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import timm
@@ -187,11 +188,19 @@ def test_unusable_weight_files_are_named_in_one_short_line(tmp_path: Path) -> No
     (tmp_path / "empty.pth").write_bytes(b"")
     torch.save(timm.create_model("resnet18", pretrained=False), tmp_path / "whole.pth")  # the module, pickled
     (tmp_path / "folder").mkdir()
+    cv2.imwrite(str(tmp_path / "photo.jpg"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "notes.txt").write_text("not weights\n")
+    (tmp_path / "config.yaml").write_text("model:\n  class_path: otx.models.Padim\n")
+    not_weights = "is not a PyTorch weights file; pass a state dict saved with torch.save\\(model.state_dict"
     cases = {  # before: "cannot load weights file '...':" with nothing after; torch's page with colour codes,
-        # cut mid-word; "does not exist" for a folder
+        # cut mid-word; "does not exist" for a folder; a JPEG "held pickled Python objects", a text
+        # file "(101)", a YAML file "(pop from empty list)"
         "empty.pth": "is empty \\(0 bytes\\)",
         "whole.pth": "holds pickled Python objects.*torch.save\\(model.state_dict\\(\\), FILE\\)",
         "folder": "is a folder; pass the file in it",
+        "photo.jpg": not_weights,
+        "notes.txt": not_weights,
+        "config.yaml": not_weights,
     }
     for name, message in cases.items():
         with pytest.raises(OTXWeightsError, match=message) as raised:
@@ -201,12 +210,18 @@ def test_unusable_weight_files_are_named_in_one_short_line(tmp_path: Path) -> No
 
 
 def test_explicit_and_cached_weight_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import save_file
+
     reference = timm.create_model("resnet18", pretrained=False)
     torch.nn.init.constant_(reference.conv1.weight, 0.125)
     weights = tmp_path / "my_resnet18.pth"
     torch.save(reference.state_dict(), weights)
-    model = Padim(backbone="resnet18", weights=str(weights), input_size=(64, 64))
-    assert torch.all(model.model.feature_extractor.feature_extractor.conv1.weight == 0.125)
+    # the same tensors in torch's legacy (pickle) format and as safetensors under another suffix
+    torch.save(reference.state_dict(), tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    save_file(reference.state_dict(), tmp_path / "tensors.bin")
+    for path in (weights, tmp_path / "legacy.pth", tmp_path / "tensors.bin"):
+        model = Padim(backbone="resnet18", weights=str(path), input_size=(64, 64))
+        assert torch.all(model.model.feature_extractor.feature_extractor.conv1.weight == 0.125)
     # The same file in the torch hub cache is found without being named.
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)

@@ -93,3 +93,21 @@ def test_mask_to_boxes_scores_each_component_by_its_maximum() -> None:
     np.testing.assert_allclose(scores[order], [0.9, 0.7])
     empty_boxes, empty_scores = mask_to_boxes(np.zeros((5, 5), bool))
     assert empty_boxes.shape == (0, 4) and empty_scores.shape == (0,)
+
+
+@pytest.mark.parametrize("anomalous", [True, False])
+def test_one_class_thresholds_sit_where_the_warnings_say(anomalous: bool) -> None:
+    from otx.checks import threshold_warnings
+
+    scores = torch.tensor([3.0, 4.5, 7.25, 9.0])
+    post = PostProcessor()
+    post.fit(scores, torch.full((4,), int(anomalous)), torch.rand(4, 8, 8))
+    threshold = post.stats()["image_threshold"]
+    if anomalous:  # only defect images to learn from: just below the lowest, so each of them is anomalous
+        assert 2.9 < threshold < 3.0
+        said = "just below the lowest anomalous validation score, so only images scoring lower are called normal"
+    else:  # only normal images: just above the highest, so each of them is normal
+        assert 9.0 < threshold < 9.1
+        said = "it sits just above the highest normal image score"
+    (warning,) = threshold_warnings(scores.numpy(), np.full(4, anomalous), threshold, "image", "validation", True)
+    assert said in warning

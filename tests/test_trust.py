@@ -781,9 +781,28 @@ def test_without_normal_validation_images_the_cause_is_said_and_one_class_metric
     args = ["train", "--config", "recipe/anomaly_classification/padim.yaml", "--data_root", str(root)]
     assert main([*args, "--model.init_args.input_size", "[64,64]", "--work_dir", str(tmp_path / "ws")]) == 0
     out, err = capsys.readouterr()
-    # before: only "flags every image as anomalous", which hid why
-    assert "the validation split has no normal images" in err and "flags every image" in err
+    # before: only "flags every image as anomalous", which hid why; then "so this model flags every image
+    # as anomalous", which it does not: the threshold sits just below the lowest validation score
+    assert "the validation split has no normal images" in err
+    assert "just below the lowest anomalous validation score, so only images scoring lower are called normal" in err
     assert "n/a" in out and "nan" not in out  # the AUROC of one class, null in metrics.json
+
+
+def test_test_folders_of_one_image_each_are_named_as_the_reason_for_no_validation(
+    dataset_copy, tmp_path: Path, capsys
+) -> None:
+    root = dataset_copy()
+    for folder in (root / "test").iterdir():  # one image per folder (before: "add test/good and test/<defect>
+        for image in sorted(folder.iterdir())[1:]:  # folders", which were there)
+            image.unlink()
+            (root / "ground_truth" / folder.name / f"{image.stem}_mask.png").unlink(missing_ok=True)
+    args = ["train", "--config", "recipe/anomaly_classification/padim.yaml", "--data_root", str(root)]
+    assert main([*args, "--work_dir", str(tmp_path / "ws")]) == 1
+    err = capsys.readouterr().err
+    assert "each test/ folder holds one image, which stays in the test split at val_split 0.5" in err
+    # and what it says helps: a second image in each folder gives validation images
+    assert main([*args, "--data.val_split", "0.6", "--model.init_args.input_size", "[64,64]",
+                 "--work_dir", str(tmp_path / "ws")]) == 0  # fmt: skip
 
 
 def test_a_one_class_test_split_is_not_called_a_broken_model(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:
@@ -1402,7 +1421,10 @@ def test_the_demo_package_warns_of_images_unlike_the_training_images_as_otx_does
             image[..., :3] = (128, 60, 200)
         if channels >= 3:
             image[: height // 2, : width // 2, :3] += np.uint8(1)  # within a level or two: still grayscale
-        cv2.imwrite(str(path), image[..., 0] if channels == 1 else image)
+        if channels == 2:  # grayscale with alpha (OpenCV writes no such PNG, and reads one as BGRA)
+            Image.fromarray(image, "LA").save(path)
+        else:
+            cv2.imwrite(str(path), image[..., 0] if channels == 1 else image)
         return str(path)
 
     gray_trained = image_profile([write("train_a", 128, 512), write("train_b", 120, 500)])
@@ -1423,6 +1445,7 @@ def test_the_demo_package_warns_of_images_unlike_the_training_images_as_otx_does
         [write("same2", 124, 505)],
         [write("tall", 1280, 128), write("turned2", 505, 124)],
         stored_gray,
+        [write("gray_alpha", 125, 505, 2), write("color3", 125, 505, 3)],  # before: the demo counted no grayscale
         [*stored_gray, write("color2", 125, 505, 3)],
     ]
     for trained in (gray_trained, color_trained):

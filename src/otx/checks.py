@@ -166,10 +166,10 @@ def threshold_warnings(
                 f"({folder}/<defect>{', with ground_truth/ masks' if what == 'pixel' else ''}) to learn one"
             ]
         if learned and labels.all() and what == "image":
-            return [  # "flags every image" would hide the cause
+            return [  # "flags every image" would hide the cause (and is not what it does)
                 f"the {split} split has no normal images: the image threshold ({threshold:.6g}) was not learned "
-                f"against any, so this model flags every image as anomalous; add normal images ({folder}/good) "
-                "to learn one"
+                f"against any, it sits just below the lowest anomalous {split} score, so only images scoring "
+                f"lower are called normal; add normal images ({folder}/good) to learn one"
             ]
         if labels.any() and not labels.all():
             auroc = roc_auc(scores, labels)

@@ -716,9 +716,37 @@ def _did_you_mean(line: str, verb: str) -> str | None:
     return f"unknown option {option} for otx {verb}; {hint}"
 
 
+_COMMANDS = (*VERBS, "find", "data")
+_NO_COMMAND = re.compile(r'expected "command" to be one of \{.*?\}, but it was not provided')
+_BAD_COMMAND = re.compile(r"argument command: invalid choice: '([^']*)'")
+_NO_VALUE = re.compile(r"argument (--[\w.\-]+): expected one argument")
+_EXTRA = re.compile(r"Unrecognized arguments: (.*)")
+
+
+def _command_line(text: str, verb: str | None) -> str | None:
+    """A missing or misspelled command, or an option given without its value, in words; else None."""
+    import difflib
+
+    if _NO_COMMAND.search(text):
+        return f"no command given: otx COMMAND, one of {', '.join(_COMMANDS)}; `otx --help` says what each does"
+    if bad := _BAD_COMMAND.search(text):
+        near = difflib.get_close_matches(bad[1], _COMMANDS, n=1, cutoff=0.6)
+        guess = f"did you mean '{near[0]}'? " if near else ""
+        return f"unknown command '{bad[1]}'; {guess}the commands are {', '.join(_COMMANDS)}"
+    where = f"otx {verb} --help" if verb in _COMMANDS else "otx --help"
+    if missing := _NO_VALUE.search(text):
+        return f"{missing[1]} needs a value after it; `{where}` lists the options"
+    extra = _EXTRA.search(text)
+    if extra and not extra[1].startswith("-"):  # a value without its option (an unknown option: _did_you_mean)
+        return f"unexpected argument(s): {extra[1]} (options are --name value); `{where}` lists the options"
+    return None
+
+
 def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
     """Condense jsonargparse's multi-line messages to what is wrong and how to fix it."""
     text = " ".join(str(exc).split())
+    if line := _command_line(text, verb):
+        return line
     for pattern, template in _DATA_PATTERNS:
         match = pattern.search(text)
         if match:
@@ -770,6 +798,25 @@ def _one_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = " ".join(lines) if lines else exc.__class__.__name__
     return text[:600]
+
+
+# How PyTorch's allocators and NumPy word running out of memory (CPU, CUDA, XPU); a data-loading
+# worker's error carries the worker's message in its text.
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory|Unable to allocate", re.IGNORECASE)
+_ASKED_BYTES = re.compile(r"allocate (\d+) bytes|allocate ([\d.]+) ([KMGT]i?B)")
+
+
+def _memory_line(exc: BaseException) -> str | None:
+    """One line for an allocation that failed (``MemoryError``, PyTorch's allocators), else None."""
+    if not isinstance(exc, MemoryError) and not _OUT_OF_MEMORY.search(str(exc)):
+        return None
+    asked, found = "", _ASKED_BYTES.search(str(exc))
+    if found:
+        asked = f": {int(found[1]) / 2**30:.1f} GiB asked for" if found[1] else f": {found[2]} {found[3]} asked for"
+    return (
+        f"out of memory{asked}; use a smaller --model.init_args.input_size or --data.batch_size, or input_mode "
+        "tile for large images (the run's otx.log has the details; earlier runs and latest.json are kept)"
+    )
 
 
 STOP_GRACE_S = 20.0  # clean-up time a stop gets before the process ends without it
@@ -1281,6 +1328,9 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             return 130
         if os.environ.get("OTX_DEBUG"):
             raise
+        if memory := _memory_line(exc):
+            errors.print(f"[bold red]error[/]: {escape(memory)}", highlight=False, soft_wrap=True)
+            return 1
         errors.print(
             f"[bold red]error[/]: internal error ({type(exc).__name__}: {escape(_one_line(exc)[:300])}); a bug in otx: "
             "the run's otx.log has the traceback (OTX_DEBUG=1 shows it here)",

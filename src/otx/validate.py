@@ -26,15 +26,21 @@ def _got(value: Any) -> str:
     return f"got {text if len(text) <= 80 else text[:77] + '...'}"
 
 
-def check_int(name: str, value: Any, minimum: int | None = None, optional: bool = False) -> int | None:
-    """An integer (not a bool; NumPy integers become ``int``) of at least ``minimum``; None passes when ``optional``."""
+def check_int(
+    name: str, value: Any, minimum: int | None = None, optional: bool = False, maximum: int | None = None
+) -> int | None:
+    """An integer (not a bool; NumPy ints become ``int``) in ``[minimum, maximum]``; None passes when ``optional``."""
     if value is None and optional:
         return None
+    bounds = f" from {minimum} to {maximum}" if minimum is not None and maximum is not None else _at_least(minimum)
     if not _integral(value):
-        raise OTXConfigError(f"{name} must be an integer{_at_least(minimum)} ({_got(value)})")
-    if minimum is not None and value < minimum:
-        raise OTXConfigError(f"{name} must be an integer{_at_least(minimum)} ({_got(value)})")
+        raise OTXConfigError(f"{name} must be an integer{bounds} ({_got(value)})")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise OTXConfigError(f"{name} must be an integer{bounds} ({_got(value)})")
     return int(value)
+
+
+SEED_MAX = 2**32 - 1  # NumPy's and Lightning's seeds are unsigned 32-bit integers
 
 
 def _integral(value: Any) -> bool:
@@ -111,7 +117,9 @@ def check_path(name: str, value: Any, optional: bool = False) -> Path | None:
         return None
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
-    if not isinstance(value, str) or not value.strip():
+    if isinstance(value, str) and not value.strip():  # an empty --source '' (a shell variable left unset)
+        raise OTXConfigError(f"{name} is empty; pass a path")
+    if not isinstance(value, str):
         raise OTXConfigError(f"{name} must be a path (str or pathlib.Path) ({_got(value)})")
     return Path(value).expanduser()
 

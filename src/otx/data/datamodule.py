@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, read_image, read_mask
 from otx.distributed import ShardSampler
 from otx.errors import OTXDataError
 from otx.preprocess import PreProcessor, resize_image, resize_mask  # noqa: F401 - re-exported
-from otx.validate import check_bool, check_int, check_number, check_path
+from otx.validate import SEED_MAX, check_bool, check_int, check_number, check_path
 from otx.workdir import LATEST
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ class AnomalyDataModule:
     ) -> None:
         self.data_root = str(check_path("data_root", data_root, optional=True)) if data_root is not None else None
         self.val_split = check_number("val_split", val_split, low=0.0, high=1.0, open_interval=True)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0, maximum=SEED_MAX)
         self.batch_size = check_int("batch_size", batch_size, minimum=1)
         self.num_workers = check_int("num_workers", num_workers, minimum=0)
         self.check_files = check_bool("check_files", check_files)
@@ -347,9 +348,10 @@ def _images_under(folder: Path) -> list[Path]:
     A folder with ``latest.json`` is a ``--work_dir``: its predicted masks and overlays are not
     new parts (``otx predict --source .`` run twice would otherwise predict its first outputs).
     Symlinked folders are followed, each folder once (a link back up is not a loop); the folders
-    and files of ``is_tool_folder`` and ``is_resource_file`` are left out, with a warning.
+    and files of ``is_tool_folder`` and ``is_resource_file`` are left out, with a warning, and so
+    are files of other types (not ``IMAGE_EXTENSIONS``; hidden ones without a word).
     """
-    files, skipped, leftovers, visited, again = [], [], [], set(), []
+    files, others, skipped, leftovers, visited, again = [], [], [], [], set(), []
     for top, dirs, names in os.walk(folder, followlinks=True):
         here = os.path.realpath(top)
         if here in visited:  # a link back up, or one folder linked twice
@@ -364,11 +366,13 @@ def _images_under(folder: Path) -> list[Path]:
         leftovers += [Path(top, name) for name in sorted(dirs) if is_tool_folder(name)]
         leftovers += [Path(top, name) for name in sorted(names) if is_resource_file(name)]
         dirs[:] = sorted(name for name in dirs if not is_tool_folder(name))
-        files.extend(
-            Path(top, name)
-            for name in names
-            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not is_resource_file(name)
-        )
+        for name in names:
+            if is_resource_file(name):
+                continue
+            if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                files.append(Path(top, name))
+            elif not name.startswith("."):  # hidden files: a tool's, not meant as images
+                others.append(Path(top, name))
     for left, why in (
         ([f"otx's work folder {p}" for p in skipped], " (its outputs are not images to predict)"),
         ([p.as_posix() for p in leftovers], " (macOS, notebook or NAS files, not images to predict)"),
@@ -377,6 +381,19 @@ def _images_under(folder: Path) -> list[Path]:
         if left:
             more = f" and {len(left) - 1} more" if len(left) > 1 else ""
             log.warning("left out %s%s%s", left[0], more, why)
+    if others:  # before: a folder's GIFs were passed over without a word (a GIF named on its own is read)
+        kinds = Counter(p.suffix.lower() or "no extension" for p in others)
+        listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda k: (-k[1], k[0]))[:4])
+        more = f" and {len(kinds) - 4} other types" if len(kinds) > 4 else ""
+        log.warning(
+            "left out %d file(s) of other types (%s%s; e.g. %s): a folder is searched for %s; convert any "
+            "images among them (to PNG) to predict them",
+            len(others),
+            listed,
+            more,
+            min(others).as_posix(),
+            LOOKED_FOR,
+        )
     return files
 
 

@@ -37,6 +37,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from otx.validate import SEED_MAX
+
 __all__ = ["CATEGORIES", "DEFECT_TYPES", "make_sample_dataset"]
 
 CATEGORIES: tuple[str, ...] = ("bottle_like", "carpet_like", "tile_like")
@@ -105,7 +107,7 @@ def make_sample_dataset(
     _check_int("n_test_good", n_test_good, 0)
     _check_int("n_test_defect", n_test_defect, 0)
     _check_int("image_size", image_size, MIN_IMAGE_SIZE)
-    _check_int("seed", seed, 0)
+    _check_int("seed", seed, 0, SEED_MAX)
 
     roots = []
     for name in names:  # all checked before anything is written
@@ -170,10 +172,16 @@ def _resolve_categories(categories: Sequence[str] | None) -> list[str]:
     return names
 
 
-def _check_int(name: str, value: int, minimum: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer of at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}.")
+def _check_int(name: str, value: int, minimum: int, maximum: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer of at least ``minimum`` (and at most ``maximum``)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or value < minimum
+        or (maximum is not None and value > maximum)
+    ):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}.")
 
 
 def _write_split(

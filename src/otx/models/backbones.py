@@ -176,8 +176,17 @@ def _unwrap(obj: object) -> dict[str, torch.Tensor]:
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
     if path.stat().st_size == 0:
         raise OTXWeightsError(f"weights file '{path}' is empty (0 bytes); copy or download it again")
+    with path.open("rb") as file:
+        head = file.read(9)
+    safetensors = path.suffix == ".safetensors" or head[8:9] == b"{"  # an 8-byte header length, then JSON
+    # torch.save writes a zip archive (or, with the legacy format, a pickle: protocol byte 0x80 first)
+    if not safetensors and not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise OTXWeightsError(
+            f"weights file '{path}' is not a PyTorch weights file; pass a state dict saved with "
+            "torch.save(model.state_dict(), FILE), or a .safetensors file"
+        )
     try:
-        if path.suffix == ".safetensors":
+        if safetensors:
             from safetensors.torch import load_file
 
             return load_file(str(path))

@@ -29,7 +29,7 @@ from otx.models.backbones import layer_channels
 from otx.models.base import AnomalyModel
 from otx.models.quantization import Scheme
 from otx.models.upsample import upsample_bilinear
-from otx.validate import check_int
+from otx.validate import SEED_MAX, check_int
 
 
 class StreamingGaussian:
@@ -248,7 +248,7 @@ class Padim(AnomalyModel):
         seed: int = 0,
     ) -> None:
         self.n_features = check_int("n_features", n_features, minimum=1, optional=True)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0, maximum=SEED_MAX)
         super().__init__(
             backbone,
             layers,

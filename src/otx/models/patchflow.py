@@ -45,7 +45,7 @@ from otx.errors import OTXConfigError
 from otx.models.base import KEEP_BEST_EPOCH, AnomalyModel
 from otx.models.quantization import Scheme
 from otx.models.upsample import upsample_bilinear
-from otx.validate import check_int, check_number
+from otx.validate import SEED_MAX, check_int, check_number
 
 
 def softplus_scale(global_scale: torch.Tensor) -> torch.Tensor:
@@ -271,7 +271,7 @@ class Patchflow(AnomalyModel):
         self.flow_hidden_dim = check_int("flow_hidden_dim", flow_hidden_dim, minimum=1)
         self.lr = check_number("lr", lr, low=0.0, open_interval=True)
         self.weight_decay = check_number("weight_decay", weight_decay, low=0.0)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0, maximum=SEED_MAX)
         super().__init__(
             backbone,
             layers,

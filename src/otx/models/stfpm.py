@@ -31,7 +31,7 @@ from otx.errors import OTXConfigError
 from otx.models.base import KEEP_BEST_EPOCH, AnomalyModel, early_stopping
 from otx.models.quantization import Scheme
 from otx.models.upsample import upsample_bilinear
-from otx.validate import check_choice, check_int, check_number
+from otx.validate import SEED_MAX, check_choice, check_int, check_number
 
 
 class StfpmMapGenerator(AnomalyMapGenerator):
@@ -250,7 +250,7 @@ class Stfpm(AnomalyModel):
         self.momentum = moment if moment is not None else 0.9
         decay = check_number("weight_decay", weight_decay, low=0.0, optional=True)
         self.weight_decay = decay if decay is not None else (1e-5 if self.optimizer == "adam" else 0.001)
-        self.seed = check_int("seed", seed, minimum=0)
+        self.seed = check_int("seed", seed, minimum=0, maximum=SEED_MAX)
         self.student = check_choice("student", student, ("small", "backbone"))
         self.ddp_unused_parameters = self.student == "backbone"  # the small student uses every parameter
         self.student_width = check_int("student_width", student_width, minimum=1)

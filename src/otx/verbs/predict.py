@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
 import time
@@ -35,16 +37,31 @@ def _pages(path: str) -> int:
         return 1
 
 
+# Room for the suffixes output_stems and the writers add ("_jpeg", a counter, "_mask.png") within
+# the 255 bytes most file systems allow in a name.
+MAX_STEM_BYTES = 200
+
+
+def fit_stem(stem: str) -> str:
+    """``stem`` when it fits in ``MAX_STEM_BYTES`` (UTF-8), else its start, ``_`` and 10 hex digits of its SHA-1."""
+    raw = stem.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_STEM_BYTES:
+        return stem
+    digest = hashlib.sha1(raw).hexdigest()[:10]
+    return f"{raw[: MAX_STEM_BYTES - 11].decode('utf-8', 'ignore')}_{digest}"
+
+
 def output_stems(paths: list[str]) -> dict[str, str]:
     """Each image's name for its mask and overlay files, unique among ``paths``.
 
     The path under the images' common folder, ``__`` for each ``/``, without the extension; where
     that would name two images (``a.png`` and ``a.jpg``), each keeps its extension (``a_png``,
-    ``a_jpg``), then a counter if still needed. The same for every process of a distributed run
-    (it depends on the whole list only).
+    ``a_jpg``), then a counter if still needed. A name longer than ``MAX_STEM_BYTES`` keeps its
+    start and ends in a digest of the whole (``fit_stem``): file names hold at most 255 bytes.
+    The same for every process of a distributed run (it depends on the whole list only).
     """
     root = Path(os.path.commonpath([str(Path(p).parent) for p in paths]))
-    plain = ["__".join(Path(p).relative_to(root).with_suffix("").parts) for p in paths]
+    plain = [fit_stem("__".join(Path(p).relative_to(root).with_suffix("").parts)) for p in paths]
     shared = {stem for stem, count in Counter(plain).items() if count > 1}
     stems: dict[str, str] = {}
     used: set[str] = set()
@@ -107,6 +124,11 @@ def run(
             raise OTXError("nothing to predict; pass --source (an image, folder or glob) or --data_root DIR")
         data = found
         samples = data.splits["test"]
+        if not samples:
+            raise OTXError(
+                f"no images under {Path(data.data_root or '.') / 'test'} to predict; "
+                "pass --source (an image, folder or glob)"
+            )
     ctx.save_config(
         run,
         adapter.task.value,
@@ -130,8 +152,7 @@ def run(
         batch_preds = to_predictions(adapter, scorer, outputs, batch_samples, errors)
         for pred, sample, error in zip(batch_preds, batch_samples, errors, strict=True):
             if error:  # no decision for an unreadable image (Prediction.failed); the rest of the folder is predicted
-                log.warning("not predicted: %s", error)
-                continue
+                continue  # (said below, by rank 0 for every process's images)
             stem = stems[pred.image_path]
             canvas = None
             if visualize:
@@ -145,7 +166,11 @@ def run(
                 if canvas is not None:
                     write_overlay(out_dir / "overlays" / f"{stem}.png", canvas)
             except OSError as exc:  # a file this run cannot write (a full disk mid-run)
-                advice = "check the free space and permissions of the work dir (the run's other files are kept)"
+                advice = (
+                    "use a shorter --work_dir (the run's other files are kept)"
+                    if exc.errno == errno.ENAMETOOLONG
+                    else "check the free space and permissions of the work dir (the run's other files are kept)"
+                )
                 what = f"could not write '{exc.filename}' ({exc.strerror})" if exc.filename else str(exc)
                 raise OTXError(f"{what}; {advice}") from exc
             if not keep_maps:  # maps are large (4 bytes a pixel); keep the mask and boxes only
@@ -158,6 +183,9 @@ def run(
         raise distributed.SecondaryRankDone
     by_position = {i: p for process in gathered for i, p in zip(*process, strict=True)}
     predictions = [by_position[i] for i in range(len(samples))]
+    for prediction in predictions:  # before: a distributed run showed only rank 0's
+        if prediction.error:
+            log.warning("not predicted: %s", prediction.error)
     predict_s = time.perf_counter() - start
     run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
     unboxed = [p for p in predictions if adapter.box_level and p.label_name == "anomalous" and not len(p.pred_boxes)]

@@ -176,6 +176,13 @@ def run(
             record_resumed_from(run.path, resume)
     splits = data.splits
     if not splits["val"]:  # checked before training, not after it
+        labelled = [s for s in splits.get("test", []) if s.label >= 0]
+        if labelled:  # too few to split: each folder's one image stays in the test part
+            raise OTXError(  # (split_validation: a folder of one image gives it to validation above 0.5 only)
+                f"no validation images: each test/ folder holds one image, which stays in the test split at "
+                f"val_split {data.val_split:g}; add a second image to test/good and to each test/<defect>, "
+                "or put validation images in a val/ folder"
+            )
         raise OTXError(
             "no validation images: thresholds need test/ (or val/) images; add test/good and test/<defect> folders"
         )

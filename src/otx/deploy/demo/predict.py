@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import re
@@ -68,7 +69,7 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files, skipped, leftovers, visited = [], [], [], set()
+        files, others, skipped, leftovers, visited = [], [], [], [], set()
         output = output.resolve() if output is not None else None
         for top, dirs, names in os.walk(path, followlinks=True):  # symlinked folders too, each once
             here = Path(top).resolve()
@@ -84,10 +85,17 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
             leftovers.extend(Path(top, d) for d in sorted(dirs) if is_tool_folder(d))
             dirs[:] = sorted(d for d in dirs if not is_tool_folder(d))
             leftovers.extend(Path(top, name) for name in sorted(names) if name.startswith("._"))
-            files.extend(
-                Path(top, name)
-                for name in names
-                if os.path.splitext(name)[1].lower() in EXTENSIONS and not name.startswith("._")
+            for name in names:
+                if os.path.splitext(name)[1].lower() in EXTENSIONS and not name.startswith("._"):
+                    files.append(Path(top, name))
+                elif not name.startswith("."):
+                    others.append(Path(top, name))
+        if others:  # as otx predict says it
+            kinds = Counter(p.suffix.lower() or "no extension" for p in others)
+            listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda k: (-k[1], k[0]))[:4])
+            print(
+                f"left out {len(others)} file(s) of other types ({listed}; e.g. {min(others).as_posix()}); convert "
+                "any images among them (to PNG) to predict them"
             )
         if skipped:
             more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
@@ -110,14 +118,26 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
     return found
 
 
+MAX_STEM_BYTES = 200  # as otx.verbs.predict: room for "_mask.png" and the rest in a 255-byte name
+
+
+def fit_stem(stem: str) -> str:
+    """``stem``, or its start and a digest when it is too long for a file name (``otx.verbs.predict.fit_stem``)."""
+    raw = stem.encode("utf-8", "surrogatepass")
+    if len(raw) <= MAX_STEM_BYTES:
+        return stem
+    return raw[: MAX_STEM_BYTES - 11].decode("utf-8", "ignore") + "_" + hashlib.sha1(raw).hexdigest()[:10]
+
+
 def output_stems(paths: list[Path]) -> dict[Path, str]:
     """Each image's name for its mask file, as ``otx predict`` names them (``otx.verbs.predict.output_stems``).
 
     The path under the images' common folder with ``__`` for each ``/``, without the extension;
-    where that names two images, each keeps its extension (``a_png``), then a counter if needed.
+    where that names two images, each keeps its extension (``a_png``), then a counter if needed;
+    a name past ``MAX_STEM_BYTES`` is shortened by ``fit_stem``.
     """
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    plain = ["__".join(p.relative_to(root).with_suffix("").parts) for p in paths]
+    plain = [fit_stem("__".join(p.relative_to(root).with_suffix("").parts)) for p in paths]
     shared = {stem for stem, count in Counter(plain).items() if count > 1}
     stems: dict[Path, str] = {}
     used: set[str] = set()
@@ -154,6 +174,8 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
     except cv2.error:
         array = None
     if array is not None:
+        if data[:8] == b"\x89PNG\r\n\x1a\n" and data[25:26] == b"\x04" and array.ndim == 3:
+            array = array[..., 0]  # grayscale with alpha (IHDR colour type 4): OpenCV gives BGRA; otx reads it gray
         return array, ""
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-32:]:
         return None, "image file is truncated (a JPEG without its end)"
