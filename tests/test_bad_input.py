@@ -472,6 +472,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ("optimize-subset-0", "out of range", ["optimize", "--subset_size", "0"], "subset_size", 1),
     ("optimize-subset-type", "wrong type", ["optimize", "--subset_size", "many"], "subset_size", 2),
     ("optimize-max-drop", "out of range", ["optimize", "--max_drop", "2"], "max_drop", 1),
+    (  # before: "... drop between 0 and 1 (got 0.0)", which 0 is
+        "optimize-max-drop-0",
+        "out of range",
+        ["optimize", "--max_drop", "0"],
+        "max_drop is an absolute AUROC / F1 drop strictly between 0 and 1 (got 0.0)",
+        1,
+    ),
     ("optimize-checkpoint-missing", "missing path", ["optimize", "--checkpoint", "{missing}.xml"], "does not exist", 1),
     (
         "optimize-checkpoint-file",

@@ -602,6 +602,12 @@ def test_an_engines_model_unlike_the_checkpoint_is_named(trained_padim: dict, sa
     engine = Engine(model=Stfpm(input_size=(64, 64)), data=str(sample_root / "bottle_like"), work_dir=tmp_path)
     tested = engine.test(checkpoint=trained_padim["checkpoint"])
     assert any("the engine's model is Stfpm" in w and "holds Padim" in w for w in tested.warnings), tested.warnings
+    # the same for the verbs that deploy or time a model (before: they used the file without a word)
+    exported = engine.export(checkpoint=trained_padim["checkpoint"])
+    optimized = engine.optimize(checkpoint=exported.exported_model, subset_size=4)
+    timed = engine.benchmark(checkpoint=trained_padim["checkpoint"], num_images=2, warmup=0, repeats=1)
+    for result in (exported, optimized, timed):
+        assert any("the engine's model is Stfpm" in w and "holds Padim" in w for w in result.warnings), result
 
 
 def test_python_callers_are_told_the_python_argument_names(sample_root: Path, tmp_path: Path, capsys) -> None:

@@ -728,6 +728,10 @@ def test_warnings_for_a_model_that_learned_nothing_and_for_other_data(dataset_co
     train = json.loads((work_dir / latest(work_dir)["train"] / "metrics.json").read_text())
     assert any("near chance" in w and "validation image AUROC" in w for w in train["warnings"]), train["warnings"]
     assert "near chance" in err
+    # otx test says it of its pixels too (before: of the image level only)
+    assert main(["test", "--data_root", str(root), "--work_dir", str(work_dir), "--data.num_workers", "0"]) == 0
+    test = json.loads((work_dir / latest(work_dir)["test"] / "metrics.json").read_text())
+    assert any(w.startswith("test pixel AUROC is") and "near chance" in w for w in test["warnings"]), test["warnings"]
     # A recipe naming another model, on data the model was not trained on: both said in test's summary.
     other = dataset_copy("carpet_like")
     stfpm = "recipe/anomaly_segmentation/stfpm.yaml"

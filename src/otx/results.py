@@ -185,3 +185,4 @@ class BenchmarkResult(Result):
     repeats: int
     rows: list[dict[str, Any]]
     machine: dict[str, Any]
+    warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. the recipe names another model

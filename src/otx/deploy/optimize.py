@@ -524,6 +524,8 @@ def save_optimized(
 def check_max_drop(max_drop: float | None) -> None:
     """``max_drop`` is an absolute metric drop in (0, 1)."""
     if max_drop is not None and (isinstance(max_drop, bool) or not isinstance(max_drop, int | float)):
-        raise OTXConfigError(f"max_drop must be a number between 0 and 1 (got {max_drop!r}); e.g. 0.01")
+        raise OTXConfigError(f"max_drop must be a number strictly between 0 and 1 (got {max_drop!r}); e.g. 0.01")
     if max_drop is not None and not 0.0 < max_drop < 1.0:
-        raise OTXConfigError(f"max_drop is an absolute AUROC / F1 drop between 0 and 1 (got {max_drop}); e.g. 0.01")
+        raise OTXConfigError(
+            f"max_drop is an absolute AUROC / F1 drop strictly between 0 and 1 (got {max_drop}); e.g. 0.01"
+        )

@@ -16,7 +16,7 @@ from otx.deploy.inferencer import is_exported_model
 from otx.models.base import AnomalyModel
 from otx.results import BenchmarkResult
 from otx.verbs.context import VerbContext, write_result
-from otx.verbs.resolve import data_root_for
+from otx.verbs.resolve import data_root_for, warn_other_model
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
@@ -33,6 +33,8 @@ def plan(
     exported = [check_model_path(m) for m in models or []]
     if checkpoint is not None and is_exported_model(checkpoint):
         exported.insert(0, check_model_path(checkpoint))
+        info = read_model_info(exported[0])
+        warn_other_model(ctx, exported[0], info.model_name, info.backbone)
         checkpoint = None
     elif checkpoint is None and not exported:
         checkpoint = latest_checkpoint(ctx.workdir)
@@ -40,6 +42,7 @@ def plan(
     model, ckpt = None, {}
     if checkpoint is not None:
         model, ckpt = load_checkpoint(checkpoint)
+        warn_other_model(ctx, checkpoint, type(model).__name__, model.spec.name)
         task = ctx.adapter(ckpt.get("task")).task.value
         ctx.console.print(f"checkpoint: {checkpoint} (exporting FP32 and FP16 IRs to time them)")
         targets.append(("torch FP32", model))
@@ -149,6 +152,7 @@ def run(
         repeats=repeats,
         rows=rows,
         machine={"processor": processor_name(core), "cpus": os.cpu_count()},
+        warnings=list(ctx.warnings),
     )
     write_result(run, result)
     return result

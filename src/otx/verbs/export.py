@@ -17,7 +17,7 @@ from otx.errors import OTXDataError, OTXError, for_caller
 from otx.models.base import AnomalyModel
 from otx.results import ExportResult
 from otx.verbs.context import VerbContext, write_result
-from otx.verbs.resolve import eval_data, validation_set
+from otx.verbs.resolve import eval_data, validation_set, warn_other_model
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
@@ -37,6 +37,7 @@ def run(
     if is_exported_model(path):
         raise OTXError(f"'{path}' is already exported; pass the model.ckpt it came from")
     model, ckpt = load_checkpoint(path)
+    warn_other_model(ctx, path, type(model).__name__, model.spec.name)
     adapter = ctx.adapter(ckpt.get("task"))
     task = adapter.task.value
     ctx.save_config(

@@ -12,7 +12,7 @@ from otx.deploy.inferencer import is_exported_model
 from otx.errors import OTXDataError, OTXError, for_caller
 from otx.results import OptimizeResult
 from otx.verbs.context import VerbContext, write_result
-from otx.verbs.resolve import eval_data, validation_set
+from otx.verbs.resolve import eval_data, validation_set, warn_other_model
 from otx.workdir import Run, WorkDir, training_data_root
 
 log = logging.getLogger("otx")
@@ -80,6 +80,7 @@ def run(
         ctx.console.print(f"checkpoint: {source} (exporting an FP32 IR first)")
         source = export_model(model, run.path, ctx.adapter(ckpt.get("task")).task.value, data=data_record)
     ov_model, info, source = read_exported(source)
+    warn_other_model(ctx, source, info.model_name, info.backbone)
     # The model the INT8 one is checked against: an FP16 export's decisions were themselves checked
     # against FP32 (and its thresholds recalibrated) when it was exported, so name it as what it is.
     against = "FP32" if info.precision == "FP32" else f"{info.precision} IR"

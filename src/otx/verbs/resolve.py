@@ -26,6 +26,28 @@ from otx.workdir import training_data_root
 log = logging.getLogger("otx")
 
 
+def warn_other_model(ctx: VerbContext, path: str | Path, name: str, backbone: str) -> None:
+    """Warn when the recipe's or the engine's model is not the one in ``path`` (``name`` on ``backbone``).
+
+    Every verb that takes a trained model (test, predict, export, optimize, benchmark) runs the
+    model in the file; a recipe or ``Engine(model=...)`` naming another one is said, not obeyed.
+    """
+    recipe = ctx.config.get("model") if isinstance(ctx.config.get("model"), dict) else None
+    given: tuple[str, str, str | None] | None = None  # whose, class name, backbone
+    if ctx.model is not None:  # Engine(model=...) that has not trained this checkpoint
+        given = ("the engine's model", type(ctx.model).__name__, ctx.model.spec.name)
+    elif recipe and recipe.get("class_path") and not str(recipe["class_path"]).endswith(".AnomalyModel"):
+        wanted = (recipe.get("init_args") or {}).get("backbone")
+        given = ("the recipe's model", str(recipe["class_path"]).rpartition(".")[2], wanted)
+    if given is not None:
+        whose, wanted_name, wanted_backbone = given
+        if wanted_name != name or (wanted_backbone and wanted_backbone != backbone):
+            ctx.warn(
+                f"{whose} is {wanted_name} ({wanted_backbone or 'default backbone'}) but {path} holds "
+                f"{name} ({backbone}); using the model in the file"
+            )
+
+
 def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: bool = False) -> Scorer:
     """A scorer for a checkpoint or an exported model (default: the latest training run's checkpoint).
 
@@ -45,19 +67,7 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
         scorer = TorchScorer(model, path, ckpt.get("task"), ckpt.get("data"))
     ctx.console.print(describe_loaded(scorer))
     recipe = ctx.config.get("model") if isinstance(ctx.config.get("model"), dict) else None
-    given: tuple[str, str, str | None] | None = None  # whose, class name, backbone
-    if ctx.model is not None:  # Engine(model=...) that has not trained this checkpoint
-        given = ("the engine's model", type(ctx.model).__name__, ctx.model.spec.name)
-    elif recipe and recipe.get("class_path") and not str(recipe["class_path"]).endswith(".AnomalyModel"):
-        backbone = (recipe.get("init_args") or {}).get("backbone")
-        given = ("the recipe's model", str(recipe["class_path"]).rpartition(".")[2], backbone)
-    if given is not None:
-        whose, name, backbone = given
-        if name != scorer.name or (backbone and backbone != scorer.backbone):
-            ctx.warn(
-                f"{whose} is {name} ({backbone or 'default backbone'}) but {path} holds "
-                f"{scorer.name} ({scorer.backbone}); using the model in the file"
-            )
+    warn_other_model(ctx, path, scorer.name, scorer.backbone)
     own = scorer.preprocessor.config()
     if recipe and (differ := _preprocessing_differs(recipe.get("init_args") or {}, own)):
         # A note, not a warning: the numbers are the model's as trained (a recipe beside a model trained with

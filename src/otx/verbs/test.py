@@ -101,6 +101,14 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         covered = mask_coverage_warning(scored_outputs["masks"].numpy(), labels, known, "test")
         if covered:
             ctx.warn(covered)
+        # pixels of normal images and of masked defect images, at the map size, as training checks validation
+        usable = torch.tensor([not label or has for label, has in zip(labels, known, strict=True)])
+        if labels[usable.numpy()].any():  # (before: only the image level was checked here)
+            maps, masks = scored_outputs["maps"], scored_outputs["masks"]
+            if not usable.all():  # a copy only then
+                maps, masks = maps[usable], masks[usable]
+            for message in threshold_warnings(maps.numpy(), masks.numpy(), scorer.thresholds[1], "pixel", "test"):
+                ctx.warn(message)
     errors_list = [{"image": p.image_path, "error": p.error} for p in predictions if p.error]
     splits = data.split_summary()
     if errors_list:  # files of the test split (counted above under their folder) that could not be read
