@@ -192,7 +192,9 @@ def _verb_parser(verb: str) -> ArgumentParser:
         ),
     )
     if verb != "train":
-        what = "model.ckpt" if verb == "export" else "model.ckpt, or an exported .xml / .onnx"
+        what = {"export": "model.ckpt", "optimize": "model.ckpt, or an exported OpenVINO .xml (not ONNX)"}.get(
+            verb, "model.ckpt, or an exported .xml / .onnx"
+        )
         default = "latest export or train" if verb == "optimize" else "latest train"
         parser.add_argument("--checkpoint", type=str | None, default=None, help=f"{what} (default: {default})")
     if verb in ("test", "predict", "benchmark"):
@@ -208,13 +210,15 @@ def _verb_parser(verb: str) -> ArgumentParser:
             "--subset_size",
             type=int | None,
             default=None,
-            help="train/good images that calibrate INT8 (all if fewer); default: the model's (300, PatchCore 1000)",
+            help="train/good images that calibrate INT8 (all if fewer); default: the model's (PADIM and PatchFlow "
+            "300, PatchCore and STFPM 1000)",
         )
         parser.add_argument(
             "--max_drop",
             type=float | None,
             default=None,
-            help="accuracy control: largest allowed validation AUROC drop (e.g. 0.01); default: the model's scheme",
+            help="accuracy control: largest allowed drop of the validation AUROC and F1 (image, and pixel with "
+            "masks), e.g. 0.01; default: none (the model's INT8 scheme, its decisions checked)",
         )
         parser.add_argument(
             "--weight_bits",

@@ -334,15 +334,16 @@ class Engine:
     ) -> OptimizeResult | None:
         """Quantise a model to INT8 with NNCF, calibrated on training images only; keeps its accuracy.
 
-        ``checkpoint`` is an exported ``.xml`` / ``.onnx`` or a ``model.ckpt`` (exported to an FP32
-        IR first); the default is this engine's last export, else the checkpoint it trained last,
+        ``checkpoint`` is an exported OpenVINO ``.xml`` (ONNX is refused) or a ``model.ckpt``
+        (exported to an FP32 IR first); the default is this engine's last export, else the checkpoint it trained last,
         else the newest of the work_dir's latest export and latest training run.
         ``subset_size`` training images (``train/good``, all if fewer) calibrate the quantisers; None
-        takes the model's default (its INT8 scheme's ``calibration_images``: 300, PatchCore 1,000).
-        With ``max_drop``, NNCF's accuracy control keeps the validation AUROC within ``max_drop``
-        of the FP32 model's. ``weight_bits`` 7 runs on every CPU; 8 is more accurate but only for
-        CPUs with VNNI or AMX (without VNNI, int16 sums saturate); ``auto``: 8 where this CPU has
-        VNNI or AMX, else 7. ``fallback``: when the model's INT8 scheme does not keep the FP32
+        takes the model's default (its INT8 scheme's ``calibration_images``: 300 for PADIM and
+        PatchFlow, 1,000 for PatchCore and STFPM). With ``max_drop``, NNCF's accuracy control keeps
+        the validation AUROC and F1 (image, and pixel with masks) within ``max_drop`` of the FP32
+        model's. ``weight_bits`` 7 runs on every CPU; 8 is more accurate but only for CPUs with
+        VNNI or AMX (without VNNI, int16 sums saturate); ``auto``: 8 where this CPU has VNNI or
+        AMX, else 7. ``fallback``: when the model's INT8 scheme does not keep the FP32
         model's validation decisions, quantise again with the schemes that keep more of it in
         float (PatchFlow's: its backbone) and keep the first that does, else the closest (the
         tries are in the result's ``attempts``); False keeps the first scheme's model, and
