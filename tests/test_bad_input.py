@@ -55,7 +55,7 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "train-input-size-out-of-memory",
         "out of memory",
         ["train", "--config", RECIPE, "--model.init_args.input_size", "[100000000,100000000]"],
-        "GiB asked for; use a smaller --model.init_args.input_size",
+        "GiB asked for; lower --model.init_args.input_size or --data.batch_size",
         1,
     ),
     (
@@ -692,6 +692,20 @@ def test_engine_refuses_a_model_class_instead_of_an_instance(sample_root: Path, 
 
     with pytest.raises(OTXConfigError, match=r"model must be .*the class Padim; pass an instance, e.g. Padim\(\)"):
         Engine(model=Padim, data=sample_root / "bottle_like", work_dir=tmp_path)  # type: ignore[arg-type]
+
+
+def test_out_of_memory_is_one_error_for_python_callers_too(sample_root: Path, tmp_path: Path) -> None:
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.errors import OTXMemoryError
+    from otx.models import Padim
+
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    engine = Engine(model=Padim(input_size=(100_000_000, 100_000_000)), data=data, work_dir=tmp_path)
+    with pytest.raises(OTXMemoryError, match=r"^out of memory: [\d.]+ GiB asked for; lower the model's input_size"):
+        engine.train()  # before: the allocator's RuntimeError (the CLI called it an internal error)
+    assert not list(tmp_path.glob("*-train/model.ckpt"))
+    assert "out of memory" in next(tmp_path.glob("*-train/otx.log")).read_text()
 
 
 @pytest.mark.parametrize(

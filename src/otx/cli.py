@@ -28,7 +28,7 @@ from rich.table import Table
 
 from otx import __version__
 from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_now, secondary
-from otx.errors import COMMAND_LINE, OTXError
+from otx.errors import COMMAND_LINE, OTXError, out_of_memory
 from otx.logs import StderrHandler, make_console
 from otx.workdir import FINISHED, OPEN_RUNS, STOPS
 
@@ -804,25 +804,6 @@ def _one_line(exc: BaseException) -> str:
     return text[:600]
 
 
-# How PyTorch's allocators and NumPy word running out of memory (CPU, CUDA, XPU); a data-loading
-# worker's error carries the worker's message in its text.
-_OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory|Unable to allocate", re.IGNORECASE)
-_ASKED_BYTES = re.compile(r"allocate (\d+) bytes|allocate ([\d.]+) ([KMGT]i?B)")
-
-
-def _memory_line(exc: BaseException) -> str | None:
-    """One line for an allocation that failed (``MemoryError``, PyTorch's allocators), else None."""
-    if not isinstance(exc, MemoryError) and not _OUT_OF_MEMORY.search(str(exc)):
-        return None
-    asked, found = "", _ASKED_BYTES.search(str(exc))
-    if found:
-        asked = f": {int(found[1]) / 2**30:.1f} GiB asked for" if found[1] else f": {found[2]} {found[3]} asked for"
-    return (
-        f"out of memory{asked}; use a smaller --model.init_args.input_size or --data.batch_size, or input_mode "
-        "tile for large images (the run's otx.log has the details; earlier runs and latest.json are kept)"
-    )
-
-
 STOP_GRACE_S = 20.0  # clean-up time a stop gets before the process ends without it
 _WATCHDOG: list[threading.Timer] = []  # armed by a stop (see _stop_without_cleanup)
 _REDELIVERED: list[int] = []  # [pending, attempts]: a stop Python swallowed, sent again
@@ -1332,8 +1313,8 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             return 130
         if os.environ.get("OTX_DEBUG"):
             raise
-        if memory := _memory_line(exc):
-            errors.print(f"[bold red]error[/]: {escape(memory)}", highlight=False, soft_wrap=True)
+        if (memory := out_of_memory(exc)) is not None:  # outside a verb's run (a verb's own says it as OTXError)
+            errors.print(f"[bold red]error[/]: {escape(_one_line(memory))}", highlight=False, soft_wrap=True)
             return 1
         errors.print(
             f"[bold red]error[/]: internal error ({type(exc).__name__}: {escape(_one_line(exc)[:300])}); a bug in otx: "

@@ -22,6 +22,31 @@ class OTXWeightsError(OTXError):
     """Backbone weights could not be found or loaded."""
 
 
+class OTXMemoryError(OTXError):
+    """An allocation failed: the input size, batch size or images ask for more memory than there is."""
+
+
+# How PyTorch's allocators and NumPy word running out of memory (CPU, CUDA, XPU); a data-loading
+# worker's error carries the worker's message in its text.
+_OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory|Unable to allocate", re.IGNORECASE)
+_ASKED_BYTES = re.compile(r"allocate (\d+) bytes|allocate ([\d.]+) ([KMGT]i?B)")
+
+
+def out_of_memory(exc: BaseException) -> OTXMemoryError | None:
+    """``exc`` as one line when it is a failed allocation (``MemoryError``, PyTorch's allocators), else None."""
+    if not isinstance(exc, MemoryError) and not _OUT_OF_MEMORY.search(str(exc)):
+        return None
+    asked, found = "", _ASKED_BYTES.search(str(exc))
+    if found:
+        asked = f": {int(found[1]) / 2**30:.1f} GiB asked for" if found[1] else f": {found[2]} {found[3]} asked for"
+    return OTXMemoryError(
+        for_caller(
+            f"out of memory{asked}; lower --model.init_args.input_size or --data.batch_size, or use input_mode "
+            "tile for large images (the run's otx.log has the details; earlier runs and latest.json are kept)"
+        )
+    )
+
+
 COMMAND_LINE: ContextVar[bool] = ContextVar("otx_command_line", default=False)
 """True while ``otx`` (the command line) runs: messages keep its option spellings."""
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from otx import __version__
 from otx.data.datamodule import AnomalyDataModule
 from otx.distributed import SecondaryRankDone
-from otx.errors import OTXError, for_caller
+from otx.errors import OTXError, for_caller, out_of_memory
 from otx.results import Result
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
 from otx.workdir import STOPS, Run, WorkDir, stop_name
@@ -155,6 +155,10 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
             )
             said_why = True
             raise stop from exc
+        if (memory := out_of_memory(exc)) is not None:  # the user's sizes, not a bug: one line, also for Python callers
+            log.error("%s failed: %s", command, memory, exc_info=True, extra=FILE_ONLY)
+            said_why = True
+            raise memory from exc
         log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc, extra=FILE_ONLY)
         said_why = True
         raise
