@@ -141,6 +141,7 @@ def threshold_warnings(
     split: str,
     learned: bool = False,
     folder: str = "test",
+    auroc: float | None = None,
 ) -> list[str]:
     """Warnings about one level (``what``: ``image`` or ``pixel``) on one split.
 
@@ -148,7 +149,8 @@ def threshold_warnings(
     ``threshold`` the decision threshold in the same units; ``learned``: it was just fitted on
     these scores (F1-adaptive on the validation split), so a split without anomalies left it unlearned.
     ``folder``: where the split's images come from (``val`` for data with its own val/ folder), named
-    in the advice to add images.
+    in the advice to add images. ``auroc``: the AUROC of these scores and labels when the caller
+    has it already (a sort of every pixel saved), else it is computed here.
     """
     from otx.metrics import roc_auc
 
@@ -172,7 +174,7 @@ def threshold_warnings(
                 f"lower are called normal; add normal images ({folder}/good) to learn one"
             ]
         if labels.any() and not labels.all():
-            auroc = roc_auc(scores, labels)
+            auroc = roc_auc(scores, labels) if auroc is None else auroc
             if abs(auroc - 0.5) < CHANCE_MARGIN:
                 found.append(
                     f"{split} {what} AUROC is {auroc:.3f}, near chance (0.5): the model barely tells anomalous "

@@ -107,7 +107,11 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             maps, masks = scored_outputs["maps"], scored_outputs["masks"]
             if not usable.all():  # a copy only then
                 maps, masks = maps[usable], masks[usable]
-            for message in threshold_warnings(maps.numpy(), masks.numpy(), scorer.thresholds[1], "pixel", "test"):
+            # the AUROC of these pixels is evaluate's pixel_AUROC_input (the same rows): not sorted again
+            found = threshold_warnings(
+                maps.numpy(), masks.numpy(), scorer.thresholds[1], "pixel", "test", auroc=metrics["pixel_AUROC_input"]
+            )
+            for message in found:
                 ctx.warn(message)
     errors_list = [{"image": p.image_path, "error": p.error} for p in predictions if p.error]
     splits = data.split_summary()
