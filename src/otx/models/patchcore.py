@@ -335,7 +335,7 @@ class Patchcore(AnomalyModel):
         pixel_threshold: manual raw pixel threshold; None learns it on validation.
         coreset_ratio: share of the training patches the memory bank keeps (0, 1].
         num_neighbors: bank entries around the nearest one that re-weight the image score (1: no re-weighting).
-        oversample: candidates kept per training batch, as a multiple of ``coreset_ratio`` (16: on
+        oversample: candidates kept per training image, as a multiple of ``coreset_ratio`` (16: on
             magnetic_tile's test split image AUROC 0.979 against 0.960 at 4 and anomalib's 0.975
             with its full greedy selection; fit 88 s, docs/models.md).
         map_upsample: ``bilinear`` or ``nearest`` (anomalib's): how the patch scores reach the input
