@@ -685,3 +685,123 @@ def test_a_verb_in_another_thread_keeps_its_data_warnings(dataset_copy, trained_
         thread.join()
     assert any("macOS resource file" in w for w in results["junk"]["warnings"])
     assert not any("macOS resource file" in w for w in results["clean"]["warnings"]), results["clean"]["warnings"]
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A 1-bit PNG file whose header claims ``width x height``, with the first rows' pixels only."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    rows = zlib.compress(bytes(4 * (1 + (width + 7) // 8)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_large_scans_are_indexed_and_bombs_are_one_line(dataset_copy) -> None:
+    root = dataset_copy()
+    big = root / "test" / "good" / "big.png"
+    Image.new("1", (15000, 15000)).save(big)  # 225 MP, 27 KB: over Pillow's default limit, under OpenCV's
+    assert image_header(big)[:2] == (15000, 15000)  # before: Pillow's DecompressionBombError, a traceback
+    assert str(big) not in index_mvtec(root).unreadable
+    _png_header_only(big, 60000, 60000)  # 3.6 G pixels: past both limits
+    with pytest.raises(OTXDataError, match=r"cannot read image '.*big\.png' \(Image size \(3600000000 pixels\)"):
+        image_header(big)
+    assert "Image size (3600000000 pixels)" in index_mvtec(root).unreadable[str(big)]  # a test image: "error"
+    _png_header_only(root / "ground_truth" / "scratch" / "000_mask.png", 60000, 60000)
+    with pytest.raises(OTXDataError, match="cannot read image .*000_mask.png"):
+        index_mvtec(root)
+
+
+@pytest.mark.parametrize("kind", ["CMYK-tiff", "RGB16-labels", "RGBA16-labels", "LA-tga", "L-png-trailer", "I16B-tiff"])
+def test_masks_of_other_encodings_read_the_same(kind: str, tmp_path: Path) -> None:
+    mask = np.zeros((24, 32), bool)
+    mask[4:10, 5:20] = True
+    u8 = mask.astype(np.uint8) * 255
+    labels16 = mask.astype(np.uint16)  # 0/1 labels in 16 bits: before, Pillow kept their high byte (all 0)
+    path = tmp_path / f"m_mask.{kind.rsplit('-', 1)[-1] if kind.endswith(('tiff', 'tga')) else 'png'}"
+    if kind == "CMYK-tiff":  # before: K taken for alpha, the mask inverted
+        Image.fromarray(u8).convert("CMYK").save(path)
+    elif kind == "RGB16-labels":
+        assert cv2.imwrite(str(path), np.stack([labels16] * 3, -1))
+    elif kind == "RGBA16-labels":
+        assert cv2.imwrite(str(path), np.stack([labels16] * 3 + [np.full_like(labels16, 65535)], -1))
+    elif kind == "LA-tga":  # OpenCV does not read TGA: Pillow's LA
+        Image.fromarray(np.stack([u8, np.full_like(u8, 255)], -1), "LA").save(path)
+    elif kind == "L-png-trailer":  # bytes after the end chunk, as some tools append
+        Image.fromarray(u8).save(path)
+        path.write_bytes(path.read_bytes() + b"\0" * 100)
+    else:
+        Image.fromarray(labels16.astype(">u2") * 40000).save(path)  # Pillow's I;16B, big-endian
+    np.testing.assert_array_equal(read_mask(path), mask)
+
+
+def test_images_pillow_decodes_read_like_opencvs(tmp_path: Path) -> None:
+    from otx.data.io import to_uint8
+
+    gray = np.random.default_rng(0).integers(0, 256, (12, 20), dtype=np.uint8)
+    la = tmp_path / "la.tga"  # OpenCV does not read TGA; Pillow gives LA (before: cv2's "Bad number of channels")
+    Image.fromarray(np.stack([gray, np.full_like(gray, 255)], -1), "LA").save(la)
+    np.testing.assert_array_equal(read_image(la), np.stack([gray] * 3, -1))
+    png = tmp_path / "trailer.png"
+    Image.fromarray(np.stack([gray, np.full_like(gray, 200)], -1), "LA").save(png)
+    png.write_bytes(png.read_bytes() + b"\0" * 100)  # before: taken for a PNG cut short, read by Pillow, crashed
+    np.testing.assert_array_equal(read_image(png), np.stack([gray] * 3, -1))
+    np.testing.assert_array_equal(demo_package().read_rgb(png), read_image(png))  # the demo read it as truncated
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(png.read_bytes()[:-130])  # without its end chunk: still refused, by both
+    with pytest.raises(OTXDataError, match="cut.png"):
+        read_image(cut)
+    assert demo_package().decode_why(cut)[1].startswith("image file is truncated")
+    big_endian = np.array([[0, 40000, 65535]], ">u2")  # before: taken for float levels and refused
+    np.testing.assert_array_equal(to_uint8(big_endian), to_uint8(big_endian.astype(np.uint16)))
+
+
+def test_a_tiff_masks_orientation_is_applied_as_its_images(dataset_copy, caplog) -> None:
+    from PIL import TiffImagePlugin
+
+    root = dataset_copy()
+    image = root / "test" / "scratch" / "000.png"
+    pixels = np.asarray(Image.open(image).convert("L"))
+    stored = np.zeros(pixels.shape, np.uint8)
+    stored[0, 0] = 255  # one defect pixel in the stored corner
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[0x0112] = 6  # turned a quarter: both decoders turn a TIFF's pixels
+    Image.fromarray(pixels).save(image.with_suffix(".tif"), tiffinfo=tags)
+    Image.fromarray(stored).save(root / "ground_truth" / "scratch" / "000_mask.tif", tiffinfo=tags)
+    image.unlink()
+    (root / "ground_truth" / "scratch" / "000_mask.png").unlink()
+    with caplog.at_level("WARNING", logger="otx"):
+        sample = next(s for s in index_mvtec(root).subsets["test"] if s.path.endswith("000.tif"))
+    assert not any("EXIF orientation" in r.getMessage() for r in caplog.records)  # (the warning said "as stored")
+    read = read_image(sample.path)
+    mask = read_mask(sample.mask_path)  # before: flipped, not turned (Pillow on an uncompressed TIFF)
+    assert mask.shape == read.shape[:2] == image_header(sample.mask_path)[:2] == pixels.shape[::-1]
+    np.testing.assert_array_equal(read[..., 0], np.rot90(pixels, -1))  # orientation 6: a quarter clockwise
+    np.testing.assert_array_equal(mask, np.rot90(stored, -1) > 0)
+
+
+def test_tool_folders_in_test_and_masks_are_left_out_and_mask_suffixes_match_in_any_case(dataset_copy, caplog) -> None:
+    root = dataset_copy()
+    before = index_mvtec(root)
+    for folder in ("test/.ipynb_checkpoints", "val/__MACOSX", "ground_truth/.ipynb_checkpoints"):
+        (root / folder).mkdir(parents=True)
+    shutil.copy(root / "test" / "good" / "000.png", root / "test" / ".ipynb_checkpoints" / "000-checkpoint.png")
+    shutil.copy(root / "train" / "good" / "000.png", root / "val" / "__MACOSX" / "000.png")
+    shutil.copy(root / "ground_truth" / "scratch" / "000_mask.png", root / "ground_truth" / ".ipynb_checkpoints")
+    (root / "ground_truth" / "@eaDir" / "000_mask.png").mkdir(parents=True)  # a NAS's thumbnail folder
+    masks = root / "ground_truth" / "scratch"
+    (masks / "000_mask.png").rename(masks / "000_mask.Png")  # before: "not named as a mask of ..."
+    with caplog.at_level("WARNING", logger="otx"):
+        index = index_mvtec(root)  # before: two anomalous defect types, ".ipynb_checkpoints" and "__MACOSX"
+    defects = {s.defect for samples in index.subsets.values() for s in samples}
+    assert defects == {s.defect for samples in before.subsets.values() for s in samples}
+    assert len(index.subsets["test"]) == len(before.subsets["test"])
+    said = [r.getMessage() for r in caplog.records if "folders that tools leave" in r.getMessage()]
+    assert len(said) == 1 and all(
+        f"{name}/" in said[0] for name in ("test/.ipynb_checkpoints", "val/__MACOSX", "ground_truth/.ipynb_checkpoints")
+    ), said
+    sample = next(s for s in index.subsets["test"] if s.path.endswith("scratch/000.png"))
+    assert sample.mask_path == str(masks / "000_mask.Png")

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from otx.data.io import PIL_ERRORS
+
 CHANCE_MARGIN = 0.1  # AUROC within this of 0.5 is "near chance"
 SIZE_FACTOR = 2.0  # images more than this factor smaller or larger than every training image
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -213,7 +215,7 @@ def _header(path: str | Path) -> tuple[bool, int, int] | None:
     try:
         with Image.open(path) as pil:
             return pil.mode in GRAY_MODES, pil.size[1], pil.size[0]
-    except (OSError, ValueError):
+    except PIL_ERRORS:
         return None
 
 
@@ -231,7 +233,7 @@ def stored_gray(path: str | Path) -> bool:
     try:
         with Image.open(path) as pil:
             rgb = np.asarray(pil.convert("RGB"), dtype=np.int16)
-    except (OSError, ValueError):
+    except PIL_ERRORS:
         return False
     return bool(
         np.abs(rgb[..., 0] - rgb[..., 1]).max(initial=0) <= GRAY_LEVELS

@@ -106,6 +106,8 @@ def _check_layout(folder: Path) -> None:
     """
     subset = folder.name
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir() and is_tool_folder(entry.name):  # left out by _index_subset, with a warning
+            continue
         if not entry.is_dir():
             if _is_listed_image(entry.name):
                 if is_resource_file(entry.name):  # Datumaro's reader fails on it
@@ -163,8 +165,13 @@ def _check_layout(folder: Path) -> None:
                 stems[stem] = inner.name
 
 
-def _index_subset(folder: Path, mask_dir: Path | None, leftovers: list[Path]) -> list[Sample]:
-    """The images of one subset folder; macOS resource files (``._000.png``) go to ``leftovers``."""
+def _index_subset(folder: Path, mask_dir: Path | None, leftovers: list[Path], tools: list[Path]) -> list[Sample]:
+    """The images of one subset folder.
+
+    macOS resource files (``._000.png``) go to ``leftovers``, the folders of tools
+    (``test/.ipynb_checkpoints``, ``test/__MACOSX``; ``is_tool_folder``) to ``tools``: the MVTec
+    reader would take such a folder for a defect type and score its images as anomalous.
+    """
     _check_layout(folder)
     extractor = MvtecClassificationBase(str(folder), merge_policy=None)
     samples, listings = [], {}
@@ -173,6 +180,10 @@ def _index_subset(folder: Path, mask_dir: Path | None, leftovers: list[Path]) ->
         defect = path.parent.name
         if is_resource_file(path.name):
             leftovers.append(path)
+            continue
+        if is_tool_folder(defect):
+            if path.parent not in tools:
+                tools.append(path.parent)
             continue
         if path.parent.parent.resolve() != folder.resolve():
             continue  # deeper than <subset>/<type>/<image> (a tool's folder _check_layout let pass)
@@ -183,7 +194,7 @@ def _index_subset(folder: Path, mask_dir: Path | None, leftovers: list[Path]) ->
     return sorted(samples, key=lambda s: s.path)
 
 
-MASK_SUFFIXES = tuple(dict.fromkeys(ext for e in (MvtecPath.MASK_EXT, *IMAGE_EXTENSIONS) for ext in (e, e.upper())))
+MASK_SUFFIXES = tuple(dict.fromkeys((MvtecPath.MASK_EXT, *IMAGE_EXTENSIONS)))  # any case; .png first
 
 
 def _mask_of(
@@ -191,11 +202,12 @@ def _mask_of(
 ) -> str | None:
     """``<mask_dir>/<defect>/<name>_mask.png`` when that file exists (MVTec's naming).
 
-    A mask in another image format (``_mask.bmp``, ``_mask.tif``, ``_mask.PNG``) is taken when
-    there is no ``.png`` one. Names are matched against the folder's listing (kept in
-    ``listings`` across the images of one indexing), not probed with ``is_file``: on a
-    case-insensitive file system (macOS, Windows) a probe for ``000_mask.png`` finds
-    ``000_mask.PNG`` under the probed spelling, which then matches no listed mask.
+    A mask in another image format (``_mask.bmp``, ``_mask.tif``) is taken when there is no
+    ``.png`` one; the extension in any case (``_mask.PNG``, ``_mask.Tif``), as images' are.
+    Names are matched against the folder's listing (kept in ``listings`` across the images of
+    one indexing), not probed with ``is_file``: on a case-insensitive file system (macOS,
+    Windows) a probe for ``000_mask.png`` finds ``000_mask.PNG`` under the probed spelling,
+    which then matches no listed mask.
     """
     listings = {} if listings is None else listings
     if defect not in _listed(
@@ -203,11 +215,15 @@ def _mask_of(
     ):  # the type folders as stored: ground_truth/scratch, not Scratch
         return None
     folder = mask_dir / defect
-    names = _listed(listings, folder, folders=False)
+    prefix = f"{image.stem}{MvtecPath.MASK_POSTFIX}"
+    by_suffix: dict[str, str] = {}
+    # the suffix in lower case first (000_mask.png before 000_mask.PNG), then by name
+    for name in sorted((n for n in _listed(listings, folder, folders=False) if n.startswith(prefix)),
+                       key=lambda n: (not n.endswith(n[len(prefix):].lower()), n)):  # fmt: skip
+        by_suffix.setdefault(name[len(prefix) :].lower(), name)
     for suffix in MASK_SUFFIXES:
-        name = f"{image.stem}{MvtecPath.MASK_POSTFIX}{suffix}"
-        if name in names:
-            return str(folder / name)
+        if suffix in by_suffix:
+            return str(folder / by_suffix[suffix])
     return None
 
 
@@ -286,11 +302,19 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     has_masks = mask_dir.is_dir()
     subsets: dict[str, list[Sample]] = {}
     leftovers: list[Path] = []
+    tools: list[Path] = []
     for name in ("train", "val", "test"):
         if (root / name).is_dir():
-            subsets[name] = _index_subset(root / name, mask_dir if has_masks else None, leftovers)
+            subsets[name] = _index_subset(root / name, mask_dir if has_masks else None, leftovers, tools)
     if has_masks:
         leftovers += sorted(path for path in mask_dir.glob("*/._*") if path.is_file())
+        tools += sorted(path for path in mask_dir.iterdir() if path.is_dir() and is_tool_folder(path.name))
+    if tools:
+        log.warning(
+            "ignoring %s: folders that tools leave beside images (notebooks, macOS zips, NAS thumbnails), not "
+            "defect types",
+            ", ".join(f"{path.relative_to(root).as_posix()}/" for path in tools),
+        )
     if leftovers:
         log.warning(
             "ignoring %d macOS resource file(s) (e.g. %s): files named ._<name> hold a file's metadata, not an image",
@@ -371,7 +395,12 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
     by_name = {(s.defect, Path(s.path).stem): s for samples in subsets.values() for s in samples}
     good_masks = 0
     for mask in sorted(mask_dir.glob("*/*")):
-        if mask.suffix.lower() not in IMAGE_EXTENSIONS or is_resource_file(mask.name):
+        if (
+            mask.suffix.lower() not in IMAGE_EXTENSIONS
+            or is_resource_file(mask.name)
+            or is_tool_folder(mask.parent.name)
+            or not mask.is_file()  # (a thumbnail tool's folder named 000_mask.png)
+        ):
             continue
         sample = by_mask.get(str(mask))
         if sample is None and mask.parent.name in (GOOD, UNKNOWN):  # no defect pixels, or never scored

@@ -20,6 +20,16 @@ IMAGE_EXTENSIONS = (
 LOOKED_FOR = f"{', '.join(IMAGE_EXTENSIONS[:8])} and {len(IMAGE_EXTENSIONS) - 8} rarer image types"
 
 
+# Pillow refuses images of more than twice ``Image.MAX_IMAGE_PIXELS`` (89 MP by default) as possible
+# decompression bombs, which OpenCV, otx's first decoder, reads up to its own limit of 2^30 pixels
+# (CV_IO_MAX_IMAGE_PIXELS): a 15000x15000 scan failed otx's header check although its pixels could be
+# read. otx raises Pillow's limit to OpenCV's (never lowers one a caller has set higher, or None).
+OPENCV_MAX_PIXELS = 2**30
+if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < OPENCV_MAX_PIXELS:
+    Image.MAX_IMAGE_PIXELS = OPENCV_MAX_PIXELS
+# what Pillow raises for a file it cannot open or decode
+PIL_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
 UNIT_SLACK = 0.01  # a float image within [-0.01, 1.01] is a [0, 1] image with rounding noise
 
 
@@ -32,7 +42,7 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
     """
     if array.dtype == np.uint8:
         return array
-    if array.dtype == np.uint16:
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2:  # either byte order (a big-endian TIFF's I;16B)
         return (array.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
@@ -50,11 +60,49 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"  # the end chunk's type and its CRC (it has no data), the same in every PNG
 
 
 def png_cut_short(data: bytes) -> bool:
-    """A PNG file without its end chunk near its end: an interrupted copy (Pillow then names it truncated)."""
-    return data[:8] == PNG_SIGNATURE and b"IEND" not in data[-32:]
+    """A PNG file without its end chunk: an interrupted copy (Pillow then names it truncated).
+
+    Anywhere in the file, not only at its end: bytes after the end chunk (a tool's trailer) do
+    not make a PNG cut short, and both decoders read it.
+    """
+    return data[:8] == PNG_SIGNATURE and data.rfind(PNG_END) < 0
+
+
+# Pillow modes converted before their pixels are taken: to RGB for an image (alpha is dropped anyway),
+# keeping alpha for a mask (``read_mask`` reads transparency).
+PIL_TO_RGB = ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La", "LA")
+PIL_MASK_MODES = {"P": "RGBA", "PA": "RGBA", "1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB",
+                  "RGBX": "RGB", "RGBa": "RGBA", "La": "LA"}  # fmt: skip
+
+
+def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> np.ndarray:
+    """The pixels of an image file, by OpenCV (as stored: any depth, channels in OpenCV's order) or Pillow.
+
+    Pillow decodes what OpenCV cannot (a TGA file, a PNG cut short, which it names truncated);
+    its modes are converted by ``modes`` and its channels reordered to OpenCV's (BGR, BGRA).
+    TIFF orientation is applied by both (libtiff and Pillow turn the pixels, and report the
+    turned size), every other format's EXIF orientation by neither.
+    """
+    array = None
+    if not png_cut_short(data):  # (libpng would print its own "PNG input buffer is incomplete" first)
+        try:
+            array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        except cv2.error:  # a decoder that fails loudly rather than returning None: Pillow has the last word
+            array = None
+    if array is not None:
+        return array
+    try:
+        with Image.open(path) as pil:
+            array = np.asarray(pil.convert(modes[pil.mode]) if pil.mode in modes else pil)
+    except PIL_ERRORS as exc:
+        raise OTXDataError(f"cannot decode {what} '{path}' ({exc}); replace or remove the file") from exc
+    if array.ndim == 3 and array.shape[2] >= 3:
+        array = array[..., 2::-1] if array.shape[2] == 3 else array[..., [2, 1, 0, 3]]  # to BGR(A) like cv2
+    return array
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -71,20 +119,7 @@ def read_image(path: str | Path) -> np.ndarray:
         raise OTXDataError(f"cannot read image '{path}' (the file is empty, 0 bytes); replace or remove the file")
     # From the bytes: imread decodes a JPEG cut short to an image with its missing rows grey (libjpeg's
     # warning on stderr only); imdecode refuses it, and Pillow's fallback then names it truncated.
-    array = None
-    if not png_cut_short(data):  # (libpng would print its own "PNG input buffer is incomplete" first)
-        try:
-            array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-        except cv2.error:  # a decoder that fails loudly rather than returning None: Pillow has the last word
-            array = None
-    if array is None:
-        try:
-            with Image.open(path) as pil:
-                array = np.asarray(pil.convert("RGB") if pil.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV") else pil)
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise OTXDataError(f"cannot decode image '{path}' ({exc}); replace or remove the file") from exc
-        if array.ndim == 3 and array.shape[2] >= 3:
-            array = array[..., 2::-1] if array.shape[2] == 3 else array[..., [2, 1, 0, 3]]  # to BGR(A) like cv2
+    array = _decode(path, data, dict.fromkeys(PIL_TO_RGB, "RGB"), "image")
     try:
         array = to_uint8(np.asarray(array))
     except ValueError as exc:
@@ -119,16 +154,19 @@ def read_mask(path: str | Path) -> np.ndarray:
     flat colour (a defect drawn in one pen, black included, on a transparent background), the
     visible pixels are the defect; otherwise the visible pixels that are not black. So a labelling
     tool's transparent white background is not a defect. A constant alpha above 0 is ignored.
+
+    Decoded as images are (``read_image``'s decoders, depth kept), so a mask is turned exactly as
+    its image (a TIFF orientation), and a 16-bit colour mask of 0/1 labels keeps them.
     """
     try:
-        with Image.open(path) as pil:
-            if pil.mode == "P" or pil.mode == "PA":
-                pil = pil.convert("RGBA")
-            elif pil.mode == "1":
-                pil = pil.convert("L")
-            array = np.asarray(pil)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise OTXDataError(f"cannot decode mask '{path}' ({exc}); replace or remove the file") from exc
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise OTXDataError(f"cannot read mask '{path}' ({exc.strerror or exc}); replace or remove the file") from exc
+    if not data:
+        raise OTXDataError(f"cannot read mask '{path}' (the file is empty, 0 bytes); replace or remove the file")
+    array = _decode(path, data, PIL_MASK_MODES, "mask")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
     if array.ndim == 2:
         return array > 0
     channels = array.shape[2]
@@ -153,7 +191,7 @@ class ImageHeader(NamedTuple):
 
     height: int
     width: int
-    orientation: int  # EXIF orientation, 1 when none
+    orientation: int  # EXIF orientation the pixels are read without: 1 when none, and for TIFF (read turned)
     pages: int  # frames of a multi-page TIFF or an animation; otx reads the first
 
 
@@ -169,10 +207,11 @@ def image_header(path: str | Path) -> ImageHeader:
     try:
         with Image.open(path) as pil:
             width, height = pil.size
-            orientation = _orientation(pil)
+            # libtiff (OpenCV) and Pillow turn a TIFF's pixels by its orientation, and its size is the turned one
+            orientation = 1 if pil.format == "TIFF" else _orientation(pil)
             pages = _pages(pil)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        why = exc.__class__.__name__
+    except PIL_ERRORS as exc:
+        why = str(exc) if isinstance(exc, Image.DecompressionBombError) else exc.__class__.__name__
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             why = "the file is empty, 0 bytes"
         raise OTXDataError(f"cannot read image '{path}' ({why}); replace or remove the file") from exc

@@ -166,7 +166,7 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
         return None, f"cannot read the file ({exc.strerror or exc})"
     if not data:  # an empty file (imdecode asserts on an empty buffer)
         return None, "the file is empty, 0 bytes"
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-32:]:  # a PNG cut short, as otx refuses it
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data.rfind(b"IEND\xaeB`\x82") < 0:  # no end chunk: cut short, as otx says
         return None, "image file is truncated (a PNG without its end)"
     # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
     try:
