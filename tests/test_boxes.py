@@ -338,6 +338,8 @@ def test_defect_recall_counts_regions_a_box_touches() -> None:
     }
     assert len(found) / (count - 1) == pytest.approx(2 / 3)
     assert np.isnan(defect_recall([np.zeros((5, 5))], [boxes]))
+    # a box above and left of the image holds no pixel (before: its negative ends sliced from the far side)
+    assert defect_recall([mask], [np.array([[-10, -10, -1, -1]], np.float32)]) == 0.0
 
 
 def test_tuning_finds_tight_boxes_on_blurred_maps() -> None:

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 from rich.console import Console
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import f1_score, roc_auc_score
 
 from helpers import reference_ap
 from otx.checkpoint import load_checkpoint
 from otx.data import AnomalyDataModule
+from otx.data.dataset import Sample
 from otx.data.sample import DEFECT_TYPES
 from otx.engine import Engine
 from otx.errors import OTXConfigError, OTXDataError, OTXError
@@ -61,6 +62,52 @@ def test_test_after_train_needs_no_checkpoint(trained_padim: dict, sample_root: 
     assert sum(k["defect_pixel_share"] for k in kinds) == pytest.approx(1.0)
     assert all(0.9 < k["pixel_AUROC"] <= 1.0 and 0.0 < k["AUPRO"] <= 1.0 for k in kinds)
     assert by_defect["good"]["images"] == 6 and sum(k["images"] for k in kinds) == result["splits"]["test"]["anomalous"]
+
+
+def test_the_pixel_f1_is_that_of_the_predicted_masks(tmp_path: Path) -> None:
+    # Before: the pixel F1 at each image's size was that of the raw map restored and thresholded, while
+    # predictions threshold the normalised map, which is clipped to [0, 1] before it is restored (the
+    # segmentation adapter): the two differ where a clipped value meets an unclipped one.
+    from otx.postprocess import normalize
+    from otx.preprocess import PreProcessor
+    from otx.tasks import get_adapter
+    from otx.verbs.inference import evaluate
+
+    rng = np.random.default_rng(5)
+    maps = rng.random((4, 16, 16)).astype(np.float32)
+    maps[2:, 5:10, 4:9] += 20.0  # defects far above the validation maximum: clipped by the normalisation
+    truth, samples = [], []
+    for i in range(4):
+        mask = np.zeros((64, 48), bool)
+        if i >= 2:
+            mask[18:42, 10:38] = True
+            cv2.imwrite(str(tmp_path / f"{i}_mask.png"), mask.astype(np.uint8) * 255)
+        truth.append(mask)
+        samples.append(Sample(str(tmp_path / f"{i}.png"), int(i >= 2), "good" if i < 2 else "dent",
+                              str(tmp_path / f"{i}_mask.png") if i >= 2 else None))  # fmt: skip
+    outputs = {
+        "maps": torch.from_numpy(maps),
+        "scores": torch.from_numpy(maps.reshape(4, -1).max(axis=1)),
+        "labels": torch.tensor([0, 0, 1, 1]),
+        "masks": torch.from_numpy(np.stack([cv2.resize(m.astype(np.uint8), (16, 16)) > 0 for m in truth])),
+        "orig_sizes": torch.tensor([[64, 48]] * 4),
+    }
+    threshold, low, high = 1.5, 0.0, 2.0  # the validation maps' range: 1.5 +- 1 is [0.5, 2.5]
+    pre, adapter = PreProcessor((16, 16)), get_adapter("segmentation")
+    normalized = {
+        "pred_score": np.full(4, 0.5, np.float32),
+        "pred_label": np.ones(4, bool),
+        "anomaly_map": normalize(maps, threshold, low, high),
+    }
+    predictions = adapter.predictions(normalized, [s.path for s in samples], np.array([[64, 48]] * 4), pre)
+    predicted = np.concatenate([p.pred_mask.ravel() for p in predictions])
+    reference = f1_score(np.concatenate([m.ravel() for m in truth]), predicted)
+    ctx = Engine(work_dir=tmp_path / "ws")._context()
+    got = evaluate(ctx, adapter, True, (1.0, threshold), outputs, samples, pre, pixel_range=(low, high)).metrics
+    assert got["pixel_F1"] == pytest.approx(reference, abs=1e-12)
+    raw = evaluate(ctx, adapter, True, (1.0, threshold), outputs, samples, pre).metrics  # the raw map thresholded
+    assert abs(raw["pixel_F1"] - reference) > 0.01  # what this test tells apart
+    assert raw["pixel_AUROC"] == got["pixel_AUROC"] and raw["AUPRO"] == got["AUPRO"]  # ranking: the raw maps
 
 
 def test_checkpoint_round_trip_reproduces_outputs(trained_padim: dict) -> None:
@@ -415,6 +462,7 @@ def test_results_are_typed_and_are_their_metrics_json(trained_padim: dict, sampl
 _API_TRAINING = """
 import sys
 from otx.data import AnomalyDataModule
+from otx.data.dataset import Sample
 from otx.engine import Engine
 from otx.models import Padim
 data = AnomalyDataModule(sys.argv[1], num_workers=0)
@@ -441,6 +489,7 @@ import logging, sys
 if sys.argv[3] == "basicConfig":
     logging.basicConfig(level=logging.WARNING)
 from otx.data import AnomalyDataModule
+from otx.data.dataset import Sample
 from otx.engine import Engine
 from otx.models import Padim
 data = AnomalyDataModule(sys.argv[1], num_workers=0)

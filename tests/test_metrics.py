@@ -126,9 +126,10 @@ def test_f1_adaptive_threshold_is_best_over_all_candidates(seed: int, ties: bool
     best = max(f1_score(labels, scores >= t, zero_division=0) for t in np.unique(scores))
     threshold = f1_adaptive_threshold(torch.from_numpy(scores), torch.from_numpy(labels))
     assert f1_score(labels, scores >= threshold, zero_division=0) == pytest.approx(best, abs=1e-12)
-    # The middle of the optimal interval: halfway between the two distinct scores around it.
+    # The middle of the optimal interval: halfway between the two distinct scores around it, as the
+    # float32 the post-processor stores
     above, below = scores[scores >= threshold].min(), scores[scores < threshold].max()
-    assert threshold == pytest.approx((above + below) / 2, abs=1e-12)
+    assert threshold == float(np.float32((float(above) + float(below)) / 2))
 
 
 def test_f1_adaptive_threshold_leaves_a_margin_on_both_sides() -> None:
@@ -142,6 +143,24 @@ def test_f1_adaptive_threshold_leaves_a_margin_on_both_sides() -> None:
     assert f1_adaptive_threshold(torch.tensor([0.5, 0.7]), torch.tensor([1, 1])) == pytest.approx(0.498)
     # Nothing anomalous: just above the largest score (1 % of the range), so every image is normal under >=.
     assert f1_adaptive_threshold(torch.tensor([0.5, 0.7]), torch.tensor([0, 0])) == pytest.approx(0.702)
+
+
+def test_f1_adaptive_threshold_with_infinite_scores_and_float32_neighbours() -> None:
+    def best_f1(scores: np.ndarray, labels: np.ndarray) -> float:  # brute force over every cut
+        cuts = np.concatenate([np.unique(scores), [np.inf]])
+        return max(f1_score(labels, scores >= c, zero_division=0) for c in cuts)
+
+    cases = [
+        (np.array([-np.inf, 0.2, 0.9], np.float32), np.array([0, 1, 1])),  # before: -inf (the midpoint), F1 0.8
+        (np.array([0.1, 0.2, np.inf], np.float32), np.array([0, 0, 1])),  # before: +inf, not a usable threshold
+        (np.array([1.0, np.nextafter(np.float32(1), np.float32(2))], np.float32), np.array([0, 1])),
+    ]
+    for scores, labels in cases:
+        threshold = f1_adaptive_threshold(torch.from_numpy(scores), torch.from_numpy(labels))
+        assert np.isfinite(threshold)
+        stored = np.float32(threshold)  # as the post-processor's float32 buffers hold it (before: on a score,
+        # F1 0.67 for the adjacent floats: their float64 midpoint rounds to the lower one)
+        assert f1_score(labels, scores >= stored) == best_f1(scores, labels) == 1.0
 
 
 # --------------------------------------------------------------------------- AUPRO

@@ -111,3 +111,19 @@ def test_one_class_thresholds_sit_where_the_warnings_say(anomalous: bool) -> Non
         said = "it sits just above the highest normal image score"
     (warning,) = threshold_warnings(scores.numpy(), np.full(4, anomalous), threshold, "image", "validation", True)
     assert said in warning
+
+
+def test_an_infinite_validation_score_does_not_flatten_the_normalisation() -> None:
+    # Before: image_max = inf, so every normalised score was 0.5 and every image "anomalous"
+    scores = torch.tensor([0.1, 0.3, 0.8, float("inf")])
+    labels = torch.tensor([0, 0, 1, 1])
+    maps = torch.rand(4, 8, 8)
+    maps[1, 0, 0] = -float("inf")
+    post = PostProcessor()
+    post.fit(scores, labels, maps, None)
+    stats = post.stats()
+    assert (stats["image_min"], stats["image_max"]) == pytest.approx((0.1, 0.8))  # the finite scores' range
+    assert stats["pixel_min"] == pytest.approx(float(maps[torch.isfinite(maps)].min()))
+    out = post(torch.zeros(4, 8, 8), torch.tensor([0.1, 0.3, 0.8, 5.0]))
+    assert out["pred_label"].tolist() == [False, False, True, True]
+    assert (torch.tensor([0.1, 0.3, 0.8, 5.0]) >= stats["image_threshold"]).tolist() == out["pred_label"].tolist()

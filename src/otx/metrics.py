@@ -533,7 +533,9 @@ def defect_recall(masks: Sequence[ArrayLike], boxes: Sequence[ArrayLike]) -> flo
         total += count - 1
         hit: set[int] = set()
         for x1, y1, x2, y2 in np.asarray(_to_numpy(image_boxes), dtype=np.float64).reshape(-1, 4):
-            window = labels[max(int(np.floor(y1)), 0) : int(np.ceil(y2)), max(int(np.floor(x1)), 0) : int(np.ceil(x2))]
+            top, left = max(int(np.floor(y1)), 0), max(int(np.floor(x1)), 0)
+            window = labels[top : max(int(np.ceil(y2)), top), left : max(int(np.ceil(x2)), left)]  # (a box above or
+            # left of the image is empty, not a slice from the other end)
             hit.update(np.unique(window).tolist())
         hit.discard(0)
         found += len(hit)

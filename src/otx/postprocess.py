@@ -87,11 +87,27 @@ def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tenso
     best_index = f1.size - 1 - int(np.argmax(f1[::-1]))  # the highest threshold among equal F1s
     best = float(candidates[best_index])
     lower = [float(x[i - 1]) for x in (pos, neg) if (i := int(np.searchsorted(x, candidates[best_index], "left")))]
-    if not lower:  # every score is at or above it: a margin below the lowest, so none sits on the threshold
-        finite = s[np.isfinite(s)]
+    below = max(lower) if lower else -np.inf
+    finite = s[np.isfinite(s)]
+    if not np.isfinite(below):  # every score is at or above it (or the one below is -inf): a margin below it
         top = float(finite.max()) if finite.size else best
-        return best - max(0.01 * (top - best), 1e-6 * max(abs(best), 1.0))
-    return (best + max(lower)) / 2
+        return _between(below, best, best - max(0.01 * (top - best), 1e-6 * max(abs(best), 1.0)))
+    if not np.isfinite(best):  # only +inf scores above: a margin above the highest finite one
+        bottom = float(finite.min())
+        return _between(below, best, below + max(0.01 * (below - bottom), 1e-6 * max(abs(below), 1.0)))
+    return _between(below, best, (best + below) / 2)
+
+
+def _between(below: float, best: float, threshold: float) -> float:
+    """``threshold`` as the float32 the post-processor stores, kept above ``below`` (at most ``best``).
+
+    The post-processor's buffers are float32: a midpoint of two float32 scores a few units of the
+    last place apart rounds onto one of them (validation F1 1.0 -> 0.67 on two adjacent scores).
+    """
+    stored = np.float32(threshold)
+    if stored <= below:
+        stored = np.nextafter(np.float32(below), np.float32(np.inf))
+    return float(min(stored, np.float32(best)) if np.isfinite(best) else stored)
 
 
 def threshold_origin(
@@ -176,10 +192,15 @@ class PostProcessor(nn.Module):
             pix_t = img_t
         self.image_threshold.fill_(img_t)
         self.pixel_threshold.fill_(pix_t)
-        self.image_min.fill_(float(scores.min()))
-        self.image_max.fill_(float(scores.max()))
-        self.pixel_min.fill_(float(maps.min()))
-        self.pixel_max.fill_(float(maps.max()))
+        # the range of the finite values: one infinite score would make every normalised score 0.5
+        for (low, high), values in (
+            ((self.image_min, self.image_max), scores),
+            ((self.pixel_min, self.pixel_max), maps),
+        ):
+            kept = torch.isfinite(values)
+            finite = values if bool(kept.all()) else values[kept]  # (a copy only then: 76 MB of validation maps)
+            low.fill_(float(finite.min()) if finite.numel() else float("nan"))
+            high.fill_(float(finite.max()) if finite.numel() else float("nan"))
 
     def forward(self, anomaly_map: torch.Tensor, pred_score: torch.Tensor) -> dict[str, torch.Tensor]:
         """Normalise raw outputs; ``anomaly_map`` is ``[B, H, W]`` or ``[B, 1, H, W]``, ``pred_score`` ``[B]``."""

@@ -18,6 +18,7 @@ from otx.data.dataset import Sample, check_mask_size
 from otx.data.io import read_image, read_mask
 from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask, image_metrics, per_defect, pixel_metrics
 from otx.models.base import AnomalyModel
+from otx.postprocess import normalize
 from otx.preprocess import PreProcessor
 from otx.render import progress
 from otx.scoring import Scorer, as_numpy
@@ -122,6 +123,14 @@ def to_predictions(
     return [Prediction.failed(s.path, errors[i]) if errors and errors[i] else next(read) for i, s in enumerate(samples)]
 
 
+def pixel_range(scorer: Scorer) -> tuple[float, float] | None:
+    """The raw ``(pixel_min, pixel_max)`` that normalise ``scorer``'s maps; None when it returns them normalised."""
+    if not scorer.raw_scores:
+        return None
+    stats = scorer.stats()
+    return stats["pixel_min"], stats["pixel_max"]
+
+
 _PIXEL_BY_DEFECT = ("pixel_AUROC", "AUPRO", "defect_pixel_share", "box_AP50", "box_AP25", "box_AP10", "defect_recall")
 
 
@@ -142,6 +151,7 @@ def evaluate(
     preprocessor: PreProcessor,
     predictions: list[Prediction] | None = None,
     by_defect: bool = False,
+    pixel_range: tuple[float, float] | None = None,
 ) -> Evaluation:
     """Image metrics, and for pixel-level tasks with masks, pixel (and with ``predictions``, box) metrics.
 
@@ -150,6 +160,13 @@ def evaluate(
     file as it is), so that input modes compare fairly; the same at the model's map size are the
     ``*_input`` entries. With ``by_defect``, ``otx.metrics.per_defect`` scores every defect type
     against the normal images as well (pixel metrics at each image's own size).
+
+    ``pixel_range``: the post-processor's raw ``(pixel_min, pixel_max)`` when ``outputs`` are raw.
+    The pixel F1 at each image's own size is then that of the masks predictions carry (the map
+    normalised, which clips it, then restored, then ``>= 0.5``): restoring the raw map and
+    thresholding it marks other pixels where a clipped value meets an unclipped one. Without
+    it (outputs already normalised, or a caller that has no range) the restored map ``>=`` the
+    pixel threshold.
     """
     labels = outputs["labels"].numpy()
     image_threshold, pixel_threshold = thresholds
@@ -171,7 +188,8 @@ def evaluate(
         maps, masks = maps[torch.tensor(usable)], masks[torch.tensor(usable)]
     at_input = pixel_metrics(maps, masks, maps >= pixel_threshold)
     del maps, masks
-    full_maps, full_masks, flat = _full_size(samples, outputs, usable, preprocessor)
+    normalized = None if pixel_range is None else (pixel_threshold, *pixel_range)
+    full_maps, full_masks, flat, predicted = _full_size(samples, outputs, usable, preprocessor, normalized)
     used = [s for s, use in zip(samples, usable, strict=True) if use]  # in the order of full_masks
     blank = [s for s, m in zip(used, full_masks, strict=True) if s.label == 1 and s.mask_path and not m.any()]
     if blank:  # an annotation slip, usually: the image counts as defective, none of its pixels do
@@ -180,7 +198,9 @@ def evaluate(
             f"{len(blank)} anomalous image(s) have an all-black mask (e.g. ground_truth/{first.parent.name}/"
             f"{first.name}): none of their pixels counts as defect in the pixel and box metrics; check the masks"
         )
-    metrics.update(pixel_metrics(full_maps, full_masks, flat[0] >= pixel_threshold, flat=flat))
+    predicted = flat[0] >= pixel_threshold if predicted is None else predicted
+    metrics.update(pixel_metrics(full_maps, full_masks, predicted, flat=flat))
+    del predicted
     metrics.update({f"{key}_input": value for key, value in at_input.items()})
     pred_boxes = box_scores = None
     if adapter.box_level and predictions is not None:
@@ -209,11 +229,17 @@ def evaluate(
 
 
 def _full_size(
-    samples: list[Sample], outputs: Outputs, usable: list[bool], preprocessor: PreProcessor
-) -> tuple[list[np.ndarray], list[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    samples: list[Sample],
+    outputs: Outputs,
+    usable: list[bool],
+    preprocessor: PreProcessor,
+    normalized: tuple[float, float, float] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray | None]:
     """The usable images' maps and masks at their own sizes, as views into one row of pixels each.
 
-    Returns the maps, the masks (all False for a normal image without a mask file) and the two rows.
+    Returns the maps, the masks (all False for a normal image without a mask file), the two rows
+    and, with ``normalized`` (the pixel threshold, min and max), the row of the predicted masks as
+    the task adapters make them (``normalize``, restore, ``>= 0.5``); else None.
 
     The pixel metrics need every pixel in one row; restoring into it directly saves a copy of
     all pixels (114 MB on magnetic_tile's test split).
@@ -226,19 +252,23 @@ def _full_size(
     chosen = [i for i, use in enumerate(usable) if use]
     counts = [int(sizes[i][0]) * int(sizes[i][1]) for i in chosen]
     flat_maps, flat_masks = np.empty(sum(counts), np.float32), np.zeros(sum(counts), bool)
+    predicted = None if normalized is None else np.empty(sum(counts), bool)
     full_maps, full_masks = [], []
     start = 0
     for i, count in zip(chosen, counts, strict=True):
         shape = (int(sizes[i][0]), int(sizes[i][1]))
         full_maps.append(flat_maps[start : start + count].reshape(shape))
         full_maps[-1][...] = preprocessor.restore(outputs["maps"][i].numpy(), shape)
+        if predicted is not None and normalized is not None:
+            clipped = normalize(outputs["maps"][i].numpy(), *normalized)
+            predicted[start : start + count] = (preprocessor.restore(clipped, shape) >= 0.5).reshape(-1)
         full_masks.append(flat_masks[start : start + count].reshape(shape))
         if samples[i].mask_path:
             mask = read_mask(samples[i].mask_path)  # the data index checks this too, unless told not to
             check_mask_size(samples[i].mask_path, mask.shape, samples[i].path, shape)
             full_masks[-1][...] = mask
         start += count
-    return full_maps, full_masks, (flat_maps, flat_masks)
+    return full_maps, full_masks, (flat_maps, flat_masks), predicted
 
 
 def tune_boxes(model: AnomalyModel, outputs: Outputs, samples: list[Sample]) -> tuple[BoxSettings, dict[str, float]]:

@@ -17,7 +17,7 @@ from otx.report import ReportInput, write_report
 from otx.results import TestResult
 from otx.scoring import OpenVINOScorer
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
-from otx.verbs.inference import collect, evaluate, prediction_counts, to_predictions
+from otx.verbs.inference import collect, evaluate, pixel_range, prediction_counts, to_predictions
 from otx.verbs.resolve import eval_data, require_data, resolve_model, untuned_boxes
 from otx.workdir import Run
 
@@ -90,6 +90,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         scorer.preprocessor,
         predictions=scored_predictions,
         by_defect=True,
+        pixel_range=pixel_range(scorer),
     )
     metrics_s = time.perf_counter() - start
     labels = scored_outputs["labels"].numpy() == 1

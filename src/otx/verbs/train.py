@@ -253,6 +253,10 @@ def run(
         )  # Lightning's
         # several processes: otx turns DDP's per-forward buffer broadcast off on purpose (otx.distributed.ddp_strategy)
         warnings.filterwarnings("ignore", message=".*`broadcast_buffers` is deprecated.*")
+        # a resumed run: its new folder holds the epoch files otx copied there (BestAcrossResume), and the
+        # best epoch's record moves with them; Lightning's notes on both are about its own layout
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+        warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
         try:
             with distributed.meeting(world, trainer.num_nodes, "--trainer.num_nodes", trainer):
                 trainer.fit(model, train_loader, val_loader, ckpt_path=resume, weights_only=True)
@@ -306,7 +310,15 @@ def run(
     elif adapter.box_level:
         ctx.warn(f"the data has no ground_truth/ masks, so the detection boxes keep {UNTUNED}")
     val_metrics = evaluate(
-        ctx, adapter, data.has_masks, thresholds, outputs, splits["val"], model.preprocessor, predictions=predictions
+        ctx,
+        adapter,
+        data.has_masks,
+        thresholds,
+        outputs,
+        splits["val"],
+        model.preprocessor,
+        predictions=predictions,
+        pixel_range=(stats["pixel_min"], stats["pixel_max"]),
     ).metrics
     labels = outputs["labels"].numpy() == 1
     own_val = bool(data.index is not None and data.index.subsets.get("val"))  # images to add go there
