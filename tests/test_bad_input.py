@@ -764,3 +764,44 @@ def test_a_latest_json_that_cannot_serve_is_named(content: str, tmp_path: Path, 
     expected = "which is gone" if content.startswith("{") else "latest.json is not valid JSON"
     assert "no trained model" in said and expected in said and "Traceback" not in said
     assert (tmp_path / "latest.json").read_text() == content  # left as it was
+
+
+def test_a_full_disk_is_one_line_and_keeps_earlier_runs(
+    sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import errno
+    import logging
+
+    import otx.checkpoint
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.errors import OTXDiskError
+    from otx.models import Padim
+    from otx.workdir import RunLogHandler
+
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    work = tmp_path / "work"
+    first = Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=work).train()
+    latest = (work / "latest.json").read_bytes()
+    written = Path(first.checkpoint).read_bytes()
+
+    def full(path: Path, data: bytes) -> None:  # what a write on a full disk raises (os.write: no file name)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(otx.checkpoint, "atomic_write_bytes", full)
+    said = r"^no space left on the disk in '.*-train(-\d+)?'; free some space there or "
+    with pytest.raises(OTXDiskError, match=said):
+        Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=work).train()  # before: the raw OSError
+    capsys.readouterr()
+    recipe = resolve_recipe("recipe/anomaly_segmentation/padim.yaml")
+    argv = ["train", "--config", recipe, "--data_root", str(sample_root / "bottle_like"), "--work_dir", str(work)]
+    assert main([*argv, "--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no space left on the disk in ") and "\n" not in err, err  # before: "a bug in otx"
+    assert (work / "latest.json").read_bytes() == latest and Path(first.checkpoint).read_bytes() == written
+    # the run's log on a full disk: its records are dropped, not a "--- Logging error ---" traceback each
+    if Path("/dev/full").exists():
+        handler = RunLogHandler(tmp_path / "otx.log")
+        handler.stream = open("/dev/full", "w")  # noqa: SIM115 - every flush fails with ENOSPC
+        handler.emit(logging.LogRecord("otx", logging.INFO, __file__, 1, "a line", None, None))
+        assert "Logging error" not in capsys.readouterr().err

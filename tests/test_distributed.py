@@ -327,7 +327,8 @@ def test_a_machine_whose_partners_never_come_says_so_and_stops_on_a_signal(
     assert len(notes) == 1, err  # one line per machine
     assert f"{world} processes on 2 machines" in notes[0] and f"this is machine {node}" in notes[0], notes[0]
     assert "127.0.0.1:" in notes[0] and ("--trainer.num_nodes" if verb == "train" else "--num_nodes") in notes[0]
-    assert rc == 130 and took < 20 and "Traceback" not in err, (rc, took, err[-3000:])
+    code = 128 + signal.Signals[stop].value  # 130 for SIGINT, 143 for SIGTERM
+    assert rc == code and took < 20 and "Traceback" not in err, (rc, took, err[-3000:])
     assert not left, "a process of the run outlived it"
     assert err.count(f"{stop} received, stopping") == (1 if node == 0 else 0), err  # rank 0 reports the stop
     assert not (tmp_path / "ws" / "latest.json").exists()
@@ -375,7 +376,7 @@ def test_machines_told_different_machine_counts_both_say_they_wait(sample_root: 
     for reader in readers:
         reader.join(10)
     errs = ["".join(lines) for lines in outputs]
-    assert codes == [130, 130] and not any("Traceback" in err for err in errs), (codes, errs)
+    assert codes == [143, 143] and not any("Traceback" in err for err in errs), (codes, errs)  # SIGTERM
     assert "(2 processes on 2 machines" in errs[0] and "(3 processes on 3 machines" in errs[1], errs
 
 

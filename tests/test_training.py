@@ -385,3 +385,33 @@ def test_resume_true_passes_over_a_state_that_a_later_run_continues(tmp_path: Pa
     (c / "model.ckpt").write_bytes(b"model")  # C finished: nothing left
     with pytest.raises(OTXError, match="nothing to resume"):
         resume_checkpoint(True, tmp_path)
+
+
+def test_resume_true_takes_the_newest_interrupted_run_of_the_model_it_trains(tmp_path: Path) -> None:
+    # Before: the newest interrupted run of any model, refused as "another model" though an older run of this
+    # model was there to resume; and `otx test` in such a work dir said only "no trained model".
+    import yaml
+
+    from otx.checkpoint import latest_checkpoint
+    from otx.training import resume_checkpoint
+    from otx.workdir import WorkDir
+
+    def run(name: str, model: str | None) -> Path:
+        folder = tmp_path / f"2026120{name}-train"
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"state")
+        if model is not None:
+            (folder / "config.yaml").write_text(yaml.safe_dump({"model": {"class_path": model, "init_args": {}}}))
+        return folder
+
+    stfpm = run("1", "otx.models.stfpm.Stfpm")
+    flow = run("2", "otx.models.patchflow.Patchflow")
+    assert resume_checkpoint(True, tmp_path) == flow / "checkpoints" / "last.ckpt"  # no model named: the newest
+    assert resume_checkpoint(True, tmp_path, "otx.models.stfpm.Stfpm") == stfpm / "checkpoints" / "last.ckpt"
+    said = r"nothing to resume for otx.models.padim.Padim .*\(20261201-train \(otx.models.stfpm.Stfpm\)"
+    with pytest.raises(OTXError, match=said):
+        resume_checkpoint(True, tmp_path, "otx.models.padim.Padim")
+    unknown = run("3", None)  # no config.yaml to say which model: taken, and check_resume compares the tensors
+    assert resume_checkpoint(True, tmp_path, "otx.models.padim.Padim") == unknown / "checkpoints" / "last.ckpt"
+    with pytest.raises(OTXError, match=r"an interrupted training saved epochs in 20261203-train: .*--resume true"):
+        latest_checkpoint(WorkDir(tmp_path))

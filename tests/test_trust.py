@@ -1131,7 +1131,7 @@ def test_a_stop_whose_clean_up_hangs_still_ends_the_process_and_says_where_it_hu
         timeout=60,
     )
     took = time.monotonic() - started
-    assert done.returncode == 130 and done.stdout == "", (done.stdout, done.stderr)
+    assert done.returncode == 128 + signal.SIGTERM and done.stdout == "", (done.stdout, done.stderr)
     assert [line for line in done.stderr.splitlines() if line.strip()] == [
         "otx: SIGTERM received, stopping; earlier runs and latest.json stay as they were"
     ], done.stderr
@@ -1172,13 +1172,52 @@ def test_a_signal_stops_training_at_once_and_keeps_earlier_runs(
     stopped = time.monotonic() - sent
     name = signal.Signals(signum).name
     lines = [line for line in err.splitlines() if line.strip()]
-    assert process.returncode == 130 and "Traceback" not in err
+    assert process.returncode == 128 + signum and "Traceback" not in err  # 130 SIGINT, 143 SIGTERM (was 130)
     assert lines == [f"otx: {name} received, stopping; earlier runs and latest.json stay as they were"], err
     assert stopped < 30, stopped  # seconds, not the rest of 50 epochs
     assert (work_dir / "latest.json").read_bytes() == before
     runs = sorted(work_dir.glob("*-train"))
     log = (runs[-1] / "otx.log").read_text()
     assert f"train failed: interrupted ({name})" in log and not (runs[-1] / "model.ckpt").exists()
+
+
+def test_a_stop_while_a_finished_run_is_made_the_latest_says_so_and_exits_0(
+    trained_padim: dict, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # Before: a stop between latest.json's update and the run's "finished" mark said "latest.json stay as
+    # they were" (it had changed) and exited 130. Now it is held until both are done, then said as it is.
+    from otx.workdir import WorkDir
+
+    work = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work)
+    marked = WorkDir.mark_latest
+
+    def stopped_while_marking(self: WorkDir, run) -> None:  # type: ignore[no-untyped-def]
+        marked(self, run)
+        signal.raise_signal(signal.SIGINT)  # Ctrl+C just after latest.json was written
+
+    monkeypatch.setattr(WorkDir, "mark_latest", stopped_while_marking)
+    image = str(sample_root / "bottle_like" / "test" / "good" / "000.png")
+    capsys.readouterr()
+    assert main(["predict", "--work_dir", str(work), "--source", image, "--visualize", "false"]) == 0
+    err = capsys.readouterr().err
+    run = json.loads((work / "latest.json").read_text())["predict"]
+    assert f"otx: SIGINT received after the run finished; {work / run} and latest.json are written" in err, err
+    assert "stay as they were" not in err
+
+
+def test_a_stop_after_the_command_ended_exits_at_once_with_its_code(tmp_path: Path) -> None:
+    # Before: a stop during the interpreter's exit (a second or so after a finished run) ended it with 130, silently
+    script = (
+        "import os, signal, time\n"
+        "from otx import cli\n"
+        "cli._ended(3)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(30)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "otx: SIGINT received after the command ended (exit code 3)"
 
 
 # Ctrl+C while OpenVINO converts the traced graph: its C++ front end calls back into Python, where the

@@ -124,8 +124,17 @@ def latest_checkpoint(workdir: WorkDir) -> Path:
     latest = workdir.latest("train")
     if latest is None or not (latest / CHECKPOINT_NAME).exists():
         why = workdir.pointer_problem("train")
+        from otx.training import interrupted_states
+
+        states = interrupted_states(workdir.root) if workdir.root.is_dir() else []
+        hint = (
+            f" (an interrupted training saved epochs in {states[-1].parent.parent.name}: `otx train` with its options "
+            "and --resume true continues it)"
+            if states
+            else ""
+        )
         raise OTXError(
             f"no trained model in '{workdir.root}'{f' ({why})' if why else ''}; run `otx train` there first "
-            "or pass --checkpoint PATH"
+            f"or pass --checkpoint PATH{hint}"
         )
     return latest / CHECKPOINT_NAME

@@ -28,9 +28,9 @@ from rich.table import Table
 
 from otx import __version__
 from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_now, secondary
-from otx.errors import COMMAND_LINE, OTXError, out_of_memory
+from otx.errors import COMMAND_LINE, OTXError, out_of_memory, out_of_space
 from otx.logs import StderrHandler, make_console
-from otx.workdir import FINISHED, OPEN_RUNS, STOPS
+from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
 VERB_HELP = {
@@ -822,6 +822,9 @@ def _on_signal(signum: int, frame: Any) -> None:
             raise KeyboardInterrupt(signal.Signals(signum).name)
         os._exit(128 + signum)
     name = signal.Signals(signum).name
+    if MARKING and not STOPS:  # a finished run is being made the latest: Run.close sends this stop again after
+        HELD_STOPS.append(signum)
+        return
     with _STOP_LOCK:
         if _HEARD:  # the listener announced this stop while this thread was held inside a library call
             _HEARD.clear()
@@ -975,7 +978,7 @@ def _stop_without_cleanup(signum: int, why: str | None = None) -> None:
                 faulthandler.dump_traceback(file=log, all_threads=True)
         except OSError:
             pass
-    os._exit(130)  # as an interrupted command that cleaned up
+    os._exit(128 + signum)  # as an interrupted command that cleaned up (130 for SIGINT, 143 for SIGTERM)
 
 
 def _unraisable(unraisable: Any) -> None:
@@ -990,7 +993,7 @@ def _unraisable(unraisable: Any) -> None:
             _REDELIVERED.extend([0, 0])
         _REDELIVERED[0], _REDELIVERED[1] = 1, _REDELIVERED[1] + 1
         if _REDELIVERED[1] > 50:  # swallowed every time: stop without unwinding
-            os._exit(130)
+            os._exit(stop_exit_code())
         threading.Timer(0.05, _thread.interrupt_main, args=(signal.SIGINT,)).start()
         return
     if STOPS:  # the stop broke a library's hook half-way (filelock's at-fork state: a KeyError next): to the log
@@ -1085,11 +1088,40 @@ def main(argv: list[str] | None = None) -> int:
     caller = None if argv is None else _CallerState()
     command_line = COMMAND_LINE.set(True)  # messages name the command line's options
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv), whole_process=caller is None)
+        code = _main(list(sys.argv[1:] if argv is None else argv), whole_process=caller is None)
+        if caller is None:
+            _ended(code)
+        return code
     finally:
         COMMAND_LINE.reset(command_line)
         if caller is not None:
             caller.restore()
+
+
+def stop_exit_code() -> int:
+    """The exit code of a stopped command: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+    return 128 + (signal.Signals[STOPS[0]].value if STOPS and STOPS[0] in signal.Signals.__members__ else 2)
+
+
+def _ended(code: int) -> None:
+    """The command has ended with ``code`` (the console script): a stop now ends the process at once, with it.
+
+    The interpreter's exit still takes a second or so (its threads, libraries' exit hooks); a stop
+    in it had ended the process with 130 and no word, after a run that was written.
+    """
+    _stop_listener()
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def at_once(signum: int, frame: Any) -> None:
+        del frame
+        sys.stdout.flush()
+        sys.stderr.write(f"otx: {signal.Signals(signum).name} received after the command ended (exit code {code})\n")
+        sys.stderr.flush()
+        os._exit(code)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, at_once)
 
 
 def _is_model_option(arg: str) -> bool:
@@ -1286,9 +1318,11 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         errors.print(f"[bold red]error[/]: {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
+        if FINISHED and not OPEN_RUNS:  # the stop came after the run was written (its line said so): done
+            return 0
         if not STOPS:
             errors.print("interrupted; earlier runs and latest.json stay as they were")
-        return 130
+        return stop_exit_code()
     except Exception as exc:  # jsonargparse reports bad arguments as ArgumentError / ValueError
         cause = exc
         while cause.__cause__ is not None and not isinstance(cause, OTXError):
@@ -1310,10 +1344,11 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         if STOPS and not os.environ.get("OTX_DEBUG"):
             # a stop that landed while modules were still loading (numpy half-imported, a RecursionError):
             # the stop's own line is out already; nothing had been written yet
-            return 130
+            return stop_exit_code()
         if os.environ.get("OTX_DEBUG"):
             raise
-        if (memory := out_of_memory(exc)) is not None:  # outside a verb's run (a verb's own says it as OTXError)
+        if (memory := out_of_memory(exc) or out_of_space(exc)) is not None:  # outside a verb's run (a verb's
+            # own says it as OTXError)
             errors.print(f"[bold red]error[/]: {escape(_one_line(memory))}", highlight=False, soft_wrap=True)
             return 1
         errors.print(

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 
 from otx import distributed
-from otx.checkpoint import CHECKPOINT_NAME, CHECKPOINT_SCHEMA, load_checkpoint
+from otx.checkpoint import CHECKPOINT_NAME, CHECKPOINT_SCHEMA, class_path, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule
 from otx.deploy.inferencer import PRECISION_HINTS
 from otx.distributed import secondary
@@ -186,7 +186,7 @@ class Engine:
             )
         if not isinstance(resume, bool | str | Path):
             raise OTXConfigError(f"resume must be True, False or a path (got {resume!r})")
-        start = resume_checkpoint(resume, self.workdir.root) if resume is not False else None
+        start = resume_checkpoint(resume, self.workdir.root, class_path(self.model)) if resume is not False else None
         if self.model is not self._trained:  # a model this engine has not trained yet (as given, or swapped in)
             self._pristine = None
             if any(p.requires_grad for p in self.model.parameters()):  # one-pass models re-fit from scratch anyway

@@ -26,6 +26,41 @@ class OTXMemoryError(OTXError):
     """An allocation failed: the input size, batch size or images ask for more memory than there is."""
 
 
+class OTXDiskError(OTXError):
+    """A file could not be written: the disk (or the user's quota) is full."""
+
+
+_NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|file write failed", re.IGNORECASE)
+
+
+def out_of_space(exc: BaseException, where: str | None = None) -> OTXDiskError | None:
+    """``exc`` as one line when a write failed for want of space (``ENOSPC``, ``EDQUOT``), else None.
+
+    Also when a library words it in an error of its own (PyTorch's "file write failed",
+    OpenVINO's serialiser), or it is the cause of one. ``where``: the work dir, for the advice.
+    """
+    import errno
+
+    seen: BaseException | None = exc
+    found: BaseException | None = None
+    while seen is not None and found is None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            found = seen
+        elif _NO_SPACE.search(str(seen)):
+            found = seen
+        seen = seen.__cause__ or seen.__context__
+    if found is None:
+        return None
+    filename = getattr(found, "filename", None)
+    what = f" writing '{filename}'" if filename else f" in '{where}'" if where else ""
+    return OTXDiskError(
+        for_caller(
+            f"no space left on the disk{what}; free some space there or pass --work_dir on another disk (earlier "
+            "runs and latest.json are kept)"
+        )
+    )
+
+
 # How PyTorch's allocators and NumPy word running out of memory (CPU, CUDA, XPU); a data-loading
 # worker's error carries the worker's message in its text.
 _OUT_OF_MEMORY = re.compile(r"can't allocate memory|not enough memory|out of memory|Unable to allocate", re.IGNORECASE)

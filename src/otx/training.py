@@ -536,20 +536,48 @@ def _newest_state(run: Path) -> Path | None:
     return max(epochs)[1] if epochs else None
 
 
-def resume_checkpoint(resume: bool | str | Path, workdir_root: Path) -> Path:
+def interrupted_states(workdir_root: Path) -> list[Path]:
+    """The saved epochs (oldest first) of the work dir's interrupted trainings that no later run continued."""
+    runs = sorted(p for p in workdir_root.glob("*-train*") if p.is_dir() and not (p / CHECKPOINT_NAME).exists())
+    resumed = _resumed_states(workdir_root)  # finished since, by a resumed run: nothing left to resume
+    return [state for state in map(_newest_state, runs) if state is not None and state.resolve() not in resumed]
+
+
+def _trained_class(state: Path) -> str | None:
+    """The model class an interrupted run trains, from the config.yaml beside its saved epochs (None: unknown)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((state.parent.parent / "config.yaml").read_text()) or {}
+        return str(config["model"]["class_path"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+
+
+def resume_checkpoint(resume: bool | str | Path, workdir_root: Path, class_path: str | None = None) -> Path:
     """The training state to resume from: ``True`` takes the newest interrupted training in the work dir.
 
-    A path may be a ``.ckpt`` file or a training run folder.
+    With ``class_path`` (the model this command trains), ``True`` takes the newest one of that
+    model (before: the newest of any, refused when it was another model's, though an older
+    interrupted run of this model was there). A path may be a ``.ckpt`` file or a training run folder.
     """
     if resume is True:
-        runs = sorted(p for p in workdir_root.glob("*-train*") if p.is_dir() and not (p / CHECKPOINT_NAME).exists())
-        resumed = _resumed_states(workdir_root)  # finished since, by a resumed run: nothing left to resume
-        states = [state for state in map(_newest_state, runs) if state is not None and state.resolve() not in resumed]
+        states = interrupted_states(workdir_root)
         if not states:
             raise OTXError(
                 f"nothing to resume in '{workdir_root}': no interrupted training run with a saved epoch "
                 f"({CHECKPOINT_DIR}/{LAST_CHECKPOINT}; only multi-epoch trainings save one); pass --resume PATH"
             )
+        if class_path is not None:
+            classes = {state: _trained_class(state) for state in states}
+            same = [state for state in states if classes[state] in (class_path, None)]
+            if not same:
+                others = ", ".join(f"{state.parent.parent.name} ({classes[state]})" for state in states[-3:])
+                raise OTXError(
+                    f"nothing to resume for {class_path} in '{workdir_root}': its interrupted trainings train other "
+                    f"models ({others}); resume one with its recipe, or pass --resume PATH"
+                )
+            return same[-1]
         return states[-1]
     path = Path(resume).expanduser()
     if path.is_dir():

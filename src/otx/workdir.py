@@ -30,10 +30,18 @@ from otx.distributed import secondary
 from otx.errors import OTXError
 
 LATEST = "latest.json"
+LATEST_LOCK = ".latest.lock"  # held while latest.json is read and replaced (``WorkDir.mark_latest``)
+LOCK_WAIT_S = 10.0
+log = logging.getLogger(__name__)
 _LOGGER_BEFORE: list[Any] = []  # [level, _ToAncestors] while runs are open: the otx logger as the first run found it
 OPEN_RUNS: list[Run] = []  # the run folders whose log is attached now (the CLI's stop watchdog writes to them)
 STOPS: list[str] = []  # the name of the stop signal the CLI received (``otx.cli``), once one arrived
 FINISHED: list[Path] = []  # the run folder last made the latest of its command (a stop after that finds it written)
+# While a finished run is made the latest (latest.json written, FINISHED set), the CLI's stop handler holds a
+# stop here instead of raising it; ``Run.close`` sends it again once both are done, so that what the stop's
+# line says about latest.json is true (before: a stop between the two said "latest.json stays" after it changed).
+MARKING: list[bool] = []
+HELD_STOPS: list[int] = []
 
 
 def stop_name(stop: BaseException | None) -> str:
@@ -178,10 +186,28 @@ class WorkDir:
         return pointers if isinstance(pointers, dict) else None
 
     def mark_latest(self, run: Run) -> None:
-        """Point ``latest.json`` at ``run`` for its command (atomic)."""
-        pointers = self._pointers()
-        pointers[run.command] = run.path.name
-        atomic_write_json(self.root / LATEST, pointers)
+        """Point ``latest.json`` at ``run`` for its command (atomic).
+
+        Read, changed and replaced under a lock file (``.latest.lock``): two commands finishing
+        together in one work dir each kept the other's pointers as they read them, so one
+        update could be lost. Where the lock cannot be taken within seconds (a file system
+        without locks) the update goes ahead without it, as before.
+        """
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(self.root / LATEST_LOCK, timeout=LOCK_WAIT_S)
+        try:
+            lock.acquire()
+        except (Timeout, OSError) as exc:
+            log.info("updating %s without its lock (%s)", LATEST, exc)
+            lock = None
+        try:
+            pointers = self._pointers()
+            pointers[run.command] = run.path.name
+            atomic_write_json(self.root / LATEST, pointers)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 class _ToAncestors(logging.Handler):
@@ -213,6 +239,18 @@ class _ToAncestors(logging.Handler):
             current = current.parent if current.propagate else None
 
 
+class RunLogHandler(logging.FileHandler):
+    """A run's ``otx.log``; a record it cannot write (a full disk) is dropped without a word.
+
+    logging's default prints a "--- Logging error ---" traceback on stderr for each such record
+    (six of them around one failed ``otx test`` on a full disk); the command's own error says
+    what went wrong.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: D102, N802 - logging's name
+        del record
+
+
 class Run:
     """One command's run folder, with a log file handler attached while it is open.
 
@@ -227,7 +265,7 @@ class Run:
         self.command = command
         self.scratch = scratch  # a secondary process's folder, removed on close
         # UTF-8 whatever the locale; a file name that is not valid UTF-8 is written escaped, not a logging error
-        self._handler = logging.FileHandler(path / "otx.log", encoding="utf-8", errors="backslashreplace")
+        self._handler = RunLogHandler(path / "otx.log", encoding="utf-8", errors="backslashreplace")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self._handler.setLevel(logging.INFO)
         logger = logging.getLogger("otx")
@@ -258,7 +296,25 @@ class Run:
         return path
 
     def close(self, success: bool) -> None:
-        """Detach the log, restore the ``otx`` logger, and, on success, make this the latest run of its command."""
+        """Detach the log, restore the ``otx`` logger, and, on success, make this the latest run of its command.
+
+        A stop that arrives while a successful run is made the latest is held until it is
+        (``MARKING``), then sent again: it finds the run finished and ``latest.json`` written.
+        """
+        if success and not self.scratch:
+            MARKING.append(True)
+        try:
+            self._close(success)
+        finally:
+            if MARKING:
+                MARKING.pop()
+            if not MARKING and HELD_STOPS:
+                import signal
+
+                signal.raise_signal(HELD_STOPS.pop())
+                HELD_STOPS.clear()
+
+    def _close(self, success: bool) -> None:
         logger = logging.getLogger("otx")
         logger.removeHandler(self._handler)
         self._handler.close()

@@ -17,7 +17,7 @@ from rich.console import Console
 from otx import __version__
 from otx.data.datamodule import AnomalyDataModule
 from otx.distributed import SecondaryRankDone
-from otx.errors import OTXError, for_caller, out_of_memory
+from otx.errors import OTXError, for_caller, out_of_memory, out_of_space
 from otx.results import Result
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
 from otx.workdir import STOPS, Run, WorkDir, stop_name
@@ -159,6 +159,10 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
             log.error("%s failed: %s", command, memory, exc_info=True, extra=FILE_ONLY)
             said_why = True
             raise memory from exc
+        if (full := out_of_space(exc, str(run.path))) is not None:  # a full disk: the same
+            log.error("%s failed: %s", command, full, exc_info=True, extra=FILE_ONLY)
+            said_why = True
+            raise full from exc
         log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc, extra=FILE_ONLY)
         said_why = True
         raise
