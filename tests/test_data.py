@@ -745,6 +745,7 @@ def test_images_pillow_decodes_read_like_opencvs(tmp_path: Path) -> None:
     la = tmp_path / "la.tga"  # OpenCV does not read TGA; Pillow gives LA (before: cv2's "Bad number of channels")
     Image.fromarray(np.stack([gray, np.full_like(gray, 255)], -1), "LA").save(la)
     np.testing.assert_array_equal(read_image(la), np.stack([gray] * 3, -1))
+    np.testing.assert_array_equal(demo_package().read_rgb(la), read_image(la))  # the demo: "not an image format"
     png = tmp_path / "trailer.png"
     Image.fromarray(np.stack([gray, np.full_like(gray, 200)], -1), "LA").save(png)
     png.write_bytes(png.read_bytes() + b"\0" * 100)  # before: taken for a PNG cut short, read by Pillow, crashed
@@ -805,3 +806,13 @@ def test_tool_folders_in_test_and_masks_are_left_out_and_mask_suffixes_match_in_
     ), said
     sample = next(s for s in index.subsets["test"] if s.path.endswith("scratch/000.png"))
     assert sample.mask_path == str(masks / "000_mask.Png")
+
+
+def test_a_broken_link_is_named_as_one(dataset_copy) -> None:
+    root = dataset_copy()
+    link = root / "test" / "good" / "link.png"
+    link.symlink_to(root / "nowhere.png")  # before: "(FileNotFoundError)"
+    said = index_mvtec(root).unreadable[str(link)]
+    assert f"a broken symbolic link to '{root / 'nowhere.png'}'" in said, said
+    with pytest.raises(OTXDataError, match="a broken symbolic link to"):
+        read_image(link)

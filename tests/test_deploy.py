@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from helpers import assert_same_predictions, run_main
 from otx.data import AnomalyDataModule
+from otx.data.io import read_image
 from otx.deploy import OpenVINOInferencer
 from otx.deploy.graph import resize_antialias
 from otx.deploy.metadata import read_onnx_info
@@ -590,9 +591,47 @@ def test_an_inferencer_shared_by_threads_gives_each_call_its_own_results(exporte
 
 def test_a_device_listed_after_auto_must_be_on_this_machine(exported) -> None:
     # before: OpenVINO's "Cannot load library ... libOpenCL.so.1" line for AUTO:GPU on a machine without one
-    with pytest.raises(OTXError, match=r"device 'GPU7' is not available on this machine \(available: CPU"):
+    with pytest.raises(OTXError, match=r"device .GPU7. is not available on this machine \(available: CPU.*\(device=\)"):
         OpenVINOInferencer(exported("padim"), device="AUTO:GPU7")
     assert OpenVINOInferencer(exported("padim"), device="AUTO:CPU").execution_devices == "CPU"
     assert OpenVINOInferencer(exported("padim"), device="MULTI:CPU(2)").info.task  # OpenVINO's request counts
     with pytest.raises(OTXError, match=r"device 'AUTO:-CPU' is not available"):  # every device but CPU: none here
         OpenVINOInferencer(exported("padim"), device="AUTO:-CPU")
+
+
+def test_the_inferencer_refuses_what_it_cannot_read_in_one_line(exported, sample_root: Path) -> None:
+    # Each of these was a raw TypeError / AssertionError / NotImplementedError, or a misleading message.
+    from PIL import Image
+
+    xml = exported("padim")
+    inferencer = OpenVINOInferencer(xml)
+    path = sample_root / "bottle_like" / "test" / "good" / "000.png"
+    with pytest.raises(OTXDataError, match=r"infer takes images .*for image files use predict\(paths\)"):
+        inferencer.infer(str(path))  # before: "got shape ()", the path walked one character at a time
+    with pytest.raises(OTXDataError, match=r"infer takes images"):
+        inferencer.infer([path])
+    with pytest.raises(OTXDataError, match=r"infer takes a list of images .*got NoneType"):
+        inferencer.infer(None)  # type: ignore[arg-type]
+    with Image.open(path) as pil:
+        pass  # closed before its pixels were loaded
+    with pytest.raises(OTXDataError, match=r"cannot read the pixels of a PIL image .*image.load\(\)"):
+        inferencer.predict(pil)
+    with pytest.raises(OTXDataError, match="meta device"):
+        inferencer.predict(torch.empty(3, 8, 8, device="meta"))
+    with pytest.raises(OTXConfigError, match=r"num_requests must be an integer >= 0"):
+        OpenVINOInferencer(xml, num_requests="2")  # type: ignore[arg-type]
+    with pytest.raises(OTXError, match=r"is a folder; pass the .xml or .onnx file in it \(e.g. .*\.xml\)"):
+        OpenVINOInferencer(xml.parent)  # before: "does not exist"
+    # what it reads: a bfloat16 tensor, a 1 x H x W grayscale array, an object array of images of two sizes
+    image = read_image(path)
+    gray = image[..., 0]
+    small = image[:40, :50]
+    expected = inferencer.infer([image, gray, small])["pred_score"]
+    tensor = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1).to(torch.bfloat16)
+    as_float = float(inferencer.infer([tensor.float()])["pred_score"][0])
+    assert inferencer.predict(tensor)[0].pred_score == pytest.approx(as_float)  # before: numpy's TypeError
+    assert inferencer.predict(gray[None])[0].pred_score == pytest.approx(float(expected[1]), abs=1e-6)
+    both = np.empty(2, dtype=object)
+    both[0], both[1] = image, small
+    np.testing.assert_allclose(inferencer.infer(both)["pred_score"], expected[[0, 2]], atol=1e-6)
+    assert [p.pred_score for p in inferencer.predict(both)] == pytest.approx(list(expected[[0, 2]]), abs=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -114,7 +115,8 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise OTXDataError(f"cannot read image '{path}' ({exc.strerror or exc}); replace or remove the file") from exc
+        why = _why_unreadable(path, exc)
+        raise OTXDataError(f"cannot read image '{path}' ({why}); replace or remove the file") from exc
     if not data:  # imdecode asserts on an empty buffer (an internal error, before)
         raise OTXDataError(f"cannot read image '{path}' (the file is empty, 0 bytes); replace or remove the file")
     # From the bytes: imread decodes a JPEG cut short to an image with its missing rows grey (libjpeg's
@@ -131,6 +133,13 @@ def read_image(path: str | Path) -> np.ndarray:
     if array.shape[2] == 4:
         return cv2.cvtColor(array, cv2.COLOR_BGRA2RGB)
     return cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
+
+
+def _why_unreadable(path: str | Path, exc: OSError) -> str:
+    """Why a file cannot be opened: a broken symbolic link names where it points."""
+    if Path(path).is_symlink() and not Path(path).exists():
+        return f"a broken symbolic link to '{os.readlink(path)}'"
+    return str(exc.strerror or exc)
 
 
 def sixteen_bit_peak(path: str | Path) -> int | None:
@@ -212,6 +221,8 @@ def image_header(path: str | Path) -> ImageHeader:
             pages = _pages(pil)
     except PIL_ERRORS as exc:
         why = str(exc) if isinstance(exc, Image.DecompressionBombError) else exc.__class__.__name__
+        if isinstance(exc, OSError) and not Path(path).exists():
+            why = _why_unreadable(path, exc)
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             why = "the file is empty, 0 bytes"
         raise OTXDataError(f"cannot read image '{path}' ({why}); replace or remove the file") from exc

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from otx.deploy.metadata import read_model_info
-from otx.errors import OTXConfigError, OTXDataError, OTXError
+from otx.errors import COMMAND_LINE, OTXConfigError, OTXDataError, OTXError
 from otx.preprocess import padded_size
 from otx.tasks import Prediction, TaskAdapter, get_adapter
 
@@ -70,9 +70,10 @@ def check_device(core: Any, device: str) -> None:
     physical = physical_devices(device, available)
     missing = [d for d in physical if d not in names]
     if missing or not physical:
+        option = "--device" if COMMAND_LINE.get() else "device="  # (OpenVINOInferencer, Engine: device=)
         raise OTXError(
             f"device '{missing[0] if missing else device}' is not available on this machine (available: "
-            f"{', '.join(available)}); give one of them or AUTO as the device (--device)"
+            f"{', '.join(available)}); give one of them or AUTO as the device ({option})"
         )
 
 
@@ -84,6 +85,10 @@ def is_exported_model(path: str | Path) -> bool:
 def check_model_path(path: str | Path) -> Path:
     """Refuse, with one line each, a missing file, an unknown suffix and an .xml without its .bin."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = sorted(path.glob("*.xml")) + sorted(path.glob("*.onnx"))
+        example = f" (e.g. {inside[0]})" if inside else ""
+        raise OTXError(f"model '{path}' is a folder; pass the .xml or .onnx file in it{example}")
     if not path.is_file():
         raise OTXError(f"model '{path}' does not exist; pass the .xml or .onnx written by `otx export`")
     suffix = path.suffix.lower()
@@ -118,6 +123,8 @@ def to_input(image: np.ndarray) -> np.ndarray:
     ``OTXDataError``).
     """
     array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] == 1 and array.shape[2] not in (1, 3, 4):  # 1 x H x W: grayscale
+        array = array[0]
     if array.dtype == np.bool_:
         raise OTXDataError(
             "an image array must hold pixel values, not booleans (a mask?); pass array.astype(np.uint8) * 255"
@@ -158,11 +165,23 @@ def _image_array(item: Any) -> np.ndarray | None:
     if isinstance(item, np.ndarray):
         return item
     if type(item).__module__.startswith("PIL.") and hasattr(item, "mode") and hasattr(item, "convert"):
-        if item.mode in ("L", "RGB", "F") or item.mode.startswith("I"):  # their values as they are
-            return np.asarray(item)
-        return np.asarray(item.convert("RGB"))  # palette, RGBA, CMYK, YCbCr, 1-bit ...
+        try:
+            if item.mode in ("L", "RGB", "F") or item.mode.startswith("I"):  # their values as they are
+                return np.asarray(item)
+            return np.asarray(item.convert("RGB"))  # palette, RGBA, CMYK, YCbCr, 1-bit ...
+        except (ValueError, OSError, AttributeError, AssertionError) as exc:  # a closed image: Pillow asserts
+            raise OTXDataError(
+                f"cannot read the pixels of a PIL image ({type(exc).__name__}: {exc}); was its file closed before "
+                "they were loaded? call image.load() (or image.copy()) inside the `with Image.open(...)` block"
+            ) from None
     if type(item).__name__ == "Tensor" and hasattr(item, "detach"):
-        return item.detach().cpu().numpy()
+        tensor = item.detach()
+        if str(tensor.device) == "meta":
+            raise OTXDataError("a tensor on the meta device holds no values; pass a tensor with its pixels")
+        tensor = tensor.cpu()
+        if str(tensor.dtype) in ("torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"):
+            tensor = tensor.float()  # (numpy has no such type)
+        return tensor.numpy()
     return None
 
 
@@ -175,7 +194,7 @@ def _as_array(item: Any) -> Any:
 def image_hw(image: np.ndarray) -> tuple[int, int]:
     """``(height, width)`` of an image array in any layout ``to_input`` accepts."""
     shape = np.shape(image)
-    if channels_first(shape):
+    if channels_first(shape) or (len(shape) == 3 and shape[0] == 1 and shape[2] not in (1, 3, 4)):
         return int(shape[1]), int(shape[2])
     return int(shape[0]), int(shape[1])
 
@@ -215,6 +234,9 @@ class OpenVINOInferencer:
         if not isinstance(device, str):
             raise OTXConfigError(f"device must be a device name such as 'CPU', 'GPU' or 'AUTO'; got {device!r}")
         self.device = device.upper()
+        from otx.validate import check_int
+
+        num_requests = check_int("num_requests", num_requests, minimum=0)  # (before: OpenVINO's TypeError)
         if precision_hint not in PRECISION_HINTS:
             raise OTXConfigError(
                 f"unknown precision hint '{precision_hint}'; choose one of {', '.join(PRECISION_HINTS)}"
@@ -383,6 +405,16 @@ class OpenVINOInferencer:
         (iterating over it would give one answer per row). Calls from several threads run one after
         the other: the requests of one call run in parallel.
         """
+        if isinstance(images, str | os.PathLike) or (
+            isinstance(images, list | tuple) and images and all(isinstance(i, str | os.PathLike) for i in images)
+        ):  # before: a path walked one character at a time ("got shape ()")
+            raise OTXDataError("infer takes images (arrays, PIL images, tensors); for image files use predict(paths)")
+        if isinstance(images, np.ndarray) and images.dtype == object:  # an array of images of several sizes
+            images = list(images)
+        if _image_array(images) is None and not hasattr(images, "__iter__"):
+            raise OTXDataError(
+                f"infer takes a list of images (arrays, PIL images, tensors); got {type(images).__name__}"
+            )
         single = _image_array(images)
         if (single is not None and single.ndim < 4) or type(images).__module__.startswith("PIL."):
             raise OTXDataError(
@@ -435,6 +467,8 @@ class OpenVINOInferencer:
         Arrays are RGB (see ``to_input``); PIL images and torch tensors (``3 x H x W`` or
         ``H x W x 3``) are taken as the arrays they hold.
         """
+        if isinstance(source, np.ndarray) and source.dtype == object:  # an array of images of several sizes
+            source = list(source)
         if isinstance(source, list | tuple):
             kinds = {
                 "array" if _image_array(item) is not None else "path" if isinstance(item, str | os.PathLike) else "x"

@@ -179,7 +179,30 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
         return array, ""
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-32:]:
         return None, "image file is truncated (a JPEG without its end)"
+    if path.suffix.lower() == ".tga":  # the one type otx lists that OpenCV has no decoder for
+        return pillow_decode(path)
     return None, "cannot decode image (not an image format OpenCV reads, or damaged)"
+
+
+def pillow_decode(path: Path) -> tuple[np.ndarray | None, str]:
+    """A TGA file by Pillow where it is installed, as otx reads it (channels in OpenCV's order)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        why = "OpenCV does not read TGA files; otx reads them with Pillow: pip install pillow"
+        return None, f"cannot decode image ({why})"
+    try:
+        with Image.open(path) as pil:  # as otx.data.io: modes other than these become RGB
+            array = np.asarray(pil if pil.mode in ("L", "RGB", "RGBA", "I;16", "I", "F", "1") else pil.convert("RGB"))
+    except Exception as exc:  # noqa: BLE001 - any file Pillow cannot read either
+        return None, f"cannot decode image ({exc})"
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.dtype.byteorder == ">":  # a big-endian 16-bit file (I;16B)
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.ndim == 3:
+        array = array[..., 2::-1] if array.shape[2] == 3 else array[..., [2, 1, 0, 3]]  # to BGR(A) like OpenCV
+    return array, ""
 
 
 def read_rgb(path: Path) -> np.ndarray | None:
