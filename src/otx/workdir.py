@@ -301,12 +301,13 @@ class Run:
         A stop that arrives while a successful run is made the latest is held until it is
         (``MARKING``), then sent again: it finds the run finished and ``latest.json`` written.
         """
-        if success and not self.scratch:
+        marking = success and not self.scratch
+        if marking:
             MARKING.append(True)
         try:
             self._close(success)
         finally:
-            if MARKING:
+            if marking:
                 MARKING.pop()
             if not MARKING and HELD_STOPS:
                 import signal
