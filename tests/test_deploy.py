@@ -635,3 +635,29 @@ def test_the_inferencer_refuses_what_it_cannot_read_in_one_line(exported, sample
     both[0], both[1] = image, small
     np.testing.assert_allclose(inferencer.infer(both)["pred_score"], expected[[0, 2]], atol=1e-6)
     assert [p.pred_score for p in inferencer.predict(both)] == pytest.approx(list(expected[[0, 2]]), abs=1e-6)
+
+
+def test_hints_in_any_case_and_the_demos_default_precision(exported, sample_root: Path, tmp_path: Path) -> None:
+    # Before: device="cpu" was taken but performance_hint="latency" and precision_hint="F32" were refused,
+    # and the demo package had no "default" precision, which otx predict --inference_precision has.
+    import subprocess
+    import sys
+
+    import otx.deploy
+
+    xml = exported("padim")
+    path = sample_root / "bottle_like" / "test" / "good" / "000.png"
+    image = read_image(path)
+    expected = OpenVINOInferencer(xml).infer([image])["pred_score"]
+    got = OpenVINOInferencer(xml, precision_hint="F32", performance_hint="latency").infer([image])["pred_score"]
+    np.testing.assert_array_equal(got, expected)
+    script = Path(otx.deploy.__file__).parent / "demo" / "predict.py"
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, str(script), str(path), "--model", str(xml), "--precision", "DEFAULT", "--output", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [r["label"] for r in json.loads((out / "results.json").read_text())] in (["normal"], ["anomalous"])

@@ -237,6 +237,8 @@ class OpenVINOInferencer:
         from otx.validate import check_int
 
         num_requests = check_int("num_requests", num_requests, minimum=0)  # (before: OpenVINO's TypeError)
+        precision_hint = precision_hint.lower() if isinstance(precision_hint, str) else precision_hint  # as device
+        performance_hint = performance_hint.upper() if isinstance(performance_hint, str) else performance_hint
         if precision_hint not in PRECISION_HINTS:
             raise OTXConfigError(
                 f"unknown precision hint '{precision_hint}'; choose one of {', '.join(PRECISION_HINTS)}"

@@ -418,7 +418,13 @@ def main() -> int:
     parser.add_argument("images", help="image file, folder or glob pattern")
     parser.add_argument("--model", default=str(Path(__file__).parent / "model" / "exported_model.xml"))
     parser.add_argument("--device", default="CPU", help="CPU, GPU, NPU or AUTO")
-    parser.add_argument("--precision", default="f32", choices=("f32", "bf16", "f16"), help="inference precision hint")
+    parser.add_argument(
+        "--precision",
+        default="f32",
+        type=str.lower,
+        choices=("f32", "bf16", "f16", "default"),
+        help="inference precision hint (f32 reproduces otx; default: the device's own, as otx --inference_precision)",
+    )
     parser.add_argument("--output", default="results", help="folder for results.json and masks")
     parser.add_argument("--allow_errors", action="store_true", help="exit 0 even if some images cannot be read")
     args = parser.parse_args()
@@ -512,7 +518,9 @@ def main() -> int:
             return 1
     try:  # the precision on every device that runs the model, as otx predict sets it
         for device in physical:
-            if "INFERENCE_PRECISION_HINT" in core.get_property(device, "SUPPORTED_PROPERTIES"):
+            if args.precision != "default" and "INFERENCE_PRECISION_HINT" in core.get_property(
+                device, "SUPPORTED_PROPERTIES"
+            ):
                 core.set_property(device, {"INFERENCE_PRECISION_HINT": args.precision})
         compiled = core.compile_model(model, args.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
     except RuntimeError as exc:
