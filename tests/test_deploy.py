@@ -624,6 +624,11 @@ def test_the_inferencer_refuses_what_it_cannot_read_in_one_line(exported, sample
         OpenVINOInferencer(xml.parent)  # before: "does not exist"
     # what it reads: a bfloat16 tensor, a 1 x H x W grayscale array, an object array of images of two sizes
     image = read_image(path)
+    broken = np.full(image.shape, np.nan, np.float32)
+    with pytest.raises(OTXDataError, match=r"^image 1 of 3: "):  # which one (before: only what was wrong)
+        inferencer.predict([image, broken, image])
+    with pytest.raises(OTXDataError, match=r"^an image array must hold real pixel values, not complex"):
+        inferencer.predict(image.astype(np.complex64))  # before: the imaginary part dropped, a NumPy warning
     gray = image[..., 0]
     small = image[:40, :50]
     expected = inferencer.infer([image, gray, small])["pred_score"]

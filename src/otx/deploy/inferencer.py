@@ -123,6 +123,8 @@ def to_input(image: np.ndarray) -> np.ndarray:
     ``OTXDataError``).
     """
     array = np.asarray(image)
+    if np.iscomplexobj(array):  # (before: the imaginary part dropped, with NumPy's warning only)
+        raise OTXDataError(f"an image array must hold real pixel values, not complex numbers (dtype {array.dtype})")
     if array.ndim == 3 and array.shape[0] == 1 and array.shape[2] not in (1, 3, 4):  # 1 x H x W: grayscale
         array = array[0]
     if array.dtype == np.bool_:
@@ -425,21 +427,28 @@ class OpenVINOInferencer:
             )
         # tensors and PIL images as the arrays they hold (a tensor that requires grad, or on a GPU)
         items = list(single) if single is not None else (_as_array(item) for item in images)
+        total = len(items) if isinstance(items, list) else len(images) if hasattr(images, "__len__") else None
         if self._owner == threading.get_ident():  # the images' own iteration called back in: it would wait forever
             raise OTXError("infer was called again while iterating over the images of a call in progress")
         with self._lock:  # one queue and one results dict per inferencer: other threads' calls wait
             self._owner = threading.get_ident()
             try:
-                return self._infer(items)
+                return self._infer(items, total)
             finally:
                 self._owner = None
 
-    def _infer(self, images: Iterable[np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, images: Iterable[np.ndarray], total: int | None = None) -> dict[str, np.ndarray]:
+        """``infer`` of images already checked; ``total``: how many (None: unknown), for a refused image's message."""
         self._results.clear()
         count = 0
         try:
             for index, image in enumerate(images):
-                self.queue.start_async({0: self.prepare(image)}, userdata=index)
+                try:
+                    prepared = self.prepare(image)
+                except OTXDataError as exc:  # which one, in a list (before: only what was wrong)
+                    which = f"image {index}" + (f" of {total}" if total else "")
+                    raise OTXDataError(str(exc) if total == 1 else f"{which}: {exc}") from None
+                self.queue.start_async({0: prepared}, userdata=index)
                 count += 1
             self.queue.wait_all()
         except RuntimeError as exc:
