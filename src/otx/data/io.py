@@ -75,9 +75,21 @@ def png_cut_short(data: bytes) -> bool:
 
 # Pillow modes converted before their pixels are taken: to RGB for an image (alpha is dropped anyway),
 # keeping alpha for a mask (``read_mask`` reads transparency).
-PIL_TO_RGB = ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La", "LA")
+PIL_IMAGE_MODES = dict.fromkeys(("P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "RGBa", "La", "LA"), "RGB")
 PIL_MASK_MODES = {"P": "RGBA", "PA": "RGBA", "1": "L", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB",
                   "RGBX": "RGB", "RGBa": "RGBA", "La": "LA"}  # fmt: skip
+
+
+def _file_bytes(path: str | Path, what: str) -> bytes:
+    """The bytes of an image or mask file; one ``OTXDataError`` line when it cannot be read or is empty."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        why = _why_unreadable(path, exc)
+        raise OTXDataError(f"cannot read {what} '{path}' ({why}); replace or remove the file") from exc
+    if not data:  # imdecode asserts on an empty buffer (an internal error, before)
+        raise OTXDataError(f"cannot read {what} '{path}' (the file is empty, 0 bytes); replace or remove the file")
+    return data
 
 
 def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> np.ndarray:
@@ -112,16 +124,10 @@ def read_image(path: str | Path) -> np.ndarray:
     Grayscale becomes three equal channels, the alpha channel is dropped, 16-bit and float
     images are scaled to 8 bits. Raises ``OTXDataError`` naming the file if it cannot be decoded.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        why = _why_unreadable(path, exc)
-        raise OTXDataError(f"cannot read image '{path}' ({why}); replace or remove the file") from exc
-    if not data:  # imdecode asserts on an empty buffer (an internal error, before)
-        raise OTXDataError(f"cannot read image '{path}' (the file is empty, 0 bytes); replace or remove the file")
+    data = _file_bytes(path, "image")
     # From the bytes: imread decodes a JPEG cut short to an image with its missing rows grey (libjpeg's
     # warning on stderr only); imdecode refuses it, and Pillow's fallback then names it truncated.
-    array = _decode(path, data, dict.fromkeys(PIL_TO_RGB, "RGB"), "image")
+    array = _decode(path, data, PIL_IMAGE_MODES, "image")
     try:
         array = to_uint8(np.asarray(array))
     except ValueError as exc:
@@ -167,13 +173,7 @@ def read_mask(path: str | Path) -> np.ndarray:
     Decoded as images are (``read_image``'s decoders, depth kept), so a mask is turned exactly as
     its image (a TIFF orientation), and a 16-bit colour mask of 0/1 labels keeps them.
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise OTXDataError(f"cannot read mask '{path}' ({exc.strerror or exc}); replace or remove the file") from exc
-    if not data:
-        raise OTXDataError(f"cannot read mask '{path}' (the file is empty, 0 bytes); replace or remove the file")
-    array = _decode(path, data, PIL_MASK_MODES, "mask")
+    array = _decode(path, _file_bytes(path, "mask"), PIL_MASK_MODES, "mask")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim == 2:

@@ -111,6 +111,11 @@ def channels_first(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3 and shape[0] == 3 and shape[2] not in (1, 3, 4)
 
 
+def gray_first(shape: tuple[int, ...]) -> bool:
+    """Whether a 3-d image array of this shape is ``1 x H x W`` grayscale (by the rule of ``channels_first``)."""
+    return len(shape) == 3 and shape[0] == 1 and shape[2] not in (1, 3, 4)
+
+
 def to_input(image: np.ndarray) -> np.ndarray:
     """An image as the graph's input: float32 ``[3, H, W]`` RGB in [0, 1].
 
@@ -125,7 +130,7 @@ def to_input(image: np.ndarray) -> np.ndarray:
     array = np.asarray(image)
     if np.iscomplexobj(array):  # (before: the imaginary part dropped, with NumPy's warning only)
         raise OTXDataError(f"an image array must hold real pixel values, not complex numbers (dtype {array.dtype})")
-    if array.ndim == 3 and array.shape[0] == 1 and array.shape[2] not in (1, 3, 4):  # 1 x H x W: grayscale
+    if gray_first(array.shape):
         array = array[0]
     if array.dtype == np.bool_:
         raise OTXDataError(
@@ -196,7 +201,7 @@ def _as_array(item: Any) -> Any:
 def image_hw(image: np.ndarray) -> tuple[int, int]:
     """``(height, width)`` of an image array in any layout ``to_input`` accepts."""
     shape = np.shape(image)
-    if channels_first(shape) or (len(shape) == 3 and shape[0] == 1 and shape[2] not in (1, 3, 4)):
+    if channels_first(shape) or gray_first(shape):
         return int(shape[1]), int(shape[2])
     return int(shape[0]), int(shape[1])
 
@@ -415,11 +420,11 @@ class OpenVINOInferencer:
             raise OTXDataError("infer takes images (arrays, PIL images, tensors); for image files use predict(paths)")
         if isinstance(images, np.ndarray) and images.dtype == object:  # an array of images of several sizes
             images = list(images)
-        if _image_array(images) is None and not hasattr(images, "__iter__"):
+        single = _image_array(images)
+        if single is None and not hasattr(images, "__iter__"):
             raise OTXDataError(
                 f"infer takes a list of images (arrays, PIL images, tensors); got {type(images).__name__}"
             )
-        single = _image_array(images)
         if (single is not None and single.ndim < 4) or type(images).__module__.startswith("PIL."):
             raise OTXDataError(
                 f"infer takes a list of images, got one image (a {len(np.shape(single))}-d array is one image, "
