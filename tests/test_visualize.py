@@ -216,6 +216,14 @@ def test_report_opens_in_a_headless_browser(trained_padim: dict, sample_root: Pa
     said = Path(detection["report"]).read_text()
     assert "box_AP: box average precision over IoU 0.5 to 0.95" in said and "names ending in _input" in said
     assert "AUPRO: mean overlap" in text and "box_AP" not in text.split("Thresholds")[0].split("image_AUROC: ")[1]
+    # classification: no pixel threshold row and no word of masks (before: "The pixel threshold draws the masks.")
+    carpet = AnomalyDataModule(str(sample_root / "carpet_like"), num_workers=0)
+    classification = Engine(data=carpet, task="classification", work_dir=tmp_path).test(
+        checkpoint=trained_padim["checkpoint"]
+    )
+    thresholds = Path(classification["report"]).read_text().split("<h2>Thresholds</h2>")[1]
+    assert "<td>image</td>" in thresholds and "<td>pixel</td>" not in thresholds and "<td>pixel</td>" in text
+    assert "masks." not in thresholds and "no maps, masks or boxes" in thresholds
 
     browser, driver_path = chromium()
     from selenium import webdriver

@@ -26,7 +26,7 @@ from otx.boxes import score_words
 from otx.data.dataset import Sample
 from otx.data.io import read_image, read_mask
 from otx.metrics import curves
-from otx.tasks import Prediction
+from otx.tasks import ADAPTERS, AnomalyTask, Prediction
 from otx.visualize import overlay, thumbnail, write_overlay
 
 REPORT_NAME = "report.html"
@@ -320,17 +320,21 @@ def _thresholds(data: ReportInput) -> list[str]:
     """The raw thresholds and how each was set (the scores above are normalised: 0.5 is the threshold)."""
     if not data.thresholds:
         return []
+    # classification outputs a score and a label: the pixel threshold it fits all the same is used for nothing
+    pixel_level = ADAPTERS[AnomalyTask(data.task)].pixel_level
     rows = [
         {
             "threshold": name,
             "raw value": f"{data.thresholds[f'{name}_threshold']:.6g}",
             "set": data.threshold_origin.get(name, "not recorded"),
         }
-        for name in ("image", "pixel")
+        for name in (("image", "pixel") if pixel_level else ("image",))
         if f"{name}_threshold" in data.thresholds
     ]
     note = '<p class="legend">Scores and maps are shown normalised: the raw threshold maps to 0.5. '
-    if data.boxes is None:
+    if not pixel_level:
+        note += "Classification gives a score and a label per image: no maps, masks or boxes.</p>"
+    elif data.boxes is None:
         note += "The pixel threshold draws the masks.</p>"
     else:  # boxes are cut at a level of their own (otx.boxes), not at the pixel threshold
         b = data.boxes
