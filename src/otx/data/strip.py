@@ -76,7 +76,7 @@ def _strip(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def _defect_mask(rng: np.random.Generator, defect: str, height: int, width: int) -> np.ndarray:
-    """A uint8 0/255 mask: a 2-pixel scratch across the strip, or a pit of radius 3 to 4."""
+    """A uint8 0/255 mask: a 1-pixel scratch across the strip, or a filled pit of radius 2 (5 pixels across)."""
     mask = np.zeros((height, width), np.uint8)
     x = int(rng.integers(width // 10, width - width // 10))
     if defect == "scratch":
