@@ -414,6 +414,17 @@ def test_images_added_to_the_test_folders_never_take_a_validation_images_place(
     (root / "test" / "good" / "000_added.png").unlink()
     assert main(["test", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 0
     assert "changed since training" not in capsys.readouterr().err
+    # A val/ folder added: it is the validation split now, and the images the model was calibrated on
+    # still stay out of the test split (before: all of test/ was tested, the calibration images too, unsaid).
+    (root / "val" / "good").mkdir(parents=True)
+    for image in good[:3]:
+        shutil.copy(image, root / "val" / "good" / f"v_{image.name}")
+    assert main(["test", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "has a val/ folder now" in err and f"calibrated on {len(fitted)} images of its test folders" in err
+    tested = {r["image"] for r in json.loads((work_dir / latest(work_dir)["test"] / "predictions.json").read_text())}
+    assert not tested & fitted and len(tested) == len(data.splits["test"])
+    assert f"the test metrics are on the {len(tested)} others" in err
 
 
 def test_test_keeps_the_models_validation_split_and_names_both(trained_padim: dict, sample_root, tmp_path, capsys):

@@ -172,7 +172,7 @@ class AnomalyDataModule:
         # a trained model's validation images (paths under data_root): they form the validation
         # split instead of the seeded one (``eval_data``), so test folders may change after training
         self.val_files: list[str] | None = None
-        self.split_changes: dict[str, int] = {}  # set up with ``val_files``: how the seeded split differs
+        self.split_changes: dict[str, int] = {}  # set up with ``val_files``: how the split differs from training's
 
     def run_settings(self) -> dict[str, Any]:
         """The settings a run records and a resumed run must keep (``RUN_SETTINGS``)."""
@@ -207,6 +207,10 @@ class AnomalyDataModule:
         if "val" in subsets and subsets["val"]:
             val = [s for s in subsets["val"] if s.label >= 0]
             log.info("using the data's own val/ folder (%d images) for thresholds", len(val))
+            if self.val_files is not None:  # a val/ folder added after training on test images' thresholds:
+                # the images the model was calibrated on stay out of the test split all the same
+                calibrated, test, gone = split_by_names(test, self.data_root, self.val_files)
+                self.split_changes = {"validation_images_gone": gone, "val_folder_added": len(calibrated)}
         elif self.val_files is not None:
             seeded, _ = split_validation(test, self.val_split, self.seed)
             val, test, gone = split_by_names(test, self.data_root, self.val_files)

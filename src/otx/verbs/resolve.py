@@ -172,14 +172,20 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
         data.setup()
     if same and info.get("val_files") is not None:
         data.val_files = list(info["val_files"])
-        data.split()  # the data's own val/ folder, if any, still wins (split_changes stays empty)
+        data.split()  # the data's own val/ folder, if any, is the validation split now
         changes = data.split_changes
+        unreadable = data.index.unreadable if data.index is not None else {}
+        scored = [s for s in data.splits["test"] if s.label >= 0 and s.path not in unreadable]  # not unknown/
+        gone = changes.get("validation_images_gone", 0)
+        still = f" that are still there ({gone} {'is' if gone == 1 else 'are'} gone)" if gone else ""
         # (with no test images left there is nothing to warn about: the caller says so in one line)
-        if (changes.get("seeded_split_moves") or changes.get("validation_images_gone")) and data.splits["test"]:
-            gone = changes["validation_images_gone"]
-            still = f" that are still there ({gone} {'is' if gone == 1 else 'are'} gone)" if gone else ""
-            unreadable = data.index.unreadable if data.index is not None else {}
-            scored = [s for s in data.splits["test"] if s.label >= 0 and s.path not in unreadable]  # not unknown/
+        if "val_folder_added" in changes and data.splits["test"]:
+            ctx.warn(
+                f"{root} has a val/ folder now, which sets the validation split, but the model was calibrated on "
+                f"{len(data.val_files)} images of its test folders: the {changes['val_folder_added']}{still} stay "
+                f"out of the test split, so the test metrics are on the {len(scored)} others"
+            )
+        elif (changes.get("seeded_split_moves") or gone) and data.splits["test"]:
             ctx.warn(
                 f"the test folders of {root} changed since training: the {len(data.splits['val'])} validation "
                 f"images the model was calibrated on{still} "
