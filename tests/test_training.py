@@ -238,6 +238,11 @@ def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tm
         str(tmp_path / b["checkpoint"]): "a finished training's model.ckpt",
         str(tmp_path / "notes.txt"): "not a training state",
     }
+    # the images its epochs were trained and chosen on, for the check above (data changed: test below)
+    data = AnomalyDataModule(str(sample_root / "bottle_like"))
+    data.setup()
+    recorded = json.loads((state.parent / "split.json").read_text())
+    assert recorded == {"val_files": data.validation_names(), "train_fingerprint": data.index.fingerprint()}
     for extra, said in refusals.items():
         path, *more = extra.split(" ")
         done = run_main(*_stfpm_args(sample_root, "parts", "--resume", path), *more, cwd=tmp_path)
@@ -304,7 +309,7 @@ def test_a_padim_training_state_can_be_resumed(trained_padim: dict, tmp_path: Pa
     """PADIM's fitted Gaussian is empty in a fresh model and takes its shape when loaded: not another model."""
     from otx.checkpoint import model_entry
     from otx.models import Padim
-    from otx.training import check_resume
+    from otx.training import check_resume, record_split
 
     fitted, _ = load_checkpoint(trained_padim["checkpoint"])
     state = tmp_path / "checkpoints" / "last.ckpt"
@@ -313,6 +318,15 @@ def test_a_padim_training_state_can_be_resumed(trained_padim: dict, tmp_path: Pa
     fresh = Padim(**fitted.hparams)
     assert any(v.numel() == 0 for v in fresh.state_dict().values())  # what made it look like another model
     check_resume(state, fresh, model_entry(fresh), None)  # no error
+    # the images the interrupted run trained and validated on, as otx train records them
+    split = {"val_files": ["test/crack/000.png", "test/good/000.png"], "train_fingerprint": "0123abcd"}
+    record_split(state.parent.parent, split)
+    check_resume(state, fresh, model_entry(fresh), None, split=dict(split))  # the same: no error
+    moved = {**split, "val_files": ["test/crack/000.png", "test/good/001.png"]}
+    with pytest.raises(OTXError, match=r"data changed .* 1 here that were not there, 1 there that are not here"):
+        check_resume(state, fresh, model_entry(fresh), None, split=moved)
+    with pytest.raises(OTXError, match=r"train/ files 0123abcd there, 4567 here"):
+        check_resume(state, fresh, model_entry(fresh), None, split={**split, "train_fingerprint": "4567"})
     with pytest.raises(OTXError, match="another model or backbone"):
         check_resume(state, Padim(backbone="mobilenet_v2"), model_entry(fresh), None)
 

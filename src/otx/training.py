@@ -593,6 +593,45 @@ def resume_checkpoint(resume: bool | str | Path, workdir_root: Path, class_path:
 RESUMED_FROM = "resumed_from.txt"  # in a resumed run's checkpoints/: the state it continues (absolute path)
 
 
+SPLIT_RECORD = "split.json"  # in a run's checkpoints/: the images its epochs are trained and chosen on
+
+
+def record_split(run_path: Path, split: dict[str, Any]) -> None:
+    """Note in the run folder the images its epochs train and validate on (``split``: see ``check_resume``)."""
+    import json
+
+    folder = run_path / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SPLIT_RECORD).write_text(json.dumps(split, indent=1) + "\n", encoding="utf-8")
+
+
+def _split_changes(state_path: Path, split: dict[str, Any] | None) -> list[str]:
+    """How ``split`` differs from the one recorded beside ``state_path`` (nothing to compare: none)."""
+    import json
+
+    try:
+        was = json.loads((state_path.parent / SPLIT_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # a state from before the record, or copied away from its run folder
+        return []
+    if not split or not isinstance(was, dict):
+        return []
+    changes = []
+    if was.get("train_fingerprint") not in (None, split["train_fingerprint"]):
+        changes.append(
+            f"train/ files {was['train_fingerprint']} there, {split['train_fingerprint']} here (fingerprints of "
+            "the training file names and sizes)"
+        )
+    if isinstance(was.get("val_files"), list):
+        old, new = set(was["val_files"]), set(split["val_files"])
+        if old != new:
+            changes.append(
+                f"validation images: {len(new - old)} here that were not there, {len(old - new)} there that are not "
+                f"here (e.g. {min(new ^ old)}; images added to or removed from the test or val folders change the "
+                "validation split its epochs were chosen on)"
+            )
+    return changes
+
+
 def record_resumed_from(run_path: Path, state: Path) -> None:
     """Note in the run folder which state it continues, so that ``--resume true`` passes that state over."""
     folder = run_path / CHECKPOINT_DIR
@@ -631,6 +670,7 @@ def check_resume(
     data_root: str | None,
     max_epochs: int | None = None,
     data_settings: dict[str, Any] | None = None,
+    split: dict[str, Any] | None = None,
 ) -> int:
     """One line (``OTXError``) when ``state_path`` cannot continue this training; else the epochs it finished.
 
@@ -638,14 +678,13 @@ def check_resume(
     ``checkpoints/``) of the same model: the same tensors, and, where the interrupted run's
     config.yaml is beside it, the same model settings (``entry``, ``model_entry``), data root and
     ``data_settings`` (validation split, seed, batch size: the split the epochs were chosen on and
-    the order the images came in). Trainer settings (epochs, devices) may differ, but not below the
+    the order the images came in), and, where its ``SPLIT_RECORD`` is beside the state, the same
+    images (``split``: ``val_files``, the validation images' paths under the data root, and
+    ``train_fingerprint``, the index's). Trainer settings (epochs, devices) may differ, but not below the
     epochs the state has trained; a finished run's saved epochs continue only to train it longer
     (``max_epochs`` above the epochs it trained).
     """
-    import json
-
     import torch
-    import yaml
 
     how = (
         f"pass the {CHECKPOINT_DIR}/{LAST_CHECKPOINT} of an interrupted multi-epoch `otx train` run, "
@@ -685,13 +724,36 @@ def check_resume(
             f"cannot resume from '{state_path}': it holds another model or backbone ({len(differ)} tensor(s) differ "
             f"in name or shape, e.g. {differ[0]}); resume with the interrupted run's recipe and options"
         )
+    changes, config_path = _config_changes(state_path, entry, data_root, data_settings)
+    if changes:
+        raise OTXError(
+            f"cannot resume from '{state_path}': this command trains otherwise than the interrupted run "
+            f"({'; '.join(changes)}); resume with its options ({config_path})"
+        )
+    moved = _split_changes(state_path, split)
+    if moved:  # the epochs so far were trained and chosen on other images
+        raise OTXError(
+            f"cannot resume from '{state_path}': the data changed since the interrupted run ({'; '.join(moved)}); "
+            "put the images back as they were, or train anew without --resume"
+        )
+    return trained
+
+
+def _config_changes(
+    state_path: Path, entry: dict[str, Any], data_root: str | None, data_settings: dict[str, Any] | None
+) -> tuple[list[str], Path | None]:
+    """How this command's model and data settings differ from the config.yaml of the run ``state_path`` is in."""
+    import json
+
+    import yaml
+
     config_path = state_path.parent.parent / "config.yaml" if state_path.parent.name == CHECKPOINT_DIR else None
     if config_path is None or not config_path.is_file():
-        return trained
+        return [], config_path
     try:
         config = yaml.safe_load(config_path.read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return trained
+        return [], config_path
 
     def plain(value: Any) -> Any:
         return json.loads(json.dumps(value, default=str))
@@ -715,12 +777,7 @@ def check_resume(
         for key, value in (data_settings or {}).items()
         if key in old_data and old_data[key] is not None and plain(old_data[key]) != plain(value)
     ]
-    if changes:
-        raise OTXError(
-            f"cannot resume from '{state_path}': this command trains otherwise than the interrupted run "
-            f"({'; '.join(changes)}); resume with its options ({config_path})"
-        )
-    return trained
+    return changes, config_path
 
 
 def _nearest_trainer_argument(problem: str) -> str:

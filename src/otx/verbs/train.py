@@ -17,6 +17,7 @@ from otx.boxes import UNTUNED
 from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
 from otx.checks import copies_warning, image_profile, mask_coverage_warning, threshold_warnings, unmasked_warning
 from otx.data import AnomalyDataModule
+from otx.data.dataset import relative_names
 from otx.errors import OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.postprocess import known_pixel_rows
@@ -32,6 +33,7 @@ from otx.training import (
     merge_settings,
     monitor_of,
     record_resumed_from,
+    record_split,
     without_unlogged_monitors,
 )
 from otx.verbs.context import FILE_ONLY, VerbContext, peak_memory_mb, write_result
@@ -168,12 +170,19 @@ def run(
         ctx.warn(message)  # before saving the config: config.yaml lists the callbacks the run uses
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
     first_epoch = 0
+    # the images its epochs are trained and chosen on: a resumed run must have the same ones
+    split = {
+        "val_files": sorted(relative_names(data.splits["val"], data.data_root)),
+        "train_fingerprint": data.index.fingerprint(),
+    }
     if resume is not None:
         first_epoch = check_resume(
-            resume, model, model_entry(model), data.data_root, settings.get("max_epochs"), data.run_settings()
+            resume, model, model_entry(model), data.data_root, settings.get("max_epochs"), data.run_settings(), split
         )
         if not distributed.secondary():  # this run continues that state: --resume true passes it over
             record_resumed_from(run.path, resume)
+    if not distributed.secondary():
+        record_split(run.path, split)
     splits = data.splits
     if not splits["val"]:  # checked before training, not after it
         labelled = [s for s in splits.get("test", []) if s.label >= 0]
