@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from helpers import assert_same_predictions, check_demo_package
@@ -313,6 +314,25 @@ def test_keep_aspect_chooses_its_input_from_the_training_images(strip_root: Path
     assert model.preprocessor.input_size == (128, 512) and model.hparams["input_size"] == [128, 512]
     with pytest.raises(OTXConfigError, match="input_size null .* needs input_mode keep_aspect or auto"):
         model_class("Padim")(input_size=None, input_mode="resize", pretrained=False)
+
+
+def test_a_model_object_trained_again_chooses_its_input_again(strip_root: Path, sample_root: Path, tmp_path) -> None:
+    """auto's choice belongs to a training, not to the model object (before: a Padim trained on 4:1 strips
+    kept keep_aspect 128x256 and trained a second Engine's square images at it, 75 % padding)."""
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+
+    model = model_class("Padim")(input_size=[64, 64], pretrained=False)
+    assert model.hparams["input_mode"] == "auto"
+    runs = {}
+    for name, root in (("strips", strip_root), ("square", sample_root / "bottle_like"), ("again", strip_root)):
+        data = AnomalyDataModule(str(root), num_workers=0)
+        result = Engine(model=model, data=data, work_dir=tmp_path / name).train()
+        config = yaml.safe_load((Path(result.checkpoint).parent / "config.yaml").read_text())
+        assert config["model"]["init_args"]["input_mode"] == "auto"  # what the run was asked for
+        runs[name] = (model.hparams["input_mode"], model.preprocessor.input_size)
+    assert runs["strips"] == runs["again"] == ("keep_aspect", (32, 128))  # 64x64 pixels in the strips' 4:1
+    assert runs["square"] == ("resize", (64, 64))
 
 
 @pytest.mark.parametrize(

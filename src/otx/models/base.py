@@ -209,11 +209,9 @@ class AnomalyModel(L.LightningModule):
                     "pass --model.init_args.input_size '[H,W]' or --model.init_args.input_mode keep_aspect"
                 )
             )
-        size = aspect_input_size(1.0, self.input_area) if input_size is None else input_size
-        self.input_size = check_size("input_size", list(size) if isinstance(size, tuple) else size)
-        # data pipeline, torch inference and export alike (auto: resize until `otx train` chooses)
-        mode = "resize" if self.input_mode_from_data else input_mode
-        self.preprocessor = PreProcessor(self.input_size, mode, tile_size, tile_stride)
+        # what was asked, for a later training to choose afresh from its own images (`forget_data_choices`)
+        self._asked_input = (input_mode, None if input_size is None else list(input_size))
+        self._set_input(input_mode, input_size, tile_size, tile_stride)
         self.pretrained = check_bool("pretrained", pretrained)
         check_path("weights", weights, optional=True)
         self.image_threshold = check_number("image_threshold", image_threshold, optional=True)
@@ -291,6 +289,29 @@ class AnomalyModel(L.LightningModule):
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Apply the backbone's mean/std to images in [0, 1]."""
         return (images - self.mean) / self.std
+
+    def _set_input(self, input_mode: str, input_size: Any, tile_size: Any, tile_stride: Any) -> None:
+        size = aspect_input_size(1.0, self.input_area) if input_size is None else input_size
+        self.input_size = check_size("input_size", list(size) if isinstance(size, tuple) else size)
+        # data pipeline, torch inference and export alike (auto: resize until `otx train` chooses)
+        mode = "resize" if self.input_mode_from_data else input_mode
+        self.preprocessor = PreProcessor(self.input_size, mode, tile_size, tile_stride)
+
+    def forget_data_choices(self) -> None:
+        """Undo ``choose_input_mode`` / ``choose_input_size``: the next training chooses from its own images.
+
+        ``otx train`` calls it first, so that a model object trained on 3:1 strips (``auto`` chose
+        ``keep_aspect``) and then given to another training on square images is not trained at the
+        strips' input there.
+        """
+        mode, size = self._asked_input
+        if (mode, size) == (self.hparams.get("input_mode"), self.hparams.get("input_size")):
+            return  # nothing was chosen (or nothing could be)
+        self.input_mode_from_data = mode == AUTO
+        self.input_size_from_data = size is None
+        pre = self.preprocessor
+        self._set_input(mode, size, pre.tile_size, pre.tile_stride)
+        self._record_chosen(input_mode=mode, input_size=size)
 
     def choose_input_size(self, aspect: float) -> tuple[int, int]:
         """Set an input size from the training images' median ``aspect`` (width / height); return it.

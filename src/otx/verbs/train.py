@@ -154,6 +154,7 @@ def run(
     ``resume`` is a Lightning state (``last.ckpt`` / ``epochN.ckpt``) to continue from.
     """
     L.seed_everything(ctx.seed, verbose=False)
+    model.forget_data_choices()  # a model object trained before: input_mode auto chooses again for these images
     adapter = ctx.adapter()
     data = ctx.data
     data.setup()
