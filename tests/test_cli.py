@@ -465,6 +465,17 @@ def test_a_runs_config_is_reused_with_the_command_line_winning_wherever_it_stand
     assert metrics["splits"]["train"]["normal"] == 10  # the copy's 10 images, not the file's data root's 40
     for verb in ("test", "export"):  # a run's config.yaml serves the other verbs too
         assert main([verb, "--config", str(config), "--work_dir", "first"]) == 0
+    # ... with that run's model, from any directory (before: the work dir's newest training, here a 32x32
+    # model trained after it; and the file's relative work_dir was looked up where the command ran)
+    assert saved["work_dir"] == str(first)
+    smaller = ["--model.init_args.input_size", "[32,32]", *small[2:]]
+    assert main(["train", "--config", RECIPE, "--data_root", str(data), "--work_dir", "first", *smaller]) == 0
+    newest = json.loads((first / "latest.json").read_text())["train"]
+    monkeypatch.chdir(fewer)
+    assert main(["test", "--config", str(config)]) == 0
+    tested = json.loads((first / json.loads((first / "latest.json").read_text())["test"] / "metrics.json").read_text())
+    assert Path(tested["checkpoint"]) == config.parent / "model.ckpt" and config.parent.name != newest
+    monkeypatch.chdir(tmp_path)
     three = tmp_path / "three.yaml"  # a file's max_epochs against a --trainer.max_epochs on the command line
     three.write_text(yaml.safe_dump({**saved, "max_epochs": 3}))
     capsys.readouterr()

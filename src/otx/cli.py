@@ -1262,6 +1262,22 @@ def _fold_data_root(argv: list[str]) -> list[str]:
     return _without_option(argv, "--data_root") + ["--data_root", value, "--data.data_root", value]
 
 
+def _run_checkpoint(argv: list[str]) -> str | None:
+    """The ``model.ckpt`` beside the last ``--config`` when that file is a training run's ``config.yaml``.
+
+    ``otx test --config <run>/config.yaml`` tests that run's model (before: the work dir's latest
+    training, another model when a later run had trained one, with a "recipe's model" warning).
+    """
+    found = _option_values(argv, "--config")
+    if not found:
+        return None
+    from otx.checkpoint import CHECKPOINT_NAME
+
+    path = Path(found[-1][1]).expanduser()
+    beside = path.parent / CHECKPOINT_NAME
+    return str(beside) if path.name == "config.yaml" and beside.is_file() else None
+
+
 def _asks_print_config(argv: list[str]) -> bool:
     return any(arg == "--print_config" or arg.startswith("--print_config=") for arg in argv)
 
@@ -1304,6 +1320,8 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         argv = _configs_first(_upper_export_choices(argv))
         cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(argv))))
         command = cfg.command
+        if command in VERBS and command != "train" and cfg[command].checkpoint is None:
+            cfg[command].checkpoint = _run_checkpoint(argv)
         if printing:
             text = _evaluation_config(cfg[command], parser._subcommands_action._name_parser_map[command])
             console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True, end="")

@@ -100,7 +100,7 @@ class VerbContext:
         config["data"] = recorded
         config.update(extra or {})
         # Absolute paths: later verbs follow them from another directory (workdir.training_data_root).
-        for section, key in ((recorded, "data_root"), (config, "checkpoint")):
+        for section, key in ((recorded, "data_root"), (config, "checkpoint"), (config, "work_dir")):
             if section.get(key):
                 section[key] = os.path.abspath(section[key])
         if config.get("data_root"):  # the shortcut as the data section says (it wins over it when reused)
