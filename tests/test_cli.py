@@ -489,3 +489,23 @@ def test_a_runs_config_is_reused_with_the_command_line_winning_wherever_it_stand
     assert shown["max_epochs"] == shown["trainer"]["max_epochs"] == 4
     assert main(["test", "--work_dir", "first", "--resume", "true"]) == 1  # on their command line: train's alone
     assert "--resume has no effect on otx test" in capsys.readouterr().err
+
+
+def test_another_model_than_the_recipes_is_said_with_the_settings_it_keeps(
+    sample_root: Path, tmp_path: Path, capsys
+) -> None:
+    # jsonargparse keeps the recipe's init_args the new class takes: before, a Padim trained with STFPM's
+    # top-2 % image score (and its input size, trainer section) without a word.
+    stfpm = "recipe/anomaly_segmentation/stfpm.yaml"
+    args = ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(tmp_path), "--data.num_workers", "0"]
+    small = ["--model.init_args.input_size", "[64,64]"]
+    assert main(["train", "--config", stfpm, "--model", "Padim", *small, *args]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert (
+        f"--model Padim replaces the Stfpm of {stfpm}, and keeps its settings score_top_share 0.02 and its trainer "
+        "section; pass --config recipe/anomaly_segmentation/padim.yaml for Padim's own"
+    ) in err
+    config = yaml.safe_load(next(tmp_path.glob("*-train/config.yaml")).read_text())
+    assert config["model"]["init_args"]["score_top_share"] == 0.02  # what the warning says ran
+    assert main(["train", "--config", RECIPE, "--model", "Padim", *small, *args]) == 0  # the recipe's own class
+    assert "replaces" not in capsys.readouterr().err

@@ -1278,6 +1278,59 @@ def _run_checkpoint(argv: list[str]) -> str | None:
     return str(beside) if path.name == "config.yaml" and beside.is_file() else None
 
 
+def _model_swap_note(argv: list[str], cfg: Namespace) -> str | None:
+    """A warning when ``--model`` names another class than the ``--config`` file's model, whose settings it keeps.
+
+    jsonargparse carries the file's ``init_args`` over to the new class where it takes them (STFPM's
+    ``input_size [128, 128]`` and ``score_top_share`` on a Padim), and the file's trainer section stays.
+    """
+    import inspect
+    import json
+
+    import yaml
+
+    if cfg.get("model") is None or not _option_values(argv, "--model") + _option_values(argv, "--model.class_path"):
+        return None
+    source, theirs = None, None
+    for _, path in reversed(_option_values(argv, "--config")):
+        try:
+            model = (yaml.safe_load(Path(resolve_recipe(path)).read_text()) or {}).get("model")
+        except Exception:  # noqa: BLE001 - the parser read it; nothing to compare with here
+            continue
+        if isinstance(model, dict) and model.get("class_path"):
+            source, theirs = path, model
+            break
+    ours = cfg.model.class_path
+    if source is None or str(theirs["class_path"]).rpartition(".")[2] == ours.rpartition(".")[2]:
+        return None
+    module_name, _, name = ours.rpartition(".")
+    import importlib
+
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(getattr(importlib.import_module(module_name), name)).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    given = cfg.model.init_args.as_dict() if isinstance(cfg.model.init_args, Namespace) else {}
+    kept = [
+        f"{key} {json.dumps(value, default=str)}"
+        for key, value in (theirs.get("init_args") or {}).items()
+        if key in given and key in defaults and _plain(given[key]) == _plain(value) != _plain(defaults[key])
+    ]
+    task = cfg.get("task") or theirs.get("task") or "segmentation"
+    own = f"recipe/anomaly_{task}/{name.lower()}.yaml"
+    advice = f"pass --config {own} for {name}'s own" if own in list_recipes() else f"set {name}'s settings yourself"
+    return (
+        f"--model {name} replaces the {str(theirs['class_path']).rpartition('.')[2]} of {source}, and keeps "
+        + (f"its settings {', '.join(kept)} and " if kept else "")
+        + f"its trainer section; {advice}"
+    )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _asks_print_config(argv: list[str]) -> bool:
     return any(arg == "--print_config" or arg.startswith("--print_config=") for arg in argv)
 
@@ -1322,6 +1375,8 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         command = cfg.command
         if command in VERBS and command != "train" and cfg[command].checkpoint is None:
             cfg[command].checkpoint = _run_checkpoint(argv)
+        if command == "train" and not printing and (swapped := _model_swap_note(argv, cfg.train)):
+            logging.getLogger("otx").warning(swapped)
         if printing:
             text = _evaluation_config(cfg[command], parser._subcommands_action._name_parser_map[command])
             console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True, end="")
