@@ -231,6 +231,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "NoSuchCallback",
         1,
     ),
+    (  # before: "internal error (AttributeError: 'collections.OrderedDict' object has no attribute 'on_exception')"
+        "train-callback-not-a-callback",
+        "wrong value",
+        ["train", "--config", RECIPE, "--trainer.callbacks", '[{{"class_path": "collections.OrderedDict"}}]'],
+        "collections.OrderedDict is not a Lightning callback",
+        1,
+    ),
     (  # before: no suggestion
         "train-callback-misspelled",
         "misspelled value",
@@ -744,6 +751,23 @@ def test_engine_verbs_name_the_bad_argument(call, pattern: str, sample_root: Pat
             r"inference_precision must be one of",
         ),
         (lambda: __import__("otx.engine").engine.Engine(task=3), r"task must be one of"),
+        # before: yaml's RepresenterError when config.yaml was written, and a ValueError for config="x"
+        (
+            lambda: __import__("otx.engine").engine.Engine(trainer={"callbacks": [object()]}),
+            r"trainer.callbacks entries need a class_path",
+        ),
+        (
+            lambda: __import__("otx.engine").engine.Engine(
+                trainer={"callbacks": [__import__("lightning").pytorch.callbacks.EarlyStopping]}
+            ),
+            r"the class EarlyStopping; pass an instance, e.g. EarlyStopping\(...\), or \{class_path: "
+            r"lightning.pytorch.callbacks.early_stopping.EarlyStopping",
+        ),
+        (
+            lambda: __import__("otx.engine").engine.Engine(trainer={"callbacks": {"class_path": "EarlyStopping"}}),
+            r"trainer.callbacks must be a list of callbacks",
+        ),
+        (lambda: __import__("otx.engine").engine.Engine(config="x"), r"config must be a dict"),
         (lambda: __import__("otx.data").data.AnomalyDataModule(batch_size=0), r"batch_size must be an integer >= 1"),
         (lambda: __import__("otx.data").data.AnomalyDataModule(val_split=1), r"val_split must be a number strictly"),
         (lambda: __import__("otx.models").models.Padim(input_size=(0, 0)), r"input_size must be \[height, width\]"),

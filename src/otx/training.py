@@ -117,6 +117,33 @@ def describe_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return described
 
 
+def check_callback_entries(specs: Any) -> None:
+    """One line unless ``specs`` is a list of callback instances and ``{class_path, init_args}`` entries."""
+    example = (
+        "{class_path: lightning.pytorch.callbacks.EarlyStopping, init_args: {monitor: val/image_AUROC}}, "
+        "or a Lightning callback object"
+    )
+    if specs is None:
+        return
+    if not isinstance(specs, list | tuple):
+        raise OTXConfigError(f"trainer.callbacks must be a list of callbacks, e.g. [{example}] (got {specs!r})")
+    for spec in specs:
+        if isinstance(spec, L.Callback):
+            continue
+        if isinstance(spec, type) and issubclass(spec, L.Callback):
+            raise OTXConfigError(
+                f"trainer.callbacks: the class {spec.__name__}; pass an instance, e.g. {spec.__name__}(...), "
+                f"or {{class_path: {spec.__module__}.{spec.__qualname__}, init_args: {{...}}}}"
+            )
+        if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
+            raise OTXConfigError(f"trainer.callbacks entries need a class_path, e.g. {example} (got {spec!r})")
+        if not isinstance(spec.get("init_args") or {}, dict):
+            raise OTXConfigError(
+                f"trainer.callbacks: init_args of {spec['class_path']} must be a mapping of its arguments "
+                f"(got {spec['init_args']!r})"
+            )
+
+
 def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
     """Callbacks from ``{class_path, init_args}`` entries; one line per mistake.
 
@@ -139,11 +166,7 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
                 )
                 callbacks.append(spec)
             continue
-        if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
-            raise OTXConfigError(
-                f"trainer.callbacks entries need a class_path, e.g. {{class_path: "
-                f"lightning.pytorch.callbacks.EarlyStopping, init_args: {{monitor: val/image_AUROC}}}} (got {spec!r})"
-            )
+        check_callback_entries([spec])
         module_name, class_name = _module_and_class(spec["class_path"])
         try:
             cls = getattr(importlib.import_module(module_name), class_name)
@@ -152,6 +175,11 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
             raise OTXConfigError(
                 f"trainer.callbacks: no class '{spec['class_path']}' ({exc})" + (f"; {hint}" if hint else "")
             ) from exc
+        if not (isinstance(cls, type) and issubclass(cls, L.Callback)):
+            raise OTXConfigError(
+                f"trainer.callbacks: {spec['class_path']} is not a Lightning callback (a subclass of "
+                "lightning.pytorch.callbacks.Callback, such as EarlyStopping or ModelCheckpoint)"
+            )
         try:
             callbacks.append(cls(**(spec.get("init_args") or {})))
         except (TypeError, ValueError) as exc:
