@@ -238,6 +238,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "collections.OrderedDict is not a Lightning callback",
         1,
     ),
+    (  # before: "Unrecognized arguments: --wht recipes", no suggestion (the verbs had one)
+        "find-option-misspelled",
+        "misspelled key",
+        ["find", "--wht", "recipes"],
+        "unknown option --wht for otx find; did you mean --what?",
+        2,
+    ),
+    (
+        "make-sample-option-misspelled",
+        "misspelled key",
+        ["data", "make-sample", "{missing}", "--sed", "3"],
+        "unknown option --sed for otx data make-sample; did you mean --seed?",
+        2,
+    ),
     (  # before: no suggestion
         "train-callback-misspelled",
         "misspelled value",

@@ -115,7 +115,13 @@ def _checked_yaml(path: str) -> str:
 
 def _known_options(verb: str) -> list[str]:
     """The long options of ``otx <verb>``'s parser, without their dashes (``data.batch_size``)."""
-    return [name[2:] for name in _verb_parser(verb)._option_string_actions if name.startswith("--")]
+    if verb in VERBS:
+        parser = _verb_parser(verb)
+    else:  # find, data (its one command, make-sample)
+        parser = build_parser((verb,))._subcommands_action._name_parser_map[verb]
+        if verb == "data":
+            parser = parser._subcommands_action._name_parser_map["make-sample"]
+    return [name[2:] for name in parser._option_string_actions if name.startswith("--")]
 
 
 def _not_a_recipe(argv: list[str], verb: str) -> str | None:
@@ -717,7 +723,7 @@ def _did_you_mean(line: str, verb: str) -> str | None:
     same_leaf = [name for name in known if name != option and name.rsplit(".", 1)[-1].lstrip("-") == leaf]
     near = (same_leaf or difflib.get_close_matches(option, known, n=2, cutoff=0.75))[:2]  # --devices: --trainer.devices
     hint = f"did you mean {' or '.join(near)}?" if near else "`otx <command> --help` lists the options"
-    return f"unknown option {option} for otx {verb}; {hint}"
+    return f"unknown option {option} for otx {'data make-sample' if verb == 'data' else verb}; {hint}"
 
 
 _COMMANDS = (*VERBS, "find", "data")
@@ -1405,7 +1411,7 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             return 1
         if exc.__class__.__name__ in ("ArgumentError", "ParserError", "NSKeyError"):
             line = _parser_error_line(exc, argv[0] if argv else None)
-            if argv and argv[0] in VERBS and (guess := _did_you_mean(line, argv[0])):
+            if argv and argv[0] in _COMMANDS and (guess := _did_you_mean(line, argv[0])):
                 line = guess
             if argv and argv[0] in VERBS and (not_recipe := _not_a_recipe(argv, argv[0])):
                 line = not_recipe
