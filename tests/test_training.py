@@ -297,6 +297,15 @@ def test_checkpoints_load_safely_and_refuse_newer_schemas(trained_padim: dict, t
     torch.save({**ckpt, "schema": CHECKPOINT_SCHEMA + 1}, newer)
     with pytest.raises(OTXError, match=r"written by a newer otx .* upgrade otx"):
         load_checkpoint(newer)
+    # the same schema, a model setting added by a newer release: said so (before: "not a readable otx
+    # checkpoint ... pass the model.ckpt written by otx train", about a file that is one)
+    model = {**ckpt["model"], "init_args": {**ckpt["model"]["init_args"], "new_option": 3}}
+    torch.save({**ckpt, "model": model, "otx_version": "99.0"}, newer)
+    with pytest.raises(OTXError, match=r"written by a newer otx \(99.0\) than this one .*'new_option'.* upgrade otx"):
+        load_checkpoint(newer)
+    torch.save({**ckpt, "model": model}, newer)  # this version's: a damaged file, as before
+    with pytest.raises(OTXError, match=r"is not a readable otx checkpoint \(TypeError"):
+        load_checkpoint(newer)
     unsafe = tmp_path / "unsafe.ckpt"
     torch.save({**ckpt, "extra": EpochShuffleSampler(3, 0)}, unsafe)  # an arbitrary object: refused, not run
     with pytest.raises(

@@ -114,9 +114,24 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
     except OTXError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
+        if _newer(ckpt.get("otx_version")):  # e.g. a model setting this otx does not know yet, same schema
+            raise OTXError(
+                f"'{path}' was written by a newer otx ({ckpt['otx_version']}) than this one ({__version__}), which "
+                f"cannot read it ({exc.__class__.__name__}: {exc}); upgrade otx (pip install -U otx)"
+            ) from exc
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc}); {_HINT}") from exc
     model.eval()
     return model, ckpt
+
+
+def _newer(version: Any) -> bool:
+    """Whether ``version`` (a checkpoint's ``otx_version``) is a later otx release than this one."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(str(version)) > Version(__version__)
+    except InvalidVersion:
+        return False
 
 
 def latest_checkpoint(workdir: WorkDir) -> Path:
