@@ -357,6 +357,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "unknown key 'data.batchsize'; did you mean 'data.batch_size'?",
         2,
     ),
+    (  # before: "unknown key 'batchsize' (misspelled?); `otx train --config RECIPE --print_config` lists ..."
+        "train-config-key-typo-print",
+        "misspelled key",
+        ["train", "--config", "{typoyaml}", "--print_config"],
+        "unknown key 'data.batchsize'; did you mean 'data.batch_size'?",
+        2,
+    ),
     (
         "train-option-misspelled",
         "misspelled key",

@@ -757,6 +757,8 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
     text = " ".join(str(exc).split())
     if line := _command_line(text, verb):
         return line
+    # with --print_config jsonargparse names the section apart: the key as the other messages give it
+    text = re.sub(r"Group '([\w.]+)' does not accept option '([\w.]+)'", r"does not accept option '\1.\2'", text)
     for pattern, template in _DATA_PATTERNS:
         match = pattern.search(text)
         if match:
@@ -768,7 +770,7 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
             near = _near_keys(match, verb)
             if near:
                 return f"{what}; did you mean {' or '.join(repr(key) for key in near)}?"
-            return f"{what} (misspelled?); `otx <command> --config RECIPE --print_config` lists the valid keys"
+            return f"{what} (misspelled?); `otx <command> --help` lists the valid keys"
     return _bad_value_line(text) or text[:400]
 
 
