@@ -508,6 +508,43 @@ def test_recalibration_follows_a_shift_and_ignores_noise() -> None:
     assert cv["recalibrated"] <= cv["kept"]
 
 
+def test_a_recalibration_that_fails_the_f1_bar_where_the_fp32_thresholds_pass_is_not_used() -> None:
+    """Pixels: moving the threshold over 9 false flips of normal pixels agrees better with FP32's labels
+    (4 more of 10,000) but loses 5 defect pixels, and F1 falls beyond the bar (helper's tile STFPM:
+    pixel F1 0.655 -> 0.628 written and warned about where the FP32 thresholds kept 0.648)."""
+    from sklearn.metrics import f1_score
+
+    from otx.deploy.calibrate import RawOutputs
+    from otx.deploy.optimize import DECISION_DROP, ValidationData
+
+    rng = np.random.default_rng(0)
+    ref = np.concatenate([rng.uniform(0.0, 4.0, 9791), np.full(9, 4.5), np.full(200, 8.0)]).astype(np.float32)
+    truth = np.zeros(10_000, bool)
+    truth[9900:] = True  # the last 100 of the 200 FP32 calls anomalous (the others: its false positives)
+    cand = ref.copy()
+    cand[9791:9800] = 5.3  # 9 normal pixels pushed over the threshold (5)
+    cand[9995:] = 5.25  # 5 defect pixels pulled down just below them
+    scores = np.linspace(0.0, 9.0, 10).astype(np.float32)  # the image level as FP32's: nothing to change there
+
+    def outputs(maps: np.ndarray) -> RawOutputs:
+        masks = truth.reshape(10, 1, 1000)
+        return RawOutputs(
+            scores, maps.reshape(10, 1, 1000), masks.any(axis=(1, 2)), masks, np.arange(10), np.ones(10, bool)
+        )
+
+    stats = {"image_threshold": 4.5, "image_min": 0.0, "image_max": 9.0}
+    stats |= {"pixel_threshold": 5.0, "pixel_min": float(ref.min()), "pixel_max": float(ref.max())}
+    fp32_f1, kept_f1 = f1_score(truth, ref >= 5.0), f1_score(truth, cand >= 5.0)
+    moved_f1 = f1_score(truth, cand >= 5.31)  # the recalibrated threshold: over the 9 and the 5
+    assert fp32_f1 - kept_f1 <= DECISION_DROP < fp32_f1 - moved_f1  # the case: kept passes, moved fails
+    validation = ValidationData(items=None, use_masks=True, reference=outputs(ref), stats=stats)
+    decisions, table = validation.compare(outputs(cand))
+    assert decisions.cross_validated["pixel"]["recalibrated"] > decisions.cross_validated["pixel"]["kept"]
+    assert decisions.recalibrated == [] and decisions.stats == stats  # before: ["pixel"], threshold 5.308
+    assert table["candidate"] == table["candidate_fp32_thresholds"]
+    assert table["candidate"]["pixel_F1"] == pytest.approx(kept_f1, abs=1e-6)
+
+
 def test_replaced_postprocessor_equals_the_export_and_follows_new_statistics(exported, sample_root: Path) -> None:
     path = exported("padim")
     model = ov.Core().read_model(str(path))

@@ -22,7 +22,9 @@ were learned on, against the FP32 model:
    disagreements are per-image noise rather than a shift, a threshold fitted to them agrees worse
    on held-out images (on magnetic_tile, PADIM INT8: 278 against 284 of 292 validation images).
    The candidate's post-processor is then replaced by ``ExportHead`` traced with the statistics
-   (the code of every export), spliced onto its raw outputs.
+   (the code of every export), spliced onto its raw outputs. (``otx.deploy.optimize``'s
+   ``ValidationData.compare`` also keeps the FP32 statistics of a level where the recalibrated
+   ones fall shorter of its F1 bar: agreement with many normal pixels can cost F1 on few defects.)
 
 The labels are the FP32 model's, not the ground truth: the aim is the same decisions, and pixel
 decisions can be checked even where the data has no masks. Ground truth enters only the figures
