@@ -483,6 +483,24 @@ def test_refuses_data_without_training_images(exported, dataset_copy, tmp_path: 
     assert result.returncode == 1 and "--data_root" in result.stderr and result.stderr.strip().count("\n") == 0
 
 
+def test_a_validation_split_of_normal_images_only_is_said_to_check_one_side(
+    exported, dataset_copy, tmp_path: Path
+) -> None:
+    # Before: "recalibrated thresholds: none (the FP32 thresholds keep the decisions)" and, as the only
+    # warning, otx test's "so the test metrics are on the N others" (optimize has no test metrics).
+    root = dataset_copy()
+    for folder in [*(root / "test").iterdir(), root / "ground_truth"]:
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    result = Engine(data=AnomalyDataModule(str(root), num_workers=0), work_dir=tmp_path).optimize(
+        checkpoint=exported("padim")
+    )
+    said = " ".join(result.warnings)
+    assert "has no anomalous images, so the INT8 model's decisions are checked on normal images only" in said
+    assert "validation images the model was calibrated on are gone" in said and "test metrics" not in said
+    assert "image_AUROC" not in result.decisions["table"]["fp32"]
+
+
 def test_refuses_bad_settings(exported, sample_root: Path, tmp_path: Path) -> None:
     engine = engine_for(sample_root, tmp_path)
     with pytest.raises(OTXError, match="max_drop"):

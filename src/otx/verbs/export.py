@@ -50,7 +50,7 @@ def run(
     # Validation images check the export (and an FP16 IR's decisions); a bad data root stops before a file is written.
     record = ckpt.get("data") or {}
     try:
-        data = eval_data(ctx, record, must_exist=True)
+        data = eval_data(ctx, record, must_exist=True, for_test=False)
         if data is None:  # the recorded folder is gone (moved, or on another machine), or none was recorded
             recorded = record.get("data_root")
             gone = f"the training data '{recorded}' is gone" if recorded else "the checkpoint records no training data"

@@ -139,12 +139,16 @@ def data_root_for(ctx: VerbContext, info: dict[str, Any], must_exist: bool = Fal
     return str(root)
 
 
-def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) -> AnomalyDataModule | None:
+def eval_data(
+    ctx: VerbContext, info: dict[str, Any], must_exist: bool = False, for_test: bool = True
+) -> AnomalyDataModule | None:
     """The data set up with the validation split the model was calibrated with, so test images stay unseen.
 
     ``info`` is the model's data record (a scorer's ``data_info``: validation split, seed, data
     root and fingerprint of the training files). None when there is no data to use (see
     ``data_root_for``). A new data module is returned; the one in ``ctx`` is left as it is.
+    ``for_test`` False (export, optimize: the validation split alone is used): changed test
+    folders are said only where validation images are gone.
     """
     root = data_root_for(ctx, info, must_exist)
     if root is None:
@@ -179,7 +183,13 @@ def eval_data(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) 
         gone = changes.get("validation_images_gone", 0)
         still = f" that are still there ({gone} {'is' if gone == 1 else 'are'} gone)" if gone else ""
         # (with no test images left there is nothing to warn about: the caller says so in one line)
-        if "val_folder_added" in changes and data.splits["test"]:
+        if not for_test:  # optimize, export: only the validation split is used, and what is left of it
+            if gone:
+                ctx.warn(
+                    f"{gone} of the {len(data.val_files)} validation images the model was calibrated on are gone "
+                    f"from {root}: the decisions are checked on the {len(data.splits['val'])} left"
+                )
+        elif "val_folder_added" in changes and data.splits["test"]:
             ctx.warn(
                 f"{root} has a val/ folder now, which sets the validation split, but the model was calibrated on "
                 f"{len(data.val_files)} images of its test folders: the {changes['val_folder_added']}{still} stay "
