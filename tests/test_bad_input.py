@@ -462,6 +462,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ("predict-num-nodes-type", "wrong type", ["predict", "--num_nodes", "two"], "num_nodes", 2),
     # predict
     ("predict-source-missing", "missing path", ["predict", "--source", "{missing}"], "does not exist", 1),
+    (  # before: "not a readable otx checkpoint (not a PyTorch checkpoint file, or a truncated one ...)"
+        "predict-ir-bin",
+        "wrong file",
+        ["predict", "--checkpoint", "{bin}", "--source", "{data}/test/good"],
+        "is the weights file of an OpenVINO IR; pass its .xml: {xml}",
+        1,
+    ),
+    (
+        "optimize-ir-bin",
+        "wrong file",
+        ["optimize", "--checkpoint", "{bin}"],
+        "is the weights file of an OpenVINO IR; pass its .xml: {xml}",
+        1,
+    ),
     ("predict-source-empty", "no images", ["predict", "--source", "{empty}"], "no images found", 1),
     (  # before: "internal error (ValueError: commonpath() arg is an empty sequence)"
         "predict-data-root-no-test-images",
@@ -638,6 +652,7 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
         "data": str(sample_root / "bottle_like"),
         "ckpt": str(trained_padim["checkpoint"]),
         "xml": str(exported("padim")),
+        "bin": str(exported("padim").with_suffix(".bin")),
         "file": str(base / "notes.txt"),
         "empty": str(base / "empty"),
         "notest": str(base / "notest"),

@@ -74,6 +74,12 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         raise OTXError(f"checkpoint '{path}' is a folder; pass the model.ckpt file (or an exported .xml / .onnx)")
     if not path.is_file():
         raise OTXError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH or run `otx train` first")
+    if path.suffix.lower() == ".bin":  # (before: "not a readable otx checkpoint ... a truncated one", of a sound IR)
+        xml = path.with_suffix(".xml")
+        raise OTXError(
+            f"'{path}' is the weights file of an OpenVINO IR; pass "
+            + (f"its .xml: {xml}" if xml.is_file() else "the IR's .xml file (its .bin is read from beside it)")
+        )
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
