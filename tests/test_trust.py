@@ -1596,3 +1596,16 @@ def test_testing_a_data_root_without_test_images_is_one_line(
     assert main([*args, "--work_dir", str(tmp_path / "ws")]) == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "no labelled test images" in lines[0], lines
+
+
+def test_openvino_options_given_with_a_checkpoint_are_said_to_apply_to_exports(
+    trained_padim: dict, sample_root: Path, tmp_path: Path, capsys
+) -> None:
+    # Before: ignored without a word (an export is refused where the device is missing).
+    args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(sample_root / "bottle_like")]
+    assert main([*args, "--work_dir", str(tmp_path), "--device", "NPU", "--inference_precision", "bf16"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--device NPU and --inference_precision bf16 apply to exported models (.xml, .onnx)" in err
+    assert "runs in torch on cpu" in err
+    assert main([*args, "--work_dir", str(tmp_path), "--device", "auto"]) == 0  # the default, in any case
+    assert "apply to exported models" not in capsys.readouterr().err

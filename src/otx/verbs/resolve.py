@@ -65,6 +65,19 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
     else:
         model, ckpt = load_checkpoint(path)
         scorer = TorchScorer(model, path, ckpt.get("task"), ckpt.get("data"))
+        given = [
+            f"{name} {value}"
+            for name, value, default in (
+                ("--device", ctx.device, "AUTO"),
+                ("--inference_precision", ctx.inference_precision, "f32"),
+            )
+            if str(value).upper() != default.upper()
+        ]
+        if given:  # (before: ignored without a word, where an export on that device is refused when it lacks it)
+            ctx.warn(
+                f"{' and '.join(given)} apply to exported models (.xml, .onnx); the checkpoint {path} runs in "
+                f"torch on {scorer.runtime_info().get('device', 'cpu')}: export it to run it with OpenVINO"
+            )
     ctx.console.print(describe_loaded(scorer))
     recipe = ctx.config.get("model") if isinstance(ctx.config.get("model"), dict) else None
     warn_other_model(ctx, path, scorer.name, scorer.backbone)
