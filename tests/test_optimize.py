@@ -501,6 +501,19 @@ def test_a_validation_split_of_normal_images_only_is_said_to_check_one_side(
     assert "image_AUROC" not in result.decisions["table"]["fp32"]
 
 
+def test_a_classification_model_is_checked_and_recalibrated_at_the_image_level_only(
+    exported, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: pixel rows in the table, and a pixel threshold "moved to keep the decisions" of a model
+    # that draws no masks or boxes.
+    result = engine_for(sample_root, tmp_path).optimize(checkpoint=exported("padim", "classification"))
+    table = result.decisions["table"]
+    assert set(table["fp32"]) == {"image_AUROC", "image_F1", "image_label_agreement"}
+    assert "pixel" not in result.decisions["recalibrated"] and "pixel" not in result.decisions["cross_validated"]
+    segmentation = engine_for(sample_root, tmp_path).optimize(checkpoint=exported("padim"))
+    assert "pixel_label_agreement" in segmentation.decisions["table"]["fp32"]
+
+
 def test_refuses_bad_settings(exported, sample_root: Path, tmp_path: Path) -> None:
     engine = engine_for(sample_root, tmp_path)
     with pytest.raises(OTXError, match="max_drop"):

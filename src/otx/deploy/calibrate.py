@@ -239,18 +239,20 @@ class Decisions:
     cross_validated: dict[str, dict[str, float]] = field(default_factory=dict)  # held-out agreement, per level
 
 
-def calibrate_decisions(reference: RawOutputs, candidate: RawOutputs, stats: dict[str, float]) -> Decisions:
+def calibrate_decisions(
+    reference: RawOutputs, candidate: RawOutputs, stats: dict[str, float], pixel_level: bool = True
+) -> Decisions:
     """Statistics for ``candidate`` whose validation decisions agree best with ``reference``'s.
 
-    ``stats`` are the reference's raw thresholds and min/max (``PostProcessor.stats()``).
+    ``stats`` are the reference's raw thresholds and min/max (``PostProcessor.stats()``);
+    ``pixel_level`` False (classification: no masks or boxes are drawn) checks the image level only.
     """
     chosen = dict(stats)
     result = Decisions(stats=chosen)
-    pixels = _sample_pixels(reference.maps, PIXEL_SAMPLE)
-    levels = {
-        "image": (reference.scores, candidate.scores),
-        "pixel": (reference.maps.reshape(-1)[pixels], candidate.maps.reshape(-1)[pixels]),
-    }
+    levels = {"image": (reference.scores, candidate.scores)}
+    if pixel_level:
+        pixels = _sample_pixels(reference.maps, PIXEL_SAMPLE)
+        levels["pixel"] = (reference.maps.reshape(-1)[pixels], candidate.maps.reshape(-1)[pixels])
     for level, (ref, cand) in levels.items():
         threshold, vmin, vmax = (stats[f"{level}_{key}"] for key in ("threshold", "min", "max"))
         ref_labels, sure = sure_labels(ref, stats, level)
@@ -308,12 +310,17 @@ def replace_postprocessor(ov_model: Any, stats: dict[str, float]) -> Any:
 
 
 def level_metrics(
-    outputs: RawOutputs, stats: dict[str, float], reference_labels: dict[str, np.ndarray], use_masks: bool
+    outputs: RawOutputs,
+    stats: dict[str, float],
+    reference_labels: dict[str, np.ndarray],
+    use_masks: bool,
+    pixel_level: bool = True,
 ) -> dict[str, float]:
     """AUROC, F1 at the thresholds and agreement with the reference labels, image and pixel level.
 
     ``reference_labels`` holds the FP32 model's ``image`` labels ``[N]`` and ``pixel`` labels (of
     the pixels ``_sample_pixels`` picks). AUROC and F1 need normal and anomalous images (pixels).
+    ``pixel_level`` False: the image level alone (classification).
     """
     from otx.metrics import f1_at, roc_auc
 
@@ -323,6 +330,8 @@ def level_metrics(
         figures["image_AUROC"] = roc_auc(outputs.scores, outputs.labels)
         figures["image_F1"] = f1_at(image_pred, outputs.labels)
     figures["image_label_agreement"] = _agreement(image_pred, *reference_labels["image"])
+    if not pixel_level:
+        return figures
     pixels = _sample_pixels(outputs.maps, PIXEL_SAMPLE)
     pixel_pred = outputs.maps.reshape(-1)[pixels] >= stats["pixel_threshold"]
     # ground truth: the images whose mask is their truth (as otx test and the validation threshold)

@@ -26,6 +26,7 @@ most ``max_drop``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -179,6 +180,7 @@ class ValidationData:
     use_masks: bool
     reference: RawOutputs | None = None
     stats: dict[str, float] | None = None
+    pixel_level: bool = True  # False: classification, whose pixel threshold decides nothing
 
     def set_reference(self, ov_model: Any, stats: dict[str, float]) -> None:
         """Run the FP32 model (with raw outputs) over the split once and keep what it says."""
@@ -194,11 +196,12 @@ class ValidationData:
         assert self.reference is not None and self.stats is not None, "set_reference first"
         reference = self.reference.take(outputs.indices)
         labels = reference_labels(reference, self.stats)
-        decisions = calibrate_decisions(reference, outputs, self.stats)
+        decisions = calibrate_decisions(reference, outputs, self.stats, self.pixel_level)
+        figures = functools.partial(level_metrics, use_masks=self.use_masks, pixel_level=self.pixel_level)
         table = {
-            "fp32": level_metrics(reference, self.stats, labels, self.use_masks),
-            "candidate_fp32_thresholds": level_metrics(outputs, self.stats, labels, self.use_masks),
-            "candidate": level_metrics(outputs, decisions.stats, labels, self.use_masks),
+            "fp32": figures(reference, self.stats, labels),
+            "candidate_fp32_thresholds": figures(outputs, self.stats, labels),
+            "candidate": figures(outputs, decisions.stats, labels),
         }
         # A recalibration that agrees better with FP32's labels can still cost F1 (pixels: more of the many
         # normal ones agree, fewer of the few defective ones): where the FP32 statistics fall shorter of the
@@ -214,7 +217,7 @@ class ValidationData:
                 decisions.stats.update({k: self.stats[k] for k in self.stats if k.startswith(f"{level}_")})
                 decisions.recalibrated.remove(level)
                 decisions.agreement[level] = decisions.agreement_kept[level]
-            table["candidate"] = level_metrics(outputs, decisions.stats, labels, self.use_masks)
+            table["candidate"] = figures(outputs, decisions.stats, labels)
         return decisions, table
 
     def drop(self, table: dict[str, dict[str, float]]) -> float:

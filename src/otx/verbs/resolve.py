@@ -245,4 +245,6 @@ def validation_set(data: AnomalyDataModule | None, pixel_level: bool, preprocess
     val = [s for s in data.splits["val"] if s.label >= 0]
     if not val:
         return None
-    return ValidationData(AnomalyDataset(val, preprocess, resize_images=False), data.has_masks and pixel_level)
+    return ValidationData(
+        AnomalyDataset(val, preprocess, resize_images=False), data.has_masks and pixel_level, pixel_level=pixel_level
+    )
