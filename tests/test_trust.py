@@ -242,8 +242,17 @@ def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_on
     assert 0.0 < float(expected.pred_score) < 1.0
     assert record["score"] == pytest.approx(float(expected.pred_score), abs=1e-5)
     assert record["label"] == expected.label_name
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    exported_bin = Path(summary["exported_model"]).with_suffix(".bin")
     for args, said in (
-        (["--model", str(tmp_path / "none.xml")], "cannot read the model"),
+        (["--model", str(tmp_path / "none.xml")], "is not found; pass --model <exported_model.xml>"),
+        (["--model", str(tmp_path / "none.onnx")], "is not found"),  # before: "is an ONNX file"
+        # before: "has no weights file 'model.bin' beside it", and OpenVINO's TensorFlow front end's noise
+        (["--model", str(trained_padim["checkpoint"])], "is not an OpenVINO IR (.xml); pass --model"),
+        (
+            ["--model", str(exported_bin)],
+            f"is the weights file of an OpenVINO IR; pass its .xml: {exported_bin.with_suffix('.xml')}",
+        ),
         (["--precision", "f64"], "invalid choice: 'f64'"),
         (["--output", str(tiff)], "cannot write results to"),  # before: NotADirectoryError's traceback
         (["--device", "CPU.1"], "device CPU.1 not available (available: CPU"),  # before: OpenVINO's traceback

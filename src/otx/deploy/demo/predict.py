@@ -449,7 +449,23 @@ def main() -> int:
             file=sys.stderr,
         )
         return 1
-    if Path(args.model).suffix.lower() == ".onnx":
+    model_path = Path(args.model)
+    if not model_path.is_file():  # (before: a missing .onnx was "an ONNX file")
+        what = "a folder" if model_path.is_dir() else "not found"
+        print(f"error: the model {args.model} is {what}; pass --model <exported_model.xml>", file=sys.stderr)
+        return 1
+    suffix = model_path.suffix.lower()
+    if suffix not in (".xml", ".onnx"):  # (before: a .bin was read by OpenVINO's other front ends, with their noise)
+        beside = model_path.with_suffix(".xml")
+        fix = (
+            f"pass its .xml: {beside}"
+            if suffix == ".bin" and beside.is_file()
+            else "pass --model <exported_model.xml> (the OpenVINO IR otx export writes; a model.ckpt needs otx)"
+        )
+        kind = "the weights file of an OpenVINO IR" if suffix == ".bin" else "not an OpenVINO IR (.xml)"
+        print(f"error: the model {args.model} is {kind}; {fix}", file=sys.stderr)
+        return 1
+    if suffix == ".onnx":
         print(
             f"error: {args.model} is an ONNX file; this demo takes the OpenVINO IR (.xml with its .bin) that "
             "otx export writes with --format OPENVINO (the default)",
