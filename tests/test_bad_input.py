@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from otx.cli import main, resolve_recipe
 from otx.errors import OTXConfigError
@@ -357,6 +358,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "unknown key 'data.batchsize'; did you mean 'data.batch_size'?",
         2,
     ),
+    (  # before: "model.class_path ... expects a model ... (got 'otx.models.Padim'); did you mean otx.models.Padim?"
+        "train-config-init-args-null",
+        "wrong value",
+        ["train", "--config", "{nullargsyaml}"],
+        "model.init_args of otx.models.Padim is null; give the settings as a mapping",
+        2,
+    ),
+    (  # before: "--model expects a model ... (got \"NestedArg(key='init_args', val=None)\")"
+        "train-init-args-null",
+        "wrong value",
+        ["train", "--config", RECIPE, "--model.init_args", "null"],
+        "model.init_args of otx.models.Padim is null",
+        2,
+    ),
     (  # before: "unknown key 'batchsize' (misspelled?); `otx train --config RECIPE --print_config` lists ..."
         "train-config-key-typo-print",
         "misspelled key",
@@ -638,6 +653,9 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
     (base / "metrics.json").write_text('{"image_AUROC": 0.97, "pixel": {"AUROC": 0.75}}\n')
     recipe = Path(resolve_recipe(RECIPE)).read_text()
     (base / "typo.yaml").write_text(recipe.replace("batch_size:", "batchsize:"))
+    nulled = yaml.safe_load(recipe)
+    nulled["model"]["init_args"] = None
+    (base / "nullargs.yaml").write_text(yaml.safe_dump(nulled))
     (base / "class.yaml").write_text(recipe.replace("class_path: otx.models.Padim", "class_path: otx.models.Padimm"))
     (base / "initarg.yaml").write_text(recipe.replace("init_args:", "init_arg:"))
     (base / "type.yaml").write_text(recipe.replace("batch_size: 16", "batch_size: sixteen"))
@@ -649,6 +667,7 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
         "emptyyaml": str(base / "empty.yaml"),
         "metricsjson": str(base / "metrics.json"),
         "typoyaml": str(base / "typo.yaml"),
+        "nullargsyaml": str(base / "nullargs.yaml"),
         "data": str(sample_root / "bottle_like"),
         "ckpt": str(trained_padim["checkpoint"]),
         "xml": str(exported("padim")),
@@ -694,7 +713,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     assert {k: v for k, v in after.items() if k in before} == before  # nothing already written changed
     message = lines[0]
     # before "empty": its path is a prefix of theirs
-    files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml")
+    files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml", "nullargsyaml")
     for key in (*files, "missing", "ws", "file", "notest", "empty", "xml", "ckpt", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")

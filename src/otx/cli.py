@@ -757,6 +757,14 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
     text = " ".join(str(exc).split())
     if line := _command_line(text, verb):
         return line
+    null_args = re.search(
+        r"Parser key \"([\w.]+)\".*Problem with given class_path '([\w.]+)': 'NoneType' object has no attribute", text
+    )
+    if null_args:  # (before: "expects a model ... (got 'otx.models.Padim'); did you mean otx.models.Padim?")
+        return (
+            f"{null_args[1]}.init_args of {null_args[2]} is null; give the settings as a mapping "
+            f"(init_args: {{backbone: efficientnet_lite0}}) or leave init_args out for the model's defaults"
+        )
     # with --print_config jsonargparse names the section apart: the key as the other messages give it
     text = re.sub(r"Group '([\w.]+)' does not accept option '([\w.]+)'", r"does not accept option '\1.\2'", text)
     for pattern, template in _DATA_PATTERNS:
