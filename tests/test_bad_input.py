@@ -714,7 +714,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     message = lines[0]
     # before "empty": its path is a prefix of theirs
     files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml", "nullargsyaml")
-    for key in (*files, "missing", "ws", "file", "notest", "empty", "xml", "ckpt", "data", "unwritable"):
+    for key in (*files, "missing", "ws", "file", "notest", "empty", "bin", "xml", "ckpt", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")
     RESULTS[name] = (message, rc)
