@@ -232,6 +232,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "NoSuchCallback",
         1,
     ),
+    (  # before: "expects null or dict or a list such as [a,b]" (a list was given)
+        "train-callback-bare-name",
+        "wrong type",
+        ["train", "--config", RECIPE, "--trainer.callbacks", "[lightning.pytorch.callbacks.EarlyStopping]"],
+        "--trainer.callbacks takes a list of {class_path: ..., init_args: {...}} entries",
+        2,
+    ),
+    (  # before: "expects null or a list such as [a,b]", the form of an entry unsaid
+        "train-callback-not-a-list",
+        "wrong type",
+        ["train", "--config", RECIPE, "--trainer.callbacks", "{{class_path: EarlyStopping}}"],
+        "--trainer.callbacks takes a list of",
+        2,
+    ),
     (  # before: "internal error (AttributeError: 'collections.OrderedDict' object has no attribute 'on_exception')"
         "train-callback-not-a-callback",
         "wrong value",

@@ -757,6 +757,13 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
     text = " ".join(str(exc).split())
     if line := _command_line(text, verb):
         return line
+    if callbacks := re.search(r"Parser key \"trainer\.callbacks\".*Given value: (.*)$", text):
+        # (before: "expects null or dict or a list" of a list, and "null or a list" of a dict: either way no entry form)
+        return (
+            "--trainer.callbacks takes a list of {class_path: ..., init_args: {...}} entries, e.g. "
+            "'[{class_path: EarlyStopping, init_args: {monitor: val/image_AUROC, patience: 4}}]' "
+            f"(got {callbacks[1][:200]})"
+        )
     null_args = re.search(
         r"Parser key \"([\w.]+)\".*Problem with given class_path '([\w.]+)': 'NoneType' object has no attribute", text
     )
