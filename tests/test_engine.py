@@ -140,6 +140,7 @@ def test_predict_outputs_per_task(trained_padim: dict, sample_root: Path, task: 
     assert np.mean([p.pred_label for p in defect]) > np.mean([p.pred_label for p in good])
     if task == "classification":
         assert not masks and all(p.pred_boxes is None for p in predictions)
+        assert not (run / "predictions" / "masks").exists()  # before: an empty masks/ folder
     else:
         assert len(masks) == 28
         shape = cv2.imread(predictions[0].image_path, cv2.IMREAD_UNCHANGED).shape[:2]

@@ -143,7 +143,7 @@ def run(
     stems = output_stems([s.path for s in samples])
     # rank 0's folder: in a distributed run every process writes its images' masks and overlays there
     out_dir = distributed.broadcast(run.path / "predictions")
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    (out_dir / "masks" if adapter.pixel_level else out_dir).mkdir(parents=True, exist_ok=True)  # classification: none
     predictions: list[Prediction] = []
     positions: list[int] = []
     start = time.perf_counter()

@@ -555,7 +555,7 @@ def main() -> int:
     stems = output_stems(paths)
     out_dir = Path(args.output)
     try:
-        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        (out_dir / "masks" if task in ("segmentation", "detection") else out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"error: cannot write results to {out_dir} ({exc}); pass --output FOLDER", file=sys.stderr)
         return 1
