@@ -498,6 +498,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "is the weights file of an OpenVINO IR; pass its .xml: {xml}",
         1,
     ),
+    (  # before: "pass its .xml", which otx export refuses as already exported
+        "export-ir-bin",
+        "wrong file",
+        ["export", "--checkpoint", "{bin}"],
+        "is the weights file of an exported OpenVINO IR; pass the model.ckpt it came from",
+        1,
+    ),
     (
         "optimize-ir-bin",
         "wrong file",
@@ -837,6 +844,12 @@ def test_engine_verbs_name_the_bad_argument(call, pattern: str, sample_root: Pat
             r"trainer.callbacks must be a list of callbacks",
         ),
         (lambda: __import__("otx.engine").engine.Engine(config="x"), r"config must be a dict"),
+        (  # before: only when train() built the callbacks, after its run folder and config.yaml were written
+            lambda: __import__("otx.engine").engine.Engine(
+                trainer={"callbacks": [{"class_path": "collections.OrderedDict"}]}
+            ),
+            r"collections.OrderedDict is not a Lightning callback",
+        ),
         (lambda: __import__("otx.data").data.AnomalyDataModule(batch_size=0), r"batch_size must be an integer >= 1"),
         (lambda: __import__("otx.data").data.AnomalyDataModule(val_split=1), r"val_split must be a number strictly"),
         (lambda: __import__("otx.models").models.Padim(input_size=(0, 0)), r"input_size must be \[height, width\]"),

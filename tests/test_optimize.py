@@ -499,6 +499,20 @@ def test_a_validation_split_of_normal_images_only_is_said_to_check_one_side(
     assert "has no anomalous images, so the INT8 model's decisions are checked on normal images only" in said
     assert "validation images the model was calibrated on are gone" in said and "test metrics" not in said
     assert "image_AUROC" not in result.decisions["table"]["fp32"]
+    # the FP16 export checks its decisions on the same split: said as well (before: optimize only)
+    checkpoint = json.loads(Path(exported("padim").parent / "metrics.json").read_text())["checkpoint"]
+    fp16 = Engine(data=AnomalyDataModule(str(root), num_workers=0), work_dir=tmp_path / "fp16").export(
+        checkpoint=checkpoint, precision="FP16"
+    )
+    assert any("so the FP16 model's decisions are checked on normal images only" in w for w in fp16.warnings)
+    # a val/ folder added: the decisions are checked on it, said so (before: "... gone: checked on the N left",
+    # N the val/ folder's images)
+    (root / "val" / "good").mkdir(parents=True)
+    shutil.copy(next((root / "test" / "good").iterdir()), root / "val" / "good" / "v.png")
+    again = Engine(data=AnomalyDataModule(str(root), num_workers=0), work_dir=tmp_path / "v").optimize(
+        checkpoint=exported("padim")
+    )
+    assert any("has a val/ folder now: the decisions are checked on its 1 images" in w for w in again.warnings)
 
 
 def test_a_classification_model_is_checked_and_recalibrated_at_the_image_level_only(

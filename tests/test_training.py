@@ -303,6 +303,10 @@ def test_checkpoints_load_safely_and_refuse_newer_schemas(trained_padim: dict, t
     torch.save({**ckpt, "model": model, "otx_version": "99.0"}, newer)
     with pytest.raises(OTXError, match=r"written by a newer otx \(99.0\) than this one .*'new_option'.* upgrade otx"):
         load_checkpoint(newer)
+    value = {**ckpt["model"], "init_args": {**ckpt["model"]["init_args"], "input_mode": "letterbox"}}
+    torch.save({**ckpt, "model": value, "otx_version": "99.0"}, newer)  # a value of a setting added since
+    with pytest.raises(OTXError, match=r"written by a newer otx \(99.0\) .*input_mode must be one of.* upgrade otx"):
+        load_checkpoint(newer)
     torch.save({**ckpt, "model": model}, newer)  # this version's: a damaged file, as before
     with pytest.raises(OTXError, match=r"is not a readable otx checkpoint \(TypeError"):
         load_checkpoint(newer)

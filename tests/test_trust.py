@@ -434,6 +434,10 @@ def test_images_added_to_the_test_folders_never_take_a_validation_images_place(
     tested = {r["image"] for r in json.loads((work_dir / latest(work_dir)["test"] / "predictions.json").read_text())}
     assert not tested & fitted and len(tested) == len(data.splits["test"])
     assert f"the test metrics are on the {len(tested)} others" in err
+    # otx predict of the test split says what it predicts (before: "so the test metrics are on ...")
+    assert main(["predict", "--checkpoint", str(model), "--data_root", str(root), "--work_dir", str(work_dir)]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"the {len(tested)} others are predicted" in err and "test metrics" not in err
 
 
 def test_test_keeps_the_models_validation_split_and_names_both(trained_padim: dict, sample_root, tmp_path, capsys):
@@ -1616,5 +1620,7 @@ def test_openvino_options_given_with_a_checkpoint_are_said_to_apply_to_exports(
     err = " ".join(capsys.readouterr().err.split())
     assert "--device NPU and --inference_precision bf16 apply to exported models (.xml, .onnx)" in err
     assert "runs in torch on cpu" in err
+    assert main([*args, "--work_dir", str(tmp_path), "--device", "CPU"]) == 0
+    assert "--device CPU applies to exported models" in " ".join(capsys.readouterr().err.split())
     assert main([*args, "--work_dir", str(tmp_path), "--device", "auto"]) == 0  # the default, in any case
     assert "apply to exported models" not in capsys.readouterr().err

@@ -117,14 +117,15 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         if unknown:
             raise OTXError(f"'{path}' asks for {unknown}")
         model.box_settings = BoxSettings(**saved)
-    except OTXError:
-        raise
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
-        if _newer(ckpt.get("otx_version")):  # e.g. a model setting this otx does not know yet, same schema
+        if _newer(ckpt.get("otx_version")):  # e.g. a model setting (or a value of one) this otx does not know yet
+            reason = str(exc) if isinstance(exc, OTXError) else f"{exc.__class__.__name__}: {exc}"
             raise OTXError(
                 f"'{path}' was written by a newer otx ({ckpt['otx_version']}) than this one ({__version__}), which "
-                f"cannot read it ({exc.__class__.__name__}: {exc}); upgrade otx (pip install -U otx)"
+                f"cannot read it ({reason}); upgrade otx (pip install -U otx)"
             ) from exc
+        if isinstance(exc, OTXError):
+            raise
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc}); {_HINT}") from exc
     model.eval()
     return model, ckpt

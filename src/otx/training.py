@@ -142,6 +142,23 @@ def check_callback_entries(specs: Any) -> None:
                 f"trainer.callbacks: init_args of {spec['class_path']} must be a mapping of its arguments "
                 f"(got {spec['init_args']!r})"
             )
+        _callback_class(spec["class_path"])  # a class there, and a Lightning callback
+
+
+def _callback_class(path: str) -> type[L.Callback]:
+    """The Lightning callback class a ``class_path`` names (a bare name: Lightning's); one line otherwise."""
+    module_name, class_name = _module_and_class(path)
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        hint = _nearest_name(class_name, _callback_names(module_name), "")
+        raise OTXConfigError(f"trainer.callbacks: no class '{path}' ({exc})" + (f"; {hint}" if hint else "")) from exc
+    if not (isinstance(cls, type) and issubclass(cls, L.Callback)):
+        raise OTXConfigError(
+            f"trainer.callbacks: {path} is not a Lightning callback (a subclass of "
+            "lightning.pytorch.callbacks.Callback, such as EarlyStopping or ModelCheckpoint)"
+        )
+    return cls
 
 
 def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
@@ -167,19 +184,8 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
                 callbacks.append(spec)
             continue
         check_callback_entries([spec])
-        module_name, class_name = _module_and_class(spec["class_path"])
-        try:
-            cls = getattr(importlib.import_module(module_name), class_name)
-        except (ImportError, AttributeError) as exc:
-            hint = _nearest_name(class_name, _callback_names(module_name), "")
-            raise OTXConfigError(
-                f"trainer.callbacks: no class '{spec['class_path']}' ({exc})" + (f"; {hint}" if hint else "")
-            ) from exc
-        if not (isinstance(cls, type) and issubclass(cls, L.Callback)):
-            raise OTXConfigError(
-                f"trainer.callbacks: {spec['class_path']} is not a Lightning callback (a subclass of "
-                "lightning.pytorch.callbacks.Callback, such as EarlyStopping or ModelCheckpoint)"
-            )
+        cls = _callback_class(spec["class_path"])
+        class_name = cls.__name__
         try:
             callbacks.append(cls(**(spec.get("init_args") or {})))
         except (TypeError, ValueError) as exc:

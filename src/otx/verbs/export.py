@@ -17,7 +17,7 @@ from otx.errors import OTXDataError, OTXError, for_caller
 from otx.models.base import AnomalyModel
 from otx.results import ExportResult
 from otx.verbs.context import VerbContext, write_result
-from otx.verbs.resolve import eval_data, validation_set, warn_other_model
+from otx.verbs.resolve import eval_data, one_sided_warning, validation_set, warn_other_model
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
@@ -36,6 +36,8 @@ def run(
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(ctx.workdir)
     if is_exported_model(path):
         raise OTXError(f"'{path}' is already exported; pass the model.ckpt it came from")
+    if path.suffix.lower() == ".bin":  # (load_checkpoint's advice, its .xml, is refused just above)
+        raise OTXError(f"'{path}' is the weights file of an exported OpenVINO IR; pass the model.ckpt it came from")
     model, ckpt = load_checkpoint(path)
     warn_other_model(ctx, path, type(model).__name__, model.spec.name)
     adapter = ctx.adapter(ckpt.get("task"))
@@ -50,7 +52,7 @@ def run(
     # Validation images check the export (and an FP16 IR's decisions); a bad data root stops before a file is written.
     record = ckpt.get("data") or {}
     try:
-        data = eval_data(ctx, record, must_exist=True, for_test=False)
+        data = eval_data(ctx, record, must_exist=True, purpose="check")
         if data is None:  # the recorded folder is gone (moved, or on another machine), or none was recorded
             recorded = record.get("data_root")
             gone = f"the training data '{recorded}' is gone" if recorded else "the checkpoint records no training data"
@@ -59,6 +61,8 @@ def run(
                 + (": an FP16 export's decisions are checked on its validation split" if precision == "FP16" else "")
             )
         validation = validation_set(data, adapter.pixel_level, model.preprocessor)
+        if precision == "FP16" and (message := one_sided_warning(validation, "FP16", data.data_root)):
+            ctx.warn(message)
     except OTXDataError as exc:  # the recorded data gone or damaged since: an FP32 export does without it
         if precision == "FP16" or ctx.data.data_root is not None:
             raise

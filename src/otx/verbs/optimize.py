@@ -12,7 +12,7 @@ from otx.deploy.inferencer import is_exported_model
 from otx.errors import OTXDataError, OTXError, for_caller
 from otx.results import OptimizeResult
 from otx.verbs.context import VerbContext, write_result
-from otx.verbs.resolve import eval_data, validation_set, warn_other_model
+from otx.verbs.resolve import eval_data, one_sided_warning, validation_set, warn_other_model
 from otx.workdir import Run, WorkDir, training_data_root
 
 log = logging.getLogger("otx")
@@ -87,7 +87,7 @@ def run(
     adapter = ctx.adapter(info.task)
     data_info = {**info.data_record(), "data_root": data_record.get("data_root") or training_data_root(source)}
     fingerprint = data_info["fingerprint"]
-    data = eval_data(ctx, data_info, for_test=False)
+    data = eval_data(ctx, data_info, purpose="check")
     if data is None:
         raise OTXDataError(
             "INT8 calibration needs the training images, and no run folder beside the model says where they "
@@ -109,14 +109,8 @@ def run(
             "accuracy control needs normal and anomalous validation images; add test/good and test/<defect> "
             "folders (or val/), or leave out --max_drop"
         )
-    if val_labels and not {0, 1} <= val_labels:  # labels compared, but no AUROC or F1: a one-sided check
-        missing = "anomalous" if 1 not in val_labels else "normal"
-        ctx.warn(
-            f"the validation split of {data.data_root} has no {missing} images, so the INT8 model's decisions are "
-            f"checked on {'normal' if missing == 'anomalous' else 'anomalous'} images only (no AUROC or F1): "
-            f"whether it still {'flags defects' if missing == 'anomalous' else 'passes normal parts'} is "
-            "unchecked; optimize with the training data's test folders (--data_root)"
-        )
+    if message := one_sided_warning(validation, "INT8", data.data_root):
+        ctx.warn(message)
     ctx.save_config(
         run,
         adapter.task.value,

@@ -119,7 +119,7 @@ def run(
         samples = samples_from_source(source)
         data = ctx.data
     else:
-        found = eval_data(ctx, scorer.data_info)
+        found = eval_data(ctx, scorer.data_info, purpose="predict")
         if found is None:
             raise OTXError("nothing to predict; pass --source (an image, folder or glob) or --data_root DIR")
         data = found

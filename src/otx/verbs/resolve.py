@@ -75,7 +75,8 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
         ]
         if given:  # (before: ignored without a word, where an export on that device is refused when it lacks it)
             ctx.warn(
-                f"{' and '.join(given)} apply to exported models (.xml, .onnx); the checkpoint {path} runs in "
+                f"{' and '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to exported models (.xml, .onnx); "
+                f"the checkpoint {path} runs in "
                 f"torch on {scorer.runtime_info().get('device', 'cpu')}: export it to run it with OpenVINO"
             )
     ctx.console.print(describe_loaded(scorer))
@@ -153,15 +154,16 @@ def data_root_for(ctx: VerbContext, info: dict[str, Any], must_exist: bool = Fal
 
 
 def eval_data(
-    ctx: VerbContext, info: dict[str, Any], must_exist: bool = False, for_test: bool = True
+    ctx: VerbContext, info: dict[str, Any], must_exist: bool = False, purpose: str = "test"
 ) -> AnomalyDataModule | None:
     """The data set up with the validation split the model was calibrated with, so test images stay unseen.
 
     ``info`` is the model's data record (a scorer's ``data_info``: validation split, seed, data
     root and fingerprint of the training files). None when there is no data to use (see
     ``data_root_for``). A new data module is returned; the one in ``ctx`` is left as it is.
-    ``for_test`` False (export, optimize: the validation split alone is used): changed test
-    folders are said only where validation images are gone.
+    ``purpose``: what the caller does with the splits, for the warnings about changed folders:
+    ``test`` (metrics on the test split), ``predict`` (the test split predicted) or ``check``
+    (export, optimize: the validation split alone is used).
     """
     root = data_root_for(ctx, info, must_exist)
     if root is None:
@@ -196,25 +198,35 @@ def eval_data(
         gone = changes.get("validation_images_gone", 0)
         still = f" that are still there ({gone} {'is' if gone == 1 else 'are'} gone)" if gone else ""
         # (with no test images left there is nothing to warn about: the caller says so in one line)
-        if not for_test:  # optimize, export: only the validation split is used, and what is left of it
-            if gone:
+        if purpose == "check":  # optimize, export: the validation split alone is used
+            if "val_folder_added" in changes:
+                ctx.warn(
+                    f"{root} has a val/ folder now: the decisions are checked on its {len(data.splits['val'])} "
+                    f"images, not on the {len(data.val_files)} of the test folders the model was calibrated on"
+                )
+            elif gone:
                 ctx.warn(
                     f"{gone} of the {len(data.val_files)} validation images the model was calibrated on are gone "
                     f"from {root}: the decisions are checked on the {len(data.splits['val'])} left"
                 )
-        elif "val_folder_added" in changes and data.splits["test"]:
-            ctx.warn(
-                f"{root} has a val/ folder now, which sets the validation split, but the model was calibrated on "
-                f"{len(data.val_files)} images of its test folders: the {changes['val_folder_added']}{still} stay "
-                f"out of the test split, so the test metrics are on the {len(scored)} others"
+        else:
+            uses = (
+                f"the test metrics are on the {len(scored)} others"
+                if purpose == "test"
+                else f"the {len(data.splits['test'])} others are predicted"
             )
-        elif (changes.get("seeded_split_moves") or gone) and data.splits["test"]:
-            ctx.warn(
-                f"the test folders of {root} changed since training: the {len(data.splits['val'])} validation "
-                f"images the model was calibrated on{still} "
-                f"stay out of the test split, so the test metrics are on the {len(scored)} others "
-                f"(val_split/seed alone would now put {changes['seeded_split_moves']} images on the other side)"
-            )
+            if "val_folder_added" in changes and data.splits["test"]:
+                ctx.warn(
+                    f"{root} has a val/ folder now, which sets the validation split, but the model was calibrated "
+                    f"on {len(data.val_files)} images of its test folders: the {changes['val_folder_added']}{still} "
+                    f"stay out of the test split, so {uses}"
+                )
+            elif (changes.get("seeded_split_moves") or gone) and data.splits["test"]:
+                ctx.warn(
+                    f"the test folders of {root} changed since training: the {len(data.splits['val'])} validation "
+                    f"images the model was calibrated on{still} stay out of the test split, so {uses} "
+                    f"(val_split/seed alone would now put {changes['seeded_split_moves']} images on the other side)"
+                )
     if not same and fingerprint not in (None, "unknown"):
         ctx.warn(
             f"the data at {root} is not the data the model was trained on (its train/good files "
@@ -229,6 +241,20 @@ def require_data(data: AnomalyDataModule | None, what: str) -> AnomalyDataModule
     if data is None:
         raise OTXError(f"{what}; pass --data_root DIR (a folder in MVTec AD layout)")
     return data
+
+
+def one_sided_warning(validation: Any, converted: str, root: str | None) -> str | None:
+    """One line when a decision check (``ValidationData``) has one kind of image only: no AUROC or F1 then."""
+    labels = {s.label for s in validation.items.samples} if validation is not None else set()
+    if not labels or {0, 1} <= labels:
+        return None
+    missing = "anomalous" if 1 not in labels else "normal"
+    return (
+        f"the validation split of {root} has no {missing} images, so the {converted} model's decisions are "
+        f"checked on {'normal' if missing == 'anomalous' else 'anomalous'} images only (no AUROC or F1): "
+        f"whether it still {'flags defects' if missing == 'anomalous' else 'passes normal parts'} is "
+        "unchecked; use the training data's test folders (--data_root)"
+    )
 
 
 def validation_set(data: AnomalyDataModule | None, pixel_level: bool, preprocess: PreProcessor) -> Any:
