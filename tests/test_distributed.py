@@ -199,6 +199,62 @@ def test_a_stop_ends_a_two_process_training_with_one_line(sample_root: Path, tmp
 
 
 @pytest.mark.e2e
+def test_a_stop_to_the_first_process_of_a_two_process_predict_ends_the_other(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # SIGTERM to the first process alone (`kill`). Before: the second went on alone, wrote masks into the failed
+    # run folder (66 -> 240 of 420), then printed gloo's "Connection closed by peer" as an internal error.
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(15):
+        for source in (sample_root / "bottle_like" / "test").glob("*/*.png"):
+            (images / f"{source.parent.name}_{source.stem}_{i}.png").write_bytes(source.read_bytes())
+    work_dir = tmp_path / "ws"
+    args = ["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--source", str(images), "--devices", "2"]
+    process = start_otx_group(*args, "--work_dir", str(work_dir), cwd=tmp_path, stdout=subprocess.DEVNULL)
+    left = True
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(work_dir.glob("*-predict/predictions/masks/*.png"))) < 20:  # both processes predicting
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended before it was stopped"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        rc = process.wait(timeout=60)
+        for _ in range(150):  # the process it launched ends with it
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                left = False
+                break
+            time.sleep(0.1)
+        err = process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    written = len(list(work_dir.glob("*-predict/predictions/masks/*.png")))
+    assert rc == 143 and not left, (rc, err)
+    assert "internal error" not in err and "Traceback" not in err and err.count("SIGTERM received") == 1, err
+    assert written < 420 and not (work_dir / "latest.json").exists()
+
+
+@pytest.mark.e2e
+def test_a_bad_image_in_the_second_process_is_its_error_not_a_bug_in_the_first(dataset_copy, tmp_path: Path) -> None:
+    # Before: the first process added "internal error (RuntimeError: ... gloo ... Connection closed by peer ...);
+    # a bug in otx" to the second's one line.
+    root = dataset_copy()
+    cut = sorted((root / "train" / "good").glob("*.png"))[-1]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    args = ["--model", "otx.models.Padim", *SMALL, *TWO, "--data_root", str(root), "--work_dir", str(tmp_path / "ws")]
+    rc, err = run_otx_group("train", *args, cwd=tmp_path, timeout=300)
+    assert rc == 1 and "internal error" not in err and "Traceback" not in err, err
+    assert f"cannot decode image '{cut}'" in err, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert all("cannot decode image" in line or "another process of this run stopped" in line for line in lines), err
+
+
+@pytest.mark.e2e
 def test_a_rank_variable_left_in_the_environment_does_not_silence_a_one_process_command(
     trained_padim: dict, sample_root: Path, tmp_path: Path
 ) -> None:

@@ -424,6 +424,36 @@ def port_in_use(exc: BaseException) -> OTXError | None:
     )
 
 
+LAUNCHED: list[Any] = []  # the processes ``launch`` started for an evaluation (rank 0 only; ``stop_launched``)
+
+
+def stop_launched() -> None:
+    """SIGTERM the evaluation processes this one launched that still run (its verb failed or was stopped).
+
+    Fabric's launcher does not pass a stop on as Lightning's Trainer does: after SIGTERM to the
+    first process of ``otx predict --devices 2`` the second went on alone, wrote masks into the
+    failed run folder and then printed gloo's "Connection closed by peer" as an internal error.
+    """
+    for process in LAUNCHED:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    LAUNCHED.clear()
+
+
+def peer_gone(exc: BaseException) -> OTXError | None:
+    """One line when a collective failed because another process of the run had stopped (its error is its own)."""
+    text = str(exc)
+    # gloo's own words (the process group may be gone by now, so the world size cannot tell)
+    if "gloo" not in text or not any(
+        mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+    ):
+        return None
+    return OTXError(
+        "another process of this run stopped before this one could finish (its own error, if any, is printed "
+        "above); fix that and run again"
+    )
+
+
 def end_launched(owner: Any) -> None:
     """End the processes Lightning's launcher started for ``owner`` (a ``Trainer`` or a ``Fabric``) when this one fails.
 
@@ -475,6 +505,7 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     try:
         with meeting(processes * num_nodes, num_nodes, "--num_nodes", fabric):
             fabric.launch()
+            LAUNCHED[:] = list(getattr(getattr(fabric.strategy, "launcher", None), "procs", None) or [])
             fabric.barrier()  # every process is there
             met()
     except (ValueError, RuntimeError) as exc:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from otx import __version__
+from otx import __version__, distributed
 from otx.data.datamodule import AnomalyDataModule
 from otx.distributed import SecondaryRankDone
 from otx.errors import OTXError, for_caller, out_of_memory, out_of_space
@@ -163,10 +163,16 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
             log.error("%s failed: %s", command, full, exc_info=True, extra=FILE_ONLY)
             said_why = True
             raise full from exc
+        if (gone := distributed.peer_gone(exc)) is not None:  # another process's failure, not a bug here
+            log.error("%s failed: %s", command, gone, exc_info=True, extra=FILE_ONLY)
+            said_why = True
+            raise gone from exc
         log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc, extra=FILE_ONLY)
         said_why = True
         raise
     finally:
+        if not ok:  # the evaluation processes this one launched stop with it (they would go on alone)
+            distributed.stop_launched()
         if not ok and not said_why:  # a stop that arrived while the reason was being logged, or a SystemExit
             stopped = sys.exc_info()[1]
             why = _interrupted(stopped) if isinstance(stopped, KeyboardInterrupt) else repr(stopped)
