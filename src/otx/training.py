@@ -238,13 +238,18 @@ class EpochProgressBar(RichProgressBar):
 
 
 class EpochTimer(L.Callback):
-    """Log each training epoch's wall time (``time/epoch_s``) to the CSV and TensorBoard logs."""
+    """Log each training epoch's wall time (``time/epoch_s``) to the CSV and TensorBoard logs.
+
+    With several processes, their mean (``sync_dist``; without it Lightning warned each Python
+    caller's run, and the CLI hid the warning).
+    """
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         self._start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
-        pl_module.log("time/epoch_s", time.perf_counter() - self._start, on_step=False, on_epoch=True)
+        elapsed = time.perf_counter() - self._start
+        pl_module.log("time/epoch_s", elapsed, on_step=False, on_epoch=True, sync_dist=True)
 
 
 class StopSignalKept(L.Callback):
