@@ -198,6 +198,17 @@ def test_a_stop_ends_a_two_process_training_with_one_line(sample_root: Path, tmp
     assert list(work_dir.glob("*-train/checkpoints/epoch2.ckpt")) and not (work_dir / "latest.json").exists()
 
 
+def _group_outlives(process: subprocess.Popen, seconds: float) -> bool:
+    """Whether a process of ``process``'s group is still there ``seconds`` after it (polled every 0.1 s)."""
+    for _ in range(int(seconds * 10)):
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 @pytest.mark.e2e
 def test_a_stop_to_the_first_process_of_a_two_process_predict_ends_the_other(
     trained_padim: dict, sample_root: Path, tmp_path: Path
@@ -220,13 +231,7 @@ def test_a_stop_to_the_first_process_of_a_two_process_predict_ends_the_other(
             time.sleep(0.2)
         process.send_signal(signal.SIGTERM)
         rc = process.wait(timeout=60)
-        for _ in range(150):  # the process it launched ends with it
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                left = False
-                break
-            time.sleep(0.1)
+        left = _group_outlives(process, 15.0)  # the process it launched ends with it
         err = process.stderr.read()  # type: ignore[union-attr]
     finally:
         try:
@@ -364,13 +369,7 @@ def test_a_machine_whose_partners_never_come_says_so_and_stops_on_a_signal(
             process.send_signal(signal.SIGTERM)
         rc = process.wait(timeout=60)
         took = time.monotonic() - sent
-        for _ in range(100):  # the processes it started end with it
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                left = False
-                break
-            time.sleep(0.1)
+        left = _group_outlives(process, 10.0)  # the processes it started end with it
     finally:
         try:
             os.killpg(process.pid, signal.SIGKILL)
