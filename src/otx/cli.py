@@ -1307,6 +1307,7 @@ def _model_swap_note(argv: list[str], cfg: Namespace) -> str | None:
     jsonargparse carries the file's ``init_args`` over to the new class where it takes them (STFPM's
     ``input_size [128, 128]`` and ``score_top_share`` on a Padim), and the file's trainer section stays.
     """
+    import importlib
     import inspect
     import json
 
@@ -1327,8 +1328,6 @@ def _model_swap_note(argv: list[str], cfg: Namespace) -> str | None:
     if source is None or str(theirs["class_path"]).rpartition(".")[2] == ours.rpartition(".")[2]:
         return None
     module_name, _, name = ours.rpartition(".")
-    import importlib
-
     defaults = {
         k: p.default
         for k, p in inspect.signature(getattr(importlib.import_module(module_name), name)).parameters.items()
