@@ -117,36 +117,40 @@ def describe_settings(settings: dict[str, Any]) -> dict[str, Any]:
     return described
 
 
+_CALLBACK_EXAMPLE = (
+    "{class_path: lightning.pytorch.callbacks.EarlyStopping, init_args: {monitor: val/image_AUROC}}, "
+    "or a Lightning callback object"
+)
+
+
 def check_callback_entries(specs: Any) -> None:
     """One line unless ``specs`` is a list of callback instances and ``{class_path, init_args}`` entries."""
-    example = (
-        "{class_path: lightning.pytorch.callbacks.EarlyStopping, init_args: {monitor: val/image_AUROC}}, "
-        "or a Lightning callback object"
-    )
     if specs is None:
         return
     if not isinstance(specs, list | tuple):
-        raise OTXConfigError(f"trainer.callbacks must be a list of callbacks, e.g. [{example}] (got {specs!r})")
+        raise OTXConfigError(
+            f"trainer.callbacks must be a list of callbacks, e.g. [{_CALLBACK_EXAMPLE}] (got {specs!r})"
+        )
     for spec in specs:
-        if isinstance(spec, L.Callback):
-            continue
-        if isinstance(spec, type) and issubclass(spec, L.Callback):
-            raise OTXConfigError(
-                f"trainer.callbacks: the class {spec.__name__}; pass an instance, e.g. {spec.__name__}(...), "
-                f"or {{class_path: {spec.__module__}.{spec.__qualname__}, init_args: {{...}}}}"
-            )
-        if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
-            raise OTXConfigError(f"trainer.callbacks entries need a class_path, e.g. {example} (got {spec!r})")
-        if not isinstance(spec.get("init_args") or {}, dict):
-            raise OTXConfigError(
-                f"trainer.callbacks: init_args of {spec['class_path']} must be a mapping of its arguments "
-                f"(got {spec['init_args']!r})"
-            )
-        _callback_class(spec["class_path"])  # a class there, and a Lightning callback
+        if not isinstance(spec, L.Callback):
+            _entry_class(spec)
 
 
-def _callback_class(path: str) -> type[L.Callback]:
-    """The Lightning callback class a ``class_path`` names (a bare name: Lightning's); one line otherwise."""
+def _entry_class(spec: Any) -> type[L.Callback]:
+    """The Lightning callback class a ``{class_path, init_args}`` entry names; one line for a bad entry."""
+    if isinstance(spec, type) and issubclass(spec, L.Callback):
+        raise OTXConfigError(
+            f"trainer.callbacks: the class {spec.__name__}; pass an instance, e.g. {spec.__name__}(...), "
+            f"or {{class_path: {spec.__module__}.{spec.__qualname__}, init_args: {{...}}}}"
+        )
+    if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
+        raise OTXConfigError(f"trainer.callbacks entries need a class_path, e.g. {_CALLBACK_EXAMPLE} (got {spec!r})")
+    if not isinstance(spec.get("init_args") or {}, dict):
+        raise OTXConfigError(
+            f"trainer.callbacks: init_args of {spec['class_path']} must be a mapping of its arguments "
+            f"(got {spec['init_args']!r})"
+        )
+    path = spec["class_path"]
     module_name, class_name = _module_and_class(path)
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
@@ -183,8 +187,7 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
                 )
                 callbacks.append(spec)
             continue
-        check_callback_entries([spec])
-        cls = _callback_class(spec["class_path"])
+        cls = _entry_class(spec)
         class_name = cls.__name__
         try:
             callbacks.append(cls(**(spec.get("init_args") or {})))
