@@ -486,12 +486,11 @@ def main() -> int:
         # OpenVINO's message: "Exception from <source file>:" lines, then the cause
         said = [line.strip() for line in str(exc).splitlines() if line.strip()]
         cause = next((line for line in reversed(said) if not line.startswith("Exception from")), "")
-        reason, fix = (
-            ("not found", "pass --model <exported_model.xml>")
-            if not Path(args.model).is_file()
-            else (f"OpenVINO cannot read it ({cause[:200]})", "copy the .xml and its .bin again, whole")
+        print(
+            f"error: cannot read the model {args.model}: OpenVINO cannot read it ({cause[:200]}); copy the .xml "
+            "and its .bin again, whole",
+            file=sys.stderr,
         )
-        print(f"error: cannot read the model {args.model}: {reason}; {fix}", file=sys.stderr)
         return 1
     if not model.has_rt_info(["model_info", "task"]):
         print(
