@@ -43,8 +43,7 @@ def test_each_image_is_used_once_in_whole_batches_and_lightning_gets_equal_batch
     assert len({len(b) for b in batches}) == 1  # the same number of batches in every process
     single = [list(range(i, min(i + batch, n))) for i in range(0, n, batch)]
     real_batches = [[i for i in b if i >= 0] for bs in batches for b in bs]
-    if n >= world * batch:  # enough for whole batches: each batch holds what it holds in one process
-        assert sorted(b for b in real_batches if b) == sorted(single)
+    assert sorted(b for b in real_batches if b) == sorted(single)  # each batch holds what it holds in one process
     assert [len(list(ShardSampler(range(n), r, world, "mark", block=batch))) for r in range(world)] == [
         len(s) for s in shares
     ]

@@ -168,7 +168,9 @@ class ShardSampler:
         rank: this process's rank.
         world: number of processes.
         padding: ``none``, ``mark`` or ``repeat``.
-        block: indices dealt out together (fewer when there are not enough for one block per process).
+        block: indices dealt out together, whole even when there are too few for one block per process
+            (a process may then get none or only a place holder): a smaller block would change the
+            batches, and batched convolutions round differently in the last bits.
     """
 
     def __init__(
@@ -182,7 +184,7 @@ class ShardSampler:
         self.rank = rank
         self.world = world
         self.padding = padding
-        self.block = 1 if padding == "repeat" else max(1, min(block, -(-len(base) // world)))
+        self.block = 1 if padding == "repeat" else max(1, block)
 
     def set_epoch(self, epoch: int) -> None:
         """Forwarded to the base order (Lightning calls it each epoch)."""
