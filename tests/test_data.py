@@ -616,7 +616,9 @@ def test_a_type_folder_of_another_case_than_its_masks_is_named(dataset_copy) -> 
     assert "remove the mask" not in said
 
 
-def test_multi_page_images_are_named_in_the_index_and_in_predict(dataset_copy, trained_padim: dict, tmp_path, caplog):
+def test_multi_page_and_turned_images_are_named_in_the_index_and_in_predict(
+    dataset_copy, trained_padim: dict, tmp_path, caplog
+):
     # Before: only the first page of a multi-page TIFF was read, without a word (a black first page and
     # the part on the second trained a model on black images).
     from otx.cli import main
@@ -637,11 +639,19 @@ def test_multi_page_images_are_named_in_the_index_and_in_predict(dataset_copy, t
     camera = root / "test" / "scratch" / "051.jpg"  # a camera JPEG with a preview frame (MPO): one image
     pages[0].save(camera, format="MPO", save_all=True, append_images=pages[1:2])
     assert Image.open(camera).n_frames == 2 and image_header(camera).pages == 1
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a viewer turns it a quarter (before: said for a data root only, not for --source)
+    pages[0].save(root / "test" / "scratch" / "052.jpg", exif=exif)
     work_dir = tmp_path / "ws"
     args = ["predict", "--checkpoint", str(trained_padim["checkpoint"]), "--work_dir", str(work_dir)]
     assert main([*args, "--source", str(tiff.parent), "--visualize", "false"]) == 0
     run = json.loads(next(work_dir.glob("*-predict/metrics.json")).read_text())
     assert [w for w in run["warnings"] if "several pages" in w] == [said[0].replace("test/scratch/050.tif", "050.tif")]
+    assert [w for w in run["warnings"] if "EXIF" in w] == [
+        "1 image(s) carry an EXIF orientation (e.g. 052.jpg): otx reads their pixels as stored, not turned as photo "
+        "viewers show them, and masks written by otx match the stored pixels; turn the files themselves "
+        "(e.g. PIL's ImageOps.exif_transpose) to have them scored and their masks written as viewers show them"
+    ]
 
 
 def test_the_datas_warnings_are_listed_in_the_runs_results(dataset_copy, trained_padim: dict, tmp_path: Path) -> None:

@@ -27,7 +27,15 @@ import numpy as np
 from datumaro.plugins.data_formats.mvtec.base import MvtecClassificationBase
 from datumaro.plugins.data_formats.mvtec.format import MvtecPath
 
-from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, image_header, image_size, pages_warning, sixteen_bit_peak
+from otx.data.io import (
+    IMAGE_EXTENSIONS,
+    LOOKED_FOR,
+    image_header,
+    image_size,
+    pages_warning,
+    sixteen_bit_peak,
+    turned_warning,
+)
 from otx.errors import OTXDataError
 
 log = logging.getLogger(__name__)
@@ -381,13 +389,7 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
     if paged:
         log.warning("%s", pages_warning(paged, root))
     if turned:
-        log.warning(
-            "%d image(s) carry an EXIF orientation (e.g. %s): otx reads their pixels as stored, not turned as "
-            "photo viewers show them, and masks must match the stored pixels; turn the files themselves "
-            "(e.g. PIL's ImageOps.exif_transpose) if the masks were drawn on the turned view",
-            len(turned),
-            Path(turned[0]).relative_to(root),
-        )
+        log.warning("%s", turned_warning(turned, root))
     _warn_narrow_sixteen_bit(root, subsets.get("train", []))
     if mask_dir is None:
         return unreadable

@@ -254,6 +254,28 @@ def pages_warning(paths: list[str], root: str | Path | None = None) -> str | Non
     )
 
 
+def turned_warning(paths: list[str], root: str | Path | None = None, masks: str = "must match") -> str | None:
+    """One line for image files with an EXIF orientation (``paths``: those files), whose pixels otx reads as stored.
+
+    ``masks``: what the line says of masks, "must match" (a data root's ground truth) or "written
+    by otx match" (``otx predict``'s).
+    """
+    if not paths:
+        return None
+    first = Path(paths[0])
+    shown = first.relative_to(root).as_posix() if root is not None else first.name
+    turn = (
+        "if the masks were drawn on the turned view"
+        if masks == "must match"
+        else "to have them scored and their masks written as viewers show them"
+    )
+    return (
+        f"{len(paths)} image(s) carry an EXIF orientation (e.g. {shown}): otx reads their pixels as stored, not "
+        f"turned as photo viewers show them, and masks {masks} the stored pixels; turn the files themselves "
+        f"(e.g. PIL's ImageOps.exif_transpose) {turn}"
+    )
+
+
 def _orientation(pil: Image.Image) -> int:
     """The EXIF orientation of an opened image, 1 when it has none or its metadata cannot be read."""
     try:

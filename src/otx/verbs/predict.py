@@ -16,7 +16,7 @@ from otx import distributed
 from otx.checks import profile_warnings
 from otx.data.datamodule import samples_from_source
 from otx.data.dataset import layout_mask
-from otx.data.io import image_header, pages_warning, read_image, read_mask
+from otx.data.io import image_header, pages_warning, read_image, read_mask, turned_warning
 from otx.errors import OTXDataError, OTXError
 from otx.results import PredictResult
 from otx.tasks import Prediction
@@ -29,12 +29,13 @@ from otx.workdir import Run
 log = logging.getLogger("otx")
 
 
-def _pages(path: str) -> int:
-    """Pages of an image file, 1 when its header cannot be read (it is labelled "error" when read)."""
+def _header(path: str) -> tuple[int, int]:
+    """``(pages, EXIF orientation)`` of an image file; ``(1, 1)`` when its header cannot be read (labelled "error")."""
     try:
-        return image_header(path).pages
+        header = image_header(path)
     except OTXDataError:
-        return 1
+        return 1, 1
+    return header.pages, header.orientation
 
 
 # Room for the suffixes output_stems and the writers add ("_jpeg", a counter, "_mask.png") within
@@ -138,8 +139,13 @@ def run(
     )
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in samples], "input"):
         ctx.warn(message)
-    if source is not None and (paged := pages_warning([s.path for s in samples if _pages(s.path) > 1])):
-        ctx.warn(paged)  # (a data root's index says it, as in train and test)
+    if source is not None:  # (a data root's index says these, as in train and test)
+        headers = {s.path: _header(s.path) for s in samples}
+        if paged := pages_warning([path for path, (pages, _) in headers.items() if pages > 1]):
+            ctx.warn(paged)
+        turned = [path for path, (_, orientation) in headers.items() if orientation != 1]
+        if message := turned_warning(turned, masks="written by otx match"):
+            ctx.warn(message)
     stems = output_stems([s.path for s in samples])
     # rank 0's folder: in a distributed run every process writes its images' masks and overlays there
     out_dir = distributed.broadcast(run.path / "predictions")
