@@ -599,6 +599,28 @@ def test_benchmark_times_torch_fp32_fp16_and_int8(trained_padim: dict, optimized
     assert [r["model"] for r in saved["rows"]] == [r["model"] for r in result["rows"]]
 
 
+def test_benchmark_times_the_latest_int8_model_only_when_it_comes_from_the_checkpoint(
+    trained_padim: dict, optimized
+) -> None:
+    # Before: the thresholds alone decided, and thresholds given by hand are the same for every model
+    # trained with them: a mobilenet_v2 checkpoint's benchmark timed an efficientnet_lite0 INT8 model
+    # as its own "OpenVINO INT8" row (helper bug bash).
+    from otx.checkpoint import load_checkpoint
+    from otx.deploy.metadata import read_model_info
+    from otx.models import Padim
+    from otx.verbs.benchmark import same_trained_model
+
+    info = read_model_info(optimized("padim")["optimized_model"])
+    model, ckpt = load_checkpoint(trained_padim["checkpoint"])
+    fitted = ckpt["thresholds"]
+    assert set(fitted) >= {"image_threshold", "pixel_threshold", "image_min", "image_max"}
+    assert same_trained_model(info, model, fitted)  # its own INT8 model, thresholds recalibrated or not
+    by_hand = {**fitted, "image_min": fitted["image_min"] + 1.0}  # same thresholds, other fitted statistics
+    assert not same_trained_model(info, model, by_hand)
+    assert not same_trained_model(info, Padim(backbone="mobilenet_v2"), fitted)  # another backbone
+    assert not same_trained_model(info, model, {})  # a checkpoint that records none
+
+
 def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Path) -> None:
     import shutil
 

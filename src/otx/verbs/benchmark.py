@@ -53,17 +53,33 @@ def plan(
         latest = ctx.workdir.latest("optimize")
         int8 = latest / "optimized_model.xml" if latest is not None else None
         if not models and int8 is not None and int8.is_file():
-            stats, mine = read_model_info(int8).source_stats(), ckpt.get("thresholds", {})
-            if all(
-                np.isclose(stats.get(k, np.nan), mine.get(k, np.inf)) for k in ("image_threshold", "pixel_threshold")
-            ):
+            if same_trained_model(read_model_info(int8), model, ckpt.get("thresholds") or {}):
                 targets.append(("OpenVINO INT8", int8))
             else:
-                log.warning("the latest optimized model (%s) comes from another trained model; not timed", int8)
+                ctx.warn(
+                    f"the latest optimized model ({int8}) comes from another trained model; not timed "
+                    "(run `otx optimize` on this one first)"
+                )
         elif not models:
             ctx.console.print("no INT8 model: run `otx optimize` first (or pass --models optimized_model.xml)")
     targets.extend((f"({path.name})", path) for path in exported)  # labelled with the precision once timed
     return targets, model, ckpt
+
+
+def same_trained_model(info: Any, model: AnomalyModel, thresholds: dict[str, float]) -> bool:
+    """Whether an exported model (its ``ModelInfo``) comes from ``model`` with these fitted ``thresholds``.
+
+    The class, the backbone and every statistic the training fitted (thresholds, minima and
+    maxima, recorded before any recalibration): thresholds given by hand are the same for
+    every model trained with them, the fitted minima and maxima are not.
+    """
+    stats = info.source_stats()
+    return (
+        info.model_name == type(model).__name__
+        and info.backbone == model.spec.name
+        and bool(thresholds)
+        and all(key in stats and np.isclose(stats[key], value) for key, value in thresholds.items())
+    )
 
 
 def processor_name(core: Any) -> str:
