@@ -1461,12 +1461,24 @@ def test_an_int8_model_that_optimize_exported_itself_finds_its_training_data(
 
 
 def test_benchmark_models_as_documented(exported, tmp_path: Path, capsys) -> None:
+    import shutil
+
     xml, onnx = exported("padim"), exported("padim", "segmentation", "ONNX")
-    args = ["benchmark", "--models", str(xml), str(onnx), "--num_images", "2", "--warmup", "1", "--repeats", "1"]
-    args += ["--device", "cpu"]  # any case, as OpenVINOInferencer takes it
+    other = tmp_path / "other_run" / xml.name  # another run's export: every export is called exported_model.xml
+    other.parent.mkdir()
+    for suffix in (".xml", ".bin"):
+        shutil.copy(xml.with_suffix(suffix), other.with_suffix(suffix))
+    args = ["benchmark", "--models", str(xml), str(onnx), str(other), "--num_images", "2", "--warmup", "1"]
+    args += ["--repeats", "1", "--device", "cpu"]  # any case, as OpenVINOInferencer takes it
     assert main([*args, "--work_dir", str(tmp_path)]) == 0
     timed = json.loads(next(tmp_path.glob("*-benchmark/metrics.json")).read_text())
-    assert [Path(r["path"]).name for r in timed["rows"]] == ["exported_model.xml", "exported_model.onnx"]
+    assert [Path(r["path"]) for r in timed["rows"]] == [xml, onnx, other]
+    # rows told apart by their run folders (before: two rows 'OpenVINO FP32 (exported_model.xml)'; helper bug bash)
+    assert [r["model"] for r in timed["rows"]] == [
+        f"OpenVINO FP32 ({xml.parent.name}/{xml.name})",
+        f"OpenVINO FP32 ({onnx.parent.name}/{onnx.name})",
+        f"OpenVINO FP32 (other_run/{xml.name})",
+    ]
     # the images of the data the models were trained on (their run folders say which), not synthetic ones
     assert timed["images"].startswith("2 images of ") and "synthetic" not in timed["images"], timed["images"]
     # the processor by its name (before: platform.processor(), 'x86_64' on Linux)

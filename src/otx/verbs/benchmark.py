@@ -62,8 +62,21 @@ def plan(
                 )
         elif not models:
             ctx.console.print("no INT8 model: run `otx optimize` first (or pass --models optimized_model.xml)")
-    targets.extend((f"({path.name})", path) for path in exported)  # labelled with the precision once timed
-    return targets, model, ckpt
+    targets.extend((f"({name})", path) for name, path in zip(short_names(exported), exported, strict=True))
+    return targets, model, ckpt  # (given files are labelled with their precision once timed)
+
+
+def short_names(paths: list[Path]) -> list[str]:
+    """Each path's shortest ending (file name, then with its folders) that no other path shares.
+
+    Every export is called ``exported_model.xml``: two runs' exports are told apart by their run folders.
+    """
+    depth = 1
+    while True:
+        names = ["/".join(path.parts[-depth:]) for path in paths]
+        if len(set(names)) == len(set(paths)) or all(depth >= len(path.parts) for path in paths):
+            return names
+        depth += 1
 
 
 def same_trained_model(info: Any, model: AnomalyModel, thresholds: dict[str, float]) -> bool:
