@@ -1485,7 +1485,7 @@ def test_benchmark_models_as_documented(exported, tmp_path: Path, capsys) -> Non
     assert timed["machine"]["processor"] == ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
 
 
-def test_benchmark_on_a_device_this_machine_lacks_stops_before_timing_anything(
+def test_benchmark_on_a_device_or_data_root_this_machine_lacks_stops_before_timing_anything(
     trained_padim: dict, tmp_path: Path, capsys
 ) -> None:
     missing = next(d for d in ("NPU", "GPU", "GPU.3") if d not in ov.Core().available_devices)
@@ -1495,6 +1495,12 @@ def test_benchmark_on_a_device_this_machine_lacks_stops_before_timing_anything(
     assert f"device '{missing}' is not available on this machine" in err and len(err.strip().splitlines()) == 1
     # before: torch timed and two IRs exported first, then the error
     assert not list(tmp_path.glob("*-benchmark/exported_*"))
+    # a mistyped --data_root likewise (before: refused after the two exports; helper bug bash)
+    args = ["benchmark", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(tmp_path / "nodata")]
+    assert main([*args, "--num_images", "2", "--work_dir", str(tmp_path)]) == 1
+    said = capsys.readouterr()
+    assert "data root" in said.err and "does not exist" in said.err and len(said.err.strip().splitlines()) == 1
+    assert "exporting" not in said.out  # (a failed run's folder keeps its otx.log only: the exports said so)
 
 
 def test_images_on_their_side_are_named_as_turned_not_as_smaller(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from otx.checkpoint import latest_checkpoint, load_checkpoint
+from otx.data.datamodule import AnomalyDataModule
 from otx.data.io import read_image
 from otx.deploy.inferencer import is_exported_model
 from otx.models.base import AnomalyModel
@@ -103,21 +104,36 @@ def processor_name(core: Any) -> str:
         return platform.processor() or platform.machine()
 
 
-def images_to_time(ctx: VerbContext, ckpt: dict[str, Any], input_size: tuple[int, int], count: int) -> tuple[list, str]:
-    """``count`` test images spread over the test split (decoded), or synthetic ones without data."""
+def given_data(ctx: VerbContext) -> AnomalyDataModule | None:
+    """The ``--data_root`` folder indexed (its errors said before anything is exported or timed), if one was given."""
+    if ctx.data.data_root is None:
+        return None
+    data = ctx.data.replace(data_root=ctx.data.data_root)
+    data.setup()
+    return data
+
+
+def images_to_time(
+    ctx: VerbContext, ckpt: dict[str, Any], input_size: tuple[int, int], count: int, data: AnomalyDataModule | None
+) -> tuple[list, str, AnomalyDataModule | None]:
+    """``count`` test images spread over the test split (decoded), or synthetic ones without data; the data used.
+
+    ``data``: the given data root, indexed (``given_data``); else the one the model was trained on, if it is there.
+    """
     from otx.deploy.benchmark import synthetic_images
 
-    root = data_root_for(ctx, ckpt.get("data") or {}, must_exist=True)
-    if root is None:
-        return synthetic_images(
-            count, input_size
-        ), f"{count} synthetic images at {input_size[1]}x{input_size[0]} (width x height)"
-    data = ctx.data.replace(data_root=root)
-    data.setup()
+    if data is None:
+        root = data_root_for(ctx, ckpt.get("data") or {}, must_exist=True)
+        if root is None:
+            size = f"{input_size[1]}x{input_size[0]} (width x height)"
+            return synthetic_images(count, input_size), f"{count} synthetic images at {size}", None
+        data = ctx.data.replace(data_root=root)
+        data.setup()
+    root = data.data_root
     test = [s for s in data.splits["test"] if s.path not in data.index.unreadable] or data.splits["train"]
     picks = np.linspace(0, len(test) - 1, num=min(count, len(test))).round().astype(int)
     images = [read_image(test[i].path) for i in sorted(set(picks.tolist()))]
-    return images, f"{len(images)} images of {root} at their own sizes"
+    return images, f"{len(images)} images of {root} at their own sizes", data
 
 
 def run(
@@ -138,6 +154,7 @@ def run(
 
     core = ov.Core()
     check_device(core, ctx.device)  # before the torch timing and the exports, not after them
+    given = given_data(ctx)  # a mistyped --data_root: refused before the exports, not after them
     targets, model, ckpt = plan(ctx, run, checkpoint, models)
     first = targets[0][1]
     input_size = first.input_size if model is not None else read_model_info(first).input_size
@@ -146,12 +163,13 @@ def run(
         from otx.workdir import training_data_root
 
         ckpt = {"data": {"data_root": training_data_root(first)}}
-    images, described = images_to_time(ctx, ckpt, input_size, num_images)
+    images, described, data = images_to_time(ctx, ckpt, input_size, num_images, given)
     ctx.save_config(
         run,
         task,
         {"timed": [str(target) if isinstance(target, Path) else label for label, target in targets]},
         {"num_images": num_images, "warmup": warmup, "repeats": repeats},
+        data=data,  # the data timed on (before: data_root null when it was the model's own)
     )
     ctx.console.print(
         f"[bold]otx benchmark[/]: {len(targets)} model(s) on {described}; OpenVINO on {ctx.device} at "
