@@ -892,9 +892,13 @@ def test_a_one_class_test_split_is_not_called_a_broken_model(trained_padim: dict
         assert ">nan<" not in report and ">n/a<" in report  # before: nan for the figures one class cannot give
 
 
-def test_the_report_legend_names_what_its_overlays_draw(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+def test_the_report_legend_names_what_its_overlays_draw(
+    trained_padim: dict, sample_root: Path, tmp_path: Path, monkeypatch
+) -> None:
     import re
 
+    checkpoint = Path(trained_padim["checkpoint"])
+    monkeypatch.chdir(checkpoint.parent)  # the model given relative to where the command runs
     # Another category than the model was trained on, so that both kinds of worst cases have images.
     for task, drawn, absent in (
         ("classification", "Overlays: the image, ground truth", "heat map"),  # before: a heat map it did not draw
@@ -902,10 +906,12 @@ def test_the_report_legend_names_what_its_overlays_draw(trained_padim: dict, sam
     ):
         work_dir = tmp_path / task
         data = AnomalyDataModule(str(sample_root / "carpet_like"), num_workers=0)
-        Engine(data=data, task=task, work_dir=work_dir).test(checkpoint=trained_padim["checkpoint"])
+        result = Engine(data=data, task=task, work_dir=work_dir).test(checkpoint=checkpoint.name)
         report = (work_dir / latest(work_dir)["test"] / "report.html").read_text()
         legends = re.findall(r"Overlays: [^<]*", report)
         assert legends and all(drawn in legend and absent not in legend for legend in legends), legends
+        # recorded absolute, readable from anywhere (before: 'model.ckpt' as typed; helper bug bash)
+        assert result["checkpoint"] == str(checkpoint) and f"model: <code>{checkpoint}</code>" in report
 
 
 def test_the_report_ranks_worst_cases_by_raw_score_says_how_many_and_how_thresholds_were_set(

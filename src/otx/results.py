@@ -9,6 +9,7 @@ verb writes to the run folder's ``metrics.json``: use it (not the result) with `
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ from otx.workdir import jsonable
 # Field metadata: left out of metrics.json altogether, or only when None.
 NOT_IN_JSON = {"json": False}
 OMIT_NONE = {"omit_none": True}
+# The model file a verb ran, as given: recorded absolute (the report and metrics.json are read from elsewhere).
+ABSOLUTE = {"absolute": True}
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
@@ -30,6 +33,11 @@ class Result(Mapping[str, Any]):
     task: str
     run_folder: Path | None = dataclasses.field(default=None, metadata=NOT_IN_JSON)
     otx_version: str = __version__
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.metadata.get("absolute") and getattr(self, f.name):
+                setattr(self, f.name, os.path.abspath(getattr(self, f.name)))
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` record (JSON values only: NaN as None): ``command``, the fields, the version."""
@@ -90,7 +98,7 @@ class TestResult(Result):
     command: ClassVar[str] = "test"
     model: str
     backbone: str
-    checkpoint: str
+    checkpoint: str = dataclasses.field(metadata=ABSOLUTE)
     runtime: dict[str, str]
     metrics: dict[str, float]
     per_defect: dict[str, dict[str, float]]  # otx.metrics.per_defect: each defect type against the good images
@@ -114,7 +122,7 @@ class PredictResult(Result):
     predictions: list[Prediction] = dataclasses.field(default_factory=list, metadata=NOT_IN_JSON)
     model: str
     backbone: str
-    checkpoint: str
+    checkpoint: str = dataclasses.field(metadata=ABSOLUTE)
     runtime: dict[str, str]
     source: str
     counts: dict[str, int]
@@ -134,7 +142,7 @@ class ExportResult(Result):
     command: ClassVar[str] = "export"
     model: str
     backbone: str
-    checkpoint: str
+    checkpoint: str = dataclasses.field(metadata=ABSOLUTE)
     format: str
     precision: str
     exported_model: str
@@ -153,7 +161,7 @@ class OptimizeResult(Result):
     command: ClassVar[str] = "optimize"
     model: str
     backbone: str
-    source_model: str
+    source_model: str = dataclasses.field(metadata=ABSOLUTE)
     scheme: str
     scheme_summary: str
     calibration_images: int

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             task=adapter.task.value,
             model=scorer.name,
             backbone=scorer.backbone,
-            source=str(scorer.source),
+            source=os.path.abspath(scorer.source),  # readable on its own, as the data root
             runtime=scorer.runtime_info(),
             metrics=metrics,
             per_defect=per_type,
