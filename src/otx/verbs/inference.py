@@ -175,10 +175,11 @@ def evaluate(
     metrics = image_metrics(scores, labels, pred_labels)  # F1 n/a (NaN) where it is 0 / 0, like the AUROC
     defects = [s.defect for s in samples]
     if not adapter.pixel_level or not has_masks:
-        if adapter.pixel_level:
-            ctx.note_once(
-                "no masks",
-                "[yellow]note[/]: the data has no ground_truth/ folder: pixel and box metrics are unavailable",
+        if adapter.pixel_level:  # a warning, so that metrics.json and the report say why their rows are missing
+            what = "box" if adapter.box_level else "pixel"
+            ctx.warn(
+                f"the data has no ground_truth/ folder: {what} metrics are unavailable, image metrics only "
+                "(masks go in ground_truth/<defect>/<name>_mask.png)"
             )
         return Evaluation(metrics, per_defect(defects, scores, pred_labels) if by_defect else {})
     # Anomalous images without a mask file cannot be scored per pixel: leave them out.
