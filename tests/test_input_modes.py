@@ -441,6 +441,39 @@ def test_a_recipes_auto_agrees_with_the_mode_it_chose() -> None:
     ]
 
 
+def test_a_tenth_of_the_images_shaped_unlike_the_median_gets_a_note(tmp_path: Path) -> None:
+    # Before: auto and the squash note judged the median only: 20 landscape and 20 portrait 2:1 images
+    # (median 1.2:1) were all squashed 2x by resize without a word, and a quarter of 8:1 strips among
+    # squares too (helper bug bash).
+    import cv2
+
+    from otx.checks import image_profile
+    from otx.preprocess import auto_input
+    from otx.verbs.train import spread_note
+
+    def profile(shapes: list[tuple[int, int]]) -> dict:
+        paths = []
+        for i, (height, width) in enumerate(shapes):
+            paths.append(str(tmp_path / f"{len(shapes)}_{height}_{width}_{i}.png"))
+            cv2.imwrite(paths[-1], np.full((height, width), 128, np.uint8))
+        return image_profile(paths)
+
+    mixed = profile([(64, 128)] * 20 + [(128, 64)] * 20)
+    assert mixed["aspect_spread"] == [0.5, 2.0]
+    mode, size = auto_input(mixed["aspect"], (256, 256))
+    assert mode == "resize"  # the median decides the mode ...
+    note = spread_note(mixed, PreProcessor(size, mode))  # ... and the note says what it does to the others
+    assert note is not None and "width:height 0.5:1 to 2:1" in note and "squashes them 2.0x" in note
+    padded = spread_note(mixed, PreProcessor((224, 288), "keep_aspect"))  # portrait images in a landscape input
+    assert padded is not None and f"about {1 - (0.5 / (288 / 224)):.0%} of the input padding" in padded
+    strips = profile([(64, 64)] * 30 + [(16, 128)] * 10)
+    assert "squashes them 8.0x" in spread_note(strips, PreProcessor((256, 256), "resize"))
+    assert spread_note(profile([(64, 64)] * 38 + [(16, 128)] * 2), PreProcessor((256, 256), "resize")) is None
+    landscape = profile([(64, 128)] * 10)  # one shape: the median's own note (squash_note), not this one
+    assert spread_note(landscape, PreProcessor((256, 256), "resize")) is None
+    assert spread_note(landscape, PreProcessor(auto_input(landscape["aspect"], (256, 256))[1], "keep_aspect")) is None
+
+
 @pytest.mark.parametrize("aspect", [4.0, 0.25, 2.5, 0.4])
 @pytest.mark.parametrize(("input_hw", "tile_size"), [((128, 128), 64), ((256, 256), None), ((512, 512), 256)])
 def test_the_squash_note_suggests_a_tile_input_the_tile_mode_takes(aspect, input_hw, tile_size) -> None:

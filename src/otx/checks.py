@@ -282,11 +282,14 @@ def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
     if color and all_stored_gray(colour_files):
         gray, color = gray + color, 0
     channels = "gray" if not color else ("color" if not gray else "mixed")
+    aspects = np.array(widths) / np.array(heights)
     return {
         "channels": channels,
         "height": [min(heights), max(heights)],
         "width": [min(widths), max(widths)],
-        "aspect": round(float(np.median(np.array(widths) / np.array(heights))), 4),  # width / height
+        "aspect": round(float(np.median(aspects)), 4),  # width / height
+        # the 10th and 90th percentiles: a tenth of the images or more shaped unlike the median is said
+        "aspect_spread": [round(float(v), 4) for v in np.percentile(aspects, [10, 90])],
         "images": len(heights),
     }
 

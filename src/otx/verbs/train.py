@@ -51,6 +51,41 @@ def _ratio(aspect: float) -> str:
     return f"{aspect:.0f}" if aspect >= 10 else f"{aspect:.2g}"
 
 
+def spread_note(profile: dict[str, Any], pre: PreProcessor) -> str | None:
+    """A note when a tenth or more of the training images are shaped unlike the median and the input bends them.
+
+    ``squash_note`` judges the median image; a set of landscape and portrait images (median about
+    1:1) or of squares with a quarter of 8:1 strips passes it while ``resize`` squashes many of its
+    images 2x or more, or ``keep_aspect`` fills their inputs mostly with padding. ``profile``:
+    ``checks.image_profile``'s, whose ``aspect_spread`` is the 10th and 90th percentile.
+    """
+    low, high = profile.get("aspect_spread") or (profile["aspect"], profile["aspect"])
+    height, width = pre.input_size
+    shape = width / height
+
+    def bent(aspect: float) -> float:  # squashed by (resize, tile), or the input's share it fills, inverted
+        return (
+            max(aspect, shape) / min(aspect, shape)
+            if pre.mode == "keep_aspect"
+            else squash_factor(aspect, (height, width))
+        )
+
+    worst = max(bent(low), bent(high))
+    if worst < SQUASH_NOTE or bent(profile["aspect"]) >= SQUASH_NOTE:  # the median's own note says it
+        return None
+    how = (
+        f"keep_aspect fits them into {width}x{height} (width x height) with about {1 - 1 / worst:.0%} of the input "
+        "padding"
+        if pre.mode == "keep_aspect"
+        else f"{pre.mode} at {width}x{height} (width x height) squashes them {worst:.1f}x"
+    )
+    return (
+        f"a tenth or more of the training images are shaped unlike the others (width:height {_ratio(low)}:1 to "
+        f"{_ratio(high)}:1 between the 10th and 90th percentiles, median {_ratio(profile['aspect'])}:1) and {how}; "
+        "train a model per shape, or turn the files to one orientation (docs/input-modes.md)"
+    )
+
+
 def squash_note(
     aspect: float, pre: PreProcessor, chosen: bool = False, largest: tuple[int, int] | None = None
 ) -> str | None:
@@ -235,7 +270,7 @@ def run(
         chosen = True
     pre = model.preprocessor
     largest = (profile["height"][1], profile["width"][1]) if profile else None
-    if profile and (note := squash_note(profile["aspect"], pre, chosen, largest)):
+    if profile and (note := squash_note(profile["aspect"], pre, chosen, largest) or spread_note(profile, pre)):
         ctx.console.print(f"[yellow]note[/]: {note}")
     if pre.mode != "resize" or auto:
         why = f" (input_mode auto: the training images are {_ratio(profile['aspect'])}:1)" if auto and profile else ""
