@@ -1,8 +1,9 @@
-"""Peak memory of ``otx predict`` on a 4000x3000 image with PADIM in the ``tile`` mode (and of its training).
+"""Peak memory of ``otx predict`` on a 4000x3000 image with PADIM in the ``tile`` mode, and of train and export.
 
 Writes a small synthetic dataset of 3000x4000 (height x width) brushed-metal images
 (``otx.data.strip``), trains PADIM with ``input_mode tile``, ``input_size [3000,4000]`` and
-256-pixel tiles (12 x 16 = 192 tiles per image), then predicts one image. Each command runs in its
+256-pixel tiles (12 x 16 = 192 tiles per image), predicts one image, exports the FP32 IR and predicts
+the image with it (all of an image's tiles in one batch). Each command runs in its
 own process with ``--data.num_workers 0`` (so its peak resident memory is all the memory it uses)
 and is timed around.
 
@@ -49,6 +50,9 @@ def main() -> None:
     predict_s, predict_mb = run(
         [*otx, "predict", "--config", "recipe/anomaly_segmentation/padim.yaml", *common, "--source", str(image)]
     )
+    export_s, export_mb = run([*otx, "export", *common])
+    ir = sorted((work / "ws").glob("*-export/exported_model.xml"))[-1]
+    ir_s, ir_mb = run([*otx, "predict", "--checkpoint", str(ir), *common, "--source", str(image), "--device", "CPU"])
     result = {
         "image": "3000x4000 (height x width)",
         "tile_size": args.tile_size,
@@ -57,6 +61,10 @@ def main() -> None:
         "train_peak_mb": round(train_mb),
         "predict_s": round(predict_s, 1),
         "predict_peak_mb": round(predict_mb),
+        "export_s": round(export_s, 1),
+        "export_peak_mb": round(export_mb),
+        "ir_predict_s": round(ir_s, 1),
+        "ir_predict_peak_mb": round(ir_mb),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
