@@ -79,6 +79,7 @@ def test_tiles_cover_the_image_and_overlaps_are_averaged() -> None:
     assert (rows, cols) == (2, 4) and tiles.shape == (2 * rows * cols, 3, 64, 64)
     # in words, as otx train prints it and the report shows it
     assert pre.describe() == "tile: images to 150x100 (width x height), 8 tiles of 64 per image (stride 40)"
+    assert PreProcessor((64, 64), "tile", tile_size=64).describe().endswith(", 1 tile of 64 per image")
     # tile k of image b is the crop at (row * stride, col * stride) of the edge-padded image
     padded = F.pad(images, (0, pre.padded[1] - 150, 0, pre.padded[0] - 100), mode="replicate")
     for k in [0, 5, rows * cols - 1]:
@@ -191,7 +192,10 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
         source=source, checkpoint=trained["checkpoint"]
     )
     inferencer = OpenVINOInferencer(exported, device="CPU")
-    assert inferencer.info.preprocessor().config() == model_class(model)(**MODES[mode]).preprocessor.config()
+    config = model_class(model)(**MODES[mode]).preprocessor.config()
+    assert inferencer.info.preprocessor().config() == config
+    predicted = json.loads(next((tmp_path / "torch").glob("*-predict/metrics.json")).read_text())
+    assert trained["input"] == predicted["input"] == config  # in metrics.json (before: the checkpoint only)
     assert inferencer.info.box_settings().as_dict() == pytest.approx(trained["boxes"])  # tuned on validation
     got = inferencer.predict(source)
     assert all(p.pred_mask.shape == (128, 128) for p in got)  # masks at each image's own size
@@ -209,6 +213,7 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
     for path in exports:
         tested = engine.test(checkpoint=path)
         assert not any("older otx" in w for w in tested.warnings), (path, tested.warnings)  # raw outputs found
+        assert json.loads((Path(tested.run_folder) / "metrics.json").read_text())["input"] == config
         for key in keys:
             assert tested.metrics[key] == pytest.approx(from_checkpoint[key], abs=1e-3, nan_ok=True), (path, key)
 
@@ -557,6 +562,9 @@ def test_a_config_files_other_input_mode_is_named_by_the_verbs_that_run_a_model(
         "note: the recipe's input_mode, input_size differ from the model's (input_mode resize, input_size [128, 128])"
         in said[1]
     )
+    from otx.verbs.resolve import _setting
+
+    assert _setting("tile_size", None) == "tile_size null"  # as recipes write it (before: Python's None)
 
 
 def test_a_saved_model_with_a_stride_below_the_bound_still_loads(tmp_path: Path) -> None:

@@ -249,7 +249,8 @@ class PreProcessor(nn.Module):
     def describe(self) -> str:
         """The mode in words, sizes as width x height: ``keep_aspect: images to 224x288 (width x height)``."""
         size = f"{self.input_size[1]}x{self.input_size[0]} (width x height)"
-        tiles = f", {self.tiles_per_image} tiles of {self.tile_size} per image" if self.mode == "tile" else ""
+        count = self.tiles_per_image
+        tiles = f", {count} tile{'s' if count > 1 else ''} of {self.tile_size} per image" if self.mode == "tile" else ""
         if self.mode == "tile" and self.tile_stride != self.tile_size:
             tiles += f" (stride {self.tile_stride})"
         return f"{self.mode}: images to {size}{tiles}"

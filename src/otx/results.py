@@ -88,6 +88,7 @@ class TrainResult(Result):
     peak_memory_mb: float
     warnings: list[str]
     boxes: dict[str, Any] | None = None  # detection: the box settings chosen on the validation split
+    input: dict[str, Any] | None = None  # the pre-processing the model ran with (PreProcessor.config)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
@@ -112,6 +113,7 @@ class TestResult(Result):
     report: str
     threshold_origin: dict[str, str] = dataclasses.field(default_factory=dict)  # how each threshold was set
     boxes: dict[str, Any] | None = None  # detection: the box settings the boxes were cut with (otx.boxes)
+    input: dict[str, Any] | None = None  # the pre-processing the model ran with (PreProcessor.config)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
@@ -133,6 +135,7 @@ class PredictResult(Result):
     warnings: list[str]
     predictions_file: str
     overlays: str | None = dataclasses.field(default=None, metadata=OMIT_NONE)
+    input: dict[str, Any] | None = None  # the pre-processing the model ran with (PreProcessor.config)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

@@ -220,6 +220,7 @@ def run(
         warnings=list(ctx.warnings),
         predictions_file=str(out_dir / "predictions.json"),
         overlays=str(out_dir / "overlays") if visualize else None,
+        input=scorer.preprocessor.config(),
     )
     write_result(run, result)
     if len(failed) == len(predictions):

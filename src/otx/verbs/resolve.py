@@ -99,7 +99,8 @@ _PRE_KEYS = {"input_mode": "mode", "input_size": "input_size", "tile_size": "til
 
 
 def _setting(key: str, value: Any) -> str:
-    return f"{key} {list(value) if isinstance(value, (list, tuple)) else value}"
+    """``input_size [256, 256]``, ``tile_size null``: a setting as the command line and recipes write it."""
+    return f"{key} {list(value) if isinstance(value, (list, tuple)) else 'null' if value is None else value}"
 
 
 def _preprocessing_differs(init_args: dict[str, Any], config: dict[str, Any]) -> list[str]:

@@ -162,6 +162,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         warnings=list(ctx.warnings),
         report=str(report),
         boxes=scorer.boxes.as_dict() if adapter.box_level else None,
+        input=scorer.preprocessor.config(),
     )
     write_result(run, result)
     run.write_json("predictions.json", [p.to_json() for p in predictions])

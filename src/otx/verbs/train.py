@@ -427,6 +427,7 @@ def run(
         validation_metrics=val_metrics,
         thresholds=stats,
         boxes=model.box_settings.as_dict() if adapter.box_level else None,
+        input=model.preprocessor.config(),
         splits=data.split_summary(),
         timing_s={k: round(v, 2) for k, v in timings.items()},
         peak_memory_mb=peak_memory_mb(),
