@@ -174,13 +174,7 @@ def evaluate(
     pred_labels = (outputs["scores"] >= image_threshold).numpy()
     metrics = image_metrics(scores, labels, pred_labels)  # F1 n/a (NaN) where it is 0 / 0, like the AUROC
     defects = [s.defect for s in samples]
-    if not adapter.pixel_level or not has_masks:
-        if adapter.pixel_level:  # a warning, so that metrics.json and the report say why their rows are missing
-            what = "box" if adapter.box_level else "pixel"
-            ctx.warn(
-                f"the data has no ground_truth/ folder: {what} metrics are unavailable, image metrics only "
-                "(masks go in ground_truth/<defect>/<name>_mask.png)"
-            )
+    if not adapter.pixel_level or not has_masks:  # (otx test warns of it)
         return Evaluation(metrics, per_defect(defects, scores, pred_labels) if by_defect else {})
     # Anomalous images without a mask file cannot be scored per pixel: leave them out.
     usable = [s.label == 0 or s.mask_path is not None for s in samples]

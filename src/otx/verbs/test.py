@@ -70,6 +70,11 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         ctx.warn(message)
     if data.has_masks and adapter.pixel_level and (message := unmasked_warning(test, "test")):
         ctx.warn(message)
+    if not data.has_masks and adapter.pixel_level:  # in metrics.json and the report: why their rows are missing
+        ctx.warn(
+            f"the data has no ground_truth/ folder: pixel{' and box' if adapter.box_level else ''} metrics are "
+            "unavailable, image metrics only (masks go in ground_truth/<defect>/<name>_mask.png)"
+        )
     keep = np.array([s.label >= 0 and not e for s, e in zip(test, errors, strict=True)])
     if not keep.any():
         raise OTXDataError(
