@@ -168,9 +168,11 @@ class ShardSampler:
         rank: this process's rank.
         world: number of processes.
         padding: ``none``, ``mark`` or ``repeat``.
-        block: indices dealt out together, whole even when there are too few for one block per process
-            (a process may then get none or only a place holder): a smaller block would change the
-            batches, and batched convolutions round differently in the last bits.
+        block: indices dealt out together. With ``"none"`` (test, predict) whole even when there are
+            too few for one block per process (the later processes get fewer images or none): a smaller
+            block would change the batches, and batched convolutions round differently in the last
+            bits. With ``"mark"`` (one-pass fitting, validation) fewer when there are too few, so that
+            every process gets images: a process that fits on none has no statistics to share.
     """
 
     def __init__(
@@ -184,7 +186,12 @@ class ShardSampler:
         self.rank = rank
         self.world = world
         self.padding = padding
-        self.block = 1 if padding == "repeat" else max(1, block)
+        if padding == "repeat":
+            self.block = 1
+        elif padding == "none":
+            self.block = max(1, block)
+        else:
+            self.block = max(1, min(block, -(-len(base) // world)))
 
     def set_epoch(self, epoch: int) -> None:
         """Forwarded to the base order (Lightning calls it each epoch)."""
