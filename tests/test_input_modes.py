@@ -474,6 +474,11 @@ def test_a_tenth_of_the_images_shaped_unlike_the_median_gets_a_note(tmp_path: Pa
     strips = profile([(64, 64)] * 30 + [(16, 128)] * 10)
     assert "squashes them 8.0x" in spread_note(strips, PreProcessor((256, 256), "resize"))
     assert spread_note(profile([(64, 64)] * 38 + [(16, 128)] * 2), PreProcessor((256, 256), "resize")) is None
+    # exactly a tenth, and the shapes said are the images' own (before: 1:1 to 5.9:1 interpolated, and no note)
+    tenth = profile([(64, 64)] * 9 + [(16, 128)])
+    assert tenth["aspect_spread"] == [1.0, 8.0] and "1:1 to 8:1" in spread_note(
+        tenth, PreProcessor((256, 256), "resize")
+    )
     landscape = profile([(64, 128)] * 10)  # one shape: the median's own note (squash_note), not this one
     assert spread_note(landscape, PreProcessor((256, 256), "resize")) is None
     assert spread_note(landscape, PreProcessor(auto_input(landscape["aspect"], (256, 256))[1], "keep_aspect")) is None
