@@ -898,7 +898,9 @@ def test_the_report_legend_names_what_its_overlays_draw(
     import re
 
     checkpoint = Path(trained_padim["checkpoint"])
-    monkeypatch.chdir(checkpoint.parent)  # the model given relative to where the command runs
+    monkeypatch.chdir(checkpoint.parent)  # the model given relative to where the command runs, and from ~
+    monkeypatch.setenv("HOME", str(checkpoint.parent.parent))
+    given = {"classification": checkpoint.name, "detection": f"~/{checkpoint.parent.name}/{checkpoint.name}"}
     # Another category than the model was trained on, so that both kinds of worst cases have images.
     for task, drawn, absent in (
         ("classification", "Overlays: the image, ground truth", "heat map"),  # before: a heat map it did not draw
@@ -906,7 +908,7 @@ def test_the_report_legend_names_what_its_overlays_draw(
     ):
         work_dir = tmp_path / task
         data = AnomalyDataModule(str(sample_root / "carpet_like"), num_workers=0)
-        result = Engine(data=data, task=task, work_dir=work_dir).test(checkpoint=checkpoint.name)
+        result = Engine(data=data, task=task, work_dir=work_dir).test(checkpoint=given[task])
         report = (work_dir / latest(work_dir)["test"] / "report.html").read_text()
         legends = re.findall(r"Overlays: [^<]*", report)
         assert legends and all(drawn in legend and absent not in legend for legend in legends), legends

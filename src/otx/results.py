@@ -37,7 +37,7 @@ class Result(Mapping[str, Any]):
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.metadata.get("absolute") and getattr(self, f.name):
-                setattr(self, f.name, os.path.abspath(getattr(self, f.name)))
+                setattr(self, f.name, os.path.abspath(os.path.expanduser(getattr(self, f.name))))
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` record (JSON values only: NaN as None): ``command``, the fields, the version."""

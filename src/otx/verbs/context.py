@@ -102,7 +102,7 @@ class VerbContext:
         # Absolute paths: later verbs follow them from another directory (workdir.training_data_root).
         for section, key in ((recorded, "data_root"), (config, "checkpoint"), (config, "work_dir")):
             if section.get(key):
-                section[key] = os.path.abspath(section[key])
+                section[key] = os.path.abspath(os.path.expanduser(section[key]))
         if config.get("data_root"):  # the shortcut as the data section says (it wins over it when reused)
             config["data_root"] = recorded.get("data_root")
         if config.get("resume"):  # the run as a fresh one when its config.yaml is reused (resumed_from: metrics.json)

@@ -54,7 +54,7 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
     ``raw_outputs``: an exported model gives the raw outputs its post-processor normalises (what
     metrics are computed on, as for a checkpoint), where its graph and metadata allow.
     """
-    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(ctx.workdir)
+    path = Path(checkpoint).expanduser() if checkpoint is not None else latest_checkpoint(ctx.workdir)
     if is_exported_model(path):
         task = ctx.task.value if ctx.task else None
         inferencer = OpenVINOInferencer(
