@@ -14,6 +14,7 @@ from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule
 from otx.data.io import read_image
 from otx.deploy.inferencer import is_exported_model
+from otx.deploy.metadata import ModelInfo
 from otx.models.base import AnomalyModel
 from otx.results import BenchmarkResult
 from otx.verbs.context import VerbContext, write_result
@@ -31,9 +32,9 @@ def plan(
     from otx.deploy.inferencer import check_model_path
     from otx.deploy.metadata import read_model_info
 
-    exported = [check_model_path(m) for m in models or []]
+    exported = [_absolute(check_model_path(m)) for m in models or []]  # recorded absolute, as test's model
     if checkpoint is not None and is_exported_model(checkpoint):
-        exported.insert(0, check_model_path(checkpoint))
+        exported.insert(0, _absolute(check_model_path(checkpoint)))
         info = read_model_info(exported[0])
         warn_other_model(ctx, exported[0], info.model_name, info.backbone)
         checkpoint = None
@@ -67,8 +68,12 @@ def plan(
     return targets, model, ckpt  # (given files are labelled with their precision once timed)
 
 
+def _absolute(path: str | Path) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
 def short_names(paths: list[Path]) -> list[str]:
-    """Each path's shortest ending (file name, then with its folders) that no other path shares.
+    """The paths' endings of one length (file name, then with its folders), the shortest that tells them apart.
 
     Every export is called ``exported_model.xml``: two runs' exports are told apart by their run folders.
     """
@@ -80,7 +85,7 @@ def short_names(paths: list[Path]) -> list[str]:
         depth += 1
 
 
-def same_trained_model(info: Any, model: AnomalyModel, thresholds: dict[str, float]) -> bool:
+def same_trained_model(info: ModelInfo, model: AnomalyModel, thresholds: dict[str, float]) -> bool:
     """Whether an exported model (its ``ModelInfo``) comes from ``model`` with these fitted ``thresholds``.
 
     The class, the backbone and every statistic the training fitted (thresholds, minima and
@@ -92,7 +97,7 @@ def same_trained_model(info: Any, model: AnomalyModel, thresholds: dict[str, flo
         info.model_name == type(model).__name__
         and info.backbone == model.spec.name
         and bool(thresholds)
-        and all(key in stats and np.isclose(stats[key], value) for key, value in thresholds.items())
+        and all(key in stats and np.isclose(stats[key], value, equal_nan=True) for key, value in thresholds.items())
     )
 
 
