@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -367,6 +368,36 @@ def test_tuning_finds_tight_boxes_on_blurred_maps() -> None:
         ap = box_ap(gts, [b for b, _ in found], [s for _, s in found])
         objectives.append(np.mean([ap["box_AP10"], ap["box_AP25"], ap["box_AP50"]]))
     assert np.mean([metrics["box_AP10"], metrics["box_AP25"], metrics["box_AP50"]]) == pytest.approx(max(objectives))
+
+
+def test_tuning_keeps_given_first_settings_unless_a_candidate_does_better() -> None:
+    """``first`` (a model's own settings, re-chosen for its INT8 maps) wins ties, loses to a better candidate."""
+    rng = np.random.default_rng(1)
+    maps, labels, gts = [], [], []
+    for i in range(12):
+        mask = np.zeros((96, 128), np.uint8)
+        if i % 3:
+            x, y = rng.integers(10, 100), rng.integers(10, 70)
+            mask[y : y + 10, x : x + 14] = 1
+        blurred = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 5)
+        maps.append(np.clip(0.35 + blurred + rng.normal(0, 0.02, mask.shape), 0, 1).astype(np.float32))
+        labels.append(bool(i % 3))
+        gts.append(gt_boxes_from_mask(mask))
+    best, metrics = tune(maps, labels, gts)
+
+    def objective(settings: BoxSettings) -> float:
+        found = [boxes_from_map(m, lab, settings) for m, lab in zip(maps, labels, strict=True)]
+        ap = box_ap(gts, [b for b, _ in found], [s for _, s in found])
+        return float(np.mean([ap["box_AP10"], ap["box_AP25"], ap["box_AP50"]]))
+
+    # a setting off the candidates' grid that does as well as the best: kept (a candidate would win a tie)
+    twin = replace(best, threshold=best.threshold + 1e-4)
+    assert objective(twin) == pytest.approx(objective(best))
+    assert tune(maps, labels, gts, first=twin)[0] == twin
+    # one that does worse (the pixel threshold's wide boxes on blurred maps): the best candidate instead
+    worse = BoxSettings(merge=0.05)
+    assert objective(worse) < objective(best)
+    assert tune(maps, labels, gts, first=worse) == (best, metrics)
 
 
 def test_anomalous_images_without_a_box_are_named(

@@ -270,6 +270,7 @@ def tune(
     on_normal: bool = False,
     images: Sequence[Callable[[], np.ndarray]] | None = None,
     refine: str = "auto",
+    first: BoxSettings | None = None,
 ) -> tuple[BoxSettings, dict[str, float]]:
     """The candidate settings with the best mean box AP at IoU 0.1, 0.25 and 0.5 on validation images.
 
@@ -285,6 +286,8 @@ def tune(
             them boxes are not refined.
         refine: ``auto`` (the above), or one of ``REFINES``: every candidate cut that way (with
             ``images``, unless ``none``), the choice left to the level, merge, core and area.
+        first: settings tried before the candidates, so that they are kept unless one does better
+            (a model's own, re-chosen for its INT8 version's maps); its refinement is ``refine``'s.
 
     Returns:
         The chosen settings and their box metrics on the validation images. Ties keep the
@@ -302,7 +305,7 @@ def tune(
     best: tuple[float, BoxSettings, dict[str, float]] | None = None
     tried: list[tuple[BoxSettings, list[tuple[np.ndarray, np.ndarray]]]] = []  # kept only for refining
     key, grouped = None, []  # the groups of one level and merge, shared by its peak and area choices
-    for settings in candidates(highest):
+    for settings in ([replace(first, refine="none")] if first is not None else []) + candidates(highest):
         settings = replace(settings, on_normal=on_normal)
         if (settings.threshold, settings.merge) != key:
             key = (settings.threshold, settings.merge)

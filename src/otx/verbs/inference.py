@@ -17,7 +17,6 @@ from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
 from otx.data.dataset import Sample, check_mask_size
 from otx.data.io import read_image, read_mask
 from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask, image_metrics, per_defect, pixel_metrics
-from otx.models.base import AnomalyModel
 from otx.postprocess import normalize
 from otx.preprocess import PreProcessor
 from otx.render import progress
@@ -266,13 +265,15 @@ def _full_size(
     return full_maps, full_masks, (flat_maps, flat_masks), predicted
 
 
-def tune_boxes(model: AnomalyModel, outputs: Outputs, samples: list[Sample]) -> tuple[BoxSettings, dict[str, float]]:
-    """Box settings for ``model`` chosen on its validation outputs (``otx.boxes.tune``), at each image's size.
+def tune_boxes(
+    scorer: Scorer, outputs: Outputs, samples: list[Sample], refine: str, first: BoxSettings | None = None
+) -> tuple[BoxSettings, dict[str, float]]:
+    """Box settings for a model chosen on its validation outputs (``otx.boxes.tune``), at each image's size.
 
-    The refinements are tried on the images as read again from their files, one at a time.
+    ``refine``: the model's ``boxes_refine``; the refinements are tried on the images as read again
+    from their files, one at a time. ``first``: settings kept unless others do better (``tune``).
     """
-    with torch.inference_mode():
-        normalized = as_numpy(model.postprocessor(outputs["maps"], outputs["scores"]))
+    normalized = as_numpy(scorer.normalize(outputs["maps"], outputs["scores"]))
     maps, labels, gt_boxes, images = [], [], [], []
     sizes = outputs["orig_sizes"].numpy()
     for sample, amap, label, size in zip(
@@ -280,12 +281,12 @@ def tune_boxes(model: AnomalyModel, outputs: Outputs, samples: list[Sample]) -> 
     ):
         if sample.label == 1 and sample.mask_path is None:
             continue  # an anomalous image without a mask cannot judge boxes
-        maps.append(model.preprocessor.restore(amap, tuple(size)))
+        maps.append(scorer.preprocessor.restore(amap, tuple(size)))
         labels.append(bool(label))
         gt_boxes.append(gt_boxes_from_mask(read_mask(sample.mask_path)) if sample.mask_path else np.zeros((0, 4)))
         images.append(functools.partial(read_image, sample.path))
-    on_normal, refine = model.box_settings.on_normal, model.boxes_refine
-    return tune(maps, labels, gt_boxes, on_normal=on_normal, images=images, refine=refine)
+    on_normal = scorer.boxes.on_normal
+    return tune(maps, labels, gt_boxes, on_normal=on_normal, images=images, refine=refine, first=first)
 
 
 def prediction_counts(predictions: list[Prediction]) -> dict[str, int]:

@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from otx.boxes import BoxSettings
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.deploy.inferencer import is_exported_model
 from otx.errors import OTXDataError, OTXError, for_caller
@@ -194,8 +197,16 @@ def run(
         ctx.warn(warning)
     if adapter.box_level and validation is not None and data.has_masks and 1 in val_labels:
         samples = list(validation.items.samples)
-        boxes = box_check(ctx, adapter, data, samples, {against: Path(source), "INT8": path})
+        boxes, retuned = box_check(ctx, adapter, data, samples, {against: Path(source), "INT8": path}, retune="INT8")
         decisions["boxes"] = boxes
+        if retuned is not None:  # the INT8 model's own maps cut with settings chosen on them, as its thresholds
+            write_box_settings(path, retuned)
+            decisions["boxes_retuned"] = retuned.as_dict()
+            before, after = info.box_settings().as_dict(), retuned.as_dict()
+            moved = ", ".join(f"{key} {before[key]} -> {after[key]}" for key in after if after[key] != before[key])
+            ctx.console.print(
+                f"box settings re-chosen on the INT8 model's validation maps (as its thresholds): {moved}"
+            )
         ctx.console.print(
             f"boxes on the {len(samples)} validation images ({against} -> INT8): "
             + ", ".join(f"{key} {boxes[against][key]:.3f} -> {boxes['INT8'][key]:.3f}" for key in boxes["INT8"])
@@ -237,22 +248,42 @@ BOX_KEYS = ("box_AP50", "box_AP25", "defect_recall")  # checked: each within DEC
 
 
 def box_check(
-    ctx: VerbContext, adapter: Any, data: Any, samples: list[Any], models: dict[str, Path]
-) -> dict[str, dict[str, float]]:
+    ctx: VerbContext,
+    adapter: Any,
+    data: Any,
+    samples: list[Any],
+    models: dict[str, Path],
+    retune: str | None = None,
+) -> tuple[dict[str, dict[str, float]], BoxSettings | None]:
     """Box metrics of each model on ``samples`` (the validation images), as ``otx test`` computes them.
 
     The label and pixel check compares the maps at the pixel threshold; boxes are cut at a level of
     their own and may shift where that does not (3:1 strips made from the sample data, PADIM: box AP50
-    0.856 -> 0.540 with labels and pixels held).
+    0.856 -> 0.540 with labels and pixels held). ``retune``: the model whose box settings are chosen
+    again on its own maps first (``tune_boxes``, its settings kept unless others do better), returned
+    when they changed: an INT8 model's recalibrated pixel range moves its map levels (carpet strips,
+    PADIM: validation box AP50 0.871 with the FP32 model's settings, 1.0 re-chosen, test 0.871 -> 1.0).
     """
     from otx.deploy.inferencer import OpenVINOInferencer
     from otx.scoring import OpenVINOScorer
-    from otx.verbs.inference import collect, evaluate, pixel_range, to_predictions
+    from otx.verbs.inference import collect, evaluate, pixel_range, to_predictions, tune_boxes
 
-    figures = {}
+    figures, retuned = {}, None
     for name, model in models.items():
         scorer = OpenVINOScorer(OpenVINOInferencer(model, "CPU", "f32", task=adapter.task.value, raw_outputs=True))
         outputs, errors = collect(ctx, data, scorer, samples, f"boxes, {name}")
+        if name == retune:
+            read = torch.tensor([not error for error in errors])  # (validation images are read when indexed)
+            kept = {key: value[read] for key, value in outputs.items()}
+            chosen, _ = tune_boxes(
+                scorer,
+                kept,
+                [s for s, r in zip(samples, read, strict=True) if r],
+                scorer.boxes.refine,
+                first=scorer.boxes,
+            )
+            if chosen != scorer.boxes:
+                scorer.boxes = retuned = chosen
         predictions = to_predictions(adapter, scorer, outputs, samples, errors)
         metrics, _ = evaluate(
             ctx,
@@ -267,7 +298,21 @@ def box_check(
         )
         keys = (*BOX_KEYS, "false_boxes_per_normal_image")
         figures[name] = {key: round(float(metrics[key]), 4) for key in keys if key in metrics}
-    return figures
+    return figures, retuned
+
+
+def write_box_settings(path: Path, settings: BoxSettings) -> None:
+    """Rewrite the IR at ``path`` with ``settings`` as its box settings (``otx_box_*``), marked as re-chosen."""
+    import openvino as ov
+
+    from otx.deploy.export import save_ir
+    from otx.deploy.metadata import read_ir_info
+
+    ov_model = ov.Core().read_model(str(path))
+    meta = read_ir_info(ov_model)
+    meta.update({f"otx_box_{key}": value for key, value in settings.as_dict().items()})
+    meta["otx_boxes_retuned"] = "True"
+    save_ir(ov_model, meta, path)
 
 
 def box_warning(boxes: dict[str, dict[str, float]], reference: str, images: int) -> str | None:

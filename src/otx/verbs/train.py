@@ -348,7 +348,7 @@ def run(
     predictions = None
     if adapter.box_level and data.has_masks:  # box threshold, merging and minimum area for this model
         start_boxes = time.perf_counter()
-        model.box_settings, _ = tune_boxes(model, outputs, splits["val"])
+        model.box_settings, _ = tune_boxes(TorchScorer(model), outputs, splits["val"], model.boxes_refine)
         timings["box_tuning_s"] = time.perf_counter() - start_boxes
         log.info("box settings from the validation split: %s", model.box_settings)
         predictions = to_predictions(adapter, TorchScorer(model), outputs, splits["val"])
