@@ -70,11 +70,31 @@ def secondary() -> bool:
     return bool(_env_int("NODE_RANK") and (several or os.environ.get("MASTER_ADDR", "").strip()))
 
 
+_ALONE = threading.local()
+
+
+@contextmanager
+def alone() -> Iterator[None]:
+    """Run the current thread's verb in this process only, while a script's process group lives on.
+
+    ``export``, ``optimize`` and ``benchmark`` run in rank 0 of a distributed script (the others skip
+    them): their data passes (``otx optimize``'s box check) must not split images or gather from
+    processes that are not there (before: rank 0 waited on a collective and failed, "Connection
+    closed by peer", once the other process had ended).
+    """
+    before = getattr(_ALONE, "on", False)
+    _ALONE.on = True
+    try:
+        yield
+    finally:
+        _ALONE.on = before
+
+
 def rank_and_world() -> tuple[int, int]:
-    """``(rank, world size)`` of the initialised process group; ``(0, 1)`` without one."""
+    """``(rank, world size)`` of the initialised process group; ``(0, 1)`` without one, or ``alone``."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized() and not getattr(_ALONE, "on", False):
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 

@@ -37,7 +37,7 @@ from otx import distributed
 from otx.checkpoint import CHECKPOINT_NAME, CHECKPOINT_SCHEMA, class_path, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule
 from otx.deploy.inferencer import PRECISION_HINTS
-from otx.distributed import secondary
+from otx.distributed import alone, secondary
 from otx.errors import COMMAND_LINE, OTXConfigError, OTXError, python_spelling
 from otx.logs import make_console, warnings_shown
 from otx.models.base import AnomalyModel
@@ -426,7 +426,12 @@ class Engine:
             log.info("otx %s: skipped in a process of rank > 0 (rank 0 runs it)", command)
             return None
         ctx = self._context()
-        with quiet_lightning(), torch_flags_kept(), warnings_shown(logging.ERROR if secondary() else logging.WARNING):
+        with (
+            quiet_lightning(),
+            torch_flags_kept(),
+            warnings_shown(logging.ERROR if secondary() else logging.WARNING),
+            contextlib.nullcontext() if distributed else alone(),  # export, optimize, benchmark: rank 0 alone
+        ):
             return run_verb(ctx, command, lambda run: body(ctx, run), lambda result: render(self.console, result))
 
 
