@@ -561,6 +561,7 @@ def test_a_detection_models_int8_boxes_are_checked_on_the_validation_images(
     # FP32 model's there, as its thresholds are (before: the FP32 model's, cut from maps whose pixel range
     # recalibration moved; helper's carpet strips: test box AP50 0.871, re-chosen 1.0), and written in the IR
     # that otx test then reads: its figures on the validation images are the ones reported.
+    from otx.boxes import BoxSettings
     from otx.deploy.metadata import read_model_info
     from otx.verbs.optimize import write_box_settings
 
@@ -583,6 +584,27 @@ def test_a_detection_models_int8_boxes_are_checked_on_the_validation_images(
 
     assert objective(as_int8) >= objective(as_before) - 1e-9
     assert (objective(as_int8) > objective(as_before) + 1e-9) == (retuned is not None)
+    # An export whose settings cut no box on these maps (level 0.99), with boxes on normal images asked
+    # for: re-chosen, written as box_settings reads them (before the review: on_normal saved as 'YES',
+    # read as False), and better than those settings on the INT8 model's maps as otx test measures them.
+    poor = BoxSettings(threshold=0.99, on_normal=True)
+    source = tmp_path / "poor_boxes" / fp32.name
+    source.parent.mkdir()
+    for suffix in (".xml", ".bin"):
+        shutil.copy(fp32.with_suffix(suffix), source.with_suffix(suffix))
+    write_box_settings(source, poor)
+    assert read_model_info(source).box_settings() == poor
+    again = engine_for(sample_root, tmp_path / "again").optimize(checkpoint=source)
+    chosen = read_model_info(again.optimized_model).box_settings()
+    assert again.decisions["boxes_retuned"] == chosen.as_dict() and chosen.threshold < 0.99 and chosen.on_normal
+    kept_poor = tmp_path / "kept_poor" / int8.name
+    kept_poor.parent.mkdir()
+    for suffix in (".xml", ".bin"):
+        shutil.copy(Path(again.optimized_model).with_suffix(suffix), kept_poor.with_suffix(suffix))
+    write_box_settings(kept_poor, poor)
+    assert objective(tested.test(checkpoint=again.optimized_model)["metrics"]) > objective(
+        tested.test(checkpoint=kept_poor)["metrics"]
+    )
     fell = {"FP32": {"box_AP50": 0.856, "box_AP25": 0.9, "defect_recall": 1.0}}
     fell["INT8"] = {"box_AP50": 0.54, "box_AP25": 0.89, "defect_recall": 1.0}
     said = box_warning(fell, "FP32", 14)

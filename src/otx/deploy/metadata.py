@@ -36,6 +36,11 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def box_entries(boxes: dict[str, Any]) -> dict[str, str]:
+    """``BoxSettings.as_dict()`` as ``model_info`` entries (``otx_box_*``, text as ``box_settings`` reads it)."""
+    return {f"otx_box_{key}": _text(value) for key, value in boxes.items()}
+
+
 def build_model_info(
     *,
     model_name: str,
@@ -88,7 +93,7 @@ def build_model_info(
         "input_size": list(input_size),
         "otx_input_mode": preprocess["mode"],
         **{f"otx_{key}": preprocess[key] for key in ("tile_size", "tile_stride") if key in preprocess},
-        **{f"otx_box_{key}": value for key, value in (boxes or {}).items()},
+        **box_entries(boxes or {}),
         # the image score: the model's own (none) or the mean of this share of the map's highest pixels
         "otx_score_top_share": "none" if score_top_share is None else score_top_share,
         "otx_input": INPUT_CONTRACT,

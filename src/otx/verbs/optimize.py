@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from otx.boxes import BoxSettings
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.deploy.inferencer import is_exported_model
@@ -272,16 +270,8 @@ def box_check(
     for name, model in models.items():
         scorer = OpenVINOScorer(OpenVINOInferencer(model, "CPU", "f32", task=adapter.task.value, raw_outputs=True))
         outputs, errors = collect(ctx, data, scorer, samples, f"boxes, {name}")
-        if name == retune:
-            read = torch.tensor([not error for error in errors])  # (validation images are read when indexed)
-            kept = {key: value[read] for key, value in outputs.items()}
-            chosen, _ = tune_boxes(
-                scorer,
-                kept,
-                [s for s, r in zip(samples, read, strict=True) if r],
-                scorer.boxes.refine,
-                first=scorer.boxes,
-            )
+        if name == retune:  # (an unreadable validation image has stopped optimize before: collect raises)
+            chosen, _ = tune_boxes(scorer, outputs, samples, scorer.boxes.refine, first=scorer.boxes)
             if chosen != scorer.boxes:
                 scorer.boxes = retuned = chosen
         predictions = to_predictions(adapter, scorer, outputs, samples, errors)
@@ -306,11 +296,11 @@ def write_box_settings(path: Path, settings: BoxSettings) -> None:
     import openvino as ov
 
     from otx.deploy.export import save_ir
-    from otx.deploy.metadata import read_ir_info
+    from otx.deploy.metadata import box_entries, read_ir_info
 
     ov_model = ov.Core().read_model(str(path))
     meta = read_ir_info(ov_model)
-    meta.update({f"otx_box_{key}": value for key, value in settings.as_dict().items()})
+    meta.update(box_entries(settings.as_dict()))
     meta["otx_boxes_retuned"] = "True"
     save_ir(ov_model, meta, path)
 
