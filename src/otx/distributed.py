@@ -191,8 +191,9 @@ class ShardSampler:
         block: indices dealt out together. With ``"none"`` (test, predict) whole even when there are
             too few for one block per process (the later processes get fewer images or none): a smaller
             block would change the batches, and batched convolutions round differently in the last
-            bits. With ``"mark"`` (one-pass fitting, validation) fewer when there are too few, so that
-            every process gets images: a process that fits on none has no statistics to share.
+            bits. With ``"mark"`` (one-pass fitting, validation) fewer when there are too few blocks for
+            one per process, so that every process gets images: a process that fits on none has no
+            statistics to share.
     """
 
     def __init__(
@@ -209,6 +210,8 @@ class ShardSampler:
         if padding == "repeat":
             self.block = 1
         elif padding == "none":
+            self.block = max(1, block)
+        elif -(-len(base) // max(1, block)) >= world:  # a whole block for every process
             self.block = max(1, block)
         else:
             self.block = max(1, min(block, -(-len(base) // world)))
