@@ -267,6 +267,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "unknown option --sed for otx data make-sample; did you mean --seed?",
         2,
     ),
+    (  # before: 'for otx data make-sample' of an option given to otx data, and '--categories+' suggested
+        "data-option-misspelled",
+        "misspelled key",
+        ["data", "--wht"],
+        "unknown option --wht for otx data; `otx data --help` lists the options",
+        2,
+    ),
+    (
+        "make-sample-list-option-misspelled",
+        "misspelled key",
+        ["data", "make-sample", "{missing}", "--categries", "[a]"],
+        "unknown option --categries for otx data make-sample; did you mean --categories?",
+        2,
+    ),
     (  # before: no suggestion
         "train-callback-misspelled",
         "misspelled value",

@@ -708,22 +708,26 @@ def _recipe_value(path: str, parts: list[str]) -> str | None:
     return str(node)
 
 
-def _did_you_mean(line: str, verb: str) -> str | None:
-    """For ``Unrecognized arguments: --opt ...``: one line naming the option and the nearest real ones."""
+def _did_you_mean(line: str, verb: str, argv: list[str] | None = None) -> str | None:
+    """For ``Unrecognized arguments: --opt ...``: one line naming the option and the nearest real ones.
+
+    ``argv``: the command line, for ``otx data``: its subcommand is named only when it was given.
+    """
     import difflib
 
     match = re.match(r"Unrecognized arguments: (--[\w.\-]+)", line)
     if match is None:
         return None
     option = match.group(1)
-    known = [f"--{name}" for name in _known_options(verb)]
+    known = [f"--{name}" for name in _known_options(verb) if not name.endswith("+")]  # (jsonargparse's list append)
     if verb != "train":  # model and trainer options are refused by the other verbs (_refuse_train_options)
         known = [name for name in known if not (_is_model_option(name) or _is_trainer_option(name))]
     leaf = option.rsplit(".", 1)[-1].lstrip("-")
     same_leaf = [name for name in known if name != option and name.rsplit(".", 1)[-1].lstrip("-") == leaf]
     near = (same_leaf or difflib.get_close_matches(option, known, n=2, cutoff=0.75))[:2]  # --devices: --trainer.devices
     hint = f"did you mean {' or '.join(near)}?" if near else "`otx <command> --help` lists the options"
-    return f"unknown option {option} for otx {'data make-sample' if verb == 'data' else verb}; {hint}"
+    command = "data make-sample" if verb == "data" and "make-sample" in (argv or []) else verb
+    return f"unknown option {option} for otx {command}; {hint}"
 
 
 _COMMANDS = (*VERBS, "find", "data")
@@ -1427,7 +1431,7 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             return 1
         if exc.__class__.__name__ in ("ArgumentError", "ParserError", "NSKeyError"):
             line = _parser_error_line(exc, argv[0] if argv else None)
-            if argv and argv[0] in _COMMANDS and (guess := _did_you_mean(line, argv[0])):
+            if argv and argv[0] in _COMMANDS and (guess := _did_you_mean(line, argv[0], argv)):
                 line = guess
             if argv and argv[0] in VERBS and (not_recipe := _not_a_recipe(argv, argv[0])):
                 line = not_recipe
