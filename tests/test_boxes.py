@@ -343,19 +343,31 @@ def test_defect_recall_counts_regions_a_box_touches() -> None:
     assert defect_recall([mask], [np.array([[-10, -10, -1, -1]], np.float32)]) == 0.0
 
 
+def _blurred_defects(
+    seed: int, count: int, every: int, shape: tuple[int, int], box: tuple[int, int], corner: tuple[int, int, int, int]
+) -> tuple[list[np.ndarray], list[bool], list[np.ndarray]]:
+    """Blurred maps of ``box``-sized defects (all but every ``every``-th image), their labels and boxes.
+
+    ``corner``: the range of each defect's top-left ``x`` then ``y`` (``x0, x1, y0, y1``, ends excluded).
+    """
+    rng = np.random.default_rng(seed)
+    maps, labels, gts = [], [], []
+    sigma = box[0] / 2
+    for i in range(count):
+        mask = np.zeros(shape, np.uint8)
+        if i % every:  # anomalous
+            x, y = rng.integers(corner[0], corner[1]), rng.integers(corner[2], corner[3])
+            mask[y : y + box[0], x : x + box[1]] = 1
+        blurred = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), sigma)
+        maps.append(np.clip(0.35 + blurred + rng.normal(0, 0.02, mask.shape), 0, 1).astype(np.float32))
+        labels.append(bool(i % every))
+        gts.append(gt_boxes_from_mask(mask))
+    return maps, labels, gts
+
+
 def test_tuning_finds_tight_boxes_on_blurred_maps() -> None:
     """Blurred maps make the boxes at the pixel threshold too wide; a higher level or a core fits the defects."""
-    rng = np.random.default_rng(0)
-    maps, labels, gts = [], [], []
-    for i in range(16):
-        mask = np.zeros((120, 160), np.uint8)
-        if i % 4:  # anomalous
-            x, y = rng.integers(20, 120), rng.integers(20, 80)
-            mask[y : y + 12, x : x + 18] = 1
-        blurred = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 6)
-        maps.append(np.clip(0.35 + blurred + rng.normal(0, 0.02, mask.shape), 0, 1).astype(np.float32))
-        labels.append(bool(i % 4))
-        gts.append(gt_boxes_from_mask(mask))
+    maps, labels, gts = _blurred_defects(0, 16, every=4, shape=(120, 160), box=(12, 18), corner=(20, 120, 20, 80))
     default = [boxes_from_map(m, lab, BoxSettings()) for m, lab in zip(maps, labels, strict=True)]
     at_default = box_ap(gts, [b for b, _ in default], [s for _, s in default])
     chosen, metrics = tune(maps, labels, gts)
@@ -372,17 +384,7 @@ def test_tuning_finds_tight_boxes_on_blurred_maps() -> None:
 
 def test_tuning_keeps_given_first_settings_unless_a_candidate_does_better() -> None:
     """``first`` (a model's own settings, re-chosen for its INT8 maps) wins ties, loses to a better candidate."""
-    rng = np.random.default_rng(1)
-    maps, labels, gts = [], [], []
-    for i in range(12):
-        mask = np.zeros((96, 128), np.uint8)
-        if i % 3:
-            x, y = rng.integers(10, 100), rng.integers(10, 70)
-            mask[y : y + 10, x : x + 14] = 1
-        blurred = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), 5)
-        maps.append(np.clip(0.35 + blurred + rng.normal(0, 0.02, mask.shape), 0, 1).astype(np.float32))
-        labels.append(bool(i % 3))
-        gts.append(gt_boxes_from_mask(mask))
+    maps, labels, gts = _blurred_defects(1, 12, every=3, shape=(96, 128), box=(10, 14), corner=(10, 100, 10, 70))
     best, metrics = tune(maps, labels, gts)
 
     def objective(settings: BoxSettings) -> float:
