@@ -234,7 +234,15 @@ def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
     by_image = {key(p): {**p, "image": None} for p in json.loads((one / "predictions.json").read_text())}
     shared = [p for p in predictions if key(p) in by_image]  # the test split's images (the rest validate)
     assert len(shared) == len(by_image)
-    assert all(by_image[key(p)] == {k: v for k, v in p.items() if k != "mask"} | {"image": None} for p in shared)
+    # the same decisions; scores within rounding: predict's batches (16 + 12 of the 28 images) are not test's
+    # (its 14), and batched convolutions round differently in the last bits (docs/scale.md)
+    for p in shared:
+        tested = by_image[key(p)]
+        assert {k: v for k, v in p.items() if k not in ("mask", "score", "raw_score")} | {"image": None} == {
+            k: v for k, v in tested.items() if k not in ("score", "raw_score")
+        }
+        assert p["score"] == pytest.approx(tested["score"], abs=1e-5)
+        assert p["raw_score"] == pytest.approx(tested["raw_score"], rel=1e-5)
     resolved = yaml.safe_load(next((tmp_path / "ws").glob("*-train/config.yaml")).read_text())
     assert resolved["model"]["init_args"]["input_size"] == [96, 96]
     # unreadable files split between the two processes: each one said (before: only rank 0's)
