@@ -58,6 +58,27 @@ def test_each_image_is_used_once_in_whole_batches_and_lightning_gets_equal_batch
     assert len({len(s) for s in repeat}) == 1 and set().union(*map(set, repeat)) == set(range(n))
 
 
+def test_a_verb_run_alone_sees_a_world_of_one_while_a_group_lives_on(monkeypatch) -> None:
+    # export / optimize / benchmark in rank 0 of a distributed script (Engine._run): before, optimize's box
+    # check split the validation images with a process that had skipped the verb and waited on a collective
+    # it never joined ('Connection closed by peer' once the other process had ended; review)
+    import torch.distributed as dist
+
+    from otx.distributed import alone, gather, rank_and_world
+
+    def no_collective(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a collective in a verb that runs alone")
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # a script's group of two, as after a DDP train()
+    monkeypatch.setattr(dist, "get_rank", lambda *a: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)
+    monkeypatch.setattr(dist, "all_gather_object", no_collective)
+    assert rank_and_world() == (0, 2)
+    with alone():
+        assert rank_and_world() == (0, 1) and gather("x") == ["x"]
+    assert rank_and_world() == (0, 2)
+
+
 def test_padding_and_repeats_are_dropped_and_outputs_come_back_in_order() -> None:
     batch = {"image": torch.arange(3.0), "index": torch.tensor([4, -1, 2]), "error": ["", "", "x"], "k": 7}
     kept = drop_padding(batch)
@@ -454,15 +475,12 @@ def test_a_python_script_trains_then_tests_in_two_processes(sample_root: Path, t
         "from otx.engine import Engine\n"
         "from otx.models import Padim\n"
         "engine = Engine(model=Padim(input_size=(128, 128)), data=AnomalyDataModule(sys.argv[1], num_workers=0),\n"
-        "                work_dir=sys.argv[2], task='detection', max_epochs=1,\n"
+        "                work_dir=sys.argv[2], task='segmentation', max_epochs=1,\n"
         "                trainer={'devices': 2, 'strategy': 'ddp', 'accelerator': 'cpu'})\n"
         "trained = engine.train()\n"
         "tested = engine.test(devices=2)\n"
-        "optimized = engine.optimize()\n"
         "rank = os.environ.get('LOCAL_RANK', '0')\n"
-        "print('rank', rank, trained is None, tested is None, optimized is None, file=sys.stderr)\n"
-        "if optimized is not None:\n"
-        "    print('boxes', sorted(optimized.decisions['boxes']), file=sys.stderr)\n"
+        "print('rank', rank, trained is None, tested is None, file=sys.stderr)\n"
         "if tested is not None:\n"
         "    print(tested.metrics['image_AUROC'], tested.metrics['pixel_AUROC'])\n"
     )
@@ -472,10 +490,7 @@ def test_a_python_script_trains_then_tests_in_two_processes(sample_root: Path, t
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "OTX_OFFLINE": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "rank 0 False False False" in done.stderr and "rank 1 True True True" in done.stderr, done.stderr[-3000:]
-    # optimize runs in rank 0 alone, its box check too (before: it split the validation images with a
-    # process that had skipped the verb and failed, 'Connection closed by peer'; review)
-    assert "boxes ['FP32', 'INT8']" in done.stderr
+    assert "rank 0 False False" in done.stderr and "rank 1 True True" in done.stderr, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
     assert "sync_dist=True" not in done.stderr  # before: Lightning's advice about otx's epoch timer, to Python callers
     # one test run, of the checkpoint rank 0 wrote (before: also an empty one of the second process, whose
