@@ -665,7 +665,7 @@ def test_benchmark_times_the_latest_int8_model_only_when_it_comes_from_the_check
     assert same_trained_model(info, model, fitted)  # its own INT8 model, thresholds recalibrated or not
     by_hand = {**fitted, "image_min": fitted["image_min"] + 1.0}  # same thresholds, other fitted statistics
     assert not same_trained_model(info, model, by_hand)
-    assert not same_trained_model(info, Padim(backbone="mobilenet_v2"), fitted)  # another backbone
+    assert not same_trained_model(info, Padim(backbone="efficientnet_lite1"), fitted)  # another backbone
     assert not same_trained_model(info, model, {})  # a checkpoint that records none
 
 
