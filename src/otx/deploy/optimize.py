@@ -28,6 +28,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +72,16 @@ WEIGHT_BITS_SUMMARY = {
     8: "8-bit weights (for CPUs with VNNI or AMX; CPUs without VNNI can saturate int16 sums)",
 }
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+# Compiles the IR at argv[1] as ``compile_f32`` does (``check_compiles``). Death by a fault signal (or
+# a Windows crash code) is OpenVINO's native code crashing; an error it raises is not (exit code 1).
+COMPILE_CHECK = (
+    "import sys\n"
+    "import openvino as ov\n"
+    "ov.Core().compile_model(sys.argv[1], 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})\n"
+)
+_CRASH_SIGNALS = {
+    int(getattr(signal, name)) for name in ("SIGSEGV", "SIGBUS", "SIGILL", "SIGFPE", "SIGABRT") if hasattr(signal, name)
+}
 
 
 def host_has_vnni() -> bool:
@@ -321,7 +335,45 @@ def _quantize(
     record["fake_quantize_nodes"] = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     if record["fake_quantize_nodes"] == 0:
         raise OTXError("NNCF inserted no quantisers into the model; nothing would run in INT8")
+    start = time.perf_counter()
+    check_compiles(quantized, scheme.name)
+    record["compile_check_s"] = round(time.perf_counter() - start, 1)
     return quantized, record
+
+
+class CompileCrash(OTXError):
+    """OpenVINO's CPU plugin died compiling a quantised model (seen in a child process, ``check_compiles``)."""
+
+
+def check_compiles(ov_model: Any, scheme: str) -> None:
+    """Compile ``ov_model`` for the CPU in a child process first; ``CompileCrash`` where OpenVINO dies there.
+
+    OpenVINO's low-precision passes can crash the process on some graphs (2026.4's
+    GatherTransformation on a quantiser above PADIM's channel selection: a segmentation fault on
+    AVX-512 VNNI CPUs, none on AVX2 ones). In-process that kills ``otx optimize`` without a word;
+    compiled apart first, the scheme is reported and the next one in the ladder tried. An error
+    OpenVINO raises is left to the in-process compile, which reports it as before.
+    """
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory(prefix="otx-compile-check-") as tmp:
+        path = Path(tmp) / "candidate.xml"
+        ov.save_model(ov_model, str(path), compress_to_fp16=False)
+        done = subprocess.run(
+            [sys.executable, "-c", COMPILE_CHECK, str(path)], capture_output=True, text=True, check=False
+        )
+    code = done.returncode
+    if -code in _CRASH_SIGNALS:
+        how = f"signal {signal.Signals(-code).name}"
+    elif code >= 0xC0000000:  # Windows' NTSTATUS error codes (0xC0000005: access violation)
+        how = f"exit code {code:#x}"
+    else:  # compiled, an error OpenVINO raised, or a stop (Ctrl-C, the OOM killer): the in-process compile sees it
+        return
+    log.info("compile check of %s: %s; stderr: %s", scheme, how, done.stderr[-2000:])
+    raise CompileCrash(
+        f"OpenVINO {ov.get_version().split('-')[0]}'s CPU plugin crashed compiling the {scheme} INT8 model "
+        f"({how}), a fault in OpenVINO on this CPU"
+    )
 
 
 def full_range_image_quantizers(ov_model: Any) -> int:
@@ -434,7 +486,7 @@ def attempt_record(record: dict[str, Any], decisions: dict[str, Any]) -> dict[st
 
     Its name, validation label agreement, largest drop, whether it held, and its own times.
     """
-    times = {"quantize_s": record["quantize_s"], "check_s": decisions.get("check_s")}
+    times = {k: record[k] for k in ("quantize_s", "compile_check_s")} | {"check_s": decisions.get("check_s")}
     if not decisions.get("checked"):
         return {"scheme": record["scheme"], "checked": False, **times}
     return {

@@ -227,6 +227,7 @@ def run(
         thresholds=decisions["stats"],
         timing_s={
             "quantize_s": round(sum(r["quantize_s"] for _, r, _ in attempts), 1),
+            "compile_check_s": round(sum(r["compile_check_s"] for _, r, _ in attempts), 1),
             "check_s": round(sum(d.get("check_s") or 0.0 for _, _, d in attempts), 1)
             if decisions.get("checked")
             else None,
@@ -342,15 +343,18 @@ def quantize_ladder(
     ``keep_decisions``). Stops at the first model that keeps the decisions, or whose decisions
     cannot be checked (no validation images). A fallback that would keep the same nodes float with
     the same settings as a scheme tried before is passed over; one that fails (NNCF inserts no
-    quantisers, say) is reported and passed over, so the models already made are kept.
+    quantisers, say) is reported and passed over, so the models already made are kept. A scheme
+    whose model OpenVINO crashes compiling (``CompileCrash``) is passed over with a warning, the
+    first one too; when no scheme is left, an ``OTXError`` says so.
     """
-    from otx.deploy.optimize import attempt_line, decisions_held, keep_decisions, quantize
+    from otx.deploy.optimize import CompileCrash, attempt_line, decisions_held, keep_decisions, quantize
 
     attempts: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
     seen: list[tuple[frozenset[str], bool, str]] = []
+    crashed: CompileCrash | None = None
     for step in ladder:
         key = (frozenset(step.float_nodes(reference)), step.fast_bias_correction, step.activation_ranges)
-        if attempts:
+        if seen:  # a fallback (the schemes before it were tried, or crashed compiling)
             if key in seen:
                 log.warning(
                     "the fallback scheme %s keeps the same nodes float as one tried before; passed over", step.name
@@ -360,6 +364,11 @@ def quantize_ladder(
         seen.append(key)
         try:
             quantized, record = quantize(reference, step, calibration, validation, max_drop, bits)
+        except CompileCrash as exc:  # whichever scheme: the next one may compile
+            crashed = exc
+            if attempts or step is not ladder[-1]:  # else the error below says it
+                ctx.warn(f"{step.name}: not used ({exc})")
+            continue
         except OTXError as exc:
             if not attempts:
                 raise
@@ -371,4 +380,7 @@ def quantize_ladder(
             ctx.console.print(attempt_line(step.name, decisions, against))
         if not decisions.get("checked") or decisions_held(decisions):
             break
+    if not attempts and crashed is not None:
+        which = "none of the model's INT8 schemes compiles here" if len(seen) > 1 else "it does not compile here"
+        raise OTXError(f"{crashed}; {which}: deploy the FP32 or FP16 export, or try another OpenVINO version")
     return attempts
