@@ -763,3 +763,20 @@ def test_padim_with_one_training_image_is_refused_before_fitting(dataset_copy, t
     with pytest.raises(OTXDataError, match="Padim needs at least 2 training images .*train/good holds 1"):
         engine.train()  # before: a ValueError after the fit, reported as an internal error
     assert not (tmp_path / "latest.json").exists()
+
+
+def test_train_closes_its_loggers_with_the_timings_written(dataset_copy, tmp_path: Path) -> None:
+    import threading
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def writers() -> int:  # TensorBoard's event-file writer threads
+        return sum(type(t).__name__ == "_AsyncWriterThread" for t in threading.enumerate())
+
+    before = writers()
+    trained = Engine(model=Padim(input_size=(64, 64)), data=str(dataset_copy()), work_dir=tmp_path).train()
+    assert writers() == before  # before: one more per Engine.train, its file open for the whole session
+    logs = Path(trained.run_folder) / "logs"
+    events = EventAccumulator(str(logs)).Reload()
+    assert "time/fit_s" in events.Tags()["scalars"]  # written after Lightning's own finalize, then closed
+    assert "time/fit_s" in (logs / "metrics.csv").read_text().splitlines()[0]

@@ -343,7 +343,9 @@ def run(
     outputs = model.validation_outputs
     for logger in trainer.loggers:  # timings for every model, also those without a loss
         logger.log_metrics({f"time/{k}": v for k, v in timings.items()}, step=trainer.global_step)
-        logger.save()
+        # saved and closed: TensorBoard's writer reopens after Lightning's own finalize, and its thread
+        # and file stayed open for as long as the Python session (one more per Engine.train)
+        logger.finalize("success")
     thresholds = (stats["image_threshold"], stats["pixel_threshold"])
     predictions = None
     if adapter.box_level and data.has_masks:  # box threshold, merging and minimum area for this model
