@@ -25,6 +25,15 @@ OMIT_NONE = {"omit_none": True}
 ABSOLUTE = {"absolute": True}
 
 
+def recorded_path(path: str | os.PathLike) -> str:
+    """A path as otx records it (metrics.json, config.yaml, the report): absolute, with ``~`` expanded.
+
+    Later verbs follow recorded paths from other directories; a path typed relative to where a
+    command ran, or as ``~/...`` (whose absolute form would otherwise be ``<cwd>/~/...``), would not lead there.
+    """
+    return os.path.abspath(os.path.expanduser(path))
+
+
 @dataclasses.dataclass(kw_only=True, eq=False)
 class Result(Mapping[str, Any]):
     """Base of the verbs' results: ``command``, ``task``, the run folder and the otx version."""
@@ -37,7 +46,7 @@ class Result(Mapping[str, Any]):
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.metadata.get("absolute") and getattr(self, f.name):
-                setattr(self, f.name, os.path.abspath(os.path.expanduser(getattr(self, f.name))))
+                setattr(self, f.name, recorded_path(getattr(self, f.name)))
 
     def to_json(self) -> dict[str, Any]:
         """The ``metrics.json`` record (JSON values only: NaN as None): ``command``, the fields, the version."""

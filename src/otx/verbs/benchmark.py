@@ -16,7 +16,7 @@ from otx.data.io import read_image
 from otx.deploy.inferencer import is_exported_model
 from otx.deploy.metadata import ModelInfo
 from otx.models.base import AnomalyModel
-from otx.results import BenchmarkResult
+from otx.results import BenchmarkResult, recorded_path
 from otx.verbs.context import VerbContext, write_result
 from otx.verbs.resolve import data_root_for, warn_other_model
 from otx.workdir import Run
@@ -32,9 +32,9 @@ def plan(
     from otx.deploy.inferencer import check_model_path
     from otx.deploy.metadata import read_model_info
 
-    exported = [_absolute(check_model_path(m)) for m in models or []]  # recorded absolute, as test's model
+    exported = [Path(recorded_path(check_model_path(m))) for m in models or []]  # recorded absolute, as test's model
     if checkpoint is not None and is_exported_model(checkpoint):
-        exported.insert(0, _absolute(check_model_path(checkpoint)))
+        exported.insert(0, Path(recorded_path(check_model_path(checkpoint))))
         info = read_model_info(exported[0])
         warn_other_model(ctx, exported[0], info.model_name, info.backbone)
         checkpoint = None
@@ -66,10 +66,6 @@ def plan(
             ctx.console.print("no INT8 model: run `otx optimize` first (or pass --models optimized_model.xml)")
     targets.extend((f"({name})", path) for name, path in zip(short_names(exported), exported, strict=True))
     return targets, model, ckpt  # (given files are labelled with their precision once timed)
-
-
-def _absolute(path: str | Path) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def short_names(paths: list[Path]) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import resource
 import sys
 import threading
@@ -18,7 +17,7 @@ from otx import __version__, distributed
 from otx.data.datamodule import AnomalyDataModule
 from otx.distributed import SecondaryRankDone
 from otx.errors import OTXError, for_caller, out_of_memory, out_of_space
-from otx.results import Result
+from otx.results import Result, recorded_path
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
 from otx.workdir import STOPS, Run, WorkDir, stop_name
 
@@ -102,7 +101,7 @@ class VerbContext:
         # Absolute paths: later verbs follow them from another directory (workdir.training_data_root).
         for section, key in ((recorded, "data_root"), (config, "checkpoint"), (config, "work_dir")):
             if section.get(key):
-                section[key] = os.path.abspath(os.path.expanduser(section[key]))
+                section[key] = recorded_path(section[key])
         if config.get("data_root"):  # the shortcut as the data section says (it wins over it when reused)
             config["data_root"] = recorded.get("data_root")
         if config.get("resume"):  # the run as a fresh one when its config.yaml is reused (resumed_from: metrics.json)
