@@ -155,7 +155,11 @@ def compile_f32(ov_model: Any) -> Any:
     """Compile for the CPU at f32 inference precision (what the comparison must see)."""
     import openvino as ov
 
-    return ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    from otx._signal_stack import repair_signal_stack
+
+    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    repair_signal_stack()  # OpenVINO's CPU plugin can leave it unmapped (otx._signal_stack)
+    return compiled
 
 
 def best_threshold(values: np.ndarray, reference: np.ndarray, prior: float) -> tuple[float, float]:

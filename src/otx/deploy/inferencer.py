@@ -294,6 +294,9 @@ class OpenVINOInferencer:
             self.compiled = self.core.compile_model(self.model, self.device, config)
         except Exception as exc:  # noqa: BLE001
             raise OTXError(f"OpenVINO cannot compile '{self.path}' for {self.device} ({_first_line(exc)})") from exc
+        from otx._signal_stack import repair_signal_stack
+
+        repair_signal_stack()  # OpenVINO's CPU plugin can leave it unmapped (otx._signal_stack)
         names = {"pred_score": "pred_score", "anomaly_map": "anomaly_map"}
         if self.raw_outputs:
             from otx.deploy.calibrate import RAW_MAP, RAW_SCORE

@@ -356,6 +356,9 @@ def check_compiles(ov_model: Any, scheme: str) -> None:
     """
     import openvino as ov
 
+    from otx._signal_stack import repair_signal_stack
+
+    repair_signal_stack()  # the child's SIGCHLD is handled on it (torch's handler) once a data loader ran
     with tempfile.TemporaryDirectory(prefix="otx-compile-check-") as tmp:
         path = Path(tmp) / "candidate.xml"
         ov.save_model(ov_model, str(path), compress_to_fp16=False)

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 
 from otx import __version__, distributed
+from otx._signal_stack import repair_signal_stack
 from otx.data.datamodule import AnomalyDataModule
 from otx.distributed import SecondaryRankDone
 from otx.errors import OTXError, for_caller, out_of_memory, out_of_space
@@ -177,6 +178,7 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
             why = _interrupted(stopped) if isinstance(stopped, KeyboardInterrupt) else repr(stopped)
             log.error("%s failed: %s", command, why, extra=FILE_ONLY)
         logging.getLogger("otx.data").removeHandler(gathered)
+        repair_signal_stack()  # where OpenVINO left it unmapped: the next signal would end the process
         log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
         run.close(ok)
 
