@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 _SS_DISABLE = 2
 _STACK_BYTES = 1 << 18  # 256 KiB: far above AT_MINSIGSTKSZ, also with AVX-512 or AMX state in the frame
-_KEPT: list[mmap.mmap] = []  # stacks handed to the kernel: never freed
 
 
 class _StackT(ctypes.Structure):
@@ -33,10 +32,20 @@ class _StackT(ctypes.Structure):
 def repair_signal_stack() -> bool:
     """Give the calling thread a new alternate signal stack if its current one is no longer mapped.
 
-    Returns True when it was replaced. Costs two system calls when the stack is fine.
+    Returns True when it was replaced. Costs two system calls when the stack is fine; never raises
+    (a failure is logged and the stack left as it was). ``mincore`` sees unmapped memory only: a
+    range the system has mapped again for something else passes as usable.
     """
     if not sys.platform.startswith("linux"):
         return False
+    try:
+        return _repair()
+    except (OSError, AttributeError, ValueError) as exc:  # no libc symbol, a failed mmap
+        log.info("the alternate signal stack was not checked: %s", exc)
+        return False
+
+
+def _repair() -> bool:
     libc = ctypes.CDLL(None, use_errno=True)
     current = _StackT()
     if libc.sigaltstack(None, ctypes.byref(current)) != 0 or current.ss_flags & _SS_DISABLE or not current.ss_sp:
@@ -49,10 +58,15 @@ def repair_signal_stack() -> bool:
         return False  # mapped: in use as set
     if ctypes.get_errno() != errno.ENOMEM:  # ENOMEM: part of the range is not mapped
         return False
-    stack = mmap.mmap(-1, _STACK_BYTES)
-    _KEPT.append(stack)
-    fresh = _StackT(ctypes.addressof(ctypes.c_char.from_buffer(stack)), 0, _STACK_BYTES)
-    replaced = libc.sigaltstack(ctypes.byref(fresh), None) == 0
+    # Private (a forked data-loader worker gets its own copy, not the same pages) and never unmapped,
+    # also not at interpreter exit, while Python's handlers are still installed: libc's mmap, not Python's.
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    stack = libc.mmap(None, _STACK_BYTES, mmap.PROT_READ | mmap.PROT_WRITE, flags, -1, 0)
+    if stack in (None, ctypes.c_void_p(-1).value):
+        raise OSError(ctypes.get_errno(), "mmap of a signal stack failed")
+    replaced = libc.sigaltstack(ctypes.byref(_StackT(stack, 0, _STACK_BYTES)), None) == 0
     log.info(
         "the alternate signal stack of thread %s was unmapped (OpenVINO's CPU plugin); %s",
         threading.current_thread().name,
