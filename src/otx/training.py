@@ -16,7 +16,6 @@ import difflib
 import importlib
 import inspect
 import logging
-import os
 import re
 import signal
 import threading
@@ -676,9 +675,11 @@ def _split_changes(state_path: Path, split: dict[str, Any] | None) -> list[str]:
 
 def record_resumed_from(run_path: Path, state: Path) -> None:
     """Note in the run folder which state it continues, so that ``--resume true`` passes that state over."""
+    from otx.results import recorded_path
+
     folder = run_path / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / RESUMED_FROM).write_text(os.path.abspath(state) + "\n", encoding="utf-8")
+    (folder / RESUMED_FROM).write_text(recorded_path(state) + "\n", encoding="utf-8")
 
 
 def _resumed_states(workdir_root: Path) -> set[Path]:

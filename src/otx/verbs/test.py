@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from otx.checks import mask_coverage_warning, profile_warnings, threshold_warnin
 from otx.data.dataset import Sample
 from otx.errors import OTXDataError, OTXError
 from otx.report import ReportInput, write_report
-from otx.results import TestResult
+from otx.results import TestResult, recorded_path
 from otx.scoring import OpenVINOScorer
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import collect, evaluate, pixel_range, prediction_counts, to_predictions
@@ -130,7 +129,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             task=adapter.task.value,
             model=scorer.name,
             backbone=scorer.backbone,
-            source=os.path.abspath(scorer.source),  # readable on its own, as the data root
+            source=recorded_path(scorer.source),  # readable on its own, as the data root
             runtime=scorer.runtime_info(),
             metrics=metrics,
             per_defect=per_type,

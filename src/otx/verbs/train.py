@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -22,7 +21,7 @@ from otx.errors import OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.postprocess import known_pixel_rows
 from otx.preprocess import SQUASH_LIMIT, PreProcessor, squash_factor
-from otx.results import TrainResult
+from otx.results import TrainResult, recorded_path
 from otx.scoring import TorchScorer
 from otx.training import (
     build_trainer,
@@ -424,7 +423,7 @@ def run(
             "processes": trainer.world_size,
             "precision": trainer.precision,
         },
-        resumed_from=os.path.abspath(resume) if resume else None,  # absolute: read from any directory
+        resumed_from=recorded_path(resume) if resume else None,  # absolute: read from any directory
         checkpoint=str(checkpoint),
         validation_metrics=val_metrics,
         thresholds=stats,
