@@ -886,6 +886,18 @@ def test_a_latest_json_that_cannot_serve_is_named(content: str, tmp_path: Path, 
     assert (tmp_path / "latest.json").read_text() == content  # left as it was
 
 
+@pytest.mark.parametrize("verb", ["test", "predict", "export", "optimize", "benchmark"])
+def test_a_mistyped_work_dir_is_said_and_not_created(verb: str, tmp_path: Path, capsys) -> None:
+    # before: the verb created the mistyped folder and a failed run folder in it, then said "no trained model"
+    typo = tmp_path / "otx-worksapce"
+    assert main([verb, "--work_dir", str(typo)]) == 1
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == [
+        f"error: no trained model in '{typo}' (no such folder); run `otx train` there first or pass --checkpoint PATH"
+    ]
+    assert not typo.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_a_full_disk_is_one_line_and_keeps_earlier_runs(
     sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -145,7 +145,7 @@ def latest_checkpoint(workdir: WorkDir) -> Path:
     """The latest training run's ``model.ckpt`` in ``workdir``; one line when there is none."""
     latest = workdir.latest("train")
     if latest is None or not (latest / CHECKPOINT_NAME).exists():
-        why = workdir.pointer_problem("train")
+        why = workdir.pointer_problem("train") if workdir.root.exists() else "no such folder"
         from otx.training import interrupted_states
 
         states = interrupted_states(workdir.root) if workdir.root.is_dir() else []

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 
 from otx import distributed
-from otx.checkpoint import CHECKPOINT_NAME, CHECKPOINT_SCHEMA, class_path, load_checkpoint
+from otx.checkpoint import CHECKPOINT_NAME, CHECKPOINT_SCHEMA, class_path, latest_checkpoint, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule
 from otx.deploy.inferencer import PRECISION_HINTS
 from otx.distributed import alone, secondary
@@ -222,10 +222,17 @@ class Engine:
         return result
 
     def _default(self, checkpoint: str | Path | None, *kinds: str) -> str | Path | None:
-        """``checkpoint``, else the newest of this engine's own runs of ``kinds`` (None: the work_dir's latest)."""
+        """``checkpoint``, else the newest of this engine's own runs of ``kinds`` (None: the work_dir's latest).
+
+        Where that would be the latest run of a work_dir that does not exist (a mistyped
+        ``--work_dir``), one ``OTXError`` line before any run folder (or the work_dir) is created.
+        """
         if checkpoint is not None:
             return checkpoint
-        return next((self._own[kind] for kind in kinds if kind in self._own), None)
+        own = next((self._own[kind] for kind in kinds if kind in self._own), None)
+        if own is None and not self.workdir.root.exists():
+            latest_checkpoint(self.workdir)  # raises: no trained model there
+        return own
 
     @_python_names
     def test(self, checkpoint: str | Path | None = None, devices: int = 1, num_nodes: int = 1) -> TestResult | None:
