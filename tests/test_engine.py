@@ -25,6 +25,7 @@ from otx.data.sample import DEFECT_TYPES
 from otx.engine import Engine
 from otx.errors import OTXConfigError, OTXDataError, OTXError
 from otx.models import Padim, Stfpm
+from otx.results import TestResult
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
 
@@ -347,6 +348,89 @@ def test_evaluate_counts_a_defect_image_without_a_mask_in_its_type_but_not_in_pi
     cv2.imwrite(samples[3].mask_path, np.zeros((30, 32), np.uint8))  # a mask that is not its image's size
     with pytest.raises(OTXDataError, match="masks must have their image's size"):
         evaluate(ctx, adapter, True, (threshold, 0.9), outputs, samples, PreProcessor((32, 32)))
+
+
+def test_evaluate_past_its_pixel_budget_scores_each_image_at_a_whole_fraction_of_its_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otx.preprocess import PreProcessor
+    from otx.tasks import get_adapter
+    from otx.verbs.inference import evaluate
+
+    # Maps and masks constant over 2x2 blocks: at half size each block is one pixel of the same score
+    # and label, so the metrics at 1/2 of each image's size are those at full size (and scikit-learn's).
+    rng = np.random.default_rng(5)
+    blocks = rng.random((6, 24, 20)).astype(np.float32)
+    block_masks = np.zeros((6, 24, 20), bool)
+    samples = []
+    for i in range(6):
+        mask_path = None
+        if i >= 3:
+            block_masks[i, 3 + i : 8 + i, 4:9] = True
+            block_masks[i, 18:20, 2 * i : 2 * i + 3] = True  # a second, smaller region
+            blocks[i][block_masks[i]] += 0.3
+            mask_path = str(tmp_path / f"{i}_mask.png")
+            cv2.imwrite(mask_path, block_masks[i].repeat(2, 0).repeat(2, 1).astype(np.uint8) * 255)
+        samples.append(Sample(str(tmp_path / f"{i}.png"), int(i >= 3), "scratch" if i >= 3 else "good", mask_path))
+    maps = blocks.repeat(2, 1).repeat(2, 2)  # 48x40, each image's own size and the model's
+    masks = block_masks.repeat(2, 1).repeat(2, 2)
+    scores = maps.reshape(6, -1).max(axis=1)
+    outputs = {
+        "maps": torch.from_numpy(maps),
+        "scores": torch.from_numpy(scores),
+        "labels": torch.tensor([int(i >= 3) for i in range(6)]),
+        "masks": torch.from_numpy(masks),
+        "orig_sizes": torch.tensor([[48, 40]] * 6),
+    }
+    adapter, thresholds = get_adapter("segmentation"), (float(np.median(scores)), 0.9)
+    monkeypatch.setenv("OTX_METRIC_PIXELS", str(10**9))
+    full_ctx = Engine(work_dir=tmp_path / "ws")._context()
+    full = evaluate(full_ctx, adapter, True, thresholds, outputs, samples, PreProcessor((48, 40))).metrics
+    monkeypatch.setenv("OTX_METRIC_PIXELS", str(6 * 48 * 40 // 3))  # a third of the pixels: sides halved
+    ctx = Engine(work_dir=tmp_path / "ws")._context()
+    half = evaluate(ctx, adapter, True, thresholds, outputs, samples, PreProcessor((48, 40))).metrics
+    assert half["pixel_metrics_divisor"] == 2 and "pixel_metrics_divisor" not in full
+    assert half["pixel_AUROC"] == pytest.approx(roc_auc_score(block_masks.ravel(), blocks.ravel()), abs=1e-12)
+    assert half["pixel_AUROC"] == pytest.approx(full["pixel_AUROC"], abs=1e-12)
+    for key in ("AUPRO", "pixel_F1", "image_AUROC", "image_F1"):
+        assert half[key] == pytest.approx(full[key], abs=1e-12), key
+    assert "pixel_AUROC_input" in full and "pixel_AUROC_input" not in half  # the model-size maps are over it too
+    assert not full_ctx.warnings
+    assert [w for w in ctx.warnings if "pixel metrics at 1/2 of each image's own size" in w] == ctx.warnings
+    assert len(ctx.warnings) == 1 and "OTX_METRIC_PIXELS=11520" in ctx.warnings[0]
+    monkeypatch.setenv("OTX_METRIC_PIXELS", "lots")
+    with pytest.raises(OTXConfigError, match="OTX_METRIC_PIXELS='lots' is not a pixel count"):
+        evaluate(ctx, adapter, True, thresholds, outputs, samples, PreProcessor((48, 40)))
+
+
+def test_otx_test_past_its_pixel_budget_keeps_the_boxes_in_step_with_the_masks(
+    trained_padim: dict, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def tested(budget: int, work_dir: Path) -> TestResult:
+        monkeypatch.setenv("OTX_METRIC_PIXELS", str(budget))
+        data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+        result = Engine(data=data, task="detection", work_dir=work_dir).test(checkpoint=trained_padim["checkpoint"])
+        assert result is not None
+        return result
+
+    full = tested(10**9, tmp_path / "full")
+    pixels = sum(
+        h * w
+        for h, w in (
+            cv2.imread(r["image"], cv2.IMREAD_UNCHANGED).shape[:2]
+            for r in json.loads(next((tmp_path / "full").glob("*-test/predictions.json")).read_text())
+        )
+    )
+    half = tested(pixels // 3, tmp_path / "half")  # sides halved
+    assert "pixel_metrics_divisor" not in full.metrics and half.metrics["pixel_metrics_divisor"] == 2
+    said = [w for w in half.warnings if w.startswith("pixel and box metrics at 1/2 of each image's own size")]
+    assert len(said) == 1 and f"OTX_METRIC_PIXELS={pixels} computes them at full size" in said[0]
+    saved = json.loads(next((tmp_path / "half").glob("*-test/metrics.json")).read_text())
+    assert saved["metrics"]["pixel_metrics_divisor"] == 2 and said[0] in saved["warnings"]
+    # boxes are scaled with the masks: their loose-overlap metrics stay (unscaled boxes would miss every defect)
+    assert full.metrics["defect_recall"] > 0.5 and full.metrics["box_AP25"] > 0.5
+    for key in ("box_AP50", "box_AP25", "box_AP10", "defect_recall", "pixel_AUROC", "AUPRO"):
+        assert half.metrics[key] == pytest.approx(full.metrics[key], abs=0.03), key
 
 
 def test_unknown_images_are_predicted_but_not_scored(trained_padim: dict, dataset_copy, tmp_path: Path) -> None:

@@ -300,14 +300,25 @@ class PreProcessor(nn.Module):
         return stitched[:, 0, :height, :width], scores.reshape(-1, count).amax(dim=1)
 
     # --- back to the image ----------------------------------------------------------------------
-    def restore(self, anomaly_map: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-        """A ``map_size`` map at an image's own ``(height, width)`` (bilinear; the padding cropped)."""
+    def restore(self, anomaly_map: np.ndarray, size_hw: tuple[int, int], divisor: int = 1) -> np.ndarray:
+        """A ``map_size`` map at an image's own ``(height, width)`` (bilinear; the padding cropped).
+
+        ``divisor`` > 1: at ``reduced_size(size_hw, divisor)`` instead (``otx test``'s pixel metrics
+        on more pixels than memory holds), the same crop of a map resized to the reduced canvas.
+        """
         height, width = int(size_hw[0]), int(size_hw[1])
         full_h, full_w = padded_size(height, width, self.input_size) if self.mode == "keep_aspect" else (height, width)
+        if divisor > 1:
+            (full_h, full_w), (height, width) = reduced_size((full_h, full_w), divisor), reduced_size(size_hw, divisor)
         anomaly_map = anomaly_map.astype(np.float32, copy=False)
         if anomaly_map.shape != (full_h, full_w):
             anomaly_map = cv2.resize(anomaly_map, (full_w, full_h), interpolation=cv2.INTER_LINEAR)
         return anomaly_map[:height, :width]
+
+
+def reduced_size(size_hw: tuple[int, int], divisor: int) -> tuple[int, int]:
+    """``(height, width)`` divided by ``divisor``, rounded up (at least one pixel each)."""
+    return -(-int(size_hw[0]) // divisor), -(-int(size_hw[1]) // divisor)
 
 
 def _pad_edges(images: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:

@@ -302,6 +302,8 @@ METRIC_WORDS = {  # what each metric name means, for the report's legend
     "box_AP50": "box average precision at IoU 0.5 (AP25 and AP10: at 0.25 and 0.1, looser overlaps)",
     "defect_recall": "share of the defect regions that a box overlaps",
     "false_boxes_per_normal_image": "boxes on normal images, per normal image",
+    "pixel_metrics_divisor": "pixel and box metrics were computed with each image's sides divided by this "
+    "(more pixels than the memory allowed at full size; OTX_METRIC_PIXELS sets the budget)",
 }
 
 

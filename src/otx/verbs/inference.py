@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -16,15 +18,49 @@ from otx.boxes import BoxSettings, tune
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
 from otx.data.dataset import Sample, check_mask_size
 from otx.data.io import read_image, read_mask
+from otx.errors import OTXConfigError
 from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask, image_metrics, per_defect, pixel_metrics
 from otx.postprocess import normalize
-from otx.preprocess import PreProcessor
+from otx.preprocess import PreProcessor, reduced_size
 from otx.render import progress
 from otx.scoring import Scorer, as_numpy
 from otx.tasks import Prediction, TaskAdapter
 from otx.verbs.context import VerbContext
 
 Outputs = dict[str, torch.Tensor]
+
+METRIC_PIXELS_ENV = "OTX_METRIC_PIXELS"  # pixels the pixel metrics may hold at once (default: from free memory)
+# Memory per pixel at the metrics' peak (the map, mask and predicted mask rows held, 6 bytes, plus
+# per_defect's copies, 8.5): measured with tracemalloc on 120 M pixels (docs/architecture.md).
+METRIC_BYTES_PER_PIXEL = 16
+METRIC_MEMORY_SHARE = 0.5  # of the memory free when the metrics start
+
+
+def metric_pixel_budget() -> int:
+    """How many pixels the pixel metrics may hold: ``$OTX_METRIC_PIXELS``, else half the free memory's worth."""
+    value = os.environ.get(METRIC_PIXELS_ENV, "").strip()
+    if value:
+        try:
+            budget = int(float(value))
+        except ValueError:
+            budget = 0
+        if budget < 1:
+            raise OTXConfigError(
+                f"{METRIC_PIXELS_ENV}={value!r} is not a pixel count; set it to a whole number such as 500000000, "
+                "or unset it"
+            )
+        return budget
+    import psutil
+
+    return int(psutil.virtual_memory().available * METRIC_MEMORY_SHARE / METRIC_BYTES_PER_PIXEL)
+
+
+def metric_divisor(total_pixels: int, budget: int) -> int:
+    """1, or the smallest whole factor by which images' sides shrink so their pixels fit ``budget``."""
+    if total_pixels <= budget:
+        return 1
+    divisor = max(2, math.ceil(math.sqrt(total_pixels / budget)))
+    return divisor
 
 
 def batches(
@@ -160,6 +196,12 @@ def evaluate(
     ``*_input`` entries. With ``by_defect``, ``otx.metrics.per_defect`` scores every defect type
     against the normal images as well (pixel metrics at each image's own size).
 
+    Where the images hold more pixels than ``metric_pixel_budget`` allows (thousands of large
+    images), pixel and box metrics are computed with each image's sides divided by the smallest
+    whole ``divisor`` that fits (maps restored to that size, masks shrunk by majority, boxes
+    scaled), said in a warning and as ``pixel_metrics_divisor`` in the metrics; the ``*_input``
+    entries are left out when the maps at the model's size alone exceed it.
+
     ``pixel_range``: the post-processor's raw ``(pixel_min, pixel_max)`` when ``outputs`` are raw.
     The pixel F1 at each image's own size is then that of the masks predictions carry (the map
     normalised, which clips it, then restored, then ``>= 0.5``): restoring the raw map and
@@ -180,10 +222,22 @@ def evaluate(
     maps, masks = outputs["maps"], outputs["masks"]
     if not all(usable):  # a copy only then (76 MB of maps on magnetic_tile's test split)
         maps, masks = maps[torch.tensor(usable)], masks[torch.tensor(usable)]
-    at_input = pixel_metrics(maps, masks, maps >= pixel_threshold)
+    budget = metric_pixel_budget()
+    at_input = pixel_metrics(maps, masks, maps >= pixel_threshold) if maps.numel() <= budget else {}
     del maps, masks
+    sizes = outputs["orig_sizes"].numpy()
+    total = sum(int(h) * int(w) for (h, w), use in zip(sizes, usable, strict=True) if use)
+    divisor = metric_divisor(total, budget)
+    if divisor > 1:
+        what = "pixel and box" if adapter.box_level and predictions is not None else "pixel"
+        ctx.warn(
+            f"{what} metrics at 1/{divisor} of each image's own size (pixel_metrics_divisor): the {sum(usable)} "
+            f"images hold {total / 1e6:.0f} M pixels, about {total * METRIC_BYTES_PER_PIXEL / 2**30:.1f} GB of "
+            f"metrics at full size, over the {budget / 1e6:.0f} M this run allows (half the free memory); "
+            f"{METRIC_PIXELS_ENV}={total} computes them at full size where the memory is there"
+        )
     normalized = None if pixel_range is None else (pixel_threshold, *pixel_range)
-    full_maps, full_masks, flat, predicted = _full_size(samples, outputs, usable, preprocessor, normalized)
+    full_maps, full_masks, flat, predicted = _full_size(samples, outputs, usable, preprocessor, normalized, divisor)
     used = [s for s, use in zip(samples, usable, strict=True) if use]  # in the order of full_masks
     blank = [s for s, m in zip(used, full_masks, strict=True) if s.label == 1 and s.mask_path and not m.any()]
     if blank:  # an annotation slip, usually: the image counts as defective, none of its pixels do
@@ -196,10 +250,13 @@ def evaluate(
     metrics.update(pixel_metrics(full_maps, full_masks, predicted, flat=flat))
     del predicted
     metrics.update({f"{key}_input": value for key, value in at_input.items()})
+    if divisor > 1:
+        metrics["pixel_metrics_divisor"] = float(divisor)
     pred_boxes = box_scores = None
     if adapter.box_level and predictions is not None:
         boxed = [p for p, use in zip(predictions, usable, strict=True) if use]  # in the order of full_masks
-        pred_boxes, box_scores = [p.pred_boxes for p in boxed], [p.box_scores for p in boxed]
+        pred_boxes = [np.asarray(p.pred_boxes, np.float64).reshape(-1, 4) / divisor for p in boxed]
+        box_scores = [p.box_scores for p in boxed]
         metrics.update(box_ap([gt_boxes_from_mask(m) for m in full_masks], pred_boxes, box_scores))
         metrics["defect_recall"] = defect_recall(full_masks, pred_boxes)
         on_normal = [len(p.pred_boxes) for p, s in zip(predictions, samples, strict=True) if s.label == 0]
@@ -228,12 +285,15 @@ def _full_size(
     usable: list[bool],
     preprocessor: PreProcessor,
     normalized: tuple[float, float, float] | None = None,
+    divisor: int = 1,
 ) -> tuple[list[np.ndarray], list[np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray | None]:
     """The usable images' maps and masks at their own sizes, as views into one row of pixels each.
 
     Returns the maps, the masks (all False for a normal image without a mask file), the two rows
     and, with ``normalized`` (the pixel threshold, min and max), the row of the predicted masks as
-    the task adapters make them (``normalize``, restore, ``>= 0.5``); else None.
+    the task adapters make them (``normalize``, restore, ``>= 0.5``); else None. With ``divisor``
+    > 1, each at its image's size divided by it (``reduced_size``; a mask pixel is defect where at
+    least half of the pixels it stands for are).
 
     The pixel metrics need every pixel in one row; restoring into it directly saves a copy of
     all pixels (114 MB on magnetic_tile's test split).
@@ -244,25 +304,34 @@ def _full_size(
             f"{len(samples)} samples, {len(usable)} flags and {len(outputs['maps'])} maps: one each per image"
         )
     chosen = [i for i, use in enumerate(usable) if use]
-    counts = [int(sizes[i][0]) * int(sizes[i][1]) for i in chosen]
+    shapes = [reduced_size((int(sizes[i][0]), int(sizes[i][1])), divisor) for i in chosen]
+    counts = [h * w for h, w in shapes]
     flat_maps, flat_masks = np.empty(sum(counts), np.float32), np.zeros(sum(counts), bool)
     predicted = None if normalized is None else np.empty(sum(counts), bool)
     full_maps, full_masks = [], []
     start = 0
-    for i, count in zip(chosen, counts, strict=True):
+    for i, count, reduced in zip(chosen, counts, shapes, strict=True):
         shape = (int(sizes[i][0]), int(sizes[i][1]))
-        full_maps.append(flat_maps[start : start + count].reshape(shape))
-        full_maps[-1][...] = preprocessor.restore(outputs["maps"][i].numpy(), shape)
+        full_maps.append(flat_maps[start : start + count].reshape(reduced))
+        full_maps[-1][...] = preprocessor.restore(outputs["maps"][i].numpy(), shape, divisor)
         if predicted is not None and normalized is not None:
             clipped = normalize(outputs["maps"][i].numpy(), *normalized)
-            predicted[start : start + count] = (preprocessor.restore(clipped, shape) >= 0.5).reshape(-1)
-        full_masks.append(flat_masks[start : start + count].reshape(shape))
+            predicted[start : start + count] = (preprocessor.restore(clipped, shape, divisor) >= 0.5).reshape(-1)
+        full_masks.append(flat_masks[start : start + count].reshape(reduced))
         if samples[i].mask_path:
             mask = read_mask(samples[i].mask_path)  # the data index checks this too, unless told not to
             check_mask_size(samples[i].mask_path, mask.shape, samples[i].path, shape)
-            full_masks[-1][...] = mask
+            full_masks[-1][...] = mask if divisor == 1 else shrink_mask(mask, reduced)
         start += count
     return full_maps, full_masks, (flat_maps, flat_masks), predicted
+
+
+def shrink_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """A binary mask at a smaller ``(height, width)``: a pixel is defect where at least half of its area is."""
+    import cv2
+
+    shrunk = cv2.resize((mask != 0).astype(np.float32), (size_hw[1], size_hw[0]), interpolation=cv2.INTER_AREA)
+    return shrunk >= 0.5
 
 
 def tune_boxes(

@@ -17,7 +17,15 @@ from otx.report import ReportInput, write_report
 from otx.results import TestResult, recorded_path
 from otx.scoring import OpenVINOScorer
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
-from otx.verbs.inference import collect, evaluate, pixel_range, prediction_counts, to_predictions
+from otx.verbs.inference import (
+    collect,
+    evaluate,
+    metric_divisor,
+    metric_pixel_budget,
+    pixel_range,
+    prediction_counts,
+    to_predictions,
+)
 from otx.verbs.resolve import eval_data, require_data, resolve_model, untuned_boxes
 from otx.workdir import Run
 
@@ -113,9 +121,17 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             maps, masks = scored_outputs["maps"], scored_outputs["masks"]
             if not usable.all():  # a copy only then
                 maps, masks = maps[usable], masks[usable]
-            # the AUROC of these pixels is evaluate's pixel_AUROC_input (the same rows): not sorted again
+            # the AUROC of these pixels is evaluate's pixel_AUROC_input (the same rows): not sorted again;
+            # without it (more pixels than the metrics' budget) every step-th row and column is checked
+            auroc = metrics.get("pixel_AUROC_input")
+            step = 1 if auroc is not None else metric_divisor(maps.numel(), metric_pixel_budget())
             found = threshold_warnings(
-                maps.numpy(), masks.numpy(), scorer.thresholds[1], "pixel", "test", auroc=metrics["pixel_AUROC_input"]
+                maps.numpy()[..., ::step, ::step],
+                masks.numpy()[..., ::step, ::step],
+                scorer.thresholds[1],
+                "pixel",
+                "test",
+                auroc=auroc,
             )
             for message in found:
                 ctx.warn(message)
