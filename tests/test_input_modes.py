@@ -218,6 +218,38 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
             assert tested.metrics[key] == pytest.approx(from_checkpoint[key], abs=1e-3, nan_ok=True), (path, key)
 
 
+@pytest.mark.e2e
+def test_an_ir_of_many_tiles_takes_them_in_chunks_and_any_batch(sample_root: Path, tmp_path: Path) -> None:
+    import openvino as ov
+
+    from otx.models.base import TILE_CHUNK
+
+    # 32-pixel tiles every 24 pixels of a 128x128 input: 5 x 5 = 25 tiles an image, more than TILE_CHUNK
+    # and not a multiple of it (chunks of 5)
+    model = model_class("Padim")(input_size=(128, 128), input_mode="tile", tile_size=32, tile_stride=24)
+    assert model.preprocessor.tiles_per_image == 25 > TILE_CHUNK
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    engine = Engine(model=model, data=data, task="segmentation", work_dir=tmp_path, max_epochs=1)
+    trained = engine.train()
+    exported = Path(engine.export(trained["checkpoint"])["exported_model"])
+    source = sample_root / "bottle_like" / "test"
+    expected = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path / "torch").predict(
+        source=source, checkpoint=trained["checkpoint"]
+    )
+    assert_same_predictions(expected, OpenVINOInferencer(exported, device="CPU").predict(source), "segmentation", 1e-3)
+    # a batch of images (the graph was traced with one) gives each image's outputs: the chunks of the tile
+    # axis are equal parts, not the lengths one image had
+    compiled = ov.Core().compile_model(exported, "CPU")
+    rng = np.random.default_rng(0)
+    images = [rng.random((1, 3, 96, 112), dtype=np.float32) * scale for scale in (1.0, 0.4, 0.7)]
+    alone = [compiled([image]) for image in images]
+    together = compiled([np.concatenate(images)])
+    for output in compiled.outputs:
+        joined = np.concatenate([result[output] for result in alone])
+        assert together[output].shape == joined.shape
+        np.testing.assert_allclose(together[output], joined, atol=1e-4, err_msg=output.get_any_name())
+
+
 @pytest.fixture(scope="module")
 def strip_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from otx.data.strip import make_strip_dataset
