@@ -60,9 +60,11 @@ def test_int8_keeps_metadata_and_accuracy(model: str, optimized, exported, sampl
     for level in ("image", "pixel"):
         same = info.raw[f"{level}_threshold"] == source.raw[f"{level}_threshold"]
         assert same == (level not in recalibrated), level
-    n_train = summary["train_images"]
-    assert summary["calibration_images"] == min(300, n_train)
+    n_train, scheme = summary["train_images"], model_class(source.model_name).int8_scheme
+    n_val = summary["decisions"]["images"] if scheme.calibrate_with_validation else 0  # PADIM's: validation too
+    assert summary["calibration_images"] == min(300, n_train) and summary["validation_calibration_images"] == n_val
     assert info.raw["otx_calibration"].startswith(f"{min(300, n_train)} of {n_train} train/good images")
+    assert info.raw["otx_calibration"].endswith(f"and the {n_val} validation images" if n_val else ")")
     # Both models on the test split (images the calibration never saw): same metrics within 0.01.
     fp32 = engine_for(sample_root, tmp_path / "fp32").test(checkpoint=exported(model))["metrics"]
     tested = engine_for(sample_root, tmp_path / "int8").test(checkpoint=xml)
@@ -121,6 +123,49 @@ def test_scheme_keeps_resize_anomaly_map_and_postprocessing_float(model: str, ex
         bounds = [float(np.max(source_op.input_value(k).get_node().get_data())) for k in range(1, 5)]
         assert bounds == [0.0, 1.0, 0.0, 1.0]
     assert optimized(model)["image_quantizers"] == len(stems)
+
+
+def _texture_with_discs(root: Path, train: int = 12, good: int = 6, defects: int = 6) -> Path:
+    """A grey sine texture (values about 70-170); defects are discs far darker (20) or brighter (250)."""
+    import cv2
+
+    def texture(seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[0:128, 0:128]
+        return np.clip(120 + 40 * np.sin(x / 6.0) * np.cos(y / 9.0) + rng.normal(0, 4, (128, 128)), 0, 255)
+
+    for folder in ("train/good", "test/good", "test/disc", "ground_truth/disc"):
+        (root / folder).mkdir(parents=True)
+    for i in range(train):
+        cv2.imwrite(str(root / f"train/good/{i:03d}.png"), texture(i).astype(np.uint8))
+    for i in range(good):
+        cv2.imwrite(str(root / f"test/good/{i:03d}.png"), texture(100 + i).astype(np.uint8))
+    for i in range(defects):
+        image, mask = texture(200 + i), np.zeros((128, 128), np.uint8)
+        cv2.circle(mask, (40 + 8 * i, 50 + 5 * i), 16, 255, -1)
+        image[mask > 0] = 20 if i % 2 else 250
+        cv2.imwrite(str(root / f"test/disc/{i:03d}.png"), image.astype(np.uint8))
+        cv2.imwrite(str(root / f"ground_truth/disc/{i:03d}_mask.png"), mask)
+    return root
+
+
+def test_int8_padim_keeps_defects_far_beyond_the_normal_images_far_above_the_threshold(tmp_path: Path) -> None:
+    # Before: activation ranges calibrated on normal images only clipped the discs' activations, and INT8
+    # scored every disc at 0.50-0.54 (FP32: 0.97-1.0): two test discs fell below the threshold, labelled
+    # normal, while the validation check passed on its two. Now the validation images calibrate too, the
+    # ranges are min-max, and ReLU6 outputs span [0, 6].
+    root = _texture_with_discs(tmp_path / "discs")
+    data = AnomalyDataModule(str(root), num_workers=0)
+    engine = Engine(model=model_class("Padim")(input_size=(128, 128)), data=data, work_dir=tmp_path / "ws")
+    exported = Path(engine.export(engine.train()["checkpoint"])["exported_model"])
+    summary = engine.optimize(checkpoint=exported)
+    source = root / "test" / "disc"
+    fp32 = OpenVINOInferencer(exported, device="CPU").predict(source)
+    int8 = OpenVINOInferencer(Path(summary["optimized_model"]), device="CPU").predict(source)
+    assert all(p.pred_label for p in fp32) and min(p.pred_score for p in fp32) > 0.9
+    assert [p.pred_label for p in int8] == [p.pred_label for p in fp32]
+    for before, after in zip(fp32, int8, strict=True):  # each disc's margin above the threshold (0.5) kept
+        assert after.pred_score - 0.5 >= 0.7 * (before.pred_score - 0.5), (before.pred_score, after.pred_score)
 
 
 def test_patchflow_int8_runs_the_backbone_and_the_flow_subnets_in_int8_the_rest_in_float(

@@ -176,8 +176,9 @@ class OptimizeResult(Result):
     source_model: str = dataclasses.field(metadata=ABSOLUTE)
     scheme: str
     scheme_summary: str
-    calibration_images: int
+    calibration_images: int  # of train/good
     train_images: int
+    validation_calibration_images: int  # validation images that calibrated too (Scheme.calibrate_with_validation)
     fake_quantize_nodes: int
     image_quantizers: int
     weight_bits: int

@@ -291,13 +291,19 @@ def _quantize(
 ) -> tuple[Any, dict[str, Any]]:
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    dataset = nncf.Dataset(calibration, _as_input)
-    ignored = nncf.IgnoredScope(names=sorted(scheme.float_nodes(ov_model)), validate=False)
     record: dict[str, Any] = {
         "scheme": scheme.name,
         "scheme_summary": f"{scheme.summary}; {WEIGHT_BITS_SUMMARY[weight_bits]}",
         "weight_bits": weight_bits,
+        "validation_calibration_images": 0,
     }
+    if scheme.calibrate_with_validation and validation is not None and len(validation.items):
+        from torch.utils.data import ConcatDataset
+
+        calibration = ConcatDataset([calibration, validation.items])
+        record["validation_calibration_images"] = len(validation.items)
+    dataset = nncf.Dataset(calibration, _as_input)
+    ignored = nncf.IgnoredScope(names=sorted(scheme.float_nodes(ov_model)), validate=False)
     # 7-bit weights: NNCF's overflow fix in every quantised layer (WEIGHT_BITS_SUMMARY).
     overflow_fix = OverflowFix.ENABLE if weight_bits == 7 else OverflowFix.DISABLE
     advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix)
@@ -333,6 +339,8 @@ def _quantize(
         record["max_drop"] = max_drop
     record["quantize_s"] = round(time.perf_counter() - start, 1)
     record["image_quantizers"] = full_range_image_quantizers(quantized)
+    if scheme.bounded_full_range:
+        record["bounded_quantizers"] = full_range_bounded_quantizers(quantized)
     record["fake_quantize_nodes"] = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
     if record["fake_quantize_nodes"] == 0:
         raise OTXError("NNCF inserted no quantisers into the model; nothing would run in INT8")
@@ -397,8 +405,6 @@ def full_range_image_quantizers(ov_model: Any) -> int:
     test pixels, often the defect itself, were clipped: PADIM lost 0.017 image AUROC. [0, 1] in
     255 steps is the 8-bit image's own grid.
     """
-    import openvino as ov
-
     count = 0
     for op in ov_model.get_ops():
         if op.get_type_name() != "Convolution" or op.get_input_partial_shape(1)[1] != 3:
@@ -410,12 +416,44 @@ def full_range_image_quantizers(ov_model: Any) -> int:
             continue
         if float(np.min(source.input_value(1).get_node().get_data())) < 0.0:
             continue  # a signed input: not an image in [0, 1]
-        for index, value in ((1, 0.0), (2, 1.0), (3, 0.0), (4, 1.0)):
-            bound = source.input_value(index)
-            constant = ov.opset13.constant(np.full(bound.get_shape(), value, dtype=np.float32))
-            source.input(index).replace_source_output(constant.output(0))
+        _set_range(source, 0.0, 1.0)
         count += 1
     return count
+
+
+RELU6_MAX = 6.0
+
+
+def full_range_bounded_quantizers(ov_model: Any) -> int:
+    """Give the quantisers on ReLU6 outputs (``Clamp`` to [0, 6]) the range [0, 6]; returns how many were set.
+
+    Calibrated on normal images, such a quantiser covers the largest activation they gave: a
+    defect's larger one was clipped there, and its score squeezed toward the threshold
+    (``Scheme.bounded_full_range``).
+    """
+    count = 0
+    for op in ov_model.get_ops():
+        if op.get_type_name() != "FakeQuantize" or op.get_attributes()["levels"] != 256:
+            continue
+        source = op.input_value(0).get_node()
+        if source.get_type_name() != "Clamp":
+            continue
+        attributes = source.get_attributes()
+        if attributes.get("min") != 0.0 or attributes.get("max") != RELU6_MAX:
+            continue
+        _set_range(op, 0.0, RELU6_MAX)
+        count += 1
+    return count
+
+
+def _set_range(quantizer: Any, low: float, high: float) -> None:
+    """Set a FakeQuantize's input and output range to ``[low, high]`` (constants of its shapes)."""
+    import openvino as ov
+
+    for index, value in ((1, low), (2, high), (3, low), (4, high)):
+        bound = quantizer.input_value(index)
+        constant = ov.opset13.constant(np.full(bound.get_shape(), value, dtype=np.float32))
+        quantizer.input(index).replace_source_output(constant.output(0))
 
 
 def keep_decisions(

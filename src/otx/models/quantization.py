@@ -38,6 +38,12 @@ class Scheme:
     ``fallback`` is a scheme that keeps more of the model in float, slower but less noisy:
     ``otx optimize`` quantises with it when this scheme's INT8 model does not keep the FP32
     model's decisions on the validation split (``ladder``).
+    ``calibrate_with_validation``: the validation images (defective ones too) calibrate the
+    quantisers besides the training images. Ranges seen on normal images only clip a defect's
+    stronger activations, which squeezes its score toward the threshold.
+    ``bounded_full_range``: quantisers on the output of a ReLU6 (a ``Clamp`` to [0, 6]) span all
+    of [0, 6], the activation's own range, as the image quantiser spans [0, 1]: what calibration
+    did not see is not clipped either.
     """
 
     name: str
@@ -51,6 +57,8 @@ class Scheme:
     calibration_images: int = 300
     float_before: tuple[str, ...] = ()
     fallback: Scheme | None = None
+    calibrate_with_validation: bool = False
+    bounded_full_range: bool = False
 
     def __post_init__(self) -> None:
         if self.activation_ranges not in ("default", "minmax"):

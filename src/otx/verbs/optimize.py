@@ -177,7 +177,12 @@ def run(
         {
             "otx_quantization": quantization,
             "otx_quantization_summary": scheme_summary,
-            "otx_calibration": f"{len(chosen)} of {len(train)} train/good images (seed {ctx.seed})",
+            "otx_calibration": f"{len(chosen)} of {len(train)} train/good images (seed {ctx.seed})"
+            + (
+                f" and the {with_val} validation images"
+                if (with_val := record["validation_calibration_images"])
+                else ""
+            ),
             "otx_nncf_version": nncf.__version__,
             "otx_quantized_from": Path(source).name,
             "otx_weight_bits": str(bits),
@@ -219,6 +224,7 @@ def run(
         scheme=quantization,
         scheme_summary=scheme_summary,
         calibration_images=len(chosen),
+        validation_calibration_images=record["validation_calibration_images"],
         train_images=len(train),
         fake_quantize_nodes=record["fake_quantize_nodes"],
         image_quantizers=record["image_quantizers"],
