@@ -36,6 +36,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ("train-batch-size-0", "out of range", ["train", "--config", RECIPE, "--data.batch_size", "0"], "batch_size", 1),
     ("train-workers-neg", "out of range", ["train", "--config", RECIPE, "--data.num_workers", "-1"], "num_workers", 1),
     ("train-val-split", "out of range", ["train", "--config", RECIPE, "--data.val_split", "1.5"], "val_split", 1),
+    (  # before: "AnomalyModel has no default layers for backbone 'efficientnet_lite0'; pass them, ..."
+        "train-model-args-alone",
+        "missing model",
+        ["train", "--data_root", "{data}", "--model.init_args.input_size", "[128,128]"],
+        "no model: pass --config recipe/<task>/<model>.yaml or --model otx.models.Padim (--model.init_args options",
+        1,
+    ),
     ("train-epochs-0", "out of range", ["train", "--config", RECIPE, "--max_epochs", "0"], "max_epochs", 1),
     (
         "train-data-root-split-folder",
@@ -543,7 +550,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ),
     ("predict-checkpoint-missing", "missing path", ["predict", "--checkpoint", "{missing}.xml"], "does not exist", 1),
     ("predict-visualize-type", "wrong type", ["predict", "--visualize", "maybe"], "visualize", 2),
-    ("predict-workdir-unwritable", "unwritable folder", ["predict", "--work_dir", "{unwritable}"], "cannot create", 1),
+    (
+        "predict-workdir-unwritable",
+        "unwritable folder",
+        ["predict", "--checkpoint", "{ckpt}", "--work_dir", "{unwritable}"],
+        "cannot create",
+        1,
+    ),
     ("predict-workers-type", "wrong type", ["predict", "--data.num_workers", "x"], "num_workers", 2),
     # export
     ("export-format", "wrong value", ["export", "--format", "TFLITE"], "format", 2),
@@ -583,7 +596,7 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     (
         "optimize-workdir-unwritable",
         "unwritable folder",
-        ["optimize", "--work_dir", "{unwritable}"],
+        ["optimize", "--checkpoint", "{xml}", "--work_dir", "{unwritable}"],
         "cannot create",
         1,
     ),

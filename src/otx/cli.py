@@ -413,8 +413,13 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     resolved: dict[str, Any] = yaml.safe_load(config)
     model = None
     if verb == "train":
+        no_model = "no model: pass --config recipe/<task>/<model>.yaml or --model otx.models.Padim"
         if cfg.model is None:
-            raise OTXError("no model: pass --config recipe/<task>/<model>.yaml or --model otx.models.Padim")
+            raise OTXError(no_model)
+        if str(cfg.model.class_path).rpartition(".")[2] == "AnomalyModel":  # --model.init_args.X alone: the base
+            raise OTXError(
+                f"{no_model} (--model.init_args options set the arguments of the model that --config or --model names)"
+            )
         model = _instantiate_model(cfg.model)
     trainer = None
     if verb == "train" and cfg.get("trainer") is not None:
