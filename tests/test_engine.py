@@ -864,3 +864,17 @@ def test_train_closes_its_loggers_with_the_timings_written(dataset_copy, tmp_pat
     events = EventAccumulator(str(logs)).Reload()
     assert "time/fit_s" in events.Tags()["scalars"]  # written after Lightning's own finalize, then closed
     assert "time/fit_s" in (logs / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_a_test_split_of_normal_images_only_says_why_its_metrics_are_na(
+    trained_padim: dict, dataset_copy, tmp_path: Path
+) -> None:
+    # before: image_AUROC and image_F1 n/a in the table, and only "no ground_truth/ folder" said
+    root = dataset_copy()
+    for folder in [*root.glob("test/*"), root / "ground_truth"]:
+        if folder.name != "good":
+            shutil.rmtree(folder)
+    result = Engine(data=str(root), work_dir=tmp_path).test(checkpoint=trained_padim["checkpoint"])
+    assert result is not None and np.isnan(result.metrics["image_AUROC"])
+    said = [w for w in result.warnings if w.startswith("the test split has only normal images")]
+    assert len(said) == 1 and "add defect images (test/<defect>) to measure them" in said[0]

@@ -175,6 +175,16 @@ def threshold_warnings(
                 f"against any, it sits just below the lowest anomalous {split} score, so only images scoring "
                 f"lower are called normal; add normal images ({folder}/good) to learn one"
             ]
+        if not learned and what == "image" and not labels.any():
+            found.append(
+                f"the {split} split has only normal images: image AUROC and F1 (and pixel metrics) cannot be "
+                f"measured, so they are n/a; add defect images ({folder}/<defect>) to measure them"
+            )
+        elif not learned and what == "image" and labels.all():
+            found.append(
+                f"the {split} split has only anomalous images: image AUROC cannot be measured, so it is n/a; add "
+                f"normal images ({folder}/good) to measure it"
+            )
         if labels.any() and not labels.all():
             auroc = roc_auc(scores, labels) if auroc is None else auroc
             if abs(auroc - 0.5) < CHANCE_MARGIN:
