@@ -878,3 +878,14 @@ def test_a_test_split_of_normal_images_only_says_why_its_metrics_are_na(
     assert result is not None and np.isnan(result.metrics["image_AUROC"])
     said = [w for w in result.warnings if w.startswith("the test split has only normal images")]
     assert len(said) == 1 and "add defect images (test/<defect>) to measure them" in said[0]
+
+
+def test_training_images_of_both_kinds_grayscale_and_colour_are_said(dataset_copy, tmp_path: Path) -> None:
+    root = dataset_copy()  # bottle_like: colour images
+    train = sorted((root / "train" / "good").glob("*.png"))
+    for path in train[::2]:  # every other one saved as a one-channel file
+        cv2.imwrite(str(path), cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2GRAY))
+    data = AnomalyDataModule(str(root), num_workers=0)
+    result = Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=tmp_path).train()
+    said = [w for w in result["warnings"] if w.startswith("the training images mix grayscale and colour files")]
+    assert len(said) == 1 and f"(e.g. train/good/{train[0].name} and train/good/{train[1].name})" in said[0]

@@ -261,6 +261,37 @@ def all_stored_gray(colour_files: Sequence[str | Path]) -> bool:
     return bool(colour_files) and all(stored_gray(path) for path in colour_files[::step][:PROFILE_CHECKS])
 
 
+def mixed_channels_warning(paths: Sequence[str | Path], root: str | Path | None = None) -> str | None:
+    """One line when training images mix grayscale and colour files (``image_profile``'s ``mixed``).
+
+    Names one file of each kind (relative to ``root`` where given). Such a model learns both looks
+    as normal, and the later grayscale-or-colour check of test and predict images has nothing to
+    compare with.
+    """
+    gray = colour = None
+    for path in paths:
+        header = _header(path)
+        if header is None:
+            continue
+        if header[0] or stored_gray(path):
+            gray = gray or path
+        else:
+            colour = colour or path
+        if gray and colour:
+            break
+    if not (gray and colour):
+        return None
+
+    def shown(path: str | Path) -> str:
+        return str(Path(path).relative_to(root)) if root is not None and Path(path).is_relative_to(root) else str(path)
+
+    return (
+        f"the training images mix grayscale and colour files (e.g. {shown(gray)} and {shown(colour)}): the model "
+        "learns both looks as normal, which blunts it, and test or predict images of the other kind are not "
+        "noticed; convert them to one kind before training"
+    )
+
+
 def image_profile(paths: Iterable[str | Path]) -> dict[str, Any]:
     """Channels and size range of images, read from their headers.
 

@@ -14,7 +14,14 @@ import torch
 from otx import distributed
 from otx.boxes import UNTUNED
 from otx.checkpoint import CHECKPOINT_NAME, model_entry, save_checkpoint
-from otx.checks import copies_warning, image_profile, mask_coverage_warning, threshold_warnings, unmasked_warning
+from otx.checks import (
+    copies_warning,
+    image_profile,
+    mask_coverage_warning,
+    mixed_channels_warning,
+    threshold_warnings,
+    unmasked_warning,
+)
 from otx.data import AnomalyDataModule
 from otx.data.dataset import relative_names
 from otx.errors import OTXDataError, OTXError
@@ -261,6 +268,10 @@ def run(
         + (f", resuming {resume}" if resume else "")
     )
     profile = image_profile(s.path for s in splits["train"])
+    if profile.get("channels") == "mixed" and (
+        mixed := mixed_channels_warning([s.path for s in splits["train"]], data.data_root)
+    ):
+        ctx.warn(mixed)
     auto, chosen = model.input_mode_from_data, False
     if auto:  # resize, or keep_aspect for images resize would squash (resize when no image could be read)
         chosen = model.choose_input_mode(profile["aspect"] if profile else None) == "keep_aspect"
