@@ -507,6 +507,16 @@ def test_twelve_bit_data_in_sixteen_bit_files_is_named(dataset_copy, caplog) -> 
             assert len(said) == 1 and "(12-bit data" in said[0] and "multiply by 16" in said[0]
         else:
             assert not said
+    # Full-range files first, 12-bit ones after: before, only the first three files were decoded (no warning)
+    for path in files[len(files) // 2 :]:
+        assert cv2.imwrite(str(path), grey[path].astype(np.uint16) * 16)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="otx"):
+        index_mvtec(root)
+    said = [r.getMessage() for r in caplog.records if "16-bit files" in r.getMessage()]
+    assert len(said) == 1 and "(12-bit data, e.g. train/good/" in said[0]
+    named = said[0].split("e.g. ")[1].split(")")[0]
+    assert root / named in files[len(files) // 2 :]  # the narrow file, not the first one
 
 
 def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:

@@ -889,3 +889,23 @@ def test_training_images_of_both_kinds_grayscale_and_colour_are_said(dataset_cop
     result = Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=tmp_path).train()
     said = [w for w in result["warnings"] if w.startswith("the training images mix grayscale and colour files")]
     assert len(said) == 1 and f"(e.g. train/good/{train[0].name} and train/good/{train[1].name})" in said[0]
+
+
+def test_twelve_bit_test_and_input_images_are_said_where_the_training_images_were_full_range(
+    trained_padim: dict, dataset_copy, tmp_path: Path
+) -> None:
+    # before: only the training images were checked (their first three files); a model trained on 8-bit
+    # images scored 12-bit-in-16 test images, read nearly black, as anomalous, and nothing was said
+    root = dataset_copy()
+    for path in sorted((root / "test" / "good").glob("*.png")):
+        assert cv2.imwrite(str(path), cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.uint16) * 16)
+    tested = Engine(data=str(root), work_dir=tmp_path / "test").test(checkpoint=trained_padim["checkpoint"])
+    said = [w for w in tested.warnings if w.startswith("the test images include 16-bit files")]
+    assert len(said) == 1 and "(12-bit data, e.g. test/good/" in said[0] and "multiply by 16" in said[0]
+    predicted = Engine(work_dir=tmp_path / "predict").predict(
+        source=root / "test" / "good", checkpoint=trained_padim["checkpoint"]
+    )
+    assert predicted is not None
+    warnings = json.loads(next((tmp_path / "predict").glob("*-predict/metrics.json")).read_text())["warnings"]
+    said = [w for w in warnings if w.startswith("the input images include 16-bit files")]
+    assert len(said) == 1 and str(root / "test" / "good") in said[0]

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -390,7 +391,8 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
         log.warning("%s", pages_warning(paged, root))
     if turned:
         log.warning("%s", turned_warning(turned, root))
-    _warn_narrow_sixteen_bit(root, subsets.get("train", []))
+    if narrow := narrow_sixteen_bit_warning([sample.path for sample in subsets.get("train", [])], root):
+        log.warning("%s", narrow)
     if mask_dir is None:
         return unreadable
     by_mask = {s.mask_path: s for samples in subsets.values() for s in samples if s.mask_path}
@@ -429,32 +431,35 @@ SIXTEEN_BIT_TYPES = (".png", ".tif", ".tiff", ".pgm", ".ppm", ".pnm", ".jp2")
 NARROW_PEAK = 4096  # 16-bit files whose values stay below this hold 12 bits or fewer (a machine camera's)
 
 
-def _warn_narrow_sixteen_bit(root: Path, train: list[Sample], count: int = 3) -> None:
-    """Warn when the first training images are 16-bit files holding 12 bits or fewer.
+NARROW_CHECKS = 5  # 16-bit files decoded per check, spread over the images
+
+
+def narrow_sixteen_bit_warning(
+    paths: Sequence[str | Path], root: str | Path | None = None, where: str = "training"
+) -> str | None:
+    """One line when 16-bit files among ``paths`` hold 12 bits or fewer (values below ``NARROW_PEAK``).
 
     otx (like OpenCV and anomalib's readers) scales 16-bit images by 65535: 12-bit data reads as 16
-    grey levels of 256, nearly black, and nothing else would say so. Three files are decoded.
+    grey levels of 256, nearly black, and nothing else would say so. Up to ``NARROW_CHECKS`` files
+    of a 16-bit capable type, spread over ``paths``, are decoded; the file named is the narrow one
+    (relative to ``root`` where given). Other file types are 8-bit and skipped.
     """
-    peaks = []
-    for sample in train[:count]:
-        if Path(sample.path).suffix.lower() not in SIXTEEN_BIT_TYPES:  # JPEG and the like: 8 bits, not decoded
-            return
-        peak = sixteen_bit_peak(sample.path)
-        if peak is None:
-            return
-        peaks.append(peak)
-    if peaks and 0 < max(peaks) < NARROW_PEAK:
-        top = max(peaks)
-        log.warning(
-            "the training images are 16-bit files whose values stay at or below %d (%d-bit data, e.g. %s): otx "
-            "scales 16-bit images by 65535, so they read as %d of 256 grey levels; scale the files to the full "
-            "16-bit range first (multiply by %d)",
-            top,
-            max(top.bit_length(), 1),
-            Path(train[0].path).relative_to(root),
-            top // 257 + 1,
-            2 ** (16 - max(top.bit_length(), 1)),
-        )
+    capable = [path for path in paths if Path(path).suffix.lower() in SIXTEEN_BIT_TYPES]
+    if not capable:
+        return None
+    step = max(1, -(-len(capable) // NARROW_CHECKS))
+    chosen = [*capable[::step][: NARROW_CHECKS - 1], capable[-1]] if len(capable) > 1 else capable
+    narrow = [(peak, path) for path in dict.fromkeys(chosen) if (peak := sixteen_bit_peak(path)) and peak < NARROW_PEAK]
+    if not narrow:
+        return None
+    top, path = max(narrow, key=lambda item: item[0])
+    bits = max(top.bit_length(), 1)
+    shown = Path(path).relative_to(root) if root is not None and Path(path).is_relative_to(root) else Path(path)
+    return (
+        f"the {where} images include 16-bit files whose values stay at or below {top} ({bits}-bit data, e.g. "
+        f"{shown}): otx scales 16-bit images by 65535, so they read as {top // 257 + 1} of 256 grey levels; scale "
+        f"the files to the full 16-bit range first (multiply by {2 ** (16 - bits)})"
+    )
 
 
 _MASK_WORD = re.compile(r"^(?P<stem>.+?)[ ._-]?mask$", re.IGNORECASE)  # 000_MASK, 000-mask, 000 mask, 000mask

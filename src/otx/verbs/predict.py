@@ -15,7 +15,7 @@ import numpy as np
 from otx import distributed
 from otx.checks import profile_warnings
 from otx.data.datamodule import samples_from_source
-from otx.data.dataset import layout_mask
+from otx.data.dataset import layout_mask, narrow_sixteen_bit_warning
 from otx.data.io import image_header, pages_warning, read_image, read_mask, turned_warning
 from otx.errors import OTXDataError, OTXError
 from otx.results import PredictResult
@@ -139,6 +139,9 @@ def run(
     )
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in samples], "input"):
         ctx.warn(message)
+    root = None if source is not None else data.data_root  # (a source's files are named as given)
+    if narrow := narrow_sixteen_bit_warning([s.path for s in samples], root, "input"):
+        ctx.warn(narrow)
     if source is not None:  # (a data root's index says these, as in train and test)
         headers = {s.path: _header(s.path) for s in samples}
         if paged := pages_warning([path for path, (pages, _) in headers.items() if pages > 1]):

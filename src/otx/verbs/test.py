@@ -11,7 +11,7 @@ import torch
 
 from otx import distributed
 from otx.checks import mask_coverage_warning, profile_warnings, threshold_warnings, unmasked_warning
-from otx.data.dataset import Sample
+from otx.data.dataset import Sample, narrow_sixteen_bit_warning
 from otx.errors import OTXDataError, OTXError
 from otx.report import ReportInput, write_report
 from otx.results import TestResult, recorded_path
@@ -66,6 +66,8 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     test = data.splits["test"]
     if not any(s.label >= 0 for s in test):
         raise OTXError("no labelled test images (test/good, test/<defect>); nothing to evaluate")
+    if narrow := narrow_sixteen_bit_warning([s.path for s in test], data.data_root, "test"):
+        ctx.warn(narrow)
     start = time.perf_counter()
     outputs, errors = collect(ctx, data, scorer, test, "test", skip_errors=True)
     infer_s = time.perf_counter() - start
