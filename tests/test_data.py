@@ -662,6 +662,13 @@ def test_multi_page_and_turned_images_are_named_in_the_index_and_in_predict(
         "viewers show them, and masks written by otx match the stored pixels; turn the files themselves "
         "(e.g. PIL's ImageOps.exif_transpose) to have them scored and their masks written as viewers show them"
     ]
+    # a source folder with type folders: the file is named under it (before: "052.jpg", which several may be)
+    assert main([*args, "--source", str(root / "test"), "--visualize", "false"]) == 0
+    latest = json.loads((work_dir / "latest.json").read_text())["predict"]
+    run = json.loads((work_dir / latest / "metrics.json").read_text())
+    assert [w for w in run["warnings"] if "EXIF" in w][0].startswith(
+        "1 image(s) carry an EXIF orientation (e.g. scratch/052"
+    )
 
 
 def test_the_datas_warnings_are_listed_in_the_runs_results(dataset_copy, trained_padim: dict, tmp_path: Path) -> None:

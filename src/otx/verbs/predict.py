@@ -139,15 +139,17 @@ def run(
     )
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in samples], "input"):
         ctx.warn(message)
-    root = None if source is not None else data.data_root  # (a source's files are named as given)
+    # files are named under the source folder (under the data root without a source), else as given
+    folder = Path(source).expanduser() if source is not None else Path(data.data_root or ".")
+    root = folder if folder.is_dir() and all(Path(s.path).is_relative_to(folder) for s in samples) else None
     if narrow := narrow_sixteen_bit_warning([s.path for s in samples], root, "input"):
         ctx.warn(narrow)
     if source is not None:  # (a data root's index says these, as in train and test)
         headers = {s.path: _header(s.path) for s in samples}
-        if paged := pages_warning([path for path, (pages, _) in headers.items() if pages > 1]):
+        if paged := pages_warning([path for path, (pages, _) in headers.items() if pages > 1], root):
             ctx.warn(paged)
         turned = [path for path, (_, orientation) in headers.items() if orientation != 1]
-        if message := turned_warning(turned, masks="written by otx match"):
+        if message := turned_warning(turned, root, masks="written by otx match"):
             ctx.warn(message)
     stems = output_stems([s.path for s in samples])
     # rank 0's folder: in a distributed run every process writes its images' masks and overlays there
