@@ -341,6 +341,20 @@ def test_test_reports_unreadable_images_and_leaves_them_out_of_the_metrics(
     assert "<th>unreadable</th>" in report
 
 
+def test_an_unreadable_defect_image_is_not_also_said_to_lack_a_mask(
+    trained_padim: dict, dataset_copy, tmp_path: Path
+) -> None:
+    # before: besides "not scored", "1 anomalous test image(s) have no mask (e.g. scratch/zz.png ...)"
+    root = dataset_copy()
+    (root / "test" / "scratch" / "zz.png").write_bytes(b"not an image")
+    work_dir = tmp_path / "ws"
+    args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(root)]
+    assert main([*args, "--work_dir", str(work_dir)]) == 1
+    metrics = json.loads((work_dir / latest(work_dir)["test"] / "metrics.json").read_text())
+    assert [e["image"] for e in metrics["errors"]] == [str(root / "test" / "scratch" / "zz.png")]
+    assert not [w for w in metrics["warnings"] if "have no mask" in w], metrics["warnings"]
+
+
 def test_a_defect_type_with_no_readable_image_is_named_in_the_report(
     trained_padim: dict, dataset_copy, tmp_path: Path
 ) -> None:

@@ -77,7 +77,8 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         log.warning("not scored: %s", error)
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in test], "test"):
         ctx.warn(message)
-    if data.has_masks and adapter.pixel_level and (message := unmasked_warning(test, "test")):
+    readable = [s for s, error in zip(test, errors, strict=True) if not error]  # (the unreadable are said above)
+    if data.has_masks and adapter.pixel_level and (message := unmasked_warning(readable, "test")):
         ctx.warn(message)
     if not data.has_masks and adapter.pixel_level:  # in metrics.json and the report: why their rows are missing
         ctx.warn(
