@@ -149,12 +149,16 @@ def _why_unreadable(path: str | Path, exc: OSError) -> str:
 
 
 def sixteen_bit_peak(path: str | Path) -> int | None:
-    """The largest value of a 16-bit image file, None for other depths or a file that cannot be decoded."""
+    """The largest value of a 16-bit image file, None for other depths or a file that cannot be decoded.
+
+    Decoded as otx reads images (``_decode``), so a damaged file prints nothing of its own (libpng's
+    "PNG input buffer is incomplete") and is said where it is read, not here.
+    """
     try:
-        array = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
-    except (OSError, cv2.error):
+        array = _decode(path, _file_bytes(path, "image"), PIL_IMAGE_MODES, "image")
+    except OTXDataError:
         return None
-    return int(array.max()) if array is not None and array.dtype == np.uint16 and array.size else None
+    return int(array.max()) if array.dtype == np.uint16 and array.size else None
 
 
 def read_mask(path: str | Path) -> np.ndarray:

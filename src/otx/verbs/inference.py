@@ -57,10 +57,7 @@ def metric_pixel_budget() -> int:
 
 def metric_divisor(total_pixels: int, budget: int) -> int:
     """1, or the smallest whole factor by which images' sides shrink so their pixels fit ``budget``."""
-    if total_pixels <= budget:
-        return 1
-    divisor = max(2, math.ceil(math.sqrt(total_pixels / budget)))
-    return divisor
+    return 1 if total_pixels <= budget else max(2, math.ceil(math.sqrt(total_pixels / budget)))
 
 
 def batches(
@@ -233,7 +230,8 @@ def evaluate(
         ctx.warn(
             f"{what} metrics at 1/{divisor} of each image's own size (pixel_metrics_divisor): the {sum(usable)} "
             f"images hold {total / 1e6:.0f} M pixels, about {total * METRIC_BYTES_PER_PIXEL / 2**30:.1f} GB of "
-            f"metrics at full size, over the {budget / 1e6:.0f} M this run allows (half the free memory); "
+            f"metrics at full size, over the {budget / 1e6:.0f} M this run allows "
+            f"({METRIC_PIXELS_ENV if os.environ.get(METRIC_PIXELS_ENV, '').strip() else 'half the free memory'}); "
             f"{METRIC_PIXELS_ENV}={total} computes them at full size where the memory is there"
         )
     normalized = None if pixel_range is None else (pixel_threshold, *pixel_range)
