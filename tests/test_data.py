@@ -514,9 +514,16 @@ def test_twelve_bit_data_in_sixteen_bit_files_is_named(dataset_copy, caplog) -> 
     with caplog.at_level("WARNING", logger="otx"):
         index_mvtec(root)
     said = [r.getMessage() for r in caplog.records if "16-bit files" in r.getMessage()]
-    assert len(said) == 1 and "(12-bit data, e.g. train/good/" in said[0]
+    assert len(said) == 1 and "(12-bit data: 2 of 5 checked, e.g. train/good/" in said[0]
     named = said[0].split("e.g. ")[1].split(")")[0]
     assert root / named in files[len(files) // 2 :]  # the narrow file, not the first one
+    # one dark file among full-range ones (a black frame) is not 12-bit data
+    for path in files:
+        assert cv2.imwrite(str(path), grey[path].astype(np.uint16) * (16 if path == files[0] else 257))
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="otx"):
+        index_mvtec(root)
+    assert not [r for r in caplog.records if "16-bit files" in r.getMessage()]
 
 
 def test_float_images_outside_the_levels_are_refused_not_clipped(tmp_path: Path) -> None:

@@ -237,17 +237,21 @@ def test_an_ir_of_many_tiles_takes_them_in_chunks_and_any_batch(sample_root: Pat
         source=source, checkpoint=trained["checkpoint"]
     )
     assert_same_predictions(expected, OpenVINOInferencer(exported, device="CPU").predict(source), "segmentation", 1e-3)
-    # a batch of images (the graph was traced with one) gives each image's outputs: the chunks of the tile
-    # axis are equal parts, not the lengths one image had
-    compiled = ov.Core().compile_model(exported, "CPU")
+    # a batch of images (the graph was traced with one) gives each image's outputs, in the IR (its last
+    # chunk takes the other images' tiles) and in ONNX (equal chunks at run time: split by one image's
+    # lengths, it failed on a batch, "VariadicSplit ... sum_of_splits")
+    onnx = Path(engine.export(trained["checkpoint"], export_format="ONNX")["exported_model"])
     rng = np.random.default_rng(0)
     images = [rng.random((1, 3, 96, 112), dtype=np.float32) * scale for scale in (1.0, 0.4, 0.7)]
-    alone = [compiled([image]) for image in images]
-    together = compiled([np.concatenate(images)])
-    for output in compiled.outputs:
-        joined = np.concatenate([result[output] for result in alone])
-        assert together[output].shape == joined.shape
-        np.testing.assert_allclose(together[output], joined, atol=1e-4, err_msg=output.get_any_name())
+    for path in (exported, onnx):
+        compiled = ov.Core().compile_model(path, "CPU")
+        alone = [compiled([image]) for image in images]
+        together = compiled([np.concatenate(images)])
+        for index, output in enumerate(compiled.outputs):
+            joined = np.concatenate([result[index] for result in alone])
+            assert together[index].shape == joined.shape, (path.suffix, index)
+            # (batch-dependent convolution kernels: 1.4e-3 at one ONNX pixel of 49,152 seen)
+            np.testing.assert_allclose(together[index], joined, atol=5e-3, err_msg=f"{path.suffix} {output}")
 
 
 @pytest.fixture(scope="module")

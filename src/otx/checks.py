@@ -177,8 +177,8 @@ def threshold_warnings(
             ]
         if not learned and what == "image" and not labels.any():
             found.append(
-                f"the {split} split has only normal images: image AUROC and F1 (and pixel metrics) cannot be "
-                f"measured, so they are n/a; add defect images ({folder}/<defect>) to measure them"
+                f"the {split} split has only normal images: image AUROC cannot be measured, so it is n/a (and F1 "
+                f"counts false alarms only); add defect images ({folder}/<defect>) to measure them"
             )
         elif not learned and what == "image" and labels.all():
             found.append(
@@ -269,21 +269,27 @@ def mixed_channels_warning(paths: Sequence[str | Path], root: str | Path | None 
     compare with.
     """
     gray = colour = None
+    decoded = 0
     for path in paths:
         header = _header(path)
         if header is None:
             continue
-        if header[0] or stored_gray(path):
+        if header[0]:
             gray = gray or path
-        else:
-            colour = colour or path
+        elif colour is None and decoded < PROFILE_CHECKS:  # decoded, as image_profile does, a few at most
+            decoded += 1
+            if stored_gray(path):
+                gray = gray or path
+            else:
+                colour = path
         if gray and colour:
             break
     if not (gray and colour):
         return None
 
     def shown(path: str | Path) -> str:
-        return str(Path(path).relative_to(root)) if root is not None and Path(path).is_relative_to(root) else str(path)
+        inside = root is not None and Path(path).is_relative_to(root)
+        return (Path(path).relative_to(root) if inside else Path(path)).as_posix()
 
     return (
         f"the training images mix grayscale and colour files (e.g. {shown(gray)} and {shown(colour)}): the model "

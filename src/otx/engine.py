@@ -344,12 +344,13 @@ class Engine:
         weight_bits: str | int = "auto",
         fallback: bool = True,
     ) -> OptimizeResult | None:
-        """Quantise a model to INT8 with NNCF, calibrated on training images only; keeps its accuracy.
+        """Quantise a model to INT8 with NNCF, calibrated on training images (PADIM: validation too), keeping accuracy.
 
         ``checkpoint`` is an exported OpenVINO ``.xml`` (ONNX is refused) or a ``model.ckpt``
         (exported to an FP32 IR first); the default is this engine's last export, else the checkpoint it trained last,
         else the newest of the work_dir's latest export and latest training run.
-        ``subset_size`` training images (``train/good``, all if fewer) calibrate the quantisers; None
+        ``subset_size`` training images (``train/good``, all if fewer; a scheme may add the validation
+        images, ``Scheme.calibrate_with_validation``) calibrate the quantisers; None
         takes the model's default (its INT8 scheme's ``calibration_images``: 300 for PADIM and
         PatchFlow, 1,000 for PatchCore and STFPM). With ``max_drop``, NNCF's accuracy control keeps
         the validation AUROC and F1 (image, and pixel with masks) within ``max_drop`` of the FP32

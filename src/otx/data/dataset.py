@@ -449,16 +449,19 @@ def narrow_sixteen_bit_warning(
         return None
     step = max(1, -(-len(capable) // NARROW_CHECKS))
     chosen = [*capable[::step][: NARROW_CHECKS - 1], capable[-1]] if len(capable) > 1 else capable
-    narrow = [(peak, path) for path in dict.fromkeys(chosen) if (peak := sixteen_bit_peak(path)) and peak < NARROW_PEAK]
-    if not narrow:
+    peaks = [(peak, path) for path in dict.fromkeys(chosen) if (peak := sixteen_bit_peak(path)) is not None]
+    narrow = [(peak, path) for peak, path in peaks if 0 < peak < NARROW_PEAK]
+    if not narrow or 3 * len(narrow) < len(peaks):  # (one dark frame among full-range files is no 12-bit data)
         return None
     top, path = max(narrow, key=lambda item: item[0])
     bits = max(top.bit_length(), 1)
-    shown = Path(path).relative_to(root) if root is not None and Path(path).is_relative_to(root) else Path(path)
+    inside = root is not None and Path(path).is_relative_to(root)
+    shown = (Path(path).relative_to(root) if inside else Path(path)).as_posix()
     return (
-        f"the {where} images include 16-bit files whose values stay at or below {top} ({bits}-bit data, e.g. "
-        f"{shown}): otx scales 16-bit images by 65535, so they read as {top // 257 + 1} of 256 grey levels; scale "
-        f"the files to the full 16-bit range first (multiply by {2 ** (16 - bits)})"
+        f"the {where} images include 16-bit files whose values stay at or below {top} ({bits}-bit data: "
+        f"{len(narrow)} of {len(peaks)} checked, e.g. {shown}): otx scales 16-bit images by 65535, so they read as "
+        f"{top // 257 + 1} of 256 grey levels; scale the files to the full 16-bit range first (multiply by "
+        f"{2 ** (16 - bits)})"
     )
 
 

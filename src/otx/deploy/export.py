@@ -145,8 +145,10 @@ def name_io(ov_model: Any) -> None:
 def _export_onnx(graph: ExportGraph, example: torch.Tensor, tmp_dir: Path, info: dict[str, str]) -> list[Path]:
     import onnx
 
+    from otx.models.base import equal_tile_chunks
+
     path = tmp_dir / f"{EXPORT_NAME}.onnx"
-    with torch.no_grad():
+    with torch.no_grad(), equal_tile_chunks():  # a batch of images splits into equal tile chunks
         torch.onnx.export(
             graph,
             (example,),

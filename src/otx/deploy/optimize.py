@@ -14,8 +14,10 @@ Mahalanobis product) runs in INT8. Every scheme keeps in float:
 - the anomaly map from where the scheme says, the image score, and everything after them,
 - the post-processor (thresholds, normalisation, clipping).
 
-Calibration uses training images only (``train/good``: normal images the model was fitted on),
-never validation or test images. After quantisation the INT8 model's decisions are checked on the
+Calibration uses training images (``train/good``: normal images the model was fitted on), and
+the validation images where the model's scheme says so (``Scheme.calibrate_with_validation``,
+PADIM's: defects unlike anything normal were clipped), never test images; the validation check
+below is then made on images that also calibrated. After quantisation the INT8 model's decisions are checked on the
 validation split against the FP32 model's and its thresholds recalibrated where that keeps them
 (``otx.deploy.calibrate``). ``max_drop`` switches to NNCF's quantisation with accuracy control:
 on the validation split the thresholds were learned on, the largest drop from FP32 of image

@@ -11,8 +11,11 @@ into exported graphs; thresholds and normalisation statistics live in ``self.pos
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import os
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import lightning as L
@@ -65,7 +68,7 @@ def image_outputs(
     """Raw ``(anomaly_map [B, H, W], pred_score [B])`` of images at ``input_size``, tiled if the mode says so.
 
     Shared by ``AnomalyModel.forward`` and the export graph. The core takes the tiles a few at a
-    time (``core_in_chunks``), in torch as in the traced graph.
+    time (``core_in_chunks``), in torch as in the traced graph (equal chunks there).
     ``score_top_share``: the image score is the mean of that share of the map's highest pixels
     (``top_share_score``); None keeps the core's own score.
     """
@@ -81,18 +84,41 @@ def image_outputs(
     return maps, scores
 
 
-def core_in_chunks(core: nn.Module, tiles: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``core_outputs`` of ``[B * count, C, t, t]`` tiles (image after image), a few tiles at a time.
+MIN_TRACED_CHUNK = 4  # a traced graph takes an image's tiles in one batch rather than in smaller equal chunks
+_EQUAL_CHUNKS = contextvars.ContextVar("otx_equal_tile_chunks", default=False)
 
-    The chunks are equal, of the largest size up to ``TILE_CHUNK`` that divides ``count``, so
-    a graph traced with one image splits the tile axis into equal parts (OpenVINO's ``Split``),
-    which holds for any batch size (a batch's parts are larger, in the same order). Traced, the
-    chunks are branches that OpenVINO runs one after another, reusing their memory: a 4000x3000
-    PADIM IR of 192 tiles predicted within 3.1 GB instead of 5.3 (``docs/input-modes.md``, "A
-    4000x3000 image").
+
+@contextlib.contextmanager
+def equal_tile_chunks() -> Iterator[None]:
+    """While tracing inside it, tile chunks are equal parts at run time (``torch.chunk``): the ONNX export's."""
+    token = _EQUAL_CHUNKS.set(True)
+    try:
+        yield
+    finally:
+        _EQUAL_CHUNKS.reset(token)
+
+
+def core_in_chunks(core: nn.Module, tiles: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``core_outputs`` of ``[B * count, C, t, t]`` tiles (image after image), ``TILE_CHUNK`` at a time.
+
+    Traced (the export), an image's ``count`` tiles go in chunks of the largest size up to
+    ``TILE_CHUNK`` that divides it, branches of the graph that OpenVINO runs one after another,
+    reusing their memory: a 4000x3000 PADIM IR of 192 tiles predicted within 3.0 GB instead of 5.3
+    (``docs/input-modes.md``, "A 4000x3000 image"). The OpenVINO IR splits by those fixed sizes
+    (static shapes: equal parts computed at run time, ``torch.chunk``, took 4.7 GB), so a batch of
+    several images runs its extra images' tiles in the last chunk (the same outputs, more memory).
+    The ONNX export splits into equal parts at run time (``equal_tile_chunks``): ONNX's split by
+    fixed sizes refuses a batch. A count with no divisor from ``MIN_TRACED_CHUNK`` to
+    ``TILE_CHUNK`` (a prime number of tiles) is traced as one batch.
     """
-    step = max(size for size in range(1, TILE_CHUNK + 1) if count % size == 0)
-    parts = [core_outputs(core, chunk) for chunk in tiles.split(step)]
+    if torch.jit.is_tracing():
+        step = max(size for size in range(1, TILE_CHUNK + 1) if count % size == 0)
+        if step < MIN_TRACED_CHUNK:
+            return core_outputs(core, tiles)
+        chunks = tiles.chunk(count // step) if _EQUAL_CHUNKS.get() else tiles.split(step)
+    else:
+        chunks = tiles.split(TILE_CHUNK)
+    parts = [core_outputs(core, chunk) for chunk in chunks]
     return torch.cat([m for m, _ in parts]), torch.cat([s for _, s in parts])
 
 

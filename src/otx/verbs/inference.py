@@ -31,7 +31,7 @@ Outputs = dict[str, torch.Tensor]
 
 METRIC_PIXELS_ENV = "OTX_METRIC_PIXELS"  # pixels the pixel metrics may hold at once (default: from free memory)
 # Memory per pixel at the metrics' peak (the map, mask and predicted mask rows held, 6 bytes, plus
-# per_defect's copies, 8.5): measured with tracemalloc on 120 M pixels (docs/architecture.md).
+# per_defect's copies, 8.5, by tracemalloc on 120 M pixels; 12.6 for a whole otx test: docs/input-modes.md).
 METRIC_BYTES_PER_PIXEL = 16
 METRIC_MEMORY_SHARE = 0.5  # of the memory free when the metrics start
 
@@ -42,7 +42,7 @@ def metric_pixel_budget() -> int:
     if value:
         try:
             budget = int(float(value))
-        except ValueError:
+        except (ValueError, OverflowError):  # (int(inf) overflows)
             budget = 0
         if budget < 1:
             raise OTXConfigError(
@@ -52,7 +52,29 @@ def metric_pixel_budget() -> int:
         return budget
     import psutil
 
-    return int(psutil.virtual_memory().available * METRIC_MEMORY_SHARE / METRIC_BYTES_PER_PIXEL)
+    free = psutil.virtual_memory().available
+    if (container := _cgroup_free()) is not None:  # a container's limit, which psutil does not see
+        free = min(free, container)
+    return int(free * METRIC_MEMORY_SHARE / METRIC_BYTES_PER_PIXEL)
+
+
+_CGROUP_FILES = (  # (limit, usage): cgroup v2, then v1
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def _cgroup_free() -> int | None:
+    """Bytes left under this process's cgroup memory limit (Linux containers); None without a limit."""
+    for limit_file, usage_file in _CGROUP_FILES:
+        try:
+            limit, usage = Path(limit_file).read_text().strip(), int(Path(usage_file).read_text())
+        except (OSError, ValueError):
+            continue
+        if limit == "max" or not limit.isdigit() or int(limit) >= 1 << 60:  # no limit (v1 writes a huge number)
+            return None
+        return max(0, int(limit) - usage)
+    return None
 
 
 def metric_divisor(total_pixels: int, budget: int) -> int:
@@ -195,7 +217,7 @@ def evaluate(
 
     Where the images hold more pixels than ``metric_pixel_budget`` allows (thousands of large
     images), pixel and box metrics are computed with each image's sides divided by the smallest
-    whole ``divisor`` that fits (maps restored to that size, masks shrunk by majority, boxes
+    whole ``divisor`` that fits (maps restored to that size, masks shrunk keeping every region, boxes
     scaled), said in a warning and as ``pixel_metrics_divisor`` in the metrics; the ``*_input``
     entries are left out when the maps at the model's size alone exceed it.
 
@@ -221,18 +243,28 @@ def evaluate(
         maps, masks = maps[torch.tensor(usable)], masks[torch.tensor(usable)]
     budget = metric_pixel_budget()
     at_input = pixel_metrics(maps, masks, maps >= pixel_threshold) if maps.numel() <= budget else {}
+    input_pixels = maps.numel()
     del maps, masks
     sizes = outputs["orig_sizes"].numpy()
     total = sum(int(h) * int(w) for (h, w), use in zip(sizes, usable, strict=True) if use)
     divisor = metric_divisor(total, budget)
+    allows = (
+        f"the {budget / 1e6:.3g} M this run allows "
+        f"({METRIC_PIXELS_ENV if os.environ.get(METRIC_PIXELS_ENV, '').strip() else 'half the free memory'})"
+    )
     if divisor > 1:
         what = "pixel and box" if adapter.box_level and predictions is not None else "pixel"
         ctx.warn(
-            f"{what} metrics at 1/{divisor} of each image's own size (pixel_metrics_divisor): the {sum(usable)} "
-            f"images hold {total / 1e6:.0f} M pixels, about {total * METRIC_BYTES_PER_PIXEL / 2**30:.1f} GB of "
-            f"metrics at full size, over the {budget / 1e6:.0f} M this run allows "
-            f"({METRIC_PIXELS_ENV if os.environ.get(METRIC_PIXELS_ENV, '').strip() else 'half the free memory'}); "
+            f"{what} metrics at 1/{divisor} of each image's own size (pixel_metrics_divisor"
+            + ("; the *_input ones left out" if not at_input else "")
+            + f"): the {sum(usable)} images hold {total / 1e6:.3g} M pixels, about "
+            f"{total * METRIC_BYTES_PER_PIXEL / 2**30:.1f} GB of metrics at full size, over {allows}; "
             f"{METRIC_PIXELS_ENV}={total} computes them at full size where the memory is there"
+        )
+    elif not at_input:  # images smaller than the model's input: their own size fits, the input size does not
+        ctx.warn(
+            f"the pixel metrics at the model's input size (*_input) are left out: its maps hold "
+            f"{input_pixels / 1e6:.3g} M pixels, over {allows}"
         )
     normalized = None if pixel_range is None else (pixel_threshold, *pixel_range)
     full_maps, full_masks, flat, predicted = _full_size(samples, outputs, usable, preprocessor, normalized, divisor)
@@ -290,8 +322,8 @@ def _full_size(
     Returns the maps, the masks (all False for a normal image without a mask file), the two rows
     and, with ``normalized`` (the pixel threshold, min and max), the row of the predicted masks as
     the task adapters make them (``normalize``, restore, ``>= 0.5``); else None. With ``divisor``
-    > 1, each at its image's size divided by it (``reduced_size``; a mask pixel is defect where at
-    least half of the pixels it stands for are).
+    > 1, each at its image's size divided by it (``reduced_size``; a mask pixel is defect where any
+    of the pixels it stands for is, ``shrink_mask``).
 
     The pixel metrics need every pixel in one row; restoring into it directly saves a copy of
     all pixels (114 MB on magnetic_tile's test split).
@@ -325,11 +357,15 @@ def _full_size(
 
 
 def shrink_mask(mask: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """A binary mask at a smaller ``(height, width)``: a pixel is defect where at least half of its area is."""
+    """A binary mask at a smaller ``(height, width)``: a pixel is defect where any of the pixels it stands for is.
+
+    So every defect region, a 1-pixel scratch or spot too, is still there at the smaller size (a
+    majority vote dropped them at a third of the size), a little wider.
+    """
     import cv2
 
     shrunk = cv2.resize((mask != 0).astype(np.float32), (size_hw[1], size_hw[0]), interpolation=cv2.INTER_AREA)
-    return shrunk >= 0.5
+    return shrunk > 0
 
 
 def tune_boxes(

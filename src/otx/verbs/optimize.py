@@ -129,6 +129,7 @@ def run(
     ctx.console.print(
         f"[bold]otx optimize[/]: {info.model_name} ({info.backbone}) from {source}, calibrating on "
         f"{len(chosen)} of {len(train)} train/good images"
+        + (f" and the {n_val} validation images" if scheme.calibrate_with_validation and n_val else "")
         + (f", accuracy control (max drop {max_drop}) on {n_val} validation images" if max_drop else "")
         + f", {bits}-bit weights"
         + (" (auto: this CPU " + ("has" if bits == 8 else "lacks") + " VNNI)" if weight_bits == "auto" else "")
