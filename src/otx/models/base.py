@@ -68,7 +68,7 @@ def image_outputs(
     """Raw ``(anomaly_map [B, H, W], pred_score [B])`` of images at ``input_size``, tiled if the mode says so.
 
     Shared by ``AnomalyModel.forward`` and the export graph. The core takes the tiles a few at a
-    time (``core_in_chunks``), in torch as in the traced graph (equal chunks there).
+    time (``core_in_chunks``), in torch as in the traced graph.
     ``score_top_share``: the image score is the mean of that share of the map's highest pixels
     (``top_share_score``); None keeps the core's own score.
     """
