@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from otx.data.io import PIL_ERRORS
+from otx.data.io import PIL_ERRORS, shown_path
 
 CHANCE_MARGIN = 0.1  # AUROC within this of 0.5 is "near chance"
 SIZE_FACTOR = 2.0  # images more than this factor smaller or larger than every training image
@@ -121,14 +121,12 @@ def copies_warning(train: list[str], others: list[str], root: str | Path | None 
     if not copies:
         return None
 
-    def shown(path: str) -> str:
-        return Path(path).relative_to(root).as_posix() if root and Path(path).is_relative_to(root) else path
-
     copy, original = copies[0]
     return (
-        f"{len(copies)} validation/test image(s) are byte-for-byte copies of training images (e.g. {shown(copy)} = "
-        f"{shown(original)}): the model scores them as images it was fitted on, which pulls the thresholds down "
-        "(validation) and flatters the metrics (test); remove them from test/ (or val/)"
+        f"{len(copies)} validation/test image(s) are byte-for-byte copies of training images (e.g. "
+        f"{shown_path(copy, root or None)} = {shown_path(original, root or None)}): the model scores them as "
+        "images it was fitted on, which pulls the thresholds down (validation) and flatters the metrics (test); "
+        "remove them from test/ (or val/)"
     )
 
 
@@ -286,13 +284,9 @@ def mixed_channels_warning(paths: Sequence[str | Path], root: str | Path | None 
             break
     if not (gray and colour):
         return None
-
-    def shown(path: str | Path) -> str:
-        inside = root is not None and Path(path).is_relative_to(root)
-        return (Path(path).relative_to(root) if inside else Path(path)).as_posix()
-
     return (
-        f"the training images mix grayscale and colour files (e.g. {shown(gray)} and {shown(colour)}): the model "
+        f"the training images mix grayscale and colour files (e.g. {shown_path(gray, root)} and "
+        f"{shown_path(colour, root)}): the model "
         "learns both looks as normal, which blunts it, and test or predict images of the other kind are not "
         "noticed; convert them to one kind before training"
     )

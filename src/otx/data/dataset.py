@@ -34,6 +34,7 @@ from otx.data.io import (
     image_header,
     image_size,
     pages_warning,
+    shown_path,
     sixteen_bit_peak,
     turned_warning,
 )
@@ -455,13 +456,11 @@ def narrow_sixteen_bit_warning(
         return None
     top, path = max(narrow, key=lambda item: item[0])
     bits = max(top.bit_length(), 1)
-    inside = root is not None and Path(path).is_relative_to(root)
-    shown = (Path(path).relative_to(root) if inside else Path(path)).as_posix()
     return (
         f"the {where} images include 16-bit files whose values stay at or below {top} ({bits}-bit data: "
-        f"{len(narrow)} of {len(peaks)} checked, e.g. {shown}): otx scales 16-bit images by 65535, so they read as "
-        f"{top // 257 + 1} of 256 grey levels; scale the files to the full 16-bit range first (multiply by "
-        f"{2 ** (16 - bits)})"
+        f"{len(narrow)} of {len(peaks)} checked, e.g. {shown_path(path, root)}): otx scales 16-bit images by "
+        f"65535, so they read as {top // 257 + 1} of 256 grey levels; scale the files to the full 16-bit range "
+        f"first (multiply by {2 ** (16 - bits)})"
     )
 
 

@@ -246,6 +246,12 @@ def _pages(pil: Image.Image) -> int:
         return 1
 
 
+def shown_path(path: str | Path, root: str | Path | None) -> str:
+    """A file as a warning names it: under ``root`` (POSIX form) where it lies there, else as given."""
+    inside = root is not None and Path(path).is_relative_to(root)
+    return (Path(path).relative_to(root) if inside else Path(path)).as_posix()
+
+
 def pages_warning(paths: list[str], root: str | Path | None = None) -> str | None:
     """One line for image files with several pages (``paths``: those files), of which otx reads the first."""
     if not paths:
