@@ -261,6 +261,65 @@ def test_export_writes_a_run_folder_with_a_check(exported) -> None:
     assert check["probe"] == f"{images} validation images and 1 noise image" and images >= 4
     assert (xml.parent / "config.yaml").exists() and xml.with_suffix(".bin").exists()
     assert not list(xml.parent.glob(".export-*"))  # the temporary folder is gone
+    assert not any("does not match torch" in warning for warning in summary["warnings"]), summary["warnings"]
+
+
+def test_export_check_warns_when_the_export_does_not_match_torch(
+    exported, trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    """The check against torch is judged: beyond the tolerance it warns, and names a zero score range."""
+    import copy
+
+    from otx.checkpoint import load_checkpoint
+    from otx.deploy.calibrate import RAW_SCORE, with_raw_outputs
+    from otx.deploy.export import SCORE_TOLERANCE, check_warning, compare_with_torch, export_model
+    from otx.deploy.graph import ExportGraph
+    from otx.models.base import image_outputs
+
+    xml = exported("padim")
+    model, _ = load_checkpoint(trained_padim["checkpoint"])
+    paths = sorted((sample_root / "bottle_like" / "test" / "good").glob("*.png"))[:4]
+    images = [read_image(path).astype(np.float32).transpose(2, 0, 1) / 255 for path in paths]
+    check = {"probe": "4 test images", **compare_with_torch(model, OpenVINOInferencer(xml, device="CPU"), images)}
+    assert check["max_score_diff"] < SCORE_TOLERANCE["FP32"] and check["labels_differ"] == 0
+    assert check_warning(check, "FP32", model.postprocessor.stats(), xml) is None
+
+    # The same IR against torch with its image threshold a fifth of the score range lower: scores differ by
+    # up to 0.2 (less where clipped at 0 or 1), beyond the tolerance.
+    stats = model.postprocessor.stats()
+    moved = copy.deepcopy(model)
+    span = stats["image_max"] - stats["image_min"]
+    moved.postprocessor.image_threshold.fill_(stats["image_threshold"] - 0.2 * span)
+    check = {"probe": "4 test images", **compare_with_torch(moved, OpenVINOInferencer(xml, device="CPU"), images)}
+    assert 0.1 < check["max_score_diff"] <= 0.2 + 1e-5
+    message = check_warning(check, "FP32", moved.postprocessor.stats(), xml)
+    assert message is not None and message.startswith("the exported model does not match torch on its check images")
+    assert f"otx test --checkpoint {xml}" in message and "image_min == image_max" not in message
+
+    # Validation scores without spread (every one the same): the threshold between torch's raw score of an
+    # image and OpenVINO's (they differ in the last bits) puts them on either side, scores 0 and 1.
+    core = ov.Core()
+    raw_ir = core.compile_model(with_raw_outputs(core.read_model(str(xml))), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    graph = ExportGraph(model).eval()
+    gaps = []
+    for image in images:
+        batch = torch.from_numpy(image)[None]
+        with torch.no_grad():
+            resized = graph.resize(batch)
+            core_input = (resized - graph.mean) / graph.std if graph.normalize else resized
+            torch_raw = float(image_outputs(graph.core, graph.resize, core_input, graph.score_top_share)[1][0])
+        gaps.append((torch_raw, float(raw_ir(batch.numpy())[raw_ir.output(RAW_SCORE)][0])))
+    torch_raw, ov_raw = max(gaps, key=lambda pair: abs(pair[0] - pair[1]))
+    assert torch_raw != ov_raw
+    flat = copy.deepcopy(model)
+    middle = (np.float32(torch_raw) + np.float32(ov_raw)) / 2
+    for name in ("image_threshold", "image_min", "image_max"):
+        getattr(flat.postprocessor, name).fill_(float(middle))
+    flat_xml = export_model(flat, tmp_path / "flat", "segmentation")
+    check = {"probe": "4 test images", **compare_with_torch(flat, OpenVINOInferencer(flat_xml, device="CPU"), images)}
+    assert check["max_score_diff"] == 1.0 and check["labels_differ"] == 1
+    message = check_warning(check, "FP32", flat.postprocessor.stats(), flat_xml)
+    assert message is not None and "(image_min == image_max)" in message and "1 label(s) differ" in message
 
 
 # --- bad input: one clear line and a non-zero exit ------------------------------------------------------------

@@ -24,6 +24,10 @@ FORMATS = ("OPENVINO", "ONNX")
 PRECISIONS = ("FP32", "FP16")
 EXPORT_NAME = "exported_model"
 ONNX_OPSET = 18  # Col2Im (tile mode stitches its maps with torch fold) needs 18
+# Largest normalised score difference from torch an export may show on its check images (the parity
+# the tests hold every model to; FP16 weights round to 11 significant bits). Within it, a label can
+# differ only for a score within the tolerance of the threshold (0.5).
+SCORE_TOLERANCE = {"FP32": 1e-3, "FP16": 5e-3}
 
 
 def check_export_args(export_format: str, precision: str) -> tuple[str, str]:
@@ -165,8 +169,11 @@ def _export_onnx(graph: ExportGraph, example: torch.Tensor, tmp_dir: Path, info:
     return [path]
 
 
-def compare_with_torch(model: AnomalyModel, exported: Any, images: list[np.ndarray]) -> dict[str, float]:
-    """Largest differences between torch and an ``OpenVINOInferencer`` on float ``[3, H, W]`` images of any size."""
+def compare_with_torch(model: AnomalyModel, exported: Any, images: list[np.ndarray]) -> dict[str, Any]:
+    """Largest differences between torch and an ``OpenVINOInferencer`` on float ``[3, H, W]`` images of any size.
+
+    ``label_agreement`` is the share of images labelled alike, ``labels_differ`` their number.
+    """
     graph = ExportGraph(model).eval()
     scores, labels, maps = [], [], []
     with torch.no_grad():
@@ -176,8 +183,37 @@ def compare_with_torch(model: AnomalyModel, exported: Any, images: list[np.ndarr
             labels.append(label)
             maps.append(anomaly_map[:, 0])
     got = exported.infer([image.transpose(1, 2, 0) for image in images])  # channel-last: no layout guessed
+    same = got["pred_label"] == np.concatenate(labels)
     return {
         "max_score_diff": float(np.abs(got["pred_score"] - np.concatenate(scores)).max()),
         "max_map_diff": float(np.abs(got["anomaly_map"] - np.concatenate(maps)).max()),
-        "label_agreement": float(np.mean(got["pred_label"] == np.concatenate(labels))),
+        "label_agreement": float(np.mean(same)),
+        "labels_differ": int((~same).sum()),
     }
+
+
+def check_warning(check: dict[str, Any], precision: str, stats: dict[str, float], exported: Path) -> str | None:
+    """A warning when the check against torch (``compare_with_torch``) is beyond ``SCORE_TOLERANCE``, else None.
+
+    Scores within the tolerance can only change a label at the threshold, so the scores alone are
+    judged; the labels that differ are counted in the message. ``stats``: the post-processor's
+    statistics, to name the cause when the validation scores had no spread (every normalised score
+    is then 0 or 1, and rounding that torch and OpenVINO do differently moves it across the threshold).
+    """
+    tolerance = SCORE_TOLERANCE[precision]
+    if check["max_score_diff"] <= tolerance:
+        return None
+    images = check["probe"].split(" (")[0]
+    message = (
+        f"the exported model does not match torch on its check images ({images}): normalised scores differ "
+        f"by up to {check['max_score_diff']:.3g} (the {precision} tolerance is {tolerance:g}) and "
+        f"{check['labels_differ']} label(s) differ"
+    )
+    low, high = stats.get("image_min", float("nan")), stats.get("image_max", float("nan"))
+    if np.isfinite(low) and np.isfinite(high) and high - low <= 1e-6 * max(abs(high), 1.0):
+        return (
+            f"{message}: every validation image scored {high:.6g} (image_min == image_max), so normalised "
+            "scores are 0 or 1 and float rounding moves them across the threshold; train with more, and more "
+            "varied, validation images (more test images or a val/ folder)"
+        )
+    return f"{message}; compare `otx test --checkpoint {exported}` with the checkpoint's metrics before shipping it"

@@ -30,7 +30,7 @@ def run(
     ctx: VerbContext, run: Run, checkpoint: str | Path | None, export_format: str, precision: str, demo_package: bool
 ) -> ExportResult:
     """Export; an FP16 IR's decisions are checked against FP32 on the validation split (and recalibrated)."""
-    from otx.deploy.export import compare_with_torch, export_model
+    from otx.deploy.export import check_warning, compare_with_torch, export_model
     from otx.deploy.package import write_demo_package
 
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(ctx.workdir)
@@ -82,6 +82,8 @@ def run(
             getattr(reference.postprocessor, name).fill_(float(value))
         probe += " (torch with the recalibrated thresholds)"
     check = {"probe": probe, **compare_with_torch(reference, OpenVINOInferencer(exported, device="CPU"), probes)}
+    if message := check_warning(check, precision, reference.postprocessor.stats(), exported):
+        ctx.warn(message)
     result = ExportResult(
         task=task,
         model=type(model).__name__,
