@@ -399,8 +399,21 @@ def test_evaluate_past_its_pixel_budget_scores_each_image_at_a_whole_fraction_of
     assert [w for w in ctx.warnings if "pixel metrics at 1/2 of each image's own size" in w] == ctx.warnings
     assert len(ctx.warnings) == 1 and "OTX_METRIC_PIXELS=11520" in ctx.warnings[0]
     monkeypatch.setenv("OTX_METRIC_PIXELS", "lots")
-    with pytest.raises(OTXConfigError, match="OTX_METRIC_PIXELS='lots' is not a pixel count"):
-        evaluate(ctx, adapter, True, thresholds, outputs, samples, PreProcessor((48, 40)))
+    # One verb call keeps the budget it first read (optimize scores FP32 and INT8 at the same size) ...
+    again = evaluate(ctx, adapter, True, thresholds, outputs, samples, PreProcessor((48, 40))).metrics
+    assert again["pixel_metrics_divisor"] == 2 and again["AUPRO"] == half["AUPRO"]
+    with pytest.raises(
+        OTXConfigError, match="OTX_METRIC_PIXELS='lots' is not a pixel count"
+    ):  # ... the next reads anew
+        evaluate(
+            Engine(work_dir=tmp_path / "ws")._context(),
+            adapter,
+            True,
+            thresholds,
+            outputs,
+            samples,
+            PreProcessor((48, 40)),
+        )
 
 
 def test_otx_test_past_its_pixel_budget_keeps_the_boxes_in_step_with_the_masks(

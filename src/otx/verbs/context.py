@@ -61,6 +61,9 @@ class VerbContext:
     model: Any = None
     warnings: list[str] = dataclasses.field(default_factory=list)
     notes: set[str] = dataclasses.field(default_factory=set)
+    # The pixel metrics' memory budget (``otx.verbs.inference.verb_pixel_budget``), read once per verb
+    # call, so that every model a verb scores (optimize: FP32 and INT8) is measured at the same size.
+    metric_pixels: int | None = None
     # In a process of rank > 0: the file rank 0 writes for this verb (train: its model.ckpt), so that
     # the caller's engine can take it as its own; the verb itself returns None there.
     primary_output: Path | None = None

@@ -77,6 +77,13 @@ def _cgroup_free() -> int | None:
     return None
 
 
+def verb_pixel_budget(ctx: VerbContext) -> int:
+    """``metric_pixel_budget`` as first read in this verb call (kept on ``ctx``, so models score alike)."""
+    if ctx.metric_pixels is None:
+        ctx.metric_pixels = metric_pixel_budget()
+    return ctx.metric_pixels
+
+
 def metric_divisor(total_pixels: int, budget: int) -> int:
     """1, or the smallest whole factor by which images' sides shrink so their pixels fit ``budget``."""
     return 1 if total_pixels <= budget else max(2, math.ceil(math.sqrt(total_pixels / budget)))
@@ -241,7 +248,7 @@ def evaluate(
     maps, masks = outputs["maps"], outputs["masks"]
     if not all(usable):  # a copy only then (76 MB of maps on magnetic_tile's test split)
         maps, masks = maps[torch.tensor(usable)], masks[torch.tensor(usable)]
-    budget = metric_pixel_budget()
+    budget = verb_pixel_budget(ctx)
     at_input = pixel_metrics(maps, masks, maps >= pixel_threshold) if maps.numel() <= budget else {}
     input_pixels = maps.numel()
     del maps, masks

@@ -21,10 +21,10 @@ from otx.verbs.inference import (
     collect,
     evaluate,
     metric_divisor,
-    metric_pixel_budget,
     pixel_range,
     prediction_counts,
     to_predictions,
+    verb_pixel_budget,
 )
 from otx.verbs.resolve import eval_data, require_data, resolve_model, untuned_boxes
 from otx.workdir import Run
@@ -127,7 +127,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             # the AUROC of these pixels is evaluate's pixel_AUROC_input (the same rows): not sorted again;
             # without it (more pixels than the metrics' budget) every step-th row and column is checked
             auroc = metrics.get("pixel_AUROC_input")
-            step = 1 if auroc is not None else metric_divisor(maps.numel(), metric_pixel_budget())
+            step = 1 if auroc is not None else metric_divisor(maps.numel(), verb_pixel_budget(ctx))
             found = threshold_warnings(
                 maps.numpy()[..., ::step, ::step],
                 masks.numpy()[..., ::step, ::step],
