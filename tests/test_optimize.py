@@ -149,7 +149,9 @@ def _texture_with_discs(root: Path, train: int = 12, good: int = 6, defects: int
     return root
 
 
-def test_int8_padim_keeps_defects_far_beyond_the_normal_images_far_above_the_threshold(tmp_path: Path) -> None:
+def test_int8_padim_keeps_defects_far_beyond_the_normal_images_far_above_the_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Before: activation ranges calibrated on normal images only clipped the discs' activations, and INT8
     # scored every disc at 0.50-0.54 (FP32: 0.97-1.0): two test discs fell below the threshold, labelled
     # normal, while the validation check passed on its two. Now the validation images calibrate too, the
@@ -166,6 +168,24 @@ def test_int8_padim_keeps_defects_far_beyond_the_normal_images_far_above_the_thr
     assert [p.pred_label for p in int8] == [p.pred_label for p in fp32]
     for before, after in zip(fp32, int8, strict=True):  # each disc's margin above the threshold (0.5) kept
         assert after.pred_score - 0.5 >= 0.7 * (before.pred_score - 0.5), (before.pred_score, after.pred_score)
+    table = summary["decisions"]["table"]
+    assert table["candidate"]["image_margin_anomalous"] >= 0.7 * table["fp32"]["image_margin_anomalous"] > 0.3
+    assert not [w for w in summary["warnings"] if "squeezes" in w], summary["warnings"]
+
+    # The former scheme (NNCF's default ranges, from normal images only) keeps every validation label but
+    # puts the discs just above the threshold: the decisions "hold", and the squeeze is said.
+    padim = model_class("Padim")
+    former = dataclasses.replace(
+        padim.int8_scheme, activation_ranges="default", calibrate_with_validation=False, bounded_full_range=False
+    )
+    monkeypatch.setattr(padim, "int8_scheme", former)
+    squeezed = engine.optimize(checkpoint=exported, weight_bits=7)
+    table = squeezed["decisions"]["table"]
+    assert table["candidate"]["image_label_agreement"] == 1.0
+    assert table["candidate"]["image_margin_anomalous"] < 0.1 * table["fp32"]["image_margin_anomalous"]
+    said = [w for w in squeezed["warnings"] if w.startswith("The INT8 model squeezes the validation images")]
+    assert len(said) == 1 and "the anomalous images' median score is 0.5" in said[0], squeezed["warnings"]
+    assert "new defects may be called normal" in said[0] and "normal images' median" not in said[0]
 
 
 def test_patchflow_int8_runs_the_backbone_and_the_flow_subnets_in_int8_the_rest_in_float(
@@ -640,7 +660,13 @@ def test_a_classification_model_is_checked_and_recalibrated_at_the_image_level_o
     # that draws no masks or boxes.
     result = engine_for(sample_root, tmp_path).optimize(checkpoint=exported("padim", "classification"))
     table = result.decisions["table"]
-    assert set(table["fp32"]) == {"image_AUROC", "image_F1", "image_label_agreement"}
+    assert set(table["fp32"]) == {
+        "image_AUROC",
+        "image_F1",
+        "image_label_agreement",
+        "image_margin_anomalous",
+        "image_margin_normal",
+    }
     assert "pixel" not in result.decisions["recalibrated"] and "pixel" not in result.decisions["cross_validated"]
     segmentation = engine_for(sample_root, tmp_path).optimize(checkpoint=exported("padim"))
     assert "pixel_label_agreement" in segmentation.decisions["table"]["fp32"]

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from otx.errors import OTXError
-from otx.postprocess import known_pixel_rows
+from otx.postprocess import known_pixel_rows, normalize
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,7 @@ def level_metrics(
         figures["image_AUROC"] = roc_auc(outputs.scores, outputs.labels)
         figures["image_F1"] = f1_at(image_pred, outputs.labels)
     figures["image_label_agreement"] = _agreement(image_pred, *reference_labels["image"])
+    figures.update(image_margins(outputs.scores, outputs.labels, stats))
     if not pixel_level:
         return figures
     pixels = _sample_pixels(outputs.maps, PIXEL_SAMPLE)
@@ -347,6 +348,24 @@ def level_metrics(
         figures["pixel_F1"] = f1_at(maps >= stats["pixel_threshold"], masks)
     figures["pixel_label_agreement"] = _agreement(pixel_pred, *reference_labels["pixel"])
     return figures
+
+
+def image_margins(scores: np.ndarray, labels: np.ndarray, stats: dict[str, float]) -> dict[str, float]:
+    """How far the images of each kind lie from the threshold, as users see scores (normalised, 0.5 the threshold).
+
+    ``image_margin_anomalous``: the median normalised score of the anomalous images minus 0.5;
+    ``image_margin_normal``: 0.5 minus that of the normal ones (each only where there are such
+    images). A converted model that keeps every label can still squeeze the images of a kind onto
+    the threshold, where new images of that kind fall on the wrong side (``margin_warning``).
+    """
+    normalised = normalize(scores, *(stats[f"image_{key}"] for key in ("threshold", "min", "max")))
+    labels = labels.astype(bool)
+    margins = {}
+    if labels.any():
+        margins["image_margin_anomalous"] = float(np.median(normalised[labels])) - 0.5
+    if not labels.all():
+        margins["image_margin_normal"] = 0.5 - float(np.median(normalised[~labels]))
+    return margins
 
 
 def _agreement(predicted: np.ndarray, reference: np.ndarray, sure: np.ndarray) -> float:

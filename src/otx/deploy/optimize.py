@@ -620,6 +620,45 @@ def best_attempt(tried: Sequence[dict[str, Any]]) -> int:
     return best
 
 
+# A converted model keeps each kind of validation image at least this share of the FP32 model's median
+# distance from the threshold (normalised scores), where FP32's is at least MARGIN_MIN. Measured: PADIM's
+# former scheme on a texture with discs kept every label but moved the discs from 1.0 to 0.515 (margin
+# 0.5 -> 0.015), and test discs fell below the threshold; the shipped schemes kept 0.48 or more of it
+# (docs/deploy.md). A warning only: the scheme ladder's fallbacks are chosen by the decision bars.
+MARGIN_KEPT = 0.25
+MARGIN_MIN = 0.1
+
+
+def margin_warning(decisions: dict[str, Any]) -> str | None:
+    """One line when the INT8 model squeezes the validation images of a kind onto the threshold; None otherwise.
+
+    From ``image_margin_anomalous`` / ``image_margin_normal`` in ``keep_decisions``'s table
+    (``otx.deploy.calibrate.image_margins``): labels can all agree while the defects score just
+    above the threshold, and then new defects fall below it.
+    """
+    if not decisions.get("checked"):
+        return None
+    reference = decisions.get("reference", "FP32")
+    fp32, mine = decisions["table"]["fp32"], decisions["table"]["candidate"]
+    found = []
+    for kind, sign, risk in (
+        ("anomalous", 1, "new defects may be called normal"),
+        ("normal", -1, "new normal images may be called anomalous"),
+    ):
+        key = f"image_margin_{kind}"
+        if key in fp32 and key in mine and fp32[key] >= MARGIN_MIN and mine[key] < MARGIN_KEPT * fp32[key]:
+            found.append(
+                f"the {kind} images' median score is {0.5 + sign * mine[key]:.3f} ({reference}: "
+                f"{0.5 + sign * fp32[key]:.3f}; the threshold is 0.5), so {risk}"
+            )
+    if not found:
+        return None
+    return (
+        f"The INT8 model squeezes the validation images toward the threshold: {'; '.join(found)}; check it with "
+        f"otx test before deploying it, or deploy the {reference} model"
+    )
+
+
 def decision_warning(decisions: dict[str, Any]) -> str | None:
     """One line when the INT8 model's validation decisions fall short of the FP32 model's; None when they hold.
 

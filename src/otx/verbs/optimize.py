@@ -64,6 +64,7 @@ def run(
         choose_calibration,
         decision_warning,
         fell_beyond,
+        margin_warning,
         max_drop_warning,
         read_exported,
         resolve_weight_bits,
@@ -198,6 +199,8 @@ def run(
     if max_drop is None and (warning := decision_warning(decisions)):
         ctx.warn(warning)
     elif max_drop is not None and (warning := max_drop_warning(decisions, max_drop)):
+        ctx.warn(warning)
+    if warning := margin_warning(decisions):
         ctx.warn(warning)
     if adapter.box_level and validation is not None and data.has_masks and 1 in val_labels:
         samples = list(validation.items.samples)
