@@ -1303,6 +1303,26 @@ def test_a_stop_after_the_command_ended_exits_at_once_with_its_code(tmp_path: Pa
     assert done.stderr.strip().splitlines()[-1] == "otx: SIGINT received after the command ended (exit code 3)"
 
 
+def test_a_stop_in_the_interpreters_own_exit_keeps_the_commands_code() -> None:
+    # Before: from the interpreter's exit hooks on, Python puts the default handlers back, and a stop while
+    # torch and OpenVINO tear down (a second or so) ended a finished command with 130 and no word (a bug
+    # bash's `timeout` marked a written export as failed). A module global's __del__ stops it there.
+    script = (
+        "import os, signal, sys, time\n"
+        "from otx import cli\n"
+        "class Late:\n"
+        "    def __del__(self):\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(0.3)\n"
+        "late = Late()\n"
+        "cli._ended(3)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, (done.returncode, done.stderr)
+
+
 # Ctrl+C while OpenVINO converts the traced graph: its C++ front end calls back into Python, where the
 # stop is raised, and hands it back as a RuntimeError of its own (here the stop arrives at the first callback).
 _STOP_IN_CONVERSION = """

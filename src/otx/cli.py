@@ -8,6 +8,7 @@ shipped with otx, any other path to that file. Errors end in one line and a non-
 from __future__ import annotations
 
 import _thread
+import atexit
 import faulthandler
 import logging
 import os
@@ -1139,7 +1140,10 @@ def _ended(code: int) -> None:
     """The command has ended with ``code`` (the console script): a stop now ends the process at once, with it.
 
     The interpreter's exit still takes a second or so (its threads, libraries' exit hooks); a stop
-    in it had ended the process with 130 and no word, after a run that was written.
+    in it had ended the process with 130 and no word, after a run that was written. While Python
+    code runs, the stop is said and the process ends with ``code`` at once; from the interpreter's
+    exit hooks on (where it puts the default handlers back, and torch and OpenVINO tear down), stops
+    are ignored, so the process still ends with ``code`` (a stuck teardown then needs SIGKILL).
     """
     _stop_listener()
     if threading.current_thread() is not threading.main_thread():
@@ -1154,6 +1158,14 @@ def _ended(code: int) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, at_once)
+    atexit.register(_ignore_stops)  # run first of the exit hooks (the last registered)
+
+
+def _ignore_stops() -> None:
+    """Ignore SIGINT and SIGTERM for the rest of the interpreter's exit (which keeps ignored ones ignored)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _is_model_option(arg: str) -> bool:
