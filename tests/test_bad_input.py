@@ -880,6 +880,8 @@ def test_engine_verbs_name_the_bad_argument(call, pattern: str, sample_root: Pat
         (lambda: __import__("otx.data").data.AnomalyDataModule(batch_size=0), r"batch_size must be an integer >= 1"),
         (lambda: __import__("otx.data").data.AnomalyDataModule(val_split=1), r"val_split must be a number strictly"),
         (lambda: __import__("otx.models").models.Padim(input_size=(0, 0)), r"input_size must be \[height, width\]"),
+        # before: TypeError 'int' object is not iterable
+        (lambda: __import__("otx.models").models.Patchcore(input_size=64), r"input_size must be .* \(got 64\)"),
         (lambda: __import__("otx.models").models.Padim(pretrained="yes"), r"pretrained must be True or False"),
         (lambda: __import__("otx.models").models.Stfpm(lr=0), r"lr must be a number > 0"),
     ],

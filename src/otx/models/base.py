@@ -250,9 +250,9 @@ class AnomalyModel(L.LightningModule):
                     "pass --model.init_args.input_size '[H,W]' or --model.init_args.input_mode keep_aspect"
                 )
             )
+        self._set_input(input_mode, input_size, tile_size, tile_stride)  # (one line for a bad size)
         # what was asked, for a later training to choose afresh from its own images (`forget_data_choices`)
         self._asked_input = (input_mode, None if input_size is None else list(input_size))
-        self._set_input(input_mode, input_size, tile_size, tile_stride)
         self.pretrained = check_bool("pretrained", pretrained)
         check_path("weights", weights, optional=True)
         self.image_threshold = check_number("image_threshold", image_threshold, optional=True)
