@@ -280,6 +280,34 @@ def test_a_resumed_training_keeps_the_best_epoch_from_before_the_interruption(
     assert _summary(tmp_path / "whole")["epochs"] == 5 and len(_summary(tmp_path / "whole")["validation_curve"]) == 5
 
 
+def test_a_run_that_stopped_early_resumed_to_train_longer_gets_its_patience_anew(
+    sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: Lightning restored early stopping's used-up patience, so the resumed run stopped again after
+    # one epoch and kept the same best epoch, while its console said "up to 12 epoch(s)".
+    stopper = (
+        "[{class_path: EarlyStopping, init_args: {monitor: val/image_AUROC, mode: max, patience: 2}}, "
+        "{class_path: ModelCheckpoint, init_args: {monitor: val/image_AUROC, mode: max, filename: best}}]"
+    )
+    rate = ("--model.init_args.lr", "0.1")  # at this rate the validation AUROC falls after the first epochs
+    args = _stfpm_args(sample_root, "ws", *rate, "--trainer.max_epochs", "8", callbacks=stopper)
+    first = run_main(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = _summary(tmp_path / "ws")
+    assert before["stopped_early"] and before["epochs"] < 8, before["validation_curve"]
+    assert f"epochs: {before['epochs']} of up to 8 (stopped early); kept epoch {before['best_epoch']}" in first.stdout
+    run = tmp_path / "ws" / Path(before["checkpoint"]).parent.name
+    more = ("--resume", str(run), "--trainer.max_epochs", "12")
+    longer = run_main(*_stfpm_args(sample_root, "ws", *rate, *more, callbacks=stopper), cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    after = _summary(tmp_path / "ws")
+    said = f"the resumed run had stopped early after epoch {before['epochs']} "
+    assert said in longer.stdout and "early stopping counts its patience (2) afresh" in longer.stdout, longer.stdout
+    # two more epochs at least (the patience), where the restored count had stopped it after one
+    assert after["epochs"] >= before["epochs"] + 2, (before["validation_curve"], after["validation_curve"])
+    assert after["best_epoch"] is not None and after["resumed_from"]
+
+
 def test_epoch_shuffle_depends_on_seed_and_epoch_only() -> None:
     reference = torch.utils.data.DataLoader(range(50), shuffle=True, generator=torch.Generator().manual_seed(7))
     orders = [[int(x) for x in reference] for _ in range(4)]  # what the training loader drew before

@@ -43,6 +43,12 @@ def render(console: Console, result: Result) -> None:
     """Print the summary of a verb's result."""
     if isinstance(result, TrainResult):
         extra = {"checkpoint": result.checkpoint}
+        if result.max_epochs > 1:  # (one-pass models train one)
+            extra["epochs"] = f"{result.epochs} of up to {result.max_epochs}" + (
+                " (stopped early)" if result.stopped_early else ""
+            )
+            if result.best_epoch is not None:
+                extra["epochs"] += f"; kept epoch {result.best_epoch}, the best on the validation split"
         if result.boxes:
             b = result.boxes
             how = "chosen on the validation split" if "box_tuning_s" in result.timing_s else "defaults, not tuned"

@@ -25,7 +25,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, RichProgressBar
 
 from otx.checkpoint import CHECKPOINT_NAME, class_path
 from otx.distributed import (
@@ -347,10 +347,36 @@ class BestAcrossResume(L.Callback):
         self.best.kth_best_model_path = str(moved.get(kth, self.best.best_model_path))
         self.best.kth_value = saved.get("kth_value", saved["best_model_score"])
         log.info(
-            "resumed with the interrupted run's best epoch: %s (%s)",
+            "resumed with the earlier run's best epoch: %s (%s %.6g)",
             self.best.best_model_path,
-            saved["best_model_score"],
+            self.best.monitor,
+            float(saved["best_model_score"]),
         )
+
+
+class FreshPatienceOnResume(L.Callback):
+    """A run that early stopping ended, resumed to train longer, gets the stopper's patience anew.
+
+    Lightning restores an ``EarlyStopping``'s count of epochs without improvement with the state, so a
+    finished run resumed with a higher ``--max_epochs`` stopped again after one epoch and kept the same
+    best epoch. Its best score stays: it stops again after ``patience`` epochs that do not beat it.
+    ``note`` says what was reset (for the console), empty when nothing was.
+    """
+
+    def __init__(self) -> None:
+        self.note = ""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        for stopper in trainer.callbacks:  # type: ignore[attr-defined]
+            if isinstance(stopper, EarlyStopping) and stopper.stopped_epoch > 0:  # it had ended the run
+                self.note = (
+                    f"the resumed run had stopped early after epoch {stopper.stopped_epoch + 1} ({stopper.monitor} "
+                    f"not better for {stopper.wait_count} epochs); early stopping counts its patience "
+                    f"({stopper.patience}) afresh from here"
+                )
+                log.info(self.note)
+                stopper.wait_count = 0
+                stopper.stopped_epoch = 0
 
 
 class EpochStates(ModelCheckpoint):
@@ -505,6 +531,8 @@ def build_trainer(
             callbacks.append(EpochProgressBar())  # where Lightning would add its own
     if best is not None:
         callbacks.append(BestAcrossResume(best))
+    patience = FreshPatienceOnResume()
+    callbacks.append(patience)
     settings.setdefault("accelerator", "auto")
     settings.setdefault("devices", 1)
     strategy = settings.get("strategy")
@@ -565,7 +593,7 @@ def build_trainer(
     check_launched_world(trainer.world_size, "--trainer.devices x --trainer.num_nodes")
     if isinstance(trainer.accelerator, CPUAccelerator):
         check_cpu_processes(trainer.num_devices)
-    return trainer, {"best": best, "curve": curve}
+    return trainer, {"best": best, "curve": curve, "patience": patience}
 
 
 def _newest_state(run: Path) -> Path | None:

@@ -327,6 +327,8 @@ def run(
             raise
         if trainer.interrupted:
             raise OTXError("training was interrupted; no checkpoint was written")
+        if roles["patience"].note and rank == 0:
+            ctx.console.print(roles["patience"].note)
         best = roles["best"]
         best_epoch = None
         # rank 0's best epoch, and the checkpoint it will write (the engines of the other processes take it)
