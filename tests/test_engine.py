@@ -922,3 +922,16 @@ def test_twelve_bit_test_and_input_images_are_said_where_the_training_images_wer
     warnings = json.loads(next((tmp_path / "predict").glob("*-predict/metrics.json")).read_text())["warnings"]
     said = [w for w in warnings if w.startswith("the input images include 16-bit files")]
     assert len(said) == 1 and "checked, e.g. 0" in said[0]  # named under the source folder
+
+
+def test_an_engines_work_dir_can_be_moved_between_runs(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    # Before: `engine.work_dir = ...` set an attribute nothing read; the next run went to the old folder.
+    engine = Engine(data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0), work_dir=tmp_path / "a")
+    assert engine.work_dir == tmp_path / "a"
+    engine.work_dir = str(tmp_path / "b")
+    assert engine.work_dir == tmp_path / "b"
+    engine.predict(source=sample_root / "bottle_like" / "test" / "good", checkpoint=trained_padim["checkpoint"])
+    assert json.loads((tmp_path / "b" / "latest.json").read_text())["predict"]
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(OTXConfigError, match="work_dir"):
+        engine.work_dir = 3

@@ -166,6 +166,15 @@ class Engine:
         self._trained: AnomalyModel | None = None  # the model the last train() trained
         self._own: dict[str, Path] = {}  # the checkpoint ("train") and export ("export") this engine wrote last
 
+    @property
+    def work_dir(self) -> Path:
+        """The work directory (run folders, ``latest.json``); set it to write later runs elsewhere."""
+        return self.workdir.root
+
+    @work_dir.setter
+    def work_dir(self, value: str | Path) -> None:
+        self.workdir = WorkDir(check_path("work_dir", value))
+
     # --- verbs -------------------------------------------------------------------------------
     @_python_names
     def train(self, resume: bool | str | Path = False) -> TrainResult | None:
