@@ -425,3 +425,9 @@ def test_anomalous_images_without_a_box_are_named(
     assert f"(e.g. scratch/{Path(anomalous[0].image_path).name})" in said  # the folder too: defect types repeat names
     (run,) = (tmp_path / "ws").glob("*-predict")
     assert json.loads((run / "metrics.json").read_text())["counts"]["anomalous_without_box"] == len(anomalous)
+    # otx test says it too (before: only its box metrics, defect recall 0, showed it)
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    tested = Engine(data=data, task="detection", work_dir=tmp_path / "t").test(checkpoint=strict)
+    assert tested.metrics["defect_recall"] == 0.0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "image(s) labelled anomalous have no box" in said and "the box metrics count their defects as missed" in said

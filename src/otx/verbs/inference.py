@@ -399,6 +399,21 @@ def tune_boxes(
     return tune(maps, labels, gt_boxes, on_normal=on_normal, images=images, refine=refine, first=first)
 
 
+def unboxed_predictions(adapter: TaskAdapter, predictions: list[Prediction]) -> list[Prediction]:
+    """The predictions of a box task labelled anomalous without a box (none for other tasks)."""
+    return [p for p in predictions if adapter.box_level and p.label_name == "anomalous" and not len(p.pred_boxes)]
+
+
+def unboxed_note(unboxed: list[Prediction], more: str = "") -> str:
+    """The console's note on images labelled anomalous without a box (``unboxed_predictions``), ``more`` appended."""
+    example = Path(unboxed[0].image_path)
+    return (
+        f"[yellow]note[/]: {len(unboxed)} image(s) labelled anomalous have no box (e.g. "
+        f"{example.parent.name}/{example.name}): the image score passes its threshold but no region of the map "
+        f"reaches the box level and minimum box area{more}"
+    )
+
+
 def prediction_counts(predictions: list[Prediction]) -> dict[str, int]:
     """Images by label: ``images``, ``anomalous``, ``normal`` and ``error`` (could not be read)."""
     names = [p.label_name for p in predictions]

@@ -21,7 +21,7 @@ from otx.errors import OTXDataError, OTXError
 from otx.results import PredictResult
 from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
-from otx.verbs.inference import batches, prediction_counts, to_predictions
+from otx.verbs.inference import batches, prediction_counts, to_predictions, unboxed_note, unboxed_predictions
 from otx.verbs.resolve import eval_data, resolve_model, untuned_boxes
 from otx.visualize import overlay, write_overlay, write_png
 from otx.workdir import Run
@@ -199,15 +199,9 @@ def run(
             log.warning("not predicted: %s", prediction.error)
     predict_s = time.perf_counter() - start
     run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
-    unboxed = [p for p in predictions if adapter.box_level and p.label_name == "anomalous" and not len(p.pred_boxes)]
+    unboxed = unboxed_predictions(adapter, predictions)
     if unboxed:
-        example = Path(unboxed[0].image_path)
-        ctx.console.print(
-            f"[yellow]note[/]: {len(unboxed)} image(s) labelled anomalous have no box (e.g. "
-            f"{example.parent.name}/{example.name}): the image score passes its threshold but no region of the map "
-            "reaches the box level and minimum box area"
-            + ("; their overlays show where the map is highest" if visualize else "")
-        )
+        ctx.console.print(unboxed_note(unboxed, "; their overlays show where the map is highest" if visualize else ""))
     failed = [p for p in predictions if p.label_name == "error"]
     result = PredictResult(
         task=adapter.task.value,

@@ -24,6 +24,8 @@ from otx.verbs.inference import (
     pixel_range,
     prediction_counts,
     to_predictions,
+    unboxed_note,
+    unboxed_predictions,
     verb_pixel_budget,
 )
 from otx.verbs.resolve import eval_data, require_data, resolve_model, untuned_boxes
@@ -72,6 +74,8 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     outputs, errors = collect(ctx, data, scorer, test, "test", skip_errors=True)
     infer_s = time.perf_counter() - start
     predictions = to_predictions(adapter, scorer, outputs, test, errors)
+    if unboxed := unboxed_predictions(adapter, predictions):  # (the box metrics count them as missed defects)
+        ctx.console.print(unboxed_note(unboxed, "; the box metrics count their defects as missed"))
     # an unreadable image: no decision (Prediction.failed), left out of the metrics (listed in metrics.json, report)
     for error in filter(None, errors):
         log.warning("not scored: %s", error)
