@@ -248,6 +248,11 @@ def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tm
         done = run_main(*_stfpm_args(sample_root, "parts", "--resume", path), *more, cwd=tmp_path)
         assert done.returncode == 1 and said in done.stderr and "Traceback" not in done.stderr, (extra, done.stderr)
     assert _summary(tmp_path / "parts")["checkpoint"] == b["checkpoint"]  # latest.json kept
+    # an epoch's state given where a trained model goes (before: "is a Lightning training checkpoint (no
+    # model/state_dict entries)", as if the file were damaged)
+    tested = run_main("test", "--checkpoint", str(state), "--work_dir", "parts", cwd=tmp_path)
+    assert tested.returncode == 1 and "is a training state saved after an epoch (for --resume)" in tested.stderr
+    assert f"--resume {state.parent.parent}`" in tested.stderr, tested.stderr
 
 
 def test_a_resumed_training_keeps_the_best_epoch_from_before_the_interruption(
@@ -306,6 +311,9 @@ def test_a_run_that_stopped_early_resumed_to_train_longer_gets_its_patience_anew
     # two more epochs at least (the patience), where the restored count had stopped it after one
     assert after["epochs"] >= before["epochs"] + 2, (before["validation_curve"], after["validation_curve"])
     assert after["best_epoch"] is not None and after["resumed_from"]
+    # a finished run's saved epoch given where a trained model goes: the model that run wrote is named
+    tested = run_main("test", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--work_dir", "ws", cwd=tmp_path)
+    assert tested.returncode == 1 and f"pass the model its training wrote: {run / 'model.ckpt'}" in tested.stderr
 
 
 def test_epoch_shuffle_depends_on_seed_and_epoch_only() -> None:

@@ -90,9 +90,17 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             else f"not a PyTorch checkpoint file, or a truncated one: {exc.__class__.__name__}"
         )
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({reason}); {_HINT}") from exc
+    if isinstance(ckpt, dict) and "loops" in ckpt and "model" not in ckpt:  # an epoch's state (EpochStates)
+        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        what = f"'{path}' is a training state saved after an epoch (for --resume), not a trained model"
+        if (run / "model.ckpt").is_file():  # its training finished: the model it wrote
+            raise OTXError(f"{what}; pass the model its training wrote: {run / 'model.ckpt'}")
+        raise OTXError(
+            f"{what}; finish that training with `otx train --config {run / 'config.yaml'} --resume {run}` (it writes "
+            "model.ckpt, with thresholds), or pass the model.ckpt of a finished training"
+        )
     if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
-        what = "a Lightning training checkpoint" if isinstance(ckpt, dict) and "loops" in ckpt else "not otx's"
-        raise OTXError(f"'{path}' is {what} (no model/state_dict entries); {_HINT}")
+        raise OTXError(f"'{path}' is not otx's (no model/state_dict entries); {_HINT}")
     schema = ckpt.get("schema", 1)
     if not isinstance(schema, int) or schema < 1:
         raise OTXError(f"'{path}' has an unknown checkpoint schema {schema!r}; {_HINT}")
