@@ -891,6 +891,19 @@ def test_constructors_name_the_bad_argument(build, pattern: str) -> None:
         build()
 
 
+def test_a_latest_json_naming_a_deleted_run_points_to_the_model_still_there(
+    trained_padim: dict, tmp_path: Path, capsys
+) -> None:
+    # before: "no trained model in 'ws' (latest.json names the run ..., which is gone)", a trained one beside it
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    (work_dir / "latest.json").write_text('{"train": "20200101-000000-train"}')
+    assert main(["test", "--work_dir", str(work_dir)]) == 1
+    said = " ".join(capsys.readouterr().err.split())
+    (kept,) = work_dir.glob("*-train/model.ckpt")
+    assert "which is gone" in said and f"the newest model trained there is {kept}: pass it with --checkpoint" in said
+
+
 @pytest.mark.parametrize("content", ['{"train": "20200101-000000-train"}', "not json"])
 def test_a_latest_json_that_cannot_serve_is_named(content: str, tmp_path: Path, capsys) -> None:
     (tmp_path / "latest.json").write_text(content)

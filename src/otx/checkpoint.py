@@ -157,12 +157,17 @@ def latest_checkpoint(workdir: WorkDir) -> Path:
         from otx.training import interrupted_states
 
         states = interrupted_states(workdir.root) if workdir.root.is_dir() else []
-        hint = (
-            f" (an interrupted training saved epochs in {states[-1].parent.parent.name}: `otx train` with its options "
-            "and --resume true continues it)"
-            if states
-            else ""
-        )
+        # finished trainings that latest.json does not name (it names a run deleted since, or none)
+        trained = sorted(workdir.root.glob(f"*-train*/{CHECKPOINT_NAME}")) if workdir.root.is_dir() else []
+        if trained:
+            hint = f" (the newest model trained there is {trained[-1]}: pass it with --checkpoint)"
+        elif states:
+            hint = (
+                f" (an interrupted training saved epochs in {states[-1].parent.parent.name}: `otx train` with its "
+                "options and --resume true continues it)"
+            )
+        else:
+            hint = ""
         raise OTXError(
             f"no trained model in '{workdir.root}'{f' ({why})' if why else ''}; run `otx train` there first "
             f"or pass --checkpoint PATH{hint}"
