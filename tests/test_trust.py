@@ -185,6 +185,7 @@ def test_inferencer_gives_no_label_to_an_unreadable_image(exported, dataset_copy
     predictions = OpenVINOInferencer(exported("padim"), device="CPU").predict(folder)
     broken = [p for p in predictions if p.image_path.endswith("003.png")][0]
     assert broken.label_name == "error" and broken.pred_label is None and "003.png" in broken.error
+    assert [p for p in predictions if p.failed] == [broken]  # before: a classmethod, truthy on every prediction
     assert broken.to_json()["label"] == "error" and broken.to_json()["score"] is None
     assert all(p.label_name in ("normal", "anomalous") for p in predictions if p is not broken)
 

@@ -535,7 +535,7 @@ class OpenVINOInferencer:
                 errors[i] = str(exc)
         good = [p for i, p in enumerate(paths) if i not in errors]
         done = iter(self._predict_arrays(good, images, as_read=True))
-        return [Prediction.failed(p, errors[i]) if i in errors else next(done) for i, p in enumerate(paths)]
+        return [Prediction.unreadable(p, errors[i]) if i in errors else next(done) for i, p in enumerate(paths)]
 
     def _predict_arrays(self, names: list[str], arrays: list[np.ndarray], as_read: bool = False) -> list[Prediction]:
         """Predictions for images in memory (``as_read``: RGB ``uint8`` as ``read_image`` returns them)."""

@@ -34,8 +34,8 @@ class Prediction:
     exported model in ``otx test``); None where only the normalised score is known (``otx predict``
     with an exported model, whose graph normalises).
 
-    An image that could not be read has no decision: ``error`` holds the reason, ``pred_label``
-    is None, ``pred_score`` NaN and ``label_name`` ``"error"`` (never ``"normal"``).
+    An image that could not be read has no decision: ``failed`` is True, ``error`` holds the reason,
+    ``pred_label`` is None, ``pred_score`` NaN and ``label_name`` ``"error"`` (never ``"normal"``).
     """
 
     image_path: str
@@ -50,9 +50,14 @@ class Prediction:
     raw_score: float | None = None  # the score before normalisation (ranks images; not clipped)
 
     @classmethod
-    def failed(cls, image_path: str, error: str) -> Prediction:
+    def unreadable(cls, image_path: str, error: str) -> Prediction:
         """The record of an image that could not be read: no score, no label, the reason."""
         return cls(image_path, float("nan"), None, error=error or "unreadable image")
+
+    @property
+    def failed(self) -> bool:
+        """True for an image that could not be read (no decision; ``error`` says why)."""
+        return self.label_name == "error"
 
     @property
     def label_name(self) -> str:

@@ -164,7 +164,7 @@ def to_predictions(
     """Task predictions (label, score, map, mask, boxes at each image's own size) from raw outputs.
 
     ``errors``: per sample, why it could not be read ("" when it was); such a sample's prediction
-    is ``Prediction.failed`` (its outputs are a placeholder's, and nothing of it is read again).
+    is ``Prediction.unreadable`` (its outputs are a placeholder's, and nothing of it is read again).
     """
     normalized = as_numpy(scorer.normalize(outputs["maps"], outputs["scores"]))
     good = [i for i in range(len(samples)) if not (errors and errors[i])]
@@ -181,7 +181,9 @@ def to_predictions(
         for prediction, raw in zip(done, outputs["scores"].numpy()[good].tolist(), strict=True):
             prediction.raw_score = raw
     read = iter(done)
-    return [Prediction.failed(s.path, errors[i]) if errors and errors[i] else next(read) for i, s in enumerate(samples)]
+    return [
+        Prediction.unreadable(s.path, errors[i]) if errors and errors[i] else next(read) for i, s in enumerate(samples)
+    ]
 
 
 def pixel_range(scorer: Scorer) -> tuple[float, float] | None:

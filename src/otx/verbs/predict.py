@@ -162,7 +162,7 @@ def run(
         positions.extend(outputs["index"].tolist())
         batch_preds = to_predictions(adapter, scorer, outputs, batch_samples, errors)
         for pred, sample, error in zip(batch_preds, batch_samples, errors, strict=True):
-            if error:  # no decision for an unreadable image (Prediction.failed); the rest of the folder is predicted
+            if error:  # no decision for an unreadable image (Prediction.unreadable); the folder's rest is predicted
                 continue  # (said below, by rank 0 for every process's images)
             stem = stems[pred.image_path]
             canvas = None

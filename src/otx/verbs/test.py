@@ -76,7 +76,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     predictions = to_predictions(adapter, scorer, outputs, test, errors)
     if unboxed := unboxed_predictions(adapter, predictions):  # (the box metrics count them as missed defects)
         ctx.console.print(unboxed_note(unboxed, "; the box metrics count their defects as missed"))
-    # an unreadable image: no decision (Prediction.failed), left out of the metrics (listed in metrics.json, report)
+    # an unreadable image: no decision (Prediction.unreadable), left out of the metrics (listed in metrics.json, report)
     for error in filter(None, errors):
         log.warning("not scored: %s", error)
     for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in test], "test"):
