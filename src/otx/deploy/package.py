@@ -32,7 +32,7 @@ normal/anomalous label; the other images are still predicted, and the script the
 differ from the training images (grayscale against colour, much smaller or larger, shaped unlike
 them): their scores are not comparable.
 
-Any otx export runs with this script, an INT8 one included: `python predict.py IMAGES --model
+Any otx OpenVINO IR runs with this script (FP32, FP16 or INT8; not an ONNX export): `python predict.py IMAGES --model
 path/to/optimized_model.xml` (copy its .bin beside it). Copy the .xml and .bin together, whole.
 """
 
