@@ -151,7 +151,7 @@ def _decisions(
 def _benchmark(console: Console, result: BenchmarkResult) -> None:
     rows = result.rows
     table = Table(title=f"otx benchmark ({result.task}; latency batch 1, throughput with parallel requests)")
-    for column in ("model", "device", "precision", "median ms", "p95 ms", "images/s"):
+    for column in ("model", "device", "computes in", "median ms", "p95 ms", "images/s"):
         table.add_column(column, justify="left" if column in ("model", "device") else "right", overflow="fold")
     if any("throughput_vs_fp32_ir" in r for r in rows):
         table.add_column("x FP32 IR", justify="right")

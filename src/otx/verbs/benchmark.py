@@ -134,7 +134,8 @@ def images_to_time(
     test = [s for s in data.splits["test"] if s.path not in data.index.unreadable] or data.splits["train"]
     picks = np.linspace(0, len(test) - 1, num=min(count, len(test))).round().astype(int)
     images = [read_image(test[i].path) for i in sorted(set(picks.tolist()))]
-    return images, f"{len(images)} images of {root} at their own sizes", data
+    fewer = f" (all there are; --num_images {count})" if len(images) < count else ""
+    return images, f"{len(images)} images of {root} at their own sizes{fewer}", data
 
 
 def run(
