@@ -448,6 +448,10 @@ def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp
     (source / "results_monday" / "results.json").write_text("[]")
     found = demo_package().find_images(str(source), source / "results")
     assert [p.relative_to(source).as_posix() for p in found] == names
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="otx"):  # otx predict alike (before: it predicted the demo's masks)
+        assert [Path(s.path).relative_to(source).as_posix() for s in samples_from_source(source)] == names
+    assert any("left out the demo package's output folder" in r.getMessage() for r in caplog.records)
     (source / "shift_1" / "masks").mkdir()  # --output the source folder itself: its masks/ from before
     shutil.copy(run / "000_mask.png", source / "shift_1" / "masks" / "000_mask.png")
     found = demo_package().find_images(str(source / "shift_1"), source / "shift_1")

@@ -33,6 +33,8 @@ from otx.preprocess import PreProcessor, resize_image, resize_mask  # noqa: F401
 from otx.validate import SEED_MAX, check_bool, check_int, check_number, check_path
 from otx.workdir import LATEST
 
+DEMO_RESULTS = "results.json"  # the demo package's predict.py writes it beside its masks/
+
 log = logging.getLogger(__name__)
 
 # (rank, world size, padding): a process's share of a loader's order in a distributed run
@@ -350,12 +352,13 @@ def _images_under(folder: Path) -> list[Path]:
     """Image files in ``folder`` and its subfolders, leaving out otx's own work folders and tools' files.
 
     A folder with ``latest.json`` is a ``--work_dir``: its predicted masks and overlays are not
-    new parts (``otx predict --source .`` run twice would otherwise predict its first outputs).
+    new parts (``otx predict --source .`` run twice would otherwise predict its first outputs); one
+    with ``results.json`` holds the demo package's outputs (its masks), left out as its script does.
     Symlinked folders are followed, each folder once (a link back up is not a loop); the folders
     and files of ``is_tool_folder`` and ``is_resource_file`` are left out, with a warning, and so
     are files of other types (not ``IMAGE_EXTENSIONS``; hidden ones without a word).
     """
-    files, others, skipped, leftovers, visited, again = [], [], [], [], set(), []
+    files, others, skipped, demo, leftovers, visited, again = [], [], [], [], [], set(), []
     for top, dirs, names in os.walk(folder, followlinks=True):
         here = os.path.realpath(top)
         if here in visited:  # a link back up, or one folder linked twice
@@ -363,8 +366,8 @@ def _images_under(folder: Path) -> list[Path]:
             dirs.clear()
             continue
         visited.add(here)
-        if top != str(folder) and LATEST in names:
-            skipped.append(top)
+        if top != str(folder) and (LATEST in names or DEMO_RESULTS in names):
+            (skipped if LATEST in names else demo).append(top)
             dirs.clear()
             continue
         leftovers += [Path(top, name) for name in sorted(dirs) if is_tool_folder(name)]
@@ -379,6 +382,7 @@ def _images_under(folder: Path) -> list[Path]:
                 others.append(Path(top, name))
     for left, why in (
         ([f"otx's work folder {p}" for p in skipped], " (its outputs are not images to predict)"),
+        ([f"the demo package's output folder {p}" for p in demo], " (its masks are not images to predict)"),
         ([p.as_posix() for p in leftovers], " (macOS, notebook or NAS files, not images to predict)"),
         (again, ": a folder already read under another path (a symbolic link)"),
     ):
