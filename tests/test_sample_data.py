@@ -192,3 +192,14 @@ def test_unknown_category_raises(tmp_path: Path) -> None:
 def test_invalid_arguments_raise(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(ValueError):
         make_sample_dataset(tmp_path, **kwargs)
+
+
+def test_a_data_root_is_not_filled_with_sample_categories(tmp_path: Path, capsys) -> None:
+    from otx.cli import main
+
+    (tmp_path / "train" / "good").mkdir(parents=True)  # a user's data root (before: categories written inside)
+    with pytest.raises(ValueError, match=r"is a data root \(it holds train/\)"):
+        make_sample_dataset(tmp_path, ["tile_like"], n_train=2, n_test_good=0, n_test_defect=1, image_size=32)
+    assert main(["data", "make-sample", str(tmp_path)]) == 1
+    assert "is a data root" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train"]

@@ -110,6 +110,11 @@ def make_sample_dataset(
     _check_int("seed", seed, 0, SEED_MAX)
 
     roots = []
+    if (split := next((s for s in ("train", "test") if (Path(out_dir) / s).is_dir()), None)) is not None:
+        raise ValueError(  # before: the categories were written inside a user's data root, without a word
+            f"'{out_dir}' is a data root (it holds {split}/): the sample categories would be written inside it; "
+            "pass a new or empty folder (nothing was changed)"
+        )
     for name in names:  # all checked before anything is written
         check_own_folder(Path(out_dir) / name)
     for name in names:
