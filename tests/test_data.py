@@ -854,3 +854,19 @@ def test_a_broken_link_is_named_as_one(dataset_copy) -> None:
     assert f"a broken symbolic link to '{root / 'nowhere.png'}'" in said, said
     with pytest.raises(OTXDataError, match="a broken symbolic link to"):
         read_image(link)
+
+
+def test_masks_of_several_data_roots_in_the_source_are_counted_as_theirs(
+    sample_root: Path, tmp_path: Path, caplog, capsys
+) -> None:
+    # before: "left out 48 mask file(s) under <first>/ground_truth", the masks of three data roots
+    for category in ("bottle_like", "carpet_like"):
+        shutil.copytree(sample_root / category, tmp_path / category)
+    with caplog.at_level("WARNING", logger="otx"):
+        samples = samples_from_source(tmp_path)
+    assert not any("_mask" in Path(s.path).name for s in samples)
+    said = [r.getMessage() for r in caplog.records if "mask file(s)" in r.getMessage()]
+    first = (tmp_path / "bottle_like" / "ground_truth").as_posix()
+    assert len(said) == 1 and f"mask file(s) under {Path(first)} and 1 other ground_truth folder(s)" in said[0], said
+    demo_package().find_images(str(tmp_path))
+    assert "and 1 other ground_truth folder(s) (ground truth, not images)" in capsys.readouterr().out

@@ -416,10 +416,13 @@ def samples_from_source(source: str | Path) -> list[Sample]:
         masks = [p for p in files if _is_layout_mask(p)]
         if masks:  # a data root given as the source: its ground-truth masks are not images to predict
             files = [p for p in files if not _is_layout_mask(p)]
+            folders = sorted({str(m.parent.parent) for m in masks})
+            more = f" and {len(folders) - 1} other ground_truth folder(s)" if len(folders) > 1 else ""
             log.warning(
-                "left out %d mask file(s) under %s (MVTec layout's ground truth, not images to predict)",
+                "left out %d mask file(s) under %s%s (MVTec layout's ground truth, not images to predict)",
                 len(masks),
-                masks[0].parent.parent,
+                folders[0],
+                more,
             )
     else:
         matched = glob.glob(os.path.expanduser(text), recursive=True)

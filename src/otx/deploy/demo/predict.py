@@ -106,7 +106,9 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
         files.sort()
         masks = [p for p in files if is_layout_mask(p)]
         if masks:
-            print(f"left out {len(masks)} mask file(s) under {masks[0].parent.parent} (ground truth, not images)")
+            folders = sorted({str(m.parent.parent) for m in masks})
+            more = f" and {len(folders) - 1} other ground_truth folder(s)" if len(folders) > 1 else ""
+            print(f"left out {len(masks)} mask file(s) under {folders[0]}{more} (ground truth, not images)")
         return [p for p in files if p not in set(masks)]
     found = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS)
     if output is not None:  # this script's own results are not images to predict (nor deleted as stale, then read)
