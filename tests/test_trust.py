@@ -1322,6 +1322,21 @@ def test_a_stop_in_the_interpreters_own_exit_keeps_the_commands_code() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, (done.returncode, done.stderr)
+    # A stop in a library's exit hook (they run before otx's last one) still ends the process at once, said:
+    # a hook that hangs can be stopped.
+    script = (
+        "import atexit, os, signal, sys, time\n"
+        "from otx import cli\n"
+        "def hook():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(60)\n"
+        "atexit.register(hook)\n"
+        "cli._ended(3)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 3, (done.returncode, done.stderr)
+    assert done.stderr.strip().splitlines()[-1] == "otx: SIGTERM received after the command ended (exit code 3)"
 
 
 # Ctrl+C while OpenVINO converts the traced graph: its C++ front end calls back into Python, where the

@@ -1141,9 +1141,10 @@ def _ended(code: int) -> None:
 
     The interpreter's exit still takes a second or so (its threads, libraries' exit hooks); a stop
     in it had ended the process with 130 and no word, after a run that was written. While Python
-    code runs, the stop is said and the process ends with ``code`` at once; from the interpreter's
-    exit hooks on (where it puts the default handlers back, and torch and OpenVINO tear down), stops
-    are ignored, so the process still ends with ``code`` (a stuck teardown then needs SIGKILL).
+    code runs (the libraries' exit hooks too), the stop is said and the process ends with ``code``
+    at once; after the last exit hook (where Python puts the default handlers back, and torch and
+    OpenVINO tear down) stops are ignored, so the process still ends with ``code``
+    (``_ignore_stops_once_ended``; a teardown stuck there then needs SIGKILL).
     """
     _stop_listener()
     if threading.current_thread() is not threading.main_thread():
@@ -1158,14 +1159,26 @@ def _ended(code: int) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, at_once)
-    atexit.register(_ignore_stops)  # run first of the exit hooks (the last registered)
+    _ENDED.set()
 
 
-def _ignore_stops() -> None:
-    """Ignore SIGINT and SIGTERM for the rest of the interpreter's exit (which keeps ignored ones ignored)."""
-    if threading.current_thread() is threading.main_thread():
+_ENDED = threading.Event()  # set by `_ended`: the console script's command has ended
+
+
+def _ignore_stops_once_ended() -> None:
+    """After the other exit hooks, ignore SIGINT and SIGTERM for the rest of the exit (``_ended`` only).
+
+    Registered when this module is imported, before torch, Lightning or OpenVINO register theirs, so
+    it runs after them (last in, first out): while they run (joining processes, flushing logs) a stop
+    still ends the process at once with the command's code (``_ended``'s handler); from here on Python
+    puts the default handlers back and tears down, and it keeps ignored signals ignored.
+    """
+    if _ENDED.is_set() and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)
+
+
+atexit.register(_ignore_stops_once_ended)
 
 
 def _is_model_option(arg: str) -> bool:
