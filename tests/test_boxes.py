@@ -430,4 +430,10 @@ def test_anomalous_images_without_a_box_are_named(
     tested = Engine(data=data, task="detection", work_dir=tmp_path / "t").test(checkpoint=strict)
     assert tested.metrics["defect_recall"] == 0.0
     said = " ".join(capsys.readouterr().err.split())
-    assert "image(s) labelled anomalous have no box" in said and "the box metrics count their defects as missed" in said
+    (run,) = (tmp_path / "t").glob("*-test")
+    records = json.loads((run / "predictions.json").read_text())
+    flagged = [r for r in records if r["label"] == "anomalous"]
+    missed = sum("/good/" not in Path(r["image"]).as_posix() for r in flagged)  # normal ones are false alarms
+    assert missed > 0, records
+    assert f"{len(flagged)} image(s) labelled anomalous have no box" in said
+    assert f"the box metrics count the defects of {missed} of them as missed" in said, said

@@ -90,7 +90,8 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             else f"not a PyTorch checkpoint file, or a truncated one: {exc.__class__.__name__}"
         )
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({reason}); {_HINT}") from exc
-    if isinstance(ckpt, dict) and "loops" in ckpt and "model" not in ckpt:  # an epoch's state (EpochStates)
+    saved_by = (ckpt.get("callbacks") or {}) if isinstance(ckpt, dict) and "loops" in ckpt else {}
+    if "model" not in ckpt and any(str(key).startswith("EpochStates") for key in saved_by):  # otx's epoch state
         run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         what = f"'{path}' is a training state saved after an epoch (for --resume), not a trained model"
         if (run / "model.ckpt").is_file():  # its training finished: the model it wrote
@@ -100,7 +101,8 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             "model.ckpt, with thresholds), or pass the model.ckpt of a finished training"
         )
     if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
-        raise OTXError(f"'{path}' is not otx's (no model/state_dict entries); {_HINT}")
+        what = "a Lightning training checkpoint" if isinstance(ckpt, dict) and "loops" in ckpt else "not otx's"
+        raise OTXError(f"'{path}' is {what} (no model/state_dict entries); {_HINT}")
     schema = ckpt.get("schema", 1)
     if not isinstance(schema, int) or schema < 1:
         raise OTXError(f"'{path}' has an unknown checkpoint schema {schema!r}; {_HINT}")
@@ -159,15 +161,13 @@ def latest_checkpoint(workdir: WorkDir) -> Path:
         states = interrupted_states(workdir.root) if workdir.root.is_dir() else []
         # finished trainings that latest.json does not name (it names a run deleted since, or none)
         trained = sorted(workdir.root.glob(f"*-train*/{CHECKPOINT_NAME}")) if workdir.root.is_dir() else []
-        if trained:
-            hint = f" (the newest model trained there is {trained[-1]}: pass it with --checkpoint)"
-        elif states:
-            hint = (
-                f" (an interrupted training saved epochs in {states[-1].parent.parent.name}: `otx train` with its "
-                "options and --resume true continues it)"
+        hints = [f"the newest model trained there is {trained[-1]}: pass it with --checkpoint"] if trained else []
+        if states:
+            hints.append(
+                f"an interrupted training saved epochs in {states[-1].parent.parent.name}: `otx train` with its "
+                "options and --resume true continues it"
             )
-        else:
-            hint = ""
+        hint = f" ({'; '.join(hints)})" if hints else ""
         raise OTXError(
             f"no trained model in '{workdir.root}'{f' ({why})' if why else ''}; run `otx train` there first "
             f"or pass --checkpoint PATH{hint}"

@@ -329,7 +329,7 @@ class BestAcrossResume(L.Callback):
         missing = [path for path in kept if not path.is_file()]
         if missing or not kept:
             log.warning(
-                "the interrupted run's best checkpoint %s is gone; the resumed run keeps the best of its own epochs",
+                "the earlier run's best checkpoint %s is gone; the resumed run keeps the best of its own epochs",
                 saved.get("best_model_path") or missing[0],
             )
             self.best.best_model_path = ""  # Lightning reloaded the gone file's path
@@ -355,28 +355,54 @@ class BestAcrossResume(L.Callback):
 
 
 class FreshPatienceOnResume(L.Callback):
-    """A run that early stopping ended, resumed to train longer, gets the stopper's patience anew.
+    """A run whose patience ran out, resumed to train longer, gets the stopper's patience anew.
 
-    Lightning restores an ``EarlyStopping``'s count of epochs without improvement with the state, so a
-    finished run resumed with a higher ``--max_epochs`` stopped again after one epoch and kept the same
-    best epoch. Its best score stays: it stops again after ``patience`` epochs that do not beat it.
-    ``note`` says what was reset (for the console), empty when nothing was.
+    Lightning restores an ``EarlyStopping``'s count of checks without improvement (and its patience)
+    with the state, so a finished run resumed with a higher ``--max_epochs`` stopped again after one
+    epoch and kept the same best epoch. Its best score stays: it stops again after ``patience`` checks
+    that do not beat it, with the patience it is given now. A stop for another reason (a stopping
+    threshold reached, a diverging or non-finite score) stays as it was. ``note`` says what was
+    reset (for the console), empty when nothing was.
     """
 
     def __init__(self) -> None:
         self.note = ""
+        self._patience: dict[int, int] = {}  # each stopper's patience as configured (the restore overwrites it)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
+        # (Lightning calls setup before it restores the callbacks' states from a checkpoint)
+        self._patience = {id(c): c.patience for c in trainer.callbacks if isinstance(c, EarlyStopping)}  # type: ignore[attr-defined]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        try:
+            from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+        except ImportError:  # Lightning before 2.6 records no reason: a count that reached the patience
+            EarlyStoppingReason = None  # noqa: N806
+
+        notes = []
         for stopper in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(stopper, EarlyStopping) and stopper.stopped_epoch > 0:  # it had ended the run
-                self.note = (
-                    f"the resumed run had stopped early after epoch {stopper.stopped_epoch + 1} ({stopper.monitor} "
-                    f"not better for {stopper.wait_count} epochs); early stopping counts its patience "
-                    f"({stopper.patience}) afresh from here"
-                )
-                log.info(self.note)
-                stopper.wait_count = 0
-                stopper.stopped_epoch = 0
+            if not isinstance(stopper, EarlyStopping):
+                continue
+            ran_out = (
+                stopper.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED
+                if EarlyStoppingReason is not None
+                else stopper.stopped_epoch > 0 and stopper.wait_count >= stopper.patience
+            )
+            stopper.patience = self._patience.get(id(stopper), stopper.patience)
+            if not ran_out:
+                continue
+            notes.append(
+                f"the resumed run had stopped early after epoch {stopper.stopped_epoch + 1} ({stopper.monitor} not "
+                f"better for its patience); early stopping counts its patience ({stopper.patience}) afresh from here"
+            )
+            stopper.wait_count = 0
+            stopper.stopped_epoch = 0
+            if EarlyStoppingReason is not None:
+                stopper.stopping_reason = EarlyStoppingReason.NOT_STOPPED
+                stopper.stopping_reason_message = None
+        self.note = "; ".join(notes)
+        if self.note:
+            log.info(self.note)
 
 
 class EpochStates(ModelCheckpoint):

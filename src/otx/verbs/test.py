@@ -74,8 +74,11 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     outputs, errors = collect(ctx, data, scorer, test, "test", skip_errors=True)
     infer_s = time.perf_counter() - start
     predictions = to_predictions(adapter, scorer, outputs, test, errors)
-    if unboxed := unboxed_predictions(adapter, predictions):  # (the box metrics count them as missed defects)
-        ctx.console.print(unboxed_note(unboxed, "; the box metrics count their defects as missed"))
+    if unboxed := unboxed_predictions(adapter, predictions):
+        defects = {s.path for s in test if s.label == 1}
+        missed = sum(p.image_path in defects for p in unboxed)  # (normal images labelled anomalous are false alarms)
+        more = f"; the box metrics count the defects of {missed} of them as missed" if missed else ""
+        ctx.console.print(unboxed_note(unboxed, more))
     # an unreadable image: no decision (Prediction.unreadable), left out of the metrics (listed in metrics.json, report)
     for error in filter(None, errors):
         log.warning("not scored: %s", error)
