@@ -24,10 +24,12 @@ FORMATS = ("OPENVINO", "ONNX")
 PRECISIONS = ("FP32", "FP16")
 EXPORT_NAME = "exported_model"
 ONNX_OPSET = 18  # Col2Im (tile mode stitches its maps with torch fold) needs 18
-# Largest normalised score difference from torch an export may show on its check images (the parity
-# the tests hold every model to; FP16 weights round to 11 significant bits). Within it, a label can
-# differ only for a score within the tolerance of the threshold (0.5).
-SCORE_TOLERANCE = {"FP32": 1e-3, "FP16": 5e-3}
+# Largest normalised score difference from torch an export may show on its check images before otx
+# warns: FP32 at the parity the tests hold every model to (measured up to 4.4e-6, every model and mode
+# on the sample data); FP16 weights round to 11 significant bits, measured up to 4.9e-3 (PatchFlow,
+# bottle_like; PADIM on magnetic_tile 1.9e-3), so four times that. Within it, a label can differ
+# only for a score within the tolerance of the threshold (0.5).
+SCORE_TOLERANCE = {"FP32": 1e-3, "FP16": 2e-2}
 
 
 def check_export_args(export_format: str, precision: str) -> tuple[str, str]:
