@@ -452,6 +452,10 @@ def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp
     with caplog.at_level("WARNING", logger="otx"):  # otx predict alike (before: it predicted the demo's masks)
         assert [Path(s.path).relative_to(source).as_posix() for s in samples_from_source(source)] == names
     assert any("left out the demo package's output folder" in r.getMessage() for r in caplog.records)
+    (source / "trial").mkdir()  # a user's folder with a results.json of its own: its images are predicted
+    shutil.copy(source / "shift_1" / "000.png", source / "trial" / "000.png")
+    (source / "trial" / "results.json").write_text('{"accuracy": 0.9}')
+    assert "trial/000.png" in [Path(s.path).relative_to(source).as_posix() for s in samples_from_source(source)]
     (source / "shift_1" / "masks").mkdir()  # --output the source folder itself: its masks/ from before
     shutil.copy(run / "000_mask.png", source / "shift_1" / "masks" / "000_mask.png")
     found = demo_package().find_images(str(source / "shift_1"), source / "shift_1")

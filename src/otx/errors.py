@@ -98,7 +98,7 @@ _SPELLINGS = (
     (
         re.compile(
             r"--(checkpoint|source|models|data_root|format|precision|max_drop|weight_bits|fallback|subset_size|resume|"
-            r"max_epochs|task|device|devices|num_nodes|work_dir)\b" + _VALUE
+            r"max_epochs|task|device|devices|num_nodes|work_dir|inference_precision|num_images)\b" + _VALUE
         ),
         lambda m: (
             _ARG_NAMES.get(m.group(1), m.group(1)) + (f"={_python_value(m.group('value'))}" if m.group("value") else "")

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from otx.boxes import score_words
+from otx.errors import for_caller
 from otx.results import BenchmarkResult, ExportResult, OptimizeResult, PredictResult, Result, TestResult, TrainResult
 from otx.scoring import OpenVINOScorer, Scorer
 
@@ -39,9 +40,9 @@ def describe_loaded(scorer: Scorer) -> str:
         if precision in ("bf16", "f16"):  # measured: normalised scores 0.098 (PADIM) and 0.171 (STFPM) from f32's
             precision += (
                 ": normalised scores can differ from f32's by 0.1 or more, and labels near the threshold with them; "
-                "--inference_precision f32 (the default) computes as the checkpoint does"
+                "--inference_precision f32 (the default) runs it as otx checked it"
             )
-        return f"exported model: {scorer.source} (OpenVINO {inf.device}, {precision})"
+        return for_caller(f"exported model: {scorer.source} (OpenVINO {inf.device}, {precision})")
     return f"checkpoint: {scorer.source}"
 
 

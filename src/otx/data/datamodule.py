@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import sys
@@ -348,12 +349,24 @@ def _is_layout_mask(path: Path) -> bool:
     )
 
 
+def _demo_results(folder: Path) -> bool:
+    """Whether ``folder``'s ``results.json`` is the demo package's (a list of records with image and label)."""
+    try:
+        path = folder / DEMO_RESULTS
+        if path.stat().st_size > 64 << 20:  # not read whole; the demo writes a record of ~100 bytes an image
+            return False
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(records, list) and all(isinstance(r, dict) and {"image", "label"} <= r.keys() for r in records)
+
+
 def _images_under(folder: Path) -> list[Path]:
     """Image files in ``folder`` and its subfolders, leaving out otx's own work folders and tools' files.
 
     A folder with ``latest.json`` is a ``--work_dir``: its predicted masks and overlays are not
     new parts (``otx predict --source .`` run twice would otherwise predict its first outputs); one
-    with ``results.json`` holds the demo package's outputs (its masks), left out as its script does.
+    with the demo package's ``results.json`` holds its outputs (its masks), left out as its script does.
     Symlinked folders are followed, each folder once (a link back up is not a loop); the folders
     and files of ``is_tool_folder`` and ``is_resource_file`` are left out, with a warning, and so
     are files of other types (not ``IMAGE_EXTENSIONS``; hidden ones without a word).
@@ -366,7 +379,7 @@ def _images_under(folder: Path) -> list[Path]:
             dirs.clear()
             continue
         visited.add(here)
-        if top != str(folder) and (LATEST in names or DEMO_RESULTS in names):
+        if top != str(folder) and (LATEST in names or (DEMO_RESULTS in names and _demo_results(Path(top)))):
             (skipped if LATEST in names else demo).append(top)
             dirs.clear()
             continue

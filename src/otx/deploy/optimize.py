@@ -624,7 +624,8 @@ def best_attempt(tried: Sequence[dict[str, Any]]) -> int:
 # distance from the threshold (normalised scores), where FP32's is at least MARGIN_MIN. Measured: PADIM's
 # former scheme on a texture with discs kept every label but moved the discs from 1.0 to 0.515 (margin
 # 0.5 -> 0.015), and test discs fell below the threshold; the shipped schemes kept 0.48 or more of it
-# (docs/deploy.md). A warning only: the scheme ladder's fallbacks are chosen by the decision bars.
+# (docs/deploy.md). A warning only, where the image labels hold (the scheme ladder's fallbacks are
+# chosen by the decision bars, and where the labels moved `decision_warning` says so).
 MARGIN_KEPT = 0.25
 MARGIN_MIN = 0.1
 
@@ -638,6 +639,8 @@ def margin_warning(decisions: dict[str, Any]) -> str | None:
     """
     if not decisions.get("checked"):
         return None
+    if decisions["table"]["candidate"]["image_label_agreement"] < DECISION_AGREEMENT:
+        return None  # the image labels moved: decision_warning says so
     reference = decisions.get("reference", "FP32")
     fp32, mine = decisions["table"]["fp32"], decisions["table"]["candidate"]
     found = []

@@ -15,6 +15,7 @@ from otx.data.datamodule import AnomalyDataModule
 from otx.data.io import read_image
 from otx.deploy.inferencer import is_exported_model
 from otx.deploy.metadata import ModelInfo
+from otx.errors import for_caller
 from otx.models.base import AnomalyModel
 from otx.results import BenchmarkResult, recorded_path
 from otx.verbs.context import VerbContext, write_result
@@ -134,7 +135,7 @@ def images_to_time(
     test = [s for s in data.splits["test"] if s.path not in data.index.unreadable] or data.splits["train"]
     picks = np.linspace(0, len(test) - 1, num=min(count, len(test))).round().astype(int)
     images = [read_image(test[i].path) for i in sorted(set(picks.tolist()))]
-    fewer = f" (all there are; --num_images {count})" if len(images) < count else ""
+    fewer = for_caller(f" (all there are; --num_images {count})") if len(images) < count else ""
     return images, f"{len(images)} images of {root} at their own sizes{fewer}", data
 
 

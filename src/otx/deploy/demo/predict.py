@@ -552,7 +552,7 @@ def main() -> int:
     if ran in ("bf16", "f16"):  # measured: normalised scores 0.098 (PADIM) and 0.171 (STFPM) from f32's
         print(
             f"note: {args.device} runs the model in {ran}: normalised scores can differ from f32's by 0.1 or more, "
-            "and labels near the threshold with them; --precision f32 computes as otx predict does",
+            "and labels near the threshold with them; --precision f32 runs it as otx checked it",
             file=sys.stderr,
         )
     names = [next(iter(o.get_names())) for o in compiled.outputs]
