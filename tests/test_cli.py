@@ -462,7 +462,8 @@ def test_a_runs_config_is_reused_with_the_command_line_winning_wherever_it_stand
     assert main(["train", "--config", RECIPE, "--data_root", str(data), "--work_dir", "first", *small]) == 0
     config = next(first.glob("*-train/config.yaml"))
     saved = yaml.safe_load(config.read_text())
-    assert saved["data_root"] == saved["data"]["data_root"] == str(data.resolve()) and saved["resume"] is False
+    assert saved["data"]["data_root"] == str(data.resolve()) and saved["resume"] is False
+    assert saved["data_root"] is None and saved["max_epochs"] is None  # once, in their sections (edited there)
     before = (first / "latest.json").read_text()
     fewer = dataset_copy()
     for path in sorted((fewer / "train" / "good").glob("*.png"))[10:]:
@@ -495,6 +496,20 @@ def test_a_runs_config_is_reused_with_the_command_line_winning_wherever_it_stand
         main(["train", "--config", str(three), "--max_epochs", "4", "--print_config"])
     shown = yaml.safe_load(capsys.readouterr().out)
     assert shown["max_epochs"] == shown["trainer"]["max_epochs"] == 4
+    # The key a user edits in a run's config.yaml counts (before: the file also held a top-level data_root, which
+    # won over an edited data.data_root without a word); an older file with both that disagree is said.
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump({**saved, "data": {**saved["data"], "data_root": str(fewer)}, "work_dir": "ed"}))
+    assert main(["train", "--config", str(edited)]) == 0
+    metrics = json.loads(next((tmp_path / "ed").glob("*-train/metrics.json")).read_text())
+    assert metrics["splits"]["train"]["normal"] == 10
+    older = tmp_path / "older.yaml"
+    older.write_text(yaml.safe_dump({**yaml.safe_load(edited.read_text()), "data_root": str(data), "work_dir": "old"}))
+    capsys.readouterr()
+    assert main(["train", "--config", str(older)]) == 0
+    captured = capsys.readouterr()
+    said = " ".join((captured.err + captured.out).split())
+    assert f"the config's data_root {data} wins over its data.data_root {fewer}" in said, said
     assert main(["test", "--work_dir", "first", "--resume", "true"]) == 1  # on their command line: train's alone
     assert "--resume has no effect on otx test" in capsys.readouterr().err
 
@@ -517,3 +532,27 @@ def test_another_model_than_the_recipes_is_said_with_the_settings_it_keeps(
     assert config["model"]["init_args"]["score_top_share"] == 0.02  # what the warning says ran
     assert main(["train", "--config", RECIPE, "--model", "Padim", *small, *args]) == 0  # the recipe's own class
     assert "replaces" not in capsys.readouterr().err
+
+
+def test_a_config_files_thresholds_that_the_model_does_not_have_are_said_unused(
+    trained_padim: dict, sample_root: Path, tmp_path: Path, capsys
+) -> None:
+    # Before: a recipe's image_threshold given to otx predict/test was dropped without a word (the same option
+    # on the command line is refused), and every scratch image stayed "anomalous" at the learned threshold.
+    recipe = yaml.safe_load(Path(RECIPE.replace("recipe/", "recipes/")).read_text())
+    recipe["model"]["init_args"]["image_threshold"] = 700
+    config = tmp_path / "thr.yaml"
+    config.write_text(yaml.safe_dump(recipe))
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    source = sample_root / "bottle_like" / "test" / "scratch"
+    args = ["predict", "--config", str(config), "--work_dir", str(work_dir), "--source", str(source)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    said = " ".join((captured.err + captured.out).split())
+    assert "the config's image_threshold 700 is not used: thresholds are part of the trained model" in said, said
+    recipe["model"]["init_args"]["image_threshold"] = None  # the recipe's own null: nothing to say
+    config.write_text(yaml.safe_dump(recipe))
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "is not used: thresholds" not in captured.err + captured.out

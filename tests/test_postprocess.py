@@ -127,3 +127,28 @@ def test_an_infinite_validation_score_does_not_flatten_the_normalisation() -> No
     out = post(torch.zeros(4, 8, 8), torch.tensor([0.1, 0.3, 0.8, 5.0]))
     assert out["pred_label"].tolist() == [False, False, True, True]
     assert (torch.tensor([0.1, 0.3, 0.8, 5.0]) >= stats["image_threshold"]).tolist() == out["pred_label"].tolist()
+
+
+def test_a_threshold_above_every_validation_score_is_said_not_learned() -> None:
+    # Before: metrics.json and the report said "learned: the F1-best on the validation split" for the threshold
+    # otx train had warned was not learned (a validation split of normal images only).
+    from otx.postprocess import f1_adaptive_threshold, threshold_origin
+
+    normal = np.array([3.0, 4.0, 5.0])
+    stats = {"image_min": 3.0, "image_max": 5.0, "pixel_min": 0.0, "pixel_max": 9.0, "pixel_threshold": 6.0}
+    alone = threshold_origin([], [], {**stats, "image_threshold": f1_adaptive_threshold(normal, np.zeros(3))})
+    assert alone["image"].startswith("not learned: just above the highest validation score"), alone
+    assert alone["image"].endswith("had no anomalous images to learn one from"), alone
+    scores, labels = np.array([3.0, 4.0, 5.0, 8.0]), np.array([0, 0, 0, 1])
+    learned = {**stats, "image_max": 8.0, "image_threshold": f1_adaptive_threshold(scores, labels)}
+    assert threshold_origin([], [], learned)["image"] == "learned: the F1-best on the validation split"
+    assert threshold_origin(["image"], [], {**stats, "image_threshold": 9.0})["image"] == "given (image_threshold)"
+
+
+def test_a_pixel_threshold_above_every_test_pixel_says_the_masks_are_empty() -> None:
+    from otx.checks import threshold_warnings
+
+    said = threshold_warnings(np.array([0.1, 0.2, 0.3]), np.array([0, 1, 1]), 1.0, "pixel", "test")
+    assert any("flags nothing as anomalous at the pixel level (every mask is empty" in w for w in said), said
+    said = threshold_warnings(np.array([0.1, 0.2, 0.3]), np.array([0, 1, 1]), 1.0, "image", "test")
+    assert any(w.endswith("this model flags nothing as anomalous") for w in said), said

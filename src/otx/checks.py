@@ -214,6 +214,11 @@ def threshold_warnings(
         found.append(
             f"the {what} threshold ({threshold:.6g}) is above every {split} score: this model flags nothing as "
             "anomalous"
+            + (
+                " at the pixel level (every mask is empty; the image threshold labels the images)"
+                if what == "pixel"
+                else ""
+            )
         )
     return found
 

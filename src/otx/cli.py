@@ -406,6 +406,14 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     from otx.engine import Engine
 
     if cfg.data_root:
+        given = cfg.data.data_root
+        if given and os.path.abspath(os.path.expanduser(str(given))) != os.path.abspath(
+            os.path.expanduser(str(cfg.data_root))
+        ):  # both from --config files (the command line's are folded to agree)
+            console.print(
+                f"[yellow]warning[/]: the config's data_root {cfg.data_root} wins over its data.data_root {given} "
+                "(config.yaml files written before 2026-12-06 hold both: edit data_root, or pass --data_root DIR)"
+            )
         cfg.data.data_root = cfg.data_root
     data = AnomalyDataModule(**cfg.data.as_dict())
     config = parser.dump(cfg, skip_none=False, format="parser_mode")  # validated, resolved
@@ -427,6 +435,13 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         trainer = {k: v for k, v in cfg.trainer.as_dict().items() if v is not None}
     if trainer is not None and cfg.max_epochs is not None:  # from a --config file (the command line's is folded)
         from otx.validate import check_int
+
+        if trainer.get("max_epochs") not in (None, cfg.max_epochs):
+            console.print(
+                f"[yellow]warning[/]: the config's max_epochs {cfg.max_epochs} wins over its trainer.max_epochs "
+                f"{trainer['max_epochs']} (config.yaml files written before 2026-12-06 hold both: edit max_epochs, "
+                "or pass --max_epochs N)"
+            )
 
         # the shortcut wins over the trainer section, as documented
         trainer["max_epochs"] = check_int("max_epochs", cfg.max_epochs, minimum=1)

@@ -133,6 +133,12 @@ def threshold_origin(
             how = f"given ({name}_threshold)"
         elif name == "pixel" and copied:
             how = "the image threshold's value: the validation split had no defect pixels to learn one from"
+        elif trained.get(f"{name}_threshold", 0.0) > trained.get(f"{name}_max", float("inf")):
+            # (f1_adaptive_threshold: above every validation value only when none is anomalous)
+            how = (
+                "not learned: just above the highest validation score, the validation split had no anomalous "
+                f"{'images' if name == 'image' else 'pixels'} to learn one from"
+            )
         else:
             how = "learned: the F1-best on the validation split"
         if name in recalibrated:

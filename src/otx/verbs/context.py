@@ -106,8 +106,13 @@ class VerbContext:
         for section, key in ((recorded, "data_root"), (config, "checkpoint"), (config, "work_dir")):
             if section.get(key):
                 section[key] = recorded_path(section[key])
-        if config.get("data_root"):  # the shortcut as the data section says (it wins over it when reused)
-            config["data_root"] = recorded.get("data_root")
+        # The shortcuts are folded into their sections (data.data_root, trainer.max_epochs): written once, so
+        # that the key a user edits in a reused config.yaml is the one that counts (before: the file held
+        # both, and an edited data.data_root lost to the top-level copy without a word).
+        config["data_root"] = None
+        if config.get("max_epochs") is not None and isinstance(config.get("trainer"), dict):
+            config["trainer"] = {**config["trainer"], "max_epochs": config["max_epochs"]}
+            config["max_epochs"] = None
         if config.get("resume"):  # the run as a fresh one when its config.yaml is reused (resumed_from: metrics.json)
             config["resume"] = False
         run.write_config(config)

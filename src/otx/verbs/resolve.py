@@ -8,6 +8,7 @@ from ``VerbContext.adapter(scorer.task)``, and a verb that needs the model's own
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,27 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
             f"the model's ({', '.join(_setting(k, own.get(_PRE_KEYS[k])) for k in differ)}):"
             f" the pre-processing is part of the model, so it runs as trained; train again for other settings",
         )
+    if recipe and (unused := _thresholds_differ(recipe.get("init_args") or {}, scorer.thresholds)):
+        ctx.note_once(  # before: a config file's thresholds were dropped without a word (the option is refused)
+            "thresholds",
+            f"[yellow]note[/]: the config's {' and '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used: "
+            f"thresholds are part of the trained model (image {scorer.thresholds[0]:.6g}, pixel "
+            f"{scorer.thresholds[1]:.6g}, raw); give them to otx train for a model that uses them",
+        )
     return scorer
+
+
+def _thresholds_differ(init_args: dict[str, Any], thresholds: tuple[float, float]) -> list[str]:
+    """A config's ``image_threshold`` / ``pixel_threshold`` (not None) that the model's own raw thresholds are not."""
+    differ = []
+    for key, own in zip(("image_threshold", "pixel_threshold"), thresholds, strict=True):
+        value = init_args.get(key)
+        try:
+            if value is not None and not math.isclose(float(value), float(own), rel_tol=1e-6, abs_tol=1e-9):
+                differ.append(f"{key} {float(value):g}")
+        except (TypeError, ValueError):  # not a number: the model's own check says so where it is read
+            differ.append(f"{key} {value!r}")
+    return differ
 
 
 _PRE_KEYS = {"input_mode": "mode", "input_size": "input_size", "tile_size": "tile_size", "tile_stride": "tile_stride"}
