@@ -91,7 +91,7 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         )
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({reason}); {_HINT}") from exc
     saved_by = (ckpt.get("callbacks") or {}) if isinstance(ckpt, dict) and "loops" in ckpt else {}
-    if "model" not in ckpt and any(str(key).startswith("EpochStates") for key in saved_by):  # otx's epoch state
+    if any(str(key).startswith("EpochStates") for key in saved_by) and "model" not in ckpt:  # otx's epoch state
         run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
         what = f"'{path}' is a training state saved after an epoch (for --resume), not a trained model"
         if (run / "model.ckpt").is_file():  # its training finished: the model it wrote
