@@ -1304,37 +1304,30 @@ def test_a_stop_after_the_command_ended_exits_at_once_with_its_code(tmp_path: Pa
     assert done.stderr.strip().splitlines()[-1] == "otx: SIGINT received after the command ended (exit code 3)"
 
 
+def _ended_with(setup: str) -> subprocess.CompletedProcess:
+    """A process that ends its command with code 3 (``cli._ended``) after running ``setup`` (Python lines)."""
+    script = f"import atexit, os, signal, sys, time\nfrom otx import cli\n{setup}cli._ended(3)\nsys.exit(3)\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+
+
 def test_a_stop_in_the_interpreters_own_exit_keeps_the_commands_code() -> None:
     # Before: from the interpreter's exit hooks on, Python puts the default handlers back, and a stop while
     # torch and OpenVINO tear down (a second or so) ended a finished command with 130 and no word (a bug
     # bash's `timeout` marked a written export as failed). A module global's __del__ stops it there.
-    script = (
-        "import os, signal, sys, time\n"
-        "from otx import cli\n"
+    done = _ended_with(
         "class Late:\n"
         "    def __del__(self):\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"
         "        os.kill(os.getpid(), signal.SIGTERM)\n"
         "        time.sleep(0.3)\n"
         "late = Late()\n"
-        "cli._ended(3)\n"
-        "sys.exit(3)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, (done.returncode, done.stderr)
     # A stop in a library's exit hook (they run before otx's last one) still ends the process at once, said:
     # a hook that hangs can be stopped.
-    script = (
-        "import atexit, os, signal, sys, time\n"
-        "from otx import cli\n"
-        "def hook():\n"
-        "    os.kill(os.getpid(), signal.SIGTERM)\n"
-        "    time.sleep(60)\n"
-        "atexit.register(hook)\n"
-        "cli._ended(3)\n"
-        "sys.exit(3)\n"
+    done = _ended_with(
+        "def hook():\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(60)\natexit.register(hook)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, (done.returncode, done.stderr)
     assert done.stderr.strip().splitlines()[-1] == "otx: SIGTERM received after the command ended (exit code 3)"
 
