@@ -233,6 +233,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     (
+        "train-trainer-max-time",
+        "wrong value",
+        ["train", "--config", RECIPE, "--trainer.max_time", "2h"],
+        "--trainer.max_time takes days:hours:minutes:seconds, e.g. 00:02:00:00 for two hours (got '2h')",
+        1,
+    ),
+    (
         "train-callback",
         "wrong value",
         ["train", "--config", RECIPE, "--trainer.callbacks", '[{{"class_path": "NoSuchCallback"}}]'],

@@ -300,7 +300,10 @@ def test_a_run_that_stopped_early_resumed_to_train_longer_gets_its_patience_anew
     assert first.returncode == 0, first.stderr
     before = _summary(tmp_path / "ws")
     assert before["stopped_early"] and before["epochs"] < 8, before["validation_curve"]
-    assert f"epochs: {before['epochs']} of up to 8 (stopped early); kept epoch {before['best_epoch']}" in first.stdout
+    why = "stopped early: val/image_AUROC not better for 2 validations"
+    assert before["stop_reason"] == why
+    said = f"epochs: {before['epochs']} of up to 8 ({why}); kept epoch {before['best_epoch']}"
+    assert said.replace(" ", "") in "".join(first.stdout.split())  # (the console wraps long lines anywhere)
     run = tmp_path / "ws" / Path(before["checkpoint"]).parent.name
     more = ("--resume", str(run), "--trainer.max_epochs", "12")
     longer = run_main(*_stfpm_args(sample_root, "ws", *rate, *more, callbacks=stopper), cwd=tmp_path)
@@ -314,6 +317,19 @@ def test_a_run_that_stopped_early_resumed_to_train_longer_gets_its_patience_anew
     # a finished run's saved epoch given where a trained model goes: the model that run wrote is named
     tested = run_main("test", "--checkpoint", str(run / "checkpoints" / "last.ckpt"), "--work_dir", "ws", cwd=tmp_path)
     assert tested.returncode == 1 and f"pass the model its training wrote: {run / 'model.ckpt'}" in tested.stderr
+
+
+def test_a_run_stopped_by_max_time_says_so_not_early_stopping(sample_root: Path, tmp_path: Path) -> None:
+    # Before: the summary read "(stopped early)" for any stop before max_epochs, as if the validation
+    # metric had stopped improving. One second ends the fit at the end of its first training batch.
+    args = _stfpm_args(sample_root, "ws", "--trainer.max_epochs", "50", "--trainer.max_time", "00:00:00:01")
+    done = run_main(*args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = _summary(tmp_path / "ws")
+    assert summary["stopped_early"] and summary["epochs"] < 50
+    assert summary["stop_reason"] == "stopped at max_time (0:00:01)", summary["stop_reason"]
+    said = f"epochs: {summary['epochs']} of up to 50 (stopped at max_time (0:00:01))"
+    assert said.replace(" ", "") in "".join(done.stdout.split()), done.stdout
 
 
 def test_epoch_shuffle_depends_on_seed_and_epoch_only() -> None:

@@ -44,7 +44,7 @@ from otx.models.base import AnomalyModel
 from otx.render import render
 from otx.results import BenchmarkResult, ExportResult, OptimizeResult, Result, TestResult, TrainResult
 from otx.tasks import AnomalyTask, Prediction, get_adapter
-from otx.training import check_callback_entries, resume_checkpoint
+from otx.training import check_callback_entries, check_max_time, resume_checkpoint
 from otx.validate import SEED_MAX, check_bool, check_choice, check_int, check_path
 from otx.verbs import benchmark as benchmark_verb
 from otx.verbs import export as export_verb
@@ -154,6 +154,7 @@ class Engine:
                 f"max_epochs={self.max_epochs} and trainer['max_epochs']={self.trainer['max_epochs']!r} disagree: "
                 "give the number of epochs once"
             )
+        check_max_time(self.trainer.get("max_time"))
         check_callback_entries(self.trainer.get("callbacks"))  # before a run folder, and before config.yaml holds them
         self.seed = check_int("seed", seed, minimum=0, maximum=SEED_MAX)
         if config is not None and not isinstance(config, dict):

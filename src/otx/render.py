@@ -51,9 +51,8 @@ def render(console: Console, result: Result) -> None:
     if isinstance(result, TrainResult):
         extra = {"checkpoint": result.checkpoint}
         if result.max_epochs > 1:  # (one-pass models train one)
-            extra["epochs"] = f"{result.epochs} of up to {result.max_epochs}" + (
-                " (stopped early)" if result.stopped_early else ""
-            )
+            why = result.stop_reason or ("stopped early" if result.stopped_early else "")
+            extra["epochs"] = f"{result.epochs} of up to {result.max_epochs}" + (f" ({why})" if why else "")
             if result.best_epoch is not None:
                 extra["epochs"] += f"; kept epoch {result.best_epoch}, the best on the validation split"
         if result.boxes:

@@ -85,6 +85,7 @@ class TrainResult(Result):
     epochs: int
     max_epochs: int
     stopped_early: bool
+    stop_reason: str | None = None  # why, in words, when it stopped before max_epochs (otx.training.stop_reason)
     best_epoch: int | None
     validation_curve: list[dict[str, Any]]
     trainer: dict[str, Any]

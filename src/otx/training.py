@@ -12,6 +12,7 @@ uninterrupted one sees).
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import importlib
 import inspect
@@ -25,7 +26,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, RichProgressBar, Timer
 
 from otx.checkpoint import CHECKPOINT_NAME, class_path
 from otx.distributed import (
@@ -67,6 +68,8 @@ class TrainerSettings:
         num_nodes: machines in a distributed run (each started by torchrun, SLURM or by hand; docs/scale.md).
         precision: ``32-true``, ``16-mixed``, ``bf16-mixed`` ...
         max_epochs: cap on training epochs.
+        max_time: cap on training time, ``DD:HH:MM:SS`` (``00:02:00:00``: two hours); the fit stops
+            at the first batch past it and keeps its best epoch so far.
         check_val_every_n_epoch: validate (and refit thresholds) every n epochs.
         callbacks: Lightning callbacks as ``{class_path: ..., init_args: {...}}`` (early stopping,
             a monitored ``ModelCheckpoint`` that keeps the best epoch ...).
@@ -83,6 +86,7 @@ class TrainerSettings:
         num_nodes: int | None = None,
         precision: str | int | None = None,
         max_epochs: int | None = None,
+        max_time: str | None = None,
         check_val_every_n_epoch: int | None = None,
         callbacks: list[dict[str, Any]] | None = None,
         deterministic: bool | None = None,
@@ -91,7 +95,7 @@ class TrainerSettings:
     ) -> None:
         # Only the signature is used: it types the CLI's --trainer.* options; the parsed section
         # reaches Engine(trainer=...) as a dict.
-        del accelerator, devices, strategy, num_nodes, precision, max_epochs, check_val_every_n_epoch
+        del accelerator, devices, strategy, num_nodes, precision, max_epochs, max_time, check_val_every_n_epoch
         del callbacks, deterministic, gradient_clip_val, accumulate_grad_batches
 
 
@@ -403,6 +407,51 @@ class FreshPatienceOnResume(L.Callback):
         self.note = "; ".join(notes)
         if self.note:
             log.info(self.note)
+
+
+def check_max_time(value: Any) -> None:
+    """One line for a ``max_time`` Lightning would not read (it takes ``DD:HH:MM:SS``, a dict or a timedelta)."""
+    if value is None or isinstance(value, datetime.timedelta | dict):
+        return
+    if not isinstance(value, str) or not re.fullmatch(r"\d+:\d+:\d+:\d+", value.strip()):
+        raise OTXConfigError(
+            f"--trainer.max_time takes days:hours:minutes:seconds, e.g. 00:02:00:00 for two hours (got {value!r})"
+        )
+
+
+def stop_reason(trainer: L.Trainer, max_epochs: int) -> str | None:
+    """Why a fit ended before ``max_epochs``, in words for the summary; None when it ran them all.
+
+    An early stopper that fired names its monitor and what it saw (Lightning 2.6 records the reason;
+    before, a stopper with a stop epoch counts as patience run out); otherwise ``max_time`` or
+    ``max_steps`` reached, or a callback that set ``should_stop``.
+    """
+    if trainer.current_epoch >= max_epochs:
+        return None
+    try:
+        from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+    except ImportError:  # Lightning before 2.6
+        EarlyStoppingReason = None  # noqa: N806
+    for cb in trainer.callbacks:  # type: ignore[attr-defined]
+        if isinstance(cb, EarlyStopping):
+            reason = getattr(cb, "stopping_reason", None)
+            if EarlyStoppingReason is None or reason is None:
+                if cb.stopped_epoch > 0:
+                    return f"stopped early: {cb.monitor} not better for {cb.patience} validations"
+                continue
+            if reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
+                return f"stopped early: {cb.monitor} not better for {cb.patience} validations"
+            if reason == EarlyStoppingReason.STOPPING_THRESHOLD:
+                return f"stopped early: {cb.monitor} reached the stopping threshold {cb.stopping_threshold}"
+            if reason == EarlyStoppingReason.DIVERGENCE_THRESHOLD:
+                return f"stopped early: {cb.monitor} crossed the divergence threshold {cb.divergence_threshold}"
+            if reason == EarlyStoppingReason.NON_FINITE_METRIC:
+                return f"stopped early: {cb.monitor} was not a finite number"
+        if isinstance(cb, Timer) and (left := cb.time_remaining()) is not None and left <= 0:
+            return f"stopped at max_time ({datetime.timedelta(seconds=round(cb.time_elapsed() + left))})"
+    if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+        return f"stopped at max_steps ({trainer.max_steps})"
+    return "stopped early by a callback"
 
 
 class EpochStates(ModelCheckpoint):

@@ -40,6 +40,7 @@ from otx.training import (
     monitor_of,
     record_resumed_from,
     record_split,
+    stop_reason,
     without_unlogged_monitors,
 )
 from otx.verbs.context import FILE_ONLY, VerbContext, peak_memory_mb, write_result
@@ -427,6 +428,7 @@ def run(
         epochs=trainer.current_epoch,
         max_epochs=epochs,
         stopped_early=trainer.current_epoch < epochs,
+        stop_reason=stop_reason(trainer, epochs),
         best_epoch=best_epoch,
         validation_curve=roles["curve"].epochs,
         trainer={
