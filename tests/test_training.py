@@ -332,6 +332,24 @@ def test_a_run_stopped_by_max_time_says_so_not_early_stopping(sample_root: Path,
     assert said.replace(" ", "") in "".join(done.stdout.split()), done.stdout
 
 
+def test_a_memory_bank_smaller_than_its_neighbours_is_a_warning_in_metrics_json(
+    sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: only in the log; the run's metrics.json and the summary's warnings said nothing.
+    from otx.models import model_class
+
+    model = model_class("Patchcore")(input_size=(64, 64), coreset_ratio=1e-4, pretrained=False)
+    engine = Engine(
+        model=model, data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0), work_dir=tmp_path / "ws"
+    )
+    summary = engine.train()
+    entries = int(engine.model.model.memory_bank.shape[0])
+    assert entries < 9  # the default num_neighbors
+    said = [w for w in summary["warnings"] if "fewer than num_neighbors 9" in w]
+    assert len(said) == 1 and f"holds {entries} entries" in said[0], summary["warnings"]
+    assert said[0] in _summary(tmp_path / "ws")["warnings"]
+
+
 def test_epoch_shuffle_depends_on_seed_and_epoch_only() -> None:
     reference = torch.utils.data.DataLoader(range(50), shuffle=True, generator=torch.Generator().manual_seed(7))
     orders = [[int(x) for x in reference] for _ in range(4)]  # what the training loader drew before

@@ -281,6 +281,7 @@ class AnomalyModel(L.LightningModule):
         self.boxes_refine = boxes_refine
         self.validation_outputs: dict[str, torch.Tensor] | None = None  # the last validation epoch's
         self.validated_step = self.validated_epoch = -1  # the step and epoch those outputs come from
+        self.fit_warnings: list[str] = []  # what finish_fit found wrong: otx train lists them in metrics.json
 
     # --- to be provided by each core -------------------------------------------------------
     def save_hyperparameters(self, *args: Any, frame: Any = None, **kwargs: Any) -> None:

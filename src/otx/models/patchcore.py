@@ -473,12 +473,8 @@ class Patchcore(AnomalyModel):
         )
         entries = self.model.memory_bank.shape[0]
         if entries < self.num_neighbors:
-            log.warning(
-                "PatchCore's memory bank holds %d entries (coreset ratio %g of %d training patches), fewer than "
-                "num_neighbors %d: so few entries describe the normal images poorly; raise "
-                "--model.init_args.coreset_ratio or add training images",
-                entries,
-                self.coreset_ratio,
-                coreset.count,
-                self.num_neighbors,
+            self.fit_warnings.append(
+                f"PatchCore's memory bank holds {entries} entries (coreset ratio {self.coreset_ratio:g} of "
+                f"{coreset.count} training patches), fewer than num_neighbors {self.num_neighbors}: so few entries "
+                "describe the normal images poorly; raise --model.init_args.coreset_ratio or add training images"
             )

@@ -300,6 +300,7 @@ def run(
         train_loader.sampler.set_epoch(first_epoch)
     val_loader = data.dataloader("val", model.preprocessor, shard=(rank, world, "mark"))
     model.validation_outputs = None
+    model.fit_warnings = []  # (a model trained again by one engine)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*configure_optimizers.*")
@@ -351,6 +352,8 @@ def run(
     if rank != 0:  # every process has the same weights and thresholds now; rank 0 writes them
         raise distributed.SecondaryRankDone
     timings = {"fit_s": time.perf_counter() - start}
+    for message in model.fit_warnings:
+        ctx.warn(message)
     stats = model.postprocessor.stats()
     log.info("fit (with validation) took %.1f s; thresholds: %s", timings["fit_s"], stats)
     outputs = model.validation_outputs
