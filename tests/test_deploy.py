@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import assert_same_predictions, run_main
+from helpers import assert_same_predictions, demo_package, run_main
 from otx.data import AnomalyDataModule
 from otx.data.io import read_image
 from otx.deploy import OpenVINOInferencer
@@ -468,6 +468,16 @@ def test_arrays_of_every_depth_read_as_their_files(exported, sample_root: Path, 
         got = inferencer.predict(array)[0]
         assert got.pred_score == pytest.approx(from_file.pred_score, abs=1e-5), name
         assert got.label_name == from_file.label_name, name
+    # a [0, 1] image scaled or shifted: before, read as 0-255 levels, so black, and called anomalous
+    demo = demo_package()
+    unit = image.astype(np.float32) / 255
+    for array in (unit * 1.4, unit - 0.5):  # scaled, zero-centred
+        low, high = float(array.min()), float(array.max())
+        with pytest.raises(OTXDataError, match=f"values run from {low:g} to {high:g}: not a \\[0, 1\\] image"):
+            inferencer.predict(array)
+        with pytest.raises(ValueError, match="not a \\[0, 1\\] image"):
+            demo.to_rgb(array)
+    assert demo.channel_kind(unit) == "color" and demo.channel_kind(np.repeat(unit[..., :1], 3, -1)) == "stored_gray"
 
 
 def test_one_bad_image_does_not_break_the_inferencer(exported, sample_root: Path) -> None:

@@ -32,14 +32,19 @@ if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < OPENCV_MAX_PI
 PIL_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 UNIT_SLACK = 0.01  # a float image within [-0.01, 1.01] is a [0, 1] image with rounding noise
+# A float image outside [0, 1] whose levels all lie below this is no 0-255 image (it would be black):
+# a [0, 1] image scaled or shifted (x * 1.4, x - 0.5), refused rather than read as black.
+FLOAT_LEVELS_MIN = 2.0
 
 
 def to_uint8(array: np.ndarray) -> np.ndarray:
     """Scale any integer or float image to uint8 (16-bit by its full range, float by [0, 1] when it fits).
 
     Floats are rounded to the nearest level, as OpenCV converts them (a float pipeline's 127.999 is 128).
-    Other values must lie in [0, 255]: a float height map in micrometres or 12-bit data in 32-bit
-    integers would be clipped to white, so they raise ``ValueError`` saying their range instead.
+    Other values must lie in [0, 255], and floats outside [0, 1] must reach level ``FLOAT_LEVELS_MIN``
+    (else they are a [0, 1] image scaled or shifted, not dark levels): a float height map in
+    micrometres or 12-bit data in 32-bit integers would be clipped to white, and a shifted [0, 1]
+    image read as black, so they raise ``ValueError`` saying their range instead.
     """
     if array.dtype == np.uint8:
         return array
@@ -49,8 +54,14 @@ def to_uint8(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8) * 255
     as_float = array.astype(np.float32)
     low, high = (float(as_float.min()), float(as_float.max())) if as_float.size else (0.0, 0.0)
-    if np.issubdtype(array.dtype, np.floating) and low >= -UNIT_SLACK and high <= 1.0 + UNIT_SLACK:
+    floating = np.issubdtype(array.dtype, np.floating)
+    if floating and low >= -UNIT_SLACK and high <= 1.0 + UNIT_SLACK:
         as_float = as_float * 255.0
+    elif floating and low >= -0.5 and high < FLOAT_LEVELS_MIN:
+        raise ValueError(
+            f"its float values run from {low:g} to {high:g}: not a [0, 1] image (read as 0-255 levels it would be "
+            "black); clip or scale it to [0, 1] or 0-255 first"
+        )
     elif not (low >= -0.5 and high < 255.5):  # NaN fails both
         kind = "float" if np.issubdtype(array.dtype, np.floating) else str(array.dtype)
         raise ValueError(

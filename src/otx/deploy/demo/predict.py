@@ -229,6 +229,11 @@ def channel_kind(array: np.ndarray) -> str:
     """
     if array.ndim == 2 or array.shape[2] <= 2:
         return "gray"
+    if array.dtype != np.uint8:  # compared at the levels otx reads (a [0, 1] float image's are not 0 and 1)
+        try:
+            array = to_rgb(array)
+        except ValueError:  # refused when read
+            return "color"
     colour = array[..., :3].astype(np.int32)
     same = np.abs(colour[..., 0] - colour[..., 1]).max(initial=0) <= GRAY_LEVELS and (
         np.abs(colour[..., 1] - colour[..., 2]).max(initial=0) <= GRAY_LEVELS
@@ -245,8 +250,14 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     elif array.dtype != np.uint8:
         as_float = array.astype(np.float32)
         low, high = (float(as_float.min()), float(as_float.max())) if as_float.size else (0.0, 0.0)
-        if np.issubdtype(array.dtype, np.floating) and low >= -0.01 and high <= 1.01:
+        floating = np.issubdtype(array.dtype, np.floating)
+        if floating and low >= -0.01 and high <= 1.01:
             as_float = as_float * 255.0  # a float image in [0, 1]
+        elif floating and low >= -0.5 and high < 2.0:  # otx.data.io.FLOAT_LEVELS_MIN: [0, 1] scaled or shifted
+            raise ValueError(
+                f"its float values run from {low:g} to {high:g}: not a [0, 1] image (read as 0-255 levels it would "
+                "be black); clip or scale it to [0, 1] or 0-255 first"
+            )
         elif not (low >= -0.5 and high < 255.5):  # as otx: not clipped to white without a word
             kind = "float" if np.issubdtype(array.dtype, np.floating) else str(array.dtype)
             raise ValueError(
