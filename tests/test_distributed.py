@@ -504,6 +504,41 @@ def test_a_python_script_trains_then_tests_in_two_processes(sample_root: Path, t
     assert pixel_auroc == pytest.approx(alone["pixel_AUROC"], rel=1e-5)
 
 
+@pytest.mark.parametrize("how", ["stdin", "-c"])
+def test_two_processes_from_a_program_without_a_script_file_is_one_error(
+    how: str, trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: Lightning started the second process as `python <cwd>/-`, which failed, and then killed the
+    # caller: exit 137, no exception, nothing after the call ran (a bug bash, with Engine.predict).
+    program = (
+        "import sys\n"
+        "from otx.engine import Engine\n"
+        "from otx.errors import OTXError\n"
+        "from otx.models import Padim\n"
+        f"engine = Engine(work_dir={str(tmp_path / 'ws')!r})\n"
+        "for call in ('predict', 'train'):\n"
+        "    try:\n"
+        f"        if call == 'predict': engine.predict(source={str(sample_root / 'bottle_like' / 'test')!r},\n"
+        f"                                           checkpoint={str(trained_padim['checkpoint'])!r}, devices=2)\n"
+        f"        else: Engine(model=Padim(input_size=(64, 64)), data={str(sample_root / 'bottle_like')!r},\n"
+        f"                     work_dir={str(tmp_path / 'ws')!r},\n"
+        "                     trainer={'devices': 2, 'strategy': 'ddp', 'accelerator': 'cpu'}).train()\n"
+        "    except OTXError as exc:\n"
+        "        print(call, 'refused:', exc)\n"
+        "print('still here')\n"
+    )
+    command, stdin = ([sys.executable, "-"], program) if how == "stdin" else ([sys.executable, "-c", program], None)
+    done = subprocess.run(
+        command, input=stdin, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OTX_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = "2 processes on this machine are started by running this program again, but it has no script file"
+    assert f"predict refused: {said}" in done.stdout and f"train refused: {said}" in done.stdout, done.stdout
+    assert done.stdout.rstrip().endswith("still here") and "Traceback" not in done.stderr
+    assert not list((tmp_path / "ws").glob("*/predictions.json"))
+
+
 @pytest.mark.e2e
 def test_torchrun_with_more_processes_than_the_command_uses_is_refused(
     trained_padim: dict, sample_root: Path, tmp_path: Path

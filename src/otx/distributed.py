@@ -282,6 +282,31 @@ def check_cpu_processes(devices: int) -> None:
         )
 
 
+def check_relaunchable(processes: int) -> None:
+    """One line when Lightning could not start this machine's other processes, before it tries.
+
+    Lightning starts them by running the program again: ``python <sys.argv[0]> ...`` (``python -m
+    <module>`` for a module). A program read from standard input (``python -``) or given by ``python
+    -c`` has no script to run: the started processes failed to open '-', and Lightning then killed the
+    calling process (exit 137, without a word; a bug bash found it). Processes a launcher started
+    (torchrun, SLURM: ``LOCAL_RANK`` or the launcher's variables set) are not started by Lightning.
+    """
+    import __main__
+
+    if processes <= 1 or any(name in os.environ for name in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS")):
+        return
+    if getattr(__main__, "__spec__", None) is not None:  # python -m module: run again the same way
+        return
+    script = sys.argv[0] if sys.argv else ""
+    if script and os.path.isfile(script):
+        return
+    raise OTXConfigError(
+        f"{processes} processes on this machine are started by running this program again, but it has no "
+        f"script file (sys.argv[0] is {script!r}: python - or python -c); save it as a .py file and run that, "
+        "or run one process (devices 1)"
+    )
+
+
 # Variables with which a machine of a multi-machine run learns where the first one is (by hand:
 # MASTER_ADDR and NODE_RANK; torchrun: those and WORLD_SIZE; SLURM, MPI and LSF: their own).
 _NODE_VARIABLES = (
@@ -531,6 +556,7 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     if processes * num_nodes == 1 or rank_and_world()[1] > 1:
         return
     check_cpu_processes(processes)
+    check_relaunchable(processes)
     from lightning.fabric import Fabric
 
     fabric = Fabric(accelerator="cpu", devices=processes, num_nodes=num_nodes, strategy="ddp")

@@ -34,6 +34,7 @@ from otx.distributed import (
     check_cpu_processes,
     check_launched_world,
     check_nodes,
+    check_relaunchable,
     check_strategy,
     ddp_strategy,
     met,
@@ -668,6 +669,7 @@ def build_trainer(
     check_launched_world(trainer.world_size, "--trainer.devices x --trainer.num_nodes")
     if isinstance(trainer.accelerator, CPUAccelerator):
         check_cpu_processes(trainer.num_devices)
+    check_relaunchable(trainer.num_devices)
     return trainer, {"best": best, "curve": curve, "patience": patience}
 
 
