@@ -427,6 +427,13 @@ def test_predict_accepts_arrays_files_and_globs(exported, sample_root: Path) -> 
     listed = inferencer.predict([str(f) for f in files])  # a list of paths, as a list of arrays
     assert [p.image_path for p in listed] == [str(f) for f in files]
     assert [p.pred_score for p in listed] == pytest.approx([p.pred_score for p in from_files], abs=1e-6)
+    # a listed file that is not there is an error record like an unreadable one's (before: the call failed)
+    gone = str(files[0].parent / "gone.png")
+    first, missing = inferencer.predict([str(files[0]), gone])
+    assert first.pred_score == pytest.approx(from_files[0].pred_score, abs=1e-6)
+    assert missing.failed and missing.image_path == gone and "does not exist" in missing.error
+    with pytest.raises(OTXDataError, match="source is empty"):
+        inferencer.predict("")  # before: every image under the current folder
     with pytest.raises(OTXDataError, match="only images .arrays, PIL images, tensors. or only image paths"):
         inferencer.predict([str(files[0]), read_image(files[0])])
     # what else a Python caller holds an image in: each as the array it holds (before: "does not exist", or OSError)

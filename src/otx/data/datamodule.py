@@ -421,6 +421,8 @@ def _images_under(folder: Path) -> list[Path]:
 def samples_from_source(source: str | Path) -> list[Sample]:
     """Images to predict from a file, a folder (searched recursively) or a glob pattern."""
     text = str(source)
+    if not text.strip():  # Path("") is the current folder: everything under it would be predicted
+        raise OTXDataError("source is empty; pass an image file, a folder or a glob pattern")
     path = Path(text).expanduser()
     if path.is_file():
         files = [path]

@@ -513,21 +513,34 @@ class OpenVINOInferencer:
             return self._predict_arrays(names, arrays)
         from otx.data.datamodule import samples_from_source
 
+        missing: dict[str, str] = {}  # a listed file that is not there: its error record, as an unreadable one's
         if isinstance(source, list | tuple):  # image files, each as ``source`` would be one
-            paths = [s.path for item in source for s in samples_from_source(str(item))]
+            paths = []
+            for item in source:
+                try:
+                    paths += [s.path for s in samples_from_source(str(item))]
+                except OTXDataError as exc:
+                    if not str(item).strip() or Path(item).expanduser().exists() or any(c in str(item) for c in "*?["):
+                        raise  # an empty entry, a folder without images, a pattern that matches none
+                    log.warning("not predicted: %s", exc)
+                    missing[str(item)] = str(exc)
+                    paths.append(str(item))
         else:
             paths = [s.path for s in samples_from_source(str(source))]
         predictions: list[Prediction] = []
         for start in range(0, len(paths), CHUNK):
-            predictions.extend(self._predict_paths(paths[start : start + CHUNK]))
+            predictions.extend(self._predict_paths(paths[start : start + CHUNK], missing))
         return predictions
 
-    def _predict_paths(self, paths: list[str]) -> list[Prediction]:
+    def _predict_paths(self, paths: list[str], missing: dict[str, str] | None = None) -> list[Prediction]:
         from otx.data.io import read_image
 
         images: list[np.ndarray] = []
         errors: dict[int, str] = {}
         for i, path in enumerate(paths):
+            if missing and path in missing:
+                errors[i] = missing[path]
+                continue
             try:
                 images.append(read_image(path))
             except OTXDataError as exc:
