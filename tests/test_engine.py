@@ -65,6 +65,25 @@ def test_test_after_train_needs_no_checkpoint(trained_padim: dict, sample_root: 
     assert by_defect["good"]["images"] == 6 and sum(k["images"] for k in kinds) == result["splits"]["test"]["anomalous"]
 
 
+def test_a_relative_work_dir_stays_where_it_was_after_the_script_changes_folder(
+    sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: after os.chdir the engine looked for its own checkpoint under the new folder ("does not
+    # exist ... run Engine.train() first") and made failed run folders in a new ws/ there (bug bash).
+    (tmp_path / "first").mkdir()
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    engine = Engine(model=Padim(input_size=(64, 64)), data=data, work_dir="ws")
+    trained = engine.train()
+    monkeypatch.chdir(tmp_path / "other")
+    tested = engine.test()
+    assert Path(tested["checkpoint"]) == Path(trained["checkpoint"])
+    assert Path(trained["checkpoint"]).is_relative_to(tmp_path / "first" / "ws")
+    assert list((tmp_path / "first" / "ws").glob("*-test/metrics.json")) and not (tmp_path / "other" / "ws").exists()
+    assert engine.work_dir == tmp_path / "first" / "ws"
+
+
 def test_the_pixel_f1_is_that_of_the_predicted_masks(tmp_path: Path) -> None:
     # Before: the pixel F1 at each image's size was that of the raw map restored and thresholded, while
     # predictions threshold the normalised map, which is clipped to [0, 1] before it is restored (the

@@ -31,6 +31,7 @@ from otx import __version__
 from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_now, secondary
 from otx.errors import COMMAND_LINE, OTXError, out_of_memory, out_of_space
 from otx.logs import StderrHandler, make_console
+from otx.validate import close_matches
 from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
@@ -734,8 +735,6 @@ def _did_you_mean(line: str, verb: str, argv: list[str] | None = None) -> str | 
 
     ``argv``: the command line, for ``otx data``: its subcommand is named only when it was given.
     """
-    import difflib
-
     match = re.match(r"Unrecognized arguments: (--[\w.\-]+)", line)
     if match is None:
         return None
@@ -745,7 +744,7 @@ def _did_you_mean(line: str, verb: str, argv: list[str] | None = None) -> str | 
         known = [name for name in known if not (_is_model_option(name) or _is_trainer_option(name))]
     leaf = option.rsplit(".", 1)[-1].lstrip("-")
     same_leaf = [name for name in known if name != option and name.rsplit(".", 1)[-1].lstrip("-") == leaf]
-    near = (same_leaf or difflib.get_close_matches(option, known, n=2, cutoff=0.75))[:2]  # --devices: --trainer.devices
+    near = (same_leaf or close_matches(option, known))[:2]  # --devices: --trainer.devices
     hint = f"did you mean {' or '.join(near)}?" if near else "`otx <command> --help` lists the options"
     command = "data make-sample" if verb == "data" and "make-sample" in (argv or []) else verb
     return f"unknown option {option} for otx {command}; {hint}"
@@ -816,7 +815,6 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
 
 def _near_keys(match: re.Match[str], verb: str | None) -> list[str]:
     """The valid keys nearest to an unknown recipe key (``data.batchsize``: ``data.batch_size``)."""
-    import difflib
     import importlib
     import inspect
 
@@ -831,7 +829,7 @@ def _near_keys(match: re.Match[str], verb: str | None) -> list[str]:
             ]
         except (ImportError, AttributeError, TypeError, ValueError):
             return []
-        return difflib.get_close_matches(match.group(2), known, n=2, cutoff=0.75)
+        return close_matches(match.group(2), known)
     if verb not in VERBS:
         return []
     key = match.group(1)
@@ -841,9 +839,9 @@ def _near_keys(match: re.Match[str], verb: str | None) -> list[str]:
         leaf = key.rpartition(".")[2]
         in_section = [name for name in known if name.rpartition(".")[0] == section]
         same_leaf = [name for name in known if name.rpartition(".")[2] == leaf]
-        near = difflib.get_close_matches(key, in_section, n=2, cutoff=0.75) or same_leaf
+        near = close_matches(key, in_section) or same_leaf
         return near[:2]
-    return difflib.get_close_matches(key, [name for name in known if "." not in name], n=2, cutoff=0.6)
+    return close_matches(key, [name for name in known if "." not in name], cutoff=0.6)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import difflib
 import importlib
 import inspect
 import logging
@@ -40,6 +39,7 @@ from otx.distributed import (
     met,
 )
 from otx.errors import OTXConfigError, OTXError
+from otx.validate import close_matches
 
 
 class _NoAdvert(logging.Filter):
@@ -227,7 +227,7 @@ def _callback_names(module_name: str) -> list[str]:
 
 def _nearest_name(name: str, known: list[str], prefix: str) -> str:
     """``did you mean 'patience'?`` when a known name is close to ``name``; empty otherwise."""
-    near = difflib.get_close_matches(name, known, n=2, cutoff=0.75)
+    near = close_matches(name, known)
     return f"did you mean {' or '.join(repr(prefix + n) for n in near)}?" if near else ""
 
 
@@ -930,13 +930,12 @@ def _config_changes(
 
 def _nearest_trainer_argument(problem: str) -> str:
     """``did you mean 'max_epochs'?`` for Lightning's "unexpected keyword argument 'max_epoch'", else where to look."""
-    import difflib
     import inspect
     import re
 
     unknown = re.search(r"unexpected keyword argument '(\w+)'", problem)
     known = list(inspect.signature(L.Trainer).parameters)
-    near = difflib.get_close_matches(unknown.group(1), known, n=2, cutoff=0.75) if unknown else []
+    near = close_matches(unknown.group(1), known) if unknown else []
     if near:
         return f"did you mean {' or '.join(repr(name) for name in near)}?"
     return "the trainer takes lightning.Trainer's arguments"

@@ -132,3 +132,15 @@ def check_size(name: str, value: Any, minimum: int = 32) -> tuple[int, int]:
         if not _integral(side) or side < minimum:
             raise OTXConfigError(f"{name} must be [height, width], two integers >= {minimum} ({_got(value)})")
     return int(value[0]), int(value[1])
+
+
+def close_matches(word: str, known: Sequence[str], cutoff: float = 0.75, n: int = 2) -> list[str]:
+    """``difflib``'s close matches of ``word`` (for "did you mean"), less those clearly farther than the closest.
+
+    ``trainer.max_epoch``: ``trainer.max_epochs`` (0.97 alike), not also ``trainer.max_time`` (0.79).
+    """
+    import difflib
+
+    near = difflib.get_close_matches(word, known, n=n, cutoff=cutoff)
+    alike = [difflib.SequenceMatcher(None, word, key).ratio() for key in near]
+    return [key for key, ratio in zip(near, alike, strict=True) if ratio >= alike[0] - 0.1]

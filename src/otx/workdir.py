@@ -126,7 +126,9 @@ class WorkDir:
     """The work directory shared by all commands."""
 
     def __init__(self, root: str | Path = "otx-workspace") -> None:
-        self.root = Path(root).expanduser()
+        # absolute from the start: a script that changes its current folder keeps its work directory
+        # (before: an Engine's later verbs looked for its checkpoint, and made run folders, in the new one)
+        self.root = Path(root).expanduser().absolute()
 
     def new_run(self, command: str) -> Run:
         """Create a new, empty run folder for ``command``; one ``OTXError`` line when it cannot."""
