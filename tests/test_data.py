@@ -462,6 +462,34 @@ def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp
     assert [p.name for p in found] == ["000.png", "001.png"]
 
 
+def test_a_jpeg_whose_data_is_damaged_is_unreadable_not_made_up(tmp_path: Path, capfd) -> None:
+    # Before: one flipped byte desynchronised libjpeg, which filled the rest of the image with a flat
+    # block; OpenCV printed "Corrupt JPEG data" without the file's name and otx trained on (or scored)
+    # the made-up image, exit 0 (bug bash).
+    image = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 256, (96, 128, 3), dtype=np.uint8), (5, 5), 0)
+    data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    path = tmp_path / "image.jpg"
+    path.write_bytes(data)
+    capfd.readouterr()
+    np.testing.assert_array_equal(read_image(path), demo_package().read_rgb(path))  # whole: read by both
+    assert "JPEG" not in capfd.readouterr().err
+    for share in np.linspace(0.5, 0.95, 46):  # a byte of the image data whose flip libjpeg notices (most do)
+        damaged = bytearray(data)
+        damaged[int(len(data) * share)] ^= 0x10
+        decoded = cv2.imdecode(np.frombuffer(bytes(damaged), np.uint8), cv2.IMREAD_COLOR)  # the reference: libjpeg
+        if "Corrupt JPEG data" in capfd.readouterr().err:
+            break
+    else:
+        pytest.fail("no flipped byte made libjpeg complain")
+    assert decoded is not None  # an image comes back all the same
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(OTXDataError, match=r"cannot decode image '.*image.jpg' \(damaged JPEG data.*Corrupt JPEG"):
+        read_image(path)
+    assert demo_package().read_rgb(path) is None
+    assert demo_package().decode_why(path)[1].startswith("damaged JPEG data, the decoder would make up part of it")
+    assert "Corrupt JPEG data" not in capfd.readouterr().err  # said in otx's line, not raw on the console
+
+
 def test_a_truncated_jpeg_is_unreadable_not_greyed(tmp_path: Path) -> None:
     import io
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -103,6 +106,59 @@ def _file_bytes(path: str | Path, what: str) -> bytes:
     return data
 
 
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+# What libjpeg says (on stderr, through OpenCV, which still returns an image) when it made up part of
+# an image: a flipped byte desynchronises the decoder, which fills the rest of the image with a flat
+# block ("Corrupt JPEG data: 30 extraneous bytes before marker 0xd9"). Such a file is unreadable to otx.
+JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")
+
+
+@contextlib.contextmanager
+def native_stderr() -> Iterator[list[str]]:
+    """Collect what native code writes to file descriptor 2 inside the block (the list gets it at the end).
+
+    Best effort: where the descriptor cannot be duplicated, nothing is collected. Lines the caller
+    does not want are its to write back (``os.write(2, ...)``); other threads' writes in the block
+    land here too.
+    """
+    said: list[str] = []
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield said
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield said
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                said.append(sink.read().decode("utf-8", "replace"))
+    finally:
+        os.close(saved)
+
+
+def _imdecode_checked(path: str | Path, data: bytes, what: str) -> np.ndarray | None:
+    """``cv2.imdecode``; a JPEG libjpeg had to make part of is refused in one ``OTXDataError`` line."""
+    flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+    if data[:3] != JPEG_SIGNATURE:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    with native_stderr() as said:
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    lines = "".join(said).splitlines(keepends=True)
+    damage = [line.strip() for line in lines if line.startswith(JPEG_DAMAGE)]
+    if rest := "".join(line for line in lines if not line.startswith(JPEG_DAMAGE)):
+        os.write(2, rest.encode("utf-8", "replace"))  # not libjpeg's: as it was written
+    if damage and array is not None:
+        raise OTXDataError(
+            f"cannot decode {what} '{path}' (damaged JPEG data, the decoder would make up part of it: "
+            f"{damage[0]}); replace or remove the file"
+        )
+    return array
+
+
 def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> np.ndarray:
     """The pixels of an image file, by OpenCV (as stored: any depth, channels in OpenCV's order) or Pillow.
 
@@ -114,7 +170,7 @@ def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> 
     array = None
     if not png_cut_short(data):  # (libpng would print its own "PNG input buffer is incomplete" first)
         try:
-            array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+            array = _imdecode_checked(path, data, what)
         except cv2.error:  # a decoder that fails loudly rather than returning None: Pillow has the last word
             array = None
     if array is not None:

@@ -160,6 +160,35 @@ def decode(path: Path) -> np.ndarray | None:
     return decode_why(path)[0]
 
 
+JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")  # otx.data.io.JPEG_DAMAGE
+
+
+def decode_jpeg_said(data: bytes) -> tuple[np.ndarray | None, str]:
+    """``cv2.imdecode`` of JPEG bytes and libjpeg's complaints on stderr (other lines written back)."""
+    import tempfile
+
+    flags = cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION
+    try:
+        saved = os.dup(2)
+    except OSError:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), flags), ""
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+            finally:
+                os.dup2(saved, 2)
+            sink.seek(0)
+            said = sink.read().decode("utf-8", "replace")
+    finally:
+        os.close(saved)
+    rest = "".join(line for line in said.splitlines(keepends=True) if not line.startswith(JPEG_DAMAGE))
+    if rest:
+        os.write(2, rest.encode("utf-8", "replace"))
+    return array, said
+
+
 def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
     """``decode``, with the reason when the file cannot be decoded (as ``otx predict`` names it, where it can)."""
     try:
@@ -171,10 +200,17 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data.rfind(b"IEND\xaeB`\x82") < 0:  # no end chunk: cut short, as otx says
         return None, "image file is truncated (a PNG without its end)"
     # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
+    said = ""
     try:
-        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+        if data[:3] == b"\xff\xd8\xff":  # as otx.data.io: libjpeg's complaints say when it made part of it up
+            array, said = decode_jpeg_said(data)
+        else:
+            array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error:
         array = None
+    damage = [line.strip() for line in said.splitlines() if line.startswith(JPEG_DAMAGE)]
+    if damage and array is not None:
+        return None, f"damaged JPEG data, the decoder would make up part of it: {damage[0]}"
     if array is not None:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[25:26] == b"\x04" and array.ndim == 3:
             array = array[..., 0]  # grayscale with alpha (IHDR colour type 4): OpenCV gives BGRA; otx reads it gray
