@@ -313,6 +313,16 @@ def _move(src: Path, dst: Path) -> None:
         ("same_stem", "test/scratch/ holds '000.jpg' and '000.png': two images of one name"),
         # and took test/Good for a defect type
         ("capital_good", "'test/Good/' would be a defect type: otx reads test/good/ in lower case"),
+        # and scored test/'good ' as a defect type: normal images anomalous, image F1 1.0, exit 0 (bug bash)
+        (
+            "good_with_a_space",
+            "test/'good '/ would be a defect type: otx reads test/good/ exactly, and the name "
+            "differs from it by spaces at the start or end; rename the folder to good",
+        ),  # fmt: skip
+        ("train_good_with_a_space", "(found train/'good ', which differs from good by spaces at the start or end"),
+        # and said "mask ... has no image: expected test/scratch/000.<ext>", a path that looked like the one there
+        ("defect_with_a_space", "differ by spaces at the start or end; rename one so that they match exactly"),
+        ("decomposed_name", "differ by the Unicode form of a letter (decomposed, as macOS writes names"),
     ],
 )
 def test_layout_problems_are_one_line(dataset_copy, change: str, said: str) -> None:
@@ -328,6 +338,17 @@ def test_layout_problems_are_one_line(dataset_copy, change: str, said: str) -> N
             _move(path, root / "train" / "good" / "2025" / "lot1" / path.name)
     elif change == "capital_good":
         (root / "test" / "good").rename(root / "test" / "Good")
+    elif change == "good_with_a_space":
+        (root / "test" / "good").rename(root / "test" / "good ")
+    elif change == "train_good_with_a_space":
+        (root / "train" / "good").rename(root / "train" / "good ")
+    elif change == "defect_with_a_space":
+        (root / "test" / "scratch").rename(root / "test" / "scratch ")
+    elif change == "decomposed_name":  # the image named as macOS writes it, its mask in composed form
+        (root / "test" / "scratch" / "000.png").rename(root / "test" / "scratch" / "fle\u0301ck.png")
+        (root / "ground_truth" / "scratch" / "000_mask.png").rename(
+            root / "ground_truth" / "scratch" / "fl\u00e9ck_mask.png"
+        )
     else:
         image = cv2.imread(str(root / "test" / "scratch" / "001.png"))
         cv2.imwrite(str(root / "test" / "scratch" / "000.jpg"), image)

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,24 @@ def _holds_images(folder: str) -> bool:
 NORMAL_LOOKING = frozenset({"ok", "normal", "pass", "passed", "nominal", "defect_free", "no_defect", "nodefect"})
 
 
+def loose_name(name: str) -> str:
+    """A file or folder name as a person reads it: composed Unicode (NFC), no spaces around it, any case."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
+def how_names_differ(*pairs: tuple[str, str]) -> str:
+    """What tells apart names ``loose_name`` makes equal, ``(given, meant)`` pairs, in words (for "rename")."""
+    ways: list[str] = []
+    for given, meant in pairs:
+        if given != given.strip() or meant != meant.strip():
+            ways.append("spaces at the start or end")
+        if any(unicodedata.normalize("NFC", n) != n for n in (given, meant)):
+            ways.append("the Unicode form of a letter (decomposed, as macOS writes names, against composed)")
+        if unicodedata.normalize("NFC", given).strip() != unicodedata.normalize("NFC", meant).strip():
+            ways.append("case")  # (equal by loose_name: only the case is left)
+    return " and ".join(dict.fromkeys(ways)) or "case"
+
+
 def _check_layout(folder: Path) -> None:
     """One line for what Datumaro's MVTec reader would trip on or drop without a word.
 
@@ -131,10 +150,16 @@ def _check_layout(folder: Path) -> None:
                     f"{where}; move it there"
                 )
             continue
-        if entry.name != entry.name.lower() and entry.name.lower() in (GOOD, UNKNOWN):
+        if entry.name not in (GOOD, UNKNOWN) and loose_name(entry.name) in (GOOD, UNKNOWN):
+            meant = loose_name(entry.name)
+            if entry.name.lower() == meant:
+                raise OTXDataError(
+                    f"'{subset}/{entry.name}/' would be a defect type: otx reads {subset}/{meant}/ in "
+                    "lower case (MVTec layout); rename the folder"
+                )
             raise OTXDataError(
-                f"'{subset}/{entry.name}/' would be a defect type: otx reads {subset}/{entry.name.lower()}/ in "
-                "lower case (MVTec layout); rename the folder"
+                f"{subset}/{entry.name!r}/ would be a defect type: otx reads {subset}/{meant}/ exactly, and the "
+                f"name differs from it by {how_names_differ((entry.name, meant))}; rename the folder to {meant}"
             )
         if subset != "train" and entry.name.lower().replace("-", "_") in NORMAL_LOOKING:
             log.warning(
@@ -301,8 +326,13 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
                 f"'{train_good}' is missing: '{root}' holds categories ({names}); pass one of them as --data_root, "
                 f"e.g. {root / inside[0]}"
             )
-        other_case = [p.name for p in (root / "train").glob("*") if p.is_dir() and p.name.lower() == GOOD]
-        found = f" (found train/{other_case[0]}: rename it to good, in lower case)" if other_case else ""
+        other_case = [p.name for p in (root / "train").glob("*") if p.is_dir() and loose_name(p.name) == GOOD]
+        found = ""
+        if other_case and other_case[0].lower() == GOOD:
+            found = f" (found train/{other_case[0]}: rename it to good, in lower case)"
+        elif other_case:
+            why = how_names_differ((other_case[0], GOOD))
+            found = f" (found train/{other_case[0]!r}, which differs from good by {why}: rename it to good)"
         if not found and root.name.lower() in ("train", "val", "test") and (root.parent / "train" / GOOD).is_dir():
             found = f" ('{root}' is a split folder: pass the folder above it, '{root.parent}')"
         raise OTXDataError(
@@ -481,18 +511,29 @@ def _refuse_unmatched_mask(root: Path, mask: Path, by_name: dict[tuple[str, str]
         image = by_name.get((defect, stem))
     named = f"{stem}{MvtecPath.MASK_POSTFIX}{MvtecPath.MASK_EXT}"
     if image is None:
-        other_case = [  # (not good/ or unknown/: masks there are never read)
-            folder
+        alike = [  # (not good/ or unknown/: masks there are never read)
+            (folder, name)
             for folder, name in by_name
-            if folder.lower() == defect.lower() and name == stem and folder.lower() not in (GOOD, UNKNOWN)
+            if loose_name(folder) == loose_name(defect)
+            and loose_name(name) == loose_name(stem)
+            and loose_name(folder) not in (GOOD, UNKNOWN)
         ]
-        if other_case:
-            found = by_name[(other_case[0], stem)]
+        if alike and alike[0][1] == stem and alike[0][0].lower() == defect.lower():  # the folder's case alone
+            found = by_name[alike[0]]
             where = Path(found.path).parent.relative_to(root).as_posix()
             raise OTXDataError(
                 f"mask '{mask}' belongs to '{Path(found.path).relative_to(root).as_posix()}', but its folder is "
                 f"ground_truth/{defect}/ and the image's {where}/: folder names are matched with their case; "
                 f"rename one of the folders so that they match"
+            )
+        if alike:  # names that look the same: spaces around them, or another Unicode form
+            folder, name = alike[0]
+            image_path = Path(by_name[alike[0]].path).relative_to(root)
+            why = how_names_differ((defect, folder), (stem, name))
+            raise OTXDataError(
+                f"mask '{mask}' looks like the mask of '{image_path.as_posix()}', but the names "
+                f"{f'{defect}/{stem}'!r} and {f'{folder}/{name}'!r} differ by {why}; rename one so that they "
+                "match exactly"
             )
     if image is not None and image.mask_path is not None:
         raise OTXDataError(
