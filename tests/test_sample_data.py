@@ -152,6 +152,41 @@ def test_regenerating_overwrites_in_place(tmp_path: Path) -> None:
     assert keep.read_text() == "user file"
 
 
+@pytest.mark.parametrize("category", ["bottle_like", "strip_like"])
+def test_images_named_like_its_own_copied_into_a_sample_folder_are_not_overwritten_or_removed(
+    category: str, tmp_path: Path
+) -> None:
+    # Before: its marker made the folder the generator's, so a user's 100.png there was removed and a
+    # 001.png overwritten, exit 0 (bug bash); my_photo.png was left alone and still is.
+    from otx.cli import main
+
+    def write() -> None:
+        if category == "strip_like":
+            from otx.data.strip import make_strip_dataset
+
+            make_strip_dataset(tmp_path / category, height=64, width=128, n_train=2, n_test_good=1, n_test_defect=1)
+        else:
+            make_sample_dataset(tmp_path, [category], n_train=2, n_test_good=1, n_test_defect=1, image_size=32)
+
+    write()
+    good = tmp_path / category / "train" / "good"
+    (good / "my_photo.png").write_bytes(b"left alone")
+    write()  # updated in place: its own files again, the other one kept
+    assert (good / "my_photo.png").read_bytes() == b"left alone"
+    for name in ("100.png", "001.png"):  # one it would remove, one it would overwrite
+        mine = good / name
+        saved = mine.read_bytes() if mine.exists() else None
+        mine.write_bytes(b"the user's own image")
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        with pytest.raises(ValueError, match=f"named like the ones otx data make-sample writes.*train/good/{name}"):
+            write()
+        if category != "strip_like":
+            assert main(["data", "make-sample", str(tmp_path), "--categories", f"[{category}]"]) == 1
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing changed
+        mine.unlink() if saved is None else mine.write_bytes(saved)
+    write()  # its own files as it listed them: updated again
+
+
 @pytest.mark.parametrize("other_name", [True, False])
 @pytest.mark.parametrize("category", ["bottle_like", "strip_like"])
 def test_a_folder_it_did_not_write_is_refused_and_left_as_it_was(

@@ -360,7 +360,8 @@ def build_parser(verbs: tuple[str, ...] | None = None) -> ArgumentParser:
     sample = ArgumentParser(
         description="write the built-in synthetic MVTec-format dataset; over an earlier one (its folders carry a "
         ".otx-sample file) it rewrites the category folders in place, removing files named like its own (NNN.png, "
-        "NNN_mask.png) that this run does not write; a category folder holding other files is refused",
+        "NNN_mask.png) that this run does not write; a category folder it did not write, or files named like its "
+        "own that it did not write, are refused (other files are left alone)",
         exit_on_error=False,
         allow_abbrev=False,
     )

@@ -30,6 +30,7 @@ of one category do not depend on which other categories are generated.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,7 +85,8 @@ def make_sample_dataset(
     Category folders written before by this function are updated in place: files are overwritten, and
     earlier generated images (names like ``000.png`` or ``000_mask.png``) that this call does not produce
     again are removed, so the result does not depend on what was there before. Other files are left alone.
-    A category folder that holds files but was not written by it (no ``SAMPLE_MARKER``) is refused.
+    A category folder that holds files it did not write (no ``SAMPLE_MARKER``), or files named like
+    its own that the marker does not list, is refused before anything is written.
 
     Args:
         out_dir: Folder that receives one sub-folder per category; created if missing.
@@ -126,6 +128,7 @@ def make_sample_dataset(
             split = _FIRST_DEFECT_SPLIT + k
             masks = root / "ground_truth" / defect
             _write_split(root / "test" / defect, name, split, n_test_defect, image_size, seed, masks)
+        finish_own_folder(root)
         roots.append(root)
     return roots
 
@@ -133,13 +136,54 @@ def make_sample_dataset(
 SAMPLE_MARKER = ".otx-sample"  # in each category folder the generators wrote: theirs to update
 
 
+_MARKER_HEADER = "written by otx data make-sample; it updates this folder in place\n"
+_BEING_WRITTEN = "files: (being written)\n"  # an interrupted run's marker: every file there counts as its own
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes(), usedforsecurity=False).hexdigest()[:16]
+
+
+def _listed_files(marker: Path) -> dict[str, str] | None:
+    """The files a marker lists as written, with their digests (``files:``, then ``<digest> <path>`` lines).
+
+    None when it lists none: a marker of an otx from before the list (its header alone) or of an
+    interrupted run; every file in the folder is then taken as the generator's, as before.
+    """
+    lines = marker.read_text(encoding="utf-8", errors="replace").splitlines()
+    if "files:" not in lines:
+        return None
+    return dict(reversed(line.split(" ", 1)) for line in lines[lines.index("files:") + 1 :] if " " in line)
+
+
 def check_own_folder(root: Path) -> None:
-    """``ValueError`` (one line) when ``root`` holds files and was not written by a sample generator.
+    """``ValueError`` (one line) when ``root`` holds files a sample generator did not write there.
 
     The generators overwrite and remove files by name (``000.png`` ...), so they only update
-    folders they wrote themselves (``SAMPLE_MARKER``), never a user's images.
+    folders they wrote themselves (``SAMPLE_MARKER``, which lists the files they wrote), never a
+    user's images: a folder without the marker that holds files, or one with files named like the
+    generator's that the marker does not list (images a user copied in: before, overwritten or
+    removed without a word), is refused before anything is written. Other files are left alone.
     """
-    if not root.is_dir() or (root / SAMPLE_MARKER).is_file():
+    marker = root / SAMPLE_MARKER
+    if not root.is_dir():
+        return
+    if marker.is_file():
+        listed = _listed_files(marker)
+        if listed is None:
+            return
+        others = [  # named like its own, and not written by it, or changed since
+            p
+            for p in sorted(root.rglob("*"))
+            if p.is_file() and _GENERATED_NAME.match(p.name) and listed.get(_posix(p, root)) != _digest(p)
+        ]
+        if others:
+            raise ValueError(
+                f"'{root}' holds {len(others)} file(s) named like the ones otx data make-sample writes but not "
+                f"written by it, or changed since (e.g. {_posix(others[0], root)}), which it would overwrite or "
+                "remove; move or "
+                "rename them, or pass a new or empty folder (nothing was changed)"
+            )
         return
     # Without the marker nothing is taken as the generator's, not even its own names: MVTec AD's
     # images are named 000.png ... as well (before: such files were overwritten or removed).
@@ -157,9 +201,19 @@ def _posix(path: Path, root: Path) -> str:
 
 
 def mark_own_folder(root: Path) -> None:
-    """Create ``root`` and mark it as a generator's (see ``check_own_folder``)."""
+    """Create ``root`` and mark it as a generator's, being written (see ``check_own_folder``)."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / SAMPLE_MARKER).write_text("written by otx data make-sample; it updates this folder in place\n")
+    (root / SAMPLE_MARKER).write_text(_MARKER_HEADER + _BEING_WRITTEN, encoding="utf-8")
+
+
+def finish_own_folder(root: Path) -> None:
+    """List in the marker, with their digests, the files named like its own in ``root``: all its own now."""
+    marker = root / SAMPLE_MARKER
+    files = sorted(
+        (_posix(p, root), _digest(p)) for p in root.rglob("*") if p.is_file() and _GENERATED_NAME.match(p.name)
+    )
+    listing = "".join(f"{digest} {name}\n" for name, digest in files)
+    marker.write_text(_MARKER_HEADER + "files:\n" + listing, encoding="utf-8")
 
 
 def _resolve_categories(categories: Sequence[str] | None) -> list[str]:

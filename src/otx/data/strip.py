@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from otx.data.sample import _remove_stale, _write_png, check_own_folder, mark_own_folder
+from otx.data.sample import _remove_stale, _write_png, check_own_folder, finish_own_folder, mark_own_folder
 
 DEFECTS = ("scratch", "pit")
 
@@ -63,6 +63,7 @@ def make_strip_dataset(
         _remove_stale(image_dir, {f"{i:03d}.png" for i in range(count)})
         if mask_dir is not None:
             _remove_stale(mask_dir, {f"{i:03d}_mask.png" for i in range(count)})
+    finish_own_folder(root)
     return root
 
 
