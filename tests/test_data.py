@@ -447,6 +447,27 @@ def test_files_of_other_types_in_a_source_folder_are_named(tmp_path: Path, caplo
     assert "left out 2 file(s) of other types (1 .gif, 1 .txt; e.g." in capsys.readouterr().out
 
 
+def test_files_of_other_types_in_a_data_root_are_named(dataset_copy, caplog) -> None:
+    # Before: training and testing passed over .jfif and .gif images without a word ("on 30 normal
+    # images"), and a .gif test image's mask said "has no image: expected test/scratch/000.<ext>" (bug bash).
+    root = dataset_copy()
+    good = root / "train" / "good"
+    for path in sorted(good.glob("*.png"))[:3]:
+        Image.open(path).convert("RGB").save(path.with_suffix(".jfif"), format="JPEG")  # Windows' JPEG name
+        path.unlink()
+    (good / "Thumbs.db").write_bytes(b"a thumbnail cache")  # Windows' own file: no warning for it
+    with caplog.at_level("WARNING", logger="otx"):
+        index = index_mvtec(root)
+    said = [r.getMessage() for r in caplog.records if "of other types" in r.getMessage()]
+    assert len(index.subsets["train"]) == 37
+    assert len(said) == 1 and said[0].startswith("left out 3 file(s) of other types (3 .jfif; e.g. train/good/"), said
+    scratch = root / "test" / "scratch" / "000.png"
+    Image.open(scratch).save(scratch.with_suffix(".gif"))
+    scratch.unlink()
+    with pytest.raises(OTXDataError, match=r"belongs to 'test/scratch/000.gif', a file type otx does not read \(.gif"):
+        index_mvtec(root)
+
+
 def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp_path: Path, caplog) -> None:
     source = tmp_path / "parts"
     for name in ("000.png", "001.png"):

@@ -8,7 +8,6 @@ import logging
 import os
 import sys
 import threading
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from otx.data.dataset import (
     index_mvtec,
     is_resource_file,
     is_tool_folder,
+    other_types,
     relative_names,
     split_by_names,
     split_validation,
@@ -403,16 +403,9 @@ def _images_under(folder: Path) -> list[Path]:
             more = f" and {len(left) - 1} more" if len(left) > 1 else ""
             log.warning("left out %s%s%s", left[0], more, why)
     if others:  # before: a folder's GIFs were passed over without a word (a GIF named on its own is read)
-        kinds = Counter(p.suffix.lower() or "no extension" for p in others)
-        listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda k: (-k[1], k[0]))[:4])
-        more = f" and {len(kinds) - 4} other types" if len(kinds) > 4 else ""
         log.warning(
-            "left out %d file(s) of other types (%s%s; e.g. %s): a folder is searched for %s; convert any "
-            "images among them (to PNG) to predict them",
-            len(others),
-            listed,
-            more,
-            min(others).as_posix(),
+            "left out %s: a folder is searched for %s; convert any images among them (to PNG) to predict them",
+            other_types(others),
             LOOKED_FOR,
         )
     return files

@@ -126,7 +126,20 @@ def how_names_differ(*pairs: tuple[str, str]) -> str:
     return " and ".join(dict.fromkeys(ways)) or "case"
 
 
-def _check_layout(folder: Path) -> None:
+COMPANION_FILES = frozenset({"thumbs.db", "desktop.ini"})  # Windows writes these beside images
+
+
+def other_types(paths: Sequence[Path], root: Path | None = None) -> str:
+    """``3 file(s) of other types (2 .jfif, 1 .gif; e.g. train/good/a.jfif)``, for a "left out" warning."""
+    kinds = Counter(p.suffix.lower() or "no extension" for p in paths)
+    listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items(), key=lambda k: (-k[1], k[0]))[:4])
+    more = f" and {len(kinds) - 4} other types" if len(kinds) > 4 else ""
+    first = min(paths)
+    shown = first.relative_to(root).as_posix() if root is not None else first.as_posix()
+    return f"{len(paths)} file(s) of other types ({listed}{more}; e.g. {shown})"
+
+
+def _check_layout(folder: Path, others: list[Path] | None = None) -> None:
     """One line for what Datumaro's MVTec reader would trip on or drop without a word.
 
     An image directly in ``<subset>/`` or in a subfolder of ``<subset>/<type>/`` (the reader fails
@@ -198,16 +211,21 @@ def _check_layout(folder: Path) -> None:
                         "rename or remove one"
                     )
                 stems[stem] = inner.name
+            elif others is not None and not inner.name.startswith(".") and inner.name.lower() not in COMPANION_FILES:
+                others.append(Path(inner.path))  # (hidden files: a tool's, not meant as images)
 
 
-def _index_subset(folder: Path, mask_dir: Path | None, leftovers: list[Path], tools: list[Path]) -> list[Sample]:
+def _index_subset(
+    folder: Path, mask_dir: Path | None, leftovers: list[Path], tools: list[Path], others: list[Path]
+) -> list[Sample]:
     """The images of one subset folder.
 
     macOS resource files (``._000.png``) go to ``leftovers``, the folders of tools
     (``test/.ipynb_checkpoints``, ``test/__MACOSX``; ``is_tool_folder``) to ``tools``: the MVTec
-    reader would take such a folder for a defect type and score its images as anomalous.
+    reader would take such a folder for a defect type and score its images as anomalous. Files of
+    types otx does not read (``.jfif``, ``.gif``, a readme) go to ``others``.
     """
-    _check_layout(folder)
+    _check_layout(folder, others)
     extractor = MvtecClassificationBase(str(folder), merge_policy=None)
     samples, listings = [], {}
     for item in extractor:
@@ -343,9 +361,10 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     subsets: dict[str, list[Sample]] = {}
     leftovers: list[Path] = []
     tools: list[Path] = []
+    other_files: list[Path] = []
     for name in ("train", "val", "test"):
         if (root / name).is_dir():
-            subsets[name] = _index_subset(root / name, mask_dir if has_masks else None, leftovers, tools)
+            subsets[name] = _index_subset(root / name, mask_dir if has_masks else None, leftovers, tools, other_files)
     if has_masks:
         leftovers += sorted(path for path in mask_dir.glob("*/._*") if path.is_file())
         tools += sorted(path for path in mask_dir.iterdir() if path.is_dir() and is_tool_folder(path.name))
@@ -360,6 +379,12 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
             "ignoring %d macOS resource file(s) (e.g. %s): files named ._<name> hold a file's metadata, not an image",
             len(leftovers),
             leftovers[0].relative_to(root).as_posix(),
+        )
+    if other_files:  # before: a folder's .jfif or .gif images were passed over without a word
+        log.warning(
+            "left out %s: otx reads %s; convert any images among them (to PNG) to use them",
+            other_types(other_files, root),
+            LOOKED_FOR,
         )
     train = [s for s in subsets.get("train", []) if s.defect == GOOD]
     if not train:
@@ -543,6 +568,19 @@ def _refuse_unmatched_mask(root: Path, mask: Path, by_name: dict[tuple[str, str]
         raise OTXDataError(
             f"mask '{mask}' is not named as a mask of '{Path(image.path).relative_to(root)}': masks are named "
             f"<image name>{MvtecPath.MASK_POSTFIX}.<ext> (MVTec AD); rename it to {named}"
+        )
+    unread = [  # its image is there, of a type otx does not read (000.gif, 000.jfif)
+        path
+        for split in ("test", "val")
+        if (root / split / defect).is_dir()
+        for path in sorted((root / split / defect).iterdir())
+        if path.is_file() and os.path.splitext(path.name)[0] == stem and not _is_listed_image(path.name)
+    ]
+    if unread:
+        raise OTXDataError(
+            f"mask '{mask}' belongs to '{unread[0].relative_to(root).as_posix()}', a file type otx does not read "
+            f"({unread[0].suffix or 'no extension'}; it reads {LOOKED_FOR}); convert the image to PNG "
+            f"({stem}.png) or remove the mask"
         )
     raise OTXDataError(
         f"mask '{mask}' has no image: expected test/{defect}/{stem}.<ext> (or under val/); "
