@@ -468,6 +468,42 @@ def test_files_of_other_types_in_a_data_root_are_named(dataset_copy, caplog) -> 
         index_mvtec(root)
 
 
+def test_a_run_folder_is_not_predicted_as_images(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    # Before: `otx predict --source ws/<run>-predict` scored the run's own masks and overlays (bug bash).
+    from otx.engine import Engine
+
+    engine = Engine(work_dir=tmp_path / "ws")
+    engine.predict(source=str(sample_root / "bottle_like" / "test" / "good"), checkpoint=trained_padim["checkpoint"])
+    (run,) = (tmp_path / "ws").glob("*-predict")
+    assert list(run.glob("predictions/masks/*.png"))
+    with pytest.raises(OTXDataError, match=r"is an otx run folder: its images are otx's outputs"):
+        samples_from_source(run)
+    with pytest.raises(OTXDataError, match=r"is in the otx run folder .*-predict: its images are otx's outputs"):
+        samples_from_source(run / "predictions")
+    (tmp_path / "parts").mkdir()
+    shutil.copy(sample_root / "bottle_like" / "test" / "good" / "000.png", tmp_path / "parts" / "000.png")
+    shutil.move(run, tmp_path / "parts" / run.name)  # a run folder inside a source folder, without its work folder
+    assert [Path(s.path).name for s in samples_from_source(tmp_path / "parts")] == ["000.png"]
+
+
+def test_a_work_dir_inside_the_data_is_refused_before_it_is_written(dataset_copy, tmp_path: Path) -> None:
+    # Before: --work_dir DATA/test/runs made `runs` a defect type, and once otx predict had written masks
+    # there, every later train and test failed, advising to remove the folder that held the checkpoints.
+    from otx.engine import Engine
+    from otx.errors import OTXConfigError
+    from otx.models import Padim
+
+    root = dataset_copy()
+    engine = Engine(model=Padim(input_size=(64, 64)), data=str(root), work_dir=root / "test" / "runs")
+    with pytest.raises(OTXConfigError, match=r"work_dir '.*test/runs' is inside the data root's test/ folder"):
+        engine.train()
+    assert not (root / "test" / "runs").exists()
+    (root / "test" / "runs").mkdir()
+    (root / "test" / "runs" / "latest.json").write_text("{}")  # one an earlier otx wrote there
+    with pytest.raises(OTXDataError, match=r"'test/runs/' is otx's work folder \(latest.json\).*move it out"):
+        index_mvtec(root)
+
+
 def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp_path: Path, caplog) -> None:
     source = tmp_path / "parts"
     for name in ("000.png", "001.png"):
@@ -480,7 +516,7 @@ def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp
     with caplog.at_level("WARNING", logger="otx"):
         names = [Path(s.path).relative_to(source).as_posix() for s in samples_from_source(source)]
     assert names == ["shift_1/000.png", "shift_1/001.png"]  # before: the earlier run's mask too
-    assert any("left out otx's work folder" in r.getMessage() for r in caplog.records)
+    assert any("left out otx's work or run folder" in r.getMessage() for r in caplog.records)
     results = source / "results" / "masks"  # the demo package's --output inside the folder
     results.mkdir(parents=True)
     shutil.copy(run / "000_mask.png", results / "000_mask.png")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -27,9 +28,12 @@ from typing import Any
 import yaml
 
 from otx.distributed import secondary
-from otx.errors import OTXError
+from otx.errors import OTXConfigError, OTXError
 
 LATEST = "latest.json"
+# A run folder's name (``WorkDir.new_run``): its stamp, the command, and a count when two start in one second
+RUN_FOLDER = re.compile(r"^\d{8}-\d{6}-(train|test|predict|export|optimize|benchmark)(-\d+)?$")
+DATA_FOLDERS = ("train", "val", "test", "ground_truth")  # the folders of a data root otx reads images from
 LATEST_LOCK = ".latest.lock"  # held while latest.json is read and replaced (``WorkDir.mark_latest``)
 LOCK_WAIT_S = 10.0
 log = logging.getLogger(__name__)
@@ -120,6 +124,29 @@ def _sweep_scratch() -> None:
             shutil.rmtree(entry, ignore_errors=True)
         except OSError:  # alive but not ours (PermissionError), or unknown: leave it
             continue
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder otx wrote (its name, and its ``otx.log``)."""
+    path = Path(path)
+    return bool(RUN_FOLDER.match(path.name)) and (path / "otx.log").is_file()
+
+
+def check_outside_data(work_dir: Path, data_root: str | Path | None) -> None:
+    """One line when ``work_dir`` lies in a data root's folder of images, where its outputs would be read as data.
+
+    (Before: ``--work_dir DATA/test/runs`` made ``runs`` a defect type, and once ``otx predict`` had
+    written masks there, every later ``otx train`` and ``otx test`` failed, advising to remove it.)
+    """
+    if not data_root:
+        return
+    root, here = Path(data_root).expanduser().resolve(), work_dir.resolve()
+    for split in DATA_FOLDERS:
+        if here.is_relative_to(root / split):
+            raise OTXConfigError(
+                f"work_dir '{work_dir}' is inside the data root's {split}/ folder, where otx reads images: its run "
+                f"folders would be read as data; pass a work_dir outside '{root / split}'"
+            )
 
 
 class WorkDir:

@@ -32,7 +32,7 @@ from otx.distributed import ShardSampler
 from otx.errors import OTXDataError
 from otx.preprocess import PreProcessor, resize_image, resize_mask  # noqa: F401 - re-exported
 from otx.validate import SEED_MAX, check_bool, check_int, check_number, check_path
-from otx.workdir import LATEST
+from otx.workdir import LATEST, is_run_folder
 
 DEMO_RESULTS = "results.json"  # the demo package's predict.py writes it beside its masks/
 
@@ -379,8 +379,15 @@ def _images_under(folder: Path) -> list[Path]:
             dirs.clear()
             continue
         visited.add(here)
-        if top != str(folder) and (LATEST in names or (DEMO_RESULTS in names and _demo_results(Path(top)))):
-            (skipped if LATEST in names else demo).append(top)
+        if top == str(folder) and (run := next((p for p in (folder, *folder.parents) if is_run_folder(p)), None)):
+            raise OTXDataError(  # its images are outputs: masks, overlays
+                f"'{folder}' is {'an otx run folder' if run == folder else f'in the otx run folder {run}'}: its images "
+                "are otx's outputs (masks, overlays), not images to predict; pass the folder of the images to predict"
+            )
+        if top != str(folder) and (
+            LATEST in names or is_run_folder(top) or (DEMO_RESULTS in names and _demo_results(Path(top)))
+        ):
+            (skipped if LATEST in names or is_run_folder(top) else demo).append(top)
             dirs.clear()
             continue
         leftovers += [Path(top, name) for name in sorted(dirs) if is_tool_folder(name)]
@@ -394,7 +401,7 @@ def _images_under(folder: Path) -> list[Path]:
             elif not name.startswith("."):  # hidden files: a tool's, not meant as images
                 others.append(Path(top, name))
     for left, why in (
-        ([f"otx's work folder {p}" for p in skipped], " (its outputs are not images to predict)"),
+        ([f"otx's work or run folder {p}" for p in skipped], " (its outputs are not images to predict)"),
         ([f"the demo package's output folder {p}" for p in demo], " (its masks are not images to predict)"),
         ([p.as_posix() for p in leftovers], " (macOS, notebook or NAS files, not images to predict)"),
         (again, ": a folder already read under another path (a symbolic link)"),

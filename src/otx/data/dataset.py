@@ -40,6 +40,7 @@ from otx.data.io import (
     turned_warning,
 )
 from otx.errors import OTXDataError
+from otx.workdir import LATEST
 
 log = logging.getLogger(__name__)
 
@@ -181,6 +182,11 @@ def _check_layout(folder: Path, others: list[Path] | None = None) -> None:
                 subset,
                 entry.name,
                 subset,
+            )
+        if os.path.isfile(os.path.join(entry.path, LATEST)):  # a --work_dir inside the data root
+            raise OTXDataError(
+                f"'{subset}/{entry.name}/' is otx's work folder ({LATEST}), which would be read as a defect type: "
+                f"move it out of the data root, and pass --work_dir outside {subset}/"
             )
         stems: dict[str, str] = {}
         try:

@@ -20,7 +20,7 @@ from otx.distributed import SecondaryRankDone
 from otx.errors import OTXError, for_caller, out_of_memory, out_of_space
 from otx.results import Result, recorded_path
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
-from otx.workdir import STOPS, Run, WorkDir, stop_name
+from otx.workdir import STOPS, Run, WorkDir, check_outside_data, stop_name
 
 log = logging.getLogger("otx")
 
@@ -133,6 +133,7 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
     In a secondary process of a distributed run (rank > 0) the verb ends with its share of the
     work done (``SecondaryRankDone``) and returns None: rank 0 writes and returns the result.
     """
+    check_outside_data(ctx.workdir.root, ctx.data.data_root if ctx.data is not None else None)
     run = ctx.workdir.new_run(command)
     log.info("otx %s %s: task %s, work_dir %s", command, __version__, ctx.task or "from the model", ctx.workdir.root)
     ok = said_why = False
