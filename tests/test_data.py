@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import html
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -502,6 +504,37 @@ def test_a_work_dir_inside_the_data_is_refused_before_it_is_written(dataset_copy
     (root / "test" / "runs" / "latest.json").write_text("{}")  # one an earlier otx wrote there
     with pytest.raises(OTXDataError, match=r"'test/runs/' is otx's work folder \(latest.json\).*move it out"):
         index_mvtec(root)
+
+
+def test_a_recursive_pattern_matches_as_glob_does_and_reads_each_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    from otx.data.datamodule import _glob_once
+
+    files = ["a.png", ".h.png", "x/c.png", "x/y/d.png", "x/.hid/e.png", "x/y/z/f1.png", "x/y/z/f2.PNG", "q[1]/003.png"]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"-")
+    monkeypatch.chdir(tmp_path)
+    patterns = ["**/*.png", "x/**/*.png", "**/*", "x/**", "**/f?.png", "**/00[0-9].png", "**/[!a]*.png"]
+    patterns += ["x/**/z/*", f"{tmp_path}/**/*.png", "**/.h*", "x/**/.hid/*.png", "q[[]1]/**"]
+    for pattern in patterns:  # Python's glob as the reference, where no link leads back up
+        expected = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        assert sorted(_glob_once(pattern)) == expected, pattern
+    # Before: a link to a folder was read again under each path (the same image predicted twice), a link
+    # back up 41 times, and two links back up never ended (bug bash).
+    (tmp_path / "x" / "latest").symlink_to("y")
+    (tmp_path / "x" / "y" / "up").symlink_to("..")
+    (tmp_path / "x" / "y" / "self").symlink_to(".")
+    found = samples_from_source("x/**/*.png")
+    assert sorted(os.path.realpath(s.path) for s in found) == sorted(
+        os.path.realpath(tmp_path / name) for name in ("x/c.png", "x/y/d.png", "x/y/z/f1.png")
+    )
+    with caplog.at_level("WARNING", logger="otx"):
+        found = samples_from_source("x/*/d.png")  # x/y/d.png and x/latest/d.png: one image
+    assert [s.path for s in found] == ["x/latest/d.png"]
+    assert any("already found under another path (a symbolic link)" in r.getMessage() for r in caplog.records)
+    assert [str(p) for p in demo_package().find_images("x/*/d.png")] == ["x/latest/d.png"]  # the demo package alike
 
 
 def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp_path: Path, caplog) -> None:

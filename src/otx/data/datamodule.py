@@ -6,6 +6,7 @@ import glob
 import json
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -418,6 +419,75 @@ def _images_under(folder: Path) -> list[Path]:
     return files
 
 
+def _glob_once(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)`` for a pattern with ``**``, reading each folder once.
+
+    Python 3.11's glob follows symbolic links to folders without remembering where it has been: a
+    link back up repeated every image below it (41 predictions of one image), and two such links
+    never ended (a bug bash). Here the folders are walked as ``_images_under`` walks them (links
+    followed, each folder once) and each path is matched against the pattern as glob matches it
+    (``**`` any number of folders, ``*`` / ``?`` / ``[...]`` within one name, names starting with a dot
+    only by a part that starts with one). Python 3.13's ``glob.translate`` would give the matcher.
+    """
+    parts = pattern.replace(os.sep, "/").split("/")
+    first = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+    base = "/".join(parts[:first]) or ("/" if pattern.startswith("/") else "")
+    regex = re.compile(
+        "".join(
+            ("(?:[^/.][^/]*/)*[^/.][^/]*" if i == len(parts) - 1 else "(?:[^/.][^/]*/)*")
+            if part == "**"
+            else _name_regex(part) + ("" if i == len(parts) - 1 else "/")
+            for i, part in enumerate(parts[first:], start=first)
+        )
+    )
+    found, visited = [], set()
+    for top, dirs, names in os.walk(base or ".", followlinks=True):
+        if (real := os.path.realpath(top)) in visited:  # a link back up, or one folder linked twice
+            dirs.clear()
+            continue
+        visited.add(real)
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(top, name) if base else os.path.relpath(os.path.join(top, name))
+            within = os.path.relpath(os.path.join(top, name), base or ".").replace(os.sep, "/")
+            if regex.fullmatch(within):
+                found.append(path)
+    return found
+
+
+def _name_regex(part: str) -> str:
+    """The regular expression of one part of a glob pattern (``*.png``, ``00[0-2]?``), as glob matches names."""
+    out, i = "" if part.startswith(".") else "(?!\\.)", 0  # a leading dot only where the pattern has one
+    while i < len(part):
+        c = part[i]
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[" and (end := part.find("]", i + 2 if part[i + 1 : i + 2] in ("!", "]") else i + 1)) > i:
+            inner = part[i + 1 : end]
+            inner = "^" + inner[1:] if inner.startswith("!") else inner
+            out += "[" + inner.replace("\\", "\\\\") + "]"
+            i = end
+        else:
+            out += re.escape(c)
+        i += 1
+    return out
+
+
+def _once_each(files: list[Path]) -> list[Path]:
+    """``files`` less those that are another's file under another path (a symbolic link), said in a warning."""
+    kept, seen, again = [], set(), []
+    for path in files:
+        real = os.path.realpath(path)
+        (again if real in seen else kept).append(path)
+        seen.add(real)
+    if again:  # before: the same image predicted once per path it was found under
+        more = f" and {len(again) - 1} more" if len(again) > 1 else ""
+        log.warning("left out %s%s: an image already found under another path (a symbolic link)", again[0], more)
+    return kept
+
+
 def samples_from_source(source: str | Path) -> list[Sample]:
     """Images to predict from a file, a folder (searched recursively) or a glob pattern."""
     text = str(source)
@@ -440,8 +510,9 @@ def samples_from_source(source: str | Path) -> list[Sample]:
                 more,
             )
     else:
-        matched = glob.glob(os.path.expanduser(text), recursive=True)
-        files = sorted(Path(p) for p in matched if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+        pattern = os.path.expanduser(text)
+        matched = _glob_once(pattern) if "**" in pattern else glob.glob(pattern)
+        files = _once_each(sorted(Path(p) for p in matched if Path(p).suffix.lower() in IMAGE_EXTENSIONS))
         if not files and not any(ch in text for ch in "*?["):
             raise OTXDataError(f"source '{text}' does not exist; pass an image file, a folder or a glob pattern")
         if not files:  # a pattern: say whether it matched nothing at all, and why

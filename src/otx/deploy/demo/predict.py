@@ -110,7 +110,15 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
             more = f" and {len(folders) - 1} other ground_truth folder(s)" if len(folders) > 1 else ""
             print(f"left out {len(masks)} mask file(s) under {folders[0]}{more} (ground truth, not images)")
         return [p for p in files if p not in set(masks)]
-    found = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS)
+    found, seen, again = [], set(), 0  # one image under two paths (a symbolic link) once, as otx predicts it
+    for path in sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS):
+        real = os.path.realpath(path)
+        again += real in seen
+        if real not in seen:
+            found.append(path)
+        seen.add(real)
+    if again:
+        print(f"left out {again} path(s) of images already found under another path (a symbolic link)")
     if output is not None:  # this script's own results are not images to predict (nor deleted as stale, then read)
         output = output.resolve()
         ours = [p for p in found if output in p.resolve().parents]
