@@ -506,6 +506,23 @@ def test_one_bad_image_does_not_break_the_inferencer(exported, sample_root: Path
         OpenVINOInferencer(exported("padim", "detection"), device=0)  # before: AttributeError
 
 
+def test_an_export_for_detection_from_another_tasks_model_says_its_boxes_are_untuned(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: the export, and otx test / predict of it, said nothing, where the checkpoint's own test warns.
+    from otx.deploy.metadata import read_model_info
+
+    said = "the model was trained for segmentation, so its detection boxes use"
+    engine = Engine(task="detection", data=str(sample_root / "bottle_like"), work_dir=tmp_path)
+    exported = engine.export(checkpoint=trained_padim["checkpoint"])
+    assert any(said in w for w in exported.warnings), exported.warnings
+    info = read_model_info(exported.exported_model)
+    assert (info.task, info.trained_task) == ("detection", "segmentation")
+    tested = engine.test(checkpoint=exported.exported_model)
+    from_checkpoint = engine.test(checkpoint=trained_padim["checkpoint"])
+    assert [w for w in tested.warnings if said in w] == [w for w in from_checkpoint.warnings if said in w] != []
+
+
 def test_export_refuses_an_exported_model_and_a_missing_checkpoint(exported, tmp_path: Path) -> None:
     line = error_line(
         run_main("export", "--checkpoint", str(exported("padim")), "--work_dir", str(tmp_path), cwd=tmp_path)

@@ -90,6 +90,7 @@ class OpenVINOScorer:
         self.inferencer = inferencer
         self.source = inferencer.path
         self.task = inferencer.info.task
+        self.trained_task = inferencer.info.trained_task  # (None: an export from before it was recorded)
         # the training data record carried in the metadata (a data root is added by who knows the run folders)
         self.data_info = {**inferencer.info.data_record(), "profile": inferencer.info.profile}
         self.name = inferencer.info.model_name

@@ -57,6 +57,7 @@ def export_model(
     export_format: str = "OPENVINO",
     precision: str = "FP32",
     data: dict[str, Any] | None = None,
+    trained_task: str | None = None,
 ) -> Path:
     """Write ``exported_model.xml/.bin`` (OPENVINO) or ``exported_model.onnx`` (ONNX) into ``out_dir``.
 
@@ -64,7 +65,8 @@ def export_model(
     resizes them as training did, normalises, runs the model and the post-processor, and
     returns ``pred_score``, ``pred_label``, ``anomaly_map`` and ``pred_mask``. Metadata for
     openvino-model-api and for otx goes under ``model_info`` (``data`` is the checkpoint's data
-    record: fingerprint, validation split and seed). Returns the model file's path.
+    record: fingerprint, validation split and seed; ``trained_task`` the checkpoint's task, when it
+    is not ``task``). Returns the model file's path.
     """
     fmt, prec = check_export_args(export_format, precision)
     if not model.postprocessor.is_fitted:
@@ -86,6 +88,7 @@ def export_model(
         weights_source=model.weights_source,
         score_top_share=model.score_top_share,
         thresholds_given=model.given_thresholds(),
+        trained_task=trained_task,
     )
     if fmt == "OPENVINO":
         path = save_ir(to_openvino(model), info, out_dir / f"{EXPORT_NAME}.xml", fp16=prec == "FP16")

@@ -58,6 +58,7 @@ def build_model_info(
     weights_source: str,
     score_top_share: float | None = None,
     thresholds_given: list[str] | None = None,
+    trained_task: str | None = None,
 ) -> dict[str, str]:
     """The ``model_info`` entries for one export (all values as strings).
 
@@ -65,7 +66,8 @@ def build_model_info(
     and seed), so that ``otx test`` on the exported model evaluates on the same unseen images.
     ``preprocess`` is the model's ``PreProcessor.config()`` (input mode and tiles), ``boxes`` its
     ``BoxSettings.as_dict()`` (how detection boxes are cut from the map), ``score_top_share``
-    the model's image score (``AnomalyModel``), ``thresholds_given`` the thresholds set by hand.
+    the model's image score (``AnomalyModel``), ``thresholds_given`` the thresholds set by hand,
+    ``trained_task`` the task the checkpoint was trained for (its boxes are tuned only for detection).
     """
     data = data or {}
     preprocess = preprocess or {"mode": "resize"}
@@ -73,6 +75,7 @@ def build_model_info(
         # openvino-model-api's AnomalyDetection wrapper
         "model_type": "AnomalyDetection",
         "task": task,
+        "otx_trained_task": trained_task or task,
         "labels": list(LABELS),
         "image_threshold": stats["image_threshold"],
         "pixel_threshold": stats["pixel_threshold"],
@@ -148,6 +151,11 @@ class ModelInfo:
     def task(self) -> str:
         """``classification``, ``detection`` or ``segmentation``."""
         return self.raw["task"]
+
+    @property
+    def trained_task(self) -> str | None:
+        """The task the model was trained for (its boxes are tuned for detection only); None in older exports."""
+        return self.raw.get("otx_trained_task")
 
     @property
     def model_name(self) -> str:

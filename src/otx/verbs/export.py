@@ -17,7 +17,7 @@ from otx.errors import OTXDataError, OTXError, for_caller
 from otx.models.base import AnomalyModel
 from otx.results import ExportResult
 from otx.verbs.context import VerbContext, write_result
-from otx.verbs.resolve import eval_data, one_sided_warning, validation_set, warn_other_model
+from otx.verbs.resolve import eval_data, one_sided_warning, untuned_boxes_of, validation_set, warn_other_model
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
@@ -69,7 +69,11 @@ def run(
         ctx.warn(f"the export is checked against torch on noise only: the training data cannot be used ({exc})")
         data = validation = None
     start = time.perf_counter()
-    exported = export_model(model, run.path, task, export_format, precision, data=ckpt.get("data"))
+    if message := untuned_boxes_of(ckpt.get("task"), adapter):
+        ctx.warn(message)  # before: an export for detection from another task's checkpoint said nothing
+    exported = export_model(
+        model, run.path, task, export_format, precision, data=ckpt.get("data"), trained_task=ckpt.get("task")
+    )
     export_s = time.perf_counter() - start
     decisions = check_fp16(model, exported, validation, data is not None) if precision == "FP16" else None
     # Check the file that was written, through OpenVINO, against torch on real images at their own

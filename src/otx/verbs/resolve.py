@@ -151,10 +151,15 @@ def _preprocessing_differs(init_args: dict[str, Any], config: dict[str, Any]) ->
 
 def untuned_boxes(scorer: Scorer, adapter: TaskAdapter) -> str | None:
     """A warning when detection boxes come from a model trained for another task (untuned box settings)."""
-    if not adapter.box_level or scorer.task in (None, AnomalyTask.DETECTION.value):
+    return untuned_boxes_of(getattr(scorer, "trained_task", None) or scorer.task, adapter)
+
+
+def untuned_boxes_of(trained_task: str | None, adapter: TaskAdapter) -> str | None:
+    """``untuned_boxes`` for a model trained for ``trained_task`` (None: not known)."""
+    if not adapter.box_level or trained_task in (None, AnomalyTask.DETECTION.value):
         return None
     return (
-        f"the model was trained for {scorer.task}, so its detection boxes use {UNTUNED}; for tuned boxes "
+        f"the model was trained for {trained_task}, so its detection boxes use {UNTUNED}; for tuned boxes "
         "train with a recipe/anomaly_detection/ recipe (or --task detection)"
     )
 
