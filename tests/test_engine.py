@@ -84,6 +84,19 @@ def test_a_relative_work_dir_stays_where_it_was_after_the_script_changes_folder(
     assert engine.work_dir == tmp_path / "first" / "ws"
 
 
+def test_an_engine_model_with_other_settings_than_the_checkpoint_is_said(sample_root: Path, tmp_path: Path) -> None:
+    # Before: only another class or backbone was said; other settings were dropped without a word (bug bash).
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    checkpoint = Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=tmp_path / "ws").train()["checkpoint"]
+    other = Engine(model=Padim(input_size=(96, 96), n_features=50), data=data, work_dir=tmp_path / "other")
+    said = [w for w in other.test(checkpoint=checkpoint).warnings if w.startswith("the engine's model has other")]
+    assert len(said) == 1, said
+    assert "input_size [96, 96] (the file's: input_size [64, 64])" in said[0]
+    assert "n_features 50 (the file's: default)" in said[0]
+    same = Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=tmp_path / "same").test(checkpoint=checkpoint)
+    assert not [w for w in same.warnings if "other settings" in w]
+
+
 def test_the_pixel_f1_is_that_of_the_predicted_masks(tmp_path: Path) -> None:
     # Before: the pixel F1 at each image's size was that of the raw map restored and thresholded, while
     # predictions threshold the normalised map, which is clipped to [0, 1] before it is restored (the

@@ -93,6 +93,12 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
             f"the model's ({', '.join(_setting(k, own.get(_PRE_KEYS[k])) for k in differ)}):"
             f" the pre-processing is part of the model, so it runs as trained; train again for other settings",
         )
+    if ctx.model is not None and type(ctx.model).__name__ == scorer.name:
+        if differ := _engine_model_differs(dict(ctx.model.hparams), scorer, own):
+            ctx.warn(  # before: Engine(model=Padim(input_size=(96, 96))).test() ran a 128x128 checkpoint silently
+                f"the engine's model has other settings than {path} ({'; '.join(differ)}): the model in the file "
+                "runs as trained; train again for other settings"
+            )
     if recipe and (unused := _thresholds_differ(recipe.get("init_args") or {}, scorer.thresholds)):
         ctx.note_once(  # before: a config file's thresholds were dropped without a word (the option is refused)
             "thresholds",
@@ -101,6 +107,33 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
             f"{scorer.thresholds[1]:.6g}, raw); give them to otx train for a model that uses them",
         )
     return scorer
+
+
+_NOT_COMPARED = ("pretrained", "weights", "seed")  # how it was trained, not what it computes
+
+
+def _engine_model_differs(given: dict[str, Any], scorer: Scorer, own: dict[str, Any]) -> list[str]:
+    """The settings of ``Engine(model=...)`` (not None) that the loaded model does not have, as ``key given (file's)``.
+
+    Input settings as a recipe's are compared (``_preprocessing_differs``: ``auto`` agrees with its
+    choice); with a checkpoint, the other init arguments too (an export keeps the input settings only).
+    """
+    said = [
+        f"{_setting(key, given[key])} (the file's: {_setting(key, own.get(_PRE_KEYS[key]))})"
+        for key in _preprocessing_differs(given, own)
+    ]
+    trained = getattr(getattr(scorer, "model", None), "hparams", None)
+    if trained is None:
+        return said
+    for key, value in given.items():
+        if key in _PRE_KEYS or key in _NOT_COMPARED or value is None:
+            continue
+        value = list(value) if isinstance(value, tuple) else value
+        theirs = trained.get(key)
+        theirs = list(theirs) if isinstance(theirs, tuple) else theirs
+        if value != theirs:
+            said.append(f"{key} {value} (the file's: {'default' if theirs is None else theirs})")
+    return said
 
 
 def _thresholds_differ(init_args: dict[str, Any], thresholds: tuple[float, float]) -> list[str]:
