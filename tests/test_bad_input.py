@@ -878,6 +878,15 @@ def test_engine_verbs_name_the_bad_argument(call, pattern: str, sample_root: Pat
             r"trainer.callbacks must be a list of callbacks",
         ),
         (lambda: __import__("otx.engine").engine.Engine(config="x"), r"config must be a dict"),
+        # before: yaml's RepresenterError once a verb had made its run folder, and AttributeError 'print' (bug bash)
+        (
+            lambda: __import__("otx.engine").engine.Engine(config={"model": {"x": object()}}),
+            r"config must hold plain values \(text, numbers, lists, dicts\), as a run's config.yaml does \(got object",
+        ),
+        (
+            lambda: __import__("otx.engine").engine.Engine(console=5),
+            r"console must be a rich Console or a text stream such as sys.stdout \(got int\)",
+        ),
         (  # before: only when train() built the callbacks, after its run folder and config.yaml were written
             lambda: __import__("otx.engine").engine.Engine(
                 trainer={"callbacks": [{"class_path": "collections.OrderedDict"}]}
@@ -896,6 +905,25 @@ def test_engine_verbs_name_the_bad_argument(call, pattern: str, sample_root: Pat
 def test_constructors_name_the_bad_argument(build, pattern: str) -> None:
     with pytest.raises(OTXConfigError, match=pattern):
         build()
+
+
+def test_an_engine_takes_a_text_stream_for_its_console_and_paths_in_its_config(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    import io
+
+    import numpy as np
+    import yaml
+
+    from otx.engine import Engine
+
+    stream = io.StringIO()
+    config = {"data": {"data_root": sample_root / "bottle_like"}, "note": np.float32(0.5)}
+    engine = Engine(data=sample_root / "bottle_like", work_dir=tmp_path / "ws", console=stream, config=config)
+    tested = engine.test(checkpoint=trained_padim["checkpoint"])
+    assert "image_AUROC" in stream.getvalue() and str(tested.run_folder) in "".join(stream.getvalue().split())
+    written = yaml.safe_load((Path(tested.run_folder) / "config.yaml").read_text())
+    assert written["note"] == 0.5 and written["data"]["data_root"] == str(sample_root / "bottle_like")
 
 
 def test_a_latest_json_naming_a_deleted_run_points_to_the_model_still_there(

@@ -82,6 +82,33 @@ def _python_names(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with paths as text, checked to be what a run's config.yaml can hold (one line if not)."""
+    import yaml
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if hasattr(value, "item") and callable(value.item) and getattr(value, "shape", None) == ():
+            return value.item()  # a NumPy (or torch) scalar
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(item) for item in value]
+        return value
+
+    config = plain(config)
+    try:
+        yaml.safe_dump(config)
+    except yaml.YAMLError as exc:  # before: yaml's RepresenterError, after a run folder was made
+        bad = exc.args[1] if len(exc.args) > 1 else exc
+        raise OTXConfigError(
+            "config must hold plain values (text, numbers, lists, dicts), as a run's config.yaml does "
+            f"(got {type(bad).__name__}: {str(bad)[:80]})"
+        ) from None
+    return config
+
+
 class Engine:
     """Train, test and predict with one model on one dataset for one task.
 
@@ -161,7 +188,13 @@ class Engine:
             raise OTXConfigError(
                 f"config must be a dict (the resolved configuration a run's config.yaml holds; got {config!r})"
             )
-        self.config = config or {}
+        self.config = _plain_config(config or {})
+        if console is not None and not isinstance(console, Console):
+            if not callable(getattr(console, "write", None)):  # before: AttributeError '...' has no 'print'
+                raise OTXConfigError(
+                    f"console must be a rich Console or a text stream such as sys.stdout (got {type(console).__name__})"
+                )
+            console = Console(file=console)  # a text stream: summaries and progress written to it
         self.console = console or make_console(stderr=True, quiet=secondary())  # rank > 0 prints nothing
         self._pristine: AnomalyModel | None = None  # a gradient-trained model as given, before this engine trained it
         self._trained: AnomalyModel | None = None  # the model the last train() trained
