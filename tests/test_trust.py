@@ -238,11 +238,18 @@ def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_on
         [*demo, str(tiff), "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr
+    assert "grayscale" not in run.stderr  # before: every colour float TIFF was taken for a grayscale image
     record = json.loads((tmp_path / "out" / "results.json").read_text())[0]
     expected = OpenVINOInferencer(summary["exported_model"], device="CPU").predict(str(tiff))[0]
     assert 0.0 < float(expected.pred_score) < 1.0
     assert record["score"] == pytest.approx(float(expected.pred_score), abs=1e-5)
     assert record["label"] == expected.label_name
+    mine = tmp_path / "mine"  # a folder of the user's own: before, its results.json was replaced without a word
+    mine.mkdir()
+    (mine / "results.json").write_text('{"mine": 1}')
+    run = subprocess.run([*demo, str(tiff), "--output", str(mine)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "results.json was not written by this script" in run.stderr, run.stderr
+    assert [p.name for p in mine.iterdir()] == ["results.json"] and (mine / "results.json").read_text() == '{"mine": 1}'
     (tmp_path / "m.onnx").write_bytes(b"onnx")
     exported_bin = Path(summary["exported_model"]).with_suffix(".bin")
     for args, said in (

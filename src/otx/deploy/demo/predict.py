@@ -621,15 +621,26 @@ def main() -> int:
         return 1
     stems = output_stems(paths)
     out_dir = Path(args.output)
+    try:  # an earlier run's records name its masks
+        earlier = json.loads((out_dir / "results.json").read_text())
+    except OSError:  # none
+        earlier = []
+    except ValueError:  # not JSON: not this script's
+        earlier = None
+    if (out_dir / "results.json").exists() and not (
+        isinstance(earlier, list) and all(isinstance(r, dict) and "image" in r for r in earlier)
+    ):  # before: a results.json of someone else's overwritten without a word
+        print(
+            f"error: {out_dir / 'results.json'} was not written by this script, and would be replaced; pass "
+            "another --output folder",
+            file=sys.stderr,
+        )
+        return 1
     try:
         (out_dir / "masks" if task in ("segmentation", "detection") else out_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"error: cannot write results to {out_dir} ({exc}); pass --output FOLDER", file=sys.stderr)
         return 1
-    try:  # an earlier run's records name its masks
-        earlier = json.loads((out_dir / "results.json").read_text())
-    except (OSError, ValueError):  # none, or not this script's
-        earlier = []
     earlier = earlier if isinstance(earlier, list) else []
     stale = [out_dir / r["mask"] for r in earlier if isinstance(r, dict) and isinstance(r.get("mask"), str)]
     for mask in stale:  # an earlier run's masks in this folder: results.json would no longer list them
