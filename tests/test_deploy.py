@@ -456,6 +456,38 @@ def test_predict_accepts_arrays_files_and_globs(exported, sample_root: Path) -> 
         inferencer.predict(7)
 
 
+def test_the_inferencer_warns_of_inputs_as_otx_predict_does(
+    exported, sample_root: Path, tmp_path: Path, caplog
+) -> None:
+    # Before: only otx predict and the demo package said these; OpenVINOInferencer.predict scored in silence.
+    import cv2
+
+    from otx.data.io import read_image
+
+    inferencer = OpenVINOInferencer(exported("padim", "detection"), device="CPU")
+    image = read_image(sorted((sample_root / "bottle_like" / "test" / "good").glob("*.png"))[0])
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    twelve = (gray.astype(np.uint16) * 16).astype(np.uint16)  # 12 bits in a 16-bit file, as a machine camera's
+    cv2.imwrite(str(tmp_path / "twelve.png"), twelve)
+    big = cv2.resize(image, None, fx=3, fy=3)
+    cases = [
+        (gray, "1 of 1 input images are grayscale, but the model was trained on colour images"),
+        (str(tmp_path / "gray.png"), "1 of 1 input images are grayscale, but the model was trained on colour images"),
+        ([image, big], "1 of 2 input images are more than 2x larger than the training images"),
+        (str(tmp_path / "twelve.png"), "16-bit files whose values stay at or below 2832 (12-bit data"),
+    ]
+    for source, said in cases:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="otx"):
+            inferencer.predict(source)
+        assert any(said in r.getMessage() for r in caplog.records), (said, [r.getMessage() for r in caplog.records])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="otx"):
+        inferencer.predict(image)  # like the training images: nothing to say
+    assert not caplog.records
+
+
 def test_arrays_of_every_depth_read_as_their_files(exported, sample_root: Path, tmp_path: Path) -> None:
     """A 16-bit array, a float array over 0-255 and one over [0, 1] score as the same image's file does."""
     import cv2

@@ -348,6 +348,84 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
     """Warnings when the images at ``paths`` differ clearly from the training images' profile."""
     if not train or not paths:
         return []
+    rows = [(*header, path) for path in paths if (header := _header(path)) is not None]
+    return _profile_findings(train, rows, len(paths), where, stored_gray, all_stored_gray)
+
+
+def input_file_warnings(
+    train: dict[str, Any] | None, paths: list[str], root: Path | None, where: str = "input", headers: bool = True
+) -> list[str]:
+    """What ``otx predict`` warns of image files to predict.
+
+    Images unlike the training images (``profile_warnings``), 12 bits or fewer in 16-bit files, and
+    (``headers``) several pages or an EXIF orientation.
+
+    ``root``: the folder the files are named under in the messages (None: by their names).
+    """
+    from otx.data.dataset import narrow_sixteen_bit_warning
+    from otx.data.io import image_header, pages_warning, turned_warning
+    from otx.errors import OTXDataError
+
+    found = profile_warnings(train, paths, where)
+    if narrow := narrow_sixteen_bit_warning(paths, root, where):
+        found.append(narrow)
+    if not headers:
+        return found
+    pages, turned = [], []
+    for path in paths:
+        try:
+            header = image_header(path)
+        except OTXDataError:  # unreadable: labelled "error" where it is read
+            continue
+        if header.pages > 1:
+            pages.append(path)
+        if header.orientation != 1:
+            turned.append(path)
+    if paged := pages_warning(pages, root):
+        found.append(paged)
+    if message := turned_warning(turned, root, masks="written by otx match"):
+        found.append(message)
+    return found
+
+
+def array_profile_warnings(
+    train: dict[str, Any] | None, sizes: Sequence[tuple[bool, int, int]], rgb: Any, where: str
+) -> list[str]:
+    """``profile_warnings`` of images in memory.
+
+    ``sizes``: ``(one channel, height, width)`` of each image; ``rgb(i)`` gives image ``i`` as
+    ``H x W x 3`` RGB ``uint8`` (called only where its channels are compared).
+    """
+    if not train or not len(sizes):
+        return []
+
+    def equal_channels(index: int) -> bool:
+        image = rgb(index).astype(np.int16)
+        return bool(
+            np.abs(image[..., 0] - image[..., 1]).max(initial=0) <= GRAY_LEVELS
+            and np.abs(image[..., 1] - image[..., 2]).max(initial=0) <= GRAY_LEVELS
+        )
+
+    def all_equal(colour: list[int]) -> bool:
+        return bool(colour) and all(map(equal_channels, colour))
+
+    rows = [(gray, height, width, index) for index, (gray, height, width) in enumerate(sizes)]
+    return _profile_findings(train, rows, len(sizes), where, equal_channels, all_equal)
+
+
+def _profile_findings(
+    train: dict[str, Any],
+    rows: list[tuple[bool, int, int, Any]],
+    total: int,
+    where: str,
+    stored: Any,
+    all_stored: Any,
+) -> list[str]:
+    """``profile_warnings`` of ``(grayscale header, height, width, image)`` rows, ``total`` images in all.
+
+    ``stored`` tells whether a colour image holds a grayscale one, ``all_stored`` whether the colour
+    images (a list) all do (judged on a sample, for files).
+    """
     found: list[str] = []
     gray_trained = train.get("channels") == "gray"
     color_trained = train.get("channels") == "color"
@@ -361,15 +439,11 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
     def too_large(height: int, width: int) -> bool:
         return height > h_max * SIZE_FACTOR or width > w_max * SIZE_FACTOR
 
-    colour_files: list[str] = []
-    for path in paths:
-        header = _header(path)
-        if header is None:
-            continue
-        is_gray, height, width = header
+    colour_files: list[Any] = []
+    for is_gray, height, width, item in rows:
         counts["gray" if is_gray else "color"] += 1
         if not is_gray:
-            colour_files.append(path)
+            colour_files.append(item)
         if too_small(height, width) or too_large(height, width):
             if not (too_small(width, height) or too_large(width, height)):
                 turned += 1  # the training images' size, on its side
@@ -379,11 +453,10 @@ def profile_warnings(train: dict[str, Any] | None, paths: list[str], where: str)
                 smaller += 1
             else:
                 larger += 1
-    total = len(paths)
     if gray_trained and colour_files:  # (decoded only here: a grayscale model given colour files)
         # grayscale images stored in colour files give the input a grayscale file gives
-        counts["color"] = sum(not stored_gray(path) for path in colour_files)
-    if color_trained and colour_files and all_stored_gray(colour_files):  # a grayscale camera's, saved as RGB
+        counts["color"] = sum(not stored(item) for item in colour_files)
+    if color_trained and colour_files and all_stored(colour_files):  # a grayscale camera's, saved as RGB
         counts["gray"] += len(colour_files)
     if gray_trained and counts["color"]:
         found.append(

@@ -510,6 +510,7 @@ class OpenVINOInferencer:
             else:
                 arrays = [_image_array(item) for item in source]
             names = [f"array_{i}" for i in range(len(arrays))]
+            self._input_warnings(arrays=arrays)
             return self._predict_arrays(names, arrays)
         from otx.data.datamodule import samples_from_source
 
@@ -527,10 +528,35 @@ class OpenVINOInferencer:
                     paths.append(str(item))
         else:
             paths = [s.path for s in samples_from_source(str(source))]
+        self._input_warnings(paths=[p for p in paths if p not in missing], source=source)
         predictions: list[Prediction] = []
         for start in range(0, len(paths), CHUNK):
             predictions.extend(self._predict_paths(paths[start : start + CHUNK], missing))
         return predictions
+
+    def _input_warnings(
+        self, paths: list[str] | None = None, arrays: list[np.ndarray] | None = None, source: Any = None
+    ) -> None:
+        """Log what ``otx predict`` warns of its inputs.
+
+        Images unlike the training images (colour, size, orientation), 16-bit files of 12 bits or
+        fewer, several pages, an EXIF orientation (before: only ``otx predict`` and the demo
+        package said these; a caller of this API got the scores alone).
+        """
+        from otx.checks import array_profile_warnings, input_file_warnings
+
+        profile = self.info.profile
+        if paths:
+            folder = Path(source).expanduser() if isinstance(source, str | os.PathLike) else None
+            root = folder if folder is not None and folder.is_dir() else None
+            found = input_file_warnings(profile, paths, root)
+        elif arrays:
+            sizes = [(np.ndim(a) == 2 or gray_first(np.shape(a)) or np.shape(a)[-1] == 1, *image_hw(a)) for a in arrays]
+            found = array_profile_warnings(profile, sizes, lambda i: _rgb_uint8(arrays[i]), "input")
+        else:
+            found = []
+        for message in found:
+            log.warning(message)
 
     def _predict_paths(self, paths: list[str], missing: dict[str, str] | None = None) -> list[Prediction]:
         from otx.data.io import read_image

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from otx import distributed
-from otx.checks import profile_warnings
+from otx.checks import input_file_warnings
 from otx.data.datamodule import samples_from_source
-from otx.data.dataset import layout_mask, narrow_sixteen_bit_warning
-from otx.data.io import image_header, pages_warning, read_image, read_mask, turned_warning
+from otx.data.dataset import layout_mask
+from otx.data.io import read_image, read_mask
 from otx.errors import OTXDataError, OTXError
 from otx.results import PredictResult
 from otx.tasks import Prediction
@@ -27,15 +27,6 @@ from otx.visualize import overlay, write_overlay, write_png
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
-
-
-def _header(path: str) -> tuple[int, int]:
-    """``(pages, EXIF orientation)`` of an image file; ``(1, 1)`` when its header cannot be read (labelled "error")."""
-    try:
-        header = image_header(path)
-    except OTXDataError:
-        return 1, 1
-    return header.pages, header.orientation
 
 
 # Room for the suffixes output_stems and the writers add ("_jpeg", a counter, "_mask.png") within
@@ -137,20 +128,13 @@ def run(
         {"checkpoint": str(scorer.source), "source": str(source) if source else None},
         data=data,
     )
-    for message in profile_warnings(scorer.data_info.get("profile"), [s.path for s in samples], "input"):
-        ctx.warn(message)
     # files are named under the source folder (under the data root without a source), else as given
     folder = Path(source).expanduser() if source is not None else Path(data.data_root or ".")
     root = folder if folder.is_dir() and all(Path(s.path).is_relative_to(folder) for s in samples) else None
-    if narrow := narrow_sixteen_bit_warning([s.path for s in samples], root, "input"):
-        ctx.warn(narrow)
-    if source is not None:  # (a data root's index says these, as in train and test)
-        headers = {s.path: _header(s.path) for s in samples}
-        if paged := pages_warning([path for path, (pages, _) in headers.items() if pages > 1], root):
-            ctx.warn(paged)
-        turned = [path for path, (_, orientation) in headers.items() if orientation != 1]
-        if message := turned_warning(turned, root, masks="written by otx match"):
-            ctx.warn(message)
+    # (pages and EXIF orientation: a data root's index says these, as in train and test)
+    paths = [s.path for s in samples]
+    for message in input_file_warnings(scorer.data_info.get("profile"), paths, root, headers=source is not None):
+        ctx.warn(message)
     stems = output_stems([s.path for s in samples])
     # rank 0's folder: in a distributed run every process writes its images' masks and overlays there
     out_dir = distributed.broadcast(run.path / "predictions")
