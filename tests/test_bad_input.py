@@ -961,6 +961,25 @@ def test_a_mistyped_work_dir_is_said_and_not_created(verb: str, tmp_path: Path, 
     assert not typo.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_path_too_long_for_the_file_system_is_one_line(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: "internal error (OSError: [Errno 36] File name too long ...)" after the masks were written:
+    # a work_dir that left room for them, not for predictions.json's temporary name (bug bash).
+    from otx.engine import Engine
+    from otx.errors import OTXDiskError
+
+    limit = os.pathconf(str(tmp_path), "PC_PATH_MAX") - 1  # the longest path, its terminating NUL aside
+    length = limit - len("/20261206-091500-predict") - len("/predictions/masks/000_mask.png")
+    work = tmp_path
+    while len(str(work)) < length:
+        work = work / ("d" * min(200, length - len(str(work)) - 1))
+    source = sample_root / "bottle_like" / "test" / "good" / "000.png"
+    with pytest.raises(OTXDiskError, match=r"^a path is too long for the file system \(\d+ characters: '\.\.\."):
+        Engine(work_dir=work).predict(source=source, checkpoint=trained_padim["checkpoint"])
+    assert not (work / "latest.json").exists()
+
+
 def test_a_full_disk_is_one_line_and_keeps_earlier_runs(
     sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -36,6 +36,8 @@ _NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|file write 
 def out_of_space(exc: BaseException, where: str | None = None) -> OTXDiskError | None:
     """``exc`` as one line when a write failed for want of space (``ENOSPC``, ``EDQUOT``), else None.
 
+    A path too long for the file system (``ENAMETOOLONG``: a deep ``--work_dir``) is said the same way.
+
     Also when a library words it in an error of its own (PyTorch's "file write failed",
     OpenVINO's serialiser), or it is the cause of one. ``where``: the work dir, for the advice.
     """
@@ -44,7 +46,7 @@ def out_of_space(exc: BaseException, where: str | None = None) -> OTXDiskError |
     seen: BaseException | None = exc
     found: BaseException | None = None
     while seen is not None and found is None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG):
             found = seen
         elif _NO_SPACE.search(str(seen)):
             found = seen
@@ -52,6 +54,14 @@ def out_of_space(exc: BaseException, where: str | None = None) -> OTXDiskError |
     if found is None:
         return None
     filename = getattr(found, "filename", None)
+    if isinstance(found, OSError) and found.errno == errno.ENAMETOOLONG:  # (before: an "internal error")
+        shown = f"'...{str(filename)[-80:]}'" if filename and len(str(filename)) > 80 else f"'{filename}'"
+        return OTXDiskError(
+            for_caller(
+                f"a path is too long for the file system ({len(str(filename or ''))} characters: {shown}); pass a "
+                "shorter --work_dir (earlier runs and latest.json are kept)"
+            )
+        )
     what = f" writing '{filename}'" if filename else f" in '{where}'" if where else ""
     return OTXDiskError(
         for_caller(
