@@ -537,6 +537,28 @@ def test_a_recursive_pattern_matches_as_glob_does_and_reads_each_folder_once(
     assert [str(p) for p in demo_package().find_images("x/*/d.png")] == ["x/latest/d.png"]  # the demo package alike
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_pipe_or_device_named_like_an_image_is_not_read(dataset_copy, tmp_path: Path, caplog) -> None:
+    # Before: a pipe named pipe.png in a folder to predict waited for a writer for ever, without a word,
+    # and --source /dev/null said "does not exist" (bug bash).
+    root = dataset_copy()
+    source = tmp_path / "parts"
+    source.mkdir()
+    shutil.copy(root / "test" / "good" / "000.png", source / "000.png")
+    os.mkfifo(source / "pipe.png")
+    with caplog.at_level("WARNING", logger="otx"):
+        assert [Path(s.path).name for s in samples_from_source(source)] == ["000.png"]
+        assert [Path(s.path).name for s in samples_from_source(str(source / "*.png"))] == ["000.png"]
+    assert any("of other types (1 .png" in r.getMessage() for r in caplog.records)
+    for special in (source / "pipe.png", Path("/dev/null")):
+        if special.exists():
+            with pytest.raises(OTXDataError, match=r"is not an image file or a folder \(a device, pipe or socket\)"):
+                samples_from_source(special)
+    os.mkfifo(root / "train" / "good" / "pipe.png")
+    with pytest.raises(OTXDataError, match=r"'train/good/pipe.png' is not a regular file \(a pipe, socket or device"):
+        index_mvtec(root)
+
+
 def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp_path: Path, caplog) -> None:
     source = tmp_path / "parts"
     for name in ("000.png", "001.png"):

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import stat
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -140,6 +141,14 @@ def other_types(paths: Sequence[Path], root: Path | None = None) -> str:
     return f"{len(paths)} file(s) of other types ({listed}{more}; e.g. {shown})"
 
 
+def _special_file(path: str) -> bool:
+    """A pipe, socket or device (through links); False for a regular file and for what cannot be stat'ed."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a broken link: refused where it is read, with its reason
+        return False
+
+
 def _check_layout(folder: Path, others: list[Path] | None = None) -> None:
     """One line for what Datumaro's MVTec reader would trip on or drop without a word.
 
@@ -209,6 +218,11 @@ def _check_layout(folder: Path, others: list[Path] | None = None) -> None:
                         "images up or remove the subfolder"
                     )
             elif _is_listed_image(inner.name):
+                if _special_file(inner.path):  # before: reading it waited for ever (a pipe) or read a device
+                    raise OTXDataError(
+                        f"'{where}/{inner.name}' is not a regular file (a pipe, socket or device), which otx cannot "
+                        "read as an image; remove it"
+                    )
                 stem = os.path.splitext(inner.name)[0]
                 if stem in stems:
                     raise OTXDataError(
