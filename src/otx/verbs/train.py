@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 
 from otx import distributed
@@ -398,7 +399,17 @@ def run(
     rows = known_pixel_rows(outputs.get("pixel_known"), outputs["labels"])  # as the pixel threshold was fitted
     if pixel_truth is not None and rows is not None:
         maps, pixel_truth = maps[rows], pixel_truth[rows]
-    if labels.any():  # else the image level's line says the thresholds were not learned
+    if not labels.any() and adapter.pixel_level:  # before: only the image threshold's line said so
+        found += threshold_warnings(
+            maps.numpy(),
+            np.zeros(maps.shape, bool),
+            stats["pixel_threshold"],
+            "pixel",
+            "validation",
+            learned=True,
+            folder="val" if own_val else "test",
+        )
+    if labels.any():
         found += threshold_warnings(
             maps.numpy(),
             pixel_truth.numpy() if pixel_truth is not None else None,
