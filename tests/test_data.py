@@ -559,6 +559,20 @@ def test_a_pipe_or_device_named_like_an_image_is_not_read(dataset_copy, tmp_path
         index_mvtec(root)
 
 
+def test_folders_without_images_are_named(dataset_copy, caplog) -> None:
+    # Before: an empty defect folder and a val/ folder holding only .DS_Store were passed over without a word.
+    root = dataset_copy()
+    (root / "test" / "dent").mkdir()
+    (root / "val").mkdir()
+    (root / "val" / ".DS_Store").write_bytes(b"Bud1")
+    with caplog.at_level("WARNING", logger="otx"):
+        index = index_mvtec(root)
+    said = [r.getMessage() for r in caplog.records]
+    assert "test/dent/ holds no images: none of that kind is scored" in said, said
+    assert "val/ holds no images: the validation split is taken from test/ as without it" in said, said
+    assert index.subsets["val"] == [] and "dent" not in {s.defect for s in index.subsets["test"]}
+
+
 def test_a_work_folder_inside_the_source_is_not_predicted(sample_root: Path, tmp_path: Path, caplog) -> None:
     source = tmp_path / "parts"
     for name in ("000.png", "001.png"):

@@ -149,7 +149,7 @@ def _special_file(path: str) -> bool:
         return False
 
 
-def _check_layout(folder: Path, others: list[Path] | None = None) -> None:
+def _check_layout(folder: Path, others: list[Path] | None = None, empty: list[str] | None = None) -> None:
     """One line for what Datumaro's MVTec reader would trip on or drop without a word.
 
     An image directly in ``<subset>/`` or in a subfolder of ``<subset>/<type>/`` (the reader fails
@@ -233,19 +233,27 @@ def _check_layout(folder: Path, others: list[Path] | None = None) -> None:
                 stems[stem] = inner.name
             elif others is not None and not inner.name.startswith(".") and inner.name.lower() not in COMPANION_FILES:
                 others.append(Path(inner.path))  # (hidden files: a tool's, not meant as images)
+        if empty is not None and not stems and subset != "train":  # a type without images: none of it scored
+            empty.append(f"{subset}/{entry.name}/")
 
 
 def _index_subset(
-    folder: Path, mask_dir: Path | None, leftovers: list[Path], tools: list[Path], others: list[Path]
+    folder: Path,
+    mask_dir: Path | None,
+    leftovers: list[Path],
+    tools: list[Path],
+    others: list[Path],
+    empty: list[str] | None = None,
 ) -> list[Sample]:
     """The images of one subset folder.
 
     macOS resource files (``._000.png``) go to ``leftovers``, the folders of tools
     (``test/.ipynb_checkpoints``, ``test/__MACOSX``; ``is_tool_folder``) to ``tools``: the MVTec
     reader would take such a folder for a defect type and score its images as anomalous. Files of
-    types otx does not read (``.jfif``, ``.gif``, a readme) go to ``others``.
+    types otx does not read (``.jfif``, ``.gif``, a readme) go to ``others``, type folders without
+    images to ``empty``.
     """
-    _check_layout(folder, others)
+    _check_layout(folder, others, empty)
     extractor = MvtecClassificationBase(str(folder), merge_policy=None)
     samples, listings = [], {}
     for item in extractor:
@@ -382,9 +390,21 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     leftovers: list[Path] = []
     tools: list[Path] = []
     other_files: list[Path] = []
+    empty: list[str] = []
     for name in ("train", "val", "test"):
         if (root / name).is_dir():
-            subsets[name] = _index_subset(root / name, mask_dir if has_masks else None, leftovers, tools, other_files)
+            subsets[name] = _index_subset(
+                root / name, mask_dir if has_masks else None, leftovers, tools, other_files, empty
+            )
+    if empty:  # before: passed over without a word (a defect type not tested, a val/ folder not used)
+        log.warning(
+            "%s hold%s no images: none of %s is scored",
+            ", ".join(empty),
+            "s" if len(empty) == 1 else "",
+            "that kind" if len(empty) == 1 else "those kinds",
+        )
+    if "val" in subsets and not subsets["val"]:
+        log.warning("val/ holds no images: the validation split is taken from test/ as without it")
     if has_masks:
         leftovers += sorted(path for path in mask_dir.glob("*/._*") if path.is_file())
         tools += sorted(path for path in mask_dir.iterdir() if path.is_dir() and is_tool_folder(path.name))
