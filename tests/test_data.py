@@ -767,6 +767,7 @@ def test_a_folder_source_follows_linked_folders_and_leaves_tools_files_out(
     (source / "linked").symlink_to(scratch, target_is_directory=True)
     (source / "own" / "up").symlink_to(source, target_is_directory=True)  # a link back up: no loop
     (source / "own" / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    shutil.copy(scratch / "000.png", source / "own" / ".thumb.png")  # a hidden image: a tool's (before: predicted)
     for tool in ("__MACOSX/own", "own/.ipynb_checkpoints", "@eaDir"):
         (source / tool).mkdir(parents=True)
         shutil.copy(scratch / "001.png", source / tool / "b.png")
@@ -774,8 +775,8 @@ def test_a_folder_source_follows_linked_folders_and_leaves_tools_files_out(
         samples = samples_from_source(source)
     expected = [source / "linked" / p.name for p in sorted(scratch.glob("*.png"))] + [source / "own" / "a.png"]
     assert sorted(Path(s.path) for s in samples) == sorted(expected)
-    said = [r.getMessage() for r in caplog.records if "macOS, notebook or NAS" in r.getMessage()]
-    assert len(said) == 1 and "and 3 more" in said[0], said
+    said = [r.getMessage() for r in caplog.records if "macOS, notebook, NAS or other hidden" in r.getMessage()]
+    assert len(said) == 1 and "and 4 more" in said[0], said
     said = [r.getMessage() for r in caplog.records if "already read under another path" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith(f"left out {source / 'own' / 'up'}:"), said
     assert sorted(demo_package().find_images(str(source))) == sorted(expected)  # the demo package alike
@@ -791,6 +792,17 @@ def test_macos_resource_files_are_ignored_in_training_with_one_warning(dataset_c
     assert len(index.subsets["train"]) == 40 and not any("._" in s.path for v in index.subsets.values() for s in v)
     said = [r.getMessage() for r in caplog.records if "macOS resource file" in r.getMessage()]
     assert len(said) == 1 and said[0].startswith("ignoring 3 macOS resource file(s)"), said
+    # a hidden image: a tool's file (before: trained on without a word, where a glob leaves it out)
+    shutil.copy(root / "train" / "good" / "001.png", root / "train" / "good" / ".thumb.png")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="otx"):
+        index = index_mvtec(root)
+    assert len(index.subsets["train"]) == 40
+    said = [r.getMessage() for r in caplog.records if "hidden file" in r.getMessage()]
+    assert said == [
+        "ignoring 1 hidden file(s) (e.g. train/good/.thumb.png): names starting with a dot are tools' files, not "
+        "images to use; rename them to use them"
+    ], said
     (root / "test" / "._x.png").write_bytes(junk)  # directly in test/: Datumaro's reader would fail on it
     with pytest.raises(OTXDataError, match=r"'test/._x.png' is a macOS resource file .*; remove it"):
         index_mvtec(root)

@@ -394,21 +394,29 @@ def _images_under(folder: Path) -> list[Path]:
             continue
         leftovers += [Path(top, name) for name in sorted(dirs) if is_tool_folder(name)]
         leftovers += [Path(top, name) for name in sorted(names) if is_resource_file(name)]
+        # hidden images (.000.png): a tool's, left out as a glob and training leave them (before: predicted)
+        leftovers += [
+            Path(top, name)
+            for name in sorted(names)
+            if name.startswith(".")
+            and not is_resource_file(name)
+            and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+        ]
         dirs[:] = sorted(name for name in dirs if not is_tool_folder(name))
         for name in names:
-            if is_resource_file(name):
+            if name.startswith("."):  # resource files and hidden images above; other hidden files without a word
                 continue
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 if _regular(Path(top, name)):  # a pipe named .png waited for a writer for ever (bug bash)
                     files.append(Path(top, name))
                 else:
                     others.append(Path(top, name))
-            elif not name.startswith("."):  # hidden files: a tool's, not meant as images
+            else:
                 others.append(Path(top, name))
     for left, why in (
         ([f"otx's work or run folder {p}" for p in skipped], " (its outputs are not images to predict)"),
         ([f"the demo package's output folder {p}" for p in demo], " (its masks are not images to predict)"),
-        ([p.as_posix() for p in leftovers], " (macOS, notebook or NAS files, not images to predict)"),
+        ([p.as_posix() for p in leftovers], " (macOS, notebook, NAS or other hidden files, not images to predict)"),
         (again, ": a folder already read under another path (a symbolic link)"),
     ):
         if left:

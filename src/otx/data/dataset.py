@@ -149,7 +149,18 @@ def _special_file(path: str) -> bool:
         return False
 
 
-def _check_layout(folder: Path, others: list[Path] | None = None, empty: list[str] | None = None) -> None:
+@dataclass
+class PassedOver:
+    """What indexing leaves out of a data root, each said in one warning by ``index_mvtec``."""
+
+    resource_files: list[Path] = field(default_factory=list)  # macOS ._<name> files
+    tool_folders: list[Path] = field(default_factory=list)  # .ipynb_checkpoints, __MACOSX, @eaDir
+    other_types: list[Path] = field(default_factory=list)  # .jfif, .gif, a readme
+    hidden: list[Path] = field(default_factory=list)  # .<name>.png: a tool's file, not meant as an image
+    empty: list[str] = field(default_factory=list)  # test/<type>/ or val/<type>/ without images
+
+
+def _check_layout(folder: Path, passed: PassedOver | None = None) -> None:
     """One line for what Datumaro's MVTec reader would trip on or drop without a word.
 
     An image directly in ``<subset>/`` or in a subfolder of ``<subset>/<type>/`` (the reader fails
@@ -231,40 +242,35 @@ def _check_layout(folder: Path, others: list[Path] | None = None, empty: list[st
                         "rename or remove one"
                     )
                 stems[stem] = inner.name
-            elif others is not None and not inner.name.startswith(".") and inner.name.lower() not in COMPANION_FILES:
-                others.append(Path(inner.path))  # (hidden files: a tool's, not meant as images)
-        if empty is not None and not stems and subset != "train":  # a type without images: none of it scored
-            empty.append(f"{subset}/{entry.name}/")
+            elif passed is not None and not inner.name.startswith(".") and inner.name.lower() not in COMPANION_FILES:
+                passed.other_types.append(Path(inner.path))  # (hidden files: a tool's, not meant as images)
+        if passed is not None and subset != "train" and not any(not n.startswith(".") for n in stems.values()):
+            passed.empty.append(f"{subset}/{entry.name}/")  # a type without images: none of it is scored
 
 
-def _index_subset(
-    folder: Path,
-    mask_dir: Path | None,
-    leftovers: list[Path],
-    tools: list[Path],
-    others: list[Path],
-    empty: list[str] | None = None,
-) -> list[Sample]:
-    """The images of one subset folder.
+def _index_subset(folder: Path, mask_dir: Path | None, passed: PassedOver) -> list[Sample]:
+    """The images of one subset folder; what it leaves out goes to ``passed``.
 
-    macOS resource files (``._000.png``) go to ``leftovers``, the folders of tools
-    (``test/.ipynb_checkpoints``, ``test/__MACOSX``; ``is_tool_folder``) to ``tools``: the MVTec
-    reader would take such a folder for a defect type and score its images as anomalous. Files of
-    types otx does not read (``.jfif``, ``.gif``, a readme) go to ``others``, type folders without
-    images to ``empty``.
+    macOS resource files (``._000.png``), the folders of tools (``test/.ipynb_checkpoints``,
+    ``test/__MACOSX``; ``is_tool_folder``: the MVTec reader would take such a folder for a defect
+    type and score its images as anomalous), hidden files (``.000.png``), files of types otx does
+    not read (``.jfif``, ``.gif``, a readme) and type folders without images.
     """
-    _check_layout(folder, others, empty)
+    _check_layout(folder, passed)
     extractor = MvtecClassificationBase(str(folder), merge_policy=None)
     samples, listings = [], {}
     for item in extractor:
         path = Path(item.media.path)
         defect = path.parent.name
         if is_resource_file(path.name):
-            leftovers.append(path)
+            passed.resource_files.append(path)
             continue
         if is_tool_folder(defect):
-            if path.parent not in tools:
-                tools.append(path.parent)
+            if path.parent not in passed.tool_folders:
+                passed.tool_folders.append(path.parent)
+            continue
+        if path.name.startswith("."):  # before: trained on and scored without a word (a glob leaves them out)
+            passed.hidden.append(path)
             continue
         if path.parent.parent.resolve() != folder.resolve():
             continue  # deeper than <subset>/<type>/<image> (a tool's folder _check_layout let pass)
@@ -387,45 +393,14 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     mask_dir = root / MvtecPath.MASK_DIR
     has_masks = mask_dir.is_dir()
     subsets: dict[str, list[Sample]] = {}
-    leftovers: list[Path] = []
-    tools: list[Path] = []
-    other_files: list[Path] = []
-    empty: list[str] = []
+    passed = PassedOver()
     for name in ("train", "val", "test"):
         if (root / name).is_dir():
-            subsets[name] = _index_subset(
-                root / name, mask_dir if has_masks else None, leftovers, tools, other_files, empty
-            )
-    if empty:  # before: passed over without a word (a defect type not tested, a val/ folder not used)
-        log.warning(
-            "%s hold%s no images: none of %s is scored",
-            ", ".join(empty),
-            "s" if len(empty) == 1 else "",
-            "that kind" if len(empty) == 1 else "those kinds",
-        )
-    if "val" in subsets and not subsets["val"]:
-        log.warning("val/ holds no images: the validation split is taken from test/ as without it")
+            subsets[name] = _index_subset(root / name, mask_dir if has_masks else None, passed)
     if has_masks:
-        leftovers += sorted(path for path in mask_dir.glob("*/._*") if path.is_file())
-        tools += sorted(path for path in mask_dir.iterdir() if path.is_dir() and is_tool_folder(path.name))
-    if tools:
-        log.warning(
-            "ignoring %s: folders that tools leave beside images (notebooks, macOS zips, NAS thumbnails), not "
-            "defect types",
-            ", ".join(f"{path.relative_to(root).as_posix()}/" for path in tools),
-        )
-    if leftovers:
-        log.warning(
-            "ignoring %d macOS resource file(s) (e.g. %s): files named ._<name> hold a file's metadata, not an image",
-            len(leftovers),
-            leftovers[0].relative_to(root).as_posix(),
-        )
-    if other_files:  # before: a folder's .jfif or .gif images were passed over without a word
-        log.warning(
-            "left out %s: otx reads %s; convert any images among them (to PNG) to use them",
-            other_types(other_files, root),
-            LOOKED_FOR,
-        )
+        passed.resource_files += sorted(path for path in mask_dir.glob("*/._*") if path.is_file())
+        passed.tool_folders += sorted(p for p in mask_dir.iterdir() if p.is_dir() and is_tool_folder(p.name))
+    _say_passed_over(root, passed, "val" in subsets and not subsets["val"])
     train = [s for s in subsets.get("train", []) if s.defect == GOOD]
     if not train:
         raise OTXDataError(f"no images in '{train_good}' (looked for {LOOKED_FOR}); add normal training images")
@@ -436,6 +411,45 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     _refuse_shared_masks(root, subsets)
     unreadable = _check_files(root, subsets, mask_dir if has_masks else None) if check_files else {}
     return MvtecIndex(root=root, subsets=subsets, has_masks=has_masks, unreadable=unreadable)
+
+
+def _say_passed_over(root: Path, passed: PassedOver, empty_val: bool) -> None:
+    """One warning for each kind of file or folder indexing left out of ``root`` (``PassedOver``)."""
+    if passed.empty:  # before: passed over without a word (a defect type not tested, a val/ folder not used)
+        one = len(passed.empty) == 1
+        log.warning(
+            "%s hold%s no images: none of %s is scored",
+            ", ".join(passed.empty),
+            "s" if one else "",
+            "that kind" if one else "those kinds",
+        )
+    if empty_val:
+        log.warning("val/ holds no images: the validation split is taken from test/ as without it")
+    if passed.tool_folders:
+        log.warning(
+            "ignoring %s: folders that tools leave beside images (notebooks, macOS zips, NAS thumbnails), not "
+            "defect types",
+            ", ".join(f"{path.relative_to(root).as_posix()}/" for path in passed.tool_folders),
+        )
+    if passed.resource_files:
+        log.warning(
+            "ignoring %d macOS resource file(s) (e.g. %s): files named ._<name> hold a file's metadata, not an image",
+            len(passed.resource_files),
+            passed.resource_files[0].relative_to(root).as_posix(),
+        )
+    if passed.hidden:
+        log.warning(
+            "ignoring %d hidden file(s) (e.g. %s): names starting with a dot are tools' files, not images to use; "
+            "rename them to use them",
+            len(passed.hidden),
+            passed.hidden[0].relative_to(root).as_posix(),
+        )
+    if passed.other_types:  # before: a folder's .jfif or .gif images were passed over without a word
+        log.warning(
+            "left out %s: otx reads %s; convert any images among them (to PNG) to use them",
+            other_types(passed.other_types, root),
+            LOOKED_FOR,
+        )
 
 
 def _refuse_shared_masks(root: Path, subsets: dict[str, list[Sample]]) -> None:

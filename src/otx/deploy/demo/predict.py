@@ -84,11 +84,16 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
             visited.add(here)
             leftovers.extend(Path(top, d) for d in sorted(dirs) if is_tool_folder(d))
             dirs[:] = sorted(d for d in dirs if not is_tool_folder(d))
-            leftovers.extend(Path(top, name) for name in sorted(names) if name.startswith("._"))
+            hidden = [n for n in sorted(names) if n.startswith(".")]  # as otx: ._<name> and hidden images left out
+            leftovers.extend(
+                Path(top, n) for n in hidden if n.startswith("._") or os.path.splitext(n)[1].lower() in EXTENSIONS
+            )
             for name in names:
-                if os.path.splitext(name)[1].lower() in EXTENSIONS and not name.startswith("._"):
+                if name.startswith("."):
+                    continue
+                if os.path.splitext(name)[1].lower() in EXTENSIONS:
                     files.append(Path(top, name))
-                elif not name.startswith("."):
+                else:
                     others.append(Path(top, name))
         if others:  # as otx predict says it
             kinds = Counter(p.suffix.lower() or "no extension" for p in others)
@@ -102,7 +107,7 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
             print(f"left out {skipped[0]}{more} (earlier results, not images to predict)")
         if leftovers:
             more = f" and {len(leftovers) - 1} more" if len(leftovers) > 1 else ""
-            print(f"left out {leftovers[0]}{more} (macOS, notebook or NAS files, not images to predict)")
+            print(f"left out {leftovers[0]}{more} (macOS, notebook, NAS or other hidden files, not images to predict)")
         files.sort()
         masks = [p for p in files if is_layout_mask(p)]
         if masks:
