@@ -877,3 +877,33 @@ def test_minmax_activation_ranges_cover_every_calibration_value(ranges: str) -> 
         assert high == pytest.approx(largest, rel=1e-4)  # nothing clipped
     else:
         assert high < 0.9 * largest  # NNCF's default estimator clips the one outlier
+
+
+def test_optimize_quantises_the_latest_export_that_finished(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: the newest *-export* folder by name, so an interrupted export's unchecked IR (exit 130, not in
+    # latest.json), a user's old-export/ copy (letters sort after digits) or -9 after -10 (bug bash).
+    from otx.verbs.optimize import source_model
+    from otx.workdir import FAILED, WorkDir
+
+    work = tmp_path / "ws"
+    engine = Engine(data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0), work_dir=work)
+    good = Path(engine.export(checkpoint=trained_padim["checkpoint"]).exported_model)
+    workdir = WorkDir(work)
+    assert source_model(workdir, None) == good
+    stamp = good.parent.name[:15]
+    for name in ("29991231-235959-export", "old-export", f"{stamp}-export-9"):
+        shutil.copytree(good.parent, work / name)
+    (work / "29991231-235959-export" / "metrics.json").unlink()  # interrupted before its result
+    (work / f"{stamp}-export-9" / FAILED).write_text("did not finish")  # interrupted after it
+    assert source_model(workdir, None) == good
+    shutil.copytree(good.parent, work / f"{stamp}-export-10")  # a finished one made later in the same second
+    shutil.rmtree(work / f"{stamp}-export-9")
+    shutil.copytree(good.parent, work / f"{stamp}-export-9")
+    assert source_model(workdir, None) == work / f"{stamp}-export-10" / "exported_model.xml"
+    # a run that fails says so in its folder, beside its otx.log
+    with pytest.raises(OTXError):
+        engine.export(checkpoint=tmp_path / "missing.ckpt")
+    failed = sorted(p for p in work.iterdir() if (p / FAILED).is_file() and p.name.endswith("-export"))
+    assert failed and "did not finish" in (failed[-1] / FAILED).read_text()

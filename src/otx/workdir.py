@@ -33,6 +33,7 @@ from otx.errors import OTXConfigError, OTXError
 LATEST = "latest.json"
 # A run folder's name (``WorkDir.new_run``): its stamp, the command, and a count when two start in one second
 RUN_FOLDER = re.compile(r"^\d{8}-\d{6}-(train|test|predict|export|optimize|benchmark)(-\d+)?$")
+FAILED = "FAILED"  # written into a run folder that did not finish: its files are not a result
 DATA_FOLDERS = ("train", "val", "test", "ground_truth")  # the folders of a data root otx reads images from
 LATEST_LOCK = ".latest.lock"  # held while latest.json is read and replaced (``WorkDir.mark_latest``)
 LOCK_WAIT_S = 10.0
@@ -126,6 +127,14 @@ def _sweep_scratch() -> None:
             continue
 
 
+def run_order(name: str) -> tuple[str, int]:
+    """A run folder's place in time from its name: its stamp, then its count (``-10`` after ``-9``)."""
+    match = RUN_FOLDER.match(name)
+    if match is None:
+        return name, 0
+    return name[:15], int(match.group(2)[1:]) if match.group(2) else 0
+
+
 def is_run_folder(path: str | Path) -> bool:
     """Whether ``path`` is a run folder otx wrote (its name, and its ``otx.log``)."""
     path = Path(path)
@@ -187,6 +196,25 @@ class WorkDir:
         if name and (self.root / name).is_dir():
             return self.root / name
         return None
+
+    def finished(self, command: str) -> list[Path]:
+        """The run folders of ``command`` that finished (a result, no ``FAILED`` marker), oldest first.
+
+        Only folders named as otx names them (a user's ``old-export/`` copy is not a run), in the
+        order they were made (``run_order``).
+        """
+        if not self.root.is_dir():
+            return []
+        runs = [
+            p
+            for p in self.root.iterdir()
+            if p.is_dir()
+            and (m := RUN_FOLDER.match(p.name)) is not None
+            and m.group(1) == command
+            and (p / "metrics.json").is_file()
+            and not (p / FAILED).exists()
+        ]
+        return sorted(runs, key=lambda p: run_order(p.name))
 
     def pointer_problem(self, command: str) -> str | None:
         """Why ``latest.json`` names no usable run of ``command``, when it exists but cannot serve; else None."""
@@ -361,6 +389,14 @@ class Run:
         elif success:
             self.workdir.mark_latest(self)
             FINISHED[:] = [self.path]  # the latest only (a Python session runs many)
+        else:  # before: an interrupted export or optimize left files that looked like a result (bug bash)
+            try:
+                (self.path / FAILED).write_text(
+                    f"this otx {self.command} run did not finish (its otx.log says why): its files are not a result\n",
+                    encoding="utf-8",
+                )
+            except OSError:  # a full disk, the folder gone: the log says it failed
+                pass
 
 
 def training_data_root(exported: str | Path, hops: int = 3) -> str | None:

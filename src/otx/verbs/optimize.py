@@ -14,7 +14,7 @@ from otx.errors import OTXDataError, OTXError, for_caller
 from otx.results import OptimizeResult
 from otx.verbs.context import VerbContext, write_result
 from otx.verbs.resolve import eval_data, one_sided_warning, validation_set, warn_other_model
-from otx.workdir import Run, WorkDir, training_data_root
+from otx.workdir import Run, WorkDir, run_order, training_data_root
 
 log = logging.getLogger("otx")
 
@@ -22,16 +22,23 @@ log = logging.getLogger("otx")
 def source_model(workdir: WorkDir, checkpoint: str | Path | None) -> Path:
     """The model to quantise: the given one, else the newer of the latest IR export and training run.
 
-    ONNX exports are passed over (INT8 takes the OpenVINO IR): the latest export folder that
-    holds an ``exported_model.xml`` counts, whether or not it is the latest export.
+    ONNX exports are passed over (INT8 takes the OpenVINO IR): the latest export run that finished
+    and holds an ``exported_model.xml`` counts, whether or not it is the latest export. Runs that
+    did not finish (interrupted: ``FAILED``, or without a result) and folders not named as otx
+    names runs are not sources (before: the newest ``*-export*`` folder by name, an interrupted
+    export's unchecked IR included; bug bash).
     """
     if checkpoint is not None:
         return Path(checkpoint)
     train = workdir.latest("train")
-    exports = sorted(workdir.root.glob("*-export*/exported_model.xml"), key=lambda p: p.parent.name)
-    if exports and exports[-1].with_suffix(".bin").is_file():
+    exports = [
+        run / "exported_model.xml"
+        for run in workdir.finished("export")
+        if (run / "exported_model.xml").is_file() and (run / "exported_model.bin").is_file()
+    ]
+    if exports:
         export = exports[-1]
-        if train is None or export.parent.name > train.name:
+        if train is None or run_order(export.parent.name) > run_order(train.name):
             return export
     return latest_checkpoint(workdir)
 
