@@ -1300,6 +1300,44 @@ def test_a_stop_while_a_finished_run_is_made_the_latest_says_so_and_exits_0(
     assert "stay as they were" not in err
 
 
+def test_a_stop_held_while_latest_json_waits_for_its_lock_is_not_announced_as_stopping(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: a stop held while latest.json waited for its lock (another otx finishing in the same work dir)
+    # was announced after a second by the listener thread: "stopping; ... latest.json stay as they were",
+    # exit 0 and latest.json changed (bug bash).
+    from filelock import FileLock
+
+    from helpers import start_otx_group
+    from otx.workdir import LATEST_LOCK
+
+    work = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work)
+    before = set(work.iterdir())
+    lock = FileLock(work / LATEST_LOCK)
+    lock.acquire()  # another otx, finishing in this work dir
+    try:
+        image = str(sample_root / "bottle_like" / "test" / "good" / "000.png")
+        process = start_otx_group("predict", "--work_dir", str(work), "--source", image, cwd=tmp_path)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            new = [p for p in set(work.iterdir()) - before if (p / "metrics.json").is_file()]
+            if new:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None and new, process.communicate()
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        time.sleep(3)  # the listener thread looks after 1 s
+    finally:
+        lock.release()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    said = [line for line in err.splitlines() if line.startswith("otx: SIGINT")]
+    assert said == [f"otx: SIGINT received after the run finished; {new[0]} and latest.json are written"], err
+    assert json.loads((work / "latest.json").read_text())["predict"] == new[0].name
+
+
 def test_a_stop_after_the_command_ended_exits_at_once_with_its_code(tmp_path: Path) -> None:
     # Before: a stop during the interpreter's exit (a second or so after a finished run) ended it with 130, silently
     script = (

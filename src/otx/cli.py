@@ -946,6 +946,8 @@ def _listen(reader: socket.socket) -> None:
                 if _HEARD:  # a further stop while the main thread is still held
                     os._exit(128 + stops[-1])
                 continue
+            if MARKING or HELD_STOPS:  # held on purpose while a finished run is made the latest (Run.close sends
+                continue  # it again after; before: announced here as "stopping ... stay as they were", untrue)
             STOPS.append(signal.Signals(stops[0]).name)
             _HEARD.append(STOPS[0])
             _announce_stop(stops[0])
