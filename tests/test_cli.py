@@ -75,16 +75,15 @@ def test_recipes_train_as_their_model_classes_do() -> None:
 
 
 def test_print_config_shows_overrides(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", "--config", RECIPE, "--model.init_args.backbone", "resnet18", "--print_config"])
-    assert exit_info.value.code == 0
+    assert main(["train", "--config", RECIPE, "--model.init_args.backbone", "resnet18", "--print_config"]) == 0
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["init_args"]["backbone"] == "resnet18"
     assert config["task"] == "segmentation" and config["trainer"]["max_epochs"] == 1
-    assert config["trainer"]["accelerator"] == "auto" and config["max_epochs"] is None
+    # each setting once, as a run's config.yaml (before: data_root and max_epochs beside their sections too,
+    # so an edited data.data_root lost to the old data_root left beside it; bug bash)
+    assert config["trainer"]["accelerator"] == "auto" and "max_epochs" not in config and "data_root" not in config
     # --data_root, wherever it stands, is the data section's folder (before: data.data_root null)
-    with pytest.raises(SystemExit):
-        main(["train", "--data_root", "/data/parts", "--config", RECIPE, "--print_config"])
+    assert main(["train", "--data_root", "/data/parts", "--config", RECIPE, "--print_config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["data"]["data_root"] == "/data/parts"
     assert main(["train", "--config", RECIPE, "--data_root", "/data/a", "--data.data_root", "/data/b"]) == 1
     err = capsys.readouterr().err
@@ -96,12 +95,10 @@ def test_print_config_shows_overrides(capsys: pytest.CaptureFixture, tmp_path: P
             {**yaml.safe_load(Path(RECIPE.replace("recipe/", "recipes/")).read_text()), "data_root": "/data/a"}
         )
     )
-    with pytest.raises(SystemExit):
-        main(
-            ["train", "--config", str(config), "--data_root", "./parts", "--data.data_root", "parts", "--print_config"]
-        )
+    args = ["train", "--config", str(config), "--data_root", "./parts", "--data.data_root", "parts", "--print_config"]
+    assert main(args) == 0
     printed = yaml.safe_load(capsys.readouterr().out)  # ./parts and parts: one folder, no conflict
-    assert printed["data_root"] == printed["data"]["data_root"] == "./parts"
+    assert "data_root" not in printed and printed["data"]["data_root"] == "./parts"
 
 
 def test_print_config_of_an_evaluation_verb_shows_what_it_uses(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -488,14 +485,12 @@ def test_a_runs_config_is_reused_with_the_command_line_winning_wherever_it_stand
     three = tmp_path / "three.yaml"  # a file's max_epochs against a --trainer.max_epochs on the command line
     three.write_text(yaml.safe_dump({**saved, "max_epochs": 3}))
     capsys.readouterr()
-    with pytest.raises(SystemExit):  # jsonargparse's --print_config prints, then exits
-        main(["train", "--trainer.max_epochs", "5", "--config", str(three), "--print_config"])
+    assert main(["train", "--trainer.max_epochs", "5", "--config", str(three), "--print_config"]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["max_epochs"] == shown["trainer"]["max_epochs"] == 5  # before: 3 trained, 5 shown
-    with pytest.raises(SystemExit):  # the shortcut, as well
-        main(["train", "--config", str(three), "--max_epochs", "4", "--print_config"])
+    assert "max_epochs" not in shown and shown["trainer"]["max_epochs"] == 5  # before: 3 trained, 5 shown
+    assert main(["train", "--config", str(three), "--max_epochs", "4", "--print_config"]) == 0  # the shortcut too
     shown = yaml.safe_load(capsys.readouterr().out)
-    assert shown["max_epochs"] == shown["trainer"]["max_epochs"] == 4
+    assert "max_epochs" not in shown and shown["trainer"]["max_epochs"] == 4
     # The key a user edits in a run's config.yaml counts (before: the file also held a top-level data_root, which
     # won over an edited data.data_root without a word); an older file with both that disagree is said.
     edited = tmp_path / "edited.yaml"

@@ -1428,6 +1428,25 @@ def _evaluation_config(cfg: Namespace, parser: ArgumentParser) -> str:
     return head + yaml.safe_dump(resolved, sort_keys=False)
 
 
+def _train_config(cfg: Namespace, parser: ArgumentParser) -> str:
+    """``otx train --print_config``: each setting once, as the run's config.yaml writes it.
+
+    The shortcuts ``data_root`` and ``max_epochs`` are shown in their sections (``data.data_root``,
+    ``trainer.max_epochs``), where a top-level one from a ``--config`` file also wins when the run
+    starts (before: both were printed, and an edited ``data.data_root`` lost to the old ``data_root``
+    left beside it, with a warning only; a bug bash).
+    """
+    import yaml
+
+    resolved = yaml.safe_load(parser.dump(cfg, skip_none=False, format="parser_mode"))
+    data_root, max_epochs = resolved.pop("data_root", None), resolved.pop("max_epochs", None)
+    if data_root and isinstance(resolved.get("data"), dict):
+        resolved["data"]["data_root"] = data_root
+    if max_epochs is not None and isinstance(resolved.get("trainer"), dict):
+        resolved["trainer"]["max_epochs"] = max_epochs
+    return yaml.safe_dump(resolved, sort_keys=False)
+
+
 def _main(argv: list[str], whole_process: bool = False) -> int:
     console = make_console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
     errors = make_console(stderr=True)
@@ -1439,7 +1458,7 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         if len(argv) > 1 and argv[0] == "find" and not argv[1].startswith("-"):
             argv = ["find", "--what", *argv[1:]]  # `otx find recipes` as `otx find --what recipes`
         parser = build_parser(tuple(argv[:1]))  # only the verb that runs needs its options
-        printing = bool(argv) and argv[0] in VERBS and argv[0] != "train" and _asks_print_config(argv)
+        printing = bool(argv) and argv[0] in VERBS and _asks_print_config(argv)
         if printing:  # the evaluation verbs print what they will use, not the recipe's model and trainer
             argv = [arg for arg in argv if not (arg == "--print_config" or arg.startswith("--print_config="))]
         argv = _configs_first(_upper_export_choices(argv))
@@ -1450,7 +1469,8 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         if command == "train" and not printing and (swapped := _model_swap_note(argv, cfg.train)):
             logging.getLogger("otx").warning(swapped)
         if printing:
-            text = _evaluation_config(cfg[command], parser._subcommands_action._name_parser_map[command])
+            own = parser._subcommands_action._name_parser_map[command]
+            text = _train_config(cfg.train, own) if command == "train" else _evaluation_config(cfg[command], own)
             console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True, end="")
             return 0
         if command in VERBS:
