@@ -551,3 +551,20 @@ def test_a_config_files_thresholds_that_the_model_does_not_have_are_said_unused(
     assert main(args) == 0
     captured = capsys.readouterr()
     assert "is not used: thresholds" not in captured.err + captured.out
+
+
+def test_the_config_of_another_verbs_run_is_named_as_such(trained_padim: dict, tmp_path: Path, capsys) -> None:
+    # Before: "unknown key 'format' (misspelled?)" and the like, for a run's own config.yaml (bug bash).
+    work = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work)
+    assert main(["export", "--work_dir", str(work)]) == 0
+    (export,) = work.glob("*-export")
+    capsys.readouterr()
+    for verb in ("test", "predict", "train"):
+        assert main([verb, "--config", str(export / "config.yaml")]) == 2
+        err = capsys.readouterr().err.strip()
+        said = (
+            f"error: --config {export / 'config.yaml'} is the config.yaml of an otx export run, whose settings otx "
+            f"{verb} cannot read back; pass --checkpoint {export / 'exported_model.xml'}"
+        )
+        assert "".join(err.split()) == "".join(said.split()), err  # (the console wraps a long line anywhere)

@@ -149,6 +149,31 @@ def _not_a_recipe(argv: list[str], verb: str) -> str | None:
     return None
 
 
+def _other_runs_config(argv: list[str], verb: str) -> str | None:
+    """One line for a ``--config`` that is the config.yaml of another verb's run (its keys are that verb's).
+
+    Before: "unknown key 'format' (misspelled?)" for an export run's config.yaml given to otx test, and
+    the like (a bug bash); a training run's config.yaml is read by every verb.
+    """
+    from otx.workdir import RUN_FOLDER
+
+    for i, arg in enumerate(argv):
+        if not (arg == "--config" or arg.startswith("--config=")):
+            continue
+        path = Path(argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.partition("=")[2])
+        match = RUN_FOLDER.match(path.parent.name)
+        if path.name != "config.yaml" or match is None or match.group(1) == "train":
+            continue  # (only where the file failed to parse: a test run's config given back to otx test reads)
+        made = {"export": "exported_model.xml", "optimize": "optimized_model.xml"}.get(match.group(1))
+        model = path.parent / made if made and (path.parent / made).is_file() else None
+        hint = f"pass --checkpoint {model}" if model else "pass the training run's config.yaml, or --checkpoint"
+        return (
+            f"--config {path} is the config.yaml of an otx {match.group(1)} run, whose settings otx {verb} cannot "
+            f"read back; {hint}"
+        )
+    return None
+
+
 def _verb_parser(verb: str) -> ArgumentParser:
     from otx.data.datamodule import AnomalyDataModule
     from otx.models.base import AnomalyModel
@@ -1501,6 +1526,8 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
                 line = guess
             if argv and argv[0] in VERBS and (not_recipe := _not_a_recipe(argv, argv[0])):
                 line = not_recipe
+            if argv and argv[0] in VERBS and (other := _other_runs_config(argv, argv[0])):
+                line = other
             line = _from_config(line, argv or [])
             if argv and argv[0] in (*VERBS, "find", "data"):
                 line = line.replace("otx <command>", f"otx {argv[0]}")
