@@ -831,6 +831,13 @@ def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Pa
     assert f"timing OpenVINO INT8 ({Path(int8).name}) ..." in result.stdout  # named before it is timed
     saved = json.loads(next(tmp_path.glob("*-benchmark/metrics.json")).read_text())
     assert saved["images"].startswith("3 synthetic images") and len(saved["rows"]) == 1
+    # the same file named by --checkpoint and --models: timed once (before: two equal rows; bug bash)
+    result = run_main(
+        "benchmark", "--checkpoint", int8, "--models", int8, "--device", "CPU", "--num_images", "3",
+        "--warmup", "1", "--repeats", "1", "--work_dir", str(tmp_path / "twice"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(next((tmp_path / "twice").glob("*-benchmark/metrics.json")).read_text())["rows"]) == 1
     result = run_main("benchmark", "--checkpoint", int8, "--num_images", "0", cwd=tmp_path)
     assert result.returncode == 1 and "num_images" in result.stderr
 

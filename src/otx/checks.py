@@ -175,8 +175,9 @@ def threshold_warnings(
             ]
         if not learned and what == "image" and not labels.any():
             found.append(
-                f"the {split} split has only normal images: image AUROC cannot be measured, so it is n/a (and F1 "
-                f"counts false alarms only); add defect images ({folder}/<defect>) to measure them"
+                f"the {split} split has only normal images: image AUROC cannot be measured, so it is n/a, and F1 is 0 "
+                "with any false alarm, else n/a (per_defect's good 'flagged' is the share of false alarms); add "
+                f"defect images ({folder}/<defect>) to measure them"
             )
         elif not learned and what == "image" and labels.all():
             found.append(

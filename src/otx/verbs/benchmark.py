@@ -65,6 +65,7 @@ def plan(
                 )
         elif not models:
             ctx.console.print("no INT8 model: run `otx optimize` first (or pass --models optimized_model.xml)")
+    exported = list(dict.fromkeys(exported))  # a file named twice (--checkpoint and --models) is timed once
     targets.extend((f"({name})", path) for name, path in zip(short_names(exported), exported, strict=True))
     return targets, model, ckpt  # (given files are labelled with their precision once timed)
 
