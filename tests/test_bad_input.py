@@ -500,6 +500,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("test-checkpoint-folder", "path is a folder", ["test", "--checkpoint", "{data}"], "is a folder", 1),
+    (  # before: the model in it was not named (bug bash)
+        "test-checkpoint-run-folder",
+        "path is a folder",
+        ["test", "--checkpoint", "{run}"],
+        "checkpoint '{run}' is a folder; pass the model file in it: {run}/model.ckpt",
+        1,
+    ),
     ("test-checkpoint-file", "wrong file", ["test", "--checkpoint", "{file}"], "not a readable otx checkpoint", 1),
     ("test-root-file", "path is a file", ["test", "--data_root", "{file}"], "not a folder", 1),
     ("test-workdir-file", "path is a file", ["test", "--work_dir", "{file}"], "is a file", 1),
@@ -725,6 +732,7 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
         "nullargsyaml": str(base / "nullargs.yaml"),
         "data": str(sample_root / "bottle_like"),
         "ckpt": str(trained_padim["checkpoint"]),
+        "run": str(Path(trained_padim["checkpoint"]).parent),
         "xml": str(exported("padim")),
         "bin": str(exported("padim").with_suffix(".bin")),
         "file": str(base / "notes.txt"),
@@ -769,7 +777,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     message = lines[0]
     # before "empty": its path is a prefix of theirs
     files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml", "nullargsyaml")
-    for key in (*files, "missing", "ws", "file", "notest", "empty", "bin", "xml", "ckpt", "data", "unwritable"):
+    for key in (*files, "missing", "ws", "file", "notest", "empty", "bin", "xml", "ckpt", "run", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")
     RESULTS[name] = (message, rc)

@@ -71,7 +71,10 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        raise OTXError(f"checkpoint '{path}' is a folder; pass the model.ckpt file (or an exported .xml / .onnx)")
+        inside = [path / CHECKPOINT_NAME, *sorted(path.glob("*.xml")), *sorted(path.glob("*.onnx"))]
+        found = next((p for p in inside if p.is_file()), None)  # a run folder's model (before: not named)
+        what = f"the model file in it: {found}" if found else "the model.ckpt file (or an exported .xml / .onnx)"
+        raise OTXError(f"checkpoint '{path}' is a folder; pass {what}")
     if not path.is_file():
         raise OTXError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH or run `otx train` first")
     if path.suffix.lower() == ".bin":  # (before: "not a readable otx checkpoint ... a truncated one", of a sound IR)

@@ -400,6 +400,8 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     if has_masks:
         passed.resource_files += sorted(path for path in mask_dir.glob("*/._*") if path.is_file())
         passed.tool_folders += sorted(p for p in mask_dir.iterdir() if p.is_dir() and is_tool_folder(p.name))
+    # an empty folder said only where its split has images (a split without any is said where it is used)
+    passed.empty = [folder for folder in passed.empty if subsets.get(folder.split("/")[0])]
     _say_passed_over(root, passed, "val" in subsets and not subsets["val"])
     train = [s for s in subsets.get("train", []) if s.defect == GOOD]
     if not train:
