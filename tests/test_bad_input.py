@@ -500,6 +500,14 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("test-checkpoint-folder", "path is a folder", ["test", "--checkpoint", "{data}"], "is a folder", 1),
+    (  # before: "not a readable otx checkpoint (... a truncated one: IndexError)" (bug bash)
+        "test-checkpoint-config-yaml",
+        "wrong file",
+        ["test", "--checkpoint", "{run}/config.yaml"],
+        "is a text file, not a checkpoint; pass the model beside it: {run}/model.ckpt",
+        1,
+    ),
+    ("test-checkpoint-json", "wrong file", ["test", "--checkpoint", "{metricsjson}"], "is a text file", 1),
     (  # before: the model in it was not named (bug bash)
         "test-checkpoint-run-folder",
         "path is a folder",

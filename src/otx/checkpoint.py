@@ -83,6 +83,13 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             f"'{path}' is the weights file of an OpenVINO IR; pass "
             + (f"its .xml: {xml}" if xml.is_file() else "the IR's .xml file (its .bin is read from beside it)")
         )
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):  # (before: "a truncated one: IndexError / UnpicklingError")
+        what = "latest.json, the work dir's pointers to its runs" if path.name == "latest.json" else "a text file"
+        model = path.parent / CHECKPOINT_NAME
+        raise OTXError(
+            f"'{path}' is {what}, not a checkpoint; pass "
+            + (f"the model beside it: {model}" if model.is_file() else "a model.ckpt (or an exported .xml / .onnx)")
+        )
     try:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line

@@ -220,7 +220,7 @@ class WorkDir:
         """Why ``latest.json`` names no usable run of ``command``, when it exists but cannot serve; else None."""
         pointers = self._read_pointers()
         if pointers is None:
-            return f"{LATEST} is not valid JSON"
+            return f"{LATEST} is not valid JSON, or not a mapping of commands to runs"
         name = pointers.get(command)
         if name and not (self.root / name).is_dir():
             return f"{LATEST} names the run '{name}', which is gone"
