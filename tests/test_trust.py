@@ -1008,6 +1008,24 @@ def test_a_pixel_threshold_copied_from_the_image_threshold_is_not_called_learned
     }
 
 
+def test_a_pixel_threshold_set_by_hand_that_marks_images_called_normal_is_warned(
+    sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: masks on images labelled normal, without a word, when a hand-set pixel threshold lay below what
+    # the learned image threshold lets through (a bug bash: 4 of 9 normal test images).
+    from otx.models import Padim
+
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    learned = Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=tmp_path / "a").train()
+    low = learned["thresholds"]["pixel_min"]  # every pixel at or above it: every mask full
+    summary = Engine(model=Padim(input_size=(64, 64), pixel_threshold=low), data=data, work_dir=tmp_path / "b").train()
+    said = [w for w in summary["warnings"] if "validation images called normal have pixels at or above" in w]
+    assert not [w for w in learned["warnings"] if "called normal have pixels" in w]
+    assert len(said) == 1 and "(pixel set by hand)" in said[0], summary["warnings"]
+    normal = [p for p in Engine(work_dir=tmp_path / "b").predict(checkpoint=summary["checkpoint"]) if not p.pred_label]
+    assert normal and all(p.pred_mask.any() for p in normal)  # what the warning says: their masks are not empty
+
+
 def test_an_overlay_thumbnail_keeps_the_aspect_ratio_within_its_width() -> None:
     from otx.visualize import thumbnail
 

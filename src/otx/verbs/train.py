@@ -418,6 +418,16 @@ def run(
             "validation",
             folder="val" if own_val else "test",
         )
+    if adapter.pixel_level and (given := model.given_thresholds()):
+        # thresholds set by hand can disagree: masks on images called normal (a bug bash found 4 of 9)
+        called_normal = outputs["scores"] < stats["image_threshold"]
+        marked = (outputs["maps"].flatten(1) >= stats["pixel_threshold"]).any(dim=1)
+        if both := int((called_normal & marked).sum()):
+            found.append(
+                f"{both} of {int(called_normal.sum())} validation images called normal have pixels at or above the "
+                f"pixel threshold ({stats['pixel_threshold']:.6g}), so their masks are not empty: the thresholds "
+                f"disagree ({' and '.join(given)} set by hand); raise the pixel threshold, or leave them to be learned"
+            )
     if data.has_masks and adapter.pixel_level:
         covered = mask_coverage_warning(outputs["masks"], outputs["labels"], outputs.get("pixel_known"), "validation")
         found += [covered] if covered else []
