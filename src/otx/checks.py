@@ -246,9 +246,15 @@ def stored_gray(path: str | Path) -> bool:
     """
     try:
         with Image.open(path) as pil:
-            rgb = np.asarray(pil.convert("RGB"), dtype=np.int16)
+            rgb = np.asarray(pil.convert("RGB"))
     except PIL_ERRORS:
         return False
+    return equal_channels(rgb)
+
+
+def equal_channels(rgb: np.ndarray) -> bool:
+    """Whether an ``H x W x 3`` image's channels are equal within ``GRAY_LEVELS``: a grayscale image in colour."""
+    rgb = rgb.astype(np.int16)
     return bool(
         np.abs(rgb[..., 0] - rgb[..., 1]).max(initial=0) <= GRAY_LEVELS
         and np.abs(rgb[..., 1] - rgb[..., 2]).max(initial=0) <= GRAY_LEVELS
@@ -400,18 +406,14 @@ def array_profile_warnings(
     if not train or not len(sizes):
         return []
 
-    def equal_channels(index: int) -> bool:
-        image = rgb(index).astype(np.int16)
-        return bool(
-            np.abs(image[..., 0] - image[..., 1]).max(initial=0) <= GRAY_LEVELS
-            and np.abs(image[..., 1] - image[..., 2]).max(initial=0) <= GRAY_LEVELS
-        )
+    def stored(index: int) -> bool:
+        return equal_channels(rgb(index))
 
     def all_equal(colour: list[int]) -> bool:
-        return bool(colour) and all(map(equal_channels, colour))
+        return bool(colour) and all(map(stored, colour))
 
     rows = [(gray, height, width, index) for index, (gray, height, width) in enumerate(sizes)]
-    return _profile_findings(train, rows, len(sizes), where, equal_channels, all_equal)
+    return _profile_findings(train, rows, len(sizes), where, stored, all_equal)
 
 
 def _profile_findings(

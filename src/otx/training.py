@@ -27,6 +27,11 @@ import lightning as L
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, RichProgressBar, Timer
 
+try:  # why an EarlyStopping stopped (Lightning 2.6); before, a count that reached the patience
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+except ImportError:
+    EarlyStoppingReason = None  # type: ignore[assignment,misc]
+
 from otx.checkpoint import CHECKPOINT_NAME, class_path
 from otx.distributed import (
     SUPPORTED_STRATEGIES,
@@ -379,11 +384,6 @@ class FreshPatienceOnResume(L.Callback):
         self._patience = {id(c): c.patience for c in trainer.callbacks if isinstance(c, EarlyStopping)}  # type: ignore[attr-defined]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
-        try:
-            from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
-        except ImportError:  # Lightning before 2.6 records no reason: a count that reached the patience
-            EarlyStoppingReason = None  # noqa: N806
-
         notes = []
         for stopper in trainer.callbacks:  # type: ignore[attr-defined]
             if not isinstance(stopper, EarlyStopping):
@@ -429,10 +429,6 @@ def stop_reason(trainer: L.Trainer, max_epochs: int) -> str | None:
     """
     if trainer.current_epoch >= max_epochs:
         return None
-    try:
-        from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
-    except ImportError:  # Lightning before 2.6
-        EarlyStoppingReason = None  # noqa: N806
     for cb in trainer.callbacks:  # type: ignore[attr-defined]
         if isinstance(cb, EarlyStopping):
             reason = getattr(cb, "stopping_reason", None)

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from otx.data.dataset import (
     is_tool_folder,
     other_types,
     relative_names,
+    special_file,
     split_by_names,
     split_validation,
 )
@@ -407,7 +407,7 @@ def _images_under(folder: Path) -> list[Path]:
             if name.startswith("."):  # resource files and hidden images above; other hidden files without a word
                 continue
             if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                if _regular(Path(top, name)):  # a pipe named .png waited for a writer for ever (bug bash)
+                if not special_file(Path(top, name)):  # a pipe named .png waited for a writer for ever (bug bash)
                     files.append(Path(top, name))
                 else:
                     others.append(Path(top, name))
@@ -429,14 +429,6 @@ def _images_under(folder: Path) -> list[Path]:
             LOOKED_FOR,
         )
     return files
-
-
-def _regular(path: Path) -> bool:
-    """Whether ``path`` is a regular file (through links), not a pipe, socket or device: those never end."""
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:  # a broken link: read, and labelled "error" with its reason
-        return True
 
 
 def _glob_once(pattern: str) -> list[str]:
@@ -514,7 +506,7 @@ def samples_from_source(source: str | Path) -> list[Sample]:
     if not text.strip():  # Path("") is the current folder: everything under it would be predicted
         raise OTXDataError("source is empty; pass an image file, a folder or a glob pattern")
     path = Path(text).expanduser()
-    if path.exists() and not path.is_dir() and not _regular(path):  # before: "does not exist" (/dev/null)
+    if path.exists() and not path.is_dir() and special_file(path):  # before: "does not exist" (/dev/null)
         raise OTXDataError(f"source '{text}' is not an image file or a folder (a device, pipe or socket)")
     if path.is_file():
         files = [path]
@@ -535,7 +527,7 @@ def samples_from_source(source: str | Path) -> list[Sample]:
         pattern = os.path.expanduser(text)
         matched = _glob_once(pattern) if "**" in pattern else glob.glob(pattern)
         files = _once_each(
-            sorted(Path(p) for p in matched if Path(p).suffix.lower() in IMAGE_EXTENSIONS and _regular(Path(p)))
+            sorted(Path(p) for p in matched if Path(p).suffix.lower() in IMAGE_EXTENSIONS and not special_file(p))
         )
         if not files and not any(ch in text for ch in "*?["):
             raise OTXDataError(f"source '{text}' does not exist; pass an image file, a folder or a glob pattern")

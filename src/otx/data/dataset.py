@@ -141,7 +141,7 @@ def other_types(paths: Sequence[Path], root: Path | None = None) -> str:
     return f"{len(paths)} file(s) of other types ({listed}{more}; e.g. {shown})"
 
 
-def _special_file(path: str) -> bool:
+def special_file(path: str | Path) -> bool:
     """A pipe, socket or device (through links); False for a regular file and for what cannot be stat'ed."""
     try:
         return not stat.S_ISREG(os.stat(path).st_mode)
@@ -229,7 +229,7 @@ def _check_layout(folder: Path, passed: PassedOver | None = None) -> None:
                         "images up or remove the subfolder"
                     )
             elif _is_listed_image(inner.name):
-                if _special_file(inner.path):  # before: reading it waited for ever (a pipe) or read a device
+                if special_file(inner.path):  # before: reading it waited for ever (a pipe) or read a device
                     raise OTXDataError(
                         f"'{where}/{inner.name}' is not a regular file (a pipe, socket or device), which otx cannot "
                         "read as an image; remove it"

@@ -181,8 +181,7 @@ def check_own_folder(root: Path) -> None:
             raise ValueError(
                 f"'{root}' holds {len(others)} file(s) named like the ones otx data make-sample writes but not "
                 f"written by it, or changed since (e.g. {_posix(others[0], root)}), which it would overwrite or "
-                "remove; move or "
-                "rename them, or pass a new or empty folder (nothing was changed)"
+                "remove; move or rename them, or pass a new or empty folder (nothing was changed)"
             )
         return
     # Without the marker nothing is taken as the generator's, not even its own names: MVTec AD's
