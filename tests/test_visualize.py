@@ -314,13 +314,30 @@ def test_box_scores_do_not_cover_each_other_or_the_label() -> None:
         assert x >= 0 and y >= 0 and x + w <= 400 and y + h <= 400
     # Every box's lines stay visible: no score's black background lies on them (before: a score above a
     # box sat on its top line, and one inside a small box covered its right line).
-    frame = 2  # the image's frame, drawn over its border
+    # Lines on the image's edge too: the image's frame is drawn under the boxes.
     for x1, y1, x2, y2 in boxes.astype(int):
         on_lines = np.zeros((400, 400), bool)
         on_lines[[y1, y2 - 1], x1:x2] = on_lines[y1:y2, [x1, x2 - 1]] = True
         assert not np.all(canvas[on_lines] == 0, axis=-1).any(), (x1, y1, x2, y2)
-        on_lines[:frame] = on_lines[-frame:] = on_lines[:, :frame] = on_lines[:, -frame:] = False
         assert np.all(canvas[on_lines] == (255, 0, 255), axis=-1).all(), (x1, y1, x2, y2)
+
+
+def test_a_box_along_a_strips_edges_keeps_its_four_lines() -> None:
+    from otx.tasks import Prediction
+    from otx.visualize import overlay
+
+    # A box as tall as a 40 x 1000 strip: before, the frame drawn last hid three of its four lines.
+    for size, box in (((40, 1000), [0, 0, 30, 40]), ((1000, 40), [0, 960, 40, 1000])):
+        prediction = Prediction("s.png", 0.9, True, pred_boxes=np.array([box], np.float32), box_scores=np.ones(1))
+        canvas = overlay(np.full((*size, 3), 128, np.uint8), prediction)
+        factor = upscale_factor(size)
+        x1, y1, x2, y2 = (v * factor for v in box)
+        magenta = np.abs(canvas.astype(int) - (255, 0, 255)).sum(-1) < 60  # a one-pixel line is antialiased
+        for edge in (magenta[y1, x1:x2], magenta[y2 - 1, x1:x2], magenta[y1:y2, x1], magenta[y1:y2, x2 - 1]):
+            assert edge.mean() > 0.5, (size, edge.mean())
+        # the anomalous frame, still there away from the box
+        frame = np.abs(canvas.astype(int) - (230, 40, 40)).sum(-1) < 60
+        assert frame[-1, x2 + 4 :].mean() > 0.9 if size[0] < size[1] else frame[: y1 - 4, -1].mean() > 0.9
 
 
 def test_the_images_label_keeps_off_the_defect() -> None:

@@ -118,6 +118,9 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
         heat = cv2.cvtColor(cv2.applyColorMap(heat_u8, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
         canvas = cv2.addWeighted(canvas, 1.0 - HEAT_WEIGHT, heat, HEAT_WEIGHT, 0.0)
     color = ANOMALOUS if prediction.pred_label else NORMAL
+    # The frame first: boxes and outlines along the image's edge are drawn over it, not hidden by
+    # it (a box spanning a 40-pixel strip's height kept one line of four).
+    cv2.rectangle(canvas, (0, 0), (width - 1, height - 1), color, line)
     label = f"{prediction.label_name} {prediction.pred_score:.3f}"
     room = width - 2 * line - 4
     if (wide := _text_box(label, (0, 0), scale)[2]) > room > 0:  # a thin image whose enlargement is capped
@@ -141,7 +144,6 @@ def overlay(image: np.ndarray, prediction: Prediction, gt_mask: np.ndarray | Non
         _outline(canvas, _enlarge(prediction.pred_mask, factor), MASK_OUTLINE, line)
     if gt_mask is not None and gt_mask.any():
         _outline(canvas, _enlarge(gt_mask, factor), GT_OUTLINE, line)
-    cv2.rectangle(canvas, (0, 0), (width - 1, height - 1), color, line)
     for text, origin in scores_at:  # text last, so no box or outline crosses it
         _text(canvas, text, origin, BOX, scale * 0.8)
     _text(canvas, label, label_origin, color, scale)
