@@ -752,8 +752,17 @@ def test_the_inferencer_refuses_what_it_cannot_read_in_one_line(exported, sample
     # what it reads: a bfloat16 tensor, a 1 x H x W grayscale array, an object array of images of two sizes
     image = read_image(path)
     broken = np.full(image.shape, np.nan, np.float32)
-    with pytest.raises(OTXDataError, match=r"^image 1 of 3: "):  # which one (before: only what was wrong)
+    with pytest.raises(OTXDataError, match=r"^image 2 of 3: "):  # which one (before: only what was wrong)
         inferencer.predict([image, broken, image])
+    with pytest.raises(OTXDataError, match=r"^image 1 of 2: .*must have 3 channels"):  # counted from 1 (was 0)
+        inferencer.infer([image[..., :2], image])
+    with pytest.raises(OTXDataError, match=r"^image 3 of 3: .*must have 3 channels"):  # before: not named
+        inferencer.predict([image, image, image[..., :2]])
+    for flat in (np.zeros(5, np.uint8), np.array(3, np.uint8)):  # before: IndexError from the input warnings
+        with pytest.raises(OTXDataError, match=r"an image must be H x W x 3 \(RGB\) or H x W; got shape"):
+            inferencer.predict(flat)
+        with pytest.raises(OTXDataError, match=r"^image 2 of 2: an image must be H x W x 3"):
+            inferencer.predict([image, flat])
     with pytest.raises(OTXDataError, match=r"^an image array must hold real pixel values, not complex"):
         inferencer.predict(image.astype(np.complex64))  # before: the imaginary part dropped, a NumPy warning
     gray = image[..., 0]
@@ -767,6 +776,23 @@ def test_the_inferencer_refuses_what_it_cannot_read_in_one_line(exported, sample
     both[0], both[1] = image, small
     np.testing.assert_allclose(inferencer.infer(both)["pred_score"], expected[[0, 2]], atol=1e-6)
     assert [p.pred_score for p in inferencer.predict(both)] == pytest.approx(list(expected[[0, 2]]), abs=1e-6)
+
+
+def test_raw_outputs_reach_predict_as_the_checkpoints_raw_scores(
+    exported, trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: raw_outputs=True filled infer()'s raw_score, but predict() left Prediction.raw_score None.
+    paths = sorted((sample_root / "bottle_like" / "test").glob("*/*.png"))[::4]
+    inferencer = OpenVINOInferencer(exported("padim"), device="CPU", raw_outputs=True)
+    assert inferencer.raw_outputs
+    from_ir = inferencer.predict([str(path) for path in paths])
+    raw = inferencer.infer([read_image(path) for path in paths])["raw_score"]
+    assert [p.raw_score for p in from_ir] == pytest.approx(raw.tolist(), rel=1e-6)
+    engine = Engine(task="segmentation", work_dir=tmp_path)
+    from_torch = engine.predict(checkpoint=trained_padim["checkpoint"], source=str(paths[0].parent.parent / "*/*.png"))
+    torch_raw = {p.image_path: p.raw_score for p in from_torch}
+    assert [p.raw_score for p in from_ir] == pytest.approx([torch_raw[str(path)] for path in paths], rel=1e-3)
+    assert [p.raw_score for p in OpenVINOInferencer(exported("padim"), device="CPU").predict(str(paths[0]))] == [None]
 
 
 def test_hints_in_any_case_and_the_demos_default_precision(exported, sample_root: Path, tmp_path: Path) -> None:

@@ -454,7 +454,7 @@ class OpenVINOInferencer:
                 try:
                     prepared = self.prepare(image)
                 except OTXDataError as exc:  # which one, in a list (before: only what was wrong)
-                    which = f"image {index}" + (f" of {total}" if total else "")
+                    which = f"image {index + 1}" + (f" of {total}" if total else "")  # counted from 1
                     raise OTXDataError(str(exc) if total == 1 else f"{which}: {exc}") from None
                 self.queue.start_async({0: prepared}, userdata=index)
                 count += 1
@@ -510,8 +510,11 @@ class OpenVINOInferencer:
             else:
                 arrays = [_image_array(item) for item in source]
             names = [f"array_{i}" for i in range(len(arrays))]
+            # the arrays are checked (a refused one named by its place: infer) before their warnings
+            # are looked for (before: a 1-d array was an IndexError there, a 2-channel one unnamed)
+            predictions = self._predict_arrays(names, arrays)
             self._input_warnings(arrays=arrays)
-            return self._predict_arrays(names, arrays)
+            return predictions
         from otx.data.datamodule import samples_from_source
 
         missing: dict[str, str] = {}  # a listed file that is not there: its error record, as an unreadable one's

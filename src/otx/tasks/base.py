@@ -130,6 +130,8 @@ class TaskAdapter:
         results = []
         for i, path in enumerate(paths):
             pred = Prediction(path, float(outputs["pred_score"][i]), bool(outputs["pred_label"][i]))
+            if "raw_score" in outputs:  # an exported model's raw outputs, when asked for
+                pred.raw_score = float(outputs["raw_score"][i])
             if self.pixel_level:
                 image = images[i] if images is not None else None
                 self.finish(pred, restore(outputs["anomaly_map"][i], tuple(orig_sizes[i])), boxes, image)
