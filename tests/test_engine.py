@@ -523,8 +523,12 @@ def test_stfpm_trains_by_gradient_descent(sample_root: Path, tmp_path: Path) -> 
     )
     summary = engine.train()
     with (Path(summary["checkpoint"]).parent / "logs" / "metrics.csv").open() as handle:
-        losses = [float(row["train_loss_epoch"]) for row in csv.DictReader(handle) if row.get("train_loss_epoch")]
+        rows = list(csv.DictReader(handle))
+    losses = [float(row["train_loss_epoch"]) for row in rows if row.get("train_loss_epoch")]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    # one validation row per epoch trained (Lightning numbers them from 0); the kept epoch's thresholds,
+    # validated again after the fit, are not a fourth (before: a row at epoch 3)
+    assert sorted(int(row["epoch"]) for row in rows if row.get("val/image_AUROC")) == [0, 1, 2]
     # the state after the third epoch is epoch3.ckpt, as metrics.json counts (before: epoch2.ckpt)
     states = Path(summary["checkpoint"]).parent / "checkpoints"
     assert sorted(p.name for p in states.glob("epoch*.ckpt")) == ["epoch3.ckpt"]

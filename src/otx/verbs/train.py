@@ -345,7 +345,13 @@ def run(
             best_epoch = int(state["epoch"]) + 1
             model.validation_outputs = None
         if model.validation_outputs is None or model.validated_step != trainer.global_step:
-            trainer.validate(model, val_loader, verbose=False)
+            # the kept epoch's thresholds again, not a validation of its own: off the training logs, where it
+            # read as one more epoch (logs/metrics.csv's epoch 3 after a 3-epoch run, numbered from 0)
+            loggers, trainer.loggers = trainer.loggers, []
+            try:
+                trainer.validate(model, val_loader, verbose=False)
+            finally:
+                trainer.loggers = loggers
     model.eval()  # Lightning leaves the fitted model in training mode; engine.model is used for inference next
     # The processes' last collective is behind them: set in every process alike (Engine.train waits there
     # for rank 0's files), and the checkpoint rank 0 writes, which the engines of the others take as theirs.
