@@ -1035,3 +1035,32 @@ def test_a_full_disk_is_one_line_and_keeps_earlier_runs(
         handler.stream = open("/dev/full", "w")  # noqa: SIM115 - every flush fails with ENOSPC
         handler.emit(logging.LogRecord("otx", logging.INFO, __file__, 1, "a line", None, None))
         assert "Logging error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("verb", ["test", "predict", "optimize"])
+def test_training_data_that_is_gone_is_named_as_the_models(
+    verb: str, trained_padim: dict, dataset_copy, tmp_path: Path, capsys
+) -> None:
+    # before: "data root '...' does not exist or is not a folder; pass --data_root ... or run otx data
+    # make-sample DIR", of a data root the user never passed
+    import torch
+
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    (checkpoint,) = work_dir.glob("*-train/model.ckpt")
+    moved = dataset_copy()
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state["data"]["data_root"] = str(moved)
+    torch.save(state, checkpoint)
+    config = checkpoint.parent / "config.yaml"  # where an export's otx optimize finds the training data
+    written = yaml.safe_load(config.read_text())
+    written["data"]["data_root"] = str(moved)
+    config.write_text(yaml.safe_dump(written))
+    if verb == "optimize":  # an export of it, from the data still there
+        assert main(["export", "--work_dir", str(work_dir)]) == 0
+    moved.rename(moved.with_name("renamed"))
+    capsys.readouterr()
+    assert main([verb, "--work_dir", str(work_dir)]) == 1
+    (said,) = capsys.readouterr().err.strip().splitlines()
+    assert said.startswith(f"error: the model's training data '{moved}' is gone (moved, renamed or on another"), said
+    assert ("or --source" in said) == (verb == "predict")

@@ -16,7 +16,7 @@ from otx.boxes import UNTUNED
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule, AnomalyDataset
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
-from otx.errors import OTXError
+from otx.errors import OTXDataError, OTXError
 from otx.preprocess import AUTO, PreProcessor, auto_chose
 from otx.render import describe_loaded
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer
@@ -197,17 +197,29 @@ def untuned_boxes_of(trained_task: str | None, adapter: TaskAdapter) -> str | No
     )
 
 
-def data_root_for(ctx: VerbContext, info: dict[str, Any], must_exist: bool = False) -> str | None:
+def data_root_for(
+    ctx: VerbContext, info: dict[str, Any], must_exist: bool = False, purpose: str = "test"
+) -> str | None:
     """The data to use: the given data root, else the one the model was trained on.
 
     None when there is neither, or, with ``must_exist``, when the recorded folder is not there
-    (callers that can do without data). Otherwise, and always for a folder the user gave, a missing
-    folder fails later with its own line: a mistyped ``--data_root`` is not passed over in silence.
+    (callers that can do without data). Otherwise a recorded folder that is gone is one line
+    naming it as the training data (before: "data root ... does not exist", of a data root the
+    user never passed), and a folder the user gave that is missing fails later with its own line:
+    a mistyped ``--data_root`` is not passed over in silence. ``purpose``: as ``eval_data``'s.
     """
     given = ctx.data.data_root is not None
     root = ctx.data.data_root if given else info.get("data_root")
-    if root is None or (must_exist and not given and not Path(root).is_dir()):
+    if root is None:
         return None
+    if not given and not Path(root).expanduser().is_dir():
+        if must_exist:
+            return None
+        instead = ", or --source (an image, folder or glob) to predict on other images" if purpose == "predict" else ""
+        raise OTXDataError(
+            f"the model's training data '{root}' is gone (moved, renamed or on another machine); pass --data_root "
+            f"DIR (the folder in MVTec AD layout the model was trained on, wherever it is now){instead}"
+        )
     if ctx.data.data_root is None:
         log.info("data root %s: the one the model was trained on", root)
     return str(root)
@@ -225,7 +237,7 @@ def eval_data(
     ``test`` (metrics on the test split), ``predict`` (the test split predicted) or ``check``
     (export, optimize: the validation split alone is used).
     """
-    root = data_root_for(ctx, info, must_exist)
+    root = data_root_for(ctx, info, must_exist, purpose)
     if root is None:
         return None
     data = ctx.data.replace(data_root=root)
