@@ -646,6 +646,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     # find, data
     ("find-what", "wrong value", ["find", "--what", "gadgets"], "what", 2),
     ("find-what-empty", "wrong value", ["find", "--what="], "--what expects one of all, recipes", 2),
+    (  # before: "unexpected argument(s): models (options are --name value)"
+        "find-two-words",
+        "wrong value",
+        ["find", "recipes", "models"],
+        "otx find lists one of all, recipes, models, backbones (got recipes models)",
+        2,
+    ),
     ("data-no-subcommand", "missing argument", ["data"], "otx data needs a subcommand: make-sample", 2),
     (  # before: "Unrecognized arguments: extra"
         "find-extra-argument",

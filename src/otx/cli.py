@@ -298,7 +298,13 @@ def _verb_parser(verb: str) -> ArgumentParser:
             help="exit 0 even when some images cannot be read (they are labelled 'error'; default: exit 1)",
         )
     if verb == "predict":
-        parser.add_argument("--source", type=str | None, default=None, help="image file, folder or glob to predict")
+        parser.add_argument(
+            "--source",
+            type=str | None,
+            default=None,
+            help="image file, folder or glob to predict; without it, the test/ images of --data_root or of the "
+            "data the model was trained on",
+        )
         parser.add_argument(
             "--visualize",
             type=bool,
@@ -376,8 +382,17 @@ def build_parser(verbs: tuple[str, ...] | None = None) -> ArgumentParser:
         else:
             verb_parser = ArgumentParser(description=f"otx {verb}", exit_on_error=False, allow_abbrev=False)
         commands.add_subcommand(verb, verb_parser, help=VERB_HELP[verb])
-    find = ArgumentParser(description="list recipes, models and backbones", exit_on_error=False, allow_abbrev=False)
-    find.add_argument("--what", type=Literal["all", "recipes", "models", "backbones"], default="all")
+    find = ArgumentParser(
+        description="list recipes, models and backbones (`otx find recipes` is `otx find --what recipes`)",
+        exit_on_error=False,
+        allow_abbrev=False,
+    )
+    find.add_argument(
+        "--what",
+        type=Literal["all", "recipes", "models", "backbones"],
+        default="all",
+        help="what to list, also given as a word: otx find recipes",
+    )
     commands.add_subcommand("find", find, help="list recipes, models and backbones")
     data = ArgumentParser(description="dataset utilities", exit_on_error=False, allow_abbrev=False)
     commands.add_subcommand("data", data, help="dataset utilities")
@@ -1481,6 +1496,12 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
     try:
         _refuse_train_options(argv)
         if len(argv) > 1 and argv[0] == "find" and not argv[1].startswith("-"):
+            words = [arg for arg in argv[1:] if not arg.startswith("-")]
+            if len(words) > 1:  # before: "unexpected argument(s): models (options are --name value)"
+                got = " ".join(words)
+                line = f"otx find lists one of all, recipes, models, backbones (got {got}); `otx find` lists all"
+                errors.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
+                return 2  # as for other bad arguments
             argv = ["find", "--what", *argv[1:]]  # `otx find recipes` as `otx find --what recipes`
         parser = build_parser(tuple(argv[:1]))  # only the verb that runs needs its options
         printing = bool(argv) and argv[0] in VERBS and _asks_print_config(argv)
