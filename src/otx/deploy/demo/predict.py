@@ -483,14 +483,19 @@ def main() -> int:
     """Predict on the images named on the command line; return the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", help="image file, folder or glob pattern")
-    parser.add_argument("--model", default=str(Path(__file__).parent / "model" / "exported_model.xml"))
-    parser.add_argument("--device", default="CPU", help="CPU, GPU, NPU or AUTO")
+    parser.add_argument(
+        "--model",
+        default=str(Path(__file__).parent / "model" / "exported_model.xml"),
+        help="the exported .xml or .onnx (default: the package's model/exported_model.xml)",
+    )
+    parser.add_argument("--device", default="CPU", help="CPU (the default), GPU, NPU or AUTO")
     parser.add_argument(
         "--precision",
         default="f32",
         type=str.lower,
         choices=("f32", "bf16", "f16", "default"),
-        help="inference precision hint (f32 reproduces otx; default: the device's own, as otx --inference_precision)",
+        help="inference precision hint: f32 (the default; reproduces otx), bf16, f16, or 'default' for the device's "
+        "own choice (as otx --inference_precision)",
     )
     parser.add_argument("--output", default="results", help="folder for results.json and masks")
     parser.add_argument("--allow_errors", action="store_true", help="exit 0 even if some images cannot be read")
