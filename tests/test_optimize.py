@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import pytest
+import torch
 
 from helpers import run_main, run_otx
 from otx.data import AnomalyDataModule
@@ -784,6 +785,10 @@ def test_benchmark_times_torch_fp32_fp16_and_int8(trained_padim: dict, optimized
     for name in ("OpenVINO FP32", "OpenVINO FP16", "OpenVINO INT8"):
         assert rows[name]["inference_precision"] == "f32" and rows[name]["device"] == "CPU"
         assert len(rows[name]["throughput_runs"]) == 2
+    # the threads each runtime used, as they report them (before: torch's only)
+    compiled = ov.Core().compile_model(str(int8), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+    assert rows["OpenVINO INT8"]["threads"] == compiled.get_property("INFERENCE_NUM_THREADS") >= 1
+    assert rows["torch FP32"]["threads"] == torch.get_num_threads()
     assert rows["OpenVINO FP32"]["throughput_vs_fp32_ir"] == 1.0
     assert rows["OpenVINO INT8"]["quantization"] == "padim-int8"
     assert "images of" in result["images"]  # the checkpoint's data: real test images

@@ -159,13 +159,19 @@ def _benchmark(console: Console, result: BenchmarkResult) -> None:
     table = Table(title=f"otx benchmark ({result.task}; latency batch 1, throughput with parallel requests)")
     for column in ("model", "device", "computes in", "median ms", "p95 ms", "images/s"):
         table.add_column(column, justify="left" if column in ("model", "device") else "right", overflow="fold")
-    if any("throughput_vs_fp32_ir" in r for r in rows):
+    versus = any("throughput_vs_fp32_ir" in r for r in rows)
+    if versus:
         table.add_column("x FP32 IR", justify="right")
+    threads = any("threads" in r for r in rows)
+    if threads:  # torch's and OpenVINO's CPU threads: they set the figures
+        table.add_column("threads", justify="right")
     for r in rows:
         cells = [r["model"], r["device"], r["inference_precision"]]
         cells += [f"{r['latency_ms_median']:.2f}", f"{r['latency_ms_p95']:.2f}", f"{r['throughput_img_s']:.1f}"]
-        if "throughput_vs_fp32_ir" in r:
-            cells.append(f"{r['throughput_vs_fp32_ir']:.2f}x")
+        if versus:
+            cells.append(f"{r['throughput_vs_fp32_ir']:.2f}x" if "throughput_vs_fp32_ir" in r else "-")
+        if threads:
+            cells.append(str(r.get("threads", "-")))
         table.add_row(*cells)
     console.print(table)
     console.print(f"run folder: {result.run_folder}")

@@ -63,6 +63,10 @@ def benchmark_openvino(
         throughput_runs=[round(r, 2) for r in rates],
         requests=model.num_requests,
     )
+    try:  # the CPU threads OpenVINO ran on, beside torch's (its "threads"); AUTO and other devices do not say
+        row["threads"] = int(model.compiled.get_property("INFERENCE_NUM_THREADS"))
+    except RuntimeError:
+        pass
     return row
 
 
