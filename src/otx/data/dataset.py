@@ -649,7 +649,9 @@ def check_mask_size(mask: str | Path, mask_hw: tuple[int, int], image: str | Pat
     if tuple(mask_hw) != tuple(image_hw):
         raise OTXDataError(
             f"mask '{mask}' is {mask_hw[1]}x{mask_hw[0]} but its image '{image}' is "
-            f"{image_hw[1]}x{image_hw[0]} (width x height); masks must have their image's size"
+            f"{image_hw[1]}x{image_hw[0]} (width x height); masks must have their image's size (resize them "
+            "with nearest-neighbour interpolation; a classification model reads no masks: moving ground_truth/ "
+            "out of the data root also does)"
         )
 
 
