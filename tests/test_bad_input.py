@@ -329,6 +329,40 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "EarlyStopping monitors 'val/image_auroc', which otx does not log; monitor one of val/image_AUROC",
         1,
     ),
+    (  # before: Lightning's RuntimeError after the run started ("internal error")
+        "train-callback-monitor-no-loss",
+        "wrong value",
+        [
+            "train",
+            "--config",
+            RECIPE,
+            "--trainer.callbacks",
+            '[{{"class_path": "EarlyStopping", "init_args": {{"monitor": "train_loss"}}}}]',
+        ],
+        "EarlyStopping monitors 'train_loss', which otx does not log (this model fits in one pass: it has no "
+        "training loss); monitor one of val/image_AUROC",
+        1,
+    ),
+    (  # before: the key was passed over and BestEpoch made unmonitored: the last epoch kept
+        "train-callback-extra-key",
+        "misspelled key",
+        [
+            "train",
+            "--config",
+            STFPM,
+            "--trainer.callbacks",
+            '[{{"class_path": "otx.training.BestEpoch", "init_arg": {{"monitor": "val/image_AUROC"}}}}]',
+        ],
+        "otx.training.BestEpoch has key(s) 'init_arg' besides class_path and init_args; did you mean 'init_args'?",
+        1,
+    ),
+    (  # before: accepted, patience unchanged, a key '0' in config.yaml
+        "train-callback-by-place",
+        "wrong key",
+        ["train", "--config", STFPM, "--trainer.callbacks.0.init_args.patience", "2"],
+        "a callback's settings cannot be changed by its place in the list (trainer.callbacks.0...); give the whole",
+        1,
+    ),
     (
         "train-resume-missing",
         "missing path",

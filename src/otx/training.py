@@ -160,6 +160,20 @@ def _entry_class(spec: Any) -> type[L.Callback]:
             f"(got {spec['init_args']!r})"
         )
     path = spec["class_path"]
+    # before: other keys were passed over, the callback made with its defaults (init_arg: an unmonitored BestEpoch)
+    if extra := sorted(str(key) for key in spec if key not in ("class_path", "init_args")):
+        if any(key.isdigit() for key in extra):  # --trainer.callbacks.0.init_args.patience 2
+            raise OTXConfigError(
+                "trainer.callbacks: a callback's settings cannot be changed by its place in the list "
+                f"(trainer.callbacks.{next(key for key in extra if key.isdigit())}...); give the whole list: "
+                "--trainer.callbacks '[{class_path: ..., init_args: {...}}, ...]' (otx train --print_config shows "
+                "the recipe's)"
+            )
+        hint = _nearest_name(extra[0], ["class_path", "init_args"], "")
+        raise OTXConfigError(
+            f"trainer.callbacks: {path} has key(s) {', '.join(repr(key) for key in extra)} besides class_path and "
+            "init_args" + (f"; {hint}" if hint else "")
+        )
     module_name, class_name = _module_and_class(path)
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
@@ -529,15 +543,19 @@ def keeps_best_epoch(spec: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, ModelCheckpoint)
 
 
-def without_unlogged_monitors(specs: list[Any], logged: set[str], known: set[str]) -> tuple[list[Any], list[Any]]:
+def without_unlogged_monitors(
+    specs: list[Any], logged: set[str], known: set[str], training: set[str] = frozenset()
+) -> tuple[list[Any], list[Any]]:
     """The callback entries without those that monitor a validation metric this run cannot log.
 
     Validation metrics need both kinds of images (``val/image_AUROC``), defective ones
     (``val/image_F1``) or defect pixels (``val/pixel_AUROC``). A recipe's early stopping on a
     metric that is never logged stopped the fit after its first epoch with Lightning's RuntimeError
     ("internal error"). ``logged``: the ``val/...`` names this run logs; ``known``: all that otx
-    can log (a monitor of another ``val/`` name is refused in one line). Returns the kept entries
-    and those left out.
+    can log (a monitor of another ``val/`` name is refused in one line); ``training``: the training
+    metrics the model logs (``train_loss`` of a model trained by gradient; none for one-pass
+    models), the only other names a callback may monitor (before: another name stopped the fit
+    with Lightning's RuntimeError, "internal error"). Returns the kept entries and those left out.
     """
     kept, dropped = [], []
     for spec in specs:
@@ -547,6 +565,12 @@ def without_unlogged_monitors(specs: list[Any], logged: set[str], known: set[str
             raise OTXConfigError(
                 f"trainer.callbacks: {callback_name(spec)} monitors '{monitor}', which otx does not log; monitor one "
                 f"of {', '.join(sorted(known))}"
+            )
+        if isinstance(monitor, str) and not validation and monitor not in training:
+            why = "" if training else " (this model fits in one pass: it has no training loss)"
+            raise OTXConfigError(
+                f"trainer.callbacks: {callback_name(spec)} monitors '{monitor}', which otx does not log{why}; monitor "
+                f"one of {', '.join(sorted(known | training))}"
             )
         (dropped if validation and monitor not in logged else kept).append(spec)
     return kept, dropped

@@ -166,7 +166,8 @@ def _drop_unlogged_monitors(model: AnomalyModel, data: AnomalyDataModule, settin
     masks = data.has_masks and any(s.label == 1 and s.mask_path is not None for s in val)
     logged = model.logged_validation_metrics(normal, defective, masks)
     every = model.logged_validation_metrics()
-    kept, dropped = without_unlogged_monitors(settings.get("callbacks") or [], logged, every)
+    training = set() if model.fits_in_one_pass else {"train_loss", "train_loss_step", "train_loss_epoch"}
+    kept, dropped = without_unlogged_monitors(settings.get("callbacks") or [], logged, every, training)
     if not dropped:
         return None
     settings["callbacks"] = kept
