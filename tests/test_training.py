@@ -453,6 +453,11 @@ def test_a_model_fitted_in_one_pass_trains_one_epoch_when_asked_for_more(sample_
     summary = Engine(model=Padim(input_size=[64, 64]), data=data, work_dir=tmp_path / "ws", max_epochs=3).train()
     assert summary["epochs"] == 1 and len(summary["validation_curve"]) == 1
     assert any("fits in one pass" in w and "max_epochs 3" in w for w in summary["warnings"]), summary["warnings"]
+    # gradient settings likewise: said and left out (before: Lightning's MisconfigurationException, "internal error")
+    trainer = {"gradient_clip_val": 0.5, "accumulate_grad_batches": 4}
+    summary = Engine(model=Padim(input_size=[64, 64]), data=data, work_dir=tmp_path / "ws", trainer=trainer).train()
+    (said,) = [w for w in summary["warnings"] if "gradient_clip_val" in w]
+    assert "gradient_clip_val 0.5, accumulate_grad_batches 4 would do nothing, so they are left out" in said
 
 
 def test_resume_true_passes_over_a_state_that_a_later_run_continues(tmp_path: Path) -> None:

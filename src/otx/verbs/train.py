@@ -156,6 +156,14 @@ def squash_note(
     )
 
 
+# Trainer settings of gradient training, and their values that do nothing: one-pass models leave them out
+GRADIENT_ONLY: dict[str, Any] = {
+    "gradient_clip_val": None,
+    "gradient_clip_algorithm": None,
+    "accumulate_grad_batches": 1,
+}
+
+
 def _drop_unlogged_monitors(model: AnomalyModel, data: AnomalyDataModule, settings: dict[str, Any]) -> str | None:
     """Leave out of ``settings`` the callbacks monitoring a validation metric the split cannot give; say so.
 
@@ -211,6 +219,16 @@ def run(
             f"max_epochs {epochs_asked} would repeat the same fit {epochs_asked} times, so it trains 1 epoch"
         )
         settings["max_epochs"] = 1
+    unused = [key for key, idle in GRADIENT_ONLY.items() if settings.get(key, idle) != idle]
+    if model.fits_in_one_pass and unused:
+        # before: Lightning's MisconfigurationException once the run had started ("internal error")
+        ctx.warn(
+            f"{type(model).__name__} fits in one pass over the training images (no gradient training): "
+            f"{', '.join(f'{key} {settings[key]}' for key in unused)} would do nothing, so "
+            f"{'they are' if len(unused) > 1 else 'it is'} left out"
+        )
+        for key in unused:
+            settings.pop(key)
     if data.splits["val"] and (message := _drop_unlogged_monitors(model, data, settings)):
         ctx.warn(message)  # before saving the config: config.yaml lists the callbacks the run uses
     ctx.save_config(run, adapter.task.value, model_entry(model), {"trainer": describe_settings(settings)})
