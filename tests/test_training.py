@@ -443,7 +443,7 @@ def test_max_epochs_in_a_config_file_wins_over_the_recipe(sample_root: Path, tmp
     assert _summary(tmp_path / "ws")["max_epochs"] == 1
 
 
-def test_a_model_fitted_in_one_pass_trains_one_epoch_when_asked_for_more(sample_root: Path, tmp_path: Path) -> None:
+def test_trainer_settings_a_padim_fit_cannot_use_are_said(sample_root: Path, tmp_path: Path) -> None:
     # Before: PADIM with max_epochs 3 refitted the same Gaussian three times (3x the time), without a word.
     from otx.data import AnomalyDataModule
     from otx.engine import Engine
@@ -458,6 +458,11 @@ def test_a_model_fitted_in_one_pass_trains_one_epoch_when_asked_for_more(sample_
     summary = Engine(model=Padim(input_size=[64, 64]), data=data, work_dir=tmp_path / "ws", trainer=trainer).train()
     (said,) = [w for w in summary["warnings"] if "gradient_clip_val" in w]
     assert "gradient_clip_val 0.5, accumulate_grad_batches 4 would do nothing, so they are left out" in said
+    # a precision the CPU does not have: Lightning runs another, which is said (before: silently bf16-mixed)
+    trainer = {"precision": "16-mixed", "accelerator": "cpu"}
+    summary = Engine(model=Padim(input_size=[64, 64]), data=data, work_dir=tmp_path / "ws", trainer=trainer).train()
+    assert "precision 16-mixed is not available on CPU: training runs in bf16-mixed" in " ".join(summary["warnings"])
+    assert summary["trainer"]["precision"] == "bf16-mixed"
 
 
 def test_resume_true_passes_over_a_state_that_a_later_run_continues(tmp_path: Path) -> None:

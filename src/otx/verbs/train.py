@@ -156,6 +156,9 @@ def squash_note(
     )
 
 
+# Lightning's short precision names, as its Trainer spells them once built
+SHORT_PRECISION = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
+
 # Trainer settings of gradient training, and their values that do nothing: one-pass models leave them out
 GRADIENT_ONLY: dict[str, Any] = {
     "gradient_clip_val": None,
@@ -273,8 +276,17 @@ def run(
         )
     steps = max(1, min(50, len(splits["train"]) // data.images_per_batch(model.preprocessor)))
     # Engine(console=Console(quiet=True)) and processes of rank > 0: no epoch bar either (Lightning draws it on its own)
+    asked_precision = settings.get("precision")
     trainer, roles = build_trainer(settings, run.path, steps, model.ddp_unused_parameters, bar=not ctx.console.quiet)
     rank, world = trainer.global_rank, trainer.world_size
+    asked = SHORT_PRECISION.get(str(asked_precision), str(asked_precision))
+    if asked_precision is not None and asked != str(trainer.precision):
+        # before: Lightning's switch (16-mixed on the CPU runs bf16-mixed) went unsaid, its warning silenced
+        device = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+        ctx.warn(
+            f"precision {asked_precision} is not available on {device}: training runs in {trainer.precision} "
+            "(thresholds are fitted on its scores)"
+        )
     if len(splits["train"]) < world:
         raise OTXError(
             f"{len(splits['train'])} training image(s) cannot be split between {world} processes; use fewer processes "
