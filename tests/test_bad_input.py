@@ -343,6 +343,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "training loss); monitor one of val/image_AUROC",
         1,
     ),
+    (  # before: the file was passed over, unchecked, and the random backbone's weights read "checkpoint"
+        "train-weights-not-pretrained",
+        "wrong combination",
+        ["train", "--config", RECIPE, "--model.init_args.pretrained", "false", "--model.init_args.weights={missing}"],
+        "a weights file ({missing}) is loaded only with --model.init_args.pretrained true (the default)",
+        1,
+    ),
     (  # before: the key was passed over and BestEpoch made unmonitored: the last epoch kept
         "train-callback-extra-key",
         "misspelled key",

@@ -156,6 +156,15 @@ def test_unknown_layer_is_reported() -> None:
         Padim(backbone="efficientnet_lite0", layers=["layer9"], pretrained=False)
 
 
+def test_a_weights_file_with_pretrained_false_is_refused_and_random_weights_are_named(tmp_path: Path) -> None:
+    # before: the file was passed over (not even checked to exist), and the console and metrics.json named the
+    # randomly initialised backbone's weights "checkpoint"
+    with pytest.raises(OTXConfigError, match=r"a weights file \(.*none.pth\) is loaded only with the model's pretr"):
+        Padim(pretrained=False, weights=str(tmp_path / "none.pth"))
+    model = Padim(pretrained=False, input_size=(64, 64))
+    assert model.weights_source == "random initialisation (pretrained false)"
+
+
 def test_missing_offline_weights_fail_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))

@@ -263,8 +263,17 @@ class AnomalyModel(L.LightningModule):
         self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
         self.model = self.build_core()
         self._set_backbone_layout(torch.channels_last)  # oneDNN's fast layout for the backbones' convolutions
-        self.weights_source = "checkpoint"
-        if pretrained and not getattr(self, "_skip_weights", False):
+        from_checkpoint = getattr(self, "_skip_weights", False)  # (the weights come from a checkpoint next)
+        if not pretrained and weights is not None and not from_checkpoint:  # before: the file was passed over
+            raise OTXConfigError(
+                for_caller(
+                    f"a weights file ({weights}) is loaded only with --model.init_args.pretrained true (the default): "
+                    "drop --model.init_args.weights, or --model.init_args.pretrained false"
+                )
+            )
+        # before: "checkpoint" for a backbone left at random initialisation too (the console and metrics.json)
+        self.weights_source = "checkpoint" if from_checkpoint else "random initialisation (pretrained false)"
+        if pretrained and not from_checkpoint:
             state, self.weights_source = resolve_weights(self.spec, weights)
             for module in self.pretrained_modules():
                 load_into(module, state, self.spec.name)
