@@ -527,6 +527,13 @@ def test_another_model_than_the_recipes_is_said_with_the_settings_it_keeps(
     assert config["model"]["init_args"]["score_top_share"] == 0.02  # what the warning says ran
     assert main(["train", "--config", RECIPE, "--model", "Padim", *small, *args]) == 0  # the recipe's own class
     assert "replaces" not in capsys.readouterr().err
+    # a setting the new class does not take, given before --model: refused as after it (before: dropped silently)
+    runs = set(tmp_path.glob("*-train"))
+    padim = ["train", "--config", RECIPE, "--model.init_args.n_features", "50", "--model", "Stfpm", *small, *args]
+    assert main(padim) == 1
+    (said,) = capsys.readouterr().err.strip().splitlines()
+    assert said.startswith("error: --model.init_args.n_features is not a setting of Stfpm, which --model puts in pl")
+    assert set(tmp_path.glob("*-train")) == runs  # refused before a run began
 
 
 def test_a_config_files_thresholds_that_the_model_does_not_have_are_said_unused(

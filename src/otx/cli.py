@@ -29,7 +29,7 @@ from rich.table import Table
 
 from otx import __version__
 from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_now, secondary
-from otx.errors import COMMAND_LINE, OTXError, out_of_memory, out_of_space
+from otx.errors import COMMAND_LINE, OTXConfigError, OTXError, out_of_memory, out_of_space
 from otx.logs import StderrHandler, make_console
 from otx.validate import close_matches
 from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPS
@@ -1423,6 +1423,18 @@ def _model_swap_note(argv: list[str], cfg: Namespace) -> str | None:
         for k, p in inspect.signature(getattr(importlib.import_module(module_name), name)).parameters.items()
         if p.default is not inspect.Parameter.empty
     }
+    # a setting given on the command line that the new class does not take: jsonargparse dropped it without a
+    # word when it came before --model (and refuses it after): refused here either way
+    takes = inspect.signature(getattr(importlib.import_module(module_name), name)).parameters
+    prefix = "--model.init_args."
+    for arg in argv:
+        key = arg[len(prefix) :].split("=", 1)[0] if arg.startswith(prefix) else None
+        if key and key.split(".")[0] not in takes:
+            raise OTXConfigError(
+                f"{prefix}{key} is not a setting of {name}, which --model puts in place of the "
+                f"{str(theirs['class_path']).rpartition('.')[2]} of {source}: drop it (otx train --model.help {name} "
+                "lists its settings)"
+            )
     given = cfg.model.init_args.as_dict() if isinstance(cfg.model.init_args, Namespace) else {}
     kept = [
         f"{key} {json.dumps(value, default=str)}"
