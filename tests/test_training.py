@@ -465,6 +465,24 @@ def test_trainer_settings_a_padim_fit_cannot_use_are_said(sample_root: Path, tmp
     assert summary["trainer"]["precision"] == "bf16-mixed"
 
 
+@pytest.mark.parametrize(
+    "partial", [{"limit_train_batches": 1}, {"limit_val_batches": 0, "callbacks": []}, {"fast_dev_run": True}]
+)
+def test_lightnings_partial_runs_are_refused(partial: dict, sample_root: Path, tmp_path: Path) -> None:
+    # Before: limit_train_batches 1 fitted PADIM on 16 of the 40 images its summary named; limit_val_batches 0 was a
+    # raw TypeError; fast_dev_run dropped the logs
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.errors import OTXConfigError
+    from otx.models import Padim
+
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    engine = Engine(model=Padim(input_size=[64, 64]), data=data, work_dir=tmp_path, trainer=partial)
+    with pytest.raises(OTXConfigError, match=rf"^trainer.{next(iter(partial))}: otx fits on every training image"):
+        engine.train()
+    assert not list(tmp_path.glob("*-train/model.ckpt"))
+
+
 def test_resume_true_passes_over_a_state_that_a_later_run_continues(tmp_path: Path) -> None:
     # Before: A interrupted, B resumed A and was interrupted too, C resumed B and finished: `--resume true`
     # resumed A again (only finished runs' metrics.json said what they continued).

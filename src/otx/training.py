@@ -61,6 +61,9 @@ LAST_CHECKPOINT = "last.ckpt"
 CHECKPOINT_DIR = "checkpoints"
 # Trainer arguments otx sets itself: a recipe that gives them would break the run folder's layout.
 _OWNED = ("logger", "default_root_dir", "enable_checkpointing", "num_sanity_val_steps", "use_distributed_sampler")
+# Lightning's debugging arguments that fit or calibrate on part of the splits: the summary and metrics.json
+# would count images the model never saw (limit_train_batches 1: PADIM fitted on 16 of the 40 it named)
+_PARTIAL = ("limit_train_batches", "limit_val_batches", "fast_dev_run", "overfit_batches")
 
 
 class TrainerSettings:
@@ -600,6 +603,11 @@ def build_trainer(
     owned = [key for key in _OWNED if key in settings]
     if owned:
         raise OTXConfigError(f"trainer.{owned[0]} is set by otx (run folder logs and checkpoints); remove it")
+    if partial := [key for key in _PARTIAL if key in settings]:
+        raise OTXConfigError(
+            f"trainer.{partial[0]}: otx fits on every training image and learns its thresholds on every validation "
+            "image, which its summary counts; remove it, and train on a smaller data root for a quicker run"
+        )
     callbacks = [*instantiate_callbacks(settings.pop("callbacks", None) or []), StopSignalKept()]
     checkpoints = run_path / CHECKPOINT_DIR
     best = monitored_checkpoint(callbacks)
