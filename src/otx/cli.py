@@ -1117,6 +1117,11 @@ def _install_signal_handlers(listen: bool = False) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_signal)
         sys.unraisablehook = _unraisable
+        if not _CHILD_HOOK:
+            import multiprocessing.util
+
+            multiprocessing.util.register_after_fork(_CHILD_STOPS, _system_stops_in_child)
+            _CHILD_HOOK.append(True)
         if listen:
             if hasattr(signal, "pthread_sigmask"):  # a process Lightning started while its parent held them
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # (distributed.meeting)
@@ -1124,6 +1129,32 @@ def _install_signal_handlers(listen: bool = False) -> None:
 
 
 _HANDLER_PID: list[int] = []  # the process whose stop _on_signal reports (forked children inherit the handler)
+_CHILD_HOOK: list[bool] = []
+
+
+class _ChildStops:
+    """The key of ``_system_stops_in_child`` in multiprocessing's after-fork registry (it keeps a weak reference)."""
+
+
+_CHILD_STOPS = _ChildStops()
+
+
+def _system_stops_in_child(_: object) -> None:
+    """In a multiprocessing child other than a data-loading worker, SIGINT and SIGTERM end it as the OS does.
+
+    A Python handler runs only between bytecodes: OpenVINO's telemetry child, forked from a thread
+    while another held the dynamic loader's lock, waited in ``getaddrinfo`` for ever, and the
+    ``terminate()`` (SIGTERM) its parent sent after 3 s never reached ``_on_signal``; the orphan
+    held the terminal's pipe, so ``otx export | tail`` never returned (bug bash). Data-loading
+    workers keep ``_on_signal``: PyTorch expects them to take a stop as KeyboardInterrupt.
+    """
+    import multiprocessing
+
+    target = getattr(multiprocessing.current_process(), "_target", None)
+    if str(getattr(target, "__module__", "")).startswith("torch.utils.data"):
+        return
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 class _CallerState:
