@@ -1003,12 +1003,17 @@ def test_a_latest_json_naming_a_deleted_run_points_to_the_model_still_there(
     assert "which is gone" in said and f"the newest model trained there is {kept}: pass it with --checkpoint" in said
 
 
-@pytest.mark.parametrize("content", ['{"train": "20200101-000000-train"}', "not json"])
+@pytest.mark.parametrize(
+    "content", ['{"train": "20200101-000000-train"}', "not json", '{"train": 5}', '{"train": ["x"]}']
+)
 def test_a_latest_json_that_cannot_serve_is_named(content: str, tmp_path: Path, capsys) -> None:
+    # (a number or a list as the run: before, a TypeError, "internal error")
     (tmp_path / "latest.json").write_text(content)
     assert main(["test", "--work_dir", str(tmp_path)]) == 1
     said = capsys.readouterr().err
-    expected = "which is gone" if content.startswith("{") else "latest.json is not valid JSON"
+    expected = {"{": "which is gone", "n": "latest.json is not valid JSON"}.get(content[0], "")
+    if content in ('{"train": 5}', '{"train": ["x"]}'):
+        expected = f"latest.json names {content[10:-1]} as the train run, not a run folder's name"
     assert "no trained model" in said and expected in said and "Traceback" not in said
     assert (tmp_path / "latest.json").read_text() == content  # left as it was
 

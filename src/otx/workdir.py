@@ -193,7 +193,7 @@ class WorkDir:
         """The folder of the latest successful run of ``command``, if any."""
         pointers = self._pointers()
         name = pointers.get(command)
-        if name and (self.root / name).is_dir():
+        if isinstance(name, str) and name and (self.root / name).is_dir():  # (a hand-edited 5 or list: none)
             return self.root / name
         return None
 
@@ -222,6 +222,8 @@ class WorkDir:
         if pointers is None:
             return f"{LATEST} is not valid JSON, or not a mapping of commands to runs"
         name = pointers.get(command)
+        if name is not None and not isinstance(name, str):  # before: a TypeError, "internal error"
+            return f"{LATEST} names {json.dumps(name)} as the {command} run, not a run folder's name"
         if name and not (self.root / name).is_dir():
             return f"{LATEST} names the run '{name}', which is gone"
         if name and command == "train" and not (self.root / name / "model.ckpt").is_file():
