@@ -359,3 +359,14 @@ def test_the_images_label_keeps_off_the_defect() -> None:
     # nothing beneath the top left: the label stays there
     ((x, y, w, h),) = _label_backgrounds(overlay(image, Prediction("c.png", 0.1, False)))
     assert x < 10 and y < 40
+
+
+def test_the_report_names_a_relative_data_root_absolute(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    # before: "data: dnomask", which a report read on its own cannot place (runs bug bash)
+    from helpers import run_main
+
+    args = ["--checkpoint", str(trained_padim["checkpoint"]), "--data_root", "carpet_like", "--work_dir", str(tmp_path)]
+    done = run_main("test", *args, cwd=sample_root)
+    assert done.returncode == 0, done.stderr
+    text = next(tmp_path.glob("*-test/report.html")).read_text()
+    assert f"data: <code>{(sample_root / 'carpet_like').resolve()}</code>, test split" in text

@@ -167,7 +167,9 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             warnings=list(ctx.warnings),
             thresholds=scorer.stats(),
             threshold_origin=scorer.threshold_origin(),
-            data_root=str(data.data_root or ""),
+            data_root=str(Path(data.data_root).expanduser().resolve())
+            if data.data_root
+            else "",  # (read without its folder)
             input_mode=scorer.preprocessor.describe(),
             boxes=scorer.boxes.as_dict() if adapter.box_level else None,
             date=time.strftime("%Y-%m-%d %H:%M %Z"),
