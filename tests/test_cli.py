@@ -505,6 +505,16 @@ def test_a_runs_config_is_reused_with_the_command_line_winning_wherever_it_stand
     captured = capsys.readouterr()
     said = "".join((captured.err + captured.out).split())  # (the console may wrap a long path anywhere)
     assert "".join(f"the config's data_root {data} wins over its data.data_root {fewer}".split()) in said, said
+    # several --config files: a later file's data.data_root and trainer.max_epochs win over an earlier file's
+    # shortcuts (before: the earlier shortcuts won, with the warning above blaming old config.yaml files)
+    shortcuts = tmp_path / "shortcuts.yaml"
+    shortcuts.write_text(yaml.safe_dump({"data_root": str(data), "max_epochs": 3}))
+    full = tmp_path / "full.yaml"
+    full.write_text(yaml.safe_dump({"data": {"data_root": str(fewer)}, "trainer": {"max_epochs": 1}, "work_dir": "f"}))
+    assert main(["train", "--config", str(edited), "--config", str(shortcuts), "--config", str(full)]) == 0
+    metrics = json.loads(next((tmp_path / "f").glob("*-train/metrics.json")).read_text())
+    assert metrics["splits"]["train"]["normal"] == 10  # full.yaml's data
+    assert not any("max_epochs 3" in w for w in metrics["warnings"]) and "wins over" not in capsys.readouterr().out
     assert main(["test", "--work_dir", "first", "--resume", "true"]) == 1  # on their command line: train's alone
     assert "--resume has no effect on otx test" in capsys.readouterr().err
 

@@ -442,19 +442,42 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
-def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Console) -> int:
+def _later_config_sets(argv: list[str], shortcut: str, nested: list[str]) -> bool:
+    """Whether a ``--config`` file after the last one that sets ``shortcut`` sets ``nested`` (it wins then).
+
+    The shortcuts (``max_epochs``, ``data_root``) win over their full keys: before, also over a
+    later file's (``--config a.yaml --config b.yaml``: a.yaml's ``max_epochs 1`` beat b.yaml's
+    ``trainer.max_epochs 2``, blamed on old config.yaml files). In one file the shortcut wins.
+    """
+    last = None
+    for _, path in sorted(_option_values(argv, "--config")):
+        if _recipe_value(path, nested) is not None:
+            last = "nested"
+        if _recipe_value(path, [shortcut]) is not None:
+            last = "shortcut"
+    return last == "nested"
+
+
+def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Console, argv: list[str] = ()) -> int:
     """Run one verb; return the exit code (1 when test or predict met unreadable images)."""
     from otx.data.datamodule import AnomalyDataModule
     from otx.engine import Engine
 
+    argv = list(argv)
+    if cfg.data_root and cfg.data.data_root and _later_config_sets(argv, "data_root", ["data", "data_root"]):
+        cfg.data_root = None  # a later file's data.data_root
+    if cfg.max_epochs is not None and cfg.get("trainer") is not None and cfg.trainer.get("max_epochs") is not None:
+        if _later_config_sets(argv, "max_epochs", ["trainer", "max_epochs"]):
+            cfg.max_epochs = None  # a later file's trainer.max_epochs
     if cfg.data_root:
         given = cfg.data.data_root
         if given and os.path.abspath(os.path.expanduser(str(given))) != os.path.abspath(
             os.path.expanduser(str(cfg.data_root))
-        ):  # both from --config files (the command line's are folded to agree)
+        ):  # both from one --config file (the command line's are folded to agree)
             console.print(
                 f"[yellow]warning[/]: the config's data_root {cfg.data_root} wins over its data.data_root {given} "
-                "(config.yaml files written before 2026-12-06 hold both: edit data_root, or pass --data_root DIR)"
+                "(set in that --config file or an earlier one, as config.yaml files written before 2026-12-06 hold "
+                "both: edit data_root, or pass --data_root DIR)"
             )
         cfg.data.data_root = cfg.data_root
     data = AnomalyDataModule(**cfg.data.as_dict())
@@ -481,8 +504,8 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         if trainer.get("max_epochs") not in (None, cfg.max_epochs):
             console.print(
                 f"[yellow]warning[/]: the config's max_epochs {cfg.max_epochs} wins over its trainer.max_epochs "
-                f"{trainer['max_epochs']} (config.yaml files written before 2026-12-06 hold both: edit max_epochs, "
-                "or pass --max_epochs N)"
+                f"{trainer['max_epochs']} (set in that --config file or an earlier one, as config.yaml files written "
+                "before 2026-12-06 hold both: edit max_epochs, or pass --max_epochs N)"
             )
 
         # the shortcut wins over the trainer section, as documented
@@ -1563,7 +1586,8 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True, end="")
             return 0
         if command in VERBS:
-            return _run_verb(command, cfg[command], parser._subcommands_action._name_parser_map[command], console)
+            own = parser._subcommands_action._name_parser_map[command]
+            return _run_verb(command, cfg[command], own, console, argv)
         elif command == "find":
             _find(cfg.find.what, console)
         elif command == "data":
