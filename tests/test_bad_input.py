@@ -420,6 +420,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("train-config-yaml", "wrong file", ["train", "--config", "{badyaml}"], "is not valid YAML", 1),
+    (  # before: YAML kept the second data: block, and the first one's settings were dropped without a word
+        "train-config-duplicate-key",
+        "wrong file",
+        ["train", "--config", "{dupyaml}"],
+        "has the key 'data' twice (lines",
+        1,
+    ),
     (  # before: "Unexpected config:"
         "train-config-empty",
         "wrong file",
@@ -777,7 +784,9 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
     (base / "class.yaml").write_text(recipe.replace("class_path: otx.models.Padim", "class_path: otx.models.Padimm"))
     (base / "initarg.yaml").write_text(recipe.replace("init_args:", "init_arg:"))
     (base / "type.yaml").write_text(recipe.replace("batch_size: 16", "batch_size: sixteen"))
+    (base / "dup.yaml").write_text(recipe + "data:\n  num_workers: 0\n")  # a second data: block
     return {
+        "dupyaml": str(base / "dup.yaml"),
         "classyaml": str(base / "class.yaml"),
         "initargyaml": str(base / "initarg.yaml"),
         "typeyaml": str(base / "type.yaml"),
@@ -833,6 +842,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     message = lines[0]
     # before "empty": its path is a prefix of theirs
     files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml", "nullargsyaml")
+    files = (*files, "dupyaml")
     for key in (*files, "missing", "ws", "file", "notest", "empty", "bin", "xml", "ckpt", "run", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")

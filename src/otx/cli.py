@@ -93,6 +93,33 @@ def _recipe_file(given: str) -> str:
     return path
 
 
+class _DuplicateKey(Exception):
+    """A mapping key given twice in a YAML file: ``(key, first line, second line)``."""
+
+
+def _unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` that raises ``_DuplicateKey`` for a key given twice in one mapping."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, YAML's own merge
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the parser reports it
+                    continue
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def _checked_yaml(path: str) -> str:
     """``path``; one line naming the file, line and column when it is a file that is not valid YAML."""
     import yaml
@@ -101,7 +128,13 @@ def _checked_yaml(path: str) -> str:
     if not file.is_file():
         return path  # the parser says what is wrong with it
     try:
-        content = yaml.safe_load(file.read_text())
+        content = yaml.load(file.read_text(), Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as exc:  # before: YAML kept the last, and the first block's settings were dropped
+        key, first, second = exc.args
+        raise OTXError(
+            f"--config {path} has the key '{key}' twice (lines {first} and {second}): YAML keeps the second and drops "
+            "the first with its settings; merge them into one"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -442,12 +475,13 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
-def _later_config_sets(argv: list[str], shortcut: str, nested: list[str]) -> bool:
-    """Whether a ``--config`` file after the last one that sets ``shortcut`` sets ``nested`` (it wins then).
+def _last_config_setting(argv: list[str], shortcut: str, nested: list[str]) -> str | None:
+    """Which of ``shortcut`` and ``nested`` the last ``--config`` file setting either sets (None: no file).
 
-    The shortcuts (``max_epochs``, ``data_root``) win over their full keys: before, also over a
-    later file's (``--config a.yaml --config b.yaml``: a.yaml's ``max_epochs 1`` beat b.yaml's
-    ``trainer.max_epochs 2``, blamed on old config.yaml files). In one file the shortcut wins.
+    The shortcuts (``max_epochs``, ``data_root``) win over their full keys in one file; a later
+    file's full key wins over an earlier file's shortcut (before: the shortcut won, ``--config
+    a.yaml --config b.yaml``: a.yaml's ``max_epochs 1`` beat b.yaml's ``trainer.max_epochs 2``, and
+    the warning blamed old config.yaml files). "nested" also when no file sets the shortcut.
     """
     last = None
     for _, path in sorted(_option_values(argv, "--config")):
@@ -455,7 +489,7 @@ def _later_config_sets(argv: list[str], shortcut: str, nested: list[str]) -> boo
             last = "nested"
         if _recipe_value(path, [shortcut]) is not None:
             last = "shortcut"
-    return last == "nested"
+    return last
 
 
 def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Console, argv: list[str] = ()) -> int:
@@ -464,11 +498,15 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     from otx.engine import Engine
 
     argv = list(argv)
-    if cfg.data_root and cfg.data.data_root and _later_config_sets(argv, "data_root", ["data", "data_root"]):
-        cfg.data_root = None  # a later file's data.data_root
-    if cfg.max_epochs is not None and cfg.get("trainer") is not None and cfg.trainer.get("max_epochs") is not None:
-        if _later_config_sets(argv, "max_epochs", ["trainer", "max_epochs"]):
-            cfg.max_epochs = None  # a later file's trainer.max_epochs
+    # a shortcut from a --config file, with a later file's full key: that one wins (the command line's
+    # shortcuts are folded into the full keys, but for values the parser or Engine refuses, such as 0)
+    in_files = {shortcut: _recipe_value_in_configs(argv, shortcut) for shortcut in ("data_root", "max_epochs")}
+    data_last = _last_config_setting(argv, "data_root", ["data", "data_root"])
+    if cfg.data_root and cfg.data.data_root and in_files["data_root"] and data_last == "nested":
+        cfg.data_root = None
+    epochs_last = _last_config_setting(argv, "max_epochs", ["trainer", "max_epochs"])
+    if cfg.max_epochs is not None and in_files["max_epochs"] and epochs_last == "nested":
+        cfg.max_epochs = None
     if cfg.data_root:
         given = cfg.data.data_root
         if given and os.path.abspath(os.path.expanduser(str(given))) != os.path.abspath(
@@ -501,7 +539,7 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     if trainer is not None and cfg.max_epochs is not None:  # from a --config file (the command line's is folded)
         from otx.validate import check_int
 
-        if trainer.get("max_epochs") not in (None, cfg.max_epochs):
+        if trainer.get("max_epochs") not in (None, cfg.max_epochs) and in_files["max_epochs"]:  # (not --max_epochs 0)
             console.print(
                 f"[yellow]warning[/]: the config's max_epochs {cfg.max_epochs} wins over its trainer.max_epochs "
                 f"{trainer['max_epochs']} (set in that --config file or an earlier one, as config.yaml files written "
@@ -775,6 +813,11 @@ def _from_config(line: str, argv: list[str]) -> str:
     rest = line[len(f"--{key} expects ") :]
     rest = re.sub(r"; (`otx [\w<>]+ --help` lists the options|or pass --config .*)$", "", rest)
     return f"{key} in {source} expects {rest}"
+
+
+def _recipe_value_in_configs(argv: list[str], key: str) -> bool:
+    """Whether a ``--config`` file of ``argv`` sets the top-level ``key``."""
+    return any(_recipe_value(path, [key]) is not None for _, path in _option_values(argv, "--config"))
 
 
 def _recipe_value(path: str, parts: list[str]) -> str | None:
