@@ -585,3 +585,12 @@ def test_the_config_of_another_verbs_run_is_named_as_such(trained_padim: dict, t
             f"{verb} cannot read back; pass --checkpoint {export / 'exported_model.xml'}"
         )
         assert "".join(err.split()) == "".join(said.split()), err  # (the console wraps a long line anywhere)
+
+
+def test_a_key_of_another_verbs_config_is_named_as_that_verbs(tmp_path: Path, capsys) -> None:
+    # before: "unknown key 'source' (misspelled?)" for a config printed by otx predict, given to otx test
+    config = tmp_path / "predict.yaml"
+    config.write_text("task: null\nsource: images/\nvisualize: true\n")
+    assert main(["test", "--config", str(config), "--work_dir", str(tmp_path)]) == 2
+    (said,) = capsys.readouterr().err.strip().splitlines()
+    assert said.startswith("error: unknown key 'source': an option of otx predict, not of otx test"), said

@@ -913,6 +913,11 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
         match = pattern.search(text)
         if match:
             what = template.format(*([match.group(0)] + list(match.groups())))
+            key = match.groups()[-1]
+            theirs = [v for v in VERBS if v != verb and key in _known_options(v)] if verb in VERBS else []
+            if theirs and key not in _known_options(verb):  # before: "(misspelled?)" for predict's source
+                others = " and otx ".join(theirs)
+                return f"{what}: an option of otx {others}, not of otx {verb} (a config for another verb?)"
             near = _near_keys(match, verb)
             if near:
                 return f"{what}; did you mean {' or '.join(repr(key) for key in near)}?"
