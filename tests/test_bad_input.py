@@ -693,6 +693,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     ),
     # find, data
     ("find-what", "wrong value", ["find", "--what", "gadgets"], "what", 2),
+    (  # before: passed over without a word
+        "predict-source-split",
+        "wrong combination",
+        ["predict", "--source", "{data}/test/good", "--data.val_split", "0.3"],
+        "--data.val_split has no effect on otx predict --source",
+        1,
+    ),
     ("find-what-empty", "wrong value", ["find", "--what="], "--what expects one of all, recipes", 2),
     (  # before: "unexpected argument(s): models (options are --name value)"
         "find-two-words",

@@ -1367,6 +1367,12 @@ def _refuse_train_options(argv: list[str]) -> None:
             f"{given[0]} has no effect on otx {verb}: the model and its settings (thresholds, input size and mode) "
             f"come from the checkpoint or exported model; give model settings to otx train{hint}"
         )
+    split = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data.val_split", "--data.seed")]
+    if verb == "predict" and split and _option_values(argv, "--source"):  # before: passed over without a word
+        raise OTXError(
+            f"{split[0]} has no effect on otx predict --source: the validation split matters only for predicting a "
+            "data root's test/ images (without --source)"
+        )
     given = [arg.split("=")[0] for arg in argv if _is_trainer_option(arg) and arg != "--trainer"]
     if given or "--trainer" in argv:
         where = " (it takes --devices and --num_nodes)" if verb in ("test", "predict") else ""
