@@ -420,6 +420,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("train-config-yaml", "wrong file", ["train", "--config", "{badyaml}"], "is not valid YAML", 1),
+    (  # before: "otx.models.AnomalyModel: unknown option 'class_path'", the wrong key
+        "train-config-flat-model",
+        "wrong file",
+        ["train", "--config", "{flatyaml}"],
+        "the model's settings go under init_args (model: {class_path: otx.models.Padim, init_args: {backbone: ...}})",
+        1,
+    ),
     (  # before: YAML kept the second data: block, and the first one's settings were dropped without a word
         "train-config-duplicate-key",
         "wrong file",
@@ -792,7 +799,9 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
     (base / "initarg.yaml").write_text(recipe.replace("init_args:", "init_arg:"))
     (base / "type.yaml").write_text(recipe.replace("batch_size: 16", "batch_size: sixteen"))
     (base / "dup.yaml").write_text(recipe + "data:\n  num_workers: 0\n")  # a second data: block
+    (base / "flat.yaml").write_text("model:\n  class_path: otx.models.Padim\n  backbone: resnet18\n")
     return {
+        "flatyaml": str(base / "flat.yaml"),
         "dupyaml": str(base / "dup.yaml"),
         "classyaml": str(base / "class.yaml"),
         "initargyaml": str(base / "initarg.yaml"),
@@ -851,7 +860,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     message = lines[0]
     # before "empty": its path is a prefix of theirs
     files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml", "nullargsyaml")
-    files = (*files, "dupyaml")
+    files = (*files, "dupyaml", "flatyaml")
     for key in (*files, "missing", "ws", "file", "notest", "empty", "bin", "xml", "ckpt", "run", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")

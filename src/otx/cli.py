@@ -145,6 +145,15 @@ def _checked_yaml(path: str) -> str:
     if not isinstance(content, dict):  # before: jsonargparse's "Unexpected config: ..." with the file's text
         what = "is empty" if content is None else f"holds a {type(content).__name__}, not a recipe's keys"
         raise OTXError(f"--config {path} {what}; pass a recipe YAML (task, model, data, trainer; `otx find recipes`)")
+    model = content.get("model")
+    beside = [str(k) for k in model if k not in ("class_path", "init_args")] if isinstance(model, dict) else []
+    if any(close_matches(key, ["init_args"]) for key in beside):  # init_arg: the parser's "did you mean" says it
+        beside = []
+    if beside and "class_path" in model:  # before: "otx.models.AnomalyModel: unknown option 'class_path'"
+        raise OTXError(
+            f"--config {path}: the model's settings go under init_args (model: {{class_path: {model['class_path']}, "
+            f"init_args: {{{beside[0]}: ...}}}}); got {', '.join(beside)} beside class_path"
+        )
     return path
 
 
