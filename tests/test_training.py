@@ -465,6 +465,16 @@ def test_trainer_settings_a_padim_fit_cannot_use_are_said(sample_root: Path, tmp
     assert summary["trainer"]["precision"] == "bf16-mixed"
 
 
+def test_callbacks_that_never_see_a_validation_are_said(sample_root: Path, tmp_path: Path) -> None:
+    # Before: check_val_every_n_epoch 5 with 2 epochs left early stopping and the best epoch unrun, without a word
+    data = ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(tmp_path / "ws")]
+    every = ["--max_epochs", "2", "--trainer.check_val_every_n_epoch", "5"]
+    done = run_main("train", "--config", STFPM, *data, *SMALL, *every, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(_summary(tmp_path / "ws")["warnings"])
+    assert "check_val_every_n_epoch 5 validates after none of the 2 epochs: EarlyStopping, BestEpoch never see" in said
+
+
 @pytest.mark.parametrize(
     "partial", [{"limit_train_batches": 1}, {"limit_val_batches": 0, "callbacks": []}, {"fast_dev_run": True}]
 )
