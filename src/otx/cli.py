@@ -484,21 +484,34 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 
-def _last_config_setting(argv: list[str], shortcut: str, nested: list[str]) -> str | None:
-    """Which of ``shortcut`` and ``nested`` the last ``--config`` file setting either sets (None: no file).
+# The top-level shortcuts a --config file may hold, and the full keys they stand for
+_SHORTCUTS = {"data_root": ("data", "data_root"), "max_epochs": ("trainer", "max_epochs")}
 
-    The shortcuts (``max_epochs``, ``data_root``) win over their full keys in one file; a later
-    file's full key wins over an earlier file's shortcut (before: the shortcut won, ``--config
-    a.yaml --config b.yaml``: a.yaml's ``max_epochs 1`` beat b.yaml's ``trainer.max_epochs 2``, and
-    the warning blamed old config.yaml files). "nested" also when no file sets the shortcut.
+
+def _shortcut_states(argv: list[str]) -> dict[str, str | None]:
+    """Where each shortcut of ``_SHORTCUTS`` stands after ``argv``'s ``--config`` files, each read once.
+
+    None: no file sets it (a value came from the command line); "shortcut": it wins (in one file
+    the shortcut wins over its full key); "overridden": a later file sets the full key, which wins
+    (before: the shortcut won, ``--config a.yaml --config b.yaml``: a.yaml's ``max_epochs 1`` beat
+    b.yaml's ``trainer.max_epochs 2``, and the warning blamed old config.yaml files).
     """
-    last = None
+    import yaml
+
+    states: dict[str, str | None] = dict.fromkeys(_SHORTCUTS)
     for _, path in sorted(_option_values(argv, "--config")):
-        if _recipe_value(path, nested) is not None:
-            last = "nested"
-        if _recipe_value(path, [shortcut]) is not None:
-            last = "shortcut"
-    return last
+        try:
+            content = yaml.safe_load(Path(resolve_recipe(path)).read_text())
+        except Exception:  # noqa: BLE001 - the parser read it; nothing to compare here
+            continue
+        if not isinstance(content, dict):
+            continue
+        for shortcut, (section, key) in _SHORTCUTS.items():
+            if states[shortcut] and isinstance(content.get(section), dict) and key in content[section]:
+                states[shortcut] = "overridden"
+            if shortcut in content:
+                states[shortcut] = "shortcut"
+    return states
 
 
 def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Console, argv: list[str] = ()) -> int:
@@ -506,15 +519,12 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     from otx.data.datamodule import AnomalyDataModule
     from otx.engine import Engine
 
-    argv = list(argv)
     # a shortcut from a --config file, with a later file's full key: that one wins (the command line's
     # shortcuts are folded into the full keys, but for values the parser or Engine refuses, such as 0)
-    in_files = {shortcut: _recipe_value_in_configs(argv, shortcut) for shortcut in ("data_root", "max_epochs")}
-    data_last = _last_config_setting(argv, "data_root", ["data", "data_root"])
-    if cfg.data_root and cfg.data.data_root and in_files["data_root"] and data_last == "nested":
+    states = _shortcut_states(list(argv))
+    if cfg.data_root and cfg.data.data_root and states["data_root"] == "overridden":
         cfg.data_root = None
-    epochs_last = _last_config_setting(argv, "max_epochs", ["trainer", "max_epochs"])
-    if cfg.max_epochs is not None and in_files["max_epochs"] and epochs_last == "nested":
+    if cfg.max_epochs is not None and states["max_epochs"] == "overridden":
         cfg.max_epochs = None
     if cfg.data_root:
         given = cfg.data.data_root
@@ -548,7 +558,7 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
     if trainer is not None and cfg.max_epochs is not None:  # from a --config file (the command line's is folded)
         from otx.validate import check_int
 
-        if trainer.get("max_epochs") not in (None, cfg.max_epochs) and in_files["max_epochs"]:  # (not --max_epochs 0)
+        if trainer.get("max_epochs") not in (None, cfg.max_epochs) and states["max_epochs"]:  # (not --max_epochs 0)
             console.print(
                 f"[yellow]warning[/]: the config's max_epochs {cfg.max_epochs} wins over its trainer.max_epochs "
                 f"{trainer['max_epochs']} (set in that --config file or an earlier one, as config.yaml files written "
@@ -822,11 +832,6 @@ def _from_config(line: str, argv: list[str]) -> str:
     rest = line[len(f"--{key} expects ") :]
     rest = re.sub(r"; (`otx [\w<>]+ --help` lists the options|or pass --config .*)$", "", rest)
     return f"{key} in {source} expects {rest}"
-
-
-def _recipe_value_in_configs(argv: list[str], key: str) -> bool:
-    """Whether a ``--config`` file of ``argv`` sets the top-level ``key``."""
-    return any(_recipe_value(path, [key]) is not None for _, path in _option_values(argv, "--config"))
 
 
 def _recipe_value(path: str, parts: list[str]) -> str | None:
@@ -1535,14 +1540,10 @@ def _model_swap_note(argv: list[str], cfg: Namespace) -> str | None:
     if source is None or str(theirs["class_path"]).rpartition(".")[2] == ours.rpartition(".")[2]:
         return None
     module_name, _, name = ours.rpartition(".")
-    defaults = {
-        k: p.default
-        for k, p in inspect.signature(getattr(importlib.import_module(module_name), name)).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
+    takes = inspect.signature(getattr(importlib.import_module(module_name), name)).parameters
+    defaults = {k: p.default for k, p in takes.items() if p.default is not inspect.Parameter.empty}
     # a setting given on the command line that the new class does not take: jsonargparse dropped it without a
     # word when it came before --model (and refuses it after): refused here either way
-    takes = inspect.signature(getattr(importlib.import_module(module_name), name)).parameters
     prefix = "--model.init_args."
     for arg in argv:
         key = arg[len(prefix) :].split("=", 1)[0] if arg.startswith(prefix) else None

@@ -386,10 +386,9 @@ def _images_under(folder: Path) -> list[Path]:
                 f"'{folder}' is {'an otx run folder' if run == folder else f'in the otx run folder {run}'}: its images "
                 "are otx's outputs (masks, overlays), not images to predict; pass the folder of the images to predict"
             )
-        if top != str(folder) and (
-            LATEST in names or is_run_folder(top) or (DEMO_RESULTS in names and _demo_results(Path(top)))
-        ):
-            (skipped if LATEST in names or is_run_folder(top) else demo).append(top)
+        otx_folder = top != str(folder) and (LATEST in names or is_run_folder(top))
+        if otx_folder or (top != str(folder) and DEMO_RESULTS in names and _demo_results(Path(top))):
+            (skipped if otx_folder else demo).append(top)
             dirs.clear()
             continue
         leftovers += [Path(top, name) for name in sorted(dirs) if is_tool_folder(name)]
