@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from helpers import run_main, run_otx_group
@@ -19,7 +21,7 @@ from otx.engine import Engine
 from otx.errors import OTXError
 from otx.metrics import roc_auc
 from otx.models import Stfpm
-from otx.training import BestEpoch
+from otx.training import BestEpoch, describe_settings, instantiate_callbacks
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
 
@@ -86,8 +88,36 @@ def test_early_stopping_keeps_the_best_epoch_and_its_thresholds(sample_root: Pat
     assert auroc == pytest.approx(curve[best], abs=1e-6)
     assert summary["validation_metrics"]["image_AUROC"] == pytest.approx(curve[best], abs=1e-6)
     assert ckpt["schema"] == CHECKPOINT_SCHEMA
-    config = (Path(summary["checkpoint"]).parent / "config.yaml").read_text()
-    assert "class_path: lightning.pytorch.callbacks.early_stopping.EarlyStopping" in config
+    config = yaml.safe_load((Path(summary["checkpoint"]).parent / "config.yaml").read_text())
+    assert config["trainer"]["callbacks"][0] == {  # before: the class path alone (a rerun lost monitor and patience)
+        "class_path": "lightning.pytorch.callbacks.early_stopping.EarlyStopping",
+        "init_args": {**monitor, "patience": 2},
+    }
+
+
+def test_callback_objects_are_recorded_with_the_settings_that_rebuild_them(caplog: pytest.LogCaptureFixture) -> None:
+    """config.yaml's entry for a callback object rebuilds one that stores what the object stores."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, Timer
+
+    given = [
+        EarlyStopping(monitor="val/image_AUROC", mode="min", min_delta=0.01, patience=2),  # stores min_delta -0.01
+        EarlyStopping(monitor="val/image_AUROC", mode="max", min_delta=0.02, stopping_threshold=0.99),
+        ModelCheckpoint(monitor="val/pixel_AUROC", mode="max", filename="best", dirpath=Path("ckpt"), save_top_k=2),
+        BestEpoch(monitor="train_loss", mode="min"),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    entries = yaml.safe_load(yaml.safe_dump(describe_settings({"callbacks": given})))["callbacks"]
+    assert not caplog.records
+    for original, copy_ in zip(given, instantiate_callbacks(entries), strict=True):
+        assert type(copy_) is type(original)
+        names = set(inspect.signature(type(original)).parameters)
+        attributes = {k: v for k, v in vars(original).items() if k.lstrip("_") in names}
+        assert attributes and {k: vars(copy_)[k] for k in attributes} == attributes, type(original).__name__
+    assert entries[0]["init_args"]["min_delta"] == 0.01  # as given, not as stored
+    assert describe_settings({"callbacks": [Timer(duration="00:00:01:00")]})["callbacks"][0] == {
+        "class_path": "lightning.pytorch.callbacks.timer.Timer"
+    }
+    assert "Timer without duration" in caplog.text  # what it could not read back is said
 
 
 class _Scripted(L.LightningModule):

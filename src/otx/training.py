@@ -16,6 +16,7 @@ import datetime
 import importlib
 import inspect
 import logging
+import os
 import re
 import signal
 import threading
@@ -119,14 +120,90 @@ def merge_settings(*layers: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def describe_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """Trainer settings as plain data for config.yaml (callback instances by their class path)."""
+    """Trainer settings as plain data for config.yaml (callback instances as ``{class_path, init_args}``)."""
     described = dict(settings)
     if described.get("callbacks"):
         described["callbacks"] = [
-            spec if not isinstance(spec, L.Callback) else {"class_path": class_path(spec)}
-            for spec in described["callbacks"]
+            spec if not isinstance(spec, L.Callback) else callback_entry(spec) for spec in described["callbacks"]
         ]
     return described
+
+
+def callback_entry(callback: L.Callback) -> dict[str, Any]:
+    """``{class_path, init_args}`` that rebuilds ``callback``: its constructor's arguments read back from it.
+
+    Lightning's callbacks keep their arguments as attributes of the same name (or with a leading
+    underscore), some changed on the way (``EarlyStopping`` stores ``min_delta`` with the sign of its
+    mode). So each argument that differs from its default is read back, the callback is rebuilt from
+    them, and an argument counts only when the rebuilt callback stores what the given one does (a
+    number stored negated is taken negated). Before, config.yaml held the class path alone, and a
+    run made again from it lost the callback's monitor and patience. Arguments the rebuilt callback
+    does not reproduce are named in a warning.
+    """
+    cls = type(callback)
+    try:
+        parameters = [
+            p for p in inspect.signature(cls).parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+    except (TypeError, ValueError):  # a class without a signature Python can read
+        parameters = []
+
+    def stored(obj: Any, name: str) -> Any:
+        attributes = vars(obj)
+        return attributes.get(name, attributes.get(f"_{name}"))
+
+    def rebuilt(init_args: dict[str, Any]) -> Any:
+        try:
+            return cls(**init_args)
+        except Exception:  # noqa: BLE001 - any failure means these arguments do not rebuild it
+            return None
+
+    init_args: dict[str, Any] = {}
+    for parameter in parameters:
+        value = stored(callback, parameter.name)
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        if _plain(value) and not (parameter.default is not parameter.empty and _same(value, parameter.default)):
+            init_args[parameter.name] = value
+    copy_ = rebuilt(init_args)
+    for name, value in list(init_args.items()):
+        if copy_ is not None and _same(stored(copy_, name), stored(callback, name)):
+            continue
+        flipped = rebuilt({**init_args, name: -value}) if isinstance(value, int | float) and value else None
+        if flipped is not None and _same(stored(flipped, name), stored(callback, name)):
+            init_args[name], copy_ = -value, flipped
+        else:
+            del init_args[name]
+            copy_ = rebuilt(init_args)
+    lost = [p.name for p in parameters if copy_ is None or not _same(stored(copy_, p.name), stored(callback, p.name))]
+    if lost:
+        log.warning(
+            "config.yaml records %s without %s (not read back from the object); give it as {class_path: %s, "
+            "init_args: {...}} to record every setting",
+            cls.__name__,
+            ", ".join(lost),
+            class_path(callback),
+        )
+    entry: dict[str, Any] = {"class_path": class_path(callback)}
+    if init_args:
+        entry["init_args"] = init_args
+    return entry
+
+
+def _plain(value: Any) -> bool:
+    """Whether config.yaml can hold ``value`` as it is (text, numbers, lists and mappings of them)."""
+    if isinstance(value, list | tuple):
+        return all(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(_plain(key) and _plain(item) for key, item in value.items())
+    return isinstance(value, str | int | float | bool | type(None))
+
+
+def _same(first: Any, second: Any) -> bool:
+    """Whether two stored values are equal (False for values that cannot be compared)."""
+    try:
+        return type(first) is type(second) and bool(first == second)
+    except Exception:  # noqa: BLE001 - tensors and the like
+        return False
 
 
 _CALLBACK_EXAMPLE = (
