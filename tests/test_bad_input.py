@@ -476,6 +476,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "unknown key 'data.batchsize'; did you mean 'data.batch_size'?",
         2,
     ),
+    (  # before: the value was passed over and the whole configuration printed
+        "train-print-config-flag",
+        "wrong value",
+        ["train", "--config", RECIPE, "--print_config=skip_default"],
+        "--print_config takes no value, or skip_null to leave out unset settings (got skip_default)",
+        2,
+    ),
     (
         "train-option-misspelled",
         "misspelled key",

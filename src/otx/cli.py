@@ -1577,7 +1577,34 @@ def _asks_print_config(argv: list[str]) -> bool:
     return any(arg == "--print_config" or arg.startswith("--print_config=") for arg in argv)
 
 
-def _evaluation_config(cfg: Namespace, parser: ArgumentParser) -> str:
+def _print_config_flags(argv: list[str]) -> set[str]:
+    """The flags of ``--print_config=...``: ``skip_null`` leaves out unset settings; others are refused.
+
+    Before, any value was taken and passed over (``--print_config=flags``, ``=skip_default``: the
+    whole configuration, as if it meant something).
+    """
+    flags = {
+        flag.strip()
+        for arg in argv
+        if arg.startswith("--print_config=")
+        for flag in arg.split("=", 1)[1].split(",")
+        if flag.strip()
+    }
+    if unknown := sorted(flags - {"skip_null"}):
+        raise OTXConfigError(
+            f"--print_config takes no value, or skip_null to leave out unset settings (got {', '.join(unknown)})"
+        )
+    return flags
+
+
+def _without_nulls(value: Any) -> Any:
+    """``value`` with the unset (None) settings of its mappings left out, for ``--print_config=skip_null``."""
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    return value
+
+
+def _evaluation_config(cfg: Namespace, parser: ArgumentParser, flags: set[str]) -> str:
     """``--print_config`` of test, predict, export, optimize and benchmark: the settings they use.
 
     The model, its settings (thresholds, input size and mode) and the epochs come from the checkpoint
@@ -1595,10 +1622,10 @@ def _evaluation_config(cfg: Namespace, parser: ArgumentParser) -> str:
     )
     if not resolved.get("data_root") and not (resolved.get("data") or {}).get("data_root"):
         head += "# data_root null: the data the model was trained on\n"
-    return head + yaml.safe_dump(resolved, sort_keys=False)
+    return head + yaml.safe_dump(_without_nulls(resolved) if "skip_null" in flags else resolved, sort_keys=False)
 
 
-def _train_config(cfg: Namespace, parser: ArgumentParser) -> str:
+def _train_config(cfg: Namespace, parser: ArgumentParser, flags: set[str]) -> str:
     """``otx train --print_config``: each setting once, as the run's config.yaml writes it.
 
     The shortcuts ``data_root`` and ``max_epochs`` are shown in their sections (``data.data_root``,
@@ -1614,7 +1641,7 @@ def _train_config(cfg: Namespace, parser: ArgumentParser) -> str:
         resolved["data"]["data_root"] = data_root
     if max_epochs is not None and isinstance(resolved.get("trainer"), dict):
         resolved["trainer"]["max_epochs"] = max_epochs
-    return yaml.safe_dump(resolved, sort_keys=False)
+    return yaml.safe_dump(_without_nulls(resolved) if "skip_null" in flags else resolved, sort_keys=False)
 
 
 def _main(argv: list[str], whole_process: bool = False) -> int:
@@ -1636,6 +1663,11 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         parser = build_parser(tuple(argv[:1]))  # only the verb that runs needs its options
         printing = bool(argv) and argv[0] in VERBS and _asks_print_config(argv)
         if printing:  # the evaluation verbs print what they will use, not the recipe's model and trainer
+            try:
+                print_flags = _print_config_flags(argv)
+            except OTXConfigError as exc:  # a bad argument, as the parser's (exit 2)
+                errors.print(f"[bold red]error[/]: {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
+                return 2
             argv = [arg for arg in argv if not (arg == "--print_config" or arg.startswith("--print_config="))]
         argv = _configs_first(_upper_export_choices(argv))
         cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(argv))))
@@ -1646,7 +1678,11 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             logging.getLogger("otx").warning(swapped)
         if printing:
             own = parser._subcommands_action._name_parser_map[command]
-            text = _train_config(cfg.train, own) if command == "train" else _evaluation_config(cfg[command], own)
+            text = (
+                _train_config(cfg.train, own, print_flags)
+                if command == "train"
+                else _evaluation_config(cfg[command], own, print_flags)
+            )
             console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True, end="")
             return 0
         if command in VERBS:
