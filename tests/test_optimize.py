@@ -416,6 +416,22 @@ def test_an_int8_model_that_crashes_openvino_everywhere_is_one_line_and_nothing_
     assert not list(tmp_path.glob("*-optimize/optimized_model.xml"))
 
 
+def test_the_compile_check_process_compiles_without_loading_openvino_telemetry(tmp_path: Path) -> None:
+    # before: the child imported OpenVINO's telemetry and looked up its analytics server, even offline
+    import subprocess
+    import sys
+
+    from otx.deploy.optimize import COMPILE_CHECK
+
+    image = ov.opset13.parameter([1, 3, 8, 8], ov.Type.f32)
+    path = tmp_path / "relu.xml"
+    ov.save_model(ov.Model([ov.opset13.relu(image)], [image]), str(path))
+    code = COMPILE_CHECK + "print('telemetry', sys.modules.get('openvino_telemetry'))\n"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "telemetry None"
+
+
 def test_best_attempt_keeps_the_first_that_holds_else_the_closest() -> None:
     from otx.deploy.optimize import best_attempt, decision_miss
 

@@ -76,8 +76,12 @@ WEIGHT_BITS_SUMMARY = {
 _VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 # Compiles the IR at argv[1] as ``compile_f32`` does (``check_compiles``). Death by a fault signal (or
 # a Windows crash code) is OpenVINO's native code crashing; an error it raises is not (exit code 1).
+# The process sends no usage telemetry (OpenVINO's own stand-in when the package cannot be imported):
+# it does not import otx, whose offline guard it would otherwise miss (a DNS lookup of the analytics
+# server under OTX_OFFLINE=1, found by a bug bash).
 COMPILE_CHECK = (
     "import sys\n"
+    "sys.modules['openvino_telemetry'] = None\n"
     "import openvino as ov\n"
     "ov.Core().compile_model(sys.argv[1], 'CPU', {'INFERENCE_PRECISION_HINT': 'f32'})\n"
 )
