@@ -11,7 +11,8 @@ answers 0 and everything else raises) into ``site-packages/_otx_tv_cpu_stub/`` a
 ``.pth`` file that preloads them at interpreter start. torchvision's real CPU kernels
 (nms, roi_align, image decoding) then work. Where torch and torchvision match (both CUDA
 or both CPU builds) it does nothing. Without a C++ compiler it falls back to defining
-``torchvision::nms`` in Python, enough for timm, lightning and anomalib to import.
+``torchvision::nms`` and ``torchvision::qnms`` in Python (torchvision 0.28 registers fake kernels
+for both at import), enough for timm, lightning and anomalib to import.
 
 This module must not import torchvision: it runs exactly when that import is broken.
 """
@@ -46,7 +47,7 @@ if os.path.isdir(os.path.join(_site, "torchvision")) and not os.path.exists(
             ctypes.CDLL(_path, mode=ctypes.RTLD_GLOBAL)
 '''
 
-_SHIM_INIT = '''"""Define torchvision::nms in Python (written by otx._torchvision_fix; no compiler was found)."""
+_SHIM_INIT = '''"""Define torchvision::nms and ::qnms in Python (written by otx._torchvision_fix: no compiler)."""
 import importlib.abc
 import sys
 
@@ -75,8 +76,14 @@ def _define_ops():
             suppressed |= inter / (areas[i] + areas - inter) > iou_threshold
         return torch.tensor(keep, dtype=torch.long, device=dets.device)
 
+    def qnms(dets, scores, iou_threshold):
+        return nms(dets.dequantize(), scores.dequantize(), iou_threshold)
+
+    # torchvision registers fake kernels for both at import, whether or not its extension loaded
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.impl("nms", nms, "CompositeExplicitAutograd")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.impl("qnms", qnms, "CompositeExplicitAutograd")
     sys.modules[__name__]._lib = lib
 
 
@@ -161,7 +168,7 @@ def apply(site: Path | None = None) -> str:
         how = "compiled CUDA stand-in libraries"
     else:
         (dest / "__init__.py").write_text(_SHIM_INIT)
-        how = "no C++ compiler: defined torchvision::nms in Python"
+        how = "no C++ compiler: defined torchvision::nms and ::qnms in Python"
     (site / f"{STUB_PACKAGE}.pth").write_text(f"import {STUB_PACKAGE}\n")
     return f"torchvision is a CUDA build on a CPU torch: {how} in {dest}"
 

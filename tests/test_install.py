@@ -1,0 +1,66 @@
+"""How otx installs: the torchvision fix's compiler-free fallback and ``python -m otx``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from otx._torchvision_fix import STUB_PACKAGE, apply
+
+SITE = sysconfig.get_paths()["purelib"]
+
+
+def test_python_m_otx_is_the_otx_command(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "otx", "find", "--what", "recipes"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "recipe/anomaly_segmentation/padim.yaml" in done.stdout
+
+
+def test_torchvision_fix_without_a_compiler_lets_the_stack_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No C++ compiler: Python definitions let torchvision, timm and anomalib import; nms computes as torchvision's."""
+    bare = [sys.executable, "-S", "-c", f"import sys; sys.path.append({SITE!r}); import torchvision"]
+    if subprocess.run(bare, capture_output=True).returncode == 0:
+        pytest.skip("torchvision loads its extension on this torch without otx's stand-ins")
+    # a site folder with this environment's torch and torchvision, and no compiler (nor ldd) on PATH
+    site = tmp_path / "site"
+    site.mkdir()
+    for name in ("torch", "torchvision"):
+        (site / name).symlink_to(Path(SITE) / name)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    assert "no C++ compiler" in apply(site)
+    assert (site / f"{STUB_PACKAGE}.pth").read_text() == f"import {STUB_PACKAGE}\n"
+
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(60, 2, generator=generator) * 50
+    boxes = torch.cat([corners, corners + 5 + torch.rand(60, 2, generator=generator) * 20], dim=1)
+    scores = torch.randperm(60, generator=generator) / 100  # no ties, before or after quantisation
+    code = (  # the stand-ins load as an installed environment loads them: its .pth at start-up
+        f"import site, sys; site.addsitedir({str(site)!r}); sys.path.append({SITE!r})\n"
+        "import json, torch, torchvision, timm, anomalib\n"
+        f"boxes, scores = torch.tensor({boxes.tolist()}), torch.tensor({scores.tolist()})\n"
+        "keep = torch.ops.torchvision.nms(boxes, scores, 0.3)\n"
+        "q = torch.ops.torchvision.qnms(torch.quantize_per_tensor(boxes, 0.5, 0, torch.quint8),\n"
+        "                                torch.quantize_per_tensor(scores, 0.01, 0, torch.quint8), 0.3)\n"
+        "print(json.dumps([keep.tolist(), q.tolist()]))\n"
+    )
+    done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]  # before: operator torchvision::qnms does not exist
+    keep, q = json.loads(done.stdout.strip().splitlines()[-1])
+    import torchvision  # noqa: F401 - its own kernels, in this process (loaded through the compiled stand-ins)
+
+    assert keep == torch.ops.torchvision.nms(boxes, scores, 0.3).tolist()
+    quantised = (  # qnms: nms of the quantised values (this torchvision has no QuantizedCPU kernel to compare)
+        torch.quantize_per_tensor(boxes, 0.5, 0, torch.quint8).dequantize(),
+        torch.quantize_per_tensor(scores, 0.01, 0, torch.quint8).dequantize(),
+    )
+    assert q == torch.ops.torchvision.nms(*quantised, 0.3).tolist()
