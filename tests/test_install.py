@@ -64,3 +64,59 @@ def test_torchvision_fix_without_a_compiler_lets_the_stack_import(
         torch.quantize_per_tensor(scores, 0.01, 0, torch.quint8).dequantize(),
     )
     assert q == torch.ops.torchvision.nms(*quantised, 0.3).tolist()
+
+
+def _otx_in_a_child(code: str, *args: str, site_packages: bool = True) -> subprocess.CompletedProcess:
+    """``otx find`` (or ``args``) in a fresh interpreter after ``code``; with ``site_packages`` False, the
+    environment's packages come without its .pth files (no torchvision stand-ins, no editable install)."""
+    import otx
+
+    source = str(Path(otx.__file__).parents[1])
+    path = "" if site_packages else f"import sys; sys.path += [{SITE!r}, {source!r}]\n"
+    script = f"{path}{code}\nimport sys\nfrom otx.cli import main\nsys.exit(main({list(args or ['find'])!r}))\n"
+    flags = [] if site_packages else ["-S"]
+    return subprocess.run([sys.executable, *flags, "-c", script], capture_output=True, text=True)
+
+
+def test_a_missing_package_is_one_line_naming_it_not_a_bug_in_otx() -> None:
+    done = _otx_in_a_child("import sys; sys.modules['matplotlib'] = None  # as if uninstalled")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    # before: "internal error (ModuleNotFoundError ...); a bug in otx: the run's otx.log has the traceback"
+    assert done.stderr.strip() == (
+        "error: the Python package 'matplotlib' is missing from this environment, and otx needs it: pip install "
+        "matplotlib (with the constraints otx was installed with), or reinstall otx"
+    )
+
+
+def test_a_torchvision_for_another_torch_is_one_line_saying_how_to_fix_it() -> None:
+    bare = [sys.executable, "-S", "-c", f"import sys; sys.path.append({SITE!r}); import torchvision"]
+    if subprocess.run(bare, capture_output=True).returncode == 0:
+        pytest.skip("torchvision loads its extension on this torch without otx's stand-ins")
+    done = _otx_in_a_child("", site_packages=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("error: torchvision cannot load its operators on this torch (torch 2.")
+    assert "run python -m otx._torchvision_fix" in done.stderr
+
+
+def test_an_internal_error_says_where_its_traceback_is(
+    trained_padim: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import otx.deploy.export as export_module
+    from otx.cli import main
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a stand-in for a bug")
+
+    monkeypatch.setattr(export_module, "export_model", broken)
+    assert main(["export", "--checkpoint", str(trained_padim["checkpoint"]), "--work_dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    (log,) = tmp_path.glob("*-export/otx.log")
+    # before: "the run's otx.log has the traceback", whichever run that was, or with none made
+    assert err == (
+        f"error: internal error (RuntimeError: a stand-in for a bug); a bug in otx: {log} has the traceback "
+        "(OTX_DEBUG=1 shows it here)"
+    )
+    assert "Traceback" in log.read_text() and "a stand-in for a bug" in log.read_text()
+    monkeypatch.setattr("otx.cli._find", broken)
+    assert main(["find"]) == 1
+    assert "a bug in otx: no run folder was made (OTX_DEBUG=1 shows it here)" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from rich.table import Table
 
 from otx import __version__
 from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_now, secondary
-from otx.errors import COMMAND_LINE, OTXConfigError, OTXError, out_of_memory, out_of_space
+from otx.errors import COMMAND_LINE, OTXConfigError, OTXError, broken_install, out_of_memory, out_of_space
 from otx.logs import StderrHandler, make_console
 from otx.validate import close_matches
 from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPS
@@ -1727,13 +1727,15 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             return stop_exit_code()
         if os.environ.get("OTX_DEBUG"):
             raise
-        if (memory := out_of_memory(exc) or out_of_space(exc)) is not None:  # outside a verb's run (a verb's
-            # own says it as OTXError)
-            errors.print(f"[bold red]error[/]: {escape(_one_line(memory))}", highlight=False, soft_wrap=True)
+        # outside a verb's run (a verb's own says these as OTXError): memory, disk, the environment
+        if (said := out_of_memory(exc) or out_of_space(exc) or broken_install(exc)) is not None:
+            errors.print(f"[bold red]error[/]: {escape(_one_line(said))}", highlight=False, soft_wrap=True)
             return 1
+        log_file = getattr(exc, "otx_log", None)  # the failed run's log, where a run folder was made
+        where = f"{log_file} has the traceback" if log_file else "no run folder was made"
         errors.print(
             f"[bold red]error[/]: internal error ({type(exc).__name__}: {escape(_one_line(exc)[:300])}); a bug in otx: "
-            "the run's otx.log has the traceback (OTX_DEBUG=1 shows it here)",
+            f"{escape(where)} (OTX_DEBUG=1 shows it here)",
             highlight=False,
             soft_wrap=True,
         )

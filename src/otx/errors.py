@@ -92,6 +92,49 @@ def out_of_memory(exc: BaseException) -> OTXMemoryError | None:
     )
 
 
+class OTXInstallError(OTXError):
+    """The Python environment lacks a package otx needs, or holds builds that do not work together."""
+
+
+# Import names whose package is installed under another name.
+_PACKAGE_OF = {"cv2": "opencv-python-headless", "yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn"}
+_TORCHVISION_OPS = re.compile(r"operator torchvision::\w+ does not exist|Couldn't load custom C\+\+ ops")
+
+
+def broken_install(exc: BaseException) -> OTXInstallError | None:
+    """``exc`` as one line when the environment is not set up for otx, else None.
+
+    A missing package, or a torchvision built for another torch. Before: "internal error (...); a
+    bug in otx", pointing at a run log that was never written (a packaging bug bash: a pip install
+    without ``python -m otx._torchvision_fix``, or with matplotlib removed).
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ModuleNotFoundError) and seen.name and not seen.name.startswith("otx"):
+            top = seen.name.split(".")[0]
+            package = _PACKAGE_OF.get(top, top)
+            return OTXInstallError(
+                f"the Python package '{top}' is missing from this environment, and otx needs it: pip install "
+                f"{package} (with the constraints otx was installed with), or reinstall otx"
+            )
+        if _TORCHVISION_OPS.search(str(seen)):
+            import importlib.metadata as metadata
+
+            def version(name: str) -> str:
+                try:
+                    return metadata.version(name)
+                except metadata.PackageNotFoundError:
+                    return "not installed"
+
+            return OTXInstallError(
+                f"torchvision cannot load its operators on this torch (torch {version('torch')}, torchvision "
+                f"{version('torchvision')}: builds that do not match); run python -m otx._torchvision_fix (a CUDA "
+                "torchvision on a CPU torch), or install the torchvision build that matches torch (docs/install.md)"
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 COMMAND_LINE: ContextVar[bool] = ContextVar("otx_command_line", default=False)
 """True while ``otx`` (the command line) runs: messages keep its option spellings."""
 

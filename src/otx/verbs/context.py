@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import resource
@@ -17,7 +18,7 @@ from otx import __version__, distributed
 from otx._signal_stack import repair_signal_stack
 from otx.data.datamodule import AnomalyDataModule
 from otx.distributed import SecondaryRankDone
-from otx.errors import OTXError, for_caller, out_of_memory, out_of_space
+from otx.errors import OTXError, broken_install, for_caller, out_of_memory, out_of_space
 from otx.results import Result, recorded_path
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
 from otx.workdir import STOPS, Run, WorkDir, check_outside_data, stop_name
@@ -176,7 +177,13 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
             log.error("%s failed: %s", command, gone, exc_info=True, extra=FILE_ONLY)
             said_why = True
             raise gone from exc
+        if (broken := broken_install(exc)) is not None:  # the environment, not a bug in otx
+            log.error("%s failed: %s", command, broken, exc_info=True, extra=FILE_ONLY)
+            said_why = True
+            raise broken from exc
         log.exception("%s failed: internal error (%s: %s)", command, type(exc).__name__, exc, extra=FILE_ONLY)
+        with contextlib.suppress(AttributeError, TypeError):  # for the command line's line: where the traceback is
+            exc.otx_log = run.path / "otx.log"  # type: ignore[attr-defined]
         said_why = True
         raise
     finally:
