@@ -120,3 +120,21 @@ def test_an_internal_error_says_where_its_traceback_is(
     monkeypatch.setattr("otx.cli._find", broken)
     assert main(["find"]) == 1
     assert "a bug in otx: no run folder was made (OTX_DEBUG=1 shows it here)" in capsys.readouterr().err
+
+
+def test_a_package_lightning_finds_missing_is_one_line_not_an_accelerator_hint(
+    sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from lightning.fabric.loggers import tensorboard
+
+    from otx.cli import main
+
+    monkeypatch.setattr(tensorboard, "_TENSORBOARD_AVAILABLE", False)  # as Lightning sees an uninstalled tensorboard
+    monkeypatch.setattr(tensorboard, "_TENSORBOARDX_AVAILABLE", False)
+    args = ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(tmp_path)]
+    assert main(["train", "--config", "recipe/anomaly_segmentation/padim.yaml", *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: Neither `tensorboard` nor `tensorboardX` is available") and "\n" not in err
+    # before: "... (accelerator 'auto', devices 1); --trainer.accelerator cpu runs anywhere"
+    assert err.endswith("a package otx needs is missing from this environment: install it, or reinstall otx")
+    assert not (tmp_path / "latest.json").exists()

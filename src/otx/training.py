@@ -44,7 +44,7 @@ from otx.distributed import (
     ddp_strategy,
     met,
 )
-from otx.errors import OTXConfigError, OTXError
+from otx.errors import OTXConfigError, OTXError, OTXInstallError
 from otx.validate import close_matches
 
 
@@ -760,6 +760,10 @@ def build_trainer(
         ):
             raise
         message = " ".join(str(exc).split())
+        if isinstance(exc, ModuleNotFoundError):  # Lightning's own check of a package (TensorBoard for the logs)
+            raise OTXInstallError(
+                f"{message}; a package otx needs is missing from this environment: install it, or reinstall otx"
+            ) from exc
         if any(word in message for word in ("accelerator", "backend", "device", "Requirement")):
             devices = settings.get("devices")
             message += f" (accelerator {settings.get('accelerator')!r}, devices {devices!r}); "
