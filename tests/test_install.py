@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from otx._torchvision_fix import STUB_PACKAGE, apply
+from otx._torchvision_fix import STUB_PACKAGE, apply, undo
 
 SITE = sysconfig.get_paths()["purelib"]
 
@@ -39,6 +39,8 @@ def test_torchvision_fix_without_a_compiler_lets_the_stack_import(
     monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
     assert "no C++ compiler" in apply(site)
     assert (site / f"{STUB_PACKAGE}.pth").read_text() == f"import {STUB_PACKAGE}\n"
+    assert undo(site).startswith("removed ") and sorted(p.name for p in site.iterdir()) == ["torch", "torchvision"]
+    apply(site)
 
     generator = torch.Generator().manual_seed(0)
     corners = torch.rand(60, 2, generator=generator) * 50

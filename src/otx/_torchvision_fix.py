@@ -14,7 +14,8 @@ or both CPU builds) it does nothing. Without a C++ compiler it falls back to def
 ``torchvision::nms`` and ``torchvision::qnms`` in Python (torchvision 0.28 registers fake kernels
 for both at import), enough for timm, lightning and anomalib to import.
 
-This module must not import torchvision: it runs exactly when that import is broken.
+``python -m otx._torchvision_fix --undo`` removes both (``pip uninstall otx`` does not: pip did
+not install them). This module must not import torchvision: it runs exactly when that import is broken.
 """
 
 from __future__ import annotations
@@ -173,8 +174,24 @@ def apply(site: Path | None = None) -> str:
     return f"torchvision is a CUDA build on a CPU torch: {how} in {dest}"
 
 
-def main() -> int:
-    """Apply the fix and check that torchvision imports in a fresh interpreter."""
+def undo(site: Path | None = None) -> str:
+    """Remove what ``apply`` wrote (``pip uninstall otx`` leaves it); return a one-line description."""
+    site = site or _site_packages()
+    written = [path for path in (site / f"{STUB_PACKAGE}.pth", site / STUB_PACKAGE) if path.exists()]
+    for path in written:  # the .pth first: an interpreter starting meanwhile does not import a half-removed package
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return f"removed {', '.join(str(path) for path in written)}" if written else f"nothing to remove in {site}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Apply the fix and check that torchvision imports in a fresh interpreter (``--undo``: remove it)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--undo"]:
+        print(f"otx: {undo()}")
+        return 0
+    if args:
+        print("usage: python -m otx._torchvision_fix [--undo]", file=sys.stderr)
+        return 2
     print(f"otx: {apply()}")
     if importlib.util.find_spec("torchvision") is None:
         return 0
