@@ -86,6 +86,37 @@ def test_a_val_image_named_as_a_test_image_of_its_defect_type_is_refused(dataset
     assert val.mask_path == str(masks / f"val_{defect[0].stem}_mask.png")
 
 
+def test_folders_otx_does_not_read_are_named(dataset_copy, caplog: pytest.LogCaptureFixture) -> None:
+    """MVTec LOCO's validation/ and one mask folder per image: said, not passed over (before: no word)."""
+    root = dataset_copy()
+    with caplog.at_level("WARNING"):
+        AnomalyDataModule(str(root)).setup()
+    assert "left out" not in caplog.text
+    (root / "validation" / "good").mkdir(parents=True)
+    shutil.copy(next((root / "train" / "good").iterdir()), root / "validation" / "good" / "000.png")
+    (root / "notes").mkdir()  # a folder without images is nobody's data
+    (root / "notes" / "readme.txt").write_text("lighting: ring light")
+    (root / "runs").mkdir()  # an otx work dir inside the data root: its overlays are not data either
+    (root / "runs" / "latest.json").write_text("{}")
+    shutil.copy(root / "validation" / "good" / "000.png", root / "runs" / "overlay.png")
+    mask = next((root / "ground_truth" / "scratch").iterdir())
+    (root / "ground_truth" / "scratch" / mask.stem.removesuffix("_mask")).mkdir()
+    mask.rename(root / "ground_truth" / "scratch" / mask.stem.removesuffix("_mask") / "000.png")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        data = AnomalyDataModule(str(root))
+        data.setup()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("left out")]
+    assert lines == [
+        "left out validation/: otx reads train/, val/, test/ and ground_truth/ of a data root (MVTec AD layout); "
+        "rename validation/ to val/ to validate on its images",
+        f"left out 1 mask folder(s) (e.g. ground_truth/scratch/{mask.stem.removesuffix('_mask')}/): otx reads one "
+        "mask file per image, ground_truth/<defect type>/<image name>_mask.png; merge each folder's masks into one "
+        "such file (MVTec LOCO keeps one folder per image)",
+    ]
+    assert "validation" not in " ".join(s.path for split in data.splits.values() for s in split)
+
+
 def test_a_test_folder_named_like_normal_images_is_warned(dataset_copy, caplog: pytest.LogCaptureFixture) -> None:
     root = dataset_copy()
     with caplog.at_level("WARNING"):

@@ -158,6 +158,8 @@ class PassedOver:
     other_types: list[Path] = field(default_factory=list)  # .jfif, .gif, a readme
     hidden: list[Path] = field(default_factory=list)  # .<name>.png: a tool's file, not meant as an image
     empty: list[str] = field(default_factory=list)  # test/<type>/ or val/<type>/ without images
+    other_folders: list[Path] = field(default_factory=list)  # validation/, test_public/: not MVTec AD's names
+    mask_folders: list[Path] = field(default_factory=list)  # ground_truth/<type>/<name>/: MVTec LOCO's masks
 
 
 def _check_layout(folder: Path, passed: PassedOver | None = None) -> None:
@@ -400,6 +402,19 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     if has_masks:
         passed.resource_files += sorted(path for path in mask_dir.glob("*/._*") if path.is_file())
         passed.tool_folders += sorted(p for p in mask_dir.iterdir() if p.is_dir() and is_tool_folder(p.name))
+        passed.mask_folders += sorted(
+            p for p in mask_dir.glob("*/*") if p.is_dir() and not is_tool_folder(p.name) and _holds_images(str(p))
+        )
+    known = {"train", "val", "test", MvtecPath.MASK_DIR}
+    passed.other_folders += sorted(  # an otx work dir inside the data root holds overlays, not data
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and p.name not in known
+        and not is_tool_folder(p.name)
+        and not (p / "latest.json").exists()
+        and _holds_images(str(p))
+    )
     # an empty folder said only where its split has images (a split without any is said where it is used)
     passed.empty = [folder for folder in passed.empty if subsets.get(folder.split("/")[0])]
     _say_passed_over(root, passed, "val" in subsets and not subsets["val"])
@@ -427,6 +442,23 @@ def _say_passed_over(root: Path, passed: PassedOver, empty_val: bool) -> None:
         )
     if empty_val:
         log.warning("val/ holds no images: the validation split is taken from test/ as without it")
+    if passed.other_folders:  # before: not read, without a word (MVTec LOCO's validation/ beside test/)
+        names = [f"{path.name}/" for path in passed.other_folders]
+        log.warning(
+            "left out %s: otx reads train/, val/, test/ and ground_truth/ of a data root (MVTec AD layout); %s",
+            ", ".join(names),
+            "rename validation/ to val/ to validate on its images"
+            if "validation/" in [n.lower() for n in names]
+            else "rename a folder to val/ or test/ to use its images",
+        )
+    if passed.mask_folders:  # before: not read, and the images said to have no mask
+        log.warning(
+            "left out %d mask folder(s) (e.g. %s/): otx reads one mask file per image, %s/<defect type>/<image "
+            "name>_mask.png; merge each folder's masks into one such file (MVTec LOCO keeps one folder per image)",
+            len(passed.mask_folders),
+            passed.mask_folders[0].relative_to(root).as_posix(),
+            MvtecPath.MASK_DIR,
+        )
     if passed.tool_folders:
         log.warning(
             "ignoring %s: folders that tools leave beside images (notebooks, macOS zips, NAS thumbnails), not "
