@@ -910,6 +910,34 @@ def test_engine_refuses_a_model_class_instead_of_an_instance(sample_root: Path, 
         Engine(model=Padim, data=sample_root / "bottle_like", work_dir=tmp_path)  # type: ignore[arg-type]
 
 
+def test_engine_names_anomalib_habits_in_one_line(sample_root: Path, tmp_path: Path) -> None:
+    """anomalib's model object, and anomalib's engine.fit(model): one line each (before: the whole layer tree)."""
+    import anomalib.models
+    import torch
+
+    from otx.engine import Engine
+    from otx.models import Padim
+
+    data = sample_root / "bottle_like"
+    with pytest.raises(OTXConfigError) as raised:
+        Engine(model=anomalib.models.Padim(backbone="resnet18", pre_trained=False), data=data, work_dir=tmp_path)
+    assert str(raised.value) == (
+        "model must be an otx model such as otx.models.Padim() (got anomalib's Padim; otx wraps anomalib's torch "
+        "models in its own: pass otx.models.Padim(...))"
+    )
+    with pytest.raises(OTXConfigError) as raised:
+        Engine(model=Padim(input_size=(64, 64)), data=data, work_dir=tmp_path).train(Padim())  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        "train() takes no model (got an object of class otx.models.padim.Padim): pass it to the engine, "
+        "Engine(model=..., data=...).train()"
+    )
+    with pytest.raises(OTXConfigError) as raised:
+        Engine(model=Padim(), data=torch.nn.Sequential(torch.nn.Linear(2, 2)))  # type: ignore[arg-type]
+    assert "\n" not in str(raised.value)  # a module's repr spans its layers
+    assert "(got an object of class torch.nn.modules.container.Sequential)" in str(raised.value)
+    assert not list(tmp_path.iterdir())  # refused before a run folder
+
+
 def test_out_of_memory_is_one_error_for_python_callers_too(sample_root: Path, tmp_path: Path) -> None:
     from otx.data import AnomalyDataModule
     from otx.engine import Engine

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from rich.console import Console
 
 from otx import distributed
@@ -45,7 +46,7 @@ from otx.render import render
 from otx.results import BenchmarkResult, ExportResult, OptimizeResult, Result, TestResult, TrainResult
 from otx.tasks import AnomalyTask, Prediction, get_adapter
 from otx.training import check_callback_entries, check_max_time, resume_checkpoint
-from otx.validate import SEED_MAX, check_bool, check_choice, check_int, check_path
+from otx.validate import SEED_MAX, check_bool, check_choice, check_int, check_path, got
 from otx.verbs import benchmark as benchmark_verb
 from otx.verbs import export as export_verb
 from otx.verbs import optimize as optimize_verb
@@ -150,15 +151,22 @@ class Engine:
         trainer: dict[str, Any] | None = None,
     ) -> None:
         if model is not None and not isinstance(model, AnomalyModel):
-            what = (
-                f"the class {model.__name__}; pass an instance, e.g. {model.__name__}()"
-                if isinstance(model, type)
-                else f"{model!r}"
-            )
-            raise OTXConfigError(f"model must be an otx model such as otx.models.Padim() (got {what})")
+            if isinstance(model, type):
+                what = f"got the class {model.__name__}; pass an instance, e.g. {model.__name__}()"
+            elif type(model).__module__.split(".")[0] == "anomalib":  # anomalib's habit: Engine().fit(Padim())
+                from otx.models import available_models
+
+                name, known = type(model).__name__, sorted(available_models())
+                own = next((k for k in known if k.lower() == name.lower()), None)
+                what = f"got anomalib's {name}; otx wraps anomalib's torch models in its own: pass " + (
+                    f"otx.models.{own}(...)" if own else f"one of otx.models' {', '.join(known)}"
+                )
+            else:
+                what = got(model)
+            raise OTXConfigError(f"model must be an otx model such as otx.models.Padim() ({what})")
         self.model = model
         if data is not None and not isinstance(data, AnomalyDataModule | str | Path):
-            raise OTXConfigError(f"data must be an AnomalyDataModule or a data root path (got {data!r})")
+            raise OTXConfigError(f"data must be an AnomalyDataModule or a data root path ({got(data)})")
         self.data = data if isinstance(data, AnomalyDataModule) else AnomalyDataModule(str(data) if data else None)
         if task is not None and not isinstance(task, str):
             raise OTXConfigError(f"task must be one of classification, detection, segmentation (got {task!r})")
@@ -170,7 +178,7 @@ class Engine:
         self.workdir = WorkDir(check_path("work_dir", work_dir))
         self.max_epochs = check_int("max_epochs", max_epochs, minimum=1, optional=True)
         if trainer is not None and not isinstance(trainer, dict):
-            raise OTXConfigError(f"trainer must be a dict of lightning.Trainer arguments (got {trainer!r})")
+            raise OTXConfigError(f"trainer must be a dict of lightning.Trainer arguments ({got(trainer)})")
         self.trainer = dict(trainer or {})
         for key in ("max_epochs", "check_val_every_n_epoch", "num_nodes", "accumulate_grad_batches"):
             # before the first run folder: Lightning's own errors for these came after one was made
@@ -186,7 +194,7 @@ class Engine:
         self.seed = check_int("seed", seed, minimum=0, maximum=SEED_MAX)
         if config is not None and not isinstance(config, dict):
             raise OTXConfigError(
-                f"config must be a dict (the resolved configuration a run's config.yaml holds; got {config!r})"
+                f"config must be a dict (the resolved configuration a run's config.yaml holds; {got(config)})"
             )
         self.config = _plain_config(config or {})
         if console is not None and not isinstance(console, Console):
@@ -232,8 +240,12 @@ class Engine:
                 if COMMAND_LINE.get()
                 else "no model given; pass model=, e.g. Engine(model=Padim(), data=...) with Padim from otx.models"
             )
+        if isinstance(resume, torch.nn.Module):  # anomalib's habit: engine.fit(model)
+            raise OTXConfigError(
+                f"train() takes no model ({got(resume)}): pass it to the engine, Engine(model=..., data=...).train()"
+            )
         if not isinstance(resume, bool | str | Path):
-            raise OTXConfigError(f"resume must be True, False or a path (got {resume!r})")
+            raise OTXConfigError(f"resume must be True, False or a path ({got(resume)})")
         start = resume_checkpoint(resume, self.workdir.root, class_path(self.model)) if resume is not False else None
         if self.model is not self._trained:  # a model this engine has not trained yet (as given, or swapped in)
             self._pristine = None
@@ -443,7 +455,7 @@ class Engine:
         repeats = check_int("repeats", repeats, minimum=1)
         check_path("checkpoint", checkpoint, optional=True)
         if models is not None and (isinstance(models, str | Path) or not isinstance(models, list | tuple)):
-            raise OTXConfigError(f"models must be a list of exported model paths (got {models!r})")
+            raise OTXConfigError(f"models must be a list of exported model paths ({got(models)})")
         for model_path in models or []:
             check_path("models", model_path)
         if not models:

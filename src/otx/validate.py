@@ -17,13 +17,23 @@ from typing import Any
 from otx.errors import OTXConfigError
 
 
-def _got(value: Any) -> str:
+def got(value: Any) -> str:
+    """``got <value>`` for a one-line message: short values as they are, objects by their class.
+
+    A torch module's repr is its whole layer tree (114 lines for anomalib's PADIM, pasted into one
+    error before; a migrants bug bash), an array's is its values.
+    """
     if isinstance(value, type):
         return f"got the class {value.__name__}"
     if hasattr(value, "shape") and hasattr(value, "dtype"):  # an array or tensor: its kind, not its values
         return f"got a {type(value).__module__.split('.')[0]} array of shape {tuple(value.shape)}, {value.dtype}"
     text = repr(value)
+    if "\n" in text or (text.startswith("<") and " object at 0x" in text):
+        return f"got an object of class {type(value).__module__}.{type(value).__qualname__}"
     return f"got {text if len(text) <= 80 else text[:77] + '...'}"
+
+
+_got = got
 
 
 def check_int(
