@@ -390,6 +390,30 @@ def test_epoch_shuffle_depends_on_seed_and_epoch_only() -> None:
     assert orders[0] != orders[1] and sorted(orders[1]) == list(range(50))
 
 
+def test_lightning_habits_with_otx_checkpoints(trained_padim: dict, tmp_path: Path) -> None:
+    """Model.load_from_checkpoint loads an otx model.ckpt; another tool's Lightning checkpoint is named as such."""
+    from otx.models import Padim
+
+    model = Padim.load_from_checkpoint(trained_padim["checkpoint"])  # before: KeyError 'pytorch-lightning_version'
+    reference, _ = load_checkpoint(trained_padim["checkpoint"])
+    assert type(model) is Padim and model.hparams == reference.hparams
+    state, expected = model.state_dict(), reference.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    with pytest.raises(OTXError, match=r"holds a otx.models.padim.Padim, not a Stfpm; load it with Padim"):
+        Stfpm.load_from_checkpoint(trained_padim["checkpoint"])
+    with pytest.raises(OTXError, match=r"takes the checkpoint path alone \(got also map_location\)"):
+        Padim.load_from_checkpoint(trained_padim["checkpoint"], map_location="cpu")
+    # a Lightning training checkpoint, as anomalib writes them
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.fit(_Scripted([0.5]), torch.utils.data.DataLoader(torch.zeros(4, 1), batch_size=2))
+    trainer.save_checkpoint(tmp_path / "lightning.ckpt")
+    done = run_main("test", "--checkpoint", str(tmp_path / "lightning.ckpt"), "--work_dir", "ws", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    # before: "is a Lightning training checkpoint (no model/state_dict entries)", though it has a state_dict
+    assert "is a Lightning training checkpoint (anomalib's or another tool's: no otx model record)" in done.stderr
+    assert "train the model with otx train" in done.stderr
+
+
 def test_checkpoints_load_safely_and_refuse_newer_schemas(trained_padim: dict, tmp_path: Path) -> None:
     ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=True)  # plain data only
     assert ckpt["schema"] == CHECKPOINT_SCHEMA

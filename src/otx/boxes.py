@@ -108,7 +108,7 @@ def unknown_saved(settings: dict[str, object]) -> str | None:
             name = "score" if key == "score" else "refinement"
             return (
                 f"box {name} {value!r}, which this otx {__version__} does not know (it knows {', '.join(known)}); "
-                "upgrade otx (pip install -U otx)"
+                "upgrade otx to the version that wrote it"
             )
     return None
 

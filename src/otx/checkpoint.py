@@ -111,15 +111,20 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             "model.ckpt, with thresholds), or pass the model.ckpt of a finished training"
         )
     if not isinstance(ckpt, dict) or "model" not in ckpt or "state_dict" not in ckpt:
-        what = "a Lightning training checkpoint" if isinstance(ckpt, dict) and "loops" in ckpt else "not otx's"
-        raise OTXError(f"'{path}' is {what} (no model/state_dict entries); {_HINT}")
+        if isinstance(ckpt, dict) and "pytorch-lightning_version" in ckpt:  # anomalib's .ckpt, another tool's
+            raise OTXError(
+                f"'{path}' is a Lightning training checkpoint (anomalib's or another tool's: no otx model record), "
+                "which otx cannot use; train the model with otx train (e.g. --config recipe/anomaly_segmentation/"
+                "padim.yaml) and pass its model.ckpt, or pass an exported .xml / .onnx"
+            )
+        raise OTXError(f"'{path}' is not otx's (no model/state_dict entries); {_HINT}")
     schema = ckpt.get("schema", 1)
     if not isinstance(schema, int) or schema < 1:
         raise OTXError(f"'{path}' has an unknown checkpoint schema {schema!r}; {_HINT}")
     if schema > CHECKPOINT_SCHEMA:
         raise OTXError(
             f"'{path}' was written by a newer otx ({ckpt.get('otx_version', '?')}, checkpoint schema {schema}; this "
-            f"otx {__version__} reads up to {CHECKPOINT_SCHEMA}); upgrade otx (pip install -U otx)"
+            f"otx {__version__} reads up to {CHECKPOINT_SCHEMA}); upgrade otx to the version that wrote it"
         )
     try:
         module_name, _, class_name = ckpt["model"]["class_path"].rpartition(".")
@@ -142,7 +147,7 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             reason = str(exc) if isinstance(exc, OTXError) else f"{exc.__class__.__name__}: {exc}"
             raise OTXError(
                 f"'{path}' was written by a newer otx ({ckpt['otx_version']}) than this one ({__version__}), which "
-                f"cannot read it ({reason}); upgrade otx (pip install -U otx)"
+                f"cannot read it ({reason}); upgrade otx to the version that wrote it"
             ) from exc
         if isinstance(exc, OTXError):
             raise

@@ -307,6 +307,30 @@ class AnomalyModel(L.LightningModule):
                 hparams[key] = plain_value(value)
 
     @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> AnomalyModel:  # type: ignore[override]
+        """The model an otx ``model.ckpt`` holds (``otx.checkpoint.load_checkpoint``), as Lightning's name says.
+
+        otx's checkpoint is not a Lightning training checkpoint, so Lightning's own loader failed on it
+        with ``KeyError: 'pytorch-lightning_version'`` (a migrants bug bash). A checkpoint of another
+        model class is refused in one line; Lightning's extra arguments (``map_location``, ``strict``,
+        hyperparameters) do not apply (otx loads to the CPU, its checkpoint holds the model's settings).
+        """
+        from otx.checkpoint import class_path, load_checkpoint
+
+        if args or kwargs:
+            raise OTXConfigError(
+                f"{cls.__name__}.load_from_checkpoint takes the checkpoint path alone (got also "
+                f"{', '.join([*(repr(a) for a in args), *kwargs])}): the model's settings come from the checkpoint"
+            )
+        model, _ = load_checkpoint(checkpoint_path)
+        if not isinstance(model, cls):
+            raise OTXConfigError(
+                f"'{checkpoint_path}' holds a {class_path(model)}, not a {cls.__name__}; load it with "
+                f"{type(model).__name__}.load_from_checkpoint, or otx.checkpoint.load_checkpoint for any model"
+            )
+        return model
+
+    @classmethod
     def upgrade_init_args(cls, init_args: dict[str, Any]) -> dict[str, Any]:
         """A checkpoint's init arguments, written by an earlier otx, in this version's terms.
 
