@@ -119,6 +119,14 @@ def merge_settings(*layers: dict[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
+def _raised_in_loggers(exc: BaseException) -> bool:
+    """Whether Lightning's loggers raised ``exc`` (their package missing), not an accelerator's check."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    return bool(frames) and "loggers" in Path(frames[-1].filename).parts
+
+
 def describe_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """Trainer settings as plain data for config.yaml (callback instances as ``{class_path, init_args}``)."""
     described = dict(settings)
@@ -760,7 +768,7 @@ def build_trainer(
         ):
             raise
         message = " ".join(str(exc).split())
-        if isinstance(exc, ModuleNotFoundError):  # Lightning's own check of a package (TensorBoard for the logs)
+        if isinstance(exc, ModuleNotFoundError) and _raised_in_loggers(exc):  # TensorBoard missing for the logs
             raise OTXInstallError(
                 f"{message}; a package otx needs is missing from this environment: install it, or reinstall otx"
             ) from exc
