@@ -419,6 +419,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "did you mean recipe/anomaly_segmentation/padim.yaml?",
         1,
     ),
+    (  # before: "did you mean recipe/anomaly_segmentation/stfpm.yaml?" (letter case counted as a difference)
+        "train-recipe-upper-case",
+        "misspelled recipe",
+        ["train", "--config", "recipe/anomaly_segmentation/PADIM.yaml"],
+        "did you mean recipe/anomaly_segmentation/padim.yaml?",
+        1,
+    ),
     ("train-config-yaml", "wrong file", ["train", "--config", "{badyaml}"], "is not valid YAML", 1),
     (  # before: "otx.models.AnomalyModel: unknown option 'class_path'", the wrong key
         "train-config-flat-model",
@@ -491,6 +498,30 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         2,
     ),
     ("train-model-unknown", "wrong value", ["train", "--model", "Padimm"], "expects a model: Padim", 2),
+    # before: no suggestion (OTX's upper-case model names)
+    ("train-model-upper-case", "wrong value", ["train", "--model", "PATCHCORE"], "did you mean Patchcore?", 2),
+    (  # before: "(misspelled?); `otx train --help` lists the valid keys", which lists no model settings
+        "train-model-anomalib-setting",
+        "misspelled key",
+        ["train", "--model", "Patchcore", "--model.init_args.coreset_sampling_ratio", "0.1"],
+        "otx.models.Patchcore: unknown option 'coreset_sampling_ratio'; did you mean 'coreset_ratio'?",
+        2,
+    ),
+    (
+        "train-model-anomalib-part",
+        "misspelled key",
+        ["train", "--model", "Padim", "--model.init_args.post_processor", "null"],
+        "unknown option 'post_processor': anomalib's; an otx model's post-processing is its image_threshold and "
+        "pixel_threshold",
+        2,
+    ),
+    (
+        "train-model-unknown-setting",
+        "misspelled key",
+        ["train", "--model", "Padim", "--model.init_args.nonsense", "1"],
+        "otx.models.Padim: unknown option 'nonsense' (misspelled?); `otx train --model.help Padim` lists its settings",
+        2,
+    ),
     # before: TypeError's traceback (a dict with an unhashable key)
     ("train-model-not-a-name", "wrong value", ["train", "--model", "{{[1]: 2}}"], "expects a model: Padim", 2),
     (  # before: "--model expects a model: ... (got "{'class_path': 'otx.models.Padimm', 'init_args': {...}}")"

@@ -149,6 +149,8 @@ def test_a_fit_on_an_accelerator_puts_the_backbone_back_in_torchs_layout() -> No
 def test_unknown_backbone_suggests_close_names() -> None:
     with pytest.raises(OTXConfigError, match="did you mean resnet18"):
         get_backbone("resnet181")
+    with pytest.raises(OTXConfigError, match=r"'ResNet18'; did you mean resnet18\? known"):  # letter case aside
+        get_backbone("ResNet18")
 
 
 def test_unknown_layer_is_reported() -> None:
@@ -437,6 +439,8 @@ def test_a_model_defined_elsewhere_is_found_and_unknown_names_get_one_line() -> 
     assert model_class("Shifted") is Shifted
     with pytest.raises(OTXConfigError, match=r"unknown model 'Padm'; did you mean Padim\?"):
         model_class("Padm")
+    with pytest.raises(OTXConfigError, match=r"unknown model 'PADIM'; did you mean Padim\?"):  # OTX's spelling
+        model_class("PADIM")
     with pytest.raises(OTXConfigError, match="no default layers for backbone 'resnet18'"):
         type("Bare", (Padim,), {"layers_by_backbone": {}})(backbone="resnet18", pretrained=False)
 

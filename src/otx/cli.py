@@ -67,9 +67,7 @@ def resolve_recipe(path: str) -> str:
             candidate = recipes_dir() / path[len(prefix) :]
             if candidate.exists():
                 return str(candidate)
-            import difflib
-
-            near = difflib.get_close_matches(path, list_recipes(), n=1, cutoff=0.6)
+            near = close_matches(path, list_recipes(), cutoff=0.6, n=1)
             hint = f"did you mean {' or '.join(near)}?" if near else "`otx find recipes` lists them"
             raise OTXError(f"no recipe '{path}'; {hint}")
     raise OTXError(f"config file '{path}' does not exist")
@@ -787,11 +785,12 @@ def _bad_value_line(text: str) -> str | None:
 def _not_a_model(given: str) -> str:
     """The model value names no model: from the command line a name, from a recipe its ``model`` section."""
     import ast
-    import difflib
 
     from otx.models import available_models
 
     names = available_models()
+    if nested := re.fullmatch(r"NestedArg\(key='class_path', val='(.*)'\)", given):  # --model.class_path X
+        given = nested.group(1)
     try:
         section = ast.literal_eval(given)  # a recipe's section arrives as the repr of a dict
     except Exception:  # noqa: BLE001 - any text that is not a literal (or an unhashable key) stays text
@@ -800,12 +799,12 @@ def _not_a_model(given: str) -> str:
     if isinstance(section, dict):
         unknown = sorted(set(section) - {"class_path", "init_args"})
         if unknown or "class_path" not in section:
-            near = difflib.get_close_matches(unknown[0], ["class_path", "init_args"], n=1) if unknown else []
+            near = close_matches(unknown[0], ["class_path", "init_args"], cutoff=0.6, n=1) if unknown else []
             what = f"unknown key 'model.{unknown[0]}'" if unknown else "the model section has no class_path"
             return what + (f"; did you mean 'model.{near[0]}'?" if near else "; it takes class_path and init_args")
         key, given = "model.class_path", str(section["class_path"])
     choices = [*names, *(f"otx.models.{name}" for name in names)]
-    near = difflib.get_close_matches(given, choices, n=1, cutoff=0.75)
+    near = close_matches(given, choices, n=1)
     hint = f"did you mean {near[0]}?" if near else "or pass --config recipe/<task>/<model>.yaml (`otx find recipes`)"
     return (
         f"--{key} expects a model: {', '.join(names)}, or a class path such as otx.models.Padim (got {given!r}); {hint}"
@@ -880,12 +879,10 @@ _EXTRA = re.compile(r"Unrecognized arguments: (.*)")
 
 def _command_line(text: str, verb: str | None) -> str | None:
     """A missing or misspelled command, or an option given without its value, in words; else None."""
-    import difflib
-
     if _NO_COMMAND.search(text):
         return f"no command given: otx COMMAND, one of {', '.join(_COMMANDS)}; `otx --help` says what each does"
     if bad := _BAD_COMMAND.search(text):
-        near = difflib.get_close_matches(bad[1], _COMMANDS, n=1, cutoff=0.6)
+        near = close_matches(bad[1], _COMMANDS, cutoff=0.6, n=1)
         guess = f"did you mean '{near[0]}'? " if near else ""
         return f"unknown command '{bad[1]}'; {guess}the commands are {', '.join(_COMMANDS)}"
     where = f"otx {verb} --help" if verb in _COMMANDS else "otx --help"
@@ -935,8 +932,23 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
             near = _near_keys(match, verb)
             if near:
                 return f"{what}; did you mean {' or '.join(repr(key) for key in near)}?"
+            if match.re is _PARSER_PATTERNS[0][0]:  # a class's argument: its own help lists them
+                option, name = match.group(2), match.group(1).rpartition(".")[2]
+                if option in _ANOMALIB_PARTS:  # anomalib's model arguments that otx models own as settings
+                    return f"{what}: {_ANOMALIB_PARTS[option]}; `otx train --model.help {name}` lists the settings"
+                return f"{what} (misspelled?); `otx train --model.help {name}` lists its settings"
             return f"{what} (misspelled?); `otx <command> --help` lists the valid keys"
     return _bad_value_line(text) or text[:400]
+
+
+# anomalib's model arguments for parts that an otx model holds as settings of its own.
+_ANOMALIB_PARTS = {
+    "pre_processor": "anomalib's; an otx model's pre-processing is its input_size, input_mode and tile settings",
+    "post_processor": "anomalib's; an otx model's post-processing is its image_threshold and pixel_threshold "
+    "(fitted on the validation split when not given)",
+    "evaluator": "anomalib's; otx test computes the metrics",
+    "visualizer": "anomalib's; otx predict writes the overlays",
+}
 
 
 def _near_keys(match: re.Match[str], verb: str | None) -> list[str]:
@@ -955,7 +967,8 @@ def _near_keys(match: re.Match[str], verb: str | None) -> list[str]:
             ]
         except (ImportError, AttributeError, TypeError, ValueError):
             return []
-        return close_matches(match.group(2), known)
+        renamed = getattr(cls, "anomalib_names", {}).get(match.group(2))  # anomalib's name of the setting
+        return [renamed] if renamed else close_matches(match.group(2), known)
     if verb not in VERBS:
         return []
     key = match.group(1)

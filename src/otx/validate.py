@@ -151,6 +151,12 @@ def close_matches(word: str, known: Sequence[str], cutoff: float = 0.75, n: int 
     """
     import difflib
 
-    near = difflib.get_close_matches(word, known, n=n, cutoff=cutoff)
-    alike = [difflib.SequenceMatcher(None, word, key).ratio() for key in near]
-    return [key for key, ratio in zip(near, alike, strict=True) if ratio >= alike[0] - 0.1]
+    # letter case aside (OTX's PADIM, anomalib's Patchcore; before: PADIM.yaml was "did you mean stfpm.yaml?")
+    by_lower: dict[str, str] = {}
+    for key in known:
+        by_lower.setdefault(key.lower(), key)
+    if word.lower() in by_lower and word not in by_lower.values():
+        return [by_lower[word.lower()]]
+    near = difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=cutoff)
+    alike = [difflib.SequenceMatcher(None, word.lower(), key).ratio() for key in near]
+    return [by_lower[key] for key, ratio in zip(near, alike, strict=True) if ratio >= alike[0] - 0.1]

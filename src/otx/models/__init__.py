@@ -6,7 +6,6 @@ A model is one module of this package (plus its three recipes): ``available_mode
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import pkgutil
 import warnings
@@ -24,6 +23,7 @@ from otx.models.padim import Padim
 from otx.models.patchcore import Patchcore
 from otx.models.patchflow import Patchflow
 from otx.models.stfpm import Stfpm
+from otx.validate import close_matches
 
 __all__ = ["AnomalyModel", "Padim", "Patchcore", "Patchflow", "Stfpm", "available_models", "model_class"]
 
@@ -54,7 +54,7 @@ def model_class(name: str) -> type[AnomalyModel]:
     for cls in _subclasses(AnomalyModel):  # also a class defined in a function (not listed)
         if cls.__name__ == name:
             return cls
-    close = difflib.get_close_matches(name, list(models), n=2)
+    close = close_matches(name, list(models), cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise OTXConfigError(f"unknown model '{name}'; {hint}known models: {', '.join(models)} (`otx find --what models`)")
 

@@ -17,7 +17,6 @@ If none works, ``OTXWeightsError`` names the backbone, every place searched and 
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib.util
 import os
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from otx.errors import OTXConfigError, OTXWeightsError, for_caller
+from otx.validate import close_matches
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,7 +100,7 @@ def get_backbone(name: str) -> BackboneSpec:
     """Look up a backbone by name; an unknown name raises one line with the closest known names."""
     if name in BACKBONES:
         return BACKBONES[name]
-    close = difflib.get_close_matches(name, list(BACKBONES), n=2)
+    close = close_matches(name, list(BACKBONES), cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise OTXConfigError(
         f"unknown backbone '{name}'; {hint}known backbones: {', '.join(BACKBONES)} (`otx find --what backbones`)"

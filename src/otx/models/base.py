@@ -199,6 +199,9 @@ class AnomalyModel(L.LightningModule):
     input_area: ClassVar[int] = 256 * 256
     # The fewest training images the model can fit on, and why (`otx train` refuses fewer up front).
     min_train_images: ClassVar[tuple[int, str]] = (1, "")
+    # anomalib's names of this model's settings, for "did you mean" to those who bring anomalib's
+    # configs (a model adds its own: PatchCore's coreset_sampling_ratio).
+    anomalib_names: ClassVar[dict[str, str]] = {"pre_trained": "pretrained"}
 
     def __init__(
         self,

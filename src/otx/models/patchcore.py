@@ -344,6 +344,10 @@ class Patchcore(AnomalyModel):
 
     default_trainer: ClassVar[dict[str, Any]] = {"max_epochs": 1}
     fits_in_one_pass = True
+    anomalib_names: ClassVar[dict[str, str]] = {
+        **AnomalyModel.anomalib_names,
+        "coreset_sampling_ratio": "coreset_ratio",
+    }
     # Two middle layers (strides 8 and 16), as the paper's layer2 + layer3 of a ResNet.
     layers_by_backbone: ClassVar[dict[str, tuple[str, ...]]] = {
         "efficientnet_lite0": ("blocks.2", "blocks.4"),
