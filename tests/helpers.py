@@ -170,17 +170,18 @@ class StopAfterEpochs(Callback):
     tests folder on ``PYTHONPATH``.
     """
 
-    def __init__(self, epochs: int, stop: str = "SIGINT", group: bool = True) -> None:
+    def __init__(self, epochs: int, stop: str = "SIGINT", group: bool = True, rank: int = 0) -> None:
         self.epochs = epochs
         self.stop = signal.Signals[stop]  # SIGTERM: as `timeout`, `docker stop` or a scheduler sends it
         self.group = group  # False: to the first process alone, as `timeout` sends it (mid-epoch, its 2nd batch)
+        self.rank = rank  # with group False: the process that gets it (SIGKILL to rank 1: the OOM killer's way)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         if trainer.current_epoch == self.epochs and trainer.global_rank == 0 and self.group:  # once, for all
             os.killpg(os.getpgrp(), self.stop)
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: object, index: int) -> None:  # noqa: D102
-        if trainer.current_epoch == self.epochs and trainer.global_rank == 0 and not self.group and index == 1:
+        if trainer.current_epoch == self.epochs and trainer.global_rank == self.rank and not self.group and index == 1:
             time.sleep(2.0)  # the other processes go on to the step's gradient exchange and wait there
             os.kill(os.getpid(), self.stop)
 

@@ -223,6 +223,56 @@ def test_a_stop_ends_a_two_process_training_with_one_line(sample_root: Path, tmp
     assert list(work_dir.glob("*-train/checkpoints/epoch2.ckpt")) and not (work_dir / "latest.json").exists()
 
 
+@pytest.mark.e2e
+def test_the_second_process_killed_outright_ends_the_training_with_one_line(sample_root: Path, tmp_path: Path):
+    # SIGKILL to the second process mid-epoch, as the system's out-of-memory killer sends it. Before: Lightning's
+    # watcher of the started processes SIGKILLed the first too: exit 137, no line, the run folder not marked failed.
+    work_dir = tmp_path / "ws"
+    kill = "[{class_path: helpers.StopAfterEpochs, init_args: {epochs: 1, stop: SIGKILL, group: false, rank: 1}}]"
+    args = ["--model", "otx.models.Stfpm", *SMALL, "--max_epochs", "20", "--trainer.callbacks", kill, *TWO]
+    data = ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(work_dir)]
+    rc, err = run_otx_group("train", *args, *data, cwd=tmp_path, timeout=180)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 1 and "Traceback" not in err, (rc, err[-3000:])
+    assert lines == [
+        "error: another process of this run stopped before this one could finish: process 2 was killed by SIGKILL "
+        "(by the system when memory runs out, or by kill -9); fix that and run again"
+    ], err[-3000:]
+    (run,) = work_dir.glob("*-train")
+    assert (run / "FAILED").exists() and not (work_dir / "latest.json").exists()
+
+
+@pytest.mark.e2e
+def test_a_python_script_that_catches_an_error_of_a_two_process_training_lives_on(dataset_copy, tmp_path: Path):
+    # otx ends the processes it started when the first fails; Lightning's watcher then saw one killed and
+    # SIGKILLed the first process too, seconds after the script had caught the error (exit 137).
+    root = dataset_copy()
+    cut = sorted((root / "train" / "good").glob("*.png"))[-1]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    script = tmp_path / "caught.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from otx.data import AnomalyDataModule\n"
+        "from otx.engine import Engine\n"
+        "from otx.errors import OTXError\n"
+        "from otx.models import Padim\n"
+        "engine = Engine(model=Padim(input_size=(64, 64)), data=AnomalyDataModule(sys.argv[1], num_workers=0),\n"
+        "                work_dir=sys.argv[2], trainer={'devices': 2, 'strategy': 'ddp', 'accelerator': 'cpu'})\n"
+        "try:\n"
+        "    engine.train()\n"
+        "except OTXError as exc:\n"
+        "    print('caught', type(exc).__name__, flush=True)\n"
+        "time.sleep(8)  # beyond the watcher's 5-second round\n"
+        "print('rank', os.environ.get('LOCAL_RANK', '0'), 'lives on', flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script), str(root), str(tmp_path / "ws")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "OTX_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-3000:])  # before: 137 (SIGKILL)
+    assert "caught OTXDataError" in done.stdout and "rank 0 lives on" in done.stdout, done.stdout
+
+
 def _group_outlives(process: subprocess.Popen, seconds: float) -> bool:
     """Whether a process of ``process``'s group is still there ``seconds`` after it (polled every 0.1 s)."""
     for _ in range(int(seconds * 10)):

@@ -19,6 +19,7 @@ What makes the results exact (docs/scale.md):
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -481,6 +482,8 @@ def port_in_use(exc: BaseException) -> OTXError | None:
     )
 
 
+# The processes a launcher started for this one's verb (rank 0 only), for ``peer_gone``'s line.
+WATCHED: list[Any] = []
 LAUNCHED: list[Any] = []  # the processes ``launch`` started for an evaluation (rank 0 only; ``stop_launched``)
 
 
@@ -505,6 +508,15 @@ def peer_gone(exc: BaseException) -> OTXError | None:
         mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
     ):
         return None
+    for index, process in enumerate(WATCHED, start=2):  # a started process killed by a signal says nothing itself
+        code = process.poll()
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            why = " (by the system when memory runs out, or by kill -9)" if -code == signal.SIGKILL else ""
+            return OTXError(
+                f"another process of this run stopped before this one could finish: process {index} was killed by "
+                f"{name}{why}; fix that and run again"
+            )
     return OTXError(
         "another process of this run stopped before this one could finish (its own error, if any, is printed "
         "above); fix that and run again"
@@ -520,7 +532,32 @@ def end_launched(owner: Any) -> None:
     keep the processes they started in ``procs``; none where torchrun or SLURM started them.
     """
     launcher = getattr(getattr(owner, "strategy", None), "launcher", None)
-    for process in getattr(launcher, "procs", None) or []:
+    _end_processes(getattr(launcher, "procs", None) or [])
+
+
+def spare_this_process(owner: Any) -> None:
+    """Lightning's watcher of the processes its launcher started for ``owner`` no longer kills this one.
+
+    When a started process ends with an error code, the watcher (a thread, every 5 s) SIGKILLs every
+    process, this one too: a process killed by the system for memory, or by ``kill -9``, ended the
+    command with exit 137, no line and a run folder not marked failed; and a Python script that
+    caught otx's error from a verb of several processes (which ends the others, ``end_launched``)
+    was killed seconds later (a scale-out bug bash). Now the watcher ends the other started
+    processes only; this one meets the lost process at its next collective (``peer_gone``: one
+    line, the run marked failed). Called in the first process once the launcher has started.
+    """
+    launcher = getattr(getattr(owner, "strategy", None), "launcher", None)
+    procs = getattr(launcher, "procs", None)
+    if not procs:  # one process, or torchrun / SLURM started them: no watcher
+        return
+    WATCHED[:] = procs
+    for thread in threading.enumerate():
+        if getattr(thread, "_child_processes", None) is procs and callable(getattr(thread, "_terminate_all", None)):
+            thread._terminate_all = functools.partial(_end_processes, procs)  # type: ignore[attr-defined]
+
+
+def _end_processes(procs: list[Any]) -> None:
+    for process in procs:
         process.send_signal(signal.SIGKILL)  # one that has ended already is skipped
 
 
@@ -563,6 +600,7 @@ def launch(processes: int, num_nodes: int = 1) -> None:
     try:
         with meeting(processes * num_nodes, num_nodes, "--num_nodes", fabric):
             fabric.launch()
+            spare_this_process(fabric)
             LAUNCHED[:] = list(getattr(getattr(fabric.strategy, "launcher", None), "procs", None) or [])
             fabric.barrier()  # every process is there
             met()

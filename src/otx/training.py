@@ -43,6 +43,7 @@ from otx.distributed import (
     check_strategy,
     ddp_strategy,
     met,
+    spare_this_process,
 )
 from otx.errors import OTXConfigError, OTXError, OTXInstallError
 from otx.validate import close_matches
@@ -377,6 +378,7 @@ class StopSignalKept(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
         self.handler = signal.getsignal(signal.SIGTERM)  # otx's in the CLI, the caller's in Python
+        spare_this_process(trainer)  # a started process that dies does not take this one with it
         met()  # after Lightning's "pre_setup" barrier: every process is there (distributed.meeting)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
