@@ -676,6 +676,36 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
     # export
     ("export-format", "wrong value", ["export", "--format", "TFLITE"], "format", 2),
     ("export-precision", "wrong value", ["export", "--precision", "INT4"], "precision", 2),
+    # other tools' habits: each names where otx has it (before: the choices, or "unknown option" alone)
+    ("export-precision-int8", "wrong value", ["export", "--precision", "INT8"], "INT8 comes from otx optimize", 2),
+    (
+        "export-format-exportable-code",
+        "wrong value",
+        ["export", "--format", "EXPORTABLE_CODE"],
+        "the demo package (OTX's exportable code) is --export_demo_package true",
+        2,
+    ),
+    (
+        "export-option-of-another-tool",
+        "misspelled key",
+        ["export", "--export_format", "ONNX"],
+        "unknown option --export_format for otx export; did you mean --format?",
+        2,
+    ),
+    (
+        "test-option-of-another-tool",
+        "misspelled key",
+        ["test", "--ckpt_path", "model.ckpt"],
+        "unknown option --ckpt_path for otx test; did you mean --checkpoint?",
+        2,
+    ),
+    (  # before: 'Parser key "data": Unable to load config ...', twice
+        "train-data-class-name",
+        "wrong value",
+        ["train", "--config", RECIPE, "--data", "MVTecAD"],
+        "--data takes its settings as a mapping or a YAML file of them; 'MVTecAD' is neither (no such file)",
+        2,
+    ),
     ("export-onnx-fp16", "wrong combination", ["export", "--format", "ONNX", "--precision", "FP16"], "FP16", 1),
     ("export-already-exported", "wrong file", ["export", "--checkpoint", "{xml}"], "already exported", 1),
     ("export-checkpoint-missing", "missing path", ["export", "--checkpoint", "{missing}.ckpt"], "does not exist", 1),

@@ -730,6 +730,11 @@ _DATA_PATTERNS = (
         re.compile(r"Option 'data\.make-sample\.out_dir' is required"),
         "otx data make-sample needs the folder to write: otx data make-sample DIR",
     ),
+    (  # anomalib's --data MVTecAD, OTX 2.x's `data: ../_base_/data.yaml` (before: jsonargparse's line, twice)
+        re.compile(r"Parser key \"([\w.]+)\": Unable to load config [\'\"]([^\'\"]*)[\'\"]"),
+        "--{1} takes its settings as a mapping or a YAML file of them; '{2}' is neither (no such file): otx names "
+        "no data classes, its data section is data_root, batch_size, ... (`otx <command> --help` lists them)",
+    ),
 )
 
 
@@ -850,6 +855,23 @@ def _recipe_value(path: str, parts: list[str]) -> str | None:
     return str(node)
 
 
+# Other tools' names of otx's options (anomalib's command line, OTX 1.x / 2.x), for "did you mean".
+_THEIR_NAMES: dict[str, tuple[str, ...]] = {
+    "export_format": ("--format",),
+    "export_type": ("--format",),
+    "ckpt_path": ("--checkpoint",),
+    "load_weights": ("--checkpoint",),
+    "input": ("--source",),
+    "data_path": ("--source", "--data_root"),
+    "train_data_roots": ("--data_root",),
+    "val_data_roots": ("--data_root",),
+    "test_data_roots": ("--data_root",),
+    "engine.device": ("--trainer.accelerator",),
+    "engine.work_dir": ("--work_dir",),
+    "output": ("--work_dir",),
+}
+
+
 def _did_you_mean(line: str, verb: str, argv: list[str] | None = None) -> str | None:
     """For ``Unrecognized arguments: --opt ...``: one line naming the option and the nearest real ones.
 
@@ -864,7 +886,8 @@ def _did_you_mean(line: str, verb: str, argv: list[str] | None = None) -> str | 
         known = [name for name in known if not (_is_model_option(name) or _is_trainer_option(name))]
     leaf = option.rsplit(".", 1)[-1].lstrip("-")
     same_leaf = [name for name in known if name != option and name.rsplit(".", 1)[-1].lstrip("-") == leaf]
-    near = (same_leaf or close_matches(option, known))[:2]  # --devices: --trainer.devices
+    theirs = [name for name in _THEIR_NAMES.get(option.replace("-", "_").lstrip("_"), ()) if name in known]
+    near = (theirs or same_leaf or close_matches(option, known))[:2]  # --devices: --trainer.devices
     hint = f"did you mean {' or '.join(near)}?" if near else "`otx <command> --help` lists the options"
     command = "data make-sample" if verb == "data" and "make-sample" in (argv or []) else verb
     return f"unknown option {option} for otx {command}; {hint}"
@@ -1472,6 +1495,16 @@ def _configs_first(argv: list[str]) -> list[str]:
     return [argv[0], *configs, *_without_option(argv[1:], "--config")]
 
 
+def _export_choice_hint(line: str) -> str:
+    """Where otx has what another tool's export choice asks for (OTX's INT8 export, its exportable code)."""
+    if line.startswith("--precision expects one of") and "'INT8'" in line:
+        return line.replace("; `otx", "; INT8 comes from otx optimize (of the export or the checkpoint); `otx", 1)
+    if line.startswith("--format expects one of") and "EXPORTABLE_CODE" in line:
+        demo = "the demo package (OTX's exportable code) is --export_demo_package true"
+        return line.replace("; `otx", f"; {demo}; `otx", 1)
+    return line
+
+
 def _upper_export_choices(argv: list[str]) -> list[str]:
     """``otx export --format onnx`` as ``--format ONNX`` (and ``--precision fp16``), as ``Engine.export`` takes them."""
     if not argv or argv[0] != "export":
@@ -1730,6 +1763,8 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             if argv and argv[0] in VERBS and (other := _other_runs_config(argv, argv[0])):
                 line = other
             line = _from_config(line, argv or [])
+            if argv and argv[0] == "export":
+                line = _export_choice_hint(line)
             if argv and argv[0] in (*VERBS, "find", "data"):
                 line = line.replace("otx <command>", f"otx {argv[0]}")
             errors.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
