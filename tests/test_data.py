@@ -216,6 +216,31 @@ def test_samples_from_source_file_folder_glob(sample_root: Path) -> None:
         samples_from_source(folder / "missing")
 
 
+def test_a_mask_folder_beside_its_images_is_left_out_of_a_source(
+    sample_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """anomalib's Folder layout given as the source: masks/ named as defect/'s images is not predicted."""
+    root = sample_root / "bottle_like"
+    for folder in ("good", "defect", "masks", "gt_notes"):
+        (tmp_path / "folder" / folder).mkdir(parents=True)
+    for image in sorted((root / "test" / "good").glob("*.png"))[:3]:
+        shutil.copy(image, tmp_path / "folder" / "good" / image.name)
+    for image in sorted((root / "test" / "contamination").glob("*.png"))[:3]:
+        shutil.copy(image, tmp_path / "folder" / "defect" / f"contamination_{image.name}")
+        mask = root / "ground_truth" / "contamination" / f"{image.stem}_mask.png"
+        shutil.copy(mask, tmp_path / "folder" / "masks" / f"contamination_{image.name}")
+    shutil.copy(image, tmp_path / "folder" / "masks" / "unrelated.png")  # no twin: an image to predict
+    with caplog.at_level("WARNING"):
+        found = sorted(
+            Path(s.path).relative_to(tmp_path / "folder").as_posix() for s in samples_from_source(tmp_path / "folder")
+        )
+    # before: the three masks were predicted (and scored anomalous, being white blobs on black)
+    assert found == [*(f"defect/contamination_00{i}.png" for i in range(3)), *(f"good/00{i}.png" for i in range(3)),
+                     "masks/unrelated.png"]  # fmt: skip
+    assert f"left out 3 file(s) in {tmp_path / 'folder' / 'masks'}, named as the images beside" in caplog.text
+    assert len(samples_from_source(tmp_path / "folder" / "masks")) == 4  # the folder itself: all its files
+
+
 # --- bad input: one clear OTXDataError each ----------------------------------------------------
 
 

@@ -351,6 +351,24 @@ def _is_layout_mask(path: Path) -> bool:
     )
 
 
+_MASK_FOLDERS = frozenset({"mask", "masks", "ground_truth", "groundtruth", "gt"})
+
+
+def _folder_masks(files: list[Path]) -> set[Path]:
+    """Files in a folder named like masks (``masks/``, ``gt/``) named as images elsewhere among ``files`` are.
+
+    anomalib's ``Folder`` layout keeps ``masks/contamination_000.png`` beside
+    ``defect/contamination_000.png``; given as a source, the masks were scored as images (16 of 84
+    "anomalous" in a migrants bug bash). A folder of that name without such twins is predicted.
+    """
+
+    def in_mask_folder(path: Path) -> bool:
+        return any(part.lower() in _MASK_FOLDERS for part in path.parts[-3:-1])
+
+    stems = {p.stem for p in files if not in_mask_folder(p)}
+    return {p for p in files if in_mask_folder(p) and (p.stem in stems or p.stem.removesuffix("_mask") in stems)}
+
+
 def _demo_results(folder: Path) -> bool:
     """Whether ``folder``'s ``results.json`` is the demo package's (a list of records with image and label)."""
     try:
@@ -518,6 +536,17 @@ def samples_from_source(source: str | Path) -> list[Sample]:
             more = f" and {len(folders) - 1} other ground_truth folder(s)" if len(folders) > 1 else ""
             log.warning(
                 "left out %d mask file(s) under %s%s (MVTec layout's ground truth, not images to predict)",
+                len(masks),
+                folders[0],
+                more,
+            )
+        if masks := _folder_masks(files):  # anomalib's Folder layout: good/, defect/ and masks/ side by side
+            files = [p for p in files if p not in masks]
+            folders = sorted({str(m.parent) for m in masks})
+            more = f" and {len(folders) - 1} other mask folder(s)" if len(folders) > 1 else ""
+            log.warning(
+                "left out %d file(s) in %s%s, named as the images beside that folder (masks, not images to "
+                "predict); pass that folder itself as --source to predict on its files",
                 len(masks),
                 folders[0],
                 more,
