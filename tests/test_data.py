@@ -238,6 +238,8 @@ def test_a_mask_folder_beside_its_images_is_left_out_of_a_source(
     assert found == [*(f"defect/contamination_00{i}.png" for i in range(3)), *(f"good/00{i}.png" for i in range(3)),
                      "masks/unrelated.png"]  # fmt: skip
     assert f"left out 3 file(s) in {tmp_path / 'folder' / 'masks'}, named as the images beside" in caplog.text
+    demo = demo_package().find_images(str(tmp_path / "folder"))  # the demo package finds the same images
+    assert sorted(p.relative_to(tmp_path / "folder").as_posix() for p in demo) == found
     assert len(samples_from_source(tmp_path / "folder" / "masks")) == 4  # the folder itself: all its files
 
 

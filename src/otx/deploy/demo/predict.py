@@ -42,6 +42,16 @@ EXTENSIONS = (  # otx's IMAGE_EXTENSIONS: the files otx trains on and predicts f
 )  # fmt: skip
 
 
+def folder_masks(files: list) -> set:
+    """Files in a ``masks/`` or ``gt/`` folder named as images elsewhere among ``files`` (otx's rule)."""
+
+    def in_mask_folder(path: Path) -> bool:
+        return any(part.lower() in ("mask", "masks", "ground_truth", "groundtruth", "gt") for part in path.parts[-3:-1])
+
+    stems = {p.stem for p in files if not in_mask_folder(p)}
+    return {p for p in files if in_mask_folder(p) and (p.stem in stems or p.stem.removesuffix("_mask") in stems)}
+
+
 def is_layout_mask(path: Path) -> bool:
     """``<root>/ground_truth/<defect>/<name>_mask.<ext>`` beside ``<root>/test`` or ``<root>/train`` (otx's rule)."""
     folder = path.parent.parent
@@ -114,7 +124,13 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
             folders = sorted({str(m.parent.parent) for m in masks})
             more = f" and {len(folders) - 1} other ground_truth folder(s)" if len(folders) > 1 else ""
             print(f"left out {len(masks)} mask file(s) under {folders[0]}{more} (ground truth, not images)")
-        return [p for p in files if p not in set(masks)]
+        files = [p for p in files if p not in set(masks)]
+        named = folder_masks(files)
+        if named:
+            folders = sorted({str(m.parent) for m in named})
+            more = f" and {len(folders) - 1} other mask folder(s)" if len(folders) > 1 else ""
+            print(f"left out {len(named)} file(s) in {folders[0]}{more}, named as the images beside it (masks)")
+        return [p for p in files if p not in named]
     found, seen, again = [], set(), 0  # one image under two paths (a symbolic link) once, as otx predicts it
     for path in sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS):
         real = os.path.realpath(path)
