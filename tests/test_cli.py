@@ -611,3 +611,14 @@ def test_a_key_of_another_verbs_config_is_named_as_that_verbs(tmp_path: Path, ca
     assert main(["test", "--config", str(config), "--work_dir", str(tmp_path)]) == 2
     (said,) = capsys.readouterr().err.strip().splitlines()
     assert said.startswith("error: unknown key 'source': an option of otx predict, not of otx test"), said
+
+
+def test_task_names_in_any_letter_case_and_anomalibs_task_type(capsys: pytest.CaptureFixture) -> None:
+    from anomalib import TaskType
+
+    from otx.tasks import get_adapter
+
+    # before: refused on the command line (the Engine took it), and anomalib's TaskType refused by both
+    assert main(["train", "--config", RECIPE, "--task", "DETECTION", "--print_config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["task"] == "detection"
+    assert get_adapter(TaskType.CLASSIFICATION).task.value == "classification"

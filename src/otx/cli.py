@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1505,17 +1506,24 @@ def _export_choice_hint(line: str) -> str:
     return line
 
 
-def _upper_export_choices(argv: list[str]) -> list[str]:
-    """``otx export --format onnx`` as ``--format ONNX`` (and ``--precision fp16``), as ``Engine.export`` takes them."""
-    if not argv or argv[0] != "export":
+def _fold_choice_case(argv: list[str]) -> list[str]:
+    """Choices in any letter case, as the ``Engine`` takes them.
+
+    ``otx export --format onnx`` as ``--format ONNX`` (and ``--precision fp16``), ``--task
+    SEGMENTATION`` (OTX's spelling) as ``--task segmentation``.
+    """
+    if not argv or argv[0] not in VERBS:
         return argv
+    options: dict[str, Callable[[str], str]] = {"--task": str.lower}
+    if argv[0] == "export":
+        options.update({"--format": str.upper, "--precision": str.upper})
     folded = list(argv)
     for i, arg in enumerate(folded):
-        for option in ("--format", "--precision"):
+        for option, fold in options.items():
             if arg == option and i + 1 < len(folded):
-                folded[i + 1] = folded[i + 1].upper()
+                folded[i + 1] = fold(folded[i + 1])
             elif arg.startswith(f"{option}="):
-                folded[i] = f"{option}={arg.partition('=')[2].upper()}"
+                folded[i] = f"{option}={fold(arg.partition('=')[2])}"
     return folded
 
 
@@ -1715,7 +1723,7 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
                 errors.print(f"[bold red]error[/]: {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
                 return 2
             argv = [arg for arg in argv if not (arg == "--print_config" or arg.startswith("--print_config="))]
-        argv = _configs_first(_upper_export_choices(argv))
+        argv = _configs_first(_fold_choice_case(argv))
         cfg = parser.parse_args(_fold_data_root(_fold_max_epochs(_resolve_config_args(argv))))
         command = cfg.command
         if command in VERBS and command != "train" and cfg[command].checkpoint is None:

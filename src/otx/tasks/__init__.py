@@ -1,5 +1,7 @@
 """Task adapters: classification (score, label), detection (boxes), segmentation (mask)."""
 
+from enum import Enum
+
 from otx.errors import OTXConfigError
 from otx.tasks.base import AnomalyTask, Prediction, TaskAdapter
 from otx.tasks.classification import ClassificationAdapter
@@ -14,9 +16,10 @@ ADAPTERS: dict[AnomalyTask, type[TaskAdapter]] = {
 
 
 def get_adapter(task: str | AnomalyTask) -> TaskAdapter:
-    """The adapter for a task name (case-insensitive)."""
+    """The adapter for a task name (case-insensitive; a text enum by its value, as anomalib's ``TaskType``)."""
+    name = task.value if isinstance(task, Enum) else task
     try:
-        return ADAPTERS[AnomalyTask(str(task).lower())]()
+        return ADAPTERS[AnomalyTask(str(name).lower())]()
     except ValueError as exc:
         choices = ", ".join(t.value for t in AnomalyTask)
         raise OTXConfigError(f"unknown task '{task}'; choose one of {choices}") from exc
