@@ -108,8 +108,11 @@ def batches(
     loader: DataLoader = data.loader(
         samples, scorer.preprocessor, resize=scorer.resize_in_loader, shard=(rank, world, "none")
     )
+    share = len(loader.sampler)
+    if world > 1:  # the bar counts this process's share (rank 0's; the others print nothing): said so
+        desc = f"{desc} (process {rank + 1} of {world}: its {share} of {len(samples)} images)"
     with progress(ctx.console) as bars:
-        bar = bars.add_task(f"{desc:<10}", total=len(loader.sampler))
+        bar = bars.add_task(f"{desc:<10}", total=share)
         for batch in loader:
             if not skip_errors:
                 raise_batch_errors(batch)
