@@ -1359,10 +1359,14 @@ def _ended(code: int) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
 
+    quiet = secondary()  # a process of rank > 0: the first one reports (its stop line is out already)
+
     def at_once(signum: int, frame: Any) -> None:
         del frame
         sys.stdout.flush()
-        sys.stderr.write(f"otx: {signal.Signals(signum).name} received after the command ended (exit code {code})\n")
+        if not quiet:
+            name = signal.Signals(signum).name
+            sys.stderr.write(f"otx: {name} received after the command ended (exit code {code})\n")
         sys.stderr.flush()
         os._exit(code)
 
