@@ -99,6 +99,11 @@ def test_folders_otx_does_not_read_are_named(dataset_copy, caplog: pytest.LogCap
     (root / "runs").mkdir()  # an otx work dir inside the data root: its overlays are not data either
     (root / "runs" / "latest.json").write_text("{}")
     shutil.copy(root / "validation" / "good" / "000.png", root / "runs" / "overlay.png")
+    (root / "first" / "20261206-101500-train").mkdir(parents=True)  # one whose first run has no latest.json yet
+    (root / "first" / "20261206-101500-train" / "otx.log").write_text("")
+    shutil.copy(root / "runs" / "overlay.png", root / "first" / "20261206-101500-train" / "overlay.png")
+    (root / "Masks").mkdir()  # masks under another name than ground_truth/
+    shutil.copy(root / "runs" / "overlay.png", root / "Masks" / "000_mask.png")
     mask = next((root / "ground_truth" / "scratch").iterdir())
     (root / "ground_truth" / "scratch" / mask.stem.removesuffix("_mask")).mkdir()
     mask.rename(root / "ground_truth" / "scratch" / mask.stem.removesuffix("_mask") / "000.png")
@@ -108,8 +113,9 @@ def test_folders_otx_does_not_read_are_named(dataset_copy, caplog: pytest.LogCap
         data.setup()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("left out")]
     assert lines == [
-        "left out validation/: otx reads train/, val/, test/ and ground_truth/ of a data root (MVTec AD layout); "
-        "rename validation/ to val/ to validate on its images",
+        "left out Masks/, validation/: otx reads train/, val/, test/ and ground_truth/ of a data root (MVTec AD "
+        "layout); rename validation/ to val/ to validate on its images; masks are read from ground_truth/ (this "
+        "name exactly), not Masks/",
         f"left out 1 mask folder(s) (e.g. ground_truth/scratch/{mask.stem.removesuffix('_mask')}/): otx reads one "
         "mask file per image, ground_truth/<defect type>/<image name>_mask.png; merge each folder's masks into one "
         "such file (MVTec LOCO keeps one folder per image)",
@@ -241,6 +247,10 @@ def test_a_mask_folder_beside_its_images_is_left_out_of_a_source(
     demo = demo_package().find_images(str(tmp_path / "folder"))  # the demo package finds the same images
     assert sorted(p.relative_to(tmp_path / "folder").as_posix() for p in demo) == found
     assert len(samples_from_source(tmp_path / "folder" / "masks")) == 4  # the folder itself: all its files
+    # a category named like masks is images (before the review: mask/good/000.png was left out beside bottle/good/)
+    for category in ("bottle", "mask"):
+        shutil.copytree(root / "test" / "good", tmp_path / "multi" / category / "good")
+    assert len(samples_from_source(tmp_path / "multi")) == 2 * len(list((root / "test" / "good").glob("*.png")))
 
 
 # --- bad input: one clear OTXDataError each ----------------------------------------------------

@@ -140,3 +140,18 @@ def test_a_package_lightning_finds_missing_is_one_line_not_an_accelerator_hint(
     # before: "... (accelerator 'auto', devices 1); --trainer.accelerator cpu runs anywhere"
     assert err.endswith("a package otx needs is missing from this environment: install it, or reinstall otx")
     assert not (tmp_path / "latest.json").exists()
+
+
+def test_only_a_package_that_is_not_installed_is_called_missing() -> None:
+    from otx.errors import broken_install
+
+    assert broken_install(ModuleNotFoundError("no", name="not_installed_anywhere")) is not None
+    # a module missing inside an installed package is a bug, not a missing package (torch is installed)
+    assert broken_install(ModuleNotFoundError("no", name="torch._not_a_module")) is None
+    try:  # a bug while handling an optional import's absence is that bug
+        try:
+            import not_installed_anywhere  # noqa: F401
+        except ModuleNotFoundError:
+            {}["key"]  # noqa: B018
+    except KeyError as exc:
+        assert broken_install(exc) is None

@@ -731,12 +731,9 @@ _DATA_PATTERNS = (
         re.compile(r"Option 'data\.make-sample\.out_dir' is required"),
         "otx data make-sample needs the folder to write: otx data make-sample DIR",
     ),
-    (  # anomalib's --data MVTecAD, OTX 2.x's `data: ../_base_/data.yaml` (before: jsonargparse's line, twice)
-        re.compile(r"Parser key \"([\w.]+)\": Unable to load config [\'\"]([^\'\"]*)[\'\"]"),
-        "--{1} takes its settings as a mapping or a YAML file of them; '{2}' is neither (no such file): otx names "
-        "no data classes, its data section is data_root, batch_size, ... (`otx <command> --help` lists them)",
-    ),
 )
+# anomalib's --data MVTecAD, OTX 2.x's `data: ../_base_/data.yaml` (before: jsonargparse's line, twice)
+_DATA_NOT_A_FILE = re.compile(r"Parser key \"data\": Unable to load config [\'\"]([^\'\"]*)[\'\"]")
 
 
 _TYPE_WORDS = {
@@ -795,8 +792,8 @@ def _not_a_model(given: str) -> str:
     from otx.models import available_models
 
     names = available_models()
-    if nested := re.fullmatch(r"NestedArg\(key='class_path', val='(.*)'\)", given):  # --model.class_path X
-        given = nested.group(1)
+    if nested := re.fullmatch(r"NestedArg\(key='(\w+)', val='(.*)'\)", given):  # --model.class_path X
+        given = nested.group(2)
     try:
         section = ast.literal_eval(given)  # a recipe's section arrives as the repr of a dict
     except Exception:  # noqa: BLE001 - any text that is not a literal (or an unhashable key) stays text
@@ -944,6 +941,12 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
         match = pattern.search(text)
         if match:
             return template.format(*([match.group(0)] + list(match.groups())))
+    if (named := _DATA_NOT_A_FILE.search(text)) and not Path(named[1]).expanduser().exists():
+        return (  # a file that is there but not valid YAML keeps jsonargparse's line (it says where)
+            f"--data takes its settings as a mapping or a YAML file of them; '{named[1]}' is neither (no such "
+            "file): otx names no data classes, its data section is data_root, batch_size, ... (`otx <command> "
+            "--help` lists them)"
+        )
     for pattern, template in _PARSER_PATTERNS:
         match = pattern.search(text)
         if match:
@@ -1659,6 +1662,8 @@ def _without_nulls(value: Any) -> Any:
     """``value`` with the unset (None) settings of its mappings left out, for ``--print_config=skip_null``."""
     if isinstance(value, dict):
         return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):  # a callback entry's init_args
+        return [_without_nulls(item) for item in value]
     return value
 
 
@@ -1679,7 +1684,7 @@ def _evaluation_config(cfg: Namespace, parser: ArgumentParser, flags: set[str]) 
         "# model and trainer sections are used by otx train only, so they are not shown\n"
     )
     if not resolved.get("data_root") and not (resolved.get("data") or {}).get("data_root"):
-        head += "# data_root null: the data the model was trained on\n"
+        head += "# no data_root: the data the model was trained on\n"
     return head + yaml.safe_dump(_without_nulls(resolved) if "skip_null" in flags else resolved, sort_keys=False)
 
 

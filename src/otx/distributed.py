@@ -482,8 +482,10 @@ def port_in_use(exc: BaseException) -> OTXError | None:
     )
 
 
-# The processes a launcher started for this one's verb (rank 0 only), for ``peer_gone``'s line.
+# The processes a launcher started for this one's verb (rank 0 only), for ``peer_gone``'s line, and the
+# process ids otx itself ended (``_end_processes``), whose deaths are not reported.
 WATCHED: list[Any] = []
+ENDED_BY_OTX: set[int] = set()
 LAUNCHED: list[Any] = []  # the processes ``launch`` started for an evaluation (rank 0 only; ``stop_launched``)
 
 
@@ -508,9 +510,12 @@ def peer_gone(exc: BaseException) -> OTXError | None:
         mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
     ):
         return None
-    for index, process in enumerate(WATCHED, start=2):  # a started process killed by a signal says nothing itself
-        code = process.poll()
-        if code is not None and code < 0:
+    codes = [process.poll() for process in WATCHED]
+    if any(code is not None and code > 0 for code in codes):  # one that failed printed its own error
+        codes = []
+    for index, (process, code) in enumerate(zip(WATCHED, codes, strict=False), start=2):
+        # a started process killed by a signal (not otx's own) says nothing itself
+        if code is not None and code < 0 and process.pid not in ENDED_BY_OTX:
             name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
             why = " (by the system when memory runs out, or by kill -9)" if -code == signal.SIGKILL else ""
             return OTXError(
@@ -544,13 +549,21 @@ def spare_this_process(owner: Any) -> None:
     caught otx's error from a verb of several processes (which ends the others, ``end_launched``)
     was killed seconds later (a scale-out bug bash). Now the watcher ends the other started
     processes only; this one meets the lost process at its next collective (``peer_gone``: one
-    line, the run marked failed). Called in the first process once the launcher has started.
+    line, the run marked failed). Called in the first process once the launcher has started (and
+    the process group is up); gloo only (CPU processes), as NCCL may not notice the lost process.
     """
-    launcher = getattr(getattr(owner, "strategy", None), "launcher", None)
+    strategy = getattr(owner, "strategy", None)
+    launcher = getattr(strategy, "launcher", None)
     procs = getattr(launcher, "procs", None)
+    WATCHED[:] = procs or []
     if not procs:  # one process, or torchrun / SLURM started them: no watcher
         return
-    WATCHED[:] = procs
+    on_cpu = getattr(getattr(strategy, "root_device", None), "type", "cpu") == "cpu"
+    backend = getattr(strategy, "process_group_backend", None) or ("gloo" if on_cpu else None)  # None: not up yet
+    if backend != "gloo":
+        # NCCL may not notice a peer killed outright and wait in its collective until the group's
+        # timeout (30 minutes): there Lightning's watcher keeps ending this process too
+        return
     for thread in threading.enumerate():
         if getattr(thread, "_child_processes", None) is procs and callable(getattr(thread, "_terminate_all", None)):
             thread._terminate_all = functools.partial(_end_processes, procs)  # type: ignore[attr-defined]
@@ -558,6 +571,8 @@ def spare_this_process(owner: Any) -> None:
 
 def _end_processes(procs: list[Any]) -> None:
     for process in procs:
+        if process.poll() is None:
+            ENDED_BY_OTX.add(process.pid)  # not a death to report (peer_gone)
         process.send_signal(signal.SIGKILL)  # one that has ended already is skipped
 
 

@@ -109,9 +109,11 @@ def broken_install(exc: BaseException) -> OTXInstallError | None:
     without ``python -m otx._torchvision_fix``, or with matplotlib removed).
     """
     seen: BaseException | None = exc
-    while seen is not None:
+    while seen is not None:  # the error and what it was raised from, not what it arose while handling
         if isinstance(seen, ModuleNotFoundError) and seen.name and not seen.name.startswith("otx"):
             top = seen.name.split(".")[0]
+            if _importable(top):  # a module inside an installed package: not a missing package
+                return None
             package = _PACKAGE_OF.get(top, top)
             return OTXInstallError(
                 f"the Python package '{top}' is missing from this environment, and otx needs it: pip install "
@@ -131,8 +133,18 @@ def broken_install(exc: BaseException) -> OTXInstallError | None:
                 f"{version('torchvision')}: builds that do not match); run python -m otx._torchvision_fix (a CUDA "
                 "torchvision on a CPU torch), or install the torchvision build that matches torch (docs/install.md)"
             )
-        seen = seen.__cause__ or seen.__context__
+        seen = seen.__cause__
     return None
+
+
+def _importable(name: str) -> bool:
+    """Whether the top-level module ``name`` is installed (``None`` in ``sys.modules`` counts as absent)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ValueError, ImportError):  # sys.modules[name] is None, or a broken parent
+        return False
 
 
 COMMAND_LINE: ContextVar[bool] = ContextVar("otx_command_line", default=False)

@@ -147,19 +147,19 @@ def callback_entry(callback: L.Callback) -> dict[str, Any]:
     them, and an argument counts only when the rebuilt callback stores what the given one does (a
     number stored negated is taken negated). Before, config.yaml held the class path alone, and a
     run made again from it lost the callback's monitor and patience. Arguments the rebuilt callback
-    does not reproduce are named in a warning.
+    does not reproduce, or that the object keeps under no attribute of their name, are named in a
+    warning, not recorded. The class is constructed again for the check (a few times per callback).
     """
     cls = type(callback)
     try:
-        parameters = [
-            p for p in inspect.signature(cls).parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-        ]
+        parameters = [p for p in inspect.signature(cls).parameters.values() if p.kind != p.VAR_POSITIONAL]
     except (TypeError, ValueError):  # a class without a signature Python can read
         parameters = []
+    missing = object()
 
     def stored(obj: Any, name: str) -> Any:
         attributes = vars(obj)
-        return attributes.get(name, attributes.get(f"_{name}"))
+        return attributes.get(name, attributes.get(f"_{name}", missing))
 
     def rebuilt(init_args: dict[str, Any]) -> Any:
         try:
@@ -168,11 +168,18 @@ def callback_entry(callback: L.Callback) -> dict[str, Any]:
             return None
 
     init_args: dict[str, Any] = {}
+    unread = [p.name for p in parameters if stored(callback, p.name) is missing and p.kind != p.VAR_KEYWORD]
     for parameter in parameters:
         value = stored(callback, parameter.name)
         value = os.fspath(value) if isinstance(value, os.PathLike) else value
-        if _plain(value) and not (parameter.default is not parameter.empty and _same(value, parameter.default)):
-            init_args[parameter.name] = value
+        if parameter.kind == parameter.VAR_KEYWORD:  # e.g. ModelSummary's **summarize_kwargs, kept as a dict
+            if isinstance(value, dict) and value and _plain(value):
+                init_args.update(value)
+            elif value is not missing and value:
+                unread.append(f"**{parameter.name}")
+        elif value is not missing and _plain(value):
+            if not (parameter.default is not parameter.empty and _same(value, parameter.default)):
+                init_args[parameter.name] = value
     copy_ = rebuilt(init_args)
     for name, value in list(init_args.items()):
         if copy_ is not None and _same(stored(copy_, name), stored(callback, name)):
@@ -180,16 +187,21 @@ def callback_entry(callback: L.Callback) -> dict[str, Any]:
         flipped = rebuilt({**init_args, name: -value}) if isinstance(value, int | float) and value else None
         if flipped is not None and _same(stored(flipped, name), stored(callback, name)):
             init_args[name], copy_ = -value, flipped
-        else:
+        elif name in (p.name for p in parameters):
             del init_args[name]
             copy_ = rebuilt(init_args)
-    lost = [p.name for p in parameters if copy_ is None or not _same(stored(copy_, p.name), stored(callback, p.name))]
+    lost = unread + [
+        p.name
+        for p in parameters
+        if p.name not in unread and (copy_ is None or not _same(stored(copy_, p.name), stored(callback, p.name)))
+    ]
     if lost:
+        shown = ", ".join(lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
         log.warning(
             "config.yaml records %s without %s (not read back from the object); give it as {class_path: %s, "
             "init_args: {...}} to record every setting",
             cls.__name__,
-            ", ".join(lost),
+            shown,
             class_path(callback),
         )
     entry: dict[str, Any] = {"class_path": class_path(callback)}

@@ -33,9 +33,6 @@ def got(value: Any) -> str:
     return f"got {text if len(text) <= 80 else text[:77] + '...'}"
 
 
-_got = got
-
-
 def check_int(
     name: str, value: Any, minimum: int | None = None, optional: bool = False, maximum: int | None = None
 ) -> int | None:
@@ -44,9 +41,9 @@ def check_int(
         return None
     bounds = f" from {minimum} to {maximum}" if minimum is not None and maximum is not None else _at_least(minimum)
     if not _integral(value):
-        raise OTXConfigError(f"{name} must be an integer{bounds} ({_got(value)})")
+        raise OTXConfigError(f"{name} must be an integer{bounds} ({got(value)})")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise OTXConfigError(f"{name} must be an integer{bounds} ({_got(value)})")
+        raise OTXConfigError(f"{name} must be an integer{bounds} ({got(value)})")
     return int(value)
 
 
@@ -85,11 +82,11 @@ def check_number(
         return None
     bounds = _bounds(low, high, open_interval, above_low)
     if isinstance(value, bool | _numpy_bool()) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise OTXConfigError(f"{name} must be a finite number{bounds} ({_got(value)})")
+        raise OTXConfigError(f"{name} must be a finite number{bounds} ({got(value)})")
     too_low = low is not None and (value <= low if open_interval or above_low else value < low)
     too_high = high is not None and (value >= high if open_interval else value > high)
     if too_low or too_high:
-        raise OTXConfigError(f"{name} must be a number{bounds} ({_got(value)})")
+        raise OTXConfigError(f"{name} must be a number{bounds} ({got(value)})")
     return float(value)
 
 
@@ -108,7 +105,7 @@ def _bounds(low: float | None, high: float | None, open_interval: bool, above_lo
 def check_bool(name: str, value: Any) -> bool:
     """``True`` or ``False`` (numbers and strings are refused: ``"false"`` is truthy)."""
     if not isinstance(value, bool):
-        raise OTXConfigError(f"{name} must be True or False ({_got(value)})")
+        raise OTXConfigError(f"{name} must be True or False ({got(value)})")
     return value
 
 
@@ -118,7 +115,7 @@ def check_choice(name: str, value: Any, choices: Sequence[str], case_insensitive
         for choice in choices:
             if value == choice or (case_insensitive and value.lower() == choice.lower()):
                 return choice
-    raise OTXConfigError(f"{name} must be one of {', '.join(map(str, choices))} ({_got(value)})")
+    raise OTXConfigError(f"{name} must be one of {', '.join(map(str, choices))} ({got(value)})")
 
 
 def check_path(name: str, value: Any, optional: bool = False) -> Path | None:
@@ -130,17 +127,17 @@ def check_path(name: str, value: Any, optional: bool = False) -> Path | None:
     if isinstance(value, str) and not value.strip():  # an empty --source '' (a shell variable left unset)
         raise OTXConfigError(f"{name} is empty; pass a path")
     if not isinstance(value, str):
-        raise OTXConfigError(f"{name} must be a path (str or pathlib.Path) ({_got(value)})")
+        raise OTXConfigError(f"{name} must be a path (str or pathlib.Path) ({got(value)})")
     return Path(value).expanduser()
 
 
 def check_size(name: str, value: Any, minimum: int = 32) -> tuple[int, int]:
     """``[height, width]``: two integers, each at least ``minimum``."""
     if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
-        raise OTXConfigError(f"{name} must be [height, width], two integers >= {minimum} ({_got(value)})")
+        raise OTXConfigError(f"{name} must be [height, width], two integers >= {minimum} ({got(value)})")
     for side in value:
         if not _integral(side) or side < minimum:
-            raise OTXConfigError(f"{name} must be [height, width], two integers >= {minimum} ({_got(value)})")
+            raise OTXConfigError(f"{name} must be [height, width], two integers >= {minimum} ({got(value)})")
     return int(value[0]), int(value[1])
 
 

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from otx.data.dataset import (
+    MASK_FOLDER_NAMES,
     MvtecIndex,
     Sample,
     count_kinds,
@@ -351,22 +352,23 @@ def _is_layout_mask(path: Path) -> bool:
     )
 
 
-_MASK_FOLDERS = frozenset({"mask", "masks", "ground_truth", "groundtruth", "gt"})
-
-
 def _folder_masks(files: list[Path]) -> set[Path]:
-    """Files in a folder named like masks (``masks/``, ``gt/``) named as images elsewhere among ``files`` are.
+    """Files in a folder named like masks (``masks/``, ``gt/``) named as images in a folder beside it are.
 
     anomalib's ``Folder`` layout keeps ``masks/contamination_000.png`` beside
     ``defect/contamination_000.png``; given as a source, the masks were scored as images (16 of 84
     "anomalous" in a migrants bug bash). A folder of that name without such twins is predicted.
     """
-
-    def in_mask_folder(path: Path) -> bool:
-        return any(part.lower() in _MASK_FOLDERS for part in path.parts[-3:-1])
-
-    stems = {p.stem for p in files if not in_mask_folder(p)}
-    return {p for p in files if in_mask_folder(p) and (p.stem in stems or p.stem.removesuffix("_mask") in stems)}
+    stems: dict[Path, set[str]] = {}  # image names in each folder's subfolders other than a mask folder
+    for path in files:
+        if path.parent.name.lower() not in MASK_FOLDER_NAMES:
+            stems.setdefault(path.parent.parent, set()).add(path.stem)
+    return {
+        path
+        for path in files
+        if path.parent.name.lower() in MASK_FOLDER_NAMES
+        and {path.stem, path.stem.removesuffix("_mask")} & stems.get(path.parent.parent, set())
+    }
 
 
 def _demo_results(folder: Path) -> bool:

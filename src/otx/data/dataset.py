@@ -102,9 +102,20 @@ def _is_listed_image(name: str) -> bool:
     return dot > 0 and name[dot:].lower() in IMAGE_EXTENSIONS  # Datumaro's list (a test compares them)
 
 
+def _otx_work_dir(folder: Path) -> bool:
+    """Whether ``folder`` is an otx work dir (its ``latest.json``, or a run folder with its ``otx.log``)."""
+    if (folder / "latest.json").exists():
+        return True
+    return any((run / "otx.log").is_file() for run in folder.glob("[0-9]*-*") if run.is_dir())
+
+
 def _holds_images(folder: str) -> bool:
     return any(any(_is_listed_image(name) for name in names) for _, _, names in os.walk(folder))
 
+
+# Folder names that usually hold masks: ground_truth/ in another spelling beside train/ (said, not read
+# as data), a mask folder beside the images of an `otx predict` source (anomalib's Folder layout).
+MASK_FOLDER_NAMES = frozenset({"ground_truth", "groundtruth", "ground-truth", "gt", "mask", "masks"})
 
 # Folder names that usually mean "no defect" (their images would count as anomalous in test/ or val/).
 NORMAL_LOOKING = frozenset({"ok", "normal", "pass", "passed", "nominal", "defect_free", "no_defect", "nodefect"})
@@ -412,7 +423,7 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
         if p.is_dir()
         and p.name not in known
         and not is_tool_folder(p.name)
-        and not (p / "latest.json").exists()
+        and not _otx_work_dir(p)
         and _holds_images(str(p))
     )
     # an empty folder said only where its split has images (a split without any is said where it is used)
@@ -444,12 +455,16 @@ def _say_passed_over(root: Path, passed: PassedOver, empty_val: bool) -> None:
         log.warning("val/ holds no images: the validation split is taken from test/ as without it")
     if passed.other_folders:  # before: not read, without a word (MVTec LOCO's validation/ beside test/)
         names = [f"{path.name}/" for path in passed.other_folders]
+        hints = []
+        if "validation/" in [name.lower() for name in names]:
+            hints.append("rename validation/ to val/ to validate on its images")
+        if masks := [name for name in names if name.lower().rstrip("/") in MASK_FOLDER_NAMES]:
+            hints.append(f"masks are read from {MvtecPath.MASK_DIR}/ (this name exactly), not {', '.join(masks)}")
         log.warning(
-            "left out %s: otx reads train/, val/, test/ and ground_truth/ of a data root (MVTec AD layout); %s",
+            "left out %s: otx reads train/, val/, test/ and %s/ of a data root (MVTec AD layout)%s",
             ", ".join(names),
-            "rename validation/ to val/ to validate on its images"
-            if "validation/" in [n.lower() for n in names]
-            else "rename a folder to val/ or test/ to use its images",
+            MvtecPath.MASK_DIR,
+            "; " + "; ".join(hints) if hints else "",
         )
     if passed.mask_folders:  # before: not read, and the images said to have no mask
         log.warning(

@@ -315,15 +315,20 @@ class AnomalyModel(L.LightningModule):
 
         otx's checkpoint is not a Lightning training checkpoint, so Lightning's own loader failed on it
         with ``KeyError: 'pytorch-lightning_version'`` (a migrants bug bash). A checkpoint of another
-        model class is refused in one line; Lightning's extra arguments (``map_location``, ``strict``,
-        hyperparameters) do not apply (otx loads to the CPU, its checkpoint holds the model's settings).
+        model class is refused in one line. otx loads to the CPU with every weight, so Lightning's
+        ``map_location="cpu"`` and ``strict`` are taken; another device or hyperparameters are refused
+        (the checkpoint holds the model's settings; ``.to(device)`` moves it).
         """
         from otx.checkpoint import class_path, load_checkpoint
 
-        if args or kwargs:
+        # Lightning's usual map_location="cpu" and strict are what otx does anyway; others would be ignored
+        location = kwargs.pop("map_location", None)
+        kwargs.pop("strict", None)
+        if args or kwargs or str(location) not in ("None", "cpu"):
+            extra = [*(repr(a) for a in args), *kwargs, *([f"map_location={location!r}"] if location else [])]
             raise OTXConfigError(
-                f"{cls.__name__}.load_from_checkpoint takes the checkpoint path alone (got also "
-                f"{', '.join([*(repr(a) for a in args), *kwargs])}): the model's settings come from the checkpoint"
+                f"{cls.__name__}.load_from_checkpoint takes the checkpoint path (and map_location='cpu') alone (got "
+                f"also {', '.join(extra)}): the model's settings come from the checkpoint; move it with .to(device)"
             )
         model, _ = load_checkpoint(checkpoint_path)
         if not isinstance(model, cls):

@@ -43,13 +43,18 @@ EXTENSIONS = (  # otx's IMAGE_EXTENSIONS: the files otx trains on and predicts f
 
 
 def folder_masks(files: list) -> set:
-    """Files in a ``masks/`` or ``gt/`` folder named as images elsewhere among ``files`` (otx's rule)."""
-
-    def in_mask_folder(path: Path) -> bool:
-        return any(part.lower() in ("mask", "masks", "ground_truth", "groundtruth", "gt") for part in path.parts[-3:-1])
-
-    stems = {p.stem for p in files if not in_mask_folder(p)}
-    return {p for p in files if in_mask_folder(p) and (p.stem in stems or p.stem.removesuffix("_mask") in stems)}
+    """Files in a ``masks/`` or ``gt/`` folder named as images in a folder beside it (otx's rule)."""
+    names = ("ground_truth", "groundtruth", "ground-truth", "gt", "mask", "masks")
+    stems = {}  # image names in each folder's subfolders other than a mask folder
+    for path in files:
+        if path.parent.name.lower() not in names:
+            stems.setdefault(path.parent.parent, set()).add(path.stem)
+    return {
+        path
+        for path in files
+        if path.parent.name.lower() in names
+        and {path.stem, path.stem.removesuffix("_mask")} & stems.get(path.parent.parent, set())
+    }
 
 
 def is_layout_mask(path: Path) -> bool:
