@@ -247,6 +247,8 @@ def test_a_mask_folder_beside_its_images_is_left_out_of_a_source(
     demo = demo_package().find_images(str(tmp_path / "folder"))  # the demo package finds the same images
     assert sorted(p.relative_to(tmp_path / "folder").as_posix() for p in demo) == found
     assert len(samples_from_source(tmp_path / "folder" / "masks")) == 4  # the folder itself: all its files
+    pattern = f"{tmp_path / 'folder'}/**/*.png"  # a pattern alike, in otx and the demo package
+    assert len(samples_from_source(pattern)) == len(demo_package().find_images(pattern)) == len(found)
     # a category named like masks is images (before the review: mask/good/000.png was left out beside bottle/good/)
     for category in ("bottle", "mask"):
         shutil.copytree(root / "test" / "good", tmp_path / "multi" / category / "good")

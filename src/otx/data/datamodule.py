@@ -542,17 +542,6 @@ def samples_from_source(source: str | Path) -> list[Sample]:
                 folders[0],
                 more,
             )
-        if masks := _folder_masks(files):  # anomalib's Folder layout: good/, defect/ and masks/ side by side
-            files = [p for p in files if p not in masks]
-            folders = sorted({str(m.parent) for m in masks})
-            more = f" and {len(folders) - 1} other mask folder(s)" if len(folders) > 1 else ""
-            log.warning(
-                "left out %d file(s) in %s%s, named as the images beside that folder (masks, not images to "
-                "predict); pass that folder itself as --source to predict on its files",
-                len(masks),
-                folders[0],
-                more,
-            )
     else:
         pattern = os.path.expanduser(text)
         matched = _glob_once(pattern) if "**" in pattern else glob.glob(pattern)
@@ -576,6 +565,17 @@ def samples_from_source(source: str | Path) -> list[Sample]:
                 f"the pattern '{text}' matches {found}{where} (looked for {LOOKED_FOR}); pass an image file, a "
                 "folder or a pattern that matches images"
             )
+    if masks := _folder_masks(files):  # anomalib's Folder layout: good/, defect/ and masks/ side by side
+        files = [p for p in files if p not in masks]  # (a folder or a pattern such as 'DIR/**/*.png')
+        folders = sorted({str(m.parent) for m in masks})
+        more = f" and {len(folders) - 1} other mask folder(s)" if len(folders) > 1 else ""
+        log.warning(
+            "left out %d file(s) in %s%s, named as the images beside that folder (masks, not images to "
+            "predict); pass that folder itself as --source to predict on its files",
+            len(masks),
+            folders[0],
+            more,
+        )
     if not files:
         raise OTXDataError(f"no images found at '{text}' (looked for {LOOKED_FOR})")
     return [Sample(str(f), -1, "unknown") for f in files]

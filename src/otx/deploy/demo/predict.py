@@ -151,7 +151,10 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
         if ours:
             print(f"left out {len(ours)} file(s) under {output} (results, not images to predict)")
             found = [p for p in found if p not in set(ours)]
-    return found
+    named = folder_masks(found)  # a pattern over a folder with masks/ beside its images, as otx
+    if named:
+        print(f"left out {len(named)} file(s) in mask folder(s) named as the images beside them (masks)")
+    return [p for p in found if p not in named]
 
 
 MAX_STEM_BYTES = 200  # as otx.verbs.predict: room for "_mask.png" and the rest in a 255-byte name
