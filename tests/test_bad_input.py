@@ -498,6 +498,14 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         2,
     ),
     ("train-model-unknown", "wrong value", ["train", "--model", "Padimm"], "expects a model: Padim", 2),
+    (  # before: "--model expects a model ... (got \"NestedArg(key='init_args', val='settings.yaml')\")"
+        "train-model-init-args-file",
+        "wrong value",
+        ["train", "--config", RECIPE, "--model.init_args", "settings.yaml"],
+        "--model.init_args takes the model's settings as a mapping such as '{backbone: resnet18}' (got "
+        "'settings.yaml'); settings in a file go under model: init_args: of a --config file",
+        2,
+    ),
     # before: no suggestion (OTX's upper-case model names)
     ("train-model-upper-case", "wrong value", ["train", "--model", "PATCHCORE"], "did you mean Patchcore?", 2),
     (  # before: "(misspelled?); `otx train --help` lists the valid keys", which lists no model settings

@@ -793,6 +793,12 @@ def _not_a_model(given: str) -> str:
 
     names = available_models()
     if nested := re.fullmatch(r"NestedArg\(key='(\w+)', val='(.*)'\)", given):  # --model.class_path X
+        if nested.group(1) == "init_args":  # --model.init_args FILE: the settings, not the model
+            return (
+                f"--model.init_args takes the model's settings as a mapping such as '{{backbone: resnet18}}' (got "
+                f"'{nested.group(2)}'); settings in a file go under model: init_args: of a --config file; "
+                "`otx train --model.help <Model>` lists them"
+            )
         given = nested.group(2)
     try:
         section = ast.literal_eval(given)  # a recipe's section arrives as the repr of a dict
