@@ -41,7 +41,7 @@ from otx.data.io import (
     turned_warning,
 )
 from otx.errors import OTXDataError
-from otx.workdir import LATEST
+from otx.workdir import LATEST, is_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,8 @@ def _is_listed_image(name: str) -> bool:
 
 
 def _otx_work_dir(folder: Path) -> bool:
-    """Whether ``folder`` is an otx work dir (its ``latest.json``, or a run folder with its ``otx.log``)."""
-    if (folder / "latest.json").exists():
-        return True
-    return any((run / "otx.log").is_file() for run in folder.glob("[0-9]*-*") if run.is_dir())
+    """Whether ``folder`` is an otx work dir (its ``latest.json``, or a run folder in it)."""
+    return (folder / LATEST).exists() or any(is_run_folder(run) for run in folder.iterdir() if run.is_dir())
 
 
 def _holds_images(folder: str) -> bool:

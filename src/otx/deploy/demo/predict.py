@@ -57,6 +57,16 @@ def folder_masks(files: list) -> set:
     }
 
 
+def without_folder_masks(files: list) -> list:
+    """``files`` less ``folder_masks``, said in one line (otx predict's warning)."""
+    named = folder_masks(files)
+    if named:
+        folders = sorted({str(m.parent) for m in named})
+        more = f" and {len(folders) - 1} other mask folder(s)" if len(folders) > 1 else ""
+        print(f"left out {len(named)} file(s) in {folders[0]}{more}, named as the images beside it (masks)")
+    return [p for p in files if p not in named]
+
+
 def is_layout_mask(path: Path) -> bool:
     """``<root>/ground_truth/<defect>/<name>_mask.<ext>`` beside ``<root>/test`` or ``<root>/train`` (otx's rule)."""
     folder = path.parent.parent
@@ -129,13 +139,7 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
             folders = sorted({str(m.parent.parent) for m in masks})
             more = f" and {len(folders) - 1} other ground_truth folder(s)" if len(folders) > 1 else ""
             print(f"left out {len(masks)} mask file(s) under {folders[0]}{more} (ground truth, not images)")
-        files = [p for p in files if p not in set(masks)]
-        named = folder_masks(files)
-        if named:
-            folders = sorted({str(m.parent) for m in named})
-            more = f" and {len(folders) - 1} other mask folder(s)" if len(folders) > 1 else ""
-            print(f"left out {len(named)} file(s) in {folders[0]}{more}, named as the images beside it (masks)")
-        return [p for p in files if p not in named]
+        return without_folder_masks([p for p in files if p not in set(masks)])
     found, seen, again = [], set(), 0  # one image under two paths (a symbolic link) once, as otx predicts it
     for path in sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS):
         real = os.path.realpath(path)
@@ -151,10 +155,7 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
         if ours:
             print(f"left out {len(ours)} file(s) under {output} (results, not images to predict)")
             found = [p for p in found if p not in set(ours)]
-    named = folder_masks(found)  # a pattern over a folder with masks/ beside its images, as otx
-    if named:
-        print(f"left out {len(named)} file(s) in mask folder(s) named as the images beside them (masks)")
-    return [p for p in found if p not in named]
+    return without_folder_masks(found)  # a pattern over a folder with masks/ beside its images, as otx
 
 
 MAX_STEM_BYTES = 200  # as otx.verbs.predict: room for "_mask.png" and the rest in a 255-byte name
