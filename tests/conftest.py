@@ -5,12 +5,33 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Tests never download: a missing backbone must fail fast instead of trying the network.
 os.environ.setdefault("OTX_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_under_basetemp(tmp_path_factory: pytest.TempPathFactory):
+    """Temporary files of the tests and of the processes they start go under pytest's basetemp.
+
+    Processes a test kills on purpose (the distributed tests) cannot remove their own
+    (multiprocessing's ``pymp-*``, torchrun's ``torchelastic_*``); under the basetemp they go with it
+    when every test passes (``tmp_path_retention_policy``) instead of piling up in /tmp.
+    """
+    folder = tmp_path_factory.mktemp("tmp")
+    before = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    yield
+    if before is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = before
+    tempfile.tempdir = None
 
 
 @pytest.fixture(autouse=True)
