@@ -163,6 +163,29 @@ def test_pixel_metrics_of_maps_of_different_sizes_match_sklearn_and_the_stacked_
 
 # Sample images are 128x128: keep_aspect pads them to the aspect ratio of a 96x160 input (edges
 # repeated on the right); tile cuts a 128x128 input into 2x2 80-pixel tiles overlapping by 32.
+def plain_openvino_map(xml: Path, path: Path) -> np.ndarray:
+    """An image's anomaly map at its own size as docs/deploy.md tells a consumer without otx to make it.
+
+    The pixels as stored, RGB over 255, the graph; a ``keep_aspect`` map resized to the padded size
+    ``ceil``-computed from ``input_size`` and its top-left part kept; other modes' resized.
+    """
+    import cv2
+    import openvino as ov
+
+    model = ov.Core().read_model(xml)
+    mode, size = (model.get_rt_info(["model_info", key]).astype(str) for key in ("otx_input_mode", "input_size"))
+    assert mode != "keep_aspect" or "padded" in model.get_rt_info(["model_info", "otx_input"]).astype(str)
+    rgb = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION), cv2.COLOR_BGR2RGB)
+    image = (rgb.astype(np.float32) / 255).transpose(2, 0, 1)[None]
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    small = compiled(image)[compiled.output("anomaly_map")][0, 0]
+    (height, width), (input_h, input_w) = rgb.shape[:2], (int(v) for v in size.split())
+    full_h, full_w = height, width
+    if mode == "keep_aspect":
+        full_h, full_w = max(height, -(-width * input_h // input_w)), max(width, -(-height * input_w // input_h))
+    return cv2.resize(small, (full_w, full_h), interpolation=cv2.INTER_LINEAR)[:height, :width]
+
+
 MODES = {
     "keep_aspect": {"input_size": (96, 160), "input_mode": "keep_aspect"},
     "tile": {"input_size": (128, 128), "input_mode": "tile", "tile_size": 80, "tile_stride": 48},
@@ -202,6 +225,10 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
     assert_same_predictions(expected, got, "detection", 1e-3)
     # the demo package's own restore (crop or stitch) and boxes give otx's predictions
     check_demo_package(Path(summary["demo_package"]), source, got, tmp_path)
+    if model == "Padim":  # docs/deploy.md's recipe for a consumer with OpenVINO and OpenCV alone gives otx's maps
+        for prediction in got[:4]:
+            plain = plain_openvino_map(exported, Path(prediction.image_path))
+            np.testing.assert_allclose(plain, prediction.anomaly_map, atol=1e-5)
     # otx test of the IR gives the checkpoint's metrics: computed on the raw outputs its post-processor
     # normalises, like the checkpoint's (the normalised map clips to 0 far below the pixel threshold)
     from_checkpoint = engine.test(checkpoint=trained["checkpoint"])["metrics"]

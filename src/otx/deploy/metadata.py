@@ -26,6 +26,12 @@ LABELS = ("Normal", "Anomaly")
 # Keys every otx export carries; a model without them was not exported by otx.
 REQUIRED = ("otx_version", "otx_model", "task", "input_size", "image_threshold", "pixel_threshold")
 INPUT_CONTRACT = "float32 NCHW RGB in [0,1], any batch, height and width; bilinear antialiased resize inside"
+# What else the graph does to the image, and what that asks of a consumer of its map (docs/deploy.md)
+MODE_CONTRACT = {
+    "keep_aspect": "; padded at the bottom or right (edge pixels repeated) to input_size's aspect ratio first: "
+    "the map covers the padded image, resize it to that size and keep the image's top-left part",
+    "tile": "; tiled inside, maps stitched: the map covers the image",
+}
 
 
 def _text(value: Any) -> str:
@@ -85,7 +91,8 @@ def build_model_info(
         "mean_values": [0, 0, 0],
         "scale_values": [255, 255, 255],  # the wrapper feeds uint8 pixels / 255, as the graph expects
         "reverse_input_channels": False,
-        # model_api resizes before the graph; keep_aspect: it pads with zeros where otx repeats the edges
+        # model_api resizes nothing before a dynamic input like this one, and does not crop a keep_aspect
+        # map's padding (docs/deploy.md); the key says how the graph fits the image
         "resize_type": "fit_to_window" if preprocess["mode"] == "keep_aspect" else "standard",
         # otx
         "otx_version": __version__,
@@ -99,7 +106,7 @@ def build_model_info(
         **box_entries(boxes or {}),
         # the image score: the model's own (none) or the mean of this share of the map's highest pixels
         "otx_score_top_share": "none" if score_top_share is None else score_top_share,
-        "otx_input": INPUT_CONTRACT,
+        "otx_input": INPUT_CONTRACT + MODE_CONTRACT.get(preprocess["mode"], ""),
         "otx_outputs": ["pred_score", "pred_label", "anomaly_map", "pred_mask"],
         "otx_precision": precision,
         "otx_format": export_format,

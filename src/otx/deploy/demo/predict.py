@@ -511,7 +511,7 @@ def main() -> int:
     parser.add_argument(
         "--model",
         default=str(Path(__file__).parent / "model" / "exported_model.xml"),
-        help="the exported .xml or .onnx (default: the package's model/exported_model.xml)",
+        help="the exported OpenVINO IR, .xml (default: the package's model/exported_model.xml)",
     )
     parser.add_argument("--device", default="CPU", help="CPU (the default), GPU, NPU or AUTO")
     parser.add_argument(
