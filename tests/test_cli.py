@@ -568,6 +568,52 @@ def test_another_model_than_the_recipes_is_said_with_the_settings_it_keeps(
     assert set(tmp_path.glob("*-train")) == runs  # refused before a run began
 
 
+def test_seed_seeds_the_models_draws_unless_its_own_seed_is_given(sample_root: Path, tmp_path: Path, capsys) -> None:
+    # Before: each model reseeded its draws from --model.init_args.seed, so --seed changed nothing (five seeds,
+    # five equal runs, each recording its own seed). PADIM draws its feature channels at random.
+    import torch
+
+    from otx.models import Padim
+
+    args = ["--data_root", str(sample_root / "bottle_like"), "--data.num_workers", "0"]
+    small = ["--model.init_args.input_size", "[64,64]"]
+
+    def train(work_dir: str, *extra: str) -> tuple[dict, torch.Tensor]:
+        assert main(["train", "--config", RECIPE, *small, *args, "--work_dir", str(tmp_path / work_dir), *extra]) == 0
+        run = next((tmp_path / work_dir).glob("*-train"))
+        state = torch.load(run / "model.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        (idx,) = (value for key, value in state.items() if key.endswith(".idx"))
+        return yaml.safe_load((run / "config.yaml").read_text()), idx
+
+    def drawn(seed: int) -> torch.Tensor:  # the channels a PADIM of that seed draws
+        (idx,) = (v for k, v in Padim(seed=seed, input_size=(64, 64)).state_dict().items() if k.endswith(".idx"))
+        return idx
+
+    config, idx = train("s7", "--seed", "7")
+    assert config["seed"] == config["model"]["init_args"]["seed"] == 7
+    assert torch.equal(idx, drawn(7)) and not torch.equal(idx, drawn(0))
+    assert config["data"]["seed"] == 42  # the split stays: runs of several seeds are tested on the same images
+    config, idx = train("own", "--seed=7", "--model.init_args.seed", "3")  # the model's own wins
+    assert config["model"]["init_args"]["seed"] == 3 and torch.equal(idx, drawn(3))
+    config, idx = train("none")  # no --seed: the model's default, as before
+    assert config["model"]["init_args"]["seed"] == 0 and torch.equal(idx, drawn(0))
+    capsys.readouterr()
+    # a --config file that set the model's seed keeps it, said in one line
+    reused = tmp_path / "reuse.yaml"
+    reused.write_text(yaml.safe_dump({"model": {"init_args": {"seed": 5}}}))
+    config, idx = train("file", "--config", str(reused), "--seed", "9")
+    assert config["model"]["init_args"]["seed"] == 5 and torch.equal(idx, drawn(5))
+    captured = capsys.readouterr()
+    said = " ".join((captured.err + captured.out).split())
+    assert "--seed 9 leaves the model's seed at 5, set in a --config file: pass --model.init_args.seed 9" in said
+    # PatchCore has no seed: said, not recorded as if it mattered
+    patchcore = ["train", "--config", "recipe/anomaly_classification/patchcore.yaml", *small, *args, "--seed", "7"]
+    assert main([*patchcore, "--work_dir", str(tmp_path / "pc")]) == 0
+    captured = capsys.readouterr()
+    said = " ".join((captured.err + captured.out).split())
+    assert "--seed 7 changes nothing in Patchcore's fit: the model has no seed setting" in said
+
+
 def test_a_config_files_thresholds_that_the_model_does_not_have_are_said_unused(
     trained_padim: dict, sample_root: Path, tmp_path: Path, capsys
 ) -> None:

@@ -259,8 +259,8 @@ def _verb_parser(verb: str) -> ArgumentParser:
         default=42,
         help="global seed (Lightning's seed_everything)"
         + (
-            "; a model's random initialisation and draws follow --model.init_args.seed, the validation split and "
-            "the training order --data.seed"
+            "; also the model's seed (its random initialisation and draws) unless --model.init_args.seed is given; "
+            "the validation split and the training order follow --data.seed"
             if verb == "train"
             else ""
         ),
@@ -536,6 +536,8 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
                 "both: edit data_root, or pass --data_root DIR)"
             )
         cfg.data.data_root = cfg.data_root
+    if verb == "train" and cfg.model is not None:
+        _seed_the_model(cfg, list(argv), console)
     data = AnomalyDataModule(**cfg.data.as_dict())
     config = parser.dump(cfg, skip_none=False, format="parser_mode")  # validated, resolved
     import yaml
@@ -637,6 +639,44 @@ def _warnings_to_stderr() -> None:
         handler = StderrHandler(logging.ERROR if secondary() else logging.WARNING)  # rank 0 gives the warnings
         handler.otx_cli = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+
+
+def _seed_the_model(cfg: Namespace, argv: list[str], console: Console) -> None:
+    """``otx train --seed N`` seeds the model's own draws too, unless its seed is given.
+
+    Each model reseeds its random initialisation and draws from its ``seed`` setting, so ``--seed``
+    alone (Lightning's ``seed_everything``) changed nothing: five seeds gave five equal runs, each
+    recording its own seed (a bug bash). Given on the command line, ``--seed`` now sets the model's
+    ``seed`` where ``--model.init_args.seed`` is not given and no --config file changed it from the
+    model's default (then it stays, said in one line); a model without one (PatchCore, whose fit is
+    the same for every seed) is said in one line. The validation split stays ``--data.seed``'s, so
+    that runs of several seeds are tested on the same images.
+    """
+    import importlib
+    import inspect
+
+    given = _option_values(argv, "--seed")
+    if not given or _option_values(argv, "--model.init_args.seed"):
+        return
+    module_name, _, class_name = str(cfg.model.class_path).rpartition(".")
+    parameter = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters.get("seed")
+    init_args = cfg.model.init_args
+    if parameter is None:
+        console.print(
+            f"[yellow]warning[/]: --seed {cfg.seed} changes nothing in {class_name}'s fit: the model has no seed "
+            "setting and fits the same for every seed (the validation split follows --data.seed)"
+        )
+        return
+    current = init_args.get("seed") if init_args is not None else None
+    if current not in (None, parameter.default, cfg.seed):
+        console.print(
+            f"[yellow]warning[/]: --seed {cfg.seed} leaves the model's seed at {current}, set in a --config file: "
+            f"pass --model.init_args.seed {cfg.seed} to change it"
+        )
+        return
+    if init_args is None:
+        cfg.model.init_args = init_args = Namespace()
+    init_args["seed"] = cfg.seed  # (a Namespace or a dict)
 
 
 def _instantiate_model(spec: Namespace) -> Any:
