@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import html
 import json
 import os
 import shutil
@@ -468,8 +469,20 @@ def test_test_keeps_the_models_validation_split_and_names_both(trained_padim: di
     args = ["test", "--checkpoint", str(trained_padim["checkpoint"]), "--data_root", str(sample_root / "bottle_like")]
     assert main([*args, "--data.val_split", "0.3", "--data.seed", "5", "--work_dir", str(tmp_path)]) == 0
     err = " ".join(capsys.readouterr().err.split())
-    assert "using the model's validation split (val_split 0.5, seed 42; this command's: val_split 0.3, seed 5)" in err
-    tested = {r["image"] for r in json.loads((tmp_path / latest(tmp_path)["test"] / "predictions.json").read_text())}
+    said = "using the model's validation split (val_split 0.5, seed 42; this command's: val_split 0.3, seed 5)"
+    assert said in err
+    run = tmp_path / latest(tmp_path)["test"]
+    tested = {r["image"] for r in json.loads((run / "predictions.json").read_text())}
+    # in metrics.json and the report too, with the split the metrics are on (before: the console only, and
+    # two reports of models of different seeds read alike while they scored different images)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert any(w.startswith(said) for w in metrics["warnings"])
+    assert metrics["validation"] == {"from": "recorded files", "val_split": 0.5, "seed": 42}
+    report = " ".join(html.unescape((run / "report.html").read_text()).split())
+    assert said in report and "drawn as 0.5 of the test folders, seed 42)" in report
+    trained = json.loads((Path(trained_padim["checkpoint"]).parent / "metrics.json").read_text())
+    assert trained["validation"] == {"from": "seeded split", "val_split": 0.5, "seed": 42}
+    assert trained["seeds"] == {"global": 42, "model": 0}
     data = AnomalyDataModule(str(sample_root / "bottle_like"))
     data.setup()
     assert tested == {s.path for s in data.splits["test"]}

@@ -55,10 +55,23 @@ class ReportInput:
     thresholds: dict[str, float] = field(default_factory=dict)  # raw units (the scorer's stats)
     threshold_origin: dict[str, str] = field(default_factory=dict)  # how each was set, in words
     data_root: str = ""  # the data tested on (the report is read without the run folder beside it)
+    validation: dict[str, Any] = field(default_factory=dict)  # the split kept out (AnomalyDataModule.validation_record)
     input_mode: str = ""  # the model's pre-processing in words (PreProcessor.describe)
     boxes: dict[str, Any] | None = None  # detection: the box settings (otx.boxes.BoxSettings.as_dict)
     date: str = ""  # when the test ran
     unread_types: dict[str, int] = field(default_factory=dict)  # defect types none of whose images could be read
+
+
+def _validation(record: dict[str, Any]) -> str:
+    """`` (validation: ...)``: how the validation split kept out of the test split was formed, in words."""
+    if not record:
+        return ""
+    if record["from"] == "val/ folder":
+        return " (validation: the data's own val/ folder)"
+    share = f"{record['val_split']:g} of the test folders, seed {record['seed']}"
+    if record["from"] == "recorded files":
+        return f" (validation: the images the model was calibrated on, as recorded; drawn as {share})"
+    return f" (validation: {share})"
 
 
 def _png(fig: Figure) -> bytes:
@@ -206,7 +219,12 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     sections = [
         f"<h1>otx test report: {html.escape(data.model)} ({html.escape(data.backbone)}), {html.escape(data.task)}</h1>",
         f"<p>model: <code>{html.escape(data.source)}</code><br>"
-        + (f"data: <code>{html.escape(data.data_root)}</code>, test split<br>" if data.data_root else "")
+        + (
+            f"data: <code>{html.escape(data.data_root)}</code>, test split"
+            f"{html.escape(_validation(data.validation))}<br>"
+            if data.data_root
+            else ""
+        )
         + (f"input: {html.escape(data.input_mode)}<br>" if data.input_mode else "")
         + f"runtime: {html.escape(describe_runtime(data.runtime))}<br>otx {__version__}"
         + (f", tested {html.escape(data.date)}" if data.date else "")

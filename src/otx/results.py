@@ -98,6 +98,8 @@ class TrainResult(Result):
     peak_memory_mb: float
     warnings: list[str]
     boxes: dict[str, Any] | None = None  # detection: the box settings chosen on the validation split
+    validation: dict[str, Any] | None = None  # how the validation split was formed (data.validation_record)
+    seeds: dict[str, int | None] | None = None  # the global seed and the model's own (None: it has none)
     input: dict[str, Any] | None = None  # the pre-processing the model ran with (PreProcessor.config)
 
 
@@ -124,6 +126,7 @@ class TestResult(Result):
     threshold_origin: dict[str, str] = dataclasses.field(default_factory=dict)  # how each threshold was set
     boxes: dict[str, Any] | None = None  # detection: the box settings the boxes were cut with (otx.boxes)
     input: dict[str, Any] | None = None  # the pre-processing the model ran with (PreProcessor.config)
+    validation: dict[str, Any] | None = None  # the validation split kept out of the test split (validation_record)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

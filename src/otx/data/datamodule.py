@@ -257,6 +257,19 @@ class AnomalyDataModule:
         """Whether the data has a ``ground_truth/`` folder (pixel masks)."""
         return bool(self.index and self.index.has_masks)
 
+    def validation_record(self) -> dict[str, Any]:
+        """How the validation split was formed, for metrics.json and the test report.
+
+        ``from``: ``val/ folder`` (the data's own), ``recorded files`` (the images a model was
+        calibrated on, as its checkpoint or export recorded them) or ``seeded split`` (a share of the
+        test folders, drawn with the seed); with ``val_split`` and ``seed`` unless from a folder. Two
+        runs' test metrics compare only on the same split.
+        """
+        if self.index is not None and self.index.subsets.get("val"):
+            return {"from": "val/ folder"}
+        how = "recorded files" if self.val_files is not None else "seeded split"
+        return {"from": how, "val_split": self.val_split, "seed": self.seed}
+
     def split_summary(self) -> dict[str, dict[str, Any]]:
         """Number of images of each kind per split (written to metrics.json)."""
         return {name: count_kinds(samples) for name, samples in self.splits.items()}

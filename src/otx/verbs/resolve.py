@@ -251,13 +251,10 @@ def eval_data(
     same = (recorded and str(Path(root).resolve()) == recorded) or (
         fingerprint and fingerprint == data.index.fingerprint()
     )
-    if same and (data.val_split, data.seed) != stored:
-        log.warning(
-            "using the model's validation split (val_split %s, seed %s; this command's: val_split %s, seed %s) so that "
-            "the test images stay ones it was not fitted or calibrated on",
-            *stored,
-            data.val_split,
-            data.seed,
+    if same and (data.val_split, data.seed) != stored:  # (in metrics.json and the report: before, the console only)
+        ctx.warn(
+            f"using the model's validation split (val_split {stored[0]}, seed {stored[1]}; this command's: val_split "
+            f"{data.val_split}, seed {data.seed}) so that the test images stay ones it was not fitted or calibrated on"
         )
         data = data.replace(val_split=stored[0], seed=stored[1])
         data.setup()

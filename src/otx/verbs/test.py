@@ -170,6 +170,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             data_root=str(Path(data.data_root).expanduser().resolve())
             if data.data_root
             else "",  # (read without its folder)
+            validation=data.validation_record(),
             input_mode=scorer.preprocessor.describe(),
             boxes=scorer.boxes.as_dict() if adapter.box_level else None,
             date=time.strftime("%Y-%m-%d %H:%M %Z"),
@@ -195,6 +196,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         report=str(report),
         boxes=scorer.boxes.as_dict() if adapter.box_level else None,
         input=scorer.preprocessor.config(),
+        validation=data.validation_record(),
     )
     write_result(run, result)
     run.write_json("predictions.json", [p.to_json() for p in predictions])

@@ -514,6 +514,8 @@ def run(
         boxes=model.box_settings.as_dict() if adapter.box_level else None,
         input=model.preprocessor.config(),
         splits=data.split_summary(),
+        validation=data.validation_record(),
+        seeds={"global": ctx.seed, "model": getattr(model, "seed", None)},
         timing_s={k: round(v, 2) for k, v in timings.items()},
         peak_memory_mb=peak_memory_mb(),
         warnings=list(ctx.warnings),
