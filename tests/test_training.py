@@ -234,6 +234,9 @@ def _whole_and_resumed(sample_root: Path, tmp_path: Path, *extra: str, callbacks
     assert list((tmp_path / "parts").glob("*-train/checkpoints/epoch2.ckpt")), err
     assert rc == 130 and "Traceback" not in err, err
     assert err.count("SIGINT received") == 1, err  # before: once more for each worker
+    (run,) = (tmp_path / "parts").glob("*-train")  # how to go on (before: only that its files are not a result)
+    said = " ".join(err.split())
+    assert f"its saved epochs are kept: continue it with the same command and --resume {run.resolve()}" in said, err
     assert not (tmp_path / "parts" / "latest.json").exists()
     resumed = run_main(
         *_stfpm_args(sample_root, "parts", *extra, "--resume", "true", callbacks=callbacks), cwd=tmp_path

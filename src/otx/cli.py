@@ -33,7 +33,7 @@ from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_no
 from otx.errors import COMMAND_LINE, OTXConfigError, OTXError, broken_install, out_of_memory, out_of_space
 from otx.logs import StderrHandler, make_console
 from otx.validate import close_matches
-from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPS
+from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPPED, STOPS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
 VERB_HELP = {
@@ -1097,6 +1097,17 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(name)
 
 
+def _resume_hint() -> str | None:
+    """How to continue a training the stop ended, where it saved an epoch (before: its files were "not a result")."""
+    if not STOPPED or STOPPED[-1].command != "train" or STOPPED[-1].scratch:
+        return None
+    from otx.training import newest_state
+
+    if newest_state(STOPPED[-1].path) is None:
+        return None
+    return f"its saved epochs are kept: continue it with the same command and --resume {STOPPED[-1].path}"
+
+
 def _announce_stop(signum: int) -> None:
     """Say once (from the first process) that a stop arrived, and arm the clean-up's watchdog."""
     name = signal.Signals(signum).name
@@ -1281,6 +1292,7 @@ def _install_signal_handlers(listen: bool = False) -> None:
     _disarm_watchdog()
     STOPS.clear()
     FINISHED.clear()  # this command's runs only
+    STOPPED.clear()
     _REDELIVERED.clear()
     _HEARD.clear()
     if threading.current_thread() is threading.main_thread():
@@ -1809,6 +1821,8 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             return 0
         if not STOPS:
             errors.print("interrupted; earlier runs and latest.json stay as they were")
+        if (hint := _resume_hint()) and not secondary():
+            errors.print(hint, markup=False, highlight=False, soft_wrap=True)
         return stop_exit_code()
     except Exception as exc:  # jsonargparse reports bad arguments as ArgumentError / ValueError
         cause = exc

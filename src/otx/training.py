@@ -804,7 +804,7 @@ def build_trainer(
     return trainer, {"best": best, "curve": curve, "patience": patience}
 
 
-def _newest_state(run: Path) -> Path | None:
+def newest_state(run: Path) -> Path | None:
     """A run folder's ``last.ckpt``, or its newest ``epoch{N}.ckpt`` (if stopped before the link was made)."""
     folder = run / CHECKPOINT_DIR
     if (folder / LAST_CHECKPOINT).is_file():
@@ -817,7 +817,7 @@ def interrupted_states(workdir_root: Path) -> list[Path]:
     """The saved epochs (oldest first) of the work dir's interrupted trainings that no later run continued."""
     runs = sorted(p for p in workdir_root.glob("*-train*") if p.is_dir() and not (p / CHECKPOINT_NAME).exists())
     resumed = _resumed_states(workdir_root)  # finished since, by a resumed run: nothing left to resume
-    return [state for state in map(_newest_state, runs) if state is not None and state.resolve() not in resumed]
+    return [state for state in map(newest_state, runs) if state is not None and state.resolve() not in resumed]
 
 
 def _trained_class(state: Path) -> str | None:
@@ -858,7 +858,7 @@ def resume_checkpoint(resume: bool | str | Path, workdir_root: Path, class_path:
         return states[-1]
     path = Path(resume).expanduser()
     if path.is_dir():
-        state = _newest_state(path)
+        state = newest_state(path)
         if state is None:
             raise OTXError(f"cannot resume: '{path}' has no saved epoch ({CHECKPOINT_DIR}/{LAST_CHECKPOINT})")
         path = state
@@ -937,7 +937,7 @@ def _resumed_states(workdir_root: Path) -> set[Path]:
                 source = json.loads((run / "metrics.json").read_text()).get("resumed_from")
         except (OSError, ValueError, AttributeError):
             continue
-        if source and ((run / CHECKPOINT_NAME).is_file() or _newest_state(run) is not None):
+        if source and ((run / CHECKPOINT_NAME).is_file() or newest_state(run) is not None):
             found.add(Path(source).resolve())
     return found
 

@@ -42,6 +42,7 @@ _LOGGER_BEFORE: list[Any] = []  # [level, _ToAncestors] while runs are open: the
 OPEN_RUNS: list[Run] = []  # the run folders whose log is attached now (the CLI's stop watchdog writes to them)
 STOPS: list[str] = []  # the name of the stop signal the CLI received (``otx.cli``), once one arrived
 FINISHED: list[Path] = []  # the run folder last made the latest of its command (a stop after that finds it written)
+STOPPED: list[Run] = []  # the run that last ended without finishing (the CLI names what it kept)
 # While a finished run is made the latest (latest.json written, FINISHED set), the CLI's stop handler holds a
 # stop here instead of raising it; ``Run.close`` sends it again once both are done, so that what the stop's
 # line says about latest.json is true (before: a stop between the two said "latest.json stays" after it changed).
@@ -392,6 +393,7 @@ class Run:
             self.workdir.mark_latest(self)
             FINISHED[:] = [self.path]  # the latest only (a Python session runs many)
         else:  # before: an interrupted export or optimize left files that looked like a result (bug bash)
+            STOPPED[:] = [self]
             try:
                 (self.path / FAILED).write_text(
                     f"this otx {self.command} run did not finish (its otx.log says why): its files are not a result\n",
