@@ -367,6 +367,37 @@ def test_a_tiled_batch_holds_batch_size_tiles(sample_root: Path) -> None:
     assert batch["image"].shape == (4, 3, 256, 256)
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("model", ["Padim", "Patchcore"])
+def test_a_tiled_fit_takes_the_tiles_a_few_at_a_time_to_the_same_model(
+    model: str, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: every tile of a batch went through the backbone at once in training (inference took 16 at a
+    # time), so the fit's memory grew with the tiles per image. The reference: all 49 tiles in one pass.
+    import otx.models.base
+
+    settings = {"input_size": (96, 96), "input_mode": "tile", "tile_size": 32, "tile_stride": 16}  # 5 x 5 tiles
+    seen: list[int] = []
+
+    def fit(chunk: int, name: str) -> dict[str, torch.Tensor]:
+        monkeypatch.setattr(otx.models.base, "TILE_CHUNK", chunk)
+        net = model_class(model)(**settings)
+        embed = net.model.feature_extractor.forward
+        monkeypatch.setattr(net.model.feature_extractor, "forward", lambda x: seen.append(x.shape[0]) or embed(x))
+        data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+        Engine(model=net, data=data, work_dir=tmp_path / name).train()
+        return {k: v.clone() for k, v in net.state_dict().items()}
+
+    whole = fit(10**6, "whole")
+    images = AnomalyDataModule(batch_size=32).images_per_batch(model_class(model)(**settings).preprocessor)
+    assert max(seen) == 25 * images
+    seen.clear()
+    parts = fit(4, "parts")
+    assert max(seen) == 4  # (validation included)
+    for key, value in whole.items():
+        torch.testing.assert_close(parts[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_keep_aspect_chooses_its_input_from_the_training_images(strip_root: Path) -> None:
     from otx.checks import image_profile
     from otx.preprocess import aspect_input_size

@@ -304,8 +304,8 @@ class Padim(AnomalyModel):
         if batch is None:
             return
         with torch.no_grad():
-            features = self.model.feature_extractor(self.core_input(batch["image"]))
-            self._gaussian.update(self.model.generate_embedding(features))
+            for tiles in self.core_input_chunks(batch["image"]):
+                self._gaussian.update(self.model.generate_embedding(self.model.feature_extractor(tiles)))
 
     def finish_fit(self) -> None:  # noqa: D102 - every process of a distributed run calls it (a collective)
         gaussian = getattr(self, "_gaussian", None)

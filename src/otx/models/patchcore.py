@@ -454,10 +454,11 @@ class Patchcore(AnomalyModel):
         batch = distributed.drop_padding(batch)  # each training image counts once in a distributed fit
         if batch is None:
             return
-        embedding = self.model.embed(self.core_input(batch["image"]))
         tiles = self.preprocessor.tiles_per_image  # each tile's candidates are chosen on their own
         indices = [index * tiles + tile for index in torch.as_tensor(batch["index"]).tolist() for tile in range(tiles)]
-        self._coreset.update(embedding, indices)
+        for chunk in self.core_input_chunks(batch["image"]):
+            self._coreset.update(self.model.embed(chunk), indices[: chunk.shape[0]])
+            indices = indices[chunk.shape[0] :]
 
     def finish_fit(self) -> None:  # noqa: D102 - every process of a distributed run calls it (a collective)
         coreset = getattr(self, "_coreset", None)
