@@ -398,6 +398,26 @@ def test_a_tiled_fit_takes_the_tiles_a_few_at_a_time_to_the_same_model(
         torch.testing.assert_close(parts[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_images_shrunk_8x_or_more_to_the_input_get_a_note_naming_the_tile_mode() -> None:
+    # Before: a 4000x3000 camera's images went to 256x256 (13.5x per side) without a word, and their
+    # 12-pixel defects with them (a bug bash: validation AUROC below chance; tiled at their size 1.0).
+    from otx.verbs.train import shrink_note
+
+    def profile(heights: list[int], widths: list[int]) -> dict:
+        return {"height": heights, "width": widths, "aspect": widths[0] / heights[0]}
+
+    note = shrink_note(profile([3000, 3000], [4000, 4000]), PreProcessor((256, 256), "resize"))
+    shrink = np.sqrt(3000 * 4000 / 256**2)  # per side, from the pixels: the aspect ratio is the squash note's
+    assert note is not None and f"shrunk about {shrink:.0f}x per side to the model's input 256x256" in note
+    assert "--model.init_args.input_mode tile --model.init_args.input_size [3008,4000]" in note  # sides of 32s
+    assert shrink_note(profile([3000, 3000], [4000, 4000]), PreProcessor((3008, 4000), "tile", tile_size=256)) is None
+    assert shrink_note(profile([1024, 1024], [1024, 1024]), PreProcessor((256, 256))) is None  # MVTec AD's 4x
+    assert shrink_note(profile([2048, 2048], [2048, 2048]), PreProcessor((256, 256))) is not None  # 8x
+    assert shrink_note(profile([600, 600], [5000, 5000]), PreProcessor((96, 736), "keep_aspect")) is None  # 6.5x
+    # the smallest image decides: one small image among large ones keeps the note away
+    assert shrink_note(profile([256, 3000], [256, 4000]), PreProcessor((256, 256))) is None
+
+
 def test_keep_aspect_chooses_its_input_from_the_training_images(strip_root: Path) -> None:
     from otx.checks import image_profile
     from otx.preprocess import aspect_input_size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from pathlib import Path
@@ -52,6 +53,7 @@ log = logging.getLogger("otx")
 
 SQUASH_NOTE = SQUASH_LIMIT  # resize changing the images' aspect ratio by this factor or more gets a note
 TILE_NOTE_SIDE = 8192  # the longest side the tile mode's note suggests (a 4000x3000 camera image fits)
+SHRINK_NOTE = 8.0  # training images shrunk this much per side or more to the input get a note (2048x2048 to 256x256)
 
 
 def _ratio(aspect: float) -> str:
@@ -91,6 +93,30 @@ def spread_note(profile: dict[str, Any], pre: PreProcessor) -> str | None:
         f"a tenth or more of the training images are shaped unlike the others (width:height {_ratio(low)}:1 to "
         f"{_ratio(high)}:1 between the 10th and 90th percentiles, median {_ratio(profile['aspect'])}:1) and {how}; "
         "train a model per shape, or turn the files to one orientation (docs/input-modes.md)"
+    )
+
+
+def shrink_note(profile: dict[str, Any], pre: PreProcessor) -> str | None:
+    """A note when even the smallest training image is shrunk ``SHRINK_NOTE`` times per side or more to the input.
+
+    Whatever the mode, images go to ``input_size`` first; from a 4000x3000 camera image to 256x256
+    (13.5x per side) a defect 12 pixels across is about one input pixel, and a bug bash's model of
+    such images scored its validation images below chance without a word on why (tiled at the
+    images' size: AUROC 1.0). Per side as the square root of the pixel ratio, so that the aspect
+    ratio (``squash_note``) does not count twice.
+    """
+    (height, _), (width, _) = profile["height"], profile["width"]
+    input_h, input_w = pre.input_size
+    shrink = math.sqrt(height * width / (input_h * input_w))
+    if shrink < SHRINK_NOTE:
+        return None
+    big_h, big_w = (-(-side // 32) * 32 for side in (profile["height"][1], profile["width"][1]))
+    return (
+        f"the training images (at least {width}x{height}, width x height) are shrunk about {shrink:.0f}x per side "
+        f"to the model's input {input_w}x{input_h}, so a defect under about {shrink:.0f} pixels across becomes one "
+        "input pixel or less; for small defects on large images tile them at their own size "
+        f"(--model.init_args.input_mode tile --model.init_args.input_size [{big_h},{big_w}]) or give a larger "
+        "input_size (docs/input-modes.md)"
     )
 
 
@@ -322,6 +348,8 @@ def run(
     pre = model.preprocessor
     largest = (profile["height"][1], profile["width"][1]) if profile else None
     if profile and (note := squash_note(profile["aspect"], pre, chosen, largest) or spread_note(profile, pre)):
+        ctx.console.print(f"[yellow]note[/]: {note}")
+    if profile and (note := shrink_note(profile, pre)):
         ctx.console.print(f"[yellow]note[/]: {note}")
     if pre.mode != "resize" or auto:
         why = f" (input_mode auto: the training images are {_ratio(profile['aspect'])}:1)" if auto and profile else ""
