@@ -529,6 +529,47 @@ def test_greedy_k_center_picks_the_farthest_point_each_step() -> None:
     assert greedy_k_center(points[:5], 9).tolist() == [0, 1, 2, 3, 4]
 
 
+def test_greedy_k_center_reports_its_progress_and_picks_the_same_points() -> None:
+    from otx.models.patchcore import PROGRESS_STEPS, greedy_k_center
+
+    points = np.random.default_rng(0).standard_normal((3000, 8)).astype(np.float32)
+    calls: list[tuple[int, int]] = []
+    chosen = greedy_k_center(points, 600, lambda done, total: calls.append((done, total)))
+    assert calls == [(PROGRESS_STEPS, 600), (2 * PROGRESS_STEPS, 600), (600, 600)]
+    assert chosen.tolist() == greedy_k_center(points, 600).tolist()
+
+
+@pytest.mark.e2e
+def test_the_memory_bank_selection_shows_a_bar_of_its_own(
+    sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: PatchCore chose its memory bank after the epoch's bar had finished, without a word (a bug bash:
+    # 282 s at 1,500 training images; the issue: users of anomalib report that it "appears to hang").
+    import contextlib
+
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.training import EpochProgressBar
+
+    seen: list[tuple[str, int, int]] = []
+    shown = EpochProgressBar.phase
+
+    @contextlib.contextmanager
+    def recorded(bar: EpochProgressBar, description: str):
+        with shown(bar, description) as update:  # the real bar, its updates recorded
+            task = bar.progress.tasks[-1]
+            yield lambda done, total: seen.append((description, done, total)) or update(done, total)
+        assert (task.completed, task.total, task.visible) == (seen[-1][1], seen[-1][2], False)  # hidden at the end
+
+    monkeypatch.setattr(EpochProgressBar, "phase", recorded)
+    model = model_class("Patchcore")(input_size=(64, 64), coreset_ratio=0.5)
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    Engine(model=model, data=data, work_dir=tmp_path).train()
+    entries = model.model.memory_bank.shape[0]
+    assert entries > 256 and seen[-1] == ("Coreset", entries, entries)
+    assert [done for _, done, _ in seen] == [*range(256, entries, 256), entries]  # every 256 and the last, once
+
+
 def test_streaming_coreset_keeps_rare_patches_and_bounds_memory() -> None:
     from otx.models.patchcore import StreamingCoreset
 

@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import inspect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import lightning as L
@@ -438,6 +438,21 @@ class AnomalyModel(L.LightningModule):
     def core_input(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] at ``input_size`` as the core takes them in training: normalised, tiled if tiling."""
         return self.preprocessor.tiles(self.normalize_input(images))
+
+    @contextlib.contextmanager
+    def fit_progress(self, description: str) -> Iterator[Callable[[int, int], None]]:
+        """``update(done, total)`` of a bar of its own on the training's progress display, for a long step of the fit.
+
+        The bar is the trainer's progress bar's ``phase`` (``otx.training.EpochProgressBar``);
+        without one (no trainer, another bar, a process of rank > 0) updates go nowhere.
+        """
+        trainer = self._trainer  # (Lightning's; None outside a fit)
+        phase = getattr(getattr(trainer, "progress_bar_callback", None), "phase", None)
+        if phase is None:
+            yield lambda done, total: None
+            return
+        with phase(description) as update:
+            yield update
 
     def core_input_chunks(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``core_input`` in parts of ``TILE_CHUNK`` tiles when tiling (one part otherwise), in order.

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,7 +56,10 @@ log = logging.getLogger("otx")
 SELECTION_DIMS = 256
 
 
-def greedy_k_center(points: np.ndarray, k: int) -> np.ndarray:
+PROGRESS_STEPS = 256  # greedy_k_center reports its progress every this many centres
+
+
+def greedy_k_center(points: np.ndarray, k: int, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Greedy k-centre selection among ``points [n, d]``; returns ``k`` indices (all when ``k >= n``).
 
     The first centre is the point farthest from the points' mean (deterministic: no random start);
@@ -63,7 +67,8 @@ def greedy_k_center(points: np.ndarray, k: int) -> np.ndarray:
     of the k-centre problem, the selection of the PatchCore paper and of anomalib's
     ``KCenterGreedy``). Squared distances, from one matrix-vector product per step. NumPy, not
     torch: the loop makes thousands of small calls, and NumPy's call overhead is a fraction of
-    torch's (one image's selection: 103 steps over 1024 patches).
+    torch's (one image's selection: 103 steps over 1024 patches). ``progress(done, k)`` is called
+    every ``PROGRESS_STEPS`` centres and at the end.
     """
     n = points.shape[0]
     if k >= n:
@@ -84,6 +89,8 @@ def greedy_k_center(points: np.ndarray, k: int) -> np.ndarray:
         np.minimum(min_distance, distance, out=min_distance)
         min_distance[index] = -1.0  # chosen: never again
         index = int(min_distance.argmax())
+        if progress is not None and ((step + 1) % PROGRESS_STEPS == 0 or step + 1 == k):
+            progress(step + 1, k)
     return chosen
 
 
@@ -147,11 +154,12 @@ class StreamingCoreset:
         """How many candidate patches this process holds."""
         return sum(c.shape[0] for c in self._candidates)
 
-    def finalize(self) -> torch.Tensor:
+    def finalize(self, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """The memory bank ``[M, D]``: ``ceil(ratio * patches seen)`` greedy k-centres of the candidates.
 
         In a distributed run every process calls it: the candidates of all processes are gathered
         (in image order) and each process selects the same bank, the one a single process selects.
+        ``progress(done, total)``: the selection's progress (``greedy_k_center``).
         """
         held = (self.count, self._images, self._candidates, self._projected)
         self._images, self._candidates, self._projected = [], [], []
@@ -166,7 +174,7 @@ class StreamingCoreset:
         projected = np.concatenate([projected[i] for i in order])
         size = max(1, math.ceil(self.ratio * count))
         if size < candidates.shape[0]:
-            candidates = candidates[greedy_k_center(projected, size)]
+            candidates = candidates[greedy_k_center(projected, size, progress)]
         return torch.from_numpy(np.ascontiguousarray(candidates))
 
 
@@ -466,7 +474,8 @@ class Patchcore(AnomalyModel):
             return
         start = time.perf_counter()
         candidates = coreset.candidates
-        self.model.memory_bank = coreset.finalize().to(self.device)
+        with self.fit_progress("Coreset") as progress:  # minutes on large training sets: a bar of its own
+            self.model.memory_bank = coreset.finalize(progress).to(self.device)
         self._coreset = None
         log.info(
             "PatchCore memory bank: %d of %d training patches (coreset ratio %g; k-centres of %d candidates, %.1f s)",
