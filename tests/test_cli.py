@@ -112,6 +112,10 @@ def test_print_config_of_an_evaluation_verb_shows_what_it_uses(capsys: pytest.Ca
         assert printed["data"]["batch_size"] == 4 and printed["work_dir"] == str(tmp_path)
         assert out.startswith("# the model and its settings (thresholds, input size and mode) come from the latest run")
         assert "# no data_root: the data the model was trained on" in out
+        # before: data.seed printed as if it applied, while the model's own split is used
+        assert ("its own validation split (the\n# images it was calibrated on) is used instead" in out) is (
+            verb != "benchmark"
+        ), verb
     assert main(["test", *args, "--print_config=skip_null"]) == 0  # unset settings left out
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["batch_size"] == 4 and "checkpoint" not in printed and None not in printed["data"].values()

@@ -1725,11 +1725,13 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def _evaluation_config(cfg: Namespace, parser: ArgumentParser, flags: set[str]) -> str:
+def _evaluation_config(cfg: Namespace, parser: ArgumentParser, flags: set[str], verb: str) -> str:
     """``--print_config`` of test, predict, export, optimize and benchmark: the settings they use.
 
     The model, its settings (thresholds, input size and mode) and the epochs come from the checkpoint
     or exported model; a recipe's ``model`` and ``trainer`` sections are read by otx train alone.
+    On the data the model was trained on, the verbs that split it use the model's validation split,
+    whatever ``data.val_split`` and ``data.seed`` say (before: printed as if they applied; a bug bash).
     """
     import yaml
 
@@ -1743,6 +1745,11 @@ def _evaluation_config(cfg: Namespace, parser: ArgumentParser, flags: set[str]) 
     )
     if not resolved.get("data_root") and not (resolved.get("data") or {}).get("data_root"):
         head += "# no data_root: the data the model was trained on\n"
+    if verb in ("test", "predict", "export", "optimize"):
+        head += (
+            "# data.val_split and data.seed: on the data the model was trained on, its own validation split (the\n"
+            "# images it was calibrated on) is used instead, so that they stay out of the test split\n"
+        )
     return head + yaml.safe_dump(_without_nulls(resolved) if "skip_null" in flags else resolved, sort_keys=False)
 
 
@@ -1802,7 +1809,7 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             text = (
                 _train_config(cfg.train, own, print_flags)
                 if command == "train"
-                else _evaluation_config(cfg[command], own, print_flags)
+                else _evaluation_config(cfg[command], own, print_flags, command)
             )
             console.print(text, markup=False, emoji=False, highlight=False, soft_wrap=True, end="")
             return 0
