@@ -563,7 +563,7 @@ def test_lightnings_partial_runs_are_refused(partial: dict, sample_root: Path, t
 def test_resume_true_passes_over_a_state_that_a_later_run_continues(tmp_path: Path) -> None:
     # Before: A interrupted, B resumed A and was interrupted too, C resumed B and finished: `--resume true`
     # resumed A again (only finished runs' metrics.json said what they continued).
-    from otx.training import record_resumed_from, resume_checkpoint
+    from otx.training import record_resumed_from, resume_checkpoints
 
     def run(name: str, state: bool = True, finished: bool = False) -> Path:
         folder = tmp_path / f"2026120{name}-train"
@@ -575,16 +575,36 @@ def test_resume_true_passes_over_a_state_that_a_later_run_continues(tmp_path: Pa
         return folder
 
     a = run("1")
-    assert resume_checkpoint(True, tmp_path) == a / "checkpoints" / "last.ckpt"
+    assert resume_checkpoints(True, tmp_path)[0] == a / "checkpoints" / "last.ckpt"
     b = run("2")
     record_resumed_from(b, a / "checkpoints" / "last.ckpt")
-    assert resume_checkpoint(True, tmp_path) == b / "checkpoints" / "last.ckpt"
+    assert resume_checkpoints(True, tmp_path)[0] == b / "checkpoints" / "last.ckpt"
     c = run("3", state=False)  # resumed B, interrupted before its first epoch was saved: B is still to resume
     record_resumed_from(c, b / "checkpoints" / "last.ckpt")
-    assert resume_checkpoint(True, tmp_path) == b / "checkpoints" / "last.ckpt"
+    assert resume_checkpoints(True, tmp_path)[0] == b / "checkpoints" / "last.ckpt"
     (c / "model.ckpt").write_bytes(b"model")  # C finished: nothing left
     with pytest.raises(OTXError, match="nothing to resume"):
-        resume_checkpoint(True, tmp_path)
+        resume_checkpoints(True, tmp_path)
+
+
+def test_resume_true_continues_the_newest_interrupted_run_that_the_command_fits() -> None:
+    # Before: --resume true tried the newest interrupted run of the model only, and refused pointing to its
+    # options (another data root) while an older run of this command's data was there to continue (bug bash).
+    from otx.training import resumable
+
+    def check(state: Path) -> int:  # check_resume's contract: the epochs finished, or one OTXError line
+        if state.name != "fits.ckpt":
+            raise OTXError(f"cannot resume from '{state}': data_root other there")
+        return 3
+
+    newest, fits, oldest = Path("newest.ckpt"), Path("fits.ckpt"), Path("oldest.ckpt")
+    assert resumable([newest, fits, oldest], check) == (fits, 3)
+    with pytest.raises(OTXError) as refused:
+        resumable([newest, oldest], check)
+    said = "cannot resume from 'newest.ckpt': data_root other there (the 1 older interrupted run(s) of this model"
+    assert str(refused.value).startswith(said)
+    with pytest.raises(OTXError, match=r"^cannot resume from 'oldest.ckpt': data_root other there$"):
+        resumable([oldest], check)  # one state (a path given): its own refusal as it was
 
 
 def test_resume_true_takes_the_newest_interrupted_run_of_the_model_it_trains(tmp_path: Path) -> None:
@@ -593,7 +613,7 @@ def test_resume_true_takes_the_newest_interrupted_run_of_the_model_it_trains(tmp
     import yaml
 
     from otx.checkpoint import latest_checkpoint
-    from otx.training import resume_checkpoint
+    from otx.training import resume_checkpoints
     from otx.workdir import WorkDir
 
     def run(name: str, model: str | None) -> Path:
@@ -606,12 +626,12 @@ def test_resume_true_takes_the_newest_interrupted_run_of_the_model_it_trains(tmp
 
     stfpm = run("1", "otx.models.stfpm.Stfpm")
     flow = run("2", "otx.models.patchflow.Patchflow")
-    assert resume_checkpoint(True, tmp_path) == flow / "checkpoints" / "last.ckpt"  # no model named: the newest
-    assert resume_checkpoint(True, tmp_path, "otx.models.stfpm.Stfpm") == stfpm / "checkpoints" / "last.ckpt"
+    assert resume_checkpoints(True, tmp_path)[0] == flow / "checkpoints" / "last.ckpt"  # no model named: the newest
+    assert resume_checkpoints(True, tmp_path, "otx.models.stfpm.Stfpm")[0] == stfpm / "checkpoints" / "last.ckpt"
     said = r"nothing to resume for otx.models.padim.Padim .*\(20261201-train \(otx.models.stfpm.Stfpm\)"
     with pytest.raises(OTXError, match=said):
-        resume_checkpoint(True, tmp_path, "otx.models.padim.Padim")
+        resume_checkpoints(True, tmp_path, "otx.models.padim.Padim")
     unknown = run("3", None)  # no config.yaml to say which model: taken, and check_resume compares the tensors
-    assert resume_checkpoint(True, tmp_path, "otx.models.padim.Padim") == unknown / "checkpoints" / "last.ckpt"
+    assert resume_checkpoints(True, tmp_path, "otx.models.padim.Padim")[0] == unknown / "checkpoints" / "last.ckpt"
     with pytest.raises(OTXError, match=r"an interrupted training saved epochs in 20261203-train: .*--resume true"):
         latest_checkpoint(WorkDir(tmp_path))

@@ -45,7 +45,7 @@ from otx.models.base import AnomalyModel
 from otx.render import render
 from otx.results import BenchmarkResult, ExportResult, OptimizeResult, Result, TestResult, TrainResult
 from otx.tasks import AnomalyTask, Prediction, get_adapter
-from otx.training import check_callback_entries, check_max_time, resume_checkpoint
+from otx.training import check_callback_entries, check_max_time, resume_checkpoints
 from otx.validate import SEED_MAX, check_bool, check_choice, check_int, check_path, got
 from otx.verbs import benchmark as benchmark_verb
 from otx.verbs import export as export_verb
@@ -246,7 +246,7 @@ class Engine:
             )
         if not isinstance(resume, bool | str | Path):
             raise OTXConfigError(f"resume must be True, False or a path ({got(resume)})")
-        start = resume_checkpoint(resume, self.workdir.root, class_path(self.model)) if resume is not False else None
+        starts = resume_checkpoints(resume, self.workdir.root, class_path(self.model)) if resume is not False else []
         if self.model is not self._trained:  # a model this engine has not trained yet (as given, or swapped in)
             self._pristine = None
             if any(p.requires_grad for p in self.model.parameters()):  # one-pass models re-fit from scratch anyway
@@ -258,7 +258,7 @@ class Engine:
 
         def body(ctx: VerbContext, run: Run) -> TrainResult:
             contexts.append(ctx)
-            return train_verb.run(ctx, run, model, self.trainer, self.max_epochs, start)
+            return train_verb.run(ctx, run, model, self.trainer, self.max_epochs, starts)
 
         try:
             result = self._run("train", body, distributed=True)

@@ -851,12 +851,13 @@ def _trained_class(state: Path) -> str | None:
         return None
 
 
-def resume_checkpoint(resume: bool | str | Path, workdir_root: Path, class_path: str | None = None) -> Path:
-    """The training state to resume from: ``True`` takes the newest interrupted training in the work dir.
+def resume_checkpoints(resume: bool | str | Path, workdir_root: Path, class_path: str | None = None) -> list[Path]:
+    """The training states to resume from, newest first: ``True`` takes the work dir's interrupted trainings.
 
-    With ``class_path`` (the model this command trains), ``True`` takes the newest one of that
-    model (before: the newest of any, refused when it was another model's, though an older
-    interrupted run of this model was there). A path may be a ``.ckpt`` file or a training run folder.
+    With ``class_path`` (the model this command trains), ``True`` takes those of that model
+    (before: the newest of any, refused when it was another model's, though an older interrupted
+    run of this model was there); ``otx train`` continues the newest that its options fit
+    (``resumable``). A path (a ``.ckpt`` file or a training run folder) gives that one state.
     """
     if resume is True:
         states = interrupted_states(workdir_root)
@@ -874,8 +875,8 @@ def resume_checkpoint(resume: bool | str | Path, workdir_root: Path, class_path:
                     f"nothing to resume for {class_path} in '{workdir_root}': its interrupted trainings train other "
                     f"models ({others}); resume one with its recipe, or pass --resume PATH"
                 )
-            return same[-1]
-        return states[-1]
+            return same[::-1]
+        return states[::-1]
     path = Path(resume).expanduser()
     if path.is_dir():
         state = newest_state(path)
@@ -884,7 +885,28 @@ def resume_checkpoint(resume: bool | str | Path, workdir_root: Path, class_path:
         path = state
     if not path.is_file():
         raise OTXError(f"cannot resume: '{path}' does not exist; pass a run folder with {CHECKPOINT_DIR}/ or a .ckpt")
-    return path
+    return [path]
+
+
+def resumable(states: list[Path], check: Callable[[Path], int]) -> tuple[Path, int]:
+    """The first of ``states`` (newest first) that ``check`` (``check_resume``) lets this command continue.
+
+    ``(state, epochs it finished)``. When none fits, the newest one's refusal, naming how many older
+    ones were tried (before: ``--resume true`` tried the newest interrupted run of the model only,
+    and pointed to its options though an older run of this data was there to continue; a bug bash).
+    """
+    refusals = []
+    for state in states:
+        try:
+            return state, check(state)
+        except OTXError as exc:
+            refusals.append(exc)
+    if len(refusals) > 1:
+        raise OTXError(
+            f"{refusals[0]} (the {len(refusals) - 1} older interrupted run(s) of this model here do not fit this "
+            "command either)"
+        ) from None
+    raise refusals[0]
 
 
 RESUMED_FROM = "resumed_from.txt"  # in a resumed run's checkpoints/: the state it continues (absolute path)

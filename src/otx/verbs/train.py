@@ -42,6 +42,7 @@ from otx.training import (
     monitor_of,
     record_resumed_from,
     record_split,
+    resumable,
     stop_reason,
     without_unlogged_monitors,
 )
@@ -228,11 +229,12 @@ def run(
     model: AnomalyModel,
     trainer_args: dict[str, Any],
     max_epochs: int | None,
-    resume: Path | None,
+    resumes: list[Path],
 ) -> TrainResult:
     """Train ``model`` on the context's data; ``trainer_args`` go over the model's ``default_trainer``.
 
-    ``resume`` is a Lightning state (``last.ckpt`` / ``epochN.ckpt``) to continue from.
+    ``resumes``: Lightning states (``last.ckpt`` / ``epochN.ckpt``), newest first, of which the first
+    this training fits is continued (``resumable``); none: a new training.
     """
     L.seed_everything(ctx.seed, verbose=False)
     model.forget_data_choices()  # a model object trained before: input_mode auto chooses again for these images
@@ -275,9 +277,13 @@ def run(
         "val_files": sorted(relative_names(data.splits["val"], data.data_root)),
         "train_fingerprint": data.index.fingerprint(),
     }
-    if resume is not None:
-        first_epoch = check_resume(
-            resume, model, model_entry(model), data.data_root, settings.get("max_epochs"), data.run_settings(), split
+    resume = None
+    if resumes:
+        resume, first_epoch = resumable(
+            resumes,
+            lambda state: check_resume(
+                state, model, model_entry(model), data.data_root, settings.get("max_epochs"), data.run_settings(), split
+            ),
         )
         if not distributed.secondary():  # this run continues that state: --resume true passes it over
             record_resumed_from(run.path, resume)
