@@ -42,6 +42,11 @@ def test_trainer_section_from_the_command_line(accelerator: list[str], sample_ro
     summary = _summary(tmp_path / "ws")
     assert summary["trainer"]["accelerator"] == "CPUAccelerator" and summary["trainer"]["devices"] == 1
     assert summary["epochs"] == 1 and summary["validation_curve"][0]["epoch"] == 1
+    # the epoch's pixel AUROC is the input size's, named as validation_metrics name it (before: pixel_AUROC,
+    # the name validation_metrics give the one at each image's own size)
+    (row,) = summary["validation_curve"]
+    assert "pixel_AUROC" not in row
+    assert row["pixel_AUROC_input"] == pytest.approx(summary["validation_metrics"]["pixel_AUROC_input"], abs=1e-6)
     assert "Epoch 1/1" in done.stdout and "Epoch 0" not in done.stdout  # the bar counts as the summary does
 
 

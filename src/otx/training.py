@@ -418,11 +418,17 @@ class StopSignalKept(L.Callback):
             signal.signal(signal.SIGTERM, self.handler)  # Lightning puts its snapshot back when the fit ends
 
 
+CURVE_NAMES = {"pixel_AUROC": "pixel_AUROC_input"}  # logged names -> the curve's (ValidationCurve)
+
+
 class ValidationCurve(L.Callback):
     """The validation metrics of every validated epoch, for the training summary.
 
     Saved with each epoch's training state, so a resumed run's curve starts at epoch 1, not at the
-    first epoch it trained itself.
+    first epoch it trained itself. The per-epoch pixel AUROC is taken at the model's input size
+    (logged as ``val/pixel_AUROC``, which callbacks monitor): its rows name it ``pixel_AUROC_input``,
+    as the summary's ``validation_metrics`` do, whose ``pixel_AUROC`` is at each image's own size
+    (before: one name for both; a bug bash).
     """
 
     def __init__(self) -> None:
@@ -432,7 +438,7 @@ class ValidationCurve(L.Callback):
         return {"epochs": [dict(row) for row in self.epochs]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
-        self.epochs = [dict(row) for row in state_dict.get("epochs", [])]
+        self.epochs = [{CURVE_NAMES.get(k, k): v for k, v in row.items()} for row in state_dict.get("epochs", [])]
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
         # Lightning validates before on_train_epoch_end, after the module has logged its metrics
@@ -441,7 +447,7 @@ class ValidationCurve(L.Callback):
         row: dict[str, float] = {"epoch": trainer.current_epoch + 1}
         for key, value in trainer.callback_metrics.items():
             if key.startswith("val/"):
-                row[key[4:]] = round(float(value), 6)
+                row[CURVE_NAMES.get(key[4:], key[4:])] = round(float(value), 6)
         self.epochs.append(row)
 
 
