@@ -87,7 +87,8 @@ def out_of_memory(exc: BaseException) -> OTXMemoryError | None:
     return OTXMemoryError(
         for_caller(
             f"out of memory{asked}; lower --model.init_args.input_size or --data.batch_size, or use input_mode "
-            "tile for large images (the run's otx.log has the details; earlier runs and latest.json are kept)"
+            "tile for large images (already tiled: a larger --model.init_args.tile_stride gives fewer tiles per "
+            "image; the run's otx.log has the details; earlier runs and latest.json are kept)"
         )
     )
 
