@@ -1782,3 +1782,32 @@ def test_openvino_options_given_with_a_checkpoint_are_said_to_apply_to_exports(
     assert "--device CPU applies to exported models" in " ".join(capsys.readouterr().err.split())
     assert main([*args, "--work_dir", str(tmp_path), "--device", "auto"]) == 0  # the default, in any case
     assert "apply to exported models" not in capsys.readouterr().err
+
+
+def test_a_long_step_without_a_bar_has_a_spinner_on_a_terminal(tmp_path: Path) -> None:
+    # Before: otx test of large images sat for 18 s after its bar had reached the end, without a word (a
+    # bug bash): the metrics at each image's own size and the report have a spinner naming the step.
+    import io
+    import time
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from otx.verbs.context import VerbContext
+    from otx.workdir import WorkDir
+
+    def context(console: Console) -> VerbContext:
+        data = AnomalyDataModule(num_workers=0)
+        return VerbContext(console, WorkDir(tmp_path / "ws"), data, None, "CPU", "f32", 0, {})
+
+    terminal = io.StringIO()
+    with context(Console(file=terminal, force_terminal=True)).working("pixel metrics of 12 images at their own size"):
+        time.sleep(0.3)
+    assert "pixel metrics of 12 images at their own size" in terminal.getvalue()
+    piped = io.StringIO()
+    with context(Console(file=piped, force_terminal=False)).working("pixel metrics"):
+        pass
+    assert piped.getvalue() == ""  # a log file or a pipe gets no spinner frames
+    busy = Console(file=io.StringIO(), force_terminal=True)
+    with Progress(console=busy), context(busy).working("pixel metrics"):  # another live display: none, no error
+        pass

@@ -248,77 +248,80 @@ def evaluate(
     defects = [s.defect for s in samples]
     if not adapter.pixel_level or not has_masks:  # (otx test warns of it)
         return Evaluation(metrics, per_defect(defects, scores, pred_labels) if by_defect else {})
-    # Anomalous images without a mask file cannot be scored per pixel: leave them out.
-    usable = [s.label == 0 or s.mask_path is not None for s in samples]
-    maps, masks = outputs["maps"], outputs["masks"]
-    if not all(usable):  # a copy only then (76 MB of maps on magnetic_tile's test split)
-        maps, masks = maps[torch.tensor(usable)], masks[torch.tensor(usable)]
-    budget = verb_pixel_budget(ctx)
-    at_input = pixel_metrics(maps, masks, maps >= pixel_threshold) if maps.numel() <= budget else {}
-    input_pixels = maps.numel()
-    del maps, masks
-    sizes = outputs["orig_sizes"].numpy()
-    total = sum(int(h) * int(w) for (h, w), use in zip(sizes, usable, strict=True) if use)
-    divisor = metric_divisor(total, budget)
-    allows = (
-        f"the {budget / 1e6:.3g} M this run allows "
-        f"({METRIC_PIXELS_ENV if os.environ.get(METRIC_PIXELS_ENV, '').strip() else 'half the free memory'})"
-    )
-    if divisor > 1:
-        what = "pixel and box" if adapter.box_level and predictions is not None else "pixel"
-        ctx.warn(
-            f"{what} metrics at 1/{divisor} of each image's own size (pixel_metrics_divisor"
-            + ("; the *_input ones left out" if not at_input else "")
-            + f"): the {sum(usable)} images hold {total / 1e6:.3g} M pixels, about "
-            f"{total * METRIC_BYTES_PER_PIXEL / 2**30:.1f} GB of metrics at full size, over {allows}; "
-            f"{METRIC_PIXELS_ENV}={total} computes them at full size where the memory is there"
+    what = "box and pixel" if adapter.box_level and predictions is not None else "pixel"
+    # a spinner on a terminal: restoring every map to its image's size takes a while on large images
+    with ctx.working(f"{what} metrics of {len(samples)} images at their own size"):
+        # Anomalous images without a mask file cannot be scored per pixel: leave them out.
+        usable = [s.label == 0 or s.mask_path is not None for s in samples]
+        maps, masks = outputs["maps"], outputs["masks"]
+        if not all(usable):  # a copy only then (76 MB of maps on magnetic_tile's test split)
+            maps, masks = maps[torch.tensor(usable)], masks[torch.tensor(usable)]
+        budget = verb_pixel_budget(ctx)
+        at_input = pixel_metrics(maps, masks, maps >= pixel_threshold) if maps.numel() <= budget else {}
+        input_pixels = maps.numel()
+        del maps, masks
+        sizes = outputs["orig_sizes"].numpy()
+        total = sum(int(h) * int(w) for (h, w), use in zip(sizes, usable, strict=True) if use)
+        divisor = metric_divisor(total, budget)
+        allows = (
+            f"the {budget / 1e6:.3g} M this run allows "
+            f"({METRIC_PIXELS_ENV if os.environ.get(METRIC_PIXELS_ENV, '').strip() else 'half the free memory'})"
         )
-    elif not at_input:  # images smaller than the model's input: their own size fits, the input size does not
-        ctx.warn(
-            f"the pixel metrics at the model's input size (*_input) are left out: its maps hold "
-            f"{input_pixels / 1e6:.3g} M pixels, over {allows}"
-        )
-    normalized = None if pixel_range is None else (pixel_threshold, *pixel_range)
-    full_maps, full_masks, flat, predicted = _full_size(samples, outputs, usable, preprocessor, normalized, divisor)
-    used = [s for s, use in zip(samples, usable, strict=True) if use]  # in the order of full_masks
-    blank = [s for s, m in zip(used, full_masks, strict=True) if s.label == 1 and s.mask_path and not m.any()]
-    if blank:  # an annotation slip, usually: the image counts as defective, none of its pixels do
-        first = Path(blank[0].mask_path or "")
-        ctx.warn(
-            f"{len(blank)} anomalous image(s) have an all-black mask (e.g. ground_truth/{first.parent.name}/"
-            f"{first.name}): none of their pixels counts as defect in the pixel and box metrics; check the masks"
-        )
-    predicted = flat[0] >= pixel_threshold if predicted is None else predicted
-    metrics.update(pixel_metrics(full_maps, full_masks, predicted, flat=flat))
-    del predicted
-    metrics.update({f"{key}_input": value for key, value in at_input.items()})
-    if divisor > 1:
-        metrics["pixel_metrics_divisor"] = float(divisor)
-    pred_boxes = box_scores = None
-    if adapter.box_level and predictions is not None:
-        boxed = [p for p, use in zip(predictions, usable, strict=True) if use]  # in the order of full_masks
-        pred_boxes = [np.asarray(p.pred_boxes, np.float64).reshape(-1, 4) / divisor for p in boxed]
-        box_scores = [p.box_scores for p in boxed]
-        metrics.update(box_ap([gt_boxes_from_mask(m) for m in full_masks], pred_boxes, box_scores))
-        metrics["defect_recall"] = defect_recall(full_masks, pred_boxes)
-        on_normal = [len(p.pred_boxes) for p, s in zip(predictions, samples, strict=True) if s.label == 0]
-        metrics["false_boxes_per_normal_image"] = float(np.mean(on_normal)) if on_normal else float("nan")
-    kinds = per_defect(defects, scores, pred_labels) if by_defect else {}
-    if by_defect:  # pixel (and box) metrics from the images that have a mask (or are normal); the image
-        # metrics stay those of every image above (a defect image without a mask still counts there)
-        use = np.array(usable)
-        pixel_level = per_defect(
-            [d for d, u in zip(defects, usable, strict=True) if u],
-            scores[use],
-            pred_labels[use],
-            full_maps,
-            full_masks,
-            pred_boxes,
-            box_scores,
-        )
-        for kind, row in pixel_level.items():
-            kinds[kind].update({k: v for k, v in row.items() if k in _PIXEL_BY_DEFECT})
-    return Evaluation(metrics, kinds)
+        if divisor > 1:
+            what = "pixel and box" if adapter.box_level and predictions is not None else "pixel"
+            ctx.warn(
+                f"{what} metrics at 1/{divisor} of each image's own size (pixel_metrics_divisor"
+                + ("; the *_input ones left out" if not at_input else "")
+                + f"): the {sum(usable)} images hold {total / 1e6:.3g} M pixels, about "
+                f"{total * METRIC_BYTES_PER_PIXEL / 2**30:.1f} GB of metrics at full size, over {allows}; "
+                f"{METRIC_PIXELS_ENV}={total} computes them at full size where the memory is there"
+            )
+        elif not at_input:  # images smaller than the model's input: their own size fits, the input size does not
+            ctx.warn(
+                f"the pixel metrics at the model's input size (*_input) are left out: its maps hold "
+                f"{input_pixels / 1e6:.3g} M pixels, over {allows}"
+            )
+        normalized = None if pixel_range is None else (pixel_threshold, *pixel_range)
+        full_maps, full_masks, flat, predicted = _full_size(samples, outputs, usable, preprocessor, normalized, divisor)
+        used = [s for s, use in zip(samples, usable, strict=True) if use]  # in the order of full_masks
+        blank = [s for s, m in zip(used, full_masks, strict=True) if s.label == 1 and s.mask_path and not m.any()]
+        if blank:  # an annotation slip, usually: the image counts as defective, none of its pixels do
+            first = Path(blank[0].mask_path or "")
+            ctx.warn(
+                f"{len(blank)} anomalous image(s) have an all-black mask (e.g. ground_truth/{first.parent.name}/"
+                f"{first.name}): none of their pixels counts as defect in the pixel and box metrics; check the masks"
+            )
+        predicted = flat[0] >= pixel_threshold if predicted is None else predicted
+        metrics.update(pixel_metrics(full_maps, full_masks, predicted, flat=flat))
+        del predicted
+        metrics.update({f"{key}_input": value for key, value in at_input.items()})
+        if divisor > 1:
+            metrics["pixel_metrics_divisor"] = float(divisor)
+        pred_boxes = box_scores = None
+        if adapter.box_level and predictions is not None:
+            boxed = [p for p, use in zip(predictions, usable, strict=True) if use]  # in the order of full_masks
+            pred_boxes = [np.asarray(p.pred_boxes, np.float64).reshape(-1, 4) / divisor for p in boxed]
+            box_scores = [p.box_scores for p in boxed]
+            metrics.update(box_ap([gt_boxes_from_mask(m) for m in full_masks], pred_boxes, box_scores))
+            metrics["defect_recall"] = defect_recall(full_masks, pred_boxes)
+            on_normal = [len(p.pred_boxes) for p, s in zip(predictions, samples, strict=True) if s.label == 0]
+            metrics["false_boxes_per_normal_image"] = float(np.mean(on_normal)) if on_normal else float("nan")
+        kinds = per_defect(defects, scores, pred_labels) if by_defect else {}
+        if by_defect:  # pixel (and box) metrics from the images that have a mask (or are normal); the image
+            # metrics stay those of every image above (a defect image without a mask still counts there)
+            use = np.array(usable)
+            pixel_level = per_defect(
+                [d for d, u in zip(defects, usable, strict=True) if u],
+                scores[use],
+                pred_labels[use],
+                full_maps,
+                full_masks,
+                pred_boxes,
+                box_scores,
+            )
+            for kind, row in pixel_level.items():
+                kinds[kind].update({k: v for k, v in row.items() if k in _PIXEL_BY_DEFECT})
+        return Evaluation(metrics, kinds)
 
 
 def _full_size(
