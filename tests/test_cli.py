@@ -249,6 +249,12 @@ def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
     run = next((tmp_path / "ws").glob("*-predict"))
     predictions = json.loads((run / "predictions" / "predictions.json").read_text())
     assert len(predictions) == 28 and len(list((run / "predictions" / "masks").glob("*.png"))) == 28
+    # the summary says what the overlays take on disk (before: only their folder; full-size PNGs of many large
+    # images filled 637 MB for 143 MB of JPEGs in a bug bash)
+    overlays = list((run / "predictions" / "overlays").iterdir())
+    megabytes = sum(p.stat().st_size for p in overlays) / 1e6
+    said = f"{len(overlays)} files, {megabytes:.1f} MB; --visualize false skips them"
+    assert said in " ".join(predict.stdout.split()).replace("( ", "("), predict.stdout
 
     def key(p: dict) -> tuple[str, ...]:  # the same file under /tmp or its resolved path
         return Path(p["image"]).parts[-2:]
