@@ -329,6 +329,16 @@ def test_detection_without_masks_warns_that_boxes_are_untuned(dataset_copy, tmp_
     by_defect = tested["per_defect"]  # image metrics per type only: nothing to score pixels on
     assert set(by_defect) == {"good", *DEFECT_TYPES["bottle_like"]}
     assert all(set(row) == {"images", "detected", "image_AUROC"} for k, row in by_defect.items() if k != "good")
+    # tested where the masks are, from the checkpoint and from its export: the box metrics are of untuned
+    # boxes, said (before: no warning, and the report called the settings chosen on the validation split)
+    masked = str(dataset_copy("carpet_like"))
+    said = "the model was trained on data without ground_truth/ masks, so its detection boxes use the default"
+    exported = engine.export(trained["checkpoint"]).exported_model
+    for model in (trained["checkpoint"], exported):
+        tested = Engine(task="detection", data=masked, work_dir=tmp_path / "other").test(checkpoint=model)
+        assert "box_AP50" in tested["metrics"] and any(w.startswith(said) for w in tested["warnings"]), model
+    tuned = Engine(model=Padim(input_size=(64, 64)), task="detection", data=masked, work_dir=tmp_path / "tuned")
+    assert not any(w.startswith(said) for w in tuned.test(checkpoint=tuned.train()["checkpoint"])["warnings"])
 
 
 def test_evaluate_counts_a_defect_image_without_a_mask_in_its_type_but_not_in_pixel_metrics(tmp_path: Path) -> None:

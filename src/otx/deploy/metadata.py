@@ -120,6 +120,8 @@ def build_model_info(
         "data_seed": data.get("seed", 42),
         # the validation images (paths under the data root), JSON: otx test keeps them out of the test split
         "data_val_files": json.dumps(data["val_files"]) if data.get("val_files") is not None else "none",
+        # whether training had masks to tune detection boxes on (exports before it: unknown)
+        **({"data_has_masks": bool(data["has_masks"])} if data.get("has_masks") is not None else {}),
         **_profile_entries(data.get("profile")),
         "weights_source": weights_source,
     }
@@ -184,6 +186,7 @@ class ModelInfo:
             "seed": self.raw.get("data_seed"),
             "fingerprint": self.raw.get("data_fingerprint"),
             "val_files": self.val_files,
+            "has_masks": {"True": True, "False": False}.get(self.raw.get("data_has_masks", "")),
         }
 
     @property

@@ -183,8 +183,19 @@ def _preprocessing_differs(init_args: dict[str, Any], config: dict[str, Any]) ->
 
 
 def untuned_boxes(scorer: Scorer, adapter: TaskAdapter) -> str | None:
-    """A warning when detection boxes come from a model trained for another task (untuned box settings)."""
-    return untuned_boxes_of(getattr(scorer, "trained_task", None) or scorer.task, adapter)
+    """A warning when detection boxes have untuned settings: a model trained for another task, or without masks.
+
+    Before, a detection model trained on data without ground_truth/ masks (its training warned) was
+    tested on data with them without a word: box AP50 0.010 against 0.513 tuned, and a report whose
+    box settings read as chosen on the validation split (a bug bash).
+    """
+    trained_task = getattr(scorer, "trained_task", None) or scorer.task
+    if adapter.box_level and trained_task == AnomalyTask.DETECTION.value and scorer.data_info.get("has_masks") is False:
+        return (
+            f"the model was trained on data without ground_truth/ masks, so its detection boxes use {UNTUNED}; for "
+            "tuned boxes train on data with masks of the validation split's defects"
+        )
+    return untuned_boxes_of(trained_task, adapter)
 
 
 def untuned_boxes_of(trained_task: str | None, adapter: TaskAdapter) -> str | None:
