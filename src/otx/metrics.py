@@ -361,6 +361,7 @@ def per_defect(
     masks: Maps | None = None,
     boxes: Sequence[ArrayLike] | None = None,
     box_scores: Sequence[ArrayLike] | None = None,
+    box_masks: Sequence[ArrayLike] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics of each defect type against the normal (``good``) images.
 
@@ -377,6 +378,8 @@ def per_defect(
         masks: ground-truth masks of the same shapes as ``maps``.
         boxes: predicted ``[M, 4]`` boxes per image, for the box metrics (with ``maps`` and ``masks``).
         box_scores: the boxes' scores, ``[M]`` per image.
+        box_masks: the masks at the boxes' scale, indexed one at a time (default: ``masks``; the
+            images' own size where ``masks`` are reduced for the pixel metrics).
 
     Returns:
         Per type: ``images``; for ``good`` the share ``flagged`` anomalous; for a defect type
@@ -429,11 +432,12 @@ def per_defect(
             mine_pixels = sum(int(mask_list[i].sum()) for i in np.flatnonzero(mine))
             row["defect_pixel_share"] = mine_pixels / defect_pixels if defect_pixels else float("nan")
             if boxes is not None and box_scores is not None:
-                gt_boxes = [gt_boxes_from_mask(m) for m in sub_masks]
+                scaled = box_masks if box_masks is not None else mask_list
+                gt_boxes = [gt_boxes_from_mask(scaled[i]) for i in chosen]
                 found = box_ap(gt_boxes, [boxes[i] for i in chosen], [box_scores[i] for i in chosen])
                 row.update({key: found[key] for key in ("box_AP50", "box_AP25", "box_AP10")})
                 row["defect_recall"] = defect_recall(
-                    [mask_list[i] for i in np.flatnonzero(mine)], [boxes[i] for i in np.flatnonzero(mine)]
+                    (scaled[i] for i in np.flatnonzero(mine)), [boxes[i] for i in np.flatnonzero(mine)]
                 )
         out[kind] = row
     return out
