@@ -152,3 +152,19 @@ def test_a_pixel_threshold_above_every_test_pixel_says_the_masks_are_empty() -> 
     assert any("flags nothing as anomalous at the pixel level (every mask is empty" in w for w in said), said
     said = threshold_warnings(np.array([0.1, 0.2, 0.3]), np.array([0, 1, 1]), 1.0, "image", "test")
     assert any(w.endswith("this model flags nothing as anomalous") for w in said), said
+
+
+def test_a_threshold_that_flags_half_the_normal_images_or_more_is_said() -> None:
+    # Before: only a threshold that flagged every image was said; a bug bash's STFPM flagged 15 of 16 validation
+    # and test images, and a PADIM half of the good test images, with no warning.
+    from otx.checks import threshold_warnings
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.6, 0.7, 0.3, 0.8, 0.9, 1.0])  # AUROC 14 of 16 pairs: not near chance
+    (said,) = threshold_warnings(scores, labels, 0.5, "image", "test")
+    assert said.startswith("the image threshold (0.5) flags 2 of the 4 normal test images as anomalous (image AUROC")
+    assert "(image AUROC 0.875)" in said and "more validation images (test/)" in said
+    assert threshold_warnings(scores, labels, 0.65, "image", "test") == []  # one of four: no warning
+    assert threshold_warnings(scores, labels, 0.5, "pixel", "test") == []  # pixels: thresholds mark a share
+    every = threshold_warnings(scores, labels, 0.0, "image", "test")  # all flagged: that warning alone
+    assert len(every) == 1 and "flags every image as anomalous" in every[0]

@@ -203,6 +203,16 @@ def threshold_warnings(
                     f"{split} {what} AUROC is {auroc:.3f}, below chance (0.5): the model scores normal {plural} "
                     f"above anomalous ones; {check}"
                 )
+            normal = ~labels
+            alarms = int((scores[normal] >= threshold).sum())
+            if what == "image" and not found and 0 < alarms < normal.sum() and 2 * alarms >= normal.sum():
+                # (before: said only when every image was flagged; a bug bash's models flagged 15 of 16, and half
+                # of the good test images, in silence)
+                found.append(
+                    f"the image threshold ({threshold:.6g}) flags {alarms} of the {int(normal.sum())} normal {split} "
+                    f"images as anomalous (image AUROC {auroc:.3f}): its decisions on good parts are not reliable; "
+                    f"more validation images ({folder}/), another model (docs/models.md), or a threshold set by hand"
+                )
     flagged = float(np.mean(scores >= threshold))
     all_anomalous = labels is not None and bool(labels.all())  # flagging every one is then right
     all_normal = labels is not None and not labels.any()  # and flagging none
