@@ -136,20 +136,12 @@ def top_share_score(maps: torch.Tensor, share: float, input_size: tuple[int, int
     return torch.topk(maps.flatten(1), count, dim=1).values.mean(dim=1)
 
 
-# Callbacks of the gradient-trained models' defaults (and recipes): keep the epoch of the best
-# validation image AUROC (the latest of tied epochs), and stop once it has not risen for a while.
+# The callback of the gradient-trained models' defaults (and recipes): keep the epoch of the best
+# validation image AUROC (the latest of tied epochs). No early stopping by default: docs/models.md.
 KEEP_BEST_EPOCH: dict[str, Any] = {
     "class_path": "otx.training.BestEpoch",
     "init_args": {"monitor": "val/image_AUROC", "mode": "max", "save_top_k": 1, "filename": "best"},
 }
-
-
-def early_stopping(patience: int, min_delta: float) -> dict[str, Any]:
-    """An ``EarlyStopping`` entry on the validation image AUROC."""
-    return {
-        "class_path": "lightning.pytorch.callbacks.EarlyStopping",
-        "init_args": {"monitor": "val/image_AUROC", "mode": "max", "patience": patience, "min_delta": min_delta},
-    }
 
 
 class AnomalyModel(L.LightningModule):

@@ -97,6 +97,20 @@ def spread_note(profile: dict[str, Any], pre: PreProcessor) -> str | None:
     )
 
 
+def first_epoch_kept(epochs: int, monitor: str) -> str:
+    """The warning when a training of several epochs keeps its first: the later ones scored lower on validation.
+
+    An STFPM student's validation AUROC can dip for epochs while it learns; with early stopping
+    (the recipes' until 2026-12-06) a bug bash's runs stopped at epoch 5 and kept epoch 1, whose
+    maps carry almost nothing (test image AUROC 0.64-0.72 where 20 epochs reach 0.88-1.0).
+    """
+    return (
+        f"of {epochs} epochs the first scored best on the validation split ({monitor}), so the model kept is the "
+        "least trained one: check the validation curve in metrics.json; more validation images (a val/ folder), "
+        "more epochs (--max_epochs), or no early stopping give a choice it can rely on"
+    )
+
+
 def shrink_note(profile: dict[str, Any], pre: PreProcessor) -> str | None:
     """A note when even the smallest training image is shrunk ``SHRINK_NOTE`` times per side or more to the input.
 
@@ -417,6 +431,8 @@ def run(
             model.load_state_dict(state["state_dict"])
             best_epoch = int(state["epoch"]) + 1
             model.validation_outputs = None
+            if best_epoch == 1 and trainer.current_epoch >= 3 and rank == 0:
+                ctx.warn(first_epoch_kept(trainer.current_epoch, best.monitor))
         if model.validation_outputs is None or model.validated_step != trainer.global_step:
             # the kept epoch's thresholds again, not a validation of its own: off the training logs, where it
             # read as one more epoch (logs/metrics.csv's epoch 3 after a 3-epoch run, numbered from 0)
