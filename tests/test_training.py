@@ -547,7 +547,14 @@ def test_callbacks_that_never_see_a_validation_are_said(sample_root: Path, tmp_p
     done = run_main("train", "--config", STFPM, *data, *SMALL, *every, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     said = " ".join(_summary(tmp_path / "ws")["warnings"])
-    assert "check_val_every_n_epoch 5 validates after none of the 2 epochs: EarlyStopping, BestEpoch never see" in said
+    assert "check_val_every_n_epoch 5 validates after none of the 2 epochs: BestEpoch never sees a validation" in said
+    # several callbacks: named together (the recipe's EarlyStopping until 2026-12-06)
+    best = "{class_path: otx.training.BestEpoch, init_args: {monitor: val/image_AUROC, mode: max}}"
+    stop = "[{class_path: EarlyStopping, init_args: {monitor: val/image_AUROC, mode: max}}, " + best + "]"
+    done = run_main("train", "--config", STFPM, *data, *SMALL, *every, "--trainer.callbacks", stop, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(_summary(tmp_path / "ws")["warnings"])
+    assert "validates after none of the 2 epochs: EarlyStopping, BestEpoch never see a validation" in said
 
 
 @pytest.mark.parametrize(

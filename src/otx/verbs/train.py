@@ -277,9 +277,10 @@ def run(
     every = int(settings.get("check_val_every_n_epoch") or 1)
     monitoring = [callback_name(spec) for spec in settings.get("callbacks") or [] if monitor_of(spec)]
     if every > int(settings.get("max_epochs") or 1) and monitoring:  # before: they never ran, without a word
+        names = list(dict.fromkeys(monitoring))
         ctx.warn(
             f"check_val_every_n_epoch {every} validates after none of the {settings.get('max_epochs') or 1} epochs: "
-            f"{', '.join(dict.fromkeys(monitoring))} never see a validation, so the last epoch is kept; "
+            f"{', '.join(names)} never {'sees' if len(names) == 1 else 'see'} a validation, so the last epoch is kept; "
             "validate at least once (check_val_every_n_epoch at most max_epochs)"
         )
     if data.splits["val"] and (message := _drop_unlogged_monitors(model, data, settings)):
