@@ -1298,10 +1298,15 @@ def test_a_signal_stops_training_at_once_and_keeps_earlier_runs(
     name = signal.Signals(signum).name
     lines = [line for line in err.splitlines() if line.strip()]
     assert process.returncode == 128 + signum and "Traceback" not in err  # 130 SIGINT, 143 SIGTERM (was 130)
-    assert lines == [f"otx: {name} received, stopping; earlier runs and latest.json stay as they were"], err
+    runs = sorted(work_dir.glob("*-train"))
+    from otx.training import newest_state
+
+    # and how to go on, where the stop came after an epoch was saved (before: that line was not there)
+    resume = f"its saved epochs are kept: continue it with the same command and --resume {runs[-1].resolve()}"
+    saved = [resume] if newest_state(runs[-1]) is not None else []
+    assert lines == [f"otx: {name} received, stopping; earlier runs and latest.json stay as they were", *saved], err
     assert stopped < 30, stopped  # seconds, not the rest of 50 epochs
     assert (work_dir / "latest.json").read_bytes() == before
-    runs = sorted(work_dir.glob("*-train"))
     log = (runs[-1] / "otx.log").read_text()
     assert f"train failed: interrupted ({name})" in log and not (runs[-1] / "model.ckpt").exists()
 
