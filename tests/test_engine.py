@@ -333,7 +333,9 @@ def test_detection_without_masks_warns_that_boxes_are_untuned(dataset_copy, tmp_
     # boxes, said (before: no warning, and the report called the settings chosen on the validation split)
     masked = str(dataset_copy("carpet_like"))
     said = "the model was trained on data without ground_truth/ masks, so its detection boxes use the default"
-    exported = engine.export(trained["checkpoint"]).exported_model
+    export = engine.export(trained["checkpoint"])  # (the export says it too: one check for every verb)
+    assert any(w.startswith(said) for w in export.warnings), export.warnings
+    exported = export.exported_model
     for model in (trained["checkpoint"], exported):
         tested = Engine(task="detection", data=masked, work_dir=tmp_path / "other").test(checkpoint=model)
         assert "box_AP50" in tested["metrics"] and any(w.startswith(said) for w in tested["warnings"]), model

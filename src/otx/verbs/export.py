@@ -69,7 +69,7 @@ def run(
         ctx.warn(f"the export is checked against torch on noise only: the training data cannot be used ({exc})")
         data = validation = None
     start = time.perf_counter()
-    if message := untuned_boxes_of(ckpt.get("task"), adapter):
+    if message := untuned_boxes_of(ckpt.get("task"), adapter, (ckpt.get("data") or {}).get("has_masks")):
         ctx.warn(message)  # before: an export for detection from another task's checkpoint said nothing
     exported = export_model(
         model, run.path, task, export_format, precision, data=ckpt.get("data"), trained_task=ckpt.get("task")

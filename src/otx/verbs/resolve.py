@@ -190,17 +190,19 @@ def untuned_boxes(scorer: Scorer, adapter: TaskAdapter) -> str | None:
     box settings read as chosen on the validation split (a bug bash).
     """
     trained_task = getattr(scorer, "trained_task", None) or scorer.task
-    if adapter.box_level and trained_task == AnomalyTask.DETECTION.value and scorer.data_info.get("has_masks") is False:
+    return untuned_boxes_of(trained_task, adapter, scorer.data_info.get("has_masks"))
+
+
+def untuned_boxes_of(trained_task: str | None, adapter: TaskAdapter, has_masks: bool | None = None) -> str | None:
+    """``untuned_boxes`` for a model trained for ``trained_task`` on data with or without masks (None: not known)."""
+    if not adapter.box_level:
+        return None
+    if trained_task == AnomalyTask.DETECTION.value and has_masks is False:
         return (
             f"the model was trained on data without ground_truth/ masks, so its detection boxes use {UNTUNED}; for "
             "tuned boxes train on data with masks of the validation split's defects"
         )
-    return untuned_boxes_of(trained_task, adapter)
-
-
-def untuned_boxes_of(trained_task: str | None, adapter: TaskAdapter) -> str | None:
-    """``untuned_boxes`` for a model trained for ``trained_task`` (None: not known)."""
-    if not adapter.box_level or trained_task in (None, AnomalyTask.DETECTION.value):
+    if trained_task in (None, AnomalyTask.DETECTION.value):
         return None
     return (
         f"the model was trained for {trained_task}, so its detection boxes use {UNTUNED}; for tuned boxes "
