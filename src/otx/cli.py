@@ -652,14 +652,13 @@ def _seed_the_model(cfg: Namespace, argv: list[str], console: Console) -> None:
     the same for every seed) is said in one line. The validation split stays ``--data.seed``'s, so
     that runs of several seeds are tested on the same images.
     """
-    import importlib
     import inspect
 
     given = _option_values(argv, "--seed")
     if not given or _option_values(argv, "--model.init_args.seed"):
         return
-    module_name, _, class_name = str(cfg.model.class_path).rpartition(".")
-    parameter = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters.get("seed")
+    class_name = str(cfg.model.class_path).rpartition(".")[2]
+    parameter = inspect.signature(_class_at(str(cfg.model.class_path))).parameters.get("seed")
     init_args = cfg.model.init_args
     if parameter is None:
         console.print(
@@ -679,14 +678,18 @@ def _seed_the_model(cfg: Namespace, argv: list[str], console: Console) -> None:
     init_args["seed"] = cfg.seed  # (a Namespace or a dict)
 
 
-def _instantiate_model(spec: Namespace) -> Any:
-    """Build the model from its class_path/init_args (errors stay one-line ``OTXError``)."""
+def _class_at(class_path: str) -> type:
+    """The class a ``class_path`` names (``otx.models.Padim``); ImportError or AttributeError when none."""
     import importlib
 
-    module_name, _, class_name = spec.class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    module_name, _, class_name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def _instantiate_model(spec: Namespace) -> Any:
+    """Build the model from its class_path/init_args (errors stay one-line ``OTXError``)."""
     init_args = spec.init_args.as_dict() if isinstance(spec.init_args, Namespace) else dict(spec.init_args or {})
-    return cls(**init_args)
+    return _class_at(spec.class_path)(**init_args)
 
 
 def _find(what: str, console: Console) -> None:
@@ -1026,13 +1029,11 @@ _ANOMALIB_PARTS = {
 
 def _near_keys(match: re.Match[str], verb: str | None) -> list[str]:
     """The valid keys nearest to an unknown recipe key (``data.batchsize``: ``data.batch_size``)."""
-    import importlib
     import inspect
 
     if match.re is _PARSER_PATTERNS[0][0]:  # an init argument of a class_path
-        module, _, name = match.group(1).rpartition(".")
         try:
-            cls = getattr(importlib.import_module(module), name)
+            cls = _class_at(match.group(1))
             known = [
                 param.name
                 for param in inspect.signature(cls).parameters.values()
@@ -1638,7 +1639,6 @@ def _model_swap_note(argv: list[str], cfg: Namespace) -> str | None:
     jsonargparse carries the file's ``init_args`` over to the new class where it takes them (STFPM's
     ``input_size [128, 128]`` and ``score_top_share`` on a Padim), and the file's trainer section stays.
     """
-    import importlib
     import inspect
     import json
 
@@ -1658,8 +1658,8 @@ def _model_swap_note(argv: list[str], cfg: Namespace) -> str | None:
     ours = cfg.model.class_path
     if source is None or str(theirs["class_path"]).rpartition(".")[2] == ours.rpartition(".")[2]:
         return None
-    module_name, _, name = ours.rpartition(".")
-    takes = inspect.signature(getattr(importlib.import_module(module_name), name)).parameters
+    name = ours.rpartition(".")[2]
+    takes = inspect.signature(_class_at(ours)).parameters
     defaults = {k: p.default for k, p in takes.items() if p.default is not inspect.Parameter.empty}
     # a setting given on the command line that the new class does not take: jsonargparse dropped it without a
     # word when it came before --model (and refuses it after): refused here either way
