@@ -641,6 +641,11 @@ def test_a_config_files_thresholds_that_the_model_does_not_have_are_said_unused(
     captured = capsys.readouterr()
     said = "".join((captured.err + captured.out).split())  # (the console may wrap anywhere)
     assert "theconfig'simage_threshold700isnotused:thresholdsarepartofthetrainedmodel" in said, said
+    # otx export says it too (before: silent, while test and predict said it)
+    assert main(["export", "--config", str(config), "--work_dir", str(work_dir)]) == 0
+    captured = capsys.readouterr()
+    said = "".join((captured.err + captured.out).split())
+    assert "theconfig'simage_threshold700isnotused:thresholdsarepartofthetrainedmodel" in said, said
     recipe["model"]["init_args"]["image_threshold"] = None  # the recipe's own null: nothing to say
     config.write_text(yaml.safe_dump(recipe))
     assert main(args) == 0

@@ -21,7 +21,9 @@ folder of images where only OpenVINO, NumPy and OpenCV are installed (no torch, 
     pip install -r requirements.txt
     python predict.py path/to/images --device CPU --output results
 
-`results.json` holds one record per image: `score` in [0, 1] (0.5 is the learned threshold),
+`results.json` holds one record per image: `score` in [0, 1] (0.5 is the model's image threshold,
+learned on the validation split or set by hand: `otx_thresholds_given` in `model_info` says which; the
+score is not a probability, and it stops at 0 and 1),
 `label` (`normal` / `anomalous`) and, for detection models, `boxes`. Segmentation and detection
 models also write a mask PNG per image to `results/masks/`, which the record names (`mask`). The model's metadata (task,
 thresholds, input size, training data fingerprint) is in the `model_info` section of the .xml.

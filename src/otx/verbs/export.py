@@ -16,8 +16,9 @@ from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
 from otx.errors import OTXDataError, OTXError, for_caller
 from otx.models.base import AnomalyModel
 from otx.results import ExportResult
+from otx.scoring import TorchScorer
 from otx.verbs.context import VerbContext, write_result
-from otx.verbs.resolve import eval_data, one_sided_warning, untuned_boxes_of, validation_set, warn_other_model
+from otx.verbs.resolve import config_notes, eval_data, one_sided_warning, untuned_boxes_of, validation_set
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
@@ -39,7 +40,7 @@ def run(
     if path.suffix.lower() == ".bin":  # (load_checkpoint's advice, its .xml, is refused just above)
         raise OTXError(f"'{path}' is the weights file of an exported OpenVINO IR; pass the model.ckpt it came from")
     model, ckpt = load_checkpoint(path)
-    warn_other_model(ctx, path, type(model).__name__, model.spec.name)
+    config_notes(ctx, path, TorchScorer(model, path, ckpt.get("task"), ckpt.get("data")))
     adapter = ctx.adapter(ckpt.get("task"))
     task = adapter.task.value
     ctx.save_config(

@@ -81,6 +81,17 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
                 f"torch on {scorer.runtime_info().get('device', 'cpu')}: export it to run it with OpenVINO"
             )
     ctx.console.print(describe_loaded(scorer))
+    config_notes(ctx, path, scorer)
+    return scorer
+
+
+def config_notes(ctx: VerbContext, path: Path, scorer: Scorer) -> None:
+    """What a config file or ``Engine(model=...)`` asks for that the trained model at ``path`` does not do.
+
+    A model run after training keeps its own pre-processing and thresholds: another model class, input
+    settings or thresholds given beside it are said (test, predict and export alike; before, export said
+    nothing of a config's thresholds).
+    """
     recipe = ctx.config.get("model") if isinstance(ctx.config.get("model"), dict) else None
     warn_other_model(ctx, path, scorer.name, scorer.backbone)
     own = scorer.preprocessor.config()
@@ -106,7 +117,6 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
             f"thresholds are part of the trained model (image {scorer.thresholds[0]:.6g}, pixel "
             f"{scorer.thresholds[1]:.6g}, raw); give them to otx train for a model that uses them",
         )
-    return scorer
 
 
 _NOT_COMPARED = ("pretrained", "weights", "seed")  # how it was trained, not what it computes
