@@ -467,3 +467,31 @@ def test_the_reports_operating_point_matches_sklearn(seed: int) -> None:
     tn, fp, fn, tp = confusion_matrix(labels, predicted).ravel()
     assert operating_point(labels, predicted) == pytest.approx((fp / (fp + tn), tp / (tp + fn), tp / (tp + fp)))
     assert operating_point(labels, np.zeros(50, bool)) == (0.0, 0.0, 1.0)  # nothing flagged: no false positive
+
+
+def test_image_decisions_match_scikit_learns_confusion_matrix() -> None:
+    # The decisions at the threshold in an inspector's words (found/missed, passed/flagged) and the rates: against
+    # scikit-learn's confusion matrix, precision and recall, with scores on the threshold itself (anomalous).
+    from sklearn.metrics import confusion_matrix, precision_score, recall_score
+
+    from otx.metrics import image_decisions
+
+    rng = np.random.default_rng(3)
+    labels = rng.random(200) < 0.4
+    scores = np.round(rng.normal(labels * 1.5, 1.0), 1)  # rounded: many scores equal the threshold
+    threshold = 0.7
+    assert (scores == threshold).sum() > 2
+    got = image_decisions(torch.from_numpy(scores), labels.astype(np.int64), threshold)
+    predicted = scores >= threshold
+    (tn, fp), (fn, tp) = confusion_matrix(labels, predicted)
+    assert (got["found"], got["missed"], got["flagged"], got["passed"]) == (tp, fn, fp, tn)
+    assert (got["anomalous"], got["normal"]) == (labels.sum(), (~labels).sum())
+    assert got["recall"] == pytest.approx(recall_score(labels, predicted))
+    assert got["precision"] == pytest.approx(precision_score(labels, predicted))
+    assert got["false_alarm_rate"] == pytest.approx(fp / (fp + tn))
+    assert got["threshold"] == threshold
+    # one class: the rates that divide by nothing are None (null in metrics.json), not 0
+    normal_only = image_decisions(scores[~labels], np.zeros((~labels).sum()), threshold)
+    assert normal_only["recall"] is None and normal_only["anomalous"] == 0
+    assert normal_only["false_alarm_rate"] == pytest.approx(fp / (fp + tn))
+    assert image_decisions([0.1, 0.2], [1, 1], 5.0)["precision"] is None  # nothing labelled anomalous

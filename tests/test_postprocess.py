@@ -168,3 +168,9 @@ def test_a_threshold_that_flags_half_the_normal_images_or_more_is_said() -> None
     assert threshold_warnings(scores, labels, 0.5, "pixel", "test") == []  # pixels: thresholds mark a share
     every = threshold_warnings(scores, labels, 0.0, "image", "test")  # all flagged: that warning alone
     assert len(every) == 1 and "flags every image as anomalous" in every[0]
+    # Set by hand (low, to miss no defect): what it finds, not advice to set one by hand (a bug bash)
+    (said,) = threshold_warnings(scores, labels, 0.25, "image", "validation", given=True)
+    assert said.startswith("the image threshold set by hand (0.25) flags 2 of the 4 normal validation images")
+    assert "finds 4 of the 4 anomalous ones (image AUROC 0.875)" in said and "set by hand;" not in said
+    (said,) = threshold_warnings(scores, labels, 0.5, "image", "validation", given=True)
+    assert "finds 3 of the 4 anomalous ones" in said and "raise it for fewer false alarms" in said

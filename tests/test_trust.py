@@ -686,6 +686,10 @@ def test_optimize_says_when_int8_does_not_keep_the_decisions(optimized) -> None:
     line = decision_warning(kept)
     assert f"image F1 {fp32['image_F1']:.3f} -> {fp32['image_F1'] - 0.1:.3f}" in line and ", 100.0%" not in line
     assert "98% of the labels; the image labels hold: 100.0% of the image labels as FP32's); check it" in line
+    # Just short of the bar: rounded down (before: 0.9795 read "98.0% of the image labels" beside a bar of 98%)
+    short = copy.deepcopy(worse)
+    short["table"]["candidate"]["image_label_agreement"] = 0.9795
+    assert "97.9% of the image labels as FP32's" in decision_warning(short)
     # The summary's recalibration line agrees with the warning (before: "none (the FP32 thresholds keep the
     # decisions)" beside a pixel F1 fallen to 0, helper-40)
     from types import SimpleNamespace
@@ -1003,6 +1007,21 @@ def test_the_report_ranks_worst_cases_by_raw_score_says_how_many_and_how_thresho
         "pixel": "learned: the F1-best on the validation split",
     }
     assert "<td>image</td><td>-1e+06</td><td>given (image_threshold)</td>" in report
+    # The decisions at the threshold, recounted from predictions.json, whose records carry each image's truth
+    from sklearn.metrics import confusion_matrix
+
+    truth = [r["true_label"] for r in records]
+    assert truth == ["normal" if Path(r["image"]).parent.name == "good" else "anomalous" for r in records]
+    assert [r["defect"] for r in records] == [Path(r["image"]).parent.name for r in records]
+    flagged = [r["label"] == "anomalous" for r in records]
+    (tn, fp), (fn, tp) = confusion_matrix([t == "anomalous" for t in truth], flagged)
+    decisions = tested["decisions"]
+    assert (decisions["found"], decisions["missed"], decisions["flagged"], decisions["passed"]) == (tp, fn, fp, tn)
+    assert fp == len(good) and decisions["false_alarm_rate"] == 1.0 and decisions["threshold"] == -1e6
+    assert json.loads((run / "metrics.json").read_text())["decisions"] == decisions
+    assert "<h2>Decisions at the image threshold</h2>" in report
+    assert f"<td>normal</td><td>{len(good)}</td><td>{fp} (false alarms)</td><td>0 (passed)</td>" in report
+    assert "Worst false negatives (0)</h2>" in report  # the count, also where every one is shown
 
 
 def test_a_pixel_threshold_copied_from_the_image_threshold_is_not_called_learned(dataset_copy, tmp_path: Path) -> None:
@@ -1037,6 +1056,43 @@ def test_a_pixel_threshold_set_by_hand_that_marks_images_called_normal_is_warned
     assert len(said) == 1 and "(pixel set by hand)" in said[0], summary["warnings"]
     normal = [p for p in Engine(work_dir=tmp_path / "b").predict(checkpoint=summary["checkpoint"]) if not p.pred_label]
     assert normal and all(p.pred_mask.any() for p in normal)  # what the warning says: their masks are not empty
+
+
+def test_images_called_anomalous_with_an_empty_mask_are_said(
+    sample_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Before: an image threshold below what the pixel threshold lets through labelled images anomalous with an
+    # empty mask and no outline, without a word (a bug bash: 4 of 57 magnetic_tile images), where detection
+    # said the same of boxes.
+    from otx.models import Padim
+
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    summary = Engine(model=Padim(input_size=(64, 64), pixel_threshold=1e30), data=data, work_dir=tmp_path).train()
+    said = [w for w in summary["warnings"] if "validation images called anomalous have no pixel at or above" in w]
+    assert len(said) == 1 and "(pixel set by hand); lower the pixel threshold" in said[0], summary["warnings"]
+    capsys.readouterr()
+    predictions = Engine(work_dir=tmp_path).predict(source=sample_root / "bottle_like" / "test", visualize=False)
+    blank = [p for p in predictions if p.pred_label and not p.pred_mask.any()]
+    assert blank and len(blank) == sum(p.pred_label for p in predictions)  # every mask empty at that threshold
+    note = " ".join(capsys.readouterr().err.split())
+    assert f"{len(blank)} image(s) labelled anomalous have an empty mask (e.g." in note, note
+    assert "no pixel of the map reaches the pixel threshold" in note
+    (run,) = tmp_path.glob("*-predict")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["counts"]["anomalous_without_mask"] == len(blank)
+    # otx predict's metrics.json says which thresholds labelled the images (raw_score is in their units)
+    assert metrics["thresholds"]["pixel_threshold"] == pytest.approx(1e30, rel=1e-6)
+    assert metrics["thresholds"]["image_threshold"] == pytest.approx(summary["thresholds"]["image_threshold"])
+    assert metrics["threshold_origin"]["pixel"] == "given (pixel_threshold)"
+    # classification has no masks: its pixel threshold decides nothing, and is not warned of (before: "above every
+    # validation score ... every mask is empty")
+    classified = Engine(
+        model=Padim(input_size=(64, 64), pixel_threshold=1e30),
+        data=AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0),
+        task="classification",
+        work_dir=tmp_path / "c",
+    ).train()
+    assert not [w for w in classified["warnings"] if "pixel" in w], classified["warnings"]
 
 
 def test_an_overlay_thumbnail_keeps_the_aspect_ratio_within_its_width() -> None:

@@ -142,6 +142,7 @@ def threshold_warnings(
     learned: bool = False,
     folder: str = "test",
     auroc: float | None = None,
+    given: bool = False,
 ) -> list[str]:
     """Warnings about one level (``what``: ``image`` or ``pixel``) on one split.
 
@@ -150,7 +151,8 @@ def threshold_warnings(
     these scores (F1-adaptive on the validation split), so a split without anomalies left it unlearned.
     ``folder``: where the split's images come from (``val`` for data with its own val/ folder), named
     in the advice to add images. ``auroc``: the AUROC of these scores and labels when the caller
-    has it already (a sort of every pixel saved), else it is computed here.
+    has it already (a sort of every pixel saved), else it is computed here. ``given``: the threshold
+    was set by hand: a warning of many false alarms then says what it finds instead of advising one.
     """
     from otx.metrics import roc_auc
 
@@ -208,11 +210,20 @@ def threshold_warnings(
             if what == "image" and not found and 0 < alarms < normal.sum() and 2 * alarms >= normal.sum():
                 # (before: said only when every image was flagged; a bug bash's models flagged 15 of 16, and half
                 # of the good test images, in silence)
-                found.append(
-                    f"the image threshold ({threshold:.6g}) flags {alarms} of the {int(normal.sum())} normal {split} "
-                    f"images as anomalous (image AUROC {auroc:.3f}): its decisions on good parts are not reliable; "
-                    f"more validation images ({folder}/), another model (docs/models.md), or a threshold set by hand"
-                )
+                flags = f"flags {alarms} of the {int(normal.sum())} normal {split} images as anomalous"
+                if given:  # on purpose (a low threshold to miss no defect): what it buys, not advice to set one
+                    hits = int((scores[labels] >= threshold).sum())
+                    found.append(
+                        f"the image threshold set by hand ({threshold:.6g}) {flags} and finds {hits} of the "
+                        f"{int(labels.sum())} anomalous ones (image AUROC {auroc:.3f}); raise it for fewer false "
+                        "alarms, at the cost of missed defects"
+                    )
+                else:
+                    found.append(
+                        f"the image threshold ({threshold:.6g}) {flags} (image AUROC {auroc:.3f}): its decisions on "
+                        f"good parts are not reliable; more validation images ({folder}/), another model "
+                        "(docs/models.md), or a threshold set by hand"
+                    )
     flagged = float(np.mean(scores >= threshold))
     all_anomalous = labels is not None and bool(labels.all())  # flagging every one is then right
     all_normal = labels is not None and not labels.any()  # and flagging none

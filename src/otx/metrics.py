@@ -29,6 +29,7 @@ __all__ = [
     "defect_recall",
     "f1_at",
     "gt_boxes_from_mask",
+    "image_decisions",
     "image_metrics",
     "per_defect",
     "pixel_metrics",
@@ -314,6 +315,39 @@ def image_metrics(
         ``{"image_AUROC": ..., "image_F1": ...}``; F1 is NaN when no label and no prediction is positive.
     """
     return {"image_AUROC": roc_auc(scores, labels), "image_F1": _reported_f1(pred_labels, labels)}
+
+
+def image_decisions(
+    scores: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[float], threshold: float
+) -> dict[str, float | int | None]:
+    """The image decisions at ``threshold`` (a score at or above it is anomalous) against the labels.
+
+    Returns the counts of the confusion matrix in an inspector's words, ``anomalous`` images
+    (``found``, ``missed``) and ``normal`` ones (``passed``, ``flagged``), with ``recall``
+    (found / anomalous), ``precision`` (found / labelled anomalous) and ``false_alarm_rate``
+    (flagged / normal); a rate with nothing to divide by is None. ``threshold`` is returned too, in the
+    scores' units.
+    """
+    truth = _labels_array(labels)
+    flagged = _to_numpy(scores).reshape(-1) >= threshold
+    found, missed = int((flagged & truth).sum()), int((~flagged & truth).sum())
+    alarms, passed = int((flagged & ~truth).sum()), int((~flagged & ~truth).sum())
+
+    def share(part: int, whole: int) -> float | None:
+        return part / whole if whole else None
+
+    return {
+        "threshold": float(threshold),
+        "anomalous": found + missed,
+        "found": found,
+        "missed": missed,
+        "normal": alarms + passed,
+        "passed": passed,
+        "flagged": alarms,
+        "recall": share(found, found + missed),
+        "precision": share(found, found + alarms),
+        "false_alarm_rate": share(alarms, alarms + passed),
+    }
 
 
 def _reported_f1(pred: ArrayLike, labels: ArrayLike) -> float:

@@ -67,7 +67,10 @@ def render(console: Console, result: Result) -> None:
             )
         _summary(console, result, result.validation_metrics, "validation", extra)
     elif isinstance(result, TestResult):
-        _summary(console, result, result.metrics, "test", {"report": result.report})
+        extra = {"report": result.report}
+        if result.decisions:
+            extra = {"decisions": decisions_line(result.decisions), **extra}
+        _summary(console, result, result.metrics, "test", extra)
     elif isinstance(result, PredictResult):
         extra = {"predictions": result.predictions_file}
         if result.overlays:
@@ -87,6 +90,15 @@ def render(console: Console, result: Result) -> None:
         _decisions(console, result, "INT8", {"optimized_model": result.optimized_model})
     elif isinstance(result, BenchmarkResult):
         _benchmark(console, result)
+
+
+def decisions_line(decisions: dict[str, Any]) -> str:
+    """``found 185 of 196 anomalous, flagged 19 of 95 normal`` (``otx.metrics.image_decisions``), with the rates."""
+    parts = []
+    for count, whole, rate in (("found", "anomalous", "recall"), ("flagged", "normal", "false_alarm_rate")):
+        if decisions[whole]:
+            parts.append(f"{count} {decisions[count]} of {decisions[whole]} {whole} ({100 * decisions[rate]:.1f} %)")
+    return ", ".join(parts)
 
 
 def _folder_size(folder: Path) -> str:

@@ -60,6 +60,7 @@ class ReportInput:
     boxes: dict[str, Any] | None = None  # detection: the box settings (otx.boxes.BoxSettings.as_dict)
     date: str = ""  # when the test ran
     unread_types: dict[str, int] = field(default_factory=dict)  # defect types none of whose images could be read
+    decisions: dict[str, Any] | None = None  # the image decisions at the threshold (otx.metrics.image_decisions)
 
 
 def _validation(record: dict[str, Any]) -> str:
@@ -250,6 +251,7 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
         "<h2>Metrics (test split)</h2>",
         _table(metric_rows),
         _metric_legend(data.metrics),
+        *_decisions(data.decisions),
         *_thresholds(data),
         "<h2>Images per split</h2>",
         _table(split_rows),
@@ -287,7 +289,7 @@ def write_report(run_dir: Path, data: ReportInput) -> Path:
     )
     for kind, title in (("false_positives", "Worst false positives"), ("false_negatives", "Worst false negatives")):
         total, shown = worst[kind]
-        count = f" ({len(shown)} of {total}, by raw image score)" if total > len(shown) else ""
+        count = f" ({len(shown)} of {total}, by raw image score)" if total > len(shown) else f" ({total})"
         sections.append(f"<h2>{title}{count}</h2>")
         if not shown:
             sections.append("<p>none</p>")
@@ -334,6 +336,40 @@ def _metric_legend(metrics: dict[str, Any]) -> str:
     if any(name.endswith("_input") for name in metrics):
         items += "; names ending in _input: the same at the model's input size (before the maps are resized back)"
     return f'<p class="legend">{html.escape(items)}.</p>'
+
+
+def _decisions(decisions: dict[str, Any] | None) -> list[str]:
+    """The image decisions at the image threshold: found and missed defects, passed and flagged good parts."""
+    if not decisions:
+        return []
+
+    def share(key: str) -> str:
+        return "n/a" if decisions[key] is None else f"{100 * decisions[key]:.1f} %"
+
+    rows = [
+        {
+            "test images": "anomalous",
+            "count": decisions["anomalous"],
+            "labelled anomalous": f"{decisions['found']} (found)",
+            "labelled normal": f"{decisions['missed']} (missed)",
+            "rate": f"recall {share('recall')}",
+        },
+        {
+            "test images": "normal",
+            "count": decisions["normal"],
+            "labelled anomalous": f"{decisions['flagged']} (false alarms)",
+            "labelled normal": f"{decisions['passed']} (passed)",
+            "rate": f"false alarms {share('false_alarm_rate')}",
+        },
+    ]
+    note = (
+        f'<p class="legend">At the raw image threshold {decisions["threshold"]:.6g}; precision '
+        f"{share('precision')} (of the images labelled anomalous, the share that are). To move the operating "
+        "point, rank the images by <code>raw_score</code> in this run's predictions.json (each with its "
+        "<code>true_label</code>) and train with <code>--model.init_args.image_threshold</code> (docs/deploy.md, "
+        '"Choosing the threshold").</p>'
+    )
+    return ["<h2>Decisions at the image threshold</h2>", _table(rows), note]
 
 
 def _thresholds(data: ReportInput) -> list[str]:

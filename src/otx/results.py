@@ -127,6 +127,7 @@ class TestResult(Result):
     boxes: dict[str, Any] | None = None  # detection: the box settings the boxes were cut with (otx.boxes)
     input: dict[str, Any] | None = None  # the pre-processing the model ran with (PreProcessor.config)
     validation: dict[str, Any] | None = None  # the validation split kept out of the test split (validation_record)
+    decisions: dict[str, Any] | None = None  # the image decisions at the image threshold (metrics.image_decisions)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)
@@ -149,6 +150,8 @@ class PredictResult(Result):
     predictions_file: str
     overlays: str | None = dataclasses.field(default=None, metadata=OMIT_NONE)
     input: dict[str, Any] | None = None  # the pre-processing the model ran with (PreProcessor.config)
+    thresholds: dict[str, float] | None = None  # raw units: what labelled the images (raw_score is in them)
+    threshold_origin: dict[str, str] | None = None  # how each threshold was set, in words
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

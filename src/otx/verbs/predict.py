@@ -21,7 +21,14 @@ from otx.errors import OTXDataError, OTXError
 from otx.results import PredictResult
 from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
-from otx.verbs.inference import batches, prediction_counts, to_predictions, unboxed_note, unboxed_predictions
+from otx.verbs.inference import (
+    batches,
+    prediction_counts,
+    to_predictions,
+    unmarked_key,
+    unmarked_note,
+    unmarked_predictions,
+)
 from otx.verbs.resolve import eval_data, resolve_model, untuned_boxes
 from otx.visualize import overlay, write_overlay, write_png
 from otx.workdir import Run
@@ -141,10 +148,13 @@ def run(
     (out_dir / "masks" if adapter.pixel_level else out_dir).mkdir(parents=True, exist_ok=True)  # classification: none
     predictions: list[Prediction] = []
     positions: list[int] = []
+    unmarked: list[int] = []  # the positions of images labelled anomalous that mark nothing (before masks are dropped)
     start = time.perf_counter()
     for outputs, batch_samples, errors in batches(ctx, data, scorer, samples, "predict", skip_errors=True):
         positions.extend(outputs["index"].tolist())
         batch_preds = to_predictions(adapter, scorer, outputs, batch_samples, errors)
+        marks_none = {id(p) for p in unmarked_predictions(adapter, batch_preds)}
+        unmarked.extend(i for i, p in zip(outputs["index"].tolist(), batch_preds, strict=True) if id(p) in marks_none)
         for pred, sample, error in zip(batch_preds, batch_samples, errors, strict=True):
             if error:  # no decision for an unreadable image (Prediction.unreadable); the folder's rest is predicted
                 continue  # (said below, by rank 0 for every process's images)
@@ -173,19 +183,21 @@ def run(
             if not keep_masks:  # written: the file is the mask (a 4000x3000 mask holds 12 MB)
                 pred.pred_mask = None
         predictions.extend(batch_preds)
-    gathered = distributed.gather((positions, predictions))  # every process's predictions, in input order
+    # every process's predictions, in input order
+    gathered = distributed.gather((positions, predictions, unmarked))
     if distributed.rank_and_world()[0] != 0:
         raise distributed.SecondaryRankDone
-    by_position = {i: p for process in gathered for i, p in zip(*process, strict=True)}
+    by_position = {i: p for process in gathered for i, p in zip(process[0], process[1], strict=True)}
     predictions = [by_position[i] for i in range(len(samples))]
+    unmarked = sorted(i for process in gathered for i in process[2])
     for prediction in predictions:  # before: a distributed run showed only rank 0's
         if prediction.error:
             log.warning("not predicted: %s", prediction.error)
     predict_s = time.perf_counter() - start
     run.write_json("predictions/predictions.json", [p.to_json() for p in predictions])
-    unboxed = unboxed_predictions(adapter, predictions)
-    if unboxed:
-        ctx.console.print(unboxed_note(unboxed, "; their overlays show where the map is highest" if visualize else ""))
+    if unmarked:
+        more = "; their overlays show where the map is highest" if visualize else ""
+        ctx.console.print(unmarked_note(adapter, [predictions[i] for i in unmarked], more))
     failed = [p for p in predictions if p.label_name == "error"]
     result = PredictResult(
         task=adapter.task.value,
@@ -195,7 +207,7 @@ def run(
         checkpoint=str(scorer.source),
         runtime=scorer.runtime_info(),
         source=str(source) if source is not None else str(data.data_root),
-        counts=prediction_counts(predictions) | ({"anomalous_without_box": len(unboxed)} if adapter.box_level else {}),
+        counts=prediction_counts(predictions) | ({key: len(unmarked)} if (key := unmarked_key(adapter)) else {}),
         errors=[{"image": p.image_path, "error": p.error} for p in failed],
         timing_s={"predict_s": round(predict_s, 2)},
         images_per_s=round(len(predictions) / predict_s, 2) if predict_s > 0 else None,
@@ -204,6 +216,8 @@ def run(
         predictions_file=str(out_dir / "predictions.json"),
         overlays=str(out_dir / "overlays") if visualize else None,
         input=scorer.preprocessor.config(),
+        thresholds=scorer.stats(),
+        threshold_origin=scorer.threshold_origin(),
     )
     write_result(run, result)
     if len(failed) == len(predictions):

@@ -13,6 +13,7 @@ from otx import distributed
 from otx.checks import mask_coverage_warning, profile_warnings, threshold_warnings, unmasked_warning
 from otx.data.dataset import Sample, narrow_sixteen_bit_warning
 from otx.errors import OTXDataError, OTXError
+from otx.metrics import image_decisions
 from otx.report import ReportInput, write_report
 from otx.results import TestResult, recorded_path
 from otx.scoring import OpenVINOScorer
@@ -24,8 +25,8 @@ from otx.verbs.inference import (
     pixel_range,
     prediction_counts,
     to_predictions,
-    unboxed_note,
-    unboxed_predictions,
+    unmarked_note,
+    unmarked_predictions,
     verb_pixel_budget,
 )
 from otx.verbs.resolve import eval_data, require_data, resolve_model, untuned_boxes
@@ -45,6 +46,13 @@ def unread_types(samples: list[Sample], errors: list[str], scored: list[Sample])
         if error and sample.label >= 0 and sample.defect not in read:
             counts[sample.defect] = counts.get(sample.defect, 0) + 1
     return counts
+
+
+def truth(sample: Sample) -> dict[str, str]:
+    """An image's ground truth in ``otx test``'s predictions.json: ``true_label`` and ``defect`` (its folder)."""
+    if sample.label < 0:  # test/unknown/: scored, no truth
+        return {"true_label": "unknown", "defect": sample.defect}
+    return {"true_label": "anomalous" if sample.label == 1 else "normal", "defect": sample.defect}
 
 
 def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int = 1, num_nodes: int = 1) -> TestResult:
@@ -74,11 +82,12 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     outputs, errors = collect(ctx, data, scorer, test, "test", skip_errors=True)
     infer_s = time.perf_counter() - start
     predictions = to_predictions(adapter, scorer, outputs, test, errors)
-    if unboxed := unboxed_predictions(adapter, predictions):
+    if unmarked := unmarked_predictions(adapter, predictions):
         defects = {s.path for s in test if s.label == 1}
-        missed = sum(p.image_path in defects for p in unboxed)  # (normal images labelled anomalous are false alarms)
-        more = f"; the box metrics count the defects of {missed} of them as missed" if missed else ""
-        ctx.console.print(unboxed_note(unboxed, more))
+        missed = sum(p.image_path in defects for p in unmarked)  # (normal images labelled anomalous are false alarms)
+        boxes = missed and adapter.box_level
+        more = f"; the box metrics count the defects of {missed} of them as missed" if boxes else ""
+        ctx.console.print(unmarked_note(adapter, unmarked, more))
     # an unreadable image: no decision (Prediction.unreadable), left out of the metrics (listed in metrics.json, report)
     for error in filter(None, errors):
         log.warning("not scored: %s", error)
@@ -118,7 +127,11 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     metrics_s = time.perf_counter() - start
     labels = scored_outputs["labels"].numpy() == 1
     image_threshold = scorer.thresholds[0]
-    for message in threshold_warnings(scored_outputs["scores"].numpy(), labels, image_threshold, "image", "test"):
+    decisions = image_decisions(scored_outputs["scores"].numpy(), labels, image_threshold)
+    given = scorer.threshold_origin().get("image", "").startswith("given")
+    for message in threshold_warnings(
+        scored_outputs["scores"].numpy(), labels, image_threshold, "image", "test", given=given
+    ):
         ctx.warn(message)
     if data.has_masks and adapter.pixel_level:
         known = [s.mask_path is not None for s in scored]
@@ -175,6 +188,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             boxes=scorer.boxes.as_dict() if adapter.box_level else None,
             date=time.strftime("%Y-%m-%d %H:%M %Z"),
             unread_types=unread_types(test, errors, scored),
+            decisions=decisions,
         ),
     )
     result = TestResult(
@@ -197,7 +211,9 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         boxes=scorer.boxes.as_dict() if adapter.box_level else None,
         input=scorer.preprocessor.config(),
         validation=data.validation_record(),
+        decisions=decisions,
     )
     write_result(run, result)
-    run.write_json("predictions.json", [p.to_json() for p in predictions])
+    # with each image's truth: its folder under test/ (good: normal), so misses and false alarms are listed
+    run.write_json("predictions.json", [p.to_json() | truth(s) for p, s in zip(predictions, test, strict=True)])
     return result

@@ -490,6 +490,7 @@ def run(
         "validation",
         learned=model.image_threshold is None,
         folder="val" if own_val else "test",
+        given=model.image_threshold is not None,
     )
     maps, pixel_truth = outputs["maps"], outputs["masks"] if data.has_masks else None
     rows = known_pixel_rows(outputs.get("pixel_known"), outputs["labels"])  # as the pixel threshold was fitted
@@ -505,7 +506,7 @@ def run(
             learned=True,
             folder="val" if own_val else "test",
         )
-    if labels.any():
+    if labels.any() and adapter.pixel_level:  # (classification: no masks, its pixel threshold decides nothing)
         found += threshold_warnings(
             maps.numpy(),
             pixel_truth.numpy() if pixel_truth is not None else None,
@@ -523,6 +524,13 @@ def run(
                 f"{both} of {int(called_normal.sum())} validation images called normal have pixels at or above the "
                 f"pixel threshold ({stats['pixel_threshold']:.6g}), so their masks are not empty: the thresholds "
                 f"disagree ({' and '.join(given)} set by hand); raise the pixel threshold, or leave them to be learned"
+            )
+        if blank := int((~called_normal & ~marked).sum()):  # the other way: anomalous images with an empty mask
+            found.append(
+                f"{blank} of {int((~called_normal).sum())} validation images called anomalous have no pixel at or "
+                f"above the pixel threshold ({stats['pixel_threshold']:.6g}), so their masks are empty: the thresholds "
+                f"disagree ({' and '.join(given)} set by hand); lower the pixel threshold "
+                "(--model.init_args.pixel_threshold), or leave them to be learned"
             )
     if data.has_masks and adapter.pixel_level:
         covered = mask_coverage_warning(outputs["masks"], outputs["labels"], outputs.get("pixel_known"), "validation")
