@@ -1249,3 +1249,59 @@ def test_training_data_that_is_gone_is_named_as_the_models(
     (said,) = capsys.readouterr().err.strip().splitlines()
     assert said.startswith(f"error: the model's training data '{moved}' is gone (moved, renamed or on another"), said
     assert ("or --source" in said) == (verb == "predict")
+
+
+def test_a_file_size_limit_and_a_full_stream_are_one_line(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before: "internal error (OSError: [Errno 27] File too large); a bug in otx" for a checkpoint past `ulimit -f`
+    # (or a FAT32 disk's 4 GB), and "internal error (RuntimeError: basic_ios::clear: iostream error)" for an IR that
+    # OpenVINO could not finish writing (a full disk says the same; a bug bash). Real limits, in a fresh process.
+    import resource
+    import subprocess
+    import sys
+
+    def run(limit_bytes: int, *args: str) -> subprocess.CompletedProcess:
+        def cap() -> None:  # Python ignores SIGXFSZ: a write past the limit fails with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+        env = {**os.environ, "OTX_OFFLINE": "1"}
+        command = [sys.executable, "-m", "otx.cli", *args]
+        return subprocess.run(
+            command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600, preexec_fn=cap
+        )
+
+    work_dir = tmp_path / "ws"
+    shutil.copytree(trained_padim["work_dir"], work_dir)
+    latest = (work_dir / "latest.json").read_bytes()
+    recipe = resolve_recipe("recipe/anomaly_segmentation/padim.yaml")
+    data = str(sample_root / "bottle_like")
+    small = ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]
+    trained = run(2_000_000, "train", "--config", recipe, "--data_root", data, "--work_dir", str(work_dir), *small)
+    assert trained.returncode == 1
+    err = trained.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: a file grew past the largest the file system or the shell's limit allows"), err
+    assert "(File too large); pass --work_dir on another file system, or raise the limit (ulimit -f)" in err
+    exported = run(4_000_000, "export", "--work_dir", str(work_dir))
+    assert exported.returncode == 1
+    err = exported.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: OpenVINO could not write the model in "), err
+    assert "(its stream failed: the disk is full, or a file size limit was reached)" in err and "bug" not in err
+    assert (work_dir / "latest.json").read_bytes() == latest  # nothing written before is lost
+
+
+def test_shared_memory_for_data_loading_workers_is_not_called_out_of_memory() -> None:
+    # PyTorch's words when a container's /dev/shm (64 MB) is full; before: "out of memory; lower input_size or
+    # batch_size", the wrong fix (a bug bash ran otx train and predict with a 200 kB /dev/shm)
+    from otx.errors import OTXMemoryError, out_of_memory, out_of_space, shared_memory
+
+    torch_words = RuntimeError(
+        "unable to allocate shared memory(shm) for file </torch_3151_2875912402_0>: No space left on device (28)"
+    )
+    said = shared_memory(torch_words)
+    assert isinstance(said, OTXMemoryError) and "pass --data.num_workers 0" in str(said)
+    assert "--shm-size" in str(said) and out_of_space(torch_words) is None
+    wrapped = RuntimeError("DataLoader worker (pid 12) exited unexpectedly")
+    wrapped.__cause__ = torch_words
+    assert shared_memory(wrapped) is not None
+    assert shared_memory(RuntimeError("CUDA out of memory")) is None and out_of_memory(RuntimeError("out of memory"))

@@ -30,7 +30,15 @@ from rich.table import Table
 
 from otx import __version__
 from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_now, secondary
-from otx.errors import COMMAND_LINE, OTXConfigError, OTXError, broken_install, out_of_memory, out_of_space
+from otx.errors import (
+    COMMAND_LINE,
+    OTXConfigError,
+    OTXError,
+    broken_install,
+    out_of_memory,
+    out_of_space,
+    shared_memory,
+)
 from otx.logs import StderrHandler, make_console
 from otx.validate import close_matches
 from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPPED, STOPS
@@ -1860,7 +1868,7 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         if os.environ.get("OTX_DEBUG"):
             raise
         # outside a verb's run (a verb's own says these as OTXError): memory, disk, the environment
-        if (said := out_of_memory(exc) or out_of_space(exc) or broken_install(exc)) is not None:
+        if (said := shared_memory(exc) or out_of_memory(exc) or out_of_space(exc) or broken_install(exc)) is not None:
             errors.print(f"[bold red]error[/]: {escape(_one_line(said))}", highlight=False, soft_wrap=True)
             return 1
         log_file = getattr(exc, "otx_log", None)  # the failed run's log, where a run folder was made

@@ -31,6 +31,11 @@ class OTXDiskError(OTXError):
 
 
 _NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|file write failed", re.IGNORECASE)
+_TOO_LARGE = re.compile(r"File too large", re.IGNORECASE)  # EFBIG: a file system's or `ulimit -f`'s cap
+# OpenVINO's serialiser words a failed write (a full disk, a file size limit) as its stream's error (a bug bash)
+_STREAM_FAILED = re.compile(r"basic_ios::clear|iostream error")
+# PyTorch's data-loading workers hand batches over in /dev/shm: a small one (a container's 64 MB) fails there
+_SHARED_MEMORY = re.compile(r"shared memory|unable to resize file|/dev/shm", re.IGNORECASE)
 
 
 def out_of_space(exc: BaseException, where: str | None = None) -> OTXDiskError | None:
@@ -46,14 +51,30 @@ def out_of_space(exc: BaseException, where: str | None = None) -> OTXDiskError |
     seen: BaseException | None = exc
     found: BaseException | None = None
     while seen is not None and found is None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG):
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EFBIG):
             found = seen
-        elif _NO_SPACE.search(str(seen)):
+        elif _NO_SPACE.search(str(seen)) or _TOO_LARGE.search(str(seen)) or _STREAM_FAILED.search(str(seen)):
             found = seen
         seen = seen.__cause__ or seen.__context__
-    if found is None:
+    if found is None or _SHARED_MEMORY.search(str(found)):  # (shared_memory says that one)
         return None
     filename = getattr(found, "filename", None)
+    kept = "earlier runs and latest.json are kept"
+    what = f" writing '{filename}'" if filename else f" in '{where}'" if where else ""
+    if (isinstance(found, OSError) and found.errno == errno.EFBIG) or _TOO_LARGE.search(str(found)):
+        return OTXDiskError(  # (before: "internal error (OSError: [Errno 27] File too large); a bug in otx")
+            for_caller(
+                f"a file grew past the largest the file system or the shell's limit allows{what} (File too large); "
+                f"pass --work_dir on another file system, or raise the limit (ulimit -f) ({kept})"
+            )
+        )
+    if _STREAM_FAILED.search(str(found)) and not _NO_SPACE.search(str(found)):
+        return OTXDiskError(  # (before: "internal error (RuntimeError: basic_ios::clear: iostream error)")
+            for_caller(
+                f"OpenVINO could not write the model{what} (its stream failed: the disk is full, or a file size "
+                f"limit was reached); free some space there or pass --work_dir on another disk ({kept})"
+            )
+        )
     if isinstance(found, OSError) and found.errno == errno.ENAMETOOLONG:  # (before: an "internal error")
         shown = f"'...{str(filename)[-80:]}'" if filename and len(str(filename)) > 80 else f"'{filename}'"
         return OTXDiskError(
@@ -62,13 +83,32 @@ def out_of_space(exc: BaseException, where: str | None = None) -> OTXDiskError |
                 "shorter --work_dir (earlier runs and latest.json are kept)"
             )
         )
-    what = f" writing '{filename}'" if filename else f" in '{where}'" if where else ""
     return OTXDiskError(
         for_caller(
-            f"no space left on the disk{what}; free some space there or pass --work_dir on another disk (earlier "
-            "runs and latest.json are kept)"
+            f"no space left on the disk{what}; free some space there or pass --work_dir on another disk ({kept})"
         )
     )
+
+
+def shared_memory(exc: BaseException) -> OTXMemoryError | None:
+    """``exc`` as one line when data-loading workers ran out of shared memory (``/dev/shm``), else None.
+
+    A container's ``/dev/shm`` is 64 MB unless it is given more; PyTorch's error reads "unable to
+    allocate shared memory ... No space left on device", which was said as out of memory with advice
+    to lower the input size (a bug bash).
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if _SHARED_MEMORY.search(str(seen)):
+            return OTXMemoryError(
+                for_caller(
+                    "the data-loading workers ran out of shared memory (/dev/shm is too small: a container's is 64 MB "
+                    "unless given more); pass --data.num_workers 0 (no workers), or give /dev/shm more space "
+                    "(docker run --shm-size 2g); earlier runs and latest.json are kept"
+                )
+            )
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 # How PyTorch's allocators and NumPy word running out of memory (CPU, CUDA, XPU); a data-loading

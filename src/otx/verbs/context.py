@@ -18,7 +18,7 @@ from otx import __version__, distributed
 from otx._signal_stack import repair_signal_stack
 from otx.data.datamodule import AnomalyDataModule
 from otx.distributed import SecondaryRankDone
-from otx.errors import OTXError, broken_install, for_caller, out_of_memory, out_of_space
+from otx.errors import OTXError, broken_install, for_caller, out_of_memory, out_of_space, shared_memory
 from otx.results import Result, recorded_path
 from otx.tasks import AnomalyTask, TaskAdapter, get_adapter
 from otx.workdir import STOPS, Run, WorkDir, check_outside_data, stop_name
@@ -186,7 +186,8 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
             )
             said_why = True
             raise stop from exc
-        if (memory := out_of_memory(exc)) is not None:  # the user's sizes, not a bug: one line, also for Python callers
+        # the user's sizes or machine, not a bug: one line, also for Python callers
+        if (memory := shared_memory(exc) or out_of_memory(exc)) is not None:
             log.error("%s failed: %s", command, memory, exc_info=True, extra=FILE_ONLY)
             said_why = True
             raise memory from exc
