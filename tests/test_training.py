@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -650,3 +651,20 @@ def test_resume_true_takes_the_newest_interrupted_run_of_the_model_it_trains(tmp
     assert resume_checkpoints(True, tmp_path, "otx.models.padim.Padim")[0] == unknown / "checkpoints" / "last.ckpt"
     with pytest.raises(OTXError, match=r"an interrupted training saved epochs in 20261203-train: .*--resume true"):
         latest_checkpoint(WorkDir(tmp_path))
+
+
+def test_a_checkpoint_holding_nan_is_refused_with_what_holds_it(trained_padim: dict, tmp_path: Path) -> None:
+    # Before: a NaN image threshold labelled every image "normal" (score null) and otx predict exited 0; NaN in
+    # PADIM's inverse covariance ended in "internal error (ValueError: scores contain NaN)" (a bug bash).
+    ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=True)
+    load_checkpoint(trained_padim["checkpoint"])  # the trained one: finite
+    for name in ("postprocessor.image_threshold", next(k for k in ckpt["state_dict"] if "inv_covariance" in k)):
+        state = dict(ckpt["state_dict"])
+        state[name] = state[name].contiguous().clone()
+        state[name].view(-1)[0] = float("nan")
+        damaged = tmp_path / "damaged.ckpt"
+        torch.save({**ckpt, "state_dict": state}, damaged)
+        with pytest.raises(OTXError, match=rf"cannot be used: its {re.escape(name)} holds NaN or infinite values"):
+            load_checkpoint(damaged)
+        done = run_main("predict", "--checkpoint", str(damaged), "--source", str(tmp_path), cwd=tmp_path)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1 and "internal error" not in done.stderr

@@ -132,6 +132,11 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         with saved_settings():  # as trained, also settings new models may no longer take
             model = cls.without_weights(**cls.upgrade_init_args(dict(ckpt["model"]["init_args"])))
         model.load_state_dict(ckpt["state_dict"])
+        if damaged := non_finite(model):  # before: a NaN threshold labelled every image "normal" (a bug bash)
+            raise OTXError(
+                f"'{path}' cannot be used: its {damaged} holds NaN or infinite values (a damaged file, or a training "
+                "that diverged); train again, or pass the model.ckpt of another run"
+            )
         # checkpoints before box tuning keep the default settings; those before the box score scored
         # boxes by their maximum (and their settings were tuned so): they keep it
         if isinstance(ckpt.get("boxes"), dict):
@@ -154,6 +159,14 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc}); {_HINT}") from exc
     model.eval()
     return model, ckpt
+
+
+def non_finite(model: torch.nn.Module) -> str | None:
+    """The first weight or statistic (thresholds, normalisation, PADIM's Gaussians) of ``model`` that is not finite."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def _newer(version: Any) -> bool:
