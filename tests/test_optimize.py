@@ -810,6 +810,28 @@ def test_benchmark_times_torch_fp32_fp16_and_int8(trained_padim: dict, optimized
     assert "images of" in result["images"]  # the checkpoint's data: real test images
     saved = json.loads((Path(engine.workdir.latest("benchmark")) / "metrics.json").read_text())
     assert [r["model"] for r in saved["rows"]] == [r["model"] for r in result["rows"]]
+    # torch's throughput is the median of its passes too (before: every image's time pooled, one stall of a
+    # second taking a third off the rate its median latency gave; a bug bash)
+    import statistics
+
+    from otx.checkpoint import load_checkpoint
+
+    assert len(rows["torch FP32"]["throughput_runs"]) == 2
+    for row in rows.values():
+        assert row["throughput_img_s"] == pytest.approx(statistics.median(row["throughput_runs"]), abs=0.006)
+    # each model's size: the files on disk, torch's weights in memory
+    model, _ = load_checkpoint(trained_padim["checkpoint"])
+    in_memory = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert rows["torch FP32"]["size_mb"] == pytest.approx(in_memory / 1e6)
+    assert rows["OpenVINO INT8"]["size_mb"] == pytest.approx(
+        (int8.stat().st_size + int8.with_suffix(".bin").stat().st_size) / 1e6
+    )
+    assert rows["OpenVINO FP16"]["size_mb"] < rows["OpenVINO FP32"]["size_mb"]
+    # what was timed (before: no checkpoint, model or input in metrics.json; config.yaml had checkpoint null)
+    assert saved["checkpoint"] == str(Path(trained_padim["checkpoint"]).resolve())
+    assert (saved["model"], saved["backbone"]) == ("Padim", model.spec.name)
+    assert saved["input"] == model.preprocessor.config() and saved["reference"] == "OpenVINO FP32"
+    assert saved["machine"]["openvino"] == ov.get_version() and saved["machine"]["torch"] == torch.__version__
 
 
 def test_benchmark_times_the_latest_int8_model_only_when_it_comes_from_the_checkpoint(
@@ -861,6 +883,17 @@ def test_benchmark_cli_on_an_exported_model_without_data(optimized, tmp_path: Pa
     assert len(json.loads(next((tmp_path / "twice").glob("*-benchmark/metrics.json")).read_text())["rows"]) == 1
     result = run_main("benchmark", "--checkpoint", int8, "--num_images", "0", cwd=tmp_path)
     assert result.returncode == 1 and "num_images" in result.stderr
+
+
+def test_benchmark_warns_of_throughput_passes_that_disagree() -> None:
+    from otx.verbs.benchmark import spread_warning
+
+    steady = {"model": "OpenVINO FP32", "throughput_runs": [40.0, 41.0, 39.0]}
+    assert spread_warning([steady]) is None
+    noisy = {"model": "OpenVINO FP16", "throughput_runs": [41.0, 30.9, 21.48]}  # a bug bash's row: 1.9x apart
+    said = spread_warning([steady, noisy])
+    assert said is not None and "1 of the 2 models disagree by more than 1.25x (OpenVINO FP16: 1.91x" in said
+    assert "more --num_images" in said and spread_warning([{"model": "x", "throughput_runs": [5.0]}]) is None
 
 
 @pytest.mark.parametrize("ranges", ["default", "minmax"])

@@ -1675,6 +1675,20 @@ def test_benchmark_models_as_documented(exported, tmp_path: Path, capsys, monkey
     assert timed["images"].startswith("2 images of ") and "synthetic" not in timed["images"], timed["images"]
     # the processor by its name (before: platform.processor(), 'x86_64' on Linux)
     assert timed["machine"]["processor"] == ov.Core().get_property("CPU", "FULL_DEVICE_NAME")
+    # given files alone: the ratios divide by the first FP32 IR (before: no x FP32 IR column without a checkpoint)
+    assert timed["reference"] == timed["rows"][0]["model"] and timed["rows"][0]["throughput_vs_fp32_ir"] == 1.0
+    assert all("throughput_vs_fp32_ir" in r for r in timed["rows"]) and timed["checkpoint"] is None
+    assert timed["model"] == "Padim"
+    # a damaged file: one line, as test and predict say it (before: "internal error (RuntimeError: ... Incorrect
+    # weights in bin file!)", a bug bash)
+    damaged = tmp_path / "damaged" / xml.name
+    damaged.parent.mkdir()
+    shutil.copy(xml, damaged)
+    damaged.with_suffix(".bin").write_bytes(xml.with_suffix(".bin").read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["benchmark", "--models", str(damaged), "--work_dir", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: OpenVINO cannot read '{damaged}'") and err.endswith("re-export it"), err
 
 
 def test_benchmark_on_a_device_or_data_root_this_machine_lacks_stops_before_timing_anything(

@@ -180,7 +180,7 @@ def _decisions(
 def _benchmark(console: Console, result: BenchmarkResult) -> None:
     rows = result.rows
     table = Table(title=f"otx benchmark ({result.task}; latency batch 1, throughput with parallel requests)")
-    for column in ("model", "device", "computes in", "median ms", "p95 ms", "images/s"):
+    for column in ("model", "device", "computes in", "median ms", "p95 ms", "images/s", "MB"):
         table.add_column(column, justify="left" if column in ("model", "device") else "right", overflow="fold")
     versus = any("throughput_vs_fp32_ir" in r for r in rows)
     if versus:
@@ -189,12 +189,21 @@ def _benchmark(console: Console, result: BenchmarkResult) -> None:
     if threads:  # torch's and OpenVINO's CPU threads: they set the figures
         table.add_column("threads", justify="right")
     for r in rows:
-        cells = [r["model"], r["device"], r["inference_precision"]]
+        # an INT8 model's quantised layers run in int8, the rest at the inference precision (before: "f32" alone)
+        computes = r["inference_precision"]
+        if r.get("quantization", "none") != "none" or r.get("model_precision") == "INT8":
+            computes = f"int8 + {computes}"
+        cells = [r["model"], r["device"], computes]
         cells += [f"{r['latency_ms_median']:.2f}", f"{r['latency_ms_p95']:.2f}", f"{r['throughput_img_s']:.1f}"]
+        cells.append(f"{r['size_mb']:.1f}" if "size_mb" in r else "-")
         if versus:
             cells.append(f"{r['throughput_vs_fp32_ir']:.2f}x" if "throughput_vs_fp32_ir" in r else "-")
         if threads:
             cells.append(str(r.get("threads", "-")))
         table.add_row(*cells)
     console.print(table)
+    legend = "MB: the model on disk (torch: its weights in memory)"
+    if result.reference and versus:
+        legend = f"x FP32 IR: images/s over {result.reference}'s; {legend}"
+    console.print(legend)
     console.print(f"run folder: {result.run_folder}")

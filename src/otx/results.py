@@ -214,3 +214,9 @@ class BenchmarkResult(Result):
     rows: list[dict[str, Any]]
     machine: dict[str, Any]
     warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. the recipe names another model
+    # what was timed: the checkpoint (None: exported files only, each row's path), its model and input
+    checkpoint: str | None = dataclasses.field(default=None, metadata=ABSOLUTE)
+    model: str | None = None
+    backbone: str | None = None
+    input: dict[str, Any] | None = None  # the pre-processing (PreProcessor.config)
+    reference: str | None = None  # the row the throughput_vs_fp32_ir ratios divide by

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from otx.deploy.metadata import read_model_info
+from otx.deploy.metadata import read_ir, read_model_info
 from otx.errors import COMMAND_LINE, OTXConfigError, OTXDataError, OTXError
 from otx.preprocess import padded_size
 from otx.tasks import Prediction, TaskAdapter, get_adapter
@@ -252,10 +252,7 @@ class OpenVINOInferencer:
             )
         self.core = ov.Core()
         self._check_device()
-        try:
-            self.model = self.core.read_model(str(self.path))
-        except Exception as exc:  # noqa: BLE001 - any unreadable model becomes one line
-            raise OTXError(f"OpenVINO cannot read '{self.path}' ({_first_line(exc)}); re-export it") from exc
+        self.model = read_ir(self.path, self.core)
         self.info = read_model_info(self.path, self.model)
         self._check_weight_bits()
         self.preprocessor = self.info.preprocessor()  # the input mode: restores maps to each image's size

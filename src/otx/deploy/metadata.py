@@ -335,8 +335,15 @@ def read_model_info(path: str | Path, ov_model: Any | None = None) -> ModelInfo:
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return ModelInfo.parse(read_onnx_info(path), path)
-    if ov_model is None:
-        import openvino as ov
+    return ModelInfo.parse(read_ir_info(read_ir(path) if ov_model is None else ov_model), path)
 
-        ov_model = ov.Core().read_model(str(path))
-    return ModelInfo.parse(read_ir_info(ov_model), path)
+
+def read_ir(path: str | Path, core: Any | None = None) -> Any:
+    """``openvino.Core().read_model`` of an exported file; one line when OpenVINO cannot read it (damaged)."""
+    import openvino as ov
+
+    try:
+        return (core or ov.Core()).read_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable model becomes one line
+        text = " ".join(str(exc).split())[:300] or exc.__class__.__name__
+        raise OTXError(f"OpenVINO cannot read '{path}' ({text}); re-export it") from exc

@@ -55,7 +55,7 @@ from otx.deploy.calibrate import (
     replace_postprocessor,
 )
 from otx.deploy.inferencer import check_model_path
-from otx.deploy.metadata import ModelInfo, read_model_info, with_stats
+from otx.deploy.metadata import ModelInfo, read_ir, read_model_info, with_stats
 from otx.errors import OTXConfigError, OTXDataError, OTXError
 from otx.models.quantization import GENERIC, Scheme
 from otx.postprocess import normalize
@@ -146,18 +146,13 @@ def read_exported(path: str | Path) -> tuple[Any, ModelInfo, Path]:
 
     Returns the ``openvino.Model``, its ``ModelInfo`` and the path.
     """
-    import openvino as ov
-
     path = check_model_path(path)
     if path.suffix.lower() == ".onnx":  # its node names differ, so the schemes' float scopes would not apply
         raise OTXConfigError(
             f"'{path}' is ONNX; INT8 optimisation takes the OpenVINO IR: pass the model.ckpt or an "
             "`otx export --format OPENVINO` .xml"
         )
-    try:
-        ov_model = ov.Core().read_model(str(path))
-    except Exception as exc:  # noqa: BLE001 - any unreadable model becomes one line
-        raise OTXError(f"OpenVINO cannot read '{path}' ({' '.join(str(exc).split())[:200]}); re-export it") from exc
+    ov_model = read_ir(path)
     info = read_model_info(path, ov_model)
     if info.quantization != "none" or info.precision == "INT8" or is_quantized(ov_model):
         raise OTXError(

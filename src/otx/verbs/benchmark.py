@@ -27,8 +27,8 @@ log = logging.getLogger("otx")
 
 def plan(
     ctx: VerbContext, run: Run, checkpoint: str | Path | None, models: list[str | Path] | None
-) -> tuple[list[tuple[str, Any]], AnomalyModel | None, dict[str, Any]]:
-    """``(label, model or path)`` to time, the torch model (if any) and its checkpoint record."""
+) -> tuple[list[tuple[str, Any]], AnomalyModel | None, dict[str, Any], Path | None]:
+    """``(label, model or path)`` to time, the torch model (if any), its checkpoint record and path."""
     from otx.deploy.export import export_model
     from otx.deploy.inferencer import check_model_path
     from otx.deploy.metadata import read_model_info
@@ -67,7 +67,46 @@ def plan(
             ctx.console.print("no INT8 model: run `otx optimize` first (or pass --models optimized_model.xml)")
     exported = list(dict.fromkeys(exported))  # a file named twice (--checkpoint and --models) is timed once
     targets.extend((f"({name})", path) for name, path in zip(short_names(exported), exported, strict=True))
-    return targets, model, ckpt  # (given files are labelled with their precision once timed)
+    # (given files are labelled with their precision once timed)
+    return targets, model, ckpt, Path(checkpoint) if checkpoint is not None else None
+
+
+SPREAD = 1.25  # throughput passes of one model further apart than this (fastest / slowest) get a warning
+
+
+def spread_warning(rows: list[dict[str, Any]]) -> str | None:
+    """One line when a model's throughput passes disagree by more than ``SPREAD``: its figures are noise.
+
+    A bug bash on a busy 2-core machine: the FP16 IR (the same f32 arithmetic as the FP32 IR) read
+    0.59x to 1.62x of the FP32 IR from run to run, its passes up to 1.9x apart, said only in the JSON.
+    """
+    spread = {
+        r["model"]: max(r["throughput_runs"]) / min(r["throughput_runs"])
+        for r in rows
+        if len(r.get("throughput_runs") or []) > 1 and min(r["throughput_runs"]) > 0
+    }
+    noisy = {name: ratio for name, ratio in spread.items() if ratio > SPREAD}
+    if not noisy:
+        return None
+    worst = max(noisy, key=noisy.get)
+    return (
+        f"the throughput passes of {len(noisy)} of the {len(rows)} models disagree by more than {SPREAD:g}x "
+        f"({worst}: {noisy[worst]:.2f}x, throughput_runs in metrics.json), so their figures and ratios are "
+        "noise: time on a quiet machine, with more --num_images (longer passes) and --repeats"
+    )
+
+
+def fp32_reference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row the ratios divide by: the checkpoint's FP32 IR, else the first FP32 IR given (``--models``)."""
+    exported = next((r for r in rows if r["model"] == "OpenVINO FP32"), None)
+    return exported or next(
+        (
+            r
+            for r in rows
+            if r["runtime"] == "openvino" and r.get("model_precision") == "FP32" and r.get("quantization") == "none"
+        ),
+        None,
+    )
 
 
 def short_names(paths: list[Path]) -> list[str]:
@@ -151,6 +190,7 @@ def run(
 ) -> BenchmarkResult:
     """Time every model of the plan on the same images; rows also say the precision actually used."""
     import openvino as ov
+    import torch
 
     from otx.deploy.benchmark import benchmark_openvino, benchmark_torch
     from otx.deploy.inferencer import check_device
@@ -159,7 +199,7 @@ def run(
     core = ov.Core()
     check_device(core, ctx.device)  # before the torch timing and the exports, not after them
     given = given_data(ctx)  # a mistyped --data_root: refused before the exports, not after them
-    targets, model, ckpt = plan(ctx, run, checkpoint, models)
+    targets, model, ckpt, checkpoint = plan(ctx, run, checkpoint, models)
     first = targets[0][1]
     input_size = first.input_size if model is not None else read_model_info(first).input_size
     task = ctx.adapter(ckpt.get("task") if model is not None else read_model_info(first).task).task.value
@@ -187,13 +227,22 @@ def run(
         if isinstance(target, Path):
             row = benchmark_openvino(target, images, ctx.device, ctx.inference_precision, warmup, repeats)
             row["path"] = str(target)
+            row["size_mb"] = sum(f.stat().st_size for f in (target, target.with_suffix(".bin")) if f.is_file()) / 1e6
         else:
             row = benchmark_torch(target, images, warmup, repeats)
+            row["size_mb"] = sum(t.numel() * t.element_size() for t in target.state_dict().values()) / 1e6
         rows.append({"model": label, **row})
-    reference = next((r for r in rows if r["model"] == "OpenVINO FP32"), None)
+    reference = fp32_reference(rows)
     for row in rows:
         if reference is not None:
             row["throughput_vs_fp32_ir"] = row["throughput_img_s"] / reference["throughput_img_s"]
+    if message := spread_warning(rows):
+        ctx.warn(message)
+    if model is not None:
+        name, backbone, input_config = type(model).__name__, model.spec.name, model.preprocessor.config()
+    else:
+        info = read_model_info(first)
+        name, backbone, input_config = info.model_name, info.backbone, info.preprocessor().config()
     result = BenchmarkResult(
         task=task,
         images=described,
@@ -202,8 +251,18 @@ def run(
         warmup=warmup,
         repeats=repeats,
         rows=rows,
-        machine={"processor": processor_name(core), "cpus": os.cpu_count()},
+        machine={
+            "processor": processor_name(core),
+            "cpus": os.cpu_count(),
+            "openvino": ov.get_version(),
+            "torch": torch.__version__,
+        },
         warnings=list(ctx.warnings),
+        checkpoint=str(checkpoint) if checkpoint is not None else None,
+        model=name,
+        backbone=backbone,
+        input=input_config,
+        reference=reference["model"] if reference is not None else None,
     )
     write_result(run, result)
     return result
