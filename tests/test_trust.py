@@ -218,6 +218,24 @@ def test_demo_package_labels_an_unreadable_image_error(trained_padim: dict, data
     assert sum(r["label"] == "error" for r in records.values()) >= 1
     allowed = subprocess.run([*command, "--allow_errors"], capture_output=True, text=True, timeout=300)
     assert allowed.returncode == 0
+    # results.json that cannot be written (a full disk; here a file size limit every mask fits under): one line,
+    # and the earlier results.json whole (before: a traceback and a 0-byte results.json; a bug bash)
+    import resource
+
+    before = (tmp_path / "out" / "results.json").read_bytes()
+    largest_mask = max(f.stat().st_size for f in (tmp_path / "out" / "masks").iterdir())
+    assert 2 * largest_mask < len(before)
+    limit = largest_mask + 100
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    full = subprocess.run([*command, "--allow_errors"], capture_output=True, text=True, timeout=300, preexec_fn=cap)
+    assert full.returncode == 1 and "Traceback" not in full.stderr, full.stderr
+    said = full.stderr.strip().splitlines()[-1]
+    assert said.startswith(f"error: could not write {tmp_path / 'out' / 'results.json'}"), said
+    assert (tmp_path / "out" / "results.json").read_bytes() == before
+    assert not (tmp_path / "out" / ".results.json.tmp").exists()
 
 
 def test_demo_package_reads_float_images_as_otx_does_and_names_a_bad_model_in_one_line(

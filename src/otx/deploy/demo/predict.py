@@ -742,7 +742,19 @@ def main() -> int:
     for note in profile_notes(train_profile, seen, len(paths)):  # as otx predict: such scores are not comparable
         print(f"warning: {note}", file=sys.stderr)
     records = [results[i] for i in range(len(paths))]
-    (out_dir / "results.json").write_text(json.dumps(records, indent=1))
+    # through a temporary file and a rename: a full disk leaves the earlier results.json whole, not empty
+    written = out_dir / ".results.json.tmp"
+    try:
+        written.write_text(json.dumps(records, indent=1))
+        os.replace(written, out_dir / "results.json")
+    except OSError as exc:  # before: a traceback and a 0-byte results.json (a bug bash)
+        written.unlink(missing_ok=True)
+        print(
+            f"error: could not write {out_dir / 'results.json'} ({exc.strerror or exc}); check the free space and "
+            "permissions of --output",
+            file=sys.stderr,
+        )
+        return 1
     anomalous = sum(r["label"] == "anomalous" for r in records)
     failed = sum(r["label"] == "error" for r in records)
     print(f"{len(records)} images, {anomalous} anomalous, {failed} unreadable; results in {out_dir / 'results.json'}")
