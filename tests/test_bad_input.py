@@ -1305,3 +1305,20 @@ def test_shared_memory_for_data_loading_workers_is_not_called_out_of_memory() ->
     wrapped.__cause__ = torch_words
     assert shared_memory(wrapped) is not None
     assert shared_memory(RuntimeError("CUDA out of memory")) is None and out_of_memory(RuntimeError("out of memory"))
+
+
+def test_a_latest_json_that_cannot_be_written_says_the_run_finished(
+    trained_padim: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Before: the result table, then "internal error (IsADirectoryError ...); a bug in otx: no run folder was made",
+    # of a run whose folder held every file (a bug bash). A folder where latest.json goes stands for any write error.
+    # (The paths as Path objects: main takes them as the strings they name; before, "a bug in otx".)
+    work_dir = tmp_path / "ws"
+    (work_dir / "latest.json").mkdir(parents=True)
+    args = ["test", "--checkpoint", trained_padim["checkpoint"], "--work_dir", work_dir, "--data.num_workers", "0"]
+    assert main(args) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    (run,) = work_dir.glob("*-test")
+    assert err.startswith(f"error: the test run finished and its files are written ({run}), but latest.json could")
+    assert "later commands do not take this run by default" in err and "bug" not in err, err
+    assert (run / "metrics.json").is_file() and (run / "report.html").is_file() and not (run / "FAILED").exists()

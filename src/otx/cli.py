@@ -1389,8 +1389,10 @@ class _CallerState:
             os.environ["OPENCV_LOG_LEVEL"] = self.opencv_log_level
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str | os.PathLike[str]] | None = None) -> int:
     """Entry point of the ``otx`` console script; returns the exit code.
+
+    ``argv`` items may be paths (``pathlib.Path``) as well as strings (before: a Path was "a bug in otx").
 
     Called without ``argv`` (the console script, ``python -m otx.cli``) it is the whole process: after
     a stop, the process ends within ``STOP_GRACE_S`` even if the clean-up or the interpreter's exit
@@ -1400,7 +1402,7 @@ def main(argv: list[str] | None = None) -> int:
     caller = None if argv is None else _CallerState()
     command_line = COMMAND_LINE.set(True)  # messages name the command line's options
     try:
-        code = _main(list(sys.argv[1:] if argv is None else argv), whole_process=caller is None)
+        code = _main([os.fspath(arg) for arg in (sys.argv[1:] if argv is None else argv)], whole_process=caller is None)
         if caller is None:
             _ended(code)
         return code

@@ -390,7 +390,14 @@ class Run:
         if self.scratch:
             shutil.rmtree(self.path, ignore_errors=True)
         elif success:
-            self.workdir.mark_latest(self)
+            try:
+                self.workdir.mark_latest(self)
+            except OSError as exc:  # before: "internal error ...; a bug in otx: no run folder was made" (a bug bash)
+                raise OTXError(
+                    f"the {self.command} run finished and its files are written ({self.path}), but {LATEST} could not "
+                    f"be updated ({exc.strerror or exc}): later commands do not take this run by default; free some "
+                    f"space in or fix the permissions of '{self.workdir.root}', or pass this run's files by path"
+                ) from exc
             FINISHED[:] = [self.path]  # the latest only (a Python session runs many)
         else:  # before: an interrupted export or optimize left files that looked like a result (bug bash)
             STOPPED[:] = [self]
