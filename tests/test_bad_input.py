@@ -9,6 +9,7 @@ when the table is stale (``OTX_WRITE_BAD_INPUT_DOC=1 pytest tests/test_bad_input
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -1136,7 +1137,8 @@ def test_a_latest_json_naming_a_deleted_run_points_to_the_model_still_there(
 
 
 @pytest.mark.parametrize(
-    "content", ['{"train": "20200101-000000-train"}', "not json", '{"train": 5}', '{"train": ["x"]}']
+    "content",
+    ['{"train": "20200101-000000-train"}', "not json", '{"train": 5}', '{"train": ["x"]}', '{"train": "../ws0/run"}'],
 )
 def test_a_latest_json_that_cannot_serve_is_named(content: str, tmp_path: Path, capsys) -> None:
     # (a number or a list as the run: before, a TypeError, "internal error")
@@ -1144,10 +1146,25 @@ def test_a_latest_json_that_cannot_serve_is_named(content: str, tmp_path: Path, 
     assert main(["test", "--work_dir", str(tmp_path)]) == 1
     said = capsys.readouterr().err
     expected = {"{": "which is gone", "n": "latest.json is not valid JSON"}.get(content[0], "")
-    if content in ('{"train": 5}', '{"train": ["x"]}'):
+    if content in ('{"train": 5}', '{"train": ["x"]}', '{"train": "../ws0/run"}'):  # a path: not followed elsewhere
+        (tmp_path.parent / "ws0" / "run").mkdir(parents=True, exist_ok=True)
         expected = f"latest.json names {content[10:-1]} as the train run, not a run folder's name"
     assert "no trained model" in said and expected in said and "Traceback" not in said
     assert (tmp_path / "latest.json").read_text() == content  # left as it was
+
+
+def test_a_latest_json_replaced_because_it_was_damaged_is_said(
+    trained_padim: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # before: the next finished run replaced a damaged latest.json with its own entry alone, the train and export
+    # entries gone without a word (a bug bash)
+    (tmp_path / "latest.json").write_text('{"train": "2026')
+    args = ["test", "--checkpoint", trained_padim["checkpoint"], "--work_dir", tmp_path, "--data.num_workers", "0"]
+    assert main(args) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "latest.json in " in said and "was not valid JSON" in said and "naming this test run only" in said, said
+    (run,) = tmp_path.glob("*-test")
+    assert json.loads((tmp_path / "latest.json").read_text()) == {"test": run.name}
 
 
 @pytest.mark.parametrize("verb", ["test", "predict", "export", "optimize", "benchmark"])

@@ -194,7 +194,9 @@ class WorkDir:
         """The folder of the latest successful run of ``command``, if any."""
         pointers = self._pointers()
         name = pointers.get(command)
-        if isinstance(name, str) and name and (self.root / name).is_dir():  # (a hand-edited 5 or list: none)
+        # a run folder of this work dir by its name alone (a hand-edited 5 or list, '../other/run', '/abs': none;
+        # before, a path was followed to another work dir's model without a word, a bug bash)
+        if isinstance(name, str) and RUN_FOLDER.match(name) and (self.root / name).is_dir():
             return self.root / name
         return None
 
@@ -223,7 +225,7 @@ class WorkDir:
         if pointers is None:
             return f"{LATEST} is not valid JSON, or not a mapping of commands to runs"
         name = pointers.get(command)
-        if name is not None and not isinstance(name, str):  # before: a TypeError, "internal error"
+        if name is not None and (not isinstance(name, str) or not RUN_FOLDER.match(name)):  # (a TypeError before)
             return f"{LATEST} names {json.dumps(name)} as the {command} run, not a run folder's name"
         if name and not (self.root / name).is_dir():
             return f"{LATEST} names the run '{name}', which is gone"
@@ -262,7 +264,16 @@ class WorkDir:
             log.info("updating %s without its lock (%s)", LATEST, exc)
             lock = None
         try:
-            pointers = self._pointers()
+            pointers = self._read_pointers()
+            if pointers is None and (self.root / LATEST).is_file():  # said, not dropped in silence (a bug bash)
+                log.warning(
+                    "%s in %s was not valid JSON (or not a mapping of commands to runs): it is replaced by one naming "
+                    "this %s run only; the other commands' latest runs are no longer named (pass their files by path)",
+                    LATEST,
+                    self.root,
+                    run.command,
+                )
+            pointers = pointers or {}
             pointers[run.command] = run.path.name
             atomic_write_json(self.root / LATEST, pointers)
         finally:
