@@ -1904,3 +1904,26 @@ def test_a_long_step_without_a_bar_has_a_spinner_on_a_terminal(tmp_path: Path) -
     busy = Console(file=io.StringIO(), force_terminal=True)
     with Progress(console=busy), context(busy).working("pixel metrics"):  # another live display: none, no error
         pass
+
+
+def test_a_model_file_in_a_run_that_did_not_finish_is_warned(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # The defaults skip a run with a FAILED marker; a file of one named by path was used without a word (a bug
+    # bash: an IR whose export was stopped during its check against torch).
+    from otx.workdir import FAILED
+
+    failed = tmp_path / "20260101-000000-export"
+    failed.mkdir()
+    checkpoint = failed / "model.ckpt"
+    shutil.copy(trained_padim["checkpoint"], checkpoint)
+    (failed / FAILED).write_text("this otx export run did not finish\n")
+    engine = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path / "ws")
+    engine.predict(source=sample_root / "bottle_like" / "test" / "good", checkpoint=checkpoint, visualize=False)
+    (run,) = (tmp_path / "ws").glob("*-predict")
+    said = [w for w in json.loads((run / "metrics.json").read_text())["warnings"] if "did not finish" in w]
+    assert len(said) == 1 and said[0].startswith(f"{checkpoint} lies in a run that did not finish"), said
+    (failed / FAILED).unlink()  # a finished run's file: nothing to say
+    engine.predict(source=sample_root / "bottle_like" / "test" / "good", checkpoint=checkpoint, visualize=False)
+    newest = max((tmp_path / "ws").glob("*-predict*"), key=lambda p: p.stat().st_mtime)
+    assert not [w for w in json.loads((newest / "metrics.json").read_text())["warnings"] if "did not finish" in w]

@@ -19,7 +19,7 @@ from otx.errors import for_caller
 from otx.models.base import AnomalyModel
 from otx.results import BenchmarkResult, recorded_path
 from otx.verbs.context import VerbContext, write_result
-from otx.verbs.resolve import data_root_for, warn_other_model
+from otx.verbs.resolve import data_root_for, unfinished_run, warn_other_model
 from otx.workdir import Run
 
 log = logging.getLogger("otx")
@@ -34,6 +34,9 @@ def plan(
     from otx.deploy.metadata import read_model_info
 
     exported = [Path(recorded_path(check_model_path(m))) for m in models or []]  # recorded absolute, as test's model
+    for path in [*exported, *([Path(checkpoint)] if checkpoint is not None else [])]:
+        if message := unfinished_run(path):
+            ctx.warn(message)
     if checkpoint is not None and is_exported_model(checkpoint):
         exported.insert(0, Path(recorded_path(check_model_path(checkpoint))))
         info = read_model_info(exported[0])

@@ -13,7 +13,7 @@ from otx.deploy.inferencer import is_exported_model
 from otx.errors import OTXDataError, OTXError, for_caller
 from otx.results import OptimizeResult
 from otx.verbs.context import VerbContext, write_result
-from otx.verbs.resolve import eval_data, one_sided_warning, validation_set, warn_other_model
+from otx.verbs.resolve import eval_data, one_sided_warning, unfinished_run, validation_set, warn_other_model
 from otx.workdir import Run, WorkDir, run_order, training_data_root
 
 log = logging.getLogger("otx")
@@ -82,6 +82,8 @@ def run(
     bits = resolve_weight_bits(weight_bits)
 
     source = source_model(ctx.workdir, checkpoint)
+    if message := unfinished_run(source):
+        ctx.warn(message)
     data_record: dict[str, Any] = {}
     if not is_exported_model(source):  # a checkpoint: export the FP32 IR first, into this run
         model, ckpt = load_checkpoint(source)

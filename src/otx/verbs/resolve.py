@@ -22,7 +22,7 @@ from otx.render import describe_loaded
 from otx.scoring import OpenVINOScorer, Scorer, TorchScorer
 from otx.tasks import AnomalyTask, TaskAdapter
 from otx.verbs.context import VerbContext
-from otx.workdir import training_data_root
+from otx.workdir import FAILED, training_data_root
 
 log = logging.getLogger("otx")
 
@@ -85,6 +85,21 @@ def resolve_model(ctx: VerbContext, checkpoint: str | Path | None, raw_outputs: 
     return scorer
 
 
+def unfinished_run(path: str | Path) -> str | None:
+    """A warning when the model file at ``path`` lies in a run folder that did not finish (its ``FAILED`` marker).
+
+    An export stopped during its check against torch leaves a whole-looking IR; the defaults skip
+    such runs, but a file named by path was used without a word (a bug bash).
+    """
+    folder = Path(path).parent
+    if not (folder / FAILED).exists():
+        return None
+    return (
+        f"{path} lies in a run that did not finish ({folder.name} holds a {FAILED} marker; its otx.log says why): "
+        "the file may be incomplete or unchecked; make it again (otx train or otx export)"
+    )
+
+
 def config_notes(ctx: VerbContext, path: Path, scorer: Scorer) -> None:
     """What a config file or ``Engine(model=...)`` asks for that the trained model at ``path`` does not do.
 
@@ -93,6 +108,8 @@ def config_notes(ctx: VerbContext, path: Path, scorer: Scorer) -> None:
     nothing of a config's thresholds).
     """
     recipe = ctx.config.get("model") if isinstance(ctx.config.get("model"), dict) else None
+    if message := unfinished_run(path):
+        ctx.warn(message)
     warn_other_model(ctx, path, scorer.name, scorer.backbone)
     own = scorer.preprocessor.config()
     if recipe and (differ := _preprocessing_differs(recipe.get("init_args") or {}, own)):
