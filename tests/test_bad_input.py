@@ -1305,6 +1305,13 @@ def test_a_file_size_limit_and_a_full_stream_are_one_line(
     assert err.startswith("error: OpenVINO could not write the model in "), err
     assert "(its stream failed: the disk is full, or a file size limit was reached)" in err and "bug" not in err
     assert (work_dir / "latest.json").read_bytes() == latest  # nothing written before is lost
+    # otx predict names the file it could not write (before: "[Errno 28] No space left on device", no file)
+    source = str(sample_root / "bottle_like" / "test" / "good")
+    predicted = run(20_000, "predict", "--work_dir", str(work_dir), "--source", source, "--data.num_workers", "0")
+    assert predicted.returncode == 1
+    err = predicted.stderr.strip().splitlines()[-1]
+    assert err.startswith("error: could not write '") and "-predict/predictions/overlays/" in err, err
+    assert "(File too large); check the free space and permissions of the work dir" in err
 
 
 def test_shared_memory_for_data_loading_workers_is_not_called_out_of_memory() -> None:

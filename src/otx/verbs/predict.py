@@ -164,19 +164,23 @@ def run(
                 image = read_image(pred.image_path)
                 gt = outline_mask(sample.mask_path or layout_mask(sample.path), image.shape[:2])
                 canvas = overlay(image, pred, gt)
+            target = None
             try:
                 if pred.pred_mask is not None:
                     pred.mask_file = f"masks/{stem}_mask.png"
-                    write_png(out_dir / pred.mask_file, pred.pred_mask.astype(np.uint8) * 255)
+                    target = out_dir / pred.mask_file
+                    write_png(target, pred.pred_mask.astype(np.uint8) * 255)
                 if canvas is not None:
-                    write_overlay(out_dir / "overlays" / f"{stem}.png", canvas)
+                    target = out_dir / "overlays" / f"{stem}.png"
+                    write_overlay(target, canvas)
             except OSError as exc:  # a file this run cannot write (a full disk mid-run)
                 advice = (
                     "use a shorter --work_dir (the run's other files are kept)"
                     if exc.errno == errno.ENAMETOOLONG
                     else "check the free space and permissions of the work dir (the run's other files are kept)"
                 )
-                what = f"could not write '{exc.filename}' ({exc.strerror})" if exc.filename else str(exc)
+                # the file named also where the write itself does not say it (a full disk: os.write; a bug bash)
+                what = f"could not write '{exc.filename or target}' ({exc.strerror or exc})"
                 raise OTXError(f"{what}; {advice}") from exc
             if not keep_maps:  # maps are large (4 bytes a pixel); keep the mask and boxes only
                 pred.anomaly_map = None
