@@ -668,3 +668,24 @@ def test_a_checkpoint_holding_nan_is_refused_with_what_holds_it(trained_padim: d
             load_checkpoint(damaged)
         done = run_main("predict", "--checkpoint", str(damaged), "--source", str(tmp_path), cwd=tmp_path)
         assert done.returncode == 1 and done.stderr.count("\n") == 1 and "internal error" not in done.stderr
+
+
+def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path: Path) -> None:
+    # before: "checkpoint '/dev/null' does not exist" of a device, a pipe and a link in a loop alike (a bug bash)
+    import os
+
+    from otx.deploy.inferencer import check_model_path
+
+    os.mkfifo(tmp_path / "pipe.ckpt")
+    (tmp_path / "loop.ckpt").symlink_to(tmp_path / "loop.ckpt")
+    cases = {
+        "/dev/null": "is a device, not a regular file",
+        str(tmp_path / "pipe.ckpt"): "is a pipe, not a regular file",
+        str(tmp_path / "loop.ckpt"): "is a symbolic link to no file",
+        str(tmp_path / "missing.ckpt"): "does not exist",
+    }
+    for path, said in cases.items():
+        with pytest.raises(OTXError, match=rf"^checkpoint '{re.escape(path)}' {said}"):
+            load_checkpoint(path)
+    with pytest.raises(OTXError, match=r"^model '/dev/null' is a device, not a regular file; pass the \.xml"):
+        check_model_path("/dev/null")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import io
 import re
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +77,7 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         what = f"the model file in it: {found}" if found else "the model.ckpt file (or an exported .xml / .onnx)"
         raise OTXError(f"checkpoint '{path}' is a folder; pass {what}")
     if not path.is_file():
-        raise OTXError(f"checkpoint '{path}' does not exist; pass --checkpoint PATH or run `otx train` first")
+        raise OTXError(f"checkpoint '{path}' {missing_file(path)}; pass --checkpoint PATH or run `otx train` first")
     if path.suffix.lower() == ".bin":  # (before: "not a readable otx checkpoint ... a truncated one", of a sound IR)
         xml = path.with_suffix(".xml")
         raise OTXError(
@@ -159,6 +160,21 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc}); {_HINT}") from exc
     model.eval()
     return model, ckpt
+
+
+def missing_file(path: Path) -> str:
+    """Why ``path`` (not a regular file) is no model file, in words: it does not exist, or what it is instead.
+
+    ``/dev/null``, a pipe or a symbolic link in a loop read "does not exist" (a bug bash).
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if path.is_symlink():  # a link to nothing, or in a loop
+            return f"is a symbolic link to no file ({exc.strerror})"
+        return "does not exist"
+    kind = "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a socket"
+    return f"is {kind}, not a regular file"
 
 
 def non_finite(model: torch.nn.Module) -> str | None:

@@ -90,7 +90,9 @@ def check_model_path(path: str | Path) -> Path:
         example = f" (e.g. {inside[0]})" if inside else ""
         raise OTXError(f"model '{path}' is a folder; pass the .xml or .onnx file in it{example}")
     if not path.is_file():
-        raise OTXError(f"model '{path}' does not exist; pass the .xml or .onnx written by `otx export`")
+        from otx.checkpoint import missing_file
+
+        raise OTXError(f"model '{path}' {missing_file(path)}; pass the .xml or .onnx written by `otx export`")
     suffix = path.suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         raise OTXError(f"'{path}' is not an exported model; pass an OpenVINO .xml or an .onnx file")
