@@ -487,7 +487,8 @@ def test_an_fp16_export_is_named_as_the_reference_not_fp32(exported, sample_root
     assert "pixel rows at the model's map size (otx train's pixel_AUROC_input)" in out
     summary = json.loads(next(tmp_path.glob("*-optimize/metrics.json")).read_text())
     assert summary["decisions"]["reference"] == "FP16 IR"
-    assert read_model_info(summary["optimized_model"]).raw["otx_quantized_from"] == source.name
+    quantized_from = read_model_info(summary["optimized_model"]).raw["otx_quantized_from"]
+    assert quantized_from == f"{source.parent.name}/{source.name}"  # its run folder too: every export has that name
 
 
 def test_an_unmet_max_drop_names_the_metrics_that_fell() -> None:
@@ -602,6 +603,11 @@ def test_refuses_an_int8_model(optimized, sample_root: Path, tmp_path: Path) -> 
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and "already quantised" in result.stderr
     assert Path(int8).is_file()  # nothing written before is touched
+    # the export it came from, by its run folder (before: "optimize the FP32 export it came from", not which)
+    source = Path(optimized("padim")["source_model"])
+    assert f"the FP32 export it came from ({source.parent.name}/{source.name}, recorded in its metadata)" in " ".join(
+        result.stderr.split()
+    )
 
 
 def test_refuses_an_ir_from_another_tool(sample_root: Path, tmp_path: Path) -> None:
@@ -968,3 +974,18 @@ def test_optimize_quantises_the_latest_export_that_finished(
         engine.export(checkpoint=tmp_path / "missing.ckpt")
     failed = sorted(p for p in work.iterdir() if (p / FAILED).is_file() and p.name.endswith("-export"))
     assert failed and "did not finish" in (failed[-1] / FAILED).read_text()
+
+
+def test_the_decision_table_says_when_validation_images_calibrated_too(optimized) -> None:
+    # PADIM calibrates on the validation images as well: its decision table there reads a little better than the
+    # test split (a bug bash: 99.0 % of the labels against 98.3 % on magnetic_tile's test split); said under it
+    from rich.console import Console
+
+    from otx.render import render
+
+    summary = optimized("padim")
+    assert summary["validation_calibration_images"] > 0
+    console = Console(record=True, width=300)
+    render(console, summary)
+    said = " ".join(console.export_text().split())  # (a caption wraps at the table's width)
+    assert "the validation images calibrated the INT8 model too: otx test on the test split" in said, said

@@ -102,14 +102,15 @@ def _roc_pr(scores: np.ndarray, labels: np.ndarray, predicted: np.ndarray, image
     ax.plot([0, 1], [0, 1], color="gray", lw=1, ls="--", label="chance")
     ax.plot([fpr], [tpr], "ko", ms=7, label=f"at the threshold: FPR {fpr:.3f}, TPR {tpr:.3f}")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (images)", xlim=(0, 1), ylim=(0, 1.02))
-    ax.legend(loc="lower right")
+    # under the axes: inside, the box hid part of the curve (a bug bash: the low false-positive rates that matter)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
     pr = Figure(figsize=(4.2, 4.0))
     ax = pr.add_subplot()
     ax.plot(c["recall"], c["precision"], color="tab:blue", lw=2)
     ax.axhline(labels.mean(), color="gray", lw=1, ls="--", label=f"anomalous share {labels.mean():.2f}")
     ax.plot([tpr], [precision], "ko", ms=7, label=f"at the threshold: recall {tpr:.3f}, precision {precision:.3f}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (images)", xlim=(0, 1), ylim=(0, 1.02))
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
     return _png(roc), _png(pr)
 
 

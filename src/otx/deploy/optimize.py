@@ -157,7 +157,9 @@ def read_exported(path: str | Path) -> tuple[Any, ModelInfo, Path]:
     if info.quantization != "none" or info.precision == "INT8" or is_quantized(ov_model):
         raise OTXError(
             f"'{path}' is already quantised ({info.precision}, {info.quantization}); "
-            "optimize the FP32 export it came from (otx export), not an INT8 model"
+            "optimize the FP32 export it came from"
+            + (f" ({came_from}, recorded in its metadata)" if (came_from := info.raw.get("otx_quantized_from")) else "")
+            + " or export the checkpoint again (otx export), not an INT8 model"
         )
     return ov_model, info, path
 

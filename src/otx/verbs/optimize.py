@@ -195,7 +195,9 @@ def run(
                 else ""
             ),
             "otx_nncf_version": nncf.__version__,
-            "otx_quantized_from": Path(source).name,
+            # with its run folder: every export is called exported_model.xml (a bug bash); not the whole path,
+            # which would carry this machine's folders inside a model that is shipped
+            "otx_quantized_from": f"{Path(source).parent.name}/{Path(source).name}",
             "otx_weight_bits": str(bits),
             # with the FP16 export's own moves, when the INT8 model starts from one (its thresholds are those)
             "otx_recalibrated": ",".join(dict.fromkeys([*info.recalibrated, *decisions.get("recalibrated", [])]))
