@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -825,7 +826,7 @@ def test_hints_in_any_case_and_the_demos_default_precision(exported, sample_root
 
 
 def test_a_lower_inference_precision_is_said_to_move_scores(
-    exported, sample_root: Path, tmp_path: Path, capsys
+    exported, sample_root: Path, tmp_path: Path, capsys, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Before: `--inference_precision bf16` (or `default` on a CPU with bf16) ran silently; a bug bash measured
     # normalised scores 0.171 from f32's and 4 of 26 labels changed (STFPM), docs/deploy.md 0.098 (PADIM).
@@ -840,3 +841,16 @@ def test_a_lower_inference_precision_is_said_to_move_scores(
         moved = "normalised scores can differ from f32's by 0.1 or more" in said
         # (bf16 where the CPU has it: AVX-512 BF16 or AMX, as here; f32 elsewhere, and then nothing to say)
         assert moved == (ran in ("bf16", "f16")) and (ran == "f32" or hint == "bf16"), (hint, ran, said)
+    # a precision the device lacks, run as another: said once (before: silent; a bug bash's CPU ran f16 as bf16)
+    import otx.deploy.inferencer
+
+    otx.deploy.inferencer._PRECISION_SAID.clear()  # (said once a process: another test may have had it said)
+    engine = Engine(
+        data=AnomalyDataModule(num_workers=0), work_dir=tmp_path / "f16", inference_precision="f16", device="CPU"
+    )
+    with caplog.at_level(logging.WARNING, logger="otx"):
+        engine.predict(source=source, checkpoint=xml, visualize=False)
+    said = " ".join(caplog.text.split())
+    (run,) = (tmp_path / "f16").glob("*-predict")
+    ran = json.loads((run / "metrics.json").read_text())["runtime"]["inference_precision"]
+    assert (f"CPU runs inference precision {ran} where f16 was asked" in said) == (ran != "f16"), (ran, said)

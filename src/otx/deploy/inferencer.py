@@ -31,6 +31,7 @@ from otx.preprocess import padded_size
 from otx.tasks import Prediction, TaskAdapter, get_adapter
 
 log = logging.getLogger(__name__)
+_PRECISION_SAID: set[tuple[str, str, str]] = set()  # (device, asked, actual) of the precision warnings given
 
 MODEL_SUFFIXES = (".xml", ".onnx")
 DEVICES = ("AUTO", "CPU", "GPU", "NPU")
@@ -296,6 +297,19 @@ class OpenVINOInferencer:
         from otx._signal_stack import repair_signal_stack
 
         repair_signal_stack()  # OpenVINO's CPU plugin can leave it unmapped (otx._signal_stack)
+        actual = self.inference_precision
+        said = (self.device, precision_hint, actual)
+        if precision_hint not in ("default", actual) and actual != "unknown" and said not in _PRECISION_SAID:
+            _PRECISION_SAID.add(said)  # once a process (a benchmark compiles each model twice); a bug bash: f16 -> bf16
+            log.warning(
+                "%s runs inference precision %s where %s was asked: the device has no %s; %s is what the figures are "
+                "of (f32 runs as otx checked the model)",
+                self.device,
+                actual,
+                precision_hint,
+                precision_hint,
+                actual,
+            )
         names = {"pred_score": "pred_score", "anomaly_map": "anomaly_map"}
         if self.raw_outputs:
             from otx.deploy.calibrate import RAW_MAP, RAW_SCORE
