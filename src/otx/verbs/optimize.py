@@ -19,6 +19,9 @@ from otx.workdir import Run, WorkDir, run_order, training_data_root
 log = logging.getLogger("otx")
 
 
+FEW_CALIBRATION = 32  # calibration images below which a --subset_size (smaller than the training set) is warned
+
+
 def source_model(workdir: WorkDir, checkpoint: str | Path | None) -> Path:
     """The model to quantise: the given one, else the newer of the latest IR export and training run.
 
@@ -113,6 +116,12 @@ def run(
     if subset_size is None:  # the model's own default
         subset_size = scheme.calibration_images
     chosen = choose_calibration(train, subset_size, ctx.seed)
+    if len(chosen) < min(FEW_CALIBRATION, len(train)):  # asked for: before, --subset_size 1 went without a word
+        ctx.warn(
+            f"calibrating on {len(chosen)} of the {len(train)} training images (--subset_size {subset_size}): "
+            f"activation ranges from so few rarely hold on other images; {scheme.calibration_images} (this model's "
+            "default) or all there are"
+        )
     calibration = AnomalyDataset(chosen, preprocess, resize_images=False)
     val_labels = {s.label for s in validation.items.samples} if validation is not None else set()
     if max_drop is not None and not {0, 1} <= val_labels:
