@@ -688,3 +688,25 @@ def test_task_names_in_any_letter_case_and_anomalibs_task_type(capsys: pytest.Ca
     assert main(["train", "--config", RECIPE, "--task", "DETECTION", "--print_config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["task"] == "detection"
     assert get_adapter(TaskType.CLASSIFICATION).task.value == "classification"
+
+
+def test_a_pipe_whose_reader_stops_early_does_not_stop_the_command(sample_root: Path, tmp_path: Path) -> None:
+    # Before: `otx train ... | grep -m1 'otx train'` (or `| head -1`) ended the training at its next line of output,
+    # exit 1, the run marked FAILED and nothing said: rich turns BrokenPipeError into SystemExit(1) (a bug bash).
+    import os
+    import subprocess
+    import sys
+
+    recipe = resolve_recipe("recipe/anomaly_segmentation/padim.yaml")
+    command = [sys.executable, "-m", "otx.cli", "train", "--config", recipe, "--data_root"]
+    command += [str(sample_root / "bottle_like"), "--work_dir", str(tmp_path / "ws")]
+    command += ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]
+    env = {**os.environ, "OTX_OFFLINE": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=tmp_path) as process:
+        assert process.stdout is not None and process.stdout.readline().startswith(b"otx train: Padim")
+        process.stdout.close()  # the reader goes, as head -1 does
+        _, err = process.communicate(timeout=600)
+    assert process.returncode == 0, err.decode()
+    (run,) = (tmp_path / "ws").glob("*-train")
+    assert (run / "model.ckpt").is_file() and not (run / "FAILED").exists()
+    assert "the output's reader has gone (a closed pipe)" in (run / "otx.log").read_text()

@@ -39,7 +39,7 @@ from otx.errors import (
     out_of_space,
     shared_memory,
 )
-from otx.logs import StderrHandler, make_console
+from otx.logs import StderrHandler, make_console, pipe_safe_stdout
 from otx.validate import close_matches
 from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPPED, STOPS
 
@@ -1783,6 +1783,8 @@ def _train_config(cfg: Namespace, parser: ArgumentParser, flags: set[str]) -> st
 
 
 def _main(argv: list[str], whole_process: bool = False) -> int:
+    if whole_process:  # a pipe whose reader stops early (| head -1) no longer stops the command
+        pipe_safe_stdout()
     console = make_console(quiet=secondary())  # a process of rank > 0 in a distributed run: rank 0 reports
     errors = make_console(stderr=True)
     _quiet_libraries()

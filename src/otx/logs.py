@@ -79,3 +79,58 @@ def warnings_shown(level: int = logging.WARNING) -> Iterator[None]:
         yield
     finally:
         logger.removeHandler(handler)
+
+
+class PipeSafe:
+    """A text stream that outlives its reader: once a pipe's reader has gone, output is dropped, not fatal.
+
+    ``otx train ... | grep -m1 'otx train'`` (or ``| head -1``) closed the pipe after its first line,
+    and the next progress line raised ``BrokenPipeError``, which rich turns into ``SystemExit(1)``:
+    the training stopped unfinished, marked failed, with nothing said (a bug bash of otx under
+    automation). The stream's descriptor is pointed at ``os.devnull`` the first time, the run's log
+    says so, and the command goes on to write its files. Everything else is the wrapped stream's.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        """Write ``text``; after the reader has gone, drop it."""
+        if self.gone:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        """Flush; after the reader has gone, nothing."""
+        if self.gone:
+            return
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError):  # what is still buffered goes nowhere, without an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        logging.getLogger("otx").info(
+            "the output's reader has gone (a closed pipe): the rest of the console output is dropped, the command "
+            "goes on",
+            extra={"file_only": True},
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def pipe_safe_stdout() -> None:
+    """Make ``sys.stdout`` a ``PipeSafe`` stream (the console script's whole process; once)."""
+    if not isinstance(sys.stdout, PipeSafe) and sys.stdout is not None:
+        sys.stdout = PipeSafe(sys.stdout)
