@@ -859,6 +859,14 @@ def test_warnings_for_a_model_that_learned_nothing_and_for_other_data(dataset_co
     assert any("is not the data the model was trained on" in w for w in test["warnings"])
     report = (work_dir / latest(work_dir)["test"] / "report.html").read_text()
     assert "the recipe&#x27;s model is Stfpm" in report
+    # The training images replaced in the same folder: said (before: the same path counted as the same data)
+    assert not any("changed since the model was trained" in w for w in test["warnings"])
+    shutil.rmtree(root / "train" / "good")
+    shutil.copytree(other / "train" / "good", root / "train" / "good")
+    assert main(["test", "--data_root", str(root), "--work_dir", str(work_dir), "--data.num_workers", "0"]) == 0
+    test = json.loads((work_dir / latest(work_dir)["test"] / "metrics.json").read_text())
+    said = [w for w in test["warnings"] if "changed since the model was trained" in w]
+    assert len(said) == 1 and said[0].startswith(f"the training images at {root} changed"), test["warnings"]
 
 
 def test_without_anomalous_validation_images_every_validation_image_is_normal_and_that_is_said(

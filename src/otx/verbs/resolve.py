@@ -336,10 +336,17 @@ def eval_data(
                     f"images the model was calibrated on{still} stay out of the test split, so {uses} "
                     f"(val_split/seed alone would now put {changes['seeded_split_moves']} images on the other side)"
                 )
+    now = data.index.fingerprint()
+    if same and fingerprint not in (None, "unknown", now):  # the same folder, other training images in it
+        # (before: the same path counted as the same data, and replaced train/good images went without a word)
+        ctx.warn(
+            f"the training images at {root} changed since the model was trained (train/good fingerprint {now}, the "
+            f"model's {fingerprint}): it was fitted on other images than those there now; train again on them"
+        )
     if not same and fingerprint not in (None, "unknown"):
         ctx.warn(
             f"the data at {root} is not the data the model was trained on (its train/good files "
-            f"differ: fingerprint {data.index.fingerprint()}, the model's {fingerprint}); thresholds were "
+            f"differ: fingerprint {now}, the model's {fingerprint}); thresholds were "
             "learned on other images, and test images may include some the model was fitted on"
         )
     return data
