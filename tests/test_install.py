@@ -122,6 +122,29 @@ def test_an_internal_error_says_where_its_traceback_is(
     monkeypatch.setattr("otx.cli._find", broken)
     assert main(["find"]) == 1
     assert "a bug in otx: no run folder was made (OTX_DEBUG=1 shows it here)" in capsys.readouterr().err
+    # OTX_DEBUG=0 (a CI template's "off") keeps the one line (before: any value showed the traceback; a bug bash)
+    for off in ("0", "false", "no", "off", ""):
+        monkeypatch.setenv("OTX_DEBUG", off)
+        assert main(["find"]) == 1 and "a bug in otx" in capsys.readouterr().err
+    monkeypatch.setenv("OTX_DEBUG", "On")
+    with pytest.raises(RuntimeError, match="a stand-in for a bug"):
+        main(["find"])
+
+
+def test_offline_takes_the_true_words_huggingface_hub_takes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: HF_HUB_OFFLINE=on left otx online (downloads allowed) where huggingface_hub was offline (a bug bash)
+    from huggingface_hub import constants
+
+    from otx import offline
+
+    for word, expected in (("1", True), ("ON", True), ("on", True), ("True", True), ("0", False), ("off", False)):
+        monkeypatch.delenv("OTX_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_HUB_OFFLINE", word)
+        assert offline() is expected, word
+        assert constants._is_true(word) is expected  # huggingface_hub's own reading of its flags
+        monkeypatch.delenv("HF_HUB_OFFLINE")
+        monkeypatch.setenv("OTX_OFFLINE", word)
+        assert offline() is expected, word
 
 
 def test_a_package_lightning_finds_missing_is_one_line_not_an_accelerator_hint(

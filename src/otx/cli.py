@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from otx import __version__
+from otx import __version__, env_flag
 from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_now, secondary
 from otx.errors import (
     COMMAND_LINE,
@@ -1865,11 +1865,11 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
                 line = line.replace("otx <command>", f"otx {argv[0]}")
             errors.print(f"[bold red]error[/]: {escape(line)}", highlight=False, soft_wrap=True)
             return 2
-        if STOPS and not os.environ.get("OTX_DEBUG"):
+        if STOPS and not env_flag("OTX_DEBUG"):
             # a stop that landed while modules were still loading (numpy half-imported, a RecursionError):
             # the stop's own line is out already; nothing had been written yet
             return stop_exit_code()
-        if os.environ.get("OTX_DEBUG"):
+        if env_flag("OTX_DEBUG"):
             raise
         # outside a verb's run (a verb's own says these as OTXError): memory, disk, the environment
         if (said := shared_memory(exc) or out_of_memory(exc) or out_of_space(exc) or broken_install(exc)) is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from otx import offline
 from otx.errors import OTXConfigError, OTXWeightsError, for_caller
 from otx.validate import close_matches
 
@@ -147,7 +147,7 @@ def layer_channels(spec: BackboneSpec, layers: list[str]) -> int:
 
 
 def _offline() -> bool:
-    return any(os.environ.get(var, "").lower() in ("1", "true", "yes") for var in ("HF_HUB_OFFLINE", "OTX_OFFLINE"))
+    return offline()
 
 
 def torch_hub_dir() -> Path:
