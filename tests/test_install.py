@@ -178,3 +178,21 @@ def test_only_a_package_that_is_not_installed_is_called_missing() -> None:
             {}["key"]  # noqa: B018
     except KeyError as exc:
         assert broken_install(exc) is None
+
+
+def test_a_home_matplotlib_cannot_write_adds_nothing_to_stderr(tmp_path: Path) -> None:
+    # Before: in a container with a read-only home, matplotlib's two lines (a temporary folder, set MPLCONFIGDIR)
+    # came before every command's output and broke the one-line error (a bug bash). A config home under a file
+    # cannot be made, as a read-only one (a root user can write anywhere else).
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a_file").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "MPLCONFIGDIR"}
+    env |= {"XDG_CONFIG_HOME": str(tmp_path / "a_file" / "config"), "XDG_CACHE_HOME": str(tmp_path / "a_file" / "c")}
+    env |= {"OTX_OFFLINE": "1", "TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-c", "import otx.cli, matplotlib.pyplot; raise SystemExit(otx.cli.main(['find']))"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert not list(tmp_path.glob("otx-matplotlib-*"))  # its temporary folder removed at exit

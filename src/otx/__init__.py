@@ -23,6 +23,36 @@ def offline() -> bool:
     return env_flag("OTX_OFFLINE") or env_flag("HF_HUB_OFFLINE")
 
 
+def _writable_matplotlib_dir() -> None:
+    """``MPLCONFIGDIR`` in a private temporary folder where matplotlib's own (under ``~/.config``) cannot be made.
+
+    In a container with a read-only home, matplotlib wrote two lines to stderr on every otx command
+    (its own temporary folder, and advice to set ``MPLCONFIGDIR``), which broke the one-line error
+    (a bug bash). Matplotlib's own check: the folder made, or there, and writable. A value the user
+    set is kept.
+    """
+    if os.environ.get("MPLCONFIGDIR"):
+        return
+    import tempfile
+    from pathlib import Path
+
+    try:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+        folder = base / "matplotlib"
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.access(folder, os.W_OK) and folder.is_dir():
+            return
+    except (OSError, RuntimeError):  # (RuntimeError: no home to expand)
+        pass
+    import atexit
+    import shutil
+
+    os.environ["MPLCONFIGDIR"] = folder = tempfile.mkdtemp(prefix="otx-matplotlib-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # (as matplotlib removes its own)
+
+
+_writable_matplotlib_dir()
+
 # Offline (OTX_OFFLINE=1 or HF_HUB_OFFLINE=1), OpenVINO's and NNCF's usage telemetry stays off: their
 # export and quantisation calls otherwise fork a process that tries to reach an analytics server. Both
 # fall back to their own no-op stand-in when the package cannot be imported (None in sys.modules makes
