@@ -12,6 +12,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
+import yaml
 
 from helpers import run_main, run_otx
 from otx.data import AnomalyDataModule
@@ -470,6 +471,11 @@ def test_optimize_from_checkpoint_exports_first_and_uses_subset_size(trained_pad
     # so few, asked for: said (before: --subset_size 1 went without a word; a bug bash)
     few = [w for w in summary["warnings"] if w.startswith("calibrating on 7 of the ")]
     assert len(few) == 1 and "(subset_size=7): activation ranges from so few rarely hold" in few[0], few  # (Python)
+    # The training run it comes from, in metrics.json and config.yaml (before: only the IR exported into this run)
+    trained = str(Path(trained_padim["checkpoint"]).resolve())
+    assert summary["trained_checkpoint"] == trained
+    assert json.loads((run / "metrics.json").read_text())["trained_checkpoint"] == trained
+    assert yaml.safe_load((run / "config.yaml").read_text())["trained_checkpoint"] == trained
     # The default source is then the newest model: a later optimize finds the latest training run.
     assert json.loads((tmp_path / "latest.json").read_text())["optimize"].endswith(run.name)
 
@@ -988,6 +994,8 @@ def test_the_decision_table_says_when_validation_images_calibrated_too(optimized
 
     summary = optimized("padim")
     assert summary["validation_calibration_images"] > 0
+    # from an export: the training checkpoint its export run names
+    assert Path(summary["trained_checkpoint"]).name == "model.ckpt" and Path(summary["trained_checkpoint"]).is_file()
     console = Console(record=True, width=300)
     render(console, summary)
     said = " ".join(console.export_text().split())  # (a caption wraps at the table's width)

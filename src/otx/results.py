@@ -199,6 +199,9 @@ class OptimizeResult(Result):
     attempts: list[dict[str, Any]] | None = dataclasses.field(default=None, metadata=OMIT_NONE)
     optimized_model: str = ""
     warnings: list[str] = dataclasses.field(default_factory=list)  # e.g. decisions not kept (decision_warning)
+    # the training run's model.ckpt the INT8 model comes from (None: the run folders do not say; a bug bash:
+    # from a checkpoint, only the IR exported into the optimize run was recorded)
+    trained_checkpoint: str | None = dataclasses.field(default=None, metadata=ABSOLUTE)
 
 
 @dataclasses.dataclass(kw_only=True, eq=False)

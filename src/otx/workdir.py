@@ -445,6 +445,15 @@ def training_data_root(exported: str | Path, hops: int = 3) -> str | None:
     return None
 
 
+def training_checkpoint(exported: str | Path) -> Path | None:
+    """The training run's ``model.ckpt`` an exported model was exported from (its export run's ``config.yaml``).
+
+    None when the run folder beside the model does not name one (a model copied out of its work dir).
+    """
+    source = (_read_config(Path(exported).parent) or {}).get("checkpoint")
+    return Path(source) if isinstance(source, str) and source.endswith(".ckpt") else None
+
+
 def _data_root(config: dict[str, Any] | None) -> str | None:
     """A run's ``data.data_root`` from its ``config.yaml`` mapping, or None."""
     data = (config or {}).get("data")

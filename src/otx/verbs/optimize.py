@@ -14,7 +14,7 @@ from otx.errors import OTXDataError, OTXError, for_caller
 from otx.results import OptimizeResult
 from otx.verbs.context import VerbContext, write_result
 from otx.verbs.resolve import eval_data, one_sided_warning, unfinished_run, validation_set, warn_other_model
-from otx.workdir import Run, WorkDir, run_order, training_data_root
+from otx.workdir import Run, WorkDir, run_order, training_checkpoint, training_data_root
 
 log = logging.getLogger("otx")
 
@@ -88,12 +88,15 @@ def run(
     if message := unfinished_run(source):
         ctx.warn(message)
     data_record: dict[str, Any] = {}
+    trained = None  # the training checkpoint the model comes from, where the runs say it
     if not is_exported_model(source):  # a checkpoint: export the FP32 IR first, into this run
+        trained = Path(source)
         model, ckpt = load_checkpoint(source)
         data_record = ckpt.get("data") or {}
         ctx.console.print(f"checkpoint: {source} (exporting an FP32 IR first)")
         source = export_model(model, run.path, ctx.adapter(ckpt.get("task")).task.value, data=data_record)
     ov_model, info, source = read_exported(source)
+    trained = trained or training_checkpoint(source)
     warn_other_model(ctx, source, info.model_name, info.backbone)
     # The model the INT8 one is checked against: an FP16 export's decisions were themselves checked
     # against FP32 (and its thresholds recalibrated) when it was exported, so name it as what it is.
@@ -137,6 +140,7 @@ def run(
         {"exported_model": str(source), "model_info": dict(info.raw)},
         {
             "checkpoint": str(source),
+            **({"trained_checkpoint": str(trained)} if trained is not None else {}),
             "subset_size": subset_size,
             "max_drop": max_drop,
             "weight_bits": bits,
@@ -245,6 +249,7 @@ def run(
         model=info.model_name,
         backbone=info.backbone,
         source_model=str(source),
+        trained_checkpoint=str(trained) if trained is not None else None,
         scheme=quantization,
         scheme_summary=scheme_summary,
         calibration_images=len(chosen),
