@@ -1134,6 +1134,12 @@ def test_a_latest_json_naming_a_deleted_run_points_to_the_model_still_there(
     said = " ".join(capsys.readouterr().err.split())
     (kept,) = work_dir.glob("*-train/model.ckpt")
     assert "which is gone" in said and f"the newest model trained there is {kept}: pass it with --checkpoint" in said
+    # a renamed older run (not a run folder's name) and an older run are not the newest (before: by name, a bug bash)
+    shutil.copytree(kept.parent, work_dir / "old-train-carpet")
+    shutil.copytree(kept.parent, work_dir / "20200101-000000-train-3")
+    assert main(["test", "--work_dir", str(work_dir)]) == 1
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"the newest model trained there is {kept}: pass it with --checkpoint" in said, said
 
 
 @pytest.mark.parametrize(
