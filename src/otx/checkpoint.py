@@ -178,8 +178,17 @@ def missing_file(path: Path) -> str:
 
 
 def non_finite(model: torch.nn.Module) -> str | None:
-    """The first weight or statistic (thresholds, normalisation, PADIM's Gaussians) of ``model`` that is not finite."""
-    for name, tensor in model.state_dict().items():
+    """The first weight or statistic (thresholds, normalisation, PADIM's Gaussians) of ``model`` that is not finite.
+
+    A post-processor that was never fitted (all its statistics NaN, as a model saved before its
+    training's validation) is left to the verbs that need it; one NaN among fitted ones is damage.
+    """
+    state = model.state_dict()
+    post = [name for name in state if name.startswith("postprocessor.")]
+    unfitted = bool(post) and all(bool(torch.isnan(state[name]).all()) for name in post)
+    for name, tensor in state.items():
+        if unfitted and name in post:
+            continue
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return name
     return None
