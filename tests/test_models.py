@@ -546,6 +546,9 @@ def test_the_memory_bank_selection_shows_a_bar_of_its_own(
     # Before: PatchCore chose its memory bank after the epoch's bar had finished, without a word (a bug bash:
     # 282 s at 1,500 training images; the issue: users of anomalib report that it "appears to hang").
     import contextlib
+    import io
+
+    from rich.console import Console
 
     from otx.data import AnomalyDataModule
     from otx.engine import Engine
@@ -564,10 +567,18 @@ def test_the_memory_bank_selection_shows_a_bar_of_its_own(
     monkeypatch.setattr(EpochProgressBar, "phase", recorded)
     model = model_class("Patchcore")(input_size=(64, 64), coreset_ratio=0.5)
     data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
-    Engine(model=model, data=data, work_dir=tmp_path).train()
+    terminal = Console(force_terminal=True, file=io.StringIO())  # the bar is drawn on a terminal
+    Engine(model=model, data=data, work_dir=tmp_path, console=terminal).train()
     entries = model.model.memory_bank.shape[0]
     assert entries > 256 and seen[-1] == ("Coreset", entries, entries)
     assert [done for _, done, _ in seen] == [*range(256, entries, 256), entries]  # every 256 and the last, once
+    # into a file or pipe: a line at each quarter of the selection, and one for the epoch (otx.training.EpochLines)
+    piped = io.StringIO()
+    model = model_class("Patchcore")(input_size=(64, 64), coreset_ratio=0.5)
+    Engine(model=model, data=data, work_dir=tmp_path / "piped", console=Console(file=piped)).train()
+    lines = [line for line in piped.getvalue().splitlines() if line.startswith(("Coreset: ", "epoch "))]
+    assert lines[-2].startswith(f"Coreset: {entries} of {entries} (") and lines[-1].startswith("epoch 1/1: ")
+    assert 2 <= len(lines) - 1 <= 4, lines  # at most one a quarter
 
 
 def test_streaming_coreset_keeps_rare_patches_and_bounds_memory() -> None:

@@ -384,6 +384,60 @@ class EpochProgressBar(RichProgressBar):
             progress.update(task, visible=False)
 
 
+class EpochLines(ProgressBar):
+    """The progress as plain lines, for output that is not a terminal (a log file, a CI job's log).
+
+    One line per finished epoch, and a long step of the fit (``phase``: PatchCore's coreset) at each
+    quarter. Rich draws its bar only when the run ends where it cannot redraw a line: a piped
+    training printed nothing from its first line to its last (a bug bash: a CI system that stops
+    jobs after minutes without output would stop a long one), then the bar laid out over several
+    lines. ``print_line`` is the console's (``VerbContext.console``).
+    """
+
+    SHOWN = ("train_loss", "val/image_AUROC", "val/pixel_AUROC")  # the logged figures a line names, when there
+
+    def __init__(self, print_line: Callable[[str], None]) -> None:
+        super().__init__()
+        self.print_line = print_line
+        self._start = time.perf_counter()
+        self._enabled = True
+
+    def disable(self) -> None:  # noqa: D102
+        self._enabled = False
+
+    def enable(self) -> None:  # noqa: D102
+        self._enabled = True
+
+    @contextlib.contextmanager
+    def phase(self, description: str) -> Iterator[Callable[[int, int], None]]:
+        """``update(done, total)`` of a long step of the fit: a line at each quarter (``EpochProgressBar.phase``)."""
+        start, said = time.perf_counter(), [0]
+
+        def update(done: int, total: int) -> None:
+            quarter = 4 * done // max(total, 1)
+            if self._enabled and quarter > said[0]:
+                said[0] = quarter
+                self.print_line(f"{description}: {done} of {total} ({time.perf_counter() - start:.0f} s)")
+
+        yield update
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        # (after the epoch's validation: its figures are in callback_metrics)
+        if trainer.global_rank != 0 or not self._enabled:
+            return
+        figures = {}
+        for name in self.SHOWN:
+            value = trainer.callback_metrics.get(name, trainer.callback_metrics.get(f"{name}_epoch"))
+            if value is not None:
+                figures[name] = float(value)
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        said = "".join(f", {name} {value:.4f}" for name, value in figures.items())
+        self.print_line(f"epoch {trainer.current_epoch + 1}{epochs}: {time.perf_counter() - self._start:.1f} s{said}")
+
+
 class EpochTimer(L.Callback):
     """Log each training epoch's wall time (``time/epoch_s``) to the CSV and TensorBoard logs.
 
@@ -715,11 +769,14 @@ def build_trainer(
     log_every_n_steps: int,
     unused_parameters: bool = True,
     bar: bool = True,
+    lines: Callable[[str], None] | None = None,
 ) -> tuple[L.Trainer, dict]:
     """A ``lightning.Trainer`` for one training run; returns it and the helper callbacks by role.
 
     ``unused_parameters``: the model's ``ddp_unused_parameters``, for strategy ``ddp`` on several devices.
-    ``bar`` False (a quiet console): no progress bar unless the settings name one.
+    ``bar`` False (a quiet console): no progress bar unless the settings name one. ``lines``: where the
+    progress goes into output that is not a terminal, one line per epoch (``EpochLines``), in place
+    of the bar.
 
     Raises one ``OTXConfigError`` line for arguments Lightning refuses (an accelerator the machine
     does not have, an unknown strategy, more devices than there are).
@@ -756,7 +813,9 @@ def build_trainer(
     if not any(isinstance(c, ProgressBar) for c in callbacks):
         if not bar:
             settings.setdefault("enable_progress_bar", False)  # (with a bar among the callbacks, Lightning refuses it)
-        if settings.get("enable_progress_bar", True):
+        if settings.get("enable_progress_bar", True) and lines is not None:  # not a terminal: lines, not a bar
+            callbacks.append(EpochLines(lines))
+        elif settings.get("enable_progress_bar", True):
             callbacks.append(EpochProgressBar())  # where Lightning would add its own
     if best is not None:
         callbacks.append(BestAcrossResume(best))

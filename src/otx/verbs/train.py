@@ -332,7 +332,12 @@ def run(
     steps = max(1, min(50, len(splits["train"]) // data.images_per_batch(model.preprocessor)))
     # Engine(console=Console(quiet=True)) and processes of rank > 0: no epoch bar either (Lightning draws it on its own)
     asked_precision = settings.get("precision")
-    trainer, roles = build_trainer(settings, run.path, steps, model.ddp_unused_parameters, bar=not ctx.console.quiet)
+    # output that is not a terminal (a log file, a CI job): a line per epoch instead of a bar drawn at the end
+    drawn = ctx.console.is_terminal or ctx.console.is_jupyter  # (a notebook draws rich's bars too)
+    lines = None if drawn else lambda line: ctx.console.print(line, highlight=False, soft_wrap=True)
+    trainer, roles = build_trainer(
+        settings, run.path, steps, model.ddp_unused_parameters, bar=not ctx.console.quiet, lines=lines
+    )
     rank, world = trainer.global_rank, trainer.world_size
     asked = SHORT_PRECISION.get(str(asked_precision), str(asked_precision))
     if asked_precision is not None and asked != str(trainer.precision):
