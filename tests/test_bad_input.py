@@ -1147,13 +1147,18 @@ def test_a_latest_json_naming_a_deleted_run_points_to_the_model_still_there(
     ['{"train": "20200101-000000-train"}', "not json", '{"train": 5}', '{"train": ["x"]}', '{"train": "../ws0/run"}'],
 )
 def test_a_latest_json_that_cannot_serve_is_named(content: str, tmp_path: Path, capsys) -> None:
-    # (a number or a list as the run: before, a TypeError, "internal error")
+    # (a number or a list as the run: before, a TypeError, "internal error"; a path to another work dir's run that
+    # is there, with its model: before, followed without a word)
+    tmp_path = tmp_path / "ws"
+    tmp_path.mkdir()
+    other = tmp_path.parent / "ws0" / "run"
+    other.mkdir(parents=True)
+    (other / "model.ckpt").write_bytes(b"another work dir's model")
     (tmp_path / "latest.json").write_text(content)
     assert main(["test", "--work_dir", str(tmp_path)]) == 1
     said = capsys.readouterr().err
     expected = {"{": "which is gone", "n": "latest.json is not valid JSON"}.get(content[0], "")
     if content in ('{"train": 5}', '{"train": ["x"]}', '{"train": "../ws0/run"}'):  # a path: not followed elsewhere
-        (tmp_path.parent / "ws0" / "run").mkdir(parents=True, exist_ok=True)
         expected = f"latest.json names {content[10:-1]} as the train run, not a run folder's name"
     assert "no trained model" in said and expected in said and "Traceback" not in said
     assert (tmp_path / "latest.json").read_text() == content  # left as it was
@@ -1168,7 +1173,7 @@ def test_a_latest_json_replaced_because_it_was_damaged_is_said(
     args = ["test", "--checkpoint", trained_padim["checkpoint"], "--work_dir", tmp_path, "--data.num_workers", "0"]
     assert main(args) == 0
     said = " ".join(capsys.readouterr().err.split())
-    assert "latest.json in " in said and "was not valid JSON" in said and "naming this test run only" in said, said
+    assert "could not be read as a mapping" in said and "naming this test run only" in said, said
     (run,) = tmp_path.glob("*-test")
     assert json.loads((tmp_path / "latest.json").read_text()) == {"test": run.name}
 
@@ -1335,6 +1340,11 @@ def test_shared_memory_for_data_loading_workers_is_not_called_out_of_memory() ->
     wrapped.__cause__ = torch_words
     assert shared_memory(wrapped) is not None
     assert shared_memory(RuntimeError("CUDA out of memory")) is None and out_of_memory(RuntimeError("out of memory"))
+    # a full --work_dir that lies under /dev/shm (a tmpfs) is a full disk, not the workers' shared memory
+    import errno
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/dev/shm/ws/20261206-100000-train/model.ckpt")
+    assert shared_memory(full) is None and "no space left on the disk writing '/dev/shm/ws/" in str(out_of_space(full))
 
 
 def test_a_latest_json_that_cannot_be_written_says_the_run_finished(

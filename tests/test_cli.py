@@ -712,3 +712,16 @@ def test_a_pipe_whose_reader_stops_early_does_not_stop_the_command(sample_root: 
     (run,) = (tmp_path / "ws").glob("*-train")
     assert (run / "model.ckpt").is_file() and not (run / "FAILED").exists()
     assert "the output's reader has gone (a closed pipe)" in (run / "otx.log").read_text()
+
+
+def test_the_console_scripts_stdout_copies_and_writes_lines_after_its_reader_has_gone() -> None:
+    import copy
+    import io
+
+    from otx.logs import PipeSafe
+
+    stream = PipeSafe(io.StringIO())
+    stream.writelines(["a\n", "b\n"])
+    assert stream.getvalue() == "a\nb\n" and copy.copy(stream).getvalue() == "a\nb\n"  # (a copy: no recursion)
+    stream.gone = True
+    assert stream.write("dropped") == len("dropped") and stream.getvalue() == "a\nb\n"

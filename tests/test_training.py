@@ -692,3 +692,32 @@ def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path: Path) ->
             load_checkpoint(path)
     with pytest.raises(OTXError, match=r"^model '/dev/null' is a device, not a regular file; pass the \.xml"):
         check_model_path("/dev/null")
+
+
+def test_piped_epoch_lines_name_only_the_validations_of_their_epoch(sample_root: Path, tmp_path: Path) -> None:
+    # Into a file or pipe: a line per epoch; an epoch without validation (check_val_every_n_epoch 2) names no
+    # validation figure (a review: the last epoch's stayed in callback_metrics), and a model's self.print is a line
+    import io
+
+    from rich.console import Console
+
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.models import Stfpm
+    from otx.training import EpochLines
+
+    out = io.StringIO()
+    data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
+    trainer = {"max_epochs": 2, "check_val_every_n_epoch": 2, "callbacks": []}
+    model = Stfpm(input_size=(64, 64))
+    Engine(model=model, data=data, work_dir=tmp_path, console=Console(file=out), trainer=trainer).train()
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"], out.getvalue()
+    assert "train_loss" in lines[0] and "val/" not in lines[0] and "val/image_AUROC" in lines[1]
+    said: list[str] = []
+    bar = EpochLines(said.append)
+    assert bar.is_enabled and not bar.is_disabled  # (LightningModule.print asks)
+    bar.print("a", 1)
+    bar.disable()
+    bar.print("not shown")
+    assert said == ["a 1"] and bar.is_disabled

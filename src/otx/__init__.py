@@ -24,28 +24,36 @@ def offline() -> bool:
 
 
 def _writable_matplotlib_dir() -> None:
-    """``MPLCONFIGDIR`` in a private temporary folder where matplotlib's own (under ``~/.config``) cannot be made.
+    """``MPLCONFIGDIR`` in a private temporary folder where matplotlib could not write its own (Linux).
 
     In a container with a read-only home, matplotlib wrote two lines to stderr on every otx command
     (its own temporary folder, and advice to set ``MPLCONFIGDIR``), which broke the one-line error
-    (a bug bash). Matplotlib's own check: the folder made, or there, and writable. A value the user
-    set is kept.
+    (a bug bash). Matplotlib's folders on Linux: ``$XDG_CONFIG_HOME`` (``~/.config``) and
+    ``$XDG_CACHE_HOME`` (``~/.cache``), each ``/matplotlib``; each must be writable, or made where
+    its nearest existing parent is. Nothing is made here. A value the user set is kept.
     """
-    if os.environ.get("MPLCONFIGDIR"):
+    if os.environ.get("MPLCONFIGDIR") or not sys.platform.startswith("linux"):
         return
-    import tempfile
     from pathlib import Path
 
+    def writable(folder: Path) -> bool:
+        while not folder.exists():  # made by matplotlib under its nearest existing parent
+            if folder.parent == folder:
+                return False
+            folder = folder.parent
+        return folder.is_dir() and os.access(folder, os.W_OK)
+
     try:
-        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-        folder = base / "matplotlib"
-        folder.mkdir(parents=True, exist_ok=True)
-        if os.access(folder, os.W_OK) and folder.is_dir():
+        home = Path.home()
+        config, cache = os.environ.get("XDG_CONFIG_HOME"), os.environ.get("XDG_CACHE_HOME")
+        bases = (config or home / ".config", cache or home / ".cache")
+        if all(writable(Path(base) / "matplotlib") for base in bases):
             return
     except (OSError, RuntimeError):  # (RuntimeError: no home to expand)
         pass
     import atexit
     import shutil
+    import tempfile
 
     os.environ["MPLCONFIGDIR"] = folder = tempfile.mkdtemp(prefix="otx-matplotlib-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # (as matplotlib removes its own)

@@ -22,7 +22,7 @@ from otx import __version__
 from otx.boxes import LEGACY_SCORE, BoxSettings, unknown_saved
 from otx.errors import OTXError
 from otx.preprocess import saved_settings
-from otx.workdir import RUN_FOLDER, WorkDir, atomic_write_bytes, run_order
+from otx.workdir import WorkDir, atomic_write_bytes
 
 if TYPE_CHECKING:  # the models import this module's users; kept light for training.py and scoring.py
     from otx.models.base import AnomalyModel
@@ -213,9 +213,9 @@ def latest_checkpoint(workdir: WorkDir) -> Path:
 
         states = interrupted_states(workdir.root) if workdir.root.is_dir() else []
         # finished trainings that latest.json does not name (it names a run deleted since, or none)
-        # by the runs' own names and order (before: every "*-train*" folder by name, a renamed old one as newest)
-        found = workdir.root.glob(f"*-train*/{CHECKPOINT_NAME}") if workdir.root.is_dir() else []
-        trained = sorted((p for p in found if RUN_FOLDER.match(p.parent.name)), key=lambda p: run_order(p.parent.name))
+        # finished runs by their own names and order (before: every "*-train*" folder by name, a renamed old one
+        # as newest, a failed one too)
+        trained = [run / CHECKPOINT_NAME for run in workdir.finished("train") if (run / CHECKPOINT_NAME).is_file()]
         hints = [f"the newest model trained there is {trained[-1]}: pass it with --checkpoint"] if trained else []
         if states:
             hints.append(

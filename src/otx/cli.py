@@ -1402,7 +1402,8 @@ def main(argv: list[str | os.PathLike[str]] | None = None) -> int:
     caller = None if argv is None else _CallerState()
     command_line = COMMAND_LINE.set(True)  # messages name the command line's options
     try:
-        code = _main([os.fspath(arg) for arg in (sys.argv[1:] if argv is None else argv)], whole_process=caller is None)
+        given = sys.argv[1:] if argv is None else argv
+        code = _main([os.fspath(a) if isinstance(a, os.PathLike) else a for a in given], whole_process=caller is None)
         if caller is None:
             _ended(code)
         return code

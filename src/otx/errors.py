@@ -35,7 +35,10 @@ _TOO_LARGE = re.compile(r"File too large", re.IGNORECASE)  # EFBIG: a file syste
 # OpenVINO's serialiser words a failed write (a full disk, a file size limit) as its stream's error (a bug bash)
 _STREAM_FAILED = re.compile(r"basic_ios::clear|iostream error")
 # PyTorch's data-loading workers hand batches over in /dev/shm: a small one (a container's 64 MB) fails there
-_SHARED_MEMORY = re.compile(r"shared memory|unable to resize file|/dev/shm", re.IGNORECASE)
+_SHARED_MEMORY = re.compile(  # PyTorch's words, not a path: a full --work_dir under /dev/shm is a full disk
+    r"unable to allocate shared memory|out of shared memory|unable to resize file|unable to write to file </torch_",
+    re.IGNORECASE,
+)
 
 
 def out_of_space(exc: BaseException, where: str | None = None) -> OTXDiskError | None:

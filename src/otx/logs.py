@@ -114,6 +114,11 @@ class PipeSafe:
         except BrokenPipeError:
             self._reader_gone()
 
+    def writelines(self, lines: Any) -> None:
+        """Write each line (``write``'s care for a reader that has gone)."""
+        for line in lines:
+            self.write(line)
+
     def _reader_gone(self) -> None:
         self.gone = True
         with contextlib.suppress(OSError, ValueError):  # what is still buffered goes nowhere, without an error
@@ -127,6 +132,8 @@ class PipeSafe:
         )
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_stream" or name.startswith("__"):  # (a copy being made has no _stream yet: no recursion)
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 

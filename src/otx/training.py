@@ -401,12 +401,32 @@ class EpochLines(ProgressBar):
         self.print_line = print_line
         self._start = time.perf_counter()
         self._enabled = True
+        self._validated = -1  # the epoch the last validation ran in
 
     def disable(self) -> None:  # noqa: D102
         self._enabled = False
 
     def enable(self) -> None:  # noqa: D102
         self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        """Whether lines are printed (``LightningModule.print`` asks a progress bar)."""
+        return self._enabled
+
+    @property
+    def is_disabled(self) -> bool:
+        """Whether lines are left out (a process of rank > 0)."""
+        return not self._enabled
+
+    def print(self, *args: Any, sep: str = " ", **kwargs: Any) -> None:
+        """A model's ``self.print`` as one more line."""
+        if self._enabled:
+            self.print_line(sep.join(map(str, args)))
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:  # noqa: D102
+        if not trainer.sanity_checking:
+            self._validated = trainer.current_epoch  # (an epoch without validation keeps the last one's figures)
 
     @contextlib.contextmanager
     def phase(self, description: str) -> Iterator[Callable[[int, int], None]]:
@@ -430,6 +450,8 @@ class EpochLines(ProgressBar):
             return
         figures = {}
         for name in self.SHOWN:
+            if name.startswith("val/") and self._validated != trainer.current_epoch:
+                continue  # not validated this epoch (check_val_every_n_epoch): no figures of an earlier one
             value = trainer.callback_metrics.get(name, trainer.callback_metrics.get(f"{name}_epoch"))
             if value is not None:
                 figures[name] = float(value)

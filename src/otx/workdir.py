@@ -267,7 +267,7 @@ class WorkDir:
             pointers = self._read_pointers()
             if pointers is None and (self.root / LATEST).is_file():  # said, not dropped in silence (a bug bash)
                 log.warning(
-                    "%s in %s was not valid JSON (or not a mapping of commands to runs): it is replaced by one naming "
+                    "%s in %s could not be read as a mapping of commands to runs: it is replaced by one naming "
                     "this %s run only; the other commands' latest runs are no longer named (pass their files by path)",
                     LATEST,
                     self.root,
@@ -387,6 +387,18 @@ class Run:
                 HELD_STOPS.clear()
 
     def _close(self, success: bool) -> None:
+        unmarked = None  # latest.json not updated: said (otx.log too, its handler still attached), then raised
+        if success and not self.scratch:
+            try:
+                self.workdir.mark_latest(self)
+            except OSError as exc:  # before: "internal error ...; a bug in otx: no run folder was made" (a bug bash)
+                unmarked = OTXError(
+                    f"the {self.command} run finished and its files are written ({self.path}), but {LATEST} could not "
+                    f"be updated ({exc.strerror or exc}): later commands do not take this run by default; free some "
+                    f"space in or fix the permissions of '{self.workdir.root}', or pass this run's files by path"
+                )
+                unmarked.__cause__ = exc
+                log.error("%s", unmarked, extra={"file_only": True})
         logger = logging.getLogger("otx")
         logger.removeHandler(self._handler)
         self._handler.close()
@@ -401,14 +413,8 @@ class Run:
         if self.scratch:
             shutil.rmtree(self.path, ignore_errors=True)
         elif success:
-            try:
-                self.workdir.mark_latest(self)
-            except OSError as exc:  # before: "internal error ...; a bug in otx: no run folder was made" (a bug bash)
-                raise OTXError(
-                    f"the {self.command} run finished and its files are written ({self.path}), but {LATEST} could not "
-                    f"be updated ({exc.strerror or exc}): later commands do not take this run by default; free some "
-                    f"space in or fix the permissions of '{self.workdir.root}', or pass this run's files by path"
-                ) from exc
+            if unmarked is not None:
+                raise unmarked
             FINISHED[:] = [self.path]  # the latest only (a Python session runs many)
         else:  # before: an interrupted export or optimize left files that looked like a result (bug bash)
             STOPPED[:] = [self]
@@ -450,8 +456,11 @@ def training_checkpoint(exported: str | Path) -> Path | None:
 
     None when the run folder beside the model does not name one (a model copied out of its work dir).
     """
-    source = (_read_config(Path(exported).parent) or {}).get("checkpoint")
-    return Path(source) if isinstance(source, str) and source.endswith(".ckpt") else None
+    config = _read_config(Path(exported).parent) or {}
+    for source in (config.get("checkpoint"), config.get("trained_checkpoint")):  # (an optimize run's own IR: its
+        if isinstance(source, str) and source.endswith(".ckpt"):  # checkpoint is recorded as trained_checkpoint)
+            return Path(source)
+    return None
 
 
 def _data_root(config: dict[str, Any] | None) -> str | None:

@@ -435,8 +435,9 @@ class AnomalyModel(L.LightningModule):
     def fit_progress(self, description: str) -> Iterator[Callable[[int, int], None]]:
         """``update(done, total)`` of a bar of its own on the training's progress display, for a long step of the fit.
 
-        The bar is the trainer's progress bar's ``phase`` (``otx.training.EpochProgressBar``);
-        without one (no trainer, another bar, a process of rank > 0) updates go nowhere.
+        The bar is the trainer's progress bar's ``phase`` (``otx.training.EpochProgressBar`` on a
+        terminal, ``EpochLines``' quarter lines into a file or pipe); without one (no trainer, another
+        bar, a process of rank > 0) updates go nowhere.
         """
         trainer = self._trainer  # (Lightning's; None outside a fit)
         phase = getattr(getattr(trainer, "progress_bar_callback", None), "phase", None)

@@ -11,7 +11,7 @@ from otx.boxes import BoxSettings
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.deploy.inferencer import is_exported_model
 from otx.errors import OTXDataError, OTXError, for_caller
-from otx.results import OptimizeResult
+from otx.results import OptimizeResult, recorded_path
 from otx.verbs.context import VerbContext, write_result
 from otx.verbs.resolve import eval_data, one_sided_warning, unfinished_run, validation_set, warn_other_model
 from otx.workdir import Run, WorkDir, run_order, training_checkpoint, training_data_root
@@ -103,7 +103,6 @@ def run(
     against = "FP32" if info.precision == "FP32" else f"{info.precision} IR"
     adapter = ctx.adapter(info.task)
     data_info = {**info.data_record(), "data_root": data_record.get("data_root") or training_data_root(source)}
-    fingerprint = data_info["fingerprint"]
     data = eval_data(ctx, data_info, purpose="check")
     if data is None:
         raise OTXDataError(
@@ -112,8 +111,6 @@ def run(
         )
     preprocess = info.preprocessor()  # masks at the map size; the graph pre-processes the images
     validation = validation_set(data, adapter.pixel_level, preprocess)
-    if data.index and fingerprint not in (None, "unknown") and fingerprint != data.index.fingerprint():
-        log.warning("the model was trained on other files than '%s' holds; calibrating on them anyway", data.data_root)
     train = data.splits["train"]
     scheme = scheme_for(info)
     if subset_size is None:  # the model's own default
@@ -140,7 +137,7 @@ def run(
         {"exported_model": str(source), "model_info": dict(info.raw)},
         {
             "checkpoint": str(source),
-            **({"trained_checkpoint": str(trained)} if trained is not None else {}),
+            **({"trained_checkpoint": recorded_path(trained)} if trained is not None else {}),
             "subset_size": subset_size,
             "max_drop": max_drop,
             "weight_bits": bits,
