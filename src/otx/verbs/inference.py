@@ -431,19 +431,23 @@ def tune_boxes(
     return tune(maps, labels, gt_boxes, on_normal=on_normal, images=images, refine=refine, first=first)
 
 
-def unmarked_predictions(adapter: TaskAdapter, predictions: list[Prediction]) -> list[Prediction]:
-    """The predictions labelled anomalous that mark nothing: no box (detection), an empty mask (segmentation).
+def marks_nothing(adapter: TaskAdapter, prediction: Prediction) -> bool:
+    """Whether a prediction labelled anomalous marks nothing: no box (detection), an empty mask (segmentation).
 
     A segmentation prediction is looked at only while it holds its mask (``otx predict`` drops it
-    once written). Classification marks no region: none.
+    once written). Classification marks no region: never.
     """
+    if prediction.label_name != "anomalous":
+        return False
     if adapter.box_level:
-        return [p for p in predictions if p.label_name == "anomalous" and not len(p.pred_boxes)]
-    if adapter.pixel_level:  # (an image threshold set below the pixel threshold: a bug bash saw 4 of 57 images)
-        return [
-            p for p in predictions if p.label_name == "anomalous" and p.pred_mask is not None and not p.pred_mask.any()
-        ]
-    return []
+        return not len(prediction.pred_boxes)
+    # (an image threshold set below the pixel threshold: a bug bash saw 4 of 57 images)
+    return bool(adapter.pixel_level and prediction.pred_mask is not None and not prediction.pred_mask.any())
+
+
+def unmarked_predictions(adapter: TaskAdapter, predictions: list[Prediction]) -> list[Prediction]:
+    """The predictions labelled anomalous that mark nothing (``marks_nothing``)."""
+    return [p for p in predictions if marks_nothing(adapter, p)]
 
 
 def unmarked_key(adapter: TaskAdapter) -> str | None:

@@ -23,11 +23,11 @@ from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import (
     batches,
+    marks_nothing,
     prediction_counts,
     to_predictions,
     unmarked_key,
     unmarked_note,
-    unmarked_predictions,
 )
 from otx.verbs.resolve import eval_data, resolve_model, untuned_boxes
 from otx.visualize import overlay, write_overlay, write_png
@@ -151,10 +151,10 @@ def run(
     unmarked: list[int] = []  # the positions of images labelled anomalous that mark nothing (before masks are dropped)
     start = time.perf_counter()
     for outputs, batch_samples, errors in batches(ctx, data, scorer, samples, "predict", skip_errors=True):
-        positions.extend(outputs["index"].tolist())
+        indices = outputs["index"].tolist()
+        positions.extend(indices)
         batch_preds = to_predictions(adapter, scorer, outputs, batch_samples, errors)
-        marks_none = {id(p) for p in unmarked_predictions(adapter, batch_preds)}
-        unmarked.extend(i for i, p in zip(outputs["index"].tolist(), batch_preds, strict=True) if id(p) in marks_none)
+        unmarked.extend(i for i, p in zip(indices, batch_preds, strict=True) if marks_nothing(adapter, p))
         for pred, sample, error in zip(batch_preds, batch_samples, errors, strict=True):
             if error:  # no decision for an unreadable image (Prediction.unreadable); the folder's rest is predicted
                 continue  # (said below, by rank 0 for every process's images)

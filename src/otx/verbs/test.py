@@ -128,7 +128,8 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     labels = scored_outputs["labels"].numpy() == 1
     image_threshold = scorer.thresholds[0]
     decisions = image_decisions(scored_outputs["scores"].numpy(), labels, image_threshold)
-    given = scorer.threshold_origin().get("image", "").startswith("given")
+    origin = scorer.threshold_origin()  # (metrics.json, the report, and whether the image threshold was given)
+    given = origin.get("image", "").startswith("given")
     for message in threshold_warnings(
         scored_outputs["scores"].numpy(), labels, image_threshold, "image", "test", given=given
     ):
@@ -179,7 +180,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             errors=errors_list,
             warnings=list(ctx.warnings),
             thresholds=scorer.stats(),
-            threshold_origin=scorer.threshold_origin(),
+            threshold_origin=origin,
             data_root=str(Path(data.data_root).expanduser().resolve())
             if data.data_root
             else "",  # (read without its folder)
@@ -201,7 +202,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
         per_defect=per_type,
         splits=splits,
         thresholds=scorer.stats(),
-        threshold_origin=scorer.threshold_origin(),
+        threshold_origin=origin,
         counts=prediction_counts(predictions),
         errors=errors_list,
         timing_s={"inference_s": round(infer_s, 2), "metrics_s": round(metrics_s, 2)},
