@@ -673,6 +673,32 @@ def test_a_checkpoint_holding_nan_is_refused_with_what_holds_it(trained_padim: d
         assert done.returncode == 1 and done.stderr.count("\n") == 1 and "internal error" not in done.stderr
 
 
+class PadimOfTheCaller(__import__("otx.models").models.Padim):
+    """A model class of the caller's own module (imported already, so a checkpoint may name it)."""
+
+
+def test_a_checkpoint_imports_no_module_it_names(trained_padim: dict, tmp_path: Path, monkeypatch) -> None:
+    # Before: the class_path a checkpoint named was imported before anything was checked, so a module beside the
+    # file (`python -m otx` puts the current folder on sys.path) or any installed one ran its code (a bug bash).
+    ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=True)
+    (tmp_path / "shared_utils.py").write_text("open(__file__ + '.ran', 'w').close()\nPadim = None\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for named in ("shared_utils.Padim", "this.Zen"):
+        edited = tmp_path / "edited.ckpt"
+        torch.save({**ckpt, "model": {**ckpt["model"], "class_path": named}}, edited)
+        done = run_main("predict", "--checkpoint", str(edited), "--source", str(tmp_path), cwd=tmp_path)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert f"names the model class {named}, from a module that is not imported" in done.stderr
+    assert not (tmp_path / "shared_utils.py.ran").exists()
+    for named in ("otx.models.base.torch", "otx.checkpoint.WorkDir"):  # otx's own, but no model
+        torch.save({**ckpt, "model": {**ckpt["model"], "class_path": named}}, edited)
+        with pytest.raises(OTXError, match="which is not an otx model"):
+            load_checkpoint(edited)
+    # a model class the caller has imported loads (benchmarks/candidate_models.py's, a notebook's)
+    torch.save({**ckpt, "model": {**ckpt["model"], "class_path": f"{__name__}.PadimOfTheCaller"}}, edited)
+    assert type(load_checkpoint(edited)[0]) is PadimOfTheCaller
+
+
 def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path: Path) -> None:
     # before: "checkpoint '/dev/null' does not exist" of a device, a pipe and a link in a loop alike (a bug bash)
     import os

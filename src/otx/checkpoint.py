@@ -13,6 +13,7 @@ import importlib
 import io
 import re
 import stat
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,8 +129,7 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             f"otx {__version__} reads up to {CHECKPOINT_SCHEMA}); upgrade otx to the version that wrote it"
         )
     try:
-        module_name, _, class_name = ckpt["model"]["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module_name), class_name)
+        cls = _model_class(path, ckpt["model"]["class_path"])
         with saved_settings():  # as trained, also settings new models may no longer take
             model = cls.without_weights(**cls.upgrade_init_args(dict(ckpt["model"]["init_args"])))
         model.load_state_dict(ckpt["state_dict"])
@@ -160,6 +160,31 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({exc.__class__.__name__}: {exc}); {_HINT}") from exc
     model.eval()
     return model, ckpt
+
+
+def _model_class(path: Path, named: Any) -> type[AnomalyModel]:
+    """The model class a checkpoint names, imported only from otx's models or a module already imported.
+
+    A checkpoint is data from anyone: importing the module it names runs that module's code (a
+    bug bash made one print the Zen of Python, and one beside the file write to disk, before
+    "not a readable otx checkpoint"). otx's own models (``otx.models.*``) are imported; a model
+    class of the caller's (a candidate's module, a notebook's) must be imported first.
+    """
+    from otx.models.base import AnomalyModel
+
+    if not isinstance(named, str) or "." not in named:
+        raise OTXError(f"'{path}' names no model class ({named!r} as its class_path); {_HINT}")
+    module_name, _, class_name = named.rpartition(".")
+    if not (module_name == "otx.models" or module_name.startswith("otx.models.") or module_name in sys.modules):
+        raise OTXError(
+            f"'{path}' names the model class {named}, from a module that is not imported; otx does not import "
+            f"what a checkpoint names (its code would run): import {module_name} first (from Python, before the "
+            "Engine loads the file), or pass the model.ckpt of an otx model"
+        )
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, AnomalyModel)):
+        raise OTXError(f"'{path}' names {named} as its model, which is not an otx model (AnomalyModel); {_HINT}")
+    return cls
 
 
 def missing_file(path: Path) -> str:
