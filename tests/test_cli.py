@@ -725,3 +725,22 @@ def test_the_console_scripts_stdout_copies_and_writes_lines_after_its_reader_has
     assert stream.getvalue() == "a\nb\n" and copy.copy(stream).getvalue() == "a\nb\n"  # (a copy: no recursion)
     stream.gone = True
     assert stream.write("dropped") == len("dropped") and stream.getvalue() == "a\nb\n"
+
+
+def test_paths_with_brackets_are_printed_as_they_are(trained_padim: dict, sample_root: Path, tmp_path: Path) -> None:
+    # Before: rich read "[good]" in a path as a style tag ("run folder: .../w parts/...", a folder that does not
+    # exist), and "[/]" ended the command with "internal error (MarkupError ...)" (a bug bash of untrusted files).
+    odd = tmp_path / "[/]x" / "[red]model"
+    odd.mkdir(parents=True)
+    shutil.copy(trained_padim["checkpoint"], odd / "model.ckpt")
+    image = next((sample_root / "bottle_like" / "test").glob("*/*.png"))
+    shutil.copy(image, odd / "[red]part.png")
+    work = tmp_path / "w[good] parts"
+    done = run_main(
+        "predict", "--checkpoint", str(odd / "model.ckpt"), "--source", str(odd), "--work_dir", str(work), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = work.glob("*-predict")
+    assert f"run folder: {run}\n" in done.stdout and f"checkpoint: {odd / 'model.ckpt'}\n" in done.stdout
+    made = run_main("data", "make-sample", str(tmp_path / "[/]s"), "--categories", "tile_like", cwd=tmp_path)
+    assert made.returncode == 0 and f"wrote {tmp_path / '[/]s' / 'tile_like'}" in made.stdout, made.stderr

@@ -539,7 +539,8 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
             os.path.expanduser(str(cfg.data_root))
         ):  # both from one --config file (the command line's are folded to agree)
             console.print(
-                f"[yellow]warning[/]: the config's data_root {cfg.data_root} wins over its data.data_root {given} "
+                f"[yellow]warning[/]: the config's data_root {escape(str(cfg.data_root))} wins over its data.data_root "
+                f"{escape(str(given))} "
                 "(set in that --config file or an earlier one, as config.yaml files written before 2026-12-06 hold "
                 "both: edit data_root, or pass --data_root DIR)"
             )
@@ -763,7 +764,7 @@ def _make_sample(cfg: Namespace, console: Console) -> None:
     except OSError as exc:
         raise OTXError(f"cannot write the sample data to '{out_dir}' ({exc.strerror}); pass a writable folder") from exc
     for root in roots:
-        console.print(f"wrote {root}")
+        console.print(f"wrote {escape(str(root))}")
 
 
 _PARSER_PATTERNS = (

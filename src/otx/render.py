@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -43,8 +44,8 @@ def describe_loaded(scorer: Scorer) -> str:
                 ": normalised scores can differ from f32's by 0.1 or more, and labels near the threshold with them; "
                 "--inference_precision f32 (the default) runs it as otx checked it"
             )
-        return for_caller(f"exported model: {scorer.source} (OpenVINO {inf.device}, {precision})")
-    return f"checkpoint: {scorer.source}"
+        return for_caller(f"exported model: {escape(str(scorer.source))} (OpenVINO {inf.device}, {precision})")
+    return f"checkpoint: {escape(str(scorer.source))}"
 
 
 def render(console: Console, result: Result) -> None:
@@ -86,7 +87,7 @@ def render(console: Console, result: Result) -> None:
             extra["demo_package"] = result.demo_package
         _summary(console, result, check, f"{result.format} {result.precision} vs torch", extra)
     elif isinstance(result, OptimizeResult):
-        console.print(f"scheme: {result.scheme} ({result.scheme_summary})")
+        console.print(escape(f"scheme: {result.scheme} ({result.scheme_summary})"))
         _decisions(console, result, "INT8", {"optimized_model": result.optimized_model})
     elif isinstance(result, BenchmarkResult):
         _benchmark(console, result)
@@ -119,11 +120,11 @@ def _summary(console: Console, result: Result, metrics: dict[str, Any], title: s
             text = "n/a" if math.isnan(value) else f"{value:.4f}"  # AUROC of one class: null in metrics.json
         else:
             text = str(value)
-        table.add_row(key, text)
+        table.add_row(key, escape(text))
     console.print(table)
-    for key, value in extra.items():
-        console.print(f"{key}: {value}")
-    console.print(f"run folder: {result.run_folder}")
+    for key, value in extra.items():  # (paths and names as they are: "w[good] parts" read "w parts", a bug bash)
+        console.print(f"{key}: {escape(str(value))}")
+    console.print(f"run folder: {escape(str(result.run_folder))}")
 
 
 def _decisions(
@@ -177,9 +178,9 @@ def _decisions(
     recalibrated = ", ".join(decisions["recalibrated"]) or kept
     console.print(f"recalibrated thresholds: {recalibrated}")
     for key, value in extra.items():
-        console.print(f"{key}: {value}")
+        console.print(f"{key}: {escape(str(value))}")
     if last:  # an FP16 export's torch check follows, and ends with the run folder
-        console.print(f"run folder: {result.run_folder}")
+        console.print(f"run folder: {escape(str(result.run_folder))}")
 
 
 def _benchmark(console: Console, result: BenchmarkResult) -> None:
@@ -198,7 +199,7 @@ def _benchmark(console: Console, result: BenchmarkResult) -> None:
         computes = r["inference_precision"]
         if r.get("quantization", "none") != "none" or r.get("model_precision") == "INT8":
             computes = f"int8 + {computes}"
-        cells = [r["model"], r["device"], computes]
+        cells = [escape(str(r["model"])), escape(str(r["device"])), computes]
         cells += [f"{r['latency_ms_median']:.2f}", f"{r['latency_ms_p95']:.2f}", f"{r['throughput_img_s']:.1f}"]
         cells.append(f"{r['size_mb']:.1f}" if "size_mb" in r else "-")
         if versus:
@@ -210,5 +211,5 @@ def _benchmark(console: Console, result: BenchmarkResult) -> None:
     legend = "MB: the model on disk (torch: its weights in memory)"
     if result.reference and versus:
         legend = f"x FP32 IR: images/s over {result.reference}'s; {legend}"
-    console.print(legend)
-    console.print(f"run folder: {result.run_folder}")
+    console.print(escape(legend))
+    console.print(f"run folder: {escape(str(result.run_folder))}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.data.datamodule import AnomalyDataModule
@@ -50,7 +51,7 @@ def plan(
         model, ckpt = load_checkpoint(checkpoint)
         warn_other_model(ctx, checkpoint, type(model).__name__, model.spec.name)
         task = ctx.adapter(ckpt.get("task")).task.value
-        ctx.console.print(f"checkpoint: {checkpoint} (exporting FP32 and FP16 IRs to time them)")
+        ctx.console.print(f"checkpoint: {escape(str(checkpoint))} (exporting FP32 and FP16 IRs to time them)")
         targets.append(("torch FP32", model))
         for precision in ("FP32", "FP16"):
             out = run.path / f"exported_{precision.lower()}"
@@ -219,14 +220,14 @@ def run(
         data=data,  # the data timed on (before: data_root null when it was the model's own)
     )
     ctx.console.print(
-        f"[bold]otx benchmark[/]: {len(targets)} model(s) on {described}; OpenVINO on {ctx.device} at "
+        f"[bold]otx benchmark[/]: {len(targets)} model(s) on {escape(described)}; OpenVINO on {ctx.device} at "
         f"{ctx.inference_precision}, warm-up {warmup}, {repeats} throughput repeats"
     )
     rows = []
     for label, target in targets:
         if isinstance(target, Path) and label.startswith("("):  # a given model file: precision from its metadata
             label = f"OpenVINO {read_model_info(target).precision} {label}"
-        ctx.console.print(f"  timing {label} ...")
+        ctx.console.print(f"  timing {escape(label)} ...")
         if isinstance(target, Path):
             row = benchmark_openvino(target, images, ctx.device, ctx.inference_precision, warmup, repeats)
             row["path"] = str(target)

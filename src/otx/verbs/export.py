@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from otx.checkpoint import latest_checkpoint, load_checkpoint, model_entry
 from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
@@ -49,7 +50,7 @@ def run(
         model_entry(model),
         {"checkpoint": str(path), "format": export_format, "precision": precision},
     )
-    ctx.console.print(f"checkpoint: {path}")
+    ctx.console.print(f"checkpoint: {escape(str(path))}")
     # Validation images check the export (and an FP16 IR's decisions); a bad data root stops before a file is written.
     record = ckpt.get("data") or {}
     try:

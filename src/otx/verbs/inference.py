@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from rich.markup import escape
 from torch.utils.data import DataLoader
 
 from otx import distributed
@@ -465,7 +466,7 @@ def unmarked_note(adapter: TaskAdapter, unmarked: list[Prediction], more: str = 
     )
     return (
         f"[yellow]note[/]: {len(unmarked)} image(s) labelled anomalous have {what} (e.g. "
-        f"{example.parent.name}/{example.name}): the image score passes its threshold but {why}{more}"
+        f"{escape(example.parent.name)}/{escape(example.name)}): the image score passes its threshold but {why}{more}"
     )
 
 

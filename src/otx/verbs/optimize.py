@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from otx.boxes import BoxSettings
 from otx.checkpoint import latest_checkpoint, load_checkpoint
 from otx.deploy.inferencer import is_exported_model
@@ -93,7 +95,7 @@ def run(
         trained = Path(source)
         model, ckpt = load_checkpoint(source)
         data_record = ckpt.get("data") or {}
-        ctx.console.print(f"checkpoint: {source} (exporting an FP32 IR first)")
+        ctx.console.print(f"checkpoint: {escape(str(source))} (exporting an FP32 IR first)")
         source = export_model(model, run.path, ctx.adapter(ckpt.get("task")).task.value, data=data_record)
     ov_model, info, source = read_exported(source)
     trained = trained or training_checkpoint(source)
@@ -147,7 +149,7 @@ def run(
     )
     n_val = len(validation.items) if validation is not None else 0
     ctx.console.print(
-        f"[bold]otx optimize[/]: {info.model_name} ({info.backbone}) from {source}, calibrating on "
+        f"[bold]otx optimize[/]: {escape(f'{info.model_name} ({info.backbone}) from {source}')}, calibrating on "
         f"{len(chosen)} of {len(train)} train/good images"
         + (f" and the {n_val} validation images" if scheme.calibrate_with_validation and n_val else "")
         + (f", accuracy control (max drop {max_drop}) on {n_val} validation images" if max_drop else "")
@@ -168,7 +170,7 @@ def run(
             )
     if against != "FP32":
         ctx.console.print(
-            f"note: {source.name} is an {against}; the INT8 model is checked against it, not against FP32 "
+            f"note: {escape(source.name)} is an {against}; the INT8 model is checked against it, not against FP32 "
             "(for that, pass the model.ckpt or an FP32 export)"
         )
     reference = with_raw_outputs(ov_model)
@@ -404,7 +406,7 @@ def quantize_ladder(
         except OTXError as exc:
             if not attempts:
                 raise
-            ctx.console.print(f"{step.name}: not used ({exc})")
+            ctx.console.print(escape(f"{step.name}: not used ({exc})"))
             continue
         quantized, decisions = keep_decisions(quantized, validation, stats, against)
         attempts.append((quantized, record, decisions))
