@@ -699,6 +699,32 @@ def test_a_checkpoint_imports_no_module_it_names(trained_padim: dict, tmp_path: 
     assert type(load_checkpoint(edited)[0]) is PadimOfTheCaller
 
 
+def test_a_checkpoint_whose_record_or_weights_do_not_fit_is_one_line(trained_padim: dict, tmp_path: Path) -> None:
+    # Before (a bug bash of foreign files): "internal error (ValueError ...)" in the verb that read a bad data record,
+    # and for weights of another backbone torch's 600-character key list, cut mid-word.
+    ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=True)
+    edited = tmp_path / "edited.ckpt"
+    profile = dict(ckpt["data"]["profile"])
+    del profile["width"]
+    for data, said in (
+        ({**ckpt["data"], "val_split": "abc"}, "data.val_split='abc'"),
+        ("abc", "data='abc'"),
+        ({**ckpt["data"], "profile": profile}, "data.profile="),
+        ({**ckpt["data"], "data_root": 5}, "data.data_root='5'"),
+        ({**ckpt["data"], "seed": 1.5}, "data.seed='1.5'"),
+    ):
+        torch.save({**ckpt, "data": data}, edited)
+        with pytest.raises(OTXError, match=rf"has a damaged data record \({re.escape(said)}"):
+            load_checkpoint(edited)
+    other = {**ckpt["model"], "init_args": {**ckpt["model"]["init_args"], "backbone": "resnet18"}}
+    torch.save({**ckpt, "model": other}, edited)
+    with pytest.raises(OTXError) as raised:
+        load_checkpoint(edited)
+    said = str(raised.value)
+    assert "holds weights that do not fit the model its settings describe (" in said and "missing" in said, said
+    assert len(said) < 400 and "\n" not in said
+
+
 def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path: Path) -> None:
     # before: "checkpoint '/dev/null' does not exist" of a device, a pipe and a link in a loop alike (a bug bash)
     import os

@@ -128,11 +128,23 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             f"'{path}' was written by a newer otx ({ckpt.get('otx_version', '?')}, checkpoint schema {schema}; this "
             f"otx {__version__} reads up to {CHECKPOINT_SCHEMA}); upgrade otx to the version that wrote it"
         )
+    if (problem := _data_problem(ckpt.get("data"))) is not None:  # before: "internal error (ValueError ...)" later
+        raise OTXError(
+            f"'{path}' has a damaged data record ({problem}): the file was edited or damaged; pass the model.ckpt "
+            "of another run, or train again"
+        )
     try:
         cls = _model_class(path, ckpt["model"]["class_path"])
         with saved_settings():  # as trained, also settings new models may no longer take
             model = cls.without_weights(**cls.upgrade_init_args(dict(ckpt["model"]["init_args"])))
-        model.load_state_dict(ckpt["state_dict"])
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:  # before: torch's list of every key, 600 characters cut mid-word (a bug bash)
+            raise OTXError(
+                f"'{path}' holds weights that do not fit the model its settings describe ("
+                f"{_mismatch(model.state_dict(), ckpt['state_dict'])}): the file was edited or damaged; pass the "
+                "model.ckpt of another run, or train again"
+            ) from exc
         if damaged := non_finite(model):  # before: a NaN threshold labelled every image "normal" (a bug bash)
             raise OTXError(
                 f"'{path}' cannot be used: its {damaged} holds NaN or infinite values (a damaged file, or a training "
@@ -185,6 +197,60 @@ def _model_class(path: Path, named: Any) -> type[AnomalyModel]:
     if not (isinstance(cls, type) and issubclass(cls, AnomalyModel)):
         raise OTXError(f"'{path}' names {named} as its model, which is not an otx model (AnomalyModel); {_HINT}")
     return cls
+
+
+def _mismatch(own: dict[str, Any], saved: Any) -> str:
+    """``N missing, M unexpected, K of another shape, e.g. <key>``: how a state dict differs from a model's."""
+    saved = saved if isinstance(saved, dict) else {}
+    missing = [key for key in own if key not in saved]
+    unexpected = [key for key in saved if key not in own]
+    shaped = [
+        key for key in own if key in saved and getattr(saved[key], "shape", None) != getattr(own[key], "shape", None)
+    ]
+    parts = [
+        f"{len(keys)} {what}"
+        for keys, what in ((missing, "missing"), (unexpected, "unexpected"), (shaped, "of another shape"))
+        if keys
+    ]
+    first = (missing or unexpected or shaped or ["?"])[0]
+    return f"{', '.join(parts) or 'other values'}, e.g. {first}"
+
+
+def _data_problem(data: Any) -> str | None:
+    """The first entry of a checkpoint's data record that the verbs cannot use, as ``key=value``; else None."""
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        return f"data={str(data)[:40]!r}"
+
+    def number(value: Any) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+
+    def pair(value: Any) -> bool:
+        return isinstance(value, list) and len(value) == 2 and all(number(v) for v in value) and value[0] <= value[1]
+
+    def profile(value: Any) -> bool:
+        return not value or (
+            isinstance(value, dict)
+            and isinstance(value.get("channels"), str)
+            and pair(value.get("height"))
+            and pair(value.get("width"))
+            and number(value.get("aspect", 1.0))
+        )
+
+    valid = {
+        "data_root": lambda v: isinstance(v, str),
+        "val_split": lambda v: number(v) and 0.0 < v < 1.0,
+        "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "fingerprint": lambda v: isinstance(v, str),
+        "val_files": lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v),
+        "has_masks": lambda v: isinstance(v, bool),
+        "profile": profile,
+    }
+    for key, check in valid.items():
+        if data.get(key) is not None and not check(data[key]):
+            return f"data.{key}={str(data[key])[:40]!r}"
+    return None
 
 
 def missing_file(path: Path) -> str:
