@@ -1014,6 +1014,30 @@ def test_large_scans_are_indexed_and_bombs_are_one_line(dataset_copy) -> None:
         index_mvtec(root)
 
 
+def test_an_image_declaring_more_pixels_than_the_limit_is_not_decoded(tmp_path: Path, monkeypatch) -> None:
+    # Before: a 389 KB PNG declaring 20000x20000 took 8.3 GB in otx predict, and one of 32000x32000 (under
+    # OpenCV's 2^30 pixels) would have left it to the OOM killer, without a word (a bug bash of foreign files).
+    from otx.errors import OTXConfigError
+
+    bomb = tmp_path / "bomb_mask.png"
+    _png_header_only(bomb, 20000, 20000)
+    said = r"cannot read {} '.*bomb_mask\.png': 20000x20000 is 400 MP, above the 268 MP otx decodes of one image"
+    with pytest.raises(OTXDataError, match=said.format("image")):
+        read_image(bomb)
+    with pytest.raises(OTXDataError, match=said.format("mask")):
+        read_mask(bomb)
+    small = tmp_path / "small.png"
+    assert cv2.imwrite(str(small), np.zeros((40, 50, 3), np.uint8))
+    monkeypatch.setenv("OTX_MAX_IMAGE_PIXELS", "1999")
+    with pytest.raises(OTXDataError, match=r"50x40 is 2,000 pixels, above the 1,999 pixels otx decodes"):
+        read_image(small)
+    monkeypatch.setenv("OTX_MAX_IMAGE_PIXELS", "2000")
+    assert read_image(small).shape == (40, 50, 3)
+    monkeypatch.setenv("OTX_MAX_IMAGE_PIXELS", "lots")
+    with pytest.raises(OTXConfigError, match="OTX_MAX_IMAGE_PIXELS must be a number of pixels"):
+        read_image(small)
+
+
 @pytest.mark.parametrize("kind", ["CMYK-tiff", "RGB16-labels", "RGBA16-labels", "LA-tga", "L-png-trailer", "I16B-tiff"])
 def test_masks_of_other_encodings_read_the_same(kind: str, tmp_path: Path) -> None:
     mask = np.zeros((24, 32), bool)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from otx.errors import OTXDataError
+from otx.errors import OTXConfigError, OTXDataError
 
 # The image files otx reads from a folder, in training (Datumaro's MVTec reader lists these) and in
 # `otx predict --source DIR` alike; the common ones first, for messages.
@@ -31,6 +32,10 @@ LOOKED_FOR = f"{', '.join(IMAGE_EXTENSIONS[:8])} and {len(IMAGE_EXTENSIONS) - 8}
 OPENCV_MAX_PIXELS = 2**30
 if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < OPENCV_MAX_PIXELS:
     Image.MAX_IMAGE_PIXELS = OPENCV_MAX_PIXELS
+# The most pixels otx decodes of one image unless OTX_MAX_IMAGE_PIXELS says otherwise: 16384x16384. A
+# 20000x20000 PNG of 389 KB took 8.3 GB to predict (about 21 bytes a pixel through otx predict), and one
+# of 32000x32000 (2 MB, under OpenCV's 2^30 limit) would have needed the OOM killer (a bug bash).
+MAX_IMAGE_PIXELS = 2**28
 # what Pillow raises for a file it cannot open or decode
 PIL_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -167,6 +172,7 @@ def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> 
     TIFF orientation is applied by both (libtiff and Pillow turn the pixels, and report the
     turned size), every other format's EXIF orientation by neither.
     """
+    _check_pixels(path, data, what)
     array = None
     if not png_cut_short(data):  # (libpng would print its own "PNG input buffer is incomplete" first)
         try:
@@ -183,6 +189,46 @@ def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> 
     if array.ndim == 3 and array.shape[2] >= 3:
         array = array[..., 2::-1] if array.shape[2] == 3 else array[..., [2, 1, 0, 3]]  # to BGR(A) like cv2
     return array
+
+
+def max_image_pixels() -> int:
+    """The most pixels otx decodes of one image: ``OTX_MAX_IMAGE_PIXELS``, else ``MAX_IMAGE_PIXELS``."""
+    given = os.environ.get("OTX_MAX_IMAGE_PIXELS", "").strip()
+    if not given:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = int(float(given))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise OTXConfigError(f"OTX_MAX_IMAGE_PIXELS must be a number of pixels, such as 400000000 (got {given!r})")
+    return value
+
+
+def _check_pixels(path: str | Path, data: bytes, what: str) -> None:
+    """One line, before decoding, for an image whose header declares more pixels than ``max_image_pixels``.
+
+    A small file can declare a huge image (a decompression bomb, or a scan far larger than the
+    model needs); decoding it first could take all of the machine's memory. A header Pillow
+    cannot read is left to the decoders.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            width, height = pil.size
+    except Exception:  # noqa: BLE001 - the decoders say what is wrong with the file
+        return
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise OTXDataError(
+            f"cannot read {what} '{path}': {width}x{height} is {_pixels(width * height)}, above the "
+            f"{_pixels(limit)} otx decodes of one image (it would take several GB of memory); scale it down, "
+            f"or set OTX_MAX_IMAGE_PIXELS to more pixels"
+        )
+
+
+def _pixels(count: int) -> str:
+    """``400 MP``, or ``2,000 pixels`` for a count under ten million."""
+    return f"{count / 1e6:.0f} MP" if count >= 10**7 else f"{count:,} pixels"
 
 
 def read_image(path: str | Path) -> np.ndarray:
