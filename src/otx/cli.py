@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import _thread
 import atexit
+import contextlib
 import faulthandler
 import logging
 import os
@@ -41,7 +42,7 @@ from otx.errors import (
 )
 from otx.logs import StderrHandler, make_console, pipe_safe_stdout
 from otx.validate import close_matches
-from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPPED, STOPS
+from otx.workdir import FAILED, FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPPED, STOPS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
 VERB_HELP = {
@@ -1101,7 +1102,7 @@ def _on_signal(signum: int, frame: Any) -> None:
             _REDELIVERED[0] = 0
             raise KeyboardInterrupt(STOPS[0])
         if STOPS:
-            os._exit(128 + signum)
+            _stop_without_cleanup(signum, "by a second stop, without its clean-up")
         STOPS.append(name)
         _announce_stop(signum)
     raise KeyboardInterrupt(name)
@@ -1176,7 +1177,7 @@ def _listen(reader: socket.socket) -> None:
                 return
             if STOPS:  # the main thread took it (or is cleaning up after an earlier stop: its watchdog runs)
                 if _HEARD:  # a further stop while the main thread is still held
-                    os._exit(128 + stops[-1])
+                    _stop_without_cleanup(stops[-1], "by a second stop, without its clean-up")
                 continue
             if MARKING or HELD_STOPS:  # held on purpose while a finished run is made the latest (Run.close sends
                 continue  # it again after; before: announced here as "stopping ... stay as they were", untrue)
@@ -1187,7 +1188,7 @@ def _listen(reader: socket.socket) -> None:
             end_meeting()  # the processes Lightning started here, which would wait for this one
             _stop_without_cleanup(stops[0], "while the run's processes waited to meet; nothing was computed")
         if len(stops) > 1:  # a second stop already, the main thread still held
-            os._exit(128 + stops[-1])
+            _stop_without_cleanup(stops[-1], "by a second stop, without its clean-up")
 
 
 def _start_listener() -> None:
@@ -1239,14 +1240,21 @@ _FORK_HOOK: list[bool] = []
 def _stop_without_cleanup(signum: int, why: str | None = None) -> None:
     """The clean-up after a stop has not ended in ``STOP_GRACE_S``: say so in each open run's log, then exit.
 
-    A stop raised at an unlucky instant can leave a lock held (a library's, a logging handler's) and
-    the unwinding waits on it for ever. Nothing is lost by exiting: ``latest.json`` and earlier runs
-    were never touched, and an interrupted run writes no checkpoint. The log gets where each thread
-    was, so the hang can be found. ``why``: the process ends at once, for that reason (``_listen``).
+    Each open run folder gets its ``FAILED`` marker and a terminal its cursor back (a progress bar
+    hides it), as the clean-up would have done; a second stop ends the process here too. A stop
+    raised at an unlucky instant can leave a lock held (a library's, a logging handler's) and the
+    unwinding waits on it for ever. Nothing is lost by exiting: ``latest.json`` and earlier runs
+    were never touched, and an interrupted run writes no checkpoint. The log gets where each
+    thread was, so the hang can be found. ``why``: the process ends at once, for that reason (``_listen``).
     """
     name = signal.Signals(signum).name
     for run in list(OPEN_RUNS):  # imported at start: an import here could wait on a lock the hang holds
         try:
+            if not run.scratch:  # its files are no result (before: no marker after a second Ctrl-C, a bug bash)
+                (run.path / FAILED).write_text(
+                    f"this otx {run.command} run did not finish (its otx.log says why): its files are not a result\n",
+                    encoding="utf-8",
+                )
             with open(run.log_path, "a") as log:
                 if why:
                     log.write(f"{run.command} failed: interrupted ({name}) {why}; earlier runs are unchanged\n")
@@ -1259,6 +1267,10 @@ def _stop_without_cleanup(signum: int, why: str | None = None) -> None:
                 faulthandler.dump_traceback(file=log, all_threads=True)
         except OSError:
             pass
+    for fd in (1, 2):  # a progress bar's hidden cursor (rich shows it again when it stops, which this skips)
+        with contextlib.suppress(OSError):
+            if os.isatty(fd):
+                os.write(fd, b"\x1b[?25h")
     os._exit(128 + signum)  # as an interrupted command that cleaned up (130 for SIGINT, 143 for SIGTERM)
 
 
@@ -1275,7 +1287,7 @@ def _unraisable(unraisable: Any) -> None:
         _REDELIVERED[0], _REDELIVERED[1] = 1, _REDELIVERED[1] + 1
         if _REDELIVERED[1] > 50:  # swallowed every time: stop without unwinding
             os._exit(stop_exit_code())
-        threading.Timer(0.05, _thread.interrupt_main, args=(signal.SIGINT,)).start()
+        threading.Timer(0.05, _redeliver).start()
         return
     if STOPS:  # the stop broke a library's hook half-way (filelock's at-fork state: a KeyError next): to the log
         logging.getLogger("otx").info(
@@ -1290,6 +1302,22 @@ def _unraisable(unraisable: Any) -> None:
 
 
 _DEFAULT_UNRAISABLE = sys.unraisablehook
+
+
+def _redeliver() -> None:
+    """Send the swallowed stop again (``_unraisable``), unless the main thread has taken one meanwhile.
+
+    Before, the timer sent it whatever happened since: after a stop taken by the main thread, a
+    "SIGINT received after the command ended" line followed a SIGTERM no one had doubled (a bug bash).
+    """
+    if _REDELIVERED and _REDELIVERED[0] and not _ENDED.is_set():
+        _thread.interrupt_main(signal.SIGINT)
+
+
+def _stop_taken() -> None:
+    """The main thread has taken the stop: a redelivery still pending is not needed."""
+    if _REDELIVERED:
+        _REDELIVERED[0] = 0
 
 
 def _disarm_watchdog() -> None:
@@ -1404,9 +1432,16 @@ def main(argv: list[str | os.PathLike[str]] | None = None) -> int:
     command_line = COMMAND_LINE.set(True)  # messages name the command line's options
     try:
         given = sys.argv[1:] if argv is None else argv
-        code = _main([os.fspath(a) if isinstance(a, os.PathLike) else a for a in given], whole_process=caller is None)
-        if caller is None:
-            _ended(code)
+        try:
+            args = [os.fspath(a) if isinstance(a, os.PathLike) else a for a in given]
+            code = _main(args, whole_process=caller is None)
+            if caller is None:
+                _ended(code)
+        except KeyboardInterrupt:  # a stop as _main returned, or while it said an error (before: a traceback, exit 1)
+            _stop_taken()
+            code = 0 if FINISHED and not OPEN_RUNS else stop_exit_code()
+            if caller is None:
+                _ended(code)
         return code
     finally:
         COMMAND_LINE.reset(command_line)
@@ -1429,8 +1464,8 @@ def _ended(code: int) -> None:
     OpenVINO tear down) stops are ignored, so the process still ends with ``code``
     (``_ignore_stops_once_ended``; a teardown stuck there then needs SIGKILL).
     """
-    _stop_listener()
     if threading.current_thread() is not threading.main_thread():
+        _stop_listener()
         return
 
     quiet = secondary()  # a process of rank > 0: the first one reports (its stop line is out already)
@@ -1444,9 +1479,10 @@ def _ended(code: int) -> None:
         sys.stderr.flush()
         os._exit(code)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, at_once)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # first: a stop from here on cannot raise (before: during
+        signal.signal(sig, at_once)  # _stop_listener below, a traceback and exit 1 after a finished run, a bug bash)
     _ENDED.set()
+    _stop_listener()
 
 
 _ENDED = threading.Event()  # set by `_ended`: the console script's command has ended
@@ -1838,6 +1874,7 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         errors.print(f"[bold red]error[/]: {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
         return 1
     except KeyboardInterrupt:
+        _stop_taken()
         if FINISHED and not OPEN_RUNS:  # the stop came after the run was written (its line said so): done
             return 0
         if not STOPS:

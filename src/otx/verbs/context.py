@@ -209,16 +209,23 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
         said_why = True
         raise
     finally:
-        if not ok:  # the evaluation processes this one launched stop with it (they would go on alone)
-            distributed.stop_launched()
-        if not ok and not said_why:  # a stop that arrived while the reason was being logged, or a SystemExit
-            stopped = sys.exc_info()[1]
-            why = _interrupted(stopped) if isinstance(stopped, KeyboardInterrupt) else repr(stopped)
-            log.error("%s failed: %s", command, why, extra=FILE_ONLY)
-        logging.getLogger("otx.data").removeHandler(gathered)
-        repair_signal_stack()  # where OpenVINO left it unmapped: the next signal would end the process
-        log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
-        run.close(ok)
+        try:
+            if not ok:  # the evaluation processes this one launched stop with it (they would go on alone)
+                distributed.stop_launched()
+            if not ok and not said_why:  # a stop that arrived while the reason was being logged, or a SystemExit
+                stopped = sys.exc_info()[1]
+                why = _interrupted(stopped) if isinstance(stopped, KeyboardInterrupt) else repr(stopped)
+                log.error("%s failed: %s", command, why, extra=FILE_ONLY)
+            logging.getLogger("otx.data").removeHandler(gathered)
+            repair_signal_stack()  # where OpenVINO left it unmapped: the next signal would end the process
+            log.info("%s %s; run folder %s", command, "finished" if ok else "failed", run.path)
+        except KeyboardInterrupt as exc:  # a stop here: said "latest.json stays as it was", so the run is no result
+            if ok:
+                log.error("%s failed: %s", command, _interrupted(exc), extra=FILE_ONLY)
+            ok = False
+            raise
+        finally:  # always closed (before: a stop in the lines above skipped it, and the run looked finished)
+            run.close(ok)
 
 
 class DataWarnings(logging.Handler):
