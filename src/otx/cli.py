@@ -1079,7 +1079,7 @@ _REDELIVERED: list[int] = []  # [pending, attempts]: a stop Python swallowed, se
 
 
 def _on_signal(signum: int, frame: Any) -> None:
-    """SIGINT / SIGTERM: say so at once, then unwind (a second signal ends the process at once)."""
+    """SIGINT / SIGTERM / SIGHUP: say so at once, then unwind (a second signal ends the process at once)."""
     del frame
     if _HANDLER_PID and os.getpid() != _HANDLER_PID[0]:
         # a child forked with this handler: the process otx runs in says it once and unwinds (before:
@@ -1335,7 +1335,7 @@ def _install_signal_handlers(listen: bool = False) -> None:
     _HEARD.clear()
     if threading.current_thread() is threading.main_thread():
         _HANDLER_PID[:] = [os.getpid()]
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in _stop_signals():
             signal.signal(sig, _on_signal)
         sys.unraisablehook = _unraisable
         if not _CHILD_HOOK:
@@ -1347,6 +1347,17 @@ def _install_signal_handlers(listen: bool = False) -> None:
             if hasattr(signal, "pthread_sigmask"):  # a process Lightning started while its parent held them
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # (distributed.meeting)
             _start_listener()  # after the unblocking: the listener's thread is the one that must take stops
+
+
+def _stop_signals() -> list[int]:
+    """The stops otx takes: SIGTERM, and SIGINT and SIGHUP where this process does not ignore them.
+
+    SIGHUP (a dropped terminal or SSH session) is a stop like the others since 2026-12-06: before,
+    it ended the process with no line, no ``FAILED`` marker and orphaned data-loading workers (a
+    bug bash). Under ``nohup`` (SIGHUP ignored) it stays ignored, and a background job of a script
+    (SIGINT ignored) is not stopped by the script's Ctrl-C, as the shell intends.
+    """
+    return sorted(sig for sig in STOP_SIGNALS if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN)
 
 
 _HANDLER_PID: list[int] = []  # the process whose stop _on_signal reports (forked children inherit the handler)
@@ -1374,8 +1385,9 @@ def _system_stops_in_child(_: object) -> None:
     target = getattr(multiprocessing.current_process(), "_target", None)
     if str(getattr(target, "__module__", "")).startswith("torch.utils.data"):
         return
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is _on_signal:  # (one ignored stays ignored)
+            signal.signal(sig, signal.SIG_DFL)
 
 
 class _CallerState:
@@ -1388,7 +1400,7 @@ class _CallerState:
 
     def __init__(self) -> None:
         main_thread = threading.current_thread() is threading.main_thread()
-        self.handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+        self.handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS} if main_thread else {}
         self.unraisablehook = sys.unraisablehook
         self.warnings = warnings.catch_warnings()
         self.warnings.__enter__()
@@ -1479,8 +1491,9 @@ def _ended(code: int) -> None:
         sys.stderr.flush()
         os._exit(code)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):  # first: a stop from here on cannot raise (before: during
-        signal.signal(sig, at_once)  # _stop_listener below, a traceback and exit 1 after a finished run, a bug bash)
+    for sig in STOP_SIGNALS:  # first: a stop from here on cannot raise (before: during _stop_listener below,
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # a traceback and exit 1 after a finished run, a bug bash)
+            signal.signal(sig, at_once)
     _ENDED.set()
     _stop_listener()
 
@@ -1497,7 +1510,7 @@ def _ignore_stops_once_ended() -> None:
     puts the default handlers back and tears down, and it keeps ignored signals ignored.
     """
     if _ENDED.is_set() and threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
 
 

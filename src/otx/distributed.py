@@ -390,7 +390,8 @@ def meeting(world: int, num_nodes: int, option: str, owner: Any = None) -> Itera
 
 STOP_LISTENER: list[bool] = []  # non-empty while the console script's listener thread hears stops (otx.cli)
 _STOPS_HELD: list[bool] = []  # non-empty while the main thread blocks SIGINT and SIGTERM (``meeting``)
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})  # the signals otx takes as a stop
+# the signals otx takes as a stop: Ctrl-C, a supervisor's or CI job's cancel, and a dropped terminal or SSH session
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 def _hold_stops_off_main_thread() -> None:
