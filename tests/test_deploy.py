@@ -854,3 +854,57 @@ def test_a_lower_inference_precision_is_said_to_move_scores(
     (run,) = (tmp_path / "f16").glob("*-predict")
     ran = json.loads((run / "metrics.json").read_text())["runtime"]["inference_precision"]
     assert (f"CPU runs inference precision {ran} where f16 was asked" in said) == (ran != "f16"), (ran, said)
+
+
+def test_an_edited_or_damaged_export_is_refused_in_one_line(exported, sample_root: Path, tmp_path: Path) -> None:
+    # Before (a bug bash of foreign files): an image_threshold edited in the .xml had otx test count 2 of 8 defects
+    # found where otx predict and the demo found 8 (the graph keeps its own), and otx optimize wrote an INT8 model
+    # from the edited value; "nan" there exited 0 with every image normal; a text where a number goes was
+    # "internal error (ValueError ...)" in otx and a traceback in the demo package.
+    import re
+    import subprocess
+    import sys
+
+    import otx.deploy
+    from otx.deploy.metadata import read_model_info
+
+    xml = exported("padim")
+    text = xml.read_text()
+    info = read_model_info(xml)
+    stats = info.stats()
+    shutil.copy(xml.with_suffix(".bin"), tmp_path / "edited.bin")
+
+    def edited(key: str, value: str) -> Path:
+        pattern = rf'<{key} value="[^"]*"'
+        assert re.search(pattern, text), key
+        path = tmp_path / "edited.xml"
+        path.write_text(re.sub(pattern, f'<{key} value="{value}"', text))
+        return path
+
+    moved = stats["image_threshold"] + 0.2 * (stats["image_max"] - stats["image_min"])
+    source = str(sample_root / "bottle_like" / "test" / "good")
+    data = ["--data_root", str(sample_root / "bottle_like")]
+    for verb, args in (("test", data), ("predict", ["--source", source]), ("optimize", data)):
+        line = error_line(
+            run_main(verb, "--checkpoint", str(edited("image_threshold", str(moved))), *args, cwd=tmp_path)
+        )
+        assert "computes with other image thresholds than its metadata says" in line, (verb, line)
+    assert "other pixel thresholds" in error_line(
+        run_main("test", "--checkpoint", str(edited("pixel_min", str(stats["pixel_min"] - 1e3))), *data, cwd=tmp_path)
+    )
+    for key, value, said in (
+        ("image_threshold", "nan", "damaged metadata value (model_info image_threshold='nan')"),
+        ("input_size", "abc", "damaged metadata value (model_info input_size='abc')"),
+        ("input_size", "256", "damaged metadata value (model_info input_size='256')"),
+        ("data_seed", "abc", "damaged metadata value (model_info data_seed='abc')"),
+        ("otx_box_threshold", "x", "damaged metadata value (model_info otx_box_threshold='x')"),
+        ("otx_input_mode", "tile", "is tiled but its metadata names no tile size"),
+    ):
+        with pytest.raises(OTXError, match=re.escape(said)):
+            read_model_info(edited(key, value))
+    script = Path(otx.deploy.__file__).parent / "demo" / "predict.py"
+    for key, value in (("input_size", "abc"), ("otx_box_threshold", "x")):
+        command = [sys.executable, str(script), source, "--model", str(edited(key, value)), "--output", str(tmp_path)]
+        run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 1 and run.stderr.count("\n") == 1, run.stderr
+        assert "has a damaged metadata value" in run.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -255,6 +256,34 @@ def _whole_and_resumed(sample_root: Path, tmp_path: Path, *extra: str, callbacks
     )
     assert resumed.returncode == 0, resumed.stderr
     return _summary(tmp_path / "whole"), _summary(tmp_path / "parts")
+
+
+@pytest.mark.parametrize("stop", ["SIGHUP", "SIGTERM"])
+def test_a_dropped_terminal_stops_a_training_as_ctrl_c_does(stop: str, sample_root: Path, tmp_path: Path) -> None:
+    # Before (a bug bash of signals): SIGHUP, a dropped terminal or SSH session, ended the process with no line, no
+    # FAILED marker and no resume hint, and left its data-loading workers orphaned; under nohup it stays ignored.
+    # SIGTERM to the group (a CI job's cancel) left a pymp-* folder per worker in $TMPDIR.
+    import signal
+
+    from otx.cli import _stop_signals
+
+    hang_up = f"[{{class_path: helpers.StopAfterEpochs, init_args: {{epochs: 1, stop: {stop}}}}}]"
+    args = _stfpm_args(sample_root, "ws", "--data.num_workers", "2", "--trainer.max_epochs", "3", callbacks=hang_up)
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    rc, err = run_otx_group(*args, cwd=tmp_path, timeout=300, env=env)
+    # the workers' folders for handing batches over (before: one pymp-* per worker after a stop, never removed)
+    assert not list((tmp_path / "tmp").glob("pymp-*"))
+    code = 128 + signal.Signals[stop].value
+    assert rc == code and "Traceback" not in err and err.count(f"{stop} received, stopping") == 1, err
+    (run,) = (tmp_path / "ws").glob("*-train")
+    assert (run / "FAILED").is_file() and f"--resume {run.resolve()}" in " ".join(err.split())
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a command
+    try:
+        assert signal.SIGHUP not in _stop_signals() and signal.SIGTERM in _stop_signals()
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert signal.SIGHUP in _stop_signals()
 
 
 def _assert_same_model(tmp_path: Path, a: dict, b: dict) -> None:

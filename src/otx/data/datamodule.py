@@ -310,6 +310,10 @@ class AnomalyDataModule:
         else:
             samples_here = len(samples)
         workers = min(self.num_workers, max(samples_here // batch_size, 0))
+        if workers:  # the workers' folder for handing batches over is this process's, which removes it at exit
+            import multiprocessing.util
+
+            multiprocessing.util.get_temp_dir()  # (before: one pymp-* folder per worker in $TMPDIR after a stop)
         return DataLoader(
             AnomalyDataset(samples, preprocess, resize_images=resize),
             batch_size=batch_size,

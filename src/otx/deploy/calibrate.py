@@ -87,6 +87,56 @@ def postprocessor_inputs(ov_model: Any) -> tuple[Any, Any]:
     return next(iter(by_rank.values())), score
 
 
+def postprocessor_disagrees(ov_model: Any, stats: dict[str, float], tolerance: float = 0.01) -> list[str]:
+    """The levels (``image``, ``pixel``) whose statistics in the metadata are not those the graph computes with.
+
+    The graph's post-processor alone (from its raw inputs to ``pred_score`` and ``anomaly_map``) is
+    run on raw values a quarter of the range below, at and above each threshold of ``stats``; it
+    must give 0.25, 0.5 and 0.75 (within ``tolerance``). ``otx test`` and ``otx optimize`` compute
+    with the metadata's statistics, ``otx predict`` and the demo with the graph's: a hand-edited
+    threshold had them disagree without a word (a bug bash). Empty when they agree, or when the
+    post-processor cannot be taken out alone (an export by an older otx).
+    """
+    import openvino as ov
+
+    if not set(STAT_KEYS) <= set(stats):
+        return []
+    model = ov_model.clone()
+    try:
+        raw_map, raw_score = postprocessor_inputs(model)
+        parameters = []
+        for value in (raw_map, raw_score):
+            parameter = ov.opset13.parameter(value.get_partial_shape(), value.get_element_type())
+            for target in list(value.get_target_inputs()):
+                target.replace_source_output(parameter.output(0))
+            parameters.append(parameter)
+        head = compile_f32(ov.Model([model.output("pred_score"), model.output("anomaly_map")], parameters))
+    except Exception as exc:  # noqa: BLE001 - not separable: nothing to compare
+        log.info("the post-processor was not compared with the metadata (%s)", exc)
+        return []
+    expected = np.array([0.25, 0.5, 0.75], np.float32)
+
+    def probe(level: str) -> np.ndarray:
+        low, high = stats[f"{level}_min"], stats[f"{level}_max"]
+        return np.float32(stats[f"{level}_threshold"] + (expected - 0.5) * max(high - low, 1e-12))
+
+    shape = [3] + [1 if d.is_dynamic else d.get_length() for d in raw_map.get_partial_shape()][1:]
+    maps = np.broadcast_to(probe("pixel").reshape(3, *[1] * (len(shape) - 1)), shape)
+    out = head([np.ascontiguousarray(maps, np.float32), probe("image")])
+    given = {"image": np.asarray(out[head.output(0)]).reshape(3, -1), "pixel": np.asarray(out[head.output(1)])}
+    given["pixel"] = given["pixel"].reshape(3, -1)
+    return [level for level, values in given.items() if np.abs(values - expected[:, None]).max() > tolerance]
+
+
+def check_postprocessor(ov_model: Any, stats: dict[str, float], path: Any) -> None:
+    """One line when the metadata's thresholds are not the graph's (``postprocessor_disagrees``)."""
+    if differ := postprocessor_disagrees(ov_model, stats):
+        raise OTXError(
+            f"'{path}' computes with other {' and '.join(differ)} thresholds than its metadata says (the .xml was "
+            "edited or damaged), so otx test and otx predict would disagree; export the model again"
+        )
+
+
 def with_raw_outputs(ov_model: Any) -> Any:
     """A copy of an export with two more outputs, ``otx_raw_map`` and ``otx_raw_score``."""
     model = ov_model.clone()

@@ -261,10 +261,11 @@ class OpenVINOInferencer:
         self.preprocessor = self.info.preprocessor()  # the input mode: restores maps to each image's size
         self.adapter: TaskAdapter = get_adapter(task or self.info.task)
         self.box_settings = self.info.box_settings()  # (a score or refinement this otx does not know: said here)
+        from otx.deploy.calibrate import check_postprocessor, with_raw_outputs
+
+        check_postprocessor(self.model, self.info.stats(), self.path)
         self.raw_outputs = raw_outputs and len(self.info.stats()) == 6
         if self.raw_outputs:
-            from otx.deploy.calibrate import with_raw_outputs
-
             try:
                 self.model = with_raw_outputs(self.model)
             except OTXError as exc:  # an export by an older otx: its normalised outputs only

@@ -11,6 +11,7 @@ strings, lists joined by spaces, as model_api's ONNX adapter writes them.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from otx import __version__
 from otx.boxes import LEGACY_SCORE, BoxSettings, unknown_saved
 from otx.errors import OTXError
 from otx.postprocess import threshold_origin
-from otx.preprocess import PreProcessor, saved_settings
+from otx.preprocess import MODES, PreProcessor, saved_settings
 
 SECTION = "model_info"
 LABELS = ("Normal", "Anomaly")
@@ -154,7 +155,36 @@ class ModelInfo:
                 f"'{source}' has no otx metadata (missing model_info {', '.join(missing)}); "
                 "export it with `otx export` (models from other tools cannot be used here)"
             )
-        return cls(dict(raw))
+        info = cls(dict(raw))
+        info.check(source)
+        return info
+
+    def check(self, source: str | Path) -> None:
+        """One line naming the first value that otx cannot use (an edited or damaged file), else nothing.
+
+        Before, a text where a number goes was "internal error (ValueError ...)" in the verb that
+        read it, and a NaN threshold labelled every image normal (a bug bash of foreign files).
+        """
+        raw = self.raw
+        numbers = [key for key in raw if key in _STATISTICS or key.startswith("otx_source_")]
+        numbers += [f"otx_box_{key}" for key in ("threshold", "merge", "min_area", "peak")]
+        checks: dict[str, Any] = {key: _finite for key in numbers}
+        checks |= {"data_val_split": lambda text: 0.0 < float(text) < 1.0, "data_seed": lambda text: int(text) >= 0}
+        checks |= {"input_size": _size, "image_shape": _size, "otx_train_height": _span, "otx_train_width": _span}
+        checks |= {"otx_tile_size": _positive, "otx_tile_stride": _positive, "otx_input_mode": MODES.__contains__}
+        checks |= {"otx_score_top_share": lambda text: text == "none" or 0.0 < float(text) <= 1.0}
+        for key, valid in checks.items():
+            if key in raw and not _passes(valid, raw[key]):
+                raise OTXError(
+                    f"'{source}' has a damaged metadata value (model_info {key}={raw[key][:40]!r}): the file was "
+                    "edited or damaged; export the model again with `otx export`"
+                )
+        if raw.get("otx_input_mode") == "tile" and not {"otx_tile_size", "otx_tile_stride"} <= set(raw):
+            raise OTXError(f"'{source}' is tiled but its metadata names no tile size; export the model again")
+        try:
+            self.preprocessor()
+        except (OTXError, ValueError) as exc:
+            raise OTXError(f"'{source}' has metadata otx cannot use ({exc}); export the model again") from exc
 
     @property
     def task(self) -> str:
@@ -278,6 +308,44 @@ class ModelInfo:
         """Raw thresholds and normalisation statistics, as in a checkpoint's ``thresholds``."""
         keys = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
         return {key: float(self.raw[key]) for key in keys if key in self.raw}
+
+
+_STATISTICS = (
+    "image_threshold",
+    "pixel_threshold",
+    "image_min",
+    "image_max",
+    "pixel_min",
+    "pixel_max",
+    "normalization_scale",
+)
+
+
+def _passes(valid: Any, text: str) -> bool:
+    try:
+        return bool(valid(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def _finite(text: str) -> bool:
+    return math.isfinite(float(text))
+
+
+def _positive(text: str) -> bool:
+    return int(text) > 0
+
+
+def _size(text: str) -> bool:
+    """Two positive integers (``height width``)."""
+    values = [int(v) for v in text.split()]
+    return len(values) == 2 and min(values) > 0
+
+
+def _span(text: str) -> bool:
+    """Two non-negative integers, the smaller first (the training images' range of a side)."""
+    values = [int(v) for v in text.split()]
+    return len(values) == 2 and 0 <= values[0] <= values[1]
 
 
 def _names(text: str) -> list[str]:

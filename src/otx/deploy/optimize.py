@@ -48,6 +48,7 @@ from otx.deploy.calibrate import (
     Decisions,
     RawOutputs,
     calibrate_decisions,
+    check_postprocessor,
     compile_f32,
     level_metrics,
     raw_outputs,
@@ -154,6 +155,7 @@ def read_exported(path: str | Path) -> tuple[Any, ModelInfo, Path]:
         )
     ov_model = read_ir(path)
     info = read_model_info(path, ov_model)
+    check_postprocessor(ov_model, info.stats(), path)
     if info.quantization != "none" or info.precision == "INT8" or is_quantized(ov_model):
         raise OTXError(
             f"'{path}' is already quantised ({info.precision}, {info.quantization}); "

@@ -601,25 +601,34 @@ def main() -> int:
     def info(key: str, default: str) -> str:
         return model.get_rt_info(["model_info", key]).astype(str) if model.has_rt_info(["model_info", key]) else default
 
-    mode = info("otx_input_mode", "resize")
-    train_profile = None
-    if model.has_rt_info(["model_info", "otx_train_channels"]):
-        train_profile = {
-            "channels": info("otx_train_channels", ""),
-            "height": [int(v) for v in info("otx_train_height", "0 0").split()],
-            "width": [int(v) for v in info("otx_train_width", "0 0").split()],
-        }
-    input_hw = [int(v) for v in info("input_size", "256 256").split()]
+    try:  # numbers where numbers go (before: a traceback for an edited value, a bug bash)
+        mode = info("otx_input_mode", "resize")
+        train_profile = None
+        if model.has_rt_info(["model_info", "otx_train_channels"]):
+            train_profile = {
+                "channels": info("otx_train_channels", ""),
+                "height": [int(v) for v in info("otx_train_height", "0 0").split()],
+                "width": [int(v) for v in info("otx_train_width", "0 0").split()],
+            }
+        input_hw = [int(v) for v in info("input_size", "256 256").split()]
+        if len(input_hw) != 2 or min(input_hw) < 1:
+            raise ValueError(f"input_size {info('input_size', '')!r}")
 
-    box_settings = {
-        "threshold": float(info("otx_box_threshold", "0.5")),
-        "merge": float(info("otx_box_merge", "0.0")),
-        "min_area": float(info("otx_box_min_area", "0.0")),
-        "on_normal": info("otx_box_on_normal", "False") == "True",
-        "peak": float(info("otx_box_peak", "0.0")),
-        "score": info("otx_box_score", "max"),  # exports before the key: the maximum
-        "refine": info("otx_box_refine", "none"),  # exports before the key: not refined
-    }
+        box_settings = {
+            "threshold": float(info("otx_box_threshold", "0.5")),
+            "merge": float(info("otx_box_merge", "0.0")),
+            "min_area": float(info("otx_box_min_area", "0.0")),
+            "on_normal": info("otx_box_on_normal", "False") == "True",
+            "peak": float(info("otx_box_peak", "0.0")),
+            "score": info("otx_box_score", "max"),  # exports before the key: the maximum
+            "refine": info("otx_box_refine", "none"),  # exports before the key: not refined
+        }
+    except ValueError as exc:
+        print(
+            f"error: the model {args.model} has a damaged metadata value ({exc}); export the model again",
+            file=sys.stderr,
+        )
+        return 1
     for key, known in (("score", ("mean", "max")), ("refine", REFINES)):
         if box_settings[key] not in known:
             print(
