@@ -435,6 +435,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "the model's settings go under init_args (model: {class_path: otx.models.Padim, init_args: {backbone: ...}})",
         1,
     ),
+    (  # before: 38 s and 1 GB to refuse a 294-byte file of nested aliases, over 2 minutes with one level more
+        "train-config-aliases",
+        "wrong file",
+        ["train", "--config", "{laughsyaml}"],
+        "values through its YAML aliases (&name / *name), more than a recipe holds (100,000 at most)",
+        1,
+    ),
     (  # before: YAML kept the second data: block, and the first one's settings were dropped without a word
         "train-config-duplicate-key",
         "wrong file",
@@ -877,7 +884,11 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
     (base / "type.yaml").write_text(recipe.replace("batch_size: 16", "batch_size: sixteen"))
     (base / "dup.yaml").write_text(recipe + "data:\n  num_workers: 0\n")  # a second data: block
     (base / "flat.yaml").write_text("model:\n  class_path: otx.models.Padim\n  backbone: resnet18\n")
+    levels = ["a: &a [" + ", ".join(["lol"] * 9) + "]"]  # "billion laughs": each level nine of the one before
+    levels += [f"{b}: &{b} [" + ", ".join([f"*{a}"] * 9) + "]" for a, b in zip("abcdefg", "bcdefgh", strict=True)]
+    (base / "laughs.yaml").write_text("task: segmentation\n" + "\n".join(levels) + "\n")
     return {
+        "laughsyaml": str(base / "laughs.yaml"),
         "flatyaml": str(base / "flat.yaml"),
         "dupyaml": str(base / "dup.yaml"),
         "classyaml": str(base / "class.yaml"),
@@ -937,7 +948,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     message = lines[0]
     # before "empty": its path is a prefix of theirs
     files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml", "nullargsyaml")
-    files = (*files, "dupyaml", "flatyaml")
+    files = (*files, "dupyaml", "flatyaml", "laughsyaml")
     for key in (*files, "missing", "ws", "file", "notest", "empty", "bin", "xml", "ckpt", "run", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")

@@ -128,6 +128,29 @@ def _unique_key_loader() -> type:
     return Loader
 
 
+MAX_CONFIG_VALUES = 100_000  # values a --config file may expand to (a recipe holds about a hundred)
+
+
+def _expanded_size(node: Any, memo: dict[int, int]) -> int:
+    """How many values ``node`` holds once its YAML aliases are written out (shared objects counted per use).
+
+    A 294-byte file of nested aliases ("billion laughs") took 38 s and 1 GB to refuse, one level more
+    over 2 minutes (a bug bash): the YAML loader shares aliased objects, the configuration parser
+    copies them out. Counted with a memo, in time linear in the file.
+    """
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if isinstance(node, dict):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.items())
+    elif isinstance(node, list | tuple):
+        size = 1 + sum(_expanded_size(item, memo) for item in node)
+    else:
+        size = 1
+    memo[key] = size
+    return size
+
+
 def _checked_yaml(path: str) -> str:
     """``path``; one line naming the file, line and column when it is a file that is not valid YAML."""
     import yaml
@@ -150,6 +173,11 @@ def _checked_yaml(path: str) -> str:
         raise OTXError(f"--config {path} is not valid YAML ({problem}{where}); fix the file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise OTXError(f"--config {path} cannot be read ({exc}); pass a YAML recipe") from None
+    if (size := _expanded_size(content, {})) > MAX_CONFIG_VALUES:  # before: minutes and GBs, then "unknown key"
+        raise OTXError(
+            f"--config {path} expands to {size:,} values through its YAML aliases (&name / *name), more than a recipe "
+            f"holds ({MAX_CONFIG_VALUES:,} at most); write the values out, or use fewer aliases"
+        )
     if not isinstance(content, dict):  # before: jsonargparse's "Unexpected config: ..." with the file's text
         what = "is empty" if content is None else f"holds a {type(content).__name__}, not a recipe's keys"
         raise OTXError(f"--config {path} {what}; pass a recipe YAML (task, model, data, trainer; `otx find recipes`)")
