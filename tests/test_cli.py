@@ -261,6 +261,9 @@ def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
         return Path(p["image"]).parts[-2:]
 
     assert all((run / "predictions" / p["mask"]).is_file() for p in predictions)  # each record names its mask
+    # and its overlay (before: by its name alone, which can look like another image's; a bug bash)
+    assert all((run / "predictions" / p["overlay"]).is_file() for p in predictions)
+    assert len({p["overlay"] for p in predictions}) == len(predictions)
     by_image = {key(p): {**p, "image": None} for p in json.loads((one / "predictions.json").read_text())}
     shared = [p for p in predictions if key(p) in by_image]  # the test split's images (the rest validate)
     assert len(shared) == len(by_image)
@@ -268,7 +271,7 @@ def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
     # (its 14), and batched convolutions round differently in the last bits (docs/scale.md)
     for p in shared:
         tested = by_image[key(p)]
-        assert {k: v for k, v in p.items() if k not in ("mask", "score", "raw_score")} | {"image": None} == {
+        assert {k: v for k, v in p.items() if k not in ("mask", "overlay", "score", "raw_score")} | {"image": None} == {
             k: v
             for k, v in tested.items()
             if k not in ("score", "raw_score", "true_label", "defect")  # (test's truth)
@@ -742,9 +745,10 @@ def test_paths_with_brackets_are_printed_as_they_are(trained_padim: dict, sample
     )
     assert done.returncode == 0, done.stderr
     (run,) = work.glob("*-predict")
-    assert f"run folder: {run}\n" in done.stdout and f"checkpoint: {odd / 'model.ckpt'}\n" in done.stdout
+    said = " ".join(done.stdout.split())  # (the console may wrap a long path at its space)
+    assert f"run folder: {run} " in said + " " and f"checkpoint: {odd / 'model.ckpt'} " in said, done.stdout
     made = run_main("data", "make-sample", str(tmp_path / "[/]s"), "--categories", "tile_like", cwd=tmp_path)
-    assert made.returncode == 0 and f"wrote {tmp_path / '[/]s' / 'tile_like'}" in made.stdout, made.stderr
+    assert made.returncode == 0 and f"wrote {tmp_path / '[/]s' / 'tile_like'}" in " ".join(made.stdout.split())
 
 
 INJECT = """

@@ -313,7 +313,9 @@ def test_an_interrupted_training_resumes_to_the_same_model(sample_root: Path, tm
     refusals = {
         "true": "nothing to resume",  # the interrupted run has been finished by the resumed one
         str(state) + " --model.init_args.input_size [48,48]": "input_size [64, 64] there, [48, 48] here",
-        str(state) + " --model.init_args.layers [blocks.2]": "holds another model or backbone",
+        # the option that gives back the run's setting (before: "holds another model or backbone" alone)
+        str(state) + " --model.init_args.layers [blocks.2]": "['blocks.2'] here); resume with its options: add "
+        "--model.init_args.layers '[",
         str(state) + f" --data_root {sample_root / 'carpet_like'}": f"{(sample_root / 'carpet_like').resolve()} here",
         # before: resumed on another validation split, and with fewer epochs than trained it trained nothing
         str(state) + " --data.seed 7": "data.seed 42 there, 7 here",
@@ -702,8 +704,8 @@ def test_a_checkpoint_holding_nan_is_refused_with_what_holds_it(trained_padim: d
         assert done.returncode == 1 and done.stderr.count("\n") == 1 and "internal error" not in done.stderr
 
 
-class PadimOfTheCaller(__import__("otx.models").models.Padim):
-    """A model class of the caller's own module (imported already, so a checkpoint may name it)."""
+class _PadimOfTheCaller(__import__("otx.models").models.Padim):
+    """A model class of the caller's own module (imported already, so a checkpoint may name it; private: unlisted)."""
 
 
 def test_a_checkpoint_imports_no_module_it_names(trained_padim: dict, tmp_path: Path, monkeypatch) -> None:
@@ -724,8 +726,8 @@ def test_a_checkpoint_imports_no_module_it_names(trained_padim: dict, tmp_path: 
         with pytest.raises(OTXError, match="which is not an otx model"):
             load_checkpoint(edited)
     # a model class the caller has imported loads (benchmarks/candidate_models.py's, a notebook's)
-    torch.save({**ckpt, "model": {**ckpt["model"], "class_path": f"{__name__}.PadimOfTheCaller"}}, edited)
-    assert type(load_checkpoint(edited)[0]) is PadimOfTheCaller
+    torch.save({**ckpt, "model": {**ckpt["model"], "class_path": f"{__name__}._PadimOfTheCaller"}}, edited)
+    assert type(load_checkpoint(edited)[0]) is _PadimOfTheCaller
 
 
 def test_a_checkpoint_whose_record_or_weights_do_not_fit_is_one_line(trained_padim: dict, tmp_path: Path) -> None:
@@ -802,3 +804,32 @@ def test_piped_epoch_lines_name_only_the_validations_of_their_epoch(sample_root:
     bar.disable()
     bar.print("not shown")
     assert said == ["a 1"] and bar.is_disabled
+
+
+def test_a_run_started_by_an_earlier_otx_is_compared_as_this_otx_builds_it(tmp_path: Path) -> None:
+    # Before (a bug bash of older artifacts): an STFPM run interrupted under an otx from before the small student
+    # could not be resumed by any command: the settings added since read "None there", and the advice was to pass
+    # the options of the config.yaml the command had been given already.
+    from otx.checkpoint import model_entry
+    from otx.training import _config_changes
+
+    run = tmp_path / "20261201-120000-train"
+    (run / "checkpoints").mkdir(parents=True)
+    earlier = {"input_size": [64, 64], "layers": None, "backbone": "efficientnet_lite0", "lr": 0.4, "momentum": 0.9}
+    (run / "config.yaml").write_text(
+        yaml.safe_dump({"model": {"class_path": "otx.models.stfpm.Stfpm", "init_args": earlier}})
+    )
+    state = run / "checkpoints" / "last.ckpt"
+    changes, _ = _config_changes(state, model_entry(Stfpm(input_size=(64, 64))), None, None)
+    options = " ".join(option for _, option in changes)
+    # what the earlier otx trained (anomalib's student by SGD, the map's maximum as score), as options to pass
+    for option in ("--model.init_args.student backbone", "--model.init_args.optimizer sgd"):
+        assert option in options, changes
+    assert "--model.init_args.score_top_share null" in options and "input_mode resize" in options, changes
+    # the command with the options it was told to add trains as the earlier run did: nothing differs
+    given = {}
+    for option in options.split("--model.init_args.")[1:]:
+        key, value = option.strip().split(" ", 1)
+        given[key] = yaml.safe_load(value.strip("'"))
+    rebuilt = Stfpm(**{"input_size": (64, 64), **given})
+    assert _config_changes(state, model_entry(rebuilt), None, None)[0] == []

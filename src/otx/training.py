@@ -1123,6 +1123,17 @@ def check_resume(
             f"cannot resume from '{state_path}' with --max_epochs {max_epochs}: it has trained {trained} epoch(s) "
             f"already; resume with --max_epochs {trained} or more"
         )
+    # the settings first: they say which options to pass (the tensors below only that the model differs)
+    if isinstance(entry.get("init_args"), dict) and hasattr(model, "layers"):  # resolved, as _as_built_here's
+        entry = {**entry, "init_args": {**entry["init_args"], "layers": list(model.layers)}}
+    changes, config_path = _config_changes(state_path, entry, data_root, data_settings)
+    if changes:
+        options = " ".join(option for _, option in changes if option)
+        raise OTXError(
+            f"cannot resume from '{state_path}': this command trains otherwise than the interrupted run "
+            f"({'; '.join(change for change, _ in changes)}); resume with its options"
+            + (f": add {options} to the command" if options else f" ({config_path})")
+        )
     theirs = {k: tuple(v.shape) for k, v in state["state_dict"].items() if hasattr(v, "shape")}
     # buffers a fresh model holds empty (PADIM's Gaussian, PatchCore's bank) take their shape when fitted
     ours = {k: tuple(v.shape) if v.numel() else None for k, v in model.state_dict().items()}
@@ -1131,12 +1142,6 @@ def check_resume(
         raise OTXError(
             f"cannot resume from '{state_path}': it holds another model or backbone ({len(differ)} tensor(s) differ "
             f"in name or shape, e.g. {differ[0]}); resume with the interrupted run's recipe and options"
-        )
-    changes, config_path = _config_changes(state_path, entry, data_root, data_settings)
-    if changes:
-        raise OTXError(
-            f"cannot resume from '{state_path}': this command trains otherwise than the interrupted run "
-            f"({'; '.join(changes)}); resume with its options ({config_path})"
         )
     moved = _split_changes(state_path, split)
     if moved:  # the epochs so far were trained and chosen on other images
@@ -1147,10 +1152,46 @@ def check_resume(
     return trained
 
 
+def _as_built_here(class_path: str, init_args: dict[str, Any]) -> dict[str, Any]:
+    """An interrupted run's model settings as this otx builds them: upgraded, defaults filled in, layers resolved.
+
+    A run started by an earlier otx lacks the settings added since and holds ``layers: null``;
+    compared as written, no command could match it, and the advice was to pass the options it
+    already had (a bug bash of older artifacts). Its ``input_mode`` stays as written (``auto`` is
+    settled later in a run; before the modes, ``resize``). As written when the model cannot be built.
+    """
+    from otx.models import model_class
+    from otx.preprocess import saved_settings
+
+    try:
+        cls = model_class(class_path.rpartition(".")[2])
+        upgraded = cls.upgrade_init_args(dict(init_args))
+        upgraded["input_mode"] = init_args.get("input_mode", "resize")
+        with saved_settings():
+            built = cls.without_weights(**upgraded)
+        return {**dict(built.hparams), "layers": list(built.layers)}
+    except Exception:  # noqa: BLE001 - e.g. a setting this otx refuses: compared as written
+        return init_args
+
+
+def _option(key: str, value: Any) -> str:
+    """``--model.init_args.layers '[blocks.1,blocks.2]'``: the option that sets ``key`` to ``value``."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, list | tuple):
+        text = "'[" + ",".join(str(v) for v in value) + "]'"
+    else:
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"--model.init_args.{key} {text}"
+
+
 def _config_changes(
     state_path: Path, entry: dict[str, Any], data_root: str | None, data_settings: dict[str, Any] | None
-) -> tuple[list[str], Path | None]:
-    """How this command's model and data settings differ from the config.yaml of the run ``state_path`` is in."""
+) -> tuple[list[tuple[str, str]], Path | None]:
+    """How this command's model and data settings differ from the config.yaml of the run ``state_path`` is in.
+
+    Each difference in words, with the option that makes the command's setting the run's (empty for data).
+    """
     import json
 
     import yaml
@@ -1167,21 +1208,24 @@ def _config_changes(
         return json.loads(json.dumps(value, default=str))
 
     was, now = plain(config.get("model") or {}), plain(entry)
-    changes = []
+    changes: list[tuple[str, str]] = []
     if was.get("class_path") != now.get("class_path"):
-        changes.append(f"model class_path {was.get('class_path')!r} there, {now.get('class_path')!r} here")
-    old_args, new_args = was.get("init_args") or {}, now.get("init_args") or {}
+        changes.append((f"model class_path {was.get('class_path')!r} there, {now.get('class_path')!r} here", ""))
+        old_args = was.get("init_args") or {}
+    else:
+        old_args = plain(_as_built_here(str(now.get("class_path")), was.get("init_args") or {}))
+    new_args = now.get("init_args") or {}
     changes += [
-        f"model.init_args.{key} {old_args.get(key)!r} there, {new_args.get(key)!r} here"
+        (f"model.init_args.{key} {old_args.get(key)!r} there, {new_args.get(key)!r} here", _option(key, old_args[key]))
         for key in sorted(set(old_args) | set(new_args))
-        if old_args.get(key) != new_args.get(key)
+        if old_args.get(key) != new_args.get(key) and key in old_args
     ]
     old_data = config.get("data") or {}
     old_root = old_data.get("data_root")
     if old_root and data_root and Path(old_root).resolve() != Path(data_root).resolve():
-        changes.append(f"data_root {old_root} there, {Path(data_root).resolve()} here")
+        changes.append((f"data_root {old_root} there, {Path(data_root).resolve()} here", f"--data_root {old_root}"))
     changes += [
-        f"data.{key} {old_data[key]!r} there, {value!r} here"
+        (f"data.{key} {old_data[key]!r} there, {value!r} here", f"--data.{key} {old_data[key]}")
         for key, value in (data_settings or {}).items()
         if key in old_data and old_data[key] is not None and plain(old_data[key]) != plain(value)
     ]

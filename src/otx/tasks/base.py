@@ -47,6 +47,7 @@ class Prediction:
     box_scores: np.ndarray | None = None
     error: str = ""
     mask_file: str = ""  # where `otx predict` wrote the mask, relative to its predictions folder
+    overlay_file: str = ""  # where `otx predict` wrote the overlay, relative to its predictions folder
     raw_score: float | None = None  # the score before normalisation (ranks images; not clipped)
 
     @classmethod
@@ -82,6 +83,8 @@ class Prediction:
             ]
         if self.mask_file:
             record["mask"] = self.mask_file
+        if self.overlay_file:  # (its name alone can look like another image's: x/c.png is x__c_png beside x/c_png.png)
+            record["overlay"] = self.overlay_file
         if self.error:
             record["error"] = self.error
         return record

@@ -173,6 +173,7 @@ def run(
                 if canvas is not None:
                     target = out_dir / "overlays" / f"{stem}.png"
                     write_overlay(target, canvas)
+                    pred.overlay_file = f"overlays/{stem}.png"
             except OSError as exc:  # a file this run cannot write (a full disk mid-run)
                 advice = (
                     "use a shorter --work_dir (the run's other files are kept)"
