@@ -794,3 +794,17 @@ def test_a_stop_at_the_edges_of_a_command_is_no_traceback(
         (run,) = runs
         assert (run / "FAILED").is_file() and not (tmp_path / "ws" / "latest.json").exists()
         assert "predict failed: interrupted (SIGTERM)" in (run / "otx.log").read_text()
+
+
+def test_a_ctrl_c_a_library_turned_into_its_own_error_is_a_stop() -> None:
+    # Before (a bug bash of signals): Ctrl-C in Engine.export() reached a Python caller as OpenVINO's RuntimeError
+    # ("... KeyboardInterrupt: <EMPTY MESSAGE> ...") and the run's log called it an internal error.
+    from otx.verbs.context import _stop_inside
+
+    converter = RuntimeError("Check 'false' failed at frontend.cpp:53:\nConverting model\nKeyboardInterrupt: <EMPTY")
+    assert _stop_inside(converter)
+    chained = ValueError("bad value")
+    chained.__context__ = KeyboardInterrupt()
+    assert _stop_inside(chained)
+    assert not _stop_inside(RuntimeError("Check 'false' failed: unsupported operation aten::foo"))
+    assert not _stop_inside(RuntimeError("a KeyboardInterrupt handler was missing"))  # a word, not the exception

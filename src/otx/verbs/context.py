@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import re
 import resource
 import sys
 import threading
@@ -179,8 +180,8 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
         said_why = True
         raise
     except Exception as exc:
-        if STOPS:  # a library turned the stop into an error of its own (OpenVINO's converter does)
-            stop = KeyboardInterrupt(STOPS[0])
+        if STOPS or _stop_inside(exc):  # a library turned the stop into an error of its own (OpenVINO's converter)
+            stop = KeyboardInterrupt(STOPS[0]) if STOPS else KeyboardInterrupt()
             log.error(
                 "%s failed: %s (seen as %s: %s)", command, _interrupted(stop), type(exc).__name__, exc, extra=FILE_ONLY
             )
@@ -226,6 +227,21 @@ def run_verb(ctx: VerbContext, command: str, body: Callable[[Run], R], render: C
             raise
         finally:  # always closed (before: a stop in the lines above skipped it, and the run looked finished)
             run.close(ok)
+
+
+def _stop_inside(exc: BaseException) -> bool:
+    """Whether ``exc`` is a library's error for a Ctrl-C it caught (OpenVINO's converter: ``KeyboardInterrupt:``).
+
+    The command line knows a stop by its handler (``STOPS``); a Python caller's Ctrl-C during
+    ``Engine.export()`` reached the caller as OpenVINO's RuntimeError, logged as an internal error
+    (a bug bash). Also a ``KeyboardInterrupt`` in the exception's chain.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt) or re.search(r"^KeyboardInterrupt\b", str(seen), re.MULTILINE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class DataWarnings(logging.Handler):
