@@ -989,3 +989,30 @@ def test_an_engines_work_dir_can_be_moved_between_runs(trained_padim: dict, samp
     assert not (tmp_path / "a").exists()
     with pytest.raises(OTXConfigError, match="work_dir"):
         engine.work_dir = 3
+
+
+def test_temporary_files_of_writes_a_killed_process_never_finished_are_swept(tmp_path: Path) -> None:
+    # Before (a bug bash of signals): kill -9 or the OOM killer mid-write left .model.ckpt.<random>.tmp (177 MB for
+    # PADIM), .latest.json.<random>.tmp and an export's .save-* folder for good.
+    import time
+
+    from otx.workdir import WorkDir
+
+    work = WorkDir(tmp_path / "ws")
+    run = work.root / "20261201-120000-train"
+    (run / ".save-abc").mkdir(parents=True)
+    (run / ".save-abc" / "exported_model.bin").write_bytes(b"0" * 10)
+    old = [run / ".model.ckpt.x1y2.tmp", work.root / ".latest.json.q9.tmp", run / ".save-abc"]
+    for path in old[:2]:
+        path.write_bytes(b"partial")
+    fresh = run / ".metrics.json.z3.tmp"  # another otx writing now: left alone
+    fresh.write_bytes(b"{")
+    mine = run / "notes.tmp"  # not a name otx writes
+    mine.write_text("the user's")
+    hours_ago = time.time() - 2 * 3600
+    for path in (*old, mine):
+        os.utime(path, (hours_ago, hours_ago))
+    new = work.new_run("test")
+    assert not any(path.exists() for path in old)
+    assert fresh.exists() and mine.exists() and new.path.is_dir()
+    new.close(False)

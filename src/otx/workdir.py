@@ -34,6 +34,9 @@ LATEST = "latest.json"
 # A run folder's name (``WorkDir.new_run``): its stamp, the command, and a count when two start in one second
 RUN_FOLDER = re.compile(r"^\d{8}-\d{6}-(train|test|predict|export|optimize|benchmark)(-\d+)?$")
 FAILED = "FAILED"  # written into a run folder that did not finish: its files are not a result
+# temporary files of otx's writes (atomic_write_bytes, the export's folders), and how old one is before it is litter
+LEFTOVERS = (".*.tmp", ".save-*", ".export-*")
+LEFTOVER_AGE_S = 3600.0
 DATA_FOLDERS = ("train", "val", "test", "ground_truth")  # the folders of a data root otx reads images from
 LATEST_LOCK = ".latest.lock"  # held while latest.json is read and replaced (``WorkDir.mark_latest``)
 LOCK_WAIT_S = 10.0
@@ -177,6 +180,7 @@ class WorkDir:
         if self.root.exists() and not self.root.is_dir():
             raise OTXError(f"work_dir '{self.root}' is a file, not a folder; {hint}")
         stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.sweep_leftovers()
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             for attempt in range(1000):
@@ -189,6 +193,38 @@ class WorkDir:
         except OSError as exc:
             raise OTXError(f"cannot create a run folder in work_dir '{self.root}' ({exc.strerror}); {hint}") from exc
         raise OTXError(f"cannot create a run folder in '{self.root}'")
+
+    def sweep_leftovers(self, age_s: float = LEFTOVER_AGE_S) -> list[Path]:
+        """Remove the temporary files of writes that a killed process never finished; return what was removed.
+
+        ``atomic_write_bytes``'s ``.<name>.<random>.tmp`` (a PADIM model.ckpt's is 177 MB), the
+        export's ``.save-*`` and ``.export-*`` folders, in the work dir and its run folders: a kill
+        -9, the OOM killer or a second stop leaves them, and nothing removed them (a bug bash). Only
+        those untouched for ``age_s`` seconds: a write in progress (another otx) renames its own in
+        seconds.
+        """
+        if not self.root.is_dir():
+            return []
+        now, removed = time.time(), []
+        try:
+            folders = [self.root, *(p for p in self.root.iterdir() if RUN_FOLDER.match(p.name) and p.is_dir())]
+            candidates = [path for folder in folders for pattern in LEFTOVERS for path in folder.glob(pattern)]
+        except OSError:
+            return []
+        for path in candidates:
+            try:
+                if now - path.stat().st_mtime < age_s:
+                    continue
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed.append(path)
+            except OSError:  # another process removed it first, or it is not ours to remove
+                continue
+        if removed:
+            log.info("removed %d temporary file(s) of writes that never finished: %s", len(removed), removed[0])
+        return removed
 
     def latest(self, command: str) -> Path | None:
         """The folder of the latest successful run of ``command``, if any."""
