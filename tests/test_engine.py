@@ -1016,3 +1016,26 @@ def test_temporary_files_of_writes_a_killed_process_never_finished_are_swept(tmp
     assert not any(path.exists() for path in old)
     assert fresh.exists() and mine.exists() and new.path.is_dir()
     new.close(False)
+
+
+def test_run_folders_with_relative_paths_are_read_from_anywhere(tmp_path: Path, monkeypatch) -> None:
+    # Before (a bug bash of older artifacts): an otx before 2026-12-03 recorded work_dir, checkpoint and data_root
+    # relative to where it ran; from another directory `otx test` of its export said "no data to test on" and
+    # `otx optimize` "no run folder beside the model says where" the training images are.
+    import yaml
+
+    from otx.workdir import training_checkpoint, training_data_root
+
+    project = tmp_path / "project"
+    train, export = project / "ws" / "20261201-120000-train", project / "ws" / "20261201-120100-export"
+    train.mkdir(parents=True)
+    export.mkdir()
+    (train / "config.yaml").write_text(yaml.safe_dump({"work_dir": "ws", "data": {"data_root": "../d/bottle_like"}}))
+    checkpoint = "ws/20261201-120000-train/model.ckpt"
+    (export / "config.yaml").write_text(yaml.safe_dump({"work_dir": "ws", "checkpoint": checkpoint}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for given in (export / "exported_model.xml", Path("../project/ws/20261201-120100-export/exported_model.xml")):
+        assert training_data_root(given) == str(project.resolve() / "../d/bottle_like")
+        assert training_checkpoint(given) == project.resolve() / checkpoint

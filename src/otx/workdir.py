@@ -481,7 +481,7 @@ def training_data_root(exported: str | Path, hops: int = 3) -> str | None:
         source = Path(source)
         if source.suffix == ".ckpt":
             return _data_root(_read_config(source.parent))
-        if source.parent == folder:  # an optimize run that exported the model itself first: its own record
+        if source.parent.resolve() == folder.resolve():  # an optimize run that exported the model itself first
             return _data_root(config)
         folder = source.parent
     return None
@@ -507,9 +507,40 @@ def _data_root(config: dict[str, Any] | None) -> str | None:
 
 
 def _read_config(folder: Path) -> dict[str, Any] | None:
-    """A run folder's ``config.yaml`` as a mapping; None when it is missing or not one."""
+    """A run folder's ``config.yaml`` as a mapping; None when it is missing or not one.
+
+    Paths an earlier otx recorded relative to where it ran (``work_dir: ws``, ``checkpoint:
+    ws/<run>/model.ckpt``, ``data_root: ../d``; otx before 2026-12-03) are made absolute from
+    the run folder's place: read from another directory they named nothing (a bug bash of older
+    artifacts: "no data to test on" for an export whose training data was there).
+    """
     try:
         config = yaml.safe_load((folder / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    return config if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return None
+    base = _made_from(folder, config.get("work_dir"))
+    if base is None:
+        return config
+    config = dict(config)
+    for key in ("checkpoint", "trained_checkpoint"):
+        if isinstance(config.get(key), str) and not Path(config[key]).is_absolute():
+            config[key] = str(base / config[key])
+    data = config.get("data")
+    if isinstance(data, dict) and isinstance(data.get("data_root"), str) and not Path(data["data_root"]).is_absolute():
+        config["data"] = {**data, "data_root": str(base / data["data_root"])}
+    return config
+
+
+def _made_from(folder: Path, work_dir: Any) -> Path | None:
+    """The directory a run was made from, where its config.yaml records a relative ``work_dir``; else None."""
+    if not isinstance(work_dir, str) or not work_dir or Path(work_dir).is_absolute():
+        return None
+    parts = Path(work_dir).parts
+    if ".." in parts:
+        return None
+    base = folder.resolve().parent  # the work dir
+    for _ in parts:
+        base = base.parent
+    return base
