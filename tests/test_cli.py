@@ -808,3 +808,30 @@ def test_a_ctrl_c_a_library_turned_into_its_own_error_is_a_stop() -> None:
     assert _stop_inside(chained)
     assert not _stop_inside(RuntimeError("Check 'false' failed: unsupported operation aten::foo"))
     assert not _stop_inside(RuntimeError("a KeyboardInterrupt handler was missing"))  # a word, not the exception
+
+
+STFPM_RECIPE = "recipe/anomaly_segmentation/stfpm.yaml"
+
+
+def test_a_config_yaml_an_earlier_otx_wrote_trains_as_that_run_did(sample_root: Path, tmp_path: Path) -> None:
+    # Before (a bug bash of older artifacts): settings added since the file was written took this otx's defaults
+    # without a word: an STFPM run of anomalib's student by SGD, given back as --config, trained the small student
+    # by Adam with the earlier run's SGD learning rate.
+    work = tmp_path / "ws"
+    base = ["train", "--config", STFPM_RECIPE, "--data_root", str(sample_root / "bottle_like")]
+    small = ["--model.init_args.input_size", "[64,64]", "--data.num_workers", "0", "--max_epochs", "1"]
+    written = yaml.safe_load(run_main(*base, *small, "--print_config", cwd=tmp_path).stdout)
+    for key in ("student", "student_width", "optimizer", "score_top_share"):  # as a file of 2026-12-01 lacks them
+        del written["model"]["init_args"][key]
+    written["model"]["init_args"].update({"lr": 0.4, "momentum": 0.9})
+    earlier = tmp_path / "old" / "20261201-120000-train" / "config.yaml"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text(yaml.safe_dump({**written, "work_dir": str(work)}))
+    done = run_main("train", "--config", str(earlier), "--model.init_args.score_top_share", "0.05", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stdout.split())
+    assert "was written by an earlier otx; it trains as that run did with student backbone, optimizer sgd" in said
+    (run,) = work.glob("*-train")
+    trained = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]
+    assert (trained["student"], trained["optimizer"], trained["lr"]) == ("backbone", "sgd", 0.4)
+    assert trained["score_top_share"] == 0.05  # the command line's own setting wins

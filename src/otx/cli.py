@@ -576,6 +576,7 @@ def _run_verb(verb: str, cfg: Namespace, parser: ArgumentParser, console: Consol
         cfg.data.data_root = cfg.data_root
     if verb == "train" and cfg.model is not None:
         _seed_the_model(cfg, list(argv), console)
+        _earlier_runs_settings(cfg, list(argv), console)
     data = AnomalyDataModule(**cfg.data.as_dict())
     config = parser.dump(cfg, skip_none=False, format="parser_mode")  # validated, resolved
     import yaml
@@ -714,6 +715,45 @@ def _seed_the_model(cfg: Namespace, argv: list[str], console: Console) -> None:
     if init_args is None:
         cfg.model.init_args = init_args = Namespace()
     init_args["seed"] = cfg.seed  # (a Namespace or a dict)
+
+
+def _earlier_runs_settings(cfg: Namespace, argv: list[str], console: Console) -> None:
+    """A training run's config.yaml given as --config trains as that run did, also when an earlier otx wrote it.
+
+    The README says a run's config.yaml trains the same again; a file an earlier otx wrote lacks
+    the settings added since, which took this otx's defaults without a word (an STFPM run of
+    anomalib's student by SGD came back as the small student by Adam, a PatchCore run's nearest map
+    as the bilinear one; a bug bash of older artifacts). Those settings take the values the model
+    gives a checkpoint of that otx (``upgrade_init_args``), unless the command line gives them; one
+    line names them.
+    """
+    given = [Path(value) for _, value in _option_values(argv, "--config")]
+    runs = [p for p in given if p.name == "config.yaml" and p.parent.name.endswith("-train") and p.is_file()]
+    if not runs or cfg.model.init_args is None:
+        return
+    import yaml
+
+    try:
+        written = (yaml.safe_load(runs[-1].read_text()) or {}).get("model") or {}
+        if written.get("class_path") != str(cfg.model.class_path) or not isinstance(written.get("init_args"), dict):
+            return
+        cls = _class_at(str(cfg.model.class_path))
+        upgraded = cls.upgrade_init_args(dict(written["init_args"]))
+    except Exception:  # noqa: BLE001 - an unreadable file is said by the parser, a model without the hook has none
+        return
+    added = {
+        key: value
+        for key, value in upgraded.items()
+        if key not in written["init_args"] and not _option_values(argv, f"--model.init_args.{key}")
+    }
+    for key, value in added.items():
+        cfg.model.init_args[key] = value
+    if added:
+        console.print(
+            f"note: {escape(str(runs[-1]))} was written by an earlier otx; it trains as that run did with "
+            + ", ".join(f"{key} {'null' if value is None else value}" for key, value in added.items())
+            + " (settings this otx added since, at that otx's values; give them on the command line for others)"
+        )
 
 
 def _class_at(class_path: str) -> type:
