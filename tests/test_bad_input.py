@@ -442,6 +442,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "values through its YAML aliases (&name / *name), more than a recipe holds (100,000 at most)",
         1,
     ),
+    (  # before: "internal error (RecursionError)"
+        "train-config-self-alias",
+        "wrong file",
+        ["train", "--config", "{selfyaml}"],
+        "holds a value that refers to itself through a YAML alias; fix it",
+        1,
+    ),
     (  # before: YAML kept the second data: block, and the first one's settings were dropped without a word
         "train-config-duplicate-key",
         "wrong file",
@@ -887,7 +894,9 @@ def setting(trained_padim: dict, exported, sample_root: Path, tmp_path_factory: 
     levels = ["a: &a [" + ", ".join(["lol"] * 9) + "]"]  # "billion laughs": each level nine of the one before
     levels += [f"{b}: &{b} [" + ", ".join([f"*{a}"] * 9) + "]" for a, b in zip("abcdefg", "bcdefgh", strict=True)]
     (base / "laughs.yaml").write_text("task: segmentation\n" + "\n".join(levels) + "\n")
+    (base / "self.yaml").write_text("task: segmentation\na: &a [1, *a]\n")
     return {
+        "selfyaml": str(base / "self.yaml"),
         "laughsyaml": str(base / "laughs.yaml"),
         "flatyaml": str(base / "flat.yaml"),
         "dupyaml": str(base / "dup.yaml"),
@@ -948,7 +957,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     message = lines[0]
     # before "empty": its path is a prefix of theirs
     files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml", "nullargsyaml")
-    files = (*files, "dupyaml", "flatyaml", "laughsyaml")
+    files = (*files, "dupyaml", "flatyaml", "laughsyaml", "selfyaml")
     for key in (*files, "missing", "ws", "file", "notest", "empty", "bin", "xml", "ckpt", "run", "data", "unwritable"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")

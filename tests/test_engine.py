@@ -1000,21 +1000,23 @@ def test_temporary_files_of_writes_a_killed_process_never_finished_are_swept(tmp
 
     work = WorkDir(tmp_path / "ws")
     run = work.root / "20261201-120000-train"
-    (run / ".save-abc").mkdir(parents=True)
-    (run / ".save-abc" / "exported_model.bin").write_bytes(b"0" * 10)
-    old = [run / ".model.ckpt.x1y2.tmp", work.root / ".latest.json.q9.tmp", run / ".save-abc"]
+    (run / ".save-ab_c1234").mkdir(parents=True)  # (tempfile's names: 8 random characters)
+    (run / ".save-ab_c1234" / "exported_model.bin").write_bytes(b"0" * 10)
+    old = [run / ".model.ckpt.x1y2z3w4.tmp", work.root / ".latest.json.q9r8s7t6.tmp", run / ".save-ab_c1234"]
     for path in old[:2]:
         path.write_bytes(b"partial")
-    fresh = run / ".metrics.json.z3.tmp"  # another otx writing now: left alone
+    fresh = run / ".metrics.json.z3a4b5c6.tmp"  # another otx writing now: left alone
     fresh.write_bytes(b"{")
-    mine = run / "notes.tmp"  # not a name otx writes
-    mine.write_text("the user's")
+    mine = [run / "notes.tmp", work.root / ".build.tmp", work.root / ".export-cache"]  # not names otx writes
+    mine[0].write_text("the user's")
+    mine[1].write_text("the user's")
+    mine[2].mkdir()
     hours_ago = time.time() - 2 * 3600
-    for path in (*old, mine):
+    for path in (*old, *mine):
         os.utime(path, (hours_ago, hours_ago))
     new = work.new_run("test")
     assert not any(path.exists() for path in old)
-    assert fresh.exists() and mine.exists() and new.path.is_dir()
+    assert fresh.exists() and all(path.exists() for path in mine) and new.path.is_dir()
     new.close(False)
 
 

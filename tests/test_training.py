@@ -820,7 +820,12 @@ def test_a_run_started_by_an_earlier_otx_is_compared_as_this_otx_builds_it(tmp_p
         yaml.safe_dump({"model": {"class_path": "otx.models.stfpm.Stfpm", "init_args": earlier}})
     )
     state = run / "checkpoints" / "last.ckpt"
-    changes, _ = _config_changes(state, model_entry(Stfpm(input_size=(64, 64))), None, None)
+
+    def entry(model: Stfpm) -> dict:  # with its layers resolved, as check_resume compares it
+        built = model_entry(model)
+        return {**built, "init_args": {**built["init_args"], "layers": list(model.layers)}}
+
+    changes, _ = _config_changes(state, entry(Stfpm(input_size=(64, 64))), None, None)
     options = " ".join(option for _, option in changes)
     # what the earlier otx trained (anomalib's student by SGD, the map's maximum as score), as options to pass
     for option in ("--model.init_args.student backbone", "--model.init_args.optimizer sgd"):
@@ -832,4 +837,7 @@ def test_a_run_started_by_an_earlier_otx_is_compared_as_this_otx_builds_it(tmp_p
         key, value = option.strip().split(" ", 1)
         given[key] = yaml.safe_load(value.strip("'"))
     rebuilt = Stfpm(**{"input_size": (64, 64), **given})
-    assert _config_changes(state, model_entry(rebuilt), None, None)[0] == []
+    assert _config_changes(state, entry(rebuilt), None, None)[0] == []
+    # another model class: its settings are no options of this one's; the run's config.yaml is the advice
+    padim = {"class_path": "otx.models.padim.Padim", "init_args": {"input_size": [64, 64]}}
+    assert [option for _, option in _config_changes(state, padim, None, None)[0]] == [""]

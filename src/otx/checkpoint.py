@@ -128,12 +128,12 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             f"'{path}' was written by a newer otx ({ckpt.get('otx_version', '?')}, checkpoint schema {schema}; this "
             f"otx {__version__} reads up to {CHECKPOINT_SCHEMA}); upgrade otx to the version that wrote it"
         )
-    if (problem := _data_problem(ckpt.get("data"))) is not None:  # before: "internal error (ValueError ...)" later
-        raise OTXError(
-            f"'{path}' has a damaged data record ({problem}): the file was edited or damaged; pass the model.ckpt "
-            "of another run, or train again"
-        )
     try:
+        if (problem := _data_problem(ckpt.get("data"))) is not None:  # before: "internal error (ValueError ...)"
+            raise OTXError(
+                f"'{path}' has a damaged data record ({problem}): the file was edited or damaged; pass the model.ckpt "
+                "of another run, or train again"
+            )
         cls = _model_class(path, ckpt["model"]["class_path"])
         with saved_settings():  # as trained, also settings new models may no longer take
             model = cls.without_weights(**cls.upgrade_init_args(dict(ckpt["model"]["init_args"])))

@@ -42,7 +42,7 @@ from otx.errors import (
 )
 from otx.logs import StderrHandler, make_console, pipe_safe_stdout
 from otx.validate import close_matches
-from otx.workdir import FAILED, FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPPED, STOPS
+from otx.workdir import FINISHED, HELD_STOPS, MARKING, OPEN_RUNS, STOPPED, STOPS
 
 RECIPE_PREFIXES = ("recipe/", "recipes/")
 VERB_HELP = {
@@ -131,6 +131,10 @@ def _unique_key_loader() -> type:
 MAX_CONFIG_VALUES = 100_000  # values a --config file may expand to (a recipe holds about a hundred)
 
 
+class _SelfReference(Exception):
+    """A YAML value that holds itself through an alias (``_expanded_size``)."""
+
+
 def _expanded_size(node: Any, memo: dict[int, int]) -> int:
     """How many values ``node`` holds once its YAML aliases are written out (shared objects counted per use).
 
@@ -140,7 +144,10 @@ def _expanded_size(node: Any, memo: dict[int, int]) -> int:
     """
     key = id(node)
     if key in memo:
+        if memo[key] < 0:  # still being counted: the node holds itself (a: &a [1, *a])
+            raise _SelfReference
         return memo[key]
+    memo[key] = -1
     if isinstance(node, dict):
         size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.items())
     elif isinstance(node, list | tuple):
@@ -173,7 +180,11 @@ def _checked_yaml(path: str) -> str:
         raise OTXError(f"--config {path} is not valid YAML ({problem}{where}); fix the file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise OTXError(f"--config {path} cannot be read ({exc}); pass a YAML recipe") from None
-    if (size := _expanded_size(content, {})) > MAX_CONFIG_VALUES:  # before: minutes and GBs, then "unknown key"
+    try:
+        size = _expanded_size(content, {})
+    except _SelfReference:  # before: "internal error (RecursionError)" (a review)
+        raise OTXError(f"--config {path} holds a value that refers to itself through a YAML alias; fix it") from None
+    if size > MAX_CONFIG_VALUES:  # before: minutes and GBs, then "unknown key"
         raise OTXError(
             f"--config {path} expands to {size:,} values through its YAML aliases (&name / *name), more than a recipe "
             f"holds ({MAX_CONFIG_VALUES:,} at most); write the values out, or use fewer aliases"
@@ -1190,17 +1201,20 @@ def _resume_hint() -> str | None:
 def _announce_stop(signum: int) -> None:
     """Say once (from the first process) that a stop arrived, and arm the clean-up's watchdog."""
     name = signal.Signals(signum).name
+    watchdog = threading.Timer(STOP_GRACE_S, _stop_without_cleanup, args=(signum,))  # first: the line may fail
+    watchdog.daemon = True
+    watchdog.start()
+    _WATCHDOG.append(watchdog)
     if not secondary():  # once, from the first process (before: once per process of a multi-process run)
         if FINISHED and not OPEN_RUNS:  # the run had finished (before: "latest.json stay as they were", untrue)
             said = f"otx: {name} received after the run finished; {FINISHED[-1]} and latest.json are written\n"
         else:
             said = f"otx: {name} received, stopping; earlier runs and latest.json stay as they were\n"
-        sys.stderr.write(said)
-        sys.stderr.flush()
-    watchdog = threading.Timer(STOP_GRACE_S, _stop_without_cleanup, args=(signum,))
-    watchdog.daemon = True
-    watchdog.start()
-    _WATCHDOG.append(watchdog)
+        try:
+            sys.stderr.write(said)
+            sys.stderr.flush()
+        except (OSError, ValueError):  # a terminal that hung up (EIO; a review): the stop goes on without its line
+            pass
 
 
 LISTENER_WAIT_S = 1.0  # how long the main thread gets to take a stop itself before the listener does
@@ -1318,11 +1332,10 @@ def _stop_without_cleanup(signum: int, why: str | None = None) -> None:
     name = signal.Signals(signum).name
     for run in list(OPEN_RUNS):  # imported at start: an import here could wait on a lock the hang holds
         try:
-            if not run.scratch:  # its files are no result (before: no marker after a second Ctrl-C, a bug bash)
-                (run.path / FAILED).write_text(
-                    f"this otx {run.command} run did not finish (its otx.log says why): its files are not a result\n",
-                    encoding="utf-8",
-                )
+            # its files are no result (before: no marker after a second Ctrl-C, a bug bash), unless it is being made
+            # the latest (it finished)
+            if not run.scratch and not MARKING:
+                run.mark_failed()
             with open(run.log_path, "a") as log:
                 if why:
                     log.write(f"{run.command} failed: interrupted ({name}) {why}; earlier runs are unchanged\n")
@@ -1985,10 +1998,11 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
         _stop_taken()
         if FINISHED and not OPEN_RUNS:  # the stop came after the run was written (its line said so): done
             return 0
-        if not STOPS:
-            errors.print("interrupted; earlier runs and latest.json stay as they were")
-        if (hint := _resume_hint()) and not secondary():
-            errors.print(hint, markup=False, highlight=False, soft_wrap=True)
+        with contextlib.suppress(OSError):  # a terminal that hung up (SIGHUP): EIO, the exit code still says it
+            if not STOPS:
+                errors.print("interrupted; earlier runs and latest.json stay as they were")
+            if (hint := _resume_hint()) and not secondary():
+                errors.print(hint, markup=False, highlight=False, soft_wrap=True)
         return stop_exit_code()
     except Exception as exc:  # jsonargparse reports bad arguments as ArgumentError / ValueError
         cause = exc

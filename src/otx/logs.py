@@ -9,6 +9,7 @@ of the caller's (``logging.basicConfig``, pytest's capture) already shows the wa
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -81,6 +82,10 @@ def warnings_shown(level: int = logging.WARNING) -> Iterator[None]:
         logger.removeHandler(handler)
 
 
+# the reader has gone: a closed pipe, or a terminal that hung up (a dropped SSH session: EIO; a review)
+READER_GONE = (errno.EPIPE, errno.EIO, errno.ENXIO)
+
+
 class PipeSafe:
     """A text stream that outlives its reader: once a pipe's reader has gone, output is dropped, not fatal.
 
@@ -101,7 +106,9 @@ class PipeSafe:
             return len(text)
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
+        except OSError as exc:
+            if exc.errno not in READER_GONE:
+                raise
             self._reader_gone()
             return len(text)
 
@@ -111,7 +118,9 @@ class PipeSafe:
             return
         try:
             self._stream.flush()
-        except BrokenPipeError:
+        except OSError as exc:
+            if exc.errno not in READER_GONE:
+                raise
             self._reader_gone()
 
     def writelines(self, lines: Any) -> None:
@@ -141,3 +150,5 @@ def pipe_safe_stdout() -> None:
     """Make ``sys.stdout`` a ``PipeSafe`` stream (the console script's whole process; once)."""
     if not isinstance(sys.stdout, PipeSafe) and sys.stdout is not None:
         sys.stdout = PipeSafe(sys.stdout)
+    if not isinstance(sys.stderr, PipeSafe) and sys.stderr is not None:  # (a hung-up terminal: both go)
+        sys.stderr = PipeSafe(sys.stderr)

@@ -1152,13 +1152,13 @@ def check_resume(
     return trained
 
 
-def _as_built_here(class_path: str, init_args: dict[str, Any]) -> dict[str, Any]:
+def _as_built_here(class_path: str, init_args: dict[str, Any]) -> dict[str, Any] | None:
     """An interrupted run's model settings as this otx builds them: upgraded, defaults filled in, layers resolved.
 
     A run started by an earlier otx lacks the settings added since and holds ``layers: null``;
     compared as written, no command could match it, and the advice was to pass the options it
     already had (a bug bash of older artifacts). Its ``input_mode`` stays as written (``auto`` is
-    settled later in a run; before the modes, ``resize``). As written when the model cannot be built.
+    settled later in a run; before the modes, ``resize``). None when the model cannot be built.
     """
     from otx.models import model_class
     from otx.preprocess import saved_settings
@@ -1171,18 +1171,20 @@ def _as_built_here(class_path: str, init_args: dict[str, Any]) -> dict[str, Any]
             built = cls.without_weights(**upgraded)
         return {**dict(built.hparams), "layers": list(built.layers)}
     except Exception:  # noqa: BLE001 - e.g. a setting this otx refuses: compared as written
-        return init_args
+        return None
 
 
 def _option(key: str, value: Any) -> str:
-    """``--model.init_args.layers '[blocks.1,blocks.2]'``: the option that sets ``key`` to ``value``."""
+    """``--model.init_args.layers '[blocks.1,blocks.2]'``: the option that sets ``key`` to ``value`` (shell-quoted)."""
+    import shlex
+
     if value is None:
         text = "null"
     elif isinstance(value, list | tuple):
-        text = "'[" + ",".join(str(v) for v in value) + "]'"
+        text = "[" + ",".join(str(v) for v in value) + "]"
     else:
         text = str(value).lower() if isinstance(value, bool) else str(value)
-    return f"--model.init_args.{key} {text}"
+    return f"--model.init_args.{key} {shlex.quote(text)}"
 
 
 def _config_changes(
@@ -1190,9 +1192,11 @@ def _config_changes(
 ) -> tuple[list[tuple[str, str]], Path | None]:
     """How this command's model and data settings differ from the config.yaml of the run ``state_path`` is in.
 
-    Each difference in words, with the option that makes the command's setting the run's (empty for data).
+    Each difference in words, with the option that makes the command's setting the run's (empty for
+    another model class: then the run's config.yaml is the advice).
     """
     import json
+    import shlex
 
     import yaml
 
@@ -1209,23 +1213,28 @@ def _config_changes(
 
     was, now = plain(config.get("model") or {}), plain(entry)
     changes: list[tuple[str, str]] = []
-    if was.get("class_path") != now.get("class_path"):
-        changes.append((f"model class_path {was.get('class_path')!r} there, {now.get('class_path')!r} here", ""))
-        old_args = was.get("init_args") or {}
-    else:
-        old_args = plain(_as_built_here(str(now.get("class_path")), was.get("init_args") or {}))
+    if was.get("class_path") != now.get("class_path"):  # another model: its settings are not this one's options
+        return [(f"model class_path {was.get('class_path')!r} there, {now.get('class_path')!r} here", "")], config_path
+    written = was.get("init_args") or {}
+    built = _as_built_here(str(now.get("class_path")), written)
+    old_args = plain(built) if built is not None else written
     new_args = now.get("init_args") or {}
     changes += [
-        (f"model.init_args.{key} {old_args.get(key)!r} there, {new_args.get(key)!r} here", _option(key, old_args[key]))
+        (
+            f"model.init_args.{key} {old_args.get(key)!r} there, {new_args.get(key)!r} here",
+            _option(key, old_args.get(key)),
+        )
         for key in sorted(set(old_args) | set(new_args))
-        if old_args.get(key) != new_args.get(key) and key in old_args
+        if old_args.get(key) != new_args.get(key) and (key in old_args or built is None)
     ]
     old_data = config.get("data") or {}
     old_root = old_data.get("data_root")
     if old_root and data_root and Path(old_root).resolve() != Path(data_root).resolve():
-        changes.append((f"data_root {old_root} there, {Path(data_root).resolve()} here", f"--data_root {old_root}"))
+        changes.append(
+            (f"data_root {old_root} there, {Path(data_root).resolve()} here", f"--data_root {shlex.quote(old_root)}")
+        )
     changes += [
-        (f"data.{key} {old_data[key]!r} there, {value!r} here", f"--data.{key} {old_data[key]}")
+        (f"data.{key} {old_data[key]!r} there, {value!r} here", f"--data.{key} {shlex.quote(str(old_data[key]))}")
         for key, value in (data_settings or {}).items()
         if key in old_data and old_data[key] is not None and plain(old_data[key]) != plain(value)
     ]

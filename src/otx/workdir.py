@@ -34,8 +34,10 @@ LATEST = "latest.json"
 # A run folder's name (``WorkDir.new_run``): its stamp, the command, and a count when two start in one second
 RUN_FOLDER = re.compile(r"^\d{8}-\d{6}-(train|test|predict|export|optimize|benchmark)(-\d+)?$")
 FAILED = "FAILED"  # written into a run folder that did not finish: its files are not a result
-# temporary files of otx's writes (atomic_write_bytes, the export's folders), and how old one is before it is litter
-LEFTOVERS = (".*.tmp", ".save-*", ".export-*")
+# temporary files of otx's writes, named as tempfile names them (8 random characters): atomic_write_bytes' in a run
+# folder (and latest.json's in the work dir), the export's folders; and how old one is before it is litter
+LEFTOVER_IN_ROOT = re.compile(r"^\.latest\.json\.[a-z0-9_]{8}\.tmp$")
+LEFTOVER_IN_RUN = re.compile(r"^(\..+\.[a-z0-9_]{8}\.tmp|\.(save|export)-[a-z0-9_]{8})$")
 LEFTOVER_AGE_S = 3600.0
 DATA_FOLDERS = ("train", "val", "test", "ground_truth")  # the folders of a data root otx reads images from
 LATEST_LOCK = ".latest.lock"  # held while latest.json is read and replaced (``WorkDir.mark_latest``)
@@ -206,9 +208,10 @@ class WorkDir:
         if not self.root.is_dir():
             return []
         now, removed = time.time(), []
-        try:
-            folders = [self.root, *(p for p in self.root.iterdir() if RUN_FOLDER.match(p.name) and p.is_dir())]
-            candidates = [path for folder in folders for pattern in LEFTOVERS for path in folder.glob(pattern)]
+        try:  # only names otx writes: a work dir can be any folder, with a user's own hidden files (a review)
+            runs = [p for p in self.root.iterdir() if RUN_FOLDER.match(p.name) and p.is_dir()]
+            candidates = [p for p in self.root.iterdir() if LEFTOVER_IN_ROOT.match(p.name)]
+            candidates += [p for run in runs for p in run.iterdir() if LEFTOVER_IN_RUN.match(p.name)]
         except OSError:
             return []
         for path in candidates:
@@ -454,13 +457,17 @@ class Run:
             FINISHED[:] = [self.path]  # the latest only (a Python session runs many)
         else:  # before: an interrupted export or optimize left files that looked like a result (bug bash)
             STOPPED[:] = [self]
-            try:
-                (self.path / FAILED).write_text(
-                    f"this otx {self.command} run did not finish (its otx.log says why): its files are not a result\n",
-                    encoding="utf-8",
-                )
-            except OSError:  # a full disk, the folder gone: the log says it failed
-                pass
+            self.mark_failed()
+
+    def mark_failed(self) -> None:
+        """Write the ``FAILED`` marker: the run did not finish, its files are not a result (silent if it cannot)."""
+        try:
+            (self.path / FAILED).write_text(
+                f"this otx {self.command} run did not finish (its otx.log says why): its files are not a result\n",
+                encoding="utf-8",
+            )
+        except OSError:  # a full disk, the folder gone: the log says it failed
+            pass
 
 
 def training_data_root(exported: str | Path, hops: int = 3) -> str | None:

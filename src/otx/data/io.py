@@ -198,7 +198,7 @@ def max_image_pixels() -> int:
         return MAX_IMAGE_PIXELS
     try:
         value = int(float(given))
-    except ValueError:
+    except (ValueError, OverflowError):  # (inf: OverflowError, a review)
         value = 0
     if value < 1:
         raise OTXConfigError(f"OTX_MAX_IMAGE_PIXELS must be a number of pixels, such as 400000000 (got {given!r})")
@@ -221,8 +221,8 @@ def _check_pixels(path: str | Path, data: bytes, what: str) -> None:
     if width * height > limit:
         raise OTXDataError(
             f"cannot read {what} '{path}': {width}x{height} is {_pixels(width * height)}, above the "
-            f"{_pixels(limit)} otx decodes of one image (it would take several GB of memory); scale it down, "
-            f"or set OTX_MAX_IMAGE_PIXELS to more pixels"
+            f"{_pixels(limit)} otx decodes of one image (a small file can declare a huge image, which takes gigabytes "
+            "to decode); scale it down, or set OTX_MAX_IMAGE_PIXELS to more pixels"
         )
 
 
