@@ -307,7 +307,7 @@ def test_files_written_before_the_box_score_keep_the_maximum(trained_padim: dict
     torch.save(ckpt | {"boxes": boxes | {"score": "median"}}, tmp_path / "newer.ckpt")
     with pytest.raises(OTXError, match="box score 'median'.*upgrade otx"):
         load_checkpoint(tmp_path / "newer.ckpt")
-    raw = dict.fromkeys(REQUIRED, "1")
+    raw = dict.fromkeys(REQUIRED, "1") | {"input_size": "1 1"}  # (an input size is two numbers)
     assert ModelInfo.parse(raw, "old.xml").box_settings().score == "max"
     assert ModelInfo.parse(raw | {"otx_box_score": "mean"}, "new.xml").box_settings().score == "mean"
     with pytest.raises(OTXError, match="box score 'median'.*upgrade otx"):
