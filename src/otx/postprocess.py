@@ -147,6 +147,10 @@ def threshold_origin(
     return origin
 
 
+# the post-processor's statistics, in its buffers' order: checkpoints, export metadata and recalibration name them so
+STAT_KEYS = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
+
+
 class PostProcessor(nn.Module):
     """Thresholds and normalisation statistics, fitted on the validation split.
 
@@ -156,7 +160,7 @@ class PostProcessor(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max"):
+        for name in STAT_KEYS:
             self.register_buffer(name, torch.tensor(float("nan")))
 
     @property

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from otx.errors import OTXError
-from otx.postprocess import known_pixel_rows, normalize
+from otx.postprocess import STAT_KEYS, known_pixel_rows, normalize
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ BOUNDARY = 1e-4  # of the FP32 value range: reference values this close to the t
 # Agreement a recalibration must add to be used: any image; for pixels 0.01 % (fewer is float noise).
 MIN_GAIN = {"image": 0.0, "pixel": 1e-4}
 FOLDS = 5  # cross-validation of a recalibration on the validation split
-STAT_KEYS = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
 
 
 def postprocessor_inputs(ov_model: Any) -> tuple[Any, Any]:
@@ -123,8 +122,7 @@ def postprocessor_disagrees(ov_model: Any, stats: dict[str, float], tolerance: f
     shape = [3] + [1 if d.is_dynamic else d.get_length() for d in raw_map.get_partial_shape()][1:]
     maps = np.broadcast_to(probe("pixel").reshape(3, *[1] * (len(shape) - 1)), shape)
     out = head([np.ascontiguousarray(maps, np.float32), probe("image")])
-    given = {"image": np.asarray(out[head.output(0)]).reshape(3, -1), "pixel": np.asarray(out[head.output(1)])}
-    given["pixel"] = given["pixel"].reshape(3, -1)
+    given = {level: np.asarray(out[head.output(i)]).reshape(3, -1) for i, level in enumerate(("image", "pixel"))}
     # a level whose scores have no spread in float32 (image_min == image_max) is not compared: every value is at
     # its threshold, and which side a value lands on is rounding (the export's check names that case itself)
     spread = {level: bool(np.all(np.diff(probe(level)) > 0)) for level in given}

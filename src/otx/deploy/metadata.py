@@ -19,7 +19,7 @@ from typing import Any
 from otx import __version__
 from otx.boxes import LEGACY_SCORE, BoxSettings, unknown_saved
 from otx.errors import OTXError
-from otx.postprocess import threshold_origin
+from otx.postprocess import STAT_KEYS, threshold_origin
 from otx.preprocess import MODES, PreProcessor, saved_settings
 
 SECTION = "model_info"
@@ -306,19 +306,10 @@ class ModelInfo:
 
     def stats(self) -> dict[str, float]:
         """Raw thresholds and normalisation statistics, as in a checkpoint's ``thresholds``."""
-        keys = ("image_threshold", "pixel_threshold", "image_min", "image_max", "pixel_min", "pixel_max")
-        return {key: float(self.raw[key]) for key in keys if key in self.raw}
+        return {key: float(self.raw[key]) for key in STAT_KEYS if key in self.raw}
 
 
-_STATISTICS = (
-    "image_threshold",
-    "pixel_threshold",
-    "image_min",
-    "image_max",
-    "pixel_min",
-    "pixel_max",
-    "normalization_scale",
-)
+_STATISTICS = (*STAT_KEYS, "normalization_scale")
 
 
 def _passes(valid: Any, text: str) -> bool:
