@@ -338,20 +338,21 @@ def test_a_bad_image_in_the_second_process_is_its_error_not_a_bug_in_the_first(d
 def test_a_rank_variable_left_in_the_environment_does_not_silence_a_one_process_command(
     trained_padim: dict, sample_root: Path, tmp_path: Path
 ) -> None:
-    # Before: each of these exited 0 having written nothing (it took itself for a process of rank > 0).
+    # Before: each of these exited 0 having written nothing (it took itself for a process of rank > 0). Each
+    # variable through `secondary` (test_a_rank_counts_only_beside_a_variable_that_says_there_are_others); one
+    # through the real command, whose verbs all ask `secondary`, and one through a training (Lightning reads them too)
     data = ["--data_root", str(sample_root / "bottle_like")]
-    for name, env in (("local", {"LOCAL_RANK": "1"}), ("slurm", {"SLURM_PROCID": "1"}), ("rank", {"RANK": "1"})):
-        work_dir = tmp_path / name
-        result = run_otx(
-            "export",
-            "--checkpoint",
-            str(trained_padim["checkpoint"]),
-            "--work_dir",
-            str(work_dir),
-            cwd=tmp_path,
-            env=env,
-        )
-        assert result.returncode == 0 and list(work_dir.glob("*-export/exported_model.xml")), (env, result.stderr)
+    work_dir = tmp_path / "slurm"
+    result = run_otx(
+        "export",
+        "--checkpoint",
+        str(trained_padim["checkpoint"]),
+        "--work_dir",
+        str(work_dir),
+        cwd=tmp_path,
+        env={"SLURM_PROCID": "1"},
+    )
+    assert result.returncode == 0 and list(work_dir.glob("*-export/exported_model.xml")), result.stderr
     work_dir = tmp_path / "train"
     result = run_otx(
         "train",
@@ -378,6 +379,36 @@ def test_a_rank_variable_left_in_the_environment_does_not_silence_a_one_process_
             lines[0].startswith("error: NODE_RANK=1 is set, which numbers this machine")
             and f"{option} is 1" in lines[0]
         )
+
+
+_RANKED = (
+    ({"LOCAL_RANK": "1"}, False),
+    ({"RANK": "1"}, False),
+    ({"SLURM_PROCID": "1"}, False),
+    ({"NODE_RANK": "1"}, False),
+    ({"RANK": "1", "WORLD_SIZE": "1"}, False),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "1"}, False),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, False),
+    ({"LOCAL_RANK": "1", "WORLD_SIZE": "2"}, True),
+    ({"RANK": "1", "WORLD_SIZE": "2"}, True),
+    ({"SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, True),
+    ({"NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1"}, True),
+    ({"NODE_RANK": "1", "WORLD_SIZE": "4"}, True),
+    ({"RANK": "x", "WORLD_SIZE": "2"}, False),
+)
+
+
+@pytest.mark.parametrize(("env", "expected"), _RANKED)
+def test_a_rank_counts_only_beside_a_variable_that_says_there_are_others(
+    env: dict, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otx.distributed import secondary
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "NODE_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert secondary() is expected
 
 
 @pytest.mark.e2e
