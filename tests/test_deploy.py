@@ -902,6 +902,13 @@ def test_an_edited_or_damaged_export_is_refused_in_one_line(exported, sample_roo
     ):
         with pytest.raises(OTXError, match=re.escape(said)):
             read_model_info(edited(key, value))
+    # A value this otx does not know, from a newer otx: upgrade, not "damaged" (before: "export the model again",
+    # which the older otx cannot do for the user's newer model)
+    text = re.sub(r'<otx_version value="[^"]*"', '<otx_version value="99.0"', text)
+    newer = "exported by a newer otx (99.0) than this one"
+    with pytest.raises(OTXError, match=re.escape(newer) + r".*otx_input_mode='sliding'.*upgrade otx"):
+        read_model_info(edited("otx_input_mode", "sliding"))
+    text = xml.read_text()
     script = Path(otx.deploy.__file__).parent / "demo" / "predict.py"
     for key, value in (("input_size", "abc"), ("otx_box_threshold", "x")):
         command = [sys.executable, str(script), source, "--model", str(edited(key, value)), "--output", str(tmp_path)]

@@ -18,6 +18,16 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in TRUE_WORDS
 
 
+def newer_otx(version: object) -> bool:
+    """Whether ``version`` (the ``otx_version`` a checkpoint or an export records) is a later otx than this one."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(str(version)) > Version(__version__)
+    except InvalidVersion:
+        return False
+
+
 def offline() -> bool:
     """Offline mode: ``OTX_OFFLINE`` or ``HF_HUB_OFFLINE`` set to a true word (no downloads, no telemetry)."""
     return env_flag("OTX_OFFLINE") or env_flag("HF_HUB_OFFLINE")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from otx import __version__
+from otx import __version__, newer_otx
 from otx.boxes import LEGACY_SCORE, BoxSettings, unknown_saved
 from otx.errors import OTXError
 from otx.preprocess import saved_settings
@@ -161,7 +161,7 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             raise OTXError(f"'{path}' asks for {unknown}")
         model.box_settings = BoxSettings(**saved)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint becomes one line
-        if _newer(ckpt.get("otx_version")):  # e.g. a model setting (or a value of one) this otx does not know yet
+        if newer_otx(ckpt.get("otx_version")):  # e.g. a model setting (or a value of one) this otx does not know yet
             reason = str(exc) if isinstance(exc, OTXError) else f"{exc.__class__.__name__}: {exc}"
             raise OTXError(
                 f"'{path}' was written by a newer otx ({ckpt['otx_version']}) than this one ({__version__}), which "
@@ -283,16 +283,6 @@ def non_finite(model: torch.nn.Module) -> str | None:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return name
     return None
-
-
-def _newer(version: Any) -> bool:
-    """Whether ``version`` (a checkpoint's ``otx_version``) is a later otx release than this one."""
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        return Version(str(version)) > Version(__version__)
-    except InvalidVersion:
-        return False
 
 
 def latest_checkpoint(workdir: WorkDir) -> Path:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from otx import __version__
+from otx import __version__, newer_otx
 from otx.boxes import LEGACY_SCORE, BoxSettings, unknown_saved
 from otx.errors import OTXError
 from otx.postprocess import STAT_KEYS, threshold_origin
@@ -163,8 +163,23 @@ class ModelInfo:
         """One line naming the first value that otx cannot use (an edited or damaged file), else nothing.
 
         Before, a text where a number goes was "internal error (ValueError ...)" in the verb that
-        read it, and a NaN threshold labelled every image normal (a bug bash of foreign files).
+        read it, and a NaN threshold labelled every image normal (a bug bash of foreign files). An
+        export from a newer otx (``otx_version``; a mode or a value this otx does not know) is told to
+        upgrade, as a newer checkpoint is, not that it was damaged.
         """
+        found = self._problem()
+        if found is None:
+            return
+        value, advice = found
+        if newer_otx(self.raw.get("otx_version")):
+            raise OTXError(
+                f"'{source}' was exported by a newer otx ({self.raw['otx_version']}) than this one ({__version__}), "
+                f"which cannot use its metadata ({value}); upgrade otx to the version that exported it"
+            )
+        raise OTXError(f"'{source}' {advice}")
+
+    def _problem(self) -> tuple[str, str] | None:
+        """The first metadata problem: (the value, the line's words after the file), or None."""
         raw = self.raw
         numbers = [key for key in raw if key in _STATISTICS or key.startswith("otx_source_")]
         numbers += [f"otx_box_{key}" for key in ("threshold", "merge", "min_area", "peak")]
@@ -175,16 +190,16 @@ class ModelInfo:
         checks |= {"otx_score_top_share": lambda text: text == "none" or 0.0 < float(text) <= 1.0}
         for key, valid in checks.items():
             if key in raw and not _passes(valid, raw[key]):
-                raise OTXError(
-                    f"'{source}' has a damaged metadata value (model_info {key}={raw[key][:40]!r}): the file was "
-                    "edited or damaged; export the model again with `otx export`"
-                )
+                value = f"model_info {key}={raw[key][:40]!r}"
+                advice = "the file was edited or damaged; export the model again with `otx export`"
+                return value, f"has a damaged metadata value ({value}): {advice}"
         if raw.get("otx_input_mode") == "tile" and not {"otx_tile_size", "otx_tile_stride"} <= set(raw):
-            raise OTXError(f"'{source}' is tiled but its metadata names no tile size; export the model again")
+            return "tiled, no tile size", "is tiled but its metadata names no tile size; export the model again"
         try:
             self.preprocessor()
         except (OTXError, ValueError) as exc:
-            raise OTXError(f"'{source}' has metadata otx cannot use ({exc}); export the model again") from exc
+            return str(exc), f"has metadata otx cannot use ({exc}); export the model again"
+        return None
 
     @property
     def task(self) -> str:
