@@ -230,6 +230,27 @@ def test_monitors_of_metrics_the_validation_split_cannot_give_are_left_out(datas
     )
 
 
+class _SaysDidYouMean(L.Callback):
+    """A callback whose misspelt keyword is a TypeError as Python 3.13 words it (with its own suggestion)."""
+
+    def __init__(self, patience: int = 1, **kwargs: object) -> None:
+        if kwargs:
+            name = type(self).__name__
+            raise TypeError(
+                f"{name}.__init__() got an unexpected keyword argument {next(iter(kwargs))!r}. Did you mean 'patience'?"
+            )
+        self.patience = patience
+
+
+def test_a_misspelt_callback_argument_is_suggested_once_in_the_name_the_user_writes() -> None:
+    # Before: Python 3.13's "Did you mean 'patience'?", then otx's "did you mean 'init_args.patience'?"
+    with pytest.raises(OTXError) as raised:
+        instantiate_callbacks([{"class_path": f"{__name__}._SaysDidYouMean", "init_args": {"patiense": 2}}])
+    said = str(raised.value)
+    assert said.lower().count("did you mean") == 1 and said.endswith("did you mean 'init_args.patience'?"), said
+    assert "unexpected keyword argument 'patiense'" in said
+
+
 def _stfpm_args(sample_root: Path, work_dir: str, *extra: str, callbacks: str = "[]") -> list[str]:
     args = ["train", "--config", STFPM, "--data_root", str(sample_root / "bottle_like"), "--work_dir", work_dir]
     return [*args, *SMALL, "--trainer.max_epochs", "4", "--trainer.callbacks", callbacks, *extra]

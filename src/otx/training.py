@@ -326,7 +326,8 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
                 except (TypeError, ValueError):  # a class without a signature Python can read
                     known = []
                 hint = _nearest_name(unknown.group(1), known, "init_args.")
-            raise OTXConfigError(f"trainer.callbacks: {class_name}: {exc}" + (f"; {hint}" if hint else "")) from exc
+            problem = _own_words(exc) if hint else exc
+            raise OTXConfigError(f"trainer.callbacks: {class_name}: {problem}" + (f"; {hint}" if hint else "")) from exc
     return callbacks
 
 
@@ -345,6 +346,15 @@ def _callback_names(module_name: str) -> list[str]:
     except ImportError:
         module = importlib.import_module("lightning.pytorch.callbacks")
     return [name for name, value in vars(module).items() if isinstance(value, type) and issubclass(value, L.Callback)]
+
+
+def _own_words(exc: BaseException) -> str:
+    """``exc``'s message without Python's own "Did you mean 'x'?" (3.13 adds it to a misspelt keyword's TypeError).
+
+    otx's line gives its own suggestion, in the option's name where the user writes it
+    (``init_args.patience``); the two read as one suggestion said twice.
+    """
+    return re.sub(r"\. Did you mean '[^']*'\?$", "", str(exc))
 
 
 def _nearest_name(name: str, known: list[str], prefix: str) -> str:
@@ -881,7 +891,7 @@ def build_trainer(
         hint = _nearest_trainer_argument(str(exc))
         if "`devices`" in str(exc):  # Lightning's type check of a count it cannot use (-1 or "abc" on the CPU)
             hint = f"--trainer.devices takes a count of at least 1, a list of device indices or auto (got {devices!r})"
-        raise OTXConfigError(f"trainer: {exc}; {hint}") from exc
+        raise OTXConfigError(f"trainer: {_own_words(exc) if hint.startswith('did you mean') else exc}; {hint}") from exc
     except Exception as exc:  # Lightning's MisconfigurationException and ValueError: one line
         if (
             not isinstance(exc, ValueError | RuntimeError | ImportError)
