@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,13 @@ import pytest
 
 # Tests never download: a missing backbone must fail fast instead of trying the network.
 os.environ.setdefault("OTX_OFFLINE", "1")
+
+# Ctrl-C reaches the suite's processes, and the commands they start, as it does from a terminal, whatever started
+# the suite: a background job of a script (`make test &`) inherits SIGINT ignored, which otx keeps ignored on
+# purpose (the shell's intent), and the tests that stop a command with SIGINT found it going on to its end (two
+# tests failed when run so, or passed when an earlier test in the same worker happened to reset the handler).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -38,7 +38,17 @@ def start_otx_group(*args: str, cwd: Path, env: dict | None = None, stdout: Any 
         text=True,
         start_new_session=True,
         env=full_env,
+        preexec_fn=_as_from_a_terminal,
     )
+
+
+def _as_from_a_terminal() -> None:
+    """In the command's process before it starts: SIGHUP at its default, as a terminal's command has it.
+
+    Under ``nohup`` the suite ignores SIGHUP, and otx keeps an ignored SIGHUP ignored on purpose; the
+    tests of a hung-up terminal stop the command with it (SIGINT: conftest).
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def run_otx_group(*args: str, cwd: Path, timeout: float, env: dict | None = None) -> tuple[int, str]:
