@@ -209,8 +209,9 @@ class WorkDir:
             return []
         now, removed = time.time(), []
         try:  # only names otx writes: a work dir can be any folder, with a user's own hidden files (a review)
-            runs = [p for p in self.root.iterdir() if RUN_FOLDER.match(p.name) and p.is_dir()]
-            candidates = [p for p in self.root.iterdir() if LEFTOVER_IN_ROOT.match(p.name)]
+            entries = list(self.root.iterdir())
+            runs = [p for p in entries if RUN_FOLDER.match(p.name) and p.is_dir()]
+            candidates = [p for p in entries if LEFTOVER_IN_ROOT.match(p.name)]
             candidates += [p for run in runs for p in run.iterdir() if LEFTOVER_IN_RUN.match(p.name)]
         except OSError:
             return []

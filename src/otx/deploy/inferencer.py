@@ -263,8 +263,9 @@ class OpenVINOInferencer:
         self.box_settings = self.info.box_settings()  # (a score or refinement this otx does not know: said here)
         from otx.deploy.calibrate import check_postprocessor, with_raw_outputs
 
-        check_postprocessor(self.model, self.info.stats(), self.path)
-        self.raw_outputs = raw_outputs and len(self.info.stats()) == 6
+        stats = self.info.stats()
+        check_postprocessor(self.model, stats, self.path)
+        self.raw_outputs = raw_outputs and len(stats) == 6
         if self.raw_outputs:
             try:
                 self.model = with_raw_outputs(self.model)
