@@ -28,8 +28,9 @@ def run_otx(*args: str, cwd: Path, env: dict | None = None) -> subprocess.Comple
 
 def start_otx_group(*args: str, cwd: Path, env: dict | None = None, stdout: Any = subprocess.PIPE) -> subprocess.Popen:
     """Start ``otx`` as a terminal's command: its own process group, stderr piped, the tests folder importable."""
-    path = os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])  # helpers' callbacks
-    full_env = {**os.environ, "OTX_OFFLINE": "1", "PYTHONPATH": path, **(env or {})}
+    full_env = {**os.environ, "OTX_OFFLINE": "1", **(env or {})}
+    # the helpers' callbacks importable, whatever PYTHONPATH the suite or ``env`` has
+    full_env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), full_env.get("PYTHONPATH", "")])
     return subprocess.Popen(
         [sys.executable, "-m", "otx.cli", *args],
         cwd=cwd,
