@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_otx, run_otx_group, start_otx_group
+from helpers import run_main, run_otx, run_otx_group, start_otx_group
 from otx.distributed import ShardSampler, drop_padding, join_by_index
 from otx.engine import Engine
 
@@ -336,43 +336,33 @@ def test_a_bad_image_in_the_second_process_is_its_error_not_a_bug_in_the_first(d
 
 @pytest.mark.e2e
 def test_a_rank_variable_left_in_the_environment_does_not_silence_a_one_process_command(
-    trained_padim: dict, sample_root: Path, tmp_path: Path
+    trained_padim: dict, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before: each of these exited 0 having written nothing (it took itself for a process of rank > 0). Each
     # variable through `secondary` (test_a_rank_counts_only_beside_a_variable_that_says_there_are_others); one
-    # through the real command, whose verbs all ask `secondary`, and one through a training (Lightning reads them too)
+    # through the command line, whose verbs all ask `secondary`, and one through a training in a process of its
+    # own (Lightning reads them too, and keeps what it read for the process)
     data = ["--data_root", str(sample_root / "bottle_like")]
-    work_dir = tmp_path / "slurm"
-    result = run_otx(
-        "export",
-        "--checkpoint",
-        str(trained_padim["checkpoint"]),
-        "--work_dir",
-        str(work_dir),
-        cwd=tmp_path,
-        env={"SLURM_PROCID": "1"},
-    )
-    assert result.returncode == 0 and list(work_dir.glob("*-export/exported_model.xml")), result.stderr
     work_dir = tmp_path / "train"
     result = run_otx(
-        "train",
-        "--model",
-        "otx.models.Padim",
-        *SMALL,
-        *data,
-        "--work_dir",
-        str(work_dir),
-        cwd=tmp_path,
+        "train", "--model", "otx.models.Padim", *SMALL, *data, "--work_dir", str(work_dir), cwd=tmp_path,
         env={"LOCAL_RANK": "1"},
-    )
+    )  # fmt: skip
     assert result.returncode == 0 and (work_dir / "latest.json").is_file(), result.stderr
+    work_dir = tmp_path / "slurm"
+    with monkeypatch.context() as env:
+        env.setenv("SLURM_PROCID", "1")
+        args = ["export", "--checkpoint", str(trained_padim["checkpoint"]), "--work_dir", str(work_dir)]
+        result = run_main(*args, cwd=tmp_path)
+    assert result.returncode == 0 and list(work_dir.glob("*-export/exported_model.xml")), result.stderr
     # A machine numbered by hand (NODE_RANK with MASTER_ADDR) in a command for one machine: one line.
-    env = {"NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1"}
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     for verb, args, option in (
         ("train", ["--model", "otx.models.Padim", *SMALL, *data], "--trainer.num_nodes"),
         ("test", ["--checkpoint", str(trained_padim["checkpoint"]), *data], "--num_nodes"),
     ):
-        result = run_otx(verb, *args, "--work_dir", str(tmp_path / f"node_{verb}"), cwd=tmp_path, env=env)
+        result = run_main(verb, *args, "--work_dir", str(tmp_path / f"node_{verb}"), cwd=tmp_path)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 1 and len(lines) == 1, result.stderr
         assert (

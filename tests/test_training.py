@@ -780,8 +780,6 @@ def test_a_checkpoint_whose_record_or_weights_do_not_fit_is_one_line(trained_pad
 
 def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path: Path) -> None:
     # before: "checkpoint '/dev/null' does not exist" of a device, a pipe and a link in a loop alike (a bug bash)
-    import os
-
     from otx.deploy.inferencer import check_model_path
 
     os.mkfifo(tmp_path / "pipe.ckpt")
