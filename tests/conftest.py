@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
+import types
 from pathlib import Path
 
+import jsonargparse._core as jsonargparse_core
 import pytest
 
 # Tests never download: a missing backbone must fail fast instead of trying the network.
@@ -20,6 +24,26 @@ os.environ.setdefault("OTX_OFFLINE", "1")
 # tests failed when run so, or passed when an earlier test in the same worker happened to reset the handler).
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _caller_frames(context: int = 1) -> list[tuple]:
+    """``inspect.stack()`` as jsonargparse's parser reads it (``[1][0]``, its caller's frame), without source lines.
+
+    jsonargparse asks ``inspect.stack()`` which module calls ``parse_known_args`` on each parse; the
+    full call builds every frame's source context, and for a frame of no file (pytest-xdist's
+    ``<string>``) looks through all ~6,000 loaded modules, several times: 82 ms a parse here in a
+    test worker (3 ms in the ``otx`` command), 20 % of the suite's time in a profile of three test
+    files. Same frames, same caller found, so the same parse.
+    """
+    del context
+    frame, frames = sys._getframe(1), []
+    while frame is not None:
+        frames.append((frame, frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name, None, None))
+        frame = frame.f_back
+    return frames
+
+
+jsonargparse_core.inspect = types.SimpleNamespace(**{**vars(inspect), "stack": _caller_frames})
 
 
 @pytest.fixture(scope="session", autouse=True)

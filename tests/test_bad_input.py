@@ -8,7 +8,6 @@ when the table is stale (``OTX_WRITE_BAD_INPUT_DOC=1 pytest tests/test_bad_input
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import digest
 from otx.cli import main, resolve_recipe
 from otx.errors import OTXConfigError
 
@@ -850,12 +850,6 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
 RESULTS: dict[str, tuple[str, int]] = {}
 
 
-def _digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
-    }
-
-
 def _unwritable(tmp_path: Path) -> Path:
     """A folder that cannot be created: under sysfs (root) or under a read-only folder (other users)."""
     candidate = Path("/sys/otx-unwritable-workspace")
@@ -941,7 +935,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
         for key, value in [*zip(SMALL[::2], SMALL[1::2], strict=True), ("--data_root", values["data"])]:
             if key not in argv:
                 argv += [key, value]
-    before = _digest(workspace)
+    before = digest(workspace)
     rc = main(argv)
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
@@ -952,7 +946,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
         expected = expected.replace("{" + key + "}", value)
     assert expected in lines[0], lines[0]
     assert "internal error" not in lines[0]
-    after = _digest(workspace)
+    after = digest(workspace)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing already written changed
     message = lines[0]
     # before "empty": its path is a prefix of theirs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -16,19 +15,13 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import run_main, run_otx
+from helpers import digest, run_main, run_otx
 from otx.cli import list_recipes, main, resolve_recipe
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
 
 RECIPE = "recipe/anomaly_segmentation/padim.yaml"
 SMALL = ["--model.init_args.input_size", "[96, 96]", "--data.num_workers", "0"]
-
-
-def digest(folder: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
-    }
 
 
 FINE_AND_PLAIN = ("patchcore_fine.yaml", "patchcore.yaml")
