@@ -752,7 +752,9 @@ def test_a_checkpoint_imports_no_module_it_names(trained_padim: dict, tmp_path: 
     assert type(load_checkpoint(edited)[0]) is _PadimOfTheCaller
 
 
-def test_a_checkpoint_whose_record_or_weights_do_not_fit_is_one_line(trained_padim: dict, tmp_path: Path) -> None:
+def test_a_checkpoint_whose_record_or_weights_do_not_fit_is_one_line(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
     # Before (a bug bash of foreign files): "internal error (ValueError ...)" in the verb that read a bad data record,
     # and for weights of another backbone torch's 600-character key list, cut mid-word.
     ckpt = torch.load(trained_padim["checkpoint"], map_location="cpu", weights_only=True)
@@ -776,6 +778,24 @@ def test_a_checkpoint_whose_record_or_weights_do_not_fit_is_one_line(trained_pad
     said = str(raised.value)
     assert "holds weights that do not fit the model its settings describe (" in said and "missing" in said, said
     assert len(said) < 400 and "\n" not in said
+    # PADIM's statistics are per feature position: other input settings are refused as the file is read (before:
+    # "internal error (RuntimeError: The size of tensor a (1024) must match the size of tensor b (576) ...)" later,
+    # at prediction, for an edited input_size)
+    size = ckpt["model"]["init_args"]["input_size"]
+    for edit in ({"input_size": [size[0] + 32, size[1]]}, {"input_mode": "tile", "tile_size": size[0] // 2}):
+        init_args = {**ckpt["model"]["init_args"], **edit}
+        torch.save({**ckpt, "model": {**ckpt["model"], "init_args": init_args}}, edited)
+        with pytest.raises(OTXError) as raised:
+            load_checkpoint(edited)
+        said = str(raised.value)
+        assert f"holds PADIM statistics for {(size[0] // 4) * (size[1] // 4)} feature positions, but" in said, said
+        assert "PADIM predicts only at the input it was fitted at" in said and "\n" not in said, said
+    source = str(sample_root / "bottle_like" / "test" / "good")
+    done = run_main("predict", "--checkpoint", str(edited), "--source", source, "--work_dir", "ws", cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "holds PADIM statistics" in done.stderr, done
+    # settings that give the same positions load (the checkpoint as trained: every other test)
+    torch.save({**ckpt, "model": {**ckpt["model"], "init_args": {**ckpt["model"]["init_args"], "seed": 3}}}, edited)
+    assert load_checkpoint(edited)[0].fitted_state_problem() is None
 
 
 def test_a_model_path_that_is_no_regular_file_says_what_it_is(tmp_path: Path) -> None:

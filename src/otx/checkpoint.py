@@ -145,6 +145,11 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
                 f"{_mismatch(model.state_dict(), ckpt['state_dict'])}): the file was edited or damaged; pass the "
                 "model.ckpt of another run, or train again"
             ) from exc
+        if (problem := model.fitted_state_problem()) is not None:  # before: "internal error" at prediction
+            raise OTXError(
+                f"'{path}' {problem}; the file was edited or damaged: pass the model.ckpt of another run, or train "
+                "again with the input settings you want"
+            )
         if damaged := non_finite(model):  # before: a NaN threshold labelled every image "normal" (a bug bash)
             raise OTXError(
                 f"'{path}' cannot be used: its {damaged} holds NaN or infinite values (a damaged file, or a training "

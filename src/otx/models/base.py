@@ -360,6 +360,14 @@ class AnomalyModel(L.LightningModule):
         """The timm feature extractors that receive ImageNet weights."""
         raise NotImplementedError
 
+    def fitted_state_problem(self) -> str | None:
+        """Why the fitted state just loaded (a checkpoint's) cannot serve this model's settings; None when it can.
+
+        What the weights' shapes cannot show: a model whose fitted state depends on its input (PADIM's
+        statistics per feature position) says so here, before prediction fails inside its core.
+        """
+        return None
+
     # --- shared ------------------------------------------------------------------------------
     def normalize_input(self, images: torch.Tensor) -> torch.Tensor:
         """Apply the backbone's mean/std to images in [0, 1]."""

@@ -295,6 +295,31 @@ class Padim(AnomalyModel):
     def pretrained_modules(self) -> list[nn.Module]:  # noqa: D102
         return [self.model.feature_extractor.feature_extractor]
 
+    def fitted_state_problem(self) -> str | None:
+        """The statistics are per feature position: they serve only the input they were fitted at.
+
+        Before: a checkpoint whose input settings were edited failed at prediction as "internal error
+        (RuntimeError: The size of tensor a (1024) must match the size of tensor b (576) ...)".
+        """
+        mean = self.model.gaussian.mean
+        if mean.dim() != 2:  # not fitted
+            return None
+        extractor = self.model.feature_extractor
+        training = extractor.training
+        extractor.eval()  # (batch norms keep their statistics)
+        try:
+            with torch.no_grad():
+                first = extractor(torch.zeros(1, 3, *self.preprocessor.core_size))[self.layers[0]]
+        finally:
+            extractor.train(training)
+        positions = first.shape[-2] * first.shape[-1]
+        if positions == mean.shape[-1]:
+            return None
+        return (
+            f"holds PADIM statistics for {mean.shape[-1]} feature positions, but its input settings "
+            f"({self.preprocessor.describe()}) give {positions}: PADIM predicts only at the input it was fitted at"
+        )
+
     def on_train_epoch_start(self) -> None:  # noqa: D102
         self._gaussian = StreamingGaussian()
 
