@@ -251,7 +251,7 @@ def test_a_python_script_that_catches_an_error_of_a_two_process_training_lives_o
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     script = tmp_path / "caught.py"
     script.write_text(
-        "import os, sys, time\n"
+        "import os, sys, threading\n"
         "from otx.data import AnomalyDataModule\n"
         "from otx.engine import Engine\n"
         "from otx.errors import OTXError\n"
@@ -262,7 +262,11 @@ def test_a_python_script_that_catches_an_error_of_a_two_process_training_lives_o
         "    engine.train()\n"
         "except OTXError as exc:\n"
         "    print('caught', type(exc).__name__, flush=True)\n"
-        "time.sleep(8)  # beyond the watcher's 5-second round\n"
+        "# Lightning's watcher ends once its round (every 5 s) has seen the killed process and acted on it\n"
+        "watchers = [t for t in threading.enumerate() if t.name == 'child-process-observer']\n"
+        "for watcher in watchers:\n"
+        "    watcher.join(30)\n"
+        "print('watchers', len(watchers), 'done', not any(t.is_alive() for t in watchers), flush=True)\n"
         "print('rank', os.environ.get('LOCAL_RANK', '0'), 'lives on', flush=True)\n"
     )
     done = subprocess.run(
@@ -271,6 +275,7 @@ def test_a_python_script_that_catches_an_error_of_a_two_process_training_lives_o
     )  # fmt: skip
     assert done.returncode == 0, (done.returncode, done.stdout, done.stderr[-3000:])  # before: 137 (SIGKILL)
     assert "caught OTXDataError" in done.stdout and "rank 0 lives on" in done.stdout, done.stdout
+    assert "watchers 1 done True" in done.stdout, done.stdout  # rank 0 outlived the watcher's round
 
 
 def _group_outlives(process: subprocess.Popen, seconds: float) -> bool:
