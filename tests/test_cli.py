@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from helpers import digest, run_main, run_otx
@@ -217,9 +218,13 @@ def test_make_sample_then_train_test_predict(tmp_path: Path) -> None:
     assert train.returncode == 0, train.stderr
     assert "image_AUROC" in train.stdout and "model.ckpt" in "".join(train.stdout.split())  # (wrapped anywhere)
     # test in one process (one thread, as each of two processes gets), then in two: the same files
-    one_thread = {"OMP_NUM_THREADS": "1"}
     checkpoint = ["--checkpoint", str(next((tmp_path / "ws").glob("*-train/model.ckpt")))]  # data root: the ckpt's
-    test = run_otx("test", "--config", RECIPE, "--work_dir", "ws", *checkpoint, cwd=tmp_path, env=one_thread)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        test = run_main("test", "--config", RECIPE, "--work_dir", "ws", *checkpoint, cwd=tmp_path)
+    finally:
+        torch.set_num_threads(threads)
     assert test.returncode == 0, test.stderr
     (one,) = list((tmp_path / "ws").glob("*-test"))
     metrics = json.loads((one / "metrics.json").read_text())
