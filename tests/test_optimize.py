@@ -484,7 +484,7 @@ def test_an_fp16_export_is_named_as_the_reference_not_fp32(exported, sample_root
     # Quantising an FP16 IR checks the INT8 model against that IR (its thresholds recalibrated at
     # export), so the table, the record and the warning must not call it FP32.
     source = exported("padim", precision="FP16")
-    result = run_otx(
+    result = run_main(
         "optimize", "--checkpoint", str(source), "--data_root", str(sample_root / "bottle_like"),
         "--subset_size", "10", "--work_dir", str(tmp_path), "--data.num_workers", "0", cwd=tmp_path,
     )  # fmt: skip
