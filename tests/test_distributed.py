@@ -189,19 +189,22 @@ def test_two_nodes_over_loopback_fit_what_one_process_fits(trained_padim: dict, 
 
 
 @pytest.mark.e2e
-def test_stfpm_trains_with_two_processes_close_to_one(trained_stfpm10: dict, sample_root: Path, tmp_path: Path):
-    work_dir = tmp_path / "ws"
+def test_stfpm_trains_with_two_processes_close_to_one(sample_root: Path, tmp_path: Path):
+    # 64x64 input: ten epochs reach image AUROC 1.0 and pixel AUROC ~0.94 on bottle_like, in 5 s a process
+    # all ten epochs, the last kept (no early stopping, no best epoch)
+    args = ["--model", "otx.models.Stfpm", "--model.init_args.input_size", "[64,64]", "--data.num_workers", "0"]
+    args += ["--task", "segmentation", "--max_epochs", "10", "--trainer.callbacks", "[]"]
+    args += ["--data_root", str(sample_root / "bottle_like")]
+    one = run_main("train", *args, "--data.batch_size", "16", "--work_dir", str(tmp_path / "one"), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
     # batch_size is per process: two processes of 8 take the one-process run's steps (16, 16, 8 images)
-    # all ten epochs, the last kept, as the one-process fixture trains (no early stopping, no best epoch)
-    args = ["--model", "otx.models.Stfpm", *SMALL, "--max_epochs", "10", "--data.batch_size", "8", *TWO]
-    args += ["--trainer.callbacks", "[]"]
-    result = run_otx(
-        "train", *args, "--data_root", str(sample_root / "bottle_like"), "--work_dir", str(work_dir), cwd=tmp_path
+    two = run_otx("train", *args, "--data.batch_size", "8", *TWO, "--work_dir", str(tmp_path / "two"), cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    expected, got = (
+        json.loads(next((tmp_path / run).glob("*-train/metrics.json")).read_text())["validation_metrics"]
+        for run in ("one", "two")
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (metrics,) = list(work_dir.glob("*-train/metrics.json"))
-    got = json.loads(metrics.read_text())["validation_metrics"]
-    expected = trained_stfpm10["summary"]["validation_metrics"]
+    assert expected["image_AUROC"] >= 0.95  # a model that learnt, to compare with
     # gradients averaged over two halves of each batch: not the same steps, the same model quality (docs/scale.md)
     for name in ("image_AUROC", "pixel_AUROC"):
         assert abs(got[name] - expected[name]) <= 0.05, (name, got[name], expected[name])
