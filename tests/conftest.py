@@ -49,10 +49,11 @@ jsonargparse_core.inspect = types.SimpleNamespace(**{**vars(inspect), "stack": _
 def pytest_configure(config: pytest.Config) -> None:
     """Before the workers start: the bytecode of otx's and the tests' modules is written once.
 
-    Where ``PYTHONDONTWRITEBYTECODE`` is set (as on the CI machine), no ``.pyc`` of an editable
-    install's sources is ever written, so each of the suite's ~130 ``otx`` processes compiled otx's
-    sources again as it started (all 63 modules: 0.3 s). Reading ``.pyc`` files is not affected by
-    the setting; ``compileall`` writes them whatever it says, and skips those already up to date.
+    Where ``PYTHONDONTWRITEBYTECODE`` is set (as on the development machine), no ``.pyc`` of an
+    editable install's sources is ever written, so each of the ~120 processes of the suite that
+    import otx compiled its sources again as it started (all 63 modules: 0.3 s). Reading ``.pyc``
+    files is not affected by the setting; ``compileall`` writes them whatever it says, and skips
+    those already up to date.
     """
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller has done it
         return
