@@ -487,6 +487,7 @@ def port_in_use(exc: BaseException) -> OTXError | None:
 # process ids otx itself ended (``_end_processes``), whose deaths are not reported.
 WATCHED: list[Any] = []
 ENDED_BY_OTX: set[int] = set()
+PEER_EXIT_WAIT_S = 5.0  # how long ``peer_gone`` waits for a lost process's exit code
 LAUNCHED: list[Any] = []  # the processes ``launch`` started for an evaluation (rank 0 only; ``stop_launched``)
 
 
@@ -511,6 +512,12 @@ def peer_gone(exc: BaseException) -> OTXError | None:
         mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
     ):
         return None
+    # A killed process's sockets close before its exit code can be read (the kernel tears the process down
+    # first): under load this one's collective failed that much earlier and the line named no process (a CI
+    # run). So it waits, briefly, for one of them to have ended.
+    deadline = time.monotonic() + PEER_EXIT_WAIT_S
+    while WATCHED and all(process.poll() is None for process in WATCHED) and time.monotonic() < deadline:
+        time.sleep(0.05)
     codes = [process.poll() for process in WATCHED]
     if any(code is not None and code > 0 for code in codes):  # one that failed printed its own error
         codes = []
