@@ -219,6 +219,41 @@ class StopAfterEpochs(Callback):
             os.kill(os.getpid(), self.stop)
 
 
+class StopWhileLoaderStarts(Callback):
+    """A Lightning callback that sends SIGINT to its own process while epoch ``epochs`` + 1's data loader starts.
+
+    The stop lands inside the loader iterator's start, after its first batch went to a worker: the
+    sampler, which the main process reads there, sends it and waits for it. ``stamp``: a file that
+    gets the time the stop was sent (``time.time()``).
+    """
+
+    def __init__(self, epochs: int, stamp: str) -> None:
+        self.epochs = epochs
+        self.stamp = stamp
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        batches = trainer.train_dataloader.batch_sampler
+        batches.sampler = _StopInSampler(batches.sampler, batches.batch_size, self.epochs + 1, self.stamp)
+
+
+class _StopInSampler:
+    def __init__(self, sampler: Any, batch_size: int, at: int, stamp: str) -> None:
+        self.sampler, self.batch_size, self.at, self.stamp = sampler, batch_size, at, stamp
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Any:
+        self.epoch += 1
+        for n, index in enumerate(self.sampler):
+            if self.epoch == self.at and n == self.batch_size:  # the second batch: the first is with a worker
+                Path(self.stamp).write_text(repr(time.time()))
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(30)  # otx's handler raises the stop here
+            yield index
+
+
 def check_demo_package(package: Path, source: Path, ours: list, tmp_path: Path) -> None:
     """Run the demo package's predict.py (openvino, numpy and OpenCV only) and compare with otx."""
     import zipfile

@@ -1187,15 +1187,23 @@ def _on_signal(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(name)
 
 
-def _resume_hint() -> str | None:
-    """How to continue a training the stop ended, where it saved an epoch (before: its files were "not a result")."""
-    if not STOPPED or STOPPED[-1].command != "train" or STOPPED[-1].scratch:
-        return None
-    from otx.training import newest_state
+_HINTED: list[bool] = []  # the resume hint was said (the watchdog does not say it again)
 
-    if newest_state(STOPPED[-1].path) is None:
+
+def _resume_hint(run: Any = None) -> str | None:
+    """How to continue a training the stop ended, where it saved an epoch (before: its files were "not a result").
+
+    ``run``: that run (the watchdog names the run still open); by default the run the stop ended.
+    """
+    run = run if run is not None else (STOPPED[-1] if STOPPED else None)
+    if run is None or run.command != "train" or run.scratch:
         return None
-    return f"its saved epochs are kept: continue it with the same command and --resume {STOPPED[-1].path}"
+    # loaded by every training; not imported here, where the watchdog's thread would wait on the import lock
+    # of a main thread that hangs while it imports
+    training = sys.modules.get("otx.training")
+    if training is None or training.newest_state(run.path) is None:
+        return None
+    return f"its saved epochs are kept: continue it with the same command and --resume {run.path}"
 
 
 def _announce_stop(signum: int) -> None:
@@ -1326,8 +1334,9 @@ def _stop_without_cleanup(signum: int, why: str | None = None) -> None:
     hides it), as the clean-up would have done; a second stop ends the process here too. A stop
     raised at an unlucky instant can leave a lock held (a library's, a logging handler's) and the
     unwinding waits on it for ever. Nothing is lost by exiting: ``latest.json`` and earlier runs
-    were never touched, and an interrupted run writes no checkpoint. The log gets where each
-    thread was, so the hang can be found. ``why``: the process ends at once, for that reason (``_listen``).
+    were never touched, and the epochs a training had saved are whole files (the line says how to
+    resume from them, as the clean-up would). The log gets where each thread was, so the hang can
+    be found. ``why``: the process ends at once, for that reason (``_listen``).
     """
     name = signal.Signals(signum).name
     for run in list(OPEN_RUNS):  # imported at start: an import here could wait on a lock the hang holds
@@ -1348,6 +1357,12 @@ def _stop_without_cleanup(signum: int, why: str | None = None) -> None:
                 faulthandler.dump_traceback(file=log, all_threads=True)
         except OSError:
             pass
+    # how to go on from the epochs it saved, as the clean-up would have said (before: not said, a CI run where
+    # the clean-up waited on data-loading workers)
+    trainings = [run for run in OPEN_RUNS if run.command == "train"] or STOPPED[-1:]
+    if trainings and not _HINTED and not secondary() and (hint := _resume_hint(trainings[-1])):
+        with contextlib.suppress(OSError):
+            os.write(2, f"{hint}\n".encode())
     for fd in (1, 2):  # a progress bar's hidden cursor (rich shows it again when it stops, which this skips)
         with contextlib.suppress(OSError):
             if os.isatty(fd):
@@ -1414,6 +1429,7 @@ def _install_signal_handlers(listen: bool = False) -> None:
     STOPPED.clear()
     _REDELIVERED.clear()
     _HEARD.clear()
+    _HINTED.clear()
     if threading.current_thread() is threading.main_thread():
         _HANDLER_PID[:] = [os.getpid()]
         for sig in _stop_signals():
@@ -2002,6 +2018,7 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             if not STOPS:
                 errors.print("interrupted; earlier runs and latest.json stay as they were")
             if (hint := _resume_hint()) and not secondary():
+                _HINTED.append(True)
                 errors.print(hint, markup=False, highlight=False, soft_wrap=True)
         return stop_exit_code()
     except Exception as exc:  # jsonargparse reports bad arguments as ArgumentError / ValueError

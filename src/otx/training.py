@@ -22,6 +22,7 @@ import re
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,6 @@ def merge_settings(*layers: dict[str, Any] | None) -> dict[str, Any]:
 
 def _raised_in_loggers(exc: BaseException) -> bool:
     """Whether Lightning's loggers raised ``exc`` (their package missing), not an accelerator's check."""
-    import traceback
-
     frames = traceback.extract_tb(exc.__traceback__)
     return bool(frames) and "loggers" in Path(frames[-1].filename).parts
 
@@ -492,7 +491,24 @@ class StopSignalKept(L.Callback):
     processes it broadcasts from inside that handler, a collective the other processes are not in,
     so SIGTERM (``timeout``, ``docker stop``, a scheduler's preemption) hung every process for good,
     and otx's handler, its one line and its watchdog never ran.
+
+    A stop also frees at once what only its traceback holds (``on_exception``).
     """
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        """A stop: clear the local variables of the frames it unwound, so what they alone held is freed now.
+
+        A stop that lands while an epoch's data loader starts its workers leaves that loader's iterator
+        held by the stop's traceback only, in a reference cycle (Lightning's handler frame keeps the
+        exception). Python's cyclic collector closes the iterator's queues before the iterator's
+        ``__del__`` tells its workers to end, so torch waited 5 s for each worker, then killed it: 10
+        to 20 s after the stop's line, past otx's 20 s watchdog in a slow CI run (the run ended without
+        its resume line). Freed here by reference count, the iterator ends its workers in milliseconds
+        (measured: ``docs/architecture.md``, "Errors").
+        """
+        del trainer, pl_module
+        if isinstance(exception, KeyboardInterrupt):
+            traceback.clear_frames(exception.__traceback__)  # the frame still running (Lightning's) is skipped
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:  # noqa: D102
         self.handler = signal.getsignal(signal.SIGTERM)  # otx's in the CLI, the caller's in Python
