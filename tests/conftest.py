@@ -57,6 +57,10 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller has done it
         return
+    # pytest-xdist >= 3.8 hands out the files in ``HEAVIEST_FIRST``'s order with its ``--no-loadscope-reorder``,
+    # set here rather than in pytest's addopts, where an older xdist, or ``-p no:xdist``, refused the option
+    if hasattr(config.option, "loadscopereorder") and "--loadscope-reorder" not in config.invocation_params.args:
+        config.option.loadscopereorder = False
     import compileall
     import importlib.util
 
