@@ -1,8 +1,24 @@
-"""``python -m otx``: the ``otx`` command, for when the environment's ``bin/`` is not on ``PATH``."""
+"""The ``otx`` command: the console script's entry point, and ``python -m otx`` where ``bin/`` is not on ``PATH``."""
 
 import sys
 
-from otx.cli import main
+STARTING_STOP = "otx: SIGINT received, stopping; earlier runs and latest.json stay as they were\n"
+
+
+def main() -> int:
+    """Run the command line (``otx.cli.main``); a Ctrl-C while it loads is one line and exit 130.
+
+    Loading the command line takes 0.15 s and more (jsonargparse, then each verb's libraries), before
+    its own stop handling is installed: a Ctrl-C then printed Python's traceback of the import under
+    way (a bug bash). SIGTERM there ends the process as the system does, without a word.
+    """
+    try:
+        from otx.cli import main as command_line
+    except KeyboardInterrupt:
+        sys.stderr.write(STARTING_STOP)
+        return 130
+    return command_line()
+
 
 if __name__ == "__main__":
     sys.exit(main())
