@@ -1004,7 +1004,9 @@ def test_temporary_files_of_writes_a_killed_process_never_finished_are_swept(tmp
     (run / ".save-ab_c1234").mkdir(parents=True)  # (tempfile's names: 8 random characters)
     (run / ".save-ab_c1234" / "exported_model.bin").write_bytes(b"0" * 10)
     old = [run / ".model.ckpt.x1y2z3w4.tmp", work.root / ".latest.json.q9r8s7t6.tmp", run / ".save-ab_c1234"]
-    for path in old[:2]:
+    (run / "checkpoints").mkdir()
+    old.append(run / "checkpoints" / ".epoch3.ckpt.k2m4n6p8.tmp")  # an epoch state (before: not swept)
+    for path in (*old[:2], old[3]):
         path.write_bytes(b"partial")
     fresh = run / ".metrics.json.z3a4b5c6.tmp"  # another otx writing now: left alone
     fresh.write_bytes(b"{")

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -881,3 +883,43 @@ def test_a_run_started_by_an_earlier_otx_is_compared_as_this_otx_builds_it(tmp_p
     # another model class: its settings are no options of this one's; the run's config.yaml is the advice
     padim = {"class_path": "otx.models.padim.Padim", "init_args": {"input_size": [64, 64]}}
     assert [option for _, option in _config_changes(state, padim, None, None)[0]] == [""]
+
+
+_CHECKPOINT_RENAMES = """
+import json, os, sys
+renames = []
+def hook(event, args):
+    if event == "os.rename":  # os.rename, os.replace, and shutil.move's rename
+        renames.append([os.fspath(args[0]), os.fspath(args[1])])
+sys.addaudithook(hook)
+from otx.cli import main
+code = main(sys.argv[2:])
+json.dump({"code": code, "renames": renames}, open(sys.argv[1], "w"))
+"""
+
+
+def test_epoch_states_are_written_beside_themselves_and_renamed(sample_root: Path, tmp_path: Path) -> None:
+    # Before: Lightning staged each epoch's state in the system's temporary folder and moved it; where that is
+    # another file system (a tmpfs /tmp, a container's mounted work dir) the move is a copy: /tmp needed room for
+    # each state, and a stop mid-copy left a truncated epoch file where --resume looks.
+    work_dir = tmp_path / "ws"
+    args = ["train", "--model", "otx.models.Stfpm", *SMALL, "--max_epochs", "2", "--task", "segmentation"]
+    args += ["--data_root", str(sample_root / "bottle_like"), "--work_dir", str(work_dir)]
+    record = tmp_path / "renames.json"
+    done = subprocess.run(
+        [sys.executable, "-c", _CHECKPOINT_RENAMES, str(record), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OTX_OFFLINE": "1"},
+        timeout=300,
+    )
+    seen = json.loads(record.read_text())
+    assert done.returncode == 0 and seen["code"] == 0, done.stderr
+    folder = next(work_dir.glob("*-train")) / "checkpoints"
+    into = [(Path(src), Path(dst)) for src, dst in seen["renames"] if Path(dst).parent == folder]
+    assert {dst.name for _, dst in into} >= {"epoch1.ckpt", "epoch2.ckpt"}, seen["renames"]
+    assert all(src.parent == folder for src, _ in into), into  # never from the temporary folder
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
+    state = torch.load(folder / "epoch2.ckpt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 1 and state["state_dict"]  # whole, and Lightning's (resumable)

@@ -16,6 +16,7 @@ import copy
 import datetime
 import importlib
 import inspect
+import io
 import logging
 import os
 import re
@@ -30,6 +31,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, RichProgressBar, Timer
+from lightning.pytorch.plugins.io import CheckpointIO, TorchCheckpointIO
 
 try:  # why an EarlyStopping stopped (Lightning 2.6); before, a count that reached the patience
     from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
@@ -50,6 +52,7 @@ from otx.distributed import (
 )
 from otx.errors import OTXConfigError, OTXError, OTXInstallError
 from otx.validate import close_matches
+from otx.workdir import CHECKPOINT_DIR, atomic_write_bytes
 
 
 class _NoAdvert(logging.Filter):
@@ -63,7 +66,6 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvert()
 
 log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
-CHECKPOINT_DIR = "checkpoints"
 # Trainer arguments otx sets itself: a recipe that gives them would break the run folder's layout.
 _OWNED = ("logger", "default_root_dir", "enable_checkpointing", "num_sanity_val_steps", "use_distributed_sampler")
 # Lightning's debugging arguments that fit or calibrate on part of the splits: the summary and metrics.json
@@ -695,6 +697,28 @@ def stop_reason(trainer: L.Trainer, max_epochs: int) -> str | None:
     return "stopped early by a callback"
 
 
+class SameFolderCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint files (epoch states, best epoch) written beside themselves, then renamed.
+
+    Lightning's writer stages each file in the system's temporary folder and moves it into place.
+    Where that folder is on another file system (a tmpfs ``/tmp``; a container whose work dir is a
+    mounted volume) the move is a copy: ``/tmp`` needed room for each epoch's state (PADIM's is
+    170 MB at 256x256), and a stop or crash mid-copy left a truncated epoch file where ``--resume``
+    looks. Here each file goes through a temporary file in its own folder and an atomic rename, as
+    otx writes its other files (``workdir.atomic_write_bytes``).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        """Write ``checkpoint`` to the local file ``path`` through a temporary file in its folder."""
+        if storage_options is not None:  # as Lightning's TorchCheckpointIO
+            raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(Path(path), buffer.getvalue())
+
+
 class EpochStates(ModelCheckpoint):
     """The training state at the end of each epoch (for ``--resume``), named by the epochs it has finished.
 
@@ -888,8 +912,13 @@ def build_trainer(
     if several and (strategy is None or strategy in SUPPORTED_STRATEGIES):
         # DDP without per-forward collectives (otx.distributed)
         settings["strategy"] = ddp_strategy(strategy, unused_parameters)
+    plugins = settings.pop("plugins", None)
+    plugins = list(plugins) if isinstance(plugins, list | tuple) else [] if plugins is None else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # a recipe's own writer is kept
+        plugins.append(SameFolderCheckpointIO())
     try:
         trainer = L.Trainer(
+            plugins=plugins,
             logger=[
                 L.pytorch.loggers.CSVLogger(str(run_path), name="logs", version=""),
                 L.pytorch.loggers.TensorBoardLogger(str(run_path), name="logs", version="", default_hp_metric=False),

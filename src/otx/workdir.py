@@ -39,6 +39,7 @@ FAILED = "FAILED"  # written into a run folder that did not finish: its files ar
 LEFTOVER_IN_ROOT = re.compile(r"^\.latest\.json\.[a-z0-9_]{8}\.tmp$")
 LEFTOVER_IN_RUN = re.compile(r"^(\..+\.[a-z0-9_]{8}\.tmp|\.(save|export)-[a-z0-9_]{8})$")
 LEFTOVER_AGE_S = 3600.0
+CHECKPOINT_DIR = "checkpoints"  # a training run's epoch states (``training.SameFolderCheckpointIO`` writes them)
 DATA_FOLDERS = ("train", "val", "test", "ground_truth")  # the folders of a data root otx reads images from
 LATEST_LOCK = ".latest.lock"  # held while latest.json is read and replaced (``WorkDir.mark_latest``)
 LOCK_WAIT_S = 10.0
@@ -200,7 +201,8 @@ class WorkDir:
         """Remove the temporary files of writes that a killed process never finished; return what was removed.
 
         ``atomic_write_bytes``'s ``.<name>.<random>.tmp`` (a PADIM model.ckpt's is 177 MB), the
-        export's ``.save-*`` and ``.export-*`` folders, in the work dir and its run folders: a kill
+        export's ``.save-*`` and ``.export-*`` folders, in the work dir, its run folders and their
+        ``checkpoints`` (the epoch states): a kill
         -9, the OOM killer or a second stop leaves them, and nothing removed them (a bug bash). Only
         those untouched for ``age_s`` seconds: a write in progress (another otx) renames its own in
         seconds.
@@ -213,6 +215,8 @@ class WorkDir:
             runs = [p for p in entries if RUN_FOLDER.match(p.name) and p.is_dir()]
             candidates = [p for p in entries if LEFTOVER_IN_ROOT.match(p.name)]
             candidates += [p for run in runs for p in run.iterdir() if LEFTOVER_IN_RUN.match(p.name)]
+            states = [run / CHECKPOINT_DIR for run in runs if (run / CHECKPOINT_DIR).is_dir()]  # epoch states
+            candidates += [p for folder in states for p in folder.iterdir() if LEFTOVER_IN_RUN.match(p.name)]
         except OSError:
             return []
         for path in candidates:
