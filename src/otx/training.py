@@ -702,8 +702,8 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
 
     Lightning's writer stages each file in the system's temporary folder and moves it into place.
     Where that folder is on another file system (a tmpfs ``/tmp``; a container whose work dir is a
-    mounted volume) the move is a copy: ``/tmp`` needed room for each epoch's state (PADIM's is
-    170 MB at 256x256), and a stop or crash mid-copy left a truncated epoch file where ``--resume``
+    mounted volume) the move is a copy: ``/tmp`` needed room for each epoch's state (STFPM's
+    weights alone are 17 MB), and a stop or crash mid-copy left a truncated epoch file where ``--resume``
     looks. Here each file goes through a temporary file in its own folder and an atomic rename, as
     otx writes its other files (``workdir.atomic_write_bytes``).
     """
