@@ -42,7 +42,7 @@ sys.exit(main())
 
 
 def test_a_ctrl_c_while_the_command_line_loads_is_one_line_not_a_traceback(tmp_path: Path) -> None:
-    # Before (a bug bash): a Ctrl-C in the command's first 0.15 s printed the traceback of the import under way.
+    # Before: a Ctrl-C in the command's first 0.15 s printed the traceback of the import under way.
     done = subprocess.run(
         [sys.executable, "-c", _STOP_WHILE_LOADING], capture_output=True, text=True, cwd=tmp_path, timeout=120
     )

@@ -10,7 +10,7 @@ def main() -> int:
 
     Loading the command line takes 0.15 s and more (jsonargparse, then each verb's libraries), before
     its own stop handling is installed: a Ctrl-C then printed Python's traceback of the import under
-    way (a bug bash). SIGTERM there ends the process as the system does, without a word.
+    way (before 2026-12-07). SIGTERM there ends the process as the system does, without a word.
     """
     try:
         from otx.cli import main as command_line

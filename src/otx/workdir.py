@@ -202,10 +202,9 @@ class WorkDir:
 
         ``atomic_write_bytes``'s ``.<name>.<random>.tmp`` (a PADIM model.ckpt's is 177 MB), the
         export's ``.save-*`` and ``.export-*`` folders, in the work dir, its run folders and their
-        ``checkpoints`` (the epoch states): a kill
-        -9, the OOM killer or a second stop leaves them, and nothing removed them (a bug bash). Only
-        those untouched for ``age_s`` seconds: a write in progress (another otx) renames its own in
-        seconds.
+        ``checkpoints`` (the epoch states): a kill -9, the OOM killer or a second stop leaves them,
+        and nothing removed them (a bug bash). Only those untouched for ``age_s`` seconds: a write
+        in progress (another otx) renames its own in seconds.
         """
         if not self.root.is_dir():
             return []
