@@ -231,7 +231,10 @@ def test_a_lost_process_is_named_though_its_exit_code_comes_after_the_failed_col
 ) -> None:
     # A CI run: gloo's collective failed as soon as the killed process's sockets closed, before its exit code
     # could be read, and the line named no process. Real processes: one killed 0.5 s after the collective failed,
-    # one that fails with its own error (it printed it), one that outlives the wait.
+    # one that fails with its own error (it printed it), one that outlives the wait. As in a training: first
+    # otx ends the launched processes that still run (end_launched), then it words the error (peer_gone).
+    from types import SimpleNamespace
+
     from otx import distributed
 
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [::1]:42")
@@ -247,11 +250,14 @@ def test_a_lost_process_is_named_though_its_exit_code_comes_after_the_failed_col
         process = subprocess.Popen([sys.executable, "-c", code])
         killer = threading.Timer(0.5, process.send_signal, args=(signal.SIGKILL,))
         monkeypatch.setattr(distributed, "WATCHED", [process])
+        monkeypatch.setattr(distributed, "ENDED_BY_OTX", set())
         monkeypatch.setattr(distributed, "PEER_EXIT_WAIT_S", wait)
+        trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=SimpleNamespace(procs=[process])))
         if kill:
             killer.start()
         start = time.monotonic()
         try:
+            distributed.end_launched(trainer, gloo)  # (before: it took the dying process for one to end)
             gone = distributed.peer_gone(gloo)
         finally:
             killer.cancel()

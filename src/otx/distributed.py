@@ -504,20 +504,32 @@ def stop_launched() -> None:
     LAUNCHED.clear()
 
 
-def peer_gone(exc: BaseException) -> OTXError | None:
-    """One line when a collective failed because another process of the run had stopped (its error is its own)."""
+def _peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is gloo's word that another process of the run went away."""
     text = str(exc)
     # gloo's own words (the process group may be gone by now, so the world size cannot tell)
-    if "gloo" not in text or not any(
+    return "gloo" in text and any(
         mark in text for mark in ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
-    ):
-        return None
-    # A killed process's sockets close before its exit code can be read (the kernel tears the process down
-    # first): under load this one's collective failed that much earlier and the line named no process (a CI
-    # run). So it waits, briefly, for one of them to have ended.
+    )
+
+
+def _await_an_exit(procs: list[Any]) -> None:
+    """Wait up to ``PEER_EXIT_WAIT_S`` for one of ``procs`` to have ended (none: at once).
+
+    A killed process's sockets close before the kernel lets its exit code be read: under load this
+    process's collective failed that much earlier, saw the lost process still running, and its line
+    named no process (a CI run).
+    """
     deadline = time.monotonic() + PEER_EXIT_WAIT_S
-    while WATCHED and all(process.poll() is None for process in WATCHED) and time.monotonic() < deadline:
+    while procs and all(process.poll() is None for process in procs) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def peer_gone(exc: BaseException) -> OTXError | None:
+    """One line when a collective failed because another process of the run had stopped (its error is its own)."""
+    if not _peer_lost(exc):
+        return None
+    _await_an_exit(WATCHED)
     codes = [process.poll() for process in WATCHED]
     if any(code is not None and code > 0 for code in codes):  # one that failed printed its own error
         codes = []
@@ -536,16 +548,21 @@ def peer_gone(exc: BaseException) -> OTXError | None:
     )
 
 
-def end_launched(owner: Any) -> None:
+def end_launched(owner: Any, exc: BaseException | None = None) -> None:
     """End the processes Lightning's launcher started for ``owner`` (a ``Trainer`` or a ``Fabric``) when this one fails.
 
     Lightning ends them after Ctrl+C, not after an error: a first process that failed in its
     process-group set-up (a port in use) left the second one waiting for it for ever, deaf to
     Ctrl+C and SIGTERM, holding the terminal's pipe. Both launchers (Lightning's and Fabric's)
     keep the processes they started in ``procs``; none where torchrun or SLURM started them.
+    ``exc``: this process's error; where it says a process went away, that process's end is
+    awaited first, so that ``peer_gone`` names it rather than count it among those otx ended.
     """
     launcher = getattr(getattr(owner, "strategy", None), "launcher", None)
-    _end_processes(getattr(launcher, "procs", None) or [])
+    procs = getattr(launcher, "procs", None) or []
+    if exc is not None and _peer_lost(exc):
+        _await_an_exit(procs)
+    _end_processes(procs)
 
 
 def spare_this_process(owner: Any) -> None:

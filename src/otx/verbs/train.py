@@ -417,7 +417,7 @@ def run(
                 log.info("the fit ended with %r after %r", exc, exc.__context__, extra=FILE_ONLY)
             raise KeyboardInterrupt(stop_name(interrupt)) from exc
         except Exception as exc:
-            distributed.end_launched(trainer)  # else they wait for this process for ever (Lightning leaves them)
+            distributed.end_launched(trainer, exc)  # else they wait for this process for ever (Lightning leaves them)
             if taken := distributed.port_in_use(exc):
                 raise taken from exc
             raise
