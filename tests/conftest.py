@@ -59,7 +59,8 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     # pytest-xdist >= 3.8 hands out the files in ``HEAVIEST_FIRST``'s order with its ``--no-loadscope-reorder``,
     # set here rather than in pytest's addopts, where an older xdist, or ``-p no:xdist``, refused the option
-    if hasattr(config.option, "loadscopereorder") and "--loadscope-reorder" not in config.invocation_params.args:
+    given = [*config.invocation_params.args, *os.environ.get("PYTEST_ADDOPTS", "").split()]
+    if hasattr(config.option, "loadscopereorder") and "--loadscope-reorder" not in given:
         config.option.loadscopereorder = False
     import compileall
     import importlib.util

@@ -49,7 +49,7 @@ def test_a_ctrl_c_while_the_command_line_loads_is_one_line_not_a_traceback(tmp_p
     assert done.returncode == 130 and done.stdout == "", (done.returncode, done.stdout, done.stderr)
     assert done.stderr == "otx: SIGINT received, stopping; earlier runs and latest.json stay as they were\n"
     # the console script is this entry point (pip writes it from pyproject.toml)
-    assert entry_points(group="console_scripts", name="otx")[0].value == "otx.__main__:main"
+    assert entry_points(group="console_scripts")["otx"].value == "otx.__main__:main"
 
 
 def test_torchvision_fix_without_a_compiler_lets_the_stack_import(

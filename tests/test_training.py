@@ -923,3 +923,27 @@ def test_epoch_states_are_written_beside_themselves_and_renamed(sample_root: Pat
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
     state = torch.load(folder / "epoch2.ckpt", map_location="cpu", weights_only=False)
     assert state["epoch"] == 1 and state["state_dict"]  # whole, and Lightning's (resumable)
+
+
+def test_the_epoch_state_writer_leaves_a_callers_own_and_remote_paths_to_lightning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A review: a strategy built with its own checkpoint writer was refused ("set through both"), and an s3:// or
+    # memory:// checkpoint path became a local folder named after the protocol.
+    import fsspec
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+
+    from otx.training import SameFolderCheckpointIO, build_trainer
+
+    trainer, _ = build_trainer({"max_epochs": 2, "accelerator": "cpu"}, tmp_path / "a", 1)
+    assert isinstance(trainer.strategy.checkpoint_io, SameFolderCheckpointIO)
+    mine = TorchCheckpointIO()
+    for given in ({"plugins": [mine]}, {"strategy": SingleDeviceStrategy("cpu", checkpoint_io=mine)}):
+        trainer, _ = build_trainer({"max_epochs": 2, "accelerator": "cpu", **given}, tmp_path / "b", 1)
+        assert trainer.strategy.checkpoint_io is mine, given
+    monkeypatch.chdir(tmp_path)
+    SameFolderCheckpointIO().save_checkpoint({"epoch": 3}, "memory://otx-test/epoch3.ckpt")
+    with fsspec.open("memory://otx-test/epoch3.ckpt", "rb") as handle:
+        assert torch.load(handle, weights_only=True) == {"epoch": 3}
+    assert not list(tmp_path.glob("memory*"))

@@ -1316,8 +1316,8 @@ cli.STOP_GRACE_S = 2.0
 work_dir = WorkDir(Path(sys.argv[1]))
 json.dump({"train": "earlier"}, open(work_dir.root / "latest.json", "w"))
 run = work_dir.new_run("train")
+import otx.training  # (the watchdog reads the saved epochs through it)
 if sys.argv[2] == "saved":  # an epoch saved before the stop
-    import otx.training
     (run.path / otx.training.CHECKPOINT_DIR).mkdir()
     (run.path / otx.training.CHECKPOINT_DIR / "epoch1.ckpt").write_bytes(b"state")
 held = threading.Lock()

@@ -1359,10 +1359,12 @@ def _stop_without_cleanup(signum: int, why: str | None = None) -> None:
             pass
     # how to go on from the epochs it saved, as the clean-up would have said (before: not said, a CI run where
     # the clean-up waited on data-loading workers)
-    trainings = [run for run in OPEN_RUNS if run.command == "train"] or STOPPED[-1:]
-    if trainings and not _HINTED and not secondary() and (hint := _resume_hint(trainings[-1])):
-        with contextlib.suppress(OSError):
+    try:  # whatever fails here, the process still ends below
+        trainings = [run for run in OPEN_RUNS if run.command == "train"] or STOPPED[-1:]
+        if trainings and not (_HINTED or MARKING) and not secondary() and (hint := _resume_hint(trainings[-1])):
             os.write(2, f"{hint}\n".encode())
+    except Exception:  # noqa: BLE001 - a half-imported module, a process group being torn down, a closed stderr
+        pass
     for fd in (1, 2):  # a progress bar's hidden cursor (rich shows it again when it stops, which this skips)
         with contextlib.suppress(OSError):
             if os.isatty(fd):
@@ -2018,8 +2020,8 @@ def _main(argv: list[str], whole_process: bool = False) -> int:
             if not STOPS:
                 errors.print("interrupted; earlier runs and latest.json stay as they were")
             if (hint := _resume_hint()) and not secondary():
-                _HINTED.append(True)
                 errors.print(hint, markup=False, highlight=False, soft_wrap=True)
+                _HINTED.append(True)
         return stop_exit_code()
     except Exception as exc:  # jsonargparse reports bad arguments as ArgumentError / ValueError
         cause = exc

@@ -709,9 +709,10 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        """Write ``checkpoint`` to the local file ``path`` through a temporary file in its folder."""
-        if storage_options is not None:  # as Lightning's TorchCheckpointIO
-            raise TypeError(f"{type(self).__name__} does not take storage_options (got {storage_options!r})")
+        """Write ``checkpoint`` to a local ``path`` through a temporary file in its folder (others: Lightning's)."""
+        if storage_options is not None or "://" in str(path):  # s3://, memory://, file://
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
         import torch
 
         buffer = io.BytesIO()
@@ -914,7 +915,8 @@ def build_trainer(
         settings["strategy"] = ddp_strategy(strategy, unused_parameters)
     plugins = settings.pop("plugins", None)
     plugins = list(plugins) if isinstance(plugins, list | tuple) else [] if plugins is None else [plugins]
-    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # a recipe's own writer is kept
+    own_io = getattr(settings.get("strategy"), "_checkpoint_io", None)  # a Strategy instance's own writer
+    if own_io is None and not any(isinstance(plugin, CheckpointIO) for plugin in plugins):  # a caller's is kept
         plugins.append(SameFolderCheckpointIO())
     try:
         trainer = L.Trainer(

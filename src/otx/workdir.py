@@ -15,6 +15,7 @@ after a command succeeds, so a failed or interrupted run leaves earlier results 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -214,10 +215,11 @@ class WorkDir:
             runs = [p for p in entries if RUN_FOLDER.match(p.name) and p.is_dir()]
             candidates = [p for p in entries if LEFTOVER_IN_ROOT.match(p.name)]
             candidates += [p for run in runs for p in run.iterdir() if LEFTOVER_IN_RUN.match(p.name)]
-            states = [run / CHECKPOINT_DIR for run in runs if (run / CHECKPOINT_DIR).is_dir()]  # epoch states
-            candidates += [p for folder in states for p in folder.iterdir() if LEFTOVER_IN_RUN.match(p.name)]
         except OSError:
             return []
+        for folder in [run / CHECKPOINT_DIR for run in runs]:  # the epoch states' folders
+            with contextlib.suppress(OSError):  # none, or one that cannot be read: the others are swept
+                candidates += [p for p in folder.iterdir() if LEFTOVER_IN_RUN.match(p.name)]
         for path in candidates:
             try:
                 if now - path.stat().st_mtime < age_s:
