@@ -2,8 +2,6 @@
 
 import sys
 
-STARTING_STOP = "otx: SIGINT received, stopping; earlier runs and latest.json stay as they were\n"
-
 
 def main() -> int:
     """Run the command line (``otx.cli.main``); a Ctrl-C while it loads is one line and exit 130.
@@ -15,7 +13,9 @@ def main() -> int:
     try:
         from otx.cli import main as command_line
     except KeyboardInterrupt:
-        sys.stderr.write(STARTING_STOP)
+        from otx.errors import STOP_LINE  # (after the try: nothing more before it)
+
+        sys.stderr.write(STOP_LINE.format(signal="SIGINT") + "\n")
         return 130
     return command_line()
 

@@ -23,7 +23,7 @@ from otx import __version__, newer_otx
 from otx.boxes import LEGACY_SCORE, BoxSettings, unknown_saved
 from otx.errors import OTXError
 from otx.preprocess import saved_settings
-from otx.workdir import WorkDir, atomic_write_bytes
+from otx.workdir import CHECKPOINT_DIR, WorkDir, atomic_write_bytes
 
 if TYPE_CHECKING:  # the models import this module's users; kept light for training.py and scoring.py
     from otx.models.base import AnomalyModel
@@ -60,8 +60,13 @@ def save_checkpoint(model: AnomalyModel, path: Path, task: str, data: dict[str, 
         "boxes": model.box_settings.as_dict(),
         "weights_source": model.weights_source,
     }
+    atomic_torch_save(ckpt, path)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` of ``obj`` to ``path`` through a temporary file beside it and a rename (never half a file)."""
     buffer = io.BytesIO()
-    torch.save(ckpt, buffer)
+    torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -104,7 +109,7 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({reason}); {_HINT}") from exc
     saved_by = (ckpt.get("callbacks") or {}) if isinstance(ckpt, dict) and "loops" in ckpt else {}
     if any(str(key).startswith("EpochStates") for key in saved_by) and "model" not in ckpt:  # otx's epoch state
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        run = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
         what = f"'{path}' is a training state saved after an epoch (for --resume), not a trained model"
         if (run / "model.ckpt").is_file():  # its training finished: the model it wrote
             raise OTXError(f"{what}; pass the model its training wrote: {run / 'model.ckpt'}")

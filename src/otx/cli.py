@@ -33,6 +33,7 @@ from otx import __version__, env_flag
 from otx.distributed import STOP_LISTENER, STOP_SIGNALS, end_meeting, meeting_now, secondary
 from otx.errors import (
     COMMAND_LINE,
+    STOP_LINE,
     OTXConfigError,
     OTXError,
     broken_install,
@@ -1217,7 +1218,7 @@ def _announce_stop(signum: int) -> None:
         if FINISHED and not OPEN_RUNS:  # the run had finished (before: "latest.json stay as they were", untrue)
             said = f"otx: {name} received after the run finished; {FINISHED[-1]} and latest.json are written\n"
         else:
-            said = f"otx: {name} received, stopping; earlier runs and latest.json stay as they were\n"
+            said = STOP_LINE.format(signal=name) + "\n"
         try:
             sys.stderr.write(said)
             sys.stderr.flush()

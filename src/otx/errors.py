@@ -5,6 +5,9 @@ from __future__ import annotations
 import re
 from contextvars import ContextVar
 
+# The line a stop prints (``cli._announce_stop``; ``otx.__main__`` while the command line loads)
+STOP_LINE = "otx: {signal} received, stopping; earlier runs and latest.json stay as they were"
+
 
 class OTXError(Exception):
     """An error caused by the user's input or environment, reported as one line, without traceback."""

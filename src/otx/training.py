@@ -16,7 +16,6 @@ import copy
 import datetime
 import importlib
 import inspect
-import io
 import logging
 import os
 import re
@@ -38,7 +37,7 @@ try:  # why an EarlyStopping stopped (Lightning 2.6); before, a count that reach
 except ImportError:
     EarlyStoppingReason = None  # type: ignore[assignment,misc]
 
-from otx.checkpoint import CHECKPOINT_NAME, class_path
+from otx.checkpoint import CHECKPOINT_NAME, atomic_torch_save, class_path
 from otx.distributed import (
     SUPPORTED_STRATEGIES,
     check_cpu_processes,
@@ -52,7 +51,7 @@ from otx.distributed import (
 )
 from otx.errors import OTXConfigError, OTXError, OTXInstallError
 from otx.validate import close_matches
-from otx.workdir import CHECKPOINT_DIR, atomic_write_bytes
+from otx.workdir import CHECKPOINT_DIR
 
 
 class _NoAdvert(logging.Filter):
@@ -705,7 +704,7 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
     mounted volume) the move is a copy: ``/tmp`` needed room for each epoch's state (STFPM's
     weights alone are 17 MB), and a stop or crash mid-copy left a truncated epoch file where ``--resume``
     looks. Here each file goes through a temporary file in its own folder and an atomic rename, as
-    otx writes its other files (``workdir.atomic_write_bytes``).
+    otx writes its model (``checkpoint.atomic_torch_save``).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
@@ -713,11 +712,7 @@ class SameFolderCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):  # s3://, memory://, file://
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        import torch
-
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(Path(path), buffer.getvalue())
+        atomic_torch_save(checkpoint, Path(path))
 
 
 class EpochStates(ModelCheckpoint):
