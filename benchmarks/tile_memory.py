@@ -1,4 +1,4 @@
-"""Peak memory of ``otx predict`` on a 4000x3000 image with PADIM in the ``tile`` mode, and of train and export.
+"""Peak memory of ``otx predict`` on a 4000x3000 image in the ``tile`` mode (PADIM by default), and of train and export.
 
 Writes a small synthetic dataset of 3000x4000 (height x width) brushed-metal images
 (``otx.data.strip``), trains PADIM with ``input_mode tile``, ``input_size [3000,4000]`` and
@@ -11,6 +11,9 @@ Usage::
 
     .venv/bin/python benchmarks/tile_memory.py --work_dir /tmp/otx-tile-memory \\
         --out benchmarks/results/tile_memory.json
+    # a model trained with gradients, its training alone, one epoch:
+    .venv/bin/python benchmarks/tile_memory.py --work_dir /tmp/otx-tile-memory-stfpm --train_only \\
+        --recipe recipe/anomaly_segmentation/stfpm.yaml --out /tmp/stfpm.json --train_args --trainer.max_epochs 1
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", default="/tmp/otx-tile-memory")
     parser.add_argument("--tile_size", type=int, default=256)
+    parser.add_argument("--recipe", default="recipe/anomaly_segmentation/padim.yaml")
+    parser.add_argument("--train_only", action="store_true", help="measure otx train alone")
+    parser.add_argument(
+        "--train_args", nargs=argparse.REMAINDER, default=[], help="more otx train arguments (last on the line)"
+    )
     parser.add_argument("--out", default="benchmarks/results/tile_memory.json")
     args = parser.parse_args()
 
@@ -45,20 +53,32 @@ def main() -> None:
         "--model.init_args.tile_size",
         str(args.tile_size),
     ]
-    train_s, train_mb = run([*otx, "train", "--config", "recipe/anomaly_segmentation/padim.yaml", *common, *model])
-    image = sorted((data / "test" / "scratch").glob("*.png"))[0]
-    predict_s, predict_mb = run(
-        [*otx, "predict", "--config", "recipe/anomaly_segmentation/padim.yaml", *common, "--source", str(image)]
-    )
-    export_s, export_mb = run([*otx, "export", *common])
-    ir = sorted((work / "ws").glob("*-export/exported_model.xml"))[-1]
-    ir_s, ir_mb = run([*otx, "predict", "--checkpoint", str(ir), *common, "--source", str(image), "--device", "CPU"])
+    train_s, train_mb = run([*otx, "train", "--config", args.recipe, *common, *model, *args.train_args])
     result = {
+        "recipe": args.recipe,
+        "train_args": args.train_args,
         "image": "3000x4000 (height x width)",
         "tile_size": args.tile_size,
         "tiles_per_image": (-(-3000 // args.tile_size)) * (-(-4000 // args.tile_size)),
         "train_s": round(train_s, 1),
         "train_peak_mb": round(train_mb),
+    }
+    if not args.train_only:
+        result.update(predict_export_and_ir(otx, common, data, work, args.recipe))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+def predict_export_and_ir(otx: list[str], common: list[str], data: Path, work: Path, recipe: str) -> dict:
+    """``otx predict`` of one image from the checkpoint, ``otx export``, and ``otx predict`` of it with the IR."""
+    image = sorted((data / "test" / "scratch").glob("*.png"))[0]
+    predict_s, predict_mb = run([*otx, "predict", "--config", recipe, *common, "--source", str(image)])
+    export_s, export_mb = run([*otx, "export", *common])
+    ir = sorted((work / "ws").glob("*-export/exported_model.xml"))[-1]
+    ir_s, ir_mb = run([*otx, "predict", "--checkpoint", str(ir), *common, "--source", str(image), "--device", "CPU"])
+    return {
         "predict_s": round(predict_s, 1),
         "predict_peak_mb": round(predict_mb),
         "export_s": round(export_s, 1),
@@ -66,10 +86,6 @@ def main() -> None:
         "ir_predict_s": round(ir_s, 1),
         "ir_predict_peak_mb": round(ir_mb),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
+import ctypes.util
 import inspect
 import os
 from collections.abc import Callable, Iterator
@@ -21,6 +23,8 @@ from typing import Any, ClassVar
 import lightning as L
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.checkpoint import checkpoint
 
 from otx import distributed
 from otx.boxes import REFINES, BoxSettings
@@ -82,6 +86,48 @@ def image_outputs(
     if score_top_share is not None:
         scores = top_share_score(maps, score_top_share, preprocessor.input_size)
     return maps, scores
+
+
+def _return_freed_memory() -> None:
+    """Hand the C heap's free pages back to the system: glibc's ``malloc_trim(0)``; nothing elsewhere.
+
+    Between the chunks of a tiled training step (``AnomalyModel.training_loss``). glibc keeps the
+    pages of freed tensors of up to 32 MB in its heap, where each chunk's short-lived tensors and
+    long-lived autograd records interleave, so without this the process grew with every chunk as
+    if they were all held: PatchFlow's step over 192 tiles of 256 pixels peaked at 3.0 GB resident
+    with only one chunk's tensors alive, 1.4 GB with it (``docs/input-modes.md``).
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None  # glibc's malloc_trim once looked up; False where there is none
+
+
+@contextlib.contextmanager
+def _recomputation(module: nn.Module) -> Iterator[None]:
+    """Around activation checkpointing's recomputation of a chunk (``AnomalyModel.training_loss``).
+
+    The freed pages of the chunk before go back to the system (``_return_freed_memory``), and the
+    batch norm layers of ``module`` end with the running statistics they had: the recomputation
+    runs the forward pass a second time, which would otherwise count every chunk twice. (The
+    layers still run as in training, so the recomputation saves what the first pass saved.)
+    """
+    _return_freed_memory()
+    buffers = [b for m in module.modules() if isinstance(m, _BatchNorm) and m.training for b in m.buffers()]
+    kept = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, kept, strict=True):
+                buffer.copy_(value)
 
 
 MIN_TRACED_CHUNK = 4  # a traced graph takes an image's tiles in one batch rather than in smaller equal chunks
@@ -464,6 +510,38 @@ class AnomalyModel(L.LightningModule):
         """
         tiles = self.core_input(images)
         return tiles.split(TILE_CHUNK) if self.preprocessor.tiles_per_image > 1 else (tiles,)
+
+    def training_loss(
+        self, images: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], reduction: str
+    ) -> torch.Tensor:
+        """The training loss of ``images``, with gradients: ``loss_of`` of their ``core_input``.
+
+        ``loss_of(tiles)`` is the model's loss over a batch of core inputs, which it ``reduction``s
+        over them (``"sum"`` or ``"mean"``). For the models trained with gradients (STFPM,
+        PatchFlow): in the ``tile`` mode a step of more than ``TILE_CHUNK`` tiles (a large image's)
+        runs in near-equal chunks of at most that many, each under activation checkpointing, so
+        only the tiles are held for the backward pass, which recomputes one chunk at a time: the
+        step's memory is one chunk's, as at inference, not the image's tiles' at once (a
+        3000x4000 image in 192 tiles asked for 4.2 GB in STFPM's step, ``docs/input-modes.md``).
+        Batch norm then sees a chunk's statistics (as a batch of 16 images does) and updates its
+        running statistics once per chunk, not again in the recomputation (``_recomputation``).
+        Between chunks the freed memory goes back to the system (``_return_freed_memory``).
+        """
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be sum or mean, not {reduction!r}")
+        tiles = self.core_input(images)
+        if self.preprocessor.tiles_per_image == 1 or tiles.shape[0] <= TILE_CHUNK:
+            return loss_of(tiles)
+        chunks = tiles.tensor_split(-(-tiles.shape[0] // TILE_CHUNK))
+        contexts = lambda: (contextlib.nullcontext(), _recomputation(self.model))  # noqa: E731 - forward, recompute
+        losses = []
+        for chunk in chunks:
+            losses.append(checkpoint(loss_of, chunk, use_reentrant=False, context_fn=contexts))
+            _return_freed_memory()
+        if reduction == "sum":
+            return torch.stack(losses).sum()
+        shares = [len(chunk) / tiles.shape[0] for chunk in chunks]
+        return torch.stack([loss * share for loss, share in zip(losses, shares, strict=True)]).sum()
 
     def log_train_loss(self, loss: torch.Tensor, images: torch.Tensor) -> None:
         """The training loss, per step and per epoch (the progress bar, ``logs/``), over all processes.

@@ -308,8 +308,8 @@ class Patchflow(AnomalyModel):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         del batch_idx
-        hidden_variables, log_jacobians = self.model(self.core_input(batch["image"]))
-        loss = self.loss(hidden_variables, log_jacobians)
+        # (anomalib's loss is a mean over the batch; the tile mode's chunks are weighted by their sizes)
+        loss = self.training_loss(batch["image"], lambda tiles: self.loss(*self.model(tiles)), reduction="mean")
         self.log_train_loss(loss, batch["image"])
         return loss
 

@@ -302,8 +302,8 @@ class Stfpm(AnomalyModel):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         del batch_idx
-        teacher_features, student_features = self.model(self.core_input(batch["image"]))
-        loss = self.loss(teacher_features, student_features)
+        # (anomalib's loss sums over the batch; the tile mode's chunks add up to it)
+        loss = self.training_loss(batch["image"], lambda tiles: self.loss(*self.model(tiles)), reduction="sum")
         self.log_train_loss(loss, batch["image"])
         return loss
 
