@@ -13,7 +13,7 @@ Usage::
         --out benchmarks/results/tile_memory.json
     # a model trained with gradients, its training alone, one epoch:
     .venv/bin/python benchmarks/tile_memory.py --work_dir /tmp/otx-tile-memory-stfpm --train_only \\
-        --recipe recipe/anomaly_segmentation/stfpm.yaml --out /tmp/stfpm.json --train_args --trainer.max_epochs 1
+        --recipe recipe/anomaly_segmentation/stfpm.yaml --out /tmp/stfpm.json --trainer.max_epochs 1
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", default="/tmp/otx-tile-memory")
     parser.add_argument("--tile_size", type=int, default=256)
-    parser.add_argument("--recipe", default="recipe/anomaly_segmentation/padim.yaml")
-    parser.add_argument("--train_only", action="store_true", help="measure otx train alone")
     parser.add_argument(
-        "--train_args", nargs=argparse.REMAINDER, default=[], help="more otx train arguments (last on the line)"
+        "--recipe", default="recipe/anomaly_segmentation/padim.yaml", help="(other arguments: to otx train)"
     )
+    parser.add_argument("--train_only", action="store_true", help="measure otx train alone")
     parser.add_argument("--out", default="benchmarks/results/tile_memory.json")
-    args = parser.parse_args()
+    args, args.train_args = parser.parse_known_args()  # the rest goes to otx train (e.g. --trainer.max_epochs 1)
 
     work = Path(args.work_dir)
     data = make_strip_dataset(work / "data", height=3000, width=4000, n_train=4, n_test_good=2, n_test_defect=1)

@@ -403,8 +403,9 @@ def test_a_tiled_training_step_takes_the_tiles_a_few_at_a_time_forward_and_backw
     model: str, reduction: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Before: the models trained with gradients took a step's tiles at once, so a 3000x4000 image's 192 tiles
-    # held all their activations for the backward pass (4.2 GB in STFPM's step). Reference: the same chunks
-    # through plain autograd, each chunk's loss reduced as the model's loss reduces a batch.
+    # held all their activations for the backward pass (4.2 GB in STFPM's step). Reference: plain autograd over
+    # chunks of every 4th tile, each chunk's loss reduced as the model's loss reduces a batch, batch norm moving
+    # its running statistics by 1 - (1 - momentum) ** (1 / 4) per chunk (the step's four chunks: one batch's move).
     import copy
 
     from otx.models.base import TILE_CHUNK
@@ -413,7 +414,10 @@ def test_a_tiled_training_step_takes_the_tiles_a_few_at_a_time_forward_and_backw
     torch.manual_seed(0)
     net = model_class(model)(**settings)
     net.train()
+    for frozen in net.pretrained_modules():  # (as in a fit: Lightning keeps the frozen backbones in eval mode)
+        frozen.eval()
     reference = copy.deepcopy(net)
+    before = {name: b.clone() for name, b in net.model.named_buffers()}
     monkeypatch.setattr(net, "log_train_loss", lambda loss, images: None)
     seen: list[int] = []
     core_forward = net.model.forward
@@ -424,7 +428,14 @@ def test_a_tiled_training_step_takes_the_tiles_a_few_at_a_time_forward_and_backw
     # the core saw at most TILE_CHUNK tiles at a time, each tile twice: its chunk's pass and its recomputation
     assert len(seen) == 8 and max(seen) <= TILE_CHUNK and sum(seen) == 2 * 50
 
-    chunks = reference.core_input(images).tensor_split(4)
+    norm = torch.nn.modules.batchnorm._BatchNorm
+    trained_norms = [m for m in reference.model.modules() if isinstance(m, norm) and m.training]
+    frozen_norms = [n for n, m in reference.model.named_modules() if isinstance(m, norm) and not m.training]
+    assert trained_norms and frozen_norms  # (STFPM's student and PatchFlow's coupling subnets hold batch norm)
+    for layer in trained_norms:
+        layer.momentum = 1 - (1 - layer.momentum) ** (1 / 4)
+    tiles = reference.core_input(images)
+    chunks = [tiles[start::4] for start in range(4)]
     parts = [reference.loss(*reference.model(chunk)) for chunk in chunks]
     expected = sum(parts) if reduction == "sum" else sum(p * len(c) / 50 for p, c in zip(parts, chunks, strict=True))
     expected.backward()
@@ -440,10 +451,10 @@ def test_a_tiled_training_step_takes_the_tiles_a_few_at_a_time_forward_and_backw
     buffers = dict(net.model.named_buffers())
     for name, buffer in reference.model.named_buffers():
         torch.testing.assert_close(buffers[name], buffer, rtol=1e-5, atol=1e-7, msg=name)
-    norm = torch.nn.modules.batchnorm._BatchNorm
-    trained_norms = [m for m in net.model.modules() if isinstance(m, norm) and m.training]
-    # (STFPM's student and PatchFlow's coupling subnets hold batch norm layers; the frozen backbones' are not trained)
-    assert trained_norms and {int(m.num_batches_tracked) for m in trained_norms} == {len(chunks)}
+    assert {int(m.num_batches_tracked) for m in trained_norms} == {len(chunks)}
+    for name in frozen_norms:  # the frozen backbones' batch norm is not trained
+        torch.testing.assert_close(buffers[f"{name}.running_mean"], before[f"{name}.running_mean"], rtol=0, atol=0)
+    assert all(module.momentum == 0.1 for module in net.model.modules() if isinstance(module, norm))  # restored
 
 
 def test_images_shrunk_8x_or_more_to_the_input_get_a_note_naming_the_tile_mode() -> None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
-import ctypes.util
+import functools
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -88,30 +89,59 @@ def image_outputs(
     return maps, scores
 
 
-def _return_freed_memory() -> None:
-    """Hand the C heap's free pages back to the system: glibc's ``malloc_trim(0)``; nothing elsewhere.
+@functools.cache
+def _malloc_trim() -> Any:
+    """The C library's ``malloc_trim`` (glibc); None elsewhere (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # musl, or a C library without it
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def _return_freed_memory(device: torch.device) -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim(0)``) when ``device`` is the CPU.
 
     Between the chunks of a tiled training step (``AnomalyModel.training_loss``). glibc keeps the
     pages of freed tensors of up to 32 MB in its heap, where each chunk's short-lived tensors and
     long-lived autograd records interleave, so without this the process grew with every chunk as
     if they were all held: PatchFlow's step over 192 tiles of 256 pixels peaked at 3.0 GB resident
-    with only one chunk's tensors alive, 1.4 GB with it (``docs/input-modes.md``).
+    with only one chunk's tensors alive, 1.45 GB with it (``docs/input-modes.md``). Tensors on an
+    accelerator are not in that heap.
     """
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            _MALLOC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):  # not glibc (macOS, Windows, musl)
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
+    if device.type == "cpu" and (trim := _malloc_trim()) is not None:
+        trim(0)
 
 
-_MALLOC_TRIM: Any = None  # glibc's malloc_trim once looked up; False where there is none
+def _trained_norms(module: nn.Module) -> list[_BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
 
 
 @contextlib.contextmanager
-def _recomputation(module: nn.Module) -> Iterator[None]:
+def _one_of_chunks(module: nn.Module, chunks: int) -> Iterator[None]:
+    """Around the first pass of one of a step's ``chunks`` chunks (``AnomalyModel.training_loss``).
+
+    The batch norm layers of ``module`` in training move their running statistics by
+    ``1 - (1 - momentum) ** (1 / chunks)`` per chunk, so that the step's chunks together move them
+    as far as the step's one batch did (with 12 chunks at torch's default 0.1, one image would otherwise
+    replace 72 % of them instead of 10 %). A momentum of None (a cumulative average) counts chunks.
+    """
+    layers = [m for m in _trained_norms(module) if m.momentum is not None]
+    momenta = [m.momentum for m in layers]
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = 1.0 - (1.0 - momentum) ** (1.0 / chunks)
+    try:
+        yield
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+
+
+@contextlib.contextmanager
+def _recomputation(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Around activation checkpointing's recomputation of a chunk (``AnomalyModel.training_loss``).
 
     The freed pages of the chunk before go back to the system (``_return_freed_memory``), and the
@@ -119,8 +149,8 @@ def _recomputation(module: nn.Module) -> Iterator[None]:
     runs the forward pass a second time, which would otherwise count every chunk twice. (The
     layers still run as in training, so the recomputation saves what the first pass saved.)
     """
-    _return_freed_memory()
-    buffers = [b for m in module.modules() if isinstance(m, _BatchNorm) and m.training for b in m.buffers()]
+    _return_freed_memory(device)
+    buffers = [b for m in _trained_norms(module) for b in m.buffers()]
     kept = [b.clone() for b in buffers]
     try:
         yield
@@ -523,25 +553,28 @@ class AnomalyModel(L.LightningModule):
         only the tiles are held for the backward pass, which recomputes one chunk at a time: the
         step's memory is one chunk's, as at inference, not the image's tiles' at once (a
         3000x4000 image in 192 tiles asked for 4.2 GB in STFPM's step, ``docs/input-modes.md``).
-        Batch norm then sees a chunk's statistics (as a batch of 16 images does) and updates its
-        running statistics once per chunk, not again in the recomputation (``_recomputation``).
-        Between chunks the freed memory goes back to the system (``_return_freed_memory``).
+        A chunk takes every n-th tile, so that it spans the image rather than one row of tiles:
+        batch norm normalises each chunk by its statistics (as a batch of 16 images), moves its
+        running statistics per chunk by a share of its momentum (``_one_of_chunks``) and not
+        again in the recomputation (``_recomputation``). Between chunks the freed memory goes back
+        to the system (``_return_freed_memory``).
         """
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be sum or mean, not {reduction!r}")
         tiles = self.core_input(images)
         if self.preprocessor.tiles_per_image == 1 or tiles.shape[0] <= TILE_CHUNK:
             return loss_of(tiles)
-        chunks = tiles.tensor_split(-(-tiles.shape[0] // TILE_CHUNK))
-        contexts = lambda: (contextlib.nullcontext(), _recomputation(self.model))  # noqa: E731 - forward, recompute
+        count = -(-tiles.shape[0] // TILE_CHUNK)
+        chunks = [tiles[start::count] for start in range(count)]  # every count-th tile: each chunk spans the image
+        contexts = lambda: (_one_of_chunks(self.model, count), _recomputation(self.model, tiles.device))  # noqa: E731
         losses = []
         for chunk in chunks:
             losses.append(checkpoint(loss_of, chunk, use_reentrant=False, context_fn=contexts))
-            _return_freed_memory()
+            _return_freed_memory(tiles.device)
+        stacked = torch.stack(losses).float()  # (weights and sums in float32 under a 16-bit autocast too)
         if reduction == "sum":
-            return torch.stack(losses).sum()
-        shares = [len(chunk) / tiles.shape[0] for chunk in chunks]
-        return torch.stack([loss * share for loss, share in zip(losses, shares, strict=True)]).sum()
+            return stacked.sum()
+        return (stacked * torch.tensor([len(chunk) / tiles.shape[0] for chunk in chunks], device=stacked.device)).sum()
 
     def log_train_loss(self, loss: torch.Tensor, images: torch.Tensor) -> None:
         """The training loss, per step and per epoch (the progress bar, ``logs/``), over all processes.
