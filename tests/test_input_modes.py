@@ -408,7 +408,7 @@ def test_a_tiled_training_step_takes_the_tiles_a_few_at_a_time_forward_and_backw
     # its running statistics by 1 - (1 - momentum) ** (1 / 4) per chunk (the step's four chunks: one batch's move).
     import copy
 
-    from otx.models.base import TILE_CHUNK
+    import otx.models.base
 
     settings = {"input_size": (96, 96), "input_mode": "tile", "tile_size": 32, "tile_stride": 16}  # 5 x 5 tiles
     torch.manual_seed(0)
@@ -423,10 +423,16 @@ def test_a_tiled_training_step_takes_the_tiles_a_few_at_a_time_forward_and_backw
     core_forward = net.model.forward
     monkeypatch.setattr(net.model, "forward", lambda tiles: seen.append(tiles.shape[0]) or core_forward(tiles))
     images = torch.rand(2, 3, 96, 96)  # 50 tiles
+    with torch.no_grad():  # within the budget (50 tiles of 32 pixels: a fifth of 16 tiles of 256): one batch
+        net.training_step({"image": images}, 0)
+    assert seen == [50]
+    seen.clear()
+    net.load_state_dict(reference.state_dict())
+    monkeypatch.setattr(otx.models.base, "TRAIN_CHUNK_PIXELS", 16 * 32 * 32)  # a budget of 16 of these tiles
     loss = net.training_step({"image": images}, 0)
     loss.backward()
-    # the core saw at most TILE_CHUNK tiles at a time, each tile twice: its chunk's pass and its recomputation
-    assert len(seen) == 8 and max(seen) <= TILE_CHUNK and sum(seen) == 2 * 50
+    # the core saw at most 16 tiles at a time, each tile twice: its chunk's pass and its recomputation
+    assert len(seen) == 8 and max(seen) <= 16 and sum(seen) == 2 * 50
 
     norm = torch.nn.modules.batchnorm._BatchNorm
     trained_norms = [m for m in reference.model.modules() if isinstance(m, norm) and m.training]

@@ -34,7 +34,7 @@ from otx.errors import OTXConfigError, for_caller
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
 from otx.models.quantization import GENERIC, Scheme
 from otx.postprocess import PostProcessor, known_pixel_rows
-from otx.preprocess import AUTO, MODES, PreProcessor, aspect_input_size, auto_input
+from otx.preprocess import AUTO, DEFAULT_TILE, MODES, PreProcessor, aspect_input_size, auto_input
 from otx.validate import check_bool, check_number, check_path, check_size
 
 
@@ -65,6 +65,8 @@ def plain_value(value: Any) -> Any:
 
 
 TILE_CHUNK = 16  # tiles the core takes at once, in eager torch and in the exported graph (bounds their memory)
+# pixels a gradient training step takes at once in the tile mode (AnomalyModel.training_loss): 16 tiles of 256
+TRAIN_CHUNK_PIXELS = TILE_CHUNK * DEFAULT_TILE * DEFAULT_TILE
 
 
 def image_outputs(
@@ -548,11 +550,13 @@ class AnomalyModel(L.LightningModule):
 
         ``loss_of(tiles)`` is the model's loss over a batch of core inputs, which it ``reduction``s
         over them (``"sum"`` or ``"mean"``). For the models trained with gradients (STFPM,
-        PatchFlow): in the ``tile`` mode a step of more than ``TILE_CHUNK`` tiles (a large image's)
-        runs in near-equal chunks of at most that many, each under activation checkpointing, so
-        only the tiles are held for the backward pass, which recomputes one chunk at a time: the
-        step's memory is one chunk's, as at inference, not the image's tiles' at once (a
-        3000x4000 image in 192 tiles asked for 4.2 GB in STFPM's step, ``docs/input-modes.md``).
+        PatchFlow): in the ``tile`` mode a step of more than ``TRAIN_CHUNK_PIXELS`` (the pixels of
+        16 tiles of 256, a large image's) runs in near-equal chunks of at most that many, each under
+        activation checkpointing, so only the tiles are held for the backward pass, which
+        recomputes one chunk at a time: the step's memory is one chunk's, not the image's tiles' at
+        once (a 3000x4000 image in 192 tiles asked for 4.2 GB in STFPM's step,
+        ``docs/input-modes.md``). Steps within it run as one batch: small tiles cost little memory,
+        and chunks of them cost time (the recomputation, a pass per chunk) and change batch norm.
         A chunk takes every n-th tile, so that it spans the image rather than one row of tiles:
         batch norm normalises each chunk by its statistics (as a batch of 16 images), moves its
         running statistics per chunk by a share of its momentum (``_one_of_chunks``) and not
@@ -562,9 +566,10 @@ class AnomalyModel(L.LightningModule):
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be sum or mean, not {reduction!r}")
         tiles = self.core_input(images)
-        if self.preprocessor.tiles_per_image == 1 or tiles.shape[0] <= TILE_CHUNK:
+        per_chunk = max(1, TRAIN_CHUNK_PIXELS // (tiles.shape[-2] * tiles.shape[-1]))
+        if self.preprocessor.tiles_per_image == 1 or tiles.shape[0] <= per_chunk:
             return loss_of(tiles)
-        count = -(-tiles.shape[0] // TILE_CHUNK)
+        count = -(-tiles.shape[0] // per_chunk)
         chunks = [tiles[start::count] for start in range(count)]  # every count-th tile: each chunk spans the image
         contexts = lambda: (_one_of_chunks(self.model, count), _recomputation(self.model, tiles.device))  # noqa: E731
         losses = []
