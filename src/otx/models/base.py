@@ -550,8 +550,8 @@ class AnomalyModel(L.LightningModule):
 
         ``loss_of(tiles)`` is the model's loss over a batch of core inputs, which it ``reduction``s
         over them (``"sum"`` or ``"mean"``). For the models trained with gradients (STFPM,
-        PatchFlow): in the ``tile`` mode a step of more than ``TRAIN_CHUNK_PIXELS`` (the pixels of
-        16 tiles of 256, a large image's) runs in near-equal chunks of at most that many, each under
+        PatchFlow): in the ``tile`` mode a step of more pixels than ``TRAIN_CHUNK_PIXELS`` (those of
+        16 tiles of 256: a large image's) runs in near-equal chunks within it, each under
         activation checkpointing, so only the tiles are held for the backward pass, which
         recomputes one chunk at a time: the step's memory is one chunk's, not the image's tiles' at
         once (a 3000x4000 image in 192 tiles asked for 4.2 GB in STFPM's step,
