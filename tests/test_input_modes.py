@@ -419,20 +419,31 @@ def test_a_tiled_training_step_takes_the_tiles_a_few_at_a_time_forward_and_backw
     reference = copy.deepcopy(net)
     before = {name: b.clone() for name, b in net.model.named_buffers()}
     monkeypatch.setattr(net, "log_train_loss", lambda loss, images: None)
-    seen: list[int] = []
-    core_forward = net.model.forward
-    monkeypatch.setattr(net.model, "forward", lambda tiles: seen.append(tiles.shape[0]) or core_forward(tiles))
+    # what the frozen part (STFPM's teacher, PatchFlow's backbone, once per scale) and the trained part take in
+    frozen, trained = (
+        net.pretrained_modules()[0],
+        getattr(net.model, {"Stfpm": "student_model", "Patchflow": "flow"}[model]),
+    )
+    seen: dict[str, list[int]] = {"frozen": [], "trained": []}
+    for name, module in (("frozen", frozen), ("trained", trained)):
+        forward = module.forward
+        monkeypatch.setattr(
+            module, "forward", lambda x, *a, _f=forward, _n=name, **k: seen[_n].append(len(x)) or _f(x, *a, **k)
+        )
     images = torch.rand(2, 3, 96, 96)  # 50 tiles
     with torch.no_grad():  # within the budget (50 tiles of 32 pixels: a fifth of 16 tiles of 256): one batch
         net.training_step({"image": images}, 0)
-    assert seen == [50]
-    seen.clear()
+    scales = len(seen["frozen"])
+    assert seen == {"frozen": [50] * scales, "trained": [50]}
+    seen = {"frozen": [], "trained": []}
     net.load_state_dict(reference.state_dict())
     monkeypatch.setattr(otx.models.base, "TRAIN_CHUNK_PIXELS", 16 * 32 * 32)  # a budget of 16 of these tiles
     loss = net.training_step({"image": images}, 0)
     loss.backward()
-    # the core saw at most 16 tiles at a time, each tile twice: its chunk's pass and its recomputation
-    assert len(seen) == 8 and max(seen) <= 16 and sum(seen) == 2 * 50
+    # at most 16 tiles at a time; the trained part saw each tile twice (its chunk's pass and its recomputation),
+    # the frozen part once (its outputs are kept for the recomputation, not computed again)
+    assert len(seen["trained"]) == 8 and max(seen["trained"]) <= 16 and sum(seen["trained"]) == 2 * 50
+    assert len(seen["frozen"]) == 4 * scales and max(seen["frozen"]) <= 16 and sum(seen["frozen"]) == 50 * scales
 
     norm = torch.nn.modules.batchnorm._BatchNorm
     trained_norms = [m for m in reference.model.modules() if isinstance(m, norm) and m.training]

@@ -544,18 +544,26 @@ class AnomalyModel(L.LightningModule):
         return tiles.split(TILE_CHUNK) if self.preprocessor.tiles_per_image > 1 else (tiles,)
 
     def training_loss(
-        self, images: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor], reduction: str
+        self,
+        images: torch.Tensor,
+        loss_of: Callable[..., torch.Tensor],
+        reduction: str,
+        frozen_of: Callable[[torch.Tensor], Any] | None = None,
     ) -> torch.Tensor:
         """The training loss of ``images``, with gradients: ``loss_of`` of their ``core_input``.
 
         ``loss_of(tiles)`` is the model's loss over a batch of core inputs, which it ``reduction``s
-        over them (``"sum"`` or ``"mean"``). For the models trained with gradients (STFPM,
+        over them (``"sum"`` or ``"mean"``). With ``frozen_of`` (what the frozen part of the model,
+        a teacher or a backbone, makes of the tiles, computed without gradients) it is
+        ``loss_of(tiles, frozen_of(tiles))``. For the models trained with gradients (STFPM,
         PatchFlow): in the ``tile`` mode a step of more pixels than ``TRAIN_CHUNK_PIXELS`` (those of
         16 tiles of 256: a large image's) runs in near-equal chunks within it, each under
-        activation checkpointing, so only the tiles are held for the backward pass, which
-        recomputes one chunk at a time: the step's memory is one chunk's, not the image's tiles' at
-        once (a 3000x4000 image in 192 tiles asked for 4.2 GB in STFPM's step,
-        ``docs/input-modes.md``). Steps within it run as one batch: small tiles cost little memory,
+        activation checkpointing, so only the tiles (and their frozen outputs) are held for the
+        backward pass, which recomputes one chunk at a time: the step's memory is one chunk's, not
+        the image's tiles' at once (a 3000x4000 image in 192 tiles asked for 4.2 GB in STFPM's step,
+        ``docs/input-modes.md``). The frozen outputs are computed once per chunk, outside the
+        checkpoint, so that the recomputation runs only the trained part. Steps within the budget
+        run as one batch: small tiles cost little memory,
         and chunks of them cost time (the recomputation, a pass per chunk) and change batch norm.
         A chunk takes every n-th tile, so that it spans the image rather than one row of tiles:
         batch norm normalises each chunk by its statistics (as a batch of 16 images), moves its
@@ -566,15 +574,22 @@ class AnomalyModel(L.LightningModule):
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be sum or mean, not {reduction!r}")
         tiles = self.core_input(images)
+
+        def inputs(chunk: torch.Tensor) -> tuple[Any, ...]:
+            if frozen_of is None:
+                return (chunk,)
+            with torch.no_grad():
+                return chunk, frozen_of(chunk)
+
         per_chunk = max(1, TRAIN_CHUNK_PIXELS // (tiles.shape[-2] * tiles.shape[-1]))
         if self.preprocessor.tiles_per_image == 1 or tiles.shape[0] <= per_chunk:
-            return loss_of(tiles)
+            return loss_of(*inputs(tiles))
         count = -(-tiles.shape[0] // per_chunk)
         chunks = [tiles[start::count] for start in range(count)]  # every count-th tile: each chunk spans the image
         contexts = lambda: (_one_of_chunks(self.model, count), _recomputation(self.model, tiles.device))  # noqa: E731
         losses = []
         for chunk in chunks:
-            losses.append(checkpoint(loss_of, chunk, use_reentrant=False, context_fn=contexts))
+            losses.append(checkpoint(loss_of, *inputs(chunk), use_reentrant=False, context_fn=contexts))
             _return_freed_memory(tiles.device)
         stacked = torch.stack(losses).float()  # (weights and sums in float32 under a 16-bit autocast too)
         if reduction == "sum":

@@ -144,6 +144,7 @@ class PatchflowCore(nn.Module):
         """Every scale's and layer's features, each averaged over its neighbourhood, at its own size."""
         height, width = images.shape[-2:]
         features: list[torch.Tensor] = []
+        self.feature_extractor.eval()
         with torch.no_grad():  # the backbone is frozen
             for scale in range(self.num_scales):
                 scaled = images
@@ -153,12 +154,15 @@ class PatchflowCore(nn.Module):
                 features += list(self.feature_extractor(scaled).values())
         return [self.avg_pool(f) for f in features]
 
+    def flow_outputs(self, pooled: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trained part: ``(hidden_variables, log_jacobians)`` of the flow on the adapted ``pooled_features``."""
+        return self.flow(self.feature_adaptor(pooled))
+
     def forward(self, images: torch.Tensor) -> Any:
         """Training: ``(hidden_variables, log_jacobians)``; inference: anomalib's ``InferenceBatch``."""
         from anomalib.data import InferenceBatch
 
-        self.feature_extractor.eval()
-        hidden_variables, log_jacobians = self.flow(self.feature_adaptor(self.pooled_features(images)))
+        hidden_variables, log_jacobians = self.flow_outputs(self.pooled_features(images))
         if self.training:
             return hidden_variables, log_jacobians
         anomaly_map = self.anomaly_map_generator(hidden_variables, images.shape[-2:])
@@ -308,8 +312,14 @@ class Patchflow(AnomalyModel):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         del batch_idx
-        # (anomalib's loss is a mean over the batch; the tile mode's chunks are weighted by their sizes)
-        loss = self.training_loss(batch["image"], lambda tiles: self.loss(*self.model(tiles)), reduction="mean")
+        # (anomalib's loss is a mean over the batch; the tile mode's chunks are weighted by their sizes. The
+        # frozen backbone's pooled features are computed once per chunk, not again in its recomputation)
+        loss = self.training_loss(
+            batch["image"],
+            lambda tiles, pooled: self.loss(*self.model.flow_outputs(pooled)),
+            reduction="mean",
+            frozen_of=self.model.pooled_features,
+        )
         self.log_train_loss(loss, batch["image"])
         return loss
 

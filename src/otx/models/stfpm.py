@@ -302,8 +302,14 @@ class Stfpm(AnomalyModel):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:  # noqa: D102
         del batch_idx
-        # (anomalib's loss sums over the batch; the tile mode's chunks add up to it)
-        loss = self.training_loss(batch["image"], lambda tiles: self.loss(*self.model(tiles)), reduction="sum")
+        # (anomalib's loss sums over the batch; the tile mode's chunks add up to it. The frozen teacher's
+        # features are computed once per chunk, not again in its recomputation)
+        loss = self.training_loss(
+            batch["image"],
+            lambda tiles, teacher: self.loss(teacher, self.model.student_model(tiles)),
+            reduction="sum",
+            frozen_of=self.model.teacher_model,
+        )
         self.log_train_loss(loss, batch["image"])
         return loss
 
