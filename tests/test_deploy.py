@@ -103,6 +103,38 @@ def test_banded_resize_equals_torch_antialias() -> None:
             assert torch.allclose(resize_antialias(image, size), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize(("stride", "count"), [(256, 11 * 16), (224, 13 * 18)])  # side by side; overlapping
+def test_the_graphs_resize_and_tiles_give_torchs_pixels_on_several_threads(stride: int, count: int) -> None:
+    # Before: a 2800x4000 input's resize and tiles came out of OpenVINO's CPU plugin wrong on two threads (pixels off
+    # by up to 1.0, tiles of garbage): its Gather along the last axis of a dynamic shape fails once the output passes
+    # 2**25 elements. One thread, what this 2-core CPU's throughput hint runs per request, was exact, so the export's
+    # own check passed such an IR. References: torch's F.unfold for the tiles, the same module in torch for the graph.
+    from otx.deploy.graph import convert_model
+    from otx.preprocess import PreProcessor
+
+    pre = PreProcessor((2800, 4000), "tile", tile_size=256, tile_stride=stride)
+
+    class _ToTiles(torch.nn.Module):
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return pre.tiles(pre(images))
+
+    module = _ToTiles()
+    example = torch.rand(1, 3, 2830, 4030)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example, check_trace=False)
+        graph = convert_model(traced, example_input=example, input=[(ov.PartialShape([-1, 3, -1, -1]), ov.Type.f32)])
+    threads = {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(graph, "CPU", threads)
+    image = torch.rand(1, 3, 2810, 4005, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        resized = pre(image)
+        expected = module(image)
+    padded = F.pad(resized, (0, pre.padded[1] - 4000, 0, pre.padded[0] - 2800), mode="replicate")
+    unfolded = F.unfold(padded, 256, stride=stride).transpose(1, 2).reshape(-1, 3, 256, 256)
+    assert expected.shape == (count, 3, 256, 256) and torch.equal(expected, unfolded)
+    np.testing.assert_allclose(compiled(image.numpy())[0], expected.numpy(), atol=1e-5)
+
+
 def test_dynamic_batch_and_any_size(exported) -> None:
     inferencer = OpenVINOInferencer(exported("padim"), device="CPU")
     rng = np.random.default_rng(0)

@@ -143,6 +143,24 @@ def _tiles_covering(length: int, count: int, tile: int, stride: int) -> torch.Te
     return cover
 
 
+def _tile_lines(count: int, tile: int, stride: int) -> torch.Tensor:
+    """The rows (or columns) of ``count`` tiles of side ``tile``, ``stride`` apart, tile after tile."""
+    return (torch.arange(count)[:, None] * stride + torch.arange(tile)[None, :]).reshape(-1)
+
+
+def _gather_lines(images: torch.Tensor, lines: torch.Tensor) -> torch.Tensor:
+    """``images [B, C, H, W]`` at rows ``lines`` (``torch.index_select`` on axis 2; traceable).
+
+    Every gather of the exported graph runs along an axis other than the last: OpenVINO's CPU
+    plugin (2026.4) gathers along the last axis of a tensor of dynamic shape wrongly on two or more
+    threads once the output holds more than 2**25 elements (a 3000x4000 image's columns: values
+    off by up to 1.0, or garbage), while one thread, static shapes and other axes are exact. On
+    this project's 2-core CPU the default hint runs one thread per request, so only a larger CPU
+    or the latency hint met it (``docs/input-modes.md``, "A 4000x3000 image").
+    """
+    return torch.index_select(images, 2, lines)
+
+
 def tile_grid(size: int, tile: int, stride: int) -> tuple[int, int]:
     """Tiles along one side (``count``) and the side's length once the last tile fits (``padded``)."""
     count = max(1, math.ceil((size - tile) / stride) + 1)
@@ -286,8 +304,19 @@ class PreProcessor(nn.Module):
             return images
         tile, (height, width) = self.tile_size, self.input_size
         padded = F.pad(images, (0, self.padded[1] - width, 0, self.padded[0] - height), mode="replicate")
-        columns = F.unfold(padded, tile, stride=self.tile_stride)  # [B, C * t * t, tiles]
-        return columns.transpose(1, 2).reshape(-1, images.shape[1], tile, tile)
+        (rows, cols), channels = self.grid, images.shape[1]
+        if self.tile_stride == tile:  # side by side: the padded image cut by reshapes alone
+            cut = padded.reshape(-1, channels, rows, tile, cols, tile).permute(0, 2, 4, 1, 3, 5)
+            return cut.reshape(-1, channels, tile, tile)
+        # F.unfold's tiles, in its order, gathered along the second-last axis only (rows, then the columns
+        # of the transposed rows): OpenVINO's CPU Gather along the last axis goes wrong on several threads
+        # once its output passes 2**25 elements (``_gather_lines``).
+        picked = _gather_lines(padded, _tile_lines(rows, tile, self.tile_stride))  # [B, C, rows * t, W]
+        picked = _gather_lines(
+            picked.transpose(2, 3), _tile_lines(cols, tile, self.tile_stride)
+        )  # [B, C, cols*t, rows*t]
+        picked = picked.reshape(-1, channels, cols, tile, rows, tile).permute(0, 4, 2, 1, 5, 3)
+        return picked.reshape(-1, channels, tile, tile)
 
     def untile(self, maps: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The core's ``(maps [B * tiles, t, t], scores [B * tiles])`` as one map and score per image."""
@@ -395,9 +424,10 @@ def resize_antialias(image: torch.Tensor, size_hw: tuple[int, int], keep_aspect:
     rows, row_weights = _antialias_blocks(full_h, out_h, RESIZE_BLOCK, height)
     cols, col_weights = _antialias_blocks(full_w, out_w, RESIZE_BLOCK, width)
     # Rows: [B, C, H, W] -> [B, C, blocks, L, W]; [blocks, 32, L] @ that -> [B, C, blocks * 32, W].
-    gathered = torch.index_select(image, 2, rows).reshape(batch, channels, row_weights.shape[0], -1, shape[3])
+    gathered = _gather_lines(image, rows).reshape(batch, channels, row_weights.shape[0], -1, shape[3])
     image = torch.matmul(row_weights, gathered).reshape(batch, channels, -1, shape[3])[:, :, :out_h]
-    # Columns: [B, C, h, W] -> [B, C, blocks, h, L]; that @ [blocks, L, 32] -> [B, C, h, blocks * 32].
-    gathered = torch.index_select(image, 3, cols).reshape(batch, channels, out_h, col_weights.shape[0], -1)
-    image = torch.matmul(gathered.transpose(2, 3), col_weights.transpose(1, 2)).transpose(2, 3)
-    return image.reshape(batch, channels, out_h, -1)[:, :, :, :out_w]
+    # Columns the same way, as the rows of the transposed image (no gather along the last axis,
+    # ``_gather_lines``): [B, C, W, h] -> [B, C, blocks, L, h]; [blocks, 32, L] @ that -> [B, C, blocks * 32, h].
+    gathered = _gather_lines(image.transpose(2, 3), cols).reshape(batch, channels, col_weights.shape[0], -1, out_h)
+    image = torch.matmul(col_weights, gathered).reshape(batch, channels, -1, out_h)[:, :, :out_w]
+    return image.transpose(2, 3)

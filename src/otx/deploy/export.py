@@ -16,6 +16,7 @@ from otx.checkpoint import class_path
 from otx.deploy.graph import INPUT_NAME, OUTPUT_NAMES, ExportGraph, convert_model
 from otx.deploy.metadata import build_model_info, write_ir_info, write_onnx_info
 from otx.errors import OTXConfigError, OTXError
+from otx.memory import return_freed_memory
 from otx.models.base import AnomalyModel
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ def to_openvino(model: AnomalyModel) -> Any:
         # first: a third of STFPM's export time); the written file is checked against torch on an
         # image of another size instead (``compare_with_torch``), and the tests check every model.
         traced = torch.jit.trace(graph, example, check_trace=False)
+        return_freed_memory()  # the trace's tensors, before OpenVINO's copy of the graph (a 192-tile export: -0.8 GB)
         ov_model = convert_model(traced, example_input=example, input=[(ov.PartialShape([-1, 3, -1, -1]), ov.Type.f32)])
     name_io(ov_model)
     return ov_model
@@ -174,10 +176,25 @@ def _export_onnx(graph: ExportGraph, example: torch.Tensor, tmp_dir: Path, info:
     return [path]
 
 
+def check_inferencer(path: Path) -> Any:
+    """The ``OpenVINOInferencer`` that ``compare_with_torch`` checks a written IR with: one request, every core in it.
+
+    One request under the latency hint runs each kernel on all of the CPU's cores, as a larger
+    CPU's requests do. Under the throughput hint this project's 2-core CPU ran one thread per
+    request, where an OpenVINO Gather that goes wrong on two or more threads passed the check
+    (``otx.preprocess._gather_lines``). And one request holds one image's buffers at a time
+    (a 192-tile export's check: 5.3 -> 3.7 GB, ``docs/input-modes.md``).
+    """
+    from otx.deploy.inferencer import OpenVINOInferencer
+
+    return OpenVINOInferencer(path, device="CPU", num_requests=1, performance_hint="LATENCY")
+
+
 def compare_with_torch(model: AnomalyModel, exported: Any, images: list[np.ndarray]) -> dict[str, Any]:
     """Largest differences between torch and an ``OpenVINOInferencer`` on float ``[3, H, W]`` images of any size.
 
     ``label_agreement`` is the share of images labelled alike, ``labels_differ`` their number.
+    ``otx export`` passes an inferencer of one request under the latency hint (``check_inferencer``).
     """
     graph = ExportGraph(model).eval()
     scores, labels, maps = [], [], []
@@ -187,6 +204,7 @@ def compare_with_torch(model: AnomalyModel, exported: Any, images: list[np.ndarr
             scores.append(score)
             labels.append(label)
             maps.append(anomaly_map[:, 0])
+    return_freed_memory()  # torch's freed tensors, before OpenVINO's buffers
     got = exported.infer([image.transpose(1, 2, 0) for image in images])  # channel-last: no layout guessed
     same = got["pred_label"] == np.concatenate(labels)
     return {

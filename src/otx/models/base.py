@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import ctypes
-import functools
 import inspect
 import os
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -31,6 +28,7 @@ from otx import distributed
 from otx.boxes import REFINES, BoxSettings
 from otx.data.datamodule import raise_batch_errors
 from otx.errors import OTXConfigError, for_caller
+from otx.memory import return_freed_memory
 from otx.models.backbones import BackboneSpec, check_layers, get_backbone, load_into, resolve_weights
 from otx.models.quantization import GENERIC, Scheme
 from otx.postprocess import PostProcessor, known_pixel_rows
@@ -91,33 +89,6 @@ def image_outputs(
     return maps, scores
 
 
-@functools.cache
-def _malloc_trim() -> Any:
-    """The C library's ``malloc_trim`` (glibc); None elsewhere (macOS, Windows, musl)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # musl, or a C library without it
-        return None
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim
-
-
-def _return_freed_memory(device: torch.device) -> None:
-    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim(0)``) when ``device`` is the CPU.
-
-    Between the chunks of a tiled training step (``AnomalyModel.training_loss``). glibc keeps the
-    pages of freed tensors of up to 32 MB in its heap, where each chunk's short-lived tensors and
-    long-lived autograd records interleave, so without this the process grew with every chunk as
-    if they were all held: PatchFlow's step over 192 tiles of 256 pixels peaked at 3.0 GB resident
-    with only one chunk's tensors alive, 1.45 GB with it (``docs/input-modes.md``). Tensors on an
-    accelerator are not in that heap.
-    """
-    if device.type == "cpu" and (trim := _malloc_trim()) is not None:
-        trim(0)
-
-
 def _trained_norms(module: nn.Module) -> list[_BatchNorm]:
     return [m for m in module.modules() if isinstance(m, _BatchNorm) and m.training and m.track_running_stats]
 
@@ -146,12 +117,12 @@ def _one_of_chunks(module: nn.Module, chunks: int) -> Iterator[None]:
 def _recomputation(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Around activation checkpointing's recomputation of a chunk (``AnomalyModel.training_loss``).
 
-    The freed pages of the chunk before go back to the system (``_return_freed_memory``), and the
+    The freed pages of the chunk before go back to the system (``otx.memory.return_freed_memory``), and the
     batch norm layers of ``module`` end with the running statistics they had: the recomputation
     runs the forward pass a second time, which would otherwise count every chunk twice. (The
     layers still run as in training, so the recomputation saves what the first pass saved.)
     """
-    _return_freed_memory(device)
+    return_freed_memory(device)
     buffers = [b for m in _trained_norms(module) for b in m.buffers()]
     kept = [b.clone() for b in buffers]
     try:
@@ -569,7 +540,7 @@ class AnomalyModel(L.LightningModule):
         batch norm normalises each chunk by its statistics (as a batch of 16 images), moves its
         running statistics per chunk by a share of its momentum (``_one_of_chunks``) and not
         again in the recomputation (``_recomputation``). Between chunks the freed memory goes back
-        to the system (``_return_freed_memory``).
+        to the system (``otx.memory.return_freed_memory``).
         """
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be sum or mean, not {reduction!r}")
@@ -590,7 +561,7 @@ class AnomalyModel(L.LightningModule):
         losses = []
         for chunk in chunks:
             losses.append(checkpoint(loss_of, *inputs(chunk), use_reentrant=False, context_fn=contexts))
-            _return_freed_memory(tiles.device)
+            return_freed_memory(tiles.device)
         stacked = torch.stack(losses).float()  # (weights and sums in float32 under a 16-bit autocast too)
         if reduction == "sum":
             return stacked.sum()

@@ -13,7 +13,7 @@ import numpy as np
 from rich.markup import escape
 
 from otx.checkpoint import latest_checkpoint, load_checkpoint, model_entry
-from otx.deploy.inferencer import OpenVINOInferencer, is_exported_model
+from otx.deploy.inferencer import is_exported_model
 from otx.errors import OTXDataError, OTXError, for_caller
 from otx.models.base import AnomalyModel
 from otx.results import ExportResult
@@ -32,7 +32,7 @@ def run(
     ctx: VerbContext, run: Run, checkpoint: str | Path | None, export_format: str, precision: str, demo_package: bool
 ) -> ExportResult:
     """Export; an FP16 IR's decisions are checked against FP32 on the validation split (and recalibrated)."""
-    from otx.deploy.export import check_warning, compare_with_torch, export_model
+    from otx.deploy.export import check_inferencer, check_warning, compare_with_torch, export_model
     from otx.deploy.package import write_demo_package
 
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(ctx.workdir)
@@ -87,7 +87,7 @@ def run(
         for name, value in decisions["stats"].items():
             getattr(reference.postprocessor, name).fill_(float(value))
         probe += " (torch with the recalibrated thresholds)"
-    check = {"probe": probe, **compare_with_torch(reference, OpenVINOInferencer(exported, device="CPU"), probes)}
+    check = {"probe": probe, **compare_with_torch(reference, check_inferencer(exported), probes)}
     if message := check_warning(check, precision, reference.postprocessor.stats(), exported):
         ctx.warn(message)
     result = ExportResult(
