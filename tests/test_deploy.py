@@ -123,16 +123,22 @@ def test_the_graphs_resize_and_tiles_give_torchs_pixels_on_several_threads(strid
     with torch.no_grad():
         traced = torch.jit.trace(module, example, check_trace=False)
         graph = convert_model(traced, example_input=example, input=[(ov.PartialShape([-1, 3, -1, -1]), ov.Type.f32)])
+    del traced, example
     threads = {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
     compiled = ov.Core().compile_model(graph, "CPU", threads)
+    if compiled.get_property("INFERENCE_NUM_THREADS") < 2:  # (one thread ran the gathers right: nothing to see)
+        pytest.skip("OpenVINO runs one thread in this process: the multi-threaded gathers cannot be checked")
     image = torch.rand(1, 3, 2810, 4005, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         resized = pre(image)
         expected = module(image)
     padded = F.pad(resized, (0, pre.padded[1] - 4000, 0, pre.padded[0] - 2800), mode="replicate")
+    del resized
     unfolded = F.unfold(padded, 256, stride=stride).transpose(1, 2).reshape(-1, 3, 256, 256)
     assert expected.shape == (count, 3, 256, 256) and torch.equal(expected, unfolded)
-    np.testing.assert_allclose(compiled(image.numpy())[0], expected.numpy(), atol=1e-5)
+    del padded, unfolded
+    got = compiled(image.numpy())[0]
+    assert float(np.abs(got - expected.numpy()).max()) <= 1e-5
 
 
 def test_dynamic_batch_and_any_size(exported) -> None:

@@ -436,14 +436,28 @@ def test_a_tiled_training_step_takes_the_tiles_a_few_at_a_time_forward_and_backw
     scales = len(seen["frozen"])
     assert seen == {"frozen": [50] * scales, "trained": [50]}
     seen = {"frozen": [], "trained": []}
-    net.load_state_dict(reference.state_dict())
     monkeypatch.setattr(otx.models.base, "TRAIN_CHUNK_PIXELS", 16 * 32 * 32)  # a budget of 16 of these tiles
+    # Frozen outputs beyond the limit (a large backbone's): the frozen part is recomputed with the trained part,
+    # each tile twice, after the first chunk's outputs that were measured (13 tiles) - and the same step.
+    monkeypatch.setattr(otx.models.base, "FROZEN_KEPT_LIMIT", 0.0)
+    net.load_state_dict(reference.state_dict())
+    recomputed = net.training_step({"image": images}, 0)
+    recomputed.backward()
+    assert sum(seen["trained"]) == 2 * 50 and sum(seen["frozen"]) == (13 + 2 * 50) * scales
+    recomputed_grads = {name: p.grad.clone() for name, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad()
+    seen = {"frozen": [], "trained": []}
+    monkeypatch.setattr(otx.models.base, "FROZEN_KEPT_LIMIT", 1.0)
+    net.load_state_dict(reference.state_dict())
     loss = net.training_step({"image": images}, 0)
     loss.backward()
     # at most 16 tiles at a time; the trained part saw each tile twice (its chunk's pass and its recomputation),
     # the frozen part once (its outputs are kept for the recomputation, not computed again)
     assert len(seen["trained"]) == 8 and max(seen["trained"]) <= 16 and sum(seen["trained"]) == 2 * 50
     assert len(seen["frozen"]) == 4 * scales and max(seen["frozen"]) <= 16 and sum(seen["frozen"]) == 50 * scales
+    torch.testing.assert_close(recomputed, loss, rtol=1e-6, atol=1e-6)
+    for name, grad in recomputed_grads.items():
+        torch.testing.assert_close(grad, dict(net.named_parameters())[name].grad, rtol=1e-5, atol=1e-7, msg=name)
 
     norm = torch.nn.modules.batchnorm._BatchNorm
     trained_norms = [m for m in reference.model.modules() if isinstance(m, norm) and m.training]

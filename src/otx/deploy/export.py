@@ -183,7 +183,7 @@ def check_inferencer(path: Path) -> Any:
     CPU's requests do. Under the throughput hint this project's 2-core CPU ran one thread per
     request, where an OpenVINO Gather that goes wrong on two or more threads passed the check
     (``otx.preprocess._gather_lines``). And one request holds one image's buffers at a time
-    (a 192-tile export's check: 5.3 -> 3.7 GB, ``docs/input-modes.md``).
+    (with ``malloc_trim`` after tracing, a 192-tile export: 5.6 -> 3.8 GB, ``docs/input-modes.md``).
     """
     from otx.deploy.inferencer import OpenVINOInferencer
 

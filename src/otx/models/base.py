@@ -65,6 +65,18 @@ def plain_value(value: Any) -> Any:
 TILE_CHUNK = 16  # tiles the core takes at once, in eager torch and in the exported graph (bounds their memory)
 # pixels a gradient training step takes at once in the tile mode (AnomalyModel.training_loss): 16 tiles of 256
 TRAIN_CHUNK_PIXELS = TILE_CHUNK * DEFAULT_TILE * DEFAULT_TILE
+# a chunked step keeps its frozen part's outputs for the recomputation while all chunks' take at most this
+# many times the bytes of the tiles (beyond: the frozen part is recomputed with the trained part)
+FROZEN_KEPT_LIMIT = 1.0
+
+
+def _tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in ``value`` (a tensor, or dicts, lists and tuples of them)."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        value = list(value.values())
+    return sum(_tensor_bytes(item) for item in value) if isinstance(value, (list, tuple)) else 0
 
 
 def image_outputs(
@@ -530,10 +542,13 @@ class AnomalyModel(L.LightningModule):
         PatchFlow): in the ``tile`` mode a step of more pixels than ``TRAIN_CHUNK_PIXELS`` (those of
         16 tiles of 256: a large image's) runs in near-equal chunks within it, each under
         activation checkpointing, so only the tiles (and their frozen outputs) are held for the
-        backward pass, which recomputes one chunk at a time: the step's memory is one chunk's, not
-        the image's tiles' at once (a 3000x4000 image in 192 tiles asked for 4.2 GB in STFPM's step,
+        backward pass, which recomputes one chunk at a time: the step's activations are one chunk's,
+        not the image's tiles' at once (a 3000x4000 image in 192 tiles asked for 4.2 GB in STFPM's step,
         ``docs/input-modes.md``). The frozen outputs are computed once per chunk, outside the
-        checkpoint, so that the recomputation runs only the trained part. Steps within the budget
+        checkpoint, so that the recomputation runs only the trained part, as long as all chunks'
+        take no more memory than the tiles (``FROZEN_KEPT_LIMIT``: 22 MB for STFPM's default
+        teacher layer over 192 tiles of 256, 90 MB for PatchFlow's, against 151 MB of tiles; a
+        wide ResNet's would take gigabytes, and is recomputed instead). Steps within the budget
         run as one batch: small tiles cost little memory,
         and chunks of them cost time (the recomputation, a pass per chunk) and change batch norm.
         A chunk takes every n-th tile, so that it spans the image rather than one row of tiles:
@@ -558,9 +573,14 @@ class AnomalyModel(L.LightningModule):
         count = -(-tiles.shape[0] // per_chunk)
         chunks = [tiles[start::count] for start in range(count)]  # every count-th tile: each chunk spans the image
         contexts = lambda: (_one_of_chunks(self.model, count), _recomputation(self.model, tiles.device))  # noqa: E731
+        kept = frozen_of is not None  # the frozen outputs computed outside the checkpoint, kept for its recomputation
         losses = []
-        for chunk in chunks:
-            losses.append(checkpoint(loss_of, *inputs(chunk), use_reentrant=False, context_fn=contexts))
+        for index, chunk in enumerate(chunks):
+            args = inputs(chunk) if kept else (chunk,)
+            if kept and index == 0 and _tensor_bytes(args[1]) * count > FROZEN_KEPT_LIMIT * tiles.nbytes:
+                kept, args = False, (chunk,)  # (a large backbone's: recomputed in the chunk's checkpoint instead)
+            function = loss_of if kept or frozen_of is None else lambda part: loss_of(*inputs(part))
+            losses.append(checkpoint(function, *args, use_reentrant=False, context_fn=contexts))
             return_freed_memory(tiles.device)
         stacked = torch.stack(losses).float()  # (weights and sums in float32 under a 16-bit autocast too)
         if reduction == "sum":
