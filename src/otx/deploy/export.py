@@ -177,10 +177,10 @@ def _export_onnx(graph: ExportGraph, example: torch.Tensor, tmp_dir: Path, info:
 
 
 def check_inferencer(path: Path) -> Any:
-    """The ``OpenVINOInferencer`` that ``compare_with_torch`` checks a written IR with: one request, every core in it.
+    """The ``OpenVINOInferencer`` that ``compare_with_torch`` checks a written IR with: one request, several threads.
 
-    One request under the latency hint runs each kernel on all of the CPU's cores, as a larger
-    CPU's requests do. Under the throughput hint this project's 2-core CPU ran one thread per
+    One request under the latency hint runs each kernel on several threads (the CPU's physical
+    cores), as a larger CPU's requests do. Under the throughput hint this project's 2-core CPU ran one thread per
     request, where an OpenVINO Gather that goes wrong on two or more threads passed the check
     (``otx.preprocess._gather_lines``). And one request holds one image's buffers at a time
     (with ``malloc_trim`` after tracing, a 192-tile export: 5.6 -> 3.8 GB, ``docs/input-modes.md``).
