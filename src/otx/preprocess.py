@@ -426,11 +426,21 @@ def resize_antialias(image: torch.Tensor, size_hw: tuple[int, int], keep_aspect:
         full_h, full_w = height, width
     rows, row_weights = _antialias_blocks(full_h, out_h, RESIZE_BLOCK, height)
     cols, col_weights = _antialias_blocks(full_w, out_w, RESIZE_BLOCK, width)
-    # Rows: [B, C, H, W] -> [B, C, blocks, L, W]; [blocks, 32, L] @ that -> [B, C, blocks * 32, W].
-    gathered = _gather_lines(image, rows).reshape(batch, channels, row_weights.shape[0], -1, shape[3])
-    image = torch.matmul(row_weights, gathered).reshape(batch, channels, -1, shape[3])[:, :, :out_h]
-    # Columns the same way, as the rows of the transposed image (no gather along the last axis,
-    # ``_gather_lines``): [B, C, W, h] -> [B, C, blocks, L, h]; [blocks, 32, L] @ that -> [B, C, blocks * 32, h].
-    gathered = _gather_lines(image.transpose(2, 3), cols).reshape(batch, channels, col_weights.shape[0], -1, out_h)
-    image = torch.matmul(col_weights, gathered).reshape(batch, channels, -1, out_h)[:, :, :out_w]
+    image = _resize_rows(image, rows, row_weights, out_h, (batch, channels, shape[3]))
+    # the columns as the rows of the transposed image (no gather along the last axis, ``_gather_lines``)
+    image = _resize_rows(image.transpose(2, 3), cols, col_weights, out_w, (batch, channels, out_h))
     return image.transpose(2, 3).contiguous()  # (eager: what follows reads rows; the graph drops it)
+
+
+def _resize_rows(
+    image: torch.Tensor, lines: torch.Tensor, weights: torch.Tensor, size: int, bcw: tuple[Any, Any, Any]
+) -> torch.Tensor:
+    """One axis of ``resize_antialias``: the rows of ``image [B, C, H, W]`` resized to ``size``.
+
+    ``lines`` and ``weights`` are ``_antialias_blocks``'s; ``bcw`` is ``(B, C, W)`` (shape values,
+    dynamic in a traced graph). ``[B, C, blocks, L, W]`` gathered; ``[blocks, 32, L]`` @ that ->
+    ``[B, C, blocks * 32, W]``, cropped to ``size`` rows.
+    """
+    batch, channels, width = bcw
+    gathered = _gather_lines(image, lines).reshape(batch, channels, weights.shape[0], -1, width)
+    return torch.matmul(weights, gathered).reshape(batch, channels, -1, width)[:, :, :size]
