@@ -1,6 +1,6 @@
 """Peak memory of ``otx predict`` on a 4000x3000 image in the ``tile`` mode (PADIM by default), and of train and export.
 
-Writes a small synthetic dataset of 3000x4000 (height x width) brushed-metal images
+Writes a small synthetic dataset of 3000x4000 (height x width; ``--height``, ``--width``) brushed-metal images
 (``otx.data.strip``), trains PADIM with ``input_mode tile``, ``input_size [3000,4000]`` and
 256-pixel tiles (12 x 16 = 192 tiles per image), predicts one image, exports the FP32 IR and predicts
 the image with it (all of an image's tiles in one batch). Each command runs in its
@@ -11,6 +11,9 @@ Usage::
 
     .venv/bin/python benchmarks/tile_memory.py --work_dir /tmp/otx-tile-memory \\
         --out benchmarks/results/tile_memory.json
+    # another image size (images and input alike):
+    .venv/bin/python benchmarks/tile_memory.py --work_dir /tmp/otx-tile-memory-3mp --height 1500 --width 2000 \\
+        --out /tmp/tile_memory_3mp.json
     # a model trained with gradients, its training alone, one epoch:
     .venv/bin/python benchmarks/tile_memory.py --work_dir /tmp/otx-tile-memory-stfpm --train_only \\
         --recipe recipe/anomaly_segmentation/stfpm.yaml --out /tmp/stfpm.json --trainer.max_epochs 1
@@ -33,6 +36,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work_dir", default="/tmp/otx-tile-memory")
     parser.add_argument("--tile_size", type=int, default=256)
+    parser.add_argument("--height", type=int, default=3000, help="of the images and the model's input")
+    parser.add_argument("--width", type=int, default=4000)
     parser.add_argument(
         "--recipe", default="recipe/anomaly_segmentation/padim.yaml", help="(other arguments: to otx train)"
     )
@@ -41,14 +46,16 @@ def main() -> None:
     args, args.train_args = parser.parse_known_args()  # the rest goes to otx train (e.g. --trainer.max_epochs 1)
 
     work = Path(args.work_dir)
-    data = make_strip_dataset(work / "data", height=3000, width=4000, n_train=4, n_test_good=2, n_test_defect=1)
+    data = make_strip_dataset(
+        work / "data", height=args.height, width=args.width, n_train=4, n_test_good=2, n_test_defect=1
+    )
     otx = [sys.executable, "-m", "otx.cli"]
     common = ["--data_root", str(data), "--work_dir", str(work / "ws"), "--data.num_workers", "0"]
     model = [
         "--model.init_args.input_mode",
         "tile",
         "--model.init_args.input_size",
-        "[3000,4000]",
+        f"[{args.height},{args.width}]",
         "--model.init_args.tile_size",
         str(args.tile_size),
     ]
@@ -56,9 +63,9 @@ def main() -> None:
     result = {
         "recipe": args.recipe,
         "train_args": args.train_args,
-        "image": "3000x4000 (height x width)",
+        "image": f"{args.height}x{args.width} (height x width)",
         "tile_size": args.tile_size,
-        "tiles_per_image": (-(-3000 // args.tile_size)) * (-(-4000 // args.tile_size)),
+        "tiles_per_image": (-(-args.height // args.tile_size)) * (-(-args.width // args.tile_size)),
         "train_s": round(train_s, 1),
         "train_peak_mb": round(train_mb),
     }

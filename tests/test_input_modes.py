@@ -245,10 +245,9 @@ def test_models_train_in_the_modes_and_their_irs_match_the_checkpoints(
             assert tested.metrics[key] == pytest.approx(from_checkpoint[key], abs=1e-3, nan_ok=True), (path, key)
 
 
-@pytest.mark.e2e
-def test_an_ir_of_many_tiles_takes_them_in_chunks_and_any_batch(sample_root: Path, tmp_path: Path) -> None:
-    import openvino as ov
-
+@pytest.fixture(scope="module")
+def tiled_ir(sample_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Engine, dict, Path]:
+    """A tiled PADIM of many tiles (its engine, ``train``'s result, its FP32 IR) on the sample data."""
     from otx.models.base import TILE_CHUNK
 
     # 32-pixel tiles every 24 pixels of a 128x128 input: 5 x 5 = 25 tiles an image, more than TILE_CHUNK
@@ -256,9 +255,17 @@ def test_an_ir_of_many_tiles_takes_them_in_chunks_and_any_batch(sample_root: Pat
     model = model_class("Padim")(input_size=(128, 128), input_mode="tile", tile_size=32, tile_stride=24)
     assert model.preprocessor.tiles_per_image == 25 > TILE_CHUNK
     data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
-    engine = Engine(model=model, data=data, task="segmentation", work_dir=tmp_path, max_epochs=1)
+    work_dir = tmp_path_factory.mktemp("tiled_ir")
+    engine = Engine(model=model, data=data, task="segmentation", work_dir=work_dir, max_epochs=1)
     trained = engine.train()
-    exported = Path(engine.export(trained["checkpoint"])["exported_model"])
+    return engine, trained, Path(engine.export(trained["checkpoint"])["exported_model"])
+
+
+@pytest.mark.e2e
+def test_an_ir_of_many_tiles_takes_them_in_chunks_and_any_batch(tiled_ir, sample_root: Path, tmp_path: Path) -> None:
+    import openvino as ov
+
+    engine, trained, exported = tiled_ir
     source = sample_root / "bottle_like" / "test"
     expected = Engine(data=AnomalyDataModule(num_workers=0), work_dir=tmp_path / "torch").predict(
         source=source, checkpoint=trained["checkpoint"]
@@ -279,6 +286,56 @@ def test_an_ir_of_many_tiles_takes_them_in_chunks_and_any_batch(sample_root: Pat
             assert together[index].shape == joined.shape, (path.suffix, index)
             # (batch-dependent convolution kernels: 1.4e-3 at one ONNX pixel of 49,152 seen)
             np.testing.assert_allclose(together[index], joined, atol=5e-3, err_msg=f"{path.suffix} {output}")
+
+
+@pytest.mark.e2e
+def test_an_irs_requests_are_fewer_for_large_inputs_and_each_batch_fills_them(
+    tiled_ir, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parallel requests hold buffers that grow with the input: past ``PIXELS_IN_FLIGHT`` fewer, wider ones run.
+
+    And a batch of a tiled model (one image: ``images_per_batch``) holds as many images as the
+    IR has requests, so none sits idle (before: one image a batch, on one stream's threads).
+    """
+    import openvino as ov
+    from rich.console import Console
+
+    from helpers import demo_package
+    from otx.data.datamodule import samples_from_source
+    from otx.deploy import inferencer as inferencer_module
+    from otx.scoring import OpenVINOScorer
+    from otx.verbs.context import VerbContext
+    from otx.verbs.inference import batches
+    from otx.workdir import WorkDir
+
+    _, _, exported = tiled_ir
+    plain = ov.Core().compile_model(exported, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+    optimal = int(plain.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    threads = int(plain.get_property("INFERENCE_NUM_THREADS"))
+    assert OpenVINOInferencer(exported, device="CPU").num_requests == optimal  # 128x128: far below the budget
+    assert demo_package().PIXELS_IN_FLIGHT == inferencer_module.PIXELS_IN_FLIGHT  # the demo package alike
+    monkeypatch.setattr(inferencer_module, "PIXELS_IN_FLIGHT", 128 * 128 * 2 - 1)  # room for one 128x128 input
+    one = OpenVINOInferencer(exported, device="CPU")
+    assert one.num_requests == 1
+    # one stream on all the threads the device's own streams would share
+    assert int(one.compiled.get_property("NUM_STREAMS")) == 1
+    assert int(one.compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+    asked = OpenVINOInferencer(exported, device="CPU", num_requests=3)  # asked for: kept
+    assert asked.num_requests == 3
+
+    samples = samples_from_source(str(sample_root / "bottle_like" / "test"))
+    data = AnomalyDataModule(num_workers=0)
+    ctx = VerbContext(Console(quiet=True), WorkDir(tmp_path / "ws"), data, None, "CPU", "f32", 0, {})
+    assert data.images_per_batch(OpenVINOScorer(asked).preprocessor) == 1  # 25 tiles an image, batch_size 16
+    done = list(batches(ctx, data, OpenVINOScorer(asked), samples, "predict"))
+    counts = [len(batch_samples) for _, batch_samples, _ in done]
+    assert counts == [3] * (len(samples) // 3) + ([len(samples) % 3] if len(samples) % 3 else [])
+    # each image's outputs as it gives alone
+    alone = list(batches(ctx, data, OpenVINOScorer(one), samples, "predict"))
+    assert [len(batch_samples) for _, batch_samples, _ in alone] == [1] * len(samples)
+    for key in ("maps", "scores"):
+        together = torch.cat([outputs[key] for outputs, _, _ in done])
+        np.testing.assert_allclose(together, torch.cat([outputs[key] for outputs, _, _ in alone]), atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ class TorchScorer:
     runtime = "torch"
     resize_in_loader = True  # the data loader resizes; the model takes batches at input_size
     raw_scores = True  # ``run`` returns the model's raw scores
+    parallel_images = 1  # images ``run`` computes side by side (a batch holds at least these)
 
     def __init__(
         self,
@@ -98,6 +99,15 @@ class OpenVINOScorer:
         self.input_size = inferencer.info.input_size
         self.preprocessor = inferencer.info.preprocessor()  # masks and maps: the graph pre-processes images itself
         self.boxes = inferencer.info.box_settings()
+
+    @property
+    def parallel_images(self) -> int:
+        """Images ``run`` computes side by side, one a request: a smaller batch leaves requests idle.
+
+        (Before: a batch of the ``tile`` mode held one large image, which ran on one of the
+        THROUGHPUT hint's streams and its share of the threads.)
+        """
+        return self.inferencer.num_requests
 
     def run(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(maps [B, h, w], scores [B])`` for images of any size: raw with ``raw_outputs``, else normalised."""

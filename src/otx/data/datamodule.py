@@ -295,14 +295,17 @@ class AnomalyDataModule:
         shuffle: bool = False,
         resize: bool = True,
         shard: Shard | None = None,
+        min_images: int = 1,
     ) -> DataLoader:
         """A loader over any list of samples, pre-processed by ``preprocess`` unless ``resize`` is False.
 
         Without it, a batch's ``image`` is a list of tensors of each image's own size (masks are
         still at the pre-processor's map size). ``shard`` ``(rank, world, pad)`` gives this
-        process its share of the order (``otx.distributed.ShardSampler``).
+        process its share of the order (``otx.distributed.ShardSampler``). A batch holds
+        ``images_per_batch`` images, or ``min_images`` where that is more (what an exported
+        model's parallel requests take at once).
         """
-        batch_size = self.images_per_batch(preprocess)
+        batch_size = max(self.images_per_batch(preprocess), min_images)
         order: Any = EpochShuffleSampler(len(samples), self.seed) if shuffle else None  # resumable shuffle
         if shard is not None and shard[1] > 1:
             order = ShardSampler(order if order is not None else range(len(samples)), *shard, block=batch_size)

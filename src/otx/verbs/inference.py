@@ -107,7 +107,11 @@ def batches(
     """
     rank, world = distributed.rank_and_world()
     loader: DataLoader = data.loader(
-        samples, scorer.preprocessor, resize=scorer.resize_in_loader, shard=(rank, world, "none")
+        samples,
+        scorer.preprocessor,
+        resize=scorer.resize_in_loader,
+        shard=(rank, world, "none"),
+        min_images=scorer.parallel_images,
     )
     share = len(loader.sampler)
     if world > 1:  # the bar counts this process's share (rank 0's; the others print nothing): said so

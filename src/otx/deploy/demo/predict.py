@@ -158,6 +158,7 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
     return without_folder_masks(found)  # a pattern over a folder with masks/ beside its images, as otx
 
 
+PIXELS_IN_FLIGHT = 8_000_000  # otx.deploy.inferencer.PIXELS_IN_FLIGHT: input pixels the parallel requests hold
 MAX_STEM_BYTES = 200  # as otx.verbs.predict: room for "_mask.png" and the rest in a 255-byte name
 
 
@@ -643,7 +644,11 @@ def main() -> int:
                 device, "SUPPORTED_PROPERTIES"
             ):
                 core.set_property(device, {"INFERENCE_PRECISION_HINT": args.precision})
-        compiled = core.compile_model(model, args.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
+        config = {"PERFORMANCE_HINT": "THROUGHPUT"}
+        if all("PERFORMANCE_HINT_NUM_REQUESTS" in core.get_property(d, "SUPPORTED_PROPERTIES") for d in physical):
+            # fewer, wider requests for large inputs, as otx predict runs them (otx.deploy.inferencer.requests_limit)
+            config["PERFORMANCE_HINT_NUM_REQUESTS"] = max(1, PIXELS_IN_FLIGHT // (input_hw[0] * input_hw[1]))
+        compiled = core.compile_model(model, args.device, config)
     except RuntimeError as exc:
         reason = " ".join(str(exc).split())[:300]
         print(f"error: OpenVINO cannot run the model on {args.device} at {args.precision} ({reason})", file=sys.stderr)
