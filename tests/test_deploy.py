@@ -141,6 +141,41 @@ def test_the_graphs_resize_and_tiles_give_torchs_pixels_on_several_threads(strid
     assert float(np.abs(got - expected.numpy()).max()) <= 1e-5
 
 
+def test_the_graphs_stitching_of_overlapping_tiles_gives_torchs_map_on_several_threads() -> None:
+    # The stitching of the tiles' maps (F.fold, OpenVINO's Col2Im) of a 3000x4000 input in 713 tiles every 128
+    # pixels: 46.7M elements in, past the 2**25 where the CPU plugin's last-axis Gather went wrong on two threads.
+    from otx.deploy.graph import convert_model
+    from otx.preprocess import PreProcessor
+
+    pre = PreProcessor((3000, 4000), "tile", tile_size=256, tile_stride=128)
+    assert pre.tiles_per_image * 256 * 256 > 2**25
+
+    class _Stitch(torch.nn.Module):
+        def forward(self, maps: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return pre.untile(maps, scores)
+
+    generator = torch.Generator().manual_seed(0)
+    maps, scores = torch.rand(pre.tiles_per_image, 256, 256, generator=generator) * 10, torch.rand(pre.tiles_per_image)
+    shapes = [(ov.PartialShape([-1, 256, 256]), ov.Type.f32), (ov.PartialShape([-1]), ov.Type.f32)]
+    with torch.no_grad():
+        graph = convert_model(torch.jit.trace(_Stitch(), (maps, scores)), example_input=(maps, scores), input=shapes)
+    threads = {"INFERENCE_NUM_THREADS": 2, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = ov.Core().compile_model(graph, "CPU", threads)
+    if compiled.get_property("INFERENCE_NUM_THREADS") < 2:
+        pytest.skip("OpenVINO runs one thread in this process: the multi-threaded stitching cannot be checked")
+    # the reference: each pixel the mean of the tiles over it, from the tiles' own windows
+    expected = torch.zeros(pre.padded)
+    count = torch.zeros(pre.padded)
+    rows, columns = range(0, pre.padded[0] - 255, 128), range(0, pre.padded[1] - 255, 128)
+    for index, (top, left) in enumerate((top, left) for top in rows for left in columns):
+        expected[top : top + 256, left : left + 256] += maps[index]
+        count[top : top + 256, left : left + 256] += 1
+    expected = (expected / count)[:3000, :4000]
+    stitched, score = compiled([maps.numpy(), scores.numpy()]).values()
+    assert stitched.shape == (1, 3000, 4000) and float(score[0]) == float(scores.max())
+    assert float(np.abs(stitched[0] - expected.numpy()).max()) <= 1e-5
+
+
 def test_dynamic_batch_and_any_size(exported) -> None:
     inferencer = OpenVINOInferencer(exported("padim"), device="CPU")
     rng = np.random.default_rng(0)
