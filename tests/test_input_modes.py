@@ -295,7 +295,8 @@ def test_an_irs_requests_are_fewer_for_large_inputs_and_each_batch_fills_them(
     """Parallel requests hold buffers that grow with the input: past ``PIXELS_IN_FLIGHT`` fewer, wider ones run.
 
     And a batch of a tiled model (one image: ``images_per_batch``) holds as many images as the
-    IR has requests, so none sits idle (before: one image a batch, on one stream's threads).
+    IR has requests, so none sits idle (before: one image a batch, on one stream's threads);
+    ``predict`` of a folder decodes fewer images at a time for large inputs.
     """
     import openvino as ov
     from rich.console import Console
@@ -309,19 +310,27 @@ def test_an_irs_requests_are_fewer_for_large_inputs_and_each_batch_fills_them(
     from otx.workdir import WorkDir
 
     _, _, exported = tiled_ir
-    plain = ov.Core().compile_model(exported, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+    core = ov.Core()
+    f32 = {"INFERENCE_PRECISION_HINT": "f32"}
+    plain = core.compile_model(exported, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **f32})
+    latency = core.compile_model(exported, "CPU", {"PERFORMANCE_HINT": "LATENCY", **f32})
     optimal = int(plain.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    threads = int(plain.get_property("INFERENCE_NUM_THREADS"))
     assert OpenVINOInferencer(exported, device="CPU").num_requests == optimal  # 128x128: far below the budget
-    assert demo_package().PIXELS_IN_FLIGHT == inferencer_module.PIXELS_IN_FLIGHT  # the demo package alike
+    demo = demo_package()
+    assert demo.PIXELS_IN_FLIGHT == inferencer_module.PIXELS_IN_FLIGHT
     monkeypatch.setattr(inferencer_module, "PIXELS_IN_FLIGHT", 128 * 128 * 2 - 1)  # room for one 128x128 input
     one = OpenVINOInferencer(exported, device="CPU")
     assert one.num_requests == 1
-    # one stream on all the threads the device's own streams would share
+    # one stream on the CPU's cores, as the latency hint runs it
     assert int(one.compiled.get_property("NUM_STREAMS")) == 1
-    assert int(one.compiled.get_property("INFERENCE_NUM_THREADS")) == threads
+    assert one.compiled.get_property("INFERENCE_NUM_THREADS") == latency.get_property("INFERENCE_NUM_THREADS")
     asked = OpenVINOInferencer(exported, device="CPU", num_requests=3)  # asked for: kept
     assert asked.num_requests == 3
+    # the demo package compiles alike (other devices keep their own number)
+    for hw in ([256, 256], [1500, 2000], [2000, 2001], [3000, 4000], [128, 128]):
+        for devices in (["CPU"], ["GPU"], ["CPU", "GPU"], ["GPU.1"], []):
+            monkeypatch.setattr(demo, "PIXELS_IN_FLIGHT", inferencer_module.PIXELS_IN_FLIGHT)
+            assert demo.throughput_config(hw, devices) == inferencer_module.throughput_config(hw, 0, devices)
 
     samples = samples_from_source(str(sample_root / "bottle_like" / "test"))
     data = AnomalyDataModule(num_workers=0)
@@ -333,9 +342,22 @@ def test_an_irs_requests_are_fewer_for_large_inputs_and_each_batch_fills_them(
     # each image's outputs as it gives alone
     alone = list(batches(ctx, data, OpenVINOScorer(one), samples, "predict"))
     assert [len(batch_samples) for _, batch_samples, _ in alone] == [1] * len(samples)
-    for key in ("maps", "scores"):
+    for key in ("maps", "scores"):  # (normalised: 0 to 1; one stream or several)
         together = torch.cat([outputs[key] for outputs, _, _ in done])
-        np.testing.assert_allclose(together, torch.cat([outputs[key] for outputs, _, _ in alone]), atol=1e-5)
+        np.testing.assert_allclose(together, torch.cat([outputs[key] for outputs, _, _ in alone]), atol=1e-4)
+    # predict(folder) decodes fewer images at a time for large inputs (here: 5 of 128x128), to the same predictions
+    source = sample_root / "bottle_like" / "test"
+    assert one.images_per_chunk == 32 == inferencer_module.CHUNK
+    whole = one.predict(source)
+    monkeypatch.setattr(inferencer_module, "CHUNK_PIXELS", 128 * 128 * 5 + 1)
+    assert one.images_per_chunk == 5 and asked.images_per_chunk == 5  # (at least one per request: 3)
+    assert_same_predictions(whole, one.predict(source), "segmentation", 1e-6)
+    # a distributed run's shares stay in blocks of the model's batch, whatever each process's requests
+    for rank in (0, 1):
+        loaders = [
+            data.loader(samples, one.preprocessor, resize=False, shard=(rank, 2, "none"), min_images=m) for m in (1, 3)
+        ]
+        assert list(loaders[0].sampler) == list(loaders[1].sampler) and loaders[1].batch_size == 3
 
 
 @pytest.fixture(scope="module")

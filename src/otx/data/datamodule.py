@@ -301,14 +301,17 @@ class AnomalyDataModule:
 
         Without it, a batch's ``image`` is a list of tensors of each image's own size (masks are
         still at the pre-processor's map size). ``shard`` ``(rank, world, pad)`` gives this
-        process its share of the order (``otx.distributed.ShardSampler``). A batch holds
-        ``images_per_batch`` images, or ``min_images`` where that is more (what an exported
-        model's parallel requests take at once).
+        process its share of the order (``otx.distributed.ShardSampler``), in blocks of
+        ``images_per_batch``. A batch holds ``images_per_batch`` images, or up to ``min_images``
+        (what an exported model's parallel requests take at once) where that is more, never more
+        than ``batch_size``: the tile mode's one large image a batch fills the requests.
         """
-        batch_size = max(self.images_per_batch(preprocess), min_images)
+        block = self.images_per_batch(preprocess)
+        batch_size = max(block, min(min_images, self.batch_size))
         order: Any = EpochShuffleSampler(len(samples), self.seed) if shuffle else None  # resumable shuffle
         if shard is not None and shard[1] > 1:
-            order = ShardSampler(order if order is not None else range(len(samples)), *shard, block=batch_size)
+            # (blocks of the model's batch alone: every process's the same, whatever its device's requests)
+            order = ShardSampler(order if order is not None else range(len(samples)), *shard, block=block)
             samples_here = len(order)
         else:
             samples_here = len(samples)

@@ -38,6 +38,9 @@ DEVICES = ("AUTO", "CPU", "GPU", "NPU")
 PRECISION_HINTS = ("f32", "bf16", "f16", "default")
 PERFORMANCE_HINTS = ("THROUGHPUT", "LATENCY")
 CHUNK = 32  # images decoded ahead of the request queue by ``predict``
+# ... fewer for a model of large inputs: a chunk's images, outputs and maps are held together
+# (32 images of 3000x4000 through a tiled PADIM IR peaked at 6.7 GB, 1.9 GB of it their predictions)
+CHUNK_PIXELS = 64_000_000
 # Input pixels the THROUGHPUT hint's parallel requests hold at once when their number is left to otx:
 # each request (a stream) keeps its own buffers, which grow with the model's input (about 1.3 GB for
 # a 3000x4000 tiled PADIM), so a model of large inputs runs fewer, wider requests (docs/input-modes.md).
@@ -210,10 +213,28 @@ def requests_limit(input_hw: tuple[int, int] | list[int], asked: int = 0) -> int
 
     ``asked`` when given (> 0); else as many as keep ``PIXELS_IN_FLIGHT`` input pixels in flight, at
     least one: a 256x256 model keeps the device's own number, a 3000x4000 one runs one request on
-    every thread (measured on 2 cores: 2.5 s an image and 3.0 GB, against 2.3 s and 4.6 GB for two
-    requests of one thread each).
+    the CPU's cores (measured on 2 cores: 2.5 s an image and 3.0 GB, against 2.3 s and 4.6 GB for two
+    requests of one thread each). The count is of the model's input size; a resize-mode graph takes
+    larger images and resizes them inside.
     """
     return asked if asked > 0 else max(1, PIXELS_IN_FLIGHT // (int(input_hw[0]) * int(input_hw[1])))
+
+
+def throughput_config(input_hw: tuple[int, int] | list[int], asked: int, devices: list[str]) -> dict[str, Any]:
+    """OpenVINO's compile settings for the THROUGHPUT hint on ``devices`` (the physical ones) and a model's input.
+
+    On the CPU, at most ``requests_limit`` requests (``PERFORMANCE_HINT_NUM_REQUESTS``), and for one
+    request the LATENCY hint: one stream on the CPU's cores (the throughput hint's single stream can
+    get fewer threads on CPUs with hyper-threads or efficient cores). Other devices keep their own
+    number: their requests' buffers are not the host's memory. (The demo package's ``predict.py``
+    repeats this.)
+    """
+    if not devices or not all(device.split(".")[0] == "CPU" for device in devices):
+        return {"PERFORMANCE_HINT": "THROUGHPUT"}
+    limit = requests_limit(input_hw, asked)
+    if limit == 1:
+        return {"PERFORMANCE_HINT": "LATENCY"}
+    return {"PERFORMANCE_HINT": "THROUGHPUT", "PERFORMANCE_HINT_NUM_REQUESTS": limit}
 
 
 def image_hw(image: np.ndarray) -> tuple[int, int]:
@@ -233,9 +254,10 @@ class OpenVINOInferencer:
         precision_hint: inference precision: ``f32`` (default: reproduces the trained model;
             OpenVINO would otherwise run FP32 models in bf16 on CPUs with AMX or AVX-512 BF16), ``bf16``, ``f16``,
             or ``default`` for the device's own choice.
-        num_requests: parallel inference requests; 0 takes the device's optimal number, fewer for a model
-            of large inputs (``requests_limit``). Under the THROUGHPUT hint the device compiles as
-            many streams as requests at most, so each request runs on its share of the threads.
+        num_requests: parallel inference requests; 0 takes the device's optimal number, on the CPU fewer
+            for a model of large inputs (``requests_limit``). Under the THROUGHPUT hint the CPU
+            compiles as many streams as requests at most (``throughput_config``), so each request
+            runs on its share of the threads.
         task: override the task stored in the model (``classification``, ``detection``, ``segmentation``).
         performance_hint: OpenVINO's ``THROUGHPUT`` (parallel requests; the default) or ``LATENCY``.
         raw_outputs: also return the raw score and map that feed the graph's post-processor
@@ -298,11 +320,9 @@ class OpenVINOInferencer:
                 f"unknown performance hint '{performance_hint}'; choose one of {', '.join(PERFORMANCE_HINTS)}"
             )
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
-        if performance_hint == "THROUGHPUT" and all(
-            "PERFORMANCE_HINT_NUM_REQUESTS" in self.core.get_property(dev, "SUPPORTED_PROPERTIES")
-            for dev in self._physical_devices()
-        ):  # (before: two requests of 3000x4000 tiles held 4.4 GB; one request asked for ran one thread of two)
-            config["PERFORMANCE_HINT_NUM_REQUESTS"] = requests_limit(self.info.input_size, num_requests)
+        if performance_hint == "THROUGHPUT":  # (before: two requests of 3000x4000 tiles held 4.4 GB; one asked for
+            # ran on one thread of two)
+            config = throughput_config(self.info.input_size, num_requests, self._physical_devices())
         if precision_hint != "default":
             for dev in self._physical_devices():
                 if "INFERENCE_PRECISION_HINT" not in self.core.get_property(dev, "SUPPORTED_PROPERTIES"):
@@ -427,6 +447,16 @@ class OpenVINOInferencer:
     def input_size(self) -> tuple[int, int]:
         """``(height, width)`` the model resizes images to."""
         return self.info.input_size
+
+    @property
+    def images_per_chunk(self) -> int:
+        """Image files ``predict`` decodes and infers together: ``CHUNK``, fewer for large inputs.
+
+        As many as hold ``CHUNK_PIXELS`` input pixels (the model's input size: a tiled model's is
+        the full image), at least one per request.
+        """
+        height, width = self.info.input_size
+        return max(self.num_requests, min(CHUNK, CHUNK_PIXELS // (height * width)))
 
     # --- inference ----------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -570,8 +600,9 @@ class OpenVINOInferencer:
             paths = [s.path for s in samples_from_source(str(source))]
         self._input_warnings(paths=[p for p in paths if p not in missing], source=source)
         predictions: list[Prediction] = []
-        for start in range(0, len(paths), CHUNK):
-            predictions.extend(self._predict_paths(paths[start : start + CHUNK], missing))
+        chunk = self.images_per_chunk
+        for start in range(0, len(paths), chunk):
+            predictions.extend(self._predict_paths(paths[start : start + chunk], missing))
         return predictions
 
     def _input_warnings(

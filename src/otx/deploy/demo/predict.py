@@ -159,6 +159,18 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
 
 
 PIXELS_IN_FLIGHT = 8_000_000  # otx.deploy.inferencer.PIXELS_IN_FLIGHT: input pixels the parallel requests hold
+
+
+def throughput_config(input_hw: list[int], devices: list[str]) -> dict:
+    """otx.deploy.inferencer.throughput_config: on the CPU, fewer and wider requests for large inputs."""
+    if not devices or not all(device.split(".")[0] == "CPU" for device in devices):
+        return {"PERFORMANCE_HINT": "THROUGHPUT"}
+    limit = max(1, PIXELS_IN_FLIGHT // (input_hw[0] * input_hw[1]))
+    if limit == 1:
+        return {"PERFORMANCE_HINT": "LATENCY"}
+    return {"PERFORMANCE_HINT": "THROUGHPUT", "PERFORMANCE_HINT_NUM_REQUESTS": limit}
+
+
 MAX_STEM_BYTES = 200  # as otx.verbs.predict: room for "_mask.png" and the rest in a 255-byte name
 
 
@@ -644,11 +656,7 @@ def main() -> int:
                 device, "SUPPORTED_PROPERTIES"
             ):
                 core.set_property(device, {"INFERENCE_PRECISION_HINT": args.precision})
-        config = {"PERFORMANCE_HINT": "THROUGHPUT"}
-        if all("PERFORMANCE_HINT_NUM_REQUESTS" in core.get_property(d, "SUPPORTED_PROPERTIES") for d in physical):
-            # fewer, wider requests for large inputs, as otx predict runs them (otx.deploy.inferencer.requests_limit)
-            config["PERFORMANCE_HINT_NUM_REQUESTS"] = max(1, PIXELS_IN_FLIGHT // (input_hw[0] * input_hw[1]))
-        compiled = core.compile_model(model, args.device, config)
+        compiled = core.compile_model(model, args.device, throughput_config(input_hw, physical))
     except RuntimeError as exc:
         reason = " ".join(str(exc).split())[:300]
         print(f"error: OpenVINO cannot run the model on {args.device} at {args.precision} ({reason})", file=sys.stderr)
