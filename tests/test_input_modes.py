@@ -315,22 +315,28 @@ def test_an_irs_requests_are_fewer_for_large_inputs_and_each_batch_fills_them(
     plain = core.compile_model(exported, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **f32})
     latency = core.compile_model(exported, "CPU", {"PERFORMANCE_HINT": "LATENCY", **f32})
     optimal = int(plain.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-    assert OpenVINOInferencer(exported, device="CPU").num_requests == optimal  # 128x128: far below the budget
+    default = OpenVINOInferencer(exported, device="CPU")
+    assert default.num_requests == default.parallel_images == optimal  # 128x128: far below the budget
+    # the demo package compiles alike (other devices keep their own number), at the budget and at a small one
     demo = demo_package()
     assert demo.PIXELS_IN_FLIGHT == inferencer_module.PIXELS_IN_FLIGHT
+    for budget in (inferencer_module.PIXELS_IN_FLIGHT, 3_000_000):
+        for module in (demo, inferencer_module):
+            monkeypatch.setattr(module, "PIXELS_IN_FLIGHT", budget)
+        for hw in ([256, 256], [1000, 1000], [1500, 2000], [2000, 2001], [3000, 4000], [128, 128]):
+            for devices in (["CPU"], ["GPU"], ["CPU", "GPU"], ["GPU.1"], ["CPU", "CPU"], []):
+                assert demo.throughput_config(hw, devices) == inferencer_module.throughput_config(hw, 0, devices)
+    fewer = {"PERFORMANCE_HINT": "THROUGHPUT", "PERFORMANCE_HINT_NUM_REQUESTS": 3}  # (budget 3M: 3 of 1M)
+    assert inferencer_module.throughput_config([1000, 1000], 0, ["CPU"]) == fewer
     monkeypatch.setattr(inferencer_module, "PIXELS_IN_FLIGHT", 128 * 128 * 2 - 1)  # room for one 128x128 input
     one = OpenVINOInferencer(exported, device="CPU")
     assert one.num_requests == 1
     # one stream on the CPU's cores, as the latency hint runs it
     assert int(one.compiled.get_property("NUM_STREAMS")) == 1
     assert one.compiled.get_property("INFERENCE_NUM_THREADS") == latency.get_property("INFERENCE_NUM_THREADS")
+    assert one.parallel_images == 1
     asked = OpenVINOInferencer(exported, device="CPU", num_requests=3)  # asked for: kept
-    assert asked.num_requests == 3
-    # the demo package compiles alike (other devices keep their own number)
-    for hw in ([256, 256], [1500, 2000], [2000, 2001], [3000, 4000], [128, 128]):
-        for devices in (["CPU"], ["GPU"], ["CPU", "GPU"], ["GPU.1"], []):
-            monkeypatch.setattr(demo, "PIXELS_IN_FLIGHT", inferencer_module.PIXELS_IN_FLIGHT)
-            assert demo.throughput_config(hw, devices) == inferencer_module.throughput_config(hw, 0, devices)
+    assert asked.num_requests == asked.parallel_images == 3
 
     samples = samples_from_source(str(sample_root / "bottle_like" / "test"))
     data = AnomalyDataModule(num_workers=0)

@@ -171,7 +171,7 @@ class ShardSampler:
     """One process's share of a base order, like ``DistributedSampler`` but exact.
 
     A loader's ``sampler`` (any iterable of indices with a length). The order is cut into blocks
-    of ``block`` indices (the loader's batch size) dealt out in turn, so that every batch holds
+    of ``block`` indices (the model's batch, ``images_per_batch``) dealt out in turn, so that every batch holds
     the images it holds in a one-process run (outputs that depend on the batch, such as the
     rounding of batched convolutions, are then the same too). ``padding``:
 

@@ -105,9 +105,10 @@ class OpenVINOScorer:
         """Images ``run`` computes side by side, one a request: a smaller batch leaves requests idle.
 
         (Before: a batch of the ``tile`` mode held one large image, which ran on one of the
-        THROUGHPUT hint's streams and its share of the threads.)
+        THROUGHPUT hint's streams and its share of the threads.) At most the inferencer's pixel
+        budget's worth on any device (``OpenVINOInferencer.parallel_images``).
         """
-        return self.inferencer.num_requests
+        return self.inferencer.parallel_images
 
     def run(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(maps [B, h, w], scores [B])`` for images of any size: raw with ``raw_outputs``, else normalised."""

@@ -8,7 +8,9 @@ post-processing. After ``warmup`` runs:
 - **latency**: batch 1, one synchronous request at a time (OpenVINO ``LATENCY`` hint); median and
   95th percentile over the images, in milliseconds.
 - **throughput**: the images through OpenVINO's asynchronous request queue (``THROUGHPUT`` hint,
-  the device's optimal number of parallel requests, batch 1 each), repeated ``repeats`` times;
+  the device's optimal number of parallel requests, batch 1 each; on the CPU fewer for large
+  inputs, one under the ``LATENCY`` hint past 8 million input pixels, as ``otx predict`` runs
+  them: ``otx.deploy.inferencer.throughput_config``), repeated ``repeats`` times;
   the median of the repeats, in images per second. Torch runs one image at a time with all its
   intra-op threads: its throughput is the median of its ``repeats`` passes over the images as well
   (before: every image's time pooled, so one stall of a second in a busy machine took a third off

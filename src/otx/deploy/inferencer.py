@@ -39,7 +39,8 @@ PRECISION_HINTS = ("f32", "bf16", "f16", "default")
 PERFORMANCE_HINTS = ("THROUGHPUT", "LATENCY")
 CHUNK = 32  # images decoded ahead of the request queue by ``predict``
 # ... fewer for a model of large inputs: a chunk's images, outputs and maps are held together
-# (32 images of 3000x4000 through a tiled PADIM IR peaked at 6.7 GB, 1.9 GB of it their predictions)
+# (32 images of 3000x4000 through a tiled PADIM IR: 7.9 GB in one chunk and two requests, 4.7 GB now,
+# 1.9 GB of it the predictions returned)
 CHUNK_PIXELS = 64_000_000
 # Input pixels the THROUGHPUT hint's parallel requests hold at once when their number is left to otx:
 # each request (a stream) keeps its own buffers, which grow with the model's input (about 1.3 GB for
@@ -229,7 +230,7 @@ def throughput_config(input_hw: tuple[int, int] | list[int], asked: int, devices
     number: their requests' buffers are not the host's memory. (The demo package's ``predict.py``
     repeats this.)
     """
-    if not devices or not all(device.split(".")[0] == "CPU" for device in devices):
+    if not devices or not all(device.split(".")[0].upper() == "CPU" for device in devices):
         return {"PERFORMANCE_HINT": "THROUGHPUT"}
     limit = requests_limit(input_hw, asked)
     if limit == 1:
@@ -257,7 +258,7 @@ class OpenVINOInferencer:
         num_requests: parallel inference requests; 0 takes the device's optimal number, on the CPU fewer
             for a model of large inputs (``requests_limit``). Under the THROUGHPUT hint the CPU
             compiles as many streams as requests at most (``throughput_config``), so each request
-            runs on its share of the threads.
+            runs on its share of the threads; one request there runs under the LATENCY hint.
         task: override the task stored in the model (``classification``, ``detection``, ``segmentation``).
         performance_hint: OpenVINO's ``THROUGHPUT`` (parallel requests; the default) or ``LATENCY``.
         raw_outputs: also return the raw score and map that feed the graph's post-processor
@@ -360,9 +361,11 @@ class OpenVINOInferencer:
 
             names |= {"raw_score": RAW_SCORE, "raw_map": RAW_MAP}
         self.output_index = {key: self._output_position(name) for key, name in names.items()}
-        if num_requests <= 0:
-            num_requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.num_requests = max(1, num_requests)
+        optimal = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if num_requests <= 0 else 0
+        self.num_requests = max(1, num_requests or optimal)
+        # Images handed over at once (otx test/predict's batches): the requests asked for, else the device's,
+        # at most the pixel budget's on any device: the images are host memory (a GPU's requests are not capped).
+        self.parallel_images = num_requests or min(self.num_requests, requests_limit(self.info.input_size))
         self._results: dict[int, dict[str, np.ndarray]] = {}
         self.queue = self._new_queue()
         self._lock = threading.Lock()
@@ -453,10 +456,10 @@ class OpenVINOInferencer:
         """Image files ``predict`` decodes and infers together: ``CHUNK``, fewer for large inputs.
 
         As many as hold ``CHUNK_PIXELS`` input pixels (the model's input size: a tiled model's is
-        the full image), at least one per request.
+        the full image; a resize-mode model's images can be larger), at least ``parallel_images``.
         """
         height, width = self.info.input_size
-        return max(self.num_requests, min(CHUNK, CHUNK_PIXELS // (height * width)))
+        return max(self.parallel_images, min(CHUNK, CHUNK_PIXELS // (height * width)))
 
     # --- inference ----------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> np.ndarray:
