@@ -163,7 +163,7 @@ PIXELS_IN_FLIGHT = 8_000_000  # otx.deploy.inferencer.PIXELS_IN_FLIGHT: input pi
 
 def throughput_config(input_hw: list[int], devices: list[str]) -> dict:
     """otx.deploy.inferencer.throughput_config: on the CPU, fewer and wider requests for large inputs."""
-    if not devices or not all(device.split(".")[0] == "CPU" for device in devices):
+    if not devices or not all(device.split(".")[0].upper() == "CPU" for device in devices):
         return {"PERFORMANCE_HINT": "THROUGHPUT"}
     limit = max(1, PIXELS_IN_FLIGHT // (input_hw[0] * input_hw[1]))
     if limit == 1:
