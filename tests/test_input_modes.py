@@ -351,6 +351,18 @@ def test_an_irs_requests_are_fewer_for_large_inputs_and_each_batch_fills_them(
     for key in ("maps", "scores"):  # (normalised: 0 to 1; one stream or several)
         together = torch.cat([outputs[key] for outputs, _, _ in done])
         np.testing.assert_allclose(together, torch.cat([outputs[key] for outputs, _, _ in alone]), atol=1e-4)
+    # the images reach the IR as read (uint8, a quarter of float's memory), to the float images' outputs exactly
+    from otx.data.io import read_image
+
+    batch = next(iter(data.loader(samples, one.preprocessor, resize=False, min_images=3)))
+    assert [image.dtype for image in batch["image"]] == [torch.uint8] * 3
+    assert torch.equal(batch["image"][1], torch.from_numpy(read_image(samples[1].path)).permute(2, 0, 1))
+    for got, expected in zip(
+        OpenVINOScorer(asked).run(batch["image"]),
+        OpenVINOScorer(asked).run([image.float().div_(255.0) for image in batch["image"]]),
+        strict=True,
+    ):
+        assert torch.equal(got, expected)
     # predict(folder) decodes fewer images at a time for large inputs (here: 5 of 128x128), to the same predictions
     source = sample_root / "bottle_like" / "test"
     assert one.images_per_chunk == 32 == inferencer_module.CHUNK
