@@ -296,6 +296,69 @@ def test_otx_predict_on_the_ir_skips_an_undecodable_image(exported, dataset_copy
     assert len(masks) == len(records) - 1
 
 
+def test_an_irs_batches_and_chunks_of_large_images_are_bounded_by_their_pixels(
+    exported, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Images reach an exported model as read; ``otx test``/``otx predict`` batch them, and ``predict(folder)``
+    decodes them, by their pixels too, not only their count (16 photos of 3000x4000 in a batch were 576 MB)."""
+    import cv2
+    from rich.console import Console
+
+    import otx.data.datamodule as datamodule
+    import otx.deploy.inferencer as inferencer_module
+    from otx.data.datamodule import samples_from_source
+    from otx.scoring import OpenVINOScorer
+    from otx.verbs.context import VerbContext
+    from otx.verbs.inference import batches
+    from otx.workdir import WorkDir
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sizes = [(128, 128), (300, 200), (96, 400), (256, 256), (64, 64), (400, 300), (128, 128), (200, 150), (50, 500)]
+    sources = sorted((sample_root / "bottle_like" / "test").rglob("*.png"))
+    for i, (height, width) in enumerate(sizes):
+        image = cv2.imread(str(sources[i * 3 % len(sources)]))
+        cv2.imwrite(str(folder / f"{i:02d}.png"), cv2.resize(image, (width, height)))
+    samples = samples_from_source(str(folder))
+    pixels = [int(np.prod(read_image(s.path).shape[:2])) for s in samples]  # as decoded
+    inferencer = OpenVINOInferencer(exported("padim"), device="CPU", num_requests=2)
+    data = AnomalyDataModule(num_workers=0, batch_size=4)
+    ctx = VerbContext(Console(quiet=True), WorkDir(tmp_path / "ws"), data, None, "CPU", "f32", 0, {})
+
+    def outputs() -> tuple[list[list[int]], dict[str, torch.Tensor]]:
+        done = list(batches(ctx, data, OpenVINOScorer(inferencer), samples, "predict"))
+        groups = [[samples.index(s) for s in batch_samples] for _, batch_samples, _ in done]
+        return groups, {key: torch.cat([out[key] for out, _, _ in done]) for key in ("maps", "scores")}
+
+    by_count, expected = outputs()
+    assert [len(group) for group in by_count] == [4, 4, 1]  # batch_size alone
+    budget = 100_000
+    monkeypatch.setattr(datamodule, "BATCH_PIXELS", budget)
+    groups, got = outputs()
+    assert [i for group in groups for i in group] == list(range(len(samples)))  # each image once, in order
+    for group, after in zip(groups, [*groups[1:], None], strict=True):
+        held = sum(pixels[i] for i in group)
+        assert len(group) <= 4 and (len(group) <= 2 or held <= budget)  # past the two requests, within the budget
+        if after is not None and 2 <= len(group) < 4:  # closed only when the next image would not fit
+            assert held + pixels[after[0]] > budget
+    assert groups == [[0, 1], [2, 3], [4, 5], [6, 7, 8]]
+    for key in expected:  # (one request per image: the batches do not change any output)
+        assert torch.equal(got[key], expected[key])
+
+    chunks: list[int] = []
+    predict_paths = inferencer._predict_paths
+
+    def spy(paths: list[str], missing: dict[str, str] | None = None) -> list[Prediction]:
+        chunks.append(sum(int(np.prod(read_image(p).shape[:2])) for p in paths) if len(paths) > 2 else 0)
+        return predict_paths(paths, missing)
+
+    whole = inferencer.predict(folder)
+    monkeypatch.setattr(inferencer_module, "CHUNK_PIXELS", budget)
+    monkeypatch.setattr(inferencer, "_predict_paths", spy)
+    assert_same_predictions(whole, inferencer.predict(folder), "segmentation", 0.0)
+    assert len(chunks) == 4 and max(chunks) <= budget  # (before: one chunk of the 9, 32 a chunk for this model)
+
+
 def test_an_fp32_export_does_without_training_data_damaged_since(dataset_copy, tmp_path: Path) -> None:
     from otx.models import Padim
 

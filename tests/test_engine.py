@@ -132,7 +132,7 @@ def test_the_pixel_f1_is_that_of_the_predicted_masks(tmp_path: Path) -> None:
         "pred_label": np.ones(4, bool),
         "anomaly_map": normalize(maps, threshold, low, high),
     }
-    predictions = adapter.predictions(normalized, [s.path for s in samples], np.array([[64, 48]] * 4), pre)
+    predictions = list(adapter.iter_predictions(normalized, [s.path for s in samples], np.array([[64, 48]] * 4), pre))
     predicted = np.concatenate([p.pred_mask.ravel() for p in predictions])
     reference = f1_score(np.concatenate([m.ravel() for m in truth]), predicted)
     ctx = Engine(work_dir=tmp_path / "ws")._context()

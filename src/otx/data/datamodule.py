@@ -30,13 +30,17 @@ from otx.data.dataset import (
     split_by_names,
     split_validation,
 )
-from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, read_image, read_mask
+from otx.data.io import IMAGE_EXTENSIONS, LOOKED_FOR, header_pixels, read_image, read_mask
 from otx.distributed import ShardSampler
 from otx.errors import OTXDataError
 from otx.preprocess import PreProcessor, resize_image, resize_mask  # noqa: F401 - re-exported
 from otx.validate import SEED_MAX, check_bool, check_int, check_number, check_path
 from otx.workdir import LATEST, is_run_folder
 
+# Pixels of one batch of images handed over as read (``loader(resize=False)``, an exported model's
+# batches): 96 MB of RGB uint8. A batch of 16 photos of 3000x4000 was 576 MB, and the loading workers
+# keep up to four batches ready (otx predict of 64 such photos through a 256x256 IR: 3.9 GB before).
+BATCH_PIXELS = 32_000_000
 DEMO_RESULTS = "results.json"  # the demo package's predict.py writes it beside its masks/
 
 log = logging.getLogger(__name__)
@@ -326,20 +330,57 @@ class AnomalyDataModule:
             samples_here = len(order)
         else:
             samples_here = len(samples)
-        workers = min(self.num_workers, max(samples_here // batch_size, 0))
+        grouped = None
+        if not resize and not shuffle:  # images as read: batches of at most BATCH_PIXELS (at least min_images)
+            indices = order if order is not None else range(len(samples))
+            pixels = [header_pixels(samples[i if i >= 0 else -i - 1].path) for i in indices]  # (-i - 1: held place)
+            grouped = PixelBatches(indices, pixels, batch_size, max(1, min_images), BATCH_PIXELS)
+            full_batches = len(grouped) - 1  # (a loading worker for each batch after the first, as below)
+        else:
+            full_batches = samples_here // batch_size
+        workers = min(self.num_workers, max(full_batches, 0))
         if workers:  # the workers' folder for handing batches over is this process's, which removes it at exit
             import multiprocessing.util
 
             multiprocessing.util.get_temp_dir()  # (before: one pymp-* folder per worker in $TMPDIR after a stop)
         return DataLoader(
             AnomalyDataset(samples, preprocess, resize_images=resize, uint8_images=not resize),  # (for an IR)
-            batch_size=batch_size,
-            sampler=order,
+            batch_size=1 if grouped else batch_size,
+            sampler=None if grouped else order,
+            batch_sampler=grouped,
             num_workers=workers,
             persistent_workers=False,
             collate_fn=None if resize else _collate_keep_images,
             worker_init_fn=quiet_broken_handoffs,
         )
+
+
+class PixelBatches(Sampler[list[int]]):
+    """Consecutive indices of ``order`` in batches of at most ``max_images``, and ``budget`` pixels past ``min_images``.
+
+    For images handed over at their own size (an exported model's batches), where the batch's
+    image count alone says little about its memory. ``sampler`` is ``order`` (its length: the images).
+    """
+
+    def __init__(self, order: Any, pixels: list[int], max_images: int, min_images: int, budget: int) -> None:
+        self.sampler = order
+        self.batches: list[list[int]] = []
+        batch: list[int] = []
+        held = 0
+        for index, count in zip(order, pixels, strict=True):
+            if batch and (len(batch) >= max_images or (len(batch) >= min_images and held + count > budget)):
+                self.batches.append(batch)
+                batch, held = [], 0
+            batch.append(index)
+            held += count
+        if batch:
+            self.batches.append(batch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
 
 
 def quiet_broken_handoffs(worker_id: int) -> None:

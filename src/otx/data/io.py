@@ -418,3 +418,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """Return ``(height, width)`` from the file header, without decoding pixels (``image_header``)."""
     header = image_header(path)
     return header.height, header.width
+
+
+def header_pixels(path: str | Path) -> int:
+    """An image's pixel count from its file header; 0 when the header cannot be read (its read says why)."""
+    try:
+        height, width = image_size(path)
+    except Exception:  # noqa: BLE001 - the image's own read reports what is wrong with it
+        return 0
+    return height * width

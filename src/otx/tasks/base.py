@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -105,7 +105,7 @@ class TaskAdapter:
     pixel_level: bool = False
     box_level: bool = False
 
-    def predictions(
+    def iter_predictions(
         self,
         outputs: dict[str, np.ndarray],
         paths: list[str],
@@ -113,8 +113,12 @@ class TaskAdapter:
         preprocessor: PreProcessor | None = None,
         boxes: BoxSettings | None = None,
         images: Sequence[np.ndarray] | None = None,
-    ) -> list[Prediction]:
-        """Build predictions from a batch of normalised outputs.
+    ) -> Iterator[Prediction]:
+        """Predictions from a batch of normalised outputs, one at a time (``list()`` for all at once).
+
+        Each map is restored to its image's size only when its turn comes, so a caller that writes
+        each prediction's files and drops its map holds one full-size map, not a batch of them (16
+        maps of 3000x4000 are 768 MB).
 
         Args:
             outputs: ``pred_score [B]``, ``pred_label [B]`` and, for pixel tasks, ``anomaly_map [B, h, w]``
@@ -130,7 +134,6 @@ class TaskAdapter:
         """
         boxes = boxes or BoxSettings()
         restore = preprocessor.restore if preprocessor is not None else resize_map
-        results = []
         for i, path in enumerate(paths):
             pred = Prediction(path, float(outputs["pred_score"][i]), bool(outputs["pred_label"][i]))
             if "raw_score" in outputs:  # an exported model's raw outputs, when asked for
@@ -138,8 +141,7 @@ class TaskAdapter:
             if self.pixel_level:
                 image = images[i] if images is not None else None
                 self.finish(pred, restore(outputs["anomaly_map"][i], tuple(orig_sizes[i])), boxes, image)
-            results.append(pred)
-        return results
+            yield pred
 
     def finish(
         self, prediction: Prediction, anomaly_map: np.ndarray, boxes: BoxSettings, image: np.ndarray | None = None

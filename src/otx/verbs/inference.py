@@ -113,7 +113,7 @@ def batches(
         shard=(rank, world, "none"),
         min_images=scorer.parallel_images,
     )
-    share = len(loader.sampler)
+    share = len(loader.batch_sampler.sampler)  # (this process's images: its order, batched by count or by pixels)
     if world > 1:  # the bar counts this process's share (rank 0's; the others print nothing): said so
         desc = f"{desc} (process {rank + 1} of {world}: its {share} of {len(samples)} images)"
     with progress(ctx.console) as bars:
@@ -121,8 +121,8 @@ def batches(
         for batch in loader:
             if not skip_errors:
                 raise_batch_errors(batch)
-            maps, scores = scorer.run(batch["image"])
-            indices = batch["index"].tolist()
+            maps, scores = scorer.run(batch.pop("image"))  # (the images are not held while the caller works:
+            indices = batch["index"].tolist()  # 16 images of 3000x4000 as read are 576 MB)
             yield (
                 {
                     "maps": maps,
@@ -174,24 +174,34 @@ def to_predictions(
     ``errors``: per sample, why it could not be read ("" when it was); such a sample's prediction
     is ``Prediction.unreadable`` (its outputs are a placeholder's, and nothing of it is read again).
     """
+    return list(iter_predictions(adapter, scorer, outputs, samples, errors))
+
+
+def iter_predictions(
+    adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, samples: list[Sample], errors: list[str] | None = None
+) -> Iterator[Prediction]:
+    """``to_predictions`` one sample at a time (``TaskAdapter.iter_predictions``: one full-size map at a time)."""
     normalized = as_numpy(scorer.normalize(outputs["maps"], outputs["scores"]))
     good = [i for i in range(len(samples)) if not (errors and errors[i])]
     if len(good) < len(samples):
         normalized = {key: value[good] for key, value in normalized.items()}
-    done = adapter.predictions(
+    done = adapter.iter_predictions(
         normalized,
         [samples[i].path for i in good],
         outputs["orig_sizes"].numpy()[good],
         scorer.preprocessor,
         scorer.boxes,
     )
-    if scorer.raw_scores:  # the scores before normalisation: they rank images where normalised ones clip
-        for prediction, raw in zip(done, outputs["scores"].numpy()[good].tolist(), strict=True):
-            prediction.raw_score = raw
-    read = iter(done)
-    return [
-        Prediction.unreadable(s.path, errors[i]) if errors and errors[i] else next(read) for i, s in enumerate(samples)
-    ]
+    # the scores before normalisation: they rank images where normalised ones clip
+    raw = iter(outputs["scores"].numpy()[good].tolist()) if scorer.raw_scores else None
+    for i, sample in enumerate(samples):
+        if errors and errors[i]:
+            yield Prediction.unreadable(sample.path, errors[i])
+            continue
+        prediction = next(done)
+        if raw is not None:
+            prediction.raw_score = next(raw)
+        yield prediction
 
 
 def pixel_range(scorer: Scorer) -> tuple[float, float] | None:

@@ -23,9 +23,9 @@ from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import (
     batches,
+    iter_predictions,
     marks_nothing,
     prediction_counts,
-    to_predictions,
     unmarked_key,
     unmarked_note,
 )
@@ -153,9 +153,12 @@ def run(
     for outputs, batch_samples, errors in batches(ctx, data, scorer, samples, "predict", skip_errors=True):
         indices = outputs["index"].tolist()
         positions.extend(indices)
-        batch_preds = to_predictions(adapter, scorer, outputs, batch_samples, errors)
-        unmarked.extend(i for i, p in zip(indices, batch_preds, strict=True) if marks_nothing(adapter, p))
-        for pred, sample, error in zip(batch_preds, batch_samples, errors, strict=True):
+        # one at a time: each image's full-size map is made, written and dropped before the next one's
+        batch_preds = iter_predictions(adapter, scorer, outputs, batch_samples, errors)
+        for index, pred, sample, error in zip(indices, batch_preds, batch_samples, errors, strict=True):
+            predictions.append(pred)
+            if marks_nothing(adapter, pred):
+                unmarked.append(index)
             if error:  # no decision for an unreadable image (Prediction.unreadable); the folder's rest is predicted
                 continue  # (said below, by rank 0 for every process's images)
             stem = stems[pred.image_path]
@@ -187,7 +190,6 @@ def run(
                 pred.anomaly_map = None
             if not keep_masks:  # written: the file is the mask (a 4000x3000 mask holds 12 MB)
                 pred.pred_mask = None
-        predictions.extend(batch_preds)
     # every process's predictions, in input order
     gathered = distributed.gather((positions, predictions, unmarked))
     if distributed.rank_and_world()[0] != 0:
