@@ -1,4 +1,4 @@
-"""Wall time and peak memory of ``otx predict`` over a folder with an exported model, alternated between checkouts.
+"""Wall time and peak memory of ``otx predict`` (or ``otx test``) with an exported model, alternated between checkouts.
 
 Runs ``otx predict --checkpoint <IR> --source <folder> --device CPU`` in a fresh process, once with
 this checkout's ``src`` and once with ``--before_src`` (another checkout's ``src``), in turn,
@@ -17,6 +17,9 @@ an empty ``--source``)::
 
     .venv/bin/python benchmarks/ir_folder_predict.py --ir otx-demo/workspace/<run>-export/exported_model.xml \\
         --source /tmp/photos --make 64 --before_src /tmp/oldtree/src
+
+``--verb test`` runs ``otx test --data_root <source>`` instead (with ``--make``: the sample data's
+``bottle_like`` category at ``--height`` x ``--width``, 12 training images, 28 test images and masks).
 """
 
 from __future__ import annotations
@@ -53,11 +56,14 @@ def tree_pss(pid: int) -> int:
     return total
 
 
-def run_once(src: Path, ir: Path, source: Path, work_dir: Path, extra: list[str]) -> dict[str, float]:
+def run_once(
+    src: Path, ir: Path, source: Path, work_dir: Path, extra: list[str], verb: str = "predict"
+) -> dict[str, float]:
     """One ``otx predict`` with ``src`` first on the path: wall seconds, the largest process's peak
     resident MB, and the peak summed PSS of the process and its loading workers (sampled every 0.1 s)."""
     env = {**os.environ, "PYTHONPATH": str(src), "OTX_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "otx.cli", "predict", "--checkpoint", str(ir), "--source", str(source)]
+    where = ["--source", str(source)] if verb == "predict" else ["--data_root", str(source)]
+    cmd = [sys.executable, "-m", "otx.cli", verb, "--checkpoint", str(ir), *where]
     cmd += ["--device", "CPU", "--work_dir", str(work_dir), *extra]
     with tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -95,6 +101,31 @@ def make_photos(folder: Path, count: int, height: int, width: int) -> None:
             cv2.imwrite(str(folder / f"photo_{i:03d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 92])
 
 
+def make_root(root: Path, height: int, width: int, train: int = 12) -> None:
+    """The sample data's ``bottle_like`` category at ``height`` x ``width`` (its first ``train`` training images)."""
+    import cv2
+    import numpy as np
+
+    from otx.data.sample import make_sample_dataset
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_sample_dataset(Path(tmp))
+        category = Path(tmp) / "bottle_like"
+        rng = np.random.default_rng(0)
+        for path in sorted(category.rglob("*.png")):
+            relative = path.relative_to(category)
+            if relative.parts[0] == "train" and sorted(path.parent.iterdir()).index(path) >= train:
+                continue
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            if relative.parts[0] == "ground_truth":
+                mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+                cv2.imwrite(str(root / relative), cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST))
+                continue
+            image = cv2.resize(cv2.imread(str(path)), (width, height), interpolation=cv2.INTER_CUBIC)
+            image = np.clip(image.astype(np.int16) + rng.integers(-6, 7, image.shape), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(root / relative), image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ir", type=Path, required=True)
@@ -104,6 +135,9 @@ def main() -> None:
     parser.add_argument("--work_dir", type=Path, default=Path("/tmp/otx-ir-folder"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--visualize", default="true", help="otx predict's --visualize (false: no overlays)")
+    parser.add_argument(
+        "--verb", choices=("predict", "test"), default="predict", help="test: otx test with --data_root <source>"
+    )
     parser.add_argument("--make", type=int, default=0, help="first write this many photos into an empty --source")
     parser.add_argument("--height", type=int, default=3000, help="the photos' height (--make)")
     parser.add_argument("--width", type=int, default=4000, help="the photos' width (--make)")
@@ -111,17 +145,23 @@ def main() -> None:
     if args.make:
         if args.source.exists() and any(args.source.iterdir()):
             sys.exit(f"--make writes into an empty --source; {args.source} has files")
-        make_photos(args.source, args.make, args.height, args.width)
+        if args.verb == "test":  # a data root: the sample category enlarged (--make: any count)
+            make_root(args.source, args.height, args.width)
+        else:
+            make_photos(args.source, args.make, args.height, args.width)
 
     sources = {"this": SRC, **({"before": args.before_src.resolve()} if args.before_src else {})}
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
     for repeat in range(args.repeats):
         for name, src in sources.items():
-            runs[name].append(run_once(src, args.ir, args.source, args.work_dir, ["--visualize", args.visualize]))
+            extra = ["--visualize", args.visualize] if args.verb == "predict" else []
+            runs[name].append(run_once(src, args.ir, args.source, args.work_dir, extra, args.verb))
             print(f"{repeat + 1}/{args.repeats} {name}: {runs[name][-1]}", flush=True)
+    images_in = args.source / "test" if args.verb == "test" else args.source
     result: dict = {
         "ir": str(args.ir),
-        "images": len([p for p in args.source.iterdir() if p.is_file()]),
+        "images": len([p for p in images_in.rglob("*") if p.is_file()]),
+        "verb": args.verb,
         "visualize": args.visualize,
         "cpu_count": os.cpu_count(),
         "runs": runs,

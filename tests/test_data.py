@@ -1156,3 +1156,36 @@ def test_masks_of_several_data_roots_in_the_source_are_counted_as_theirs(
     assert len(said) == 1 and f"mask file(s) under {Path(first)} and 1 other ground_truth folder(s)" in said[0], said
     demo_package().find_images(str(tmp_path))
     assert "and 1 other ground_truth folder(s) (ground truth, not images)" in capsys.readouterr().out
+
+
+def test_images_as_read_are_batched_by_their_pixels_even_where_only_opencv_reads_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``loader(resize=False)`` (an exported model's batches) cuts batches by pixels; a file whose size Pillow
+    cannot read (Radiance HDR, which OpenCV decodes) counts as a whole batch's worth, and an empty share is empty."""
+    import otx.data.datamodule as datamodule
+    from otx.data.datamodule import PixelBatches
+    from otx.data.io import header_pixels
+    from otx.preprocess import PreProcessor
+
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (40, 50)), ("b.hdr", (30, 40)), ("c.png", (20, 20)), ("d.png", (20, 30))):
+        image = rng.random((*size, 3), dtype=np.float32)
+        cv2.imwrite(str(tmp_path / name), image if name.endswith(".hdr") else (image * 255).astype(np.uint8))
+    samples = samples_from_source(str(tmp_path))
+    sizes = [read_image(s.path).shape[0] * read_image(s.path).shape[1] for s in samples]  # as decoded
+    assert sizes == [2000, 1200, 400, 600]
+    assert [header_pixels(s.path) for s in samples] == [2000, None, 400, 600]
+    # a budget of 2500 pixels: the HDR file alone (its size unknown), then the two small images together
+    assert PixelBatches(range(4), [2000, None, 400, 600], 8, 1, 2500).batches == [[0], [1], [2, 3]]
+    assert PixelBatches(range(4), [2000, None, 400, 600], 8, 2, 2500).batches == [[0, 1], [2, 3]]  # two at least
+    assert PixelBatches(range(4), sizes, 3, 1, 10**9).batches == [[0, 1, 2], [3]]  # at most three
+    data = AnomalyDataModule(num_workers=0)
+    pre = PreProcessor((64, 64))
+    monkeypatch.setattr(datamodule, "BATCH_PIXELS", 2500)
+    batches = list(data.loader(samples, pre, resize=False))
+    assert [b["index"].tolist() for b in batches] == [[0], [1], [2, 3]]
+    assert [[tuple(image.shape) for image in b["image"]] for b in batches][1] == [(3, 30, 40)]
+    # no batch (and no error) for a process whose share is empty, or for no images
+    assert list(data.loader(samples[:1], pre, resize=False, shard=(1, 2, "none"))) == []
+    assert list(data.loader([], pre, resize=False)) == []

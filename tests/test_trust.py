@@ -994,6 +994,7 @@ def test_the_report_ranks_worst_cases_by_raw_score_says_how_many_and_how_thresho
     from otx.data.io import read_image
     from otx.models import Padim
     from otx.preprocess import resize_image
+    from otx.visualize import overlay
 
     # A threshold given below every score: every good test image is a false positive, scored 1 once normalised.
     data = AnomalyDataModule(str(sample_root / "bottle_like"), num_workers=0)
@@ -1027,6 +1028,14 @@ def test_the_report_ranks_worst_cases_by_raw_score_says_how_many_and_how_thresho
         full = cv2.imread(str(run / "report" / f"false_positives_{i}.png"))
         width = min(520, full.shape[1])
         assert thumb.shape[1] == width and abs(thumb.shape[0] - full.shape[0] * width / full.shape[1]) <= 1
+    # Each overlay shows its map, made again for the report (otx test keeps no full-size map): as otx predict draws it
+    worst = next(r["image"] for r in good if f"good/{Path(r['image']).name}" == expected[0])
+    (predicted,) = engine.predict(source=worst, checkpoint=tested["checkpoint"])
+    drawn = cv2.imread(str(next(tmp_path.glob(f"*-predict/predictions/{predicted.overlay_file}")))).astype(np.int16)
+    reported = cv2.imread(str(run / "report" / "false_positives_1.png"))
+    assert predicted.anomaly_map is None  # (otx predict keeps no map either; drawn without one:)
+    unmapped = cv2.cvtColor(overlay(read_image(worst), predicted), cv2.COLOR_RGB2BGR)
+    assert np.abs(drawn - reported).max() <= 2 < np.abs(drawn - unmapped).max()
     # The thresholds, raw, with how each was set.
     assert tested["threshold_origin"] == {
         "image": "given (image_threshold)",

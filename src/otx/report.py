@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ class ReportInput:
     per_defect: dict[str, dict[str, float]]  # otx.metrics.per_defect of the test split
     splits: dict[str, Any]
     samples: list[Sample]  # labelled test images (label 0 or 1)
-    predictions: list[Prediction]  # normalised, at original size, one per sample
+    predictions: list[Prediction]  # normalised, one per sample (maps and masks at original size, or None)
     scores: np.ndarray  # raw image scores the metrics use (normalised only for an export by an older otx)
     errors: list[dict[str, str]] = field(default_factory=list)  # images that could not be read
     warnings: list[str] = field(default_factory=list)  # where the numbers could mislead
@@ -61,6 +62,8 @@ class ReportInput:
     date: str = ""  # when the test ran
     unread_types: dict[str, int] = field(default_factory=dict)  # defect types none of whose images could be read
     decisions: dict[str, Any] | None = None  # the image decisions at the threshold (otx.metrics.image_decisions)
+    # sample i's prediction with its full-size map and mask, for the overlays, where ``predictions`` dropped them
+    full_prediction: Callable[[int], Prediction] | None = None
 
 
 def _validation(record: dict[str, Any]) -> str:
@@ -151,7 +154,8 @@ def _worst(
     for kind, indices in (("false_positives", false_pos), ("false_negatives", false_neg)):
         shown = []
         for rank, i in enumerate(indices[:WORST]):
-            sample, pred = data.samples[i], data.predictions[i]
+            sample = data.samples[i]
+            pred = data.full_prediction(i) if data.full_prediction is not None else data.predictions[i]
             gt = read_mask(sample.mask_path) if sample.mask_path else None
             canvas = overlay(read_image(sample.path), pred, gt)
             path = out_dir / f"{kind}_{rank + 1}.png"

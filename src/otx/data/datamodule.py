@@ -319,7 +319,8 @@ class AnomalyDataModule:
         (``otx.distributed.ShardSampler``), in blocks of ``images_per_batch``. A batch holds
         ``images_per_batch`` images, or up to ``min_images`` (what an exported model's parallel
         requests take at once) where that is more, never more than ``batch_size``: the tile
-        mode's one large image a batch fills the requests.
+        mode's one large image a batch fills the requests. Images as read (``resize`` False) are
+        also cut into batches of at most ``BATCH_PIXELS`` pixels past ``min_images`` (``PixelBatches``).
         """
         block = self.images_per_batch(preprocess)
         batch_size = max(block, min(min_images, self.batch_size))
@@ -345,8 +346,8 @@ class AnomalyDataModule:
             multiprocessing.util.get_temp_dir()  # (before: one pymp-* folder per worker in $TMPDIR after a stop)
         return DataLoader(
             AnomalyDataset(samples, preprocess, resize_images=resize, uint8_images=not resize),  # (for an IR)
-            batch_size=1 if grouped else batch_size,
-            sampler=None if grouped else order,
+            batch_size=1 if grouped is not None else batch_size,  # (an empty share: no batch, not False)
+            sampler=None if grouped is not None else order,
             batch_sampler=grouped,
             num_workers=workers,
             persistent_workers=False,
@@ -360,14 +361,16 @@ class PixelBatches(Sampler[list[int]]):
 
     For images handed over at their own size (an exported model's batches), where the batch's
     image count alone says little about its memory. ``sampler`` is ``order`` (its length: the images).
+    An image whose pixels are not known (None: ``header_pixels``) counts as the whole budget.
     """
 
-    def __init__(self, order: Any, pixels: list[int], max_images: int, min_images: int, budget: int) -> None:
+    def __init__(self, order: Any, pixels: list[int | None], max_images: int, min_images: int, budget: int) -> None:
         self.sampler = order
         self.batches: list[list[int]] = []
         batch: list[int] = []
         held = 0
-        for index, count in zip(order, pixels, strict=True):
+        for index, known in zip(order, pixels, strict=True):
+            count = budget if known is None else known
             if batch and (len(batch) >= max_images or (len(batch) >= min_images and held + count > budget)):
                 self.batches.append(batch)
                 batch, held = [], 0

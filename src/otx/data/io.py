@@ -420,10 +420,15 @@ def image_size(path: str | Path) -> tuple[int, int]:
     return header.height, header.width
 
 
-def header_pixels(path: str | Path) -> int:
-    """An image's pixel count from its file header; 0 when the header cannot be read (its read says why)."""
+def header_pixels(path: str | Path) -> int | None:
+    """An image's pixel count from its file header (Pillow: no pixels decoded, no pages walked).
+
+    None where Pillow cannot say: a format only OpenCV reads (EXR, HDR, ...) or a file that is no
+    image (its read says what is wrong).
+    """
     try:
-        height, width = image_size(path)
-    except Exception:  # noqa: BLE001 - the image's own read reports what is wrong with it
-        return 0
-    return height * width
+        with Image.open(path) as pil:
+            width, height = pil.size
+    except Exception:  # noqa: BLE001 - a count to batch by, nothing is reported here
+        return None
+    return width * height

@@ -461,6 +461,17 @@ class OpenVINOInferencer:
         height, width = self.info.input_size
         return max(self.parallel_images, min(CHUNK, CHUNK_PIXELS // (height * width)))
 
+    def release_memory(self) -> None:
+        """Let the device free its intermediate buffers until the next inference (``CompiledModel.release_memory``).
+
+        Where the device or the OpenVINO version cannot, nothing happens.
+        """
+        with self._lock:  # (not while a call of another thread is in flight)
+            try:
+                self.compiled.release_memory()
+            except Exception as exc:  # noqa: BLE001 - an older OpenVINO or a device without it: kept
+                log.debug("release_memory: %s", _first_line(exc))
+
     # --- inference ----------------------------------------------------------------------------
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """An image as this model's input tensor ``[1, 3, H, W]`` (host resize only for static-shape devices)."""

@@ -105,6 +105,10 @@ class TaskAdapter:
     pixel_level: bool = False
     box_level: bool = False
 
+    def predictions(self, *args: Any, **kwargs: Any) -> list[Prediction]:
+        """``iter_predictions`` (the same arguments), all at once."""
+        return list(self.iter_predictions(*args, **kwargs))
+
     def iter_predictions(
         self,
         outputs: dict[str, np.ndarray],

@@ -177,6 +177,16 @@ def to_predictions(
     return list(iter_predictions(adapter, scorer, outputs, samples, errors))
 
 
+def drop_maps(prediction: Prediction) -> Prediction:
+    """``prediction`` without its full-size map and mask (5 bytes a pixel), its scores, label and boxes kept.
+
+    For predictions kept for a whole split (the box metrics, ``otx test``'s records): the pixel
+    metrics restore the maps themselves, within their memory budget (``metric_pixel_budget``).
+    """
+    prediction.anomaly_map = prediction.pred_mask = None
+    return prediction
+
+
 def iter_predictions(
     adapter: TaskAdapter, scorer: Scorer, outputs: Outputs, samples: list[Sample], errors: list[str] | None = None
 ) -> Iterator[Prediction]:
@@ -450,7 +460,7 @@ def marks_nothing(adapter: TaskAdapter, prediction: Prediction) -> bool:
     """Whether a prediction labelled anomalous marks nothing: no box (detection), an empty mask (segmentation).
 
     A segmentation prediction is looked at only while it holds its mask (``otx predict`` drops it
-    once written). Classification marks no region: never.
+    once written, ``otx test`` once looked at). Classification marks no region: never.
     """
     if prediction.label_name != "anomalous":
         return False
@@ -460,18 +470,13 @@ def marks_nothing(adapter: TaskAdapter, prediction: Prediction) -> bool:
     return bool(adapter.pixel_level and prediction.pred_mask is not None and not prediction.pred_mask.any())
 
 
-def unmarked_predictions(adapter: TaskAdapter, predictions: list[Prediction]) -> list[Prediction]:
-    """The predictions labelled anomalous that mark nothing (``marks_nothing``)."""
-    return [p for p in predictions if marks_nothing(adapter, p)]
-
-
 def unmarked_key(adapter: TaskAdapter) -> str | None:
-    """The name of ``unmarked_predictions``' count in a predict run's ``counts`` (None: classification)."""
+    """The name of the count of ``marks_nothing`` predictions in a predict run's ``counts`` (None: classification)."""
     return "anomalous_without_box" if adapter.box_level else "anomalous_without_mask" if adapter.pixel_level else None
 
 
 def unmarked_note(adapter: TaskAdapter, unmarked: list[Prediction], more: str = "") -> str:
-    """The note on images labelled anomalous that mark nothing (``unmarked_predictions``), ``more`` appended."""
+    """The note on images labelled anomalous that mark nothing (``marks_nothing``), ``more`` appended."""
     example = Path(unmarked[0].image_path)
     what, why = (
         ("no box", "no region of the map reaches the box level and minimum box area")

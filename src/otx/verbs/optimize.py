@@ -299,7 +299,7 @@ def box_check(
     """
     from otx.deploy.inferencer import OpenVINOInferencer
     from otx.scoring import OpenVINOScorer
-    from otx.verbs.inference import collect, evaluate, pixel_range, to_predictions, tune_boxes
+    from otx.verbs.inference import collect, drop_maps, evaluate, iter_predictions, pixel_range, tune_boxes
 
     figures, retuned = {}, None
     for name, model in models.items():
@@ -309,7 +309,7 @@ def box_check(
             chosen, _ = tune_boxes(scorer, outputs, samples, scorer.boxes.refine, first=scorer.boxes)
             if chosen != scorer.boxes:
                 scorer.boxes = retuned = chosen
-        predictions = to_predictions(adapter, scorer, outputs, samples, errors)
+        predictions = [drop_maps(p) for p in iter_predictions(adapter, scorer, outputs, samples, errors)]
         metrics, _ = evaluate(
             ctx,
             adapter,

@@ -17,16 +17,19 @@ from otx.metrics import image_decisions
 from otx.report import ReportInput, write_report
 from otx.results import TestResult, recorded_path
 from otx.scoring import OpenVINOScorer
+from otx.tasks import Prediction
 from otx.verbs.context import VerbContext, peak_memory_mb, write_result
 from otx.verbs.inference import (
     collect,
+    drop_maps,
     evaluate,
+    iter_predictions,
+    marks_nothing,
     metric_divisor,
     pixel_range,
     prediction_counts,
     to_predictions,
     unmarked_note,
-    unmarked_predictions,
     verb_pixel_budget,
 )
 from otx.verbs.resolve import eval_data, require_data, resolve_model, untuned_boxes
@@ -81,8 +84,15 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     start = time.perf_counter()
     outputs, errors = collect(ctx, data, scorer, test, "test", skip_errors=True)
     infer_s = time.perf_counter() - start
-    predictions = to_predictions(adapter, scorer, outputs, test, errors)
-    if unmarked := unmarked_predictions(adapter, predictions):
+    if isinstance(scorer, OpenVINOScorer):  # inference is over: its buffers are not held through the metrics
+        scorer.inferencer.release_memory()
+    predictions, unmarked = [], []
+    for prediction in iter_predictions(adapter, scorer, outputs, test, errors):
+        if marks_nothing(adapter, prediction):
+            unmarked.append(prediction)
+        # (840 MB for 14 images of 3000x4000; the report makes again the few it draws: full_prediction)
+        predictions.append(drop_maps(prediction))
+    if unmarked:
         defects = {s.path for s in test if s.label == 1}
         missed = sum(p.image_path in defects for p in unmarked)  # (normal images labelled anomalous are false alarms)
         boxes = missed and adapter.box_level
@@ -111,6 +121,12 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
     scored_predictions = [p for p, k in zip(predictions, keep, strict=True) if k]
     # every image read (the usual case): the outputs as they are, not a copy (76 MB of maps on magnetic_tile)
     scored_outputs = outputs if keep.all() else {k: v[torch.from_numpy(keep)] for k, v in outputs.items()}
+
+    def full_prediction(i: int) -> Prediction:
+        """Scored image ``i``'s prediction with its full-size map and mask, as made above."""
+        one = {key: value[i : i + 1] for key, value in scored_outputs.items()}
+        return to_predictions(adapter, scorer, one, [scored[i]])[0]
+
     start = time.perf_counter()
     metrics, per_type = evaluate(
         ctx,
@@ -176,6 +192,7 @@ def run(ctx: VerbContext, run: Run, checkpoint: str | Path | None, devices: int 
             splits=splits,
             samples=scored,
             predictions=scored_predictions,
+            full_prediction=full_prediction,
             scores=scored_outputs["scores"].numpy(),
             errors=errors_list,
             warnings=list(ctx.warnings),

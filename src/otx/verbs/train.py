@@ -47,7 +47,7 @@ from otx.training import (
     without_unlogged_monitors,
 )
 from otx.verbs.context import FILE_ONLY, VerbContext, peak_memory_mb, write_result
-from otx.verbs.inference import evaluate, to_predictions, tune_boxes
+from otx.verbs.inference import drop_maps, evaluate, iter_predictions, tune_boxes
 from otx.workdir import Run, stop_name
 
 log = logging.getLogger("otx")
@@ -471,7 +471,7 @@ def run(
         model.box_settings, _ = tune_boxes(TorchScorer(model), outputs, splits["val"], model.boxes_refine)
         timings["box_tuning_s"] = time.perf_counter() - start_boxes
         log.info("box settings from the validation split: %s", model.box_settings)
-        predictions = to_predictions(adapter, TorchScorer(model), outputs, splits["val"])
+        predictions = [drop_maps(p) for p in iter_predictions(adapter, TorchScorer(model), outputs, splits["val"])]
     elif adapter.box_level:
         ctx.warn(f"the data has no ground_truth/ masks, so the detection boxes keep {UNTUNED}")
     val_metrics = evaluate(
