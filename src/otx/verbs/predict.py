@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from otx import distributed
 from otx.checks import input_file_warnings
 from otx.data.datamodule import samples_from_source
-from otx.data.dataset import layout_mask
+from otx.data.dataset import Sample, layout_mask
 from otx.data.io import read_image, read_mask
 from otx.errors import OTXDataError, OTXError
 from otx.results import PredictResult
@@ -87,6 +92,68 @@ def outline_mask(mask_path: str | None, image_hw: tuple[int, int]) -> np.ndarray
     return mask if mask.shape == tuple(image_hw) else None
 
 
+OVERLAY_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))  # threads drawing overlays (1 on 2 cores)
+
+
+@contextlib.contextmanager
+def written(target: Path) -> Iterator[None]:
+    """Writes ``target`` inside: an ``OSError`` (a full disk mid-run) becomes one line that names the file."""
+    try:
+        yield
+    except OSError as exc:
+        advice = (
+            "use a shorter --work_dir (the run's other files are kept)"
+            if exc.errno == errno.ENAMETOOLONG
+            else "check the free space and permissions of the work dir (the run's other files are kept)"
+        )
+        # the file named also where the write itself does not say it (a full disk: os.write; a bug bash)
+        what = f"could not write '{exc.filename or target}' ({exc.strerror or exc})"
+        raise OTXError(f"{what}; {advice}") from exc
+
+
+def draw_overlay(target: Path, prediction: Prediction, sample: Sample) -> None:
+    """Draw ``prediction`` on its image, the ground truth outlined where there is one, and write it to ``target``."""
+    image = read_image(prediction.image_path)
+    gt = outline_mask(sample.mask_path or layout_mask(sample.path), image.shape[:2])
+    canvas = overlay(image, prediction, gt)
+    with written(target):
+        write_overlay(target, canvas)
+
+
+class OverlayWriter:
+    """``draw_overlay`` on ``threads`` threads (0: at once, in the caller's), at most twice as many pending.
+
+    A failed overlay raises its error in the caller at the next ``submit`` or on leaving the
+    ``with`` block, which waits for the rest; on an error the ones not started are dropped.
+    """
+
+    def __init__(self, threads: int) -> None:
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="otx-overlay") if threads else None
+        self.pending: deque[Future[None]] = deque()
+        self.limit = 2 * threads
+
+    def submit(self, target: Path, prediction: Prediction, sample: Sample) -> None:
+        """Draw and write one overlay (on a thread, once fewer than the limit are pending)."""
+        if self.pool is None:
+            draw_overlay(target, prediction, sample)
+            return
+        while len(self.pending) >= self.limit:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(draw_overlay, target, prediction, sample))
+
+    def __enter__(self) -> OverlayWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        if self.pool is None:
+            return
+        try:
+            while kind is None and self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run(
     ctx: VerbContext,
     run: Run,
@@ -150,46 +217,32 @@ def run(
     positions: list[int] = []
     unmarked: list[int] = []  # the positions of images labelled anomalous that mark nothing (before masks are dropped)
     start = time.perf_counter()
-    for outputs, batch_samples, errors in batches(ctx, data, scorer, samples, "predict", skip_errors=True):
-        indices = outputs["index"].tolist()
-        positions.extend(indices)
-        # one at a time: each image's full-size map is made, written and dropped before the next one's
-        batch_preds = iter_predictions(adapter, scorer, outputs, batch_samples, errors)
-        for index, pred, sample, error in zip(indices, batch_preds, batch_samples, errors, strict=True):
-            predictions.append(pred)
-            if marks_nothing(adapter, pred):
-                unmarked.append(index)
-            if error:  # no decision for an unreadable image (Prediction.unreadable); the folder's rest is predicted
-                continue  # (said below, by rank 0 for every process's images)
-            stem = stems[pred.image_path]
-            canvas = None
-            if visualize:
-                image = read_image(pred.image_path)
-                gt = outline_mask(sample.mask_path or layout_mask(sample.path), image.shape[:2])
-                canvas = overlay(image, pred, gt)
-            target = None
-            try:
+    # Overlays are drawn and written on threads (PNG encoding takes 0.4 s for 3000x4000 and releases the
+    # GIL) while the next images are scored, a bounded number at a time.
+    with OverlayWriter(OVERLAY_THREADS if visualize else 0) as overlays:
+        for outputs, batch_samples, errors in batches(ctx, data, scorer, samples, "predict", skip_errors=True):
+            indices = outputs["index"].tolist()
+            positions.extend(indices)
+            # one at a time: each image's full-size map is made, written and dropped before the next one's
+            batch_preds = iter_predictions(adapter, scorer, outputs, batch_samples, errors)
+            for index, pred, sample, error in zip(indices, batch_preds, batch_samples, errors, strict=True):
+                predictions.append(pred)
+                if marks_nothing(adapter, pred):
+                    unmarked.append(index)
+                if error:  # no decision for an unreadable image (Prediction.unreadable); the folder's rest is predicted
+                    continue  # (said below, by rank 0 for every process's images)
+                stem = stems[pred.image_path]
                 if pred.pred_mask is not None:
                     pred.mask_file = f"masks/{stem}_mask.png"
-                    target = out_dir / pred.mask_file
-                    write_png(target, pred.pred_mask.astype(np.uint8) * 255)
-                if canvas is not None:
-                    target = out_dir / "overlays" / f"{stem}.png"
-                    write_overlay(target, canvas)
+                    with written(out_dir / pred.mask_file):
+                        write_png(out_dir / pred.mask_file, pred.pred_mask.astype(np.uint8) * 255)
+                if visualize:  # (a copy: the map and mask it draws stay with it, whatever is dropped below)
                     pred.overlay_file = f"overlays/{stem}.png"
-            except OSError as exc:  # a file this run cannot write (a full disk mid-run)
-                advice = (
-                    "use a shorter --work_dir (the run's other files are kept)"
-                    if exc.errno == errno.ENAMETOOLONG
-                    else "check the free space and permissions of the work dir (the run's other files are kept)"
-                )
-                # the file named also where the write itself does not say it (a full disk: os.write; a bug bash)
-                what = f"could not write '{exc.filename or target}' ({exc.strerror or exc})"
-                raise OTXError(f"{what}; {advice}") from exc
-            if not keep_maps:  # maps are large (4 bytes a pixel); keep the mask and boxes only
-                pred.anomaly_map = None
-            if not keep_masks:  # written: the file is the mask (a 4000x3000 mask holds 12 MB)
-                pred.pred_mask = None
+                    overlays.submit(out_dir / pred.overlay_file, replace(pred), sample)
+                if not keep_maps:  # maps are large (4 bytes a pixel); keep the mask and boxes only
+                    pred.anomaly_map = None
+                if not keep_masks:  # written: the file is the mask (a 4000x3000 mask holds 12 MB)
+                    pred.pred_mask = None
     # every process's predictions, in input order
     gathered = distributed.gather((positions, predictions, unmarked))
     if distributed.rank_and_world()[0] != 0:
