@@ -1189,3 +1189,41 @@ def test_images_as_read_are_batched_by_their_pixels_even_where_only_opencv_reads
     # no batch (and no error) for a process whose share is empty, or for no images
     assert list(data.loader(samples[:1], pre, resize=False, shard=(1, 2, "none"))) == []
     assert list(data.loader([], pre, resize=False)) == []
+
+
+def test_jpegs_read_on_several_threads_each_get_their_own_verdict_and_leave_stderr_where_it_was(
+    tmp_path: Path,
+) -> None:
+    """``otx predict`` reads images for its overlays on threads while the main thread reads others: each read
+    catches its own libjpeg complaint, and descriptor 2 ends where it was (before: restores out of order left
+    it on a deleted temporary file, and the run's error line went nowhere)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = cv2.GaussianBlur(np.random.default_rng(2).integers(0, 256, (600, 800, 3), dtype=np.uint8), (5, 5), 0)
+    data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    good.write_bytes(data)
+    for share in np.linspace(0.5, 0.95, 46):  # a byte of the image data whose flip libjpeg notices
+        damaged = bytearray(data)
+        damaged[int(len(data) * share)] ^= 0x10
+        bad.write_bytes(bytes(damaged))
+        try:
+            read_image(bad)
+        except OTXDataError:
+            break
+    else:
+        pytest.fail("no flipped byte made libjpeg complain")
+
+    def verdict(path: Path) -> str:
+        try:
+            read_image(path)
+        except OTXDataError:
+            return "damaged"
+        return "read"
+
+    before = os.fstat(2)
+    with ThreadPoolExecutor(4) as pool:
+        said = list(pool.map(verdict, [good, bad] * 24))
+    after = os.fstat(2)
+    assert said == ["read", "damaged"] * 24
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -118,14 +119,23 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file")
 
 
+_STDERR_LOCK = threading.Lock()  # one redirection of descriptor 2 at a time
+
+
 @contextlib.contextmanager
 def native_stderr() -> Iterator[list[str]]:
     """Collect what native code writes to file descriptor 2 inside the block (the list gets it at the end).
 
     Best effort: where the descriptor cannot be duplicated, nothing is collected. Lines the caller
     does not want are its to write back (``os.write(2, ...)``); other threads' writes in the block
-    land here too.
+    land here too. Blocks of several threads run one after the other: interleaved, their restores
+    came out of order and left descriptor 2 on a deleted file (``otx predict``'s overlay threads).
     """
+    with _STDERR_LOCK:
+        yield from _native_stderr()
+
+
+def _native_stderr() -> Iterator[list[str]]:
     said: list[str] = []
     try:
         saved = os.dup(2)

@@ -92,7 +92,8 @@ def outline_mask(mask_path: str | None, image_hw: tuple[int, int]) -> np.ndarray
     return mask if mask.shape == tuple(image_hw) else None
 
 
-OVERLAY_THREADS = max(1, min(4, (os.cpu_count() or 2) // 2))  # threads drawing overlays (1 on 2 cores)
+# threads drawing overlays: half the cores this process may use, 1 to 4 (1 on 2 cores; a container's own)
+OVERLAY_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) // 2 if hasattr(os, "sched_getaffinity") else 1))
 
 
 @contextlib.contextmanager
@@ -223,7 +224,8 @@ def run(
         for outputs, batch_samples, errors in batches(ctx, data, scorer, samples, "predict", skip_errors=True):
             indices = outputs["index"].tolist()
             positions.extend(indices)
-            # one at a time: each image's full-size map is made, written and dropped before the next one's
+            # one at a time: each image's full-size map is made, written (its overlay's copy kept until drawn)
+            # and dropped before the next one's
             batch_preds = iter_predictions(adapter, scorer, outputs, batch_samples, errors)
             for index, pred, sample, error in zip(indices, batch_preds, batch_samples, errors, strict=True):
                 predictions.append(pred)
