@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from helpers import assert_same_predictions, check_demo_package
+from helpers import assert_same_predictions, check_demo_package, demo_package
 from otx.data import AnomalyDataModule
 from otx.deploy import OpenVINOInferencer
 from otx.engine import Engine
@@ -69,6 +70,35 @@ def test_restore_puts_the_map_back_where_the_image_was(mode: str) -> None:
     restored = pre.restore(maps[0].numpy(), (height, width))
     assert restored.shape == (height, width)
     assert np.abs(restored - image).mean() < 0.02
+
+
+@pytest.mark.parametrize(
+    ("input_size", "size_hw"),
+    [((256, 256), (300, 12000)), ((256, 256), (9000, 40)), ((128, 448), (600, 200)), ((128, 256), (1, 700)),
+     ((256, 256), (7, 5)), ((128, 256), (128, 256)), ((64, 64), (64, 1000))],
+)  # fmt: skip
+def test_a_keep_aspect_map_is_restored_without_resizing_its_padding(input_size, size_hw) -> None:
+    """The map at the image's size equals the padded map resized and cropped, and holds no padded map.
+
+    Before: the whole padded map was resized and a view of its top-left returned, so a 300x12000
+    image's 14 MB map held a 576 MB array alive (a review, 2026-12-07). The demo package's restore alike.
+    """
+    small = np.random.default_rng(sum(size_hw)).random(input_size, dtype=np.float32)
+    full_h, full_w = padded_size(*size_hw, input_size)
+    reference = cv2.resize(small, (full_w, full_h), interpolation=cv2.INTER_LINEAR)[: size_hw[0], : size_hw[1]]
+    restored = PreProcessor(input_size, "keep_aspect").restore(small, size_hw)
+    demo = demo_package().restore(small, size_hw, list(input_size), "keep_aspect")
+    for got in (restored, demo):
+        assert got.shape == size_hw
+        np.testing.assert_allclose(got, reference, rtol=0, atol=1e-6)
+        held = got if got.base is None else got.base  # not a view into the padded map: a few lines more at most
+        assert held.size <= (size_hw[0] + 8) * (size_hw[1] + 8)
+    np.testing.assert_array_equal(restored, demo)  # one recipe in otx and the demo package
+    # otx test's reduced canvas (divisor) crops the same way
+    reduced = PreProcessor(input_size, "keep_aspect").restore(small, size_hw, divisor=4)
+    quarter = (-(-full_h // 4), -(-full_w // 4))
+    expected = cv2.resize(small, quarter[::-1], interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(reduced, expected[: -(-size_hw[0] // 4), : -(-size_hw[1] // 4)], rtol=0, atol=1e-6)
 
 
 def test_tiles_cover_the_image_and_overlaps_are_averaged() -> None:

@@ -342,10 +342,34 @@ class PreProcessor(nn.Module):
         full_h, full_w = padded_size(height, width, self.input_size) if self.mode == "keep_aspect" else (height, width)
         if divisor > 1:
             (full_h, full_w), (height, width) = reduced_size((full_h, full_w), divisor), reduced_size(size_hw, divisor)
-        anomaly_map = anomaly_map.astype(np.float32, copy=False)
-        if anomaly_map.shape != (full_h, full_w):
-            anomaly_map = cv2.resize(anomaly_map, (full_w, full_h), interpolation=cv2.INTER_LINEAR)
-        return anomaly_map[:height, :width]
+        return resize_crop(anomaly_map.astype(np.float32, copy=False), (full_h, full_w), (height, width))
+
+
+def resize_crop(small: np.ndarray, full_hw: tuple[int, int], crop_hw: tuple[int, int]) -> np.ndarray:
+    """``small`` resized bilinearly to ``full_hw``, then its top-left ``crop_hw``; only what the crop reads is resized.
+
+    A ``keep_aspect`` map of a long image is mostly padding once resized: a 300x12000 image of a
+    256x256 model is padded to 12000x12000, a 576 MB map of which 14 MB is kept. Resizing only the
+    rows and columns of ``small`` that the crop's pixels interpolate from (with OpenCV's scale factors,
+    so every kept pixel samples the same source positions) gives the same values (to float rounding)
+    without that map, and returns an array that does not hold it (before: a view into it).
+    """
+    (full_h, full_w), (height, width) = full_hw, crop_hw
+    rows, cols = small.shape[:2]
+    if (full_h, full_w) == (rows, cols):
+        return small[:height, :width]
+    scale_y, scale_x = full_h / rows, full_w / cols
+    # Output pixel i of a bilinear resize reads source lines floor((i + 0.5) / scale - 0.5) and the one after;
+    # a line more, and two at least: OpenCV's vectorised rows round otherwise on a one-line part (6e-6 off).
+    need_h = min(rows, max(2, math.floor((height - 0.5) / scale_y - 0.5) + 3))
+    need_w = min(cols, max(2, math.floor((width - 0.5) / scale_x - 0.5) + 3))
+    if (need_h, need_w) != (rows, cols):
+        part = np.ascontiguousarray(small[:need_h, :need_w])
+        part = cv2.resize(part, (0, 0), fx=scale_x, fy=scale_y, interpolation=cv2.INTER_LINEAR)
+        if part.shape[0] >= height and part.shape[1] >= width:
+            return part[:height, :width].copy()  # not a view: the few lines past the crop go
+    full = cv2.resize(small, (full_w, full_h), interpolation=cv2.INTER_LINEAR)
+    return full if (height, width) == (full_h, full_w) else full[:height, :width].copy()
 
 
 def reduced_size(size_hw: tuple[int, int], divisor: int) -> tuple[int, int]:

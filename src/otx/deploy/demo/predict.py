@@ -17,6 +17,7 @@ import argparse
 import glob
 import hashlib
 import json
+import math
 import os
 import re
 import sys
@@ -426,14 +427,28 @@ def restore(small: np.ndarray, size_hw: tuple[int, int], input_hw: list[int], mo
 
     ``keep_aspect`` models padded the image at its bottom or right to their input's aspect ratio:
     the map is resized to that padded size and the image's part cut out. Other modes: resized.
+    Only the rows and columns of the map that the image's part reads are resized (a long image's
+    padded map can be 40 times its size), with the same scale factors: otx's ``resize_crop``.
     """
     height, width = size_hw
     full_h, full_w = height, width
     if mode == "keep_aspect":
         full_h = max(height, -(-width * input_hw[0] // input_hw[1]))
         full_w = max(width, -(-height * input_hw[1] // input_hw[0]))
-    full = cv2.resize(small.astype(np.float32), (full_w, full_h), interpolation=cv2.INTER_LINEAR)
-    return full[:height, :width]
+    small = small.astype(np.float32)  # a copy: ``small`` may be the output buffer the next request reuses
+    rows, cols = small.shape[:2]
+    if (full_h, full_w) == (rows, cols):
+        return small[:height, :width]
+    scale_y, scale_x = full_h / rows, full_w / cols
+    need_h = min(rows, max(2, math.floor((height - 0.5) / scale_y - 0.5) + 3))
+    need_w = min(cols, max(2, math.floor((width - 0.5) / scale_x - 0.5) + 3))
+    if (need_h, need_w) != (rows, cols):
+        part = np.ascontiguousarray(small[:need_h, :need_w])
+        part = cv2.resize(part, (0, 0), fx=scale_x, fy=scale_y, interpolation=cv2.INTER_LINEAR)
+        if part.shape[0] >= height and part.shape[1] >= width:
+            return part[:height, :width].copy()  # not a view: the few lines past the crop go
+    full = cv2.resize(small, (full_w, full_h), interpolation=cv2.INTER_LINEAR)
+    return full if (height, width) == (full_h, full_w) else full[:height, :width].copy()
 
 
 SIZE_FACTOR = 2.0  # otx's: images more than this factor smaller or larger than every training image
