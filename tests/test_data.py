@@ -1039,6 +1039,55 @@ def test_an_image_declaring_more_pixels_than_the_limit_is_not_decoded(tmp_path: 
             read_image(small)
 
 
+def test_images_only_opencv_decodes_are_indexed_for_training_and_kept_to_the_pixel_limit(
+    dataset_copy, tmp_path: Path, monkeypatch
+) -> None:
+    """Radiance HDR and float TIFF files (OpenCV decodes them, Pillow cannot identify them) train and test.
+
+    Before: ``otx train`` stopped on them ("cannot read image (UnidentifiedImageError)", the header was
+    Pillow's) and ``otx test`` labelled them unreadable, while ``otx predict`` scored them; and the pixel
+    limit, checked on Pillow's header only, was never applied to them (a review, 2026-12-07).
+    """
+    root = dataset_copy()
+    image = cv2.imread(str(root / "train" / "good" / "000.png")).astype(np.float32) / 255.0
+    hdr, tiff = root / "train" / "good" / "100.hdr", root / "test" / "good" / "100.tiff"
+    assert cv2.imwrite(str(hdr), image) and cv2.imwrite(str(tiff), image)
+    with pytest.raises(OSError):  # what made them unreadable: Pillow does not know them
+        Image.open(hdr)
+    index = index_mvtec(root)
+    assert str(hdr) in [s.path for s in index.subsets["train"]] and str(tiff) in [s.path for s in index.subsets["test"]]
+    assert not index.unreadable
+    demo = demo_package()
+    for path in (hdr, tiff):
+        header, read = image_header(path), read_image(path)
+        assert (header.height, header.width, header.pages) == (*image.shape[:2], 1) and read.shape == image.shape
+        np.testing.assert_array_equal(demo.read_rgb(path), read)  # the demo package alike
+    height, width = image.shape[:2]
+    monkeypatch.setenv("OTX_MAX_IMAGE_PIXELS", str(height * width - 1))
+    said = f"{width}x{height} is {height * width:,} pixels, above the {height * width - 1:,} pixels otx decodes"
+    for path in (hdr, tiff):
+        with pytest.raises(OTXDataError, match=said):
+            read_image(path)
+        assert demo.decode_why(path)[1].startswith(said)
+    monkeypatch.delenv("OTX_MAX_IMAGE_PIXELS")
+    # a file OpenCV cannot decode and Pillow can (an RGB TIFF with two extra channels: OpenCV takes at most
+    # four) reads alike in the demo package (before: "cannot decode image" there; Pillow was its fallback
+    # for TGA files only)
+    import tifffile
+
+    extra = tmp_path / "extra_channels.tif"
+    pixels = (image[:64, :64] * 255).round().astype(np.uint8)
+    tifffile.imwrite(extra, np.concatenate([pixels, pixels[..., :2]], -1), photometric="rgb", extrasamples=[0, 0])
+    assert cv2.imdecode(np.fromfile(extra, np.uint8), cv2.IMREAD_UNCHANGED) is None
+    np.testing.assert_array_equal(read_image(extra), pixels)
+    np.testing.assert_array_equal(demo.read_rgb(extra), pixels)
+    # a header declaring more pixels than otx decodes: refused by the demo package too, before decoding
+    bomb = tmp_path / "bomb.png"
+    _png_header_only(bomb, 20000, 20000)
+    assert demo.decode_why(bomb) == (None, demo.too_many_pixels(20000, 20000))
+    assert demo.too_many_pixels(20000, 20000).startswith("20000x20000 is 400 MP, above the 268 MP otx decodes")
+
+
 @pytest.mark.parametrize("kind", ["CMYK-tiff", "RGB16-labels", "RGBA16-labels", "LA-tga", "L-png-trailer", "I16B-tiff"])
 def test_masks_of_other_encodings_read_the_same(kind: str, tmp_path: Path) -> None:
     mask = np.zeros((24, 32), bool)

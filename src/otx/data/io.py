@@ -190,7 +190,7 @@ def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> 
         except cv2.error:  # a decoder that fails loudly rather than returning None: Pillow has the last word
             array = None
     if array is not None:
-        return array
+        return _within_pixels(path, array, what)
     try:
         with Image.open(path) as pil:
             array = np.asarray(pil.convert(modes[pil.mode]) if pil.mode in modes else pil)
@@ -234,6 +234,17 @@ def _check_pixels(path: str | Path, data: bytes, what: str) -> None:
             f"{_pixels(limit)} otx decodes of one image (a small file can declare a huge image, which takes gigabytes "
             "to decode); scale it down, or set OTX_MAX_IMAGE_PIXELS to more pixels"
         )
+
+
+def _within_pixels(path: str | Path, array: np.ndarray, what: str) -> np.ndarray:
+    """``array``, or ``_check_pixels``'s line where its header could not say its size (an HDR or float TIFF)."""
+    height, width = array.shape[:2]
+    if height * width > (limit := max_image_pixels()):
+        raise OTXDataError(
+            f"cannot read {what} '{path}': {width}x{height} is {_pixels(width * height)}, above the "
+            f"{_pixels(limit)} otx decodes of one image; scale it down, or set OTX_MAX_IMAGE_PIXELS to more pixels"
+        )
+    return array
 
 
 def _pixels(count: int) -> str:
@@ -347,6 +358,8 @@ def image_header(path: str | Path) -> ImageHeader:
             orientation = 1 if pil.format == "TIFF" else _orientation(pil)
             pages = _pages(pil)
     except PIL_ERRORS as exc:
+        if isinstance(exc, UnidentifiedImageError) and (size := _decoded_size(path)) is not None:
+            return ImageHeader(*size, 1, 1)  # a format only OpenCV reads (Radiance HDR, PFM, a float TIFF)
         why = str(exc) if isinstance(exc, Image.DecompressionBombError) else exc.__class__.__name__
         if isinstance(exc, OSError) and not Path(path).exists():
             why = _why_unreadable(path, exc)
@@ -354,6 +367,23 @@ def image_header(path: str | Path) -> ImageHeader:
             why = "the file is empty, 0 bytes"
         raise OTXDataError(f"cannot read image '{path}' ({why}); replace or remove the file") from exc
     return ImageHeader(height, width, orientation, pages)
+
+
+def _decoded_size(path: str | Path) -> tuple[int, int] | None:
+    """``(height, width)`` of a file Pillow cannot identify but OpenCV decodes, decoded for it; else None.
+
+    Radiance HDR, PFM, float or 16-bit grey-and-alpha TIFF (and EXR where OpenCV's reader is on):
+    ``read_image`` reads them through OpenCV, so ``otx train`` and ``otx test`` index them too (before:
+    "cannot read image (UnidentifiedImageError)" for a file ``otx predict`` scored). Their size is only
+    known once decoded, so the pixel limit applies after decoding (``_decode``), and only their first
+    page is counted (pages 1, orientation 1: libtiff turns a TIFF's pixels).
+    """
+    try:
+        data = Path(path).read_bytes()
+        array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    except (OSError, cv2.error):  # (imdecode asserts on an empty buffer)
+        return None
+    return None if array is None else (int(array.shape[0]), int(array.shape[1]))
 
 
 PAGED_FORMATS = ("TIFF", "GIF", "PNG", "WEBP")  # not MPO: a camera JPEG's second frame is a preview or depth map

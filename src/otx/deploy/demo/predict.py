@@ -241,14 +241,58 @@ def decode_jpeg_said(data: bytes) -> tuple[np.ndarray | None, str]:
     return array, said
 
 
+MAX_IMAGE_PIXELS = 2**28  # otx.data.io.MAX_IMAGE_PIXELS; OTX_MAX_IMAGE_PIXELS sets another limit, as in otx
+
+
+def too_many_pixels(height: int, width: int) -> str:
+    """Why an image of ``height x width`` is not read (more pixels than otx reads of one image), or ""."""
+    given = os.environ.get("OTX_MAX_IMAGE_PIXELS", "").strip()
+    try:
+        limit = int(float(given)) if given else MAX_IMAGE_PIXELS
+    except (ValueError, OverflowError):
+        limit = MAX_IMAGE_PIXELS
+    if height * width <= limit:
+        return ""
+
+    def pixels(count: int) -> str:  # otx.data.io._pixels
+        return f"{count / 1e6:.0f} MP" if count >= 10**7 else f"{count:,} pixels"
+
+    return (
+        f"{width}x{height} is {pixels(height * width)}, above the {pixels(limit)} otx decodes of one image "
+        "(a small file can declare a huge image); scale it down, or set OTX_MAX_IMAGE_PIXELS to more pixels"
+    )
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from the file header by Pillow, where it is installed and knows the format."""
+    try:
+        import io
+
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            return pil.size[1], pil.size[0]
+    except Exception:  # noqa: BLE001 - the decoders say what is wrong with the file
+        return None
+
+
 def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
-    """``decode``, with the reason when the file cannot be decoded (as ``otx predict`` names it, where it can)."""
+    """``decode``, with the reason when the file cannot be decoded (as ``otx predict`` names it, where it can).
+
+    As otx: an image whose header declares more pixels than otx reads is refused before it is
+    decoded (where Pillow reads the header; else once decoded), and a file OpenCV cannot decode is
+    given to Pillow where it is installed (a TGA file, a TIFF with extra channels).
+    """
     try:
         data = path.read_bytes()
     except OSError as exc:
         return None, f"cannot read the file ({exc.strerror or exc})"
     if not data:  # an empty file (imdecode asserts on an empty buffer)
         return None, "the file is empty, 0 bytes"
+    if (declared := header_size(data)) and (why := too_many_pixels(*declared)):
+        return None, why
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data.rfind(b"IEND\xaeB`\x82") < 0:  # no end chunk: cut short, as otx says
         return None, "image file is truncated (a PNG without its end)"
     # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
@@ -266,16 +310,17 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
     if array is not None:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[25:26] == b"\x04" and array.ndim == 3:
             array = array[..., 0]  # grayscale with alpha (IHDR colour type 4): OpenCV gives BGRA; otx reads it gray
-        return array, ""
+        return (None, why) if (why := too_many_pixels(*array.shape[:2])) else (array, "")
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-32:]:
         return None, "image file is truncated (a JPEG without its end)"
-    if path.suffix.lower() == ".tga":  # the one type otx lists that OpenCV has no decoder for
-        return pillow_decode(path)
+    array, why = pillow_decode(path)  # as otx: Pillow decodes what OpenCV cannot
+    if array is not None or path.suffix.lower() == ".tga":  # the one type otx lists that OpenCV has no decoder for
+        return array, why
     return None, "cannot decode image (not an image format OpenCV reads, or damaged)"
 
 
 def pillow_decode(path: Path) -> tuple[np.ndarray | None, str]:
-    """A TGA file by Pillow where it is installed, as otx reads it (channels in OpenCV's order)."""
+    """A file OpenCV cannot decode (a TGA file) by Pillow where it is installed, as otx reads it (BGR like OpenCV)."""
     try:
         from PIL import Image
     except ImportError:
