@@ -143,6 +143,51 @@ def test_the_pixel_f1_is_that_of_the_predicted_masks(tmp_path: Path) -> None:
     assert raw["pixel_AUROC"] == got["pixel_AUROC"] and raw["AUPRO"] == got["AUPRO"]  # ranking: the raw maps
 
 
+def test_pixel_metrics_at_each_images_size_take_infinite_map_values(tmp_path: Path) -> None:
+    """A map holding +inf and -inf (an FP16 model's overflow) is scored, its infinities ranked first and last.
+
+    Before: the bilinear resize to the image's size made NaN next to them, and ``otx test`` stopped on
+    "scores contain NaN" (a review, 2026-12-07); the post-processor's fit already took infinities.
+    """
+    from otx.preprocess import PreProcessor
+    from otx.tasks import get_adapter
+    from otx.verbs.inference import evaluate
+
+    rng = np.random.default_rng(3)
+    maps = rng.random((4, 8, 8)).astype(np.float32)
+    samples = []
+    for i in range(4):
+        mask = np.zeros((16, 16), np.uint8)
+        if i >= 2:
+            mask[4:10, 4:10] = 255
+            maps[i, 2:5, 2:5] += 0.5
+            cv2.imwrite(str(tmp_path / f"{i}_mask.png"), mask)
+        samples.append(Sample(str(tmp_path / f"{i}.png"), int(i >= 2), "good" if i < 2 else "dent",
+                              str(tmp_path / f"{i}_mask.png") if i >= 2 else None))  # fmt: skip
+    finite = maps.copy()
+    maps[3, 3, 3], maps[0, 6, 6] = np.inf, -np.inf  # inside a defect and on a good image
+    outputs = {
+        "maps": torch.from_numpy(maps),
+        "scores": torch.from_numpy(finite.reshape(4, -1).max(axis=1)),
+        "labels": torch.tensor([0, 0, 1, 1]),
+        "masks": torch.from_numpy(np.stack([cv2.resize(cv2.imread(str(tmp_path / f"{i}_mask.png"), 0), (8, 8)) > 0
+                                            if i >= 2 else np.zeros((8, 8), bool) for i in range(4)])),
+        "orig_sizes": torch.tensor([[16, 16]] * 4),
+    }  # fmt: skip
+    ctx, pre, adapter = Engine(work_dir=tmp_path / "ws")._context(), PreProcessor((8, 8)), get_adapter("segmentation")
+    got = evaluate(ctx, adapter, True, (1.0, 1.0), outputs, samples, pre, pixel_range=(0.0, 1.5)).metrics
+    # the reference: the infinities as the largest and smallest finite float32, restored by OpenCV as otx does
+    stand_in = maps.copy()
+    stand_in[3, 3, 3], stand_in[0, 6, 6] = np.finfo(np.float32).max / 4, -np.finfo(np.float32).max / 4
+    restored = np.concatenate([cv2.resize(m, (16, 16), interpolation=cv2.INTER_LINEAR).ravel() for m in stand_in])
+    truth = np.zeros((4, 256), bool)
+    truth[2:] = [(cv2.imread(str(tmp_path / f"{i}_mask.png"), 0) > 0).ravel() for i in (2, 3)]
+    truth = truth.ravel()
+    assert np.isfinite(restored).all()
+    assert got["pixel_AUROC"] == pytest.approx(roc_auc_score(truth, restored), abs=1e-12)
+    assert np.isfinite(got["AUPRO"]) and np.isfinite(got["pixel_F1"])
+
+
 def test_checkpoint_round_trip_reproduces_outputs(trained_padim: dict) -> None:
     model, ckpt = load_checkpoint(trained_padim["checkpoint"])
     again, _ = load_checkpoint(trained_padim["checkpoint"])

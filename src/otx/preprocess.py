@@ -366,7 +366,8 @@ def resize_crop(small: np.ndarray, full_hw: tuple[int, int], crop_hw: tuple[int,
     if (need_h, need_w) != (rows, cols):
         part = np.ascontiguousarray(small[:need_h, :need_w])
         part = cv2.resize(part, (0, 0), fx=scale_x, fy=scale_y, interpolation=cv2.INTER_LINEAR)
-        if part.shape[0] >= height and part.shape[1] >= width:
+        # (a part whose size comes out unchanged is copied by OpenCV, not resampled at the scale: resized whole)
+        if part.shape[:2] != (need_h, need_w) and part.shape[0] >= height and part.shape[1] >= width:
             return part[:height, :width].copy()  # not a view: the few lines past the crop go
     full = cv2.resize(small, (full_w, full_h), interpolation=cv2.INTER_LINEAR)
     return full if (height, width) == (full_h, full_w) else full[:height, :width].copy()

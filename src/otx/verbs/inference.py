@@ -373,6 +373,21 @@ class OwnSizeMasks:
         return read_mask(path) != 0 if path else np.zeros(shape, bool)
 
 
+INF_STAND_IN = float(np.finfo(np.float32).max / 4)  # above any finite map value; a bilinear mix of two stays finite
+
+
+def resizable(raw: np.ndarray) -> np.ndarray:
+    """A raw map with its infinities as ``+-INF_STAND_IN``, which a bilinear resize keeps in their order.
+
+    A model's map can hold infinities (an FP16 model's arithmetic overflows at 65,504); OpenCV's
+    resize made NaN of them next to finite pixels (infinity times a zero weight), and the metrics
+    refuse NaN: ``otx test`` stopped (a review, 2026-12-07). The pixels keep their order.
+    """
+    if np.isfinite(raw).all():
+        return raw
+    return np.nan_to_num(raw, nan=np.nan, posinf=INF_STAND_IN, neginf=-INF_STAND_IN)
+
+
 def _full_size(
     samples: list[Sample],
     outputs: Outputs,
@@ -407,7 +422,7 @@ def _full_size(
     for i, count, reduced in zip(chosen, counts, shapes, strict=True):
         shape = (int(sizes[i][0]), int(sizes[i][1]))
         full_maps.append(flat_maps[start : start + count].reshape(reduced))
-        full_maps[-1][...] = preprocessor.restore(outputs["maps"][i].numpy(), shape, divisor)
+        full_maps[-1][...] = preprocessor.restore(resizable(outputs["maps"][i].numpy()), shape, divisor)
         if predicted is not None and normalized is not None:
             clipped = normalize(outputs["maps"][i].numpy(), *normalized)
             predicted[start : start + count] = (preprocessor.restore(clipped, shape, divisor) >= 0.5).reshape(-1)
