@@ -93,6 +93,31 @@ def test_fp16_ir_within_stated_tolerance(exported, trained_padim: dict, sample_r
     assert not [w for w in summary["warnings"] if "does not match torch" in w]  # judged, within its tolerance
 
 
+def test_an_fp16_export_keeps_thresholds_that_float16_would_round(trained_padim: dict, tmp_path: Path) -> None:
+    """FP16 rounds the weights, not the post-processor's thresholds and range: they stay as the metadata says.
+
+    Before: OpenVINO's compress_to_fp16 rounded them too; a model whose validation scores span little (PatchFlow
+    on MobileNetV2 on magnetic_tile: threshold -0.998928 within a range of about 0.0015) then normalised
+    0.06 off its metadata, and otx refused its own FP16 export as "edited or damaged" (session 65).
+    """
+    from otx.checkpoint import load_checkpoint
+    from otx.deploy.calibrate import postprocessor_disagrees
+    from otx.deploy.export import export_model
+
+    model, _ = load_checkpoint(trained_padim["checkpoint"])
+    post = model.postprocessor
+    for name, value in (("image_threshold", -0.998928), ("image_min", -0.9995), ("image_max", -0.998)):
+        getattr(post, name).fill_(value)  # a float16 step near 1 is 0.0005: a third of this range
+    fp32 = export_model(model, tmp_path / "fp32", "segmentation")
+    fp16 = export_model(model, tmp_path / "fp16", "segmentation", precision="FP16")
+    graph = ov.Core().read_model(fp16)
+    assert postprocessor_disagrees(graph, post.stats(), tolerance=1e-3) == []  # float32 arithmetic: 4e-5
+    constants = [op for op in graph.get_ops() if op.get_type_name() == "Constant"]
+    half = sum(op.get_data().size for op in constants if op.get_element_type() == ov.Type.f16)
+    assert half > 0.99 * sum(op.get_data().size for op in constants)  # the weights: float16
+    assert fp16.with_suffix(".bin").stat().st_size < 0.6 * fp32.with_suffix(".bin").stat().st_size
+
+
 def test_banded_resize_equals_torch_antialias() -> None:
     generator = torch.Generator().manual_seed(0)
     # Down- and upscaling, odd sizes, outputs that do not fill the last block of 32, extreme ratios.

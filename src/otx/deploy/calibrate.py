@@ -138,7 +138,8 @@ def check_postprocessor(ov_model: Any, stats: dict[str, float], path: Any) -> No
     if differ := postprocessor_disagrees(ov_model, stats):
         raise OTXError(
             f"'{path}' computes with other {' and '.join(differ)} thresholds than its metadata says (the .xml was "
-            "edited or damaged), so otx test and otx predict would disagree; export the model again"
+            "edited or damaged, or is an FP16 export of otx before 2026-12-07, which rounded them), so otx test and "
+            "otx predict would disagree; export the model again"
         )
 
 
