@@ -271,6 +271,18 @@ def test_patchflow_int8_fallback_keeps_the_whole_backbone_float_and_the_flow_sub
     assert convolutions - last == {"__module.core.flow.module_list.0.subnet.0/aten::_convolution/Convolution", *second}
 
 
+def test_padim_int8_falls_back_to_calibrated_relu6_ranges() -> None:
+    # PADIM's scheme spans ReLU6 outputs over [0, 6] (strong defects are not clipped); where that moves the
+    # validation decisions (MobileNetV2 on magnetic_tile: 89.7 % of the labels), otx optimize tries the same
+    # scheme with those ranges calibrated too (98.6 %; docs/models.md, "Backbones"), and nothing else differs.
+    scheme = model_class("Padim").int8_scheme
+    assert [s.name for s in scheme.ladder()] == ["padim-int8", "padim-int8-calibrated"]
+    fallback = scheme.fallback
+    assert scheme.bounded_full_range and not fallback.bounded_full_range
+    same = dataclasses.replace(fallback, name=scheme.name, summary=scheme.summary, bounded_full_range=True)
+    assert same == dataclasses.replace(scheme, fallback=None)
+
+
 def test_patchflow_int8_falls_back_to_a_float_backbone_that_moves_fewer_labels(
     exported, sample_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

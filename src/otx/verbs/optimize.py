@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -182,11 +183,12 @@ def run(
     attempts = quantize_ladder(ctx, reference, ladder, calibration, validation, max_drop, bits, info.stats(), against)
     quantized, record, decisions = attempts[best_attempt([a[2] for a in attempts])]
     if len(attempts) > 1:
-        faster = (
-            " (the first scheme's model is faster: --fallback false keeps it)"
-            if record["scheme"] != scheme.name
-            else ""
-        )
+        faster = ""
+        if record["scheme"] != scheme.name:  # a fallback with more nodes float is slower; one with other ranges is not
+            kept = next(s for s in ladder if s.name == record["scheme"])
+            slower = kept.float_nodes(reference) > scheme.float_nodes(reference)
+            why = "the first scheme's model is faster: " if slower else ""
+            faster = f" ({why}--fallback false keeps it)"
         ctx.console.print(for_caller(f"kept: {record['scheme']}{faster}"))
     tried = [attempt_record(r, d) for _, r, d in attempts]
     quantization = record["scheme"] + ("+accuracy-control" if max_drop is not None else "")
@@ -384,14 +386,19 @@ def quantize_ladder(
     from otx.deploy.optimize import CompileCrash, attempt_line, decisions_held, keep_decisions, quantize
 
     attempts: list[tuple[Any, dict[str, Any], dict[str, Any]]] = []
-    seen: list[tuple[frozenset[str], bool, str]] = []
+    seen: list[tuple[frozenset[str], Any]] = []
     crashed: CompileCrash | None = None
     for step in ladder:
-        key = (frozenset(step.float_nodes(reference)), step.fast_bias_correction, step.activation_ranges)
+        # the nodes kept float, and every other setting (calibration, ranges): names and patterns aside
+        settings = dataclasses.replace(step, name="", summary="", fallback=None, float_patterns=(), float_after=(),
+                                       float_before=())  # fmt: skip
+        key = (frozenset(step.float_nodes(reference)), settings)
         if seen:  # a fallback (the schemes before it were tried, or crashed compiling)
             if key in seen:
                 log.warning(
-                    "the fallback scheme %s keeps the same nodes float as one tried before; passed over", step.name
+                    "the fallback scheme %s keeps the same nodes float with the same settings as one tried before; "
+                    "passed over",
+                    step.name,
                 )
                 continue
             ctx.console.print(f"trying the fallback scheme {step.name}: {step.summary}")
