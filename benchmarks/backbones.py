@@ -3,13 +3,15 @@
 For each model and backbone, at the segmentation recipe's defaults and the model's default layers
 for that backbone: ``otx train``, ``otx test`` (test split) and ``otx benchmark`` (FP32 IR
 throughput at f32 on the CPU). Wall times are measured around each command; peak memory is the
-command's own maximum resident set (``run_recipes.run``).
+command's own maximum resident set (``run_recipes.run``). With ``--deploy``, each then goes on as
+``run_recipes.py --deploy`` does: export, ``otx optimize`` (the model's INT8 scheme), ``otx test`` of
+both IRs, the share of test labels the INT8 IR keeps, and FP32 / INT8 IR throughput.
 
 Usage::
 
     .venv/bin/python benchmarks/backbones.py --data_root ../shared/data/magnetic_tile \\
         --work_dir /tmp/otx-backbones --out benchmarks/results/backbones_magnetic_tile.json \\
-        [--models Padim Patchcore] [--backbones efficientnet_lite0 efficientnet_lite1 ...]
+        [--models Padim Patchcore] [--backbones efficientnet_lite0 efficientnet_lite1 ...] [--deploy]
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from otx.models import model_class  # noqa: E402
 from otx.models.backbones import BACKBONES  # noqa: E402
-from run_recipes import train_test_benchmark  # noqa: E402 - the same subprocess timing as the recipe benchmark
+from run_recipes import deploy, train_test_benchmark  # noqa: E402 - the same subprocess timing as the recipes
 
 METRICS = ("image_AUROC", "image_F1", "pixel_AUROC", "AUPRO")
 
@@ -41,6 +43,7 @@ def main() -> None:
     )
     parser.add_argument("--num_images", type=int, default=40, help="images timed by otx benchmark")
     parser.add_argument("--out", default="benchmarks/results/backbones.json")
+    parser.add_argument("--deploy", action="store_true", help="also export, quantise, test both IRs and time them")
     args = parser.parse_args()
 
     otx = [sys.executable, "-m", "otx.cli"]
@@ -59,6 +62,8 @@ def main() -> None:
             rows = [r for r in rows if (r["model"], r["backbone"]) != (model, backbone)]
             layers = list(model_class(model).layers_by_backbone[backbone])
             rows.append({"model": model, "backbone": backbone, "layers": layers, **measured})
+            if args.deploy:
+                rows[-1]["deploy"] = deploy(otx, work_dir, args.data_root)
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(rows, indent=2))
@@ -73,6 +78,23 @@ def main() -> None:
             + " | ".join(cells)
             + f" | {row['train_s']} | {row['train_peak_mb']:,} | {row['ir_fp32_img_s']} |"
         )
+    deployed = [row for row in rows if "deploy" in row]
+    if deployed:
+        print(
+            "\n| model | backbone | image AUROC FP32 IR / INT8 | pixel AUROC FP32 IR / INT8 | INT8 labels = FP32 IR "
+            "| IR img/s FP32 / INT8 | INT8 / FP32 | optimize s |"
+        )
+        print("|" + "---|" * 8)
+        for row in deployed:
+            d = row["deploy"]
+            pair = [
+                " / ".join(f"{d[ir][m]:.4f}" for ir in ("fp32_ir", "int8_ir")) for m in ("image_AUROC", "pixel_AUROC")
+            ]
+            print(
+                f"| {row['model']} | {row['backbone']} | {' | '.join(pair)} | {d['int8_labels_equal']:.1%} "
+                f"({d['int8_labels_differ']} differ) | {d['ir_fp32_img_s']} / {d['ir_int8_img_s']} | "
+                f"{d['ir_int8_img_s'] / d['ir_fp32_img_s']:.2f}x | {d['optimize_s']} |"
+            )
 
 
 if __name__ == "__main__":
