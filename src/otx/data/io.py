@@ -227,24 +227,24 @@ def _check_pixels(path: str | Path, data: bytes, what: str) -> None:
             width, height = pil.size
     except Exception:  # noqa: BLE001 - the decoders say what is wrong with the file
         return
-    limit = max_image_pixels()
-    if width * height > limit:
-        raise OTXDataError(
-            f"cannot read {what} '{path}': {width}x{height} is {_pixels(width * height)}, above the "
-            f"{_pixels(limit)} otx decodes of one image (a small file can declare a huge image, which takes gigabytes "
-            "to decode); scale it down, or set OTX_MAX_IMAGE_PIXELS to more pixels"
-        )
+    _refuse_past_limit(
+        path, width, height, what, " (a small file can declare a huge image, which takes gigabytes to decode)"
+    )
 
 
 def _within_pixels(path: str | Path, array: np.ndarray, what: str) -> np.ndarray:
     """``array``, or ``_check_pixels``'s line where its header could not say its size (an HDR or float TIFF)."""
-    height, width = array.shape[:2]
-    if height * width > (limit := max_image_pixels()):
+    _refuse_past_limit(path, array.shape[1], array.shape[0], what)
+    return array
+
+
+def _refuse_past_limit(path: str | Path, width: int, height: int, what: str, why: str = "") -> None:
+    """One ``OTXDataError`` line for an image of more pixels than ``max_image_pixels`` (``why`` after the limit)."""
+    if width * height > (limit := max_image_pixels()):
         raise OTXDataError(
             f"cannot read {what} '{path}': {width}x{height} is {_pixels(width * height)}, above the "
-            f"{_pixels(limit)} otx decodes of one image; scale it down, or set OTX_MAX_IMAGE_PIXELS to more pixels"
+            f"{_pixels(limit)} otx decodes of one image{why}; scale it down, or set OTX_MAX_IMAGE_PIXELS to more pixels"
         )
-    return array
 
 
 def _pixels(count: int) -> str:
