@@ -499,6 +499,67 @@ def test_a_folder_is_read_for_the_same_image_types_in_training_and_prediction(da
     np.testing.assert_array_equal(read_image(source / "b.pgm"), demo.read_rgb(source / "b.pgm"))
 
 
+def test_pgm_ppm_and_pam_levels_are_scaled_from_their_maxval(tmp_path: Path) -> None:
+    from PIL import Image
+
+    demo = demo_package()
+    rng = np.random.default_rng(3)
+    cases = []
+    for maxval in (100, 255, 1023, 4095, 65535):  # 8-bit below 256, 16-bit above: a 12-bit camera's PGM is 4095
+        levels = rng.integers(0, maxval + 1, (6, 7, 3))
+        levels[0, 0] = maxval
+        store = ">u2" if maxval > 255 else np.uint8
+        expected = np.rint(levels * (255.0 / maxval)).astype(np.uint8)  # what 0..maxval means at 8 bits
+        gray = levels[..., 0].astype(store)
+        binary = b"P5\n# a comment\n7 6\n%d\n" % maxval + gray.tobytes()
+        ascii_ = b"P3\n7 6 %d\n" % maxval + " ".join(map(str, levels.reshape(-1))).encode() + b"\n"
+        pam = b"P7\nWIDTH 7\nHEIGHT 6\nDEPTH 1\nMAXVAL %d\nTUPLTYPE GRAYSCALE\nENDHDR\n" % maxval + gray.tobytes()
+        colour = b"P6\n7 6\n%d\n" % maxval + levels.astype(store).tobytes()
+        as_gray = np.repeat(expected[..., :1], 3, axis=2)
+        cases += [(f"g{maxval}.pgm", binary, as_gray), (f"a{maxval}.ppm", ascii_, expected)]
+        cases += [(f"c{maxval}.ppm", colour, expected), (f"g{maxval}.pam", pam, as_gray)]
+    for name, data, expected in cases:
+        path = tmp_path / name
+        path.write_bytes(data)
+        got = read_image(path)
+        # 16-bit levels go through 65535 first, then to 8 bits as any 16-bit image: within one level
+        np.testing.assert_allclose(got.astype(int), expected.astype(int), atol=1, err_msg=name)
+        if not name.endswith(".pam"):  # (Pillow does not read PAM) Pillow scales by maxval too
+            with Image.open(path) as pil:  # 16 bits as mode I, 0-65535
+                reference = np.asarray(pil).astype(float) / (257.0 if pil.mode == "I" else 1.0)
+            reference = np.repeat(reference[..., None], 3, axis=2) if reference.ndim == 2 else reference
+            np.testing.assert_allclose(got, reference, atol=1, err_msg=name)
+        np.testing.assert_array_equal(demo.read_rgb(path), got, err_msg=name)
+    assert read_image(tmp_path / "g4095.pgm").max() == 255  # before: 16 (4095 of 65535), near black
+
+
+def test_an_openexr_file_is_read_where_opencvs_reader_is_on_and_named_where_it_is_off(tmp_path, monkeypatch, capfd):
+    import subprocess
+    import sys
+
+    from otx.data.io import image_header
+
+    path = tmp_path / "part.exr"
+    on = {**os.environ, "OPENCV_IO_ENABLE_OPENEXR": "1"}
+    script = (
+        "import sys, cv2, numpy as np; from otx.data.io import read_image, image_header\n"
+        "pixels = np.linspace(0, 1, 8 * 9 * 3, dtype=np.float32).reshape(8, 9, 3)\n"
+        "assert cv2.imwrite(sys.argv[1], pixels)\n"
+        "expected = np.rint(pixels[..., ::-1] * 255).astype(np.uint8)\n"
+        "assert (read_image(sys.argv[1]) == expected).all() and image_header(sys.argv[1])[:2] == (8, 9)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], env=on, check=True, timeout=120)
+    monkeypatch.delenv("OPENCV_IO_ENABLE_OPENEXR", raising=False)
+    capfd.readouterr()
+    for read in (read_image, image_header):  # before: OpenCV's warning, then "cannot identify image file"
+        with pytest.raises(OTXDataError, match="OPENCV_IO_ENABLE_OPENEXR=1") as raised:
+            read(path)
+        assert "\n" not in str(raised.value) and str(path) in str(raised.value)
+    assert capfd.readouterr().err == ""
+    array, why = demo_package().decode_why(path)
+    assert array is None and why in str(raised.value)
+
+
 def test_files_of_other_types_in_a_source_folder_are_named(tmp_path: Path, caplog, capsys) -> None:
     source = tmp_path / "parts"
     (source / "sub").mkdir(parents=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -174,15 +175,70 @@ def _imdecode_checked(path: str | Path, data: bytes, what: str) -> np.ndarray | 
     return array
 
 
+_PNM_TOKEN = re.compile(rb"(?:\s|#[^\n\r]*)*(\S+)")  # a header field, after blanks and comments
+
+
+def pnm_maxval(data: bytes) -> int | None:
+    """The largest level a PGM, PPM or PAM file declares (its ``maxval``); None for other files.
+
+    A 12-bit camera's PGM declares 4095; OpenCV reads its values as they are stored (a 16-bit
+    image at most 4095 of 65535, near black), Pillow scales them to the full range.
+    """
+    if data[:2] in (b"P2", b"P3", b"P5", b"P6"):
+        fields, at = [], 2
+        for _ in range(3):  # width, height, maxval
+            if not (match := _PNM_TOKEN.match(data, at)):
+                return None
+            fields.append(match.group(1))
+            at = match.end()
+        value = fields[2]
+    elif data[:3] == b"P7\n":
+        header = data[: data.find(b"ENDHDR")] if b"ENDHDR" in data[:4096] else b""
+        found = re.search(rb"^MAXVAL\s+(\S+)", header, re.MULTILINE)
+        value = found.group(1) if found else b""
+    else:
+        return None
+    return int(value) if value.isdigit() else None
+
+
+def _full_range(array: np.ndarray, data: bytes) -> np.ndarray:
+    """OpenCV's pixels of a PGM, PPM or PAM file scaled from its ``maxval`` to its depth's full range."""
+    maxval = pnm_maxval(data)
+    full = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(array.dtype)
+    if data[:2] in (b"P2", b"P3") and full == 255:  # OpenCV scales a plain (ASCII) 8-bit file itself, not others
+        return array
+    if not maxval or full is None or maxval == full:
+        return array
+    scaled = np.rint(array.astype(np.float64) * (full / maxval))
+    return np.minimum(scaled, full).astype(array.dtype)  # (a level past maxval, a damaged file's, is the top)
+
+
+EXR_SIGNATURE = b"v/1\x01"
+EXR_OFF = (
+    "an OpenEXR file: OpenCV reads these only with OPENCV_IO_ENABLE_OPENEXR=1 in the environment otx starts in; "
+    "set it, or convert the file to a 16-bit TIFF or PNG"
+)
+
+
+def _exr_off(data: bytes) -> bool:
+    """An OpenEXR file while OpenCV's EXR reader is off (its default; it says so on stderr, Pillow cannot read it)."""
+    return data[:4] == EXR_SIGNATURE and os.environ.get("OPENCV_IO_ENABLE_OPENEXR", "").strip().lower() not in (
+        "1", "true", "on", "yes",
+    )  # fmt: skip
+
+
 def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> np.ndarray:
     """The pixels of an image file, by OpenCV (as stored: any depth, channels in OpenCV's order) or Pillow.
 
     Pillow decodes what OpenCV cannot (a TGA file, a PNG cut short, which it names truncated);
     its modes are converted by ``modes`` and its channels reordered to OpenCV's (BGR, BGRA).
     TIFF orientation is applied by both (libtiff and Pillow turn the pixels, and report the
-    turned size), every other format's EXIF orientation by neither.
+    turned size), every other format's EXIF orientation by neither. A PGM, PPM or PAM file's levels
+    are scaled from its ``maxval`` to the full 8 or 16 bits by both (``pnm_maxval``).
     """
     _check_pixels(path, data, what)
+    if _exr_off(data):  # (before: OpenCV's warning, then Pillow's "cannot identify image file")
+        raise OTXDataError(f"cannot decode {what} '{path}' ({EXR_OFF})")
     array = None
     if not png_cut_short(data):  # (libpng would print its own "PNG input buffer is incomplete" first)
         try:
@@ -190,7 +246,7 @@ def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> 
         except cv2.error:  # a decoder that fails loudly rather than returning None: Pillow has the last word
             array = None
     if array is not None:
-        return _within_pixels(path, array, what)
+        return _full_range(_within_pixels(path, array, what), data)
     try:
         with Image.open(path) as pil:
             array = np.asarray(pil.convert(modes[pil.mode]) if pil.mode in modes else pil)
@@ -358,6 +414,9 @@ def image_header(path: str | Path) -> ImageHeader:
             orientation = 1 if pil.format == "TIFF" else _orientation(pil)
             pages = _pages(pil)
     except PIL_ERRORS as exc:
+        with contextlib.suppress(OSError), open(path, "rb") as file:
+            if _exr_off(file.read(4)):
+                raise OTXDataError(f"cannot read image '{path}' ({EXR_OFF})") from exc
         if isinstance(exc, UnidentifiedImageError) and (size := _decoded_size(path)) is not None:
             return ImageHeader(*size, 1, 1)  # a format only OpenCV reads (Radiance HDR, PFM, a float TIFF)
         why = str(exc) if isinstance(exc, Image.DecompressionBombError) else exc.__class__.__name__

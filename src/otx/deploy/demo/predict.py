@@ -278,6 +278,38 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def pnm_maxval(data: bytes) -> int | None:
+    """The largest level a PGM, PPM or PAM file declares, None for other files (otx.data.io.pnm_maxval)."""
+    import re
+
+    if data[:2] in (b"P2", b"P3", b"P5", b"P6"):
+        fields, at = [], 2
+        for _ in range(3):  # width, height, maxval, after blanks and comments
+            if not (match := re.compile(rb"(?:\s|#[^\n\r]*)*(\S+)").match(data, at)):
+                return None
+            fields.append(match.group(1))
+            at = match.end()
+        value = fields[2]
+    elif data[:3] == b"P7\n":
+        header = data[: data.find(b"ENDHDR")] if b"ENDHDR" in data[:4096] else b""
+        found = re.search(rb"^MAXVAL\s+(\S+)", header, re.MULTILINE)
+        value = found.group(1) if found else b""
+    else:
+        return None
+    return int(value) if value.isdigit() else None
+
+
+def full_range(array: np.ndarray, data: bytes) -> np.ndarray:
+    """OpenCV's pixels of a PGM, PPM or PAM file scaled from its maxval to its depth's full range, as otx."""
+    maxval = pnm_maxval(data)
+    full = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(array.dtype)
+    if data[:2] in (b"P2", b"P3") and full == 255:  # OpenCV scales a plain (ASCII) 8-bit file itself, not others
+        return array
+    if not maxval or full is None or maxval == full:
+        return array
+    return np.minimum(np.rint(array.astype(np.float64) * (full / maxval)), full).astype(array.dtype)
+
+
 def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
     """``decode``, with the reason when the file cannot be decoded (as ``otx predict`` names it, where it can).
 
@@ -293,6 +325,12 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
         return None, "the file is empty, 0 bytes"
     if (declared := header_size(data)) and (why := too_many_pixels(*declared)):
         return None, why
+    exr_on = os.environ.get("OPENCV_IO_ENABLE_OPENEXR", "").strip().lower() in ("1", "true", "on", "yes")
+    if data[:4] == b"v/1\x01" and not exr_on:  # as otx.data.io.EXR_OFF
+        return None, (
+            "an OpenEXR file: OpenCV reads these only with OPENCV_IO_ENABLE_OPENEXR=1 in the environment otx "
+            "starts in; set it, or convert the file to a 16-bit TIFF or PNG"
+        )
     if data[:8] == b"\x89PNG\r\n\x1a\n" and data.rfind(b"IEND\xaeB`\x82") < 0:  # no end chunk: cut short, as otx says
         return None, "image file is truncated (a PNG without its end)"
     # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
@@ -310,7 +348,7 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
     if array is not None:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[25:26] == b"\x04" and array.ndim == 3:
             array = array[..., 0]  # grayscale with alpha (IHDR colour type 4): OpenCV gives BGRA; otx reads it gray
-        return (None, why) if (why := too_many_pixels(*array.shape[:2])) else (array, "")
+        return (None, why) if (why := too_many_pixels(*array.shape[:2])) else (full_range(array, data), "")
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-32:]:
         return None, "image file is truncated (a JPEG without its end)"
     array, why = pillow_decode(path)  # as otx: Pillow decodes what OpenCV cannot
