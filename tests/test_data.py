@@ -499,7 +499,7 @@ def test_a_folder_is_read_for_the_same_image_types_in_training_and_prediction(da
     np.testing.assert_array_equal(read_image(source / "b.pgm"), demo.read_rgb(source / "b.pgm"))
 
 
-def test_pgm_ppm_and_pam_levels_are_scaled_from_their_maxval(tmp_path: Path) -> None:
+def test_pgm_ppm_and_pam_files_are_read_as_they_mean_their_levels_and_colours(tmp_path: Path) -> None:
     from PIL import Image
 
     demo = demo_package()
@@ -518,6 +518,8 @@ def test_pgm_ppm_and_pam_levels_are_scaled_from_their_maxval(tmp_path: Path) -> 
         as_gray = np.repeat(expected[..., :1], 3, axis=2)
         cases += [(f"g{maxval}.pgm", binary, as_gray), (f"a{maxval}.ppm", ascii_, expected)]
         cases += [(f"c{maxval}.ppm", colour, expected), (f"g{maxval}.pam", pam, as_gray)]
+        rgb_pam = b"P7\nWIDTH 7\nHEIGHT 6\nDEPTH 3\nMAXVAL %d\nTUPLTYPE RGB\nENDHDR\n" % maxval
+        cases.append((f"c{maxval}.pam", rgb_pam + levels.astype(store).tobytes(), expected))  # red first, as stored
     for name, data, expected in cases:
         path = tmp_path / name
         path.write_bytes(data)

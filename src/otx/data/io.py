@@ -201,8 +201,17 @@ def pnm_maxval(data: bytes) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _full_range(array: np.ndarray, data: bytes) -> np.ndarray:
-    """OpenCV's pixels of a PGM, PPM or PAM file scaled from its ``maxval`` to its depth's full range."""
+def _pnm_pixels(array: np.ndarray, data: bytes) -> np.ndarray:
+    """OpenCV's pixels of a PGM, PPM or PAM file as the file means them.
+
+    Levels are scaled from its ``maxval`` to the depth's full range, and a PAM file's RGB samples
+    (``TUPLTYPE RGB`` or ``RGB_ALPHA``, red first as the format says) go to OpenCV's BGR order: OpenCV
+    copies PAM samples as they are stored (its own writer stores BGR and names no tuple type).
+    """
+    if data[:3] == b"P7\n" and array.ndim == 3 and array.shape[2] in (3, 4):
+        header = data[: data.find(b"ENDHDR")] if b"ENDHDR" in data[:4096] else b""
+        if re.search(rb"^TUPLTYPE\s+RGB(_ALPHA)?\s*$", header, re.MULTILINE):
+            array = np.ascontiguousarray(array[..., [2, 1, 0, 3][: array.shape[2]]])
     maxval = pnm_maxval(data)
     full = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(array.dtype)
     if data[:2] in (b"P2", b"P3") and full == 255:  # OpenCV scales a plain (ASCII) 8-bit file itself, not others
@@ -234,7 +243,7 @@ def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> 
     its modes are converted by ``modes`` and its channels reordered to OpenCV's (BGR, BGRA).
     TIFF orientation is applied by both (libtiff and Pillow turn the pixels, and report the
     turned size), every other format's EXIF orientation by neither. A PGM, PPM or PAM file's levels
-    are scaled from its ``maxval`` to the full 8 or 16 bits by both (``pnm_maxval``).
+    are scaled from its ``maxval`` to the full 8 or 16 bits by both (``_pnm_pixels``).
     """
     _check_pixels(path, data, what)
     if _exr_off(data):  # (before: OpenCV's warning, then Pillow's "cannot identify image file")
@@ -246,7 +255,7 @@ def _decode(path: str | Path, data: bytes, modes: dict[str, str], what: str) -> 
         except cv2.error:  # a decoder that fails loudly rather than returning None: Pillow has the last word
             array = None
     if array is not None:
-        return _full_range(_within_pixels(path, array, what), data)
+        return _pnm_pixels(_within_pixels(path, array, what), data)
     try:
         with Image.open(path) as pil:
             array = np.asarray(pil.convert(modes[pil.mode]) if pil.mode in modes else pil)

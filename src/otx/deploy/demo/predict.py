@@ -299,8 +299,17 @@ def pnm_maxval(data: bytes) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def full_range(array: np.ndarray, data: bytes) -> np.ndarray:
-    """OpenCV's pixels of a PGM, PPM or PAM file scaled from its maxval to its depth's full range, as otx."""
+def pnm_pixels(array: np.ndarray, data: bytes) -> np.ndarray:
+    """OpenCV's pixels of a PGM, PPM or PAM file as otx reads them (otx.data.io._pnm_pixels).
+
+    Levels scaled from maxval to the depth's full range; a PAM file's RGB samples to BGR.
+    """
+    import re
+
+    if data[:3] == b"P7\n" and array.ndim == 3 and array.shape[2] in (3, 4):
+        header = data[: data.find(b"ENDHDR")] if b"ENDHDR" in data[:4096] else b""
+        if re.search(rb"^TUPLTYPE\s+RGB(_ALPHA)?\s*$", header, re.MULTILINE):
+            array = np.ascontiguousarray(array[..., [2, 1, 0, 3][: array.shape[2]]])
     maxval = pnm_maxval(data)
     full = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(array.dtype)
     if data[:2] in (b"P2", b"P3") and full == 255:  # OpenCV scales a plain (ASCII) 8-bit file itself, not others
@@ -348,7 +357,7 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
     if array is not None:
         if data[:8] == b"\x89PNG\r\n\x1a\n" and data[25:26] == b"\x04" and array.ndim == 3:
             array = array[..., 0]  # grayscale with alpha (IHDR colour type 4): OpenCV gives BGRA; otx reads it gray
-        return (None, why) if (why := too_many_pixels(*array.shape[:2])) else (full_range(array, data), "")
+        return (None, why) if (why := too_many_pixels(*array.shape[:2])) else (pnm_pixels(array, data), "")
     if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-32:]:
         return None, "image file is truncated (a JPEG without its end)"
     array, why = pillow_decode(path)  # as otx: Pillow decodes what OpenCV cannot
