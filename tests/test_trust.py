@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import openvino as ov
 import pytest
+import tifffile
 import torch
 import yaml
 from PIL import Image
@@ -155,11 +156,17 @@ def test_opencvs_own_messages_on_cut_pngs_stay_off_the_terminal(trained_padim: d
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "header.png").write_bytes(data[:300])
     (tmp_path / "cut" / "pixels.png").write_bytes(data[: len(data) // 2])
+    # OpenCV logged an "[ERROR:0@0.2] ... imdecode_ ... Unsupported number of channels" block of five lines for a
+    # TIFF of five channels (Pillow cannot read it either)
+    tifffile.imwrite(
+        tmp_path / "cut" / "five.tif", np.zeros((8, 8, 5), np.uint8), photometric="minisblack", planarconfig="contig"
+    )
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}  # (main() in this process sets it)
     command = [sys.executable, "-m", "otx.cli", "predict", "--checkpoint", str(trained_padim["checkpoint"])]
     command += ["--source", str(tmp_path / "cut"), "--work_dir", str(tmp_path / "ws")]
     done = subprocess.run(command, capture_output=True, text=True, env={**env, "OTX_OFFLINE": "1"}, timeout=300)
-    assert done.returncode == 1 and "header.png" in done.stderr and "pixels.png" in done.stderr
+    assert done.returncode == 1 and all(name in done.stderr for name in ("header.png", "pixels.png", "five.tif"))
+    assert "ERROR:" not in done.stderr and "channels" not in done.stderr, done.stderr
     assert "WARN:" not in done.stderr and "libpng" not in done.stderr, done.stderr
     assert "PNG input buffer" not in done.stderr, done.stderr
 

@@ -527,9 +527,11 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     for name in _QUIETED:
         logging.getLogger(name).setLevel(logging.ERROR)
-    # OpenCV's own "[ WARN:0@5.3] ... PNG input buffer is incomplete" before otx's line about the file
-    # (read when OpenCV is first imported, after this; a user's own setting wins)
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    # OpenCV's own "[ WARN:0@5.3] ... PNG input buffer is incomplete", or its "[ERROR:0@0.2] ... imdecode_
+    # ... Unsupported number of channels" block (a 5-channel TIFF), before otx's line about the file: otx
+    # says what is wrong with every file it cannot read (read when OpenCV is first imported, after this;
+    # a user's own setting wins). libjpeg's and libpng's own lines are not OpenCV's log.
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "FATAL")
 
 
 # The top-level shortcuts a --config file may hold, and the full keys they stand for
