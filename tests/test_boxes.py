@@ -125,6 +125,38 @@ def test_demo_package_cuts_the_boxes_otx_cuts(settings: BoxSettings) -> None:
     assert [round(float(s), 6) for s in scores[order]] == [w[1] for w in want]  # the 6 decimals both write
 
 
+def test_a_group_whose_maximum_sits_on_the_rounded_box_level_keeps_its_box_in_otx_and_the_demo() -> None:
+    """Levels are compared in float32, as the map's pixels are: a group never loses its maximum."""
+    demo = demo_package()
+    # 0.575 is no float32: float32(0.575) is just below it, yet at the box threshold 0.575 (the map is float32)
+    amap = np.zeros((32, 32), np.float32)
+    amap[4:8, 4:8] = np.float32(0.575)
+    amap[20:24, 20:24] = 0.9
+    settings = BoxSettings(threshold=0.575, peak=0.25)
+    boxes, scores = boxes_from_map(amap, True, settings)
+    assert np.isfinite(boxes).all()  # before: [inf, inf, -inf, -inf] for the first group (and Infinity in JSON)
+    theirs = sorted(b["xyxy"] for b in demo.boxes_of(amap, True, settings.as_dict(), None))
+    assert sorted(list(map(float, b)) for b in boxes) == theirs == [[4.0, 4.0, 8.0, 8.0], [20.0, 20.0, 24.0, 24.0]]
+    # a core pixel at float32 of the core level: the demo took it (float32), otx did not (float64), one pixel wider
+    amap = np.zeros((20, 20), np.float32)
+    amap[5, 5], amap[5, 6:12], amap[5, 12] = 0.6, 0.55, np.float32(0.525)
+    settings = BoxSettings(threshold=0.5, peak=0.25)  # the core level is 0.5 + 0.25 * (0.6 - 0.5) = 0.525
+    boxes, _ = boxes_from_map(amap, True, settings)
+    assert [list(map(float, b)) for b in boxes] == [b["xyxy"] for b in demo.boxes_of(amap, True, settings.as_dict())]
+    assert boxes.tolist() == [[5.0, 5.0, 13.0, 6.0]]
+
+
+def test_a_nan_pixel_in_the_first_validation_map_leaves_the_levels_tried_finite() -> None:
+    maps = [np.full((64, 64), 0.1, np.float32) for _ in range(2)]
+    for amap in maps:
+        amap[10:20, 10:20] = 0.9
+    truth = [np.array([[10.0, 10.0, 20.0, 20.0]], np.float32)] * 2
+    clean, _ = tune(maps, [True, True], truth)
+    maps[0][0, 0] = np.nan
+    chosen, metrics = tune(maps, [True, True], truth)  # before: every level NaN, box AP50 0.0
+    assert chosen == clean and metrics["box_AP50"] == 1.0
+
+
 def textured_image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
     """An RGB ``uint8`` surface: grey 128 with noise (standard deviation 6), no defect."""
     rng = np.random.default_rng(seed)

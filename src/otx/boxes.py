@@ -236,7 +236,10 @@ def _boxes(found: _Groups | None, peak: float, min_area: float, score: str) -> t
     ys, xs, ids, maxima, threshold = found.ys, found.xs, found.ids, found.maxima, found.threshold
     count = maxima.size
     if peak > 0.0:  # the group's core: its maximum always stays, so no group loses every pixel
-        core = found.values >= threshold + peak * (maxima[ids] - threshold)
+        # compared in float32, as the map's pixels were against the box threshold (numpy rounds a Python float to
+        # the array's float32): in float64, a group whose maximum is float32(threshold), just below the threshold,
+        # lost every pixel and came out as an [inf, inf, -inf, -inf] box (a review)
+        core = found.values >= (threshold + peak * (maxima - threshold)).astype(np.float32)[ids]
         ys, xs, ids = ys[core], xs[core], ids[core]
     boxes = np.empty((count, 4), np.float64)
     boxes[:, :2] = np.inf
@@ -245,7 +248,7 @@ def _boxes(found: _Groups | None, peak: float, min_area: float, score: str) -> t
     np.minimum.at(boxes[:, 1], ids, ys)
     np.maximum.at(boxes[:, 2], ids, xs + 1)
     np.maximum.at(boxes[:, 3], ids, ys + 1)
-    keep = np.isfinite(maxima)
+    keep = np.isfinite(maxima) & np.isfinite(boxes[:, 0])
     keep[0] = False  # background
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     keep &= area >= min_area * found.shape[0] * found.shape[1]
@@ -299,7 +302,8 @@ def tune(
         metrics = box_ap(list(gt_boxes), boxes, scores)
         return float(np.nanmean([metrics[f"box_AP{int(iou * 100)}"] for iou in TUNED_IOUS])), metrics
 
-    highest = max((float(m.max()) for m in maps), default=0.5)
+    # (a NaN pixel of the first map made every level tried NaN: Python's max keeps a NaN that comes first)
+    highest = max((float(np.nanmax(m)) for m in maps if np.isfinite(m).any()), default=0.5)
     choices = REFINES[1:] if refine == "auto" else tuple(r for r in (refine,) if r != "none")
     refining = images is not None and bool(choices)
     best: tuple[float, BoxSettings, dict[str, float]] | None = None

@@ -504,7 +504,8 @@ def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict, image: np.n
         top = float(values.max())
         # float32, as otx rounds it, so that the 6 decimals written are otx's
         score = float(np.float32(values.astype(np.float64).mean())) if settings["score"] == "mean" else top
-        core = values >= settings["threshold"] + settings["peak"] * (top - settings["threshold"])
+        # in float32 as otx compares them (whatever numpy's version does with a Python float)
+        core = values >= np.float32(settings["threshold"] + settings["peak"] * (top - settings["threshold"]))
         ys, xs = ys[core], xs[core]
         x1, y1, x2, y2 = float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)
         if (x2 - x1) * (y2 - y1) < settings["min_area"] * mask.size:
