@@ -18,7 +18,7 @@ import yaml
 
 from helpers import digest, run_main
 from otx.cli import main, resolve_recipe
-from otx.errors import OTXConfigError
+from otx.errors import OTXConfigError, OTXError
 
 pytestmark = pytest.mark.e2e  # end-to-end: trains, exports or runs the CLI (`pytest -m 'not e2e'` skips)
 
@@ -1176,6 +1176,44 @@ def test_a_latest_json_that_cannot_serve_is_named(content: str, tmp_path: Path, 
         expected = f"latest.json names {content[10:-1]} as the train run, not a run folder's name"
     assert "no trained model" in said and expected in said and "Traceback" not in said
     assert (tmp_path / "latest.json").read_text() == content  # left as it was
+
+
+def test_damaged_run_records_are_named_and_never_guessed_past(tmp_path: Path, capsys) -> None:
+    # Before (a review): a latest.json or config.yaml of bytes that are not UTF-8 was a traceback
+    # (UnicodeDecodeError); otx optimize quantised the newest export without a word where latest.json named no
+    # training run, though a newer model had been trained since; a run folder given as --work_dir got runs made
+    # inside it.
+    from otx.verbs.optimize import source_model
+    from otx.workdir import WorkDir, training_data_root
+
+    work = tmp_path / "ws"
+    for name in ("20260101-100000-train", "20260101-110000-export", "20260101-120000-train"):
+        (work / name).mkdir(parents=True)
+        for file in ("metrics.json", "otx.log", "model.ckpt" if name.endswith("train") else "exported_model.xml"):
+            (work / name / file).write_text("{}")
+    (work / "20260101-110000-export" / "exported_model.bin").write_bytes(b"")
+    (work / "20260101-110000-export" / "config.yaml").write_bytes(b"checkpoint: caf\xe9.ckpt\n")
+    assert training_data_root(work / "20260101-110000-export" / "exported_model.xml") is None
+    newest = work / "20260101-120000-train" / "model.ckpt"
+    for damaged in (b'{"train": "caf\xe9"}', b"{not json"):
+        (work / "latest.json").write_bytes(damaged)
+        with pytest.raises(
+            OTXError, match=f"latest.json is not valid JSON.*the newest model trained there is {newest}"
+        ):
+            source_model(WorkDir(work), None)
+        assert main(["test", "--work_dir", str(work)]) == 1
+        said = capsys.readouterr().err
+        assert "latest.json is not valid JSON" in said and "Traceback" not in said
+    (work / "latest.json").write_text('{"export": "20260101-110000-export"}')  # no training run named
+    with pytest.raises(OTXError, match=f"the newest model trained there is {newest}"):
+        source_model(WorkDir(work), None)  # the export is older than the newest training
+    with pytest.raises(OTXError, match=f"is a run folder of otx, not a work dir: pass --work_dir '{work}'.*{newest}"):
+        WorkDir(work / "20260101-120000-train").new_run("test")
+    assert sorted(p.name for p in (work / "20260101-120000-train").iterdir()) == [
+        "metrics.json",
+        "model.ckpt",
+        "otx.log",
+    ]
 
 
 def test_a_latest_json_replaced_because_it_was_damaged_is_said(

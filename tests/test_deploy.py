@@ -1020,6 +1020,77 @@ def test_a_lower_inference_precision_is_said_to_move_scores(
     assert (f"CPU runs inference precision {ran} where f16 was asked" in said) == (ran != "f16"), (ran, said)
 
 
+def test_an_export_with_metadata_cut_or_broken_is_refused_in_one_line(exported, tmp_path: Path) -> None:
+    # Before (a review): a statistic left out passed the check and was a KeyError in otx optimize; the training
+    # images' height left out, a KeyError in otx test and predict; a model_info that is a value, OpenVINO's
+    # RuntimeError; a damaged ONNX file, protobuf's DecodeError (otx benchmark --checkpoint x.onnx)
+    import re
+
+    from otx.deploy.metadata import read_model_info
+
+    xml = exported("padim")
+    text = xml.read_text()
+    shutil.copy(xml.with_suffix(".bin"), tmp_path / "edited.bin")
+    path = tmp_path / "edited.xml"
+    for pattern, replacement, said in (
+        (r'<image_min value="[^"]*" />', "", "has no otx metadata (missing model_info image_min)"),
+        (r'<otx_train_height value="[^"]*" />', "", "incomplete metadata (model_info otx_train_channels"),
+        (r"<model_info>.*</model_info>", '<model_info value="edited" />', "has no otx metadata"),
+    ):
+        assert re.search(pattern, text, re.DOTALL), pattern
+        path.write_text(re.sub(pattern, replacement, text, flags=re.DOTALL))
+        with pytest.raises(OTXError, match=re.escape(said)):
+            read_model_info(path)
+    (tmp_path / "damaged.onnx").write_bytes(b"\x0a\xff\xff not a protobuf")
+    with pytest.raises(OTXError, match=r"cannot read the ONNX file .*damaged\.onnx.*re-export it"):
+        read_model_info(tmp_path / "damaged.onnx")
+
+
+def test_an_ir_stopped_between_its_two_files_never_leaves_an_xml_without_its_bin(tmp_path: Path, monkeypatch) -> None:
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    import otx.deploy.export as export
+
+    image = ops.parameter([1, 3, 8, 8], np.float32, name="image")
+    model = ov.Model([ops.multiply(image, ops.constant(np.full((1, 3, 1, 1), 2.0, np.float32)))], [image])
+    moved = []
+    real_move = shutil.move
+
+    def stopped_after_one(source: str, target: object) -> object:
+        if moved:
+            raise KeyboardInterrupt  # a stop between the two moves
+        moved.append(Path(source).suffix)
+        return real_move(source, target)
+
+    monkeypatch.setattr(export.shutil, "move", stopped_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        export.save_ir(model, {"x": "1"}, tmp_path / "exported_model.xml")
+    assert moved == [".bin"] and not (tmp_path / "exported_model.xml").exists()  # before: the .xml, alone
+
+
+def test_a_checkpoints_null_split_and_seed_export_as_trainings_defaults() -> None:
+    # Before (a review): written as "None", which otx's own check then refused ("export the model again")
+    from otx.deploy.metadata import ModelInfo, build_model_info
+
+    stats = {"image_threshold": 0.5, "pixel_threshold": 0.5, "image_min": 0.0, "image_max": 1.0}
+    info = build_model_info(
+        model_name="Padim",
+        class_path="otx.models.Padim",
+        backbone="efficientnet_lite0",
+        layers=["blocks.1"],
+        input_size=(64, 64),
+        task="segmentation",
+        stats={**stats, "pixel_min": 0.0, "pixel_max": 1.0},
+        precision="FP32",
+        export_format="OPENVINO",
+        data={"val_split": None, "seed": None, "fingerprint": None},
+        weights_source="test",
+    )
+    record = ModelInfo.parse({key: str(value) for key, value in info.items()}, "x.xml").data_record()
+    assert (float(record["val_split"]), int(record["seed"])) == (0.5, 42)
+
+
 def test_an_edited_or_damaged_export_is_refused_in_one_line(exported, sample_root: Path, tmp_path: Path) -> None:
     # Before (a bug bash of foreign files): an image_threshold edited in the .xml had otx test count 2 of 8 defects
     # found where otx predict and the demo found 8 (the graph keeps its own), and otx optimize wrote an INT8 model

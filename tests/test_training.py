@@ -514,6 +514,9 @@ def test_checkpoints_load_safely_and_refuse_newer_schemas(trained_padim: dict, t
     torch.save({**ckpt, "model": model}, newer)  # this version's: a damaged file, as before
     with pytest.raises(OTXError, match=r"is not a readable otx checkpoint \(TypeError"):
         load_checkpoint(newer)
+    torch.save({"loops": {}, "callbacks": 5}, newer)  # a Lightning state edited by hand (a TypeError before)
+    with pytest.raises(OTXError, match=r"is not otx's \(no model/state_dict entries\)"):
+        load_checkpoint(newer)
     unsafe = tmp_path / "unsafe.ckpt"
     torch.save({**ckpt, "extra": EpochShuffleSampler(3, 0)}, unsafe)  # an arbitrary object: refused, not run
     with pytest.raises(

@@ -107,7 +107,8 @@ def load_checkpoint(path: str | Path) -> tuple[AnomalyModel, dict[str, Any]]:
             else f"not a PyTorch checkpoint file, or a truncated one: {exc.__class__.__name__}"
         )
         raise OTXError(f"'{path}' is not a readable otx checkpoint ({reason}); {_HINT}") from exc
-    saved_by = (ckpt.get("callbacks") or {}) if isinstance(ckpt, dict) and "loops" in ckpt else {}
+    saved_by = ckpt.get("callbacks") if isinstance(ckpt, dict) and "loops" in ckpt else {}
+    saved_by = saved_by if isinstance(saved_by, dict) else {}  # (an edited file's callbacks: 5, a TypeError before)
     if any(str(key).startswith("EpochStates") for key in saved_by) and "model" not in ckpt:  # otx's epoch state
         run = path.parent.parent if path.parent.name == CHECKPOINT_DIR else path.parent
         what = f"'{path}' is a training state saved after an epoch (for --resume), not a trained model"

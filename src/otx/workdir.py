@@ -183,6 +183,13 @@ class WorkDir:
         hint = "pass --work_dir a folder you can write to"
         if self.root.exists() and not self.root.is_dir():
             raise OTXError(f"work_dir '{self.root}' is a file, not a folder; {hint}")
+        if is_run_folder(self.root):  # (before: runs made inside another run's folder, which a run never touches)
+            model = self.root / "model.ckpt"
+            by_path = f", or --checkpoint '{model}' for its model" if model.is_file() else ""
+            raise OTXError(
+                f"work_dir '{self.root}' is a run folder of otx, not a work dir: pass --work_dir '{self.root.parent}'"
+                f"{by_path}"
+            )
         stamp = time.strftime("%Y%m%d-%H%M%S")
         self.sweep_leftovers()
         try:
@@ -288,7 +295,7 @@ class WorkDir:
             return {}
         try:
             pointers = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # (ValueError: not JSON, or bytes that are not UTF-8, a traceback before)
             return None
         return pointers if isinstance(pointers, dict) else None
 
@@ -529,7 +536,7 @@ def _read_config(folder: Path) -> dict[str, Any] | None:
     """
     try:
         config = yaml.safe_load((folder / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # (ValueError: bytes that are not UTF-8)
         return None
     if not isinstance(config, dict):
         return None

@@ -129,7 +129,11 @@ def to_openvino(model: AnomalyModel) -> Any:
 
 
 def save_ir(ov_model: Any, info: dict[str, str], path: Path, fp16: bool = False) -> Path:
-    """Write ``path`` (.xml) and its .bin with ``info`` as ``model_info``; both appear at once or not at all."""
+    """Write ``path`` (.xml) and its .bin with ``info`` as ``model_info``, through a temporary folder.
+
+    The .bin is moved in first and the .xml last, so an .xml at ``path`` always has its .bin beside
+    it (a stop between the two moves left an .xml without weights, before).
+    """
     import openvino as ov
 
     write_ir_info(ov_model, info)
@@ -139,7 +143,7 @@ def save_ir(ov_model: Any, info: dict[str, str], path: Path, fp16: bool = False)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".save-") as tmp:
         xml = Path(tmp) / path.name
         ov.save_model(ov_model, str(xml), compress_to_fp16=False)
-        for file in (xml, xml.with_suffix(".bin")):
+        for file in (xml.with_suffix(".bin"), xml):
             shutil.move(str(file), path.parent / file.name)
     return path
 

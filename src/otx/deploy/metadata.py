@@ -25,7 +25,7 @@ from otx.preprocess import MODES, PreProcessor, saved_settings
 SECTION = "model_info"
 LABELS = ("Normal", "Anomaly")
 # Keys every otx export carries; a model without them was not exported by otx.
-REQUIRED = ("otx_version", "otx_model", "task", "input_size", "image_threshold", "pixel_threshold")
+REQUIRED = ("otx_version", "otx_model", "task", "input_size", *STAT_KEYS)  # (the six statistics: every otx export)
 INPUT_CONTRACT = "float32 NCHW RGB in [0,1], any batch, height and width; bilinear antialiased resize inside"
 # What else the graph does to the image, and what that asks of a consumer of its map (docs/deploy.md)
 MODE_CONTRACT = {
@@ -117,8 +117,9 @@ def build_model_info(
         "pixel_min": stats["pixel_min"],
         "pixel_max": stats["pixel_max"],
         "data_fingerprint": data.get("fingerprint") or "unknown",
-        "data_val_split": data.get("val_split", 0.5),
-        "data_seed": data.get("seed", 42),
+        # (a checkpoint's null split or seed: 0.5 and 42 as training's defaults; "None" was refused by otx's own check)
+        "data_val_split": 0.5 if data.get("val_split") is None else data["val_split"],
+        "data_seed": 42 if data.get("seed") is None else data["seed"],
         # the validation images (paths under the data root), JSON: otx test keeps them out of the test split
         "data_val_files": json.dumps(data["val_files"]) if data.get("val_files") is not None else "none",
         # whether training had masks to tune detection boxes on (exports before it: unknown)
@@ -193,6 +194,10 @@ class ModelInfo:
                 value = f"model_info {key}={raw[key][:40]!r}"
                 advice = "the file was edited or damaged; export the model again with `otx export`"
                 return value, f"has a damaged metadata value ({value}): {advice}"
+        profile = {"otx_train_channels", "otx_train_height", "otx_train_width"}
+        if (given := sorted(profile & set(raw))) and len(given) < len(profile):  # (otx test and predict: KeyError)
+            value = f"model_info {', '.join(given)} without {', '.join(sorted(profile - set(raw)))}"
+            return value, f"has incomplete metadata ({value}): the file was edited; export the model again"
         if raw.get("otx_input_mode") == "tile" and not {"otx_tile_size", "otx_tile_stride"} <= set(raw):
             return "tiled, no tile size", "is tiled but its metadata names no tile size; export the model again"
         try:
@@ -380,8 +385,11 @@ def read_ir_info(ov_model: Any) -> dict[str, str]:
     """``model_info`` of an ``openvino.Model`` as plain strings (empty when absent)."""
     if not ov_model.has_rt_info([SECTION]):
         return {}
-    keys = list(ov_model.get_rt_info([SECTION]).astype(dict).keys())
-    return {key: str(ov_model.get_rt_info([SECTION, key]).astype(str)) for key in keys}
+    try:
+        keys = list(ov_model.get_rt_info([SECTION]).astype(dict).keys())
+        return {key: str(ov_model.get_rt_info([SECTION, key]).astype(str)) for key in keys}
+    except RuntimeError:  # a model_info that is a value, not a section (an edited file): no otx metadata
+        return {}
 
 
 def write_onnx_info(onnx_model: Any, info: dict[str, str]) -> None:
@@ -396,7 +404,11 @@ def read_onnx_info(path: str | Path) -> dict[str, str]:
     """``model_info`` of an ONNX file, read without loading its weights."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and the like: one line, as read_ir's
+        text = " ".join(str(exc).split())[:300] or exc.__class__.__name__
+        raise OTXError(f"cannot read the ONNX file '{path}' ({text}); re-export it") from exc
     prefix = f"{SECTION} "
     return {p.key[len(prefix) :]: p.value for p in model.metadata_props if p.key.startswith(prefix)}
 

@@ -35,8 +35,14 @@ def source_model(workdir: WorkDir, checkpoint: str | Path | None) -> Path:
     export's unchecked IR included; bug bash).
     """
     if checkpoint is not None:
-        return Path(checkpoint)
+        return Path(checkpoint).expanduser()
     train = workdir.latest("train")
+    if train is None and workdir.pointer_problem("train"):
+        # latest.json unreadable, or naming a run that is gone: one line naming the newest model trained there
+        # (before: the newest export was quantised without a word, though a newer model may have been trained)
+        return latest_checkpoint(workdir)
+    if train is None and (trained := workdir.finished("train")):  # latest.json names no training run: the newest one
+        train = trained[-1]
     exports = [
         run / "exported_model.xml"
         for run in workdir.finished("export")

@@ -91,7 +91,7 @@ def unfinished_run(path: str | Path) -> str | None:
     An export stopped during its check against torch leaves a whole-looking IR; the defaults skip
     such runs, but a file named by path was used without a word (a bug bash).
     """
-    folder = Path(path).parent
+    folder = Path(path).expanduser().parent  # (``--checkpoint=~/ws/...``: the shell leaves that ~ as it is)
     if not (folder / FAILED).exists():
         return None
     return (
