@@ -632,6 +632,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         1,
     ),
     ("test-checkpoint-file", "wrong file", ["test", "--checkpoint", "{file}"], "not a readable otx checkpoint", 1),
+    (  # before: a run folder made inside the run folder, then "no trained model in '{run}'" (a review)
+        "test-work-dir-run-folder",
+        "path is a run folder",
+        ["test", "--work_dir", "{run}"],
+        "work_dir '{run}' is a run folder of otx, not a work dir: pass --work_dir '{trained}', or --checkpoint",
+        1,
+    ),
     ("test-root-file", "path is a file", ["test", "--data_root", "{file}"], "not a folder", 1),
     ("test-workdir-file", "path is a file", ["test", "--work_dir", "{file}"], "is a file", 1),
     ("test-batch-size-0", "out of range", ["test", "--data.batch_size", "0"], "batch_size", 1),
@@ -925,6 +932,7 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     values = {
         **{k: v for k, v in setting.items() if isinstance(v, str)},
         "ws": str(workspace),
+        "trained": str(setting["trained"]),
         "missing": str(tmp_path / "missing"),
         "unwritable": str(_unwritable(tmp_path)) if "{unwritable}" in args else "",
     }
@@ -952,7 +960,8 @@ def test_bad_input(case: tuple, setting: dict, tmp_path: Path, capsys: pytest.Ca
     # before "empty": its path is a prefix of theirs
     files = ("badyaml", "emptyyaml", "metricsjson", "typoyaml", "classyaml", "initargyaml", "typeyaml", "nullargsyaml")
     files = (*files, "dupyaml", "flatyaml", "laughsyaml", "selfyaml")
-    for key in (*files, "missing", "ws", "file", "notest", "empty", "bin", "xml", "ckpt", "run", "data", "unwritable"):
+    keys = (*files, "missing", "ws", "file", "notest", "empty", "bin", "xml", "ckpt", "run", "data", "unwritable")
+    for key in (*keys, "trained"):
         if values[key]:
             message = message.replace(values[key], "{" + key + "}")
     RESULTS[name] = (message, rc)
