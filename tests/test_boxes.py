@@ -64,6 +64,25 @@ def test_merge_min_area_threshold_and_normal_images() -> None:
     assert len(boxes_from_map(amap, False, BoxSettings(on_normal=True))[0]) == 3
 
 
+def test_merging_grows_each_group_by_the_euclidean_radius() -> None:
+    """``grown``: every pixel within the radius of the mask, by brute force over pixel pairs."""
+    from otx.boxes import grown
+
+    rng = np.random.default_rng(5)
+    mask = (rng.random((40, 60)) > 0.985).astype(np.uint8)
+    mask[0, 0] = mask[39, 59] = 1
+    ys, xs = np.nonzero(mask)
+    yy, xx = np.mgrid[0:40, 0:60]
+    for radius in (0, 1, 3, 7):
+        squared = ((yy[..., None] - ys) ** 2 + (xx[..., None] - xs) ** 2).min(axis=-1)
+        np.testing.assert_array_equal(grown(mask, radius), (squared <= radius**2).astype(np.uint8))
+    # two pieces 2r apart are one group, 2r + 2 apart two (r = round(merge * the longer side))
+    for gap, groups in ((20, 1), (22, 2)):
+        amap = np.zeros((50, 200), np.float32)
+        amap[20:30, 40:50] = amap[20:30, 50 + gap : 60 + gap] = 0.9
+        assert len(boxes_from_map(amap, True, BoxSettings(merge=0.05))[0]) == groups, gap
+
+
 def test_peak_share_fits_each_box_to_its_own_core() -> None:
     """With ``peak``, a box encloses its group's pixels at or above its own level between threshold and maximum."""
     yy, xx = np.mgrid[0:120, 0:200].astype(np.float32)

@@ -493,7 +493,10 @@ def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict, image: np.n
         return []
     mask = (score_map >= settings["threshold"]).astype(np.uint8)
     radius = int(round(settings["merge"] * max(mask.shape)))
-    grouped = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1,) * 2)) if radius else mask
+    # every pixel within radius of the mask (otx.boxes.grown: the exact distance, not a dilation, which is slow)
+    grouped = mask
+    if radius:
+        grouped = (cv2.distanceTransform(1 - mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= radius).astype(np.uint8)
     count, groups = cv2.connectedComponents(grouped, connectivity=8, ltype=cv2.CV_32S)
     boxes = []
     for k in range(1, count):
