@@ -499,10 +499,18 @@ def boxes_of(score_map: np.ndarray, anomalous: bool, settings: dict, image: np.n
         grouped = (cv2.distanceTransform(1 - mask, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= radius).astype(np.uint8)
     count, groups = cv2.connectedComponents(grouped, connectivity=8, ltype=cv2.CV_32S)
     boxes = []
-    for k in range(1, count):
-        ys, xs = np.nonzero((groups == k) & (mask > 0))
-        if len(xs) == 0:
+    # each group's own pixels (not the growth), in the image's order: sorted by group once (before: one pass over
+    # the whole map per group, 4.4 s for 150 groups on a 3000x4000 map)
+    all_ys, all_xs = np.nonzero(mask)
+    ids = groups[all_ys, all_xs]
+    order = np.argsort(ids, kind="stable")
+    all_ys, all_xs, ids = all_ys[order], all_xs[order], ids[order]
+    starts = np.searchsorted(ids, np.arange(1, count), side="left")
+    ends = np.searchsorted(ids, np.arange(1, count), side="right")
+    for start, end in zip(starts, ends):  # noqa: B905 - equal lengths; the demo runs on older Pythons too
+        if start == end:
             continue
+        ys, xs = all_ys[start:end], all_xs[start:end]
         values = score_map[ys, xs]
         top = float(values.max())
         # float32, as otx rounds it, so that the 6 decimals written are otx's
