@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import cv2
@@ -302,6 +303,12 @@ def test_output_names_fit_a_file_name_and_the_demo_names_alike(tmp_path: Path) -
     assert long_stem.startswith("y" * 150) and long_stem != stems[f"/d/{'y' * 250}.png"]
     assert stems[f"/d/{deep}/{'é' * 100}.png"].startswith(deep.replace("/", "__") + "__é")  # cut between characters
     demo = demo_package()
+    assert {str(k): v for k, v in demo.output_stems([Path(p) for p in paths]).items()} == stems
+    # names a file system that ignores case or Unicode forms holds as one (macOS, Windows) are kept apart too
+    paths = ["/d/a.png", "/d/A.jpg", "/d/b.PNG", "/d/b.png", "/d/\u00e9.png", "/d/e\u0301.png"]
+    stems = output_stems(paths)  # before: a and A, a_PNG and a_png, and the two é wrote one overlay there
+    assert len({unicodedata.normalize("NFC", stem).casefold() for stem in stems.values()}) == len(paths), stems
+    assert stems["/d/a.png"] == "a_png" and stems["/d/b.PNG"] == "b_PNG" and stems["/d/b.png"] == "b_png_2"
     assert {str(k): v for k, v in demo.output_stems([Path(p) for p in paths]).items()} == stems
 
 

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import time
+import unicodedata
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,6 +56,11 @@ def fit_stem(stem: str) -> str:
     return f"{raw[: MAX_STEM_BYTES - 11].decode('utf-8', 'ignore')}_{digest}"
 
 
+def _folded(name: str) -> str:
+    """``name`` as a file system that ignores case and Unicode normal forms compares it."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def output_stems(paths: list[str]) -> dict[str, str]:
     """Each image's name for its mask and overlay files, unique among ``paths``.
 
@@ -66,17 +72,19 @@ def output_stems(paths: list[str]) -> dict[str, str]:
     """
     root = Path(os.path.commonpath([str(Path(p).parent) for p in paths]))
     plain = [fit_stem("__".join(Path(p).relative_to(root).with_suffix("").parts)) for p in paths]
-    shared = {stem for stem, count in Counter(plain).items() if count > 1}
+    # names compared as a file system that ignores case and Unicode forms does (macOS, Windows): a.png and A.jpg
+    # named one overlay there, before
+    shared = {stem for stem, count in Counter(map(_folded, plain)).items() if count > 1}
     stems: dict[str, str] = {}
     used: set[str] = set()
     for path, stem in zip(paths, plain, strict=True):
-        if stem in shared:
+        if _folded(stem) in shared:
             stem = f"{stem}_{Path(path).suffix.lstrip('.')}"
         name, count = stem, 1
-        while name in used:
+        while _folded(name) in used:
             count += 1
             name = f"{stem}_{count}"
-        used.add(name)
+        used.add(_folded(name))
         stems[path] = name
     return stems
 

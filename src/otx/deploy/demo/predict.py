@@ -21,6 +21,7 @@ import math
 import os
 import re
 import sys
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -183,6 +184,11 @@ def fit_stem(stem: str) -> str:
     return raw[: MAX_STEM_BYTES - 11].decode("utf-8", "ignore") + "_" + hashlib.sha1(raw).hexdigest()[:10]
 
 
+def _folded(name: str) -> str:
+    """``name`` as a file system that ignores case and Unicode normal forms compares it."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def output_stems(paths: list[Path]) -> dict[Path, str]:
     """Each image's name for its mask file, as ``otx predict`` names them (``otx.verbs.predict.output_stems``).
 
@@ -192,17 +198,19 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
     """
     root = Path(os.path.commonpath([str(p.parent) for p in paths]))
     plain = [fit_stem("__".join(p.relative_to(root).with_suffix("").parts)) for p in paths]
-    shared = {stem for stem, count in Counter(plain).items() if count > 1}
+    # names compared as a file system that ignores case and Unicode forms does (macOS, Windows): a.png and A.jpg
+    # named one overlay there, before
+    shared = {stem for stem, count in Counter(map(_folded, plain)).items() if count > 1}
     stems: dict[Path, str] = {}
     used: set[str] = set()
     for path, stem in zip(paths, plain):  # noqa: B905 - equal lengths; the demo runs on older Pythons too
-        if stem in shared:
+        if _folded(stem) in shared:
             stem = f"{stem}_{path.suffix.lstrip('.')}"
         name, count = stem, 1
-        while name in used:
+        while _folded(name) in used:
             count += 1
             name = f"{stem}_{count}"
-        used.add(name)
+        used.add(_folded(name))
         stems[path] = name
     return stems
 
