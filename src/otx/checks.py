@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -258,6 +258,9 @@ GRAY_LEVELS = 2  # a colour file whose channels differ by at most this many leve
 PROFILE_CHECKS = 32  # colour files of the training images whose pixels image_profile looks at
 
 
+T = TypeVar("T")
+
+
 def stored_gray(path: str | Path) -> bool:
     """Whether a colour image file holds a grayscale image (its channels equal, within ``GRAY_LEVELS``).
 
@@ -288,8 +291,18 @@ def all_stored_gray(colour_files: Sequence[str | Path]) -> bool:
     The files looked at are spread over the list; a camera's images are alike, and decoding all of
     them would read every image twice. The demo package's ``profile_notes`` looks at the same ones.
     """
-    step = max(1, len(colour_files) // PROFILE_CHECKS)
-    return bool(colour_files) and all(stored_gray(path) for path in colour_files[::step][:PROFILE_CHECKS])
+    return bool(colour_files) and all(stored_gray(path) for path in spread(colour_files))
+
+
+def spread(items: Sequence[T]) -> list[T]:
+    """Up to ``PROFILE_CHECKS`` of ``items``, evenly spread from the first to the last.
+
+    (Before: every ``len // PROFILE_CHECKS``-th from the start, cut at ``PROFILE_CHECKS``: of 40
+    files the first 32, of 95 the first 64's, so the last ones were never looked at; a review.)
+    """
+    if len(items) <= PROFILE_CHECKS:
+        return list(items)
+    return [items[(i * (len(items) - 1)) // (PROFILE_CHECKS - 1)] for i in range(PROFILE_CHECKS)]
 
 
 def mixed_channels_warning(paths: Sequence[str | Path], root: str | Path | None = None) -> str | None:
@@ -300,19 +313,18 @@ def mixed_channels_warning(paths: Sequence[str | Path], root: str | Path | None 
     compare with.
     """
     gray = colour = None
-    decoded = 0
+    colour_files = []
     for path in paths:
         header = _header(path)
-        if header is None:
-            continue
-        if header[0]:
+        if header is not None and header[0]:
             gray = gray or path
-        elif colour is None and decoded < PROFILE_CHECKS:  # decoded, as image_profile does, a few at most
-            decoded += 1
-            if stored_gray(path):
-                gray = gray or path
-            else:
-                colour = path
+        elif header is not None:
+            colour_files.append(path)
+    for path in spread(colour_files):  # decoded, as all_stored_gray does: the same few at most
+        if stored_gray(path):
+            gray = gray or path
+        else:
+            colour = colour or path
         if gray and colour:
             break
     if not (gray and colour):

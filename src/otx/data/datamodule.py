@@ -223,8 +223,9 @@ class AnomalyDataModule:
             raise RuntimeError("split() needs setup() first")
         subsets = self.index.subsets
         test = subsets.get("test", [])
-        if "val" in subsets and subsets["val"]:
-            val = [s for s in subsets["val"] if s.label >= 0]
+        # (val/ of unknown/ images only: no label to calibrate on, taken from test/ as an empty val/ is; before: an
+        # empty validation split, then "each test/ folder holds one image" from otx train, a review)
+        if val := [s for s in subsets.get("val", []) if s.label >= 0]:
             log.info("using the data's own val/ folder (%d images) for thresholds", len(val))
             if self.val_files is not None:  # a val/ folder added after training on test images' thresholds:
                 # the images the model was calibrated on stay out of the test split all the same

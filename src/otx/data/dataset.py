@@ -1,4 +1,4 @@
-"""MVTec AD layout indexed through Datumaro, checked up front, split into train/val/test.
+"""MVTec AD layout indexed, checked up front, split into train/val/test.
 
 Layout::
 
@@ -8,8 +8,10 @@ Layout::
     <root>/test/unknown/*                       predicted, left out of metrics
     <root>/ground_truth/<defect>/<name>_mask.png   optional pixel masks
 
-Datumaro's MVTec extractor enumerates the images and their folder labels; mask paths follow
-its naming (``MvtecPath``). Masks are read lazily by the dataset, not at indexing time.
+The images are listed from ``<split>/<type>/`` with the image extensions of Datumaro's MVTec reader
+(``_type_folder_images``: the reader itself kept one of two images of one folder and file name two
+levels down, by listing order); mask paths follow Datumaro's MVTec naming (``MvtecPath``). Masks
+are read lazily by the dataset, not at indexing time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from pathlib import Path
 from typing import NoReturn
 
 import numpy as np
-from datumaro.plugins.data_formats.mvtec.base import MvtecClassificationBase
 from datumaro.plugins.data_formats.mvtec.format import MvtecPath
 
 from otx.data.io import (
@@ -39,6 +40,7 @@ from otx.data.io import (
     shown_path,
     sixteen_bit_peak,
     turned_warning,
+    why_unreadable,
 )
 from otx.errors import OTXDataError
 from otx.workdir import LATEST, is_run_folder
@@ -77,8 +79,16 @@ class MvtecIndex:
         digest = hashlib.sha256()
         for sample in self.subsets.get("train", []):
             path = Path(sample.path)
-            # surrogateescape: a name that is not valid UTF-8 (a Windows zip's) hashes as its bytes
-            digest.update(f"{path.relative_to(self.root)}:{path.stat().st_size}\n".encode("utf-8", "surrogateescape"))
+            # in NFC and with / (the same on any file system and OS); surrogateescape: a name that is not valid
+            # UTF-8 (a Windows zip's) hashes as its bytes
+            name = unicodedata.normalize("NFC", path.relative_to(self.root).as_posix())
+            try:
+                size = path.stat().st_size
+            except OSError as exc:  # a link to nothing (a FileNotFoundError before, "internal error")
+                raise OTXDataError(
+                    f"cannot read training image '{path}' ({why_unreadable(path, exc)}); replace or remove it"
+                ) from None
+            digest.update(f"{name}:{size}\n".encode("utf-8", "surrogateescape"))
         return digest.hexdigest()[:16]
 
 
@@ -104,7 +114,10 @@ def _is_listed_image(name: str) -> bool:
 
 def _otx_work_dir(folder: Path) -> bool:
     """Whether ``folder`` is an otx work dir (its ``latest.json``, or a run folder in it)."""
-    return (folder / LATEST).exists() or any(is_run_folder(run) for run in folder.iterdir() if run.is_dir())
+    try:
+        return (folder / LATEST).exists() or any(is_run_folder(run) for run in folder.iterdir() if run.is_dir())
+    except OSError:  # a folder otx may not list (lost+found of a mounted disk): no work dir (a traceback before)
+        return False
 
 
 def _holds_images(folder: str) -> bool:
@@ -255,8 +268,51 @@ def _check_layout(folder: Path, passed: PassedOver | None = None) -> None:
                 stems[stem] = inner.name
             elif passed is not None and not inner.name.startswith(".") and inner.name.lower() not in COMPANION_FILES:
                 passed.other_types.append(Path(inner.path))  # (hidden files: a tool's, not meant as images)
+        cut = len(MvtecPath.MASK_POSTFIX)
+        beside = sorted(stem for stem in stems if stem.endswith(MvtecPath.MASK_POSTFIX) and stem[:-cut] in stems)
+        if beside:  # before: scored as defect images of their own, without a word (a review)
+            image, mask = stems[beside[0][:-cut]], stems[beside[0]]
+            raise OTXDataError(
+                f"{subset}/{entry.name}/ holds '{mask}' beside '{image}' ({len(beside)} such pair(s)): a mask there "
+                f"would be read as an image; move the masks to {MvtecPath.MASK_DIR}/{entry.name}/ (MVTec layout)"
+            )
         if passed is not None and subset != "train" and not any(not n.startswith(".") for n in stems.values()):
             passed.empty.append(f"{subset}/{entry.name}/")  # a type without images: none of it is scored
+
+
+def _path_order(sample: Sample) -> tuple[str, str]:
+    """Samples in the order of their paths in composed Unicode (NFC), the same whichever form the file system keeps.
+
+    macOS's HFS+ (and a zip made there) stores ``é`` decomposed (NFD): sorted by the raw names, the
+    same images were in another order there, and the seeded validation split took other images.
+    """
+    return unicodedata.normalize("NFC", sample.path), sample.path
+
+
+def _type_folder_images(folder: Path, passed: PassedOver) -> list[Path]:
+    """The files named as images in ``<folder>/<type>/``, the type folders in name order; tools' folders passed over.
+
+    Datumaro's MVTec reader (``MvtecClassificationBase``), which otx used here before, keys an image by
+    its folder's and file's names two levels down: ``test/.old/scratch/000.png`` (a tool's or a user's
+    hidden copy) and ``test/scratch/000.png`` were one item, and which of them it kept followed the
+    file system's listing order; when it kept the copy, otx dropped it as a tool folder's and the real
+    image was gone without a word (a review). ``_check_layout`` has refused images anywhere else.
+    """
+    images = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if not entry.is_dir():
+            continue
+        if is_tool_folder(entry.name):  # (the reader would take it for a defect type: left out, said)
+            if _holds_images(entry.path):
+                passed.tool_folders.append(Path(entry.path))
+            continue
+        try:
+            inners = sorted(os.scandir(entry.path), key=lambda e: e.name)
+        except OSError as exc:
+            where = f"{folder.name}/{entry.name}/"
+            raise OTXDataError(f"cannot list '{where}' ({exc.strerror}); fix its permissions") from None
+        images += [Path(inner.path) for inner in inners if not inner.is_dir() and _is_listed_image(inner.name)]
+    return images
 
 
 def _index_subset(folder: Path, mask_dir: Path | None, passed: PassedOver) -> list[Sample]:
@@ -268,28 +324,20 @@ def _index_subset(folder: Path, mask_dir: Path | None, passed: PassedOver) -> li
     not read (``.jfif``, ``.gif``, a readme) and type folders without images.
     """
     _check_layout(folder, passed)
-    extractor = MvtecClassificationBase(str(folder), merge_policy=None)
     samples, listings = [], {}
-    for item in extractor:
-        path = Path(item.media.path)
+    for path in _type_folder_images(folder, passed):
         defect = path.parent.name
         if is_resource_file(path.name):
             passed.resource_files.append(path)
             continue
-        if is_tool_folder(defect):
-            if path.parent not in passed.tool_folders:
-                passed.tool_folders.append(path.parent)
-            continue
         if path.name.startswith("."):  # before: trained on and scored without a word (a glob leaves them out)
             passed.hidden.append(path)
             continue
-        if path.parent.parent.resolve() != folder.resolve():
-            continue  # deeper than <subset>/<type>/<image> (a tool's folder _check_layout let pass)
         mask_path = None
         if mask_dir is not None and defect not in (GOOD, UNKNOWN):
             mask_path = _mask_of(mask_dir, defect, path, listings)
         samples.append(Sample(str(path), _label_of(defect), defect, mask_path))
-    return sorted(samples, key=lambda s: s.path)
+    return sorted(samples, key=_path_order)
 
 
 MASK_SUFFIXES = tuple(dict.fromkeys((MvtecPath.MASK_EXT, *IMAGE_EXTENSIONS)))  # any case; .png first
@@ -426,7 +474,7 @@ def index_mvtec(root: str | Path, check_files: bool = True) -> MvtecIndex:
     )
     # an empty folder said only where its split has images (a split without any is said where it is used)
     passed.empty = [folder for folder in passed.empty if subsets.get(folder.split("/")[0])]
-    _say_passed_over(root, passed, "val" in subsets and not subsets["val"])
+    _say_passed_over(root, passed, "val" in subsets and not any(s.label >= 0 for s in subsets["val"]))
     train = [s for s in subsets.get("train", []) if s.defect == GOOD]
     if not train:
         raise OTXDataError(f"no images in '{train_good}' (looked for {LOOKED_FOR}); add normal training images")
@@ -450,7 +498,10 @@ def _say_passed_over(root: Path, passed: PassedOver, empty_val: bool) -> None:
             "that kind" if one else "those kinds",
         )
     if empty_val:
-        log.warning("val/ holds no images: the validation split is taken from test/ as without it")
+        log.warning(
+            "val/ holds no images (or only unknown/ ones, which have no label to set thresholds on): the validation "
+            "split is taken from test/ as without it"
+        )
     if passed.other_folders:  # before: not read, without a word (MVTec LOCO's validation/ beside test/)
         names = [f"{path.name}/" for path in passed.other_folders]
         hints = []
@@ -559,6 +610,7 @@ def _check_files(root: Path, subsets: dict[str, list[Sample]], mask_dir: Path | 
         if (
             mask.suffix.lower() not in IMAGE_EXTENSIONS
             or is_resource_file(mask.name)
+            or mask.name.startswith(".")  # a hidden image's (passed over, said): before, "has no image" stopped it
             or is_tool_folder(mask.parent.name)
             or not mask.is_file()  # (a thumbnail tool's folder named 000_mask.png)
         ):
@@ -730,7 +782,9 @@ def split_validation(test: list[Sample], fraction: float, seed: int) -> tuple[li
 def relative_names(samples: list[Sample], root: str | Path) -> list[str]:
     """Each sample's path under ``root``, with ``/`` separators (how a checkpoint names its validation images)."""
     base = os.path.abspath(root)  # not resolved: images may be symlinks to files elsewhere
-    return [Path(os.path.relpath(os.path.abspath(s.path), base)).as_posix() for s in samples]
+    # in NFC: the same names whichever Unicode form the file system keeps (macOS: NFD)
+    names = [Path(os.path.relpath(os.path.abspath(s.path), base)).as_posix() for s in samples]
+    return [unicodedata.normalize("NFC", name) for name in names]
 
 
 def split_by_names(
@@ -742,7 +796,7 @@ def split_by_names(
     validation part, the others the test part, so that images added to the test folders after
     training never take a validation image's place. Also returns how many named images are gone.
     """
-    wanted = set(val_names)
+    wanted = {unicodedata.normalize("NFC", name) for name in val_names}  # (recorded by an older otx: as listed)
     names = relative_names(test, root)
     val = [s for s, name in zip(test, names, strict=True) if name in wanted and s.defect != UNKNOWN]
     rest = [s for s, name in zip(test, names, strict=True) if name not in wanted or s.defect == UNKNOWN]

@@ -106,7 +106,7 @@ def _file_bytes(path: str | Path, what: str) -> bytes:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        why = _why_unreadable(path, exc)
+        why = why_unreadable(path, exc)
         raise OTXDataError(f"cannot read {what} '{path}' ({why}); replace or remove the file") from exc
     if not data:  # imdecode asserts on an empty buffer (an internal error, before)
         raise OTXDataError(f"cannot read {what} '{path}' (the file is empty, 0 bytes); replace or remove the file")
@@ -340,7 +340,7 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(array[..., :3], cv2.COLOR_BGR2RGB)
 
 
-def _why_unreadable(path: str | Path, exc: OSError) -> str:
+def why_unreadable(path: str | Path, exc: OSError) -> str:
     """Why a file cannot be opened: a broken symbolic link names where it points."""
     if Path(path).is_symlink() and not Path(path).exists():
         return f"a broken symbolic link to '{os.readlink(path)}'"
@@ -430,7 +430,7 @@ def image_header(path: str | Path) -> ImageHeader:
             return ImageHeader(*size, 1, 1)  # a format only OpenCV reads (Radiance HDR, PFM, a float TIFF)
         why = str(exc) if isinstance(exc, Image.DecompressionBombError) else exc.__class__.__name__
         if isinstance(exc, OSError) and not Path(path).exists():
-            why = _why_unreadable(path, exc)
+            why = why_unreadable(path, exc)
         if Path(path).is_file() and Path(path).stat().st_size == 0:
             why = "the file is empty, 0 bytes"
         raise OTXDataError(f"cannot read image '{path}' ({why}); replace or remove the file") from exc

@@ -590,7 +590,9 @@ def profile_notes(train: dict | None, seen: list[tuple[str, int, int]], total: i
 
     gray = sum(kind == "gray" for kind, _, _ in seen)  # grayscale files, for a colour model
     colour = [kind for kind, _, _ in seen if kind != "gray"]
-    sampled = colour[:: max(1, len(colour) // PROFILE_CHECKS)][:PROFILE_CHECKS]  # otx.checks.all_stored_gray's
+    sampled = colour  # otx.checks.spread: up to PROFILE_CHECKS, evenly from the first to the last
+    if len(colour) > PROFILE_CHECKS:
+        sampled = [colour[(i * (len(colour) - 1)) // (PROFILE_CHECKS - 1)] for i in range(PROFILE_CHECKS)]
     if train["channels"] == "color" and colour and all(kind == "stored_gray" for kind in sampled):
         gray += len(colour)  # a grayscale camera's images saved as RGB
     color = sum(kind == "color" for kind, _, _ in seen)  # colour images, for a grayscale model
