@@ -322,6 +322,19 @@ def test_box_scores_do_not_cover_each_other_or_the_label() -> None:
         assert np.all(canvas[on_lines] == (255, 0, 255), axis=-1).all(), (x1, y1, x2, y2)
 
 
+@pytest.mark.parametrize("size", [40, 600])
+def test_the_score_of_a_box_filling_the_image_is_not_under_the_label(size: int) -> None:
+    from otx.tasks import Prediction
+    from otx.visualize import overlay
+
+    # before (a review): no room above or below the box, its first corner inside under the image's label
+    boxes = np.array([[0, 0, size, size]], np.float32)
+    prediction = Prediction("z.png", 0.873, True, pred_boxes=boxes, box_scores=np.array([0.9], np.float32))
+    canvas = overlay(np.full((size, size, 3), 128, np.uint8), prediction)
+    labels = _label_backgrounds(canvas)
+    assert len(labels) == 2, labels  # the image's label and the box's score, apart (before: one, the score hidden)
+
+
 def test_a_box_along_a_strips_edges_keeps_its_four_lines() -> None:
     from otx.tasks import Prediction
     from otx.visualize import overlay

@@ -76,20 +76,24 @@ def _box_label_origin(
 ) -> tuple[int, int]:
     """Where a box's score goes (its baseline's start).
 
-    Above the box, else below it, else inside it where it fits: the first place that covers no
-    box's line (``lines``: every box's, ``_box_lines``) and no label drawn before, and stays on the
-    canvas; else the first that leaves this box's own lines uncovered; else above, moved onto the
-    canvas. Before, a score above a box sat on its top line, and one inside a small box covered
-    its right line.
+    Above the box, else below it, else inside it in a corner where it fits (top left, top right,
+    bottom left, bottom right): the first place that covers no box's line (``lines``: every box's,
+    ``_box_lines``) and no label drawn before, and stays on the canvas; else the first that leaves
+    this box's own lines uncovered; else the first that covers no label; else above, moved onto the
+    canvas. Before, a score above a box sat on its top line, one inside a small box covered its
+    right line, and one of a box filling the image lay under the image's label (a review).
     """
     x1, y1, x2, y2 = box
     height, width = size
     first = _text_box(text, (0, 0), scale)
     above, below = -first[1], first[3]  # the text's extent over and under its baseline
     pad = _clearance(line)
-    candidates = [(x1, y1 - pad - below), (x1, y2 + pad + above), (x1 + pad, y1 + pad + above)]
+    right = x2 - pad - (first[2] - first[0])
+    top, bottom = y1 + pad + above, y2 - pad - below
+    candidates = [(x1, y1 - pad - below), (x1, y2 + pad + above), (x1 + pad, top), (right, top)]
+    candidates += [(x1 + pad, bottom), (right, bottom)]
     own = _box_lines(box, line)
-    for avoid in ((*taken, *lines), (*taken, *own)):
+    for avoid in ((*taken, *lines), (*taken, *own), tuple(taken)):
         for origin in candidates:
             rect = _text_box(text, (min(origin[0], max(0, width - first[2])), origin[1]), scale)
             if rect[1] >= 0 and rect[3] <= height and not any(_overlaps(rect, other) for other in avoid):
