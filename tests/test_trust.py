@@ -147,6 +147,36 @@ def test_a_mask_that_cannot_be_written_fails_in_one_line_and_keeps_latest(
     assert (work_dir / "latest.json").read_bytes() == before  # the earlier run stays the latest
 
 
+def test_an_image_the_model_scores_nan_is_an_error_not_normal(trained_padim: dict, sample_root: Path, tmp_path) -> None:
+    # Before (a review): a NaN score failed every comparison with the threshold, so the image was labelled normal
+    # with a null score, and otx test stopped in its metrics with "internal error (scores contain NaN)".
+    from rich.console import Console
+
+    from otx.checkpoint import load_checkpoint
+    from otx.data.datamodule import samples_from_source
+    from otx.errors import OTXError
+    from otx.scoring import TorchScorer
+    from otx.tasks import get_adapter
+    from otx.verbs.context import VerbContext
+    from otx.verbs.inference import collect, to_predictions
+    from otx.workdir import WorkDir
+
+    model, _ = load_checkpoint(trained_padim["checkpoint"])
+    samples = samples_from_source(str(sample_root / "bottle_like" / "test" / "good"))[:3]
+    data = AnomalyDataModule(num_workers=0, batch_size=2)
+    ctx = VerbContext(Console(quiet=True), WorkDir(tmp_path / "ws"), data, None, "CPU", "f32", 0, {})
+    scorer = TorchScorer(model)
+    outputs, errors = collect(ctx, data, scorer, samples, "predict", skip_errors=True)
+    assert errors == ["", "", ""] and torch.isfinite(outputs["scores"]).all()
+    model.model.gaussian.mean[0, 0] = float("nan")  # the model's arithmetic fails: NaN in every map and score
+    outputs, errors = collect(ctx, data, scorer, samples, "predict", skip_errors=True)
+    assert all(error.startswith("the model computed no score for") for error in errors), errors
+    predictions = to_predictions(get_adapter("segmentation"), scorer, outputs, samples, errors)
+    assert [p.label_name for p in predictions] == ["error"] * 3  # before: "normal"
+    with pytest.raises(OTXError, match=r"computed no score for '.*' \(NaN in its score or map"):
+        collect(ctx, data, scorer, samples, "validation")
+
+
 def test_opencvs_own_messages_on_cut_pngs_stay_off_the_terminal(trained_padim: dict, tmp_path: Path) -> None:
     # OpenCV printed "[ WARN:0@5.2] global grfmt_png.cpp:... PNG input buffer is incomplete" (cut in
     # the header) or libpng "libpng error: PNG input buffer is incomplete" (cut in the pixels) before

@@ -19,7 +19,7 @@ from otx.boxes import BoxSettings, tune
 from otx.data.datamodule import AnomalyDataModule, raise_batch_errors
 from otx.data.dataset import Sample, check_mask_size
 from otx.data.io import read_image, read_mask
-from otx.errors import OTXConfigError
+from otx.errors import OTXConfigError, OTXError
 from otx.metrics import box_ap, defect_recall, gt_boxes_from_mask, image_metrics, per_defect, pixel_metrics
 from otx.postprocess import normalize
 from otx.preprocess import PreProcessor, reduced_size
@@ -90,6 +90,24 @@ def metric_divisor(total_pixels: int, budget: int) -> int:
     return 1 if total_pixels <= budget else max(2, math.ceil(math.sqrt(total_pixels / budget)))
 
 
+NO_SCORE = (
+    "the model computed no score for '{path}' (NaN in its score or map: the model's arithmetic failed on it, an FP16 "
+    "or INT8 model's overflow or a model trained to NaN); score it with the FP32 export or the checkpoint, or train "
+    "again"
+)
+
+
+def no_score(maps: torch.Tensor, scores: torch.Tensor, errors: list[str]) -> list[int]:
+    """The images of a batch, read without error, whose score or map holds NaN (before: labelled "normal").
+
+    A NaN score fails every comparison with the threshold, so the image came out normal, score
+    null, and ``otx test`` stopped in its metrics with "internal error (scores contain NaN)".
+    """
+    count = len(errors)
+    nan = torch.isnan(scores.reshape(count, -1)).any(dim=1) | torch.isnan(maps.reshape(count, -1)).any(dim=1)
+    return [j for j in torch.nonzero(nan).flatten().tolist() if not errors[j]]
+
+
 def batches(
     ctx: VerbContext,
     data: AnomalyDataModule,
@@ -123,6 +141,11 @@ def batches(
                 raise_batch_errors(batch)
             maps, scores = scorer.run(batch.pop("image"))  # (the images are not held while the caller works:
             indices = batch["index"].tolist()  # 16 images of 3000x4000 as read are 576 MB)
+            errors = list(batch["error"])
+            for j in no_score(maps, scores, errors):
+                errors[j] = NO_SCORE.format(path=samples[indices[j]].path)
+                if not skip_errors:
+                    raise OTXError(errors[j])
             yield (
                 {
                     "maps": maps,
@@ -133,7 +156,7 @@ def batches(
                     "index": torch.as_tensor(batch["index"]),
                 },
                 [samples[i] for i in indices],
-                list(batch["error"]),
+                errors,
             )
             bars.advance(bar, len(indices))
 
