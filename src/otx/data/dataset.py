@@ -243,7 +243,10 @@ def _check_layout(folder: Path, passed: PassedOver | None = None) -> None:
                 # a tool's folder (.ipynb_checkpoints, Synology's @eaDir thumbnails two levels down): only
                 # images directly in it matter, as the reader would take them for a defect type
                 if is_tool_folder(inner.name):
-                    found = any(e.is_file() and _is_listed_image(e.name) for e in os.scandir(inner.path))
+                    try:
+                        found = any(e.is_file() and _is_listed_image(e.name) for e in os.scandir(inner.path))
+                    except OSError:  # a tool's folder otx may not list: not read, as none of a tool's is
+                        found = False
                 else:
                     found = _holds_images(inner.path)
                 if found:
