@@ -93,6 +93,28 @@ def test_fp16_ir_within_stated_tolerance(exported, trained_padim: dict, sample_r
     assert not [w for w in summary["warnings"] if "does not match torch" in w]  # judged, within its tolerance
 
 
+def test_an_export_whose_scores_span_a_few_float32_steps_is_not_called_edited(
+    trained_padim: dict, tmp_path: Path
+) -> None:
+    """The metadata check allows for float32 rounding near the threshold (a review: such exports were refused).
+
+    Near a threshold of 1000 a float32 step is 6e-5, 4 % of a range of 0.0016: the probes and OpenVINO's
+    arithmetic round by more than the check's tolerance (0.01 of the range).
+    """
+    from otx.checkpoint import load_checkpoint
+    from otx.deploy.calibrate import postprocessor_disagrees
+    from otx.deploy.export import export_model
+
+    model, _ = load_checkpoint(trained_padim["checkpoint"])
+    post = model.postprocessor
+    for name, value in (("image_threshold", 1000.0), ("image_min", 999.9993), ("image_max", 1000.0009)):
+        getattr(post, name).fill_(value)
+    graph = ov.Core().read_model(export_model(model, tmp_path / "fp32", "segmentation"))
+    assert postprocessor_disagrees(graph, post.stats()) == []
+    edited = {**post.stats(), "image_threshold": float(post.image_threshold) + 0.0004}  # a quarter of the range
+    assert postprocessor_disagrees(graph, edited) == ["image"]
+
+
 def test_an_fp16_export_keeps_thresholds_that_float16_would_round(trained_padim: dict, tmp_path: Path) -> None:
     """FP16 rounds the weights, not the post-processor's thresholds and range: they stay as the metadata says.
 

@@ -559,6 +559,46 @@ def test_best_threshold_agrees_best_and_stays_near_the_prior() -> None:
         assert agreement == pytest.approx(max(np.mean((values >= c) == reference) for c in cuts)), trial
 
 
+def test_a_recalibrated_threshold_keeps_its_labels_in_float32_and_its_range_finite() -> None:
+    """As the graph's float32 post-processor applies it (a review: two bugs of ``calibrate_decisions``).
+
+    A threshold picked between two candidate scores one float32 step apart was stored on the lower one, which the
+    graph then labelled anomalous while the check claimed full agreement; one infinite candidate score became
+    ``image_max``, every normalised score 0.5, and metadata otx refused.
+    """
+    from otx.deploy.calibrate import RawOutputs, calibrate_decisions
+    from otx.deploy.metadata import ModelInfo, with_stats
+    from otx.postprocess import PostProcessor
+
+    n = 20
+    reference = np.concatenate([np.linspace(0, 1, n), np.linspace(2, 3, n)]).astype(np.float32)
+    maps = np.zeros((2 * n, 2, 2), np.float32)
+
+    def outputs(scores: np.ndarray) -> RawOutputs:
+        return RawOutputs(
+            scores, maps, np.arange(2 * n) >= n, np.zeros_like(maps, bool), np.arange(2 * n), maps[:, 0, 0] == 0
+        )
+
+    stats = {"image_threshold": 1.5, "image_min": 0.0, "image_max": 3.0}
+    stats |= {"pixel_threshold": 1.0, "pixel_min": 0.0, "pixel_max": 2.0}
+    low = np.float32(1.75)  # the highest normal score and the lowest anomalous one, one float32 step apart
+    candidate = np.concatenate([np.linspace(0, low, n), np.linspace(np.nextafter(low, np.float32(4)), 3, n)])
+    candidate = candidate.astype(np.float32)
+    decided = calibrate_decisions(outputs(reference), outputs(candidate), stats, pixel_level=False)
+    assert decided.recalibrated == ["image"] and decided.agreement["image"] == 1.0
+    post = PostProcessor()
+    for name, value in decided.stats.items():
+        getattr(post, name).fill_(value)
+    labels = post(torch.from_numpy(maps), torch.from_numpy(candidate))["pred_label"].numpy()
+    np.testing.assert_array_equal(labels, reference >= 1.5)  # before: the score 1.75 anomalous
+    candidate = reference + np.float32(0.8)  # a shift, and one score that overflowed
+    candidate[-1] = np.inf
+    decided = calibrate_decisions(outputs(reference), outputs(candidate), stats, pixel_level=False)
+    assert decided.recalibrated == ["image"] and np.isfinite(list(decided.stats.values())).all()
+    raw = {"otx_version": "0", "otx_model": "Padim", "task": "classification", "input_size": "256 256"}
+    ModelInfo.parse(with_stats({**raw, **{k: str(v) for k, v in stats.items()}}, decided.stats), "int8.xml")
+
+
 def test_optimize_figures_leave_an_anomalous_image_without_a_mask_out_of_the_pixel_level() -> None:
     """The pixel AUROC and F1 otx optimize reports count only images whose mask is their truth, as otx test does."""
     from sklearn.metrics import f1_score, roc_auc_score

@@ -91,14 +91,14 @@ def f1_adaptive_threshold(scores: torch.Tensor | np.ndarray, labels: torch.Tenso
     finite = s[np.isfinite(s)]
     if not np.isfinite(below):  # every score is at or above it (or the one below is -inf): a margin below it
         top = float(finite.max()) if finite.size else best
-        return _between(below, best, best - max(0.01 * (top - best), 1e-6 * max(abs(best), 1.0)))
+        return stored_between(below, best, best - max(0.01 * (top - best), 1e-6 * max(abs(best), 1.0)))
     if not np.isfinite(best):  # only +inf scores above: a margin above the highest finite one
         bottom = float(finite.min())
-        return _between(below, best, below + max(0.01 * (below - bottom), 1e-6 * max(abs(below), 1.0)))
-    return _between(below, best, (best + below) / 2)
+        return stored_between(below, best, below + max(0.01 * (below - bottom), 1e-6 * max(abs(below), 1.0)))
+    return stored_between(below, best, (best + below) / 2)
 
 
-def _between(below: float, best: float, threshold: float) -> float:
+def stored_between(below: float, best: float, threshold: float) -> float:
     """``threshold`` as the float32 the post-processor stores, kept above ``below`` (at most ``best``).
 
     The post-processor's buffers are float32: a midpoint of two float32 scores a few units of the

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from otx.errors import OTXError
-from otx.postprocess import STAT_KEYS, known_pixel_rows, normalize
+from otx.postprocess import STAT_KEYS, known_pixel_rows, normalize, stored_between
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +113,19 @@ def postprocessor_disagrees(ov_model: Any, stats: dict[str, float], tolerance: f
     except Exception as exc:  # noqa: BLE001 - not separable: nothing to compare
         log.info("the post-processor was not compared with the metadata (%s)", exc)
         return []
-    expected = np.array([0.25, 0.5, 0.75], np.float32)
+    steps = np.array([0.25, 0.5, 0.75], np.float32)
 
     def probe(level: str) -> np.ndarray:
         low, high = stats[f"{level}_min"], stats[f"{level}_max"]
-        return np.float32(stats[f"{level}_threshold"] + (expected - 0.5) * (high - low))
+        return np.float32(stats[f"{level}_threshold"] + (steps - 0.5) * (high - low))
+
+    def slack(level: str) -> float:
+        # float32 rounding, in normalised units: of the probes near the threshold, and of the graph's arithmetic
+        # (OpenVINO computes x * (1 / range) + (0.5 - threshold / range), whose terms are |x| / range large). A
+        # range of a few float32 steps of the threshold moved the answers past the tolerance (refused as edited)
+        values = [abs(float(stats[f"{level}_{key}"])) for key in ("threshold", "min", "max")]
+        span = max(float(stats[f"{level}_max"]) - float(stats[f"{level}_min"]), 1e-12)
+        return 4.0 * float(np.spacing(np.float32(max(values)))) / span
 
     shape = [3] + [1 if d.is_dynamic else d.get_length() for d in raw_map.get_partial_shape()][1:]
     maps = np.broadcast_to(probe("pixel").reshape(3, *[1] * (len(shape) - 1)), shape)
@@ -129,7 +137,7 @@ def postprocessor_disagrees(ov_model: Any, stats: dict[str, float], tolerance: f
     return [
         level
         for level, values in given.items()
-        if spread[level] and np.abs(values - expected[:, None]).max() > tolerance
+        if spread[level] and np.abs(values - steps[:, None]).max() > tolerance + slack(level)
     ]
 
 
@@ -249,8 +257,14 @@ def best_threshold(values: np.ndarray, reference: np.ndarray, prior: float) -> t
             picks.append(prior)
         else:
             picks.append(lo + min(MARGIN * span, 0.5 * (hi - lo)))
-    picks_arr = np.asarray(picks)
-    return float(picks_arr[np.argmin(np.abs(picks_arr - prior))]), float(best) / n
+    nearest = int(np.argmin(np.abs(np.asarray(picks) - prior)))
+    k = int(ties[nearest])
+    # as the float32 the graph stores, kept above the interval's lower end (its value labelled normal): rounded,
+    # a pick a few float32 steps above it landed on it and labelled that value anomalous (a review)
+    threshold = stored_between(float(lower[k]), float(upper[k]), float(picks[nearest]))
+    if not lower[k] < threshold <= upper[k]:  # values float32 does not hold (float64 ones): the pick as it is
+        threshold = float(picks[nearest])
+    return threshold, float(best) / n
 
 
 def cross_validated(
@@ -321,7 +335,10 @@ def calibrate_decisions(
         result.agreement[level] = kept
         if not sure.any() or kept == 1.0:
             continue
-        cmin, cmax = float(cand.min()), float(cand.max())  # the min-max of all values, as training takes it
+        finite = cand[np.isfinite(cand)]  # the min-max of the finite values, as training takes it (PostProcessor.fit)
+        if not finite.size:
+            continue  # nothing finite to normalise by: the statistics stay (the check says how the labels moved)
+        cmin, cmax = float(finite.min()), float(finite.max())
         ref_labels, cand = ref_labels[sure], cand[sure]
         prior = cmin + (threshold - vmin) / max(vmax - vmin, 1e-12) * (cmax - cmin)
         cv_kept, cv_recalibrated = cross_validated(cand, ref_labels, threshold, prior)

@@ -31,6 +31,8 @@ ONNX_OPSET = 18  # Col2Im (tile mode stitches its maps with torch fold) needs 18
 # bottle_like; PADIM on magnetic_tile 1.9e-3), so four times that. Within it, a label can differ
 # only for a score within the tolerance of the threshold (0.5).
 SCORE_TOLERANCE = {"FP32": 1e-3, "FP16": 2e-2}
+# Largest share of map pixels whose mask may differ from torch's: the parity tests' mask IoU of 0.99 at most
+MASK_TOLERANCE = 0.01
 
 
 def check_export_args(export_format: str, precision: str) -> tuple[str, str]:
@@ -241,9 +243,12 @@ def compare_with_torch(model: AnomalyModel, exported: Any, images: list[np.ndarr
     return_freed_memory()  # torch's freed tensors, before OpenVINO's buffers
     got = exported.infer([image.transpose(1, 2, 0) for image in images])  # channel-last: no layout guessed
     same = got["pred_label"] == np.concatenate(labels)
+    torch_maps = np.concatenate(maps)
     return {
         "max_score_diff": float(np.abs(got["pred_score"] - np.concatenate(scores)).max()),
-        "max_map_diff": float(np.abs(got["anomaly_map"] - np.concatenate(maps)).max()),
+        "max_map_diff": float(np.abs(got["anomaly_map"] - torch_maps).max()),
+        # the share of map pixels whose mask (map >= 0.5) differs: what the maps decide
+        "mask_pixels_differ": float(np.mean((got["anomaly_map"] >= 0.5) != (torch_maps >= 0.5))),
         "label_agreement": float(np.mean(same)),
         "labels_differ": int((~same).sum()),
     }
@@ -259,6 +264,14 @@ def check_warning(check: dict[str, Any], precision: str, stats: dict[str, float]
     """
     tolerance = SCORE_TOLERANCE[precision]
     if check["max_score_diff"] <= tolerance:
+        # the maps judged by their masks (before: never judged, a review): more than MASK_TOLERANCE of the pixels
+        if (share := check.get("mask_pixels_differ", 0.0)) > MASK_TOLERANCE:
+            return (
+                f"the exported model's masks do not match torch on its check images ({check['probe'].split(' (')[0]}): "
+                f"{share:.1%} of their pixels differ (maps by up to {check['max_map_diff']:.3g}; otx expects at most "
+                f"{MASK_TOLERANCE:.0%}); compare `otx test --checkpoint {exported}` with the checkpoint's pixel "
+                "metrics before shipping it"
+            )
         return None
     images = check["probe"].split(" (")[0]
     message = (

@@ -634,7 +634,7 @@ MARGIN_KEPT = 0.25
 MARGIN_MIN = 0.1
 
 
-def margin_warning(decisions: dict[str, Any]) -> str | None:
+def margin_warning(decisions: dict[str, Any], what: str = "INT8") -> str | None:
     """One line when the INT8 model squeezes the validation images of a kind onto the threshold; None otherwise.
 
     From ``image_margin_anomalous`` / ``image_margin_normal`` in ``keep_decisions``'s table
@@ -661,12 +661,12 @@ def margin_warning(decisions: dict[str, Any]) -> str | None:
     if not found:
         return None
     return (
-        f"The INT8 model squeezes the validation images toward the threshold: {'; '.join(found)}; check it with "
+        f"The {what} model squeezes the validation images toward the threshold: {'; '.join(found)}; check it with "
         f"otx test before deploying it, or deploy the {reference} model"
     )
 
 
-def decision_warning(decisions: dict[str, Any]) -> str | None:
+def decision_warning(decisions: dict[str, Any], what: str = "INT8") -> str | None:
     """One line when the INT8 model's validation decisions fall short of the FP32 model's; None when they hold.
 
     ``decisions`` is ``keep_decisions``'s record. Without the check (no validation images) there is
@@ -683,12 +683,13 @@ def decision_warning(decisions: dict[str, Any]) -> str | None:
     labels = f"{math.floor(agreement * 1000) / 10:.1f}% of the image labels as {reference}'s"
     held = agreement >= DECISION_AGREEMENT  # said apart: "100.0% of the labels" beside a fallen F1 read as a fault
     return (
-        f"The INT8 model does not keep the {reference} model's decisions on the {decisions['images']} validation "
+        f"The {what} model does not keep the {reference} model's decisions on the {decisions['images']} validation "
         "images: "
         + ", ".join(moved if held else [*moved, labels])
         + f" (otx expects a drop of at most {DECISION_DROP} and {DECISION_AGREEMENT:.0%} of the labels"
         + (f"; the image labels hold: {labels}" if held else "")
-        + "); check it with otx test before deploying it, or deploy the FP32 or FP16 export"
+        + "); check it with otx test before deploying it, or deploy the "
+        + ("FP32 or FP16 export" if what == "INT8" else "FP32 export")
     )
 
 

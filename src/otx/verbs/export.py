@@ -33,6 +33,7 @@ def run(
 ) -> ExportResult:
     """Export; an FP16 IR's decisions are checked against FP32 on the validation split (and recalibrated)."""
     from otx.deploy.export import check_inferencer, check_warning, compare_with_torch, export_model
+    from otx.deploy.optimize import decision_warning, margin_warning
     from otx.deploy.package import write_demo_package
 
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(ctx.workdir)
@@ -78,6 +79,10 @@ def run(
     )
     export_s = time.perf_counter() - start
     decisions = check_fp16(model, exported, validation, data is not None) if precision == "FP16" else None
+    if decisions is not None:  # (before: recorded, never said; the summary pointed at a warning that did not exist)
+        for message in (decision_warning(decisions, "FP16"), margin_warning(decisions, "FP16")):
+            if message:
+                ctx.warn(message)
     # Check the file that was written, through OpenVINO, against torch on real images at their own
     # size where the training data is at hand, and on one image of noise of another size.
     probes, probe = probe_images(model, validation)
