@@ -950,3 +950,25 @@ def test_the_epoch_state_writer_leaves_a_callers_own_and_remote_paths_to_lightni
     with fsspec.open("memory://otx-test/epoch3.ckpt", "rb") as handle:
         assert torch.load(handle, weights_only=True) == {"epoch": 3}
     assert not list(tmp_path.glob("memory*"))
+
+
+def test_a_callback_monitoring_a_validation_metric_keeps_the_best_not_the_worst() -> None:
+    """Lightning's callbacks default to mode min; otx's validation metrics are better when higher (a review)."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from otx.training import instantiate_callbacks, without_unlogged_monitors
+
+    metrics = {"val/image_AUROC", "val/pixel_AUROC"}
+    entries = [
+        {"class_path": "EarlyStopping", "init_args": {"monitor": "val/image_AUROC", "patience": 4}},
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"monitor": "val/pixel_AUROC"}},
+        {"class_path": "EarlyStopping", "init_args": {"monitor": "train_loss"}},  # a loss: lower is better, as given
+    ]
+    kept, dropped = without_unlogged_monitors(entries, metrics, metrics, {"train_loss"})
+    assert not dropped
+    stopping, best, loss = instantiate_callbacks(kept)
+    assert stopping.mode == "max" and best.mode == "max" and loss.mode == "min"  # before: min, min, min
+    assert entries[0]["init_args"] == {"monitor": "val/image_AUROC", "patience": 4}  # the given entries unchanged
+    with pytest.raises(OTXError, match="with mode min, which keeps the worst epoch"):
+        without_unlogged_monitors([EarlyStopping(monitor="val/image_AUROC")], metrics, metrics)
+    assert without_unlogged_monitors([ModelCheckpoint(monitor="val/image_AUROC", mode="max")], metrics, metrics)[0]

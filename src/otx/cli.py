@@ -1065,7 +1065,7 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
         # (before: "expects null or dict or a list" of a list, and "null or a list" of a dict: either way no entry form)
         return (
             "--trainer.callbacks takes a list of {class_path: ..., init_args: {...}} entries, e.g. "
-            "'[{class_path: EarlyStopping, init_args: {monitor: val/image_AUROC, patience: 4}}]' "
+            "'[{class_path: EarlyStopping, init_args: {monitor: val/image_AUROC, mode: max, patience: 4}}]' "
             f"(got {callbacks[1][:200]})"
         )
     null_args = re.search(

@@ -230,7 +230,7 @@ def _same(first: Any, second: Any) -> bool:
 
 
 _CALLBACK_EXAMPLE = (
-    "{class_path: lightning.pytorch.callbacks.EarlyStopping, init_args: {monitor: val/image_AUROC}}, "
+    "{class_path: lightning.pytorch.callbacks.EarlyStopping, init_args: {monitor: val/image_AUROC, mode: max}}, "
     "or a Lightning callback object"
 )
 
@@ -317,7 +317,7 @@ def instantiate_callbacks(specs: list[Any]) -> list[L.Callback]:
         class_name = cls.__name__
         try:
             callbacks.append(cls(**(spec.get("init_args") or {})))
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Lightning's MisconfigurationException too ("internal error" before)
             unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
             hint = ""
             if unknown:
@@ -822,8 +822,37 @@ def without_unlogged_monitors(
                 f"trainer.callbacks: {callback_name(spec)} monitors '{monitor}', which otx does not log{why}; monitor "
                 f"one of {', '.join(sorted(known | training))}"
             )
+        if validation:
+            spec = _higher_is_better(spec, monitor)
         (dropped if validation and monitor not in logged else kept).append(spec)
     return kept, dropped
+
+
+def _higher_is_better(spec: Any, monitor: str) -> Any:
+    """A callback entry monitoring a ``val/`` metric (AUROC, F1: higher is better) with ``mode: max``.
+
+    Lightning's ``EarlyStopping`` and ``ModelCheckpoint`` default to ``mode: min``: an entry that
+    named no mode kept the worst epoch, or stopped while the metric rose (a review; otx's own error
+    line suggested such an entry). An entry without a mode gets ``max``; ``min`` is refused.
+    """
+    given = (spec.get("init_args") or {}).get("mode") if isinstance(spec, dict) else getattr(spec, "mode", None)
+    if isinstance(spec, dict) and given is None and _takes_mode(spec):
+        return {**spec, "init_args": {**(spec.get("init_args") or {}), "mode": "max"}}
+    if given == "min":
+        raise OTXConfigError(
+            f"trainer.callbacks: {callback_name(spec)} monitors '{monitor}' with mode min, which keeps the worst epoch "
+            f"(otx's validation metrics are better when higher); pass mode: max"
+            + ("" if isinstance(spec, dict) else f" ({type(spec).__name__}(monitor=..., mode='max'))")
+        )
+    return spec
+
+
+def _takes_mode(spec: dict[str, Any]) -> bool:
+    """Whether the class of a ``{class_path, init_args}`` entry takes a ``mode`` argument (EarlyStopping does)."""
+    try:
+        return "mode" in inspect.signature(_entry_class(spec)).parameters
+    except (OTXConfigError, TypeError, ValueError):  # a class otx cannot import or read: left as it is
+        return False
 
 
 def monitored_checkpoint(callbacks: list[L.Callback]) -> ModelCheckpoint | None:
@@ -857,6 +886,13 @@ def build_trainer(
         raise OTXConfigError(
             f"trainer.{partial[0]}: otx fits on every training image and learns its thresholds on every validation "
             "image, which its summary counts; remove it, and train on a smaller data root for a quicker run"
+        )
+    precision = str(settings.get("precision") or "32").lower()
+    if precision.endswith("-true") and precision != "32-true" or precision in ("64", "16-true", "bf16-true"):
+        # (Lightning casts the model to it, otx feeds float32 batches: "internal error (... Float but found Double)")
+        raise OTXConfigError(
+            f"trainer.precision {settings['precision']}: otx feeds its models float32 images, so the weights stay "
+            "float32; pass 32-true, 16-mixed or bf16-mixed (mixed precision computes in 16 bits where it is safe)"
         )
     callbacks = [*instantiate_callbacks(settings.pop("callbacks", None) or []), StopSignalKept()]
     checkpoints = run_path / CHECKPOINT_DIR

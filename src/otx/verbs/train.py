@@ -220,9 +220,10 @@ def _drop_unlogged_monitors(model: AnomalyModel, data: AnomalyDataModule, settin
     every = model.logged_validation_metrics()
     training = set() if model.fits_in_one_pass else {"train_loss", "train_loss_step", "train_loss_epoch"}
     kept, dropped = without_unlogged_monitors(settings.get("callbacks") or [], logged, every, training)
+    if settings.get("callbacks") is not None:  # (None: the model's defaults) the entries as checked, mode max given
+        settings["callbacks"] = kept
     if not dropped:
         return None
-    settings["callbacks"] = kept
     needs = {"val/image_AUROC": "defective images" if normal else "normal images", "val/pixel_AUROC": "defect masks"}
     monitors = list(dict.fromkeys(str(monitor_of(spec)) for spec in dropped))
     whys = " and no ".join(dict.fromkeys(needs.get(m, "defective images") for m in monitors))
