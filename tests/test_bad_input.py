@@ -1036,6 +1036,27 @@ def test_engine_refuses_a_model_class_instead_of_an_instance(sample_root: Path, 
         Engine(model=Padim, data=sample_root / "bottle_like", work_dir=tmp_path)  # type: ignore[arg-type]
 
 
+def test_an_engines_data_and_task_set_later_are_taken_as_the_constructor_takes_them(
+    trained_padim: dict, sample_root: Path, tmp_path: Path
+) -> None:
+    # Before (a review): a path or a task name assigned after construction stayed a str, and the next verb stopped
+    # with AttributeError ("'str' object has no attribute 'data_root'")
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.tasks import AnomalyTask
+
+    engine = Engine(work_dir=tmp_path / "ws")
+    engine.data = sample_root / "bottle_like"
+    engine.task = "classification"
+    assert isinstance(engine.data, AnomalyDataModule) and engine.data.data_root == str(sample_root / "bottle_like")
+    assert engine.task is AnomalyTask.CLASSIFICATION
+    assert engine.test(checkpoint=trained_padim["checkpoint"]).task == "classification"
+    with pytest.raises(OTXError, match="unknown task 'boxes'; choose one of classification, detection, segmentation"):
+        engine.task = "boxes"
+    with pytest.raises(OTXConfigError, match="data must be an AnomalyDataModule or a data root path"):
+        engine.data = 5  # type: ignore[assignment]
+
+
 def test_engine_names_anomalib_habits_in_one_line(sample_root: Path, tmp_path: Path) -> None:
     """anomalib's model object, and anomalib's engine.fit(model): one line each (before: the whole layer tree)."""
     import anomalib.models

@@ -165,12 +165,8 @@ class Engine:
                 what = got(model)
             raise OTXConfigError(f"model must be an otx model such as otx.models.Padim() ({what})")
         self.model = model
-        if data is not None and not isinstance(data, AnomalyDataModule | str | Path):
-            raise OTXConfigError(f"data must be an AnomalyDataModule or a data root path ({got(data)})")
-        self.data = data if isinstance(data, AnomalyDataModule) else AnomalyDataModule(str(data) if data else None)
-        if task is not None and not isinstance(task, str):
-            raise OTXConfigError(f"task must be one of classification, detection, segmentation (got {task!r})")
-        self.task: AnomalyTask | None = get_adapter(task).task if task is not None else None
+        self.data = data  # (checked and converted by the property, as a later assignment is)
+        self.task = task
         if not isinstance(device, str) or not device.strip():
             raise OTXConfigError(f"device must be an OpenVINO device name such as CPU, GPU or AUTO (got {device!r})")
         self.device = device
@@ -207,6 +203,29 @@ class Engine:
         self._pristine: AnomalyModel | None = None  # a gradient-trained model as given, before this engine trained it
         self._trained: AnomalyModel | None = None  # the model the last train() trained
         self._own: dict[str, Path] = {}  # the checkpoint ("train") and export ("export") this engine wrote last
+
+    @property
+    def data(self) -> AnomalyDataModule:
+        """The data module the verbs use; set it to an ``AnomalyDataModule``, a data root path, or None."""
+        return self._data
+
+    @data.setter
+    def data(self, data: AnomalyDataModule | str | Path | None) -> None:
+        # (before: a path assigned after construction stayed a str, and the next verb stopped with AttributeError)
+        if data is not None and not isinstance(data, AnomalyDataModule | str | Path):
+            raise OTXConfigError(f"data must be an AnomalyDataModule or a data root path ({got(data)})")
+        self._data = data if isinstance(data, AnomalyDataModule) else AnomalyDataModule(str(data) if data else None)
+
+    @property
+    def task(self) -> AnomalyTask | None:
+        """The task given (None: each model's own); set it to ``classification``, ``detection`` or ``segmentation``."""
+        return self._task
+
+    @task.setter
+    def task(self, task: str | AnomalyTask | None) -> None:
+        if task is not None and not isinstance(task, str):  # (an AnomalyTask is a str)
+            raise OTXConfigError(f"task must be one of classification, detection, segmentation (got {task!r})")
+        self._task = get_adapter(task).task if task is not None else None
 
     @property
     def work_dir(self) -> Path:
