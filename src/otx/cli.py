@@ -71,6 +71,9 @@ def list_recipes() -> list[str]:
 
 def resolve_recipe(path: str) -> str:
     """Map ``recipe/...`` (or ``recipes/...``) to a shipped recipe unless such a local file exists."""
+    if not path.strip():  # (``--config=``: "is a folder" before)
+        raise OTXError("--config is empty; pass a recipe YAML file (`otx find recipes` lists them)")
+    path = os.path.expanduser(path)  # (``--config=~/r.yaml``: the shell leaves that ~ as it is)
     if Path(path).exists():
         return path
     for prefix in RECIPE_PREFIXES:
@@ -1675,6 +1678,12 @@ def _refuse_train_options(argv: list[str]) -> None:
             f"come from the checkpoint or exported model; give model settings to otx train{hint}"
         )
     split = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data.val_split", "--data.seed")]
+    roots = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data_root", "--data.data_root")]
+    if verb == "predict" and roots and _option_values(argv, "--source"):  # before: passed over, even a missing one
+        raise OTXError(
+            f"{roots[0]} has no effect on otx predict --source: the images come from --source; give one of them "
+            "(without --source, the data root's test/ images are predicted)"
+        )
     if verb == "predict" and split and _option_values(argv, "--source"):  # before: passed over without a word
         raise OTXError(
             f"{split[0]} has no effect on otx predict --source: the validation split matters only for predicting a "
@@ -1706,6 +1715,15 @@ def _without_option(argv: list[str], option: str) -> list[str]:
     return [arg for i, arg in enumerate(argv) if i not in drop]
 
 
+def _epochs(text: str) -> int | None:
+    """A whole number of epochs of at least 1 as Python reads it (``40``, ``1_000``); None for anything else."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
 def _fold_max_epochs(argv: list[str]) -> list[str]:
     """``--max_epochs N`` as ``--trainer.max_epochs N`` after every other option.
 
@@ -1719,17 +1737,14 @@ def _fold_max_epochs(argv: list[str]) -> list[str]:
         return argv
     if not shortcut:  # a --trainer.max_epochs given here beats a config file's top-level max_epochs as well
         explicit = _option_values(argv, "--trainer.max_epochs")
-        value = explicit[-1][1].strip() if explicit else ""
-        return argv + ["--max_epochs", value] if value.isdigit() and int(value) >= 1 else argv
+        epochs = _epochs(explicit[-1][1]) if explicit else None
+        return argv + ["--max_epochs", str(epochs)] if epochs else argv
     value = shortcut[-1][1]  # a repeated option: the last one counts, as for every other option
-    if not (value.isdigit() and int(value) >= 1):
+    if not (epochs := _epochs(value)):
         return argv
+    value = str(epochs)  # (1_000 as 1000: compared as a number, before as text, and another value won silently)
     explicit = _option_values(argv, "--trainer.max_epochs")
-    if (
-        explicit
-        and explicit[-1][1].strip() != value
-        and not (explicit[-1][1].strip().isdigit() and int(explicit[-1][1]) == int(value))
-    ):
+    if explicit and _epochs(explicit[-1][1]) != epochs:
         raise OTXError(
             f"--max_epochs {value} and --trainer.max_epochs {explicit[-1][1]} disagree: give the number of epochs once"
         )
@@ -1796,7 +1811,9 @@ def _fold_data_root(argv: list[str]) -> list[str]:
         return argv
     if not shortcut and explicit and explicit[-1][1]:  # beats a config file's top-level data_root as well
         return argv + ["--data_root", explicit[-1][1]]
-    if not shortcut or not shortcut[-1][1]:
+    if shortcut and not shortcut[-1][1].strip():  # (an unset shell variable: the training data was taken silently)
+        raise OTXError("--data_root is empty; pass a data folder (MVTec AD layout), or leave the option out")
+    if not shortcut:
         return argv
     value = shortcut[-1][1]
     if explicit and os.path.abspath(os.path.expanduser(explicit[-1][1])) != os.path.abspath(os.path.expanduser(value)):
