@@ -365,6 +365,20 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "--data_root is empty; pass a data folder",
         1,
     ),
+    (  # before: accepted and passed over (a review)
+        "test-seed",
+        "ignored option",
+        ["test", "--checkpoint", "{ckpt}", "--seed", "7"],
+        "--seed has no effect on otx test: it draws nothing at random",
+        1,
+    ),
+    (  # before: accepted and passed over (a review)
+        "benchmark-batch-size",
+        "ignored option",
+        ["benchmark", "--checkpoint", "{ckpt}", "--data.batch_size", "8"],
+        "--data.batch_size has no effect on otx benchmark: it times the model on one image per request",
+        1,
+    ),
     (  # before: passed over without a word, even a folder that does not exist (a review)
         "predict-source-and-data-root",
         "wrong combination",

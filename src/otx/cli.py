@@ -1678,6 +1678,18 @@ def _refuse_train_options(argv: list[str]) -> None:
             f"come from the checkpoint or exported model; give model settings to otx train{hint}"
         )
     split = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data.val_split", "--data.seed")]
+    if verb in ("test", "predict", "export", "benchmark") and _option_values(argv, "--seed"):
+        # (before: accepted and passed over; these verbs draw nothing at random, a review)
+        raise OTXError(
+            f"--seed has no effect on otx {verb}: it draws nothing at random (the validation split follows the "
+            "model's recorded one, or --data.seed); --seed seeds otx train and otx optimize's calibration images"
+        )
+    batches = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data.batch_size", "--data.num_workers")]
+    if verb == "benchmark" and batches:  # (before: passed over; a review)
+        raise OTXError(
+            f"{batches[0]} has no effect on otx benchmark: it times the model on one image per request (latency and "
+            "throughput), the images read before timing starts"
+        )
     roots = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data_root", "--data.data_root")]
     if verb == "predict" and roots and _option_values(argv, "--source"):  # before: passed over, even a missing one
         raise OTXError(
