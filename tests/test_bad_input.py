@@ -365,6 +365,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "--data_root is empty; pass a data folder",
         1,
     ),
+    (  # before: jsonargparse's "Unable to load config 'null'" twice over, with no fix (a review)
+        "train-trainer-null",
+        "wrong type",
+        ["train", "--config", RECIPE, "--trainer", "null"],
+        "--trainer takes lightning.Trainer settings as a mapping or a YAML file of them; 'null' is neither",
+        2,
+    ),
     (  # before: accepted and passed over (a review)
         "test-seed",
         "ignored option",

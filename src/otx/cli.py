@@ -871,7 +871,7 @@ _DATA_PATTERNS = (
     ),
 )
 # anomalib's --data MVTecAD, OTX 2.x's `data: ../_base_/data.yaml` (before: jsonargparse's line, twice)
-_DATA_NOT_A_FILE = re.compile(r"Parser key \"data\": Unable to load config [\'\"]([^\'\"]*)[\'\"]")
+_DATA_NOT_A_FILE = re.compile(r"Parser key \"(data|trainer)\": Unable to load config [\'\"]([^\'\"]*)[\'\"]")
 
 
 _TYPE_WORDS = {
@@ -1085,9 +1085,14 @@ def _parser_error_line(exc: BaseException, verb: str | None = None) -> str:
         match = pattern.search(text)
         if match:
             return template.format(*([match.group(0)] + list(match.groups())))
-    if (named := _DATA_NOT_A_FILE.search(text)) and not Path(named[1]).expanduser().exists():
+    if (named := _DATA_NOT_A_FILE.search(text)) and not Path(named[2]).expanduser().exists():
+        if named[1] == "trainer":  # (before: jsonargparse's line twice over, with no fix; a review)
+            return (
+                f"--trainer takes lightning.Trainer settings as a mapping or a YAML file of them; '{named[2]}' is "
+                "neither (no such file): e.g. --trainer.max_epochs 5, or --trainer '{max_epochs: 5}'"
+            )
         return (  # a file that is there but not valid YAML keeps jsonargparse's line (it says where)
-            f"--data takes its settings as a mapping or a YAML file of them; '{named[1]}' is neither (no such "
+            f"--data takes its settings as a mapping or a YAML file of them; '{named[2]}' is neither (no such "
             "file): otx names no data classes, its data section is data_root, batch_size, ... (`otx <command> "
             "--help` lists them)"
         )
