@@ -365,6 +365,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "--data_root is empty; pass a data folder",
         1,
     ),
+    (  # before: a time up mid-pass fitted PADIM on part of the images, said nowhere (a review)
+        "train-max-time-one-pass",
+        "wrong combination",
+        ["train", "--config", RECIPE, "--trainer.max_time", "00:00:00:01"],
+        "trainer.max_time: Padim fits in one pass over the training images, which a time limit would cut short",
+        1,
+    ),
     (  # before: jsonargparse's "Unable to load config 'null'" twice over, with no fix (a review)
         "train-trainer-null",
         "wrong type",

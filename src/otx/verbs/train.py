@@ -26,7 +26,7 @@ from otx.checks import (
 )
 from otx.data import AnomalyDataModule
 from otx.data.dataset import relative_names
-from otx.errors import OTXDataError, OTXError
+from otx.errors import OTXConfigError, OTXDataError, OTXError
 from otx.models.base import AnomalyModel
 from otx.postprocess import known_pixel_rows
 from otx.preprocess import SQUASH_LIMIT, PreProcessor, squash_factor
@@ -265,6 +265,13 @@ def run(
             f"max_epochs {epochs_asked} would repeat the same fit {epochs_asked} times, so it trains 1 epoch"
         )
         settings["max_epochs"] = 1
+    if model.fits_in_one_pass and settings.get("max_time") is not None:
+        # before: a time up mid-pass fitted on part of the images, said nowhere (or stopped unfitted, "internal error")
+        raise OTXConfigError(
+            f"trainer.max_time: {type(model).__name__} fits in one pass over the training images, which a time limit "
+            "would cut short (a model fitted on part of them, or on none); remove it, and train on a smaller data "
+            "root for a quicker run"
+        )
     unused = [key for key, idle in GRADIENT_ONLY.items() if settings.get(key, idle) != idle]
     if model.fits_in_one_pass and unused:
         # before: Lightning's MisconfigurationException once the run had started ("internal error")
