@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -488,3 +489,22 @@ def test_anomalous_images_without_a_box_are_named(
     assert missed > 0, records
     assert f"{len(flagged)} image(s) labelled anomalous have no box" in said
     assert f"the box metrics count the defects of {missed} of them as missed" in said, said
+
+
+def test_boxes_are_said_untuned_when_the_validation_split_has_no_defect_mask(dataset_copy, tmp_path: Path) -> None:
+    # Before (a review): every candidate's box AP was NaN, the first (the defaults) was kept, and the summary said
+    # "chosen on the validation split".
+    from otx.data import AnomalyDataModule
+    from otx.engine import Engine
+    from otx.models import Padim
+
+    root = dataset_copy()
+    (root / "val" / "good").mkdir(parents=True)
+    for path in sorted((root / "test" / "good").glob("*.png"))[:4]:
+        shutil.move(path, root / "val" / "good" / path.name)
+    engine = Engine(
+        model=Padim(), data=AnomalyDataModule(str(root), num_workers=0), task="detection", work_dir=tmp_path / "ws"
+    )
+    summary = engine.train()
+    assert any("no defect image with a mask, so the detection boxes keep the default" in w for w in summary.warnings)
+    assert "box_tuning_s" not in summary.timing_s

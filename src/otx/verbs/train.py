@@ -474,7 +474,11 @@ def run(
         logger.finalize("success")
     thresholds = (stats["image_threshold"], stats["pixel_threshold"])
     predictions = None
-    if adapter.box_level and data.has_masks:  # box threshold, merging and minimum area for this model
+    regions = any(s.label == 1 and s.mask_path is not None for s in splits["val"])
+    if adapter.box_level and data.has_masks and not regions:  # (before: the defaults, said to be "chosen on the
+        # validation split": every candidate's AP was NaN, so the first was kept; a review)
+        ctx.warn(f"the validation split has no defect image with a mask, so the detection boxes keep {UNTUNED}")
+    elif adapter.box_level and data.has_masks:  # box threshold, merging and minimum area for this model
         start_boxes = time.perf_counter()
         model.box_settings, _ = tune_boxes(TorchScorer(model), outputs, splits["val"], model.boxes_refine)
         timings["box_tuning_s"] = time.perf_counter() - start_boxes
