@@ -563,6 +563,34 @@ def test_an_openexr_file_is_read_where_opencvs_reader_is_on_and_named_where_it_i
     assert array is None and why in str(raised.value)
 
 
+def test_the_demo_finds_and_reads_the_images_otx_predict_does(tmp_path: Path) -> None:
+    # Before (a review of the demo package): a pipe named as an image hung it, a folder matched by a glob was an
+    # unreadable image, a camera's own results.json hid its folder while otx's run folders were predicted, and a
+    # PNG without only its end chunk was refused where otx reads it.
+    demo = demo_package()
+    source = tmp_path / "parts"
+    (source / "lot1").mkdir(parents=True)
+    (source / "sub.png").mkdir()  # a folder under an image's name
+    pixels = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    cv2.imwrite(str(source / "a.png"), pixels)
+    cv2.imwrite(str(source / "lot1" / "b.png"), pixels)
+    (source / "lot1" / "results.json").write_text('{"camera": "x"}')  # not the demo's: its folder is predicted
+    run = source / "20260101-110000-predict"
+    (run / "masks").mkdir(parents=True)
+    (run / "otx.log").write_text("")
+    cv2.imwrite(str(run / "masks" / "a_mask.png"), pixels[..., 0])
+    os.mkfifo(source / "pipe.png")
+    expected = sorted(p.path for p in samples_from_source(str(source)))
+    assert expected == [str(source / "a.png"), str(source / "lot1" / "b.png")]
+    assert sorted(str(p) for p in demo.find_images(str(source))) == expected  # before: it hung on the pipe
+    assert sorted(str(p) for p in demo.find_images(str(source / "*.png"))) == [str(source / "a.png")]
+    assert demo.find_images(str(source / "pipe.png")) == []
+    data = (source / "a.png").read_bytes()
+    cut = tmp_path / "no_end.png"
+    cut.write_bytes(data[: data.rfind(b"IEND") - 4])  # every pixel there, the end chunk not
+    np.testing.assert_array_equal(demo.read_rgb(cut), read_image(cut))
+
+
 def test_files_of_other_types_in_a_source_folder_are_named(tmp_path: Path, caplog, capsys) -> None:
     source = tmp_path / "parts"
     (source / "sub").mkdir(parents=True)

@@ -21,6 +21,9 @@ folder of images where only OpenVINO, NumPy and OpenCV are installed (no torch, 
     pip install -r requirements.txt
     python predict.py path/to/images --device CPU --output results
 
+TGA files, and the few files OpenCV cannot decode that otx reads through Pillow (a TIFF with more
+than four channels), also need Pillow: `pip install pillow`; without it they get `"label": "error"`.
+
 `results.json` holds one record per image: `score` in [0, 1] (0.5 is the model's image threshold,
 learned on the validation split or set by hand: `otx_thresholds_given` in `model_info` says which; the
 score is not a probability, and it stops at 0 and 1),

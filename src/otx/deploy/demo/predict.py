@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import unicodedata
 from collections import Counter
@@ -84,6 +85,31 @@ def is_tool_folder(name: str) -> bool:
     return name.startswith(".") or name in ("__MACOSX", "@eaDir")
 
 
+RUN_FOLDER = re.compile(r"^\d{8}-\d{6}-(train|test|predict|export|optimize|benchmark)(-\d+)?$")  # otx.workdir's
+
+
+def special(path: Path) -> bool:
+    """A pipe, socket, device or folder under an image's name (reading a pipe would wait for ever); as otx."""
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # a link to nothing: listed, and said unreadable when read
+        return False
+
+
+def earlier_output(top: str, names: list[str]) -> bool:
+    """Whether a folder is an earlier output: otx's work folder or run folder, or this script's results."""
+    if "latest.json" in names or (RUN_FOLDER.match(os.path.basename(top)) and "otx.log" in names):
+        return True
+    if "results.json" not in names:
+        return False
+    try:  # this script's own (a list of records with image and label), not any results.json a camera writes
+        path = Path(top, "results.json")
+        records = json.loads(path.read_text(encoding="utf-8")) if path.stat().st_size <= 64 << 20 else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(records, list) and all(isinstance(r, dict) and "image" in r and "label" in r for r in records)
+
+
 def find_images(source: str, output: Path | None = None) -> list[Path]:
     """Image files at a file path, in a folder (recursively) or matching a glob.
 
@@ -92,7 +118,10 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
     source itself), earlier outputs of this script (folders with ``results.json``) and otx's work
     folders (with ``latest.json``): their masks are not new images.
     """
-    path = Path(source)
+    path = Path(os.path.expanduser(source))
+    if path.exists() and not path.is_dir() and special(path):
+        print(f"error: {path} is not an image file or a folder (a device, pipe or socket)", file=sys.stderr)
+        return []
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -100,7 +129,7 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
         output = output.resolve() if output is not None else None
         for top, dirs, names in os.walk(path, followlinks=True):  # symlinked folders too, each once
             here = Path(top).resolve()
-            earlier = "latest.json" in names or "results.json" in names
+            earlier = earlier_output(top, names)
             if here in visited:  # a link back up (a loop), or one folder linked twice
                 dirs.clear()
                 continue
@@ -119,7 +148,8 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
                 if name.startswith("."):
                     continue
                 if os.path.splitext(name)[1].lower() in EXTENSIONS:
-                    files.append(Path(top, name))
+                    if not special(Path(top, name)):  # (a pipe hung the read, as otx leaves it out)
+                        files.append(Path(top, name))
                 else:
                     others.append(Path(top, name))
         if others:  # as otx predict says it
@@ -143,7 +173,9 @@ def find_images(source: str, output: Path | None = None) -> list[Path]:
             print(f"left out {len(masks)} mask file(s) under {folders[0]}{more} (ground truth, not images)")
         return without_folder_masks([p for p in files if p not in set(masks)])
     found, seen, again = [], set(), 0  # one image under two paths (a symbolic link) once, as otx predicts it
-    for path in sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in EXTENSIONS):
+    pattern = os.path.expanduser(source)
+    matched = [Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).suffix.lower() in EXTENSIONS]
+    for path in sorted(p for p in matched if not special(p)):  # (a folder named a.png was "unreadable", a pipe hung)
         real = os.path.realpath(path)
         again += real in seen
         if real not in seen:
@@ -279,6 +311,7 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         from PIL import Image
     except ImportError:
         return None
+    raise_pillow_limit(Image)
     try:
         with Image.open(io.BytesIO(data)) as pil:
             return pil.size[1], pil.size[0]
@@ -348,8 +381,9 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
             "an OpenEXR file: OpenCV reads these only with OPENCV_IO_ENABLE_OPENEXR=1 in the environment otx "
             "starts in; set it, or convert the file to a 16-bit TIFF or PNG"
         )
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and data.rfind(b"IEND\xaeB`\x82") < 0:  # no end chunk: cut short, as otx says
-        return None, "image file is truncated (a PNG without its end)"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data.rfind(b"IEND\xaeB`\x82") < 0:  # no end chunk: Pillow's, as otx
+        array, why = pillow_decode(path)  # (its pixels may all be there: otx reads it then; before: refused here)
+        return (array, "") if array is not None else (None, "image file is truncated (a PNG without its end)")
     # from the bytes, as otx: imread would decode a JPEG cut short with its missing rows grey
     said = ""
     try:
@@ -374,6 +408,17 @@ def decode_why(path: Path) -> tuple[np.ndarray | None, str]:
     return None, "cannot decode image (not an image format OpenCV reads, or damaged)"
 
 
+def raise_pillow_limit(image_module: object) -> None:
+    """Pillow's image-size limit raised to OpenCV's 2^30 pixels, as otx.data.io raises it (never lowered).
+
+    Pillow's default (179 MP) refused a 180 MP TGA otx reads, and read no size from a larger header, so the
+    check of otx's own limit before decoding never ran for one.
+    """
+    limit = getattr(image_module, "MAX_IMAGE_PIXELS", None)
+    if limit is not None and limit < 2**30:
+        image_module.MAX_IMAGE_PIXELS = 2**30  # type: ignore[attr-defined]
+
+
 def pillow_decode(path: Path) -> tuple[np.ndarray | None, str]:
     """A file OpenCV cannot decode (a TGA file) by Pillow where it is installed, as otx reads it (BGR like OpenCV)."""
     try:
@@ -381,6 +426,7 @@ def pillow_decode(path: Path) -> tuple[np.ndarray | None, str]:
     except ImportError:
         why = "OpenCV does not read TGA files; otx reads them with Pillow: pip install pillow"
         return None, f"cannot decode image ({why})"
+    raise_pillow_limit(Image)
     try:
         with Image.open(path) as pil:  # as otx.data.io: modes other than these become RGB
             array = np.asarray(pil if pil.mode in ("L", "RGB", "RGBA", "I;16", "I", "F", "1") else pil.convert("RGB"))
@@ -649,6 +695,9 @@ def profile_notes(train: dict | None, seen: list[tuple[str, int, int]], total: i
 
 def main() -> int:
     """Predict on the images named on the command line; return the exit code."""
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not valid UTF-8, under a strict UTF-8 locale
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", help="image file, folder or glob pattern")
     parser.add_argument(
@@ -750,9 +799,13 @@ def main() -> int:
         if model.has_rt_info(["model_info", "otx_train_channels"]):
             train_profile = {
                 "channels": info("otx_train_channels", ""),
-                "height": [int(v) for v in info("otx_train_height", "0 0").split()],
-                "width": [int(v) for v in info("otx_train_width", "0 0").split()],
+                "height": [int(v) for v in info("otx_train_height", "").split()],
+                "width": [int(v) for v in info("otx_train_width", "").split()],
             }
+            if len(train_profile["height"]) != 2 or len(train_profile["width"]) != 2:  # (a traceback after the masks)
+                raise ValueError(
+                    f"otx_train_height {info('otx_train_height', '')!r}, width {info('otx_train_width', '')!r}"
+                )
         input_hw = [int(v) for v in info("input_size", "256 256").split()]
         if len(input_hw) != 2 or min(input_hw) < 1:
             raise ValueError(f"input_size {info('input_size', '')!r}")
@@ -802,8 +855,20 @@ def main() -> int:
             "and labels near the threshold with them; --precision f32 runs it as otx checked it",
             file=sys.stderr,
         )
-    names = [next(iter(o.get_names())) for o in compiled.outputs]
-    score_at, map_at = names.index("pred_score"), names.index("anomaly_map")
+    names = [o.get_names() for o in compiled.outputs]  # (an output's names in any order: found by membership)
+    found = {
+        name: next((i for i, given in enumerate(names) if name in given), None)
+        for name in ("pred_score", "anomaly_map")
+    }
+    if None in found.values():  # before: ValueError, a traceback
+        missing = next(name for name, at in found.items() if at is None)
+        print(
+            f"error: the model {args.model} has no output '{missing}': it was not exported by otx; re-export it "
+            "with otx export",
+            file=sys.stderr,
+        )
+        return 1
+    score_at, map_at = found["pred_score"], found["anomaly_map"]
 
     paths = find_images(args.images, Path(args.output))
     if not paths:
@@ -835,10 +900,7 @@ def main() -> int:
         return 1
     earlier = earlier if isinstance(earlier, list) else []
     stale = [out_dir / r["mask"] for r in earlier if isinstance(r, dict) and isinstance(r.get("mask"), str)]
-    for mask in stale:  # an earlier run's masks in this folder: results.json would no longer list them
-        if mask.parent == out_dir / "masks":
-            mask.unlink(missing_ok=True)
-    if stale:
+    if stale:  # removed once the new results.json is in place (before: first, so a stopped run lost them)
         print(f"replacing the results of an earlier run in {out_dir}")
     results: dict[int, dict] = {}
     unwritten: list[str] = []
@@ -899,6 +961,10 @@ def main() -> int:
     try:
         written.write_text(json.dumps(records, indent=1))
         os.replace(written, out_dir / "results.json")
+        named = {out_dir / r["mask"] for r in records if isinstance(r.get("mask"), str)}
+        for mask in stale:  # an earlier run's masks that this results.json does not name
+            if mask.parent == out_dir / "masks" and mask not in named:
+                mask.unlink(missing_ok=True)
     except OSError as exc:  # before: a traceback and a 0-byte results.json (a bug bash)
         written.unlink(missing_ok=True)
         print(
