@@ -365,6 +365,13 @@ CASES: list[tuple[str, str, list[str], str, int]] = [
         "--data_root is empty; pass a data folder",
         1,
     ),
+    (  # before: accepted, then "Input and output sizes should be greater than 0" inside the model (a review)
+        "train-patchflow-scales",
+        "out of range",
+        ["train", "--config", "recipe/anomaly_segmentation/patchflow.yaml", "--model.init_args.num_scales", "12"],
+        "-pixel side of the images the model sees 11 times, to nothing; pass --model.init_args.num_scales",
+        1,
+    ),
     (  # before: a time up mid-pass fitted PADIM on part of the images, said nowhere (a review)
         "train-max-time-one-pass",
         "wrong combination",

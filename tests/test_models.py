@@ -386,6 +386,9 @@ def test_matrix_upsampling_equals_interpolate() -> None:
             # Integer ratios are exact; others differ by torch's float32 rounding of the source positions.
             exact = size[0] % height == 0 and size[1] % width == 0
             assert torch.allclose(upsample_bilinear(maps, size), expected, atol=3e-7 if exact else 3e-5)
+    # on another device than the CPU (here the meta device, which computes shapes only): the weights follow the maps
+    # (before, they stayed on the CPU and the product failed on a GPU; a review)
+    assert upsample_bilinear(torch.empty(2, 1, 16, 16, device="meta"), (64, 64)).device.type == "meta"
 
 
 def test_anomaly_map_generators_equal_anomalib() -> None:

@@ -106,7 +106,7 @@ class StreamingGaussian:
         covariance.baddbmm_(offset.unsqueeze(2), offset.unsqueeze(1), alpha=self.count)
         covariance = distributed.all_sum(covariance)
         covariance /= n - 1
-        identity = torch.eye(covariance.shape[-1], dtype=covariance.dtype)
+        identity = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
         covariance += (0.01 + 1e-5) * identity
         # Batched inversion of thousands of small matrices is ~50x slower with several intra-op
         # threads than with one on CPU (measured: 60 s vs 0.9 s for 4096 x 100 x 100 on 2 cores).

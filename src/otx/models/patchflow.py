@@ -41,7 +41,7 @@ from anomalib.models.image.patchflow.torch_model import _build_subnet_constructo
 from FrEIA.framework import SequenceINN
 from torch import nn
 
-from otx.errors import OTXConfigError
+from otx.errors import OTXConfigError, for_caller
 from otx.models.base import KEEP_BEST_EPOCH, AnomalyModel
 from otx.models.quantization import Scheme
 from otx.models.upsample import upsample_bilinear
@@ -295,6 +295,15 @@ class Patchflow(AnomalyModel):
         self.loss = PatchflowLoss()
 
     def build_core(self) -> nn.Module:  # noqa: D102
+        side = min(self.preprocessor.core_size)  # (before: accepted, then "Input and output sizes should be
+        if 2 ** (self.num_scales - 1) > side:  # greater than 0" inside the model, "internal error"; a review)
+            raise OTXConfigError(
+                for_caller(
+                    f"num_scales {self.num_scales} halves the {side}-pixel side of the images the model sees "
+                    f"{self.num_scales - 1} times, to nothing; pass --model.init_args.num_scales "
+                    f"{max(1, side.bit_length())} or fewer, or a larger input_size (tile_size in tile mode)"
+                )
+            )
         with torch.random.fork_rng():
             torch.manual_seed(self.seed)
             return PatchflowCore(

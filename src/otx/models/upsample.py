@@ -42,6 +42,9 @@ def upsample_bilinear(maps: torch.Tensor, size_hw: tuple[int, int] | torch.Size)
         ``[B, C, H, W]`` maps.
     """
     shape = torch._shape_as_tensor(maps)
+    # on the maps' device (a GPU's: before, the weights stayed on the CPU and the product failed there; a review)
     rows = _bilinear_weights(shape[2], int(size_hw[0]))
     cols = _bilinear_weights(shape[3], int(size_hw[1]))
+    if maps.device != rows.device:  # (not on the CPU: nothing recorded in a graph traced there)
+        rows, cols = rows.to(maps.device), cols.to(maps.device)
     return torch.matmul(torch.matmul(rows, maps), cols.transpose(0, 1))
