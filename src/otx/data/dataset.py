@@ -9,7 +9,7 @@ Layout::
     <root>/ground_truth/<defect>/<name>_mask.png   optional pixel masks
 
 The images are listed from ``<split>/<type>/`` with the image extensions of Datumaro's MVTec reader
-(``_type_folder_images``: the reader itself kept one of two images of one folder and file name two
+(``_check_layout``: the reader itself kept one of two images of one folder and file name two
 levels down, by listing order); mask paths follow Datumaro's MVTec naming (``MvtecPath``). Masks
 are read lazily by the dataset, not at indexing time.
 """
@@ -184,16 +184,24 @@ class PassedOver:
     mask_folders: list[Path] = field(default_factory=list)  # ground_truth/<type>/<name>/: MVTec LOCO's masks
 
 
-def _check_layout(folder: Path, passed: PassedOver | None = None) -> None:
-    """One line for what Datumaro's MVTec reader would trip on or drop without a word.
+def _check_layout(folder: Path, passed: PassedOver | None = None) -> list[Path]:
+    """The files named as images in ``<folder>/<type>/``, type folders in name order; one line for a bad layout.
 
-    An image directly in ``<subset>/`` or in a subfolder of ``<subset>/<type>/`` (the reader fails
-    on the first and skips deeper ones), and two images of one name with different extensions in
-    one folder (the reader keys an image by its folder and stem, and keeps one of them).
+    Refused: an image directly in ``<subset>/`` or in a subfolder of ``<subset>/<type>/``, and two
+    images of one name with different extensions in one folder (a mask is named after its image's
+    stem). Tools' folders (``is_tool_folder``) are passed over, into ``passed`` where they hold images.
+    otx lists the images here itself: Datumaro's MVTec reader (``MvtecClassificationBase``), which it
+    used before, keyed an image by its folder's and file's names two levels down, so
+    ``test/.old/scratch/000.png`` (a tool's or a user's hidden copy) and ``test/scratch/000.png`` were
+    one item, which of them it kept followed the file system's listing order, and when it kept the
+    copy, otx dropped it as a tool folder's: the real image was gone without a word (a review).
     """
     subset = folder.name
+    images: list[Path] = []
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir() and is_tool_folder(entry.name):  # left out by _index_subset, with a warning
+        if entry.is_dir() and is_tool_folder(entry.name):  # the reader would take it for a defect type: left out
+            if passed is not None and _holds_images(entry.path):  # (said by index_mvtec)
+                passed.tool_folders.append(Path(entry.path))
             continue
         if not entry.is_dir():
             if _is_listed_image(entry.name):
@@ -269,6 +277,7 @@ def _check_layout(folder: Path, passed: PassedOver | None = None) -> None:
                         "rename or remove one"
                     )
                 stems[stem] = inner.name
+                images.append(Path(inner.path))
             elif passed is not None and not inner.name.startswith(".") and inner.name.lower() not in COMPANION_FILES:
                 passed.other_types.append(Path(inner.path))  # (hidden files: a tool's, not meant as images)
         cut = len(MvtecPath.MASK_POSTFIX)
@@ -281,6 +290,7 @@ def _check_layout(folder: Path, passed: PassedOver | None = None) -> None:
             )
         if passed is not None and subset != "train" and not any(not n.startswith(".") for n in stems.values()):
             passed.empty.append(f"{subset}/{entry.name}/")  # a type without images: none of it is scored
+    return images
 
 
 def _path_order(sample: Sample) -> tuple[str, str]:
@@ -292,32 +302,6 @@ def _path_order(sample: Sample) -> tuple[str, str]:
     return unicodedata.normalize("NFC", sample.path), sample.path
 
 
-def _type_folder_images(folder: Path, passed: PassedOver) -> list[Path]:
-    """The files named as images in ``<folder>/<type>/``, the type folders in name order; tools' folders passed over.
-
-    Datumaro's MVTec reader (``MvtecClassificationBase``), which otx used here before, keys an image by
-    its folder's and file's names two levels down: ``test/.old/scratch/000.png`` (a tool's or a user's
-    hidden copy) and ``test/scratch/000.png`` were one item, and which of them it kept followed the
-    file system's listing order; when it kept the copy, otx dropped it as a tool folder's and the real
-    image was gone without a word (a review). ``_check_layout`` has refused images anywhere else.
-    """
-    images = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if not entry.is_dir():
-            continue
-        if is_tool_folder(entry.name):  # (the reader would take it for a defect type: left out, said)
-            if _holds_images(entry.path):
-                passed.tool_folders.append(Path(entry.path))
-            continue
-        try:
-            inners = sorted(os.scandir(entry.path), key=lambda e: e.name)
-        except OSError as exc:
-            where = f"{folder.name}/{entry.name}/"
-            raise OTXDataError(f"cannot list '{where}' ({exc.strerror}); fix its permissions") from None
-        images += [Path(inner.path) for inner in inners if not inner.is_dir() and _is_listed_image(inner.name)]
-    return images
-
-
 def _index_subset(folder: Path, mask_dir: Path | None, passed: PassedOver) -> list[Sample]:
     """The images of one subset folder; what it leaves out goes to ``passed``.
 
@@ -326,9 +310,8 @@ def _index_subset(folder: Path, mask_dir: Path | None, passed: PassedOver) -> li
     type and score its images as anomalous), hidden files (``.000.png``), files of types otx does
     not read (``.jfif``, ``.gif``, a readme) and type folders without images.
     """
-    _check_layout(folder, passed)
     samples, listings = [], {}
-    for path in _type_folder_images(folder, passed):
+    for path in _check_layout(folder, passed):
         defect = path.parent.name
         if is_resource_file(path.name):
             passed.resource_files.append(path)
