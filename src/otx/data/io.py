@@ -178,6 +178,12 @@ def _imdecode_checked(path: str | Path, data: bytes, what: str) -> np.ndarray | 
 _PNM_TOKEN = re.compile(rb"(?:\s|#[^\n\r]*)*(\S+)")  # a header field, after blanks and comments
 
 
+def pam_header(data: bytes) -> bytes:
+    """A PAM file's header lines (before ``ENDHDR``, within its first 4 KB); empty when there is none."""
+    end = data.find(b"ENDHDR", 0, 4096)
+    return data[:end] if end >= 0 else b""
+
+
 def pnm_maxval(data: bytes) -> int | None:
     """The largest level a PGM, PPM or PAM file declares (its ``maxval``); None for other files.
 
@@ -193,8 +199,7 @@ def pnm_maxval(data: bytes) -> int | None:
             at = match.end()
         value = fields[2]
     elif data[:3] == b"P7\n":
-        header = data[: data.find(b"ENDHDR")] if b"ENDHDR" in data[:4096] else b""
-        found = re.search(rb"^MAXVAL\s+(\S+)", header, re.MULTILINE)
+        found = re.search(rb"^MAXVAL\s+(\S+)", pam_header(data), re.MULTILINE)
         value = found.group(1) if found else b""
     else:
         return None
@@ -209,8 +214,7 @@ def _pnm_pixels(array: np.ndarray, data: bytes) -> np.ndarray:
     copies PAM samples as they are stored (its own writer stores BGR and names no tuple type).
     """
     if data[:3] == b"P7\n" and array.ndim == 3 and array.shape[2] in (3, 4):
-        header = data[: data.find(b"ENDHDR")] if b"ENDHDR" in data[:4096] else b""
-        if re.search(rb"^TUPLTYPE\s+RGB(_ALPHA)?\s*$", header, re.MULTILINE):
+        if re.search(rb"^TUPLTYPE\s+RGB(_ALPHA)?\s*$", pam_header(data), re.MULTILINE):
             array = np.ascontiguousarray(array[..., [2, 1, 0, 3][: array.shape[2]]])
     maxval = pnm_maxval(data)
     full = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(array.dtype)

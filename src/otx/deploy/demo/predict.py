@@ -319,21 +319,27 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+PNM_TOKEN = re.compile(rb"(?:\s|#[^\n\r]*)*(\S+)")  # a header field, after blanks and comments (otx.data.io's)
+
+
+def pam_header(data: bytes) -> bytes:
+    """A PAM file's header lines (before ``ENDHDR``, in its first 4 KB); empty when there is none (otx.data.io's)."""
+    end = data.find(b"ENDHDR", 0, 4096)
+    return data[:end] if end >= 0 else b""
+
+
 def pnm_maxval(data: bytes) -> int | None:
     """The largest level a PGM, PPM or PAM file declares, None for other files (otx.data.io.pnm_maxval)."""
-    import re
-
     if data[:2] in (b"P2", b"P3", b"P5", b"P6"):
         fields, at = [], 2
         for _ in range(3):  # width, height, maxval, after blanks and comments
-            if not (match := re.compile(rb"(?:\s|#[^\n\r]*)*(\S+)").match(data, at)):
+            if not (match := PNM_TOKEN.match(data, at)):
                 return None
             fields.append(match.group(1))
             at = match.end()
         value = fields[2]
     elif data[:3] == b"P7\n":
-        header = data[: data.find(b"ENDHDR")] if b"ENDHDR" in data[:4096] else b""
-        found = re.search(rb"^MAXVAL\s+(\S+)", header, re.MULTILINE)
+        found = re.search(rb"^MAXVAL\s+(\S+)", pam_header(data), re.MULTILINE)
         value = found.group(1) if found else b""
     else:
         return None
@@ -345,11 +351,8 @@ def pnm_pixels(array: np.ndarray, data: bytes) -> np.ndarray:
 
     Levels scaled from maxval to the depth's full range; a PAM file's RGB samples to BGR.
     """
-    import re
-
     if data[:3] == b"P7\n" and array.ndim == 3 and array.shape[2] in (3, 4):
-        header = data[: data.find(b"ENDHDR")] if b"ENDHDR" in data[:4096] else b""
-        if re.search(rb"^TUPLTYPE\s+RGB(_ALPHA)?\s*$", header, re.MULTILINE):
+        if re.search(rb"^TUPLTYPE\s+RGB(_ALPHA)?\s*$", pam_header(data), re.MULTILINE):
             array = np.ascontiguousarray(array[..., [2, 1, 0, 3][: array.shape[2]]])
     maxval = pnm_maxval(data)
     full = {np.dtype(np.uint8): 255, np.dtype(np.uint16): 65535}.get(array.dtype)
