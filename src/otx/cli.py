@@ -1682,20 +1682,20 @@ def _refuse_train_options(argv: list[str]) -> None:
             f"{given[0]} has no effect on otx {verb}: the model and its settings (thresholds, input size and mode) "
             f"come from the checkpoint or exported model; give model settings to otx train{hint}"
         )
-    split = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data.val_split", "--data.seed")]
+    split = _given(argv, "--data.val_split", "--data.seed")
     if verb in ("test", "predict", "export", "benchmark") and _option_values(argv, "--seed"):
         # (before: accepted and passed over; these verbs draw nothing at random, a review)
         raise OTXError(
             f"--seed has no effect on otx {verb}: it draws nothing at random (the validation split follows the "
             "model's recorded one, or --data.seed); --seed seeds otx train and otx optimize's calibration images"
         )
-    batches = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data.batch_size", "--data.num_workers")]
+    batches = _given(argv, "--data.batch_size", "--data.num_workers")
     if verb == "benchmark" and batches:  # (before: passed over; a review)
         raise OTXError(
             f"{batches[0]} has no effect on otx benchmark: it times the model on one image per request (latency and "
             "throughput), the images read before timing starts"
         )
-    roots = [arg.split("=")[0] for arg in argv if arg.split("=")[0] in ("--data_root", "--data.data_root")]
+    roots = _given(argv, "--data_root", "--data.data_root")
     if verb == "predict" and roots and _option_values(argv, "--source"):  # before: passed over, even a missing one
         raise OTXError(
             f"{roots[0]} has no effect on otx predict --source: the images come from --source; give one of them "
@@ -1712,6 +1712,11 @@ def _refuse_train_options(argv: list[str]) -> None:
         raise OTXError(
             f"{(given or ['--trainer'])[0]} has no effect on otx {verb}{where}: trainer settings apply to otx train"
         )
+
+
+def _given(argv: list[str], *options: str) -> list[str]:
+    """Which of ``options`` ``argv`` gives (as ``--option VALUE`` or ``--option=VALUE``), in its order."""
+    return [arg.split("=")[0] for arg in argv if arg.split("=")[0] in options]
 
 
 def _option_values(argv: list[str], option: str) -> list[tuple[int, str]]:

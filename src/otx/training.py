@@ -70,6 +70,8 @@ _OWNED = ("logger", "default_root_dir", "enable_checkpointing", "num_sanity_val_
 # Lightning's debugging arguments that fit or calibrate on part of the splits: the summary and metrics.json
 # would count images the model never saw (limit_train_batches 1: PADIM fitted on 16 of the 40 it named)
 _PARTIAL = ("limit_train_batches", "limit_val_batches", "fast_dev_run", "overfit_batches")
+# Lightning's short precision names, as its Trainer spells them once built
+SHORT_PRECISION = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
 
 
 class TrainerSettings:
@@ -887,8 +889,8 @@ def build_trainer(
             f"trainer.{partial[0]}: otx fits on every training image and learns its thresholds on every validation "
             "image, which its summary counts; remove it, and train on a smaller data root for a quicker run"
         )
-    precision = str(settings.get("precision") or "32").lower()
-    if precision.endswith("-true") and precision != "32-true" or precision in ("64", "16-true", "bf16-true"):
+    given = str(settings.get("precision") or "32").lower()
+    if (precision := SHORT_PRECISION.get(given, given)).endswith("-true") and precision != "32-true":
         # (Lightning casts the model to it, otx feeds float32 batches: "internal error (... Float but found Double)")
         raise OTXConfigError(
             f"trainer.precision {settings['precision']}: otx feeds its models float32 images, so the weights stay "

@@ -33,6 +33,7 @@ from otx.preprocess import SQUASH_LIMIT, PreProcessor, squash_factor
 from otx.results import TrainResult, recorded_path
 from otx.scoring import TorchScorer
 from otx.training import (
+    SHORT_PRECISION,
     build_trainer,
     callback_name,
     check_resume,
@@ -196,9 +197,6 @@ def squash_note(
         "(docs/input-modes.md)"
     )
 
-
-# Lightning's short precision names, as its Trainer spells them once built
-SHORT_PRECISION = {"16": "16-mixed", "bf16": "bf16-mixed", "32": "32-true", "64": "64-true"}
 
 # Trainer settings of gradient training, and their values that do nothing: one-pass models leave them out
 GRADIENT_ONLY: dict[str, Any] = {
